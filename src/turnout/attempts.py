@@ -1,0 +1,114 @@
+"""Executing a request along its allowed targets: retries at one target, then fallback.
+
+The policy has already cut the route down to the allowed targets; this module only walks that
+list. Per target: skip it while its breaker is open; try up to ``retry.attempts`` times with
+jittered backoff (Retry-After honoured, or fall back at once when it asks for too long); a
+non-retryable failure (the target said the request itself is bad) ends the walk. Streams fall
+back only until their first chunk exists; after that a failure belongs to the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from turnout.config import RetryConfig
+from turnout.errors import AllTargetsFailed, BreakerOpen, UpstreamError
+from turnout.ledger.record import AttemptRecord
+from turnout.providers.base import Call, Completion, Provider, Stream, Timeouts
+from turnout.resilience.backoff import delay
+from turnout.resilience.breaker import Breaker
+
+
+@dataclass(slots=True)
+class Target:
+    """A configured target at run time: its provider, breaker and attempt settings."""
+
+    name: str
+    provider: Provider
+    breaker: Breaker
+    retry: RetryConfig
+    timeouts: Timeouts
+
+
+@dataclass(slots=True)
+class Result:
+    target: Target
+    answer: Completion | Stream
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    fallback_ms: float = 0.0  # time spent on failed attempts before the one that answered
+
+    @property
+    def fallback(self) -> bool:
+        return self.attempts[0].target != self.target.name if self.attempts else False
+
+
+async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, request_id: str) -> Result:
+    attempts: list[AttemptRecord] = []
+    failures: list[tuple[str, UpstreamError]] = []
+    started = time.perf_counter()
+    for target in targets:
+        for n in range(1, target.retry.attempts + 1):
+            if not target.breaker.allow():
+                err = BreakerOpen("circuit open", retry_after=target.breaker.retry_after())
+                attempts.append(AttemptRecord(target.name, "", err.error_class, 0.0))
+                failures.append((target.name, err))
+                break
+            t0 = time.perf_counter()
+            call = Call(body, stream, target.timeouts, request_id)
+            try:
+                answer = await (target.provider.stream(call) if stream else target.provider.complete(call))
+            except UpstreamError as err:
+                attempts.append(AttemptRecord(target.name, "", err.error_class, _ms(t0)))
+                failures.append((target.name, err))
+                if not err.retryable:
+                    target.breaker.success()  # it answered: the request was at fault, not the target
+                    raise _failed(failures, attempts) from err
+                target.breaker.failure()
+                wait = delay(target.retry, n, err.retry_after) if n < target.retry.attempts else None
+                if wait is None:
+                    break
+                await asyncio.sleep(wait)
+                continue
+            except BaseException:
+                target.breaker.release()  # cancelled (client gone) or a bug: no verdict
+                raise
+            attempts.append(AttemptRecord(target.name, answer.replica, None, _ms(t0)))
+            if isinstance(answer, Stream):
+                answer.chunks = _watch(answer.chunks, target.breaker)
+            else:
+                target.breaker.success()
+            return Result(target, answer, attempts, (t0 - started) * 1000)
+    raise _failed(failures, attempts)
+
+
+def _failed(failures: list[tuple[str, UpstreamError]], attempts: list[AttemptRecord]) -> AllTargetsFailed:
+    exc = AllTargetsFailed(failures)
+    exc.records = attempts
+    return exc
+
+
+async def _watch(chunks: AsyncIterator[dict[str, Any]], breaker: Breaker) -> AsyncIterator[dict[str, Any]]:
+    """Pass chunks through; the breaker hears how the stream ended."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except UpstreamError:
+        breaker.failure()
+        raise
+    except BaseException:
+        breaker.release()
+        raise
+    else:
+        breaker.success()
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000

@@ -1,0 +1,156 @@
+"""The chat-completions request: parsed once at the edge, checked by hand (it is the hot path:
+a plain function over a dict costs microseconds where a schema library costs tens), with
+OpenAI-style messages that name the offending parameter.
+
+Fields turnout does not know are passed through to the target untouched; turnout's own fields
+in ``metadata`` are taken out before the body leaves the gateway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from turnout.errors import RequestError
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+TURNOUT_METADATA = ("data_class", "user", "max_latency_ms", "max_cost_usd")
+RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    task: str
+    body: dict[str, Any]  # what the target receives (turnout metadata removed)
+    stream: bool
+    include_usage: bool
+    data_class: str | None  # from the body's metadata; the header wins over it
+    user: str | None
+
+
+def parse(raw: bytes) -> ChatRequest:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object", code="invalid_json")
+    return validate(body)
+
+
+def validate(body: dict[str, Any]) -> ChatRequest:
+    task = body.get("model")
+    if not isinstance(task, str) or not task:
+        raise _bad("model", "'model' is required and must name a task (a string)")
+    _messages(body.get("messages"))
+    stream = _opt(body, "stream", bool, "a boolean") or False
+    options = _opt(body, "stream_options", dict, "an object")
+    include_usage = False
+    if options is not None:
+        if not stream:
+            raise _bad("stream_options", "'stream_options' is only allowed when 'stream' is true")
+        include_usage = _opt(options, "include_usage", bool, "a boolean", "stream_options.include_usage") or False
+    for name in ("max_tokens", "max_completion_tokens", "n", "top_logprobs"):
+        value = _opt(body, name, int, "an integer")
+        if value is not None and value < (0 if name == "top_logprobs" else 1):
+            raise _bad(name, f"'{name}' must be at least {0 if name == 'top_logprobs' else 1}")
+    _opt(body, "seed", int, "an integer")
+    _number(body, "temperature", 0.0, 2.0)
+    _number(body, "top_p", 0.0, 1.0)
+    _number(body, "presence_penalty", -2.0, 2.0)
+    _number(body, "frequency_penalty", -2.0, 2.0)
+    _stop(body.get("stop"))
+    _tools(body.get("tools"))
+    _response_format(body.get("response_format"))
+    data_class, user = None, _opt(body, "user", str, "a string")
+    meta = body.get("metadata")
+    if meta is not None:
+        if not isinstance(meta, dict):
+            raise _bad("metadata", "'metadata' must be an object")
+        if any(k in meta for k in TURNOUT_METADATA):
+            meta = dict(meta)
+            data_class = meta.pop("data_class", None)
+            user = meta.pop("user", None) or user
+            for k in TURNOUT_METADATA:
+                meta.pop(k, None)
+            body = dict(body)
+            if meta:
+                body["metadata"] = meta
+            else:
+                del body["metadata"]
+    return ChatRequest(task, body, stream, include_usage, data_class, user)
+
+
+def _bad(param: str, message: str) -> RequestError:
+    return RequestError(message, param=param, code="invalid_value")
+
+
+def _opt(obj: dict[str, Any], name: str, kind: type, what: str, param: str | None = None) -> Any:
+    value = obj.get(name)
+    if value is None:
+        return None
+    # bool is an int in Python; an integer field must not accept true/false.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _bad(param or name, f"'{param or name}' must be {what}")
+    return value
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(name, f"'{name}' must be a number")
+    if not lo <= value <= hi:
+        raise _bad(name, f"'{name}' must be between {lo:g} and {hi:g}")
+
+
+def _messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages", "'messages' is required and must be a non-empty array")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _bad(where, f"'{where}' must be an object")
+        role = m.get("role")
+        if role not in ROLES:
+            raise _bad(f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}")
+        content = m.get("content")
+        if content is None:
+            if role != "assistant" or not (m.get("tool_calls") or m.get("function_call")):
+                raise _bad(f"{where}.content", f"'{where}.content' is required")
+        elif not isinstance(content, (str, list)):
+            raise _bad(f"{where}.content", f"'{where}.content' must be a string or an array of parts")
+        elif isinstance(content, list) and not all(isinstance(p, dict) and "type" in p for p in content):
+            raise _bad(f"{where}.content", f"'{where}.content' parts must be objects with a 'type'")
+        if role == "tool" and not isinstance(m.get("tool_call_id"), str):
+            raise _bad(f"{where}.tool_call_id", f"'{where}.tool_call_id' is required for a tool message")
+
+
+def _stop(stop: Any) -> None:
+    if stop is None or isinstance(stop, str):
+        return
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
+        raise _bad("stop", "'stop' must be a string or an array of at most 4 strings")
+
+
+def _tools(tools: Any) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _bad("tools", "'tools' must be an array")
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or tool.get("type") != "function" or not isinstance(fn.get("name"), str):
+            raise _bad(f"tools[{i}]", f"'tools[{i}]' must be {{'type': 'function', 'function': {{'name': ...}}}}")
+
+
+def _response_format(fmt: Any) -> None:
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or fmt.get("type") not in RESPONSE_FORMATS:
+        raise _bad("response_format", "'response_format.type' must be text, json_object or json_schema")
+    if fmt["type"] == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
+        raise _bad("response_format.json_schema", "'response_format.json_schema' must be an object")

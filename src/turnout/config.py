@@ -1,0 +1,302 @@
+"""One typed configuration, loaded from one YAML file (or the built-in default) and validated
+at load: every problem is reported with its key path, and a config that loads can be trusted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from turnout.errors import ConfigError
+
+DATA_CLASSES = ("public", "internal", "confidential", "restricted")
+DataClass = Literal["public", "internal", "confidential", "restricted"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    # Without tenants there is no authentication; that is allowed on loopback only unless the
+    # operator says so explicitly.
+    allow_anonymous: bool = False
+    shutdown_grace_s: float = Field(15.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StoreConfig(_Strict):
+    kind: Literal["sqlite", "memory"] = "sqlite"
+    path: str = "./.turnout/turnout.db"
+    batch_size: int = Field(256, gt=0)
+    flush_interval_ms: int = Field(250, gt=0)
+    queue_size: int = Field(10_000, gt=0)
+
+
+class TimeoutsConfig(_Strict):
+    connect: float = Field(5.0, gt=0)
+    ttft: float = Field(30.0, gt=0)
+    total: float = Field(120.0, gt=0)
+
+
+class BreakerConfig(_Strict):
+    failures: int = Field(5, gt=0, description="consecutive failures that open the breaker")
+    failure_rate: float = Field(0.5, gt=0, le=1, description="or this failure rate over the window")
+    window: int = Field(20, gt=0, description="calls in the rate window")
+    min_calls: int = Field(10, gt=0, description="calls before the rate counts")
+    cooldown_s: float = Field(10.0, gt=0)
+
+
+class RetryConfig(_Strict):
+    attempts: int = Field(2, ge=1, description="tries at one target before falling back")
+    backoff_ms: float = Field(50.0, ge=0)
+    max_backoff_ms: float = Field(2000.0, ge=0)
+
+
+class _TargetBase(_Strict):
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    model_version: str | None = None
+
+
+class OpenAITarget(_TargetBase):
+    provider: Literal["openai"]
+    base_url: str | None = None
+    base_urls: list[str] | None = None
+    model: str
+    api_key: str | None = None
+    headers: dict[str, str] = {}
+    max_connections: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _one_url_form(self) -> OpenAITarget:
+        if (self.base_url is None) == (self.base_urls is None):
+            raise ValueError("give exactly one of base_url or base_urls")
+        if self.base_urls is not None:
+            if not self.base_urls:
+                raise ValueError("base_urls is empty")
+            if len(set(self.base_urls)) != len(self.base_urls):
+                raise ValueError("base_urls has duplicates")
+        for url in self.urls:
+            if not re.match(r"^https?://[^/]", url):
+                raise ValueError(f"base URL must start with http:// or https://: {url!r}")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [u.rstrip("/") for u in (self.base_urls or [self.base_url or ""])]
+
+
+class LocalTarget(_TargetBase):
+    provider: Literal["local"]
+    model_path: str | None = None
+    n_ctx: int = Field(2048, gt=0)
+    threads: int | None = Field(None, gt=0)
+    concurrency: int = Field(1, gt=0, description="generations running at once")
+    queue_size: int = Field(32, ge=0, description="requests waiting beyond those running")
+    timeouts: TimeoutsConfig = TimeoutsConfig(ttft=60.0, total=300.0)
+    retry: RetryConfig = RetryConfig(attempts=1)
+
+
+TargetConfig = Annotated[OpenAITarget | LocalTarget, Field(discriminator="provider")]
+
+
+class TenantConfig(_Strict):
+    keys: list[str] = Field(min_length=1)
+    data_classes: list[DataClass] = ["public", "internal"]
+    tasks: list[str] | None = None
+
+
+class ClassPolicy(_Strict):
+    targets: list[str]
+
+
+class TaskConfig(_Strict):
+    route: list[str] = Field(min_length=1)
+    description: str = ""
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    targets: dict[str, TargetConfig]
+    tenants: dict[str, TenantConfig] = {}
+    policy: dict[DataClass, ClassPolicy] = {}
+    tasks: dict[str, TaskConfig]
+
+
+def cross_problems(raw: dict[str, Any]) -> list[str]:
+    """Problems between sections (unknown names, duplicates, unsafe exposure), checked on the
+    raw mapping so they are reported together with the per-field problems."""
+    problems: list[str] = []
+    targets = _mapping(raw.get("targets"))
+    tasks = _mapping(raw.get("tasks"))
+    for name, task in tasks.items():
+        seen: set[str] = set()
+        route = _mapping(task).get("route")
+        for i, target in enumerate(route if isinstance(route, list) else []):
+            if target not in targets:
+                problems.append(f"tasks.{name}.route[{i}]: unknown target {target!r}")
+            elif target in seen:
+                problems.append(f"tasks.{name}.route[{i}]: target {target!r} listed twice")
+            seen.add(target)
+    for cls, pol in _mapping(raw.get("policy")).items():
+        listed = _mapping(pol).get("targets")
+        for i, target in enumerate(listed if isinstance(listed, list) else []):
+            if target not in targets:
+                problems.append(f"policy.{cls}.targets[{i}]: unknown target {target!r}")
+    owner: dict[str, str] = {}
+    tenants = _mapping(raw.get("tenants"))
+    for tname, tenant in tenants.items():
+        keys = _mapping(tenant).get("keys")
+        for i, key in enumerate(keys if isinstance(keys, list) else []):
+            if not isinstance(key, str):
+                continue
+            if len(key) < 8:
+                problems.append(f"tenants.{tname}.keys[{i}]: key is shorter than 8 characters")
+            if key in owner:
+                problems.append(f"tenants.{tname}.keys[{i}]: key also belongs to tenant {owner[key]!r}")
+            owner[key] = str(tname)
+        allowed = _mapping(tenant).get("tasks")
+        for i, task in enumerate(allowed if isinstance(allowed, list) else []):
+            if task not in tasks:
+                problems.append(f"tenants.{tname}.tasks[{i}]: unknown task {task!r}")
+    server = _mapping(raw.get("server"))
+    host = str(server.get("host", "127.0.0.1"))
+    if not tenants and not server.get("allow_anonymous") and not _is_loopback(host):
+        problems.append(
+            f"server.host: {host!r} is not loopback and no tenants are configured; "
+            "add tenants with keys or set server.allow_anonymous: true"
+        )
+    return problems
+
+
+def _mapping(node: Any) -> dict[str, Any]:
+    return node if isinstance(node, dict) else {}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+DEFAULT = {
+    "targets": {"local": {"provider": "local"}},
+    "tasks": {"default": {"route": ["local"], "description": "the embedded SmolLM2 model"}},
+}
+
+
+def default_config() -> Config:
+    return validate(DEFAULT)
+
+
+def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
+    """Load, substitute ``${VAR}`` / ``${VAR:-default}`` and validate; raise ConfigError with
+    every problem found."""
+    if path is None:
+        return default_config()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping"])
+    problems: list[str] = []
+    raw = _substitute(raw, "", os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(problems)
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    problems = cross_problems(raw)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc) + problems) from exc
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    out: list[str] = []
+    for err in exc.errors():
+        loc = _path(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown provider {err.get('input', {}).get('provider')!r} (expected openai or local)"
+        elif err["type"] == "union_tag_not_found":
+            msg = "missing 'provider' (openai or local)"
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return out
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("openai", "local") and parts:
+            continue  # the discriminator's branch name is not a key the user wrote
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, f"{where}.{k}" if where else str(k), env, problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, f"{where}[{i}]", env, problems) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def repl(m: re.Match[str]) -> str:
+            value = env.get(m.group(1))
+            if value is None:
+                if m.group(2) is None:
+                    problems.append(f"{where}: environment variable {m.group(1)} is not set")
+                    return ""
+                return m.group(2)
+            return str(value)
+
+        return _VAR.sub(repl, node)
+    return node
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

@@ -1,0 +1,187 @@
+"""turnout's one error tree. Each class carries its HTTP status and OpenAI error ``type``.
+
+    TurnoutError                      500 api_error
+    ├── ConfigError                   (load time; not an HTTP error)
+    ├── RequestError                  400 invalid_request_error
+    │   ├── BodyTooLarge              413
+    │   ├── NotFound                  404 (unknown route)
+    │   ├── UnknownTask               404
+    │   └── MethodNotAllowed          405
+    ├── AuthError                     401 authentication_error
+    ├── PolicyDenied                  403 permission_denied
+    ├── UpstreamError                 502 upstream_error   (one attempt at one target)
+    │   ├── UpstreamConnectError      connect refused / reset / DNS    retryable
+    │   ├── UpstreamTimeout           a phase deadline passed           retryable
+    │   ├── UpstreamStatusError       non-2xx: 429 and 5xx retryable, other 4xx not
+    │   ├── UpstreamProtocolError     malformed JSON / SSE              retryable
+    │   ├── BreakerOpen               target or every replica open      retryable
+    │   └── Overloaded                local queue full                  retryable
+    ├── AllTargetsFailed              502 / 503 / 504, one line per attempt
+    └── StreamInterrupted             failure after the first byte reached the client
+
+Vendor exceptions (aiohttp, llama.cpp) are translated into these at the provider edge and
+re-raised ``from exc``. Messages never carry secrets: providers name targets, never URLs with
+credentials or keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TurnoutError(Exception):
+    status: int = 500
+    type: str = "api_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_openai(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return []
+
+
+class ConfigError(TurnoutError):
+    """The configuration failed to load; ``problems`` holds one ``key.path: message`` per issue."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+        self.problems = problems
+
+
+class RequestError(TurnoutError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class BodyTooLarge(RequestError):
+    status = 413
+    code = "body_too_large"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class UnknownTask(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class AuthError(TurnoutError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PolicyDenied(TurnoutError):
+    status = 403
+    type = "permission_denied"
+    code = "policy_denied"
+
+
+class UpstreamError(TurnoutError):
+    """One attempt at one target failed. ``retryable`` says whether another try may succeed."""
+
+    status = 502
+    type = "upstream_error"
+    retryable = True
+    error_class = "upstream"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamConnectError(UpstreamError):
+    error_class = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    error_class = "timeout"
+
+    def __init__(self, phase: str, seconds: float) -> None:
+        super().__init__(f"{phase} timeout after {seconds:g}s")
+        self.phase = phase
+        self.error_class = f"timeout_{phase}"
+
+
+class UpstreamStatusError(UpstreamError):
+    def __init__(self, status: int, detail: str, *, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {detail}", retry_after=retry_after)
+        self.upstream_status = status
+        self.retryable = status == 429 or status >= 500 or status == 408
+        self.error_class = f"http_{status}"
+
+
+class UpstreamProtocolError(UpstreamError):
+    error_class = "protocol"
+
+
+class BreakerOpen(UpstreamError):
+    error_class = "breaker_open"
+
+
+class Overloaded(UpstreamError):
+    error_class = "overloaded"
+
+
+class AllTargetsFailed(TurnoutError):
+    """Every allowed target was tried (or skipped); the message names each attempt."""
+
+    type = "upstream_error"
+    code = "all_targets_failed"
+
+    def __init__(self, attempts: list[tuple[str, UpstreamError]]) -> None:
+        lines = "; ".join(f"{target}: {err.message}" for target, err in attempts)
+        super().__init__(f"all targets failed ({lines})" if attempts else "no target could be tried")
+        self.attempts = attempts
+        self.records: list[Any] = []  # the ledger's per-attempt records, set by the attempt loop
+        errors = [err for _, err in attempts]
+        if errors and all(isinstance(e, UpstreamTimeout) for e in errors):
+            self.status = 504
+        elif errors and all(_unavailable(e) for e in errors):
+            self.status = 503
+            hints = [e.retry_after for e in errors if e.retry_after is not None]
+            self.retry_after: float | None = min(hints) if hints else None
+        else:
+            self.status = 502
+        if not hasattr(self, "retry_after"):
+            self.retry_after = None
+        # A caller's own mistake (4xx other than 429) is passed on with its own status.
+        client = [e for e in errors if isinstance(e, UpstreamStatusError) and not e.retryable]
+        if client and len(client) == len(errors):
+            self.status = client[0].upstream_status
+            self.type = "invalid_request_error"
+            self.code = "upstream_rejected"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
+
+
+def _unavailable(err: UpstreamError) -> bool:
+    if isinstance(err, (BreakerOpen, Overloaded)):
+        return True
+    return isinstance(err, UpstreamStatusError) and err.upstream_status in (429, 503)
+
+
+class StreamInterrupted(TurnoutError):
+    """A stream failed after its first byte was sent; the client gets an error event."""
+
+    type = "upstream_error"
+    code = "stream_interrupted"

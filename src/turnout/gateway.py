@@ -1,0 +1,168 @@
+"""The gateway at run time: configured targets, tenants and ledger, and the request path.
+
+    authenticate → parse → task → classify → policy → attempt (retry / fallback) → respond → account
+
+``Gateway.chat`` reads top to bottom in that order. HTTP plumbing lives in ``turnout.app``;
+``turnout.respond`` turns results into ASGI messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from turnout import policy, respond
+from turnout.asgi import Receive, Send, header, read_body
+from turnout.attempts import Target, execute
+from turnout.auth import Authenticator
+from turnout.chat import ChatRequest, parse
+from turnout.config import Config
+from turnout.errors import AllTargetsFailed, TurnoutError, UnknownTask
+from turnout.ledger.record import LedgerRow
+from turnout.ledger.store import LedgerStore, open_store
+from turnout.ledger.writer import LedgerWriter
+from turnout.providers.base import Provider, Stream, Timeouts
+from turnout.providers.registry import create
+from turnout.resilience.breaker import Breaker
+
+log = logging.getLogger("turnout")
+
+
+class Gateway:
+    def __init__(self, config: Config, providers: dict[str, Provider] | None = None) -> None:
+        """``providers`` replaces the provider of the named targets (tests inject fakes here)."""
+        self.config = config
+        self._injected = providers or {}
+        self.auth = Authenticator(config)
+        self.targets: dict[str, Target] = {}
+        self.policy: dict[str, frozenset[str]] = {cls: frozenset(p.targets) for cls, p in config.policy.items()}
+        self.store: LedgerStore | None = None
+        self.ledger: LedgerWriter | None = None
+
+    async def start(self) -> None:
+        """Open the ledger, build every provider and warm each up (a local model loads here)."""
+        cfg = self.config
+        self.store = open_store(cfg.store)
+        await self.store.open()
+        self.ledger = LedgerWriter(
+            self.store, cfg.store.batch_size, cfg.store.flush_interval_ms / 1000, cfg.store.queue_size
+        )
+        self.ledger.start()
+        for name, t in cfg.targets.items():
+            timeouts = Timeouts(t.timeouts.connect, t.timeouts.ttft, t.timeouts.total)
+            provider = self._injected.get(name) or create(name, t)
+            self.targets[name] = Target(name, provider, Breaker(t.breaker), t.retry, timeouts)
+        results = await asyncio.gather(*(t.provider.health() for t in self.targets.values()))
+        for target, health in zip(self.targets.values(), results, strict=True):
+            if not health.ok:
+                log.warning("target %s is not healthy at start-up: %s", target.name, health.detail)
+
+    async def aclose(self) -> None:
+        """After the server has stopped taking requests: flush the ledger, close providers."""
+        if self.ledger is not None:
+            await self.ledger.aclose()
+        await asyncio.gather(*(t.provider.aclose() for t in self.targets.values()), return_exceptions=True)
+        if self.store is not None:
+            await self.store.aclose()
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        checks = await asyncio.gather(*(t.provider.health() for t in self.targets.values()))
+        detail = {
+            t.name: {
+                "ok": h.ok,
+                "breaker": t.breaker.state.value,
+                **({"detail": h.detail} if h.detail else {}),
+            }
+            for t, h in zip(self.targets.values(), checks, strict=True)
+        }
+        ok = all(any(detail[n]["ok"] for n in task.route) for task in self.config.tasks.values())
+        return ok, detail
+
+    def models(self, authorization: bytes | None) -> dict[str, Any]:
+        tenant = self.auth.authenticate(authorization)
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "turnout"}
+                for name in self.config.tasks
+                if tenant.may_use(name)
+            ],
+        }
+
+    async def chat(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        request_id = os.urandom(12).hex()
+        t0 = time.perf_counter()
+        row = LedgerRow(request_id, time.time(), "", "", "", False)
+        try:
+            tenant = self.auth.authenticate(header(scope, b"authorization"))
+            row.tenant = tenant.name
+            req = parse(await read_body(receive, scope, self.config.server.max_body_bytes))
+            row.task, row.stream = req.task, req.stream
+            row.user = header_str(scope, b"x-turnout-user") or req.user
+            task = self.config.tasks.get(req.task)
+            if task is None or not tenant.may_use(req.task):
+                raise UnknownTask(f"the task {req.task!r} does not exist or is not open to you", param="model")
+            row.data_class = policy.parse_data_class(header_str(scope, b"x-turnout-data-class") or req.data_class)
+            allowed = policy.decide(
+                task=req.task,
+                route=task.route,
+                data_class=row.data_class,
+                tenant_classes=tenant.data_classes,
+                policy=self.policy,
+            )
+            result = await execute(
+                [self.targets[n] for n in allowed], req.body, stream=req.stream, request_id=request_id
+            )
+        except TurnoutError as err:
+            if isinstance(err, AllTargetsFailed):
+                row.attempts = err.records
+            row.status, row.error_class = err.status, err.code or err.type
+            await respond.error(send, err, request_id)
+            self._account(row, t0)
+            return
+        row.attempts, row.fallback = result.attempts, result.fallback
+        row.target, row.replica = result.target.name, result.answer.replica
+        row.model_version, row.queue_ms = result.answer.model_version, result.answer.queue_ms
+        row.fallback_ms = result.fallback_ms if row.fallback else None
+        headers = respond.turnout_headers(request_id, req.task, result)
+        if isinstance(result.answer, Stream):
+            await self._stream(req, result.answer, headers, row, t0, receive, send)
+        else:
+            usage = result.answer.usage
+            if usage is not None:
+                row.prompt_tokens, row.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+            row.status = 200
+            await respond.completion(send, result.answer.body, request_id, req.task, headers)
+        self._account(row, t0)
+
+    async def _stream(
+        self,
+        req: ChatRequest,
+        stream: Stream,
+        headers: list[tuple[bytes, bytes]],
+        row: LedgerRow,
+        t0: float,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        row.ttft_ms = (time.perf_counter() - t0) * 1000
+        outcome = await respond.stream(send, receive, stream, req, row.request_id, headers)
+        row.status = outcome.status
+        row.error_class = outcome.error_class
+        if outcome.usage is not None:
+            row.prompt_tokens = outcome.usage.prompt_tokens
+            row.completion_tokens = outcome.usage.completion_tokens
+        row.generation_ms = (time.perf_counter() - t0) * 1000 - row.ttft_ms
+
+    def _account(self, row: LedgerRow, t0: float) -> None:
+        row.latency_ms = (time.perf_counter() - t0) * 1000
+        if self.ledger is not None:
+            self.ledger.submit(row)
+
+
+def header_str(scope: dict[str, Any], name: bytes) -> str | None:
+    value = header(scope, name)
+    return value.decode("latin-1") if value else None

@@ -1,0 +1,93 @@
+"""The provider protocol: four methods, one module per provider, a registry by name.
+
+A provider owns its transport (pooled HTTP client, worker thread, ...) and translates vendor
+errors into ``turnout.errors.UpstreamError`` subclasses at its edge. It never retries: the
+attempt loop in ``turnout.attempts`` owns retries, breakers and fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class Timeouts:
+    """Per-phase deadlines in seconds: TCP connect, time to first token (or to the response
+    head for non-streaming calls), and the whole call."""
+
+    connect: float = 5.0
+    ttft: float = 30.0
+    total: float = 120.0
+
+
+@dataclass(slots=True)
+class Call:
+    """One attempt's input. ``body`` is the caller's OpenAI chat body; the provider sets the
+    target's own model name on its copy and must not mutate this dict."""
+
+    body: dict[str, Any]
+    stream: bool
+    timeouts: Timeouts
+    request_id: str
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @classmethod
+    def from_openai(cls, raw: Any) -> Usage | None:
+        if not isinstance(raw, dict):
+            return None
+        return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+
+
+@dataclass(slots=True)
+class Completion:
+    """A finished non-streaming answer: an OpenAI ``chat.completion`` object."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+    model_version: str
+    replica: str = ""
+    queue_ms: float | None = None  # time spent waiting for a local worker, if any
+
+
+@dataclass(slots=True)
+class Stream:
+    """A started stream. ``chunks`` yields OpenAI ``chat.completion.chunk`` dicts; the first
+    chunk has already been received when the provider returns this object (so time to first
+    token is known and a failure before it can still fall back). A chunk carrying ``usage``
+    is yielded as the provider got it; the gateway decides whether the caller sees it."""
+
+    chunks: AsyncIterator[dict[str, Any]]
+    model_version: str
+    replica: str = ""
+    queue_ms: float | None = None
+
+
+@dataclass(slots=True)
+class Health:
+    ok: bool
+    detail: str = ""
+
+
+class Provider(Protocol):
+    """``health`` also warms the provider up (a local model is loaded by its first call), so
+    the gateway calls it once at start-up and then from ``/readyz``. ``stream`` returns only
+    once the first chunk has arrived; errors before that raise from ``stream`` itself, errors
+    after it raise from iterating ``chunks``. Closing ``chunks`` early (``aclose``) must stop
+    the upstream work: a disconnected client frees its slot."""
+
+    name: str
+
+    async def complete(self, call: Call) -> Completion: ...
+
+    async def stream(self, call: Call) -> Stream: ...
+
+    async def health(self) -> Health: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,119 @@
+"""Turning results into responses: OpenAI bodies, turnout's headers, SSE streams, errors.
+
+The caller asked for a task, so ``model`` in every body names the task and ``id`` carries
+turnout's request id: application code never learns which target answered (the headers say it,
+for the platform team).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from turnout.asgi import Receive, Send, send_json
+from turnout.attempts import Result
+from turnout.chat import ChatRequest
+from turnout.errors import StreamInterrupted, TurnoutError, UpstreamError
+from turnout.providers.base import Stream, Usage
+
+log = logging.getLogger("turnout")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+DONE = b"data: [DONE]\n\n"
+
+
+def turnout_headers(request_id: str, task: str, result: Result) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-turnout-request-id", request_id.encode()),
+        (b"x-turnout-task", task.encode()),
+        (b"x-turnout-target", result.target.name.encode()),
+        (b"x-turnout-model-version", result.answer.model_version.encode("latin-1", "replace")),
+        (b"x-turnout-release", b"none"),
+        (b"x-turnout-prompt-version", b"none"),
+        (b"x-turnout-attempts", str(len(result.attempts)).encode()),
+        (b"x-turnout-fallback", b"true" if result.fallback else b"false"),
+    ]
+
+
+async def error(send: Send, err: TurnoutError, request_id: str) -> None:
+    headers = [(b"x-turnout-request-id", request_id.encode()), *err.headers()]
+    await send_json(send, err.status, err.to_openai(), headers)
+
+
+async def completion(
+    send: Send, body: dict[str, Any], request_id: str, task: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    body["id"] = f"chatcmpl-{request_id}"
+    body["model"] = task
+    await send_json(send, 200, body, headers)
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    status: int = 200
+    error_class: str | None = None
+    usage: Usage | None = None
+
+
+async def stream(
+    send: Send,
+    receive: Receive,
+    answer: Stream,
+    req: ChatRequest,
+    request_id: str,
+    headers: list[tuple[bytes, bytes]],
+) -> StreamOutcome:
+    """Relay the stream as SSE. A failure after the first byte ends it with an error event;
+    a client that goes away stops the upstream work (the chunks iterator is closed)."""
+    out = StreamOutcome()
+    chat_id = f"chatcmpl-{request_id}"
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
+    gone = asyncio.ensure_future(_disconnected(receive))
+    chunks = answer.chunks
+    try:
+        async for chunk in chunks:
+            if gone.done():
+                out.status, out.error_class = 499, "client_disconnected"
+                break
+            usage = chunk.get("usage")
+            if usage is not None:
+                out.usage = Usage.from_openai(usage)
+                if not req.include_usage:
+                    if not chunk.get("choices"):
+                        continue  # the usage-only chunk the caller did not ask for
+                    del chunk["usage"]
+            chunk["id"] = chat_id
+            chunk["model"] = req.task
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
+    except UpstreamError as exc:
+        err = StreamInterrupted(f"the stream from the target failed: {exc.message}")
+        out.status, out.error_class = 502, exc.error_class
+        log.warning("stream %s interrupted: %s", request_id, exc.error_class)
+        payload = b"data: " + orjson.dumps(err.to_openai()) + b"\n\n"
+        await send({"type": "http.response.body", "body": payload, "more_body": True})
+    finally:
+        gone.cancel()
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    await send({"type": "http.response.body", "body": b"" if out.status == 499 else DONE})
+    return out
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

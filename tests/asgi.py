@@ -1,0 +1,73 @@
+"""Drive the ASGI app in-process, without sockets: the request is one call, the response is
+the list of ASGI messages it sent (so streams can be read chunk by chunk too)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from turnout.app import App
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    chunks: list[bytes] = field(default_factory=list)
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    def events(self) -> list[Any]:
+        """SSE ``data:`` payloads, decoded; ``[DONE]`` stays a string."""
+        out: list[Any] = []
+        for block in self.body.split(b"\n\n"):
+            if block.startswith(b"data: "):
+                data = block[6:]
+                out.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
+        return out
+
+
+async def request(
+    app: App,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    chunk_size: int | None = None,
+    disconnect_after: int | None = None,
+) -> Response:
+    data = raw if raw is not None else (b"" if body is None else orjson.dumps(body))
+    head = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    if data and not any(k == b"content-length" for k, _ in head):
+        head.append((b"content-length", str(len(data)).encode()))
+    scope = {"type": "http", "method": method, "path": path, "headers": head, "query_string": b""}
+    parts = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)] if chunk_size else [data]
+    sent: list[dict[str, Any]] = []
+    gone = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            part = parts.pop(0)
+            return {"type": "http.request", "body": part, "more_body": bool(parts)}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        bodies = sum(1 for m in sent if m["type"] == "http.response.body")
+        if disconnect_after is not None and bodies >= disconnect_after:
+            gone.set()
+            await asyncio.sleep(0)
+
+    await app.http(scope, receive, send)
+    gone.set()
+    start = sent[0]
+    chunks = [m.get("body", b"") for m in sent[1:]]
+    hdrs = {k.decode(): v.decode() for k, v in start["headers"]}
+    return Response(start["status"], hdrs, b"".join(chunks), chunks)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from turnout.app import App
+from turnout.config import validate
+from turnout.providers.base import Provider
+
+AppFactory = Callable[..., Awaitable[App]]
+
+
+@pytest.fixture
+async def make_app() -> AsyncIterator[AppFactory]:
+    """Build and start an App from a config mapping, with fake providers injected by target
+    name and the ledger in memory unless the config says otherwise."""
+    apps: list[App] = []
+
+    async def factory(raw: dict[str, Any], providers: dict[str, Provider] | None = None) -> App:
+        raw = {"store": {"kind": "memory", "flush_interval_ms": 10}, **raw}
+        app = App(validate(raw), providers)
+        await app.gateway.start()
+        app.ready = True
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        await app.gateway.aclose()

@@ -1,0 +1,334 @@
+"""The HTTP API in-process: statuses, error shapes, headers, fallback, policy, streams, ledger."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.asgi import request
+from tests.conftest import AppFactory
+from tests.fakes.scripted import ScriptedProvider, Step
+from turnout.app import App
+from turnout.errors import UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
+
+KEY = "sk-acme-0123456789"
+OTHER_KEY = "sk-other-0123456789"
+AUTH = {"authorization": f"Bearer {KEY}"}
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def config(**extra: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "targets": {
+            "primary": {"provider": "openai", "base_url": "http://primary.invalid/v1", "model": "m1",
+                        "retry": {"attempts": 2, "backoff_ms": 1}},
+            "secondary": {"provider": "openai", "base_url": "http://secondary.invalid/v1", "model": "m2"},
+            "onprem": {"provider": "openai", "base_url": "http://onprem.invalid/v1", "model": "m3"},
+        },
+        "tenants": {
+            "acme": {"keys": [KEY], "data_classes": ["public", "internal", "confidential", "restricted"]},
+            "other": {"keys": [OTHER_KEY], "data_classes": ["public"], "tasks": ["chat"]},
+        },
+        "policy": {"restricted": {"targets": ["onprem"]}},
+        "tasks": {
+            "chat": {"route": ["primary", "secondary"]},
+            "private": {"route": ["primary", "secondary", "onprem"]},
+        },
+    }
+    raw.update(extra)
+    return raw
+
+
+async def setup(make_app: AppFactory, **providers: ScriptedProvider) -> tuple[App, dict[str, ScriptedProvider]]:
+    fakes = {name: providers.get(name) or ScriptedProvider(name) for name in ("primary", "secondary", "onprem")}
+    app = await make_app(config(), dict(fakes))
+    return app, fakes
+
+
+async def chat(app: App, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+               **kw: Any) -> Any:
+    payload = {"model": "chat", "messages": MESSAGES, **(body or {})}
+    return await request(app, "POST", "/v1/chat/completions", payload, {**AUTH, **(headers or {})}, **kw)
+
+
+async def rows(app: App) -> list[Any]:
+    assert app.gateway.ledger is not None and app.gateway.store is not None
+    for _ in range(500):  # the writer flushes every 10 ms in tests
+        await asyncio.sleep(0.005)
+        if app.gateway.ledger.queued == 0:
+            break
+    return await app.gateway.store.recent(1000)
+
+
+async def test_completion_names_the_task_and_carries_turnout_headers(make_app: AppFactory) -> None:
+    app, _ = await setup(make_app)
+    resp = await chat(app)
+    assert resp.status == 200
+    body = resp.json()
+    assert body["model"] == "chat"
+    assert body["choices"][0]["message"]["content"] == "hello from the fake"
+    rid = resp.headers["x-turnout-request-id"]
+    assert body["id"] == f"chatcmpl-{rid}"
+    assert resp.headers["x-turnout-task"] == "chat"
+    assert resp.headers["x-turnout-target"] == "primary"
+    assert resp.headers["x-turnout-model-version"] == "fake-v1"
+    assert resp.headers["x-turnout-attempts"] == "1"
+    assert resp.headers["x-turnout-fallback"] == "false"
+    assert resp.headers["x-turnout-release"] == "none"
+    assert resp.headers["x-turnout-prompt-version"] == "none"
+
+
+async def test_body_reaches_the_target_without_turnout_metadata(make_app: AppFactory) -> None:
+    app, fakes = await setup(make_app)
+    body = {"temperature": 0.2, "seed": 7, "stop": ["\n"], "max_tokens": 5,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            "response_format": {"type": "json_object"},
+            "metadata": {"data_class": "public", "user": "u1", "trace": "x"}}
+    assert (await chat(app, body)).status == 200
+    sent = fakes["primary"].calls[0].body
+    assert sent["metadata"] == {"trace": "x"}
+    assert sent["seed"] == 7 and sent["tools"][0]["function"]["name"] == "f"
+    assert sent["response_format"] == {"type": "json_object"}
+    [row] = await rows(app)
+    assert row.data_class == "public" and row.user == "u1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (orjson.dumps({"messages": MESSAGES}), 400, "model"),
+        (orjson.dumps({"model": "chat", "messages": []}), 400, "messages"),
+        (orjson.dumps({"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}), 400, "messages[0].role"),
+        (orjson.dumps({"model": "chat", "messages": MESSAGES, "temperature": 3}), 400, "temperature"),
+        (orjson.dumps({"model": "chat", "messages": MESSAGES, "max_tokens": True}), 400, "max_tokens"),
+        (orjson.dumps({"model": "chat", "messages": MESSAGES, "stream_options": {"include_usage": True}}),
+         400, "stream_options"),
+        (orjson.dumps({"model": "nope", "messages": MESSAGES}), 404, "model"),
+    ],
+)
+async def test_bad_requests_get_openai_errors(make_app: AppFactory, raw: bytes, status: int,
+                                              param: str | None) -> None:
+    app, fakes = await setup(make_app)
+    resp = await request(app, "POST", "/v1/chat/completions", raw=raw, headers=AUTH)
+    assert resp.status == status
+    err = resp.json()["error"]
+    assert err["message"] and err["type"] == "invalid_request_error"
+    assert err["param"] == param
+    assert not fakes["primary"].calls
+    [row] = await rows(app)
+    assert row.status == status
+
+
+@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong-key-123"}, {"authorization": "Basic x"}])
+async def test_missing_or_bad_key_is_401(make_app: AppFactory, headers: dict[str, str]) -> None:
+    app, _ = await setup(make_app)
+    resp = await request(app, "POST", "/v1/chat/completions", {"model": "chat", "messages": MESSAGES}, headers)
+    assert resp.status == 401
+    assert resp.json()["error"]["type"] == "authentication_error"
+
+
+async def test_body_over_the_limit_is_413(make_app: AppFactory) -> None:
+    app = await make_app({**config(), "server": {"max_body_bytes": 1000}},
+                         {n: ScriptedProvider(n) for n in ("primary", "secondary", "onprem")})
+    big = {"model": "chat", "messages": [{"role": "user", "content": "x" * 5000}]}
+    assert (await request(app, "POST", "/v1/chat/completions", big, AUTH)).status == 413
+    # without a content-length, counted as the body streams in
+    raw = orjson.dumps(big)
+    resp = await request(app, "POST", "/v1/chat/completions", raw=raw, chunk_size=300,
+                         headers={**AUTH, "content-length": "x"})
+    assert resp.status == 413
+    assert resp.json()["error"]["code"] == "body_too_large"
+
+
+async def test_tenant_sees_and_uses_only_its_tasks(make_app: AppFactory) -> None:
+    app, _ = await setup(make_app)
+    models = await request(app, "GET", "/v1/models", headers={"authorization": f"Bearer {OTHER_KEY}"})
+    assert [m["id"] for m in models.json()["data"]] == ["chat"]
+    resp = await chat(app, {"model": "private"}, {"authorization": f"Bearer {OTHER_KEY}"})
+    assert resp.status == 404
+    all_models = await request(app, "GET", "/v1/models", headers=AUTH)
+    assert {m["id"] for m in all_models.json()["data"]} == {"chat", "private"}
+
+
+async def test_tenant_may_not_send_a_data_class_it_lacks(make_app: AppFactory) -> None:
+    app, _ = await setup(make_app)
+    resp = await chat(app, headers={"authorization": f"Bearer {OTHER_KEY}", "x-turnout-data-class": "internal"})
+    assert resp.status == 403
+    assert resp.json()["error"]["type"] == "permission_denied"
+    assert (await chat(app, headers={"x-turnout-data-class": "secret"})).status == 400
+
+
+async def test_restricted_never_falls_back_outside_its_allowed_set(make_app: AppFactory) -> None:
+    broken = ScriptedProvider("onprem", Step(UpstreamStatusError(500, "boom")))
+    app, fakes = await setup(make_app, onprem=broken)
+    resp = await chat(app, {"model": "private"}, {"x-turnout-data-class": "restricted"})
+    assert resp.status == 502
+    assert not fakes["primary"].calls and not fakes["secondary"].calls
+    assert len(fakes["onprem"].calls) == 2  # retried, but only inside the allowed set
+    # a task whose route has no allowed target at all is refused before any attempt
+    resp = await chat(app, {"model": "chat"}, {"x-turnout-data-class": "restricted"})
+    assert resp.status == 403
+    assert not fakes["primary"].calls
+
+
+async def test_failing_primary_falls_back_and_reports_it(make_app: AppFactory) -> None:
+    primary = ScriptedProvider("primary", Step(UpstreamStatusError(500, "boom")))
+    app, fakes = await setup(make_app, primary=primary)
+    resp = await chat(app)
+    assert resp.status == 200
+    assert resp.headers["x-turnout-target"] == "secondary"
+    assert resp.headers["x-turnout-fallback"] == "true"
+    assert resp.headers["x-turnout-attempts"] == "3"  # two tries at primary, one at secondary
+    [row] = await rows(app)
+    assert row.fallback and row.target == "secondary" and row.fallback_ms is not None
+    assert [(a.target, a.error_class) for a in row.attempts] == [
+        ("primary", "http_500"), ("primary", "http_500"), ("secondary", None)]
+
+
+async def test_all_targets_failed_status_follows_the_failures(make_app: AppFactory) -> None:
+    down = Step(UpstreamConnectError("connection refused"))
+    app, _ = await setup(make_app, primary=ScriptedProvider("primary", down),
+                         secondary=ScriptedProvider("secondary", down))
+    resp = await chat(app)
+    assert resp.status == 502
+    msg = resp.json()["error"]["message"]
+    assert "primary: connection refused" in msg and "secondary: connection refused" in msg
+
+    slow = Step(UpstreamTimeout("ttft", 1.0))
+    app, _ = await setup(make_app, primary=ScriptedProvider("primary", slow),
+                         secondary=ScriptedProvider("secondary", slow))
+    assert (await chat(app)).status == 504
+
+    busy = Step(UpstreamStatusError(429, "slow down", retry_after=30))
+    app, _ = await setup(make_app, primary=ScriptedProvider("primary", busy),
+                         secondary=ScriptedProvider("secondary", busy))
+    resp = await chat(app)
+    assert resp.status == 503
+    assert resp.headers["retry-after"] == "30"
+
+
+async def test_a_request_the_target_rejects_is_not_retried_elsewhere(make_app: AppFactory) -> None:
+    primary = ScriptedProvider("primary", Step(UpstreamStatusError(400, "context too long")))
+    app, fakes = await setup(make_app, primary=primary)
+    resp = await chat(app)
+    assert resp.status == 400
+    assert "context too long" in resp.json()["error"]["message"]
+    assert len(primary.calls) == 1 and not fakes["secondary"].calls
+
+
+async def test_breaker_opens_then_recovers_through_half_open(make_app: AppFactory) -> None:
+    raw = config()
+    raw["targets"]["primary"]["breaker"] = {"failures": 2, "cooldown_s": 0.05}
+    raw["targets"]["primary"]["retry"] = {"attempts": 1}
+    primary = ScriptedProvider("primary", Step(UpstreamStatusError(503, "down")))
+    fakes = {"primary": primary, "secondary": ScriptedProvider("secondary"), "onprem": ScriptedProvider("onprem")}
+    app = await make_app(raw, dict(fakes))
+    breaker = app.gateway.targets["primary"].breaker
+    for _ in range(2):
+        assert (await chat(app)).headers["x-turnout-target"] == "secondary"
+    assert breaker.state == "open"
+    resp = await chat(app)  # skipped without a call while open
+    assert resp.headers["x-turnout-target"] == "secondary"
+    assert len(primary.calls) == 2
+    primary.steps = [Step()]  # the primary heals
+    await asyncio.sleep(0.06)
+    resp = await chat(app)  # the half-open probe goes to the primary and closes the breaker
+    assert resp.headers["x-turnout-target"] == "primary"
+    assert breaker.state == "closed"
+    assert [(a.value, b.value) for a, b in breaker.transitions] == [
+        ("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+async def test_stream_relays_chunks_and_honours_include_usage(make_app: AppFactory) -> None:
+    app, _ = await setup(make_app)
+    resp = await chat(app, {"stream": True})
+    assert resp.status == 200 and resp.headers["content-type"] == "text/event-stream"
+    events = resp.events()
+    assert events[-1] == "[DONE]"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    assert text.strip() == "hello from the fake"
+    assert all("usage" not in e for e in events[:-1])
+    assert {e["model"] for e in events[:-1]} == {"chat"}
+
+    resp = await chat(app, {"stream": True, "stream_options": {"include_usage": True}})
+    events = resp.events()
+    assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] == 4
+    ledger = await rows(app)
+    assert all(r.completion_tokens == 4 and r.ttft_ms is not None for r in ledger)
+
+
+async def test_stream_falls_back_before_the_first_byte(make_app: AppFactory) -> None:
+    primary = ScriptedProvider("primary", Step(UpstreamConnectError("refused")))
+    app, _ = await setup(make_app, primary=primary)
+    resp = await chat(app, {"stream": True})
+    assert resp.status == 200
+    assert resp.headers["x-turnout-target"] == "secondary"
+    assert resp.events()[-1] == "[DONE]"
+
+
+async def test_stream_failure_after_first_byte_ends_with_an_error_event(make_app: AppFactory) -> None:
+    primary = ScriptedProvider("primary", Step(UpstreamConnectError("reset"), text="a b c d", fail_after=2))
+    app, fakes = await setup(make_app, primary=primary)
+    resp = await chat(app, {"stream": True})
+    events = resp.events()
+    assert resp.headers["x-turnout-target"] == "primary"
+    assert events[-1] == "[DONE]"
+    assert events[-2]["error"]["code"] == "stream_interrupted"
+    assert not fakes["secondary"].calls  # no switch once bytes have reached the client
+    [row] = await rows(app)
+    assert row.status == 502 and row.error_class == "connect"
+
+
+async def test_client_disconnect_closes_the_upstream_stream(make_app: AppFactory) -> None:
+    primary = ScriptedProvider("primary", Step(text=" ".join(["w"] * 200)))
+    app, _ = await setup(make_app, primary=primary)
+    resp = await chat(app, {"stream": True}, disconnect_after=3)
+    assert len(resp.chunks) < 20
+    assert primary.closed_streams == 1
+    [row] = await rows(app)
+    assert row.status == 499
+
+
+async def test_ledger_has_one_metadata_row_per_request_and_no_text(make_app: AppFactory) -> None:
+    app, _ = await setup(make_app)
+    secret = "SENTINEL-7f3a-do-not-store"
+    for stream in (False, True):
+        body = {"messages": [{"role": "user", "content": secret}], "stream": stream, "user": "end-user-1"}
+        assert (await chat(app, body, {"x-turnout-data-class": "confidential"})).status == 200
+    await chat(app, {"model": "missing", "messages": [{"role": "user", "content": secret}]})
+    ledger = await rows(app)
+    assert len(ledger) == 3
+    assert secret not in repr(ledger)
+    ok = [r for r in ledger if r.status == 200]
+    assert {r.stream for r in ok} == {False, True}
+    for r in ok:
+        assert r.tenant == "acme" and r.task == "chat" and r.target == "primary" and r.replica == "r0"
+        assert r.data_class == "confidential" and r.user == "end-user-1" and r.model_version == "fake-v1"
+        assert r.prompt_tokens == 7 and r.latency_ms > 0 and len(r.attempts) == 1
+
+
+async def test_service_routes(make_app: AppFactory) -> None:
+    app, fakes = await setup(make_app)
+    assert (await request(app, "GET", "/healthz")).json() == {"status": "ok"}
+    ready = await request(app, "GET", "/readyz")
+    assert ready.status == 200 and ready.json()["targets"]["primary"]["breaker"] == "closed"
+    fakes["primary"].healthy = fakes["secondary"].healthy = False
+    assert (await request(app, "GET", "/readyz")).status == 503
+    assert (await request(app, "GET", "/nope")).status == 404
+    resp = await request(app, "GET", "/v1/chat/completions")
+    assert resp.status == 405 and resp.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_without_tenants_access_is_anonymous(make_app: AppFactory) -> None:
+    raw = {"targets": {"local": {"provider": "openai", "base_url": "http://x.invalid/v1", "model": "m"}},
+           "tasks": {"default": {"route": ["local"]}}}
+    app = await make_app(raw, {"local": ScriptedProvider("local")})
+    resp = await request(app, "POST", "/v1/chat/completions", {"model": "default", "messages": MESSAGES})
+    assert resp.status == 200
+    [row] = await rows(app)
+    assert row.tenant == "anonymous" and row.data_class == "internal"
