@@ -4,6 +4,7 @@ the list of ASGI messages it sent (so streams can be read chunk by chunk too).""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,7 @@ async def request(
         head.append((b"content-length", str(len(data)).encode()))
     scope = {"type": "http", "method": method, "path": path, "headers": head, "query_string": b""}
     parts = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)] if chunk_size else [data]
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
     gone = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
@@ -58,7 +59,7 @@ async def request(
         await gone.wait()
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
         bodies = sum(1 for m in sent if m["type"] == "http.response.body")
         if disconnect_after is not None and bodies >= disconnect_after:

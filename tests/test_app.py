@@ -23,8 +23,12 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 def config(**extra: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "targets": {
-            "primary": {"provider": "openai", "base_url": "http://primary.invalid/v1", "model": "m1",
-                        "retry": {"attempts": 2, "backoff_ms": 1}},
+            "primary": {
+                "provider": "openai",
+                "base_url": "http://primary.invalid/v1",
+                "model": "m1",
+                "retry": {"attempts": 2, "backoff_ms": 1},
+            },
             "secondary": {"provider": "openai", "base_url": "http://secondary.invalid/v1", "model": "m2"},
             "onprem": {"provider": "openai", "base_url": "http://onprem.invalid/v1", "model": "m3"},
         },
@@ -48,8 +52,7 @@ async def setup(make_app: AppFactory, **providers: ScriptedProvider) -> tuple[Ap
     return app, fakes
 
 
-async def chat(app: App, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
-               **kw: Any) -> Any:
+async def chat(app: App, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None, **kw: Any) -> Any:
     payload = {"model": "chat", "messages": MESSAGES, **(body or {})}
     return await request(app, "POST", "/v1/chat/completions", payload, {**AUTH, **(headers or {})}, **kw)
 
@@ -83,10 +86,15 @@ async def test_completion_names_the_task_and_carries_turnout_headers(make_app: A
 
 async def test_body_reaches_the_target_without_turnout_metadata(make_app: AppFactory) -> None:
     app, fakes = await setup(make_app)
-    body = {"temperature": 0.2, "seed": 7, "stop": ["\n"], "max_tokens": 5,
-            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-            "response_format": {"type": "json_object"},
-            "metadata": {"data_class": "public", "user": "u1", "trace": "x"}}
+    body = {
+        "temperature": 0.2,
+        "seed": 7,
+        "stop": ["\n"],
+        "max_tokens": 5,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "response_format": {"type": "json_object"},
+        "metadata": {"data_class": "public", "user": "u1", "trace": "x"},
+    }
     assert (await chat(app, body)).status == 200
     sent = fakes["primary"].calls[0].body
     assert sent["metadata"] == {"trace": "x"}
@@ -106,13 +114,15 @@ async def test_body_reaches_the_target_without_turnout_metadata(make_app: AppFac
         (orjson.dumps({"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}), 400, "messages[0].role"),
         (orjson.dumps({"model": "chat", "messages": MESSAGES, "temperature": 3}), 400, "temperature"),
         (orjson.dumps({"model": "chat", "messages": MESSAGES, "max_tokens": True}), 400, "max_tokens"),
-        (orjson.dumps({"model": "chat", "messages": MESSAGES, "stream_options": {"include_usage": True}}),
-         400, "stream_options"),
+        (
+            orjson.dumps({"model": "chat", "messages": MESSAGES, "stream_options": {"include_usage": True}}),
+            400,
+            "stream_options",
+        ),
         (orjson.dumps({"model": "nope", "messages": MESSAGES}), 404, "model"),
     ],
 )
-async def test_bad_requests_get_openai_errors(make_app: AppFactory, raw: bytes, status: int,
-                                              param: str | None) -> None:
+async def test_bad_requests_get_openai_errors(make_app: AppFactory, raw: bytes, status: int, param: str | None) -> None:
     app, fakes = await setup(make_app)
     resp = await request(app, "POST", "/v1/chat/completions", raw=raw, headers=AUTH)
     assert resp.status == status
@@ -133,14 +143,17 @@ async def test_missing_or_bad_key_is_401(make_app: AppFactory, headers: dict[str
 
 
 async def test_body_over_the_limit_is_413(make_app: AppFactory) -> None:
-    app = await make_app({**config(), "server": {"max_body_bytes": 1000}},
-                         {n: ScriptedProvider(n) for n in ("primary", "secondary", "onprem")})
+    app = await make_app(
+        {**config(), "server": {"max_body_bytes": 1000}},
+        {n: ScriptedProvider(n) for n in ("primary", "secondary", "onprem")},
+    )
     big = {"model": "chat", "messages": [{"role": "user", "content": "x" * 5000}]}
     assert (await request(app, "POST", "/v1/chat/completions", big, AUTH)).status == 413
     # without a content-length, counted as the body streams in
     raw = orjson.dumps(big)
-    resp = await request(app, "POST", "/v1/chat/completions", raw=raw, chunk_size=300,
-                         headers={**AUTH, "content-length": "x"})
+    resp = await request(
+        app, "POST", "/v1/chat/completions", raw=raw, chunk_size=300, headers={**AUTH, "content-length": "x"}
+    )
     assert resp.status == 413
     assert resp.json()["error"]["code"] == "body_too_large"
 
@@ -178,7 +191,7 @@ async def test_restricted_never_falls_back_outside_its_allowed_set(make_app: App
 
 async def test_failing_primary_falls_back_and_reports_it(make_app: AppFactory) -> None:
     primary = ScriptedProvider("primary", Step(UpstreamStatusError(500, "boom")))
-    app, fakes = await setup(make_app, primary=primary)
+    app, _ = await setup(make_app, primary=primary)
     resp = await chat(app)
     assert resp.status == 200
     assert resp.headers["x-turnout-target"] == "secondary"
@@ -187,26 +200,32 @@ async def test_failing_primary_falls_back_and_reports_it(make_app: AppFactory) -
     [row] = await rows(app)
     assert row.fallback and row.target == "secondary" and row.fallback_ms is not None
     assert [(a.target, a.error_class) for a in row.attempts] == [
-        ("primary", "http_500"), ("primary", "http_500"), ("secondary", None)]
+        ("primary", "http_500"),
+        ("primary", "http_500"),
+        ("secondary", None),
+    ]
 
 
 async def test_all_targets_failed_status_follows_the_failures(make_app: AppFactory) -> None:
     down = Step(UpstreamConnectError("connection refused"))
-    app, _ = await setup(make_app, primary=ScriptedProvider("primary", down),
-                         secondary=ScriptedProvider("secondary", down))
+    app, _ = await setup(
+        make_app, primary=ScriptedProvider("primary", down), secondary=ScriptedProvider("secondary", down)
+    )
     resp = await chat(app)
     assert resp.status == 502
     msg = resp.json()["error"]["message"]
     assert "primary: connection refused" in msg and "secondary: connection refused" in msg
 
     slow = Step(UpstreamTimeout("ttft", 1.0))
-    app, _ = await setup(make_app, primary=ScriptedProvider("primary", slow),
-                         secondary=ScriptedProvider("secondary", slow))
+    app, _ = await setup(
+        make_app, primary=ScriptedProvider("primary", slow), secondary=ScriptedProvider("secondary", slow)
+    )
     assert (await chat(app)).status == 504
 
     busy = Step(UpstreamStatusError(429, "slow down", retry_after=30))
-    app, _ = await setup(make_app, primary=ScriptedProvider("primary", busy),
-                         secondary=ScriptedProvider("secondary", busy))
+    app, _ = await setup(
+        make_app, primary=ScriptedProvider("primary", busy), secondary=ScriptedProvider("secondary", busy)
+    )
     resp = await chat(app)
     assert resp.status == 503
     assert resp.headers["retry-after"] == "30"
@@ -241,7 +260,10 @@ async def test_breaker_opens_then_recovers_through_half_open(make_app: AppFactor
     assert resp.headers["x-turnout-target"] == "primary"
     assert breaker.state == "closed"
     assert [(a.value, b.value) for a, b in breaker.transitions] == [
-        ("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
 
 
 async def test_stream_relays_chunks_and_honours_include_usage(make_app: AppFactory) -> None:
@@ -325,8 +347,10 @@ async def test_service_routes(make_app: AppFactory) -> None:
 
 
 async def test_without_tenants_access_is_anonymous(make_app: AppFactory) -> None:
-    raw = {"targets": {"local": {"provider": "openai", "base_url": "http://x.invalid/v1", "model": "m"}},
-           "tasks": {"default": {"route": ["local"]}}}
+    raw = {
+        "targets": {"local": {"provider": "openai", "base_url": "http://x.invalid/v1", "model": "m"}},
+        "tasks": {"default": {"route": ["local"]}},
+    }
     app = await make_app(raw, {"local": ScriptedProvider("local")})
     resp = await request(app, "POST", "/v1/chat/completions", {"model": "default", "messages": MESSAGES})
     assert resp.status == 200

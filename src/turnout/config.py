@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from turnout.errors import ConfigError
 
@@ -145,6 +145,8 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
         seen: set[str] = set()
         route = _mapping(task).get("route")
         for i, target in enumerate(route if isinstance(route, list) else []):
+            if not isinstance(target, str):
+                continue  # the field check reports the type
             if target not in targets:
                 problems.append(f"tasks.{name}.route[{i}]: unknown target {target!r}")
             elif target in seen:
@@ -153,7 +155,7 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
     for cls, pol in _mapping(raw.get("policy")).items():
         listed = _mapping(pol).get("targets")
         for i, target in enumerate(listed if isinstance(listed, list) else []):
-            if target not in targets:
+            if isinstance(target, str) and target not in targets:
                 problems.append(f"policy.{cls}.targets[{i}]: unknown target {target!r}")
     owner: dict[str, str] = {}
     tenants = _mapping(raw.get("tenants"))
@@ -169,11 +171,11 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
             owner[key] = str(tname)
         allowed = _mapping(tenant).get("tasks")
         for i, task in enumerate(allowed if isinstance(allowed, list) else []):
-            if task not in tasks:
+            if isinstance(task, str) and task not in tasks:
                 problems.append(f"tenants.{tname}.tasks[{i}]: unknown task {task!r}")
     server = _mapping(raw.get("server"))
     host = str(server.get("host", "127.0.0.1"))
-    if not tenants and not server.get("allow_anonymous") and not _is_loopback(host):
+    if not tenants and not _flag(server.get("allow_anonymous", False)) and not _is_loopback(host):
         problems.append(
             f"server.host: {host!r} is not loopback and no tenants are configured; "
             "add tenants with keys or set server.allow_anonymous: true"
@@ -183,6 +185,14 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
 
 def _mapping(node: Any) -> dict[str, Any]:
     return node if isinstance(node, dict) else {}
+
+
+def _flag(value: Any) -> bool:
+    # Read a boolean as the model will ("false" is False), so the check cannot fail open.
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        return False
 
 
 def _is_loopback(host: str) -> bool:
@@ -256,10 +266,10 @@ def _problems(exc: ValidationError) -> list[str]:
 
 def _path(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
-    for item in loc:
+    for i, item in enumerate(loc):
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("openai", "local") and parts:
+        elif i == 2 and loc[0] == "targets" and item in ("openai", "local"):
             continue  # the discriminator's branch name is not a key the user wrote
         else:
             parts.append(("." if parts else "") + str(item))
@@ -278,11 +288,11 @@ def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
 
         def repl(m: re.Match[str]) -> str:
             value = env.get(m.group(1))
+            if m.group(2) is not None and not value:
+                return m.group(2)  # as in the shell, ":-" also covers a variable set but empty
             if value is None:
-                if m.group(2) is None:
-                    problems.append(f"{where}: environment variable {m.group(1)} is not set")
-                    return ""
-                return m.group(2)
+                problems.append(f"{where}: environment variable {m.group(1)} is not set")
+                return ""
             return str(value)
 
         return _VAR.sub(repl, node)

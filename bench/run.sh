@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# bench/run.sh — turnout's overhead against the floor Python proxy and nginx, in one run.
+# Uses ../shared/bench (fixed nginx upstream on CPU 1, load from wrk on CPU 1, the proxy under
+# test pinned to CPU 0). Not a test: prints ratios and writes bench/results/latest.txt.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
+kit=${BENCH_KIT:-$root/../shared/bench}
+py=$root/.venv/bin/python
+secs=${BENCH_SECONDS:-8}
+run=${TMPDIR:-/tmp}/turnout-bench; mkdir -p "$run" "$here/results"
+command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx wrk; }
+"$root/.venv/bin/pip" install -q aiohttp orjson uvicorn uvloop httptools >/dev/null
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; "$kit/upstream.sh" stop; }
+trap cleanup EXIT
+"$kit/upstream.sh" start
+wait_up() { for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
+rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+load() { "$kit/load.sh" "$@"; }
+calc() { awk "BEGIN { print $1 }"; }
+
+# The floor: a bare ASGI pass-through, same server stack as turnout (uvicorn + uvloop + httptools).
+(cd "$kit" && FLOOR_UPSTREAM=http://127.0.0.1:18001 exec taskset -c 0 "$root/.venv/bin/uvicorn" floor_proxy:app \
+  --port 18020 --loop uvloop --http httptools --no-access-log --log-level warning) & pids+=($!)
+rm -f "$run/ledger.db"*
+TURNOUT_BENCH_DB=$run/ledger.db taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/config.yaml" \
+  --port 18030 >"$run/turnout.log" 2>&1 & pids+=($!); tpid=$!
+wait_up http://127.0.0.1:18020/health 2>/dev/null || true
+wait_up http://127.0.0.1:18030/readyz
+
+load http://127.0.0.1:18030/v1/chat/completions 2 32 >/dev/null   # warm-up
+load http://127.0.0.1:18020/v1/chat/completions 2 32 >/dev/null
+rss_before=$(rss "$tpid")
+read -r c_rps c_p50 _ _ < <(load http://127.0.0.1:18002/v1/chat/completions "$secs" 32)
+read -r f_rps f_p50 f_p99 _ < <(load http://127.0.0.1:18020/v1/chat/completions "$secs" 32)
+read -r t_rps t_p50 t_p99 t_bad < <(load http://127.0.0.1:18030/v1/chat/completions "$secs" 32)
+read -r f1_rps f1_p50 _ _ < <(load http://127.0.0.1:18020/v1/chat/completions "$secs" 1)
+read -r t1_rps t1_p50 _ _ < <(load http://127.0.0.1:18030/v1/chat/completions "$secs" 1)
+ttfb_up=$(taskset -c 1 "$py" "$here/ttfb.py" http://127.0.0.1:18003/v1/chat/completions 500)
+ttfb_t=$(taskset -c 1 "$py" "$here/ttfb.py" http://127.0.0.1:18030/v1/chat/completions 500)
+# RSS over 100,000 more requests (counted from wrk's own total).
+n=0; while [ "$n" -lt 100000 ]; do
+  out=$(taskset -c 1 wrk -t1 -c32 -d10s -s "$kit/post.lua" http://127.0.0.1:18030/v1/chat/completions)
+  n=$((n + $(echo "$out" | awk '/requests in/ {print $1}')))
+done
+rss_after=$(rss "$tpid")
+sleep 1
+rows=$("$py" -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from requests').fetchone()[0])" "$run/ledger.db")
+
+{
+  echo "turnout bench, $(date -u +%F), one run; proxies pinned to CPU 0, upstream and wrk on CPU 1"
+  printf "throughput @32: C proxy %.0f req/s, floor %.0f req/s, turnout %.0f req/s (non-2xx %s)\n" "$c_rps" "$f_rps" "$t_rps" "$t_bad"
+  printf "  turnout / floor = %.2f   turnout / C proxy = %.3f\n" "$(calc "$t_rps / $f_rps")" "$(calc "$t_rps / $c_rps")"
+  printf "p50 @32: floor %s ms, turnout %s ms; p99 @32: floor %s ms, turnout %s ms\n" "$f_p50" "$t_p50" "$f_p99" "$t_p99"
+  printf "p50 @1: floor %s ms, turnout %s ms, added %.3f ms\n" "$f1_p50" "$t1_p50" "$(calc "$t1_p50 - $f1_p50")"
+  printf "stream TTFB (median of 500): upstream direct %s ms, via turnout %s ms, added %.3f ms\n" "$ttfb_up" "$ttfb_t" "$(calc "$ttfb_t - $ttfb_up")"
+  printf "turnout RSS: %s MB before, %s MB after %s more requests (growth %.1f%%)\n" "$rss_before" "$rss_after" "$n" "$(calc "($rss_after - $rss_before) * 100 / $rss_before")"
+  echo "ledger rows written: $rows"
+} | tee "$here/results/latest.txt"

@@ -1,0 +1,73 @@
+"""Start real processes for end-to-end tests: ``turnout serve`` and helpers to wait on ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback test URL
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {deadline_s}s")
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def stop(self) -> int:
+        """SIGTERM, as an orchestrator would; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextmanager
+def turnout_serve(cwd: Path, config: Path | None = None, ready_s: float = 60.0) -> Iterator[Served]:
+    port = free_port()
+    log = cwd / "turnout.log"
+    args = [sys.executable, "-m", "turnout", "serve", "--port", str(port)]
+    if config is not None:
+        args += ["--config", str(config)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    served = Served(proc, port, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", ready_s, proc)
+        yield served
+    finally:
+        served.stop()

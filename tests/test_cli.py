@@ -1,0 +1,199 @@
+"""The `turnout` command, through click's CliRunner: check, serve's config handling, help."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import turnout.server
+from turnout.cli import main
+from turnout.config import Config
+
+KEY = "sk-acme-0123456789"
+
+GOOD = f"""
+targets:
+  vllm: {{provider: openai, base_url: "http://vllm:8000/v1", model: m}}
+  onprem: {{provider: openai, base_urls: ["http://a:8000/v1", "http://b:8000/v1"], model: m}}
+tenants:
+  acme: {{keys: ["{KEY}"], data_classes: [public, internal, restricted]}}
+policy:
+  restricted: {{targets: [onprem]}}
+tasks:
+  chat: {{route: [vllm, onprem]}}
+"""
+
+MISSING_TARGET = """
+targets:
+  vllm: {provider: openai, base_url: "http://vllm:8000/v1", model: m}
+tasks:
+  chat: {route: [vllm, ghost]}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "turnout.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env={"TURNOUT_CONFIG": None, **(env or {})})
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
+    """Replace the server's run() so nothing binds a socket; record what it was given."""
+    calls: list[Config] = []
+    monkeypatch.setattr(turnout.server, "run", calls.append)
+    return calls
+
+
+# --- check --------------------------------------------------------------------------------
+
+
+def test_check_on_a_good_file_prints_ok(tmp_path: Path) -> None:
+    result = invoke("check", "--config", write(tmp_path, GOOD))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ok: 2 target(s), 1 task(s), 1 tenant(s)")
+    assert "note:" not in result.stdout  # restricted has a policy
+    assert result.stderr == ""
+
+
+def test_check_notes_that_restricted_data_is_refused_without_a_policy(tmp_path: Path) -> None:
+    result = invoke("check", "-c", write(tmp_path, MISSING_TARGET.replace("vllm, ghost", "vllm")))
+    assert result.exit_code == 0, result.output
+    assert "(no tenants: anonymous access on loopback)" in result.stdout
+    assert "note: no policy for 'restricted' data" in result.stdout
+
+
+def test_check_without_a_config_checks_the_built_in_one() -> None:
+    result = invoke("check")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ok: 1 target(s), 1 task(s), 0 tenant(s)")
+
+
+def test_check_reads_the_config_path_from_the_environment(tmp_path: Path) -> None:
+    result = invoke("check", env={"TURNOUT_CONFIG": write(tmp_path, GOOD)})
+    assert result.exit_code == 0, result.output
+    assert "2 target(s)" in result.stdout
+
+
+def test_check_names_a_route_entry_that_is_not_a_target(tmp_path: Path) -> None:
+    path = write(tmp_path, MISSING_TARGET)
+    result = invoke("check", "--config", path)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert f"turnout: {path} is invalid:" in result.stderr
+    assert "  tasks.chat.route[1]: unknown target 'ghost'" in result.stderr.splitlines()
+
+
+def test_check_prints_every_problem(tmp_path: Path) -> None:
+    text = MISSING_TARGET.replace("model: m}", "model: m, colour: red}") + "bogus: 1\n"
+    result = invoke("check", "--config", write(tmp_path, text))
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert "  targets.vllm.colour: unknown key" in lines
+    assert "  bogus: unknown key" in lines
+    assert "  tasks.chat.route[1]: unknown target 'ghost'" in lines
+
+
+def test_check_names_a_missing_environment_variable(tmp_path: Path) -> None:
+    text = GOOD.replace(KEY, "${TURNOUT_TEST_UNSET_KEY}")
+    result = invoke("check", "--config", write(tmp_path, text))
+    assert result.exit_code == 1
+    assert "  tenants.acme.keys[0]: environment variable TURNOUT_TEST_UNSET_KEY is not set" in result.stderr
+
+
+def test_check_on_a_missing_file(tmp_path: Path) -> None:
+    result = invoke("check", "--config", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 1
+    assert "cannot read" in result.stderr
+
+
+# --- help ---------------------------------------------------------------------------------------
+
+
+def test_main_help_lists_the_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "check" in result.stdout
+    assert "serve" in result.stdout
+    assert invoke("-h").stdout == result.stdout
+
+
+def test_serve_help_mentions_its_options() -> None:
+    result = invoke("serve", "--help")
+    assert result.exit_code == 0
+    for text in ("--config", "-c", "--host", "--port", "server.host", "server.port", ".turnout"):
+        assert text in result.stdout
+
+
+def test_check_help_mentions_its_options() -> None:
+    result = invoke("check", "--help")
+    assert result.exit_code == 0
+    assert "--config" in result.stdout
+    assert "key path" in result.stdout
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert "0.1.0" in result.stdout
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+
+def test_serve_with_an_invalid_config_exits_1_without_starting(tmp_path: Path, served: list[Config]) -> None:
+    result = invoke("serve", "--config", write(tmp_path, MISSING_TARGET))
+    assert result.exit_code == 1
+    assert "  tasks.chat.route[1]: unknown target 'ghost'" in result.stderr
+    assert served == []
+
+
+def test_serve_runs_the_loaded_config(tmp_path: Path, served: list[Config]) -> None:
+    result = invoke("serve", "--config", write(tmp_path, GOOD))
+    assert result.exit_code == 0, result.output
+    [config] = served
+    assert set(config.targets) == {"vllm", "onprem"}
+    assert config.server.host == "127.0.0.1"
+    assert config.server.port == 8080
+
+
+def test_serve_host_and_port_override_the_file(tmp_path: Path, served: list[Config]) -> None:
+    result = invoke("serve", "--config", write(tmp_path, GOOD), "--host", "0.0.0.0", "--port", "9999")
+    assert result.exit_code == 0, result.output
+    [config] = served
+    assert (config.server.host, config.server.port) == ("0.0.0.0", 9999)
+    assert config.tenants["acme"].keys == [KEY]
+
+
+def test_serve_without_a_config_runs_the_default(served: list[Config]) -> None:
+    result = invoke("serve")
+    assert result.exit_code == 0, result.output
+    [config] = served
+    assert config.tasks["default"].route == ["local"]
+
+
+def test_serve_refuses_a_public_host_without_tenants(served: list[Config]) -> None:
+    result = invoke("serve", "--host", "0.0.0.0")
+    assert result.exit_code == 1
+    assert "server.host: '0.0.0.0' is not loopback" in result.stderr
+    assert served == []
+
+
+def test_serve_refuses_a_port_out_of_range(served: list[Config]) -> None:
+    result = invoke("serve", "--port", "70000")
+    assert result.exit_code == 1
+    assert "server.port:" in result.stderr
+    assert served == []
+
+
+def test_serve_refuses_a_non_integer_port(served: list[Config]) -> None:
+    result = invoke("serve", "--port", "eighty")
+    assert result.exit_code == 2  # click's usage error
+    assert served == []

@@ -1,0 +1,597 @@
+"""Config loading: every problem is named with its key path, all of them at once."""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from turnout.config import (
+    Config,
+    LocalTarget,
+    OpenAITarget,
+    cross_problems,
+    default_config,
+    load_config,
+    validate,
+)
+from turnout.errors import ConfigError
+
+KEY = "sk-acme-0123456789"
+
+
+def base(**extra: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "targets": {
+            "vllm": {"provider": "openai", "base_url": "http://vllm:8000/v1", "model": "Qwen/Qwen3-32B"},
+            "onprem": {"provider": "openai", "base_url": "http://onprem:8000/v1", "model": "m"},
+        },
+        "tenants": {"acme": {"keys": [KEY], "data_classes": ["public", "internal"]}},
+        "tasks": {"chat": {"route": ["vllm", "onprem"]}},
+    }
+    raw.update(extra)
+    return raw
+
+
+def problems(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        validate(raw)
+    return info.value.problems
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "turnout.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# --- what loads ---------------------------------------------------------------------------
+
+
+def test_a_valid_config_loads_with_typed_sections() -> None:
+    config = validate(base(policy={"restricted": {"targets": ["onprem"]}}))
+    assert isinstance(config, Config)
+    target = config.targets["vllm"]
+    assert isinstance(target, OpenAITarget)
+    assert target.urls == ["http://vllm:8000/v1"]
+    assert config.tenants["acme"].keys == [KEY]
+    assert config.policy["restricted"].targets == ["onprem"]
+    assert config.tasks["chat"].route == ["vllm", "onprem"]
+    assert config.server.host == "127.0.0.1"
+    assert config.server.allow_anonymous is False
+
+
+def test_default_config_is_the_embedded_model_with_sqlite_under_dot_turnout() -> None:
+    config = default_config()
+    assert list(config.tasks) == ["default"]
+    assert config.tasks["default"].route == ["local"]
+    assert isinstance(config.targets["local"], LocalTarget)
+    assert config.store.kind == "sqlite"
+    assert Path(config.store.path).parent == Path(".turnout")
+    assert config.store.path.startswith("./.turnout/")
+    assert config.tenants == {}
+    assert config.server.host == "127.0.0.1"
+
+
+def test_load_config_without_a_path_is_the_default() -> None:
+    assert load_config(None) == default_config()
+
+
+def test_base_urls_form_strips_trailing_slashes() -> None:
+    raw = base()
+    raw["targets"]["vllm"] = {
+        "provider": "openai",
+        "base_urls": ["http://a:8000/v1/", "https://b:8000/v1"],
+        "model": "m",
+    }
+    target = validate(raw).targets["vllm"]
+    assert isinstance(target, OpenAITarget)
+    assert target.urls == ["http://a:8000/v1", "https://b:8000/v1"]
+
+
+def test_local_target_defaults_differ_from_openai_ones() -> None:
+    config = default_config()
+    local = config.targets["local"]
+    assert local.retry.attempts == 1
+    assert local.timeouts.total == 300.0
+
+
+def test_the_product_minimal_example_names_bedrock_as_an_unknown_provider(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets:
+          qwen-vllm:   {provider: openai, base_url: "http://vllm:8000/v1", model: Qwen/Qwen3-32B}
+          deepseek-br: {provider: bedrock, region: us-east-1, model: deepseek.v3-v1:0}
+        tenants:
+          acme: {keys: ["${ACME_KEY}"], data_classes: [public, internal, confidential]}
+        policy:
+          restricted: {targets: [qwen-vllm]}
+        tasks:
+          support-reply: {route: [qwen-vllm, deepseek-br]}
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"ACME_KEY": KEY})
+    assert info.value.problems == ["targets.deepseek-br: unknown provider 'bedrock' (expected openai or local)"]
+
+
+def test_the_product_minimal_example_without_bedrock_loads(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets:
+          qwen-vllm:   {provider: openai, base_url: "http://vllm:8000/v1", model: Qwen/Qwen3-32B}
+        tenants:
+          acme: {keys: ["${ACME_KEY}"], data_classes: [public, internal, confidential]}
+        policy:
+          restricted: {targets: [qwen-vllm]}
+        tasks:
+          support-reply: {route: [qwen-vllm]}
+        """,
+    )
+    config = load_config(path, env={"ACME_KEY": KEY})
+    assert config.tenants["acme"].keys == [KEY]
+    assert config.tenants["acme"].data_classes == ["public", "internal", "confidential"]
+    assert config.policy["restricted"].targets == ["qwen-vllm"]
+    assert config.tasks["support-reply"].route == ["qwen-vllm"]
+
+
+# --- per-field problems, with key paths -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ((), "nonsense: unknown key"),
+        (("server",), "server.nonsense: unknown key"),
+        (("store",), "store.nonsense: unknown key"),
+        (("targets", "vllm"), "targets.vllm.nonsense: unknown key"),
+        (("targets", "vllm", "retry"), "targets.vllm.retry.nonsense: unknown key"),
+        (("targets", "vllm", "breaker"), "targets.vllm.breaker.nonsense: unknown key"),
+        (("targets", "vllm", "timeouts"), "targets.vllm.timeouts.nonsense: unknown key"),
+        (("tenants", "acme"), "tenants.acme.nonsense: unknown key"),
+        (("tasks", "chat"), "tasks.chat.nonsense: unknown key"),
+    ],
+)
+def test_unknown_keys_are_named_at_every_level(where: tuple[str, ...], expected: str) -> None:
+    raw = base(server={}, store={})
+    raw["targets"]["vllm"].update(retry={}, breaker={}, timeouts={})
+    node = raw
+    for key in where:
+        node = node[key]
+    node["nonsense"] = 1
+    assert problems(raw) == [expected]
+
+
+def test_an_unknown_key_in_a_policy_entry_is_named() -> None:
+    raw = base(policy={"restricted": {"targets": ["onprem"], "extra": True}})
+    assert problems(raw) == ["policy.restricted.extra: unknown key"]
+
+
+def test_unknown_provider_is_named_with_its_target() -> None:
+    raw = base()
+    raw["targets"]["vllm"]["provider"] = "bedrock"
+    assert problems(raw) == ["targets.vllm: unknown provider 'bedrock' (expected openai or local)"]
+
+
+def test_missing_provider_is_named_with_its_target() -> None:
+    raw = base()
+    del raw["targets"]["vllm"]["provider"]
+    assert problems(raw) == ["targets.vllm: missing 'provider' (openai or local)"]
+
+
+def test_field_problems_name_the_key_inside_a_target() -> None:
+    raw = base()
+    raw["targets"]["vllm"]["breaker"] = {"failure_rate": 1.5}
+    raw["targets"]["onprem"]["max_connections"] = 0
+    found = problems(raw)
+    assert len(found) == 2
+    assert found[0].startswith("targets.vllm.breaker.failure_rate: ")
+    assert found[1].startswith("targets.onprem.max_connections: ")
+
+
+@pytest.mark.parametrize("name", ["local", "openai"])
+def test_a_target_named_like_a_provider_keeps_its_name_in_the_path(name: str) -> None:
+    raw = base(targets={name: {"provider": "local", "n_ctx": 0}}, tasks={"chat": {"route": [name]}})
+    assert [p.split(":")[0] for p in problems(raw)] == [f"targets.{name}.n_ctx"]
+
+
+def test_a_task_named_like_a_provider_keeps_its_name_in_the_path() -> None:
+    raw = base(tasks={"local": {"route": []}})
+    assert [p.split(":")[0] for p in problems(raw)] == ["tasks.local.route"]
+
+
+def test_missing_model_on_an_openai_target() -> None:
+    raw = base()
+    del raw["targets"]["vllm"]["model"]
+    assert problems(raw) == ["targets.vllm.model: Field required"]
+
+
+@pytest.mark.parametrize("url", ["vllm:8000/v1", "ftp://vllm/v1", "http:///v1", ""])
+def test_a_bad_base_url_is_named(url: str) -> None:
+    raw = base()
+    raw["targets"]["vllm"]["base_url"] = url
+    [problem] = problems(raw)
+    assert problem.startswith("targets.vllm: base URL must start with http:// or https://")
+    assert repr(url) in problem
+
+
+def test_a_bad_url_in_base_urls_is_named() -> None:
+    raw = base()
+    raw["targets"]["vllm"] = {"provider": "openai", "base_urls": ["http://ok/v1", "nope"], "model": "m"}
+    [problem] = problems(raw)
+    assert problem.startswith("targets.vllm: base URL must start with http:// or https://")
+    assert "'nope'" in problem
+
+
+@pytest.mark.parametrize(
+    ("urls", "message"),
+    [
+        ({"base_url": "http://a/v1", "base_urls": ["http://b/v1"]}, "give exactly one of base_url or base_urls"),
+        ({}, "give exactly one of base_url or base_urls"),
+        ({"base_urls": []}, "base_urls is empty"),
+        ({"base_urls": ["http://a/v1", "http://a/v1"]}, "base_urls has duplicates"),
+    ],
+)
+def test_base_url_forms(urls: dict[str, Any], message: str) -> None:
+    raw = base()
+    raw["targets"]["vllm"] = {"provider": "openai", "model": "m", **urls}
+    assert problems(raw) == [f"targets.vllm: {message}"]
+
+
+def test_an_empty_route_is_named() -> None:
+    raw = base(tasks={"chat": {"route": []}})
+    [problem] = problems(raw)
+    assert problem.startswith("tasks.chat.route: ")
+    assert "at least 1" in problem
+
+
+def test_a_missing_targets_or_tasks_section_is_named() -> None:
+    assert sorted(problems({})) == ["targets: Field required", "tasks: Field required"]
+
+
+def test_an_unknown_data_class_in_a_tenant_is_named() -> None:
+    raw = base()
+    raw["tenants"]["acme"]["data_classes"] = ["public", "secret"]
+    [problem] = problems(raw)
+    assert problem.startswith("tenants.acme.data_classes[1]: ")
+
+
+def test_an_unknown_data_class_in_policy_is_named() -> None:
+    [problem] = problems(base(policy={"secret": {"targets": ["onprem"]}}))
+    assert problem.startswith("policy.secret")
+
+
+def test_a_tenant_needs_at_least_one_key() -> None:
+    raw = base()
+    raw["tenants"]["acme"]["keys"] = []
+    [problem] = problems(raw)
+    assert problem.startswith("tenants.acme.keys: ")
+
+
+# --- cross-section problems ------------------------------------------------------------------
+
+
+def test_route_naming_a_missing_target() -> None:
+    raw = base(tasks={"chat": {"route": ["vllm", "ghost"]}})
+    assert problems(raw) == ["tasks.chat.route[1]: unknown target 'ghost'"]
+
+
+def test_duplicate_target_in_route() -> None:
+    raw = base(tasks={"chat": {"route": ["vllm", "onprem", "vllm"]}})
+    assert problems(raw) == ["tasks.chat.route[2]: target 'vllm' listed twice"]
+
+
+def test_policy_naming_an_unknown_target() -> None:
+    raw = base(policy={"restricted": {"targets": ["onprem", "ghost"]}})
+    assert problems(raw) == ["policy.restricted.targets[1]: unknown target 'ghost'"]
+
+
+def test_a_key_shared_by_two_tenants_is_named_at_the_second() -> None:
+    raw = base()
+    raw["tenants"]["other"] = {"keys": ["sk-other-0123456", KEY]}
+    assert problems(raw) == ["tenants.other.keys[1]: key also belongs to tenant 'acme'"]
+
+
+def test_a_key_repeated_within_one_tenant_is_named() -> None:
+    raw = base()
+    raw["tenants"]["acme"]["keys"] = [KEY, KEY]
+    assert problems(raw) == ["tenants.acme.keys[1]: key also belongs to tenant 'acme'"]
+
+
+def test_a_short_key_is_named() -> None:
+    raw = base()
+    raw["tenants"]["acme"]["keys"] = [KEY, "1234567"]
+    assert problems(raw) == ["tenants.acme.keys[1]: key is shorter than 8 characters"]
+
+
+def test_an_eight_character_key_is_enough() -> None:
+    raw = base()
+    raw["tenants"]["acme"]["keys"] = ["12345678"]
+    validate(raw)
+
+
+def test_unknown_task_in_tenant_tasks() -> None:
+    raw = base()
+    raw["tenants"]["acme"]["tasks"] = ["chat", "nope"]
+    assert problems(raw) == ["tenants.acme.tasks[1]: unknown task 'nope'"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "gateway.internal"])
+def test_non_loopback_host_without_tenants_is_refused(host: str) -> None:
+    raw = base(server={"host": host})
+    del raw["tenants"]
+    [problem] = problems(raw)
+    assert problem.startswith(f"server.host: {host!r} is not loopback and no tenants are configured")
+    assert "allow_anonymous" in problem
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.5.5.5", "::1", "localhost"])
+def test_loopback_host_without_tenants_is_allowed(host: str) -> None:
+    raw = base(server={"host": host})
+    del raw["tenants"]
+    assert validate(raw).tenants == {}
+
+
+def test_non_loopback_host_without_tenants_is_allowed_with_allow_anonymous() -> None:
+    raw = base(server={"host": "0.0.0.0", "allow_anonymous": True})
+    del raw["tenants"]
+    assert validate(raw).server.allow_anonymous is True
+
+
+@pytest.mark.parametrize("flag", ["false", "no", "0", "off", False, None])
+def test_allow_anonymous_read_as_false_does_not_open_the_host(flag: Any) -> None:
+    raw = base(server={"host": "0.0.0.0", "allow_anonymous": flag})
+    del raw["tenants"]
+    found = problems(raw)
+    assert any(p.startswith("server.host: '0.0.0.0' is not loopback") for p in found)
+
+
+def test_non_loopback_host_with_tenants_is_allowed() -> None:
+    assert validate(base(server={"host": "0.0.0.0"})).server.host == "0.0.0.0"
+
+
+def test_cross_problems_tolerate_malformed_sections() -> None:
+    raw: dict[str, Any] = {
+        "targets": [1, 2],
+        "tasks": {"a": "route", "b": {"route": "x"}, "c": {"route": [["x"], {"y": 1}]}},
+        "tenants": {"t": {"keys": [1, None], "tasks": [["a"]]}},
+        "policy": {"restricted": {"targets": [{"x": 1}]}},
+        "server": "nope",
+    }
+    assert cross_problems(raw) == []
+
+
+def test_non_string_entries_are_reported_as_types_not_crashes() -> None:
+    raw = base(tasks={"chat": {"route": [["vllm"]]}}, policy={"restricted": {"targets": [{"x": 1}]}})
+    raw["tenants"]["acme"]["tasks"] = [["chat"]]
+    found = problems(raw)
+    assert sorted(p.split(":")[0] for p in found) == [
+        "policy.restricted.targets[0]",
+        "tasks.chat.route[0]",
+        "tenants.acme.tasks[0]",
+    ]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    raw = base(
+        bogus=1,
+        server={"host": "0.0.0.0", "port": 70000},
+        policy={"restricted": {"targets": ["ghost"]}},
+        tasks={"chat": {"route": ["vllm", "vllm", "missing"]}, "empty": {"route": []}},
+    )
+    raw["targets"]["onprem"]["provider"] = "bedrock"
+    raw["tenants"] = {
+        "acme": {"keys": [KEY, "short"], "tasks": ["nope"]},
+        "other": {"keys": [KEY]},
+    }
+    found = problems(raw)
+    expected_prefixes = [
+        "bogus: unknown key",
+        "server.port: ",
+        "targets.onprem: unknown provider 'bedrock'",
+        "tasks.empty.route: ",
+        "tasks.chat.route[1]: target 'vllm' listed twice",
+        "tasks.chat.route[2]: unknown target 'missing'",
+        "policy.restricted.targets[0]: unknown target 'ghost'",
+        "tenants.acme.keys[1]: key is shorter than 8 characters",
+        "tenants.other.keys[0]: key also belongs to tenant 'acme'",
+        "tenants.acme.tasks[0]: unknown task 'nope'",
+    ]
+    for prefix in expected_prefixes:
+        assert sum(p.startswith(prefix) for p in found) == 1, (prefix, found)
+    assert len(found) == len(expected_prefixes)
+
+
+def test_config_error_message_lists_every_problem() -> None:
+    raw = base(tasks={"chat": {"route": ["a", "b"]}})
+    with pytest.raises(ConfigError) as info:
+        validate(raw)
+    text = str(info.value)
+    assert text.startswith("invalid configuration:\n")
+    assert "  tasks.chat.route[0]: unknown target 'a'" in text
+    assert "  tasks.chat.route[1]: unknown target 'b'" in text
+
+
+def test_validate_does_not_mutate_its_input() -> None:
+    raw = base(tasks={"chat": {"route": ["ghost"]}})
+    before = copy.deepcopy(raw)
+    problems(raw)
+    assert raw == before
+
+
+def test_config_is_frozen() -> None:
+    config = validate(base())
+    with pytest.raises(ValueError, match="frozen"):
+        config.server.port = 1  # type: ignore[misc]
+
+
+# --- files and the environment -------------------------------------------------------------
+
+
+def test_load_from_a_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        server: {{host: 127.0.0.1, port: 9000}}
+        targets:
+          vllm: {{provider: openai, base_url: "http://vllm:8000/v1", model: m}}
+        tenants:
+          acme: {{keys: ["{KEY}"]}}
+        tasks:
+          chat: {{route: [vllm]}}
+        """,
+    )
+    config = load_config(str(path), env={})
+    assert config.server.port == 9000
+    assert config.tasks["chat"].route == ["vllm"]
+
+
+def test_env_substitution_with_and_without_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        server: {port: "${PORT}"}
+        targets:
+          vllm:
+            provider: openai
+            base_url: "http://${HOST:-vllm}:8000/v1"
+            model: "${MODEL:-Qwen/Qwen3-32B}"
+            api_key: "${VLLM_KEY}"
+            headers: {x-team: "${TEAM:-}"}
+        tenants:
+          acme: {keys: ["${ACME_KEY}", "prefix-${ACME_KEY}-suffix"]}
+        tasks:
+          chat: {route: [vllm]}
+        """,
+    )
+    env = {"PORT": "9001", "ACME_KEY": KEY, "VLLM_KEY": "secret", "MODEL": "from-env"}
+    config = load_config(path, env=env)
+    target = config.targets["vllm"]
+    assert isinstance(target, OpenAITarget)
+    assert config.server.port == 9001
+    assert target.urls == ["http://vllm:8000/v1"]  # default used
+    assert target.model == "from-env"  # the environment wins over the default
+    assert target.api_key == "secret"
+    assert target.headers == {"x-team": ""}
+    assert config.tenants["acme"].keys == [KEY, f"prefix-{KEY}-suffix"]
+
+
+def test_env_substitution_reads_os_environ_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TURNOUT_TEST_KEY", KEY)
+    path = write(
+        tmp_path,
+        """
+        targets: {vllm: {provider: openai, base_url: "http://vllm/v1", model: m}}
+        tenants: {acme: {keys: ["${TURNOUT_TEST_KEY}"]}}
+        tasks: {chat: {route: [vllm]}}
+        """,
+    )
+    assert load_config(path).tenants["acme"].keys == [KEY]
+
+
+def test_a_missing_variable_is_named_with_its_key_path(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets:
+          vllm: {provider: openai, base_url: "http://vllm/v1", model: m, api_key: "${VLLM_KEY}"}
+        tenants:
+          acme: {keys: ["${ACME_KEY}"]}
+        tasks: {chat: {route: [vllm]}}
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert info.value.problems == [
+        "targets.vllm.api_key: environment variable VLLM_KEY is not set",
+        "tenants.acme.keys[0]: environment variable ACME_KEY is not set",
+    ]
+
+
+def test_a_default_also_covers_a_variable_set_but_empty(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets: {vllm: {provider: openai, base_url: "http://vllm/v1", model: "${M:-fallback}", api_key: "${K}"}}
+        tasks: {chat: {route: [vllm]}}
+        """,
+    )
+    target = load_config(path, env={"M": "", "K": ""}).targets["vllm"]
+    assert isinstance(target, OpenAITarget)
+    assert target.model == "fallback"  # ":-" as in the shell
+    assert target.api_key == ""  # no default: set-but-empty is a value, not a missing variable
+
+
+def test_an_unreadable_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    [problem] = info.value.problems
+    assert problem.startswith(f"{missing}: cannot read")
+
+
+def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert info.value.problems[0].startswith(f"{tmp_path}: cannot read")
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_a_non_mapping_top_level_is_refused(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}: the top level must be a mapping"]
+
+
+def test_an_empty_file_reports_the_missing_sections(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert sorted(info.value.problems) == ["targets: Field required", "tasks: Field required"]
+
+
+def test_invalid_yaml_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "targets: {a: [\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    assert problem.startswith(f"{path}: not valid YAML")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("targets: {}\ntasks: {}\ntargets: {}\n", "targets"),
+        (
+            """
+            targets:
+              vllm: {provider: openai, base_url: "http://a/v1", model: m}
+              vllm: {provider: openai, base_url: "http://b/v1", model: m}
+            tasks: {chat: {route: [vllm]}}
+            """,
+            "vllm",
+        ),
+        ("targets: {a: {provider: local, provider: openai}}\ntasks: {}\n", "provider"),
+    ],
+)
+def test_duplicate_yaml_keys_are_refused(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    assert problem.startswith(f"{path}: not valid YAML")
+    assert f"duplicate key {key!r}" in problem
+    assert "line " in problem
+
+
+def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "targets: !!python/object/apply:os.getcwd []\ntasks: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "not valid YAML" in info.value.problems[0]
