@@ -65,13 +65,29 @@ class ScriptedProvider:
                 if step.fail_after is not None and i >= step.fail_after and step.error is not None:
                     raise step.error
                 delta = {"content": word + " "} if i else {"role": "assistant", "content": word + " "}
-                yield {"id": "u", "object": "chat.completion.chunk", "created": 1, "model": "fake-model",
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                yield {
+                    "id": "u",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": "fake-model",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                }
                 await asyncio.sleep(0)
-            yield {"id": "u", "object": "chat.completion.chunk", "created": 1, "model": "fake-model",
-                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-            yield {"id": "u", "object": "chat.completion.chunk", "created": 1, "model": "fake-model",
-                   "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}}
+            yield {
+                "id": "u",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "fake-model",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+            yield {
+                "id": "u",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "fake-model",
+                "choices": [],
+                "usage": {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)},
+            }
         finally:
             self.closed_streams += 1
 

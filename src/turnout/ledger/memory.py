@@ -1,0 +1,61 @@
+"""The in-memory ledger store: a dict, for tests and for ``store.kind: memory``.
+
+It keeps the same promises as the durable backends (see ``turnout.ledger.store``), including
+copying rows in and out, so code tested against it behaves the same on SQLite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from turnout.config import StoreConfig
+from turnout.ledger.record import LedgerRow
+from turnout.ledger.store import StoreError, check_limit
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._rows: dict[str, LedgerRow] = {}
+        self._open = False
+
+    @classmethod
+    def from_config(cls, cfg: StoreConfig) -> MemoryStore:
+        return cls()
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def write_batch(self, rows: Sequence[LedgerRow]) -> None:
+        self._check_open()
+        # Copy everything before storing anything, so a bad row leaves the store unchanged.
+        copies = [copy_row(row) for row in rows]
+        for row in copies:
+            self._rows[row.request_id] = row
+
+    async def get(self, request_id: str) -> LedgerRow | None:
+        self._check_open()
+        row = self._rows.get(request_id)
+        return None if row is None else copy_row(row)
+
+    async def recent(self, limit: int = 100) -> list[LedgerRow]:
+        self._check_open()
+        check_limit(limit)
+        newest = sorted(self._rows.values(), key=lambda r: (r.started_at, r.request_id), reverse=True)
+        return [copy_row(row) for row in newest[:limit]]
+
+    async def count(self) -> int:
+        self._check_open()
+        return len(self._rows)
+
+    async def aclose(self) -> None:
+        self._open = False
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreError("the memory ledger store is not open")
+
+
+def copy_row(row: LedgerRow) -> LedgerRow:
+    """A copy that shares nothing mutable with ``row`` (attempts is the only mutable field)."""
+    return dataclasses.replace(row, attempts=[dataclasses.replace(a) for a in row.attempts])

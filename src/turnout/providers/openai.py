@@ -1,0 +1,452 @@
+"""Any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp server, Ollama) over one pooled
+aiohttp session per target.
+
+A target may list several replicas. Each call goes to the replica with the fewest calls in
+flight among those whose breaker lets calls through (ties rotate), and its outcome is recorded
+on that replica's breaker: 429, 5xx, connect, timeout and protocol failures count against it;
+a 4xx the caller caused does not.
+
+Timeouts, per ``Call.timeouts``:
+    connect  the TCP (and TLS) handshake (aiohttp ``sock_connect``)
+    ttft     the response head, and for streams also the first SSE event
+    total    the whole call, including the body or the whole stream (aiohttp ``total``; its
+             timer fires inside reads only, so it is safe across the stream's yields)
+
+aiohttp and OS errors are translated here into ``turnout.errors`` and raised ``from`` the
+original. Messages name the replica by label (``r0``, ``r1``, ...), never by URL, and the API
+key is scrubbed from anything the upstream echoes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
+
+from turnout.config import OpenAITarget
+from turnout.errors import (
+    BreakerOpen,
+    ConfigError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from turnout.providers.base import Call, Completion, Health, Stream, Timeouts, Usage
+from turnout.resilience.backoff import parse_retry_after
+from turnout.resilience.breaker import Breaker
+
+# Below the 5 s keep-alive of uvicorn (vLLM, SGLang, llama-cpp-python) and llama.cpp's server,
+# so an idle pooled socket is dropped by us before the server closes it under a new request.
+_KEEPALIVE_S = 4.0
+_HEALTH_TIMEOUT_S = 5.0
+_MAX_SSE_LINE = 8 * 1024 * 1024  # one event; long tool-call arguments must fit
+_DRAIN_S = 0.1  # after [DONE], how long to wait for the body's end so the socket can be reused
+_DETAIL_CHARS = 200
+_INCLUDE_USAGE = {"include_usage": True}
+_ABANDONED = asyncio.CancelledError("the consumer closed the stream")  # a non-verdict for _settle
+
+# What a failed exchange can raise from aiohttp, asyncio or the OS (CancelledError excluded).
+_TRANSPORT_ERRORS = (aiohttp.ClientError, HttpProcessingError, OSError, TimeoutError)
+
+
+class Replica:
+    """One base URL of a target, with its own breaker and count of calls in flight."""
+
+    __slots__ = ("breaker", "chat_url", "in_flight", "label", "models_url")
+
+    def __init__(self, label: str, base_url: str, breaker: Breaker) -> None:
+        self.label = label
+        self.chat_url = URL(base_url + "/chat/completions")
+        self.models_url = URL(base_url + "/models")
+        self.breaker = breaker
+        self.in_flight = 0
+
+    def __repr__(self) -> str:  # the URL may carry credentials, so it stays out of reprs
+        return f"Replica({self.label}, in_flight={self.in_flight}, {self.breaker.state.value})"
+
+
+class OpenAIProvider:
+    def __init__(self, name: str, cfg: OpenAITarget) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.replicas = tuple(Replica(f"r{i}", url, Breaker(cfg.breaker)) for i, url in enumerate(cfg.urls))
+        if cfg.api_key and any(r.chat_url.user for r in self.replicas):
+            # aiohttp sends URL credentials as Basic auth and refuses them next to a Bearer key.
+            raise ConfigError([f"targets.{name}: give credentials in base_url or as api_key, not both"])
+        headers = {"Content-Type": "application/json", **cfg.headers}
+        if cfg.api_key:
+            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        self._headers = headers
+        self._session: aiohttp.ClientSession | None = None
+        self._turn = 0  # where the next tie-break starts
+        self._timeout_key: tuple[float, float] | None = None
+        self._timeout = aiohttp.ClientTimeout()
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    async def complete(self, call: Call) -> Completion:
+        replica = self._acquire()
+        try:
+            body = await self._complete(replica, call)
+        except BaseException as exc:
+            self._settle(replica, exc)
+            raise
+        self._settle(replica, None)
+        return Completion(
+            body=body,
+            usage=Usage.from_openai(body.get("usage")),
+            model_version=self.cfg.model_version or body.get("model") or self.cfg.model,
+            replica=replica.label,
+        )
+
+    async def stream(self, call: Call) -> Stream:
+        replica = self._acquire()
+        try:
+            resp, first = await self._open_stream(replica, call)
+        except BaseException as exc:
+            self._settle(replica, exc)
+            raise
+        return Stream(
+            chunks=_Chunks(self, replica, resp, first, call.timeouts),
+            model_version=self.cfg.model_version or first.get("model") or self.cfg.model,
+            replica=replica.label,
+        )
+
+    async def health(self) -> Health:
+        session = self._client()
+        timeout = aiohttp.ClientTimeout(total=min(_HEALTH_TIMEOUT_S, self.cfg.timeouts.ttft))
+        problems = await asyncio.gather(*(self._probe(session, r, timeout) for r in self.replicas))
+        failing = [f"{r.label} ({why})" for r, why in zip(self.replicas, problems, strict=True) if why]
+        if not failing:
+            return Health(True)
+        return Health(len(failing) < len(self.replicas), "failing: " + ", ".join(failing))
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # -- replicas --------------------------------------------------------------------------
+
+    def _acquire(self) -> Replica:
+        """Reserve the least busy replica whose breaker lets a call through."""
+        replicas = self.replicas
+        n = len(replicas)
+        start = self._turn
+        self._turn = (start + 1) % n
+        best: Replica | None = None
+        for i in range(n):
+            r = replicas[(start + i) % n]
+            if (best is None or r.in_flight < best.in_flight) and r.breaker.available():
+                best = r
+        # Nothing is awaited between available() and allow(), so they agree.
+        if best is None or not best.breaker.allow():
+            soonest = min(r.breaker.retry_after() for r in replicas)
+            what = "breaker open" if n == 1 else f"breakers of all {n} replicas open"
+            raise BreakerOpen(what, retry_after=soonest)
+        best.in_flight += 1
+        return best
+
+    def _settle(self, replica: Replica, exc: BaseException | None) -> None:
+        """Free the replica's slot and give its breaker the verdict, exactly once per call."""
+        replica.in_flight -= 1
+        breaker = replica.breaker
+        if exc is None or (isinstance(exc, UpstreamStatusError) and not exc.retryable):
+            breaker.success()  # it answered; a 4xx is the caller's doing
+        elif isinstance(exc, UpstreamError):
+            breaker.failure()
+        else:
+            breaker.release()  # cancelled or abandoned: no verdict
+
+    # -- one exchange ----------------------------------------------------------------------
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created lazily: a ClientSession binds to the loop running when it is made.
+        session = self._session
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, keepalive_timeout=_KEEPALIVE_S)
+            session = self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to the next
+            )
+        return session
+
+    def _client_timeout(self, t: Timeouts) -> aiohttp.ClientTimeout:
+        key = (t.total, t.connect)
+        if key != self._timeout_key:  # calls of one target almost always share their timeouts
+            self._timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect)
+            self._timeout_key = key
+        return self._timeout
+
+    async def _post(self, replica: Replica, call: Call) -> aiohttp.ClientResponse:
+        body = dict(call.body)  # shallow: only top-level keys change
+        body["model"] = self.cfg.model
+        body["stream"] = call.stream
+        if call.stream:
+            # The gateway's ledger needs usage; it strips the usage chunk if the caller did
+            # not ask for it.
+            opts = body.get("stream_options")
+            body["stream_options"] = {**opts, **_INCLUDE_USAGE} if isinstance(opts, dict) else _INCLUDE_USAGE
+        else:
+            body.pop("stream_options", None)  # servers reject it on non-streaming calls
+        # No redirects: a model server does not send them, and following one could carry the
+        # key elsewhere.
+        return await self._client().post(
+            replica.chat_url,
+            data=orjson.dumps(body),
+            timeout=self._client_timeout(call.timeouts),
+            allow_redirects=False,
+        )
+
+    async def _complete(self, replica: Replica, call: Call) -> dict[str, Any]:
+        t = call.timeouts
+        head = asyncio.timeout(t.ttft)
+        try:
+            async with head:
+                resp = await self._post(replica, call)
+            try:
+                if resp.status >= 300:
+                    raise await self._status_error(replica, resp)
+                raw = await resp.read()
+            finally:
+                resp.release()
+        except _TRANSPORT_ERRORS as exc:
+            raise _translate(exc, replica, t, head) from exc
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProtocolError(f"{replica.label}: response is not valid JSON") from exc
+        if not isinstance(body, dict):
+            raise UpstreamProtocolError(f"{replica.label}: response is not a JSON object")
+        return body
+
+    async def _open_stream(self, replica: Replica, call: Call) -> tuple[aiohttp.ClientResponse, dict[str, Any]]:
+        t = call.timeouts
+        head = asyncio.timeout(t.ttft)  # covers the head and the first event
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with head:
+                resp = await self._post(replica, call)
+                if resp.status >= 300:
+                    raise await self._status_error(replica, resp)
+                first = await _next_event(resp.content, replica.label, self.cfg.api_key)
+            if first is None:
+                raise UpstreamProtocolError(f"{replica.label}: stream ended before its first chunk")
+        except BaseException as exc:
+            if resp is not None:
+                resp.release()  # reuses the socket if the body was read, else closes it
+            if isinstance(exc, _TRANSPORT_ERRORS):
+                raise _translate(exc, replica, t, head) from exc
+            raise
+        return resp, first
+
+    async def _status_error(self, replica: Replica, resp: aiohttp.ClientResponse) -> UpstreamStatusError:
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, OSError):
+            raw = b""  # the status alone is still the answer
+        detail = _scrub(_error_detail(raw) or resp.reason or "no detail", self.cfg.api_key)
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        return UpstreamStatusError(resp.status, f"{detail} ({replica.label})", retry_after=retry_after)
+
+    async def _probe(self, session: aiohttp.ClientSession, replica: Replica, limit: aiohttp.ClientTimeout) -> str:
+        """Why this replica is unhealthy, or "" when it answers."""
+        try:
+            async with session.get(replica.models_url, timeout=limit, allow_redirects=False) as resp:
+                return "" if resp.status < 300 else f"HTTP {resp.status}"
+        except TimeoutError:
+            return "timeout"
+        except _TRANSPORT_ERRORS as exc:
+            return _describe(exc)
+
+
+class _Chunks:
+    """``Stream.chunks``: the first event (already read), then the rest as they arrive. Ending,
+    failing or ``aclose`` frees the connection and the replica's slot, once. A class rather
+    than an async generator so that ``aclose`` works even before the first ``__anext__``
+    (a generator that never started skips its ``finally``). The consumer must end it one of
+    those ways; it holds a pooled socket until then."""
+
+    __slots__ = ("_done", "_first", "_provider", "_replica", "_resp", "_timeouts")
+
+    def __init__(
+        self,
+        provider: OpenAIProvider,
+        replica: Replica,
+        resp: aiohttp.ClientResponse,
+        first: dict[str, Any],
+        timeouts: Timeouts,
+    ) -> None:
+        self._provider = provider
+        self._replica = replica
+        self._resp = resp
+        self._first: dict[str, Any] | None = first
+        self._timeouts = timeouts
+        self._done = False
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            chunk = await _next_event(self._resp.content, self._replica.label, self._provider.cfg.api_key)
+        except BaseException as exc:
+            if isinstance(exc, _TRANSPORT_ERRORS):
+                err = _translate(exc, self._replica, self._timeouts, None)
+                self._finish(err)
+                raise err from exc
+            self._finish(exc)
+            raise
+        if chunk is None:
+            await self._drain()
+            self._finish(None)
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        """Stop early: closing the socket is how an OpenAI-compatible server learns to stop."""
+        self._first = None
+        if not self._done:
+            self._resp.close()
+            self._finish(_ABANDONED)
+
+    async def _drain(self) -> None:
+        # The body's final empty chunk usually trails [DONE] by a moment; reading it lets the
+        # socket go back to the pool instead of being closed.
+        content = self._resp.content
+        if content.is_eof():
+            return
+        try:
+            async with asyncio.timeout(_DRAIN_S):
+                await content.read()
+        except _TRANSPORT_ERRORS:
+            pass  # release() below closes the socket instead
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._resp.release()
+        self._provider._settle(self._replica, exc)
+
+
+async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | None) -> dict[str, Any] | None:
+    """The next SSE event's JSON, or None at ``[DONE]`` or a clean end of the body.
+
+    Lines are read one at a time from aiohttp's buffer, so nothing is scanned twice. Only
+    ``data`` fields matter; comments (keep-alives) and other fields are skipped. A server
+    that omits ``[DONE]`` but ends its body properly is accepted; a cut body raises from
+    aiohttp instead.
+    """
+    data: bytes | None = None
+    while True:
+        line = await content.readuntil(b"\n", max_size=_MAX_SSE_LINE)
+        if not line:  # end of body
+            if data is None:
+                return None
+            break
+        line = line.rstrip(b"\r\n")
+        if line:
+            if line.startswith(b"data:"):
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                data = value if data is None else data + b"\n" + value
+            continue
+        if data is not None:  # a blank line ends the event
+            break
+    if data == b"[DONE]":
+        return None
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamProtocolError(f"{label}: stream event is not valid JSON") from exc
+    if not isinstance(event, dict):
+        raise UpstreamProtocolError(f"{label}: stream event is not a JSON object")
+    if "error" in event or event.get("object") == "error":
+        raise _event_error(event, label, api_key)
+    return event
+
+
+def _event_error(event: dict[str, Any], label: str, api_key: str | None) -> UpstreamStatusError:
+    """An error sent as a stream event; its ``code`` is used as the status when it is one."""
+    err = event.get("error")
+    source = err if isinstance(err, dict) else event
+    code = source.get("code")
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    detail = _scrub(_message(event) or "error event", api_key)
+    return UpstreamStatusError(status, f"{detail} (mid-stream, {label})")
+
+
+def _error_detail(raw: bytes) -> str:
+    """The message from an error body: ``{"error": {"message"}}`` (OpenAI, vLLM),
+    ``{"object": "error", "message"}`` (older vLLM, SGLang), ``{"error": "..."}`` (TGI,
+    llama.cpp), ``{"detail": ...}`` (FastAPI); else the body's text."""
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _shorten(raw.decode("utf-8", "replace"))
+    return _shorten(_message(parsed) if isinstance(parsed, dict) else str(parsed))
+
+
+def _message(obj: dict[str, Any]) -> str:
+    err = obj.get("error")
+    if isinstance(err, dict):
+        return str(err.get("message") or "")
+    if isinstance(err, str):
+        return err
+    return str(obj.get("message") or obj.get("detail") or "")
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+
+
+def _scrub(text: str, api_key: str | None) -> str:
+    # Some servers quote the key they rejected ("Incorrect API key provided: sk-...").
+    return text.replace(api_key, "[redacted]") if api_key else text
+
+
+def _translate(exc: BaseException, replica: Replica, t: Timeouts, head: asyncio.Timeout | None) -> UpstreamError:
+    """The most specific turnout error for an aiohttp, asyncio or OS failure."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # before TimeoutError: it is one
+        return UpstreamTimeout("connect", t.connect)
+    if isinstance(exc, TimeoutError):
+        # Ours is the ttft deadline; aiohttp's own is the total one.
+        if head is not None and head.expired():
+            return UpstreamTimeout("ttft", t.ttft)
+        return UpstreamTimeout("total", t.total)
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)):
+        return UpstreamConnectError(f"{replica.label}: {_describe(exc)}")
+    return UpstreamProtocolError(f"{replica.label}: {_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    # Built from the exception's kind, never str(exc): aiohttp's messages can quote the URL.
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "DNS lookup failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "connection lost mid-response"
+    if isinstance(exc, (ConnectionResetError, aiohttp.ClientConnectionResetError)):
+        return "connection reset"
+    if isinstance(exc, HttpProcessingError):
+        return f"invalid HTTP response ({type(exc).__name__})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()  # "connection reset by peer", from the OS, no address
+    return type(exc).__name__

@@ -1,0 +1,332 @@
+"""A fault-injecting fake of an OpenAI-compatible server (vLLM, llama.cpp, ...), on aiohttp.web.
+
+In a test, on 127.0.0.1 with an ephemeral port::
+
+    async with FakeUpstream() as fake:
+        fake.fault = Fault("status", status=429, retry_after=2)
+        ... point a target at fake.base_url ...
+        assert fake.requests[0].body["model"] == "served-model"
+
+As a process for end-to-end tests, switched over HTTP while a gateway talks to it::
+
+    python -m tests.fakes.upstream --port 8001
+    POST /_fault {"mode": "hang"}     GET /_requests     DELETE /_requests
+
+Modes (``Fault.mode``):
+
+    ok           a chat.completion, or a chunk stream that ends with a usage chunk (when
+                 stream_options.include_usage) and [DONE]
+    status       HTTP ``status`` with an error body, nested or ``flat``, and Retry-After
+    hang         never answers (until the client leaves or the server stops)
+    reset        drops the connection with a TCP RST instead of answering
+    cut          the body stops mid-way and the connection closes
+    malformed    200 with a body (or, streaming, a first event) that is not JSON
+    error_event  streaming: one chunk, then ``data: {"error": {...}}``
+    raw          200 text/event-stream with ``raw`` as the body, sent in small pieces so that
+                 lines straddle reads (for SSE parsing edge cases)
+
+Delays work in every mode: ``head_delay`` before the response head, ``first_chunk_delay``
+between a stream's head and its first event, ``chunk_delay`` between later events. ``times``
+limits a fault to that many requests, after which the fake answers ok again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import struct
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+MODES = ("ok", "status", "hang", "reset", "cut", "malformed", "error_event", "raw")
+
+
+@dataclass
+class Fault:
+    mode: str = "ok"
+    status: int = 500
+    message: str = "injected fault"
+    retry_after: float | None = None
+    flat: bool = False  # the {"object": "error", "message": ...} error shape
+    raw: str = ""
+    head_delay: float = 0.0
+    first_chunk_delay: float = 0.0
+    chunk_delay: float = 0.0
+    times: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    peer: str  # the client's address:port, which tells connections apart
+
+
+@dataclass
+class FakeUpstream:
+    model: str = "fake-model"
+    reply: tuple[str, ...] = ("Hello", ",", " world")
+    host: str = "127.0.0.1"
+    port: int = 0
+    fault: Fault = field(default_factory=Fault)
+    requests: list[Received] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    disconnects: int = 0  # answers stopped because the client went away
+
+    def __post_init__(self) -> None:
+        self._stopping = asyncio.Event()  # releases hung handlers at shutdown
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/_fault", self._set_fault)
+        app.router.add_get("/_requests", self._get_requests)
+        app.router.add_delete("/_requests", self._clear_requests)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def __aenter__(self) -> FakeUpstream:
+        # handler_cancellation: a client that hangs up cancels its handler, as in real servers.
+        runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._runner is not None:
+            self._stopping.set()
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- the OpenAI surface ----------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = raw.decode("utf-8", "replace")
+        self.requests.append(_received(request, body))
+        fault = self._take()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await _sleep(fault.head_delay)
+            early = await self._common(request, fault)
+            if early is not None:
+                return early
+            if isinstance(body, dict) and body.get("stream"):
+                return await self._stream(request, body, fault)
+            return await self._complete(request, body, fault)
+        except asyncio.CancelledError:
+            self.disconnects += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(_received(request, None))
+        fault = self._take()
+        await _sleep(fault.head_delay)
+        early = await self._common(request, fault)
+        if early is not None:
+            return early
+        return _json({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]})
+
+    async def _common(self, request: web.Request, fault: Fault) -> web.StreamResponse | None:
+        """The faults that look the same on every endpoint."""
+        if fault.mode == "hang":
+            await self._stopping.wait()
+            return web.Response(status=503)
+        if fault.mode == "reset":
+            _reset(request)
+            return web.Response()  # never sent: the transport is gone
+        if fault.mode == "raw":
+            return await _trickle(request, fault.raw.encode())
+        if fault.mode == "status":
+            error = {"message": fault.message, "type": "fake_error", "code": fault.status}
+            payload = {"object": "error", **error} if fault.flat else {"error": error}
+            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            return _json(payload, status=fault.status, headers=headers)
+        return None
+
+    async def _complete(self, request: web.Request, body: Any, fault: Fault) -> web.StreamResponse:
+        if fault.mode == "malformed":
+            return web.Response(body=b'{"id": "chatcmpl-fake", "choices": [', content_type="application/json")
+        payload = orjson.dumps(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": _model(body, self.model),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(self.reply)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": self._usage(body),
+            }
+        )
+        if fault.mode != "cut":
+            return web.Response(body=payload, content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(payload)
+        await resp.prepare(request)
+        await resp.write(payload[: len(payload) // 2])
+        _hang_up(request)
+        return resp
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], fault: Fault) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        await resp.write(b": keep-alive comment, to be ignored\n\n")
+        await _sleep(fault.first_chunk_delay)
+        if fault.mode == "malformed":
+            await resp.write(b"data: {not json\n\n")
+            return resp
+        model = _model(body, self.model)
+        events = [_chunk(model, {"role": "assistant", "content": ""})]
+        events += [_chunk(model, {"content": piece}) for piece in self.reply]
+        events.append(_chunk(model, {}, finish_reason="stop"))
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            events.append({**_chunk(model, {}), "choices": [], "usage": self._usage(body)})
+        for i, event in enumerate(events):
+            if i:
+                await _sleep(fault.chunk_delay)
+            await resp.write(b"data: " + orjson.dumps(event) + b"\n\n")
+            if i == 1 and fault.mode == "cut":
+                _hang_up(request)
+                return resp
+            if i == 1 and fault.mode == "error_event":
+                error = {"message": fault.message, "type": "fake_error", "code": fault.status}
+                await resp.write(b"data: " + orjson.dumps({"error": error}) + b"\n\n")
+                return resp
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    def _usage(self, body: Any) -> dict[str, int]:
+        messages = body.get("messages") if isinstance(body, dict) else None
+        prompt = sum(len(str(m.get("content", "")).split()) for m in messages or [] if isinstance(m, dict))
+        return {"prompt_tokens": prompt, "completion_tokens": len(self.reply), "total_tokens": prompt + len(self.reply)}
+
+    def _take(self) -> Fault:
+        """The fault for this request; a fault with ``times`` expires after that many."""
+        fault = self.fault
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                self.fault = Fault()
+        return fault
+
+    # -- control, for tests that drive the fake over HTTP ----------------------------------
+
+    async def _set_fault(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self.fault = Fault(**orjson.loads(await request.read() or b"{}"))
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            return _json({"error": {"message": str(exc)}}, status=400)
+        return _json(asdict(self.fault))
+
+    async def _get_requests(self, request: web.Request) -> web.StreamResponse:
+        return _json([asdict(r) for r in self.requests])
+
+    async def _clear_requests(self, request: web.Request) -> web.StreamResponse:
+        self.requests.clear()
+        return _json({"cleared": True})
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self._stopping.set()
+
+
+def _received(request: web.Request, body: Any) -> Received:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    where = f"{peer[0]}:{peer[1]}" if peer else "?"
+    headers = {str(k): v for k, v in request.headers.items()}  # istr keys upset orjson
+    return Received(request.method, request.path, headers, body, where)
+
+
+async def _trickle(request: web.Request, raw: bytes) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for i in range(0, len(raw), 5):
+        await resp.write(raw[i : i + 5])
+        await asyncio.sleep(0.001)  # a separate segment, most of the time
+    return resp
+
+
+def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+def _model(body: Any, default: str) -> str:
+    # Echo the model asked for, as vLLM does for a served model name, so tests see the rewrite.
+    return str(body.get("model") or default) if isinstance(body, dict) else default
+
+
+def _json(payload: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, headers=headers, content_type="application/json")
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
+def _reset(request: web.Request) -> None:
+    """Close with RST (linger 0) rather than FIN, like a crashed or firewalled server."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _hang_up(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="a fault-injecting fake OpenAI-compatible server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--model", default="fake-model")
+    args = parser.parse_args()
+    fake = FakeUpstream(model=args.model, host=args.host, port=args.port)
+    web.run_app(fake.app(), host=args.host, port=args.port, handler_cancellation=True, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

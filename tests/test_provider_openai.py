@@ -1,0 +1,597 @@
+"""OpenAIProvider against the fault-injecting fake upstream: the request it sends, the answers
+it returns, replica choice and breakers, and how each upstream failure is translated."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fakes.upstream import FakeUpstream, Fault
+from turnout.config import OpenAITarget
+from turnout.errors import (
+    BreakerOpen,
+    ConfigError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from turnout.providers.base import Call, Stream, Timeouts, Usage
+from turnout.providers.openai import OpenAIProvider
+from turnout.resilience.breaker import State
+
+KEY = "sk-test-0123456789abcdef"
+FAST = Timeouts(connect=1.0, ttft=1.0, total=2.0)
+
+
+def target(*urls: str, **overrides: Any) -> OpenAITarget:
+    raw: dict[str, Any] = {
+        "provider": "openai",
+        "base_urls": list(urls),
+        "model": "served-model",
+        "api_key": KEY,
+        "breaker": {"failures": 1, "cooldown_s": 30},
+        **overrides,
+    }
+    return OpenAITarget.model_validate(raw)
+
+
+def chat(*, stream: bool = False, timeouts: Timeouts = FAST, **extra: Any) -> Call:
+    body = {"model": "caller-alias", "messages": [{"role": "user", "content": "say hi"}], **extra}
+    return Call(body=body, stream=stream, timeouts=timeouts, request_id="req-1")
+
+
+@asynccontextmanager
+async def provider_for(*urls: str, **overrides: Any) -> AsyncIterator[OpenAIProvider]:
+    """A provider that is closed afterwards and must have freed every replica slot."""
+    provider = OpenAIProvider("t1", target(*urls, **overrides))
+    try:
+        yield provider
+        assert [r.in_flight for r in provider.replicas] == [0] * len(provider.replicas), "a slot leaked"
+    finally:
+        await provider.aclose()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def fake2() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def provider(fake: FakeUpstream) -> AsyncIterator[OpenAIProvider]:
+    async with provider_for(fake.base_url) as p:
+        yield p
+
+
+async def collect(stream: Stream) -> list[dict[str, Any]]:
+    return [chunk async for chunk in stream.chunks]
+
+
+async def consume(stream: Stream, into: list[dict[str, Any]]) -> None:
+    async for chunk in stream.chunks:
+        into.append(chunk)
+
+
+async def attempt(provider: OpenAIProvider, call: Call) -> None:
+    """One call to its end, streaming or not."""
+    if call.stream:
+        await collect(await provider.stream(call))
+    else:
+        await provider.complete(call)
+
+
+async def abandon(stream: Stream) -> None:
+    close = getattr(stream.chunks, "aclose", None)
+    assert close is not None, "Stream.chunks must be closable"
+    await close()
+
+
+async def until(condition: Callable[[], bool], within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A port whose accept queue is full, so a connect to it hangs in the handshake."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        try:
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- the request sent and the answer returned -----------------------------------------------
+
+
+async def test_complete_returns_body_usage_and_replica(provider: OpenAIProvider) -> None:
+    completion = await provider.complete(chat())
+    assert completion.body["choices"][0]["message"]["content"] == "Hello, world"
+    assert completion.usage == Usage(prompt_tokens=2, completion_tokens=3)
+    assert completion.model_version == "served-model"  # the model the upstream reports
+    assert completion.replica == "r0"
+
+
+async def test_body_is_copied_with_the_target_model(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    call = chat(stream_options={"include_usage": True}, temperature=0.2)
+    before = copy.deepcopy(call.body)
+    await provider.complete(call)
+    assert call.body == before
+    sent = fake.requests[0].body
+    assert sent["model"] == "served-model"
+    assert sent["stream"] is False
+    assert "stream_options" not in sent  # servers reject it on non-streaming calls
+    assert sent["messages"] == before["messages"]
+    assert sent["temperature"] == 0.2
+
+
+async def test_sends_bearer_key_and_configured_headers(fake: FakeUpstream) -> None:
+    async with provider_for(fake.base_url, headers={"X-Team": "search"}) as p:
+        await p.complete(chat())
+    headers = fake.requests[0].headers
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    assert headers["X-Team"] == "search"
+    assert headers["Content-Type"] == "application/json"
+
+
+async def test_no_authorization_header_without_a_key(fake: FakeUpstream) -> None:
+    async with provider_for(fake.base_url, api_key=None) as p:
+        await p.complete(chat())
+    assert "Authorization" not in fake.requests[0].headers
+
+
+async def test_configured_model_version_wins(fake: FakeUpstream) -> None:
+    async with provider_for(fake.base_url, model_version="served-model@2025-01") as p:
+        assert (await p.complete(chat())).model_version == "served-model@2025-01"
+        stream = await p.stream(chat(stream=True))
+        assert stream.model_version == "served-model@2025-01"
+        await collect(stream)
+
+
+async def test_stream_yields_every_chunk_then_usage(provider: OpenAIProvider) -> None:
+    stream = await provider.stream(chat(stream=True))
+    assert stream.replica == "r0"
+    assert stream.model_version == "served-model"
+    chunks = await collect(stream)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "Hello, world"
+    assert chunks[-1]["choices"] == []
+    assert Usage.from_openai(chunks[-1]["usage"]) == Usage(2, 3)
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        (None, {"include_usage": True}),
+        ({"include_usage": False}, {"include_usage": True}),
+        ({"continuous_usage_stats": True}, {"continuous_usage_stats": True, "include_usage": True}),
+    ],
+)
+async def test_stream_always_asks_for_usage(
+    fake: FakeUpstream, provider: OpenAIProvider, given: dict[str, Any] | None, sent: dict[str, Any]
+) -> None:
+    call = chat(stream=True) if given is None else chat(stream=True, stream_options=given)
+    before = copy.deepcopy(call.body)
+    await collect(await provider.stream(call))
+    assert fake.requests[0].body["stream_options"] == sent
+    assert fake.requests[0].body["stream"] is True
+    assert fake.requests[0].body["model"] == "served-model"
+    assert call.body == before
+
+
+async def test_stream_returns_at_the_first_chunk(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault(chunk_delay=0.1)
+    stream = await provider.stream(chat(stream=True))
+    assert fake.in_flight == 1  # the upstream is still sending
+    assert len(await collect(stream)) == 6  # role, three pieces, finish, usage
+
+
+async def test_connections_are_pooled(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    for _ in range(3):
+        await collect(await provider.stream(chat(stream=True)))
+        await provider.complete(chat())
+    assert len({r.peer for r in fake.requests}) == 1
+
+
+# -- SSE parsing ----------------------------------------------------------------------------
+
+
+async def test_sse_fields_comments_crlf_and_multiline_data(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault(
+        "raw",
+        raw=(
+            ': ping\r\n\r\ndata:{"id": "a", "choices": []}\r\n\r\n'
+            'event: message\nid: 7\ndata: {"id":\ndata: "b", "choices": []}\n\n'
+            'retry: 10\n\ndata: [DONE]\n\ndata: {"id": "after-done"}\n\n'
+        ),
+    )
+    chunks = await collect(await provider.stream(chat(stream=True)))
+    assert [c["id"] for c in chunks] == ["a", "b"]
+
+
+async def test_sse_body_ending_without_done_ends_the_stream(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("raw", raw='data: {"id": "a"}\n\ndata: {"id": "b"}\n\n')
+    assert [c["id"] for c in await collect(await provider.stream(chat(stream=True)))] == ["a", "b"]
+
+
+async def test_sse_stream_without_chunks_is_a_protocol_error(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("raw", raw="data: [DONE]\n\n")
+    with pytest.raises(UpstreamProtocolError, match="before its first chunk"):
+        await provider.stream(chat(stream=True))
+
+
+async def test_flat_error_event_mid_stream(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("raw", raw='data: {"id": "a"}\n\ndata: {"object": "error", "message": "oom", "code": 503}\n\n')
+    stream = await provider.stream(chat(stream=True))
+    with pytest.raises(UpstreamStatusError, match="oom") as caught:
+        await collect(stream)
+    assert caught.value.upstream_status == 503
+
+
+# -- replicas and breakers ------------------------------------------------------------------
+
+
+async def test_replica_with_fewest_calls_in_flight_is_chosen(fake: FakeUpstream, fake2: FakeUpstream) -> None:
+    fake.fault = Fault(head_delay=0.5)
+    async with provider_for(fake.base_url, fake2.base_url) as p:
+        slow = asyncio.create_task(p.complete(chat()))
+        await until(lambda: fake.in_flight == 1)
+        assert [r.in_flight for r in p.replicas] == [1, 0]
+        quick = [await p.complete(chat()) for _ in range(3)]
+        assert [c.replica for c in quick] == ["r1", "r1", "r1"]
+        assert (await slow).replica == "r0"
+    assert (len(fake.requests), len(fake2.requests)) == (1, 3)
+
+
+async def test_concurrent_calls_spread_over_replicas(fake: FakeUpstream, fake2: FakeUpstream) -> None:
+    fake.fault = Fault(head_delay=0.2)
+    fake2.fault = Fault(head_delay=0.2)
+    async with provider_for(fake.base_url, fake2.base_url) as p:
+        done = await asyncio.gather(*(p.complete(chat()) for _ in range(6)))
+    assert sorted(c.replica for c in done) == ["r0"] * 3 + ["r1"] * 3
+    assert fake.max_in_flight == fake2.max_in_flight == 3
+
+
+async def test_ties_rotate(fake: FakeUpstream, fake2: FakeUpstream) -> None:
+    async with provider_for(fake.base_url, fake2.base_url) as p:
+        replicas = [(await p.complete(chat())).replica for _ in range(4)]
+    assert replicas == ["r0", "r1", "r0", "r1"]
+
+
+async def test_replica_with_open_breaker_is_skipped(fake: FakeUpstream, fake2: FakeUpstream) -> None:
+    fake.fault = Fault("status", status=500, times=1)
+    async with provider_for(fake.base_url, fake2.base_url) as p:
+        with pytest.raises(UpstreamStatusError):
+            await p.complete(chat())
+        assert p.replicas[0].breaker.state is State.OPEN
+        assert [(await p.complete(chat())).replica for _ in range(3)] == ["r1"] * 3
+    assert len(fake.requests) == 1
+
+
+async def test_every_breaker_open_raises_breaker_open(fake: FakeUpstream, fake2: FakeUpstream) -> None:
+    fake.fault = fake2.fault = Fault("status", status=503)
+    async with provider_for(fake.base_url, fake2.base_url) as p:
+        for _ in range(2):
+            with pytest.raises(UpstreamStatusError):
+                await p.complete(chat())
+        with pytest.raises(BreakerOpen) as caught:
+            await p.stream(chat(stream=True))
+    assert caught.value.retry_after is not None
+    assert 25 < caught.value.retry_after <= 30
+    assert (len(fake.requests), len(fake2.requests)) == (1, 1)
+
+
+async def test_a_callers_4xx_does_not_trip_the_breaker(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("status", status=400, message="context too long", times=1)
+    with pytest.raises(UpstreamStatusError, match="context too long") as caught:
+        await provider.complete(chat())
+    assert not caught.value.retryable
+    assert provider.replicas[0].breaker.state is State.CLOSED
+    assert (await provider.complete(chat())).replica == "r0"
+
+
+async def test_a_timeout_trips_the_breaker(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("hang")
+    with pytest.raises(UpstreamTimeout):
+        await provider.complete(chat(timeouts=Timeouts(ttft=0.1)))
+    assert provider.replicas[0].breaker.state is State.OPEN
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("fault", "retryable", "retry_after"),
+    [
+        (Fault("status", status=500, message="engine dead"), True, None),
+        (Fault("status", status=503, message="engine dead", flat=True), True, None),
+        (Fault("status", status=429, message="engine dead", retry_after=3), True, 3.0),
+        (Fault("status", status=404, message="engine dead"), False, None),
+    ],
+)
+async def test_status_errors(
+    fake: FakeUpstream,
+    provider: OpenAIProvider,
+    stream: bool,
+    fault: Fault,
+    retryable: bool,
+    retry_after: float | None,
+) -> None:
+    fake.fault = fault
+    with pytest.raises(UpstreamStatusError) as caught:
+        await attempt(provider, chat(stream=stream))
+    err = caught.value
+    assert err.upstream_status == fault.status
+    assert err.retryable is retryable
+    assert err.retry_after == retry_after
+    assert err.message == f"HTTP {fault.status}: engine dead (r0)"
+
+
+async def test_long_error_detail_is_shortened(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("status", status=500, message="word " * 500)
+    with pytest.raises(UpstreamStatusError) as caught:
+        await provider.complete(chat())
+    assert len(caught.value.message) < 230
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_reset_is_a_connect_error(fake: FakeUpstream, provider: OpenAIProvider, stream: bool) -> None:
+    fake.fault = Fault("reset")
+    with pytest.raises(UpstreamConnectError, match=r"^r0: "):
+        await attempt(provider, chat(stream=stream))
+
+
+async def test_refused_is_a_connect_error() -> None:
+    async with provider_for(f"http://127.0.0.1:{free_port()}/v1") as p:
+        with pytest.raises(UpstreamConnectError, match="cannot connect"):
+            await p.complete(chat())
+
+
+async def test_slow_handshake_is_a_connect_timeout(unanswered_port: int) -> None:
+    async with provider_for(f"http://127.0.0.1:{unanswered_port}/v1") as p:
+        with pytest.raises(UpstreamTimeout) as caught:
+            await p.complete(chat(timeouts=Timeouts(connect=0.2, ttft=5.0)))
+    assert caught.value.phase == "connect"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_hang_is_a_ttft_timeout(fake: FakeUpstream, provider: OpenAIProvider, stream: bool) -> None:
+    fake.fault = Fault("hang")
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as caught:
+        await attempt(provider, chat(stream=stream, timeouts=Timeouts(ttft=0.2)))
+    assert caught.value.phase == "ttft"
+    assert caught.value.error_class == "timeout_ttft"
+    assert time.monotonic() - t0 < 1.0
+    await until(lambda: fake.disconnects == 1)  # the upstream saw us hang up
+
+
+async def test_slow_first_chunk_is_a_ttft_timeout(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault(first_chunk_delay=1.0)
+    with pytest.raises(UpstreamTimeout) as caught:
+        await provider.stream(chat(stream=True, timeouts=Timeouts(ttft=0.2)))
+    assert caught.value.phase == "ttft"
+
+
+async def test_total_shorter_than_ttft_is_a_total_timeout(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault(head_delay=1.0)
+    with pytest.raises(UpstreamTimeout) as caught:
+        await provider.complete(chat(timeouts=Timeouts(ttft=5.0, total=0.2)))
+    assert caught.value.phase == "total"
+
+
+async def test_total_timeout_mid_stream_raises_from_the_iterator(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault(chunk_delay=0.3)
+    stream = await provider.stream(chat(stream=True, timeouts=Timeouts(ttft=1.0, total=0.5)))
+    received: list[dict[str, Any]] = []
+    with pytest.raises(UpstreamTimeout) as caught:
+        await consume(stream, received)
+    assert caught.value.phase == "total"
+    assert 1 <= len(received) < 6
+    assert provider.replicas[0].breaker.state is State.OPEN
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_malformed_json_is_a_protocol_error(fake: FakeUpstream, provider: OpenAIProvider, stream: bool) -> None:
+    fake.fault = Fault("malformed")
+    with pytest.raises(UpstreamProtocolError, match="not valid JSON"):
+        await attempt(provider, chat(stream=stream))
+
+
+async def test_body_cut_short_is_a_connect_error(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("cut")
+    with pytest.raises(UpstreamConnectError, match="mid-response"):
+        await provider.complete(chat())
+
+
+async def test_stream_cut_midway_raises_from_the_iterator(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("cut")
+    stream = await provider.stream(chat(stream=True))
+    received: list[dict[str, Any]] = []
+    with pytest.raises(UpstreamConnectError, match="mid-response"):
+        await consume(stream, received)
+    assert len(received) == 2
+    assert provider.replicas[0].breaker.state is State.OPEN
+
+
+async def test_error_event_mid_stream_raises_from_the_iterator(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("error_event", status=500, message="engine crashed")
+    stream = await provider.stream(chat(stream=True))
+    with pytest.raises(UpstreamStatusError, match="engine crashed") as caught:
+        await collect(stream)
+    assert caught.value.upstream_status == 500
+    assert caught.value.retryable
+
+
+LEAKY_FAULTS = [
+    Fault("status", status=401, message=f"Incorrect API key provided: {KEY}"),
+    Fault("reset"),
+    Fault("cut"),
+    Fault("malformed"),
+    Fault("hang"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "stream"),
+    [(f, False) for f in LEAKY_FAULTS]
+    + [(f, True) for f in [*LEAKY_FAULTS, Fault("error_event", message=f"bad key {KEY}")]],
+)
+async def test_errors_never_carry_the_key(
+    fake: FakeUpstream, provider: OpenAIProvider, stream: bool, fault: Fault
+) -> None:
+    fake.fault = fault
+    with pytest.raises(UpstreamError) as caught:
+        await attempt(provider, chat(stream=stream, timeouts=Timeouts(ttft=0.2)))
+    assert KEY not in str(caught.value)
+    assert KEY not in repr(caught.value)
+    assert KEY not in str(caught.value.to_openai())
+
+
+@pytest.mark.parametrize("mode", ["status", "refused"])
+async def test_errors_never_carry_url_credentials(fake: FakeUpstream, mode: str) -> None:
+    fake.fault = Fault("status", status=500, message="nope")
+    port = fake.port if mode == "status" else free_port()
+    async with provider_for(f"http://admin:hunter2@127.0.0.1:{port}/v1", api_key=None) as p:
+        with pytest.raises(UpstreamError) as caught:
+            await p.complete(chat())
+        assert "hunter2" not in str(caught.value)
+        assert "hunter2" not in repr(p.replicas)
+
+
+def test_credentials_in_url_and_key_together_are_refused() -> None:
+    with pytest.raises(ConfigError, match="not both"):
+        OpenAIProvider("t1", target("http://admin:hunter2@127.0.0.1:9/v1"))
+
+
+# -- slots, cancellation and abandoned streams ----------------------------------------------
+
+
+async def test_abandoned_stream_frees_its_slot_and_stops_the_upstream(
+    fake: FakeUpstream, provider: OpenAIProvider
+) -> None:
+    fake.fault = Fault(chunk_delay=0.2)
+    stream = await provider.stream(chat(stream=True))
+    assert provider.replicas[0].in_flight == 1
+    assert (await anext(stream.chunks))["choices"][0]["delta"]["role"] == "assistant"
+    await abandon(stream)
+    await abandon(stream)  # twice is harmless
+    assert provider.replicas[0].in_flight == 0
+    assert provider.replicas[0].breaker.state is State.CLOSED
+    await until(lambda: fake.disconnects == 1)
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream.chunks)
+
+
+async def test_stream_abandoned_before_reading_frees_its_slot(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault(chunk_delay=0.2)
+    await abandon(await provider.stream(chat(stream=True)))
+    assert provider.replicas[0].in_flight == 0
+    await until(lambda: fake.disconnects == 1)
+
+
+async def test_cancelled_call_frees_its_slot_without_a_verdict(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault(head_delay=5.0)
+    task = asyncio.create_task(provider.complete(chat(timeouts=Timeouts())))
+    await until(lambda: fake.in_flight == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert provider.replicas[0].in_flight == 0
+    assert provider.replicas[0].breaker.state is State.CLOSED  # failures=1 would have opened it
+
+
+async def test_closing_a_finished_stream_is_harmless(provider: OpenAIProvider) -> None:
+    stream = await provider.stream(chat(stream=True))
+    await collect(stream)
+    await abandon(stream)
+    assert provider.replicas[0].in_flight == 0
+
+
+# -- health and lifecycle -------------------------------------------------------------------
+
+
+async def test_health_ok(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    assert (await provider.health()).ok
+    assert fake.requests[0].path == "/v1/models"
+    assert fake.requests[0].headers["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_health_ok_while_one_replica_answers(fake: FakeUpstream, fake2: FakeUpstream) -> None:
+    fake2.fault = Fault("status", status=503)
+    async with provider_for(fake.base_url, fake2.base_url) as p:
+        health = await p.health()
+    assert health.ok
+    assert health.detail == "failing: r1 (HTTP 503)"
+
+
+async def test_health_fails_when_no_replica_answers(fake: FakeUpstream) -> None:
+    fake.fault = Fault("hang")
+    urls = (fake.base_url, f"http://127.0.0.1:{free_port()}/v1")
+    async with provider_for(*urls, timeouts={"ttft": 0.2}) as p:
+        health = await p.health()
+    assert not health.ok
+    assert "r0 (timeout)" in health.detail
+    assert "r1 (cannot connect" in health.detail
+
+
+async def test_aclose_twice_is_harmless(provider: OpenAIProvider) -> None:
+    await provider.complete(chat())
+    await provider.aclose()
+    await provider.aclose()
+
+
+# -- the fake's control surface, for end-to-end tests ---------------------------------------
+
+
+async def test_fake_faults_switch_over_http(fake: FakeUpstream) -> None:
+    async with aiohttp.ClientSession() as http, provider_for(fake.base_url, breaker={"failures": 5}) as provider:
+        control = f"http://127.0.0.1:{fake.port}"
+        async with http.post(f"{control}/_fault", json={"mode": "status", "status": 502, "times": 1}) as resp:
+            assert resp.status == 200
+        with pytest.raises(UpstreamStatusError):
+            await provider.complete(chat())
+        assert (await provider.complete(chat())).replica == "r0"
+        async with http.get(f"{control}/_requests") as resp:
+            seen = await resp.json()
+        assert [r["body"]["model"] for r in seen] == ["served-model", "served-model"]
+        async with http.post(f"{control}/_fault", json={"mode": "nonsense"}) as resp:
+            assert resp.status == 400
+        async with http.delete(f"{control}/_requests") as resp:
+            assert resp.status == 200
+    assert fake.requests == []
