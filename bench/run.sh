@@ -16,6 +16,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; "$kit
 trap cleanup EXIT
 "$kit/upstream.sh" start
 wait_up() { for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
+wait_port() { for _ in $(seq 100); do (: >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on :$1"; exit 1; }
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 load() { "$kit/load.sh" "$@"; }
 calc() { awk "BEGIN { print $1 }"; }
@@ -26,7 +27,7 @@ calc() { awk "BEGIN { print $1 }"; }
 rm -f "$run/ledger.db"*
 TURNOUT_BENCH_DB=$run/ledger.db taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/config.yaml" \
   --port 18030 >"$run/turnout.log" 2>&1 & pids+=($!); tpid=$!
-wait_up http://127.0.0.1:18020/health 2>/dev/null || true
+wait_port 18020
 wait_up http://127.0.0.1:18030/readyz
 
 load http://127.0.0.1:18030/v1/chat/completions 2 32 >/dev/null   # warm-up

