@@ -28,7 +28,7 @@ rm -f "$run/ledger.db"*
 TURNOUT_BENCH_DB=$run/ledger.db taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/config.yaml" \
   --port 18030 >"$run/turnout.log" 2>&1 & pids+=($!); tpid=$!
 wait_port 18020
-wait_up http://127.0.0.1:18030/readyz
+wait_up http://127.0.0.1:18030/healthz  # readyz: the SSE upstream has no /v1/models
 
 load http://127.0.0.1:18030/v1/chat/completions 2 32 >/dev/null   # warm-up
 load http://127.0.0.1:18020/v1/chat/completions 2 32 >/dev/null
