@@ -356,3 +356,32 @@ async def test_without_tenants_access_is_anonymous(make_app: AppFactory) -> None
     assert resp.status == 200
     [row] = await rows(app)
     assert row.tenant == "anonymous" and row.data_class == "internal"
+
+
+class BuggyProvider(ScriptedProvider):
+    """Raises a non-turnout exception whose message quotes the prompt, as a bug might."""
+
+    async def complete(self, call: Any) -> Any:
+        raise KeyError(call.body["messages"][0]["content"])
+
+
+async def test_a_bug_answers_500_in_openai_shape_and_logs_no_content(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _ = await setup(make_app, primary=BuggyProvider("primary"))
+    secret = "SENTINEL-bug-path-31337"
+    resp = await chat(app, {"messages": [{"role": "user", "content": secret}]})
+    assert resp.status == 500
+    assert resp.json()["error"] == {"message": "internal error", "type": "api_error", "param": None, "code": None}
+    assert "KeyError" in caplog.text and secret not in caplog.text
+    [row] = await rows(app)
+    assert row.status == 500 and row.error_class == "internal"
+
+
+async def test_a_bug_mid_stream_ends_it_with_an_error_event(make_app: AppFactory) -> None:
+    primary = ScriptedProvider("primary", Step(RuntimeError("oops"), text="a b c", fail_after=1))
+    app, _ = await setup(make_app, primary=primary)
+    events = (await chat(app, {"stream": True})).events()
+    assert events[-2]["error"]["code"] == "stream_interrupted" and events[-1] == "[DONE]"
+    [row] = await rows(app)
+    assert row.status == 500 and row.error_class == "internal"

@@ -106,7 +106,7 @@ async def test_stream(provider: OpenAIProvider) -> None:
 async def test_abandoned_stream_closes_cleanly(provider: OpenAIProvider) -> None:
     stream = await provider.stream(call("Write a long story about a dragon.", stream=True, max_tokens=400))
     await anext(stream.chunks)
-    await stream.chunks.aclose()  # type: ignore[attr-defined]
+    await stream.chunks.aclose()
     result = await provider.complete(call("Say yes.", max_tokens=4))
     assert result.body["choices"][0]["message"]["content"] is not None
 

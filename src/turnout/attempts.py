@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.config import RetryConfig
 from turnout.errors import AllTargetsFailed, BreakerOpen, UpstreamError
 from turnout.ledger.record import AttemptRecord
-from turnout.providers.base import Call, Completion, Provider, Stream, Timeouts
+from turnout.providers.base import Call, Chunks, Completion, Provider, Stream, Timeouts
 from turnout.resilience.backoff import delay
 from turnout.resilience.breaker import Breaker
 
@@ -78,7 +78,7 @@ async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, 
                 raise
             attempts.append(AttemptRecord(target.name, answer.replica, None, _ms(t0)))
             if isinstance(answer, Stream):
-                answer.chunks = _watch(answer.chunks, target.breaker)
+                answer.chunks = _Watched(answer.chunks, target.breaker)
             else:
                 target.breaker.success()
             return Result(target, answer, attempts, (t0 - started) * 1000)
@@ -91,23 +91,41 @@ def _failed(failures: list[tuple[str, UpstreamError]], attempts: list[AttemptRec
     return exc
 
 
-async def _watch(chunks: AsyncIterator[dict[str, Any]], breaker: Breaker) -> AsyncIterator[dict[str, Any]]:
-    """Pass chunks through; the breaker hears how the stream ended."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except UpstreamError:
-        breaker.failure()
-        raise
-    except BaseException:
-        breaker.release()
-        raise
-    else:
-        breaker.success()
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+class _Watched:
+    """Chunks passed through unchanged; the target's breaker hears, once, how the stream
+    ended: success at its end, failure on an upstream error, no verdict when abandoned."""
+
+    __slots__ = ("_breaker", "_chunks", "_done")
+
+    def __init__(self, chunks: Chunks, breaker: Breaker) -> None:
+        self._chunks = chunks
+        self._breaker = breaker
+        self._done = False
+
+    def __aiter__(self) -> _Watched:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._settle(self._breaker.success)
+            raise
+        except UpstreamError:
+            self._settle(self._breaker.failure)
+            raise
+        except BaseException:
+            self._settle(self._breaker.release)
+            raise
+
+    async def aclose(self) -> None:
+        self._settle(self._breaker.release)
+        await self._chunks.aclose()
+
+    def _settle(self, verdict: Callable[[], None]) -> None:
+        if not self._done:
+            self._done = True
+            verdict()
 
 
 def _ms(t0: float) -> float:

@@ -12,11 +12,12 @@ import asyncio
 import logging
 import os
 import time
+import traceback
 from typing import Any
 
 from turnout import policy, respond
 from turnout.asgi import Receive, Send, header, read_body
-from turnout.attempts import Target, execute
+from turnout.attempts import Result, Target, execute
 from turnout.auth import Authenticator
 from turnout.chat import ChatRequest, parse
 from turnout.config import Config
@@ -97,30 +98,18 @@ class Gateway:
         t0 = time.perf_counter()
         row = LedgerRow(request_id, time.time(), "", "", "", False)
         try:
-            tenant = self.auth.authenticate(header(scope, b"authorization"))
-            row.tenant = tenant.name
-            req = parse(await read_body(receive, scope, self.config.server.max_body_bytes))
-            row.task, row.stream = req.task, req.stream
-            row.user = header_str(scope, b"x-turnout-user") or req.user
-            task = self.config.tasks.get(req.task)
-            if task is None or not tenant.may_use(req.task):
-                raise UnknownTask(f"the task {req.task!r} does not exist or is not open to you", param="model")
-            row.data_class = policy.parse_data_class(header_str(scope, b"x-turnout-data-class") or req.data_class)
-            allowed = policy.decide(
-                task=req.task,
-                route=task.route,
-                data_class=row.data_class,
-                tenant_classes=tenant.data_classes,
-                policy=self.policy,
-            )
-            result = await execute(
-                [self.targets[n] for n in allowed], req.body, stream=req.stream, request_id=request_id
-            )
+            req, result = await self._route(scope, receive, row)
         except TurnoutError as err:
             if isinstance(err, AllTargetsFailed):
                 row.attempts = err.records
             row.status, row.error_class = err.status, err.code or err.type
             await respond.error(send, err, request_id)
+            self._account(row, t0)
+            return
+        except Exception as exc:  # a bug: answer in OpenAI's shape, log no request content
+            log.error("internal error in request %s: %s", request_id, describe(exc))
+            row.status, row.error_class = 500, "internal"
+            await respond.error(send, TurnoutError("internal error"), request_id)
             self._account(row, t0)
             return
         row.attempts, row.fallback = result.attempts, result.fallback
@@ -134,9 +123,31 @@ class Gateway:
             usage = result.answer.usage
             if usage is not None:
                 row.prompt_tokens, row.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+            row.generation_ms = result.attempts[-1].latency_ms
             row.status = 200
             await respond.completion(send, result.answer.body, request_id, req.task, headers)
         self._account(row, t0)
+
+    async def _route(self, scope: dict[str, Any], receive: Receive, row: LedgerRow) -> tuple[ChatRequest, Result]:
+        """authenticate → parse → task → classify → policy → attempt; fills ``row`` on the way."""
+        tenant = self.auth.authenticate(header(scope, b"authorization"))
+        row.tenant = tenant.name
+        req = parse(await read_body(receive, scope, self.config.server.max_body_bytes))
+        row.task, row.stream = req.task, req.stream
+        row.user = header_str(scope, b"x-turnout-user") or req.user
+        task = self.config.tasks.get(req.task)
+        if task is None or not tenant.may_use(req.task):
+            raise UnknownTask(f"the task {req.task!r} does not exist or is not open to you", param="model")
+        row.data_class = policy.parse_data_class(header_str(scope, b"x-turnout-data-class") or req.data_class)
+        allowed = policy.decide(
+            task=req.task,
+            route=task.route,
+            data_class=row.data_class,
+            tenant_classes=tenant.data_classes,
+            policy=self.policy,
+        )
+        targets = [self.targets[n] for n in allowed]
+        return req, await execute(targets, req.body, stream=req.stream, request_id=row.request_id)
 
     async def _stream(
         self,
@@ -161,6 +172,14 @@ class Gateway:
         row.latency_ms = (time.perf_counter() - t0) * 1000
         if self.ledger is not None:
             self.ledger.submit(row)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception's type and where it was raised, without its message (which may quote
+    request content)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}{where}"
 
 
 def header_str(scope: dict[str, Any], name: bytes) -> str | None:

@@ -99,17 +99,19 @@ async def stream(
                     "more_body": True,
                 }
             )
-    except UpstreamError as exc:
-        err = StreamInterrupted(f"the stream from the target failed: {exc.message}")
-        out.status, out.error_class = 502, exc.error_class
-        log.warning("stream %s interrupted: %s", request_id, exc.error_class)
+    except Exception as exc:  # after the first byte: the stream ends with an error event
+        if isinstance(exc, UpstreamError):
+            err = StreamInterrupted(f"the stream from the target failed: {exc.message}")
+            out.status, out.error_class = 502, exc.error_class
+        else:
+            err = StreamInterrupted("the stream failed inside the gateway")
+            out.status, out.error_class = 500, "internal"
+        log.warning("stream %s interrupted: %s", request_id, out.error_class)
         payload = b"data: " + orjson.dumps(err.to_openai()) + b"\n\n"
         await send({"type": "http.response.body", "body": payload, "more_body": True})
     finally:
         gone.cancel()
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await chunks.aclose()
     await send({"type": "http.response.body", "body": b"" if out.status == 499 else DONE})
     return out
 

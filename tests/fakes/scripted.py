@@ -4,17 +4,16 @@ and the API. Each call takes the next step (the last one repeats)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from turnout.errors import UpstreamError
 from turnout.providers.base import Call, Completion, Health, Stream, Usage
 
 
 @dataclass
 class Step:
-    error: UpstreamError | None = None
+    error: Exception | None = None
     text: str = "hello from the fake"
     fail_after: int | None = None  # stream: raise ``error`` after this many chunks
     delay: float = 0.0
@@ -58,7 +57,7 @@ class ScriptedProvider:
             raise step.error
         return Stream(self._chunks(step), "fake-v1", "r0")
 
-    async def _chunks(self, step: Step) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, step: Step) -> AsyncGenerator[dict[str, Any]]:
         try:
             words = step.text.split()
             for i, word in enumerate(words):

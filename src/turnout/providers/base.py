@@ -7,7 +7,7 @@ attempt loop in ``turnout.attempts`` owns retries, breakers and fallback.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,6 +56,17 @@ class Completion:
     queue_ms: float | None = None  # time spent waiting for a local worker, if any
 
 
+class Chunks(Protocol):
+    """An async iterator of chunk dicts that can be closed before its end (an async generator
+    is one). ``aclose`` must free the upstream work even if iteration never began."""
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    def __anext__(self) -> Awaitable[dict[str, Any]]: ...
+
+    def aclose(self) -> Awaitable[None]: ...
+
+
 @dataclass(slots=True)
 class Stream:
     """A started stream. ``chunks`` yields OpenAI ``chat.completion.chunk`` dicts; the first
@@ -63,7 +74,7 @@ class Stream:
     token is known and a failure before it can still fall back). A chunk carrying ``usage``
     is yielded as the provider got it; the gateway decides whether the caller sees it."""
 
-    chunks: AsyncIterator[dict[str, Any]]
+    chunks: Chunks
     model_version: str
     replica: str = ""
     queue_ms: float | None = None
