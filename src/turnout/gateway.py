@@ -48,9 +48,7 @@ class Gateway:
         cfg = self.config
         self.store = open_store(cfg.store)
         await self.store.open()
-        self.ledger = LedgerWriter(
-            self.store, cfg.store.batch_size, cfg.store.flush_interval_ms / 1000, cfg.store.queue_size
-        )
+        self.ledger = LedgerWriter.from_config(self.store, cfg.store)
         self.ledger.start()
         for name, t in cfg.targets.items():
             timeouts = Timeouts(t.timeouts.connect, t.timeouts.ttft, t.timeouts.total)

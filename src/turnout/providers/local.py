@@ -15,7 +15,7 @@ import importlib
 import importlib.util
 import os
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -90,8 +90,8 @@ class LocalProvider:
         except BaseException:
             self._pool.cancel(job)
             raise
-        chunks = self._chunks(job, first, deadlines)
-        # A caller that drops the stream without iterating it never runs its finally block.
+        chunks = _JobChunks(self._chunks(job, first, deadlines), job, self._pool.cancel)
+        # A caller that drops the stream without iterating or closing it: cancel on collection.
         weakref.finalize(chunks, self._pool.cancel, job)
         return Stream(chunks, self.model_version, queue_ms=job.queue_ms)
 
@@ -112,7 +112,7 @@ class LocalProvider:
             raise Overloaded(f"{self.name}: {running} running and {waiting} waiting (queue_size {self._queue_size})")
         return job
 
-    async def _chunks(self, job: Job, first: dict[str, Any], deadlines: _Deadlines) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, job: Job, first: dict[str, Any], deadlines: _Deadlines) -> AsyncGenerator[dict[str, Any]]:
         try:
             yield first
             while True:
@@ -149,6 +149,28 @@ class LocalProvider:
             # context, unknown tool): the caller's mistake, not worth a retry.
             raise UpstreamStatusError(400, f"{self.name}: {value}") from value
         raise UpstreamError(f"{self.name}: llama.cpp failed: {value}") from value
+
+
+class _JobChunks:
+    """The chunk generator plus an ``aclose`` that cancels the job even when iteration never
+    began (an unstarted async generator skips its ``finally`` on ``aclose``)."""
+
+    __slots__ = ("__weakref__", "_cancel", "_gen", "_job")
+
+    def __init__(self, gen: AsyncGenerator[dict[str, Any]], job: Job, cancel: Callable[[Job], None]) -> None:
+        self._gen = gen
+        self._job = job
+        self._cancel = cancel
+
+    def __aiter__(self) -> _JobChunks:
+        return self
+
+    def __anext__(self) -> Awaitable[dict[str, Any]]:
+        return self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        self._cancel(self._job)
+        await self._gen.aclose()
 
 
 class _Deadlines:

@@ -45,7 +45,11 @@ class _State(enum.Enum):
 class Job:
     """One admitted request: the ``create_chat_completion`` arguments, the loop to report to,
     and the events reported so far (``chunk`` dicts, then ``done`` with a ``(prompt,
-    completion)`` token count, or ``error`` with the exception, or ``cancelled``)."""
+    completion)`` token count, or ``error`` with the exception, or ``cancelled``).
+
+    Also, read-only for observers (stats, tests): ``generated``, the tokens sampled so far;
+    ``cancelled_at``, the value ``generated`` had when a cancel was first asked for; and
+    ``outcome``, how the job ended, set as it leaves the pool and before its end event."""
 
     def __init__(self, params: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
         self.params = params
@@ -55,17 +59,26 @@ class Job:
         self.started: float | None = None
         self._loop = loop
         self.state = _State.QUEUED
+        self.generated = 0
+        self.cancelled_at: int | None = None
+        self.outcome: EventKind | None = None
 
     @property
     def queue_ms(self) -> float | None:
         return None if self.started is None else (self.started - self.admitted) * 1000
+
+    def cancel(self) -> None:
+        """Raise the cancel flag (the worker checks it between tokens); safe from any thread."""
+        if not self.cancelled.is_set():
+            self.cancelled_at = self.generated
+        self.cancelled.set()
 
     def emit(self, kind: EventKind, value: Any = None) -> bool:
         """Hand one event to the job's loop; False when nobody can listen any more."""
         try:
             self._loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError:  # the caller's event loop is closed
-            self.cancelled.set()
+            self.cancel()
             return False
         return True
 
@@ -115,10 +128,10 @@ class Pool:
     def cancel(self, job: Job) -> None:
         """Stop ``job``: a queued job gives up its place at once, a running one stops at its
         next token. Safe to call more than once and from any thread."""
-        job.cancelled.set()
+        job.cancel()
         with self._lock:
             if job.state is _State.QUEUED:
-                self._retire(job)
+                self._retire(job, "cancelled")
 
     def counts(self) -> tuple[int, int]:
         """(running, waiting)."""
@@ -131,9 +144,9 @@ class Pool:
         with self._lock:
             self._closed = True
             for job in list(self._live):
-                job.cancelled.set()
+                job.cancel()
                 if job.state is _State.QUEUED:
-                    self._retire(job)
+                    self._retire(job, "cancelled")
                     job.emit("cancelled")
         for _ in self._threads:
             self._jobs.put(None)
@@ -141,9 +154,10 @@ class Pool:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _retire(self, job: Job) -> None:
+    def _retire(self, job: Job, outcome: EventKind) -> None:
         # Caller holds the lock.
         job.state = _State.DONE
+        job.outcome = outcome
         self._live.discard(job)
 
     def _take(self, job: Job) -> bool:
@@ -172,7 +186,7 @@ class Pool:
                 end: Event = ("error", load_error) if llm is None else generate(llm, job)
                 # Free the slot before the caller hears the end, so its next call is admitted.
                 with self._lock:
-                    self._retire(job)
+                    self._retire(job, end[0])
                 job.emit(*end)
         finally:
             if llm is not None:
@@ -184,14 +198,16 @@ class _TokenCounter:
     sampled token with the context so far, so its first call sees exactly the prompt. Stream
     chunks carry no usage, and this works the same for streams and whole answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, job: Job) -> None:
         self.prompt = 0
         self.sampled = 0
+        self._job = job
 
     def __call__(self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
         if self.sampled == 0:
             self.prompt = len(input_ids)
         self.sampled += 1
+        self._job.generated = self.sampled
         return scores
 
 
@@ -203,7 +219,7 @@ def generate(llm: Llama, job: Job) -> Event:
     token when the model stops by itself: it was generated, and vLLM counts it too."""
     from llama_cpp import LogitsProcessorList
 
-    counter = _TokenCounter()
+    counter = _TokenCounter(job)
     try:
         chunks = llm.create_chat_completion(**job.params, stream=True, logits_processor=LogitsProcessorList([counter]))
         try:
