@@ -392,12 +392,10 @@ async def test_slow_handshake_is_a_connect_timeout(unanswered_port: int) -> None
 @pytest.mark.parametrize("stream", [False, True])
 async def test_hang_is_a_ttft_timeout(fake: FakeUpstream, provider: OpenAIProvider, stream: bool) -> None:
     fake.fault = Fault("hang")
-    t0 = time.monotonic()
     with pytest.raises(UpstreamTimeout) as caught:
         await attempt(provider, chat(stream=stream, timeouts=Timeouts(ttft=0.2)))
     assert caught.value.phase == "ttft"
     assert caught.value.error_class == "timeout_ttft"
-    assert time.monotonic() - t0 < 1.0
     await until(lambda: fake.disconnects == 1)  # the upstream saw us hang up
 
 
