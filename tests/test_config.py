@@ -99,7 +99,7 @@ def test_local_target_defaults_differ_from_openai_ones() -> None:
     assert local.timeouts.total == 300.0
 
 
-def test_the_product_minimal_example_names_bedrock_as_an_unknown_provider(tmp_path: Path) -> None:
+def test_the_product_minimal_example_loads(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         """
@@ -114,9 +114,10 @@ def test_the_product_minimal_example_names_bedrock_as_an_unknown_provider(tmp_pa
           support-reply: {route: [qwen-vllm, deepseek-br]}
         """,
     )
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={"ACME_KEY": KEY})
-    assert info.value.problems == ["targets.deepseek-br: unknown provider 'bedrock' (expected openai or local)"]
+    config = load_config(path, env={"ACME_KEY": KEY})
+    bedrock = config.targets["deepseek-br"]
+    assert bedrock.provider == "bedrock" and bedrock.model == "deepseek.v3-v1:0"
+    assert config.tasks["support-reply"].route == ["qwen-vllm", "deepseek-br"]
 
 
 def test_the_product_minimal_example_without_bedrock_loads(tmp_path: Path) -> None:
@@ -174,14 +175,14 @@ def test_an_unknown_key_in_a_policy_entry_is_named() -> None:
 
 def test_unknown_provider_is_named_with_its_target() -> None:
     raw = base()
-    raw["targets"]["vllm"]["provider"] = "bedrock"
-    assert problems(raw) == ["targets.vllm: unknown provider 'bedrock' (expected openai or local)"]
+    raw["targets"]["vllm"]["provider"] = "sagemaker"
+    assert problems(raw) == ["targets.vllm: unknown provider 'sagemaker' (expected openai, local, bedrock)"]
 
 
 def test_missing_provider_is_named_with_its_target() -> None:
     raw = base()
     del raw["targets"]["vllm"]["provider"]
-    assert problems(raw) == ["targets.vllm: missing 'provider' (openai or local)"]
+    assert problems(raw) == ["targets.vllm: missing 'provider' (openai, local, bedrock)"]
 
 
 def test_field_problems_name_the_key_inside_a_target() -> None:
@@ -384,7 +385,7 @@ def test_every_problem_is_reported_at_once() -> None:
         policy={"restricted": {"targets": ["ghost"]}},
         tasks={"chat": {"route": ["vllm", "vllm", "missing"]}, "empty": {"route": []}},
     )
-    raw["targets"]["onprem"]["provider"] = "bedrock"
+    raw["targets"]["onprem"]["provider"] = "sagemaker"
     raw["tenants"] = {
         "acme": {"keys": [KEY, "short"], "tasks": ["nope"]},
         "other": {"keys": [KEY]},
@@ -393,7 +394,7 @@ def test_every_problem_is_reported_at_once() -> None:
     expected_prefixes = [
         "bogus: unknown key",
         "server.port: ",
-        "targets.onprem: unknown provider 'bedrock'",
+        "targets.onprem: unknown provider 'sagemaker'",
         "tasks.empty.route: ",
         "tasks.chat.route[1]: target 'vllm' listed twice",
         "tasks.chat.route[2]: unknown target 'missing'",

@@ -108,7 +108,27 @@ class LocalTarget(_TargetBase):
     retry: RetryConfig = RetryConfig(attempts=1)
 
 
-TargetConfig = Annotated[OpenAITarget | LocalTarget, Field(discriminator="provider")]
+class GuardrailConfig(_Strict):
+    id: str = Field(min_length=1, description="guardrail identifier or ARN")
+    version: str = Field(min_length=1)
+    trace: Literal["enabled", "disabled", "enabled_full"] | None = None
+    stream_mode: Literal["sync", "async"] | None = None  # ConverseStream's streamProcessingMode
+
+
+class BedrockTarget(_TargetBase):
+    provider: Literal["bedrock"]
+    region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d+$")
+    model: str = Field(min_length=1, description="model id, inference profile (us./eu./global.) or ARN")
+    endpoint_url: str | None = Field(None, pattern=r"^https?://[^/]")
+    profile: str | None = None  # a named AWS profile; default: the standard credential chain
+    guardrail: GuardrailConfig | None = None
+    additional_fields: dict[str, Any] = {}  # additionalModelRequestFields, merged under the caller's
+    context_window: int | None = Field(None, gt=0)  # default: from the model catalog
+    max_connections: int = Field(256, gt=0)
+
+
+PROVIDERS = ("openai", "local", "bedrock")
+TargetConfig = Annotated[OpenAITarget | LocalTarget | BedrockTarget, Field(discriminator="provider")]
 
 
 class TenantConfig(_Strict):
@@ -257,9 +277,9 @@ def _problems(exc: ValidationError) -> list[str]:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "union_tag_invalid":
-            msg = f"unknown provider {err.get('input', {}).get('provider')!r} (expected openai or local)"
+            msg = f"unknown provider {err.get('input', {}).get('provider')!r} (expected {', '.join(PROVIDERS)})"
         elif err["type"] == "union_tag_not_found":
-            msg = "missing 'provider' (openai or local)"
+            msg = f"missing 'provider' ({', '.join(PROVIDERS)})"
         out.append(f"{loc}: {msg}" if loc else msg)
     return out
 
@@ -269,7 +289,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     for i, item in enumerate(loc):
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif i == 2 and loc[0] == "targets" and item in ("openai", "local"):
+        elif i == 2 and loc[0] == "targets" and item in PROVIDERS:
             continue  # the discriminator's branch name is not a key the user wrote
         else:
             parts.append(("." if parts else "") + str(item))
