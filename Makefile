@@ -7,10 +7,10 @@ serve: install
 test: install-dev lint typecheck unit
 
 install:
-	scripts/install.sh local
+	scripts/install.sh local,bedrock
 
 install-dev:
-	scripts/install.sh local,dev
+	scripts/install.sh local,bedrock,dev
 
 lint:
 	.venv/bin/ruff check src tests bench

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.config import RetryConfig
-from turnout.errors import AllTargetsFailed, BreakerOpen, UpstreamError
+from turnout.errors import AllTargetsFailed, BreakerOpen, ContextWindowExceeded, UpstreamError
 from turnout.ledger.record import AttemptRecord
 from turnout.providers.base import Call, Chunks, Completion, Provider, Stream, Timeouts
 from turnout.resilience.backoff import delay
@@ -32,6 +32,7 @@ class Target:
     breaker: Breaker
     retry: RetryConfig
     timeouts: Timeouts
+    context_window: int | None = None
 
 
 @dataclass(slots=True)
@@ -50,10 +51,16 @@ async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, 
     attempts: list[AttemptRecord] = []
     failures: list[tuple[str, UpstreamError]] = []
     started = time.perf_counter()
+    too_long_for: int | None = None  # the largest window the prompt is known not to fit
     for target in targets:
+        if too_long_for is not None and target.context_window is not None and target.context_window <= too_long_for:
+            skipped = ContextWindowExceeded("skipped: its context window is no larger", window=target.context_window)
+            attempts.append(AttemptRecord(target.name, "", skipped.error_class, 0.0))
+            failures.append((target.name, skipped))
+            continue
         for n in range(1, target.retry.attempts + 1):
             if not target.breaker.allow():
-                err = BreakerOpen("circuit open", retry_after=target.breaker.retry_after())
+                err: UpstreamError = BreakerOpen("circuit open", retry_after=target.breaker.retry_after())
                 attempts.append(AttemptRecord(target.name, "", err.error_class, 0.0))
                 failures.append((target.name, err))
                 break
@@ -61,13 +68,21 @@ async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, 
             call = Call(body, stream, target.timeouts, request_id)
             try:
                 answer = await (target.provider.stream(call) if stream else target.provider.complete(call))
-            except UpstreamError as err:
+            except UpstreamError as exc:
+                err = exc
                 attempts.append(AttemptRecord(target.name, "", err.error_class, _ms(t0)))
                 failures.append((target.name, err))
-                if not err.retryable:
+                if isinstance(err, ContextWindowExceeded):
+                    target.breaker.success()  # the target works; this prompt is too long for it
+                    window = err.window or target.context_window
+                    too_long_for = max(too_long_for or 0, window) if window is not None else too_long_for
+                    break
+                if not err.fallback:
                     target.breaker.success()  # it answered: the request was at fault, not the target
                     raise _failed(failures, attempts) from err
                 target.breaker.failure()
+                if not err.retryable:
+                    break  # wrong for this target (its model timed out, access denied): next one
                 wait = delay(target.retry, n, err.retry_after) if n < target.retry.attempts else None
                 if wait is None:
                     break

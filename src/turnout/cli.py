@@ -46,6 +46,21 @@ def check(config_path: str | None) -> None:
     )
     if "restricted" not in config.policy:
         click.echo("note: no policy for 'restricted' data: such requests are refused (fail closed)")
+    for warning in catalog_warnings(config):
+        click.echo(f"warning: {warning}")
+
+
+def catalog_warnings(config: Config) -> list[str]:
+    from turnout.catalog import base_model_id, bedrock_model
+
+    out = []
+    for name, target in config.targets.items():
+        if target.provider == "bedrock" and bedrock_model(target.model) is None:
+            out.append(
+                f"targets.{name}.model: {base_model_id(target.model)!r} is not in turnout's Bedrock catalog; "
+                "check the id (ListFoundationModels) and set context_window yourself"
+            )
+    return out
 
 
 def _load(path: str | None, host: str | None = None, port: int | None = None) -> Config:

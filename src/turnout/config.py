@@ -67,6 +67,9 @@ class _TargetBase(_Strict):
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
     model_version: str | None = None
+    # Tokens the model takes in one request. A prompt too long for one target falls back only
+    # to targets whose window is larger or unknown. Default: n_ctx (local), the catalog (bedrock).
+    context_window: int | None = Field(None, gt=0)
 
 
 class OpenAITarget(_TargetBase):
@@ -123,7 +126,6 @@ class BedrockTarget(_TargetBase):
     profile: str | None = None  # a named AWS profile; default: the standard credential chain
     guardrail: GuardrailConfig | None = None
     additional_fields: dict[str, Any] = {}  # additionalModelRequestFields, merged under the caller's
-    context_window: int | None = Field(None, gt=0)  # default: from the model catalog
     max_connections: int = Field(256, gt=0)
 
 

@@ -13,6 +13,7 @@
     │   ├── UpstreamConnectError      connect refused / reset / DNS    retryable
     │   ├── UpstreamTimeout           a phase deadline passed           retryable
     │   ├── UpstreamStatusError       non-2xx: 429 and 5xx retryable, other 4xx not
+    │   ├── ContextWindowExceeded     the prompt is too long here: fall back, don't retry
     │   ├── UpstreamProtocolError     malformed JSON / SSE              retryable
     │   ├── BreakerOpen               target or every replica open      retryable
     │   └── Overloaded                local queue full                  retryable
@@ -94,7 +95,9 @@ class PolicyDenied(TurnoutError):
 
 
 class UpstreamError(TurnoutError):
-    """One attempt at one target failed. ``retryable`` says whether another try may succeed."""
+    """One attempt at one target failed. ``retryable``: another try at the same target may
+    succeed. ``fallback``: another target may succeed (true whenever ``retryable`` is; also
+    for a target that is wrong for this request, such as one whose model timed out)."""
 
     status = 502
     type = "upstream_error"
@@ -104,6 +107,10 @@ class UpstreamError(TurnoutError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+    @property
+    def fallback(self) -> bool:
+        return self.retryable or getattr(self, "_fallback", False)
 
 
 class UpstreamConnectError(UpstreamError):
@@ -120,11 +127,38 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamStatusError(UpstreamError):
-    def __init__(self, status: int, detail: str, *, retry_after: float | None = None) -> None:
+    """A non-2xx answer. By default 408, 429 and 5xx are retryable and other 4xx are the
+    request's fault (neither retried nor sent elsewhere); a provider that knows better (Bedrock's
+    typed errors) says so with ``retryable``/``fallback`` and names the ``error_class``."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+        fallback: bool | None = None,
+        error_class: str | None = None,
+    ) -> None:
         super().__init__(f"HTTP {status}: {detail}", retry_after=retry_after)
         self.upstream_status = status
-        self.retryable = status == 429 or status >= 500 or status == 408
-        self.error_class = f"http_{status}"
+        self.retryable = (status == 429 or status >= 500 or status == 408) if retryable is None else retryable
+        self._fallback = bool(fallback)
+        self.error_class = error_class or f"http_{status}"
+
+
+class ContextWindowExceeded(UpstreamError):
+    """The prompt does not fit this target's context window: not retried here, but a target
+    with a larger window (or an unknown one) further along the route may take it."""
+
+    retryable = False
+    _fallback = True
+    error_class = "context_window_exceeded"
+
+    def __init__(self, message: str, *, window: int | None = None) -> None:
+        super().__init__(message)
+        self.window = window
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -162,11 +196,19 @@ class AllTargetsFailed(TurnoutError):
         if not hasattr(self, "retry_after"):
             self.retry_after = None
         # A caller's own mistake (4xx other than 429) is passed on with its own status.
-        client = [e for e in errors if isinstance(e, UpstreamStatusError) and not e.retryable]
+        client = [e for e in errors if isinstance(e, UpstreamStatusError) and not e.fallback]
         if client and len(client) == len(errors):
             self.status = client[0].upstream_status
             self.type = "invalid_request_error"
             self.code = "upstream_rejected"
+        elif (
+            errors
+            and all(isinstance(e, (ContextWindowExceeded, BreakerOpen)) for e in errors)
+            and any(isinstance(e, ContextWindowExceeded) for e in errors)
+        ):
+            self.status = 400
+            self.type = "invalid_request_error"
+            self.code = "context_length_exceeded"
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.retry_after is None:

@@ -19,6 +19,7 @@ from turnout import policy, respond
 from turnout.asgi import Receive, Send, header, read_body
 from turnout.attempts import Result, Target, execute
 from turnout.auth import Authenticator
+from turnout.catalog import context_window
 from turnout.chat import ChatRequest, parse
 from turnout.config import Config
 from turnout.errors import AllTargetsFailed, TurnoutError, UnknownTask
@@ -53,7 +54,7 @@ class Gateway:
         for name, t in cfg.targets.items():
             timeouts = Timeouts(t.timeouts.connect, t.timeouts.ttft, t.timeouts.total)
             provider = self._injected.get(name) or create(name, t)
-            self.targets[name] = Target(name, provider, Breaker(t.breaker), t.retry, timeouts)
+            self.targets[name] = Target(name, provider, Breaker(t.breaker), t.retry, timeouts, context_window(t))
         results = await asyncio.gather(*(t.provider.health() for t in self.targets.values()))
         for target, health in zip(self.targets.values(), results, strict=True):
             if not health.ok:
