@@ -24,20 +24,18 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from turnout.config import OpenAITarget
 from turnout.errors import (
     BreakerOpen,
     ConfigError,
-    UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
-    UpstreamTimeout,
 )
 from turnout.providers.base import Call, Completion, Health, Stream, Timeouts, Usage
+from turnout.providers.transport import TRANSPORT_ERRORS, describe, translate
 from turnout.resilience.backoff import parse_retry_after
 from turnout.resilience.breaker import Breaker
 
@@ -52,7 +50,6 @@ _INCLUDE_USAGE = {"include_usage": True}
 _ABANDONED = asyncio.CancelledError("the consumer closed the stream")  # a non-verdict for _settle
 
 # What a failed exchange can raise from aiohttp, asyncio or the OS (CancelledError excluded).
-_TRANSPORT_ERRORS = (aiohttp.ClientError, HttpProcessingError, OSError, TimeoutError)
 
 
 class Replica:
@@ -217,8 +214,8 @@ class OpenAIProvider:
                 raw = await resp.read()
             finally:
                 resp.release()
-        except _TRANSPORT_ERRORS as exc:
-            raise _translate(exc, replica, t, head) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc, replica.label, t, head) from exc
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -242,8 +239,8 @@ class OpenAIProvider:
         except BaseException as exc:
             if resp is not None:
                 resp.release()  # reuses the socket if the body was read, else closes it
-            if isinstance(exc, _TRANSPORT_ERRORS):
-                raise _translate(exc, replica, t, head) from exc
+            if isinstance(exc, TRANSPORT_ERRORS):
+                raise translate(exc, replica.label, t, head) from exc
             raise
         return resp, first
 
@@ -263,8 +260,8 @@ class OpenAIProvider:
                 return "" if resp.status < 300 else f"HTTP {resp.status}"
         except TimeoutError:
             return "timeout"
-        except _TRANSPORT_ERRORS as exc:
-            return _describe(exc)
+        except TRANSPORT_ERRORS as exc:
+            return describe(exc)
 
 
 class _Chunks:
@@ -304,8 +301,8 @@ class _Chunks:
         try:
             chunk = await _next_event(self._resp.content, self._replica.label, self._provider.cfg.api_key)
         except BaseException as exc:
-            if isinstance(exc, _TRANSPORT_ERRORS):
-                err = _translate(exc, self._replica, self._timeouts, None)
+            if isinstance(exc, TRANSPORT_ERRORS):
+                err = translate(exc, self._replica.label, self._timeouts, None)
                 self._finish(err)
                 raise err from exc
             self._finish(exc)
@@ -332,7 +329,7 @@ class _Chunks:
         try:
             async with asyncio.timeout(_DRAIN_S):
                 await content.read()
-        except _TRANSPORT_ERRORS:
+        except TRANSPORT_ERRORS:
             pass  # release() below closes the socket instead
 
     def _finish(self, exc: BaseException | None) -> None:
@@ -417,36 +414,3 @@ def _shorten(text: str) -> str:
 def _scrub(text: str, api_key: str | None) -> str:
     # Some servers quote the key they rejected ("Incorrect API key provided: sk-...").
     return text.replace(api_key, "[redacted]") if api_key else text
-
-
-def _translate(exc: BaseException, replica: Replica, t: Timeouts, head: asyncio.Timeout | None) -> UpstreamError:
-    """The most specific turnout error for an aiohttp, asyncio or OS failure."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # before TimeoutError: it is one
-        return UpstreamTimeout("connect", t.connect)
-    if isinstance(exc, TimeoutError):
-        # Ours is the ttft deadline; aiohttp's own is the total one.
-        if head is not None and head.expired():
-            return UpstreamTimeout("ttft", t.ttft)
-        return UpstreamTimeout("total", t.total)
-    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)):
-        return UpstreamConnectError(f"{replica.label}: {_describe(exc)}")
-    return UpstreamProtocolError(f"{replica.label}: {_describe(exc)}")
-
-
-def _describe(exc: BaseException) -> str:
-    # Built from the exception's kind, never str(exc): aiohttp's messages can quote the URL.
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "DNS lookup failed"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server disconnected"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "connection lost mid-response"
-    if isinstance(exc, (ConnectionResetError, aiohttp.ClientConnectionResetError)):
-        return "connection reset"
-    if isinstance(exc, HttpProcessingError):
-        return f"invalid HTTP response ({type(exc).__name__})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()  # "connection reset by peer", from the OS, no address
-    return type(exc).__name__
