@@ -80,6 +80,9 @@ class FakeUpstream:
     host: str = "127.0.0.1"
     port: int = 0
     fault: Fault = field(default_factory=Fault)
+    # Answered instead of ``reply`` when the request offers tools: [{"id", "name", "arguments"}].
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    usage: dict[str, int] | None = None  # fixed usage instead of the word count
     requests: list[Received] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -98,6 +101,7 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/_fault", self._set_fault)
+        app.router.add_post("/_reply", self._set_reply)
         app.router.add_get("/_requests", self._get_requests)
         app.router.add_delete("/_requests", self._clear_requests)
         app.on_shutdown.append(self._on_shutdown)
@@ -180,13 +184,7 @@ class FakeUpstream:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": _model(body, self.model),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(self.reply)},
-                        "finish_reason": "stop",
-                    }
-                ],
+                "choices": [{"index": 0, **self._message(body)}],
                 "usage": self._usage(body),
             }
         )
@@ -209,8 +207,19 @@ class FakeUpstream:
             return resp
         model = _model(body, self.model)
         events = [_chunk(model, {"role": "assistant", "content": ""})]
-        events += [_chunk(model, {"content": piece}) for piece in self.reply]
-        events.append(_chunk(model, {}, finish_reason="stop"))
+        if self._calls_tools(body):
+            for i, call in enumerate(self.tool_calls):
+                head = {"index": i, "id": call["id"], "type": "function", "function": {"name": call["name"]}}
+                events.append(
+                    _chunk(model, {"tool_calls": [{**head, "function": {**head["function"], "arguments": ""}}]})
+                )
+                args = call["arguments"]
+                for piece in (args[: len(args) // 2], args[len(args) // 2 :]):  # split mid-token
+                    events.append(_chunk(model, {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+            events.append(_chunk(model, {}, finish_reason="tool_calls"))
+        else:
+            events += [_chunk(model, {"content": piece}) for piece in self.reply]
+            events.append(_chunk(model, {}, finish_reason="stop"))
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
             events.append({**_chunk(model, {}), "choices": [], "usage": self._usage(body)})
@@ -228,7 +237,24 @@ class FakeUpstream:
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
+    def _calls_tools(self, body: Any) -> bool:
+        return bool(self.tool_calls) and isinstance(body, dict) and bool(body.get("tools"))
+
+    def _message(self, body: Any) -> dict[str, Any]:
+        if self._calls_tools(body):
+            calls = [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in self.tool_calls
+            ]
+            return {
+                "message": {"role": "assistant", "content": None, "tool_calls": calls},
+                "finish_reason": "tool_calls",
+            }
+        return {"message": {"role": "assistant", "content": "".join(self.reply)}, "finish_reason": "stop"}
+
     def _usage(self, body: Any) -> dict[str, int]:
+        if self.usage is not None:
+            return dict(self.usage)
         messages = body.get("messages") if isinstance(body, dict) else None
         prompt = sum(len(str(m.get("content", "")).split()) for m in messages or [] if isinstance(m, dict))
         return {"prompt_tokens": prompt, "completion_tokens": len(self.reply), "total_tokens": prompt + len(self.reply)}
@@ -250,6 +276,14 @@ class FakeUpstream:
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             return _json({"error": {"message": str(exc)}}, status=400)
         return _json(asdict(self.fault))
+
+    async def _set_reply(self, request: web.Request) -> web.StreamResponse:
+        """``{"text": [pieces], "tool_calls": [{"id", "name", "arguments"}], "usage": {...}}``"""
+        spec = orjson.loads(await request.read() or b"{}")
+        self.reply = tuple(spec.get("text", self.reply))
+        self.tool_calls = tuple(spec.get("tool_calls", ()))
+        self.usage = spec.get("usage")
+        return _json({"ok": True})
 
     async def _get_requests(self, request: web.Request) -> web.StreamResponse:
         return _json([asdict(r) for r in self.requests])

@@ -11,6 +11,7 @@ from turnout.providers.base import Provider
 PROVIDERS: dict[str, str] = {
     "openai": "turnout.providers.openai:OpenAIProvider",
     "local": "turnout.providers.local:LocalProvider",
+    "bedrock": "turnout.providers.bedrock:BedrockProvider",
 }
 
 
