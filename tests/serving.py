@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -55,16 +57,44 @@ class Served:
         return self.proc.returncode
 
 
+class Process:
+    """A helper server run as its own process (a fake upstream), controlled over HTTP."""
+
+    def __init__(self, module: str, *args: str, ready_path: str = "/_requests") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "--port", str(self.port), *args])
+        wait_http(self.url + ready_path, 20, self.proc)
+
+    def post(self, path: str, payload: Any) -> Any:
+        req = urllib.request.Request(  # noqa: S310 - loopback test URL
+            self.url + path, json.dumps(payload).encode(), {"content-type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback test URL
+            return json.loads(resp.read())
+
+    def requests(self) -> list[Any]:
+        with urllib.request.urlopen(self.url + "/_requests", timeout=5) as resp:  # noqa: S310 - loopback
+            result: list[Any] = json.loads(resp.read())
+            return result
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 @contextmanager
-def turnout_serve(cwd: Path, config: Path | None = None, ready_s: float = 60.0) -> Iterator[Served]:
+def turnout_serve(
+    cwd: Path, config: Path | None = None, ready_s: float = 60.0, env: dict[str, str] | None = None
+) -> Iterator[Served]:
     port = free_port()
     log = cwd / "turnout.log"
     args = [sys.executable, "-m", "turnout", "serve", "--port", str(port)]
     if config is not None:
         args += ["--config", str(config)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
     served = Served(proc, port, log)
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", ready_s, proc)
