@@ -19,6 +19,7 @@ from turnout.config import OpenAITarget
 from turnout.errors import (
     BreakerOpen,
     ConfigError,
+    ContextWindowExceeded,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -593,3 +594,20 @@ async def test_fake_faults_switch_over_http(fake: FakeUpstream) -> None:
         async with http.delete(f"{control}/_requests") as resp:
             assert resp.status == 200
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("message", "window"),
+    [
+        ("This model's maximum context length is 32768 tokens. However, you requested 40000 tokens.", 32768),
+        ("the request exceeds the available context size, try increasing it", None),
+    ],
+)
+async def test_a_prompt_too_long_for_the_server_is_context_window_exceeded(
+    fake: FakeUpstream, provider: OpenAIProvider, message: str, window: int | None
+) -> None:
+    fake.fault = Fault("status", status=400, message=message)
+    with pytest.raises(ContextWindowExceeded) as caught:
+        await provider.complete(chat())
+    assert caught.value.window == window
+    assert not caught.value.retryable and caught.value.fallback

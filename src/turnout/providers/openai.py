@@ -20,6 +20,7 @@ key is scrubbed from anything the upstream echoes back.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import aiohttp
@@ -30,6 +31,7 @@ from turnout.config import OpenAITarget
 from turnout.errors import (
     BreakerOpen,
     ConfigError,
+    ContextWindowExceeded,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
@@ -154,7 +156,11 @@ class OpenAIProvider:
         """Free the replica's slot and give its breaker the verdict, exactly once per call."""
         replica.in_flight -= 1
         breaker = replica.breaker
-        if exc is None or (isinstance(exc, UpstreamStatusError) and not exc.retryable):
+        if (
+            exc is None
+            or isinstance(exc, ContextWindowExceeded)
+            or (isinstance(exc, UpstreamStatusError) and not exc.retryable)
+        ):
             breaker.success()  # it answered; a 4xx is the caller's doing
         elif isinstance(exc, UpstreamError):
             breaker.failure()
@@ -244,12 +250,15 @@ class OpenAIProvider:
             raise
         return resp, first
 
-    async def _status_error(self, replica: Replica, resp: aiohttp.ClientResponse) -> UpstreamStatusError:
+    async def _status_error(self, replica: Replica, resp: aiohttp.ClientResponse) -> UpstreamError:
         try:
             raw = await resp.read()
         except (aiohttp.ClientError, OSError):
             raw = b""  # the status alone is still the answer
         detail = _scrub(_error_detail(raw) or resp.reason or "no detail", self.cfg.api_key)
+        if resp.status == 400 and (too_long := _CONTEXT_OVERFLOW.search(detail)):
+            window = int(too_long.group("window")) if too_long.group("window") else None
+            return ContextWindowExceeded(f"{detail} ({replica.label})", window=window)
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         return UpstreamStatusError(resp.status, f"{detail} ({replica.label})", retry_after=retry_after)
 
@@ -409,6 +418,15 @@ def _message(obj: dict[str, Any]) -> str:
 def _shorten(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+
+
+# How servers say "the prompt does not fit": vLLM/SGLang ("maximum context length is N tokens"),
+# llama.cpp ("exceeds the available context size"), TGI ("must have less than N tokens").
+_CONTEXT_OVERFLOW = re.compile(
+    r"maximum context length is (?P<window>\d+)|exceeds? the available context size|context length exceeded"
+    r"|context_length_exceeded|input is too long",
+    re.IGNORECASE,
+)
 
 
 def _scrub(text: str, api_key: str | None) -> str:
