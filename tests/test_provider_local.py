@@ -23,7 +23,14 @@ from typing import Any
 import pytest
 
 from turnout.config import LocalTarget
-from turnout.errors import ConfigError, Overloaded, UpstreamError, UpstreamStatusError, UpstreamTimeout
+from turnout.errors import (
+    ConfigError,
+    ContextWindowExceeded,
+    Overloaded,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
 from turnout.providers.base import Call, Completion, Stream, Timeouts, Usage
 from turnout.providers.local import BUNDLED_MODEL, LocalProvider, assemble, request_params
 from turnout.providers.local_worker import Job
@@ -317,13 +324,13 @@ async def test_text_content_parts_are_joined(provider: LocalProvider) -> None:
 
 
 @pytest.mark.slow
-async def test_a_prompt_longer_than_the_context_is_the_callers_error(make_provider: Factory) -> None:
+async def test_a_prompt_longer_than_the_context_falls_back_to_a_larger_window(make_provider: Factory) -> None:
     small = await make_provider(n_ctx=128)
-    with pytest.raises(UpstreamStatusError) as err:
+    with pytest.raises(ContextWindowExceeded) as err:
         await small.complete(call(LONG_PROMPT, max_tokens=8))
-    assert err.value.upstream_status == 400
-    assert not err.value.retryable
-    with pytest.raises(UpstreamStatusError):
+    assert err.value.window == 128
+    assert not err.value.retryable and err.value.fallback
+    with pytest.raises(ContextWindowExceeded):
         await small.stream(call(LONG_PROMPT, stream=True, max_tokens=8))
     assert text(await small.complete(call("Hi", max_tokens=4))) is not None  # the worker survived
 

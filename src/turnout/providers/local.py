@@ -14,6 +14,7 @@ import asyncio
 import importlib
 import importlib.util
 import os
+import re
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
@@ -21,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from turnout.config import LocalTarget
-from turnout.errors import ConfigError, Overloaded, UpstreamError, UpstreamStatusError, UpstreamTimeout
+from turnout.errors import (
+    ConfigError,
+    ContextWindowExceeded,
+    Overloaded,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
 from turnout.providers.base import Call, Completion, Health, Stream, Timeouts, Usage
 from turnout.providers.local_worker import Event, Job, ModelLoadError, Pool, load_llama
 
@@ -46,6 +54,7 @@ class LocalProvider:
         )
         self._path = path
         self._queue_size = cfg.queue_size
+        self._n_ctx = cfg.n_ctx
         self._closed = False
 
     async def health(self) -> Health:
@@ -145,10 +154,20 @@ class LocalProvider:
             err.retryable = False  # the file will not load on a second try either
             raise err from value
         if isinstance(value, ValueError):
-            # llama.cpp raises ValueError for requests it cannot serve (prompt longer than the
-            # context, unknown tool): the caller's mistake, not worth a retry.
+            if _CONTEXT_OVERFLOW.search(str(value)):
+                # Not worth a retry here, but a target with a larger window may take it.
+                raise ContextWindowExceeded(
+                    f"{self.name}: the prompt does not fit the context of {self._n_ctx} tokens", window=self._n_ctx
+                ) from value
+            # llama.cpp raises ValueError for other requests it cannot serve (an unknown tool):
+            # the caller's mistake, not worth a retry.
             raise UpstreamStatusError(400, f"{self.name}: {value}") from value
         raise UpstreamError(f"{self.name}: llama.cpp failed: {value}") from value
+
+
+# llama-cpp-python's words for a prompt longer than n_ctx: its own check on whole answers, and
+# numpy's complaint when streaming fills a scores array the prompt already outgrew.
+_CONTEXT_OVERFLOW = re.compile(r"exceed context window|could not broadcast input array from shape")
 
 
 class _JobChunks:
