@@ -41,6 +41,7 @@ try:
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+    from botocore.exceptions import BotoCoreError, ClientError
     from botocore.session import Session
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ConfigError(["a bedrock target needs botocore: pip install 'turnout[bedrock]'"]) from exc
@@ -166,7 +167,10 @@ class BedrockProvider:
             return frozen
         async with self._refresh:  # one refresh at a time; the others wait for its result
             if self._frozen is None or self._needs_refresh():
-                self._frozen = await asyncio.to_thread(self._resolve)
+                try:
+                    self._frozen = await asyncio.to_thread(self._resolve)
+                except (BotoCoreError, ClientError) as exc:  # a missing profile, STS or SSO failing
+                    raise UpstreamError(f"{self.name}: AWS credentials could not be resolved: {exc}"[:300]) from exc
             return self._frozen
 
     def _needs_refresh(self) -> bool:

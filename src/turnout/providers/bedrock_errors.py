@@ -6,8 +6,9 @@ inside one (event-stream ``exception`` messages named in lowerCamel case).
     ModelTimeoutException (408), ModelErrorException (424),
     ModelStreamErrorException (424)                                    fallback, not retried here
     AccessDeniedException (403), ResourceNotFoundException (404),
-    ServiceQuotaExceededException                                      fallback, not retried: the
-                                                                       target is misconfigured
+    ServiceQuotaExceededException,                                     fallback, not retried: the
+    UnrecognizedClientException, InvalidSignatureException,            target is misconfigured
+    ExpiredTokenException, ... (403, AWS's auth errors)
     ValidationException (400)                                          the request's fault: stop
     ValidationException about the context window                       ContextWindowExceeded
 """
@@ -27,6 +28,8 @@ class Kind(NamedTuple):
     hint: str = ""
 
 
+_AUTH_HINT = "not retried: check the target's AWS credentials (key, secret, session token) or Bedrock API key"
+
 KINDS: dict[str, Kind] = {
     "ThrottlingException": Kind(429, True, True),
     "ModelNotReadyException": Kind(429, True, True),
@@ -41,8 +44,13 @@ KINDS: dict[str, Kind] = {
     "ResourceNotFoundException": Kind(404, False, True, "not retried: check the model id and region"),
     "ServiceQuotaExceededException": Kind(400, False, True, "not retried: a service quota is exhausted"),
     "ValidationException": Kind(400, False, False, "not retried: Bedrock rejected the request"),
+    # AWS's common auth errors: the target's credentials are at fault, not the request.
+    "UnrecognizedClientException": Kind(403, False, True, _AUTH_HINT),
+    "InvalidSignatureException": Kind(403, False, True, _AUTH_HINT),
+    "IncompleteSignatureException": Kind(400, False, True, _AUTH_HINT),
+    "MissingAuthenticationTokenException": Kind(403, False, True, _AUTH_HINT),
+    "ExpiredTokenException": Kind(403, False, True, _AUTH_HINT),
 }
-
 # How Bedrock's models word "the prompt does not fit" inside a ValidationException.
 _TOO_LONG = re.compile(
     r"too long|too many (input )?tokens|context (window|length)|maximum context|exceeds? the max", re.IGNORECASE

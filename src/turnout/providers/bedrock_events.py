@@ -4,7 +4,8 @@ Converse events → OpenAI chunks (``bedrock_stream.StreamTranslator``).
 ``open_events`` returns only once a chunk that carries something (text, a tool call, a
 finish reason) is ready, so anything that fails before that — an ``exception`` frame such as
 ``throttlingException`` right after ``messageStart`` — raises from the provider's ``stream()``
-and the gateway can still fall back. Later failures raise from iteration.
+and the gateway can still fall back. Later failures raise from iteration, after the chunks
+decoded ahead of them (in the same network read) have been yielded.
 """
 
 from __future__ import annotations
@@ -26,7 +27,18 @@ from turnout.providers.transport import TRANSPORT_ERRORS, describe
 
 
 class EventChunks:
-    __slots__ = ("_buffer", "_closed", "_deadline", "_ended", "_label", "_pending", "_resp", "_total_s", "_translator")
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_deadline",
+        "_ended",
+        "_failure",
+        "_label",
+        "_pending",
+        "_resp",
+        "_total_s",
+        "_translator",
+    )
 
     def __init__(self, resp: aiohttp.ClientResponse, label: str, translator: StreamTranslator, total_s: float) -> None:
         self._resp = resp
@@ -38,12 +50,15 @@ class EventChunks:
         self._deadline = asyncio.get_running_loop().time() + total_s
         self._ended = False  # the body ended cleanly
         self._closed = False
+        self._failure: UpstreamError | None = None  # raised once the chunks decoded before it are out
 
     def __aiter__(self) -> EventChunks:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
         while not self._pending:
+            if self._failure is not None:
+                raise self._failure
             if self._ended:
                 await self.aclose()
                 raise StopAsyncIteration
@@ -81,14 +96,16 @@ class EventChunks:
             return
         self._buffer.add_data(data)
         try:
-            for message in self._buffer:
-                self._handle(message)
-        except ParserError as exc:
+            try:
+                for message in self._buffer:
+                    self._handle(message)
+            except ParserError as exc:
+                name = type(exc).__name__
+                raise UpstreamProtocolError(f"{self._label}: malformed event-stream frame ({name})") from exc
+        except UpstreamError as exc:
+            # Events that arrived in the same read ahead of the failure are still delivered.
+            self._failure = exc
             await self._fail()
-            raise UpstreamProtocolError(f"{self._label}: malformed event-stream frame ({type(exc).__name__})") from exc
-        except UpstreamError:
-            await self._fail()
-            raise
 
     def _handle(self, message: EventStreamMessage) -> None:
         headers = message.headers
@@ -110,8 +127,10 @@ class EventChunks:
         await self.aclose()
 
     async def _start(self) -> None:
-        while not any(_carries_something(c) for c in self._pending) and not self._ended:
+        while self._failure is None and not self._ended and not any(_carries_something(c) for c in self._pending):
             await self._read()
+        if self._failure is not None:
+            raise self._failure  # nothing has reached the caller yet: let the gateway fall back
         if not self._pending:
             await self.aclose()
             raise UpstreamProtocolError(f"{self._label}: the stream ended without any event")
