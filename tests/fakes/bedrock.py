@@ -74,6 +74,8 @@ from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped, unuse
 from botocore.credentials import Credentials  # type: ignore[import-untyped, unused-ignore]
 from multidict import CIMultiDictProxy
 
+from tests.fakes.server import FakeServer
+
 MODES = ("ok", "error", "exception", "stream_error", "hang", "cut", "corrupt")
 
 # x-amzn-ErrorType names before the stream starts, with their HTTP status (botocore's service model).
@@ -206,7 +208,7 @@ class Received:
 
 
 @dataclass
-class FakeBedrock:
+class FakeBedrock(FakeServer):
     host: str = "127.0.0.1"
     port: int = 0
     region: str = "us-east-1"
@@ -218,10 +220,6 @@ class FakeBedrock:
     fault: Fault = field(default_factory=Fault)
     requests: list[Received] = field(default_factory=list)
     disconnects: int = 0  # answers stopped because the client went away
-
-    def __post_init__(self) -> None:
-        self._stopping = asyncio.Event()  # releases hung handlers at shutdown
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -235,24 +233,7 @@ class FakeBedrock:
         app.router.add_delete("/_requests", self._clear_requests)
         # One catch-all: routes are matched on the raw path, where the model id is still encoded.
         app.router.add_route("*", "/{tail:.*}", self._model)
-        app.on_shutdown.append(self._on_shutdown)
         return app
-
-    async def __aenter__(self) -> FakeBedrock:
-        # handler_cancellation: a client that hangs up cancels its handler, as in real servers.
-        runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._runner is not None:
-            self._stopping.set()
-            await self._runner.cleanup()
-            self._runner = None
 
     # -- the Bedrock surface ----------------------------------------------------------------
 
@@ -411,9 +392,6 @@ class FakeBedrock:
     async def _clear_requests(self, request: web.Request) -> web.StreamResponse:
         self.requests.clear()
         return _json({"cleared": True})
-
-    async def _on_shutdown(self, app: web.Application) -> None:
-        self._stopping.set()
 
 
 # -- the binary event-stream framing -----------------------------------------------------------

@@ -43,6 +43,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.server import FakeServer
+
 MODES = ("ok", "status", "hang", "reset", "cut", "malformed", "error_event", "raw")
 
 
@@ -74,7 +76,7 @@ class Received:
 
 
 @dataclass
-class FakeUpstream:
+class FakeUpstream(FakeServer):
     model: str = "fake-model"
     reply: tuple[str, ...] = ("Hello", ",", " world")
     host: str = "127.0.0.1"
@@ -88,10 +90,6 @@ class FakeUpstream:
     max_in_flight: int = 0
     disconnects: int = 0  # answers stopped because the client went away
 
-    def __post_init__(self) -> None:
-        self._stopping = asyncio.Event()  # releases hung handlers at shutdown
-        self._runner: web.AppRunner | None = None
-
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
@@ -104,24 +102,7 @@ class FakeUpstream:
         app.router.add_post("/_reply", self._set_reply)
         app.router.add_get("/_requests", self._get_requests)
         app.router.add_delete("/_requests", self._clear_requests)
-        app.on_shutdown.append(self._on_shutdown)
         return app
-
-    async def __aenter__(self) -> FakeUpstream:
-        # handler_cancellation: a client that hangs up cancels its handler, as in real servers.
-        runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._runner is not None:
-            self._stopping.set()
-            await self._runner.cleanup()
-            self._runner = None
 
     # -- the OpenAI surface ----------------------------------------------------------------
 
@@ -291,9 +272,6 @@ class FakeUpstream:
     async def _clear_requests(self, request: web.Request) -> web.StreamResponse:
         self.requests.clear()
         return _json({"cleared": True})
-
-    async def _on_shutdown(self, app: web.Application) -> None:
-        self._stopping.set()
 
 
 def _received(request: web.Request, body: Any) -> Received:
