@@ -32,6 +32,8 @@ class ServerConfig(_Strict):
     allow_anonymous: bool = False
     shutdown_grace_s: float = Field(15.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Guards /admin/*; also read from TURNOUT_ADMIN_KEY. Unset: /admin/* is closed.
+    admin_key: str | None = None
 
 
 class StoreConfig(_Strict):
@@ -40,6 +42,32 @@ class StoreConfig(_Strict):
     batch_size: int = Field(256, gt=0)
     flush_interval_ms: int = Field(250, gt=0)
     queue_size: int = Field(10_000, gt=0)
+
+
+class LimitsConfig(_Strict):
+    """Where limits, budgets and issued keys live. ``memory``: this process (one replica; keys in
+    a SQLite file). ``redis``: shared by every replica (keys in Redis too)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field("turnout", min_length=1)
+    on_backend_error: Literal["closed", "open"] = "closed"  # Redis unreachable: refuse (503) or admit
+    max_request_s: float = Field(600.0, gt=0)  # a crashed replica's slots and reservations expire then
+    default_max_tokens: int = Field(1024, gt=0)  # worst-case output when a request sets no max_tokens
+    keys_path: str = "./.turnout/keys.db"  # issued keys with the memory backend
+
+
+class Limit(_Strict):
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    concurrency: int | None = Field(None, gt=0)
+    usd_per_day: float | None = Field(None, gt=0)
+    usd_per_month: float | None = Field(None, gt=0)
+
+
+class Price(_Strict):
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
 
 
 class TimeoutsConfig(_Strict):
@@ -70,6 +98,8 @@ class _TargetBase(_Strict):
     # Tokens the model takes in one request. A prompt too long for one target falls back only
     # to targets whose window is larger or unknown. Default: n_ctx (local), the catalog (bedrock).
     context_window: int | None = Field(None, gt=0)
+    # USD per 1M tokens, for budgets. Default: the catalog (bedrock), else free.
+    price: Price | None = None
 
 
 class OpenAITarget(_TargetBase):
@@ -134,9 +164,11 @@ TargetConfig = Annotated[OpenAITarget | LocalTarget | BedrockTarget, Field(discr
 
 
 class TenantConfig(_Strict):
-    keys: list[str] = Field(min_length=1)
+    keys: list[str] = []  # bootstrap keys; issue more with `turnout keys create`
     data_classes: list[DataClass] = ["public", "internal"]
     tasks: list[str] | None = None
+    limits: Limit = Limit()  # for the tenant as a whole
+    task_limits: dict[str, Limit] = {}  # for the tenant's use of one task
 
 
 class ClassPolicy(_Strict):
@@ -146,11 +178,14 @@ class ClassPolicy(_Strict):
 class TaskConfig(_Strict):
     route: list[str] = Field(min_length=1)
     description: str = ""
+    # Over budget: refuse (429 budget_exceeded), or keep only the targets whose worst case fits.
+    on_budget_exceeded: Literal["refuse", "cheaper"] = "refuse"
 
 
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
+    limits: LimitsConfig = LimitsConfig()
     targets: dict[str, TargetConfig]
     tenants: dict[str, TenantConfig] = {}
     policy: dict[DataClass, ClassPolicy] = {}
@@ -195,6 +230,9 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
         for i, task in enumerate(allowed if isinstance(allowed, list) else []):
             if isinstance(task, str) and task not in tasks:
                 problems.append(f"tenants.{tname}.tasks[{i}]: unknown task {task!r}")
+        for task in _mapping(_mapping(tenant).get("task_limits")):
+            if task not in tasks:
+                problems.append(f"tenants.{tname}.task_limits.{task}: unknown task {task!r}")
     server = _mapping(raw.get("server"))
     host = str(server.get("host", "127.0.0.1"))
     if not tenants and not _flag(server.get("allow_anonymous", False)) and not _is_loopback(host):
