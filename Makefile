@@ -7,10 +7,10 @@ serve: install
 test: install-dev lint typecheck unit
 
 install:
-	scripts/install.sh local,bedrock
+	scripts/install.sh local,bedrock,redis
 
 install-dev:
-	scripts/install.sh local,bedrock,dev
+	scripts/install.sh local,bedrock,redis,dev
 
 lint:
 	.venv/bin/ruff check src tests bench
