@@ -8,6 +8,7 @@ import click
 
 from turnout.config import Config, load_config
 from turnout.errors import ConfigError
+from turnout.keys_cli import keys
 
 CONFIG_HELP = "YAML config file (default: the built-in embedded SmolLM2 setup, SQLite under ./.turnout/)."
 
@@ -17,6 +18,9 @@ CONFIG_HELP = "YAML config file (default: the built-in embedded SmolLM2 setup, S
 def main() -> None:
     """turnout: one OpenAI-compatible interface over self-hosted, managed and embedded models,
     routed by policy, health and load, with a metadata-only ledger."""
+
+
+main.add_command(keys)
 
 
 @main.command()

@@ -15,7 +15,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
-SECRET_PREFIX = "tk-"
+from turnout.errors import TurnoutError
+
+SECRET_PREFIX = "tk-"  # noqa: S105 - a prefix, not a secret
+HINT_CHARS = len(SECRET_PREFIX) + 3  # "tk-Ab3…": 18 random bits, enough to recognise, useless to guess
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,29 @@ def new_secret() -> str:
 
 def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
+
+
+def new_key(tenant: str, name: str, expires_at: float | None, now: float) -> tuple[IssuedKey, str]:
+    """A fresh record and its secret, for a backend to store under ``digest(secret)``."""
+    secret = new_secret()
+    key = IssuedKey(
+        id="key_" + secrets.token_hex(8),
+        tenant=tenant,
+        name=name,
+        created_at=now,
+        expires_at=expires_at,
+        hint=secret[:HINT_CHARS] + "…",
+    )
+    return key, secret
+
+
+class KeyStoreError(TurnoutError):
+    """The key store cannot be used: it is not open, its schema is newer than this code, or its
+    backend (the SQLite file, Redis) failed. On the request path the key cannot be checked: 503."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "key_store_unavailable"
 
 
 class KeyStore(Protocol):
