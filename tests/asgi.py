@@ -47,7 +47,8 @@ async def request(
     head = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if data and not any(k == b"content-length" for k, _ in head):
         head.append((b"content-length", str(len(data)).encode()))
-    scope = {"type": "http", "method": method, "path": path, "headers": head, "query_string": b""}
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "method": method, "path": path, "headers": head, "query_string": query.encode()}
     parts = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)] if chunk_size else [data]
     sent: list[MutableMapping[str, Any]] = []
     gone = asyncio.Event()

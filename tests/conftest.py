@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,13 +14,14 @@ AppFactory = Callable[..., Awaitable[App]]
 
 
 @pytest.fixture
-async def make_app() -> AsyncIterator[AppFactory]:
+async def make_app(tmp_path: Path) -> AsyncIterator[AppFactory]:
     """Build and start an App from a config mapping, with fake providers injected by target
     name and the ledger in memory unless the config says otherwise."""
     apps: list[App] = []
 
     async def factory(raw: dict[str, Any], providers: dict[str, Provider] | None = None) -> App:
-        raw = {"store": {"kind": "memory", "flush_interval_ms": 10}, **raw}
+        limits = {"keys_path": str(tmp_path / "keys.db"), **raw.get("limits", {})}
+        raw = {"store": {"kind": "memory", "flush_interval_ms": 10}, **raw, "limits": limits}
         app = App(validate(raw), providers)
         await app.gateway.start()
         app.ready = True

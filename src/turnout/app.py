@@ -9,6 +9,7 @@ from typing import Any
 from turnout.asgi import Receive, Send, header, send_json
 from turnout.config import Config
 from turnout.errors import MethodNotAllowed, NotFound, TurnoutError
+from turnout.admin import Admin
 from turnout.gateway import Gateway
 from turnout.providers.base import Provider
 
@@ -18,6 +19,7 @@ log = logging.getLogger("turnout")
 class App:
     def __init__(self, config: Config, providers: dict[str, Provider] | None = None) -> None:
         self.gateway = Gateway(config, providers)
+        self.admin = Admin(self.gateway)
         self.ready = False
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -35,11 +37,13 @@ class App:
                 await self.gateway.chat(scope, receive, send)
             elif path == "/v1/models":
                 _expect(method, "GET")
-                await send_json(send, 200, self.gateway.models(header(scope, b"authorization")))
+                await send_json(send, 200, await self.gateway.models(header(scope, b"authorization")))
             elif path == "/healthz":
                 await send_json(send, 200, {"status": "ok"})
             elif path == "/readyz":
                 await self.readyz(send)
+            elif path.startswith("/admin/") or path == "/admin":
+                await self.admin(scope, receive, send)
             else:
                 raise NotFound(f"no route for {method} {path}")
         except TurnoutError as err:

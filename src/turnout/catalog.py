@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from turnout.config import BedrockTarget, LocalTarget
+from turnout.config import BedrockTarget, LocalTarget, Price
 
 # Cross-region inference profiles prefix the model id with a geography.
 _PROFILE = re.compile(r"^(us|eu|apac|jp|au|ca|us-gov|global)\.")
@@ -55,4 +55,18 @@ def context_window(target: Any) -> int | None:
     if isinstance(target, BedrockTarget):
         info = bedrock_model(target.model)
         return info.context_window if info else None
+    return None
+
+
+def price(target: Any) -> Price | None:
+    """USD per 1M tokens: the configured price, else the catalog's for a Bedrock model. None:
+    unknown, and such a target costs nothing against budgets (``turnout check`` warns)."""
+    if target.price is not None:
+        return target.price  # type: ignore[no-any-return]
+    if isinstance(target, BedrockTarget):
+        info = bedrock_model(target.model)
+        if info and info.input_per_mtok is not None and info.output_per_mtok is not None:
+            return Price(input_per_mtok=info.input_per_mtok, output_per_mtok=info.output_per_mtok)
+    if isinstance(target, LocalTarget):
+        return Price(input_per_mtok=0, output_per_mtok=0)  # runs in the gateway: no marginal price
     return None

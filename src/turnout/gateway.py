@@ -1,6 +1,7 @@
 """The gateway at run time: configured targets, tenants and ledger, and the request path.
 
-    authenticate → parse → task → classify → policy → attempt (retry / fallback) → respond → account
+    authenticate → parse → task → classify → policy → quota → attempt (retry / fallback)
+    → respond → account → settle the quota
 
 ``Gateway.chat`` reads top to bottom in that order. HTTP plumbing lives in ``turnout.app``;
 ``turnout.respond`` turns results into ASGI messages.
@@ -26,7 +27,11 @@ from turnout.errors import AllTargetsFailed, TurnoutError, UnknownTask
 from turnout.ledger.record import LedgerRow
 from turnout.ledger.store import LedgerStore, open_store
 from turnout.ledger.writer import LedgerWriter
-from turnout.providers.base import Provider, Stream, Timeouts
+from turnout.keys.factory import open_key_store
+from turnout.providers.base import Provider, Stream, Timeouts, Usage
+from turnout.quota.base import Grant
+from turnout.quota.factory import open_limiter
+from turnout.quota.gate import QuotaGate
 from turnout.providers.registry import create
 from turnout.resilience.breaker import Breaker
 
@@ -39,6 +44,7 @@ class Gateway:
         self.config = config
         self._injected = providers or {}
         self.auth = Authenticator(config)
+        self.quota = QuotaGate(config, None)
         self.targets: dict[str, Target] = {}
         self.policy: dict[str, frozenset[str]] = {cls: frozenset(p.targets) for cls, p in config.policy.items()}
         self.store: LedgerStore | None = None
@@ -51,6 +57,12 @@ class Gateway:
         await self.store.open()
         self.ledger = LedgerWriter.from_config(self.store, cfg.store)
         self.ledger.start()
+        if cfg.tenants:  # issued keys live beside the limits (SQLite, or Redis when shared)
+            keys = open_key_store(cfg.limits)
+            await keys.open()
+            self.auth = Authenticator(cfg, keys)
+        if self.quota.needed():
+            self.quota = QuotaGate(cfg, open_limiter(cfg.limits))
         for name, t in cfg.targets.items():
             timeouts = Timeouts(t.timeouts.connect, t.timeouts.ttft, t.timeouts.total)
             provider = self._injected.get(name) or create(name, t)
@@ -65,6 +77,10 @@ class Gateway:
         if self.ledger is not None:
             await self.ledger.aclose()
         await asyncio.gather(*(t.provider.aclose() for t in self.targets.values()), return_exceptions=True)
+        if self.quota.limiter is not None:
+            await self.quota.limiter.aclose()
+        if self.auth.keys is not None:
+            await self.auth.keys.aclose()
         if self.store is not None:
             await self.store.aclose()
 
@@ -81,8 +97,8 @@ class Gateway:
         ok = all(any(detail[n]["ok"] for n in task.route) for task in self.config.tasks.values())
         return ok, detail
 
-    def models(self, authorization: bytes | None) -> dict[str, Any]:
-        tenant = self.auth.authenticate(authorization)
+    async def models(self, authorization: bytes | None) -> dict[str, Any]:
+        tenant = await self.auth.identify(authorization, time.time())
         return {
             "object": "list",
             "data": [
@@ -97,7 +113,7 @@ class Gateway:
         t0 = time.perf_counter()
         row = LedgerRow(request_id, time.time(), "", "", "", False)
         try:
-            req, result = await self._route(scope, receive, row)
+            req, result, grant = await self._route(scope, receive, row)
         except TurnoutError as err:
             if isinstance(err, AllTargetsFailed):
                 row.attempts = err.records
@@ -117,19 +133,28 @@ class Gateway:
         row.fallback_ms = result.fallback_ms if row.fallback else None
         headers = respond.turnout_headers(request_id, req.task, result)
         if isinstance(result.answer, Stream):
-            await self._stream(req, result.answer, headers, row, t0, receive, send)
+            usage = await self._stream(req, result.answer, headers, row, t0, receive, send)
         else:
             usage = result.answer.usage
             if usage is not None:
                 row.prompt_tokens, row.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+            row.cost_usd = self.quota.cost(result.target.name, usage)
+            if row.cost_usd is not None:
+                headers.append((b"x-turnout-cost-usd", f"{row.cost_usd:.8f}".encode()))
             row.generation_ms = result.attempts[-1].latency_ms
             row.status = 200
             await respond.completion(send, result.answer.body, request_id, req.task, headers)
         self._account(row, t0)
+        if row.status == 200:  # after the answer is out: quota bookkeeping is not on its path
+            await self.quota.settle(grant, usage, row.cost_usd)
+        else:
+            await self.quota.release(grant)
 
-    async def _route(self, scope: dict[str, Any], receive: Receive, row: LedgerRow) -> tuple[ChatRequest, Result]:
-        """authenticate → parse → task → classify → policy → attempt; fills ``row`` on the way."""
-        tenant = self.auth.authenticate(header(scope, b"authorization"))
+    async def _route(
+        self, scope: dict[str, Any], receive: Receive, row: LedgerRow
+    ) -> tuple[ChatRequest, Result, Grant | None]:
+        """authenticate → parse → task → classify → policy → quota → attempt; fills ``row``."""
+        tenant = await self.auth.identify(header(scope, b"authorization"), row.started_at)
         row.tenant = tenant.name
         req = parse(await read_body(receive, scope, self.config.server.max_body_bytes))
         row.task, row.stream = req.task, req.stream
@@ -145,8 +170,14 @@ class Gateway:
             tenant_classes=tenant.data_classes,
             policy=self.policy,
         )
-        targets = [self.targets[n] for n in allowed]
-        return req, await execute(targets, req.body, stream=req.stream, request_id=row.request_id)
+        allowed, grant = await self.quota.admit(tenant.name, req.task, req.body, allowed, row.request_id)
+        try:
+            targets = [self.targets[n] for n in allowed]
+            result = await execute(targets, req.body, stream=req.stream, request_id=row.request_id)
+        except BaseException:
+            await self.quota.release(grant)
+            raise
+        return req, result, grant
 
     async def _stream(
         self,
@@ -157,7 +188,7 @@ class Gateway:
         t0: float,
         receive: Receive,
         send: Send,
-    ) -> None:
+    ) -> Usage | None:
         row.ttft_ms = (time.perf_counter() - t0) * 1000
         outcome = await respond.stream(send, receive, stream, req, row.request_id, headers)
         row.status = outcome.status
@@ -165,7 +196,9 @@ class Gateway:
         if outcome.usage is not None:
             row.prompt_tokens = outcome.usage.prompt_tokens
             row.completion_tokens = outcome.usage.completion_tokens
+            row.cost_usd = self.quota.cost(row.target or "", outcome.usage)
         row.generation_ms = (time.perf_counter() - t0) * 1000 - row.ttft_ms
+        return outcome.usage
 
     def _account(self, row: LedgerRow, t0: float) -> None:
         row.latency_ms = (time.perf_counter() - t0) * 1000

@@ -1,0 +1,175 @@
+"""Limits, budgets, issued keys and the admin API through the HTTP API, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.asgi import Response, request
+from tests.conftest import AppFactory
+from tests.fakes.scripted import ScriptedProvider, Step
+from turnout.app import App
+from turnout.errors import UpstreamStatusError
+
+KEY = "sk-acme-0123456789"
+OTHER = "sk-other-0123456789"
+ADMIN = "adm-0123456789abcdef"
+MESSAGES = [{"role": "user", "content": "hi"}]
+# ScriptedProvider answers with 7 prompt and 3 completion tokens.
+PRICE = {"input_per_mtok": 1_000.0, "output_per_mtok": 2_000.0}  # $0.007 in + $0.006 out per answer
+
+
+def config(**tenant: Any) -> dict[str, Any]:
+    return {
+        "server": {"admin_key": ADMIN},
+        "targets": {
+            "dear": {"provider": "openai", "base_url": "http://dear.invalid/v1", "model": "m", "price": PRICE},
+            "cheap": {
+                "provider": "openai",
+                "base_url": "http://cheap.invalid/v1",
+                "model": "m",
+                "price": {"input_per_mtok": 1.0, "output_per_mtok": 1.0},
+            },
+        },
+        "tenants": {
+            "acme": {"keys": [KEY], **tenant},
+            "other": {"keys": [OTHER]},
+        },
+        "tasks": {
+            "chat": {"route": ["dear", "cheap"]},
+            "thrifty": {"route": ["dear", "cheap"], "on_budget_exceeded": "cheaper"},
+        },
+    }
+
+
+async def start(make_app: AppFactory, **tenant: Any) -> tuple[App, dict[str, ScriptedProvider]]:
+    fakes = {"dear": ScriptedProvider("dear"), "cheap": ScriptedProvider("cheap")}
+    return await make_app(config(**tenant), dict(fakes)), fakes
+
+
+async def chat(app: App, key: str = KEY, **body: Any) -> Response:
+    payload = {"model": "chat", "messages": MESSAGES, "max_tokens": 10, **body}
+    return await request(app, "POST", "/v1/chat/completions", payload, {"authorization": f"Bearer {key}"})
+
+
+async def admin(app: App, method: str, path: str, body: Any = None, key: str = ADMIN) -> Response:
+    return await request(app, method, path, body, {"authorization": f"Bearer {key}"})
+
+
+async def ledger(app: App) -> list[Any]:
+    assert app.gateway.ledger is not None and app.gateway.store is not None
+    for _ in range(500):
+        await asyncio.sleep(0.005)
+        if app.gateway.ledger.queued == 0:
+            break
+    return await app.gateway.store.recent(1000)
+
+
+async def test_rpm_limit_refuses_with_429_retry_after_and_the_limit(make_app: AppFactory) -> None:
+    app, _ = await start(make_app, limits={"rpm": 3})
+    assert [(await chat(app)).status for _ in range(3)] == [200, 200, 200]
+    refused = await chat(app)
+    assert refused.status == 429
+    assert refused.json()["error"]["type"] == "rate_limit_exceeded"
+    assert refused.json()["error"]["param"] == "rpm"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["x-turnout-limit"] == "acme:rpm"
+    assert (await chat(app, key=OTHER)).status == 200  # another tenant is not affected
+
+
+async def test_task_limits_apply_to_that_task_only(make_app: AppFactory) -> None:
+    app, _ = await start(make_app, task_limits={"chat": {"rpm": 1}})
+    assert (await chat(app)).status == 200
+    assert (await chat(app)).headers["x-turnout-limit"] == "acme/chat:rpm"
+    assert (await chat(app, model="thrifty")).status == 200
+
+
+async def test_budget_reserves_the_worst_case_and_records_the_real_cost(make_app: AppFactory) -> None:
+    # worst case on "dear": about 8 prompt tokens and 10 output tokens ≈ $0.03; the real answer
+    # costs $0.013
+    app, _ = await start(make_app, limits={"usd_per_day": 0.05})
+    first = await chat(app)
+    assert first.status == 200
+    assert float(first.headers["x-turnout-cost-usd"]) == pytest.approx(0.013)
+    refused = await chat(app, max_tokens=50)  # its worst case no longer fits what is left
+    assert refused.status == 429
+    assert refused.json()["error"]["type"] == "budget_exceeded"
+    rows = await ledger(app)
+    assert sorted(r.cost_usd or 0 for r in rows) == pytest.approx([0, 0.013])
+
+
+async def test_cheaper_task_routes_to_a_target_that_fits_the_budget(make_app: AppFactory) -> None:
+    app, fakes = await start(make_app, limits={"usd_per_day": 0.001})
+    resp = await chat(app, model="thrifty")
+    assert resp.status == 200
+    assert resp.headers["x-turnout-target"] == "cheap"
+    assert not fakes["dear"].calls
+    assert (await chat(app, model="chat")).status == 429  # "refuse" is the default
+
+
+async def test_failed_requests_release_their_reservation(make_app: AppFactory) -> None:
+    failing = Step(UpstreamStatusError(503, "down"))
+    fakes = {"dear": ScriptedProvider("dear", failing), "cheap": ScriptedProvider("cheap", failing)}
+    raw = config(limits={"usd_per_day": 0.05, "concurrency": 1})
+    for target in raw["targets"].values():
+        target["breaker"] = {"failures": 100, "min_calls": 100}
+    app = await make_app(raw, dict(fakes))
+    for _ in range(5):  # each would hold the only slot and most of the budget if not released
+        assert (await chat(app)).status == 503
+    usage = await admin(app, "GET", "/admin/usage?tenant=acme")
+    [scope] = usage.json()["data"]
+    assert scope["scope"] == "acme"
+    assert scope["usage"]["concurrency"] == {"limit": 1, "in_use": 0}
+    assert scope["usage"]["usd_per_day"]["reserved"] == 0
+    assert scope["usage"]["usd_per_day"]["spent"] == 0
+    fakes["dear"].steps = [Step()]
+    assert (await chat(app)).status == 200
+    spent = (await admin(app, "GET", "/admin/usage?tenant=acme")).json()["data"][0]["usage"]["usd_per_day"]
+    assert spent["spent"] == pytest.approx(0.013) and spent["reserved"] == 0
+
+
+async def test_issued_keys_work_and_revocation_holds_at_once(make_app: AppFactory) -> None:
+    app, _ = await start(make_app)
+    created = await admin(app, "POST", "/admin/keys", {"tenant": "acme", "name": "ci"})
+    assert created.status == 201
+    secret = created.json()["secret"]
+    assert secret.startswith("tk-")
+    assert (await chat(app, key=secret)).status == 200
+    listed = await admin(app, "GET", "/admin/keys?tenant=acme")
+    assert secret not in listed.body.decode()
+    assert [k["name"] for k in listed.json()["data"]] == ["ci"]
+    revoked = await admin(app, "DELETE", f"/admin/keys/{created.json()['id']}")
+    assert revoked.status == 200
+    refused = await chat(app, key=secret)
+    assert refused.status == 401 and refused.json()["error"]["code"] == "revoked_api_key"
+    expiring = await admin(app, "POST", "/admin/keys", {"tenant": "acme", "expires_in_s": 0.05})
+    await asyncio.sleep(0.1)
+    expired = await chat(app, key=expiring.json()["secret"])
+    assert expired.status == 401 and expired.json()["error"]["code"] == "expired_api_key"
+    assert secret not in repr(await ledger(app))
+
+
+async def test_admin_api_is_for_the_admin_key_only(make_app: AppFactory) -> None:
+    app, _ = await start(make_app, limits={"rpm": 100})
+    assert (await admin(app, "GET", "/admin/tenants", key=KEY)).status == 403  # a tenant key
+    assert (await admin(app, "GET", "/admin/usage?tenant=other", key=KEY)).status == 403
+    assert (await admin(app, "GET", "/admin/tenants", key="wrong-key-000")).status == 401
+    assert (await request(app, "GET", "/admin/tenants")).status == 401
+    tenants = await admin(app, "GET", "/admin/tenants")
+    assert tenants.status == 200
+    assert KEY not in tenants.body.decode() and OTHER not in tenants.body.decode()
+    assert {t["name"] for t in tenants.json()["data"]} == {"acme", "other"}
+    assert (await admin(app, "GET", "/admin/usage?tenant=ghost")).status == 404
+    assert (await admin(app, "POST", "/admin/keys", {"tenant": "ghost"})).status == 400
+    assert (await admin(app, "DELETE", "/admin/keys/key_nope")).status == 404
+
+
+async def test_admin_api_is_closed_without_an_admin_key(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TURNOUT_ADMIN_KEY", raising=False)
+    raw = config()
+    del raw["server"]
+    app = await make_app(raw, {"dear": ScriptedProvider("dear"), "cheap": ScriptedProvider("cheap")})
+    resp = await admin(app, "GET", "/admin/tenants")
+    assert resp.status == 403 and "closed" in resp.json()["error"]["message"]
