@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from turnout.admin import Admin
 from turnout.asgi import Receive, Send, header, send_json
 from turnout.config import Config
 from turnout.errors import MethodNotAllowed, NotFound, TurnoutError
-from turnout.admin import Admin
 from turnout.gateway import Gateway
 from turnout.providers.base import Provider
 

@@ -24,15 +24,15 @@ from turnout.catalog import context_window
 from turnout.chat import ChatRequest, parse
 from turnout.config import Config
 from turnout.errors import AllTargetsFailed, TurnoutError, UnknownTask
+from turnout.keys.factory import open_key_store
 from turnout.ledger.record import LedgerRow
 from turnout.ledger.store import LedgerStore, open_store
 from turnout.ledger.writer import LedgerWriter
-from turnout.keys.factory import open_key_store
 from turnout.providers.base import Provider, Stream, Timeouts, Usage
+from turnout.providers.registry import create
 from turnout.quota.base import Grant
 from turnout.quota.factory import open_limiter
 from turnout.quota.gate import QuotaGate
-from turnout.providers.registry import create
 from turnout.resilience.breaker import Breaker
 
 log = logging.getLogger("turnout")
