@@ -22,6 +22,7 @@ Semantics (the docs quote these):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from turnout.errors import TurnoutError
@@ -118,3 +119,55 @@ class Limiter(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# Shared by the backends, so that they agree to the micro-dollar and the second.
+
+MICRO_USD = 1_000_000
+
+
+def to_micro(usd: float) -> int:
+    """Budgets are counted in integer micro-dollars: sums never drift, and Redis can HINCRBY them."""
+    return round(usd * MICRO_USD)
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """One budget window: ``limit`` is ``usd_per_day`` or ``usd_per_month``, ``key`` names the
+    window (``2026-11-28``, ``2026-11``) and ``end`` is when the next one starts (unix seconds)."""
+
+    limit: str
+    key: str
+    end: float
+
+
+def distinct_scopes(scopes: tuple[Scope, ...]) -> list[Scope]:
+    """Each scope once: a scope named twice would be checked twice against the same state."""
+    seen: dict[str, Scope] = {}
+    for s in scopes:
+        seen.setdefault(s.name, s)
+    return list(seen.values())
+
+
+def budget_periods(now: float) -> tuple[Period, Period]:
+    """The UTC day and the UTC month that ``now`` falls in."""
+    t = datetime.fromtimestamp(now, UTC)
+    day = datetime(t.year, t.month, t.day, tzinfo=UTC)
+    next_month = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC)
+    return (
+        Period("usd_per_day", f"{t:%Y-%m-%d}", (day + timedelta(days=1)).timestamp()),
+        Period("usd_per_month", f"{t:%Y-%m}", next_month.timestamp()),
+    )
+
+
+def budget_usage(limit_usd: float, period: Period, spent: int, reserved: int, now: float) -> dict[str, Any]:
+    """One budget's entry in ``Limiter.usage`` (amounts given in micro-dollars)."""
+    remaining = to_micro(limit_usd) - spent - reserved
+    return {
+        "limit": limit_usd,
+        "period": period.key,
+        "spent": spent / MICRO_USD,
+        "reserved": reserved / MICRO_USD,
+        "remaining": max(0, remaining) / MICRO_USD,
+        "resets_in": period.end - now,
+    }
