@@ -64,3 +64,19 @@ def test_check_warns_about_an_unknown_bedrock_model(tmp_path: Path) -> None:
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1
     assert "targets.br.model: 'acme.secret-model-v9' is not in turnout's Bedrock catalog" in warnings[0]
+
+
+def test_check_warns_about_unpriced_targets_when_budgets_exist(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "targets:\n"
+        "  vllm: {provider: openai, base_url: 'http://v:8000/v1', model: m}\n"
+        "  priced: {provider: openai, base_url: 'http://p:8000/v1', model: m,"
+        " price: {input_per_mtok: 1, output_per_mtok: 2}}\n"
+        "tenants:\n  acme: {keys: [sk-acme-12345678], limits: {usd_per_day: 5}}\n"
+        "tasks:\n  t: {route: [vllm, priced]}\n"
+    )
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert result.exit_code == 0
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: targets.vllm.price: not set, so this target costs nothing against budgets"]

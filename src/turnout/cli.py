@@ -55,9 +55,18 @@ def check(config_path: str | None) -> None:
 
 
 def catalog_warnings(config: Config) -> list[str]:
-    from turnout.catalog import base_model_id, bedrock_model
+    from turnout.catalog import base_model_id, bedrock_model, price
 
     out = []
+    budgeted = any(
+        lim.usd_per_day or lim.usd_per_month
+        for t in config.tenants.values()
+        for lim in (t.limits, *t.task_limits.values())
+    )
+    if budgeted:
+        for name, target in config.targets.items():
+            if price(target) is None:
+                out.append(f"targets.{name}.price: not set, so this target costs nothing against budgets")
     for name, target in config.targets.items():
         if target.provider == "bedrock" and bedrock_model(target.model) is None:
             out.append(
