@@ -150,14 +150,28 @@ def distinct_scopes(scopes: tuple[Scope, ...]) -> list[Scope]:
 
 
 def budget_periods(now: float) -> tuple[Period, Period]:
-    """The UTC day and the UTC month that ``now`` falls in."""
+    """The UTC day and the UTC month that ``now`` falls in (cached for the day: this runs on
+    every request, and formatting dates costs more than the budget check itself)."""
+    cached = _last_day.periods
+    if cached is not None and _last_day.start <= now < cached[0].end:
+        return cached
     t = datetime.fromtimestamp(now, UTC)
     day = datetime(t.year, t.month, t.day, tzinfo=UTC)
     next_month = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC)
-    return (
+    periods = (
         Period("usd_per_day", f"{t:%Y-%m-%d}", (day + timedelta(days=1)).timestamp()),
         Period("usd_per_month", f"{t:%Y-%m}", next_month.timestamp()),
     )
+    _last_day.start, _last_day.periods = day.timestamp(), periods
+    return periods
+
+
+class _DayCache:
+    start: float = 0.0
+    periods: tuple[Period, Period] | None = None
+
+
+_last_day = _DayCache()
 
 
 def budget_usage(limit_usd: float, period: Period, spent: int, reserved: int, now: float) -> dict[str, Any]:
