@@ -255,6 +255,7 @@ async def test_sqlite_stores_attempts_as_json_text(db_path: Path) -> None:
         "replica": "us-east-1",
         "error_class": None,
         "latency_ms": 812.25,
+        "offset_ms": 0.0,
     }
 
 

@@ -55,13 +55,13 @@ async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, 
     for target in targets:
         if too_long_for is not None and target.context_window is not None and target.context_window <= too_long_for:
             skipped = ContextWindowExceeded("skipped: its context window is no larger", window=target.context_window)
-            attempts.append(AttemptRecord(target.name, "", skipped.error_class, 0.0))
+            attempts.append(AttemptRecord(target.name, "", skipped.error_class, 0.0, _ms(started)))
             failures.append((target.name, skipped))
             continue
         for n in range(1, target.retry.attempts + 1):
             if not target.breaker.allow():
                 err: UpstreamError = BreakerOpen("circuit open", retry_after=target.breaker.retry_after())
-                attempts.append(AttemptRecord(target.name, "", err.error_class, 0.0))
+                attempts.append(AttemptRecord(target.name, "", err.error_class, 0.0, _ms(started)))
                 failures.append((target.name, err))
                 break
             t0 = time.perf_counter()
@@ -70,7 +70,7 @@ async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, 
                 answer = await (target.provider.stream(call) if stream else target.provider.complete(call))
             except UpstreamError as exc:
                 err = exc
-                attempts.append(AttemptRecord(target.name, "", err.error_class, _ms(t0)))
+                attempts.append(AttemptRecord(target.name, "", err.error_class, _ms(t0), (t0 - started) * 1000))
                 failures.append((target.name, err))
                 if isinstance(err, ContextWindowExceeded):
                     target.breaker.success()  # the target works; this prompt is too long for it
@@ -91,7 +91,7 @@ async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, 
             except BaseException:
                 target.breaker.release()  # cancelled (client gone) or a bug: no verdict
                 raise
-            attempts.append(AttemptRecord(target.name, answer.replica, None, _ms(t0)))
+            attempts.append(AttemptRecord(target.name, answer.replica, None, _ms(t0), (t0 - started) * 1000))
             if isinstance(answer, Stream):
                 answer.chunks = _Watched(answer.chunks, target.breaker)
             else:

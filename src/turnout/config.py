@@ -37,11 +37,41 @@ class ServerConfig(_Strict):
 
 
 class StoreConfig(_Strict):
-    kind: Literal["sqlite", "memory"] = "sqlite"
+    kind: Literal["sqlite", "postgres", "memory", "none"] = "sqlite"  # none: no ledger at all
     path: str = "./.turnout/turnout.db"
+    dsn: str | None = None  # postgres: e.g. postgresql://user@127.0.0.1:5432/test
     batch_size: int = Field(256, gt=0)
     flush_interval_ms: int = Field(250, gt=0)
     queue_size: int = Field(10_000, gt=0)
+
+
+class CaptureRule(_Strict):
+    tenant: str | None = None  # None: every tenant
+    task: str | None = None  # None: every task
+    mode: Literal["metadata", "redacted", "full"]
+    sample_rate: float = Field(1.0, ge=0, le=1)
+
+
+class CaptureConfig(_Strict):
+    """Whether prompt and completion text is kept. ``metadata``: never (the default).
+    ``redacted``: only after secrets and PII are replaced. ``full``: only while a capture grant
+    (``turnout capture grant``) is active for the tenant and task, and secrets are still scrubbed.
+    The most specific rule wins (tenant+task, then task, then tenant, then the default)."""
+
+    mode: Literal["metadata", "redacted", "full"] = "metadata"
+    sample_rate: float = Field(1.0, ge=0, le=1)
+    ttl_days: float = Field(30.0, gt=0)  # captured text is purged after this
+    purge_interval_s: float = Field(3600.0, gt=0)
+    rules: list[CaptureRule] = []
+    # Keys the HMAC pseudonyms of redacted values; from TURNOUT_REDACTION_KEY if unset, else
+    # random per process (placeholders then differ between replicas and restarts).
+    redaction_key: str | None = None
+
+
+class ObservabilityConfig(_Strict):
+    metrics: bool = True  # /metrics in Prometheus text format
+    otlp_endpoint: str | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
+    service_name: str = "turnout"
 
 
 class LimitsConfig(_Strict):
@@ -186,6 +216,8 @@ class Config(_Strict):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     limits: LimitsConfig = LimitsConfig()
+    capture: CaptureConfig = CaptureConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
     targets: dict[str, TargetConfig]
     tenants: dict[str, TenantConfig] = {}
     policy: dict[DataClass, ClassPolicy] = {}
@@ -209,6 +241,12 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
             elif target in seen:
                 problems.append(f"tasks.{name}.route[{i}]: target {target!r} listed twice")
             seen.add(target)
+    for i, rule in enumerate(_mapping(raw.get("capture")).get("rules") or []):
+        rule = _mapping(rule)
+        if rule.get("task") is not None and rule.get("task") not in tasks:
+            problems.append(f"capture.rules[{i}].task: unknown task {rule.get('task')!r}")
+        if rule.get("tenant") is not None and rule.get("tenant") not in _mapping(raw.get("tenants")):
+            problems.append(f"capture.rules[{i}].tenant: unknown tenant {rule.get('tenant')!r}")
     for cls, pol in _mapping(raw.get("policy")).items():
         listed = _mapping(pol).get("targets")
         for i, target in enumerate(listed if isinstance(listed, list) else []):

@@ -11,6 +11,7 @@ class AttemptRecord:
     replica: str
     error_class: str | None  # None when the attempt succeeded
     latency_ms: float
+    offset_ms: float = 0.0  # when it started, after the request's start (for traces)
 
 
 @dataclass(slots=True)
