@@ -53,10 +53,11 @@ class Gateway:
     async def start(self) -> None:
         """Open the ledger, build every provider and warm each up (a local model loads here)."""
         cfg = self.config
-        self.store = open_store(cfg.store)
-        await self.store.open()
-        self.ledger = LedgerWriter.from_config(self.store, cfg.store)
-        self.ledger.start()
+        if cfg.store.kind != "none":
+            self.store = open_store(cfg.store)
+            await self.store.open()
+            self.ledger = LedgerWriter.from_config(self.store, cfg.store)
+            self.ledger.start()
         if cfg.tenants:  # issued keys live beside the limits (SQLite, or Redis when shared)
             keys = open_key_store(cfg.limits)
             await keys.open()
