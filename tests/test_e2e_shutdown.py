@@ -44,6 +44,7 @@ def test_every_answered_request_has_its_row_after_sigterm(tmp_path: Path) -> Non
 
 async def _load_then_sigterm(base_url: str, pid: int) -> set[str]:
     answered: set[str] = set()
+    busy = asyncio.Event()  # set once 100 requests were answered: load is well under way
     body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 
     async def client(http: aiohttp.ClientSession) -> None:
@@ -53,13 +54,14 @@ async def _load_then_sigterm(base_url: str, pid: int) -> set[str]:
                     await resp.read()
                     if "x-turnout-request-id" in resp.headers:
                         answered.add(resp.headers["x-turnout-request-id"])
+                        if len(answered) >= 100:
+                            busy.set()
             except aiohttp.ClientError:
                 return  # the server stopped accepting: this client is done
 
     async with aiohttp.ClientSession() as http:
         clients = [asyncio.create_task(client(http)) for _ in range(32)]
-        while len(answered) < 100:
-            await asyncio.sleep(0.01)
+        await busy.wait()
         os.kill(pid, signal.SIGTERM)
         await asyncio.gather(*clients)
     return answered
