@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from turnout.capture_cli import capture
 from turnout.config import Config, load_config
 from turnout.errors import ConfigError
 from turnout.keys_cli import keys
@@ -21,6 +22,7 @@ def main() -> None:
 
 
 main.add_command(keys)
+main.add_command(capture)
 
 
 @main.command()

@@ -1,0 +1,249 @@
+"""The capture store: grants and revocation, the audit trail that cannot be changed (SQLite
+triggers), expiry recorded exactly once across connections, and the purge."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from tests.test_capture_policy import eventually
+from turnout.capture import CaptureRow, CaptureStore, CaptureStoreError, Purger, PurgeResult, capture_path
+from turnout.config import StoreConfig
+
+T0 = 1_800_000_000.0
+DAY = 86_400.0
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[CaptureStore]:
+    s = CaptureStore(tmp_path / "capture.db")
+    await s.open()
+    yield s
+    await s.aclose()
+
+
+def row(request_id: str, captured_at: float, ttl: float = DAY, grant_id: str | None = None) -> CaptureRow:
+    mode: Literal["redacted", "full"] = "full" if grant_id else "redacted"
+    return CaptureRow(request_id, "acme", "support", mode, grant_id, captured_at, captured_at + ttl, "p", "c")
+
+
+def test_capture_path_is_beside_the_ledger() -> None:
+    assert capture_path(StoreConfig(path="/var/lib/turnout/ledger.db")) == "/var/lib/turnout/capture.db"
+
+
+async def test_grant_is_stored_and_audited(store: CaptureStore) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 1800, "  ticket 4812 ", " alice ")
+    assert grant.id.startswith("grt_") and len(grant.id) == 20
+    assert (grant.reason, grant.granted_by) == ("ticket 4812", "alice")
+    assert await store.grant(grant.id) == grant
+    assert await store.grants() == [grant]
+    assert await store.grants("bravo") == []
+    [event] = await store.audit()
+    assert (event.event, event.grant_id, event.actor, event.at) == ("granted", grant.id, "alice", T0)
+    assert (event.tenant, event.task) == ("acme", "support")
+    assert "30 min" in event.detail and "ticket 4812" in event.detail
+
+
+async def test_grant_status_through_its_life(store: CaptureStore) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 60, "r", "alice")
+    assert grant.status(T0 - 1) == "pending" and not grant.live(T0 - 1)
+    assert grant.status(T0) == "active" and grant.live(T0)
+    assert grant.status(T0 + 60) == "expired" and not grant.live(T0 + 60)
+    assert await store.live_grants(T0 + 59) == [grant]
+    assert await store.live_grants(T0 + 60) == []
+
+
+async def test_revoke_once(store: CaptureStore) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 600, "r", "alice")
+    revoked = await store.revoke_grant(grant.id, "bob", T0 + 60)
+    assert revoked is not None and (revoked.revoked_at, revoked.revoked_by) == (T0 + 60, "bob")
+    assert revoked.status(T0 + 61) == "revoked"
+    again = await store.revoke_grant(grant.id, "carol", T0 + 120)
+    assert again == revoked  # the first revocation stays
+    assert await store.live_grants(T0 + 61) == []
+    assert [e.event for e in await store.audit()] == ["granted", "revoked"]
+    assert (await store.audit())[1].actor == "bob"
+    assert await store.revoke_grant("grt_0000000000000000", "bob", T0) is None
+
+
+async def test_revoking_an_expired_grant_records_its_expiry_instead(store: CaptureStore) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 60, "r", "alice")
+    found = await store.revoke_grant(grant.id, "bob", T0 + 61)
+    assert found is not None and found.revoked_at is None
+    assert [e.event for e in await store.audit()] == ["granted", "expired"]
+
+
+async def test_expiry_is_recorded_exactly_once(store: CaptureStore, tmp_path: Path) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 60, "r", "alice")
+    assert await store.expire_grants(T0 + 59) == []
+    assert await store.expire_grants(T0 + 60) == [grant]
+    assert await store.expire_grants(T0 + 61) == []
+    # Another process (another connection to the file) finds nothing left to record.
+    other = CaptureStore(tmp_path / "capture.db")
+    await other.open()
+    try:
+        assert await other.expire_grants(T0 + 120) == []
+        await other.purge(T0 + 120)
+    finally:
+        await other.aclose()
+    expired = [e for e in await store.audit() if e.event == "expired"]
+    assert len(expired) == 1
+    assert (expired[0].grant_id, expired[0].at, expired[0].actor) == (grant.id, T0 + 60, "turnout")
+
+
+async def test_a_revoked_grant_never_expires(store: CaptureStore) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 60, "r", "alice")
+    await store.revoke_grant(grant.id, "bob", T0 + 30)
+    assert await store.expire_grants(T0 + 120) == []
+
+
+def _raw(path: Path, sql: str) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE audit SET actor = 'mallory'",
+        "UPDATE audit SET detail = '' WHERE event = 'granted'",
+        "DELETE FROM audit",
+        "DELETE FROM audit WHERE event = 'used'",
+        "DELETE FROM grants",
+        "UPDATE grants SET ends_at = ends_at + 86400",
+        "UPDATE grants SET revoked_at = NULL, revoked_by = NULL",
+    ],
+)
+async def test_the_audit_trail_and_grants_cannot_be_rewritten(store: CaptureStore, tmp_path: Path, sql: str) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 600, "r", "alice")
+    await store.write_captures([row("req-1", T0 + 1, grant_id=grant.id)])
+    await store.revoke_grant(grant.id, "bob", T0 + 2)
+    before = (await store.audit(), await store.grants())
+    with pytest.raises(sqlite3.IntegrityError, match=r"append-only|cannot be deleted|only be revoked"):
+        _raw(tmp_path / "capture.db", sql)
+    assert (await store.audit(), await store.grants()) == before
+
+
+async def test_a_grant_event_cannot_be_written_twice(store: CaptureStore, tmp_path: Path) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 600, "r", "alice")
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        _raw(
+            tmp_path / "capture.db",
+            f"INSERT INTO audit (at, event, grant_id, actor) VALUES (0, 'granted', '{grant.id}', 'x')",  # noqa: S608
+        )
+
+
+async def test_captures_under_a_grant_are_audited_as_used(store: CaptureStore) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 600, "r", "alice")
+    await store.write_captures([row("req-1", T0 + 1, grant_id=grant.id), row("req-2", T0 + 2)])
+    assert [r.request_id for r in await store.captures()] == ["req-1", "req-2"]
+    used = [e for e in await store.audit() if e.event == "used"]
+    assert [(e.grant_id, e.request_id, e.at) for e in used] == [(grant.id, "req-1", T0 + 1)]
+
+
+async def test_full_capture_needs_a_grant_in_the_schema(store: CaptureStore) -> None:
+    bad = CaptureRow("req-1", "acme", "support", "full", None, T0, T0 + DAY, "p", None)
+    with pytest.raises(CaptureStoreError, match="CHECK"):
+        await store.write_captures([bad])
+
+
+async def test_purge_deletes_only_expired_captures_and_audits_it(store: CaptureStore) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 60, "r", "alice")
+    await store.write_captures([row("old", T0, ttl=10), row("edge", T0, ttl=100), row("new", T0, ttl=DAY)])
+    deleted, expired = await store.purge(T0 + 100)
+    assert deleted == 2 and expired == [grant]
+    assert [r.request_id for r in await store.captures()] == ["new"]
+    events = await store.audit()
+    assert [e.event for e in events] == ["granted", "expired", "purged"]
+    assert events[-1].detail == "deleted 2 captures past their retention" and events[-1].actor == "turnout"
+    deleted, expired = await store.purge(T0 + 200, actor="cli")
+    assert (deleted, expired) == (0, [])
+    assert [(e.event, e.actor) for e in await store.audit()][-1] == ("purged", "cli")
+
+
+async def test_audit_filters_and_limits(store: CaptureStore) -> None:
+    a = await store.create_grant("acme", "support", T0, T0 + 60, "r", "alice")
+    await store.create_grant("bravo", "support", T0, T0 + 60, "r", "alice")
+    await store.revoke_grant(a.id, "bob", T0 + 1)
+    assert [e.event for e in await store.audit("acme")] == ["granted", "revoked"]
+    assert [e.tenant for e in await store.audit(limit=2)] == ["bravo", "acme"]  # the last two, oldest first
+
+
+async def test_version_changes_when_another_connection_commits(store: CaptureStore, tmp_path: Path) -> None:
+    before = store.version()
+    assert store.version() == before
+    other = CaptureStore(tmp_path / "capture.db")
+    await other.open()
+    try:
+        await other.create_grant("acme", "support", T0, T0 + 60, "r", "alice")
+    finally:
+        await other.aclose()
+    assert store.version() != before
+
+
+async def test_in_memory_store_counts_its_own_changes() -> None:
+    s = CaptureStore(":memory:")
+    await s.open()
+    try:
+        before = s.version()
+        await s.create_grant("acme", "support", T0, T0 + 60, "r", "alice")
+        assert s.version() != before
+    finally:
+        await s.aclose()
+
+
+async def test_file_is_owner_only(store: CaptureStore, tmp_path: Path) -> None:
+    assert (tmp_path / "capture.db").stat().st_mode & 0o777 == 0o600
+
+
+async def test_closed_store_refuses(tmp_path: Path) -> None:
+    s = CaptureStore(tmp_path / "capture.db")
+    with pytest.raises(CaptureStoreError, match="not open"):
+        await s.grants()
+    await s.open()
+    with pytest.raises(CaptureStoreError, match="already open"):
+        await s.open()
+    await s.aclose()
+    await s.aclose()  # twice is fine
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    s = CaptureStore(tmp_path / "capture.db")
+    await s.open()
+    await s.aclose()
+    _raw(tmp_path / "capture.db", "INSERT INTO schema_migrations VALUES (99, 0)")
+    with pytest.raises(CaptureStoreError, match="newer than this turnout"):
+        await CaptureStore(tmp_path / "capture.db").open()
+
+
+async def test_purger_runs_at_start_then_every_interval(store: CaptureStore) -> None:
+    now = [T0]
+    await store.write_captures([row("old", T0 - 2 * DAY), row("new", T0)])
+    purger = Purger(store, 0.02, clock=lambda: now[0])
+    purger.start()
+    try:
+        await eventually(lambda: purger.runs >= 3)
+        assert [r.request_id for r in await store.captures()] == ["new"]
+    finally:
+        await purger.aclose()
+    runs = purger.runs
+    purged = [e for e in await store.audit() if e.event == "purged"]
+    assert len(purged) == runs and purged[0].detail == "deleted 1 captures past their retention"
+    await asyncio.sleep(0.05)
+    assert purger.runs == runs  # stopped
+
+
+async def test_purger_run_once(store: CaptureStore) -> None:
+    grant = await store.create_grant("acme", "support", T0, T0 + 60, "r", "alice")
+    result = await Purger(store, 3600).run_once(T0 + 60)
+    assert result == PurgeResult(0, (grant,))
+    with pytest.raises(ValueError, match="positive"):
+        Purger(store, 0)
