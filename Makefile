@@ -10,7 +10,7 @@ install:
 	scripts/install.sh local,bedrock,redis
 
 install-dev:
-	scripts/install.sh local,bedrock,redis,dev
+	scripts/install.sh local,bedrock,redis,postgres,dev
 
 lint:
 	.venv/bin/ruff check src tests bench

@@ -1,25 +1,79 @@
-"""One contract for every ledger store backend, then what only SQLite has to prove (files,
-WAL, migrations). A new backend joins by adding its kind to BACKENDS."""
+"""One contract for every ledger store backend (memory, SQLite, PostgreSQL), one more for the
+durable ones (reopening, migrations, atomic batches), then what only SQLite has to prove (files,
+WAL, its own thread). PostgreSQL-only checks live in ``test_ledger_postgres.py``. A new backend
+joins by adding its kind to BACKENDS.
+
+PostgreSQL runs at ``TURNOUT_TEST_POSTGRES_DSN`` (default 127.0.0.1:5432, database ``test``);
+each test gets a schema of its own, dropped afterwards. Without a server those cases skip."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import json
+import os
+import socket
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from turnout.config import StoreConfig
+from turnout.ledger import sqlite as sqlite_backend
 from turnout.ledger.memory import MemoryStore
 from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.ledger.sqlite import SQLiteStore
 from turnout.ledger.store import LedgerStore, StoreError, open_store
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
+DURABLE = ["sqlite", "postgres"]
+POSTGRES_DSN = os.environ.get("TURNOUT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_reachable() -> bool:
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        return False
+    url = urlsplit(POSTGRES_DSN)
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 5432), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+needs_postgres = pytest.mark.skipif(not postgres_reachable(), reason=f"no PostgreSQL at {POSTGRES_DSN}")
+
+
+def unique_schema() -> str:
+    return f"turnout_test_{uuid.uuid4().hex[:12]}"
+
+
+async def postgres_sql(schema: str, statement: str, *args: object) -> list[tuple[Any, ...]]:
+    """Run one statement on its own connection, with ``schema`` first on the search path."""
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_DSN, server_settings={"search_path": schema})
+    try:
+        return [tuple(record.values()) for record in await conn.fetch(statement, *args)]
+    finally:
+        await conn.close()
+
+
+async def drop_schema(schema: str) -> None:
+    await postgres_sql("public", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def postgres_store(schema: str) -> LedgerStore:
+    from turnout.ledger.postgres import PostgresStore
+
+    return PostgresStore(POSTGRES_DSN, schema=schema)
 
 
 def make_row(n: int, **fields: object) -> LedgerRow:
@@ -64,11 +118,30 @@ def full_row(n: int) -> LedgerRow:
         generation_ms=412.25,
         fallback_ms=30000.5,
         outcome="success",
+        cache_hit=False,  # False, not None: the two must stay apart
+        capture_mode="redacted",
+        human_review=True,
+        escalated=False,
+        outcome_value=-12.5,
+        outcome_at=1_700_000_060.654321,
+        episode_id="ep-7",
     )
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerStore]:
+    if request.param == "postgres":
+        if not postgres_reachable():
+            pytest.skip(f"no PostgreSQL at {POSTGRES_DSN}")
+        schema = unique_schema()
+        opened = postgres_store(schema)
+        await opened.open()
+        try:
+            yield opened
+        finally:
+            await opened.aclose()
+            await drop_schema(schema)
+        return
     cfg = StoreConfig(kind=request.param, path=str(tmp_path / "state" / "ledger.db"))
     opened = open_store(cfg)
     await opened.open()
@@ -133,6 +206,12 @@ async def test_recent_breaks_time_ties_by_request_id(store: LedgerStore) -> None
     assert [r.request_id for r in await store.recent()] == ["req-000009", "req-000004", "req-000002"]
 
 
+async def test_time_ties_order_request_ids_bytewise(store: LedgerStore) -> None:
+    ids = ["ab", "a-c", "B", "a", "b", "A_1", "é"]  # a linguistic collation would order these differently
+    await store.write_batch([make_row(0, request_id=i, started_at=5.0) for i in ids])
+    assert [r.request_id for r in await store.recent()] == sorted(ids, reverse=True)
+
+
 async def test_recent_refuses_a_negative_limit(store: LedgerStore) -> None:
     with pytest.raises(ValueError, match="negative"):
         await store.recent(-1)
@@ -177,6 +256,24 @@ async def test_concurrent_batches_and_reads_all_land(store: LedgerStore) -> None
     assert [r.request_id for r in await store.recent(2)] == ["req-000999", "req-000998"]
 
 
+async def test_concurrent_batches_sharing_ids_end_with_one_row_each(store: LedgerStore) -> None:
+    # The same 100 ids in opposite orders from 10 batches at once: no deadlock, no duplicate.
+    forward = [make_row(n, status=200) for n in range(100)]
+    backward = [make_row(n, status=500) for n in reversed(range(100))]
+    await asyncio.gather(*(store.write_batch(forward if i % 2 else backward) for i in range(10)))
+    assert await store.count() == 100
+    statuses = {row.status for row in await store.recent(100)}
+    assert statuses <= {200, 500}
+
+
+async def test_the_last_of_two_rows_with_one_id_in_a_batch_wins(store: LedgerStore) -> None:
+    await store.write_batch([make_row(2, status=1), make_row(1), make_row(2, status=2)])
+    got = await store.get("req-000002")
+    assert got is not None
+    assert got.status == 2
+    assert await store.count() == 2
+
+
 async def test_a_closed_store_refuses_calls_and_closes_twice(store: LedgerStore) -> None:
     await store.aclose()
     await store.aclose()
@@ -184,23 +281,238 @@ async def test_a_closed_store_refuses_calls_and_closes_twice(store: LedgerStore)
         await store.count()
     with pytest.raises(StoreError):
         await store.write_batch([make_row(1)])
+    with pytest.raises(StoreError):
+        await store.set_outcome("req-000001", "acme", "success", None, None, None, None, 1.0)
+
+
+# --- outcomes (set_outcome) ---------------------------------------------------------------------
+
+
+async def test_set_outcome_fills_the_outcome_fields_only(store: LedgerStore) -> None:
+    row = make_row(1, status=200, cache_hit=True, capture_mode="metadata")
+    await store.write_batch([row, make_row(2)])
+    assert await store.set_outcome("req-000001", "acme", "resolved", True, False, 3.25, "ep-1", 1_700_000_100.5)
+    expected = dataclasses.replace(
+        row,
+        outcome="resolved",
+        human_review=True,
+        escalated=False,
+        outcome_value=3.25,
+        episode_id="ep-1",
+        outcome_at=1_700_000_100.5,
+    )
+    assert await store.get("req-000001") == expected
+    assert await store.get("req-000002") == make_row(2)  # the other row is untouched
+
+
+async def test_set_outcome_keeps_what_a_none_leaves_out(store: LedgerStore) -> None:
+    await store.write_batch([make_row(1)])
+    assert await store.set_outcome("req-000001", "acme", "resolved", None, None, 1.0, "ep-1", 10.0)
+    assert await store.set_outcome("req-000001", "acme", None, True, True, None, None, 20.0)
+    got = await store.get("req-000001")
+    assert got is not None
+    fields = (got.outcome, got.human_review, got.escalated, got.outcome_value, got.episode_id, got.outcome_at)
+    assert fields == ("resolved", True, True, 1.0, "ep-1", 20.0)
+
+
+async def test_set_outcome_is_scoped_to_the_tenant(store: LedgerStore) -> None:
+    await store.write_batch([make_row(1, tenant="acme"), make_row(2, tenant="globex")])
+    # Another tenant's request id looks exactly like one that does not exist.
+    assert await store.set_outcome("req-000001", "globex", "stolen", True, True, 9.0, "ep-x", 5.0) is False
+    assert await store.set_outcome("req-999999", "globex", "stolen", True, True, 9.0, "ep-x", 5.0) is False
+    assert await store.get("req-000001") == make_row(1, tenant="acme")
+    assert await store.set_outcome("req-000002", "globex", "ok", None, None, None, None, 5.0) is True
+    got = await store.get("req-000002")
+    assert got is not None
+    assert (got.tenant, got.outcome, got.outcome_at) == ("globex", "ok", 5.0)
+
+
+async def test_concurrent_outcomes_and_batches(store: LedgerStore) -> None:
+    await store.write_batch([make_row(n) for n in range(200)])
+    results = await asyncio.gather(
+        *(store.set_outcome(f"req-{n:06d}", "acme", f"o{n}", None, None, float(n), None, 1.0) for n in range(200)),
+        *(store.write_batch([make_row(n)]) for n in range(200, 250)),
+    )
+    assert results[:200] == [True] * 200
+    assert await store.count() == 250
+    got = await store.get("req-000123")
+    assert got is not None
+    assert (got.outcome, got.outcome_value) == ("o123", 123.0)
 
 
 async def test_every_backend_satisfies_the_protocol() -> None:
     stores: list[LedgerStore] = [MemoryStore(), SQLiteStore(":memory:")]  # checked by mypy
-    for store in stores:  # and SQLite also works without a file
-        await store.open()
-        await store.write_batch([make_row(1)])
-        assert await store.get("req-000001") == make_row(1)
-        await store.aclose()
+    schema = unique_schema()
+    if postgres_reachable():
+        from turnout.ledger.postgres import PostgresStore
+
+        stores.append(PostgresStore(POSTGRES_DSN, schema=schema))
+    try:
+        for store in stores:  # and SQLite also works without a file
+            await store.open()
+            await store.write_batch([make_row(1)])
+            assert await store.get("req-000001") == make_row(1)
+            await store.aclose()
+    finally:
+        if len(stores) > 2:
+            await drop_schema(schema)
 
 
-@pytest.mark.parametrize(("kind", "cls"), [("memory", MemoryStore), ("sqlite", SQLiteStore)])
-async def test_open_store_builds_the_configured_backend(kind: str, cls: type, tmp_path: Path) -> None:
-    store = open_store(StoreConfig(kind=kind, path=str(tmp_path / "l.db")))
-    assert isinstance(store, cls)
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_open_store_builds_the_configured_backend(kind: str, tmp_path: Path) -> None:
+    if kind == "postgres":
+        pytest.importorskip("asyncpg")
+    store = open_store(StoreConfig(kind=kind, path=str(tmp_path / "l.db"), dsn=POSTGRES_DSN))
+    assert type(store).__module__ == f"turnout.ledger.{kind}"
     with pytest.raises(StoreError, match="not open"):
         await store.count()
+
+
+# --- the durable backends: reopening, migrations, atomic batches -------------------------------
+
+
+@dataclasses.dataclass
+class Place:
+    """Where a durable store keeps its rows (a SQLite file, a PostgreSQL schema): fresh stores on
+    it, raw SQL against it, and the statements the first schema version was created with."""
+
+    kind: str
+    new: Callable[[], LedgerStore]
+    sql: Callable[[str], Awaitable[list[tuple[Any, ...]]]]
+    v1: list[str]
+
+    async def opened(self) -> LedgerStore:
+        store = self.new()
+        await store.open()
+        return store
+
+    async def versions(self) -> list[int]:
+        return [v for (v,) in await self.sql("SELECT version FROM schema_migrations ORDER BY version")]
+
+
+@pytest.fixture(params=DURABLE)
+async def place(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Place]:
+    if request.param == "sqlite":
+        path = tmp_path / "ledger.db"
+
+        def run(statement: str) -> list[tuple[Any, ...]]:
+            conn = sqlite3.connect(path)
+            try:
+                with conn:
+                    return conn.execute(statement).fetchall()
+            finally:
+                conn.close()
+
+        async def sqlite_sql(statement: str) -> list[tuple[Any, ...]]:
+            return await asyncio.to_thread(run, statement)
+
+        v1 = [
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
+            *sqlite_backend.MIGRATIONS[0],
+        ]
+        yield Place("sqlite", lambda: SQLiteStore(path), sqlite_sql, v1)
+        return
+    if not postgres_reachable():
+        pytest.skip(f"no PostgreSQL at {POSTGRES_DSN}")
+    from turnout.ledger import postgres as postgres_backend
+
+    schema = unique_schema()
+    v1 = [
+        f'CREATE SCHEMA "{schema}"',
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at double precision NOT NULL)",
+        *(statement.format(p="") for statement in postgres_backend.MIGRATIONS[0]),
+    ]
+    try:
+        yield Place("postgres", lambda: postgres_store(schema), lambda sql: postgres_sql(schema, sql), v1)
+    finally:
+        await drop_schema(schema)
+
+
+async def test_reopening_keeps_rows_and_migrations_run_once(place: Place) -> None:
+    store = await place.opened()
+    await store.write_batch([full_row(1), make_row(2), make_row(3)])
+    await store.aclose()
+    for _ in range(2):
+        store = await place.opened()
+        assert await store.count() == 3
+        assert await store.get("req-000001") == full_row(1)
+        await store.aclose()
+    assert await place.versions() == [1, 2]
+
+
+async def test_two_stores_opening_one_new_place_migrate_once(place: Place) -> None:
+    stores = await asyncio.gather(place.opened(), place.opened(), place.opened())
+    await stores[0].write_batch([make_row(1)])
+    assert await stores[1].get("req-000001") == make_row(1)
+    for store in stores:
+        await store.aclose()
+    assert await place.versions() == [1, 2]
+
+
+async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
+    # Written the way turnout wrote ledgers before schema 2: its statements, one old row whose
+    # attempts predate offset_ms.
+    for statement in [
+        *place.v1,
+        "INSERT INTO schema_migrations VALUES (1, 0)",
+        """INSERT INTO requests (request_id, started_at, tenant, task, data_class, stream, "user", status,
+            attempts, fallback, cost_usd, latency_ms, outcome)
+           VALUES ('req-old', 1700000000.5, 'acme', 'support-reply', 'internal', TRUE, 'u-1', 200,
+            '[{"target": "t", "replica": "r", "error_class": null, "latency_ms": 1.5}]', FALSE, 0.25, 9.5,
+            'success')""",
+    ]:
+        await place.sql(statement)
+    old = LedgerRow(
+        "req-old",
+        1_700_000_000.5,
+        "acme",
+        "support-reply",
+        "internal",
+        True,
+        user="u-1",
+        status=200,
+        attempts=[AttemptRecord("t", "r", None, 1.5)],
+        cost_usd=0.25,
+        latency_ms=9.5,
+        outcome="success",
+    )
+    store = await place.opened()
+    assert await place.versions() == [1, 2]
+    assert await store.get("req-old") == old  # the new fields read back as None
+    assert await store.set_outcome("req-old", "acme", None, True, None, 2.0, "ep-9", 7.0)
+    await store.write_batch([full_row(1)])
+    await store.aclose()
+    store = await place.opened()
+    assert await store.get("req-old") == dataclasses.replace(
+        old, human_review=True, outcome_value=2.0, episode_id="ep-9", outcome_at=7.0
+    )
+    assert await store.get("req-000001") == full_row(1)
+    assert await store.count() == 2
+    await store.aclose()
+    assert await place.versions() == [1, 2]
+
+
+async def test_a_schema_newer_than_the_code_is_refused(place: Place) -> None:
+    await (await place.opened()).aclose()
+    await place.sql("INSERT INTO schema_migrations VALUES (99, 0)")
+    store = place.new()
+    with pytest.raises(StoreError, match="schema version 99"):
+        await store.open()
+    with pytest.raises(StoreError, match="not open"):
+        await store.count()
+
+
+async def test_a_failing_batch_writes_nothing(place: Place) -> None:
+    store = await place.opened()
+    bad = make_row(2, tenant=None)  # violates NOT NULL in the middle of the batch
+    with pytest.raises(StoreError, match=r"(?i)not.?null") as caught:
+        await store.write_batch([make_row(1), bad, make_row(3)])
+    assert "tenant" in str(caught.value)
+    assert "req-000002" not in str(caught.value)  # the failing row is not quoted: safe to log
+    assert await store.count() == 0
+    await store.write_batch([make_row(4)])  # the store is still usable
+    assert await store.count() == 1
+    await store.aclose()
 
 
 # --- SQLite only ------------------------------------------------------------------------------
@@ -257,50 +569,6 @@ async def test_sqlite_stores_attempts_as_json_text(db_path: Path) -> None:
         "latency_ms": 812.25,
         "offset_ms": 0.0,
     }
-
-
-async def test_sqlite_migrations_run_once_and_reopen_keeps_rows(db_path: Path) -> None:
-    store = await opened(db_path)
-    await store.write_batch([make_row(n) for n in range(3)])
-    await store.aclose()
-    for _ in range(2):
-        store = await opened(db_path)
-        assert await store.count() == 3
-        await store.aclose()
-    assert [v for (v,) in query(db_path, "SELECT version FROM schema_migrations")] == [1]
-
-
-async def test_sqlite_two_stores_opening_one_new_file_migrate_once(db_path: Path) -> None:
-    stores = await asyncio.gather(opened(db_path), opened(db_path))
-    await stores[0].write_batch([make_row(1)])
-    assert await stores[1].get("req-000001") == make_row(1)
-    for store in stores:
-        await store.aclose()
-    assert query(db_path, "SELECT version FROM schema_migrations") == [(1,)]
-
-
-async def test_sqlite_refuses_a_schema_newer_than_the_code(db_path: Path) -> None:
-    await (await opened(db_path)).aclose()
-    conn = sqlite3.connect(db_path)
-    with conn:
-        conn.execute("INSERT INTO schema_migrations VALUES (99, 0)")
-    conn.close()
-    store = SQLiteStore(db_path)
-    with pytest.raises(StoreError, match="schema version 99"):
-        await store.open()
-    with pytest.raises(StoreError, match="not open"):
-        await store.count()
-
-
-async def test_sqlite_a_failing_batch_writes_nothing(db_path: Path) -> None:
-    store = await opened(db_path)
-    bad = make_row(2, tenant=None)  # violates NOT NULL in the middle of the batch
-    with pytest.raises(StoreError, match="NOT NULL"):
-        await store.write_batch([make_row(1), bad, make_row(3)])
-    assert await store.count() == 0
-    await store.write_batch([make_row(4)])  # the connection is still usable
-    assert await store.count() == 1
-    await store.aclose()
 
 
 async def test_sqlite_reports_an_unusable_path(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The ledger writer: batching by size and by time, dropping (and counting) when full, draining
-on close, surviving store failures, and never making the request path wait."""
+on close, surviving store failures, and never making the request path wait; and, on real
+PostgreSQL, that a full queue drained on close lands row for row."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from tests.test_ledger_store import drop_schema, needs_postgres, postgres_store, unique_schema
 from turnout.config import StoreConfig
 from turnout.ledger.memory import MemoryStore
 from turnout.ledger.record import LedgerRow
@@ -231,3 +233,21 @@ async def test_from_config_and_lifecycle_misuse(store: SpyStore) -> None:
     await writer.aclose()  # closing twice is harmless
     with pytest.raises(ValueError, match="positive"):
         LedgerWriter(store, batch_size=0)
+
+
+@needs_postgres
+async def test_a_full_queue_drained_on_close_lands_in_postgres() -> None:
+    schema = unique_schema()
+    store = postgres_store(schema)
+    await store.open()
+    try:
+        writer = LedgerWriter(store)  # the defaults: batches of 256, a queue of 10,000
+        writer.start()
+        assert all(writer.submit(make_row(n)) for n in range(10_000))
+        await writer.aclose()
+        assert (writer.written, writer.dropped, writer.failed, writer.queued) == (10_000, 0, 0, 0)
+        assert await store.count() == 10_000
+        assert await store.get("req-009999") == make_row(9_999)
+    finally:
+        await store.aclose()
+        await drop_schema(schema)

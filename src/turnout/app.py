@@ -42,6 +42,9 @@ class App:
                 await send_json(send, 200, {"status": "ok"})
             elif path == "/readyz":
                 await self.readyz(send)
+            elif path == "/metrics":
+                _expect(method, "GET")
+                await self.metrics(send)
             elif path.startswith("/admin/") or path == "/admin":
                 await self.admin(scope, receive, send)
             else:
@@ -55,6 +58,15 @@ class App:
             return
         ok, targets = await self.gateway.ready()
         await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "degraded", "targets": targets})
+
+    async def metrics(self, send: Send) -> None:
+        metrics = self.gateway.metrics
+        if metrics is None:
+            raise NotFound("metrics are off (observability.metrics: false)")
+        body, content_type = metrics.render()
+        head = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": body})
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:

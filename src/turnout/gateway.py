@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from turnout import policy, respond
 from turnout.asgi import Receive, Send, header, read_body
@@ -28,12 +28,17 @@ from turnout.keys.factory import open_key_store
 from turnout.ledger.record import LedgerRow
 from turnout.ledger.store import LedgerStore, open_store
 from turnout.ledger.writer import LedgerWriter
+from turnout.observe import open_tracing
+from turnout.observe.metrics import Metrics
 from turnout.providers.base import Provider, Stream, Timeouts, Usage
 from turnout.providers.registry import create
 from turnout.quota.base import Grant
 from turnout.quota.factory import open_limiter
 from turnout.quota.gate import QuotaGate
 from turnout.resilience.breaker import Breaker
+
+if TYPE_CHECKING:
+    from turnout.observe.tracing import Tracing
 
 log = logging.getLogger("turnout")
 
@@ -49,6 +54,8 @@ class Gateway:
         self.policy: dict[str, frozenset[str]] = {cls: frozenset(p.targets) for cls, p in config.policy.items()}
         self.store: LedgerStore | None = None
         self.ledger: LedgerWriter | None = None
+        self.metrics: Metrics | None = Metrics(self) if config.observability.metrics else None
+        self.tracing: Tracing | None = None
 
     async def start(self) -> None:
         """Open the ledger, build every provider and warm each up (a local model loads here)."""
@@ -58,6 +65,7 @@ class Gateway:
             await self.store.open()
             self.ledger = LedgerWriter.from_config(self.store, cfg.store)
             self.ledger.start()
+        self.tracing = open_tracing(cfg)
         if cfg.tenants:  # issued keys live beside the limits (SQLite, or Redis when shared)
             keys = open_key_store(cfg.limits)
             await keys.open()
@@ -77,6 +85,8 @@ class Gateway:
         """After the server has stopped taking requests: flush the ledger, close providers."""
         if self.ledger is not None:
             await self.ledger.aclose()
+        if self.tracing is not None:  # exports what is queued: blocking network I/O
+            await asyncio.to_thread(self.tracing.shutdown)
         await asyncio.gather(*(t.provider.aclose() for t in self.targets.values()), return_exceptions=True)
         if self.quota.limiter is not None:
             await self.quota.limiter.aclose()
@@ -205,6 +215,10 @@ class Gateway:
         row.latency_ms = (time.perf_counter() - t0) * 1000
         if self.ledger is not None:
             self.ledger.submit(row)
+        if self.metrics is not None:
+            self.metrics.observe(row)
+        if self.tracing is not None:
+            self.tracing.record(row)
 
 
 def describe(exc: BaseException) -> str:

@@ -48,6 +48,34 @@ class MemoryStore:
         self._check_open()
         return len(self._rows)
 
+    async def set_outcome(
+        self,
+        request_id: str,
+        tenant: str,
+        outcome: str | None,
+        human_review: bool | None,
+        escalated: bool | None,
+        value: float | None,
+        episode_id: str | None,
+        at: float,
+    ) -> bool:
+        self._check_open()
+        row = self._rows.get(request_id)
+        if row is None or row.tenant != tenant:
+            return False
+        given = {
+            "outcome": outcome,
+            "human_review": human_review,
+            "escalated": escalated,
+            "outcome_value": value,
+            "episode_id": episode_id,
+        }
+        for name, new in given.items():
+            if new is not None:
+                setattr(row, name, new)
+        row.outcome_at = at
+        return True
+
     async def aclose(self) -> None:
         self._open = False
 

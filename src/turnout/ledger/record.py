@@ -1,4 +1,8 @@
-"""One ledger row per request: metadata only, never prompt or completion text."""
+"""One ledger row per request: metadata only, never prompt or completion text.
+
+Fields are only ever appended (with defaults), so rows built positionally keep working and the
+stores' columns stay in field order; each addition is a new schema migration in every backend.
+"""
 
 from __future__ import annotations
 
@@ -40,4 +44,12 @@ class LedgerRow:
     ttft_ms: float | None = None
     generation_ms: float | None = None
     fallback_ms: float | None = None
-    outcome: str | None = None  # filled later by feedback
+    outcome: str | None = None  # filled later by feedback (set_outcome), like the fields below
+    # Schema v2.
+    cache_hit: bool | None = None  # None: no cache consulted
+    capture_mode: str | None = None  # the mode applied: metadata | redacted | full
+    human_review: bool | None = None
+    escalated: bool | None = None
+    outcome_value: float | None = None  # e.g. revenue, a score: whatever the feedback measures
+    outcome_at: float | None = None  # unix seconds of the last feedback
+    episode_id: str | None = None  # groups requests of one conversation or agent run

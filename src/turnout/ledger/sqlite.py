@@ -68,6 +68,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX requests_started_at ON requests (started_at)",
         "CREATE INDEX requests_tenant_task ON requests (tenant, task)",
     ),
+    # 2: cache and capture, and the outcome fields feedback fills in later. Appended columns,
+    # so a v1 file migrates in place without copying its rows; old rows read back as None.
+    (
+        "ALTER TABLE requests ADD COLUMN cache_hit INTEGER",
+        "ALTER TABLE requests ADD COLUMN capture_mode TEXT",
+        "ALTER TABLE requests ADD COLUMN human_review INTEGER",
+        "ALTER TABLE requests ADD COLUMN escalated INTEGER",
+        "ALTER TABLE requests ADD COLUMN outcome_value REAL",
+        "ALTER TABLE requests ADD COLUMN outcome_at REAL",
+        "ALTER TABLE requests ADD COLUMN episode_id TEXT",
+    ),
 )
 
 # Columns follow LedgerRow's fields, so a field added without a migration fails loudly on the
@@ -79,6 +90,17 @@ _PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
 _INSERT = f"INSERT OR REPLACE INTO requests ({_COLUMN_LIST}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
 _SELECT = f"SELECT {_COLUMN_LIST} FROM requests"  # noqa: S608
 _ATTEMPTS = COLUMNS.index("attempts")
+_BOOLS = ("stream", "fallback")
+_OPTIONAL_BOOLS = ("cache_hit", "human_review", "escalated")
+# None keeps the stored value: feedback may arrive in pieces.
+_SET_OUTCOME = """UPDATE requests SET
+    outcome = COALESCE(?, outcome),
+    human_review = COALESCE(?, human_review),
+    escalated = COALESCE(?, escalated),
+    outcome_value = COALESCE(?, outcome_value),
+    episode_id = COALESCE(?, episode_id),
+    outcome_at = ?
+    WHERE request_id = ? AND tenant = ?"""
 
 
 class SQLiteStore:
@@ -125,6 +147,21 @@ class SQLiteStore:
     async def count(self) -> int:
         found = await self._call(lambda conn: conn.execute("SELECT COUNT(*) FROM requests").fetchone())
         return int(found[0])
+
+    async def set_outcome(
+        self,
+        request_id: str,
+        tenant: str,
+        outcome: str | None,
+        human_review: bool | None,
+        escalated: bool | None,
+        value: float | None,
+        episode_id: str | None,
+        at: float,
+    ) -> bool:
+        params = (outcome, human_review, escalated, value, episode_id, at, request_id, tenant)
+        updated = await self._call(lambda conn: conn.execute(_SET_OUTCOME, params).rowcount)
+        return updated > 0
 
     async def aclose(self) -> None:
         executor, self._executor = self._executor, None
@@ -228,7 +265,10 @@ def _encode(row: LedgerRow) -> tuple[Any, ...]:
 
 def _decode(record: Sequence[Any]) -> LedgerRow:
     values = dict(zip(COLUMNS, record, strict=True))
-    values["stream"] = bool(values["stream"])
-    values["fallback"] = bool(values["fallback"])
+    for name in _BOOLS:
+        values[name] = bool(values[name])
+    for name in _OPTIONAL_BOOLS:
+        if values[name] is not None:
+            values[name] = bool(values[name])
     values["attempts"] = [AttemptRecord(**a) for a in orjson.loads(values["attempts"])]
     return LedgerRow(**values)

@@ -1,0 +1,301 @@
+"""The PostgreSQL ledger store: asyncpg and a small pool, for gateways that share one ledger.
+
+Same table as SQLite, with PostgreSQL's types: ``boolean`` for flags, ``jsonb`` for attempts
+and ``double precision`` unix seconds for times (parity with SQLite and with ``LedgerRow``;
+floats round-trip exactly). Every value is a bound parameter, sent in binary.
+
+``write_batch`` is one transaction of ``executemany`` over a prepared
+``INSERT … ON CONFLICT (request_id) DO UPDATE``. Measured on loopback PostgreSQL 15 (rows/s,
+inserts; 20 batches, median): at the writer's default batch of 256 it is level with the other
+two ways to upsert, ``copy_records_to_table`` into a temporary staging table then
+``INSERT … SELECT … ON CONFLICT`` (≈46-50k vs ≈44-50k) and one ``INSERT … SELECT FROM
+unnest($1::text[], …)`` (≈47-52k); at 64 rows COPY is slowest (≈24-29k vs ≈33-41k: the
+temporary table costs more than it saves) and only at 1000 rows does COPY lead (≈77k vs ≈62k).
+Either way far above what a gateway produces, so the simplest statement wins. Rows are written
+in ``request_id`` order, so two batches that share ids lock them in the same order and cannot
+deadlock each other.
+
+The schema is versioned like SQLite's: ``schema_migrations`` records each applied step of
+``MIGRATIONS`` (append-only history). Two processes opening one new database serialise on an
+advisory lock, so a step runs once.
+
+``schema`` puts the tables in a PostgreSQL schema of their own (created if missing), which
+tests use to stay apart from each other in one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from turnout.config import StoreConfig
+from turnout.errors import ConfigError
+from turnout.ledger.record import AttemptRecord, LedgerRow
+from turnout.ledger.store import StoreError, check_limit
+
+log = logging.getLogger(__name__)
+
+# {p} is the schema qualifier: "" or '"name".'; the name is checked against _IDENTIFIER.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: one column per LedgerRow field of the time, in field order. request_id compares
+    # bytewise ("C"), whatever the database's collation, so ``recent`` breaks ties in the same
+    # order as the other backends.
+    (
+        """CREATE TABLE {p}requests (
+            request_id        text COLLATE "C" PRIMARY KEY,
+            started_at        double precision NOT NULL,
+            tenant            text NOT NULL,
+            task              text NOT NULL,
+            data_class        text NOT NULL,
+            stream            boolean NOT NULL,
+            "user"            text,
+            "release"         text,
+            prompt_version    text,
+            target            text,
+            replica           text,
+            model_version     text,
+            status            integer NOT NULL,
+            error_class       text,
+            attempts          jsonb NOT NULL,
+            fallback          boolean NOT NULL,
+            prompt_tokens     integer,
+            completion_tokens integer,
+            cost_usd          double precision,
+            latency_ms        double precision NOT NULL,
+            queue_ms          double precision,
+            ttft_ms           double precision,
+            generation_ms     double precision,
+            fallback_ms       double precision,
+            outcome           text
+        )""",
+        "CREATE INDEX requests_started_at ON {p}requests (started_at)",
+        "CREATE INDEX requests_tenant_task ON {p}requests (tenant, task)",
+    ),
+    # 2: cache and capture, and the outcome fields feedback fills in later (as in SQLite).
+    (
+        """ALTER TABLE {p}requests
+            ADD COLUMN cache_hit     boolean,
+            ADD COLUMN capture_mode  text,
+            ADD COLUMN human_review  boolean,
+            ADD COLUMN escalated     boolean,
+            ADD COLUMN outcome_value double precision,
+            ADD COLUMN outcome_at    double precision,
+            ADD COLUMN episode_id    text""",
+    ),
+)
+
+COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))
+_ATTEMPTS = COLUMNS.index("attempts")
+_COLUMN_LIST = ", ".join(f'"{name}"' for name in COLUMNS)
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+class PostgresStore:
+    def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = 4, timeout_s: float = 30.0) -> None:
+        if schema is not None and not _IDENTIFIER.fullmatch(schema):
+            raise ValueError(f"schema must be a lower-case SQL identifier, got {schema!r}")
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_size = pool_size
+        self.timeout_s = timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self._sql = _Statements('"' + schema + '".' if schema else "")
+
+    @classmethod
+    def from_config(cls, cfg: StoreConfig) -> PostgresStore:
+        if not cfg.dsn:
+            raise ConfigError(["store.dsn: required when store.kind is postgres, e.g. postgresql://user@host:5432/db"])
+        return cls(cfg.dsn)
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            raise StoreError(f"the PostgreSQL ledger store {self._where} is already open")
+        async with self._errors(opening=True):
+            pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.timeout_s,  # connecting
+                command_timeout=self.timeout_s,
+                server_settings={"application_name": "turnout-ledger"},
+            )
+            try:
+                async with pool.acquire() as conn:
+                    await self._migrate(conn)
+            except BaseException:
+                pool.terminate()
+                raise
+        self._pool = pool
+
+    async def write_batch(self, rows: Sequence[LedgerRow]) -> None:
+        if not rows:
+            return
+        # A stable sort: of two rows with one id, the later still wins, as in a replayed batch.
+        params = [_encode(row) for row in sorted(rows, key=lambda r: r.request_id)]
+        async with self._connection() as conn, conn.transaction():
+            await conn.executemany(self._sql.upsert, params)
+
+    async def get(self, request_id: str) -> LedgerRow | None:
+        async with self._connection() as conn:
+            found = await conn.fetchrow(self._sql.get, request_id)
+        return None if found is None else _decode(found)
+
+    async def recent(self, limit: int = 100) -> list[LedgerRow]:
+        check_limit(limit)
+        async with self._connection() as conn:
+            found = await conn.fetch(self._sql.recent, limit)
+        return [_decode(record) for record in found]
+
+    async def count(self) -> int:
+        async with self._connection() as conn:
+            return int(await conn.fetchval(self._sql.count))
+
+    async def set_outcome(
+        self,
+        request_id: str,
+        tenant: str,
+        outcome: str | None,
+        human_review: bool | None,
+        escalated: bool | None,
+        value: float | None,
+        episode_id: str | None,
+        at: float,
+    ) -> bool:
+        async with self._connection() as conn:
+            status = await conn.execute(
+                self._sql.set_outcome, outcome, human_review, escalated, value, episode_id, at, request_id, tenant
+            )
+        return status != "UPDATE 0"
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # close() waits for calls in flight to release their connections; a stuck one is cut.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await pool.close()
+        except TimeoutError:
+            log.warning("ledger: PostgreSQL connections still busy after %.0fs; terminating", self.timeout_s)
+            pool.terminate()
+
+    @property
+    def _where(self) -> str:
+        return f"(schema {self.schema})" if self.schema else "(schema from search_path)"
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        if self._pool is None:
+            raise StoreError(f"the PostgreSQL ledger store {self._where} is not open")
+        async with self._errors(), self._pool.acquire() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _errors(self, opening: bool = False) -> AsyncIterator[None]:
+        try:
+            yield
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"PostgreSQL ledger: {_describe(exc, opening)}") from exc
+        except TimeoutError as exc:
+            raise StoreError(f"PostgreSQL ledger: no answer within {self.timeout_s:g}s") from exc
+        except OSError as exc:
+            raise StoreError(f"PostgreSQL ledger unreachable: {type(exc).__name__}: {exc}") from exc
+
+    async def _migrate(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:
+        sql = self._sql
+        async with conn.transaction():
+            # Held to the end of the transaction: a second process waits here, then finds the
+            # steps applied.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(self.schema))
+            if self.schema:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await conn.execute(sql.create_migrations)
+            current = int(await conn.fetchval(sql.current_version))
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"the PostgreSQL ledger {self._where} has schema version {current}, newer than "
+                    f"this turnout knows ({len(MIGRATIONS)}); upgrade turnout"
+                )
+            for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in statements:
+                    await conn.execute(statement.format(p=sql.prefix))
+                await conn.execute(sql.record_version, version, time.time())
+                log.info("ledger: applied schema migration %d to PostgreSQL %s", version, self._where)
+
+
+class _Statements:
+    """The store's SQL, built once per schema from LedgerRow's field names; every value is a
+    bound parameter."""
+
+    def __init__(self, prefix: str) -> None:
+        p = self.prefix = prefix
+        placeholders = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
+        updates = ", ".join(f'"{name}" = EXCLUDED."{name}"' for name in COLUMNS if name != "request_id")
+        select = f"SELECT {_COLUMN_LIST} FROM {p}requests"  # noqa: S608
+        self.upsert = (
+            f"INSERT INTO {p}requests ({_COLUMN_LIST}) VALUES ({placeholders}) "  # noqa: S608
+            f"ON CONFLICT (request_id) DO UPDATE SET {updates}"
+        )
+        self.get = f"{select} WHERE request_id = $1"
+        self.recent = f"{select} ORDER BY started_at DESC, request_id DESC LIMIT $1"
+        self.count = f"SELECT count(*) FROM {p}requests"  # noqa: S608
+        # None keeps the stored value: feedback may arrive in pieces.
+        self.set_outcome = f"""UPDATE {p}requests SET
+            outcome = COALESCE($1, outcome),
+            human_review = COALESCE($2, human_review),
+            escalated = COALESCE($3, escalated),
+            outcome_value = COALESCE($4, outcome_value),
+            episode_id = COALESCE($5, episode_id),
+            outcome_at = $6
+            WHERE request_id = $7 AND tenant = $8"""  # noqa: S608
+        self.create_migrations = (
+            f"CREATE TABLE IF NOT EXISTS {p}schema_migrations "
+            "(version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+        )
+        self.current_version = f"SELECT COALESCE(max(version), 0) FROM {p}schema_migrations"  # noqa: S608
+        self.record_version = f"INSERT INTO {p}schema_migrations VALUES ($1, $2)"  # noqa: S608
+
+
+def _describe(exc: asyncpg.PostgresError | asyncpg.InterfaceError, opening: bool) -> str:
+    """What failed, safe to log. The server's detail may quote the failing row ("Failing row
+    contains …") and asyncpg's own message quotes a value it could not encode, so once rows are
+    involved only the error's class and the names PostgreSQL reports go into the text. While
+    opening there are no rows, and the message ("database … does not exist") is the useful part."""
+    if opening:
+        return f"{type(exc).__name__}: {exc.args[0] if exc.args else ''}"
+    parts = [type(exc).__name__]
+    if isinstance(exc, asyncpg.PostgresError):
+        parts.append(f"SQLSTATE {exc.sqlstate}")
+        where = ".".join(name for name in (exc.table_name, exc.column_name) if name)
+        if where:
+            parts.append(f"on {where}")
+        if exc.constraint_name:
+            parts.append(f"constraint {exc.constraint_name}")
+    return " ".join(parts)
+
+
+def _lock_key(schema: str | None) -> int:
+    digest = hashlib.blake2b(f"turnout.ledger:{schema or ''}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _encode(row: LedgerRow) -> tuple[Any, ...]:
+    values = [getattr(row, name) for name in COLUMNS]
+    values[_ATTEMPTS] = orjson.dumps(row.attempts).decode()
+    return tuple(values)
+
+
+def _decode(record: asyncpg.Record) -> LedgerRow:
+    values = dict(zip(COLUMNS, record.values(), strict=True))
+    values["attempts"] = [AttemptRecord(**a) for a in orjson.loads(values["attempts"])]
+    return LedgerRow(**values)

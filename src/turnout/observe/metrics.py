@@ -1,0 +1,296 @@
+"""Prometheus metrics for ``/metrics``: one ``observe(row)`` per request, live state read at scrape.
+
+Per request (``Metrics.observe``, called once the ledger row is complete)::
+
+    turnout_requests_total{tenant,task,target,status,stream}
+    turnout_request_duration_seconds{task,target}        histogram, the whole request
+    turnout_queue_wait_seconds{task,target}              histogram, waiting for a local worker
+    turnout_time_to_first_token_seconds{task,target}     histogram, streams only
+    turnout_generation_duration_seconds{task,target}     histogram
+    turnout_fallback_duration_seconds{task,target}       histogram, failed attempts before the answer
+    turnout_tokens_total{tenant,task,target,kind}        kind: prompt | completion
+    turnout_cost_usd_total{tenant,task,target}
+    turnout_attempts_total{task,target,outcome}          outcome: ok | the attempt's error class
+    turnout_fallbacks_total{task}
+    turnout_errors_total{task,error_class}
+
+At scrape time, from the gateway's live objects (``_LiveState``)::
+
+    turnout_breaker_state{target}                  0 closed, 1 half-open, 2 open
+    turnout_replica_breaker_state{target,replica}  the same, per replica of an OpenAI-compatible target
+    turnout_target_in_flight{target}               calls running at the target (where known)
+    turnout_target_waiting{target}                 calls queued for a local worker
+    turnout_ledger_queue_depth, turnout_ledger_{written,dropped,failed}_total
+    turnout_quota_backend_errors_total
+
+Labels are bounded: task, target and tenant only take names from the configuration (anything
+else, such as a caller's unknown model name, becomes ``other``); error classes are turnout's
+own short identifiers, capped in number. No label ever carries a user, a request id, an
+upstream model name or any request text.
+
+Several workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set (before ``prometheus_client`` is first
+imported, as that library requires), request metrics are written to per-process files there and
+``render`` merges every worker's files. Live-state gauges describe the worker answering the
+scrape (breakers, pools and the ledger queue are per process). Clear the directory when the
+server starts, as the library's documentation says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    values,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from turnout.ledger.record import LedgerRow
+from turnout.resilience.breaker import State
+
+if TYPE_CHECKING:
+    from turnout.gateway import Gateway
+
+OTHER = "other"  # a value outside the bounded vocabulary
+NONE = "none"  # no value (a request that reached no target, a caller not identified)
+
+# Seconds. LLM calls span four orders of magnitude: a queue wait is usually milliseconds, a
+# first token tens of milliseconds to seconds, a whole generation up to minutes.
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+FALLBACK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+BREAKER_VALUE = {State.CLOSED: 0.0, State.HALF_OPEN: 1.0, State.OPEN: 2.0}
+
+_CLASS = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+class Vocabulary:
+    """Maps a raw value to a bounded label value. Known values map to themselves; an open
+    vocabulary also admits new values of a safe shape until ``limit`` distinct ones exist."""
+
+    __slots__ = ("_known", "_limit", "_open")
+
+    def __init__(self, known: Iterable[str], *, open_limit: int = 0) -> None:
+        self._known = {k: k for k in known}
+        self._open = open_limit > 0
+        self._limit = len(self._known) + open_limit
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return NONE
+        label = self._known.get(value)
+        if label is not None:
+            return label
+        if self._open and len(self._known) < self._limit and _CLASS.match(value):
+            self._known[value] = value
+            return value
+        return OTHER
+
+
+@dataclass(slots=True)
+class _Series:
+    """The labelled children one kind of request touches, looked up once and cached."""
+
+    requests: Any
+    total: Any
+    generation: Any
+    prompt_tokens: Any
+    completion_tokens: Any
+    cost: Any
+    queue: Any = None
+    ttft: Any = None
+    fallback: Any = None
+
+
+class Metrics:
+    def __init__(self, gateway: Gateway, *, multiprocess_dir: str | None = None) -> None:
+        """``multiprocess_dir`` defaults to ``PROMETHEUS_MULTIPROC_DIR``; unset, this process's
+        own registry is rendered."""
+        cfg = gateway.config
+        self.multiprocess_dir = multiprocess_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self.tasks = Vocabulary(cfg.tasks)
+        self.targets = Vocabulary(cfg.targets)
+        self.tenants = Vocabulary([*cfg.tenants, "anonymous"])
+        self.classes = Vocabulary((), open_limit=64)
+        self.registry = CollectorRegistry()
+        if self.multiprocess_dir:
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is first imported")
+            # Request metrics live in the per-process files; the registry reads all of them.
+            MultiProcessCollector(self.registry, self.multiprocess_dir)  # type: ignore[no-untyped-call]
+            own: CollectorRegistry | None = None
+        else:
+            own = self.registry
+            ProcessCollector(registry=own)
+            PlatformCollector(registry=own)
+            if GC_COLLECTOR is not None:
+                GCCollector(registry=own)
+        self.registry.register(_LiveState(gateway))
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, ("task", "target"), registry=own, buckets=buckets)
+
+        self.requests = Counter(
+            "turnout_requests", "Requests answered.", ("tenant", "task", "target", "status", "stream"), registry=own
+        )
+        self.total = hist("turnout_request_duration_seconds", "Whole request, seconds.", DURATION_BUCKETS)
+        self.queue = hist("turnout_queue_wait_seconds", "Wait for a local worker, seconds.", QUEUE_BUCKETS)
+        self.ttft = hist("turnout_time_to_first_token_seconds", "Time to first token (streams).", TTFT_BUCKETS)
+        self.generation = hist("turnout_generation_duration_seconds", "Generation, seconds.", DURATION_BUCKETS)
+        self.fallback = hist(
+            "turnout_fallback_duration_seconds", "Failed attempts before the answer.", FALLBACK_BUCKETS
+        )
+        self.tokens = Counter("turnout_tokens", "Tokens used.", ("tenant", "task", "target", "kind"), registry=own)
+        self.cost = Counter("turnout_cost_usd", "Cost in USD.", ("tenant", "task", "target"), registry=own)
+        self.attempts = Counter("turnout_attempts", "Attempts at targets.", ("task", "target", "outcome"), registry=own)
+        self.fallbacks = Counter("turnout_fallbacks", "Requests answered by a fallback.", ("task",), registry=own)
+        self.errors = Counter("turnout_errors", "Requests that failed.", ("task", "error_class"), registry=own)
+        self._series: dict[tuple[str, str, str, int, bool], _Series] = {}
+        self._attempts: dict[tuple[str, str, str], Any] = {}
+        self._fallbacks: dict[str, Any] = {}
+        self._errors: dict[tuple[str, str], Any] = {}
+
+    def observe(self, row: LedgerRow) -> None:
+        """Count one finished request. Cheap: label values are mapped through dicts and the
+        labelled children are cached per label set."""
+        task = self.tasks(row.task)
+        target = self.targets(row.target)
+        key = (self.tenants(row.tenant), task, target, row.status, row.stream)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = self._make(key)
+        s.requests.inc()
+        s.total.observe(row.latency_ms / 1000)
+        # Phase histograms a label set never uses (TTFT without streams, queue wait without a
+        # local worker) are created on first use, not up front: each costs ~17 series.
+        if row.queue_ms is not None:
+            if s.queue is None:
+                s.queue = self.queue.labels(task, target)
+            s.queue.observe(row.queue_ms / 1000)
+        if row.ttft_ms is not None:
+            if s.ttft is None:
+                s.ttft = self.ttft.labels(task, target)
+            s.ttft.observe(row.ttft_ms / 1000)
+        if row.generation_ms is not None:
+            s.generation.observe(row.generation_ms / 1000)
+        if row.prompt_tokens:
+            s.prompt_tokens.inc(row.prompt_tokens)
+        if row.completion_tokens:
+            s.completion_tokens.inc(row.completion_tokens)
+        if row.cost_usd:
+            s.cost.inc(row.cost_usd)
+        if row.fallback:
+            if row.fallback_ms is not None:
+                if s.fallback is None:
+                    s.fallback = self.fallback.labels(task, target)
+                s.fallback.observe(row.fallback_ms / 1000)
+            child = self._fallbacks.get(task)
+            if child is None:
+                child = self._fallbacks[task] = self.fallbacks.labels(task)
+            child.inc()
+        for attempt in row.attempts:
+            akey = (task, self.targets(attempt.target), self.classes(attempt.error_class or "ok"))
+            child = self._attempts.get(akey)
+            if child is None:
+                child = self._attempts[akey] = self.attempts.labels(*akey)
+            child.inc()
+        if row.status != 200:
+            ekey = (task, self.classes(row.error_class))
+            child = self._errors.get(ekey)
+            if child is None:
+                child = self._errors[ekey] = self.errors.labels(*ekey)
+            child.inc()
+
+    def _make(self, key: tuple[str, str, str, int, bool]) -> _Series:
+        tenant, task, target, status, stream = key
+        return _Series(
+            requests=self.requests.labels(tenant, task, target, str(status), "true" if stream else "false"),
+            total=self.total.labels(task, target),
+            generation=self.generation.labels(task, target),
+            prompt_tokens=self.tokens.labels(tenant, task, target, "prompt"),
+            completion_tokens=self.tokens.labels(tenant, task, target, "completion"),
+            cost=self.cost.labels(tenant, task, target),
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type, for ``GET /metrics``."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _LiveState:
+    """Gauges read from the gateway's objects when scraped, so the request path never updates
+    them: breakers, in-flight and queued calls per target, the ledger queue, quota errors."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self.gateway
+        breaker = GaugeMetricFamily(
+            "turnout_breaker_state", "Target breaker: 0 closed, 1 half-open, 2 open.", labels=("target",)
+        )
+        replicas = GaugeMetricFamily(
+            "turnout_replica_breaker_state",
+            "Replica breaker: 0 closed, 1 half-open, 2 open.",
+            labels=("target", "replica"),
+        )
+        in_flight = GaugeMetricFamily("turnout_target_in_flight", "Calls running at the target.", labels=("target",))
+        waiting = GaugeMetricFamily("turnout_target_waiting", "Calls waiting for a local worker.", labels=("target",))
+        for name, target in gw.targets.items():
+            breaker.add_metric((name,), BREAKER_VALUE[target.breaker.state])
+            load = _load(target.provider)
+            if load is None:
+                continue
+            running, queued, per_replica = load
+            in_flight.add_metric((name,), running)
+            if queued is not None:
+                waiting.add_metric((name,), queued)
+            for label, state in per_replica:
+                replicas.add_metric((name, label), BREAKER_VALUE[state])
+        yield from (breaker, replicas, in_flight, waiting)
+        ledger = gw.ledger
+        if ledger is not None:
+            yield GaugeMetricFamily("turnout_ledger_queue_depth", "Ledger rows not yet written.", value=ledger.queued)
+            yield CounterMetricFamily("turnout_ledger_written", "Ledger rows written.", value=ledger.written)
+            yield CounterMetricFamily(
+                "turnout_ledger_dropped", "Ledger rows dropped: queue full.", value=ledger.dropped
+            )
+            yield CounterMetricFamily("turnout_ledger_failed", "Ledger rows whose write failed.", value=ledger.failed)
+        errors = getattr(gw.quota.limiter, "backend_errors", None)
+        if isinstance(errors, int):
+            yield CounterMetricFamily(
+                "turnout_quota_backend_errors", "Quota backend (Redis) unreachable.", value=errors
+            )
+
+
+def _load(provider: Any) -> tuple[int, int | None, list[tuple[str, State]]] | None:
+    """(running, waiting, replica breaker states) where the provider shows them. The providers
+    expose no common load interface, so this knows their shapes: an OpenAI-compatible
+    provider's replicas, a local provider's worker pool."""
+    replicas = getattr(provider, "replicas", None)
+    if isinstance(replicas, tuple):
+        return (
+            sum(int(r.in_flight) for r in replicas),
+            None,
+            [(str(r.label), r.breaker.state) for r in replicas],
+        )
+    counts = getattr(getattr(provider, "_pool", None), "counts", None)
+    if callable(counts):
+        running, queued = counts()
+        return int(running), int(queued), []
+    return None

@@ -1,0 +1,296 @@
+"""Traces built from the finished ledger row: one request span, one child per attempt, with the
+row's own times; GenAI attributes; exported over OTLP/HTTP to a collector on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from turnout.config import validate
+from turnout.errors import ConfigError
+from turnout.ledger.record import AttemptRecord, LedgerRow
+from turnout.observe import open_tracing
+from turnout.observe.tracing import TargetInfo, Tracing, target_info, traces_url
+
+EMAIL = "jane.doe+sentinel@example.com"
+START = 1_700_000_000.25
+TARGETS = {
+    "primary": TargetInfo("openai", "m1"),
+    "secondary": TargetInfo("aws.bedrock", "anthropic.claude-3-haiku"),
+}
+
+
+def raw_config(**observability: Any) -> dict[str, Any]:
+    return {
+        "store": {"kind": "none"},
+        "observability": observability,
+        "targets": {
+            "primary": {"provider": "openai", "base_url": "http://primary.invalid/v1", "model": "m1"},
+            "secondary": {"provider": "bedrock", "region": "us-east-1", "model": "anthropic.claude-3-haiku"},
+        },
+        "tasks": {"chat": {"route": ["primary", "secondary"]}},
+    }
+
+
+@pytest.fixture
+def memory() -> Iterator[tuple[Tracing, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(exporter, service_name="turnout-test", tasks=frozenset({"chat"}), targets=TARGETS)
+    yield tracing, exporter
+    tracing.shutdown()
+
+
+def fallback_row(**kw: Any) -> LedgerRow:
+    base: dict[str, Any] = {
+        "request_id": "0123456789abcdef01234567",
+        "started_at": START,
+        "tenant": "acme",
+        "task": "chat",
+        "data_class": "internal",
+        "stream": True,
+        "user": EMAIL,
+        "target": "secondary",
+        "replica": "",
+        "model_version": "claude-3-haiku-20240307",
+        "status": 200,
+        "attempts": [
+            AttemptRecord("primary", "r0", "timeout_ttft", 30.0, 1.0),
+            AttemptRecord("secondary", "", None, 250.0, 35.0),
+        ],
+        "fallback": True,
+        "prompt_tokens": 12,
+        "completion_tokens": 40,
+        "cost_usd": 0.0002,
+        "latency_ms": 900.0,
+        "ttft_ms": 290.0,
+        "generation_ms": 610.0,
+        "fallback_ms": 35.0,
+    }
+    return LedgerRow(**{**base, **kw})
+
+
+def spans_of(tracing: Tracing, exporter: InMemorySpanExporter) -> tuple[ReadableSpan, list[ReadableSpan]]:
+    assert tracing.force_flush()
+    spans = list(exporter.get_finished_spans())
+    roots = [s for s in spans if s.parent is None]
+    assert len(roots) == 1
+    children = sorted((s for s in spans if s.parent is not None), key=lambda s: s.start_time or 0)
+    return roots[0], children
+
+
+def ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def test_one_request_span_and_one_child_per_attempt_with_the_rows_times(
+    memory: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = memory
+    tracing.record(fallback_row())
+    root, children = spans_of(tracing, exporter)
+
+    assert root.name == "chat chat"
+    assert root.kind is SpanKind.SERVER
+    assert root.start_time == ns(START)
+    assert root.end_time == ns(START) + 900_000_000
+    assert root.status.status_code is StatusCode.UNSET
+    assert root.resource.attributes["service.name"] == "turnout-test"
+    assert [c.name for c in children] == ["chat m1", "chat anthropic.claude-3-haiku"]
+    for child in children:
+        assert child.kind is SpanKind.CLIENT
+        assert child.parent is not None and root.context is not None and child.context is not None
+        assert child.parent.span_id == root.context.span_id
+        assert child.context.trace_id == root.context.trace_id
+    first, second = children
+    assert first.start_time == ns(START) + 1_000_000
+    assert first.end_time == ns(START) + 31_000_000
+    assert second.start_time == ns(START) + 35_000_000
+    assert second.end_time == ns(START) + 285_000_000
+    assert first.status.status_code is StatusCode.ERROR
+    assert second.status.status_code is StatusCode.UNSET
+
+
+def test_attributes_follow_the_genai_conventions(memory: tuple[Tracing, InMemorySpanExporter]) -> None:
+    tracing, exporter = memory
+    tracing.record(fallback_row())
+    root, (first, second) = spans_of(tracing, exporter)
+    assert dict(root.attributes or {}) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "chat",
+        "gen_ai.response.model": "claude-3-haiku-20240307",
+        "gen_ai.provider.name": "aws.bedrock",
+        "gen_ai.usage.input_tokens": 12,
+        "gen_ai.usage.output_tokens": 40,
+        "http.response.status_code": 200,
+        "turnout.request_id": "0123456789abcdef01234567",
+        "turnout.task": "chat",
+        "turnout.target": "secondary",
+        "turnout.tenant": "acme",
+        "turnout.data_class": "internal",
+        "turnout.stream": True,
+        "turnout.attempts": 2,
+        "turnout.fallback": True,
+        "turnout.cost_usd": 0.0002,
+        "turnout.ttft_ms": 290.0,
+        "turnout.generation_ms": 610.0,
+        "turnout.fallback_ms": 35.0,
+    }
+    assert dict(first.attributes or {}) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "m1",
+        "error.type": "timeout_ttft",
+        "turnout.target": "primary",
+        "turnout.replica": "r0",
+        "turnout.attempt": 1,
+    }
+    attrs = dict(second.attributes or {})
+    assert attrs["gen_ai.provider.name"] == "aws.bedrock"
+    assert attrs["gen_ai.usage.output_tokens"] == 40  # the answering attempt carries the usage
+    assert attrs["gen_ai.response.model"] == "claude-3-haiku-20240307"
+    assert "error.type" not in attrs
+
+
+def test_a_failed_request_is_an_error_span(memory: tuple[Tracing, InMemorySpanExporter]) -> None:
+    tracing, exporter = memory
+    failed = [AttemptRecord("primary", "r0", "connect", 3.0), AttemptRecord("secondary", "", "http_503", 80.0, 4.0)]
+    tracing.record(
+        fallback_row(
+            target=None,
+            model_version=None,
+            status=502,
+            error_class="all_targets_failed",
+            attempts=failed,
+            fallback=False,
+            prompt_tokens=None,
+            completion_tokens=None,
+            cost_usd=None,
+            ttft_ms=None,
+            generation_ms=None,
+            fallback_ms=None,
+            latency_ms=90.0,
+        )
+    )
+    root, children = spans_of(tracing, exporter)
+    assert root.status.status_code is StatusCode.ERROR
+    attrs = dict(root.attributes or {})
+    assert attrs["error.type"] == "all_targets_failed"
+    assert attrs["http.response.status_code"] == 502
+    assert "turnout.target" not in attrs and "gen_ai.provider.name" not in attrs
+    assert "gen_ai.usage.input_tokens" not in attrs
+    assert [c.status.status_code for c in children] == [StatusCode.ERROR, StatusCode.ERROR]
+    assert [dict(c.attributes or {})["error.type"] for c in children] == ["connect", "http_503"]
+
+
+def test_a_refused_request_names_its_error_but_is_not_a_server_error(
+    memory: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = memory
+    tracing.record(fallback_row(target=None, status=429, error_class="rate_limited", attempts=[], latency_ms=1.0))
+    root, children = spans_of(tracing, exporter)
+    assert children == []
+    assert root.status.status_code is StatusCode.UNSET
+    assert dict(root.attributes or {})["error.type"] == "rate_limited"
+
+
+def test_sentinel_no_user_text_in_any_span(memory: tuple[Tracing, InMemorySpanExporter]) -> None:
+    """The caller's user and an unknown model name (arbitrary caller text) reach no span."""
+    tracing, exporter = memory
+    tracing.record(fallback_row())
+    tracing.record(fallback_row(task=f"gpt-4 for {EMAIL}", status=404, error_class="model_not_found", attempts=[]))
+    assert tracing.force_flush()
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 4
+    for span in spans:
+        assert EMAIL not in span.name
+        for key, value in (span.attributes or {}).items():
+            assert EMAIL not in key and EMAIL not in str(value), (span.name, key)
+    unknown = [s for s in spans if dict(s.attributes or {}).get("http.response.status_code") == 404]
+    assert unknown[0].name == "chat other"
+
+
+def test_sampled_out_requests_make_no_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(exporter, tasks=frozenset({"chat"}), targets=TARGETS)
+    tracing.record(fallback_row())
+    assert tracing.force_flush()
+    tracing.shutdown()
+    assert exporter.get_finished_spans() == ()
+
+
+def test_off_unless_an_endpoint_is_configured() -> None:
+    assert Tracing.from_config(validate(raw_config())) is None
+
+
+def test_targets_name_their_provider_and_model() -> None:
+    config = validate(raw_config())
+    assert target_info(config.targets["primary"]) == TargetInfo("openai", "m1")
+    assert target_info(config.targets["secondary"]) == TargetInfo("aws.bedrock", "anthropic.claude-3-haiku")
+    assert traces_url("http://collector:4318") == "http://collector:4318/v1/traces"
+    assert traces_url("http://collector:4318/") == "http://collector:4318/v1/traces"
+    assert traces_url("https://otel.example/v1/traces") == "https://otel.example/v1/traces"
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[tuple[str, list[tuple[str, bytes]]]]:
+    """A tiny OTLP/HTTP collector: records each POST to /v1/traces."""
+    received: list[tuple[str, bytes]] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        received.append((request.content_type, await request.read()))
+        return web.Response(body=ExportTraceServiceRequest().SerializeToString(), content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}", received
+    await runner.cleanup()
+
+
+async def test_spans_are_posted_to_the_otlp_endpoint_on_shutdown(
+    collector: tuple[str, list[tuple[str, bytes]]],
+) -> None:
+    endpoint, received = collector
+    tracing = Tracing.from_config(validate(raw_config(otlp_endpoint=endpoint, service_name="gw-a")))
+    assert tracing is not None
+    tracing.record(fallback_row())
+    tracing.record(fallback_row(request_id="ffffffffffffffffffffffff"))
+    await asyncio.to_thread(tracing.shutdown)  # blocking export: off the event loop, as the gateway does
+
+    assert received, "nothing was exported"
+    assert {content_type for content_type, _ in received} == {"application/x-protobuf"}
+    spans = []
+    for _, body in received:
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(body)
+        for resource_spans in export.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+            assert service == "gw-a"
+            for scope_spans in resource_spans.scope_spans:
+                spans.extend(scope_spans.spans)
+    assert sorted(s.name for s in spans) == sorted(["chat chat", "chat m1", "chat anthropic.claude-3-haiku"] * 2)
+    assert all(EMAIL.encode() not in body for _, body in received)
+    roots = [s for s in spans if not s.parent_span_id]
+    assert len(roots) == 2
+    assert {s.start_time_unix_nano for s in roots} == {ns(START)}
+
+
+def test_open_tracing_is_none_without_an_endpoint_and_explains_a_missing_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert open_tracing(validate(raw_config())) is None
+    monkeypatch.setitem(sys.modules, "turnout.observe.tracing", None)  # as if the extra were not installed
+    with pytest.raises(ConfigError, match=r"turnout\[observability\]"):
+        open_tracing(validate(raw_config(otlp_endpoint="http://127.0.0.1:4318")))
