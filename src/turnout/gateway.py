@@ -16,10 +16,13 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from turnout import policy, respond
 from turnout.asgi import Receive, Send, header, read_body
 from turnout.attempts import Result, Target, execute
 from turnout.auth import Authenticator
+from turnout.capture import Capture, SecretsOnly, capture_path
 from turnout.catalog import context_window
 from turnout.chat import ChatRequest, parse
 from turnout.config import Config
@@ -35,6 +38,7 @@ from turnout.providers.registry import create
 from turnout.quota.base import Grant
 from turnout.quota.factory import open_limiter
 from turnout.quota.gate import QuotaGate
+from turnout.redact import Redactor
 from turnout.resilience.breaker import Breaker
 
 if TYPE_CHECKING:
@@ -55,6 +59,7 @@ class Gateway:
         self.store: LedgerStore | None = None
         self.ledger: LedgerWriter | None = None
         self.metrics: Metrics | None = Metrics(self) if config.observability.metrics else None
+        self.capture: Capture | None = None
         self.tracing: Tracing | None = None
 
     async def start(self) -> None:
@@ -66,6 +71,9 @@ class Gateway:
             self.ledger = LedgerWriter.from_config(self.store, cfg.store)
             self.ledger.start()
         self.tracing = open_tracing(cfg)
+        if capture_wanted(cfg):
+            self.capture = open_capture(cfg)
+            await self.capture.start()
         if cfg.tenants:  # issued keys live beside the limits (SQLite, or Redis when shared)
             keys = open_key_store(cfg.limits)
             await keys.open()
@@ -85,6 +93,8 @@ class Gateway:
         """After the server has stopped taking requests: flush the ledger, close providers."""
         if self.ledger is not None:
             await self.ledger.aclose()
+        if self.capture is not None:
+            await self.capture.aclose()
         if self.tracing is not None:  # exports what is queued: blocking network I/O
             await asyncio.to_thread(self.tracing.shutdown)
         await asyncio.gather(*(t.provider.aclose() for t in self.targets.values()), return_exceptions=True)
@@ -143,8 +153,11 @@ class Gateway:
         row.model_version, row.queue_ms = result.answer.model_version, result.answer.queue_ms
         row.fallback_ms = result.fallback_ms if row.fallback else None
         headers = respond.turnout_headers(request_id, req.task, result)
+        decision = self.capture.decide(row.tenant, req.task) if self.capture is not None else None
+        row.capture_mode = decision.used if decision is not None else "metadata"
+        collected: list[str] | None = [] if decision is not None and decision.capture else None
         if isinstance(result.answer, Stream):
-            usage = await self._stream(req, result.answer, headers, row, t0, receive, send)
+            usage = await self._stream(req, result.answer, headers, row, t0, receive, send, collected)
         else:
             usage = result.answer.usage
             if usage is not None:
@@ -155,7 +168,12 @@ class Gateway:
             row.generation_ms = result.attempts[-1].latency_ms
             row.status = 200
             await respond.completion(send, result.answer.body, request_id, req.task, headers)
+            if collected is not None:
+                collected.append(respond.answer_text(result.answer.body))
         self._account(row, t0)
+        if collected is not None and self.capture is not None and decision is not None:
+            prompt = orjson.dumps(req.body.get("messages")).decode()
+            self.capture.submit(request_id, row.tenant, req.task, decision, prompt, "".join(collected))
         if row.status == 200:  # after the answer is out: quota bookkeeping is not on its path
             await self.quota.settle(grant, usage, row.cost_usd)
         else:
@@ -199,9 +217,10 @@ class Gateway:
         t0: float,
         receive: Receive,
         send: Send,
+        collected: list[str] | None,
     ) -> Usage | None:
         row.ttft_ms = (time.perf_counter() - t0) * 1000
-        outcome = await respond.stream(send, receive, stream, req, row.request_id, headers)
+        outcome = await respond.stream(send, receive, stream, req, row.request_id, headers, collected)
         row.status = outcome.status
         row.error_class = outcome.error_class
         if outcome.usage is not None:
@@ -219,6 +238,18 @@ class Gateway:
             self.metrics.observe(row)
         if self.tracing is not None:
             self.tracing.record(row)
+
+
+def capture_wanted(config: Config) -> bool:
+    """Text capture needs its store only when some rule could keep text."""
+    return config.capture.mode != "metadata" or any(r.mode != "metadata" for r in config.capture.rules)
+
+
+def open_capture(config: Config) -> Capture:
+    key = config.capture.redaction_key or os.environ.get("TURNOUT_REDACTION_KEY")
+    redactor = Redactor(key.encode() if key else os.urandom(32))
+    path = ":memory:" if config.store.kind in ("memory", "none") else capture_path(config.store)
+    return Capture(config.capture, path, redactor, secrets=SecretsOnly(redactor))
 
 
 def describe(exc: BaseException) -> str:

@@ -56,6 +56,18 @@ async def completion(
     await send_json(send, 200, body, headers)
 
 
+def answer_text(body: dict[str, Any]) -> str:
+    """A completion's text and tool calls, for capture."""
+    parts = []
+    for choice in body.get("choices") or ():
+        message = choice.get("message") or {}
+        if message.get("content"):
+            parts.append(str(message["content"]))
+        if message.get("tool_calls"):
+            parts.append(orjson.dumps(message["tool_calls"]).decode())
+    return "\n".join(parts)
+
+
 @dataclass(slots=True)
 class StreamOutcome:
     status: int = 200
@@ -70,9 +82,11 @@ async def stream(
     req: ChatRequest,
     request_id: str,
     headers: list[tuple[bytes, bytes]],
+    collect: list[str] | None = None,
 ) -> StreamOutcome:
     """Relay the stream as SSE. A failure after the first byte ends it with an error event;
-    a client that goes away stops the upstream work (the chunks iterator is closed)."""
+    a client that goes away stops the upstream work (the chunks iterator is closed).
+    ``collect`` gathers the answer's text, for capture only."""
     out = StreamOutcome()
     chat_id = f"chatcmpl-{request_id}"
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
@@ -92,6 +106,13 @@ async def stream(
                     del chunk["usage"]
             chunk["id"] = chat_id
             chunk["model"] = req.task
+            if collect is not None:
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        collect.append(delta["content"])
+                    if delta.get("tool_calls"):
+                        collect.append(orjson.dumps(delta["tool_calls"]).decode())
             await send(
                 {
                     "type": "http.response.body",
