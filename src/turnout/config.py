@@ -40,6 +40,7 @@ class StoreConfig(_Strict):
     kind: Literal["sqlite", "postgres", "memory", "none"] = "sqlite"  # none: no ledger at all
     path: str = "./.turnout/turnout.db"
     dsn: str | None = None  # postgres: e.g. postgresql://user@127.0.0.1:5432/test
+    pg_schema: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")  # postgres: tables in this schema
     batch_size: int = Field(256, gt=0)
     flush_interval_ms: int = Field(250, gt=0)
     queue_size: int = Field(10_000, gt=0)

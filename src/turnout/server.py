@@ -8,17 +8,31 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import uvicorn
 
 from turnout.app import App
 from turnout.config import Config
+from turnout.redact import RedactingFilter, Redactor
 
 
 def run(config: Config) -> None:
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = uvicorn.Server(uvicorn_config(config))
+    server = uvicorn.Server(uvicorn_config(config))  # configures uvicorn's own log handlers
+    redact_logs(config)
     server.run()
+
+
+def redact_logs(config: Config) -> None:
+    """Every handler that writes turnout's or uvicorn's records redacts them first: secrets and
+    PII in a message (a key in an upstream's error, an email in an exception) never reach a log."""
+    key = config.capture.redaction_key or os.environ.get("TURNOUT_REDACTION_KEY")
+    log_filter = RedactingFilter(Redactor(key.encode() if key else os.urandom(32)))
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "turnout"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(log_filter)
 
 
 def uvicorn_config(config: Config) -> uvicorn.Config:

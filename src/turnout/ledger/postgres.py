@@ -115,7 +115,7 @@ class PostgresStore:
     def from_config(cls, cfg: StoreConfig) -> PostgresStore:
         if not cfg.dsn:
             raise ConfigError(["store.dsn: required when store.kind is postgres, e.g. postgresql://user@host:5432/db"])
-        return cls(cfg.dsn)
+        return cls(cfg.dsn, schema=cfg.pg_schema)
 
     async def open(self) -> None:
         if self._pool is not None:
