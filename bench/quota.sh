@@ -39,5 +39,5 @@ read -r r_rps r_p50 < <(measure redis "$here/quota-config.yaml" redis)
   printf "in-process quotas:  %6.0f req/s @32 (x%.2f), p50 @1 %s ms (+%.3f ms)\n" "$m_rps" "$(calc "$m_rps / $n_rps")" "$m_p50" "$(calc "$m_p50 - $n_p50")"
   printf "Redis quotas:       %6.0f req/s @32 (x%.2f), p50 @1 %s ms (+%.3f ms)\n" "$r_rps" "$(calc "$r_rps / $n_rps")" "$r_p50" "$(calc "$r_p50 - $n_p50")"
   echo "(every limit on for one tenant: rpm, tpm, concurrency, USD per day and month, plus a task scope;"
-  echo " Redis: one round trip to admit, one to settle, after the answer)"
+  echo " Redis: one pipelined EVALSHA to admit; settles ride with the next write)"
 } | tee "$here/results/quota.txt"

@@ -1,20 +1,26 @@
-"""What only the Redis limiter has to prove: one round trip per call, a TTL on every key, no
-overshoot when many tasks and two replicas race for one budget, Redis ``TIME`` when asked, and
-the configured behaviour when Redis cannot be reached. Runs against 127.0.0.1:6379 with a fresh
-key prefix per test, deleted afterwards."""
+"""What only the Redis limiter has to prove: one EVALSHA per call, with the calls of a burst and
+the settles queued after their answers sharing socket writes; settles never lost (flushed by the
+writer, drained on close); NOSCRIPT and dropped connections recovered; a TTL on every key; no
+overshoot when many tasks and two replicas race for one budget; Redis ``TIME`` when asked; and
+the configured behaviour when Redis cannot be reached or does not answer. Runs against
+127.0.0.1:6379 with a fresh key prefix per test, deleted afterwards."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 pytest.importorskip("redis")
+
+from redis.exceptions import ResponseError
 
 from tests.test_quota_contract import (
     DAY_END,
@@ -25,8 +31,10 @@ from tests.test_quota_contract import (
     needs_redis,
     unique_prefix,
 )
+from turnout.quota import redis_script
 from turnout.quota.base import Ask, BackendUnavailable, Grant, Limits, QuotaExceeded, Scope
 from turnout.quota.redis import RedisLimiter
+from turnout.quota.redis_batch import Call, Script, bulks
 
 pytestmark = needs_redis
 
@@ -34,6 +42,7 @@ MAX_REQ = 300.0
 EVERYTHING = Limits(rpm=100, tpm=100_000, concurrency=10, usd_per_day=10.0, usd_per_month=100.0)
 TENANT = Scope("acme", EVERYTHING)
 TASK = Scope("acme/support-reply", EVERYTHING)
+ROOMY = Scope("acme", Limits(rpm=10_000, tpm=10**9, concurrency=1000, usd_per_day=1000.0, usd_per_month=10_000.0))
 
 LimiterFactory = Callable[..., RedisLimiter]
 
@@ -60,17 +69,30 @@ def ask(n: int, *scopes: Scope, now: float = T0, tokens: int = 100, cost: float 
     return Ask(f"req-{n}", scopes or (TENANT, TASK), tokens, cost, now)
 
 
-def count_commands(limiter: RedisLimiter) -> list[str]:
-    """Record every command the limiter's client sends (one entry per round trip)."""
-    sent: list[str] = []
-    real: Callable[..., Awaitable[Any]] = limiter.client.execute_command
+def count_writes(limiter: RedisLimiter) -> list[list[str]]:
+    """Record every socket write of the limiter's scripts: per write, the commands it carries
+    (redis-py's own handshake on a new connection left out)."""
+    writes: list[list[str]] = []
+    conn = limiter.batcher.connection
+    real: Callable[..., Awaitable[None]] = conn.send_packed_command
 
-    async def counting(*args: Any, **options: Any) -> Any:
-        sent.append(str(args[0]))
-        return await real(*args, **options)
+    async def counting(command: Any, check_health: bool = True) -> None:
+        names = [_name(chunk) for chunk in command]
+        if names[0] in ("EVALSHA", "SCRIPT LOAD"):
+            writes.append(names)
+        await real(command, check_health)
 
-    limiter.client.execute_command = counting  # type: ignore[method-assign]
-    return sent
+    conn.send_packed_command = counting  # type: ignore[method-assign]
+    return writes
+
+
+def _name(packed: bytes) -> str:
+    parts = packed.split(b"\r\n")
+    return "SCRIPT LOAD" if parts[2] == b"SCRIPT" else parts[2].decode(errors="replace")
+
+
+def evalshas(writes: list[list[str]]) -> int:
+    return sum(w.count("EVALSHA") for w in writes)
 
 
 def closed_port() -> int:
@@ -80,37 +102,161 @@ def closed_port() -> int:
     return port
 
 
-# -- round trips ---------------------------------------------------------------------------------
+# -- round trips and batching ---------------------------------------------------------------------
 
 
-async def test_each_call_is_one_round_trip(make_limiter: LimiterFactory) -> None:
+async def test_each_call_is_one_evalsha_and_settles_ride_with_the_next_write(make_limiter: LimiterFactory) -> None:
     limiter = make_limiter()
     await limiter.release(await limiter.acquire(ask(0)))  # loads the scripts if Redis lacks them
     await limiter.usage(TENANT, T0)
-    sent = count_commands(limiter)
+    writes = count_writes(limiter)
     grant = await limiter.acquire(ask(1))
-    assert sent == ["EVALSHA"]
-    await limiter.settle(grant, 50, 0.05)
-    assert sent == ["EVALSHA"] * 2
-    await limiter.release(await limiter.acquire(ask(2)))
-    assert sent == ["EVALSHA"] * 4
+    assert writes == [["EVALSHA"]]
+    await limiter.settle(grant, 50, 0.05)  # after the answer: queued, not sent
+    assert writes == [["EVALSHA"]]
+    await limiter.release(await limiter.acquire(ask(2)))  # the settle goes first, in the same write
+    assert writes[1:] == [["EVALSHA", "EVALSHA"]]
     with pytest.raises(QuotaExceeded):
         await limiter.acquire(ask(3, cost=1000.0))
-    assert sent == ["EVALSHA"] * 5
+    assert writes[2:] == [["EVALSHA", "EVALSHA"]]
     await limiter.usage(TASK, T0)
-    assert sent == ["EVALSHA"] * 6
+    assert writes[3:] == [["EVALSHA"]]
     await limiter.settle(grant, 50, 0.05)  # a repeat does not even reach Redis
-    assert len(sent) == 6
+    await limiter.flush()
+    assert len(writes) == 4
+    assert evalshas(writes) == 6  # three acquires, two finishes, one usage
 
 
-async def test_a_script_flushed_from_redis_is_loaded_again(make_limiter: LimiterFactory) -> None:
+async def test_a_burst_of_acquires_shares_round_trips(make_limiter: LimiterFactory) -> None:
     limiter = make_limiter()
-    limiter._acquire.sha = "0" * 40  # as if Redis had restarted without its script cache
-    sent = count_commands(limiter)
+    await limiter.acquire(ask(0, ROOMY))
+    writes = count_writes(limiter)
+    results = await asyncio.gather(*(limiter.acquire(ask(n, ROOMY)) for n in range(1, 101)))
+    assert [g.ask.request_id for g in results] == [f"req-{n}" for n in range(1, 101)]
+    assert evalshas(writes) == 100  # each its own script: atomic per request as before
+    assert len(writes) < 10
+    assert (await limiter.usage(ROOMY, T0))["concurrency"]["in_use"] == 101
+    await asyncio.gather(*(limiter.settle(g, 100, 0.01) for g in results))
+    await limiter.flush()
+    assert evalshas(writes) == 200 + 1
+    assert (await limiter.usage(ROOMY, T0))["concurrency"]["in_use"] == 1
+    assert len(writes) < 20
+
+
+async def test_a_mixed_burst_gives_every_caller_its_own_answer(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    budget = Scope("acme", Limits(rpm=1000, usd_per_day=1.0))
+    asks = [ask(n, budget, cost=0.3 if n % 2 else 0.1) for n in range(12)]  # $0.1 ones fit until $1 is gone
+    results = await asyncio.gather(*(limiter.acquire(a) for a in asks), return_exceptions=True)
+    expected_spent = 0.0
+    for a, result in zip(asks, results, strict=True):
+        if expected_spent + a.cost_usd <= 1.0 + 1e-9:  # served in order: the first that fit are admitted
+            expected_spent += a.cost_usd
+            assert isinstance(result, Grant) and result.ask is a
+        else:
+            assert isinstance(result, QuotaExceeded) and result.limit == "usd_per_day"
+            assert result.remaining_usd == pytest.approx(1.0 - expected_spent)
+    assert (await limiter.usage(budget, T0))["usd_per_day"]["reserved"] == pytest.approx(expected_spent)
+
+
+async def test_script_errors_go_to_their_own_callers(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    echo = Script("return ARGV[1]")
+    boom = Script("return redis.error_reply('boom ' .. ARGV[1])")
+    loop = asyncio.get_running_loop()
+    for script in (echo, boom):  # loaded first, so that the burst is one write
+        with contextlib.suppress(ResponseError):
+            await limiter.batcher.call(Call(script, 2, bulks([0, "warm"]), loop.create_future()))
+    writes = count_writes(limiter)
+    futures = [
+        limiter.batcher.call(Call(boom if n % 3 == 0 else echo, 2, bulks([0, f"n{n}"]), loop.create_future()))
+        for n in range(9)
+    ]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for n, result in enumerate(results):
+        if n % 3 == 0:
+            assert isinstance(result, ResponseError) and str(result) == f"boom n{n}"
+        else:
+            assert result == f"n{n}".encode()
+    assert writes == [["EVALSHA"] * 9]
+    await limiter.acquire(ask(1))  # the connection is still in step after the errors
+
+
+async def test_a_script_redis_lacks_is_loaded_and_the_batch_sent_again(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    # As if Redis had restarted without its script cache: a script it has never seen.
+    limiter._acquire = Script(redis_script.ACQUIRE + f"\n-- {uuid.uuid4().hex}")
+    writes = count_writes(limiter)
+    grants = await asyncio.gather(*(limiter.acquire(ask(n)) for n in range(5)))
+    assert writes == [["EVALSHA"] * 5, ["SCRIPT LOAD"] + ["EVALSHA"] * 5]
+    assert (await limiter.usage(TENANT, T0))["concurrency"]["in_use"] == 5  # each admitted once
+    await limiter.acquire(ask(5))
+    assert writes[3] == ["EVALSHA"]
+    assert len(grants) == 5
+
+
+async def test_a_lone_settle_is_sent_by_the_writer(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    grant = await limiter.acquire(ask(1, TENANT, cost=0.25))
+    writes = count_writes(limiter)
+    await limiter.settle(grant, 0, 0.2)
+    day = f"{limiter.key_prefix}:q:acme:usd:d:2026-03-14"
+
+    async def spent() -> None:
+        while await limiter.client.hget(day, "spent") is None:  # noqa: ASYNC110 — polling Redis, not an event
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(spent(), 10)  # no other call: the writer sends it on its own
+    assert writes == [["EVALSHA"]]
+
+
+async def test_close_sends_every_settle_still_queued(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter(linger_s=3600.0)  # nothing but close will send them
+    grants = [await limiter.acquire(ask(n, ROOMY, cost=0.02)) for n in range(20)]
+    for n, g in enumerate(grants):
+        await (limiter.settle(g, 10, 0.01) if n % 2 else limiter.release(g))
+    await limiter.aclose()
+    other = make_limiter()
+    usage = await other.usage(ROOMY, T0)
+    assert usage["concurrency"]["in_use"] == 0
+    assert (usage["usd_per_day"]["spent"], usage["usd_per_day"]["reserved"]) == (pytest.approx(0.1), 0.0)
+    assert limiter.backend_errors == 0
+
+
+async def test_calls_after_close_fail_as_unreachable(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    grant = await limiter.acquire(ask(1))
+    await limiter.aclose()
+    with pytest.raises(BackendUnavailable):
+        await limiter.acquire(ask(2))
+    await limiter.settle(grant, 10, 0.01)  # logged and counted, not raised
+    assert limiter.backend_errors == 2
+
+
+async def test_a_caller_gone_before_the_write_takes_nothing(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
+    s = Scope("acme", Limits(rpm=10, concurrency=5))
+    task = asyncio.create_task(limiter.acquire(ask(1, s)))
+    await asyncio.sleep(0)  # it has queued its call; the writer has not run yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    usage = await limiter.usage(s, T0)
+    assert (usage["rpm"]["available"], usage["concurrency"]["in_use"]) == (10.0, 0)
+
+
+async def test_a_dropped_connection_is_dialled_again_once(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter()
     await limiter.acquire(ask(1))
-    assert sent == ["EVALSHA", "SCRIPT LOAD", "EVALSHA"]
+    conn = limiter.batcher.connection
+    await conn.send_command("CLIENT", "ID")
+    client_id = await conn.read_response()
+    assert await limiter.client.client_kill_filter(_id=client_id) == 1  # a stale socket
+    writes = count_writes(limiter)
     await limiter.acquire(ask(2))
-    assert sent[3:] == ["EVALSHA"]
+    assert writes == [["EVALSHA"], ["EVALSHA"]]
+    assert limiter.backend_errors == 0
+    assert (await limiter.usage(TENANT, T0))["concurrency"]["in_use"] == 2
 
 
 # -- keys and TTLs ---------------------------------------------------------------------------------
@@ -121,6 +267,7 @@ async def test_every_key_expires(make_limiter: LimiterFactory) -> None:
     await limiter.settle(await limiter.acquire(ask(1)), 500, 0.05)
     await limiter.acquire(ask(2))  # still open: its slot and reservation stay
     await limiter.release(await limiter.acquire(ask(3)))
+    await limiter.flush()
     r = limiter.client
     p = limiter.key_prefix
     keys = sorted([k.decode() async for k in r.scan_iter(match=f"{p}:*")])
@@ -149,6 +296,7 @@ async def test_budget_hash_layout_in_micro_dollars(make_limiter: LimiterFactory)
     a = await limiter.acquire(ask(1, TENANT, cost=0.25))
     await limiter.acquire(ask(2, TENANT, cost=0.125))
     await limiter.settle(a, 0, 0.2)
+    await limiter.flush()
     day = f"{limiter.key_prefix}:q:acme:usd:d:2026-03-14"
     assert await limiter.client.hgetall(day) == {b"spent": b"200000", b"reserved": b"125000", b"r:req-2": b"125000"}
     assert await limiter.client.zrange(f"{day}:exp", 0, -1, withscores=True) == [(b"req-2", T0 + MAX_REQ)]
@@ -162,6 +310,7 @@ async def test_a_late_settle_after_the_budget_key_expired_still_sets_a_ttl(make_
     day = f"{limiter.key_prefix}:q:acme:usd:d:2026-03-14"
     await limiter.client.delete(day, f"{day}:exp")  # as if both had expired
     await limiter.settle(grant, 100, 0.05)
+    await limiter.flush()
     assert await limiter.client.hget(day, "spent") == b"50000"
     assert await limiter.client.ttl(day) > 0
 
@@ -180,6 +329,7 @@ async def test_two_replicas_racing_for_one_budget_admit_exactly_what_fits(make_l
     assert {(e.limit, e.remaining_usd) for e in refusals} == {("usd_per_day", 0.0)}
     assert (await replicas[0].usage(budget, T0))["usd_per_day"]["reserved"] == 1.0
     await asyncio.gather(*(replicas[n % 2].settle(g, 10, 0.01) for n, g in enumerate(grants)))
+    await asyncio.gather(*(r.flush() for r in replicas))  # each replica's settles go out with its next write
     day = (await replicas[1].usage(budget, T0))["usd_per_day"]
     assert (day["spent"], day["reserved"], day["remaining"]) == (0.5, 0.0, 0.5)
 
@@ -237,6 +387,7 @@ async def test_unreachable_redis_fails_closed(caplog: pytest.LogCaptureFixture) 
             with pytest.raises(BackendUnavailable):
                 await limiter.usage(TENANT, T0)
             await limiter.settle(Grant(ask(9)), 10, 0.01)  # after the answer: logged, not raised
+            await limiter.flush()
         assert limiter.backend_errors == 5
         warnings = [r for r in caplog.records if r.name == "turnout.quota"]
         assert len(warnings) == 1  # rate-limited
@@ -256,3 +407,31 @@ async def test_unreachable_redis_fails_open() -> None:
         assert limiter.backend_errors == 2
     finally:
         await limiter.aclose()
+
+
+async def test_no_answer_in_time_is_unreachable_and_not_sent_again() -> None:
+    """A Redis that takes the scripts and never answers: the call times out, counts as
+    unreachable, and is not sent a second time (the script may have run)."""
+    evalshas_seen: list[int] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            handshake = data.count(b"CLIENT") + data.count(b"SELECT")  # each answered OK
+            replies = b"%1\r\n+proto\r\n:3\r\n" * data.count(b"HELLO") + b"+OK\r\n" * handshake
+            writer.write(replies)
+            evalshas_seen.append(data.count(b"EVALSHA"))
+            print(data[:300])
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0", "t", MAX_REQ, "closed", socket_timeout=0.05)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await limiter.acquire(ask(1))
+        assert sum(evalshas_seen) == 1
+        assert limiter.backend_errors == 1
+    finally:
+        await limiter.aclose()
+        server.close()
+        await server.wait_closed()

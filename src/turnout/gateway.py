@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import time
@@ -60,6 +62,7 @@ class Gateway:
         self.ledger: LedgerWriter | None = None
         self.metrics: Metrics | None = Metrics(self) if config.observability.metrics else None
         self.capture: Capture | None = None
+        self.secret = redaction_key(config)
         self.tracing: Tracing | None = None
 
     async def start(self) -> None:
@@ -72,7 +75,7 @@ class Gateway:
             self.ledger.start()
         self.tracing = open_tracing(cfg)
         if capture_wanted(cfg):
-            self.capture = open_capture(cfg)
+            self.capture = open_capture(cfg, self.secret)
             await self.capture.start()
         if cfg.tenants:  # issued keys live beside the limits (SQLite, or Redis when shared)
             keys = open_key_store(cfg.limits)
@@ -187,7 +190,9 @@ class Gateway:
         row.tenant = tenant.name
         req = parse(await read_body(receive, scope, self.config.server.max_body_bytes))
         row.task, row.stream = req.task, req.stream
-        row.user = header_str(scope, b"x-turnout-user") or req.user
+        user = header_str(scope, b"x-turnout-user") or req.user
+        # End-user ids are often emails: the ledger keeps a keyed pseudonym, stable per key.
+        row.user = pseudonym(self.secret, user) if user else None
         task = self.config.tasks.get(req.task)
         if task is None or not tenant.may_use(req.task):
             raise UnknownTask(f"the task {req.task!r} does not exist or is not open to you", param="model")
@@ -245,9 +250,19 @@ def capture_wanted(config: Config) -> bool:
     return config.capture.mode != "metadata" or any(r.mode != "metadata" for r in config.capture.rules)
 
 
-def open_capture(config: Config) -> Capture:
+def redaction_key(config: Config) -> bytes:
+    """Keys redaction placeholders and user pseudonyms. Set it (``capture.redaction_key`` or
+    TURNOUT_REDACTION_KEY) for pseudonyms that agree across replicas and restarts."""
     key = config.capture.redaction_key or os.environ.get("TURNOUT_REDACTION_KEY")
-    redactor = Redactor(key.encode() if key else os.urandom(32))
+    return key.encode() if key else os.urandom(32)
+
+
+def pseudonym(key: bytes, value: str) -> str:
+    return "u_" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def open_capture(config: Config, key: bytes) -> Capture:
+    redactor = Redactor(key)
     path = ":memory:" if config.store.kind in ("memory", "none") else capture_path(config.store)
     return Capture(config.capture, path, redactor, secrets=SecretsOnly(redactor))
 

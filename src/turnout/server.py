@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import uvicorn
 
 from turnout.app import App
 from turnout.config import Config
+from turnout.gateway import redaction_key
 from turnout.redact import RedactingFilter, Redactor
 
 
@@ -27,8 +27,7 @@ def run(config: Config) -> None:
 def redact_logs(config: Config) -> None:
     """Every handler that writes turnout's or uvicorn's records redacts them first: secrets and
     PII in a message (a key in an upstream's error, an email in an exception) never reach a log."""
-    key = config.capture.redaction_key or os.environ.get("TURNOUT_REDACTION_KEY")
-    log_filter = RedactingFilter(Redactor(key.encode() if key else os.urandom(32)))
+    log_filter = RedactingFilter(Redactor(redaction_key(config)))
     for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "turnout"):
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):
