@@ -13,6 +13,7 @@ from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.app import App
 from turnout.errors import UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
+from turnout.gateway import pseudonym
 
 KEY = "sk-acme-0123456789"
 OTHER_KEY = "sk-other-0123456789"
@@ -101,7 +102,8 @@ async def test_body_reaches_the_target_without_turnout_metadata(make_app: AppFac
     assert sent["seed"] == 7 and sent["tools"][0]["function"]["name"] == "f"
     assert sent["response_format"] == {"type": "json_object"}
     [row] = await rows(app)
-    assert row.data_class == "public" and row.user == "u1"
+    assert row.data_class == "public"
+    assert row.user == pseudonym(app.gateway.secret, "u1")  # the end user, not their id
 
 
 @pytest.mark.parametrize(
@@ -330,8 +332,10 @@ async def test_ledger_has_one_metadata_row_per_request_and_no_text(make_app: App
     assert {r.stream for r in ok} == {False, True}
     for r in ok:
         assert r.tenant == "acme" and r.task == "chat" and r.target == "primary" and r.replica == "r0"
-        assert r.data_class == "confidential" and r.user == "end-user-1" and r.model_version == "fake-v1"
+        assert r.data_class == "confidential" and r.model_version == "fake-v1"
+        assert r.user is not None and r.user.startswith("u_") and "end-user-1" not in r.user
         assert r.prompt_tokens == 7 and r.latency_ms > 0 and len(r.attempts) == 1
+    assert len({r.user for r in ok}) == 1  # one user, one pseudonym
 
 
 async def test_service_routes(make_app: AppFactory) -> None:
