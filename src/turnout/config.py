@@ -69,6 +69,12 @@ class CaptureConfig(_Strict):
     redaction_key: str | None = None
 
 
+class ReleasesConfig(_Strict):
+    path: str = "./releases"  # releases/<task>/<release>.yaml
+    evals_path: str = "./evals"  # evals/<task>.jsonl (golden sets)
+    store_path: str = "./.turnout/releases.db"  # registered releases, states, transitions, reviews
+
+
 class ObservabilityConfig(_Strict):
     metrics: bool = True  # /metrics in Prometheus text format
     otlp_endpoint: str | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
@@ -206,9 +212,34 @@ class ClassPolicy(_Strict):
     targets: list[str]
 
 
+class Gates(_Strict):
+    """What a candidate release must show on the golden set before it may take traffic."""
+
+    min_pass_rate: float = Field(0.0, ge=0, le=1)  # the candidate's pass rate (point estimate)
+    max_regression: float = Field(0.05, ge=0, le=1)  # baseline − candidate pass rate, at most
+    max_p95_ms: float | None = Field(None, gt=0)  # candidate p95 latency at the eval's concurrency
+    max_cost_per_pass_ratio: float | None = Field(None, gt=0)  # candidate ÷ baseline cost per passed case
+
+
+class CanaryConfig(_Strict):
+    """How a canary is watched on live traffic and moved along its steps."""
+
+    steps: list[float] = Field([5.0, 25.0, 50.0, 100.0], min_length=1)  # percent of traffic per step
+    interval_s: float = Field(60.0, gt=0)  # one check per interval
+    min_requests: int = Field(50, gt=0)  # per side and step before a verdict; fewer: the step waits
+    max_error_rate_delta: float = Field(0.02, ge=0)  # canary − active error rate
+    max_p95_ratio: float = Field(1.5, gt=0)  # canary ÷ active p95 latency
+    max_cost_ratio: float = Field(1.5, gt=0)  # canary ÷ active cost per request
+    max_success_drop: float = Field(0.05, ge=0)  # active − canary outcome success rate, once feedback exists
+    provider_error_budget: float = Field(0.2, ge=0, le=1)  # upstream failures: counted apart; past this the step waits
+
+
 class TaskConfig(_Strict):
     route: list[str] = Field(min_length=1)
     description: str = ""
+    gates: Gates = Gates()
+    canary: CanaryConfig = CanaryConfig()
+    review_rate: float = Field(0.0, ge=0, le=1)  # share of responses sent to the review queue
     # Over budget: refuse (429 budget_exceeded), or keep only the targets whose worst case fits.
     on_budget_exceeded: Literal["refuse", "cheaper"] = "refuse"
 
@@ -218,6 +249,7 @@ class Config(_Strict):
     store: StoreConfig = StoreConfig()
     limits: LimitsConfig = LimitsConfig()
     capture: CaptureConfig = CaptureConfig()
+    releases: ReleasesConfig = ReleasesConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     targets: dict[str, TargetConfig]
     tenants: dict[str, TenantConfig] = {}
