@@ -41,6 +41,7 @@ from turnout.quota.base import Grant
 from turnout.quota.factory import open_limiter
 from turnout.quota.gate import QuotaGate
 from turnout.redact import Redactor
+from turnout.releases.base import Release, ReleaseRegistry, choose
 from turnout.resilience.breaker import Breaker
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Gateway:
         self.metrics: Metrics | None = Metrics(self) if config.observability.metrics else None
         self.capture: Capture | None = None
         self.secret = redaction_key(config)
+        self.releases: ReleaseRegistry | None = None
         self.tracing: Tracing | None = None
 
     async def start(self) -> None:
@@ -137,7 +139,7 @@ class Gateway:
         t0 = time.perf_counter()
         row = LedgerRow(request_id, time.time(), "", "", "", False)
         try:
-            req, result, grant = await self._route(scope, receive, row)
+            req, result, grant, release = await self._route(scope, receive, row)
         except TurnoutError as err:
             if isinstance(err, AllTargetsFailed):
                 row.attempts = err.records
@@ -153,9 +155,10 @@ class Gateway:
             return
         row.attempts, row.fallback = result.attempts, result.fallback
         row.target, row.replica = result.target.name, result.answer.replica
-        row.model_version, row.queue_ms = result.answer.model_version, result.answer.queue_ms
+        row.queue_ms = result.answer.queue_ms
+        row.model_version = (release.model_version if release else None) or result.answer.model_version
         row.fallback_ms = result.fallback_ms if row.fallback else None
-        headers = respond.turnout_headers(request_id, req.task, result)
+        headers = respond.turnout_headers(request_id, req.task, result, release, prompt=False)
         decision = self.capture.decide(row.tenant, req.task) if self.capture is not None else None
         row.capture_mode = decision.used if decision is not None else "metadata"
         collected: list[str] | None = [] if decision is not None and decision.capture else None
@@ -184,7 +187,7 @@ class Gateway:
 
     async def _route(
         self, scope: dict[str, Any], receive: Receive, row: LedgerRow
-    ) -> tuple[ChatRequest, Result, Grant | None]:
+    ) -> tuple[ChatRequest, Result, Grant | None, Release | None]:
         """authenticate → parse → task → classify → policy → quota → attempt; fills ``row``."""
         tenant = await self.auth.identify(header(scope, b"authorization"), row.started_at)
         row.tenant = tenant.name
@@ -194,24 +197,32 @@ class Gateway:
         # End-user ids are often emails: the ledger keeps a keyed pseudonym, stable per key.
         row.user = pseudonym(self.secret, user) if user else None
         task = self.config.tasks.get(req.task)
+        serving = self.releases.serving(req.task) if self.releases is not None and task is not None else None
+        release = choose(serving, req.task, user or row.request_id) if serving is not None else None
+        route = task.route if task is not None else []
+        body = req.body
+        if release is not None:  # its targets and parameters apply; the caller's messages stay
+            row.release = release.name
+            route = [t for t in release.route if t in route]
+            body = {**release.params, **req.body}
         if task is None or not tenant.may_use(req.task):
             raise UnknownTask(f"the task {req.task!r} does not exist or is not open to you", param="model")
         row.data_class = policy.parse_data_class(header_str(scope, b"x-turnout-data-class") or req.data_class)
         allowed = policy.decide(
             task=req.task,
-            route=task.route,
+            route=route,
             data_class=row.data_class,
             tenant_classes=tenant.data_classes,
             policy=self.policy,
         )
-        allowed, grant = await self.quota.admit(tenant.name, req.task, req.body, allowed, row.request_id)
+        allowed, grant = await self.quota.admit(tenant.name, req.task, body, allowed, row.request_id)
         try:
             targets = [self.targets[n] for n in allowed]
-            result = await execute(targets, req.body, stream=req.stream, request_id=row.request_id)
+            result = await execute(targets, body, stream=req.stream, request_id=row.request_id)
         except BaseException:
             await self.quota.release(grant)
             raise
-        return req, result, grant
+        return req, result, grant, release
 
     async def _stream(
         self,
@@ -243,6 +254,9 @@ class Gateway:
             self.metrics.observe(row)
         if self.tracing is not None:
             self.tracing.record(row)
+
+    def user_pseudonym(self, user: str) -> str:
+        return pseudonym(self.secret, user)
 
 
 def capture_wanted(config: Config) -> bool:

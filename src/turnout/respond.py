@@ -19,6 +19,7 @@ from turnout.attempts import Result
 from turnout.chat import ChatRequest
 from turnout.errors import StreamInterrupted, TurnoutError, UpstreamError
 from turnout.providers.base import Stream, Usage
+from turnout.releases.base import Release
 
 log = logging.getLogger("turnout")
 
@@ -30,14 +31,19 @@ SSE_HEADERS = [
 DONE = b"data: [DONE]\n\n"
 
 
-def turnout_headers(request_id: str, task: str, result: Result) -> list[tuple[bytes, bytes]]:
+def turnout_headers(
+    request_id: str, task: str, result: Result, release: Release | None = None, *, prompt: bool = True
+) -> list[tuple[bytes, bytes]]:
+    """``prompt``: whether the release's prompt shaped this answer (the task API) or only its
+    targets and parameters did (chat completions, whose caller sends the messages)."""
+    model_version = (release.model_version if release else None) or result.answer.model_version
     return [
         (b"x-turnout-request-id", request_id.encode()),
         (b"x-turnout-task", task.encode()),
         (b"x-turnout-target", result.target.name.encode()),
-        (b"x-turnout-model-version", result.answer.model_version.encode("latin-1", "replace")),
-        (b"x-turnout-release", b"none"),
-        (b"x-turnout-prompt-version", b"none"),
+        (b"x-turnout-model-version", model_version.encode("latin-1", "replace")),
+        (b"x-turnout-release", release.name.encode() if release else b"none"),
+        (b"x-turnout-prompt-version", release.prompt_version.encode() if release and prompt else b"none"),
         (b"x-turnout-attempts", str(len(result.attempts)).encode()),
         (b"x-turnout-fallback", b"true" if result.fallback else b"false"),
     ]
