@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from turnout import task_api
 from turnout.admin import Admin
 from turnout.asgi import Receive, Send, header, send_json
 from turnout.config import Config
@@ -35,6 +36,9 @@ class App:
             if path == "/v1/chat/completions":
                 _expect(method, "POST")
                 await self.gateway.chat(scope, receive, send)
+            elif path.startswith("/v1/tasks/"):
+                _expect(method, "POST")
+                await task_api.handle(self.gateway, path.removeprefix("/v1/tasks/"), scope, receive, send)
             elif path == "/v1/models":
                 _expect(method, "GET")
                 await send_json(send, 200, await self.gateway.models(header(scope, b"authorization")))
