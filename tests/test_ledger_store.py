@@ -437,7 +437,7 @@ async def test_reopening_keeps_rows_and_migrations_run_once(place: Place) -> Non
         assert await store.count() == 3
         assert await store.get("req-000001") == full_row(1)
         await store.aclose()
-    assert await place.versions() == [1, 2]
+    assert await place.versions() == [1, 2, 3]
 
 
 async def test_two_stores_opening_one_new_place_migrate_once(place: Place) -> None:
@@ -446,7 +446,7 @@ async def test_two_stores_opening_one_new_place_migrate_once(place: Place) -> No
     assert await stores[1].get("req-000001") == make_row(1)
     for store in stores:
         await store.aclose()
-    assert await place.versions() == [1, 2]
+    assert await place.versions() == [1, 2, 3]
 
 
 async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
@@ -477,7 +477,7 @@ async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
         outcome="success",
     )
     store = await place.opened()
-    assert await place.versions() == [1, 2]
+    assert await place.versions() == [1, 2, 3]
     assert await store.get("req-old") == old  # the new fields read back as None
     assert await store.set_outcome("req-old", "acme", None, True, None, 2.0, "ep-9", 7.0)
     await store.write_batch([full_row(1)])
@@ -489,7 +489,7 @@ async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
     assert await store.get("req-000001") == full_row(1)
     assert await store.count() == 2
     await store.aclose()
-    assert await place.versions() == [1, 2]
+    assert await place.versions() == [1, 2, 3]
 
 
 async def test_a_schema_newer_than_the_code_is_refused(place: Place) -> None:

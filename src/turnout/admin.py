@@ -7,6 +7,10 @@ usage through this API.
     POST   /admin/keys                    {"tenant", "name"?, "expires_in_s"?} → the secret, once
     DELETE /admin/keys/{id}               revoke
     GET    /admin/usage[?tenant=T]        per scope: bucket levels, slots, spent and reserved
+    GET    /admin/review[?task=T&status=S&release=R]   sampled answers (status: pending, the
+                                          default, accept, reject, escalate or all), newest
+                                          first, and the task's (release's) label counts
+    POST   /admin/review/{id}             {"label": accept|reject|escalate, "note"?, "by"}
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import hmac
 import os
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 import orjson
@@ -24,6 +28,8 @@ from turnout.asgi import Receive, Send, header, read_body, send_json
 from turnout.auth import bearer
 from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError
 from turnout.gateway import Gateway
+from turnout.review import ReviewQueue
+from turnout.review.queue import Status
 
 
 class Admin:
@@ -48,6 +54,13 @@ class Admin:
         elif path == "/admin/usage":
             _expect(method, "GET")
             await send_json(send, 200, {"data": await self._usage(query.get("tenant"))})
+        elif path == "/admin/review":
+            _expect(method, "GET")
+            await send_json(send, 200, await self._reviews(query))
+        elif path.startswith("/admin/review/"):
+            _expect(method, "POST")
+            item = path.removeprefix("/admin/review/")
+            await send_json(send, 200, await self._label(item, await read_body(receive, scope, 64_000)))
         else:
             raise NotFound(f"no admin route for {method} {path}")
 
@@ -124,6 +137,36 @@ class Admin:
             used = await limiter.usage(s, now) if limiter is not None else {}
             out.append({"scope": name, "limits": asdict(s.limits), "usage": used})
         return out
+
+    def _review_queue(self) -> ReviewQueue:
+        if self.gateway.reviews is None:
+            raise NotFound("review sampling is off: no task has a review_rate")
+        return self.gateway.reviews
+
+    async def _reviews(self, query: dict[str, str]) -> dict[str, Any]:
+        queue = self._review_queue()
+        task, release, status = query.get("task"), query.get("release"), query.get("status", "pending")
+        items = await queue.list(task, None if status == "all" else cast(Status, status))
+        out: dict[str, Any] = {"data": [item.to_json() for item in items]}
+        if task is not None:
+            out["quality"] = (await queue.quality(task, release)).to_json()
+        return out
+
+    async def _label(self, item_id: str, raw: bytes) -> dict[str, Any]:
+        queue = self._review_queue()
+        try:
+            spec = orjson.loads(raw or b"{}")
+        except orjson.JSONDecodeError as exc:
+            raise RequestError("the body is not valid JSON", code="invalid_json") from exc
+        if not isinstance(spec, dict):
+            raise RequestError("the body must be a JSON object", code="invalid_json")
+        label, note, by = spec.get("label"), spec.get("note"), spec.get("by")
+        if not isinstance(by, str) or not isinstance(label, str) or not (note is None or isinstance(note, str)):
+            raise RequestError("give 'label' and 'by' as strings, and 'note' as a string or null", param="label")
+        item = await queue.label(int(item_id), label, note, by) if item_id.isdigit() else None
+        if item is None:
+            raise NotFound(f"no review item {item_id!r}")
+        return item.to_json()
 
 
 def _expect(method: str, allowed: str) -> None:

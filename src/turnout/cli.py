@@ -10,6 +10,7 @@ from turnout.capture_cli import capture
 from turnout.config import Config, load_config
 from turnout.errors import ConfigError
 from turnout.keys_cli import keys
+from turnout.release_cli import release
 
 CONFIG_HELP = "YAML config file (default: the built-in embedded SmolLM2 setup, SQLite under ./.turnout/)."
 
@@ -23,6 +24,7 @@ def main() -> None:
 
 main.add_command(keys)
 main.add_command(capture)
+main.add_command(release)
 
 
 @main.command()

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import os
+import random
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from turnout.asgi import Receive, Send, header, read_body
 from turnout.attempts import Result, Target, execute
 from turnout.auth import Authenticator
 from turnout.capture import Capture, SecretsOnly, capture_path
+from turnout.capture.model import Decision
 from turnout.catalog import context_window
 from turnout.chat import ChatRequest, parse
 from turnout.config import Config
@@ -42,7 +44,11 @@ from turnout.quota.factory import open_limiter
 from turnout.quota.gate import QuotaGate
 from turnout.redact import Redactor
 from turnout.releases.base import Release, ReleaseRegistry, choose
+from turnout.releases.canary import CanaryController
+from turnout.releases.registry import StoreRegistry, open_registry
+from turnout.releases.store import ReleaseStore
 from turnout.resilience.breaker import Breaker
+from turnout.review import ReviewError, ReviewQueue
 
 if TYPE_CHECKING:
     from turnout.observe.tracing import Tracing
@@ -65,6 +71,11 @@ class Gateway:
         self.capture: Capture | None = None
         self.secret = redaction_key(config)
         self.releases: ReleaseRegistry | None = None
+        self.registry: StoreRegistry | None = None
+        self.release_store: ReleaseStore | None = None
+        self.reviews: ReviewQueue | None = None  # sampled answers awaiting a human label
+        self.canary: CanaryController | None = None
+        self._review_rng = random.Random()
         self.tracing: Tracing | None = None
 
     async def start(self) -> None:
@@ -93,9 +104,25 @@ class Gateway:
         for target, health in zip(self.targets.values(), results, strict=True):
             if not health.ok:
                 log.warning("target %s is not healthy at start-up: %s", target.name, health.detail)
+        if any(t.review_rate > 0 for t in cfg.tasks.values()) and self.capture is not None:
+            redactor = Redactor(self.secret)  # review text is redacted like captured text
+            self.reviews = ReviewQueue(cfg.releases.store_path, redactor=redactor, secrets=SecretsOnly(redactor))
+            await self.reviews.open()
+        if await asyncio.to_thread(os.path.isdir, cfg.releases.path):  # releases/<task>/<release>.yaml
+            self.registry = await open_registry(cfg)
+            self.releases, self.release_store = self.registry, self.registry.store
+        if self.release_store is not None and self.store is not None:  # canaries need a ledger
+            self.canary = CanaryController(cfg, self.release_store, self.store)
+            self.canary.start()
 
     async def aclose(self) -> None:
         """After the server has stopped taking requests: flush the ledger, close providers."""
+        if self.canary is not None:  # first: it reads the ledger and writes the release store
+            await self.canary.aclose()
+        if self.reviews is not None:
+            await self.reviews.aclose()
+        if self.registry is not None:
+            await self.registry.aclose()
         if self.ledger is not None:
             await self.ledger.aclose()
         if self.capture is not None:
@@ -161,7 +188,8 @@ class Gateway:
         headers = respond.turnout_headers(request_id, req.task, result, release, prompt=False)
         decision = self.capture.decide(row.tenant, req.task) if self.capture is not None else None
         row.capture_mode = decision.used if decision is not None else "metadata"
-        collected: list[str] | None = [] if decision is not None and decision.capture else None
+        review = self._review_rate(req.task, decision)
+        collected: list[str] | None = [] if decision is not None and (decision.capture or review) else None
         if isinstance(result.answer, Stream):
             usage = await self._stream(req, result.answer, headers, row, t0, receive, send, collected)
         else:
@@ -177,9 +205,11 @@ class Gateway:
             if collected is not None:
                 collected.append(respond.answer_text(result.answer.body))
         self._account(row, t0)
-        if collected is not None and self.capture is not None and decision is not None:
+        if collected is not None and self.capture is not None and decision is not None and decision.capture:
             prompt = orjson.dumps(req.body.get("messages")).decode()
             self.capture.submit(request_id, row.tenant, req.task, decision, prompt, "".join(collected))
+        if review and collected is not None and decision is not None and row.status == 200:
+            await self._review(row, decision.mode, req.body.get("messages"), "".join(collected), review)
         if row.status == 200:  # after the answer is out: quota bookkeeping is not on its path
             await self.quota.settle(grant, usage, row.cost_usd)
         else:
@@ -245,6 +275,30 @@ class Gateway:
             row.cost_usd = self.quota.cost(row.target or "", outcome.usage)
         row.generation_ms = (time.perf_counter() - t0) * 1000 - row.ttft_ms
         return outcome.usage
+
+    def _review_rate(self, task: str, decision: Decision | None) -> float:
+        """The share of this task's answers to queue for review: only where capture allows text."""
+        if self.reviews is None or decision is None or decision.mode == "metadata":
+            return 0.0
+        found = self.config.tasks.get(task)
+        return found.review_rate if found is not None else 0.0
+
+    async def _review(self, row: LedgerRow, mode: str, messages: Any, answer: str, rate: float) -> None:
+        """After the answer is out; a failing queue costs the sample, never the request."""
+        assert self.reviews is not None
+        text = f"{orjson.dumps(messages).decode()}\n\n--- answer ---\n{answer}"
+        try:
+            await self.reviews.maybe_enqueue(
+                row.task,
+                row.release,
+                row.request_id,
+                text,
+                rate,
+                self._review_rng,
+                mode="full" if mode == "full" else "redacted",
+            )
+        except ReviewError as exc:
+            log.warning("review: request %s not queued: %s", row.request_id, exc.message)
 
     def _account(self, row: LedgerRow, t0: float) -> None:
         row.latency_ms = (time.perf_counter() - t0) * 1000

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from turnout.config import StoreConfig
 from turnout.ledger.record import LedgerRow
-from turnout.ledger.store import StoreError, check_limit
+from turnout.ledger.store import ReleaseStats, StoreError, check_limit, summarize
 
 
 class MemoryStore:
@@ -75,6 +75,14 @@ class MemoryStore:
                 setattr(row, name, new)
         row.outcome_at = at
         return True
+
+    async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
+        self._check_open()
+        return summarize(
+            (r.status, r.error_class, r.latency_ms, r.cost_usd, r.outcome)
+            for r in self._rows.values()
+            if r.task == task and r.release == release and r.started_at >= since
+        )
 
     async def aclose(self) -> None:
         self._open = False

@@ -41,7 +41,7 @@ import orjson
 from turnout.config import StoreConfig
 from turnout.errors import ConfigError
 from turnout.ledger.record import AttemptRecord, LedgerRow
-from turnout.ledger.store import StoreError, check_limit
+from turnout.ledger.store import RELEASE_FAULTS, ReleaseStats, StoreError, check_limit
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ADD COLUMN outcome_at    double precision,
             ADD COLUMN episode_id    text""",
     ),
+    # 3: release_stats reads one release of one task over a recent window (as in SQLite).
+    ('CREATE INDEX requests_task_release_started_at ON {p}requests (task, "release", started_at)',),
 )
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))
@@ -177,6 +179,12 @@ class PostgresStore:
             )
         return status != "UPDATE 0"
 
+    async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
+        async with self._connection() as conn:
+            found = await conn.fetchrow(self._sql.release_stats, task, release, since, sorted(RELEASE_FAULTS))
+        assert found is not None  # an aggregate without GROUP BY always answers one row
+        return ReleaseStats(*found.values())
+
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
         if pool is None:
@@ -258,6 +266,19 @@ class _Statements:
             episode_id = COALESCE($5, episode_id),
             outcome_at = $6
             WHERE request_id = $7 AND tenant = $8"""  # noqa: S608
+        # ReleaseStats' figures in SQL, as turnout.ledger.store.summarize computes them.
+        served = "status NOT BETWEEN 400 AND 499"
+        self.release_stats = f"""SELECT
+            count(*),
+            count(*) FILTER (WHERE status BETWEEN 400 AND 499),
+            count(*) FILTER (WHERE {served} AND (status >= 500 OR error_class IS NOT NULL)),
+            count(*) FILTER (WHERE status IN (502, 503, 504)
+                             AND COALESCE(error_class, '') <> ALL ($4::text[])),
+            percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FILTER (WHERE {served}),
+            COALESCE(sum(cost_usd) FILTER (WHERE {served}), 0),
+            count(outcome) FILTER (WHERE {served}),
+            count(*) FILTER (WHERE {served} AND outcome = 'success')
+            FROM {p}requests WHERE task = $1 AND "release" = $2 AND started_at >= $3"""  # noqa: S608
         self.create_migrations = (
             f"CREATE TABLE IF NOT EXISTS {p}schema_migrations "
             "(version integer PRIMARY KEY, applied_at double precision NOT NULL)"

@@ -28,7 +28,7 @@ import orjson
 
 from turnout.config import StoreConfig
 from turnout.ledger.record import AttemptRecord, LedgerRow
-from turnout.ledger.store import StoreError, check_limit
+from turnout.ledger.store import STATS_COLUMNS, ReleaseStats, StoreError, check_limit, summarize
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE requests ADD COLUMN outcome_at REAL",
         "ALTER TABLE requests ADD COLUMN episode_id TEXT",
     ),
+    # 3: release_stats reads one release of one task over a recent window (the canary's step).
+    ('CREATE INDEX requests_task_release_started_at ON requests (task, "release", started_at)',),
 )
 
 # Columns follow LedgerRow's fields, so a field added without a migration fails loudly on the
@@ -101,6 +103,11 @@ _SET_OUTCOME = """UPDATE requests SET
     episode_id = COALESCE(?, episode_id),
     outcome_at = ?
     WHERE request_id = ? AND tenant = ?"""
+# The window's rows, summed up in Python (``summarize``): SQLite has no percentile function.
+_STATS = (
+    f"SELECT {', '.join(STATS_COLUMNS)} FROM requests "  # noqa: S608
+    'WHERE task = ? AND "release" = ? AND started_at >= ?'
+)
 
 
 class SQLiteStore:
@@ -162,6 +169,10 @@ class SQLiteStore:
         params = (outcome, human_review, escalated, value, episode_id, at, request_id, tenant)
         updated = await self._call(lambda conn: conn.execute(_SET_OUTCOME, params).rowcount)
         return updated > 0
+
+    async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
+        found = await self._call(lambda conn: conn.execute(_STATS, (task, release, since)).fetchall())
+        return summarize(found)
 
     async def aclose(self) -> None:
         executor, self._executor = self._executor, None

@@ -16,6 +16,8 @@ rules:
   the order is the same on every backend.
 * ``set_outcome`` touches only the outcome fields of one row, and only when the row belongs to
   the tenant given: another tenant's request id behaves exactly like an unknown one.
+* ``release_stats`` sums up one release of one task since a time, in one query, with the same
+  figures on every backend (``ReleaseStats`` defines each one).
 
 Nothing here is on the request path: rows reach a store through ``LedgerWriter``'s queue.
 """
@@ -23,7 +25,9 @@ Nothing here is on the request path: rows reach a store through ``LedgerWriter``
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from turnout.config import StoreConfig
@@ -33,6 +37,108 @@ from turnout.ledger.record import LedgerRow
 
 class StoreError(TurnoutError):
     """The store cannot be used: its schema is newer than this code, or it is closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseStats:
+    """What one release of a task did in a window, as the canary controller compares it.
+
+    * ``requests``: every row of the release with ``started_at >= since``.
+    * ``caller_errors``: rows with a 4xx status (400-499): a bad body, a key, a quota (429), a
+      client that went away (499), a request the upstream rejected as malformed. The caller's
+      doing, not the release's: they count in none of the figures below.
+    * ``errors``: the other failures: status 500 or above, or an ``error_class`` on a row whose
+      status is not 4xx (a stream that broke after its 200 went out).
+    * ``provider_errors``: the part of ``errors`` that came from upstream: status 502, 503 or
+      504 (every target failed, or a stream broke upstream), except ``output_invalid`` (the
+      model answered, but not in the release's output schema: the release's fault).
+    * ``p95_latency_ms``: the 95th percentile of ``latency_ms`` over rows that are not caller
+      errors, interpolated linearly between ranks (PostgreSQL's ``percentile_cont``); None when
+      there are none.
+    * ``cost_usd``: the sum of ``cost_usd`` over rows that are not caller errors (no cost: 0).
+    * ``outcomes``: rows with feedback (``outcome`` set), not counting caller errors;
+      ``successes``: those whose outcome is ``"success"``.
+    """
+
+    requests: int = 0
+    caller_errors: int = 0
+    errors: int = 0
+    provider_errors: int = 0
+    p95_latency_ms: float | None = None
+    cost_usd: float = 0.0
+    outcomes: int = 0
+    successes: int = 0
+
+    @property
+    def served(self) -> int:
+        """Requests the release answered or failed on its own account: the denominator."""
+        return self.requests - self.caller_errors
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.served if self.served else 0.0
+
+    @property
+    def provider_error_rate(self) -> float:
+        return self.provider_errors / self.served if self.served else 0.0
+
+    @property
+    def cost_per_request(self) -> float:
+        return self.cost_usd / self.served if self.served else 0.0
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.outcomes if self.outcomes else None
+
+
+# The columns ``summarize`` reads, in its order; SQLite selects them and sums up in Python.
+STATS_COLUMNS = ("status", "error_class", "latency_ms", "cost_usd", "outcome")
+StatsRecord = tuple[int, str | None, float, float | None, str | None]
+RELEASE_FAULTS = frozenset({"output_invalid"})  # 502s that are the release's, not the provider's
+
+
+def is_caller_error(status: int) -> bool:
+    return 400 <= status <= 499
+
+
+def is_error(status: int, error_class: str | None) -> bool:
+    return not is_caller_error(status) and (status >= 500 or error_class is not None)
+
+
+def is_provider_error(status: int, error_class: str | None) -> bool:
+    return status in (502, 503, 504) and error_class not in RELEASE_FAULTS
+
+
+def summarize(records: Iterable[StatsRecord]) -> ReleaseStats:
+    """``ReleaseStats`` from rows' ``STATS_COLUMNS``: the memory and SQLite stores' arithmetic,
+    which PostgreSQL's query reproduces in SQL."""
+    requests = caller = errors = provider = outcomes = successes = 0
+    cost = 0.0
+    latencies: list[float] = []
+    for status, error_class, latency_ms, cost_usd, outcome in records:
+        requests += 1
+        if is_caller_error(status):
+            caller += 1
+            continue
+        errors += is_error(status, error_class)
+        provider += is_provider_error(status, error_class)
+        latencies.append(latency_ms)
+        cost += cost_usd or 0.0
+        if outcome is not None:
+            outcomes += 1
+            successes += outcome == "success"
+    return ReleaseStats(requests, caller, errors, provider, percentile(latencies, 0.95), cost, outcomes, successes)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks, as PostgreSQL's ``percentile_cont``."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 class LedgerStore(Protocol):
@@ -67,6 +173,11 @@ class LedgerStore(Protocol):
         replaces its field (``value`` goes to ``outcome_value``), None keeps what is stored, so
         feedback may arrive in pieces; ``outcome_at`` becomes ``at``. True if a row was updated,
         False if ``tenant`` has no row ``request_id`` (yet: rows reach the store in batches)."""
+        ...
+
+    async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
+        """How ``release`` of ``task`` did on rows with ``started_at >= since``: one query,
+        served by the ``(task, release, started_at)`` index."""
         ...
 
     async def aclose(self) -> None:
