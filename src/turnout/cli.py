@@ -9,6 +9,7 @@ import click
 from turnout.capture_cli import capture
 from turnout.config import Config, load_config
 from turnout.errors import ConfigError
+from turnout.eval_cli import eval_command
 from turnout.keys_cli import keys
 from turnout.release_cli import release
 
@@ -25,6 +26,7 @@ def main() -> None:
 main.add_command(keys)
 main.add_command(capture)
 main.add_command(release)
+main.add_command(eval_command)
 
 
 @main.command()

@@ -229,6 +229,9 @@ class Gateway:
         task = self.config.tasks.get(req.task)
         serving = self.releases.serving(req.task) if self.releases is not None and task is not None else None
         release = choose(serving, req.task, user or row.request_id) if serving is not None else None
+        forced = scope.get("turnout.release")  # set in-process by `turnout eval`, never by a client
+        if isinstance(forced, Release):
+            release = forced
         route = task.route if task is not None else []
         body = req.body
         if release is not None:  # its targets and parameters apply; the caller's messages stay

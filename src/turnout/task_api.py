@@ -24,6 +24,8 @@ from turnout.providers.base import Completion
 from turnout.releases.base import Release, choose
 from turnout.releases.render import render
 
+FORCED_RELEASE = "turnout.release"
+
 
 class OutputInvalid(TurnoutError):
     """The model's answer does not satisfy the release's output schema: fail closed."""
@@ -121,6 +123,11 @@ async def _admit(
     meta = body.get("metadata") or {}
     user = _text(header(scope, b"x-turnout-user")) or meta.get("user") or body.get("user")
     release = choose(serving, task, str(user or row.request_id)) if serving is not None else None
+    # `turnout eval` runs a named release through this same path; the key is set in-process only
+    # (an ASGI server never puts a client's input into the scope's own keys).
+    forced = scope.get(FORCED_RELEASE)
+    if isinstance(forced, Release):
+        release = forced
     if release is None:
         raise UnknownTask(f"the task {task!r} has no active release", param="task", code="no_release")
     row.user = gateway.user_pseudonym(str(user)) if user else None
