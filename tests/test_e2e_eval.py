@@ -8,12 +8,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
-CASES = [
+CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("capital", "What is the capital of France?", {"value": "Paris"}),
     ("legs", "How many legs does a dog have?", {"any": ["four", "4"]}),
     ("sum", "What is 2 plus 2?", {"value": "4"}),

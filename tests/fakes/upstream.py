@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import socket
 import struct
 import time
@@ -60,6 +61,7 @@ class Fault:
     first_chunk_delay: float = 0.0
     chunk_delay: float = 0.0
     times: int | None = None
+    rate: float = 1.0  # the share of requests the fault hits (seeded: reproducible)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -85,6 +87,7 @@ class FakeUpstream(FakeServer):
     # Answered instead of ``reply`` when the request offers tools: [{"id", "name", "arguments"}].
     tool_calls: tuple[dict[str, Any], ...] = ()
     usage: dict[str, int] | None = None  # fixed usage instead of the word count
+    _rng: random.Random = field(default_factory=lambda: random.Random(7), repr=False)
     requests: list[Received] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -241,8 +244,11 @@ class FakeUpstream(FakeServer):
         return {"prompt_tokens": prompt, "completion_tokens": len(self.reply), "total_tokens": prompt + len(self.reply)}
 
     def _take(self) -> Fault:
-        """The fault for this request; a fault with ``times`` expires after that many."""
+        """The fault for this request; a fault with ``times`` expires after that many, and one
+        with ``rate`` < 1 hits only that share of requests."""
         fault = self.fault
+        if fault.rate < 1.0 and self._rng.random() >= fault.rate:
+            return Fault()
         if fault.times is not None:
             fault.times -= 1
             if fault.times <= 0:
