@@ -226,6 +226,14 @@ def judge(
         active_stats=active,
     )
     sample = f"canary {canary.served}, active {active.served} requests"
+    if (
+        serving.canary_percent >= 100
+        and canary.served >= cfg.min_requests
+        and canary.error_rate <= cfg.max_error_rate_delta
+    ):
+        # Put at 100% by hand: nothing left to compare with; its own error rate decides.
+        why = f"canary at 100% ({sample}): error rate {_pct(canary.error_rate)}; promoted"
+        return _replace(base, action="promote", next_percent=100.0, why=why)
     if canary.served < cfg.min_requests or active.served < cfg.min_requests:
         return _replace(base, why=f"too few requests to judge ({sample}; {cfg.min_requests} needed on each side)")
     upstream = (
@@ -242,7 +250,9 @@ def judge(
     if failed:
         why = f"canary analysis failed at {at} ({sample}): " + "; ".join(c.detail for c in checks if c.ok is False)
         return _replace(base, action="rollback", next_percent=0.0, checks=checks, failed=failed, why=why)
-    later = [p for p in cfg.steps if p > serving.canary_percent]
+    # A step of 100% would leave the active side without traffic to compare against, so the
+    # last comparable step passing is the promotion.
+    later = [p for p in cfg.steps if serving.canary_percent < p < 100]
     if serving.canary_percent >= 100 or not later:
         why = f"canary analysis passed at {at} ({sample}): {numbers}; last step: promoted"
         return _replace(base, action="promote", next_percent=100.0, checks=checks, why=why)
