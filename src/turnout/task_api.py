@@ -93,8 +93,19 @@ async def handle(gateway: Any, task: str, scope: dict[str, Any], receive: Receiv
         },
         headers,
     )
+    decision = gateway.capture.decide(row.tenant, task) if gateway.capture is not None else None
+    row.capture_mode = decision.used if decision is not None else "metadata"
     gateway._account(row, t0)
     await gateway.quota.settle(grant, usage, row.cost_usd)
+    if decision is None:
+        return
+    # After the answer is out: text capture and review sampling, where the capture mode allows.
+    answer = output if isinstance(output, str) else orjson.dumps(output).decode()
+    if decision.capture:
+        gateway.capture.submit(request_id, row.tenant, task, decision, orjson.dumps(messages).decode(), answer)
+    rate = gateway._review_rate(task, decision)
+    if rate > 0:
+        await gateway._review(row, decision.mode, messages, answer, rate)
 
 
 class _Any:
