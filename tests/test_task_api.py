@@ -157,3 +157,30 @@ async def test_chat_completions_on_a_task_with_releases_carry_the_release(make_a
 async def test_bad_bodies_are_400(make_app: AppFactory, raw: bytes) -> None:
     app, _ = await start(make_app, Serving(release("v1")))
     assert (await request(app, "POST", "/v1/tasks/extract", raw=raw)).status == 400
+
+
+async def test_answers_are_sampled_for_review_redacted_and_labelled(make_app: AppFactory, tmp_path: Any) -> None:
+    raw = {
+        **CONFIG,
+        "server": {"admin_key": "adm-review-0123456789"},
+        "capture": {"rules": [{"task": "extract", "mode": "redacted"}], "redaction_key": "review-key-0123456789"},
+        "releases": {"store_path": str(tmp_path / "releases.db")},
+        "tasks": {**CONFIG["tasks"], "extract": {"route": ["primary", "secondary"], "review_rate": 1.0}},
+    }
+    primary = ScriptedProvider("primary", Step(text='{"order_id": "A-17"}'))
+    app = await make_app(raw, {"primary": primary, "secondary": ScriptedProvider("secondary")})
+    app.gateway.releases = StaticRegistry(Serving(release("v1")))
+    resp = await call(app, {"variables": {"text": "order A-17 for jane.doe@example.com"}})
+    assert resp.status == 200
+    admin = {"authorization": "Bearer adm-review-0123456789"}
+    queued = await request(app, "GET", "/admin/review?task=extract", headers=admin)
+    assert queued.status == 200
+    [item] = queued.json()["data"]
+    assert item["release"] == "v1"
+    assert "jane.doe@example.com" not in queued.body.decode() and "[EMAIL_" in queued.body.decode()
+    labelled = await request(
+        app, "POST", f"/admin/review/{item['id']}", {"label": "accept", "note": "fine", "by": "bob"}, admin
+    )
+    assert labelled.status == 200
+    again = await request(app, "GET", "/admin/review?task=extract&status=all", headers=admin)
+    assert again.json()["quality"]["accept"] == 1
