@@ -46,7 +46,7 @@ class StaticRegistry:
         return None
 
 
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "targets": {
         "primary": {"provider": "openai", "base_url": "http://p.invalid/v1", "model": "m"},
         "secondary": {"provider": "openai", "base_url": "http://s.invalid/v1", "model": "m"},
