@@ -568,6 +568,7 @@ async def test_sqlite_stores_attempts_as_json_text(db_path: Path) -> None:
         "error_class": None,
         "latency_ms": 812.25,
         "offset_ms": 0.0,
+        "cost_usd": None,
     }
 
 

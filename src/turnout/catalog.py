@@ -60,7 +60,8 @@ def context_window(target: Any) -> int | None:
 
 def price(target: Any) -> Price | None:
     """USD per 1M tokens: the configured price, else the catalog's for a Bedrock model. None:
-    unknown, and such a target costs nothing against budgets (``turnout check`` warns)."""
+    unknown, and such a target costs nothing against budgets (``turnout check`` warns). The
+    price book (``prices:``) comes before this one: ``turnout.pricing.PriceBook``."""
     if target.price is not None:
         return target.price  # type: ignore[no-any-return]
     if isinstance(target, BedrockTarget):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -105,6 +106,72 @@ class Limit(_Strict):
 class Price(_Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(None, ge=0)  # default: the input price
+
+
+_MANAGED = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
+_SELF_HOSTED = ("gpu_hour_usd", "gpus", "replicas", "schedule", "allocation", "tokens_per_s", "max_concurrency")
+_HOURS = re.compile(r"^\s*(\d{1,2})\s*(?:-\s*(\d{1,2})\s*)?$")
+
+
+class PriceEntry(_Strict):
+    """One target's price in a price-book version: managed (USD per 1M tokens) or self-hosted
+    (a fleet of replicas billed by the GPU-hour). See ``turnout.pricing`` for the arithmetic."""
+
+    input_per_mtok: float | None = Field(None, ge=0)
+    output_per_mtok: float | None = Field(None, ge=0)
+    cached_input_per_mtok: float | None = Field(None, ge=0)
+    gpu_hour_usd: float | None = Field(None, ge=0)
+    gpus: int = Field(1, gt=0, description="GPUs per replica")
+    replicas: int = Field(1, ge=0, description="replicas up in the hours the schedule does not list")
+    schedule: dict[str, int] = Field({}, description='replicas by UTC hour of day: {"0-7": 1, "8-19": 3}')
+    allocation: Literal["busy_seconds", "tokens"] = "busy_seconds"
+    tokens_per_s: float | None = Field(None, gt=0, description="prompt+completion tokens/s one replica serves")
+    max_concurrency: int = Field(1, gt=0, description="requests one replica serves at once (busy_seconds)")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PriceEntry:
+        given = self.model_fields_set
+        managed = [k for k in _MANAGED if k in given]
+        hosted = [k for k in _SELF_HOSTED if k in given]
+        if managed and hosted:
+            raise ValueError(
+                f"give a managed price ({', '.join(managed)}) or a self-hosted one ({', '.join(hosted)}), not both"
+            )
+        if not hosted:
+            missing = [k for k in _MANAGED[:2] if getattr(self, k) is None]
+            if missing:
+                raise ValueError(
+                    f"missing {' and '.join(missing)} (managed), or give gpu_hour_usd, gpus, replicas (self-hosted)"
+                )
+            return self
+        if self.gpu_hour_usd is None:
+            raise ValueError("a self-hosted price needs gpu_hour_usd")
+        if self.allocation == "tokens" and self.tokens_per_s is None:
+            raise ValueError("allocation 'tokens' needs tokens_per_s (per replica)")
+        self.hourly_replicas()  # raises on a bad schedule
+        return self
+
+    def hourly_replicas(self) -> tuple[int, ...]:
+        """Replicas up in each UTC hour 0..23: the schedule where it says, else ``replicas``."""
+        hours: list[int | None] = [None] * 24
+        for key, count in self.schedule.items():
+            m = _HOURS.match(str(key))
+            lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (-1, -1)
+            if not m or not 0 <= lo <= hi <= 23:
+                raise ValueError(f"schedule: {key!r} is not an hour or a range 0-23 (split one that wraps midnight)")
+            if count < 0:
+                raise ValueError(f"schedule: {key!r} has a negative replica count")
+            for h in range(lo, hi + 1):
+                if hours[h] is not None:
+                    raise ValueError(f"schedule: hour {h} is listed twice")
+                hours[h] = count
+        return tuple(self.replicas if n is None else n for n in hours)
+
+
+class PriceVersion(_Strict):
+    effective: date  # from 00:00 UTC that day, until the next version that names the target
+    targets: dict[str, PriceEntry]
 
 
 class TimeoutsConfig(_Strict):
@@ -135,7 +202,8 @@ class _TargetBase(_Strict):
     # Tokens the model takes in one request. A prompt too long for one target falls back only
     # to targets whose window is larger or unknown. Default: n_ctx (local), the catalog (bedrock).
     context_window: int | None = Field(None, gt=0)
-    # USD per 1M tokens, for budgets. Default: the catalog (bedrock), else free.
+    # USD per 1M tokens. The price book (``prices:``) wins from its effective date; without
+    # either, the catalog (bedrock; local is free), else unpriced. See turnout.pricing.
     price: Price | None = None
 
 
@@ -255,6 +323,13 @@ class Config(_Strict):
     tenants: dict[str, TenantConfig] = {}
     policy: dict[DataClass, ClassPolicy] = {}
     tasks: dict[str, TaskConfig]
+    # The price book, by effective date (sorted at load); see turnout.pricing.
+    prices: list[PriceVersion] = []
+
+    @model_validator(mode="after")
+    def _sort_prices(self) -> Config:
+        self.prices.sort(key=lambda v: v.effective)
+        return self
 
 
 def cross_problems(raw: dict[str, Any]) -> list[str]:
@@ -304,6 +379,7 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
         for task in _mapping(_mapping(tenant).get("task_limits")):
             if task not in tasks:
                 problems.append(f"tenants.{tname}.task_limits.{task}: unknown task {task!r}")
+    problems += _price_book_problems(raw.get("prices"), targets)
     server = _mapping(raw.get("server"))
     host = str(server.get("host", "127.0.0.1"))
     if not tenants and not _flag(server.get("allow_anonymous", False)) and not _is_loopback(host):
@@ -311,6 +387,21 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
             f"server.host: {host!r} is not loopback and no tenants are configured; "
             "add tenants with keys or set server.allow_anonymous: true"
         )
+    return problems
+
+
+def _price_book_problems(book: Any, targets: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for i, version in enumerate(book if isinstance(book, list) else []):
+        version = _mapping(version)
+        for name in _mapping(version.get("targets")):
+            if name not in targets:
+                problems.append(f"prices[{i}].targets.{name}: unknown target {name!r}")
+        when = str(version.get("effective"))
+        if when in seen:
+            problems.append(f"prices[{i}].effective: {when} is also the date of prices[{seen[when]}]")
+        seen.setdefault(when, i)
     return problems
 
 

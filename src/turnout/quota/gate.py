@@ -5,19 +5,27 @@ Budgets reserve the worst case over the targets the request may reach (policy ha
 them down), so a fallback to a dearer target can never spend past the budget. A task with
 ``on_budget_exceeded: cheaper`` keeps, when refused, only the targets whose worst case fits
 what is left, and tries once more.
+
+Costs come from the price book (``turnout.pricing``) at the request's start time. The worst
+case of one answer is its token bound (``prompt + max_tokens``) for managed targets and for
+self-hosted ones allocated by tokens, and the target's total timeout held on a replica for those
+allocated by busy seconds. Failed self-hosted attempts cost their busy time too, so with retries
+a settled total may pass the reservation by up to that.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from turnout.catalog import price
-from turnout.config import Config, Price
+from turnout.config import Config
+from turnout.ledger.record import AttemptRecord
+from turnout.pricing import PriceBook
 from turnout.providers.base import Usage
 from turnout.quota.base import Ask, Grant, Limiter, QuotaExceeded, Scope
-from turnout.quota.plan import cost_usd, max_output_tokens, prompt_tokens, scopes
+from turnout.quota.plan import max_output_tokens, prompt_tokens, scopes
 
 log = logging.getLogger("turnout.quota")
 
@@ -27,7 +35,7 @@ class QuotaGate:
         self.limiter = limiter
         self.default_max_tokens = config.limits.default_max_tokens
         self.scopes = scopes(config)
-        self.prices: dict[str, Price | None] = {name: price(t) for name, t in config.targets.items()}
+        self.book = PriceBook(config)
         self.cheaper = {name: t.on_budget_exceeded == "cheaper" for name, t in config.tasks.items()}
 
     def needed(self) -> bool:
@@ -42,8 +50,9 @@ class QuotaGate:
             return allowed, None
         prompt = prompt_tokens(body)
         output = max_output_tokens(body, self.default_max_tokens)
-        worst = {name: cost_usd(self.prices.get(name), prompt, output) for name in allowed}
-        ask = Ask(request_id, scopes, prompt + output, max(worst.values()), time.time())
+        now = time.time()
+        worst = {name: self.book.worst_case(name, prompt, output, now) for name in allowed}
+        ask = Ask(request_id, scopes, prompt + output, max(worst.values()), now)
         try:
             return allowed, await self.limiter.acquire(ask)
         except QuotaExceeded as refusal:
@@ -55,12 +64,17 @@ class QuotaGate:
             ask.cost_usd = max(worst[name] for name in fits)
             return fits, await self.limiter.acquire(ask)
 
-    def cost(self, target: str, usage: Usage | None) -> float | None:
-        """The real cost of an answer, when the target's price and the usage are known."""
-        known = self.prices.get(target)
-        if known is None or usage is None:
-            return None
-        return cost_usd(known, usage.prompt_tokens, usage.completion_tokens)
+    def cost(
+        self, target: str, usage: Usage | None, busy_s: float | None = None, when: float | None = None
+    ) -> float | None:
+        """The real cost of an answer, when its price and what the price needs are known."""
+        return self.book.request_cost(target, usage, busy_s, time.time() if when is None else when)
+
+    def attempts_cost(
+        self, attempts: Sequence[AttemptRecord], usage: Usage | None, when: float, answer_s: float | None = None
+    ) -> float | None:
+        """Price every attempt (``cost_usd``) and return the request's total (None: unpriced)."""
+        return self.book.price_attempts(attempts, usage, when, answer_s=answer_s)
 
     async def settle(self, grant: Grant | None, usage: Usage | None, cost: float | None) -> None:
         if grant is None or self.limiter is None:
