@@ -6,12 +6,9 @@ gateway sees a new grant or a revocation within a second.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -20,6 +17,18 @@ from turnout.capture.model import AuditEvent, CaptureStoreError, Grant
 from turnout.capture.policy import rule_for
 from turnout.capture.purge import Purger
 from turnout.capture.store import CaptureStore, capture_path
+from turnout.cli_util import (
+    config_option,
+    fail,
+    format_option,
+    iso,
+    load_config,
+    need,
+    nonblank,
+    print_table,
+    run_store,
+    when,
+)
 from turnout.config import Config
 
 T = TypeVar("T")
@@ -27,28 +36,7 @@ T = TypeVar("T")
 MAX_GRANT_MINUTES = 24 * 60  # a grant is for an investigation, not a standing permission
 CLI_ACTOR = "cli"
 
-config_option = click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    envvar="TURNOUT_CONFIG",
-    help="YAML config file: its tenants, tasks and capture rules, and store.path (capture.db lives beside it).",
-)
-format_option = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="A table to read, or JSON to process.",
-)
-
-
-def _nonblank(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value.strip():
-        raise click.BadParameter("must not be empty", ctx, param)
-    return value.strip()
+CONFIG_HELP = "YAML config file: its tenants, tasks and capture rules, and store.path (capture.db lives beside it)."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,22 +63,20 @@ def capture() -> None:
     type=click.IntRange(1, MAX_GRANT_MINUTES),
     help=f"How long the grant lasts, from now (1 to {MAX_GRANT_MINUTES}).",
 )
-@click.option("--reason", required=True, callback=_nonblank, help="Why: kept in the audit trail.")
-@click.option("--by", "by", required=True, callback=_nonblank, help="Who grants it: kept in the audit trail.")
-@config_option
+@click.option("--reason", required=True, callback=nonblank, help="Why: kept in the audit trail.")
+@click.option("--by", "by", required=True, callback=nonblank, help="Who grants it: kept in the audit trail.")
+@config_option(CONFIG_HELP)
 def grant(tenant: str, task: str, minutes: int, reason: str, by: str, config_path: str | None) -> None:
     """Allow full capture for a tenant and task for MINUTES from now.
 
     The config's capture rule for the pair must say `mode: full`; the grant is what makes it
     take effect."""
-    config = _config(config_path)
-    if tenant not in config.tenants:
-        _fail(f"no tenant {tenant!r} in the config (tenants: {', '.join(sorted(config.tenants)) or 'none'})")
-    if task not in config.tasks:
-        _fail(f"no task {task!r} in the config (tasks: {', '.join(sorted(config.tasks))})")
+    config = load_config(config_path)
+    need("tenant", tenant, config.tenants)
+    need("task", task, config.tasks)
     mode, _ = rule_for(config.capture, tenant, task)
     if mode != "full":
-        _fail(
+        fail(
             f"the capture rule for tenant {tenant!r} and task {task!r} is {mode!r}, so a grant would change "
             "nothing; add a capture rule with mode: full for them first"
         )
@@ -107,11 +93,11 @@ def grant(tenant: str, task: str, minutes: int, reason: str, by: str, config_pat
 @capture.command(name="list")
 @click.option("--active", is_flag=True, help="Only grants live now.")
 @click.option("--tenant", "-t", help="Only this tenant's grants.")
-@format_option
-@config_option
+@format_option()
+@config_option(CONFIG_HELP)
 def list_(active: bool, tenant: str | None, fmt: str, config_path: str | None) -> None:
     """List grants with their status: active, expired or revoked."""
-    config = _config(config_path)
+    config = load_config(config_path)
     now = time.time()
 
     async def grants(store: CaptureStore) -> list[Grant]:
@@ -139,20 +125,20 @@ def list_(active: bool, tenant: str | None, fmt: str, config_path: str | None) -
         )
         for g in found
     ]
-    _table(rows)
+    print_table(rows)
 
 
 @capture.command()
 @click.argument("grant_id")
-@click.option("--by", "by", required=True, callback=_nonblank, help="Who revokes it: kept in the audit trail.")
-@config_option
+@click.option("--by", "by", required=True, callback=nonblank, help="Who revokes it: kept in the audit trail.")
+@config_option(CONFIG_HELP)
 def revoke(grant_id: str, by: str, config_path: str | None) -> None:
     """End the grant GRANT_ID now (as `capture list` shows it)."""
-    config = _config(config_path)
+    config = load_config(config_path)
     now = time.time()
     found = _run(config, lambda store: store.revoke_grant(grant_id, by, now))
     if found is None:
-        _fail(f"no grant with id {grant_id!r} (see `turnout capture list`)")
+        fail(f"no grant with id {grant_id!r} (see `turnout capture list`)")
     if found.revoked_at is not None and found.revoked_at != now:
         click.echo(f"Grant {found.id} was already revoked at {_when(found.revoked_at)} by {found.revoked_by}.")
     elif found.revoked_at is None:
@@ -164,11 +150,11 @@ def revoke(grant_id: str, by: str, config_path: str | None) -> None:
 @capture.command()
 @click.option("--tenant", "-t", help="Only events about this tenant (purge runs name no tenant).")
 @click.option("--limit", type=click.IntRange(1), help="Only the last N events.")
-@format_option
-@config_option
+@format_option()
+@config_option(CONFIG_HELP)
 def audit(tenant: str | None, limit: int | None, fmt: str, config_path: str | None) -> None:
     """Print the audit trail, oldest first: grants, uses, expiries, revocations, purges."""
-    config = _config(config_path)
+    config = load_config(config_path)
     now = time.time()
 
     async def events(store: CaptureStore) -> list[AuditEvent]:
@@ -197,14 +183,14 @@ def audit(tenant: str | None, limit: int | None, fmt: str, config_path: str | No
         )
         for e in found
     ]
-    _table(rows)
+    print_table(rows)
 
 
 @capture.command()
-@config_option
+@config_option(CONFIG_HELP)
 def purge(config_path: str | None) -> None:
     """Delete captured text past its retention now, and record grants that ended."""
-    config = _config(config_path)
+    config = load_config(config_path)
     result = _run(config, lambda store: Purger(store, config.capture.purge_interval_s).run_once(actor=CLI_ACTOR))
     click.echo(f"Purged {result.deleted} captures; recorded {len(result.expired)} expired grants.")
 
@@ -214,11 +200,11 @@ def _grant_json(g: Grant, now: float) -> dict[str, Any]:
         "id": g.id,
         "tenant": g.tenant,
         "task": g.task,
-        "starts_at": _iso(g.starts_at),
-        "ends_at": _iso(g.ends_at),
+        "starts_at": iso(g.starts_at),
+        "ends_at": iso(g.ends_at),
         "reason": g.reason,
         "granted_by": g.granted_by,
-        "revoked_at": None if g.revoked_at is None else _iso(g.revoked_at),
+        "revoked_at": iso(g.revoked_at),
         "revoked_by": g.revoked_by,
         "status": g.status(now),
     }
@@ -227,7 +213,7 @@ def _grant_json(g: Grant, now: float) -> dict[str, Any]:
 def _event_json(e: AuditEvent) -> dict[str, Any]:
     return {
         "id": e.id,
-        "at": _iso(e.at),
+        "at": iso(e.at),
         "event": e.event,
         "grant_id": e.grant_id,
         "tenant": e.tenant,
@@ -238,42 +224,9 @@ def _event_json(e: AuditEvent) -> dict[str, Any]:
     }
 
 
-def _table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat()
-
-
 def _when(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _config(path: str | None) -> Config:
-    # Imported here: turnout.cli registers this group, so a top-level import would be circular.
-    from turnout.cli import _load
-
-    return _load(path)
+    return when(at, seconds=True)  # grants last minutes: the seconds matter
 
 
 def _run(config: Config, action: Callable[[CaptureStore], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = CaptureStore(capture_path(config.store))
-        await store.open()
-        try:
-            return await action(store)
-        finally:
-            await store.aclose()
-
-    try:
-        return asyncio.run(run())
-    except CaptureStoreError as exc:
-        _fail(exc.message)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"turnout: {message}", err=True)
-    sys.exit(1)
+    return run_store(lambda: CaptureStore(capture_path(config.store)), action, CaptureStoreError)

@@ -5,17 +5,16 @@ its next request.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 import orjson
 
+from turnout.cli_util import config_option, fail, format_option, iso, load_config, need, print_table, run_store, when
 from turnout.config import Config
 from turnout.keys.base import IssuedKey, KeyStore, KeyStoreError
 from turnout.keys.factory import open_key_store
@@ -64,11 +63,6 @@ def expires_at(expiry: timedelta | datetime | None, now: float) -> float | None:
     return expiry.timestamp()
 
 
-config_option = click.option(
-    "--config", "-c", "config_path", type=click.Path(dir_okay=False), envvar="TURNOUT_CONFIG", help=CONFIG_HELP
-)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def keys() -> None:
     """Issue, list and revoke API keys.
@@ -94,44 +88,35 @@ def keys() -> None:
     help="When the key stops working: a duration from now (30d, 12h, 90m) or an ISO date or date-time "
     "(2026-12-31, 2026-12-31T18:00+02:00; without a zone: UTC). Default: never.",
 )
-@config_option
+@config_option(CONFIG_HELP)
 def create(tenant: str, name: str, expiry: timedelta | datetime | None, config_path: str | None) -> None:
     """Create a key for a tenant and print its secret: the only time it is shown."""
-    config = _config(config_path)
-    if tenant not in config.tenants:
-        known = ", ".join(sorted(config.tenants)) or "none"
-        _fail(f"no tenant {tenant!r} in the config (tenants: {known})")
+    config = load_config(config_path)
+    need("tenant", tenant, config.tenants)
     now = time.time()
     at = expires_at(expiry, now)
     if at is not None and at <= now:
-        raise click.BadParameter(f"{_when(at)} is in the past", param_hint="'--expires'")
+        raise click.BadParameter(f"{when(at)} is in the past", param_hint="'--expires'")
     key, secret = _run(config, lambda store: store.create(tenant, name, at, now))
     click.echo(f"Created key {key.id} for tenant {key.tenant!r}.")
     click.echo(f"  id:      {key.id}")
     click.echo(f"  name:    {key.name or '-'}")
     click.echo(f"  tenant:  {key.tenant}")
-    click.echo(f"  expires: {_when(key.expires_at) if key.expires_at is not None else 'never'}")
+    click.echo(f"  expires: {when(key.expires_at) if key.expires_at is not None else 'never'}")
     click.echo(f"  secret:  {secret}")
     click.echo("Copy the secret now: it will not be shown again (only its digest is stored).")
 
 
 @keys.command(name="list")
 @click.option("--tenant", "-t", help="Only this tenant's keys.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="A table to read, or JSON to process.",
-)
-@config_option
+@format_option()
+@config_option(CONFIG_HELP)
 def list_(tenant: str | None, fmt: str, config_path: str | None) -> None:
     """List keys, never their secrets.
 
     Shows each key's id, tenant, name, hint (the secret's first characters), when it was
     created and expires (UTC), and its status: live, expired or revoked."""
-    config = _config(config_path)
+    config = load_config(config_path)
     found = _run(config, lambda store: store.list(tenant))
     now = time.time()
     if fmt == "json":
@@ -147,30 +132,28 @@ def list_(tenant: str | None, fmt: str, config_path: str | None) -> None:
             k.tenant,
             k.name or "-",
             k.hint,
-            _when(k.created_at),
-            _when(k.expires_at) if k.expires_at is not None else "never",
+            when(k.created_at),
+            when(k.expires_at) if k.expires_at is not None else "never",
             status(k, now),
         )
         for k in found
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(rows)
 
 
 @keys.command()
 @click.argument("key_id")
-@config_option
+@config_option(CONFIG_HELP)
 def revoke(key_id: str, config_path: str | None) -> None:
     """Revoke the key KEY_ID (as `keys list` shows it). It is refused from the next request on;
     revoking it again keeps the first time."""
-    config = _config(config_path)
+    config = load_config(config_path)
     now = time.time()
     key = _run(config, lambda store: store.revoke(key_id, now))
     if key is None:
-        _fail(f"no key with id {key_id!r} (see `turnout keys list`)")
+        fail(f"no key with id {key_id!r} (see `turnout keys list`)")
     if key.revoked_at is not None and key.revoked_at != now:  # revoked before: the first time stays
-        click.echo(f"Key {key.id} (tenant {key.tenant!r}) was already revoked at {_when(key.revoked_at)}.")
+        click.echo(f"Key {key.id} (tenant {key.tenant!r}) was already revoked at {when(key.revoked_at)}.")
     else:
         click.echo(f"Revoked key {key.id} (tenant {key.tenant!r}, name {key.name or '-'}).")
 
@@ -187,43 +170,12 @@ def _as_json(key: IssuedKey, now: float) -> dict[str, Any]:
         "tenant": key.tenant,
         "name": key.name,
         "hint": key.hint,
-        "created_at": _iso(key.created_at),
-        "expires_at": _iso(key.expires_at),
-        "revoked_at": _iso(key.revoked_at),
+        "created_at": iso(key.created_at),
+        "expires_at": iso(key.expires_at),
+        "revoked_at": iso(key.revoked_at),
         "status": status(key, now),
     }
 
 
-def _iso(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
-
-
-def _when(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _config(path: str | None) -> Config:
-    # Imported here: turnout.cli registers this group, so a top-level import would be circular.
-    from turnout.cli import _load
-
-    return _load(path)
-
-
 def _run(config: Config, action: Callable[[KeyStore], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = open_key_store(config.limits)
-        await store.open()
-        try:
-            return await action(store)
-        finally:
-            await store.aclose()
-
-    try:
-        return asyncio.run(run())
-    except KeyStoreError as exc:
-        _fail(exc.message)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"turnout: {message}", err=True)
-    sys.exit(1)
+    return run_store(lambda: open_key_store(config.limits), action, KeyStoreError)

@@ -5,15 +5,24 @@ gateway serves each change within about half a second.
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import click
 import orjson
 
+from turnout.cli_util import (
+    config_option,
+    fail,
+    format_option,
+    iso,
+    load_config,
+    need,
+    nonblank,
+    print_table,
+    run_store,
+    when,
+)
 from turnout.config import Config
 from turnout.errors import ConfigError
 from turnout.releases.base import Transition
@@ -22,33 +31,15 @@ from turnout.releases.store import RegisteredRelease, ReleaseStore, ReleaseStore
 
 T = TypeVar("T")
 
-config_option = click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    envvar="TURNOUT_CONFIG",
-    help="YAML config file: its tasks, and its releases section (releases.path for the files, "
-    "releases.store_path for the store).",
-)
-format_option = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Text to read, or JSON to process.",
+CONFIG_HELP = (
+    "YAML config file: its tasks, and its releases section (releases.path for the files, "
+    "releases.store_path for the store)."
 )
 
 
-def _nonblank(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value.strip():
-        raise click.BadParameter("must not be empty", ctx, param)
-    return value.strip()
-
-
-by_option = click.option("--by", "by", required=True, callback=_nonblank, help="Who: kept in the audit trail.")
-why_option = click.option("--why", "why", required=True, callback=_nonblank, help="Why: kept in the audit trail.")
+text_or_json = format_option("Text to read, or JSON to process.")
+by_option = click.option("--by", "by", required=True, callback=nonblank, help="Who: kept in the audit trail.")
+why_option = click.option("--why", "why", required=True, callback=nonblank, help="Why: kept in the audit trail.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,8 +61,8 @@ def release() -> None:
 
 @release.command(name="list")
 @click.argument("task")
-@format_option
-@config_option
+@text_or_json
+@config_option(CONFIG_HELP)
 def list_(task: str, fmt: str, config_path: str | None) -> None:
     """List TASK's registered releases, their states and which serve traffic."""
     config = _config(config_path, task)
@@ -95,18 +86,18 @@ def list_(task: str, fmt: str, config_path: str | None) -> None:
             _traffic(r.release.name, serving),
             r.version,
             r.prompt_version,
-            f"{_when(r.registered_at)} by {r.registered_by}",
+            f"{when(r.registered_at)} by {r.registered_by}",
         )
         for r in found
     ]
-    _table(rows)
+    print_table(rows)
 
 
 @release.command()
 @click.argument("task")
 @click.argument("name", required=False)
-@format_option
-@config_option
+@text_or_json
+@config_option(CONFIG_HELP)
 def show(task: str, name: str | None, fmt: str, config_path: str | None) -> None:
     """Show one release of TASK (default: the active one): its spec, version, prompt version,
     state and transitions."""
@@ -131,14 +122,14 @@ def show(task: str, name: str | None, fmt: str, config_path: str | None) -> None
     click.echo(f"  state:          {found.state} ({_traffic(found.release.name, serving)} of traffic)")
     click.echo(f"  version:        {found.version}")
     click.echo(f"  prompt version: {found.prompt_version}")
-    click.echo(f"  registered:     {_when(found.registered_at)} by {found.registered_by}")
+    click.echo(f"  registered:     {when(found.registered_at)} by {found.registered_by}")
     click.echo("spec:")
     spec = orjson.dumps(to_spec(found.release), option=orjson.OPT_INDENT_2).decode()
     click.echo("\n".join("  " + line for line in spec.splitlines()))
     click.echo("transitions:")
     for t in moves:
         share = f" at {t.percent:g}%" if t.percent is not None and t.to_state == "canary" else ""
-        click.echo(f"  {_when(t.at)}  {t.from_state or '-'} → {t.to_state}{share}  by {t.by}: {t.why}")
+        click.echo(f"  {when(t.at)}  {t.from_state or '-'} → {t.to_state}{share}  by {t.by}: {t.why}")
 
 
 @release.command()
@@ -146,7 +137,7 @@ def show(task: str, name: str | None, fmt: str, config_path: str | None) -> None
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Every release file of TASK.")
 @by_option
-@config_option
+@config_option(CONFIG_HELP)
 def register(task: str, name: str | None, all_: bool, by: str, config_path: str | None) -> None:
     """Register release NAME of TASK (or --all) from releases/<task>/<name>.yaml. The same
     content again is a no-op; other content under a registered name is refused."""
@@ -156,13 +147,13 @@ def register(task: str, name: str | None, all_: bool, by: str, config_path: str 
     try:
         files = load_task(config, task)
     except ConfigError as exc:
-        _fail("release files are invalid:\n" + "\n".join(f"  {p}" for p in exc.problems))
+        fail("release files are invalid:\n" + "\n".join(f"  {p}" for p in exc.problems))
     if name is not None:
         if name not in files:
-            _fail(f"no release file {release_path(config, task, name)}")
+            fail(f"no release file {release_path(config, task, name)}")
         files = {name: files[name]}
     if not files:
-        _fail(f"no release files for task {task!r} under {release_path(config, task, '*').parent}")
+        fail(f"no release files for task {task!r} under {release_path(config, task, '*').parent}")
 
     async def write(store: ReleaseStore) -> list[tuple[RegisteredRelease, bool]]:
         out = []
@@ -187,7 +178,7 @@ def register(task: str, name: str | None, all_: bool, by: str, config_path: str 
 )
 @by_option
 @why_option
-@config_option
+@config_option(CONFIG_HELP)
 def canary(task: str, name: str, percent: float, by: str, why: str, config_path: str | None) -> None:
     """Send PERCENT of TASK's traffic to the evaluated release NAME (or change the share of the
     release in canary). End users stay on one side of the split."""
@@ -206,7 +197,7 @@ def canary(task: str, name: str, percent: float, by: str, why: str, config_path:
 )
 @by_option
 @why_option
-@config_option
+@config_option(CONFIG_HELP)
 def promote(task: str, name: str, force: bool, by: str, why: str, config_path: str | None) -> None:
     """Make NAME TASK's active release for all traffic; the one it replaces is retired and kept
     for a rollback. NAME must be evaluated or in canary, unless it is the task's first release
@@ -226,7 +217,7 @@ def promote(task: str, name: str, force: bool, by: str, why: str, config_path: s
 )
 @by_option
 @why_option
-@config_option
+@config_option(CONFIG_HELP)
 def rollback(task: str, to_previous: bool, by: str, why: str, config_path: str | None) -> None:
     """Drop TASK's canary (its traffic returns to the active release); with no canary, or with
     --to-previous, return all traffic to the previously active release."""
@@ -242,7 +233,7 @@ def _summary(r: RegisteredRelease) -> dict[str, Any]:
         "state": r.state,
         "version": r.version,
         "prompt_version": r.prompt_version,
-        "registered_at": _iso(r.registered_at),
+        "registered_at": iso(r.registered_at),
         "registered_by": r.registered_by,
     }
 
@@ -255,7 +246,7 @@ def _serving_json(s: ServingRow | None) -> dict[str, Any] | None:
         "canary": s.canary,
         "canary_percent": s.canary_percent,
         "previous_active": s.previous_active,
-        "updated_at": _iso(s.updated_at),
+        "updated_at": iso(s.updated_at),
     }
 
 
@@ -264,7 +255,7 @@ def _transition_json(t: Transition) -> dict[str, Any]:
         "release": t.release,
         "from_state": t.from_state,
         "to_state": t.to_state,
-        "at": _iso(t.at),
+        "at": iso(t.at),
         "by": t.by,
         "why": t.why,
         "percent": t.percent,
@@ -281,41 +272,11 @@ def _traffic(name: str, serving: ServingRow | None) -> str:
     return "0%"
 
 
-def _table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat()
-
-
-def _when(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _config(path: str | None, task: str) -> Config:
-    # Imported here: turnout.cli registers this group, so a top-level import would be circular.
-    from turnout.cli import _load
-
-    config = _load(path)
-    if task not in config.tasks:
-        _fail(f"no task {task!r} in the config (tasks: {', '.join(sorted(config.tasks)) or 'none'})")
+    config = load_config(path)
+    need("task", task, config.tasks)
     return config
 
 
 def _run(config: Config, action: Callable[[ReleaseStore], Awaitable[T]]) -> T:
-    async def run() -> T:
-        async with ReleaseStore(config.releases.store_path) as store:
-            return await action(store)
-
-    try:
-        return asyncio.run(run())
-    except ReleaseStoreError as exc:
-        _fail(exc.message)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"turnout: {message}", err=True)
-    sys.exit(1)
+    return run_store(lambda: ReleaseStore(config.releases.store_path), action, ReleaseStoreError)

@@ -21,22 +21,16 @@ which are append-only history.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
 import secrets
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from turnout.capture.model import SYSTEM_ACTOR, AuditEvent, CaptureRow, CaptureStoreError, Event, Grant
 from turnout.config import StoreConfig
-
-log = logging.getLogger(__name__)
+from turnout.sqlite_util import SQLiteWorker, migrate
 
 T = TypeVar("T")
 
@@ -129,38 +123,23 @@ def new_grant_id() -> str:
 class CaptureStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # the executor's thread only
-        self._reader: sqlite3.Connection | None = None  # PRAGMA data_version only, on the loop
+        self._db = SQLiteWorker(
+            self.path, what="capture store", label="capture", error=CaptureStoreError, prepare=self._migrate
+        )
         self._changes = 0  # grant changes made through this object (all an in-memory file sees)
 
     async def open(self) -> None:
-        if self._executor is not None:
-            raise CaptureStoreError(f"the capture store {self.path} is already open")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnout-capture")
-        try:
-            await self._on_thread(self._connect)
-        except BaseException:
-            await self.aclose()
-            raise
+        await self._db.open()
 
     async def aclose(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        reader, self._reader = self._reader, None
-        await asyncio.get_running_loop().run_in_executor(executor, self._disconnect, reader)
-        executor.shutdown(wait=True)
+        await self._db.aclose()
 
     def version(self) -> tuple[int, int]:
         """Changes whenever anything commits to the file (another process included). Cheap
         enough for the loop: it reads shared memory, never the disk."""
-        if self._reader is None:
+        if not self._db.readable:
             return (0, self._changes)
-        try:
-            return (int(self._reader.execute("PRAGMA data_version").fetchone()[0]), self._changes)
-        except sqlite3.Error as exc:
-            raise CaptureStoreError(f"capture store {self.path}: {exc}") from exc
+        return (self._db.data_version(), self._changes)
 
     # --- grants ----------------------------------------------------------------------------
 
@@ -294,55 +273,16 @@ class CaptureStore:
     async def _write(self, fn: Callable[[sqlite3.Connection], T], *, grants_changed: bool = True) -> T:
         # IMMEDIATE: take the write lock before reading, so the "exactly once" reads and the
         # writes that depend on them cannot interleave with another process's.
-        result = await self._call(lambda conn: _in_transaction(conn, lambda: fn(conn), begin="BEGIN IMMEDIATE"))
+        result = await self._db.transaction(fn, begin="BEGIN IMMEDIATE")
         if grants_changed:
             self._changes += 1
         return result
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._on_thread(lambda: fn(self._connection()))
+        return await self._db.run(fn)
 
-    async def _on_thread(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise CaptureStoreError(f"the capture store {self.path} is not open")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
-            # SQLite's messages name constraints and conditions, never the bound values (text).
-            raise CaptureStoreError(f"capture store {self.path}: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise CaptureStoreError(f"the capture store {self.path} is not open")
-        return self._conn
-
-    def _connect(self) -> None:
-        memory = self.path == ":memory:"
-        if not memory:
-            path = Path(self.path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        reader = None
-        try:
-            if not memory:
-                mode = _enable_wal(conn)
-                if mode != "wal":
-                    log.warning("capture: %s is in %s journal mode, not WAL", self.path, mode)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            _migrate(conn, self.path)
-            if not memory:
-                reader = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn, self._reader = conn, reader
-
-    def _disconnect(self, reader: sqlite3.Connection | None) -> None:
-        conn, self._conn = self._conn, None
-        for each in (reader, conn):  # the writer last: closing it checkpoints the WAL
-            if each is not None:
-                each.close()
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        migrate(conn, self.path, MIGRATIONS, what="capture store", label="capture", error=CaptureStoreError)
 
 
 def _expire(conn: sqlite3.Connection, now: float) -> list[Grant]:
@@ -365,47 +305,3 @@ def _iso(at: float) -> str:
 
 def _remaining(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
-
-
-def _enable_wal(conn: sqlite3.Connection, tries: int = 200) -> str:
-    """Switch to WAL; two processes opening one new file can see "database is locked" here (the
-    switch does not wait on the busy handler), so retry briefly on this, our own, thread."""
-    for _ in range(tries - 1):
-        try:
-            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                raise
-            time.sleep(0.01)
-    return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-
-
-def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    def apply() -> None:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
-        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
-        if current > len(MIGRATIONS):
-            raise CaptureStoreError(
-                f"the capture store at {path} has schema version {current}, newer than this turnout "
-                f"knows ({len(MIGRATIONS)}); upgrade turnout"
-            )
-        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
-            log.info("capture: applied schema migration %d to %s", version, path)
-
-    _in_transaction(conn, apply, begin="BEGIN IMMEDIATE")
-
-
-def _in_transaction(conn: sqlite3.Connection, body: Callable[[], T], begin: str = "BEGIN") -> T:
-    conn.execute(begin)
-    try:
-        result = body()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result

@@ -35,9 +35,6 @@ connection (a few µs, no disk I/O) so a registry can tell when anyone committed
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -50,8 +47,7 @@ import orjson
 
 from turnout.errors import TurnoutError
 from turnout.releases.base import Prompt, Release, Serving, State, Transition
-
-log = logging.getLogger(__name__)
+from turnout.sqlite_util import SQLiteWorker, in_transaction, migrate
 
 T = TypeVar("T")
 
@@ -175,27 +171,20 @@ def from_spec(task: str, name: str, spec: dict[str, Any]) -> Release:
 class ReleaseStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # the write connection: the executor's thread only
-        self._reader: sqlite3.Connection | None = None  # PRAGMA data_version only, on the loop
+        self._db = SQLiteWorker(
+            self.path, what="release store", label="releases", error=ReleaseStoreError, prepare=self._migrate
+        )
 
     async def open(self) -> None:
-        if self._executor is not None:
-            raise ReleaseStoreError(f"the release store {self.path} is already open")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnout-releases")
-        try:
-            await self._on_thread(self._connect)
-        except BaseException:
-            await self.aclose()
-            raise
+        await self._db.open()
 
     async def aclose(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        reader, self._reader = self._reader, None
-        await asyncio.get_running_loop().run_in_executor(executor, self._disconnect, reader)
-        executor.shutdown(wait=True)
+        await self._db.aclose()
+
+    @property
+    def _executor(self) -> ThreadPoolExecutor | None:
+        # Kept from before the shared worker: the registry's tests check that it closed the store.
+        return self._db.executor
 
     async def __aenter__(self) -> ReleaseStore:
         await self.open()
@@ -209,12 +198,7 @@ class ReleaseStore:
     def data_version(self) -> int:
         """Changes whenever any connection (this process's writer, the CLI, another replica)
         commits; a few µs, from the WAL index in shared memory."""
-        if self._reader is None:
-            raise ReleaseStoreError(f"the release store {self.path} is not open")
-        try:
-            return int(self._reader.execute("PRAGMA data_version").fetchone()[0])
-        except sqlite3.Error as exc:
-            raise ReleaseStoreError(f"release store {self.path}: {exc}") from exc
+        return self._db.data_version()
 
     async def releases(self, task: str) -> list[RegisteredRelease]:
         rows = await self._call(lambda c: c.execute(_SELECT + " WHERE task = ? ORDER BY registered_at, name", (task,)))
@@ -237,7 +221,7 @@ class ReleaseStore:
         return ServingRow(*rows[0]) if rows else None
 
     async def snapshot(self) -> Snapshot:
-        return await self._on_thread(lambda: _snapshot(self._connection()))
+        return await self._db.run(_snapshot)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -417,50 +401,13 @@ class ReleaseStore:
     # --- the thread ------------------------------------------------------------------------
 
     async def _write(self, body: Callable[[sqlite3.Connection, float], T]) -> T:
-        def run() -> T:
-            conn = self._connection()
-            return _in_transaction(conn, lambda: body(conn, time.time()), begin="BEGIN IMMEDIATE")
-
-        return await self._on_thread(run)
+        return await self._db.transaction(lambda conn: body(conn, time.time()), begin="BEGIN IMMEDIATE")
 
     async def _call(self, fn: Callable[[sqlite3.Connection], sqlite3.Cursor]) -> list[Sequence[Any]]:
-        return await self._on_thread(lambda: list(fn(self._connection()).fetchall()))
+        return await self._db.run(lambda conn: list(fn(conn).fetchall()))
 
-    async def _on_thread(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise ReleaseStoreError(f"the release store {self.path} is not open")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
-            raise ReleaseStoreError(f"release store {self.path}: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise ReleaseStoreError(f"the release store {self.path} is not open")
-        return self._conn
-
-    def _connect(self) -> None:
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        try:
-            mode = _enable_wal(conn)
-            if mode != "wal":
-                log.warning("releases: %s is in %s journal mode, not WAL", self.path, mode)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            _migrate(conn, self.path)
-            reader = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn, self._reader = conn, reader
-
-    def _disconnect(self, reader: sqlite3.Connection | None) -> None:
-        conn, self._conn = self._conn, None
-        for each in (reader, conn):
-            if each is not None:
-                each.close()
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        migrate(conn, self.path, MIGRATIONS, what="release store", label="releases", error=ReleaseStoreError)
 
 
 _SELECT = "SELECT task, name, version, prompt_version, spec, registered_at, registered_by, state FROM releases"
@@ -542,7 +489,7 @@ def _record(
 
 
 def _snapshot(conn: sqlite3.Connection) -> Snapshot:
-    def read() -> Snapshot:
+    def read(conn: sqlite3.Connection) -> Snapshot:
         releases: dict[str, dict[str, Release]] = {}
         for row in conn.execute(_SELECT):
             found = _decode(row)
@@ -559,7 +506,7 @@ def _snapshot(conn: sqlite3.Connection) -> Snapshot:
         return Snapshot(serving=serving, releases=releases)
 
     # One read transaction: serving and releases from the same commit.
-    return _in_transaction(conn, read)
+    return in_transaction(conn, read)
 
 
 def _who(by: str, why: str) -> None:
@@ -572,47 +519,3 @@ def _who(by: str, why: str) -> None:
 def _percent(percent: float) -> None:
     if not 0 < percent <= 100:
         raise ReleaseStoreError(f"a canary share must be more than 0 and at most 100 percent, not {percent:g}")
-
-
-def _enable_wal(conn: sqlite3.Connection, tries: int = 200) -> str:
-    """Switch to WAL; two processes opening one new file can see "database is locked" here (the
-    switch does not wait on the busy handler), so retry briefly on this, our own, thread."""
-    for _ in range(tries - 1):
-        try:
-            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                raise
-            time.sleep(0.01)
-    return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-
-
-def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    def apply() -> None:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
-        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
-        if current > len(MIGRATIONS):
-            raise ReleaseStoreError(
-                f"the release store at {path} has schema version {current}, newer than this turnout "
-                f"knows ({len(MIGRATIONS)}); upgrade turnout"
-            )
-        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
-            log.info("releases: applied schema migration %d to %s", version, path)
-
-    _in_transaction(conn, apply, begin="BEGIN IMMEDIATE")
-
-
-def _in_transaction(conn: sqlite3.Connection, body: Callable[[], T], begin: str = "BEGIN") -> T:
-    conn.execute(begin)
-    try:
-        result = body()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result

@@ -20,20 +20,18 @@ A label may be changed (an escalated item is later accepted or rejected); the la
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import logging
-import os
 import random
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 
 from turnout.errors import RequestError, TurnoutError
+from turnout.sqlite_util import SQLiteWorker, migrate
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +142,16 @@ class ReviewQueue:
         self.redactor = redactor
         self.secrets = secrets
         self.clock = clock
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # the executor's thread only
+        # No data_version reader: nothing polls the queue for others' changes.
+        self._db = SQLiteWorker(
+            self.path, what="review queue", label="review", error=ReviewError, prepare=self._migrate, reader=False
+        )
 
     async def open(self) -> None:
-        if self._executor is not None:
-            raise ReviewError(f"the review queue {self.path} is already open")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnout-review")
-        try:
-            await self._on_thread(self._connect)
-        except BaseException:
-            await self.aclose()
-            raise
+        await self._db.open()
 
     async def aclose(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
-        executor.shutdown(wait=True)
+        await self._db.aclose()
 
     async def maybe_enqueue(
         self,
@@ -253,40 +242,19 @@ class ReviewQueue:
     # --- the thread ------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._on_thread(lambda: fn(self._connection()))
+        return await self._db.run(fn)
 
-    async def _on_thread(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise ReviewError(f"the review queue {self.path} is not open")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
-            raise ReviewError(f"review queue {self.path}: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise ReviewError(f"the review queue {self.path} is not open")
-        return self._conn
-
-    def _connect(self) -> None:
-        if self.path != ":memory:":
-            path = Path(self.path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # review text: owner only
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            _migrate(conn, self.path)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # Its own table: the release store's schema_migrations versions the release tables.
+        migrate(
+            conn,
+            self.path,
+            MIGRATIONS,
+            what="review queue",
+            label="review",
+            error=ReviewError,
+            table="review_migrations",
+        )
 
 
 def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
@@ -305,25 +273,3 @@ def _decode(row: Sequence[Any]) -> ReviewItem:
     values = list(row)
     values[7] = cast(Status, values[7])
     return ReviewItem(*values)
-
-
-def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS review_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
-        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM review_migrations").fetchone()[0]
-        if current > len(MIGRATIONS):
-            raise ReviewError(
-                f"the review queue at {path} has schema version {current}, newer than this turnout "
-                f"knows ({len(MIGRATIONS)}); upgrade turnout"
-            )
-        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute("INSERT INTO review_migrations VALUES (?, ?)", (version, time.time()))
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
