@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from turnout import task_api
+from turnout import feedback, task_api
 from turnout.admin import Admin
 from turnout.asgi import Receive, Send, header, send_json
 from turnout.config import Config
@@ -39,6 +39,9 @@ class App:
             elif path.startswith("/v1/tasks/"):
                 _expect(method, "POST")
                 await task_api.handle(self.gateway, path.removeprefix("/v1/tasks/"), scope, receive, send)
+            elif path == "/v1/feedback":
+                _expect(method, "POST")
+                await feedback.handle(self.gateway, scope, receive, send)
             elif path == "/v1/models":
                 _expect(method, "GET")
                 await send_json(send, 200, await self.gateway.models(header(scope, b"authorization")))

@@ -16,7 +16,8 @@ import orjson
 from turnout.errors import RequestError
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-TURNOUT_METADATA = ("data_class", "user", "max_latency_ms", "max_cost_usd")
+TURNOUT_METADATA = ("data_class", "user", "max_latency_ms", "max_cost_usd", "episode_id")
+MAX_EPISODE_ID = 256
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 
 
@@ -28,6 +29,7 @@ class ChatRequest:
     include_usage: bool
     data_class: str | None  # from the body's metadata; the header wins over it
     user: str | None
+    episode_id: str | None = None  # the caller's task (a ticket, a run): feedback may name it
 
 
 def parse(raw: bytes) -> ChatRequest:
@@ -64,7 +66,7 @@ def validate(body: dict[str, Any]) -> ChatRequest:
     _stop(body.get("stop"))
     _tools(body.get("tools"))
     _response_format(body.get("response_format"))
-    data_class, user = None, _opt(body, "user", str, "a string")
+    data_class, user, episode_id = None, _opt(body, "user", str, "a string"), None
     meta = body.get("metadata")
     if meta is not None:
         if not isinstance(meta, dict):
@@ -73,6 +75,7 @@ def validate(body: dict[str, Any]) -> ChatRequest:
             meta = dict(meta)
             data_class = meta.pop("data_class", None)
             user = meta.pop("user", None) or user
+            episode_id = check_episode_id(meta.pop("episode_id", None), "metadata.episode_id")
             for k in TURNOUT_METADATA:
                 meta.pop(k, None)
             body = dict(body)
@@ -80,7 +83,16 @@ def validate(body: dict[str, Any]) -> ChatRequest:
                 body["metadata"] = meta
             else:
                 del body["metadata"]
-    return ChatRequest(task, body, stream, include_usage, data_class, user)
+    return ChatRequest(task, body, stream, include_usage, data_class, user, episode_id)
+
+
+def check_episode_id(value: Any, param: str) -> str | None:
+    """An episode id is the caller's own (a ticket id): a short non-empty string, or absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_EPISODE_ID:
+        raise _bad(param, f"'{param}' must be a non-empty string of at most {MAX_EPISODE_ID} characters")
+    return value
 
 
 def _bad(param: str, message: str) -> RequestError:

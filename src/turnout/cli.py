@@ -11,7 +11,9 @@ from turnout.config import Config, load_config
 from turnout.errors import ConfigError
 from turnout.eval_cli import eval_command
 from turnout.keys_cli import keys
+from turnout.plan_cli import plan_command
 from turnout.release_cli import release
+from turnout.report_cli import report
 
 CONFIG_HELP = "YAML config file (default: the built-in embedded SmolLM2 setup, SQLite under ./.turnout/)."
 
@@ -27,6 +29,8 @@ main.add_command(keys)
 main.add_command(capture)
 main.add_command(release)
 main.add_command(eval_command)
+main.add_command(plan_command)
+main.add_command(report)
 
 
 @main.command()
@@ -71,7 +75,7 @@ def catalog_warnings(config: Config) -> list[str]:
     )
     if budgeted:
         for name, target in config.targets.items():
-            if price(target) is None:
+            if price(target) is None and not any(name in v.targets for v in config.prices):
                 out.append(f"targets.{name}.price: not set, so this target costs nothing against budgets")
     for name, target in config.targets.items():
         if target.provider == "bedrock" and bedrock_model(target.model) is None:

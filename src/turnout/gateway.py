@@ -28,7 +28,7 @@ from turnout.auth import Authenticator
 from turnout.capture import Capture, SecretsOnly, capture_path
 from turnout.capture.model import Decision
 from turnout.catalog import context_window
-from turnout.chat import ChatRequest, parse
+from turnout.chat import ChatRequest, check_episode_id, parse
 from turnout.config import Config
 from turnout.errors import AllTargetsFailed, TurnoutError, UnknownTask
 from turnout.keys.factory import open_key_store
@@ -170,6 +170,7 @@ class Gateway:
         except TurnoutError as err:
             if isinstance(err, AllTargetsFailed):
                 row.attempts = err.records
+                row.cost_usd = self.quota.attempts_cost(row.attempts, None, row.started_at)
             row.status, row.error_class = err.status, err.code or err.type
             await respond.error(send, err, request_id)
             self._account(row, t0)
@@ -196,7 +197,7 @@ class Gateway:
             usage = result.answer.usage
             if usage is not None:
                 row.prompt_tokens, row.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-            row.cost_usd = self.quota.cost(result.target.name, usage)
+            row.cost_usd = self.quota.attempts_cost(row.attempts, usage, row.started_at)
             if row.cost_usd is not None:
                 headers.append((b"x-turnout-cost-usd", f"{row.cost_usd:.8f}".encode()))
             row.generation_ms = result.attempts[-1].latency_ms
@@ -226,6 +227,9 @@ class Gateway:
         user = header_str(scope, b"x-turnout-user") or req.user
         # End-user ids are often emails: the ledger keeps a keyed pseudonym, stable per key.
         row.user = pseudonym(self.secret, user) if user else None
+        row.episode_id = (
+            check_episode_id(header_str(scope, b"x-turnout-episode"), "X-Turnout-Episode") or req.episode_id
+        )
         task = self.config.tasks.get(req.task)
         serving = self.releases.serving(req.task) if self.releases is not None and task is not None else None
         release = choose(serving, req.task, user or row.request_id) if serving is not None else None
@@ -275,7 +279,9 @@ class Gateway:
         if outcome.usage is not None:
             row.prompt_tokens = outcome.usage.prompt_tokens
             row.completion_tokens = outcome.usage.completion_tokens
-            row.cost_usd = self.quota.cost(row.target or "", outcome.usage)
+        # The answering replica is busy from its attempt's start to the stream's end.
+        answer_s = time.perf_counter() - t0 - row.attempts[-1].offset_ms / 1000
+        row.cost_usd = self.quota.attempts_cost(row.attempts, outcome.usage, row.started_at, answer_s)
         row.generation_ms = (time.perf_counter() - t0) * 1000 - row.ttft_ms
         return outcome.usage
 

@@ -18,6 +18,7 @@ import orjson
 from turnout import policy, respond
 from turnout.asgi import Receive, Send, header, read_body, send_json
 from turnout.attempts import Result, execute
+from turnout.chat import check_episode_id
 from turnout.errors import AllTargetsFailed, RequestError, TurnoutError, UnknownTask
 from turnout.ledger.record import LedgerRow
 from turnout.providers.base import Completion
@@ -61,6 +62,7 @@ async def handle(gateway: Any, task: str, scope: dict[str, Any], receive: Receiv
     except TurnoutError as err:
         if isinstance(err, AllTargetsFailed):
             row.attempts = err.records
+            row.cost_usd = gateway.quota.attempts_cost(row.attempts, None, row.started_at)
         row.status, row.error_class = err.status, err.code or err.type
         await gateway.quota.release(grant)
         await respond.error(send, err, request_id)
@@ -70,7 +72,7 @@ async def handle(gateway: Any, task: str, scope: dict[str, Any], receive: Receiv
     _fill(row, result, release)
     if usage is not None:
         row.prompt_tokens, row.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-    row.cost_usd = gateway.quota.cost(result.target.name, usage)
+    row.cost_usd = gateway.quota.attempts_cost(row.attempts, usage, row.started_at)  # after _fill
     row.status = 200
     headers = respond.turnout_headers(request_id, task, result, release)
     if row.cost_usd is not None:
@@ -142,6 +144,9 @@ async def _admit(
     if release is None:
         raise UnknownTask(f"the task {task!r} has no active release", param="task", code="no_release")
     row.user = gateway.user_pseudonym(str(user)) if user else None
+    row.episode_id = check_episode_id(_text(header(scope, b"x-turnout-episode")), "X-Turnout-Episode") or (
+        check_episode_id(meta.get("episode_id"), "metadata.episode_id")
+    )
     row.data_class = policy.parse_data_class(_text(header(scope, b"x-turnout-data-class")) or meta.get("data_class"))
     row.release, row.prompt_version = release.name, release.prompt_version
     return body, release

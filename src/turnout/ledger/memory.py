@@ -76,6 +76,45 @@ class MemoryStore:
         row.outcome_at = at
         return True
 
+    async def set_outcome_by_episode(
+        self,
+        episode_id: str,
+        tenant: str,
+        outcome: str | None,
+        human_review: bool | None,
+        escalated: bool | None,
+        value: float | None,
+        at: float,
+    ) -> int:
+        self._check_open()
+        ids = [r.request_id for r in self._rows.values() if r.tenant == tenant and r.episode_id == episode_id]
+        for request_id in ids:
+            await self.set_outcome(request_id, tenant, outcome, human_review, escalated, value, None, at)
+        return len(ids)
+
+    async def rows_between(
+        self,
+        since: float,
+        until: float,
+        *,
+        tenant: str | None = None,
+        task: str | None = None,
+        limit: int = 1_000_000,
+    ) -> list[LedgerRow]:
+        self._check_open()
+        check_limit(limit)
+        found = sorted(
+            (
+                r
+                for r in self._rows.values()
+                if since <= r.started_at < until
+                and (tenant is None or r.tenant == tenant)
+                and (task is None or r.task == task)
+            ),
+            key=lambda r: (r.started_at, r.request_id),
+        )
+        return [copy_row(row) for row in found[:limit]]
+
     async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
         self._check_open()
         return summarize(

@@ -179,6 +179,36 @@ class PostgresStore:
             )
         return status != "UPDATE 0"
 
+    async def set_outcome_by_episode(
+        self,
+        episode_id: str,
+        tenant: str,
+        outcome: str | None,
+        human_review: bool | None,
+        escalated: bool | None,
+        value: float | None,
+        at: float,
+    ) -> int:
+        async with self._connection() as conn:
+            status = await conn.execute(
+                self._sql.set_outcome_by_episode, outcome, human_review, escalated, value, at, episode_id, tenant
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def rows_between(
+        self,
+        since: float,
+        until: float,
+        *,
+        tenant: str | None = None,
+        task: str | None = None,
+        limit: int = 1_000_000,
+    ) -> list[LedgerRow]:
+        check_limit(limit)
+        async with self._connection() as conn:
+            found = await conn.fetch(self._sql.between, since, until, tenant, task, limit)
+        return [_decode(record) for record in found]
+
     async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
         async with self._connection() as conn:
             found = await conn.fetchrow(self._sql.release_stats, task, release, since, sorted(RELEASE_FAULTS))
@@ -266,6 +296,19 @@ class _Statements:
             episode_id = COALESCE($5, episode_id),
             outcome_at = $6
             WHERE request_id = $7 AND tenant = $8"""  # noqa: S608
+        self.set_outcome_by_episode = f"""UPDATE {p}requests SET
+            outcome = COALESCE($1, outcome),
+            human_review = COALESCE($2, human_review),
+            escalated = COALESCE($3, escalated),
+            outcome_value = COALESCE($4, outcome_value),
+            outcome_at = $5
+            WHERE episode_id = $6 AND tenant = $7"""  # noqa: S608
+        # NULL parameters switch the tenant and task filters off; started_at's index serves the range.
+        self.between = (
+            f"{select} WHERE started_at >= $1 AND started_at < $2 "
+            "AND ($3::text IS NULL OR tenant = $3) AND ($4::text IS NULL OR task = $4) "
+            "ORDER BY started_at, request_id LIMIT $5"
+        )
         # ReleaseStats' figures in SQL, as turnout.ledger.store.summarize computes them.
         served = "status NOT BETWEEN 400 AND 499"
         self.release_stats = f"""SELECT

@@ -103,6 +103,19 @@ _SET_OUTCOME = """UPDATE requests SET
     episode_id = COALESCE(?, episode_id),
     outcome_at = ?
     WHERE request_id = ? AND tenant = ?"""
+_SET_OUTCOME_BY_EPISODE = """UPDATE requests SET
+    outcome = COALESCE(?, outcome),
+    human_review = COALESCE(?, human_review),
+    escalated = COALESCE(?, escalated),
+    outcome_value = COALESCE(?, outcome_value),
+    outcome_at = ?
+    WHERE episode_id = ? AND tenant = ?"""
+# NULL parameters switch the tenant and task filters off; the started_at index serves the range.
+_BETWEEN = (
+    f"{_SELECT} WHERE started_at >= ? AND started_at < ? "
+    "AND (? IS NULL OR tenant = ?) AND (? IS NULL OR task = ?) "
+    "ORDER BY started_at, request_id LIMIT ?"
+)
 # The window's rows, summed up in Python (``summarize``): SQLite has no percentile function.
 _STATS = (
     f"SELECT {', '.join(STATS_COLUMNS)} FROM requests "  # noqa: S608
@@ -169,6 +182,34 @@ class SQLiteStore:
         params = (outcome, human_review, escalated, value, episode_id, at, request_id, tenant)
         updated = await self._call(lambda conn: conn.execute(_SET_OUTCOME, params).rowcount)
         return updated > 0
+
+    async def set_outcome_by_episode(
+        self,
+        episode_id: str,
+        tenant: str,
+        outcome: str | None,
+        human_review: bool | None,
+        escalated: bool | None,
+        value: float | None,
+        at: float,
+    ) -> int:
+        params = (outcome, human_review, escalated, value, at, episode_id, tenant)
+        updated: int = await self._call(lambda conn: conn.execute(_SET_OUTCOME_BY_EPISODE, params).rowcount)
+        return updated
+
+    async def rows_between(
+        self,
+        since: float,
+        until: float,
+        *,
+        tenant: str | None = None,
+        task: str | None = None,
+        limit: int = 1_000_000,
+    ) -> list[LedgerRow]:
+        check_limit(limit)
+        params = (since, until, tenant, tenant, task, task, limit)
+        found = await self._call(lambda conn: conn.execute(_BETWEEN, params).fetchall())
+        return [_decode(record) for record in found]
 
     async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
         found = await self._call(lambda conn: conn.execute(_STATS, (task, release, since)).fetchall())

@@ -16,6 +16,10 @@ rules:
   the order is the same on every backend.
 * ``set_outcome`` touches only the outcome fields of one row, and only when the row belongs to
   the tenant given: another tenant's request id behaves exactly like an unknown one.
+* ``set_outcome_by_episode`` is ``set_outcome`` for every row of one tenant's episode, and
+  answers how many rows it updated (0 for another tenant's episode, as for an unknown one).
+* ``rows_between`` is the reports' read: the rows with ``since <= started_at < until``, oldest
+  first (ties by ``request_id``), optionally of one tenant and one task, at most ``limit``.
 * ``release_stats`` sums up one release of one task since a time, in one query, with the same
   figures on every backend (``ReleaseStats`` defines each one).
 
@@ -173,6 +177,33 @@ class LedgerStore(Protocol):
         replaces its field (``value`` goes to ``outcome_value``), None keeps what is stored, so
         feedback may arrive in pieces; ``outcome_at`` becomes ``at``. True if a row was updated,
         False if ``tenant`` has no row ``request_id`` (yet: rows reach the store in batches)."""
+        ...
+
+    async def set_outcome_by_episode(
+        self,
+        episode_id: str,
+        tenant: str,
+        outcome: str | None,
+        human_review: bool | None,
+        escalated: bool | None,
+        value: float | None,
+        at: float,
+    ) -> int:
+        """``set_outcome`` on every stored row of ``tenant`` whose ``episode_id`` is
+        ``episode_id``, in one statement; the number of rows updated."""
+        ...
+
+    async def rows_between(
+        self,
+        since: float,
+        until: float,
+        *,
+        tenant: str | None = None,
+        task: str | None = None,
+        limit: int = 1_000_000,
+    ) -> list[LedgerRow]:
+        """Rows with ``since <= started_at < until`` (of ``tenant`` and ``task`` where given),
+        oldest first, ties by ``request_id``; at most ``limit``, which must not be negative."""
         ...
 
     async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:

@@ -1,0 +1,290 @@
+"""The reports' arithmetic: ledger rows in, a ``Report`` (columns and rows of figures) out.
+
+Definitions, the same in every format:
+
+* A **task** is what the caller wanted done: the rows of one ``episode_id`` (a ticket, an agent
+  run), or one request when it has none. It is **completed** when any of its rows carries the
+  outcome ``success``; **failed** when it has an outcome and none is ``success``; **reviewed**
+  when any row says ``human_review``, **escalated** likewise. An episode whose rows fall in two
+  groups (two releases) counts once in each.
+* **Spend** is the sum of the rows' ``cost_usd``: every request, failed or retried ones too.
+  A row that used tokens but has no cost is **unpriced**: it adds nothing to the spend and is
+  counted apart; a group with no priced row at all has spend None ("unpriced", never $0).
+* **Cost per completed task** = spend ÷ completed tasks (None when none completed). With a
+  stated review cost R: (spend + R × tasks that failed or were reviewed) ÷ completed tasks.
+* **Retry rate**: requests with more than one attempt (a retry or a fallback); **fallback
+  rate**: requests answered or failed after leaving their first target; **timeout rate**:
+  requests with an attempt whose error class starts with ``timeout``. All over requests.
+* **Review** and **escalation rates** are over tasks with feedback; **success rate** over tasks
+  with an outcome.
+* **Latency** percentiles interpolate between ranks (as ``percentile_cont``) over requests
+  that are not caller errors (4xx), as the canary's figures do. TTFT exists for streams only.
+* **Usage**: tokens per request over requests that report tokens; the hour of day is UTC.
+
+With ``by`` the rows are grouped (``task``, ``release``, ``target``, ``tenant``, ``day``,
+``hour``) and a last row, ``all``, sums up the whole window.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from turnout.ledger.record import LedgerRow
+from turnout.ledger.store import is_caller_error, percentile
+
+KINDS = ("cost", "latency", "quality", "usage")
+DIMENSIONS = ("task", "release", "target", "tenant", "day", "hour")
+TOTAL = "all"
+NONE = "(none)"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: str
+    title: str
+    unit: str = "count"  # text | count | usd | ms | pct | num
+
+
+@dataclass(slots=True)
+class Report:
+    kind: str
+    by: tuple[str, ...]
+    since: float
+    until: float
+    columns: list[Column]
+    rows: list[dict[str, Any]]
+    hours: list[int] | None = None  # usage: requests per UTC hour of day, 0-23
+    notes: list[str] = field(default_factory=list)
+
+
+def compute(
+    kind: str,
+    rows: Sequence[LedgerRow],
+    *,
+    by: Sequence[str] = (),
+    since: float = 0.0,
+    until: float = 0.0,
+    review_cost: float | None = None,
+) -> Report:
+    if kind not in KINDS:
+        raise ValueError(f"unknown report {kind!r}; one of {', '.join(KINDS)}")
+    unknown = [d for d in by if d not in DIMENSIONS]
+    if unknown:
+        raise ValueError(f"unknown --by {unknown[0]!r}; one of {', '.join(DIMENSIONS)}")
+    figures, columns = _FIGURES[kind](review_cost)
+    groups: dict[tuple[str, ...], list[LedgerRow]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(dimension(d, row) for d in by)].append(row)
+    out = [{**dict(zip(by, key, strict=True)), **figures(group)} for key, group in sorted(groups.items())]
+    if by and len(groups) != 1:
+        out.append({**dict.fromkeys(by, TOTAL), **figures(list(rows))})
+    head = [Column(d, d, "text") for d in by]
+    report = Report(kind, tuple(by), since, until, head + columns, out)
+    if kind == "usage":
+        report.hours = by_hour(rows)
+    unpriced = sum(_unpriced(r) for r in rows)
+    if kind == "cost" and unpriced:
+        report.notes.append(f"{unpriced} request(s) used tokens but have no price: their cost is not in the spend")
+    if not rows:
+        report.notes.append("no requests in this window")
+    return report
+
+
+def dimension(name: str, row: LedgerRow) -> str:
+    if name == "day":
+        return datetime.fromtimestamp(row.started_at, UTC).date().isoformat()
+    if name == "hour":
+        return f"{datetime.fromtimestamp(row.started_at, UTC).hour:02d}"
+    value = getattr(row, name)
+    return str(value) if value is not None else NONE
+
+
+def by_hour(rows: Iterable[LedgerRow]) -> list[int]:
+    hours = [0] * 24
+    for row in rows:
+        hours[datetime.fromtimestamp(row.started_at, UTC).hour] += 1
+    return hours
+
+
+# --- tasks (episodes) ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TaskOutcome:
+    success: bool = False
+    outcome_known: bool = False
+    feedback: bool = False
+    reviewed: bool = False
+    escalated: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome_known and not self.success
+
+
+def tasks(rows: Iterable[LedgerRow]) -> dict[str, TaskOutcome]:
+    found: dict[str, TaskOutcome] = defaultdict(TaskOutcome)
+    for row in rows:
+        t = found[f"episode:{row.episode_id}" if row.episode_id else f"request:{row.request_id}"]
+        t.success |= row.outcome == "success"
+        t.outcome_known |= row.outcome is not None
+        t.feedback |= row.outcome is not None or row.human_review is not None or row.escalated is not None
+        t.reviewed |= bool(row.human_review)
+        t.escalated |= bool(row.escalated)
+    return found
+
+
+# --- figures per kind -----------------------------------------------------------------------------
+
+Figures = Callable[[list[LedgerRow]], dict[str, Any]]
+
+
+def _cost(review_cost: float | None) -> tuple[Figures, list[Column]]:
+    columns = [
+        Column("requests", "requests"),
+        Column("spend_usd", "spend", "usd"),
+        Column("completed", "completed"),
+        Column("cost_per_completed_usd", "cost/completed", "usd"),
+    ]
+    if review_cost is not None:
+        columns += [
+            Column("reviewed_or_failed", "reviewed|failed"),
+            Column("cost_per_completed_with_review_usd", "cost/completed+review", "usd"),
+        ]
+    columns += [
+        Column("retry_rate", "retry", "pct"),
+        Column("fallback_rate", "fallback", "pct"),
+        Column("timeout_rate", "timeout", "pct"),
+        Column("review_rate", "review", "pct"),
+        Column("escalation_rate", "escalation", "pct"),
+        Column("unpriced", "unpriced"),
+    ]
+
+    def figures(rows: list[LedgerRow]) -> dict[str, Any]:
+        n = len(rows)
+        priced = [r.cost_usd for r in rows if r.cost_usd is not None]
+        spend = sum(priced) if priced else None
+        units = tasks(rows).values()
+        completed = sum(t.success for t in units)
+        with_feedback = sum(t.feedback for t in units)
+        out: dict[str, Any] = {
+            "requests": n,
+            "spend_usd": spend,
+            "completed": completed,
+            "cost_per_completed_usd": _ratio(spend, completed),
+        }
+        if review_cost is not None:
+            extra = sum(t.failed or t.reviewed for t in units)
+            out["reviewed_or_failed"] = extra
+            total = None if spend is None and extra == 0 else (spend or 0.0) + review_cost * extra
+            out["cost_per_completed_with_review_usd"] = _ratio(total, completed)
+        out |= {
+            "retry_rate": _ratio(sum(len(r.attempts) > 1 for r in rows), n),
+            "fallback_rate": _ratio(sum(r.fallback for r in rows), n),
+            "timeout_rate": _ratio(sum(_timed_out(r) for r in rows), n),
+            "review_rate": _ratio(sum(t.reviewed for t in units), with_feedback),
+            "escalation_rate": _ratio(sum(t.escalated for t in units), with_feedback),
+            "unpriced": sum(_unpriced(r) for r in rows),
+        }
+        return out
+
+    return figures, columns
+
+
+def _latency(review_cost: float | None) -> tuple[Figures, list[Column]]:
+    measures = (("latency", "latency_ms"), ("ttft", "ttft_ms"), ("queue", "queue_ms"))
+    columns = [Column("requests", "requests")] + [
+        Column(f"{name}_p{q}_ms", f"{name} p{q}", "ms") for name, _ in measures for q in (50, 95, 99)
+    ]
+
+    def figures(rows: list[LedgerRow]) -> dict[str, Any]:
+        served = [r for r in rows if not is_caller_error(r.status)]
+        out: dict[str, Any] = {"requests": len(served)}
+        for name, attr in measures:
+            values = [v for r in served if (v := getattr(r, attr)) is not None]
+            for q in (50, 95, 99):
+                out[f"{name}_p{q}_ms"] = percentile(values, q / 100)
+        return out
+
+    return figures, columns
+
+
+def _quality(review_cost: float | None) -> tuple[Figures, list[Column]]:
+    columns = [
+        Column("requests", "requests"),
+        Column("tasks", "tasks"),
+        Column("outcomes", "outcomes"),
+        Column("successes", "successes"),
+        Column("success_rate", "success", "pct"),
+        Column("review_rate", "review", "pct"),
+        Column("escalation_rate", "escalation", "pct"),
+        Column("mean_value", "mean value", "num"),
+    ]
+
+    def figures(rows: list[LedgerRow]) -> dict[str, Any]:
+        units = tasks(rows).values()
+        outcomes = sum(t.outcome_known for t in units)
+        with_feedback = sum(t.feedback for t in units)
+        values = [r.outcome_value for r in rows if r.outcome_value is not None]
+        return {
+            "requests": len(rows),
+            "tasks": len(units),
+            "outcomes": outcomes,
+            "successes": sum(t.success for t in units),
+            "success_rate": _ratio(sum(t.success for t in units), outcomes),
+            "review_rate": _ratio(sum(t.reviewed for t in units), with_feedback),
+            "escalation_rate": _ratio(sum(t.escalated for t in units), with_feedback),
+            "mean_value": _ratio(sum(values), len(values)),
+        }
+
+    return figures, columns
+
+
+def _usage(review_cost: float | None) -> tuple[Figures, list[Column]]:
+    columns = [
+        Column("requests", "requests"),
+        Column("prompt_tokens_per_request", "prompt tok/req", "num"),
+        Column("completion_tokens_per_request", "completion tok/req", "num"),
+        Column("total_tokens", "tokens"),
+        Column("peak_hour_utc", "peak hour (UTC)", "text"),
+    ]
+
+    def figures(rows: list[LedgerRow]) -> dict[str, Any]:
+        counted = [r for r in rows if r.prompt_tokens is not None or r.completion_tokens is not None]
+        prompt = sum(r.prompt_tokens or 0 for r in counted)
+        completion = sum(r.completion_tokens or 0 for r in counted)
+        hours = by_hour(rows)
+        return {
+            "requests": len(rows),
+            "prompt_tokens_per_request": _ratio(prompt, len(counted)),
+            "completion_tokens_per_request": _ratio(completion, len(counted)),
+            "total_tokens": prompt + completion,
+            "peak_hour_utc": f"{hours.index(max(hours)):02d}:00" if rows else None,
+        }
+
+    return figures, columns
+
+
+_FIGURES: dict[str, Callable[[float | None], tuple[Figures, list[Column]]]] = {
+    "cost": _cost,
+    "latency": _latency,
+    "quality": _quality,
+    "usage": _usage,
+}
+
+
+def _ratio(part: float | None, whole: float) -> float | None:
+    return None if part is None or not whole else part / whole
+
+
+def _timed_out(row: LedgerRow) -> bool:
+    return any(a.error_class is not None and a.error_class.startswith("timeout") for a in row.attempts)
+
+
+def _unpriced(row: LedgerRow) -> bool:
+    used = (row.prompt_tokens or 0) + (row.completion_tokens or 0) > 0
+    return row.cost_usd is None and used

@@ -1,0 +1,216 @@
+"""``POST /v1/feedback`` in-process: tenant scoping, idempotence, episodes, validation, and the
+episode id a chat or task request carries into its ledger row."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.asgi import Response, request
+from tests.conftest import AppFactory
+from tests.fakes.scripted import ScriptedProvider
+from tests.test_app import AUTH, MESSAGES, OTHER_KEY, config
+from turnout.app import App
+from turnout.ledger.record import LedgerRow
+
+OTHER = {"authorization": f"Bearer {OTHER_KEY}"}
+
+
+async def started(make_app: AppFactory) -> App:
+    fakes = {name: ScriptedProvider(name) for name in ("primary", "secondary", "onprem")}
+    return await make_app(config(), dict(fakes))
+
+
+async def chat(app: App, headers: dict[str, str] | None = None, **body: Any) -> Response:
+    payload = {"model": "chat", "messages": MESSAGES, **body}
+    resp = await request(app, "POST", "/v1/chat/completions", payload, {**AUTH, **(headers or {})})
+    assert resp.status == 200, resp.body
+    return resp
+
+
+async def feedback(app: App, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return await request(app, "POST", "/v1/feedback", body, headers or AUTH)
+
+
+async def stored(app: App, request_id: str) -> LedgerRow:
+    assert app.gateway.ledger is not None and app.gateway.store is not None
+    for _ in range(500):
+        if app.gateway.ledger.queued == 0:
+            break
+        await asyncio.sleep(0.005)
+    row = await app.gateway.store.get(request_id)
+    assert row is not None
+    return row
+
+
+def bare(resp: Response) -> str:
+    return str(resp.json()["id"]).removeprefix("chatcmpl-")
+
+
+async def test_feedback_labels_the_tenants_request(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    resp = await chat(app)
+    await stored(app, bare(resp))
+    body = {"request_id": resp.json()["id"], "outcome": "success", "human_review": True, "value": 12.5}
+    answer = await feedback(app, body)
+    assert answer.status == 200, answer.body
+    assert answer.json() == {
+        "object": "feedback",
+        "updated": 1,
+        "request_id": bare(resp),
+        "outcome": "success",
+        "human_review": True,
+        "value": 12.5,
+    }
+    row = await stored(app, bare(resp))
+    assert (row.outcome, row.human_review, row.escalated, row.outcome_value) == ("success", True, None, 12.5)
+    assert row.outcome_at is not None
+
+
+async def test_the_same_feedback_twice_leaves_the_same_state(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    request_id = bare(await chat(app))
+    await stored(app, request_id)
+    body = {"request_id": request_id, "outcome": "failure", "escalated": True}
+    first, second = await feedback(app, body), await feedback(app, body)
+    assert first.status == second.status == 200 and first.json() == second.json()
+    row = await stored(app, request_id)
+    assert (row.outcome, row.escalated, row.human_review) == ("failure", True, None)
+
+
+async def test_feedback_in_pieces_keeps_what_came_before(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    request_id = bare(await chat(app))
+    await stored(app, request_id)
+    assert (await feedback(app, {"request_id": request_id, "outcome": "success"})).status == 200
+    assert (await feedback(app, {"request_id": request_id, "human_review": True})).status == 200
+    row = await stored(app, request_id)
+    assert (row.outcome, row.human_review) == ("success", True)
+
+
+async def test_another_tenants_request_is_not_found_like_an_unknown_one(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    request_id = bare(await chat(app))
+    await stored(app, request_id)
+    theirs = await feedback(app, {"request_id": request_id, "outcome": "failure"}, OTHER)
+    unknown = await feedback(app, {"request_id": "0" * 24, "outcome": "failure"}, OTHER)
+    assert theirs.status == unknown.status == 404
+    assert theirs.json()["error"]["type"] == unknown.json()["error"]["type"] == "invalid_request_error"
+    assert theirs.json()["error"]["code"] == "not_found"
+    assert theirs.json()["error"]["message"].replace(request_id, "X") == unknown.json()["error"]["message"].replace(
+        "0" * 24, "X"
+    )
+    assert (await stored(app, request_id)).outcome is None  # untouched
+
+
+async def test_an_episode_groups_requests_and_feedback_updates_them_all(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    a = bare(await chat(app, {"x-turnout-episode": "TICKET-7"}))
+    b = bare(await chat(app, metadata={"episode_id": "TICKET-7", "topic": "billing"}))
+    c = bare(await chat(app))
+    other = bare(await chat(app, {**OTHER, "x-turnout-episode": "TICKET-7", "x-turnout-data-class": "public"}))
+    for request_id in (a, b, c, other):
+        await stored(app, request_id)
+    answer = await feedback(app, {"episode_id": "TICKET-7", "outcome": "success", "escalated": False})
+    assert answer.status == 200 and answer.json()["updated"] == 2  # acme's two, not other's
+    assert [(await stored(app, r)).outcome for r in (a, b, c, other)] == ["success", "success", None, None]
+    assert (await stored(app, a)).episode_id == (await stored(app, b)).episode_id == "TICKET-7"
+    # the other tenant labels its own request of the same episode name, and only that one
+    mine = await feedback(app, {"episode_id": "TICKET-7", "outcome": "failure"}, OTHER)
+    assert mine.json()["updated"] == 1
+    assert (await stored(app, a)).outcome == "success"
+
+
+async def test_the_episode_id_is_turnouts_and_does_not_reach_the_target(make_app: AppFactory) -> None:
+    fakes = {name: ScriptedProvider(name) for name in ("primary", "secondary", "onprem")}
+    app = await make_app(config(), dict(fakes))
+    await chat(app, metadata={"episode_id": "T-1", "topic": "billing"})
+    sent = fakes["primary"].calls[-1].body
+    assert sent["metadata"] == {"topic": "billing"}
+
+
+async def test_a_request_can_join_an_episode_through_feedback(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    request_id = bare(await chat(app))
+    await stored(app, request_id)
+    answer = await feedback(app, {"request_id": request_id, "episode_id": "T-2", "outcome": "success"})
+    assert answer.status == 200
+    assert (await stored(app, request_id)).episode_id == "T-2"
+
+
+async def test_feedback_waits_briefly_for_a_row_still_in_the_writers_queue(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    request_id = bare(await chat(app))  # sent at once: the row is most likely still queued
+    answer = await feedback(app, {"request_id": request_id, "outcome": "success"})
+    assert answer.status == 200
+    assert (await stored(app, request_id)).outcome == "success"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"outcome": "success"}, "request_id"),
+        ({"request_id": "x", "outcome": "great"}, "outcome"),
+        ({"request_id": "x", "outcome": "success", "human_review": "yes"}, "human_review"),
+        ({"request_id": "x", "escalated": 1}, "escalated"),
+        ({"request_id": "x", "value": "12"}, "value"),
+        ({"request_id": "x", "value": True}, "value"),
+        ({"request_id": "x"}, "outcome"),
+        ({"request_id": 7, "outcome": "success"}, "request_id"),
+        ({"episode_id": "", "outcome": "success"}, "episode_id"),
+        ({"episode_id": "e" * 300, "outcome": "success"}, "episode_id"),
+        ({"request_id": "x", "outcome": "success", "labels": "vip"}, "labels"),
+        ({"request_id": "x", "outcome": "success", "labels": [1]}, "labels"),
+        ({"request_id": "x", "outcome": "success", "outcom": "x"}, "outcom"),
+    ],
+)
+async def test_invalid_feedback_is_refused_in_openais_shape(
+    make_app: AppFactory, body: dict[str, Any], param: str
+) -> None:
+    app = await started(make_app)
+    resp = await feedback(app, body)
+    assert resp.status == 400
+    error = resp.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, "invalid_value")
+
+
+async def test_malformed_bodies_and_methods(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    assert (await request(app, "POST", "/v1/feedback", raw=b"{", headers=AUTH)).json()["error"][
+        "code"
+    ] == "invalid_json"
+    assert (await feedback(app, [1, 2])).status == 400
+    assert (await request(app, "GET", "/v1/feedback", headers=AUTH)).status == 405
+
+
+async def test_feedback_needs_a_key(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    resp = await request(app, "POST", "/v1/feedback", {"request_id": "x", "outcome": "success"})
+    assert resp.status == 401 and resp.json()["error"]["type"] == "authentication_error"
+    bad = await feedback(app, {"request_id": "x", "outcome": "success"}, {"authorization": "Bearer nope"})
+    assert bad.status == 401
+
+
+async def test_labels_are_validated_but_not_stored(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    request_id = bare(await chat(app))
+    await stored(app, request_id)
+    answer = await feedback(app, {"request_id": request_id, "outcome": "success", "labels": ["refund"]})
+    assert answer.status == 200 and answer.json()["ignored"] == ["labels"]
+
+
+async def test_without_a_ledger_feedback_is_unavailable(make_app: AppFactory) -> None:
+    app = await make_app(
+        config(store={"kind": "none"}), {n: ScriptedProvider(n) for n in ("primary", "secondary", "onprem")}
+    )
+    resp = await feedback(app, {"request_id": "x", "outcome": "success"})
+    assert resp.status == 503 and resp.json()["error"]["code"] == "ledger_off"
+
+
+async def test_an_invalid_episode_header_is_refused(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    payload = {"model": "chat", "messages": MESSAGES}
+    resp = await request(app, "POST", "/v1/chat/completions", payload, {**AUTH, "x-turnout-episode": "e" * 300})
+    assert resp.status == 400 and resp.json()["error"]["param"] == "X-Turnout-Episode"

@@ -1,0 +1,113 @@
+"""``turnout report`` through click's CliRunner, on a seeded SQLite ledger (the gateway's
+factory, as configured), in every format and with a chart."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.test_reports import BASE, ledger
+from turnout.cli import main
+from turnout.ledger.sqlite import SQLiteStore
+from turnout.report_cli import parse_by, parse_when
+
+WINDOW = ("--since", "2026-03-02", "--until", "2026-03-05")
+CONFIG = """\
+targets:
+  primary: {provider: openai, base_url: "http://primary.invalid/v1", model: m1}
+tasks:
+  support: {route: [primary]}
+store:
+  kind: sqlite
+  path: %s
+"""
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> str:
+    db = tmp_path / "ledger.db"
+
+    async def seed() -> None:
+        store = SQLiteStore(db)
+        await store.open()
+        await store.write_batch(ledger())
+        await store.aclose()
+
+    asyncio.run(seed())
+    path = tmp_path / "turnout.yaml"
+    path.write_text(CONFIG % db)
+    return str(path)
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), env={"TURNOUT_CONFIG": None})
+
+
+def test_cost_table_by_release(cfg: str) -> None:
+    result = invoke("report", "cost", *WINDOW, "--by", "release", "--review-cost", "3", "-c", cfg)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Cost per completed task, 2026-03-02 00:00 → 2026-03-05 00:00 UTC")
+    total = next(line for line in lines if line.startswith("all"))
+    assert "$0.1000" in total and "$1.1000" in total  # 0.60/6, (0.60 + 2×3)/6
+
+
+def test_json_and_csv(cfg: str) -> None:
+    result = invoke("report", "quality", *WINDOW, "--format", "json", "-c", cfg)
+    payload = orjson.loads(result.stdout)
+    assert payload["by"] == ["release"]  # quality is per release unless told
+    assert [r["success_rate"] for r in payload["rows"]] == [0.75, 0.75, 0.75]
+    csv_out = invoke("report", "usage", *WINDOW, "--by", "tenant", "--format", "csv", "-c", cfg).stdout
+    assert csv_out.splitlines()[0].startswith("tenant,requests,prompt_tokens_per_request")
+    assert csv_out.splitlines()[1].startswith("acme,10,100.0,20.0,1200")
+
+
+def test_filters_and_an_empty_window(cfg: str) -> None:
+    assert (
+        "no requests in this window"
+        in invoke("report", "cost", "--since", "2020-01-01", "--until", "2020-02-01", "-c", cfg).stdout
+    )
+    assert "no requests" in invoke("report", "latency", *WINDOW, "--tenant", "globex", "-c", cfg).stdout
+
+
+def test_a_chart_is_written_as_svg(cfg: str, tmp_path: Path) -> None:
+    out = tmp_path / "latency.svg"
+    result = invoke("report", "latency", *WINDOW, "--chart", str(out), "-c", cfg)
+    assert result.exit_code == 0, result.output
+    root = ET.fromstring(out.read_text())  # noqa: S314 - our own output
+    assert sum(1 for e in root.iter() if e.get("class") == "point") == 9
+
+
+def test_png_is_refused_with_a_hint(cfg: str, tmp_path: Path) -> None:
+    result = invoke("report", "cost", "--chart", str(tmp_path / "c.png"), "-c", cfg)
+    assert result.exit_code == 2 and ".svg" in result.output
+
+
+def test_bad_arguments_are_usage_errors(cfg: str) -> None:
+    assert invoke("report", "cost", "--by", "colour", "-c", cfg).exit_code == 2
+    assert invoke("report", "cost", "--since", "yesterday", "-c", cfg).exit_code == 2
+    assert invoke("report", "cost", "--since", "1d", "--until", "2d", "-c", cfg).exit_code == 2
+    assert invoke("report", "cost", "--review-cost", "-1", "-c", cfg).exit_code == 2
+
+
+def test_a_missing_ledger_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.yaml"
+    path.write_text(CONFIG % (tmp_path / "none.db"))
+    result = invoke("report", "cost", "-c", str(path))
+    assert result.exit_code == 1 and "no ledger at" in result.stderr
+    assert not (tmp_path / "none.db").exists()  # reading never creates one
+
+
+def test_parse_when_and_by() -> None:
+    assert parse_when("7d", BASE) == BASE - 7 * 86400
+    assert parse_when("90m", BASE) == BASE - 5400
+    assert parse_when("2026-03-02", 0) == BASE
+    assert parse_when("2026-03-02T01:00:00+01:00", 0) == BASE
+    assert parse_by("task, release") == ("task", "release")
+    with pytest.raises(ValueError, match="twice"):
+        parse_by("task,task")
