@@ -193,12 +193,49 @@ async def test_feedback_needs_a_key(make_app: AppFactory) -> None:
     assert bad.status == 401
 
 
-async def test_labels_are_validated_but_not_stored(make_app: AppFactory) -> None:
+async def test_labels_are_stored_and_idempotent(make_app: AppFactory) -> None:
     app = await started(make_app)
     request_id = bare(await chat(app))
     await stored(app, request_id)
-    answer = await feedback(app, {"request_id": request_id, "outcome": "success", "labels": ["refund"]})
-    assert answer.status == 200 and answer.json()["ignored"] == ["labels"]
+    body = {"request_id": request_id, "outcome": "success", "labels": ["refund", "vip"]}
+    first, second = await feedback(app, body), await feedback(app, body)
+    assert first.status == second.status == 200 and first.json() == second.json()
+    assert first.json() == {
+        "object": "feedback",
+        "updated": 1,
+        "request_id": request_id,
+        "outcome": "success",
+        "labels": ["refund", "vip"],
+    }
+    assert "ignored" not in first.json()
+    row = await stored(app, request_id)
+    assert (row.outcome, row.labels) == ("success", ["refund", "vip"])
+
+
+async def test_labels_left_out_are_kept_and_labels_given_replace_them(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    request_id = bare(await chat(app))
+    await stored(app, request_id)
+    assert (await feedback(app, {"request_id": request_id, "labels": ["refund"]})).status == 200  # labels alone
+    assert (await feedback(app, {"request_id": request_id, "human_review": True})).status == 200
+    row = await stored(app, request_id)
+    assert (row.human_review, row.labels) == (True, ["refund"])
+    assert (await feedback(app, {"request_id": request_id, "labels": ["churn"]})).status == 200
+    assert (await stored(app, request_id)).labels == ["churn"]
+    assert (await feedback(app, {"request_id": request_id, "labels": []})).status == 200
+    assert (await stored(app, request_id)).labels == []
+
+
+async def test_an_episodes_feedback_labels_every_row(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    a = bare(await chat(app, {"x-turnout-episode": "T-3"}))
+    b = bare(await chat(app, {"x-turnout-episode": "T-3"}))
+    c = bare(await chat(app))
+    for request_id in (a, b, c):
+        await stored(app, request_id)
+    answer = await feedback(app, {"episode_id": "T-3", "outcome": "failure", "labels": ["escalation"]})
+    assert answer.status == 200 and answer.json()["updated"] == 2
+    assert [(await stored(app, r)).labels for r in (a, b, c)] == [["escalation"], ["escalation"], None]
 
 
 async def test_without_a_ledger_feedback_is_unavailable(make_app: AppFactory) -> None:

@@ -62,7 +62,7 @@ async def test_one_column_per_field_with_postgres_types_and_the_indexes(schema: 
     types = dict(columns)
     assert (types["started_at"], types["outcome_at"], types["cost_usd"]) == ("double precision",) * 3
     assert (types["stream"], types["cache_hit"], types["human_review"]) == ("boolean",) * 3
-    assert (types["attempts"], types["status"]) == ("jsonb", "integer")
+    assert (types["attempts"], types["labels"], types["status"]) == ("jsonb", "jsonb", "integer")
     collation = await postgres_sql(
         schema,
         "SELECT collation_name FROM information_schema.columns "
@@ -92,6 +92,18 @@ async def test_attempts_are_a_jsonb_array(schema: str) -> None:
         schema, "SELECT jsonb_typeof(attempts), attempts -> 1 ->> 'target' FROM requests"
     )
     assert (kind, target) == ("array", "deepseek-br")
+
+
+@needs_postgres
+async def test_labels_are_a_jsonb_array_or_null(schema: str) -> None:
+    store = await opened(schema)
+    await store.write_batch([full_row(1), make_row(2), make_row(3)])
+    assert await store.set_outcome("req-000002", "acme", None, None, None, None, None, 1.0, labels=["a", "é"])
+    await store.aclose()
+    found = await postgres_sql(
+        schema, "SELECT request_id, jsonb_typeof(labels), labels ->> 0 FROM requests ORDER BY request_id"
+    )
+    assert found == [("req-000001", "array", "refund"), ("req-000002", "array", "a"), ("req-000003", None, None)]
 
 
 @needs_postgres

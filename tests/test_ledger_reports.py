@@ -85,6 +85,22 @@ async def test_episode_feedback_is_idempotent(store: LedgerStore) -> None:
     ]
 
 
+async def test_an_episodes_labels_reach_all_its_rows_idempotently(store: LedgerStore) -> None:
+    await store.write_batch([make_row(1, episode_id="T-1", labels=["old"]), make_row(2, episode_id="T-1"), make_row(3)])
+    for _ in range(2):
+        assert await store.set_outcome_by_episode("T-1", "acme", None, None, None, None, 7.0, labels=["refund"]) == 2
+        assert [await store.get(f"req-{n:06d}") for n in (1, 2, 3)] == [
+            make_row(1, episode_id="T-1", outcome_at=7.0, labels=["refund"]),
+            make_row(2, episode_id="T-1", outcome_at=7.0, labels=["refund"]),
+            make_row(3),
+        ]
+    # labels left out keep what is stored; another tenant's episode is not touched
+    assert await store.set_outcome_by_episode("T-1", "acme", "success", None, None, None, 8.0) == 2
+    assert await store.set_outcome_by_episode("T-1", "globex", None, None, None, None, 9.0, labels=["x"]) == 0
+    got = await store.get("req-000002")
+    assert got is not None and (got.outcome, got.labels, got.outcome_at) == ("success", ["refund"], 8.0)
+
+
 # --- rows_between -------------------------------------------------------------------------------
 
 

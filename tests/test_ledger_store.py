@@ -125,6 +125,7 @@ def full_row(n: int) -> LedgerRow:
         outcome_value=-12.5,
         outcome_at=1_700_000_060.654321,
         episode_id="ep-7",
+        labels=["refund", "vip"],
     )
 
 
@@ -175,6 +176,7 @@ async def test_none_fields_and_defaults_round_trip(store: LedgerStore) -> None:
     assert got.attempts == []
     assert got.stream is False
     assert got.fallback is False
+    assert got.labels is None  # never labelled, not an empty list
 
 
 async def test_attempts_round_trip_in_order(store: LedgerStore) -> None:
@@ -240,6 +242,8 @@ async def test_rows_are_not_shared_with_the_caller(store: LedgerStore) -> None:
     assert got == full_row(1)
     assert got is not None
     got.attempts.clear()
+    assert got.labels is not None
+    got.labels.clear()
     assert await store.get(row.request_id) == full_row(1)
 
 
@@ -325,6 +329,34 @@ async def test_set_outcome_is_scoped_to_the_tenant(store: LedgerStore) -> None:
     got = await store.get("req-000002")
     assert got is not None
     assert (got.tenant, got.outcome, got.outcome_at) == ("globex", "ok", 5.0)
+
+
+async def test_set_outcome_stores_labels_and_none_keeps_them(store: LedgerStore) -> None:
+    await store.write_batch([make_row(1), make_row(2)])
+    assert await store.set_outcome("req-000001", "acme", "success", None, None, None, None, 1.0, labels=["b", "a"])
+    assert await store.set_outcome("req-000001", "acme", None, True, None, None, None, 2.0)  # labels left out
+    got = await store.get("req-000001")
+    assert got == make_row(1, outcome="success", human_review=True, outcome_at=2.0, labels=["b", "a"])  # in order
+    assert await store.get("req-000002") == make_row(2)  # untouched: still never labelled
+
+
+async def test_labels_are_replaced_whole_and_idempotent(store: LedgerStore) -> None:
+    await store.write_batch([make_row(1, labels=["refund", "vip"])])
+    for _ in range(2):
+        assert await store.set_outcome("req-000001", "acme", None, None, True, None, None, 3.0, labels=["churn"])
+        assert await store.get("req-000001") == make_row(1, escalated=True, outcome_at=3.0, labels=["churn"])
+    assert await store.set_outcome("req-000001", "acme", None, None, None, None, None, 4.0, labels=[])
+    assert await store.get("req-000001") == make_row(1, escalated=True, outcome_at=4.0, labels=[])  # cleared
+
+
+async def test_labels_are_scoped_to_the_tenant_and_not_shared(store: LedgerStore) -> None:
+    await store.write_batch([make_row(1)])
+    assert await store.set_outcome("req-000001", "globex", None, None, None, None, None, 1.0, labels=["x"]) is False
+    labels = ["mine"]
+    assert await store.set_outcome("req-000001", "acme", None, None, None, None, None, 1.0, labels=labels)
+    labels.append("later")  # the caller's list is not the stored one
+    got = await store.get("req-000001")
+    assert got is not None and got.labels == ["mine"]
 
 
 async def test_concurrent_outcomes_and_batches(store: LedgerStore) -> None:
@@ -437,7 +469,7 @@ async def test_reopening_keeps_rows_and_migrations_run_once(place: Place) -> Non
         assert await store.count() == 3
         assert await store.get("req-000001") == full_row(1)
         await store.aclose()
-    assert await place.versions() == [1, 2, 3]
+    assert await place.versions() == [1, 2, 3, 4]
 
 
 async def test_two_stores_opening_one_new_place_migrate_once(place: Place) -> None:
@@ -446,7 +478,7 @@ async def test_two_stores_opening_one_new_place_migrate_once(place: Place) -> No
     assert await stores[1].get("req-000001") == make_row(1)
     for store in stores:
         await store.aclose()
-    assert await place.versions() == [1, 2, 3]
+    assert await place.versions() == [1, 2, 3, 4]
 
 
 async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
@@ -477,19 +509,19 @@ async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
         outcome="success",
     )
     store = await place.opened()
-    assert await place.versions() == [1, 2, 3]
+    assert await place.versions() == [1, 2, 3, 4]
     assert await store.get("req-old") == old  # the new fields read back as None
-    assert await store.set_outcome("req-old", "acme", None, True, None, 2.0, "ep-9", 7.0)
+    assert await store.set_outcome("req-old", "acme", None, True, None, 2.0, "ep-9", 7.0, labels=["legacy"])
     await store.write_batch([full_row(1)])
     await store.aclose()
     store = await place.opened()
     assert await store.get("req-old") == dataclasses.replace(
-        old, human_review=True, outcome_value=2.0, episode_id="ep-9", outcome_at=7.0
+        old, human_review=True, outcome_value=2.0, episode_id="ep-9", outcome_at=7.0, labels=["legacy"]
     )
     assert await store.get("req-000001") == full_row(1)
     assert await store.count() == 2
     await store.aclose()
-    assert await place.versions() == [1, 2, 3]
+    assert await place.versions() == [1, 2, 3, 4]
 
 
 async def test_a_schema_newer_than_the_code_is_refused(place: Place) -> None:
@@ -570,6 +602,19 @@ async def test_sqlite_stores_attempts_as_json_text(db_path: Path) -> None:
         "offset_ms": 0.0,
         "cost_usd": None,
     }
+
+
+async def test_sqlite_stores_labels_as_json_text(db_path: Path) -> None:
+    store = await opened(db_path)
+    await store.write_batch([full_row(1), make_row(2)])
+    assert await store.set_outcome("req-000002", "acme", None, None, None, None, None, 1.0, labels=["a", "é"])
+    await store.aclose()
+    raw = query(db_path, "SELECT request_id, labels FROM requests ORDER BY request_id")
+    assert [(rid, json.loads(text)) for rid, text in raw if isinstance(text, str)] == [
+        ("req-000001", ["refund", "vip"]),
+        ("req-000002", ["a", "é"]),
+    ]
+    assert query(db_path, "SELECT typeof(labels) FROM requests") == [("text",), ("text",)]
 
 
 async def test_sqlite_reports_an_unusable_path(tmp_path: Path) -> None:

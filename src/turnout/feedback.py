@@ -14,14 +14,15 @@
 * **In pieces, idempotent.** Fields left out keep what is stored (a review verdict may come a
   day after the outcome); sending the same feedback twice leaves the same state and answers
   200 both times (only ``outcome_at``, the time of the last feedback, moves).
+* **Labels are replaced, not merged.** ``labels`` given becomes the row's labels whole, in the
+  order sent (``[]`` clears them); left out, the stored labels stay. Labels alone are feedback
+  enough.
 * **Rows still queued.** Ledger rows reach the store through the writer's queue, a flush
   interval after the answer. Feedback that finds nothing while the writer still holds rows
   waits for them, polling once per flush interval for at most ``PENDING_WAIT_S``, then answers
   404. (We chose a short wait over a 202: a client then gets one final answer, and a 404 is
   always final.) An episode's rows are those stored when the feedback lands: send it after the
   episode's last answer.
-* **Labels are validated, not stored**: the ledger has no column for them yet (the row's
-  schema is owned elsewhere); the answer lists ``labels`` under ``ignored`` so no one is misled.
 
 Errors are in OpenAI's shape: 400 ``invalid_request_error`` naming the ``param``, 401, 404, and
 503 ``ledger_off`` when the gateway runs without a ledger (``store.kind: none``).
@@ -104,8 +105,8 @@ def parse(raw: bytes) -> Feedback:
     escalated = _flag(body, "escalated")
     value = _value(body.get("value"))
     labels = _labels(body.get("labels"))
-    if outcome is None and human_review is None and escalated is None and value is None:
-        raise _bad("outcome", "nothing to record: give 'outcome', 'human_review', 'escalated' or 'value'")
+    if outcome is None and human_review is None and escalated is None and value is None and labels is None:
+        raise _bad("outcome", "nothing to record: give 'outcome', 'human_review', 'escalated', 'value' or 'labels'")
     return Feedback(request_id, episode_id, outcome, human_review, escalated, value, labels)
 
 
@@ -120,15 +121,13 @@ async def apply(store: LedgerStore, writer: LedgerWriter | None, fb: Feedback, t
 
 
 async def _update(store: LedgerStore, fb: Feedback, tenant: str, now: float) -> int:
+    labels = None if fb.labels is None else list(fb.labels)
+    given = (fb.outcome, fb.human_review, fb.escalated, fb.value)
     if fb.request_id is not None:
-        found = await store.set_outcome(
-            fb.request_id, tenant, fb.outcome, fb.human_review, fb.escalated, fb.value, fb.episode_id, now
-        )
+        found = await store.set_outcome(fb.request_id, tenant, *given, fb.episode_id, now, labels=labels)
         return int(found)
     assert fb.episode_id is not None  # parse requires one of the two
-    return await store.set_outcome_by_episode(
-        fb.episode_id, tenant, fb.outcome, fb.human_review, fb.escalated, fb.value, now
-    )
+    return await store.set_outcome_by_episode(fb.episode_id, tenant, *given, now, labels=labels)
 
 
 def answer(fb: Feedback, updated: int) -> dict[str, Any]:
@@ -137,7 +136,7 @@ def answer(fb: Feedback, updated: int) -> dict[str, Any]:
         if getattr(fb, name) is not None:
             out[name] = getattr(fb, name)
     if fb.labels is not None:
-        out["ignored"] = ["labels"]  # validated, not stored (module docstring)
+        out["labels"] = list(fb.labels)
     return out
 
 

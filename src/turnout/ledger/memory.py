@@ -58,6 +58,8 @@ class MemoryStore:
         value: float | None,
         episode_id: str | None,
         at: float,
+        *,
+        labels: list[str] | None = None,
     ) -> bool:
         self._check_open()
         row = self._rows.get(request_id)
@@ -73,6 +75,8 @@ class MemoryStore:
         for name, new in given.items():
             if new is not None:
                 setattr(row, name, new)
+        if labels is not None:
+            row.labels = list(labels)  # replaced whole; a copy, so the caller's list is not shared
         row.outcome_at = at
         return True
 
@@ -85,11 +89,13 @@ class MemoryStore:
         escalated: bool | None,
         value: float | None,
         at: float,
+        *,
+        labels: list[str] | None = None,
     ) -> int:
         self._check_open()
         ids = [r.request_id for r in self._rows.values() if r.tenant == tenant and r.episode_id == episode_id]
         for request_id in ids:
-            await self.set_outcome(request_id, tenant, outcome, human_review, escalated, value, None, at)
+            await self.set_outcome(request_id, tenant, outcome, human_review, escalated, value, None, at, labels=labels)
         return len(ids)
 
     async def rows_between(
@@ -132,5 +138,9 @@ class MemoryStore:
 
 
 def copy_row(row: LedgerRow) -> LedgerRow:
-    """A copy that shares nothing mutable with ``row`` (attempts is the only mutable field)."""
-    return dataclasses.replace(row, attempts=[dataclasses.replace(a) for a in row.attempts])
+    """A copy that shares nothing mutable with ``row`` (attempts and labels are its lists)."""
+    return dataclasses.replace(
+        row,
+        attempts=[dataclasses.replace(a) for a in row.attempts],
+        labels=None if row.labels is None else list(row.labels),
+    )

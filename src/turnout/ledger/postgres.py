@@ -1,8 +1,8 @@
 """The PostgreSQL ledger store: asyncpg and a small pool, for gateways that share one ledger.
 
 Same table as SQLite, with PostgreSQL's types: ``boolean`` for flags, ``jsonb`` for attempts
-and ``double precision`` unix seconds for times (parity with SQLite and with ``LedgerRow``;
-floats round-trip exactly). Every value is a bound parameter, sent in binary.
+and labels, and ``double precision`` unix seconds for times (parity with SQLite and with
+``LedgerRow``; floats round-trip exactly). Every value is a bound parameter, sent in binary.
 
 ``write_batch`` is one transaction of ``executemany`` over a prepared
 ``INSERT … ON CONFLICT (request_id) DO UPDATE``. Measured on loopback PostgreSQL 15 (rows/s,
@@ -94,10 +94,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 3: release_stats reads one release of one task over a recent window (as in SQLite).
     ('CREATE INDEX requests_task_release_started_at ON {p}requests (task, "release", started_at)',),
+    # 4: the labels feedback gives, a jsonb array of strings (as in SQLite); NULL: never labelled.
+    ("ALTER TABLE {p}requests ADD COLUMN labels jsonb",),
 )
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))
 _ATTEMPTS = COLUMNS.index("attempts")
+_LABELS = COLUMNS.index("labels")
 _COLUMN_LIST = ", ".join(f'"{name}"' for name in COLUMNS)
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -172,11 +175,12 @@ class PostgresStore:
         value: float | None,
         episode_id: str | None,
         at: float,
+        *,
+        labels: list[str] | None = None,
     ) -> bool:
+        params = (outcome, human_review, escalated, value, episode_id, at, request_id, tenant, _json(labels))
         async with self._connection() as conn:
-            status = await conn.execute(
-                self._sql.set_outcome, outcome, human_review, escalated, value, episode_id, at, request_id, tenant
-            )
+            status = await conn.execute(self._sql.set_outcome, *params)
         return status != "UPDATE 0"
 
     async def set_outcome_by_episode(
@@ -188,11 +192,12 @@ class PostgresStore:
         escalated: bool | None,
         value: float | None,
         at: float,
+        *,
+        labels: list[str] | None = None,
     ) -> int:
+        params = (outcome, human_review, escalated, value, at, episode_id, tenant, _json(labels))
         async with self._connection() as conn:
-            status = await conn.execute(
-                self._sql.set_outcome_by_episode, outcome, human_review, escalated, value, at, episode_id, tenant
-            )
+            status = await conn.execute(self._sql.set_outcome_by_episode, *params)
         return int(status.rsplit(" ", 1)[-1])
 
     async def rows_between(
@@ -287,13 +292,15 @@ class _Statements:
         self.get = f"{select} WHERE request_id = $1"
         self.recent = f"{select} ORDER BY started_at DESC, request_id DESC LIMIT $1"
         self.count = f"SELECT count(*) FROM {p}requests"  # noqa: S608
-        # None keeps the stored value: feedback may arrive in pieces.
+        # None keeps the stored value: feedback may arrive in pieces. Labels (the last
+        # parameter, JSON text) replace the stored array whole.
         self.set_outcome = f"""UPDATE {p}requests SET
             outcome = COALESCE($1, outcome),
             human_review = COALESCE($2, human_review),
             escalated = COALESCE($3, escalated),
             outcome_value = COALESCE($4, outcome_value),
             episode_id = COALESCE($5, episode_id),
+            labels = COALESCE($9::jsonb, labels),
             outcome_at = $6
             WHERE request_id = $7 AND tenant = $8"""  # noqa: S608
         self.set_outcome_by_episode = f"""UPDATE {p}requests SET
@@ -301,6 +308,7 @@ class _Statements:
             human_review = COALESCE($2, human_review),
             escalated = COALESCE($3, escalated),
             outcome_value = COALESCE($4, outcome_value),
+            labels = COALESCE($8::jsonb, labels),
             outcome_at = $5
             WHERE episode_id = $6 AND tenant = $7"""  # noqa: S608
         # NULL parameters switch the tenant and task filters off; started_at's index serves the range.
@@ -356,10 +364,17 @@ def _lock_key(schema: str | None) -> int:
 def _encode(row: LedgerRow) -> tuple[Any, ...]:
     values = [getattr(row, name) for name in COLUMNS]
     values[_ATTEMPTS] = orjson.dumps(row.attempts).decode()
+    values[_LABELS] = _json(row.labels)
     return tuple(values)
+
+
+def _json(labels: list[str] | None) -> str | None:
+    return None if labels is None else orjson.dumps(labels).decode()
 
 
 def _decode(record: asyncpg.Record) -> LedgerRow:
     values = dict(zip(COLUMNS, record.values(), strict=True))
     values["attempts"] = [AttemptRecord(**a) for a in orjson.loads(values["attempts"])]
+    if values["labels"] is not None:
+        values["labels"] = orjson.loads(values["labels"])
     return LedgerRow(**values)

@@ -54,3 +54,5 @@ class LedgerRow:
     outcome_value: float | None = None  # e.g. revenue, a score: whatever the feedback measures
     outcome_at: float | None = None  # unix seconds of the last feedback
     episode_id: str | None = None  # groups requests of one conversation or agent run
+    # Schema v4.
+    labels: list[str] | None = None  # the caller's tags from feedback; None: never labelled

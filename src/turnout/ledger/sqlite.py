@@ -81,6 +81,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 3: release_stats reads one release of one task over a recent window (the canary's step).
     ('CREATE INDEX requests_task_release_started_at ON requests (task, "release", started_at)',),
+    # 4: the labels feedback gives, a JSON array of strings like attempts; NULL: never labelled.
+    ("ALTER TABLE requests ADD COLUMN labels TEXT",),
 )
 
 # Columns follow LedgerRow's fields, so a field added without a migration fails loudly on the
@@ -92,15 +94,18 @@ _PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
 _INSERT = f"INSERT OR REPLACE INTO requests ({_COLUMN_LIST}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
 _SELECT = f"SELECT {_COLUMN_LIST} FROM requests"  # noqa: S608
 _ATTEMPTS = COLUMNS.index("attempts")
+_LABELS = COLUMNS.index("labels")
 _BOOLS = ("stream", "fallback")
 _OPTIONAL_BOOLS = ("cache_hit", "human_review", "escalated")
-# None keeps the stored value: feedback may arrive in pieces.
+# None keeps the stored value: feedback may arrive in pieces. Labels come as JSON text and
+# replace the stored array whole.
 _SET_OUTCOME = """UPDATE requests SET
     outcome = COALESCE(?, outcome),
     human_review = COALESCE(?, human_review),
     escalated = COALESCE(?, escalated),
     outcome_value = COALESCE(?, outcome_value),
     episode_id = COALESCE(?, episode_id),
+    labels = COALESCE(?, labels),
     outcome_at = ?
     WHERE request_id = ? AND tenant = ?"""
 _SET_OUTCOME_BY_EPISODE = """UPDATE requests SET
@@ -108,6 +113,7 @@ _SET_OUTCOME_BY_EPISODE = """UPDATE requests SET
     human_review = COALESCE(?, human_review),
     escalated = COALESCE(?, escalated),
     outcome_value = COALESCE(?, outcome_value),
+    labels = COALESCE(?, labels),
     outcome_at = ?
     WHERE episode_id = ? AND tenant = ?"""
 # NULL parameters switch the tenant and task filters off; the started_at index serves the range.
@@ -178,8 +184,10 @@ class SQLiteStore:
         value: float | None,
         episode_id: str | None,
         at: float,
+        *,
+        labels: list[str] | None = None,
     ) -> bool:
-        params = (outcome, human_review, escalated, value, episode_id, at, request_id, tenant)
+        params = (outcome, human_review, escalated, value, episode_id, _json(labels), at, request_id, tenant)
         updated = await self._call(lambda conn: conn.execute(_SET_OUTCOME, params).rowcount)
         return updated > 0
 
@@ -192,8 +200,10 @@ class SQLiteStore:
         escalated: bool | None,
         value: float | None,
         at: float,
+        *,
+        labels: list[str] | None = None,
     ) -> int:
-        params = (outcome, human_review, escalated, value, at, episode_id, tenant)
+        params = (outcome, human_review, escalated, value, _json(labels), at, episode_id, tenant)
         updated: int = await self._call(lambda conn: conn.execute(_SET_OUTCOME_BY_EPISODE, params).rowcount)
         return updated
 
@@ -312,7 +322,12 @@ def _in_transaction(conn: sqlite3.Connection, body: Callable[[], object], begin:
 def _encode(row: LedgerRow) -> tuple[Any, ...]:
     values = [getattr(row, name) for name in COLUMNS]
     values[_ATTEMPTS] = orjson.dumps(row.attempts).decode()
+    values[_LABELS] = _json(row.labels)
     return tuple(values)
+
+
+def _json(labels: list[str] | None) -> str | None:
+    return None if labels is None else orjson.dumps(labels).decode()
 
 
 def _decode(record: Sequence[Any]) -> LedgerRow:
@@ -323,4 +338,6 @@ def _decode(record: Sequence[Any]) -> LedgerRow:
         if values[name] is not None:
             values[name] = bool(values[name])
     values["attempts"] = [AttemptRecord(**a) for a in orjson.loads(values["attempts"])]
+    if values["labels"] is not None:
+        values["labels"] = orjson.loads(values["labels"])
     return LedgerRow(**values)

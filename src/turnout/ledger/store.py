@@ -14,8 +14,9 @@ rules:
   caller: mutating a returned row does not change the store.
 * ``recent`` is newest first by ``started_at``, ties broken by ``request_id`` descending, so
   the order is the same on every backend.
-* ``set_outcome`` touches only the outcome fields of one row, and only when the row belongs to
-  the tenant given: another tenant's request id behaves exactly like an unknown one.
+* ``set_outcome`` touches only the outcome fields of one row (``labels`` among them), and only
+  when the row belongs to the tenant given: another tenant's request id behaves exactly like an
+  unknown one. It is idempotent: the same call twice leaves the same row.
 * ``set_outcome_by_episode`` is ``set_outcome`` for every row of one tenant's episode, and
   answers how many rows it updated (0 for another tenant's episode, as for an unknown one).
 * ``rows_between`` is the reports' read: the rows with ``since <= started_at < until``, oldest
@@ -172,11 +173,15 @@ class LedgerStore(Protocol):
         value: float | None,
         episode_id: str | None,
         at: float,
+        *,
+        labels: list[str] | None = None,
     ) -> bool:
         """Record feedback on a stored row of ``tenant``: each argument that is not None
         replaces its field (``value`` goes to ``outcome_value``), None keeps what is stored, so
-        feedback may arrive in pieces; ``outcome_at`` becomes ``at``. True if a row was updated,
-        False if ``tenant`` has no row ``request_id`` (yet: rows reach the store in batches)."""
+        feedback may arrive in pieces; ``outcome_at`` becomes ``at``. ``labels`` is replaced
+        whole, never merged: a list (even an empty one) becomes the row's labels, in its order,
+        so the same call twice leaves the same row. True if a row was updated, False if
+        ``tenant`` has no row ``request_id`` (yet: rows reach the store in batches)."""
         ...
 
     async def set_outcome_by_episode(
@@ -188,6 +193,8 @@ class LedgerStore(Protocol):
         escalated: bool | None,
         value: float | None,
         at: float,
+        *,
+        labels: list[str] | None = None,
     ) -> int:
         """``set_outcome`` on every stored row of ``tenant`` whose ``episode_id`` is
         ``episode_id``, in one statement; the number of rows updated."""
