@@ -79,7 +79,9 @@ class Gateway:
         self.tracing: Tracing | None = None
 
     async def start(self) -> None:
-        """Open the ledger, build every provider and warm each up (a local model loads here)."""
+        """Open what the config asks for — ledger, traces, capture, issued keys, limiter — build
+        every provider and warm each up (a local model loads here), then the review queue, the
+        release registry and, with a ledger, the canary controller."""
         cfg = self.config
         if cfg.store.kind != "none":
             self.store = open_store(cfg.store)
