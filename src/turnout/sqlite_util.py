@@ -101,7 +101,9 @@ class SQLiteWorker:
     release store … is not open"), ``label`` in log lines and the thread's name; ``prepare``
     runs on the thread once the connection is in WAL mode (the store's migrations). ``reader``:
     also keep the loop's ``data_version`` connection. ``:memory:`` gets neither WAL nor a
-    reader (another connection would see another database)."""
+    reader (another connection would see another database). ``private``: create the file
+    owner-only (0600); off, SQLite creates it with the process's umask. ``failed_as`` names the
+    store in the messages of SQLite failures (default: ``what``)."""
 
     def __init__(
         self,
@@ -112,9 +114,13 @@ class SQLiteWorker:
         error: ErrorFactory,
         prepare: Callable[[sqlite3.Connection], None],
         reader: bool = True,
+        private: bool = True,
+        failed_as: str | None = None,
     ) -> None:
         self.path = path
         self.what = what
+        self.failed_as = what if failed_as is None else failed_as
+        self._private = private
         self.label = label
         self.error = error
         self._prepare = prepare
@@ -193,9 +199,10 @@ class SQLiteWorker:
         if not memory:
             path = Path(self.path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Create the file owner-only before SQLite opens it; SQLite gives its -wal and -shm
-            # files the same mode.
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            if self._private:
+                # Create the file owner-only before SQLite opens it; SQLite gives its -wal and
+                # -shm files the same mode.
+                os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
         reader = None
         try:
@@ -223,4 +230,4 @@ class SQLiteWorker:
         return self.error(f"the {self.what} {self.path} is not open")
 
     def _failed(self, exc: sqlite3.Error) -> Exception:
-        return self.error(f"{self.what} {self.path}: {exc}")
+        return self.error(f"{self.failed_as} {self.path}: {exc}")

@@ -14,13 +14,9 @@ Steps are append-only history; a change to ``LedgerRow`` needs a new step, never
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import logging
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,8 +25,7 @@ import orjson
 from turnout.config import StoreConfig
 from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.ledger.store import STATS_COLUMNS, ReleaseStats, StoreError, check_limit, summarize
-
-log = logging.getLogger(__name__)
+from turnout.sqlite_util import SQLiteWorker, migrate
 
 T = TypeVar("T")
 
@@ -132,30 +127,37 @@ _STATS = (
 class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
+        # The ledger file keeps the process's umask (it is not created owner-only), and its
+        # failures read "SQLite ledger <path>: …".
+        self._db = SQLiteWorker(
+            self.path,
+            what="SQLite ledger store",
+            label="ledger",
+            error=StoreError,
+            prepare=lambda conn: _migrate(conn, self.path),
+            reader=False,
+            private=False,
+            failed_as="SQLite ledger",
+        )
 
     @classmethod
     def from_config(cls, cfg: StoreConfig) -> SQLiteStore:
         return cls(cfg.path)
 
     async def open(self) -> None:
-        if self._executor is not None:
-            raise StoreError(f"the SQLite ledger store {self.path} is already open")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnout-ledger")
-        try:
-            await self._on_thread(self._connect)
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise
+        await self._db.open()
 
     async def write_batch(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
             return
         # Encode here, on the caller's side, so the thread holds the database only for SQL.
         params = [_encode(row) for row in rows]
-        await self._call(lambda conn: _in_transaction(conn, lambda: conn.executemany(_INSERT, params)))
+
+        def insert(conn: sqlite3.Connection) -> None:
+            # Nothing comes back: the cursor must stay (and be finalized) on the thread.
+            conn.executemany(_INSERT, params)
+
+        await self._db.transaction(insert)
 
     async def get(self, request_id: str) -> LedgerRow | None:
         found = await self._call(lambda conn: conn.execute(f"{_SELECT} WHERE request_id = ?", (request_id,)).fetchone())
@@ -226,97 +228,15 @@ class SQLiteStore:
         return summarize(found)
 
     async def aclose(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        # Calls already queued on the thread run before the close; new ones are refused above.
-        await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
-        executor.shutdown(wait=True)  # the thread is idle by now, so this returns at once
+        # Calls already queued on the thread run before the close; new ones are refused.
+        await self._db.aclose()
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._on_thread(lambda: fn(self._connection()))
-
-    async def _on_thread(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise StoreError(f"the SQLite ledger store {self.path} is not open")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
-            # SQLite's messages name constraints and conditions, never the bound values, so
-            # they are safe to carry into logs.
-            raise StoreError(f"SQLite ledger {self.path}: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError(f"the SQLite ledger store {self.path} is not open")
-        return self._conn
-
-    def _connect(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; we open them explicitly.
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        try:
-            mode = _enable_wal(conn)
-            if mode != "wal" and self.path != ":memory:":
-                log.warning("ledger: %s is in %s journal mode, not WAL; readers may block writes", self.path, mode)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            _migrate(conn, self.path)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-
-def _enable_wal(conn: sqlite3.Connection, tries: int = 200) -> str:
-    """Switch to WAL (persistent in the file, so later opens find it on). Switching needs an
-    exclusive lock and SQLite does not wait on its busy handler for it, so two processes opening
-    one new file can see "database is locked": retry briefly; this thread is ours to block."""
-    for _ in range(tries - 1):
-        try:
-            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                raise
-            time.sleep(0.01)
-    return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        return await self._db.run(fn)
 
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    def apply() -> None:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
-        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
-        if current > len(MIGRATIONS):
-            raise StoreError(
-                f"the ledger at {path} has schema version {current}, newer than this turnout "
-                f"knows ({len(MIGRATIONS)}); upgrade turnout"
-            )
-        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
-            log.info("ledger: applied schema migration %d to %s", version, path)
-
-    # IMMEDIATE takes the write lock before reading the version, so two processes opening the
-    # same new file cannot both apply a step.
-    _in_transaction(conn, apply, begin="BEGIN IMMEDIATE")
-
-
-def _in_transaction(conn: sqlite3.Connection, body: Callable[[], object], begin: str = "BEGIN") -> None:
-    conn.execute(begin)
-    try:
-        body()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    migrate(conn, path, MIGRATIONS, what="ledger", error=StoreError, label="ledger")
 
 
 def _encode(row: LedgerRow) -> tuple[Any, ...]:
