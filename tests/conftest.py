@@ -1,16 +1,23 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.serving import close_sdk_clients
 from turnout.app import App
 from turnout.config import validate
 from turnout.providers.base import Provider
 
 AppFactory = Callable[..., Awaitable[App]]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    close_sdk_clients()
 
 
 @pytest.fixture

@@ -15,6 +15,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import openai
+
+_SDK_CLIENTS: dict[tuple[str, str], openai.OpenAI] = {}
+
+
+def sdk_client(base_url: str, api_key: str) -> openai.OpenAI:
+    """The official SDK for ``base_url``, one per (url, key), closed by ``close_sdk_clients``
+    (conftest does it after each module) so no pooled socket is left for the GC to find."""
+    key = (base_url, api_key)
+    if key not in _SDK_CLIENTS:
+        _SDK_CLIENTS[key] = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+    return _SDK_CLIENTS[key]
+
+
+def close_sdk_clients() -> None:
+    while _SDK_CLIENTS:
+        _SDK_CLIENTS.popitem()[1].close()
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY
-from tests.serving import Process, Served, turnout_serve
+from tests.serving import Process, Served, sdk_client, turnout_serve
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def same_content(fakes: dict[str, Process]) -> None:
 
 def sdk(served: Served) -> Any:
     """The SDK, typed loosely: these tests pass plain dicts where the SDK wants TypedDicts."""
-    return openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0)
+    return sdk_client(served.base_url, "unused")
 
 
 def complete(served: Served, task: str, **kw: Any) -> Any:

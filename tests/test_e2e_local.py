@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.serving import Served, turnout_serve
+from tests.serving import Served, sdk_client, turnout_serve
 
 pytestmark = pytest.mark.slow
 SECRET = "SENTINEL-c0ffee-4242-never-store-me"
@@ -23,7 +23,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 def client(served: Served) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0)
+    return sdk_client(served.base_url, "unused")
 
 
 def test_models_lists_the_default_task(served: Served) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.serving import Served, free_port, turnout_serve, wait_http
+from tests.serving import Served, free_port, sdk_client, turnout_serve, wait_http
 
 pytestmark = pytest.mark.slow
 KEY = "sk-e2e-tenant-key-5d1e"
@@ -93,7 +93,7 @@ def served(upstreams: dict[str, Upstream], tmp_path_factory: pytest.TempPathFact
 
 
 def client(served: Served) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served.base_url, api_key=KEY, max_retries=0)
+    return sdk_client(served.base_url, KEY)
 
 
 def ask(served: Served, **kw: Any) -> Any:
@@ -118,7 +118,7 @@ def test_primary_serves_when_healthy(served: Served, upstreams: dict[str, Upstre
 
 
 def test_unauthenticated_is_refused(served: Served) -> None:
-    bad = openai.OpenAI(base_url=served.base_url, api_key="sk-wrong-key-000", max_retries=0)
+    bad = sdk_client(served.base_url, "sk-wrong-key-000")
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(model="support", messages=[{"role": "user", "content": "x"}])
 

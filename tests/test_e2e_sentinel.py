@@ -18,10 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 
-from tests.serving import Process, free_port, turnout_serve
+from tests.serving import Process, free_port, sdk_client, turnout_serve
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +101,7 @@ def serve_and_ask(cwd: Path, config: dict[str, Any], grant: bool = False) -> tup
         )  # fmt: skip
         assert granted.returncode == 0, granted.stderr
     with turnout_serve(cwd, path, env={"TURNOUT_REDACTION_KEY": "sentinel-suite-key-0123456789"}) as served:
-        client = openai.OpenAI(base_url=served.base_url, api_key="sk-acme-sentinel-01", max_retries=0)
+        client = sdk_client(served.base_url, "sk-acme-sentinel-01")
         messages: Any = [{"role": "user", "content": PROMPT}]
         client.chat.completions.create(model="support", messages=messages, user=EMAIL)
         for _ in client.chat.completions.create(model="support", messages=messages, stream=True):
