@@ -169,19 +169,8 @@ class Gateway:
         row = LedgerRow(request_id, time.time(), "", "", "", False)
         try:
             req, result, grant, release = await self._route(scope, receive, row)
-        except TurnoutError as err:
-            if isinstance(err, AllTargetsFailed):
-                row.attempts = err.records
-                row.cost_usd = self.quota.attempts_cost(row.attempts, None, row.started_at)
-            row.status, row.error_class = err.status, err.code or err.type
-            await respond.error(send, err, request_id)
-            self._account(row, t0)
-            return
-        except Exception as exc:  # a bug: answer in OpenAI's shape, log no request content
-            log.error("internal error in request %s: %s", request_id, describe(exc))
-            row.status, row.error_class = 500, "internal"
-            await respond.error(send, TurnoutError("internal error"), request_id)
-            self._account(row, t0)
+        except Exception as exc:
+            await self.fail(row, exc, send, t0)
             return
         row.attempts, row.fallback = result.attempts, result.fallback
         row.target, row.replica = result.target.name, result.answer.replica
@@ -310,6 +299,23 @@ class Gateway:
             )
         except ReviewError as exc:
             log.warning("review: request %s not queued: %s", row.request_id, exc.message)
+
+    async def fail(self, row: LedgerRow, exc: Exception, send: Send, t0: float) -> None:
+        """A request that ends before an answer: its error in OpenAI's shape, and its row (with
+        the cost of the attempts it made). A non-turnout exception is a bug: a 500 that logs
+        only the exception's type and place, never request content."""
+        if isinstance(exc, TurnoutError):
+            err = exc
+            if isinstance(err, AllTargetsFailed):
+                row.attempts = err.records
+                row.cost_usd = self.quota.attempts_cost(row.attempts, None, row.started_at)
+            row.status, row.error_class = err.status, err.code or err.type
+        else:
+            log.error("internal error in request %s: %s", row.request_id, describe(exc))
+            err = TurnoutError("internal error")
+            row.status, row.error_class = 500, "internal"
+        await respond.error(send, err, row.request_id)
+        self._account(row, t0)
 
     def _account(self, row: LedgerRow, t0: float) -> None:
         row.latency_ms = (time.perf_counter() - t0) * 1000

@@ -18,8 +18,9 @@ import orjson
 from turnout import policy, respond
 from turnout.asgi import Receive, Send, header, read_body, send_json
 from turnout.attempts import Result, execute
+from turnout.auth import Tenant
 from turnout.chat import check_episode_id
-from turnout.errors import AllTargetsFailed, RequestError, TurnoutError, UnknownTask
+from turnout.errors import RequestError, TurnoutError, UnknownTask
 from turnout.ledger.record import LedgerRow
 from turnout.providers.base import Completion
 from turnout.releases.base import Release, choose
@@ -42,7 +43,7 @@ async def handle(gateway: Any, task: str, scope: dict[str, Any], receive: Receiv
     row = LedgerRow(request_id, time.time(), "", task, "", False)
     grant = None
     try:
-        body, release = await _admit(gateway, task, scope, receive, row)
+        body, release, tenant = await _admit(gateway, task, scope, receive, row)
         messages = render(release, body.get("variables") or {}, body.get("documents") or [])
         chat = {"model": task, "messages": messages, **release.params}
         if release.output_schema is not None and "response_format" not in chat:
@@ -52,21 +53,16 @@ async def handle(gateway: Any, task: str, scope: dict[str, Any], receive: Receiv
             task=task,
             route=[t for t in release.route if t in gateway.config.tasks[task].route],
             data_class=row.data_class,
-            tenant_classes=gateway.auth.tenants.get(row.tenant, _ANY).data_classes,
+            tenant_classes=tenant.data_classes,
             policy=gateway.policy,
         )
         allowed, grant = await gateway.quota.admit(row.tenant, task, chat, allowed, request_id)
         result = await execute([gateway.targets[n] for n in allowed], chat, stream=False, request_id=request_id)
         assert isinstance(result.answer, Completion)
         output = _output(release, result.answer.body)
-    except TurnoutError as err:
-        if isinstance(err, AllTargetsFailed):
-            row.attempts = err.records
-            row.cost_usd = gateway.quota.attempts_cost(row.attempts, None, row.started_at)
-        row.status, row.error_class = err.status, err.code or err.type
+    except Exception as exc:
         await gateway.quota.release(grant)
-        await respond.error(send, err, request_id)
-        gateway._account(row, t0)
+        await gateway.fail(row, exc, send, t0)
         return
     usage = result.answer.usage
     _fill(row, result, release)
@@ -110,16 +106,9 @@ async def handle(gateway: Any, task: str, scope: dict[str, Any], receive: Receiv
         await gateway._review(row, decision.mode, messages, answer, rate)
 
 
-class _Any:
-    data_classes = frozenset({"public", "internal", "confidential", "restricted"})
-
-
-_ANY = _Any()
-
-
 async def _admit(
     gateway: Any, task: str, scope: dict[str, Any], receive: Receive, row: LedgerRow
-) -> tuple[dict[str, Any], Release]:
+) -> tuple[dict[str, Any], Release, Tenant]:
     tenant = await gateway.auth.identify(header(scope, b"authorization"), row.started_at)
     row.tenant = tenant.name
     raw = await read_body(receive, scope, gateway.config.server.max_body_bytes)
@@ -149,7 +138,7 @@ async def _admit(
     )
     row.data_class = policy.parse_data_class(_text(header(scope, b"x-turnout-data-class")) or meta.get("data_class"))
     row.release, row.prompt_version = release.name, release.prompt_version
-    return body, release
+    return body, release, tenant
 
 
 def _check(body: dict[str, Any]) -> None:
