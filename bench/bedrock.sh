@@ -53,7 +53,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.session import Session
 
-from turnout.providers.bedrock_translate import to_converse
+from turnout.providers.bedrock.translate import to_converse
 
 endpoint, lua = sys.argv[1:]
 chat = {"messages": [{"role": "system", "content": "You are a helpful support assistant."},

@@ -61,10 +61,11 @@ Call = Callable[[bool], Awaitable[int]]  # stream? → chunks (or 1) received
 
 
 async def turnout_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    from turnout.providers.bedrock.provider.provider import BedrockProvider
+
     from turnout.config import BedrockTarget
     from turnout.providers.base import Call as TCall
     from turnout.providers.base import Timeouts
-    from turnout.providers.bedrock import BedrockProvider
 
     target = BedrockTarget(provider="bedrock", region=REGION, model=MODEL, endpoint_url=url)
     provider = BedrockProvider("bench", target)
@@ -85,9 +86,8 @@ async def turnout_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
 async def aiobotocore_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
     from aiobotocore.config import AioConfig  # type: ignore[import-not-found, unused-ignore]
     from aiobotocore.session import get_session  # type: ignore[import-not-found, unused-ignore]
-
-    from turnout.providers.bedrock_stream import StreamTranslator, from_converse
-    from turnout.providers.bedrock_translate import to_converse
+    from turnout.providers.bedrock.provider.stream import StreamTranslator, from_converse
+    from turnout.providers.bedrock.provider.translate import to_converse
 
     config = AioConfig(retries={"max_attempts": 0, "mode": "standard"}, max_pool_connections=64)
     cm = get_session().create_client(
@@ -126,9 +126,8 @@ async def boto3_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
 
     import boto3
     from botocore.config import Config
-
-    from turnout.providers.bedrock_stream import StreamTranslator, from_converse
-    from turnout.providers.bedrock_translate import to_converse
+    from turnout.providers.bedrock.provider.stream import StreamTranslator, from_converse
+    from turnout.providers.bedrock.provider.translate import to_converse
 
     # The default executor has min(32, cpus + 4) threads; give it one per connection.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(CONCURRENCY))
@@ -229,14 +228,14 @@ def child(stack: str, url: str, seconds: float) -> None:
     os.sched_setaffinity(0, {0})
     # What a running turnout has loaded anyway (config, aiohttp, the Converse translation), so
     # that the import time below is what each transport adds to the gateway.
-    import turnout.catalog
-    import turnout.providers.bedrock_errors
-    import turnout.providers.bedrock_translate
+    import turnout.control.catalog
+    import turnout.providers.bedrock.errors
+    import turnout.providers.bedrock.translate
     import turnout.providers.transport
 
     t0 = time.perf_counter()
     if stack == "turnout":
-        import turnout.providers.bedrock  # noqa: F401
+        import turnout.providers.bedrock.provider  # noqa: F401
     elif stack == "aiobotocore":
         import aiobotocore.session  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
     else:

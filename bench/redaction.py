@@ -1,10 +1,10 @@
-"""Precision, recall and cost of ``turnout.redact`` on the labelled set.
+"""Precision, recall and cost of ``turnout.privacy.redact`` on the labelled set.
 
     python bench/redaction.py               # score tests/data/redaction_labelled.jsonl, time it
     python bench/redaction.py --write-set   # regenerate the labelled set (fixed seed)
     python bench/redaction.py --misses      # also list each false positive and false negative
 
-Scoring is span-level, matched by overlap within a kind (see ``turnout.redact.scoring``).
+Scoring is span-level, matched by overlap within a kind (see ``turnout.privacy.redact.scoring``).
 Cost is µs per KB of input, best of several repeats of one pass, on (a) a ~20 KB mix of the
 labelled texts (findings every few lines) and (b) ~20 KB of clean prose and logs with nothing
 to find. One run; for steadier figures pin a core: ``taskset -c 0 python bench/redaction.py``.
@@ -33,8 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from turnout.redact import Redactor  # noqa: E402
-from turnout.redact.scoring import score  # noqa: E402
+from turnout.privacy.redact import Redactor  # noqa: E402
+from turnout.privacy.redact.scoring import score  # noqa: E402
 
 SET_PATH = ROOT / "tests" / "data" / "redaction_labelled.jsonl"
 SEED = 20261128

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from turnout.app import App
+from turnout.serving.app import App
 
 
 @dataclass

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from tests.serving import close_sdk_clients
-from turnout.app import App
 from turnout.config import validate
 from turnout.providers.base import Provider
+from turnout.serving.app import App
 
 AppFactory = Callable[..., Awaitable[App]]
 

@@ -11,9 +11,9 @@ import pytest
 from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
-from turnout.app import App
 from turnout.errors import UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
-from turnout.gateway import pseudonym
+from turnout.serving.app import App
+from turnout.serving.gateway import pseudonym
 
 KEY = "sk-acme-0123456789"
 OTHER_KEY = "sk-other-0123456789"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes.scripted import ScriptedProvider, Step
-from turnout.attempts import Target, execute
 from turnout.config import BreakerConfig, RetryConfig
 from turnout.errors import AllTargetsFailed, ContextWindowExceeded, UpstreamError, UpstreamStatusError
 from turnout.providers.base import Timeouts
-from turnout.resilience.breaker import Breaker
+from turnout.routing.attempts import Target, execute
+from turnout.routing.breaker import Breaker
 
 
 def target(name: str, *steps: Step, window: int | None = None, attempts: int = 2) -> Target:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from turnout.auth import ANONYMOUS, Authenticator, digest
 from turnout.config import DATA_CLASSES, validate
+from turnout.control.auth import ANONYMOUS, Authenticator, digest
 from turnout.errors import AuthError
 
 KEY = "sk-acme-0123456789"

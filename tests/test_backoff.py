@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from turnout.config import RetryConfig
-from turnout.resilience.backoff import delay, parse_retry_after
+from turnout.routing.backoff import delay, parse_retry_after
 
 
 def cfg(backoff_ms: float = 100.0, max_backoff_ms: float = 1000.0) -> RetryConfig:

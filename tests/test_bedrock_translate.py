@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from turnout.errors import RequestError
-from turnout.providers.bedrock_translate import (
+from turnout.providers.bedrock.provider.translate import (
     JSON_OBJECT_INSTRUCTION,
     LEADING_USER_TEXT,
     StreamTranslator,
@@ -27,6 +25,8 @@ from turnout.providers.bedrock_translate import (
     to_converse,
     usage_of,
 )
+
+from turnout.errors import RequestError
 
 botocore_session = pytest.importorskip("botocore.session")
 botocore_validate = pytest.importorskip("botocore.validate")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from turnout.config import BreakerConfig
-from turnout.resilience.breaker import Breaker, State
+from turnout.routing.breaker import Breaker, State
 
 
 class Clock:

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
+from turnout.cli.main.main import main
 
 from tests.test_capture_policy import eventually
-from turnout.capture import CapturePolicy, CaptureRow, CaptureStore
-from turnout.cli import main
 from turnout.config import load_config
+from turnout.privacy.capture import CapturePolicy, CaptureRow, CaptureStore
 
 CONFIG = """
 store: {{path: {path}}}

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from turnout.capture import METADATA, CapturePolicy, CaptureStore, Decision, rule_for
 from turnout.config import CaptureConfig, CaptureRule
+from turnout.privacy.capture import METADATA, CapturePolicy, CaptureStore, Decision, rule_for
 
 T0 = 1_800_000_000.0
 

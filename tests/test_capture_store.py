@@ -12,8 +12,8 @@ from typing import Literal
 import pytest
 
 from tests.test_capture_policy import eventually
-from turnout.capture import CaptureRow, CaptureStore, CaptureStoreError, Purger, PurgeResult, capture_path
 from turnout.config import StoreConfig
+from turnout.privacy.capture import CaptureRow, CaptureStore, CaptureStoreError, Purger, PurgeResult, capture_path
 
 T0 = 1_800_000_000.0
 DAY = 86_400.0

@@ -16,17 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_capture_policy import eventually
-from turnout.capture import (
-    METADATA,
-    Capture,
-    CaptureStore,
-    CaptureWriter,
-    Decision,
-    SecretsOnly,
-    TextRedactor,
-)
 from turnout.config import CaptureConfig
-from turnout.redact import Redactor
+from turnout.privacy.capture import METADATA, Capture, CaptureStore, CaptureWriter, Decision, SecretsOnly, TextRedactor
+from turnout.privacy.redact import Redactor
 
 T0 = 1_800_000_000.0
 LONG = 60.0
@@ -91,7 +83,7 @@ def writer(store: CaptureStore, redactor: TextRedactor | None = None, **kw: obje
     return CaptureWriter(store, redactor or Sentinels(), **kw)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("real", [False, True], ids=["stand-in", "turnout.redact"])
+@pytest.mark.parametrize("real", [False, True], ids=["stand-in", "turnout.privacy.redact"])
 async def test_redacted_mode_never_writes_raw_text(store: CaptureStore, tmp_path: Path, real: bool) -> None:
     redactor: TextRedactor = Redactor(b"k" * 32) if real else Sentinels()
     w = writer(store, redactor)

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from turnout.chat import ChatRequest, parse, validate
 from turnout.errors import RequestError
+from turnout.serving.chat import ChatRequest, parse, validate
 
 MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from turnout.cli.main.main import main
 
-import turnout.server
-from turnout.cli import main
+import turnout.serving.server
 from turnout.config import Config
 
 KEY = "sk-acme-0123456789"
@@ -48,7 +48,7 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
 def served(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
     """Replace the server's run() so nothing binds a socket; record what it was given."""
     calls: list[Config] = []
-    monkeypatch.setattr(turnout.server, "run", calls.append)
+    monkeypatch.setattr(turnout.serving.server, "run", calls.append)
     return calls
 
 

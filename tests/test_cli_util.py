@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 import pytest
 from click.testing import CliRunner
+from turnout.cli.main._common import config_option, format_option, iso, need, nonblank, print_table, run_store, when
 
-from turnout.cli_util import config_option, format_option, iso, need, nonblank, print_table, run_store, when
 from turnout.errors import TurnoutError
 
 AT = 1_767_225_600.0 + 3723  # 2026-01-01 01:02:03 UTC

@@ -9,15 +9,7 @@ from typing import Any
 
 import pytest
 
-from turnout.config import (
-    Config,
-    LocalTarget,
-    OpenAITarget,
-    cross_problems,
-    default_config,
-    load_config,
-    validate,
-)
+from turnout.config import Config, LocalTarget, OpenAITarget, cross_problems, default_config, load_config, validate
 from turnout.errors import ConfigError
 
 KEY = "sk-acme-0123456789"

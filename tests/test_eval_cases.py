@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from turnout.evals import Case, Expectation, GoldenSetError, golden_set_path, load_cases, parse_cases
+from turnout.offline.evals import Case, Expectation, GoldenSetError, golden_set_path, load_cases, parse_cases
 
 
 def line(obj: object) -> str:

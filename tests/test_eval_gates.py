@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from turnout.config import Gates
-from turnout.evals import Case, EvalResult, Expectation, GateResult, Outcome, all_passed, evaluate_gates, failed
-from turnout.evals import run_eval as _run_eval
+from turnout.offline.evals import Case, EvalResult, Expectation, GateResult, Outcome, all_passed, evaluate_gates, failed
+from turnout.offline.evals import run_eval as _run_eval
 
 
 def make_result(

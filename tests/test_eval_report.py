@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from turnout.config import Gates
-from turnout.evals import (
+from turnout.offline.evals import (
     Case,
     EvalResult,
     Expectation,

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from turnout.evals import Case, EvalResult, Expectation, Outcome, TextProgress, run_eval
+from turnout.offline.evals import Case, EvalResult, Expectation, Outcome, TextProgress, run_eval
 
 
 def cases(n: int) -> list[Case]:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from turnout.evals import Case, Expectation, Score, build_scorers
-from turnout.evals.sandbox import extract_code
+from turnout.offline.evals import Case, Expectation, Score, build_scorers
+from turnout.offline.evals.sandbox import extract_code
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX resource limits")
 

@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from turnout.evals import REGISTRY, Case, Expectation, Score, Scorer, build_scorers, register, score_case
-from turnout.evals.judge import build_prompt, parse_verdict
-from turnout.evals.scorers import parse_json_output
+from turnout.offline.evals import REGISTRY, Case, Expectation, Score, Scorer, build_scorers, register, score_case
+from turnout.offline.evals.judge import build_prompt, parse_verdict
+from turnout.offline.evals.scorers import parse_json_output
 
 CASE = Case(id="c1", expect=(Expectation("equals", {"value": "x"}),), variables={"text": "Order A-17"})
 SCORERS = build_scorers()

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from turnout.evals.stats import (
+from turnout.offline.evals.stats import (
     Interval,
     compare_paired,
     cost_per_pass,

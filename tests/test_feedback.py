@@ -12,8 +12,8 @@ from tests.asgi import Response, request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider
 from tests.test_app import AUTH, MESSAGES, OTHER_KEY, config
-from turnout.app import App
 from turnout.ledger.record import LedgerRow
+from turnout.serving.app import App
 
 OTHER = {"authorization": f"Bearer {OTHER_KEY}"}
 

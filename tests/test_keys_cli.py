@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner, Result
+from turnout.cli.main.keys import expires_at, parse_expiry
+from turnout.cli.main.main import main
 
-from turnout.cli import main
-from turnout.keys.base import digest
-from turnout.keys.sqlite import SQLiteKeyStore
-from turnout.keys_cli import expires_at, parse_expiry
+from turnout.control.keys.base import digest
+from turnout.control.keys.sqlite import SQLiteKeyStore
 
 REDIS_URL = os.environ.get("TURNOUT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

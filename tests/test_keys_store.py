@@ -22,10 +22,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from turnout.config import LimitsConfig
-from turnout.keys.base import SECRET_PREFIX, IssuedKey, KeyStore, KeyStoreError, digest
-from turnout.keys.factory import REDIS_MISSING, open_key_store
-from turnout.keys.redis import RedisKeyStore
-from turnout.keys.sqlite import MIGRATIONS, SQLiteKeyStore
+from turnout.control.keys.base import SECRET_PREFIX, IssuedKey, KeyStore, KeyStoreError, digest
+from turnout.control.keys.factory import REDIS_MISSING, open_key_store
+from turnout.control.keys.redis import RedisKeyStore
+from turnout.control.keys.sqlite import MIGRATIONS, SQLiteKeyStore
 
 REDIS_URL = os.environ.get("TURNOUT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 NOW = 1_700_000_000.123456
@@ -368,7 +368,7 @@ async def test_sqlite_lookup_stays_cheap(sqlite_store: SQLiteKeyStore) -> None:
 async def test_sqlite_sees_a_key_made_by_another_process(tmp_path: Path, sqlite_store: SQLiteKeyStore) -> None:
     script = (
         "import asyncio, sys\n"
-        "from turnout.keys.sqlite import SQLiteKeyStore\n"
+        "from turnout.control.keys.sqlite import SQLiteKeyStore\n"
         "async def main():\n"
         "    store = SQLiteKeyStore(sys.argv[1])\n"
         "    await store.open()\n"
@@ -444,7 +444,7 @@ def test_the_redis_backend_keeps_keys_in_redis() -> None:
 
 
 def test_the_redis_backend_without_the_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "turnout.keys.redis")
+    monkeypatch.delitem(sys.modules, "turnout.control.keys.redis")
     monkeypatch.setitem(sys.modules, "redis", None)
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(KeyStoreError) as caught:

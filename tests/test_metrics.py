@@ -19,16 +19,16 @@ from prometheus_client.samples import Sample
 from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
-from turnout.attempts import Target
 from turnout.config import BreakerConfig, validate
 from turnout.errors import UpstreamConnectError
-from turnout.gateway import Gateway
 from turnout.ledger.memory import MemoryStore
 from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.ledger.writer import LedgerWriter
 from turnout.observe.metrics import DURATION_BUCKETS, Metrics
 from turnout.providers.registry import create
-from turnout.resilience.breaker import Breaker
+from turnout.routing.attempts import Target
+from turnout.routing.breaker import Breaker
+from turnout.serving.gateway import Gateway
 
 KEY = "sk-acme-0123456789"
 EMAIL = "jane.doe+sentinel@example.com"
@@ -326,7 +326,7 @@ WORKER = textwrap.dedent(
     """
     import json, sys
     from turnout.config import validate
-    from turnout.gateway import Gateway
+    from turnout.serving.gateway import Gateway
     from turnout.ledger.record import AttemptRecord, LedgerRow
     from turnout.observe.metrics import Metrics
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from turnout.plan import (
+from turnout.offline.plan import (
     HourBucket,
     PlanError,
     SpecError,
@@ -18,8 +18,8 @@ from turnout.plan import (
     parse_self_hosted,
     plan,
 )
-from turnout.plan.model import break_even, demand
-from turnout.plan.render import as_json, table
+from turnout.offline.plan.model import break_even, demand
+from turnout.offline.plan.render import as_json, table
 
 MIDNIGHT = 19676 * 86400  # 2023-11-15 00:00 UTC
 DAY_REQUESTS, NIGHT_REQUESTS = 100, 10  # per hour: 08:00-20:00 UTC is day, the rest night

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from turnout.cli.main.main import main
 
-from turnout.cli import main
 from turnout.ledger.record import LedgerRow
 from turnout.ledger.sqlite import SQLiteStore
 

@@ -4,7 +4,7 @@ rates per target, and what it leaves out."""
 from __future__ import annotations
 
 from turnout.ledger.record import LedgerRow
-from turnout.plan.traffic import concurrency_by_hour, traffic_from_rows
+from turnout.offline.plan.traffic import concurrency_by_hour, traffic_from_rows
 
 T0 = 19676 * 86400  # a midnight, UTC
 

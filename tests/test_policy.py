@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from turnout.config import DATA_CLASSES
 from turnout.errors import PolicyDenied, RequestError
-from turnout.policy import OPEN_BY_DEFAULT, allowed_targets, decide, parse_data_class
+from turnout.routing.policy import OPEN_BY_DEFAULT, allowed_targets, decide, parse_data_class
 
 NAMES = st.sampled_from(["a", "b", "c", "d", "e", "f"])
 ROUTES = st.lists(NAMES, unique=True, max_size=6)

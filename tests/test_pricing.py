@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from turnout.config import validate
+from turnout.control.pricing import ManagedPrice, PriceBook, SelfHostedPrice, reference_gpu_prices
 from turnout.errors import ConfigError
 from turnout.ledger.record import AttemptRecord
-from turnout.pricing import ManagedPrice, PriceBook, SelfHostedPrice, reference_gpu_prices
 from turnout.providers.base import Usage
 
 
@@ -238,7 +238,7 @@ def test_worst_cases_bound_one_answer() -> None:
 
 
 def test_the_quota_gate_prices_with_the_book() -> None:
-    from turnout.quota.gate import QuotaGate
+    from turnout.control.quota.gate import QuotaGate
 
     gate = QuotaGate(_PRICED, None)
     assert gate.cost("bedrock", Usage(3000, 500), when=WHEN) == pytest.approx(0.010)

@@ -19,6 +19,7 @@ import pytest
 from botocore.credentials import RefreshableCredentials  # type: ignore[import-untyped, unused-ignore]
 from botocore.exceptions import CredentialRetrievalError  # type: ignore[import-untyped, unused-ignore]
 from botocore.session import Session  # type: ignore[import-untyped, unused-ignore]
+from turnout.providers.bedrock.provider.provider import BedrockProvider
 
 from tests.asgi import request
 from tests.conftest import AppFactory
@@ -37,9 +38,8 @@ from tests.fakes.bedrock import (
 )
 from tests.fakes.scripted import ScriptedProvider
 from tests.serving import free_port
-from turnout.attempts import Target, execute
-from turnout.catalog import ModelInfo, context_window
 from turnout.config import BedrockTarget, BreakerConfig, RetryConfig, validate
+from turnout.control.catalog import ModelInfo, context_window
 from turnout.errors import (
     AllTargetsFailed,
     ContextWindowExceeded,
@@ -49,11 +49,11 @@ from turnout.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from turnout.providers import bedrock as bedrock_module
 from turnout.providers.base import Call, Completion, Stream, Timeouts, Usage
-from turnout.providers.bedrock import BedrockProvider
+from turnout.providers.bedrock.provider import provider as bedrock_module
 from turnout.providers.registry import create
-from turnout.resilience.breaker import Breaker
+from turnout.routing.attempts import Target, execute
+from turnout.routing.breaker import Breaker
 
 MODEL = "deepseek.v3-v1:0"
 PROFILE = "us.meta.llama4-maverick-17b-instruct-v1:0"

@@ -28,7 +28,7 @@ from turnout.errors import (
 )
 from turnout.providers.base import Call, Stream, Timeouts, Usage
 from turnout.providers.openai import OpenAIProvider
-from turnout.resilience.breaker import State
+from turnout.routing.breaker import State
 
 KEY = "sk-test-0123456789abcdef"
 FAST = Timeouts(connect=1.0, ttft=1.0, total=2.0)

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from turnout.config import LimitsConfig
+from turnout.control.quota.base import Ask, Limiter, Limits, QuotaExceeded, Scope
+from turnout.control.quota.factory import open_limiter
+from turnout.control.quota.memory import MemoryLimiter
 from turnout.errors import ConfigError
-from turnout.quota.base import Ask, Limiter, Limits, QuotaExceeded, Scope
-from turnout.quota.factory import open_limiter
-from turnout.quota.memory import MemoryLimiter
 
 BACKENDS = ["memory", "redis"]
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -62,7 +62,7 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
         return
     if not redis_reachable():
         pytest.skip("no Redis at 127.0.0.1:6379")
-    from turnout.quota.redis import RedisLimiter
+    from turnout.control.quota.redis import RedisLimiter
 
     red = RedisLimiter(REDIS_URL, unique_prefix(), MAX_REQ)
     try:
@@ -424,7 +424,7 @@ async def test_factory_picks_the_memory_backend() -> None:
 
 @needs_redis
 async def test_factory_picks_the_redis_backend() -> None:
-    from turnout.quota.redis import RedisLimiter
+    from turnout.control.quota.redis import RedisLimiter
 
     cfg = LimitsConfig(backend="redis", redis_url=REDIS_URL, key_prefix="tq", on_backend_error="open")
     limiter = open_limiter(cfg)
@@ -436,7 +436,7 @@ async def test_factory_picks_the_redis_backend() -> None:
 def test_factory_without_the_redis_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [m for m in sys.modules if m == "redis" or m.startswith("redis.")] + ["redis"]:
         monkeypatch.setitem(sys.modules, name, None)  # makes `import redis...` raise ImportError
-    monkeypatch.delitem(sys.modules, "turnout.quota.redis", raising=False)
+    monkeypatch.delitem(sys.modules, "turnout.control.quota.redis", raising=False)
     with pytest.raises(ConfigError, match=r"pip install 'turnout\[redis\]'"):
         open_limiter(LimitsConfig(backend="redis"))
 

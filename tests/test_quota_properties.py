@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from tests.test_quota_contract import REDIS_URL, drop_prefix, needs_redis
-from turnout.quota.base import Ask, Grant, Limiter, Limits, QuotaExceeded, Scope, to_micro
-from turnout.quota.memory import MemoryLimiter
+from turnout.control.quota.base import Ask, Grant, Limiter, Limits, QuotaExceeded, Scope, to_micro
+from turnout.control.quota.memory import MemoryLimiter
 
 T = TypeVar("T")
 
@@ -171,7 +171,7 @@ class MemoryQuotaMachine(QuotaMachine):
 
 class RedisQuotaMachine(QuotaMachine):
     def make_limiter(self) -> Limiter:
-        from turnout.quota.redis import RedisLimiter
+        from turnout.control.quota.redis import RedisLimiter
 
         self.redis = RedisLimiter(REDIS_URL, f"turnout-test-{uuid.uuid4().hex[:12]}", MAX_REQ)
         return self.redis

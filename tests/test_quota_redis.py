@@ -31,10 +31,10 @@ from tests.test_quota_contract import (
     needs_redis,
     unique_prefix,
 )
-from turnout.quota import redis_script
-from turnout.quota.base import Ask, BackendUnavailable, Grant, Limits, QuotaExceeded, Scope
-from turnout.quota.redis import RedisLimiter
-from turnout.quota.redis_batch import Call, Script, bulks
+from turnout.control.quota import redis_script
+from turnout.control.quota.base import Ask, BackendUnavailable, Grant, Limits, QuotaExceeded, Scope
+from turnout.control.quota.redis import RedisLimiter
+from turnout.control.quota.redis_batch import Call, Script, bulks
 
 pytestmark = needs_redis
 
@@ -389,7 +389,7 @@ async def test_unreachable_redis_fails_closed(caplog: pytest.LogCaptureFixture) 
             await limiter.settle(Grant(ask(9)), 10, 0.01)  # after the answer: logged, not raised
             await limiter.flush()
         assert limiter.backend_errors == 5
-        warnings = [r for r in caplog.records if r.name == "turnout.quota"]
+        warnings = [r for r in caplog.records if r.name == "turnout.control.quota"]
         assert len(warnings) == 1  # rate-limited
         assert "unreachable" in warnings[0].getMessage()
     finally:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turnout.redact import (
+from turnout.privacy.redact import (
     PLACEHOLDER,
     RedactingFilter,
     Redactor,
@@ -27,7 +27,7 @@ from turnout.redact import (
     shannon_entropy,
     ssn_ok,
 )
-from turnout.redact.scoring import score
+from turnout.privacy.redact.scoring import score
 
 KEY = b"test-key-0123456789abcdef"
 LABELLED = Path(__file__).parent / "data" / "redaction_labelled.jsonl"

@@ -20,9 +20,9 @@ import orjson
 import pytest
 
 from turnout.ledger.record import AttemptRecord, LedgerRow
-from turnout.reports.charts import chart, heat, nice_ticks
-from turnout.reports.figures import Report, compute
-from turnout.reports.render import render, usd
+from turnout.offline.reports.charts import chart, heat, nice_ticks
+from turnout.offline.reports.figures import Report, compute
+from turnout.offline.reports.render import render, usd
 
 BASE = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
 SVG = "{http://www.w3.org/2000/svg}"

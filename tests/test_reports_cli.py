@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner, Result
+from turnout.cli.main.main import main
+from turnout.cli.main.report import parse_by, parse_when
 
 from tests.test_reports import BASE, ledger
-from turnout.cli import main
 from turnout.ledger.sqlite import SQLiteStore
-from turnout.report_cli import parse_by, parse_when
 
 WINDOW = ("--since", "2026-03-02", "--until", "2026-03-05")
 CONFIG = """\

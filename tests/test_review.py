@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from turnout.errors import RequestError
+from turnout.releases.review import Quality, ReviewError, ReviewQueue
 from turnout.releases.store import ReleaseStore
-from turnout.review import Quality, ReviewError, ReviewQueue
 
 
 @dataclass

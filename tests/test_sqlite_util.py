@@ -13,8 +13,8 @@ from typing import Any, cast
 
 import pytest
 
+from turnout._support.sqlite import SQLiteWorker, enable_wal, in_transaction, migrate
 from turnout.errors import TurnoutError
-from turnout.sqlite_util import SQLiteWorker, enable_wal, in_transaction, migrate
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",),

@@ -11,8 +11,8 @@ import pytest
 from tests.asgi import Response, request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
-from turnout.app import App
 from turnout.releases.base import Prompt, Release, Serving
+from turnout.serving.app import App
 
 SCHEMA = {"type": "object", "required": ["order_id"], "properties": {"order_id": {"type": "string"}}}
 

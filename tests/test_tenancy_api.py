@@ -10,8 +10,8 @@ import pytest
 from tests.asgi import Response, request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
-from turnout.app import App
 from turnout.errors import UpstreamStatusError
+from turnout.serving.app import App
 
 KEY = "sk-acme-0123456789"
 OTHER = "sk-other-0123456789"

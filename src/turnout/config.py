@@ -116,7 +116,7 @@ _HOURS = re.compile(r"^\s*(\d{1,2})\s*(?:-\s*(\d{1,2})\s*)?$")
 
 class PriceEntry(_Strict):
     """One target's price in a price-book version: managed (USD per 1M tokens) or self-hosted
-    (a fleet of replicas billed by the GPU-hour). See ``turnout.pricing`` for the arithmetic."""
+    (a fleet of replicas billed by the GPU-hour). See ``turnout.control.pricing`` for the arithmetic."""
 
     input_per_mtok: float | None = Field(None, ge=0)
     output_per_mtok: float | None = Field(None, ge=0)
@@ -203,7 +203,7 @@ class _TargetBase(_Strict):
     # to targets whose window is larger or unknown. Default: n_ctx (local), the catalog (bedrock).
     context_window: int | None = Field(None, gt=0)
     # USD per 1M tokens. The price book (``prices:``) wins from its effective date; without
-    # either, the catalog (bedrock; local is free), else unpriced. See turnout.pricing.
+    # either, the catalog (bedrock; local is free), else unpriced. See turnout.control.pricing.
     price: Price | None = None
 
 
@@ -323,7 +323,7 @@ class Config(_Strict):
     tenants: dict[str, TenantConfig] = {}
     policy: dict[DataClass, ClassPolicy] = {}
     tasks: dict[str, TaskConfig]
-    # The price book, by effective date (sorted at load); see turnout.pricing.
+    # The price book, by effective date (sorted at load); see turnout.control.pricing.
     prices: list[PriceVersion] = []
 
     @model_validator(mode="after")

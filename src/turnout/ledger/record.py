@@ -16,7 +16,7 @@ class AttemptRecord:
     error_class: str | None  # None when the attempt succeeded
     latency_ms: float
     offset_ms: float = 0.0  # when it started, after the request's start (for traces)
-    cost_usd: float | None = None  # None: unpriced (turnout.pricing); kept in the attempts JSON
+    cost_usd: float | None = None  # None: unpriced (turnout.control.pricing); kept in the attempts JSON
 
 
 @dataclass(slots=True)

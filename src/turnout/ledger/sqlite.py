@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 
 import orjson
 
+from turnout._support.sqlite import SQLiteWorker, migrate
 from turnout.config import StoreConfig
 from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.ledger.store import STATS_COLUMNS, ReleaseStats, StoreError, check_limit, summarize
-from turnout.sqlite_util import SQLiteWorker, migrate
 
 T = TypeVar("T")
 

@@ -59,10 +59,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from turnout.ledger.record import LedgerRow
-from turnout.resilience.breaker import State
+from turnout.routing.breaker import State
 
 if TYPE_CHECKING:
-    from turnout.gateway import Gateway
+    from turnout.serving.gateway import Gateway
 
 OTHER = "other"  # a value outside the bounded vocabulary
 NONE = "none"  # no value (a request that reached no target, a caller not identified)

@@ -2,7 +2,7 @@
 
 A provider owns its transport (pooled HTTP client, worker thread, ...) and translates vendor
 errors into ``turnout.errors.UpstreamError`` subclasses at its edge. It never retries: the
-attempt loop in ``turnout.attempts`` owns retries, breakers and fallback.
+attempt loop in ``turnout.routing.attempts`` owns retries, breakers and fallback.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from turnout.routing.breaker import State
 
 
 @dataclass(slots=True)
@@ -80,6 +82,23 @@ class Stream:
     queue_ms: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    name: str
+    in_flight: int
+    breaker: State
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What a provider is doing now, read at scrape time (``/metrics``) and by routing.
+    ``None``: this provider does not know."""
+
+    in_flight: int | None = None  # calls running at the target
+    queued: int | None = None  # calls waiting for a worker (the embedded model)
+    replicas: tuple[ReplicaLoad, ...] = ()  # per replica, where the target has several
+
+
 @dataclass(slots=True)
 class Health:
     ok: bool
@@ -100,5 +119,9 @@ class Provider(Protocol):
     async def stream(self, call: Call) -> Stream: ...
 
     async def health(self) -> Health: ...
+
+    def load(self) -> Load:
+        """A cheap snapshot (no I/O): in-flight and queued calls, per replica where known."""
+        ...
 
     async def aclose(self) -> None: ...

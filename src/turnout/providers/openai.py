@@ -38,8 +38,8 @@ from turnout.errors import (
 )
 from turnout.providers.base import Call, Completion, Health, Stream, Timeouts, Usage
 from turnout.providers.transport import TRANSPORT_ERRORS, describe, translate
-from turnout.resilience.backoff import parse_retry_after
-from turnout.resilience.breaker import Breaker
+from turnout.routing.backoff import parse_retry_after
+from turnout.routing.breaker import Breaker
 
 # Below the 5 s keep-alive of uvicorn (vLLM, SGLang, llama-cpp-python) and llama.cpp's server,
 # so an idle pooled socket is dropped by us before the server closes it under a new request.

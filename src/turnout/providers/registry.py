@@ -10,8 +10,8 @@ from turnout.providers.base import Provider
 
 PROVIDERS: dict[str, str] = {
     "openai": "turnout.providers.openai:OpenAIProvider",
-    "local": "turnout.providers.local:LocalProvider",
-    "bedrock": "turnout.providers.bedrock:BedrockProvider",
+    "local": "turnout.providers.local.provider:LocalProvider",
+    "bedrock": "turnout.providers.bedrock.provider:BedrockProvider",
 }
 
 

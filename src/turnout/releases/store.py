@@ -45,9 +45,9 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
+from turnout._support.sqlite import SQLiteWorker, in_transaction, migrate
 from turnout.errors import TurnoutError
 from turnout.releases.base import Prompt, Release, Serving, State, Transition
-from turnout.sqlite_util import SQLiteWorker, in_transaction, migrate
 
 T = TypeVar("T")
 

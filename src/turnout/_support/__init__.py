@@ -1,0 +1,1 @@
+"""Plumbing shared by the layers above: SQLite, batching, periodic loops, backend loading."""

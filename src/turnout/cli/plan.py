@@ -1,0 +1,175 @@
+"""``turnout plan``: price a task's recorded traffic on a managed API, on Bedrock open-weight
+and on a self-hosted fleet (``turnout.offline.plan`` does the arithmetic; this reads the ledger and the
+options and prints)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import click
+import orjson
+
+from turnout.config import Config
+from turnout.control.catalog import base_model_id, price
+from turnout.ledger.record import LedgerRow
+from turnout.ledger.store import open_store
+from turnout.offline.plan.model import PlanError, plan
+from turnout.offline.plan.render import as_json, table
+from turnout.offline.plan.spec import (
+    ManagedSpec,
+    SpecError,
+    catalog_managed,
+    parse_bedrock,
+    parse_managed,
+    parse_self_hosted,
+)
+from turnout.offline.plan.traffic import Traffic, traffic_from_rows
+
+DEFAULT_BEDROCK = "qwen.qwen3-32b-v1:0"
+# p5en.48xlarge on demand ($63.296/h for 8 H200) ÷ 8; 3,543 output tokens/s: vLLM 0.6.0 serving
+# Llama-3.1-70B on 4 H100 (TP=4, ShareGPT). Both from the cost reference; a 4-H200 replica
+# should do better, so this errs towards self-hosted looking dear.
+DEFAULT_SELF_HOSTED = "gpu_hour_usd=7.912,gpus=4,tokens_per_s=3543,utilization=0.6"
+DEFAULT_SELF_HOSTED_NOTE = (
+    "self-hosted defaults (no --self-hosted): 4 x H200 per replica at $7.912/GPU-hour (AWS p5en.48xlarge "
+    "on demand / 8) and 3,543 output tokens/s (vLLM 0.6.0, Llama-3.1-70B on 4 x H100): measure your own"
+)
+ROW_LIMIT = 2_000_000  # rows read from the ledger, newest first, before filtering by task and time
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(raw: str) -> float:
+    """A duration back from now (``7d``, ``36h``, ``2w``): seconds."""
+    match = _DURATION.match(raw.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise click.BadParameter(f"{raw!r}: expected a duration such as 7d, 36h or 2w")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+@click.command(name="plan")
+@click.option("--task", required=True, help="The task whose recorded traffic to price.")
+@click.option("--since", default="7d", show_default=True, help="How far back to read the ledger: 7d, 36h, 2w.")
+@click.option(
+    "--self-hosted",
+    "self_hosted",
+    help="gpu_hour_usd=…,gpus=…,tokens_per_s=…[,utilization=0.6][,count=output|total][,concurrency=N]"
+    "[,min_replicas=1][,scale_down=none|hourly|night][,night=22-6][,target=NAME]. "
+    f"Default: {DEFAULT_SELF_HOSTED}.",
+)
+@click.option(
+    "--managed",
+    help="input=…,output=… ($ per 1M tokens)[,target=NAME][,name=LABEL], or a priced config target or "
+    "Bedrock catalog model. Default: the task's busiest target, if it has a price.",
+)
+@click.option("--bedrock", "bedrock", help=f"A Bedrock catalog model id. Default: {DEFAULT_BEDROCK}.")
+@click.option(
+    "--success-rate",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Assumed success rate for options whose target has no recorded feedback.",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="TURNOUT_CONFIG",
+    help="YAML config file: its store (the ledger to read) and targets (prices).",
+)
+def plan_command(
+    task: str,
+    since: str,
+    self_hosted: str | None,
+    managed: str | None,
+    bedrock: str | None,
+    success_rate: float | None,
+    fmt: str,
+    config_path: str | None,
+) -> None:
+    """Price TASK's recorded traffic three ways: the managed API it uses, a Bedrock open-weight
+    model, and a self-hosted fleet sized to its peak; monthly cost, cost per completed task,
+    the break-even volume and the sensitivity to the success rate, with every assumption.
+
+    \b
+    turnout plan --task support --since 7d \\
+        --self-hosted gpu_hour_usd=7.91,gpus=4,tokens_per_s=5000,scale_down=night \\
+        --managed input=3,output=15
+    """
+    from turnout.cli.main.main import _load
+
+    config = _load(config_path)
+    window = parse_since(since)
+    now = time.time()
+    traffic = traffic_from_rows(read_rows(config, now - window), task, end=now)
+    notes = [f"ledger: the newest {ROW_LIMIT:,} rows at most, those of the last {since}"]
+    try:
+        hosted = parse_self_hosted(self_hosted or DEFAULT_SELF_HOSTED)
+        if self_hosted is None:
+            notes.append(DEFAULT_SELF_HOSTED_NOTE)
+        current = current_managed(config, traffic, managed)
+        if current is None:
+            notes.append("no managed option: the task's busiest target has no per-token price; pass --managed")
+        result = plan(traffic, hosted, current, open_weight(config, traffic, bedrock), success_rate, notes=notes)
+    except SpecError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except PlanError as exc:
+        click.echo(f"turnout plan: {exc}", err=True)
+        sys.exit(1)
+    if fmt == "json":
+        click.echo(orjson.dumps(as_json(result), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(table(result))
+
+
+def read_rows(config: Config, since: float) -> Sequence[LedgerRow]:
+    """The ledger rows from ``since`` on. The one place that reads the store: swap ``recent``
+    for a time-bounded query when the store has one."""
+    if config.store.kind == "none":
+        raise click.UsageError("store.kind is none: there is no ledger to plan from")
+
+    async def read() -> list[LedgerRow]:
+        store = open_store(config.store)
+        await store.open()
+        try:
+            return [row for row in await store.recent(ROW_LIMIT) if row.started_at >= since]
+        finally:
+            await store.aclose()
+
+    return asyncio.run(read())
+
+
+def current_managed(config: Config, traffic: Traffic, spec: str | None) -> ManagedSpec | None:
+    """``--managed``, else the task's busiest target when it has a per-token price."""
+    if spec is not None:
+        return parse_managed(spec, lambda name: config_managed(config, name) or catalog_managed(name))
+    busiest = traffic.busiest_target()
+    return config_managed(config, busiest) if busiest else None
+
+
+def config_managed(config: Config, name: str) -> ManagedSpec | None:
+    target = config.targets.get(name)
+    found = price(target) if target is not None else None
+    if found is None or (found.input_per_mtok == 0 and found.output_per_mtok == 0):
+        return None  # unpriced, or embedded (no marginal price): not a managed API
+    return ManagedSpec(name, found.input_per_mtok, found.output_per_mtok, target=name)
+
+
+def open_weight(config: Config, traffic: Traffic, model: str | None) -> ManagedSpec:
+    """``--bedrock`` (default: the model of a Bedrock target that served the task, else
+    ``DEFAULT_BEDROCK``), tied to the config's target for that model so its observed success
+    rate applies."""
+    served = {
+        name: base_model_id(t.model)
+        for name, t in config.targets.items()
+        if t.provider == "bedrock" and name in traffic.targets
+    }
+    chosen = model or next(iter(served.values()), DEFAULT_BEDROCK)
+    spec = parse_bedrock(chosen)
+    target = next((name for name, mid in served.items() if mid == spec.name), None)
+    return replace(spec, target=target)

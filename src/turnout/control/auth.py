@@ -1,0 +1,80 @@
+"""Tenant identity comes only from the API key. Keys are held as SHA-256 digests, never in clear."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from turnout.config import DATA_CLASSES, Config
+from turnout.control.keys.base import KeyStore
+from turnout.errors import AuthError
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    name: str
+    data_classes: frozenset[str]
+    tasks: frozenset[str] | None  # None: every task
+
+    def may_use(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
+
+
+ANONYMOUS = Tenant("anonymous", frozenset(DATA_CLASSES), None)
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class Authenticator:
+    """Config keys (bootstrap) are held in memory as digests; issued keys are looked up in the
+    key store by digest on every request, so a revocation holds at once on every replica."""
+
+    def __init__(self, config: Config, keys: KeyStore | None = None) -> None:
+        self.anonymous = not config.tenants
+        self.keys = keys
+        self._by_digest: dict[bytes, Tenant] = {}
+        self.tenants: dict[str, Tenant] = {}
+        for name, t in config.tenants.items():
+            tenant = Tenant(name, frozenset(t.data_classes), frozenset(t.tasks) if t.tasks is not None else None)
+            self.tenants[name] = tenant
+            for key in t.keys:
+                self._by_digest[digest(key)] = tenant
+
+    def authenticate(self, authorization: bytes | None) -> Tenant:
+        """Config keys only, without I/O. ``authorization`` is the raw header (``Bearer <key>``)."""
+        if self.anonymous:
+            return ANONYMOUS
+        tenant = self._by_digest.get(digest(bearer(authorization)))
+        if tenant is None:
+            raise AuthError("invalid API key")
+        return tenant
+
+    async def identify(self, authorization: bytes | None, now: float) -> Tenant:
+        """Config keys, then issued keys; revoked and expired keys are refused."""
+        if self.anonymous:
+            return ANONYMOUS
+        key_digest = digest(bearer(authorization))
+        tenant = self._by_digest.get(key_digest)
+        if tenant is not None:
+            return tenant
+        issued = await self.keys.lookup(key_digest) if self.keys is not None else None
+        if issued is not None:
+            if issued.revoked_at is not None:
+                raise AuthError("this API key was revoked", code="revoked_api_key")
+            if not issued.live(now):
+                raise AuthError("this API key has expired", code="expired_api_key")
+            tenant = self.tenants.get(issued.tenant)
+            if tenant is not None:
+                return tenant
+        raise AuthError("invalid API key")
+
+
+def bearer(authorization: bytes | None) -> str:
+    if not authorization:
+        raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+    scheme, _, key = authorization.decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise AuthError("malformed Authorization header: expected 'Bearer <key>'")
+    return key.strip()

@@ -1,0 +1,97 @@
+"""The quota step of the request path: admit a request into its tenant's limits and budgets
+before any attempt, then settle it with the real usage (or release it) afterwards.
+
+Budgets reserve the worst case over the targets the request may reach (policy has already cut
+them down), so a fallback to a dearer target can never spend past the budget. A task with
+``on_budget_exceeded: cheaper`` keeps, when refused, only the targets whose worst case fits
+what is left, and tries once more.
+
+Costs come from the price book (``turnout.control.pricing``) at the request's start time. The worst
+case of one answer is its token bound (``prompt + max_tokens``) for managed targets and for
+self-hosted ones allocated by tokens, and the target's total timeout held on a replica for those
+allocated by busy seconds. Failed self-hosted attempts cost their busy time too, so with retries
+a settled total may pass the reservation by up to that.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from turnout.config import Config
+from turnout.control.pricing import PriceBook
+from turnout.control.quota.base import Ask, Grant, Limiter, QuotaExceeded, Scope
+from turnout.control.quota.plan import max_output_tokens, prompt_tokens, scopes
+from turnout.ledger.record import AttemptRecord
+from turnout.providers.base import Usage
+
+log = logging.getLogger("turnout.quota")
+
+
+class QuotaGate:
+    def __init__(self, config: Config, limiter: Limiter | None) -> None:
+        self.limiter = limiter
+        self.default_max_tokens = config.limits.default_max_tokens
+        self.scopes = scopes(config)
+        self.book = PriceBook(config)
+        self.cheaper = {name: t.on_budget_exceeded == "cheaper" for name, t in config.tasks.items()}
+
+    def needed(self) -> bool:
+        return any(self.scopes.values())
+
+    async def admit(
+        self, tenant: str, task: str, body: dict[str, Any], allowed: list[str], request_id: str
+    ) -> tuple[list[str], Grant | None]:
+        """The targets the request may still use, and its grant (None: no limits apply)."""
+        scopes: tuple[Scope, ...] = self.scopes.get((tenant, task), ())
+        if not scopes or self.limiter is None:
+            return allowed, None
+        prompt = prompt_tokens(body)
+        output = max_output_tokens(body, self.default_max_tokens)
+        now = time.time()
+        worst = {name: self.book.worst_case(name, prompt, output, now) for name in allowed}
+        ask = Ask(request_id, scopes, prompt + output, max(worst.values()), now)
+        try:
+            return allowed, await self.limiter.acquire(ask)
+        except QuotaExceeded as refusal:
+            if not (refusal.limit.startswith("usd_") and self.cheaper.get(task) and refusal.remaining_usd is not None):
+                raise
+            fits = [name for name in allowed if worst[name] <= refusal.remaining_usd]
+            if not fits:
+                raise
+            ask.cost_usd = max(worst[name] for name in fits)
+            return fits, await self.limiter.acquire(ask)
+
+    def cost(
+        self, target: str, usage: Usage | None, busy_s: float | None = None, when: float | None = None
+    ) -> float | None:
+        """The real cost of an answer, when its price and what the price needs are known."""
+        return self.book.request_cost(target, usage, busy_s, time.time() if when is None else when)
+
+    def attempts_cost(
+        self, attempts: Sequence[AttemptRecord], usage: Usage | None, when: float, answer_s: float | None = None
+    ) -> float | None:
+        """Price every attempt (``cost_usd``) and return the request's total (None: unpriced)."""
+        return self.book.price_attempts(attempts, usage, when, answer_s=answer_s)
+
+    async def settle(self, grant: Grant | None, usage: Usage | None, cost: float | None) -> None:
+        if grant is None or self.limiter is None:
+            return
+        if usage is None:
+            await self.release(grant)  # nothing known was used: give the reservation back
+            return
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        try:
+            await self.limiter.settle(grant, tokens, cost or 0.0)
+        except Exception as exc:  # after the answer: never turn a served request into an error
+            log.warning("quota settle failed for %s: %s", grant.ask.request_id, type(exc).__name__)
+
+    async def release(self, grant: Grant | None) -> None:
+        if grant is None or self.limiter is None:
+            return
+        try:
+            await self.limiter.release(grant)
+        except Exception as exc:
+            log.warning("quota release failed for %s: %s", grant.ask.request_id, type(exc).__name__)

@@ -1,0 +1,290 @@
+"""Limits and budgets shared by every replica, kept in Redis.
+
+Each ``acquire``, ``settle``, ``release`` and ``usage`` is one EVALSHA of a Lua script
+(``turnout.control.quota.redis_script``, which also draws the key layout): the script checks every
+scope and limit and debits only if all pass, so concurrent requests from any number of
+replicas never overshoot and a refused request takes nothing.
+
+The EVALSHAs travel through a ``turnout.control.quota.redis_batch.Batcher``: those queued in one
+event-loop turn share one socket write and read, each still its own atomic script. ``acquire``
+and ``usage`` wait for their reply; ``settle`` and ``release`` come after the answer, so they
+only queue theirs, which goes out with the next write (within ``linger_s``); ``usage`` and
+later acquires of this replica are sent behind them, and ``aclose`` sends what is left. The
+arguments of a request's scopes are encoded once per scope set and day, not per call.
+
+Time: the caller's ``ask.now`` drives refills and expiries by default (tests pass a fake clock;
+NTP keeps replicas within milliseconds, and a bucket is never refilled backwards, so a lagging
+clock mints nothing and a leading one at most its skew's worth of tokens). With
+``server_time=True`` the scripts read Redis ``TIME`` instead, for fleets whose clocks cannot be
+trusted; budget windows (which UTC day and month) still follow the caller's clock.
+
+Redis unreachable (connection refused, timeout): ``backend_errors`` counts it, a warning is
+logged at most every ``WARN_EVERY_S``, and ``acquire`` either raises ``BackendUnavailable``
+(``on_backend_error="closed"``) or admits with a grant already marked done, so its settle and
+release do nothing (``"open"``). A failed settle or release is logged and counted, never
+raised (it fails in the background): the answer has gone out; the slot and reservation expire
+after ``max_request_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from turnout.control.quota import redis_script
+from turnout.control.quota.base import (
+    MICRO_USD,
+    Ask,
+    BackendUnavailable,
+    Grant,
+    Limits,
+    Period,
+    QuotaExceeded,
+    Scope,
+    budget_periods,
+    budget_usage,
+    distinct_scopes,
+    to_micro,
+)
+from turnout.control.quota.redis_batch import Batcher, Call, Script, bulk, bulks
+
+log = logging.getLogger("turnout.quota")
+
+WARN_EVERY_S = 10.0
+_BUDGET_MARGIN_S = 3600  # budget keys outlive their window by this plus max_request_s
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+_MAX_ENCODED = 4096  # (scopes, day) encodings kept
+
+
+def _opt(value: float | None) -> float:
+    return -1 if value is None else value
+
+
+class RedisLimiter:
+    """The shared ``Limiter``; see ``turnout.control.quota.base`` for the semantics."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        key_prefix: str = "turnout",
+        max_request_s: float = 600.0,
+        on_backend_error: Literal["closed", "open"] = "closed",
+        *,
+        server_time: bool = False,
+        socket_timeout: float = 0.5,
+        max_connections: int = 32,
+        pool_timeout: float = 2.0,
+        linger_s: float = 0.002,
+    ) -> None:
+        self.key_prefix = key_prefix
+        self.max_request_s = max_request_s
+        self.on_backend_error = on_backend_error
+        self.server_time = server_time
+        self.backend_errors = 0
+        self._next_warning = 0.0
+        # The pooled client is for callers that inspect the keys (admin, tests); the scripts
+        # go through the batcher's own connection. One immediate retry on a dropped connection
+        # only (a stale socket): a timeout is not retried, since the script may have run.
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=pool_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        self.client: Redis = Redis.from_pool(pool)
+        # No socket timeout of its own (redis-py would start a task per write and a timer per
+        # reply): the batcher times each round trip as a whole. It dials again itself.
+        opts = {**pool.connection_kwargs, "socket_timeout": None, "retry": Retry(NoBackoff(), 0)}
+        self.batcher = Batcher(pool.connection_class(**opts), socket_timeout, self._lost, linger_s=linger_s)
+        self._acquire = Script(redis_script.ACQUIRE)
+        self._finish = Script(redis_script.FINISH)
+        self._usage = Script(redis_script.USAGE)
+        # Per request only its own numbers are encoded; the rest is encoded once.
+        self._acquire_fixed = (bulks([int(server_time), max_request_s]), bulks([math.ceil(max_request_s) + 1]))
+        self._encoded: dict[tuple[tuple[Scope, ...], str], _Encoded] = {}
+
+    # -- the Limiter protocol -------------------------------------------------------------
+
+    async def acquire(self, ask: Ask) -> Grant:
+        day, month = budget_periods(ask.now)
+        enc = self._encoding(ask.scopes, day, month)
+        between, slot_ttl = self._acquire_fixed
+        body = b"".join(
+            (
+                enc.keys,
+                bulk(repr(ask.now).encode()),
+                between,
+                bulk(ask.request_id.encode()),
+                bulk(b"%d" % ask.tokens),
+                bulk(b"%d" % to_micro(ask.cost_usd)),
+                slot_ttl,
+                bulk(b"%d" % self._budget_ttl(day, ask.now)),
+                bulk(b"%d" % self._budget_ttl(month, ask.now)),
+                enc.acquire_limits,
+            )
+        )
+        call = Call(self._acquire, enc.acquire_argc, body, asyncio.get_running_loop().create_future())
+        try:
+            result = await self._call(call)
+        except BackendUnavailable:
+            if self.on_backend_error == "open":
+                return Grant(ask, done=True)  # admitted blind: nothing to give back later
+            raise
+        if result[0] == 1:
+            return Grant(ask)
+        scope, limit = enc.scopes[int(result[1])].name, result[2].decode()
+        if limit == "usd_per_day" or limit == "usd_per_month":
+            period = day if limit == "usd_per_day" else month
+            remaining = float(result[4]) / MICRO_USD
+            raise QuotaExceeded(scope, limit, period.end - ask.now, remaining_usd=remaining)
+        raise QuotaExceeded(scope, limit, float(result[3]))
+
+    async def settle(self, grant: Grant, tokens: int, cost_usd: float) -> None:
+        self._finish_grant(grant, tokens - grant.ask.tokens, b"%d" % to_micro(cost_usd))
+
+    async def release(self, grant: Grant) -> None:
+        self._finish_grant(grant, -grant.ask.tokens, b"")
+
+    async def usage(self, scope: Scope, now: float) -> dict[str, Any]:
+        day, month = budget_periods(now)
+        lim = scope.limits
+        keys = self._keys(scope.name, day, month)
+        args = [now, int(self.server_time), _opt(lim.rpm), _opt(lim.tpm), _opt(lim.concurrency), *_budgets_micro(lim)]
+        body = bulks([len(keys), *keys, *args])
+        # Queued behind this replica's pending settles, so it reads what they wrote.
+        call = Call(self._usage, 1 + len(keys) + len(args), body, asyncio.get_running_loop().create_future())
+        raw = [v.decode() for v in await self._call(call)]
+        out: dict[str, Any] = {"scope": scope.name}
+        if lim.rpm is not None:
+            out["rpm"] = {"limit": lim.rpm, "available": float(raw[0])}
+        if lim.tpm is not None:
+            out["tpm"] = {"limit": lim.tpm, "available": float(raw[1])}
+        if lim.concurrency is not None:
+            out["concurrency"] = {"limit": lim.concurrency, "in_use": int(raw[2])}
+        if lim.usd_per_day is not None:
+            out["usd_per_day"] = budget_usage(lim.usd_per_day, day, int(raw[3]), int(raw[4]), now)
+        if lim.usd_per_month is not None:
+            out["usd_per_month"] = budget_usage(lim.usd_per_month, month, int(raw[5]), int(raw[6]), now)
+        return out
+
+    async def flush(self) -> None:
+        """Wait until every settle and release made so far has reached Redis (or failed)."""
+        await self.batcher.flush()
+
+    async def aclose(self) -> None:
+        try:
+            await self.batcher.aclose()  # sends the settles still queued
+        finally:
+            await self.client.aclose()  # and its pool (from_pool hands the pool to the client)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _finish_grant(self, grant: Grant, tpm_debit: int, real_micro: bytes) -> None:
+        """Queue the FINISH script: it goes out with the next write, after the answer."""
+        if grant.done:
+            return
+        grant.done = True
+        ask = grant.ask
+        day, month = budget_periods(ask.now)
+        enc = self._encoding(ask.scopes, day, month)
+        body = b"".join(
+            (
+                enc.keys,
+                bulk(ask.request_id.encode()),
+                bulk(b"%d" % tpm_debit),
+                bulk(real_micro),
+                bulk(repr(ask.now).encode()),
+                bulk(b"%d" % self._budget_ttl(day, ask.now)),
+                bulk(b"%d" % self._budget_ttl(month, ask.now)),
+                enc.finish_limits,
+            )
+        )
+        # A failure is counted and logged by _lost; the slot and reservation expire after max_request_s.
+        self.batcher.post(Call(self._finish, enc.finish_argc, body, None))
+
+    def _encoding(self, scopes: tuple[Scope, ...], day: Period, month: Period) -> _Encoded:
+        """The keys and limits of these scopes in this day's windows, RESP-encoded once."""
+        enc = self._encoded.get((scopes, day.key))
+        if enc is not None:
+            return enc
+        if len(self._encoded) >= _MAX_ENCODED:
+            self._encoded.clear()  # past days, or a config reloaded many times over
+        distinct = distinct_scopes(scopes)
+        keys = [k for s in distinct for k in self._keys(s.name, day, month)]
+        acquire = [v for s in distinct for v in (_opt(s.limits.rpm), *_finish_limits(s.limits))]
+        finish = [v for s in distinct for v in _finish_limits(s.limits)]
+        enc = _Encoded(
+            scopes=distinct,
+            keys=bulks([len(keys), *keys]),
+            acquire_limits=bulks(acquire),
+            acquire_argc=1 + len(keys) + 9 + len(acquire),
+            finish_limits=bulks(finish),
+            finish_argc=1 + len(keys) + 6 + len(finish),
+        )
+        self._encoded[(scopes, day.key)] = enc
+        return enc
+
+    def _keys(self, scope: str, day: Period, month: Period) -> list[str]:
+        base = f"{self.key_prefix}:q:{scope}"
+        d, m = f"{base}:usd:d:{day.key}", f"{base}:usd:m:{month.key}"
+        return [f"{base}:rpm", f"{base}:tpm", f"{base}:slots", d, f"{d}:exp", m, f"{m}:exp"]
+
+    def _budget_ttl(self, period: Period, now: float) -> int:
+        return math.ceil(period.end - now + self.max_request_s) + _BUDGET_MARGIN_S
+
+    async def _call(self, call: Call) -> Any:
+        try:
+            return await self.batcher.call(call)
+        except _UNREACHABLE as exc:
+            self._unreachable(exc)
+            raise BackendUnavailable("the quota backend (Redis) cannot be reached") from exc
+
+    def _lost(self, exc: BaseException) -> None:
+        """A settle or release failed: the answer has gone out, so log and count only."""
+        if isinstance(exc, _UNREACHABLE):
+            self._unreachable(exc)
+        else:
+            log.warning("quota settle failed: %s", type(exc).__name__)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        self.backend_errors += 1
+        now = time.monotonic()
+        if now >= self._next_warning:
+            self._next_warning = now + WARN_EVERY_S
+            log.warning(
+                "quota backend unreachable (%s); failing %s, %d errors so far",
+                exc,
+                self.on_backend_error,
+                self.backend_errors,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    scopes: list[Scope]  # distinct, in the scripts' order
+    keys: bytes  # numkeys, then the keys
+    acquire_limits: bytes  # per scope: rpm, tpm, concurrency, day budget, month budget
+    acquire_argc: int
+    finish_limits: bytes  # per scope: tpm, concurrency, day budget, month budget
+    finish_argc: int
+
+
+def _finish_limits(limits: Limits) -> tuple[float, float, int, int]:
+    return (_opt(limits.tpm), _opt(limits.concurrency), *_budgets_micro(limits))
+
+
+def _budgets_micro(limits: Limits) -> tuple[int, int]:
+    day, month = limits.usd_per_day, limits.usd_per_month
+    return (-1 if day is None else to_micro(day), -1 if month is None else to_micro(month))

@@ -1,0 +1,159 @@
+"""Gates: what a candidate must show on the golden set before it may take traffic.
+
+=========================  ==========================================================  ==============
+gate                       passes when                                                 skipped when
+=========================  ==========================================================  ==============
+min_pass_rate              candidate pass rate ≥ threshold                              never
+max_regression             baseline − candidate pass rate ≤ threshold (paired cases)    no baseline
+max_p95_ms                 candidate p95 latency ≤ threshold                            not configured
+max_cost_per_pass_ratio    candidate ÷ baseline cost per passed case ≤ threshold        no baseline, not
+                                                                                        configured, or
+                                                                                        cost unknown
+=========================  ==========================================================  ==============
+
+Point estimates are compared, as the config documents; the explanations quote the intervals so
+that a reader can tell a clear result from a lucky one. A skipped gate counts as passed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from turnout.config import Gates
+from turnout.offline.evals.runner import EvalResult
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    name: str
+    passed: bool  # True when skipped
+    observed: float | None
+    threshold: float | None
+    explanation: str
+    skipped: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return "skip" if self.skipped else "pass" if self.passed else "FAIL"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "skipped": self.skipped,
+            "observed": self.observed,
+            "threshold": self.threshold,
+            "explanation": self.explanation,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GateResult:
+        return cls(**d)
+
+
+def all_passed(results: Iterable[GateResult]) -> bool:
+    return all(g.passed for g in results)
+
+
+def failed(results: Iterable[GateResult]) -> list[GateResult]:
+    return [g for g in results if not g.passed]
+
+
+def _skip(name: str, threshold: float | None, why: str) -> GateResult:
+    return GateResult(name, True, None, threshold, f"skipped: {why}", skipped=True)
+
+
+def evaluate_gates(gates: Gates, result: EvalResult) -> list[GateResult]:
+    return [
+        _min_pass_rate(gates, result),
+        _max_regression(gates, result),
+        _max_p95(gates, result),
+        _cost_ratio(gates, result),
+    ]
+
+
+def _min_pass_rate(gates: Gates, result: EvalResult) -> GateResult:
+    s = result.summaries[result.candidate]
+    ok = s.pass_rate >= gates.min_pass_rate
+    return GateResult(
+        "min_pass_rate",
+        ok,
+        s.pass_rate,
+        gates.min_pass_rate,
+        f"{result.candidate} passes {s.pass_rate:.1%} (95% CI {s.interval.low:.1%}–{s.interval.high:.1%}) of "
+        f"{s.cases} cases; {'at least' if ok else 'below'} the required {gates.min_pass_rate:.1%}",
+    )
+
+
+def _max_regression(gates: Gates, result: EvalResult) -> GateResult:
+    name, threshold = "max_regression", gates.max_regression
+    cmp = result.comparison
+    if result.baseline is None or cmp is None:
+        return _skip(name, threshold, "no baseline")
+    regression = 0.0 - cmp.difference  # 0.0 − x, not −x: no "-0.0%"
+    ok = regression <= threshold
+    lo, hi = 0.0 - cmp.interval.high, 0.0 - cmp.interval.low
+    return GateResult(
+        name,
+        ok,
+        regression,
+        threshold,
+        f"{result.baseline} − {result.candidate} = {regression:+.1%} (95% CI {lo:+.1%} to {hi:+.1%}, "
+        f"McNemar p = {cmp.p_value:.3g}; candidate fixed {cmp.candidate_only}, broke {cmp.baseline_only}); "
+        f"{'within' if ok else 'more than'} the allowed {threshold:.1%}",
+    )
+
+
+def _max_p95(gates: Gates, result: EvalResult) -> GateResult:
+    name, threshold = "max_p95_ms", gates.max_p95_ms
+    if threshold is None:
+        return _skip(name, None, "not configured")
+    s = result.summaries[result.candidate]
+    if s.p95_ms is None:
+        return GateResult(name, False, None, threshold, f"{result.candidate} returned no responses to time")
+    ok = s.p95_ms <= threshold
+    return GateResult(
+        name,
+        ok,
+        s.p95_ms,
+        threshold,
+        f"{result.candidate} p95 {s.p95_ms:.0f} ms at concurrency {result.concurrency}; "
+        f"{'within' if ok else 'over'} the limit of {threshold:.0f} ms",
+    )
+
+
+def _cost_ratio(gates: Gates, result: EvalResult) -> GateResult:
+    name, threshold = "max_cost_per_pass_ratio", gates.max_cost_per_pass_ratio
+    if threshold is None:
+        return _skip(name, None, "not configured")
+    if result.baseline is None:
+        return _skip(name, threshold, "no baseline")
+    base, cand = result.summaries[result.baseline], result.summaries[result.candidate]
+    if base.cost_usd is None or cand.cost_usd is None:
+        return _skip(
+            name, threshold, "cost unknown for " + (result.baseline if base.cost_usd is None else result.candidate)
+        )
+    if cand.cost_per_pass is None:
+        return GateResult(
+            name, False, None, threshold, f"{result.candidate} passed no case: cost per pass is unbounded"
+        )
+    if base.cost_per_pass is None:
+        return GateResult(
+            name, True, None, threshold, f"{result.baseline} passed no case: any finite cost per pass is better"
+        )
+    if base.cost_per_pass == 0:
+        ratio = 1.0 if cand.cost_per_pass == 0 else float("inf")
+    else:
+        ratio = cand.cost_per_pass / base.cost_per_pass
+    ok = ratio <= threshold
+    return GateResult(
+        name,
+        ok,
+        ratio if math.isfinite(ratio) else None,
+        threshold,
+        f"${cand.cost_per_pass:.6f} vs ${base.cost_per_pass:.6f} per passed case = {ratio:.2f}×; "
+        f"{'within' if ok else 'over'} the allowed {threshold:.2f}×",
+    )

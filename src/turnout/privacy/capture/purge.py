@@ -1,0 +1,74 @@
+"""The retention job: delete captured text past its ``ttl_days`` and record grants that ended.
+
+Runs once when started (catching up after downtime), then every ``purge_interval_s``, until
+``aclose``. Each run is one transaction in the store that also appends one ``purged`` audit
+event carrying the count, so the trail shows the job ran even when there was nothing to delete.
+``turnout capture purge`` runs the same ``run_once`` by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from turnout.config import CaptureConfig
+from turnout.privacy.capture.model import SYSTEM_ACTOR, Grant
+from turnout.privacy.capture.store import CaptureStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    deleted: int  # captures past their expires_at
+    expired: tuple[Grant, ...]  # grants whose expiry this run recorded
+
+
+class Purger:
+    def __init__(self, store: CaptureStore, interval_s: float, *, clock: Callable[[], float] = time.time) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        self.store = store
+        self.interval_s = interval_s
+        self.runs = 0
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    @classmethod
+    def from_config(cls, store: CaptureStore, cfg: CaptureConfig) -> Purger:
+        return cls(store, cfg.purge_interval_s)
+
+    async def run_once(self, now: float | None = None, actor: str = SYSTEM_ACTOR) -> PurgeResult:
+        deleted, expired = await self.store.purge(self._clock() if now is None else now, actor)
+        self.runs += 1
+        if deleted or expired:
+            log.info("capture: purged %d captures; %d grants expired", deleted, len(expired))
+        return PurgeResult(deleted, tuple(expired))
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("the capture purger was already started")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="turnout-capture-purge")
+
+    async def aclose(self) -> None:
+        """Stop; a run in progress finishes first (it is one transaction)."""
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.run_once()
+            except Exception as exc:  # a failed run is retried at the next interval
+                log.error("capture: purge failed: %s: %s", type(exc).__name__, exc)
+            try:
+                async with asyncio.timeout(self.interval_s):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass

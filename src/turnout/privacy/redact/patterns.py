@@ -1,0 +1,413 @@
+"""What the redactor looks for: compiled patterns per kind, with validators where a checksum or
+range rule exists.
+
+Sources: AWS key ids, Slack, Stripe, JWT, private keys, basic auth in URLs and the entropy
+thresholds follow detect-secrets 1.5.0's plugins; the newer OpenAI, Anthropic, GitHub
+fine-grained, Hugging Face, Google and GitLab formats follow the providers' documented
+prefixes (as gitleaks' rules do); card, IBAN, SSN and IP rules follow Presidio 2.2's pattern
+recognizers (Luhn, mod-97, invalid-range rejection, ``ipaddress``); phone formats are our own.
+
+Speed: a full regex pass over text costs about 10 µs/KB in CPython, so most detectors do not
+scan at all. Secrets are found from anchors (``str.find`` of a fixed prefix such as ``AKIA``,
+``eyJ`` or ``password``, then one ``match`` there); numbers (cards, SSNs, phones, IPv4) are
+looked for only inside the runs of digits and separators that one scan finds. Each detector
+takes the text and its lower-cased copy and yields ``(start, end, kind)`` spans of the *value*
+only: for ``password=hunter2`` the span covers ``hunter2`` and the key stays readable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+
+from turnout.privacy.redact.validators import IBAN_LENGTHS, card_ok, iban_ok, ipv4_ok, ipv6_ok, shannon_entropy, ssn_ok
+
+Span = tuple[int, int, str]
+Detector = Callable[[str, str], Iterator[Span]]
+
+# Kinds, most specific first; the engine keeps the earlier kind when two spans overlap.
+KINDS = (
+    "PRIVATE_KEY",
+    "JWT",
+    "API_KEY",
+    "AWS_ACCESS_KEY",
+    "AWS_SECRET_KEY",
+    "BEARER_TOKEN",
+    "PASSWORD",
+    "SECRET",
+    "CARD",
+    "IBAN",
+    "US_SSN",
+    "EMAIL",
+    "IP_ADDRESS",
+    "PHONE",
+)
+PRIORITY = {kind: i for i, kind in enumerate(KINDS)}
+
+
+def _anchors(haystack: str, needles: Iterable[str]) -> Iterator[tuple[int, str]]:
+    for needle in needles:
+        pos = haystack.find(needle)
+        while pos >= 0:
+            yield pos, needle
+            pos = haystack.find(needle, pos + 1)
+
+
+def _word_start(text: str, pos: int) -> bool:
+    return pos == 0 or not text[pos - 1].isalnum()
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+_PEM_LABEL = r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+_PRIVATE_KEY = re.compile(
+    # a whole block up to its END line, or (truncated) the header and the base64 lines after it
+    _PEM_LABEL + r"[\s\S]*?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+    "|" + _PEM_LABEL + r"(?:(?:\s|\\[rn])+(?:[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9+/]{1,15}={1,2}|[\w-]+:[^\n\\]*))*"
+)
+
+_JWT = re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}={0,2}\.eyJ[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]*={0,2}")
+
+_API_KEY = re.compile(
+    r"(?<![\w-])(?:"
+    r"sk-[A-Za-z0-9_-]{20,}"  # OpenAI (sk-, sk-proj-, sk-svcacct-, sk-admin-), Anthropic (sk-ant-api03-…)
+    r"|(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,}"  # GitHub classic tokens
+    r"|github_pat_[A-Za-z0-9_]{22,}"  # GitHub fine-grained tokens
+    r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"  # Stripe secret and restricted keys
+    r"|AIza[0-9A-Za-z_-]{35}"  # Google API keys
+    r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face
+    r"|npm_[A-Za-z0-9]{36}"  # npm
+    r"|pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}"  # PyPI upload tokens
+    r"|SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"  # SendGrid
+    r"|tk-[A-Za-z0-9_-]{40,}"  # turnout's own issued keys: tk- + token_urlsafe(32)
+    r"|https://hooks\.slack\.com/services/T[A-Za-z0-9_]+/B[A-Za-z0-9_]+/[A-Za-z0-9_]+"
+    r")(?![\w-])"
+)
+_API_KEY_PREFIXES = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "sk_live_", "sk_test_", "rk_live_", "rk_test_", "AIza", "hf_", "npm_", "pypi-", "SG.", "tk-", "https://hooks.slack.com/")  # fmt: skip  # noqa: E501
+
+_AWS_ACCESS_KEY = re.compile(r"(?<![A-Za-z0-9])(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])")
+_AWS_KEY_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "A3T")
+_AWS_SECRET_AFTER = re.compile(  # matched where "secret" starts: secret_access_key=, SecretAccessKey:, …
+    r"(?i:secret)_?(?i:access)?_?(?i:key)(?:_?id)?[\"']?\s*(?:=|:|=>)\s*[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+)
+_BASE64_40 = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+
+_TOKEN_VALUE = r"([A-Za-z0-9._~+/-]{16,}=*)"  # noqa: S105 - a pattern, not a secret
+_BEARER_AFTER = re.compile(r"\s+" + _TOKEN_VALUE)
+_AUTH_AFTER = re.compile(r"[\"']?\s*[:=]\s*[\"']?(?i:(?:basic|token|bot|digest)\s+)?([A-Za-z0-9._~+/-]{12,}=*)")
+_URL_CREDENTIALS = re.compile(r"://[^\s:/@\"'<>]+:([^\s/@\"'<>{}\[\]]+)@[\w.-]")
+
+# Names of keys whose values are secrets; matched at each occurrence of one of these words.
+_KEY_WORDS = ("pass", "pwd", "secret", "token", "key", "credential")
+_VALUE = r"([^\s\"'`,;<>()\[\]{}]{4,256}+)"
+_KEY_VALUE_AFTER = re.compile(r"[A-Za-z0-9_.-]{0,24}?[\"']?\s*(?::=|=>|=|:)\s*[\"']?" + _VALUE + r"(?!\()")
+_PHRASE_WORDS = ("password", "passcode", "passphrase", "pwd", "pw")
+_PHRASE_AFTER = re.compile(r"(?i)\s+(?:is|was|=|:)\s*:?\s*[\"']?" + _VALUE)
+_NOT_A_VALUE = frozenset(
+    [
+        "none",
+        "null",
+        "nil",
+        "true",
+        "false",
+        "undefined",
+        "required",
+        "optional",
+        "changed",
+        "reset",
+        "redacted",
+        "hidden",
+        "secret",
+        "password",
+        "string",
+        "str",
+        "int",
+        "bool",
+        "text",
+        "value",
+        "example",
+        "sample",
+        "placeholder",
+        "your_password",
+        "yourpassword",
+        "changeme",
+        "incorrect",
+        "invalid",
+        "wrong",
+        "expired",
+        "missing",
+        "empty",
+        "unknown",
+        "correct",
+        "protected",
+        "enabled",
+        "disabled",
+        "see",
+        "below",
+        "above",
+        "here",
+        "there",
+        "again",
+        "please",
+        "forgotten",
+        "needed",
+        "same",
+        "different",
+        "updated",
+        "strong",
+        "weak",
+    ]
+)
+_REFERENCE = re.compile(r"^(?:\$|%|!|os\.|process\.env|env\.|getenv|secrets\.|vault:|arn:|ref\+|\{\{|<|\*{3})|://")
+
+
+def _strip_value(value: str) -> str:
+    return value.rstrip(".!?:")
+
+
+def _password_like(value: str) -> bool:
+    """A value after a password key: not a word, a reference or a mask, and shaped like a secret."""
+    if len(value) < 4 or value.lower() in _NOT_A_VALUE or _REFERENCE.search(value) or len(set(value)) < 3:
+        return False
+    has_digit = any(c.isdigit() for c in value)
+    has_symbol = any(not c.isalnum() for c in value)
+    mixed = value.lower() != value and value.upper() != value
+    return has_digit or has_symbol or mixed or len(value) >= 12
+
+
+def _secret_like(value: str) -> bool:
+    """A value after a token/secret/key name: long, mixed letters and digits, high entropy (detect-secrets'
+    hex limit, 3.0 bits/char; values of letters only need 4.0 and 24 characters)."""
+    if len(value) < 16 or _REFERENCE.search(value) or value.lower() in _NOT_A_VALUE:
+        return False
+    has_digit = any(c.isdigit() for c in value)
+    has_alpha = any(c.isalpha() for c in value)
+    entropy = shannon_entropy(value)
+    if has_digit and has_alpha:
+        return entropy >= 3.0
+    return has_alpha and entropy >= 4.0 and len(value) >= 24
+
+
+def private_keys(text: str, lower: str) -> Iterator[Span]:
+    if "PRIVATE KEY" in text:
+        for m in _PRIVATE_KEY.finditer(text):
+            yield m.start(), m.end(), "PRIVATE_KEY"
+
+
+def jwts(text: str, lower: str) -> Iterator[Span]:
+    for pos, _ in _anchors(text, ("eyJ",)):
+        if m := _JWT.match(text, pos):
+            yield m.start(), m.end(), "JWT"
+
+
+def api_keys(text: str, lower: str) -> Iterator[Span]:
+    for pos, _ in _anchors(text, _API_KEY_PREFIXES):
+        m = _API_KEY.match(text, pos)
+        if m is None:
+            continue
+        body = m.group()
+        # OpenAI/Anthropic keys always mix cases and digits; hyphenated words do not.
+        if body.startswith("sk-") and not (any(c.isdigit() for c in body) and any(c.isupper() for c in body)):
+            continue
+        yield m.start(), m.end(), "API_KEY"
+
+
+def aws_keys(text: str, lower: str) -> Iterator[Span]:
+    found_id = False
+    for pos, _ in _anchors(text, _AWS_KEY_PREFIXES):
+        if m := _AWS_ACCESS_KEY.match(text, pos):
+            found_id = True
+            yield m.start(), m.end(), "AWS_ACCESS_KEY"
+    for pos, _ in _anchors(lower, ("secret",)):
+        if m := _AWS_SECRET_AFTER.match(text, pos):
+            yield m.start(1), m.end(1), "AWS_SECRET_KEY"
+    if found_id:
+        # Next to a key id, a bare 40-character base64 string with both cases and a digit is its secret
+        # (git SHAs are lower-case hex and never qualify).
+        for m in _BASE64_40.finditer(text):
+            v = m.group()
+            if v.lower() != v and v.upper() != v and any(c.isdigit() for c in v) and shannon_entropy(v) >= 4.0:
+                yield m.start(), m.end(), "AWS_SECRET_KEY"
+
+
+def bearer_tokens(text: str, lower: str) -> Iterator[Span]:
+    for pos, word in _anchors(lower, ("bearer", "authorization")):
+        if not _word_start(text, pos):
+            continue
+        pattern = _BEARER_AFTER if word == "bearer" else _AUTH_AFTER
+        m = pattern.match(text, pos + len(word))
+        if m and m.group(1).lower() != "bearer":
+            yield m.start(1), m.end(1), "BEARER_TOKEN"
+
+
+def key_values(text: str, lower: str) -> Iterator[Span]:
+    for pos, word in _anchors(lower, _KEY_WORDS):
+        m = _KEY_VALUE_AFTER.match(text, pos + len(word))
+        if m is None:
+            continue
+        value = _strip_value(m.group(1))
+        start = m.start(1)
+        if word in ("pass", "pwd"):
+            if _password_like(value):
+                yield start, start + len(value), "PASSWORD"
+        elif _secret_like(value):
+            yield start, start + len(value), "SECRET"
+    for pos, _ in _anchors(text, ("://",)):
+        m = _URL_CREDENTIALS.match(text, pos)
+        if m and not _REFERENCE.search(m.group(1)):
+            yield m.start(1), m.end(1), "PASSWORD"
+
+
+def password_phrases(text: str, lower: str) -> Iterator[Span]:
+    for pos, word in _anchors(lower, _PHRASE_WORDS):
+        if not _word_start(text, pos):
+            continue
+        if m := _PHRASE_AFTER.match(text, pos + len(word)):
+            value = _strip_value(m.group(1))
+            if _password_like(value):
+                yield m.start(1), m.start(1) + len(value), "PASSWORD"
+
+
+# --- PII ------------------------------------------------------------------------------------
+
+_EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_EMAIL_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,24})(?![\w-])")
+# File names such as logo@2x.png look like addresses; these endings are not top-level domains.
+_NOT_TLDS = frozenset(["png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "tiff", "pdf", "txt", "csv", "json", "yaml", "yml", "toml", "js", "ts", "py", "rb", "go", "rs", "lock", "log", "md", "html", "css", "map", "zip", "gz", "tar"])  # fmt: skip  # noqa: E501
+
+# Runs of digits and the separators numbers are written with; cards, SSNs, phones and IPv4
+# addresses are looked for only inside runs long enough to hold one.
+_NUMERIC_RUN = re.compile(r"[+(]?\d[\d ().+-]*")
+_CARD = re.compile(r"(?<![\d.,-])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![\d-]|[.,]\d|[ -]\d)")
+_SSN = re.compile(r"(?<![\w.-])\d{3}-\d{2}-\d{4}(?![\w-]|\.\d)")
+_IPV4 = re.compile(r"(?<![\w.-])(?:\d{1,3}\.){3}\d{1,3}(?![\w-]|\.\d)")
+_PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,6}(?![\w-]|[.]\d)")
+_PHONE_NANP = re.compile(
+    r"(?<![\w.+/-])(?<!\d[ -])(?:1[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d[ .-])[2-9]\d\d[ .-]\d{4}(?![\w-]|[.]\d)"
+)
+_PHONE_NATIONAL = re.compile(r"(?<![\w.+/-])(?<!\d[ -])0[1-9]\d{0,3}(?:[ -]\d{2,6}){1,4}(?![\w-]|[.]\d)")
+_NOT_PHONE_CONTEXT = re.compile(r"(?i)(?:order|invoice|ref|reference|tracking|ticket|case|sku|serial|part|model|item|account|acct|id|no\.|#)\W{0,4}$")  # fmt: skip  # noqa: E501
+_VERSION_CONTEXT = re.compile(
+    r"(?i)\b(?:v|version|ver\.?|release|build|firmware|sdk|python|node|upgrade to|update to)\s*[:=]?\s*$"
+)
+
+_PHONE_WORDS = ("phone", "tel", "mobile", "cell", "call", "sms", "text me", "whatsapp", "fax")
+_PHONE_AFTER = re.compile(r"(?i)[a-z]{0,9}\W{0,3}(?:(?:me |us )?(?:at|on)\W{0,2})?(?:number\W{0,3})?(?:is\W{0,3})?(\+?\(?\d[\d ().-]{5,18}\d)(?![\w-])")  # fmt: skip  # noqa: E501
+_SSN_WORDS = ("ssn", "social security", "ss#")
+_SSN_AFTER = re.compile(r"\D{0,16}?(\d{3}[ -]?\d{2}[ -]?\d{4})(?!\d)")
+
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])")
+_IPV6_GATE = re.compile(r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")
+_IPV6 = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?:%[\w.]+)?(?![\w:.]*[\w:])"
+)
+
+
+def _preceded_by(pattern: re.Pattern[str], text: str, pos: int) -> bool:
+    return pattern.search(text, max(0, pos - 16), pos) is not None
+
+
+def emails(text: str, lower: str) -> Iterator[Span]:
+    pos = text.find("@")
+    while pos > 0:
+        start = pos
+        while start > 0 and pos - start < 64 and text[start - 1] in _EMAIL_LOCAL:
+            start -= 1
+        while start < pos and text[start] in ".%+-_":  # a local part starts with a letter or digit
+            start += 1
+        m = _EMAIL_DOMAIN.match(text, pos + 1)
+        if start < pos and m and m.group(1).lower() not in _NOT_TLDS and text[start:pos] != "git":
+            yield start, m.end(), "EMAIL"
+            pos = m.end()
+        pos = text.find("@", pos + 1)
+
+
+def numbers(text: str, lower: str) -> Iterator[Span]:
+    """Cards, dashed SSNs, phone numbers and IPv4 addresses, from the numeric runs of the text."""
+    for run in _NUMERIC_RUN.finditer(text):
+        start, end = run.span()
+        size = end - start
+        if size < 7:
+            continue
+        stop = end + 2  # lookaheads see the two characters after the run
+        group = run.group()
+        if size >= 13:
+            for m in _CARD.finditer(text, start, stop):
+                if card_ok(m.group()):
+                    yield m.start(), m.end(), "CARD"
+        if group.count(".") >= 3:
+            for m in _IPV4.finditer(text, start, stop):
+                if ipv4_ok(m.group()) and not _preceded_by(_VERSION_CONTEXT, text, m.start()):
+                    yield m.start(), m.end(), "IP_ADDRESS"
+        if size >= 11 and "-" in group:
+            for m in _SSN.finditer(text, start, stop):
+                if ssn_ok(m.group()) and not _preceded_by(_NOT_PHONE_CONTEXT, text, m.start()):
+                    yield m.start(), m.end(), "US_SSN"
+        if "+" in group:
+            for m in _PHONE_INTL.finditer(text, start, stop):
+                if _digit_count(m.group()) in range(8, 16):
+                    yield m.start(), m.end(), "PHONE"
+        if size >= 10:
+            for pattern, fewest in ((_PHONE_NANP, 10), (_PHONE_NATIONAL, 9)):
+                for m in pattern.finditer(text, start, stop):
+                    if fewest <= _digit_count(m.group()) <= 12 and not _preceded_by(
+                        _NOT_PHONE_CONTEXT, text, m.start()
+                    ):
+                        yield m.start(), m.end(), "PHONE"
+
+
+def _digit_count(s: str) -> int:
+    return sum(c.isdigit() for c in s)
+
+
+def context_numbers(text: str, lower: str) -> Iterator[Span]:
+    """Numbers that only their context identifies: ``phone: 5550132``, ``SSN 123456789``."""
+    for pos, word in _anchors(lower, _PHONE_WORDS):
+        m = _PHONE_AFTER.match(text, pos + len(word)) if _word_start(text, pos) else None
+        if m and 7 <= _digit_count(m.group(1)) <= 15:
+            yield m.start(1), m.end(1), "PHONE"
+    for pos, word in _anchors(lower, _SSN_WORDS):
+        if _word_start(text, pos) and (m := _SSN_AFTER.match(text, pos + len(word))) and ssn_ok(m.group(1)):
+            yield m.start(1), m.end(1), "US_SSN"
+
+
+def ibans(text: str, lower: str) -> Iterator[Span]:
+    for m in _IBAN.finditer(text):
+        candidate = m.group()
+        expected = IBAN_LENGTHS.get(candidate[:2])
+        if expected is None:
+            continue
+        # Trim a greedy match back to the country's length (the next word may look like a group).
+        end, kept = m.start(), 0
+        for ch in candidate:
+            if kept == expected:
+                break
+            end += 1
+            kept += ch != " "
+        if kept == expected and iban_ok(text[m.start() : end]):
+            yield m.start(), end, "IBAN"
+
+
+def ipv6_addresses(text: str, lower: str) -> Iterator[Span]:
+    if "::" in text or _IPV6_GATE.search(text):
+        for m in _IPV6.finditer(text):
+            if ipv6_ok(m.group()):
+                yield m.start(), m.end(), "IP_ADDRESS"
+
+
+DETECTORS: tuple[Detector, ...] = (
+    private_keys,
+    jwts,
+    api_keys,
+    aws_keys,
+    bearer_tokens,
+    key_values,
+    password_phrases,
+    emails,
+    numbers,
+    context_numbers,
+    ibans,
+    ipv6_addresses,
+)

@@ -1,0 +1,228 @@
+"""AWS Bedrock Runtime through Converse and ConverseStream.
+
+Transport: botocore's SigV4 signer and event-stream decoder over turnout's own pooled aiohttp
+session (chosen over aiobotocore by measurement: see bench/README.md). Consequences:
+
+* No retry layer hides in an SDK: the attempt loop owns retries, breakers and fallback.
+* The model id is percent-encoded once (``:`` → ``%3A``, ``/`` → ``%2F``) and that exact
+  string is both signed and sent (``yarl.URL(..., encoded=True)``: aiohttp would otherwise
+  decode ``%3A`` and the signature would not match).
+* Credentials come from botocore's standard chain (env, profile, SSO, role, IMDS), resolved and
+  refreshed in a worker thread so the event loop never waits on STS or IMDS. A Bedrock API key
+  in ``AWS_BEARER_TOKEN_BEDROCK`` is sent as ``Authorization: Bearer`` instead of signing.
+
+Translation between OpenAI chat bodies and Converse lives in ``bedrock_translate`` and
+``bedrock_stream``; Bedrock's typed errors map to turnout's in ``bedrock_errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from turnout.config import BedrockTarget
+from turnout.control.catalog import bedrock_model
+from turnout.errors import ConfigError, UpstreamError, UpstreamProtocolError
+from turnout.providers.base import Call, Completion, Health, Stream, Timeouts, Usage
+from turnout.providers.bedrock.provider.errors import error_name, translate
+from turnout.providers.bedrock.provider.events import open_events
+from turnout.providers.bedrock.provider.translate import Translation, from_converse, to_converse
+from turnout.providers.transport import TRANSPORT_ERRORS
+from turnout.providers.transport import translate as transport_error
+
+try:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.session import Session
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ConfigError(["a bedrock target needs botocore: pip install 'turnout[bedrock]'"]) from exc
+
+_KEEPALIVE_S = 50.0  # Bedrock keeps idle connections for about a minute
+
+
+class BedrockProvider:
+    def __init__(self, name: str, cfg: BedrockTarget) -> None:
+        self.name = name
+        self.cfg = cfg
+        base = (cfg.endpoint_url or f"https://bedrock-runtime.{cfg.region}.amazonaws.com").rstrip("/")
+        path = f"{base}/model/{quote(cfg.model, safe='')}"
+        self._urls = {False: f"{path}/converse", True: f"{path}/converse-stream"}
+        info = bedrock_model(cfg.model)
+        self._structured_output = bool(info and info.structured_output)
+        self.model_version = cfg.model_version or cfg.model
+        self._bearer = os.environ.get("AWS_BEARER_TOKEN_BEDROCK") or None
+        self._guardrail = _guardrail(cfg)
+        self._credentials: Credentials | None = None
+        self._frozen: ReadOnlyCredentials | None = None
+        self._refresh = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    async def complete(self, call: Call) -> Completion:
+        translation = self._translate(call)
+        t = call.timeouts
+        head = asyncio.timeout(t.ttft)
+        try:
+            async with asyncio.timeout(t.total):
+                async with head:
+                    resp = await self._post(call, translation)
+                try:
+                    if resp.status >= 300:
+                        raise await self._status_error(resp)
+                    raw = await resp.read()
+                finally:
+                    resp.release()
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, self.name, t, head) from exc
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProtocolError(f"{self.name}: Converse answered with invalid JSON") from exc
+        body = from_converse(data, model=self.cfg.model, created=int(time.time()), request=translation)
+        return Completion(body, Usage.from_openai(body.get("usage")), self.model_version)
+
+    async def stream(self, call: Call) -> Stream:
+        translation = self._translate(call)
+        t = call.timeouts
+        head = asyncio.timeout(t.ttft)
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with head:
+                resp = await self._post(call, translation)
+                if resp.status >= 300:
+                    raise await self._status_error(resp)
+                chunks = await open_events(resp, self.name, translation, model=self.cfg.model, total_s=t.total)
+        except BaseException as exc:
+            if resp is not None:
+                resp.close()
+            if isinstance(exc, TRANSPORT_ERRORS):
+                raise transport_error(exc, self.name, t, head) from exc
+            raise
+        return Stream(chunks, self.model_version)
+
+    async def health(self) -> Health:
+        """Whether credentials resolve. Bedrock has no free ping: calling a model costs money."""
+        if self._bearer:
+            return Health(True, f"{self.cfg.model} in {self.cfg.region}, Bedrock API key")
+        try:
+            creds = await self._signing_credentials()
+        except UpstreamError as exc:
+            return Health(False, exc.message)
+        method = getattr(self._credentials, "method", "unknown")
+        return Health(
+            True, f"{self.cfg.model} in {self.cfg.region}, credentials from {method} ({creds.access_key[:4]}…)"
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- one exchange ----------------------------------------------------------------------
+
+    def _translate(self, call: Call) -> Translation:
+        return to_converse(
+            call.body,
+            additional_fields=self.cfg.additional_fields,
+            structured_output=self._structured_output,
+            guardrail=self._guardrail,
+            stream=call.stream,
+        )
+
+    async def _post(self, call: Call, translation: Translation) -> aiohttp.ClientResponse:
+        url = self._urls[call.stream]
+        payload = orjson.dumps(translation.request)
+        headers = await self._auth_headers(url, payload)
+        return await self._client().post(
+            URL(url, encoded=True),  # send the path exactly as it was signed
+            data=payload,
+            headers=headers,
+            timeout=_client_timeout(call.timeouts),
+            allow_redirects=False,
+        )
+
+    async def _auth_headers(self, url: str, payload: bytes) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._bearer:
+            headers["Authorization"] = f"Bearer {self._bearer}"
+            return headers
+        creds = await self._signing_credentials()
+        request = AWSRequest(method="POST", url=url, data=payload, headers=headers)
+        SigV4Auth(creds, "bedrock", self.cfg.region).add_auth(request)
+        return dict(request.headers.items())
+
+    async def _signing_credentials(self) -> ReadOnlyCredentials:
+        frozen = self._frozen
+        if frozen is not None and not self._needs_refresh():
+            return frozen
+        async with self._refresh:  # one refresh at a time; the others wait for its result
+            if self._frozen is None or self._needs_refresh():
+                try:
+                    self._frozen = await asyncio.to_thread(self._resolve)
+                except (BotoCoreError, ClientError) as exc:  # a missing profile, STS or SSO failing
+                    raise UpstreamError(f"{self.name}: AWS credentials could not be resolved: {exc}"[:300]) from exc
+            return self._frozen
+
+    def _needs_refresh(self) -> bool:
+        creds = self._credentials
+        return isinstance(creds, RefreshableCredentials) and creds.refresh_needed()
+
+    def _resolve(self) -> ReadOnlyCredentials:
+        """In a worker thread: the credential chain may call STS or IMDS."""
+        if self._credentials is None:
+            creds = Session(profile=self.cfg.profile).get_credentials()
+            if creds is None:
+                raise UpstreamError(f"{self.name}: no AWS credentials found (env, profile, role or SSO)")
+            self._credentials = creds
+        frozen: ReadOnlyCredentials = self._credentials.get_frozen_credentials()
+        return frozen
+
+    async def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, OSError):
+            raw = b""
+        message = ""
+        try:
+            parsed = orjson.loads(raw)
+            if isinstance(parsed, dict):
+                message = str(parsed.get("message") or parsed.get("Message") or "")[:300]
+        except orjson.JSONDecodeError:
+            pass
+        name = error_name(resp.headers.get("x-amzn-ErrorType", ""))
+        return translate(name, resp.status, message, self.name)
+
+    def _client(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None:  # lazily: a session binds to the running loop
+            connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, keepalive_timeout=_KEEPALIVE_S)
+            session = self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        return session
+
+
+def _client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
+    # total is enforced by turnout (per call, and per stream in EventChunks), not aiohttp,
+    # whose total would also cut a stream the consumer reads slowly.
+    return aiohttp.ClientTimeout(total=None, sock_connect=t.connect)
+
+
+def _guardrail(cfg: BedrockTarget) -> dict[str, Any] | None:
+    g = cfg.guardrail
+    if g is None:
+        return None
+    out: dict[str, Any] = {"guardrailIdentifier": g.id, "guardrailVersion": g.version}
+    if g.trace:
+        out["trace"] = g.trace
+    if g.stream_mode:
+        out["streamProcessingMode"] = g.stream_mode
+    return out

@@ -1,0 +1,275 @@
+"""``ReviewQueue``: sampled answers awaiting a human label, in the release store's SQLite file.
+
+The table lives in ``releases.store_path`` (``releases.db``) beside releases and transitions,
+so the replicas, the CLI and the admin API share one queue and a release's quality figures sit
+with its history. It has its own migrations table (``review_migrations``): the release store's
+``schema_migrations`` is never touched, so the two modules version their tables apart.
+
+Text rules: ``maybe_enqueue`` is only called where the capture decision allows text
+(``mode`` is ``redacted`` or ``full``). Before anything is written the text goes through a
+redactor, on the queue's worker thread: ``redactor`` in redacted mode, ``secrets`` (scrubs
+secrets, keeps PII) in full mode, falling back to ``redactor``. Redacted mode without a
+redactor stores nothing (fail closed). ``purge(before)`` deletes items captured earlier, for
+the capture TTL.
+
+    review_items  id, task, release, request_id, text, mode, created_at,
+                  status (pending | accept | reject | escalate), note, labeled_by, labeled_at
+
+A label may be changed (an escalated item is later accepted or rejected); the latest counts.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar, cast, get_args
+
+from turnout._support.sqlite import SQLiteWorker, migrate
+from turnout.errors import RequestError, TurnoutError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Label = Literal["accept", "reject", "escalate"]
+Status = Literal["pending", "accept", "reject", "escalate"]
+LABELS: tuple[Label, ...] = get_args(Label)
+STATUSES: tuple[Status, ...] = get_args(Status)
+MAX_NOTE = 4000
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE review_items (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            task        TEXT NOT NULL,
+            release     TEXT,
+            request_id  TEXT NOT NULL UNIQUE,
+            text        TEXT NOT NULL,
+            mode        TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            status      TEXT NOT NULL DEFAULT 'pending',
+            note        TEXT,
+            labeled_by  TEXT,
+            labeled_at  REAL
+        )""",
+        "CREATE INDEX review_items_task_status ON review_items (task, status, id)",
+        "CREATE INDEX review_items_task_release ON review_items (task, release)",
+        "CREATE INDEX review_items_created_at ON review_items (created_at)",
+    ),
+)
+
+
+class ReviewError(TurnoutError):
+    """The review queue cannot be used (closed, schema newer than this code, SQLite failed)."""
+
+
+class _Redaction(Protocol):
+    @property
+    def text(self) -> str: ...
+
+
+class TextRedactor(Protocol):
+    def redact(self, text: str) -> _Redaction: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    id: int
+    task: str
+    release: str | None
+    request_id: str
+    text: str
+    mode: str
+    created_at: float
+    status: Status
+    note: str | None
+    labeled_by: str | None
+    labeled_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """Labels of one release: ``accept_rate`` is accepted over accepted + rejected (escalated
+    items await a decision); None before any such label."""
+
+    sampled: int = 0
+    pending: int = 0
+    accept: int = 0
+    reject: int = 0
+    escalate: int = 0
+
+    @property
+    def labeled(self) -> int:
+        return self.accept + self.reject + self.escalate
+
+    @property
+    def accept_rate(self) -> float | None:
+        decided = self.accept + self.reject
+        return self.accept / decided if decided else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sampled": self.sampled,
+            "pending": self.pending,
+            "accept": self.accept,
+            "reject": self.reject,
+            "escalate": self.escalate,
+            "accept_rate": self.accept_rate,
+        }
+
+
+_COLUMNS = "id, task, release, request_id, text, mode, created_at, status, note, labeled_by, labeled_at"
+
+
+class ReviewQueue:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        redactor: TextRedactor | None = None,
+        secrets: TextRedactor | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = str(path)
+        self.redactor = redactor
+        self.secrets = secrets
+        self.clock = clock
+        # No data_version reader: nothing polls the queue for others' changes.
+        self._db = SQLiteWorker(
+            self.path, what="review queue", label="review", error=ReviewError, prepare=self._migrate, reader=False
+        )
+
+    async def open(self) -> None:
+        await self._db.open()
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
+
+    async def maybe_enqueue(
+        self,
+        task: str,
+        release: str | None,
+        request_id: str,
+        text: str,
+        rate: float,
+        rng: random.Random,
+        *,
+        mode: Literal["redacted", "full"] = "redacted",
+    ) -> ReviewItem | None:
+        """Queue the answer with probability ``rate``; the drawn item, or None. Call it only
+        where the capture decision allows text, and after the answer has gone out."""
+        if rate <= 0 or rng.random() >= rate:
+            return None
+        scrub = self.redactor if mode == "redacted" or self.secrets is None else self.secrets
+        if scrub is None:
+            log.warning("review: no redactor for %s mode; request %s not queued", mode, request_id)
+            return None
+        now = self.clock()
+
+        def insert(conn: sqlite3.Connection) -> ReviewItem | None:
+            clean = scrub.redact(text).text
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO review_items (task, release, request_id, text, mode, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (task, release, request_id, clean, mode, now),
+            )
+            return _get(conn, cur.lastrowid) if cur.rowcount else None
+
+        return await self._call(insert)
+
+    async def list(
+        self, task: str | None = None, status: Status | None = None, *, limit: int = 100
+    ) -> builtins.list[ReviewItem]:
+        """Newest first; ``task`` and ``status`` narrow it when given."""
+        if status is not None and status not in STATUSES:
+            raise RequestError(f"status must be one of {', '.join(STATUSES)}, not {status!r}", param="status")
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        where, args = _where(task=task, status=status)
+        sql = f"SELECT {_COLUMNS} FROM review_items{where} ORDER BY id DESC LIMIT ?"  # noqa: S608
+        rows = await self._call(lambda c: c.execute(sql, (*args, limit)).fetchall())
+        return [_decode(row) for row in rows]
+
+    async def get(self, item_id: int) -> ReviewItem | None:
+        return await self._call(lambda c: _get(c, item_id))
+
+    async def label(self, item_id: int, label: str, note: str | None, by: str) -> ReviewItem | None:
+        """Record a human's label; None for an unknown item."""
+        if label not in LABELS:
+            raise RequestError(f"label must be one of {', '.join(LABELS)}, not {label!r}", param="label")
+        if not by.strip():
+            raise RequestError("a label needs who gave it ('by')", param="by")
+        if note is not None and len(note) > MAX_NOTE:
+            raise RequestError(f"the note is longer than {MAX_NOTE} characters", param="note")
+        now = self.clock()
+
+        def update(conn: sqlite3.Connection) -> ReviewItem | None:
+            conn.execute(
+                "UPDATE review_items SET status = ?, note = ?, labeled_by = ?, labeled_at = ? WHERE id = ?",
+                (label, note, by, now, item_id),
+            )
+            return _get(conn, item_id)
+
+        return await self._call(update)
+
+    async def quality(self, task: str, release: str | None = None) -> Quality:
+        """Label counts of the task's items (of one release when given)."""
+        where, args = _where(task=task, release=release)
+        sql = f"SELECT status, COUNT(*) FROM review_items{where} GROUP BY status"  # noqa: S608
+        counts = dict(await self._call(lambda c: c.execute(sql, args).fetchall()))
+        return Quality(
+            sampled=sum(counts.values()),
+            pending=counts.get("pending", 0),
+            accept=counts.get("accept", 0),
+            reject=counts.get("reject", 0),
+            escalate=counts.get("escalate", 0),
+        )
+
+    async def purge(self, before: float) -> int:
+        """Delete items queued before ``before`` (the capture TTL); how many went."""
+        return await self._call(
+            lambda c: c.execute("DELETE FROM review_items WHERE created_at < ?", (before,)).rowcount
+        )
+
+    # --- the thread ------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._db.run(fn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # Its own table: the release store's schema_migrations versions the release tables.
+        migrate(
+            conn,
+            self.path,
+            MIGRATIONS,
+            what="review queue",
+            label="review",
+            error=ReviewError,
+            table="review_migrations",
+        )
+
+
+def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
+    given = {k: v for k, v in filters.items() if v is not None}
+    if not given:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{k} = ?" for k in given), tuple(given.values())
+
+
+def _get(conn: sqlite3.Connection, item_id: int | None) -> ReviewItem | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM review_items WHERE id = ?", (item_id,)).fetchone()  # noqa: S608
+    return None if row is None else _decode(row)
+
+
+def _decode(row: Sequence[Any]) -> ReviewItem:
+    values = list(row)
+    values[7] = cast(Status, values[7])
+    return ReviewItem(*values)

@@ -1,0 +1,147 @@
+"""Executing a request along its allowed targets: retries at one target, then fallback.
+
+The policy has already cut the route down to the allowed targets; this module only walks that
+list. Per target: skip it while its breaker is open; try up to ``retry.attempts`` times with
+jittered backoff (Retry-After honoured, or fall back at once when it asks for too long); a
+non-retryable failure (the target said the request itself is bad) ends the walk. Streams fall
+back only until their first chunk exists; after that a failure belongs to the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from turnout.config import RetryConfig
+from turnout.errors import AllTargetsFailed, BreakerOpen, ContextWindowExceeded, UpstreamError
+from turnout.ledger.record import AttemptRecord
+from turnout.providers.base import Call, Chunks, Completion, Provider, Stream, Timeouts
+from turnout.routing.backoff import delay
+from turnout.routing.breaker import Breaker
+
+
+@dataclass(slots=True)
+class Target:
+    """A configured target at run time: its provider, breaker and attempt settings."""
+
+    name: str
+    provider: Provider
+    breaker: Breaker
+    retry: RetryConfig
+    timeouts: Timeouts
+    context_window: int | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    target: Target
+    answer: Completion | Stream
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    fallback_ms: float = 0.0  # time spent on failed attempts before the one that answered
+
+    @property
+    def fallback(self) -> bool:
+        return self.attempts[0].target != self.target.name if self.attempts else False
+
+
+async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, request_id: str) -> Result:
+    attempts: list[AttemptRecord] = []
+    failures: list[tuple[str, UpstreamError]] = []
+    started = time.perf_counter()
+    too_long_for: int | None = None  # the largest window the prompt is known not to fit
+    for target in targets:
+        if too_long_for is not None and target.context_window is not None and target.context_window <= too_long_for:
+            skipped = ContextWindowExceeded("skipped: its context window is no larger", window=target.context_window)
+            attempts.append(AttemptRecord(target.name, "", skipped.error_class, 0.0, _ms(started)))
+            failures.append((target.name, skipped))
+            continue
+        for n in range(1, target.retry.attempts + 1):
+            if not target.breaker.allow():
+                err: UpstreamError = BreakerOpen("circuit open", retry_after=target.breaker.retry_after())
+                attempts.append(AttemptRecord(target.name, "", err.error_class, 0.0, _ms(started)))
+                failures.append((target.name, err))
+                break
+            t0 = time.perf_counter()
+            call = Call(body, stream, target.timeouts, request_id)
+            try:
+                answer = await (target.provider.stream(call) if stream else target.provider.complete(call))
+            except UpstreamError as exc:
+                err = exc
+                attempts.append(AttemptRecord(target.name, "", err.error_class, _ms(t0), (t0 - started) * 1000))
+                failures.append((target.name, err))
+                if isinstance(err, ContextWindowExceeded):
+                    target.breaker.success()  # the target works; this prompt is too long for it
+                    window = err.window or target.context_window
+                    too_long_for = max(too_long_for or 0, window) if window is not None else too_long_for
+                    break
+                if not err.fallback:
+                    target.breaker.success()  # it answered: the request was at fault, not the target
+                    raise _failed(failures, attempts) from err
+                target.breaker.failure()
+                if not err.retryable:
+                    break  # wrong for this target (its model timed out, access denied): next one
+                wait = delay(target.retry, n, err.retry_after) if n < target.retry.attempts else None
+                if wait is None:
+                    break
+                await asyncio.sleep(wait)
+                continue
+            except BaseException:
+                target.breaker.release()  # cancelled (client gone) or a bug: no verdict
+                raise
+            attempts.append(AttemptRecord(target.name, answer.replica, None, _ms(t0), (t0 - started) * 1000))
+            if isinstance(answer, Stream):
+                answer.chunks = _Watched(answer.chunks, target.breaker)
+            else:
+                target.breaker.success()
+            return Result(target, answer, attempts, (t0 - started) * 1000)
+    raise _failed(failures, attempts)
+
+
+def _failed(failures: list[tuple[str, UpstreamError]], attempts: list[AttemptRecord]) -> AllTargetsFailed:
+    exc = AllTargetsFailed(failures)
+    exc.records = attempts
+    return exc
+
+
+class _Watched:
+    """Chunks passed through unchanged; the target's breaker hears, once, how the stream
+    ended: success at its end, failure on an upstream error, no verdict when abandoned."""
+
+    __slots__ = ("_breaker", "_chunks", "_done")
+
+    def __init__(self, chunks: Chunks, breaker: Breaker) -> None:
+        self._chunks = chunks
+        self._breaker = breaker
+        self._done = False
+
+    def __aiter__(self) -> _Watched:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._settle(self._breaker.success)
+            raise
+        except UpstreamError:
+            self._settle(self._breaker.failure)
+            raise
+        except BaseException:
+            self._settle(self._breaker.release)
+            raise
+
+    async def aclose(self) -> None:
+        self._settle(self._breaker.release)
+        await self._chunks.aclose()
+
+    def _settle(self, verdict: Callable[[], None]) -> None:
+        if not self._done:
+            self._done = True
+            verdict()
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000

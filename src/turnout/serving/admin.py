@@ -1,0 +1,173 @@
+"""The admin API (``/admin/*``), guarded by the admin key (``server.admin_key`` or
+``TURNOUT_ADMIN_KEY``). A tenant key gets 403 here: tenants never see other tenants, keys or
+usage through this API.
+
+    GET    /admin/tenants                 tenants, their data classes, tasks and limits
+    GET    /admin/keys[?tenant=T]         issued keys (never secrets or digests)
+    POST   /admin/keys                    {"tenant", "name"?, "expires_in_s"?} → the secret, once
+    DELETE /admin/keys/{id}               revoke
+    GET    /admin/usage[?tenant=T]        per scope: bucket levels, slots, spent and reserved
+    GET    /admin/review[?task=T&status=S&release=R]   sampled answers (status: pending, the
+                                          default, accept, reject, escalate or all), newest
+                                          first, and the task's (release's) label counts
+    POST   /admin/review/{id}             {"label": accept|reject|escalate, "note"?, "by"}
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from dataclasses import asdict
+from typing import Any, cast
+from urllib.parse import parse_qs
+
+import orjson
+
+from turnout.control.auth import bearer
+from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError
+from turnout.releases.review import ReviewQueue, Status
+from turnout.serving.asgi import Receive, Send, header, read_body, send_json
+from turnout.serving.gateway import Gateway
+
+
+class Admin:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.key = gateway.config.server.admin_key or os.environ.get("TURNOUT_ADMIN_KEY") or None
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await self._authorize(header(scope, b"authorization"))
+        path, method = scope["path"].rstrip("/"), scope["method"]
+        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        if path == "/admin/tenants":
+            _expect(method, "GET")
+            await send_json(send, 200, {"data": self._tenants()})
+        elif path == "/admin/keys" and method == "GET":
+            await send_json(send, 200, {"data": await self._keys(query.get("tenant"))})
+        elif path == "/admin/keys" and method == "POST":
+            await send_json(send, 201, await self._create_key(await read_body(receive, scope, 64_000)))
+        elif path.startswith("/admin/keys/"):
+            _expect(method, "DELETE")
+            await send_json(send, 200, await self._revoke(path.removeprefix("/admin/keys/")))
+        elif path == "/admin/usage":
+            _expect(method, "GET")
+            await send_json(send, 200, {"data": await self._usage(query.get("tenant"))})
+        elif path == "/admin/review":
+            _expect(method, "GET")
+            await send_json(send, 200, await self._reviews(query))
+        elif path.startswith("/admin/review/"):
+            _expect(method, "POST")
+            item = path.removeprefix("/admin/review/")
+            await send_json(send, 200, await self._label(item, await read_body(receive, scope, 64_000)))
+        else:
+            raise NotFound(f"no admin route for {method} {path}")
+
+    async def _authorize(self, authorization: bytes | None) -> None:
+        if self.key is None:
+            raise PolicyDenied("the admin API is closed: set server.admin_key or TURNOUT_ADMIN_KEY")
+        presented = bearer(authorization)
+        if hmac.compare_digest(presented.encode(), self.key.encode()):
+            return
+        try:
+            await self.gateway.auth.identify(authorization, time.time())
+        except AuthError:
+            raise AuthError("invalid admin key") from None
+        raise PolicyDenied("a tenant key cannot use the admin API")
+
+    def _tenants(self) -> list[dict[str, Any]]:
+        out = []
+        for name, t in self.gateway.config.tenants.items():
+            out.append(
+                {
+                    "name": name,
+                    "data_classes": t.data_classes,
+                    "tasks": t.tasks,
+                    "limits": t.limits.model_dump(exclude_none=True),
+                    "task_limits": {k: v.model_dump(exclude_none=True) for k, v in t.task_limits.items()},
+                    "config_keys": len(t.keys),
+                }
+            )
+        return out
+
+    async def _keys(self, tenant: str | None) -> list[dict[str, Any]]:
+        store = self.gateway.auth.keys
+        if store is None:
+            return []
+        now = time.time()
+        return [{**asdict(k), "live": k.live(now)} for k in await store.list(tenant)]
+
+    async def _create_key(self, raw: bytes) -> dict[str, Any]:
+        store = self.gateway.auth.keys
+        try:
+            spec = orjson.loads(raw or b"{}")
+        except orjson.JSONDecodeError as exc:
+            raise RequestError("the body is not valid JSON", code="invalid_json") from exc
+        tenant = spec.get("tenant") if isinstance(spec, dict) else None
+        if store is None or tenant not in self.gateway.config.tenants:
+            raise RequestError(f"unknown tenant {tenant!r}", param="tenant")
+        ttl = spec.get("expires_in_s")
+        if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0):
+            raise RequestError("'expires_in_s' must be a positive number", param="expires_in_s")
+        now = time.time()
+        record, secret = await store.create(tenant, str(spec.get("name") or ""), now + ttl if ttl else None, now)
+        return {**asdict(record), "secret": secret, "note": "the secret is shown once; store it now"}
+
+    async def _revoke(self, key_id: str) -> dict[str, Any]:
+        store = self.gateway.auth.keys
+        record = await store.revoke(key_id, time.time()) if store is not None else None
+        if record is None:
+            raise NotFound(f"no key {key_id!r}")
+        return asdict(record)
+
+    async def _usage(self, tenant: str | None) -> list[dict[str, Any]]:
+        limiter = self.gateway.quota.limiter
+        if tenant is not None and tenant not in self.gateway.config.tenants:
+            raise NotFound(f"no tenant {tenant!r}")
+        seen: dict[str, Any] = {}
+        for (name, _task), scopes in self.gateway.quota.scopes.items():
+            if tenant is not None and name != tenant:
+                continue
+            for s in scopes:
+                seen.setdefault(s.name, s)
+        now = time.time()
+        out = []
+        for name, s in seen.items():
+            used = await limiter.usage(s, now) if limiter is not None else {}
+            out.append({"scope": name, "limits": asdict(s.limits), "usage": used})
+        return out
+
+    def _review_queue(self) -> ReviewQueue:
+        if self.gateway.reviews is None:
+            raise NotFound("review sampling is off: no task has a review_rate")
+        return self.gateway.reviews
+
+    async def _reviews(self, query: dict[str, str]) -> dict[str, Any]:
+        queue = self._review_queue()
+        task, release, status = query.get("task"), query.get("release"), query.get("status", "pending")
+        items = await queue.list(task, None if status == "all" else cast(Status, status))
+        out: dict[str, Any] = {"data": [item.to_json() for item in items]}
+        if task is not None:
+            out["quality"] = (await queue.quality(task, release)).to_json()
+        return out
+
+    async def _label(self, item_id: str, raw: bytes) -> dict[str, Any]:
+        queue = self._review_queue()
+        try:
+            spec = orjson.loads(raw or b"{}")
+        except orjson.JSONDecodeError as exc:
+            raise RequestError("the body is not valid JSON", code="invalid_json") from exc
+        if not isinstance(spec, dict):
+            raise RequestError("the body must be a JSON object", code="invalid_json")
+        label, note, by = spec.get("label"), spec.get("note"), spec.get("by")
+        if not isinstance(by, str) or not isinstance(label, str) or not (note is None or isinstance(note, str)):
+            raise RequestError("give 'label' and 'by' as strings, and 'note' as a string or null", param="label")
+        item = await queue.label(int(item_id), label, note, by) if item_id.isdigit() else None
+        if item is None:
+            raise NotFound(f"no review item {item_id!r}")
+        return item.to_json()
+
+
+def _expect(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"use {allowed} for this route")

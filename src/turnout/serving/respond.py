@@ -1,0 +1,148 @@
+"""Turning results into responses: OpenAI bodies, turnout's headers, SSE streams, errors.
+
+The caller asked for a task, so ``model`` in every body names the task and ``id`` carries
+turnout's request id: application code never learns which target answered (the headers say it,
+for the platform team).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from turnout.errors import StreamInterrupted, TurnoutError, UpstreamError
+from turnout.providers.base import Stream, Usage
+from turnout.releases.base import Release
+from turnout.routing.attempts import Result
+from turnout.serving.asgi import Receive, Send, send_json
+from turnout.serving.chat import ChatRequest
+
+log = logging.getLogger("turnout")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+DONE = b"data: [DONE]\n\n"
+
+
+def turnout_headers(
+    request_id: str, task: str, result: Result, release: Release | None = None, *, prompt: bool = True
+) -> list[tuple[bytes, bytes]]:
+    """``prompt``: whether the release's prompt shaped this answer (the task API) or only its
+    targets and parameters did (chat completions, whose caller sends the messages)."""
+    model_version = (release.model_version if release else None) or result.answer.model_version
+    return [
+        (b"x-turnout-request-id", request_id.encode()),
+        (b"x-turnout-task", task.encode()),
+        (b"x-turnout-target", result.target.name.encode()),
+        (b"x-turnout-model-version", model_version.encode("latin-1", "replace")),
+        (b"x-turnout-release", release.name.encode() if release else b"none"),
+        (b"x-turnout-prompt-version", release.prompt_version.encode() if release and prompt else b"none"),
+        (b"x-turnout-attempts", str(len(result.attempts)).encode()),
+        (b"x-turnout-fallback", b"true" if result.fallback else b"false"),
+    ]
+
+
+async def error(send: Send, err: TurnoutError, request_id: str) -> None:
+    headers = [(b"x-turnout-request-id", request_id.encode()), *err.headers()]
+    await send_json(send, err.status, err.to_openai(), headers)
+
+
+async def completion(
+    send: Send, body: dict[str, Any], request_id: str, task: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    body["id"] = f"chatcmpl-{request_id}"
+    body["model"] = task
+    await send_json(send, 200, body, headers)
+
+
+def answer_text(body: dict[str, Any]) -> str:
+    """A completion's text and tool calls, for capture."""
+    parts = []
+    for choice in body.get("choices") or ():
+        message = choice.get("message") or {}
+        if message.get("content"):
+            parts.append(str(message["content"]))
+        if message.get("tool_calls"):
+            parts.append(orjson.dumps(message["tool_calls"]).decode())
+    return "\n".join(parts)
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    status: int = 200
+    error_class: str | None = None
+    usage: Usage | None = None
+
+
+async def stream(
+    send: Send,
+    receive: Receive,
+    answer: Stream,
+    req: ChatRequest,
+    request_id: str,
+    headers: list[tuple[bytes, bytes]],
+    collect: list[str] | None = None,
+) -> StreamOutcome:
+    """Relay the stream as SSE. A failure after the first byte ends it with an error event;
+    a client that goes away stops the upstream work (the chunks iterator is closed).
+    ``collect`` gathers the answer's text, for capture only."""
+    out = StreamOutcome()
+    chat_id = f"chatcmpl-{request_id}"
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
+    gone = asyncio.ensure_future(_disconnected(receive))
+    chunks = answer.chunks
+    try:
+        async for chunk in chunks:
+            if gone.done():
+                out.status, out.error_class = 499, "client_disconnected"
+                break
+            usage = chunk.get("usage")
+            if usage is not None:
+                out.usage = Usage.from_openai(usage)
+                if not req.include_usage:
+                    if not chunk.get("choices"):
+                        continue  # the usage-only chunk the caller did not ask for
+                    del chunk["usage"]
+            chunk["id"] = chat_id
+            chunk["model"] = req.task
+            if collect is not None:
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        collect.append(delta["content"])
+                    if delta.get("tool_calls"):
+                        collect.append(orjson.dumps(delta["tool_calls"]).decode())
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
+    except Exception as exc:  # after the first byte: the stream ends with an error event
+        if isinstance(exc, UpstreamError):
+            err = StreamInterrupted(f"the stream from the target failed: {exc.message}")
+            out.status, out.error_class = 502, exc.error_class
+        else:
+            err = StreamInterrupted("the stream failed inside the gateway")
+            out.status, out.error_class = 500, "internal"
+        log.warning("stream %s interrupted: %s", request_id, out.error_class)
+        payload = b"data: " + orjson.dumps(err.to_openai()) + b"\n\n"
+        await send({"type": "http.response.body", "body": payload, "more_body": True})
+    finally:
+        gone.cancel()
+        await chunks.aclose()
+    await send({"type": "http.response.body", "body": b"" if out.status == 499 else DONE})
+    return out
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
