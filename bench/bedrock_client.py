@@ -61,7 +61,7 @@ Call = Callable[[bool], Awaitable[int]]  # stream? → chunks (or 1) received
 
 
 async def turnout_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    from turnout.providers.bedrock.provider.provider import BedrockProvider
+    from turnout.providers.bedrock.provider import BedrockProvider
 
     from turnout.config import BedrockTarget
     from turnout.providers.base import Call as TCall
@@ -86,8 +86,8 @@ async def turnout_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
 async def aiobotocore_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
     from aiobotocore.config import AioConfig  # type: ignore[import-not-found, unused-ignore]
     from aiobotocore.session import get_session  # type: ignore[import-not-found, unused-ignore]
-    from turnout.providers.bedrock.provider.stream import StreamTranslator, from_converse
-    from turnout.providers.bedrock.provider.translate import to_converse
+    from turnout.providers.bedrock.stream import StreamTranslator, from_converse
+    from turnout.providers.bedrock.translate import to_converse
 
     config = AioConfig(retries={"max_attempts": 0, "mode": "standard"}, max_pool_connections=64)
     cm = get_session().create_client(
@@ -126,8 +126,8 @@ async def boto3_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
 
     import boto3
     from botocore.config import Config
-    from turnout.providers.bedrock.provider.stream import StreamTranslator, from_converse
-    from turnout.providers.bedrock.provider.translate import to_converse
+    from turnout.providers.bedrock.stream import StreamTranslator, from_converse
+    from turnout.providers.bedrock.translate import to_converse
 
     # The default executor has min(32, cpus + 4) threads; give it one per connection.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(CONCURRENCY))

@@ -27,17 +27,26 @@ calc() { awk "BEGIN { print $1 }"; }
 rm -f "$run/ledger.db"*
 TURNOUT_BENCH_DB=$run/ledger.db taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/config.yaml" \
   --port 18030 >"$run/turnout.log" 2>&1 & pids+=($!); tpid=$!
+# The same gateway with every control on (tenant key, policy, limits and budgets, prices,
+# metrics, a capture rule): what a real deployment pays per request.
+rm -f "$run/controls.db"* "$run/keys.db"*
+TURNOUT_BENCH_DB=$run/controls.db TURNOUT_BENCH_KEYS=$run/keys.db taskset -c 0 "$root/.venv/bin/turnout" serve \
+  --config "$here/controls-config.yaml" --port 18031 >"$run/turnout-controls.log" 2>&1 & pids+=($!)
 wait_port 18020
 wait_up http://127.0.0.1:18030/healthz  # readyz: the SSE upstream has no /v1/models
+wait_up http://127.0.0.1:18031/healthz
 
 load http://127.0.0.1:18030/v1/chat/completions 2 32 >/dev/null   # warm-up
 load http://127.0.0.1:18020/v1/chat/completions 2 32 >/dev/null
+load http://127.0.0.1:18031/v1/chat/completions 2 32 >/dev/null
 rss_before=$(rss "$tpid")
 read -r c_rps c_p50 _ _ < <(load http://127.0.0.1:18002/v1/chat/completions "$secs" 32)
 read -r f_rps f_p50 f_p99 _ < <(load http://127.0.0.1:18020/v1/chat/completions "$secs" 32)
 read -r t_rps t_p50 t_p99 t_bad < <(load http://127.0.0.1:18030/v1/chat/completions "$secs" 32)
+read -r k_rps k_p50 k_p99 k_bad < <(load http://127.0.0.1:18031/v1/chat/completions "$secs" 32)
 read -r f1_rps f1_p50 _ _ < <(load http://127.0.0.1:18020/v1/chat/completions "$secs" 1)
 read -r t1_rps t1_p50 _ _ < <(load http://127.0.0.1:18030/v1/chat/completions "$secs" 1)
+read -r k1_rps k1_p50 _ _ < <(load http://127.0.0.1:18031/v1/chat/completions "$secs" 1)
 ttfb_up=$(taskset -c 1 "$py" "$here/ttfb.py" http://127.0.0.1:18003/v1/chat/completions 500)
 ttfb_t=$(taskset -c 1 "$py" "$here/ttfb.py" http://127.0.0.1:18030/v1/chat/completions 500)
 # RSS over 100,000 more requests (counted from wrk's own total).
@@ -53,6 +62,8 @@ rows=$("$py" -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(
   echo "turnout bench, $(date -u +%F), one run; proxies pinned to CPU 0, upstream and wrk on CPU 1"
   printf "throughput @32: C proxy %.0f req/s, floor %.0f req/s, turnout %.0f req/s (non-2xx %s)\n" "$c_rps" "$f_rps" "$t_rps" "$t_bad"
   printf "  turnout / floor = %.2f   turnout / C proxy = %.3f\n" "$(calc "$t_rps / $f_rps")" "$(calc "$t_rps / $c_rps")"
+  printf "every control on @32: turnout %.0f req/s (non-2xx %s), turnout / floor = %.2f; p50 @1 %s ms (+%.3f ms over floor)\n" \
+    "$k_rps" "$k_bad" "$(calc "$k_rps / $f_rps")" "$k1_p50" "$(calc "$k1_p50 - $f1_p50")"
   printf "p50 @32: floor %s ms, turnout %s ms; p99 @32: floor %s ms, turnout %s ms\n" "$f_p50" "$t_p50" "$f_p99" "$t_p99"
   printf "p50 @1: floor %s ms, turnout %s ms, added %.3f ms\n" "$f1_p50" "$t1_p50" "$(calc "$t1_p50 - $f1_p50")"
   printf "stream TTFB (median of 500): upstream direct %s ms, via turnout %s ms, added %.3f ms\n" "$ttfb_up" "$ttfb_t" "$(calc "$ttfb_t - $ttfb_up")"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from turnout.providers.bedrock.provider.translate import (
+from turnout.providers.bedrock.translate import (
     JSON_OBJECT_INSTRUCTION,
     LEADING_USER_TEXT,
     StreamTranslator,

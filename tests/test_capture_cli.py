@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
-from turnout.cli.main.main import main
+from turnout.cli.main import main
 
 from tests.test_capture_policy import eventually
 from turnout.config import load_config

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from turnout.cli.main.main import main
+from turnout.cli.main import main
 
 import turnout.serving.server
 from turnout.config import Config

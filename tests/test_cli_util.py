@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 import pytest
 from click.testing import CliRunner
-from turnout.cli.main._common import config_option, format_option, iso, need, nonblank, print_table, run_store, when
+from turnout.cli._common import config_option, format_option, iso, need, nonblank, print_table, run_store, when
 
 from turnout.errors import TurnoutError
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from turnout.cli.main.keys import expires_at, parse_expiry
-from turnout.cli.main.main import main
+from turnout.cli.keys import expires_at, parse_expiry
+from turnout.cli.main import main
 
 from turnout.control.keys.base import digest
 from turnout.control.keys.sqlite import SQLiteKeyStore

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from turnout.providers.local.provider.provider import BUNDLED_MODEL, LocalProvider
+from turnout.providers.local.provider import BUNDLED_MODEL, LocalProvider
 
 from tests.serving import free_port, wait_http
 from turnout.config import LocalTarget, OpenAITarget

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from turnout.cli.main.main import main
+from turnout.cli.main import main
 
 from turnout.ledger.record import LedgerRow
 from turnout.ledger.sqlite import SQLiteStore

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from turnout.providers.local.provider.provider import BUNDLED_MODEL, LocalProvider, assemble, request_params
-from turnout.providers.local.provider.worker import Job
+from turnout.providers.local.provider import BUNDLED_MODEL, LocalProvider, assemble, request_params
+from turnout.providers.local.worker import Job
 
 from turnout.config import LocalTarget
 from turnout.errors import (

@@ -389,7 +389,7 @@ async def test_unreachable_redis_fails_closed(caplog: pytest.LogCaptureFixture) 
             await limiter.settle(Grant(ask(9)), 10, 0.01)  # after the answer: logged, not raised
             await limiter.flush()
         assert limiter.backend_errors == 5
-        warnings = [r for r in caplog.records if r.name == "turnout.control.quota"]
+        warnings = [r for r in caplog.records if r.name == "turnout.quota"]
         assert len(warnings) == 1  # rate-limited
         assert "unreachable" in warnings[0].getMessage()
     finally:

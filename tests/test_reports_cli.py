@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner, Result
-from turnout.cli.main.main import main
-from turnout.cli.main.report import parse_by, parse_when
+from turnout.cli.main import main
+from turnout.cli.report import parse_by, parse_when
 
 from tests.test_reports import BASE, ledger
 from turnout.ledger.sqlite import SQLiteStore

@@ -1,3 +1,3 @@
-from turnout.cli.main.main import main
+from turnout.cli.main import main
 
 main()

@@ -59,7 +59,7 @@ def load_config(path: str | None) -> Config:
     """The config, or exit with its problems listed (as ``turnout serve`` does)."""
     # Imported here: turnout.cli.main registers the groups that use this, so a top-level import
     # would be circular.
-    from turnout.cli.main.main import _load
+    from turnout.cli.main import _load
 
     return _load(path)
 

@@ -65,7 +65,7 @@ def eval_command(
     config_path: str | None,
 ) -> None:
     """Evaluate CANDIDATE on TASK's golden set (evals/TASK.jsonl), paired with BASELINE."""
-    from turnout.cli.main.main import _load
+    from turnout.cli.main import _load
 
     config = _load(config_path)
     code = asyncio.run(

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from turnout.cli.main._common import (
+from turnout.cli._common import (
     config_option,
     fail,
     format_option,

@@ -6,12 +6,12 @@ import sys
 
 import click
 
-from turnout.cli.main.capture import capture
-from turnout.cli.main.evaluate import eval_command
-from turnout.cli.main.keys import keys
-from turnout.cli.main.plan import plan_command
-from turnout.cli.main.release import release
-from turnout.cli.main.report import report
+from turnout.cli.capture import capture
+from turnout.cli.evaluate import eval_command
+from turnout.cli.keys import keys
+from turnout.cli.plan import plan_command
+from turnout.cli.release import release
+from turnout.cli.report import report
 from turnout.config import Config, load_config
 from turnout.errors import ConfigError
 

@@ -101,7 +101,7 @@ def plan_command(
         --self-hosted gpu_hour_usd=7.91,gpus=4,tokens_per_s=5000,scale_down=night \\
         --managed input=3,output=15
     """
-    from turnout.cli.main.main import _load
+    from turnout.cli.main import _load
 
     config = _load(config_path)
     window = parse_since(since)

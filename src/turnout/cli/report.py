@@ -93,7 +93,7 @@ def report(
     Charts: cost → cost per completed task by release (with --by day: a trend by day);
     latency → p50/p95/p99 by day; quality → success rate by release; usage → requests by hour
     of day (UTC), one strip per day. SVG only: open it in a browser."""
-    from turnout.cli.main.main import _load
+    from turnout.cli.main import _load
 
     now = time.time()
     try:

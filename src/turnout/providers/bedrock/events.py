@@ -20,9 +20,9 @@ import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
 from turnout.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from turnout.providers.bedrock.provider.errors import translate
-from turnout.providers.bedrock.provider.stream import StreamTranslator
-from turnout.providers.bedrock.provider.translate import Translation
+from turnout.providers.bedrock.errors import translate
+from turnout.providers.bedrock.stream import StreamTranslator
+from turnout.providers.bedrock.translate import Translation
 from turnout.providers.transport import TRANSPORT_ERRORS, describe
 
 

@@ -31,9 +31,9 @@ from turnout.config import BedrockTarget
 from turnout.control.catalog import bedrock_model
 from turnout.errors import ConfigError, UpstreamError, UpstreamProtocolError
 from turnout.providers.base import Call, Completion, Health, Stream, Timeouts, Usage
-from turnout.providers.bedrock.provider.errors import error_name, translate
-from turnout.providers.bedrock.provider.events import open_events
-from turnout.providers.bedrock.provider.translate import Translation, from_converse, to_converse
+from turnout.providers.bedrock.errors import error_name, translate
+from turnout.providers.bedrock.events import open_events
+from turnout.providers.bedrock.translate import Translation, from_converse, to_converse
 from turnout.providers.transport import TRANSPORT_ERRORS
 from turnout.providers.transport import translate as transport_error
 

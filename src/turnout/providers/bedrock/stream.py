@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    from turnout.providers.bedrock.provider.translate import Translation
+    from turnout.providers.bedrock.translate import Translation
 
 _FINISH = {
     "end_turn": "stop",

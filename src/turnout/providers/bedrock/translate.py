@@ -54,7 +54,7 @@ from typing import Any
 import orjson
 
 from turnout.errors import RequestError
-from turnout.providers.bedrock.provider.stream import (
+from turnout.providers.bedrock.stream import (
     StreamTranslator,
     assistant_message,
     finish_reason,

