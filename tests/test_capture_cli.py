@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
-from turnout.cli.main import main
 
 from tests.test_capture_policy import eventually
+from turnout.cli.main import main
 from turnout.config import load_config
 from turnout.privacy.capture import CapturePolicy, CaptureRow, CaptureStore
 

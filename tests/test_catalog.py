@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from turnout.cli.main import main
 
+from turnout.cli.main import main
 from turnout.config import validate
 from turnout.control.catalog import base_model_id, bedrock_catalog, bedrock_model, context_window
 

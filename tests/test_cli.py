@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from turnout.cli.main import main
 
 import turnout.serving.server
+from turnout.cli.main import main
 from turnout.config import Config
 
 KEY = "sk-acme-0123456789"
@@ -197,3 +197,14 @@ def test_serve_refuses_a_non_integer_port(served: list[Config]) -> None:
     result = invoke("serve", "--port", "eighty")
     assert result.exit_code == 2  # click's usage error
     assert served == []
+
+
+def test_serve_on_a_port_in_use_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(config: Config) -> None:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(turnout.serving.server, "run", run)
+    result = invoke("serve")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    assert result.stderr == "turnout: Address already in use\n"

@@ -11,15 +11,15 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from turnout.cli.keys import expires_at, parse_expiry
-from turnout.cli.main import main
 
+from turnout.cli._common import parse_time
+from turnout.cli.main import main
 from turnout.control.keys.base import digest
 from turnout.control.keys.sqlite import SQLiteKeyStore
 
@@ -181,7 +181,12 @@ def test_create_with_a_date_sets_the_expiry(config: str) -> None:
 
 
 def test_create_refuses_a_bad_or_past_expiry(config: str) -> None:
-    for bad, message in (("soon", "neither a duration"), ("12y", "neither a duration"), ("2001-01-01", "in the past")):
+    for bad, message in (
+        ("soon", "neither a duration"),
+        ("12y", "neither a duration"),
+        ("2001-01-01", "in the past"),
+        ("0d", "'0d' is now"),
+    ):
         result = invoke("create", "-t", "acme", "--expires", bad, "-c", config)
         assert result.exit_code == 2, bad
         assert "--expires" in result.stderr
@@ -199,11 +204,11 @@ def test_an_expired_key_is_listed_as_expired(config: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90m", 5400), ("12h", 43200), ("30d", 2592000), ("2w", 1209600), ("45s", 45), (" 7d ", 604800)],
+    [("90m", 5400), ("12h", 43200), ("30d", 2592000), ("2w", 1209600), ("45s", 45), (" 7d ", 604800), ("1.5h", 5400)],
 )
 def test_durations(text: str, seconds: int) -> None:
-    assert parse_expiry(text) == timedelta(seconds=seconds)
-    assert expires_at(parse_expiry(text), 1000.0) == 1000.0 + seconds
+    # The one grammar of every command: --expires counts forward from now.
+    assert parse_time(text, 1000.0, ago=False) == 1000.0 + seconds
 
 
 @pytest.mark.parametrize(
@@ -216,18 +221,21 @@ def test_durations(text: str, seconds: int) -> None:
     ],
 )
 def test_dates(text: str, when: datetime) -> None:
-    assert parse_expiry(text) == when
-    assert expires_at(parse_expiry(text), 0.0) == when.timestamp()
+    assert parse_time(text, 0.0, ago=False) == when.timestamp()
 
 
-@pytest.mark.parametrize("text", ["", "0d", "d", "-5d", "5 days", "1.5h", "2027-13-01", "tomorrow"])
+@pytest.mark.parametrize("text", ["", "d", "-5d", "5 days", "2027-13-01", "tomorrow"])
 def test_what_is_not_an_expiry(text: str) -> None:
-    with pytest.raises(ValueError, match=r"not in the future|neither a duration"):
-        parse_expiry(text)
+    with pytest.raises(ValueError, match=r"neither a duration"):
+        parse_time(text, 0.0, ago=False)
 
 
-def test_no_expiry() -> None:
-    assert expires_at(None, 5.0) is None
+def test_no_expiry(config: str) -> None:
+    result = invoke("create", "-t", "acme", "-c", config)
+    assert result.exit_code == 0, result.output
+    assert "expires: never" in result.stdout
+    [row] = listed(config)
+    assert row["expires_at"] is None
 
 
 # --- revoke ---------------------------------------------------------------------------------------

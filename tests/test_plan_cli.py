@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from turnout.cli.main import main
 
+from turnout.cli.main import main
 from turnout.ledger.record import LedgerRow
 from turnout.ledger.sqlite import SQLiteStore
 
@@ -141,3 +141,45 @@ def test_errors(config: str) -> None:
     assert bad.exit_code == 2 and "not in turnout's Bedrock catalog" in bad.output
     empty = invoke(config, "--task", "nothing")
     assert empty.exit_code == 1 and "no traffic for task 'nothing'" in empty.output
+
+
+def test_the_ledger_is_read_with_one_bounded_query_of_the_task_and_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the task's rows of the window are read (``rows_between``), so other tasks' newer
+    traffic cannot crowd them out of the bound; a window past the bound says so."""
+    now = time.time()
+    older = [
+        LedgerRow(f"s{i}", now - 3600 + i, "acme", "support", "internal", False, target="gpt", status=200)
+        for i in range(3)
+    ]
+    newer = [
+        LedgerRow(f"o{i}", now - 60 + i, "acme", "other", "internal", False, target="gpt", status=200) for i in range(8)
+    ]
+    seed(tmp_path / "ledger.db", [*older, *newer])
+    path = tmp_path / "turnout.yaml"
+    path.write_text(
+        f"store: {{kind: sqlite, path: {json.dumps(str(tmp_path / 'ledger.db'))}}}\n"
+        "targets: {gpt: {provider: openai, base_url: 'http://127.0.0.1:9/v1', model: gpt}}\n"
+        "tasks: {support: {route: [gpt]}, other: {route: [gpt]}}\n"
+    )
+    monkeypatch.setattr("turnout.cli._common.LEDGER_LIMIT", 5)  # fewer than the other task's rows
+    result = invoke(str(path), "--task", "support", SELF_HOSTED, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["observed_requests"] == 3
+    assert "warning" not in result.stderr
+    result = invoke(str(path), "--task", "other", SELF_HOSTED, "--format", "json")
+    assert json.loads(result.stdout)["observed_requests"] == 5  # the oldest five of eight
+    assert "warning: the window holds 5 rows or more; only the oldest were read" in result.stderr
+
+
+def test_a_missing_ledger_is_reported_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.yaml"
+    path.write_text(
+        f"store: {{kind: sqlite, path: {json.dumps(str(tmp_path / 'none.db'))}}}\n"
+        "targets: {gpt: {provider: openai, base_url: 'http://127.0.0.1:9/v1', model: gpt}}\n"
+        "tasks: {support: {route: [gpt]}}\n"
+    )
+    result = invoke(str(path), "--task", "support")
+    assert result.exit_code == 1 and "turnout: no ledger at" in result.stderr
+    assert not (tmp_path / "none.db").exists()

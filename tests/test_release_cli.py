@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from turnout.cli.main import main
 
+from turnout.cli.main import main
 from turnout.releases.store import ReleaseStore
 
 RELEASE = """

@@ -10,10 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner, Result
-from turnout.cli.main import main
-from turnout.cli.report import parse_by, parse_when
 
 from tests.test_reports import BASE, ledger
+from turnout.cli._common import parse_time
+from turnout.cli.main import main
+from turnout.cli.report import parse_by
 from turnout.ledger.sqlite import SQLiteStore
 
 WINDOW = ("--since", "2026-03-02", "--until", "2026-03-05")
@@ -104,10 +105,11 @@ def test_a_missing_ledger_is_reported(tmp_path: Path) -> None:
 
 
 def test_parse_when_and_by() -> None:
-    assert parse_when("7d", BASE) == BASE - 7 * 86400
-    assert parse_when("90m", BASE) == BASE - 5400
-    assert parse_when("2026-03-02", 0) == BASE
-    assert parse_when("2026-03-02T01:00:00+01:00", 0) == BASE
+    # --since and --until count back from now, in the one grammar of every command.
+    assert parse_time("7d", BASE, ago=True) == BASE - 7 * 86400
+    assert parse_time("90m", BASE, ago=True) == BASE - 5400
+    assert parse_time("2026-03-02", 0, ago=True) == BASE
+    assert parse_time("2026-03-02T01:00:00+01:00", 0, ago=True) == BASE
     assert parse_by("task, release") == ("task", "release")
     with pytest.raises(ValueError, match="twice"):
         parse_by("task,task")

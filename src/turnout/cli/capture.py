@@ -11,22 +11,22 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
-import orjson
 
 from turnout.cli._common import (
+    CommandError,
+    by_option,
     config_option,
-    fail,
     format_option,
     iso,
-    load_config,
-    need,
     nonblank,
-    print_table,
+    print_listing,
     run_store,
+    task_option,
+    tenant_option,
     when,
 )
 from turnout.config import Config
-from turnout.privacy.capture.model import AuditEvent, CaptureStoreError, Grant
+from turnout.privacy.capture.model import AuditEvent, Grant
 from turnout.privacy.capture.policy import rule_for
 from turnout.privacy.capture.purge import Purger
 from turnout.privacy.capture.store import CaptureStore, capture_path
@@ -39,7 +39,7 @@ CLI_ACTOR = "cli"
 CONFIG_HELP = "YAML config file: its tenants, tasks and capture rules, and store.path (capture.db lives beside it)."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group()
 def capture() -> None:
     """Grant and audit the capture of prompt and completion text.
 
@@ -55,8 +55,8 @@ def capture() -> None:
 
 
 @capture.command()
-@click.option("--tenant", "-t", required=True, help="The tenant; it must be in the config.")
-@click.option("--task", required=True, help="The task; it must be in the config.")
+@tenant_option("The tenant; it must be in the config.", required=True, known=True)
+@task_option("The task; it must be in the config.", required=True, known=True)
 @click.option(
     "--minutes",
     required=True,
@@ -64,19 +64,16 @@ def capture() -> None:
     help=f"How long the grant lasts, from now (1 to {MAX_GRANT_MINUTES}).",
 )
 @click.option("--reason", required=True, callback=nonblank, help="Why: kept in the audit trail.")
-@click.option("--by", "by", required=True, callback=nonblank, help="Who grants it: kept in the audit trail.")
+@by_option("Who grants it: kept in the audit trail.")
 @config_option(CONFIG_HELP)
-def grant(tenant: str, task: str, minutes: int, reason: str, by: str, config_path: str | None) -> None:
+def grant(tenant: str, task: str, minutes: int, reason: str, by: str, config: Config) -> None:
     """Allow full capture for a tenant and task for MINUTES from now.
 
     The config's capture rule for the pair must say `mode: full`; the grant is what makes it
     take effect."""
-    config = load_config(config_path)
-    need("tenant", tenant, config.tenants)
-    need("task", task, config.tasks)
     mode, _ = rule_for(config.capture, tenant, task)
     if mode != "full":
-        fail(
+        raise CommandError(
             f"the capture rule for tenant {tenant!r} and task {task!r} is {mode!r}, so a grant would change "
             "nothing; add a capture rule with mode: full for them first"
         )
@@ -92,12 +89,11 @@ def grant(tenant: str, task: str, minutes: int, reason: str, by: str, config_pat
 
 @capture.command(name="list")
 @click.option("--active", is_flag=True, help="Only grants live now.")
-@click.option("--tenant", "-t", help="Only this tenant's grants.")
+@tenant_option("Only this tenant's grants.")
 @format_option()
 @config_option(CONFIG_HELP)
-def list_(active: bool, tenant: str | None, fmt: str, config_path: str | None) -> None:
+def list_(active: bool, tenant: str | None, fmt: str, config: Config) -> None:
     """List grants with their status: active, expired or revoked."""
-    config = load_config(config_path)
     now = time.time()
 
     async def grants(store: CaptureStore) -> list[Grant]:
@@ -105,40 +101,26 @@ def list_(active: bool, tenant: str | None, fmt: str, config_path: str | None) -
         return await store.grants(tenant)
 
     found = [g for g in _run(config, grants) if not active or g.live(now)]
-    if fmt == "json":
-        click.echo(orjson.dumps([_grant_json(g, now) for g in found], option=orjson.OPT_INDENT_2).decode())
-        return
-    if not found:
-        click.echo("no active grants" if active else "no grants")
-        return
-    rows = [("ID", "TENANT", "TASK", "FROM", "UNTIL", "BY", "STATUS", "REASON")]
-    rows += [
-        (
-            g.id,
-            g.tenant,
-            g.task,
-            _when(g.starts_at),
-            _when(g.ends_at),
-            g.granted_by,
-            g.status(now) + (f" by {g.revoked_by}" if g.revoked_by else ""),
-            g.reason,
-        )
-        for g in found
-    ]
-    print_table(rows)
+    print_listing(
+        fmt,
+        found,
+        as_json=lambda g: _grant_json(g, now),
+        header=("ID", "TENANT", "TASK", "FROM", "UNTIL", "BY", "STATUS", "REASON"),
+        as_row=lambda g: _grant_row(g, now),
+        none="no active grants" if active else "no grants",
+    )
 
 
 @capture.command()
 @click.argument("grant_id")
-@click.option("--by", "by", required=True, callback=nonblank, help="Who revokes it: kept in the audit trail.")
+@by_option("Who revokes it: kept in the audit trail.")
 @config_option(CONFIG_HELP)
-def revoke(grant_id: str, by: str, config_path: str | None) -> None:
+def revoke(grant_id: str, by: str, config: Config) -> None:
     """End the grant GRANT_ID now (as `capture list` shows it)."""
-    config = load_config(config_path)
     now = time.time()
     found = _run(config, lambda store: store.revoke_grant(grant_id, by, now))
     if found is None:
-        fail(f"no grant with id {grant_id!r} (see `turnout capture list`)")
+        raise CommandError(f"no grant with id {grant_id!r} (see `turnout capture list`)")
     if found.revoked_at is not None and found.revoked_at != now:
         click.echo(f"Grant {found.id} was already revoked at {_when(found.revoked_at)} by {found.revoked_by}.")
     elif found.revoked_at is None:
@@ -148,51 +130,53 @@ def revoke(grant_id: str, by: str, config_path: str | None) -> None:
 
 
 @capture.command()
-@click.option("--tenant", "-t", help="Only events about this tenant (purge runs name no tenant).")
+@tenant_option("Only events about this tenant (purge runs name no tenant).")
 @click.option("--limit", type=click.IntRange(1), help="Only the last N events.")
 @format_option()
 @config_option(CONFIG_HELP)
-def audit(tenant: str | None, limit: int | None, fmt: str, config_path: str | None) -> None:
+def audit(tenant: str | None, limit: int | None, fmt: str, config: Config) -> None:
     """Print the audit trail, oldest first: grants, uses, expiries, revocations, purges."""
-    config = load_config(config_path)
     now = time.time()
 
     async def events(store: CaptureStore) -> list[AuditEvent]:
         await store.expire_grants(now)
         return await store.audit(tenant, limit)
 
-    found = _run(config, events)
-    if fmt == "json":
-        click.echo(orjson.dumps([_event_json(e) for e in found], option=orjson.OPT_INDENT_2).decode())
-        return
-    if not found:
-        click.echo("no audit events")
-        return
-    rows = [("ID", "AT", "EVENT", "GRANT", "TENANT", "TASK", "REQUEST", "ACTOR", "DETAIL")]
-    rows += [
-        (
-            str(e.id),
-            _when(e.at),
-            e.event,
-            e.grant_id or "-",
-            e.tenant or "-",
-            e.task or "-",
-            e.request_id or "-",
-            e.actor,
-            e.detail,
-        )
-        for e in found
-    ]
-    print_table(rows)
+    print_listing(
+        fmt,
+        _run(config, events),
+        as_json=_event_json,
+        header=("ID", "AT", "EVENT", "GRANT", "TENANT", "TASK", "REQUEST", "ACTOR", "DETAIL"),
+        as_row=_event_row,
+        none="no audit events",
+    )
 
 
 @capture.command()
 @config_option(CONFIG_HELP)
-def purge(config_path: str | None) -> None:
+def purge(config: Config) -> None:
     """Delete captured text past its retention now, and record grants that ended."""
-    config = load_config(config_path)
     result = _run(config, lambda store: Purger(store, config.capture.purge_interval_s).run_once(actor=CLI_ACTOR))
     click.echo(f"Purged {result.deleted} captures; recorded {len(result.expired)} expired grants.")
+
+
+def _grant_row(g: Grant, now: float) -> tuple[str, ...]:
+    status = g.status(now) + (f" by {g.revoked_by}" if g.revoked_by else "")
+    return (g.id, g.tenant, g.task, _when(g.starts_at), _when(g.ends_at), g.granted_by, status, g.reason)
+
+
+def _event_row(e: AuditEvent) -> tuple[str, ...]:
+    return (
+        str(e.id),
+        _when(e.at),
+        e.event,
+        e.grant_id or "-",
+        e.tenant or "-",
+        e.task or "-",
+        e.request_id or "-",
+        e.actor,
+        e.detail,
+    )
 
 
 def _grant_json(g: Grant, now: float) -> dict[str, Any]:
@@ -229,4 +213,4 @@ def _when(at: float) -> str:
 
 
 def _run(config: Config, action: Callable[[CaptureStore], Awaitable[T]]) -> T:
-    return run_store(lambda: CaptureStore(capture_path(config.store)), action, CaptureStoreError)
+    return run_store(lambda: CaptureStore(capture_path(config.store)), action, "the capture store")

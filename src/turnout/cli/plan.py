@@ -4,20 +4,24 @@ options and prints)."""
 
 from __future__ import annotations
 
-import asyncio
-import re
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 
 import click
-import orjson
 
+from turnout.cli._common import (
+    LEDGER_LIMIT,
+    CommandError,
+    config_option,
+    format_option,
+    print_json,
+    read_ledger,
+    since_option,
+    task_option,
+    when,
+)
 from turnout.config import Config
 from turnout.control.catalog import base_model_id, price
-from turnout.ledger.record import LedgerRow
-from turnout.ledger.store import open_store
 from turnout.offline.plan.model import PlanError, plan
 from turnout.offline.plan.render import as_json, table
 from turnout.offline.plan.spec import (
@@ -39,22 +43,11 @@ DEFAULT_SELF_HOSTED_NOTE = (
     "self-hosted defaults (no --self-hosted): 4 x H200 per replica at $7.912/GPU-hour (AWS p5en.48xlarge "
     "on demand / 8) and 3,543 output tokens/s (vLLM 0.6.0, Llama-3.1-70B on 4 x H100): measure your own"
 )
-ROW_LIMIT = 2_000_000  # rows read from the ledger, newest first, before filtering by task and time
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_since(raw: str) -> float:
-    """A duration back from now (``7d``, ``36h``, ``2w``): seconds."""
-    match = _DURATION.match(raw.strip())
-    if not match or float(match.group(1)) <= 0:
-        raise click.BadParameter(f"{raw!r}: expected a duration such as 7d, 36h or 2w")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
 @click.command(name="plan")
-@click.option("--task", required=True, help="The task whose recorded traffic to price.")
-@click.option("--since", default="7d", show_default=True, help="How far back to read the ledger: 7d, 36h, 2w.")
+@task_option("The task whose recorded traffic to price.", required=True)
+@since_option("How far back to read the ledger: a duration (7d, 36h, 2w) or an ISO date or time.")
 @click.option(
     "--self-hosted",
     "self_hosted",
@@ -73,24 +66,17 @@ def parse_since(raw: str) -> float:
     type=click.FloatRange(0, 1, min_open=True),
     help="Assumed success rate for options whose target has no recorded feedback.",
 )
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    envvar="TURNOUT_CONFIG",
-    help="YAML config file: its store (the ledger to read) and targets (prices).",
-)
+@format_option()
+@config_option("YAML config file: its store (the ledger to read) and targets (prices).")
 def plan_command(
     task: str,
-    since: str,
+    since: float,
     self_hosted: str | None,
     managed: str | None,
     bedrock: str | None,
     success_rate: float | None,
     fmt: str,
-    config_path: str | None,
+    config: Config,
 ) -> None:
     """Price TASK's recorded traffic three ways: the managed API it uses, a Bedrock open-weight
     model, and a self-hosted fleet sized to its peak; monthly cost, cost per completed task,
@@ -101,13 +87,11 @@ def plan_command(
         --self-hosted gpu_hour_usd=7.91,gpus=4,tokens_per_s=5000,scale_down=night \\
         --managed input=3,output=15
     """
-    from turnout.cli.main import _load
-
-    config = _load(config_path)
-    window = parse_since(since)
     now = time.time()
-    traffic = traffic_from_rows(read_rows(config, now - window), task, end=now)
-    notes = [f"ledger: the newest {ROW_LIMIT:,} rows at most, those of the last {since}"]
+    if since >= now:
+        raise click.BadParameter("must be before now", param_hint="'--since'")
+    traffic = traffic_from_rows(read_ledger(config, since, now, task=task), task, end=now)
+    notes = [f"ledger: the task's rows from {when(since)} to {when(now)} ({LEDGER_LIMIT:,} at most, the oldest)"]
     try:
         hosted = parse_self_hosted(self_hosted or DEFAULT_SELF_HOSTED)
         if self_hosted is None:
@@ -119,29 +103,11 @@ def plan_command(
     except SpecError as exc:
         raise click.UsageError(str(exc)) from exc
     except PlanError as exc:
-        click.echo(f"turnout plan: {exc}", err=True)
-        sys.exit(1)
+        raise CommandError(str(exc)) from exc
     if fmt == "json":
-        click.echo(orjson.dumps(as_json(result), option=orjson.OPT_INDENT_2).decode())
+        print_json(as_json(result))
     else:
         click.echo(table(result))
-
-
-def read_rows(config: Config, since: float) -> Sequence[LedgerRow]:
-    """The ledger rows from ``since`` on. The one place that reads the store: swap ``recent``
-    for a time-bounded query when the store has one."""
-    if config.store.kind == "none":
-        raise click.UsageError("store.kind is none: there is no ledger to plan from")
-
-    async def read() -> list[LedgerRow]:
-        store = open_store(config.store)
-        await store.open()
-        try:
-            return [row for row in await store.recent(ROW_LIMIT) if row.started_at >= since]
-        finally:
-            await store.aclose()
-
-    return asyncio.run(read())
 
 
 def current_managed(config: Config, traffic: Traffic, spec: str | None) -> ManagedSpec | None:

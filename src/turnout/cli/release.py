@@ -12,21 +12,20 @@ import click
 import orjson
 
 from turnout.cli._common import (
+    by_option,
     config_option,
-    fail,
     format_option,
     iso,
-    load_config,
-    need,
     nonblank,
+    print_json,
     print_table,
+    release_files,
     run_store,
+    task_argument,
     when,
 )
 from turnout.config import Config
-from turnout.errors import ConfigError
 from turnout.releases.base import Transition
-from turnout.releases.files import load_task, release_path
 from turnout.releases.store import RegisteredRelease, ReleaseStore, ReleaseStoreError, ServingRow, to_spec
 
 T = TypeVar("T")
@@ -38,11 +37,11 @@ CONFIG_HELP = (
 
 
 text_or_json = format_option("Text to read, or JSON to process.")
-by_option = click.option("--by", "by", required=True, callback=nonblank, help="Who: kept in the audit trail.")
+who_option = by_option("Who: kept in the audit trail.")
 why_option = click.option("--why", "why", required=True, callback=nonblank, help="Why: kept in the audit trail.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group()
 def release() -> None:
     """Register task releases and move traffic between them.
 
@@ -60,12 +59,11 @@ def release() -> None:
 
 
 @release.command(name="list")
-@click.argument("task")
+@task_argument()
 @text_or_json
 @config_option(CONFIG_HELP)
-def list_(task: str, fmt: str, config_path: str | None) -> None:
+def list_(task: str, fmt: str, config: Config) -> None:
     """List TASK's registered releases, their states and which serve traffic."""
-    config = _config(config_path, task)
 
     async def read(store: ReleaseStore) -> tuple[list[RegisteredRelease], ServingRow | None]:
         return await store.releases(task), await store.serving_row(task)
@@ -73,7 +71,7 @@ def list_(task: str, fmt: str, config_path: str | None) -> None:
     found, serving = _run(config, read)
     if fmt == "json":
         out = {"task": task, "serving": _serving_json(serving), "releases": [_summary(r) for r in found]}
-        click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        print_json(out)
         return
     if not found:
         click.echo(f"no releases registered for task {task!r} (see `turnout release register`)")
@@ -94,14 +92,13 @@ def list_(task: str, fmt: str, config_path: str | None) -> None:
 
 
 @release.command()
-@click.argument("task")
+@task_argument()
 @click.argument("name", required=False)
 @text_or_json
 @config_option(CONFIG_HELP)
-def show(task: str, name: str | None, fmt: str, config_path: str | None) -> None:
+def show(task: str, name: str | None, fmt: str, config: Config) -> None:
     """Show one release of TASK (default: the active one): its spec, version, prompt version,
     state and transitions."""
-    config = _config(config_path, task)
 
     async def read(store: ReleaseStore) -> tuple[RegisteredRelease, ServingRow | None, list[Transition]]:
         serving = await store.serving_row(task)
@@ -116,7 +113,7 @@ def show(task: str, name: str | None, fmt: str, config_path: str | None) -> None
     found, serving, moves = _run(config, read)
     if fmt == "json":
         out = {**_summary(found), "spec": to_spec(found.release), "transitions": [_transition_json(t) for t in moves]}
-        click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        print_json(out)
         return
     click.echo(f"release {found.release.name} of task {task}")
     click.echo(f"  state:          {found.state} ({_traffic(found.release.name, serving)} of traffic)")
@@ -133,27 +130,17 @@ def show(task: str, name: str | None, fmt: str, config_path: str | None) -> None
 
 
 @release.command()
-@click.argument("task")
+@task_argument()
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Every release file of TASK.")
-@by_option
+@who_option
 @config_option(CONFIG_HELP)
-def register(task: str, name: str | None, all_: bool, by: str, config_path: str | None) -> None:
+def register(task: str, name: str | None, all_: bool, by: str, config: Config) -> None:
     """Register release NAME of TASK (or --all) from releases/<task>/<name>.yaml. The same
     content again is a no-op; other content under a registered name is refused."""
     if (name is None) == (not all_):
         raise click.UsageError("give a release NAME or --all")
-    config = _config(config_path, task)
-    try:
-        files = load_task(config, task)
-    except ConfigError as exc:
-        fail("release files are invalid:\n" + "\n".join(f"  {p}" for p in exc.problems))
-    if name is not None:
-        if name not in files:
-            fail(f"no release file {release_path(config, task, name)}")
-        files = {name: files[name]}
-    if not files:
-        fail(f"no release files for task {task!r} under {release_path(config, task, '*').parent}")
+    files = release_files(config, task, None if name is None else [name])
 
     async def write(store: ReleaseStore) -> list[tuple[RegisteredRelease, bool]]:
         out = []
@@ -168,7 +155,7 @@ def register(task: str, name: str | None, all_: bool, by: str, config_path: str 
 
 
 @release.command()
-@click.argument("task")
+@task_argument()
 @click.argument("name")
 @click.option(
     "--percent",
@@ -176,52 +163,49 @@ def register(task: str, name: str | None, all_: bool, by: str, config_path: str 
     type=click.FloatRange(0, 100, min_open=True),
     help="Share of TASK's traffic for NAME (more than 0, at most 100).",
 )
-@by_option
+@who_option
 @why_option
 @config_option(CONFIG_HELP)
-def canary(task: str, name: str, percent: float, by: str, why: str, config_path: str | None) -> None:
+def canary(task: str, name: str, percent: float, by: str, why: str, config: Config) -> None:
     """Send PERCENT of TASK's traffic to the evaluated release NAME (or change the share of the
     release in canary). End users stay on one side of the split."""
-    config = _config(config_path, task)
     serving = _run(config, lambda store: store.start_canary(task, name, percent, by, why))
     click.echo(f"{task}: {name} takes {serving.canary_percent:g}% of traffic; {serving.active} the rest")
 
 
 @release.command()
-@click.argument("task")
+@task_argument()
 @click.argument("name")
 @click.option(
     "--force",
     is_flag=True,
     help="Promote a release that has not passed its gates (recorded in the audit trail).",
 )
-@by_option
+@who_option
 @why_option
 @config_option(CONFIG_HELP)
-def promote(task: str, name: str, force: bool, by: str, why: str, config_path: str | None) -> None:
+def promote(task: str, name: str, force: bool, by: str, why: str, config: Config) -> None:
     """Make NAME TASK's active release for all traffic; the one it replaces is retired and kept
     for a rollback. NAME must be evaluated or in canary, unless it is the task's first release
     (bootstrap) or --force is given."""
-    config = _config(config_path, task)
     serving = _run(config, lambda store: store.promote(task, name, by, why, force=force))
     was = f" (was {serving.previous_active})" if serving.previous_active else ""
     click.echo(f"{task}: {serving.active} is active for all traffic{was}")
 
 
 @release.command()
-@click.argument("task")
+@task_argument()
 @click.option(
     "--to-previous",
     is_flag=True,
     help="Also return all traffic to the previously active release (the default when no canary runs).",
 )
-@by_option
+@who_option
 @why_option
 @config_option(CONFIG_HELP)
-def rollback(task: str, to_previous: bool, by: str, why: str, config_path: str | None) -> None:
+def rollback(task: str, to_previous: bool, by: str, why: str, config: Config) -> None:
     """Drop TASK's canary (its traffic returns to the active release); with no canary, or with
     --to-previous, return all traffic to the previously active release."""
-    config = _config(config_path, task)
     serving = _run(config, lambda store: store.rollback(task, by, why, to_previous=to_previous))
     click.echo(f"{task}: {serving.active} is active for all traffic; no canary")
 
@@ -272,11 +256,5 @@ def _traffic(name: str, serving: ServingRow | None) -> str:
     return "0%"
 
 
-def _config(path: str | None, task: str) -> Config:
-    config = load_config(path)
-    need("task", task, config.tasks)
-    return config
-
-
 def _run(config: Config, action: Callable[[ReleaseStore], Awaitable[T]]) -> T:
-    return run_store(lambda: ReleaseStore(config.releases.store_path), action, ReleaseStoreError)
+    return run_store(lambda: ReleaseStore(config.releases.store_path), action, "the release store")
