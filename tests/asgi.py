@@ -19,6 +19,7 @@ class Response:
     headers: dict[str, str]
     body: bytes
     chunks: list[bytes] = field(default_factory=list)
+    starts: int = 1  # response heads sent: more than one is a broken response
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -72,4 +73,5 @@ async def request(
     start = sent[0]
     chunks = [m.get("body", b"") for m in sent[1:]]
     hdrs = {k.decode(): v.decode() for k, v in start["headers"]}
-    return Response(start["status"], hdrs, b"".join(chunks), chunks)
+    starts = sum(1 for m in sent if m["type"] == "http.response.start")
+    return Response(start["status"], hdrs, b"".join(chunks), chunks, starts)

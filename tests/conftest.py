@@ -30,11 +30,11 @@ async def make_app(tmp_path: Path) -> AsyncIterator[AppFactory]:
         limits = {"keys_path": str(tmp_path / "keys.db"), **raw.get("limits", {})}
         raw = {"store": {"kind": "memory", "flush_interval_ms": 10}, **raw, "limits": limits}
         app = App(validate(raw), providers)
-        await app.gateway.start()
+        await app.runtime.start()
         app.ready = True
         apps.append(app)
         return app
 
     yield factory
     for app in apps:
-        await app.gateway.aclose()
+        await app.runtime.aclose()

@@ -13,7 +13,7 @@ from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.errors import UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
 from turnout.serving.app import App
-from turnout.serving.gateway import pseudonym
+from turnout.serving.runtime import pseudonym
 
 KEY = "sk-acme-0123456789"
 OTHER_KEY = "sk-other-0123456789"
@@ -59,12 +59,12 @@ async def chat(app: App, body: dict[str, Any] | None = None, headers: dict[str, 
 
 
 async def rows(app: App) -> list[Any]:
-    assert app.gateway.ledger is not None and app.gateway.store is not None
+    assert app.runtime.ledger is not None and app.runtime.store is not None
     for _ in range(500):  # the writer flushes every 10 ms in tests
         await asyncio.sleep(0.005)
-        if app.gateway.ledger.queued == 0:
+        if app.runtime.ledger.queued == 0:
             break
-    return await app.gateway.store.recent(1000)
+    return await app.runtime.store.recent(1000)
 
 
 async def test_completion_names_the_task_and_carries_turnout_headers(make_app: AppFactory) -> None:
@@ -103,7 +103,7 @@ async def test_body_reaches_the_target_without_turnout_metadata(make_app: AppFac
     assert sent["response_format"] == {"type": "json_object"}
     [row] = await rows(app)
     assert row.data_class == "public"
-    assert row.user == pseudonym(app.gateway.secret, "u1")  # the end user, not their id
+    assert row.user == pseudonym(app.runtime.secret, "u1")  # the end user, not their id
 
 
 @pytest.mark.parametrize(
@@ -249,7 +249,7 @@ async def test_breaker_opens_then_recovers_through_half_open(make_app: AppFactor
     primary = ScriptedProvider("primary", Step(UpstreamStatusError(503, "down")))
     fakes = {"primary": primary, "secondary": ScriptedProvider("secondary"), "onprem": ScriptedProvider("onprem")}
     app = await make_app(raw, dict(fakes))
-    breaker = app.gateway.targets["primary"].breaker
+    breaker = app.runtime.targets["primary"].breaker
     for _ in range(2):
         assert (await chat(app)).headers["x-turnout-target"] == "secondary"
     assert breaker.state == "open"
@@ -376,7 +376,9 @@ async def test_a_bug_answers_500_in_openai_shape_and_logs_no_content(
     secret = "SENTINEL-bug-path-31337"
     resp = await chat(app, {"messages": [{"role": "user", "content": secret}]})
     assert resp.status == 500
-    assert resp.json()["error"] == {"message": "internal error", "type": "api_error", "param": None, "code": None}
+    request_id = resp.headers["x-turnout-request-id"]
+    message = f"internal error (request {request_id})"
+    assert resp.json()["error"] == {"message": message, "type": "api_error", "param": None, "code": None}
     assert "KeyError" in caplog.text and secret not in caplog.text
     [row] = await rows(app)
     assert row.status == 500 and row.error_class == "internal"

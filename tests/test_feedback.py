@@ -35,12 +35,12 @@ async def feedback(app: App, body: Any, headers: dict[str, str] | None = None) -
 
 
 async def stored(app: App, request_id: str) -> LedgerRow:
-    assert app.gateway.ledger is not None and app.gateway.store is not None
+    assert app.runtime.ledger is not None and app.runtime.store is not None
     for _ in range(500):
-        if app.gateway.ledger.queued == 0:
+        if app.runtime.ledger.queued == 0:
             break
         await asyncio.sleep(0.005)
-    row = await app.gateway.store.get(request_id)
+    row = await app.runtime.store.get(request_id)
     assert row is not None
     return row
 

@@ -20,15 +20,16 @@ from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.config import BreakerConfig, validate
+from turnout.control.quota.base import LimiterStats
 from turnout.errors import UpstreamConnectError
 from turnout.ledger.memory import MemoryStore
 from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.ledger.writer import LedgerWriter
 from turnout.observe.metrics import DURATION_BUCKETS, Metrics
+from turnout.providers.base import Load, ReplicaLoad
 from turnout.providers.registry import create
-from turnout.routing.attempts import Target
-from turnout.routing.breaker import Breaker
-from turnout.serving.gateway import Gateway
+from turnout.routing.breaker import Breaker, State
+from turnout.serving.runtime import Runtime
 
 KEY = "sk-acme-0123456789"
 EMAIL = "jane.doe+sentinel@example.com"
@@ -51,12 +52,17 @@ def raw_config() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     raw = {**raw_config(), "limits": {"keys_path": str(tmp_path / "keys.db")}}
-    gw = Gateway(validate(raw), {"primary": ScriptedProvider("primary"), "secondary": ScriptedProvider("secondary")})
-    await gw.start()
-    yield gw
-    await gw.aclose()
+    rt = Runtime(validate(raw), {"primary": ScriptedProvider("primary"), "secondary": ScriptedProvider("secondary")})
+    await rt.start()
+    yield rt
+    await rt.aclose()
+
+
+def metrics_of(runtime: Runtime, **kw: Any) -> Metrics:
+    """Metrics of their own (a fresh registry) over the runtime's live state."""
+    return Metrics(runtime.config, runtime.live, **kw)
 
 
 def row(**kw: Any) -> LedgerRow:
@@ -93,8 +99,8 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
     return found[0] if found else 0.0
 
 
-async def test_phase_histograms_count_each_phase_present_in_the_row(gateway: Gateway) -> None:
-    metrics = Metrics(gateway)
+async def test_phase_histograms_count_each_phase_present_in_the_row(runtime: Runtime) -> None:
+    metrics = metrics_of(runtime)
     metrics.observe(row())
     metrics.observe(row(stream=True, ttft_ms=150.0, generation_ms=900.0, latency_ms=1100.0))
     metrics.observe(row(queue_ms=30.0))
@@ -124,8 +130,8 @@ async def test_phase_histograms_count_each_phase_present_in_the_row(gateway: Gat
     assert value(fb, "turnout_fallback_duration_seconds_sum", target="secondary") == pytest.approx(0.006)
 
 
-async def test_counters_for_requests_tokens_cost_attempts_fallbacks_and_errors(gateway: Gateway) -> None:
-    metrics = Metrics(gateway)
+async def test_counters_for_requests_tokens_cost_attempts_fallbacks_and_errors(runtime: Runtime) -> None:
+    metrics = metrics_of(runtime)
     metrics.observe(row())
     metrics.observe(row(stream=True))
     fallback = [AttemptRecord("primary", "", "timeout_ttft", 30.0), AttemptRecord("secondary", "r1", None, 300.0, 31.0)]
@@ -165,11 +171,11 @@ async def test_counters_for_requests_tokens_cost_attempts_fallbacks_and_errors(g
     assert value(m["turnout_errors"], "turnout_errors_total", task="chat", error_class="all_targets_failed") == 1
 
 
-async def test_breaker_gauge_follows_the_breaker(gateway: Gateway) -> None:
+async def test_breaker_gauge_follows_the_breaker(runtime: Runtime) -> None:
     now = [0.0]
     breaker = Breaker(BreakerConfig(failures=2, cooldown_s=10.0), clock=lambda: now[0])
-    gateway.targets["primary"].breaker = breaker
-    metrics = Metrics(gateway)
+    runtime.targets["primary"].breaker = breaker
+    metrics = metrics_of(runtime)
 
     def state() -> float:
         return value(scrape(metrics)["turnout_breaker_state"], "turnout_breaker_state", target="primary")
@@ -186,73 +192,69 @@ async def test_breaker_gauge_follows_the_breaker(gateway: Gateway) -> None:
     assert value(scrape(metrics)["turnout_breaker_state"], "turnout_breaker_state", target="secondary") == 0
 
 
-async def test_ledger_queue_depth_and_drops_are_read_at_scrape(gateway: Gateway) -> None:
-    metrics = Metrics(gateway)
-    assert gateway.ledger is not None
-    await gateway.ledger.aclose()
+async def test_ledger_queue_depth_and_drops_are_read_at_scrape(runtime: Runtime) -> None:
+    metrics = metrics_of(runtime)
+    assert runtime.ledger is not None
+    await runtime.ledger.aclose()
     store = MemoryStore()
     await store.open()
-    gateway.ledger = LedgerWriter(store, batch_size=10, queue_size=3)  # not started: rows stay queued
+    runtime.ledger = LedgerWriter(store, batch_size=10, queue_size=3)  # not started: rows stay queued
     for _ in range(5):
-        gateway.ledger.submit(row())
+        runtime.ledger.submit(row())
     m = scrape(metrics)
     assert value(m["turnout_ledger_queue_depth"], "turnout_ledger_queue_depth") == 3
     assert value(m["turnout_ledger_dropped"], "turnout_ledger_dropped_total") == 2
     assert value(m["turnout_ledger_written"], "turnout_ledger_written_total") == 0
-    await gateway.ledger.aclose()
+    await runtime.ledger.aclose()
     m = scrape(metrics)
     assert value(m["turnout_ledger_queue_depth"], "turnout_ledger_queue_depth") == 0
     assert value(m["turnout_ledger_written"], "turnout_ledger_written_total") == 3
 
 
-async def test_replica_load_local_pool_and_quota_errors(gateway: Gateway) -> None:
-    config = gateway.config
-    real = create("secondary", config.targets["secondary"])  # an OpenAI-compatible provider, two replicas
-    primary, old, limiter = gateway.targets["primary"].provider, gateway.targets["secondary"], gateway.quota.limiter
+async def test_target_load_and_quota_errors_come_from_the_snapshot(runtime: Runtime) -> None:
+    """What the providers' ``load()`` and the limiter's ``stats()`` say, read at scrape."""
+    replicas = (ReplicaLoad("r0", 2, State.CLOSED), ReplicaLoad("r1", 1, State.OPEN))
+    cast(Any, runtime.targets["secondary"].provider).load = lambda: Load(in_flight=3, replicas=replicas)
+    cast(Any, runtime.targets["primary"].provider).load = lambda: Load(in_flight=1, queued=4)
+    runtime.quota.limiter = cast(Any, _FakeLimiter(backend_errors=3))
     try:
-        replicas = cast(Any, real).replicas
-        replicas[0].in_flight, replicas[1].in_flight = 2, 1
-        for _ in range(10):
-            replicas[1].breaker.failure()
-        gateway.targets["secondary"] = Target("secondary", real, old.breaker, old.retry, old.timeouts)
-        gateway.targets["primary"].provider = cast(Any, _FakeLocal(running=1, waiting=4))
-        cast(Any, gateway.quota).limiter = _FakeLimiter(backend_errors=3)
-        m = scrape(Metrics(gateway))
+        m = scrape(metrics_of(runtime))
     finally:
-        gateway.targets["primary"].provider, gateway.quota.limiter = primary, limiter
-        gateway.targets["secondary"] = old
-        await real.aclose()
+        runtime.quota.limiter = None
     assert value(m["turnout_target_in_flight"], "turnout_target_in_flight", target="secondary") == 3
     assert value(m["turnout_target_in_flight"], "turnout_target_in_flight", target="primary") == 1
     assert value(m["turnout_target_waiting"], "turnout_target_waiting", target="primary") == 4
+    assert [s for s in m["turnout_target_waiting"] if s.labels["target"] == "secondary"] == []  # unknown: absent
     replica = m["turnout_replica_breaker_state"]
     assert value(replica, "turnout_replica_breaker_state", target="secondary", replica="r0") == 0
     assert value(replica, "turnout_replica_breaker_state", target="secondary", replica="r1") == 2
     assert value(m["turnout_quota_backend_errors"], "turnout_quota_backend_errors_total") == 3
 
 
-class _FakePool:
-    def __init__(self, running: int, waiting: int) -> None:
-        self.running, self.waiting = running, waiting
-
-    def counts(self) -> tuple[int, int]:
-        return self.running, self.waiting
-
-
-class _FakeLocal:
-    """The shape of ``LocalProvider`` that metrics read: a worker pool with ``counts()``."""
-
-    def __init__(self, running: int, waiting: int) -> None:
-        self._pool = _FakePool(running, waiting)
+async def test_a_real_openai_provider_reports_each_replica(runtime: Runtime) -> None:
+    real = create("secondary", runtime.config.targets["secondary"])  # an OpenAI-compatible provider, two replicas
+    old = runtime.targets["secondary"].provider
+    runtime.targets["secondary"].provider = real
+    try:
+        m = scrape(metrics_of(runtime))
+    finally:
+        runtime.targets["secondary"].provider = old
+        await real.aclose()
+    assert value(m["turnout_target_in_flight"], "turnout_target_in_flight", target="secondary") == 0
+    replica = m["turnout_replica_breaker_state"]
+    assert {s.labels["replica"] for s in replica if s.labels["target"] == "secondary"} == {"r0", "r1"}
 
 
 class _FakeLimiter:
     def __init__(self, backend_errors: int) -> None:
         self.backend_errors = backend_errors
 
+    def stats(self) -> LimiterStats:
+        return LimiterStats(self.backend_errors)
 
-async def test_labels_are_bounded_whatever_the_rows_carry(gateway: Gateway) -> None:
-    metrics = Metrics(gateway)
+
+async def test_labels_are_bounded_whatever_the_rows_carry(runtime: Runtime) -> None:
+    metrics = metrics_of(runtime)
     for i in range(200):
         metrics.observe(
             row(
@@ -285,15 +287,8 @@ async def test_requests_through_the_gateway_are_counted_and_carry_no_user(
 ) -> None:
     primary = ScriptedProvider("primary", Step(), Step(error=UpstreamConnectError("down")))
     app = await make_app(raw_config(), {"primary": primary, "secondary": ScriptedProvider("secondary")})
-    gw = app.gateway
-    metrics = Metrics(gw)
-    account = gw._account
-
-    def observed(row: LedgerRow, t0: float) -> None:
-        account(row, t0)
-        metrics.observe(row)
-
-    monkeypatch.setattr(gw, "_account", observed)
+    metrics = app.runtime.metrics
+    assert metrics is not None
     headers = {"authorization": f"Bearer {KEY}", "x-turnout-user": EMAIL}
     body: dict[str, Any] = {"model": "chat", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]}
     assert (await request(app, "POST", "/v1/chat/completions", body, headers)).status == 200
@@ -316,22 +311,23 @@ async def test_requests_through_the_gateway_are_counted_and_carry_no_user(
     assert value(errors, "turnout_errors_total", task="other", error_class="model_not_found") == 1
 
 
-async def test_multiprocess_needs_the_variable_before_prometheus_client_loads(gateway: Gateway, tmp_path: Path) -> None:
+async def test_multiprocess_needs_the_variable_before_prometheus_client_loads(runtime: Runtime, tmp_path: Path) -> None:
     # This test process imported prometheus_client without PROMETHEUS_MULTIPROC_DIR.
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
-        Metrics(gateway, multiprocess_dir=str(tmp_path))
+        metrics_of(runtime, multiprocess_dir=str(tmp_path))
 
 
 WORKER = textwrap.dedent(
     """
     import json, sys
     from turnout.config import validate
-    from turnout.serving.gateway import Gateway
+    from turnout.serving.runtime import Runtime
     from turnout.ledger.record import AttemptRecord, LedgerRow
     from turnout.observe.metrics import Metrics
 
     raw, n, target = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    metrics = Metrics(Gateway(validate(raw)))
+    runtime = Runtime(validate(raw))  # not started: no targets yet
+    metrics = Metrics(runtime.config, runtime.live)
     for _ in range(n):
         row = LedgerRow("id", 0.0, "acme", "chat", "internal", False, target=target, status=200,
                         attempts=[AttemptRecord(target, "r0", None, 100.0)], latency_ms=120.0,
@@ -373,8 +369,8 @@ def test_multiprocess_mode_merges_every_worker(tmp_path: Path) -> None:
     assert "turnout_breaker_state" in m  # the live gauges of the worker answering the scrape
 
 
-async def test_gateways_do_not_share_a_registry(gateway: Gateway) -> None:
-    one, two = Metrics(gateway), Metrics(gateway)
+async def test_gateways_do_not_share_a_registry(runtime: Runtime) -> None:
+    one, two = metrics_of(runtime), metrics_of(runtime)
     one.observe(row())
     assert value(scrape(one)["turnout_requests"], "turnout_requests_total") == 1
     assert value(scrape(two)["turnout_requests"], "turnout_requests_total") == 0
@@ -405,5 +401,5 @@ async def test_metrics_route_serves_the_gateways_metrics(make_app: AppFactory) -
 
 async def test_metrics_route_is_absent_when_metrics_are_off(make_app: AppFactory) -> None:
     app = await make_app({**raw_config(), "observability": {"metrics": False}})
-    assert app.gateway.metrics is None
+    assert app.runtime.metrics is None
     assert (await request(app, "GET", "/metrics")).status == 404

@@ -169,34 +169,37 @@ def test_a_request_total_is_the_sum_of_its_attempts() -> None:
         AttemptRecord("vllm", "", "breaker_open", 0.0),  # never sent: 0
         AttemptRecord("bedrock", "us-east-1", None, 800.0, 9_000.0),  # 3,000 + 500 tokens: $0.01
     ]
-    total = prices.price_attempts(attempts, Usage(3000, 500), WHEN)
-    assert [a.cost_usd for a in attempts] == pytest.approx([0.02, 0.0, 0.01])
-    assert total == pytest.approx(0.03)
+    priced = prices.price_attempts(attempts, Usage(3000, 500), WHEN)
+    assert [a.cost_usd for a in priced.attempts] == pytest.approx([0.02, 0.0, 0.01])
+    assert priced.total == pytest.approx(0.03)
+    assert [a.cost_usd for a in attempts] == [None, None, None]  # the records given are left as they were
+    assert [a.target for a in priced.attempts] == [a.target for a in attempts]
 
 
 def test_a_stream_is_busy_until_its_end() -> None:
     prices = book([{"effective": "2026-01-01", "targets": {"vllm": FLEET}}])
     attempts = [AttemptRecord("vllm", "r1", None, 200.0)]  # 200 ms to the first chunk
-    assert prices.price_attempts(attempts, Usage(10, 10), WHEN, answer_s=4.5) == pytest.approx(0.01)
+    assert prices.price_attempts(attempts, Usage(10, 10), WHEN, answer_s=4.5).total == pytest.approx(0.01)
 
 
 def test_a_total_with_an_unpriced_attempt_is_unknown() -> None:
     prices = book([{"effective": "2026-01-01", "targets": {"bedrock": MANAGED}}])
     attempts = [AttemptRecord("vllm", "r", "connect", 5.0), AttemptRecord("bedrock", "r", None, 800.0)]
-    assert prices.price_attempts(attempts, Usage(3000, 500), WHEN) is None
-    assert [a.cost_usd for a in attempts] == [None, pytest.approx(0.01)]
+    priced = prices.price_attempts(attempts, Usage(3000, 500), WHEN)
+    assert priced.total is None
+    assert [a.cost_usd for a in priced.attempts] == [None, pytest.approx(0.01)]
 
 
 def test_an_answer_without_usage_is_unknown_unless_priced_by_busy_time() -> None:
     prices = book([{"effective": "2026-01-01", "targets": {"bedrock": MANAGED, "vllm": FLEET}}])
-    assert prices.price_attempts([AttemptRecord("bedrock", "r", None, 800.0)], None, WHEN) is None
-    assert prices.price_attempts([AttemptRecord("vllm", "r", None, 4_500.0)], None, WHEN) == pytest.approx(0.01)
+    assert prices.price_attempts([AttemptRecord("bedrock", "r", None, 800.0)], None, WHEN).total is None
+    assert prices.price_attempts([AttemptRecord("vllm", "r", None, 4_500.0)], None, WHEN).total == pytest.approx(0.01)
 
 
 def test_a_failed_request_is_priced_without_usage() -> None:
     prices = book([{"effective": "2026-01-01", "targets": {"vllm": FLEET}}])
     attempts = [AttemptRecord("vllm", "r", "timeout_total", 4_500.0)]
-    assert prices.price_attempts(attempts, None, WHEN) == pytest.approx(0.01)
+    assert prices.price_attempts(attempts, None, WHEN).total == pytest.approx(0.01)
 
 
 @given(
@@ -213,10 +216,10 @@ def test_the_total_always_equals_the_sum_of_attempt_costs(
 ) -> None:
     prices = PriceBook(_PRICED)
     attempts = [AttemptRecord(t, "r", None if ok else "connect", ms) for t, ok, ms in steps]
-    total = prices.price_attempts(attempts, Usage(prompt, completion), WHEN)
-    assert total is not None
-    assert total == pytest.approx(sum(a.cost_usd or 0.0 for a in attempts))
-    assert all(a.cost_usd is not None and a.cost_usd >= 0 for a in attempts)
+    priced = prices.price_attempts(attempts, Usage(prompt, completion), WHEN)
+    assert priced.total is not None
+    assert priced.total == pytest.approx(sum(a.cost_usd or 0.0 for a in priced.attempts))
+    assert all(a.cost_usd is not None and a.cost_usd >= 0 for a in priced.attempts)
 
 
 _PRICED = validate(config([{"effective": "2026-01-01", "targets": {"vllm": FLEET, "bedrock": MANAGED}}]))
@@ -237,14 +240,24 @@ def test_worst_cases_bound_one_answer() -> None:
     assert prices.worst_case("vllm", 1, 1, WHEN) == pytest.approx(0.2)  # 90 s total timeout × $8/3600
 
 
-def test_the_quota_gate_prices_with_the_book() -> None:
+async def test_the_quota_gate_reserves_the_worst_case_from_the_book_it_is_handed() -> None:
     from turnout.control.quota.gate import QuotaGate
+    from turnout.control.quota.memory import MemoryLimiter
 
-    gate = QuotaGate(_PRICED, None)
-    assert gate.cost("bedrock", Usage(3000, 500), when=WHEN) == pytest.approx(0.010)
-    assert gate.cost("vllm", Usage(1, 1), busy_s=4.5, when=WHEN) == pytest.approx(0.01)
-    attempts = [AttemptRecord("vllm", "r", "connect", 9_000.0), AttemptRecord("bedrock", "r", None, 1.0)]
-    assert gate.attempts_cost(attempts, Usage(3000, 500), WHEN) == pytest.approx(0.03)
+    raw = config([{"effective": "2026-01-01", "targets": {"vllm": FLEET, "bedrock": MANAGED}}])
+    raw["tenants"] = {"acme": {"keys": ["sk-acme-0123456789"], "limits": {"usd_per_day": 5}}}
+    cfg = validate(raw)
+    limiter = MemoryLimiter(60)
+    gate = QuotaGate(cfg, limiter, PriceBook(cfg))
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}
+    task = next(iter(cfg.tasks))
+    allowed, grant = await gate.admit("acme", task, body, ["bedrock"], "req-1")
+    assert allowed == ["bedrock"] and grant is not None
+    assert grant.ask.cost_usd == pytest.approx(
+        PriceBook(cfg).worst_case("bedrock", grant.ask.tokens - 500, 500, grant.ask.now)
+    )
+    await gate.release(grant)
+    await limiter.aclose()
 
 
 # --- idle cost ----------------------------------------------------------------------------------

@@ -1179,7 +1179,7 @@ async def app_with_bedrock(make_app: AppFactory, fake: FakeBedrock) -> tuple[Any
         "tasks": {"chat": {"route": ["bedrock", "backup"]}},
     }
     app = await make_app(raw, {"backup": backup})  # the bedrock target is the real provider
-    assert isinstance(app.gateway.targets["bedrock"].provider, BedrockProvider)
+    assert isinstance(app.runtime.targets["bedrock"].provider, BedrockProvider)
     return app, backup
 
 

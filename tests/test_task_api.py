@@ -58,7 +58,7 @@ CONFIG: dict[str, Any] = {
 async def start(make_app: AppFactory, serving: Serving, *steps: Step) -> tuple[App, ScriptedProvider]:
     primary = ScriptedProvider("primary", *(steps or (Step(text='{"order_id": "A-17"}'),)))
     app = await make_app(CONFIG, {"primary": primary, "secondary": ScriptedProvider("secondary")})
-    app.gateway.releases = StaticRegistry(serving)
+    app.runtime.releases = StaticRegistry(serving)
     return app, primary
 
 
@@ -67,12 +67,12 @@ async def call(app: App, body: dict[str, Any], headers: dict[str, str] | None = 
 
 
 async def ledger(app: App) -> list[Any]:
-    assert app.gateway.ledger is not None and app.gateway.store is not None
+    assert app.runtime.ledger is not None and app.runtime.store is not None
     for _ in range(500):
         await asyncio.sleep(0.005)
-        if app.gateway.ledger.queued == 0:
+        if app.runtime.ledger.queued == 0:
             break
-    return await app.gateway.store.recent(100)
+    return await app.runtime.store.recent(100)
 
 
 async def test_the_release_renders_the_prompt_and_the_output_is_validated(make_app: AppFactory) -> None:
@@ -146,7 +146,7 @@ async def test_chat_completions_on_a_task_with_releases_carry_the_release(make_a
     assert resp.headers["x-turnout-prompt-version"] == "none"  # the caller sent the messages
     assert resp.headers["x-turnout-target"] == "secondary"  # the release's route
     assert not primary.calls
-    secondary = app.gateway.targets["secondary"].provider
+    secondary = app.runtime.targets["secondary"].provider
     assert isinstance(secondary, ScriptedProvider)
     assert secondary.calls[0].body["temperature"] == 0.3
     [row] = await ledger(app)
@@ -169,7 +169,7 @@ async def test_answers_are_sampled_for_review_redacted_and_labelled(make_app: Ap
     }
     primary = ScriptedProvider("primary", Step(text='{"order_id": "A-17"}'))
     app = await make_app(raw, {"primary": primary, "secondary": ScriptedProvider("secondary")})
-    app.gateway.releases = StaticRegistry(Serving(release("v1")))
+    app.runtime.releases = StaticRegistry(Serving(release("v1")))
     resp = await call(app, {"variables": {"text": "order A-17 for jane.doe@example.com"}})
     assert resp.status == 200
     admin = {"authorization": "Bearer adm-review-0123456789"}

@@ -59,12 +59,12 @@ async def admin(app: App, method: str, path: str, body: Any = None, key: str = A
 
 
 async def ledger(app: App) -> list[Any]:
-    assert app.gateway.ledger is not None and app.gateway.store is not None
+    assert app.runtime.ledger is not None and app.runtime.store is not None
     for _ in range(500):
         await asyncio.sleep(0.005)
-        if app.gateway.ledger.queued == 0:
+        if app.runtime.ledger.queued == 0:
             break
-    return await app.gateway.store.recent(1000)
+    return await app.runtime.store.recent(1000)
 
 
 async def test_rpm_limit_refuses_with_429_retry_after_and_the_limit(make_app: AppFactory) -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from turnout.providers.base import Call, Completion, Health, Stream, Usage
+from turnout.providers.base import Call, Completion, Health, Load, Stream, Usage
 
 
 @dataclass
@@ -89,6 +89,9 @@ class ScriptedProvider:
             }
         finally:
             self.closed_streams += 1
+
+    def load(self) -> Load:
+        return Load()
 
     async def health(self) -> Health:
         return Health(self.healthy, "" if self.healthy else "scripted down")

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 
@@ -205,25 +205,35 @@ class PriceBook:
 
     def price_attempts(
         self, attempts: Sequence[AttemptRecord], usage: Usage | None, when: float, *, answer_s: float | None = None
-    ) -> float | None:
-        """Set each attempt's ``cost_usd`` and return the request's total: their sum, or None
-        when any attempt that was sent is unpriced. The answering attempt (the last, when it
+    ) -> Priced:
+        """Every attempt with its ``cost_usd``, and the request's total: their sum, or None when
+        any attempt that was sent is unpriced. The answering attempt (the last, when it
         succeeded) carries ``usage`` and, for a stream, ``answer_s``: the seconds from its start
         to the stream's end; without usage a token-priced answer is unknown (None). Failed
         attempts: see ``attempt_cost``; those never sent (breaker open, skipped) cost 0."""
+        priced: list[AttemptRecord] = []
         total: float | None = 0.0
         last = len(attempts) - 1
         for i, attempt in enumerate(attempts):
-            answered = i == last and attempt.error_class is None
-            if answered:  # its usage missing (a cut stream) leaves a token-priced answer unknown
+            cost: float | None
+            if i == last and attempt.error_class is None:  # its usage missing (a cut stream): unknown
                 busy_s = attempt.latency_ms / 1000 if answer_s is None else answer_s
-                attempt.cost_usd = self.request_cost(attempt.target, usage, busy_s, when)
+                cost = self.request_cost(attempt.target, usage, busy_s, when)
             elif attempt.latency_ms == 0.0:
-                attempt.cost_usd = 0.0
+                cost = 0.0
             else:
-                attempt.cost_usd = self.attempt_cost(attempt.target, None, attempt.latency_ms, when)
-            total = None if total is None or attempt.cost_usd is None else total + attempt.cost_usd
-        return total
+                cost = self.attempt_cost(attempt.target, None, attempt.latency_ms, when)
+            a = attempt
+            priced.append(AttemptRecord(a.target, a.replica, a.error_class, a.latency_ms, a.offset_ms, cost))
+            total = None if total is None or cost is None else total + cost
+        return Priced(priced, total)
+
+
+class Priced(NamedTuple):
+    """A request's attempts, each with its cost, and their total (None: unpriced)."""
+
+    attempts: list[AttemptRecord]
+    total: float | None
 
 
 def _cached(usage: Usage) -> int:

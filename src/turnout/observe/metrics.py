@@ -14,7 +14,7 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
     turnout_fallbacks_total{task}
     turnout_errors_total{task,error_class}
 
-At scrape time, from the gateway's live objects (``_LiveState``)::
+At scrape time, from a ``LiveState`` snapshot the owner's callable returns (``_Live``)::
 
     turnout_breaker_state{target}                  0 closed, 1 half-open, 2 open
     turnout_replica_breaker_state{target,replica}  the same, per replica of an OpenAI-compatible target
@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -58,11 +58,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from turnout.config import Config
+from turnout.control.quota.base import LimiterStats
 from turnout.ledger.record import LedgerRow
+from turnout.providers.base import Load
 from turnout.routing.breaker import State
-
-if TYPE_CHECKING:
-    from turnout.serving.gateway import Gateway
 
 OTHER = "other"  # a value outside the bounded vocabulary
 NONE = "none"  # no value (a request that reached no target, a caller not identified)
@@ -102,6 +102,31 @@ class Vocabulary:
         return OTHER
 
 
+@dataclass(frozen=True, slots=True)
+class TargetState:
+    name: str
+    breaker: State
+    load: Load
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerCounts:
+    queued: int
+    written: int
+    dropped: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """What the scrape reads: targets, the ledger writer (None: no ledger), the limiter's
+    counters (None: no limits)."""
+
+    targets: tuple[TargetState, ...] = ()
+    ledger: LedgerCounts | None = None
+    limiter: LimiterStats | None = None
+
+
 @dataclass(slots=True)
 class _Series:
     """The labelled children one kind of request touches, looked up once and cached."""
@@ -118,10 +143,13 @@ class _Series:
 
 
 class Metrics:
-    def __init__(self, gateway: Gateway, *, multiprocess_dir: str | None = None) -> None:
-        """``multiprocess_dir`` defaults to ``PROMETHEUS_MULTIPROC_DIR``; unset, this process's
+    def __init__(
+        self, config: Config, live: Callable[[], LiveState] = LiveState, *, multiprocess_dir: str | None = None
+    ) -> None:
+        """``live`` returns the state the scrape reads (called once per scrape).
+        ``multiprocess_dir`` defaults to ``PROMETHEUS_MULTIPROC_DIR``; unset, this process's
         own registry is rendered."""
-        cfg = gateway.config
+        cfg = config
         self.multiprocess_dir = multiprocess_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.tasks = Vocabulary(cfg.tasks)
         self.targets = Vocabulary(cfg.targets)
@@ -140,7 +168,7 @@ class Metrics:
             PlatformCollector(registry=own)
             if GC_COLLECTOR is not None:
                 GCCollector(registry=own)
-        self.registry.register(_LiveState(gateway))
+        self.registry.register(_Live(live))
 
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, ("task", "target"), registry=own, buckets=buckets)
@@ -232,15 +260,15 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-class _LiveState:
-    """Gauges read from the gateway's objects when scraped, so the request path never updates
-    them: breakers, in-flight and queued calls per target, the ledger queue, quota errors."""
+class _Live:
+    """Gauges read from a snapshot when scraped, so the request path never updates them:
+    breakers, in-flight and queued calls per target, the ledger queue, quota errors."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, live: Callable[[], LiveState]) -> None:
+        self.live = live
 
     def collect(self) -> Iterator[Metric]:
-        gw = self.gateway
+        state = self.live()
         breaker = GaugeMetricFamily(
             "turnout_breaker_state", "Target breaker: 0 closed, 1 half-open, 2 open.", labels=("target",)
         )
@@ -251,19 +279,17 @@ class _LiveState:
         )
         in_flight = GaugeMetricFamily("turnout_target_in_flight", "Calls running at the target.", labels=("target",))
         waiting = GaugeMetricFamily("turnout_target_waiting", "Calls waiting for a local worker.", labels=("target",))
-        for name, target in gw.targets.items():
-            breaker.add_metric((name,), BREAKER_VALUE[target.breaker.state])
-            load = _load(target.provider)
-            if load is None:
-                continue
-            running, queued, per_replica = load
-            in_flight.add_metric((name,), running)
-            if queued is not None:
-                waiting.add_metric((name,), queued)
-            for label, state in per_replica:
-                replicas.add_metric((name, label), BREAKER_VALUE[state])
+        for target in state.targets:
+            name, load = target.name, target.load
+            breaker.add_metric((name,), BREAKER_VALUE[target.breaker])
+            if load.in_flight is not None:
+                in_flight.add_metric((name,), load.in_flight)
+            if load.queued is not None:
+                waiting.add_metric((name,), load.queued)
+            for replica in load.replicas:
+                replicas.add_metric((name, replica.name), BREAKER_VALUE[replica.breaker])
         yield from (breaker, replicas, in_flight, waiting)
-        ledger = gw.ledger
+        ledger = state.ledger
         if ledger is not None:
             yield GaugeMetricFamily("turnout_ledger_queue_depth", "Ledger rows not yet written.", value=ledger.queued)
             yield CounterMetricFamily("turnout_ledger_written", "Ledger rows written.", value=ledger.written)
@@ -271,26 +297,7 @@ class _LiveState:
                 "turnout_ledger_dropped", "Ledger rows dropped: queue full.", value=ledger.dropped
             )
             yield CounterMetricFamily("turnout_ledger_failed", "Ledger rows whose write failed.", value=ledger.failed)
-        errors = getattr(gw.quota.limiter, "backend_errors", None)
-        if isinstance(errors, int):
+        if state.limiter is not None:
             yield CounterMetricFamily(
-                "turnout_quota_backend_errors", "Quota backend (Redis) unreachable.", value=errors
+                "turnout_quota_backend_errors", "Quota backend (Redis) unreachable.", value=state.limiter.backend_errors
             )
-
-
-def _load(provider: Any) -> tuple[int, int | None, list[tuple[str, State]]] | None:
-    """(running, waiting, replica breaker states) where the provider shows them. The providers
-    expose no common load interface, so this knows their shapes: an OpenAI-compatible
-    provider's replicas, a local provider's worker pool."""
-    replicas = getattr(provider, "replicas", None)
-    if isinstance(replicas, tuple):
-        return (
-            sum(int(r.in_flight) for r in replicas),
-            None,
-            [(str(r.label), r.breaker.state) for r in replicas],
-        )
-    counts = getattr(getattr(provider, "_pool", None), "counts", None)
-    if callable(counts):
-        running, queued = counts()
-        return int(running), int(queued), []
-    return None

@@ -28,13 +28,13 @@ from turnout.control.auth import bearer
 from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError
 from turnout.releases.review import ReviewQueue, Status
 from turnout.serving.asgi import Receive, Send, header, read_body, send_json
-from turnout.serving.gateway import Gateway
+from turnout.serving.runtime import Runtime
 
 
 class Admin:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.key = gateway.config.server.admin_key or os.environ.get("TURNOUT_ADMIN_KEY") or None
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.key = runtime.config.server.admin_key or os.environ.get("TURNOUT_ADMIN_KEY") or None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         await self._authorize(header(scope, b"authorization"))
@@ -70,14 +70,14 @@ class Admin:
         if hmac.compare_digest(presented.encode(), self.key.encode()):
             return
         try:
-            await self.gateway.auth.identify(authorization, time.time())
+            await self.runtime.auth.identify(authorization, time.time())
         except AuthError:
             raise AuthError("invalid admin key") from None
         raise PolicyDenied("a tenant key cannot use the admin API")
 
     def _tenants(self) -> list[dict[str, Any]]:
         out = []
-        for name, t in self.gateway.config.tenants.items():
+        for name, t in self.runtime.config.tenants.items():
             out.append(
                 {
                     "name": name,
@@ -91,20 +91,20 @@ class Admin:
         return out
 
     async def _keys(self, tenant: str | None) -> list[dict[str, Any]]:
-        store = self.gateway.auth.keys
+        store = self.runtime.auth.keys
         if store is None:
             return []
         now = time.time()
         return [{**asdict(k), "live": k.live(now)} for k in await store.list(tenant)]
 
     async def _create_key(self, raw: bytes) -> dict[str, Any]:
-        store = self.gateway.auth.keys
+        store = self.runtime.auth.keys
         try:
             spec = orjson.loads(raw or b"{}")
         except orjson.JSONDecodeError as exc:
             raise RequestError("the body is not valid JSON", code="invalid_json") from exc
         tenant = spec.get("tenant") if isinstance(spec, dict) else None
-        if store is None or tenant not in self.gateway.config.tenants:
+        if store is None or tenant not in self.runtime.config.tenants:
             raise RequestError(f"unknown tenant {tenant!r}", param="tenant")
         ttl = spec.get("expires_in_s")
         if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0):
@@ -114,18 +114,18 @@ class Admin:
         return {**asdict(record), "secret": secret, "note": "the secret is shown once; store it now"}
 
     async def _revoke(self, key_id: str) -> dict[str, Any]:
-        store = self.gateway.auth.keys
+        store = self.runtime.auth.keys
         record = await store.revoke(key_id, time.time()) if store is not None else None
         if record is None:
             raise NotFound(f"no key {key_id!r}")
         return asdict(record)
 
     async def _usage(self, tenant: str | None) -> list[dict[str, Any]]:
-        limiter = self.gateway.quota.limiter
-        if tenant is not None and tenant not in self.gateway.config.tenants:
+        limiter = self.runtime.quota.limiter
+        if tenant is not None and tenant not in self.runtime.config.tenants:
             raise NotFound(f"no tenant {tenant!r}")
         seen: dict[str, Any] = {}
-        for (name, _task), scopes in self.gateway.quota.scopes.items():
+        for (name, _task), scopes in self.runtime.quota.scopes.items():
             if tenant is not None and name != tenant:
                 continue
             for s in scopes:
@@ -138,9 +138,9 @@ class Admin:
         return out
 
     def _review_queue(self) -> ReviewQueue:
-        if self.gateway.reviews is None:
+        if self.runtime.reviews is None:
             raise NotFound("review sampling is off: no task has a review_rate")
-        return self.gateway.reviews
+        return self.runtime.reviews
 
     async def _reviews(self, query: dict[str, str]) -> dict[str, Any]:
         queue = self._review_queue()

@@ -47,6 +47,17 @@ async def read_body(receive: Receive, scope: MutableMapping[str, Any], limit: in
     return b"".join(parts)
 
 
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object", code="invalid_json")
+    return body
+
+
 async def send_json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = orjson.dumps(payload)
     head = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]

@@ -1,27 +1,38 @@
-"""The chat-completions request: parsed once at the edge, checked by hand (it is the hot path:
-a plain function over a dict costs microseconds where a schema library costs tens), with
-OpenAI-style messages that name the offending parameter.
+"""``POST /v1/chat/completions``: the OpenAI door. The request is parsed once at the edge,
+checked by hand (it is the hot path: a plain function over a dict costs microseconds where a
+schema library costs tens), with OpenAI-style messages that name the offending parameter.
 
 Fields turnout does not know are passed through to the target untouched; turnout's own fields
-in ``metadata`` are taken out before the body leaves the gateway.
+in ``metadata`` are taken out before the body leaves the gateway. The caller sends the
+messages; a serving release contributes its targets and parameters (not its prompt).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from turnout.errors import RequestError
+from turnout.providers.base import Stream
+from turnout.releases.base import Release
+from turnout.serving import respond
+from turnout.serving.asgi import Receive, Send, json_object
+from turnout.serving.door import Answered, Reply, check_episode_id
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 TURNOUT_METADATA = ("data_class", "user", "max_latency_ms", "max_cost_usd", "episode_id")
-MAX_EPISODE_ID = 256
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+INTEGERS = (("max_tokens", 1), ("max_completion_tokens", 1), ("n", 1), ("top_logprobs", 0))  # and their least
+NUMBERS = (
+    ("temperature", 0.0, 2.0),
+    ("top_p", 0.0, 1.0),
+    ("presence_penalty", -2.0, 2.0),
+    ("frequency_penalty", -2.0, 2.0),
+)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ChatRequest:
     task: str
     body: dict[str, Any]  # what the target receives (turnout metadata removed)
@@ -32,13 +43,54 @@ class ChatRequest:
     episode_id: str | None = None  # the caller's task (a ticket, a run): feedback may name it
 
 
+class ChatDoor:
+    task_param = "model"
+    needs_release = False
+    release_prompt = False
+
+    def parse(self, raw: bytes, task: str | None) -> ChatRequest:
+        return parse(raw)
+
+    def body(self, request: ChatRequest, release: Release | None) -> dict[str, Any]:
+        # The caller's fields win over the release's parameters; its messages stay.
+        return request.body if release is None else {**release.params, **request.body}
+
+    async def respond(self, reply: Reply[ChatRequest], send: Send, receive: Receive) -> Answered:
+        answer = reply.result.answer
+        if isinstance(answer, Stream):
+            return await self._relay(reply, answer, send, receive)
+        priced = reply.price(answer.usage)
+        headers = reply.headers + respond.cost_header(priced.total)
+        await respond.completion(send, answer.body, reply.request_id, reply.request.task, headers)
+        text = respond.answer_text(answer.body) if reply.collect else None
+        return Answered(200, answer.usage, priced, reply.result.attempts[-1].latency_ms, text=text)
+
+    async def _relay(self, reply: Reply[ChatRequest], answer: Stream, send: Send, receive: Receive) -> Answered:
+        req = reply.request
+        ttft_ms = (time.perf_counter() - reply.t0) * 1000
+        collected: list[str] | None = [] if reply.collect else None
+        outcome = await respond.stream(
+            send, receive, answer, req.task, req.include_usage, reply.request_id, reply.headers, collected
+        )
+        total_s = time.perf_counter() - reply.t0
+        # The answering replica is busy from its attempt's start to the stream's end.
+        priced = reply.price(outcome.usage, total_s - reply.result.attempts[-1].offset_ms / 1000)
+        return Answered(
+            outcome.status,
+            outcome.usage,
+            priced,
+            total_s * 1000 - ttft_ms,
+            ttft_ms,
+            outcome.error_class,
+            None if collected is None else "".join(collected),
+        )
+
+
+CHAT = ChatDoor()
+
+
 def parse(raw: bytes) -> ChatRequest:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object", code="invalid_json")
+    body = json_object(raw)
     return validate(body)
 
 
@@ -47,26 +99,33 @@ def validate(body: dict[str, Any]) -> ChatRequest:
     if not isinstance(task, str) or not task:
         raise _bad("model", "'model' is required and must name a task (a string)")
     _messages(body.get("messages"))
-    stream = _opt(body, "stream", bool, "a boolean") or False
-    options = _opt(body, "stream_options", dict, "an object")
+    # Each optional field is checked only when present (one dict lookup otherwise: the hot
+    # path's body has few), in a fixed order: the first problem found is the one reported.
+    stream = ("stream" in body and _opt(body, "stream", bool, "a boolean")) or False
     include_usage = False
-    if options is not None:
-        if not stream:
-            raise _bad("stream_options", "'stream_options' is only allowed when 'stream' is true")
-        include_usage = _opt(options, "include_usage", bool, "a boolean", "stream_options.include_usage") or False
-    for name in ("max_tokens", "max_completion_tokens", "n", "top_logprobs"):
-        value = _opt(body, name, int, "an integer")
-        if value is not None and value < (0 if name == "top_logprobs" else 1):
-            raise _bad(name, f"'{name}' must be at least {0 if name == 'top_logprobs' else 1}")
-    _opt(body, "seed", int, "an integer")
-    _number(body, "temperature", 0.0, 2.0)
-    _number(body, "top_p", 0.0, 1.0)
-    _number(body, "presence_penalty", -2.0, 2.0)
-    _number(body, "frequency_penalty", -2.0, 2.0)
-    _stop(body.get("stop"))
-    _tools(body.get("tools"))
-    _response_format(body.get("response_format"))
-    data_class, user, episode_id = None, _opt(body, "user", str, "a string"), None
+    if "stream_options" in body:
+        options = _opt(body, "stream_options", dict, "an object")
+        if options is not None:
+            if not stream:
+                raise _bad("stream_options", "'stream_options' is only allowed when 'stream' is true")
+            include_usage = _opt(options, "include_usage", bool, "a boolean", "stream_options.include_usage") or False
+    for name, least in INTEGERS:
+        if name in body:
+            value = _opt(body, name, int, "an integer")
+            if value is not None and value < least:
+                raise _bad(name, f"'{name}' must be at least {least}")
+    if "seed" in body:
+        _opt(body, "seed", int, "an integer")
+    for name, lo, hi in NUMBERS:
+        if name in body:
+            _number(body, name, lo, hi)
+    if "stop" in body:
+        _stop(body["stop"])
+    if "tools" in body:
+        _tools(body["tools"])
+    if "response_format" in body:
+        _response_format(body["response_format"])
+    data_class, user, episode_id = None, _opt(body, "user", str, "a string") if "user" in body else None, None
     meta = body.get("metadata")
     if meta is not None:
         if not isinstance(meta, dict):
@@ -84,15 +143,6 @@ def validate(body: dict[str, Any]) -> ChatRequest:
             else:
                 del body["metadata"]
     return ChatRequest(task, body, stream, include_usage, data_class, user, episode_id)
-
-
-def check_episode_id(value: Any, param: str) -> str | None:
-    """An episode id is the caller's own (a ticket id): a short non-empty string, or absent."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_EPISODE_ID:
-        raise _bad(param, f"'{param}' must be a non-empty string of at most {MAX_EPISODE_ID} characters")
-    return value
 
 
 def _bad(param: str, message: str) -> RequestError:

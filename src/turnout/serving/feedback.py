@@ -36,13 +36,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from turnout.errors import NotFound, RequestError, TurnoutError
 from turnout.ledger.store import LedgerStore
 from turnout.ledger.writer import LedgerWriter
-from turnout.serving.asgi import Receive, Send, header, read_body, send_json
-from turnout.serving.chat import check_episode_id
+from turnout.serving.asgi import Receive, Send, header, json_object, read_body, send_json
+from turnout.serving.door import check_episode_id
+from turnout.serving.runtime import Runtime
 
 OUTCOMES = frozenset({"success", "failure"})
 FIELDS = frozenset({"request_id", "episode_id", "outcome", "human_review", "escalated", "value", "labels"})
@@ -70,13 +69,13 @@ class Feedback:
     labels: tuple[str, ...] | None
 
 
-async def handle(gateway: Any, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-    tenant = await gateway.auth.identify(header(scope, b"authorization"), time.time())
-    feedback = parse(await read_body(receive, scope, gateway.config.server.max_body_bytes))
-    store: LedgerStore | None = gateway.store
+async def handle(runtime: Runtime, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    tenant = await runtime.auth.identify(header(scope, b"authorization"), time.time())
+    feedback = parse(await read_body(receive, scope, runtime.config.server.max_body_bytes))
+    store = runtime.store
     if store is None:
         raise LedgerOff("feedback needs the ledger, and this gateway has none (store.kind: none)")
-    updated = await apply(store, gateway.ledger, feedback, tenant.name, time.time())
+    updated = await apply(store, runtime.ledger, feedback, tenant.name, time.time())
     if updated == 0:
         what = f"request {feedback.request_id!r}" if feedback.request_id else f"episode {feedback.episode_id!r}"
         param = "request_id" if feedback.request_id else "episode_id"
@@ -85,12 +84,7 @@ async def handle(gateway: Any, scope: dict[str, Any], receive: Receive, send: Se
 
 
 def parse(raw: bytes) -> Feedback:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object", code="invalid_json")
+    body = json_object(raw)
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         raise _bad(unknown[0], f"unknown field '{unknown[0]}'; feedback takes {', '.join(sorted(FIELDS))}")

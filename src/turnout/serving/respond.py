@@ -19,7 +19,6 @@ from turnout.providers.base import Stream, Usage
 from turnout.releases.base import Release
 from turnout.routing.attempts import Result
 from turnout.serving.asgi import Receive, Send, send_json
-from turnout.serving.chat import ChatRequest
 
 log = logging.getLogger("turnout")
 
@@ -32,21 +31,45 @@ DONE = b"data: [DONE]\n\n"
 
 
 def turnout_headers(
-    request_id: str, task: str, result: Result, release: Release | None = None, *, prompt: bool = True
+    request_id: str, task: str, result: Result, release: Release | None, model_version: str, *, prompt: bool
 ) -> list[tuple[bytes, bytes]]:
     """``prompt``: whether the release's prompt shaped this answer (the task API) or only its
     targets and parameters did (chat completions, whose caller sends the messages)."""
-    model_version = (release.model_version if release else None) or result.answer.model_version
+    target = result.target.name
+    # By the release's identity: the entry holds the release, so its id is not reused meanwhile.
+    key = (task, target, id(release), model_version, prompt)
+    found = _FIXED.get(key)
+    if found is None or found[0] is not release:
+        if len(_FIXED) >= MAX_FIXED:  # model versions come from upstream answers: keep it bounded
+            _FIXED.clear()
+        found = _FIXED[key] = (release, _fixed_headers(task, target, release, model_version, prompt))
     return [
         (b"x-turnout-request-id", request_id.encode()),
-        (b"x-turnout-task", task.encode()),
-        (b"x-turnout-target", result.target.name.encode()),
-        (b"x-turnout-model-version", model_version.encode("latin-1", "replace")),
-        (b"x-turnout-release", release.name.encode() if release else b"none"),
-        (b"x-turnout-prompt-version", release.prompt_version.encode() if release and prompt else b"none"),
+        *found[1],
         (b"x-turnout-attempts", str(len(result.attempts)).encode()),
         (b"x-turnout-fallback", b"true" if result.fallback else b"false"),
     ]
+
+
+MAX_FIXED = 4096
+_FIXED: dict[tuple[str, str, int, str, bool], tuple[Release | None, tuple[tuple[bytes, bytes], ...]]] = {}
+
+
+def _fixed_headers(
+    task: str, target: str, release: Release | None, model_version: str, prompt: bool
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers that are the same for every answer of one task, target and release."""
+    return (
+        (b"x-turnout-task", task.encode()),
+        (b"x-turnout-target", target.encode()),
+        (b"x-turnout-model-version", model_version.encode("latin-1", "replace")),
+        (b"x-turnout-release", release.name.encode() if release else b"none"),
+        (b"x-turnout-prompt-version", release.prompt_version.encode() if release and prompt else b"none"),
+    )
+
+
+def cost_header(cost_usd: float | None) -> list[tuple[bytes, bytes]]:
+    return [] if cost_usd is None else [(b"x-turnout-cost-usd", f"{cost_usd:.8f}".encode())]
 
 
 async def error(send: Send, err: TurnoutError, request_id: str) -> None:
@@ -85,7 +108,8 @@ async def stream(
     send: Send,
     receive: Receive,
     answer: Stream,
-    req: ChatRequest,
+    task: str,
+    include_usage: bool,
     request_id: str,
     headers: list[tuple[bytes, bytes]],
     collect: list[str] | None = None,
@@ -106,12 +130,12 @@ async def stream(
             usage = chunk.get("usage")
             if usage is not None:
                 out.usage = Usage.from_openai(usage)
-                if not req.include_usage:
+                if not include_usage:
                     if not chunk.get("choices"):
                         continue  # the usage-only chunk the caller did not ask for
                     del chunk["usage"]
             chunk["id"] = chat_id
-            chunk["model"] = req.task
+            chunk["model"] = task
             if collect is not None:
                 for choice in chunk.get("choices") or ():
                     delta = choice.get("delta") or {}

@@ -14,7 +14,7 @@ import uvicorn
 from turnout.config import Config
 from turnout.privacy.redact import RedactingFilter, Redactor
 from turnout.serving.app import App
-from turnout.serving.gateway import redaction_key
+from turnout.serving.runtime import redaction_key
 
 
 def run(config: Config) -> None:

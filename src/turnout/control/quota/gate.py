@@ -6,7 +6,9 @@ them down), so a fallback to a dearer target can never spend past the budget. A 
 ``on_budget_exceeded: cheaper`` keeps, when refused, only the targets whose worst case fits
 what is left, and tries once more.
 
-Costs come from the price book (``turnout.control.pricing``) at the request's start time. The worst
+Worst cases come from the price book (``turnout.control.pricing``, owned by the runtime and
+handed in) at the request's start time; what a request really cost is priced by the caller and
+passed to ``settle``. The worst
 case of one answer is its token bound (``prompt + max_tokens``) for managed targets and for
 self-hosted ones allocated by tokens, and the target's total timeout held on a replica for those
 allocated by busy seconds. Failed self-hosted attempts cost their busy time too, so with retries
@@ -17,25 +19,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from turnout.config import Config
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.base import Ask, Grant, Limiter, QuotaExceeded, Scope
 from turnout.control.quota.plan import max_output_tokens, prompt_tokens, scopes
-from turnout.ledger.record import AttemptRecord
 from turnout.providers.base import Usage
 
 log = logging.getLogger("turnout.quota")
 
 
 class QuotaGate:
-    def __init__(self, config: Config, limiter: Limiter | None) -> None:
+    def __init__(self, config: Config, limiter: Limiter | None, book: PriceBook) -> None:
         self.limiter = limiter
         self.default_max_tokens = config.limits.default_max_tokens
         self.scopes = scopes(config)
-        self.book = PriceBook(config)
+        self.book = book  # for worst cases only
         self.cheaper = {name: t.on_budget_exceeded == "cheaper" for name, t in config.tasks.items()}
 
     def needed(self) -> bool:
@@ -63,18 +63,6 @@ class QuotaGate:
                 raise
             ask.cost_usd = max(worst[name] for name in fits)
             return fits, await self.limiter.acquire(ask)
-
-    def cost(
-        self, target: str, usage: Usage | None, busy_s: float | None = None, when: float | None = None
-    ) -> float | None:
-        """The real cost of an answer, when its price and what the price needs are known."""
-        return self.book.request_cost(target, usage, busy_s, time.time() if when is None else when)
-
-    def attempts_cost(
-        self, attempts: Sequence[AttemptRecord], usage: Usage | None, when: float, answer_s: float | None = None
-    ) -> float | None:
-        """Price every attempt (``cost_usd``) and return the request's total (None: unpriced)."""
-        return self.book.price_attempts(attempts, usage, when, answer_s=answer_s)
 
     async def settle(self, grant: Grant | None, usage: Usage | None, cost: float | None) -> None:
         if grant is None or self.limiter is None:

@@ -1,0 +1,75 @@
+"""The outermost error boundary (starlette's ``ServerErrorMiddleware`` is the model).
+
+Every HTTP request gets its request id here. A ``TurnoutError`` that reaches the boundary
+(a refusal on a route outside the pipeline: an unknown route, a bad admin key) is answered
+with its own status; any other exception is a bug: an OpenAI-shaped 500 that names the
+request id (header and message), logged with the exception's type and place only, never its
+message, which may quote request content. A response already started gets no second head:
+the bug is logged and the response ends there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from turnout.errors import TurnoutError
+from turnout.serving import respond
+from turnout.serving.asgi import Message, Receive, Send
+
+log = logging.getLogger("turnout")
+
+Handler = Callable[[dict[str, Any], Receive, Send, str], Awaitable[None]]
+
+
+class ErrorBoundary:
+    def __init__(self, app: Handler) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        request_id = os.urandom(12).hex()  # as new_request_id(), without the call
+        watched = _Watched(send)
+        try:
+            await self.app(scope, receive, watched, request_id)
+        except Exception as exc:
+            if isinstance(exc, TurnoutError) and not watched.started:
+                await respond.error(send, exc, request_id)
+                return
+            log.error("internal error in request %s: %s", request_id, describe(exc))
+            if not watched.started:
+                await respond.error(send, internal_error(request_id), request_id)
+
+
+class _Watched:
+    """``send``, noting whether the response has started. It hands back the server's own
+    awaitable rather than awaiting it: no extra coroutine per message."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        if not self.started and message["type"] == "http.response.start":
+            self.started = True
+        return self.send(message)
+
+
+def new_request_id() -> str:
+    return os.urandom(12).hex()
+
+
+def internal_error(request_id: str) -> TurnoutError:
+    return TurnoutError(f"internal error (request {request_id})")
+
+
+def describe(exc: BaseException) -> str:
+    """An exception's type and where it was raised, without its message (which may quote
+    request content)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}{where}"

@@ -1,0 +1,133 @@
+"""What one API (a *door*) adds to the shared request pipeline, and the values the stages pass.
+
+A door reads its own body and writes its own answer; everything between is the pipeline's
+(``turnout.serving.pipeline``)::
+
+    door.parse  →  authenticate, task, release, classify, policy, quota, attempt  →  door.respond
+
+Chat completions (``turnout.serving.chat``) and the task API (``turnout.serving.tasks``) are
+doors; so will be embeddings, ``/v1/responses`` or Anthropic messages. A door that answers
+without an attempt (a cache) or refuses before one (safety screening) is a stage the pipeline
+gains once, for every door.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+from turnout.control.auth import Tenant
+from turnout.control.pricing import PriceBook, Priced
+from turnout.errors import RequestError
+from turnout.providers.base import Usage
+from turnout.releases.base import Release
+from turnout.routing.attempts import Result
+from turnout.serving.asgi import Receive, Send
+
+MAX_EPISODE_ID = 256
+
+
+class Inbound(Protocol):
+    """What every door's parsed request tells the pipeline."""
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def stream(self) -> bool: ...
+
+    @property
+    def user(self) -> str | None:
+        """The end user from the body; the ``X-Turnout-User`` header wins over it."""
+        ...
+
+    @property
+    def data_class(self) -> str | None:
+        """From the body; the ``X-Turnout-Data-Class`` header wins over it."""
+        ...
+
+    @property
+    def episode_id(self) -> str | None:
+        """Checked by the door (``check_episode_id``); ``X-Turnout-Episode`` wins over it."""
+        ...
+
+
+R = TypeVar("R", bound=Inbound)
+
+
+class Admission(NamedTuple):
+    """Who asks for which task, as which release, with what data: the request let in."""
+
+    tenant: Tenant
+    task: str
+    release: Release | None
+    data_class: str
+    user: str | None  # the keyed pseudonym, never the caller's value
+    episode_id: str | None
+
+
+class Answered(NamedTuple):
+    """What a door's answer came to, for the ledger, the quota and capture."""
+
+    status: int
+    usage: Usage | None
+    priced: Priced
+    generation_ms: float | None
+    ttft_ms: float | None = None
+    error_class: str | None = None
+    text: str | None = None  # the answer's text, only when the reply asked to collect it
+
+
+class Reply(NamedTuple, Generic[R]):
+    """Everything a door needs to write its answer."""
+
+    request_id: str
+    request: R
+    admission: Admission
+    result: Result
+    headers: list[tuple[bytes, bytes]]  # turnout's headers; the door adds the cost once known
+    collect: bool  # keep the answer's text (capture or review wants it)
+    model_version: str  # the release's, else the answering target's
+    started_at: float  # unix seconds: the prices in effect then apply
+    t0: float  # perf_counter at the request's start
+    prices: PriceBook
+
+    def price(self, usage: Usage | None, answer_s: float | None = None) -> Priced:
+        """Every attempt priced; ``answer_s``: how long a stream held the answering target."""
+        return self.prices.price_attempts(self.result.attempts, usage, self.started_at, answer_s=answer_s)
+
+
+class Door(Protocol[R]):
+    """One API over the pipeline. ``task_param`` names where the caller put the task (blamed
+    when it is unknown); ``needs_release``: refuse a task that has no serving release;
+    ``release_prompt``: the release's prompt shapes the answer (not only its targets and
+    parameters), as its prompt version header and ledger column say."""
+
+    task_param: str
+    needs_release: bool
+    release_prompt: bool
+
+    def parse(self, raw: bytes, task: str | None) -> R:
+        """The request from its body; ``task`` when the path names it."""
+        ...
+
+    def body(self, request: R, release: Release | None) -> dict[str, Any]:
+        """The OpenAI chat body the targets receive."""
+        ...
+
+    async def respond(self, reply: Reply[R], send: Send, receive: Receive) -> Answered:
+        """Write the answer. Raising before the response starts fails the request like any
+        stage (an answer that fails its schema)."""
+        ...
+
+
+def check_episode_id(value: Any, param: str) -> str | None:
+    """An episode id is the caller's own (a ticket id): a short non-empty string, or absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_EPISODE_ID:
+        raise RequestError(
+            f"'{param}' must be a non-empty string of at most {MAX_EPISODE_ID} characters",
+            param=param,
+            code="invalid_value",
+        )
+    return value

@@ -1,0 +1,311 @@
+"""The request path, shared by every door (``turnout.serving.door``), top to bottom::
+
+    authenticate → parse (door) → admit: task, release, classify → body (door) → policy
+    → quota → attempt (retry / fallback) → respond (door) → settle the quota → account
+    → capture, review
+
+Each stage returns a small value (``Tenant``, the door's request, ``Admission``, the body, the
+allowed targets and the quota grant, ``Result``, ``Answered``); the ledger row is built once,
+at the end, from them. A request that fails before its answer gets its error in OpenAI's shape
+and a row all the same. What follows the answer runs in ``finally``: whatever happens, the
+quota grant is settled or released and the request is accounted. A bug (any exception that is
+not a ``TurnoutError``) is re-raised after that, for the error boundary to answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, NamedTuple
+
+import orjson
+
+from turnout.control.auth import Tenant
+from turnout.control.pricing import Priced
+from turnout.control.quota.base import Grant
+from turnout.errors import AllTargetsFailed, TurnoutError, UnknownTask
+from turnout.ledger.record import LedgerRow
+from turnout.privacy.capture.model import Decision
+from turnout.releases.base import Release, choose
+from turnout.releases.review import ReviewError
+from turnout.routing import policy
+from turnout.routing.attempts import Result, execute
+from turnout.serving import respond
+from turnout.serving.asgi import Receive, Send, header, read_body
+from turnout.serving.door import Admission, Answered, Door, Inbound, R, Reply, check_episode_id
+from turnout.serving.runtime import Runtime, pseudonym
+
+log = logging.getLogger("turnout")
+
+
+class Failure(NamedTuple):
+    """A request that ended before its answer: its error, and the attempts it made."""
+
+    status: int
+    error_class: str
+    priced: Priced | None
+
+
+class Keep(NamedTuple):
+    """What may be kept of the answer's text: the capture decision and the review rate."""
+
+    decision: Decision
+    review_rate: float
+
+    @property
+    def collect(self) -> bool:
+        return self.decision.capture or self.review_rate > 0
+
+
+class Pipeline:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.tasks = runtime.config.tasks
+        self.max_body = runtime.config.server.max_body_bytes
+        self._review_rng = random.Random()
+
+    async def run(
+        self,
+        door: Door[R],
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        *,
+        task: str | None = None,
+        release: Release | None = None,
+    ) -> None:
+        """One request through ``door``. ``task``: named by the path (the task API).
+        ``release``: serve as this release, whatever serves now (``turnout eval``; never a
+        client's choice)."""
+        rt = self.rt
+        started_at, t0 = time.time(), time.perf_counter()
+        tenant: Tenant | None = None
+        request: R | None = None
+        admission: Admission | None = None
+        body: dict[str, Any] = {}
+        grant: Grant | None = None
+        result: Result | None = None
+        keep: Keep | None = None
+        answered: Answered | None = None
+        failure: Failure | None = None
+        try:
+            tenant = await rt.auth.identify(header(scope, b"authorization"), started_at)
+            request = door.parse(await read_body(receive, scope, self.max_body), task)
+            admission = self.admit(door, request, tenant, scope, request_id, release)
+            body = door.body(request, admission.release)
+            allowed = self.allowed(admission)
+            allowed, grant = await rt.quota.admit(tenant.name, admission.task, body, allowed, request_id)
+            result = await execute([rt.targets[n] for n in allowed], body, stream=request.stream, request_id=request_id)
+            keep = self.keep(admission)
+            answered = await door.respond(
+                self.reply(door, request_id, request, admission, result, keep, started_at, t0), send, receive
+            )
+        except Exception as exc:
+            failure = self.failure(exc, result, started_at)
+            if not isinstance(exc, TurnoutError):
+                raise  # a bug: the boundary answers and logs it, after the finally below
+            await respond.error(send, exc, request_id)
+        finally:
+            try:
+                if grant is not None:
+                    await self.settle(grant, answered)
+            finally:
+                if answered is not None or failure is not None:
+                    latency_ms = (time.perf_counter() - t0) * 1000
+                    row = ledger_row(
+                        Trail(request_id, started_at, task, tenant, request, admission, result, keep),
+                        answered,
+                        failure,
+                        latency_ms,
+                        door.release_prompt,
+                    )
+                    self.account(row)
+                    if answered is not None and keep is not None:
+                        await self.keep_text(row, keep, body, answered)
+
+    # --- stages ----------------------------------------------------------------------------
+
+    def admit(
+        self, door: Door[R], request: R, tenant: Tenant, scope: dict[str, Any], request_id: str, forced: Release | None
+    ) -> Admission:
+        """task → release (sticky per end user) → classify."""
+        task = request.task
+        if task not in self.tasks or not tenant.may_use(task):
+            raise UnknownTask(f"the task {task!r} does not exist or is not open to you", param=door.task_param)
+        user = _header_str(scope, b"x-turnout-user") or request.user
+        release = forced if forced is not None else self.serving(task, str(user or request_id))
+        if release is None and door.needs_release:
+            raise UnknownTask(f"the task {task!r} has no active release", param=door.task_param, code="no_release")
+        episode_id = check_episode_id(_header_str(scope, b"x-turnout-episode"), "X-Turnout-Episode")
+        data_class = policy.parse_data_class(_header_str(scope, b"x-turnout-data-class") or request.data_class)
+        # End-user ids are often emails: the ledger keeps a keyed pseudonym, stable per key.
+        user_id = pseudonym(self.rt.secret, str(user)) if user else None
+        return Admission(tenant, task, release, data_class, user_id, episode_id or request.episode_id)
+
+    def serving(self, task: str, sticky_key: str) -> Release | None:
+        registry = self.rt.releases
+        serving = registry.serving(task) if registry is not None else None
+        return choose(serving, task, sticky_key) if serving is not None else None
+
+    def allowed(self, admission: Admission) -> list[str]:
+        """The task's route (cut to the release's targets) filtered by the data class."""
+        route = self.tasks[admission.task].route
+        release = admission.release
+        if release is not None:
+            route = [t for t in release.route if t in route]
+        return policy.decide(
+            task=admission.task,
+            route=route,
+            data_class=admission.data_class,
+            tenant_classes=admission.tenant.data_classes,
+            policy=self.rt.policy,
+        )
+
+    def keep(self, admission: Admission) -> Keep | None:
+        """None: text capture is off. Review samples only where capture allows text."""
+        capture = self.rt.capture
+        if capture is None:
+            return None
+        decision = capture.decide(admission.tenant.name, admission.task)
+        rate = 0.0
+        if self.rt.reviews is not None and decision.mode != "metadata":
+            rate = self.tasks[admission.task].review_rate
+        return Keep(decision, rate)
+
+    def reply(
+        self,
+        door: Door[R],
+        request_id: str,
+        request: R,
+        admission: Admission,
+        result: Result,
+        keep: Keep | None,
+        started_at: float,
+        t0: float,
+    ) -> Reply[R]:
+        release = admission.release
+        model_version = (release.model_version if release else None) or result.answer.model_version
+        headers = respond.turnout_headers(
+            request_id, admission.task, result, release, model_version, prompt=door.release_prompt
+        )
+        collect = keep is not None and keep.collect
+        return Reply(
+            request_id, request, admission, result, headers, collect, model_version, started_at, t0, self.rt.prices
+        )
+
+    def failure(self, exc: Exception, result: Result | None, started_at: float) -> Failure:
+        if not isinstance(exc, TurnoutError):
+            return Failure(500, "internal", None)
+        attempts = exc.records if isinstance(exc, AllTargetsFailed) else result.attempts if result else None
+        priced = self.rt.prices.price_attempts(attempts, None, started_at) if attempts else None
+        return Failure(exc.status, exc.code or exc.type, priced)
+
+    # --- after the answer ------------------------------------------------------------------
+
+    async def settle(self, grant: Grant, answered: Answered | None) -> None:
+        if answered is not None and answered.status == 200:
+            await self.rt.quota.settle(grant, answered.usage, answered.priced.total)
+        else:
+            await self.rt.quota.release(grant)
+
+    def account(self, row: LedgerRow) -> None:
+        rt = self.rt
+        if rt.ledger is not None:
+            rt.ledger.submit(row)
+        if rt.metrics is not None:
+            rt.metrics.observe(row)
+        if rt.tracing is not None:
+            rt.tracing.record(row)
+
+    async def keep_text(self, row: LedgerRow, keep: Keep, body: dict[str, Any], answered: Answered) -> None:
+        """Text capture and review sampling, where the capture decision allows text."""
+        capture, text = self.rt.capture, answered.text
+        if capture is None or text is None:
+            return
+        messages = body.get("messages")
+        prompt = orjson.dumps(messages).decode()
+        if keep.decision.capture:
+            capture.submit(row.request_id, row.tenant, row.task, keep.decision, prompt, text)
+        if keep.review_rate > 0 and answered.status == 200:
+            await self.review(row, keep.decision.mode, f"{prompt}\n\n--- answer ---\n{text}", keep.review_rate)
+
+    async def review(self, row: LedgerRow, mode: str, text: str, rate: float) -> None:
+        """A failing queue costs the sample, never the request."""
+        reviews = self.rt.reviews
+        assert reviews is not None
+        try:
+            await reviews.maybe_enqueue(
+                row.task,
+                row.release,
+                row.request_id,
+                text,
+                rate,
+                self._review_rng,
+                mode="full" if mode == "full" else "redacted",
+            )
+        except ReviewError as exc:
+            log.warning("review: request %s not queued: %s", row.request_id, exc.message)
+
+
+class Trail(NamedTuple):
+    """How far a request got: each stage's value, None where it did not get there."""
+
+    request_id: str
+    started_at: float
+    task: str | None  # named by the path
+    tenant: Tenant | None
+    request: Inbound | None
+    admission: Admission | None
+    result: Result | None
+    keep: Keep | None
+
+
+def ledger_row(
+    trail: Trail, answered: Answered | None, failure: Failure | None, latency_ms: float, release_prompt: bool
+) -> LedgerRow:
+    """The request's one row, from the stages it passed (a refusal passes few)."""
+    request_id, started_at, task, tenant, request, admission, result, keep = trail
+    priced: Priced | None
+    if answered is not None:
+        status, error_class, priced, usage = answered.status, answered.error_class, answered.priced, answered.usage
+    else:
+        assert failure is not None
+        status, error_class, priced, usage = failure.status, failure.error_class, failure.priced, None
+    release = admission.release if admission is not None else None
+    answer = result.answer if result is not None else None
+    # Positional, in field order: the request path builds one of these per request.
+    return LedgerRow(
+        request_id,
+        started_at,
+        tenant.name if tenant is not None else "",
+        request.task if request is not None else task or "",
+        admission.data_class if admission is not None else "",
+        request.stream if request is not None else False,
+        admission.user if admission is not None else None,
+        release.name if release is not None else None,
+        release.prompt_version if release is not None and release_prompt else None,
+        result.target.name if result is not None else None,
+        answer.replica if answer is not None else None,
+        ((release.model_version if release else None) or answer.model_version) if answer is not None else None,
+        status,
+        error_class,
+        priced.attempts if priced is not None else [],
+        result.fallback if result is not None else False,
+        usage.prompt_tokens if usage is not None else None,
+        usage.completion_tokens if usage is not None else None,
+        priced.total if priced is not None else None,
+        latency_ms,
+        answer.queue_ms if answer is not None else None,
+        answered.ttft_ms if answered is not None else None,
+        answered.generation_ms if answered is not None else None,
+        result.fallback_ms if result is not None and result.fallback else None,
+        capture_mode=(keep.decision.used if keep is not None else "metadata") if answered is not None else None,
+        episode_id=admission.episode_id if admission is not None else None,
+    )
+
+
+def _header_str(scope: dict[str, Any], name: bytes) -> str | None:
+    value = header(scope, name)
+    return value.decode("latin-1") if value else None

@@ -1,0 +1,191 @@
+"""Everything the gateway holds while it runs, opened in one place and closed in reverse.
+
+``start`` opens what the config asks for, each resource pushed on one ``AsyncExitStack`` as
+soon as it is open: the ledger (store, then its writer), traces, capture, issued keys, the
+limiter, every provider (each warmed up by its health check: a local model loads here), the
+review queue, the release registry and, with a ledger, the canary controller. ``aclose``
+unwinds the stack, so the close order is the reverse of the open order by construction, and a
+start that fails half-way closes what it had opened before it raises.
+
+The request path (``turnout.serving.pipeline``) reads these resources; it owns none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+from turnout.config import Config
+from turnout.control.auth import Authenticator
+from turnout.control.catalog import context_window
+from turnout.control.keys.factory import open_key_store
+from turnout.control.pricing import PriceBook
+from turnout.control.quota.factory import open_limiter
+from turnout.control.quota.gate import QuotaGate
+from turnout.ledger.store import LedgerStore, open_store
+from turnout.ledger.writer import LedgerWriter
+from turnout.observe import open_tracing
+from turnout.observe.metrics import LedgerCounts, LiveState, Metrics, TargetState
+from turnout.privacy.capture import Capture, SecretsOnly, capture_path
+from turnout.privacy.redact import Redactor
+from turnout.providers.base import Provider, Timeouts
+from turnout.providers.registry import create
+from turnout.releases.base import ReleaseRegistry
+from turnout.releases.canary import CanaryController
+from turnout.releases.registry import open_registry
+from turnout.releases.review import ReviewQueue
+from turnout.releases.store import ReleaseStore
+from turnout.routing.attempts import Target
+from turnout.routing.breaker import Breaker
+
+if TYPE_CHECKING:
+    from turnout.observe.tracing import Tracing
+
+log = logging.getLogger("turnout")
+
+
+class Runtime:
+    def __init__(self, config: Config, providers: dict[str, Provider] | None = None) -> None:
+        """``providers`` replaces the provider of the named targets (tests inject fakes here)."""
+        self.config = config
+        self._injected = providers or {}
+        self.secret = redaction_key(config)
+        self.prices = PriceBook(config)
+        self.auth = Authenticator(config)
+        self.quota = QuotaGate(config, None, self.prices)
+        self.policy: dict[str, frozenset[str]] = {cls: frozenset(p.targets) for cls, p in config.policy.items()}
+        self.targets: dict[str, Target] = {}
+        self.metrics: Metrics | None = Metrics(config, self.live) if config.observability.metrics else None
+        self.store: LedgerStore | None = None
+        self.ledger: LedgerWriter | None = None
+        self.tracing: Tracing | None = None
+        self.capture: Capture | None = None
+        self.reviews: ReviewQueue | None = None  # sampled answers awaiting a human label
+        self.releases: ReleaseRegistry | None = None  # what serves each task, read per request
+        self.release_store: ReleaseStore | None = None  # the registry's store: canaries and evals write it
+        self.canary: CanaryController | None = None
+        self._stack: AsyncExitStack | None = None
+
+    async def start(self) -> None:
+        if self._stack is not None:
+            raise RuntimeError("the runtime is already started")
+        stack = AsyncExitStack()
+        try:
+            await self._open(stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+
+    async def aclose(self) -> None:
+        """After the server has stopped taking requests: everything, newest first."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        cfg = self.config
+        if cfg.store.kind != "none":
+            self.store = open_store(cfg.store)
+            await self.store.open()
+            stack.push_async_callback(self.store.aclose)
+            self.ledger = LedgerWriter.from_config(self.store, cfg.store)
+            self.ledger.start()
+            stack.push_async_callback(self.ledger.aclose)  # flushed before its store closes
+        self.tracing = open_tracing(cfg)
+        if self.tracing is not None:  # exports what is queued: blocking network I/O
+            stack.push_async_callback(asyncio.to_thread, self.tracing.shutdown)
+        if capture_wanted(cfg):
+            self.capture = open_capture(cfg, self.secret)
+            await self.capture.start()
+            stack.push_async_callback(self.capture.aclose)
+        if cfg.tenants:  # issued keys live beside the limits (SQLite, or Redis when shared)
+            keys = open_key_store(cfg.limits)
+            await keys.open()
+            stack.push_async_callback(keys.aclose)
+            self.auth = Authenticator(cfg, keys)
+        if self.quota.needed():
+            limiter = open_limiter(cfg.limits)
+            stack.push_async_callback(limiter.aclose)
+            self.quota = QuotaGate(cfg, limiter, self.prices)
+        stack.push_async_callback(self._close_providers)  # before any is built: a failed build closes the rest
+        await self._open_targets()
+        if any(t.review_rate > 0 for t in cfg.tasks.values()) and self.capture is not None:
+            redactor = Redactor(self.secret)  # review text is redacted like captured text
+            reviews = ReviewQueue(cfg.releases.store_path, redactor=redactor, secrets=SecretsOnly(redactor))
+            await reviews.open()
+            stack.push_async_callback(reviews.aclose)
+            self.reviews = reviews
+        if await asyncio.to_thread(os.path.isdir, cfg.releases.path):  # releases/<task>/<release>.yaml
+            registry = await open_registry(cfg)
+            stack.push_async_callback(registry.aclose)
+            self.releases, self.release_store = registry, registry.store
+        if self.release_store is not None and self.store is not None:  # canaries need a ledger
+            self.canary = CanaryController(cfg, self.release_store, self.store)
+            self.canary.start()
+            stack.push_async_callback(self.canary.aclose)  # first to close: it reads the ledger
+
+    async def _open_targets(self) -> None:
+        for name, t in self.config.targets.items():
+            timeouts = Timeouts(t.timeouts.connect, t.timeouts.ttft, t.timeouts.total)
+            provider = self._injected.get(name) or create(name, t)
+            self.targets[name] = Target(name, provider, Breaker(t.breaker), t.retry, timeouts, context_window(t))
+        results = await asyncio.gather(*(t.provider.health() for t in self.targets.values()))
+        for target, health in zip(self.targets.values(), results, strict=True):
+            if not health.ok:
+                log.warning("target %s is not healthy at start-up: %s", target.name, health.detail)
+
+    async def _close_providers(self) -> None:
+        await asyncio.gather(*(t.provider.aclose() for t in self.targets.values()), return_exceptions=True)
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        checks = await asyncio.gather(*(t.provider.health() for t in self.targets.values()))
+        detail = {
+            t.name: {
+                "ok": h.ok,
+                "breaker": t.breaker.state.value,
+                **({"detail": h.detail} if h.detail else {}),
+            }
+            for t, h in zip(self.targets.values(), checks, strict=True)
+        }
+        ok = all(any(detail[n]["ok"] for n in task.route) for task in self.config.tasks.values())
+        return ok, detail
+
+    def live(self) -> LiveState:
+        """What ``/metrics`` reads at scrape time: cheap snapshots, no I/O."""
+        ledger = self.ledger
+        limiter = self.quota.limiter
+        return LiveState(
+            targets=tuple(TargetState(n, t.breaker.state, t.provider.load()) for n, t in self.targets.items()),
+            ledger=None
+            if ledger is None
+            else LedgerCounts(ledger.queued, ledger.written, ledger.dropped, ledger.failed),
+            limiter=None if limiter is None else limiter.stats(),
+        )
+
+
+def capture_wanted(config: Config) -> bool:
+    """Text capture needs its store only when some rule could keep text."""
+    return config.capture.mode != "metadata" or any(r.mode != "metadata" for r in config.capture.rules)
+
+
+def redaction_key(config: Config) -> bytes:
+    """Keys redaction placeholders and user pseudonyms. Set it (``capture.redaction_key`` or
+    TURNOUT_REDACTION_KEY) for pseudonyms that agree across replicas and restarts."""
+    key = config.capture.redaction_key or os.environ.get("TURNOUT_REDACTION_KEY")
+    return key.encode() if key else os.urandom(32)
+
+
+def pseudonym(key: bytes, value: str) -> str:
+    return "u_" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def open_capture(config: Config, key: bytes) -> Capture:
+    redactor = Redactor(key)
+    path = ":memory:" if config.store.kind in ("memory", "none") else capture_path(config.store)
+    return Capture(config.capture, path, redactor, secrets=SecretsOnly(redactor))
