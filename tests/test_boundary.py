@@ -6,6 +6,7 @@ reservation: the work after the answer runs in ``finally``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, NoReturn
 
@@ -169,3 +170,21 @@ async def test_a_client_gone_mid_request_releases_the_slot(make_app: AppFactory)
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await held(app) == {"in_use": 0, "reserved": 0, "spent": 0}
+
+
+def test_request_ids_are_unique_hex_and_differ_after_fork() -> None:
+    from turnout.serving.boundary import new_request_id
+
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child draws from its own, reseeded sequence
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child not in ids and child != new_request_id()
