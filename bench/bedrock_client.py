@@ -61,11 +61,10 @@ Call = Callable[[bool], Awaitable[int]]  # stream? → chunks (or 1) received
 
 
 async def turnout_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    from turnout.providers.bedrock.provider import BedrockProvider
-
     from turnout.config import BedrockTarget
     from turnout.providers.base import Call as TCall
     from turnout.providers.base import Timeouts
+    from turnout.providers.bedrock.provider import BedrockProvider
 
     target = BedrockTarget(provider="bedrock", region=REGION, model=MODEL, endpoint_url=url)
     provider = BedrockProvider("bench", target)
@@ -86,6 +85,7 @@ async def turnout_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
 async def aiobotocore_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
     from aiobotocore.config import AioConfig  # type: ignore[import-not-found, unused-ignore]
     from aiobotocore.session import get_session  # type: ignore[import-not-found, unused-ignore]
+
     from turnout.providers.bedrock.stream import StreamTranslator, from_converse
     from turnout.providers.bedrock.translate import to_converse
 
@@ -126,6 +126,7 @@ async def boto3_stack(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
 
     import boto3
     from botocore.config import Config
+
     from turnout.providers.bedrock.stream import StreamTranslator, from_converse
     from turnout.providers.bedrock.translate import to_converse
 

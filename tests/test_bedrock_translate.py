@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from turnout.errors import RequestError
 from turnout.providers.bedrock.translate import (
     JSON_OBJECT_INSTRUCTION,
     LEADING_USER_TEXT,
@@ -25,8 +27,6 @@ from turnout.providers.bedrock.translate import (
     to_converse,
     usage_of,
 )
-
-from turnout.errors import RequestError
 
 botocore_session = pytest.importorskip("botocore.session")
 botocore_validate = pytest.importorskip("botocore.validate")

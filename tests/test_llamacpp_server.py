@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from turnout.providers.local.provider import BUNDLED_MODEL, LocalProvider
 
 from tests.serving import free_port, wait_http
 from turnout.config import LocalTarget, OpenAITarget
 from turnout.providers.base import Call, Timeouts
+from turnout.providers.local.provider import BUNDLED_MODEL, LocalProvider
 from turnout.providers.openai import OpenAIProvider
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,6 @@ import pytest
 from botocore.credentials import RefreshableCredentials  # type: ignore[import-untyped, unused-ignore]
 from botocore.exceptions import CredentialRetrievalError  # type: ignore[import-untyped, unused-ignore]
 from botocore.session import Session  # type: ignore[import-untyped, unused-ignore]
-from turnout.providers.bedrock.provider import BedrockProvider
 
 from tests.asgi import request
 from tests.conftest import AppFactory
@@ -51,6 +50,7 @@ from turnout.errors import (
 )
 from turnout.providers.base import Call, Completion, Stream, Timeouts, Usage
 from turnout.providers.bedrock import provider as bedrock_module
+from turnout.providers.bedrock.provider import BedrockProvider
 from turnout.providers.registry import create
 from turnout.routing.attempts import Target, execute
 from turnout.routing.breaker import Breaker

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from turnout.providers.local.provider import BUNDLED_MODEL, LocalProvider, assemble, request_params
-from turnout.providers.local.worker import Job
 
 from turnout.config import LocalTarget
 from turnout.errors import (
@@ -34,6 +32,8 @@ from turnout.errors import (
     UpstreamTimeout,
 )
 from turnout.providers.base import Call, Completion, Stream, Timeouts, Usage
+from turnout.providers.local.provider import BUNDLED_MODEL, LocalProvider, assemble, request_params
+from turnout.providers.local.worker import Job
 
 MODEL_VERSION = "SmolLM2-135M-Instruct.Q4_1"
 ROOMY = Timeouts(ttft=30, total=60)

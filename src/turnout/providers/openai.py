@@ -36,7 +36,7 @@ from turnout.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from turnout.providers.base import Call, Completion, Health, Stream, Timeouts, Usage
+from turnout.providers.base import Call, Completion, Health, Load, ReplicaLoad, Stream, Timeouts, Usage
 from turnout.providers.transport import TRANSPORT_ERRORS, describe, translate
 from turnout.routing.backoff import parse_retry_after
 from turnout.routing.breaker import Breaker
@@ -125,6 +125,10 @@ class OpenAIProvider:
         if not failing:
             return Health(True)
         return Health(len(failing) < len(self.replicas), "failing: " + ", ".join(failing))
+
+    def load(self) -> Load:
+        replicas = tuple(ReplicaLoad(r.label, r.in_flight, r.breaker.state) for r in self.replicas)
+        return Load(sum(r.in_flight for r in replicas), None, replicas)
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

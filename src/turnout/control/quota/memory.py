@@ -17,6 +17,7 @@ from turnout.control.quota.base import (
     MICRO_USD,
     Ask,
     Grant,
+    LimiterStats,
     Limits,
     Period,
     QuotaExceeded,
@@ -161,6 +162,9 @@ class MemoryLimiter:
                     spent, reserved = b.spent, b.reserved
                 out[period.limit] = budget_usage(budget_usd, period, spent, reserved, now)
         return out
+
+    def stats(self) -> LimiterStats:
+        return LimiterStats()  # no backend to fail
 
     async def aclose(self) -> None:
         self._buckets.clear()

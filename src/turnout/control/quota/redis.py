@@ -47,6 +47,7 @@ from turnout.control.quota.base import (
     Ask,
     BackendUnavailable,
     Grant,
+    LimiterStats,
     Limits,
     Period,
     QuotaExceeded,
@@ -182,6 +183,9 @@ class RedisLimiter:
     async def flush(self) -> None:
         """Wait until every settle and release made so far has reached Redis (or failed)."""
         await self.batcher.flush()
+
+    def stats(self) -> LimiterStats:
+        return LimiterStats(self.backend_errors)
 
     async def aclose(self) -> None:
         try:

