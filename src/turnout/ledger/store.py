@@ -29,14 +29,14 @@ Nothing here is on the request path: rows reach a store through ``LedgerWriter``
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from turnout._support.backends import Backend, load
 from turnout.config import StoreConfig
-from turnout.errors import ConfigError, TurnoutError
+from turnout.errors import TurnoutError
 from turnout.ledger.record import LedgerRow
 
 
@@ -223,30 +223,18 @@ class LedgerStore(Protocol):
         ...
 
 
-# Backends by import string, loaded only when chosen (uvicorn's habit), so a deployment that
-# uses one backend never imports another's driver.
-BACKENDS: dict[str, str] = {
-    "memory": "turnout.ledger.memory:MemoryStore",
-    "sqlite": "turnout.ledger.sqlite:SQLiteStore",
-    "postgres": "turnout.ledger.postgres:PostgresStore",
+# Backends by import string, loaded only when chosen, so a deployment that uses one backend
+# never imports another's driver.
+BACKENDS: dict[str, Backend] = {
+    "memory": Backend("turnout.ledger.memory:MemoryStore"),
+    "sqlite": Backend("turnout.ledger.sqlite:SQLiteStore"),
+    "postgres": Backend("turnout.ledger.postgres:PostgresStore", ("asyncpg",), "postgres"),
 }
-
-# The extra to install for a backend whose driver is not in the base dependencies.
-_DRIVERS = {"postgres": ("asyncpg", "postgres")}
 
 
 def open_store(cfg: StoreConfig) -> LedgerStore:
     """Build the store ``cfg`` names. It is not yet open: ``await store.open()`` before use."""
-    module_name, _, class_name = BACKENDS[cfg.kind].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        driver, extra = _DRIVERS.get(cfg.kind, ("", ""))
-        if not driver or exc.name is None or exc.name.split(".")[0] != driver:
-            raise
-        raise ConfigError([f"store.kind: {cfg.kind} needs {driver}: pip install 'turnout[{extra}]'"]) from exc
-    backend = getattr(module, class_name)
-    store: LedgerStore = backend.from_config(cfg)
+    store: LedgerStore = load(BACKENDS, cfg.kind, "store.kind").from_config(cfg)
     return store
 
 

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+from turnout._support.backends import Backend, load
 from turnout.config import LimitsConfig
-from turnout.control.keys.base import KeyStore, KeyStoreError
+from turnout.control.keys.base import KeyStore
 
-REDIS_MISSING = "limits.backend is redis but the redis client is not installed: pip install 'turnout[redis]'"
+# By the limits backend: ``memory`` keeps keys in a SQLite file (one replica), ``redis`` in
+# Redis (every replica).
+KEY_STORES: dict[str, Backend] = {
+    "memory": Backend("turnout.control.keys.sqlite:SQLiteKeyStore"),
+    "redis": Backend("turnout.control.keys.redis:RedisKeyStore", ("redis", "hiredis"), "redis"),
+}
 
 
 def open_key_store(cfg: LimitsConfig) -> KeyStore:
-    """The ``memory`` backend keeps keys in a SQLite file at ``keys_path`` (one replica);
-    ``redis`` keeps them in Redis for every replica. Not yet open: ``await store.open()``."""
-    if cfg.backend == "redis":
-        try:
-            # Imported here so a deployment without the redis extra never needs the driver.
-            from turnout.control.keys.redis import RedisKeyStore
-        except ImportError as exc:
-            if exc.name is not None and exc.name.split(".")[0] in ("redis", "hiredis"):
-                raise KeyStoreError(REDIS_MISSING) from exc
-            raise
-        return RedisKeyStore(cfg.redis_url, cfg.key_prefix)
-    from turnout.control.keys.sqlite import SQLiteKeyStore
-
-    return SQLiteKeyStore(cfg.keys_path)
+    """Not yet open: ``await store.open()``."""
+    cls = load(KEY_STORES, cfg.backend, "limits.backend")
+    store: KeyStore = cls(cfg.keys_path) if cfg.backend == "memory" else cls(cfg.redis_url, cfg.key_prefix)
+    return store

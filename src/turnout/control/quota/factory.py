@@ -3,19 +3,20 @@ the ``redis`` package stays an optional extra."""
 
 from __future__ import annotations
 
+from turnout._support.backends import Backend, load
 from turnout.config import LimitsConfig
 from turnout.control.quota.base import Limiter
-from turnout.control.quota.memory import MemoryLimiter
-from turnout.errors import ConfigError
+
+LIMITERS: dict[str, Backend] = {
+    "memory": Backend("turnout.control.quota.memory:MemoryLimiter"),
+    "redis": Backend("turnout.control.quota.redis:RedisLimiter", ("redis", "hiredis"), "redis"),
+}
 
 
 def open_limiter(cfg: LimitsConfig) -> Limiter:
+    cls = load(LIMITERS, cfg.backend, "limits.backend")
     if cfg.backend == "memory":
-        return MemoryLimiter(cfg.max_request_s)
-    try:
-        from turnout.control.quota.redis import RedisLimiter
-    except ImportError as exc:
-        if exc.name is None or exc.name.split(".")[0] != "redis":
-            raise
-        raise ConfigError(["limits.backend: redis needs the redis package: pip install 'turnout[redis]'"]) from exc
-    return RedisLimiter(cfg.redis_url, cfg.key_prefix, cfg.max_request_s, cfg.on_backend_error)
+        limiter: Limiter = cls(cfg.max_request_s)
+    else:
+        limiter = cls(cfg.redis_url, cfg.key_prefix, cfg.max_request_s, cfg.on_backend_error)
+    return limiter
