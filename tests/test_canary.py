@@ -243,11 +243,15 @@ async def test_the_loop_checks_on_its_interval_and_stops(world: World) -> None:
     ctl.start()
     for _ in range(200):
         await asyncio.sleep(0.01)
-        if TASK in ctl.last:
+        if (await world.serving()).canary_percent == 25.0:
             break
     await ctl.aclose()
-    assert ctl.last[TASK].action == "step"
+    # The step was taken once; checks after it (if any) wait for the new step's sample.
+    assert ctl.last[TASK].action in ("step", "wait")
     assert (await world.serving()).canary_percent == 25.0
+    seen = ctl.last[TASK]
+    await asyncio.sleep(0.05)
+    assert ctl.last[TASK] is seen  # stopped: no check after aclose
 
 
 def test_judge_after_a_manual_share_steps_to_the_next_configured_one() -> None:

@@ -85,7 +85,7 @@ async def test_the_poller_sees_changes_within_the_interval(stores: tuple[Release
             await asyncio.sleep(0.01)
     finally:
         await registry.aclose()
-    assert registry._poller is None
+    assert not registry._poller.running
 
 
 async def test_files_serve_get_for_unregistered_releases_and_drift_is_reported(

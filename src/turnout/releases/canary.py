@@ -38,7 +38,6 @@ person moved meanwhile is left alone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -49,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from turnout._support.failures import describe
+from turnout._support.periodic import Periodic
 from turnout.config import CanaryConfig, Config
 from turnout.errors import TurnoutError
 from turnout.ledger.store import LedgerStore, ReleaseStats
@@ -125,8 +126,8 @@ class CanaryController:
         self.claims = claims or StepClaims(config.releases.store_path, clock=clock)
         self.replica = replica or f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
         self.last: dict[str, Verdict] = {}  # the latest verdict per task, for the admin API
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self._loop: Periodic | None = None
+        self._due_at: dict[str, float] = {}  # the next check of each task
 
     # --- one check -------------------------------------------------------------------------
 
@@ -179,34 +180,28 @@ class CanaryController:
     # --- the loop --------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._stop.clear()
-            self._task = asyncio.create_task(self.run(), name="turnout-canary")
+        if self._loop is None:
+            self._loop = Periodic("turnout-canary", self.check_due, 1.0, first="now", logger=log)
+            self._loop.start()
 
     async def aclose(self) -> None:
         """Stop the loop; a check in flight finishes first (its transition is one statement)."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stop.set()
-        await task
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            await loop.aclose()
 
-    async def run(self) -> None:
-        """Check every configured task when its interval is due, until ``aclose``."""
-        due: dict[str, float] = {}
-        while not self._stop.is_set():
-            now = self.clock()
-            for task in self.config.tasks:
-                if due.get(task, now) > now:
-                    continue
-                due[task] = now + self._canary_config(task).interval_s
-                try:
-                    await self.check(task)
-                except Exception:  # a background loop outlives one bad check; the next interval retries
-                    log.exception("canary check of task %s failed", task)
-            wait = max(0.0, min(due.values(), default=now + 1.0) - self.clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=wait)
+    async def check_due(self) -> float:
+        """Check every configured task whose interval is due; the seconds until the next one."""
+        now = self.clock()
+        for task in self.config.tasks:
+            if self._due_at.get(task, now) > now:
+                continue
+            self._due_at[task] = now + self._canary_config(task).interval_s
+            try:
+                await self.check(task)
+            except Exception as exc:  # one bad task must not hold up the others; its next interval retries
+                log.error("canary check of task %s failed: %s", task, describe(exc))
+        return max(0.0, min(self._due_at.values(), default=now + 1.0) - self.clock())
 
 
 def judge(

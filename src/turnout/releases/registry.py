@@ -16,9 +16,9 @@ until it is registered under a new name.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from turnout._support.periodic import Periodic
 from turnout.config import Config
 from turnout.releases.base import Release, Serving
 from turnout.releases.files import load_all
@@ -48,20 +48,16 @@ class StoreRegistry:
         self._snapshot = Snapshot(serving={}, releases={})
         self._version = -1
         self._lock = asyncio.Lock()
-        self._poller: asyncio.Task[None] | None = None
+        self._poller = Periodic("turnout-releases-poll", self._refresh, interval, logger=log)
 
     async def start(self) -> None:
         await self.refresh(force=True)
         for problem in self.drift():
             log.warning("releases: %s", problem)
-        self._poller = asyncio.create_task(self._poll(), name="turnout-releases-poll")
+        self._poller.start()
 
     async def aclose(self) -> None:
-        poller, self._poller = self._poller, None
-        if poller is not None:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+        await self._poller.aclose()
         if self._owns_store:
             await self.store.aclose()
 
@@ -105,13 +101,9 @@ class StoreRegistry:
             self._version = version
             return True
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.refresh()
-            except Exception:  # a transient SQLite failure must not end the poller: serve the last state
-                log.exception("releases: refreshing from %s failed; serving the last known state", self.store.path)
+    async def _refresh(self) -> None:
+        """One poll; a failure (a transient SQLite error) keeps serving the last known state."""
+        await self.refresh()
 
 
 async def open_registry(config: Config, *, interval: float = POLL_INTERVAL_S) -> StoreRegistry:

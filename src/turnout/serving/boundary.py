@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import random
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from turnout._support.failures import describe
 from turnout.errors import TurnoutError
 from turnout.serving import respond
 from turnout.serving.asgi import Message, Receive, Send
@@ -74,11 +74,3 @@ def new_request_id() -> str:
 
 def internal_error(request_id: str) -> TurnoutError:
     return TurnoutError(f"internal error (request {request_id})")
-
-
-def describe(exc: BaseException) -> str:
-    """An exception's type and where it was raised, without its message (which may quote
-    request content)."""
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-    return f"{type(exc).__name__}{where}"

@@ -18,12 +18,12 @@ nothing; `turnout capture grant` refuses to create one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable
 
+from turnout._support.periodic import Periodic
 from turnout.config import CaptureConfig
 from turnout.privacy.capture.model import METADATA, Decision, Grant, Mode
 from turnout.privacy.capture.store import CaptureStore
@@ -76,8 +76,7 @@ class CapturePolicy:
         self._clock = clock
         self._grants: dict[tuple[str, str], tuple[Grant, ...]] = {}
         self._version: tuple[int, int] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self._loop: Periodic | None = None
 
     @classmethod
     def rules_only(cls, config: CaptureConfig, rng: random.Random | None = None) -> CapturePolicy:
@@ -119,18 +118,18 @@ class CapturePolicy:
 
     async def start(self) -> None:
         """Load the grants, then keep them fresh in a background task until ``aclose``."""
-        if self._task is not None:
+        if self._loop is not None:
             raise RuntimeError("the capture policy was already started")
         if self.store is None:
             return
         await self.refresh()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="turnout-capture-grants")
+        self._loop = Periodic("turnout-capture-grants", self.tick, self.refresh_interval_s, logger=log)
+        self._loop.start()
 
     async def aclose(self) -> None:
-        self._stop.set()
-        task, self._task = self._task, None
-        if task is not None:
-            await task
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            await loop.aclose()
 
     async def tick(self) -> None:
         """One round of the background task: record grants that ended, reload on change."""
@@ -143,24 +142,6 @@ class CapturePolicy:
                 log.info("capture: grant %s (%s/%s) expired", grant.id, grant.tenant, grant.task)
         if store.version() != self._version:
             await self.refresh()
-
-    async def _run(self) -> None:
-        failing = False
-        while not self._stop.is_set():
-            try:
-                async with asyncio.timeout(self.refresh_interval_s):
-                    await self._stop.wait()
-                return
-            except TimeoutError:
-                pass
-            try:
-                await self.tick()
-            except Exception as exc:  # a broken file must not end the task; grants stay as cached
-                if not failing:
-                    log.error("capture: refreshing grants failed: %s: %s", type(exc).__name__, exc)
-                failing = True
-            else:
-                failing = False
 
 
 def _by_pair(grants: Iterable[Grant]) -> dict[tuple[str, str], tuple[Grant, ...]]:

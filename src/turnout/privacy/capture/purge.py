@@ -8,12 +8,12 @@ event carrying the count, so the trail shows the job ran even when there was not
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from turnout._support.periodic import Periodic
 from turnout.config import CaptureConfig
 from turnout.privacy.capture.model import SYSTEM_ACTOR, Grant
 from turnout.privacy.capture.store import CaptureStore
@@ -35,8 +35,7 @@ class Purger:
         self.interval_s = interval_s
         self.runs = 0
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self._loop: Periodic | None = None
 
     @classmethod
     def from_config(cls, store: CaptureStore, cfg: CaptureConfig) -> Purger:
@@ -50,25 +49,16 @@ class Purger:
         return PurgeResult(deleted, tuple(expired))
 
     def start(self) -> None:
-        if self._task is not None:
+        if self._loop is not None:
             raise RuntimeError("the capture purger was already started")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="turnout-capture-purge")
+        self._loop = Periodic("turnout-capture-purge", self._purge, self.interval_s, first="now", logger=log)
+        self._loop.start()
 
     async def aclose(self) -> None:
         """Stop; a run in progress finishes first (it is one transaction)."""
-        self._stop.set()
-        task, self._task = self._task, None
-        if task is not None:
-            await task
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            await loop.aclose()
 
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.run_once()
-            except Exception as exc:  # a failed run is retried at the next interval
-                log.error("capture: purge failed: %s: %s", type(exc).__name__, exc)
-            try:
-                async with asyncio.timeout(self.interval_s):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass
+    async def _purge(self) -> None:
+        await self.run_once()
