@@ -61,8 +61,8 @@ def accepted_matches(writer: LedgerWriter, accepted: int) -> bool:
 
 
 async def test_submit_is_synchronous_and_leaves_the_store_alone(store: SpyStore) -> None:
-    assert not inspect.iscoroutinefunction(LedgerWriter.submit)
     writer = LedgerWriter(store, batch_size=2, flush_interval_s=LONG)
+    assert not inspect.iscoroutinefunction(writer.submit)
     writer.start()
     assert writer.submit(make_row(1)) is True
     assert writer.submit(make_row(2)) is True  # a full batch, but nothing is written inline

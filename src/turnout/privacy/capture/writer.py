@@ -1,10 +1,11 @@
 """Captured text leaves the request path through a bounded in-memory queue, as ledger rows do.
 
-``submit`` is synchronous: it appends to the queue and returns, never awaiting, never touching
-disk and never redacting (redaction is CPU work the request should not wait for). A background
-task takes everything queued, every ``flush_interval_s`` or as soon as ``batch_size`` records
-wait, redacts it off the loop (a worker thread) and writes it to the store in one transaction
-with a ``used`` audit event per record kept under a grant.
+``submit`` is synchronous: it appends to the queue (``turnout._support.batching.BatchQueue``)
+and returns, never awaiting, never touching disk and never redacting (redaction is CPU work the
+request should not wait for). The queue's task takes batches, every ``flush_interval_s`` or as
+soon as ``batch_size`` records wait; the writer redacts them off the loop (a worker thread) and
+writes them to the store in one transaction with a ``used`` audit event per record kept under
+a grant.
 
 Before anything is written, every text goes through a redactor:
 
@@ -29,11 +30,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from turnout._support.batching import BatchQueue
 from turnout.config import CaptureConfig
 from turnout.privacy.capture.model import CaptureRow, Decision, TextRedactor
 from turnout.privacy.capture.store import CaptureStore
@@ -74,30 +75,27 @@ class CaptureWriter:
         log_interval_s: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if min(batch_size, queue_size, queue_chars) <= 0 or flush_interval_s <= 0 or ttl_days <= 0:
-            raise ValueError("batch_size, queue_size, queue_chars, flush_interval_s and ttl_days must be positive")
+        if ttl_days <= 0:
+            raise ValueError("ttl_days must be positive")
         self.store = store
         self.redactor = redactor
         self.secrets = secrets
         self.ttl_s = ttl_days * DAY_S
-        self.batch_size = batch_size
-        self.flush_interval_s = flush_interval_s
-        self.queue_size = queue_size
         self.queue_chars = queue_chars
-        self.log_interval_s = log_interval_s
-        self.written = 0
-        self.dropped = 0
-        self.failed = 0
         self._clock = clock
-        self._items: deque[_Pending] = deque()
-        self._chars = 0
-        self._writing = 0
-        self._nonempty = asyncio.Event()
-        self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._closed = False
-        self._last_drop_log = -float("inf")
+        self._queue: BatchQueue[_Pending] = BatchQueue(
+            "capture",
+            self._write,
+            batch_size=batch_size,
+            flush_interval_s=flush_interval_s,
+            queue_size=queue_size,
+            logger=log,
+            noun="records",
+            weigh=_chars,
+            max_weight=queue_chars,
+            on_failure=_failed,
+            log_interval_s=log_interval_s,
+        )
         if secrets is None:
             log.info("capture: no secrets-only redactor; full-mode text is redacted like redacted mode")
 
@@ -108,13 +106,35 @@ class CaptureWriter:
         return cls(store, redactor, secrets=secrets, ttl_days=cfg.ttl_days)
 
     @property
+    def batch_size(self) -> int:
+        return self._queue.batch_size
+
+    @property
+    def flush_interval_s(self) -> float:
+        return self._queue.flush_interval_s
+
+    @property
+    def queue_size(self) -> int:
+        return self._queue.queue_size
+
+    @property
     def queued(self) -> int:
-        return len(self._items) + self._writing
+        return self._queue.queued
+
+    @property
+    def written(self) -> int:
+        return self._queue.written
+
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped
+
+    @property
+    def failed(self) -> int:
+        return self._queue.failed
 
     def start(self) -> None:
-        if self._task is not None or self._closing:
-            raise RuntimeError("the capture writer was already started or closed")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="turnout-capture-writer")
+        self._queue.start()
 
     def submit(
         self,
@@ -141,73 +161,20 @@ class CaptureWriter:
             prompt_text,
             completion_text,
         )
-        if self._closed or len(self._items) >= self.queue_size or self._chars + item.chars > self.queue_chars:
-            self._drop()
-            return False
-        self._items.append(item)
-        self._chars += item.chars
-        self._nonempty.set()
-        if len(self._items) >= self.batch_size:
-            self._full.set()
-        return True
+        return self._queue.submit(item)
 
     async def aclose(self) -> None:
         """Write everything queued, then stop; later submissions are dropped."""
-        if self._closed:
-            return
-        self._closing = True
-        self._nonempty.set()
-        self._full.set()
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="turnout-capture-writer")
-        await self._task
+        await self._queue.aclose()
 
-    async def _run(self) -> None:
-        while True:
-            await self._nonempty.wait()
-            if not self._closing and len(self._items) < self.batch_size:
-                try:
-                    async with asyncio.timeout(self.flush_interval_s):
-                        await self._full.wait()
-                except TimeoutError:
-                    pass
-            while self._items:
-                n = min(self.batch_size, len(self._items))
-                batch = [self._items.popleft() for _ in range(n)]
-                self._chars -= sum(item.chars for item in batch)
-                await self._write(batch)
-            # Nothing awaits between the emptiness check above and here, so no record can
-            # slip in unseen.
-            if self._closing:
-                self._closed = True
-                return
-            self._nonempty.clear()
-            self._full.clear()
+    async def _write(self, batch: list[_Pending]) -> int:
+        """Redact off the loop, then store; a record whose redaction fails is not kept."""
+        rows = await asyncio.to_thread(self._prepare, batch)
+        await self.store.write_captures(rows)
+        return len(rows)
 
-    async def _write(self, batch: list[_Pending]) -> None:
-        self._writing = len(batch)
-        try:
-            rows, unredactable = await asyncio.to_thread(self._prepare, batch)
-            self.failed += unredactable
-            self._writing = len(rows)
-            try:
-                await self.store.write_captures(rows)
-            except Exception as exc:  # count and carry on; never log the rows themselves
-                self.failed += len(rows)
-                log.error(
-                    "capture: writing %d records failed (%s); request ids %s",
-                    len(rows),
-                    type(exc).__name__,
-                    _ids(rows),
-                )
-            else:
-                self.written += len(rows)
-        finally:
-            self._writing = 0
-
-    def _prepare(self, batch: Sequence[_Pending]) -> tuple[list[CaptureRow], int]:
-        """On a worker thread: redact every text. A record whose redaction fails is dropped;
-        returns the rows and how many were dropped."""
+    def _prepare(self, batch: Sequence[_Pending]) -> list[CaptureRow]:
+        """On a worker thread: redact every text. A record whose redaction fails is dropped."""
         rows = []
         for item in batch:
             scrub = self.redactor if item.mode == "redacted" or self.secrets is None else self.secrets
@@ -230,17 +197,18 @@ class CaptureWriter:
                     completion,
                 )
             )
-        return rows, len(batch) - len(rows)
-
-    def _drop(self) -> None:
-        self.dropped += 1
-        now = time.monotonic()
-        if now - self._last_drop_log >= self.log_interval_s:
-            self._last_drop_log = now
-            reason = "writer is closed" if self._closed else f"queue is full ({self.queue_size} records)"
-            log.warning("capture: %s; %d records dropped in total", reason, self.dropped)
+        return rows
 
 
-def _ids(rows: Sequence[CaptureRow], shown: int = 5) -> str:
-    ids = ", ".join(row.request_id for row in rows[:shown])
-    return ids + (f" and {len(rows) - shown} more" if len(rows) > shown else "")
+def _failed(batch: list[_Pending], exc: Exception) -> None:
+    """Count and carry on; never log the records themselves."""
+    log.error("capture: writing %d records failed (%s); request ids %s", len(batch), type(exc).__name__, _ids(batch))
+
+
+def _ids(items: Sequence[_Pending], shown: int = 5) -> str:
+    ids = ", ".join(item.request_id for item in items[:shown])
+    return ids + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def _chars(item: _Pending) -> int:
+    return item.chars
