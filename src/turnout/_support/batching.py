@@ -21,8 +21,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 Sink = Callable[[list[T]], Awaitable[int]]
@@ -191,3 +191,58 @@ class BatchQueue(Generic[T]):
             self.failed += len(batch) - kept
         finally:
             self._writing = 0
+
+
+class QueueWriter(Generic[T]):
+    """A writer over a ``BatchQueue`` (``self.queue``): its settings and counters, start and
+    close, so the ledger and capture writers show the same face."""
+
+    queue: BatchQueue[T]
+
+    @property
+    def batch_size(self) -> int:
+        return self.queue.batch_size
+
+    @property
+    def flush_interval_s(self) -> float:
+        return self.queue.flush_interval_s
+
+    @property
+    def queue_size(self) -> int:
+        return self.queue.queue_size
+
+    @property
+    def queued(self) -> int:
+        """Accepted and not yet written or failed (including a batch being written)."""
+        return self.queue.queued
+
+    @property
+    def written(self) -> int:
+        return self.queue.written
+
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
+
+    @property
+    def failed(self) -> int:
+        return self.queue.failed
+
+    def start(self) -> None:
+        """Start the flush task on the running loop. What was submitted before is kept."""
+        self.queue.start()
+
+    async def aclose(self) -> None:
+        """Write everything queued, then stop; what is submitted afterwards is dropped."""
+        await self.queue.aclose()
+
+
+class _HasRequestId(Protocol):
+    @property
+    def request_id(self) -> str: ...
+
+
+def request_ids(items: Sequence[_HasRequestId], shown: int = 5) -> str:
+    """A batch named in a log line by its first request ids: never by its contents."""
+    ids = ", ".join(item.request_id for item in items[:shown])
+    return ids + (f" and {len(items) - shown} more" if len(items) > shown else "")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from turnout._support.batching import BatchQueue, RateLimit
+from turnout._support.batching import BatchQueue, QueueWriter, RateLimit, request_ids
 from turnout.config import StoreConfig
 from turnout.ledger.record import LedgerRow
 from turnout.ledger.store import LedgerStore, StoreError
@@ -27,7 +27,7 @@ from turnout.ledger.store import LedgerStore, StoreError
 log = logging.getLogger(__name__)
 
 
-class LedgerWriter:
+class LedgerWriter(QueueWriter[LedgerRow]):
     def __init__(
         self,
         store: LedgerStore,
@@ -39,7 +39,7 @@ class LedgerWriter:
     ) -> None:
         self.store = store
         self._fail_log = RateLimit(log_interval_s)
-        self._queue: BatchQueue[LedgerRow] = BatchQueue(
+        self.queue: BatchQueue[LedgerRow] = BatchQueue(
             "ledger",
             self._write,
             batch_size=batch_size,
@@ -51,48 +51,11 @@ class LedgerWriter:
             log_interval_s=log_interval_s,
         )
         # The request path calls this once per request: the queue's own method, no extra frame.
-        self.submit: Callable[[LedgerRow], bool] = self._queue.submit
+        self.submit: Callable[[LedgerRow], bool] = self.queue.submit
 
     @classmethod
     def from_config(cls, store: LedgerStore, cfg: StoreConfig) -> LedgerWriter:
         return cls(store, cfg.batch_size, cfg.flush_interval_ms / 1000, cfg.queue_size)
-
-    @property
-    def batch_size(self) -> int:
-        return self._queue.batch_size
-
-    @property
-    def flush_interval_s(self) -> float:
-        return self._queue.flush_interval_s
-
-    @property
-    def queue_size(self) -> int:
-        return self._queue.queue_size
-
-    @property
-    def queued(self) -> int:
-        """Rows accepted and not yet written or failed (including a batch being written)."""
-        return self._queue.queued
-
-    @property
-    def written(self) -> int:
-        return self._queue.written
-
-    @property
-    def dropped(self) -> int:
-        return self._queue.dropped
-
-    @property
-    def failed(self) -> int:
-        return self._queue.failed
-
-    def start(self) -> None:
-        """Start the flush task on the running loop. Rows submitted before this are kept."""
-        self._queue.start()
-
-    async def aclose(self) -> None:
-        """Write everything queued, then stop. Rows submitted afterwards are dropped."""
-        await self._queue.aclose()
 
     async def _write(self, batch: list[LedgerRow]) -> int:
         await self.store.write_batch(batch)
@@ -108,12 +71,7 @@ class LedgerWriter:
             "ledger: writing %d rows failed (%s); request ids %s; %d rows failed since the last error (%d in total)",
             len(batch),
             reason,
-            _ids(batch),
+            request_ids(batch),
             self._fail_log.take(self.failed),
             self.failed,
         )
-
-
-def _ids(batch: list[LedgerRow], shown: int = 5) -> str:
-    ids = ", ".join(row.request_id for row in batch[:shown])
-    return ids + (f" and {len(batch) - shown} more" if len(batch) > shown else "")

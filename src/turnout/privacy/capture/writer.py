@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from turnout._support.batching import BatchQueue
+from turnout._support.batching import BatchQueue, QueueWriter, request_ids
 from turnout.config import CaptureConfig
 from turnout.privacy.capture.model import CaptureRow, Decision, TextRedactor
 from turnout.privacy.capture.store import CaptureStore
@@ -60,7 +60,7 @@ class _Pending:
         return len(self.prompt_text) + len(self.completion_text or "")
 
 
-class CaptureWriter:
+class CaptureWriter(QueueWriter[_Pending]):
     def __init__(
         self,
         store: CaptureStore,
@@ -83,7 +83,7 @@ class CaptureWriter:
         self.ttl_s = ttl_days * DAY_S
         self.queue_chars = queue_chars
         self._clock = clock
-        self._queue: BatchQueue[_Pending] = BatchQueue(
+        self.queue: BatchQueue[_Pending] = BatchQueue(
             "capture",
             self._write,
             batch_size=batch_size,
@@ -104,37 +104,6 @@ class CaptureWriter:
         cls, store: CaptureStore, cfg: CaptureConfig, redactor: TextRedactor, secrets: TextRedactor | None = None
     ) -> CaptureWriter:
         return cls(store, redactor, secrets=secrets, ttl_days=cfg.ttl_days)
-
-    @property
-    def batch_size(self) -> int:
-        return self._queue.batch_size
-
-    @property
-    def flush_interval_s(self) -> float:
-        return self._queue.flush_interval_s
-
-    @property
-    def queue_size(self) -> int:
-        return self._queue.queue_size
-
-    @property
-    def queued(self) -> int:
-        return self._queue.queued
-
-    @property
-    def written(self) -> int:
-        return self._queue.written
-
-    @property
-    def dropped(self) -> int:
-        return self._queue.dropped
-
-    @property
-    def failed(self) -> int:
-        return self._queue.failed
-
-    def start(self) -> None:
-        self._queue.start()
 
     def submit(
         self,
@@ -161,11 +130,7 @@ class CaptureWriter:
             prompt_text,
             completion_text,
         )
-        return self._queue.submit(item)
-
-    async def aclose(self) -> None:
-        """Write everything queued, then stop; later submissions are dropped."""
-        await self._queue.aclose()
+        return self.queue.submit(item)
 
     async def _write(self, batch: list[_Pending]) -> int:
         """Redact off the loop, then store; a record whose redaction fails is not kept."""
@@ -202,12 +167,9 @@ class CaptureWriter:
 
 def _failed(batch: list[_Pending], exc: Exception) -> None:
     """Count and carry on; never log the records themselves."""
-    log.error("capture: writing %d records failed (%s); request ids %s", len(batch), type(exc).__name__, _ids(batch))
-
-
-def _ids(items: Sequence[_Pending], shown: int = 5) -> str:
-    ids = ", ".join(item.request_id for item in items[:shown])
-    return ids + (f" and {len(items) - shown} more" if len(items) > shown else "")
+    log.error(
+        "capture: writing %d records failed (%s); request ids %s", len(batch), type(exc).__name__, request_ids(batch)
+    )
 
 
 def _chars(item: _Pending) -> int:
