@@ -6,14 +6,9 @@ flight among those whose breaker lets calls through (ties rotate), and its outco
 on that replica's breaker: 429, 5xx, connect, timeout and protocol failures count against it;
 a 4xx the caller caused does not.
 
-Timeouts, per ``Call.timeouts``:
-    connect  the TCP (and TLS) handshake (aiohttp ``sock_connect``)
-    ttft     the response head, and for streams also the first SSE event
-    total    the whole call, including the body or the whole stream (aiohttp ``total``; its
-             timer fires inside reads only, so it is safe across the stream's yields)
-
-aiohttp and OS errors are translated here into ``turnout.errors`` and raised ``from`` the
-original. Messages name the replica by label (``r0``, ``r1``, ...), never by URL, and the API
+Timeouts (``Call.timeouts``), the session, the clean-up of an abandoned response and the
+translation of aiohttp and OS errors into ``turnout.errors`` follow ``turnout.providers.transport``,
+shared with the Bedrock provider. Messages name the replica by label (``r0``, ``r1``, ...), never by URL, and the API
 key is scrubbed from anything the upstream echoes back.
 """
 
@@ -37,7 +32,15 @@ from turnout.errors import (
     UpstreamStatusError,
 )
 from turnout.providers.base import Call, Completion, Health, Load, ReplicaLoad, Stream, Timeouts, Usage
-from turnout.providers.transport import TRANSPORT_ERRORS, describe, translate
+from turnout.providers.transport import (
+    TRANSPORT_ERRORS,
+    client_timeout,
+    describe,
+    exchange,
+    new_session,
+    open_stream,
+    read_until,
+)
 from turnout.routing.backoff import parse_retry_after
 from turnout.routing.breaker import Breaker
 
@@ -84,8 +87,6 @@ class OpenAIProvider:
         self._headers = headers
         self._session: aiohttp.ClientSession | None = None
         self._turn = 0  # where the next tie-break starts
-        self._timeout_key: tuple[float, float] | None = None
-        self._timeout = aiohttp.ClientTimeout()
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -107,12 +108,21 @@ class OpenAIProvider:
     async def stream(self, call: Call) -> Stream:
         replica = self._acquire()
         try:
-            resp, first = await self._open_stream(replica, call)
+            resp, first, deadline = await open_stream(
+                lambda: self._post(replica, call),
+                lambda resp: self._status_error(replica, resp),
+                lambda resp, _: _next_event(resp.content, replica.label, self.cfg.api_key),
+                replica.label,
+                call.timeouts,
+            )
+            if first is None:
+                resp.release()
+                raise UpstreamProtocolError(f"{replica.label}: stream ended before its first chunk")
         except BaseException as exc:
             self._settle(replica, exc)
             raise
         return Stream(
-            chunks=_Chunks(self, replica, resp, first, call.timeouts),
+            chunks=_Chunks(self, replica, resp, first, call.timeouts, deadline),
             model_version=self.cfg.model_version or first.get("model") or self.cfg.model,
             replica=replica.label,
         )
@@ -177,20 +187,8 @@ class OpenAIProvider:
         # Created lazily: a ClientSession binds to the loop running when it is made.
         session = self._session
         if session is None:
-            connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, keepalive_timeout=_KEEPALIVE_S)
-            session = self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=self._headers,
-                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to the next
-            )
+            session = self._session = new_session(self.cfg.max_connections, _KEEPALIVE_S, self._headers)
         return session
-
-    def _client_timeout(self, t: Timeouts) -> aiohttp.ClientTimeout:
-        key = (t.total, t.connect)
-        if key != self._timeout_key:  # calls of one target almost always share their timeouts
-            self._timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect)
-            self._timeout_key = key
-        return self._timeout
 
     async def _post(self, replica: Replica, call: Call) -> aiohttp.ClientResponse:
         body = dict(call.body)  # shallow: only top-level keys change
@@ -208,24 +206,17 @@ class OpenAIProvider:
         return await self._client().post(
             replica.chat_url,
             data=orjson.dumps(body),
-            timeout=self._client_timeout(call.timeouts),
+            timeout=client_timeout(call.timeouts),
             allow_redirects=False,
         )
 
     async def _complete(self, replica: Replica, call: Call) -> dict[str, Any]:
-        t = call.timeouts
-        head = asyncio.timeout(t.ttft)
-        try:
-            async with head:
-                resp = await self._post(replica, call)
-            try:
-                if resp.status >= 300:
-                    raise await self._status_error(replica, resp)
-                raw = await resp.read()
-            finally:
-                resp.release()
-        except TRANSPORT_ERRORS as exc:
-            raise translate(exc, replica.label, t, head) from exc
+        raw = await exchange(
+            lambda: self._post(replica, call),
+            lambda resp: self._status_error(replica, resp),
+            replica.label,
+            call.timeouts,
+        )
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -233,26 +224,6 @@ class OpenAIProvider:
         if not isinstance(body, dict):
             raise UpstreamProtocolError(f"{replica.label}: response is not a JSON object")
         return body
-
-    async def _open_stream(self, replica: Replica, call: Call) -> tuple[aiohttp.ClientResponse, dict[str, Any]]:
-        t = call.timeouts
-        head = asyncio.timeout(t.ttft)  # covers the head and the first event
-        resp: aiohttp.ClientResponse | None = None
-        try:
-            async with head:
-                resp = await self._post(replica, call)
-                if resp.status >= 300:
-                    raise await self._status_error(replica, resp)
-                first = await _next_event(resp.content, replica.label, self.cfg.api_key)
-            if first is None:
-                raise UpstreamProtocolError(f"{replica.label}: stream ended before its first chunk")
-        except BaseException as exc:
-            if resp is not None:
-                resp.release()  # reuses the socket if the body was read, else closes it
-            if isinstance(exc, TRANSPORT_ERRORS):
-                raise translate(exc, replica.label, t, head) from exc
-            raise
-        return resp, first
 
     async def _status_error(self, replica: Replica, resp: aiohttp.ClientResponse) -> UpstreamError:
         try:
@@ -284,7 +255,7 @@ class _Chunks:
     (a generator that never started skips its ``finally``). The consumer must end it one of
     those ways; it holds a pooled socket until then."""
 
-    __slots__ = ("_done", "_first", "_provider", "_replica", "_resp", "_timeouts")
+    __slots__ = ("_deadline", "_done", "_first", "_provider", "_replica", "_resp", "_timeouts")
 
     def __init__(
         self,
@@ -293,7 +264,9 @@ class _Chunks:
         resp: aiohttp.ClientResponse,
         first: dict[str, Any],
         timeouts: Timeouts,
+        deadline: float,
     ) -> None:
+        self._deadline = deadline  # loop time: the call's total runs out then
         self._provider = provider
         self._replica = replica
         self._resp = resp
@@ -311,13 +284,15 @@ class _Chunks:
             return first
         if self._done:
             raise StopAsyncIteration
+        label = self._replica.label
         try:
-            chunk = await _next_event(self._resp.content, self._replica.label, self._provider.cfg.api_key)
+            chunk = await read_until(
+                self._deadline,
+                _next_event(self._resp.content, label, self._provider.cfg.api_key),
+                label,
+                self._timeouts,
+            )
         except BaseException as exc:
-            if isinstance(exc, TRANSPORT_ERRORS):
-                err = translate(exc, self._replica.label, self._timeouts, None)
-                self._finish(err)
-                raise err from exc
             self._finish(exc)
             raise
         if chunk is None:

@@ -10,7 +10,6 @@ decoded ahead of them (in the same network read) have been yielded.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from typing import Any
@@ -19,11 +18,12 @@ import aiohttp
 import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
-from turnout.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from turnout.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError
+from turnout.providers.base import Timeouts
 from turnout.providers.bedrock.errors import translate
 from turnout.providers.bedrock.stream import StreamTranslator
 from turnout.providers.bedrock.translate import Translation
-from turnout.providers.transport import TRANSPORT_ERRORS, describe
+from turnout.providers.transport import read_until
 
 
 class EventChunks:
@@ -36,18 +36,25 @@ class EventChunks:
         "_label",
         "_pending",
         "_resp",
-        "_total_s",
+        "_timeouts",
         "_translator",
     )
 
-    def __init__(self, resp: aiohttp.ClientResponse, label: str, translator: StreamTranslator, total_s: float) -> None:
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        label: str,
+        translator: StreamTranslator,
+        timeouts: Timeouts,
+        deadline: float,
+    ) -> None:
         self._resp = resp
         self._label = label
         self._translator = translator
         self._buffer = EventStreamBuffer()
         self._pending: deque[dict[str, Any]] = deque()
-        self._total_s = total_s
-        self._deadline = asyncio.get_running_loop().time() + total_s
+        self._timeouts = timeouts
+        self._deadline = deadline  # loop time: the call's total runs out then
         self._ended = False  # the body ended cleanly
         self._closed = False
         self._failure: UpstreamError | None = None  # raised once the chunks decoded before it are out
@@ -76,18 +83,11 @@ class EventChunks:
                 self._resp.close()
 
     async def _read(self) -> None:
-        remaining = self._deadline - asyncio.get_running_loop().time()
         try:
-            if remaining <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(remaining):
-                data = await self._resp.content.readany()
-        except TimeoutError as exc:
+            data = await read_until(self._deadline, self._resp.content.readany(), self._label, self._timeouts)
+        except UpstreamError:
             await self._fail()
-            raise UpstreamTimeout("total", self._total_s) from exc
-        except TRANSPORT_ERRORS as exc:
-            await self._fail()
-            raise UpstreamConnectError(f"{self._label}: {describe(exc)}") from exc
+            raise
         if not data:
             if not self._translator.finished:
                 await self._fail()
@@ -137,11 +137,12 @@ class EventChunks:
 
 
 async def open_events(
-    resp: aiohttp.ClientResponse, label: str, translation: Translation, *, model: str, total_s: float
+    resp: aiohttp.ClientResponse, label: str, translation: Translation, model: str, timeouts: Timeouts, deadline: float
 ) -> EventChunks:
-    """Start reading; return once a chunk with content is ready (see the module docstring)."""
+    """Start reading; return once a chunk with content is ready (see the module docstring).
+    Every read ends by ``deadline`` (loop time), when the call's total runs out."""
     translator = StreamTranslator(model, int(time.time()), "chatcmpl-bedrock", translation)
-    chunks = EventChunks(resp, label, translator, total_s)
+    chunks = EventChunks(resp, label, translator, timeouts, deadline)
     await chunks._start()
     return chunks
 

@@ -30,12 +30,11 @@ from yarl import URL
 from turnout.config import BedrockTarget
 from turnout.control.catalog import bedrock_model
 from turnout.errors import ConfigError, UpstreamError, UpstreamProtocolError
-from turnout.providers.base import Call, Completion, Health, Load, Stream, Timeouts, Usage
+from turnout.providers.base import Call, Completion, Health, Load, Stream, Usage
 from turnout.providers.bedrock.errors import error_name, translate
 from turnout.providers.bedrock.events import open_events
 from turnout.providers.bedrock.translate import Translation, from_converse, to_converse
-from turnout.providers.transport import TRANSPORT_ERRORS
-from turnout.providers.transport import translate as transport_error
+from turnout.providers.transport import client_timeout, exchange, new_session, open_stream
 
 try:
     from botocore.auth import SigV4Auth
@@ -70,20 +69,7 @@ class BedrockProvider:
 
     async def complete(self, call: Call) -> Completion:
         translation = self._translate(call)
-        t = call.timeouts
-        head = asyncio.timeout(t.ttft)
-        try:
-            async with asyncio.timeout(t.total):
-                async with head:
-                    resp = await self._post(call, translation)
-                try:
-                    if resp.status >= 300:
-                        raise await self._status_error(resp)
-                    raw = await resp.read()
-                finally:
-                    resp.release()
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, self.name, t, head) from exc
+        raw = await exchange(lambda: self._post(call, translation), self._status_error, self.name, call.timeouts)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -93,21 +79,13 @@ class BedrockProvider:
 
     async def stream(self, call: Call) -> Stream:
         translation = self._translate(call)
-        t = call.timeouts
-        head = asyncio.timeout(t.ttft)
-        resp: aiohttp.ClientResponse | None = None
-        try:
-            async with head:
-                resp = await self._post(call, translation)
-                if resp.status >= 300:
-                    raise await self._status_error(resp)
-                chunks = await open_events(resp, self.name, translation, model=self.cfg.model, total_s=t.total)
-        except BaseException as exc:
-            if resp is not None:
-                resp.close()
-            if isinstance(exc, TRANSPORT_ERRORS):
-                raise transport_error(exc, self.name, t, head) from exc
-            raise
+        _, chunks, _ = await open_stream(
+            lambda: self._post(call, translation),
+            self._status_error,
+            lambda resp, deadline: open_events(resp, self.name, translation, self.cfg.model, call.timeouts, deadline),
+            self.name,
+            call.timeouts,
+        )
         return Stream(chunks, self.model_version)
 
     def load(self) -> Load:
@@ -150,7 +128,7 @@ class BedrockProvider:
             URL(url, encoded=True),  # send the path exactly as it was signed
             data=payload,
             headers=headers,
-            timeout=_client_timeout(call.timeouts),
+            timeout=client_timeout(call.timeouts),
             allow_redirects=False,
         )
 
@@ -208,15 +186,8 @@ class BedrockProvider:
     def _client(self) -> aiohttp.ClientSession:
         session = self._session
         if session is None:  # lazily: a session binds to the running loop
-            connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, keepalive_timeout=_KEEPALIVE_S)
-            session = self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+            session = self._session = new_session(self.cfg.max_connections, _KEEPALIVE_S)
         return session
-
-
-def _client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
-    # total is enforced by turnout (per call, and per stream in EventChunks), not aiohttp,
-    # whose total would also cut a stream the consumer reads slowly.
-    return aiohttp.ClientTimeout(total=None, sock_connect=t.connect)
 
 
 def _guardrail(cfg: BedrockTarget) -> dict[str, Any] | None:
