@@ -1,10 +1,11 @@
 """Offline evaluation of task releases: golden sets, scorers, paired runs, gates, reports.
 
     cases.py     golden sets (evals/<task>.jsonl) → Case; GoldenSetError with line numbers
-    scoring.py   Score, the Scorer base class, the registry (@register), build_scorers
+    scoring.py   Score, the Scorer base class, the registry (@register)
     scorers.py   equals, contains, regex, json_schema, required_fields, number_close
     sandbox.py   python_test: the output's code and given tests in a limited child process
-    judge.py     judge: an LLM grades against a rubric, through a callable the caller wires
+    judge.py     judge: an LLM grades against a rubric, through a callable the caller wires;
+                 build_scorers: one instance of every registered scorer
     runner.py    run_eval: both releases on the same cases, concurrency-limited → EvalResult
     stats.py     Wilson intervals, exact McNemar, paired bootstrap, percentiles, cost per pass
     gates.py     config Gates against an EvalResult → GateResult per gate
@@ -17,6 +18,7 @@ from turnout.offline.evals import judge, sandbox, scorers  # noqa: F401  (regist
 from turnout.offline.evals.cases import Case, Expectation, GoldenSetError, golden_set_path, load_cases, parse_cases
 from turnout.offline.evals.gates import GateResult, all_passed, evaluate_gates, failed
 from turnout.offline.evals.html import render_html
+from turnout.offline.evals.judge import build_scorers
 from turnout.offline.evals.report import from_json, render_table, to_json
 from turnout.offline.evals.runner import (
     Call,
@@ -28,7 +30,7 @@ from turnout.offline.evals.runner import (
     TextProgress,
     run_eval,
 )
-from turnout.offline.evals.scoring import REGISTRY, JudgeFn, Score, Scorer, build_scorers, register, score_case
+from turnout.offline.evals.scoring import REGISTRY, JudgeFn, Score, Scorer, register, score_case
 from turnout.offline.evals.stats import Interval, PairedComparison
 
 __all__ = [

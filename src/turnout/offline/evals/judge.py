@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from turnout.offline.evals.cases import Case
-from turnout.offline.evals.scoring import JudgeFn, Score, Scorer, register
+from turnout.offline.evals.scoring import REGISTRY, JudgeFn, Score, Scorer, register
 
 _TRUE = {"true", "yes", "pass", "passed", "1"}
 _FALSE = {"false", "no", "fail", "failed", "0"}
@@ -136,3 +136,11 @@ class JudgeScorer(Scorer):
             return Score(False, None, f"unreadable verdict from {target}: {reply.strip()[:200]!r}")
         passed, reason = verdict
         return Score(passed, 1.0 if passed else 0.0, reason)
+
+
+def build_scorers(judge: JudgeFn | None = None, *, judge_target: str | None = None) -> dict[str, Scorer]:
+    """One instance of every registered scorer; the ``judge`` scorer gets the judge callable.
+    Here, beside the judge scorer, so that the registry (``scoring``) imports no scorer."""
+    out: dict[str, Scorer] = {name: cls() for name, cls in REGISTRY.items()}
+    out[JudgeScorer.name] = JudgeScorer(judge, default_target=judge_target)
+    return out

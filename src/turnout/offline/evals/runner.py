@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from turnout.offline.evals.cases import Case
-from turnout.offline.evals.scoring import JudgeFn, Score, Scorer, build_scorers, score_case
+from turnout.offline.evals.judge import build_scorers
+from turnout.offline.evals.scoring import JudgeFn, Score, Scorer, score_case
 from turnout.offline.evals.stats import Interval, PairedComparison, compare_paired, cost_per_pass, percentile, wilson
 
 

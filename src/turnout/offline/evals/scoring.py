@@ -74,17 +74,6 @@ def register(cls: S) -> S:
     return cls
 
 
-def build_scorers(judge: JudgeFn | None = None, *, judge_target: str | None = None) -> dict[str, Scorer]:
-    """One instance of every registered scorer; the ``judge`` scorer gets the judge callable."""
-    from turnout.offline.evals.judge import (
-        JudgeScorer,
-    )  # the judge module registers itself; imported here to avoid a cycle
-
-    out: dict[str, Scorer] = {name: cls() for name, cls in REGISTRY.items()}
-    out[JudgeScorer.name] = JudgeScorer(judge, default_target=judge_target)
-    return out
-
-
 async def score_case(output: str, case: Case, scorers: Mapping[str, Scorer]) -> tuple[tuple[Score, ...], bool]:
     """Every expectation of the case against one output. A scorer that raises fails its
     expectation (with the error as detail) rather than the whole run."""

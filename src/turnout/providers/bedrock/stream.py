@@ -28,12 +28,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from turnout.providers.bedrock.translate import Translation
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """A translated request. ``request`` is the Converse JSON without ``modelId``; the reply
+    side needs ``json_via_tool``: the name of the tool whose input is the answer's content, if
+    the json_schema fallback is in use."""
+
+    request: dict[str, Any]
+    json_via_tool: str | None = None
+
 
 _FINISH = {
     "end_turn": "stop",

@@ -48,7 +48,6 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -56,6 +55,7 @@ import orjson
 from turnout.errors import RequestError
 from turnout.providers.bedrock.stream import (
     StreamTranslator,
+    Translation,
     assistant_message,
     finish_reason,
     from_converse,
@@ -98,16 +98,6 @@ _KNOWN = frozenset(
 def empty_schema() -> dict[str, Any]:
     """The input schema of a tool that takes no parameters (a fresh dict each time)."""
     return {"type": "object", "properties": {}}
-
-
-@dataclass(frozen=True, slots=True)
-class Translation:
-    """A translated request. ``request`` is the Converse JSON without ``modelId``; the reply
-    side needs ``json_via_tool``: the name of the tool whose input is the answer's content, if
-    the json_schema fallback is in use."""
-
-    request: dict[str, Any]
-    json_via_tool: str | None = None
 
 
 def to_converse(
