@@ -165,6 +165,18 @@ async def test_every_field_round_trips(store: LedgerStore) -> None:
     assert await store.get(row.request_id) == row
 
 
+async def test_text_with_nul_and_unusual_characters_round_trips(store: LedgerStore) -> None:
+    """A caller's episode id or an upstream's model name may hold anything: stored whole."""
+    odd = make_row(1, episode_id="ep\x00tail", model_version='m\x00v \u2028 "q" \\u0000 é', user="u\x01")
+    plain = make_row(2, episode_id="ep-2")
+    await store.write_batch([odd, plain])
+    expected = odd
+    if type(store).__name__ == "PostgresStore":  # its text cannot hold NUL: U+FFFD stands in
+        expected = make_row(1, episode_id="ep\ufffdtail", model_version='m\ufffdv \u2028 "q" \\u0000 é', user="u\x01")
+    assert await store.get(odd.request_id) == expected
+    assert await store.get(plain.request_id) == plain
+
+
 async def test_none_fields_and_defaults_round_trip(store: LedgerStore) -> None:
     row = make_row(1)  # every optional field None, no attempts, stream and fallback False
     await store.write_batch([row])

@@ -362,10 +362,16 @@ def _lock_key(schema: str | None) -> int:
 
 
 def _encode(row: LedgerRow) -> tuple[Any, ...]:
-    values = [getattr(row, name) for name in COLUMNS]
+    # PostgreSQL text cannot hold NUL: a caller's episode id or an upstream's model name that
+    # carries one is stored with U+FFFD in its place rather than failing the whole batch.
+    values = [_text(v) if type(v) is str else v for v in (getattr(row, name) for name in COLUMNS)]
     values[_ATTEMPTS] = orjson.dumps(row.attempts).decode()
     values[_LABELS] = _json(row.labels)
     return tuple(values)
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _json(labels: list[str] | None) -> str | None:
