@@ -172,12 +172,17 @@ async def test_a_client_gone_mid_request_releases_the_slot(make_app: AppFactory)
     assert await held(app) == {"in_use": 0, "reserved": 0, "spent": 0}
 
 
-def test_request_ids_are_unique_hex_and_differ_after_fork() -> None:
+def test_request_ids_are_unique_time_ordered_hex_and_differ_after_fork() -> None:
     from turnout.serving.boundary import new_request_id
 
-    ids = {new_request_id() for _ in range(10_000)}
+    before = int(time.time() * 1000)
+    drawn = [new_request_id() for _ in range(10_000)]
+    after = int(time.time() * 1000)
+    ids = set(drawn)
     assert len(ids) == 10_000
     assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    stamps = [int(i[:12], 16) for i in drawn]
+    assert stamps == sorted(stamps) and before <= stamps[0] and stamps[-1] <= after  # time-ordered
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child draws from its own, reseeded sequence

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ class ErrorBoundary:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        request_id = f"{_ids.getrandbits(96):024x}"  # as new_request_id(), without the call
+        request_id = f"{int(time.time() * 1000):012x}{_ids.getrandbits(48):012x}"  # new_request_id(), inlined
         watched = _Watched(send)
         try:
             await self.app(scope, receive, watched, request_id)
@@ -60,16 +61,18 @@ class _Watched:
         return self.send(message)
 
 
-# Request ids: 96 random bits, unique across processes and replicas, not secrets (every lookup
-# by id is tenant-scoped). Drawn from a generator seeded by the OS rather than from os.urandom
-# per request: a system call costs ~15 µs in some virtual machines. Reseeded in a forked child,
-# so workers never share a sequence.
+# Request ids: 24 hex digits, the millisecond (48 bits) then 48 random bits, like a ULID or a
+# UUIDv7: time-ordered, so the ledger's primary-key index grows at its end (random ids halve
+# the SQLite insert rate at 200,000 rows), and unique across processes and replicas. Not
+# secrets: every lookup by id is tenant-scoped. The random part comes from a generator seeded
+# by the OS, not from os.urandom per request (a system call costs ~15 µs in some virtual
+# machines), reseeded in a forked child so that workers never share a sequence.
 _ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def new_request_id() -> str:
-    return f"{_ids.getrandbits(96):024x}"
+    return f"{int(time.time() * 1000):012x}{_ids.getrandbits(48):012x}"
 
 
 def internal_error(request_id: str) -> TurnoutError:
