@@ -126,7 +126,7 @@ class CanaryController:
         self.claims = claims or StepClaims(config.releases.store_path, clock=clock)
         self.replica = replica or f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
         self.last: dict[str, Verdict] = {}  # the latest verdict per task, for the admin API
-        self._loop: Periodic | None = None
+        self._loop = Periodic("turnout-canary", self.check_due, 1.0, first="now", logger=log)
         self._due_at: dict[str, float] = {}  # the next check of each task
 
     # --- one check -------------------------------------------------------------------------
@@ -180,15 +180,12 @@ class CanaryController:
     # --- the loop --------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._loop is None:
-            self._loop = Periodic("turnout-canary", self.check_due, 1.0, first="now", logger=log)
+        if not self._loop.running:
             self._loop.start()
 
     async def aclose(self) -> None:
         """Stop the loop; a check in flight finishes first (its transition is one statement)."""
-        loop, self._loop = self._loop, None
-        if loop is not None:
-            await loop.aclose()
+        await self._loop.aclose()
 
     async def check_due(self) -> float:
         """Check every configured task whose interval is due; the seconds until the next one."""

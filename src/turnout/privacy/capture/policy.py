@@ -76,7 +76,7 @@ class CapturePolicy:
         self._clock = clock
         self._grants: dict[tuple[str, str], tuple[Grant, ...]] = {}
         self._version: tuple[int, int] | None = None
-        self._loop: Periodic | None = None
+        self._loop = Periodic("turnout-capture-grants", self.tick, refresh_interval_s, logger=log)
 
     @classmethod
     def rules_only(cls, config: CaptureConfig, rng: random.Random | None = None) -> CapturePolicy:
@@ -118,18 +118,15 @@ class CapturePolicy:
 
     async def start(self) -> None:
         """Load the grants, then keep them fresh in a background task until ``aclose``."""
-        if self._loop is not None:
+        if self._loop.running:
             raise RuntimeError("the capture policy was already started")
         if self.store is None:
             return
         await self.refresh()
-        self._loop = Periodic("turnout-capture-grants", self.tick, self.refresh_interval_s, logger=log)
         self._loop.start()
 
     async def aclose(self) -> None:
-        loop, self._loop = self._loop, None
-        if loop is not None:
-            await loop.aclose()
+        await self._loop.aclose()
 
     async def tick(self) -> None:
         """One round of the background task: record grants that ended, reload on change."""

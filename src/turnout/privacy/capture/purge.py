@@ -35,7 +35,7 @@ class Purger:
         self.interval_s = interval_s
         self.runs = 0
         self._clock = clock
-        self._loop: Periodic | None = None
+        self._loop = Periodic("turnout-capture-purge", self._purge, interval_s, first="now", logger=log)
 
     @classmethod
     def from_config(cls, store: CaptureStore, cfg: CaptureConfig) -> Purger:
@@ -49,16 +49,11 @@ class Purger:
         return PurgeResult(deleted, tuple(expired))
 
     def start(self) -> None:
-        if self._loop is not None:
-            raise RuntimeError("the capture purger was already started")
-        self._loop = Periodic("turnout-capture-purge", self._purge, self.interval_s, first="now", logger=log)
-        self._loop.start()
+        self._loop.start()  # raises if already started
 
     async def aclose(self) -> None:
         """Stop; a run in progress finishes first (it is one transaction)."""
-        loop, self._loop = self._loop, None
-        if loop is not None:
-            await loop.aclose()
+        await self._loop.aclose()
 
     async def _purge(self) -> None:
         await self.run_once()
