@@ -17,7 +17,16 @@ import pytest
 
 from tests.test_capture_policy import eventually
 from turnout.config import CaptureConfig
-from turnout.privacy.capture import METADATA, Capture, CaptureStore, CaptureWriter, Decision, SecretsOnly, TextRedactor
+from turnout.privacy.capture import (
+    METADATA,
+    Capture,
+    CaptureStore,
+    CaptureStoreError,
+    CaptureWriter,
+    Decision,
+    SecretsOnly,
+    TextRedactor,
+)
 from turnout.privacy.redact import Redactor
 
 T0 = 1_800_000_000.0
@@ -260,3 +269,21 @@ async def test_capture_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     finally:
         await check.aclose()
     assert not re.search("|".join(map(re.escape, SENTINELS)), caplog.text)
+
+
+async def test_a_capture_start_that_fails_half_way_closes_what_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = CaptureConfig.model_validate({"rules": [{"task": "support", "mode": "full"}]})
+    cap = Capture(cfg, tmp_path / "capture.db", Sentinels())
+
+    def broken() -> None:
+        raise RuntimeError("the writer cannot start")
+
+    monkeypatch.setattr(cap.writer, "start", broken)  # after the store, the grant refresher and the purge job
+    with pytest.raises(RuntimeError, match="cannot start"):
+        await cap.start()
+    assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("turnout-capture")] == []
+    with pytest.raises(CaptureStoreError):
+        await cap.store.captures()  # closed
+    await cap.aclose()  # and closing again is harmless

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from turnout.config import LimitsConfig
-from turnout.control.quota.base import Ask, Limiter, Limits, QuotaExceeded, Scope
+from turnout.control.quota.base import Ask, Limiter, LimiterStats, Limits, QuotaExceeded, Scope
 from turnout.control.quota.factory import open_limiter
 from turnout.control.quota.memory import MemoryLimiter
 from turnout.errors import ConfigError
@@ -410,6 +410,18 @@ async def test_usage_of_an_unseen_scope_is_all_room(limiter: Limiter) -> None:
     usage = await limiter.usage(scope("new", rpm=5, usd_per_day=1.0), T0)
     assert usage["rpm"] == {"limit": 5, "available": 5.0}
     assert usage["usd_per_day"]["remaining"] == 1.0
+
+
+# -- stats ---------------------------------------------------------------------------------------
+
+
+async def test_stats_count_no_backend_error_while_the_backend_answers(limiter: Limiter, ask: Asks) -> None:
+    assert limiter.stats() == LimiterStats()
+    s = scope(rpm=1, concurrency=1, usd_per_day=1.0)
+    await limiter.settle(await limiter.acquire(ask(s, tokens=5, cost=0.1)), 5, 0.05)
+    await refused(limiter, ask(s))
+    await limiter.usage(s, T0)
+    assert limiter.stats() == LimiterStats(backend_errors=0)  # a refusal is not a backend error
 
 
 # -- the factory ---------------------------------------------------------------------------------

@@ -220,7 +220,7 @@ async def test_close_sends_every_settle_still_queued(make_limiter: LimiterFactor
     usage = await other.usage(ROOMY, T0)
     assert usage["concurrency"]["in_use"] == 0
     assert (usage["usd_per_day"]["spent"], usage["usd_per_day"]["reserved"]) == (pytest.approx(0.1), 0.0)
-    assert limiter.backend_errors == 0
+    assert limiter.stats().backend_errors == 0
 
 
 async def test_calls_after_close_fail_as_unreachable(make_limiter: LimiterFactory) -> None:
@@ -230,7 +230,7 @@ async def test_calls_after_close_fail_as_unreachable(make_limiter: LimiterFactor
     with pytest.raises(BackendUnavailable):
         await limiter.acquire(ask(2))
     await limiter.settle(grant, 10, 0.01)  # logged and counted, not raised
-    assert limiter.backend_errors == 2
+    assert limiter.stats().backend_errors == 2
 
 
 async def test_a_caller_gone_before_the_write_takes_nothing(make_limiter: LimiterFactory) -> None:
@@ -255,7 +255,7 @@ async def test_a_dropped_connection_is_dialled_again_once(make_limiter: LimiterF
     writes = count_writes(limiter)
     await limiter.acquire(ask(2))
     assert writes == [["EVALSHA"], ["EVALSHA"]]
-    assert limiter.backend_errors == 0
+    assert limiter.stats().backend_errors == 0
     assert (await limiter.usage(TENANT, T0))["concurrency"]["in_use"] == 2
 
 
@@ -388,7 +388,7 @@ async def test_unreachable_redis_fails_closed(caplog: pytest.LogCaptureFixture) 
                 await limiter.usage(TENANT, T0)
             await limiter.settle(Grant(ask(9)), 10, 0.01)  # after the answer: logged, not raised
             await limiter.flush()
-        assert limiter.backend_errors == 5
+        assert limiter.stats().backend_errors == 5
         warnings = [r for r in caplog.records if r.name == "turnout.quota"]
         assert len(warnings) == 1  # rate-limited
         assert "unreachable" in warnings[0].getMessage()
@@ -404,7 +404,7 @@ async def test_unreachable_redis_fails_open() -> None:
         await limiter.settle(grant, 10, 0.01)
         await limiter.release(grant)
         await limiter.acquire(ask(2))
-        assert limiter.backend_errors == 2
+        assert limiter.stats().backend_errors == 2
     finally:
         await limiter.aclose()
 
@@ -430,7 +430,7 @@ async def test_no_answer_in_time_is_unreachable_and_not_sent_again() -> None:
         with pytest.raises(BackendUnavailable):
             await limiter.acquire(ask(1))
         assert sum(evalshas_seen) == 1
-        assert limiter.backend_errors == 1
+        assert limiter.stats().backend_errors == 1
     finally:
         await limiter.aclose()
         server.close()

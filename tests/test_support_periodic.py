@@ -1,107 +1,167 @@
-"""The one background loop: runs on its interval, outlives failing runs, logs a streak of
-failures once by type only, stops and is awaited on close, leaves no task behind."""
+"""The one background loop: runs on its interval (at once or after one interval), honours the
+wait a run asks for, outlives failing runs and logs a streak of failures once by type and
+place only, lets the run in progress finish on close, and leaves no task behind.
+
+Timing runs on a virtual clock (``tests.virtual_time``): the times asserted are the event
+loop's, exact and repeatable, never the wall clock's."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import pytest
 
+from tests import virtual_time
 from turnout._support.periodic import Periodic
 
 
-async def eventually(condition: object, within_s: float = 5.0) -> None:
-    assert callable(condition)
-    async with asyncio.timeout(within_s):
-        while not condition():  # noqa: ASYNC110 - polls a counter; there is no event to await
-            await asyncio.sleep(0.005)
+class Ticks:
+    """A tick that records when it ran and lets the test wait for the n-th run."""
+
+    def __init__(self, body: Callable[[int], Awaitable[float | None]] | None = None) -> None:
+        self.at: list[float] = []
+        self._body = body
+        self._ran = asyncio.Condition()
+
+    async def __call__(self) -> float | None:
+        self.at.append(asyncio.get_running_loop().time())
+        async with self._ran:
+            self._ran.notify_all()
+        return None if self._body is None else await self._body(len(self.at))
+
+    async def wait_for(self, runs: int) -> None:
+        async with self._ran:
+            await self._ran.wait_for(lambda: len(self.at) >= runs)
 
 
-async def test_runs_at_once_or_after_one_interval() -> None:
-    calls: list[str] = []
-
-    async def tick() -> None:
-        calls.append("run")
-
-    now = Periodic("now", tick, 3600.0, first="now")
-    later = Periodic("later", tick, 3600.0)
-    now.start()
-    later.start()
-    await eventually(lambda: calls == ["run"])
-    await asyncio.sleep(0.02)
-    await now.aclose()
-    await later.aclose()
-    assert calls == ["run"] and now.runs == 1 and later.runs == 0
+def other_tasks() -> set[asyncio.Task[object]]:
+    return asyncio.all_tasks() - {asyncio.current_task()}
 
 
-async def test_repeats_on_its_interval_and_honours_the_wait_a_run_returns() -> None:
-    waits = iter([0.0, 0.0, 3600.0])
+@pytest.mark.parametrize(("first", "expected"), [("now", [0.0, 10.0, 20.0]), ("later", [10.0, 20.0, 30.0])])
+def test_runs_every_interval_from_now_or_from_one_interval_on(
+    first: Literal["now", "later"], expected: list[float]
+) -> None:
+    async def scenario() -> list[float]:
+        tick = Ticks()
+        async with Periodic("p", tick, 10.0, first=first):
+            await tick.wait_for(3)
+        return tick.at
 
-    async def tick() -> float:
-        return next(waits)
-
-    loop = Periodic("p", tick, 0.001, first="now")
-    async with loop:
-        await eventually(lambda: loop.runs == 3)
-        await asyncio.sleep(0.02)
-    assert loop.runs == 3  # the third run asked for an hour
+    assert virtual_time.run(scenario()) == expected
 
 
-async def test_a_failing_run_is_logged_once_per_streak_without_its_message(caplog: pytest.LogCaptureFixture) -> None:
-    outcomes = iter([ValueError("secret prompt text"), ValueError("again"), None, KeyError("x"), None])
+def test_a_run_may_ask_for_its_own_wait() -> None:
+    async def next_wait(run: int) -> float | None:
+        return {1: 2.5, 2: 0.0}.get(run)  # then None: the interval
 
-    async def tick() -> None:
-        outcome = next(outcomes, None)
+    async def scenario() -> list[float]:
+        tick = Ticks(next_wait)
+        async with Periodic("p", tick, 10.0, first="now"):
+            await tick.wait_for(4)
+        return tick.at
+
+    assert virtual_time.run(scenario()) == [0.0, 2.5, 2.5, 12.5]
+
+
+def test_a_zero_wait_still_lets_other_tasks_run() -> None:
+    async def again(run: int) -> float:
+        return 0.0
+
+    async def scenario() -> tuple[int, bool]:
+        tick = Ticks(again)
+        other = asyncio.Event()
+        async with Periodic("busy", tick, 10.0, first="now"):
+            asyncio.get_running_loop().call_soon(other.set)
+            await other.wait()  # reached although every run asks to run again at once
+        return len(tick.at), asyncio.get_running_loop().time() == 0.0
+
+    runs, no_time_passed = virtual_time.run(scenario())
+    assert runs >= 1 and no_time_passed
+
+
+def test_a_failing_run_is_logged_once_per_streak_by_type_and_place(caplog: pytest.LogCaptureFixture) -> None:
+    outcomes: list[Exception | None] = [ValueError("secret prompt text"), ValueError("again"), None, KeyError("x")]
+
+    async def body(run: int) -> None:
+        outcome = outcomes[run - 1] if run <= len(outcomes) else None
         if outcome is not None:
             raise outcome
 
+    async def scenario() -> tuple[list[float], int, int]:
+        tick = Ticks(body)
+        loop = Periodic("flaky", tick, 10.0, first="now")
+        async with loop:
+            await tick.wait_for(6)
+        return tick.at, loop.runs, loop.failures
+
     caplog.set_level(logging.DEBUG, logger="turnout")
-    loop = Periodic("flaky", tick, 0.001, first="now")
-    async with loop:
-        await eventually(lambda: loop.runs >= 6)
-    assert loop.failures == 3
+    at, runs, failures = virtual_time.run(scenario())
+    assert at == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]  # a failed run waits the interval too
+    assert (runs, failures) == (6, 3)  # close let the sixth run finish
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 2  # two streaks
+    assert len(errors) == 2  # one per streak; the repeat is at debug level
     assert "ValueError at test_support_periodic.py" in errors[0] and "KeyError" in errors[1]
-    recovered = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(recovered) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == ["flaky: runs succeed again"] * 2
     assert not any("secret prompt text" in r.getMessage() for r in caplog.records)
 
 
-async def test_close_lets_the_run_in_progress_finish_and_stops_the_loop() -> None:
-    started, release = asyncio.Event(), asyncio.Event()
-    finished: list[bool] = []
+def test_close_lets_the_run_in_progress_finish_then_nothing_is_left() -> None:
+    async def scenario() -> None:
+        started, release = asyncio.Event(), asyncio.Event()
+        finished: list[float] = []
 
-    async def tick() -> None:
-        started.set()
-        await release.wait()
-        finished.append(True)
+        async def slow(run: int) -> None:
+            started.set()
+            await release.wait()
+            finished.append(asyncio.get_running_loop().time())
 
-    loop = Periodic("slow", tick, 0.001, first="now")
-    loop.start()
-    await started.wait()
-    closing = asyncio.ensure_future(loop.aclose())
-    await asyncio.sleep(0.01)
-    assert not closing.done()  # waits for the run
-    release.set()
-    await closing
-    assert finished == [True] and loop.runs == 1 and not loop.running
-    await loop.aclose()  # twice is fine
-    tasks = [t for t in asyncio.all_tasks() if t.get_name() == "slow"]
-    assert tasks == []
+        loop = Periodic("slow", Ticks(slow), 10.0, first="now")
+        loop.start()
+        await started.wait()
+        closing = asyncio.create_task(loop.aclose())
+        await asyncio.sleep(5.0)
+        assert not closing.done()  # it waits for the run
+        release.set()
+        await closing
+        assert finished == [5.0] and loop.runs == 1 and not loop.running
+        assert other_tasks() == set()
+        await loop.aclose()  # twice is fine
+
+    virtual_time.run(scenario())
 
 
-async def test_close_before_start_and_double_start() -> None:
-    async def tick() -> None:
-        return None
+def test_close_stops_a_waiting_loop_at_once() -> None:
+    async def scenario() -> None:
+        tick = Ticks()
+        loop = Periodic("idle", tick, 3600.0, first="later")
+        loop.start()
+        await asyncio.sleep(60.0)
+        await loop.aclose()
+        assert asyncio.get_running_loop().time() == 60.0  # no wait for the hour to end
+        assert tick.at == [] and other_tasks() == set()
 
-    loop = Periodic("p", tick, 1.0)
-    await loop.aclose()
-    loop2 = Periodic("q", tick, 1.0)
-    loop2.start()
-    with pytest.raises(RuntimeError, match="already started"):
-        loop2.start()
-    await loop2.aclose()
+    virtual_time.run(scenario())
+
+
+def test_start_close_and_restart() -> None:
+    async def scenario() -> None:
+        tick = Ticks()
+        loop = Periodic("p", tick, 10.0, first="now")
+        await loop.aclose()  # before start: nothing to do
+        loop.start()
+        with pytest.raises(RuntimeError, match="already started"):
+            loop.start()
+        await tick.wait_for(1)
+        await loop.aclose()
+        loop.start()  # a closed loop may start again
+        await tick.wait_for(2)
+        await loop.aclose()
+        assert tick.at == [0.0, 0.0]
+
+    virtual_time.run(scenario())
     with pytest.raises(ValueError, match="positive"):
-        Periodic("r", tick, 0.0)
+        Periodic("r", Ticks(), 0.0, first="now")

@@ -3,9 +3,12 @@
 ``submit`` is synchronous: it appends and returns, never awaiting and never touching disk, so
 the request path never waits for a store. A background task owned by the queue hands batches
 to ``sink``: as soon as ``batch_size`` items wait, or ``flush_interval_s`` after the first item
-of a partial batch arrived. ``sink`` returns how many of the batch it kept; the rest count as
-``failed``. A sink that raises fails its whole batch: the queue counts it, calls
-``on_failure`` (or logs the exception's type) and carries on with the next batch.
+of a partial batch arrived. ``sink`` returns the items of the batch it refused (a record whose
+redaction failed; nothing, usually): they count as ``failed``, the rest as ``written``. A sink
+that raises fails its whole batch: the queue counts it, calls ``on_failure`` (or logs the
+exception's type) and carries on with the next batch. Because a sink names what it refused, a
+sink can wrap another (a spill journal between the queue and the store takes what the store
+refused) without the queue knowing.
 
 A full queue (``queue_size`` items, or ``max_weight`` by ``weigh``) drops the new item: counted
 in ``dropped`` and logged at most once per ``log_interval_s``. We choose counting over
@@ -25,19 +28,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
-Sink = Callable[[list[T]], Awaitable[int]]
+Sink = Callable[[list[T]], Awaitable[Sequence[T]]]  # the batch in, the items refused out
 
 
 class RateLimit:
     """At most one log line per interval; ``take`` reports how many events it summarises."""
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
+        self._clock = clock
         self._last = -float("inf")
         self._reported = 0
 
     def ready(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last < self.interval_s:
             return False
         self._last = now
@@ -179,7 +183,7 @@ class BatchQueue(Generic[T]):
     async def _write(self, batch: list[T]) -> None:
         self._writing = len(batch)
         try:
-            kept = await self._sink(batch)
+            refused = await self._sink(batch)
         except Exception as exc:  # any sink failure: count it and keep the loop alive
             self.failed += len(batch)
             if self._on_failure is not None:
@@ -187,8 +191,8 @@ class BatchQueue(Generic[T]):
             else:
                 self._log.error("%s: writing %d %s failed (%s)", self.name, len(batch), self._noun, type(exc).__name__)
         else:
-            self.written += kept
-            self.failed += len(batch) - kept
+            self.written += len(batch) - len(refused)
+            self.failed += len(refused)
         finally:
             self._writing = 0
 

@@ -4,9 +4,11 @@ capture purges): an owned task, stopped and awaited on close, that never dies of
     async with Periodic("turnout-purge", purge, 3600.0, first="now"):
         ...  # or start() / aclose(), e.g. pushed on the runtime's AsyncExitStack
 
-``tick`` may return how long to wait before the next run (a loop with several schedules, like
-the canary controller's); ``None`` waits ``interval_s``. A run that raises is logged by type
-and place only (the message may quote request content): the first failure of a streak as an
+``first`` says when the first run comes: ``"now"`` (a job that catches up after downtime) or
+``"later"``, one interval after ``start`` (a refresh whose caller has just loaded). ``tick``
+may return how long to wait before the next run (a loop with several schedules, like the
+canary controller's); ``None`` waits ``interval_s``. A run that raises is logged by type and
+place only (the message may quote request content): the first failure of a streak as an
 error, the rest at debug level, and the recovery once. ``aclose`` lets a run in progress
 finish (each run is one unit of work, such as one transaction) and then ends the loop.
 """
@@ -33,7 +35,7 @@ class Periodic:
         tick: Tick,
         interval_s: float,
         *,
-        first: Literal["now", "later"] = "later",
+        first: Literal["now", "later"],
         logger: logging.Logger = log,
     ) -> None:
         if interval_s <= 0:

@@ -17,7 +17,7 @@ At every moment: rows accepted by ``submit`` == ``written`` + ``failed`` + ``que
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from turnout._support.batching import BatchQueue, QueueWriter, RateLimit, request_ids
 from turnout.config import StoreConfig
@@ -57,9 +57,9 @@ class LedgerWriter(QueueWriter[LedgerRow]):
     def from_config(cls, store: LedgerStore, cfg: StoreConfig) -> LedgerWriter:
         return cls(store, cfg.batch_size, cfg.flush_interval_ms / 1000, cfg.queue_size)
 
-    async def _write(self, batch: list[LedgerRow]) -> int:
-        await self.store.write_batch(batch)
-        return len(batch)
+    async def _write(self, batch: list[LedgerRow]) -> Sequence[LedgerRow]:
+        await self.store.write_batch(batch)  # all rows or none: a failure raises
+        return ()
 
     def _failed(self, batch: list[LedgerRow], exc: Exception) -> None:
         if not self._fail_log.ready():

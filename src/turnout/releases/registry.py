@@ -48,7 +48,7 @@ class StoreRegistry:
         self._snapshot = Snapshot(serving={}, releases={})
         self._version = -1
         self._lock = asyncio.Lock()
-        self._poller = Periodic("turnout-releases-poll", self._refresh, interval, logger=log)
+        self._poller = Periodic("turnout-releases-poll", self._refresh, interval, first="later", logger=log)
 
     async def start(self) -> None:
         await self.refresh(force=True)

@@ -7,7 +7,7 @@ from turnout.config import LimitsConfig
 from turnout.control.keys.base import KeyStore
 
 # By the limits backend: ``memory`` keeps keys in a SQLite file (one replica), ``redis`` in
-# Redis (every replica).
+# Redis (every replica). Each store builds itself from the limits section (``from_config``).
 KEY_STORES: dict[str, Backend] = {
     "memory": Backend("turnout.control.keys.sqlite:SQLiteKeyStore"),
     "redis": Backend("turnout.control.keys.redis:RedisKeyStore", ("redis", "hiredis"), "redis"),
@@ -16,6 +16,5 @@ KEY_STORES: dict[str, Backend] = {
 
 def open_key_store(cfg: LimitsConfig) -> KeyStore:
     """Not yet open: ``await store.open()``."""
-    cls = load(KEY_STORES, cfg.backend, "limits.backend")
-    store: KeyStore = cls(cfg.keys_path) if cfg.backend == "memory" else cls(cfg.redis_url, cfg.key_prefix)
+    store: KeyStore = load(KEY_STORES, cfg.backend, "limits.backend").from_config(cfg)
     return store

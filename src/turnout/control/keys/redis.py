@@ -16,6 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from turnout.config import LimitsConfig
 from turnout.control.keys.base import IssuedKey, KeyStoreError, digest, new_key
 
 # Refuse rather than overwrite: a digest or id already taken (never, with 256 and 64 random
@@ -55,6 +56,10 @@ class RedisKeyStore:
         self.ids_key = f"{key_prefix}:keyids"
         self._timeout_s = timeout_s
         self._client: aioredis.Redis | None = None
+
+    @classmethod
+    def from_config(cls, cfg: LimitsConfig) -> RedisKeyStore:
+        return cls(cfg.redis_url, cfg.key_prefix)
 
     async def open(self) -> None:
         if self._client is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout._support.sqlite import SQLiteWorker, migrate
+from turnout.config import LimitsConfig
 from turnout.control.keys.base import IssuedKey, KeyStoreError, digest, new_key
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -57,6 +58,10 @@ class SQLiteKeyStore:
         self._keys: dict[bytes, IssuedKey] = {}
         self._version: int = -1  # the reader's data_version when _keys was loaded
         self._reload_lock = asyncio.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: LimitsConfig) -> SQLiteKeyStore:
+        return cls(cfg.keys_path)
 
     async def open(self) -> None:
         await self._db.open()

@@ -7,6 +7,7 @@ from turnout._support.backends import Backend, load
 from turnout.config import LimitsConfig
 from turnout.control.quota.base import Limiter
 
+# Each backend builds itself from the limits section (``from_config``).
 LIMITERS: dict[str, Backend] = {
     "memory": Backend("turnout.control.quota.memory:MemoryLimiter"),
     "redis": Backend("turnout.control.quota.redis:RedisLimiter", ("redis", "hiredis"), "redis"),
@@ -14,9 +15,5 @@ LIMITERS: dict[str, Backend] = {
 
 
 def open_limiter(cfg: LimitsConfig) -> Limiter:
-    cls = load(LIMITERS, cfg.backend, "limits.backend")
-    if cfg.backend == "memory":
-        limiter: Limiter = cls(cfg.max_request_s)
-    else:
-        limiter = cls(cfg.redis_url, cfg.key_prefix, cfg.max_request_s, cfg.on_backend_error)
+    limiter: Limiter = load(LIMITERS, cfg.backend, "limits.backend").from_config(cfg)
     return limiter

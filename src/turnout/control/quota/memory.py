@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from turnout.config import LimitsConfig
 from turnout.control.quota.base import (
     MICRO_USD,
     Ask,
@@ -113,6 +114,10 @@ class MemoryLimiter:
         self._budgets: dict[tuple[str, str], _Budget] = {}  # (scope, "usd_per_day:2026-11-28")
         self._clock = float("-inf")  # the latest ``now`` seen; the sweep's idea of the time
         self._ops = 0
+
+    @classmethod
+    def from_config(cls, cfg: LimitsConfig) -> MemoryLimiter:
+        return cls(cfg.max_request_s)
 
     # -- the Limiter protocol -------------------------------------------------------------
 

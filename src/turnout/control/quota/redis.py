@@ -18,7 +18,7 @@ clock mints nothing and a leading one at most its skew's worth of tokens). With
 ``server_time=True`` the scripts read Redis ``TIME`` instead, for fleets whose clocks cannot be
 trusted; budget windows (which UTC day and month) still follow the caller's clock.
 
-Redis unreachable (connection refused, timeout): ``backend_errors`` counts it, a warning is
+Redis unreachable (connection refused, timeout): ``stats().backend_errors`` counts it, a warning is
 logged at most every ``WARN_EVERY_S``, and ``acquire`` either raises ``BackendUnavailable``
 (``on_backend_error="closed"``) or admits with a grant already marked done, so its settle and
 release do nothing (``"open"``). A failed settle or release is logged and counted, never
@@ -41,6 +41,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from turnout.config import LimitsConfig
 from turnout.control.quota import redis_script
 from turnout.control.quota.base import (
     MICRO_USD,
@@ -91,7 +92,7 @@ class RedisLimiter:
         self.max_request_s = max_request_s
         self.on_backend_error = on_backend_error
         self.server_time = server_time
-        self.backend_errors = 0
+        self._backend_errors = 0
         self._next_warning = 0.0
         # The pooled client is for callers that inspect the keys (admin, tests); the scripts
         # go through the batcher's own connection. One immediate retry on a dropped connection
@@ -115,6 +116,10 @@ class RedisLimiter:
         # Per request only its own numbers are encoded; the rest is encoded once.
         self._acquire_fixed = (bulks([int(server_time), max_request_s]), bulks([math.ceil(max_request_s) + 1]))
         self._encoded: dict[tuple[tuple[Scope, ...], str], _Encoded] = {}
+
+    @classmethod
+    def from_config(cls, cfg: LimitsConfig) -> RedisLimiter:
+        return cls(cfg.redis_url, cfg.key_prefix, cfg.max_request_s, cfg.on_backend_error)
 
     # -- the Limiter protocol -------------------------------------------------------------
 
@@ -185,7 +190,7 @@ class RedisLimiter:
         await self.batcher.flush()
 
     def stats(self) -> LimiterStats:
-        return LimiterStats(self.backend_errors)
+        return LimiterStats(self._backend_errors)
 
     async def aclose(self) -> None:
         try:
@@ -263,7 +268,7 @@ class RedisLimiter:
             log.warning("quota settle failed: %s", type(exc).__name__)
 
     def _unreachable(self, exc: BaseException) -> None:
-        self.backend_errors += 1
+        self._backend_errors += 1
         now = time.monotonic()
         if now >= self._next_warning:
             self._next_warning = now + WARN_EVERY_S
@@ -271,7 +276,7 @@ class RedisLimiter:
                 "quota backend unreachable (%s); failing %s, %d errors so far",
                 exc,
                 self.on_backend_error,
-                self.backend_errors,
+                self._backend_errors,
             )
 
 

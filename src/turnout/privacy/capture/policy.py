@@ -76,7 +76,7 @@ class CapturePolicy:
         self._clock = clock
         self._grants: dict[tuple[str, str], tuple[Grant, ...]] = {}
         self._version: tuple[int, int] | None = None
-        self._loop = Periodic("turnout-capture-grants", self.tick, refresh_interval_s, logger=log)
+        self._loop = Periodic("turnout-capture-grants", self.tick, refresh_interval_s, first="later", logger=log)
 
     @classmethod
     def rules_only(cls, config: CaptureConfig, rng: random.Random | None = None) -> CapturePolicy:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 from turnout.config import CaptureConfig
-from turnout.privacy.capture.model import Decision, TextRedactor
+from turnout.privacy.capture.model import TextRedactor
 from turnout.privacy.capture.policy import CapturePolicy
 from turnout.privacy.capture.purge import Purger
 from turnout.privacy.capture.store import CaptureStore
@@ -17,8 +18,9 @@ from turnout.privacy.capture.writer import CaptureWriter
 
 class Capture:
     """Owns one capture store and its three users. ``start`` opens the store, loads grants and
-    starts the background tasks; ``aclose`` stops them in order (drain the writer, stop the
-    purge job and the grant refresher, close the store)."""
+    starts the background tasks, each pushed on one ``AsyncExitStack`` as it starts; ``aclose``
+    unwinds it: the writer drains, the purge job and the grant refresher stop, and then the
+    store they all use closes. A start that fails half-way closes what it had opened."""
 
     def __init__(
         self,
@@ -35,37 +37,23 @@ class Capture:
         self.policy = CapturePolicy(config, self.store, rng, refresh_interval_s=refresh_interval_s, clock=clock)
         self.writer = CaptureWriter(self.store, redactor, secrets=secrets, ttl_days=config.ttl_days, clock=clock)
         self.purger = Purger(self.store, config.purge_interval_s, clock=clock)
+        self._stack = AsyncExitStack()
+        # The request path's two calls, handed straight to their owners (no extra frame).
+        self.decide = self.policy.decide
+        self.submit = self.writer.submit
 
     async def start(self) -> None:
-        await self.store.open()
-        try:
+        async with AsyncExitStack() as stack:
+            await self.store.open()
+            stack.push_async_callback(self.store.aclose)
             await self.policy.start()
-            self.writer.start()
+            stack.push_async_callback(self.policy.aclose)
             self.purger.start()
-        except BaseException:
-            await self.aclose()
-            raise
-
-    def decide(self, tenant: str, task: str, now: float | None = None) -> Decision:
-        return self.policy.decide(tenant, task, now)
-
-    def submit(
-        self,
-        request_id: str,
-        tenant: str,
-        task: str,
-        decision: Decision,
-        prompt_text: str,
-        completion_text: str | None,
-    ) -> bool:
-        return self.writer.submit(request_id, tenant, task, decision, prompt_text, completion_text)
+            stack.push_async_callback(self.purger.aclose)
+            self.writer.start()
+            stack.push_async_callback(self.writer.aclose)
+            self._stack = stack.pop_all()  # started: kept open until ``aclose``
 
     async def aclose(self) -> None:
-        try:
-            await self.writer.aclose()
-        finally:
-            try:
-                await self.purger.aclose()
-                await self.policy.aclose()
-            finally:
-                await self.store.aclose()
+        """Safe to call twice, or after a failed start."""
+        await self._stack.aclose()

@@ -14,8 +14,8 @@ Before anything is written, every text goes through a redactor:
   full mode falls back to ``redactor`` too: the safe side, at the cost of the PII a grant was
   meant to reveal.
 
-A redactor that raises drops that record (counted in ``failed``, logged by request id); raw
-text is never written instead. When the queue is full (``queue_size`` records or
+A redactor that raises makes the writer refuse that record (counted in ``failed``, logged by
+request id); raw text is never written instead. When the queue is full (``queue_size`` records or
 ``queue_chars`` characters of text) the record is dropped, counted in ``dropped`` and logged at
 most once per ``log_interval_s``: capture is best-effort and must never slow a request.
 
@@ -132,37 +132,39 @@ class CaptureWriter(QueueWriter[_Pending]):
         )
         return self.queue.submit(item)
 
-    async def _write(self, batch: list[_Pending]) -> int:
-        """Redact off the loop, then store; a record whose redaction fails is not kept."""
-        rows = await asyncio.to_thread(self._prepare, batch)
+    async def _write(self, batch: list[_Pending]) -> list[_Pending]:
+        """Redact off the loop, then store; a record whose redaction fails is refused."""
+        rows, refused = await asyncio.to_thread(self._prepare, batch)
         await self.store.write_captures(rows)
-        return len(rows)
+        return refused
 
-    def _prepare(self, batch: Sequence[_Pending]) -> list[CaptureRow]:
-        """On a worker thread: redact every text. A record whose redaction fails is dropped."""
-        rows = []
+    def _prepare(self, batch: Sequence[_Pending]) -> tuple[list[CaptureRow], list[_Pending]]:
+        """On a worker thread: redact every text. Raw text is never kept instead of a failed
+        redaction: that record is refused."""
+        rows, refused = [], []
         for item in batch:
-            scrub = self.redactor if item.mode == "redacted" or self.secrets is None else self.secrets
             try:
-                prompt = scrub.redact(item.prompt_text).text
-                completion = None if item.completion_text is None else scrub.redact(item.completion_text).text
+                rows.append(self._redacted(item))
             except Exception as exc:
                 log.error("capture: redacting request %s failed (%s); not kept", item.request_id, type(exc).__name__)
-                continue
-            rows.append(
-                CaptureRow(
-                    item.request_id,
-                    item.tenant,
-                    item.task,
-                    item.mode,
-                    item.grant_id,
-                    item.at,
-                    item.at + self.ttl_s,
-                    prompt,
-                    completion,
-                )
-            )
-        return rows
+                refused.append(item)
+        return rows, refused
+
+    def _redacted(self, item: _Pending) -> CaptureRow:
+        scrub = self.redactor if item.mode == "redacted" or self.secrets is None else self.secrets
+        prompt = scrub.redact(item.prompt_text).text
+        completion = None if item.completion_text is None else scrub.redact(item.completion_text).text
+        return CaptureRow(
+            item.request_id,
+            item.tenant,
+            item.task,
+            item.mode,
+            item.grant_id,
+            item.at,
+            item.at + self.ttl_s,
+            prompt,
+            completion,
+        )
 
 
 def _failed(batch: list[_Pending], exc: Exception) -> None:
