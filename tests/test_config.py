@@ -593,3 +593,56 @@ def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "not valid YAML" in info.value.problems[0]
+
+
+# --- what start-up used to refuse, refused at load ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("123456789", "capture.redaction_key: needs at least 16 bytes, got 9"),
+        ("é" * 7, "capture.redaction_key: needs at least 16 bytes, got 14"),  # bytes, as the redactor counts
+        ("\ud800" * 16, "capture.redaction_key: is not valid UTF-8 text"),
+    ],
+)
+def test_a_redaction_key_the_redactor_would_refuse_is_named(key: str, message: str) -> None:
+    [problem] = problems(base(capture={"redaction_key": key}))
+    assert problem.startswith(message)
+
+
+def test_an_empty_redaction_key_is_no_key() -> None:
+    # ``${TURNOUT_REDACTION_KEY:-}``: the gateway then reads the variable, else keys at random.
+    assert validate(base(capture={"redaction_key": ""})).capture.redaction_key == ""
+    assert validate(base(capture={"redaction_key": "é" * 8})).capture.redaction_key == "é" * 8
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        ({"kind": "postgres"}, "store.dsn: required when store.kind is postgres"),
+        ({"kind": "postgres", "dsn": ""}, "store.dsn: required when store.kind is postgres"),
+        ({"kind": "postgres", "dsn": "mysql://u@h/db"}, "store.dsn: must start with postgresql:// or postgres://"),
+    ],
+)
+def test_a_postgres_ledger_needs_a_postgres_dsn(store: dict[str, Any], message: str) -> None:
+    [problem] = problems(base(store=store))
+    assert problem.startswith(message)
+
+
+def test_a_postgres_dsn_of_either_scheme_loads_and_other_stores_need_none() -> None:
+    for dsn in ("postgresql://u@h:5432/db", "postgres://u@h/db"):
+        assert validate(base(store={"kind": "postgres", "dsn": dsn})).store.dsn == dsn
+    assert validate(base(store={"kind": "sqlite"})).store.dsn is None
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [{"base_url": "http://user:pw@vllm:8000/v1"}, {"base_urls": ["http://a:8000/v1", "http://user@b:8000/v1"]}],
+)
+def test_credentials_in_a_base_url_and_an_api_key_are_refused(urls: dict[str, Any]) -> None:
+    target = {"provider": "openai", "model": "m", "api_key": "sk-up", **urls}
+    [problem] = problems(base(targets={**base()["targets"], "vllm": target}))
+    assert problem == "targets.vllm.api_key: give credentials in base_url or as api_key, not both"
+    del target["api_key"]
+    assert validate(base(targets={**base()["targets"], "vllm": target}))  # either alone is fine

@@ -10,9 +10,10 @@ import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from turnout.errors import ConfigError
 
@@ -68,6 +69,28 @@ class CaptureConfig(_Strict):
     # Keys the HMAC pseudonyms of redacted values; from TURNOUT_REDACTION_KEY if unset, else
     # random per process (placeholders then differ between replicas and restarts).
     redaction_key: str | None = None
+
+    @field_validator("redaction_key")
+    @classmethod
+    def _long_enough(cls, key: str | None) -> str | None:
+        problem = redaction_key_problem(key) if key else None  # empty: unset, as the gateway reads it
+        if problem:
+            raise ValueError(problem)
+        return key
+
+
+def redaction_key_problem(key: str) -> str | None:
+    """Why the redactor would refuse ``key`` at start-up (too short, not UTF-8), or None."""
+    # Imported only when a key is given: the engine compiles its patterns at import.
+    from turnout.privacy.redact.engine import MIN_KEY_BYTES
+
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 text"
+    if size < MIN_KEY_BYTES:
+        return f"needs at least {MIN_KEY_BYTES} bytes, got {size} (e.g. the output of `openssl rand -hex 32`)"
+    return None
 
 
 class ReleasesConfig(_Strict):
@@ -380,6 +403,8 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
             if task not in tasks:
                 problems.append(f"tenants.{tname}.task_limits.{task}: unknown task {task!r}")
     problems += _price_book_problems(raw.get("prices"), targets)
+    problems += _credential_problems(targets)
+    problems += _store_problems(_mapping(raw.get("store")))
     server = _mapping(raw.get("server"))
     host = str(server.get("host", "127.0.0.1"))
     if not tenants and not _flag(server.get("allow_anonymous", False)) and not _is_loopback(host):
@@ -403,6 +428,39 @@ def _price_book_problems(book: Any, targets: dict[str, Any]) -> list[str]:
             problems.append(f"prices[{i}].effective: {when} is also the date of prices[{seen[when]}]")
         seen.setdefault(when, i)
     return problems
+
+
+def _credential_problems(targets: dict[str, Any]) -> list[str]:
+    """An OpenAI-compatible target with credentials in a base URL and an api_key: the HTTP
+    client sends URL credentials as Basic auth and refuses them next to a Bearer key."""
+    problems: list[str] = []
+    for name, target in targets.items():
+        target = _mapping(target)
+        if target.get("provider") != "openai" or not target.get("api_key"):
+            continue
+        listed = target.get("base_urls")
+        urls = listed if isinstance(listed, list) else [target.get("base_url")]
+        if any(isinstance(url, str) and _url_user(url) for url in urls):
+            problems.append(f"targets.{name}.api_key: give credentials in base_url or as api_key, not both")
+    return problems
+
+
+def _url_user(url: str) -> str | None:
+    try:
+        return urlsplit(url).username
+    except ValueError:
+        return None  # the URL's own check reports it
+
+
+def _store_problems(store: dict[str, Any]) -> list[str]:
+    if store.get("kind") != "postgres":
+        return []
+    dsn = store.get("dsn")
+    if not dsn:
+        return ["store.dsn: required when store.kind is postgres, e.g. postgresql://user@host:5432/db"]
+    if isinstance(dsn, str) and not re.match(r"^postgres(ql)?://", dsn):
+        return ["store.dsn: must start with postgresql:// or postgres://, e.g. postgresql://user@host:5432/db"]
+    return []
 
 
 def _mapping(node: Any) -> dict[str, Any]:

@@ -1,10 +1,15 @@
-"""``turnout serve`` and ``turnout check``: run the gateway on a config, or only check it."""
+"""``turnout serve`` and ``turnout check``: run the gateway on a config, or only check it.
+
+Both load the config (its own rules, with key paths) and then run ``preflight`` (what start-up
+would refuse on this machine), so ``check`` passes exactly the configs ``serve`` starts on.
+"""
 
 from __future__ import annotations
 
 import click
 
 from turnout.cli._common import CommandError, config_option
+from turnout.cli.preflight import preflight
 from turnout.config import Config, validate
 from turnout.control.catalog import base_model_id, bedrock_model, price
 from turnout.errors import ConfigError
@@ -19,7 +24,16 @@ CONFIG_HELP = "YAML config file."
 @click.option("--port", type=int, help="Port to bind (overrides server.port; default 8080).")
 def serve(config: Config, host: str | None, port: int | None) -> None:
     """Run the gateway until SIGINT/SIGTERM, then drain in-flight requests and the ledger."""
-    server.run(with_address(config, host, port))
+    config = with_address(config, host, port)
+    ready(config)
+    server.run(config)
+
+
+def ready(config: Config) -> None:
+    """Refuse, listing every problem, a config the gateway would not start on."""
+    problems = preflight(config)
+    if problems:
+        raise CommandError.listing("the gateway would not start", problems)
 
 
 def with_address(config: Config, host: str | None, port: int | None) -> Config:
@@ -40,7 +54,9 @@ def with_address(config: Config, host: str | None, port: int | None) -> Config:
 @click.command()
 @config_option(CONFIG_HELP)
 def check(config: Config) -> None:
-    """Validate the config; print every problem with its key path and exit 1 if there is one."""
+    """Validate the config and what start-up needs with it (drivers, model and release files,
+    TURNOUT_REDACTION_KEY); print every problem with its key path and exit 1 if there is one."""
+    ready(config)
     click.echo(
         f"ok: {len(config.targets)} target(s), {len(config.tasks)} task(s), {len(config.tenants)} tenant(s)"
         + ("" if config.tenants else " (no tenants: anonymous access on loopback)")

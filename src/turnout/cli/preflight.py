@@ -1,0 +1,150 @@
+"""What the gateway's start-up would refuse, found without starting it: ``turnout check`` and
+``turnout serve`` (before it binds) both run ``preflight``, so a config that passes the one
+starts the other.
+
+The config's own rules (key lengths, known names, the price book, the PostgreSQL DSN, URL
+credentials) are checked when it loads (``turnout.config``). What is left depends on this
+machine, and is checked here with the functions start-up itself calls, under the conditions
+it calls them (``turnout.serving.runtime``):
+
+* ``TURNOUT_REDACTION_KEY``, read when ``capture.redaction_key`` is unset: the log filter
+  keys its redactor with it on every start;
+* the optional drivers each chosen backend needs (ledger store, key store, limiter, every
+  target's provider, tracing) and the Redis URL, parsed as the limiter parses it;
+* each local target's model file;
+* the release files under ``releases.path``, loaded and checked against the config;
+* every SQLite file start-up opens (ledger, capture, keys, releases): its directory must be
+  one that can be created and written;
+* ``PROMETHEUS_MULTIPROC_DIR``, with metrics on: a directory.
+
+Every problem names the key path (or the environment variable, or the release file).
+Reachability (PostgreSQL, Redis, upstreams) is not checked: start-up waits for none of it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from turnout._support.backends import Backend, load
+from turnout.config import Config, LocalTarget, redaction_key_problem
+from turnout.control.keys.factory import KEY_STORES
+from turnout.control.pricing import PriceBook
+from turnout.control.quota.factory import LIMITERS
+from turnout.control.quota.gate import QuotaGate
+from turnout.errors import ConfigError
+from turnout.ledger.store import BACKENDS
+from turnout.privacy.capture import capture_path
+from turnout.providers.registry import PROVIDERS
+from turnout.releases.files import load_all
+from turnout.serving.runtime import capture_wanted
+
+TRACING = {"otlp": Backend("turnout.observe.tracing:Tracing", ("opentelemetry",), "observability")}
+MEMORY = ":memory:"
+
+
+def preflight(config: Config, env: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem that would stop the gateway from starting on ``config`` here; ``env``
+    defaults to this process's environment."""
+    env = os.environ if env is None else env
+    problems = _redaction_key(config, env) + _metrics_dir(config, env) + _backends(config)
+    problems += _collect(load_all, config)
+    problems += _sqlite_files(config)
+    return problems
+
+
+def _collect(step: Callable[..., object], *args: Any) -> list[str]:
+    """``step(*args)``'s ConfigError as its problems; none if it returns."""
+    try:
+        step(*args)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def _redaction_key(config: Config, env: Mapping[str, str]) -> list[str]:
+    if config.capture.redaction_key:
+        return []  # checked at load
+    key = env.get("TURNOUT_REDACTION_KEY")
+    problem = redaction_key_problem(key) if key else None
+    return [f"TURNOUT_REDACTION_KEY (capture.redaction_key is unset): {problem}"] if problem else []
+
+
+def _metrics_dir(config: Config, env: Mapping[str, str]) -> list[str]:
+    where = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if not config.observability.metrics or not where or os.path.isdir(where):
+        return []
+    return [f"PROMETHEUS_MULTIPROC_DIR (observability.metrics is on): {where} is not a directory"]
+
+
+def _backends(config: Config) -> list[str]:
+    """Load each backend start-up loads (a missing driver is a ConfigError), then what the
+    loaded ones read from the config: the Redis URL, local model files."""
+    problems: list[str] = []
+    if config.store.kind != "none":
+        problems += _collect(load, BACKENDS, config.store.kind, "store.kind")
+    if config.observability.otlp_endpoint:
+        problems += _collect(load, TRACING, "otlp", "observability.otlp_endpoint")
+    limits = config.limits.backend  # issued keys (with tenants) and the limiter (with limits)
+    shared = [table for table, used in ((KEY_STORES, bool(config.tenants)), (LIMITERS, _limited(config))) if used]
+    missing = sorted({p for table in shared for p in _collect(load, table, limits, "limits.backend")})
+    problems += missing
+    if shared and not missing and limits == "redis":
+        problems += _redis_url(config.limits.redis_url)
+    for name, target in config.targets.items():
+        failed = _collect(load, PROVIDERS, target.provider, f"targets.{name}.provider")
+        if not failed and isinstance(target, LocalTarget):
+            from turnout.providers.local.provider import model_path  # its driver is there: loaded above
+
+            failed = _collect(model_path, name, target.model_path)
+        problems += failed
+    return problems
+
+
+def _limited(config: Config) -> bool:
+    """Whether start-up opens a limiter: some tenant has a limit."""
+    return QuotaGate(config, None, PriceBook(config)).needed()
+
+
+def _redis_url(url: str) -> list[str]:
+    from redis.connection import parse_url  # the parser the limiter and the key store use
+
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        return [f"limits.redis_url: {exc}"]
+    return []
+
+
+def _sqlite_files(config: Config) -> list[str]:
+    """The SQLite files start-up opens (it creates their directories) under the same
+    conditions, each with the key that places it."""
+    files: list[tuple[str, str]] = []
+    if config.store.kind == "sqlite":
+        files.append((config.store.path, "store.path"))
+    if capture_wanted(config) and config.store.kind in ("sqlite", "postgres"):
+        files.append((capture_path(config.store), "store.path (the capture store beside the ledger)"))
+    if config.tenants and config.limits.backend == "memory":
+        files.append((config.limits.keys_path, "limits.keys_path"))
+    reviews = capture_wanted(config) and any(t.review_rate > 0 for t in config.tasks.values())
+    if reviews or os.path.isdir(config.releases.path):
+        files.append((config.releases.store_path, "releases.store_path"))
+    return [f"{key}: {problem}" for path, key in files if path != MEMORY and (problem := _unwritable(Path(path)))]
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why SQLite could not create or open ``path`` for writing, or None."""
+    if path.exists():
+        if path.is_dir():
+            return f"{path} is a directory, not a database file"
+        return None if os.access(path, os.R_OK | os.W_OK) else f"{path} is not writable"
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {path}: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {parent} is not writable"
+    return None
