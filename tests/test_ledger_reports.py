@@ -1,5 +1,6 @@
 """The two store methods feedback and reports add, on every backend (memory, SQLite,
-PostgreSQL in a schema of its own): ``set_outcome_by_episode`` and ``rows_between``."""
+PostgreSQL in a schema of its own): ``set_outcome_by_episode`` and ``rows_between``, and the
+report's episodes over what they return."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.test_ledger_store import (
 )
 from turnout.config import StoreConfig
 from turnout.ledger.store import LedgerStore, open_store
+from turnout.offline.reports.figures import compute
 
 
 @pytest.fixture(params=BACKENDS)
@@ -70,6 +72,26 @@ async def test_an_episode_is_scoped_to_the_tenant(store: LedgerStore) -> None:
     assert await store.get("req-000001") == make_row(1, episode_id="T-1")
     got = await store.get("req-000002")
     assert got is not None and (got.outcome, got.human_review, got.outcome_at) == ("failure", True, 5.0)
+
+
+async def test_two_tenants_sharing_an_episode_id_report_as_two_tasks(store: LedgerStore) -> None:
+    """Each tenant's feedback reaches its own rows only, and the report, computed from what the
+    store returns, counts acme's failed T-1 and globex's completed T-1 apart."""
+    await store.write_batch(
+        [
+            make_row(1, episode_id="T-1", cost_usd=0.10),
+            make_row(2, episode_id="T-1", cost_usd=0.10),
+            make_row(3, episode_id="T-1", cost_usd=0.10, tenant="globex"),
+        ]
+    )
+    assert await store.set_outcome_by_episode("T-1", "acme", "failure", None, None, None, 5.0) == 2
+    assert await store.set_outcome_by_episode("T-1", "globex", "success", None, None, None, 6.0) == 1
+    rows = await store.rows_between(0, 2e9)
+    [cost] = compute("cost", rows, review_cost=1.0).rows
+    assert (cost["completed"], cost["reviewed_or_failed"]) == (1, 1)
+    assert cost["cost_per_completed_usd"] == pytest.approx(0.30)
+    [quality] = compute("quality", rows).rows
+    assert (quality["tasks"], quality["successes"], quality["success_rate"]) == (2, 1, 0.5)
 
 
 async def test_episode_feedback_is_idempotent(store: LedgerStore) -> None:

@@ -114,6 +114,22 @@ def test_an_episode_that_failed_then_succeeded_is_completed() -> None:
     assert (row["completed"], row["reviewed_or_failed"]) == (1, 1)  # not failed, but reviewed
 
 
+def test_two_tenants_that_use_one_episode_id_have_two_tasks() -> None:
+    """Callers choose their episode ids: acme's T-1 failed, globex's T-1 succeeded. Merged, the
+    one task would be completed and not failed; apart, one of each."""
+    acme = [dataclasses.replace(r, episode_id="T-1", outcome="failure") for r in ledger()[:2]]
+    globex = [dataclasses.replace(r, episode_id="T-1", tenant="globex") for r in ledger()[2:4]]  # successes
+    cost = compute("cost", acme + globex, review_cost=1.0)
+    [row] = cost.rows
+    assert (row["completed"], row["reviewed_or_failed"]) == (1, 1)
+    assert row["cost_per_completed_usd"] == pytest.approx(0.24)
+    assert row["cost_per_completed_with_review_usd"] == pytest.approx(0.24 + 1.0)
+    [quality] = compute("quality", acme + globex).rows
+    assert quality["tasks"] == 2 and quality["success_rate"] == pytest.approx(0.5)
+    by_tenant = compute("cost", acme + globex, by=["tenant"])
+    assert [(r["tenant"], r["completed"]) for r in by_tenant.rows] == [("acme", 0), ("globex", 1), ("all", 1)]
+
+
 def test_spend_without_any_price_is_unpriced_never_zero() -> None:
     rows = [dataclasses.replace(r, cost_usd=None) for r in ledger()]
     report = compute("cost", rows)

@@ -4,6 +4,7 @@ factory, as configured), in every format and with a chart."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.test_reports import BASE, ledger
 from turnout.cli._common import parse_time
 from turnout.cli.main import main
 from turnout.cli.report import parse_by
+from turnout.ledger.record import LedgerRow
 from turnout.ledger.sqlite import SQLiteStore
 
 WINDOW = ("--since", "2026-03-02", "--until", "2026-03-05")
@@ -29,20 +31,25 @@ store:
 """
 
 
-@pytest.fixture
-def cfg(tmp_path: Path) -> str:
+def seeded(tmp_path: Path, rows: list[LedgerRow]) -> str:
+    """A config whose SQLite ledger holds ``rows``."""
     db = tmp_path / "ledger.db"
 
     async def seed() -> None:
         store = SQLiteStore(db)
         await store.open()
-        await store.write_batch(ledger())
+        await store.write_batch(rows)
         await store.aclose()
 
     asyncio.run(seed())
     path = tmp_path / "turnout.yaml"
     path.write_text(CONFIG % db)
     return str(path)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> str:
+    return seeded(tmp_path, ledger())
 
 
 def invoke(*args: str) -> Result:
@@ -74,6 +81,17 @@ def test_filters_and_an_empty_window(cfg: str) -> None:
         in invoke("report", "cost", "--since", "2020-01-01", "--until", "2020-02-01", "-c", cfg).stdout
     )
     assert "no requests" in invoke("report", "latency", *WINDOW, "--tenant", "globex", "-c", cfg).stdout
+
+
+def test_two_tenants_episodes_of_one_id_are_two_tasks(tmp_path: Path) -> None:
+    # acme's T-1 failed (rows 0-1), globex's T-1 succeeded (rows 2-3), all of release v1 or v2
+    rows = [dataclasses.replace(r, episode_id="T-1", outcome="failure") for r in ledger()[:2]] + [
+        dataclasses.replace(r, episode_id="T-1", tenant="globex") for r in ledger()[2:4]
+    ]
+    result = invoke("report", "quality", *WINDOW, "--by", "task", "--format", "json", "-c", seeded(tmp_path, rows))
+    assert result.exit_code == 0, result.output
+    [row] = orjson.loads(result.stdout)["rows"]
+    assert (row["tasks"], row["outcomes"], row["successes"]) == (2, 2, 1)
 
 
 def test_a_chart_is_written_as_svg(cfg: str, tmp_path: Path) -> None:

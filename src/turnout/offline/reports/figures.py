@@ -2,8 +2,9 @@
 
 Definitions, the same in every format:
 
-* A **task** is what the caller wanted done: the rows of one ``episode_id`` (a ticket, an agent
-  run), or one request when it has none. It is **completed** when any of its rows carries the
+* A **task** is what the caller wanted done: the rows of one tenant's ``episode_id`` (a ticket,
+  an agent run; tenants choose their ids, so two tenants' equal ids are two tasks), or one
+  request when it has none. It is **completed** when any of its rows carries the
   outcome ``success``; **failed** when it has an outcome and none is ``success``; **reviewed**
   when any row says ``human_review``, **escalated** likewise. An episode whose rows fall in two
   groups (two releases) counts once in each.
@@ -126,10 +127,12 @@ class TaskOutcome:
         return self.outcome_known and not self.success
 
 
-def tasks(rows: Iterable[LedgerRow]) -> dict[str, TaskOutcome]:
-    found: dict[str, TaskOutcome] = defaultdict(TaskOutcome)
+def tasks(rows: Iterable[LedgerRow]) -> dict[tuple[str, ...], TaskOutcome]:
+    """The rows' tasks by key: ``(tenant, episode_id)`` for an episode, since each caller
+    names its own episodes and two tenants may use the same id; ``(request_id,)`` otherwise."""
+    found: dict[tuple[str, ...], TaskOutcome] = defaultdict(TaskOutcome)
     for row in rows:
-        t = found[f"episode:{row.episode_id}" if row.episode_id else f"request:{row.request_id}"]
+        t = found[(row.tenant, row.episode_id) if row.episode_id else (row.request_id,)]
         t.success |= row.outcome == "success"
         t.outcome_known |= row.outcome is not None
         t.feedback |= row.outcome is not None or row.human_review is not None or row.escalated is not None
