@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -151,13 +152,22 @@ async def test_close_order_is_the_reverse_of_open_order(tmp_path: Path, monkeypa
 
 def test_a_served_gateway_whose_start_fails_exits_without_leaving_work_behind(tmp_path: Path) -> None:
     """The real process: uvicorn reports the failed start and exits; the ledger writer that
-    had started was stopped, not destroyed pending."""
+    had started was stopped, not destroyed pending. What fails is one no check can see ahead:
+    the shared key store (Redis) does not answer when start-up reaches it."""
     raw = config(tmp_path)
-    (tmp_path / "releases" / "ghost").mkdir(parents=True)
+    raw["limits"] = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{closed_port()}/0"}
     path = tmp_path / "turnout.yaml"
     path.write_text(json.dumps(raw))
     with pytest.raises(RuntimeError, match="exited"), turnout_serve(tmp_path, path, ready_s=30):
         pass
     log = (tmp_path / "turnout.log").read_text()
-    assert "start-up failed" in log and "ghost" in log
+    assert "start-up failed" in log
     assert "Task was destroyed but it is pending" not in log
+    assert (tmp_path / "turnout.db").exists()  # the ledger had opened before the failure
+
+
+def closed_port() -> int:
+    """A local port with nothing listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
