@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("llama_cpp")  # the local provider's module imports its driver
+
 from tests.serving import free_port, wait_http
 from turnout.config import LocalTarget, OpenAITarget
 from turnout.providers.base import Call, Timeouts

@@ -48,7 +48,7 @@ from turnout.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from turnout.providers.base import Call, Completion, Stream, Timeouts, Usage
+from turnout.providers.base import Call, Completion, Load, Stream, Timeouts, Usage
 from turnout.providers.bedrock import provider as bedrock_module
 from turnout.providers.bedrock.provider import BedrockProvider
 from turnout.providers.registry import create
@@ -150,7 +150,8 @@ async def fake() -> AsyncIterator[FakeBedrock]:
 
 @pytest.fixture
 async def make() -> AsyncIterator[Make]:
-    """Build BedrockProviders from validated config, as the gateway does; closed at the end."""
+    """Build BedrockProviders from validated config, as the gateway does; at the end, each has
+    settled every call it started (nothing left in flight) and is closed."""
     made: list[BedrockProvider] = []
 
     def factory(fake: FakeBedrock | str, model: str = MODEL, **extra: Any) -> BedrockProvider:
@@ -163,6 +164,7 @@ async def make() -> AsyncIterator[Make]:
     yield factory
     for provider in made:
         await provider.aclose()
+    assert [p.load().in_flight for p in made] == [0] * len(made), "a call was never settled"
 
 
 def bedrock_config(url: str, model: str = MODEL, **extra: Any) -> BedrockTarget:
@@ -1001,6 +1003,26 @@ async def test_closing_a_stream_early_hangs_up_on_bedrock(fake: FakeBedrock, mak
     done = await provider.complete(call())  # the provider is still usable
     assert done.body["choices"][0]["message"]["content"].startswith("w0 w1")
     assert len({r.peer for r in fake.requests}) == 3  # dropped connections are not reused
+
+
+async def test_load_counts_the_calls_in_flight(fake: FakeBedrock, make: Make) -> None:
+    provider = make(fake)
+    assert provider.load() == Load(in_flight=0)  # queued stays unknown: Bedrock's own
+    fake.fault = Fault("hang")
+    held = asyncio.create_task(provider.complete(call(timeouts=Timeouts(connect=2, ttft=30, total=60))))
+    await until(lambda: len(fake.requests) == 1)
+    assert provider.load() == Load(in_flight=1)
+
+    fake.fault = Fault(chunk_delay=0.05)
+    stream = await provider.stream(call(stream=True))
+    assert provider.load() == Load(in_flight=2)  # a started stream counts until it ends
+    await stream.chunks.aclose()
+    assert provider.load() == Load(in_flight=1)
+
+    held.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held
+    assert provider.load() == Load(in_flight=0)
 
 
 async def test_finished_calls_return_their_connection_to_the_pool(fake: FakeBedrock, make: Make) -> None:

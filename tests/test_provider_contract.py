@@ -9,9 +9,10 @@ talking to its real counterpart (or the wire-protocol server that stands in for 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib.util
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from turnout.config import validate
 from turnout.providers.base import Call, Completion, Provider, Stream, Timeouts
 from turnout.providers.registry import create
 
+HANG_GUARD_S = 60  # only stops a broken test from hanging; never what a test asserts
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter"}
 BODY: dict[str, Any] = {
     "model": "task",
@@ -116,6 +118,23 @@ async def test_a_stream_closed_early_frees_the_provider(provider: Provider) -> N
     unread = await provider.stream(call(True))
     await unread.chunks.aclose()
     assert (await provider.complete(call(False))).body["choices"]
+
+
+async def test_load_counts_a_stream_until_it_is_closed(provider: Provider) -> None:
+    stream = await provider.stream(call(True))
+    assert provider.load().in_flight == 1
+    await stream.chunks.aclose()
+    await until(lambda: provider.load().in_flight == 0)  # the local worker stops on its own thread
+    assert provider.load().queued in (0, None)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll for ``condition``; the bound only stops a broken test from hanging."""
+    async with asyncio.timeout(HANG_GUARD_S):
+        while True:  # polled: a local worker thread cannot set an asyncio.Event
+            if condition():
+                return
+            await asyncio.sleep(0.005)
 
 
 async def test_close_is_idempotent(provider: Provider) -> None:

@@ -26,7 +26,7 @@ from turnout.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from turnout.providers.base import Call, Stream, Timeouts, Usage
+from turnout.providers.base import Call, Load, ReplicaLoad, Stream, Timeouts, Usage
 from turnout.providers.openai import OpenAIProvider
 from turnout.routing.breaker import State
 
@@ -276,6 +276,31 @@ async def test_replica_with_fewest_calls_in_flight_is_chosen(fake: FakeUpstream,
         assert [c.replica for c in quick] == ["r1", "r1", "r1"]
         assert (await slow).replica == "r0"
     assert (len(fake.requests), len(fake2.requests)) == (1, 3)
+
+
+async def test_load_counts_calls_in_flight_on_each_replica(fake: FakeUpstream, fake2: FakeUpstream) -> None:
+    fake.fault = Fault("hang")
+    fake2.fault = Fault(chunk_delay=0.05)
+    async with provider_for(fake.base_url, fake2.base_url) as p:
+        idle = (ReplicaLoad("r0", 0, State.CLOSED), ReplicaLoad("r1", 0, State.CLOSED))
+        assert p.load() == Load(in_flight=0, replicas=idle)
+        held = asyncio.create_task(p.complete(chat(timeouts=Timeouts())))
+        await until(lambda: fake.in_flight == 1)
+        stream = await p.stream(chat(stream=True))  # to r1: fewer calls in flight
+        busy = (ReplicaLoad("r0", 1, State.CLOSED), ReplicaLoad("r1", 1, State.CLOSED))
+        assert p.load() == Load(in_flight=2, replicas=busy)
+        await abandon(stream)
+        held.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await held
+        assert p.load() == Load(in_flight=0, replicas=idle)
+
+
+async def test_load_shows_each_replicas_breaker(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("status", status=500)
+    with pytest.raises(UpstreamStatusError):
+        await provider.complete(chat())
+    assert provider.load().replicas == (ReplicaLoad("r0", 0, State.OPEN),)  # one failure opens it here
 
 
 async def test_concurrent_calls_spread_over_replicas(fake: FakeUpstream, fake2: FakeUpstream) -> None:

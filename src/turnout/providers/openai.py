@@ -6,16 +6,18 @@ flight among those whose breaker lets calls through (ties rotate), and its outco
 on that replica's breaker: 429, 5xx, connect, timeout and protocol failures count against it;
 a 4xx the caller caused does not.
 
-Timeouts (``Call.timeouts``), the session, the clean-up of an abandoned response and the
-translation of aiohttp and OS errors into ``turnout.errors`` follow ``turnout.providers.transport``,
-shared with the Bedrock provider. Messages name the replica by label (``r0``, ``r1``, ...), never by URL, and the API
-key is scrubbed from anything the upstream echoes back.
+Timeouts (``Call.timeouts``), the session, how a call is settled, the clean-up of an abandoned
+response and the translation of aiohttp and OS errors into ``turnout.errors`` follow
+``turnout.providers.transport``, shared with the Bedrock provider. Messages name the replica by
+label (``r0``, ``r1``, ...), never by URL, and the API key is scrubbed from anything the
+upstream echoes back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -31,15 +33,16 @@ from turnout.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from turnout.providers.base import Call, Completion, Health, Load, ReplicaLoad, Stream, Timeouts, Usage
+from turnout.providers.base import Call, Completion, Health, Load, ReplicaLoad, Stream, Usage
 from turnout.providers.transport import (
+    ABANDONED,
     TRANSPORT_ERRORS,
-    client_timeout,
+    Client,
+    Exchange,
+    StreamBody,
     describe,
-    exchange,
-    new_session,
-    open_stream,
-    read_until,
+    error_body,
+    json_object,
 )
 from turnout.routing.backoff import parse_retry_after
 from turnout.routing.breaker import Breaker
@@ -52,9 +55,6 @@ _MAX_SSE_LINE = 8 * 1024 * 1024  # one event; long tool-call arguments must fit
 _DRAIN_S = 0.1  # after [DONE], how long to wait for the body's end so the socket can be reused
 _DETAIL_CHARS = 200
 _INCLUDE_USAGE = {"include_usage": True}
-_ABANDONED = asyncio.CancelledError("the consumer closed the stream")  # a non-verdict for _settle
-
-# What a failed exchange can raise from aiohttp, asyncio or the OS (CancelledError excluded).
 
 
 class Replica:
@@ -84,20 +84,14 @@ class OpenAIProvider:
         headers = {"Content-Type": "application/json", **cfg.headers}
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
-        self._headers = headers
-        self._session: aiohttp.ClientSession | None = None
+        self._http = Client(cfg.max_connections, _KEEPALIVE_S, headers)
         self._turn = 0  # where the next tie-break starts
 
     # -- the protocol ----------------------------------------------------------------------
 
     async def complete(self, call: Call) -> Completion:
         replica = self._acquire()
-        try:
-            body = await self._complete(replica, call)
-        except BaseException as exc:
-            self._settle(replica, exc)
-            raise
-        self._settle(replica, None)
+        body = await self._exchange(replica, call).complete(partial(json_object, label=replica.label, what="response"))
         return Completion(
             body=body,
             usage=Usage.from_openai(body.get("usage")),
@@ -107,28 +101,15 @@ class OpenAIProvider:
 
     async def stream(self, call: Call) -> Stream:
         replica = self._acquire()
-        try:
-            resp, first, deadline = await open_stream(
-                lambda: self._post(replica, call),
-                lambda resp: self._status_error(replica, resp),
-                lambda resp, _: _next_event(resp.content, replica.label, self.cfg.api_key),
-                replica.label,
-                call.timeouts,
-            )
-            if first is None:
-                resp.release()
-                raise UpstreamProtocolError(f"{replica.label}: stream ended before its first chunk")
-        except BaseException as exc:
-            self._settle(replica, exc)
-            raise
+        chunks = await self._exchange(replica, call).stream(partial(_Chunks.start, api_key=self.cfg.api_key))
         return Stream(
-            chunks=_Chunks(self, replica, resp, first, call.timeouts, deadline),
-            model_version=self.cfg.model_version or first.get("model") or self.cfg.model,
+            chunks=chunks,
+            model_version=self.cfg.model_version or chunks.model or self.cfg.model,
             replica=replica.label,
         )
 
     async def health(self) -> Health:
-        session = self._client()
+        session = self._http.session()
         timeout = aiohttp.ClientTimeout(total=min(_HEALTH_TIMEOUT_S, self.cfg.timeouts.ttft))
         problems = await asyncio.gather(*(self._probe(session, r, timeout) for r in self.replicas))
         failing = [f"{r.label} ({why})" for r, why in zip(self.replicas, problems, strict=True) if why]
@@ -141,9 +122,7 @@ class OpenAIProvider:
         return Load(sum(r.in_flight for r in replicas), None, replicas)
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self._http.aclose()
 
     # -- replicas --------------------------------------------------------------------------
 
@@ -183,12 +162,14 @@ class OpenAIProvider:
 
     # -- one exchange ----------------------------------------------------------------------
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Created lazily: a ClientSession binds to the loop running when it is made.
-        session = self._session
-        if session is None:
-            session = self._session = new_session(self.cfg.max_connections, _KEEPALIVE_S, self._headers)
-        return session
+    def _exchange(self, replica: Replica, call: Call) -> Exchange:
+        return Exchange(
+            lambda: self._post(replica, call),
+            partial(self._status_error, replica),
+            replica.label,
+            call.timeouts,
+            partial(self._settle, replica),
+        )
 
     async def _post(self, replica: Replica, call: Call) -> aiohttp.ClientResponse:
         body = dict(call.body)  # shallow: only top-level keys change
@@ -201,35 +182,10 @@ class OpenAIProvider:
             body["stream_options"] = {**opts, **_INCLUDE_USAGE} if isinstance(opts, dict) else _INCLUDE_USAGE
         else:
             body.pop("stream_options", None)  # servers reject it on non-streaming calls
-        # No redirects: a model server does not send them, and following one could carry the
-        # key elsewhere.
-        return await self._client().post(
-            replica.chat_url,
-            data=orjson.dumps(body),
-            timeout=client_timeout(call.timeouts),
-            allow_redirects=False,
-        )
-
-    async def _complete(self, replica: Replica, call: Call) -> dict[str, Any]:
-        raw = await exchange(
-            lambda: self._post(replica, call),
-            lambda resp: self._status_error(replica, resp),
-            replica.label,
-            call.timeouts,
-        )
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamProtocolError(f"{replica.label}: response is not valid JSON") from exc
-        if not isinstance(body, dict):
-            raise UpstreamProtocolError(f"{replica.label}: response is not a JSON object")
-        return body
+        return await self._http.post(replica.chat_url, orjson.dumps(body), call.timeouts)
 
     async def _status_error(self, replica: Replica, resp: aiohttp.ClientResponse) -> UpstreamError:
-        try:
-            raw = await resp.read()
-        except (aiohttp.ClientError, OSError):
-            raw = b""  # the status alone is still the answer
+        raw = await error_body(resp)
         detail = _scrub(_error_detail(raw) or resp.reason or "no detail", self.cfg.api_key)
         if resp.status == 400 and (too_long := _CONTEXT_OVERFLOW.search(detail)):
             window = int(too_long.group("window")) if too_long.group("window") else None
@@ -250,29 +206,27 @@ class OpenAIProvider:
 
 class _Chunks:
     """``Stream.chunks``: the first event (already read), then the rest as they arrive. Ending,
-    failing or ``aclose`` frees the connection and the replica's slot, once. A class rather
-    than an async generator so that ``aclose`` works even before the first ``__anext__``
-    (a generator that never started skips its ``finally``). The consumer must end it one of
-    those ways; it holds a pooled socket until then."""
+    failing or ``aclose`` finishes the body (the connection freed, the call settled), once.
+    A class rather than an async generator so that ``aclose`` works even before the first
+    ``__anext__`` (a generator that never started skips its ``finally``). The consumer must
+    end it one of those ways; it holds a pooled socket until then."""
 
-    __slots__ = ("_deadline", "_done", "_first", "_provider", "_replica", "_resp", "_timeouts")
+    __slots__ = ("_api_key", "_body", "_first", "model")
 
-    def __init__(
-        self,
-        provider: OpenAIProvider,
-        replica: Replica,
-        resp: aiohttp.ClientResponse,
-        first: dict[str, Any],
-        timeouts: Timeouts,
-        deadline: float,
-    ) -> None:
-        self._deadline = deadline  # loop time: the call's total runs out then
-        self._provider = provider
-        self._replica = replica
-        self._resp = resp
+    def __init__(self, body: StreamBody, first: dict[str, Any], api_key: str | None) -> None:
+        self._body = body
         self._first: dict[str, Any] | None = first
-        self._timeouts = timeouts
-        self._done = False
+        self._api_key = api_key
+        model = first.get("model")
+        self.model = model if isinstance(model, str) else None  # what the server says it ran
+
+    @classmethod
+    async def start(cls, body: StreamBody, api_key: str | None) -> _Chunks:
+        """Read the first event (``Exchange.stream`` bounds it by ``ttft``)."""
+        first = await _next_event(body.content, body.label, api_key)
+        if first is None:
+            raise UpstreamProtocolError(f"{body.label}: stream ended before its first chunk")
+        return cls(body, first, api_key)
 
     def __aiter__(self) -> _Chunks:
         return self
@@ -282,50 +236,36 @@ class _Chunks:
         if first is not None:
             self._first = None
             return first
-        if self._done:
+        body = self._body
+        if body.finished:
             raise StopAsyncIteration
-        label = self._replica.label
         try:
-            chunk = await read_until(
-                self._deadline,
-                _next_event(self._resp.content, label, self._provider.cfg.api_key),
-                label,
-                self._timeouts,
-            )
+            chunk = await body.read(_next_event(body.content, body.label, self._api_key))
         except BaseException as exc:
-            self._finish(exc)
+            body.finish(exc)
             raise
         if chunk is None:
             await self._drain()
-            self._finish(None)
+            body.finish(None)
             raise StopAsyncIteration
         return chunk
 
     async def aclose(self) -> None:
         """Stop early: closing the socket is how an OpenAI-compatible server learns to stop."""
         self._first = None
-        if not self._done:
-            self._resp.close()
-            self._finish(_ABANDONED)
+        self._body.finish(ABANDONED)
 
     async def _drain(self) -> None:
         # The body's final empty chunk usually trails [DONE] by a moment; reading it lets the
         # socket go back to the pool instead of being closed.
-        content = self._resp.content
+        content = self._body.content
         if content.is_eof():
             return
         try:
             async with asyncio.timeout(_DRAIN_S):
                 await content.read()
         except TRANSPORT_ERRORS:
-            pass  # release() below closes the socket instead
-
-    def _finish(self, exc: BaseException | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._resp.release()
-        self._provider._settle(self._replica, exc)
+            pass  # finish() closes the socket instead
 
 
 async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | None) -> dict[str, Any] | None:
@@ -353,12 +293,7 @@ async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | 
             break
     if data == b"[DONE]":
         return None
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamProtocolError(f"{label}: stream event is not valid JSON") from exc
-    if not isinstance(event, dict):
-        raise UpstreamProtocolError(f"{label}: stream event is not a JSON object")
+    event = json_object(data, label, "stream event")
     if "error" in event or event.get("object") == "error":
         raise _event_error(event, label, api_key)
     return event

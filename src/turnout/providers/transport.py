@@ -1,58 +1,104 @@
 """What the HTTP providers (``openai``, ``bedrock``) share, so that they agree by construction:
 
-* **one session recipe**: a pooled aiohttp session per target, no cookies carried between
-  callers, idle sockets dropped before the server drops them;
+* **one session recipe** (``Client``): a pooled aiohttp session per target, made lazily on the
+  running loop, no cookies carried between callers, idle sockets dropped before the server
+  drops them, no redirects followed (one could carry credentials elsewhere);
 * **one deadline rule**: ``connect`` bounds the TCP/TLS handshake (aiohttp ``sock_connect``);
   ``ttft`` bounds the response head and, for streams, the first event; ``total`` bounds the
   whole call from its start — head, body, every event of a stream — and is enforced by turnout
   with asyncio deadlines (aiohttp's own total is off: it would also run while a slow consumer
   is not reading);
-* **one clean-up for a response we stop reading**: released when its body was read to the end
-  (the socket goes back to the pool), else closed (which is also how a server learns to stop
-  generating);
+* **one way a call ends**: an ``Exchange`` carries a ``settle`` callback that is called
+  exactly once per call: by ``Exchange.complete`` with its outcome, by ``Exchange.stream``
+  when the stream fails to start, else by the stream's ``StreamBody.finish`` when the chunks
+  end, fail or are closed (``ABANDONED``). The provider frees its slot and informs its
+  breaker there, and nowhere else;
+* **one clean-up for a response we stop reading** (``discard``): released when its body was
+  read to the end (the socket goes back to the pool), else closed (which is also how a server
+  learns to stop generating);
 * **one error mapping**: ``with upstream_errors(label, timeouts, head):`` turns aiohttp, asyncio
   and OS failures into the most specific ``turnout.errors.UpstreamError`` and raises it
   ``from`` the original (httpx's ``map_httpcore_exceptions`` is the model). Messages name
-  the replica or target by label, never by URL.
+  the replica or target by label, never by URL::
+
+      aiohttp.ConnectionTimeoutError        UpstreamTimeout("connect")
+      TimeoutError (asyncio deadlines)      UpstreamTimeout("ttft") or UpstreamTimeout("total")
+      ClientConnectionError, payload, OS    UpstreamConnectError
+      any other ClientError, bad HTTP       UpstreamProtocolError
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
+import orjson
 from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from turnout.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from turnout.providers.base import Timeouts
 
 # What a failed exchange can raise from aiohttp, asyncio or the OS (CancelledError excluded).
 TRANSPORT_ERRORS = (aiohttp.ClientError, HttpProcessingError, OSError, TimeoutError)
+# How a stream closed by its consumer before its end is settled: no verdict on the upstream.
+ABANDONED = asyncio.CancelledError("the consumer closed the stream")
 
 T = TypeVar("T")
 Post = Callable[[], Awaitable[aiohttp.ClientResponse]]
 StatusError = Callable[[aiohttp.ClientResponse], Awaitable[UpstreamError]]
+Settle = Callable[[BaseException | None], None]  # how the call ended; None: it succeeded
 
 
-def new_session(
-    max_connections: int, keepalive_s: float, headers: Mapping[str, str] | None = None
-) -> aiohttp.ClientSession:
-    """Call from the running loop: a session binds to the loop that is running when it is made."""
-    connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=keepalive_s)
-    return aiohttp.ClientSession(
-        connector=connector,
-        headers=headers,
-        cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to the next
-    )
+class Client:
+    """One target's pooled HTTP connections. The session is made on first use: an aiohttp
+    session binds to the loop that is running when it is made."""
+
+    __slots__ = ("_headers", "_keepalive_s", "_max_connections", "_session")
+
+    def __init__(self, max_connections: int, keepalive_s: float, headers: Mapping[str, str] | None = None) -> None:
+        self._max_connections = max_connections
+        self._keepalive_s = keepalive_s
+        self._headers = headers
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=self._keepalive_s)
+            session = self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to the next
+            )
+        return session
+
+    async def post(
+        self, url: URL, data: bytes, timeouts: Timeouts, headers: Mapping[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        # No redirects: a model server does not send them, and following one could carry the
+        # credentials elsewhere.
+        return await self.session().post(
+            url, data=data, headers=headers, timeout=_client_timeout(timeouts), allow_redirects=False
+        )
+
+    async def aclose(self) -> None:
+        """Idempotent; a later call opens a new session."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
 
 _timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
 
-def client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
+def _client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
     """aiohttp's part of the deadline rule: the handshake only (turnout enforces the rest)."""
     found = _timeouts.get(t.connect)
     if found is None:  # calls of one target share their timeouts: one object per value
@@ -80,53 +126,102 @@ class upstream_errors:
             raise translate(exc, self.label, self.timeouts, self.head) from exc
 
 
-async def exchange(post: Post, status_error: StatusError, label: str, t: Timeouts) -> bytes:
-    """One non-streaming call: the head within ``ttft``, all of it within ``total``; the body."""
-    head = asyncio.timeout(t.ttft)
-    with upstream_errors(label, t, head):
-        async with asyncio.timeout(t.total):
-            async with head:
-                resp = await post()
-            try:
-                if resp.status >= 300:
-                    raise await status_error(resp)
-                return await resp.read()
-            finally:
-                resp.release()
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One call to an HTTP upstream: how to send it (``post``), what an error status means
+    (``status_error``), the label its errors carry, its deadlines, and whom to tell how it
+    ended (``settle``, called exactly once)."""
+
+    post: Post
+    status_error: StatusError
+    label: str
+    timeouts: Timeouts
+    settle: Settle
+
+    async def complete(self, parse: Callable[[bytes], T]) -> T:
+        """A non-streaming call: the head within ``ttft``, all of it within ``total``; the
+        body as ``parse`` reads it. Settled with the outcome, a body ``parse`` rejects
+        included."""
+        try:
+            result = parse(await self._read())
+        except BaseException as exc:
+            self.settle(exc)
+            raise
+        self.settle(None)
+        return result
+
+    async def stream(self, first: Callable[[StreamBody], Awaitable[T]]) -> T:
+        """Start a streaming call: its head and ``first`` (reading the first event from the
+        body) within ``ttft`` (and ``total``); returns what ``first`` returned, which owns
+        the body from then on. A failure on the way ends the call here: the response
+        discarded, the call settled."""
+        t = self.timeouts
+        now = asyncio.get_running_loop().time()
+        deadline = now + t.total
+        head = asyncio.timeout_at(min(deadline, now + t.ttft))
+        body: StreamBody | None = None
+        try:
+            with upstream_errors(self.label, t, head if t.ttft <= t.total else None):
+                async with head:
+                    resp = await self.post()
+                    body = StreamBody(resp, self.label, t, deadline, self.settle)
+                    if resp.status >= 300:
+                        raise await self.status_error(resp)
+                    return await first(body)
+        except BaseException as exc:
+            if body is None:
+                self.settle(exc)
+            else:
+                body.finish(exc)  # a no-op when ``first`` already finished it
+            raise
+
+    async def _read(self) -> bytes:
+        t = self.timeouts
+        head = asyncio.timeout(t.ttft)
+        with upstream_errors(self.label, t, head):
+            async with asyncio.timeout(t.total):
+                async with head:
+                    resp = await self.post()
+                try:
+                    if resp.status >= 300:
+                        raise await self.status_error(resp)
+                    return await resp.read()
+                finally:
+                    resp.release()
 
 
-async def open_stream(
-    post: Post,
-    status_error: StatusError,
-    first: Callable[[aiohttp.ClientResponse, float], Awaitable[T]],
-    label: str,
-    t: Timeouts,
-) -> tuple[aiohttp.ClientResponse, T, float]:
-    """Start a streaming call: its head and ``first`` (reading the first event) within
-    ``ttft`` (and ``total``). ``first`` gets the response and the loop time at which the
-    call's ``total`` runs out, the deadline of every later read; returns the response, what
-    ``first`` returned and that deadline. A failure discards the response."""
-    deadline = asyncio.get_running_loop().time() + t.total
-    head = asyncio.timeout_at(min(deadline, asyncio.get_running_loop().time() + t.ttft))
-    resp: aiohttp.ClientResponse | None = None
-    try:
-        with upstream_errors(label, t, head if t.ttft <= t.total else None):
-            async with head:
-                resp = await post()
-                if resp.status >= 300:
-                    raise await status_error(resp)
-                return resp, await first(resp, deadline), deadline
-    except BaseException:
-        if resp is not None:
-            discard(resp)
-        raise
+class StreamBody:
+    """A streaming response: read within the call's ``total`` (``read``), ended exactly once
+    (``finish``: the response discarded, the call settled), whoever ends it first."""
 
+    __slots__ = ("_deadline", "_resp", "_settle", "_timeouts", "finished", "label")
 
-async def read_until(deadline: float, read: Awaitable[T], label: str, t: Timeouts) -> T:
-    """One read of a stream that must end by ``deadline`` (loop time): the call's total."""
-    with upstream_errors(label, t):
-        async with asyncio.timeout_at(deadline):
-            return await read
+    def __init__(
+        self, resp: aiohttp.ClientResponse, label: str, timeouts: Timeouts, deadline: float, settle: Settle
+    ) -> None:
+        self._resp = resp
+        self.label = label
+        self._timeouts = timeouts
+        self._deadline = deadline  # loop time: the call's total runs out then
+        self._settle = settle
+        self.finished = False
+
+    @property
+    def content(self) -> aiohttp.StreamReader:
+        return self._resp.content
+
+    async def read(self, read: Awaitable[T]) -> T:
+        """One read of the body, which must end by the call's deadline."""
+        with upstream_errors(self.label, self._timeouts):
+            async with asyncio.timeout_at(self._deadline):
+                return await read
+
+    def finish(self, exc: BaseException | None) -> None:
+        """How the call ended: None at the body's end, the error, or ``ABANDONED``."""
+        if not self.finished:
+            self.finished = True
+            discard(self._resp)
+            self._settle(exc)
 
 
 def discard(resp: aiohttp.ClientResponse) -> None:
@@ -136,6 +231,26 @@ def discard(resp: aiohttp.ClientResponse) -> None:
         resp.release()
     else:
         resp.close()
+
+
+async def error_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The body of an error answer, or nothing when it cannot be read: the status alone is
+    still the answer."""
+    try:
+        return await resp.read()
+    except (aiohttp.ClientError, OSError):
+        return b""
+
+
+def json_object(raw: bytes, label: str, what: str) -> dict[str, Any]:
+    """``raw`` as a JSON object, else an ``UpstreamProtocolError`` naming ``what`` it was."""
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamProtocolError(f"{label}: {what} is not valid JSON") from exc
+    if not isinstance(parsed, dict):
+        raise UpstreamProtocolError(f"{label}: {what} is not a JSON object")
+    return parsed
 
 
 def translate(exc: BaseException, label: str, t: Timeouts, head: asyncio.Timeout | None) -> UpstreamError:
@@ -156,7 +271,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "DNS lookup failed"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
+        return f"cannot connect ({_os_reason(exc.os_error)})"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server disconnected"
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -165,6 +280,15 @@ def describe(exc: BaseException) -> str:
         return "connection reset"
     if isinstance(exc, HttpProcessingError):
         return f"invalid HTTP response ({type(exc).__name__})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()  # "connection reset by peer", from the OS, no address
+    if isinstance(exc, OSError) and exc.errno:
+        return _os_reason(exc).lower()  # "connection reset by peer"
     return type(exc).__name__
+
+
+def _os_reason(exc: OSError) -> str:
+    # The OS's words for the errno ("Connection refused"), never the exception's own message:
+    # asyncio's carries the address ("Connect call failed ('10.0.0.7', 8000)"). A TLS failure's
+    # own words name the failure ("certificate verify failed"), not the address.
+    if isinstance(exc, ssl.SSLError):
+        return exc.strerror or type(exc).__name__
+    return os.strerror(exc.errno) if exc.errno else type(exc).__name__

@@ -1,11 +1,13 @@
 """Reading a ConverseStream response: binary event-stream frames (botocore's decoder) →
-Converse events → OpenAI chunks (``bedrock_stream.StreamTranslator``).
+Converse events → OpenAI chunks (``turnout.providers.bedrock.stream.StreamTranslator``).
 
 ``open_events`` returns only once a chunk that carries something (text, a tool call, a
 finish reason) is ready, so anything that fails before that — an ``exception`` frame such as
 ``throttlingException`` right after ``messageStart`` — raises from the provider's ``stream()``
 and the gateway can still fall back. Later failures raise from iteration, after the chunks
-decoded ahead of them (in the same network read) have been yielded.
+decoded ahead of them (in the same network read) have been yielded. Every read is bounded by
+the call's total, and the body is finished (``turnout.providers.transport.StreamBody``) as
+soon as the stream ends, fails or is closed.
 """
 
 from __future__ import annotations
@@ -14,49 +16,25 @@ import time
 from collections import deque
 from typing import Any
 
-import aiohttp
 import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
 from turnout.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError
-from turnout.providers.base import Timeouts
 from turnout.providers.bedrock.errors import translate
 from turnout.providers.bedrock.stream import StreamTranslator
 from turnout.providers.bedrock.translate import Translation
-from turnout.providers.transport import read_until
+from turnout.providers.transport import ABANDONED, StreamBody
 
 
 class EventChunks:
-    __slots__ = (
-        "_buffer",
-        "_closed",
-        "_deadline",
-        "_ended",
-        "_failure",
-        "_label",
-        "_pending",
-        "_resp",
-        "_timeouts",
-        "_translator",
-    )
+    __slots__ = ("_body", "_buffer", "_ended", "_failure", "_pending", "_translator")
 
-    def __init__(
-        self,
-        resp: aiohttp.ClientResponse,
-        label: str,
-        translator: StreamTranslator,
-        timeouts: Timeouts,
-        deadline: float,
-    ) -> None:
-        self._resp = resp
-        self._label = label
+    def __init__(self, body: StreamBody, translator: StreamTranslator) -> None:
+        self._body = body
         self._translator = translator
         self._buffer = EventStreamBuffer()
         self._pending: deque[dict[str, Any]] = deque()
-        self._timeouts = timeouts
-        self._deadline = deadline  # loop time: the call's total runs out then
         self._ended = False  # the body ended cleanly
-        self._closed = False
         self._failure: UpstreamError | None = None  # raised once the chunks decoded before it are out
 
     def __aiter__(self) -> EventChunks:
@@ -66,32 +44,29 @@ class EventChunks:
         while not self._pending:
             if self._failure is not None:
                 raise self._failure
-            if self._ended:
-                await self.aclose()
+            if self._ended or self._body.finished:
+                self._body.finish(None)
                 raise StopAsyncIteration
-            await self._read()
+            try:
+                await self._read()
+            except BaseException as exc:
+                self._body.finish(exc)
+                raise
         return self._pending.popleft()
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            # A finished body returns the connection to the pool; an abandoned one is dropped,
-            # which tells Bedrock to stop generating.
-            if self._ended:
-                self._resp.release()
-            else:
-                self._resp.close()
+        """Stop early: dropping the connection tells Bedrock to stop generating."""
+        self._pending.clear()
+        self._body.finish(ABANDONED)
 
     async def _read(self) -> None:
-        try:
-            data = await read_until(self._deadline, self._resp.content.readany(), self._label, self._timeouts)
-        except UpstreamError:
-            await self._fail()
-            raise
+        """One network read, decoded. What it raises is for the caller to finish the body
+        with (before the start, ``Exchange.stream`` does, once the ttft is told apart)."""
+        body = self._body
+        data = await body.read(body.content.readany())
         if not data:
             if not self._translator.finished:
-                await self._fail()
-                raise UpstreamConnectError(f"{self._label}: the stream ended before messageStop")
+                raise UpstreamConnectError(f"{body.label}: the stream ended before messageStop")
             self._ended = True
             return
         self._buffer.add_data(data)
@@ -101,30 +76,27 @@ class EventChunks:
                     self._handle(message)
             except ParserError as exc:
                 name = type(exc).__name__
-                raise UpstreamProtocolError(f"{self._label}: malformed event-stream frame ({name})") from exc
+                raise UpstreamProtocolError(f"{body.label}: malformed event-stream frame ({name})") from exc
         except UpstreamError as exc:
             # Events that arrived in the same read ahead of the failure are still delivered.
             self._failure = exc
-            await self._fail()
+            body.finish(exc)
 
     def _handle(self, message: EventStreamMessage) -> None:
         headers = message.headers
         kind = headers.get(":message-type")
+        label = self._body.label
         if kind == "event":
-            payload = _json(message.payload, self._label)
+            payload = _json(message.payload, label)
             self._pending.extend(self._translator.feed(str(headers.get(":event-type", "")), payload))
         elif kind == "exception":
-            payload = _json(message.payload, self._label)
+            payload = _json(message.payload, label)
             text = str(payload.get("message") or payload.get("originalMessage") or "")[:300]
-            raise translate(str(headers.get(":exception-type", "")), None, text, self._label)
+            raise translate(str(headers.get(":exception-type", "")), None, text, label)
         elif kind == "error":
             raise translate(
-                str(headers.get(":error-code", "")), None, str(headers.get(":error-message", ""))[:300], self._label
+                str(headers.get(":error-code", "")), None, str(headers.get(":error-message", ""))[:300], label
             )
-
-    async def _fail(self) -> None:
-        self._ended = False
-        await self.aclose()
 
     async def _start(self) -> None:
         while self._failure is None and not self._ended and not any(_carries_something(c) for c in self._pending):
@@ -132,17 +104,15 @@ class EventChunks:
         if self._failure is not None:
             raise self._failure  # nothing has reached the caller yet: let the gateway fall back
         if not self._pending:
-            await self.aclose()
-            raise UpstreamProtocolError(f"{self._label}: the stream ended without any event")
+            empty = UpstreamProtocolError(f"{self._body.label}: the stream ended without any event")
+            self._body.finish(empty)
+            raise empty
 
 
-async def open_events(
-    resp: aiohttp.ClientResponse, label: str, translation: Translation, model: str, timeouts: Timeouts, deadline: float
-) -> EventChunks:
-    """Start reading; return once a chunk with content is ready (see the module docstring).
-    Every read ends by ``deadline`` (loop time), when the call's total runs out."""
+async def open_events(body: StreamBody, translation: Translation, model: str) -> EventChunks:
+    """Start reading; return once a chunk with content is ready (see the module docstring)."""
     translator = StreamTranslator(model, int(time.time()), "chatcmpl-bedrock", translation)
-    chunks = EventChunks(resp, label, translator, timeouts, deadline)
+    chunks = EventChunks(body, translator)
     await chunks._start()
     return chunks
 

@@ -11,8 +11,10 @@ session (chosen over aiobotocore by measurement: see bench/README.md). Consequen
   refreshed in a worker thread so the event loop never waits on STS or IMDS. A Bedrock API key
   in ``AWS_BEARER_TOKEN_BEDROCK`` is sent as ``Authorization: Bearer`` instead of signing.
 
-Translation between OpenAI chat bodies and Converse lives in ``bedrock_translate`` and
-``bedrock_stream``; Bedrock's typed errors map to turnout's in ``bedrock_errors``.
+The session, the deadlines, how a call is settled and the mapping of transport errors follow
+``turnout.providers.transport``, shared with the openai provider. Translation between OpenAI
+chat bodies and Converse lives in ``translate`` (requests) and ``stream`` (replies), reading a
+ConverseStream in ``events``; Bedrock's typed errors map to turnout's in ``errors``.
 """
 
 from __future__ import annotations
@@ -20,30 +22,27 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.session import Session
 from yarl import URL
 
 from turnout.config import BedrockTarget
 from turnout.control.catalog import bedrock_model
-from turnout.errors import ConfigError, UpstreamError, UpstreamProtocolError
+from turnout.errors import UpstreamError
 from turnout.providers.base import Call, Completion, Health, Load, Stream, Usage
 from turnout.providers.bedrock.errors import error_name, translate
 from turnout.providers.bedrock.events import open_events
 from turnout.providers.bedrock.translate import Translation, from_converse, to_converse
-from turnout.providers.transport import client_timeout, exchange, new_session, open_stream
-
-try:
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
-    from botocore.exceptions import BotoCoreError, ClientError
-    from botocore.session import Session
-except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ConfigError(["a bedrock target needs botocore: pip install 'turnout[bedrock]'"]) from exc
+from turnout.providers.transport import Client, Exchange, error_body, json_object
 
 _KEEPALIVE_S = 50.0  # Bedrock keeps idle connections for about a minute
 
@@ -63,33 +62,29 @@ class BedrockProvider:
         self._credentials: Credentials | None = None
         self._frozen: ReadOnlyCredentials | None = None
         self._refresh = asyncio.Lock()
-        self._session: aiohttp.ClientSession | None = None
+        self._http = Client(cfg.max_connections, _KEEPALIVE_S)
+        self._in_flight = 0  # calls started and not yet settled
 
     # -- the protocol ----------------------------------------------------------------------
 
     async def complete(self, call: Call) -> Completion:
         translation = self._translate(call)
-        raw = await exchange(lambda: self._post(call, translation), self._status_error, self.name, call.timeouts)
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamProtocolError(f"{self.name}: Converse answered with invalid JSON") from exc
+        data = await self._begin(call, translation).complete(
+            partial(json_object, label=self.name, what="the Converse response")
+        )
         body = from_converse(data, model=self.cfg.model, created=int(time.time()), request=translation)
         return Completion(body, Usage.from_openai(body.get("usage")), self.model_version)
 
     async def stream(self, call: Call) -> Stream:
         translation = self._translate(call)
-        _, chunks, _ = await open_stream(
-            lambda: self._post(call, translation),
-            self._status_error,
-            lambda resp, deadline: open_events(resp, self.name, translation, self.cfg.model, call.timeouts, deadline),
-            self.name,
-            call.timeouts,
+        chunks = await self._begin(call, translation).stream(
+            partial(open_events, translation=translation, model=self.cfg.model)
         )
         return Stream(chunks, self.model_version)
 
     def load(self) -> Load:
-        return Load()  # Bedrock's own queueing is not visible from here
+        """Calls in flight from here; Bedrock's own queueing is not visible."""
+        return Load(in_flight=self._in_flight)
 
     async def health(self) -> Health:
         """Whether credentials resolve. Bedrock has no free ping: calling a model costs money."""
@@ -105,11 +100,21 @@ class BedrockProvider:
         )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
     # -- one exchange ----------------------------------------------------------------------
+
+    def _begin(self, call: Call, translation: Translation) -> Exchange:
+        """A new exchange for ``call``, counted in flight until it is settled."""
+        self._in_flight += 1
+        return Exchange(
+            lambda: self._post(call, translation), self._status_error, self.name, call.timeouts, self._settle
+        )
+
+    def _settle(self, exc: BaseException | None) -> None:
+        """A call ended (exactly once each). Breaker verdicts are the attempt loop's: one
+        endpoint, no replicas to choose between."""
+        self._in_flight -= 1
 
     def _translate(self, call: Call) -> Translation:
         return to_converse(
@@ -124,13 +129,8 @@ class BedrockProvider:
         url = self._urls[call.stream]
         payload = orjson.dumps(translation.request)
         headers = await self._auth_headers(url, payload)
-        return await self._client().post(
-            URL(url, encoded=True),  # send the path exactly as it was signed
-            data=payload,
-            headers=headers,
-            timeout=client_timeout(call.timeouts),
-            allow_redirects=False,
-        )
+        # The path is sent exactly as it was signed.
+        return await self._http.post(URL(url, encoded=True), payload, call.timeouts, headers)
 
     async def _auth_headers(self, url: str, payload: bytes) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -169,10 +169,7 @@ class BedrockProvider:
         return frozen
 
     async def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
-        try:
-            raw = await resp.read()
-        except (aiohttp.ClientError, OSError):
-            raw = b""
+        raw = await error_body(resp)
         message = ""
         try:
             parsed = orjson.loads(raw)
@@ -182,12 +179,6 @@ class BedrockProvider:
             pass
         name = error_name(resp.headers.get("x-amzn-ErrorType", ""))
         return translate(name, resp.status, message, self.name)
-
-    def _client(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None:  # lazily: a session binds to the running loop
-            session = self._session = new_session(self.cfg.max_connections, _KEEPALIVE_S)
-        return session
 
 
 def _guardrail(cfg: BedrockTarget) -> dict[str, Any] | None:

@@ -1,17 +1,17 @@
 """The embedded model: llama.cpp in worker threads, behind the same four methods as a remote
 provider.
 
-The event loop never runs llama.cpp; ``local_worker.Pool`` does, with one model per worker.
-This module is the asyncio side: admission (``Overloaded`` at once when the queue is full),
-the per-phase deadlines, the OpenAI request and response shapes, and the translation of
-llama.cpp's errors. Both ``complete`` and ``stream`` stream from llama.cpp, so a deadline or a
-departed caller stops the generation within one token.
+The event loop never runs llama.cpp; ``turnout.providers.local.worker.Pool`` does, with one
+model per worker. This module is the asyncio side: admission (``Overloaded`` at once when the
+queue is full), the per-phase deadlines, the OpenAI request and response shapes, the load it
+reports (running and queued jobs) and the translation of llama.cpp's errors. Both
+``complete`` and ``stream`` stream from llama.cpp, so a deadline or a departed caller stops
+the generation within one token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import importlib.util
 import os
 import re
@@ -20,6 +20,10 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+# The driver, imported here so that a missing one is the backend loader's ConfigError naming
+# the extra (``turnout.providers.registry``); the worker threads use it.
+import llama_cpp  # noqa: F401
 
 from turnout.config import LocalTarget
 from turnout.errors import (
@@ -41,7 +45,6 @@ _CLOSE_TIMEOUT_S = 10.0
 class LocalProvider:
     def __init__(self, name: str, cfg: LocalTarget) -> None:
         self.name = name
-        _require_llama_cpp(name)
         path = model_path(name, cfg.model_path)
         self.model_version = cfg.model_version or path.stem
         # llama.cpp's default is half the cores per model; with several workers that would
@@ -337,12 +340,3 @@ def model_path(name: str, configured: str | None) -> Path:
     if not path.is_file():
         raise ConfigError([f"targets.{name}.model_path: no model file at {path}"])
     return path
-
-
-def _require_llama_cpp(name: str) -> None:
-    try:
-        importlib.import_module("llama_cpp")
-    except ImportError as exc:
-        raise ConfigError(
-            [f"targets.{name}: the local provider needs llama-cpp-python, which is not installed ({_INSTALL_HINT})"]
-        ) from exc
