@@ -173,3 +173,19 @@ async def test_admin_api_is_closed_without_an_admin_key(make_app: AppFactory, mo
     app = await make_app(raw, {"dear": ScriptedProvider("dear"), "cheap": ScriptedProvider("cheap")})
     resp = await admin(app, "GET", "/admin/tenants")
     assert resp.status == 403 and "closed" in resp.json()["error"]["message"]
+
+
+async def test_unauthenticated_requests_are_counted_in_metrics_not_written_to_the_ledger(
+    make_app: AppFactory,
+) -> None:
+    app, _ = await start(make_app)
+    refused = [await chat(app, key=f"sk-wrong-{n:04d}-0123456789") for n in range(20)]
+    assert {r.status for r in refused} == {401}
+    assert (await chat(app)).status == 200
+    rows = await ledger(app)
+    assert [r.tenant for r in rows] == ["acme"]  # only the identified caller's request
+    text = (await request(app, "GET", "/metrics")).body.decode()
+    counted = [
+        line for line in text.splitlines() if line.startswith("turnout_requests_total{") and 'status="401"' in line
+    ]
+    assert len(counted) == 1 and counted[0].endswith(" 20.0")

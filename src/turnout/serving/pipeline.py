@@ -121,7 +121,7 @@ class Pipeline:
                         latency_ms,
                         door.release_prompt,
                     )
-                    self.account(row)
+                    self.account(row, identified=tenant is not None)
                     if answered is not None and keep is not None:
                         await self.keep_text(row, keep, body, answered)
 
@@ -210,9 +210,11 @@ class Pipeline:
         else:
             await self.rt.quota.release(grant)
 
-    def account(self, row: LedgerRow) -> None:
+    def account(self, row: LedgerRow, *, identified: bool = True) -> None:
+        """The row to the ledger, metrics and traces. A caller never identified (a missing or
+        wrong key) is counted in metrics only: a fuzzer or a scanner must not fill the ledger."""
         rt = self.rt
-        if rt.ledger is not None:
+        if rt.ledger is not None and identified:
             rt.ledger.submit(row)
         if rt.metrics is not None:
             rt.metrics.observe(row)
