@@ -5,6 +5,7 @@ passes its gates (exit 0, marked evaluated), one that cuts them short fails (exi
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,28 @@ def test_a_candidate_that_regresses_fails_its_gates_and_exits_1(project: Path) -
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAIL" in done.stdout
     assert "min_pass_rate" in done.stdout or "max_regression" in done.stdout
+
+
+def test_with_tenants_configured_eval_runs_as_an_internal_identity_or_a_named_tenant(
+    project: Path, tmp_path: Path
+) -> None:
+    """No key to send: `turnout eval` is the internal `turnout-eval` identity by default (no
+    HTTP client can be it), or the tenant `--tenant` names, whose rules then apply."""
+    secured = tmp_path / "secured"
+    secured.mkdir()
+    for part in ("releases", "evals"):
+        subprocess.run(["cp", "-r", str(project / part), str(secured)], check=True)
+    (secured / "turnout.yaml").write_text(
+        (project / "turnout.yaml").read_text()
+        + "tenants:\n  acme: {keys: [sk-acme-0123456789]}\n  other: {keys: [sk-other-0123456789], tasks: []}\n"
+    )
+    internal = turnout(secured, "eval", "qa", "--candidate", "v1", "--by", "ci", "--no-mark")
+    assert internal.returncode == 0, internal.stdout + internal.stderr
+    named = turnout(secured, "eval", "qa", "--candidate", "v1", "--by", "ci", "--no-mark", "--tenant", "acme")
+    assert named.returncode == 0, named.stdout + named.stderr
+    shut_out = turnout(secured, "eval", "qa", "--candidate", "v1", "--by", "ci", "--no-mark", "--tenant", "other")
+    assert shut_out.returncode == 1  # the tenant may not use the task: every case fails, a gate fails
+    unknown = turnout(secured, "eval", "qa", "--candidate", "v1", "--by", "ci", "--tenant", "nobody")
+    assert unknown.returncode == 1 and "no tenant 'nobody'" in unknown.stderr
+    tenants = sqlite3.connect(secured / ".turnout" / "turnout.db").execute("SELECT DISTINCT tenant FROM requests")
+    assert {row[0] for row in tenants} == {"turnout-eval", "acme", "other"}

@@ -14,8 +14,9 @@ from typing import Any
 import click
 import orjson
 
-from turnout.cli._common import CommandError, config_option, release_files, task_argument
-from turnout.config import Config
+from turnout.cli._common import CommandError, config_option, release_files, task_argument, tenant_option
+from turnout.config import DATA_CLASSES, Config
+from turnout.control.auth import Tenant
 from turnout.offline.evals import (
     Case,
     GateResult,
@@ -42,6 +43,11 @@ from turnout.serving.tasks import TASKS
 CONFIG_HELP = "YAML config file: targets, the task's route and gates, releases and evals paths."
 
 
+# Who `turnout eval` is when no --tenant is given: a name no key maps to, so no HTTP client can
+# be it; every task and data class, and no limits (no config scope names it).
+EVAL_TENANT = Tenant("turnout-eval", frozenset(DATA_CLASSES), None)
+
+
 @click.command("eval")
 @task_argument()
 @click.option("--candidate", required=True, help="The release to evaluate (a file under releases/TASK/).")
@@ -59,6 +65,12 @@ CONFIG_HELP = "YAML config file: targets, the task's route and gates, releases a
     help="Recorded when the gates pass and the release is marked evaluated.",
 )
 @click.option("--mark/--no-mark", default=True, help="Mark the candidate evaluated when all gates pass.")
+@tenant_option(
+    "Evaluate as this tenant (its data classes, tasks, limits and budgets apply). Default: an "
+    "internal identity, turnout-eval, that may use every task and data class, has no limits and "
+    "no HTTP client can present.",
+    known=True,
+)
 @config_option(CONFIG_HELP)
 def eval_command(config: Config, **options: Any) -> None:
     """Evaluate CANDIDATE on TASK's golden set (evals/TASK.jsonl), paired with BASELINE; exit 1
@@ -84,16 +96,18 @@ class Run:
     report_dir: str
     by: str
     mark: bool
+    tenant: str | None
 
 
 async def _evaluate(config: Config, run: Run, releases: dict[str, Release], cases: list[Case]) -> list[GateResult]:
     task, candidate = run.task, run.candidate
     app = App(config)
     await app.runtime.start()
+    tenant = app.runtime.auth.tenants[run.tenant] if run.tenant is not None else EVAL_TENANT
     try:
         result = await run_eval(
             cases,
-            lambda name, case: _call(app, task, releases[name], case),
+            lambda name, case: _call(app, task, releases[name], case, tenant),
             candidate=candidate,
             baseline=run.baseline,
             concurrency=run.concurrency,
@@ -125,14 +139,15 @@ def _write_reports(stem: Path, json_text: str, html_text: str) -> None:
     stem.with_suffix(".html").write_text(html_text)
 
 
-async def _call(app: App, task: str, release: Release, case: Case) -> Outcome:
+async def _call(app: App, task: str, release: Release, case: Case, tenant: Tenant) -> Outcome:
     """One case through the real request path (the task API, or chat completions for a case
     given as messages), with the release forced in-process."""
     t0 = time.perf_counter()
     if case.variables is not None:
-        status, headers, body = await _post(app, True, task, {"variables": case.variables}, release)
+        status, headers, body = await _post(app, True, task, {"variables": case.variables}, release, tenant)
     else:
-        status, headers, body = await _post(app, False, task, {"model": task, "messages": case.messages}, release)
+        messages = {"model": task, "messages": case.messages}
+        status, headers, body = await _post(app, False, task, messages, release, tenant)
     latency_ms = (time.perf_counter() - t0) * 1000
     data: Any = orjson.loads(body) if body else {}
     cost = float(headers["x-turnout-cost-usd"]) if "x-turnout-cost-usd" in headers else None
@@ -156,9 +171,9 @@ async def _judge(app: App, prompt: str, target: str) -> str:
 
 
 async def _post(
-    app: App, task_api: bool, task: str, payload: Any, release: Release
+    app: App, task_api: bool, task: str, payload: Any, release: Release, tenant: Tenant
 ) -> tuple[int, dict[str, str], bytes]:
-    """A request through the pipeline without a socket, as ``release``."""
+    """A request through the pipeline without a socket, as ``release`` and ``tenant``."""
     raw = orjson.dumps(payload)
     scope = {
         "type": "http",
@@ -183,9 +198,9 @@ async def _post(
 
     async def forced(scope: dict[str, Any], receive: Receive, send: Send, request_id: str) -> None:
         if task_api:
-            await app.pipeline.run(TASKS, scope, receive, send, request_id, task=task, release=release)
+            await app.pipeline.run(TASKS, scope, receive, send, request_id, task=task, release=release, tenant=tenant)
         else:
-            await app.pipeline.run(CHAT, scope, receive, send, request_id, release=release)
+            await app.pipeline.run(CHAT, scope, receive, send, request_id, release=release, tenant=tenant)
 
     await ErrorBoundary(forced)(scope, receive, send)  # the boundary every request has
     start = sent[0]

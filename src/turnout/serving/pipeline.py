@@ -75,13 +75,15 @@ class Pipeline:
         *,
         task: str | None = None,
         release: Release | None = None,
+        tenant: Tenant | None = None,
     ) -> None:
         """One request through ``door``. ``task``: named by the path (the task API).
-        ``release``: serve as this release, whatever serves now (``turnout eval``; never a
-        client's choice)."""
+        ``release``: serve as this release, whatever serves now; ``tenant``: act as this tenant
+        without a key. Both for ``turnout eval`` in-process, never a client's choice."""
         rt = self.rt
         started_at, t0 = time.time(), time.perf_counter()
-        tenant: Tenant | None = None
+        identity = tenant
+        tenant = None
         request: R | None = None
         admission: Admission | None = None
         body: dict[str, Any] = {}
@@ -91,7 +93,7 @@ class Pipeline:
         answered: Answered | None = None
         failure: Failure | None = None
         try:
-            tenant = await rt.auth.identify(header(scope, b"authorization"), started_at)
+            tenant = identity or await rt.auth.identify(header(scope, b"authorization"), started_at)
             request = door.parse(await read_body(receive, scope, self.max_body), task)
             admission = self.admit(door, request, tenant, scope, request_id, release)
             body = door.body(request, admission.release)
