@@ -3,9 +3,12 @@ transactions, and the worker that owns a file's connection on one thread."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -342,3 +345,30 @@ async def test_without_a_reader_there_is_no_data_version(tmp_path: Path, path: s
     finally:
         await opened.aclose()
     assert not (tmp_path / ":memory:").exists()
+
+
+async def test_a_second_store_on_an_open_file_keeps_the_first_ones_locks(tmp_path: Path) -> None:
+    """Opening another store on a file this process already has open must not open (and close)
+    the file itself: closing any descriptor drops every POSIX lock the process holds on it, and
+    the next connection of another process to close would then think it was the last one and
+    delete the WAL under our feet (seen: releases.db-wal "(deleted)", release transitions from
+    the CLI ignored by a running gateway)."""
+    path = tmp_path / "shared.db"
+    first = worker(path)
+    await first.open()
+    second = worker(path)
+    try:
+        await first.transaction(lambda c: c.execute("INSERT INTO things (name) VALUES ('a')"))
+        await second.open()  # e.g. the review queue, then the release store, on one file
+        # Another process (the CLI) connects, writes and disconnects.
+        script = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute(\"INSERT INTO things (name) VALUES ('cli')\"); c.close()"
+        )
+        await asyncio.to_thread(subprocess.run, [sys.executable, "-c", script, str(path)], check=True, timeout=30)
+        assert (tmp_path / "shared.db-wal").exists()  # still ours: not checkpointed and deleted
+        names = await first.run(lambda c: [r[0] for r in c.execute("SELECT name FROM things ORDER BY id")])
+        assert names == ["a", "cli"]  # and what the other process wrote is seen here
+    finally:
+        await second.aclose()
+        await first.aclose()

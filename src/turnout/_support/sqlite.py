@@ -18,6 +18,7 @@ raised as that class, with the store's name and path in the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -49,6 +50,15 @@ def enable_wal(conn: sqlite3.Connection, tries: int = 200) -> str:
                 raise
             time.sleep(0.01)
     return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+
+
+def create_private(path: Path) -> None:
+    """Create the database file owner-only before SQLite opens it (SQLite gives its -wal and
+    -shm files the same mode). Never opens a file that exists: closing any descriptor of a file
+    drops every POSIX lock this process holds on it, the locks through which SQLite's other
+    connections here keep the WAL alive (SQLite's documentation warns of exactly this)."""
+    with contextlib.suppress(FileExistsError):  # made meanwhile by another process: SQLite opens it
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
 
 
 def in_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T], begin: str = "BEGIN") -> T:
@@ -199,10 +209,8 @@ class SQLiteWorker:
         if not memory:
             path = Path(self.path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            if self._private:
-                # Create the file owner-only before SQLite opens it; SQLite gives its -wal and
-                # -shm files the same mode.
-                os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            if self._private and not path.exists():
+                create_private(path)
         conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
         reader = None
         try:
