@@ -189,6 +189,8 @@ def test_unknown_fields_pass_through() -> None:
         (body(response_format="json"), "response_format"),
         (body(response_format={"type": "yaml"}), "response_format"),
         (body(response_format={}), "response_format"),
+        (body(response_format={"type": []}), "response_format"),
+        (body(response_format={"type": {"a": 1}}), "response_format"),
         (body(response_format={"type": "json_schema"}), "response_format.json_schema"),
         (body(response_format={"type": "json_schema", "json_schema": "x"}), "response_format.json_schema"),
         (body(user=5), "user"),

@@ -153,6 +153,8 @@ async def test_feedback_waits_briefly_for_a_row_still_in_the_writers_queue(make_
     [
         ({"outcome": "success"}, "request_id"),
         ({"request_id": "x", "outcome": "great"}, "outcome"),
+        ({"request_id": "x", "outcome": {}}, "outcome"),
+        ({"request_id": "x", "outcome": ["success"]}, "outcome"),
         ({"request_id": "x", "outcome": "success", "human_review": "yes"}, "human_review"),
         ({"request_id": "x", "escalated": 1}, "escalated"),
         ({"request_id": "x", "value": "12"}, "value"),

@@ -163,6 +163,9 @@ async def test_admin_api_is_for_the_admin_key_only(make_app: AppFactory) -> None
     assert {t["name"] for t in tenants.json()["data"]} == {"acme", "other"}
     assert (await admin(app, "GET", "/admin/usage?tenant=ghost")).status == 404
     assert (await admin(app, "POST", "/admin/keys", {"tenant": "ghost"})).status == 400
+    for unhashable in ({"a": 1}, ["acme"]):  # was a plain-text 500
+        refused = await admin(app, "POST", "/admin/keys", {"tenant": unhashable})
+        assert refused.status == 400 and refused.json()["error"]["param"] == "tenant"
     assert (await admin(app, "DELETE", "/admin/keys/key_nope")).status == 404
 
 

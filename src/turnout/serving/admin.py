@@ -104,7 +104,7 @@ class Admin:
         except orjson.JSONDecodeError as exc:
             raise RequestError("the body is not valid JSON", code="invalid_json") from exc
         tenant = spec.get("tenant") if isinstance(spec, dict) else None
-        if store is None or tenant not in self.runtime.config.tenants:
+        if store is None or not isinstance(tenant, str) or tenant not in self.runtime.config.tenants:
             raise RequestError(f"unknown tenant {tenant!r}", param="tenant")
         ttl = spec.get("expires_in_s")
         if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0):

@@ -212,7 +212,8 @@ def _tools(tools: Any) -> None:
 def _response_format(fmt: Any) -> None:
     if fmt is None:
         return
-    if not isinstance(fmt, dict) or fmt.get("type") not in RESPONSE_FORMATS:
+    # The type is checked to be a string first: a list or an object is unhashable.
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str) or fmt["type"] not in RESPONSE_FORMATS:
         raise _bad("response_format", "'response_format.type' must be text, json_object or json_schema")
     if fmt["type"] == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
         raise _bad("response_format.json_schema", "'response_format.json_schema' must be an object")

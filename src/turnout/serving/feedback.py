@@ -93,7 +93,7 @@ def parse(raw: bytes) -> Feedback:
     if request_id is None and episode_id is None:
         raise _bad("request_id", "'request_id' or 'episode_id' is required")
     outcome = body.get("outcome")
-    if outcome is not None and outcome not in OUTCOMES:
+    if outcome is not None and (not isinstance(outcome, str) or outcome not in OUTCOMES):
         raise _bad("outcome", "'outcome' must be 'success' or 'failure'")
     human_review = _flag(body, "human_review")
     escalated = _flag(body, "escalated")
