@@ -32,7 +32,7 @@ class ErrorBoundary:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        request_id = f"{int(time.time() * 1000):012x}{_ids.getrandbits(48):012x}"  # new_request_id(), inlined
+        request_id = new_request_id()
         watched = _Watched(send)
         try:
             await self.app(scope, receive, watched, request_id)
