@@ -119,3 +119,16 @@ def turnout_serve(
         yield served
     finally:
         served.stop()
+
+
+def release_cli(root: Path, *args: str) -> str:
+    """``turnout release ARGS`` in ``root`` with its ``turnout.yaml``; its output, having passed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "turnout", "release", *args, "--config", "turnout.yaml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout

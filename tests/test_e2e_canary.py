@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.serving import Process, Served, turnout_serve
+from tests.serving import Process, Served, release_cli, turnout_serve
 from turnout.releases.store import ReleaseStore
 
 pytestmark = pytest.mark.slow
@@ -67,18 +65,6 @@ def project(root: Path, upstreams: dict[str, Process]) -> Path:
     return root / "turnout.yaml"
 
 
-def cli(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "turnout", "release", *args, "--config", "turnout.yaml"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
 async def prepare(root: Path, candidate: str) -> None:
     """v1 active; the candidate evaluated (as `turnout eval` would leave it) and in canary at 20%."""
     store = ReleaseStore(root / ".turnout" / "releases.db")
@@ -109,7 +95,7 @@ async def traffic(served: Served, until: Any, limit_s: float = 60.0) -> int:
 
 
 def state(root: Path) -> dict[str, Any]:
-    out = json.loads(cli(root, "show", "summarise", "--format", "json"))
+    out = json.loads(release_cli(root, "show", "summarise", "--format", "json"))
     assert isinstance(out, dict)
     return out
 
@@ -122,7 +108,7 @@ def serving_now(root: Path) -> tuple[str | None, str | None]:
 
 
 def serving_active(root: Path) -> str:
-    listed = cli(root, "list", "summarise", "--format", "json")
+    listed = release_cli(root, "list", "summarise", "--format", "json")
     data = json.loads(listed)
     return str(data["serving"]["active"])
 
@@ -131,19 +117,19 @@ def test_a_failing_canary_is_rolled_back_and_a_healthy_one_promoted(
     tmp_path: Path, upstreams: dict[str, Process]
 ) -> None:
     path = project(tmp_path, upstreams)
-    cli(tmp_path, "register", "summarise", "--all", "--by", "ci")
-    cli(tmp_path, "promote", "summarise", "v1", "--by", "ci", "--why", "first release")
+    release_cli(tmp_path, "register", "summarise", "--all", "--by", "ci")
+    release_cli(tmp_path, "promote", "summarise", "v1", "--by", "ci", "--why", "first release")
     asyncio.run(prepare(tmp_path, "v2-flaky"))
-    cli(tmp_path, "canary", "summarise", "v2-flaky", "--percent", "20", "--by", "ci", "--why", "try v2")
+    release_cli(tmp_path, "canary", "summarise", "v2-flaky", "--percent", "20", "--by", "ci", "--why", "try v2")
     with turnout_serve(tmp_path, path) as served:
         asyncio.run(traffic(served, lambda: serving_now(tmp_path) == ("v1", None)))
-        shown = cli(tmp_path, "show", "summarise", "v2-flaky")
+        shown = release_cli(tmp_path, "show", "summarise", "v2-flaky")
         assert "turnout-canary" in shown and "error rate" in shown  # the audit says who and why
         assert serving_active(tmp_path) == "v1"
 
         asyncio.run(prepare(tmp_path, "v3-fresh"))
-        cli(tmp_path, "canary", "summarise", "v3-fresh", "--percent", "20", "--by", "ci", "--why", "try v3")
+        release_cli(tmp_path, "canary", "summarise", "v3-fresh", "--percent", "20", "--by", "ci", "--why", "try v3")
         asyncio.run(traffic(served, lambda: serving_now(tmp_path) == ("v3-fresh", None)))
         assert serving_active(tmp_path) == "v3-fresh"
-        shown = cli(tmp_path, "show", "summarise", "v3-fresh")
+        shown = release_cli(tmp_path, "show", "summarise", "v3-fresh")
         assert "canary at 60%" in shown and "promoted" in shown  # it walked its steps

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.serving import Process, Served, turnout_serve
+from tests.serving import Process, Served, release_cli, turnout_serve
 from turnout.releases.store import ReleaseStore
 
 pytestmark = pytest.mark.slow
@@ -79,20 +77,9 @@ def project(root: Path, upstream: Process) -> Path:
     return root / "turnout.yaml"
 
 
-def cli(root: Path, *args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "turnout", "release", *args, "--config", "turnout.yaml"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 def transition(root: Path, args: tuple[str, ...]) -> None:
     extra = ("--why", "test") if args[0] != "rollback" else ("--why", "back")
-    cli(root, args[0], "t", *args[1:], "--by", "ci", *extra)
+    release_cli(root, args[0], "t", *args[1:], "--by", "ci", *extra)
 
 
 async def evaluated(root: Path) -> None:
@@ -143,8 +130,8 @@ def deleted_files(pid: int) -> list[str]:
 
 def test_twenty_cli_transitions_each_reach_the_running_gateway(tmp_path: Path, upstream: Process) -> None:
     path = project(tmp_path, upstream)
-    cli(tmp_path, "register", "t", "--all", "--by", "ci")
-    cli(tmp_path, "promote", "t", "v1", "--by", "ci", "--why", "first")
+    release_cli(tmp_path, "register", "t", "--all", "--by", "ci")
+    release_cli(tmp_path, "promote", "t", "v1", "--by", "ci", "--why", "first")
     asyncio.run(evaluated(tmp_path))
     with turnout_serve(tmp_path, path) as served:
         assert asyncio.run(serving(served)) == {"v1"}
