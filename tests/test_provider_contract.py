@@ -59,13 +59,9 @@ async def provider(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
         yield p
         await p.aclose()
     else:
-        from tests.fakes.bedrock import FakeBedrock
+        from tests.fakes.bedrock import FakeBedrock, use_fake_credentials
 
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
-        monkeypatch.delenv("AWS_BEARER_TOKEN_BEDROCK", raising=False)
-        monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
-        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        use_fake_credentials(monkeypatch)
         async with FakeBedrock() as fake:
             raw = {"provider": "bedrock", "region": "us-east-1", "model": "deepseek.v3-v1:0", "endpoint_url": fake.url}
             p = create("t", target(raw))

@@ -38,14 +38,10 @@ async def slow(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
             yield p
             await p.aclose()
         return
-    from tests.fakes.bedrock import FakeBedrock, Reply
+    from tests.fakes.bedrock import FakeBedrock, Reply, use_fake_credentials
     from tests.fakes.bedrock import Fault as BedrockFault
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
-    monkeypatch.delenv("AWS_BEARER_TOKEN_BEDROCK", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    use_fake_credentials(monkeypatch)
     async with FakeBedrock() as fake:
         fake.reply = Reply(text=WORDS)
         fake.fault = BedrockFault(head_delay=HEAD_S, chunk_delay=CHUNK_S)

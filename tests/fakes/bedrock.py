@@ -56,6 +56,7 @@ import argparse
 import asyncio
 import hmac
 import itertools
+import os
 import random
 import re
 import string
@@ -64,7 +65,7 @@ import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -75,6 +76,9 @@ from botocore.credentials import Credentials  # type: ignore[import-untyped, unu
 from multidict import CIMultiDictProxy
 
 from tests.fakes.server import FakeServer
+
+if TYPE_CHECKING:
+    import pytest
 
 MODES = ("ok", "error", "exception", "stream_error", "hang", "cut", "corrupt")
 
@@ -627,3 +631,13 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def use_fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake's static keys from the environment; nothing from files, a Bedrock API key or
+    the network."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.delenv("AWS_BEARER_TOKEN_BEDROCK", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
