@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench/ledger.sh — what the ledger costs, in one run: turnout with no ledger, with the SQLite
 # ledger and with the PostgreSQL ledger (127.0.0.1:5432/test), routing bench-model to the fixed
-# upstream. Same kit as run.sh: turnout on CPU 0, upstream and wrk on CPU 1. Writes
-# bench/results/ledger.txt.
+# upstream. Same kit as run.sh: turnout on CPU 0, upstream and wrk on CPU 1. Then each store's
+# sustained insert rate on its own (bench/ledger_rows.py: rows/s through write_batch and through
+# LedgerWriter.submit). Writes bench/results/ledger.txt.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 kit=${BENCH_KIT:-$root/../shared/bench}
@@ -17,7 +18,7 @@ wait_up() { for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 
 calc() { awk "BEGIN { print $1 }"; }
 
 measure() {  # measure STORE → "rps32 p50_1"
-  rm -f "$run"/ledger.db*
+  rm -rf "$run"/ledger.db*  # the file, its WAL and its spill journal
   TURNOUT_BENCH_DB=$run/ledger.db TURNOUT_BENCH_STORE=$1 \
     taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/config.yaml" --port 18030 >"$run/turnout-$1.log" 2>&1 &
   pid=$!
@@ -33,10 +34,13 @@ measure() {  # measure STORE → "rps32 p50_1"
 read -r n_rps n_p50 < <(measure none)
 read -r s_rps s_p50 < <(measure sqlite)
 read -r p_rps p_p50 < <(measure postgres)
+rows=$(taskset -c 0 "$root/.venv/bin/python" "$here/ledger_rows.py" --rows "${BENCH_ROWS:-100000}")
 {
   echo "turnout ledger bench, $(date -u +%F), one run; turnout on CPU 0, upstream and wrk on CPU 1"
   printf "no ledger:          %6.0f req/s @32, p50 @1 %s ms\n" "$n_rps" "$n_p50"
   printf "SQLite ledger:      %6.0f req/s @32 (x%.2f), p50 @1 %s ms\n" "$s_rps" "$(calc "$s_rps / $n_rps")" "$s_p50"
   printf "PostgreSQL ledger:  %6.0f req/s @32 (x%.2f), p50 @1 %s ms\n" "$p_rps" "$(calc "$p_rps / $n_rps")" "$p_p50"
   echo "(metrics on in all three; rows are written in batches by a background task)"
+  echo "sustained inserts, one store on CPU 0 (batches of 256 rows, each row with 2 attempts):"
+  echo "$rows"
 } | tee "$here/results/ledger.txt"

@@ -7,7 +7,14 @@ cd "$(dirname "$0")/.."
 extras=${1:-local}
 python=${PYTHON:-python3}
 llama_version=0.3.36
-cache=${TURNOUT_WHEEL_CACHE:-$HOME/.cache/turnout/wheels}
+# A portable build, not -march=native: llama.cpp's native build on a CPU with AMX (Sapphire
+# Rapids and later) segfaulted in its first decode in a VM here, and a portable wheel can be
+# cached and shared. AVX2/FMA/F16C cover x86-64 servers of the last decade. The cache folder
+# names the build, so a wheel built another way is never picked up.
+build=portable-1
+flags=(-DGGML_NATIVE=OFF)
+[ "$(uname -m)" = x86_64 ] && flags+=(-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+cache=${TURNOUT_WHEEL_CACHE:-$HOME/.cache/turnout/wheels}/$build
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
@@ -15,6 +22,12 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 if ! compgen -G "$cache/llama_cpp_python-$llama_version-*.whl" >/dev/null; then
   echo "install: compiling llama-cpp-python $llama_version once (3-12 minutes); the wheel is cached in $cache"
   mkdir -p "$cache"
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "${pip[@]}" wheel -q --no-deps -w "$cache" "llama-cpp-python==$llama_version"
+  CMAKE_ARGS="${flags[*]}" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    "${pip[@]}" wheel -q --no-deps --no-cache-dir -w "$cache" "llama-cpp-python==$llama_version"
 fi
 "${pip[@]}" install -q --find-links "$cache" "llama-cpp-python==$llama_version" -e ".[$extras]"
+# A venv made before with another build of the same version keeps it: replace it, once.
+if [ "$(cat .venv/.llama-build 2>/dev/null)" != "$build" ]; then
+  "${pip[@]}" install -q --no-deps --force-reinstall "$cache"/llama_cpp_python-$llama_version-*.whl
+  echo "$build" > .venv/.llama-build
+fi

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,11 @@ class Process:
 
 @contextmanager
 def turnout_serve(
-    cwd: Path, config: Path | None = None, ready_s: float = 60.0, env: dict[str, str] | None = None
+    cwd: Path,
+    config: Path | None = None,
+    ready_s: float = 60.0,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,  # e.g. resource limits for the server process
 ) -> Iterator[Served]:
     port = free_port()
     log = cwd / "turnout.log"
@@ -112,7 +116,9 @@ def turnout_serve(
         args += ["--config", str(config)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+        proc = subprocess.Popen(
+            args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=full_env, preexec_fn=preexec_fn
+        )
     served = Served(proc, port, log)
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", ready_s, proc)

@@ -156,6 +156,20 @@ CASES = [
         files={"a-file": "not a directory", "releases/chat/v1.yaml": RELEASE},
     ),
     Case(
+        "the ledger's spill journal directory is a file",
+        "store.spill_dir: spill is not a directory",
+        "spill",
+        raw=merged(base(), store={"spill_dir": "spill"}),
+        files={"spill": "not a directory"},
+    ),
+    Case(
+        "the ledger's spill journal directory under a file",
+        "store.spill_dir: cannot create",
+        "a-file",
+        raw=merged(base(), store={"spill_dir": "a-file/spill"}),
+        files={"a-file": "not a directory"},
+    ),
+    Case(
         "PROMETHEUS_MULTIPROC_DIR that is not a directory",
         "PROMETHEUS_MULTIPROC_DIR (observability.metrics is on): ",
         "PROMETHEUS_MULTIPROC_DIR",
@@ -174,6 +188,27 @@ CASES = [
         r"store\.kind: postgres needs asyncpg",
         raw=merged(base(), store={"kind": "postgres", "dsn": "postgresql://turnout@127.0.0.1:5432/test"}),
         hide=("asyncpg", "turnout.ledger.postgres"),
+    ),
+    Case(
+        "a target's tokenizer without the tokenizers package",
+        "targets.up.tokenizer: tok.json needs the tokenizers package: pip install 'turnout[tokenizers]'",
+        "needs the tokenizers package",
+        raw=merged(base(), targets={"up": {**base()["targets"]["up"], "tokenizer": "tok.json"}}),
+        files={"tok.json": "{}"},
+        hide=("tokenizers", "turnout.control.tokens"),
+    ),
+    Case(
+        "a target's tokenizer file that is not there",
+        "targets.up.tokenizer: models/missing.json is not a file",
+        r"missing\.json is not a file",
+        raw=merged(base(), targets={"up": {**base()["targets"]["up"], "tokenizer": "models/missing.json"}}),
+    ),
+    Case(
+        "a target's tokenizer file that is no tokenizer",
+        "targets.up.tokenizer: tok.json is not a tokenizer.json the tokenizers package can load",
+        "the tokenizers package can load",
+        raw=merged(base(), targets={"up": {**base()["targets"]["up"], "tokenizer": "tok.json"}}),
+        files={"tok.json": '{"not": "a tokenizer"}'},
     ),
     Case(
         "Redis limits without the redis package",

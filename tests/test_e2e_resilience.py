@@ -21,6 +21,7 @@ from tests.serving import Served, free_port, sdk_client, turnout_serve, wait_htt
 
 pytestmark = pytest.mark.slow
 KEY = "sk-e2e-tenant-key-5d1e"
+ADMIN_KEY = "adm-e2e-resilience-3f9a"
 SECRET = "SENTINEL-e2e-prompt-9b7c"
 
 
@@ -81,6 +82,7 @@ def served(upstreams: dict[str, Upstream], tmp_path_factory: pytest.TempPathFact
         for name, up in upstreams.items()
     }
     config = {
+        "server": {"admin_key": ADMIN_KEY},
         "targets": targets,
         "tenants": {"acme": {"keys": [KEY], "data_classes": ["internal", "restricted"]}},
         "policy": {"restricted": {"targets": ["onprem"]}},
@@ -103,8 +105,11 @@ def ask(served: Served, **kw: Any) -> Any:
 
 
 def breaker_state(served: Served, target: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/readyz", timeout=5) as resp:
-        state: str = json.loads(resp.read())["targets"][target]["breaker"]
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{served.port}/admin/targets", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback test URL
+        state: str = next(t["breaker"] for t in json.loads(resp.read())["data"] if t["name"] == target)
         return state
 
 

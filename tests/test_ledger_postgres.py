@@ -62,6 +62,7 @@ async def test_one_column_per_field_with_postgres_types_and_the_indexes(schema: 
     types = dict(columns)
     assert (types["started_at"], types["outcome_at"], types["cost_usd"]) == ("double precision",) * 3
     assert (types["stream"], types["cache_hit"], types["human_review"]) == ("boolean",) * 3
+    assert types["usage_estimated"] == "boolean"
     assert (types["attempts"], types["labels"], types["status"]) == ("jsonb", "jsonb", "integer")
     collation = await postgres_sql(
         schema,

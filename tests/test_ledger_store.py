@@ -126,6 +126,7 @@ def full_row(n: int) -> LedgerRow:
         outcome_at=1_700_000_060.654321,
         episode_id="ep-7",
         labels=["refund", "vip"],
+        usage_estimated=False,  # False, not None: "the upstream said" apart from "no answer"
     )
 
 
@@ -231,13 +232,23 @@ async def test_recent_refuses_a_negative_limit(store: LedgerStore) -> None:
         await store.recent(-1)
 
 
-async def test_writing_a_request_id_again_replaces_the_row(store: LedgerStore) -> None:
-    await store.write_batch([make_row(1, status=0)])
-    await store.write_batch([make_row(1, status=200, outcome="success")])
-    assert await store.count() == 1
+async def test_writing_a_request_id_again_keeps_the_first_row(store: LedgerStore) -> None:
+    await store.write_batch([make_row(1, status=200)])
+    await store.write_batch([make_row(1, status=502), make_row(2)])  # a replayed batch, one row new
+    assert await store.count() == 2
     got = await store.get("req-000001")
     assert got is not None
-    assert (got.status, got.outcome) == (200, "success")
+    assert got.status == 200
+
+
+async def test_a_replayed_row_does_not_undo_feedback(store: LedgerStore) -> None:
+    row = make_row(1, status=200)
+    await store.write_batch([row])
+    assert await store.set_outcome(row.request_id, row.tenant, "success", None, None, 1.0, None, at=9.0)
+    await store.write_batch([make_row(1, status=200)])  # the same row again, from the journal
+    got = await store.get(row.request_id)
+    assert got is not None
+    assert (got.outcome, got.outcome_value) == ("success", 1.0)
 
 
 async def test_an_empty_batch_is_a_no_op(store: LedgerStore) -> None:
@@ -282,11 +293,11 @@ async def test_concurrent_batches_sharing_ids_end_with_one_row_each(store: Ledge
     assert statuses <= {200, 500}
 
 
-async def test_the_last_of_two_rows_with_one_id_in_a_batch_wins(store: LedgerStore) -> None:
+async def test_the_first_of_two_rows_with_one_id_in_a_batch_wins(store: LedgerStore) -> None:
     await store.write_batch([make_row(2, status=1), make_row(1), make_row(2, status=2)])
     got = await store.get("req-000002")
     assert got is not None
-    assert got.status == 2
+    assert got.status == 1
     assert await store.count() == 2
 
 
@@ -481,7 +492,7 @@ async def test_reopening_keeps_rows_and_migrations_run_once(place: Place) -> Non
         assert await store.count() == 3
         assert await store.get("req-000001") == full_row(1)
         await store.aclose()
-    assert await place.versions() == [1, 2, 3, 4]
+    assert await place.versions() == [1, 2, 3, 4, 5]
 
 
 async def test_two_stores_opening_one_new_place_migrate_once(place: Place) -> None:
@@ -490,7 +501,7 @@ async def test_two_stores_opening_one_new_place_migrate_once(place: Place) -> No
     assert await stores[1].get("req-000001") == make_row(1)
     for store in stores:
         await store.aclose()
-    assert await place.versions() == [1, 2, 3, 4]
+    assert await place.versions() == [1, 2, 3, 4, 5]
 
 
 async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
@@ -521,7 +532,7 @@ async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
         outcome="success",
     )
     store = await place.opened()
-    assert await place.versions() == [1, 2, 3, 4]
+    assert await place.versions() == [1, 2, 3, 4, 5]
     assert await store.get("req-old") == old  # the new fields read back as None
     assert await store.set_outcome("req-old", "acme", None, True, None, 2.0, "ep-9", 7.0, labels=["legacy"])
     await store.write_batch([full_row(1)])
@@ -533,7 +544,7 @@ async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
     assert await store.get("req-000001") == full_row(1)
     assert await store.count() == 2
     await store.aclose()
-    assert await place.versions() == [1, 2, 3, 4]
+    assert await place.versions() == [1, 2, 3, 4, 5]
 
 
 async def test_a_schema_newer_than_the_code_is_refused(place: Place) -> None:

@@ -24,7 +24,7 @@ from turnout.errors import (
     UpstreamTimeout,
 )
 from turnout.providers.base import Timeouts
-from turnout.providers.transport import ABANDONED, Client, Exchange, StreamBody, json_object
+from turnout.providers.transport import ABANDONED, Client, Exchange, Response, StreamBody, json_object
 
 ROOMY = Timeouts(connect=2, ttft=5, total=10)
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -50,7 +50,7 @@ async def client() -> AsyncIterator[Client]:
     await http.aclose()
 
 
-async def status_error(resp: aiohttp.ClientResponse) -> UpstreamError:
+async def status_error(resp: Response) -> UpstreamError:
     return UpstreamStatusError(resp.status, "fake said no")
 
 

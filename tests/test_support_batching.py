@@ -100,6 +100,29 @@ def test_the_interval_counts_from_the_first_item_of_a_partial_batch() -> None:
     run(scenario)
 
 
+def test_items_that_came_during_a_slow_write_wait_one_interval_from_their_arrival() -> None:
+    """What a crash can lose is what waits in memory: an item that arrived while the sink was
+    busy has been waiting since then, so it is due one interval after it came, not one interval
+    after the write ended."""
+
+    async def scenario() -> None:
+        sink = Sink()
+        q = queue(sink)
+        q.start()
+        sink.gate.clear()
+        q.submit(1)
+        await sink.wait_for(1)  # at 10; the write takes until 18
+        await asyncio.sleep(2.0)
+        q.submit(2)  # at 12, while the write of [1] runs
+        await asyncio.sleep(6.0)
+        sink.gate.set()  # the write ends at 18
+        await sink.wait_for(2)
+        assert sink.batches == [(10.0, [1]), (22.0, [2])]
+        await q.aclose()
+
+    run(scenario)
+
+
 def test_an_idle_queue_calls_no_sink() -> None:
     async def scenario() -> None:
         sink = Sink()

@@ -87,9 +87,9 @@ async def test_task_limits_apply_to_that_task_only(make_app: AppFactory) -> None
 
 
 async def test_budget_reserves_the_worst_case_and_records_the_real_cost(make_app: AppFactory) -> None:
-    # worst case on "dear": about 8 prompt tokens and 10 output tokens ≈ $0.03; the real answer
-    # costs $0.013
-    app, _ = await start(make_app, limits={"usd_per_day": 0.05})
+    # worst case on "dear": 74 prompt tokens (2 bytes of text, 8 for the message, 64 for the
+    # request) and 10 output tokens ≈ $0.094; the real answer costs $0.013
+    app, _ = await start(make_app, limits={"usd_per_day": 0.15})
     first = await chat(app)
     assert first.status == 200
     assert float(first.headers["x-turnout-cost-usd"]) == pytest.approx(0.013)
@@ -112,7 +112,7 @@ async def test_cheaper_task_routes_to_a_target_that_fits_the_budget(make_app: Ap
 async def test_failed_requests_release_their_reservation(make_app: AppFactory) -> None:
     failing = Step(UpstreamStatusError(503, "down"))
     fakes = {"dear": ScriptedProvider("dear", failing), "cheap": ScriptedProvider("cheap", failing)}
-    raw = config(limits={"usd_per_day": 0.05, "concurrency": 1})
+    raw = config(limits={"usd_per_day": 0.15, "concurrency": 1})
     for target in raw["targets"].values():
         target["breaker"] = {"failures": 100, "min_calls": 100}
     app = await make_app(raw, dict(fakes))

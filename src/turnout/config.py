@@ -33,6 +33,15 @@ class ServerConfig(_Strict):
     # operator says so explicitly.
     allow_anonymous: bool = False
     shutdown_grace_s: float = Field(15.0, ge=0)
+    # Slow and idle clients (turnout.serving.connections): the headers must arrive within
+    # header_timeout_s of the request's first byte (or of the connection's start), the whole body
+    # within body_timeout_s after them; an idle keep-alive connection closes after
+    # keepalive_timeout_s. max_connections: open client connections at most (None: half the
+    # open-file limit, which ``serve`` raises to its hard limit).
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    keepalive_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int | None = Field(None, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Guards /admin/*; also read from TURNOUT_ADMIN_KEY. Unset: /admin/* is closed.
     admin_key: str | None = None
@@ -44,8 +53,14 @@ class StoreConfig(_Strict):
     dsn: str | None = None  # postgres: e.g. postgresql://user@127.0.0.1:5432/test
     pg_schema: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")  # postgres: tables in this schema
     batch_size: int = Field(256, gt=0)
-    flush_interval_ms: int = Field(250, gt=0)
+    # Rows reach the store or the spill journal within about this plus one store write: what a
+    # SIGKILL can lose.
+    flush_interval_ms: int = Field(10, gt=0)
     queue_size: int = Field(10_000, gt=0)
+    # The spill journal (turnout.ledger.journal): rows the store cannot take yet, on local disk.
+    # None: beside the SQLite file (<path>.spill), or ./.turnout/ledger.spill for PostgreSQL.
+    spill_dir: str | None = None
+    spill_max_mb: float = Field(256.0, ge=0)  # 0: no journal (a failed batch is lost, counted)
 
 
 class CaptureRule(_Strict):
@@ -99,6 +114,12 @@ class ReleasesConfig(_Strict):
     store_path: str = "./.turnout/releases.db"  # registered releases, states, transitions, reviews
 
 
+class EvalsConfig(_Strict):
+    # python_test runs scored code in a bubblewrap jail; without a working bubblewrap it refuses,
+    # unless this is true: then the code runs as a plain child process (only for code you trust).
+    allow_unsandboxed_code: bool = False
+
+
 class ObservabilityConfig(_Strict):
     metrics: bool = True  # /metrics in Prometheus text format
     otlp_endpoint: str | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
@@ -113,7 +134,10 @@ class LimitsConfig(_Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = Field("turnout", min_length=1)
     on_backend_error: Literal["closed", "open"] = "closed"  # Redis unreachable: refuse (503) or admit
-    max_request_s: float = Field(600.0, gt=0)  # a crashed replica's slots and reservations expire then
+    max_request_s: float = Field(600.0, gt=0)  # a slot or reservation never settled expires then
+    # redis: each replica's heartbeat key lives this long unrefreshed; once it is gone (a crash),
+    # the other replicas free that replica's slots and reservations
+    heartbeat_ttl_s: float = Field(5.0, ge=0.5)
     default_max_tokens: int = Field(1024, gt=0)  # worst-case output when a request sets no max_tokens
     keys_path: str = "./.turnout/keys.db"  # issued keys with the memory backend
 
@@ -228,6 +252,9 @@ class _TargetBase(_Strict):
     # USD per 1M tokens. The price book (``prices:``) wins from its effective date; without
     # either, the catalog (bedrock; local is free), else unpriced. See turnout.control.pricing.
     price: Price | None = None
+    # The model's tokenizer.json (Hugging Face tokenizers format): budget reservations and
+    # answers without usage count tokens with it, else as UTF-8 bytes. See turnout.control.tokens.
+    tokenizer: str | None = Field(None, min_length=1)
 
 
 class OpenAITarget(_TargetBase):
@@ -341,6 +368,7 @@ class Config(_Strict):
     limits: LimitsConfig = LimitsConfig()
     capture: CaptureConfig = CaptureConfig()
     releases: ReleasesConfig = ReleasesConfig()
+    evals: EvalsConfig = EvalsConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     targets: dict[str, TargetConfig]
     tenants: dict[str, TenantConfig] = {}

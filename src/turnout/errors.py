@@ -18,7 +18,8 @@
     │   ├── BreakerOpen               target or every replica open      retryable
     │   └── Overloaded                local queue full                  retryable
     ├── AllTargetsFailed              502 / 503 / 504, one line per attempt
-    └── StreamInterrupted             failure after the first byte reached the client
+    ├── StreamInterrupted             failure after the first byte reached the client
+    └── ShuttingDown                  503: cut by a shutdown past its grace period
 
 Vendor exceptions (aiohttp, llama.cpp) are translated into these at the provider edge and
 re-raised ``from exc``. Messages never carry secrets: providers name targets, never URLs with
@@ -227,3 +228,14 @@ class StreamInterrupted(TurnoutError):
 
     type = "upstream_error"
     code = "stream_interrupted"
+
+
+class ShuttingDown(TurnoutError):
+    """The gateway stopped the request: a shutdown outlasted ``server.shutdown_grace_s``."""
+
+    status = 503
+    type = "api_error"
+    code = "shutting_down"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]

@@ -87,6 +87,7 @@ class FakeUpstream(FakeServer):
     # Answered instead of ``reply`` when the request offers tools: [{"id", "name", "arguments"}].
     tool_calls: tuple[dict[str, Any], ...] = ()
     usage: dict[str, int] | None = None  # fixed usage instead of the word count
+    no_usage: bool = False  # report none ("usage": null), as some servers and proxies do
     _rng: random.Random = field(default_factory=lambda: random.Random(7), repr=False)
     requests: list[Received] = field(default_factory=list)
     in_flight: int = 0
@@ -205,7 +206,7 @@ class FakeUpstream(FakeServer):
             events += [_chunk(model, {"content": piece}) for piece in self.reply]
             events.append(_chunk(model, {}, finish_reason="stop"))
         options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
+        if isinstance(options, dict) and options.get("include_usage") and not self.no_usage:
             events.append({**_chunk(model, {}), "choices": [], "usage": self._usage(body)})
         for i, event in enumerate(events):
             if i:
@@ -236,7 +237,9 @@ class FakeUpstream(FakeServer):
             }
         return {"message": {"role": "assistant", "content": "".join(self.reply)}, "finish_reason": "stop"}
 
-    def _usage(self, body: Any) -> dict[str, int]:
+    def _usage(self, body: Any) -> dict[str, int] | None:
+        if self.no_usage:
+            return None
         if self.usage is not None:
             return dict(self.usage)
         messages = body.get("messages") if isinstance(body, dict) else None

@@ -92,17 +92,25 @@ class BatchQueue(Generic[T]):
         self._closing = False
         self._closed = False
         self._drop_log = RateLimit(log_interval_s)
+        self._since = 0.0  # the loop's time when the oldest queued item (at most) arrived
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def queued(self) -> int:
         """Items accepted and not yet written or failed (including a batch being written)."""
         return len(self._items) + self._writing
 
+    @property
+    def running(self) -> bool:
+        """Whether the flush task is alive: started, and neither returned nor crashed."""
+        return self._task is not None and not self._task.done()
+
     def start(self) -> None:
         """Start the flush task on the running loop. Items submitted before this are kept."""
         if self._task is not None or self._closing:
             raise RuntimeError(f"{self.name} was already started or closed")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name=self.name)
 
     def submit(self, item: T) -> bool:
         """Queue ``item``; False (and counted in ``dropped``) when full or closed. Call from the
@@ -111,6 +119,8 @@ class BatchQueue(Generic[T]):
         if self._closed or len(self._items) >= self.queue_size or self._over(weight):
             self._drop()
             return False
+        if not self._items and self._loop is not None:
+            self._since = self._loop.time()  # a partial batch starts: it is due one interval from now
         self._items.append(item)
         self._weight += weight
         self._nonempty.set()
@@ -149,12 +159,17 @@ class BatchQueue(Generic[T]):
     async def _run(self) -> None:
         while True:
             await self._nonempty.wait()
-            # A partial batch gets one interval to fill up; a full one goes at once.
+            # A partial batch gets one interval from its first item's arrival to fill up (items
+            # that came during the last write have waited already); a full one goes at once.
             due = self._closing
             if not due and len(self._items) < self.batch_size:
+                left = self._since + self.flush_interval_s - asyncio.get_running_loop().time()
                 try:
-                    async with asyncio.timeout(self.flush_interval_s):
-                        await self._full.wait()
+                    if left > 0:
+                        async with asyncio.timeout(left):
+                            await self._full.wait()
+                    else:
+                        due = True
                 except TimeoutError:
                     due = True
             await self._write_queued(partial=due or self._closing)

@@ -23,6 +23,7 @@ from turnout.offline.evals import (
     Outcome,
     TextProgress,
     all_passed,
+    build_scorers,
     evaluate_gates,
     failed,
     golden_set_path,
@@ -32,6 +33,8 @@ from turnout.offline.evals import (
     run_eval,
     to_json,
 )
+from turnout.offline.evals.jail import sandbox_problem
+from turnout.offline.evals.sandbox import PythonTest
 from turnout.providers.base import Call, Completion, Timeouts
 from turnout.releases.base import Release
 from turnout.serving.app import App
@@ -78,9 +81,19 @@ def eval_command(config: Config, **options: Any) -> None:
     run = Run(**options)
     releases = release_files(config, run.task, [n for n in (run.candidate, run.baseline) if n is not None])
     cases = load_cases(golden_set_path(config.releases.evals_path, run.task))
+    _check_sandbox(config, cases)
     gates = asyncio.run(_evaluate(config, run, releases, cases))
     if not all_passed(gates):
         raise CommandError(f"gates failed: {', '.join(g.name for g in failed(gates))}")
+
+
+def _check_sandbox(config: Config, cases: list[Case]) -> None:
+    """Refuse before calling any model when python_test would refuse each case anyway."""
+    uses_code = any(exp.scorer == PythonTest.name for case in cases for exp in case.expect)
+    if uses_code and not config.evals.allow_unsandboxed_code:
+        problem = sandbox_problem()
+        if problem is not None:
+            raise CommandError(problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +125,11 @@ async def _evaluate(config: Config, run: Run, releases: dict[str, Release], case
             baseline=run.baseline,
             concurrency=run.concurrency,
             repeat=run.repeat,
-            judge=lambda prompt, target: _judge(app, prompt, target),
-            judge_target=run.judge_target,
+            scorers=build_scorers(
+                lambda prompt, target: _judge(app, prompt, target),
+                judge_target=run.judge_target,
+                allow_unsandboxed_code=config.evals.allow_unsandboxed_code,
+            ),
             progress=TextProgress(),
             task=task,
         )

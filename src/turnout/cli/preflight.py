@@ -12,9 +12,10 @@ it calls them (``turnout.serving.runtime``):
 * the optional drivers each chosen backend needs (ledger store, key store, limiter, every
   target's provider, tracing) and the Redis URL, parsed as the limiter parses it;
 * each local target's model file;
+* each ``targets.X.tokenizer``: the ``tokenizers`` package, and the file loaded with it;
 * the release files under ``releases.path``, loaded and checked against the config;
 * every SQLite file start-up opens (ledger, capture, keys, releases): its directory must be
-  one that can be created and written;
+  one that can be created and written; so must the ledger's spill journal directory;
 * ``PROMETHEUS_MULTIPROC_DIR``, with metrics on: a directory.
 
 Every problem names the key path (or the environment variable, or the release file).
@@ -34,8 +35,10 @@ from turnout.control.keys.factory import KEY_STORES
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.factory import LIMITERS
 from turnout.control.quota.gate import QuotaGate
+from turnout.control.tokens import Tokens
 from turnout.errors import ConfigError
 from turnout.ledger.store import BACKENDS
+from turnout.ledger.writer import spill_dir
 from turnout.privacy.capture import capture_path
 from turnout.providers.registry import PROVIDERS
 from turnout.releases.files import load_all
@@ -51,7 +54,9 @@ def preflight(config: Config, env: Mapping[str, str] | None = None) -> list[str]
     env = os.environ if env is None else env
     problems = _redaction_key(config, env) + _metrics_dir(config, env) + _backends(config)
     problems += _collect(load_all, config)
+    problems += _collect(Tokens.from_config, config)  # each targets.X.tokenizer: the package, the file
     problems += _sqlite_files(config)
+    problems += _spill_dir(config)
     return problems
 
 
@@ -132,6 +137,19 @@ def _sqlite_files(config: Config) -> list[str]:
     if reviews or os.path.isdir(config.releases.path):
         files.append((config.releases.store_path, "releases.store_path"))
     return [f"{key}: {problem}" for path, key in files if path != MEMORY and (problem := _unwritable(Path(path)))]
+
+
+def _spill_dir(config: Config) -> list[str]:
+    """The ledger's spill journal: a directory start-up creates (owner-only) and appends to."""
+    where = spill_dir(config.store)
+    if where is None:
+        return []
+    if where.exists():
+        if not where.is_dir():
+            return [f"store.spill_dir: {where} is not a directory"]
+        return [] if os.access(where, os.W_OK | os.X_OK) else [f"store.spill_dir: {where} is not writable"]
+    problem = _unwritable(where)
+    return [f"store.spill_dir: {problem}"] if problem else []
 
 
 def _unwritable(path: Path) -> str | None:

@@ -31,7 +31,7 @@ class MemoryStore:
         # Copy everything before storing anything, so a bad row leaves the store unchanged.
         copies = [copy_row(row) for row in rows]
         for row in copies:
-            self._rows[row.request_id] = row
+            self._rows.setdefault(row.request_id, row)  # the first write of an id wins
 
     async def get(self, request_id: str) -> LedgerRow | None:
         self._check_open()

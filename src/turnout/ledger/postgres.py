@@ -5,7 +5,8 @@ and labels, and ``double precision`` unix seconds for times (parity with SQLite 
 ``LedgerRow``; floats round-trip exactly). Every value is a bound parameter, sent in binary.
 
 ``write_batch`` is one transaction of ``executemany`` over a prepared
-``INSERT … ON CONFLICT (request_id) DO UPDATE``. Measured on loopback PostgreSQL 15 (rows/s,
+``INSERT … ON CONFLICT (request_id) DO NOTHING`` (the first write of an id wins, so a replayed
+batch never undoes feedback recorded since). Measured on loopback PostgreSQL 15 (rows/s,
 inserts; 20 batches, median): at the writer's default batch of 256 it is level with the other
 two ways to upsert, ``copy_records_to_table`` into a temporary staging table then
 ``INSERT … SELECT … ON CONFLICT`` (≈46-50k vs ≈44-50k) and one ``INSERT … SELECT FROM
@@ -96,6 +97,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ('CREATE INDEX requests_task_release_started_at ON {p}requests (task, "release", started_at)',),
     # 4: the labels feedback gives, a jsonb array of strings (as in SQLite); NULL: never labelled.
     ("ALTER TABLE {p}requests ADD COLUMN labels jsonb",),
+    # 5: whether the usage (and so the cost) was counted by turnout: the upstream reported none.
+    ("ALTER TABLE {p}requests ADD COLUMN usage_estimated boolean",),
 )
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))
@@ -145,7 +148,7 @@ class PostgresStore:
     async def write_batch(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
             return
-        # A stable sort: of two rows with one id, the later still wins, as in a replayed batch.
+        # Sorted by id: two batches sharing ids take their locks in one order (no deadlock).
         params = [_encode(row) for row in sorted(rows, key=lambda r: r.request_id)]
         async with self._connection() as conn, conn.transaction():
             await conn.executemany(self._sql.upsert, params)
@@ -283,11 +286,10 @@ class _Statements:
     def __init__(self, prefix: str) -> None:
         p = self.prefix = prefix
         placeholders = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
-        updates = ", ".join(f'"{name}" = EXCLUDED."{name}"' for name in COLUMNS if name != "request_id")
         select = f"SELECT {_COLUMN_LIST} FROM {p}requests"  # noqa: S608
         self.upsert = (
             f"INSERT INTO {p}requests ({_COLUMN_LIST}) VALUES ({placeholders}) "  # noqa: S608
-            f"ON CONFLICT (request_id) DO UPDATE SET {updates}"
+            "ON CONFLICT (request_id) DO NOTHING"
         )
         self.get = f"{select} WHERE request_id = $1"
         self.recent = f"{select} ORDER BY started_at DESC, request_id DESC LIMIT $1"

@@ -56,3 +56,5 @@ class LedgerRow:
     episode_id: str | None = None  # groups requests of one conversation or agent run
     # Schema v4.
     labels: list[str] | None = None  # the caller's tags from feedback; None: never labelled
+    # Schema v5.
+    usage_estimated: bool | None = None  # True: the upstream reported no usage, turnout counted it; None: no answer

@@ -78,6 +78,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ('CREATE INDEX requests_task_release_started_at ON requests (task, "release", started_at)',),
     # 4: the labels feedback gives, a JSON array of strings like attempts; NULL: never labelled.
     ("ALTER TABLE requests ADD COLUMN labels TEXT",),
+    # 5: whether the usage (and so the cost) was counted by turnout: the upstream reported none.
+    ("ALTER TABLE requests ADD COLUMN usage_estimated INTEGER",),
 )
 
 # Columns follow LedgerRow's fields, so a field added without a migration fails loudly on the
@@ -86,12 +88,18 @@ COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))
 # The SQL is built once from those field names; every value is a bound parameter.
 _COLUMN_LIST = ", ".join(f'"{name}"' for name in COLUMNS)
 _PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
-_INSERT = f"INSERT OR REPLACE INTO requests ({_COLUMN_LIST}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
+# The first write of a request id wins: a batch replayed from the spill journal (or written
+# twice after a store timeout) never duplicates a row nor undoes feedback recorded since.
+# (Not OR IGNORE: that would also skip rows breaking NOT NULL, silently.)
+_INSERT = (
+    f"INSERT INTO requests ({_COLUMN_LIST}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
+    "ON CONFLICT (request_id) DO NOTHING"
+)
 _SELECT = f"SELECT {_COLUMN_LIST} FROM requests"  # noqa: S608
 _ATTEMPTS = COLUMNS.index("attempts")
 _LABELS = COLUMNS.index("labels")
 _BOOLS = ("stream", "fallback")
-_OPTIONAL_BOOLS = ("cache_hit", "human_review", "escalated")
+_OPTIONAL_BOOLS = ("cache_hit", "human_review", "escalated", "usage_estimated")
 # None keeps the stored value: feedback may arrive in pieces. Labels come as JSON text and
 # replace the stored array whole.
 _SET_OUTCOME = """UPDATE requests SET
@@ -150,12 +158,11 @@ class SQLiteStore:
     async def write_batch(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
             return
-        # Encode here, on the caller's side, so the thread holds the database only for SQL.
-        params = [_encode(row) for row in rows]
 
         def insert(conn: sqlite3.Connection) -> None:
-            # Nothing comes back: the cursor must stay (and be finalized) on the thread.
-            conn.executemany(_INSERT, params)
+            # Encoded on the store's thread, off the event loop. Nothing comes back: the cursor
+            # must stay (and be finalized) on the thread.
+            conn.executemany(_INSERT, map(_encode, rows))
 
         await self._db.transaction(insert)
 

@@ -8,8 +8,9 @@
 Every backend passes the one contract suite in ``tests/test_ledger_store.py``; these are its
 rules:
 
-* ``write_batch`` is atomic (all rows or none) and idempotent: writing a row whose
-  ``request_id`` is already stored replaces the stored row, so a retried batch is harmless.
+* ``write_batch`` is atomic (all rows or none) and idempotent: a row whose ``request_id`` is
+  already stored is skipped (the first write wins), so a retried or replayed batch is harmless
+  and never undoes feedback recorded since.
 * Rows come back equal to what was written (attempts included) and are never shared with the
   caller: mutating a returned row does not change the store.
 * ``recent`` is newest first by ``started_at``, ties broken by ``request_id`` descending, so

@@ -20,7 +20,10 @@ At scrape time, from a ``LiveState`` snapshot the owner's callable returns (``_L
     turnout_replica_breaker_state{target,replica}  the same, per replica of an OpenAI-compatible target
     turnout_target_in_flight{target}               calls running at the target (where known)
     turnout_target_waiting{target}                 calls queued for a local worker
-    turnout_ledger_queue_depth, turnout_ledger_{written,dropped,failed}_total
+    turnout_target_up{target}                      the last health probe: 1 up, 0 down (probed at
+                                                   most every few seconds, in the background)
+    turnout_ledger_queue_depth, turnout_ledger_{written,dropped,failed,spilled}_total
+    turnout_ledger_journal_bytes                   spill journal bytes waiting for the store
     turnout_quota_backend_errors_total
 
 Labels are bounded: task, target and tenant only take names from the configuration (anything
@@ -107,6 +110,7 @@ class TargetState:
     name: str
     breaker: State
     load: Load
+    up: bool | None = None  # the last health probe; None: not probed yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,8 @@ class LedgerCounts:
     written: int
     dropped: int
     failed: int
+    spilled: int = 0  # rows appended to the spill journal
+    journal_bytes: int = 0  # waiting there for the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +285,7 @@ class _Live:
         )
         in_flight = GaugeMetricFamily("turnout_target_in_flight", "Calls running at the target.", labels=("target",))
         waiting = GaugeMetricFamily("turnout_target_waiting", "Calls waiting for a local worker.", labels=("target",))
+        up = GaugeMetricFamily("turnout_target_up", "Last health probe: 1 up, 0 down.", labels=("target",))
         for target in state.targets:
             name, load = target.name, target.load
             breaker.add_metric((name,), BREAKER_VALUE[target.breaker])
@@ -286,17 +293,25 @@ class _Live:
                 in_flight.add_metric((name,), load.in_flight)
             if load.queued is not None:
                 waiting.add_metric((name,), load.queued)
+            if target.up is not None:
+                up.add_metric((name,), 1.0 if target.up else 0.0)
             for replica in load.replicas:
                 replicas.add_metric((name, replica.name), BREAKER_VALUE[replica.breaker])
-        yield from (breaker, replicas, in_flight, waiting)
+        yield from (breaker, replicas, in_flight, waiting, up)
         ledger = state.ledger
         if ledger is not None:
             yield GaugeMetricFamily("turnout_ledger_queue_depth", "Ledger rows not yet written.", value=ledger.queued)
             yield CounterMetricFamily("turnout_ledger_written", "Ledger rows written.", value=ledger.written)
             yield CounterMetricFamily(
-                "turnout_ledger_dropped", "Ledger rows dropped: queue full.", value=ledger.dropped
+                "turnout_ledger_dropped", "Ledger rows dropped: queue or spill journal full.", value=ledger.dropped
             )
             yield CounterMetricFamily("turnout_ledger_failed", "Ledger rows whose write failed.", value=ledger.failed)
+            yield CounterMetricFamily(
+                "turnout_ledger_spilled", "Ledger rows kept in the spill journal for the store.", value=ledger.spilled
+            )
+            yield GaugeMetricFamily(
+                "turnout_ledger_journal_bytes", "Spill journal bytes waiting for the store.", value=ledger.journal_bytes
+            )
         if state.limiter is not None:
             yield CounterMetricFamily(
                 "turnout_quota_backend_errors", "Quota backend (Redis) unreachable.", value=state.limiter.backend_errors

@@ -99,15 +99,29 @@ class Load:
     replicas: tuple[ReplicaLoad, ...] = ()  # per replica, where the target has several
 
 
-@dataclass(slots=True)
-class Health:
+@dataclass(frozen=True, slots=True)
+class ReplicaHealth:
+    """One replica's probe: its label (never its URL) and, when it failed, why."""
+
+    name: str
     ok: bool
     detail: str = ""
 
 
+@dataclass(slots=True)
+class Health:
+    """A probe's answer. ``detail`` names replicas by label and failures by kind, never by URL
+    or credential: the admin view (``GET /admin/targets``) shows it."""
+
+    ok: bool
+    detail: str = ""
+    replicas: tuple[ReplicaHealth, ...] = ()  # per replica, where the target has several
+
+
 class Provider(Protocol):
     """``health`` also warms the provider up (a local model is loaded by its first call), so
-    the gateway calls it once at start-up and then from ``/readyz``. ``stream`` returns only
+    the gateway calls it once at start-up, then for ``GET /admin/targets`` and, at most every few
+    seconds, for ``/metrics``. ``stream`` returns only
     once the first chunk has arrived; errors before that raise from ``stream`` itself, errors
     after it raise from iterating ``chunks``. Closing ``chunks`` early (``aclose``) must stop
     the upstream work: a disconnected client frees its slot."""

@@ -33,12 +33,13 @@ from turnout.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from turnout.providers.base import Call, Completion, Health, Load, ReplicaLoad, Stream, Usage
+from turnout.providers.base import Call, Completion, Health, Load, ReplicaHealth, ReplicaLoad, Stream, Usage
 from turnout.providers.transport import (
     ABANDONED,
     TRANSPORT_ERRORS,
     Client,
     Exchange,
+    Response,
     StreamBody,
     describe,
     error_body,
@@ -84,7 +85,7 @@ class OpenAIProvider:
         headers = {"Content-Type": "application/json", **cfg.headers}
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
-        self._http = Client(cfg.max_connections, _KEEPALIVE_S, headers)
+        self._http = Client(cfg.max_connections, _KEEPALIVE_S, headers, lean=True)
         self._turn = 0  # where the next tie-break starts
 
     # -- the protocol ----------------------------------------------------------------------
@@ -112,10 +113,11 @@ class OpenAIProvider:
         session = self._http.session()
         timeout = aiohttp.ClientTimeout(total=min(_HEALTH_TIMEOUT_S, self.cfg.timeouts.ttft))
         problems = await asyncio.gather(*(self._probe(session, r, timeout) for r in self.replicas))
-        failing = [f"{r.label} ({why})" for r, why in zip(self.replicas, problems, strict=True) if why]
+        each = tuple(ReplicaHealth(r.label, not why, why) for r, why in zip(self.replicas, problems, strict=True))
+        failing = [f"{r.name} ({r.detail})" for r in each if not r.ok]
         if not failing:
-            return Health(True)
-        return Health(len(failing) < len(self.replicas), "failing: " + ", ".join(failing))
+            return Health(True, replicas=each)
+        return Health(len(failing) < len(self.replicas), "failing: " + ", ".join(failing), each)
 
     def load(self) -> Load:
         replicas = tuple(ReplicaLoad(r.label, r.in_flight, r.breaker.state) for r in self.replicas)
@@ -171,7 +173,7 @@ class OpenAIProvider:
             partial(self._settle, replica),
         )
 
-    async def _post(self, replica: Replica, call: Call) -> aiohttp.ClientResponse:
+    async def _post(self, replica: Replica, call: Call) -> Response:
         body = dict(call.body)  # shallow: only top-level keys change
         body["model"] = self.cfg.model
         body["stream"] = call.stream
@@ -182,9 +184,9 @@ class OpenAIProvider:
             body["stream_options"] = {**opts, **_INCLUDE_USAGE} if isinstance(opts, dict) else _INCLUDE_USAGE
         else:
             body.pop("stream_options", None)  # servers reject it on non-streaming calls
-        return await self._http.post(replica.chat_url, orjson.dumps(body), call.timeouts)
+        return await self._http.post(replica.chat_url, orjson.dumps(body), call.timeouts, stream=call.stream)
 
-    async def _status_error(self, replica: Replica, resp: aiohttp.ClientResponse) -> UpstreamError:
+    async def _status_error(self, replica: Replica, resp: Response) -> UpstreamError:
         raw = await error_body(resp)
         detail = _scrub(_error_detail(raw) or resp.reason or "no detail", self.cfg.api_key)
         if resp.status == 400 and (too_long := _CONTEXT_OVERFLOW.search(detail)):

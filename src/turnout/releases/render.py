@@ -2,8 +2,10 @@
 
 Templates are Jinja2 in an immutable sandbox (no attribute access to internals such as
 ``''.__class__``, no mutation of the values passed in, bounded ``range``), with strict undefined
-names and no HTML autoescape: the output is a prompt, not a page. Compiled templates are cached
-by their source, so each release version compiles once per process.
+names and no HTML autoescape: the output is a prompt, not a page. A render is bounded in time
+and size (``bounded``: 1 s, 4 Mi characters out, no value past that on the way); past a limit
+the template fails. Compiled templates are cached by their source, so each release version
+compiles once per process.
 
 Variables are the caller's and are checked against the release's declaration: a missing one,
 one of the wrong type or one the release does not declare is a ``RequestError`` naming it.
@@ -21,10 +23,10 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from turnout.errors import RequestError, TurnoutError
 from turnout.releases.base import Release
+from turnout.releases.bounded import BoundedEnvironment, render_bounded
 
 DOCUMENTS_NOTE = (
     'The user message ends with {n} document(s), each inside <document index="N"> and </document> tags. '
@@ -53,14 +55,14 @@ class TemplateFailed(TurnoutError):
     code = "release_template_error"
 
 
-def template_environment() -> ImmutableSandboxedEnvironment:
+def template_environment() -> BoundedEnvironment:
     return _environment()
 
 
 @lru_cache(maxsize=1)
-def _environment() -> ImmutableSandboxedEnvironment:
+def _environment() -> BoundedEnvironment:
     # Autoescape is off on purpose: the output is a prompt, not HTML.
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    return BoundedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 @lru_cache(maxsize=512)
@@ -136,9 +138,10 @@ def escape_document(text: str) -> str:
 
 def _render(release: Release, part: str, source: str, variables: dict[str, Any]) -> str:
     try:
-        return _compile(source).render(variables)
+        return render_bounded(_compile(source), variables)
     # SecurityError, UndefinedError, the sandbox's OverflowError for a huge range, a filter's
-    # TypeError: whatever the template does wrong is the release's fault, reported as such.
+    # TypeError, RenderLimitExceeded: whatever the template does wrong is the release's fault,
+    # reported as such.
     except Exception as exc:
         raise TemplateFailed(
             f"release {release.name!r} of task {release.task!r}: the {part} template failed: {exc}"

@@ -7,6 +7,9 @@ usage through this API.
     POST   /admin/keys                    {"tenant", "name"?, "expires_in_s"?} → the secret, once
     DELETE /admin/keys/{id}               revoke
     GET    /admin/usage[?tenant=T]        per scope: bucket levels, slots, spent and reserved
+    GET    /admin/targets                 each target and replica: a fresh health probe, breaker
+                                          state, calls in flight and queued (labels, never URLs);
+                                          each task: whether some target of its route is up
     GET    /admin/review[?task=T&status=S&release=R]   sampled answers (status: pending, the
                                           default, accept, reject, escalate or all), newest
                                           first, and the task's (release's) label counts
@@ -26,9 +29,14 @@ import orjson
 
 from turnout.control.auth import bearer
 from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError
+from turnout.providers.base import Health
 from turnout.releases.review import ReviewQueue, Status
 from turnout.serving.asgi import Receive, Send, header, read_body, send_json
+from turnout.serving.probes import scrub, secrets_of
 from turnout.serving.runtime import Runtime
+
+MAX_ROW_ID = 2**63 - 1
+MAX_KEY_NAME = 200
 
 
 class Admin:
@@ -39,7 +47,9 @@ class Admin:
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         await self._authorize(header(scope, b"authorization"))
         path, method = scope["path"].rstrip("/"), scope["method"]
-        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        # Raw bytes past ASCII may reach here undecoded: replaced, never a 500.
+        query_string = scope.get("query_string", b"").decode("utf-8", "replace")
+        query = {k: v[0] for k, v in parse_qs(query_string).items()}
         if path == "/admin/tenants":
             _expect(method, "GET")
             await send_json(send, 200, {"data": self._tenants()})
@@ -53,6 +63,9 @@ class Admin:
         elif path == "/admin/usage":
             _expect(method, "GET")
             await send_json(send, 200, {"data": await self._usage(query.get("tenant"))})
+        elif path == "/admin/targets":
+            _expect(method, "GET")
+            await send_json(send, 200, await self._targets())
         elif path == "/admin/review":
             _expect(method, "GET")
             await send_json(send, 200, await self._reviews(query))
@@ -62,6 +75,16 @@ class Admin:
             await send_json(send, 200, await self._label(item, await read_body(receive, scope, 64_000)))
         else:
             raise NotFound(f"no admin route for {method} {path}")
+
+    def is_admin(self, authorization: bytes | None) -> bool:
+        """Whether ``authorization`` carries the admin key (never raises: for optional detail)."""
+        if self.key is None or not authorization:
+            return False
+        try:
+            presented = bearer(authorization)
+        except AuthError:
+            return False
+        return hmac.compare_digest(presented.encode(), self.key.encode())
 
     async def _authorize(self, authorization: bytes | None) -> None:
         if self.key is None:
@@ -109,8 +132,11 @@ class Admin:
         ttl = spec.get("expires_in_s")
         if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0):
             raise RequestError("'expires_in_s' must be a positive number", param="expires_in_s")
+        name = spec.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_KEY_NAME):
+            raise RequestError(f"'name' must be a string of at most {MAX_KEY_NAME} characters", param="name")
         now = time.time()
-        record, secret = await store.create(tenant, str(spec.get("name") or ""), now + ttl if ttl else None, now)
+        record, secret = await store.create(tenant, name or "", now + ttl if ttl else None, now)
         return {**asdict(record), "secret": secret, "note": "the secret is shown once; store it now"}
 
     async def _revoke(self, key_id: str) -> dict[str, Any]:
@@ -137,6 +163,47 @@ class Admin:
             out.append({"scope": name, "limits": asdict(s.limits), "usage": used})
         return out
 
+    async def _targets(self) -> dict[str, Any]:
+        runtime = self.runtime
+        probes = await runtime.probes.probe()
+        data = []
+        for name, target in runtime.targets.items():
+            probe = probes.get(name)
+            health = probe.health if probe is not None else Health(False, "not probed")
+            hidden = secrets_of(runtime.config.targets[name])
+            by_label = {r.name: r for r in health.replicas}
+            load = target.provider.load()
+            replicas = []
+            for r in load.replicas:
+                seen = by_label.get(r.name)
+                replicas.append(
+                    {
+                        "name": r.name,
+                        "health": "unknown" if seen is None else "up" if seen.ok else "down",
+                        "detail": "" if seen is None else scrub(seen.detail, hidden),
+                        "breaker": r.breaker.value,
+                        "in_flight": r.in_flight,
+                    }
+                )
+            data.append(
+                {
+                    "name": name,
+                    "provider": runtime.config.targets[name].provider,
+                    "health": "up" if health.ok else "down",
+                    "detail": scrub(health.detail, hidden),
+                    "breaker": target.breaker.state.value,
+                    "in_flight": load.in_flight,
+                    "queued": load.queued,
+                    "replicas": replicas,
+                }
+            )
+        up = {t["name"] for t in data if t["health"] == "up"}
+        tasks = {
+            name: {"route": list(task.route), "up": any(n in up for n in task.route)}
+            for name, task in runtime.config.tasks.items()
+        }
+        return {"data": data, "tasks": tasks}
+
     def _review_queue(self) -> ReviewQueue:
         if self.runtime.reviews is None:
             raise NotFound("review sampling is off: no task has a review_rate")
@@ -160,12 +227,22 @@ class Admin:
         if not isinstance(spec, dict):
             raise RequestError("the body must be a JSON object", code="invalid_json")
         label, note, by = spec.get("label"), spec.get("note"), spec.get("by")
-        if not isinstance(by, str) or not isinstance(label, str) or not (note is None or isinstance(note, str)):
-            raise RequestError("give 'label' and 'by' as strings, and 'note' as a string or null", param="label")
-        item = await queue.label(int(item_id), label, note, by) if item_id.isdigit() else None
+        if not isinstance(label, str):
+            raise RequestError("'label' is required and must be a string", param="label")
+        if not isinstance(by, str):
+            raise RequestError("'by' is required and must be a string", param="by")
+        if not (note is None or isinstance(note, str)):
+            raise RequestError("'note' must be a string or null", param="note")
+        item = await queue.label(int(item_id), label, note, by) if _row_id(item_id) else None
         if item is None:
             raise NotFound(f"no review item {item_id!r}")
         return item.to_json()
+
+
+def _row_id(text: str) -> bool:
+    """A review item id as SQLite can hold it: ASCII digits ("²" is a digit to str.isdigit, not
+    to int) of at most 2**63 - 1 (a larger one overflows the driver). Anything else names no item."""
+    return text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_ROW_ID
 
 
 def _expect(method: str, allowed: str) -> None:

@@ -2,11 +2,12 @@
 every microsecond here is paid on every request, and the gateway has only a handful of routes.
 
     ErrorBoundary → route → a door over the pipeline (chat completions, tasks)
-                          → feedback, models, health, metrics, admin
+                          → feedback, models, health, metrics, openapi.json, admin
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -14,18 +15,21 @@ from typing import Any
 from turnout.config import Config
 from turnout.errors import MethodNotAllowed, NotFound
 from turnout.providers.base import Provider
-from turnout.serving import feedback
+from turnout.serving import feedback, openapi
 from turnout.serving.admin import Admin
 from turnout.serving.asgi import Receive, Send, header, send_json
 from turnout.serving.boundary import ErrorBoundary
 from turnout.serving.chat import CHAT
 from turnout.serving.pipeline import Pipeline
+from turnout.serving.readiness import Readiness
 from turnout.serving.runtime import Runtime
 from turnout.serving.tasks import TASKS
 
 log = logging.getLogger("turnout")
 
 TASKS_PREFIX = "/v1/tasks/"
+# How long shutdown waits for cancelled requests to settle and write their rows.
+FINISH_S = 5.0
 
 
 class App:
@@ -33,13 +37,22 @@ class App:
         self.runtime = Runtime(config, providers)
         self.pipeline = Pipeline(self.runtime)
         self.admin = Admin(self.runtime)
+        self.readiness = Readiness(self.runtime)
         self.http = ErrorBoundary(self.route)
         self.ready = False
+        self.in_flight = 0  # HTTP requests not yet finished, their rows and settlements included
+        self._idle: asyncio.Event | None = None  # set when in_flight reaches 0 during shutdown
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self.http(scope, receive, send)
+            self.in_flight += 1
+            try:
+                await self.http(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+                if self.in_flight == 0 and self._idle is not None:
+                    self._idle.set()
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 
@@ -60,10 +73,13 @@ class App:
         elif path == "/healthz":
             await send_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
-            await self.readyz(send)
+            await self.readyz(header(scope, b"authorization"), send)
         elif path == "/metrics":
             _expect(method, "GET")
             await self.metrics(send)
+        elif path == "/openapi.json":
+            _expect(method, "GET")
+            await openapi.serve(send)
         elif path.startswith("/admin/") or path == "/admin":
             await self.admin(scope, receive, send)
         else:
@@ -80,12 +96,15 @@ class App:
             ],
         }
 
-    async def readyz(self, send: Send) -> None:
-        if not self.ready:
-            await send_json(send, 503, {"status": "starting"})
-            return
-        ok, targets = await self.runtime.ready()
-        await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "degraded", "targets": targets})
+    async def readyz(self, authorization: bytes | None, send: Send) -> None:
+        """This process's readiness (``serving/readiness.py``): status and named checks for
+        anyone; the ledger's figures too for the admin key. Upstreams: ``GET /admin/targets``."""
+        ok, body = await self.readiness.check(self.ready)
+        if self.ready and self.admin.is_admin(authorization):
+            ledger = self.runtime.ledger_detail()
+            if ledger is not None:
+                body["ledger"] = ledger
+        await send_json(send, 200 if ok else 503, body)
 
     async def metrics(self, send: Send) -> None:
         metrics = self.runtime.metrics
@@ -110,9 +129,23 @@ class App:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.ready = False
+                await self.finish_in_flight()
                 await self.runtime.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def finish_in_flight(self, timeout_s: float = FINISH_S) -> None:
+        """Wait for requests still running: uvicorn has cancelled those that outlasted the
+        grace period, and each is now settling its quota and writing its row, which need the
+        limiter and the ledger this shutdown is about to close."""
+        if self.in_flight == 0:
+            return
+        self._idle = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("shutdown: %d requests still running after %.0f s; closing anyway", self.in_flight, timeout_s)
 
 
 def _expect(method: str, allowed: str) -> None:

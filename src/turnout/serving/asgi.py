@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -14,6 +16,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON = b"application/json"
+BODY_READ = "turnout.body_read"  # in the scope once ``read_body`` has the whole body
+DRAIN_BYTES = 8 * 1024 * 1024
+DRAIN_S = 5.0
+MAX_DEPTH = 128  # how deep a request body may nest (objects and arrays, the body itself included)
+WRITER_DEPTH = 254  # how deep orjson writes
 
 
 def header(scope: MutableMapping[str, Any], name: bytes) -> bytes | None:
@@ -32,6 +39,7 @@ async def read_body(receive: Receive, scope: MutableMapping[str, Any], limit: in
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
+        scope[BODY_READ] = True
         return body
     parts = [body]
     size = len(body)
@@ -44,7 +52,34 @@ async def read_body(receive: Receive, scope: MutableMapping[str, Any], limit: in
         if size > limit:
             raise BodyTooLarge(f"the request body exceeds the limit of {limit} bytes")
         parts.append(chunk)
+    scope[BODY_READ] = True
     return b"".join(parts)
+
+
+def unread_body(scope: MutableMapping[str, Any]) -> bool:
+    """Whether the request has a body that was not read (refused before it, or past the limit)
+    and that ``drain`` may read. Not when the client waits for ``100 Continue``: it sends
+    nothing unless asked."""
+    if scope.get(BODY_READ) or header(scope, b"expect") is not None:
+        return False
+    declared = header(scope, b"content-length")
+    if declared is not None:
+        return declared.isdigit() and 0 < int(declared) <= DRAIN_BYTES
+    return header(scope, b"transfer-encoding") is not None
+
+
+async def drain(receive: Receive) -> None:
+    """Read and drop what is left of a refused request's body (at most ``DRAIN_BYTES``, for at
+    most ``DRAIN_S``) before answering: a server that closes a connection with unread bytes
+    sends a TCP reset, and the client loses the answer (a 413, a 401) it was sent."""
+    size = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_S):
+            while size <= DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+                size += len(message.get("body", b""))
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -55,7 +90,24 @@ def json_object(raw: bytes) -> dict[str, Any]:
         raise RequestError(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object", code="invalid_json")
+    # A body is forwarded, captured and counted: one nested deeper than the JSON writer goes
+    # would fail after admission. Only a body with more brackets than MAX_DEPTH can be too deep.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(body, MAX_DEPTH):
+        key = next((k for k, v in body.items() if too_deep(v, MAX_DEPTH - 1)), None)
+        raise RequestError(f"'{key}' nests deeper than {MAX_DEPTH} levels", param=key, code="too_deep")
     return body
+
+
+def too_deep(value: Any, levels: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests deeper than ``levels``, asked of the writer itself (at C speed, a
+    walk in Python costs 30 times more): wrapped in enough lists to leave it only ``levels``."""
+    for _ in range(WRITER_DEPTH - levels):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return True
+    return False
 
 
 async def send_json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:

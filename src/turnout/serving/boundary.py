@@ -20,7 +20,7 @@ from typing import Any
 from turnout._support.failures import describe
 from turnout.errors import TurnoutError
 from turnout.serving import respond
-from turnout.serving.asgi import Message, Receive, Send
+from turnout.serving.asgi import Message, Receive, Send, drain, unread_body
 
 log = logging.getLogger("turnout")
 
@@ -33,32 +33,42 @@ class ErrorBoundary:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         request_id = new_request_id()
-        watched = _Watched(send)
+        watched = _Watched(send, scope, receive)
         try:
             await self.app(scope, receive, watched, request_id)
         except Exception as exc:
             if isinstance(exc, TurnoutError) and not watched.started:
-                await respond.error(send, exc, request_id)
+                await respond.error(watched, exc, request_id)
                 return
             log.error("internal error in request %s: %s", request_id, describe(exc))
             if not watched.started:
-                await respond.error(send, internal_error(request_id), request_id)
+                await respond.error(watched, internal_error(request_id), request_id)
 
 
 class _Watched:
     """``send``, noting whether the response has started. It hands back the server's own
-    awaitable rather than awaiting it: no extra coroutine per message."""
+    awaitable rather than awaiting it: no extra coroutine per message. An error answer to a
+    request whose body was not read (a 401 or 413 before it) first drains that body: closing
+    on unread bytes would reset the connection, and the client would never see the answer."""
 
-    __slots__ = ("send", "started")
+    __slots__ = ("receive", "scope", "send", "started")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, scope: dict[str, Any], receive: Receive) -> None:
         self.send = send
+        self.scope = scope
+        self.receive = receive
         self.started = False
 
     def __call__(self, message: Message) -> Awaitable[None]:
         if not self.started and message["type"] == "http.response.start":
             self.started = True
+            if message["status"] >= 400 and unread_body(self.scope):
+                return self._after_draining(message)
         return self.send(message)
+
+    async def _after_draining(self, message: Message) -> None:
+        await drain(self.receive)
+        await self.send(message)
 
 
 # Request ids: 24 hex digits, the millisecond (48 bits) then 48 random bits, like a ULID or a

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from turnout.config import DATA_CLASSES
+from turnout.control.tokens import generated_by_answer
 from turnout.errors import RequestError
 from turnout.providers.base import Stream
 from turnout.releases.base import Release
@@ -59,11 +61,16 @@ class ChatDoor:
         answer = reply.result.answer
         if isinstance(answer, Stream):
             return await self._relay(reply, answer, send, receive)
-        priced = reply.price(answer.usage)
+        usage, estimated = answer.usage, answer.usage is None
+        if usage is None:  # an upstream that reports none: counted from what it generated
+            texts, _ = generated_by_answer(answer.body)
+            usage = await reply.estimate(self.body(reply.request, reply.admission.release), texts)
+        priced = reply.price(usage)
         headers = reply.headers + respond.cost_header(priced.total)
         await respond.completion(send, answer.body, reply.request_id, reply.request.task, headers)
         text = respond.answer_text(answer.body) if reply.collect else None
-        return Answered(200, answer.usage, priced, reply.result.attempts[-1].latency_ms, text=text)
+        latency_ms = reply.result.attempts[-1].latency_ms
+        return Answered(200, usage, priced, latency_ms, text=text, usage_estimated=estimated)
 
     async def _relay(self, reply: Reply[ChatRequest], answer: Stream, send: Send, receive: Receive) -> Answered:
         req = reply.request
@@ -73,16 +80,20 @@ class ChatDoor:
             send, receive, answer, req.task, req.include_usage, reply.request_id, reply.headers, collected
         )
         total_s = time.perf_counter() - reply.t0
+        usage, estimated = outcome.usage, outcome.usage is None
+        if usage is None:  # the client left before the usage chunk, or the upstream sends none
+            usage = await reply.estimate(self.body(req, reply.admission.release), outcome.generated)
         # The answering replica is busy from its attempt's start to the stream's end.
-        priced = reply.price(outcome.usage, total_s - reply.result.attempts[-1].offset_ms / 1000)
+        priced = reply.price(usage, total_s - reply.result.attempts[-1].offset_ms / 1000)
         return Answered(
             outcome.status,
-            outcome.usage,
+            usage,
             priced,
             total_s * 1000 - ttft_ms,
             ttft_ms,
             outcome.error_class,
             None if collected is None else "".join(collected),
+            estimated,
         )
 
 
@@ -131,9 +142,11 @@ def validate(body: dict[str, Any]) -> ChatRequest:
         if not isinstance(meta, dict):
             raise _bad("metadata", "'metadata' must be an object")
         if any(k in meta for k in TURNOUT_METADATA):
+            data_class = _opt(meta, "data_class", str, "a string", "metadata.data_class")
+            if data_class and data_class.lower() not in DATA_CLASSES:
+                raise _bad("metadata.data_class", f"'metadata.data_class' must be one of {', '.join(DATA_CLASSES)}")
+            user = _opt(meta, "user", str, "a string", "metadata.user") or user
             meta = dict(meta)
-            data_class = meta.pop("data_class", None)
-            user = meta.pop("user", None) or user
             episode_id = check_episode_id(meta.pop("episode_id", None), "metadata.episode_id")
             for k in TURNOUT_METADATA:
                 meta.pop(k, None)
@@ -177,7 +190,7 @@ def _messages(messages: Any) -> None:
         if not isinstance(m, dict):
             raise _bad(where, f"'{where}' must be an object")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or an object is unhashable
             raise _bad(f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}")
         content = m.get("content")
         if content is None:
@@ -185,8 +198,10 @@ def _messages(messages: Any) -> None:
                 raise _bad(f"{where}.content", f"'{where}.content' is required")
         elif not isinstance(content, (str, list)):
             raise _bad(f"{where}.content", f"'{where}.content' must be a string or an array of parts")
-        elif isinstance(content, list) and not all(isinstance(p, dict) and "type" in p for p in content):
-            raise _bad(f"{where}.content", f"'{where}.content' parts must be objects with a 'type'")
+        elif isinstance(content, list) and not all(
+            isinstance(p, dict) and isinstance(p.get("type"), str) for p in content
+        ):
+            raise _bad(f"{where}.content", f"'{where}.content' parts must be objects with a 'type' (a string)")
         if role == "tool" and not isinstance(m.get("tool_call_id"), str):
             raise _bad(f"{where}.tool_call_id", f"'{where}.tool_call_id' is required for a tool message")
 

@@ -17,6 +17,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from turnout.control.auth import Tenant
 from turnout.control.pricing import PriceBook, Priced
+from turnout.control.tokens import BYTES, Tokens
 from turnout.errors import RequestError
 from turnout.providers.base import Usage
 from turnout.releases.base import Release
@@ -75,6 +76,7 @@ class Answered(NamedTuple):
     ttft_ms: float | None = None
     error_class: str | None = None
     text: str | None = None  # the answer's text, only when the reply asked to collect it
+    usage_estimated: bool = False  # the upstream reported no usage: counted from what it generated
 
 
 class Reply(NamedTuple, Generic[R]):
@@ -90,10 +92,18 @@ class Reply(NamedTuple, Generic[R]):
     started_at: float  # unix seconds: the prices in effect then apply
     t0: float  # perf_counter at the request's start
     prices: PriceBook
+    tokens: Tokens = BYTES  # how each target's tokens are counted where its upstream does not say
 
     def price(self, usage: Usage | None, answer_s: float | None = None) -> Priced:
         """Every attempt priced; ``answer_s``: how long a stream held the answering target."""
         return self.prices.price_attempts(self.result.attempts, usage, self.started_at, answer_s=answer_s)
+
+    async def estimate(self, body: dict[str, Any], texts: list[str]) -> Usage:
+        """The usage of an answer whose upstream reported none (a client that left before the
+        usage chunk, an upstream that never sends one): the prompt bound of ``body`` and the
+        completion bound of ``texts``, what the target generated. Such an answer is paid for
+        all the same, and its row says ``usage_estimated``."""
+        return await self.tokens.usage(body, texts, self.result.target.name)
 
 
 class Door(Protocol[R]):

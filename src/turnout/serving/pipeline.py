@@ -14,6 +14,8 @@ not a ``TurnoutError``) is re-raised after that, for the error boundary to answe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -24,7 +26,7 @@ import orjson
 from turnout.control.auth import Tenant
 from turnout.control.pricing import Priced
 from turnout.control.quota.base import Grant
-from turnout.errors import AllTargetsFailed, TurnoutError, UnknownTask
+from turnout.errors import AllTargetsFailed, ShuttingDown, TurnoutError, UnknownTask
 from turnout.ledger.record import LedgerRow
 from turnout.privacy.capture.model import Decision
 from turnout.releases.base import Release, choose
@@ -109,6 +111,14 @@ class Pipeline:
             if not isinstance(exc, TurnoutError):
                 raise  # a bug: the boundary answers and logs it, after the finally below
             await respond.error(send, exc, request_id)
+        except asyncio.CancelledError:
+            # A shutdown past its grace period: the request still settles its quota and gets
+            # its row (the runtime waits for that before closing them). Not re-raised: the
+            # request ends here, answered 503 if nothing was sent yet.
+            cut = ShuttingDown("the gateway is shutting down; the request was cut")
+            failure = self.failure(cut, result, started_at)
+            if answered is None and result is None:
+                await _error_quietly(send, cut, request_id)
         finally:
             try:
                 if grant is not None:
@@ -194,7 +204,17 @@ class Pipeline:
         )
         collect = keep is not None and keep.collect
         return Reply(
-            request_id, request, admission, result, headers, collect, model_version, started_at, t0, self.rt.prices
+            request_id,
+            request,
+            admission,
+            result,
+            headers,
+            collect,
+            model_version,
+            started_at,
+            t0,
+            self.rt.prices,
+            self.rt.tokens,
         )
 
     def failure(self, exc: Exception, result: Result | None, started_at: float) -> Failure:
@@ -207,7 +227,10 @@ class Pipeline:
     # --- after the answer ------------------------------------------------------------------
 
     async def settle(self, grant: Grant, answered: Answered | None) -> None:
-        if answered is not None and answered.status == 200:
+        """An answer is paid for, whole or cut (the client left, the stream broke, the
+        shutdown cut it): its usage is the upstream's or, where none came, the door's count of
+        what was generated. No answer: the reservation is released."""
+        if answered is not None and answered.usage is not None:
             await self.rt.quota.settle(grant, answered.usage, answered.priced.total)
         else:
             await self.rt.quota.release(grant)
@@ -307,7 +330,14 @@ def ledger_row(
         result.fallback_ms if result is not None and result.fallback else None,
         capture_mode=(keep.decision.used if keep is not None else "metadata") if answered is not None else None,
         episode_id=admission.episode_id if admission is not None else None,
+        usage_estimated=answered.usage_estimated if answered is not None and usage is not None else None,
     )
+
+
+async def _error_quietly(send: Send, err: TurnoutError, request_id: str) -> None:
+    """At shutdown the connection may already be gone, or its answer begun."""
+    with contextlib.suppress(Exception):  # nothing more to tell the client
+        await respond.error(send, err, request_id)
 
 
 def _header_str(scope: dict[str, Any], name: bytes) -> str | None:

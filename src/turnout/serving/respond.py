@@ -8,17 +8,19 @@ for the platform team).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from turnout.errors import StreamInterrupted, TurnoutError, UpstreamError
+from turnout.control.tokens import generated_by_chunk
+from turnout.errors import ShuttingDown, StreamInterrupted, TurnoutError, UpstreamError
 from turnout.providers.base import Stream, Usage
 from turnout.releases.base import Release
 from turnout.routing.attempts import Result
-from turnout.serving.asgi import Receive, Send, send_json
+from turnout.serving.asgi import Message, Receive, Send, send_json
 
 log = logging.getLogger("turnout")
 
@@ -102,6 +104,8 @@ class StreamOutcome:
     status: int = 200
     error_class: str | None = None
     usage: Usage | None = None
+    # Every text the target generated, relayed or not: the answer's cost when no usage came.
+    generated: list[str] = field(default_factory=list)
 
 
 async def stream(
@@ -124,6 +128,7 @@ async def stream(
     chunks = answer.chunks
     try:
         async for chunk in chunks:
+            generated_by_chunk(chunk, out.generated)  # generated, so paid for, even if never relayed
             if gone.done():
                 out.status, out.error_class = 499, "client_disconnected"
                 break
@@ -150,6 +155,13 @@ async def stream(
                     "more_body": True,
                 }
             )
+    except asyncio.CancelledError:
+        # A shutdown past its grace period cancels the request: the stream ends with an error
+        # event and the request carries on to its row and quota settlement (the runtime waits
+        # for them before it closes the ledger and the limiter). Not re-raised on purpose.
+        out.status, out.error_class = 503, "shutting_down"
+        log.warning("stream %s cut by shutdown", request_id)
+        await _send_quietly(send, _event(ShuttingDown("the gateway is shutting down; the stream was cut")))
     except Exception as exc:  # after the first byte: the stream ends with an error event
         if isinstance(exc, UpstreamError):
             err = StreamInterrupted(f"the stream from the target failed: {exc.message}")
@@ -158,13 +170,26 @@ async def stream(
             err = StreamInterrupted("the stream failed inside the gateway")
             out.status, out.error_class = 500, "internal"
         log.warning("stream %s interrupted: %s", request_id, out.error_class)
-        payload = b"data: " + orjson.dumps(err.to_openai()) + b"\n\n"
-        await send({"type": "http.response.body", "body": payload, "more_body": True})
+        await send(_event(err))
     finally:
         gone.cancel()
         await chunks.aclose()
-    await send({"type": "http.response.body", "body": b"" if out.status == 499 else DONE})
+    if out.status == 503:
+        await _send_quietly(send, {"type": "http.response.body", "body": b""})
+    else:
+        await send({"type": "http.response.body", "body": b"" if out.status == 499 else DONE})
     return out
+
+
+def _event(err: TurnoutError) -> Message:
+    body = b"data: " + orjson.dumps(err.to_openai()) + b"\n\n"
+    return {"type": "http.response.body", "body": body, "more_body": True}
+
+
+async def _send_quietly(send: Send, message: Message) -> None:
+    """At shutdown the connection may already be gone: nothing left to tell the client."""
+    with contextlib.suppress(Exception):  # the client is gone or the server is closing it
+        await send(message)
 
 
 async def _disconnected(receive: Receive) -> None:

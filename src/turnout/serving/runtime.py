@@ -27,6 +27,7 @@ from turnout.control.keys.factory import open_key_store
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.factory import open_limiter
 from turnout.control.quota.gate import QuotaGate
+from turnout.control.tokens import Tokens
 from turnout.ledger.store import LedgerStore, open_store
 from turnout.ledger.writer import LedgerWriter
 from turnout.observe import open_tracing
@@ -42,6 +43,7 @@ from turnout.releases.review import ReviewQueue
 from turnout.releases.store import ReleaseStore
 from turnout.routing.attempts import Target
 from turnout.routing.breaker import Breaker
+from turnout.serving.probes import Probes, scrub, secrets_of
 
 if TYPE_CHECKING:
     from turnout.observe.tracing import Tracing
@@ -56,10 +58,12 @@ class Runtime:
         self._injected = providers or {}
         self.secret = redaction_key(config)
         self.prices = PriceBook(config)
+        self.tokens = Tokens.from_config(config)  # each target's tokenizer, else UTF-8 bytes
         self.auth = Authenticator(config)
-        self.quota = QuotaGate(config, None, self.prices)
+        self.quota = QuotaGate(config, None, self.prices, self.tokens)
         self.policy: dict[str, frozenset[str]] = {cls: frozenset(p.targets) for cls, p in config.policy.items()}
         self.targets: dict[str, Target] = {}
+        self.probes = Probes(self.targets)  # upstream health: the admin view and /metrics
         self.metrics: Metrics | None = Metrics(config, self.live) if config.observability.metrics else None
         self.store: LedgerStore | None = None
         self.ledger: LedgerWriter | None = None
@@ -112,8 +116,9 @@ class Runtime:
         if self.quota.needed():
             limiter = open_limiter(cfg.limits)
             stack.push_async_callback(limiter.aclose)
-            self.quota = QuotaGate(cfg, limiter, self.prices)
+            self.quota = QuotaGate(cfg, limiter, self.prices, self.tokens)
         stack.push_async_callback(self._close_providers)  # before any is built: a failed build closes the rest
+        stack.push_async_callback(self.probes.aclose)  # a probe still running goes before its providers
         await self._open_targets()
         if any(t.review_rate > 0 for t in cfg.tasks.values()) and self.capture is not None:
             redactor = Redactor(self.secret)  # review text is redacted like captured text
@@ -135,36 +140,43 @@ class Runtime:
             timeouts = Timeouts(t.timeouts.connect, t.timeouts.ttft, t.timeouts.total)
             provider = self._injected.get(name) or create(name, t)
             self.targets[name] = Target(name, provider, Breaker(t.breaker), t.retry, timeouts, context_window(t))
-        results = await asyncio.gather(*(t.provider.health() for t in self.targets.values()))
-        for target, health in zip(self.targets.values(), results, strict=True):
-            if not health.ok:
-                log.warning("target %s is not healthy at start-up: %s", target.name, health.detail)
+        for name, probe in (await self.probes.start_up()).items():  # warms providers up
+            if not probe.health.ok:
+                detail = scrub(probe.health.detail, secrets_of(self.config.targets[name]))
+                log.warning("target %s is not healthy at start-up: %s", name, detail)
 
     async def _close_providers(self) -> None:
         await asyncio.gather(*(t.provider.aclose() for t in self.targets.values()), return_exceptions=True)
 
-    async def ready(self) -> tuple[bool, dict[str, Any]]:
-        checks = await asyncio.gather(*(t.provider.health() for t in self.targets.values()))
-        detail = {
-            t.name: {
-                "ok": h.ok,
-                "breaker": t.breaker.state.value,
-                **({"detail": h.detail} if h.detail else {}),
-            }
-            for t, h in zip(self.targets.values(), checks, strict=True)
+    def ledger_detail(self) -> dict[str, Any] | None:
+        """The ledger's backlog, for ``/readyz`` asked with the admin key. Spilling is no reason
+        to be unready (the journal is there for it); a full journal is (``Readiness``)."""
+        ledger = self.ledger
+        if ledger is None:
+            return None
+        return {
+            "queued": ledger.queued,
+            "spilling": ledger.spilling,
+            "journal_bytes": ledger.journal_bytes,
+            "dropped": ledger.dropped,
         }
-        ok = all(any(detail[n]["ok"] for n in task.route) for task in self.config.tasks.values())
-        return ok, detail
 
     def live(self) -> LiveState:
-        """What ``/metrics`` reads at scrape time: cheap snapshots, no I/O."""
+        """What ``/metrics`` reads at scrape time: cheap snapshots, no I/O (a stale probe is
+        started in the background, for a later scrape)."""
         ledger = self.ledger
         limiter = self.quota.limiter
+        probes = self.probes
+        probes.refresh()
         return LiveState(
-            targets=tuple(TargetState(n, t.breaker.state, t.provider.load()) for n, t in self.targets.items()),
+            targets=tuple(
+                TargetState(n, t.breaker.state, t.provider.load(), probes.up(n)) for n, t in self.targets.items()
+            ),
             ledger=None
             if ledger is None
-            else LedgerCounts(ledger.queued, ledger.written, ledger.dropped, ledger.failed),
+            else LedgerCounts(
+                ledger.queued, ledger.written, ledger.dropped, ledger.failed, ledger.spilled, ledger.journal_bytes
+            ),
             limiter=None if limiter is None else limiter.stats(),
         )
 

@@ -14,12 +14,14 @@ from typing import Any
 import jsonschema
 import orjson
 
+from turnout.config import DATA_CLASSES
+from turnout.control.tokens import generated_by_answer
 from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Completion
 from turnout.releases.base import Release
 from turnout.releases.render import render
 from turnout.serving import respond
-from turnout.serving.asgi import Receive, Send, json_object, send_json
+from turnout.serving.asgi import MAX_DEPTH, Receive, Send, json_object, send_json, too_deep
 from turnout.serving.door import Answered, Reply, check_episode_id
 
 
@@ -75,8 +77,16 @@ class TaskDoor:
         answer = reply.result.answer
         release = reply.admission.release
         assert isinstance(answer, Completion) and release is not None
-        output = _output(release, answer.body)
-        priced = reply.price(answer.usage)
+        usage, estimated = answer.usage, answer.usage is None
+        if usage is None:  # an upstream that reports none: counted from what it generated
+            usage = await reply.estimate(self.body(reply.request, release), generated_by_answer(answer.body)[0])
+        priced = reply.price(usage)
+        latency_ms = reply.result.attempts[-1].latency_ms
+        try:
+            output = _output(release, answer.body)
+        except OutputInvalid as exc:  # refused, never handed out, but generated: paid for
+            await respond.error(send, exc, reply.request_id)
+            return Answered(exc.status, usage, priced, latency_ms, error_class=exc.code, usage_estimated=estimated)
         choice = (answer.body.get("choices") or [{}])[0]
         payload = {
             "id": f"task-{reply.request_id}",
@@ -92,7 +102,7 @@ class TaskDoor:
         }
         await send_json(send, 200, payload, reply.headers + respond.cost_header(priced.total))
         text = (output if isinstance(output, str) else orjson.dumps(output).decode()) if reply.collect else None
-        return Answered(200, answer.usage, priced, reply.result.attempts[-1].latency_ms, text=text)
+        return Answered(200, usage, priced, latency_ms, text=text, usage_estimated=estimated)
 
 
 TASKS = TaskDoor()
@@ -104,8 +114,20 @@ def _check(body: dict[str, Any]) -> None:
     docs = body.get("documents", [])
     if not isinstance(docs, list) or not all(isinstance(d, str) for d in docs):
         raise RequestError("'documents' must be an array of strings", param="documents")
-    if not isinstance(body.get("metadata", {}), dict):
+    meta = body.get("metadata", {})
+    if not isinstance(meta, dict):
         raise RequestError("'metadata' must be an object", param="metadata")
+    # The end user and the data class are strings or absent: a list or a number is refused, not
+    # turned into text (the end user keys the sticky release and the ledger's pseudonym).
+    for where, name in ((body, "user"), (meta, "user"), (meta, "data_class")):
+        if where.get(name) is not None and not isinstance(where[name], str):
+            param = name if where is body else f"metadata.{name}"
+            raise RequestError(f"'{param}' must be a string", param=param)
+    data_class = meta.get("data_class")
+    if data_class and data_class.lower() not in DATA_CLASSES:
+        raise RequestError(
+            f"'metadata.data_class' must be one of {', '.join(DATA_CLASSES)}", param="metadata.data_class"
+        )
 
 
 def _output(release: Release, answer: dict[str, Any]) -> Any:
@@ -118,6 +140,8 @@ def _output(release: Release, answer: dict[str, Any]) -> Any:
         parsed = orjson.loads(_strip_fence(content))
     except orjson.JSONDecodeError as exc:
         raise OutputInvalid("the model's answer is not JSON, as the release's output schema requires") from exc
+    if too_deep(parsed):  # neither the schema check nor the answer could take it
+        raise OutputInvalid(f"the model's answer nests deeper than {MAX_DEPTH} levels")
     try:
         jsonschema.validate(parsed, release.output_schema)
     except jsonschema.ValidationError as exc:

@@ -9,7 +9,8 @@ Semantics (the docs quote these):
   estimated tokens (prompt estimate + max_tokens) from the TPM bucket; after the call the TPM
   bucket is corrected by (real - estimated), which may leave it below zero.
 * **Concurrent requests**: a slot per request, held until settle/release, and at most
-  ``max_request_s`` (a crashed replica's slots expire then).
+  ``max_request_s``. With a shared backend, a replica that closes or crashes loses its slots
+  and reservations sooner (``turnout.control.quota.redis``: its heartbeat).
 * **Budgets** (USD per UTC day and per UTC month): before a call the worst-case cost is
   *reserved*; a request is refused when spent + reserved + its cost would pass the budget.
   After the call the reservation is replaced by the real cost; a failed or abandoned request
@@ -63,6 +64,7 @@ class Grant:
 
     ask: Ask
     done: bool = field(default=False)
+    holder: str = ""  # who holds it, for a shared backend (Redis: the replica that acquired it)
 
 
 class QuotaExceeded(TurnoutError):
@@ -127,6 +129,11 @@ class Limiter(Protocol):
 
     def stats(self) -> LimiterStats:
         """A cheap snapshot (no I/O) of the limiter's own counters."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the backend answers now (``/readyz``); one cheap round trip, bounded by a
+        short timeout, never raising. An in-process limiter has nothing to reach."""
         ...
 
     async def aclose(self) -> None: ...

@@ -13,6 +13,13 @@ case of one answer is its token bound (``prompt + max_tokens``) for managed targ
 self-hosted ones allocated by tokens, and the target's total timeout held on a replica for those
 allocated by busy seconds. Failed self-hosted attempts cost their busy time too, so with retries
 a settled total may pass the reservation by up to that.
+
+The token bound is the prompt's (``turnout.control.tokens``: UTF-8 bytes, or the target's
+tokenizer) plus the output bound. Where a budget applies and the request sets no output bound,
+``limits.default_max_tokens`` is sent upstream as ``max_tokens``: the bound the reservation
+assumed is the one the target is told. An answer is settled with its cost even when its upstream
+reported no usage (the door then counts what was generated), and released only when there was
+no answer.
 """
 
 from __future__ import annotations
@@ -24,18 +31,20 @@ from typing import Any
 from turnout.config import Config
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.base import Ask, Grant, Limiter, QuotaExceeded, Scope
-from turnout.control.quota.plan import max_output_tokens, prompt_tokens, scopes
+from turnout.control.quota.plan import max_output_tokens, scopes, sets_output_bound
+from turnout.control.tokens import BYTES, Tokens
 from turnout.providers.base import Usage
 
 log = logging.getLogger("turnout.quota")
 
 
 class QuotaGate:
-    def __init__(self, config: Config, limiter: Limiter | None, book: PriceBook) -> None:
+    def __init__(self, config: Config, limiter: Limiter | None, book: PriceBook, tokens: Tokens = BYTES) -> None:
         self.limiter = limiter
         self.default_max_tokens = config.limits.default_max_tokens
         self.scopes = scopes(config)
         self.book = book  # for worst cases only
+        self.tokens = tokens
         self.cheaper = {name: t.on_budget_exceeded == "cheaper" for name, t in config.tasks.items()}
 
     def needed(self) -> bool:
@@ -48,11 +57,13 @@ class QuotaGate:
         scopes: tuple[Scope, ...] = self.scopes.get((tenant, task), ())
         if not scopes or self.limiter is None:
             return allowed, None
-        prompt = prompt_tokens(body)
+        if not sets_output_bound(body) and any(_budgeted(s) for s in scopes):
+            body["max_tokens"] = self.default_max_tokens  # the bound the reservation assumes, told upstream
+        prompts = await self.tokens.prompts(body, allowed)
         output = max_output_tokens(body, self.default_max_tokens)
         now = time.time()
-        worst = {name: self.book.worst_case(name, prompt, output, now) for name in allowed}
-        ask = Ask(request_id, scopes, prompt + output, max(worst.values()), now)
+        worst = {name: self.book.worst_case(name, prompts[name], output, now) for name in allowed}
+        ask = Ask(request_id, scopes, max(prompts.values()) + output, max(worst.values()), now)
         try:
             return allowed, await self.limiter.acquire(ask)
         except QuotaExceeded as refusal:
@@ -68,7 +79,7 @@ class QuotaGate:
         if grant is None or self.limiter is None:
             return
         if usage is None:
-            await self.release(grant)  # nothing known was used: give the reservation back
+            await self.release(grant)  # no answer: give the reservation back
             return
         tokens = usage.prompt_tokens + usage.completion_tokens
         try:
@@ -83,3 +94,7 @@ class QuotaGate:
             await self.limiter.release(grant)
         except Exception as exc:
             log.warning("quota release failed for %s: %s", grant.ask.request_id, type(exc).__name__)
+
+
+def _budgeted(scope: Scope) -> bool:
+    return scope.limits.usd_per_day is not None or scope.limits.usd_per_month is not None

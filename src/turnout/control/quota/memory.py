@@ -171,6 +171,9 @@ class MemoryLimiter:
     def stats(self) -> LimiterStats:
         return LimiterStats()  # no backend to fail
 
+    async def ping(self) -> bool:
+        return True
+
     async def aclose(self) -> None:
         self._buckets.clear()
         self._slots.clear()

@@ -1,9 +1,17 @@
 """What a request asks of its quotas, computed before the call: pure functions.
 
-Token estimate: about four characters per token over every text the prompt carries (messages,
-tool definitions), plus a few tokens per message for the chat template, plus ``max_tokens`` (or
-``limits.default_max_tokens`` when the request sets none). It errs high on purpose: TPM is
-corrected with the real usage afterwards, and a budget reservation is meant to be a worst case.
+Tokens: a bound on the prompt (``turnout.control.tokens``: every text the prompt carries as
+its UTF-8 bytes, or as the target's tokenizer counts it where ``targets.X.tokenizer`` is set,
+plus per-request, per-message and tool-schema overhead, and a fixed count per image; never
+characters ÷ 4, which admits Chinese, Japanese or emoji at a fraction of their tokens), plus the
+output bound: ``max_completion_tokens`` or ``max_tokens`` (``limits.default_max_tokens`` when
+the request sets neither; the gate then sends it upstream as ``max_tokens`` where a budget
+applies), times ``n``. It errs high on purpose: TPM is corrected with the real usage afterwards,
+and a budget reservation is meant to be an upper bound of what the answer may cost.
+
+What is left of the bound is the upstream's to keep: one that generates past ``max_tokens``
+spends past its reservation, by that request's overrun; the settled cost is charged in full, so
+the next request is refused once the budget is spent.
 """
 
 from __future__ import annotations
@@ -11,13 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from turnout.config import Config, Limit, Price
 from turnout.control.quota.base import Limits, Scope
+from turnout.control.tokens import choices_asked, output_bound, prompt_tokens
 
-CHARS_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4
+__all__ = ["cost_usd", "max_output_tokens", "prompt_tokens", "scopes", "sets_output_bound"]
 
 
 def scopes(config: Config) -> dict[tuple[str, str], tuple[Scope, ...]]:
@@ -40,25 +46,13 @@ def _limits(limit: Limit) -> Limits:
     return Limits(limit.rpm, limit.tpm, limit.concurrency, limit.usd_per_day, limit.usd_per_month)
 
 
-def prompt_tokens(body: Mapping[str, Any]) -> int:
-    chars = 0
-    messages = body.get("messages") or ()
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            chars += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
-        if message.get("tool_calls"):
-            chars += len(orjson.dumps(message["tool_calls"]))
-    if body.get("tools"):
-        chars += len(orjson.dumps(body["tools"]))
-    return chars // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * len(messages) + 1
-
-
 def max_output_tokens(body: Mapping[str, Any], default: int) -> int:
-    value = body.get("max_completion_tokens") or body.get("max_tokens")
-    return value if isinstance(value, int) and value > 0 else default
+    """The most tokens the answer may hold (``output_bound``), ``default`` when unset."""
+    return output_bound(body) or default * choices_asked(body)
+
+
+def sets_output_bound(body: Mapping[str, Any]) -> bool:
+    return body.get("max_completion_tokens") is not None or body.get("max_tokens") is not None
 
 
 def cost_usd(price: Price | None, prompt: int, completion: int) -> float:

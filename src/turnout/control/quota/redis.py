@@ -18,12 +18,31 @@ clock mints nothing and a leading one at most its skew's worth of tokens). With
 ``server_time=True`` the scripts read Redis ``TIME`` instead, for fleets whose clocks cannot be
 trusted; budget windows (which UTC day and month) still follow the caller's clock.
 
+Replicas: each limiter is one replica, with a random id. Its slots and reservations are tagged
+with that id (see ``redis_script``), and it keeps a heartbeat key (``P:replica:<id>``, TTL
+``heartbeat_ttl_s``) alive in the background, refreshed every fifth of the TTL through the same
+pipeline (the first beat rides with the first acquire, so it reaches Redis before any member it
+covers). ``aclose`` sends the settles still queued, then deletes the key: whatever the replica
+still holds (a request whose release never got out) is dead at once. A replica that dies
+without closing (SIGKILL, a lost host) stops beating: its key expires within
+``heartbeat_ttl_s``. The other replicas drop a dead replica's slots and reservations when a
+limit would refuse because of them (each sweeps a set at most every fifth of its own TTL) or an
+``/admin/usage`` reads them: seconds, instead of ``max_request_s``.
+A dropped reservation is given back, not charged, exactly as one that expires after
+``max_request_s`` always was: what the dead replica's requests cost upstream is priced by
+nobody either way, so reclaiming early changes when the budget is freed, not how far spend can
+pass it (by at most the reservations the dead replica held, each its request's worst case). A
+live replica whose beats stop reaching Redis for longer than the TTL (a partition, an event
+loop stalled for seconds) looks dead: its slots may be given to others meanwhile, and its
+later settles still charge the real cost.
+
 Redis unreachable (connection refused, timeout): ``stats().backend_errors`` counts it, a warning is
 logged at most every ``WARN_EVERY_S``, and ``acquire`` either raises ``BackendUnavailable``
 (``on_backend_error="closed"``) or admits with a grant already marked done, so its settle and
 release do nothing (``"open"``). A failed settle or release is logged and counted, never
-raised (it fails in the background): the answer has gone out; the slot and reservation expire
-after ``max_request_s``.
+raised (it fails in the background): the answer has gone out; the slot and reservation are
+dropped when the replica closes or dies, and expire after ``max_request_s`` at the latest.
+Heartbeats that fail are not counted (the requests' own calls are); the next one tries again.
 """
 
 from __future__ import annotations
@@ -31,6 +50,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import secrets
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,8 +61,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from turnout._support.periodic import Periodic
 from turnout.config import LimitsConfig
 from turnout.control.quota import redis_script
 from turnout.control.quota.base import (
@@ -63,6 +87,7 @@ from turnout.control.quota.redis_batch import Batcher, Call, Script, bulk, bulks
 log = logging.getLogger("turnout.quota")
 
 WARN_EVERY_S = 10.0
+BEATS_PER_TTL = 5  # a heartbeat every fifth of its TTL: four in a row may be late or lost
 _BUDGET_MARGIN_S = 3600  # budget keys outlive their window by this plus max_request_s
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 _MAX_ENCODED = 4096  # (scopes, day) encodings kept
@@ -87,11 +112,18 @@ class RedisLimiter:
         max_connections: int = 32,
         pool_timeout: float = 2.0,
         linger_s: float = 0.002,
+        heartbeat_ttl_s: float = 5.0,
     ) -> None:
+        if heartbeat_ttl_s <= 0:
+            raise ValueError("heartbeat_ttl_s must be positive")
         self.key_prefix = key_prefix
         self.max_request_s = max_request_s
+        self.replica = secrets.token_hex(8)  # this process's slots and reservations carry it
+        self.heartbeat_key = f"{key_prefix}:replica:{self.replica}"
+        self.heartbeat_ttl_s = heartbeat_ttl_s
         self.on_backend_error = on_backend_error
         self.server_time = server_time
+        self.ping_timeout_s = socket_timeout
         self._backend_errors = 0
         self._next_warning = 0.0
         # The pooled client is for callers that inspect the keys (admin, tests); the scripts
@@ -113,17 +145,33 @@ class RedisLimiter:
         self._acquire = Script(redis_script.ACQUIRE)
         self._finish = Script(redis_script.FINISH)
         self._usage = Script(redis_script.USAGE)
+        self._heartbeat_script = Script(redis_script.HEARTBEAT)
+        self._heartbeat: Periodic | None = None  # started by the first acquire
+        self._closed = False
         # Per request only its own numbers are encoded; the rest is encoded once.
-        self._acquire_fixed = (bulks([int(server_time), max_request_s]), bulks([math.ceil(max_request_s) + 1]))
+        self._member_prefix = f"{self.replica}/".encode()
+        heartbeats = f"{key_prefix}:replica:"
+        sweep_ms = max(1, round(heartbeat_ttl_s * 1000 / BEATS_PER_TTL))
+        self._acquire_fixed = (
+            bulks([int(server_time), max_request_s, heartbeats, sweep_ms]),
+            bulks([math.ceil(max_request_s) + 1]),
+        )
+        self._heartbeats = heartbeats
+        beat = f"{socket.gethostname()} {os.getpid()}"  # for an operator listing replicas
+        self._beat_body = bulks([1, self.heartbeat_key, beat, max(1, round(heartbeat_ttl_s * 1000))])
         self._encoded: dict[tuple[tuple[Scope, ...], str], _Encoded] = {}
 
     @classmethod
     def from_config(cls, cfg: LimitsConfig) -> RedisLimiter:
-        return cls(cfg.redis_url, cfg.key_prefix, cfg.max_request_s, cfg.on_backend_error)
+        return cls(
+            cfg.redis_url, cfg.key_prefix, cfg.max_request_s, cfg.on_backend_error, heartbeat_ttl_s=cfg.heartbeat_ttl_s
+        )
 
     # -- the Limiter protocol -------------------------------------------------------------
 
     async def acquire(self, ask: Ask) -> Grant:
+        if self._heartbeat is None and not self._closed:
+            self._start_heartbeat()
         day, month = budget_periods(ask.now)
         enc = self._encoding(ask.scopes, day, month)
         between, slot_ttl = self._acquire_fixed
@@ -132,7 +180,7 @@ class RedisLimiter:
                 enc.keys,
                 bulk(repr(ask.now).encode()),
                 between,
-                bulk(ask.request_id.encode()),
+                bulk(self._member_prefix + ask.request_id.encode()),
                 bulk(b"%d" % ask.tokens),
                 bulk(b"%d" % to_micro(ask.cost_usd)),
                 slot_ttl,
@@ -149,7 +197,7 @@ class RedisLimiter:
                 return Grant(ask, done=True)  # admitted blind: nothing to give back later
             raise
         if result[0] == 1:
-            return Grant(ask)
+            return Grant(ask, holder=self.replica)
         scope, limit = enc.scopes[int(result[1])].name, result[2].decode()
         if limit == "usd_per_day" or limit == "usd_per_month":
             period = day if limit == "usd_per_day" else month
@@ -167,7 +215,8 @@ class RedisLimiter:
         day, month = budget_periods(now)
         lim = scope.limits
         keys = self._keys(scope.name, day, month)
-        args = [now, int(self.server_time), _opt(lim.rpm), _opt(lim.tpm), _opt(lim.concurrency), *_budgets_micro(lim)]
+        limits = [_opt(lim.rpm), _opt(lim.tpm), _opt(lim.concurrency), *_budgets_micro(lim)]
+        args: list[str | int | float] = [now, int(self.server_time), *limits, self._heartbeats]
         body = bulks([len(keys), *keys, *args])
         # Queued behind this replica's pending settles, so it reads what they wrote.
         call = Call(self._usage, 1 + len(keys) + len(args), body, asyncio.get_running_loop().create_future())
@@ -192,11 +241,48 @@ class RedisLimiter:
     def stats(self) -> LimiterStats:
         return LimiterStats(self._backend_errors)
 
-    async def aclose(self) -> None:
+    async def ping(self) -> bool:
+        """One PING on the pooled client within ``ping_timeout_s``. Not counted in
+        ``backend_errors``: those count the requests' own calls."""
         try:
-            await self.batcher.aclose()  # sends the settles still queued
+            async with asyncio.timeout(self.ping_timeout_s):
+                return bool(await self.client.ping())
+        except (RedisError, TimeoutError, OSError):
+            return False
+
+    async def aclose(self) -> None:
+        self._closed = True
+        try:
+            heartbeat, self._heartbeat = self._heartbeat, None
+            if heartbeat is not None:
+                await heartbeat.aclose()
+                try:  # behind the settles still queued: what they did not free, the others now may
+                    await self._beat(retire=True)
+                except Exception as exc:
+                    self._lost(exc)
+            await self.batcher.aclose()  # sends whatever is still queued
         finally:
             await self.client.aclose()  # and its pool (from_pool hands the pool to the client)
+
+    # -- heartbeat --------------------------------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        """Queue the first beat ahead of the acquire that calls this, then beat in the background."""
+        first = self._beat(retire=False)
+        first.add_done_callback(_quiet)  # the acquire behind it reports an outage
+        interval = self.heartbeat_ttl_s / BEATS_PER_TTL
+        self._heartbeat = Periodic("turnout-quota-heartbeat", self._tick, interval, first="later", logger=log)
+        self._heartbeat.start()
+
+    def _beat(self, *, retire: bool) -> asyncio.Future[Any]:
+        body = self._beat_body if not retire else bulks([1, self.heartbeat_key, "", 0])
+        return self.batcher.call(Call(self._heartbeat_script, 4, body, asyncio.get_running_loop().create_future()))
+
+    async def _tick(self) -> None:
+        try:
+            await self._beat(retire=False)
+        except _UNREACHABLE:  # counted by the requests' own calls; the next beat tries again
+            log.debug("quota heartbeat did not reach Redis")
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -211,7 +297,7 @@ class RedisLimiter:
         body = b"".join(
             (
                 enc.keys,
-                bulk(ask.request_id.encode()),
+                bulk(f"{grant.holder or self.replica}/{ask.request_id}".encode()),
                 bulk(b"%d" % tpm_debit),
                 bulk(real_micro),
                 bulk(repr(ask.now).encode()),
@@ -238,7 +324,7 @@ class RedisLimiter:
             scopes=distinct,
             keys=bulks([len(keys), *keys]),
             acquire_limits=bulks(acquire),
-            acquire_argc=1 + len(keys) + 9 + len(acquire),
+            acquire_argc=1 + len(keys) + 11 + len(acquire),
             finish_limits=bulks(finish),
             finish_argc=1 + len(keys) + 6 + len(finish),
         )
@@ -288,6 +374,12 @@ class _Encoded:
     acquire_argc: int
     finish_limits: bytes  # per scope: tpm, concurrency, day budget, month budget
     finish_argc: int
+
+
+def _quiet(future: asyncio.Future[Any]) -> None:
+    """Retrieve a future's error so that nobody is told it went unheard."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _finish_limits(limits: Limits) -> tuple[float, float, int, int]:

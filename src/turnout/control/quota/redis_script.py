@@ -4,11 +4,25 @@ Keys, seven per scope, in this order (``P`` = key prefix, ``S`` = scope name)::
 
     P:q:S:rpm                  hash {tokens, ts}          token bucket, TTL refill time + 60 s
     P:q:S:tpm                  hash {tokens, ts}
-    P:q:S:slots                zset request id -> expiry  TTL max_request_s
-    P:q:S:usd:d:2026-11-28     hash {spent, reserved, r:<request id> -> amount}   micro-dollars
-    P:q:S:usd:d:2026-11-28:exp zset request id -> expiry of its reservation
+    P:q:S:slots                zset member -> expiry      TTL max_request_s
+    P:q:S:usd:d:2026-11-28     hash {spent, reserved, r:<member> -> amount}   micro-dollars
+    P:q:S:usd:d:2026-11-28:exp zset member -> expiry of its reservation
     P:q:S:usd:m:2026-11        hash, as the day's          TTL to the window's end + margin
     P:q:S:usd:m:2026-11:exp    zset
+
+and, outside the scopes (named by the scripts, not passed in KEYS)::
+
+    P:replica:<replica id>     string "host pid"          the replica's heartbeat, TTL a few seconds
+    <zset key>:swept           string                     set for one sweep interval after a sweep
+
+A *member* is ``<replica id>/<request id>``: the replica that holds the slot or reservation. A
+replica refreshes its heartbeat key in the background (``RedisLimiter``) and deletes it when it
+closes; once the key is gone (a crash: it expires) the replica's members are dead. Counting
+them costs nothing on the hot path: only when a slot limit or a budget would refuse does the
+acquire *sweep* that scope's zset (every member whose replica has no heartbeat is dropped, with
+the amount it reserved) and count again, at most once per sweep interval per zset, so a tenant
+hammering a full limit cannot make every refusal scan the set. ``usage`` always sweeps. A
+member without a ``/`` (written before replicas were tagged) only expires.
 
 A limit of ``-1`` in ARGV means "no limit of that kind"; its keys are then never touched.
 Numbers cross into Lua as decimal strings and back as strings (Redis truncates Lua numbers to
@@ -57,25 +71,55 @@ local function purge(hkey, zkey, now)
 end
 
 local function fmt(x) return string.format('%.17g', x) end
+
+-- Drop the members of replicas whose heartbeat key is gone from zset ``zkey`` and, given the
+-- budget hash ``hkey``, the amounts they reserved there. Returns how many were dropped.
+local alive = {}  -- replica id -> heartbeat seen, for this call
+local function sweep(zkey, hkey, heartbeats)
+  local dropped, freed = 0, 0
+  for _, member in ipairs(redis.call('ZRANGE', zkey, 0, -1)) do
+    local replica = string.match(member, '^([^/]+)/')
+    if replica then
+      if alive[replica] == nil then alive[replica] = redis.call('EXISTS', heartbeats .. replica) == 1 end
+      if not alive[replica] then
+        redis.call('ZREM', zkey, member)
+        if hkey then
+          freed = freed + (tonumber(redis.call('HGET', hkey, 'r:' .. member)) or 0)
+          redis.call('HDEL', hkey, 'r:' .. member)
+        end
+        dropped = dropped + 1
+      end
+    end
+  end
+  if freed ~= 0 then redis.call('HINCRBY', hkey, 'reserved', 0 - freed) end
+  return dropped
+end
+
+-- A sweep of ``zkey`` is due unless one ran within the last ``every_ms``.
+local function sweep_due(zkey, every_ms)
+  return redis.call('SET', zkey .. ':swept', '1', 'PX', every_ms, 'NX') ~= false
+end
 """
 
-# ARGV: now, server_time, max_request_s, request id, tokens, cost (micro-dollars), slot TTL,
-#       day TTL, month TTL, then per scope: rpm, tpm, concurrency, day budget, month budget.
+# ARGV: now, server_time, max_request_s, heartbeat key prefix (``P:replica:``), sweep interval
+#       (ms), member, tokens, cost (micro-dollars), slot TTL, day TTL, month TTL, then per
+#       scope: rpm, tpm, concurrency, day budget, month budget.
 # Returns {1} when admitted (everything debited), or {0, scope index (0-based), limit,
-# retry_after, remaining micro-dollars} having written nothing but purges of expired entries.
+# retry_after, remaining micro-dollars} having written nothing but purges of expired and dead
+# entries.
 ACQUIRE = (
     _COMMON
     + """
 local now = clock(ARGV[1], ARGV[2])
-local max_req, rid = tonumber(ARGV[3]), ARGV[4]
-local tokens, cost = tonumber(ARGV[5]), tonumber(ARGV[6])
-local slot_ttl, budget_ttl = ARGV[7], {ARGV[8], ARGV[9]}
+local max_req, heartbeats, sweep_ms = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local rid, tokens, cost = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local slot_ttl, budget_ttl = ARGV[9], {ARGV[10], ARGV[11]}
 local names = {'usd_per_day', 'usd_per_month'}
-local n = (#ARGV - 9) / 5
+local n = (#ARGV - 11) / 5
 local levels = {}
 
 for i = 0, n - 1 do
-  local k, a = i * 7, 9 + i * 5
+  local k, a = i * 7, 11 + i * 5
   local rpm, tpm, conc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   if rpm >= 0 then
     local level, ts = level_at(KEYS[k + 1], rpm, now)
@@ -88,8 +132,11 @@ for i = 0, n - 1 do
     levels[k + 2] = {level - tokens, ts}
   end
   if conc >= 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', now)
-    if redis.call('ZCARD', KEYS[k + 3]) >= conc then return {0, i, 'concurrency', '1', ''} end
+    local z = KEYS[k + 3]
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+    local full = redis.call('ZCARD', z) >= conc
+    if full and sweep_due(z, sweep_ms) and sweep(z, nil, heartbeats) > 0 then full = redis.call('ZCARD', z) >= conc end
+    if full then return {0, i, 'concurrency', '1', ''} end
   end
   for j = 1, 2 do
     local budget = tonumber(ARGV[a + 3 + j])
@@ -98,13 +145,17 @@ for i = 0, n - 1 do
       purge(h, z, now)
       local v = redis.call('HMGET', h, 'spent', 'reserved')
       local used = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+      if used + cost > budget and sweep_due(z, sweep_ms) and sweep(z, h, heartbeats) > 0 then
+        v = redis.call('HMGET', h, 'spent', 'reserved')
+        used = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+      end
       if used + cost > budget then return {0, i, names[j], '', fmt(math.max(0, budget - used))} end
     end
   end
 end
 
 for i = 0, n - 1 do
-  local k, a = i * 7, 9 + i * 5
+  local k, a = i * 7, 11 + i * 5
   local rpm, tpm, conc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   if rpm >= 0 then put_bucket(KEYS[k + 1], rpm, levels[k + 1][1], levels[k + 1][2]) end
   if tpm >= 0 then put_bucket(KEYS[k + 2], tpm, levels[k + 2][1], levels[k + 2][2]) end
@@ -127,7 +178,7 @@ return {1}
 """
 )
 
-# ARGV: request id, TPM debit (settle: real - estimated; release: -estimated), real cost in
+# ARGV: member, TPM debit (settle: real - estimated; release: -estimated), real cost in
 #       micro-dollars or '' (release), acquire's now, day TTL, month TTL, then per scope:
 #       tpm, concurrency, day budget, month budget.
 # Frees the slot and drops the reservation if they are still there (so a repeat changes
@@ -171,9 +222,10 @@ return 1
 """
 )
 
-# ARGV: now, server_time, rpm, tpm, concurrency, day budget, month budget (one scope).
+# ARGV: now, server_time, rpm, tpm, concurrency, day budget, month budget (one scope),
+#       heartbeat key prefix.
 # Returns strings: rpm level, tpm level, slots in use, day spent, day reserved, month spent,
-# month reserved ('' where there is no such limit). Purges expired entries on the way.
+# month reserved ('' where there is no such limit). Purges expired and dead entries on the way.
 USAGE = (
     _COMMON
     + """
@@ -183,11 +235,15 @@ for j = 1, 2 do
   local cap = tonumber(ARGV[2 + j])
   if cap >= 0 then out[j] = fmt((level_at(KEYS[j], cap, now))) end
 end
-if tonumber(ARGV[5]) >= 0 then out[3] = fmt(redis.call('ZCOUNT', KEYS[3], '(' .. fmt(now), '+inf')) end
+if tonumber(ARGV[5]) >= 0 then
+  sweep(KEYS[3], nil, ARGV[8])
+  out[3] = fmt(redis.call('ZCOUNT', KEYS[3], '(' .. fmt(now), '+inf'))
+end
 for j = 1, 2 do
   if tonumber(ARGV[5 + j]) >= 0 then
     local h, z = KEYS[2 + 2 * j], KEYS[3 + 2 * j]
     purge(h, z, now)
+    sweep(z, h, ARGV[8])
     local v = redis.call('HMGET', h, 'spent', 'reserved')
     out[2 + 2 * j] = fmt(tonumber(v[1]) or 0)
     out[3 + 2 * j] = fmt(tonumber(v[2]) or 0)
@@ -196,3 +252,14 @@ end
 return out
 """
 )
+
+# KEYS: the replica's heartbeat key. ARGV: its value, TTL in milliseconds ('0': delete it, as a
+# replica does when it closes, so that what it still holds is freed at once). Returns 1.
+HEARTBEAT = """
+if ARGV[2] == '0' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""

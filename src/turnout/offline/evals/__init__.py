@@ -3,7 +3,8 @@
     cases.py     golden sets (evals/<task>.jsonl) → Case; GoldenSetError with line numbers
     scoring.py   Score, the Scorer base class, the registry (@register)
     scorers.py   equals, contains, regex, json_schema, required_fields, number_close
-    sandbox.py   python_test: the output's code and given tests in a limited child process
+    sandbox.py   python_test: the output's code and given tests, jailed, with limits
+    jail.py      the bubblewrap jail python_test runs code in; whether it works here
     judge.py     judge: an LLM grades against a rubric, through a callable the caller wires;
                  build_scorers: one instance of every registered scorer
     runner.py    run_eval: both releases on the same cases, concurrency-limited → EvalResult

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from turnout.offline.evals.cases import Case
+from turnout.offline.evals.sandbox import PythonTest
 from turnout.offline.evals.scoring import REGISTRY, JudgeFn, Score, Scorer, register
 
 _TRUE = {"true", "yes", "pass", "passed", "1"}
@@ -138,9 +139,13 @@ class JudgeScorer(Scorer):
         return Score(passed, 1.0 if passed else 0.0, reason)
 
 
-def build_scorers(judge: JudgeFn | None = None, *, judge_target: str | None = None) -> dict[str, Scorer]:
-    """One instance of every registered scorer; the ``judge`` scorer gets the judge callable.
-    Here, beside the judge scorer, so that the registry (``scoring``) imports no scorer."""
+def build_scorers(
+    judge: JudgeFn | None = None, *, judge_target: str | None = None, allow_unsandboxed_code: bool = False
+) -> dict[str, Scorer]:
+    """One instance of every registered scorer; the ``judge`` scorer gets the judge callable,
+    ``python_test`` the config's ``evals.allow_unsandboxed_code``. Here, beside the judge
+    scorer, so that the registry (``scoring``) imports no scorer."""
     out: dict[str, Scorer] = {name: cls() for name, cls in REGISTRY.items()}
     out[JudgeScorer.name] = JudgeScorer(judge, default_target=judge_target)
+    out[PythonTest.name] = PythonTest(allow_unsandboxed_code=allow_unsandboxed_code)
     return out

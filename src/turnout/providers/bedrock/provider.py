@@ -26,7 +26,6 @@ from functools import partial
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -42,7 +41,7 @@ from turnout.providers.base import Call, Completion, Health, Load, Stream, Usage
 from turnout.providers.bedrock.errors import error_name, translate
 from turnout.providers.bedrock.events import open_events
 from turnout.providers.bedrock.translate import Translation, from_converse, to_converse
-from turnout.providers.transport import Client, Exchange, error_body, json_object
+from turnout.providers.transport import Client, Exchange, Response, error_body, json_object
 
 _KEEPALIVE_S = 50.0  # Bedrock keeps idle connections for about a minute
 
@@ -125,7 +124,7 @@ class BedrockProvider:
             stream=call.stream,
         )
 
-    async def _post(self, call: Call, translation: Translation) -> aiohttp.ClientResponse:
+    async def _post(self, call: Call, translation: Translation) -> Response:
         url = self._urls[call.stream]
         payload = orjson.dumps(translation.request)
         headers = await self._auth_headers(url, payload)
@@ -168,7 +167,7 @@ class BedrockProvider:
         frozen: ReadOnlyCredentials = self._credentials.get_frozen_credentials()
         return frozen
 
-    async def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+    async def _status_error(self, resp: Response) -> UpstreamError:
         raw = await error_body(resp)
         message = ""
         try:

@@ -1,0 +1,239 @@
+"""Slow and idle clients: header, body and keep-alive timeouts and a cap on open connections,
+added to uvicorn's httptools protocol.
+
+uvicorn bounds neither how long a client may take to send its request nor how many
+connections are open, so a few thousand clients trickling their headers or bodies hold every
+file descriptor and new clients get empty replies. Here each connection waits on its client
+for at most:
+
+    not a byte yet         header_timeout_s from the connection's start       closed
+    headers in progress    header_timeout_s from the request's first byte     408, closed
+    body in progress       body_timeout_s for the whole body                  408, closed
+    idle keep-alive        keepalive_timeout_s after the last answer          closed
+
+(a connection whose request is being answered waits on the gateway, not the client, and is
+never closed here). At ``max_connections`` a new connection first closes those that have
+waited longest on their client (idle, not started, or still sending: a 503 to those that
+sent part of a request), so a crowd of slow clients cannot keep new ones out; only when every
+open connection is being answered is the new one refused.
+
+No timer per request: three parser events (a request's first byte, its headers complete, its
+answer complete) stamp the connection's phase and the loop's time, and one sweep a tick (a
+quarter of the shortest timeout, at most 1 s) compares the stamps with the timeouts, looking
+closer at uvicorn's own state (the request's scope and cycle) only where one ran out. A
+deadline therefore runs out within one tick after the timeout. uvicorn's keep-alive timer, a
+TimerHandle per answer, is left out: the sweep closes idle connections. Measured in
+bench/connections.py: per request no slower than plain uvicorn, a few µs per connection, and
+well under a millisecond per sweep over 10,000 open connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("turnout")
+
+# A connection's phases.
+FRESH = 0  # no request yet
+HEADERS = 1  # a request's first byte came, its headers are not complete
+BODY = 2  # headers done, body still coming
+BUSY = 3  # the whole request came; the gateway is answering
+IDLE = 4  # answered; waiting for the next request on a keep-alive connection
+
+_REASONS = {FRESH: "sent nothing", HEADERS: "slow headers", BODY: "slow body", IDLE: "idle"}
+SUMMARY_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout_s: float
+    body_timeout_s: float
+    keepalive_timeout_s: float
+    max_connections: int
+
+    @property
+    def tick_s(self) -> float:
+        shortest = min(self.header_timeout_s, self.body_timeout_s, self.keepalive_timeout_s)
+        return min(1.0, max(0.05, shortest / 4))
+
+
+def _answer(status: int, message: str, code: str) -> bytes:
+    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+    reason = {408: b"Request Timeout", 503: b"Service Unavailable"}[status]
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+    return head % (status, reason, len(body)) + body
+
+
+TIMED_OUT = _answer(408, "the request was not received in time", "request_timeout")
+SHED = _answer(503, "the server has too many open connections; retry", "too_many_connections")
+
+
+class Guard:
+    """What every connection of one server shares: the limits, the open connections, the sweep
+    (a timer that runs while any connection is open) and counts of what was closed, logged at
+    most once a minute."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.open: set[GuardedProtocol] = set()
+        self.closed: Counter[str] = Counter()  # since the last summary
+        # by phase: FRESH, HEADERS, BODY, BUSY (not a timeout: how often to look again whether
+        # the answer is done), IDLE
+        self._timeouts = (
+            limits.header_timeout_s,
+            limits.header_timeout_s,
+            limits.body_timeout_s,
+            limits.keepalive_timeout_s,
+            limits.keepalive_timeout_s,
+        )
+        self._timer: asyncio.TimerHandle | None = None  # while connections are open
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_summary = -math.inf
+
+    def admit(self, conn: GuardedProtocol, now: float) -> bool:
+        """Register a new connection, making room at the cap; False: refuse it."""
+        if len(self.open) >= self.limits.max_connections and not self._shed(now):
+            self.closed["refused at the cap"] += 1
+            return False
+        self.open.add(conn)
+        if self._timer is None:
+            self._loop = conn.loop
+            self._timer = conn.loop.call_later(self.limits.tick_s, self._sweep)
+        return True
+
+    def release(self, conn: GuardedProtocol) -> None:
+        self.open.discard(conn)  # the sweep stops by itself once none is open
+
+    def _shed(self, now: float) -> bool:
+        """Close a few of the connections that have waited longest on their client (one
+        scan per batch, not per new connection); False when every one is being answered."""
+        waiting = [c for c in self.open if c.observe(now) != BUSY]
+        batch = max(1, self.limits.max_connections // 32)
+        for conn in heapq.nsmallest(batch, waiting, key=lambda c: c.since):
+            self.closed["evicted at the cap"] += 1
+            conn.shut(SHED)
+        return bool(waiting)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = self._loop
+        if not self.open or loop is None:
+            return
+        now = loop.time()
+        timeouts = self._timeouts
+        due = [c for c in self.open if now - c.since > timeouts[c.phase]]
+        expired = [c for c in due if now - c.since > timeouts[c.observe(now)]]
+        for conn in expired:
+            self.closed[_REASONS[conn.phase]] += 1
+            conn.shut(TIMED_OUT)
+        self._summarize(now)
+        if self.open:
+            self._timer = loop.call_later(self.limits.tick_s, self._sweep)
+
+    def _summarize(self, now: float) -> None:
+        """One line a minute at most: what slow clients cost (idle keep-alives are routine)."""
+        notable = {k: n for k, n in self.closed.items() if k != "idle"}
+        if not notable or now - self._last_summary < SUMMARY_EVERY_S:
+            return
+        self._last_summary = now
+        parts = ", ".join(f"{n} {k}" for k, n in sorted(notable.items()))
+        log.warning(
+            "closed client connections: %s (%d open, cap %d)", parts, len(self.open), self.limits.max_connections
+        )
+        self.closed.clear()
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol under a ``Guard``; made per server by ``protocol_class``.
+
+    Three parser events stamp the phase and the time (slots: two stores and a clock read);
+    the sweep reads only the stamps, and looks closer at uvicorn's state only where one ran out.
+    """
+
+    __slots__ = ("phase", "since")
+    guard: ClassVar[Guard]
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.phase, self.since = FRESH, self.loop.time()
+        if not self.guard.admit(self, self.since):
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.release(self)
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        HttpToolsProtocol.on_message_begin(self)
+        self.phase = HEADERS
+        self.since = self.loop.time()
+
+    def on_headers_complete(self) -> None:
+        HttpToolsProtocol.on_headers_complete(self)
+        self.phase = BODY
+        self.since = self.loop.time()
+
+    def on_response_complete(self) -> None:
+        if self.pipeline or self.transport.is_closing():
+            HttpToolsProtocol.on_response_complete(self)  # starts the next pipelined request
+            return
+        # uvicorn's own, less its keep-alive timer (a TimerHandle per answer): the sweep closes
+        # idle connections instead
+        self.server_state.total_requests += 1
+        self.flow.resume_reading()
+        if self.phase != HEADERS:  # not when the next request has begun already
+            self.phase = IDLE
+            self.since = self.loop.time()
+
+    def observe(self, now: float) -> int:
+        """The phase read off uvicorn's state. ``since`` restarts where the stamp was behind (the
+        body came and the gateway is answering), and while the server itself holds reading
+        back (a queued pipelined request, a body the app has not taken yet)."""
+        scope = self.scope
+        cycle = self.cycle
+        if scope is None:
+            phase = FRESH
+        elif cycle is None or cycle.scope is not scope:
+            phase = HEADERS
+        elif cycle.response_complete:
+            phase = IDLE  # also an early answer (413) while the body still comes
+        elif cycle.more_body:
+            phase = BODY
+        else:
+            phase = BUSY
+        if phase != self.phase or phase == BUSY or (phase < BUSY and (self.flow.read_paused or self.pipeline)):
+            self.phase, self.since = phase, now
+        return phase
+
+    def shut(self, answer: bytes) -> None:
+        """Close, answering first when a request is partly read and nothing was answered yet."""
+        self.guard.release(self)
+        transport = self.transport
+        if transport.is_closing():
+            return
+        cycle = self.cycle
+        if self.phase == HEADERS:
+            unanswered = cycle is None or cycle.response_complete  # no earlier answer under way
+        else:
+            unanswered = self.phase == BODY and cycle is not None and not cycle.response_started
+        if unanswered:
+            transport.write(answer)
+        transport.close()
+
+
+def protocol_class(limits: Limits) -> type[HttpToolsProtocol]:
+    """A ``GuardedProtocol`` class bound to one new ``Guard``: pass it as uvicorn's ``http``."""
+
+    class Bound(GuardedProtocol):
+        guard = Guard(limits)
+
+    return Bound

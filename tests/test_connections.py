@@ -1,0 +1,325 @@
+"""Header, body and idle timeouts and the connection cap (turnout.serving.connections), on a real
+uvicorn server in this process with the guarded httptools protocol and raw sockets as clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import uvicorn
+
+from tests.serving import free_port
+from turnout.config import validate
+from turnout.errors import ConfigError
+from turnout.serving.connections import Limits, protocol_class
+from turnout.serving.server import RESERVED_FDS, connection_cap
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+GET = b"GET /ok HTTP/1.1\r\nhost: t\r\n\r\n"
+
+
+class App:
+    """/ok reads the body and answers 200 with its size; /early answers 413 without reading it;
+    /block waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.blocked = 0
+        self.two_blocked = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        status, size = 200, 0
+        if scope["path"] == "/early":
+            status = 413
+        else:
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                size += len(message.get("body", b""))
+                more = message.get("more_body", False)
+            if scope["path"] == "/block":
+                self.blocked += 1
+                if self.blocked == 2:
+                    self.two_blocked.set()
+                await self.release.wait()
+        body = json.dumps({"size": size}).encode()
+        head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": body})
+
+
+@asynccontextmanager
+async def serving(
+    header: float = 30.0, body: float = 30.0, keepalive: float = 30.0, cap: int = 1000
+) -> AsyncIterator[tuple[int, App]]:
+    app = App()
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=protocol_class(Limits(header, body, keepalive, cap)),
+        lifespan="off",
+        log_level="warning",
+        timeout_keep_alive=3600,  # leave idle connections to the guard
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn has a flag, no event
+        await asyncio.sleep(0.01)
+    try:
+        yield port, app
+    finally:
+        app.release.set()
+        server.should_exit = True
+        await task
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def response(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    """One response: its status and JSON body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode().split("\r\n")
+    length = next(int(line.split(":")[1]) for line in lines if line.lower().startswith("content-length"))
+    body = await reader.readexactly(length)
+    return int(lines[0].split()[1]), json.loads(body)
+
+
+async def closed_after(reader: asyncio.StreamReader, start: float, limit_s: float = 10.0) -> tuple[bytes, float]:
+    """Everything the server sent until it closed, and when it closed (seconds after
+    ``start``); fails if it is still open after ``limit_s``."""
+    data = await asyncio.wait_for(reader.read(), limit_s)
+    return data, asyncio.get_running_loop().time() - start
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, every_s: float) -> None:
+    """Send ``data`` a byte at a time until it is all sent or the server closes."""
+    try:
+        for i in range(len(data)):
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(every_s)
+    except (ConnectionError, OSError):
+        pass
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def test_headers_sent_a_byte_at_a_time_get_408_after_the_header_timeout() -> None:
+    async with serving(header=0.5) as (port, _):
+        reader, writer = await connect(port)
+        start = now()
+        sender = asyncio.create_task(trickle(writer, b"GET /ok HTTP/1.1\r\nx-pad: " + b"a" * 1000, 0.05))
+        data, at = await closed_after(reader, start)
+        sender.cancel()
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    error = json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error"
+    assert at >= 0.5  # never before the timeout, though bytes kept coming
+
+
+async def test_a_connection_that_sends_nothing_is_closed_without_an_answer() -> None:
+    async with serving(header=0.4) as (port, _):
+        reader, writer = await connect(port)
+        data, at = await closed_after(reader, now())
+        writer.close()
+    assert data == b""
+    assert at >= 0.4
+
+
+async def test_a_body_trickled_faster_than_the_timeout_still_gets_408_when_the_whole_body_is_late() -> None:
+    async with serving(body=0.6) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"POST /ok HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\n\r\n")
+        start = now()
+        sender = asyncio.create_task(trickle(writer, b"x" * 1000, 0.05))  # each gap well under 0.6 s
+        data, at = await closed_after(reader, start)
+        sender.cancel()
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert at >= 0.6
+
+
+async def test_a_body_in_pieces_within_the_timeout_is_answered() -> None:
+    async with serving(header=1.0, body=1.0) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"POST /ok HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\n12345")
+        await asyncio.sleep(0.3)
+        writer.write(b"67890")
+        status, body = await response(reader)
+        writer.close()
+    assert (status, body) == (200, {"size": 10})
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() -> None:
+    async with serving(keepalive=0.5) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(GET)
+        assert (await response(reader))[0] == 200
+        start = now()
+        data, at = await closed_after(reader, start)
+        writer.close()
+    assert data == b""
+    assert at >= 0.5
+
+
+async def test_empty_lines_on_an_idle_connection_do_not_keep_it_open() -> None:
+    # Blank lines between requests are skipped by the parser: no request begins, and every
+    # byte would cancel uvicorn's own keep-alive timer.
+    async with serving(keepalive=0.5) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(GET)
+        assert (await response(reader))[0] == 200
+        start = now()
+        sender = asyncio.create_task(trickle(writer, b"\r\n" * 500, 0.05))
+        data, at = await closed_after(reader, start)
+        sender.cancel()
+        writer.close()
+    assert data == b""
+    assert at >= 0.5
+
+
+async def test_a_keep_alive_connection_in_use_stays_open_past_the_timeouts() -> None:
+    async with serving(header=0.4, body=0.4, keepalive=0.4) as (port, _):
+        reader, writer = await connect(port)
+        for _ in range(8):  # 1.6 s of requests 0.2 s apart on one connection
+            writer.write(GET)
+            assert (await response(reader))[0] == 200
+            await asyncio.sleep(0.2)
+        writer.close()
+
+
+async def test_an_early_answer_while_the_body_trickles_does_not_keep_the_connection_forever() -> None:
+    # /early answers 413 without reading the body; the client keeps sending it slowly, which
+    # cancels uvicorn's own keep-alive timer every time a byte arrives.
+    async with serving(keepalive=0.5) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"POST /early HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\n\r\n")
+        status, _ = await response(reader)
+        start = now()
+        sender = asyncio.create_task(trickle(writer, b"x" * 1000, 0.05))
+        data, _ = await closed_after(reader, start)
+        sender.cancel()
+        writer.close()
+    assert status == 413
+    assert data == b""
+
+
+async def test_at_the_cap_the_oldest_idle_connection_makes_room() -> None:
+    async with serving(cap=4) as (port, _):
+        idle = []
+        for _ in range(4):
+            reader, writer = await connect(port)
+            writer.write(GET)
+            assert (await response(reader))[0] == 200
+            idle.append((reader, writer))
+            await asyncio.sleep(0.05)  # a clear order of age
+        reader, writer = await connect(port)
+        writer.write(GET)
+        assert (await response(reader))[0] == 200
+        oldest, _ = await closed_after(idle[0][0], now())
+        assert oldest == b""
+        for r, w in idle[1:]:  # the others still serve
+            w.write(GET)
+            assert (await response(r))[0] == 200
+        for _, w in [*idle, (reader, writer)]:
+            w.close()
+
+
+async def test_at_the_cap_slow_senders_make_room_for_a_new_client() -> None:
+    async with serving(cap=3) as (port, _):
+        slow = []
+        for _ in range(3):
+            r, w = await connect(port)
+            w.write(b"GET /ok HTTP/1.1\r\nx-pad: a")  # headers never finish
+            slow.append((r, w))
+            await asyncio.sleep(0.05)
+        reader, writer = await connect(port)
+        writer.write(GET)
+        assert (await response(reader))[0] == 200
+        data, _ = await closed_after(slow[0][0], now())
+        assert data.startswith(b"HTTP/1.1 503 "), data
+        assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "too_many_connections"
+        for _, w in [*slow, (reader, writer)]:
+            w.close()
+
+
+async def test_at_the_cap_with_every_connection_being_answered_a_new_one_is_refused() -> None:
+    async with serving(cap=2) as (port, app):
+        busy = []
+        for _ in range(2):
+            r, w = await connect(port)
+            w.write(b"GET /block HTTP/1.1\r\nhost: t\r\n\r\n")
+            busy.append((r, w))
+        await asyncio.wait_for(app.two_blocked.wait(), 10)
+        reader, writer = await connect(port)
+        writer.write(GET)
+        refused, _ = await closed_after(reader, now())
+        writer.close()
+        app.release.set()
+        answers = [await response(r) for r, _ in busy]  # never cut for the newcomer
+        for _, w in busy:
+            w.close()
+    assert refused == b""
+    assert [status for status, _ in answers] == [200, 200]
+
+
+async def test_pipelined_requests_are_all_answered() -> None:
+    async with serving(header=0.5, body=0.5, keepalive=0.5) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(GET + b"POST /ok HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\n\r\nabc" + GET)
+        statuses = [await response(reader) for _ in range(3)]
+        writer.close()
+    assert statuses == [(200, {"size": 0}), (200, {"size": 3}), (200, {"size": 0})]
+
+
+# -- the cap and the open-file limit ---------------------------------------------------------
+
+
+def test_the_default_cap_is_half_the_descriptors_left_after_the_reserve() -> None:
+    assert connection_cap(None, 1024) == (1024 - RESERVED_FDS) // 2
+    assert connection_cap(100, 1024) == 100
+    assert connection_cap(5000, 1024) == (1024 - RESERVED_FDS) // 2  # lowered: there are not so many
+    assert connection_cap(None, 10) == 1
+    assert connection_cap(None, None) > 1000  # unlimited
+
+
+def test_serve_raises_the_soft_open_file_limit_to_the_hard_one_and_says_so() -> None:
+    code = (
+        "import logging, resource\n"
+        "logging.basicConfig(level='INFO', format='%(message)s')\n"
+        "from turnout.serving.server import raise_open_file_limit\n"
+        "print(raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+    )
+    done = subprocess.run(
+        ["prlimit", "--nofile=256:2048", sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2048 (2048, 2048)"
+    assert "open-file limit raised from 256 to 2048" in done.stderr
+
+
+@pytest.mark.parametrize("key", ["header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "max_connections"])
+def test_timeouts_and_the_cap_must_be_positive(key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate({"server": {key: 0}})
+    assert any(p.startswith(f"server.{key}") for p in info.value.problems)
