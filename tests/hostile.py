@@ -24,7 +24,9 @@ TASK = "t"  # an active release: variables {text: str}
 RELEASE = "v1"
 
 # Error codes of a 400 about the request as a whole, not one of its fields: no ``param``.
-WHOLE_BODY_CODES = frozenset({"invalid_json", "client_disconnected"})
+WHOLE_BODY_CODES = frozenset(
+    {"invalid_json", "client_disconnected", "invalid_http"}
+)  # invalid_http: the HTTP parser refused the request
 
 
 @dataclass(frozen=True)

@@ -641,3 +641,29 @@ async def test_a_prompt_too_long_for_the_server_is_context_window_exceeded(
         await provider.complete(chat())
     assert caught.value.window == window
     assert not caught.value.retryable and caught.value.fallback
+
+
+DEEP = '{"id": "x", "choices": [], "extra": ' + "[" * 300 + "]" * 300 + "}"
+
+
+async def test_an_answer_nested_past_what_the_gateway_can_write_is_a_protocol_error(
+    fake: FakeUpstream, provider: OpenAIProvider
+) -> None:
+    # orjson reads 1024 levels but writes 254: relayed as is, this answer would be a 500 after
+    # the upstream was paid. It is the upstream's fault, and says so.
+    fake.fault = Fault("raw", raw=DEEP)
+    with pytest.raises(UpstreamProtocolError, match="nests too deep"):
+        await provider.complete(chat())
+
+
+async def test_a_stream_event_nested_too_deep_is_a_protocol_error(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("raw", raw=f"data: {DEEP}\n\n")
+    with pytest.raises(UpstreamProtocolError, match="nests too deep"):
+        await provider.stream(chat(stream=True))
+
+
+async def test_an_answer_deep_enough_to_be_checked_but_writable_passes(
+    fake: FakeUpstream, provider: OpenAIProvider
+) -> None:
+    fake.fault = Fault("raw", raw='{"id": "x", "choices": [], "extra": ' + "[" * 240 + "]" * 240 + "}")
+    assert (await provider.complete(chat())).body["id"] == "x"

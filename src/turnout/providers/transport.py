@@ -54,6 +54,7 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, HttpProcessingError, BadResponse, OSErr
 ABANDONED = asyncio.CancelledError("the consumer closed the stream")
 
 T = TypeVar("T")
+DEEP_AT = 200  # brackets in an upstream body past which its depth is checked (orjson writes 254 levels)
 
 
 class Response(Protocol):
@@ -305,6 +306,14 @@ def json_object(raw: bytes, label: str, what: str) -> dict[str, Any]:
         raise UpstreamProtocolError(f"{label}: {what} is not valid JSON") from exc
     if not isinstance(parsed, dict):
         raise UpstreamProtocolError(f"{label}: {what} is not a JSON object")
+    # The gateway writes the answer out again (nested one or two levels deeper): one nested past
+    # what the JSON writer takes would fail after the upstream was paid. Only a body with this
+    # many brackets can be; it is asked of the writer itself, at C speed.
+    if raw.count(b"[") + raw.count(b"{") > DEEP_AT:
+        try:
+            orjson.dumps([[parsed]])
+        except orjson.JSONEncodeError as exc:
+            raise UpstreamProtocolError(f"{label}: {what} nests too deep") from exc
     return parsed
 
 

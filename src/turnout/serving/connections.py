@@ -68,7 +68,7 @@ class Limits:
 
 def _answer(status: int, message: str, code: str) -> bytes:
     body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
-    reason = {408: b"Request Timeout", 503: b"Service Unavailable"}[status]
+    reason = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}[status]
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
     return head % (status, reason, len(body)) + body
 
@@ -171,6 +171,13 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.release(self)
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """What the HTTP parser refuses (a bad method, a NUL in a header…), in OpenAI's error
+        shape like every other refusal, instead of uvicorn's plain text. The message is the
+        parser's own ("Invalid HTTP request received."), never the request's bytes."""
+        self.transport.write(_answer(400, msg, "invalid_http"))
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         HttpToolsProtocol.on_message_begin(self)
