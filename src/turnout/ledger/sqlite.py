@@ -15,6 +15,7 @@ Steps are append-only history; a change to ``LedgerRow`` needs a new step, never
 from __future__ import annotations
 
 import dataclasses
+import operator
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -246,11 +247,15 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     migrate(conn, path, MIGRATIONS, what="ledger", error=StoreError, label="ledger")
 
 
-def _encode(row: LedgerRow) -> tuple[Any, ...]:
-    values = [getattr(row, name) for name in COLUMNS]
+_FIELDS = operator.attrgetter(*COLUMNS)  # every column's value in one C call
+
+
+def _encode(row: LedgerRow) -> list[Any]:
+    values = list(_FIELDS(row))
     values[_ATTEMPTS] = orjson.dumps(row.attempts).decode()
-    values[_LABELS] = _json(row.labels)
-    return tuple(values)
+    if row.labels is not None:
+        values[_LABELS] = orjson.dumps(row.labels).decode()
+    return values
 
 
 def _json(labels: list[str] | None) -> str | None:
