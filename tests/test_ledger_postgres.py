@@ -78,7 +78,7 @@ async def test_one_column_per_field_with_postgres_types_and_the_indexes(schema: 
     assert defs == {
         "requests_pkey": "(request_id)",
         "requests_started_at": "(started_at)",
-        "requests_tenant_task": "(tenant, task)",
+        "requests_tenant_episode": "(tenant, episode_id) WHERE (episode_id IS NOT NULL)",
         "requests_task_release_started_at": "(task, release, started_at)",
         "schema_migrations_pkey": "(version)",
     }

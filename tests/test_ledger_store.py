@@ -30,6 +30,8 @@ from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.ledger.sqlite import SQLiteStore
 from turnout.ledger.store import LedgerStore, StoreError, open_store
 
+ALL_VERSIONS = list(range(1, len(sqlite_backend.MIGRATIONS) + 1))
+
 BACKENDS = ["memory", "sqlite", "postgres"]
 DURABLE = ["sqlite", "postgres"]
 POSTGRES_DSN = os.environ.get("TURNOUT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -492,7 +494,7 @@ async def test_reopening_keeps_rows_and_migrations_run_once(place: Place) -> Non
         assert await store.count() == 3
         assert await store.get("req-000001") == full_row(1)
         await store.aclose()
-    assert await place.versions() == [1, 2, 3, 4, 5]
+    assert await place.versions() == ALL_VERSIONS
 
 
 async def test_two_stores_opening_one_new_place_migrate_once(place: Place) -> None:
@@ -501,7 +503,7 @@ async def test_two_stores_opening_one_new_place_migrate_once(place: Place) -> No
     assert await stores[1].get("req-000001") == make_row(1)
     for store in stores:
         await store.aclose()
-    assert await place.versions() == [1, 2, 3, 4, 5]
+    assert await place.versions() == ALL_VERSIONS
 
 
 async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
@@ -532,7 +534,7 @@ async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
         outcome="success",
     )
     store = await place.opened()
-    assert await place.versions() == [1, 2, 3, 4, 5]
+    assert await place.versions() == ALL_VERSIONS
     assert await store.get("req-old") == old  # the new fields read back as None
     assert await store.set_outcome("req-old", "acme", None, True, None, 2.0, "ep-9", 7.0, labels=["legacy"])
     await store.write_batch([full_row(1)])
@@ -544,7 +546,7 @@ async def test_a_v1_ledger_migrates_in_place(place: Place) -> None:
     assert await store.get("req-000001") == full_row(1)
     assert await store.count() == 2
     await store.aclose()
-    assert await place.versions() == [1, 2, 3, 4, 5]
+    assert await place.versions() == ALL_VERSIONS
 
 
 async def test_a_schema_newer_than_the_code_is_refused(place: Place) -> None:
@@ -604,11 +606,27 @@ async def test_sqlite_schema_has_one_column_per_field_and_the_indexes(db_path: P
     await store.aclose()
     columns = [c[1] for c in query(db_path, "PRAGMA table_info(requests)")]
     assert columns == [f.name for f in dataclasses.fields(LedgerRow)]
-    indexes = {
-        name: [c[2] for c in query(db_path, f"PRAGMA index_info({name})")]
-        for name in ("requests_started_at", "requests_tenant_task")
+    names = [r[0] for r in query(db_path, "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")]
+    indexes = {name: [c[2] for c in query(db_path, f"PRAGMA index_info({name})")] for name in names}
+    assert indexes == {
+        "requests_started_at": ["started_at"],
+        "requests_task_release_started_at": ["task", "release", "started_at"],
+        "requests_tenant_episode": ["tenant", "episode_id"],
     }
-    assert indexes == {"requests_started_at": ["started_at"], "requests_tenant_task": ["tenant", "task"]}
+
+
+async def test_feedback_by_episode_reads_an_index_not_the_table(db_path: Path) -> None:
+    store = await opened(db_path)
+    await store.aclose()
+    conn = sqlite3.connect(db_path)
+    try:
+        params = (None, None, None, None, None, 1.0, "ep-1", "acme")
+        plan = " ".join(
+            str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + sqlite_backend._SET_OUTCOME_BY_EPISODE, params)
+        )
+    finally:
+        conn.close()
+    assert "requests_tenant_episode" in plan
 
 
 async def test_sqlite_stores_attempts_as_json_text(db_path: Path) -> None:

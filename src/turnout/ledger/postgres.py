@@ -99,6 +99,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE {p}requests ADD COLUMN labels jsonb",),
     # 5: whether the usage (and so the cost) was counted by turnout: the upstream reported none.
     ("ALTER TABLE {p}requests ADD COLUMN usage_estimated boolean",),
+    # 6: as in SQLite: (tenant, task) is read by no query; feedback by episode gets an index.
+    (
+        "DROP INDEX {p}requests_tenant_task",
+        "CREATE INDEX requests_tenant_episode ON {p}requests (tenant, episode_id) WHERE episode_id IS NOT NULL",
+    ),
 )
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))
