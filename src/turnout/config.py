@@ -45,6 +45,8 @@ class ServerConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Guards /admin/*; also read from TURNOUT_ADMIN_KEY. Unset: /admin/* is closed.
     admin_key: str | None = None
+    # The console (/ui) read-only: sees every page, changes nothing. Also TURNOUT_VIEWER_KEY.
+    viewer_key: str | None = None
 
 
 class StoreConfig(_Strict):

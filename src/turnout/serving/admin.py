@@ -52,9 +52,9 @@ class Admin:
         query = {k: v[0] for k, v in parse_qs(query_string).items()}
         if path == "/admin/tenants":
             _expect(method, "GET")
-            await send_json(send, 200, {"data": self._tenants()})
+            await send_json(send, 200, {"data": self.tenants()})
         elif path == "/admin/keys" and method == "GET":
-            await send_json(send, 200, {"data": await self._keys(query.get("tenant"))})
+            await send_json(send, 200, {"data": await self.keys(query.get("tenant"))})
         elif path == "/admin/keys" and method == "POST":
             await send_json(send, 201, await self._create_key(await read_body(receive, scope, 64_000)))
         elif path.startswith("/admin/keys/"):
@@ -62,10 +62,10 @@ class Admin:
             await send_json(send, 200, await self._revoke(path.removeprefix("/admin/keys/")))
         elif path == "/admin/usage":
             _expect(method, "GET")
-            await send_json(send, 200, {"data": await self._usage(query.get("tenant"))})
+            await send_json(send, 200, {"data": await self.usage(query.get("tenant"))})
         elif path == "/admin/targets":
             _expect(method, "GET")
-            await send_json(send, 200, await self._targets())
+            await send_json(send, 200, await self.targets())
         elif path == "/admin/review":
             _expect(method, "GET")
             await send_json(send, 200, await self._reviews(query))
@@ -98,7 +98,7 @@ class Admin:
             raise AuthError("invalid admin key") from None
         raise PolicyDenied("a tenant key cannot use the admin API")
 
-    def _tenants(self) -> list[dict[str, Any]]:
+    def tenants(self) -> list[dict[str, Any]]:
         out = []
         for name, t in self.runtime.config.tenants.items():
             out.append(
@@ -113,7 +113,7 @@ class Admin:
             )
         return out
 
-    async def _keys(self, tenant: str | None) -> list[dict[str, Any]]:
+    async def keys(self, tenant: str | None) -> list[dict[str, Any]]:
         store = self.runtime.auth.keys
         if store is None:
             return []
@@ -146,7 +146,7 @@ class Admin:
             raise NotFound(f"no key {key_id!r}")
         return asdict(record)
 
-    async def _usage(self, tenant: str | None) -> list[dict[str, Any]]:
+    async def usage(self, tenant: str | None) -> list[dict[str, Any]]:
         limiter = self.runtime.quota.limiter
         if tenant is not None and tenant not in self.runtime.config.tenants:
             raise NotFound(f"no tenant {tenant!r}")
@@ -163,7 +163,7 @@ class Admin:
             out.append({"scope": name, "limits": asdict(s.limits), "usage": used})
         return out
 
-    async def _targets(self) -> dict[str, Any]:
+    async def targets(self) -> dict[str, Any]:
         runtime = self.runtime
         probes = await runtime.probes.probe()
         data = []

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from turnout.config import Config
+from turnout.console.app import Console
 from turnout.errors import MethodNotAllowed, NotFound
 from turnout.providers.base import Provider
 from turnout.serving import feedback, openapi
@@ -37,6 +38,7 @@ class App:
         self.runtime = Runtime(config, providers)
         self.pipeline = Pipeline(self.runtime)
         self.admin = Admin(self.runtime)
+        self.console = Console(self.runtime, self.admin)  # /ui: the operator's pages
         self.readiness = Readiness(self.runtime)
         self.http = ErrorBoundary(self.route)
         self.ready = False
@@ -64,6 +66,8 @@ class App:
         elif path.startswith(TASKS_PREFIX):
             _expect(method, "POST")
             await self.pipeline.run(TASKS, scope, receive, send, request_id, task=path[len(TASKS_PREFIX) :])
+        elif path == "/ui" or path.startswith("/ui/"):
+            await self.console(scope, receive, send)
         elif path == "/v1/feedback":
             _expect(method, "POST")
             await feedback.handle(self.runtime, scope, receive, send)
