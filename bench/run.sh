@@ -24,26 +24,34 @@ calc() { awk "BEGIN { print $1 }"; }
 # The floor: a bare ASGI pass-through, same server stack as turnout (uvicorn + uvloop + httptools).
 (cd "$kit" && FLOOR_UPSTREAM=http://127.0.0.1:18001 exec taskset -c 0 "$root/.venv/bin/uvicorn" floor_proxy:app \
   --port 18020 --loop uvloop --http httptools --no-access-log --log-level warning) & pids+=($!)
-rm -f "$run/ledger.db"*
+rm -rf "$run/ledger.db"*
 TURNOUT_BENCH_DB=$run/ledger.db taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/config.yaml" \
   --port 18030 >"$run/turnout.log" 2>&1 & pids+=($!); tpid=$!
 # The same gateway with every control on (tenant key, policy, limits and budgets, prices,
 # metrics, a capture rule): what a real deployment pays per request.
-rm -f "$run/controls.db"* "$run/keys.db"*
+rm -rf "$run/controls.db"* "$run/keys.db"*
 TURNOUT_BENCH_DB=$run/controls.db TURNOUT_BENCH_KEYS=$run/keys.db taskset -c 0 "$root/.venv/bin/turnout" serve \
   --config "$here/controls-config.yaml" --port 18031 >"$run/turnout-controls.log" 2>&1 & pids+=($!)
+# The plain gateway with injection screening on every channel (safety-config.yaml); bench/safety.sh
+# runs the longer A/B, with a unique message per request too.
+rm -rf "$run/safety.db"*
+TURNOUT_BENCH_DB=$run/safety.db taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/safety-config.yaml" \
+  --port 18032 >"$run/turnout-safety.log" 2>&1 & pids+=($!)
 wait_port 18020
 wait_up http://127.0.0.1:18030/healthz  # readyz: the SSE upstream has no /v1/models
 wait_up http://127.0.0.1:18031/healthz
+wait_up http://127.0.0.1:18032/healthz
 
 load http://127.0.0.1:18030/v1/chat/completions 2 32 >/dev/null   # warm-up
 load http://127.0.0.1:18020/v1/chat/completions 2 32 >/dev/null
 load http://127.0.0.1:18031/v1/chat/completions 2 32 >/dev/null
+load http://127.0.0.1:18032/v1/chat/completions 2 32 >/dev/null
 rss_before=$(rss "$tpid")
 read -r c_rps c_p50 _ _ < <(load http://127.0.0.1:18002/v1/chat/completions "$secs" 32)
 read -r f_rps f_p50 f_p99 _ < <(load http://127.0.0.1:18020/v1/chat/completions "$secs" 32)
 read -r t_rps t_p50 t_p99 t_bad < <(load http://127.0.0.1:18030/v1/chat/completions "$secs" 32)
 read -r k_rps k_p50 k_p99 k_bad < <(load http://127.0.0.1:18031/v1/chat/completions "$secs" 32)
+read -r s_rps _ _ s_bad < <(load http://127.0.0.1:18032/v1/chat/completions "$secs" 32)
 read -r f1_rps f1_p50 _ _ < <(load http://127.0.0.1:18020/v1/chat/completions "$secs" 1)
 read -r t1_rps t1_p50 _ _ < <(load http://127.0.0.1:18030/v1/chat/completions "$secs" 1)
 read -r k1_rps k1_p50 _ _ < <(load http://127.0.0.1:18031/v1/chat/completions "$secs" 1)
@@ -64,6 +72,8 @@ rows=$("$py" -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(
   printf "  turnout / floor = %.2f   turnout / C proxy = %.3f\n" "$(calc "$t_rps / $f_rps")" "$(calc "$t_rps / $c_rps")"
   printf "every control on @32: turnout %.0f req/s (non-2xx %s), turnout / floor = %.2f; p50 @1 %s ms (+%.3f ms over floor)\n" \
     "$k_rps" "$k_bad" "$(calc "$k_rps / $f_rps")" "$k1_p50" "$(calc "$k1_p50 - $f1_p50")"
+  printf "injection screening on @32: turnout %.0f req/s (non-2xx %s), screening on / off = %.2f\n" \
+    "$s_rps" "$s_bad" "$(calc "$s_rps / $t_rps")"
   printf "p50 @32: floor %s ms, turnout %s ms; p99 @32: floor %s ms, turnout %s ms\n" "$f_p50" "$t_p50" "$f_p99" "$t_p99"
   printf "p50 @1: floor %s ms, turnout %s ms, added %.3f ms\n" "$f1_p50" "$t1_p50" "$(calc "$t1_p50 - $f1_p50")"
   printf "stream TTFB (median of 500): upstream direct %s ms, via turnout %s ms, added %.3f ms\n" "$ttfb_up" "$ttfb_t" "$(calc "$ttfb_t - $ttfb_up")"

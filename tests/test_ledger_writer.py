@@ -115,7 +115,7 @@ async def test_a_full_queue_drops_counts_and_warns_once(store: SpyStore, caplog:
         results = [writer.submit(make_row(n)) for n in range(8)]
     assert results == [True] * 5 + [False] * 3
     assert (writer.dropped, writer.queued) == (3, 5)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.levelno == logging.ERROR]  # rows lost: an error
     assert len(warnings) == 1  # rate-limited: one line for the burst
     assert "queue is full (5 rows)" in warnings[0].getMessage()
     await writer.aclose()

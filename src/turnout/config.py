@@ -43,6 +43,10 @@ class ServerConfig(_Strict):
     keepalive_timeout_s: float = Field(5.0, gt=0)
     max_connections: int | None = Field(None, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Logs (turnout.observe.logs): text lines, or JSON lines for log shippers. access_log: one
+    # line per API request (id, task, tenant, target, status, latency; never text), at INFO.
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = False
     # Guards /admin/*; also read from TURNOUT_ADMIN_KEY. Unset: /admin/* is closed.
     admin_key: str | None = None
     # The console (/ui) read-only: sees every page, changes nothing. Also TURNOUT_VIEWER_KEY.
@@ -320,12 +324,83 @@ PROVIDERS = ("openai", "local", "bedrock")
 TargetConfig = Annotated[OpenAITarget | LocalTarget | BedrockTarget, Field(discriminator="provider")]
 
 
+SafetyMode = Literal["block", "flag", "off"]
+Score = Annotated[float, Field(gt=0, le=1)]
+
+
+class ScreenModes(_Strict):
+    """Per channel: ``block`` (400 ``prompt_injection``), ``flag`` (served, marked in the header
+    and the ledger) or ``off``. Unset: inherited (tenant×task → tenant → task), else off."""
+
+    user: SafetyMode | None = None  # the caller's user messages (chat), variables (task API)
+    documents: SafetyMode | None = None  # the task API's documents
+    tool_output: SafetyMode | None = None  # tool (and function) messages
+
+    @field_validator("user", "documents", "tool_output", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false: it means off here, not a type error.
+        return "off" if value is False else value
+
+
+class SafetyThresholds(_Strict):
+    user: Score | None = None
+    documents: Score | None = None
+    tool_output: Score | None = None
+
+
+class SafetyConfig(_Strict):
+    """Injection screening (``turnout.safety``): a score at or above the threshold is an
+    injection. ``threshold``: one score for every channel or one per channel; unset, the
+    screener's defaults (``turnout.safety.screen.THRESHOLDS``)."""
+
+    screen: ScreenModes = ScreenModes()
+    threshold: SafetyThresholds | None = None
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _one_for_all(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"user": value, "documents": value, "tool_output": value}
+        return value
+
+
+class ToolsConfig(_Strict):
+    """Tool allowlists (``turnout.safety.tools``): the tools a request may declare and the model
+    may call. A request declaring another tool is refused (400 ``tool_not_allowed``); a model's
+    call to a tool not allowed, not declared by the request, or whose arguments fail the declared
+    JSON schema is blocked, never passed on: ``refuse`` (502 ``tool_call_blocked``), ``fallback``
+    (the next allowed target), ``escalate`` (refused for now: escalation is not built yet).
+    ``strict``: objects in the schema admit no property they do not list. Unset fields are
+    inherited (tenant×task → tenant → task); defaults: allow nothing, strict, refuse."""
+
+    allow: list[Annotated[str, Field(min_length=1)]] | None = None
+    strict: bool | None = None
+    on_violation: Literal["refuse", "fallback", "escalate"] | None = None
+
+
+class ClassifyConfig(_Strict):
+    """Data classification before policy (``turnout.safety.classify``): a request declared below
+    ``raise_to`` whose text holds what ``detect`` names (the redaction engine's PII or secrets)
+    is treated as ``raise_to``, so it only reaches the targets that class may use. The most
+    specific block wins whole (tenant×task → tenant → task); ``detect: []`` turns it off."""
+
+    detect: list[Literal["pii", "secrets"]] = ["pii", "secrets"]
+    raise_to: Literal["internal", "confidential", "restricted"] = "confidential"
+
+
 class TenantConfig(_Strict):
     keys: list[str] = []  # bootstrap keys; issue more with `turnout keys create`
     data_classes: list[DataClass] = ["public", "internal"]
     tasks: list[str] | None = None
     limits: Limit = Limit()  # for the tenant as a whole
     task_limits: dict[str, Limit] = {}  # for the tenant's use of one task
+    safety: SafetyConfig | None = None  # overrides every task's, where it sets a value
+    task_safety: dict[str, SafetyConfig] = {}  # overrides one task's (and the tenant's)
+    tools: ToolsConfig | None = None  # overrides every task's, where it sets a value
+    task_tools: dict[str, ToolsConfig] = {}  # overrides one task's (and the tenant's)
+    classify: ClassifyConfig | None = None  # replaces every task's
+    task_classify: dict[str, ClassifyConfig] = {}  # replaces one task's (and the tenant's)
 
 
 class ClassPolicy(_Strict):
@@ -362,6 +437,9 @@ class TaskConfig(_Strict):
     review_rate: float = Field(0.0, ge=0, le=1)  # share of responses sent to the review queue
     # Over budget: refuse (429 budget_exceeded), or keep only the targets whose worst case fits.
     on_budget_exceeded: Literal["refuse", "cheaper"] = "refuse"
+    safety: SafetyConfig = SafetyConfig()  # injection screening: off on every channel by default
+    tools: ToolsConfig | None = None  # tool allowlist; None: tool calls are not checked
+    classify: ClassifyConfig | None = None  # raise the data class of requests carrying PII or secrets
 
 
 class Config(_Strict):
@@ -429,9 +507,10 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
         for i, task in enumerate(allowed if isinstance(allowed, list) else []):
             if isinstance(task, str) and task not in tasks:
                 problems.append(f"tenants.{tname}.tasks[{i}]: unknown task {task!r}")
-        for task in _mapping(_mapping(tenant).get("task_limits")):
-            if task not in tasks:
-                problems.append(f"tenants.{tname}.task_limits.{task}: unknown task {task!r}")
+        for field in ("task_limits", "task_safety", "task_tools", "task_classify"):
+            for task in _mapping(_mapping(tenant).get(field)):
+                if task not in tasks:
+                    problems.append(f"tenants.{tname}.{field}.{task}: unknown task {task!r}")
     problems += _price_book_problems(raw.get("prices"), targets)
     problems += _credential_problems(targets)
     problems += _store_problems(_mapping(raw.get("store")))

@@ -16,8 +16,10 @@
     │   ├── ContextWindowExceeded     the prompt is too long here: fall back, don't retry
     │   ├── UpstreamProtocolError     malformed JSON / SSE              retryable
     │   ├── BreakerOpen               target or every replica open      retryable
-    │   └── Overloaded                local queue full                  retryable
+    │   ├── Overloaded                local queue full                  retryable
+    │   └── AnswerRejected            a check refused the answer (a blocked tool call): fall back
     ├── AllTargetsFailed              502 / 503 / 504, one line per attempt
+    ├── AnswerRefused                 502: a check refused the answer and ends the request
     ├── StreamInterrupted             failure after the first byte reached the client
     └── ShuttingDown                  503: cut by a shutdown past its grace period
 
@@ -172,6 +174,29 @@ class BreakerOpen(UpstreamError):
 
 class Overloaded(UpstreamError):
     error_class = "overloaded"
+
+
+class AnswerRejected(UpstreamError):
+    """The target answered, but a check of the answer (``turnout.routing.attempts``' ``check``)
+    refused it: not retried here, another target may answer acceptably."""
+
+    retryable = False
+    _fallback = True
+    error_class = "answer_rejected"
+
+
+class AnswerRefused(TurnoutError):
+    """A check of the answer refused it and the request ends there (no fallback): 502.
+    ``records``: the attempts made, set by the attempt loop, so the row prices them."""
+
+    status = 502
+    type = "upstream_error"
+    code = "answer_refused"
+    error_class = "answer_refused"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.records: list[Any] = []
 
 
 class AllTargetsFailed(TurnoutError):

@@ -147,7 +147,7 @@ class BatchQueue(Generic[T]):
         if self._drop_log.ready():
             reason = "writer is closed" if self._closed else f"queue is full ({self.queue_size} {self._noun})"
             since = self._drop_log.take(self.dropped)
-            self._log.warning(
+            self._log.error(  # items lost: an error, like every loss
                 "%s: %s; dropped %d %s since the last warning (%d in total)",
                 self.name,
                 reason,

@@ -50,6 +50,7 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 
 TABLE_OR_JSON = "A table to read, or JSON to process."
 BUILT_IN_CONFIG = "the built-in one: the embedded SmolLM2 model, its ledger under ./.turnout/"
+CONFIG_PATH = "turnout.config_path"  # ctx.meta key: the config file the command loaded
 LEDGER_LIMIT = 2_000_000  # rows in one ledger query: a week of a busy gateway fits
 
 
@@ -99,7 +100,9 @@ def need(kind: str, name: str, known: Collection[str]) -> None:
 
 
 def _load(ctx: click.Context, param: click.Parameter, path: str | None) -> Config:
-    """The config at ``path`` (None: the built-in one), or a CommandError listing its problems."""
+    """The config at ``path`` (None: the built-in one), or a CommandError listing its problems.
+    The path is kept in ``ctx.meta[CONFIG_PATH]`` (``serve`` names it in its start-up summary)."""
+    ctx.meta[CONFIG_PATH] = path
     try:
         return load_config(path)
     except ConfigError as exc:

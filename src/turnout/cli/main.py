@@ -12,6 +12,7 @@ from turnout.cli.keys import keys
 from turnout.cli.plan import plan_command
 from turnout.cli.release import release
 from turnout.cli.report import report
+from turnout.cli.safety import safety
 from turnout.cli.serve import check, serve
 
 
@@ -25,5 +26,5 @@ def main() -> None:
     `eval`, found a problem or a failed gate; 2 a bad option or argument."""
 
 
-for command in (serve, check, keys, capture, release, eval_command, plan_command, report):
+for command in (serve, check, keys, capture, release, eval_command, plan_command, report, safety):
     main.add_command(command)

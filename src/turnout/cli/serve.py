@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from turnout.cli._common import CommandError, config_option
+from turnout.cli._common import CONFIG_PATH, CommandError, config_option
 from turnout.cli.preflight import preflight
 from turnout.config import Config, validate
 from turnout.control.catalog import base_model_id, bedrock_model, price
@@ -26,7 +26,7 @@ def serve(config: Config, host: str | None, port: int | None) -> None:
     """Run the gateway until SIGINT/SIGTERM, then drain in-flight requests and the ledger."""
     config = with_address(config, host, port)
     ready(config)
-    server.run(config)
+    server.run(config, source=click.get_current_context().meta.get(CONFIG_PATH))
 
 
 def ready(config: Config) -> None:

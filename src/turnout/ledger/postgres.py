@@ -104,6 +104,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX {p}requests_tenant_task",
         "CREATE INDEX requests_tenant_episode ON {p}requests (tenant, episode_id) WHERE episode_id IS NOT NULL",
     ),
+    # 7: injection screening's verdict on a flagged or blocked request (turnout.safety); NULL: none.
+    ("ALTER TABLE {p}requests ADD COLUMN safety text",),
+    # 8: blocked tool calls (turnout.safety.tools) and the declared data class, which
+    # classification may have raised (turnout.safety.classify); NULL in older rows.
+    (
+        "ALTER TABLE {p}requests ADD COLUMN tool_violations text",
+        "ALTER TABLE {p}requests ADD COLUMN declared_class text",
+    ),
 )
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))

@@ -58,3 +58,10 @@ class LedgerRow:
     labels: list[str] | None = None  # the caller's tags from feedback; None: never labelled
     # Schema v5.
     usage_estimated: bool | None = None  # True: the upstream reported no usage, turnout counted it; None: no answer
+    # Schema v7.
+    # Injection screening's verdict (turnout.safety): "flagged user=0.82:instruction_override";
+    # None: clean, or not screened.
+    safety: str | None = None
+    # Schema v8.
+    tool_violations: str | None = None  # blocked tool calls, "name:reason ..." (never arguments); None: none
+    declared_class: str | None = None  # the data class as declared; data_class is the effective one

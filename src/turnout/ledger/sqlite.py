@@ -88,6 +88,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX requests_tenant_task",
         "CREATE INDEX requests_tenant_episode ON requests (tenant, episode_id) WHERE episode_id IS NOT NULL",
     ),
+    # 7: injection screening's verdict on a flagged or blocked request (turnout.safety); NULL: none.
+    ("ALTER TABLE requests ADD COLUMN safety TEXT",),
+    # 8: blocked tool calls (turnout.safety.tools) and the declared data class, which
+    # classification may have raised (turnout.safety.classify); NULL in older rows.
+    (
+        "ALTER TABLE requests ADD COLUMN tool_violations TEXT",
+        "ALTER TABLE requests ADD COLUMN declared_class TEXT",
+    ),
 )
 
 # Columns follow LedgerRow's fields, so a field added without a migration fails loudly on the

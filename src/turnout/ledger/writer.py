@@ -22,6 +22,12 @@ cut by a crash) is harmless. Only a full queue or a full journal
 ``/readyz`` says the replica is unready. Without a journal (the memory store,
 ``spill_max_mb: 0``) a failed batch is logged and counted in ``failed``.
 
+What the log says: a WARN line when rows start going to the journal (the store failed or is
+slow) and one when it is replayed and rows go straight to the store again, once per change;
+store failures meanwhile at WARN, at most once per ``log_interval_s`` (the rows are kept); an
+ERROR whenever rows are lost (a full queue, a full or failing journal, a failed write with no
+journal, unreadable journal lines), also at most once per ``log_interval_s`` with the count.
+
 Rows are encoded off the event loop: by the store (SQLite on its thread) or on the journal's
 own thread. ``aclose`` delivers everything queued, gives the replayer ``drain_s`` to empty the
 journal, and leaves the rest on disk for the next start. The writer does not own the store:
@@ -84,6 +90,7 @@ class LedgerWriter(QueueWriter[LedgerRow]):
         self._fail_log = RateLimit(log_interval_s)
         self._spill_log = RateLimit(log_interval_s)
         self._direct = True  # False from a failed or slow store write until the replayer catches up
+        self._told_spilling = False  # the log's last word: rows go to the journal
         self._backlog = False  # the journal holds rows not yet replayed
         self._in_flight: asyncio.Future[None] | None = None  # a slow store write, still running
         self._appending = False
@@ -158,6 +165,7 @@ class LedgerWriter(QueueWriter[LedgerRow]):
             if self.journal.pending():
                 self._direct, self._backlog = False, True
                 self._wake.set()
+                self._tell_spilling(True, "a previous run left rows in the journal; replaying them first")
             self._replayer = asyncio.get_running_loop().create_task(self._replay_loop(), name="ledger-replay")
         self.queue.start()
 
@@ -199,10 +207,14 @@ class LedgerWriter(QueueWriter[LedgerRow]):
                     self.stored += len(batch)
                     self._refused_at = None  # the store takes rows again
                     return ()
-                self._report(batch, exc, "spilling to the journal")
+                if self._told_spilling:
+                    self._report(batch, exc, "spilling to the journal")
+                else:
+                    self._tell_spilling(True, f"writing {len(batch)} rows failed ({_reason(exc)})")
             else:  # slow: keep it on disk too, and everything after it until the store catches up
                 self._in_flight = write
                 write.add_done_callback(self._slow_write_done)
+                self._tell_spilling(True, f"a store write took longer than {self.slow_s * 1000:.0f} ms")
             self._direct = False
         await self._spill(batch)
         return ()
@@ -210,11 +222,11 @@ class LedgerWriter(QueueWriter[LedgerRow]):
     async def _spill(self, batch: list[LedgerRow]) -> None:
         assert self.journal is not None
         self._appending = True
+        failed: OSError | None = None
         try:
             kept = await self._run(self.journal.append, batch)
         except OSError as exc:
-            kept = False
-            log.error("ledger: the spill journal failed (%s: %s)", type(exc).__name__, exc.strerror)
+            kept, failed = False, exc
         finally:
             self._appending = False
         if kept:
@@ -227,15 +239,21 @@ class LedgerWriter(QueueWriter[LedgerRow]):
         self._refused_at = time.monotonic()
         self._wake.set()  # the replayer checks again: an empty journal sends rows to the store
         if self._spill_log.ready():
+            why = (
+                f"full ({self.journal_bytes} bytes, store.spill_max_mb)"
+                if failed is None
+                else f"failed ({type(failed).__name__}: {failed.strerror})"
+            )
             log.error(
-                "ledger: spill journal full (%d bytes, store.spill_max_mb); dropped %d rows since the last warning",
-                self.journal_bytes,
+                "ledger: spill journal %s; dropped %d rows since the last warning (%d in total)",
+                why,
                 self._spill_log.take(self.journal_dropped),
+                self.dropped,
             )
 
     def _slow_write_done(self, write: asyncio.Future[None]) -> None:
         self._in_flight = None
-        if not write.cancelled() and write.exception() is not None:
+        if not write.cancelled() and write.exception() is not None and self._fail_log.ready():
             log.warning("ledger: a slow store write failed; its rows are in the spill journal")
 
     # --- replay ------------------------------------------------------------------------------
@@ -253,7 +271,8 @@ class LedgerWriter(QueueWriter[LedgerRow]):
                     if journal.rows_in_open == 0 and not self._appending:
                         self._backlog = False  # the journal is empty
                         self._caught_up.set()
-                        log.info("ledger: spill journal replayed")
+                        if self._direct:
+                            self._tell_spilling(False, "")
                         break
                     # Only the open segment is left, and the store took everything before it:
                     # seal it for replay and send new batches straight to the store meanwhile
@@ -295,24 +314,45 @@ class LedgerWriter(QueueWriter[LedgerRow]):
 
     def _lost(self, batch: list[LedgerRow], exc: Exception) -> None:
         self._failed += len(batch)
-        self._report(batch, exc, "rows lost")
+        self._report(batch, exc, "rows lost", lost=True)
 
-    def _report(self, batch: Sequence[LedgerRow], exc: Exception, then: str) -> None:
+    def _report(self, batch: Sequence[LedgerRow], exc: Exception, then: str, *, lost: bool = False) -> None:
+        """A failed store write: WARN while the journal keeps the rows, ERROR when they are lost."""
         if not self._fail_log.ready():
             return
-        # Stores raise StoreError with messages safe to log; another exception's text might
-        # quote row values (a driver echoing the failing row), so only its type.
-        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, StoreError) else type(exc).__name__
-        log.error(
+        log.log(
+            logging.ERROR if lost else logging.WARNING,
             "ledger: writing %d rows failed (%s), %s; request ids %s",
             len(batch),
-            reason,
+            _reason(exc),
             then,
             request_ids(batch),
         )
 
+    def _tell_spilling(self, on: bool, why: str) -> None:
+        """One WARN line each time rows start going to the journal, and when they stop."""
+        if on == self._told_spilling:
+            return
+        self._told_spilling = on
+        if on:
+            log.warning("ledger: rows go to the spill journal in %s until the store catches up: %s", self._where(), why)
+        else:
+            log.warning(
+                "ledger: the spill journal is replayed (%d rows so far); rows go straight to the store again",
+                self.replayed,
+            )
+
+    def _where(self) -> str:
+        return "(none)" if self.journal is None else str(self.journal.directory)
+
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+
+def _reason(exc: BaseException) -> str:
+    # Stores raise StoreError with messages safe to log; another exception's text might quote
+    # row values (a driver echoing the failing row), so only its type.
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, StoreError) else type(exc).__name__
 
 
 def spill_dir(cfg: StoreConfig) -> Path | None:

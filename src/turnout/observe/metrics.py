@@ -13,6 +13,12 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
     turnout_attempts_total{task,target,outcome}          outcome: ok | the attempt's error class
     turnout_fallbacks_total{task}
     turnout_errors_total{task,error_class}
+    turnout_safety_detections_total{task,channel,reason,action}   injection screening: per channel
+                                                   over its threshold, one per reason; action:
+                                                   blocked | flagged
+    turnout_tool_violations_total{task,tool,reason}   blocked tool calls and refused declarations;
+                                                   tool: an allowlisted name, else other
+    turnout_data_class_raised_total{task,declared,effective}   classification raised the class
 
 At scrape time, from a ``LiveState`` snapshot the owner's callable returns (``_Live``)::
 
@@ -61,11 +67,16 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from turnout.config import Config
+from turnout.config import DATA_CLASSES, Config
 from turnout.control.quota.base import LimiterStats
 from turnout.ledger.record import LedgerRow
 from turnout.providers.base import Load
 from turnout.routing.breaker import State
+from turnout.safety.policy import parse_record
+from turnout.safety.screen import CHANNELS, REASONS
+from turnout.safety.tools import REASONS as TOOL_REASONS
+from turnout.safety.tools import named
+from turnout.safety.tools import parse_record as tool_record
 
 OTHER = "other"  # a value outside the bounded vocabulary
 NONE = "none"  # no value (a request that reached no target, a caller not identified)
@@ -194,6 +205,30 @@ class Metrics:
         self.attempts = Counter("turnout_attempts", "Attempts at targets.", ("task", "target", "outcome"), registry=own)
         self.fallbacks = Counter("turnout_fallbacks", "Requests answered by a fallback.", ("task",), registry=own)
         self.errors = Counter("turnout_errors", "Requests that failed.", ("task", "error_class"), registry=own)
+        self.safety = Counter(
+            "turnout_safety_detections",
+            "Injection screening: channels over their threshold, by reason.",
+            ("task", "channel", "reason", "action"),
+            registry=own,
+        )
+        self.channels = Vocabulary(CHANNELS)
+        self.reasons = Vocabulary(REASONS)
+        self.actions = Vocabulary(("blocked", "flagged"))
+        self.tool_violations = Counter(
+            "turnout_tool_violations",
+            "Tool calls blocked (and tools refused), by tool and reason.",
+            ("task", "tool", "reason"),
+            registry=own,
+        )
+        self.tools = Vocabulary(named(cfg))
+        self.tool_reasons = Vocabulary(TOOL_REASONS)
+        self.raised = Counter(
+            "turnout_data_class_raised",
+            "Requests whose data class classification raised.",
+            ("task", "declared", "effective"),
+            registry=own,
+        )
+        self.data_classes = Vocabulary(DATA_CLASSES)
         self._series: dict[tuple[str, str, str, int, bool], _Series] = {}
         self._attempts: dict[tuple[str, str, str], Any] = {}
         self._fallbacks: dict[str, Any] = {}
@@ -249,6 +284,20 @@ class Metrics:
             if child is None:
                 child = self._errors[ekey] = self.errors.labels(*ekey)
             child.inc()
+        if row.safety is not None:
+            self._screened(task, row.safety)
+        if row.tool_violations is not None:
+            for name, reason in tool_record(row.tool_violations):
+                self.tool_violations.labels(task, self.tools(name), self.tool_reasons(reason)).inc()
+        if row.declared_class is not None and row.declared_class != row.data_class:
+            self.raised.labels(task, self.data_classes(row.declared_class), self.data_classes(row.data_class)).inc()
+
+    def _screened(self, task: str, record: str) -> None:
+        action, channels = parse_record(record)
+        for channel, reasons in channels:
+            for reason in reasons or ["none"]:
+                labels = (task, self.channels(channel), self.reasons(reason), self.actions(action))
+                self.safety.labels(*labels).inc()
 
     def _make(self, key: tuple[str, str, str, int, bool]) -> _Series:
         tenant, task, target, status, stream = key

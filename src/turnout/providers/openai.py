@@ -78,7 +78,9 @@ class OpenAIProvider:
     def __init__(self, name: str, cfg: OpenAITarget) -> None:
         self.name = name
         self.cfg = cfg
-        self.replicas = tuple(Replica(f"r{i}", url, Breaker(cfg.breaker)) for i, url in enumerate(cfg.urls))
+        self.replicas = tuple(
+            Replica(f"r{i}", url, Breaker(cfg.breaker, target=name, replica=f"r{i}")) for i, url in enumerate(cfg.urls)
+        )
         if cfg.api_key and any(r.chat_url.user for r in self.replicas):
             # aiohttp sends URL credentials as Basic auth and refuses them next to a Bearer key.
             raise ConfigError([f"targets.{name}: give credentials in base_url or as api_key, not both"])

@@ -5,18 +5,22 @@ list. Per target: skip it while its breaker is open; try up to ``retry.attempts`
 jittered backoff (Retry-After honoured, or fall back at once when it asks for too long); a
 non-retryable failure (the target said the request itself is bad) ends the walk. Streams fall
 back only until their first chunk exists; after that a failure belongs to the stream.
+
+``check`` (a blocked tool call, ``turnout.safety.tools``) sees each answer before it is
+returned and may hand back another (a stream whose tool calls it holds back) or refuse it:
+``AnswerRejected`` sends the walk to the next target, ``AnswerRefused`` ends the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.config import RetryConfig
-from turnout.errors import AllTargetsFailed, BreakerOpen, ContextWindowExceeded, UpstreamError
+from turnout.errors import AllTargetsFailed, AnswerRefused, BreakerOpen, ContextWindowExceeded, UpstreamError
 from turnout.ledger.record import AttemptRecord
 from turnout.providers.base import Call, Chunks, Completion, Provider, Stream, Timeouts
 from turnout.routing.backoff import delay
@@ -47,7 +51,12 @@ class Result:
         return self.attempts[0].target != self.target.name if self.attempts else False
 
 
-async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, request_id: str) -> Result:
+Check = Callable[[Completion | Stream], Awaitable[Completion | Stream]]
+
+
+async def execute(
+    targets: list[Target], body: dict[str, Any], *, stream: bool, request_id: str, check: Check | None = None
+) -> Result:
     attempts: list[AttemptRecord] = []
     failures: list[tuple[str, UpstreamError]] = []
     started = time.perf_counter()
@@ -96,6 +105,19 @@ async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, 
                 answer.chunks = _Watched(answer.chunks, target.breaker)
             else:
                 target.breaker.success()
+            if check is not None:
+                try:
+                    answer = await check(answer)
+                except AnswerRefused as exc:
+                    attempts[-1].error_class = exc.error_class
+                    exc.records = attempts
+                    raise
+                except UpstreamError as exc:  # rejected, or a stream that failed while checked
+                    attempts[-1].error_class = exc.error_class
+                    failures.append((target.name, exc))
+                    if not exc.fallback:
+                        raise _failed(failures, attempts) from exc
+                    break  # the next target; this one answered, it would likely answer alike
             return Result(target, answer, attempts, (t0 - started) * 1000)
     raise _failed(failures, attempts)
 
@@ -103,6 +125,11 @@ async def execute(targets: list[Target], body: dict[str, Any], *, stream: bool, 
 def _failed(failures: list[tuple[str, UpstreamError]], attempts: list[AttemptRecord]) -> AllTargetsFailed:
     exc = AllTargetsFailed(failures)
     exc.records = attempts
+    # Every target refused the same way (each call it made was blocked): that code, not ours.
+    codes = {err.code for _, err in failures}
+    only = codes.pop() if len(codes) == 1 else None
+    if exc.code == AllTargetsFailed.code and only is not None:
+        exc.code = only
     return exc
 
 

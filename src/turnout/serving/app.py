@@ -16,7 +16,7 @@ from turnout.config import Config
 from turnout.console.app import Console
 from turnout.errors import MethodNotAllowed, NotFound
 from turnout.providers.base import Provider
-from turnout.serving import feedback, openapi
+from turnout.serving import feedback, openapi, summary
 from turnout.serving.admin import Admin
 from turnout.serving.asgi import Receive, Send, header, send_json
 from turnout.serving.boundary import ErrorBoundary
@@ -34,8 +34,12 @@ FINISH_S = 5.0
 
 
 class App:
-    def __init__(self, config: Config, providers: dict[str, Provider] | None = None) -> None:
+    def __init__(
+        self, config: Config, providers: dict[str, Provider] | None = None, *, source: str | None = None
+    ) -> None:
+        """``source``: the config file's path, for the start-up summary (None: built in)."""
         self.runtime = Runtime(config, providers)
+        self.source = source
         self.pipeline = Pipeline(self.runtime)
         self.admin = Admin(self.runtime)
         self.console = Console(self.runtime, self.admin)  # /ui: the operator's pages
@@ -130,6 +134,7 @@ class App:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 self.ready = True
+                summary.log_summary(self.runtime, self.source)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.ready = False

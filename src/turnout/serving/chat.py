@@ -10,6 +10,7 @@ messages; a serving release contributes its targets and parameters (not its prom
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ from turnout.control.tokens import generated_by_answer
 from turnout.errors import RequestError
 from turnout.providers.base import Stream
 from turnout.releases.base import Release
+from turnout.safety import inputs
+from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, json_object
 from turnout.serving.door import Answered, Reply, check_episode_id
@@ -56,6 +59,9 @@ class ChatDoor:
     def body(self, request: ChatRequest, release: Release | None) -> dict[str, Any]:
         # The caller's fields win over the release's parameters; its messages stay.
         return request.body if release is None else {**release.params, **request.body}
+
+    def untrusted(self, request: ChatRequest) -> Iterator[Input]:
+        return inputs.chat(request.body["messages"])
 
     async def respond(self, reply: Reply[ChatRequest], send: Send, receive: Receive) -> Answered:
         answer = reply.result.answer

@@ -13,6 +13,7 @@ gains once, for every door.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from turnout.control.auth import Tenant
@@ -22,6 +23,7 @@ from turnout.errors import RequestError
 from turnout.providers.base import Usage
 from turnout.releases.base import Release
 from turnout.routing.attempts import Result
+from turnout.safety.policy import Input
 from turnout.serving.asgi import Receive, Send
 
 MAX_EPISODE_ID = 256
@@ -61,9 +63,10 @@ class Admission(NamedTuple):
     tenant: Tenant
     task: str
     release: Release | None
-    data_class: str
+    data_class: str  # the effective class: classification may raise the declared one
     user: str | None  # the keyed pseudonym, never the caller's value
     episode_id: str | None
+    declared_class: str | None = None  # as the caller declared it (or the default)
 
 
 class Answered(NamedTuple):
@@ -122,6 +125,10 @@ class Door(Protocol[R]):
 
     def body(self, request: R, release: Release | None) -> dict[str, Any]:
         """The OpenAI chat body the targets receive."""
+        ...
+
+    def untrusted(self, request: R) -> Iterable[Input]:
+        """The request's untrusted texts by channel, for injection screening (``turnout.safety``)."""
         ...
 
     async def respond(self, reply: Reply[R], send: Send, receive: Receive) -> Answered:

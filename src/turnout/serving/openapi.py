@@ -96,6 +96,11 @@ def _answer_headers() -> dict[str, Schema]:
             "schema": {"enum": ["true", "false"]},
         },
         "X-Turnout-Cost-Usd": {"description": "The request's cost, where priced.", **text},
+        "X-Turnout-Safety": {
+            "description": "`flagged`: injection screening found an injection on a channel that flags (a "
+            "channel that blocks refuses the request: 400 `prompt_injection`, with this header `blocked`).",
+            "schema": {"enum": ["flagged"]},
+        },
     }
 
 

@@ -24,7 +24,7 @@ ERROR_TEXT = {
     405: "The route exists; the method does not.",
     413: "The body is larger than `server.max_body_bytes`.",
     429: "A rate, concurrency or budget limit refused the request; `Retry-After` says when to retry.",
-    502: "Every target failed, or the answer failed the release's output schema.",
+    502: "Every target failed, the answer failed the release's output schema, or a tool call was blocked.",
     503: "The targets are unavailable, the limiter backend is down, or the gateway is shutting down.",
     504: "Every target timed out.",
 }

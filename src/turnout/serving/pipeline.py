@@ -1,11 +1,12 @@
 """The request path, shared by every door (``turnout.serving.door``), top to bottom::
 
-    authenticate → parse (door) → admit: task, release, classify → body (door) → policy
-    → quota → attempt (retry / fallback) → respond (door) → settle the quota → account
-    → capture, review
+    authenticate → parse (door) → admit: task, release, classify → screen → body (door)
+    → tools (allowlist) → classify (PII, secrets) → policy → quota
+    → attempt (retry / fallback; each answer's tool calls checked) → respond (door)
+    → settle the quota → account → capture, review
 
-Each stage returns a small value (``Tenant``, the door's request, ``Admission``, the body, the
-allowed targets and the quota grant, ``Result``, ``Answered``); the ledger row is built once,
+Each stage returns a small value (``Tenant``, the door's request, ``Admission``, ``Screened``,
+the body, the allowed targets and the quota grant, ``Result``, ``Answered``); the ledger row is built once,
 at the end, from them. A request that fails before its answer gets its error in OpenAI's shape
 and a row all the same. What follows the answer runs in ``finally``: whatever happens, the
 quota grant is settled or released and the request is accounted. A bug (any exception that is
@@ -26,13 +27,16 @@ import orjson
 from turnout.control.auth import Tenant
 from turnout.control.pricing import Priced
 from turnout.control.quota.base import Grant
-from turnout.errors import AllTargetsFailed, ShuttingDown, TurnoutError, UnknownTask
+from turnout.errors import AllTargetsFailed, AnswerRefused, PolicyDenied, ShuttingDown, TurnoutError, UnknownTask
 from turnout.ledger.record import LedgerRow
 from turnout.privacy.capture.model import Decision
 from turnout.releases.base import Release, choose
 from turnout.releases.review import ReviewError
 from turnout.routing import policy
 from turnout.routing.attempts import Result, execute
+from turnout.safety import policy as safety
+from turnout.safety.classify import Classifiers, Raised
+from turnout.safety.tools import Allowlists, Guard
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, header, read_body
 from turnout.serving.door import Admission, Answered, Door, Inbound, R, Reply, check_episode_id
@@ -65,6 +69,9 @@ class Pipeline:
         self.rt = runtime
         self.tasks = runtime.config.tasks
         self.max_body = runtime.config.server.max_body_bytes
+        self.safety = safety.Gates(runtime.config)
+        self.allowlists = Allowlists(runtime.config)
+        self.classifiers = Classifiers(runtime.config)
         self._review_rng = random.Random()
 
     async def run(
@@ -88,6 +95,8 @@ class Pipeline:
         tenant = None
         request: R | None = None
         admission: Admission | None = None
+        screened: safety.Screened | None = None
+        guard: Guard | None = None
         body: dict[str, Any] = {}
         grant: Grant | None = None
         result: Result | None = None
@@ -98,13 +107,21 @@ class Pipeline:
             tenant = identity or await rt.auth.identify(header(scope, b"authorization"), started_at)
             request = door.parse(await read_body(receive, scope, self.max_body), task)
             admission = self.admit(door, request, tenant, scope, request_id, release)
+            screened = self.screen(door, request, admission)
+            if screened is not None and screened.blocked:
+                raise screened.refusal()
             body = door.body(request, admission.release)
-            allowed = self.allowed(admission)
+            guard = self.tool_guard(admission, body)
+            if guard is not None and guard.refusal is not None:
+                raise guard.refusal
+            admission, raised = self.classify(admission, body)
+            allowed = self.allowed(admission, raised)
             allowed, grant = await rt.quota.admit(tenant.name, admission.task, body, allowed, request_id)
-            result = await execute([rt.targets[n] for n in allowed], body, stream=request.stream, request_id=request_id)
+            targets = [rt.targets[n] for n in allowed]
+            result = await execute(targets, body, stream=request.stream, request_id=request_id, check=guard)
             keep = self.keep(admission)
             answered = await door.respond(
-                self.reply(door, request_id, request, admission, result, keep, started_at, t0), send, receive
+                self.reply(door, request_id, request, admission, result, keep, started_at, t0, screened), send, receive
             )
         except Exception as exc:
             failure = self.failure(exc, result, started_at)
@@ -127,7 +144,7 @@ class Pipeline:
                 if answered is not None or failure is not None:
                     latency_ms = (time.perf_counter() - t0) * 1000
                     row = ledger_row(
-                        Trail(request_id, started_at, task, tenant, request, admission, result, keep),
+                        Trail(request_id, started_at, task, tenant, request, admission, result, keep, screened, guard),
                         answered,
                         failure,
                         latency_ms,
@@ -154,26 +171,50 @@ class Pipeline:
         data_class = policy.parse_data_class(_header_str(scope, b"x-turnout-data-class") or request.data_class)
         # End-user ids are often emails: the ledger keeps a keyed pseudonym, stable per key.
         user_id = pseudonym(self.rt.secret, str(user)) if user else None
-        return Admission(tenant, task, release, data_class, user_id, episode_id or request.episode_id)
+        return Admission(tenant, task, release, data_class, user_id, episode_id or request.episode_id, data_class)
+
+    def screen(self, door: Door[R], request: R, admission: Admission) -> safety.Screened | None:
+        """Injection screening (``turnout.safety``) of the request's untrusted texts, on the
+        channels its tenant and task screen; None when none does or nothing is over threshold."""
+        gate = self.safety.get(admission.tenant.name, admission.task)
+        return None if gate is None else gate.screen(door.untrusted(request))
 
     def serving(self, task: str, sticky_key: str) -> Release | None:
         registry = self.rt.releases
         serving = registry.serving(task) if registry is not None else None
         return choose(serving, task, sticky_key) if serving is not None else None
 
-    def allowed(self, admission: Admission) -> list[str]:
+    def tool_guard(self, admission: Admission, body: dict[str, Any]) -> Guard | None:
+        """The tool allowlist (``turnout.safety.tools``): 400 for a declared tool it lacks; the
+        guard checks the model's tool calls in the attempt loop. None: tools are not checked."""
+        rules = self.allowlists.get(admission.tenant.name, admission.task)
+        return None if rules is None else rules.admit(body)
+
+    def classify(self, admission: Admission, body: dict[str, Any]) -> tuple[Admission, Raised | None]:
+        """PII or secrets in a request declared below its ``classify.raise_to`` raise its class
+        (``turnout.safety.classify``), before policy reads it."""
+        classifier = self.classifiers.get(admission.tenant.name, admission.task)
+        raised = None if classifier is None else classifier.classify(admission.data_class, body)
+        return (admission, None) if raised is None else (admission._replace(data_class=raised.effective), raised)
+
+    def allowed(self, admission: Admission, raised: Raised | None = None) -> list[str]:
         """The task's route (cut to the release's targets) filtered by the data class."""
         route = self.tasks[admission.task].route
         release = admission.release
         if release is not None:
             route = [t for t in release.route if t in route]
-        return policy.decide(
-            task=admission.task,
-            route=route,
-            data_class=admission.data_class,
-            tenant_classes=admission.tenant.data_classes,
-            policy=self.rt.policy,
-        )
+        try:
+            return policy.decide(
+                task=admission.task,
+                route=route,
+                data_class=admission.data_class,
+                tenant_classes=admission.tenant.data_classes,
+                policy=self.rt.policy,
+            )
+        except PolicyDenied as exc:
+            if raised is None:
+                raise
+            raise PolicyDenied(f"{exc.message} ({raised.note()})", param=exc.param) from exc
 
     def keep(self, admission: Admission) -> Keep | None:
         """None: text capture is off. Review samples only where capture allows text."""
@@ -196,12 +237,15 @@ class Pipeline:
         keep: Keep | None,
         started_at: float,
         t0: float,
+        screened: safety.Screened | None = None,
     ) -> Reply[R]:
         release = admission.release
         model_version = (release.model_version if release else None) or result.answer.model_version
         headers = respond.turnout_headers(
             request_id, admission.task, result, release, model_version, prompt=door.release_prompt
         )
+        if screened is not None:  # flagged: a blocked request never gets here
+            headers.append((safety.HEADER, b"flagged"))
         collect = keep is not None and keep.collect
         return Reply(
             request_id,
@@ -220,7 +264,11 @@ class Pipeline:
     def failure(self, exc: Exception, result: Result | None, started_at: float) -> Failure:
         if not isinstance(exc, TurnoutError):
             return Failure(500, "internal", None)
-        attempts = exc.records if isinstance(exc, AllTargetsFailed) else result.attempts if result else None
+        attempts: list[Any] | None
+        if isinstance(exc, (AllTargetsFailed, AnswerRefused)):  # the attempts made before it
+            attempts = exc.records
+        else:
+            attempts = result.attempts if result else None
         priced = self.rt.prices.price_attempts(attempts, None, started_at) if attempts else None
         return Failure(exc.status, exc.code or exc.type, priced)
 
@@ -236,7 +284,7 @@ class Pipeline:
             await self.rt.quota.release(grant)
 
     def account(self, row: LedgerRow, *, identified: bool = True) -> None:
-        """The row to the ledger, metrics and traces. A caller never identified (a missing or
+        """The row to the ledger, metrics, traces and logs. A caller never identified (a missing or
         wrong key) is counted in metrics only: a fuzzer or a scanner must not fill the ledger."""
         rt = self.rt
         if rt.ledger is not None and identified:
@@ -245,6 +293,7 @@ class Pipeline:
             rt.metrics.observe(row)
         if rt.tracing is not None:
             rt.tracing.record(row)
+        rt.request_log.observe(row)  # the access log; fallback and 5xx warnings
 
     async def keep_text(self, row: LedgerRow, keep: Keep, body: dict[str, Any], answered: Answered) -> None:
         """Text capture and review sampling, where the capture decision allows text."""
@@ -287,13 +336,15 @@ class Trail(NamedTuple):
     admission: Admission | None
     result: Result | None
     keep: Keep | None
+    screened: safety.Screened | None = None
+    guard: Guard | None = None  # the tool checks, where the task has an allowlist
 
 
 def ledger_row(
     trail: Trail, answered: Answered | None, failure: Failure | None, latency_ms: float, release_prompt: bool
 ) -> LedgerRow:
     """The request's one row, from the stages it passed (a refusal passes few)."""
-    request_id, started_at, task, tenant, request, admission, result, keep = trail
+    request_id, started_at, task, tenant, request, admission, result, keep, screened, guard = trail
     priced: Priced | None
     if answered is not None:
         status, error_class, priced, usage = answered.status, answered.error_class, answered.priced, answered.usage
@@ -331,6 +382,9 @@ def ledger_row(
         capture_mode=(keep.decision.used if keep is not None else "metadata") if answered is not None else None,
         episode_id=admission.episode_id if admission is not None else None,
         usage_estimated=answered.usage_estimated if answered is not None and usage is not None else None,
+        safety=screened.record if screened is not None else None,
+        tool_violations=guard.record if guard is not None else None,
+        declared_class=admission.declared_class if admission is not None else None,
     )
 
 

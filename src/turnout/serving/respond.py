@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from turnout.control.tokens import generated_by_chunk
-from turnout.errors import ShuttingDown, StreamInterrupted, TurnoutError, UpstreamError
+from turnout.errors import AnswerRefused, ShuttingDown, StreamInterrupted, TurnoutError, UpstreamError
 from turnout.providers.base import Stream, Usage
 from turnout.releases.base import Release
 from turnout.routing.attempts import Result
@@ -163,9 +163,13 @@ async def stream(
         log.warning("stream %s cut by shutdown", request_id)
         await _send_quietly(send, _event(ShuttingDown("the gateway is shutting down; the stream was cut")))
     except Exception as exc:  # after the first byte: the stream ends with an error event
+        err: TurnoutError
         if isinstance(exc, UpstreamError):
             err = StreamInterrupted(f"the stream from the target failed: {exc.message}")
             out.status, out.error_class = 502, exc.error_class
+        elif isinstance(exc, AnswerRefused):  # the gateway refused what came (a blocked tool call)
+            err = exc
+            out.status, out.error_class = exc.status, exc.error_class
         else:
             err = StreamInterrupted("the stream failed inside the gateway")
             out.status, out.error_class = 500, "internal"

@@ -32,6 +32,7 @@ from turnout.ledger.store import LedgerStore, open_store
 from turnout.ledger.writer import LedgerWriter
 from turnout.observe import open_tracing
 from turnout.observe.metrics import LedgerCounts, LiveState, Metrics, TargetState
+from turnout.observe.requestlog import RequestLog
 from turnout.privacy.capture import Capture, SecretsOnly, capture_path
 from turnout.privacy.redact import Redactor
 from turnout.providers.base import Provider, Timeouts
@@ -65,6 +66,7 @@ class Runtime:
         self.targets: dict[str, Target] = {}
         self.probes = Probes(self.targets)  # upstream health: the admin view and /metrics
         self.metrics: Metrics | None = Metrics(config, self.live) if config.observability.metrics else None
+        self.request_log = RequestLog(config.server.access_log)  # access log, fallback and 5xx warnings
         self.store: LedgerStore | None = None
         self.ledger: LedgerWriter | None = None
         self.tracing: Tracing | None = None
@@ -139,7 +141,8 @@ class Runtime:
         for name, t in self.config.targets.items():
             timeouts = Timeouts(t.timeouts.connect, t.timeouts.ttft, t.timeouts.total)
             provider = self._injected.get(name) or create(name, t)
-            self.targets[name] = Target(name, provider, Breaker(t.breaker), t.retry, timeouts, context_window(t))
+            breaker = Breaker(t.breaker, target=name)
+            self.targets[name] = Target(name, provider, breaker, t.retry, timeouts, context_window(t))
         for name, probe in (await self.probes.start_up()).items():  # warms providers up
             if not probe.health.ok:
                 detail = scrub(probe.health.detail, secrets_of(self.config.targets[name]))

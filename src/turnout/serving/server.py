@@ -6,16 +6,23 @@ Shutdown order on SIGTERM/SIGINT: stop accepting → let in-flight requests fini
 At start the soft open-file limit is raised to the hard limit (a default of 1,024 runs out
 under a few hundred slow clients), and uvicorn's httptools protocol gets header, body and
 idle timeouts and a connection cap (``serving/connections.py``).
+
+Logs (``turnout.observe.logs``): every record goes through a queue to a listener thread that
+redacts, formats (``server.log_format``: text or JSON lines) and writes it to stderr; uvicorn's
+own records too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
 from turnout.config import Config
+from turnout.observe import logs
 from turnout.privacy.redact import RedactingFilter, Redactor
 from turnout.serving.app import App
 from turnout.serving.connections import Limits, protocol_class
@@ -36,12 +43,35 @@ RESERVED_FDS = 64
 UNLIMITED_FDS_CAP = 65_536  # the default cap when the open-file limit is unlimited
 
 
-def run(config: Config) -> None:
-    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fd_limit = raise_open_file_limit()
-    server = uvicorn.Server(uvicorn_config(config, fd_limit))  # configures uvicorn's own log handlers
-    redact_logs(config)
-    server.run()
+def run(config: Config, source: str | None = None) -> None:
+    """Serve until SIGINT/SIGTERM. ``source``: the config file's path, for the start-up summary."""
+    srv = config.server
+    redaction = RedactingFilter(Redactor(redaction_key(config)), fields=srv.log_format == "json")
+    listener = logs.configure(srv.log_level, srv.log_format, redaction, access_log=srv.access_log)
+    try:
+        fd_limit = raise_open_file_limit()
+        server = _Server(uvicorn_config(config, fd_limit, source), listener.stop)  # its loggers propagate to ours
+        redact_logs(config)
+        server.run()
+    finally:
+        listener.stop()  # writes what is queued
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, writing out the queued log lines before it exits: having shut down
+    after a signal, uvicorn raises that signal again, and the process ends there."""
+
+    def __init__(self, config: uvicorn.Config, before_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._before_exit = before_exit
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._before_exit()
 
 
 def raise_open_file_limit() -> int | None:
@@ -92,15 +122,19 @@ def connection_cap(configured: int | None, fd_limit: int | None) -> int:
 
 def redact_logs(config: Config) -> None:
     """Every handler that writes turnout's or uvicorn's records redacts them first: secrets and
-    PII in a message (a key in an upstream's error, an email in an exception) never reach a log."""
-    log_filter = RedactingFilter(Redactor(redaction_key(config)))
-    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "turnout"):
+    PII in a message (a key in an upstream's error, an email in an exception) never reach a log.
+    The queue's handler hands records on unredacted: its listener's handler redacts them, on
+    its thread (``turnout.observe.logs``)."""
+    log_filter = RedactingFilter(Redactor(redaction_key(config)), fields=config.server.log_format == "json")
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "turnout", logs.ACCESS):
         for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logs.Handoff):
+                continue
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):
                 handler.addFilter(log_filter)
 
 
-def uvicorn_config(config: Config, fd_limit: int | None = None) -> uvicorn.Config:
+def uvicorn_config(config: Config, fd_limit: int | None = None, source: str | None = None) -> uvicorn.Config:
     srv = config.server
     cap = connection_cap(srv.max_connections, fd_limit)
     log.info(
@@ -112,16 +146,17 @@ def uvicorn_config(config: Config, fd_limit: int | None = None) -> uvicorn.Confi
     )
     limits = Limits(srv.header_timeout_s, srv.body_timeout_s, srv.keepalive_timeout_s, cap)
     return uvicorn.Config(
-        App(config),
+        App(config, source=source),
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",
         http=protocol_class(limits),
         ws="none",  # turnout serves no WebSockets: an upgrade request is answered as plain HTTP
         lifespan="on",
-        # Access logs are off: a log line per request is disk I/O on the hot path, and the
-        # ledger already records every request (without its text).
+        # uvicorn's access log is off: turnout's own (server.access_log) says more, off the
+        # event loop. No logging config of its own: its records go to turnout's handler.
         access_log=False,
+        log_config=None,
         log_level=config.server.log_level,
         timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace_s),
         server_header=False,

@@ -8,6 +8,7 @@ the prompt, the parameters, the targets and the output schema.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Completion
 from turnout.releases.base import Release
 from turnout.releases.render import render
+from turnout.safety import inputs
+from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import MAX_DEPTH, Receive, Send, json_object, send_json, too_deep
 from turnout.serving.door import Answered, Reply, check_episode_id
@@ -72,6 +75,9 @@ class TaskDoor:
             schema = {"name": f"{request.task}_output", "schema": release.output_schema}
             chat["response_format"] = {"type": "json_schema", "json_schema": schema}
         return chat
+
+    def untrusted(self, request: TaskRequest) -> Iterator[Input]:
+        return inputs.task(request.variables, request.documents)
 
     async def respond(self, reply: Reply[TaskRequest], send: Send, receive: Receive) -> Answered:
         answer = reply.result.answer
