@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from turnout.offline.reports.charts import FONT, GRID, INK, MUTED, PALETTE, nice_ticks
+from turnout.offline.reports.charts import FONT, GRID, MUTED, PALETTE, nice_ticks, svg_text
 
 WIDTH, HEIGHT = 640, 230
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 40, 34
@@ -38,18 +38,18 @@ def timeline(
     def y(v: float) -> float:
         return TOP + plot_h * (1 - v / ticks[-1])
 
-    out = [_text(LEFT, 20, title, size=14, weight="600")]
+    out = [svg_text(LEFT, 20, title, size=14, weight="600")]
     out += _grid(ticks, y, fmt)
     every = max(1, len(times) // 5)
     for i, label in enumerate(times):
         if i % every == 0 or i == len(times) - 1:
-            out.append(_text(x(i), HEIGHT - BOTTOM + 18, label, anchor="middle", fill=MUTED, size=10))
+            out.append(svg_text(x(i), HEIGHT - BOTTOM + 18, label, anchor="middle", fill=MUTED, size=10))
     legend_x = float(WIDTH - RIGHT)
     for n, (name, vs) in reversed(list(enumerate(series))):
         color = PALETTE[n % len(PALETTE)]
         legend_x -= 22 + 6.5 * len(name)
         out.append(f'<rect x="{legend_x:.1f}" y="14" width="12" height="4" rx="2" fill="{color}"/>')
-        out.append(_text(legend_x + 16, 20, name, fill=MUTED, size=11))
+        out.append(svg_text(legend_x + 16, 20, name, fill=MUTED, size=11))
         points = [(x(i), y(v), v, times[i]) for i, v in enumerate(vs) if v is not None]
         if len(points) > 1:
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in points)
@@ -72,21 +72,21 @@ def hbars(title: str, labels: Sequence[str], values: Sequence[float | None], fmt
     def w(v: float) -> float:
         return span * v / ticks[-1]
 
-    out = [_text(LEFT, 20, title, size=14, weight="600")]
+    out = [svg_text(LEFT, 20, title, size=14, weight="600")]
     if not labels:
-        out.append(_text(WIDTH / 2, TOP + 14, "no data in this window", anchor="middle", fill=MUTED))
+        out.append(svg_text(WIDTH / 2, TOP + 14, "no data in this window", anchor="middle", fill=MUTED))
     for i, (label, v) in enumerate(zip(labels, values, strict=True)):
         top = TOP + i * (BAR_H + BAR_GAP)
-        out.append(_text(LABEL_W - 8, top + BAR_H / 2 + 4, _short(label), anchor="end", size=11))
+        out.append(svg_text(LABEL_W - 8, top + BAR_H / 2 + 4, _short(label), anchor="end", size=11))
         if v is None:
-            out.append(_text(LABEL_W + 4, top + BAR_H / 2 + 4, "n/a", fill=MUTED, size=11))
+            out.append(svg_text(LABEL_W + 4, top + BAR_H / 2 + 4, "n/a", fill=MUTED, size=11))
             continue
         color = PALETTE[i % len(PALETTE)]
         out.append(
             f'<rect class="bar" x="{LABEL_W}" y="{top}" width="{max(w(v), 1.0):.1f}" height="{BAR_H}" rx="3" '
             f'fill="{color}"><title>{escape(label)}: {escape(fmt(v))}</title></rect>'
         )
-        out.append(_text(LABEL_W + max(w(v), 1.0) + 6, top + BAR_H / 2 + 4, fmt(v), size=11, weight="600"))
+        out.append(svg_text(LABEL_W + max(w(v), 1.0) + 6, top + BAR_H / 2 + 4, fmt(v), size=11, weight="600"))
     return _svg(out, height, title)
 
 
@@ -94,17 +94,8 @@ def _grid(ticks: list[float], y: Callable[[float], float], fmt: Format) -> list[
     out = []
     for t in ticks:
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="{GRID}"/>')
-        out.append(_text(LEFT - 6, y(t) + 4, fmt(t), anchor="end", fill=MUTED, size=10))
+        out.append(svg_text(LEFT - 6, y(t) + 4, fmt(t), anchor="end", fill=MUTED, size=10))
     return out
-
-
-def _text(
-    x: float, y: float, text: str, *, anchor: str = "start", fill: str = INK, size: int = 12, weight: str = "400"
-) -> str:
-    return (
-        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" font-weight="{weight}" '
-        f'fill="{fill}">{escape(text)}</text>'
-    )
 
 
 def _svg(parts: list[str], height: float, title: str) -> str:

@@ -98,8 +98,8 @@ def line_chart(
     every = max(1, math.ceil(len(labels) / 12))  # at most about 12 labels on the x axis
     for i, label in enumerate(labels):
         if i % every == 0:
-            out.append(_text(x(i), HEIGHT - BOTTOM + 22, label[5:] if len(label) == 10 else label, anchor="middle"))
-    out.append(_text(LEFT + plot_w / 2, HEIGHT - 18, "day (UTC)", anchor="middle", fill=MUTED))
+            out.append(svg_text(x(i), HEIGHT - BOTTOM + 22, label[5:] if len(label) == 10 else label, anchor="middle"))
+    out.append(svg_text(LEFT + plot_w / 2, HEIGHT - 18, "day (UTC)", anchor="middle", fill=MUTED))
     for n, (name, vs) in enumerate(series):
         color = PALETTE[n % len(PALETTE)]
         points = [(x(i), y(v), v, labels[i]) for i, v in enumerate(vs) if v is not None]
@@ -115,7 +115,7 @@ def line_chart(
             continue
         lx = WIDTH - RIGHT - sum(28 + 7 * len(later) for later, _ in series[n:])  # top right
         out.append(f'<rect x="{lx}" y="{TOP - 30}" width="14" height="4" rx="2" fill="{color}"/>')
-        out.append(_text(lx + 20, TOP - 24, name, size=12))
+        out.append(svg_text(lx + 20, TOP - 24, name, size=12))
     return _svg(out)
 
 
@@ -140,17 +140,17 @@ def bar_chart(
     out = _frame(title, subtitle) + _y_axis(ticks, y, fmt, unit)
     for i, (label, v) in enumerate(zip(labels, values, strict=True)):
         cx = LEFT + slot * (i + 0.5)
-        out.append(_text(cx, HEIGHT - BOTTOM + 22, _short(label), anchor="middle"))
+        out.append(svg_text(cx, HEIGHT - BOTTOM + 22, _short(label), anchor="middle"))
         if v is None:
-            out.append(_text(cx, y(0) - 8, "n/a", anchor="middle", fill=MUTED, size=12))
+            out.append(svg_text(cx, y(0) - 8, "n/a", anchor="middle", fill=MUTED, size=12))
             continue
         color = PALETTE[i % len(PALETTE)]
         out.append(
             f'<rect class="bar" x="{cx - bar_w / 2:.1f}" y="{y(v):.1f}" width="{bar_w:.1f}" '
             f'height="{y(0) - y(v):.1f}" rx="3" fill="{color}"><title>{escape(label)}: {escape(fmt(v))}</title></rect>'
         )
-        out.append(_text(cx, y(v) - 8, fmt(v), anchor="middle", size=12, weight="600"))
-    out.append(_text(LEFT + plot_w / 2, HEIGHT - 18, "release", anchor="middle", fill=MUTED))
+        out.append(svg_text(cx, y(v) - 8, fmt(v), anchor="middle", size=12, weight="600"))
+    out.append(svg_text(LEFT + plot_w / 2, HEIGHT - 18, "release", anchor="middle", fill=MUTED))
     return _svg(out)
 
 
@@ -164,11 +164,11 @@ def heat_strip(title: str, subtitle: str, days: Sequence[str], matrix: Sequence[
     for h in range(24):
         cx = label_w + h * (cell_w + gap) + cell_w / 2
         if h % 3 == 0:
-            out.append(_text(cx, top - 8, f"{h:02d}:00", anchor="middle", fill=MUTED, size=11))
+            out.append(svg_text(cx, top - 8, f"{h:02d}:00", anchor="middle", fill=MUTED, size=11))
     for d, (day, strip) in enumerate(zip(days, matrix, strict=True)):
         cy = top + d * (cell_h + gap)
         weekday = datetime.fromisoformat(day).strftime("%a")
-        out.append(_text(label_w - 10, cy + cell_h / 2 + 4, f"{weekday} {day[5:]}", anchor="end", size=12))
+        out.append(svg_text(label_w - 10, cy + cell_h / 2 + 4, f"{weekday} {day[5:]}", anchor="end", size=12))
         for h, n in enumerate(strip):
             cx = label_w + h * (cell_w + gap)
             out.append(
@@ -176,13 +176,13 @@ def heat_strip(title: str, subtitle: str, days: Sequence[str], matrix: Sequence[
                 f'fill="{heat(n / peak)}"><title>{day} {h:02d}:00 UTC: {n:,} requests</title></rect>'
             )
     legend_y = top + len(days) * (cell_h + gap) + 18
-    out.append(_text(label_w, legend_y + 12, "0", anchor="end", fill=MUTED, size=11))
+    out.append(svg_text(label_w, legend_y + 12, "0", anchor="end", fill=MUTED, size=11))
     for i in range(10):
         out.append(
             f'<rect x="{label_w + 6 + i * 22}" y="{legend_y}" width="20" height="14" rx="2" fill="{heat(i / 9)}"/>'
         )
-    out.append(_text(label_w + 6 + 10 * 22 + 6, legend_y + 12, f"{peak:,} requests/hour", fill=MUTED, size=11))
-    out.append(_text(label_w + 12 * (cell_w + gap), legend_y + 48, "hour of day (UTC)", anchor="middle", fill=MUTED))
+    out.append(svg_text(label_w + 6 + 10 * 22 + 6, legend_y + 12, f"{peak:,} requests/hour", fill=MUTED, size=11))
+    out.append(svg_text(label_w + 12 * (cell_w + gap), legend_y + 48, "hour of day (UTC)", anchor="middle", fill=MUTED))
     return _svg(out, height)
 
 
@@ -214,8 +214,8 @@ def _by_day(kind: str, rows: Sequence[LedgerRow], review_cost: float | None) -> 
 def _frame(title: str, subtitle: str, height: float = HEIGHT) -> list[str]:
     return [
         f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>',
-        _text(24, 34, title, size=20, weight="700"),
-        _text(24, 56, subtitle, fill=MUTED, size=13),
+        svg_text(24, 34, title, size=20, weight="700"),
+        svg_text(24, 56, subtitle, fill=MUTED, size=13),
     ]
 
 
@@ -223,7 +223,7 @@ def _y_axis(ticks: list[float], y: Callable[[float], float], fmt: Format, unit: 
     out = []
     for t in ticks:
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="{GRID}"/>')
-        out.append(_text(LEFT - 10, y(t) + 4, _tick(fmt(t)), anchor="end", fill=MUTED, size=11))
+        out.append(svg_text(LEFT - 10, y(t) + 4, _tick(fmt(t)), anchor="end", fill=MUTED, size=11))
     out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="{MUTED}"/>')
     mid = (y(ticks[0]) + y(ticks[-1])) / 2
     out.append(
@@ -233,7 +233,7 @@ def _y_axis(ticks: list[float], y: Callable[[float], float], fmt: Format, unit: 
     return out
 
 
-def _text(
+def svg_text(
     x: float, y: float, text: str, *, anchor: str = "start", fill: str = INK, size: int = 12, weight: str = "400"
 ) -> str:
     return (
