@@ -44,6 +44,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from turnout._support.depth import WRITER_DEPTH, brackets, too_deep
 from turnout.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from turnout.providers.base import Timeouts
 from turnout.providers.h1 import BadResponse, CannotConnect, ConnectTimeout, Disconnected, H1Pool
@@ -309,11 +310,8 @@ def json_object(raw: bytes, label: str, what: str) -> dict[str, Any]:
     # The gateway writes the answer out again (nested one or two levels deeper): one nested past
     # what the JSON writer takes would fail after the upstream was paid. Only a body with this
     # many brackets can be; it is asked of the writer itself, at C speed.
-    if raw.count(b"[") + raw.count(b"{") > DEEP_AT:
-        try:
-            orjson.dumps([[parsed]])
-        except orjson.JSONEncodeError as exc:
-            raise UpstreamProtocolError(f"{label}: {what} nests too deep") from exc
+    if brackets(raw) > DEEP_AT and too_deep(parsed, WRITER_DEPTH - 2):
+        raise UpstreamProtocolError(f"{label}: {what} nests too deep")
     return parsed
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from turnout._support.depth import brackets, too_deep
 from turnout.errors import BodyTooLarge, RequestError
 
 Message = MutableMapping[str, Any]
@@ -20,7 +21,6 @@ BODY_READ = "turnout.body_read"  # in the scope once ``read_body`` has the whole
 DRAIN_BYTES = 8 * 1024 * 1024
 DRAIN_S = 5.0
 MAX_DEPTH = 128  # how deep a request body may nest (objects and arrays, the body itself included)
-WRITER_DEPTH = 254  # how deep orjson writes
 
 
 def header(scope: MutableMapping[str, Any], name: bytes) -> bytes | None:
@@ -92,22 +92,10 @@ def json_object(raw: bytes) -> dict[str, Any]:
         raise RequestError("the request body must be a JSON object", code="invalid_json")
     # A body is forwarded, captured and counted: one nested deeper than the JSON writer goes
     # would fail after admission. Only a body with more brackets than MAX_DEPTH can be too deep.
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(body, MAX_DEPTH):
+    if brackets(raw) > MAX_DEPTH and too_deep(body, MAX_DEPTH):
         key = next((k for k, v in body.items() if too_deep(v, MAX_DEPTH - 1)), None)
         raise RequestError(f"'{key}' nests deeper than {MAX_DEPTH} levels", param=key, code="too_deep")
     return body
-
-
-def too_deep(value: Any, levels: int = MAX_DEPTH) -> bool:
-    """Whether ``value`` nests deeper than ``levels``, asked of the writer itself (at C speed, a
-    walk in Python costs 30 times more): wrapped in enough lists to leave it only ``levels``."""
-    for _ in range(WRITER_DEPTH - levels):
-        value = [value]
-    try:
-        orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return True
-    return False
 
 
 async def send_json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import orjson
 
+from turnout._support.depth import too_deep
 from turnout.config import DATA_CLASSES
 from turnout.control.tokens import generated_by_answer
 from turnout.errors import RequestError, TurnoutError
@@ -24,7 +25,7 @@ from turnout.releases.render import render
 from turnout.safety import inputs
 from turnout.safety.policy import Input
 from turnout.serving import respond
-from turnout.serving.asgi import MAX_DEPTH, Receive, Send, json_object, send_json, too_deep
+from turnout.serving.asgi import MAX_DEPTH, Receive, Send, json_object, send_json
 from turnout.serving.door import Answered, Reply, check_episode_id
 
 
@@ -146,7 +147,7 @@ def _output(release: Release, answer: dict[str, Any]) -> Any:
         parsed = orjson.loads(_strip_fence(content))
     except orjson.JSONDecodeError as exc:
         raise OutputInvalid("the model's answer is not JSON, as the release's output schema requires") from exc
-    if too_deep(parsed):  # neither the schema check nor the answer could take it
+    if too_deep(parsed, MAX_DEPTH):  # neither the schema check nor the answer could take it
         raise OutputInvalid(f"the model's answer nests deeper than {MAX_DEPTH} levels")
     try:
         jsonschema.validate(parsed, release.output_schema)
