@@ -44,6 +44,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from turnout._support.deadline import Deadline, deadline_at
 from turnout._support.depth import WRITER_DEPTH, brackets, too_deep
 from turnout.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from turnout.providers.base import Timeouts
@@ -163,7 +164,7 @@ class upstream_errors:
 
     __slots__ = ("head", "label", "timeouts")
 
-    def __init__(self, label: str, timeouts: Timeouts, head: asyncio.Timeout | None = None) -> None:
+    def __init__(self, label: str, timeouts: Timeouts, head: Deadline | None = None) -> None:
         self.label = label
         self.timeouts = timeouts
         self.head = head
@@ -208,7 +209,7 @@ class Exchange:
         t = self.timeouts
         now = asyncio.get_running_loop().time()
         deadline = now + t.total
-        head = asyncio.timeout_at(min(deadline, now + t.ttft))
+        head = deadline_at(min(deadline, now + t.ttft))
         body: StreamBody | None = None
         try:
             with upstream_errors(self.label, t, head if t.ttft <= t.total else None):
@@ -227,12 +228,12 @@ class Exchange:
             raise
 
     async def _read(self) -> bytes:
-        # One timer for both deadlines (each costs a timer and a task lookup per call): it runs
+        # One deadline for both (``turnout._support.deadline``: no loop timer per call): it runs
         # to the head's deadline, then is moved to the total's once the head is in.
         t = self.timeouts
         now = asyncio.get_running_loop().time()
         total_at = now + t.total
-        deadline = asyncio.timeout_at(min(total_at, now + t.ttft))
+        deadline = deadline_at(min(total_at, now + t.ttft))
         guard = upstream_errors(self.label, t, deadline if t.ttft < t.total else None)
         with guard:
             async with deadline:
@@ -270,7 +271,7 @@ class StreamBody:
     async def read(self, read: Awaitable[T]) -> T:
         """One read of the body, which must end by the call's deadline."""
         with upstream_errors(self.label, self._timeouts):
-            async with asyncio.timeout_at(self._deadline):
+            async with deadline_at(self._deadline):
                 return await read
 
     def finish(self, exc: BaseException | None) -> None:
@@ -315,7 +316,7 @@ def json_object(raw: bytes, label: str, what: str) -> dict[str, Any]:
     return parsed
 
 
-def translate(exc: BaseException, label: str, t: Timeouts, head: asyncio.Timeout | None) -> UpstreamError:
+def translate(exc: BaseException, label: str, t: Timeouts, head: Deadline | None) -> UpstreamError:
     """The most specific turnout error for an aiohttp, asyncio or OS failure."""
     if isinstance(exc, (aiohttp.ConnectionTimeoutError, ConnectTimeout)):  # before TimeoutError: they are ones
         return UpstreamTimeout("connect", t.connect)
