@@ -9,6 +9,7 @@ import pytest
 
 from turnout.config import DATA_CLASSES, validate
 from turnout.control.auth import ANONYMOUS, Authenticator, digest
+from turnout.control.keys.base import IssuedKey
 from turnout.errors import AuthError
 
 KEY = "sk-acme-0123456789"
@@ -113,3 +114,45 @@ def test_without_tenants_everyone_is_anonymous() -> None:
 
 def test_with_tenants_nobody_is_anonymous() -> None:
     assert not auth().anonymous
+
+
+class _Issued:
+    """A key store with one issued key that the test revokes."""
+
+    def __init__(self, key: str) -> None:
+        self.digest = digest(key)
+        self.revoked_at: float | None = None
+
+    async def lookup(self, key_digest: bytes) -> Any:
+        if key_digest != self.digest:
+            return None
+        return IssuedKey(id="k1", tenant="acme", name="ci", created_at=0.0, revoked_at=self.revoked_at)
+
+
+async def test_a_config_key_is_recognised_again_without_hashing_it() -> None:
+    a = auth()
+    header = f"Bearer {KEY}".encode()
+    assert (await a.identify(header, 0.0)).name == "acme"
+    assert a._seen == {header: a.tenants["acme"]}
+    assert (await a.identify(header, 0.0)).name == "acme"
+    with pytest.raises(AuthError):
+        await a.identify(b"Bearer sk-wrong", 0.0)
+    assert len(a._seen) == 1  # wrong keys are never remembered
+
+
+async def test_an_issued_key_is_looked_up_every_time_so_a_revocation_holds_at_once() -> None:
+    store = _Issued("sk-issued-123")
+    a = Authenticator(config({"acme": {"keys": [KEY]}}), store)  # type: ignore[arg-type]
+    header = b"Bearer sk-issued-123"
+    assert (await a.identify(header, 0.0)).name == "acme"
+    assert a._seen == {}
+    store.revoked_at = 1.0
+    with pytest.raises(AuthError, match="revoked"):
+        await a.identify(header, 2.0)
+
+
+async def test_the_remembered_spellings_are_bounded() -> None:
+    a = auth()
+    for n in range(1100):
+        await a.identify(b"Bearer " + KEY.encode() + b" " * n, 0.0)
+    assert len(a._seen) == 1024

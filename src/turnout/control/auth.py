@@ -1,4 +1,5 @@
-"""Tenant identity comes only from the API key. Keys are held as SHA-256 digests, never in clear."""
+"""Tenant identity comes only from the API key. Keys are looked up as SHA-256 digests; issued keys
+exist only as digests, in the key store."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ class Authenticator:
         self.anonymous = not config.tenants
         self.keys = keys
         self._by_digest: dict[bytes, Tenant] = {}
+        # Authorization headers that carried a config key, as sent: the config holds these keys
+        # in clear already, so remembering the header costs no secrecy and saves a hash per
+        # request. Issued keys are never remembered (a revocation must hold at once).
+        self._seen: dict[bytes, Tenant] = {}
         self.tenants: dict[str, Tenant] = {}
         for name, t in config.tenants.items():
             tenant = Tenant(name, frozenset(t.data_classes), frozenset(t.tasks) if t.tasks is not None else None)
@@ -55,9 +60,13 @@ class Authenticator:
         """Config keys, then issued keys; revoked and expired keys are refused."""
         if self.anonymous:
             return ANONYMOUS
+        if authorization is not None and (seen := self._seen.get(authorization)) is not None:
+            return seen
         key_digest = digest(bearer(authorization))
         tenant = self._by_digest.get(key_digest)
         if tenant is not None:
+            if authorization is not None and len(self._seen) < _SEEN_MAX:
+                self._seen[authorization] = tenant
             return tenant
         issued = await self.keys.lookup(key_digest) if self.keys is not None else None
         if issued is not None:
@@ -69,6 +78,9 @@ class Authenticator:
             if tenant is not None:
                 return tenant
         raise AuthError("invalid API key")
+
+
+_SEEN_MAX = 1024  # spellings of config keys remembered (a header may vary in case and spaces)
 
 
 def bearer(authorization: bytes | None) -> str:

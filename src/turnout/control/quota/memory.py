@@ -1,9 +1,11 @@
 """Limits and budgets kept in this process: one replica, exact.
 
 The check-then-debit in ``acquire`` has no ``await`` inside, so on the event loop it is atomic.
-Each operation is O(1) per scope (amortized): expired slots and reservations sit in a heap and
-are dropped lazily when their scope is next touched; a sweep, run after as many operations as
-there are entries, forgets full buckets, empty slot sets and budget windows that have ended.
+Each scope's state (its buckets, slots in use and budget windows) is one object reached by one
+lookup; what an admitted request holds (its slots and reservations) is one record, so settling
+it touches only what it took. Held records expire after ``max_request_s`` in order of expiry (a
+heap, compacted as records are settled); a sweep, run after as many operations as there are
+entries, forgets full buckets, idle scopes and budget windows that have ended.
 
 Budget amounts are integer micro-dollars, as in Redis, so both backends agree exactly.
 """
@@ -11,6 +13,7 @@ Budget amounts are integer micro-dollars, as in Redis, so both backends agree ex
 from __future__ import annotations
 
 import heapq
+import itertools
 from typing import Any
 
 from turnout.config import LimitsConfig
@@ -53,55 +56,51 @@ class _Bucket:
         return self.level
 
 
-class _Expiring:
-    """Members with an expiry (slots, reservations): a dict for O(1) lookup and a heap for
-    purging in expiry order. A member is expired when its expiry <= now."""
-
-    __slots__ = ("heap", "live")
-
-    def __init__(self) -> None:
-        self.live: dict[str, tuple[float, int]] = {}  # request id -> (expiry, amount)
-        self.heap: list[tuple[float, str]] = []
-
-    def add(self, rid: str, expiry: float, amount: int = 0) -> None:
-        self.live[rid] = (expiry, amount)
-        heapq.heappush(self.heap, (expiry, rid))
-
-    def remove(self, rid: str) -> int | None:
-        """Drop ``rid``; its amount, or None if it was not there (expired or removed already)."""
-        entry = self.live.pop(rid, None)
-        if entry is None:
-            return None
-        if not self.live:
-            self.heap.clear()
-        return entry[1]
-
-    def purge(self, now: float) -> int:
-        """Drop the expired members; the sum of their amounts."""
-        freed = 0
-        heap = self.heap
-        while heap and heap[0][0] <= now:
-            expiry, rid = heapq.heappop(heap)
-            entry = self.live.get(rid)
-            if entry is not None and entry[0] == expiry:
-                del self.live[rid]
-                freed += entry[1]
-        return freed
-
-
 class _Budget:
     """One scope's spending in one window (a UTC day or month)."""
 
-    __slots__ = ("end", "reservations", "reserved", "spent")
+    __slots__ = ("end", "reserved", "spent")
 
     def __init__(self, end: float) -> None:
         self.end = end
         self.spent = 0
         self.reserved = 0
-        self.reservations = _Expiring()
 
-    def purge(self, now: float) -> None:
-        self.reserved -= self.reservations.purge(now)
+
+class _State:
+    """One scope: its buckets (None: full, or no such limit), the slots in use, its budget
+    windows by period key (``2026-11-28``, ``2026-11``)."""
+
+    __slots__ = ("budgets", "in_use", "rpm", "tpm")
+
+    def __init__(self) -> None:
+        self.rpm: _Bucket | None = None
+        self.tpm: _Bucket | None = None
+        self.in_use = 0
+        self.budgets: dict[str, _Budget] = {}
+
+    def idle(self) -> bool:
+        return self.rpm is None and self.tpm is None and not self.in_use and not self.budgets
+
+
+class _Held:
+    """What one admitted request holds: a slot in ``slots``' scopes, ``cost`` reserved in each
+    of ``budgets``, until settled, released or ``expiry``."""
+
+    __slots__ = ("ask", "budgets", "cost", "expiry", "slots")
+
+    def __init__(self, ask: Ask, cost: int, expiry: float) -> None:
+        self.ask = ask
+        self.cost = cost
+        self.expiry = expiry
+        self.slots: list[_State] = []
+        self.budgets: list[_Budget] = []
+
+    def drop(self) -> None:
+        for state in self.slots:
+            state.in_use -= 1
+        for budget in self.budgets:
+            budget.reserved -= self.cost
 
 
 class MemoryLimiter:
@@ -109,9 +108,11 @@ class MemoryLimiter:
 
     def __init__(self, max_request_s: float = 600.0) -> None:
         self.max_request_s = max_request_s
-        self._buckets: dict[tuple[str, str], _Bucket] = {}  # (scope, "rpm" | "tpm")
-        self._slots: dict[str, _Expiring] = {}  # scope -> requests holding a slot
-        self._budgets: dict[tuple[str, str], _Budget] = {}  # (scope, "usd_per_day:2026-11-28")
+        self._states: dict[str, _State] = {}
+        self._held: dict[str, _Held] = {}  # request id -> what it holds
+        self._expiry: list[tuple[float, int, _Held]] = []  # a heap; settled records left in it until compacted
+        self._seq = itertools.count()
+        self._distinct: dict[int, tuple[tuple[Scope, ...], list[Scope]]] = {}
         self._clock = float("-inf")  # the latest ``now`` seen; the sweep's idea of the time
         self._ops = 0
 
@@ -124,13 +125,16 @@ class MemoryLimiter:
     async def acquire(self, ask: Ask) -> Grant:
         now = ask.now
         self._tick(now)
-        scopes = distinct_scopes(ask.scopes)
+        self._expire(now)
+        scopes = self._scopes(ask.scopes)
         periods = budget_periods(now)
         cost = to_micro(ask.cost_usd)
-        for scope in scopes:  # check every scope and limit first ...
-            self._check(scope, ask.tokens, cost, periods, now)
-        for scope in scopes:  # ... then take from all of them
-            self._take(scope, ask, cost, periods, now)
+        states = [self._check(scope, ask.tokens, cost, periods, now) for scope in scopes]  # check all first ...
+        held = _Held(ask, cost, now + self.max_request_s)
+        for scope, state in zip(scopes, states, strict=True):  # ... then take from all of them
+            self._take(scope.limits, state, held, ask.tokens, periods, now)
+        if held.slots or held.budgets:  # buckets alone hold nothing to give back
+            self._hold(held)
         return Grant(ask)
 
     async def settle(self, grant: Grant, tokens: int, cost_usd: float) -> None:
@@ -146,25 +150,25 @@ class MemoryLimiter:
         self._finish(grant.ask, -grant.ask.tokens, None)
 
     async def usage(self, scope: Scope, now: float) -> dict[str, Any]:
-        limits = scope.limits
+        """What ``scope`` has left at ``now`` (read only: expiry is judged at ``now``)."""
+        limits, state = scope.limits, self._states.get(scope.name)
+        live = [h for h in self._held.values() if h.expiry > now]
         out: dict[str, Any] = {"scope": scope.name}
         for kind, cap in (("rpm", limits.rpm), ("tpm", limits.tpm)):
             if cap is not None:
-                bucket = self._buckets.get((scope.name, kind))
+                bucket = None if state is None else (state.rpm if kind == "rpm" else state.tpm)
                 level = float(cap) if bucket is None else bucket.level_at(cap, now)
                 out[kind] = {"limit": cap, "available": level}
         if limits.concurrency is not None:
-            slots = self._slots.get(scope.name)
-            in_use = 0 if slots is None else sum(1 for exp, _ in slots.live.values() if exp > now)
+            in_use = 0 if state is None else sum(1 for h in live if state in h.slots)
             out["concurrency"] = {"limit": limits.concurrency, "in_use": in_use}
         for period in budget_periods(now):
             budget_usd = _budget_limit(limits, period)
             if budget_usd is not None:
-                b = self._budgets.get((scope.name, f"{period.limit}:{period.key}"))
+                b = None if state is None else state.budgets.get(period.key)
                 spent = reserved = 0
                 if b is not None:
-                    b.purge(now)
-                    spent, reserved = b.spent, b.reserved
+                    spent, reserved = b.spent, sum(h.cost for h in live if b in h.budgets)
                 out[period.limit] = budget_usage(budget_usd, period, spent, reserved, now)
         return out
 
@@ -175,118 +179,167 @@ class MemoryLimiter:
         return True
 
     async def aclose(self) -> None:
-        self._buckets.clear()
-        self._slots.clear()
-        self._budgets.clear()
+        self._states.clear()
+        self._held.clear()
+        self._expiry.clear()
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _check(self, scope: Scope, tokens: int, cost: int, periods: tuple[Period, Period], now: float) -> None:
+    def _check(self, scope: Scope, tokens: int, cost: int, periods: tuple[Period, Period], now: float) -> _State:
         """Raise QuotaExceeded if ``scope`` lacks room; changes nothing a request could see."""
         name, limits = scope.name, scope.limits
+        state = self._states.get(name)
+        if state is None:
+            state = self._states[name] = _State()
         if limits.rpm is not None:
-            level = self._bucket(name, "rpm", limits.rpm, now).refill(limits.rpm, now)
+            level = _refill(state.rpm, limits.rpm, now) if state.rpm is not None else float(limits.rpm)
             if level < 1:
                 raise QuotaExceeded(name, "rpm", (1 - level) * 60 / limits.rpm)
         if limits.tpm is not None:
-            level = self._bucket(name, "tpm", limits.tpm, now).refill(limits.tpm, now)
+            level = _refill(state.tpm, limits.tpm, now) if state.tpm is not None else float(limits.tpm)
             if level < tokens:
                 raise QuotaExceeded(name, "tpm", (tokens - level) * 60 / limits.tpm)
-        if limits.concurrency is not None:
-            slots = self._slots.get(name)
-            if slots is not None:
-                slots.purge(now)
-                if len(slots.live) >= limits.concurrency:
-                    raise QuotaExceeded(name, "concurrency", 1.0)
-            elif limits.concurrency < 1:
-                raise QuotaExceeded(name, "concurrency", 1.0)
-        for period in periods:
-            budget_usd = _budget_limit(limits, period)
+        if limits.concurrency is not None and state.in_use >= limits.concurrency:
+            raise QuotaExceeded(name, "concurrency", 1.0)
+        for period, budget_usd in zip(periods, (limits.usd_per_day, limits.usd_per_month), strict=True):
             if budget_usd is None:
                 continue
-            b = self._budgets.get((name, f"{period.limit}:{period.key}"))
-            used = 0
-            if b is not None:
-                b.purge(now)
-                used = b.spent + b.reserved
+            b = state.budgets.get(period.key)
+            used = 0 if b is None else b.spent + b.reserved
             budget = to_micro(budget_usd)
             if used + cost > budget:
                 remaining = max(0, budget - used) / MICRO_USD
                 raise QuotaExceeded(name, period.limit, period.end - now, remaining_usd=remaining)
+        return state
 
-    def _take(self, scope: Scope, ask: Ask, cost: int, periods: tuple[Period, Period], now: float) -> None:
-        name, limits = scope.name, scope.limits
-        expiry = now + self.max_request_s
+    def _take(
+        self, limits: Limits, state: _State, held: _Held, tokens: int, periods: tuple[Period, Period], now: float
+    ) -> None:
         if limits.rpm is not None:
-            self._buckets[(name, "rpm")].level -= 1
+            if state.rpm is None:
+                state.rpm = _Bucket(limits.rpm, now)
+            state.rpm.level -= 1
         if limits.tpm is not None:
-            self._buckets[(name, "tpm")].level -= ask.tokens
+            if state.tpm is None:
+                state.tpm = _Bucket(limits.tpm, now)
+            state.tpm.level -= tokens
         if limits.concurrency is not None:
-            self._slots.setdefault(name, _Expiring()).add(ask.request_id, expiry)
-        for period in periods:
-            if _budget_limit(limits, period) is not None:
-                key = (name, f"{period.limit}:{period.key}")
-                b = self._budgets.get(key)
+            state.in_use += 1
+            held.slots.append(state)
+        for period, budget_usd in zip(periods, (limits.usd_per_day, limits.usd_per_month), strict=True):
+            if budget_usd is not None:
+                b = state.budgets.get(period.key)
                 if b is None:
-                    b = self._budgets[key] = _Budget(period.end)
-                b.reserved += cost
-                b.reservations.add(ask.request_id, expiry, cost)
+                    b = state.budgets[period.key] = _Budget(period.end)
+                b.reserved += held.cost
+                held.budgets.append(b)
 
     def _finish(self, ask: Ask, tpm_debit: int, real_cost: int | None) -> None:
-        """settle (``real_cost`` given) or release: correct TPM by ``tpm_debit``, free the slot,
-        drop the reservation and, when settling, charge the real cost to the acquire's windows."""
-        periods = budget_periods(ask.now)
-        for scope in distinct_scopes(ask.scopes):
-            name, limits = scope.name, scope.limits
-            if limits.tpm is not None and tpm_debit:
-                bucket = self._buckets.get((name, "tpm"))
-                if bucket is None:  # swept because it was full; a refund leaves it full
-                    if tpm_debit < 0:
-                        continue
-                    bucket = self._buckets[(name, "tpm")] = _Bucket(limits.tpm, self._clock)
-                # Adding then capping commutes with refilling, so no clock is needed here.
-                bucket.level = min(float(limits.tpm), bucket.level - tpm_debit)
-            if limits.concurrency is not None and (slots := self._slots.get(name)) is not None:
-                slots.remove(ask.request_id)
-            for period in periods:
-                if _budget_limit(limits, period) is None:
-                    continue
-                b = self._budgets.get((name, f"{period.limit}:{period.key}"))
-                if b is None:  # the window ended long ago and was swept
-                    continue
-                amount = b.reservations.remove(ask.request_id)
-                if amount is not None:
-                    b.reserved -= amount
-                if real_cost is not None:  # charged even if the reservation had expired
+        """settle (``real_cost`` given) or release: correct TPM by ``tpm_debit``, free the slots,
+        drop the reservations and, when settling, charge the real cost to the acquire's windows."""
+        held = self._held.get(ask.request_id)
+        if held is not None and held.ask is ask:
+            del self._held[ask.request_id]
+            held.drop()
+            if real_cost is not None:
+                for b in held.budgets:
                     b.spent += real_cost
+        elif real_cost is not None:  # expired: charged all the same, to the windows still known
+            self._charge_late(ask, real_cost)
+        if tpm_debit:
+            for scope in self._scopes(ask.scopes):
+                if scope.limits.tpm is not None:
+                    self._correct_tpm(scope.name, scope.limits.tpm, tpm_debit)
+
+    def _charge_late(self, ask: Ask, real_cost: int) -> None:
+        periods = budget_periods(ask.now)
+        for scope in self._scopes(ask.scopes):
+            state = self._states.get(scope.name)
+            if state is None:
+                continue
+            for period in periods:
+                if _budget_limit(scope.limits, period) is not None and (b := state.budgets.get(period.key)):
+                    b.spent += real_cost
+
+    def _correct_tpm(self, name: str, cap: int, debit: int) -> None:
+        state = self._states.get(name)
+        bucket = None if state is None else state.tpm
+        if bucket is None:  # swept because it was full; a refund leaves it full
+            if debit < 0:
+                return
+            if state is None:
+                state = self._states[name] = _State()
+            bucket = state.tpm = _Bucket(cap, self._clock)
+        # Adding then capping commutes with refilling, so no clock is needed here.
+        bucket.level = min(float(cap), bucket.level - debit)
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _bucket(self, scope: str, kind: str, cap: int, now: float) -> _Bucket:
-        bucket = self._buckets.get((scope, kind))
-        if bucket is None:
-            bucket = self._buckets[(scope, kind)] = _Bucket(cap, now)
-        return bucket
+    def _scopes(self, scopes: tuple[Scope, ...]) -> list[Scope]:
+        """Each scope once; the gate passes the same tuple for a tenant × task every time."""
+        found = self._distinct.get(id(scopes))
+        if found is not None and found[0] is scopes:
+            return found[1]
+        distinct = distinct_scopes(scopes)
+        if len(self._distinct) > 4096:
+            self._distinct.clear()
+        self._distinct[id(scopes)] = (scopes, distinct)
+        return distinct
+
+    def _hold(self, held: _Held) -> None:
+        rid = held.ask.request_id
+        old = self._held.get(rid)
+        if old is not None:  # the same id admitted twice: the first gives back what it held
+            old.drop()
+        self._held[rid] = held
+        heap = self._expiry
+        heapq.heappush(heap, (held.expiry, next(self._seq), held))
+        if len(heap) > 2 * len(self._held) + 64:  # mostly settled records: keep only the live
+            self._expiry = [e for e in heap if self._held.get(e[2].ask.request_id) is e[2]]
+            heapq.heapify(self._expiry)
+
+    def _expire(self, now: float) -> None:
+        """Drop what requests past ``max_request_s`` still hold (the in-flight bound)."""
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            held = heapq.heappop(heap)[2]
+            rid = held.ask.request_id
+            if self._held.get(rid) is held:
+                del self._held[rid]
+                held.drop()
 
     def _tick(self, now: float) -> None:
         self._clock = max(self._clock, now)
         self._ops += 1
-        if self._ops >= max(_SWEEP_MIN, len(self._buckets) + len(self._slots) + len(self._budgets)):
+        if self._ops >= max(_SWEEP_MIN, len(self._states) + len(self._held)):
             self._ops = 0
             self._sweep(self._clock)
 
     def _sweep(self, now: float) -> None:
-        """Forget what no longer matters: full buckets (a missing bucket is a full one), slot
-        sets with no live slot, and budget windows whose last reservation has expired."""
-        for key in [k for k, b in self._buckets.items() if b.level_at(b.cap, now) >= b.cap]:
-            del self._buckets[key]
-        for name in list(self._slots):
-            slots = self._slots[name]
-            slots.purge(now)
-            if not slots.live:
-                del self._slots[name]
-        for key in [k for k, b in self._budgets.items() if b.end + self.max_request_s <= now]:
-            del self._budgets[key]
+        """Forget what no longer matters: full buckets (a missing bucket is a full one), budget
+        windows whose last reservation has expired, and scopes left with nothing."""
+        self._expire(now)
+        for name in list(self._states):
+            state = self._states[name]
+            if state.rpm is not None and state.rpm.level_at(state.rpm.cap, now) >= state.rpm.cap:
+                state.rpm = None
+            if state.tpm is not None and state.tpm.level_at(state.tpm.cap, now) >= state.tpm.cap:
+                state.tpm = None
+            for key in [k for k, b in state.budgets.items() if b.end + self.max_request_s <= now]:
+                del state.budgets[key]
+            if state.idle():
+                del self._states[name]
+
+
+def _refill(bucket: _Bucket, cap: int, now: float) -> float:
+    """``bucket.refill`` inlined for the hot path: the level at ``now``, stored."""
+    level = bucket.level
+    if now > bucket.ts:
+        level += (now - bucket.ts) * cap / 60
+        bucket.ts = now
+    bucket.cap = cap
+    bucket.level = level = min(level, float(cap))
+    return level
 
 
 def _budget_limit(limits: Limits, period: Period) -> float | None:
