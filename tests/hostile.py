@@ -21,6 +21,7 @@ ADMIN_KEY = "sk-hostile-admin-0123456789abcdef"
 TENANT = "acme"
 CHAT_TASK = "chat"  # every answer becomes a review item (review_rate 1)
 TASK = "t"  # an active release: variables {text: str}
+EMBED_TASK = "embed"  # an embedding task, on a fake embedding server that honours dimensions
 RELEASE = "v1"
 
 # Error codes of a 400 about the request as a whole, not one of its fields: no ``param``.
@@ -41,8 +42,8 @@ class Gateway:
         return {"authorization": f"Bearer {key}"}
 
 
-def write_project(root: Path, upstream_url: str) -> Path:
-    config = {
+def write_project(root: Path, upstream_url: str, embed_url: str | None = None) -> Path:
+    config: dict[str, Any] = {
         "server": {"admin_key": ADMIN_KEY, "max_body_bytes": 262_144},
         "store": {"flush_interval_ms": 20},
         "capture": {"mode": "redacted"},
@@ -50,6 +51,10 @@ def write_project(root: Path, upstream_url: str) -> Path:
         "tenants": {TENANT: {"keys": [TENANT_KEY]}},
         "tasks": {CHAT_TASK: {"route": ["up"], "review_rate": 1.0}, TASK: {"route": ["up"]}},
     }
+    if embed_url is not None:
+        url = embed_url + "/v1"
+        config["targets"]["vec"] = {"provider": "openai", "base_url": url, "model": "v", "embedding_space": "v"}
+        config["tasks"][EMBED_TASK] = {"route": ["vec"]}
     (root / "turnout.yaml").write_text(json.dumps(config))
     folder = root / "releases" / TASK
     folder.mkdir(parents=True)
@@ -63,14 +68,16 @@ def write_project(root: Path, upstream_url: str) -> Path:
 @contextmanager
 def hostile_gateway(root: Path) -> Iterator[Gateway]:
     upstream = Process("tests.fakes.upstream", ready_path="/v1/models")
+    embedder = Process("tests.fakes.embedders", "--matryoshka")
     try:
-        config = write_project(root, upstream.url)
+        config = write_project(root, upstream.url, embedder.url)
         release_cli(root, "register", TASK, "--all", "--by", "ci")
         release_cli(root, "promote", TASK, RELEASE, "--by", "ci", "--why", "hostile-input tests")
         with turnout_serve(root, config) as served:
             yield Gateway(f"http://127.0.0.1:{served.port}", served.port, served.log)
     finally:
         upstream.stop()
+        embedder.stop()
 
 
 def error_shape_problem(status: int, body: Any) -> str | None:

@@ -261,6 +261,21 @@ class _TargetBase(_Strict):
     # The model's tokenizer.json (Hugging Face tokenizers format): budget reservations and
     # answers without usage count tokens with it, else as UTF-8 bytes. See turnout.control.tokens.
     tokenizer: str | None = Field(None, min_length=1)
+    # An embedding target (POST /v1/embeddings; turnout.providers.embeddings): its vectors compare
+    # only with vectors of the same space, so a task's route (fallbacks included) keeps to one
+    # space. Unset: a text target. ``embedding_batch``: inputs per upstream call (default per
+    # provider); ``embedding_parallel``: one request's calls in flight at once.
+    embedding_space: str | None = Field(None, min_length=1)
+    embedding_batch: int | None = Field(None, gt=0)
+    embedding_parallel: int = Field(4, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embeddings_have_no_output(cls, raw: Any) -> Any:
+        # An embedding model generates nothing: its price needs only input_per_mtok.
+        if isinstance(raw, dict) and raw.get("embedding_space") and isinstance(raw.get("price"), dict):
+            return {**raw, "price": {"output_per_mtok": 0, **raw["price"]}}
+        return raw
 
 
 class OpenAITarget(_TargetBase):
@@ -370,7 +385,7 @@ class ToolsConfig(_Strict):
     may call. A request declaring another tool is refused (400 ``tool_not_allowed``); a model's
     call to a tool not allowed, not declared by the request, or whose arguments fail the declared
     JSON schema is blocked, never passed on: ``refuse`` (502 ``tool_call_blocked``), ``fallback``
-    (the next allowed target), ``escalate`` (refused for now: escalation is not built yet).
+    (the next allowed target), ``escalate`` (refused like ``refuse``: not wired to ``output.escalate``).
     ``strict``: objects in the schema admit no property they do not list. Unset fields are
     inherited (tenant×task → tenant → task); defaults: allow nothing, strict, refuse."""
 
@@ -387,6 +402,70 @@ class ClassifyConfig(_Strict):
 
     detect: list[Literal["pii", "secrets"]] = ["pii", "secrets"]
     raise_to: Literal["internal", "confidential", "restricted"] = "confidential"
+
+
+HUMAN = "human"  # escalate.to: the review queue, where a person answers
+
+
+class EscalateConfig(_Strict):
+    """Where an answer goes once its repairs are spent: a stronger target (by name) or a person
+    (``human``: 202 with a ticket, the request redacted in the review queue)."""
+
+    to: str = Field(min_length=1)
+
+
+class OutputConfig(_Strict):
+    """Output checks (``turnout.safety.output``) on every answer of the task, both doors: the
+    task's ``schema``, the request's own ``response_format`` (json_schema or json_object; the
+    task API's release schema comes that way), ``max_chars`` and ``must_not_contain`` (the
+    redaction engine's secrets or PII). A failed answer is re-asked of the same target up to
+    ``repair_attempts`` times with the failure appended, then escalated, else refused (502
+    ``output_invalid``). Streams are answered whole: generated, checked, then relayed."""
+
+    # ``schema`` would shadow a BaseModel attribute; by name too, so a dumped config reloads.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    response_format: bool = True
+    max_chars: int | None = Field(None, gt=0)
+    must_not_contain: list[Literal["secrets", "pii"]] = []
+    repair_attempts: int = Field(0, ge=0, le=5)
+    escalate: EscalateConfig | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _a_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            from jsonschema import SchemaError, validators  # only for tasks that have a schema
+
+            try:
+                validators.validator_for(schema).check_schema(schema)
+            except SchemaError as exc:
+                where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+                raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        return schema
+
+
+class TaskCacheConfig(_Strict):
+    """An exact-match response cache for one task (``turnout.cache``), opt-in per data class.
+    ``scope: tenant``: an answer serves its own tenant only; ``shared``: every tenant, for
+    ``public`` data only. Only deterministic requests (temperature 0 or a ``seed``) are cached
+    unless ``allow_sampled``. ``max_mb``: the in-process backend keeps at most this much of the
+    task's answers (least recently used go first); no answer larger than it is stored."""
+
+    ttl_s: float = Field(gt=0)
+    classes: list[DataClass] = Field(min_length=1)
+    scope: Literal["tenant", "shared"] = "tenant"
+    allow_sampled: bool = False
+    max_mb: float | None = Field(None, gt=0)  # None: cache.max_mb
+
+    @model_validator(mode="after")
+    def _privacy(self) -> TaskCacheConfig:
+        if "restricted" in self.classes:
+            raise ValueError("classes: 'restricted' answers are never cached")
+        if self.scope == "shared" and set(self.classes) != {"public"}:
+            raise ValueError("scope: 'shared' is only allowed with classes: [public]")
+        return self
 
 
 class TenantConfig(_Strict):
@@ -414,6 +493,8 @@ class Gates(_Strict):
     max_regression: float = Field(0.05, ge=0, le=1)  # baseline − candidate pass rate, at most
     max_p95_ms: float | None = Field(None, gt=0)  # candidate p95 latency at the eval's concurrency
     max_cost_per_pass_ratio: float | None = Field(None, gt=0)  # candidate ÷ baseline cost per passed case
+    # (model spend + review_cost_usd × runs + escalation_cost_usd × failed runs) ÷ passed runs, in $
+    max_cost_per_completed_task: float | None = Field(None, gt=0)
 
 
 class CanaryConfig(_Strict):
@@ -435,11 +516,61 @@ class TaskConfig(_Strict):
     gates: Gates = Gates()
     canary: CanaryConfig = CanaryConfig()
     review_rate: float = Field(0.0, ge=0, le=1)  # share of responses sent to the review queue
+    review_cost_usd: float | None = Field(None, ge=0)  # a person reviewing one answer; None: not counted
+    escalation_cost_usd: float | None = Field(None, ge=0)  # a person finishing one failed task; None: not counted
     # Over budget: refuse (429 budget_exceeded), or keep only the targets whose worst case fits.
     on_budget_exceeded: Literal["refuse", "cheaper"] = "refuse"
     safety: SafetyConfig = SafetyConfig()  # injection screening: off on every channel by default
     tools: ToolsConfig | None = None  # tool allowlist; None: tool calls are not checked
     classify: ClassifyConfig | None = None  # raise the data class of requests carrying PII or secrets
+    output: OutputConfig | None = None  # output checks, repair and escalation; None: answers pass as they are
+    cache: TaskCacheConfig | None = None  # the response cache (turnout.cache); None: never cached
+
+
+MIN_CACHE_KEY_BYTES = 32
+
+
+class CacheConfig(_Strict):
+    """Where cached answers live (``turnout.cache``); tasks opt in with ``tasks.T.cache``.
+    ``memory``: in each gateway process, bounded by bytes. ``redis``: shared by the replicas,
+    each answer sealed with AES-GCM under ``encryption_key`` (required there) and expiring with
+    its TTL."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None  # None: limits.redis_url
+    key_prefix: str = Field("turnout", min_length=1)  # keys: <prefix>:cache:...
+    encryption_key: str | None = None  # e.g. ${TURNOUT_CACHE_KEY}; `openssl rand -hex 32`
+    max_mb: float = Field(64.0, gt=0)  # per task in process, unless the task sets its own
+
+    @model_validator(mode="after")
+    def _sealed(self) -> CacheConfig:
+        if self.backend == "redis" and not self.encryption_key:
+            raise ValueError("encryption_key: required with backend redis (cached answers are prompt-derived text)")
+        if self.encryption_key and len(self.encryption_key.encode()) < MIN_CACHE_KEY_BYTES:
+            raise ValueError(f"encryption_key: needs at least {MIN_CACHE_KEY_BYTES} bytes (`openssl rand -hex 32`)")
+        return self
+
+
+class RetentionRule(_Strict):
+    """How long each kind of record is kept for a tenant and task (None: every one). Unset
+    fields fall through to the next rule: tenant+task, then task, then tenant, then the
+    default (the rule naming neither)."""
+
+    tenant: str | None = None
+    task: str | None = None
+    ledger_days: float | None = Field(None, gt=0)  # metadata rows; unset everywhere: kept
+    capture_days: float | None = Field(None, gt=0)  # captured text; unset everywhere: capture.ttl_days
+    review_days: float | None = Field(None, gt=0)  # review queue items; unset everywhere: kept
+    cache_ttl_s: float | None = Field(None, gt=0)  # caps tasks.T.cache.ttl_s
+
+
+class RetentionConfig(_Strict):
+    """Rules by tenant × task, enforced by a background purge (``turnout.privacy.retention``)
+    in batches of ``batch_size`` rows, each run recorded in the audit trail with its counts."""
+
+    purge_interval_s: float = Field(3600.0, gt=0)
+    batch_size: int = Field(1000, gt=0)
+    rules: list[RetentionRule] = []
 
 
 class Config(_Strict):
@@ -454,6 +585,8 @@ class Config(_Strict):
     tenants: dict[str, TenantConfig] = {}
     policy: dict[DataClass, ClassPolicy] = {}
     tasks: dict[str, TaskConfig]
+    cache: CacheConfig = CacheConfig()
+    retention: RetentionConfig = RetentionConfig()
     # The price book, by effective date (sorted at load); see turnout.control.pricing.
     prices: list[PriceVersion] = []
 
@@ -511,6 +644,9 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
             for task in _mapping(_mapping(tenant).get(field)):
                 if task not in tasks:
                     problems.append(f"tenants.{tname}.{field}.{task}: unknown task {task!r}")
+    problems += _escalation_problems(tasks, targets)
+    problems += _retention_problems(_mapping(raw.get("retention")).get("rules"), tasks, _mapping(raw.get("tenants")))
+    problems += _embedding_problems(tasks, targets)
     problems += _price_book_problems(raw.get("prices"), targets)
     problems += _credential_problems(targets)
     problems += _store_problems(_mapping(raw.get("store")))
@@ -522,6 +658,93 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
             "add tenants with keys or set server.allow_anonymous: true"
         )
     return problems
+
+
+def _retention_problems(rules: Any, tasks: dict[str, Any], tenants: dict[str, Any]) -> list[str]:
+    """Retention rules name known tenants and tasks, each (tenant, task) pair once."""
+    problems: list[str] = []
+    seen: set[tuple[Any, Any]] = set()
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        rule = _mapping(rule)
+        tenant, task = rule.get("tenant"), rule.get("task")
+        if task is not None and task not in tasks:
+            problems.append(f"retention.rules[{i}].task: unknown task {task!r}")
+        if tenant is not None and tenant not in tenants:
+            problems.append(f"retention.rules[{i}].tenant: unknown tenant {tenant!r}")
+        pair = (str(tenant) if tenant is not None else None, str(task) if task is not None else None)
+        if pair in seen:
+            problems.append(f"retention.rules[{i}]: a second rule for tenant {tenant!r} and task {task!r}")
+        seen.add(pair)
+    return problems
+
+
+def _escalation_problems(tasks: dict[str, Any], targets: dict[str, Any]) -> list[str]:
+    """``output.escalate.to`` names a target or ``human``, never both at once."""
+    problems: list[str] = []
+    for name, task in tasks.items():
+        escalate = _mapping(_mapping(_mapping(task).get("output")).get("escalate"))
+        to = escalate.get("to")
+        if not isinstance(to, str) or not to:
+            continue  # the field check reports it
+        where = f"tasks.{name}.output.escalate.to"
+        if to == HUMAN and HUMAN in targets:
+            problems.append(f"{where}: {HUMAN!r} is ambiguous: a target has that name; rename the target")
+        elif to != HUMAN and to not in targets:
+            problems.append(f"{where}: unknown target {to!r} (a target's name, or {HUMAN!r})")
+    return problems
+
+
+# The Bedrock embedding models turnout can call (InvokeModel bodies: turnout.providers.bedrock.embed).
+_BEDROCK_EMBEDDERS = re.compile(r"(^|[./])(amazon\.titan-embed-text-v2|cohere\.embed-(english|multilingual)-v3)")
+
+
+def _embedding_problems(tasks: dict[str, Any], targets: dict[str, Any]) -> list[str]:
+    """A route keeps to one kind (text or embedding) and one embedding space: a fallback to
+    another space would write vectors an index cannot compare. Output checks read text."""
+    problems: list[str] = []
+    for name, target in targets.items():
+        target = _mapping(target)
+        model = target.get("model")
+        bedrock = target.get("embedding_space") and target.get("provider") == "bedrock"
+        if bedrock and isinstance(model, str) and not _BEDROCK_EMBEDDERS.search(model):
+            problems.append(
+                f"targets.{name}.model: {model!r} is not a Bedrock embedding model turnout calls "
+                "(amazon.titan-embed-text-v2:0, cohere.embed-english-v3, cohere.embed-multilingual-v3)"
+            )
+    for name, task in tasks.items():
+        route = _mapping(task).get("route")
+        steps = enumerate(route if isinstance(route, list) else [])
+        listed = [(i, t) for i, t in steps if isinstance(t, str) and t in targets]
+        if not listed:
+            continue
+        first = listed[0][1]
+        space = _mapping(targets[first]).get("embedding_space")
+        for i, target in listed[1:]:
+            other = _mapping(targets[target]).get("embedding_space")
+            if (other is None) != (space is None):
+                embeds, text = (target, first) if other is not None else (first, target)
+                problems.append(
+                    f"tasks.{name}.route[{i}]: {embeds!r} embeds and {text!r} does not: "
+                    "a route holds text targets or embedding targets, not both"
+                )
+            elif other != space:
+                problems.append(
+                    f"tasks.{name}.route[{i}]: {target!r} is in embedding space {other!r}, {first!r} in {space!r}: "
+                    "a fallback across spaces would corrupt an index"
+                )
+        if space is not None and _mapping(task).get("output") is not None:
+            problems.append(f"tasks.{name}.output: output checks read text answers; this task embeds")
+        to = _mapping(_mapping(_mapping(task).get("output")).get("escalate")).get("to")
+        if isinstance(to, str) and to in targets and _mapping(targets[to]).get("embedding_space"):
+            problems.append(f"tasks.{name}.output.escalate.to: {to!r} embeds; escalate to a text target")
+    return problems
+
+
+def embedding_tasks(config: Config) -> frozenset[str]:
+    """The tasks whose route embeds (checked at load to keep to one kind): the embeddings door's."""
+    return frozenset(
+        name for name, task in config.tasks.items() if config.targets[task.route[0]].embedding_space is not None
+    )
 
 
 def _price_book_problems(book: Any, targets: dict[str, Any]) -> list[str]:

@@ -87,6 +87,8 @@ class FakeUpstream(FakeServer):
     # Answered instead of ``reply`` when the request offers tools: [{"id", "name", "arguments"}].
     tool_calls: tuple[dict[str, Any], ...] = ()
     usage: dict[str, int] | None = None  # fixed usage instead of the word count
+    # Replies for the next requests, one each, before ``reply``; the last one stays as ``reply``.
+    queue: list[tuple[str, ...]] = field(default_factory=list)
     no_usage: bool = False  # report none ("usage": null), as some servers and proxies do
     _rng: random.Random = field(default_factory=lambda: random.Random(7), repr=False)
     requests: list[Received] = field(default_factory=list)
@@ -117,6 +119,8 @@ class FakeUpstream(FakeServer):
         except orjson.JSONDecodeError:
             body = raw.decode("utf-8", "replace")
         self.requests.append(_received(request, body))
+        if self.queue:
+            self.reply = tuple(self.queue.pop(0))
         fault = self._take()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -268,9 +272,11 @@ class FakeUpstream(FakeServer):
         return _json(asdict(self.fault))
 
     async def _set_reply(self, request: web.Request) -> web.StreamResponse:
-        """``{"text": [pieces], "tool_calls": [{"id", "name", "arguments"}], "usage": {...}}``"""
+        """``{"text": [pieces], "tool_calls": [{"id", "name", "arguments"}], "usage": {...},
+        "queue": [[pieces], ...]}`` (``queue``: the next requests' replies, one each)"""
         spec = orjson.loads(await request.read() or b"{}")
         self.reply = tuple(spec.get("text", self.reply))
+        self.queue = [tuple(pieces) for pieces in spec.get("queue", ())]
         self.tool_calls = tuple(spec.get("tool_calls", ()))
         self.usage = spec.get("usage")
         return _json({"ok": True})

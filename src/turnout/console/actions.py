@@ -62,14 +62,18 @@ async def release(runtime: Runtime, task: str, action: str, form: dict[str, str]
 async def label(runtime: Runtime, item: str, form: dict[str, str], by: str) -> str:
     queue = runtime.reviews
     if queue is None:
-        raise Refused("review sampling is off: no task has a review_rate")
+        raise Refused("the review queue is off: no task has a review_rate or escalates to a human")
     choice = form.get("label", "")
     if choice not in LABELS:
         raise Refused(f"label must be one of {', '.join(LABELS)}")
     note = form.get("note", "").strip() or None
     if note is not None and len(note) > MAX_NOTE:
         raise Refused(f"the note is longer than {MAX_NOTE} characters")
-    found = await queue.label(int(item), choice, note, by) if _item_id(item) else None
+    answer = form.get("answer", "").strip() or None  # an escalated item's corrected answer
+    try:
+        found = await queue.label(int(item), choice, note, by, answer) if _item_id(item) else None
+    except TurnoutError as exc:  # an escalation accepted without an answer, an answer too long
+        raise Refused(exc.message) from None
     if found is None:
         raise Refused(f"no review item {item!r}")
     return f"review item {found.id} ({found.task}): {choice}"

@@ -48,6 +48,19 @@ class MemoryStore:
         self._check_open()
         return len(self._rows)
 
+    async def tenant_tasks(self) -> list[tuple[str, str]]:
+        self._check_open()
+        return sorted({(r.tenant, r.task) for r in self._rows.values()})
+
+    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int:
+        self._check_open()
+        gone = [
+            key for key, r in self._rows.items() if r.tenant == tenant and r.task == task and r.started_at < before
+        ][:limit]
+        for key in gone:
+            del self._rows[key]
+        return len(gone)
+
     async def set_outcome(
         self,
         request_id: str,

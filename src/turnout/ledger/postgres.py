@@ -112,6 +112,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE {p}requests ADD COLUMN tool_violations text",
         "ALTER TABLE {p}requests ADD COLUMN declared_class text",
     ),
+    # 9: output checks (as in SQLite): repairs, where a failed answer escalated, the reasons.
+    (
+        """ALTER TABLE {p}requests
+            ADD COLUMN repairs      integer,
+            ADD COLUMN escalated_to text,
+            ADD COLUMN output_check text""",
+    ),
+    # 10: the API (door) the request came through, as in SQLite.
+    ("ALTER TABLE {p}requests ADD COLUMN endpoint text",),
+    # 11: what a cache hit saved, as in SQLite.
+    ("ALTER TABLE {p}requests ADD COLUMN cost_saved_usd double precision",),
+    # 12: why the answer stopped and the documents attached, as in SQLite.
+    (
+        """ALTER TABLE {p}requests
+            ADD COLUMN finish_reason text,
+            ADD COLUMN documents     integer""",
+    ),
 )
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))
@@ -180,6 +197,23 @@ class PostgresStore:
     async def count(self) -> int:
         async with self._connection() as conn:
             return int(await conn.fetchval(self._sql.count))
+
+    async def tenant_tasks(self) -> list[tuple[str, str]]:
+        """Every (tenant, task) with rows (retention: ``turnout.privacy.retention``)."""
+        async with self._connection() as conn:
+            found = await conn.fetch(f"SELECT DISTINCT tenant, task FROM {self._sql.prefix}requests")  # noqa: S608
+        return [(str(r[0]), str(r[1])) for r in found]
+
+    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int:
+        """Delete at most ``limit`` of the pair's rows that started before ``before``: how many."""
+        p = self._sql.prefix
+        sql = (
+            f"DELETE FROM {p}requests WHERE request_id IN (SELECT request_id FROM {p}requests "  # noqa: S608
+            "WHERE tenant = $1 AND task = $2 AND started_at < $3 LIMIT $4)"
+        )
+        async with self._connection() as conn:
+            status = await conn.execute(sql, tenant, task, before, limit)
+        return int(status.rsplit(" ", 1)[-1])
 
     async def set_outcome(
         self,

@@ -65,3 +65,17 @@ class LedgerRow:
     # Schema v8.
     tool_violations: str | None = None  # blocked tool calls, "name:reason ..." (never arguments); None: none
     declared_class: str | None = None  # the data class as declared; data_class is the effective one
+    # Schema v9: output checks (turnout.serving.output).
+    repairs: int | None = None  # answers re-asked after failing the output checks; None: none failed
+    escalated_to: str | None = None  # where a failed answer was escalated: a target, or "human"
+    output_check: str | None = None  # the rejected answers' reasons, "schema max_chars ..." (never text)
+    # Schema v10: the API the request came through ("chat.completions", "tasks", "embeddings", ...).
+    endpoint: str | None = None  # None: rows older than the column
+    # Schema v11: the response cache (turnout.cache). A hit costs 0 (``cost_usd``); this is what
+    # the answer cost when it was generated. None: not a hit.
+    cost_saved_usd: float | None = None
+    # Schema v12: why the answer stopped (the upstream's finish_reason: "stop", "length",
+    # "tool_calls", ...; None: a stream, a failure or no reason given), and the task API's
+    # documents attached to the request (None: another API).
+    finish_reason: str | None = None
+    documents: int | None = None

@@ -164,6 +164,15 @@ class LedgerStore(Protocol):
 
     async def count(self) -> int: ...
 
+    async def tenant_tasks(self) -> list[tuple[str, str]]:
+        """Every (tenant, task) that has rows: what the retention purge walks."""
+        ...
+
+    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int:
+        """Delete at most ``limit`` rows of the pair that started before ``before`` (one
+        batch of the retention purge): how many."""
+        ...
+
     async def set_outcome(
         self,
         request_id: str,

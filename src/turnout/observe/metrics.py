@@ -19,6 +19,10 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
     turnout_tool_violations_total{task,tool,reason}   blocked tool calls and refused declarations;
                                                    tool: an allowlisted name, else other
     turnout_data_class_raised_total{task,declared,effective}   classification raised the class
+    turnout_output_checks_failed_total{task,reason}   answers rejected by the task's output checks;
+                                                   reason: schema | json | max_chars | secrets | pii
+    turnout_repairs_total{task}                    re-asks after a rejected answer
+    turnout_escalations_total{task,to}             to: a configured target, or human
 
 At scrape time, from a ``LiveState`` snapshot the owner's callable returns (``_Live``)::
 
@@ -67,11 +71,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from turnout.config import DATA_CLASSES, Config
+from turnout.config import DATA_CLASSES, HUMAN, Config
 from turnout.control.quota.base import LimiterStats
 from turnout.ledger.record import LedgerRow
 from turnout.providers.base import Load
 from turnout.routing.breaker import State
+from turnout.safety.output import REASONS as OUTPUT_REASONS
 from turnout.safety.policy import parse_record
 from turnout.safety.screen import CHANNELS, REASONS
 from turnout.safety.tools import REASONS as TOOL_REASONS
@@ -229,6 +234,18 @@ class Metrics:
             registry=own,
         )
         self.data_classes = Vocabulary(DATA_CLASSES)
+        self.output_failed = Counter(
+            "turnout_output_checks_failed",
+            "Answers rejected by the task's output checks, by reason.",
+            ("task", "reason"),
+            registry=own,
+        )
+        self.output_reasons = Vocabulary(OUTPUT_REASONS)
+        self.repairs = Counter("turnout_repairs", "Re-asks after an answer failed its checks.", ("task",), registry=own)
+        self.escalations = Counter(
+            "turnout_escalations", "Answers escalated: to a target, or human.", ("task", "to"), registry=own
+        )
+        self.escalated_to = Vocabulary([*cfg.targets, HUMAN])
         self._series: dict[tuple[str, str, str, int, bool], _Series] = {}
         self._attempts: dict[tuple[str, str, str], Any] = {}
         self._fallbacks: dict[str, Any] = {}
@@ -291,6 +308,16 @@ class Metrics:
                 self.tool_violations.labels(task, self.tools(name), self.tool_reasons(reason)).inc()
         if row.declared_class is not None and row.declared_class != row.data_class:
             self.raised.labels(task, self.data_classes(row.declared_class), self.data_classes(row.data_class)).inc()
+        if row.output_check is not None or row.escalated_to is not None:
+            self._output(task, row)
+
+    def _output(self, task: str, row: LedgerRow) -> None:
+        for reason in (row.output_check or "").split():
+            self.output_failed.labels(task, self.output_reasons(reason)).inc()
+        if row.repairs:
+            self.repairs.labels(task).inc(row.repairs)
+        if row.escalated_to is not None:
+            self.escalations.labels(task, self.escalated_to(row.escalated_to)).inc()
 
     def _screened(self, task: str, record: str) -> None:
         action, channels = parse_record(record)

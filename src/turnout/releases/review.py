@@ -13,9 +13,17 @@ redactor stores nothing (fail closed). ``purge(before)`` deletes items captured 
 the capture TTL.
 
     review_items  id, task, release, request_id, text, mode, created_at,
-                  status (pending | accept | reject | escalate), note, labeled_by, labeled_at
+                  status (pending | accept | reject | escalate), note, labeled_by, labeled_at,
+                  tenant, reason (NULL: sampled | escalated), answer
 
 A label may be changed (an escalated item is later accepted or rejected); the latest counts.
+
+Escalations (``turnout.serving.output``): an answer that failed its task's output checks with
+``escalate: {to: human}`` is queued whole by ``enqueue_ticket`` (always redacted, whatever the
+capture mode: configuring the escalation is the opt-in), with its tenant and reason
+``escalated``; the request id is the caller's ticket id. The reviewer accepts it with a
+corrected ``answer`` (required for an escalated item) or rejects it; the caller reads the
+outcome with ``GET /v1/tasks/{task}/tickets/{id}`` (``ticket``), its own tenant's only.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ Status = Literal["pending", "accept", "reject", "escalate"]
 LABELS: tuple[Label, ...] = get_args(Label)
 STATUSES: tuple[Status, ...] = get_args(Status)
 MAX_NOTE = 4000
+MAX_ANSWER = 50_000  # a reviewer's corrected answer, in characters
+ESCALATED = "escalated"
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -60,6 +70,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX review_items_task_status ON review_items (task, status, id)",
         "CREATE INDEX review_items_task_release ON review_items (task, release)",
         "CREATE INDEX review_items_created_at ON review_items (created_at)",
+    ),
+    # 2: escalated answers: whose (tenant), why queued (NULL: sampled) and the reviewer's answer.
+    (
+        "ALTER TABLE review_items ADD COLUMN tenant TEXT",
+        "ALTER TABLE review_items ADD COLUMN reason TEXT",
+        "ALTER TABLE review_items ADD COLUMN answer TEXT",
     ),
 )
 
@@ -90,6 +106,9 @@ class ReviewItem:
     note: str | None
     labeled_by: str | None
     labeled_at: float | None
+    tenant: str | None = None  # escalations: whose request it was
+    reason: str | None = None  # None: sampled; ``escalated``: a ticket awaiting an answer
+    answer: str | None = None  # the reviewer's corrected answer
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -126,7 +145,10 @@ class Quality:
         }
 
 
-_COLUMNS = "id, task, release, request_id, text, mode, created_at, status, note, labeled_by, labeled_at"
+_COLUMNS = (
+    "id, task, release, request_id, text, mode, created_at, status, note, labeled_by, labeled_at,"
+    " tenant, reason, answer"
+)
 
 
 class ReviewQueue:
@@ -185,6 +207,38 @@ class ReviewQueue:
 
         return await self._call(insert)
 
+    async def enqueue_ticket(
+        self, task: str, release: str | None, request_id: str, tenant: str, text: str
+    ) -> ReviewItem | None:
+        """Queue an escalated request for a person to answer, redacted; the item (None when the
+        request id is queued already). ``ReviewError`` without a redactor: nothing unredacted is
+        ever stored."""
+        scrub = self.redactor
+        if scrub is None:
+            raise ReviewError("the review queue has no redactor: escalations cannot be queued")
+        now = self.clock()
+
+        def insert(conn: sqlite3.Connection) -> ReviewItem | None:
+            clean = scrub.redact(text).text
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO review_items (task, release, request_id, text, mode, created_at, tenant, reason)"
+                " VALUES (?, ?, ?, ?, 'redacted', ?, ?, ?)",
+                (task, release, request_id, clean, now, tenant, ESCALATED),
+            )
+            return _get(conn, cur.lastrowid) if cur.rowcount else None
+
+        return await self._call(insert)
+
+    async def ticket(self, request_id: str) -> ReviewItem | None:
+        """The escalated item of ``request_id``; None when there is none (a sampled one is none)."""
+
+        def read(conn: sqlite3.Connection) -> ReviewItem | None:
+            sql = f"SELECT {_COLUMNS} FROM review_items WHERE request_id = ? AND reason = ?"  # noqa: S608
+            row = conn.execute(sql, (request_id, ESCALATED)).fetchone()
+            return None if row is None else _decode(row)
+
+        return await self._call(read)
+
     async def list(
         self, task: str | None = None, status: Status | None = None, *, limit: int = 100
     ) -> builtins.list[ReviewItem]:
@@ -201,20 +255,32 @@ class ReviewQueue:
     async def get(self, item_id: int) -> ReviewItem | None:
         return await self._call(lambda c: _get(c, item_id))
 
-    async def label(self, item_id: int, label: str, note: str | None, by: str) -> ReviewItem | None:
-        """Record a human's label; None for an unknown item."""
+    async def label(
+        self, item_id: int, label: str, note: str | None, by: str, answer: str | None = None
+    ) -> ReviewItem | None:
+        """Record a human's label, and for an escalation the corrected ``answer`` (kept when a
+        later label gives none); None for an unknown item. Accepting an escalated item needs an
+        answer: it is what the caller receives."""
         if label not in LABELS:
             raise RequestError(f"label must be one of {', '.join(LABELS)}, not {label!r}", param="label")
         if not by.strip():
             raise RequestError("a label needs who gave it ('by')", param="by")
         if note is not None and len(note) > MAX_NOTE:
             raise RequestError(f"the note is longer than {MAX_NOTE} characters", param="note")
+        if answer is not None and len(answer) > MAX_ANSWER:
+            raise RequestError(f"the answer is longer than {MAX_ANSWER} characters", param="answer")
         now = self.clock()
 
         def update(conn: sqlite3.Connection) -> ReviewItem | None:
+            found = _get(conn, item_id)
+            if found is None:
+                return None
+            if found.reason == ESCALATED and label == "accept" and not (answer or found.answer):
+                raise RequestError("accepting an escalated item needs an 'answer' for the caller", param="answer")
             conn.execute(
-                "UPDATE review_items SET status = ?, note = ?, labeled_by = ?, labeled_at = ? WHERE id = ?",
-                (label, note, by, now, item_id),
+                "UPDATE review_items SET status = ?, note = ?, labeled_by = ?, labeled_at = ?,"
+                " answer = COALESCE(?, answer) WHERE id = ?",
+                (label, note, by, now, answer, item_id),
             )
             return _get(conn, item_id)
 
@@ -238,6 +304,21 @@ class ReviewQueue:
         return await self._call(
             lambda c: c.execute("DELETE FROM review_items WHERE created_at < ?", (before,)).rowcount
         )
+
+    async def tenant_tasks(self) -> tuple[tuple[str | None, str], ...]:
+        """Every (tenant, task) with items; tenant None: sampled items, which record none."""
+        found = await self._call(lambda c: c.execute("SELECT DISTINCT tenant, task FROM review_items").fetchall())
+        return tuple((tenant, str(task)) for tenant, task in found)
+
+    async def delete_before(self, tenant: str | None, task: str, before: float, limit: int) -> int:
+        """Delete at most ``limit`` of the pair's items queued before ``before`` (the retention
+        purge's batch; ``turnout.privacy.retention``): how many."""
+        sql = (
+            "DELETE FROM review_items WHERE id IN (SELECT id FROM review_items "
+            "WHERE tenant IS ? AND task = ? AND created_at < ? LIMIT ?)"
+        )
+        deleted: int = await self._call(lambda c: c.execute(sql, (tenant, task, before, limit)).rowcount)
+        return deleted
 
     # --- the thread ------------------------------------------------------------------------
 

@@ -93,7 +93,10 @@ class Classifier:
 
 def texts(body: dict[str, Any]) -> Iterator[str]:
     """The texts of a chat body the targets would receive: message contents and quoted tool-call
-    arguments (a conversation replayed to the model carries them)."""
+    arguments (a conversation replayed to the model carries them); an embeddings body's inputs."""
+    inputs = body.get("input")
+    if isinstance(inputs, list):
+        yield from (text for text in inputs if isinstance(text, str))
     messages = body.get("messages")
     for message in messages if isinstance(messages, list) else ():
         if not isinstance(message, dict):

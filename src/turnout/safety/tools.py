@@ -19,8 +19,10 @@ attempt. It returns the request's ``Guard``, which the attempt loop calls on eve
 * ``malformed``: the call has no function name.
 
 A blocked call never reaches the client. ``fallback`` rejects the answer (``AnswerRejected``:
-the walk goes on to the next allowed target); ``refuse`` and ``escalate`` (escalation to a
-person or a stronger model is not built yet) end the request with 502 ``tool_call_blocked``.
+the walk goes on to the next allowed target); ``refuse`` and ``escalate`` end the request
+with 502 ``tool_call_blocked``: ``escalate`` is not wired to the output stage's escalation
+(``output.escalate``), as the call is blocked inside the attempt loop, in a stream possibly after
+text went out, where there is no whole answer to hand on.
 Streams: ``turnout.safety.held`` holds tool-call deltas back until each call is complete and
 checked; text deltas pass at once.
 
@@ -171,7 +173,7 @@ class Guard:
         if mode == "fallback":
             message += " (part of the answer was already sent, so no other target could be tried)"
         elif mode == "escalate":
-            message += " (on_violation 'escalate' refuses for now: escalation is not available yet)"
+            message += " (on_violation 'escalate' refuses: tool calls are not escalated)"
         return ToolCallBlocked(message)
 
     @property
@@ -337,6 +339,13 @@ def _compiled(schema: Any, strict: bool, param: str) -> Validator:
     if isinstance(found, str):
         raise RequestError(found, param=param, code="invalid_value")
     return found
+
+
+def compile_schema(schema: Any, param: str) -> Validator:
+    """A caller's JSON Schema compiled as declared tool parameters are (its regular expressions
+    dropped, no remote ``$ref``, cached), as written (not closed): the output checks use it for
+    a request's ``response_format`` schema (``turnout.safety.output``). 400 naming ``param``."""
+    return _compiled(schema, False, param)
 
 
 def _defuse(schema: Any, *, close: bool, scope: bool) -> Any:

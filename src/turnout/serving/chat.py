@@ -49,9 +49,11 @@ class ChatRequest:
 
 
 class ChatDoor:
+    endpoint = "chat.completions"
     task_param = "model"
     needs_release = False
     release_prompt = False
+    fenced_json = False  # the caller parses the content as it comes: a fenced JSON answer is not JSON
 
     def parse(self, raw: bytes, task: str | None) -> ChatRequest:
         return parse(raw)

@@ -5,8 +5,9 @@ A door reads its own body and writes its own answer; everything between is the p
 
     door.parse  →  authenticate, task, release, classify, policy, quota, attempt  →  door.respond
 
-Chat completions (``turnout.serving.chat``) and the task API (``turnout.serving.tasks``) are
-doors; so will be embeddings, ``/v1/responses`` or Anthropic messages. A door that answers
+Chat completions (``turnout.serving.chat``), the task API (``turnout.serving.tasks``) and
+embeddings (``turnout.serving.embeddings``) are doors; so will be ``/v1/responses`` or Anthropic
+messages. A door that answers
 without an attempt (a cache) or refuses before one (safety screening) is a stage the pipeline
 gains once, for every door.
 """
@@ -27,6 +28,7 @@ from turnout.safety.policy import Input
 from turnout.serving.asgi import Receive, Send
 
 MAX_EPISODE_ID = 256
+EMBEDDINGS = "embeddings"  # the endpoint of the one door that serves tasks whose targets embed
 
 
 class Inbound(Protocol):
@@ -113,11 +115,16 @@ class Door(Protocol[R]):
     """One API over the pipeline. ``task_param`` names where the caller put the task (blamed
     when it is unknown); ``needs_release``: refuse a task that has no serving release;
     ``release_prompt``: the release's prompt shapes the answer (not only its targets and
-    parameters), as its prompt version header and ledger column say."""
+    parameters), as its prompt version header and ledger column say. ``fenced_json``: a JSON
+    answer may come inside a Markdown code fence (the door parses it out), for the output checks.
+    ``endpoint``: the API's name in the ledger's ``endpoint`` column (``chat.completions``,
+    ``tasks``, ``embeddings``); a task whose route embeds is served by the ``embeddings`` door only."""
 
+    endpoint: str
     task_param: str
     needs_release: bool
     release_prompt: bool
+    fenced_json: bool
 
     def parse(self, raw: bytes, task: str | None) -> R:
         """The request from its body; ``task`` when the path names it."""

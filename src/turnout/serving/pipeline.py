@@ -1,8 +1,9 @@
 """The request path, shared by every door (``turnout.serving.door``), top to bottom::
 
     authenticate → parse (door) → admit: task, release, classify → screen → body (door)
-    → tools (allowlist) → classify (PII, secrets) → policy → quota
-    → attempt (retry / fallback; each answer's tool calls checked) → respond (door)
+    → tools (allowlist) → classify (PII, secrets) → policy → cache (a hit skips to respond) → quota
+    → attempt (retry / fallback; each answer's tool calls checked)
+    → output checks (repair, escalation; ``turnout.serving.output``) → respond (door)
     → settle the quota → account → capture, review
 
 Each stage returns a small value (``Tenant``, the door's request, ``Admission``, ``Screened``,
@@ -24,10 +25,22 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from turnout.cache import replay
+from turnout.cache.entry import Recording
+from turnout.cache.stage import HIT, MISS, Lookup, bypassed
+from turnout.config import HUMAN, embedding_tasks
 from turnout.control.auth import Tenant
 from turnout.control.pricing import Priced
 from turnout.control.quota.base import Grant
-from turnout.errors import AllTargetsFailed, AnswerRefused, PolicyDenied, ShuttingDown, TurnoutError, UnknownTask
+from turnout.errors import (
+    AllTargetsFailed,
+    AnswerRefused,
+    PolicyDenied,
+    RequestError,
+    ShuttingDown,
+    TurnoutError,
+    UnknownTask,
+)
 from turnout.ledger.record import LedgerRow
 from turnout.privacy.capture.model import Decision
 from turnout.releases.base import Release, choose
@@ -39,8 +52,10 @@ from turnout.safety.classify import Classifiers, Raised
 from turnout.safety.tools import Allowlists, Guard
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, header, read_body
-from turnout.serving.door import Admission, Answered, Door, Inbound, R, Reply, check_episode_id
+from turnout.serving.door import EMBEDDINGS, Admission, Answered, Door, Inbound, R, Reply, check_episode_id
+from turnout.serving.output import Checked, OutputStage
 from turnout.serving.runtime import Runtime, pseudonym
+from turnout.serving.stops import answer_fields
 
 log = logging.getLogger("turnout")
 
@@ -72,7 +87,10 @@ class Pipeline:
         self.safety = safety.Gates(runtime.config)
         self.allowlists = Allowlists(runtime.config)
         self.classifiers = Classifiers(runtime.config)
+        self.output = OutputStage(runtime)
         self._review_rng = random.Random()
+        self.embedding_tasks = embedding_tasks(runtime.config)  # served by the embeddings door only
+        self.free = replay.FreeBook(runtime.config)  # a cache hit's prices
 
     async def run(
         self,
@@ -103,8 +121,11 @@ class Pipeline:
         keep: Keep | None = None
         answered: Answered | None = None
         failure: Failure | None = None
+        checked: Checked | None = None
+        lookup: Lookup | None = None
+        recording: Recording | None = None
         try:
-            tenant = identity or await rt.auth.identify(header(scope, b"authorization"), started_at)
+            tenant = identity or await rt.auth.identify(credential(scope), started_at)
             request = door.parse(await read_body(receive, scope, self.max_body), task)
             admission = self.admit(door, request, tenant, scope, request_id, release)
             screened = self.screen(door, request, admission)
@@ -114,20 +135,55 @@ class Pipeline:
             guard = self.tool_guard(admission, body)
             if guard is not None and guard.refusal is not None:
                 raise guard.refusal
+            checking = self.output.checks(admission.task, body, fenced=door.fenced_json) if self.output.active else None
             admission, raised = self.classify(admission, body)
             allowed = self.allowed(admission, raised)
-            allowed, grant = await rt.quota.admit(tenant.name, admission.task, body, allowed, request_id)
-            targets = [rt.targets[n] for n in allowed]
-            result = await execute(targets, body, stream=request.stream, request_id=request_id, check=guard)
+            if rt.cache is not None:  # a hit takes no quota; it was checked when it was generated
+                lookup, result = await self.cached(scope, admission, body, allowed, t0)
+            if result is not None:
+                checking = None
+            else:
+                allowed, grant = await rt.quota.admit(
+                    tenant.name, admission.task, body, allowed, request_id, checked=checking is not None
+                )
+                targets = [rt.targets[n] for n in allowed]
+                # A checked answer is asked for whole, even for a stream: no unchecked byte goes out.
+                stream = request.stream and checking is None
+                result = await execute(targets, body, stream=stream, request_id=request_id, check=guard)
+            if checking is not None:
+                checked = await self.output.run(
+                    checking,
+                    result,
+                    body,
+                    admission,
+                    stream=request.stream,
+                    request_id=request_id,
+                    started_at=started_at,
+                    guard=guard,
+                )
+                result = checked.result
             keep = self.keep(admission)
-            answered = await door.respond(
-                self.reply(door, request_id, request, admission, result, keep, started_at, t0, screened), send, receive
-            )
+            if checked is not None and not checked.passed:  # refused (502) or escalated to a person (202)
+                answered = await self.output.answer(
+                    checked, send, request_id, admission, body, started_at=started_at, prompt=door.release_prompt
+                )
+            else:
+                if lookup is not None and lookup.leading is not None:
+                    recording = replay.record(result, self.max_body)
+                answered = await door.respond(
+                    self.reply(door, request_id, request, admission, result, keep, started_at, t0, screened, lookup),
+                    send,
+                    receive,
+                )
+                if checked is not None:
+                    answered = checked.with_spent(answered)
+                if lookup is not None and lookup.leading is not None and answered.status == 200:
+                    await self.fill(lookup, result, recording, answered)
         except Exception as exc:
             failure = self.failure(exc, result, started_at)
             if not isinstance(exc, TurnoutError):
                 raise  # a bug: the boundary answers and logs it, after the finally below
-            await respond.error(send, exc, request_id)
+            await respond.error(send, exc, request_id, door.endpoint)
         except asyncio.CancelledError:
             # A shutdown past its grace period: the request still settles its quota and gets
             # its row (the runtime waits for that before closing them). Not re-raised: the
@@ -135,21 +191,30 @@ class Pipeline:
             cut = ShuttingDown("the gateway is shutting down; the request was cut")
             failure = self.failure(cut, result, started_at)
             if answered is None and result is None:
-                await _error_quietly(send, cut, request_id)
+                await _error_quietly(send, cut, request_id, door.endpoint)
         finally:
+            if lookup is not None and rt.cache is not None:  # frees a flight its leader left unfilled
+                rt.cache.done(lookup)
             try:
                 if grant is not None:
                     await self.settle(grant, answered)
             finally:
                 if answered is not None or failure is not None:
                     latency_ms = (time.perf_counter() - t0) * 1000
+                    trail = Trail(
+                        request_id, started_at, task, tenant, request, admission, result, keep, screened, guard, checked
+                    )
                     row = ledger_row(
-                        Trail(request_id, started_at, task, tenant, request, admission, result, keep, screened, guard),
+                        trail,
                         answered,
                         failure,
                         latency_ms,
                         door.release_prompt,
                     )
+                    row.endpoint = door.endpoint
+                    answer_fields(row, request, result)
+                    if lookup is not None:
+                        _cache_fields(row, lookup)
                     self.account(row, identified=tenant is not None)
                     if answered is not None and keep is not None:
                         await self.keep_text(row, keep, body, answered)
@@ -163,6 +228,8 @@ class Pipeline:
         task = request.task
         if task not in self.tasks or not tenant.may_use(task):
             raise UnknownTask(f"the task {task!r} does not exist or is not open to you", param=door.task_param)
+        if (task in self.embedding_tasks) != (door.endpoint == EMBEDDINGS):
+            raise _wrong_endpoint(task, door)
         user = _header_str(scope, b"x-turnout-user") or request.user
         release = forced if forced is not None else self.serving(task, str(user or request_id))
         if release is None and door.needs_release:
@@ -178,6 +245,34 @@ class Pipeline:
         channels its tenant and task screen; None when none does or nothing is over threshold."""
         gate = self.safety.get(admission.tenant.name, admission.task)
         return None if gate is None else gate.screen(door.untrusted(request))
+
+    async def cached(
+        self, scope: dict[str, Any], admission: Admission, body: dict[str, Any], allowed: list[str], t0: float
+    ) -> tuple[Lookup | None, Result | None]:
+        """The cache stage (``turnout.cache``): a hit's answer as a ``Result``, or None (a miss,
+        a bypass, a task without cache)."""
+        cache = self.rt.cache
+        assert cache is not None
+        bypass = bypassed(header(scope, b"cache-control"), header(scope, b"x-turnout-cache"))
+        tenant = admission.tenant.name
+        lookup = await cache.lookup(admission.task, tenant, admission.data_class, admission.release, body, bypass)
+        if lookup is None or lookup.entry is None:
+            return lookup, None
+        result = replay.hit_result(lookup.entry, self.rt.targets, allowed, t0)
+        if result is None:  # its target no longer allowed: asked for anew (and not kept)
+            lookup.state, lookup.entry = MISS, None
+            return lookup, None
+        return lookup, result
+
+    async def fill(
+        self, lookup: Lookup, result: Result, recording: Recording | None, answered: Answered
+    ) -> None:
+        """A leading miss's whole answer into the cache, and to the requests waiting on it."""
+        cache = self.rt.cache
+        assert cache is not None
+        value = replay.entry_bytes(result, recording, answered.priced.total, answered.usage)
+        if value is not None:
+            await cache.fill(lookup, value)
 
     def serving(self, task: str, sticky_key: str) -> Release | None:
         registry = self.rt.releases
@@ -217,9 +312,10 @@ class Pipeline:
             raise PolicyDenied(f"{exc.message} ({raised.note()})", param=exc.param) from exc
 
     def keep(self, admission: Admission) -> Keep | None:
-        """None: text capture is off. Review samples only where capture allows text."""
+        """None: text capture is off (and for embeddings: no answer text to keep). Review samples
+        only where capture allows text."""
         capture = self.rt.capture
-        if capture is None:
+        if capture is None or admission.task in self.embedding_tasks:
             return None
         decision = capture.decide(admission.tenant.name, admission.task)
         rate = 0.0
@@ -238,6 +334,7 @@ class Pipeline:
         started_at: float,
         t0: float,
         screened: safety.Screened | None = None,
+        lookup: Lookup | None = None,
     ) -> Reply[R]:
         release = admission.release
         model_version = (release.model_version if release else None) or result.answer.model_version
@@ -246,6 +343,11 @@ class Pipeline:
         )
         if screened is not None:  # flagged: a blocked request never gets here
             headers.append((safety.HEADER, b"flagged"))
+        prices = self.rt.prices
+        if lookup is not None:
+            headers.append(lookup.header)
+            if lookup.state == HIT:
+                prices = self.free
         collect = keep is not None and keep.collect
         return Reply(
             request_id,
@@ -257,7 +359,7 @@ class Pipeline:
             model_version,
             started_at,
             t0,
-            self.rt.prices,
+            prices,
             self.rt.tokens,
         )
 
@@ -338,13 +440,14 @@ class Trail(NamedTuple):
     keep: Keep | None
     screened: safety.Screened | None = None
     guard: Guard | None = None  # the tool checks, where the task has an allowlist
+    checked: Checked | None = None  # the output checks, where the task has them
 
 
 def ledger_row(
     trail: Trail, answered: Answered | None, failure: Failure | None, latency_ms: float, release_prompt: bool
 ) -> LedgerRow:
     """The request's one row, from the stages it passed (a refusal passes few)."""
-    request_id, started_at, task, tenant, request, admission, result, keep, screened, guard = trail
+    request_id, started_at, task, tenant, request, admission, result, keep, screened, guard, checked = trail
     priced: Priced | None
     if answered is not None:
         status, error_class, priced, usage = answered.status, answered.error_class, answered.priced, answered.usage
@@ -354,7 +457,7 @@ def ledger_row(
     release = admission.release if admission is not None else None
     answer = result.answer if result is not None else None
     # Positional, in field order: the request path builds one of these per request.
-    return LedgerRow(
+    row = LedgerRow(
         request_id,
         started_at,
         tenant.name if tenant is not None else "",
@@ -386,12 +489,54 @@ def ledger_row(
         tool_violations=guard.record if guard is not None else None,
         declared_class=admission.declared_class if admission is not None else None,
     )
+    if checked is not None:
+        _output_fields(row, checked)
+    return row
 
 
-async def _error_quietly(send: Send, err: TurnoutError, request_id: str) -> None:
+def _cache_fields(row: LedgerRow, lookup: Lookup) -> None:
+    """``cache_hit``: True (a hit), False (a miss); None where the cache was bypassed. A hit's
+    ``cost_saved_usd`` is what its answer cost when it was generated."""
+    if lookup.state == HIT:
+        row.cache_hit = True
+        row.cost_saved_usd = lookup.entry.cost_usd if lookup.entry is not None else None
+    elif lookup.state == MISS:
+        row.cache_hit = False
+
+
+def _output_fields(row: LedgerRow, checked: Checked) -> None:
+    """The row's output-check fields; an escalation is also the row's ``escalated`` (and, to a
+    person, ``human_review``), as feedback would say it."""
+    if checked.failed:
+        row.repairs = checked.repairs
+        row.output_check = checked.record
+    if checked.escalated_to is not None:
+        row.escalated_to = checked.escalated_to
+        row.escalated = True
+        row.human_review = True if checked.escalated_to == HUMAN else None
+
+
+async def _error_quietly(send: Send, err: TurnoutError, request_id: str, endpoint: str) -> None:
     """At shutdown the connection may already be gone, or its answer begun."""
     with contextlib.suppress(Exception):  # nothing more to tell the client
-        await respond.error(send, err, request_id)
+        await respond.error(send, err, request_id, endpoint)
+
+
+def credential(scope: dict[str, Any]) -> bytes | None:
+    """The caller's key: ``Authorization: Bearer``, else ``x-api-key`` (Anthropic's SDKs send that)."""
+    found = header(scope, b"authorization")
+    if found is None and (key := header(scope, b"x-api-key")) is not None:
+        return b"Bearer " + key
+    return found
+
+
+def _wrong_endpoint(task: str, door: Door[Any]) -> RequestError:
+    """A task that embeds asked for text, or a text task asked for embeddings."""
+    if door.endpoint == EMBEDDINGS:
+        message = f"the task {task!r} does not embed (its targets declare no embedding_space)"
+    else:
+        message = f"the task {task!r} embeds: call POST /v1/embeddings"
+    return RequestError(message, param=door.task_param, code="wrong_endpoint")
 
 
 def _header_str(scope: dict[str, Any], name: bytes) -> str | None:

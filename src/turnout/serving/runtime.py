@@ -20,7 +20,10 @@ import os
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-from turnout.config import Config
+from turnout._support.periodic import Periodic
+from turnout.cache import factory as cache_factory
+from turnout.cache.stage import CacheStage
+from turnout.config import HUMAN, Config
 from turnout.control.auth import Authenticator
 from turnout.control.catalog import context_window
 from turnout.control.keys.factory import open_key_store
@@ -34,8 +37,12 @@ from turnout.observe import open_tracing
 from turnout.observe.metrics import LedgerCounts, LiveState, Metrics, TargetState
 from turnout.observe.requestlog import RequestLog
 from turnout.privacy.capture import Capture, SecretsOnly, capture_path
+from turnout.privacy.capture.store import CaptureStore
 from turnout.privacy.redact import Redactor
+from turnout.privacy.retention.purge import RetentionPurge
+from turnout.privacy.retention.rules import Rules
 from turnout.providers.base import Provider, Timeouts
+from turnout.providers.embeddings import batched
 from turnout.providers.registry import create
 from turnout.releases.base import ReleaseRegistry
 from turnout.releases.canary import CanaryController
@@ -75,6 +82,7 @@ class Runtime:
         self.releases: ReleaseRegistry | None = None  # what serves each task, read per request
         self.release_store: ReleaseStore | None = None  # the registry's store: canaries and evals write it
         self.canary: CanaryController | None = None
+        self.cache: CacheStage | None = None  # the response cache, where a task opted in
         self._stack: AsyncExitStack | None = None
 
     async def start(self) -> None:
@@ -122,7 +130,7 @@ class Runtime:
         stack.push_async_callback(self._close_providers)  # before any is built: a failed build closes the rest
         stack.push_async_callback(self.probes.aclose)  # a probe still running goes before its providers
         await self._open_targets()
-        if any(t.review_rate > 0 for t in cfg.tasks.values()) and self.capture is not None:
+        if reviews_wanted(cfg, self.capture is not None):
             redactor = Redactor(self.secret)  # review text is redacted like captured text
             reviews = ReviewQueue(cfg.releases.store_path, redactor=redactor, secrets=SecretsOnly(redactor))
             await reviews.open()
@@ -132,15 +140,43 @@ class Runtime:
             registry = await open_registry(cfg)
             stack.push_async_callback(registry.aclose)
             self.releases, self.release_store = registry, registry.store
+        if cache_factory.wanted(cfg):
+            await self._open_cache(stack)
+        if self.store is not None and cfg.store.kind != "memory" and Rules(cfg).purges:
+            await self._open_retention(stack, self.store)
         if self.release_store is not None and self.store is not None:  # canaries need a ledger
             self.canary = CanaryController(cfg, self.release_store, self.store)
             self.canary.start()
             stack.push_async_callback(self.canary.aclose)  # first to close: it reads the ledger
 
+    async def _open_cache(self, stack: AsyncExitStack) -> None:
+        """The store, the stage, and the sweep of answers of releases that no longer serve."""
+        store = cache_factory.open_cache_store(self.config)
+        stack.push_async_callback(store.aclose)
+        self.cache = CacheStage(self.config, store)
+        sweeper = Periodic("turnout-cache-sweep", cache_factory.Sweeper(self.cache, self.releases), 30.0, first="now")
+        sweeper.start()
+        stack.push_async_callback(sweeper.aclose)
+
+    async def _open_retention(self, stack: AsyncExitStack, store: LedgerStore) -> None:
+        """The retention purge of the ledger and the review queue, its runs audited beside
+        captured text."""
+        audit = self.capture.store if self.capture is not None else None
+        if audit is None:
+            audit = CaptureStore(capture_path(self.config.store))
+            await audit.open()
+            stack.push_async_callback(audit.aclose)
+        purge = RetentionPurge(self.config, store, audit, reviews=self.reviews)
+        job = Periodic("turnout-retention", purge.tick, self.config.retention.purge_interval_s, first="now")
+        job.start()
+        stack.push_async_callback(job.aclose)
+
     async def _open_targets(self) -> None:
         for name, t in self.config.targets.items():
             timeouts = Timeouts(t.timeouts.connect, t.timeouts.ttft, t.timeouts.total)
             provider = self._injected.get(name) or create(name, t)
+            if t.embedding_space is not None:  # its calls embed whole requests, in batches
+                provider = batched(name, provider, t.embedding_batch, t.embedding_parallel)
             breaker = Breaker(t.breaker, target=name)
             self.targets[name] = Target(name, provider, breaker, t.retry, timeouts, context_window(t))
         for name, probe in (await self.probes.start_up()).items():  # warms providers up
@@ -184,6 +220,17 @@ class Runtime:
         )
 
 
+def reviews_wanted(config: Config, capturing: bool) -> bool:
+    """The review queue: for sampled answers (a ``review_rate``, where capture keeps text) and for
+    answers escalated to a person (``output.escalate.to: human``: always redacted)."""
+    if any(t.review_rate > 0 for t in config.tasks.values()) and capturing:
+        return True
+    return any(
+        t.output is not None and t.output.escalate is not None and t.output.escalate.to == HUMAN
+        for t in config.tasks.values()
+    )
+
+
 def capture_wanted(config: Config) -> bool:
     """Text capture needs its store only when some rule could keep text."""
     return config.capture.mode != "metadata" or any(r.mode != "metadata" for r in config.capture.rules)
@@ -203,4 +250,11 @@ def pseudonym(key: bytes, value: str) -> str:
 def open_capture(config: Config, key: bytes) -> Capture:
     redactor = Redactor(key)
     path = ":memory:" if config.store.kind in ("memory", "none") else capture_path(config.store)
-    return Capture(config.capture, path, redactor, secrets=SecretsOnly(redactor))
+    rules = Rules(config)
+    return Capture(
+        config.capture,
+        path,
+        redactor,
+        secrets=SecretsOnly(redactor),
+        ttl_days_for=lambda tenant, task: rules.get(tenant, task).capture_days,
+    )

@@ -23,6 +23,7 @@ from turnout.providers.base import Completion
 from turnout.releases.base import Release
 from turnout.releases.render import render
 from turnout.safety import inputs
+from turnout.safety.output import strip_fence
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import MAX_DEPTH, Receive, Send, json_object, send_json
@@ -49,9 +50,11 @@ class TaskRequest:
 
 
 class TaskDoor:
+    endpoint = "tasks"
     task_param = "task"
     needs_release = True
     release_prompt = True
+    fenced_json = True  # ``_output`` strips the fence
 
     def parse(self, raw: bytes, task: str | None) -> TaskRequest:
         assert task is not None  # the path names it
@@ -144,7 +147,7 @@ def _output(release: Release, answer: dict[str, Any]) -> Any:
     if release.output_schema is None:
         return content
     try:
-        parsed = orjson.loads(_strip_fence(content))
+        parsed = orjson.loads(strip_fence(content))
     except orjson.JSONDecodeError as exc:
         raise OutputInvalid("the model's answer is not JSON, as the release's output schema requires") from exc
     if too_deep(parsed, MAX_DEPTH):  # neither the schema check nor the answer could take it
@@ -155,11 +158,3 @@ def _output(release: Release, answer: dict[str, Any]) -> Any:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise OutputInvalid(f"the model's answer fails the output schema at {where}: {exc.validator}") from exc
     return parsed
-
-
-def _strip_fence(text: str) -> str:
-    text = text.strip()
-    if text.startswith("```"):
-        text = text.split("\n", 1)[1] if "\n" in text else ""
-        text = text.rsplit("```", 1)[0]
-    return text

@@ -20,6 +20,12 @@ tokenizer) plus the output bound. Where a budget applies and the request sets no
 assumed is the one the target is told. An answer is settled with its cost even when its upstream
 reported no usage (the door then counts what was generated), and released only when there was
 no answer.
+
+A task that checks its answers (``output:``) may pay for more than one answer: its reservation
+covers the first answer and ``repair_attempts`` re-asks of the same target (each re-ask is the
+request with the last rejected answer, at most the output bound, and the repair turn, at most
+``REPAIR_TURN_TOKENS``, appended), plus the worst case of ``escalate.to`` where that is a target; so
+repairs and an escalation never spend past the budget either.
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ import logging
 import time
 from typing import Any
 
-from turnout.config import Config
+from turnout.config import Config, embedding_tasks
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.base import Ask, Grant, Limiter, QuotaExceeded, Scope
-from turnout.control.quota.plan import max_output_tokens, scopes, sets_output_bound
+from turnout.control.quota.plan import REPAIR_TURN_TOKENS, max_output_tokens, scopes, sets_output_bound
 from turnout.control.tokens import BYTES, Tokens
 from turnout.providers.base import Usage
 
@@ -46,34 +52,56 @@ class QuotaGate:
         self.book = book  # for worst cases only
         self.tokens = tokens
         self.cheaper = {name: t.on_budget_exceeded == "cheaper" for name, t in config.tasks.items()}
+        self.embedding_tasks = embedding_tasks(config)  # they generate nothing: no output to bound
+        self.answers = _answers(config)  # checked tasks: (repair_attempts, escalation target or None)
 
     def needed(self) -> bool:
         return any(self.scopes.values())
 
     async def admit(
-        self, tenant: str, task: str, body: dict[str, Any], allowed: list[str], request_id: str
+        self,
+        tenant: str,
+        task: str,
+        body: dict[str, Any],
+        allowed: list[str],
+        request_id: str,
+        *,
+        checked: bool = False,
     ) -> tuple[list[str], Grant | None]:
-        """The targets the request may still use, and its grant (None: no limits apply)."""
+        """The targets the request may still use, and its grant (None: no limits apply).
+        ``checked``: its answers pass the task's output checks (repairs and escalation)."""
         scopes: tuple[Scope, ...] = self.scopes.get((tenant, task), ())
         if not scopes or self.limiter is None:
             return allowed, None
-        if not sets_output_bound(body) and any(_budgeted(s) for s in scopes):
+        embeds = task in self.embedding_tasks
+        if not embeds and not sets_output_bound(body) and any(_budgeted(s) for s in scopes):
             body["max_tokens"] = self.default_max_tokens  # the bound the reservation assumes, told upstream
-        prompts = await self.tokens.prompts(body, allowed)
-        output = max_output_tokens(body, self.default_max_tokens)
+        repairs, escalation = self.answers.get(task, (0, None)) if checked else (0, None)
+        counted = allowed if escalation is None or escalation in allowed else [*allowed, escalation]
+        prompts = await self.tokens.prompts(body, counted)
+        output = 0 if embeds else max_output_tokens(body, self.default_max_tokens)
         now = time.time()
-        worst = {name: self.book.worst_case(name, prompts[name], output, now) for name in allowed}
-        ask = Ask(request_id, scopes, max(prompts.values()) + output, max(worst.values()), now)
+        worst = {name: self._worst(name, prompts[name], output, repairs, now) for name in allowed}
+        extra = 0.0 if escalation is None else self.book.worst_case(escalation, prompts[escalation], output, now)
+        ask = Ask(request_id, scopes, max(prompts[n] for n in allowed) + output, max(worst.values()) + extra, now)
         try:
             return allowed, await self.limiter.acquire(ask)
         except QuotaExceeded as refusal:
             if not (refusal.limit.startswith("usd_") and self.cheaper.get(task) and refusal.remaining_usd is not None):
                 raise
-            fits = [name for name in allowed if worst[name] <= refusal.remaining_usd]
+            fits = [name for name in allowed if worst[name] + extra <= refusal.remaining_usd]
             if not fits:
                 raise
-            ask.cost_usd = max(worst[name] for name in fits)
+            ask.cost_usd = max(worst[name] for name in fits) + extra
             return fits, await self.limiter.acquire(ask)
+
+    def _worst(self, target: str, prompt: int, output: int, repairs: int, now: float) -> float:
+        """The most ``target`` may cost: one answer, and ``repairs`` re-asks, each the request
+        with one rejected answer and one repair turn appended (``serving.output.repair_body``)."""
+        first = self.book.worst_case(target, prompt, output, now)
+        if not repairs:
+            return first
+        return first + repairs * self.book.worst_case(target, prompt + output + REPAIR_TURN_TOKENS, output, now)
 
     async def settle(self, grant: Grant | None, usage: Usage | None, cost: float | None) -> None:
         if grant is None or self.limiter is None:
@@ -94,6 +122,17 @@ class QuotaGate:
             await self.limiter.release(grant)
         except Exception as exc:
             log.warning("quota release failed for %s: %s", grant.ask.request_id, type(exc).__name__)
+
+
+def _answers(config: Config) -> dict[str, tuple[int, str | None]]:
+    """Each task with output checks: its repair attempts and the target it escalates to (None:
+    none, or a person, who costs no tokens)."""
+    out: dict[str, tuple[int, str | None]] = {}
+    for name, task in config.tasks.items():
+        if task.output is not None:
+            to = task.output.escalate.to if task.output.escalate is not None else None
+            out[name] = (task.output.repair_attempts, to if to in config.targets else None)
+    return out
 
 
 def _budgeted(scope: Scope) -> bool:

@@ -21,9 +21,14 @@ from typing import Any
 
 from turnout.config import Config, Limit, Price
 from turnout.control.quota.base import Limits, Scope
-from turnout.control.tokens import choices_asked, output_bound, prompt_tokens
+from turnout.control.tokens import TOKENS_PER_MESSAGE, choices_asked, output_bound, prompt_tokens
 
-__all__ = ["cost_usd", "max_output_tokens", "prompt_tokens", "scopes", "sets_output_bound"]
+__all__ = ["REPAIR_TURN_TOKENS", "cost_usd", "max_output_tokens", "prompt_tokens", "scopes", "sets_output_bound"]
+
+# What a repair re-ask adds to the prompt besides the rejected answer: the hint (at most
+# ``turnout.safety.output.HINT_BYTES`` UTF-8 bytes, so at most as many tokens), the fixed
+# suffix and two messages' overhead. Kept equal to that module's bound by a test.
+REPAIR_TURN_TOKENS = 2000 + 64 + 2 * TOKENS_PER_MESSAGE
 
 
 def scopes(config: Config) -> dict[tuple[str, str], tuple[Scope, ...]]:
