@@ -61,11 +61,12 @@ _INCLUDE_USAGE = {"include_usage": True}
 class Replica:
     """One base URL of a target, with its own breaker and count of calls in flight."""
 
-    __slots__ = ("breaker", "chat_url", "in_flight", "label", "models_url")
+    __slots__ = ("breaker", "chat_url", "embeddings_url", "in_flight", "label", "models_url")
 
     def __init__(self, label: str, base_url: str, breaker: Breaker) -> None:
         self.label = label
         self.chat_url = URL(base_url + "/chat/completions")
+        self.embeddings_url = URL(base_url + "/embeddings")
         self.models_url = URL(base_url + "/models")
         self.breaker = breaker
         self.in_flight = 0
@@ -75,6 +76,9 @@ class Replica:
 
 
 class OpenAIProvider:
+    embed_batch = 32  # TEI's default max_client_batch_size; vLLM and llama.cpp take more
+    embed_batch_max: int | None = None
+
     def __init__(self, name: str, cfg: OpenAITarget) -> None:
         self.name = name
         self.cfg = cfg
@@ -108,6 +112,25 @@ class OpenAIProvider:
         return Stream(
             chunks=chunks,
             model_version=self.cfg.model_version or chunks.model or self.cfg.model,
+            replica=replica.label,
+        )
+
+    async def embed(self, call: Call) -> Completion:
+        """One batch of ``POST /embeddings`` (``turnout.providers.embeddings``), asked as floats:
+        the gateway encodes base64 itself when the caller wants it."""
+        replica = self._acquire()
+        exchange = Exchange(
+            lambda: self._post_embeddings(replica, call),
+            partial(self._status_error, replica),
+            replica.label,
+            call.timeouts,
+            partial(self._settle, replica),
+        )
+        body = await exchange.complete(partial(json_object, label=replica.label, what="response"))
+        return Completion(
+            body=body,
+            usage=Usage.from_openai(body.get("usage")),
+            model_version=self.cfg.model_version or body.get("model") or self.cfg.model,
             replica=replica.label,
         )
 
@@ -187,6 +210,10 @@ class OpenAIProvider:
         else:
             body.pop("stream_options", None)  # servers reject it on non-streaming calls
         return await self._http.post(replica.chat_url, orjson.dumps(body), call.timeouts, stream=call.stream)
+
+    async def _post_embeddings(self, replica: Replica, call: Call) -> Response:
+        body = {**call.body, "model": self.cfg.model, "encoding_format": "float"}
+        return await self._http.post(replica.embeddings_url, orjson.dumps(body), call.timeouts, stream=False)
 
     async def _status_error(self, replica: Replica, resp: Response) -> UpstreamError:
         raw = await error_body(resp)

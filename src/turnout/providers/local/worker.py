@@ -51,8 +51,11 @@ class Job:
     ``cancelled_at``, the value ``generated`` had when a cancel was first asked for; and
     ``outcome``, how the job ended, set as it leaves the pool and before its end event."""
 
-    def __init__(self, params: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, params: dict[str, Any], loop: asyncio.AbstractEventLoop, run: Callable[[Llama, Job], Event] | None = None
+    ) -> None:
         self.params = params
+        self.run = run or generate  # what the worker does with it: generate, or embed
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.admitted = time.monotonic()
@@ -183,7 +186,7 @@ class Pool:
             while (job := self._jobs.get()) is not None:
                 if not self._take(job):
                     continue
-                end: Event = ("error", load_error) if llm is None else generate(llm, job)
+                end: Event = ("error", load_error) if llm is None else job.run(llm, job)
                 # Free the slot before the caller hears the end, so its next call is admitted.
                 with self._lock:
                     self._retire(job, end[0])
@@ -233,8 +236,42 @@ def generate(llm: Llama, job: Job) -> Event:
     return ("done", (counter.prompt, counter.sampled))
 
 
-def load_llama(path: str, n_ctx: int, threads: int) -> Llama:
-    from llama_cpp import Llama
+def embed(llm: Llama, job: Job) -> Event:
+    """Embed ``job.params["input"]`` (a batch of texts) on this thread: ``("done", (vectors,
+    tokens))``. Each text is checked first: llama.cpp fails on one of no tokens (and may take
+    the process down with it) and would silently cut one longer than its batch."""
+    texts: list[str] = job.params["input"]
+    try:
+        limit = llm.n_batch
+        for i, text in enumerate(texts):
+            n = len(llm.tokenize(text.encode("utf-8")))
+            if n == 0:
+                raise ValueError(f"input {i} holds no tokens")
+            if n > limit:
+                raise ValueError(f"input {i} has {n} tokens: they exceed context window of {limit}")
+        if job.cancelled.is_set():
+            return ("cancelled", None)
+        vectors, tokens = llm.embed(texts, normalize=True, truncate=False, return_count=True)
+    except Exception as exc:
+        return ("error", exc)
+    return ("done", (vectors, tokens))
 
+
+def load_llama(path: str, n_ctx: int, threads: int, embedding: bool = False) -> Llama:
+    from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
+
+    if embedding:
+        # One vector per text (mean pooling), a whole context's worth of tokens per text.
+        return Llama(
+            model_path=path,
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            n_ubatch=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            embedding=True,
+            pooling_type=LLAMA_POOLING_TYPE_MEAN,
+            verbose=False,
+        )
     # verbose=False also silences llama.cpp's own C-level logging during load.
     return Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
