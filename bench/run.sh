@@ -37,22 +37,33 @@ TURNOUT_BENCH_DB=$run/controls.db TURNOUT_BENCH_KEYS=$run/keys.db taskset -c 0 "
 rm -rf "$run/safety.db"*
 TURNOUT_BENCH_DB=$run/safety.db taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/safety-config.yaml" \
   --port 18032 >"$run/turnout-safety.log" 2>&1 & pids+=($!)
+# The plain gateway with the response cache on (cache-config.yaml): every request after the first
+# is a hit, answered with no upstream call.
+rm -rf "$run/cache.db"*
+TURNOUT_BENCH_DB=$run/cache.db taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/cache-config.yaml" \
+  --port 18033 >"$run/turnout-cache.log" 2>&1 & pids+=($!)
 wait_port 18020
 wait_up http://127.0.0.1:18030/healthz  # readyz: the SSE upstream has no /v1/models
 wait_up http://127.0.0.1:18031/healthz
 wait_up http://127.0.0.1:18032/healthz
+wait_up http://127.0.0.1:18033/healthz
 
 load http://127.0.0.1:18030/v1/chat/completions 2 32 >/dev/null   # warm-up
 load http://127.0.0.1:18020/v1/chat/completions 2 32 >/dev/null
 load http://127.0.0.1:18031/v1/chat/completions 2 32 >/dev/null
 load http://127.0.0.1:18032/v1/chat/completions 2 32 >/dev/null
+load http://127.0.0.1:18033/v1/chat/completions 2 32 >/dev/null  # the first request fills the cache
 rss_before=$(rss "$tpid")
 read -r c_rps c_p50 _ _ < <(load http://127.0.0.1:18002/v1/chat/completions "$secs" 32)
 read -r f_rps f_p50 f_p99 _ < <(load http://127.0.0.1:18020/v1/chat/completions "$secs" 32)
 read -r t_rps t_p50 t_p99 t_bad < <(load http://127.0.0.1:18030/v1/chat/completions "$secs" 32)
 read -r k_rps k_p50 k_p99 k_bad < <(load http://127.0.0.1:18031/v1/chat/completions "$secs" 32)
 read -r s_rps _ _ s_bad < <(load http://127.0.0.1:18032/v1/chat/completions "$secs" 32)
+read -r h_rps _ _ h_bad < <(load http://127.0.0.1:18033/v1/chat/completions "$secs" 32)
 read -r f1_rps f1_p50 _ _ < <(load http://127.0.0.1:18020/v1/chat/completions "$secs" 1)
+read -r _ h1_p50 _ _ < <(load http://127.0.0.1:18033/v1/chat/completions "$secs" 1)
+hz1_p50=$(taskset -c 1 wrk -t1 -c1 -d"${secs}s" --latency http://127.0.0.1:18033/healthz \
+  | awk '$1=="50%" {v=$2; if (v ~ /us$/) {sub(/us$/, "", v); v/=1000} else sub(/ms$/, "", v); print v}')
 read -r t1_rps t1_p50 _ _ < <(load http://127.0.0.1:18030/v1/chat/completions "$secs" 1)
 read -r k1_rps k1_p50 _ _ < <(load http://127.0.0.1:18031/v1/chat/completions "$secs" 1)
 ttfb_up=$(taskset -c 1 "$py" "$here/ttfb.py" http://127.0.0.1:18003/v1/chat/completions 500)
@@ -74,6 +85,8 @@ rows=$("$py" -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(
     "$k_rps" "$k_bad" "$(calc "$k_rps / $f_rps")" "$k1_p50" "$(calc "$k1_p50 - $f1_p50")"
   printf "injection screening on @32: turnout %.0f req/s (non-2xx %s), screening on / off = %.2f\n" \
     "$s_rps" "$s_bad" "$(calc "$s_rps / $t_rps")"
+  printf "cache hits @32: turnout %.0f req/s (non-2xx %s), hits / floor = %.2f; p50 @1 %s ms (+%.3f ms over its /healthz)\n" \
+    "$h_rps" "$h_bad" "$(calc "$h_rps / $f_rps")" "$h1_p50" "$(calc "$h1_p50 - $hz1_p50")"
   printf "p50 @32: floor %s ms, turnout %s ms; p99 @32: floor %s ms, turnout %s ms\n" "$f_p50" "$t_p50" "$f_p99" "$t_p99"
   printf "p50 @1: floor %s ms, turnout %s ms, added %.3f ms\n" "$f1_p50" "$t1_p50" "$(calc "$t1_p50 - $f1_p50")"
   printf "stream TTFB (median of 500): upstream direct %s ms, via turnout %s ms, added %.3f ms\n" "$ttfb_up" "$ttfb_t" "$(calc "$ttfb_t - $ttfb_up")"

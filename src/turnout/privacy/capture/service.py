@@ -32,10 +32,15 @@ class Capture:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         refresh_interval_s: float = 1.0,
+        ttl_days_for: Callable[[str, str], float] | None = None,
     ) -> None:
+        """``ttl_days_for``: how long a tenant's captures of a task are kept (the retention
+        rules); None: ``config.ttl_days`` for every one."""
         self.store = CaptureStore(path)
         self.policy = CapturePolicy(config, self.store, rng, refresh_interval_s=refresh_interval_s, clock=clock)
-        self.writer = CaptureWriter(self.store, redactor, secrets=secrets, ttl_days=config.ttl_days, clock=clock)
+        self.writer = CaptureWriter(
+            self.store, redactor, secrets=secrets, ttl_days=config.ttl_days, ttl_days_for=ttl_days_for, clock=clock
+        )
         self.purger = Purger(self.store, config.purge_interval_s, clock=clock)
         self._stack = AsyncExitStack()
         # The request path's two calls, handed straight to their owners (no extra frame).

@@ -251,6 +251,12 @@ class CaptureStore:
 
         return await self._write(purge)
 
+    async def record_purge(self, at: float, tenant: str | None, task: str | None, actor: str, detail: str) -> None:
+        """One ``purged`` event for a purge made elsewhere (the retention job's ledger and
+        review deletions), its counts in ``detail``."""
+        params = (at, "purged", None, tenant, task, None, actor, detail)
+        await self._write(lambda conn: conn.execute(_INSERT_AUDIT, params), grants_changed=False)
+
     async def audit(self, tenant: str | None = None, limit: int | None = None) -> list[AuditEvent]:
         """The trail, oldest first (the last ``limit`` events when given)."""
         where, params = ("", list[object]()) if tenant is None else (" WHERE tenant = ?", list[object]([tenant]))

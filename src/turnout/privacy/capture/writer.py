@@ -68,6 +68,7 @@ class CaptureWriter(QueueWriter[_Pending]):
         *,
         secrets: TextRedactor | None = None,
         ttl_days: float = 30.0,
+        ttl_days_for: Callable[[str, str], float] | None = None,
         batch_size: int = 64,
         flush_interval_s: float = 0.5,
         queue_size: int = 1_000,
@@ -81,6 +82,8 @@ class CaptureWriter(QueueWriter[_Pending]):
         self.redactor = redactor
         self.secrets = secrets
         self.ttl_s = ttl_days * DAY_S
+        # Per tenant and task (``retention.rules[].capture_days``); None: ``ttl_days`` for all.
+        self._ttl_days_for = ttl_days_for
         self.queue_chars = queue_chars
         self._clock = clock
         self.queue: BatchQueue[_Pending] = BatchQueue(
@@ -132,6 +135,9 @@ class CaptureWriter(QueueWriter[_Pending]):
         )
         return self.queue.submit(item)
 
+    def _ttl_s(self, tenant: str, task: str) -> float:
+        return self.ttl_s if self._ttl_days_for is None else self._ttl_days_for(tenant, task) * DAY_S
+
     async def _write(self, batch: list[_Pending]) -> list[_Pending]:
         """Redact off the loop, then store; a record whose redaction fails is refused."""
         rows, refused = await asyncio.to_thread(self._prepare, batch)
@@ -161,7 +167,7 @@ class CaptureWriter(QueueWriter[_Pending]):
             item.mode,
             item.grant_id,
             item.at,
-            item.at + self.ttl_s,
+            item.at + self._ttl_s(item.tenant, item.task),
             prompt,
             completion,
         )

@@ -1,0 +1,123 @@
+"""A cached answer: a whole completion, or a stream's chunks as the target sent them, with the
+target that generated it and what it cost then. A hit is replayed through the same door code as
+a live answer, so a replayed stream has the live stream's chunking shape.
+
+Stored as one JSON document (``encode``); a stream's chunks are recorded as they pass to the
+door (``Recording``), serialised before the door rewrites their ids, and spliced in as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from turnout.providers.base import Chunks, Completion, Stream, Usage
+
+REPLICA = "cache"  # the replica a hit names: no upstream was called
+FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    target: str
+    model_version: str
+    cost_usd: float | None  # what generating it cost; what a hit saves
+    usage: Usage | None
+    body: dict[str, Any] | None = None  # a completion
+    chunks: list[dict[str, Any]] | None = None  # a stream
+
+    def answer(self) -> Completion | Stream:
+        """The answer to replay. The door rewrites its ids in place: every lookup decodes an
+        entry of its own, so no two requests share one."""
+        if self.chunks is not None:
+            return Stream(_replay(self.chunks), self.model_version, REPLICA)
+        assert self.body is not None
+        return Completion(self.body, self.usage, self.model_version, REPLICA)
+
+
+def encode(
+    target: str,
+    model_version: str,
+    cost_usd: float | None,
+    usage: Usage | None,
+    *,
+    body: bytes | None = None,
+    chunks: list[bytes] | None = None,
+) -> bytes:
+    """``body``: the completion as JSON; ``chunks``: each chunk as JSON, in order."""
+    head = orjson.dumps(
+        {
+            "format": FORMAT,
+            "target": target,
+            "model_version": model_version,
+            "cost_usd": cost_usd,
+            "usage": None if usage is None else [usage.prompt_tokens, usage.completion_tokens],
+        }
+    )
+    tail = b'"body":' + body if body is not None else b'"chunks":[' + b",".join(chunks or ()) + b"]"
+    return head[:-1] + b"," + tail + b"}"
+
+
+def decode(raw: bytes) -> Entry | None:
+    """None: not an entry this code wrote (another format): treated as a miss."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return None
+    usage = doc.get("usage")
+    return Entry(
+        doc["target"],
+        doc["model_version"],
+        doc.get("cost_usd"),
+        None if usage is None else Usage(int(usage[0]), int(usage[1])),
+        doc.get("body"),
+        doc.get("chunks"),
+    )
+
+
+async def _replay(chunks: list[dict[str, Any]]) -> AsyncGenerator[dict[str, Any]]:
+    for chunk in chunks:
+        yield chunk
+
+
+class Recording:
+    """A live stream's chunks, passed on unchanged and kept (as JSON) for the cache, up to
+    ``limit`` bytes; ``whole`` once the stream ended without an error and within the limit."""
+
+    def __init__(self, chunks: Chunks, limit: int) -> None:
+        self._inner = chunks
+        self._it: AsyncIterator[dict[str, Any]] = chunks.__aiter__()
+        self._limit = limit
+        self.size = 0
+        self.raw: list[bytes] | None = []
+        self.ended = False
+
+    @property
+    def whole(self) -> bool:
+        return self.ended and self.raw is not None
+
+    def __aiter__(self) -> Recording:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            chunk = await self._it.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            raise
+        if self.raw is not None:
+            data = orjson.dumps(chunk)
+            self.size += len(data)
+            if self.size > self._limit:
+                self.raw = None  # too large to keep: relayed all the same
+            else:
+                self.raw.append(data)
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -1,0 +1,59 @@
+"""A cached answer's address: who may read it (``scope``), the task, the serving release's
+version (a new release never serves an old answer) and a digest of the canonical request.
+
+The canonical request is the body the targets receive — messages, tools, response format,
+generation parameters, ``stream`` — with JSON keys sorted, plus the effective data class. Left
+out: fields that do not shape the answer (``user``, ``metadata``, ``stream_options``: the door
+drops a usage chunk the caller did not ask for). The digest is an HMAC, so a stored key never
+confirms a guessed prompt to whoever reads the backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+IGNORED = frozenset({"user", "metadata", "stream_options"})
+SHARED = "shared"
+TENANT = "t."  # a tenant's scope: "t.<tenant>"
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    scope: str  # "t.<tenant>", or "shared"
+    task: str
+    version: str  # the serving release's version; "none" without releases
+    digest: str
+
+    def text(self) -> str:
+        """One string, each part quoted: a tenant or task name never crosses into another part,
+        and no glob character survives (a Redis SCAN pattern over these stays exact)."""
+        return f"{quote(self.scope)}:{quote(self.task)}:{quote(self.version)}:{self.digest}"
+
+
+def scope_of(tenant: str, shared: bool) -> str:
+    return SHARED if shared else TENANT + tenant
+
+
+def digest(secret: bytes, data_class: str, body: dict[str, Any]) -> str:
+    canonical = {k: v for k, v in body.items() if k not in IGNORED}
+    raw = orjson.dumps([data_class, canonical], option=orjson.OPT_SORT_KEYS)
+    return hmac.new(secret, raw, hashlib.sha256).hexdigest()[:40]
+
+
+def deterministic(body: dict[str, Any]) -> bool:
+    """Temperature 0 or a seed; a body without messages (embeddings) samples nothing."""
+    if "messages" not in body:
+        return True
+    return body.get("temperature") == 0 or body.get("seed") is not None
+
+
+def quote(part: str) -> str:
+    if all(c in _SAFE for c in part):
+        return part
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in part)

@@ -1,0 +1,105 @@
+"""The in-process cache: one LRU per task, bounded by the bytes of its values (``max_mb``),
+entries expiring with their TTL (checked on read and by ``sweep``). Nothing is shared between
+processes: each gateway replica fills its own."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from turnout.cache.key import TENANT, Address
+
+DEFAULT_LIMIT = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Slot:
+    address: Address
+    value: bytes
+    expires: float
+
+
+class _Lru:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.slots: OrderedDict[str, _Slot] = OrderedDict()
+
+    def drop(self, key: str) -> None:
+        slot = self.slots.pop(key, None)
+        if slot is not None:
+            self.size -= len(slot.value)
+
+    def drop_where(self, keep: Callable[[_Slot], bool]) -> int:
+        gone = [key for key, slot in self.slots.items() if not keep(slot)]
+        for key in gone:
+            self.drop(key)
+        return len(gone)
+
+
+class MemoryCache:
+    def __init__(
+        self,
+        limits: dict[str, int] | None = None,
+        *,
+        default_limit: int = DEFAULT_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``limits``: bytes per task; other tasks get ``default_limit``."""
+        self._limits = limits or {}
+        self._default = default_limit
+        self._clock = clock
+        self._tasks: dict[str, _Lru] = {}
+
+    @property
+    def size(self) -> int:
+        return sum(lru.size for lru in self._tasks.values())
+
+    def __len__(self) -> int:
+        return sum(len(lru.slots) for lru in self._tasks.values())
+
+    async def get(self, address: Address) -> bytes | None:
+        lru = self._tasks.get(address.task)
+        if lru is None:
+            return None
+        key = address.text()
+        slot = lru.slots.get(key)
+        if slot is None:
+            return None
+        if slot.expires <= self._clock():
+            lru.drop(key)
+            return None
+        lru.slots.move_to_end(key)
+        return slot.value
+
+    async def put(self, address: Address, value: bytes, ttl_s: float) -> bool:
+        lru = self._tasks.get(address.task)
+        if lru is None:
+            lru = self._tasks[address.task] = _Lru(self._limits.get(address.task, self._default))
+        if len(value) > lru.limit:
+            return False
+        key = address.text()
+        lru.drop(key)
+        lru.slots[key] = _Slot(address, value, self._clock() + ttl_s)
+        lru.size += len(value)
+        while lru.size > lru.limit:  # least recently used first
+            lru.drop(next(iter(lru.slots)))
+        return True
+
+    async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
+        lrus = list(self._tasks.values()) if task is None else [lru for t, lru in self._tasks.items() if t == task]
+        scope = None if tenant is None else TENANT + tenant
+        return sum(lru.drop_where(lambda s: scope is not None and s.address.scope != scope) for lru in lrus)
+
+    async def purge_release(self, task: str, keep: frozenset[str]) -> int:
+        lru = self._tasks.get(task)
+        return 0 if lru is None else lru.drop_where(lambda s: s.address.version in keep)
+
+    async def sweep(self) -> int:
+        now = self._clock()
+        return sum(lru.drop_where(lambda s: s.expires > now) for lru in self._tasks.values())
+
+    async def aclose(self) -> None:
+        self._tasks.clear()

@@ -1,0 +1,116 @@
+"""The shared cache: Redis, one key per answer with its own TTL, every value sealed (AES-GCM,
+``turnout.cache.seal``) with its key as associated data. Keys are
+``<prefix>:cache:<scope>:<task>:<release version>:<digest>``, each part quoted
+(``turnout.cache.key``), so purges find a tenant's or a task's answers with one SCAN pattern.
+
+A Redis that fails or is slow (``socket_timeout``) is a miss, never a failed request; the first
+failure of a streak is logged as a warning, the rest at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from turnout.cache.key import TENANT, Address, quote
+from turnout.cache.seal import Sealer, Unsealable
+
+log = logging.getLogger("turnout.cache")
+
+SCAN_COUNT = 1000
+
+
+class RedisCache:
+    def __init__(
+        self,
+        url: str,
+        key_prefix: str,
+        encryption_key: str,
+        *,
+        limits: dict[str, int] | None = None,
+        socket_timeout: float = 0.5,
+    ) -> None:
+        self.prefix = f"{key_prefix}:cache:"
+        self._sealer = Sealer(encryption_key)
+        self._limits = limits or {}
+        self.client: Redis = Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+        self._failing = False
+
+    def key(self, address: Address) -> bytes:
+        return (self.prefix + address.text()).encode()
+
+    async def get(self, address: Address) -> bytes | None:
+        key = self.key(address)
+        try:
+            sealed = await self.client.get(key)
+        except RedisError as exc:
+            self._failed("read", exc)
+            return None
+        self._ok()
+        if sealed is None:
+            return None
+        try:
+            return self._sealer.open(bytes(sealed, "latin-1") if isinstance(sealed, str) else sealed, key)
+        except Unsealable:  # sealed under an earlier key: gone for good
+            log.debug("cache: an entry of task %s does not open under the current key; dropped", address.task)
+            await self._quietly_delete(key)
+            return None
+
+    async def put(self, address: Address, value: bytes, ttl_s: float) -> bool:
+        limit = self._limits.get(address.task)
+        if limit is not None and len(value) > limit:
+            return False
+        key = self.key(address)
+        try:
+            await self.client.set(key, self._sealer.seal(value, key), px=max(1, int(ttl_s * 1000)))
+        except RedisError as exc:
+            self._failed("write", exc)
+            return False
+        self._ok()
+        return True
+
+    async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
+        scope = "*" if tenant is None else quote(TENANT + tenant)
+        return await self._delete_matching(f"{self.prefix}{scope}:{'*' if task is None else quote(task)}:*")
+
+    async def purge_release(self, task: str, keep: frozenset[str]) -> int:
+        kept = {quote(v) for v in keep}
+        pattern = f"{self.prefix}*:{quote(task)}:*"
+        return await self._delete_matching(pattern, lambda key: key.rsplit(b":", 2)[-2].decode() not in kept)
+
+    async def sweep(self) -> int:
+        return 0  # every key carries its TTL
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _delete_matching(self, pattern: str, chosen: object = None) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=pattern, count=SCAN_COUNT):
+            if chosen is None or chosen(key):  # type: ignore[operator]
+                batch.append(key)
+            if len(batch) >= SCAN_COUNT:
+                deleted += await self.client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += await self.client.unlink(*batch)
+        return deleted
+
+    async def _quietly_delete(self, key: bytes) -> None:
+        try:
+            await self.client.unlink(key)
+        except RedisError as exc:
+            self._failed("delete", exc)
+
+    def _failed(self, what: str, exc: RedisError) -> None:
+        level = logging.DEBUG if self._failing else logging.WARNING
+        log.log(level, "cache: Redis %s failed (%s); answering as a miss", what, type(exc).__name__)
+        self._failing = True
+
+    def _ok(self) -> None:
+        if self._failing:
+            log.warning("cache: Redis answers again")
+        self._failing = False

@@ -1,0 +1,148 @@
+"""The pipeline's cache stage: after policy, before quota (a hit takes no quota: no RPM, TPM,
+concurrency or budget, since nothing upstream is used), for every door.
+
+    lookup   which requests may be cached (the task opted in for the data class; a deterministic
+             request unless ``allow_sampled``; no ``Cache-Control: no-cache`` nor
+             ``X-Turnout-Cache: bypass``), then the store: ``HIT`` with an entry, ``MISS``
+             (the first of concurrent identical misses leads; the others wait for its answer:
+             single flight, per replica), or ``BYPASS``
+    fill     the leader's answer, once whole and passed, into the store and to its followers
+    done     always, in the pipeline's ``finally``: frees the flight (followers of a leader that
+             got no answer call the upstream themselves)
+
+A task without ``cache`` costs one dict lookup (``lookup`` answers None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from turnout.cache.entry import Entry, decode
+from turnout.cache.key import Address, deterministic, digest, scope_of
+from turnout.cache.seal import derive
+from turnout.cache.store import CacheStore
+from turnout.config import Config
+from turnout.privacy.retention.rules import Rules
+from turnout.releases.base import Release
+
+HEADER = b"x-turnout-cache"
+HIT, MISS, BYPASS = b"hit", b"miss", b"bypass"
+NO_VERSION = "none"  # a task served without releases
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCache:
+    ttl_s: float
+    classes: frozenset[str]
+    shared: bool
+    allow_sampled: bool
+
+
+@dataclass(slots=True)
+class Lookup:
+    state: bytes  # HIT, MISS or BYPASS: the X-Turnout-Cache header
+    address: Address | None = None
+    ttl_s: float = 0.0
+    entry: Entry | None = None  # a hit's answer
+    leading: asyncio.Future[bytes | None] | None = None  # a miss that leads its flight
+
+    @property
+    def header(self) -> tuple[bytes, bytes]:
+        return (HEADER, self.state)
+
+
+class CacheStage:
+    def __init__(self, config: Config, store: CacheStore, rules: Rules | None = None) -> None:
+        self.store = store
+        self.tasks: dict[str, TaskCache] = {
+            name: TaskCache(t.cache.ttl_s, frozenset(t.cache.classes), t.cache.scope == "shared", t.cache.allow_sampled)
+            for name, t in config.tasks.items()
+            if t.cache is not None
+        }
+        # The digest key: from the shared secret, so replicas agree; else this process's own.
+        secret = config.cache.encryption_key
+        self._secret = derive(secret, b"digest") if secret else os.urandom(32)
+        self._rules = rules or Rules(config)
+        self._flights: dict[str, asyncio.Future[bytes | None]] = {}
+        self._versions: dict[int, tuple[Release, str]] = {}
+        self.hits = self.misses = self.bypasses = 0
+
+    async def lookup(
+        self, task: str, tenant: str, data_class: str, release: Release | None, body: dict[str, Any], bypass: bool
+    ) -> Lookup | None:
+        """None: the task has no cache (no header either)."""
+        cfg = self.tasks.get(task)
+        if cfg is None:
+            return None
+        if bypass or data_class not in cfg.classes or not (cfg.allow_sampled or deterministic(body)):
+            self.bypasses += 1
+            return Lookup(BYPASS)
+        address = Address(
+            scope_of(tenant, cfg.shared), task, self.version(release), digest(self._secret, data_class, body)
+        )
+        ttl_s = self._rules.get(tenant, task).cache_ttl(cfg.ttl_s)
+        found = await self._get(address)
+        if found is None:
+            flight = self._flights.get(address.text())
+            if flight is None:
+                self.misses += 1
+                leading = self._flights[address.text()] = asyncio.get_running_loop().create_future()
+                return Lookup(MISS, address, ttl_s, leading=leading)
+            raw = await asyncio.shield(flight)
+            found = None if raw is None else decode(raw)
+            if found is None:  # the leader got no answer to share: this one asks for itself
+                self.misses += 1
+                return Lookup(MISS, address, ttl_s)
+        self.hits += 1
+        return Lookup(HIT, address, ttl_s, entry=found)
+
+    async def fill(self, lookup: Lookup, value: bytes) -> None:
+        """The leader's answer: to its followers at once, then into the store."""
+        assert lookup.address is not None
+        self._finish(lookup, value)
+        await self.store.put(lookup.address, value, lookup.ttl_s)
+
+    def done(self, lookup: Lookup | None) -> None:
+        """Ends the flight a leader left without an answer to share."""
+        if lookup is not None and lookup.leading is not None:
+            self._finish(lookup, None)
+
+    def version(self, release: Release | None) -> str:
+        """The serving release's content version (a new release never serves an old answer),
+        hashed once per release object."""
+        if release is None:
+            return NO_VERSION
+        found = self._versions.get(id(release))
+        if found is None or found[0] is not release:
+            if len(self._versions) > 1024:  # releases come and go: keep it bounded
+                self._versions.clear()
+            found = self._versions[id(release)] = (release, release.version)
+        return found[1]
+
+    async def _get(self, address: Address) -> Entry | None:
+        raw = await self.store.get(address)
+        return None if raw is None else decode(raw)
+
+    def _finish(self, lookup: Lookup, value: bytes | None) -> None:
+        leading, lookup.leading = lookup.leading, None
+        if leading is None:
+            return
+        assert lookup.address is not None
+        key = lookup.address.text()
+        if self._flights.get(key) is leading:
+            del self._flights[key]
+        if not leading.done():
+            leading.set_result(value)
+
+
+def bypassed(cache_control: bytes | None, turnout_cache: bytes | None) -> bool:
+    """``Cache-Control: no-cache`` (or ``no-store``) or ``X-Turnout-Cache: bypass``."""
+    if turnout_cache is not None and turnout_cache.strip().lower() == BYPASS:
+        return True
+    if cache_control is None:
+        return False
+    directives = {d.strip().split(b"=")[0] for d in cache_control.lower().split(b",")}
+    return b"no-cache" in directives or b"no-store" in directives

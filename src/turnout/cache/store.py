@@ -1,0 +1,38 @@
+"""Where cached answers live: one small async interface, one backend per module.
+
+    CacheStore (Protocol)
+    ├── MemoryCache   turnout.cache.memory   in this process, an LRU per task bounded by bytes
+    └── RedisCache    turnout.cache.redis    shared by replicas, sealed (AES-GCM), a TTL per entry
+
+Both pass the contract suite in ``tests/test_cache_store.py``: ``get`` answers what ``put``
+stored until its TTL ends; ``purge`` by tenant touches that tenant's scope only (answers shared
+by every tenant belong to none), by task every scope of that task, with neither everything;
+``purge_release`` drops a task's answers of every release version but ``keep``. A backend that
+fails answers a miss (``get``) or stores nothing (``put``): the cache never fails a request.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from turnout.cache.key import Address
+
+
+class CacheStore(Protocol):
+    async def get(self, address: Address) -> bytes | None: ...
+
+    async def put(self, address: Address, value: bytes, ttl_s: float) -> bool:
+        """False: not stored (larger than the task's bound, or the backend failed)."""
+        ...
+
+    async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
+        """Entries deleted (where the backend can count them)."""
+        ...
+
+    async def purge_release(self, task: str, keep: frozenset[str]) -> int: ...
+
+    async def sweep(self) -> int:
+        """Drop expired entries now (the memory backend; Redis expires its own): how many."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,105 @@
+"""The shared cache end to end: two gateways (replicas) on one real Redis under a unique key
+prefix, the official openai SDK as the client. One replica's answer is the other's hit; what
+Redis holds is sealed (the answer's text appears in no key and no value); ``turnout cache
+purge --tenant`` empties one tenant's answers only."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from redis.asyncio import Redis
+
+from tests.conftest import AppFactory
+from tests.fakes.upstream import FakeUpstream
+from tests.test_cache_api import ASK, KEY, OTHER, calls, config
+from tests.test_quota_contract import REDIS_URL, needs_redis
+from tests.uvicorn_app import gateway
+from turnout.cli.main import main
+
+pytestmark = needs_redis
+
+ANSWER = ("Zanzibar-", "unique-", "answer-", "7731")
+SECRET = "0123456789abcdef" * 4
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    name = f"test-cache-{uuid.uuid4().hex[:12]}"
+    yield name
+    raw = Redis.from_url(REDIS_URL)
+    keys = [k async for k in raw.scan_iter(match=f"{name}:*")]
+    if keys:
+        await raw.unlink(*keys)
+    await raw.aclose()
+
+
+def shared(upstream: FakeUpstream, prefix: str) -> dict[str, Any]:
+    cache = {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": prefix, "encryption_key": SECRET}
+    return {**config(upstream), "cache": cache}
+
+
+async def ask(client: Any) -> str:
+    resp = await client.chat.completions.with_raw_response.create(model="faq", messages=ASK, temperature=0)
+    resp.parse()
+    return str(resp.headers["x-turnout-cache"])
+
+
+async def redis_dump(prefix: str) -> list[tuple[bytes, bytes]]:
+    raw = Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in raw.scan_iter(match=f"{prefix}:*")]
+        return [(k, await raw.get(k) or b"") for k in keys]
+    finally:
+        await raw.aclose()
+
+
+async def test_replicas_share_sealed_answers_and_purge_by_tenant(
+    make_app: AppFactory, prefix: str, tmp_path: Path
+) -> None:
+    async with FakeUpstream(reply=ANSWER) as upstream:
+        raw = shared(upstream, prefix)
+        async with gateway(make_app, raw, KEY) as (_, one), gateway(make_app, raw, KEY) as (_, two):
+            assert await ask(one) == "miss"
+            assert await ask(two) == "hit"  # another replica's answer
+            other = two.with_options(api_key=OTHER)
+            assert await ask(other) == "miss"
+            assert calls(upstream) == 2
+            dump = await redis_dump(prefix)
+            assert len(dump) == 2
+            for key, value in dump:
+                assert key.startswith(f"{prefix}:cache:".encode())
+                for needle in (b"Zanzibar", b"unique-answer", b"7731", b"capital of France", b"France"):
+                    assert needle not in key and needle not in value
+            path = tmp_path / "turnout.yaml"
+            path.write_text(yaml.safe_dump({k: v for k, v in raw.items() if k != "store"}))
+            args = ["cache", "purge", "--tenant", "acme", "--config", str(path)]
+            result = await asyncio.to_thread(CliRunner().invoke, main, args)  # the CLI runs its own loop
+            assert result.exit_code == 0, result.output
+            assert "Purged 1 cached answers of tenant 'acme'." in result.output
+            assert await ask(one) == "miss"  # acme's answer is gone
+            assert await ask(other) == "hit"  # globex's stays
+            assert calls(upstream) == 3
+
+
+def test_purge_refuses_the_memory_backend(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.yaml"
+    path.write_text(yaml.safe_dump({"targets": {"t": {"provider": "local"}}, "tasks": {"x": {"route": ["t"]}}}))
+    result = CliRunner().invoke(main, ["cache", "purge", "--config", str(path)])
+    assert result.exit_code == 1 and "cache.backend is 'memory'" in result.output
+
+
+def test_purge_against_a_redis_that_is_down_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.yaml"
+    cache = {"backend": "redis", "redis_url": "redis://127.0.0.1:1/0", "encryption_key": SECRET}
+    path.write_text(
+        yaml.safe_dump({"targets": {"t": {"provider": "local"}}, "tasks": {"x": {"route": ["t"]}}, "cache": cache})
+    )
+    result = CliRunner().invoke(main, ["cache", "purge", "--task", "x", "--config", str(path)])
+    assert result.exit_code == 1 and "cannot purge the cache: Redis failed" in result.output

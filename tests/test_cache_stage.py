@@ -1,0 +1,213 @@
+"""The cache stage and its parts on their own: which requests may be cached, single flight at the
+stage (followers get the leader's bytes; a leader without an answer sets them free), the entry
+format and the stream recording, the bypass headers, and the config's privacy rules."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+import pytest
+
+from turnout.cache.entry import REPLICA, Recording, decode, encode
+from turnout.cache.memory import MemoryCache
+from turnout.cache.stage import BYPASS, HIT, MISS, CacheStage, bypassed
+from turnout.config import validate
+from turnout.errors import ConfigError
+from turnout.providers.base import Completion, Stream, Usage
+
+BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+
+
+def raw_config(task_cache: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+    return {
+        "targets": {"t": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}},
+        "tasks": {
+            "faq": {"route": ["t"], "cache": task_cache or {"ttl_s": 60, "classes": ["public", "internal"]}},
+            "plain": {"route": ["t"]},
+        },
+        **top,
+    }
+
+
+def stage(cache: dict[str, Any] | None = None) -> CacheStage:
+    return CacheStage(validate(raw_config(cache)), MemoryCache())
+
+
+# -- which requests ----------------------------------------------------------------------------
+
+
+async def test_a_task_without_cache_gets_none() -> None:
+    assert await stage().lookup("plain", "acme", "internal", None, BODY, False) is None
+
+
+@pytest.mark.parametrize(
+    ("data_class", "body", "bypass", "state"),
+    [
+        ("internal", BODY, False, MISS),
+        ("internal", BODY, True, BYPASS),
+        ("confidential", BODY, False, BYPASS),
+        ("restricted", BODY, False, BYPASS),
+        ("internal", {**BODY, "temperature": 1}, False, BYPASS),
+        ("internal", {"messages": BODY["messages"]}, False, BYPASS),  # no temperature: the server's default samples
+        ("internal", {**BODY, "temperature": 1, "seed": 3}, False, MISS),
+    ],
+)
+async def test_what_is_looked_up(data_class: str, body: dict[str, Any], bypass: bool, state: bytes) -> None:
+    found = await stage().lookup("faq", "acme", data_class, None, body, bypass)
+    assert found is not None and found.state == state
+    assert found.header == (b"x-turnout-cache", state)
+
+
+async def test_restricted_can_never_be_configured() -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate(raw_config({"ttl_s": 60, "classes": ["public", "restricted"]}))
+    assert any("'restricted' answers are never cached" in p for p in caught.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("cache", "top", "problem"),
+    [
+        ({"ttl_s": 60, "classes": ["internal"], "scope": "shared"}, {}, "scope: 'shared' is only allowed"),
+        ({"ttl_s": 0, "classes": ["internal"]}, {}, "ttl_s"),
+        ({"ttl_s": 60, "classes": []}, {}, "classes"),
+        ({"ttl_s": 60, "classes": ["internal"]}, {"cache": {"backend": "redis"}}, "encryption_key: required"),
+        ({"ttl_s": 60, "classes": ["internal"]}, {"cache": {"encryption_key": "short"}}, "at least 32 bytes"),
+    ],
+)
+def test_bad_cache_config_is_named(cache: dict[str, Any], top: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate(raw_config(cache, **top))
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "turnout_cache", "expected"),
+    [
+        (None, None, False),
+        (b"no-cache", None, True),
+        (b"No-Cache", None, True),
+        (b"max-age=0, no-store", None, True),
+        (b"max-age=60", None, False),
+        (b"no-cache-please", None, False),
+        (None, b"bypass", True),
+        (None, b" BYPASS ", True),
+        (None, b"hit", False),
+        (b",,=", b"\xff", False),
+    ],
+)
+def test_bypass_headers(cache_control: bytes | None, turnout_cache: bytes | None, expected: bool) -> None:
+    assert bypassed(cache_control, turnout_cache) is expected
+
+
+# -- single flight -----------------------------------------------------------------------------
+
+
+async def test_followers_get_the_leaders_answer_without_the_store() -> None:
+    s = stage()
+    leader = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    assert leader is not None and leader.state == MISS and leader.leading is not None
+    followers = [asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert not any(f.done() for f in followers)  # waiting on the leader
+    value = encode("t", "mv", 0.5, Usage(3, 4), body=orjson.dumps({"choices": []}))
+    await s.fill(leader, value)
+    found = await asyncio.gather(*followers)
+    assert all(f is not None and f.state == HIT and f.entry is not None for f in found)
+    assert (s.hits, s.misses) == (5, 1)
+    again = await s.lookup("faq", "acme", "internal", None, BODY, False)  # from the store now
+    assert again is not None and again.state == HIT
+    s.done(leader)  # after fill: nothing left to do, and no error
+
+
+async def test_followers_of_a_leader_without_an_answer_ask_for_themselves() -> None:
+    s = stage()
+    leader = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    follower = asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False))
+    await asyncio.sleep(0)
+    s.done(leader)
+    found = await follower
+    assert found is not None and found.state == MISS and found.leading is None  # not a new leader
+    nxt = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    assert nxt is not None and nxt.leading is not None  # the flight was freed: the next one leads
+
+
+async def test_a_cancelled_follower_leaves_the_flight_alone() -> None:
+    s = stage()
+    leader = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    assert leader is not None
+    follower = asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False))
+    await asyncio.sleep(0)
+    follower.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    other = asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False))
+    await asyncio.sleep(0)
+    await s.fill(leader, encode("t", "mv", None, None, body=b"{}"))
+    found = await other
+    assert found is not None and found.state == HIT
+
+
+# -- entries and recordings --------------------------------------------------------------------
+
+
+def test_entry_round_trip_completion() -> None:
+    body = {"id": "x", "choices": [{"message": {"content": "ünïcode ✓"}}]}
+    raw = encode("tgt", "mv-1", 0.25, Usage(10, 5), body=orjson.dumps(body))
+    entry = decode(raw)
+    assert entry is not None
+    assert (entry.target, entry.model_version, entry.cost_usd) == ("tgt", "mv-1", 0.25)
+    answer = entry.answer()
+    assert isinstance(answer, Completion) and answer.body == body and answer.replica == REPLICA
+    assert answer.usage is not None and (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (10, 5)
+    answer.body["id"] = "changed"  # the door rewrites ids in place: each lookup decodes its own
+    again = decode(raw)
+    assert again is not None and again.body is not None and again.body["id"] == "x"
+
+
+async def test_entry_round_trip_stream() -> None:
+    chunks = [{"choices": [{"delta": {"content": c}}]} for c in ("a", "b")]
+    entry = decode(encode("tgt", "mv", None, None, chunks=[orjson.dumps(c) for c in chunks]))
+    assert entry is not None and entry.usage is None and entry.cost_usd is None
+    answer = entry.answer()
+    assert isinstance(answer, Stream)
+    assert [c async for c in answer.chunks] == chunks
+
+
+@pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"format": 99}', b'{"format": 0, "target": "t"}'])
+def test_foreign_values_are_misses(raw: bytes) -> None:
+    assert decode(raw) is None
+
+
+async def _chunks(items: list[dict[str, Any]], fail: bool = False) -> AsyncGenerator[dict[str, Any]]:
+    for item in items:
+        yield item
+    if fail:
+        raise RuntimeError("the upstream broke")
+
+
+async def test_recording_passes_chunks_on_and_keeps_them_when_whole() -> None:
+    items = [{"n": i} for i in range(3)]
+    recording = Recording(_chunks(items), 1000)
+    assert [c async for c in recording] == items
+    assert recording.whole and recording.raw == [orjson.dumps(i) for i in items]
+
+
+async def test_recording_over_its_limit_relays_all_and_keeps_nothing() -> None:
+    items = [{"text": "x" * 40} for _ in range(5)]
+    recording = Recording(_chunks(items), 100)
+    assert [c async for c in recording] == items
+    assert not recording.whole and recording.raw is None
+
+
+async def test_a_broken_or_unfinished_stream_is_not_whole() -> None:
+    broken = Recording(_chunks([{"n": 1}], fail=True), 1000)
+    with pytest.raises(RuntimeError):
+        _ = [c async for c in broken]
+    assert not broken.whole
+    cut = Recording(_chunks([{"n": 1}, {"n": 2}]), 1000)
+    assert await cut.__anext__() == {"n": 1}
+    await cut.aclose()
+    assert not cut.whole

@@ -1,0 +1,332 @@
+"""Retention: the effective rule per tenant × task (most specific wins, field by field), the
+purge of a real ledger (memory, SQLite, PostgreSQL in a schema of its own) holding rows of
+several ages, in batches, audited with counts; ``turnout retention show`` on overlapping rules;
+and the gateway starting the purge job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tests.conftest import AppFactory
+from tests.test_ledger_store import (
+    BACKENDS,
+    drop_schema,
+    make_row,
+    postgres_reachable,
+    postgres_store,
+    unique_schema,
+)
+from turnout.cli.main import main
+from turnout.config import Config, ConfigError, validate
+from turnout.ledger.memory import MemoryStore
+from turnout.ledger.sqlite import SQLiteStore
+from turnout.ledger.store import LedgerStore
+from turnout.privacy.capture.model import Decision
+from turnout.privacy.capture.store import CaptureStore
+from turnout.privacy.capture.writer import CaptureWriter
+from turnout.privacy.redact import Redactor
+from turnout.privacy.retention.purge import RetentionPurge
+from turnout.privacy.retention.rules import DAY_S, Rules
+from turnout.releases.review import ReviewQueue
+
+NOW = 1_800_000_000.0
+
+
+def config(**retention: Any) -> Config:
+    raw: dict[str, Any] = {
+        "targets": {"t": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}},
+        "tenants": {
+            "acme": {"keys": ["acme-key-00000000"], "data_classes": ["public", "internal"]},
+            "globex": {"keys": ["globex-key-0000000"], "data_classes": ["public"]},
+        },
+        "capture": {"mode": "redacted", "ttl_days": 14},
+        "tasks": {
+            "faq": {"route": ["t"], "cache": {"ttl_s": 3600, "classes": ["public"]}},
+            "support": {"route": ["t"]},
+        },
+        "retention": retention,
+    }
+    return validate(raw)
+
+
+OVERLAPPING = {
+    "batch_size": 3,
+    "rules": [
+        {"ledger_days": 365},
+        {"tenant": "acme", "ledger_days": 90, "capture_days": 7},
+        {"task": "faq", "cache_ttl_s": 600, "ledger_days": 180},
+        {"tenant": "acme", "task": "faq", "ledger_days": 30},
+    ],
+}
+
+
+# -- the rules -------------------------------------------------------------------------------
+
+
+def test_most_specific_wins_field_by_field() -> None:
+    rules = Rules(config(**OVERLAPPING))
+    acme_faq, acme_support = rules.get("acme", "faq"), rules.get("acme", "support")
+    globex_faq, globex_support = rules.get("globex", "faq"), rules.get("globex", "support")
+    assert (acme_faq.ledger_days, acme_support.ledger_days) == (30, 90)
+    assert (globex_faq.ledger_days, globex_support.ledger_days) == (180, 365)
+    assert acme_faq.capture_days == 7 and globex_faq.capture_days == 14  # capture.ttl_days
+    assert acme_faq.cache_ttl_s == 600 and acme_support.cache_ttl_s is None
+    assert acme_faq.cache_ttl(3600) == 600 and acme_faq.cache_ttl(60) == 60
+    assert rules.source("acme", "faq", "ledger_days") == "tenant+task"
+    assert rules.source("acme", "faq", "capture_days") == "tenant"
+    assert rules.source("globex", "faq", "cache_ttl_s") == "task"
+    assert rules.source("globex", "support", "ledger_days") == "default"
+    assert rules.source("globex", "support", "review_days") == "fallback"
+    assert rules.purges
+
+
+def test_without_rules_nothing_is_purged_and_capture_keeps_its_ttl() -> None:
+    rules = Rules(config())
+    assert not rules.purges
+    assert rules.get("acme", "faq").ledger_days is None and rules.get("acme", "faq").capture_days == 14
+
+
+@pytest.mark.parametrize(
+    ("rules", "problem"),
+    [
+        ([{"task": "nope", "ledger_days": 1}], "retention.rules[0].task: unknown task 'nope'"),
+        ([{"tenant": "nope", "ledger_days": 1}], "retention.rules[0].tenant: unknown tenant 'nope'"),
+        ([{"task": "faq"}, {"task": "faq"}], "retention.rules[1]: a second rule for tenant None and task 'faq'"),
+        ([{"ledger_days": 0}], "ledger_days"),
+    ],
+)
+def test_bad_rules_are_named(rules: list[dict[str, Any]], problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config(rules=rules)
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+# -- the purge, on every ledger backend ------------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerStore]:
+    store: LedgerStore
+    schema = None
+    if request.param == "memory":
+        store = MemoryStore()
+    elif request.param == "sqlite":
+        store = SQLiteStore(tmp_path / "ledger.db")
+    else:
+        if not postgres_reachable():
+            pytest.skip("no PostgreSQL")
+        schema = unique_schema()
+        store = postgres_store(schema)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.aclose()
+        if schema is not None:
+            await drop_schema(schema)
+
+
+def aged(n: int, tenant: str, task: str, days_old: float) -> Any:
+    return make_row(n, tenant=tenant, task=task, started_at=NOW - days_old * DAY_S)
+
+
+async def test_purge_deletes_rows_past_their_rule_in_batches_and_audits_counts(
+    ledger: LedgerStore, tmp_path: Path
+) -> None:
+    rows = []
+    ages = (1, 29, 31, 89, 91, 179, 181, 364, 366, 1000)
+    for i, (tenant, task) in enumerate((t, k) for t in ("acme", "globex") for k in ("faq", "support")):
+        rows += [aged(i * 100 + j, tenant, task, age) for j, age in enumerate(ages)]
+    await ledger.write_batch(rows)
+    audit = CaptureStore(tmp_path / "capture.db")
+    await audit.open()
+    try:
+        purge = RetentionPurge(config(**OVERLAPPING), ledger, audit, clock=lambda: NOW)
+        run = await purge.run_once(actor="test")
+        # acme/faq keeps 30 days, acme/support 90, globex/faq 180, globex/support 365.
+        assert run.deleted == {
+            ("acme", "faq"): 8,
+            ("acme", "support"): 6,
+            ("globex", "faq"): 4,
+            ("globex", "support"): 2,
+        }
+        assert run.batches >= 8  # batch_size 3: acme/faq alone took three full batches and one more
+        left = await ledger.recent(1000)
+        assert len(left) == 40 - 20
+        oldest = {}
+        for r in left:
+            key = (r.tenant, r.task)
+            oldest[key] = max(oldest.get(key, 0.0), (NOW - r.started_at) / DAY_S)
+        assert oldest == {
+            ("acme", "faq"): 29,
+            ("acme", "support"): 89,
+            ("globex", "faq"): 179,
+            ("globex", "support"): 364,
+        }
+        events = [e for e in await audit.audit() if e.event == "purged"]
+        assert {(e.tenant, e.task, e.detail) for e in events if e.tenant} == {
+            ("acme", "faq", "retention: deleted 8 ledger rows past ledger_days"),
+            ("acme", "support", "retention: deleted 6 ledger rows past ledger_days"),
+            ("globex", "faq", "retention: deleted 4 ledger rows past ledger_days"),
+            ("globex", "support", "retention: deleted 2 ledger rows past ledger_days"),
+        }
+        assert events[-1].detail == "retention run: deleted 20 ledger rows of 4 tenant/task pairs"
+        assert all(e.actor == "test" for e in events)
+        # A second run finds nothing, and says so in the trail all the same.
+        again = await purge.run_once()
+        assert again.total == 0 and len(await ledger.recent(1000)) == 20
+        assert (await audit.audit())[-1].detail == "retention run: deleted 0 ledger rows of 0 tenant/task pairs"
+    finally:
+        await audit.aclose()
+
+
+async def test_a_pair_kept_for_ever_is_not_touched(ledger: LedgerStore) -> None:
+    await ledger.write_batch([aged(1, "acme", "support", 5000), aged(2, "acme", "faq", 5000)])
+    rules = {"rules": [{"task": "faq", "ledger_days": 10}]}
+    run = await RetentionPurge(config(**rules), ledger, None, clock=lambda: NOW).run_once()
+    assert run.deleted == {("acme", "faq"): 1}
+    assert [r.task for r in await ledger.recent(10)] == ["support"]
+
+
+# -- turnout retention show ----------------------------------------------------------------
+
+
+def write(tmp_path: Path, cfg: Config) -> Path:
+    path = tmp_path / "turnout.yaml"
+    raw = cfg.model_dump(mode="json", exclude_defaults=True)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_show_json_on_overlapping_rules(tmp_path: Path) -> None:
+    path = write(tmp_path, config(**OVERLAPPING))
+    result = CliRunner().invoke(main, ["retention", "show", "--format", "json", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = json.loads(result.output)
+    by = {(x["tenant"], x["task"], x["data_class"]): x for x in lines}
+    assert set(by) == {
+        ("acme", "faq", "public"),
+        ("acme", "faq", "internal"),
+        ("acme", "support", "public"),
+        ("acme", "support", "internal"),
+        ("globex", "faq", "public"),
+        ("globex", "support", "public"),
+    }
+    acme_faq = by[("acme", "faq", "public")]
+    assert (acme_faq["ledger"]["days"], acme_faq["ledger"]["rule"]) == (30, "tenant+task")
+    assert (acme_faq["text"]["what"], acme_faq["text"]["days"], acme_faq["text"]["rule"]) == (
+        "redacted text",
+        7,
+        "tenant",
+    )
+    assert (acme_faq["cache"]["seconds"], acme_faq["cache"]["rule"]) == (600, "task")
+    assert by[("acme", "faq", "internal")]["cache"]["kept"] is False  # the task caches public only
+    globex = by[("globex", "support", "public")]
+    assert (globex["ledger"]["days"], globex["ledger"]["rule"]) == (365, "default")
+    assert (globex["text"]["days"], globex["text"]["rule"]) == (14, "capture.ttl_days")
+    assert globex["cache"]["kept"] is False and globex["review"]["kept"] is False
+
+
+def test_show_table_filtered(tmp_path: Path) -> None:
+    path = write(tmp_path, config(**OVERLAPPING))
+    result = CliRunner().invoke(main, ["retention", "show", "--tenant", "acme", "--task", "faq", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    header, *rows = result.output.strip().splitlines()
+    assert header.split()[:3] == ["TENANT", "TASK", "CLASS"]
+    assert len(rows) == 2
+    assert "30 d [tenant+task]" in rows[0] and "redacted text: 7 d [tenant]" in rows[0]
+    assert "600 s in gateway memory [task]" in rows[0]
+
+
+def test_show_refuses_an_unknown_tenant(tmp_path: Path) -> None:
+    path = write(tmp_path, config(**OVERLAPPING))
+    result = CliRunner().invoke(main, ["retention", "show", "--tenant", "nobody", "-c", str(path)])
+    assert result.exit_code != 0 and "nobody" in result.output
+
+
+# -- capture_days and the gateway's job --------------------------------------------------------
+
+
+async def test_capture_days_per_tenant_and_task_set_each_capture_expiry(tmp_path: Path) -> None:
+    rules = Rules(config(**OVERLAPPING))
+    store = CaptureStore(tmp_path / "capture.db")
+    await store.open()
+    redactor = Redactor(b"k" * 32)
+    w = CaptureWriter(
+        store, redactor, ttl_days=14, ttl_days_for=lambda t, k: rules.get(t, k).capture_days, clock=lambda: NOW
+    )
+    w.start()
+    decision = Decision("redacted", None, True)
+    w.submit("req-a", "acme", "faq", decision, "hello", "hi", at=NOW)
+    w.submit("req-g", "globex", "faq", decision, "hello", "hi", at=NOW)
+    await w.aclose()
+    expiry = {r.request_id: (r.expires_at - NOW) / DAY_S for r in await store.captures()}
+    await store.aclose()
+    assert expiry == {"req-a": pytest.approx(7), "req-g": pytest.approx(14)}
+
+
+async def test_the_gateway_runs_the_purge_at_start(make_app: AppFactory, tmp_path: Path) -> None:
+    raw = config(**OVERLAPPING).model_dump(mode="json", exclude_defaults=True)
+    raw["store"] = {"kind": "sqlite", "path": str(tmp_path / "ledger.db"), "flush_interval_ms": 10}
+    seed = SQLiteStore(tmp_path / "ledger.db")
+    await seed.open()
+    await seed.write_batch([make_row(1, tenant="acme", task="faq", started_at=time.time() - 40 * DAY_S)])
+    await seed.aclose()
+    app = await make_app(raw)
+    audit = CaptureStore(tmp_path / "capture.db")
+    await audit.open()
+    try:
+        for _ in range(400):
+            if any(e.detail.startswith("retention run") for e in await audit.audit()):
+                break
+            await asyncio.sleep(0.005)
+        details = [e.detail for e in await audit.audit()]
+    finally:
+        await audit.aclose()
+    assert "retention: deleted 1 ledger rows past ledger_days" in details
+    assert app.runtime.store is not None and await app.runtime.store.count() == 0
+
+
+async def test_review_items_past_review_days_are_deleted_sampled_ones_by_the_shortest_rule(tmp_path: Path) -> None:
+    rules = {
+        "batch_size": 2,
+        "rules": [{"tenant": "acme", "review_days": 10}, {"tenant": "globex", "task": "faq", "review_days": 3}],
+    }
+    at = [NOW]
+    queue = ReviewQueue(str(tmp_path / "releases.db"), redactor=Redactor(b"k" * 32), clock=lambda: at[0])
+    await queue.open()
+    ledger = MemoryStore()
+    await ledger.open()
+    audit = CaptureStore(tmp_path / "capture.db")
+    await audit.open()
+    try:
+        escalated = [("acme", "faq", 11), ("acme", "faq", 9), ("globex", "faq", 4), ("globex", "faq", 2)]
+        for i, (tenant, task, age) in enumerate([*escalated, ("globex", "support", 400)]):
+            at[0] = NOW - age * DAY_S
+            await queue.enqueue_ticket(task, None, f"esc-{i}", tenant, "answer text")
+        for i, (task, age) in enumerate([("faq", 5), ("faq", 1), ("support", 50)]):
+            at[0] = NOW - age * DAY_S
+            await queue.maybe_enqueue(task, None, f"smp-{i}", "sampled text", 1.0, random.Random(1))
+        purge = RetentionPurge(config(**rules), ledger, audit, reviews=queue, clock=lambda: NOW)
+        run = await purge.run_once()
+        # acme: 10 days; globex/faq: 3; sampled (no tenant) faq items: the shortest for faq, 3;
+        # support: acme's 10 (globex keeps support items for ever, acme does not).
+        assert run.reviews == {("acme", "faq"): 1, ("globex", "faq"): 1, (None, "faq"): 1, (None, "support"): 1}
+        left = sorted(item.request_id for item in await queue.list(limit=100))
+        assert left == ["esc-1", "esc-3", "esc-4", "smp-1"]
+        details = [e.detail for e in await audit.audit()]
+        assert details[-1].endswith("and 4 review items")
+    finally:
+        await queue.aclose()
+        await audit.aclose()
+        await ledger.aclose()
