@@ -9,6 +9,7 @@ import pytest
 from turnout.config import Gates
 from turnout.offline.evals import Case, EvalResult, Expectation, GateResult, Outcome, all_passed, evaluate_gates, failed
 from turnout.offline.evals import run_eval as _run_eval
+from turnout.offline.evals.gates import HumanCosts, cost_per_completed_task
 
 
 def make_result(
@@ -40,7 +41,7 @@ def test_all_gates_pass() -> None:
     result = make_result(wrong={"v1": {0, 1, 2}, "v2": {0}}, latency={"v2": 250.0}, cost={"v1": 0.01, "v2": 0.011})
     gates = by_name(evaluate_gates(Gates(min_pass_rate=0.9, max_p95_ms=300, max_cost_per_pass_ratio=1.2), result))
     assert all_passed(gates.values()) and not failed(gates.values())
-    assert [g.verdict for g in gates.values()] == ["pass"] * 4
+    assert [g.verdict for g in gates.values()] == ["pass"] * 4 + ["skip"]  # no max_cost_per_completed_task
     g = gates["min_pass_rate"]
     assert (g.observed, g.threshold) == (0.95, 0.9) and "v2 passes 95.0%" in g.explanation
     g = gates["max_regression"]
@@ -107,3 +108,54 @@ def test_p95_gate_fails_when_nothing_returned() -> None:
 def test_gate_result_round_trip() -> None:
     g = GateResult("max_p95_ms", False, 900.0, 500.0, "over", skipped=False)
     assert GateResult.from_dict(g.to_dict()) == g
+
+
+def test_cost_per_completed_task_known_answer() -> None:
+    # 20 runs at $0.01, 4 fail: spend $0.20; review $0.50 × 20 = $10; escalation $3 × 4 = $12.
+    # ($0.20 + $10 + $12) ÷ 16 passed = $22.20 / 16 = $1.3875 per completed task.
+    result = make_result(wrong={"v2": {0, 1, 2, 3}}, baseline=None)
+    people = HumanCosts.of(0.5, 3.0)
+    assert cost_per_completed_task(result.summaries["v2"], people) == pytest.approx(1.3875)
+    passing = by_name(evaluate_gates(Gates(max_cost_per_completed_task=1.39), result, people))
+    g = passing["max_cost_per_completed_task"]
+    assert g.passed and not g.skipped and g.observed == pytest.approx(1.3875) and g.threshold == 1.39
+    assert "÷ 16 passed = $1.387500 per completed task; within the allowed $1.39" in g.explanation
+    failing = by_name(evaluate_gates(Gates(max_cost_per_completed_task=1.38), result, people))
+    assert not failing["max_cost_per_completed_task"].passed
+    assert "over the allowed $1.38" in failing["max_cost_per_completed_task"].explanation
+
+
+def test_cost_per_completed_task_without_people_is_spend_per_pass() -> None:
+    # No review or escalation cost: $0.20 ÷ 16 = $0.0125, the same as cost per pass.
+    result = make_result(wrong={"v2": {0, 1, 2, 3}}, baseline=None)
+    g = by_name(evaluate_gates(Gates(max_cost_per_completed_task=0.013), result))["max_cost_per_completed_task"]
+    assert g.passed and g.observed == pytest.approx(0.0125) == result.summaries["v2"].cost_per_pass
+    # Escalation alone: ($0.20 + $2 × 4) ÷ 16 = $0.5125.
+    assert cost_per_completed_task(result.summaries["v2"], HumanCosts.of(None, 2.0)) == pytest.approx(0.5125)
+
+
+def test_cost_per_completed_task_gate_edge_cases() -> None:
+    cfg = Gates(max_cost_per_completed_task=1.0)
+    off = by_name(evaluate_gates(Gates(), make_result(wrong={})))["max_cost_per_completed_task"]
+    assert off.skipped and off.explanation == "skipped: not configured"
+    unknown = by_name(evaluate_gates(cfg, make_result(wrong={}, cost={"v2": None})))["max_cost_per_completed_task"]
+    assert unknown.skipped and unknown.passed and unknown.explanation == "skipped: cost unknown for v2"
+    none_pass = by_name(evaluate_gates(cfg, make_result(wrong={"v2": set(range(20))}), HumanCosts.of(0.1, 0.1)))
+    g = none_pass["max_cost_per_completed_task"]
+    assert not g.passed and g.observed is None and "nothing was completed" in g.explanation
+
+
+def test_task_config_takes_human_costs_and_the_gate() -> None:
+    from pydantic import ValidationError
+
+    from turnout.config import TaskConfig
+
+    task = TaskConfig(
+        route=["a"], review_cost_usd=0.5, escalation_cost_usd=3, gates=Gates(max_cost_per_completed_task=2)
+    )
+    assert (task.review_cost_usd, task.escalation_cost_usd, task.gates.max_cost_per_completed_task) == (0.5, 3, 2)
+    assert TaskConfig(route=["a"]).review_cost_usd is None
+    with pytest.raises(ValidationError):
+        TaskConfig(route=["a"], escalation_cost_usd=-1)
+    with pytest.raises(ValidationError):
+        Gates(max_cost_per_completed_task=0)

@@ -63,7 +63,8 @@ async def test_terminal_table() -> None:
     assert re.search(r"cost per passed case\s+\$0\.001000\s+\$0\.001667", text)
     assert "paired difference (v2 − v1) on 4 cases: +0.0%" in text and "fixed 1, broke 1, McNemar exact p = 1" in text
     assert "  FAIL  min_pass_rate" in text and "  pass  max_regression" in text and "  pass  max_p95_ms" in text
-    assert "  skip  max_cost_per_pass_ratio  skipped: not configured" in text
+    assert re.search(r"  skip  max_cost_per_pass_ratio\s+skipped: not configured", text)
+    assert "  skip  max_cost_per_completed_task  skipped: not configured" in text
     assert text.rstrip().endswith("verdict: FAIL (min_pass_rate)")
 
 

@@ -31,9 +31,11 @@ from turnout.offline.evals import (
     render_html,
     render_table,
     run_eval,
-    to_json,
 )
+from turnout.offline.evals.gates import HumanCosts
 from turnout.offline.evals.jail import sandbox_problem
+from turnout.offline.evals.judge_spend import JudgeSpend
+from turnout.offline.evals.report import to_dict
 from turnout.offline.evals.sandbox import PythonTest
 from turnout.providers.base import Call, Completion, Timeouts
 from turnout.releases.base import Release
@@ -117,6 +119,7 @@ async def _evaluate(config: Config, run: Run, releases: dict[str, Release], case
     app = App(config)
     await app.runtime.start()
     tenant = app.runtime.auth.tenants[run.tenant] if run.tenant is not None else EVAL_TENANT
+    spend = JudgeSpend()
     try:
         result = await run_eval(
             cases,
@@ -126,17 +129,23 @@ async def _evaluate(config: Config, run: Run, releases: dict[str, Release], case
             concurrency=run.concurrency,
             repeat=run.repeat,
             scorers=build_scorers(
-                lambda prompt, target: _judge(app, prompt, target),
+                lambda prompt, target: _judge(app, prompt, target, spend),
                 judge_target=run.judge_target,
                 allow_unsandboxed_code=config.evals.allow_unsandboxed_code,
             ),
             progress=TextProgress(),
             task=task,
         )
-        gates = evaluate_gates(config.tasks[task].gates, result)
+        task_config = config.tasks[task]
+        people = HumanCosts.of(task_config.review_cost_usd, task_config.escalation_cost_usd)
+        gates = evaluate_gates(task_config.gates, result, people)
         click.echo(render_table(result, gates))
+        if spend.calls:
+            click.echo(spend.line())
         stem = Path(run.report_dir) / f"{task}-{candidate}-{time.strftime('%Y%m%dT%H%M%S')}"
-        await asyncio.to_thread(_write_reports, stem, to_json(result, gates), render_html(result, gates))
+        report = to_dict(result, gates) | {"judge": spend.to_dict()}
+        json_text = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+        await asyncio.to_thread(_write_reports, stem, json_text, render_html(result, gates))
         click.echo(f"reports: {stem}.json, {stem}.html")
         store = app.runtime.release_store
         if all_passed(gates) and run.mark and store is not None:
@@ -178,11 +187,15 @@ async def _call(app: App, task: str, release: Release, case: Case, tenant: Tenan
     return Outcome(text, latency_ms, cost)
 
 
-async def _judge(app: App, prompt: str, target: str) -> str:
+async def _judge(app: App, prompt: str, target: str, spend: JudgeSpend | None = None) -> str:
+    """One judge call straight to ``target``'s provider; its cost is added to ``spend``."""
     provider = app.runtime.targets[target].provider
     body = {"model": "judge", "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+    started, t0 = time.time(), time.perf_counter()
     answer = await provider.complete(Call(body, False, Timeouts(), "eval-judge"))
     assert isinstance(answer, Completion)
+    if spend is not None:
+        spend.add(app.runtime.prices.request_cost(target, answer.usage, time.perf_counter() - t0, started))
     return str(answer.body["choices"][0]["message"].get("content") or "")
 
 

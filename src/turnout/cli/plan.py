@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
@@ -22,6 +23,8 @@ from turnout.cli._common import (
 )
 from turnout.config import Config
 from turnout.control.catalog import base_model_id, price
+from turnout.offline.plan.full import DEFAULT_FIXED, FixedCosts, People, full_cost, parse_fixed, parse_success
+from turnout.offline.plan.full_render import full_chart, full_json, full_lines
 from turnout.offline.plan.model import PlanError, plan
 from turnout.offline.plan.render import as_json, table
 from turnout.offline.plan.spec import (
@@ -45,6 +48,10 @@ DEFAULT_SELF_HOSTED_NOTE = (
 )
 
 
+def _fixed_text(fixed: FixedCosts) -> str:
+    return f"on_call={fixed.on_call:g},observability={fixed.observability:g},security_review={fixed.security_review:g}"
+
+
 @click.command(name="plan")
 @task_option("The task whose recorded traffic to price.", required=True)
 @since_option("How far back to read the ledger: a duration (7d, 36h, 2w) or an ISO date or time.")
@@ -63,8 +70,39 @@ DEFAULT_SELF_HOSTED_NOTE = (
 @click.option("--bedrock", "bedrock", help=f"A Bedrock catalog model id. Default: {DEFAULT_BEDROCK}.")
 @click.option(
     "--success-rate",
-    type=click.FloatRange(0, 1, min_open=True),
-    help="Assumed success rate for options whose target has no recorded feedback.",
+    help="A share (0.9): assumed for options whose target has no recorded feedback; or per option "
+    "(managed=0.92,bedrock=0.8,self-hosted=0.85, e.g. from evals of the releases on those targets): used "
+    "whatever was observed.",
+)
+@click.option(
+    "--fixed",
+    "fixed_specs",
+    multiple=True,
+    help="KIND:on_call=…,observability=…,security_review=… ($ a month; KIND managed, bedrock or self-hosted; "
+    "repeatable; keys left out keep their default). Defaults: "
+    + "; ".join(f"{k}: {_fixed_text(v)}" for k, v in DEFAULT_FIXED.items())
+    + ".",
+)
+@click.option(
+    "--review-cost",
+    type=click.FloatRange(0),
+    help="$ a person costs to review one answer. Default: the task's review_cost_usd, else 0.",
+)
+@click.option(
+    "--escalation-cost",
+    type=click.FloatRange(0),
+    help="$ a person costs to finish one failed task. Default: the task's escalation_cost_usd, else 0.",
+)
+@click.option(
+    "--review-rate",
+    type=click.FloatRange(0, 1),
+    help="Share of answers a person reviews. Default: the task's review_rate.",
+)
+@click.option(
+    "--chart",
+    "chart_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write an SVG chart of each option's full monthly cost against volume to this .svg file.",
 )
 @format_option()
 @config_option("YAML config file: its store (the ledger to read) and targets (prices).")
@@ -74,7 +112,12 @@ def plan_command(
     self_hosted: str | None,
     managed: str | None,
     bedrock: str | None,
-    success_rate: float | None,
+    success_rate: str | None,
+    fixed_specs: tuple[str, ...],
+    review_cost: float | None,
+    escalation_cost: float | None,
+    review_rate: float | None,
+    chart_path: str | None,
     fmt: str,
     config: Config,
 ) -> None:
@@ -85,11 +128,16 @@ def plan_command(
     \b
     turnout plan --task support --since 7d \\
         --self-hosted gpu_hour_usd=7.91,gpus=4,tokens_per_s=5000,scale_down=night \\
-        --managed input=3,output=15
+        --managed input=3,output=15 --fixed self-hosted:on_call=3000 --chart plan.svg
+
+    The full cost adds fixed monthly costs (on-call, observability, security review) and people
+    (review, escalation) to each option; cost per completed task and break-even use the total.
     """
     now = time.time()
     if since >= now:
         raise click.BadParameter("must be before now", param_hint="'--since'")
+    if chart_path is not None and Path(chart_path).suffix.lower() != ".svg":
+        raise click.UsageError("charts are written as SVG only: name the file .svg")
     traffic = traffic_from_rows(read_ledger(config, since, now, task=task), task, end=now)
     notes = [f"ledger: the task's rows from {when(since)} to {when(now)} ({LEDGER_LIMIT:,} at most, the oldest)"]
     try:
@@ -99,15 +147,36 @@ def plan_command(
         current = current_managed(config, traffic, managed)
         if current is None:
             notes.append("no managed option: the task's busiest target has no per-token price; pass --managed")
-        result = plan(traffic, hosted, current, open_weight(config, traffic, bedrock), success_rate, notes=notes)
+        assumed, given = parse_success(success_rate) if success_rate is not None else (None, {})
+        bedrock_spec = open_weight(config, traffic, bedrock)
+        result = plan(traffic, hosted, current, bedrock_spec, assumed, notes=notes, given_success=given)
+        full = full_cost(
+            result,
+            traffic,
+            hosted,
+            parse_fixed(fixed_specs),
+            people(config, task, review_cost, escalation_cost, review_rate),
+        )
     except SpecError as exc:
         raise click.UsageError(str(exc)) from exc
     except PlanError as exc:
         raise CommandError(str(exc)) from exc
     if fmt == "json":
-        print_json(as_json(result))
+        print_json(as_json(result) | {"full_cost": full_json(result, full)})
     else:
-        click.echo(table(result))
+        click.echo(table(result) + "\n" + "\n".join(full_lines(result, full)))
+    if chart_path is not None:
+        Path(chart_path).write_text(full_chart(result, full, traffic, hosted), encoding="utf-8")
+
+
+def people(config: Config, task: str, review: float | None, escalation: float | None, rate: float | None) -> People:
+    """The flags, else the task's config, else 0."""
+    task_config = config.tasks.get(task)
+    if task_config is not None:
+        review = task_config.review_cost_usd if review is None else review
+        escalation = task_config.escalation_cost_usd if escalation is None else escalation
+        rate = task_config.review_rate if rate is None else rate
+    return People(review or 0.0, escalation or 0.0, rate or 0.0)
 
 
 def current_managed(config: Config, traffic: Traffic, spec: str | None) -> ManagedSpec | None:

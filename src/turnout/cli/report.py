@@ -24,7 +24,7 @@ from turnout.cli._common import (
 )
 from turnout.config import Config
 from turnout.offline.reports.charts import chart
-from turnout.offline.reports.figures import DIMENSIONS, KINDS, compute
+from turnout.offline.reports.figures import DIMENSIONS, KINDS, HumanCost, compute
 from turnout.offline.reports.render import FORMATS, render
 
 DEFAULT_BY = {"quality": "release"}
@@ -80,6 +80,9 @@ def report(
     turnout report quality --format json
     turnout report usage --by tenant --chart usage.svg
 
+    Tasks with review_cost_usd or escalation_cost_usd add "cost/completed full": (spend +
+    reviewed rows × review + escalated rows × escalation) ÷ completed tasks.
+
     Charts: cost → cost per completed task by release (with --by day: a trend by day);
     latency → p50/p95/p99 by day; quality → success rate by release; usage → requests by hour
     of day (UTC), one strip per day. SVG only: open it in a browser."""
@@ -93,9 +96,18 @@ def report(
     if chart_path is not None and Path(chart_path).suffix.lower() != ".svg":
         raise click.UsageError("charts are written as SVG only: name the file .svg (PNG is not supported)")
     rows = read_ledger(config, since, end, tenant=tenant, task=task)
-    result = compute(kind, rows, by=by, since=since, until=end, review_cost=review_cost)
+    result = compute(kind, rows, by=by, since=since, until=end, review_cost=review_cost, people=people(config))
     click.echo(render(result, fmt), nl=False)
     if chart_path is not None:
         svg = chart(kind, rows, since=since, until=end, by=by, review_cost=review_cost)
         Path(chart_path).write_text(svg, encoding="utf-8")
         click.echo(f"chart: {chart_path}", err=True)
+
+
+def people(config: Config) -> dict[str, HumanCost]:
+    """Per task with a ``review_cost_usd`` or ``escalation_cost_usd``: what people cost."""
+    return {
+        name: HumanCost(task.review_cost_usd or 0.0, task.escalation_cost_usd or 0.0)
+        for name, task in config.tasks.items()
+        if task.review_cost_usd is not None or task.escalation_cost_usd is not None
+    }

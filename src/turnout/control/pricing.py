@@ -209,8 +209,10 @@ class PriceBook:
         """Every attempt with its ``cost_usd``, and the request's total: their sum, or None when
         any attempt that was sent is unpriced. The answering attempt (the last, when it
         succeeded) carries ``usage`` and, for a stream, ``answer_s``: the seconds from its start
-        to the stream's end; without usage a token-priced answer is unknown (None). Failed
-        attempts: see ``attempt_cost``; those never sent (breaker open, skipped) cost 0."""
+        to the stream's end; without usage a token-priced answer is unknown (None). An attempt
+        that carries its ``cost_usd`` already (an answer the output checks rejected, priced by
+        its own usage) keeps it. Other failed attempts: see ``attempt_cost``; those never sent
+        (breaker open, skipped) cost 0."""
         priced: list[AttemptRecord] = []
         total: float | None = 0.0
         last = len(attempts) - 1
@@ -219,6 +221,8 @@ class PriceBook:
             if i == last and attempt.error_class is None:  # its usage missing (a cut stream): unknown
                 busy_s = attempt.latency_ms / 1000 if answer_s is None else answer_s
                 cost = self.request_cost(attempt.target, usage, busy_s, when)
+            elif attempt.cost_usd is not None:  # an answer rejected after it was generated: its own cost
+                cost = attempt.cost_usd
             elif attempt.latency_ms == 0.0:
                 cost = 0.0
             else:

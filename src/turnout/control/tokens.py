@@ -19,6 +19,8 @@ tokenizer instead: exact for the text, so reservations are that much tighter.
   ``TOKENS_PER_MESSAGE`` for each message (role, delimiters: 4 to 6 in those templates, up to
   9 for a tool result). Every other field of a message is counted, not only its content: the
   name, tool calls and their ids, as their JSON.
+* An embeddings body's ``input``: each text, plus ``TOKENS_PER_INPUT`` for the special tokens
+  an encoder adds to each.
 * **Tools** (``tools``, ``functions``) as their JSON plus ``TOKENS_FOR_TOOLS`` (the preamble a
   template wraps them in); ``tool_choice`` and ``response_format`` as their JSON.
 * **Images**: ``IMAGE_TOKENS`` per image part, whatever its size or detail. That bounds
@@ -52,6 +54,7 @@ from turnout.providers.base import Usage
 TOKENS_PER_REQUEST = 64
 TOKENS_PER_MESSAGE = 8
 TOKENS_FOR_TOOLS = 64
+TOKENS_PER_INPUT = 4  # an embedding input's special tokens ([CLS] and [SEP], BOS and EOS)
 IMAGE_TOKENS = 2_000
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 # What a model generates, in a message or a stream's delta.
@@ -91,6 +94,13 @@ def prompt_texts(body: Mapping[str, Any]) -> tuple[int, list[str]]:
         value = body.get(key)
         if value is not None:
             texts.append(_dumps(value))
+    inputs = body.get("input")  # an embeddings body: its texts
+    if isinstance(inputs, list):
+        fixed += TOKENS_PER_INPUT * len(inputs)
+        texts += (text if isinstance(text, str) else _dumps(text) for text in inputs)
+    elif inputs is not None:
+        fixed += TOKENS_PER_INPUT
+        texts.append(inputs if isinstance(inputs, str) else _dumps(inputs))
     return fixed, texts
 
 

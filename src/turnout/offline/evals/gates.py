@@ -9,7 +9,13 @@ max_p95_ms                 candidate p95 latency ≤ threshold                  
 max_cost_per_pass_ratio    candidate ÷ baseline cost per passed case ≤ threshold        no baseline, not
                                                                                         configured, or
                                                                                         cost unknown
+max_cost_per_completed_    (candidate spend + review × runs + escalation × failed       not configured
+task                       runs) ÷ passed runs ≤ threshold, in $                        or cost unknown
 =========================  ==========================================================  ==============
+
+``review`` and ``escalation`` are the task's ``review_cost_usd`` (a person reads every answer)
+and ``escalation_cost_usd`` (a person handles every failed one); unset, each counts 0. Only
+passed runs are completed tasks: a failure is paid for, not counted as done.
 
 Point estimates are compared, as the config documents; the explanations quote the intervals so
 that a reader can tell a clear result from a lucky one. A skipped gate counts as passed.
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.config import Gates
-from turnout.offline.evals.runner import EvalResult
+from turnout.offline.evals.runner import EvalResult, ReleaseSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +72,59 @@ def _skip(name: str, threshold: float | None, why: str) -> GateResult:
     return GateResult(name, True, None, threshold, f"skipped: {why}", skipped=True)
 
 
-def evaluate_gates(gates: Gates, result: EvalResult) -> list[GateResult]:
+@dataclass(frozen=True, slots=True)
+class HumanCosts:
+    """What people cost per task: reviewing one answer, finishing one failed task ($)."""
+
+    review_usd: float = 0.0
+    escalation_usd: float = 0.0
+
+    @classmethod
+    def of(cls, review_usd: float | None, escalation_usd: float | None) -> HumanCosts:
+        return cls(review_usd or 0.0, escalation_usd or 0.0)
+
+
+def evaluate_gates(gates: Gates, result: EvalResult, people: HumanCosts = HumanCosts()) -> list[GateResult]:
     return [
         _min_pass_rate(gates, result),
         _max_regression(gates, result),
         _max_p95(gates, result),
         _cost_ratio(gates, result),
+        _cost_per_completed(gates, result, people),
     ]
+
+
+def cost_per_completed_task(summary: ReleaseSummary, people: HumanCosts) -> float | None:
+    """(spend + review × runs + escalation × failed runs) ÷ passed runs; None: unknown spend or
+    nothing passed."""
+    if summary.cost_usd is None or summary.passed_runs <= 0:
+        return None
+    failed_runs = summary.runs - summary.passed_runs
+    total = summary.cost_usd + people.review_usd * summary.runs + people.escalation_usd * failed_runs
+    return total / summary.passed_runs
+
+
+def _cost_per_completed(gates: Gates, result: EvalResult, people: HumanCosts) -> GateResult:
+    name, threshold = "max_cost_per_completed_task", gates.max_cost_per_completed_task
+    if threshold is None:
+        return _skip(name, None, "not configured")
+    s = result.summaries[result.candidate]
+    if s.cost_usd is None:
+        return _skip(name, threshold, f"cost unknown for {result.candidate}")
+    observed = cost_per_completed_task(s, people)
+    if observed is None:
+        return GateResult(name, False, None, threshold, f"{result.candidate} passed no run: nothing was completed")
+    ok = observed <= threshold
+    failed_runs = s.runs - s.passed_runs
+    return GateResult(
+        name,
+        ok,
+        observed,
+        threshold,
+        f"(${s.cost_usd:.6f} spend + ${people.review_usd:g} review × {s.runs} runs + "
+        f"${people.escalation_usd:g} escalation × {failed_runs} failed) ÷ {s.passed_runs} passed = "
+        f"${observed:.6f} per completed task; {'within' if ok else 'over'} the allowed ${threshold:g}",
+    )
 
 
 def _min_pass_rate(gates: Gates, result: EvalResult) -> GateResult:

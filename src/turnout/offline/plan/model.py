@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -242,9 +242,12 @@ def _peak(need: Sequence[float], k: float | None, m: int) -> int:
     return max(replicas(need, k, m)) if k is not None else m
 
 
-def success_rate(traffic: Traffic, target: str | None, assumed: float | None) -> Rate:
-    """Observed on ``target`` when it has feedback, else the stated assumption, else the rate
-    over all the task's targets, else 1 (no feedback at all: every request counts as done)."""
+def success_rate(traffic: Traffic, target: str | None, assumed: float | None, given: float | None = None) -> Rate:
+    """Given for this option (an eval's pass rate, say), else observed on ``target`` when it has
+    feedback, else the stated assumption, else the rate over all the task's targets, else 1 (no
+    feedback at all: every request counts as done)."""
+    if given is not None:
+        return Rate(given, "given for this option (--success-rate KIND=…)")
     stats = traffic.targets.get(target) if target else None
     if stats is not None and stats.success_rate is not None:
         return Rate(stats.success_rate, f"observed on {target} ({stats.outcomes} outcomes)")
@@ -265,7 +268,9 @@ def plan(
     assumed_success: float | None = None,
     sensitivity: Sequence[float] = SENSITIVITY,
     notes: Sequence[str] = (),
+    given_success: Mapping[Kind, float] | None = None,
 ) -> Plan:
+    given = given_success or {}
     if not traffic.requests:
         raise PlanError(f"no traffic for task {traffic.task!r} in the window")
     volume = monthly_volume(traffic)
@@ -274,11 +279,11 @@ def plan(
     kinds: list[tuple[ManagedSpec | None, Kind]] = [(managed, "managed"), (bedrock, "bedrock")]
     for spec, kind in kinds:
         if spec is not None:
-            rate = success_rate(traffic, spec.target, assumed_success)
+            rate = success_rate(traffic, spec.target, assumed_success, given.get(kind))
             label = spec.name if kind == "managed" else f"bedrock {spec.name}"
             per_token.append(Option(label, kind, per_token_cost(volume, spec), volume.requests, rate))
     options.extend(per_token)
-    hosted_rate = success_rate(traffic, self_hosted.target, assumed_success)
+    hosted_rate = success_rate(traffic, self_hosted.target, assumed_success, given.get("self-hosted"))
     variants = [(self_hosted.name, _always_on(self_hosted))]
     if self_hosted.scale_down != "none":
         variants.append((f"{self_hosted.name} ({self_hosted.scale_down} scale-down)", self_hosted))

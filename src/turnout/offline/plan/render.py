@@ -33,7 +33,7 @@ def replicas(option: Option) -> str:
     return str(high) if low == high else f"{low}-{high} (by hour)"
 
 
-def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
+def grid(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for row in [header, *rows]:
@@ -89,7 +89,7 @@ def table(plan: Plan) -> str:
         f"{plan.peak_concurrency} requests in flight at once",
         "",
     ]
-    lines += _grid(
+    lines += grid(
         ["", *(o.name for o in options)],
         [
             ["monthly cost", *(money(o.monthly_cost) for o in options)],
@@ -104,7 +104,7 @@ def table(plan: Plan) -> str:
         lines += ["", "Break-even (monthly volume at which costs are equal, today's hourly shape kept):"]
         lines += [f"  {break_even_line(plan, b)}" for b in plan.break_evens]
     lines += ["", "Cost per completed task by success rate:"]
-    lines += _grid(
+    lines += grid(
         ["success rate", *(o.name for o in options)],
         [[f"{p:.0%}", *(money(o.cost_per_task_at(p)) for o in options)] for p in plan.sensitivity],
     )

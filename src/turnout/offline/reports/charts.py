@@ -82,6 +82,7 @@ def line_chart(
     series: Sequence[tuple[str, Sequence[float | None]]],
     unit: str,
     fmt: Format,
+    x_label: str = "day (UTC)",
 ) -> str:
     values = [v for _, vs in series for v in vs if v is not None]
     ticks = nice_ticks(0.0, max(values, default=1.0))
@@ -99,7 +100,7 @@ def line_chart(
     for i, label in enumerate(labels):
         if i % every == 0:
             out.append(svg_text(x(i), HEIGHT - BOTTOM + 22, label[5:] if len(label) == 10 else label, anchor="middle"))
-    out.append(svg_text(LEFT + plot_w / 2, HEIGHT - 18, "day (UTC)", anchor="middle", fill=MUTED))
+    out.append(svg_text(LEFT + plot_w / 2, HEIGHT - 18, x_label, anchor="middle", fill=MUTED))
     for n, (name, vs) in enumerate(series):
         color = PALETTE[n % len(PALETTE)]
         points = [(x(i), y(v), v, labels[i]) for i, v in enumerate(vs) if v is not None]

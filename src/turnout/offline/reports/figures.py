@@ -16,8 +16,11 @@ Definitions, the same in every format:
 * **Retry rate**: requests with more than one attempt (a retry or a fallback); **fallback
   rate**: requests answered or failed after leaving their first target; **timeout rate**:
   requests with an attempt whose error class starts with ``timeout``. All over requests.
-* **Review** and **escalation rates** are over tasks with feedback; **success rate** over tasks
-  with an outcome.
+* **Review** and **escalation rates** are over tasks with feedback (an answer the output checks
+  escalated counts as escalated feedback); **success rate** over tasks with an outcome.
+* **Repairs**: answers re-asked after failing their output checks; **escalated**: requests whose
+  failed answer the gateway escalated (to a stronger target or a person), and **escalated
+  spend** their cost, every rejected answer and the escalation's included.
 * **Latency** percentiles interpolate between ranks (as ``percentile_cont``) over requests
   that are not caller errors (4xx), as the canary's figures do. TTFT exists for streams only.
 * **Usage**: tokens per request over requests that report tokens; the hour of day is UTC.
@@ -29,10 +32,10 @@ With ``by`` the rows are grouped (``task``, ``release``, ``target``, ``tenant``,
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from turnout.ledger.record import LedgerRow
 from turnout.ledger.store import is_caller_error, percentile
@@ -70,13 +73,18 @@ def compute(
     since: float = 0.0,
     until: float = 0.0,
     review_cost: float | None = None,
+    people: Mapping[str, HumanCost] | None = None,
 ) -> Report:
+    """``people``: per task, what a review and an escalation cost (the tasks'
+    ``review_cost_usd`` and ``escalation_cost_usd``); the cost report then adds them."""
     if kind not in KINDS:
         raise ValueError(f"unknown report {kind!r}; one of {', '.join(KINDS)}")
     unknown = [d for d in by if d not in DIMENSIONS]
     if unknown:
         raise ValueError(f"unknown --by {unknown[0]!r}; one of {', '.join(DIMENSIONS)}")
     figures, columns = _FIGURES[kind](review_cost)
+    if kind == "cost" and people:
+        figures, columns = _with_people(figures, columns, people)
     groups: dict[tuple[str, ...], list[LedgerRow]] = defaultdict(list)
     for row in rows:
         groups[tuple(dimension(d, row) for d in by)].append(row)
@@ -164,11 +172,16 @@ def _cost(review_cost: float | None) -> tuple[Figures, list[Column]]:
         Column("timeout_rate", "timeout", "pct"),
         Column("review_rate", "review", "pct"),
         Column("escalation_rate", "escalation", "pct"),
+        Column("repairs", "repairs"),
+        Column("escalated", "escalated"),
+        Column("escalated_spend_usd", "escalated spend", "usd"),
         Column("unpriced", "unpriced"),
     ]
 
     def figures(rows: list[LedgerRow]) -> dict[str, Any]:
         n = len(rows)
+        escalated = [r for r in rows if r.escalated_to is not None]
+        escalated_costs = [r.cost_usd for r in escalated if r.cost_usd is not None]
         priced = [r.cost_usd for r in rows if r.cost_usd is not None]
         spend = sum(priced) if priced else None
         units = tasks(rows).values()
@@ -191,6 +204,9 @@ def _cost(review_cost: float | None) -> tuple[Figures, list[Column]]:
             "timeout_rate": _ratio(sum(_timed_out(r) for r in rows), n),
             "review_rate": _ratio(sum(t.reviewed for t in units), with_feedback),
             "escalation_rate": _ratio(sum(t.escalated for t in units), with_feedback),
+            "repairs": sum(r.repairs or 0 for r in rows),
+            "escalated": len(escalated),
+            "escalated_spend_usd": sum(escalated_costs) if escalated_costs else None,
             "unpriced": sum(_unpriced(r) for r in rows),
         }
         return out
@@ -278,6 +294,41 @@ _FIGURES: dict[str, Callable[[float | None], tuple[Figures, list[Column]]]] = {
     "quality": _quality,
     "usage": _usage,
 }
+
+
+class HumanCost(NamedTuple):
+    review_usd: float = 0.0
+    escalation_usd: float = 0.0
+
+
+def people_cost(rows: Iterable[LedgerRow], people: Mapping[str, HumanCost]) -> float:
+    """Each reviewed row costs its task's review, each escalated row its escalation."""
+    total = 0.0
+    for r in rows:
+        cost = people.get(r.task)
+        if cost is not None:
+            total += cost.review_usd * (r.human_review is True) + cost.escalation_usd * (r.escalated is True)
+    return total
+
+
+def _with_people(
+    figures: Figures, columns: list[Column], people: Mapping[str, HumanCost]
+) -> tuple[Figures, list[Column]]:
+    """Cost per completed task with people: (spend + reviews + escalations) ÷ completed."""
+
+    def full(rows: list[LedgerRow]) -> dict[str, Any]:
+        out = figures(rows)
+        spent = people_cost(rows, people)
+        out["people_usd"] = spent
+        total = None if out["spend_usd"] is None and not spent else (out["spend_usd"] or 0.0) + spent
+        out["cost_per_completed_full_usd"] = _ratio(total, out["completed"])
+        return out
+
+    extra = [
+        Column("people_usd", "review+escalation", "usd"),
+        Column("cost_per_completed_full_usd", "cost/completed full", "usd"),
+    ]
+    return full, columns[:4] + extra + columns[4:]
 
 
 def _ratio(part: float | None, whole: float) -> float | None:
