@@ -319,6 +319,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("capture", "revoke"): ("grt_0000000000000000", "--by", "me"),
     ("capture", "audit"): (),
     ("capture", "purge"): (),
+    ("cache", "purge"): (),
+    ("retention", "show"): (),
     ("release", "list"): ("support",),
     ("release", "show"): ("support", "v1"),
     ("release", "register"): ("support", "v1", "--by", "me"),

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.hostile import CHAT_TASK, TASK, Gateway, error_shape_problem, hostile_gateway, report
+from tests.hostile import CHAT_TASK, EMBED_TASK, TASK, Gateway, error_shape_problem, hostile_gateway, report
 from turnout.serving import openapi
 
 pytestmark = pytest.mark.slow
@@ -72,6 +72,10 @@ def openai_errors(ctx: CheckContext, response: Any, case: Case) -> bool | None:
     if response.status_code < 400:
         return None
     body = orjson.loads(response.content)
+    if case.operation.path == "/v1/messages" and response.status_code != 405:  # Anthropic's shape there
+        assert set(body) == {"type", "error"} and body["type"] == "error", body
+        assert isinstance(body["error"]["type"], str) and isinstance(body["error"]["message"], str), body
+        return True
     problem = error_shape_problem(response.status_code, body)
     assert problem is None, problem
     param = body["error"]["param"]
@@ -109,8 +113,13 @@ def _aim(case: Case) -> None:
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive:
         return
-    if case.operation.path == "/v1/chat/completions" and isinstance(case.body, dict):
+    if case.operation.path in ("/v1/chat/completions", "/v1/messages") and isinstance(case.body, dict):
         case.body["model"] = CHAT_TASK
+    elif case.operation.path == "/v1/embeddings" and isinstance(case.body, dict):
+        case.body["model"] = EMBED_TASK
+        dimensions = case.body.get("dimensions")
+        if isinstance(dimensions, int):  # small vectors: the fake sends as many as asked
+            case.body["dimensions"] = min(dimensions, 16)
     elif case.operation.path == "/v1/tasks/{task}":
         case.path_parameters = {**(case.path_parameters or {}), "task": TASK}
 

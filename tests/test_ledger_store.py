@@ -303,6 +303,23 @@ async def test_the_first_of_two_rows_with_one_id_in_a_batch_wins(store: LedgerSt
     assert await store.count() == 2
 
 
+async def test_a_batch_across_several_chunks_lands_whole_in_order_with_the_first_of_each_id(
+    store: LedgerStore,
+) -> None:
+    # SQLite writes full chunks of 64 rows as one statement and the rest row by row: ids repeated
+    # inside a chunk, across chunks and in the rest all keep their first row.
+    rows = [dataclasses.replace(full_row(n), request_id=f"req-{n:06d}") for n in range(64 * 2 + 7)]
+    rows[10] = dataclasses.replace(rows[3], status=499)  # a repeat inside the first chunk
+    rows[100] = dataclasses.replace(rows[20], status=498)  # in the second chunk, of one in the first
+    rows[130] = dataclasses.replace(rows[129], status=497)  # in the rest
+    await store.write_batch(rows)
+    assert await store.count() == 64 * 2 + 7 - 3
+    assert (await store.get("req-000003")) == rows[3]
+    assert (await store.get("req-000020")) == rows[20]
+    assert (await store.get("req-000129")) == rows[129]
+    assert (await store.get("req-000134")) == rows[134]
+
+
 async def test_a_closed_store_refuses_calls_and_closes_twice(store: LedgerStore) -> None:
     await store.aclose()
     await store.aclose()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import click
 
 from turnout.cli._common import CONTEXT_SETTINGS, CommandGroup
+from turnout.cli.cache import cache
 from turnout.cli.capture import capture
 from turnout.cli.evaluate import eval_command
 from turnout.cli.keys import keys
 from turnout.cli.plan import plan_command
 from turnout.cli.release import release
 from turnout.cli.report import report
+from turnout.cli.retention import retention
 from turnout.cli.safety import safety
 from turnout.cli.serve import check, serve
 
@@ -26,5 +28,5 @@ def main() -> None:
     `eval`, found a problem or a failed gate; 2 a bad option or argument."""
 
 
-for command in (serve, check, keys, capture, release, eval_command, plan_command, report, safety):
+for command in (serve, check, keys, capture, cache, release, eval_command, plan_command, report, retention, safety):
     main.add_command(command)

@@ -13,7 +13,9 @@ usage through this API.
     GET    /admin/review[?task=T&status=S&release=R]   sampled answers (status: pending, the
                                           default, accept, reject, escalate or all), newest
                                           first, and the task's (release's) label counts
-    POST   /admin/review/{id}             {"label": accept|reject|escalate, "note"?, "by"}
+    POST   /admin/review/{id}             {"label": accept|reject|escalate, "note"?, "by",
+                                          "answer"?: the corrected answer an escalated item's
+                                          caller receives (required to accept one)}
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ import orjson
 from turnout.control.auth import bearer
 from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError
 from turnout.providers.base import Health
-from turnout.releases.review import ReviewQueue, Status
+from turnout.releases.review import MAX_ANSWER, ReviewQueue, Status
 from turnout.serving.asgi import Receive, Send, header, read_body, send_json
 from turnout.serving.probes import scrub, secrets_of
 from turnout.serving.runtime import Runtime
 
 MAX_ROW_ID = 2**63 - 1
 MAX_KEY_NAME = 200
+# A label's body: its note and an escalation's answer, each character JSON-escaped at worst.
+LABEL_BYTES = 64_000 + 6 * MAX_ANSWER
 
 
 class Admin:
@@ -72,7 +76,7 @@ class Admin:
         elif path.startswith("/admin/review/"):
             _expect(method, "POST")
             item = path.removeprefix("/admin/review/")
-            await send_json(send, 200, await self._label(item, await read_body(receive, scope, 64_000)))
+            await send_json(send, 200, await self._label(item, await read_body(receive, scope, LABEL_BYTES)))
         else:
             raise NotFound(f"no admin route for {method} {path}")
 
@@ -206,7 +210,7 @@ class Admin:
 
     def _review_queue(self) -> ReviewQueue:
         if self.runtime.reviews is None:
-            raise NotFound("review sampling is off: no task has a review_rate")
+            raise NotFound("the review queue is off: no task has a review_rate or escalates to a human")
         return self.runtime.reviews
 
     async def _reviews(self, query: dict[str, str]) -> dict[str, Any]:
@@ -226,14 +230,16 @@ class Admin:
             raise RequestError("the body is not valid JSON", code="invalid_json") from exc
         if not isinstance(spec, dict):
             raise RequestError("the body must be a JSON object", code="invalid_json")
-        label, note, by = spec.get("label"), spec.get("note"), spec.get("by")
+        label, note, by, answer = spec.get("label"), spec.get("note"), spec.get("by"), spec.get("answer")
         if not isinstance(label, str):
             raise RequestError("'label' is required and must be a string", param="label")
         if not isinstance(by, str):
             raise RequestError("'by' is required and must be a string", param="by")
         if not (note is None or isinstance(note, str)):
             raise RequestError("'note' must be a string or null", param="note")
-        item = await queue.label(int(item_id), label, note, by) if _row_id(item_id) else None
+        if not (answer is None or isinstance(answer, str)):
+            raise RequestError("'answer' must be a string or null", param="answer")
+        item = await queue.label(int(item_id), label, note, by, answer) if _row_id(item_id) else None
         if item is None:
             raise NotFound(f"no review item {item_id!r}")
         return item.to_json()

@@ -1,8 +1,8 @@
 """The ASGI application: lifespan, the error boundary and a flat route table. No framework:
 every microsecond here is paid on every request, and the gateway has only a handful of routes.
 
-    ErrorBoundary → route → a door over the pipeline (chat completions, tasks)
-                          → feedback, models, health, metrics, openapi.json, admin
+    ErrorBoundary → route → a door over the pipeline (chat completions, tasks, embeddings)
+                          → feedback, tickets, models, health, metrics, openapi.json, admin
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from turnout.config import Config
 from turnout.console.app import Console
 from turnout.errors import MethodNotAllowed, NotFound
 from turnout.providers.base import Provider
-from turnout.serving import feedback, openapi, summary
+from turnout.serving import feedback, openapi, summary, tickets
 from turnout.serving.admin import Admin
 from turnout.serving.asgi import Receive, Send, header, send_json
 from turnout.serving.boundary import ErrorBoundary
 from turnout.serving.chat import CHAT
+from turnout.serving.embeddings import EMBEDDINGS_DOOR
+from turnout.serving.messages import MESSAGES_DOOR
 from turnout.serving.pipeline import Pipeline
 from turnout.serving.readiness import Readiness
 from turnout.serving.runtime import Runtime
@@ -29,6 +31,7 @@ from turnout.serving.tasks import TASKS
 log = logging.getLogger("turnout")
 
 TASKS_PREFIX = "/v1/tasks/"
+TICKETS = "/tickets/"
 # How long shutdown waits for cancelled requests to settle and write their rows.
 FINISH_S = 5.0
 
@@ -67,9 +70,20 @@ class App:
         if path == "/v1/chat/completions":
             _expect(method, "POST")
             await self.pipeline.run(CHAT, scope, receive, send, request_id)
-        elif path.startswith(TASKS_PREFIX):
+        elif path == "/v1/embeddings":
             _expect(method, "POST")
-            await self.pipeline.run(TASKS, scope, receive, send, request_id, task=path[len(TASKS_PREFIX) :])
+            await self.pipeline.run(EMBEDDINGS_DOOR, scope, receive, send, request_id)
+        elif path == "/v1/messages":
+            _expect(method, "POST")
+            await self.pipeline.run(MESSAGES_DOOR, scope, receive, send, request_id)
+        elif path.startswith(TASKS_PREFIX):
+            task, ticketed, ticket = path[len(TASKS_PREFIX) :].partition(TICKETS)
+            if ticketed:  # /v1/tasks/{task}/tickets/{id}: an escalation's answer
+                _expect(method, "GET")
+                await tickets.handle(self.runtime, scope, receive, send, task, ticket)
+            else:
+                _expect(method, "POST")
+                await self.pipeline.run(TASKS, scope, receive, send, request_id, task=task)
         elif path == "/ui" or path.startswith("/ui/"):
             await self.console(scope, receive, send)
         elif path == "/v1/feedback":

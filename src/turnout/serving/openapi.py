@@ -18,6 +18,8 @@ import orjson
 from turnout.releases.review import STATUSES
 from turnout.serving.admin import MAX_ROW_ID
 from turnout.serving.asgi import JSON, Send
+from turnout.serving.openapi_embeddings import embedding_schemas
+from turnout.serving.openapi_messages import messages_errors, messages_schemas
 from turnout.serving.openapi_schemas import (
     DATA_CLASS,
     EPISODE_ID,
@@ -101,6 +103,12 @@ def _answer_headers() -> dict[str, Schema]:
             "channel that blocks refuses the request: 400 `prompt_injection`, with this header `blocked`).",
             "schema": {"enum": ["flagged"]},
         },
+        "X-Turnout-Cache": {
+            "description": "For a task with a response cache: `hit` (no upstream call, cost 0), `miss`, or "
+            "`bypass` (`Cache-Control: no-cache` or `X-Turnout-Cache: bypass`, a data class the task does not "
+            "cache, a sampled request).",
+            "schema": {"enum": ["hit", "miss", "bypass"]},
+        },
     }
 
 
@@ -116,6 +124,12 @@ def _paths() -> dict[str, Schema]:
     answered = {"headers": _answer_headers()}
     inference_errors = _errors(400, 401, 403, 404, 405, 413, 429, 502, 503, 504)
     admin_get = _errors(401, 403, 405)
+    escalated = json_content(
+        ref("TicketCreated"),
+        "The answer failed the task's output checks and was escalated to a person: fetch the answer at `url` "
+        "(also the `Location` header). A stream is answered the same way, not as events.",
+        headers={"Location": {"description": "The ticket's URL.", "schema": STRING}},
+    )
     return {
         "/v1/chat/completions": {
             "post": _op(
@@ -133,11 +147,46 @@ def _paths() -> dict[str, Schema]:
                         **answered,
                         "links": FEEDBACK_LINK,
                     },
+                    "202": escalated,
                     **inference_errors,
                 },
                 security=TENANT,
                 parameters=_turnout_headers(),
                 requestBody=_body("ChatCompletionRequest"),
+            )
+        },
+        "/v1/embeddings": {
+            "post": _op(
+                "createEmbedding",
+                "Embeddings (OpenAI's API), routed by task to one embedding space",
+                {
+                    "200": json_content(ref("EmbeddingList"), "One embedding per input, in order.", **answered),
+                    **inference_errors,
+                },
+                security=TENANT,
+                parameters=_turnout_headers(),
+                requestBody=_body("EmbeddingRequest"),
+            )
+        },
+        "/v1/messages": {
+            "post": _op(
+                "createMessage",
+                "Anthropic's Messages API, routed by task (`model`); errors in Anthropic's shape",
+                {
+                    "200": {
+                        "description": "The message, or with `stream: true` Anthropic's server-sent events.",
+                        "content": {
+                            "application/json": {"schema": ref("Message")},
+                            "text/event-stream": {"schema": STRING},
+                        },
+                        **answered,
+                    },
+                    **messages_errors(),
+                    **_errors(405),
+                },
+                security=[*TENANT, {"anthropicKey": []}],
+                parameters=_turnout_headers(),
+                requestBody=_body("MessageRequest"),
             )
         },
         "/v1/tasks/{task}": {
@@ -146,6 +195,7 @@ def _paths() -> dict[str, Schema]:
                 "Run a task: the serving release owns the prompt, the targets and the output schema",
                 {
                     "200": json_content(ref("TaskResult"), "The task's output.", **answered, links=FEEDBACK_LINK),
+                    "202": escalated,
                     **inference_errors,
                 },
                 security=TENANT,
@@ -156,6 +206,18 @@ def _paths() -> dict[str, Schema]:
                     *_turnout_headers(),
                 ],
                 requestBody=_body("TaskRequest", required=False),
+            )
+        },
+        "/v1/tasks/{task}/tickets/{id}": {
+            "get": _op(
+                "getTicket",
+                "What became of a request escalated to a person: pending, answered (with the answer) or rejected",
+                {"200": json_content(ref("Ticket"), "The ticket."), **_errors(401, 404, 405)},
+                security=TENANT,
+                parameters=[
+                    _path("task", "The task the request was for.", {"type": "string", "minLength": 1}),
+                    _path("id", "The ticket id: the escalated request's id."),
+                ],
             )
         },
         "/v1/feedback": {
@@ -302,7 +364,7 @@ def document() -> dict[str, Any]:
         },
         "paths": _paths(),
         "components": {
-            "schemas": schemas(),
+            "schemas": {**schemas(), **embedding_schemas(), **messages_schemas()},
             "responses": responses(),
             "securitySchemes": {
                 "tenantKey": {
@@ -315,6 +377,12 @@ def document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "server.admin_key or TURNOUT_ADMIN_KEY.",
+                },
+                "anthropicKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "A tenant's key as Anthropic's SDKs send it (`/v1/messages`; any door takes it).",
                 },
             },
         },

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from turnout.config import DATA_CLASSES
-from turnout.releases.review import LABELS, MAX_NOTE, STATUSES
+from turnout.releases.review import LABELS, MAX_ANSWER, MAX_NOTE, STATUSES
 from turnout.serving.admin import MAX_KEY_NAME
 from turnout.serving.asgi import MAX_DEPTH
 from turnout.serving.chat import INTEGERS, NUMBERS, RESPONSE_FORMATS, ROLES
@@ -24,7 +24,8 @@ ERROR_TEXT = {
     405: "The route exists; the method does not.",
     413: "The body is larger than `server.max_body_bytes`.",
     429: "A rate, concurrency or budget limit refused the request; `Retry-After` says when to retry.",
-    502: "Every target failed, the answer failed the release's output schema, or a tool call was blocked.",
+    502: "Every target failed, the answer failed the release's output schema or the task's output checks "
+    "(`output_invalid`), or a tool call was blocked.",
     503: "The targets are unavailable, the limiter backend is down, or the gateway is shutting down.",
     504: "Every target timed out.",
 }
@@ -257,6 +258,32 @@ def schemas() -> dict[str, Schema]:
                 "usage": {"type": ["object", "null"]},
             },
         },
+        "TicketCreated": {
+            "type": "object",
+            "required": ["id", "object", "task", "status", "reason", "url"],
+            "properties": {
+                "id": {"type": "string", "description": "The ticket id: the request's id."},
+                "object": {"const": "turnout.ticket"},
+                "task": STRING,
+                "status": {"const": "pending"},
+                "reason": {"const": "escalated"},
+                "detail": {"type": "string", "description": "Which output check the answer failed."},
+                "url": {"type": "string", "description": "Where the caller fetches the reviewer's answer."},
+            },
+        },
+        "Ticket": {
+            "type": "object",
+            "required": ["id", "object", "task", "status", "answer", "created_at"],
+            "properties": {
+                "id": STRING,
+                "object": {"const": "turnout.ticket"},
+                "task": STRING,
+                "status": {"enum": ["pending", "answered", "rejected"]},
+                "answer": {"type": ["string", "null"], "description": "The reviewer's answer, once answered."},
+                "created_at": {"type": "number"},
+                "answered_at": {"type": ["number", "null"]},
+            },
+        },
         "Feedback": {
             "type": "object",
             "additionalProperties": False,
@@ -428,6 +455,9 @@ def schemas() -> dict[str, Schema]:
                 "note": {"type": ["string", "null"]},
                 "labeled_by": {"type": ["string", "null"]},
                 "labeled_at": {"type": ["number", "null"]},
+                "tenant": {"type": ["string", "null"], "description": "An escalation's tenant."},
+                "reason": {"type": ["string", "null"], "description": "`escalated`, or null: sampled."},
+                "answer": {"type": ["string", "null"], "description": "The reviewer's corrected answer."},
             },
         },
         "ReviewList": {
@@ -456,6 +486,14 @@ def schemas() -> dict[str, Schema]:
                 "label": {"enum": list(LABELS)},
                 "by": {"type": "string", "pattern": NON_BLANK, "description": "Who labels."},
                 "note": nullable({"type": "string", "maxLength": MAX_NOTE}),
+                "answer": nullable(
+                    {
+                        "type": "string",
+                        "maxLength": MAX_ANSWER,
+                        "description": "An escalated item's corrected answer, which its caller receives; "
+                        "required to accept one.",
+                    }
+                ),
             },
             "examples": [{"label": "accept", "by": "reviewer@example.com"}],
         },

@@ -20,6 +20,7 @@ from turnout.errors import AnswerRefused, ShuttingDown, StreamInterrupted, Turno
 from turnout.providers.base import Stream, Usage
 from turnout.releases.base import Release
 from turnout.routing.attempts import Result
+from turnout.serving import anthropic
 from turnout.serving.asgi import Message, Receive, Send, send_json
 
 log = logging.getLogger("turnout")
@@ -74,9 +75,11 @@ def cost_header(cost_usd: float | None) -> list[tuple[bytes, bytes]]:
     return [] if cost_usd is None else [(b"x-turnout-cost-usd", f"{cost_usd:.8f}".encode())]
 
 
-async def error(send: Send, err: TurnoutError, request_id: str) -> None:
+async def error(send: Send, err: TurnoutError, request_id: str, endpoint: str = "") -> None:
+    """In OpenAI's shape; in Anthropic's for the ``messages`` door (``endpoint``)."""
     headers = [(b"x-turnout-request-id", request_id.encode()), *err.headers()]
-    await send_json(send, err.status, err.to_openai(), headers)
+    body = anthropic.error_body(err) if endpoint == "messages" else err.to_openai()
+    await send_json(send, err.status, body, headers)
 
 
 async def completion(

@@ -1,0 +1,388 @@
+"""Anthropic's Messages API ↔ the OpenAI chat body the targets take: pure functions.
+
+Request: ``system`` becomes a system message; text blocks stay text parts; ``image`` blocks
+(base64 or URL) become ``image_url`` parts; an assistant's ``tool_use`` blocks become its
+``tool_calls``; a user's ``tool_result`` blocks become ``tool`` messages (placed before the
+rest of that user turn, as OpenAI wants them right after the call); ``tools``, ``tool_choice``,
+``stop_sequences``, ``temperature``, ``top_p``, ``top_k`` and ``metadata.user_id`` map to their
+chat names. A field this door does not translate is refused (400 naming it), never dropped.
+
+Answer: a chat completion becomes a ``message`` with ``text`` and ``tool_use`` content blocks;
+``finish_reason`` maps to ``stop_reason``. Streams: ``Events`` turns chat chunks into
+Anthropic's event sequence (``message_start``, ``content_block_*``, ``message_delta``,
+``message_stop``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from turnout.errors import RequestError, TurnoutError
+
+# Fields read here; ``model``, ``stream``, ``max_tokens`` and ``metadata`` by the door itself.
+FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "max_tokens",
+        "stream",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "top_k",
+    }
+)
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def bad(param: str, message: str) -> RequestError:
+    return RequestError(message, param=param, code="invalid_value")
+
+
+def error_body(err: TurnoutError) -> dict[str, Any]:
+    """An error in Anthropic's shape (its SDK raises the matching exception by status)."""
+    return {"type": "error", "error": {"type": ERROR_TYPES.get(err.status, "api_error"), "message": err.message}}
+
+
+# --- the request -----------------------------------------------------------------------------
+
+
+def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The chat body for a Messages request (checked: every problem is a 400 naming its field)."""
+    unknown = sorted(k for k in body if k not in FIELDS)
+    if unknown:
+        raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Messages API")
+    chat: dict[str, Any] = {"messages": _system(body.get("system")) + _messages(body.get("messages"))}
+    chat["max_tokens"] = _max_tokens(body.get("max_tokens"))
+    for name in ("temperature", "top_p", "top_k"):
+        if body.get(name) is not None:
+            value = body[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise bad(name, f"'{name}' must be a non-negative number")
+            chat[name] = value
+    if body.get("stop_sequences") is not None:
+        chat["stop"] = _strings(body["stop_sequences"], "stop_sequences")
+    if body.get("tools") is not None:
+        chat["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
+    if body.get("tool_choice") is not None:
+        chat.update(_tool_choice(body["tool_choice"]))
+    return chat
+
+
+def _max_tokens(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad("max_tokens", "'max_tokens' is required and must be a positive integer")
+    return value
+
+
+def _system(system: Any) -> list[dict[str, Any]]:
+    if system is None:
+        return []
+    if isinstance(system, str):
+        return [{"role": "system", "content": system}]
+    blocks = _list(system, "system")
+    texts = [_text_block(b, f"system[{i}]") for i, b in enumerate(blocks)]
+    return [{"role": "system", "content": "\n\n".join(texts)}]
+
+
+def _messages(messages: Any) -> list[dict[str, Any]]:
+    items = _list(messages, "messages")
+    if not items:
+        raise bad("messages", "'messages' must hold at least one message")
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(items):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise bad(where, f"'{where}' must be an object")
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise bad(f"{where}.role", f"'{where}.role' must be 'user' or 'assistant'")
+        content = message.get("content")
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+            continue
+        blocks = _list(content, f"{where}.content")
+        out.extend(_assistant(blocks, where) if role == "assistant" else _user(blocks, where))
+    return out
+
+
+def _user(blocks: list[Any], where: str) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(blocks):
+        at = f"{where}.content[{j}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "tool_result":
+            results.append(_tool_result(block, at))
+        elif kind == "image":
+            parts.append(_image(block, at))
+        else:
+            parts.append({"type": "text", "text": _text_block(block, at)})
+    if parts:
+        results.append({"role": "user", "content": parts})
+    return results
+
+
+def _assistant(blocks: list[Any], where: str) -> list[dict[str, Any]]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, block in enumerate(blocks):
+        at = f"{where}.content[{j}]"
+        if isinstance(block, dict) and block.get("type") == "tool_use":
+            calls.append(_tool_use(block, at))
+        else:
+            texts.append(_text_block(block, at))
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    if calls:
+        message["tool_calls"] = calls
+    return [message]
+
+
+def _text_block(block: Any, at: str) -> str:
+    if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+        kind = block.get("type") if isinstance(block, dict) else None
+        raise bad(at, f"'{at}' must be a text block" + (f" (a {kind!r} block is not supported here)" if kind else ""))
+    return str(block["text"])
+
+
+def _image(block: Mapping[str, Any], at: str) -> dict[str, Any]:
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "base64":
+        media, data = source.get("media_type"), source.get("data")
+        if isinstance(media, str) and isinstance(data, str) and media.startswith("image/"):
+            return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}}
+    if isinstance(source, dict) and source.get("type") == "url" and isinstance(source.get("url"), str):
+        return {"type": "image_url", "image_url": {"url": source["url"]}}
+    raise bad(f"{at}.source", f"'{at}.source' must be a base64 image (media_type, data) or a url")
+
+
+def _tool_use(block: Mapping[str, Any], at: str) -> dict[str, Any]:
+    call_id, name, arguments = block.get("id"), block.get("name"), block.get("input", {})
+    if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
+        raise bad(at, f"'{at}' needs an 'id' and a 'name'")
+    if not isinstance(arguments, dict):
+        raise bad(f"{at}.input", f"'{at}.input' must be an object")
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
+    }
+
+
+def _tool_result(block: Mapping[str, Any], at: str) -> dict[str, Any]:
+    call_id = block.get("tool_use_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise bad(f"{at}.tool_use_id", f"'{at}.tool_use_id' is required")
+    content = block.get("content", "")
+    if isinstance(content, list):
+        content = "\n".join(_text_block(b, f"{at}.content[{k}]") for k, b in enumerate(content))
+    elif not isinstance(content, str):
+        raise bad(f"{at}.content", f"'{at}.content' must be a string or text blocks")
+    if block.get("is_error") is True:
+        content = f"Error: {content}"
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+def _tool(tool: Any, i: int) -> dict[str, Any]:
+    at = f"tools[{i}]"
+    if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise bad(at, f"'{at}' must be an object with a 'name'")
+    if tool.get("type") not in (None, "custom"):
+        raise bad(f"{at}.type", f"'{at}.type' {tool['type']!r}: server tools are not supported by this gateway")
+    schema = tool.get("input_schema", {"type": "object"})
+    if not isinstance(schema, dict):
+        raise bad(f"{at}.input_schema", f"'{at}.input_schema' must be an object")
+    function: dict[str, Any] = {"name": tool["name"], "parameters": schema}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: Any) -> dict[str, Any]:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    mapped: Any
+    if kind == "auto":
+        mapped = "auto"
+    elif kind == "any":
+        mapped = "required"
+    elif kind == "none":
+        mapped = "none"
+    elif kind == "tool" and isinstance(choice.get("name"), str):
+        mapped = {"type": "function", "function": {"name": choice["name"]}}
+    else:
+        raise bad("tool_choice", "'tool_choice' must be {type: auto | any | none} or {type: tool, name}")
+    out: dict[str, Any] = {"tool_choice": mapped}
+    if isinstance(choice, dict) and choice.get("disable_parallel_tool_use") is True:
+        out["parallel_tool_calls"] = False
+    return out
+
+
+def _list(value: Any, param: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise bad(param, f"'{param}' must be a list")
+    return value
+
+
+def _strings(value: Any, param: str) -> list[str]:
+    items = _list(value, param)
+    if not all(isinstance(s, str) and s for s in items):
+        raise bad(param, f"'{param}' must be a list of non-empty strings")
+    return items
+
+
+# --- the answer ------------------------------------------------------------------------------
+
+
+def message(chat: Mapping[str, Any], message_id: str, task: str, usage: tuple[int, int]) -> dict[str, Any]:
+    """A chat completion as an Anthropic ``message``."""
+    choices = chat.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    said = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if said.get("content"):
+        content.append({"type": "text", "text": str(said["content"])})
+    for call in said.get("tool_calls") or ():
+        function = call.get("function") or {}
+        content.append(
+            {"type": "tool_use", "id": call.get("id") or "", "name": function.get("name") or "",
+             "input": _arguments(function.get("arguments"))}
+        )  # fmt: skip
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": task,
+        "content": content,
+        "stop_reason": stop_reason(choice.get("finish_reason"), content),
+        "stop_sequence": None,
+        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
+    }
+
+
+def stop_reason(finish: Any, content: list[dict[str, Any]] | None = None) -> str:
+    if finish is None and content and content[-1]["type"] == "tool_use":
+        return "tool_use"
+    return STOP_REASONS.get(str(finish), "end_turn")
+
+
+def _arguments(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        parsed = orjson.loads(raw or "{}")
+    except orjson.JSONDecodeError:
+        return {"_raw": raw}  # the model wrote arguments that are not JSON: passed on as they came
+    return parsed if isinstance(parsed, dict) else {"_value": parsed}
+
+
+class Events:
+    """Chat chunks in, Anthropic stream events out (SSE bytes). One per stream."""
+
+    def __init__(self, message_id: str, task: str, input_tokens: int) -> None:
+        self.message_id = message_id
+        self.task = task
+        self.input_tokens = input_tokens
+        self.index = -1  # the open content block's index; -1: none yet
+        self.kind = ""  # "text" or "tool_use": the open block's kind
+        self.calls: dict[int, int] = {}  # the chunk's tool call index -> its block index
+        self.finish: Any = None
+
+    def start(self) -> bytes:
+        message: dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.task,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
+        }
+        return event("message_start", {"type": "message_start", "message": message}) + event("ping", {"type": "ping"})
+
+    def chunk(self, chunk: Mapping[str, Any]) -> bytes:
+        out = b""
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                if self.kind != "text":
+                    out += self._open({"type": "text", "text": ""}, "text")
+                out += self._delta({"type": "text_delta", "text": delta["content"]})
+            for call in delta.get("tool_calls") or ():
+                out += self._tool_delta(call)
+            if choice.get("finish_reason") is not None:
+                self.finish = choice["finish_reason"]
+        return out
+
+    def end(self, output_tokens: int, input_tokens: int | None = None) -> bytes:
+        """``input_tokens``: the upstream's count, where it gave one (``message_start`` had the
+        gateway's bound)."""
+        out = self._close()
+        usage = {"output_tokens": output_tokens}
+        if input_tokens is not None:
+            usage["input_tokens"] = input_tokens
+        reason = STOP_REASONS.get(str(self.finish), "tool_use" if self.calls and self.finish is None else "end_turn")
+        out += event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reason, "stop_sequence": None},
+                "usage": usage,
+            },
+        )
+        return out + event("message_stop", {"type": "message_stop"})
+
+    def _tool_delta(self, call: Mapping[str, Any]) -> bytes:
+        out = b""
+        position = call.get("index", 0)
+        function = call.get("function") or {}
+        if position not in self.calls:
+            block: dict[str, Any] = {
+                "type": "tool_use",
+                "id": call.get("id") or "",
+                "name": function.get("name") or "",
+                "input": {},
+            }
+            out += self._open(block, "tool_use")
+            self.calls[position] = self.index
+        if function.get("arguments") and self.calls[position] == self.index:
+            out += self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
+        return out
+
+    def _open(self, block: dict[str, Any], kind: str) -> bytes:
+        out = self._close()
+        self.index += 1
+        self.kind = kind
+        return out + event(
+            "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
+        )
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+
+    def _close(self) -> bytes:
+        if not self.kind:
+            return b""
+        self.kind = ""
+        return event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+
+def event(name: str, data: Mapping[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

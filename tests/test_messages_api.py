@@ -1,0 +1,262 @@
+"""``POST /v1/messages`` with the official ``anthropic`` SDK through the App behind a real
+uvicorn, to fake OpenAI-compatible servers: plain, streamed, a tool round trip, errors in
+Anthropic's shape, the policy by data class, budgets and the ledger's endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+import uvicorn
+
+from tests.asgi import request
+from tests.conftest import AppFactory
+from tests.fakes.upstream import FakeUpstream, Fault
+from tests.serving import free_port
+from tests.uvicorn_app import rows
+from turnout.serving.app import App
+
+KEY = "acme-key-0123456789"
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def config(tmp_path: Path, targets: dict[str, str], **tenant: Any) -> dict[str, Any]:
+    return {
+        "store": {"kind": "sqlite", "path": str(tmp_path / "ledger.db"), "flush_interval_ms": 10},
+        "targets": {
+            name: {
+                "provider": "openai",
+                "base_url": url,
+                "model": "m",
+                "retry": {"attempts": 1},
+                "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+            }
+            for name, url in targets.items()
+        },
+        "tenants": {"acme": {"keys": [KEY], "data_classes": ["public", "internal", "restricted"], **tenant}},
+        "policy": {"restricted": {"targets": ["onprem"]}},
+        "tasks": {"support": {"route": list(targets)}},
+    }
+
+
+def chats(up: FakeUpstream) -> list[dict[str, Any]]:
+    """The chat bodies the fake received (not the readiness probes' GETs)."""
+    return [r.body for r in up.requests if r.path.endswith("/chat/completions")]
+
+
+@asynccontextmanager
+async def gateway(make_app: AppFactory, raw: dict[str, Any]) -> AsyncIterator[tuple[App, anthropic.AsyncAnthropic]]:
+    app = await make_app(raw)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn has a flag, no event
+        await asyncio.sleep(0.01)
+    client = anthropic.AsyncAnthropic(base_url=f"http://127.0.0.1:{port}", api_key=KEY, max_retries=0)
+    try:
+        yield app, client
+    finally:
+        await client.close()
+        server.should_exit = True
+        await task
+
+
+async def test_a_plain_message_is_answered_in_anthropics_shape(make_app: AppFactory, tmp_path: Path) -> None:
+    async with (
+        FakeUpstream(reply=("Sunny", " today")) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
+    ):
+        answer = await client.messages.create(
+            model="support",
+            max_tokens=100,
+            system="You are terse.",
+            messages=[{"role": "user", "content": "Weather?"}],
+            stop_sequences=["END"],
+            extra_body={"temperature": 0.2},
+        )
+        assert answer.type == "message" and answer.role == "assistant" and answer.model == "support"
+        assert [b.type for b in answer.content] == ["text"]
+        assert answer.content[0].text == "Sunny today"  # type: ignore[union-attr]
+        assert answer.stop_reason == "end_turn"
+        assert answer.usage.output_tokens == 2
+        sent = chats(up)[0]
+        assert sent["messages"] == [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Weather?"},
+        ]
+        assert (sent["max_tokens"], sent["stop"], sent["temperature"]) == (100, ["END"], 0.2)
+        [row] = await rows(app, 1)
+    assert (row.endpoint, row.status, row.tenant, row.task) == ("messages", 200, "acme", "support")
+    assert row.cost_usd is not None and row.cost_usd > 0
+
+
+async def test_a_stream_arrives_as_anthropic_events_and_reassembles(make_app: AppFactory, tmp_path: Path) -> None:
+    async with (
+        FakeUpstream(reply=("One", " two", " three")) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
+    ):
+        kinds = []
+        async with client.messages.stream(
+            model="support", max_tokens=50, messages=[{"role": "user", "content": "Count"}]
+        ) as stream:
+            async for event in stream:
+                kinds.append(event.type)
+            final = await stream.get_final_message()
+        assert kinds[0] == "message_start"
+        assert "content_block_start" in kinds and "content_block_delta" in kinds and kinds[-1] == "message_stop"
+        assert final.content[0].text == "One two three"  # type: ignore[union-attr]
+        assert final.stop_reason == "end_turn"
+        assert final.usage.output_tokens == 3
+        [row] = await rows(app, 1)
+    assert (row.endpoint, row.stream, row.status) == ("messages", True, 200)
+
+
+async def test_a_tool_round_trip_through_the_sdk(make_app: AppFactory, tmp_path: Path) -> None:
+    call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    async with (
+        FakeUpstream(tool_calls=(call,)) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        first = await client.messages.create(
+            model="support",
+            max_tokens=100,
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice={"type": "tool", "name": "get_weather"},
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+        )
+        assert first.stop_reason == "tool_use"
+        [use] = first.content
+        assert (use.type, use.id, use.name, use.input) == ("tool_use", "call_1", "get_weather", {"city": "Paris"})  # type: ignore[union-attr]
+        sent = chats(up)[0]
+        assert sent["tools"] == [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "parameters": WEATHER["input_schema"],
+                    "description": "The weather in a city",
+                },
+            }
+        ]
+        assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+        up.tool_calls = ()
+        up.reply = ("It is sunny in Paris.",)
+        second = await client.messages.create(
+            model="support",
+            max_tokens=100,
+            messages=[
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": [use.model_dump()]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
+                                             {"type": "text", "text": "Thanks"}]},
+            ],
+        )  # fmt: skip
+        assert second.content[0].text == "It is sunny in Paris."  # type: ignore[union-attr]
+        history = chats(up)[1]["messages"]
+        assert history[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Paris"}'}
+        assert history[2] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+        assert history[3] == {"role": "user", "content": [{"type": "text", "text": "Thanks"}]}
+
+
+async def test_a_streamed_tool_call_arrives_as_input_json_deltas(make_app: AppFactory, tmp_path: Path) -> None:
+    call = {"id": "call_9", "name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    async with (
+        FakeUpstream(tool_calls=(call,)) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+        client.messages.stream(
+            model="support",
+            max_tokens=50,
+            tools=[WEATHER],
+            messages=[{"role": "user", "content": "Oslo?"}],  # type: ignore[list-item]
+        ) as stream,
+    ):
+        final = await stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert final.content[0].input == {"city": "Oslo"}  # type: ignore[union-attr]
+
+
+async def test_errors_come_in_anthropics_shape_and_the_sdk_raises_the_matching_error(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    async with FakeUpstream() as up, gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client):
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            await client.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+        with pytest.raises(anthropic.BadRequestError, match="thinking"):
+            await client.messages.create(
+                model="support", max_tokens=5, messages=[{"role": "user", "content": "x"}],
+                extra_body={"thinking": {"type": "enabled", "budget_tokens": 100}},
+            )  # fmt: skip
+        bad = anthropic.AsyncAnthropic(base_url=str(client.base_url), api_key="wrong-key", max_retries=0)
+        with pytest.raises(anthropic.AuthenticationError):
+            await bad.messages.create(model="support", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        await bad.close()
+        up.fault = Fault("status", status=500)
+        with pytest.raises(anthropic.APIStatusError) as failed:
+            await client.messages.create(model="support", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        assert failed.value.status_code == 502
+        assert failed.value.body["type"] == "error"  # type: ignore[index]
+
+
+async def test_a_restricted_request_never_leaves_its_allowed_targets(make_app: AppFactory, tmp_path: Path) -> None:
+    async with FakeUpstream(reply=("kept",)) as onprem, FakeUpstream(reply=("cloud",)) as cloud:
+        raw = config(tmp_path, {"cloud": cloud.base_url, "onprem": onprem.base_url})
+        async with gateway(make_app, raw) as (_, client):
+            answer = await client.messages.create(
+                model="support",
+                max_tokens=5,
+                messages=[{"role": "user", "content": "secret"}],
+                extra_headers={"X-Turnout-Data-Class": "restricted"},
+            )
+            assert answer.content[0].text == "kept"  # type: ignore[union-attr]
+            cloud.fault = Fault("status", status=500)
+            onprem.fault = Fault("status", status=500)
+            with pytest.raises(anthropic.APIStatusError):
+                await client.messages.create(
+                    model="support", max_tokens=5, messages=[{"role": "user", "content": "secret"}],
+                    extra_headers={"X-Turnout-Data-Class": "restricted"},
+                )  # fmt: skip
+    assert chats(cloud) == []  # never, not even as a fallback
+
+
+async def test_a_budget_is_charged_and_then_refuses_with_a_rate_limit_error(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    async with FakeUpstream(
+        usage={"prompt_tokens": 100_000, "completion_tokens": 100_000, "total_tokens": 200_000}
+    ) as up:
+        raw = config(tmp_path, {"onprem": up.base_url}, limits={"usd_per_day": 0.3})
+        async with gateway(make_app, raw) as (app, client):
+            await client.messages.create(model="support", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+            with pytest.raises(anthropic.RateLimitError):
+                await client.messages.create(
+                    model="support", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+                )
+            [charged, refused] = sorted(await rows(app, 2), key=lambda r: r.started_at)
+    assert charged.cost_usd == pytest.approx(0.3)
+    assert (refused.status, refused.endpoint) == (429, "messages")
+
+
+async def test_x_api_key_and_bearer_both_identify_the_tenant(make_app: AppFactory, tmp_path: Path) -> None:
+    async with FakeUpstream() as up:
+        app = await make_app(config(tmp_path, {"onprem": up.base_url}))
+        body = {"model": "support", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        for headers in ({"x-api-key": KEY}, {"authorization": f"Bearer {KEY}"}):
+            answer = await request(app, "POST", "/v1/messages", body=body, headers=headers)
+            assert answer.status == 200, answer.body
+            assert answer.json()["type"] == "message"
+        refused = await request(app, "POST", "/v1/messages", body=body, headers={})
+        assert refused.status == 401
+        assert refused.json() == {
+            "type": "error",
+            "error": {"type": "authentication_error", "message": refused.json()["error"]["message"]},
+        }

@@ -1,0 +1,193 @@
+"""The Messages ↔ chat translation (``turnout.serving.anthropic``) as properties: a request keeps
+its meaning (every text, image, tool call and result, in order), and a streamed answer's events
+reassemble to the non-stream message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from turnout.errors import RequestError
+from turnout.serving import anthropic
+
+text = st.text(min_size=1, max_size=30)
+ident = st.text(alphabet="abcdefghijklmnop0123456789_", min_size=1, max_size=12)
+# As the wire gives them: orjson reads integers past 64 bits as floats.
+args = st.dictionaries(ident, st.one_of(st.integers(-(2**63), 2**63 - 1), text, st.booleans()), max_size=3)
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Alternating turns; an assistant turn may call tools, answered by the next user turn."""
+    turns: list[dict[str, Any]] = []
+    pending: list[str] = []
+    for i in range(draw(st.integers(1, 5))):
+        if i % 2 == 0:
+            blocks: list[dict[str, Any]] = [
+                {"type": "tool_result", "tool_use_id": call, "content": draw(text)} for call in pending
+            ]
+            blocks += [{"type": "text", "text": draw(text)} for _ in range(draw(st.integers(0 if pending else 1, 2)))]
+            if draw(st.booleans()):
+                blocks.append(
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+                )
+            pending = []
+            turns.append({"role": "user", "content": blocks})
+        else:
+            calls = [f"call_{i}_{k}" for k in range(draw(st.integers(0, 2)))]
+            blocks = [{"type": "text", "text": draw(text)}] + [
+                {"type": "tool_use", "id": c, "name": draw(ident), "input": draw(args)} for c in calls
+            ]
+            pending = calls
+            turns.append({"role": "assistant", "content": blocks})
+    return turns
+
+
+def _texts_of(messages: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for m in messages:
+        for b in m["content"]:
+            if b["type"] == "text":
+                out.append(b["text"])
+            elif b["type"] == "tool_result":
+                out.append(b["content"])
+    return out
+
+
+def _chat_texts(messages: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            out += [p["text"] for p in content if p["type"] == "text"]
+        elif content:
+            out.append(content)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(conversations())
+def test_a_request_keeps_every_text_tool_call_and_result_in_order(turns: list[dict[str, Any]]) -> None:
+    chat = anthropic.to_chat({"model": "t", "max_tokens": 10, "messages": turns})["messages"]
+    assert _chat_texts(chat) == _texts_of(turns)
+    uses = [(b["id"], b["name"], b["input"]) for m in turns for b in m["content"] if b["type"] == "tool_use"]
+    calls = [
+        (c["id"], c["function"]["name"], orjson.loads(c["function"]["arguments"]))
+        for m in chat
+        for c in m.get("tool_calls") or ()
+    ]
+    assert calls == uses
+    # Every tool message follows the assistant message that made its call, before any user turn.
+    open_calls: set[str] = set()
+    for m in chat:
+        if m["role"] == "assistant":
+            open_calls = {c["id"] for c in m.get("tool_calls") or ()}
+        elif m["role"] == "tool":
+            assert m["tool_call_id"] in open_calls
+        else:
+            open_calls = set()
+    images = sum(1 for m in turns for b in m["content"] if b["type"] == "image")
+    assert images == sum(
+        1 for m in chat if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url"
+    )
+
+
+def _chunks(content: str, calls: list[tuple[str, str, dict[str, Any]]], cut: int, finish: str) -> list[dict[str, Any]]:
+    chunks: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+    for piece in [content[i : i + cut] for i in range(0, len(content), cut)]:
+        chunks.append({"choices": [{"index": 0, "delta": {"content": piece}}]})
+    for n, (call_id, name, arguments) in enumerate(calls):
+        raw = orjson.dumps(arguments).decode()
+        head = {"index": n, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        chunks.append({"choices": [{"index": 0, "delta": {"tool_calls": [head]}}]})
+        for i in range(0, len(raw), cut):
+            delta = {"tool_calls": [{"index": n, "function": {"arguments": raw[i : i + cut]}}]}
+            chunks.append({"choices": [{"index": 0, "delta": delta}]})
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    return chunks
+
+
+def _reassemble(stream: bytes) -> dict[str, Any]:
+    """What an Anthropic client builds from the events."""
+    message: dict[str, Any] = {}
+    partial: dict[int, str] = {}
+    for frame in stream.decode().split("\n\n"):
+        if not frame:
+            continue
+        name, data = frame.split("\n", 1)
+        event = orjson.loads(data.removeprefix("data: "))
+        assert name == f"event: {event['type']}"
+        if event["type"] == "message_start":
+            message = event["message"]
+        elif event["type"] == "content_block_start":
+            assert event["index"] == len(message["content"])
+            message["content"].append(dict(event["content_block"]))
+        elif event["type"] == "content_block_delta":
+            block, delta = message["content"][event["index"]], event["delta"]
+            if delta["type"] == "text_delta":
+                block["text"] += delta["text"]
+            else:
+                partial[event["index"]] = partial.get(event["index"], "") + delta["partial_json"]
+        elif event["type"] == "content_block_stop" and event["index"] in partial:
+            message["content"][event["index"]]["input"] = orjson.loads(partial[event["index"]])
+        elif event["type"] == "message_delta":
+            message.update(event["delta"])
+            message["usage"].update(event["usage"])
+    return message
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.text(max_size=60),
+    st.lists(st.tuples(ident, ident, args), max_size=3, unique_by=lambda c: c[0]),
+    st.integers(1, 7),
+    st.sampled_from(["stop", "length", "tool_calls"]),
+)
+def test_streamed_events_reassemble_to_the_non_stream_message(
+    content: str, calls: list[tuple[str, str, dict[str, Any]]], cut: int, finish: str
+) -> None:
+    tool_calls = [
+        {"id": i, "type": "function", "function": {"name": n, "arguments": orjson.dumps(a).decode()}}
+        for i, n, a in calls
+    ]
+    said = {"role": "assistant", "content": content or None, "tool_calls": tool_calls or None}
+    whole = {"choices": [{"message": said, "finish_reason": finish}]}
+    expected = anthropic.message(whole, "msg_1", "task", (11, 7))
+    events = anthropic.Events("msg_1", "task", 11)
+    stream = events.start() + b"".join(events.chunk(c) for c in _chunks(content, calls, cut, finish)) + events.end(7)
+    assert _reassemble(stream) == expected
+
+
+USER = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": USER}, "max_tokens"),
+        ({"max_tokens": 0, "messages": USER}, "max_tokens"),
+        ({"max_tokens": 5, "messages": []}, "messages"),
+        ({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document"}]}]},
+            "messages[0].content[0]",
+        ),
+        ({"max_tokens": 5, "messages": USER, "thinking": {}}, "thinking"),
+        ({"max_tokens": 5, "messages": USER, "tool_choice": {"type": "x"}}, "tool_choice"),
+        ({"max_tokens": 5, "messages": USER, "tools": [{"type": "web_search_20250305", "name": "w"}]}, "tools[0].type"),
+        ({"max_tokens": 5, "messages": USER, "stop_sequences": [""]}, "stop_sequences"),
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]},
+            "messages[0].content[0].tool_use_id",
+        ),
+    ],
+)
+def test_what_cannot_be_translated_is_refused_naming_the_field(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(RequestError) as refused:
+        anthropic.to_chat({"model": "t", **body})
+    assert refused.value.param == param
+    assert refused.value.status == 400
