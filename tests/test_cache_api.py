@@ -26,7 +26,7 @@ from turnout.serving.chat import CHAT
 
 KEY = "acme-key-cache-0123456789"
 OTHER = "globex-key-cache-0123456789"
-ASK = [{"role": "user", "content": "What is the capital of France?"}]
+ASK: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
 PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
 
 
@@ -94,6 +94,18 @@ async def test_miss_then_hit_costs_nothing_and_the_ledger_says_so(make_app: AppF
     assert hit.cache_hit is True and hit.cost_usd == 0.0
     assert hit.cost_saved_usd == pytest.approx(miss.cost_usd)
     assert hit.replica == "cache" and hit.status == 200
+
+
+async def test_metrics_count_hits_misses_and_what_the_hits_saved(make_app: AppFactory) -> None:
+    async with served(make_app) as (_, app, client):
+        for _ in range(3):
+            await ask(client)
+        await rows(app, 3)  # every row observed
+        text = (await request(app, "GET", "/metrics")).body.decode()
+    assert 'turnout_cache_lookups_total{result="miss",task="faq"} 1.0' in text
+    assert 'turnout_cache_lookups_total{result="hit",task="faq"} 2.0' in text
+    saved = [line for line in text.splitlines() if line.startswith('turnout_cache_saved_usd_total{task="faq"}')]
+    assert saved and float(saved[0].split()[-1]) > 0
 
 
 async def test_the_hit_body_is_the_miss_body_with_its_own_id(make_app: AppFactory) -> None:
@@ -304,7 +316,7 @@ async def _as(app: App, release: Release) -> str:
 
     await app.pipeline.run(CHAT, scope, receive, send, f"req-{release.name}-{id(sent)}", release=release)
     assert sent[0]["status"] == 200, sent
-    return dict(sent[0]["headers"])[b"x-turnout-cache"].decode()
+    return str(dict(sent[0]["headers"])[b"x-turnout-cache"].decode())
 
 
 async def test_bad_cache_header_values_are_ignored_not_errors(make_app: AppFactory) -> None:

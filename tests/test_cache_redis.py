@@ -55,7 +55,7 @@ async def redis_dump(prefix: str) -> list[tuple[bytes, bytes]]:
     raw = Redis.from_url(REDIS_URL)
     try:
         keys = [k async for k in raw.scan_iter(match=f"{prefix}:*")]
-        return [(k, await raw.get(k) or b"") for k in keys]
+        return [(k, await raw.get(k) or b"") for k in keys]  # type: ignore[misc]
     finally:
         await raw.aclose()
 

@@ -13,6 +13,7 @@ from typing import Any
 import anthropic
 import pytest
 import uvicorn
+from anthropic.types import ToolParam
 
 from tests.asgi import request
 from tests.conftest import AppFactory
@@ -22,7 +23,7 @@ from tests.uvicorn_app import rows
 from turnout.serving.app import App
 
 KEY = "acme-key-0123456789"
-WEATHER = {
+WEATHER: ToolParam = {
     "name": "get_weather",
     "description": "The weather in a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
@@ -129,7 +130,7 @@ async def test_a_tool_round_trip_through_the_sdk(make_app: AppFactory, tmp_path:
         first = await client.messages.create(
             model="support",
             max_tokens=100,
-            tools=[WEATHER],  # type: ignore[list-item]
+            tools=[WEATHER],
             tool_choice={"type": "tool", "name": "get_weather"},
             messages=[{"role": "user", "content": "Weather in Paris?"}],
         )
@@ -155,7 +156,7 @@ async def test_a_tool_round_trip_through_the_sdk(make_app: AppFactory, tmp_path:
             max_tokens=100,
             messages=[
                 {"role": "user", "content": "Weather in Paris?"},
-                {"role": "assistant", "content": [use.model_dump()]},
+                {"role": "assistant", "content": [use.model_dump()]},  # type: ignore[misc, list-item]
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
                                              {"type": "text", "text": "Thanks"}]},
             ],
@@ -176,7 +177,7 @@ async def test_a_streamed_tool_call_arrives_as_input_json_deltas(make_app: AppFa
             model="support",
             max_tokens=50,
             tools=[WEATHER],
-            messages=[{"role": "user", "content": "Oslo?"}],  # type: ignore[list-item]
+            messages=[{"role": "user", "content": "Oslo?"}],
         ) as stream,
     ):
         final = await stream.get_final_message()

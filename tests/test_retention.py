@@ -27,7 +27,8 @@ from tests.test_ledger_store import (
     unique_schema,
 )
 from turnout.cli.main import main
-from turnout.config import Config, ConfigError, validate
+from turnout.config import Config, validate
+from turnout.errors import ConfigError
 from turnout.ledger.memory import MemoryStore
 from turnout.ledger.sqlite import SQLiteStore
 from turnout.ledger.store import LedgerStore
@@ -163,7 +164,7 @@ async def test_purge_deletes_rows_past_their_rule_in_batches_and_audits_counts(
         assert run.batches >= 8  # batch_size 3: acme/faq alone took three full batches and one more
         left = await ledger.recent(1000)
         assert len(left) == 40 - 20
-        oldest = {}
+        oldest: dict[tuple[str, str], Any] = {}
         for r in left:
             key = (r.tenant, r.task)
             oldest[key] = max(oldest.get(key, 0.0), (NOW - r.started_at) / DAY_S)

@@ -23,6 +23,8 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
                                                    reason: schema | json | max_chars | secrets | pii
     turnout_repairs_total{task}                    re-asks after a rejected answer
     turnout_escalations_total{task,to}             to: a configured target, or human
+    turnout_cache_lookups_total{task,result}       result: hit | miss (a bypass is neither)
+    turnout_cache_saved_usd_total{task}            what the hits' answers cost when generated
 
 At scrape time, from a ``LiveState`` snapshot the owner's callable returns (``_Live``)::
 
@@ -246,6 +248,15 @@ class Metrics:
             "turnout_escalations", "Answers escalated: to a target, or human.", ("task", "to"), registry=own
         )
         self.escalated_to = Vocabulary([*cfg.targets, HUMAN])
+        self.cache = Counter(
+            "turnout_cache_lookups", "Cached tasks' requests: hit or miss.", ("task", "result"), registry=own
+        )
+        self.cache_saved = Counter(
+            "turnout_cache_saved_usd",
+            "What cache hits' answers cost when they were generated.",
+            ("task",),
+            registry=own,
+        )
         self._series: dict[tuple[str, str, str, int, bool], _Series] = {}
         self._attempts: dict[tuple[str, str, str], Any] = {}
         self._fallbacks: dict[str, Any] = {}
@@ -310,6 +321,10 @@ class Metrics:
             self.raised.labels(task, self.data_classes(row.declared_class), self.data_classes(row.data_class)).inc()
         if row.output_check is not None or row.escalated_to is not None:
             self._output(task, row)
+        if row.cache_hit is not None:
+            self.cache.labels(task, "hit" if row.cache_hit else "miss").inc()
+            if row.cost_saved_usd:
+                self.cache_saved.labels(task).inc(row.cost_saved_usd)
 
     def _output(self, task: str, row: LedgerRow) -> None:
         for reason in (row.output_check or "").split():

@@ -264,9 +264,7 @@ class Pipeline:
             return lookup, None
         return lookup, result
 
-    async def fill(
-        self, lookup: Lookup, result: Result, recording: Recording | None, answered: Answered
-    ) -> None:
+    async def fill(self, lookup: Lookup, result: Result, recording: Recording | None, answered: Answered) -> None:
         """A leading miss's whole answer into the cache, and to the requests waiting on it."""
         cache = self.rt.cache
         assert cache is not None
