@@ -1,0 +1,454 @@
+"""OpenAI's Responses API ↔ the chat body the targets take: pure functions.
+
+Request: ``instructions`` becomes the first system message; ``input`` as a string is one user
+message; as items, a ``message`` item keeps its role (``developer`` becomes ``system``, which
+every target's chat template knows) with ``input_text`` / ``output_text`` / ``input_image``
+parts, consecutive ``function_call`` items become one assistant message's ``tool_calls`` and a
+``function_call_output`` a ``tool`` message. Function ``tools``, ``tool_choice``,
+``text.format`` (→ ``response_format``), ``max_output_tokens`` (→ ``max_tokens``),
+``temperature``, ``top_p`` and ``parallel_tool_calls`` map to their chat names. Turnout keeps no
+response state: ``previous_response_id``, ``conversation`` and item references are refused (400),
+``store`` is accepted and nothing is stored. Any other field is refused (400 naming it), never
+dropped.
+
+Answer: a chat completion becomes a ``response`` with a ``message`` item (``output_text``) and
+one ``function_call`` item per tool call; ``Events`` turns a chat stream into the Responses
+stream events, whose ``response.completed`` carries the same object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from turnout.errors import RequestError
+
+# Fields read here; ``model``, ``stream``, ``store``, ``metadata`` and ``user`` by the door itself.
+FIELDS = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "text",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "stream",
+        "store",
+        "metadata",
+        "user",
+        "previous_response_id",
+    }
+)
+STATEFUL = ("previous_response_id", "conversation")  # refused: turnout keeps no response state
+ROLES = frozenset({"user", "assistant", "system", "developer"})
+PARTS = frozenset({"input_text", "output_text", "input_image"})
+FORMATS = frozenset({"text", "json_object", "json_schema"})
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def bad(param: str, message: str, code: str = "invalid_value") -> RequestError:
+    return RequestError(message, param=param, code=code)
+
+
+# --- the request -----------------------------------------------------------------------------
+
+
+def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The chat body for a Responses request (checked: every problem is a 400 naming its field)."""
+    for name in STATEFUL:
+        if body.get(name) is not None:
+            raise bad(name, f"'{name}': this gateway keeps no response state; send the whole input", "not_kept")
+    unknown = sorted(k for k in body if k not in FIELDS)
+    if unknown:
+        raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Responses API")
+    chat: dict[str, Any] = {"messages": _instructions(body.get("instructions")) + _input(body.get("input"))}
+    if body.get("max_output_tokens") is not None:
+        chat["max_tokens"] = _positive(body["max_output_tokens"], "max_output_tokens")
+    for name, hi in (("temperature", 2.0), ("top_p", 1.0)):
+        if body.get(name) is not None:
+            chat[name] = _number(body[name], name, hi)
+    if body.get("tools") is not None:
+        chat["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
+    if body.get("tool_choice") is not None:
+        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+    if body.get("parallel_tool_calls") is not None:
+        if not isinstance(body["parallel_tool_calls"], bool):
+            raise bad("parallel_tool_calls", "'parallel_tool_calls' must be a boolean")
+        chat["parallel_tool_calls"] = body["parallel_tool_calls"]
+    if body.get("text") is not None:
+        chat.update(_text(body["text"]))
+    return chat
+
+
+def _instructions(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, str):
+        raise bad("instructions", "'instructions' must be a string")
+    return [{"role": "system", "content": value}]
+
+
+def _input(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    items = _list(value, "input")
+    if not items:
+        raise bad("input", "'input' must be a string or a non-empty list of items")
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        at = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise bad(at, f"'{at}' must be an object")
+        kind = item.get("type", "message")
+        if kind == "message":
+            out.append(_message(item, at))
+        elif kind == "function_call":
+            call = _function_call(item, at)
+            last = out[-1] if out else None
+            if last is not None and last["role"] == "assistant":  # one turn: its text and its calls
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            out.append(_function_output(item, at))
+        elif kind == "item_reference":
+            raise bad(f"{at}.type", f"'{at}': this gateway keeps no response state to refer to", "not_kept")
+        else:
+            raise bad(f"{at}.type", f"'{at}.type' {kind!r} is not supported by this gateway's Responses API")
+    return out
+
+
+def _message(item: Mapping[str, Any], at: str) -> dict[str, Any]:
+    role = item.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        raise bad(f"{at}.role", f"'{at}.role' must be one of {', '.join(sorted(ROLES))}")
+    role = "system" if role == "developer" else role
+    content = item.get("content")
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    parts = [_part(p, f"{at}.content[{j}]") for j, p in enumerate(_list(content, f"{at}.content"))]
+    if role != "user" and all(p["type"] == "text" for p in parts):
+        return {"role": role, "content": "".join(p["text"] for p in parts)}  # only users send images
+    return {"role": role, "content": parts}
+
+
+def _part(part: Any, at: str) -> dict[str, Any]:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if not isinstance(kind, str) or kind not in PARTS:
+        raise bad(at, f"'{at}' must be an input_text, output_text or input_image part")
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str) or not url:
+            raise bad(f"{at}.image_url", f"'{at}.image_url' must be a URL or a data URL (file ids are not kept)")
+        return {"type": "image_url", "image_url": {"url": url}}
+    if not isinstance(part.get("text"), str):
+        raise bad(f"{at}.text", f"'{at}.text' must be a string")
+    return {"type": "text", "text": part["text"]}
+
+
+def _function_call(item: Mapping[str, Any], at: str) -> dict[str, Any]:
+    call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments", "{}")
+    if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
+        raise bad(at, f"'{at}' needs a 'call_id' and a 'name'")
+    if not isinstance(arguments, str):
+        raise bad(f"{at}.arguments", f"'{at}.arguments' must be a string (JSON)")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _function_output(item: Mapping[str, Any], at: str) -> dict[str, Any]:
+    call_id, output = item.get("call_id"), item.get("output")
+    if not isinstance(call_id, str) or not call_id:
+        raise bad(f"{at}.call_id", f"'{at}.call_id' is required")
+    if isinstance(output, list):
+        output = "".join(_part(p, f"{at}.output[{k}]").get("text", "") for k, p in enumerate(output))
+    elif not isinstance(output, str):
+        raise bad(f"{at}.output", f"'{at}.output' must be a string or text parts")
+    return {"role": "tool", "tool_call_id": call_id, "content": output}
+
+
+def _tool(tool: Any, i: int) -> dict[str, Any]:
+    at = f"tools[{i}]"
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        raise bad(at, f"'{at}' must be a function tool" + (f" ({kind!r} tools are not supported)" if kind else ""))
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise bad(f"{at}.name", f"'{at}.name' is required")
+    parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+    if not isinstance(parameters, dict):
+        raise bad(f"{at}.parameters", f"'{at}.parameters' must be an object")
+    function: dict[str, Any] = {"name": tool["name"], "parameters": parameters}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    if isinstance(tool.get("strict"), bool):
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: Any) -> Any:
+    if isinstance(choice, str) and choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise bad("tool_choice", "'tool_choice' must be auto, none, required or {type: function, name}")
+
+
+def _text(text: Any) -> dict[str, Any]:
+    if not isinstance(text, dict):
+        raise bad("text", "'text' must be an object")
+    fmt = text.get("format")
+    if fmt is None:
+        return {}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if not isinstance(kind, str) or kind not in FORMATS:
+        raise bad("text.format.type", "'text.format.type' must be text, json_object or json_schema")
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"response_format": {"type": "json_object"}}
+    if not isinstance(fmt.get("name"), str) or not fmt["name"]:
+        raise bad("text.format.name", "'text.format.name' is required for json_schema")
+    if not isinstance(fmt.get("schema"), dict):
+        raise bad("text.format.schema", "'text.format.schema' must be an object")
+    schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
+    return {"response_format": {"type": "json_schema", "json_schema": schema}}
+
+
+def _positive(value: Any, param: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad(param, f"'{param}' must be a positive integer")
+    return value
+
+
+def _number(value: Any, param: str, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
+        raise bad(param, f"'{param}' must be a number between 0 and {hi:g}")
+    return value
+
+
+def _list(value: Any, param: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise bad(param, f"'{param}' must be a list")
+    return value
+
+
+# --- the answer ------------------------------------------------------------------------------
+
+
+def output(chat: Mapping[str, Any], response_id: str) -> tuple[list[dict[str, Any]], Any]:
+    """A chat completion's output items and its finish reason."""
+    choices = chat.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    said = choice.get("message") or {}
+    items: list[dict[str, Any]] = []
+    if said.get("content"):
+        items.append(message_item(response_id, str(said["content"]), "completed"))
+    for i, call in enumerate(said.get("tool_calls") or ()):
+        function = call.get("function") or {}
+        item = call_item(response_id, i, call.get("id") or "", function.get("name") or "", "completed")
+        item["arguments"] = str(function.get("arguments") or "")
+        items.append(item)
+    return items, choice.get("finish_reason")
+
+
+def message_item(response_id: str, text: str, status: str) -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": []}
+    content = [part] if status == "completed" else []
+    return {"type": "message", "id": f"msg_{response_id}", "status": status, "role": "assistant", "content": content}
+
+
+def call_item(response_id: str, index: int, call_id: str, name: str, status: str) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": f"fc_{response_id}_{index}",
+        "call_id": call_id,
+        "name": name,
+        "arguments": "",
+        "status": status,
+    }
+
+
+def response(
+    response_id: str,
+    created_at: int,
+    task: str,
+    items: list[dict[str, Any]],
+    usage: tuple[int, int] | None,
+    finish: Any = None,
+    echo: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Response object; ``echo``: the request's settings it repeats (``metadata``, ...);
+    ``usage`` None: still in progress."""
+    incomplete = INCOMPLETE.get(str(finish))
+    status = "in_progress" if usage is None else ("incomplete" if incomplete else "completed")
+    return {
+        "id": f"resp_{response_id}",
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "error": None,
+        "incomplete_details": {"reason": incomplete} if incomplete and usage is not None else None,
+        "model": task,
+        "output": items,
+        "usage": None if usage is None else _usage(*usage),
+        **(echo or {}),
+    }
+
+
+def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def echo(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The request settings a Response repeats, as the caller sent them."""
+    return {
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "metadata": body.get("metadata") or {},
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "store": body.get("store", True),
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+        "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "truncation": "disabled",
+    }
+
+
+class Events:
+    """Chat chunks in, Responses stream events out (SSE bytes), numbered. One per stream."""
+
+    def __init__(self, response_id: str, created_at: int, task: str, echo: Mapping[str, Any]) -> None:
+        self.response_id = response_id
+        self.created_at = created_at
+        self.task = task
+        self.echo = echo
+        self.sequence = 0
+        self.items: list[dict[str, Any]] = []  # every output item so far, the last one maybe open
+        self.positions: dict[str, int] = {}  # an item's id -> its output_index
+        self.open = False
+        self.calls: dict[int, dict[str, Any]] = {}  # the chunk's tool call index -> its item
+        self.finish: Any = None
+
+    def start(self) -> bytes:
+        snapshot = response(self.response_id, self.created_at, self.task, [], None, echo=self.echo)
+        return self.event("response.created", response=snapshot) + self.event("response.in_progress", response=snapshot)
+
+    def chunk(self, chunk: Mapping[str, Any]) -> bytes:
+        out = b""
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                out += self._text(str(delta["content"]))
+            for call in delta.get("tool_calls") or ():
+                out += self._call(call)
+            if choice.get("finish_reason") is not None:
+                self.finish = choice["finish_reason"]
+        return out
+
+    def end(self, input_tokens: int, output_tokens: int) -> bytes:
+        out = self._close()
+        final = response(
+            self.response_id,
+            self.created_at,
+            self.task,
+            self.items,
+            (input_tokens, output_tokens),
+            self.finish,
+            self.echo,
+        )
+        kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
+        return out + self.event(kind, response=final)
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        data = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    def _text(self, text: str) -> bytes:
+        out = b""
+        item = self.items[-1] if self.open else None
+        if item is None or item["type"] != "message":
+            out += self._close()
+            item = message_item(self.response_id, "", "in_progress")
+            out += self._add(item)
+            item["content"].append({"type": "output_text", "text": "", "annotations": []})
+            out += self.event("response.content_part.added", **self._at(item), content_index=0, part=_part_of(""))
+        item["content"][0]["text"] += text
+        return out + self.event(
+            "response.output_text.delta", **self._at(item), content_index=0, delta=text, logprobs=[]
+        )
+
+    def _call(self, call: Mapping[str, Any]) -> bytes:
+        out = b""
+        position = call.get("index", 0)
+        function = call.get("function") or {}
+        item = self.calls.get(position)
+        if item is None:
+            out += self._close()
+            item = call_item(
+                self.response_id, len(self.calls), call.get("id") or "", function.get("name") or "", "in_progress"
+            )
+            self.calls[position] = item
+            out += self._add(item)
+        arguments = function.get("arguments")
+        if arguments:
+            item["arguments"] += arguments
+            if self.open and item is self.items[-1]:
+                out += self.event("response.function_call_arguments.delta", **self._at(item), delta=arguments)
+        return out
+
+    def _add(self, item: dict[str, Any]) -> bytes:
+        self.positions[item["id"]] = len(self.items)
+        self.items.append(item)
+        self.open = True
+        return self.event("response.output_item.added", output_index=len(self.items) - 1, item=item)
+
+    def _close(self) -> bytes:
+        if not self.open:
+            return b""
+        self.open = False
+        item = self.items[-1]
+        item["status"] = "completed"
+        out = b""
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            at = {**self._at(item), "content_index": 0}
+            out += self.event("response.output_text.done", **at, text=text, logprobs=[])
+            out += self.event("response.content_part.done", **at, part=_part_of(text))
+        else:
+            out += self.event(
+                "response.function_call_arguments.done",
+                **self._at(item),
+                name=item["name"],
+                arguments=item["arguments"],
+            )
+        return out + self.event("response.output_item.done", output_index=len(self.items) - 1, item=item)
+
+    def _at(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {"item_id": item["id"], "output_index": self.positions[item["id"]]}
+
+
+def _part_of(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": []}
+
+
+def error_event(events: Events, code: str, message: str) -> bytes:
+    """A failure after the first byte: the stream's last event. ``code`` and ``message`` as the
+    Responses API's error event has them, and the same in an ``error`` object, which is what
+    makes OpenAI's SDKs raise instead of handing the event on."""
+    error = {"code": code, "message": message, "param": None}
+    return events.event("error", **error, error={"type": code, **error})

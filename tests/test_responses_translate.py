@@ -1,0 +1,309 @@
+"""The Responses ↔ chat translation (``turnout.serving.response_items``) as properties: a request
+keeps its meaning (every instruction, text, image, function call and output, in order, read back
+from the chat body), and a streamed answer's events reassemble to the non-stream Response."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from turnout.errors import RequestError
+from turnout.serving import response_items
+from turnout.serving.openapi_responses import responses_schemas
+from turnout.serving.responses import validate
+
+text = st.text(min_size=1, max_size=30)
+ident = st.text(alphabet="abcdefghijklmnop0123456789_", min_size=1, max_size=12)
+arguments = st.dictionaries(ident, st.one_of(st.integers(-1000, 1000), text), max_size=3).map(
+    lambda d: orjson.dumps(d).decode()
+)
+IMAGE = "data:image/png;base64,AAAA"
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Messages, function calls and their outputs, in the orders a client sends them."""
+    items: list[dict[str, Any]] = []
+    for i in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["user", "assistant", "developer", "calls"]))
+        if kind == "calls":
+            calls = [f"call_{i}_{k}" for k in range(draw(st.integers(1, 2)))]
+            for call in calls:
+                items.append(
+                    {"type": "function_call", "call_id": call, "name": draw(ident), "arguments": draw(arguments)}
+                )
+            for call in calls:
+                items.append({"type": "function_call_output", "call_id": call, "output": draw(text)})
+        elif kind == "user" and draw(st.booleans()):
+            parts: list[dict[str, Any]] = [{"type": "input_text", "text": draw(text)}]
+            if draw(st.booleans()):
+                parts.append({"type": "input_image", "image_url": IMAGE})
+            items.append({"type": "message", "role": "user", "content": parts})
+        elif kind == "assistant" and draw(st.booleans()):
+            items.append({"role": "assistant", "content": [{"type": "output_text", "text": draw(text)}]})
+        else:
+            items.append({"role": kind, "content": draw(text)})
+    return items
+
+
+def meaning_of_items(instructions: str | None, items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """What a Responses input says, in order, independent of its shape."""
+    out: list[tuple[str, ...]] = [("developer", instructions)] if instructions is not None else []
+    for item in items:
+        kind = item.get("type", "message")
+        if kind == "function_call":
+            out.append(("call", item["call_id"], item["name"], item["arguments"]))
+        elif kind == "function_call_output":
+            out.append(("output", item["call_id"], item["output"]))
+        elif isinstance(item["content"], str):
+            out.append((item["role"], item["content"]))
+        else:
+            for part in item["content"]:
+                out.append((item["role"], part.get("text") or part["image_url"]))
+    return out
+
+
+def meaning_of_chat(messages: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """What a chat body says, read back the other way."""
+    out: list[tuple[str, ...]] = []
+    for m in messages:
+        role = "developer" if m["role"] == "system" else m["role"]
+        if m["role"] == "tool":
+            out.append(("output", m["tool_call_id"], m["content"]))
+            continue
+        if isinstance(m["content"], str):
+            out.append((role, m["content"]))
+        for part in m["content"] if isinstance(m["content"], list) else ():
+            out.append((role, part["text"] if part["type"] == "text" else part["image_url"]["url"]))
+        for call in m.get("tool_calls") or ():
+            out.append(("call", call["id"], call["function"]["name"], call["function"]["arguments"]))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(conversations(), st.one_of(st.none(), text))
+def test_a_request_keeps_its_meaning(items: list[dict[str, Any]], instructions: str | None) -> None:
+    body: dict[str, Any] = {"model": "t", "input": items}
+    if instructions is not None:
+        body["instructions"] = instructions
+    chat = response_items.to_chat(body)
+    expected = [("developer", *m[1:]) if m[0] == "system" else m for m in meaning_of_items(instructions, items)]
+    assert meaning_of_chat(chat["messages"]) == expected
+    for i, m in enumerate(chat["messages"]):  # chat wants each tool message right after its call
+        if m["role"] == "tool":
+            earlier = [c["id"] for prev in chat["messages"][:i] for c in prev.get("tool_calls") or ()]
+            assert m["tool_call_id"] in earlier
+
+
+def test_settings_map_to_their_chat_names() -> None:
+    body = {
+        "model": "t",
+        "input": "hi",
+        "max_output_tokens": 64,
+        "temperature": 0.5,
+        "top_p": 1,
+        "parallel_tool_calls": False,
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": True}],
+        "tool_choice": "required",
+        "text": {"format": {"type": "json_schema", "name": "Out", "schema": {"type": "object"}, "strict": True}},
+    }
+    assert response_items.to_chat(body) == {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 64,
+        "temperature": 0.5,
+        "top_p": 1,
+        "parallel_tool_calls": False,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}],
+        "tool_choice": "required",
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "Out", "schema": {"type": "object"}, "strict": True},
+        },
+    }
+    plain = response_items.to_chat({"model": "t", "input": "x", "text": {"format": {"type": "text"}}})
+    assert "response_format" not in plain
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"previous_response_id": "resp_1"}, "previous_response_id", "not_kept"),
+        ({"conversation": "conv_1"}, "conversation", "not_kept"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "not_kept"),
+        ({"reasoning": {"effort": "low"}}, "reasoning", "invalid_value"),
+        ({"input": []}, "input", "invalid_value"),
+        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0]",
+         "invalid_value"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+         "input[0].content[0].image_url", "invalid_value"),
+        ({"input": [{"type": "function_call", "name": "f"}]}, "input[0]", "invalid_value"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": 3}]}, "input[0].output",
+         "invalid_value"),
+        ({"tools": [{"type": "file_search"}]}, "tools[0]", "invalid_value"),
+        ({"tool_choice": {"type": "function"}}, "tool_choice", "invalid_value"),
+        ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name", "invalid_value"),
+        ({"text": {"format": {"type": "yaml"}}}, "text.format.type", "invalid_value"),
+        ({"max_output_tokens": 0}, "max_output_tokens", "invalid_value"),
+        ({"temperature": 3}, "temperature", "invalid_value"),
+        ({"top_p": True}, "top_p", "invalid_value"),
+        ({"metadata": []}, "metadata", "invalid_value"),
+        ({"metadata": {"data_class": ["public"]}}, "metadata.data_class", "invalid_value"),
+        ({"metadata": {"data_class": "secret"}}, "metadata.data_class", "invalid_value"),
+        ({"user": 5, "metadata": {"user": "u"}}, "user", "invalid_value"),
+        ({"store": "yes"}, "store", "invalid_value"),
+        ({"stream": None}, "stream", "invalid_value"),
+    ],
+)  # fmt: skip
+def test_what_the_door_does_not_translate_is_a_400_naming_it(body: dict[str, Any], param: str, code: str) -> None:
+    with pytest.raises(RequestError) as refused:
+        validate({"model": "t", "input": "x", **body})
+    assert (refused.value.status, refused.value.param, refused.value.code) == (400, param, code)
+
+
+def test_the_door_reads_its_metadata_and_accepts_store() -> None:
+    request = validate(
+        {"model": "t", "input": "x", "store": True, "stream": True,
+         "metadata": {"data_class": "Restricted", "user": "u-1", "episode_id": "T-9", "ticket": "x"}}
+    )  # fmt: skip
+    assert (request.data_class, request.user, request.episode_id, request.stream) == ("restricted", "u-1", "T-9", True)
+    assert request.body["stream_options"] == {"include_usage": True} and request.body["user"] == "u-1"
+    assert "metadata" not in request.body and "store" not in request.body  # neither reaches a target
+    assert request.echo["store"] is True and request.echo["metadata"]["ticket"] == "x"
+
+
+def test_the_description_names_exactly_the_fields_the_door_reads() -> None:
+    described = responses_schemas()["ResponseRequest"]["properties"]
+    assert set(described) == response_items.FIELDS
+
+
+# --- the answer ------------------------------------------------------------------------------
+
+answers = st.tuples(
+    st.one_of(st.just(""), text),
+    st.lists(st.tuples(ident, ident, arguments), max_size=2, unique_by=lambda c: c[0]),
+    st.sampled_from(["stop", "tool_calls", "length", None]),
+)
+
+
+def completion(said: str, calls: list[tuple[str, str, str]], finish: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": said or None}
+    if calls:
+        message["tool_calls"] = [
+            {"id": c, "type": "function", "function": {"name": n, "arguments": a}} for c, n, a in calls
+        ]
+    return {"choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+
+
+def chunks(said: str, calls: list[tuple[str, str, str]], finish: Any, cuts: list[int]) -> list[dict[str, Any]]:
+    """The same answer as a chat stream: the text and each call's arguments cut at ``cuts``."""
+    out: list[dict[str, Any]] = []
+    for piece in _pieces(said, cuts):
+        out.append({"choices": [{"index": 0, "delta": {"content": piece}}]})
+    for k, (call_id, name, args) in enumerate(calls):
+        head = {"index": k, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        out.append({"choices": [{"index": 0, "delta": {"tool_calls": [head]}}]})
+        for piece in _pieces(args, cuts):
+            delta = {"tool_calls": [{"index": k, "function": {"arguments": piece}}]}
+            out.append({"choices": [{"index": 0, "delta": delta}]})
+    out.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    return out
+
+
+def _pieces(s: str, cuts: list[int]) -> list[str]:
+    points = sorted({c % (len(s) + 1) for c in cuts} | {0, len(s)})
+    return [s[a:b] for a, b in itertools.pairwise(points) if s[a:b]]
+
+
+def parse(sse: bytes) -> list[dict[str, Any]]:
+    events = []
+    for block in sse.decode().split("\n\n"):
+        if block:
+            name, data = block.split("\n", 1)
+            event = orjson.loads(data.removeprefix("data: "))
+            assert name == f"event: {event['type']}"
+            events.append(event)
+    return events
+
+
+def reassemble(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The output items as a client builds them from the deltas alone."""
+    items: dict[int, dict[str, Any]] = {}
+    for e in events:
+        if e["type"] == "response.output_item.added":
+            items[e["output_index"]] = dict(e["item"], content=[]) if e["item"]["type"] == "message" else e["item"]
+        elif e["type"] == "response.content_part.added":
+            items[e["output_index"]]["content"].append(e["part"])
+        elif e["type"] == "response.output_text.delta":
+            items[e["output_index"]]["content"][e["content_index"]]["text"] += e["delta"]
+        elif e["type"] == "response.function_call_arguments.delta":
+            items[e["output_index"]]["arguments"] += e["delta"]
+        elif e["type"] == "response.output_item.done":
+            assert e["item"]["status"] == "completed"
+            items[e["output_index"]]["status"] = "completed"
+    return [items[k] for k in sorted(items)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(answers, st.lists(st.integers(0, 64), max_size=5))
+def test_streamed_events_reassemble_to_the_plain_response(answer: Any, cuts: list[int]) -> None:
+    said, calls, finish = answer
+    if not said and not calls:
+        said = "ok"
+    items, plain_finish = response_items.output(completion(said, calls, finish), "r1")
+    plain = response_items.response("r1", 7, "task", items, (3, 5), plain_finish, {"metadata": {}})
+    events_out = response_items.Events("r1", 7, "task", {"metadata": {}})
+    sse = events_out.start() + b"".join(events_out.chunk(c) for c in chunks(said, calls, finish, cuts))
+    events = parse(sse + events_out.end(3, 5))
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [e["type"] for e in events[:2]] == ["response.created", "response.in_progress"]
+    assert events[0]["response"]["status"] == "in_progress" and events[0]["response"]["output"] == []
+    last = events[-1]
+    assert last["type"] == ("response.incomplete" if finish == "length" else "response.completed")
+    assert last["response"] == plain
+    assert reassemble(events) == plain["output"]
+
+
+def test_a_cut_answer_is_incomplete_and_says_why() -> None:
+    items, finish = response_items.output(completion("half", [], "length"), "r2")
+    answer = response_items.response("r2", 1, "task", items, (1, 1), finish)
+    assert (answer["status"], answer["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
+    assert answer["usage"]["total_tokens"] == 2
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+near_fields = st.sampled_from(
+    [*sorted(response_items.FIELDS), "type", "role", "content", "call_id", "name", "arguments", "output", "format"]
+)
+
+
+@st.composite
+def hostile_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """Bodies near the real shape: known field names holding any JSON, items with any fields."""
+    body: dict[str, Any] = draw(st.dictionaries(near_fields, json_values, max_size=6))
+    if draw(st.booleans()):
+        item = draw(st.dictionaries(near_fields, json_values, max_size=5))
+        body["input"] = [item, draw(json_values)]
+    return {"model": "t", **body} if draw(st.booleans()) else body
+
+
+@settings(max_examples=500, deadline=None)
+@given(hostile_bodies())
+def test_any_body_is_translated_or_refused_with_a_400_never_a_crash(body: dict[str, Any]) -> None:
+    refused: RequestError | None = None
+    try:
+        request = validate(body)
+    except RequestError as exc:
+        refused = exc
+    if refused is not None:
+        assert refused.status == 400 and refused.param
+    else:
+        assert request.body["messages"]  # translated: something for the targets to answer
