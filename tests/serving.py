@@ -108,10 +108,11 @@ def turnout_serve(
     ready_s: float = 60.0,
     env: dict[str, str] | None = None,
     preexec_fn: Callable[[], None] | None = None,  # e.g. resource limits for the server process
+    extra: tuple[str, ...] = (),  # more `turnout serve` options, e.g. ("--workers", "2")
 ) -> Iterator[Served]:
     port = free_port()
     log = cwd / "turnout.log"
-    args = [sys.executable, "-m", "turnout", "serve", "--port", str(port)]
+    args = [sys.executable, "-m", "turnout", "serve", "--port", str(port), *extra]
     if config is not None:
         args += ["--config", str(config)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

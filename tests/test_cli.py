@@ -49,7 +49,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
     """Replace the server's run() so nothing binds a socket; record what it was given."""
     calls: list[Config] = []
 
-    def run(config: Config, source: str | None = None) -> None:
+    def run(config: Config, source: str | None = None, loader: object = None) -> None:
         calls.append(config)
 
     monkeypatch.setattr(turnout.serving.server, "run", run)
@@ -204,7 +204,7 @@ def test_serve_refuses_a_non_integer_port(served: list[Config]) -> None:
 
 
 def test_serve_on_a_port_in_use_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    def run(config: Config, source: str | None = None) -> None:
+    def run(config: Config, source: str | None = None, loader: object = None) -> None:
         raise OSError(98, "Address already in use")
 
     monkeypatch.setattr(turnout.serving.server, "run", run)

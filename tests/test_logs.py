@@ -532,7 +532,7 @@ def test_serve_hands_the_config_path_to_the_summary(
 ) -> None:
     seen: list[str | None] = []
 
-    def run(config: Any, source: str | None = None) -> None:
+    def run(config: Any, source: str | None = None, loader: object = None) -> None:
         seen.append(source)
 
     monkeypatch.setattr(turnout.serving.server, "run", run)

@@ -16,7 +16,9 @@ it calls them (``turnout.serving.runtime``):
 * the release files under ``releases.path``, loaded and checked against the config;
 * every SQLite file start-up opens (ledger, capture, keys, releases): its directory must be
   one that can be created and written; so must the ledger's spill journal directory;
-* ``PROMETHEUS_MULTIPROC_DIR``, with metrics on: a directory.
+* ``PROMETHEUS_MULTIPROC_DIR``, with metrics on: a directory;
+* with ``--workers`` above 1 (``shared_state``): no state that each worker would hold on its
+  own while the product promises one (limits, issued keys' store, the ledger, the cache).
 
 Every problem names the key path (or the environment variable, or the release file).
 Reachability (PostgreSQL, Redis, upstreams) is not checked: start-up waits for none of it.
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout._support.backends import Backend, load
+from turnout.cache.factory import wanted as cache_wanted
 from turnout.config import Config, LocalTarget, redaction_key_problem
 from turnout.control.keys.factory import KEY_STORES
 from turnout.control.pricing import PriceBook
@@ -57,6 +60,22 @@ def preflight(config: Config, env: Mapping[str, str] | None = None) -> list[str]
     problems += _collect(Tokens.from_config, config)  # each targets.X.tokenizer: the package, the file
     problems += _sqlite_files(config)
     problems += _spill_dir(config)
+    return problems
+
+
+def shared_state(config: Config, workers: int) -> list[str]:
+    """What ``workers`` processes could not share: each would count its own limits, keep its
+    own ledger or cache. SQLite files are shared (WAL, a busy timeout: ``_support/sqlite``)."""
+    if workers < 2:
+        return []
+    why = f"with --workers {workers}, each worker would hold its own"
+    problems = []
+    if config.limits.backend == "memory" and _limited(config):
+        problems.append(f"limits.backend: memory: {why} limits (a tenant would get {workers}x its RPM); use redis")
+    if config.store.kind == "memory":
+        problems.append(f"store.kind: memory: {why} ledger; use sqlite or postgres")
+    if cache_wanted(config) and config.cache.backend == "memory":
+        problems.append(f"cache.backend: memory: {why} cache; use redis")
     return problems
 
 

@@ -6,32 +6,81 @@ would refuse on this machine), so ``check`` passes exactly the configs ``serve``
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+
 import click
 
 from turnout.cli._common import CONFIG_PATH, CommandError, config_option
-from turnout.cli.preflight import preflight
-from turnout.config import Config, validate
+from turnout.cli.preflight import preflight, shared_state
+from turnout.config import Config, load_config, validate
 from turnout.control.catalog import base_model_id, bedrock_model, price
 from turnout.errors import ConfigError
-from turnout.serving import server
+from turnout.serving import server, supervisor
 
 CONFIG_HELP = "YAML config file."
+WORKERS_HELP = (
+    "Worker processes on one socket, each with its own event loop ('auto': one per core). Above "
+    "1, the state workers must share needs Redis, SQLite or PostgreSQL (see 'turnout check "
+    "--workers')."
+)
+
+
+def _workers(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return supervisor.worker_count(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+workers_option = click.option("--workers", default="1", metavar="N|auto", callback=_workers, help=WORKERS_HELP)
 
 
 @click.command()
 @config_option(CONFIG_HELP)
 @click.option("--host", help="Address to bind (overrides server.host; default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind (overrides server.port; default 8080).")
-def serve(config: Config, host: str | None, port: int | None) -> None:
-    """Run the gateway until SIGINT/SIGTERM, then drain in-flight requests and the ledger."""
+@workers_option
+def serve(config: Config, host: str | None, port: int | None, workers: int) -> None:
+    """Run the gateway until SIGINT/SIGTERM, then drain in-flight requests and the ledger.
+    SIGHUP (to the parent, with --workers) re-reads the config file: tasks, tenants, policy
+    and prices change live; the rest waits for a restart."""
     config = with_address(config, host, port)
-    ready(config)
-    server.run(config, source=click.get_current_context().meta.get(CONFIG_PATH))
+    ready(config, workers)
+    source = click.get_current_context().meta.get(CONFIG_PATH)
+    loader = None if source is None else Reloader(source, host, port)
+    if workers == 1:
+        server.run(config, source=source, loader=loader)
+    else:
+        sys.exit(server.run_workers(config, workers, source=source, loader=loader))
 
 
-def ready(config: Config) -> None:
+@dataclass(frozen=True)
+class Reloader:
+    """Reads the config file again as ``serve`` read it (``--host``/``--port`` included) and
+    checks what start-up would refuse; ConfigError with every problem. A worker process gets
+    a copy (it pickles)."""
+
+    path: str
+    host: str | None
+    port: int | None
+
+    def __call__(self) -> Config:
+        config = load_config(self.path)
+        given = {k: v for k, v in (("host", self.host), ("port", self.port)) if v is not None}
+        if given:
+            raw = config.model_dump()
+            raw["server"].update(given)
+            config = validate(raw)
+        problems = preflight(config)
+        if problems:
+            raise ConfigError(problems)
+        return config
+
+
+def ready(config: Config, workers: int = 1) -> None:
     """Refuse, listing every problem, a config the gateway would not start on."""
-    problems = preflight(config)
+    problems = preflight(config) + shared_state(config, workers)
     if problems:
         raise CommandError.listing("the gateway would not start", problems)
 
@@ -53,10 +102,12 @@ def with_address(config: Config, host: str | None, port: int | None) -> Config:
 
 @click.command()
 @config_option(CONFIG_HELP)
-def check(config: Config) -> None:
+@workers_option
+def check(config: Config, workers: int) -> None:
     """Validate the config and what start-up needs with it (drivers, model and release files,
-    TURNOUT_REDACTION_KEY); print every problem with its key path and exit 1 if there is one."""
-    ready(config)
+    TURNOUT_REDACTION_KEY, state shared by --workers); print every problem with its key path
+    and exit 1 if there is one."""
+    ready(config, workers)
     click.echo(
         f"ok: {len(config.targets)} target(s), {len(config.tasks)} task(s), {len(config.tenants)} tenant(s)"
         + ("" if config.tenants else " (no tenants: anonymous access on loopback)")

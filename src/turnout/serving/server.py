@@ -7,6 +7,10 @@ At start the soft open-file limit is raised to the hard limit (a default of 1,02
 under a few hundred slow clients), and uvicorn's httptools protocol gets header, body and
 idle timeouts and a connection cap (``serving/connections.py``).
 
+SIGHUP reloads the config file (``serving/reload.py``). ``workers`` > 1: the parent binds the
+socket and supervises that many worker processes (``serving/supervisor.py``), each running
+``run`` on the socket it was handed.
+
 Logs (``turnout.observe.logs``): every record goes through a queue to a listener thread that
 redacts, formats (``server.log_format``: text or JSON lines) and writes it to stderr; uvicorn's
 own records too.
@@ -14,17 +18,22 @@ own records too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
+import signal
+import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 
 from turnout.config import Config
 from turnout.observe import logs
 from turnout.privacy.redact import RedactingFilter, Redactor
-from turnout.serving.app import App
+from turnout.serving import reload, supervisor
+from turnout.serving.app import FINISH_S, App
 from turnout.serving.connections import Limits, protocol_class
 from turnout.serving.runtime import redaction_key
 
@@ -43,27 +52,82 @@ RESERVED_FDS = 64
 UNLIMITED_FDS_CAP = 65_536  # the default cap when the open-file limit is unlimited
 
 
-def run(config: Config, source: str | None = None) -> None:
-    """Serve until SIGINT/SIGTERM. ``source``: the config file's path, for the start-up summary."""
+def run(
+    config: Config,
+    source: str | None = None,
+    loader: reload.Loader | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM. ``source``: the config file's path, for the start-up summary;
+    ``loader``: reads it again on SIGHUP and ``POST /admin/reload``; ``sockets``: already bound
+    (a worker's), else uvicorn binds ``server.host:port``."""
     srv = config.server
     redaction = RedactingFilter(Redactor(redaction_key(config)), fields=srv.log_format == "json")
     listener = logs.configure(srv.log_level, srv.log_format, redaction, access_log=srv.access_log)
     try:
         fd_limit = raise_open_file_limit()
-        server = _Server(uvicorn_config(config, fd_limit, source), listener.stop)  # its loggers propagate to ours
+        uv = uvicorn_config(config, fd_limit, source, loader)
+        server = _Server(uv, listener.stop)  # its loggers propagate to ours
         redact_logs(config)
-        server.run()
+        server.run(sockets)
     finally:
         listener.stop()  # writes what is queued
 
 
+def run_workers(config: Config, workers: int, source: str | None = None, loader: reload.Loader | None = None) -> int:
+    """Serve with ``workers`` processes on one socket until SIGINT/SIGTERM; the exit code."""
+    srv = config.server
+    redaction = RedactingFilter(Redactor(redaction_key(config)), fields=srv.log_format == "json")
+    listener = logs.configure(srv.log_level, srv.log_format, redaction, access_log=False)
+    try:
+        redact_logs(config)
+        grace = math.ceil(srv.shutdown_grace_s) + FINISH_S
+        parent = supervisor.Supervisor(workers, run_worker, (config, source, loader), grace, _reloaded)
+        return parent.run(srv.host, srv.port)
+    finally:
+        listener.stop()
+
+
+def _reloaded(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The supervisor's SIGHUP: the config later workers start on (a refusal keeps the old one;
+    the workers log its problems)."""
+    config, source, loader = args
+    if loader is None:
+        return args
+    try:
+        return reload.plan(config, loader).config, source, loader
+    except reload.ReloadRefused:
+        return args
+
+
+def run_worker(config: Config, source: str | None, loader: reload.Loader | None, sockets: list[socket.socket]) -> None:
+    """A worker process's body (spawned by ``supervisor.Supervisor``)."""
+    supervisor.become_worker()
+    run(config, source, loader, sockets)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, writing out the queued log lines before it exits: having shut down
-    after a signal, uvicorn raises that signal again, and the process ends there."""
+    after a signal, uvicorn raises that signal again, and the process ends there. SIGHUP
+    reloads the app's config."""
 
     def __init__(self, config: uvicorn.Config, before_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self._before_exit = before_exit
+        self._reloads: set[asyncio.Task[None]] = set()  # held until done
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        app = self.config.app
+        if isinstance(app, App) and app.loader is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload, app)
+            if supervisor.hup_pending():
+                self._reload(app)
+
+    def _reload(self, app: App) -> None:
+        task = asyncio.create_task(_reload(app))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -72,6 +136,16 @@ class _Server(uvicorn.Server):
                 yield
             finally:
                 self._before_exit()
+
+
+async def _reload(app: App) -> None:
+    """A SIGHUP's reload: a refusal is logged by the app; anything else is logged here."""
+    try:
+        await app.reload()
+    except reload.ReloadRefused:
+        pass
+    except Exception:
+        log.exception("config reload failed; the running config is kept")
 
 
 def raise_open_file_limit() -> int | None:
@@ -134,7 +208,9 @@ def redact_logs(config: Config) -> None:
                 handler.addFilter(log_filter)
 
 
-def uvicorn_config(config: Config, fd_limit: int | None = None, source: str | None = None) -> uvicorn.Config:
+def uvicorn_config(
+    config: Config, fd_limit: int | None = None, source: str | None = None, loader: reload.Loader | None = None
+) -> uvicorn.Config:
     srv = config.server
     cap = connection_cap(srv.max_connections, fd_limit)
     log.info(
@@ -146,7 +222,7 @@ def uvicorn_config(config: Config, fd_limit: int | None = None, source: str | No
     )
     limits = Limits(srv.header_timeout_s, srv.body_timeout_s, srv.keepalive_timeout_s, cap)
     return uvicorn.Config(
-        App(config, source=source),
+        App(config, source=source, loader=loader),
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",

@@ -1,0 +1,71 @@
+"""Config reload without a restart: what a new config file may change live, and what waits.
+
+A reload (SIGHUP, or ``POST /admin/reload``) reads the file again and validates it in full
+(the CLI's loader: the file's own rules and what start-up would refuse). The sections
+``LIVE`` are then taken from the new file; every other section keeps the running value,
+because it names something opened once at start-up (the listening socket, the ledger, the
+limiter's backend, the providers and their connection pools, the release store, the cache)
+and is listed in the answer as needing a restart. The merged config is validated once more
+(a new task routed to a target that only a restart would open is refused here), and only
+then swapped in: ``App.reload`` builds a new runtime view and pipeline over the same open
+resources, so a request already running finishes on the config it started with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from turnout.config import Config, validate
+from turnout.errors import ConfigError, RequestError
+
+# Read per request through objects rebuilt on reload: routes, tenants and their keys and
+# limits, data-class policy, prices.
+LIVE = ("tasks", "tenants", "policy", "prices")
+
+Loader = Callable[[], Config]  # re-reads the config file; raises ConfigError with its problems
+
+
+class ReloadRefused(RequestError):
+    """The new file is invalid (or needs what only a restart opens): the old config stays."""
+
+    status = 422
+    code = "invalid_config"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("config reload refused, the running config is kept:\n" + "\n".join(problems))
+        self.problems = problems
+
+    def to_openai(self) -> dict[str, Any]:
+        body = super().to_openai()
+        body["error"]["problems"] = self.problems
+        return body
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The config to swap in; ``changed``: the live sections that differ from the running
+    config; ``restart``: the sections whose change waits for a restart."""
+
+    config: Config
+    changed: list[str] = field(default_factory=list)
+    restart: list[str] = field(default_factory=list)
+
+
+def plan(running: Config, loader: Loader) -> Plan:
+    """Load the file again and merge it over ``running``; ReloadRefused with every problem."""
+    try:
+        fresh = loader()
+    except ConfigError as exc:
+        raise ReloadRefused(exc.problems) from None
+    now, new = running.model_dump(), fresh.model_dump()
+    restart = sorted(k for k in new if k not in LIVE and new[k] != now[k])
+    changed = [k for k in LIVE if new[k] != now[k]]
+    merged = {k: (new[k] if k in LIVE else now[k]) for k in new}
+    try:
+        config = validate(merged)
+    except ConfigError as exc:
+        hint = [f"(not applied until a restart: {', '.join(restart)})"] if restart else []
+        raise ReloadRefused(exc.problems + hint) from None
+    return Plan(config, changed, restart)

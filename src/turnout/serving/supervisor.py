@@ -1,0 +1,231 @@
+"""``turnout serve --workers N``: N worker processes answering on one listening socket.
+
+The parent binds the socket once and starts each worker with ``multiprocessing``'s spawn (a
+fresh interpreter: its own event loop, runtime, connection pools and limiter client); the
+kernel hands each new connection to whichever worker accepts it first. The parent only
+supervises:
+
+* a worker that exits is started again (after a pause when it lived under a second, so a
+  crash loop does not spin), unless its start-up failed: then the config cannot start at all
+  and the parent stops every worker and exits 1;
+* SIGTERM or SIGINT → SIGTERM to every worker, each of which drains as a single process does
+  (``server.shutdown_grace_s``); one still running after the grace and the settle time is
+  killed. Workers have their own process group, so a terminal's Ctrl-C reaches the parent
+  only and each worker gets one signal; a worker whose parent is gone stops itself;
+* SIGHUP → SIGHUP to every worker: each reloads the config file (``serving/reload.py``);
+  the parent reloads it too, for the workers it starts later. ``POST /admin/reload`` on one
+  worker reloads it and sends the parent a SIGHUP, so the others follow.
+
+Metrics: the parent points ``PROMETHEUS_MULTIPROC_DIR`` at a directory it creates and removes
+(unless one is set already), so every worker's request counters are summed at ``/metrics``;
+the live gauges (breakers, in flight, ledger queue) are the answering worker's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing import allow_connection_pickling, connection, get_context
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+log = logging.getLogger("turnout")
+
+SUPERVISOR_ENV = "TURNOUT_SUPERVISOR_PID"  # set for workers: where /admin/reload sends its SIGHUP
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STARTUP_FAILURE = 3  # uvicorn's exit code when the lifespan start-up fails
+QUICK_EXIT_S = 1.0  # a worker that lived less than this is restarted after this long
+KILL_AFTER_S = 10.0  # past the grace and the settle time: a stuck worker is killed
+TICK_S = 0.5
+
+allow_connection_pickling()  # the listening socket travels to each spawned worker
+_spawn = get_context("spawn")
+
+
+def worker_count(value: str) -> int:
+    """``--workers``: a positive number, or ``auto`` for the cores this process may use."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"--workers: {value!r} is neither a number nor 'auto'") from None
+    if n < 1:
+        raise ValueError(f"--workers: {n} must be at least 1")
+    return n
+
+
+def tell_others() -> None:
+    """In a worker: ask the supervisor to reload every worker (this one reloads again, a no-op)."""
+    parent = os.environ.get(SUPERVISOR_ENV)
+    if parent and parent == str(os.getppid()):
+        os.kill(int(parent), signal.SIGHUP)
+
+
+_early_hup = threading.Event()
+
+
+def become_worker() -> None:
+    """In a worker, first: out of the terminal's process group, gone with its parent, and a
+    SIGHUP that comes while it starts kept for later (by default it would end the process)."""
+    os.setpgrp()
+    signal.signal(signal.SIGHUP, lambda signum, frame: _early_hup.set())
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("the supervisor (pid %d) is gone: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="turnout-orphan-watch", daemon=True).start()
+
+
+def hup_pending() -> bool:
+    """Whether a SIGHUP came while this worker started (it may have read the file before)."""
+    return _early_hup.is_set()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class Supervisor:
+    """Runs ``target(*args, [sock])`` in ``n`` spawned workers until told to stop. On SIGHUP,
+    ``refresh(args)`` gives the arguments a worker started from now on gets (the reloaded
+    config: a replacement worker starts on what the others reloaded)."""
+
+    n: int
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    stop_after_s: float  # how long a stopping worker may take before it is killed
+    refresh: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
+    workers: dict[int, tuple[SpawnProcess, float]] = field(default_factory=dict)  # slot → (process, started)
+    signals: list[int] = field(default_factory=list)
+
+    def run(self, host: str, port: int) -> int:
+        """Serve until SIGTERM/SIGINT; the exit code."""
+        sock = bind(host, port)
+        owned = self._metrics_dir()
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
+        previous = {s: signal.signal(s, self._note) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            log.info("supervisor %d: %d workers on %s:%d", os.getpid(), self.n, host, sock.getsockname()[1])
+            for slot in range(self.n):
+                self._start(slot, sock)
+            return self._loop(sock)
+        finally:
+            self._stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            sock.close()
+            if owned is not None:
+                shutil.rmtree(owned, ignore_errors=True)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def _metrics_dir(self) -> str | None:
+        """The directory for the workers' metric files: ours (created here, removed at exit)
+        unless the environment names one."""
+        if os.environ.get(METRICS_ENV):
+            return None
+        owned = tempfile.mkdtemp(prefix="turnout-metrics-")
+        os.environ[METRICS_ENV] = owned
+        return owned
+
+    def _start(self, slot: int, sock: socket.socket) -> None:
+        process = _spawn.Process(target=self.target, args=(*self.args, [sock]), name=f"turnout-worker-{slot}")
+        process.start()
+        self.workers[slot] = (process, time.monotonic())
+        log.info("worker %d started (pid %s)", slot, process.pid)
+
+    def _loop(self, sock: socket.socket) -> int:
+        wake, woken = socket.socketpair()  # a signal wakes the wait below at once
+        wake.setblocking(False)
+        woken.setblocking(False)
+        main = threading.current_thread() is threading.main_thread()  # else: polled every tick
+        previous = signal.set_wakeup_fd(wake.fileno(), warn_on_full_buffer=False) if main else -1
+        try:
+            return self._watch(sock, woken)
+        finally:
+            if main:
+                signal.set_wakeup_fd(previous)
+            wake.close()
+            woken.close()
+
+    def _watch(self, sock: socket.socket, woken: socket.socket) -> int:
+        while True:
+            while self.signals:
+                signum = self.signals.pop(0)
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: every worker reloads the config")
+                    self._signal_all(signal.SIGHUP)
+                    if self.refresh is not None:
+                        self.args = self.refresh(self.args)
+                else:
+                    return 0
+            sentinels = {p.sentinel: slot for slot, (p, _) in self.workers.items()}
+            for ready in connection.wait([woken, *sentinels], TICK_S):
+                if ready is woken:
+                    with contextlib.suppress(BlockingIOError):
+                        woken.recv(4096)
+                elif isinstance(ready, int) and not self._replace(sentinels[ready], sock):
+                    return 1
+
+    def _replace(self, slot: int, sock: socket.socket) -> bool:
+        """Start a worker again in place of the one that exited; False: its start-up failed."""
+        process, started = self.workers.pop(slot)
+        process.join()
+        _forget_metrics(process.pid)
+        if process.exitcode == STARTUP_FAILURE:
+            log.error("worker %d (pid %s) failed to start: stopping every worker", slot, process.pid)
+            return False
+        log.warning("worker %d (pid %s) exited with %s: starting another", slot, process.pid, process.exitcode)
+        if time.monotonic() - started < QUICK_EXIT_S:
+            time.sleep(QUICK_EXIT_S)
+        self._start(slot, sock)
+        return True
+
+    def _signal_all(self, signum: int) -> None:
+        for process, _ in self.workers.values():
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    def _stop(self) -> None:
+        """SIGTERM to every worker; wait for them to drain; kill what is left."""
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_after_s + KILL_AFTER_S
+        for slot, (process, _) in list(self.workers.items()):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker %d (pid %s) did not stop in time: killed", slot, process.pid)
+                process.kill()
+                process.join()
+            _forget_metrics(process.pid)
+        self.workers.clear()
+
+
+def _forget_metrics(pid: int | None) -> None:
+    """A dead worker's live-gauge files go; its counters stay in the sums (as they should)."""
+    where = os.environ.get(METRICS_ENV)
+    if where and pid is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, where)  # type: ignore[no-untyped-call]

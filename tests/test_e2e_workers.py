@@ -1,0 +1,244 @@
+"""``turnout serve --workers 2`` as a real process, through the official ``openai`` SDK: both
+workers answer on one port, their counters are summed at ``/metrics``, a tenant's RPM holds
+across them through Redis, a killed worker is replaced, SIGHUP to the parent (or
+``POST /admin/reload`` on one worker) reloads every worker without cutting a stream, and
+SIGTERM lets a stream in flight finish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+import redis
+
+from tests.serving import Process, Served, sdk_client, turnout_serve
+
+pytestmark = pytest.mark.slow
+REDIS = "redis://127.0.0.1:6379/0"
+KEY = "sk-acme-e2e-workers-0001"
+ADMIN = "adm-e2e-workers-0123456789"
+RPM = 30
+STARTED = "Application startup complete"
+TRIES = 400  # connections made to see both workers: each lands on either, so a few do
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Process]:
+    fake = Process("tests.fakes.upstream", ready_path="/v1/models")
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    name = f"turnout-workers-{uuid.uuid4().hex[:8]}"
+    yield name
+    client = redis.Redis.from_url(REDIS)
+    try:
+        for key in client.scan_iter(f"{name}*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def config(upstream: Process, prefix: str, **tasks: Any) -> dict[str, Any]:
+    return {
+        "server": {"admin_key": ADMIN, "shutdown_grace_s": 20},
+        "limits": {"backend": "redis", "redis_url": REDIS, "key_prefix": prefix},
+        "observability": {"metrics": True},
+        "targets": {"up": {"provider": "openai", "base_url": upstream.url + "/v1", "model": "m"}},
+        "tenants": {"acme": {"keys": [KEY], "limits": {"rpm": RPM}}},
+        "tasks": {"chat": {"route": ["up"]}, **tasks},
+    }
+
+
+@pytest.fixture
+def served(tmp_path: Path, upstream: Process, prefix: str) -> Iterator[Served]:
+    upstream.post("/_fault", {})
+    (tmp_path / "turnout.yaml").write_text(json.dumps(config(upstream, prefix)))
+    with turnout_serve(tmp_path, tmp_path / "turnout.yaml", extra=("--workers", "2")) as s:
+        wait_log(s, STARTED, 2)  # /readyz answered for one worker; the other may still be starting
+        yield s
+
+
+def get(served: Served, path: str, auth: str | None = None) -> tuple[str, bytes]:
+    """A fresh connection each time (so either worker may take it): the answering pid, the body."""
+    headers = {"authorization": f"Bearer {auth}"} if auth else {}
+    req = urllib.request.Request(f"http://127.0.0.1:{served.port}{path}", headers=headers)
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback test URL
+        return resp.headers.get("x-turnout-worker", ""), resp.read()
+
+
+def worker_pids(served: Served, want: int = 2) -> set[str]:
+    seen: set[str] = set()
+    for _ in range(TRIES):
+        seen.add(get(served, "/healthz")[0])
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def workers_of(served: Served) -> set[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    found = subprocess.run(["pgrep", "-P", str(served.proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
+    return {int(p) for p in found.stdout.split()}
+
+
+def chat(served: Served, task: str = "chat") -> str:
+    client = sdk_client(served.base_url, KEY)
+    answer = client.chat.completions.create(model=task, messages=[{"role": "user", "content": "hi"}])
+    return answer.choices[0].message.content or ""
+
+
+def requests_total(served: Served) -> float:
+    _, body = get(served, "/metrics")
+    return sum(float(v) for v in re.findall(rb'^turnout_requests_total\{[^}]*status="200"[^}]*\} (\S+)$', body, re.M))
+
+
+def test_both_workers_answer_and_metrics_sum_them(served: Served) -> None:
+    pids = worker_pids(served)
+    assert len(pids) == 2 and str(served.proc.pid) not in pids
+    assert {int(p) for p in pids} == workers_of(served)
+    for _ in range(12):
+        assert chat(served) == "Hello, world"
+    assert requests_total(served) == 12.0  # whichever worker answers the scrape: every worker's count
+
+
+async def burst(served: Served, n: int) -> list[int]:
+    """``n`` concurrent requests, each on its own connection; their statuses."""
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {KEY}"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=n, force_close=True)) as http:
+
+        async def one() -> int:
+            async with http.post(served.base_url + "/chat/completions", json=body, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def test_the_tenant_rpm_holds_across_workers(served: Served) -> None:
+    statuses = asyncio.run(burst(served, 3 * RPM))
+    assert statuses.count(200) == RPM  # not RPM per worker
+    assert set(statuses) == {200, 429}
+    assert requests_total(served) == RPM
+
+
+def test_a_killed_worker_is_replaced(served: Served) -> None:
+    before = workers_of(served)
+    assert len(before) == 2
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    for _ in range(TRIES):  # the survivor answers all the while
+        assert chat(served) == "Hello, world"
+        after = workers_of(served)
+        if len(after) == 2 and victim not in after:
+            break
+    assert victim not in after and len(after) == 2
+    wait_log(served, STARTED, 3)
+    pids = worker_pids(served)  # the new one serves too, once started
+    for _ in range(TRIES):
+        if {int(p) for p in pids} == after:
+            break
+        pids |= worker_pids(served)
+    assert {int(p) for p in pids} == after
+    assert "exited with -9: starting another" in served.log.read_text()
+
+
+def wait_log(served: Served, text: str, count: int) -> None:
+    """Until the log says ``text`` ``count`` times (bounded: a signal takes a moment to act)."""
+    for _ in range(400):
+        if served.log.read_text().count(text) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} fewer than {count} times in {served.log.read_text()}")
+
+
+def models_everywhere(served: Served) -> set[tuple[str, ...]]:
+    """The task lists answered on fresh connections (either worker takes each; both answer
+    ``worker_pids``'s)."""
+    assert len(worker_pids(served)) == 2
+    seen: set[tuple[str, ...]] = set()
+    for _ in range(40):
+        _, body = get(served, "/v1/models", KEY)
+        seen.add(tuple(m["id"] for m in json.loads(body)["data"]))
+    return seen
+
+
+def test_sighup_reloads_every_worker_without_cutting_a_stream(
+    served: Served, upstream: Process, prefix: str, tmp_path: Path
+) -> None:
+    upstream.post("/_fault", {"chunk_delay": 0.2})
+    client = sdk_client(served.base_url, KEY)
+    stream = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], stream=True)
+    pieces = [next(iter(stream)).choices[0].delta.content or ""]
+    new = config(upstream, prefix, summarize={"route": ["up"]})
+    (tmp_path / "turnout.yaml").write_text(json.dumps(new))
+    served.proc.send_signal(signal.SIGHUP)
+    pieces += [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == "Hello, world"
+    wait_log(served, "config reloaded from", 2)  # one line per worker
+    assert models_everywhere(served) == {("chat", "summarize")}
+    upstream.post("/_fault", {})
+    assert chat(served, "summarize") == "Hello, world"
+
+
+def test_admin_reload_on_one_worker_reaches_the_other(
+    served: Served, upstream: Process, prefix: str, tmp_path: Path
+) -> None:
+    (tmp_path / "turnout.yaml").write_text(json.dumps(config(upstream, prefix, summarize={"route": ["up"]})))
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{served.port}/admin/reload", b"", {"authorization": f"Bearer {ADMIN}"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+        assert json.loads(resp.read()) == {"reloaded": True, "changed": ["tasks"], "restart_needed": []}
+    wait_log(served, "SIGHUP: every worker reloads the config", 1)
+    wait_log(served, "config reloaded from", 3)  # the one asked, then both on the parent's SIGHUP
+    assert models_everywhere(served) == {("chat", "summarize")}
+
+
+def test_an_invalid_file_is_refused_by_every_worker(served: Served, tmp_path: Path) -> None:
+    (tmp_path / "turnout.yaml").write_text("tasks: {chat: {route: [nowhere]}}\n")
+    served.proc.send_signal(signal.SIGHUP)
+    wait_log(served, "config reload refused, the running config is kept", 2)
+    assert models_everywhere(served) == {("chat",)}
+    assert chat(served) == "Hello, world"
+
+
+def test_sigterm_lets_a_stream_in_flight_finish(served: Served, upstream: Process) -> None:
+    upstream.post("/_fault", {"chunk_delay": 0.2})
+    client = sdk_client(served.base_url, KEY)
+    stream = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], stream=True)
+    pieces = [next(iter(stream)).choices[0].delta.content or ""]
+    workers = workers_of(served)
+    served.proc.send_signal(signal.SIGTERM)
+    pieces += [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == "Hello, world"
+    assert served.proc.wait(60) == 0
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+    with pytest.raises(openai.APIConnectionError):
+        chat(served)
+
+
+def test_a_single_process_reloads_on_sighup_too(tmp_path: Path, upstream: Process, prefix: str) -> None:
+    (tmp_path / "turnout.yaml").write_text(json.dumps(config(upstream, prefix)))
+    with turnout_serve(tmp_path, tmp_path / "turnout.yaml") as single:
+        (tmp_path / "turnout.yaml").write_text(json.dumps(config(upstream, prefix, summarize={"route": ["up"]})))
+        single.proc.send_signal(signal.SIGHUP)
+        wait_log(single, "config reloaded from", 1)
+        assert single.proc.poll() is None  # SIGHUP no longer ends the process
+        assert chat(single, "summarize") == "Hello, world"

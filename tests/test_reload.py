@@ -1,0 +1,327 @@
+"""Config reload in-process (``App.reload``, ``POST /admin/reload``): the file is read again and
+validated in full; tasks, tenants, policy and prices change live; other sections wait for a
+restart and are named; an invalid file is refused with its problems and the old config kept;
+a request already running finishes on the config it started with."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from tests.asgi import request
+from tests.fakes.scripted import ScriptedProvider
+from turnout.cli.serve import Reloader
+from turnout.config import load_config
+from turnout.providers.base import Call, Provider, Stream
+from turnout.serving.app import App
+from turnout.serving.reload import LIVE, ReloadRefused
+
+KEY = "sk-acme-reload-0123456789"
+NEW_KEY = "sk-newco-reload-0123456789"
+ADMIN = "adm-reload-0123456789abcdef"
+AUTH = {"authorization": f"Bearer {KEY}"}
+ADMIN_AUTH = {"authorization": f"Bearer {ADMIN}"}
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def base(tmp: Path) -> dict[str, Any]:
+    return {
+        "server": {"admin_key": ADMIN},
+        "store": {"kind": "memory", "flush_interval_ms": 10},
+        "limits": {"keys_path": str(tmp / "keys.db")},
+        "targets": {
+            "primary": {"provider": "openai", "base_url": "http://primary.invalid/v1", "model": "m1"},
+            "secondary": {"provider": "openai", "base_url": "http://secondary.invalid/v1", "model": "m2"},
+        },
+        "tenants": {"acme": {"keys": [KEY]}},
+        "tasks": {"chat": {"route": ["primary"]}},
+    }
+
+
+class Gated(ScriptedProvider):
+    """Streams one word, then waits for ``go`` before the rest: a stream in flight."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.go = asyncio.Event()
+        self.streaming = asyncio.Event()
+
+    async def stream(self, call: Call) -> Stream:
+        self.calls.append(call)
+        return Stream(self._gated(), "fake-v1", "r0")
+
+    async def _gated(self) -> AsyncGenerator[dict[str, Any]]:
+        for i, word in enumerate(("old ", "config ", "answer")):
+            if i == 1:
+                self.streaming.set()
+                await self.go.wait()
+            yield {"id": "u", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                   "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}  # fmt: skip
+
+
+class Served:
+    """An app over a config file that the test rewrites, reloaded as ``turnout serve`` would."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.path = tmp / "turnout.yaml"
+        self.primary = Gated("primary")
+        self.secondary = ScriptedProvider("secondary")
+        self.app: App | None = None
+
+    def write(self, raw: dict[str, Any] | str) -> None:
+        self.path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+
+    async def start(self, raw: dict[str, Any]) -> App:
+        self.write(raw)
+        providers: dict[str, Provider] = {"primary": self.primary, "secondary": self.secondary}
+        loader = Reloader(str(self.path), None, None)  # the CLI's: the file, then preflight
+        self.app = App(load_config(self.path), providers, source=str(self.path), loader=loader)
+        await self.app.runtime.start()
+        self.app.ready = True
+        return self.app
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    s = Served(tmp_path)
+    yield s
+    if s.app is not None:
+        await s.app.runtime.aclose()
+
+
+async def models(app: App, key: str = KEY) -> list[str]:
+    resp = await request(app, "GET", "/v1/models", headers={"authorization": f"Bearer {key}"})
+    assert resp.status == 200, resp.body
+    return [m["id"] for m in resp.json()["data"]]
+
+
+async def chat(app: App, task: str = "chat", key: str = KEY) -> Any:
+    body = {"model": task, "messages": MESSAGES}
+    return await request(app, "POST", "/v1/chat/completions", body, {"authorization": f"Bearer {key}"})
+
+
+async def test_a_new_task_appears_without_a_restart(served: Served, tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    app = await served.start(raw)
+    assert await models(app) == ["chat"]
+    raw["tasks"]["summarize"] = {"route": ["secondary"]}
+    served.write(raw)
+    resp = await request(app, "POST", "/admin/reload", headers=ADMIN_AUTH)
+    assert resp.status == 200, resp.body
+    assert resp.json() == {"reloaded": True, "changed": ["tasks"], "restart_needed": []}
+    assert await models(app) == ["chat", "summarize"]
+    answer = await chat(app, "summarize")
+    assert answer.status == 200, answer.body
+    assert served.secondary.calls  # routed as the new file says
+
+
+async def test_an_in_flight_stream_finishes_on_the_old_config(served: Served, tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    app = await served.start(raw)
+    body = orjson.dumps({"model": "chat", "messages": MESSAGES, "stream": True})
+    head = [(b"authorization", AUTH["authorization"].encode()), (b"content-length", str(len(body)).encode())]
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": head, "query_string": b""}
+    sent: list[MutableMapping[str, Any]] = []
+    given = [False]
+
+    async def receive() -> dict[str, Any]:
+        if not given[0]:
+            given[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    stream = asyncio.create_task(app(scope, receive, send))
+    await served.primary.streaming.wait()
+    raw["tasks"] = {"renamed": {"route": ["secondary"]}}  # the stream's task is gone from the file
+    served.write(raw)
+    assert (await app.reload())["changed"] == ["tasks"]
+    assert (await chat(app, "chat")).status == 404  # new requests see the new config at once
+    served.primary.go.set()
+    await stream
+    text = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert sent[0]["status"] == 200
+    assert b"old " in text and b"config " in text and b"answer" in text and text.endswith(b"data: [DONE]\n\n")
+    assert app.in_flight == 0
+
+
+async def test_an_invalid_file_is_refused_and_the_old_config_kept(
+    served: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = base(tmp_path)
+    app = await served.start(raw)
+    raw["tasks"]["broken"] = {"route": ["nowhere"]}
+    served.write(raw)
+    resp = await request(app, "POST", "/admin/reload", headers=ADMIN_AUTH)
+    assert resp.status == 422
+    error = resp.json()["error"]
+    assert error["code"] == "invalid_config" and error["type"] == "invalid_request_error"
+    assert any("tasks.broken" in p and "nowhere" in p for p in error["problems"])
+    assert "config reload refused" in caplog.text and "nowhere" in caplog.text
+    assert await models(app) == ["chat"]
+    assert (await chat(app)).status == 200
+
+
+async def test_a_file_that_is_not_yaml_is_refused(served: Served, tmp_path: Path) -> None:
+    app = await served.start(base(tmp_path))
+    served.write("tasks: [unclosed\n")
+    with pytest.raises(ReloadRefused) as refused:
+        await app.reload()
+    assert "not valid YAML" in refused.value.problems[0]
+    assert await models(app) == ["chat"]
+
+
+async def test_restart_only_sections_are_named_and_left_as_they_run(served: Served, tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    app = await served.start(raw)
+    raw["server"]["port"] = 9191
+    raw["store"]["flush_interval_ms"] = 50
+    raw["tenants"]["acme"]["limits"] = {"rpm": 2}
+    served.write(raw)
+    result = await app.reload()
+    assert result == {"reloaded": True, "changed": ["tenants"], "restart_needed": ["server", "store"]}
+    assert app.runtime.config.server.port == 8080  # still listening where it was
+    assert app.runtime.config.store.flush_interval_ms == 10
+    statuses = [(await chat(app)).status for _ in range(3)]
+    assert statuses == [200, 200, 429]  # the new limit holds at once (a limiter opened for it)
+
+
+async def test_a_task_on_a_target_only_a_restart_opens_is_refused(served: Served, tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    app = await served.start(raw)
+    raw["targets"]["third"] = {"provider": "openai", "base_url": "http://third.invalid/v1", "model": "m3"}
+    raw["tasks"]["chat"]["route"] = ["third"]
+    served.write(raw)
+    with pytest.raises(ReloadRefused) as refused:
+        await app.reload()
+    assert any("third" in p for p in refused.value.problems)
+    assert refused.value.problems[-1] == "(not applied until a restart: targets)"
+    assert app.runtime.config.tasks["chat"].route == ["primary"]
+
+
+async def test_a_new_tenant_key_works_and_a_removed_one_stops(served: Served, tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    app = await served.start(raw)
+    raw["tenants"] = {"newco": {"keys": [NEW_KEY]}}
+    served.write(raw)
+    await app.reload()
+    assert (await chat(app, key=NEW_KEY)).status == 200
+    assert (await chat(app, key=KEY)).status == 401
+
+
+async def test_reload_needs_the_admin_key(served: Served, tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    app = await served.start(raw)
+    raw["tasks"]["summarize"] = {"route": ["secondary"]}
+    served.write(raw)
+    assert (await request(app, "POST", "/admin/reload")).status == 401
+    assert (await request(app, "POST", "/admin/reload", headers={"authorization": "Bearer wrong"})).status == 401
+    assert (await request(app, "POST", "/admin/reload", headers=AUTH)).status == 403  # a tenant's key
+    assert (await request(app, "GET", "/admin/reload", headers=ADMIN_AUTH)).status == 405
+    assert await models(app) == ["chat"]  # none of them reloaded
+
+
+async def test_an_app_without_a_file_refuses_to_reload(tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    app = App(load_config(write(tmp_path / "c.yaml", raw)), {"primary": ScriptedProvider("primary")})
+    await app.runtime.start()
+    try:
+        resp = await request(app, "POST", "/admin/reload", headers=ADMIN_AUTH)
+        assert resp.status == 422
+        assert "without a config file" in resp.json()["error"]["message"]
+    finally:
+        await app.runtime.aclose()
+
+
+async def test_metrics_carry_on_and_label_the_new_task(served: Served, tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    raw["observability"] = {"metrics": True}
+    app = await served.start(raw)
+    assert (await chat(app)).status == 200
+    raw["tasks"]["summarize"] = {"route": ["secondary"]}
+    served.write(raw)
+    await app.reload()
+    assert (await chat(app, "summarize")).status == 200
+    text = (await request(app, "GET", "/metrics")).body.decode()
+    assert 'task="chat",tenant="acme"} 1.0' in text  # counted before the reload, still there
+    assert 'task="summarize",tenant="acme"} 1.0' in text  # not "other"
+
+
+async def test_closing_after_a_reload_closes_what_start_up_opened(served: Served, tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    app = await served.start(raw)
+    first = app.runtime
+    closed: list[str] = []
+    served.secondary.aclose = lambda: _note(closed, "secondary")  # type: ignore[method-assign]
+    raw["tasks"]["summarize"] = {"route": ["secondary"]}
+    served.write(raw)
+    await app.reload()
+    assert app.runtime is not first and app.runtime.targets is first.targets  # shared, not reopened
+    await first.aclose()  # no longer the owner: closes nothing
+    assert closed == []
+    assert (await chat(app, "summarize")).status == 200
+    await app.runtime.aclose()
+    assert closed == ["secondary"]
+    served.app = None
+
+
+async def _note(closed: list[str], name: str) -> None:
+    closed.append(name)
+
+
+def test_live_sections_are_config_sections() -> None:
+    from turnout.config import Config
+
+    assert set(LIVE) <= set(Config.model_fields)
+
+
+def write(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+async def test_a_task_cache_setting_is_live_where_the_cache_is_open(served: Served, tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    raw["tasks"]["chat"]["cache"] = {"ttl_s": 60, "classes": ["internal"]}
+    raw["tasks"]["summarize"] = {"route": ["secondary"]}
+    app = await served.start(raw)
+    body = {"model": "summarize", "messages": MESSAGES, "temperature": 0}
+
+    async def state() -> str:
+        resp = await request(app, "POST", "/v1/chat/completions", body, AUTH)
+        assert resp.status == 200, resp.body
+        return resp.headers.get("x-turnout-cache", "")
+
+    assert [await state(), await state()] == ["", ""]  # not cached
+    raw["tasks"]["summarize"]["cache"] = {"ttl_s": 60, "classes": ["internal"]}
+    served.write(raw)
+    await app.reload()
+    assert [await state(), await state()] == ["miss", "hit"]
+    assert len(served.secondary.calls) == 3
+
+
+async def test_openapi_describes_both_answers(served: Served, tmp_path: Path) -> None:
+    from jsonschema import validate as conforms
+
+    raw = base(tmp_path)
+    app = await served.start(raw)
+    doc = (await request(app, "GET", "/openapi.json")).json()
+    answers = doc["paths"]["/admin/reload"]["post"]["responses"]
+    raw["tasks"]["summarize"] = {"route": ["secondary"]}
+    served.write(raw)
+    done = await request(app, "POST", "/admin/reload", headers=ADMIN_AUTH)
+    conforms(done.json(), answers["200"]["content"]["application/json"]["schema"])
+    served.write("tasks: [unclosed\n")
+    refused = await request(app, "POST", "/admin/reload", headers=ADMIN_AUTH)
+    assert refused.status == 422
+    conforms(refused.json(), answers["422"]["content"]["application/json"]["schema"])
+    assert {"401", "403", "405"} <= set(answers)

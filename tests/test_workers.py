@@ -1,0 +1,262 @@
+"""``--workers``: the count, what ``turnout check`` refuses to share between workers, and the
+supervisor's own rules (restart, start-up failure, SIGHUP, stop) on small spawned targets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+import turnout.serving.server
+from turnout.cli.main import main
+from turnout.cli.preflight import shared_state
+from turnout.config import Config, validate
+from turnout.serving import supervisor
+from turnout.serving.supervisor import STARTUP_FAILURE, Supervisor, worker_count
+
+KEY = "sk-acme-workers-0123456789"
+TARGETS = {"up": {"provider": "openai", "base_url": "http://up.invalid/v1", "model": "m"}}
+
+
+def config(**extra: Any) -> Config:
+    raw: dict[str, Any] = {
+        "targets": TARGETS,
+        "tenants": {"acme": {"keys": [KEY], "limits": {"rpm": 60}}},
+        "tasks": {"chat": {"route": ["up"]}},
+    }
+    raw.update(extra)
+    return validate(raw)
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), env={"TURNOUT_CONFIG": None})
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "turnout.yaml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+# --- the count ---------------------------------------------------------------------------
+
+
+def test_auto_is_the_cores_this_process_may_use() -> None:
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    assert worker_count("3") == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", ""])
+def test_a_count_below_one_or_not_a_number_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="--workers"):
+        worker_count(value)
+
+
+def test_serve_refuses_a_bad_count_as_a_usage_error(tmp_path: Path) -> None:
+    result = invoke("serve", "--workers", "0", "--config", write(tmp_path, "targets: {}\ntasks: {}\n"))
+    assert result.exit_code == 2
+    assert "--workers: 0 must be at least 1" in result.output
+
+
+# --- what workers cannot share -----------------------------------------------------------
+
+
+def test_one_worker_may_keep_state_in_memory() -> None:
+    assert shared_state(config(store={"kind": "memory"}), 1) == []
+
+
+def test_memory_limits_are_refused_with_what_to_use_instead() -> None:
+    [problem] = shared_state(config(), 2)
+    assert problem.startswith("limits.backend: memory: with --workers 2")
+    assert "2x its RPM" in problem and problem.endswith("use redis")
+
+
+def test_memory_ledger_and_cache_are_refused() -> None:
+    limits = {"backend": "redis", "redis_url": "redis://127.0.0.1:6379/0"}
+    task = {"route": ["up"], "cache": {"ttl_s": 60, "classes": ["public"]}}
+    cached = config(limits=limits, store={"kind": "memory"}, tasks={"chat": task})
+    problems = shared_state(cached, 4)
+    assert [p.split(":")[0] for p in problems] == ["store.kind", "cache.backend"]
+    assert problems[0].endswith("use sqlite or postgres") and problems[1].endswith("use redis")
+
+
+def test_shared_state_passes() -> None:
+    limits = {"backend": "redis", "redis_url": "redis://127.0.0.1:6379/0"}
+    assert shared_state(config(limits=limits, store={"kind": "postgres", "dsn": "postgresql://h/db"}), 8) == []
+    assert shared_state(config(limits=limits), 8) == []  # SQLite: WAL and a busy timeout
+    no_limits = config(tenants={"acme": {"keys": [KEY]}})
+    assert shared_state(no_limits, 2) == []  # memory limits that limit nothing
+
+
+def test_check_names_the_problem_for_the_workers_asked(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        targets: {{up: {{provider: openai, base_url: "http://up:8000/v1", model: m}}}}
+        tenants: {{acme: {{keys: ["{KEY}"], limits: {{rpm: 60}}}}}}
+        tasks: {{chat: {{route: [up]}}}}
+        """,
+    )
+    assert invoke("check", "--config", path).exit_code == 0
+    refused = invoke("check", "--config", path, "--workers", "2")
+    assert refused.exit_code == 1
+    assert "limits.backend: memory: with --workers 2" in refused.output
+    assert "use redis" in refused.output
+
+
+def test_serve_refuses_before_it_binds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[int] = []
+
+    def run_workers(*args: Any, **kwargs: Any) -> int:
+        started.append(1)
+        return 0
+
+    monkeypatch.setattr(turnout.serving.server, "run_workers", run_workers)
+    path = write(tmp_path, "targets: {up: {provider: openai, base_url: 'http://u/v1', model: m}}\n")
+    with open(path, "a") as f:
+        f.write(f"tenants: {{acme: {{keys: ['{KEY}'], limits: {{rpm: 5}}}}}}\ntasks: {{chat: {{route: [up]}}}}\n")
+    result = invoke("serve", "--config", path, "--workers", "2")
+    assert result.exit_code == 1 and "use redis" in result.output
+    assert started == []
+
+
+def test_serve_hands_several_workers_to_the_supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    given: list[tuple[Config, int, Any]] = []
+
+    def run_workers(config: Config, workers: int, source: str | None = None, loader: Any = None) -> int:
+        given.append((config, workers, loader))
+        return 0
+
+    monkeypatch.setattr(turnout.serving.server, "run_workers", run_workers)
+    path = write(tmp_path, "targets: {up: {provider: openai, base_url: 'http://u/v1', model: m}}\n")
+    with open(path, "a") as f:
+        f.write("tasks: {chat: {route: [up]}}\n")
+    result = invoke("serve", "--config", path, "--workers", "3", "--port", "9123")
+    assert result.exit_code == 0, result.output
+    [(cfg, workers, loader)] = given
+    assert workers == 3 and cfg.server.port == 9123
+    assert loader() == cfg  # reads the file again with --port over it
+
+
+# --- the supervisor ----------------------------------------------------------------------
+# Targets run in spawned interpreters: module-level functions, their effects seen in files.
+
+
+def record_and_wait(where: str, sockets: list[socket.socket]) -> None:
+    """A worker: writes its pid, then waits; SIGHUP is written down, SIGTERM ends it."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: Path(where, f"hup-{os.getpid()}").touch())
+    Path(where, f"up-{os.getpid()}").touch()
+    done.wait()
+    Path(where, f"down-{os.getpid()}").touch()
+
+
+def fail_start(where: str, sockets: list[socket.socket]) -> None:
+    Path(where, f"up-{os.getpid()}").touch()
+    raise SystemExit(STARTUP_FAILURE)
+
+
+def files(where: Path, prefix: str) -> set[str]:
+    return {p.name.removeprefix(prefix) for p in where.glob(f"{prefix}*")}
+
+
+def wait_for(check: Any, what: str) -> None:
+    for _ in range(600):  # a spawned interpreter starts in well under a second; ample room here
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+class Running:
+    """A supervisor in a thread of this process, sent signals as its process would be."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.code: list[int] = []
+        self.thread = threading.Thread(target=lambda: self.code.append(sup._loop(self.sock)), daemon=True)
+        self.sock = supervisor.bind("127.0.0.1", 0)
+
+    def __enter__(self) -> Running:
+        for slot in range(self.sup.n):
+            self.sup._start(slot, self.sock)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sup.signals.append(signal.SIGTERM)
+        self.thread.join(30)
+        self.sup._stop()
+        self.sock.close()
+
+
+def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
+    sup = Supervisor(2, record_and_wait, (str(tmp_path),), stop_after_s=5)
+    with Running(sup):
+        wait_for(lambda: len(files(tmp_path, "up-")) == 2, "two workers up")
+        victim = sorted(files(tmp_path, "up-"))[0]
+        os.kill(int(victim), signal.SIGKILL)
+        wait_for(lambda: len(files(tmp_path, "up-")) == 3, "a third worker up")
+        alive = {str(p.pid) for p, _ in sup.workers.values()}
+        assert victim not in alive and len(alive) == 2
+    assert files(tmp_path, "down-") == alive  # SIGTERM reached both, each ended on its own
+
+
+def test_sighup_reaches_every_worker_and_refreshes_the_arguments(tmp_path: Path) -> None:
+    refreshed: list[tuple[Any, ...]] = []
+
+    def refresh(args: tuple[Any, ...]) -> tuple[Any, ...]:
+        refreshed.append(args)
+        return args
+
+    sup = Supervisor(2, record_and_wait, (str(tmp_path),), stop_after_s=5, refresh=refresh)
+    with Running(sup):
+        wait_for(lambda: len(files(tmp_path, "up-")) == 2, "two workers up")
+        sup.signals.append(signal.SIGHUP)
+        wait_for(lambda: files(tmp_path, "hup-") == files(tmp_path, "up-"), "SIGHUP in each worker")
+        assert refreshed == [(str(tmp_path),)]
+
+
+def test_a_failed_start_up_stops_the_supervisor(tmp_path: Path) -> None:
+    sup = Supervisor(2, fail_start, (str(tmp_path),), stop_after_s=5)
+    sock = supervisor.bind("127.0.0.1", 0)
+    try:
+        for slot in range(2):
+            sup._start(slot, sock)
+        assert sup._loop(sock) == 1  # no crash loop: the config cannot start
+    finally:
+        sup._stop()
+        sock.close()
+    assert len(files(tmp_path, "up-")) <= 2
+
+
+def test_the_supervisor_owns_its_metrics_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(supervisor.METRICS_ENV, "")  # so that monkeypatch restores what was there
+    monkeypatch.delenv(supervisor.METRICS_ENV)
+    sup = Supervisor(1, record_and_wait, (), stop_after_s=1)
+    owned = sup._metrics_dir()
+    assert owned is not None and os.environ[supervisor.METRICS_ENV] == owned and os.path.isdir(owned)
+    os.rmdir(owned)
+    monkeypatch.setenv(supervisor.METRICS_ENV, "/somewhere/given")
+    assert sup._metrics_dir() is None  # the operator's: neither created nor removed
+
+
+def test_tell_others_signals_only_its_own_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.delenv(supervisor.SUPERVISOR_ENV, raising=False)
+    supervisor.tell_others()  # a single process: nobody to tell
+    monkeypatch.setenv(supervisor.SUPERVISOR_ENV, "1")  # not our parent
+    supervisor.tell_others()
+    monkeypatch.setenv(supervisor.SUPERVISOR_ENV, str(os.getppid()))
+    supervisor.tell_others()
+    assert sent == [(os.getppid(), signal.SIGHUP)]
