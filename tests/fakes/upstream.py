@@ -11,6 +11,8 @@ As a process for end-to-end tests, switched over HTTP while a gateway talks to i
 
     python -m tests.fakes.upstream --port 8001
     POST /_fault {"mode": "hang"}     GET /_requests     DELETE /_requests
+    POST /_health {"status": 503}     (what GET /health answers; its calls are not in requests)
+    GET /_health                      {"status": 503, "checks": 12}: GET /health calls so far
 
 Modes (``Fault.mode``):
 
@@ -95,6 +97,8 @@ class FakeUpstream(FakeServer):
     in_flight: int = 0
     max_in_flight: int = 0
     disconnects: int = 0  # answers stopped because the client went away
+    health_status: int = 200  # what GET /health answers (vLLM's and llama.cpp's health check)
+    health_checks: int = 0  # GET /health calls, apart from ``requests`` (live traffic)
 
     @property
     def base_url(self) -> str:
@@ -104,6 +108,9 @@ class FakeUpstream(FakeServer):
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/_health", self._set_health)
+        app.router.add_get("/_health", self._get_health)
         app.router.add_post("/_fault", self._set_fault)
         app.router.add_post("/_reply", self._set_reply)
         app.router.add_get("/_requests", self._get_requests)
@@ -146,6 +153,10 @@ class FakeUpstream(FakeServer):
         if early is not None:
             return early
         return _json({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]})
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        self.health_checks += 1
+        return web.Response(status=self.health_status)
 
     async def _common(self, request: web.Request, fault: Fault) -> web.StreamResponse | None:
         """The faults that look the same on every endpoint."""
@@ -280,6 +291,14 @@ class FakeUpstream(FakeServer):
         self.tool_calls = tuple(spec.get("tool_calls", ()))
         self.usage = spec.get("usage")
         return _json({"ok": True})
+
+    async def _set_health(self, request: web.Request) -> web.StreamResponse:
+        """``{"status": 503}``: what ``GET /health`` answers from now on."""
+        self.health_status = int(orjson.loads(await request.read() or b"{}").get("status", 200))
+        return _json({"status": self.health_status})
+
+    async def _get_health(self, request: web.Request) -> web.StreamResponse:
+        return _json({"status": self.health_status, "checks": self.health_checks})
 
     async def _get_requests(self, request: web.Request) -> web.StreamResponse:
         return _json([asdict(r) for r in self.requests])

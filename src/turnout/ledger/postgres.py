@@ -129,6 +129,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ADD COLUMN finish_reason text,
             ADD COLUMN documents     integer""",
     ),
+    # 13: the caller's latency and cost limits and the targets they skipped, as in SQLite.
+    ("ALTER TABLE {p}requests ADD COLUMN constraints text",),
 )
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))

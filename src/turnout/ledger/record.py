@@ -79,3 +79,6 @@ class LedgerRow:
     # documents attached to the request (None: another API).
     finish_reason: str | None = None
     documents: int | None = None
+    # Schema v13: the caller's max_latency_ms / max_cost_usd and the targets they left out,
+    # "max_latency_ms=800 skipped=slow:max_latency_ms" (turnout.routing.constraints); None: none set.
+    constraints: str | None = None

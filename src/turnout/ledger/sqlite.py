@@ -113,6 +113,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE requests ADD COLUMN finish_reason TEXT",
         "ALTER TABLE requests ADD COLUMN documents INTEGER",
     ),
+    # 13: the caller's latency and cost limits and the targets they skipped (routing.constraints).
+    ("ALTER TABLE requests ADD COLUMN constraints TEXT",),
 )
 
 # Columns follow LedgerRow's fields, so a field added without a migration fails loudly on the

@@ -124,6 +124,22 @@ class Breaker:
         elif self.state is State.CLOSED and self._should_open():
             self._trip()
 
+    def eject(self, why: str) -> None:
+        """An active health check failed: open now, whatever the count, or stay open for
+        another cool-down. It comes back as any open breaker does: through half-open."""
+        self._probing = False
+        was, self._opened_at = self.state, self.clock()
+        self._move(State.OPEN)
+        if was is not State.OPEN:
+            self._say("failed its health check (%s); calls refused for %gs", why, self.cfg.cooldown_s)
+
+    def recheck(self) -> None:
+        """An active health check passed. An open breaker past its cool-down closes through
+        the half-open probe (the check is that probe, not a live call); a closed one keeps
+        its counts: a server that answers its health check may still fail every request."""
+        if self.state is not State.CLOSED and self.available() and self.allow():
+            self.success()
+
     def release(self) -> None:
         """A call that was allowed ended without a verdict (the caller went away)."""
         if self.state is State.HALF_OPEN:
