@@ -84,9 +84,15 @@ class Stream:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaLoad:
+    """One replica: turnout's calls in flight there, its breaker and, where its server's
+    ``/metrics`` are read (``turnout.providers.balance``), what it last reported; None: unknown."""
+
     name: str
     in_flight: int
     breaker: State
+    waiting: float | None = None  # requests queued at the server
+    running: float | None = None  # requests it is running, from every client
+    kv_cache: float | None = None  # the KV cache's fraction in use
 
 
 @dataclass(frozen=True, slots=True)
