@@ -379,8 +379,66 @@ def test_every_help_names_the_config_option_its_variable_and_default(path: tuple
     result = invoke(*path, "--help")
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())  # as read, not as wrapped
-    for part in ("-c, --config FILE", "[env var: TURNOUT_CONFIG; default: (the built-in one: the embedded SmolLM2"):
+    default = "default: (./turnout.yaml if there is one, else the built-in one: the embedded SmolLM2"
+    for part in ("-c, --config FILE", f"[env var: TURNOUT_CONFIG; {default}"):
         assert part in text, part
+
+
+# --- ./turnout.yaml: the config found without an option ------------------------------------------
+
+FOUND = "targets: {vllm: {provider: openai, base_url: 'http://127.0.0.1:9/v1', model: m}}\n"
+
+
+def project_config(folder: Path, tasks: int) -> Path:
+    """A config with ``tasks`` tasks, so that a command's output tells which file it read."""
+    routes = ", ".join(f"t{i}: {{route: [vllm]}}" for i in range(tasks))
+    path = folder / "turnout.yaml"
+    path.write_text(FOUND + f"tasks: {{{routes}}}\n")
+    return path
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
+def test_every_command_reads_turnout_yaml_in_the_working_folder(
+    path: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "turnout.yaml").write_text("bogus: 1\ntasks: {t: {route: [ghost]}}\n")
+    monkeypatch.chdir(tmp_path)
+    stderr = failed_cleanly(invoke(*path, *COMMANDS[path]), 1)
+    assert stderr.startswith("turnout: turnout.yaml is invalid:\n")
+    assert "  bogus: unknown key" in stderr.splitlines()
+
+
+@click.command()
+@config_option("The config.")
+def tasks_of(config: Config) -> None:
+    """Prints the tasks of the config it was given: which file was read."""
+    click.echo(" ".join(config.tasks))
+
+
+def tasks_read(*args: str, env: dict[str, str | None] | None = None) -> str:
+    result = CliRunner().invoke(tasks_of, list(args), env={"TURNOUT_CONFIG": None, **(env or {})})
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip()
+
+
+def test_turnout_yaml_is_read_when_no_option_or_variable_names_a_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project_config(tmp_path, tasks=2)
+    (tmp_path / "elsewhere").mkdir()
+    other = str(project_config(tmp_path / "elsewhere", tasks=3))
+    monkeypatch.chdir(tmp_path)
+    assert tasks_read() == "t0 t1"
+    # An option or the variable wins over the file in the working folder.
+    assert tasks_read("-c", other) == tasks_read(env={"TURNOUT_CONFIG": other}) == "t0 t1 t2"
+    assert invoke("check").stdout.startswith("ok: 1 target(s), 2 task(s)")  # a real command too
+
+
+def test_without_turnout_yaml_the_built_in_config_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert tasks_read() == "default"
+    (tmp_path / "turnout.yaml").mkdir()  # a folder of that name is not a config
+    assert tasks_read() == "default"
 
 
 def test_the_top_help_lists_every_command_and_the_exit_codes() -> None:

@@ -5,7 +5,7 @@
   command lets escape of turnout's own errors (``TurnoutError``) or the system's (``OSError``:
   a file that cannot be read or a store that cannot be opened) into a ``CommandError``, so a
   user's mistake never ends in a traceback;
-* the config: ``--config/-c`` (or ``TURNOUT_CONFIG``) is declared once, by ``config_option``,
+* the config: ``--config/-c`` (or ``TURNOUT_CONFIG``, then ``./turnout.yaml``) is declared once, by ``config_option``,
   read before anything else on the command line, and hands the command a loaded ``Config``;
   every problem in it is listed, exit 1. Tenant and task names can be checked against it;
 * the other options more than one command takes: ``--format``, ``--tenant``, ``--task``,
@@ -49,7 +49,10 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 }
 
 TABLE_OR_JSON = "A table to read, or JSON to process."
-BUILT_IN_CONFIG = "the built-in one: the embedded SmolLM2 model, its ledger under ./.turnout/"
+BUILT_IN_CONFIG = (
+    "./turnout.yaml if there is one, else the built-in one: the embedded SmolLM2 model, its ledger under ./.turnout/"
+)
+DISCOVERED_CONFIG = "turnout.yaml"  # read from the working folder when neither -c nor TURNOUT_CONFIG names one
 CONFIG_PATH = "turnout.config_path"  # ctx.meta key: the config file the command loaded
 LEDGER_LIMIT = 2_000_000  # rows in one ledger query: a week of a busy gateway fits
 
@@ -100,8 +103,11 @@ def need(kind: str, name: str, known: Collection[str]) -> None:
 
 
 def _load(ctx: click.Context, param: click.Parameter, path: str | None) -> Config:
-    """The config at ``path`` (None: the built-in one), or a CommandError listing its problems.
-    The path is kept in ``ctx.meta[CONFIG_PATH]`` (``serve`` names it in its start-up summary)."""
+    """The config at ``path`` (None: ``./turnout.yaml`` if there is one, else the built-in one), or
+    a CommandError listing its problems. The path is kept in ``ctx.meta[CONFIG_PATH]`` (``serve``
+    names it in its start-up summary)."""
+    if path is None and Path(DISCOVERED_CONFIG).is_file():
+        path = DISCOVERED_CONFIG
     ctx.meta[CONFIG_PATH] = path
     try:
         return load_config(path)
@@ -110,7 +116,8 @@ def _load(ctx: click.Context, param: click.Parameter, path: str | None) -> Confi
 
 
 def config_option(help: str) -> Callable[[FC], FC]:
-    """``--config/-c PATH`` (or ``TURNOUT_CONFIG``), loaded into the ``config`` parameter.
+    """``--config/-c PATH`` (or ``TURNOUT_CONFIG``, or ``./turnout.yaml``), loaded into the
+    ``config`` parameter.
 
     Eager: loaded before any other option or argument is read, so a bad config ends every
     command the same way, and the names given can be checked against it (``task_argument``,
