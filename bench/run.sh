@@ -93,3 +93,6 @@ rows=$("$py" -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(
   printf "turnout RSS: %s MB before, %s MB after %s more requests (growth %.1f%%)\n" "$rss_before" "$rss_after" "$n" "$(calc "($rss_after - $rss_before) * 100 / $rss_before")"
   echo "ledger rows written: $rows"
 } | tee "$here/results/latest.txt"
+# Each endpoint's added p50 over chat completions (its own turnout and upstreams): endpoints.sh.
+cleanup; trap - EXIT
+"$here/endpoints.sh"

@@ -113,7 +113,7 @@ def _aim(case: Case) -> None:
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive:
         return
-    if case.operation.path in ("/v1/chat/completions", "/v1/messages") and isinstance(case.body, dict):
+    if case.operation.path in ("/v1/chat/completions", "/v1/messages", "/v1/responses") and isinstance(case.body, dict):
         case.body["model"] = CHAT_TASK
     elif case.operation.path == "/v1/embeddings" and isinstance(case.body, dict):
         case.body["model"] = EMBED_TASK

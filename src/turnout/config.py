@@ -278,6 +278,24 @@ class _TargetBase(_Strict):
         return raw
 
 
+class LoadScrapeConfig(_Strict):
+    """Reading each replica's own load from its Prometheus page (turnout.providers.balance)."""
+
+    interval_s: float = Field(2.0, gt=0)
+    timeout_s: float = Field(1.0, gt=0)
+    path: str = Field("/metrics", pattern=r"^/[^\s?#]*$", description="on each base URL's host and port")
+    stale_s: float | None = Field(None, gt=0, description="a reading older than this is dropped; default 3 intervals")
+
+
+class HealthCheckConfig(_Strict):
+    """Active health checks of each replica (turnout.providers.healthcheck): a cheap GET, never
+    a completion; a failing replica's breaker opens before live traffic finds it."""
+
+    interval_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+    path: str = Field("/health", pattern=r"^/[^\s?#]*$", description="on each base URL's host and port")
+
+
 class OpenAITarget(_TargetBase):
     provider: Literal["openai"]
     base_url: str | None = None
@@ -286,6 +304,14 @@ class OpenAITarget(_TargetBase):
     api_key: str | None = None
     headers: dict[str, str] = {}
     max_connections: int = Field(256, gt=0)
+    # How a call picks among base_urls (turnout.providers.balance): ``least_loaded`` by calls in
+    # flight plus, with ``load``, the replica's own queue and KV-cache use; ``prefix_affinity``
+    # keeps a conversation on one replica (its prefix cache) while that one is at most
+    # ``affinity_slack`` busier than the least loaded.
+    balance: Literal["least_loaded", "prefix_affinity"] = "least_loaded"
+    affinity_slack: float = Field(8.0, ge=0, description="calls in flight (or their equivalent in load)")
+    load: LoadScrapeConfig | None = None
+    health: HealthCheckConfig | None = None  # none: passive failures alone open a replica's breaker
 
     @model_validator(mode="after")
     def _one_url_form(self) -> OpenAITarget:

@@ -25,6 +25,8 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
     turnout_escalations_total{task,to}             to: a configured target, or human
     turnout_cache_lookups_total{task,result}       result: hit | miss (a bypass is neither)
     turnout_cache_saved_usd_total{task}            what the hits' answers cost when generated
+    turnout_constraint_skips_total{task,target,constraint}   targets left out by a caller's limit;
+                                                   constraint: max_latency_ms | max_cost_usd
 
 At scrape time, from a ``LiveState`` snapshot the owner's callable returns (``_Live``)::
 
@@ -76,8 +78,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from turnout.config import DATA_CLASSES, HUMAN, Config
 from turnout.control.quota.base import LimiterStats
 from turnout.ledger.record import LedgerRow
-from turnout.providers.base import Load
+from turnout.providers.base import Load, ReplicaLoad
 from turnout.routing.breaker import State
+from turnout.routing.constraints import COST, LATENCY, skipped_in
 from turnout.safety.output import REASONS as OUTPUT_REASONS
 from turnout.safety.policy import parse_record
 from turnout.safety.screen import CHANNELS, REASONS
@@ -192,7 +195,8 @@ class Metrics:
             PlatformCollector(registry=own)
             if GC_COLLECTOR is not None:
                 GCCollector(registry=own)
-        self.registry.register(_Live(live))
+        self._live = _Live(live)
+        self.registry.register(self._live)
 
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, ("task", "target"), registry=own, buckets=buckets)
@@ -257,6 +261,13 @@ class Metrics:
             ("task",),
             registry=own,
         )
+        self.skips = Counter(
+            "turnout_constraint_skips",
+            "Targets skipped before any attempt: a caller's max_latency_ms or max_cost_usd would not fit.",
+            ("task", "target", "constraint"),
+            registry=own,
+        )
+        self.constraints = Vocabulary((LATENCY, COST))
         self._series: dict[tuple[str, str, str, int, bool], _Series] = {}
         self._attempts: dict[tuple[str, str, str], Any] = {}
         self._fallbacks: dict[str, Any] = {}
@@ -325,6 +336,9 @@ class Metrics:
             self.cache.labels(task, "hit" if row.cache_hit else "miss").inc()
             if row.cost_saved_usd:
                 self.cache_saved.labels(task).inc(row.cost_saved_usd)
+        if row.constraints is not None:
+            for name, limit in skipped_in(row.constraints):
+                self.skips.labels(task, self.targets(name), self.constraints(limit)).inc()
 
     def _output(self, task: str, row: LedgerRow) -> None:
         for reason in (row.output_check or "").split():
@@ -352,9 +366,35 @@ class Metrics:
             cost=self.cost.labels(tenant, task, target),
         )
 
+    def follow(self, config: Config, live: Callable[[], LiveState]) -> None:
+        """After a config reload: label the new tasks and tenants, read the new runtime's state;
+        the counters carry on."""
+        self.tasks = Vocabulary(config.tasks)
+        self.tenants = Vocabulary([*config.tenants, "anonymous"])
+        self._live.live = live
+
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type, for ``GET /metrics``."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _ReplicaGauges:
+    """What each replica's server last reported of its own load (a target with ``load``,
+    ``turnout.providers.balance``); a replica without a reading is absent."""
+
+    def __init__(self) -> None:
+        labels = ("target", "replica")
+        self.waiting = GaugeMetricFamily("turnout_replica_waiting", "Requests queued at the replica.", labels=labels)
+        self.running = GaugeMetricFamily("turnout_replica_running", "Requests the replica runs.", labels=labels)
+        self.kv_cache = GaugeMetricFamily(
+            "turnout_replica_kv_cache_usage", "The replica's KV cache in use, 0 to 1.", labels=labels
+        )
+        self.families = (self.waiting, self.running, self.kv_cache)
+
+    def add(self, target: str, replica: ReplicaLoad) -> None:
+        for family, value in zip(self.families, (replica.waiting, replica.running, replica.kv_cache), strict=True):
+            if value is not None:
+                family.add_metric((target, replica.name), value)
 
 
 class _Live:
@@ -377,6 +417,7 @@ class _Live:
         in_flight = GaugeMetricFamily("turnout_target_in_flight", "Calls running at the target.", labels=("target",))
         waiting = GaugeMetricFamily("turnout_target_waiting", "Calls waiting for a local worker.", labels=("target",))
         up = GaugeMetricFamily("turnout_target_up", "Last health probe: 1 up, 0 down.", labels=("target",))
+        gauges = _ReplicaGauges()
         for target in state.targets:
             name, load = target.name, target.load
             breaker.add_metric((name,), BREAKER_VALUE[target.breaker])
@@ -388,7 +429,8 @@ class _Live:
                 up.add_metric((name,), 1.0 if target.up else 0.0)
             for replica in load.replicas:
                 replicas.add_metric((name, replica.name), BREAKER_VALUE[replica.breaker])
-        yield from (breaker, replicas, in_flight, waiting, up)
+                gauges.add(name, replica)
+        yield from (breaker, replicas, in_flight, waiting, up, *gauges.families)
         ledger = state.ledger
         if ledger is not None:
             yield GaugeMetricFamily("turnout_ledger_queue_depth", "Ledger rows not yet written.", value=ledger.queued)

@@ -1,10 +1,11 @@
 """Any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp server, Ollama) over one pooled
 aiohttp session per target.
 
-A target may list several replicas. Each call goes to the replica with the fewest calls in
-flight among those whose breaker lets calls through (ties rotate), and its outcome is recorded
-on that replica's breaker: 429, 5xx, connect, timeout and protocol failures count against it;
-a 4xx the caller caused does not.
+A target may list several replicas. Each call goes to one whose breaker lets calls through,
+chosen by ``balance`` (``turnout.providers.balance``: least loaded by calls in flight and, with
+``load``, each server's own queue and KV-cache use read from its ``/metrics``; or by prefix
+affinity), and its outcome is recorded on that replica's breaker: 429, 5xx, connect, timeout
+and protocol failures count against it; a 4xx the caller caused does not.
 
 Timeouts (``Call.timeouts``), the session, how a call is settled, the clean-up of an abandoned
 response and the translation of aiohttp and OS errors into ``turnout.errors`` follow
@@ -33,7 +34,9 @@ from turnout.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
+from turnout.providers.balance import Candidate, Scraper, least_loaded, prefix_key, with_affinity
 from turnout.providers.base import Call, Completion, Health, Load, ReplicaHealth, ReplicaLoad, Stream, Usage
+from turnout.providers.healthcheck import HealthChecks
 from turnout.providers.transport import (
     ABANDONED,
     TRANSPORT_ERRORS,
@@ -58,18 +61,16 @@ _DETAIL_CHARS = 200
 _INCLUDE_USAGE = {"include_usage": True}
 
 
-class Replica:
-    """One base URL of a target, with its own breaker and count of calls in flight."""
+class Replica(Candidate):
+    """One base URL of a target, with its own breaker, count of calls in flight and load."""
 
-    __slots__ = ("breaker", "chat_url", "embeddings_url", "in_flight", "label", "models_url")
+    __slots__ = ("chat_url", "embeddings_url", "models_url")
 
-    def __init__(self, label: str, base_url: str, breaker: Breaker) -> None:
-        self.label = label
+    def __init__(self, label: str, base_url: str, breaker: Breaker, metrics_path: str) -> None:
+        super().__init__(label, base_url, breaker, metrics_path)
         self.chat_url = URL(base_url + "/chat/completions")
         self.embeddings_url = URL(base_url + "/embeddings")
         self.models_url = URL(base_url + "/models")
-        self.breaker = breaker
-        self.in_flight = 0
 
     def __repr__(self) -> str:  # the URL may carry credentials, so it stays out of reprs
         return f"Replica({self.label}, in_flight={self.in_flight}, {self.breaker.state.value})"
@@ -82,8 +83,10 @@ class OpenAIProvider:
     def __init__(self, name: str, cfg: OpenAITarget) -> None:
         self.name = name
         self.cfg = cfg
+        path = cfg.load.path if cfg.load is not None else "/metrics"
         self.replicas = tuple(
-            Replica(f"r{i}", url, Breaker(cfg.breaker, target=name, replica=f"r{i}")) for i, url in enumerate(cfg.urls)
+            Replica(f"r{i}", url, Breaker(cfg.breaker, target=name, replica=f"r{i}"), path)
+            for i, url in enumerate(cfg.urls)
         )
         if cfg.api_key and any(r.chat_url.user for r in self.replicas):
             # aiohttp sends URL credentials as Basic auth and refuses them next to a Bearer key.
@@ -93,11 +96,22 @@ class OpenAIProvider:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
         self._http = Client(cfg.max_connections, _KEEPALIVE_S, headers, lean=True)
         self._turn = 0  # where the next tie-break starts
+        self._affinity = cfg.balance == "prefix_affinity"
+        self._scraper: Scraper | None = None
+        if cfg.load is not None:  # built inside the event loop (the runtime's start-up)
+            scrapes = Client(len(self.replicas), _KEEPALIVE_S, headers)  # a proxy in front may want the key
+            self._scraper = Scraper(name, self.replicas, scrapes, cfg.load)
+            self._scraper.start()
+        self.checks: HealthChecks | None = None
+        if cfg.health is not None:  # likewise; a pool of its own, one connection per replica
+            checks = Client(len(self.replicas), _KEEPALIVE_S, headers)
+            self.checks = HealthChecks(name, self.replicas, checks, cfg.health)
+            self.checks.start()
 
     # -- the protocol ----------------------------------------------------------------------
 
     async def complete(self, call: Call) -> Completion:
-        replica = self._acquire()
+        replica = self._acquire(call)
         body = await self._exchange(replica, call).complete(partial(json_object, label=replica.label, what="response"))
         return Completion(
             body=body,
@@ -107,7 +121,7 @@ class OpenAIProvider:
         )
 
     async def stream(self, call: Call) -> Stream:
-        replica = self._acquire()
+        replica = self._acquire(call)
         chunks = await self._exchange(replica, call).stream(partial(_Chunks.start, api_key=self.cfg.api_key))
         return Stream(
             chunks=chunks,
@@ -118,7 +132,7 @@ class OpenAIProvider:
     async def embed(self, call: Call) -> Completion:
         """One batch of ``POST /embeddings`` (``turnout.providers.embeddings``), asked as floats:
         the gateway encodes base64 itself when the caller wants it."""
-        replica = self._acquire()
+        replica = self._acquire(None)  # no conversation to keep together
         exchange = Exchange(
             lambda: self._post_embeddings(replica, call),
             partial(self._status_error, replica),
@@ -145,25 +159,29 @@ class OpenAIProvider:
         return Health(len(failing) < len(self.replicas), "failing: " + ", ".join(failing), each)
 
     def load(self) -> Load:
-        replicas = tuple(ReplicaLoad(r.label, r.in_flight, r.breaker.state) for r in self.replicas)
+        replicas = tuple(_replica_load(r) for r in self.replicas)
         return Load(sum(r.in_flight for r in replicas), None, replicas)
 
     async def aclose(self) -> None:
+        if self._scraper is not None:
+            await self._scraper.aclose()
+        if self.checks is not None:
+            await self.checks.aclose()
         await self._http.aclose()
 
     # -- replicas --------------------------------------------------------------------------
 
-    def _acquire(self) -> Replica:
-        """Reserve the least busy replica whose breaker lets a call through."""
+    def _acquire(self, call: Call | None) -> Replica:
+        """Reserve the replica ``balance`` picks among those whose breaker lets a call through."""
         replicas = self.replicas
         n = len(replicas)
         start = self._turn
         self._turn = (start + 1) % n
-        best: Replica | None = None
-        for i in range(n):
-            r = replicas[(start + i) % n]
-            if (best is None or r.in_flight < best.in_flight) and r.breaker.available():
-                best = r
+        key = prefix_key(call.body) if self._affinity and call is not None else None
+        if key is None:
+            best = least_loaded(replicas, start)
+        else:
+            best = with_affinity(replicas, key, start, self.cfg.affinity_slack)
         # Nothing is awaited between available() and allow(), so they agree.
         if best is None or not best.breaker.allow():
             soonest = min(r.breaker.retry_after() for r in replicas)
@@ -233,6 +251,13 @@ class OpenAIProvider:
             return "timeout"
         except TRANSPORT_ERRORS as exc:
             return describe(exc)
+
+
+def _replica_load(r: Replica) -> ReplicaLoad:
+    gauges = r.gauges
+    if gauges is None:
+        return ReplicaLoad(r.label, r.in_flight, r.breaker.state)
+    return ReplicaLoad(r.label, r.in_flight, r.breaker.state, gauges.waiting, gauges.running, gauges.kv_cache)
 
 
 class _Chunks:

@@ -8,7 +8,8 @@ usage through this API.
     DELETE /admin/keys/{id}               revoke
     GET    /admin/usage[?tenant=T]        per scope: bucket levels, slots, spent and reserved
     GET    /admin/targets                 each target and replica: a fresh health probe, breaker
-                                          state, calls in flight and queued (labels, never URLs);
+                                          state, calls in flight and queued (labels, never URLs),
+                                          each replica's own queue, running and KV use (``load``);
                                           each task: whether some target of its route is up
     GET    /admin/review[?task=T&status=S&release=R]   sampled answers (status: pending, the
                                           default, accept, reject, escalate or all), newest
@@ -16,6 +17,9 @@ usage through this API.
     POST   /admin/review/{id}             {"label": accept|reject|escalate, "note"?, "by",
                                           "answer"?: the corrected answer an escalated item's
                                           caller receives (required to accept one)}
+    POST   /admin/reload                  read the config file again and swap its live sections
+                                          in (``serving/reload.py``): what changed, what needs a
+                                          restart; 422 with the problems, the old config kept
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hmac
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, cast
 from urllib.parse import parse_qs
@@ -33,6 +38,7 @@ from turnout.control.auth import bearer
 from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError
 from turnout.providers.base import Health
 from turnout.releases.review import MAX_ANSWER, ReviewQueue, Status
+from turnout.serving import supervisor
 from turnout.serving.asgi import Receive, Send, header, read_body, send_json
 from turnout.serving.probes import scrub, secrets_of
 from turnout.serving.runtime import Runtime
@@ -44,8 +50,10 @@ LABEL_BYTES = 64_000 + 6 * MAX_ANSWER
 
 
 class Admin:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, reload: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
+        """``reload``: the app's config reload (None: ``/admin/reload`` answers 404)."""
         self.runtime = runtime
+        self.reload = reload
         self.key = runtime.config.server.admin_key or os.environ.get("TURNOUT_ADMIN_KEY") or None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -77,6 +85,10 @@ class Admin:
             _expect(method, "POST")
             item = path.removeprefix("/admin/review/")
             await send_json(send, 200, await self._label(item, await read_body(receive, scope, LABEL_BYTES)))
+        elif path == "/admin/reload" and self.reload is not None:
+            _expect(method, "POST")
+            await send_json(send, 200, await self.reload())
+            supervisor.tell_others()  # with --workers: the supervisor reloads every worker
         else:
             raise NotFound(f"no admin route for {method} {path}")
 
@@ -187,6 +199,10 @@ class Admin:
                         "detail": "" if seen is None else scrub(seen.detail, hidden),
                         "breaker": r.breaker.value,
                         "in_flight": r.in_flight,
+                        # What the server's own /metrics said (a target with ``load``); null: unknown.
+                        "waiting": r.waiting,
+                        "running": r.running,
+                        "kv_cache": r.kv_cache,
                     }
                 )
             data.append(

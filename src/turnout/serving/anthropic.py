@@ -46,6 +46,7 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
+    422: "invalid_request_error",  # no target fits the caller's limits
     429: "rate_limit_error",
     503: "overloaded_error",
     529: "overloaded_error",

@@ -1,7 +1,8 @@
 """The ASGI application: lifespan, the error boundary and a flat route table. No framework:
 every microsecond here is paid on every request, and the gateway has only a handful of routes.
 
-    ErrorBoundary → route → a door over the pipeline (chat completions, tasks, embeddings)
+    ErrorBoundary → route → a door over the pipeline (chat completions, tasks, embeddings,
+    Messages, Responses)
                           → feedback, tickets, models, health, metrics, openapi.json, admin
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -16,7 +18,7 @@ from turnout.config import Config
 from turnout.console.app import Console
 from turnout.errors import MethodNotAllowed, NotFound
 from turnout.providers.base import Provider
-from turnout.serving import feedback, openapi, summary, tickets
+from turnout.serving import feedback, openapi, reload, summary, tickets
 from turnout.serving.admin import Admin
 from turnout.serving.asgi import Receive, Send, header, send_json
 from turnout.serving.boundary import ErrorBoundary
@@ -25,6 +27,7 @@ from turnout.serving.embeddings import EMBEDDINGS_DOOR
 from turnout.serving.messages import MESSAGES_DOOR
 from turnout.serving.pipeline import Pipeline
 from turnout.serving.readiness import Readiness
+from turnout.serving.responses import RESPONSES_DOOR
 from turnout.serving.runtime import Runtime
 from turnout.serving.tasks import TASKS
 
@@ -38,13 +41,21 @@ FINISH_S = 5.0
 
 class App:
     def __init__(
-        self, config: Config, providers: dict[str, Provider] | None = None, *, source: str | None = None
+        self,
+        config: Config,
+        providers: dict[str, Provider] | None = None,
+        *,
+        source: str | None = None,
+        loader: reload.Loader | None = None,
     ) -> None:
-        """``source``: the config file's path, for the start-up summary (None: built in)."""
+        """``source``: the config file's path, for the start-up summary (None: built in);
+        ``loader``: reads it again for a reload (None: no reload)."""
         self.runtime = Runtime(config, providers)
         self.source = source
+        self.loader = loader
+        self._reloading = asyncio.Lock()  # one reload at a time
         self.pipeline = Pipeline(self.runtime)
-        self.admin = Admin(self.runtime)
+        self.admin = Admin(self.runtime, self.reload)
         self.console = Console(self.runtime, self.admin)  # /ui: the operator's pages
         self.readiness = Readiness(self.runtime)
         self.http = ErrorBoundary(self.route)
@@ -76,6 +87,9 @@ class App:
         elif path == "/v1/messages":
             _expect(method, "POST")
             await self.pipeline.run(MESSAGES_DOOR, scope, receive, send, request_id)
+        elif path == "/v1/responses":
+            _expect(method, "POST")
+            await self.pipeline.run(RESPONSES_DOOR, scope, receive, send, request_id)
         elif path.startswith(TASKS_PREFIX):
             task, ticketed, ticket = path[len(TASKS_PREFIX) :].partition(TICKETS)
             if ticketed:  # /v1/tasks/{task}/tickets/{id}: an escalation's answer
@@ -92,8 +106,8 @@ class App:
         elif path == "/v1/models":
             _expect(method, "GET")
             await send_json(send, 200, await self.models(header(scope, b"authorization")))
-        elif path == "/healthz":
-            await send_json(send, 200, {"status": "ok"})
+        elif path == "/healthz":  # which worker answered: a process id, for operators and tests
+            await send_json(send, 200, {"status": "ok"}, [(b"x-turnout-worker", str(os.getpid()).encode())])
         elif path == "/readyz":
             await self.readyz(header(scope, b"authorization"), send)
         elif path == "/metrics":
@@ -117,6 +131,32 @@ class App:
                 if tenant.may_use(name)
             ],
         }
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the config file again and swap the live sections in (``serving/reload.py``);
+        requests already running keep the pipeline, and so the config, they started on.
+        ReloadRefused (the old config kept) when the file is invalid."""
+        if self.loader is None:
+            raise reload.ReloadRefused(["this server was started without a config file: nothing to reload"])
+        async with self._reloading:
+            old = self.runtime
+            try:
+                plan = reload.plan(old.config, self.loader)
+            except reload.ReloadRefused as exc:
+                log.error("config reload refused, the running config is kept: %s", "; ".join(exc.problems))
+                raise
+            new = await old.successor(plan.config)
+            pipeline = Pipeline(new)
+            new.adopt(old)
+            self.runtime = self.admin.runtime = self.console.runtime = self.readiness.runtime = new
+            self.pipeline = pipeline  # the swap: new requests take this one
+        log.info(
+            "config reloaded from %s: changed %s; needing a restart: %s",
+            self.source,
+            ", ".join(plan.changed) or "nothing",
+            ", ".join(plan.restart) or "nothing",
+        )
+        return {"reloaded": True, "changed": plan.changed, "restart_needed": plan.restart}
 
     async def readyz(self, authorization: bytes | None, send: Send) -> None:
         """This process's readiness (``serving/readiness.py``): status and named checks for

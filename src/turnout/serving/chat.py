@@ -19,6 +19,7 @@ from turnout.control.tokens import generated_by_answer
 from turnout.errors import RequestError
 from turnout.providers.base import Stream
 from turnout.releases.base import Release
+from turnout.routing.constraints import COST, LATENCY
 from turnout.safety import inputs
 from turnout.safety.policy import Input
 from turnout.serving import respond
@@ -46,6 +47,8 @@ class ChatRequest:
     data_class: str | None  # from the body's metadata; the header wins over it
     user: str | None
     episode_id: str | None = None  # the caller's task (a ticket, a run): feedback may name it
+    # metadata.max_latency_ms / max_cost_usd as sent; checked by turnout.routing.constraints
+    constraints: dict[str, Any] | None = None
 
 
 class ChatDoor:
@@ -145,6 +148,7 @@ def validate(body: dict[str, Any]) -> ChatRequest:
     if "response_format" in body:
         _response_format(body["response_format"])
     data_class, user, episode_id = None, _opt(body, "user", str, "a string") if "user" in body else None, None
+    constraints: dict[str, Any] | None = None
     meta = body.get("metadata")
     if meta is not None:
         if not isinstance(meta, dict):
@@ -156,6 +160,7 @@ def validate(body: dict[str, Any]) -> ChatRequest:
             user = _opt(meta, "user", str, "a string", "metadata.user") or user
             meta = dict(meta)
             episode_id = check_episode_id(meta.pop("episode_id", None), "metadata.episode_id")
+            constraints = {k: meta[k] for k in (LATENCY, COST) if k in meta} or None
             for k in TURNOUT_METADATA:
                 meta.pop(k, None)
             body = dict(body)
@@ -163,7 +168,7 @@ def validate(body: dict[str, Any]) -> ChatRequest:
                 body["metadata"] = meta
             else:
                 del body["metadata"]
-    return ChatRequest(task, body, stream, include_usage, data_class, user, episode_id)
+    return ChatRequest(task, body, stream, include_usage, data_class, user, episode_id, constraints)
 
 
 def _bad(param: str, message: str) -> RequestError:

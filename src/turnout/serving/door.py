@@ -5,9 +5,9 @@ A door reads its own body and writes its own answer; everything between is the p
 
     door.parse  →  authenticate, task, release, classify, policy, quota, attempt  →  door.respond
 
-Chat completions (``turnout.serving.chat``), the task API (``turnout.serving.tasks``) and
-embeddings (``turnout.serving.embeddings``) are doors; so will be ``/v1/responses`` or Anthropic
-messages. A door that answers
+Chat completions (``turnout.serving.chat``), the task API (``turnout.serving.tasks``),
+embeddings (``turnout.serving.embeddings``), Anthropic's Messages (``turnout.serving.messages``)
+and OpenAI's Responses (``turnout.serving.responses``) are doors. A door that answers
 without an attempt (a cache) or refuses before one (safety screening) is a stage the pipeline
 gains once, for every door.
 """
@@ -118,7 +118,8 @@ class Door(Protocol[R]):
     parameters), as its prompt version header and ledger column say. ``fenced_json``: a JSON
     answer may come inside a Markdown code fence (the door parses it out), for the output checks.
     ``endpoint``: the API's name in the ledger's ``endpoint`` column (``chat.completions``,
-    ``tasks``, ``embeddings``); a task whose route embeds is served by the ``embeddings`` door only."""
+    ``tasks``, ``embeddings``, ``messages``, ``responses``); a task whose route embeds is served
+    by the ``embeddings`` door only."""
 
     endpoint: str
     task_param: str

@@ -16,10 +16,12 @@ from typing import Any
 import orjson
 
 from turnout.releases.review import STATUSES
+from turnout.routing.constraints import COST, DECIMAL, HEADERS, LATENCY
 from turnout.serving.admin import MAX_ROW_ID
 from turnout.serving.asgi import JSON, Send
 from turnout.serving.openapi_embeddings import embedding_schemas
 from turnout.serving.openapi_messages import messages_errors, messages_schemas
+from turnout.serving.openapi_responses import responses_schemas
 from turnout.serving.openapi_schemas import (
     DATA_CLASS,
     EPISODE_ID,
@@ -80,6 +82,20 @@ def _turnout_headers() -> list[Schema]:
             "description": "The caller's episode (a ticket, an agent run) that feedback may name.",
             "schema": or_empty(EPISODE_ID),
         },
+        *(
+            {
+                "name": header,
+                "in": "header",
+                "required": False,
+                "description": f"{what}: targets that cannot fit are skipped before any attempt (422 when "
+                "none fits); more than metadata's value.",
+                "schema": or_empty({"type": "string", "pattern": DECIMAL}),  # empty: not sent
+            }
+            for header, what in (
+                (HEADERS[LATENCY], "The most milliseconds the caller will wait, over every attempt (504 past it)"),
+                (HEADERS[COST], "The most USD the answer may cost in the worst case"),
+            )
+        ),
     ]
 
 
@@ -122,7 +138,7 @@ def _body(name: str, required: bool = True) -> Schema:
 
 def _paths() -> dict[str, Schema]:
     answered = {"headers": _answer_headers()}
-    inference_errors = _errors(400, 401, 403, 404, 405, 413, 429, 502, 503, 504)
+    inference_errors = _errors(400, 401, 403, 404, 405, 413, 422, 429, 502, 503, 504)
     admin_get = _errors(401, 403, 405)
     escalated = json_content(
         ref("TicketCreated"),
@@ -187,6 +203,26 @@ def _paths() -> dict[str, Schema]:
                 security=[*TENANT, {"anthropicKey": []}],
                 parameters=_turnout_headers(),
                 requestBody=_body("MessageRequest"),
+            )
+        },
+        "/v1/responses": {
+            "post": _op(
+                "createResponse",
+                "OpenAI's Responses API (stateless: no response is kept), routed by task (`model`)",
+                {
+                    "200": {
+                        "description": "The response, or with `stream: true` its typed server-sent events.",
+                        "content": {
+                            "application/json": {"schema": ref("Response")},
+                            "text/event-stream": {"schema": ref("ResponseStreamEvent")},
+                        },
+                        **answered,
+                    },
+                    **inference_errors,
+                },
+                security=TENANT,
+                parameters=_turnout_headers(),
+                requestBody=_body("ResponseRequest"),
             )
         },
         "/v1/tasks/{task}": {
@@ -350,7 +386,39 @@ def _paths() -> dict[str, Schema]:
                 requestBody=_body("ReviewLabel"),
             )
         },
+        "/admin/reload": {
+            "post": _op(
+                "reloadConfig",
+                "Read the config file again; swap in its live sections (tasks, tenants, policy, prices)",
+                {
+                    "200": json_content(RELOADED, "Reloaded: sections changed, sections awaiting a restart."),
+                    "422": json_content(RELOAD_REFUSED, "Refused, the running config kept: every problem."),
+                    **_errors(401, 403, 405),
+                },
+                security=ADMIN,
+            )
+        },
     }
+
+
+_SECTIONS: Schema = {"type": "array", "items": STRING}
+RELOADED: Schema = {
+    "type": "object",
+    "required": ["reloaded", "changed", "restart_needed"],
+    "additionalProperties": False,
+    "properties": {"reloaded": {"const": True}, "changed": _SECTIONS, "restart_needed": _SECTIONS},
+}
+RELOAD_REFUSED: Schema = {  # OpenAI's error shape, with the problems listed
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code", "problems"],
+            "properties": {"code": {"const": "invalid_config"}, "problems": _SECTIONS},
+        }
+    },
+}
 
 
 def document() -> dict[str, Any]:
@@ -364,7 +432,7 @@ def document() -> dict[str, Any]:
         },
         "paths": _paths(),
         "components": {
-            "schemas": {**schemas(), **embedding_schemas(), **messages_schemas()},
+            "schemas": {**schemas(), **embedding_schemas(), **messages_schemas(), **responses_schemas()},
             "responses": responses(),
             "securitySchemes": {
                 "tenantKey": {

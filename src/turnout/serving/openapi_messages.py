@@ -7,7 +7,7 @@ from __future__ import annotations
 from turnout.serving.anthropic import ERROR_TYPES, STOP_REASONS
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, json_content, nullable, ref
 
-ERROR_STATUSES = (400, 401, 403, 404, 413, 429, 502, 503, 504)
+ERROR_STATUSES = (400, 401, 403, 404, 413, 422, 429, 502, 503, 504)
 
 
 def messages_schemas() -> dict[str, Schema]:

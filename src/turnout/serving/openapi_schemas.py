@@ -27,7 +27,9 @@ ERROR_TEXT = {
     502: "Every target failed, the answer failed the release's output schema or the task's output checks "
     "(`output_invalid`), or a tool call was blocked.",
     503: "The targets are unavailable, the limiter backend is down, or the gateway is shutting down.",
-    504: "Every target timed out.",
+    422: "No allowed target fits the caller's `X-Turnout-Max-Latency-Ms` or `X-Turnout-Max-Cost-Usd` "
+    "(`constraint_unsatisfiable`; `param` names the limit).",
+    504: "Every target timed out, or the caller's `X-Turnout-Max-Latency-Ms` ran out (`max_latency_exceeded`).",
 }
 
 
@@ -40,6 +42,23 @@ DATA_CLASS: Schema = {
     "type": "string",
     "pattern": _ANY_CASE,
     "description": f"one of {', '.join(DATA_CLASSES)} (any case); the policy decides which targets may see it",
+}
+# One replica in GET /admin/targets: its label (never its URL); waiting, running and kv_cache are
+# what its server's /metrics last said (a target with ``load``), null when unknown.
+_READING: Schema = {"type": ["number", "null"]}
+_REPLICA: Schema = {
+    "type": "object",
+    "required": ["name", "breaker", "in_flight"],
+    "properties": {
+        "name": STRING,
+        "health": {"enum": ["up", "down", "unknown"]},
+        "detail": STRING,
+        "breaker": STRING,
+        "in_flight": {"type": "integer"},
+        "waiting": _READING,
+        "running": _READING,
+        "kv_cache": _READING,
+    },
 }
 
 
@@ -141,6 +160,8 @@ def _chat_request() -> Schema:
                     "user": nullable(STRING),
                     "data_class": nullable(or_empty(DATA_CLASS)),
                     "episode_id": nullable(EPISODE_ID),
+                    "max_latency_ms": nullable({"type": ["number", "string"]}),  # as the headers; 400 out of range
+                    "max_cost_usd": nullable({"type": ["number", "string"]}),
                 },
             }
         ),
@@ -426,7 +447,7 @@ def schemas() -> dict[str, Schema]:
                             "breaker": STRING,
                             "in_flight": {"type": ["integer", "null"]},
                             "queued": {"type": ["integer", "null"]},
-                            "replicas": {"type": "array", "items": {"type": "object"}},
+                            "replicas": {"type": "array", "items": _REPLICA},
                         },
                     },
                 },

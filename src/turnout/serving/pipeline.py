@@ -1,8 +1,9 @@
 """The request path, shared by every door (``turnout.serving.door``), top to bottom::
 
     authenticate → parse (door) → admit: task, release, classify → screen → body (door)
-    → tools (allowlist) → classify (PII, secrets) → policy → cache (a hit skips to respond) → quota
-    → attempt (retry / fallback; each answer's tool calls checked)
+    → tools (allowlist) → classify (PII, secrets) → policy → cache (a hit skips to respond)
+    → the caller's limits (``turnout.routing.constraints``) → quota
+    → attempt (retry / fallback, within the latency limit; each answer's tool calls checked)
     → output checks (repair, escalation; ``turnout.serving.output``) → respond (door)
     → settle the quota → account → capture, review
 
@@ -32,6 +33,7 @@ from turnout.config import HUMAN, embedding_tasks
 from turnout.control.auth import Tenant
 from turnout.control.pricing import Priced
 from turnout.control.quota.base import Grant
+from turnout.control.quota.plan import max_output_tokens, sets_output_bound
 from turnout.errors import (
     AllTargetsFailed,
     AnswerRefused,
@@ -45,8 +47,10 @@ from turnout.ledger.record import LedgerRow
 from turnout.privacy.capture.model import Decision
 from turnout.releases.base import Release, choose
 from turnout.releases.review import ReviewError
-from turnout.routing import policy
-from turnout.routing.attempts import Result, execute
+from turnout.routing import constraints, policy
+from turnout.routing.attempts import Result, Target, execute
+from turnout.routing.constraints import Constraints, Skip
+from turnout.routing.latency import LatencyWindow
 from turnout.safety import policy as safety
 from turnout.safety.classify import Classifiers, Raised
 from turnout.safety.tools import Allowlists, Guard
@@ -58,6 +62,8 @@ from turnout.serving.runtime import Runtime, pseudonym
 from turnout.serving.stops import answer_fields
 
 log = logging.getLogger("turnout")
+_MAX_LATENCY = constraints.HEADERS[constraints.LATENCY].lower().encode()  # as ASGI spells them
+_MAX_COST = constraints.HEADERS[constraints.COST].lower().encode()
 
 
 class Failure(NamedTuple):
@@ -91,6 +97,8 @@ class Pipeline:
         self._review_rng = random.Random()
         self.embedding_tasks = embedding_tasks(runtime.config)  # served by the embeddings door only
         self.free = replay.FreeBook(runtime.config)  # a cache hit's prices
+        self.latency = LatencyWindow()  # each target's recent latency, for max_latency_ms
+        self.default_max_tokens = runtime.config.limits.default_max_tokens
 
     async def run(
         self,
@@ -124,10 +132,13 @@ class Pipeline:
         checked: Checked | None = None
         lookup: Lookup | None = None
         recording: Recording | None = None
+        limits: Constraints | None = None
+        skipped: list[Skip] = []
         try:
             tenant = identity or await rt.auth.identify(credential(scope), started_at)
             request = door.parse(await read_body(receive, scope, self.max_body), task)
             admission = self.admit(door, request, tenant, scope, request_id, release)
+            limits = self.limits(scope, request)
             screened = self.screen(door, request, admission)
             if screened is not None and screened.blocked:
                 raise screened.refusal()
@@ -143,13 +154,15 @@ class Pipeline:
             if result is not None:
                 checking = None
             else:
+                if limits is not None:
+                    allowed = await self.constrain(limits, admission, body, allowed, skipped)
                 allowed, grant = await rt.quota.admit(
                     tenant.name, admission.task, body, allowed, request_id, checked=checking is not None
                 )
                 targets = [rt.targets[n] for n in allowed]
                 # A checked answer is asked for whole, even for a stream: no unchecked byte goes out.
                 stream = request.stream and checking is None
-                result = await execute(targets, body, stream=stream, request_id=request_id, check=guard)
+                result = await self.attempt(targets, body, stream, request_id, guard, limits, t0)
             if checking is not None:
                 checked = await self.output.run(
                     checking,
@@ -212,6 +225,8 @@ class Pipeline:
                         door.release_prompt,
                     )
                     row.endpoint = door.endpoint
+                    if limits is not None:
+                        row.constraints = limits.record(skipped)
                     answer_fields(row, request, result)
                     if lookup is not None:
                         _cache_fields(row, lookup)
@@ -309,6 +324,57 @@ class Pipeline:
                 raise
             raise PolicyDenied(f"{exc.message} ({raised.note()})", param=exc.param) from exc
 
+    def limits(self, scope: dict[str, Any], request: Inbound) -> Constraints | None:
+        """The caller's max_latency_ms / max_cost_usd: headers on every door, or the chat
+        door's metadata; 400 naming the field for a bad value."""
+        latency, cost = _header_str(scope, _MAX_LATENCY), _header_str(scope, _MAX_COST)
+        meta = getattr(request, "constraints", None)  # only the chat door's request has it
+        if latency is None and cost is None and meta is None:
+            return None  # most requests: two header scans, no parsing
+        return constraints.parse({_MAX_LATENCY.decode(): latency, _MAX_COST.decode(): cost}, meta)
+
+    async def constrain(
+        self, limits: Constraints, admission: Admission, body: dict[str, Any], allowed: list[str], skipped: list[Skip]
+    ) -> list[str]:
+        """The targets whose recent p95 and worst-case cost fit the caller's limits, before
+        any attempt; those left out go to ``skipped`` (for the row, a 422 included). A cost
+        limit bounds the answer as the quota's reservation does: without ``max_tokens`` the
+        default bound is told upstream, so the worst case holds."""
+        worst: dict[str, float] = {}
+        if limits.max_cost_usd is not None:
+            embeds = admission.task in self.embedding_tasks
+            if not embeds and not sets_output_bound(body):
+                body["max_tokens"] = self.default_max_tokens
+            prompts = await self.rt.tokens.prompts(body, allowed)
+            output = 0 if embeds else max_output_tokens(body, self.default_max_tokens)
+            now = time.time()
+            worst = {name: self.rt.prices.worst_case(name, prompts[name], output, now) for name in allowed}
+        try:
+            kept, skips = constraints.fit(allowed, limits, self.latency.p95, worst)
+        except constraints.ConstraintUnsatisfiable as exc:
+            skipped.extend(exc.skipped)
+            raise
+        skipped.extend(skips)
+        return kept
+
+    async def attempt(
+        self,
+        targets: list[Target],
+        body: dict[str, Any],
+        stream: bool,
+        request_id: str,
+        guard: Guard | None,
+        limits: Constraints | None,
+        t0: float,
+    ) -> Result:
+        """The attempt loop; under ``max_latency_ms`` what is left of it is the deadline of
+        every retry and fallback together (a stream's: until its first chunk)."""
+        if limits is None or limits.max_latency_ms is None:
+            return await execute(targets, body, stream=stream, request_id=request_id, check=guard)
+        return await constraints.within(
+            limits, t0, lambda: execute(targets, body, stream=stream, request_id=request_id, check=guard)
+        )
+
     def keep(self, admission: Admission) -> Keep | None:
         """None: text capture is off (and for embeddings: no answer text to keep). Review samples
         only where capture allows text."""
@@ -387,6 +453,8 @@ class Pipeline:
         """The row to the ledger, metrics, traces and logs. A caller never identified (a missing or
         wrong key) is counted in metrics only: a fuzzer or a scanner must not fill the ledger."""
         rt = self.rt
+        if not row.cache_hit:
+            self.observe_latency(row)
         if rt.ledger is not None and identified:
             rt.ledger.submit(row)
         if rt.metrics is not None:
@@ -394,6 +462,14 @@ class Pipeline:
         if rt.tracing is not None:
             rt.tracing.record(row)
         rt.request_log.observe(row)  # the access log; fallback and 5xx warnings
+
+    def observe_latency(self, row: LedgerRow) -> None:
+        """Answered attempts (a stream's: to its first chunk) and timed-out ones, which show
+        the target is at least that slow, feed each target's latency window."""
+        for attempt in row.attempts:
+            error = attempt.error_class
+            if error is None or error.startswith("timeout"):
+                self.latency.observe(attempt.target, attempt.latency_ms)
 
     async def keep_text(self, row: LedgerRow, keep: Keep, body: dict[str, Any], answered: Answered) -> None:
         """Text capture and review sampling, where the capture decision allows text."""

@@ -26,6 +26,7 @@ from turnout.cache.stage import CacheStage
 from turnout.config import HUMAN, Config
 from turnout.control.auth import Authenticator
 from turnout.control.catalog import context_window
+from turnout.control.keys.base import KeyStore
 from turnout.control.keys.factory import open_key_store
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.factory import open_limiter
@@ -58,6 +59,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("turnout")
 
+# What a reload's runtime takes over as it is (``successor``): what start-up opened, and what
+# the restart-only sections built.
+SHARED = (
+    *("secret", "targets", "probes", "metrics", "request_log", "store", "ledger", "tracing", "capture"),
+    *("reviews", "releases", "release_store", "canary", "cache", "keys", "tokens"),
+)
+
 
 class Runtime:
     def __init__(self, config: Config, providers: dict[str, Provider] | None = None) -> None:
@@ -83,6 +91,7 @@ class Runtime:
         self.release_store: ReleaseStore | None = None  # the registry's store: canaries and evals write it
         self.canary: CanaryController | None = None
         self.cache: CacheStage | None = None  # the response cache, where a task opted in
+        self.keys: KeyStore | None = None  # issued keys (with tenants)
         self._stack: AsyncExitStack | None = None
 
     async def start(self) -> None:
@@ -122,7 +131,7 @@ class Runtime:
             keys = open_key_store(cfg.limits)
             await keys.open()
             stack.push_async_callback(keys.aclose)
-            self.auth = Authenticator(cfg, keys)
+            self.auth, self.keys = Authenticator(cfg, keys), keys
         if self.quota.needed():
             limiter = open_limiter(cfg.limits)
             stack.push_async_callback(limiter.aclose)
@@ -148,6 +157,41 @@ class Runtime:
             self.canary = CanaryController(cfg, self.release_store, self.store)
             self.canary.start()
             stack.push_async_callback(self.canary.aclose)  # first to close: it reads the ledger
+
+    async def successor(self, config: Config) -> Runtime:
+        """A runtime over ``config`` (a reload's: ``serving/reload.py`` kept its restart-only
+        sections) sharing everything this one opened (``adopt`` hands it over). What reads the
+        live sections (auth, quota scopes, prices, policy) is built again; the key store or
+        limiter that the old config did not need is opened now."""
+        stack = self._stack
+        if stack is None:
+            raise RuntimeError("the runtime is not started")
+        new = Runtime(config, self._injected)
+        for name in SHARED:
+            setattr(new, name, getattr(self, name))
+        if config.tenants and new.keys is None:
+            new.keys = open_key_store(config.limits)
+            await new.keys.open()
+            stack.push_async_callback(new.keys.aclose)
+        if config.tenants:
+            new.auth = Authenticator(config, new.keys)
+        limiter = self.quota.limiter
+        if limiter is None and new.quota.needed():
+            limiter = open_limiter(config.limits)
+            stack.push_async_callback(limiter.aclose)
+        new.quota = QuotaGate(config, limiter, new.prices, new.tokens)
+        if self.cache is not None:  # tasks' cache settings are live; the store and its key stay
+            self.cache.tasks = CacheStage(config, self.cache.store).tasks
+        elif cache_factory.wanted(config):
+            log.warning("a task now asks for the response cache: its store opens at start-up, so after a restart")
+        return new
+
+    def adopt(self, predecessor: Runtime) -> None:
+        """Take over what ``predecessor`` opened (once this runtime is swapped in): its
+        ``aclose`` is now this one's, and ``/metrics`` reads this one's state."""
+        self._stack, predecessor._stack = predecessor._stack, None
+        if self.metrics is not None:  # its counters carry on; labels follow the new names
+            self.metrics.follow(self.config, self.live)
 
     async def _open_cache(self, stack: AsyncExitStack) -> None:
         """The store, the stage, and the sweep of answers of releases that no longer serve."""

@@ -59,7 +59,12 @@ def target_kind(target: TargetConfig) -> str:
     """The provider, and how many replicas: never a URL, a model path or a key."""
     if isinstance(target, OpenAITarget):
         n = len(target.urls)
-        return f"openai, {n} replica{'s' if n > 1 else ''}"
+        kind = f"openai, {n} replica{'s' if n > 1 else ''}"
+        if target.balance != "least_loaded":
+            kind += f", {target.balance}"
+        if target.load is not None:  # the replicas' own /metrics, read in the background
+            kind += f", load read every {target.load.interval_s:g}s"
+        return kind
     if isinstance(target, LocalTarget):
         return "local, embedded llama.cpp"
     return f"bedrock, {target.region}"
