@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import click
 
+from turnout.cli import probe as probes
 from turnout.cli._common import CONFIG_PATH, CommandError, config_option
 from turnout.cli.preflight import preflight, shared_state
 from turnout.config import Config, load_config, validate
@@ -103,10 +104,16 @@ def with_address(config: Config, host: str | None, port: int | None) -> Config:
 @click.command()
 @config_option(CONFIG_HELP)
 @workers_option
-def check(config: Config, workers: int) -> None:
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Also contact each upstream (a GET of /v1/models, never a completion; Bedrock: its "
+    "credentials resolve) and report reachability and credentials per target and replica.",
+)
+def check(config: Config, workers: int, probe: bool) -> None:
     """Validate the config and what start-up needs with it (drivers, model and release files,
     TURNOUT_REDACTION_KEY, state shared by --workers); print every problem with its key path
-    and exit 1 if there is one."""
+    and exit 1 if there is one. With --probe, exit 1 also when an upstream cannot be reached."""
     ready(config, workers)
     click.echo(
         f"ok: {len(config.targets)} target(s), {len(config.tasks)} task(s), {len(config.tenants)} tenant(s)"
@@ -116,6 +123,14 @@ def check(config: Config, workers: int) -> None:
         click.echo("note: no policy for 'restricted' data: such requests are refused (fail closed)")
     for warning in catalog_warnings(config):
         click.echo(f"warning: {warning}")
+    if probe:
+        verdicts = probes.probe(config)
+        for verdict in verdicts:
+            for line in verdict.lines:
+                click.echo(f"probe: {line}")
+        down = [v.target for v in verdicts if v.ok is False]
+        if down:
+            raise CommandError(f"unreachable or refusing: {', '.join(down)}")
 
 
 def catalog_warnings(config: Config) -> list[str]:
