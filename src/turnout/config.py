@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from turnout._support.suggest import keys_at, nearest
 from turnout.errors import ConfigError
 
 DATA_CLASSES = ("public", "internal", "confidential", "restricted")
@@ -635,21 +636,23 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
             if not isinstance(target, str):
                 continue  # the field check reports the type
             if target not in targets:
-                problems.append(f"tasks.{name}.route[{i}]: unknown target {target!r}")
+                problems.append(f"tasks.{name}.route[{i}]: unknown target {target!r}{nearest(target, targets)}")
             elif target in seen:
                 problems.append(f"tasks.{name}.route[{i}]: target {target!r} listed twice")
             seen.add(target)
     for i, rule in enumerate(_mapping(raw.get("capture")).get("rules") or []):
         rule = _mapping(rule)
-        if rule.get("task") is not None and rule.get("task") not in tasks:
-            problems.append(f"capture.rules[{i}].task: unknown task {rule.get('task')!r}")
-        if rule.get("tenant") is not None and rule.get("tenant") not in _mapping(raw.get("tenants")):
-            problems.append(f"capture.rules[{i}].tenant: unknown tenant {rule.get('tenant')!r}")
+        task, tenant = rule.get("task"), rule.get("tenant")
+        if task is not None and task not in tasks:
+            problems.append(f"capture.rules[{i}].task: unknown task {task!r}{nearest(task, tasks)}")
+        known = _mapping(raw.get("tenants"))
+        if tenant is not None and tenant not in known:
+            problems.append(f"capture.rules[{i}].tenant: unknown tenant {tenant!r}{nearest(tenant, known)}")
     for cls, pol in _mapping(raw.get("policy")).items():
         listed = _mapping(pol).get("targets")
         for i, target in enumerate(listed if isinstance(listed, list) else []):
             if isinstance(target, str) and target not in targets:
-                problems.append(f"policy.{cls}.targets[{i}]: unknown target {target!r}")
+                problems.append(f"policy.{cls}.targets[{i}]: unknown target {target!r}{nearest(target, targets)}")
     owner: dict[str, str] = {}
     tenants = _mapping(raw.get("tenants"))
     for tname, tenant in tenants.items():
@@ -665,11 +668,11 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
         allowed = _mapping(tenant).get("tasks")
         for i, task in enumerate(allowed if isinstance(allowed, list) else []):
             if isinstance(task, str) and task not in tasks:
-                problems.append(f"tenants.{tname}.tasks[{i}]: unknown task {task!r}")
+                problems.append(f"tenants.{tname}.tasks[{i}]: unknown task {task!r}{nearest(task, tasks)}")
         for field in ("task_limits", "task_safety", "task_tools", "task_classify"):
             for task in _mapping(_mapping(tenant).get(field)):
                 if task not in tasks:
-                    problems.append(f"tenants.{tname}.{field}.{task}: unknown task {task!r}")
+                    problems.append(f"tenants.{tname}.{field}.{task}: unknown task {task!r}{nearest(task, tasks)}")
     problems += _escalation_problems(tasks, targets)
     problems += _retention_problems(_mapping(raw.get("retention")).get("rules"), tasks, _mapping(raw.get("tenants")))
     problems += _embedding_problems(tasks, targets)
@@ -694,9 +697,9 @@ def _retention_problems(rules: Any, tasks: dict[str, Any], tenants: dict[str, An
         rule = _mapping(rule)
         tenant, task = rule.get("tenant"), rule.get("task")
         if task is not None and task not in tasks:
-            problems.append(f"retention.rules[{i}].task: unknown task {task!r}")
+            problems.append(f"retention.rules[{i}].task: unknown task {task!r}{nearest(task, tasks)}")
         if tenant is not None and tenant not in tenants:
-            problems.append(f"retention.rules[{i}].tenant: unknown tenant {tenant!r}")
+            problems.append(f"retention.rules[{i}].tenant: unknown tenant {tenant!r}{nearest(tenant, tenants)}")
         pair = (str(tenant) if tenant is not None else None, str(task) if task is not None else None)
         if pair in seen:
             problems.append(f"retention.rules[{i}]: a second rule for tenant {tenant!r} and task {task!r}")
@@ -893,7 +896,7 @@ def _problems(exc: ValidationError) -> list[str]:
         loc = _path(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + nearest(err["loc"][-1], keys_at(Config, err["loc"]))
         elif err["type"] == "union_tag_invalid":
             msg = f"unknown provider {err.get('input', {}).get('provider')!r} (expected {', '.join(PROVIDERS)})"
         elif err["type"] == "union_tag_not_found":
