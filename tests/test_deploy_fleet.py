@@ -114,9 +114,9 @@ def fleet(tmp_path: Path) -> Iterator[tuple[str, list[Served], str]]:
         pytest.skip("needs nginx and psql (Debian: apt-get install nginx postgresql-client)")
     schema = f"fleet_{uuid.uuid4().hex[:8]}"
     upstream = Process("tests.fakes.upstream", "--model", "fake-model")
-    config = tmp_path / "turnout.yaml"
-    config.write_text(yaml.safe_dump(local_config(upstream.url, schema, f"fleet-{schema}")))
-    try:
+    try:  # the fake upstream stops whatever fails after it started
+        config = tmp_path / "turnout.yaml"
+        config.write_text(yaml.safe_dump(local_config(upstream.url, schema, f"fleet-{schema}")))
         with ExitStack() as stack:
             served = []
             for name, service in gateway_services().items():
