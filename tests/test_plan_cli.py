@@ -102,6 +102,8 @@ def test_table(config: str) -> None:
     assert "success rate of gpt: 0.9, observed on gpt (960 outcomes)" in text
     # The Bedrock target served the task: its own (single, failed) outcome is its rate, with its count.
     assert "success rate of bedrock qwen.qwen3-32b-v1:0: 0, observed on qwen (1 outcomes)" in text
+    # Two days of rows: too short a window to scale to a month, and the plan says so.
+    assert "too short to scale to a month" in text and "under 7 days" in text
 
 
 def test_json_figures(config: str) -> None:

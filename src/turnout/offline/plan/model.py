@@ -315,6 +315,9 @@ def _peak_rate(traffic: Traffic, spec: SelfHostedSpec) -> float:
     return max((h.output_tokens + (h.input_tokens if total else 0)) / HOUR for h in traffic.hours)
 
 
+MIN_WINDOW_DAYS = 7  # a week: the shortest window that holds the weekly shape
+
+
 def assumptions(
     traffic: Traffic,
     spec: SelfHostedSpec,
@@ -325,6 +328,12 @@ def assumptions(
     out = [
         f"window: {traffic.days:g} days of recorded traffic, scaled to {MONTH_DAYS} days, keeping its hourly shape",
     ]
+    if traffic.days < MIN_WINDOW_DAYS:
+        out.append(
+            f"warning: {traffic.days:g} days is too short to scale to a month: a window under "
+            f"{MIN_WINDOW_DAYS} days misses the weekly shape (weekends, Monday peaks); pass a longer --since "
+            "once the ledger holds more"
+        )
     for price, label in ((managed, "managed"), (bedrock, "bedrock")):
         if price is not None:
             out.append(
