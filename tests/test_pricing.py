@@ -182,12 +182,22 @@ def test_a_stream_is_busy_until_its_end() -> None:
     assert prices.price_attempts(attempts, Usage(10, 10), WHEN, answer_s=4.5).total == pytest.approx(0.01)
 
 
-def test_a_total_with_an_unpriced_attempt_is_unknown() -> None:
+def test_a_failed_attempt_at_an_unpriced_target_keeps_the_total_known() -> None:
+    """A fallback from an unpriced target to a priced one: the request still has a cost (the
+    failed attempt billed no tokens), so it stays in cost reports; the attempt's own is unknown."""
     prices = book([{"effective": "2026-01-01", "targets": {"bedrock": MANAGED}}])
     attempts = [AttemptRecord("vllm", "r", "connect", 5.0), AttemptRecord("bedrock", "r", None, 800.0)]
     priced = prices.price_attempts(attempts, Usage(3000, 500), WHEN)
-    assert priced.total is None
+    assert priced.total == pytest.approx(0.01)
     assert [a.cost_usd for a in priced.attempts] == [None, pytest.approx(0.01)]
+
+
+def test_an_unpriced_answer_leaves_the_total_unknown() -> None:
+    prices = book([{"effective": "2026-01-01", "targets": {"bedrock": MANAGED}}])
+    attempts = [AttemptRecord("bedrock", "r", "timeout_ttft", 5.0), AttemptRecord("vllm", "r", None, 800.0)]
+    priced = prices.price_attempts(attempts, Usage(3000, 500), WHEN)
+    assert priced.total is None
+    assert [a.cost_usd for a in priced.attempts] == [0.0, None]
 
 
 def test_an_answer_without_usage_is_unknown_unless_priced_by_busy_time() -> None:

@@ -207,7 +207,9 @@ class PriceBook:
         self, attempts: Sequence[AttemptRecord], usage: Usage | None, when: float, *, answer_s: float | None = None
     ) -> Priced:
         """Every attempt with its ``cost_usd``, and the request's total: their sum, or None when
-        any attempt that was sent is unpriced. The answering attempt (the last, when it
+        the answer is unpriced. A failed attempt at an unpriced target keeps ``cost_usd`` None
+        (unknown) and adds nothing to the total: it billed no tokens, and a request must not
+        drop out of cost reports because a fallback saved it. The answering attempt (the last, when it
         succeeded) carries ``usage`` and, for a stream, ``answer_s``: the seconds from its start
         to the stream's end; without usage a token-priced answer is unknown (None). An attempt
         that carries its ``cost_usd`` already (an answer the output checks rejected, priced by
@@ -229,7 +231,10 @@ class PriceBook:
                 cost = self.attempt_cost(attempt.target, None, attempt.latency_ms, when)
             a = attempt
             priced.append(AttemptRecord(a.target, a.replica, a.error_class, a.latency_ms, a.offset_ms, cost))
-            total = None if total is None or cost is None else total + cost
+            if cost is not None:
+                total = None if total is None else total + cost
+            elif i == last and attempt.error_class is None:  # the answer itself is unpriced
+                total = None
         return Priced(priced, total)
 
 
