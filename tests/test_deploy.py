@@ -185,7 +185,7 @@ async def test_the_probes_and_the_hpa_metric_are_real(make_app: AppFactory, tmp_
     text = gateway_config_text()
     for var, value in secret_env().items():
         text = text.replace("${" + var + "}", value)
-    raw = {k: v for k, v in yaml.safe_load(text).items() if k not in ("store", "limits")}
+    raw = {k: v for k, v in yaml.safe_load(text).items() if k not in ("store", "state", "limits")}
     app = await make_app(raw, {name: ScriptedProvider(name) for name in raw["targets"]})
     c = container()
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):

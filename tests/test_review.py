@@ -4,13 +4,14 @@ labels from people, quality figures per release, and sharing the release store's
 from __future__ import annotations
 
 import random
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.pgstate import KINDS, raw_sql, state_place
+from turnout._support.places import Place
 from turnout.errors import RequestError
 from turnout.releases.review import Quality, ReviewError, ReviewQueue
 from turnout.releases.store import ReleaseStore
@@ -40,12 +41,14 @@ class Always(random.Random):
         return self.value
 
 
-@pytest.fixture
-async def queue(tmp_path: Path) -> AsyncIterator[ReviewQueue]:
-    q = ReviewQueue(tmp_path / "releases.db", redactor=Upper("redacted"), secrets=Upper("secrets"), clock=lambda: 50.0)
-    await q.open()
-    yield q
-    await q.aclose()
+@pytest.fixture(params=KINDS)
+async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ReviewQueue]:
+    """The same contract on both state backends (``state.kind``)."""
+    async with state_place(request.param, tmp_path / "releases.db") as place:
+        q = ReviewQueue(place, redactor=Upper("redacted"), secrets=Upper("secrets"), clock=lambda: 50.0)
+        await q.open()
+        yield q
+        await q.aclose()
 
 
 async def test_sampling_follows_the_rate(queue: ReviewQueue) -> None:
@@ -58,16 +61,13 @@ async def test_sampling_follows_the_rate(queue: ReviewQueue) -> None:
     assert await queue.maybe_enqueue("extract", "r1", "req-y", "t", 1.0, Always(0.999)) is not None
 
 
-async def test_text_is_redacted_by_mode_before_it_is_stored(queue: ReviewQueue, tmp_path: Path) -> None:
+async def test_text_is_redacted_by_mode_before_it_is_stored(queue: ReviewQueue) -> None:
     a = await queue.maybe_enqueue("extract", "r1", "req-1", "mail bob@example.com", 1.0, Always(0.0))
     b = await queue.maybe_enqueue("extract", "r1", "req-2", "key sk-123", 1.0, Always(0.0), mode="full")
     assert a is not None and a.text == "[redacted] MAIL BOB@EXAMPLE.COM" and a.mode == "redacted"
     assert b is not None and b.text == "[secrets] KEY SK-123" and b.mode == "full"
-    conn = sqlite3.connect(tmp_path / "releases.db")
-    try:
-        stored = [t for (t,) in conn.execute("SELECT text FROM review_items")]
-    finally:
-        conn.close()
+    stored = [t for (t,) in raw_sql(queue.place, "SELECT text FROM review_items")]
+    assert len(stored) == 2
     assert "bob@example.com" not in " ".join(stored)
 
 
@@ -134,22 +134,42 @@ async def test_bad_labels_and_statuses_are_refused(queue: ReviewQueue) -> None:
     assert (await queue.list("extract"))[0].status == "pending"
 
 
-async def test_purge_drops_old_items(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+async def test_purge_drops_old_items(kind: str, tmp_path: Path) -> None:
     now = [10.0]
-    q = ReviewQueue(tmp_path / "r.db", redactor=Upper("r"), clock=lambda: now[0])
-    await q.open()
-    try:
-        await q.maybe_enqueue("extract", "r1", "req-1", "x", 1.0, Always(0.0))
-        now[0] = 20.0
-        await q.maybe_enqueue("extract", "r1", "req-2", "x", 1.0, Always(0.0))
-        assert await q.purge(15.0) == 1
-        assert [i.request_id for i in await q.list()] == ["req-2"]
-    finally:
-        await q.aclose()
+    async with state_place(kind, tmp_path / "r.db") as place:
+        q = ReviewQueue(place, redactor=Upper("r"), clock=lambda: now[0])
+        await q.open()
+        try:
+            await q.maybe_enqueue("extract", "r1", "req-1", "x", 1.0, Always(0.0))
+            now[0] = 20.0
+            await q.maybe_enqueue("extract", "r1", "req-2", "x", 1.0, Always(0.0))
+            assert await q.purge(15.0) == 1
+            assert [i.request_id for i in await q.list()] == ["req-2"]
+        finally:
+            await q.aclose()
 
 
-async def test_it_shares_the_release_store_file(tmp_path: Path) -> None:
-    path = tmp_path / "releases.db"
+async def test_retention_deletes_a_pair_in_batches_sampled_items_included(queue: ReviewQueue) -> None:
+    """Sampled items have no tenant (NULL): the purge's pair (None, task) must still match them."""
+    for i in range(5):
+        await queue.maybe_enqueue("extract", "r1", f"sampled-{i}", "x", 1.0, Always(0.0))
+    await queue.enqueue_ticket("extract", "r1", "ticket-1", "acme", "escalated text")
+    assert set(await queue.tenant_tasks()) == {(None, "extract"), ("acme", "extract")}
+    assert await queue.delete_before(None, "extract", 60.0, limit=3) == 3
+    assert await queue.delete_before(None, "extract", 60.0, limit=3) == 2
+    assert await queue.delete_before(None, "extract", 60.0, limit=3) == 0
+    assert await queue.delete_before("acme", "extract", 40.0, limit=3) == 0  # queued at 50: kept
+    assert [i.request_id for i in await queue.list()] == ["ticket-1"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_it_shares_the_release_store_file(kind: str, tmp_path: Path) -> None:
+    async with state_place(kind, tmp_path / "releases.db") as path:
+        await _shares_the_release_store(path)
+
+
+async def _shares_the_release_store(path: Place) -> None:
     async with ReleaseStore(path):
         q = ReviewQueue(path, redactor=Upper("r"))
         await q.open()

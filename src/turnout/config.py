@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from turnout._support.places import PgPlace, Place
 from turnout._support.suggest import keys_at, nearest
 from turnout.errors import ConfigError
 
@@ -68,6 +69,17 @@ class StoreConfig(_Strict):
     # None: beside the SQLite file (<path>.spill), or ./.turnout/ledger.spill for PostgreSQL.
     spill_dir: str | None = None
     spill_max_mb: float = Field(256.0, ge=0)  # 0: no journal (a failed batch is lost, counted)
+
+
+class StateConfig(_Strict):
+    """Where releases (states, transitions, canary claims), the review queue and capture
+    (grants, audit, captured text) live. ``sqlite``: files on this machine
+    (``releases.store_path``; ``capture.db`` beside ``store.path``). ``postgres``: one database
+    that every replica and the CLI share, which a fleet on several machines needs."""
+
+    kind: Literal["sqlite", "postgres"] = "sqlite"
+    dsn: str | None = None  # postgres; default: store.dsn
+    pg_schema: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")  # default: store.pg_schema
 
 
 class CaptureRule(_Strict):
@@ -603,6 +615,7 @@ class RetentionConfig(_Strict):
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
+    state: StateConfig = StateConfig()
     limits: LimitsConfig = LimitsConfig()
     capture: CaptureConfig = CaptureConfig()
     releases: ReleasesConfig = ReleasesConfig()
@@ -621,6 +634,17 @@ class Config(_Strict):
     def _sort_prices(self) -> Config:
         self.prices.sort(key=lambda v: v.effective)
         return self
+
+    def state_at(self, path: str) -> Place:
+        """Where a store of shared state opens: ``path`` with ``state.kind: sqlite``, else the
+        PostgreSQL database (``state.dsn``, else the ledger's) and schema (``state.pg_schema``,
+        else the ledger's when the database is the ledger's)."""
+        if self.state.kind == "sqlite":
+            return path
+        if self.state.dsn:
+            return PgPlace(self.state.dsn, self.state.pg_schema)
+        assert self.store.dsn is not None  # cross_problems requires one
+        return PgPlace(self.store.dsn, self.state.pg_schema or self.store.pg_schema)
 
 
 def cross_problems(raw: dict[str, Any]) -> list[str]:
@@ -679,6 +703,7 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
     problems += _price_book_problems(raw.get("prices"), targets)
     problems += _credential_problems(targets)
     problems += _store_problems(_mapping(raw.get("store")))
+    problems += _state_problems(_mapping(raw.get("state")), _mapping(raw.get("store")))
     server = _mapping(raw.get("server"))
     host = str(server.get("host", "127.0.0.1"))
     if not tenants and not _flag(server.get("allow_anonymous", False)) and not _is_loopback(host):
@@ -821,6 +846,17 @@ def _store_problems(store: dict[str, Any]) -> list[str]:
         return ["store.dsn: required when store.kind is postgres, e.g. postgresql://user@host:5432/db"]
     if isinstance(dsn, str) and not re.match(r"^postgres(ql)?://", dsn):
         return ["store.dsn: must start with postgresql:// or postgres://, e.g. postgresql://user@host:5432/db"]
+    return []
+
+
+def _state_problems(state: dict[str, Any], store: dict[str, Any]) -> list[str]:
+    if state.get("kind") != "postgres":
+        return []
+    dsn = state.get("dsn") or (store.get("dsn") if store.get("kind") == "postgres" else None)
+    if not dsn:
+        return ["state.dsn: required when state.kind is postgres and the ledger is not in PostgreSQL"]
+    if isinstance(dsn, str) and not re.match(r"^postgres(ql)?://", dsn):
+        return ["state.dsn: must start with postgresql:// or postgres://, e.g. postgresql://user@host:5432/db"]
     return []
 
 

@@ -28,9 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from turnout._support.places import Conn
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Conn)
 
 Migrations = Sequence[Sequence[str]]
 ErrorFactory = Callable[[str], Exception]
@@ -61,7 +64,7 @@ def create_private(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
 
 
-def in_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T], begin: str = "BEGIN") -> T:
+def in_transaction(conn: C, body: Callable[[C], T], begin: str = "BEGIN") -> T:
     """``body(conn)`` in one transaction: committed if it returns, rolled back if it raises.
     The connection must be in autocommit mode (``isolation_level=None``)."""
     conn.execute(begin)
@@ -114,6 +117,8 @@ class SQLiteWorker:
     reader (another connection would see another database). ``private``: create the file
     owner-only (0600); off, SQLite creates it with the process's umask. ``failed_as`` names the
     store in the messages of SQLite failures (default: ``what``)."""
+
+    dialect = "sqlite"
 
     def __init__(
         self,

@@ -36,7 +36,10 @@ T = TypeVar("T")
 MAX_GRANT_MINUTES = 24 * 60  # a grant is for an investigation, not a standing permission
 CLI_ACTOR = "cli"
 
-CONFIG_HELP = "YAML config file: its tenants, tasks and capture rules, and store.path (capture.db lives beside it)."
+CONFIG_HELP = (
+    "YAML config file: its tenants, tasks and capture rules, and store.path (capture.db lives beside it; "
+    "with state.kind: postgres, in the fleet's database)."
+)
 
 
 @click.group()
@@ -213,4 +216,4 @@ def _when(at: float) -> str:
 
 
 def _run(config: Config, action: Callable[[CaptureStore], Awaitable[T]]) -> T:
-    return run_store(lambda: CaptureStore(capture_path(config.store)), action, "the capture store")
+    return run_store(lambda: CaptureStore(config.state_at(capture_path(config.store))), action, "the capture store")

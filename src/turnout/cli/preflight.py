@@ -9,12 +9,13 @@ it calls them (``turnout.serving.runtime``):
 
 * ``TURNOUT_REDACTION_KEY``, read when ``capture.redaction_key`` is unset: the log filter
   keys its redactor with it on every start;
-* the optional drivers each chosen backend needs (ledger store, key store, limiter, every
-  target's provider, tracing) and the Redis URL, parsed as the limiter parses it;
+* the optional drivers each chosen backend needs (ledger store, shared state, key store,
+  limiter, every target's provider, tracing) and the Redis URL, parsed as the limiter parses it;
 * each local target's model file;
 * each ``targets.X.tokenizer``: the ``tokenizers`` package, and the file loaded with it;
 * the release files under ``releases.path``, loaded and checked against the config;
-* every SQLite file start-up opens (ledger, capture, keys, releases): its directory must be
+* every SQLite file start-up opens (ledger, capture, keys, releases; with ``state.kind:
+  postgres`` capture and releases are not files): its directory must be
   one that can be created and written; so must the ledger's spill journal directory;
 * ``PROMETHEUS_MULTIPROC_DIR``, with metrics on: a directory;
 * with ``--workers`` above 1 (``shared_state``): no state that each worker would hold on its
@@ -48,6 +49,7 @@ from turnout.releases.files import load_all
 from turnout.serving.runtime import capture_wanted
 
 TRACING = {"otlp": Backend("turnout.observe.tracing:Tracing", ("opentelemetry",), "observability")}
+STATE = {"postgres": Backend("turnout._support.pgworker:PostgresWorker", ("psycopg",), "postgres")}
 MEMORY = ":memory:"
 
 
@@ -109,6 +111,8 @@ def _backends(config: Config) -> list[str]:
     problems: list[str] = []
     if config.store.kind != "none":
         problems += _collect(load, BACKENDS, config.store.kind, "store.kind")
+    if config.state.kind == "postgres":
+        problems += _collect(load, STATE, "postgres", "state.kind")
     if config.observability.otlp_endpoint:
         problems += _collect(load, TRACING, "otlp", "observability.otlp_endpoint")
     limits = config.limits.backend  # issued keys (with tenants) and the limiter (with limits)
@@ -148,12 +152,13 @@ def _sqlite_files(config: Config) -> list[str]:
     files: list[tuple[str, str]] = []
     if config.store.kind == "sqlite":
         files.append((config.store.path, "store.path"))
-    if capture_wanted(config) and config.store.kind in ("sqlite", "postgres"):
+    shared = config.state.kind == "sqlite"  # else the state lives in PostgreSQL
+    if shared and capture_wanted(config) and config.store.kind in ("sqlite", "postgres"):
         files.append((capture_path(config.store), "store.path (the capture store beside the ledger)"))
     if config.tenants and config.limits.backend == "memory":
         files.append((config.limits.keys_path, "limits.keys_path"))
     reviews = capture_wanted(config) and any(t.review_rate > 0 for t in config.tasks.values())
-    if reviews or os.path.isdir(config.releases.path):
+    if shared and (reviews or os.path.isdir(config.releases.path)):
         files.append((config.releases.store_path, "releases.store_path"))
     return [f"{key}: {problem}" for path, key in files if path != MEMORY and (problem := _unwritable(Path(path)))]
 

@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 CONFIG_HELP = (
     "YAML config file: its tasks, and its releases section (releases.path for the files, "
-    "releases.store_path for the store)."
+    "releases.store_path for the store; state.kind: postgres puts it in the fleet's database)."
 )
 
 
@@ -257,4 +257,4 @@ def _traffic(name: str, serving: ServingRow | None) -> str:
 
 
 def _run(config: Config, action: Callable[[ReleaseStore], Awaitable[T]]) -> T:
-    return run_store(lambda: ReleaseStore(config.releases.store_path), action, "the release store")
+    return run_store(lambda: ReleaseStore(config.state_at(config.releases.store_path)), action, "the release store")

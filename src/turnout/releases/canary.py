@@ -27,7 +27,7 @@ Every move is a transition in the release store, by ``turnout-canary``, whose wh
 checks with their numbers. Waits are logged, not recorded: they change nothing.
 
 Across replicas: before it acts, a controller claims the step in ``canary_claims`` (a table
-of its own in the release store's SQLite file) keyed by task, canary and the step's start. The
+of its own beside the release store's tables, in SQLite or PostgreSQL) keyed by task, canary and the step's start. The
 claim is one ``INSERT … ON CONFLICT DO UPDATE … WHERE`` statement, so of two replicas that
 reach the same verdict on the same step exactly one moves it; the other reports
 ``acted=False``. A claim whose holder died before acting goes stale after ``claim_ttl_s`` and
@@ -50,6 +50,7 @@ from typing import Literal, Protocol
 
 from turnout._support.failures import describe
 from turnout._support.periodic import Periodic
+from turnout._support.places import PgPlace, Place
 from turnout.config import CanaryConfig, Config
 from turnout.errors import TurnoutError
 from turnout.ledger.store import LedgerStore, ReleaseStats
@@ -123,7 +124,7 @@ class CanaryController:
         self.releases = release_store
         self.ledger = ledger_store
         self.clock = clock
-        self.claims = claims or StepClaims(config.releases.store_path, clock=clock)
+        self.claims = claims or StepClaims(config.state_at(config.releases.store_path), clock=clock)
         self.replica = replica or f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
         self.last: dict[str, Verdict] = {}  # the latest verdict per task, for the admin API
         self._loop = Periodic("turnout-canary", self.check_due, 1.0, first="now", logger=log)
@@ -336,7 +337,8 @@ def _not_acted(verdict: Verdict, reason: str) -> Verdict:
 
 
 class StepClaims:
-    """Who moves which step, shared by the replicas through the release store's SQLite file.
+    """Who moves which step, shared by the replicas through the release store (its SQLite file,
+    or the fleet's PostgreSQL).
 
     ``canary_claims`` is this module's own table (created if missing; the release store's
     migrations never touch it). Claims are rare (one per step and replica), so each opens its
@@ -345,10 +347,10 @@ class StepClaims:
     _CREATE = """CREATE TABLE IF NOT EXISTS canary_claims (
         task       TEXT NOT NULL,
         canary     TEXT NOT NULL,
-        step_since REAL NOT NULL,
+        step_since DOUBLE PRECISION NOT NULL,
         action     TEXT NOT NULL,
         holder     TEXT NOT NULL,
-        at         REAL NOT NULL,
+        at         DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (task, canary, step_since)
     )"""
     # Insert, or take over a stale claim: either way one statement, so one winner.
@@ -357,8 +359,8 @@ class StepClaims:
         SET action = excluded.action, holder = excluded.holder, at = excluded.at
         WHERE canary_claims.at < ?"""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time, ttl_s: float = 120.0) -> None:
-        self.path = str(path)
+    def __init__(self, place: Place | Path, *, clock: Callable[[], float] = time.time, ttl_s: float = 120.0) -> None:
+        self.place = place if isinstance(place, PgPlace) else str(place)
         self.clock = clock
         self.ttl_s = ttl_s
 
@@ -368,7 +370,20 @@ class StepClaims:
         return await asyncio.to_thread(self._claim, params)
 
     def _claim(self, params: tuple[object, ...]) -> bool:
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        if isinstance(self.place, PgPlace):
+            from turnout._support import pgworker
+
+            pg = pgworker.connect(self.place, name="turnout-canary")
+            try:
+                with pg.raw.transaction():  # replicas creating the table at once: one at a time
+                    pg.raw.execute(
+                        "SELECT pg_advisory_xact_lock(%s)", (pgworker.lock_key(self.place.schema or "", "claims"),)
+                    )
+                    pg.execute(self._CREATE)
+                return pg.execute(self._CLAIM, params).rowcount > 0
+            finally:
+                pg.raw.close()
+        conn = sqlite3.connect(self.place, timeout=10.0, isolation_level=None)
         try:
             conn.execute(self._CREATE)
             return conn.execute(self._CLAIM, params).rowcount > 0

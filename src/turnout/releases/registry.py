@@ -108,9 +108,9 @@ class StoreRegistry:
 
 async def open_registry(config: Config, *, interval: float = POLL_INTERVAL_S) -> StoreRegistry:
     """The gateway's start-up: read and check the release files (ConfigError on a problem),
-    open ``releases.store_path`` and start a registry that owns it."""
+    open the release store (``Config.state_at``) and start a registry that owns it."""
     files = load_all(config)
-    store = ReleaseStore(config.releases.store_path)
+    store = ReleaseStore(config.state_at(config.releases.store_path))
     await store.open()
     registry = StoreRegistry(store, files, interval=interval, owns_store=True)
     try:

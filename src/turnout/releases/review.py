@@ -1,4 +1,5 @@
-"""``ReviewQueue``: sampled answers awaiting a human label, in the release store's SQLite file.
+"""``ReviewQueue``: sampled answers awaiting a human label, beside the release store (its
+SQLite file, or PostgreSQL with ``state.kind: postgres``).
 
 The table lives in ``releases.store_path`` (``releases.db``) beside releases and transitions,
 so the replicas, the CLI and the admin API share one queue and a release's quality figures sit
@@ -31,14 +32,14 @@ from __future__ import annotations
 import builtins
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 
-from turnout._support.sqlite import SQLiteWorker, migrate
+from turnout._support.places import Conn, PgPlace, Place, worker
+from turnout._support.sqlite import migrate
 from turnout.errors import RequestError, TurnoutError
 
 log = logging.getLogger(__name__)
@@ -154,20 +155,21 @@ _COLUMNS = (
 class ReviewQueue:
     def __init__(
         self,
-        path: str | Path,
+        place: Place | Path,
         *,
         redactor: TextRedactor | None = None,
         secrets: TextRedactor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = str(path)
+        self.place = place if isinstance(place, PgPlace) else str(place)
         self.redactor = redactor
         self.secrets = secrets
         self.clock = clock
         # No data_version reader: nothing polls the queue for others' changes.
-        self._db = SQLiteWorker(
-            self.path, what="review queue", label="review", error=ReviewError, prepare=self._migrate, reader=False
+        self._db = worker(
+            self.place, what="review queue", label="review", error=ReviewError, prepare=self._migrate, reader=False
         )
+        self.path = self._db.path
 
     async def open(self) -> None:
         await self._db.open()
@@ -196,14 +198,14 @@ class ReviewQueue:
             return None
         now = self.clock()
 
-        def insert(conn: sqlite3.Connection) -> ReviewItem | None:
+        def insert(conn: Conn) -> ReviewItem | None:
             clean = scrub.redact(text).text
             cur = conn.execute(
                 "INSERT OR IGNORE INTO review_items (task, release, request_id, text, mode, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (task, release, request_id, clean, mode, now),
             )
-            return _get(conn, cur.lastrowid) if cur.rowcount else None
+            return _inserted(conn, cur.fetchone())
 
         return await self._call(insert)
 
@@ -218,21 +220,21 @@ class ReviewQueue:
             raise ReviewError("the review queue has no redactor: escalations cannot be queued")
         now = self.clock()
 
-        def insert(conn: sqlite3.Connection) -> ReviewItem | None:
+        def insert(conn: Conn) -> ReviewItem | None:
             clean = scrub.redact(text).text
             cur = conn.execute(
                 "INSERT OR IGNORE INTO review_items (task, release, request_id, text, mode, created_at, tenant, reason)"
-                " VALUES (?, ?, ?, ?, 'redacted', ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, 'redacted', ?, ?, ?) RETURNING id",
                 (task, release, request_id, clean, now, tenant, ESCALATED),
             )
-            return _get(conn, cur.lastrowid) if cur.rowcount else None
+            return _inserted(conn, cur.fetchone())
 
         return await self._call(insert)
 
     async def ticket(self, request_id: str) -> ReviewItem | None:
         """The escalated item of ``request_id``; None when there is none (a sampled one is none)."""
 
-        def read(conn: sqlite3.Connection) -> ReviewItem | None:
+        def read(conn: Conn) -> ReviewItem | None:
             sql = f"SELECT {_COLUMNS} FROM review_items WHERE request_id = ? AND reason = ?"  # noqa: S608
             row = conn.execute(sql, (request_id, ESCALATED)).fetchone()
             return None if row is None else _decode(row)
@@ -271,7 +273,7 @@ class ReviewQueue:
             raise RequestError(f"the answer is longer than {MAX_ANSWER} characters", param="answer")
         now = self.clock()
 
-        def update(conn: sqlite3.Connection) -> ReviewItem | None:
+        def update(conn: Conn) -> ReviewItem | None:
             found = _get(conn, item_id)
             if found is None:
                 return None
@@ -322,13 +324,28 @@ class ReviewQueue:
 
     # --- the thread ------------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _call(self, fn: Callable[[Conn], T]) -> T:
         return await self._db.run(fn)
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: Conn) -> None:
         # Its own table: the release store's schema_migrations versions the release tables.
+        if isinstance(self.place, PgPlace):
+            from turnout._support import pgworker
+            from turnout.releases import pgschema
+
+            pg = cast("pgworker.PgConnection", conn)
+            pgworker.migrate(
+                pg,
+                self.place,
+                pgschema.REVIEW,
+                what="review queue",
+                label="review",
+                error=ReviewError,
+                table="review_migrations",
+            )
+            return
         migrate(
-            conn,
+            cast(Any, conn),
             self.path,
             MIGRATIONS,
             what="review queue",
@@ -345,7 +362,12 @@ def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
     return " WHERE " + " AND ".join(f"{k} = ?" for k in given), tuple(given.values())
 
 
-def _get(conn: sqlite3.Connection, item_id: int | None) -> ReviewItem | None:
+def _inserted(conn: Conn, row: Sequence[Any] | None) -> ReviewItem | None:
+    """The item an ``INSERT OR IGNORE … RETURNING id`` made; None when the id was queued already."""
+    return None if row is None else _get(conn, int(row[0]))
+
+
+def _get(conn: Conn, item_id: int | None) -> ReviewItem | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM review_items WHERE id = ?", (item_id,)).fetchone()  # noqa: S608
     return None if row is None else _decode(row)
 

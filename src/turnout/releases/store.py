@@ -1,5 +1,7 @@
 """Registered releases, their states and the audit of every transition, in one SQLite file
-(``releases.store_path``), shared by the gateway's replicas, the CLI and the canary controller.
+(``releases.store_path``) or, for a fleet on several machines, in PostgreSQL (``state.kind:
+postgres``; ``turnout._support.pgworker``, tables in ``releases.pgschema``), shared by the
+gateway's replicas, the CLI and the canary controller.
 
 Tables::
 
@@ -27,15 +29,15 @@ goes back to the active release) or, when there is no canary or it is asked to, 
 ``previous_active`` active again; nothing ever leaves a task with no active release once it
 has had one.
 
-Every change runs in one ``BEGIN IMMEDIATE`` transaction on a worker thread that owns the
-write connection, so the checks and the change are atomic across processes and the event loop
-never waits on disk. ``data_version()`` reads ``PRAGMA data_version`` on a second, read-only
-connection (a few µs, no disk I/O) so a registry can tell when anyone committed.
+Every change runs in one ``BEGIN IMMEDIATE`` transaction (in PostgreSQL: behind the store's
+advisory lock) on a worker thread that owns the write connection, so the checks and the change
+are atomic across processes and machines and the event loop never waits on disk.
+``data_version()`` changes whenever anyone committed, read from memory: SQLite's ``PRAGMA
+data_version`` on a second connection, PostgreSQL's count of ``NOTIFY`` notices.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +47,8 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
-from turnout._support.sqlite import SQLiteWorker, in_transaction, migrate
+from turnout._support.places import Conn, PgPlace, Place, dialect, worker
+from turnout._support.sqlite import in_transaction, migrate
 from turnout.errors import TurnoutError
 from turnout.releases.base import Prompt, Release, Serving, State, Transition
 
@@ -169,11 +172,13 @@ def from_spec(task: str, name: str, spec: dict[str, Any]) -> Release:
 
 
 class ReleaseStore:
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._db = SQLiteWorker(
-            self.path, what="release store", label="releases", error=ReleaseStoreError, prepare=self._migrate
+    def __init__(self, place: Place | Path) -> None:
+        """``place``: the SQLite file, or the fleet's PostgreSQL (``Config.state_at``)."""
+        self.place = place if isinstance(place, PgPlace) else str(place)
+        self._db = worker(
+            self.place, what="release store", label="releases", error=ReleaseStoreError, prepare=self._migrate
         )
+        self.path = self._db.path
 
     async def open(self) -> None:
         await self._db.open()
@@ -231,7 +236,7 @@ class ReleaseStore:
         _who(by, why)
         version, spec = release.version, orjson.dumps(to_spec(release), option=orjson.OPT_SORT_KEYS).decode()
 
-        def body(conn: sqlite3.Connection, now: float) -> RegisteredRelease:
+        def body(conn: Conn, now: float) -> RegisteredRelease:
             found = _row(conn, release.task, release.name)
             if found is not None:
                 if found.version != version:
@@ -259,7 +264,7 @@ class ReleaseStore:
         evaluated: unchanged."""
         _who(by, why)
 
-        def body(conn: sqlite3.Connection, now: float) -> RegisteredRelease:
+        def body(conn: Conn, now: float) -> RegisteredRelease:
             found = _need(conn, task, name)
             if found.state == "evaluated":
                 return found
@@ -279,7 +284,7 @@ class ReleaseStore:
         _who(by, why)
         _percent(percent)
 
-        def body(conn: sqlite3.Connection, now: float) -> ServingRow:
+        def body(conn: Conn, now: float) -> ServingRow:
             found = _need(conn, task, name)
             serving = _serving(conn, task)
             assert serving is not None  # registering made it
@@ -312,7 +317,7 @@ class ReleaseStore:
         _who(by, why)
         _percent(percent)
 
-        def body(conn: sqlite3.Connection, now: float) -> ServingRow:
+        def body(conn: Conn, now: float) -> ServingRow:
             serving = _serving(conn, task)
             if serving is None or serving.canary is None:
                 raise ReleaseStoreError(f"task {task!r} has no release in canary")
@@ -329,7 +334,7 @@ class ReleaseStore:
         (bootstrap)."""
         _who(by, why)
 
-        def body(conn: sqlite3.Connection, now: float) -> ServingRow:
+        def body(conn: Conn, now: float) -> ServingRow:
             found = _need(conn, task, name)
             serving = _serving(conn, task)
             assert serving is not None
@@ -368,7 +373,7 @@ class ReleaseStore:
         active release (the current one is retired)."""
         _who(by, why)
 
-        def body(conn: sqlite3.Connection, now: float) -> ServingRow:
+        def body(conn: Conn, now: float) -> ServingRow:
             serving = _serving(conn, task)
             if serving is None or (serving.active is None and serving.canary is None):
                 raise ReleaseStoreError(f"task {task!r} has no release serving traffic; nothing to roll back")
@@ -400,14 +405,29 @@ class ReleaseStore:
 
     # --- the thread ------------------------------------------------------------------------
 
-    async def _write(self, body: Callable[[sqlite3.Connection, float], T]) -> T:
+    async def _write(self, body: Callable[[Conn, float], T]) -> T:
         return await self._db.transaction(lambda conn: body(conn, time.time()), begin="BEGIN IMMEDIATE")
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], sqlite3.Cursor]) -> list[Sequence[Any]]:
+    async def _call(self, fn: Callable[[Conn], Any]) -> list[Sequence[Any]]:
         return await self._db.run(lambda conn: list(fn(conn).fetchall()))
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        migrate(conn, self.path, MIGRATIONS, what="release store", label="releases", error=ReleaseStoreError)
+    def _migrate(self, conn: Conn) -> None:
+        if isinstance(self.place, PgPlace):
+            from turnout._support import pgworker
+            from turnout.releases import pgschema
+
+            assert dialect(conn) == "postgres"
+            pgworker.migrate(
+                cast("pgworker.PgConnection", conn),
+                self.place,
+                pgschema.RELEASES,
+                what="release store",
+                label="releases",
+                error=ReleaseStoreError,
+                table="releases_migrations",
+            )
+            return
+        migrate(cast(Any, conn), self.path, MIGRATIONS, what="release store", label="releases", error=ReleaseStoreError)
 
 
 _SELECT = "SELECT task, name, version, prompt_version, spec, registered_at, registered_by, state FROM releases"
@@ -424,12 +444,12 @@ def _decode(row: Sequence[Any]) -> RegisteredRelease:
     return RegisteredRelease(release, version, prompt_version, cast(State, state), registered_at, registered_by)
 
 
-def _row(conn: sqlite3.Connection, task: str, name: str) -> RegisteredRelease | None:
+def _row(conn: Conn, task: str, name: str) -> RegisteredRelease | None:
     row = conn.execute(_SELECT + " WHERE task = ? AND name = ?", (task, name)).fetchone()
     return None if row is None else _decode(row)
 
 
-def _need(conn: sqlite3.Connection, task: str, name: str) -> RegisteredRelease:
+def _need(conn: Conn, task: str, name: str) -> RegisteredRelease:
     found = _row(conn, task, name)
     if found is None:
         known = [r[0] for r in conn.execute("SELECT name FROM releases WHERE task = ? ORDER BY name", (task,))]
@@ -439,24 +459,24 @@ def _need(conn: sqlite3.Connection, task: str, name: str) -> RegisteredRelease:
     return found
 
 
-def _serving(conn: sqlite3.Connection, task: str) -> ServingRow | None:
+def _serving(conn: Conn, task: str) -> ServingRow | None:
     row = conn.execute(_SERVING + " WHERE task = ?", (task,)).fetchone()
     return None if row is None else ServingRow(*row)
 
 
-def _need_serving(conn: sqlite3.Connection, task: str) -> ServingRow:
+def _need_serving(conn: Conn, task: str) -> ServingRow:
     row = _serving(conn, task)
     assert row is not None
     return row
 
 
-def _never_active(conn: sqlite3.Connection, task: str) -> bool:
+def _never_active(conn: Conn, task: str) -> bool:
     row = conn.execute("SELECT 1 FROM transitions WHERE task = ? AND to_state = 'active' LIMIT 1", (task,)).fetchone()
     return row is None
 
 
 def _move(
-    conn: sqlite3.Connection,
+    conn: Conn,
     task: str,
     name: str,
     from_state: State,
@@ -471,7 +491,7 @@ def _move(
 
 
 def _record(
-    conn: sqlite3.Connection,
+    conn: Conn,
     task: str,
     name: str,
     from_state: State | None,
@@ -488,8 +508,8 @@ def _record(
     )
 
 
-def _snapshot(conn: sqlite3.Connection) -> Snapshot:
-    def read(conn: sqlite3.Connection) -> Snapshot:
+def _snapshot(conn: Conn) -> Snapshot:
+    def read(conn: Conn) -> Snapshot:
         releases: dict[str, dict[str, Release]] = {}
         for row in conn.execute(_SELECT):
             found = _decode(row)

@@ -21,6 +21,7 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 from turnout._support.periodic import Periodic
+from turnout._support.places import Place
 from turnout.cache import factory as cache_factory
 from turnout.cache.stage import CacheStage
 from turnout.config import HUMAN, Config
@@ -141,7 +142,9 @@ class Runtime:
         await self._open_targets()
         if reviews_wanted(cfg, self.capture is not None):
             redactor = Redactor(self.secret)  # review text is redacted like captured text
-            reviews = ReviewQueue(cfg.releases.store_path, redactor=redactor, secrets=SecretsOnly(redactor))
+            reviews = ReviewQueue(
+                cfg.state_at(cfg.releases.store_path), redactor=redactor, secrets=SecretsOnly(redactor)
+            )
             await reviews.open()
             stack.push_async_callback(reviews.aclose)
             self.reviews = reviews
@@ -207,7 +210,7 @@ class Runtime:
         captured text."""
         audit = self.capture.store if self.capture is not None else None
         if audit is None:
-            audit = CaptureStore(capture_path(self.config.store))
+            audit = CaptureStore(self.config.state_at(capture_path(self.config.store)))
             await audit.open()
             stack.push_async_callback(audit.aclose)
         purge = RetentionPurge(self.config, store, audit, reviews=self.reviews)
@@ -293,7 +296,10 @@ def pseudonym(key: bytes, value: str) -> str:
 
 def open_capture(config: Config, key: bytes) -> Capture:
     redactor = Redactor(key)
-    path = ":memory:" if config.store.kind in ("memory", "none") else capture_path(config.store)
+    if config.state.kind == "postgres":
+        path: Place = config.state_at("")
+    else:
+        path = ":memory:" if config.store.kind in ("memory", "none") else capture_path(config.store)
     rules = Rules(config)
     return Capture(
         config.capture,

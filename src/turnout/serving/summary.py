@@ -86,7 +86,8 @@ def stores(runtime: Runtime) -> list[str]:
         ledger += f" (spill journal {spill})"
     out = [ledger]
     if runtime.releases is not None:
-        out.append(f"releases {cfg.releases.store_path}")
+        place = cfg.state_at(cfg.releases.store_path)
+        out.append(f"releases {place if isinstance(place, str) else 'postgres ' + place.shown}")
     lim = cfg.limits
     if lim.backend == "redis":
         out.append(f"limits and keys redis {url_place(lim.redis_url)}")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from turnout._support.places import Place
 from turnout.config import CaptureConfig
 from turnout.privacy.capture.model import TextRedactor
 from turnout.privacy.capture.policy import CapturePolicy
@@ -25,7 +26,7 @@ class Capture:
     def __init__(
         self,
         config: CaptureConfig,
-        path: str | Path,
+        path: Place | Path,
         redactor: TextRedactor,
         *,
         secrets: TextRedactor | None = None,

@@ -1,5 +1,7 @@
 """The capture store: grants, their audit trail and captured text, in one SQLite file beside
-the ledger (``capture.db`` in the directory of ``store.path``).
+the ledger (``capture.db`` in the directory of ``store.path``) or, for a fleet, in PostgreSQL
+(``state.kind: postgres``: ``turnout._support.pgworker``, tables in ``capture.pgschema``, where
+``version()`` counts the store's change notices).
 
 As in the ledger and key stores, one dedicated thread owns the write connection and runs every
 statement, so the event loop never waits on disk; the file is in WAL mode with
@@ -22,13 +24,13 @@ which are append-only history.
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from turnout._support.sqlite import SQLiteWorker, migrate
+from turnout._support.places import Conn, PgPlace, Place, worker
+from turnout._support.sqlite import migrate
 from turnout.config import StoreConfig
 from turnout.privacy.capture.model import SYSTEM_ACTOR, AuditEvent, CaptureRow, CaptureStoreError, Event, Grant
 
@@ -108,6 +110,11 @@ _SELECT_UNRECORDED_EXPIRY = (
 )
 _CAPTURE_COLUMNS = "request_id, tenant, task, mode, grant_id, captured_at, expires_at, prompt_text, completion_text"
 _INSERT_CAPTURE = f"INSERT OR REPLACE INTO captures ({_CAPTURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_UPSERT_CAPTURE = (  # PostgreSQL's spelling of the same
+    f"INSERT INTO captures ({_CAPTURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+    " ON CONFLICT (request_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _CAPTURE_COLUMNS.split(", ")[1:])
+)
 _SELECT_CAPTURES = f"SELECT {_CAPTURE_COLUMNS} FROM captures"  # noqa: S608
 
 
@@ -121,11 +128,14 @@ def new_grant_id() -> str:
 
 
 class CaptureStore:
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._db = SQLiteWorker(
-            self.path, what="capture store", label="capture", error=CaptureStoreError, prepare=self._migrate
+    def __init__(self, place: Place | Path) -> None:
+        """``place``: the SQLite file, or the fleet's PostgreSQL (``Config.state_at``)."""
+        self.place = place if isinstance(place, PgPlace) else str(place)
+        self._db = worker(
+            self.place, what="capture store", label="capture", error=CaptureStoreError, prepare=self._migrate
         )
+        self.path = self._db.path
+        self._insert_capture = _UPSERT_CAPTURE if isinstance(self.place, PgPlace) else _INSERT_CAPTURE
         self._changes = 0  # grant changes made through this object (all an in-memory file sees)
 
     async def open(self) -> None:
@@ -149,7 +159,7 @@ class CaptureStore:
         grant = Grant(new_grant_id(), tenant, task, starts_at, ends_at, reason.strip(), granted_by.strip())
         minutes = (ends_at - starts_at) / 60
 
-        def insert(conn: sqlite3.Connection) -> None:
+        def insert(conn: Conn) -> None:
             conn.execute(
                 f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",  # noqa: S608
                 (grant.id, tenant, task, starts_at, ends_at, grant.reason, grant.granted_by),
@@ -164,7 +174,7 @@ class CaptureStore:
         """Revoke a grant that has not ended; a grant already revoked or expired is returned
         unchanged (its expiry recorded first if nobody had). None: no such grant."""
 
-        def revoke(conn: sqlite3.Connection) -> Grant | None:
+        def revoke(conn: Conn) -> Grant | None:
             _expire(conn, now)
             row = conn.execute(_SELECT_GRANTS + " WHERE id = ?", (grant_id,)).fetchone()
             if row is None:
@@ -232,8 +242,8 @@ class CaptureStore:
             if r.grant_id is not None
         ]
 
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.executemany(_INSERT_CAPTURE, captures)
+        def insert(conn: Conn) -> None:
+            conn.executemany(self._insert_capture, captures)
             conn.executemany(_INSERT_AUDIT, used)
 
         await self._write(insert, grants_changed=False)
@@ -242,7 +252,7 @@ class CaptureStore:
         """Delete captures past their ``expires_at`` and record expired grants, then one
         ``purged`` event with the count. Returns (captures deleted, grants newly expired)."""
 
-        def purge(conn: sqlite3.Connection) -> tuple[int, list[Grant]]:
+        def purge(conn: Conn) -> tuple[int, list[Grant]]:
             expired = _expire(conn, now)
             deleted = conn.execute("DELETE FROM captures WHERE expires_at <= ?", (now,)).rowcount
             detail = f"deleted {deleted} captures past their retention"
@@ -262,7 +272,7 @@ class CaptureStore:
         where, params = ("", list[object]()) if tenant is None else (" WHERE tenant = ?", list[object]([tenant]))
         sql = _SELECT_AUDIT + where + " ORDER BY id"
         if limit is not None:
-            sql = f"SELECT * FROM ({_SELECT_AUDIT}{where} ORDER BY id DESC LIMIT ?) ORDER BY id"  # noqa: S608
+            sql = f"SELECT * FROM ({_SELECT_AUDIT}{where} ORDER BY id DESC LIMIT ?) AS recent ORDER BY id"  # noqa: S608
             params = [*params, limit]
         rows = await self._call(lambda conn: conn.execute(sql, params).fetchall())
         return [AuditEvent(row[0], row[1], cast(Event, row[2]), *row[3:]) for row in rows]
@@ -276,7 +286,7 @@ class CaptureStore:
 
     # --- the thread ------------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, grants_changed: bool = True) -> T:
+    async def _write(self, fn: Callable[[Conn], T], *, grants_changed: bool = True) -> T:
         # IMMEDIATE: take the write lock before reading, so the "exactly once" reads and the
         # writes that depend on them cannot interleave with another process's.
         result = await self._db.transaction(fn, begin="BEGIN IMMEDIATE")
@@ -284,14 +294,29 @@ class CaptureStore:
             self._changes += 1
         return result
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _call(self, fn: Callable[[Conn], T]) -> T:
         return await self._db.run(fn)
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        migrate(conn, self.path, MIGRATIONS, what="capture store", label="capture", error=CaptureStoreError)
+    def _migrate(self, conn: Conn) -> None:
+        if isinstance(self.place, PgPlace):
+            from turnout._support import pgworker
+            from turnout.privacy.capture import pgschema
+
+            pg = cast("pgworker.PgConnection", conn)
+            pgworker.migrate(
+                pg,
+                self.place,
+                pgschema.CAPTURE,
+                what="capture store",
+                label="capture",
+                error=CaptureStoreError,
+                table="capture_migrations",
+            )
+            return
+        migrate(cast(Any, conn), self.path, MIGRATIONS, what="capture store", label="capture", error=CaptureStoreError)
 
 
-def _expire(conn: sqlite3.Connection, now: float) -> list[Grant]:
+def _expire(conn: Conn, now: float) -> list[Grant]:
     rows = conn.execute(_SELECT_UNRECORDED_EXPIRY, (now,)).fetchall()
     expired = [_grant(row) for row in rows]
     detail = f"recorded at {_iso(now)}"

@@ -1,0 +1,96 @@
+"""Where a store of shared state opens: a SQLite file's path, or a ``PgPlace`` (``state.kind:
+postgres``), and ``worker`` to open either behind the one interface the stores use
+(``SQLiteWorker`` or ``PostgresWorker``). Choosing a place imports no driver."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias, TypeVar
+
+T = TypeVar("T")
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
+
+
+@dataclass(frozen=True, slots=True)
+class PgPlace:
+    """Where a fleet's shared state lives: a DSN and the schema of turnout's tables (None: the
+    connection's default search path)."""
+
+    dsn: str
+    schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.schema is not None and not _IDENTIFIER.match(self.schema):
+            raise ValueError(f"not a plain lower-case schema name: {self.schema!r}")
+
+    @property
+    def shown(self) -> str:
+        """The DSN without its password, and the schema: for messages and logs."""
+        where = _PASSWORD.sub(r"\1@", self.dsn)
+        return where if self.schema is None else f"{where} (schema {self.schema})"
+
+
+Place: TypeAlias = str | PgPlace
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Conn(Protocol):
+    """What a store's bodies use of ``sqlite3.Connection`` (and ``pgworker.PgConnection``)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]], /) -> Cursor: ...
+
+
+class Worker(Protocol):
+    """A store's database behind one thread: ``SQLiteWorker`` or ``PostgresWorker``."""
+
+    path: str
+    dialect: str
+
+    @property
+    def executor(self) -> ThreadPoolExecutor | None: ...
+    @property
+    def readable(self) -> bool: ...
+    async def open(self) -> None: ...
+    async def aclose(self) -> None: ...
+    async def run(self, fn: Callable[[Any], T]) -> T: ...
+    async def transaction(self, fn: Callable[[Any], T], begin: str = "BEGIN") -> T: ...
+    def data_version(self) -> int: ...
+
+
+def worker(
+    place: Place,
+    *,
+    what: str,
+    label: str,
+    error: Callable[[str], Exception],
+    prepare: Callable[[Conn], None],
+    reader: bool = True,
+    private: bool = True,
+) -> Worker:
+    """The worker for ``place``. ``prepare(conn)`` runs once it is open (the store's migrations;
+    ``conn.dialect`` tells it which). ``private``: a SQLite file is created owner-only."""
+    if isinstance(place, PgPlace):
+        from turnout._support.pgworker import PostgresWorker  # psycopg only for a fleet
+
+        return PostgresWorker(place, what=what, label=label, error=error, prepare=prepare, reader=reader)
+    from turnout._support.sqlite import SQLiteWorker
+
+    return SQLiteWorker(place, what=what, label=label, error=error, prepare=prepare, reader=reader, private=private)
+
+
+def dialect(conn: object) -> str:
+    """``postgres`` for a ``PgConnection``, else ``sqlite``."""
+    return str(getattr(conn, "dialect", "sqlite"))
