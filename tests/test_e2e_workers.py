@@ -143,12 +143,16 @@ def test_a_killed_worker_is_replaced(served: Served) -> None:
     assert len(before) == 2
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
-    for _ in range(TRIES):  # the survivor answers all the while
-        assert chat(served) == "Hello, world"
+    answered, deadline = 0, time.monotonic() + 60
+    while True:  # the survivor answers all the while (within the tenant's RPM: a slow restart
+        if answered < RPM // 2:  # on a busy machine must not turn into 429s)
+            assert chat(served) == "Hello, world"
+            answered += 1
         after = workers_of(served)
         if len(after) == 2 and victim not in after:
             break
-    assert victim not in after and len(after) == 2
+        assert time.monotonic() < deadline, "no worker replaced the killed one within 60 s"
+        time.sleep(0.05)
     wait_log(served, STARTED, 3)
     pids = worker_pids(served)  # the new one serves too, once started
     for _ in range(TRIES):

@@ -1,6 +1,6 @@
 """A fleet on shared state, end to end on this machine: nginx in front of three ``turnout serve``
-replicas, each in a home of its own (no file is shared: what they agree on is in Redis and
-PostgreSQL, ``state.kind: postgres``), under load.
+replicas (the third with ``--workers 2``), each in a home of its own (no file is shared: what
+they agree on is in Redis and PostgreSQL, ``state.kind: postgres``), under load.
 
 One test walks the whole story, because each act leans on the one before:
 1. a canary started from the CLI is walked to promotion by the replicas' controllers, each step
@@ -211,7 +211,8 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, str, list[Served], str]]:
             for i in range(3):
                 home = tmp_path / f"replica-{i}"  # each its own working directory: nothing on disk shared
                 home.mkdir()
-                served.append(stack.enter_context(turnout_serve(home, config)))
+                workers = ("--workers", "2") if i == 2 else ()  # one replica runs two worker processes
+                served.append(stack.enter_context(turnout_serve(home, config, extra=workers)))
             listen = free_port()
             front = stack.enter_context(nginx(nginx_conf(tmp_path, listen, [s.port for s in served]), listen))
             yield tmp_path, front, served, schema

@@ -28,6 +28,7 @@ from turnout.errors import (
     ConfigError,
     ContextWindowExceeded,
     Overloaded,
+    RequestError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -577,7 +578,6 @@ def test_request_params_translate_the_openai_body() -> None:
     [
         {},
         {"messages": []},
-        {"messages": [{"role": "user", "content": "hi"}], "n": 2},
         {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
         {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}},
     ],
@@ -586,6 +586,24 @@ def test_request_params_refuse_what_the_model_cannot_do(body: dict[str, Any]) ->
     with pytest.raises(UpstreamStatusError) as err:
         request_params(body, "m")
     assert err.value.upstream_status == 400
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ],
+)
+def test_what_the_model_cannot_honour_is_refused_by_name_not_dropped(extra: dict[str, Any], param: str) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(RequestError) as err:
+        request_params(body, "m")
+    assert (err.value.param, err.value.status) == (param, 400)
+    assert request_params({**body, **dict.fromkeys(extra, None)}, "m")["messages"]  # unset: fine
+    assert "n" not in request_params({"messages": body["messages"], "n": 1, "logprobs": False}, "m")
 
 
 def test_assemble_folds_tool_call_deltas() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -149,6 +151,34 @@ async def test_issued_keys_work_and_revocation_holds_at_once(make_app: AppFactor
     expired = await chat(app, key=expiring.json()["secret"])
     assert expired.status == 401 and expired.json()["error"]["code"] == "expired_api_key"
     assert secret not in repr(await ledger(app))
+
+
+async def test_a_key_reads_the_same_in_the_admin_api_and_the_cli(make_app: AppFactory) -> None:
+    """One shape: the same field names, times in ISO 8601 UTC, a status; no secret or digest."""
+    from turnout.cli.keys import _as_json
+
+    app, _ = await start(make_app)
+    made = (await admin(app, "POST", "/admin/keys", {"tenant": "acme", "name": "ci", "expires_in_s": 3600})).json()
+    (listed,) = (await admin(app, "GET", "/admin/keys?tenant=acme")).json()["data"]
+    assert set(listed) == {"id", "tenant", "name", "hint", "created_at", "expires_at", "revoked_at", "status"}
+    assert {k: made[k] for k in listed} == listed and listed["status"] == "live" and listed["revoked_at"] is None
+    for field in ("created_at", "expires_at"):
+        assert datetime.fromisoformat(listed[field]).utcoffset() == timedelta(0)
+    assert app.runtime.auth.keys is not None
+    (record,) = await app.runtime.auth.keys.list("acme")
+    assert _as_json(record, time.time()) == listed  # `turnout keys list --format json`
+    revoked = (await admin(app, "DELETE", f"/admin/keys/{listed['id']}")).json()
+    assert revoked["status"] == "revoked" and datetime.fromisoformat(revoked["revoked_at"])
+
+
+@pytest.mark.parametrize("ttl", [b"1e308", b"18446744073709551616", b"-1", b"0", b"true", b'"60"'])
+async def test_a_key_lifetime_out_of_range_is_refused_and_nothing_is_stored(make_app: AppFactory, ttl: bytes) -> None:
+    """Was a 500 after the key was stored (a lifetime past year 9999 could not be written)."""
+    app, _ = await start(make_app)
+    body = b'{"tenant": "acme", "expires_in_s": ' + ttl + b"}"
+    refused = await request(app, "POST", "/admin/keys", headers={"authorization": f"Bearer {ADMIN}"}, raw=body)
+    assert refused.status == 400 and refused.json()["error"]["param"] == "expires_in_s"
+    assert (await admin(app, "GET", "/admin/keys")).json()["data"] == []
 
 
 async def test_admin_api_is_for_the_admin_key_only(make_app: AppFactory) -> None:

@@ -1,6 +1,6 @@
 """Where a store of shared state opens: a SQLite file's path, or a ``PgPlace`` (``state.kind:
-postgres``), and ``worker`` to open either behind the one interface the stores use
-(``SQLiteWorker`` or ``PostgresWorker``). Choosing a place imports no driver."""
+postgres``), and the one interface the stores use of either worker (``Worker``, ``Conn``;
+``_support.stateworker.worker`` opens one). Choosing a place imports no driver."""
 
 from __future__ import annotations
 
@@ -68,27 +68,6 @@ class Worker(Protocol):
     async def run(self, fn: Callable[[Any], T]) -> T: ...
     async def transaction(self, fn: Callable[[Any], T], begin: str = "BEGIN") -> T: ...
     def data_version(self) -> int: ...
-
-
-def worker(
-    place: Place,
-    *,
-    what: str,
-    label: str,
-    error: Callable[[str], Exception],
-    prepare: Callable[[Conn], None],
-    reader: bool = True,
-    private: bool = True,
-) -> Worker:
-    """The worker for ``place``. ``prepare(conn)`` runs once it is open (the store's migrations;
-    ``conn.dialect`` tells it which). ``private``: a SQLite file is created owner-only."""
-    if isinstance(place, PgPlace):
-        from turnout._support.pgworker import PostgresWorker  # psycopg only for a fleet
-
-        return PostgresWorker(place, what=what, label=label, error=error, prepare=prepare, reader=reader)
-    from turnout._support.sqlite import SQLiteWorker
-
-    return SQLiteWorker(place, what=what, label=label, error=error, prepare=prepare, reader=reader, private=private)
 
 
 def dialect(conn: object) -> str:

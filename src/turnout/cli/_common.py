@@ -29,6 +29,7 @@ from typing import IO, Any, Protocol, TypeVar
 import click
 import orjson
 
+from turnout._support.times import iso as iso  # re-exported: the commands format JSON times with it
 from turnout.config import Config, load_config
 from turnout.errors import ConfigError, TurnoutError
 from turnout.ledger.record import LedgerRow
@@ -357,11 +358,6 @@ def print_listing(
         click.echo(none)
     else:
         print_table([header, *(as_row(each) for each in found)])
-
-
-def iso(at: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 in UTC, for JSON; None stays None."""
-    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
 
 
 def when(at: float, *, seconds: bool = False) -> str:

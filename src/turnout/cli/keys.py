@@ -17,7 +17,6 @@ from turnout.cli._common import (
     CommandError,
     config_option,
     format_option,
-    iso,
     print_listing,
     run_store,
     tenant_option,
@@ -117,28 +116,13 @@ def revoke(key_id: str, config: Config) -> None:
         click.echo(f"Revoked key {key.id} (tenant {key.tenant!r}, name {key.name or '-'}).")
 
 
-def status(key: IssuedKey, now: float) -> str:
-    if key.revoked_at is not None:
-        return "revoked"
-    return "live" if key.live(now) else "expired"
-
-
 def _as_row(k: IssuedKey, now: float) -> tuple[str, ...]:
     expires = when(k.expires_at) if k.expires_at is not None else "never"
-    return (k.id, k.tenant, k.name or "-", k.hint, when(k.created_at), expires, status(k, now))
+    return (k.id, k.tenant, k.name or "-", k.hint, when(k.created_at), expires, k.status(now))
 
 
 def _as_json(key: IssuedKey, now: float) -> dict[str, Any]:
-    return {
-        "id": key.id,
-        "tenant": key.tenant,
-        "name": key.name,
-        "hint": key.hint,
-        "created_at": iso(key.created_at),
-        "expires_at": iso(key.expires_at),
-        "revoked_at": iso(key.revoked_at),
-        "status": status(key, now),
-    }
+    return key.to_json(now)
 
 
 def _run(config: Config, action: Callable[[KeyStore], Awaitable[T]]) -> T:

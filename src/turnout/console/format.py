@@ -12,19 +12,24 @@ from turnout.offline.reports.render import usd
 DASH = "–"
 
 
-def when(ts: float | None) -> str:
+def when(ts: float | str | None) -> str:
+    """Epoch seconds, or ISO 8601 as the admin API writes times."""
     if ts is None:
         return DASH
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(_seconds(ts), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def ago(ts: float | None, now: float) -> str:
+def ago(ts: float | str | None, now: float) -> str:
     if ts is None:
         return DASH
-    s = now - ts
+    s = now - _seconds(ts)
     if s < 0:
         return "in " + _span(-s)
     return _span(s) + " ago"
+
+
+def _seconds(ts: float | str) -> float:
+    return datetime.fromisoformat(ts).timestamp() if isinstance(ts, str) else ts
 
 
 def money(value: float | None) -> str:

@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 
-from turnout._support.places import Conn, PgPlace, Place, worker
+from turnout._support.places import Conn, PgPlace, Place
 from turnout._support.sqlite import migrate
+from turnout._support.stateworker import worker
+from turnout._support.times import iso
 from turnout.errors import RequestError, TurnoutError
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,10 @@ class ReviewItem:
     answer: str | None = None  # the reviewer's corrected answer
 
     def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        """The admin API's shape: times in ISO 8601 UTC, as the CLI writes them."""
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["created_at"], out["labeled_at"] = iso(self.created_at), iso(self.labeled_at)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,13 +336,13 @@ class ReviewQueue:
         # Its own table: the release store's schema_migrations versions the release tables.
         if isinstance(self.place, PgPlace):
             from turnout._support import pgworker
-            from turnout.releases import pgschema
+            from turnout.releases.pgschema import REVIEW
 
             pg = cast("pgworker.PgConnection", conn)
             pgworker.migrate(
                 pg,
                 self.place,
-                pgschema.REVIEW,
+                REVIEW,
                 what="review queue",
                 label="review",
                 error=ReviewError,

@@ -47,8 +47,9 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
-from turnout._support.places import Conn, PgPlace, Place, dialect, worker
+from turnout._support.places import Conn, PgPlace, Place, dialect
 from turnout._support.sqlite import in_transaction, migrate
+from turnout._support.stateworker import worker
 from turnout.errors import TurnoutError
 from turnout.releases.base import Prompt, Release, Serving, State, Transition
 
@@ -414,13 +415,13 @@ class ReleaseStore:
     def _migrate(self, conn: Conn) -> None:
         if isinstance(self.place, PgPlace):
             from turnout._support import pgworker
-            from turnout.releases import pgschema
+            from turnout.releases.pgschema import RELEASES
 
             assert dialect(conn) == "postgres"
             pgworker.migrate(
                 cast("pgworker.PgConnection", conn),
                 self.place,
-                pgschema.RELEASES,
+                RELEASES,
                 what="release store",
                 label="releases",
                 error=ReleaseStoreError,

@@ -44,6 +44,7 @@ from turnout.serving.probes import scrub, secrets_of
 from turnout.serving.runtime import Runtime
 
 MAX_ROW_ID = 2**63 - 1
+MAX_KEY_TTL_S = 100 * 365 * 86_400
 MAX_KEY_NAME = 200
 # A label's body: its note and an escalation's answer, each character JSON-escaped at worst.
 LABEL_BYTES = 64_000 + 6 * MAX_ANSWER
@@ -134,7 +135,7 @@ class Admin:
         if store is None:
             return []
         now = time.time()
-        return [{**asdict(k), "live": k.live(now)} for k in await store.list(tenant)]
+        return [k.to_json(now) for k in await store.list(tenant)]
 
     async def _create_key(self, raw: bytes) -> dict[str, Any]:
         store = self.runtime.auth.keys
@@ -146,21 +147,28 @@ class Admin:
         if store is None or not isinstance(tenant, str) or tenant not in self.runtime.config.tenants:
             raise RequestError(f"unknown tenant {tenant!r}", param="tenant")
         ttl = spec.get("expires_in_s")
-        if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0):
-            raise RequestError("'expires_in_s' must be a positive number", param="expires_in_s")
+        if ttl is not None and (
+            not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= MAX_KEY_TTL_S
+        ):
+            raise RequestError(
+                f"'expires_in_s' must be a positive number of seconds, at most {MAX_KEY_TTL_S} (100 years); "
+                "omit it for a key that never expires",
+                param="expires_in_s",
+            )
         name = spec.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > MAX_KEY_NAME):
             raise RequestError(f"'name' must be a string of at most {MAX_KEY_NAME} characters", param="name")
         now = time.time()
         record, secret = await store.create(tenant, name or "", now + ttl if ttl else None, now)
-        return {**asdict(record), "secret": secret, "note": "the secret is shown once; store it now"}
+        return {**record.to_json(now), "secret": secret, "note": "the secret is shown once; store it now"}
 
     async def _revoke(self, key_id: str) -> dict[str, Any]:
         store = self.runtime.auth.keys
-        record = await store.revoke(key_id, time.time()) if store is not None else None
+        now = time.time()
+        record = await store.revoke(key_id, now) if store is not None else None
         if record is None:
             raise NotFound(f"no key {key_id!r}")
-        return asdict(record)
+        return record.to_json(now)
 
     async def usage(self, tenant: str | None) -> list[dict[str, Any]]:
         limiter = self.runtime.quota.limiter

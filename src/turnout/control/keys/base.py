@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from turnout._support.times import iso
 from turnout.errors import TurnoutError
 
 SECRET_PREFIX = "tk-"  # noqa: S105 - a prefix, not a secret
@@ -33,6 +34,26 @@ class IssuedKey:
 
     def live(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def status(self, now: float) -> str:
+        """live, expired or revoked."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "live" if self.live(now) else "expired"
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The one JSON shape of a key, for ``turnout keys list --format json`` and the admin API:
+        never its secret or digest; times in ISO 8601 UTC."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "name": self.name,
+            "hint": self.hint,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "revoked_at": iso(self.revoked_at),
+            "status": self.status(now),
+        }
 
 
 def new_secret() -> str:

@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from turnout._support.places import Conn, PgPlace, Place, worker
+from turnout._support.places import Conn, PgPlace, Place
 from turnout._support.sqlite import migrate
+from turnout._support.stateworker import worker
 from turnout.config import StoreConfig
 from turnout.privacy.capture.model import SYSTEM_ACTOR, AuditEvent, CaptureRow, CaptureStoreError, Event, Grant
 
@@ -300,13 +301,13 @@ class CaptureStore:
     def _migrate(self, conn: Conn) -> None:
         if isinstance(self.place, PgPlace):
             from turnout._support import pgworker
-            from turnout.privacy.capture import pgschema
+            from turnout.privacy.capture.pgschema import CAPTURE
 
             pg = cast("pgworker.PgConnection", conn)
             pgworker.migrate(
                 pg,
                 self.place,
-                pgschema.CAPTURE,
+                CAPTURE,
                 what="capture store",
                 label="capture",
                 error=CaptureStoreError,

@@ -30,6 +30,7 @@ from turnout.errors import (
     ConfigError,
     ContextWindowExceeded,
     Overloaded,
+    RequestError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -247,13 +248,13 @@ class _Deadlines:
 
 def request_params(body: dict[str, Any], model: str) -> dict[str, Any]:
     """The caller's OpenAI chat body as ``create_chat_completion`` arguments; values that
-    llama.cpp would mishandle are refused as a 400, keys it has no use for (``user``,
-    ``logprobs``, ``stream_options``, ...) are dropped. Never mutates ``body``."""
+    llama.cpp would mishandle are refused as a 400, what it cannot honour (``n`` above 1, log
+    probabilities, ``logit_bias``) as a 400 naming the parameter, keys that ask nothing of the
+    model (``user``, ``metadata``, ``stream_options``, ...) are dropped. Never mutates ``body``."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise UpstreamStatusError(400, "messages must be a non-empty list")
-    if body.get("n") not in (None, 1):
-        raise UpstreamStatusError(400, "the local model returns one choice (n must be 1)")
+    _refuse_unsupported(body)
     params: dict[str, Any] = {"messages": [_message(m) for m in messages], "model": model}
     for key in _PASSTHROUGH:
         if body.get(key) is not None:
@@ -267,6 +268,21 @@ def request_params(body: dict[str, Any], model: str) -> dict[str, Any]:
     if fmt is not None:
         params["response_format"] = fmt
     return params
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    """Refused rather than dropped: a caller that asks for them would get less than it asked."""
+    if body.get("n") not in (None, 1):
+        raise RequestError("the embedded model returns one choice: 'n' must be 1", param="n", code="unsupported_value")
+    for key in ("logprobs", "top_logprobs"):
+        if body.get(key):
+            raise RequestError(
+                "the embedded model does not return log probabilities", param=key, code="unsupported_value"
+            )
+    if body.get("logit_bias"):
+        raise RequestError(
+            "the embedded model does not support 'logit_bias'", param="logit_bias", code="unsupported_value"
+        )
 
 
 _PASSTHROUGH = (
