@@ -327,7 +327,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("release", "canary"): ("support", "v1", "--percent", "5", "--by", "me", "--why", "w"),
     ("release", "promote"): ("support", "v1", "--by", "me", "--why", "w"),
     ("release", "rollback"): ("support", "--by", "me", "--why", "w"),
-    ("eval",): ("support", "--candidate", "v1"),
+    ("eval", "run"): ("support", "--candidate", "v1"),
+    ("eval", "import-reviews"): ("support",),
     ("plan",): ("--task", "support"),
     ("report",): ("cost",),
 }
@@ -363,6 +364,15 @@ def test_a_missing_config_file_ends_every_command_alike(path: tuple[str, ...], t
     assert failed_cleanly(invoke(*path, *COMMANDS[path], env={"TURNOUT_CONFIG": missing}), 1) == expected
     # Read before anything else: a bad config is what is reported, even with arguments missing.
     assert failed_cleanly(invoke(*path, env={"TURNOUT_CONFIG": missing}), 1) == expected
+
+
+def test_eval_without_run_is_still_the_run_command(tmp_path: Path) -> None:
+    """`turnout eval TASK …` (and options before TASK) as before the import-reviews command."""
+    missing = str(tmp_path / "nope.yaml")
+    expected = f"turnout: {missing} is invalid:\n  {missing}: cannot read (No such file or directory)\n"
+    assert failed_cleanly(invoke("eval", "-c", missing, "support", "--candidate", "v1"), 1) == expected
+    assert failed_cleanly(invoke("eval", "support", "--candidate", "v1", "-c", missing), 1) == expected
+    assert failed_cleanly(invoke("eval", env={"TURNOUT_CONFIG": missing}), 1) == expected
 
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)

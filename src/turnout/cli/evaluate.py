@@ -15,6 +15,7 @@ import click
 import orjson
 
 from turnout.cli._common import CommandError, config_option, release_files, task_argument, tenant_option
+from turnout.cli.import_reviews import import_reviews
 from turnout.config import DATA_CLASSES, Config
 from turnout.control.auth import Tenant
 from turnout.offline.evals import (
@@ -53,7 +54,25 @@ CONFIG_HELP = "YAML config file: targets, the task's route and gates, releases a
 EVAL_TENANT = Tenant("turnout-eval", frozenset(DATA_CLASSES), None)
 
 
-@click.command("eval")
+class EvalGroup(click.Group):
+    """``turnout eval TASK --candidate …`` runs a golden set (the ``run`` command, named or
+    not: anything but a subcommand's name or ``--help`` goes to ``run``, options before TASK
+    included); ``turnout eval import-reviews TASK`` grows one from production."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("eval", cls=EvalGroup)
+def eval_command() -> None:
+    """Evaluate a release on a task's golden set (`turnout eval TASK --candidate NAME`, the same
+    as `turnout eval run TASK …`), or grow the golden set from reviewed production samples
+    (`turnout eval import-reviews TASK`)."""
+
+
+@eval_command.command("run")
 @task_argument()
 @click.option("--candidate", required=True, help="The release to evaluate (a file under releases/TASK/).")
 @click.option("--baseline", help="The release to compare against, on the same cases.")
@@ -77,7 +96,7 @@ EVAL_TENANT = Tenant("turnout-eval", frozenset(DATA_CLASSES), None)
     known=True,
 )
 @config_option(CONFIG_HELP)
-def eval_command(config: Config, **options: Any) -> None:
+def eval_run(config: Config, **options: Any) -> None:
     """Evaluate CANDIDATE on TASK's golden set (evals/TASK.jsonl), paired with BASELINE; exit 1
     when a gate fails."""
     run = Run(**options)
@@ -235,3 +254,6 @@ async def _post(
     start = sent[0]
     headers = {k.decode(): v.decode() for k, v in start["headers"]}
     return start["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+eval_command.add_command(import_reviews)
