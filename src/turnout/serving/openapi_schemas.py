@@ -7,7 +7,7 @@ from typing import Any
 
 from turnout.config import DATA_CLASSES
 from turnout.releases.review import LABELS, MAX_ANSWER, MAX_NOTE, STATUSES
-from turnout.serving.admin import MAX_KEY_NAME
+from turnout.serving.admin import MAX_KEY_NAME, MAX_KEY_TTL_S
 from turnout.serving.asgi import MAX_DEPTH
 from turnout.serving.chat import INTEGERS, NUMBERS, RESPONSE_FORMATS, ROLES
 from turnout.serving.door import MAX_EPISODE_ID
@@ -34,6 +34,8 @@ ERROR_TEXT = {
 
 
 STRING: Schema = {"type": "string"}
+# Times in the admin API: ISO 8601 in UTC, as the CLI's JSON writes them (_support/times.py).
+TIME: Schema = {"type": "string", "format": "date-time", "examples": ["2026-12-04T03:13:15.243740+00:00"]}
 ID: Schema = {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}
 NON_BLANK = r"\S"
 EPISODE_ID: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_EPISODE_ID, "pattern": NON_BLANK}
@@ -187,15 +189,16 @@ def schemas() -> dict[str, Schema]:
     }
     issued_key: Schema = {
         "type": "object",
-        "required": ["id", "tenant", "name", "created_at", "expires_at", "revoked_at", "hint"],
+        "required": ["id", "tenant", "name", "hint", "created_at", "expires_at", "revoked_at", "status"],
         "properties": {
             "id": STRING,
             "tenant": STRING,
             "name": STRING,
-            "created_at": {"type": "number"},
-            "expires_at": {"type": ["number", "null"]},
-            "revoked_at": {"type": ["number", "null"]},
             "hint": STRING,
+            "created_at": TIME,
+            "expires_at": {**TIME, "type": ["string", "null"]},
+            "revoked_at": {**TIME, "type": ["string", "null"]},
+            "status": {"enum": ["live", "expired", "revoked"]},
         },
     }
     return {
@@ -375,7 +378,7 @@ def schemas() -> dict[str, Schema]:
             "properties": {
                 "data": {
                     "type": "array",
-                    "items": {**issued_key, "properties": {**issued_key["properties"], "live": {"type": "boolean"}}},
+                    "items": issued_key,
                 }
             },
         },
@@ -385,7 +388,7 @@ def schemas() -> dict[str, Schema]:
             "properties": {
                 "tenant": {"type": "string", "description": "A configured tenant.", "examples": ["acme"]},
                 "name": nullable({"type": "string", "maxLength": MAX_KEY_NAME}),
-                "expires_in_s": nullable({"type": "number", "exclusiveMinimum": 0}),
+                "expires_in_s": nullable({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_KEY_TTL_S}),
             },
             "examples": [{"tenant": "acme", "name": "ci"}],
         },
@@ -471,11 +474,11 @@ def schemas() -> dict[str, Schema]:
                 "request_id": STRING,
                 "text": STRING,
                 "mode": STRING,
-                "created_at": {"type": "number"},
+                "created_at": TIME,
                 "status": {"enum": list(STATUSES)},
                 "note": {"type": ["string", "null"]},
                 "labeled_by": {"type": ["string", "null"]},
-                "labeled_at": {"type": ["number", "null"]},
+                "labeled_at": {**TIME, "type": ["string", "null"]},
                 "tenant": {"type": ["string", "null"], "description": "An escalation's tenant."},
                 "reason": {"type": ["string", "null"], "description": "`escalated`, or null: sampled."},
                 "answer": {"type": ["string", "null"], "description": "The reviewer's corrected answer."},
