@@ -133,8 +133,18 @@ def test_summarize_and_percentile_by_hand() -> None:
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert percentile([0.0, 10.0], 0.95) == pytest.approx(9.5)
     assert summarize([]) == ReleaseStats()
-    stats = summarize([(200, None, 5.0, 0.5, "success"), (504, "all_targets_failed", 9.0, None, None)])
-    assert stats == ReleaseStats(2, 0, 1, 1, pytest.approx(8.8), 0.5, 1, 1)  # type: ignore[arg-type]
+    stats = summarize([(200, None, 5.0, 0.5, "success", True), (504, "all_targets_failed", 9.0, None, None, None)])
+    assert stats == ReleaseStats(2, 0, 1, 1, pytest.approx(8.8), 0.5, 1, 1, 1, 1)  # type: ignore[arg-type]
+
+
+async def test_live_scores_are_counted_for_served_answers_only(store: LedgerStore) -> None:
+    rows = [row(1, live_pass=True), row(2, live_pass=False), row(3, live_pass=True), row(4)]
+    rows.append(row(5, status=400, error_class="invalid_request_error", live_pass=False))  # a caller error
+    await store.write_batch(rows)
+    stats = await store.release_stats("support-reply", "r2", 0.0)
+    assert (stats.live_scored, stats.live_passed) == (3, 2)
+    assert stats.live_pass_rate == pytest.approx(2 / 3)
+    assert (await store.release_stats("support-reply", "none", 0.0)).live_pass_rate is None
 
 
 # --- the index that keeps the query to the window ---------------------------------------------

@@ -547,6 +547,34 @@ class CanaryConfig(_Strict):
     max_cost_ratio: float = Field(1.5, gt=0)  # canary ÷ active cost per request
     max_success_drop: float = Field(0.05, ge=0)  # active − canary outcome success rate, once feedback exists
     provider_error_budget: float = Field(0.2, ge=0, le=1)  # upstream failures: counted apart; past this the step waits
+    # Live scoring (tasks.T.scoring): the canary's pass rate must be at least this, once it has
+    # min_requests scored answers; None: not checked.
+    min_live_pass_rate: float | None = Field(None, ge=0, le=1)
+
+
+LIVE_SCORERS = ("equals", "contains", "regex", "json_schema", "required_fields", "number_close")
+
+
+class LiveScoringConfig(_Strict):
+    """Score a share of live answers with reference-free scorers (the golden sets' own, e.g.
+    ``{scorer: json_schema, schema: {...}}``): the verdict goes to the ledger (``live_pass``), the
+    pass rate by release to ``turnout report quality``, ``/metrics`` and the canary's
+    ``min_live_pass_rate``. Scored after the answer has gone out."""
+
+    rate: float = Field(gt=0, le=1)
+    scorers: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("scorers")
+    @classmethod
+    def _reference_free(cls, scorers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for each in scorers:
+            name = each.get("scorer")
+            if name not in LIVE_SCORERS:
+                raise ValueError(
+                    f"scorer {name!r} cannot score live answers; one of {', '.join(LIVE_SCORERS)} "
+                    "(judge and python_test are for golden sets: `turnout eval`)"
+                )
+        return scorers
 
 
 class TaskConfig(_Strict):
@@ -564,6 +592,7 @@ class TaskConfig(_Strict):
     classify: ClassifyConfig | None = None  # raise the data class of requests carrying PII or secrets
     output: OutputConfig | None = None  # output checks, repair and escalation; None: answers pass as they are
     cache: TaskCacheConfig | None = None  # the response cache (turnout.cache); None: never cached
+    scoring: LiveScoringConfig | None = None  # live scoring of sampled answers; None: off
 
 
 MIN_CACHE_KEY_BYTES = 32

@@ -47,6 +47,7 @@ from turnout.privacy.capture import capture_path
 from turnout.providers.registry import PROVIDERS
 from turnout.releases.files import load_all
 from turnout.serving.runtime import capture_wanted
+from turnout.serving.scoring import build as live_scorers
 
 TRACING = {"otlp": Backend("turnout.observe.tracing:Tracing", ("opentelemetry",), "observability")}
 STATE = {"postgres": Backend("turnout._support.pgworker:PostgresWorker", ("psycopg",), "postgres")}
@@ -60,6 +61,7 @@ def preflight(config: Config, env: Mapping[str, str] | None = None) -> list[str]
     problems = _redaction_key(config, env) + _metrics_dir(config, env) + _backends(config)
     problems += _collect(load_all, config)
     problems += _collect(Tokens.from_config, config)  # each targets.X.tokenizer: the package, the file
+    problems += _collect(live_scorers, config)  # each tasks.T.scoring scorer's arguments
     problems += _sqlite_files(config)
     problems += _spill_dir(config)
     return problems

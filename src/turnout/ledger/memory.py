@@ -137,7 +137,7 @@ class MemoryStore:
     async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
         self._check_open()
         return summarize(
-            (r.status, r.error_class, r.latency_ms, r.cost_usd, r.outcome)
+            (r.status, r.error_class, r.latency_ms, r.cost_usd, r.outcome, r.live_pass)
             for r in self._rows.values()
             if r.task == task and r.release == release and r.started_at >= since
         )

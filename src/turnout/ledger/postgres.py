@@ -131,6 +131,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 13: the caller's latency and cost limits and the targets they skipped, as in SQLite.
     ("ALTER TABLE {p}requests ADD COLUMN constraints text",),
+    # 14: live scoring's verdict on a sampled answer, as in SQLite.
+    ("ALTER TABLE {p}requests ADD COLUMN live_pass boolean",),
 )
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))
@@ -379,7 +381,9 @@ class _Statements:
             percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FILTER (WHERE {served}),
             COALESCE(sum(cost_usd) FILTER (WHERE {served}), 0),
             count(outcome) FILTER (WHERE {served}),
-            count(*) FILTER (WHERE {served} AND outcome = 'success')
+            count(*) FILTER (WHERE {served} AND outcome = 'success'),
+            count(live_pass) FILTER (WHERE {served}),
+            count(*) FILTER (WHERE {served} AND live_pass)
             FROM {p}requests WHERE task = $1 AND "release" = $2 AND started_at >= $3"""  # noqa: S608
         self.create_migrations = (
             f"CREATE TABLE IF NOT EXISTS {p}schema_migrations "

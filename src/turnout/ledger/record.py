@@ -82,3 +82,6 @@ class LedgerRow:
     # Schema v13: the caller's max_latency_ms / max_cost_usd and the targets they left out,
     # "max_latency_ms=800 skipped=slow:max_latency_ms" (turnout.routing.constraints); None: none set.
     constraints: str | None = None
+    # Schema v14: live scoring (``tasks.T.scoring``): whether the sampled answer passed the task's
+    # reference-free scorers. None: not sampled, or no answer to score.
+    live_pass: bool | None = None

@@ -115,6 +115,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 13: the caller's latency and cost limits and the targets they skipped (routing.constraints).
     ("ALTER TABLE requests ADD COLUMN constraints TEXT",),
+    # 14: live scoring's verdict on a sampled answer (tasks.T.scoring); NULL: not scored.
+    ("ALTER TABLE requests ADD COLUMN live_pass INTEGER",),
 )
 
 # Columns follow LedgerRow's fields, so a field added without a migration fails loudly on the
@@ -147,7 +149,7 @@ _DELETE_BEFORE = (
 _ATTEMPTS = COLUMNS.index("attempts")
 _LABELS = COLUMNS.index("labels")
 _BOOLS = ("stream", "fallback")
-_OPTIONAL_BOOLS = ("cache_hit", "human_review", "escalated", "usage_estimated")
+_OPTIONAL_BOOLS = ("cache_hit", "human_review", "escalated", "usage_estimated", "live_pass")
 # None keeps the stored value: feedback may arrive in pieces. Labels come as JSON text and
 # replace the stored array whole.
 _SET_OUTCOME = """UPDATE requests SET

@@ -74,6 +74,13 @@ class ReleaseStats:
     cost_usd: float = 0.0
     outcomes: int = 0
     successes: int = 0
+    live_scored: int = 0  # answers live scoring sampled (tasks.T.scoring), not counting caller errors
+    live_passed: int = 0  # those that passed every scorer
+
+    @property
+    def live_pass_rate(self) -> float | None:
+        """The share of scored answers that passed; None before any was scored."""
+        return self.live_passed / self.live_scored if self.live_scored else None
 
     @property
     def served(self) -> int:
@@ -98,8 +105,8 @@ class ReleaseStats:
 
 
 # The columns ``summarize`` reads, in its order; SQLite selects them and sums up in Python.
-STATS_COLUMNS = ("status", "error_class", "latency_ms", "cost_usd", "outcome")
-StatsRecord = tuple[int, str | None, float, float | None, str | None]
+STATS_COLUMNS = ("status", "error_class", "latency_ms", "cost_usd", "outcome", "live_pass")
+StatsRecord = tuple[int, str | None, float, float | None, str | None, bool | int | None]
 RELEASE_FAULTS = frozenset({"output_invalid"})  # 502s that are the release's, not the provider's
 
 
@@ -118,10 +125,10 @@ def is_provider_error(status: int, error_class: str | None) -> bool:
 def summarize(records: Iterable[StatsRecord]) -> ReleaseStats:
     """``ReleaseStats`` from rows' ``STATS_COLUMNS``: the memory and SQLite stores' arithmetic,
     which PostgreSQL's query reproduces in SQL."""
-    requests = caller = errors = provider = outcomes = successes = 0
+    requests = caller = errors = provider = outcomes = successes = scored = passed = 0
     cost = 0.0
     latencies: list[float] = []
-    for status, error_class, latency_ms, cost_usd, outcome in records:
+    for status, error_class, latency_ms, cost_usd, outcome, live_pass in records:
         requests += 1
         if is_caller_error(status):
             caller += 1
@@ -133,7 +140,11 @@ def summarize(records: Iterable[StatsRecord]) -> ReleaseStats:
         if outcome is not None:
             outcomes += 1
             successes += outcome == "success"
-    return ReleaseStats(requests, caller, errors, provider, percentile(latencies, 0.95), cost, outcomes, successes)
+        if live_pass is not None:
+            scored += 1
+            passed += bool(live_pass)
+    p95 = percentile(latencies, 0.95)
+    return ReleaseStats(requests, caller, errors, provider, p95, cost, outcomes, successes, scored, passed)
 
 
 def percentile(values: list[float], q: float) -> float | None:

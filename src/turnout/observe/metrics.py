@@ -25,6 +25,7 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
     turnout_escalations_total{task,to}             to: a configured target, or human
     turnout_cache_lookups_total{task,result}       result: hit | miss (a bypass is neither)
     turnout_cache_saved_usd_total{task}            what the hits' answers cost when generated
+    turnout_live_scores_total{task,release,result}   live scoring (tasks.T.scoring); result: pass | fail
     turnout_constraint_skips_total{task,target,constraint}   targets left out by a caller's limit;
                                                    constraint: max_latency_ms | max_cost_usd
 
@@ -255,6 +256,12 @@ class Metrics:
         self.cache = Counter(
             "turnout_cache_lookups", "Cached tasks' requests: hit or miss.", ("task", "result"), registry=own
         )
+        self.live_scores = Counter(
+            "turnout_live_scores",
+            "Live answers scored by their task's scorers (tasks.T.scoring): pass or fail.",
+            ("task", "release", "result"),
+            registry=own,
+        )
         self.cache_saved = Counter(
             "turnout_cache_saved_usd",
             "What cache hits' answers cost when they were generated.",
@@ -336,6 +343,8 @@ class Metrics:
             self.cache.labels(task, "hit" if row.cache_hit else "miss").inc()
             if row.cost_saved_usd:
                 self.cache_saved.labels(task).inc(row.cost_saved_usd)
+        if row.live_pass is not None:  # release names are the operator's, few per task
+            self.live_scores.labels(task, row.release or "none", "pass" if row.live_pass else "fail").inc()
         if row.constraints is not None:
             for name, limit in skipped_in(row.constraints):
                 self.skips.labels(task, self.targets(name), self.constraints(limit)).inc()

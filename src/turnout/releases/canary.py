@@ -79,7 +79,7 @@ class Check:
     """One metric compared: ``value`` (a delta in rate points or a ratio) against ``limit``.
     ``ok`` is None when it could not be checked (``detail`` says why)."""
 
-    name: Literal["error_rate", "p95_latency", "cost_per_request", "success_rate"]
+    name: Literal["error_rate", "p95_latency", "cost_per_request", "success_rate", "live_pass_rate"]
     ok: bool | None
     value: float | None
     limit: float
@@ -273,7 +273,17 @@ def metric_checks(cfg: CanaryConfig, canary: ReleaseStats, active: ReleaseStats)
         cfg.max_cost_ratio,
         "$",
     )
-    return errors, p95, cost, _success(cfg, canary, active)
+    checks = errors, p95, cost, _success(cfg, canary, active)
+    return checks if cfg.min_live_pass_rate is None else (*checks, _live(cfg.min_live_pass_rate, cfg, canary))
+
+
+def _live(floor: float, cfg: CanaryConfig, canary: ReleaseStats) -> Check:
+    """The canary's own live-scoring pass rate against a floor (``min_live_pass_rate``)."""
+    rate = canary.live_pass_rate
+    if rate is None or canary.live_scored < cfg.min_requests:
+        detail = f"live pass rate not checked ({canary.live_scored} scored answers; {cfg.min_requests} needed)"
+        return Check("live_pass_rate", None, None, floor, detail)
+    return Check("live_pass_rate", rate >= floor, rate, floor, f"live pass rate {_pct(rate)} (at least {_pct(floor)})")
 
 
 def _ratio(

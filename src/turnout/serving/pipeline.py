@@ -59,6 +59,7 @@ from turnout.serving.asgi import Receive, Send, header, read_body
 from turnout.serving.door import EMBEDDINGS, Admission, Answered, Door, Inbound, R, Reply, check_episode_id
 from turnout.serving.output import Checked, OutputStage
 from turnout.serving.runtime import Runtime, pseudonym
+from turnout.serving.scoring import TaskScorers
 from turnout.serving.stops import answer_fields
 
 log = logging.getLogger("turnout")
@@ -127,6 +128,7 @@ class Pipeline:
         grant: Grant | None = None
         result: Result | None = None
         keep: Keep | None = None
+        live: TaskScorers | None = None
         answered: Answered | None = None
         failure: Failure | None = None
         checked: Checked | None = None
@@ -176,6 +178,7 @@ class Pipeline:
                 )
                 result = checked.result
             keep = self.keep(admission)
+            live = rt.scoring.draw(admission.task) if rt.scoring is not None else None
             if checked is not None and not checked.passed:  # refused (502) or escalated to a person (202)
                 answered = await self.output.answer(
                     checked, send, request_id, admission, body, started_at=started_at, prompt=door.release_prompt
@@ -184,7 +187,9 @@ class Pipeline:
                 if lookup is not None and lookup.leading is not None:
                     recording = replay.record(result, self.max_body)
                 answered = await door.respond(
-                    self.reply(door, request_id, request, admission, result, keep, started_at, t0, screened, lookup),
+                    self.reply(
+                        door, request_id, request, admission, result, keep, started_at, t0, screened, lookup, live
+                    ),
                     send,
                     receive,
                 )
@@ -230,6 +235,8 @@ class Pipeline:
                     answer_fields(row, request, result)
                     if lookup is not None:
                         _cache_fields(row, lookup)
+                    if live is not None and answered is not None and answered.status == 200 and answered.text:
+                        row.live_pass = await live.passes(answered.text)  # the answer is out: no delay
                     self.account(row, identified=tenant is not None)
                     if answered is not None and keep is not None:
                         await self.keep_text(row, keep, body, answered)
@@ -399,6 +406,7 @@ class Pipeline:
         t0: float,
         screened: safety.Screened | None = None,
         lookup: Lookup | None = None,
+        live: TaskScorers | None = None,
     ) -> Reply[R]:
         release = admission.release
         model_version = (release.model_version if release else None) or result.answer.model_version
@@ -412,7 +420,7 @@ class Pipeline:
             headers.append(lookup.header)
             if lookup.state == HIT:
                 prices = self.free
-        collect = keep is not None and keep.collect
+        collect = (keep is not None and keep.collect) or live is not None  # live scoring reads the text
         return Reply(
             request_id,
             request,

@@ -54,6 +54,7 @@ from turnout.releases.store import ReleaseStore
 from turnout.routing.attempts import Target
 from turnout.routing.breaker import Breaker
 from turnout.serving.probes import Probes, scrub, secrets_of
+from turnout.serving.scoring import LiveScoring
 
 if TYPE_CHECKING:
     from turnout.observe.tracing import Tracing
@@ -88,6 +89,8 @@ class Runtime:
         self.tracing: Tracing | None = None
         self.capture: Capture | None = None
         self.reviews: ReviewQueue | None = None  # sampled answers awaiting a human label
+        # Live scoring of sampled answers (tasks.T.scoring); None: no task scores.
+        self.scoring = LiveScoring(config) if any(t.scoring for t in config.tasks.values()) else None
         self.releases: ReleaseRegistry | None = None  # what serves each task, read per request
         self.release_store: ReleaseStore | None = None  # the registry's store: canaries and evals write it
         self.canary: CanaryController | None = None

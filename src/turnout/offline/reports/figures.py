@@ -242,10 +242,13 @@ def _quality(review_cost: float | None) -> tuple[Figures, list[Column]]:
         Column("review_rate", "review", "pct"),
         Column("escalation_rate", "escalation", "pct"),
         Column("mean_value", "mean value", "num"),
+        Column("live_scored", "live scored"),
+        Column("live_pass_rate", "live pass", "pct"),
     ]
 
     def figures(rows: list[LedgerRow]) -> dict[str, Any]:
         units = tasks(rows).values()
+        scored = [r.live_pass for r in rows if r.live_pass is not None]
         outcomes = sum(t.outcome_known for t in units)
         with_feedback = sum(t.feedback for t in units)
         values = [r.outcome_value for r in rows if r.outcome_value is not None]
@@ -258,6 +261,8 @@ def _quality(review_cost: float | None) -> tuple[Figures, list[Column]]:
             "review_rate": _ratio(sum(t.reviewed for t in units), with_feedback),
             "escalation_rate": _ratio(sum(t.escalated for t in units), with_feedback),
             "mean_value": _ratio(sum(values), len(values)),
+            "live_scored": len(scored),  # tasks.T.scoring: sampled answers scored as they went out
+            "live_pass_rate": _ratio(sum(scored), len(scored)),
         }
 
     return figures, columns
