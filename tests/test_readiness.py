@@ -316,7 +316,7 @@ async def test_a_spill_journal_past_its_limit_makes_the_replica_unready_until_ro
         "path": str(tmp_path / "ledger.db"),
         "flush_interval_ms": 10,
         "spill_dir": str(tmp_path / "spill"),
-        "spill_max_mb": 0.001,  # 1 KiB: one row or two
+        "spill_max_mb": 0.003,  # 3 KiB: a few rows (a row is about 1 KiB in the journal)
     }
     raw = upstream_config("http://127.0.0.1:9/v1", free_port(), store=store)
     app = await make_app(raw, {"alive": ScriptedProvider("alive")})
