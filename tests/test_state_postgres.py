@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 pytest.importorskip("psycopg")
@@ -259,3 +260,43 @@ def test_pg_connection_passes_rows_through(tmp_path: Path) -> None:
         assert conn.executemany("SELECT ?::int", [(1,), (2,)]).rowcount in (-1, 1, 2)
     finally:
         conn.raw.close()
+
+
+# --- the CLI on the fleet's database ---------------------------------------------------------
+
+
+@needs_postgres
+def test_a_grant_made_from_one_machine_is_listed_from_another(tmp_path: Path, place: PgPlace) -> None:
+    """Two working directories with nothing on disk in common: `turnout capture` on each reads
+    and writes the one database (``state.kind: postgres``)."""
+    import yaml
+
+    from tests.test_cli_common import invoke
+
+    homes = []
+    for name in ("laptop", "ci"):
+        home = tmp_path / name
+        home.mkdir()
+        (home / "turnout.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "store": {"path": str(home / "ledger.db")},
+                    "state": {"kind": "postgres", "dsn": place.dsn, "pg_schema": place.schema},
+                    "capture": {"rules": [{"tenant": "acme", "task": "support", "mode": "full"}]},
+                    "targets": {"t": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}},
+                    "tenants": {"acme": {"keys": ["sk-acme-0123456789abcdef"]}},
+                    "tasks": {"support": {"route": ["t"]}},
+                }
+            )
+        )
+        homes.append(home / "turnout.yaml")
+    made = invoke(
+        "capture", "grant", "--tenant", "acme", "--task", "support", "--minutes", "30",
+        "--reason", "ticket 4812", "--by", "alice", "-c", str(homes[0]),
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    listed = invoke("capture", "list", "--format", "json", "-c", str(homes[1]))
+    assert listed.exit_code == 0, listed.output
+    (grant,) = orjson.loads(listed.stdout)
+    assert (grant["tenant"], grant["reason"], grant["granted_by"]) == ("acme", "ticket 4812", "alice")
+    assert not list(tmp_path.rglob("capture.db")), "no capture file on either machine"
