@@ -403,6 +403,17 @@ class SafetyThresholds(_Strict):
     tool_output: Score | None = None
 
 
+class SafetyJudgeConfig(_Strict):
+    """The optional second stage of injection screening: a text scoring within ``borderline``
+    below its channel's threshold is shown to a model (``target``, e.g. the embedded one), whose
+    YES makes it an injection (reason ``judge``). Only targets the request's data class may reach
+    are asked; a judge that fails or is too slow leaves the screener's verdict as it was."""
+
+    target: str
+    borderline: float = Field(0.15, gt=0, le=1)
+    timeout_s: float = Field(5.0, gt=0)
+
+
 class SafetyConfig(_Strict):
     """Injection screening (``turnout.safety``): a score at or above the threshold is an
     injection. ``threshold``: one score for every channel or one per channel; unset, the
@@ -410,6 +421,7 @@ class SafetyConfig(_Strict):
 
     screen: ScreenModes = ScreenModes()
     threshold: SafetyThresholds | None = None
+    judge: SafetyJudgeConfig | None = None  # a second opinion on borderline scores; None: none
 
     @field_validator("threshold", mode="before")
     @classmethod
@@ -728,6 +740,7 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
                     problems.append(f"tenants.{tname}.{field}.{task}: unknown task {task!r}{nearest(task, tasks)}")
     problems += _escalation_problems(tasks, targets)
     problems += _retention_problems(_mapping(raw.get("retention")).get("rules"), tasks, _mapping(raw.get("tenants")))
+    problems += _judge_problems(tasks, tenants, targets)
     problems += _embedding_problems(tasks, targets)
     problems += _price_book_problems(raw.get("prices"), targets)
     problems += _credential_problems(targets)
@@ -740,6 +753,21 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
             f"server.host: {host!r} is not loopback and no tenants are configured; "
             "add tenants with keys or set server.allow_anonymous: true"
         )
+    return problems
+
+
+def _judge_problems(tasks: dict[str, Any], tenants: dict[str, Any], targets: dict[str, Any]) -> list[str]:
+    """Each ``safety.judge.target`` (a task's, a tenant's, a tenant's per task) must be a target."""
+    places = [(f"tasks.{n}.safety", _mapping(t).get("safety")) for n, t in tasks.items()]
+    for tname, tenant in tenants.items():
+        places.append((f"tenants.{tname}.safety", _mapping(tenant).get("safety")))
+        for task, each in _mapping(_mapping(tenant).get("task_safety")).items():
+            places.append((f"tenants.{tname}.task_safety.{task}", each))
+    problems = []
+    for where, safety in places:
+        target = _mapping(_mapping(safety).get("judge")).get("target")
+        if isinstance(target, str) and target not in targets:
+            problems.append(f"{where}.judge.target: unknown target {target!r}{nearest(target, targets)}")
     return problems
 
 

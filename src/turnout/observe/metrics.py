@@ -25,6 +25,8 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
     turnout_escalations_total{task,to}             to: a configured target, or human
     turnout_cache_lookups_total{task,result}       result: hit | miss (a bypass is neither)
     turnout_cache_saved_usd_total{task}            what the hits' answers cost when generated
+    turnout_safety_judge_total{task,verdict}       the screening judge on borderline texts; verdict:
+                                                   injection | clean | unclear | error | not_allowed
     turnout_live_scores_total{task,release,result}   live scoring (tasks.T.scoring); result: pass | fail
     turnout_constraint_skips_total{task,target,constraint}   targets left out by a caller's limit;
                                                    constraint: max_latency_ms | max_cost_usd
@@ -256,6 +258,12 @@ class Metrics:
         self.cache = Counter(
             "turnout_cache_lookups", "Cached tasks' requests: hit or miss.", ("task", "result"), registry=own
         )
+        self.judge = Counter(
+            "turnout_safety_judge",
+            "The screening judge's verdicts on borderline texts.",
+            ("task", "verdict"),
+            registry=own,
+        )
         self.live_scores = Counter(
             "turnout_live_scores",
             "Live answers scored by their task's scorers (tasks.T.scoring): pass or fail.",
@@ -348,6 +356,10 @@ class Metrics:
         if row.constraints is not None:
             for name, limit in skipped_in(row.constraints):
                 self.skips.labels(task, self.targets(name), self.constraints(limit)).inc()
+
+    def judged(self, task: str, verdict: str) -> None:
+        """One judge verdict: injection | clean | unclear | error | not_allowed."""
+        self.judge.labels(self.tasks(task), verdict).inc()
 
     def _output(self, task: str, row: LedgerRow) -> None:
         for reason in (row.output_check or "").split():

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from turnout.config import Config, SafetyConfig
+from turnout.config import Config, SafetyConfig, SafetyJudgeConfig
 from turnout.errors import RequestError
 from turnout.safety.screen import CHANNELS, SCREENER, THRESHOLDS, Channel, Screener, Verdict
 
@@ -89,14 +89,26 @@ def parse_record(record: str) -> tuple[str, list[tuple[str, list[str]]]]:
 
 
 @dataclass(frozen=True, slots=True)
+class Near:
+    """A text that scored within the judge's ``borderline`` below its channel's threshold."""
+
+    item: Input
+    verdict: Verdict
+    mode: Mode
+
+
+@dataclass(frozen=True, slots=True)
 class Gate:
     """The resolved safety config of one tenant and task: the screened channels only."""
 
     modes: dict[Channel, tuple[Mode, float]]  # channel → block | flag, threshold
     screener: Screener = SCREENER
+    judge: SafetyJudgeConfig | None = None  # the second stage (``serving.judge``), if any
 
-    def screen(self, inputs: Iterable[Input]) -> Screened | None:
+    def screen(self, inputs: Iterable[Input], near: list[Near] | None = None) -> Screened | None:
+        """The verdicts over threshold; with a judge, ``near`` gets the borderline texts."""
         modes = self.modes
+        borderline = self.judge.borderline if self.judge is not None and near is not None else 0.0
         worst: dict[Channel, Verdict] = {}
         blocking: str | None = None
         for item in inputs:
@@ -106,16 +118,36 @@ class Gate:
             mode, threshold = found
             verdict = self.screener.screen(item.text, item.channel)
             if not verdict.over(threshold):
+                if borderline and near is not None and verdict.over(threshold - borderline):
+                    near.append(Near(item, verdict, mode))
                 continue
             if blocking is None and mode == "block":
                 blocking = item.param
             best = worst.get(item.channel)
             if best is None or verdict.score > best.score:
                 worst[item.channel] = verdict
-        if not worst:
-            return None
-        verdicts = tuple(worst[c] for c in CHANNELS if c in worst)
-        return Screened("blocked" if blocking is not None else "flagged", verdicts, blocking)
+        return _screened(worst, blocking)
+
+
+def confirmed(screened: Screened | None, judged: Iterable[Near]) -> Screened | None:
+    """``screened`` with the borderline texts a judge called injections added (reason ``judge``)."""
+    worst = {v.channel: v for v in screened.verdicts} if screened is not None else {}
+    blocking = screened.param if screened is not None else None
+    for near in judged:
+        verdict = Verdict(near.verdict.score, (*near.verdict.reasons, "judge"), near.item.channel)
+        if blocking is None and near.mode == "block":
+            blocking = near.item.param
+        best = worst.get(verdict.channel)
+        if best is None or verdict.score > best.score:
+            worst[verdict.channel] = verdict
+    return _screened(worst, blocking)
+
+
+def _screened(worst: dict[Channel, Verdict], blocking: str | None) -> Screened | None:
+    if not worst:
+        return None
+    verdicts = tuple(worst[c] for c in CHANNELS if c in worst)
+    return Screened("blocked" if blocking is not None else "flagged", verdicts, blocking)
 
 
 def resolve(config: Config, tenant: str | None, task: str) -> Gate | None:
@@ -137,7 +169,8 @@ def resolve(config: Config, tenant: str | None, task: str) -> Gate | None:
         thresholds = (getattr(c.threshold, channel) for c in layers if c.threshold is not None)
         threshold = next((t for t in thresholds if t is not None), THRESHOLDS[channel])
         modes[channel] = (mode, threshold)
-    return Gate(modes) if modes else None
+    judge = next((c.judge for c in layers if c.judge is not None), None)
+    return Gate(modes, judge=judge) if modes else None
 
 
 class Gates:

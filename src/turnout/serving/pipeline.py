@@ -57,6 +57,7 @@ from turnout.safety.tools import Allowlists, Guard
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, header, read_body
 from turnout.serving.door import EMBEDDINGS, Admission, Answered, Door, Inbound, R, Reply, check_episode_id
+from turnout.serving.judge import Judge
 from turnout.serving.output import Checked, OutputStage
 from turnout.serving.runtime import Runtime, pseudonym
 from turnout.serving.scoring import TaskScorers
@@ -95,6 +96,12 @@ class Pipeline:
         self.allowlists = Allowlists(runtime.config)
         self.classifiers = Classifiers(runtime.config)
         self.output = OutputStage(runtime)
+        metrics = runtime.metrics
+        self.judge = Judge(
+            lambda name: runtime.targets[name].provider if name in runtime.targets else None,
+            runtime.policy,
+            metrics.judged if metrics is not None else None,
+        )
         self._review_rng = random.Random()
         self.embedding_tasks = embedding_tasks(runtime.config)  # served by the embeddings door only
         self.free = replay.FreeBook(runtime.config)  # a cache hit's prices
@@ -141,7 +148,8 @@ class Pipeline:
             request = door.parse(await read_body(receive, scope, self.max_body), task)
             admission = self.admit(door, request, tenant, scope, request_id, release)
             limits = self.limits(scope, request)
-            screened = self.screen(door, request, admission)
+            near: list[safety.Near] = []  # borderline texts for the judge, where there is one
+            screened = self.screen(door, request, admission, near)
             if screened is not None and screened.blocked:
                 raise screened.refusal()
             body = door.body(request, admission.release)
@@ -150,6 +158,10 @@ class Pipeline:
                 raise guard.refusal
             checking = self.output.checks(admission.task, body, fenced=door.fenced_json) if self.output.active else None
             admission, raised = self.classify(admission, body)
+            if near:  # asked with the effective data class: the text goes nowhere the request could not
+                screened = await self.second_opinion(admission, near, screened, request_id)
+                if screened is not None and screened.blocked:  # the row keeps the verdict
+                    raise screened.refusal()
             allowed = self.allowed(admission, raised)
             if rt.cache is not None:  # a hit takes no quota; it was checked when it was generated
                 lookup, result = await self.cached(scope, admission, body, allowed, t0)
@@ -262,11 +274,23 @@ class Pipeline:
         user_id = pseudonym(self.rt.secret, str(user)) if user else None
         return Admission(tenant, task, release, data_class, user_id, episode_id or request.episode_id, data_class)
 
-    def screen(self, door: Door[R], request: R, admission: Admission) -> safety.Screened | None:
+    def screen(
+        self, door: Door[R], request: R, admission: Admission, near: list[safety.Near] | None = None
+    ) -> safety.Screened | None:
         """Injection screening (``turnout.safety``) of the request's untrusted texts, on the
-        channels its tenant and task screen; None when none does or nothing is over threshold."""
+        channels its tenant and task screen; None when none does or nothing is over threshold.
+        ``near`` collects the borderline texts when the gate has a judge."""
         gate = self.safety.get(admission.tenant.name, admission.task)
-        return None if gate is None else gate.screen(door.untrusted(request))
+        return None if gate is None else gate.screen(door.untrusted(request), near)
+
+    async def second_opinion(
+        self, admission: Admission, near: list[safety.Near], screened: safety.Screened | None, request_id: str
+    ) -> safety.Screened | None:
+        """The judge's verdict on the borderline texts merged in."""
+        gate = self.safety.get(admission.tenant.name, admission.task)
+        assert gate is not None and gate.judge is not None
+        judged = await self.judge.confirm(gate.judge, admission.task, admission.data_class, near, request_id)
+        return safety.confirmed(screened, judged)
 
     async def cached(
         self, scope: dict[str, Any], admission: Admission, body: dict[str, Any], allowed: list[str], t0: float
