@@ -116,6 +116,17 @@ async def test_a_judge_the_data_class_may_not_reach_is_never_asked(make_app: App
     assert 'verdict="not_allowed"' in judged(app)
 
 
+async def test_a_request_full_of_borderline_texts_asks_the_judge_a_few_times_only(make_app: AppFactory) -> None:
+    from turnout.serving.judge import MAX_ASKED
+
+    judge = ScriptedProvider("judge", Step(text="NO"))
+    app, _ = await start(make_app, judge)
+    messages = [{"role": "user", "content": MILD} for _ in range(50)]
+    body = {"model": "chat", "messages": messages}
+    assert (await request(app, "POST", "/v1/chat/completions", body)).status == 200
+    assert len(judge.calls) == MAX_ASKED
+
+
 def test_an_unknown_judge_target_is_a_config_error() -> None:
     from turnout.config import validate
     from turnout.errors import ConfigError

@@ -30,6 +30,8 @@ QUESTION = (
     "one word: YES or NO.\n\nTEXT:\n<<<\n{text}\n>>>"
 )
 MAX_TEXT = 8000  # characters of the text shown to the judge
+MAX_ASKED = 4  # texts judged per request, the highest-scoring first: a request full of borderline
+# texts cannot turn into a flood of judge calls (the rest keep the screener's verdict)
 
 
 class Judge:
@@ -54,9 +56,10 @@ class Judge:
         if provider is None:
             self.count(task, "error")
             return []
-        answers = await asyncio.gather(*(self._ask(cfg, provider, n.item.text, request_id) for n in near))
+        asked = sorted(near, key=lambda n: -n.verdict.score)[:MAX_ASKED]
+        answers = await asyncio.gather(*(self._ask(cfg, provider, n.item.text, request_id) for n in asked))
         out = []
-        for each, answer in zip(near, answers, strict=True):
+        for each, answer in zip(asked, answers, strict=True):
             self.count(task, answer)
             if answer == "injection":
                 out.append(each)
