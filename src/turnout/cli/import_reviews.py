@@ -46,9 +46,9 @@ def import_reviews(config: Config, task: str, release: str | None, out: Path | N
     )
     result = import_items(items, {c["id"] for c in existing})
     lines = [orjson.dumps(case).decode() for case in result.cases]
-    try:  # what `turnout eval` will load, checked before a line is written
-        if lines:
-            parse_cases([*(orjson.dumps(c).decode() for c in existing), *lines], source=str(path))
+    try:  # what `turnout eval` will load, checked before a line is written (the file's own
+        if lines:  # lines were checked when read, and new ids are never among theirs)
+            parse_cases(lines, source=str(path))
     except GoldenSetError as exc:  # a bug in the import
         raise CommandError(exc.message) from exc
     if lines and not dry_run:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.config import DATA_CLASSES
-from turnout.control.tokens import generated_by_answer
 from turnout.errors import RequestError
 from turnout.providers.base import Stream
 from turnout.releases.base import Release
@@ -72,10 +71,7 @@ class ChatDoor:
         answer = reply.result.answer
         if isinstance(answer, Stream):
             return await self._relay(reply, answer, send, receive)
-        usage, estimated = answer.usage, answer.usage is None
-        if usage is None:  # an upstream that reports none: counted from what it generated
-            texts, _ = generated_by_answer(answer.body)
-            usage = await reply.estimate(self.body(reply.request, reply.admission.release), texts)
+        usage, estimated = await reply.usage_of(answer, lambda: self.body(reply.request, reply.admission.release))
         priced = reply.price(usage)
         headers = reply.headers + respond.cost_header(priced.total)
         await respond.completion(send, answer.body, reply.request_id, reply.request.task, headers)

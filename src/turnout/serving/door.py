@@ -14,14 +14,14 @@ gains once, for every door.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from turnout.control.auth import Tenant
 from turnout.control.pricing import PriceBook, Priced
-from turnout.control.tokens import BYTES, Tokens
+from turnout.control.tokens import BYTES, Tokens, generated_by_answer
 from turnout.errors import RequestError
-from turnout.providers.base import Usage
+from turnout.providers.base import Completion, Usage
 from turnout.releases.base import Release
 from turnout.routing.attempts import Result
 from turnout.safety.policy import Input
@@ -109,6 +109,14 @@ class Reply(NamedTuple, Generic[R]):
         completion bound of ``texts``, what the target generated. Such an answer is paid for
         all the same, and its row says ``usage_estimated``."""
         return await self.tokens.usage(body, texts, self.result.target.name)
+
+    async def usage_of(self, answer: Completion, body: Callable[[], dict[str, Any]]) -> tuple[Usage, bool]:
+        """A whole answer's usage and whether it was estimated: the upstream's, else counted from
+        what it generated (``estimate``) against ``body()``, the prompt the target received
+        (built only then: the task API renders its template again)."""
+        if answer.usage is not None:
+            return answer.usage, False
+        return await self.estimate(body(), generated_by_answer(answer.body)[0]), True
 
 
 class Door(Protocol[R]):

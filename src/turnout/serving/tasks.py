@@ -17,7 +17,6 @@ import orjson
 
 from turnout._support.depth import too_deep
 from turnout.config import DATA_CLASSES
-from turnout.control.tokens import generated_by_answer
 from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Completion
 from turnout.releases.base import Release
@@ -87,9 +86,7 @@ class TaskDoor:
         answer = reply.result.answer
         release = reply.admission.release
         assert isinstance(answer, Completion) and release is not None
-        usage, estimated = answer.usage, answer.usage is None
-        if usage is None:  # an upstream that reports none: counted from what it generated
-            usage = await reply.estimate(self.body(reply.request, release), generated_by_answer(answer.body)[0])
+        usage, estimated = await reply.usage_of(answer, lambda: self.body(reply.request, release))
         priced = reply.price(usage)
         latency_ms = reply.result.attempts[-1].latency_ms
         try:

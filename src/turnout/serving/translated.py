@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
-from turnout.control.tokens import generated_by_answer, generated_by_chunk
+from turnout.control.tokens import generated_by_chunk
 from turnout.errors import AnswerRefused, ShuttingDown, StreamInterrupted, TurnoutError, UpstreamError
 from turnout.providers.base import Stream, Usage
 from turnout.releases.base import Release
@@ -71,10 +71,7 @@ class TranslatedDoor(Generic[R]):
         answer = reply.result.answer
         if isinstance(answer, Stream):
             return await self._relay(reply, answer, send, receive)
-        usage, estimated = answer.usage, answer.usage is None
-        if usage is None:  # an upstream that reports none: counted from what it generated
-            texts, _ = generated_by_answer(answer.body)
-            usage = await reply.estimate(self.body(reply.request, reply.admission.release), texts)
+        usage, estimated = await reply.usage_of(answer, lambda: self.body(reply.request, reply.admission.release))
         priced = reply.price(usage)
         await send_json(
             send, 200, self.message(reply, answer.body, usage), reply.headers + respond.cost_header(priced.total)
