@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY
-from tests.serving import Process, Served, sdk_client, turnout_serve
+from tests import bedrock_pair as pair
+from tests.bedrock_pair import say
+from tests.serving import Process, Served, sdk_client
 
 pytestmark = pytest.mark.slow
 
@@ -23,59 +24,18 @@ WEATHER = {
     "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-TOOL_USE = {"name": "get_weather", "input": {"city": "Paris"}, "tool_use_id": "call_1"}
 
 
 @pytest.fixture(scope="module")
 def fakes() -> Iterator[dict[str, Process]]:
-    procs = {
-        "bedrock": Process("tests.fakes.bedrock", "--verify-signature"),
-        "openai": Process("tests.fakes.upstream", ready_path="/v1/models"),
-    }
-    yield procs
-    for p in procs.values():
-        p.stop()
+    with pair.fakes() as procs:
+        yield procs
 
 
 @pytest.fixture(scope="module")
 def served(fakes: dict[str, Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    cwd = tmp_path_factory.mktemp("serve")
-    config = {
-        "targets": {
-            "bedrock": {
-                "provider": "bedrock",
-                "region": "us-east-1",
-                "model": "deepseek.v3-v1:0",
-                "endpoint_url": fakes["bedrock"].url,
-                "retry": {"attempts": 1},
-            },
-            "selfhosted": {"provider": "openai", "base_url": fakes["openai"].url + "/v1", "model": "qwen"},
-        },
-        "tasks": {"via-bedrock": {"route": ["bedrock"]}, "via-openai": {"route": ["selfhosted"]}},
-    }
-    path = cwd / "turnout.yaml"
-    path.write_text(json.dumps(config))
-    env = {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_BEARER_TOKEN_BEDROCK": "",
-    }
-    with turnout_serve(cwd, path, env=env) as s:
+    with pair.served(fakes, tmp_path_factory.mktemp("serve")) as s:
         yield s
-
-
-def say(fakes: dict[str, Process], text: list[str], calls: bool) -> None:
-    """Both servers say the same: the same text, the same call, the same token counts."""
-    reply: dict[str, Any] = {"text": text, "input_tokens": 12, "output_tokens": 3}
-    chat: dict[str, Any] = {"text": text, "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}
-    if calls:
-        reply["tool_uses"] = [TOOL_USE]
-        chat["tool_calls"] = [{"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}]
-    fakes["bedrock"].post("/_fault", {"mode": "ok", "reply": reply})
-    fakes["openai"].post("/_reply", chat)
-    fakes["openai"].post("/_fault", {"mode": "ok"})
 
 
 def summary(response: Any) -> dict[str, Any]:
