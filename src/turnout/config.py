@@ -589,6 +589,22 @@ class LiveScoringConfig(_Strict):
         return scorers
 
 
+class ShadowConfig(_Strict):
+    """How a task's shadow release (``turnout release shadow``) is fed, per gateway replica: at
+    most ``max_concurrency`` mirrored calls at once (a request drawn while they are all busy is
+    not mirrored) and at most ``usd_per_day`` of shadow spend a UTC day (reached: mirroring
+    stops until the next day). ``compare``: how a shadow answer is matched with the served one
+    (``auto``: as JSON when both parse, else as text with case and runs of whitespace
+    ignored). ``min_pairs`` and ``min_agreement``: what the shadow sample must show, besides the
+    task's ``gates``, before the release may go to canary."""
+
+    max_concurrency: int = Field(4, gt=0)
+    usd_per_day: float = Field(1.0, ge=0)
+    compare: Literal["auto", "json", "text", "exact"] = "auto"
+    min_pairs: int = Field(50, gt=0)
+    min_agreement: float | None = Field(None, ge=0, le=1)
+
+
 class TaskConfig(_Strict):
     route: list[str] = Field(min_length=1)
     description: str = ""
@@ -605,6 +621,7 @@ class TaskConfig(_Strict):
     output: OutputConfig | None = None  # output checks, repair and escalation; None: answers pass as they are
     cache: TaskCacheConfig | None = None  # the response cache (turnout.cache); None: never cached
     scoring: LiveScoringConfig | None = None  # live scoring of sampled answers; None: off
+    shadow: ShadowConfig = ShadowConfig()  # the caps and comparison of a shadow release
 
 
 MIN_CACHE_KEY_BYTES = 32

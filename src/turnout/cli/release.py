@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 import click
 import orjson
 
+from turnout.cli import shadow
 from turnout.cli._common import (
+    CommandError,
     by_option,
     config_option,
     format_option,
@@ -48,10 +50,13 @@ def release() -> None:
     A release is a file, releases/<task>/<release>.yaml: target, model version, tokenizer,
     prompt template, parameters, output schema. Registering it stores it for good; a change is
     a new release under a new name. States: registered → evaluated (its golden set passed its
-    gates) → canary → active → retired. Every change is recorded with who, when and why.
+    gates) → canary → active → retired. A release may also run in shadow: it gets a copy of a
+    share of the active release's requests, never serves, and may go to canary once that sample
+    passes the task's gates. Every change is recorded with who, when and why.
 
     \b
     turnout release register extract v2 --by alice
+    turnout release shadow extract v3 --percent 20 --by alice --why "compare before a canary"
     turnout release canary extract v2 --percent 5 --by alice --why "eval run 41 passed"
     turnout release promote extract v2 --by alice --why "canary healthy for a day"
     turnout release rollback extract --by alice --why "error rate up"
@@ -111,8 +116,13 @@ def show(task: str, name: str | None, fmt: str, config: Config) -> None:
         return found, serving, await store.transitions(task, wanted)
 
     found, serving, moves = _run(config, read)
+    shadowed = found.state == "shadow" or any(t.to_state == "shadow" for t in moves)
+    sample = shadow.read_summary(config, task, found.release.name) if shadowed else None
+    gates = shadow.shadow_gates(sample, config.tasks[task]) if sample is not None and task in config.tasks else None
     if fmt == "json":
         out = {**_summary(found), "spec": to_spec(found.release), "transitions": [_transition_json(t) for t in moves]}
+        if sample is not None:
+            out["shadow"] = {**sample.to_dict(), "gates": [g.to_dict() for g in gates or []]}
         print_json(out)
         return
     click.echo(f"release {found.release.name} of task {task}")
@@ -125,8 +135,15 @@ def show(task: str, name: str | None, fmt: str, config: Config) -> None:
     click.echo("\n".join("  " + line for line in spec.splitlines()))
     click.echo("transitions:")
     for t in moves:
-        share = f" at {t.percent:g}%" if t.percent is not None and t.to_state == "canary" else ""
+        share = f" at {t.percent:g}%" if t.percent is not None and t.to_state in ("canary", "shadow") else ""
         click.echo(f"  {when(t.at)}  {t.from_state or '-'} → {t.to_state}{share}  by {t.by}: {t.why}")
+    if sample is not None:
+        for line in shadow.summary_lines(sample):
+            click.echo(line)
+        if gates is not None:
+            click.echo("gates on the shadow sample (before a canary):")
+            for line in shadow.gate_lines(gates):
+                click.echo(line)
 
 
 @release.command()
@@ -168,9 +185,54 @@ def register(task: str, name: str | None, all_: bool, by: str, config: Config) -
 @config_option(CONFIG_HELP)
 def canary(task: str, name: str, percent: float, by: str, why: str, config: Config) -> None:
     """Send PERCENT of TASK's traffic to the evaluated release NAME (or change the share of the
-    release in canary). End users stay on one side of the split."""
-    serving = _run(config, lambda store: store.start_canary(task, name, percent, by, why))
+    release in canary). End users stay on one side of the split. A release in shadow goes to
+    canary only when its shadow sample passes the task's gates (`turnout release show` lists
+    them)."""
+    found = _run(config, lambda store: store.get(task, name))
+    gated = False
+    if found is not None and found.state == "shadow":
+        if task not in config.tasks:
+            raise CommandError(f"task {task!r} is not in the config: its gates are unknown")
+        sample, gates = shadow.check_gates(config, task, name)
+        shadow.refuse_failed(sample, gates)
+        why, gated = why + shadow.passed_note(sample), True
+    serving = _run(config, lambda store: store.start_canary(task, name, percent, by, why, gated=gated))
     click.echo(f"{task}: {name} takes {serving.canary_percent:g}% of traffic; {serving.active} the rest")
+
+
+@release.command(name="shadow")
+@task_argument()
+@click.argument("name", required=False)
+@click.option(
+    "--percent",
+    type=click.FloatRange(0, 100, min_open=True),
+    help="Share of the active release's requests copied to NAME (more than 0, at most 100).",
+)
+@click.option("--stop", is_flag=True, help="Stop TASK's shadow: its release returns to its earlier state.")
+@who_option
+@why_option
+@config_option(CONFIG_HELP)
+def shadow_(task: str, name: str | None, percent: float | None, stop: bool, by: str, why: str, config: Config) -> None:
+    """Copy PERCENT of the requests TASK's active release serves to release NAME, after their
+    answers went out: NAME's answers are compared with the served ones and scored, never
+    served (`turnout release show TASK NAME` shows the sample; tasks.TASK.shadow caps the
+    concurrency and the daily spend). Again with another PERCENT changes the share; --stop ends
+    it."""
+    if stop:
+        if percent is not None:
+            raise click.UsageError("--stop takes no --percent")
+        stopped = _run(config, lambda store: store.serving_row(task))
+        serving = _run(config, lambda store: store.stop_shadow(task, by, why))
+        was = stopped.shadow if stopped is not None else None
+        click.echo(f"{task}: no shadow (stopped {was}); {serving.active} serves")
+        return
+    if name is None or percent is None:
+        raise click.UsageError("give a release NAME and --percent (or --stop)")
+    serving = _run(config, lambda store: store.start_shadow(task, name, percent, by, why))
+    click.echo(
+        f"{task}: {name} gets a copy of {serving.shadow_percent:g}% of {serving.active}'s requests (never served); "
+        f"see `turnout release show {task} {name}`"
+    )
 
 
 @release.command()
@@ -230,6 +292,8 @@ def _serving_json(s: ServingRow | None) -> dict[str, Any] | None:
         "canary": s.canary,
         "canary_percent": s.canary_percent,
         "previous_active": s.previous_active,
+        "shadow": s.shadow,
+        "shadow_percent": s.shadow_percent,
         "updated_at": iso(s.updated_at),
     }
 
@@ -253,6 +317,8 @@ def _traffic(name: str, serving: ServingRow | None) -> str:
         return f"{serving.canary_percent:g}%"
     if name == serving.active:
         return f"{100 - serving.canary_percent:g}%" if serving.canary else "100%"
+    if name == serving.shadow:
+        return f"0% (shadow of {serving.shadow_percent:g}%)"
     return "0%"
 
 

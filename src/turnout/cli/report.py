@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from turnout.cli import shadow
 from turnout.cli._common import (
     AGO,
     TIME_METAVAR,
@@ -43,7 +44,7 @@ def parse_by(text: str | None) -> tuple[str, ...]:
 
 
 @click.command(name="report")
-@click.argument("kind", type=click.Choice(KINDS))
+@click.argument("kind", type=click.Choice((*KINDS, "shadow")))
 @since_option("Start: a duration back from now (7d, 24h) or an ISO date or time.")
 @click.option(
     "--until",
@@ -79,6 +80,10 @@ def report(
     turnout report latency --by target --chart latency.svg
     turnout report quality --format json
     turnout report usage --by tenant --chart usage.svg
+    turnout report shadow --task extract
+
+    shadow: each shadow release's sample beside the served answers (agreement, pass rates,
+    latency, cost, with 95% intervals), from the shadow store.
 
     Tasks with review_cost_usd or escalation_cost_usd add "cost/completed full": (spend +
     reviewed rows × review + escalated rows × escalation) ÷ completed tasks.
@@ -95,6 +100,11 @@ def report(
         raise click.UsageError("--until must be after --since")
     if chart_path is not None and Path(chart_path).suffix.lower() != ".svg":
         raise click.UsageError("charts are written as SVG only: name the file .svg (PNG is not supported)")
+    if kind == "shadow":  # from the shadow store, not the ledger
+        if fmt not in ("table", "json", "csv"):
+            raise click.UsageError("shadow reports are a table, JSON or CSV")
+        click.echo(shadow.report(config, since, end, task, fmt), nl=False)
+        return
     rows = read_ledger(config, since, end, tenant=tenant, task=task)
     result = compute(kind, rows, by=by, since=since, until=end, review_cost=review_cost, people=people(config))
     click.echo(render(result, fmt), nl=False)

@@ -28,6 +28,10 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
     turnout_safety_judge_total{task,verdict}       the screening judge on borderline texts; verdict:
                                                    injection | clean | unclear | error | not_allowed
     turnout_live_scores_total{task,release,result}   live scoring (tasks.T.scoring); result: pass | fail
+    turnout_shadow_total{task,release,result}      requests drawn for a shadow release; result: agree |
+                                                   disagree | answered (nothing to compare) | error |
+                                                   capped (its daily spend reached) | busy | not_allowed
+    turnout_shadow_cost_usd_total{task,release}    what the shadow calls cost
     turnout_constraint_skips_total{task,target,constraint}   targets left out by a caller's limit;
                                                    constraint: max_latency_ms | max_cost_usd
 
@@ -270,6 +274,15 @@ class Metrics:
             ("task", "release", "result"),
             registry=own,
         )
+        self.shadow = Counter(
+            "turnout_shadow",
+            "Requests drawn for a shadow release, by what came of the mirrored call.",
+            ("task", "release", "result"),
+            registry=own,
+        )
+        self.shadow_cost = Counter(
+            "turnout_shadow_cost_usd", "What shadow calls cost.", ("task", "release"), registry=own
+        )
         self.cache_saved = Counter(
             "turnout_cache_saved_usd",
             "What cache hits' answers cost when they were generated.",
@@ -356,6 +369,13 @@ class Metrics:
         if row.constraints is not None:
             for name, limit in skipped_in(row.constraints):
                 self.skips.labels(task, self.targets(name), self.constraints(limit)).inc()
+
+    def shadowed(self, task: str, release: str, result: str, cost_usd: float | None = None) -> None:
+        """One request drawn for a shadow release (``turnout.serving.shadow``)."""
+        task = self.tasks(task)
+        self.shadow.labels(task, release, result).inc()
+        if cost_usd:
+            self.shadow_cost.labels(task, release).inc(cost_usd)
 
     def judged(self, task: str, verdict: str) -> None:
         """One judge verdict: injection | clean | unclear | error | not_allowed."""

@@ -20,7 +20,10 @@ part alone. Registering a name again with different content is an error: a chang
 release.
 
 States: registered → evaluated (gates passed) → canary → active → retired. A task has at most
-one active and one canary release; rollback returns traffic to the last fully active one.
+one active and one canary release; rollback returns traffic to the last fully active one. Beside
+them, at most one release per task may be in ``shadow``: a sampled share of the active release's
+requests is mirrored to it after their answers went out, and its answers are compared, never
+served (``turnout.serving.shadow``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-State = Literal["registered", "evaluated", "canary", "active", "retired"]
+State = Literal["registered", "evaluated", "shadow", "canary", "active", "retired"]
 VARIABLE_TYPES = ("str", "int", "float", "bool", "list", "dict")
 
 
@@ -96,16 +99,19 @@ class Transition:
     at: float
     by: str
     why: str
-    percent: float | None = None  # canary share after this transition
+    percent: float | None = None  # canary (or shadow) share after this transition
 
 
 @dataclass(frozen=True, slots=True)
 class Serving:
-    """Which releases serve a task now: ``active`` takes the traffic the canary does not."""
+    """Which releases serve a task now: ``active`` takes the traffic the canary does not;
+    ``shadow`` is sent a copy of ``shadow_percent`` of the active release's requests."""
 
     active: Release | None
     canary: Release | None = None
     canary_percent: float = 0.0  # 0..100
+    shadow: Release | None = None
+    shadow_percent: float = 0.0  # 0..100
 
 
 class ReleaseRegistry(Protocol):

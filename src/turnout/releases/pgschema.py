@@ -53,6 +53,10 @@ RELEASES: tuple[tuple[str, ...], ...] = (
             updated_at      double precision NOT NULL
         )""",
     ),
+    (
+        "ALTER TABLE serving ADD COLUMN shadow text",
+        "ALTER TABLE serving ADD COLUMN shadow_percent double precision NOT NULL DEFAULT 0",
+    ),
 )
 
 REVIEW: tuple[tuple[str, ...], ...] = (

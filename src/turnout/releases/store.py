@@ -9,7 +9,8 @@ Tables::
                  the spec and its hashes never change once written (a trigger refuses it)
     transitions  append-only (triggers refuse UPDATE and DELETE): who moved which release
                  from which state to which, when, why, and the canary share after it
-    serving      one row per task: active, canary, canary_percent, previous_active
+    serving      one row per task: active, canary, canary_percent, previous_active, shadow,
+                 shadow_percent
 
 The state machine (every arrow is a row in ``transitions``)::
 
@@ -19,6 +20,11 @@ The state machine (every arrow is a row in ``transitions``)::
     canary ──rollback──▶ retired          active ──promote(other) / rollback──▶ retired
     retired ──mark_evaluated──▶ evaluated (a re-run of the golden set)
     retired ──rollback (it is previous_active)──▶ active
+    registered / evaluated / retired ──start_shadow──▶ shadow ──stop_shadow──▶ the state before
+    shadow ──start_canary (its shadow sample passed the task's gates: ``gated``)──▶ canary
+
+A shadow release serves nobody: it is sent a copy of a share of the active release's requests
+(``turnout.serving.shadow``), one per task, beside the active and canary ones.
 
 Bootstrap: while a task has never had an active release, any registered release may be
 promoted directly: there is nothing yet to compare a candidate against. After that, promoting
@@ -98,6 +104,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at      REAL NOT NULL
         )""",
     ),
+    (
+        "ALTER TABLE serving ADD COLUMN shadow TEXT",
+        "ALTER TABLE serving ADD COLUMN shadow_percent REAL NOT NULL DEFAULT 0",
+    ),
 )
 
 
@@ -128,6 +138,8 @@ class ServingRow:
     canary_percent: float
     previous_active: str | None
     updated_at: float
+    shadow: str | None = None
+    shadow_percent: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +281,9 @@ class ReleaseStore:
             found = _need(conn, task, name)
             if found.state == "evaluated":
                 return found
+            if found.state == "shadow":  # stays in shadow; stopping it returns it to evaluated
+                _record(conn, task, name, "shadow", "shadow", now, by, EVALUATED_IN_SHADOW + why)
+                return found
             if found.state not in ("registered", "retired"):
                 raise ReleaseStoreError(
                     f"release {name!r} of task {task!r} is {found.state}; only a registered or retired release "
@@ -279,9 +294,13 @@ class ReleaseStore:
 
         return await self._write(body)
 
-    async def start_canary(self, task: str, name: str, percent: float, by: str, why: str) -> ServingRow:
+    async def start_canary(
+        self, task: str, name: str, percent: float, by: str, why: str, *, gated: bool = False
+    ) -> ServingRow:
         """Send ``percent`` of the task's traffic to an evaluated release (or change the share of
-        the release already in canary). One canary per task, beside an active release."""
+        the release already in canary). One canary per task, beside an active release. A release
+        in shadow may go to canary only when its shadow sample passed the task's gates: the
+        caller checked them (``gated``; ``turnout release canary`` does) and says so in ``why``."""
         _who(by, why)
         _percent(percent)
 
@@ -289,8 +308,13 @@ class ReleaseStore:
             found = _need(conn, task, name)
             serving = _serving(conn, task)
             assert serving is not None  # registering made it
-            if found.state not in ("evaluated", "canary"):
-                hint = " (run its golden set first)" if found.state == "registered" else ""
+            if found.state == "shadow" and not gated:
+                raise ReleaseStoreError(
+                    f"release {name!r} of task {task!r} is in shadow; it may take traffic once its shadow sample "
+                    "passes the task's gates (`turnout release canary` checks them)"
+                )
+            if found.state not in ("evaluated", "canary", "shadow"):
+                hint = " (run its golden set first, or shadow it)" if found.state == "registered" else ""
                 raise ReleaseStoreError(
                     f"release {name!r} of task {task!r} is {found.state}; a canary needs an evaluated release{hint}"
                 )
@@ -308,6 +332,60 @@ class ReleaseStore:
             conn.execute(
                 "UPDATE serving SET canary = ?, canary_percent = ?, updated_at = ? WHERE task = ?",
                 (name, percent, now, task),
+            )
+            if serving.shadow == name:  # the shadow becomes the canary: no longer mirrored
+                conn.execute("UPDATE serving SET shadow = NULL, shadow_percent = 0 WHERE task = ?", (task,))
+            return _need_serving(conn, task)
+
+        return await self._write(body)
+
+    async def start_shadow(self, task: str, name: str, percent: float, by: str, why: str) -> ServingRow:
+        """Mirror ``percent`` of the active release's requests to ``name`` (or change the share
+        of the release already in shadow). Its answers are compared, never served. From
+        registered, evaluated or retired; one shadow per task, beside an active release."""
+        _who(by, why)
+        _percent(percent, "shadow")
+
+        def body(conn: Conn, now: float) -> ServingRow:
+            found = _need(conn, task, name)
+            serving = _serving(conn, task)
+            assert serving is not None
+            if found.state not in ("registered", "evaluated", "retired", "shadow"):
+                raise ReleaseStoreError(
+                    f"release {name!r} of task {task!r} is {found.state}; only a release that serves no traffic "
+                    "(registered, evaluated or retired) can be shadowed"
+                )
+            if serving.shadow is not None and serving.shadow != name:
+                raise ReleaseStoreError(
+                    f"task {task!r} already shadows release {serving.shadow!r} at {serving.shadow_percent:g}%; "
+                    "stop that shadow first"
+                )
+            if serving.active is None:
+                raise ReleaseStoreError(
+                    f"task {task!r} has no active release to compare a shadow against; promote a first release"
+                )
+            _move(conn, task, name, found.state, "shadow", now, by, why, percent)
+            conn.execute(
+                "UPDATE serving SET shadow = ?, shadow_percent = ?, updated_at = ? WHERE task = ?",
+                (name, percent, now, task),
+            )
+            return _need_serving(conn, task)
+
+        return await self._write(body)
+
+    async def stop_shadow(self, task: str, by: str, why: str) -> ServingRow:
+        """Stop mirroring: the shadow release returns to the state it had before its shadow
+        (evaluated, if its golden set passed meanwhile)."""
+        _who(by, why)
+
+        def body(conn: Conn, now: float) -> ServingRow:
+            serving = _serving(conn, task)
+            if serving is None or serving.shadow is None:
+                raise ReleaseStoreError(f"task {task!r} has no release in shadow")
+            name = serving.shadow
+            _move(conn, task, name, "shadow", _before_shadow(conn, task, name), now, by, why, 0.0)
+            conn.execute(
+                "UPDATE serving SET shadow = NULL, shadow_percent = 0, updated_at = ? WHERE task = ?", (now, task)
             )
             return _need_serving(conn, task)
 
@@ -342,6 +420,11 @@ class ReleaseStore:
             note = ""
             if found.state == "active":
                 raise ReleaseStoreError(f"release {name!r} of task {task!r} is already active")
+            if found.state == "shadow":
+                raise ReleaseStoreError(
+                    f"release {name!r} of task {task!r} is in shadow; start a canary from it (its shadow sample "
+                    "must pass the task's gates) or stop the shadow first"
+                )
             if serving.canary is not None and serving.canary != name:
                 raise ReleaseStoreError(
                     f"task {task!r} has release {serving.canary!r} in canary; promote it or roll it back first"
@@ -432,7 +515,10 @@ class ReleaseStore:
 
 
 _SELECT = "SELECT task, name, version, prompt_version, spec, registered_at, registered_by, state FROM releases"
-_SERVING = "SELECT task, active, canary, canary_percent, previous_active, updated_at FROM serving"
+_SERVING = (
+    "SELECT task, active, canary, canary_percent, previous_active, updated_at, shadow, shadow_percent FROM serving"
+)
+EVALUATED_IN_SHADOW = "evaluated while in shadow: "
 
 
 def _decode(row: Sequence[Any]) -> RegisteredRelease:
@@ -523,6 +609,8 @@ def _snapshot(conn: Conn) -> Snapshot:
                 active=by_name.get(s.active) if s.active else None,
                 canary=by_name.get(s.canary) if s.canary else None,
                 canary_percent=s.canary_percent if s.canary else 0.0,
+                shadow=by_name.get(s.shadow) if s.shadow else None,
+                shadow_percent=s.shadow_percent if s.shadow else 0.0,
             )
         return Snapshot(serving=serving, releases=releases)
 
@@ -537,6 +625,22 @@ def _who(by: str, why: str) -> None:
         raise ReleaseStoreError("every transition needs a reason ('why')")
 
 
-def _percent(percent: float) -> None:
+def _percent(percent: float, what: str = "canary") -> None:
     if not 0 < percent <= 100:
-        raise ReleaseStoreError(f"a canary share must be more than 0 and at most 100 percent, not {percent:g}")
+        raise ReleaseStoreError(f"a {what} share must be more than 0 and at most 100 percent, not {percent:g}")
+
+
+def _before_shadow(conn: Conn, task: str, name: str) -> State:
+    """The state a release had before its shadow; evaluated if its golden set passed meanwhile."""
+    rows = conn.execute(
+        "SELECT from_state, to_state, why FROM transitions WHERE task = ? AND release = ? ORDER BY id DESC",
+        (task, name),
+    ).fetchall()
+    for from_state, to_state, why in rows:
+        if to_state != "shadow":
+            break
+        if from_state == "shadow" and str(why).startswith(EVALUATED_IN_SHADOW):
+            return "evaluated"
+        if from_state != "shadow":
+            return cast(State, from_state)
+    return "registered"

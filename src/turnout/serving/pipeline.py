@@ -5,7 +5,7 @@
     → the caller's limits (``turnout.routing.constraints``) → quota
     → attempt (retry / fallback, within the latency limit; each answer's tool calls checked)
     → output checks (repair, escalation; ``turnout.serving.output``) → respond (door)
-    → settle the quota → account → capture, review
+    → settle the quota → account → capture, review → mirror to a shadow release
 
 Each stage returns a small value (``Tenant``, the door's request, ``Admission``, ``Screened``,
 the body, the allowed targets and the quota grant, ``Result``, ``Answered``); the ledger row is built once,
@@ -45,7 +45,7 @@ from turnout.errors import (
 )
 from turnout.ledger.record import LedgerRow
 from turnout.privacy.capture.model import Decision
-from turnout.releases.base import Release, choose
+from turnout.releases.base import Release, Serving, choose
 from turnout.releases.review import ReviewError
 from turnout.routing import constraints, policy
 from turnout.routing.attempts import Result, Target, execute
@@ -61,6 +61,7 @@ from turnout.serving.judge import Judge
 from turnout.serving.output import Checked, OutputStage
 from turnout.serving.runtime import Runtime, pseudonym
 from turnout.serving.scoring import TaskScorers
+from turnout.serving.shadow import Served
 from turnout.serving.stops import answer_fields
 
 log = logging.getLogger("turnout")
@@ -136,6 +137,7 @@ class Pipeline:
         result: Result | None = None
         keep: Keep | None = None
         live: TaskScorers | None = None
+        shadow: Release | None = None
         answered: Answered | None = None
         failure: Failure | None = None
         checked: Checked | None = None
@@ -191,6 +193,8 @@ class Pipeline:
                 result = checked.result
             keep = self.keep(admission)
             live = rt.scoring.draw(admission.task) if rt.scoring is not None else None
+            if rt.shadows is not None and release is None:  # never for a forced release (an eval)
+                shadow = rt.shadows.draw(self.serving_of(admission.task), admission)
             if checked is not None and not checked.passed:  # refused (502) or escalated to a person (202)
                 answered = await self.output.answer(
                     checked, send, request_id, admission, body, started_at=started_at, prompt=door.release_prompt
@@ -200,7 +204,17 @@ class Pipeline:
                     recording = replay.record(result, self.max_body)
                 answered = await door.respond(
                     self.reply(
-                        door, request_id, request, admission, result, keep, started_at, t0, screened, lookup, live
+                        door,
+                        request_id,
+                        request,
+                        admission,
+                        result,
+                        keep,
+                        started_at,
+                        t0,
+                        screened,
+                        lookup,
+                        live is not None or shadow is not None,
                     ),
                     send,
                     receive,
@@ -252,6 +266,9 @@ class Pipeline:
                     self.account(row, identified=tenant is not None)
                     if answered is not None and keep is not None:
                         await self.keep_text(row, keep, body, answered)
+                    if shadow is not None and answered is not None and answered.status == 200 and answered.text:
+                        assert request is not None and admission is not None  # drawn after both
+                        self.mirror(door, request, admission, shadow, row, answered.text, keep)
 
     # --- stages ----------------------------------------------------------------------------
 
@@ -319,9 +336,12 @@ class Pipeline:
             await cache.fill(lookup, value)
 
     def serving(self, task: str, sticky_key: str) -> Release | None:
-        registry = self.rt.releases
-        serving = registry.serving(task) if registry is not None else None
+        serving = self.serving_of(task)
         return choose(serving, task, sticky_key) if serving is not None else None
+
+    def serving_of(self, task: str) -> Serving | None:
+        registry = self.rt.releases
+        return registry.serving(task) if registry is not None else None
 
     def tool_guard(self, admission: Admission, body: dict[str, Any]) -> Guard | None:
         """The tool allowlist (``turnout.safety.tools``): 400 for a declared tool it lacks; the
@@ -430,8 +450,10 @@ class Pipeline:
         t0: float,
         screened: safety.Screened | None = None,
         lookup: Lookup | None = None,
-        live: TaskScorers | None = None,
+        collect: bool = False,
     ) -> Reply[R]:
+        """``collect``: keep the answer's text (live scoring or a shadow reads it) even where
+        capture does not."""
         release = admission.release
         model_version = (release.model_version if release else None) or result.answer.model_version
         headers = respond.turnout_headers(
@@ -444,7 +466,7 @@ class Pipeline:
             headers.append(lookup.header)
             if lookup.state == HIT:
                 prices = self.free
-        collect = (keep is not None and keep.collect) or live is not None  # live scoring reads the text
+        collect = collect or (keep is not None and keep.collect)
         return Reply(
             request_id,
             request,
@@ -514,6 +536,25 @@ class Pipeline:
             capture.submit(row.request_id, row.tenant, row.task, keep.decision, prompt, text)
         if keep.review_rate > 0 and answered.status == 200:
             await self.review(row, keep.decision.mode, f"{prompt}\n\n--- answer ---\n{text}", keep.review_rate)
+
+    def mirror(
+        self,
+        door: Door[R],
+        request: R,
+        admission: Admission,
+        shadow: Release,
+        row: LedgerRow,
+        text: str,
+        keep: Keep | None,
+    ) -> None:
+        """A copy of the request to the task's shadow release (``turnout.serving.shadow``), after
+        its answer and row: the request never waits for it."""
+        mirror = self.rt.shadows
+        assert mirror is not None
+        decision = keep.decision if keep is not None and keep.decision.capture else None
+        mirror.mirror(
+            door, request, admission, shadow, Served(row.request_id, text, row.latency_ms, row.cost_usd, decision)
+        )
 
     async def review(self, row: LedgerRow, mode: str, text: str, rate: float) -> None:
         """A failing queue costs the sample, never the request."""

@@ -50,11 +50,13 @@ from turnout.releases.base import ReleaseRegistry
 from turnout.releases.canary import CanaryController
 from turnout.releases.registry import open_registry
 from turnout.releases.review import ReviewQueue
+from turnout.releases.shadowstore import ShadowStore, shadow_path
 from turnout.releases.store import ReleaseStore
 from turnout.routing.attempts import Target
 from turnout.routing.breaker import Breaker
 from turnout.serving.probes import Probes, scrub, secrets_of
 from turnout.serving.scoring import LiveScoring
+from turnout.serving.shadow import Mirror
 
 if TYPE_CHECKING:
     from turnout.observe.tracing import Tracing
@@ -65,7 +67,7 @@ log = logging.getLogger("turnout")
 # the restart-only sections built.
 SHARED = (
     *("secret", "targets", "probes", "metrics", "request_log", "store", "ledger", "tracing", "capture"),
-    *("reviews", "releases", "release_store", "canary", "cache", "keys", "tokens"),
+    *("reviews", "releases", "release_store", "canary", "cache", "keys", "tokens", "shadows"),
 )
 
 
@@ -94,6 +96,7 @@ class Runtime:
         self.releases: ReleaseRegistry | None = None  # what serves each task, read per request
         self.release_store: ReleaseStore | None = None  # the registry's store: canaries and evals write it
         self.canary: CanaryController | None = None
+        self.shadows: Mirror | None = None  # copies of requests for shadow releases
         self.cache: CacheStage | None = None  # the response cache, where a task opted in
         self.keys: KeyStore | None = None  # issued keys (with tenants)
         self._stack: AsyncExitStack | None = None
@@ -155,6 +158,7 @@ class Runtime:
             registry = await open_registry(cfg)
             stack.push_async_callback(registry.aclose)
             self.releases, self.release_store = registry, registry.store
+            await self._open_shadows(stack)
         if cache_factory.wanted(cfg):
             await self._open_cache(stack)
         if self.store is not None and cfg.store.kind != "memory" and Rules(cfg).purges:
@@ -186,6 +190,8 @@ class Runtime:
             limiter = open_limiter(config.limits)
             stack.push_async_callback(limiter.aclose)
         new.quota = QuotaGate(config, limiter, new.prices, new.tokens)
+        if new.shadows is not None:
+            new.shadows.follow(config)
         if self.cache is not None:  # tasks' cache settings are live; the store and its key stay
             self.cache.tasks = CacheStage(config, self.cache.store).tasks
         elif cache_factory.wanted(config):
@@ -198,6 +204,27 @@ class Runtime:
         self._stack, predecessor._stack = predecessor._stack, None
         if self.metrics is not None:  # its counters carry on; labels follow the new names
             self.metrics.follow(self.config, self.live)
+
+    async def _open_shadows(self, stack: AsyncExitStack) -> None:
+        """The shadow store and the mirror that feeds it (``turnout.serving.shadow``)."""
+        cfg = self.config
+        store = ShadowStore(cfg.state_at(shadow_path(cfg.releases.store_path)))
+        await store.open()
+        stack.push_async_callback(store.aclose)
+        metrics = self.metrics
+        mirror = Mirror(
+            cfg,
+            store,
+            targets=self.targets,
+            prices=self.prices,
+            tokens=self.tokens,
+            scoring=self.scoring,
+            capture=self.capture,
+            count=metrics.shadowed if metrics is not None else None,
+        )
+        await mirror.start()
+        stack.push_async_callback(mirror.aclose)  # its calls cancelled, its pairs written, before the store
+        self.shadows = mirror
 
     async def _open_cache(self, stack: AsyncExitStack) -> None:
         """The store, the stage, and the sweep of answers of releases that no longer serve."""

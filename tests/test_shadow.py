@@ -1,0 +1,352 @@
+"""Shadow releases: the store's state machine (both state backends), the comparison of two
+answers, the sample's figures and gates by hand-computed known answers, and the mirror on the
+request path in-process (after the answer, never served, within its caps and the policy)."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.asgi import request
+from tests.conftest import AppFactory
+from tests.fakes.scripted import ScriptedProvider, Step
+from tests.pgstate import KINDS, state_place
+from tests.test_releases_store import bootstrap, make
+from turnout.config import TaskConfig
+from turnout.offline.shadow import shadow_gates, summarize
+from turnout.releases.shadowstore import Pair, ShadowStore
+from turnout.releases.store import ReleaseStore, ReleaseStoreError
+from turnout.serving.app import App
+from turnout.serving.shadow import agrees
+
+TASK = "extract"
+
+
+@pytest.fixture(params=KINDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ReleaseStore]:
+    async with state_place(request.param, tmp_path / "state" / "releases.db") as place, ReleaseStore(place) as s:
+        yield s
+
+
+async def state_of(store: ReleaseStore, name: str) -> str:
+    found = await store.get(TASK, name)
+    assert found is not None
+    return found.state
+
+
+# --- the state machine ------------------------------------------------------------------------
+
+
+async def test_a_shadow_starts_changes_share_and_stops_back_to_its_state(store: ReleaseStore) -> None:
+    await bootstrap(store, "v2")
+    await store.register(make("v3", temperature=0.7), "alice")
+    row = await store.start_shadow(TASK, "v3", 20, "alice", "compare")
+    assert (row.active, row.shadow, row.shadow_percent, row.canary) == ("v1", "v3", 20.0, None)
+    assert await state_of(store, "v3") == "shadow"
+    row = await store.start_shadow(TASK, "v3", 50, "alice", "more")
+    assert row.shadow_percent == 50.0
+    with pytest.raises(ReleaseStoreError, match="already shadows release 'v3'"):
+        await store.start_shadow(TASK, "v2", 10, "alice", "a second one")
+    snap = await store.snapshot()
+    serving = snap.serving[TASK]
+    assert serving.shadow is not None and serving.shadow.name == "v3" and serving.shadow_percent == 50.0
+    row = await store.stop_shadow(TASK, "alice", "enough")
+    assert (row.shadow, row.shadow_percent) == (None, 0.0)
+    assert await state_of(store, "v3") == "registered"  # where it was before
+    moves = [(t.from_state, t.to_state) for t in await store.transitions(TASK, "v3")]
+    assert moves == [(None, "registered"), ("registered", "shadow"), ("shadow", "shadow"), ("shadow", "registered")]
+    with pytest.raises(ReleaseStoreError, match="no release in shadow"):
+        await store.stop_shadow(TASK, "alice", "again")
+
+
+async def test_an_evaluation_during_the_shadow_is_remembered(store: ReleaseStore) -> None:
+    await bootstrap(store)
+    await store.register(make("v3", temperature=0.7), "alice")
+    await store.start_shadow(TASK, "v3", 20, "alice", "compare")
+    await store.mark_evaluated(TASK, "v3", "turnout-eval", "gates passed")
+    assert await state_of(store, "v3") == "shadow"
+    await store.stop_shadow(TASK, "alice", "done")
+    assert await state_of(store, "v3") == "evaluated"
+
+
+async def test_what_a_shadow_may_not_do(store: ReleaseStore) -> None:
+    await store.register(make("v1"), "alice")
+    with pytest.raises(ReleaseStoreError, match="no active release to compare"):
+        await store.start_shadow(TASK, "v1", 20, "alice", "nothing serves")
+    await store.promote(TASK, "v1", "alice", "first")
+    with pytest.raises(ReleaseStoreError, match="serves no traffic"):
+        await store.start_shadow(TASK, "v1", 20, "alice", "the active one")
+    with pytest.raises(ReleaseStoreError, match="share must be more than 0"):
+        await store.start_shadow(TASK, "v1", 0, "alice", "none")
+    await store.register(make("v2", temperature=0.3), "alice")
+    await store.start_shadow(TASK, "v2", 20, "alice", "compare")
+    with pytest.raises(ReleaseStoreError, match="is in shadow; start a canary"):
+        await store.promote(TASK, "v2", "alice", "skip the canary", force=True)
+    with pytest.raises(ReleaseStoreError, match="passes the task's gates"):
+        await store.start_canary(TASK, "v2", 5, "alice", "not checked")
+    row = await store.start_canary(TASK, "v2", 5, "alice", "sample passed", gated=True)
+    assert (row.canary, row.canary_percent, row.shadow) == ("v2", 5.0, None)  # no longer mirrored
+    assert await state_of(store, "v2") == "canary"
+
+
+async def test_rollback_and_promotion_leave_the_shadow_running(store: ReleaseStore) -> None:
+    await bootstrap(store, "v2")
+    await store.register(make("v3", temperature=0.7), "alice")
+    await store.start_shadow(TASK, "v3", 30, "alice", "compare")
+    await store.promote(TASK, "v2", "alice", "better")
+    row = await store.rollback(TASK, "alice", "worse")
+    assert (row.active, row.shadow, row.shadow_percent) == ("v1", "v3", 30.0)
+
+
+# --- comparing answers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("served", "shadow", "how", "same"),
+    [
+        ('{"a": 1, "b": [1, 2]}', '{"b": [1, 2],\n "a": 1}', "auto", True),
+        ('{"a": 1}', '```json\n{"a": 1}\n```', "auto", True),
+        ('{"a": 1}', '{"a": 2}', "auto", False),
+        ("Paris is the capital.", "  paris   is the CAPITAL. ", "auto", True),
+        ("Paris.", "Lyon.", "text", False),
+        ('{"a": 1}', '{ "a": 1 }', "text", False),
+        ("Paris.", "paris.", "exact", False),
+        ("Paris.", "Paris.", "exact", True),
+        ('{"a": 1', '{"a": 1', "json", True),  # not JSON on either side: compared as text
+    ],
+)
+def test_answers_agree_as_configured(served: str, shadow: str, how: str, same: bool) -> None:
+    assert agrees(served, shadow, how) is same
+
+
+# --- the sample and its gates, by hand --------------------------------------------------------
+
+
+def pair(i: int, *, agree: bool | None = True, shadow_pass: bool | None = True, status: int = 200, **kw: Any) -> Pair:
+    fields: dict[str, Any] = {
+        "request_id": f"r{i}",
+        "at": 1000.0 + i,
+        "tenant": "acme",
+        "task": TASK,
+        "served_release": "v1",
+        "shadow_release": "v2",
+        "shadow_target": "cand" if status == 200 else None,
+        "status": status,
+        "error_class": None if status == 200 else "upstream_error",
+        "agree": agree if status == 200 else None,
+        "served_pass": True,
+        "shadow_pass": shadow_pass if status == 200 else None,
+        "served_ms": 100.0 + i,
+        "shadow_ms": 200.0 + 2 * i,
+        "served_cost_usd": 0.002,
+        "shadow_cost_usd": 0.001 if status == 200 else 0.0,
+    }
+    fields.update(kw)
+    return Pair(**fields)
+
+
+def sample() -> list[Pair]:
+    """10 pairs: 1 shadow error; of the 9 answers 7 agree; 8 shadow passes (one disagreeing
+    answer fails its scorers, and the error fails)."""
+    out = [pair(i) for i in range(7)]
+    out.append(pair(7, agree=False))
+    out.append(pair(8, agree=False, shadow_pass=False))
+    out.append(pair(9, status=502))
+    return out
+
+
+def test_the_sample_by_hand() -> None:
+    s = summarize(TASK, "v2", sample())
+    assert (s.pairs, s.errors, s.compared, s.agreed) == (10, 1, 9, 7)
+    assert s.agreement == pytest.approx(7 / 9)
+    # Wilson 95 % for 7 of 9: centre (7/9 + z²/18)/(1 + z²/9), by hand 0.4530 to 0.9372
+    assert s.agreement_interval.low == pytest.approx(0.4530, abs=1e-3)
+    assert s.agreement_interval.high == pytest.approx(0.9372, abs=1e-3)
+    assert (s.served.passed, s.shadow.passed) == (10, 8)
+    assert s.shadow.pass_rate == pytest.approx(0.8) and s.served.pass_rate == 1.0
+    assert (s.only_served_passed, s.only_shadow_passed) == (2, 0)
+    assert s.served.p50_ms == pytest.approx(104.5)  # 100..109
+    assert s.shadow.p50_ms == pytest.approx(208.0)  # the 9 answered: 200, 202, ..., 216
+    assert s.shadow.cost_usd == pytest.approx(0.009) and s.served.cost_usd == pytest.approx(0.02)
+    assert s.shadow.cost_per_pass() == pytest.approx(0.009 / 8)
+    assert s.served.cost_interval is not None and s.served.cost_interval.low == pytest.approx(0.002)
+
+
+def test_the_gates_on_the_sample_by_hand() -> None:
+    task = TaskConfig.model_validate(
+        {
+            "route": ["cand"],
+            "gates": {
+                "min_pass_rate": 0.65,
+                "max_regression": 0.15,
+                "max_p95_ms": 250,
+                "max_cost_per_pass_ratio": 1.0,
+                "max_cost_per_completed_task": 0.03,
+            },
+            "review_cost_usd": 0.01,
+            "escalation_cost_usd": 0.1,
+            "shadow": {"min_pairs": 10, "min_agreement": 0.75},
+        }
+    )
+    gates = {g.name: g for g in shadow_gates(summarize(TASK, "v2", sample()), task)}
+    assert gates["min_pairs"].passed
+    assert gates["min_agreement"].passed and gates["min_agreement"].observed == pytest.approx(7 / 9)
+    assert gates["min_pass_rate"].passed and gates["min_pass_rate"].observed == pytest.approx(0.8)
+    assert not gates["max_regression"].passed and gates["max_regression"].observed == pytest.approx(0.2)
+    assert gates["max_p95_ms"].passed  # p95 of 200..216 = 215.2
+    # shadow $0.009 / 8 passes vs served $0.02 / 10 passes: 0.5625 ≤ 1
+    assert gates["max_cost_per_pass_ratio"].passed
+    assert gates["max_cost_per_pass_ratio"].observed == pytest.approx(0.5625)
+    # ($0.009 + $0.01 × 10 + $0.1 × 2 failed) / 8 passed = $0.038625 > $0.03
+    assert gates["max_cost_per_completed_task"].observed == pytest.approx(0.038625)
+    assert not gates["max_cost_per_completed_task"].passed
+    small = {g.name: g for g in shadow_gates(summarize(TASK, "v2", sample()[:4]), task)}
+    assert not small["min_pairs"].passed and "4 mirrored requests; 10 needed" in small["min_pairs"].explanation
+
+
+async def test_pairs_are_stored_once_and_read_back(tmp_path: Path) -> None:
+    async with ShadowStore(tmp_path / "shadow.db") as store:
+        await store.write_pairs(sample())
+        await store.write_pairs(sample()[:3])  # a replayed batch: nothing twice
+        found = await store.pairs(TASK, "v2")
+        assert len(found) == 10 and found[0].request_id == "r9"  # newest first
+        assert {p.request_id: p for p in found}["r8"] == sample()[8]
+        assert await store.pairs(TASK, "v9") == []
+        assert await store.spent(since=0) == {TASK: pytest.approx(0.009)}
+        assert await store.spent(since=5000) == {}
+
+
+# --- on the request path ----------------------------------------------------------------------
+
+PRICE = {"input_per_mtok": 1_000_000.0, "output_per_mtok": 1_000_000.0}  # $1 a token: 7 + 3 = $10 a call
+RELEASE = """
+target: {target}
+prompt:
+  user: "unused by chat"
+params: {{temperature: 0}}
+"""
+
+
+async def shadowed_app(
+    make_app: AppFactory, tmp_path: Path, live: ScriptedProvider, cand: ScriptedProvider, **shadow: Any
+) -> App:
+    for name, target in (("v1", "live"), ("v2", "cand")):
+        path = tmp_path / "releases" / "chat" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(RELEASE.format(target=target)))
+    raw = {
+        "releases": {"path": str(tmp_path / "releases"), "store_path": str(tmp_path / "releases.db")},
+        "targets": {
+            "live": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"},
+            "cand": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "price": PRICE},
+        },
+        "policy": {"restricted": {"targets": ["live"]}},
+        "tenants": {"acme": {"keys": ["sk-acme-shadow-001"], "data_classes": ["internal", "restricted"]}},
+        "tasks": {"chat": {"route": ["live", "cand"], "shadow": {"max_concurrency": 50, **shadow}}},
+        "observability": {"metrics": True},
+    }
+    from turnout.config import validate
+    from turnout.releases.files import load_all
+
+    files = load_all(validate(raw))["chat"]
+    async with ReleaseStore(tmp_path / "releases.db") as store:
+        for each in files.values():
+            await store.register(each, "alice")
+        await store.promote("chat", "v1", "alice", "first")
+        await store.start_shadow("chat", "v2", 100, "alice", "compare")
+    return await make_app(raw, {"live": live, "cand": cand})
+
+
+async def ask(app: App, content: str = "order?", data_class: str | None = None) -> tuple[int, str]:
+    headers = {"authorization": "Bearer sk-acme-shadow-001"}
+    if data_class:
+        headers["x-turnout-data-class"] = data_class
+    body = {"model": "chat", "messages": [{"role": "user", "content": content}]}
+    got = await request(app, "POST", "/v1/chat/completions", body, headers=headers)
+    text = got.json()["choices"][0]["message"]["content"] if got.status == 200 else ""
+    return got.status, text
+
+
+async def pairs(app: App, n: int) -> list[Pair]:
+    mirror = app.runtime.shadows
+    assert mirror is not None
+    deadline = time.monotonic() + 10
+    while True:
+        found = await mirror.store.pairs("chat")
+        if len(found) >= n or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.02)
+
+
+async def test_a_shadow_sees_a_copy_and_its_disagreements_are_counted(make_app: AppFactory, tmp_path: Path) -> None:
+    live = ScriptedProvider("live", Step(text="the served answer"))
+    steps = [Step(text="the served answer" if i % 5 else "something else") for i in range(20)]
+    cand = ScriptedProvider("cand", *steps)
+    app = await shadowed_app(make_app, tmp_path, live, cand, usd_per_day=1000.0)
+    answers = [await ask(app, f"q{i}") for i in range(20)]
+    assert answers == [(200, "the served answer")] * 20  # the shadow never serves
+    found = await pairs(app, 20)
+    assert len(found) == 20 and len(cand.calls) == 20
+    s = summarize("chat", "v2", found)
+    assert (s.compared, s.agreed) == (20, 16) and s.served.release == "v1"
+    assert s.shadow.cost_usd == pytest.approx(200.0) and s.served.cost_usd is None  # live is unpriced
+    assert {p.shadow_target for p in found} == {"cand"}
+    # the shadow got each request's messages, with its release's parameters and a bounded answer
+    asked = sorted(c.body["messages"][0]["content"] for c in cand.calls)
+    assert asked == sorted(f"q{i}" for i in range(20))
+    assert all(c.body["temperature"] == 0 and c.body["max_tokens"] > 0 for c in cand.calls)
+    rows = await app.runtime.store.recent(100) if app.runtime.store is not None else []
+    assert len(rows) == 20 and {r.target for r in rows} == {"live"}  # no ledger row for a shadow call
+    scraped = (await request(app, "GET", "/metrics")).body.decode()
+    assert 'turnout_shadow_total{release="v2",result="agree",task="chat"} 16.0' in scraped
+    assert 'turnout_shadow_total{release="v2",result="disagree",task="chat"} 4.0' in scraped
+
+
+async def test_the_daily_cap_stops_mirroring(make_app: AppFactory, tmp_path: Path) -> None:
+    live, cand = ScriptedProvider("live", Step(text="a")), ScriptedProvider("cand", Step(text="a"))
+    app = await shadowed_app(make_app, tmp_path, live, cand, usd_per_day=25.0, max_concurrency=1)
+    for i in range(6):
+        assert (await ask(app, f"q{i}"))[0] == 200
+        await pairs(app, min(i + 1, 3))
+    assert len(cand.calls) == 3  # $10, $20, $30: the third passed the cap, then none
+    scraped = (await request(app, "GET", "/metrics")).body.decode()
+    assert 'turnout_shadow_total{release="v2",result="capped",task="chat"} 3.0' in scraped
+
+
+async def test_a_busy_shadow_is_skipped_and_never_delays_the_answer(make_app: AppFactory, tmp_path: Path) -> None:
+    live = ScriptedProvider("live", Step(text="a"))
+    cand = ScriptedProvider("cand", Step(text="a", delay=1.0))
+    app = await shadowed_app(make_app, tmp_path, live, cand, max_concurrency=1)
+    assert [(await ask(app, f"q{i}"))[0] for i in range(3)] == [200, 200, 200]
+    assert app.runtime.shadows is not None and app.runtime.shadows.busy["chat"] == 1  # answered while it runs
+    assert len(cand.calls) == 1
+    scraped = (await request(app, "GET", "/metrics")).body.decode()
+    assert 'turnout_shadow_total{release="v2",result="busy",task="chat"} 2.0' in scraped
+
+
+async def test_the_policy_keeps_restricted_requests_from_a_shadow_target(make_app: AppFactory, tmp_path: Path) -> None:
+    live, cand = ScriptedProvider("live", Step(text="a")), ScriptedProvider("cand", Step(text="a"))
+    app = await shadowed_app(make_app, tmp_path, live, cand)
+    assert (await ask(app, "secret", data_class="restricted"))[0] == 200
+    await asyncio.sleep(0.2)
+    assert cand.calls == []
+    scraped = (await request(app, "GET", "/metrics")).body.decode()
+    assert 'turnout_shadow_total{release="v2",result="not_allowed",task="chat"} 1.0' in scraped
+
+
+async def test_a_failing_shadow_is_a_pair_with_its_error(make_app: AppFactory, tmp_path: Path) -> None:
+    from turnout.errors import UpstreamStatusError
+
+    live = ScriptedProvider("live", Step(text="a"))
+    cand = ScriptedProvider("cand", Step(error=UpstreamStatusError(500, "boom")))
+    app = await shadowed_app(make_app, tmp_path, live, cand)
+    assert await ask(app) == (200, "a")
+    (found,) = await pairs(app, 1)
+    assert (found.status, found.agree, found.shadow_pass) == (502, None, None)
+    assert found.error_class is not None
