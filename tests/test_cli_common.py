@@ -327,6 +327,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("release", "canary"): ("support", "v1", "--percent", "5", "--by", "me", "--why", "w"),
     ("release", "promote"): ("support", "v1", "--by", "me", "--why", "w"),
     ("release", "rollback"): ("support", "--by", "me", "--why", "w"),
+    ("release", "shadow"): ("support", "v1", "--percent", "5", "--by", "me", "--why", "w"),
     ("eval", "run"): ("support", "--candidate", "v1"),
     ("eval", "import-reviews"): ("support",),
     ("plan",): ("--task", "support"),

@@ -545,3 +545,22 @@ async def test_paths_and_queries_that_are_not_utf8_or_too_long_are_not_500s(app:
     many = f"csrf={token}&" + "&".join(f"k{n}=v" for n in range(60))
     assert (await post(app, "/ui/releases/t/rollback", many, cookie)).status == 400
     assert (await request(app, "HEAD", "/ui/targets", headers={"cookie": cookie})).status == 200
+
+
+async def test_the_releases_page_shows_a_shadow_and_its_sample(make_app: AppFactory, tmp_path: Path) -> None:
+    await registered(tmp_path)
+    async with ReleaseStore(tmp_path / "releases.db") as store:
+        await store.start_shadow("t", "v3", 100, "ci", "compare")
+    provider = ScriptedProvider("primary", Step(text="the same answer"))
+    app = await make_app(config(tmp_path), {"primary": provider})
+    for i in range(4):
+        await answer(app, f"u{i}")
+    assert app.runtime.shadows is not None
+    for _ in range(300):  # mirrored after each answer, written in batches
+        if len(await app.runtime.shadows.store.pairs("t")) >= 1:
+            break
+        await asyncio.sleep(0.02)
+    page = (await get(app, "/ui/releases", await login(app))).body.decode()
+    assert '<strong class="serving-shadow">v3</strong>' in page and "copy of 100%" in page
+    assert "Shadow sample" in page and "agreement 100.0%" in page
+    assert "the same answer" not in page  # pairs keep no text

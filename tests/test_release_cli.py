@@ -90,7 +90,7 @@ def test_the_whole_lifecycle(config: str, tmp_path: Path) -> None:
     assert out == "extract: v1 is active for all traffic\n"
 
     out = fails(config, "canary", "extract", "v2", "--percent", "5", "--by", "alice", "--why", "try")
-    assert "is registered; a canary needs an evaluated release (run its golden set first)" in out
+    assert "is registered; a canary needs an evaluated release (run its golden set first, or shadow it)" in out
     mark_evaluated(tmp_path, "v2")
     out = ok(config, "canary", "extract", "v2", "--percent", "5", "--by", "alice", "--why", "eval 41 passed")
     assert out == "extract: v2 takes 5% of traffic; v1 the rest\n"

@@ -331,3 +331,31 @@ async def test_review_items_past_review_days_are_deleted_sampled_ones_by_the_sho
         await queue.aclose()
         await audit.aclose()
         await ledger.aclose()
+
+
+async def test_shadow_pairs_follow_ledger_days(tmp_path: Path) -> None:
+    from tests.test_shadow import pair
+    from turnout.releases.shadowstore import ShadowStore
+
+    rules = {"batch_size": 2, "rules": [{"tenant": "acme", "ledger_days": 10}, {"task": "faq", "ledger_days": 3}]}
+    ledger = MemoryStore()
+    await ledger.open()
+    audit = CaptureStore(tmp_path / "capture.db")
+    await audit.open()
+    try:
+        async with ShadowStore(tmp_path / "shadow.db") as shadows:
+            ages = [("acme", "support", 11), ("acme", "support", 9), ("globex", "faq", 4), ("globex", "faq", 2)]
+            ages += [("globex", "support", 400)] * 3
+            await shadows.write_pairs(
+                [pair(i, tenant=tenant, task=task, at=NOW - age * DAY_S) for i, (tenant, task, age) in enumerate(ages)]
+            )
+            run = await RetentionPurge(config(**rules), ledger, audit, shadows=shadows, clock=lambda: NOW).run_once()
+            # acme: 10 days; faq: 3 (globex's only rule); globex/support: kept for ever
+            assert run.shadow == {("acme", "support"): 1, ("globex", "faq"): 1}
+            assert len(await shadows.pairs("support")) == 4 and len(await shadows.pairs("faq")) == 1
+        details = [e.detail for e in await audit.audit()]
+        assert "retention: deleted 1 shadow pairs past ledger_days" in details
+        assert details[-1].endswith("and 2 shadow pairs")
+    finally:
+        await audit.aclose()
+        await ledger.aclose()

@@ -15,6 +15,7 @@ from typing import Any
 
 from turnout.console.overview import DEFAULT_WINDOW, ROW_LIMIT, WINDOWS, Overview, build
 from turnout.ledger.store import ReleaseStats
+from turnout.offline.shadow import summarize
 from turnout.releases.canary import judge
 from turnout.releases.review import STATUSES, Status
 from turnout.serving.admin import Admin
@@ -74,6 +75,10 @@ async def releases(runtime: Runtime) -> list[dict[str, Any]]:
             )
             comparison = judge(task, serving, spec.canary, canary, active, time.time())
         last = runtime.canary.last.get(task) if runtime.canary is not None else None
+        shadow = None
+        if serving is not None and serving.shadow is not None and runtime.shadows is not None:
+            pairs = await runtime.shadows.store.pairs(task, serving.shadow)
+            shadow = summarize(task, serving.shadow, pairs)
         out.append(
             {
                 "task": task,
@@ -84,6 +89,7 @@ async def releases(runtime: Runtime) -> list[dict[str, Any]]:
                 "stats": _sides(comparison.canary_stats, comparison.active_stats) if comparison else None,
                 "last_verdict": last,
                 "steps": spec.canary.steps,
+                "shadow": shadow,
             }
         )
     return out

@@ -148,6 +148,21 @@ class ShadowStore:
         rows = await self._db.run(lambda conn: conn.execute(sql, (since,)).fetchall())
         return {task: float(total or 0.0) for task, total in rows}
 
+    async def tenant_tasks(self) -> tuple[tuple[str, str], ...]:
+        """Every (tenant, task) with pairs (the retention purge walks them)."""
+        found = await self._db.run(lambda c: c.execute("SELECT DISTINCT tenant, task FROM shadow_pairs").fetchall())
+        return tuple((str(tenant), str(task)) for tenant, task in found)
+
+    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int:
+        """Delete at most ``limit`` of the pair's rows written before ``before`` (a retention
+        batch: pairs are request metadata and follow ``ledger_days``): how many."""
+        sql = (
+            "DELETE FROM shadow_pairs WHERE request_id IN (SELECT request_id FROM shadow_pairs "
+            "WHERE tenant = ? AND task = ? AND at < ? LIMIT ?)"
+        )
+        deleted: int = await self._db.transaction(lambda c: c.execute(sql, (tenant, task, before, limit)).rowcount)
+        return deleted
+
     def _migrate(self, conn: Conn) -> None:
         if isinstance(self.place, PgPlace):
             from turnout._support import pgworker

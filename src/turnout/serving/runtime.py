@@ -243,7 +243,8 @@ class Runtime:
             audit = CaptureStore(self.config.state_at(capture_path(self.config.store)))
             await audit.open()
             stack.push_async_callback(audit.aclose)
-        purge = RetentionPurge(self.config, store, audit, reviews=self.reviews)
+        shadows = self.shadows.store if self.shadows is not None else None
+        purge = RetentionPurge(self.config, store, audit, reviews=self.reviews, shadows=shadows)
         job = Periodic("turnout-retention", purge.tick, self.config.retention.purge_interval_s, first="now")
         job.start()
         stack.push_async_callback(job.aclose)

@@ -228,7 +228,7 @@ class Mirror:
             completion_tokens,
         )
         self.writer.submit(pair)
-        result_label = "error" if text is None else "answered" if agree is None else "agree" if agree else "disagree"
+        result_label = "error" if text is None else "agree" if agree else "disagree"
         self._counted(task, shadow.name, result_label, cost)
         if text is not None and served.decision is not None and self.capture is not None:
             prompt = orjson.dumps(body.get("messages")).decode()

@@ -1,6 +1,6 @@
-"""The retention job: delete ledger rows past their tenant's and task's ``ledger_days`` and
-review items past ``review_days``, in batches, and record each run in the capture audit trail
-with its counts.
+"""The retention job: delete ledger rows (and shadow pairs, the same requests' metadata) past
+their tenant's and task's ``ledger_days`` and review items past ``review_days``, in batches, and
+record each run in the capture audit trail with its counts.
 
 One run walks every (tenant, task) the ledger (and the review queue) holds; a pair whose rule
 keeps them for ever is skipped. Sampled review items record no tenant: the shortest
@@ -40,11 +40,20 @@ class ReviewItems(Protocol):
     async def delete_before(self, tenant: str | None, task: str, before: float, limit: int) -> int: ...
 
 
+class ShadowPairs(Protocol):
+    """The shadow store (``turnout.releases.shadowstore``), as far as retention needs it."""
+
+    async def tenant_tasks(self) -> Sequence[tuple[str, str]]: ...
+
+    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PurgeRun:
     deleted: dict[tuple[str, str], int]  # ledger rows deleted per (tenant, task); pairs with none left out
     batches: int
     reviews: dict[tuple[str | None, str], int] = field(default_factory=dict)  # review items deleted
+    shadow: dict[tuple[str, str], int] = field(default_factory=dict)  # shadow pairs deleted
 
     @property
     def total(self) -> int:
@@ -59,11 +68,13 @@ class RetentionPurge:
         audit: CaptureStore | None,
         *,
         reviews: ReviewItems | None = None,
+        shadows: ShadowPairs | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._rules = Rules(config)
         self._tenants = list(config.tenants) or ["anonymous"]
         self._reviews = reviews
+        self._shadows = shadows
         self._ledger = ledger
         self._audit = audit
         self._batch = config.retention.batch_size
@@ -83,7 +94,8 @@ class RetentionPurge:
             if count:
                 deleted[(tenant, task)] = count
         reviews = await self._purge_reviews(now) if self._reviews is not None else {}
-        run = PurgeRun(deleted, batches, reviews)
+        shadow = await self._purge_shadows(now) if self._shadows is not None else {}
+        run = PurgeRun(deleted, batches, reviews, shadow)
         await self._record(run, now, actor)
         self.runs += 1
         return run
@@ -100,6 +112,18 @@ class RetentionPurge:
             if days is None:
                 continue
             count, _ = await self._delete(partial(self._reviews.delete_before, tenant, task, now - days * DAY_S))
+            if count:
+                deleted[(tenant, task)] = count
+        return deleted
+
+    async def _purge_shadows(self, now: float) -> dict[tuple[str, str], int]:
+        assert self._shadows is not None
+        deleted: dict[tuple[str, str], int] = {}
+        for tenant, task in await self._shadows.tenant_tasks():
+            days = self._rules.get(tenant, task).ledger_days
+            if days is None:
+                continue
+            count, _ = await self._delete(partial(self._shadows.delete_before, tenant, task, now - days * DAY_S))
             if count:
                 deleted[(tenant, task)] = count
         return deleted
@@ -133,7 +157,12 @@ class RetentionPurge:
         for (who, task), count in sorted(run.reviews.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
             detail = f"retention: deleted {count} review items past review_days"
             await self._audit.record_purge(now, who, task, actor, detail)
+        for (tenant, task), count in sorted(run.shadow.items()):
+            detail = f"retention: deleted {count} shadow pairs past ledger_days"
+            await self._audit.record_purge(now, tenant, task, actor, detail)
         summary = f"retention run: deleted {run.total} ledger rows of {len(run.deleted)} tenant/task pairs"
         if run.reviews:
             summary += f" and {sum(run.reviews.values())} review items"
+        if run.shadow:
+            summary += f" and {sum(run.shadow.values())} shadow pairs"
         await self._audit.record_purge(now, None, None, actor, summary)

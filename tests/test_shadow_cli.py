@@ -1,0 +1,151 @@
+"""`turnout release shadow`, the shadow sample in `release show`, the gates `release canary`
+checks before a shadow takes traffic, and `turnout report shadow`, through click's CliRunner
+over a real release store and shadow store."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import re
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_release_cli import RELEASE, fails, ok, write
+from tests.test_shadow import pair
+from turnout.cli.main import main
+from turnout.releases.shadowstore import Pair, ShadowStore
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> str:
+    path = tmp_path / "turnout.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            targets:
+              qwen: {{provider: openai, base_url: "http://127.0.0.1:9/v1", model: q}}
+            tasks:
+              extract:
+                route: [qwen]
+                gates: {{min_pass_rate: 0.9}}
+                shadow: {{min_pairs: 20, min_agreement: 0.7}}
+            releases:
+              path: {json.dumps(str(tmp_path / "releases"))}
+              store_path: {json.dumps(str(tmp_path / "state" / "releases.db"))}
+            """
+        )
+    )
+    for name, temperature in (("v1", 0), ("v2", 0.2)):
+        write(tmp_path, name, RELEASE.format(temperature=temperature))
+    return str(path)
+
+
+def add_pairs(tmp_path: Path, pairs: list[Pair]) -> None:
+    async def run() -> None:
+        async with ShadowStore(tmp_path / "state" / "shadow.db") as store:
+            await store.write_pairs(pairs)
+
+    asyncio.run(run())
+
+
+def passing(n: int, start: int = 0) -> list[Pair]:
+    now = time.time()
+    return [pair(i, agree=i % 5 != 0, at=now - 600 + i) for i in range(start, start + n)]  # 80 % agree, all pass
+
+
+def start(config: str) -> None:
+    ok(config, "register", "extract", "--all", "--by", "alice")
+    ok(config, "promote", "extract", "v1", "--by", "alice", "--why", "first")
+    out = ok(config, "shadow", "extract", "v2", "--percent", "20", "--by", "alice", "--why", "compare first")
+    assert out.startswith("extract: v2 gets a copy of 20% of v1's requests (never served)")
+
+
+def test_a_shadow_is_started_listed_and_shown(config: str, tmp_path: Path) -> None:
+    start(config)
+    listing = ok(config, "list", "extract")
+    assert re.search(r"^v2 +shadow +0% \(shadow of 20%\)", listing, re.M), listing
+    data = json.loads(ok(config, "show", "extract", "v2", "--format", "json"))
+    assert data["state"] == "shadow" and data["shadow"]["pairs"] == 0
+    assert [g["name"] for g in data["shadow"]["gates"] if not g["passed"]] == [
+        "min_pairs",
+        "min_agreement",
+        "min_pass_rate",
+    ]
+    assert "shadow sample: none yet" in ok(config, "show", "extract", "v2")
+    assert not (tmp_path / "state" / "shadow.db").exists()  # reading never creates the store
+    listed = json.loads(ok(config, "list", "extract", "--format", "json"))
+    assert (listed["serving"]["shadow"], listed["serving"]["shadow_percent"]) == ("v2", 20.0)
+
+
+def test_a_shadow_takes_traffic_only_once_its_sample_passes(config: str, tmp_path: Path) -> None:
+    start(config)
+    add_pairs(tmp_path, passing(10))
+    out = fails(config, "canary", "extract", "v2", "--percent", "5", "--by", "alice", "--why", "looks fine")
+    assert "is in shadow and its sample does not pass the task's gates" in out
+    assert "min_pairs: 10 mirrored requests; 20 needed for a verdict" in out
+    add_pairs(tmp_path, passing(20, start=10))
+    shown = ok(config, "show", "extract", "v2")
+    assert "shadow sample: 30 mirrored requests" in shown
+    assert "agreement:  80.0% [" in shown and "of 30 compared" in shown
+    assert "pass rate" in shown and "latency p50" in shown and "cost / request" in shown
+    assert "pass  min_pairs" in shown and "FAIL" not in shown
+    out = ok(config, "canary", "extract", "v2", "--percent", "5", "--by", "alice", "--why", "shadow ok")
+    assert out == "extract: v2 takes 5% of traffic; v1 the rest\n"
+    data = json.loads(ok(config, "show", "extract", "v2", "--format", "json"))
+    last = data["transitions"][-1]
+    assert (last["from_state"], last["to_state"]) == ("shadow", "canary")
+    assert "[shadow sample passed the gates: 30 pairs, agreement 80.0%, pass 100.0%]" in last["why"]
+    assert json.loads(ok(config, "list", "extract", "--format", "json"))["serving"]["shadow"] is None
+
+
+def test_a_failing_sample_is_refused_with_each_reason(config: str, tmp_path: Path) -> None:
+    start(config)
+    bad = [pair(i, agree=i % 2 == 0, shadow_pass=i % 3 != 0) for i in range(30)]
+    add_pairs(tmp_path, bad)
+    out = fails(config, "canary", "extract", "v2", "--percent", "5", "--by", "alice", "--why", "try")
+    assert "min_agreement: v2 agrees with the served answer on 50.0%" in out
+    assert "min_pass_rate: v2 passes 66.7%" in out
+    assert "min_pairs" not in out  # passed gates are not listed
+
+
+def test_stop_returns_the_release_and_bad_calls_are_usage_errors(config: str) -> None:
+    start(config)
+    out = ok(config, "shadow", "extract", "--stop", "--by", "alice", "--why", "enough")
+    assert out == "extract: no shadow (stopped v2); v1 serves\n"
+    assert re.search(r"^v2 +registered +0%", ok(config, "list", "extract"), re.M)
+    assert "has no release in shadow" in fails(config, "shadow", "extract", "--stop", "--by", "a", "--why", "w")
+    assert "--stop takes no --percent" in fails(
+        config, "shadow", "extract", "--stop", "--percent", "5", "--by", "a", "--why", "w"
+    )
+    assert "give a release NAME and --percent" in fails(config, "shadow", "extract", "v2", "--by", "a", "--why", "w")
+    assert "is active; only a release that serves no traffic" in fails(
+        config, "shadow", "extract", "v1", "--percent", "5", "--by", "a", "--why", "w"
+    )
+
+
+def test_report_shadow(config: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    start(config)
+    add_pairs(tmp_path, passing(25))
+
+    def report(*args: str) -> str:
+        got = CliRunner().invoke(
+            main, ["report", "shadow", "--since", "1d", *args, "--config", config], env={"TURNOUT_CONFIG": None}
+        )
+        assert got.exit_code == 0, got.output
+        return got.output
+
+    table = report()
+    assert "TASK" in table and "extract  v2" in table and "80.0% [" in table
+    data = json.loads(report("--format", "json", "--task", "extract"))
+    (only,) = data["shadows"]
+    assert (only["task"], only["release"], only["pairs"], only["agreed"]) == ("extract", "v2", 25, 20)
+    rows = list(csv.reader(io.StringIO(report("--format", "csv"))))
+    assert rows[0][:4] == ["TASK", "SHADOW", "SERVED", "PAIRS"] and rows[1][:4] == ["extract", "v2", "v1", "25"]
+    assert "no shadow pairs" in report("--task", "other")
