@@ -350,3 +350,23 @@ async def test_a_failing_shadow_is_a_pair_with_its_error(make_app: AppFactory, t
     (found,) = await pairs(app, 1)
     assert (found.status, found.agree, found.shadow_pass) == (502, None, None)
     assert found.error_class is not None
+
+
+async def test_a_reload_reprices_and_rescores_the_shadow(make_app: AppFactory, tmp_path: Path) -> None:
+    from turnout.config import validate
+    from turnout.serving.pipeline import Pipeline
+
+    live, cand = ScriptedProvider("live", Step(text='{"a": 1}')), ScriptedProvider("cand", Step(text='{"a": 1}'))
+    app = await shadowed_app(make_app, tmp_path, live, cand, usd_per_day=1000.0)
+    assert await ask(app) == (200, '{"a": 1}')
+    (before,) = await pairs(app, 1)
+    assert (before.shadow_cost_usd, before.shadow_pass) == (10.0, None)
+    raw = app.runtime.config.model_dump(mode="json", exclude_unset=True)
+    raw["targets"]["cand"]["price"] = {"input_per_mtok": 2_000_000.0, "output_per_mtok": 2_000_000.0}
+    raw["tasks"]["chat"]["scoring"] = {"rate": 1.0, "scorers": [{"scorer": "json_schema", "schema": {"type": "array"}}]}
+    new = await app.runtime.successor(validate(raw))  # what App.reload does
+    new.adopt(app.runtime)
+    app.runtime, app.pipeline = new, Pipeline(new)
+    assert await ask(app) == (200, '{"a": 1}')
+    after = [p for p in await pairs(app, 2) if p.request_id != before.request_id]
+    assert [(p.shadow_cost_usd, p.shadow_pass, p.served_pass) for p in after] == [(20.0, False, False)]

@@ -13,6 +13,7 @@ As a process for end-to-end tests, switched over HTTP while a gateway talks to i
     POST /_fault {"mode": "hang"}     GET /_requests     DELETE /_requests
     POST /_health {"status": 503}     (what GET /health answers; its calls are not in requests)
     GET /_health                      {"status": 503, "checks": 12}: GET /health calls so far
+    POST /_reply {"text": [pieces], "usage": {...}, "echo": true, "alter": "[05]$", ...}
 
 Modes (``Fault.mode``):
 
@@ -27,6 +28,10 @@ Modes (``Fault.mode``):
     raw          200 text/event-stream with ``raw`` as the body, sent in small pieces so that
                  lines straddle reads (for SSE parsing edge cases)
 
+Replies: ``reply`` (its pieces are a stream's chunks), or with ``echo`` the last user message's
+text, as one piece; with ``alter`` (a regular expression) an echoed text it matches (``re.search``)
+comes back with `` (altered)`` appended, so a test knows which answers differ from an echo.
+
 Delays work in every mode: ``head_delay`` before the response head, ``first_chunk_delay``
 between a stream's head and its first event, ``chunk_delay`` between later events. ``times``
 limits a fault to that many requests, after which the fake answers ok again.
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import socket
 import struct
 import time
@@ -92,6 +98,8 @@ class FakeUpstream(FakeServer):
     # Replies for the next requests, one each, before ``reply``; the last one stays as ``reply``.
     queue: list[tuple[str, ...]] = field(default_factory=list)
     no_usage: bool = False  # report none ("usage": null), as some servers and proxies do
+    echo: bool = False  # reply with the last user message's text instead of ``reply``
+    alter: str | None = None  # a regex: an echoed text it matches comes back altered
     _rng: random.Random = field(default_factory=lambda: random.Random(7), repr=False)
     requests: list[Received] = field(default_factory=list)
     in_flight: int = 0
@@ -218,7 +226,7 @@ class FakeUpstream(FakeServer):
                     events.append(_chunk(model, {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
             events.append(_chunk(model, {}, finish_reason="tool_calls"))
         else:
-            events += [_chunk(model, {"content": piece}) for piece in self.reply]
+            events += [_chunk(model, {"content": piece}) for piece in self._reply(body)]
             events.append(_chunk(model, {}, finish_reason="stop"))
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") and not self.no_usage:
@@ -250,7 +258,17 @@ class FakeUpstream(FakeServer):
                 "message": {"role": "assistant", "content": None, "tool_calls": calls},
                 "finish_reason": "tool_calls",
             }
-        return {"message": {"role": "assistant", "content": "".join(self.reply)}, "finish_reason": "stop"}
+        return {"message": {"role": "assistant", "content": "".join(self._reply(body))}, "finish_reason": "stop"}
+
+    def _reply(self, body: Any) -> tuple[str, ...]:
+        """The answer's pieces: ``reply``, or the echo of the last user message (altered where
+        ``alter`` matches it)."""
+        if not self.echo:
+            return self.reply
+        text = _last_user_text(body)
+        if self.alter is not None and re.search(self.alter, text):
+            text += " (altered)"
+        return (text,)
 
     def _usage(self, body: Any) -> dict[str, int] | None:
         if self.no_usage:
@@ -259,7 +277,8 @@ class FakeUpstream(FakeServer):
             return dict(self.usage)
         messages = body.get("messages") if isinstance(body, dict) else None
         prompt = sum(len(str(m.get("content", "")).split()) for m in messages or [] if isinstance(m, dict))
-        return {"prompt_tokens": prompt, "completion_tokens": len(self.reply), "total_tokens": prompt + len(self.reply)}
+        completion = len(self._reply(body))
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def _take(self) -> Fault:
         """The fault for this request; a fault with ``times`` expires after that many, and one
@@ -284,12 +303,20 @@ class FakeUpstream(FakeServer):
 
     async def _set_reply(self, request: web.Request) -> web.StreamResponse:
         """``{"text": [pieces], "tool_calls": [{"id", "name", "arguments"}], "usage": {...},
-        "queue": [[pieces], ...]}`` (``queue``: the next requests' replies, one each)"""
+        "queue": [[pieces], ...], "echo": bool, "alter": regex}`` (``queue``: the next requests'
+        replies, one each; ``echo`` and ``alter``: see the module's docstring)"""
         spec = orjson.loads(await request.read() or b"{}")
         self.reply = tuple(spec.get("text", self.reply))
         self.queue = [tuple(pieces) for pieces in spec.get("queue", ())]
         self.tool_calls = tuple(spec.get("tool_calls", ()))
         self.usage = spec.get("usage")
+        self.echo = bool(spec.get("echo", False))
+        self.alter = spec.get("alter")
+        try:
+            re.compile(self.alter or "")  # a bad pattern fails this call, not every request
+        except re.error as exc:
+            self.alter = None
+            return _json({"error": {"message": f"alter: {exc}"}}, status=400)
         return _json({"ok": True})
 
     async def _set_health(self, request: web.Request) -> web.StreamResponse:
@@ -322,6 +349,18 @@ async def _trickle(request: web.Request, raw: bytes) -> web.StreamResponse:
         await resp.write(raw[i : i + 5])
         await asyncio.sleep(0.001)  # a separate segment, most of the time
     return resp
+
+
+def _last_user_text(body: Any) -> str:
+    """The text of the last user message (its text parts joined); "" where there is none."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
 
 
 def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:

@@ -191,7 +191,7 @@ class Runtime:
             stack.push_async_callback(limiter.aclose)
         new.quota = QuotaGate(config, limiter, new.prices, new.tokens)
         if new.shadows is not None:
-            new.shadows.follow(config)
+            new.shadows.follow(config, new.prices, new.scoring)
         if self.cache is not None:  # tasks' cache settings are live; the store and its key stay
             self.cache.tasks = CacheStage(config, self.cache.store).tasks
         elif cache_factory.wanted(config):

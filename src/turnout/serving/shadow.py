@@ -121,9 +121,10 @@ class Mirror:
             await asyncio.gather(*self._running, return_exceptions=True)
         await self.writer.aclose()
 
-    def follow(self, config: Config) -> None:
-        """After a config reload: the tasks' caps and comparison."""
-        self.config = config
+    def follow(self, config: Config, prices: PriceBook, scoring: LiveScoring | None) -> None:
+        """After a config reload: the tasks' caps and comparison, the prices and the scorers
+        (live sections: served traffic switches to them too)."""
+        self.config, self.prices, self.scoring = config, prices, scoring
         self.embedding_tasks = embedding_tasks(config)
         self.policy = {cls: frozenset(p.targets) for cls, p in config.policy.items()}
 
