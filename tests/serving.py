@@ -128,10 +128,10 @@ def turnout_serve(
         served.stop()
 
 
-def release_cli(root: Path, *args: str) -> str:
-    """``turnout release ARGS`` in ``root`` with its ``turnout.yaml``; its output, having passed."""
+def turnout_cli(root: Path, *args: str) -> str:
+    """``turnout ARGS`` in ``root`` with its ``turnout.yaml``; its output, having passed."""
     done = subprocess.run(
-        [sys.executable, "-m", "turnout", "release", *args, "--config", "turnout.yaml"],
+        [sys.executable, "-m", "turnout", *args, "--config", "turnout.yaml"],
         cwd=root,
         capture_output=True,
         text=True,
@@ -139,3 +139,8 @@ def release_cli(root: Path, *args: str) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def release_cli(root: Path, *args: str) -> str:
+    """``turnout release ARGS`` in ``root`` with its ``turnout.yaml``; its output, having passed."""
+    return turnout_cli(root, "release", *args)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 import time
 import urllib.request
@@ -31,7 +29,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.serving import Process, Served, release_cli, sdk_client, turnout_serve
+from tests.serving import Process, Served, release_cli, sdk_client, turnout_cli, turnout_serve
 from tests.test_shadow import RELEASE
 
 pytestmark = pytest.mark.slow
@@ -80,19 +78,6 @@ def project(root: Path, live: Process, cand: Process, shadow: dict[str, Any], pr
     release_cli(root, "register", TASK, "--all", "--by", "ci")
     release_cli(root, "promote", TASK, "v1", "--by", "ci", "--why", "first")
     return root / "turnout.yaml"
-
-
-def turnout_cli(root: Path, *args: str) -> str:
-    """``turnout ARGS`` in ``root`` with its ``turnout.yaml``; its output, having passed."""
-    done = subprocess.run(
-        [sys.executable, "-m", "turnout", *args, "--config", "turnout.yaml"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def shadow_counts(served: Served) -> dict[str, float]:

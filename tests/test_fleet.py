@@ -19,8 +19,6 @@ import concurrent.futures
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -35,7 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.serving import Process, Served, free_port, turnout_serve
+from tests.serving import Process, Served, free_port, turnout_cli, turnout_serve
 from tests.test_deploy_fleet import nginx, psql
 from turnout._support.places import PgPlace
 from turnout.releases.store import ReleaseStore
@@ -101,18 +99,6 @@ def fleet_config(root: Path, upstreams: dict[str, Process], schema: str) -> Path
     for name, target in (("v1", "stable"), ("v2", "fresh")):
         (folder / f"{name}.yaml").write_text(release_file(target))
     return path
-
-
-def cli(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "turnout", *args, "--config", str(root / "turnout.yaml")],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def nginx_conf(tmp: Path, listen: int, ports: list[int]) -> Path:
@@ -202,10 +188,10 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, str, list[Served], str]]:
     upstreams = {name: Process("tests.fakes.upstream", "--model", "fake-model") for name in ("stable", "fresh")}
     try:
         config = fleet_config(tmp_path, upstreams, schema)
-        cli(tmp_path, "release", "register", TASK, "--all", "--by", "ci")
-        cli(tmp_path, "release", "promote", TASK, "v1", "--by", "ci", "--why", "first release")
+        turnout_cli(tmp_path, "release", "register", TASK, "--all", "--by", "ci")
+        turnout_cli(tmp_path, "release", "promote", TASK, "v1", "--by", "ci", "--why", "first release")
         asyncio.run(_evaluated(schema, "v2"))
-        cli(tmp_path, "release", "canary", TASK, "v2", "--percent", "20", "--by", "ci", "--why", "try v2")
+        turnout_cli(tmp_path, "release", "canary", TASK, "v2", "--percent", "20", "--by", "ci", "--why", "try v2")
         with ExitStack() as stack:
             served = []
             for i in range(3):
@@ -278,7 +264,7 @@ def test_a_fleet_on_shared_state(fleet: tuple[Path, str, list[Served], str]) -> 
 
     # 3. A rollback from the CLI reaches both survivors within one second.
     survivors = served[1:]
-    cli(root, "release", "rollback", TASK, "--by", "ops", "--why", "v2 regressed")
+    turnout_cli(root, "release", "rollback", TASK, "--by", "ops", "--why", "v2 regressed")
     done_at = time.monotonic()
     seen = dict.fromkeys(range(len(survivors)), 0.0)
     while not all(seen.values()) and time.monotonic() - done_at < 5.0:

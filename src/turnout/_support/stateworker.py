@@ -1,11 +1,15 @@
 """``worker``: the worker a store of shared state runs on, for its place: ``SQLiteWorker`` for a
-path, ``PostgresWorker`` for a ``PgPlace`` (psycopg is imported only then)."""
+path, ``PostgresWorker`` for a ``PgPlace`` (psycopg is imported only then). ``migrate_at``: a
+store's schema steps for the backend it opened on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from turnout._support.places import Conn, PgPlace, Place, Worker
+
+Steps = Sequence[Sequence[str]]
 
 
 def worker(
@@ -27,3 +31,29 @@ def worker(
     from turnout._support.sqlite import SQLiteWorker
 
     return SQLiteWorker(place, what=what, label=label, error=error, prepare=prepare, reader=reader, private=private)
+
+
+def migrate_at(
+    conn: Conn,
+    place: Place,
+    path: str,
+    *,
+    sqlite: Steps,
+    postgres: Steps,
+    what: str,
+    label: str,
+    error: Callable[[str], Exception],
+    sqlite_table: str = "schema_migrations",
+    pg_table: str,
+) -> None:
+    """Apply a store's steps not yet recorded: ``sqlite`` (versioned in ``sqlite_table``) in a
+    SQLite file, ``postgres`` (in ``pg_table``) in PostgreSQL. For a worker's ``prepare``."""
+    if isinstance(place, PgPlace):
+        from turnout._support import pgworker
+
+        pg = cast("pgworker.PgConnection", conn)
+        pgworker.migrate(pg, place, postgres, what=what, label=label, error=error, table=pg_table)
+        return
+    from turnout._support.sqlite import migrate
+
+    migrate(cast(Any, conn), path, sqlite, what=what, label=label, error=error, table=sqlite_table)

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 
 from turnout._support.places import Conn, PgPlace, Place
-from turnout._support.sqlite import migrate
-from turnout._support.stateworker import worker
+from turnout._support.stateworker import migrate_at, worker
 from turnout._support.times import iso
 from turnout.errors import RequestError, TurnoutError
+from turnout.releases.pgschema import REVIEW
 
 log = logging.getLogger(__name__)
 
@@ -334,29 +334,17 @@ class ReviewQueue:
 
     def _migrate(self, conn: Conn) -> None:
         # Its own table: the release store's schema_migrations versions the release tables.
-        if isinstance(self.place, PgPlace):
-            from turnout._support import pgworker
-            from turnout.releases.pgschema import REVIEW
-
-            pg = cast("pgworker.PgConnection", conn)
-            pgworker.migrate(
-                pg,
-                self.place,
-                REVIEW,
-                what="review queue",
-                label="review",
-                error=ReviewError,
-                table="review_migrations",
-            )
-            return
-        migrate(
-            cast(Any, conn),
+        migrate_at(
+            conn,
+            self.place,
             self.path,
-            MIGRATIONS,
+            sqlite=MIGRATIONS,
+            postgres=REVIEW,
             what="review queue",
             label="review",
             error=ReviewError,
-            table="review_migrations",
+            sqlite_table="review_migrations",
+            pg_table="review_migrations",
         )
 
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from turnout._support.places import Conn, PgPlace, Place
-from turnout._support.sqlite import migrate
-from turnout._support.stateworker import worker
+from turnout._support.stateworker import migrate_at, worker
 from turnout.errors import TurnoutError
 
 FILE_NAME = "shadow.db"
@@ -164,20 +163,17 @@ class ShadowStore:
         return deleted
 
     def _migrate(self, conn: Conn) -> None:
-        if isinstance(self.place, PgPlace):
-            from turnout._support import pgworker
-
-            pgworker.migrate(
-                cast("pgworker.PgConnection", conn),
-                self.place,
-                PG_MIGRATIONS,
-                what="shadow store",
-                label="shadow",
-                error=ShadowStoreError,
-                table="shadow_migrations",
-            )
-            return
-        migrate(cast(Any, conn), self.path, MIGRATIONS, what="shadow store", label="shadow", error=ShadowStoreError)
+        migrate_at(
+            conn,
+            self.place,
+            self.path,
+            sqlite=MIGRATIONS,
+            postgres=PG_MIGRATIONS,
+            what="shadow store",
+            label="shadow",
+            error=ShadowStoreError,
+            pg_table="shadow_migrations",
+        )
 
 
 def _bit(value: bool | None) -> int | None:

@@ -53,11 +53,12 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
-from turnout._support.places import Conn, PgPlace, Place, dialect
-from turnout._support.sqlite import in_transaction, migrate
-from turnout._support.stateworker import worker
+from turnout._support.places import Conn, PgPlace, Place
+from turnout._support.sqlite import in_transaction
+from turnout._support.stateworker import migrate_at, worker
 from turnout.errors import TurnoutError
 from turnout.releases.base import Prompt, Release, Serving, State, Transition
+from turnout.releases.pgschema import RELEASES
 
 T = TypeVar("T")
 
@@ -496,22 +497,17 @@ class ReleaseStore:
         return await self._db.run(lambda conn: list(fn(conn).fetchall()))
 
     def _migrate(self, conn: Conn) -> None:
-        if isinstance(self.place, PgPlace):
-            from turnout._support import pgworker
-            from turnout.releases.pgschema import RELEASES
-
-            assert dialect(conn) == "postgres"
-            pgworker.migrate(
-                cast("pgworker.PgConnection", conn),
-                self.place,
-                RELEASES,
-                what="release store",
-                label="releases",
-                error=ReleaseStoreError,
-                table="releases_migrations",
-            )
-            return
-        migrate(cast(Any, conn), self.path, MIGRATIONS, what="release store", label="releases", error=ReleaseStoreError)
+        migrate_at(
+            conn,
+            self.place,
+            self.path,
+            sqlite=MIGRATIONS,
+            postgres=RELEASES,
+            what="release store",
+            label="releases",
+            error=ReleaseStoreError,
+            pg_table="releases_migrations",
+        )
 
 
 _SELECT = "SELECT task, name, version, prompt_version, spec, registered_at, registered_by, state FROM releases"

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from turnout._support.places import Conn, PgPlace, Place
-from turnout._support.sqlite import migrate
-from turnout._support.stateworker import worker
+from turnout._support.stateworker import migrate_at, worker
 from turnout.config import StoreConfig
 from turnout.privacy.capture.model import SYSTEM_ACTOR, AuditEvent, CaptureRow, CaptureStoreError, Event, Grant
+from turnout.privacy.capture.pgschema import CAPTURE
 
 T = TypeVar("T")
 
@@ -299,22 +299,17 @@ class CaptureStore:
         return await self._db.run(fn)
 
     def _migrate(self, conn: Conn) -> None:
-        if isinstance(self.place, PgPlace):
-            from turnout._support import pgworker
-            from turnout.privacy.capture.pgschema import CAPTURE
-
-            pg = cast("pgworker.PgConnection", conn)
-            pgworker.migrate(
-                pg,
-                self.place,
-                CAPTURE,
-                what="capture store",
-                label="capture",
-                error=CaptureStoreError,
-                table="capture_migrations",
-            )
-            return
-        migrate(cast(Any, conn), self.path, MIGRATIONS, what="capture store", label="capture", error=CaptureStoreError)
+        migrate_at(
+            conn,
+            self.place,
+            self.path,
+            sqlite=MIGRATIONS,
+            postgres=CAPTURE,
+            what="capture store",
+            label="capture",
+            error=CaptureStoreError,
+            pg_table="capture_migrations",
+        )
 
 
 def _expire(conn: Conn, now: float) -> list[Grant]:
