@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -564,3 +565,31 @@ async def test_the_releases_page_shows_a_shadow_and_its_sample(make_app: AppFact
     assert '<strong class="serving-shadow">v3</strong>' in page and "copy of 100%" in page
     assert "Shadow sample" in page and "agreement 100.0%" in page
     assert "the same answer" not in page  # pairs keep no text
+
+
+async def test_a_shadow_goes_to_canary_from_the_console_only_once_its_sample_passes(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    from tests.test_shadow import pair
+
+    await registered(tmp_path)
+    async with ReleaseStore(tmp_path / "releases.db") as store:
+        await store.start_shadow("t", "v3", 10, "ci", "compare")
+    app = await make_app(config(tmp_path), {"primary": ScriptedProvider("primary")})
+    cookie = await login(app)
+    token = csrf(page := await get(app, "/ui/releases", cookie))
+    assert '<option value="v3">v3 (shadow)</option>' in page.body.decode()
+    form = f"csrf={token}&release=v3&percent=5&why=looks+good"
+    await post(app, "/ui/releases/t/canary", form, cookie)
+    shown = (await get(app, "/ui/releases", cookie)).body.decode()
+    assert "is in shadow and its sample does not pass" in shown and "min_pairs: 0 mirrored requests" in shown
+    assert app.runtime.shadows is not None
+    now = time.time()
+    sample = [pair(i, task="t", served_release="v2", shadow_release="v3", at=now - 60 + i) for i in range(60)]
+    await app.runtime.shadows.store.write_pairs(sample)
+    await post(app, "/ui/releases/t/canary", form, cookie)
+    assert "v3 takes 5% of traffic" in (await get(app, "/ui/releases", cookie)).body.decode()
+    async with ReleaseStore(tmp_path / "releases.db") as store:
+        last = (await store.transitions("t", "v3"))[-1]
+    assert (last.from_state, last.to_state) == ("shadow", "canary")
+    assert last.why.startswith("looks good [shadow sample passed the gates: 60 pairs")

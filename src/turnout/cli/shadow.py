@@ -18,9 +18,9 @@ import orjson
 from turnout.cli._common import CommandError, iso, run_store, when
 from turnout.config import Config
 from turnout.offline.evals.gates import GateResult
-from turnout.offline.shadow import ShadowSummary, Side, shadow_gates, summarize
+from turnout.offline.shadow import ShadowSummary, Side, passed_note, refusal, shadow_gates, summarize
 
-__all__ = ["shadow_gates"]  # ``turnout release show`` reads them through this module
+__all__ = ["passed_note", "shadow_gates"]  # ``turnout release`` reads them through this module
 from turnout.releases.shadowstore import Pair, ShadowStore, shadow_path
 
 
@@ -53,18 +53,9 @@ def check_gates(config: Config, task: str, release: str) -> tuple[ShadowSummary,
 
 
 def refuse_failed(summary: ShadowSummary, gates: list[GateResult]) -> None:
-    failed = [g for g in gates if not g.passed]
-    if failed:
-        lines = [f"  {g.name}: {g.explanation}" for g in failed]
-        raise CommandError(
-            f"release {summary.release!r} of task {summary.task!r} is in shadow and its sample does not pass the "
-            "task's gates, so it may not take traffic yet:\n" + "\n".join(lines)
-        )
-
-
-def passed_note(summary: ShadowSummary) -> str:
-    agreement = "" if summary.agreement is None else f", agreement {summary.agreement:.1%}"
-    return f" [shadow sample passed the gates: {summary.pairs} pairs{agreement}, pass {summary.shadow.pass_rate:.1%}]"
+    why = refusal(summary, gates)
+    if why is not None:
+        raise CommandError(why)
 
 
 # --- text -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from turnout.errors import TurnoutError
+from turnout.offline.shadow import passed_note, refusal, shadow_gates, summarize
 from turnout.releases.registry import StoreRegistry
 from turnout.releases.review import LABELS, MAX_NOTE
 from turnout.serving.runtime import Runtime
@@ -50,7 +51,9 @@ async def release(runtime: Runtime, task: str, action: str, form: dict[str, str]
             done = f"{task}: {serving.active} is active for all traffic (was {serving.previous_active or 'none'})"
         else:
             percent = _percent(form.get("percent", ""))
-            serving = await store.start_canary(task, _named(name), percent, by, why)
+            name = _named(name)
+            why, gated = await _shadow_gates(runtime, task, name, why)
+            serving = await store.start_canary(task, name, percent, by, why, gated=gated)
             done = f"{task}: {serving.canary} takes {serving.canary_percent:g}% of traffic; {serving.active} the rest"
     except TurnoutError as exc:  # the state machine said no (wrong state, unknown release)
         raise Refused(exc.message) from None
@@ -77,6 +80,21 @@ async def label(runtime: Runtime, item: str, form: dict[str, str], by: str) -> s
     if found is None:
         raise Refused(f"no review item {item!r}")
     return f"review item {found.id} ({found.task}): {choice}"
+
+
+async def _shadow_gates(runtime: Runtime, task: str, name: str, why: str) -> tuple[str, bool]:
+    """A release in shadow goes to canary only when its sample passes the task's gates, as
+    ``turnout release canary`` checks: the reason gets the sample's note."""
+    store, mirror = runtime.release_store, runtime.shadows
+    assert store is not None
+    found = await store.get(task, name)
+    if found is None or found.state != "shadow" or mirror is None:
+        return why, False
+    summary = summarize(task, name, await mirror.store.pairs(task, name))
+    refused = refusal(summary, shadow_gates(summary, runtime.config.tasks[task]))
+    if refused is not None:
+        raise Refused(refused)
+    return why + passed_note(summary), True
 
 
 def _named(name: str) -> str:

@@ -193,6 +193,24 @@ def _mean_interval(values: list[float]) -> Interval | None:
 # --- gates ---------------------------------------------------------------------------------
 
 
+def passed_note(summary: ShadowSummary) -> str:
+    """What a canary's transition records of the shadow sample that let it start."""
+    agreement = "" if summary.agreement is None else f", agreement {summary.agreement:.1%}"
+    return f" [shadow sample passed the gates: {summary.pairs} pairs{agreement}, pass {summary.shadow.pass_rate:.1%}]"
+
+
+def refusal(summary: ShadowSummary, gates: list[GateResult]) -> str | None:
+    """Why the shadow may not take traffic yet (each failing gate), or None when it may."""
+    failed = [g for g in gates if not g.passed]
+    if not failed:
+        return None
+    lines = [f"  {g.name}: {g.explanation}" for g in failed]
+    return (
+        f"release {summary.release!r} of task {summary.task!r} is in shadow and its sample does not pass the "
+        "task's gates, so it may not take traffic yet:\n" + "\n".join(lines)
+    )
+
+
 def shadow_gates(summary: ShadowSummary, task: TaskConfig) -> list[GateResult]:
     """Every gate on the shadow sample, in the order of the module's table."""
     people = HumanCosts.of(task.review_cost_usd, task.escalation_cost_usd)
