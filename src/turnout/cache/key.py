@@ -10,9 +10,9 @@ confirms a guessed prompt to whoever reads the backend.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -29,11 +29,16 @@ class Address:
     task: str
     version: str  # the serving release's version; "none" without releases
     digest: str
+    _text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        text = f"{quote(self.scope)}:{quote(self.task)}:{quote(self.version)}:{self.digest}"
+        object.__setattr__(self, "_text", text)  # read up to three times a lookup: made once
 
     def text(self) -> str:
         """One string, each part quoted: a tenant or task name never crosses into another part,
         and no glob character survives (a Redis SCAN pattern over these stays exact)."""
-        return f"{quote(self.scope)}:{quote(self.task)}:{quote(self.version)}:{self.digest}"
+        return self._text
 
 
 def scope_of(tenant: str, shared: bool) -> str:
@@ -43,7 +48,7 @@ def scope_of(tenant: str, shared: bool) -> str:
 def digest(secret: bytes, data_class: str, body: dict[str, Any]) -> str:
     canonical = {k: v for k, v in body.items() if k not in IGNORED}
     raw = orjson.dumps([data_class, canonical], option=orjson.OPT_SORT_KEYS)
-    return hmac.new(secret, raw, hashlib.sha256).hexdigest()[:40]
+    return hmac.digest(secret, raw, "sha256").hex()[:40]  # the one-shot C HMAC
 
 
 def deterministic(body: dict[str, Any]) -> bool:
@@ -53,6 +58,7 @@ def deterministic(body: dict[str, Any]) -> bool:
     return body.get("temperature") == 0 or body.get("seed") is not None
 
 
+@lru_cache(maxsize=4096)  # tenants, tasks and versions: few, and asked on every lookup
 def quote(part: str) -> str:
     if all(c in _SAFE for c in part):
         return part
