@@ -54,12 +54,24 @@ load http://127.0.0.1:18031/v1/chat/completions 2 32 >/dev/null
 load http://127.0.0.1:18032/v1/chat/completions 2 32 >/dev/null
 load http://127.0.0.1:18033/v1/chat/completions 2 32 >/dev/null  # the first request fills the cache
 rss_before=$(rss "$tpid")
-read -r c_rps c_p50 _ _ < <(load http://127.0.0.1:18002/v1/chat/completions "$secs" 32)
-read -r f_rps f_p50 f_p99 _ < <(load http://127.0.0.1:18020/v1/chat/completions "$secs" 32)
-read -r t_rps t_p50 t_p99 t_bad < <(load http://127.0.0.1:18030/v1/chat/completions "$secs" 32)
-read -r k_rps k_p50 k_p99 k_bad < <(load http://127.0.0.1:18031/v1/chat/completions "$secs" 32)
-read -r s_rps _ _ s_bad < <(load http://127.0.0.1:18032/v1/chat/completions "$secs" 32)
-read -r h_rps _ _ h_bad < <(load http://127.0.0.1:18033/v1/chat/completions "$secs" 32)
+# Throughput @32 in interleaved rounds (every server once a round, in turn): the machine's speed
+# drifts over minutes, so each figure is the median round's and every ratio compares servers
+# measured side by side. Non-2xx answers are summed over the rounds.
+rounds=${BENCH_ROUNDS:-3}
+declare -A port=([c]=18002 [f]=18020 [t]=18030 [k]=18031 [s]=18032 [h]=18033) got=()
+for _ in $(seq "$rounds"); do
+  for name in c f t k s h; do
+    got[$name]+="$(load "http://127.0.0.1:${port[$name]}/v1/chat/completions" "$secs" 32)"$'\n'
+  done
+done
+median() { printf "%s" "${got[$1]}" | sort -g -k1,1 | awk -v n="$rounds" 'NR == int((n + 1) / 2)'; }
+bad() { printf "%s" "${got[$1]}" | awk '{ s += $4 } END { print s + 0 }'; }
+read -r c_rps c_p50 _ _ < <(median c)
+read -r f_rps f_p50 f_p99 _ < <(median f)
+read -r t_rps t_p50 t_p99 _ < <(median t); t_bad=$(bad t)
+read -r k_rps k_p50 k_p99 _ < <(median k); k_bad=$(bad k)
+read -r s_rps _ _ _ < <(median s); s_bad=$(bad s)
+read -r h_rps _ _ _ < <(median h); h_bad=$(bad h)
 read -r f1_rps f1_p50 _ _ < <(load http://127.0.0.1:18020/v1/chat/completions "$secs" 1)
 read -r _ h1_p50 _ _ < <(load http://127.0.0.1:18033/v1/chat/completions "$secs" 1)
 hz1_p50=$(taskset -c 1 wrk -t1 -c1 -d"${secs}s" --latency http://127.0.0.1:18033/healthz \
@@ -78,7 +90,7 @@ sleep 1
 rows=$("$py" -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from requests').fetchone()[0])" "$run/ledger.db")
 
 {
-  echo "turnout bench, $(date -u +%F), one run; proxies pinned to CPU 0, upstream and wrk on CPU 1"
+  echo "turnout bench, $(date -u +%F), one run ($rounds interleaved rounds @32, medians); proxies pinned to CPU 0, upstream and wrk on CPU 1"
   printf "throughput @32: C proxy %.0f req/s, floor %.0f req/s, turnout %.0f req/s (non-2xx %s)\n" "$c_rps" "$f_rps" "$t_rps" "$t_bad"
   printf "  turnout / floor = %.2f   turnout / C proxy = %.3f\n" "$(calc "$t_rps / $f_rps")" "$(calc "$t_rps / $c_rps")"
   printf "every control on @32: turnout %.0f req/s (non-2xx %s), turnout / floor = %.2f; p50 @1 %s ms (+%.3f ms over floor)\n" \
