@@ -1,23 +1,16 @@
-"""One typed configuration, loaded from one YAML file (or the built-in default) and validated
-at load: every problem is reported with its key path, and a config that loads can be trusted.
-"""
+"""The config's sections as typed, frozen models (pydantic at the edge): ``Config`` and every
+section under it, each field's default and bounds, and the checks one section can make alone.
+Checks across sections are ``turnout.config.checks``'; reading a file is ``turnout.config.load``'s."""
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import re
 from datetime import date
-from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from turnout._support.places import PgPlace, Place
-from turnout._support.suggest import keys_at, nearest
-from turnout.errors import ConfigError
 
 DATA_CLASSES = ("public", "internal", "confidential", "restricted")
 DataClass = Literal["public", "internal", "confidential", "restricted"]
@@ -705,169 +698,6 @@ class Config(_Strict):
         return PgPlace(self.store.dsn, self.state.pg_schema or self.store.pg_schema)
 
 
-def cross_problems(raw: dict[str, Any]) -> list[str]:
-    """Problems between sections (unknown names, duplicates, unsafe exposure), checked on the
-    raw mapping so they are reported together with the per-field problems."""
-    problems: list[str] = []
-    targets = _mapping(raw.get("targets"))
-    tasks = _mapping(raw.get("tasks"))
-    for name, task in tasks.items():
-        seen: set[str] = set()
-        route = _mapping(task).get("route")
-        for i, target in enumerate(route if isinstance(route, list) else []):
-            if not isinstance(target, str):
-                continue  # the field check reports the type
-            if target not in targets:
-                problems.append(f"tasks.{name}.route[{i}]: unknown target {target!r}{nearest(target, targets)}")
-            elif target in seen:
-                problems.append(f"tasks.{name}.route[{i}]: target {target!r} listed twice")
-            seen.add(target)
-    for i, rule in enumerate(_mapping(raw.get("capture")).get("rules") or []):
-        rule = _mapping(rule)
-        task, tenant = rule.get("task"), rule.get("tenant")
-        if task is not None and task not in tasks:
-            problems.append(f"capture.rules[{i}].task: unknown task {task!r}{nearest(task, tasks)}")
-        known = _mapping(raw.get("tenants"))
-        if tenant is not None and tenant not in known:
-            problems.append(f"capture.rules[{i}].tenant: unknown tenant {tenant!r}{nearest(tenant, known)}")
-    for cls, pol in _mapping(raw.get("policy")).items():
-        listed = _mapping(pol).get("targets")
-        for i, target in enumerate(listed if isinstance(listed, list) else []):
-            if isinstance(target, str) and target not in targets:
-                problems.append(f"policy.{cls}.targets[{i}]: unknown target {target!r}{nearest(target, targets)}")
-    owner: dict[str, str] = {}
-    tenants = _mapping(raw.get("tenants"))
-    for tname, tenant in tenants.items():
-        keys = _mapping(tenant).get("keys")
-        for i, key in enumerate(keys if isinstance(keys, list) else []):
-            if not isinstance(key, str):
-                continue
-            if len(key) < 8:
-                problems.append(f"tenants.{tname}.keys[{i}]: key is shorter than 8 characters")
-            if key in owner:
-                problems.append(f"tenants.{tname}.keys[{i}]: key also belongs to tenant {owner[key]!r}")
-            owner[key] = str(tname)
-        allowed = _mapping(tenant).get("tasks")
-        for i, task in enumerate(allowed if isinstance(allowed, list) else []):
-            if isinstance(task, str) and task not in tasks:
-                problems.append(f"tenants.{tname}.tasks[{i}]: unknown task {task!r}{nearest(task, tasks)}")
-        for field in ("task_limits", "task_safety", "task_tools", "task_classify"):
-            for task in _mapping(_mapping(tenant).get(field)):
-                if task not in tasks:
-                    problems.append(f"tenants.{tname}.{field}.{task}: unknown task {task!r}{nearest(task, tasks)}")
-    problems += _escalation_problems(tasks, targets)
-    problems += _retention_problems(_mapping(raw.get("retention")).get("rules"), tasks, _mapping(raw.get("tenants")))
-    problems += _judge_problems(tasks, tenants, targets)
-    problems += _embedding_problems(tasks, targets)
-    problems += _price_book_problems(raw.get("prices"), targets)
-    problems += _credential_problems(targets)
-    problems += _store_problems(_mapping(raw.get("store")))
-    problems += _state_problems(_mapping(raw.get("state")), _mapping(raw.get("store")))
-    server = _mapping(raw.get("server"))
-    host = str(server.get("host", "127.0.0.1"))
-    if not tenants and not _flag(server.get("allow_anonymous", False)) and not _is_loopback(host):
-        problems.append(
-            f"server.host: {host!r} is not loopback and no tenants are configured; "
-            "add tenants with keys or set server.allow_anonymous: true"
-        )
-    return problems
-
-
-def _judge_problems(tasks: dict[str, Any], tenants: dict[str, Any], targets: dict[str, Any]) -> list[str]:
-    """Each ``safety.judge.target`` (a task's, a tenant's, a tenant's per task) must be a target."""
-    places = [(f"tasks.{n}.safety", _mapping(t).get("safety")) for n, t in tasks.items()]
-    for tname, tenant in tenants.items():
-        places.append((f"tenants.{tname}.safety", _mapping(tenant).get("safety")))
-        for task, each in _mapping(_mapping(tenant).get("task_safety")).items():
-            places.append((f"tenants.{tname}.task_safety.{task}", each))
-    problems = []
-    for where, safety in places:
-        target = _mapping(_mapping(safety).get("judge")).get("target")
-        if isinstance(target, str) and target not in targets:
-            problems.append(f"{where}.judge.target: unknown target {target!r}{nearest(target, targets)}")
-    return problems
-
-
-def _retention_problems(rules: Any, tasks: dict[str, Any], tenants: dict[str, Any]) -> list[str]:
-    """Retention rules name known tenants and tasks, each (tenant, task) pair once."""
-    problems: list[str] = []
-    seen: set[tuple[Any, Any]] = set()
-    for i, rule in enumerate(rules if isinstance(rules, list) else []):
-        rule = _mapping(rule)
-        tenant, task = rule.get("tenant"), rule.get("task")
-        if task is not None and task not in tasks:
-            problems.append(f"retention.rules[{i}].task: unknown task {task!r}{nearest(task, tasks)}")
-        if tenant is not None and tenant not in tenants:
-            problems.append(f"retention.rules[{i}].tenant: unknown tenant {tenant!r}{nearest(tenant, tenants)}")
-        pair = (str(tenant) if tenant is not None else None, str(task) if task is not None else None)
-        if pair in seen:
-            problems.append(f"retention.rules[{i}]: a second rule for tenant {tenant!r} and task {task!r}")
-        seen.add(pair)
-    return problems
-
-
-def _escalation_problems(tasks: dict[str, Any], targets: dict[str, Any]) -> list[str]:
-    """``output.escalate.to`` names a target or ``human``, never both at once."""
-    problems: list[str] = []
-    for name, task in tasks.items():
-        escalate = _mapping(_mapping(_mapping(task).get("output")).get("escalate"))
-        to = escalate.get("to")
-        if not isinstance(to, str) or not to:
-            continue  # the field check reports it
-        where = f"tasks.{name}.output.escalate.to"
-        if to == HUMAN and HUMAN in targets:
-            problems.append(f"{where}: {HUMAN!r} is ambiguous: a target has that name; rename the target")
-        elif to != HUMAN and to not in targets:
-            problems.append(f"{where}: unknown target {to!r} (a target's name, or {HUMAN!r})")
-    return problems
-
-
-# The Bedrock embedding models turnout can call (InvokeModel bodies: turnout.providers.bedrock.embed).
-_BEDROCK_EMBEDDERS = re.compile(r"(^|[./])(amazon\.titan-embed-text-v2|cohere\.embed-(english|multilingual)-v3)")
-
-
-def _embedding_problems(tasks: dict[str, Any], targets: dict[str, Any]) -> list[str]:
-    """A route keeps to one kind (text or embedding) and one embedding space: a fallback to
-    another space would write vectors an index cannot compare. Output checks read text."""
-    problems: list[str] = []
-    for name, target in targets.items():
-        target = _mapping(target)
-        model = target.get("model")
-        bedrock = target.get("embedding_space") and target.get("provider") == "bedrock"
-        if bedrock and isinstance(model, str) and not _BEDROCK_EMBEDDERS.search(model):
-            problems.append(
-                f"targets.{name}.model: {model!r} is not a Bedrock embedding model turnout calls "
-                "(amazon.titan-embed-text-v2:0, cohere.embed-english-v3, cohere.embed-multilingual-v3)"
-            )
-    for name, task in tasks.items():
-        route = _mapping(task).get("route")
-        steps = enumerate(route if isinstance(route, list) else [])
-        listed = [(i, t) for i, t in steps if isinstance(t, str) and t in targets]
-        if not listed:
-            continue
-        first = listed[0][1]
-        space = _mapping(targets[first]).get("embedding_space")
-        for i, target in listed[1:]:
-            other = _mapping(targets[target]).get("embedding_space")
-            if (other is None) != (space is None):
-                embeds, text = (target, first) if other is not None else (first, target)
-                problems.append(
-                    f"tasks.{name}.route[{i}]: {embeds!r} embeds and {text!r} does not: "
-                    "a route holds text targets or embedding targets, not both"
-                )
-            elif other != space:
-                problems.append(
-                    f"tasks.{name}.route[{i}]: {target!r} is in embedding space {other!r}, {first!r} in {space!r}: "
-                    "a fallback across spaces would corrupt an index"
-                )
-        if space is not None and _mapping(task).get("output") is not None:
-            problems.append(f"tasks.{name}.output: output checks read text answers; this task embeds")
-        to = _mapping(_mapping(_mapping(task).get("output")).get("escalate")).get("to")
-        if isinstance(to, str) and to in targets and _mapping(targets[to]).get("embedding_space"):
-            problems.append(f"tasks.{name}.output.escalate.to: {to!r} embeds; escalate to a text target")
-    return problems
-
-
 def embedding_tasks(config: Config) -> frozenset[str]:
     """The tasks whose route embeds (checked at load to keep to one kind): the embeddings door's."""
     return frozenset(
@@ -875,189 +705,58 @@ def embedding_tasks(config: Config) -> frozenset[str]:
     )
 
 
-def _price_book_problems(book: Any, targets: dict[str, Any]) -> list[str]:
-    problems: list[str] = []
-    seen: dict[str, int] = {}
-    for i, version in enumerate(book if isinstance(book, list) else []):
-        version = _mapping(version)
-        for name in _mapping(version.get("targets")):
-            if name not in targets:
-                problems.append(f"prices[{i}].targets.{name}: unknown target {name!r}")
-        when = str(version.get("effective"))
-        if when in seen:
-            problems.append(f"prices[{i}].effective: {when} is also the date of prices[{seen[when]}]")
-        seen.setdefault(when, i)
-    return problems
-
-
-def _credential_problems(targets: dict[str, Any]) -> list[str]:
-    """An OpenAI-compatible target with credentials in a base URL and an api_key: the HTTP
-    client sends URL credentials as Basic auth and refuses them next to a Bearer key."""
-    problems: list[str] = []
-    for name, target in targets.items():
-        target = _mapping(target)
-        if target.get("provider") != "openai" or not target.get("api_key"):
-            continue
-        listed = target.get("base_urls")
-        urls = listed if isinstance(listed, list) else [target.get("base_url")]
-        if any(isinstance(url, str) and _url_user(url) for url in urls):
-            problems.append(f"targets.{name}.api_key: give credentials in base_url or as api_key, not both")
-    return problems
-
-
-def _url_user(url: str) -> str | None:
-    try:
-        return urlsplit(url).username
-    except ValueError:
-        return None  # the URL's own check reports it
-
-
-def _store_problems(store: dict[str, Any]) -> list[str]:
-    if store.get("kind") != "postgres":
-        return []
-    dsn = store.get("dsn")
-    if not dsn:
-        return ["store.dsn: required when store.kind is postgres, e.g. postgresql://user@host:5432/db"]
-    if isinstance(dsn, str) and not re.match(r"^postgres(ql)?://", dsn):
-        return ["store.dsn: must start with postgresql:// or postgres://, e.g. postgresql://user@host:5432/db"]
-    return []
-
-
-def _state_problems(state: dict[str, Any], store: dict[str, Any]) -> list[str]:
-    if state.get("kind") != "postgres":
-        return []
-    dsn = state.get("dsn") or (store.get("dsn") if store.get("kind") == "postgres" else None)
-    if not dsn:
-        return ["state.dsn: required when state.kind is postgres and the ledger is not in PostgreSQL"]
-    if isinstance(dsn, str) and not re.match(r"^postgres(ql)?://", dsn):
-        return ["state.dsn: must start with postgresql:// or postgres://, e.g. postgresql://user@host:5432/db"]
-    return []
-
-
-def _mapping(node: Any) -> dict[str, Any]:
-    return node if isinstance(node, dict) else {}
-
-
-def _flag(value: Any) -> bool:
-    # Read a boolean as the model will ("false" is False), so the check cannot fail open.
-    try:
-        return TypeAdapter(bool).validate_python(value)
-    except ValidationError:
-        return False
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-DEFAULT = {
-    "targets": {"local": {"provider": "local"}},
-    "tasks": {"default": {"route": ["local"], "description": "the embedded SmolLM2 model"}},
-}
-
-
-def default_config() -> Config:
-    return validate(DEFAULT)
-
-
-def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
-    """Load, substitute ``${VAR}`` / ``${VAR:-default}`` and validate; raise ConfigError with
-    every problem found."""
-    if path is None:
-        return default_config()
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
-    try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping"])
-    problems: list[str] = []
-    raw = _substitute(raw, "", os.environ if env is None else env, problems)
-    if problems:
-        raise ConfigError(problems)
-    return validate(raw)
-
-
-def validate(raw: dict[str, Any]) -> Config:
-    problems = cross_problems(raw)
-    try:
-        config = Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_problems(exc) + problems) from exc
-    if problems:
-        raise ConfigError(problems)
-    return config
-
-
-def _problems(exc: ValidationError) -> list[str]:
-    out: list[str] = []
-    for err in exc.errors():
-        loc = _path(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key" + nearest(err["loc"][-1], keys_at(Config, err["loc"]))
-        elif err["type"] == "union_tag_invalid":
-            msg = f"unknown provider {err.get('input', {}).get('provider')!r} (expected {', '.join(PROVIDERS)})"
-        elif err["type"] == "union_tag_not_found":
-            msg = f"missing 'provider' ({', '.join(PROVIDERS)})"
-        out.append(f"{loc}: {msg}" if loc else msg)
-    return out
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for i, item in enumerate(loc):
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif i == 2 and loc[0] == "targets" and item in PROVIDERS:
-            continue  # the discriminator's branch name is not a key the user wrote
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
-
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-
-
-def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
-    if isinstance(node, dict):
-        return {k: _substitute(v, f"{where}.{k}" if where else str(k), env, problems) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute(v, f"{where}[{i}]", env, problems) for i, v in enumerate(node)]
-    if isinstance(node, str) and "${" in node:
-
-        def repl(m: re.Match[str]) -> str:
-            value = env.get(m.group(1))
-            if m.group(2) is not None and not value:
-                return m.group(2)  # as in the shell, ":-" also covers a variable set but empty
-            if value is None:
-                problems.append(f"{where}: environment variable {m.group(1)} is not set")
-                return ""
-            return str(value)
-
-        return _VAR.sub(repl, node)
-    return node
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+__all__ = [
+    "DATA_CLASSES",
+    "HUMAN",
+    "LIVE_SCORERS",
+    "MIN_CACHE_KEY_BYTES",
+    "PROVIDERS",
+    "BedrockTarget",
+    "BreakerConfig",
+    "CacheConfig",
+    "CanaryConfig",
+    "CaptureConfig",
+    "CaptureRule",
+    "ClassPolicy",
+    "ClassifyConfig",
+    "Config",
+    "DataClass",
+    "EscalateConfig",
+    "EvalsConfig",
+    "Gates",
+    "GuardrailConfig",
+    "HealthCheckConfig",
+    "Limit",
+    "LimitsConfig",
+    "LiveScoringConfig",
+    "LoadScrapeConfig",
+    "LocalTarget",
+    "ObservabilityConfig",
+    "OpenAITarget",
+    "OutputConfig",
+    "Price",
+    "PriceEntry",
+    "PriceVersion",
+    "ReleasesConfig",
+    "RetentionConfig",
+    "RetentionRule",
+    "RetryConfig",
+    "SafetyConfig",
+    "SafetyJudgeConfig",
+    "SafetyMode",
+    "SafetyThresholds",
+    "Score",
+    "ScreenModes",
+    "ServerConfig",
+    "ShadowConfig",
+    "StateConfig",
+    "StoreConfig",
+    "TargetConfig",
+    "TaskCacheConfig",
+    "TaskConfig",
+    "TenantConfig",
+    "TimeoutsConfig",
+    "ToolsConfig",
+    "embedding_tasks",
+    "redaction_key_problem",
+]

@@ -1,0 +1,125 @@
+"""Reading a config: the YAML file (duplicate keys refused), ``${VAR}`` and ``${VAR:-default}``
+substituted from the environment, then every problem, per field and across sections, reported
+together with its key path (``ConfigError``); the built-in default when there is no file."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from turnout._support.suggest import keys_at, nearest
+from turnout.config.checks import cross_problems
+from turnout.config.model import PROVIDERS, Config
+from turnout.errors import ConfigError
+
+DEFAULT = {
+    "targets": {"local": {"provider": "local"}},
+    "tasks": {"default": {"route": ["local"], "description": "the embedded SmolLM2 model"}},
+}
+
+
+def default_config() -> Config:
+    return validate(DEFAULT)
+
+
+def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
+    """Load, substitute ``${VAR}`` / ``${VAR:-default}`` and validate; raise ConfigError with
+    every problem found."""
+    if path is None:
+        return default_config()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping"])
+    problems: list[str] = []
+    raw = _substitute(raw, "", os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(problems)
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    problems = cross_problems(raw)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc) + problems) from exc
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    out: list[str] = []
+    for err in exc.errors():
+        loc = _path(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key" + nearest(err["loc"][-1], keys_at(Config, err["loc"]))
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown provider {err.get('input', {}).get('provider')!r} (expected {', '.join(PROVIDERS)})"
+        elif err["type"] == "union_tag_not_found":
+            msg = f"missing 'provider' ({', '.join(PROVIDERS)})"
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return out
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif i == 2 and loc[0] == "targets" and item in PROVIDERS:
+            continue  # the discriminator's branch name is not a key the user wrote
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, f"{where}.{k}" if where else str(k), env, problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, f"{where}[{i}]", env, problems) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def repl(m: re.Match[str]) -> str:
+            value = env.get(m.group(1))
+            if m.group(2) is not None and not value:
+                return m.group(2)  # as in the shell, ":-" also covers a variable set but empty
+            if value is None:
+                problems.append(f"{where}: environment variable {m.group(1)} is not set")
+                return ""
+            return str(value)
+
+        return _VAR.sub(repl, node)
+    return node
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
