@@ -5,6 +5,7 @@ store's schema steps for the backend it opened on."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from turnout._support.places import Conn, PgPlace, Place, Worker
@@ -33,27 +34,31 @@ def worker(
     return SQLiteWorker(place, what=what, label=label, error=error, prepare=prepare, reader=reader, private=private)
 
 
-def migrate_at(
-    conn: Conn,
-    place: Place,
-    path: str,
-    *,
-    sqlite: Steps,
-    postgres: Steps,
-    what: str,
-    label: str,
-    error: Callable[[str], Exception],
-    sqlite_table: str = "schema_migrations",
-    pg_table: str,
-) -> None:
-    """Apply a store's steps not yet recorded: ``sqlite`` (versioned in ``sqlite_table``) in a
-    SQLite file, ``postgres`` (in ``pg_table``) in PostgreSQL. For a worker's ``prepare``."""
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """A store's tables on each backend: ``sqlite`` steps (versioned in ``sqlite_table``) and
+    ``postgres`` steps (in ``pg_table``); ``what`` names the store in a refusal of a newer
+    schema, ``label`` in log lines."""
+
+    sqlite: Steps
+    postgres: Steps
+    what: str
+    label: str
+    error: Callable[[str], Exception]
+    pg_table: str
+    sqlite_table: str = "schema_migrations"
+
+
+def migrate_at(conn: Conn, place: Place, path: str, schema: Schema) -> None:
+    """Apply the steps of ``schema`` for the backend ``conn`` is on that are not recorded yet.
+    For a worker's ``prepare``."""
+    s = schema
     if isinstance(place, PgPlace):
         from turnout._support import pgworker
 
         pg = cast("pgworker.PgConnection", conn)
-        pgworker.migrate(pg, place, postgres, what=what, label=label, error=error, table=pg_table)
+        pgworker.migrate(pg, place, s.postgres, what=s.what, label=s.label, error=s.error, table=s.pg_table)
         return
     from turnout._support.sqlite import migrate
 
-    migrate(cast(Any, conn), path, sqlite, what=what, label=label, error=error, table=sqlite_table)
+    migrate(cast(Any, conn), path, s.sqlite, what=s.what, label=s.label, error=s.error, table=s.sqlite_table)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 
 from turnout._support.places import Conn, PgPlace, Place
-from turnout._support.stateworker import migrate_at, worker
+from turnout._support.stateworker import Schema, migrate_at, worker
 from turnout._support.times import iso
 from turnout.errors import RequestError, TurnoutError
 from turnout.releases.pgschema import REVIEW
@@ -333,19 +333,7 @@ class ReviewQueue:
         return await self._db.run(fn)
 
     def _migrate(self, conn: Conn) -> None:
-        # Its own table: the release store's schema_migrations versions the release tables.
-        migrate_at(
-            conn,
-            self.place,
-            self.path,
-            sqlite=MIGRATIONS,
-            postgres=REVIEW,
-            what="review queue",
-            label="review",
-            error=ReviewError,
-            sqlite_table="review_migrations",
-            pg_table="review_migrations",
-        )
+        migrate_at(conn, self.place, self.path, SCHEMA)
 
 
 def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
@@ -369,3 +357,7 @@ def _decode(row: Sequence[Any]) -> ReviewItem:
     values = list(row)
     values[7] = cast(Status, values[7])
     return ReviewItem(*values)
+
+
+# Its own table in SQLite too: the release store's schema_migrations versions the release tables.
+SCHEMA = Schema(MIGRATIONS, REVIEW, "review queue", "review", ReviewError, "review_migrations", "review_migrations")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout._support.places import Conn, PgPlace, Place
-from turnout._support.stateworker import migrate_at, worker
+from turnout._support.stateworker import Schema, migrate_at, worker
 from turnout.errors import TurnoutError
 
 FILE_NAME = "shadow.db"
@@ -163,17 +163,7 @@ class ShadowStore:
         return deleted
 
     def _migrate(self, conn: Conn) -> None:
-        migrate_at(
-            conn,
-            self.place,
-            self.path,
-            sqlite=MIGRATIONS,
-            postgres=PG_MIGRATIONS,
-            what="shadow store",
-            label="shadow",
-            error=ShadowStoreError,
-            pg_table="shadow_migrations",
-        )
+        migrate_at(conn, self.place, self.path, SCHEMA)
 
 
 def _bit(value: bool | None) -> int | None:
@@ -192,3 +182,6 @@ def _decode(row: Sequence[Any]) -> Pair:
     for i in (9, 10, 11):
         values[i] = None if values[i] is None else bool(values[i])
     return Pair(*values)
+
+
+SCHEMA = Schema(MIGRATIONS, PG_MIGRATIONS, "shadow store", "shadow", ShadowStoreError, "shadow_migrations")

@@ -55,7 +55,7 @@ import orjson
 
 from turnout._support.places import Conn, PgPlace, Place
 from turnout._support.sqlite import in_transaction
-from turnout._support.stateworker import migrate_at, worker
+from turnout._support.stateworker import Schema, migrate_at, worker
 from turnout.errors import TurnoutError
 from turnout.releases.base import Prompt, Release, Serving, State, Transition
 from turnout.releases.pgschema import RELEASES
@@ -497,17 +497,7 @@ class ReleaseStore:
         return await self._db.run(lambda conn: list(fn(conn).fetchall()))
 
     def _migrate(self, conn: Conn) -> None:
-        migrate_at(
-            conn,
-            self.place,
-            self.path,
-            sqlite=MIGRATIONS,
-            postgres=RELEASES,
-            what="release store",
-            label="releases",
-            error=ReleaseStoreError,
-            pg_table="releases_migrations",
-        )
+        migrate_at(conn, self.place, self.path, SCHEMA)
 
 
 _SELECT = "SELECT task, name, version, prompt_version, spec, registered_at, registered_by, state FROM releases"
@@ -640,3 +630,6 @@ def _before_shadow(conn: Conn, task: str, name: str) -> State:
         if from_state != "shadow":
             return cast(State, from_state)
     return "registered"
+
+
+SCHEMA = Schema(MIGRATIONS, RELEASES, "release store", "releases", ReleaseStoreError, "releases_migrations")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from turnout._support.places import Conn, PgPlace, Place
-from turnout._support.stateworker import migrate_at, worker
+from turnout._support.stateworker import Schema, migrate_at, worker
 from turnout.config import StoreConfig
 from turnout.privacy.capture.model import SYSTEM_ACTOR, AuditEvent, CaptureRow, CaptureStoreError, Event, Grant
 from turnout.privacy.capture.pgschema import CAPTURE
@@ -299,17 +299,7 @@ class CaptureStore:
         return await self._db.run(fn)
 
     def _migrate(self, conn: Conn) -> None:
-        migrate_at(
-            conn,
-            self.place,
-            self.path,
-            sqlite=MIGRATIONS,
-            postgres=CAPTURE,
-            what="capture store",
-            label="capture",
-            error=CaptureStoreError,
-            pg_table="capture_migrations",
-        )
+        migrate_at(conn, self.place, self.path, SCHEMA)
 
 
 def _expire(conn: Conn, now: float) -> list[Grant]:
@@ -332,3 +322,6 @@ def _iso(at: float) -> str:
 
 def _remaining(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
+
+
+SCHEMA = Schema(MIGRATIONS, CAPTURE, "capture store", "capture", CaptureStoreError, "capture_migrations")
