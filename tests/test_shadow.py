@@ -210,8 +210,9 @@ def test_the_gates_on_the_sample_by_hand() -> None:
     assert not small["min_pairs"].passed and "4 mirrored requests; 10 needed" in small["min_pairs"].explanation
 
 
-async def test_pairs_are_stored_once_and_read_back(tmp_path: Path) -> None:
-    async with ShadowStore(tmp_path / "shadow.db") as store:
+@pytest.mark.parametrize("kind", KINDS)
+async def test_pairs_are_stored_once_and_read_back(kind: str, tmp_path: Path) -> None:
+    async with state_place(kind, tmp_path / "shadow.db") as place, ShadowStore(place) as store:
         await store.write_pairs(sample())
         await store.write_pairs(sample()[:3])  # a replayed batch: nothing twice
         found = await store.pairs(TASK, "v2")
@@ -220,6 +221,9 @@ async def test_pairs_are_stored_once_and_read_back(tmp_path: Path) -> None:
         assert await store.pairs(TASK, "v9") == []
         assert await store.spent(since=0) == {TASK: pytest.approx(0.009)}
         assert await store.spent(since=5000) == {}
+        judged = pair(20, judge_cost_usd=0.5)
+        await store.write_pairs([judged])
+        assert (await store.pairs(TASK, "v2"))[0] == judged
 
 
 # --- on the request path ----------------------------------------------------------------------
@@ -234,13 +238,20 @@ params: {{temperature: 0}}
 
 
 async def shadowed_app(
-    make_app: AppFactory, tmp_path: Path, live: ScriptedProvider, cand: ScriptedProvider, **shadow: Any
+    make_app: AppFactory,
+    tmp_path: Path,
+    live: ScriptedProvider,
+    cand: ScriptedProvider,
+    judging: ScriptedProvider | None = None,
+    **shadow: Any,
 ) -> App:
+    """v1 (on live) active, v2 (on cand) in shadow at 100 %; with ``judging``, a priced judge target
+    that restricted data may not reach (the candidate may)."""
     for name, target in (("v1", "live"), ("v2", "cand")):
         path = tmp_path / "releases" / "chat" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(RELEASE.format(target=target)))
-    raw = {
+    raw: dict[str, Any] = {
         "releases": {"path": str(tmp_path / "releases"), "store_path": str(tmp_path / "releases.db")},
         "targets": {
             "live": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"},
@@ -251,6 +262,11 @@ async def shadowed_app(
         "tasks": {"chat": {"route": ["live", "cand"], "shadow": {"max_concurrency": 50, **shadow}}},
         "observability": {"metrics": True},
     }
+    providers = {"live": live, "cand": cand}
+    if judging is not None:
+        raw["targets"]["judge"] = {**raw["targets"]["cand"], "model": "j"}
+        raw["policy"] = {"restricted": {"targets": ["live", "cand"]}}
+        providers["judge"] = judging
     from turnout.config import validate
     from turnout.releases.files import load_all
 
@@ -260,7 +276,7 @@ async def shadowed_app(
             await store.register(each, "alice")
         await store.promote("chat", "v1", "alice", "first")
         await store.start_shadow("chat", "v2", 100, "alice", "compare")
-    return await make_app(raw, {"live": live, "cand": cand})
+    return await make_app(raw, providers)
 
 
 async def ask(app: App, content: str = "order?", data_class: str | None = None) -> tuple[int, str]:
@@ -370,3 +386,62 @@ async def test_a_reload_reprices_and_rescores_the_shadow(make_app: AppFactory, t
     assert await ask(app) == (200, '{"a": 1}')
     after = [p for p in await pairs(app, 2) if p.request_id != before.request_id]
     assert [(p.shadow_cost_usd, p.shadow_pass, p.served_pass) for p in after] == [(20.0, False, False)]
+
+
+JUDGED = {"compare": "judge", "judge": {"target": "judge", "rubric": "the same order id"}, "usd_per_day": 1000.0}
+
+
+async def test_a_judge_decides_agreement_and_is_priced_apart(make_app: AppFactory, tmp_path: Path) -> None:
+    live = ScriptedProvider("live", Step(text='{"order_id": "A-17"}'))
+    cand = ScriptedProvider("cand", Step(text="The order is A-17."))
+    judge = ScriptedProvider("judge", Step(text="YES"), Step(text="no."), Step(text="Yes"), Step(text="maybe"))
+    app = await shadowed_app(make_app, tmp_path, live, cand, judge, max_concurrency=1, **JUDGED)
+    for i in range(4):
+        assert (await ask(app, f"q{i}"))[0] == 200
+        await pairs(app, i + 1)
+    found = sorted(await pairs(app, 4), key=lambda p: p.at)
+    assert [p.agree for p in found] == [True, False, True, None]  # "maybe": no verdict
+    assert [p.judge_cost_usd for p in found] == [10.0] * 4 and [p.shadow_cost_usd for p in found] == [10.0] * 4
+    asked = judge.calls[0].body
+    question = asked["messages"][0]["content"]
+    assert asked["max_tokens"] == 3 and asked["temperature"] == 0
+    assert '{"order_id": "A-17"}' in question and "The order is A-17." in question and "q0" in question
+    assert "Judge by this rubric: the same order id" in question
+    s = summarize("chat", "v2", found)
+    assert (s.compared, s.agreed, s.judge_calls, s.judge_cost_usd) == (3, 2, 4, 40.0)
+    assert app.runtime.shadows is not None and app.runtime.shadows.spent["chat"] == 80.0  # the judge counts
+    scraped = (await request(app, "GET", "/metrics")).body.decode()
+    assert 'turnout_shadow_total{release="v2",result="unjudged",task="chat"} 1.0' in scraped
+
+
+async def test_the_judge_sees_no_text_its_target_may_not_take(make_app: AppFactory, tmp_path: Path) -> None:
+    live, cand = ScriptedProvider("live", Step(text="a")), ScriptedProvider("cand", Step(text="a"))
+    judge = ScriptedProvider("judge", Step(text="YES"))
+    app = await shadowed_app(make_app, tmp_path, live, cand, judge, **JUDGED)
+    assert await ask(app, "secret", data_class="restricted") == (200, "a")
+    (found,) = await pairs(app, 1)
+    assert len(cand.calls) == 1 and judge.calls == []  # the candidate may take restricted data, the judge not
+    assert (found.agree, found.judge_cost_usd) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("shadow", "message"),
+    [
+        ({"compare": "judge"}, "compare: judge and a judge"),
+        ({"judge": {"target": "live"}}, "compare: judge and a judge"),
+        (
+            {"compare": "judge", "judge": {"target": "jduge"}},
+            r"tasks\.chat\.shadow\.judge\.target: unknown target 'jduge'",
+        ),
+    ],
+)
+def test_a_judge_is_configured_whole(shadow: dict[str, Any], message: str) -> None:
+    from turnout.config import validate
+    from turnout.errors import ConfigError
+
+    raw = {
+        "targets": {"live": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}},
+        "tasks": {"chat": {"route": ["live"], "shadow": shadow}},
+    }
+    with pytest.raises(ConfigError, match=message):
+        validate(raw)

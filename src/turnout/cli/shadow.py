@@ -82,6 +82,8 @@ def summary_lines(s: ShadowSummary) -> list[str]:
         f"  agreement:  {agreement} of {s.compared} compared",
         f"  errors:     {s.errors} shadow calls failed ({(s.error_rate or 0):.1%})",
     ]
+    if s.judge_calls:
+        out.append(f"  judge:      {s.judge_calls} priced calls, {_usd(s.judge_cost_usd)} (not in the shadow's cost)")
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     out += ["  " + "  ".join(c.ljust(width[i]) for i, c in enumerate(r)).rstrip() for r in rows]
     return out

@@ -84,12 +84,14 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
 
 
 def _judge_problems(tasks: dict[str, Any], tenants: dict[str, Any], targets: dict[str, Any]) -> list[str]:
-    """Each ``safety.judge.target`` (a task's, a tenant's, a tenant's per task) must be a target."""
+    """Each ``safety.judge.target`` (a task's, a tenant's, a tenant's per task) and each
+    ``shadow.judge.target`` must be a target."""
     places = [(f"tasks.{n}.safety", _mapping(t).get("safety")) for n, t in tasks.items()]
     for tname, tenant in tenants.items():
         places.append((f"tenants.{tname}.safety", _mapping(tenant).get("safety")))
         for task, each in _mapping(_mapping(tenant).get("task_safety")).items():
             places.append((f"tenants.{tname}.task_safety.{task}", each))
+    places += [(f"tasks.{n}.shadow", _mapping(t).get("shadow")) for n, t in tasks.items()]
     problems = []
     for where, safety in places:
         target = _mapping(_mapping(safety).get("judge")).get("target")

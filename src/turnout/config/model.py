@@ -582,20 +582,39 @@ class LiveScoringConfig(_Strict):
         return scorers
 
 
+class ShadowJudgeConfig(_Strict):
+    """``compare: judge``: a model (``target``) is shown the request, the served answer and the
+    shadow's, with ``rubric``, and asked whether the shadow's says the same as well; its YES is
+    agreement. Asked only where the request's data class may reach ``target``; a judge that
+    fails, is slower than ``timeout_s`` or answers neither YES nor NO leaves the pair unjudged.
+    Its calls count toward ``usd_per_day``, apart from the shadow's own cost."""
+
+    target: str
+    rubric: str = Field("", max_length=4000)
+    timeout_s: float = Field(10.0, gt=0)
+
+
 class ShadowConfig(_Strict):
     """How a task's shadow release (``turnout release shadow``) is fed, per gateway replica: at
     most ``max_concurrency`` mirrored calls at once (a request drawn while they are all busy is
     not mirrored) and at most ``usd_per_day`` of shadow spend a UTC day (reached: mirroring
     stops until the next day). ``compare``: how a shadow answer is matched with the served one
     (``auto``: as JSON when both parse, else as text with case and runs of whitespace
-    ignored). ``min_pairs`` and ``min_agreement``: what the shadow sample must show, besides the
-    task's ``gates``, before the release may go to canary."""
+    ignored; ``judge``: by a model, ``judge``). ``min_pairs`` and ``min_agreement``: what the
+    shadow sample must show, besides the task's ``gates``, before the release may go to canary."""
 
     max_concurrency: int = Field(4, gt=0)
     usd_per_day: float = Field(1.0, ge=0)
-    compare: Literal["auto", "json", "text", "exact"] = "auto"
+    compare: Literal["auto", "json", "text", "exact", "judge"] = "auto"
+    judge: ShadowJudgeConfig | None = None
     min_pairs: int = Field(50, gt=0)
     min_agreement: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _judged(self) -> ShadowConfig:
+        if (self.compare == "judge") != (self.judge is not None):
+            raise ValueError("compare: judge and a judge: {target, rubric} go together")
+        return self
 
 
 class TaskConfig(_Strict):
@@ -749,6 +768,7 @@ __all__ = [
     "ScreenModes",
     "ServerConfig",
     "ShadowConfig",
+    "ShadowJudgeConfig",
     "StateConfig",
     "StoreConfig",
     "TargetConfig",

@@ -29,8 +29,9 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
                                                    injection | clean | unclear | error | not_allowed
     turnout_live_scores_total{task,release,result}   live scoring (tasks.T.scoring); result: pass | fail
     turnout_shadow_total{task,release,result}      requests drawn for a shadow release; result: agree |
-                                                   disagree | error | capped (its daily spend reached) |
-                                                   busy | not_allowed
+                                                   disagree | unjudged (compare: judge gave no verdict) |
+                                                   error | capped (its daily spend reached) | busy |
+                                                   not_allowed
     turnout_shadow_cost_usd_total{task,release}    what the shadow calls cost
     turnout_constraint_skips_total{task,target,constraint}   targets left out by a caller's limit;
                                                    constraint: max_latency_ms | max_cost_usd

@@ -83,6 +83,8 @@ class ShadowSummary:
     only_shadow_passed: int
     first_at: float | None
     last_at: float | None
+    judge_calls: int = 0  # ``compare: judge``: pairs the judge was asked about (and priced)
+    judge_cost_usd: float | None = None
 
     @property
     def error_rate(self) -> float | None:
@@ -105,6 +107,8 @@ class ShadowSummary:
             "only_shadow_passed": self.only_shadow_passed,
             "first_at": self.first_at,
             "last_at": self.last_at,
+            "judge_calls": self.judge_calls,
+            "judge_cost_usd": self.judge_cost_usd,
         }
 
 
@@ -118,6 +122,7 @@ def summarize(task: str, release: str, pairs: Sequence[Pair]) -> ShadowSummary:
     only_shadow = sum(1 for s, c in zip(served_ok, shadow_ok, strict=True) if c and not s)
     served_release = next((p.served_release for p in pairs if p.served_release), None)
     ats = [p.at for p in pairs]
+    judged = [p.judge_cost_usd for p in pairs if p.judge_cost_usd is not None]
     return ShadowSummary(
         task=task,
         release=release,
@@ -145,6 +150,8 @@ def summarize(task: str, release: str, pairs: Sequence[Pair]) -> ShadowSummary:
         only_shadow_passed=only_shadow,
         first_at=min(ats) if ats else None,
         last_at=max(ats) if ats else None,
+        judge_calls=len(judged),
+        judge_cost_usd=sum(judged) if judged else None,
     )
 
 

@@ -45,16 +45,22 @@ _TABLE = """CREATE TABLE shadow_pairs (
     completion_tokens INTEGER
 )"""
 _INDEX = "CREATE INDEX shadow_pairs_task ON shadow_pairs (task, shadow_release, at)"
-MIGRATIONS: tuple[tuple[str, ...], ...] = ((_TABLE.format(real="REAL"), _INDEX),)
-PG_MIGRATIONS: tuple[tuple[str, ...], ...] = ((_TABLE.format(real="double precision"), _INDEX),)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (_TABLE.format(real="REAL"), _INDEX),
+    ("ALTER TABLE shadow_pairs ADD COLUMN judge_cost_usd REAL",),
+)
+PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (_TABLE.format(real="double precision"), _INDEX),
+    ("ALTER TABLE shadow_pairs ADD COLUMN judge_cost_usd double precision",),
+)
 
 _COLUMNS = (
     "request_id, at, tenant, task, served_release, shadow_release, shadow_target, status, error_class, agree,"
     " served_pass, shadow_pass, served_ms, shadow_ms, served_cost_usd, shadow_cost_usd, prompt_tokens,"
-    " completion_tokens"
+    " completion_tokens, judge_cost_usd"
 )
 _INSERT = (
-    f"INSERT INTO shadow_pairs ({_COLUMNS}) VALUES ({', '.join('?' * 18)})"  # noqa: S608 - constants only
+    f"INSERT INTO shadow_pairs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"  # noqa: S608 - constants only
     " ON CONFLICT (request_id) DO NOTHING"
 )
 
@@ -70,8 +76,8 @@ class ShadowStoreError(TurnoutError):
 @dataclass(frozen=True, slots=True)
 class Pair:
     """One mirrored request. ``status``: the shadow call's (200, or its error's); ``agree`` is
-    None when there was no shadow answer to compare; a ``*_pass`` is None where the task has
-    no scorer and the release no output schema."""
+    None when there was no shadow answer to compare (or the judge gave no verdict); a
+    ``*_pass`` is None where the task has no scorer and the release no output schema."""
 
     request_id: str
     at: float
@@ -91,6 +97,7 @@ class Pair:
     shadow_cost_usd: float | None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    judge_cost_usd: float | None = None  # ``compare: judge``: what asking the judge cost
 
 
 def shadow_path(store_path: str) -> str:

@@ -84,13 +84,21 @@ class Judge:
 
 
 def _verdict(answer: Completion) -> str:
+    word = _word(answer)
+    if word is None:
+        return "error"
+    return "injection" if word.startswith("YES") else "clean" if word.startswith("NO") else "unclear"
+
+
+def yes_no(answer: Completion) -> bool | None:
+    """A judge's one-word answer: True (YES), False (NO), None (anything else, or no text)."""
+    word = _word(answer) or ""
+    return True if word.startswith("YES") else False if word.startswith("NO") else None
+
+
+def _word(answer: Completion) -> str | None:
     try:
         content = answer.body["choices"][0]["message"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
-        return "error"
-    word = content.strip().strip(".!*\"'").upper()
-    if word.startswith("YES"):
-        return "injection"
-    if word.startswith("NO"):
-        return "clean"
-    return "unclear"
+        return None
+    return str(content).strip().strip(".!*\"'").upper()

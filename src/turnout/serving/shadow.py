@@ -13,9 +13,11 @@ answers went out. Its answers are compared with the served ones and scored, neve
               targets), policy cuts its route by the request's data class exactly as for
               served traffic, the attempt loop calls it (never streamed), its answer is scored
               with the task's live scorers and its release's output schema, compared with
-              the served answer (``agree``), priced, and its pair (no text) goes to the shadow
-              store through a bounded batch queue; where the capture policy keeps the served
-              request's text, the shadow answer is captured too (``<request id>:shadow``)
+              the served answer (``agree``; with ``compare: judge`` by a judge target, where the
+              request's data class may reach it, its calls priced apart), priced, and its pair
+              (no text) goes to the shadow store through a bounded batch queue; where the
+              capture policy keeps the served request's text, the shadow answer is captured
+              too (``<request id>:shadow``)
 
 Every outcome is counted in ``turnout_shadow_total{task,release,result}``. A replica that
 starts counts the day's spend already in the store (every replica's, on shared state) as its
@@ -37,14 +39,14 @@ import jsonschema
 import orjson
 
 from turnout._support.batching import BatchQueue
-from turnout.config import Config, ShadowConfig, embedding_tasks
+from turnout.config import Config, ShadowConfig, ShadowJudgeConfig, embedding_tasks
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.plan import sets_output_bound
 from turnout.control.tokens import Tokens, generated_by_answer
 from turnout.errors import AllTargetsFailed, AnswerRefused, PolicyDenied, TurnoutError
 from turnout.privacy.capture import Capture
 from turnout.privacy.capture.model import Decision
-from turnout.providers.base import Completion
+from turnout.providers.base import Call, Completion, Timeouts
 from turnout.releases.base import Release, Serving
 from turnout.releases.shadowstore import Pair, ShadowStore
 from turnout.routing import policy
@@ -52,6 +54,7 @@ from turnout.routing.attempts import Target, execute
 from turnout.safety.output import strip_fence
 from turnout.serving import respond
 from turnout.serving.door import Admission, Door, Inbound
+from turnout.serving.judge import yes_no
 from turnout.serving.scoring import LiveScoring
 
 log = logging.getLogger(__name__)
@@ -205,9 +208,15 @@ class Mirror:
             log.warning("shadow call for task %s failed: %s", task, type(exc).__name__)
             status, error_class = 500, "internal"
         latency_ms = (time.perf_counter() - t0) * 1000
-        if cost:
-            self.spent[task] = self.spent.get(task, 0.0) + cost
-        agree = None if text is None else agrees(served.text, text, caps.compare)
+        agree: bool | None = None
+        judge_cost: float | None = None
+        if text is not None and caps.judge is not None:
+            agree, judge_cost = await self._judged(caps.judge, admission, body, served, text)
+        elif text is not None:
+            agree = agrees(served.text, text, caps.compare)
+        spent = (cost or 0.0) + (judge_cost or 0.0)
+        if spent:
+            self.spent[task] = self.spent.get(task, 0.0) + spent
         pair = Pair(
             served.request_id,
             started_at,
@@ -227,15 +236,44 @@ class Mirror:
             cost,
             prompt_tokens,
             completion_tokens,
+            judge_cost,
         )
         self.writer.submit(pair)
-        result_label = "error" if text is None else "agree" if agree else "disagree"
+        result_label = "error" if text is None else "unjudged" if agree is None else "agree" if agree else "disagree"
         self._counted(task, shadow.name, result_label, cost)
         if text is not None and served.decision is not None and self.capture is not None:
             prompt = orjson.dumps(body.get("messages")).decode()
             self.capture.submit(
                 served.request_id + ":shadow", admission.tenant.name, task, served.decision, prompt, text
             )
+
+    async def _judged(
+        self, judge: ShadowJudgeConfig, admission: Admission, body: dict[str, Any], served: Served, text: str
+    ) -> tuple[bool | None, float | None]:
+        """The judge's verdict on the two answers (None: not allowed, failed, unclear) and what
+        asking cost. Shown only where the request's data class may reach the judge's target."""
+        target = self.targets.get(judge.target)
+        if target is None or not policy.allowed_targets([judge.target], admission.data_class, self.policy):
+            return None, None
+        question = {
+            "model": "judge",
+            "messages": [{"role": "user", "content": judge_question(judge.rubric, body, served.text, text)}],
+            "temperature": 0,
+            "max_tokens": 3,
+        }
+        started_at, t0 = self._clock(), time.perf_counter()
+        call = Call(question, False, Timeouts(total=judge.timeout_s), served.request_id + ":judge")
+        try:
+            async with asyncio.timeout(judge.timeout_s):
+                answer = await target.provider.complete(call)
+        except Exception as exc:  # no verdict; its type, never the text
+            log.warning("shadow judge %s failed: %s", judge.target, type(exc).__name__)
+            return None, None
+        if not isinstance(answer, Completion):
+            return None, None
+        usage = answer.usage or await self.tokens.usage(question, generated_by_answer(answer.body)[0], judge.target)
+        cost = self.prices.request_cost(judge.target, usage, time.perf_counter() - t0, started_at)
+        return yes_no(answer), cost
 
     def _allowed(self, task: str, shadow: Release, admission: Admission) -> list[str]:
         """The shadow release's targets on the task's route, cut by the request's data class as
@@ -277,6 +315,25 @@ class Mirror:
 
     def _today(self) -> int:
         return int(self._clock() // DAY_S)
+
+
+JUDGE_QUESTION = (
+    "You compare two answers to the same request. ANSWER A was given; ANSWER B is a candidate. "
+    "Does ANSWER B say the same as ANSWER A, and as well (the same facts, values and decisions; "
+    "wording and order may differ)?{rubric} Answer with one word: YES or NO.\n\n"
+    "REQUEST:\n<<<\n{request}\n>>>\n\nANSWER A:\n<<<\n{served}\n>>>\n\nANSWER B:\n<<<\n{shadow}\n>>>"
+)
+MAX_JUDGED = 8000  # characters of each part shown to the judge
+
+
+def judge_question(rubric: str, body: dict[str, Any], served: str, shadow: str) -> str:
+    request = orjson.dumps(body.get("messages")).decode()
+    return JUDGE_QUESTION.format(
+        rubric=f" Judge by this rubric: {rubric}" if rubric.strip() else "",
+        request=request[:MAX_JUDGED],
+        served=served[:MAX_JUDGED],
+        shadow=shadow[:MAX_JUDGED],
+    )
 
 
 def _fits(schema: dict[str, Any], text: str) -> bool:
