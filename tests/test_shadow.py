@@ -445,3 +445,15 @@ def test_a_judge_is_configured_whole(shadow: dict[str, Any], message: str) -> No
     }
     with pytest.raises(ConfigError, match=message):
         validate(raw)
+
+
+async def test_a_streamed_answer_is_mirrored_whole(make_app: AppFactory, tmp_path: Path) -> None:
+    live, cand = ScriptedProvider("live", Step(text="streamed words")), ScriptedProvider("cand", Step(text="other"))
+    app = await shadowed_app(make_app, tmp_path, live, cand, usd_per_day=1000.0)
+    body = {"model": "chat", "messages": [{"role": "user", "content": "q"}], "stream": True}
+    got = await request(
+        app, "POST", "/v1/chat/completions", body, headers={"authorization": "Bearer sk-acme-shadow-001"}
+    )
+    assert got.status == 200 and b"data: [DONE]" in got.body
+    (found,) = await pairs(app, 1)
+    assert found.agree is False and live.calls[0].stream and not cand.calls[0].stream

@@ -101,8 +101,9 @@ class Pair:
 
 
 def shadow_path(store_path: str) -> str:
-    """Where the gateway and the CLI find the shadow store: beside the release store."""
-    return str(Path(store_path).parent / FILE_NAME)
+    """Where the gateway and the CLI find the shadow store: beside the release store (in memory
+    beside one in memory)."""
+    return store_path if store_path == ":memory:" else str(Path(store_path).parent / FILE_NAME)
 
 
 class ShadowStore:
