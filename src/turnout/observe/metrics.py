@@ -97,6 +97,7 @@ from turnout.safety.tools import named
 from turnout.safety.tools import parse_record as tool_record
 
 OTHER = "other"  # a value outside the bounded vocabulary
+BATCH = 256  # rows counted together at most (``Metrics.observe``)
 NONE = "none"  # no value (a request that reached no target, a caller not identified)
 
 # Seconds. LLM calls span four orders of magnitude: a queue wait is usually milliseconds, a
@@ -301,17 +302,50 @@ class Metrics:
         self._attempts: dict[tuple[str, str, str], Any] = {}
         self._fallbacks: dict[str, Any] = {}
         self._errors: dict[tuple[str, str], Any] = {}
+        # Rows waiting to be counted (``observe``); None: counted at once (multiprocess).
+        self._pending: list[LedgerRow] | None = None if self.multiprocess_dir else []
 
     def observe(self, row: LedgerRow) -> None:
-        """Count one finished request. Cheap: label values are mapped through dicts and the
-        labelled children are cached per label set."""
+        """Count one finished request. In one process the row waits in a short list and is
+        counted with the others at the next scrape (``render``) or every ``BATCH`` rows: each
+        counter's lock is then taken once per batch, not once per request. With
+        ``PROMETHEUS_MULTIPROC_DIR`` another process may render, so rows are counted at once."""
+        pending = self._pending
+        if pending is None:
+            self._count(row, None)
+            return
+        pending.append(row)
+        if len(pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Count the waiting rows: each counter moved once by their sum."""
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        sums: dict[Any, float] = {}
+        for row in rows:
+            self._count(row, sums)
+        for child, amount in sums.items():
+            child.inc(amount)
+
+    def _count(self, row: LedgerRow, sums: dict[Any, float] | None) -> None:
+        """One row into the metrics; the hot counters' increments into ``sums`` where given.
+        Label values are mapped through dicts and the labelled children cached per label set."""
+
+        def inc(child: Any, amount: float = 1.0) -> None:
+            if sums is None:
+                child.inc(amount)
+            else:
+                sums[child] = sums.get(child, 0.0) + amount
+
         task = self.tasks(row.task)
         target = self.targets(row.target)
         key = (self.tenants(row.tenant), task, target, row.status, row.stream)
         s = self._series.get(key)
         if s is None:
             s = self._series[key] = self._make(key)
-        s.requests.inc()
+        inc(s.requests)
         s.total.observe(row.latency_ms / 1000)
         # Phase histograms a label set never uses (TTFT without streams, queue wait without a
         # local worker) are created on first use, not up front: each costs ~17 series.
@@ -326,11 +360,11 @@ class Metrics:
         if row.generation_ms is not None:
             s.generation.observe(row.generation_ms / 1000)
         if row.prompt_tokens:
-            s.prompt_tokens.inc(row.prompt_tokens)
+            inc(s.prompt_tokens, row.prompt_tokens)
         if row.completion_tokens:
-            s.completion_tokens.inc(row.completion_tokens)
+            inc(s.completion_tokens, row.completion_tokens)
         if row.cost_usd:
-            s.cost.inc(row.cost_usd)
+            inc(s.cost, row.cost_usd)
         if row.fallback:
             if row.fallback_ms is not None:
                 if s.fallback is None:
@@ -339,19 +373,19 @@ class Metrics:
             child = self._fallbacks.get(task)
             if child is None:
                 child = self._fallbacks[task] = self.fallbacks.labels(task)
-            child.inc()
+            inc(child)
         for attempt in row.attempts:
             akey = (task, self.targets(attempt.target), self.classes(attempt.error_class or "ok"))
             child = self._attempts.get(akey)
             if child is None:
                 child = self._attempts[akey] = self.attempts.labels(*akey)
-            child.inc()
+            inc(child)
         if row.status != 200:
             ekey = (task, self.classes(row.error_class))
             child = self._errors.get(ekey)
             if child is None:
                 child = self._errors[ekey] = self.errors.labels(*ekey)
-            child.inc()
+            inc(child)
         if row.safety is not None:
             self._screened(task, row.safety)
         if row.tool_violations is not None:
@@ -411,12 +445,14 @@ class Metrics:
     def follow(self, config: Config, live: Callable[[], LiveState]) -> None:
         """After a config reload: label the new tasks and tenants, read the new runtime's state;
         the counters carry on."""
+        self.flush()  # the waiting rows under the labels they were served with
         self.tasks = Vocabulary(config.tasks)
         self.tenants = Vocabulary([*config.tenants, "anonymous"])
         self._live.live = live
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type, for ``GET /metrics``."""
+        self.flush()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
