@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.config import TaskConfig
-from turnout.offline.evals.gates import GateResult, HumanCosts
-from turnout.offline.evals.stats import Z95, Interval, mcnemar_exact, percentile, wilson
+from turnout.offline.evals.gates import GateResult, HumanCosts, completed_cost, skipped
+from turnout.offline.evals.stats import Z95, Interval, cost_per_pass, mcnemar_exact, percentile, wilson
 from turnout.releases.shadowstore import Pair
 
 
@@ -47,9 +47,7 @@ class Side:
     cost_interval: Interval | None  # of the mean cost per request, 95 %
 
     def cost_per_pass(self) -> float | None:
-        if self.cost_usd is None or self.passed <= 0:
-            return None
-        return self.cost_usd / self.passed
+        return cost_per_pass(self.cost_usd, self.passed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -232,10 +230,6 @@ def shadow_gates(summary: ShadowSummary, task: TaskConfig) -> list[GateResult]:
     ]
 
 
-def _skip(name: str, threshold: float | None, why: str) -> GateResult:
-    return GateResult(name, True, None, threshold, f"skipped: {why}", skipped=True)
-
-
 def _min_pairs(s: ShadowSummary, need: int) -> GateResult:
     ok = s.pairs >= need
     return GateResult(
@@ -246,7 +240,7 @@ def _min_pairs(s: ShadowSummary, need: int) -> GateResult:
 def _min_agreement(s: ShadowSummary, threshold: float | None) -> GateResult:
     name = "min_agreement"
     if threshold is None:
-        return _skip(name, None, "not configured")
+        return skipped(name, None, "not configured")
     if s.agreement is None:
         return GateResult(name, False, None, threshold, f"{s.release} answered no mirrored request")
     ok = s.agreement >= threshold
@@ -293,7 +287,7 @@ def _max_regression(s: ShadowSummary, threshold: float) -> GateResult:
 def _max_p95(s: ShadowSummary, threshold: float | None) -> GateResult:
     name = "max_p95_ms"
     if threshold is None:
-        return _skip(name, None, "not configured")
+        return skipped(name, None, "not configured")
     if s.shadow.p95_ms is None:
         return GateResult(name, False, None, threshold, f"{s.release} answered no mirrored request")
     ok = s.shadow.p95_ms <= threshold
@@ -310,10 +304,10 @@ def _max_p95(s: ShadowSummary, threshold: float | None) -> GateResult:
 def _cost_ratio(s: ShadowSummary, threshold: float | None) -> GateResult:
     name = "max_cost_per_pass_ratio"
     if threshold is None:
-        return _skip(name, None, "not configured")
+        return skipped(name, None, "not configured")
     served, shadow = s.served.cost_per_pass(), s.shadow.cost_per_pass()
     if s.served.cost_usd is None or s.shadow.cost_usd is None:
-        return _skip(name, threshold, "cost unknown")
+        return skipped(name, threshold, "cost unknown")
     if shadow is None:
         return GateResult(name, False, None, threshold, f"{s.release} passed nothing: cost per pass is unbounded")
     ratio = shadow / served if served else (1.0 if shadow == 0 else math.inf)
@@ -331,14 +325,13 @@ def _cost_ratio(s: ShadowSummary, threshold: float | None) -> GateResult:
 def _cost_per_completed(s: ShadowSummary, threshold: float | None, people: HumanCosts) -> GateResult:
     name = "max_cost_per_completed_task"
     if threshold is None:
-        return _skip(name, None, "not configured")
+        return skipped(name, None, "not configured")
     if s.shadow.cost_usd is None:
-        return _skip(name, threshold, "cost unknown")
+        return skipped(name, threshold, "cost unknown")
     failed = s.pairs - s.shadow.passed
-    if s.shadow.passed <= 0:
+    observed = completed_cost(s.shadow.cost_usd, s.pairs, s.shadow.passed, people)
+    if observed is None:
         return GateResult(name, False, None, threshold, f"{s.release} passed nothing: nothing was completed")
-    total = s.shadow.cost_usd + people.review_usd * s.pairs + people.escalation_usd * failed
-    observed = total / s.shadow.passed
     ok = observed <= threshold
     return GateResult(
         name,

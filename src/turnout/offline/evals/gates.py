@@ -68,7 +68,8 @@ def failed(results: Iterable[GateResult]) -> list[GateResult]:
     return [g for g in results if not g.passed]
 
 
-def _skip(name: str, threshold: float | None, why: str) -> GateResult:
+def skipped(name: str, threshold: float | None, why: str) -> GateResult:
+    """A gate that does not apply (counted as passed), and why."""
     return GateResult(name, True, None, threshold, f"skipped: {why}", skipped=True)
 
 
@@ -97,20 +98,24 @@ def evaluate_gates(gates: Gates, result: EvalResult, people: HumanCosts = HumanC
 def cost_per_completed_task(summary: ReleaseSummary, people: HumanCosts) -> float | None:
     """(spend + review × runs + escalation × failed runs) ÷ passed runs; None: unknown spend or
     nothing passed."""
-    if summary.cost_usd is None or summary.passed_runs <= 0:
+    return completed_cost(summary.cost_usd, summary.runs, summary.passed_runs, people)
+
+
+def completed_cost(spend_usd: float | None, runs: int, passed: int, people: HumanCosts) -> float | None:
+    """(spend + review × runs + escalation × failed runs) ÷ passed runs: what one completed task
+    cost, people included; None when the spend is unknown or nothing passed."""
+    if spend_usd is None or passed <= 0:
         return None
-    failed_runs = summary.runs - summary.passed_runs
-    total = summary.cost_usd + people.review_usd * summary.runs + people.escalation_usd * failed_runs
-    return total / summary.passed_runs
+    return (spend_usd + people.review_usd * runs + people.escalation_usd * (runs - passed)) / passed
 
 
 def _cost_per_completed(gates: Gates, result: EvalResult, people: HumanCosts) -> GateResult:
     name, threshold = "max_cost_per_completed_task", gates.max_cost_per_completed_task
     if threshold is None:
-        return _skip(name, None, "not configured")
+        return skipped(name, None, "not configured")
     s = result.summaries[result.candidate]
     if s.cost_usd is None:
-        return _skip(name, threshold, f"cost unknown for {result.candidate}")
+        return skipped(name, threshold, f"cost unknown for {result.candidate}")
     observed = cost_per_completed_task(s, people)
     if observed is None:
         return GateResult(name, False, None, threshold, f"{result.candidate} passed no run: nothing was completed")
@@ -144,7 +149,7 @@ def _max_regression(gates: Gates, result: EvalResult) -> GateResult:
     name, threshold = "max_regression", gates.max_regression
     cmp = result.comparison
     if result.baseline is None or cmp is None:
-        return _skip(name, threshold, "no baseline")
+        return skipped(name, threshold, "no baseline")
     regression = 0.0 - cmp.difference  # 0.0 − x, not −x: no "-0.0%"
     ok = regression <= threshold
     lo, hi = 0.0 - cmp.interval.high, 0.0 - cmp.interval.low
@@ -162,7 +167,7 @@ def _max_regression(gates: Gates, result: EvalResult) -> GateResult:
 def _max_p95(gates: Gates, result: EvalResult) -> GateResult:
     name, threshold = "max_p95_ms", gates.max_p95_ms
     if threshold is None:
-        return _skip(name, None, "not configured")
+        return skipped(name, None, "not configured")
     s = result.summaries[result.candidate]
     if s.p95_ms is None:
         return GateResult(name, False, None, threshold, f"{result.candidate} returned no responses to time")
@@ -180,12 +185,12 @@ def _max_p95(gates: Gates, result: EvalResult) -> GateResult:
 def _cost_ratio(gates: Gates, result: EvalResult) -> GateResult:
     name, threshold = "max_cost_per_pass_ratio", gates.max_cost_per_pass_ratio
     if threshold is None:
-        return _skip(name, None, "not configured")
+        return skipped(name, None, "not configured")
     if result.baseline is None:
-        return _skip(name, threshold, "no baseline")
+        return skipped(name, threshold, "no baseline")
     base, cand = result.summaries[result.baseline], result.summaries[result.candidate]
     if base.cost_usd is None or cand.cost_usd is None:
-        return _skip(
+        return skipped(
             name, threshold, "cost unknown for " + (result.baseline if base.cost_usd is None else result.candidate)
         )
     if cand.cost_per_pass is None:
