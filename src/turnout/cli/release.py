@@ -27,6 +27,7 @@ from turnout.cli._common import (
     when,
 )
 from turnout.config import Config
+from turnout.offline.shadow import passed_note, shadow_gates
 from turnout.releases.base import Transition
 from turnout.releases.store import RegisteredRelease, ReleaseStore, ReleaseStoreError, ServingRow, to_spec
 
@@ -118,7 +119,7 @@ def show(task: str, name: str | None, fmt: str, config: Config) -> None:
     found, serving, moves = _run(config, read)
     shadowed = found.state == "shadow" or any(t.to_state == "shadow" for t in moves)
     sample = shadow.read_summary(config, task, found.release.name) if shadowed else None
-    gates = shadow.shadow_gates(sample, config.tasks[task]) if sample is not None and task in config.tasks else None
+    gates = shadow_gates(sample, config.tasks[task]) if sample is not None and task in config.tasks else None
     if fmt == "json":
         out = {**_summary(found), "spec": to_spec(found.release), "transitions": [_transition_json(t) for t in moves]}
         if sample is not None:
@@ -193,9 +194,8 @@ def canary(task: str, name: str, percent: float, by: str, why: str, config: Conf
     if found is not None and found.state == "shadow":
         if task not in config.tasks:
             raise CommandError(f"task {task!r} is not in the config: its gates are unknown")
-        sample, gates = shadow.check_gates(config, task, name)
-        shadow.refuse_failed(sample, gates)
-        why, gated = why + shadow.passed_note(sample), True
+        sample = shadow.refuse_failed(config, task, name)
+        why, gated = why + passed_note(sample), True
     serving = _run(config, lambda store: store.start_canary(task, name, percent, by, why, gated=gated))
     click.echo(f"{task}: {name} takes {serving.canary_percent:g}% of traffic; {serving.active} the rest")
 

@@ -18,9 +18,7 @@ import orjson
 from turnout.cli._common import CommandError, iso, run_store, when
 from turnout.config import Config
 from turnout.offline.evals.gates import GateResult
-from turnout.offline.shadow import ShadowSummary, Side, passed_note, refusal, shadow_gates, summarize
-
-__all__ = ["passed_note", "shadow_gates"]  # ``turnout release`` reads them through this module
+from turnout.offline.shadow import ShadowSummary, Side, refusal, summarize
 from turnout.releases.shadowstore import Pair, ShadowStore, shadow_path
 
 
@@ -46,16 +44,14 @@ def read_summary(config: Config, task: str, release: str) -> ShadowSummary:
     return summarize(task, release, read_pairs(config, task, release))
 
 
-def check_gates(config: Config, task: str, release: str) -> tuple[ShadowSummary, list[GateResult]]:
-    """The shadow sample of ``release`` and the task's gates on it (``turnout release canary``)."""
+def refuse_failed(config: Config, task: str, release: str) -> ShadowSummary:
+    """The shadow sample of ``release``, when it passes the task's gates (``turnout release
+    canary``); a ``CommandError`` naming each failing gate when it does not."""
     summary = read_summary(config, task, release)
-    return summary, shadow_gates(summary, config.tasks[task])
-
-
-def refuse_failed(summary: ShadowSummary, gates: list[GateResult]) -> None:
-    why = refusal(summary, gates)
+    why = refusal(summary, config.tasks[task])
     if why is not None:
         raise CommandError(why)
+    return summary
 
 
 # --- text -----------------------------------------------------------------------------------

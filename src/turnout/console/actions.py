@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from turnout.errors import TurnoutError
-from turnout.offline.shadow import passed_note, refusal, shadow_gates, summarize
+from turnout.offline.shadow import passed_note, refusal, summarize
 from turnout.releases.registry import StoreRegistry
 from turnout.releases.review import LABELS, MAX_NOTE
 from turnout.serving.runtime import Runtime
@@ -91,7 +91,7 @@ async def _shadow_gates(runtime: Runtime, task: str, name: str, why: str) -> tup
     if found is None or found.state != "shadow" or mirror is None:
         return why, False
     summary = summarize(task, name, await mirror.store.pairs(task, name))
-    refused = refusal(summary, shadow_gates(summary, runtime.config.tasks[task]))
+    refused = refusal(summary, runtime.config.tasks[task])
     if refused is not None:
         raise Refused(refused)
     return why + passed_note(summary), True

@@ -204,9 +204,9 @@ def passed_note(summary: ShadowSummary) -> str:
     return f" [shadow sample passed the gates: {summary.pairs} pairs{agreement}, pass {summary.shadow.pass_rate:.1%}]"
 
 
-def refusal(summary: ShadowSummary, gates: list[GateResult]) -> str | None:
+def refusal(summary: ShadowSummary, task: TaskConfig) -> str | None:
     """Why the shadow may not take traffic yet (each failing gate), or None when it may."""
-    failed = [g for g in gates if not g.passed]
+    failed = [g for g in shadow_gates(summary, task) if not g.passed]
     if not failed:
         return None
     lines = [f"  {g.name}: {g.explanation}" for g in failed]
