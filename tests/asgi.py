@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from turnout.ledger.record import LedgerRow
 from turnout.serving.app import App
 
 
@@ -75,3 +76,21 @@ async def request(
     hdrs = {k.decode(): v.decode() for k, v in start["headers"]}
     starts = sum(1 for m in sent if m["type"] == "http.response.start")
     return Response(start["status"], hdrs, b"".join(chunks), chunks, starts)
+
+
+async def settled(app: App) -> None:
+    """Wait (up to 2.5 s) until the app's ledger writer has written what it was given: in tests
+    it flushes every 10 ms."""
+    ledger = app.runtime.ledger
+    assert ledger is not None
+    for _ in range(500):
+        if ledger.queued == 0:
+            return
+        await asyncio.sleep(0.005)
+
+
+async def ledger_rows(app: App, limit: int = 1000) -> list[LedgerRow]:
+    """The app's ledger rows, newest first, once the writer has written them."""
+    await settled(app)
+    assert app.runtime.store is not None
+    return await app.runtime.store.recent(limit)

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.asgi import ledger_rows as rows
 from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
@@ -56,15 +57,6 @@ async def setup(make_app: AppFactory, **providers: ScriptedProvider) -> tuple[Ap
 async def chat(app: App, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None, **kw: Any) -> Any:
     payload = {"model": "chat", "messages": MESSAGES, **(body or {})}
     return await request(app, "POST", "/v1/chat/completions", payload, {**AUTH, **(headers or {})}, **kw)
-
-
-async def rows(app: App) -> list[Any]:
-    assert app.runtime.ledger is not None and app.runtime.store is not None
-    for _ in range(500):  # the writer flushes every 10 ms in tests
-        await asyncio.sleep(0.005)
-        if app.runtime.ledger.queued == 0:
-            break
-    return await app.runtime.store.recent(1000)
 
 
 async def test_completion_names_the_task_and_carries_turnout_headers(make_app: AppFactory) -> None:

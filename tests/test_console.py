@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.asgi import Response, request
+from tests.asgi import Response, request, settled
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.config import validate
@@ -106,14 +106,6 @@ async def answer(app: App, user: str = "u1") -> Response:
     resp = await request(app, "POST", "/v1/tasks/t", {"variables": {"text": "hi jane.doe@example.com"}}, headers)
     assert resp.status == 200, resp.body
     return resp
-
-
-async def settled(app: App) -> None:
-    assert app.runtime.ledger is not None
-    for _ in range(500):
-        await asyncio.sleep(0.005)
-        if app.runtime.ledger.queued == 0:
-            return
 
 
 # --- who gets in -------------------------------------------------------------------------

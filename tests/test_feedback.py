@@ -3,12 +3,11 @@ episode id a chat or task request carries into its ledger row."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
-from tests.asgi import Response, request
+from tests.asgi import Response, request, settled
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider
 from tests.test_app import AUTH, MESSAGES, OTHER_KEY, config
@@ -35,11 +34,8 @@ async def feedback(app: App, body: Any, headers: dict[str, str] | None = None) -
 
 
 async def stored(app: App, request_id: str) -> LedgerRow:
-    assert app.runtime.ledger is not None and app.runtime.store is not None
-    for _ in range(500):
-        if app.runtime.ledger.queued == 0:
-            break
-        await asyncio.sleep(0.005)
+    await settled(app)
+    assert app.runtime.store is not None
     row = await app.runtime.store.get(request_id)
     assert row is not None
     return row

@@ -9,10 +9,11 @@ from typing import Any, cast
 
 import pytest
 
+from tests.asgi import ledger_rows as ledger
 from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import Step
-from tests.test_task_api import call, ledger, release, start
+from tests.test_task_api import call, release, start
 from turnout.ledger.record import LedgerRow
 from turnout.ledger.sqlite import SQLiteStore
 from turnout.providers.base import Completion, Stream

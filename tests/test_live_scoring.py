@@ -4,12 +4,12 @@ canary's ``min_live_pass_rate``. Scorers are checked at start-up like a golden s
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Any
 
 import pytest
 
+from tests.asgi import ledger_rows as rows
 from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
@@ -36,15 +36,6 @@ def config(scoring: dict[str, Any] | None = SCORING, **task: Any) -> dict[str, A
             "other": {"route": ["up"]},
         },
     }
-
-
-async def rows(app: App) -> list[LedgerRow]:
-    assert app.runtime.ledger is not None and app.runtime.store is not None
-    for _ in range(500):
-        await asyncio.sleep(0.005)
-        if app.runtime.ledger.queued == 0:
-            break
-    return await app.runtime.store.recent(1000)
 
 
 async def ask(app: App, task: str = "orders", stream: bool = False) -> int:

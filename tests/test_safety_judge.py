@@ -5,16 +5,15 @@ asked. Texts clearly over or under the threshold never reach the judge."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
 from tests.asgi import Response, request
+from tests.asgi import ledger_rows as rows
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.errors import UpstreamStatusError
-from turnout.ledger.record import LedgerRow
 from turnout.safety.screen import SCREENER
 from turnout.serving.app import App
 
@@ -48,15 +47,6 @@ async def chat(app: App, text: str, data_class: str | None = None) -> Response:
     headers = {"x-turnout-data-class": data_class} if data_class else {}
     body = {"model": "chat", "messages": [{"role": "user", "content": text}]}
     return await request(app, "POST", "/v1/chat/completions", body, headers)
-
-
-async def rows(app: App) -> list[LedgerRow]:
-    assert app.runtime.ledger is not None and app.runtime.store is not None
-    for _ in range(500):
-        await asyncio.sleep(0.005)
-        if app.runtime.ledger.queued == 0:
-            break
-    return await app.runtime.store.recent(100)
 
 
 def judged(app: App) -> str:

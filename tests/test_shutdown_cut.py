@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
+from tests.asgi import ledger_rows as rows
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider
-from tests.test_app import AUTH, MESSAGES, config, rows
+from tests.test_app import AUTH, MESSAGES, config
 from turnout.providers.base import Call, Completion, Stream
 from turnout.serving.app import App
 

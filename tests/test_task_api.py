@@ -3,12 +3,12 @@ parameters, the targets and the output schema; every answer names its release.""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
 from tests.asgi import Response, request
+from tests.asgi import ledger_rows as ledger
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.releases.base import Prompt, Release, Serving
@@ -64,15 +64,6 @@ async def start(make_app: AppFactory, serving: Serving, *steps: Step) -> tuple[A
 
 async def call(app: App, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return await request(app, "POST", "/v1/tasks/extract", body, headers)
-
-
-async def ledger(app: App) -> list[Any]:
-    assert app.runtime.ledger is not None and app.runtime.store is not None
-    for _ in range(500):
-        await asyncio.sleep(0.005)
-        if app.runtime.ledger.queued == 0:
-            break
-    return await app.runtime.store.recent(100)
 
 
 async def test_the_release_renders_the_prompt_and_the_output_is_validated(make_app: AppFactory) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.asgi import Response, request
+from tests.asgi import ledger_rows as ledger
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.errors import UpstreamStatusError
@@ -58,15 +59,6 @@ async def chat(app: App, key: str = KEY, **body: Any) -> Response:
 
 async def admin(app: App, method: str, path: str, body: Any = None, key: str = ADMIN) -> Response:
     return await request(app, method, path, body, {"authorization": f"Bearer {key}"})
-
-
-async def ledger(app: App) -> list[Any]:
-    assert app.runtime.ledger is not None and app.runtime.store is not None
-    for _ in range(500):
-        await asyncio.sleep(0.005)
-        if app.runtime.ledger.queued == 0:
-            break
-    return await app.runtime.store.recent(1000)
 
 
 async def test_rpm_limit_refuses_with_429_retry_after_and_the_limit(make_app: AppFactory) -> None:
