@@ -45,6 +45,14 @@ def served(fakes: dict[str, Process], cwd: Path) -> Iterator[Served]:
         },
         "tasks": {"via-bedrock": {"route": ["bedrock"]}, "via-openai": {"route": ["selfhosted"]}},
     }
+    with serve(cwd, config) as s:
+        yield s
+
+
+@contextmanager
+def serve(cwd: Path, config: dict[str, Any]) -> Iterator[Served]:
+    """``turnout serve`` over ``config`` (written to ``cwd/turnout.yaml``), signing Bedrock calls
+    with the fake's credentials and reading nothing from the machine's AWS files."""
     path = cwd / "turnout.yaml"
     path.write_text(json.dumps(config))
     env = {

@@ -13,8 +13,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY
-from tests.serving import Process, Served, sdk_client, turnout_serve
+from tests.bedrock_pair import serve
+from tests.serving import Process, Served, sdk_client
 
 pytestmark = pytest.mark.slow
 
@@ -65,16 +65,7 @@ def served(fakes: dict[str, Process], tmp_path_factory: pytest.TempPathFactory) 
             "support": {"route": ["bedrock", "selfhosted"]},
         },
     }
-    path = cwd / "turnout.yaml"
-    path.write_text(json.dumps(config))
-    env = {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_BEARER_TOKEN_BEDROCK": "",
-    }
-    with turnout_serve(cwd, path, env=env) as s:
+    with serve(cwd, config) as s:
         yield s
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY
+from tests.bedrock_pair import serve
 from tests.fakes.embedders import tokens, vector
-from tests.serving import Process, Served, sdk_client, turnout_serve
+from tests.serving import Process, Served, sdk_client
 
 pytestmark = pytest.mark.slow
 
@@ -57,16 +57,7 @@ def config(fakes: dict[str, Process]) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def served(fakes: dict[str, Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     cwd = tmp_path_factory.mktemp("serve")
-    path = cwd / "turnout.yaml"
-    path.write_text(json.dumps(config(fakes)))
-    env = {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_BEARER_TOKEN_BEDROCK": "",
-    }
-    with turnout_serve(cwd, path, env=env) as s:
+    with serve(cwd, config(fakes)) as s:
         yield s
 
 
