@@ -27,6 +27,14 @@ params: {{temperature: {temperature}}}
 
 @pytest.fixture
 def config(tmp_path: Path) -> str:
+    return write_config(tmp_path)
+
+
+def write_config(
+    tmp_path: Path, extract: str = "{route: [qwen]}", releases: tuple[str, ...] = ("v1", "v2", "v3")
+) -> str:
+    """The config (task ``extract`` as the YAML ``extract`` says, and ``other``) and ``releases``
+    of ``extract``, each at its own temperature; the config's path."""
     path = tmp_path / "turnout.yaml"
     path.write_text(
         textwrap.dedent(
@@ -34,7 +42,7 @@ def config(tmp_path: Path) -> str:
             targets:
               qwen: {{provider: openai, base_url: "http://127.0.0.1:9/v1", model: q}}
             tasks:
-              extract: {{route: [qwen]}}
+              extract: {extract}
               other: {{route: [qwen]}}
             releases:
               path: {json.dumps(str(tmp_path / "releases"))}
@@ -42,8 +50,8 @@ def config(tmp_path: Path) -> str:
             """
         )
     )
-    for name, temperature in (("v1", 0), ("v2", 0.2), ("v3", 0.4)):
-        write(tmp_path, name, RELEASE.format(temperature=temperature))
+    for i, name in enumerate(releases):
+        write(tmp_path, name, RELEASE.format(temperature=i / 5))
     return str(path)
 
 

@@ -9,13 +9,12 @@ import csv
 import io
 import json
 import re
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_release_cli import RELEASE, fails, ok, write
+from tests.test_release_cli import fails, ok, write_config
 from tests.test_shadow import pair
 from turnout.cli.main import main
 from turnout.releases.shadowstore import Pair, ShadowStore
@@ -23,26 +22,8 @@ from turnout.releases.shadowstore import Pair, ShadowStore
 
 @pytest.fixture
 def config(tmp_path: Path) -> str:
-    path = tmp_path / "turnout.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            targets:
-              qwen: {{provider: openai, base_url: "http://127.0.0.1:9/v1", model: q}}
-            tasks:
-              extract:
-                route: [qwen]
-                gates: {{min_pass_rate: 0.9}}
-                shadow: {{min_pairs: 20, min_agreement: 0.7}}
-            releases:
-              path: {json.dumps(str(tmp_path / "releases"))}
-              store_path: {json.dumps(str(tmp_path / "state" / "releases.db"))}
-            """
-        )
-    )
-    for name, temperature in (("v1", 0), ("v2", 0.2)):
-        write(tmp_path, name, RELEASE.format(temperature=temperature))
-    return str(path)
+    shadowed = "{route: [qwen], gates: {min_pass_rate: 0.9}, shadow: {min_pairs: 20, min_agreement: 0.7}}"
+    return write_config(tmp_path, shadowed, ("v1", "v2"))
 
 
 def add_pairs(tmp_path: Path, pairs: list[Pair]) -> None:
