@@ -9,6 +9,7 @@ the next request is served by the new state (other replicas poll it within half 
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from turnout.errors import TurnoutError
@@ -90,7 +91,8 @@ async def _shadow_gates(runtime: Runtime, task: str, name: str, why: str) -> tup
     found = await store.get(task, name)
     if found is None or found.state != "shadow" or mirror is None:
         return why, False
-    summary = summarize(task, name, await mirror.store.pairs(task, name))
+    pairs = await mirror.store.pairs(task, name)
+    summary = await asyncio.to_thread(summarize, task, name, pairs)  # up to 200k pairs: off the loop
     refused = refusal(summary, runtime.config.tasks[task])
     if refused is not None:
         raise Refused(refused)

@@ -78,7 +78,7 @@ async def releases(runtime: Runtime) -> list[dict[str, Any]]:
         shadow = None
         if serving is not None and serving.shadow is not None and runtime.shadows is not None:
             pairs = await runtime.shadows.store.pairs(task, serving.shadow)
-            shadow = summarize(task, serving.shadow, pairs)
+            shadow = await asyncio.to_thread(summarize, task, serving.shadow, pairs)  # up to 200k pairs: off the loop
         out.append(
             {
                 "task": task,

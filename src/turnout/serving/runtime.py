@@ -191,7 +191,7 @@ class Runtime:
             stack.push_async_callback(limiter.aclose)
         new.quota = QuotaGate(config, limiter, new.prices, new.tokens)
         if new.shadows is not None:
-            new.shadows.follow(config, new.prices, new.scoring)
+            new.shadows.follow(config, new.policy, new.prices, new.scoring)
         if self.cache is not None:  # tasks' cache settings are live; the store and its key stay
             self.cache.tasks = CacheStage(config, self.cache.store).tasks
         elif cache_factory.wanted(config):
@@ -216,6 +216,7 @@ class Runtime:
             cfg,
             store,
             targets=self.targets,
+            class_policy=self.policy,
             prices=self.prices,
             tokens=self.tokens,
             scoring=self.scoring,

@@ -32,7 +32,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
 import jsonschema
@@ -80,6 +80,7 @@ class Mirror:
         store: ShadowStore,
         *,
         targets: dict[str, Target],
+        class_policy: Mapping[str, Collection[str]],
         prices: PriceBook,
         tokens: Tokens,
         scoring: LiveScoring | None = None,
@@ -99,7 +100,7 @@ class Mirror:
         self._clock = clock
         self._rng = rng or random.Random()
         self.embedding_tasks = embedding_tasks(config)
-        self.policy: dict[str, frozenset[str]] = {cls: frozenset(p.targets) for cls, p in config.policy.items()}
+        self.policy = class_policy  # the runtime's: data class → targets
         self.writer: BatchQueue[Pair] = BatchQueue(
             "shadow", self._write, batch_size=256, flush_interval_s=0.5, queue_size=10_000, logger=log, noun="pairs"
         )
@@ -124,12 +125,17 @@ class Mirror:
             await asyncio.gather(*self._running, return_exceptions=True)
         await self.writer.aclose()
 
-    def follow(self, config: Config, prices: PriceBook, scoring: LiveScoring | None) -> None:
-        """After a config reload: the tasks' caps and comparison, the prices and the scorers
-        (live sections: served traffic switches to them too)."""
-        self.config, self.prices, self.scoring = config, prices, scoring
+    def follow(
+        self,
+        config: Config,
+        class_policy: Mapping[str, Collection[str]],
+        prices: PriceBook,
+        scoring: LiveScoring | None,
+    ) -> None:
+        """After a config reload: the new runtime's config (the tasks' caps and comparison),
+        policy, prices and scorers, which served traffic switches to as well."""
+        self.config, self.policy, self.prices, self.scoring = config, class_policy, prices, scoring
         self.embedding_tasks = embedding_tasks(config)
-        self.policy = {cls: frozenset(p.targets) for cls, p in config.policy.items()}
 
     # --- the request path ------------------------------------------------------------------
 
