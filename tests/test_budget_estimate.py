@@ -257,7 +257,11 @@ async def test_the_old_characters_over_four_estimate_spent_past_it(
     async def old_prompts(self: Tokens, body: dict[str, Any], targets: list[str]) -> dict[str, int]:
         return {name: old_estimate(body) for name in targets}
 
+    async def old_prompt(self: Tokens, body: dict[str, Any], target: str) -> int:
+        return old_estimate(body)
+
     monkeypatch.setattr(Tokens, "prompts", old_prompts)
+    monkeypatch.setattr(Tokens, "prompt", old_prompt)  # the one-target path
     budget = 3.5 * one_request_usd(real, text)
     async with TokenizingUpstream(reply=REPLY) as fake:
         app = await make_app(config(fake.base_url, budget, {"backend": "memory"}))

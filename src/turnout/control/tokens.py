@@ -81,9 +81,16 @@ def prompt_texts(body: Mapping[str, Any]) -> tuple[int, list[str]]:
     fixed, texts = TOKENS_PER_REQUEST, list[str]()
     messages = body.get("messages")
     if isinstance(messages, list):
+        fixed += TOKENS_PER_MESSAGE * len(messages)
         for message in messages:
-            fixed += TOKENS_PER_MESSAGE
-            if isinstance(message, dict):
+            if (
+                type(message) is dict
+                and len(message) == 2
+                and "role" in message
+                and type(message.get("content")) is str
+            ):
+                texts.append(message["content"])  # most messages: a role and a text, counted inline
+            elif isinstance(message, dict):
                 fixed += _message(message, texts)
     for key in ("tools", "functions"):
         value = body.get(key)
@@ -208,6 +215,11 @@ class Tokens:
                 counted[count] = fixed + await _count(count, texts)
             out[name] = counted[count]
         return out
+
+    async def prompt(self, body: Mapping[str, Any], target: str) -> int:
+        """One target's prompt bound (``prompts`` for a single target, without its dict)."""
+        fixed, texts = prompt_texts(body)
+        return fixed + await _count(self.count(target), texts)
 
     async def usage(self, body: Mapping[str, Any], texts: Sequence[str], target: str | None) -> Usage:
         """The usage of an answer whose upstream reported none: the prompt bound of ``body``

@@ -49,6 +49,7 @@ class QuotaGate:
         self.limiter = limiter
         self.default_max_tokens = config.limits.default_max_tokens
         self.scopes = scopes(config)
+        self.budgeted = {pair: any(_budgeted(s) for s in found) for pair, found in self.scopes.items()}
         self.book = book  # for worst cases only
         self.tokens = tokens
         self.cheaper = {name: t.on_budget_exceeded == "cheaper" for name, t in config.tasks.items()}
@@ -74,16 +75,23 @@ class QuotaGate:
         if not scopes or self.limiter is None:
             return allowed, None
         embeds = task in self.embedding_tasks
-        if not embeds and not sets_output_bound(body) and any(_budgeted(s) for s in scopes):
+        if not embeds and self.budgeted[(tenant, task)] and not sets_output_bound(body):
             body["max_tokens"] = self.default_max_tokens  # the bound the reservation assumes, told upstream
         repairs, escalation = self.answers.get(task, (0, None)) if checked else (0, None)
-        counted = allowed if escalation is None or escalation in allowed else [*allowed, escalation]
-        prompts = await self.tokens.prompts(body, counted)
         output = 0 if embeds else max_output_tokens(body, self.default_max_tokens)
         now = time.time()
-        worst = {name: self._worst(name, prompts[name], output, repairs, now) for name in allowed}
-        extra = 0.0 if escalation is None else self.book.worst_case(escalation, prompts[escalation], output, now)
-        ask = Ask(request_id, scopes, max(prompts[n] for n in allowed) + output, max(worst.values()) + extra, now)
+        if len(allowed) == 1 and escalation is None:  # most requests: one target, no walk over several
+            name = allowed[0]
+            prompt = await self.tokens.prompt(body, name)
+            worst = {name: self._worst(name, prompt, output, repairs, now)}
+            extra = 0.0
+            ask = Ask(request_id, scopes, prompt + output, worst[name], now)
+        else:
+            counted = allowed if escalation is None or escalation in allowed else [*allowed, escalation]
+            prompts = await self.tokens.prompts(body, counted)
+            worst = {name: self._worst(name, prompts[name], output, repairs, now) for name in allowed}
+            extra = 0.0 if escalation is None else self.book.worst_case(escalation, prompts[escalation], output, now)
+            ask = Ask(request_id, scopes, max(prompts[n] for n in allowed) + output, max(worst.values()) + extra, now)
         try:
             return allowed, await self.limiter.acquire(ask)
         except QuotaExceeded as refusal:

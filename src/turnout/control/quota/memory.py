@@ -112,7 +112,7 @@ class MemoryLimiter:
         self._held: dict[str, _Held] = {}  # request id -> what it holds
         self._expiry: list[tuple[float, int, _Held]] = []  # a heap; settled records left in it until compacted
         self._seq = itertools.count()
-        self._distinct: dict[int, tuple[tuple[Scope, ...], list[Scope]]] = {}
+        self._compiled: dict[int, tuple[tuple[Scope, ...], list[_Rule]]] = {}
         self._clock = float("-inf")  # the latest ``now`` seen; the sweep's idea of the time
         self._ops = 0
 
@@ -123,16 +123,59 @@ class MemoryLimiter:
     # -- the Limiter protocol -------------------------------------------------------------
 
     async def acquire(self, ask: Ask) -> Grant:
+        # The hot path, inlined: one pass checks every scope, a second takes from all of them.
         now = ask.now
-        self._tick(now)
-        self._expire(now)
-        scopes = self._scopes(ask.scopes)
-        periods = budget_periods(now)
-        cost = to_micro(ask.cost_usd)
-        states = [self._check(scope, ask.tokens, cost, periods, now) for scope in scopes]  # check all first ...
+        if now > self._clock:
+            self._clock = now
+        self._ops += 1
+        if self._ops >= _SWEEP_MIN and self._ops >= len(self._states) + len(self._held):
+            self._ops = 0
+            self._sweep(self._clock)
+        heap = self._expiry
+        if heap and heap[0][0] <= now:
+            self._expire(now)
+        rules = self._rules(ask.scopes)
+        day, month = budget_periods(now)
+        cost = round(ask.cost_usd * MICRO_USD)
+        tokens = ask.tokens
+        states = self._states
+        found: list[_State] = []
+        for rule in rules:  # check all first ...
+            state = states.get(rule.name)
+            if state is None:
+                state = states[rule.name] = _State()
+            if rule.rpm is not None:
+                level = _refill(state.rpm, rule.rpm, now) if state.rpm is not None else float(rule.rpm)
+                if level < 1:
+                    raise QuotaExceeded(rule.name, "rpm", (1 - level) * 60 / rule.rpm)
+            if rule.tpm is not None:
+                level = _refill(state.tpm, rule.tpm, now) if state.tpm is not None else float(rule.tpm)
+                if level < tokens:
+                    raise QuotaExceeded(rule.name, "tpm", (tokens - level) * 60 / rule.tpm)
+            if rule.concurrency is not None and state.in_use >= rule.concurrency:
+                raise QuotaExceeded(rule.name, "concurrency", 1.0)
+            if rule.day is not None:
+                _check_budget(rule.name, rule.day, state.budgets.get(day.key), cost, day, now)
+            if rule.month is not None:
+                _check_budget(rule.name, rule.month, state.budgets.get(month.key), cost, month, now)
+            found.append(state)
         held = _Held(ask, cost, now + self.max_request_s)
-        for scope, state in zip(scopes, states, strict=True):  # ... then take from all of them
-            self._take(scope.limits, state, held, ask.tokens, periods, now)
+        for rule, state in zip(rules, found, strict=True):  # ... then take from all of them
+            if rule.rpm is not None:
+                if state.rpm is None:
+                    state.rpm = _Bucket(rule.rpm, now)
+                state.rpm.level -= 1
+            if rule.tpm is not None:
+                if state.tpm is None:
+                    state.tpm = _Bucket(rule.tpm, now)
+                state.tpm.level -= tokens
+            if rule.concurrency is not None:
+                state.in_use += 1
+                held.slots.append(state)
+            if rule.day is not None:
+                held.budgets.append(_reserve(state, day, cost))
+            if rule.month is not None:
+                held.budgets.append(_reserve(state, month, cost))
         if held.slots or held.budgets:  # buckets alone hold nothing to give back
             self._hold(held)
         return Grant(ask)
@@ -141,7 +184,7 @@ class MemoryLimiter:
         if grant.done:
             return
         grant.done = True
-        self._finish(grant.ask, tokens - grant.ask.tokens, to_micro(cost_usd))
+        self._finish(grant.ask, tokens - grant.ask.tokens, round(cost_usd * MICRO_USD))
 
     async def release(self, grant: Grant) -> None:
         if grant.done:
@@ -185,55 +228,6 @@ class MemoryLimiter:
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _check(self, scope: Scope, tokens: int, cost: int, periods: tuple[Period, Period], now: float) -> _State:
-        """Raise QuotaExceeded if ``scope`` lacks room; changes nothing a request could see."""
-        name, limits = scope.name, scope.limits
-        state = self._states.get(name)
-        if state is None:
-            state = self._states[name] = _State()
-        if limits.rpm is not None:
-            level = _refill(state.rpm, limits.rpm, now) if state.rpm is not None else float(limits.rpm)
-            if level < 1:
-                raise QuotaExceeded(name, "rpm", (1 - level) * 60 / limits.rpm)
-        if limits.tpm is not None:
-            level = _refill(state.tpm, limits.tpm, now) if state.tpm is not None else float(limits.tpm)
-            if level < tokens:
-                raise QuotaExceeded(name, "tpm", (tokens - level) * 60 / limits.tpm)
-        if limits.concurrency is not None and state.in_use >= limits.concurrency:
-            raise QuotaExceeded(name, "concurrency", 1.0)
-        for period, budget_usd in zip(periods, (limits.usd_per_day, limits.usd_per_month), strict=True):
-            if budget_usd is None:
-                continue
-            b = state.budgets.get(period.key)
-            used = 0 if b is None else b.spent + b.reserved
-            budget = to_micro(budget_usd)
-            if used + cost > budget:
-                remaining = max(0, budget - used) / MICRO_USD
-                raise QuotaExceeded(name, period.limit, period.end - now, remaining_usd=remaining)
-        return state
-
-    def _take(
-        self, limits: Limits, state: _State, held: _Held, tokens: int, periods: tuple[Period, Period], now: float
-    ) -> None:
-        if limits.rpm is not None:
-            if state.rpm is None:
-                state.rpm = _Bucket(limits.rpm, now)
-            state.rpm.level -= 1
-        if limits.tpm is not None:
-            if state.tpm is None:
-                state.tpm = _Bucket(limits.tpm, now)
-            state.tpm.level -= tokens
-        if limits.concurrency is not None:
-            state.in_use += 1
-            held.slots.append(state)
-        for period, budget_usd in zip(periods, (limits.usd_per_day, limits.usd_per_month), strict=True):
-            if budget_usd is not None:
-                b = state.budgets.get(period.key)
-                if b is None:
-                    b = state.budgets[period.key] = _Budget(period.end)
-                b.reserved += held.cost
-                held.budgets.append(b)
-
     def _finish(self, ask: Ask, tpm_debit: int, real_cost: int | None) -> None:
         """settle (``real_cost`` given) or release: correct TPM by ``tpm_debit``, free the slots,
         drop the reservations and, when settling, charge the real cost to the acquire's windows."""
@@ -247,18 +241,18 @@ class MemoryLimiter:
         elif real_cost is not None:  # expired: charged all the same, to the windows still known
             self._charge_late(ask, real_cost)
         if tpm_debit:
-            for scope in self._scopes(ask.scopes):
-                if scope.limits.tpm is not None:
-                    self._correct_tpm(scope.name, scope.limits.tpm, tpm_debit)
+            for rule in self._rules(ask.scopes):
+                if rule.tpm is not None:
+                    self._correct_tpm(rule.name, rule.tpm, tpm_debit)
 
     def _charge_late(self, ask: Ask, real_cost: int) -> None:
         periods = budget_periods(ask.now)
-        for scope in self._scopes(ask.scopes):
-            state = self._states.get(scope.name)
+        for rule in self._rules(ask.scopes):
+            state = self._states.get(rule.name)
             if state is None:
                 continue
             for period in periods:
-                if _budget_limit(scope.limits, period) is not None and (b := state.budgets.get(period.key)):
+                if _budget_limit(rule.limits, period) is not None and (b := state.budgets.get(period.key)):
                     b.spent += real_cost
 
     def _correct_tpm(self, name: str, cap: int, debit: int) -> None:
@@ -275,16 +269,17 @@ class MemoryLimiter:
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _scopes(self, scopes: tuple[Scope, ...]) -> list[Scope]:
-        """Each scope once; the gate passes the same tuple for a tenant × task every time."""
-        found = self._distinct.get(id(scopes))
+    def _rules(self, scopes: tuple[Scope, ...]) -> list[_Rule]:
+        """Each scope once, as a rule; the gate passes the same tuple for a tenant × task every
+        time, so this is one lookup."""
+        found = self._compiled.get(id(scopes))
         if found is not None and found[0] is scopes:
             return found[1]
-        distinct = distinct_scopes(scopes)
-        if len(self._distinct) > 4096:
-            self._distinct.clear()
-        self._distinct[id(scopes)] = (scopes, distinct)
-        return distinct
+        rules = [_Rule(scope) for scope in distinct_scopes(scopes)]
+        if len(self._compiled) > 4096:
+            self._compiled.clear()
+        self._compiled[id(scopes)] = (scopes, rules)
+        return rules
 
     def _hold(self, held: _Held) -> None:
         rid = held.ask.request_id
@@ -308,13 +303,6 @@ class MemoryLimiter:
                 del self._held[rid]
                 held.drop()
 
-    def _tick(self, now: float) -> None:
-        self._clock = max(self._clock, now)
-        self._ops += 1
-        if self._ops >= max(_SWEEP_MIN, len(self._states) + len(self._held)):
-            self._ops = 0
-            self._sweep(self._clock)
-
     def _sweep(self, now: float) -> None:
         """Forget what no longer matters: full buckets (a missing bucket is a full one), budget
         windows whose last reservation has expired, and scopes left with nothing."""
@@ -329,6 +317,34 @@ class MemoryLimiter:
                 del state.budgets[key]
             if state.idle():
                 del self._states[name]
+
+
+class _Rule:
+    """A scope's limits as the hot path reads them: budgets already in micro-dollars."""
+
+    __slots__ = ("concurrency", "day", "limits", "month", "name", "rpm", "tpm")
+
+    def __init__(self, scope: Scope) -> None:
+        limits = self.limits = scope.limits
+        self.name = scope.name
+        self.rpm, self.tpm, self.concurrency = limits.rpm, limits.tpm, limits.concurrency
+        self.day = None if limits.usd_per_day is None else to_micro(limits.usd_per_day)
+        self.month = None if limits.usd_per_month is None else to_micro(limits.usd_per_month)
+
+
+def _check_budget(name: str, budget: int, window: _Budget | None, cost: int, period: Period, now: float) -> None:
+    used = 0 if window is None else window.spent + window.reserved
+    if used + cost > budget:
+        remaining = max(0, budget - used) / MICRO_USD
+        raise QuotaExceeded(name, period.limit, period.end - now, remaining_usd=remaining)
+
+
+def _reserve(state: _State, period: Period, cost: int) -> _Budget:
+    window = state.budgets.get(period.key)
+    if window is None:
+        window = state.budgets[period.key] = _Budget(period.end)
+    window.reserved += cost
+    return window
 
 
 def _refill(bucket: _Bucket, cap: int, now: float) -> float:
