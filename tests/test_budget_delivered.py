@@ -6,6 +6,7 @@ bounded to one request's overrun. Each against the in-process and the Redis limi
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +218,26 @@ async def test_a_task_answer_that_fails_its_schema_is_refused_but_paid_for(
         assert row.cost_usd == pytest.approx(usd(30, 20))
     assert state["spent"] == pytest.approx(len(failed) * usd(30, 20), abs=1e-5)
     assert state["spent"] <= budget
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+async def test_a_client_leaving_a_stalled_stream_frees_its_reservation_at_once(
+    make_app: AppFactory, limits_section: dict[str, Any], path: str
+) -> None:
+    """The upstream sends its first chunk and then nothing for an hour: the client that leaves
+    is not held to the next chunk. Its request ends (499, charged what came), its reservation
+    is released and the upstream call is closed, without waiting for the upstream."""
+    async with FakeUpstream(reply=REPLY, fault=Fault(chunk_delay=3600)) as fake:
+        app = await make_app(config(fake.base_url, 1.0, limits_section))
+        if path == "/v1/responses":
+            payload: dict[str, Any] = {"model": "chat", "input": "Tell me.", "max_output_tokens": MAX_TOKENS}
+        else:
+            payload = {"model": "chat", "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+        payload["stream"] = True
+        headers = {"authorization": f"Bearer {KEY}"}
+        async with asyncio.timeout(30):  # before: the request waited the hour for the next chunk
+            resp = await request(app, "POST", path, payload, headers, disconnect_after=1)
+            [row] = await ledger(app, 1)
+        state = await budget_state(app)
+    assert resp.status == 200 and row.status == 499 and row.error_class == "client_disconnected"
+    assert state["reserved"] == 0 and state["spent"] == pytest.approx(row.cost_usd or 0.0, abs=1e-5)

@@ -119,12 +119,12 @@ async def relay(
     out = Relayed(collected=[] if collect else None)
     await send({"type": "http.response.start", "status": 200, "headers": respond.SSE_HEADERS + headers})
     await send({"type": "http.response.body", "body": encoder.start(), "more_body": True})
-    gone = asyncio.ensure_future(_disconnected(receive))
+    watch = respond.ClientWatch(receive)
     chunks = answer.chunks
     try:
         async for chunk in chunks:
             generated_by_chunk(chunk, out.generated)
-            if gone.done():
+            if watch.gone():
                 out.status, out.error_class = 499, "client_disconnected"
                 break
             if chunk.get("usage") is not None:
@@ -134,9 +134,13 @@ async def relay(
             data = encoder.chunk(chunk)
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
-    except asyncio.CancelledError:  # a shutdown past its grace period: not re-raised, as in chat
-        out.status, out.error_class = 503, "shutting_down"
-        await _quietly(send, _body(encoder.error(ShuttingDown("the gateway is shutting down; the stream was cut"))))
+    except asyncio.CancelledError:  # the client left, or a shutdown past its grace period: as in chat
+        if watch.left():
+            out.status, out.error_class = 499, "client_disconnected"
+        else:
+            out.status, out.error_class = 503, "shutting_down"
+            cut = ShuttingDown("the gateway is shutting down; the stream was cut")
+            await _quietly(send, _body(encoder.error(cut)))
     except Exception as exc:
         err: TurnoutError
         if isinstance(exc, UpstreamError):
@@ -150,7 +154,7 @@ async def relay(
         log.warning("stream %s interrupted: %s", request_id, out.error_class)
         await send(_body(encoder.error(err)))
     finally:
-        gone.cancel()
+        watch.close()
         await chunks.aclose()
     end = encoder.end(out.usage, out.generated) if out.status == 200 else b""
     await _quietly(send, {"type": "http.response.body", "body": end})
@@ -178,8 +182,3 @@ async def _quietly(send: Send, message: dict[str, Any]) -> None:
         await send(message)
     except Exception:
         return
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
