@@ -23,12 +23,19 @@ DRAIN_S = 5.0
 MAX_DEPTH = 128  # how deep a request body may nest (objects and arrays, the body itself included)
 
 
+HEADERS = "turnout.headers"  # in the scope from the first ``header`` call: name -> first value
+
+
 def header(scope: MutableMapping[str, Any], name: bytes) -> bytes | None:
-    """A request header by lower-case name (ASGI servers lower-case them)."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
+    """A request header by lower-case name (ASGI servers lower-case them); of a repeated one,
+    the first. The headers are mapped once a request (a request path asks for about eight)."""
+    found: dict[bytes, bytes] | None = scope.get(HEADERS)
+    if found is None:
+        headers = scope["headers"]
+        pairs = headers if isinstance(headers, list | tuple) else list(headers)
+        found = scope[HEADERS] = dict(reversed(pairs))  # reversed: the first one stays
+    value = found.get(name)
+    return None if value is None else bytes(value)
 
 
 async def read_body(receive: Receive, scope: MutableMapping[str, Any], limit: int) -> bytes:
