@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/ledger.sh — what the ledger costs, in one run: turnout with no ledger, with the SQLite
 # ledger and with the PostgreSQL ledger (127.0.0.1:5432/test), routing bench-model to the fixed
-# upstream. Same kit as run.sh: turnout on CPU 0, upstream and wrk on CPU 1. Then each store's
+# upstream, measured side by side in interleaved rounds (BENCH_ROUNDS, default 3). Same kit as run.sh: turnout on CPU 0, upstream and wrk on CPU 1. Then each store's
 # sustained insert rate on its own (bench/ledger_rows.py: rows/s through write_batch and through
 # LedgerWriter.submit). Writes bench/results/ledger.txt.
 set -euo pipefail
@@ -10,33 +10,51 @@ kit=${BENCH_KIT:-$root/../shared/bench}
 secs=${BENCH_SECONDS:-8}
 run=${TMPDIR:-/tmp}/turnout-bench; mkdir -p "$run" "$here/results"
 command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx wrk; }
-pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; "$kit/upstream.sh" stop; psql -qh 127.0.0.1 -U postgres test -c 'DROP SCHEMA IF EXISTS turnout_bench CASCADE' >/dev/null 2>&1 || true; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; "$kit/upstream.sh" stop; psql -qh 127.0.0.1 -U postgres test -c 'DROP SCHEMA IF EXISTS turnout_bench CASCADE' >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 "$kit/upstream.sh" start
 wait_up() { for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
 calc() { awk "BEGIN { print $1 }"; }
 
-measure() {  # measure STORE → "rps32 p50_1"
-  rm -rf "$run"/ledger.db*  # the file, its WAL and its spill journal
-  TURNOUT_BENCH_DB=$run/ledger.db TURNOUT_BENCH_STORE=$1 \
-    taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/config.yaml" --port 18030 >"$run/turnout-$1.log" 2>&1 &
-  pid=$!
-  wait_up http://127.0.0.1:18030/healthz
-  "$kit/load.sh" http://127.0.0.1:18030/v1/chat/completions 2 32 >/dev/null  # warm-up
-  read -r rps _ _ bad < <("$kit/load.sh" http://127.0.0.1:18030/v1/chat/completions "$secs" 32)
-  read -r _ p50 _ _ < <("$kit/load.sh" http://127.0.0.1:18030/v1/chat/completions "$secs" 1)
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-  [ "$bad" = 0 ] || { echo "$1: $bad non-2xx answers"; exit 1; }
+# The three gateways run side by side, each pinned to CPU 0 (idle while another is measured),
+# and are measured in interleaved rounds: the machine's speed drifts over minutes, so each
+# figure is the median round's and the ratios compare gateways measured in the same rounds.
+declare -A port=([none]=18030 [sqlite]=18034 [postgres]=18035) got=()
+stores=(none sqlite postgres)
+for store in "${stores[@]}"; do
+  rm -rf "$run/ledger-$store.db"*  # the file, its WAL and its spill journal
+  TURNOUT_BENCH_DB=$run/ledger-$store.db TURNOUT_BENCH_STORE=$store \
+    taskset -c 0 "$root/.venv/bin/turnout" serve --config "$here/config.yaml" --port "${port[$store]}" \
+    >"$run/turnout-$store.log" 2>&1 & pids+=($!)
+done
+for store in "${stores[@]}"; do
+  wait_up "http://127.0.0.1:${port[$store]}/healthz"
+  "$kit/load.sh" "http://127.0.0.1:${port[$store]}/v1/chat/completions" 2 32 >/dev/null  # warm-up
+done
+rounds=${BENCH_ROUNDS:-3}
+for _ in $(seq "$rounds"); do
+  for store in "${stores[@]}"; do
+    got[$store]+="$("$kit/load.sh" "http://127.0.0.1:${port[$store]}/v1/chat/completions" "$secs" 32)"$'\n'
+    sleep 2  # the last batches written before the next gateway is measured
+  done
+done
+measure() {  # measure STORE → "rps32 p50_1": the median round's throughput, then p50 at one connection
+  local rps bad p50
+  read -r rps _ _ _ < <(printf "%s" "${got[$1]}" | sort -g -k1,1 | awk -v n="$rounds" 'NR == int((n + 1) / 2)')
+  bad=$(printf "%s" "${got[$1]}" | awk '{ s += $4 } END { print s + 0 }')
+  [ "$bad" = 0 ] || { echo "$1: $bad non-2xx answers" >&2; exit 1; }
+  read -r _ p50 _ _ < <("$kit/load.sh" "http://127.0.0.1:${port[$1]}/v1/chat/completions" "$secs" 1)
   echo "$rps $p50"
 }
 
 read -r n_rps n_p50 < <(measure none)
 read -r s_rps s_p50 < <(measure sqlite)
 read -r p_rps p_p50 < <(measure postgres)
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 rows=$(taskset -c 0 "$root/.venv/bin/python" "$here/ledger_rows.py" --rows "${BENCH_ROWS:-100000}")
 {
-  echo "turnout ledger bench, $(date -u +%F), one run; turnout on CPU 0, upstream and wrk on CPU 1"
+  echo "turnout ledger bench, $(date -u +%F), one run ($rounds interleaved rounds @32, medians); turnout on CPU 0, upstream and wrk on CPU 1"
   printf "no ledger:          %6.0f req/s @32, p50 @1 %s ms\n" "$n_rps" "$n_p50"
   printf "SQLite ledger:      %6.0f req/s @32 (x%.2f), p50 @1 %s ms\n" "$s_rps" "$(calc "$s_rps / $n_rps")" "$s_p50"
   printf "PostgreSQL ledger:  %6.0f req/s @32 (x%.2f), p50 @1 %s ms\n" "$p_rps" "$(calc "$p_rps / $n_rps")" "$p_p50"
