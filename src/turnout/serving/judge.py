@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 from turnout.config import SafetyJudgeConfig
 from turnout.providers.base import Call, Completion, Provider, Timeouts
@@ -66,21 +67,27 @@ class Judge:
         return out
 
     async def _ask(self, cfg: SafetyJudgeConfig, provider: Provider, text: str, request_id: str) -> str:
-        body = {
-            "model": "judge",
-            "messages": [{"role": "user", "content": QUESTION.format(text=text[:MAX_TEXT])}],
-            "temperature": 0,
-            "max_tokens": 3,
-        }
         try:
-            async with asyncio.timeout(cfg.timeout_s):
-                answer = await provider.complete(Call(body, False, Timeouts(total=cfg.timeout_s), request_id))
+            answer = await ask(
+                provider, question_body(QUESTION.format(text=text[:MAX_TEXT])), cfg.timeout_s, request_id
+            )
         except Exception as exc:  # the screener's verdict stands
             log.warning("safety judge %s failed for request %s: %s", cfg.target, request_id, type(exc).__name__)
             return "error"
-        if not isinstance(answer, Completion):
-            return "error"
-        return _verdict(answer)
+        return "error" if answer is None else _verdict(answer)
+
+
+def question_body(question: str) -> dict[str, Any]:
+    """A judge's call: the question as one user message, answered in a word."""
+    return {"model": "judge", "messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 3}
+
+
+async def ask(provider: Provider, body: dict[str, Any], timeout_s: float, request_id: str) -> Completion | None:
+    """One judge call, within ``timeout_s`` (None: it came back as a stream, never asked for).
+    Raises what the call raises: each caller decides what a failed judge means."""
+    async with asyncio.timeout(timeout_s):
+        answer = await provider.complete(Call(body, False, Timeouts(total=timeout_s), request_id))
+    return answer if isinstance(answer, Completion) else None
 
 
 def _verdict(answer: Completion) -> str:

@@ -46,7 +46,7 @@ from turnout.control.tokens import Tokens, generated_by_answer
 from turnout.errors import AllTargetsFailed, AnswerRefused, PolicyDenied, TurnoutError
 from turnout.privacy.capture import Capture
 from turnout.privacy.capture.model import Decision
-from turnout.providers.base import Call, Completion, Timeouts
+from turnout.providers.base import Completion
 from turnout.releases.base import Release, Serving
 from turnout.releases.shadowstore import Pair, ShadowStore
 from turnout.routing import policy
@@ -54,7 +54,7 @@ from turnout.routing.attempts import Target, execute
 from turnout.safety.output import strip_fence
 from turnout.serving import respond
 from turnout.serving.door import Admission, Door, Inbound
-from turnout.serving.judge import yes_no
+from turnout.serving.judge import ask, question_body, yes_no
 from turnout.serving.scoring import LiveScoring
 
 log = logging.getLogger(__name__)
@@ -261,21 +261,14 @@ class Mirror:
         target = self.targets.get(judge.target)
         if target is None or not policy.allowed_targets([judge.target], admission.data_class, self.policy):
             return None, None
-        question = {
-            "model": "judge",
-            "messages": [{"role": "user", "content": judge_question(judge.rubric, body, served.text, text)}],
-            "temperature": 0,
-            "max_tokens": 3,
-        }
+        question = question_body(judge_question(judge.rubric, body, served.text, text))
         started_at, t0 = self._clock(), time.perf_counter()
-        call = Call(question, False, Timeouts(total=judge.timeout_s), served.request_id + ":judge")
         try:
-            async with asyncio.timeout(judge.timeout_s):
-                answer = await target.provider.complete(call)
+            answer = await ask(target.provider, question, judge.timeout_s, served.request_id + ":judge")
         except Exception as exc:  # no verdict; its type, never the text
             log.warning("shadow judge %s failed: %s", judge.target, type(exc).__name__)
             return None, None
-        if not isinstance(answer, Completion):
+        if answer is None:
             return None, None
         usage = answer.usage or await self.tokens.usage(question, generated_by_answer(answer.body)[0], judge.target)
         cost = self.prices.request_cost(judge.target, usage, time.perf_counter() - t0, started_at)
