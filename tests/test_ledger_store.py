@@ -306,8 +306,8 @@ async def test_the_first_of_two_rows_with_one_id_in_a_batch_wins(store: LedgerSt
 async def test_a_batch_across_several_chunks_lands_whole_in_order_with_the_first_of_each_id(
     store: LedgerStore,
 ) -> None:
-    # SQLite writes full chunks of 64 rows as one statement and the rest row by row: ids repeated
-    # inside a chunk, across chunks and in the rest all keep their first row.
+    # SQLite writes full chunks of 64 rows as one statement and the rest in chunks of powers of
+    # two: ids repeated inside a chunk, across chunks and in the rest all keep their first row.
     rows = [dataclasses.replace(full_row(n), request_id=f"req-{n:06d}") for n in range(64 * 2 + 7)]
     rows[10] = dataclasses.replace(rows[3], status=499)  # a repeat inside the first chunk
     rows[100] = dataclasses.replace(rows[20], status=498)  # in the second chunk, of one in the first
@@ -318,6 +318,42 @@ async def test_a_batch_across_several_chunks_lands_whole_in_order_with_the_first
     assert (await store.get("req-000020")) == rows[20]
     assert (await store.get("req-000129")) == rows[129]
     assert (await store.get("req-000134")) == rows[134]
+
+
+def shaped_row(n: int) -> LedgerRow:
+    """One of seven shapes (which fields are None, booleans True, False or None) by ``n``."""
+    shapes: list[dict[str, Any]] = [
+        {},
+        {"status": 200, "target": "a", "prompt_tokens": 3, "cost_usd": 0.5, "cache_hit": False},
+        {"stream": True, "fallback": True, "cache_hit": True, "usage_estimated": True, "live_pass": False},
+        {"error_class": "timeout", "attempts": [AttemptRecord("a", "r", "timeout", 1.0)], "escalated": True},
+        {"user": "u", "episode_id": f"ep-{n % 3}", "labels": ["x"], "human_review": False},
+        {"status": 499, "usage_estimated": False, "documents": 0, "repairs": 0, "live_pass": True},
+        {"stream": False, "fallback": False, "cost_usd": 0.0, "endpoint": "tasks", "constraints": ""},
+    ]
+    return dataclasses.replace(make_row(n), **shapes[n % len(shapes)])
+
+
+async def test_rows_of_many_shapes_in_one_batch_round_trip_each_exactly(store: LedgerStore) -> None:
+    # SQLite leaves a row's None fields out of its statement and groups rows by which fields
+    # they set: every shape, across chunk sizes, reads back as written (False stays False,
+    # 0 stays 0, None stays None).
+    rows = [shaped_row(n) for n in range(64 * 3 + 29)]
+    await store.write_batch(rows)
+    assert await store.count() == len(rows)
+    for row in rows:
+        assert await store.get(row.request_id) == row
+    assert await store.rows_between(0, 2e9) == sorted(rows, key=lambda r: (r.started_at, r.request_id))
+
+
+async def test_the_first_row_of_an_id_wins_whatever_the_shapes_around_it(store: LedgerStore) -> None:
+    # Shape A first, then the id's first row in shape B, then its repeat in shape A: grouping
+    # by shape must not put the repeat (A) before the first row (B).
+    first = make_row(2, status=201, user="first")
+    rows = [make_row(1, status=200), make_row(3, status=200, user="b"), first, make_row(2, status=202)]
+    await store.write_batch(rows)
+    assert await store.get("req-000002") == first
+    assert await store.count() == 3
 
 
 async def test_a_closed_store_refuses_calls_and_closes_twice(store: LedgerStore) -> None:
@@ -660,6 +696,22 @@ async def test_sqlite_stores_attempts_as_json_text(db_path: Path) -> None:
         "offset_ms": 0.0,
         "cost_usd": None,
     }
+
+
+async def test_sqlite_stores_booleans_as_integers_and_none_as_null(db_path: Path) -> None:
+    # A reader using SQL sees 1 and 0 (as before the rows left None fields out), and NULL.
+    store = await opened(db_path)
+    await store.write_batch([full_row(1), make_row(2)])
+    await store.aclose()
+    found = query(
+        db_path,
+        "SELECT request_id, stream, typeof(stream), fallback, cache_hit, typeof(cache_hit), "
+        "usage_estimated, typeof(usage_estimated), typeof(user), typeof(cost_usd) FROM requests ORDER BY request_id",
+    )
+    assert found == [
+        ("req-000001", 1, "integer", 1, 0, "integer", 0, "integer", "text", "real"),
+        ("req-000002", 0, "integer", 0, None, "null", None, "null", "null", "null"),
+    ]
 
 
 async def test_sqlite_stores_labels_as_json_text(db_path: Path) -> None:
