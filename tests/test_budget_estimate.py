@@ -262,6 +262,7 @@ async def test_the_old_characters_over_four_estimate_spent_past_it(
 
     monkeypatch.setattr(Tokens, "prompts", old_prompts)
     monkeypatch.setattr(Tokens, "prompt", old_prompt)  # the one-target path
+    monkeypatch.setattr(Tokens, "prompt_now", lambda self, body, target: old_estimate(body))  # without a coroutine
     budget = 3.5 * one_request_usd(real, text)
     async with TokenizingUpstream(reply=REPLY) as fake:
         app = await make_app(config(fake.base_url, budget, {"backend": "memory"}))

@@ -60,6 +60,7 @@ IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 # What a model generates, in a message or a stream's delta.
 GENERATED = ("content", "reasoning_content", "reasoning", "refusal")
 BODY_JSON = ("tool_choice", "response_format")
+_MORE = frozenset({"tools", "functions", *BODY_JSON, "input"})  # what prompt_texts counts besides messages
 INLINE_BYTES = 4096  # a tokenizer counts more text than this on a worker thread
 INSTALL = "pip install 'turnout[tokenizers]'"
 
@@ -87,11 +88,13 @@ def prompt_texts(body: Mapping[str, Any]) -> tuple[int, list[str]]:
                 type(message) is dict
                 and len(message) == 2
                 and "role" in message
-                and type(message.get("content")) is str
+                and type(content := message.get("content")) is str
             ):
-                texts.append(message["content"])  # most messages: a role and a text, counted inline
+                texts.append(content)  # most messages: a role and a text, counted inline
             elif isinstance(message, dict):
                 fixed += _message(message, texts)
+    if body.keys().isdisjoint(_MORE):  # most bodies: messages and parameters only
+        return fixed, texts
     for key in ("tools", "functions"):
         value = body.get(key)
         if value:
@@ -220,6 +223,14 @@ class Tokens:
         """One target's prompt bound (``prompts`` for a single target, without its dict)."""
         fixed, texts = prompt_texts(body)
         return fixed + await _count(self.count(target), texts)
+
+    def prompt_now(self, body: Mapping[str, Any], target: str) -> int | None:
+        """``prompt`` without a coroutine where it never waits: a target counted in bytes (the
+        hot path's usual case). None: the target has a tokenizer; await ``prompt``."""
+        if target in self._counts:
+            return None
+        fixed, texts = prompt_texts(body)
+        return fixed + utf8_count(texts)
 
     async def usage(self, body: Mapping[str, Any], texts: Sequence[str], target: str | None) -> Usage:
         """The usage of an answer whose upstream reported none: the prompt bound of ``body``

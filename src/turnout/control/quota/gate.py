@@ -37,6 +37,7 @@ from typing import Any
 from turnout.config import Config, embedding_tasks
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.base import Ask, Grant, Limiter, QuotaExceeded, Scope
+from turnout.control.quota.memory import MemoryLimiter
 from turnout.control.quota.plan import REPAIR_TURN_TOKENS, max_output_tokens, scopes, sets_output_bound
 from turnout.control.tokens import BYTES, Tokens
 from turnout.providers.base import Usage
@@ -47,6 +48,9 @@ log = logging.getLogger("turnout.quota")
 class QuotaGate:
     def __init__(self, config: Config, limiter: Limiter | None, book: PriceBook, tokens: Tokens = BYTES) -> None:
         self.limiter = limiter
+        # The in-process limiter never waits: called directly, without a coroutine per step (a
+        # subclass, which may wait, goes through the protocol).
+        self.inline = limiter if type(limiter) is MemoryLimiter else None
         self.default_max_tokens = config.limits.default_max_tokens
         self.scopes = scopes(config)
         self.budgeted = {pair: any(_budgeted(s) for s in found) for pair, found in self.scopes.items()}
@@ -82,7 +86,9 @@ class QuotaGate:
         now = time.time()
         if len(allowed) == 1 and escalation is None:  # most requests: one target, no walk over several
             name = allowed[0]
-            prompt = await self.tokens.prompt(body, name)
+            prompt = self.tokens.prompt_now(body, name)
+            if prompt is None:  # the target's tokenizer counts it, maybe on a thread
+                prompt = await self.tokens.prompt(body, name)
             worst = {name: self._worst(name, prompt, output, repairs, now)}
             extra = 0.0
             ask = Ask(request_id, scopes, prompt + output, worst[name], now)
@@ -93,7 +99,7 @@ class QuotaGate:
             extra = 0.0 if escalation is None else self.book.worst_case(escalation, prompts[escalation], output, now)
             ask = Ask(request_id, scopes, max(prompts[n] for n in allowed) + output, max(worst.values()) + extra, now)
         try:
-            return allowed, await self.limiter.acquire(ask)
+            return allowed, self.inline.take(ask) if self.inline is not None else await self.limiter.acquire(ask)
         except QuotaExceeded as refusal:
             if not (refusal.limit.startswith("usd_") and self.cheaper.get(task) and refusal.remaining_usd is not None):
                 raise
@@ -119,7 +125,10 @@ class QuotaGate:
             return
         tokens = usage.prompt_tokens + usage.completion_tokens
         try:
-            await self.limiter.settle(grant, tokens, cost or 0.0)
+            if self.inline is not None:
+                self.inline.settle_now(grant, tokens, cost or 0.0)
+            else:
+                await self.limiter.settle(grant, tokens, cost or 0.0)
         except Exception as exc:  # after the answer: never turn a served request into an error
             log.warning("quota settle failed for %s: %s", grant.ask.request_id, type(exc).__name__)
 
@@ -127,7 +136,10 @@ class QuotaGate:
         if grant is None or self.limiter is None:
             return
         try:
-            await self.limiter.release(grant)
+            if self.inline is not None:
+                self.inline.release_now(grant)
+            else:
+                await self.limiter.release(grant)
         except Exception as exc:
             log.warning("quota release failed for %s: %s", grant.ask.request_id, type(exc).__name__)
 

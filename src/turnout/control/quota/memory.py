@@ -123,7 +123,19 @@ class MemoryLimiter:
     # -- the Limiter protocol -------------------------------------------------------------
 
     async def acquire(self, ask: Ask) -> Grant:
-        # The hot path, inlined: one pass checks every scope, a second takes from all of them.
+        return self.take(ask)
+
+    async def settle(self, grant: Grant, tokens: int, cost_usd: float) -> None:
+        self.settle_now(grant, tokens, cost_usd)
+
+    async def release(self, grant: Grant) -> None:
+        self.release_now(grant)
+
+    # The same three without a coroutine each: nothing here waits, so the quota gate calls these
+    # directly (``QuotaGate``: an exact MemoryLimiter).
+
+    def take(self, ask: Ask) -> Grant:
+        """``acquire``. The hot path, inlined: one pass checks every scope, a second takes from all."""
         now = ask.now
         if now > self._clock:
             self._clock = now
@@ -180,17 +192,19 @@ class MemoryLimiter:
             self._hold(held)
         return Grant(ask)
 
-    async def settle(self, grant: Grant, tokens: int, cost_usd: float) -> None:
+    def settle_now(self, grant: Grant, tokens: int, cost_usd: float) -> None:
         if grant.done:
             return
         grant.done = True
         self._finish(grant.ask, tokens - grant.ask.tokens, round(cost_usd * MICRO_USD))
 
-    async def release(self, grant: Grant) -> None:
+    def release_now(self, grant: Grant) -> None:
         if grant.done:
             return
         grant.done = True
         self._finish(grant.ask, -grant.ask.tokens, None)
+
+    # -- the rest of the protocol ---------------------------------------------------------
 
     async def usage(self, scope: Scope, now: float) -> dict[str, Any]:
         """What ``scope`` has left at ``now`` (read only: expiry is judged at ``now``)."""
