@@ -48,6 +48,10 @@ measure() {  # measure STORE → "rps32 p50_1": the median round's throughput, t
   echo "$rps $p50"
 }
 
+per_round() {  # per_round STORE → that store's throughput / no ledger's, one ratio per round
+  paste -d' ' <(printf "%s" "${got[$1]}" | awk '{print $1}') <(printf "%s" "${got[none]}" | awk '{print $1}') \
+    | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 / $2 }'
+}
 read -r n_rps n_p50 < <(measure none)
 read -r s_rps s_p50 < <(measure sqlite)
 read -r p_rps p_p50 < <(measure postgres)
@@ -58,6 +62,10 @@ rows=$(taskset -c 0 "$root/.venv/bin/python" "$here/ledger_rows.py" --rows "${BE
   printf "no ledger:          %6.0f req/s @32, p50 @1 %s ms\n" "$n_rps" "$n_p50"
   printf "SQLite ledger:      %6.0f req/s @32 (x%.2f), p50 @1 %s ms\n" "$s_rps" "$(calc "$s_rps / $n_rps")" "$s_p50"
   printf "PostgreSQL ledger:  %6.0f req/s @32 (x%.2f), p50 @1 %s ms\n" "$p_rps" "$(calc "$p_rps / $n_rps")" "$p_p50"
+  # Each round's ratios, in round order: their spread is the machine's noise, against which
+  # the medians above should be read.
+  printf "each round, SQLite / none:     %s\n" "$(per_round sqlite)"
+  printf "each round, PostgreSQL / none: %s\n" "$(per_round postgres)"
   echo "(metrics on in all three; rows are written in batches by a background task)"
   echo "sustained inserts, one store on CPU 0 (batches of 256 rows, each row with 2 attempts):"
   echo "$rows"
