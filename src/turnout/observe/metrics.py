@@ -302,6 +302,8 @@ class Metrics:
         self._attempts: dict[tuple[str, str, str], Any] = {}
         self._fallbacks: dict[str, Any] = {}
         self._errors: dict[tuple[str, str], Any] = {}
+        self._lookups: dict[tuple[str, bool], Any] = {}
+        self._saved: dict[str, Any] = {}
         # Rows waiting to be counted (``observe``); None: counted at once (multiprocess).
         self._pending: list[LedgerRow] | None = None if self.multiprocess_dir else []
 
@@ -395,10 +397,17 @@ class Metrics:
             self.raised.labels(task, self.data_classes(row.declared_class), self.data_classes(row.data_class)).inc()
         if row.output_check is not None or row.escalated_to is not None:
             self._output(task, row)
-        if row.cache_hit is not None:
-            self.cache.labels(task, "hit" if row.cache_hit else "miss").inc()
+        if row.cache_hit is not None:  # every request of a cached task: children cached like the rest
+            ckey = (task, row.cache_hit)
+            child = self._lookups.get(ckey)
+            if child is None:
+                child = self._lookups[ckey] = self.cache.labels(task, "hit" if row.cache_hit else "miss")
+            inc(child)
             if row.cost_saved_usd:
-                self.cache_saved.labels(task).inc(row.cost_saved_usd)
+                child = self._saved.get(task)
+                if child is None:
+                    child = self._saved[task] = self.cache_saved.labels(task)
+                inc(child, row.cost_saved_usd)
         if row.live_pass is not None:  # release names are the operator's, few per task
             self.live_scores.labels(task, row.release or "none", "pass" if row.live_pass else "fail").inc()
         if row.constraints is not None:
