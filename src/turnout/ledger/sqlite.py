@@ -125,7 +125,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))
 # The SQL is built once from those field names; every value is a bound parameter.
 _COLUMN_LIST = ", ".join(f'"{name}"' for name in COLUMNS)
-_PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
 # The first write of a request id wins: a batch replayed from the spill journal (or written
 # twice after a store timeout) never duplicates a row nor undoes feedback recorded since.
 # (Not OR IGNORE: that would also skip rows breaking NOT NULL, silently.)
@@ -142,15 +141,17 @@ _CHUNK = 64  # rows; 64 x the columns stays far below SQLite's 32,766 bound para
 
 
 @functools.lru_cache(maxsize=256)
-def _shape(nones: bytes) -> tuple[Callable[[Sequence[Any]], Sequence[Any]], str]:
-    """The columns a row of this shape (which fields are None) sets: their getter, their list."""
+def _shape(nones: bytes) -> tuple[Callable[[Sequence[Any]], Sequence[Any]], str, str]:
+    """What a row of this shape (which fields are None) binds: the getter of the columns it
+    sets, their list and one row's placeholders."""
     kept = [i for i, none in enumerate(nones) if not none]  # request_id and five more: never one
-    return operator.itemgetter(*kept), ", ".join(f'"{COLUMNS[i]}"' for i in kept)
+    columns = ", ".join(f'"{COLUMNS[i]}"' for i in kept)
+    return operator.itemgetter(*kept), columns, "(" + ", ".join("?" * len(kept)) + ")"
 
 
 @functools.lru_cache(maxsize=512)
-def _insert_rows(columns: str, n: int) -> str:
-    placeholders = "(" + ", ".join("?" * (columns.count(",") + 1)) + ")"
+def _insert_rows(nones: bytes, n: int) -> str:
+    _, columns, placeholders = _shape(nones)
     return (
         f"INSERT INTO requests ({columns}) VALUES "  # noqa: S608
         + ", ".join([placeholders] * n)
@@ -173,14 +174,14 @@ def _statements(rows: Sequence[LedgerRow]) -> Iterator[tuple[str, list[Any]]]:
         else:
             same.append(values)
     for nones, group in shapes.items():
-        pick, columns = _shape(nones)
+        pick = _shape(nones)[0]
         start = 0
         while start < len(group):
             left = len(group) - start
             n = _CHUNK if left >= _CHUNK else 1 << (left.bit_length() - 1)
             chunk = group[start : start + n]
             start += n
-            yield _insert_rows(columns, n), list(itertools.chain.from_iterable(map(pick, chunk)))
+            yield _insert_rows(nones, n), list(itertools.chain.from_iterable(map(pick, chunk)))
 
 
 _SELECT = f"SELECT {_COLUMN_LIST} FROM requests"  # noqa: S608
@@ -353,8 +354,7 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
 
 _FIELDS = operator.attrgetter(*COLUMNS)  # every column's value in one C call
 _NONES = (None,) * len(COLUMNS)
-_STREAM, _FALLBACK = COLUMNS.index("stream"), COLUMNS.index("fallback")
-_OPTIONAL_BOOL_AT = tuple(COLUMNS.index(name) for name in _OPTIONAL_BOOLS)
+_BOOL_AT = tuple(COLUMNS.index(name) for name in (*_BOOLS, *_OPTIONAL_BOOLS))
 
 
 def _encode(row: LedgerRow) -> list[Any]:
@@ -362,9 +362,7 @@ def _encode(row: LedgerRow) -> list[Any]:
     values[_ATTEMPTS] = orjson.dumps(row.attempts).decode()
     if row.labels is not None:
         values[_LABELS] = orjson.dumps(row.labels).decode()
-    values[_STREAM] = 1 if row.stream else 0  # an int binds directly; a bool goes through the adapters
-    values[_FALLBACK] = 1 if row.fallback else 0
-    for at in _OPTIONAL_BOOL_AT:
+    for at in _BOOL_AT:  # an int binds directly; a bool goes through the adapters
         if (flag := values[at]) is not None:
             values[at] = 1 if flag else 0
     return values
