@@ -171,7 +171,10 @@ def output_bound(body: Mapping[str, Any]) -> int | None:
     """The most tokens the answer may hold, as the body tells the target: every choice (``n``)
     up to ``max_completion_tokens`` or ``max_tokens`` (with both, the larger: a server that
     knows only ``max_tokens`` keeps to that one). None: the body sets no bound."""
-    bound = max(_positive_int(body.get("max_completion_tokens")), _positive_int(body.get("max_tokens")))
+    bound = body.get("max_tokens")
+    if type(bound) is int and bound > 0 and "max_completion_tokens" not in body and "n" not in body:
+        return bound  # most bodies: max_tokens alone, one choice
+    bound = max(_positive_int(body.get("max_completion_tokens")), _positive_int(bound))
     return bound * choices_asked(body) if bound else None
 
 

@@ -53,9 +53,6 @@ def _limits(limit: Limit) -> Limits:
 
 def max_output_tokens(body: Mapping[str, Any], default: int) -> int:
     """The most tokens the answer may hold (``output_bound``), ``default`` when unset."""
-    bound = body.get("max_tokens")
-    if type(bound) is int and bound > 0 and "max_completion_tokens" not in body and "n" not in body:
-        return bound  # most bodies: max_tokens alone, one choice
     return output_bound(body) or default * choices_asked(body)
 
 
