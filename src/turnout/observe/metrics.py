@@ -299,11 +299,13 @@ class Metrics:
         )
         self.constraints = Vocabulary((LATENCY, COST))
         self._series: dict[tuple[str, str, str, int, bool], _Series] = {}
-        self._attempts: dict[tuple[str, str, str], Any] = {}
-        self._fallbacks: dict[str, Any] = {}
-        self._errors: dict[tuple[str, str], Any] = {}
-        self._lookups: dict[tuple[str, bool], Any] = {}
-        self._saved: dict[str, Any] = {}
+        # Labelled children of the per-request counters, made on first use (label values are
+        # bounded by the vocabularies above).
+        self._attempts = _Children(self.attempts)
+        self._fallbacks = _Children(self.fallbacks)
+        self._errors = _Children(self.errors)
+        self._lookups = _Children(self.cache)
+        self._saved = _Children(self.cache_saved)
         # Rows waiting to be counted (``observe``); None: counted at once (multiprocess).
         self._pending: list[LedgerRow] | None = None if self.multiprocess_dir else []
 
@@ -372,22 +374,11 @@ class Metrics:
                 if s.fallback is None:
                     s.fallback = self.fallback.labels(task, target)
                 s.fallback.observe(row.fallback_ms / 1000)
-            child = self._fallbacks.get(task)
-            if child is None:
-                child = self._fallbacks[task] = self.fallbacks.labels(task)
-            inc(child)
+            inc(self._fallbacks[(task,)])
         for attempt in row.attempts:
-            akey = (task, self.targets(attempt.target), self.classes(attempt.error_class or "ok"))
-            child = self._attempts.get(akey)
-            if child is None:
-                child = self._attempts[akey] = self.attempts.labels(*akey)
-            inc(child)
+            inc(self._attempts[(task, self.targets(attempt.target), self.classes(attempt.error_class or "ok"))])
         if row.status != 200:
-            ekey = (task, self.classes(row.error_class))
-            child = self._errors.get(ekey)
-            if child is None:
-                child = self._errors[ekey] = self.errors.labels(*ekey)
-            inc(child)
+            inc(self._errors[(task, self.classes(row.error_class))])
         if row.safety is not None:
             self._screened(task, row.safety)
         if row.tool_violations is not None:
@@ -397,17 +388,10 @@ class Metrics:
             self.raised.labels(task, self.data_classes(row.declared_class), self.data_classes(row.data_class)).inc()
         if row.output_check is not None or row.escalated_to is not None:
             self._output(task, row)
-        if row.cache_hit is not None:  # every request of a cached task: children cached like the rest
-            ckey = (task, row.cache_hit)
-            child = self._lookups.get(ckey)
-            if child is None:
-                child = self._lookups[ckey] = self.cache.labels(task, "hit" if row.cache_hit else "miss")
-            inc(child)
+        if row.cache_hit is not None:
+            inc(self._lookups[(task, "hit" if row.cache_hit else "miss")])
             if row.cost_saved_usd:
-                child = self._saved.get(task)
-                if child is None:
-                    child = self._saved[task] = self.cache_saved.labels(task)
-                inc(child, row.cost_saved_usd)
+                inc(self._saved[(task,)], row.cost_saved_usd)
         if row.live_pass is not None:  # release names are the operator's, few per task
             self.live_scores.labels(task, row.release or "none", "pass" if row.live_pass else "fail").inc()
         if row.constraints is not None:
@@ -463,6 +447,19 @@ class Metrics:
         """The Prometheus text exposition and its content type, for ``GET /metrics``."""
         self.flush()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Children(dict[tuple[str, ...], Any]):
+    """A labelled metric's children by label values, each made on its first lookup (a dict
+    hit after that: no ``labels`` call per request)."""
+
+    def __init__(self, metric: Counter) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def __missing__(self, key: tuple[str, ...]) -> Any:
+        child = self[key] = self.metric.labels(*key)
+        return child
 
 
 class _ReplicaGauges:
