@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import http.client
 import json
 import shutil
 import signal
@@ -150,7 +151,7 @@ class Load:
         except urllib.error.HTTPError as exc:
             exc.read()
             found = Outcome(exc.code, exc.headers.get("x-turnout-request-id"), None, 0)
-        except OSError:
+        except (OSError, http.client.HTTPException):  # refused, reset, or a response cut off mid-way
             found = Outcome(0, None, None, 0)
         found.at = time.monotonic()
         return found
