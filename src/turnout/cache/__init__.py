@@ -3,7 +3,7 @@
 stage    the pipeline's cache stage: which requests may be cached, lookup (hit, miss,
          bypass), single flight (one upstream call for concurrent identical misses, per
          replica), filling from the leader's answer
-key      the key: scope, task, serving release version, and an HMAC of the canonical request
+key      the key: scope, task, serving release version, and a keyed digest (BLAKE2b) of the canonical request
 entry    a cached answer (a completion, or a stream's chunks) and its encoding
 replay   a hit as the attempt loop's ``Result`` (priced free); a leader's answer recorded
 store    the backend interface; ``memory`` (LRU bounded by bytes) and ``redis`` (shared,

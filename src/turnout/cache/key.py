@@ -4,13 +4,14 @@ version (a new release never serves an old answer) and a digest of the canonical
 The canonical request is the body the targets receive — messages, tools, response format,
 generation parameters, ``stream`` — with JSON keys sorted, plus the effective data class. Left
 out: fields that do not shape the answer (``user``, ``metadata``, ``stream_options``: the door
-drops a usage chunk the caller did not ask for). The digest is an HMAC, so a stored key never
-confirms a guessed prompt to whoever reads the backend.
+drops a usage chunk the caller did not ask for). The digest is keyed (BLAKE2b's keyed mode, a
+MAC like HMAC, and several times cheaper per request than OpenSSL's one-shot HMAC), so a stored
+key never confirms a guessed prompt to whoever reads the backend.
 """
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -48,7 +49,7 @@ def scope_of(tenant: str, shared: bool) -> str:
 def digest(secret: bytes, data_class: str, body: dict[str, Any]) -> str:
     canonical = {k: v for k, v in body.items() if k not in IGNORED}
     raw = orjson.dumps([data_class, canonical], option=orjson.OPT_SORT_KEYS)
-    return hmac.digest(secret, raw, "sha256").hex()[:40]  # the one-shot C HMAC
+    return hashlib.blake2b(raw, digest_size=20, key=secret).hexdigest()  # 160 bits, 40 hex digits
 
 
 def deterministic(body: dict[str, Any]) -> bool:

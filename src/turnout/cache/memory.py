@@ -61,6 +61,10 @@ class MemoryCache:
         return sum(len(lru.slots) for lru in self._tasks.values())
 
     async def get(self, address: Address) -> bytes | None:
+        return self.get_now(address)
+
+    def get_now(self, address: Address) -> bytes | None:
+        """``get`` without a coroutine: the cache stage reads an in-process store this way."""
         lru = self._tasks.get(address.task)
         if lru is None:
             return None

@@ -23,7 +23,12 @@ class FreeBook(PriceBook):
     def price_attempts(
         self, attempts: Sequence[AttemptRecord], usage: Usage | None, when: float, *, answer_s: float | None = None
     ) -> Priced:
-        free = [AttemptRecord(a.target, a.replica, a.error_class, a.latency_ms, a.offset_ms, 0.0) for a in attempts]
+        free = [
+            a
+            if a.cost_usd == 0.0
+            else AttemptRecord(a.target, a.replica, a.error_class, a.latency_ms, a.offset_ms, 0.0)
+            for a in attempts
+        ]
         return Priced(free, 0.0)
 
 
@@ -33,7 +38,7 @@ def hit_result(entry: Entry, targets: dict[str, Target], allowed: Sequence[str],
     if entry.target not in allowed or entry.target not in targets:
         return None
     ms = (time.perf_counter() - t0) * 1000
-    return Result(targets[entry.target], entry.answer(), [AttemptRecord(entry.target, REPLICA, None, 0.0, ms)])
+    return Result(targets[entry.target], entry.answer(), [AttemptRecord(entry.target, REPLICA, None, 0.0, ms, 0.0)])
 
 
 def record(result: Result, limit: int) -> Recording | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from turnout.cache.entry import Entry, decode
 from turnout.cache.key import Address, deterministic, digest, scope_of
+from turnout.cache.memory import MemoryCache
 from turnout.cache.seal import derive
 from turnout.cache.store import CacheStore
 from turnout.config import Config
@@ -57,6 +58,9 @@ class Lookup:
 class CacheStage:
     def __init__(self, config: Config, store: CacheStore, rules: Rules | None = None) -> None:
         self.store = store
+        # An in-process store is read without a coroutine (a hit's lookup awaits nothing); a
+        # subclass may override ``get``, so only the class itself.
+        self._get_now = store.get_now if type(store) is MemoryCache else None
         self.tasks: dict[str, TaskCache] = {
             name: TaskCache(t.cache.ttl_s, frozenset(t.cache.classes), t.cache.scope == "shared", t.cache.allow_sampled)
             for name, t in config.tasks.items()
@@ -84,7 +88,9 @@ class CacheStage:
             scope_of(tenant, cfg.shared), task, self.version(release), digest(self._secret, data_class, body)
         )
         ttl_s = self._rules.get(tenant, task).cache_ttl(cfg.ttl_s)
-        found = await self._get(address)
+        get_now = self._get_now
+        raw = get_now(address) if get_now is not None else await self.store.get(address)
+        found = None if raw is None else decode(raw)
         if found is None:
             flight = self._flights.get(address.text())
             if flight is None:
@@ -121,10 +127,6 @@ class CacheStage:
                 self._versions.clear()
             found = self._versions[id(release)] = (release, release.version)
         return found[1]
-
-    async def _get(self, address: Address) -> Entry | None:
-        raw = await self.store.get(address)
-        return None if raw is None else decode(raw)
 
     def _finish(self, lookup: Lookup, value: bytes | None) -> None:
         leading, lookup.leading = lookup.leading, None

@@ -24,18 +24,28 @@ MAX_DEPTH = 128  # how deep a request body may nest (objects and arrays, the bod
 
 
 HEADERS = "turnout.headers"  # in the scope from the first ``header`` call: name -> first value
+_BYTES = {bytes}
 
 
 def header(scope: MutableMapping[str, Any], name: bytes) -> bytes | None:
     """A request header by lower-case name (ASGI servers lower-case them); of a repeated one,
-    the first. The headers are mapped once a request (a request path asks for about eight)."""
+    the first."""
+    return headers(scope).get(name)
+
+
+def headers(scope: MutableMapping[str, Any]) -> dict[bytes, bytes]:
+    """The request's headers by lower-case name, mapped once a request (the request path asks
+    for about eight): the first of a repeated one, each value as ``bytes``."""
     found: dict[bytes, bytes] | None = scope.get(HEADERS)
     if found is None:
-        headers = scope["headers"]
-        pairs = headers if isinstance(headers, list | tuple) else list(headers)
-        found = scope[HEADERS] = dict(reversed(pairs))  # reversed: the first one stays
-    value = found.get(name)
-    return None if value is None else bytes(value)
+        pairs = scope["headers"]
+        if not isinstance(pairs, list | tuple):
+            pairs = list(pairs)
+        found = dict(reversed(pairs))  # reversed: the first one stays
+        if set(map(type, found.values())) - _BYTES:  # a server may hand bytearrays
+            found = {k: bytes(v) for k, v in found.items()}
+        scope[HEADERS] = found
+    return found
 
 
 async def read_body(receive: Receive, scope: MutableMapping[str, Any], limit: int) -> bytes:

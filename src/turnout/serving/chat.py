@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from turnout.config import DATA_CLASSES
 from turnout.errors import RequestError
@@ -37,8 +36,7 @@ NUMBERS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
+class ChatRequest(NamedTuple):  # a tuple: made on every request, in C
     task: str
     body: dict[str, Any]  # what the target receives (turnout metadata removed)
     stream: bool
@@ -71,7 +69,10 @@ class ChatDoor:
         answer = reply.result.answer
         if isinstance(answer, Stream):
             return await self._relay(reply, answer, send, receive)
-        usage, estimated = await reply.usage_of(answer, lambda: self.body(reply.request, reply.admission.release))
+        if answer.usage is not None:  # the upstream's (or the cached answer's): nothing to count
+            usage, estimated = answer.usage, False
+        else:
+            usage, estimated = await reply.usage_of(answer, lambda: self.body(reply.request, reply.admission.release))
         priced = reply.price(usage)
         headers = reply.headers + respond.cost_header(priced.total)
         await respond.completion(send, answer.body, reply.request_id, reply.request.task, headers)
@@ -195,24 +196,33 @@ def _messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise _bad("messages", "'messages' is required and must be a non-empty array")
     for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _bad(where, f"'{where}' must be an object")
-        role = m.get("role")
-        if not isinstance(role, str) or role not in ROLES:  # a list or an object is unhashable
-            raise _bad(f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}")
-        content = m.get("content")
-        if content is None:
-            if role != "assistant" or not (m.get("tool_calls") or m.get("function_call")):
-                raise _bad(f"{where}.content", f"'{where}.content' is required")
-        elif not isinstance(content, (str, list)):
-            raise _bad(f"{where}.content", f"'{where}.content' must be a string or an array of parts")
-        elif isinstance(content, list) and not all(
-            isinstance(p, dict) and isinstance(p.get("type"), str) for p in content
-        ):
-            raise _bad(f"{where}.content", f"'{where}.content' parts must be objects with a 'type' (a string)")
-        if role == "tool" and not isinstance(m.get("tool_call_id"), str):
-            raise _bad(f"{where}.tool_call_id", f"'{where}.tool_call_id' is required for a tool message")
+        # The common message (a role and a string) costs two lookups; the rest is checked, and
+        # its parameter named, only where it is not that.
+        if type(m) is dict and type(m.get("content")) is str and type(role := m.get("role")) is str and role in _PLAIN:
+            continue
+        _message(i, m)
+
+
+_PLAIN = frozenset(ROLES - {"tool"})  # roles whose message needs only a role and a content
+
+
+def _message(i: int, m: Any) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(m, dict):
+        raise _bad(where, f"'{where}' must be an object")
+    role = m.get("role")
+    if not isinstance(role, str) or role not in ROLES:  # a list or an object is unhashable
+        raise _bad(f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}")
+    content = m.get("content")
+    if content is None:
+        if role != "assistant" or not (m.get("tool_calls") or m.get("function_call")):
+            raise _bad(f"{where}.content", f"'{where}.content' is required")
+    elif not isinstance(content, (str, list)):
+        raise _bad(f"{where}.content", f"'{where}.content' must be a string or an array of parts")
+    elif isinstance(content, list) and not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content):
+        raise _bad(f"{where}.content", f"'{where}.content' parts must be objects with a 'type' (a string)")
+    if role == "tool" and not isinstance(m.get("tool_call_id"), str):
+        raise _bad(f"{where}.tool_call_id", f"'{where}.tool_call_id' is required for a tool message")
 
 
 def _stop(stop: Any) -> None:

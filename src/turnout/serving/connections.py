@@ -25,6 +25,12 @@ deadline therefore runs out within one tick after the timeout. uvicorn's keep-al
 TimerHandle per answer, is left out: the sweep closes idle connections. Measured in
 bench/connections.py: per request no slower than plain uvicorn, a few µs per connection, and
 well under a millisecond per sweep over 10,000 open connections.
+
+Each answer writes through ``OneWrite``: uvicorn sends a response head by itself, then the body;
+on loopback and in most virtual machines a send costs more than the bytes it carries (it wakes the
+reader), so a head whose body follows in the same turn of the loop goes out with it in one send.
+A head whose body does not follow at once (a stream waiting on its upstream) goes out by itself at
+the end of that turn.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -188,6 +194,9 @@ class GuardedProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_headers_complete(self)
         self.phase = BODY
         self.since = self.loop.time()
+        cycle = self.cycle
+        if cycle is not None:  # the transport as its answer sees it: head and body in one write
+            cycle.transport = cast(asyncio.Transport, OneWrite(self.transport, self.loop))
 
     def on_response_complete(self) -> None:
         if self.pipeline or self.transport.is_closing():
@@ -235,6 +244,55 @@ class GuardedProtocol(HttpToolsProtocol):
         if unanswered:
             transport.write(answer)
         transport.close()
+
+
+JOIN_MAX = 64 * 1024  # a body up to this size goes out in one write with its head
+
+
+class OneWrite:
+    """The transport as one request's answer sees it: the response head waits for the body's
+    first write when that comes in the same turn of the loop (a whole JSON answer, written at
+    once: one send instead of two), and goes out by itself at the end of the turn otherwise (a
+    stream waiting on its upstream): a head is never held back past the turn that wrote it."""
+
+    __slots__ = ("_head", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop: asyncio.AbstractEventLoop | None = loop  # None once the head was written
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            if len(data) <= JOIN_MAX:
+                self._transport.write(head + data)
+                return
+            self._transport.write(head)  # a large body is not copied to save a send
+            self._transport.write(data)
+        elif (loop := self._loop) is not None:  # the first write of the answer: its head
+            self._loop = None
+            self._head = data
+            loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return bool(self._transport.is_closing())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def protocol_class(limits: Limits) -> type[HttpToolsProtocol]:

@@ -55,7 +55,7 @@ from turnout.safety import policy as safety
 from turnout.safety.classify import Classifiers, Raised
 from turnout.safety.tools import Allowlists, Guard
 from turnout.serving import respond
-from turnout.serving.asgi import Receive, Send, header, read_body
+from turnout.serving.asgi import Receive, Send, headers, read_body
 from turnout.serving.door import EMBEDDINGS, Admission, Answered, Door, Inbound, R, Reply, check_episode_id
 from turnout.serving.judge import Judge
 from turnout.serving.output import Checked, OutputStage
@@ -166,7 +166,10 @@ class Pipeline:
                     raise screened.refusal()
             allowed = self.allowed(admission, raised)
             if rt.cache is not None:  # a hit takes no quota; it was checked when it was generated
-                lookup, result = await self.cached(scope, admission, body, allowed, t0)
+                lookup = await rt.cache.lookup(
+                    admission.task, tenant.name, admission.data_class, admission.release, body, _bypass(scope)
+                )
+                result = self.hit(lookup, allowed, t0)
             if result is not None:
                 checking = None
             else:
@@ -281,12 +284,13 @@ class Pipeline:
             raise UnknownTask(f"the task {task!r} does not exist or is not open to you", param=door.task_param)
         if (task in self.embedding_tasks) != (door.endpoint == EMBEDDINGS):
             raise _wrong_endpoint(task, door)
-        user = _header_str(scope, b"x-turnout-user") or request.user
+        sent = headers(scope)
+        user = _text(sent.get(b"x-turnout-user")) or request.user
         release = forced if forced is not None else self.serving(task, str(user or request_id))
         if release is None and door.needs_release:
             raise UnknownTask(f"the task {task!r} has no active release", param=door.task_param, code="no_release")
-        episode_id = check_episode_id(_header_str(scope, b"x-turnout-episode"), "X-Turnout-Episode")
-        data_class = policy.parse_data_class(_header_str(scope, b"x-turnout-data-class") or request.data_class)
+        episode_id = check_episode_id(_text(sent.get(b"x-turnout-episode")), "X-Turnout-Episode")
+        data_class = policy.parse_data_class(_text(sent.get(b"x-turnout-data-class")) or request.data_class)
         # End-user ids are often emails: the ledger keeps a keyed pseudonym, stable per key.
         user_id = pseudonym(self.rt.secret, str(user)) if user else None
         return Admission(tenant, task, release, data_class, user_id, episode_id or request.episode_id, data_class)
@@ -309,23 +313,15 @@ class Pipeline:
         judged = await self.judge.confirm(gate.judge, admission.task, admission.data_class, near, request_id)
         return safety.confirmed(screened, judged)
 
-    async def cached(
-        self, scope: dict[str, Any], admission: Admission, body: dict[str, Any], allowed: list[str], t0: float
-    ) -> tuple[Lookup | None, Result | None]:
-        """The cache stage (``turnout.cache``): a hit's answer as a ``Result``, or None (a miss,
-        a bypass, a task without cache)."""
-        cache = self.rt.cache
-        assert cache is not None
-        bypass = bypassed(header(scope, b"cache-control"), header(scope, b"x-turnout-cache"))
-        tenant = admission.tenant.name
-        lookup = await cache.lookup(admission.task, tenant, admission.data_class, admission.release, body, bypass)
+    def hit(self, lookup: Lookup | None, allowed: list[str], t0: float) -> Result | None:
+        """The cache stage's answer (``turnout.cache``): a hit's as a ``Result``; None for a
+        miss, a bypass or a task without cache."""
         if lookup is None or lookup.entry is None:
-            return lookup, None
+            return None
         result = replay.hit_result(lookup.entry, self.rt.targets, allowed, t0)
         if result is None:  # its target no longer allowed: asked for anew (and not kept)
             lookup.state, lookup.entry = MISS, None
-            return lookup, None
-        return lookup, result
+        return result
 
     async def fill(self, lookup: Lookup, result: Result, recording: Recording | None, answered: Answered) -> None:
         """A leading miss's whole answer into the cache, and to the requests waiting on it."""
@@ -378,7 +374,8 @@ class Pipeline:
     def limits(self, scope: dict[str, Any], request: Inbound) -> Constraints | None:
         """The caller's max_latency_ms / max_cost_usd: headers on every door, or the chat
         door's metadata; 400 naming the field for a bad value."""
-        latency, cost = _header_str(scope, _MAX_LATENCY), _header_str(scope, _MAX_COST)
+        sent = headers(scope)
+        latency, cost = _text(sent.get(_MAX_LATENCY)), _text(sent.get(_MAX_COST))
         meta = getattr(request, "constraints", None)  # only the chat door's request has it
         if latency is None and cost is None and meta is None:
             return None  # most requests: two header scans, no parsing
@@ -671,8 +668,9 @@ async def _error_quietly(send: Send, err: TurnoutError, request_id: str, endpoin
 
 def credential(scope: dict[str, Any]) -> bytes | None:
     """The caller's key: ``Authorization: Bearer``, else ``x-api-key`` (Anthropic's SDKs send that)."""
-    found = header(scope, b"authorization")
-    if found is None and (key := header(scope, b"x-api-key")) is not None:
+    sent = headers(scope)
+    found = sent.get(b"authorization")
+    if found is None and (key := sent.get(b"x-api-key")) is not None:
         return b"Bearer " + key
     return found
 
@@ -686,6 +684,12 @@ def _wrong_endpoint(task: str, door: Door[Any]) -> RequestError:
     return RequestError(message, param=door.task_param, code="wrong_endpoint")
 
 
-def _header_str(scope: dict[str, Any], name: bytes) -> str | None:
-    value = header(scope, name)
+def _bypass(scope: dict[str, Any]) -> bool:
+    """The caller asked past the cache (``Cache-Control: no-cache``, ``X-Turnout-Cache: bypass``)."""
+    sent = headers(scope)
+    return bypassed(sent.get(b"cache-control"), sent.get(b"x-turnout-cache"))
+
+
+def _text(value: bytes | None) -> str | None:
+    """A header's value as text (HTTP headers are Latin-1); None when absent or empty."""
     return value.decode("latin-1") if value else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,12 +83,13 @@ async def error(send: Send, err: TurnoutError, request_id: str, endpoint: str = 
     await send_json(send, err.status, body, headers)
 
 
-async def completion(
+def completion(
     send: Send, body: dict[str, Any], request_id: str, task: str, headers: list[tuple[bytes, bytes]]
-) -> None:
+) -> Awaitable[None]:
+    """The answer, to await (``send_json``'s own coroutine: no extra one per request)."""
     body["id"] = f"chatcmpl-{request_id}"
     body["model"] = task
-    await send_json(send, 200, body, headers)
+    return send_json(send, 200, body, headers)
 
 
 def answer_text(body: dict[str, Any]) -> str:
