@@ -86,6 +86,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from turnout.config import DATA_CLASSES, HUMAN, Config
 from turnout.control.quota.base import LimiterStats
 from turnout.ledger.record import LedgerRow
+from turnout.observe.tally import Direct, Tally
 from turnout.providers.base import Load, ReplicaLoad
 from turnout.routing.breaker import State
 from turnout.routing.constraints import COST, LATENCY, skipped_in
@@ -311,38 +312,33 @@ class Metrics:
 
     def observe(self, row: LedgerRow) -> None:
         """Count one finished request. In one process the row waits in a short list and is
-        counted with the others at the next scrape (``render``) or every ``BATCH`` rows: each
-        counter's lock is then taken once per batch, not once per request. With
-        ``PROMETHEUS_MULTIPROC_DIR`` another process may render, so rows are counted at once."""
+        counted with the others at the next scrape (``render``) or every ``BATCH`` rows
+        (``turnout.observe.tally``): each counter's lock is then taken once per batch, not once
+        per request. With ``PROMETHEUS_MULTIPROC_DIR`` another process may render, so rows are
+        counted at once."""
         pending = self._pending
         if pending is None:
-            self._count(row, None)
+            self._count(row, Direct)
             return
         pending.append(row)
         if len(pending) >= BATCH:
             self.flush()
 
     def flush(self) -> None:
-        """Count the waiting rows: each counter moved once by their sum."""
+        """Count the waiting rows: each counter moved once by their sum, each histogram once
+        by their observations."""
         if not self._pending:
             return
         rows, self._pending = self._pending, []
-        sums: dict[Any, float] = {}
+        tally = Tally()
         for row in rows:
-            self._count(row, sums)
-        for child, amount in sums.items():
-            child.inc(amount)
+            self._count(row, tally)
+        tally.apply()
 
-    def _count(self, row: LedgerRow, sums: dict[Any, float] | None) -> None:
-        """One row into the metrics; the hot counters' increments into ``sums`` where given.
-        Label values are mapped through dicts and the labelled children cached per label set."""
-
-        def inc(child: Any, amount: float = 1.0) -> None:
-            if sums is None:
-                child.inc(amount)
-            else:
-                sums[child] = sums.get(child, 0.0) + amount
-
+    def _count(self, row: LedgerRow, tally: Tally | type[Direct]) -> None:
+        """One row into the metrics, the hot counters and histograms through ``tally``. Label
+        values are mapped through dicts and the labelled children cached per label set."""
+        inc, observe = tally.inc, tally.observe
         task = self.tasks(row.task)
         target = self.targets(row.target)
         key = (self.tenants(row.tenant), task, target, row.status, row.stream)
@@ -350,19 +346,19 @@ class Metrics:
         if s is None:
             s = self._series[key] = self._make(key)
         inc(s.requests)
-        s.total.observe(row.latency_ms / 1000)
+        observe(s.total, row.latency_ms / 1000)
         # Phase histograms a label set never uses (TTFT without streams, queue wait without a
         # local worker) are created on first use, not up front: each costs ~17 series.
         if row.queue_ms is not None:
             if s.queue is None:
                 s.queue = self.queue.labels(task, target)
-            s.queue.observe(row.queue_ms / 1000)
+            observe(s.queue, row.queue_ms / 1000)
         if row.ttft_ms is not None:
             if s.ttft is None:
                 s.ttft = self.ttft.labels(task, target)
-            s.ttft.observe(row.ttft_ms / 1000)
+            observe(s.ttft, row.ttft_ms / 1000)
         if row.generation_ms is not None:
-            s.generation.observe(row.generation_ms / 1000)
+            observe(s.generation, row.generation_ms / 1000)
         if row.prompt_tokens:
             inc(s.prompt_tokens, row.prompt_tokens)
         if row.completion_tokens:
@@ -373,7 +369,7 @@ class Metrics:
             if row.fallback_ms is not None:
                 if s.fallback is None:
                     s.fallback = self.fallback.labels(task, target)
-                s.fallback.observe(row.fallback_ms / 1000)
+                observe(s.fallback, row.fallback_ms / 1000)
             inc(self._fallbacks[(task,)])
         for attempt in row.attempts:
             inc(self._attempts[(task, self.targets(attempt.target), self.classes(attempt.error_class or "ok"))])
