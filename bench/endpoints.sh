@@ -9,7 +9,9 @@ secs=${BENCH_SECONDS:-6}
 run=${TMPDIR:-/tmp}/turnout-bench; mkdir -p "$run/embed-body" "$here/results"
 command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx wrk; }
 pid=""; npid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; [ -n "$npid" ] && kill "$npid" 2>/dev/null; "$kit/upstream.sh" stop; }
+# A server that already exited is no failure (under set -e a failed kill would end the cleanup
+# there, leaving the upstreams running, and the script's status 1).
+cleanup() { for p in $pid $npid; do kill "$p" 2>/dev/null || true; done; "$kit/upstream.sh" stop; }
 trap cleanup EXIT
 "$kit/upstream.sh" start
 sed "s#@RUN@#$run#g" "$here/endpoints-nginx.conf" > "$run/embed-nginx.conf"
