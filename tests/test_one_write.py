@@ -88,6 +88,15 @@ async def test_close_sends_a_waiting_head_first() -> None:
     assert rec.writes == [b"HEAD"]  # not twice
 
 
+async def test_a_head_whose_client_left_before_the_end_of_the_turn_is_dropped() -> None:
+    rec = Recorder()
+    out = one_write(rec)
+    out.write(b"HEAD")
+    rec.close()  # the connection was lost (the server closes the transport, not the answer)
+    await asyncio.sleep(0)  # no write on a closed transport, no error in the loop
+    assert rec.writes == []
+
+
 async def test_other_transport_calls_reach_the_transport() -> None:
     out = one_write(Recorder())
     assert out.get_extra_info("peername") == "extra:peername"

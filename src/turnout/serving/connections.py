@@ -282,7 +282,8 @@ class OneWrite:
         head = self._head
         if head is not None:
             self._head = None
-            self._transport.write(head)
+            if not self._transport.is_closing():  # the client left meanwhile: nothing to send
+                self._transport.write(head)
 
     def close(self) -> None:
         self.flush()
