@@ -47,7 +47,7 @@ def scope_of(tenant: str, shared: bool) -> str:
 
 
 def digest(secret: bytes, data_class: str, body: dict[str, Any]) -> str:
-    canonical = {k: v for k, v in body.items() if k not in IGNORED}
+    canonical = body if IGNORED.isdisjoint(body) else {k: v for k, v in body.items() if k not in IGNORED}
     raw = orjson.dumps([data_class, canonical], option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(raw, digest_size=20, key=secret).hexdigest()  # 160 bits, 40 hex digits
 
