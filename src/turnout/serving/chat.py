@@ -22,9 +22,10 @@ from turnout.safety import inputs
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, json_object
-from turnout.serving.door import Answered, Reply, check_episode_id
+from turnout.serving.door import Answered, Reply, check_episode_id, reported
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_PLAIN = ROLES - {"tool"}  # roles whose message needs only a role and a content
 TURNOUT_METADATA = ("data_class", "user", "max_latency_ms", "max_cost_usd", "episode_id")
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 INTEGERS = (("max_tokens", 1), ("max_completion_tokens", 1), ("n", 1), ("top_logprobs", 0))  # and their least
@@ -69,10 +70,9 @@ class ChatDoor:
         answer = reply.result.answer
         if isinstance(answer, Stream):
             return await self._relay(reply, answer, send, receive)
-        if answer.usage is not None:  # the upstream's (or the cached answer's): nothing to count
-            usage, estimated = answer.usage, False
-        else:
-            usage, estimated = await reply.usage_of(answer, lambda: self.body(reply.request, reply.admission.release))
+        usage, estimated = reported(answer) or await reply.usage_of(
+            answer, lambda: self.body(reply.request, reply.admission.release)
+        )
         priced = reply.price(usage)
         headers = reply.headers + respond.cost_header(priced.total)
         await respond.completion(send, answer.body, reply.request_id, reply.request.task, headers)
@@ -201,9 +201,6 @@ def _messages(messages: Any) -> None:
         if type(m) is dict and type(m.get("content")) is str and type(role := m.get("role")) is str and role in _PLAIN:
             continue
         _message(i, m)
-
-
-_PLAIN = frozenset(ROLES - {"tool"})  # roles whose message needs only a role and a content
 
 
 def _message(i: int, m: Any) -> None:

@@ -113,10 +113,15 @@ class Reply(NamedTuple, Generic[R]):
     async def usage_of(self, answer: Completion, body: Callable[[], dict[str, Any]]) -> tuple[Usage, bool]:
         """A whole answer's usage and whether it was estimated: the upstream's, else counted from
         what it generated (``estimate``) against ``body()``, the prompt the target received
-        (built only then: the task API renders its template again)."""
-        if answer.usage is not None:
-            return answer.usage, False
-        return await self.estimate(body(), generated_by_answer(answer.body)[0]), True
+        (built only then: the task API renders its template again). Doors ask ``reported``
+        first: most answers carry their usage, and that costs no coroutine."""
+        return reported(answer) or (await self.estimate(body(), generated_by_answer(answer.body)[0]), True)
+
+
+def reported(answer: Completion) -> tuple[Usage, bool] | None:
+    """The usage the upstream (or the cached answer) reported, not estimated; None: it reported
+    none, and ``Reply.usage_of`` counts it."""
+    return None if answer.usage is None else (answer.usage, False)
 
 
 class Door(Protocol[R]):

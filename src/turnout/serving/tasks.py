@@ -26,7 +26,7 @@ from turnout.safety.output import strip_fence
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import MAX_DEPTH, Receive, Send, json_object, send_json
-from turnout.serving.door import Answered, Reply, check_episode_id
+from turnout.serving.door import Answered, Reply, check_episode_id, reported
 
 
 class OutputInvalid(TurnoutError):
@@ -86,7 +86,7 @@ class TaskDoor:
         answer = reply.result.answer
         release = reply.admission.release
         assert isinstance(answer, Completion) and release is not None
-        usage, estimated = await reply.usage_of(answer, lambda: self.body(reply.request, release))
+        usage, estimated = reported(answer) or await reply.usage_of(answer, lambda: self.body(reply.request, release))
         priced = reply.price(usage)
         latency_ms = reply.result.attempts[-1].latency_ms
         try:

@@ -25,7 +25,7 @@ from turnout.safety import inputs
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, send_json
-from turnout.serving.door import Answered, Inbound, Reply
+from turnout.serving.door import Answered, Inbound, Reply, reported
 
 log = logging.getLogger("turnout")
 
@@ -71,7 +71,9 @@ class TranslatedDoor(Generic[R]):
         answer = reply.result.answer
         if isinstance(answer, Stream):
             return await self._relay(reply, answer, send, receive)
-        usage, estimated = await reply.usage_of(answer, lambda: self.body(reply.request, reply.admission.release))
+        usage, estimated = reported(answer) or await reply.usage_of(
+            answer, lambda: self.body(reply.request, reply.admission.release)
+        )
         priced = reply.price(usage)
         await send_json(
             send, 200, self.message(reply, answer.body, usage), reply.headers + respond.cost_header(priced.total)
