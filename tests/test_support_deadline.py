@@ -36,6 +36,18 @@ async def test_a_block_that_ends_in_time_is_untouched_and_leaves_no_live_deadlin
     assert _wheel()._timer is None
 
 
+async def test_a_deadline_given_the_running_loop_shares_its_wheel_and_fires() -> None:
+    # The transport passes the loop it already holds (no lookup per call): same wheel, same timing.
+    loop = asyncio.get_running_loop()
+    d = deadline_at(loop.time() + 0.05, loop)
+    assert d._wheel is _wheel()
+    with pytest.raises(TimeoutError):
+        async with d:
+            await asyncio.sleep(5)
+    assert d.expired()
+    assert _wheel().live == 0
+
+
 async def test_reschedule_moves_the_deadline_later_and_earlier() -> None:
     loop = asyncio.get_running_loop()
     async with deadline_at(loop.time() + 0.05) as d:

@@ -45,7 +45,7 @@ class Deadline:
             self._wheel.add(self)
 
     async def __aenter__(self) -> Deadline:
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._wheel.loop)  # its loop given: no lookup (a getpid() each)
         if task is None:
             raise RuntimeError("a deadline needs a running task")
         self._task = task
@@ -74,10 +74,10 @@ class Deadline:
 class _Wheel:
     """The live deadlines of one event loop, by slot; one timer, only while any is live."""
 
-    __slots__ = ("_done", "_loop", "_slots", "_timer", "live")
+    __slots__ = ("_done", "_slots", "_timer", "live", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._slots: dict[int, set[Deadline]] = {}
         self._done = int(loop.time() / TICK)  # every slot up to this one has fired
         self._timer: asyncio.TimerHandle | None = None
@@ -85,7 +85,7 @@ class _Wheel:
 
     def add(self, d: Deadline) -> None:
         if self._timer is None and not self.live:  # idle until now: nothing between to fire
-            self._done = int(self._loop.time() / TICK)
+            self._done = int(self.loop.time() / TICK)
         slot = max(int(d.when / TICK) + 1, self._done + 1)  # the first tick at or after ``when``
         members = self._slots.get(slot)
         if members is None:
@@ -94,7 +94,7 @@ class _Wheel:
         d._slot = slot
         self.live += 1
         if self._timer is None:
-            self._timer = self._loop.call_at((self._done + 1) * TICK, self._tick)
+            self._timer = self.loop.call_at((self._done + 1) * TICK, self._tick)
 
     def remove(self, d: Deadline) -> None:
         slot, d._slot = d._slot, None
@@ -107,7 +107,7 @@ class _Wheel:
 
     def _tick(self) -> None:
         self._timer = None
-        now = int(self._loop.time() / TICK)
+        now = int(self.loop.time() / TICK)
         if now - self._done > len(self._slots):  # a stalled loop: visit the live slots only
             due = sorted(s for s in self._slots if s <= now)
         else:
@@ -120,15 +120,17 @@ class _Wheel:
                 for d in members:
                     d._fire()
         if self.live > 0:
-            self._timer = self._loop.call_at((self._done + 1) * TICK, self._tick)
+            self._timer = self.loop.call_at((self._done + 1) * TICK, self._tick)
 
 
 _wheels: dict[asyncio.AbstractEventLoop, _Wheel] = {}
 
 
-def deadline_at(when: float) -> Deadline:
-    """A deadline at ``when`` on the running loop's clock."""
-    loop = asyncio.get_running_loop()
+def deadline_at(when: float, loop: asyncio.AbstractEventLoop | None = None) -> Deadline:
+    """A deadline at ``when`` on the running loop's clock (``loop``: the running loop, where
+    the caller has it already)."""
+    if loop is None:
+        loop = asyncio.get_running_loop()
     wheel = _wheels.get(loop)
     if wheel is None:
         for old in [k for k in _wheels if k.is_closed()]:  # loops of tests come and go

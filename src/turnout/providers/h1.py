@@ -56,8 +56,9 @@ class BadResponse(Exception):
 class _Conn(asyncio.Protocol):
     """One connection: a response at a time, head and body each a future."""
 
-    def __init__(self, pool: H1Pool) -> None:
+    def __init__(self, pool: H1Pool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
+        self.loop = loop  # the one it was opened on: asked once here, not on every use (a getpid() each)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.head: asyncio.Future[None] | None = None
@@ -140,7 +141,7 @@ class _Conn(asyncio.Protocol):
     # --- use -------------------------------------------------------------------------------
 
     def send(self, request: bytes) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.head, self.done = loop.create_future(), loop.create_future()
         self.status, self.reason, self.headers, self.body, self.size = 0, "", [], [], 0
         self.complete = self.keep_alive = False
@@ -240,14 +241,12 @@ class H1Pool:
     # --- the pool --------------------------------------------------------------------------
 
     async def _acquire(self, connect_s: float) -> _Conn:
-        loop = asyncio.get_running_loop()
         while True:
             if self._closed:
                 raise Disconnected("the client was closed")
-            now = loop.time()
             while self._idle:
                 conn = self._idle.pop()  # the most recently used: the least likely to be stale
-                if not conn.closed and now - conn.idle_since < self.keepalive_s:
+                if not conn.closed and conn.loop.time() - conn.idle_since < self.keepalive_s:
                     conn.lent = True
                     return conn
                 conn.close()
@@ -262,7 +261,7 @@ class H1Pool:
                     raise
                 conn.lent = True
                 return conn
-            waiter = loop.create_future()
+            waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
@@ -276,7 +275,7 @@ class H1Pool:
             async with asyncio.timeout(connect_s):
                 hostname = self.host if self.ssl else None
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(self), self.host, self.port, ssl=self.ssl, server_hostname=hostname
+                    lambda: _Conn(self, loop), self.host, self.port, ssl=self.ssl, server_hostname=hostname
                 )
         except TimeoutError as exc:
             raise ConnectTimeout("connect") from exc
@@ -289,7 +288,7 @@ class H1Pool:
             return
         conn.lent = False
         if reusable and not self._closed:
-            conn.idle_since = asyncio.get_running_loop().time()
+            conn.idle_since = conn.loop.time()
             conn.done = conn.head = None
             self._idle.append(conn)
         else:

@@ -207,9 +207,10 @@ class Exchange:
         the body from then on. A failure on the way ends the call here: the response
         discarded, the call settled."""
         t = self.timeouts
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         deadline = now + t.total
-        head = deadline_at(min(deadline, now + t.ttft))
+        head = deadline_at(min(deadline, now + t.ttft), loop)
         body: StreamBody | None = None
         try:
             with upstream_errors(self.label, t, head if t.ttft <= t.total else None):
@@ -231,9 +232,10 @@ class Exchange:
         # One deadline for both (``turnout._support.deadline``: no loop timer per call): it runs
         # to the head's deadline, then is moved to the total's once the head is in.
         t = self.timeouts
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         total_at = now + t.total
-        deadline = deadline_at(min(total_at, now + t.ttft))
+        deadline = deadline_at(min(total_at, now + t.ttft), loop)
         guard = upstream_errors(self.label, t, deadline if t.ttft < t.total else None)
         with guard:
             async with deadline:
