@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from turnout.config import StoreConfig
 from turnout.ledger import sqlite as sqlite_backend
@@ -354,6 +356,36 @@ async def test_the_first_row_of_an_id_wins_whatever_the_shapes_around_it(store: 
     await store.write_batch(rows)
     assert await store.get("req-000002") == first
     assert await store.count() == 3
+
+
+# Shapes with as many None fields as each other, set in different columns: the SQLite store
+# checks a row against the last row's shape by its count of Nones and the columns that shape
+# sets, so two such shapes in a row must still go to their own statements.
+_TWIN_SHAPES: list[dict[str, Any]] = [
+    {"user": "u", "release": None},
+    {"user": None, "release": "r@1"},
+    {"user": "u", "release": "r@1", "cache_hit": None},
+    {"user": None, "release": None, "cache_hit": True, "cost_saved_usd": 0.25},
+    {"status": 200, "target": "a", "cost_usd": 0.5, "cache_hit": False},
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(range(len(_TWIN_SHAPES))), st.integers(1, 70)), min_size=1, max_size=6))
+def test_runs_of_shapes_that_differ_only_in_which_fields_are_set_round_trip(runs: list[tuple[int, int]]) -> None:
+    rows: list[LedgerRow] = []
+    for shape, length in runs:
+        for _ in range(length):
+            rows.append(dataclasses.replace(make_row(len(rows)), **_TWIN_SHAPES[shape]))
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        sqlite_backend._migrate(conn, ":memory:")
+        for sql, params in sqlite_backend._statements(rows):
+            conn.execute(sql, params)
+        found = conn.execute(f"{sqlite_backend._SELECT} ORDER BY started_at").fetchall()
+    finally:
+        conn.close()
+    assert [sqlite_backend._decode(record) for record in found] == rows
 
 
 async def test_a_closed_store_refuses_calls_and_closes_twice(store: LedgerStore) -> None:
