@@ -166,7 +166,7 @@ def _statements(rows: Sequence[LedgerRow]) -> Iterator[tuple[str, list[Any]]]:
     for row in rows:
         first.setdefault(row.request_id, row)
     shapes: dict[bytes, list[list[Any]]] = {}
-    group: list[list[Any]] = []
+    last: list[list[Any]] = []  # the last row's group
     kept: Callable[[Sequence[Any]], Sequence[Any]] | None = None
     unset = 0
     for row in first.values():
@@ -174,13 +174,13 @@ def _statements(rows: Sequence[LedgerRow]) -> Iterator[tuple[str, list[Any]]]:
         # Rows of a batch mostly share a shape: the last one's is checked first, in C (as many
         # Nones, none of them in a column it sets), before the whole mask is built.
         if kept is not None and values.count(None) == unset and None not in kept(values):
-            group.append(values)
+            last.append(values)
             continue
         nones = bytes(map(operator.is_, values, _NONES))
         if (same := shapes.get(nones)) is None:
             same = shapes[nones] = []
         same.append(values)
-        group, (kept, _, _), unset = same, _shape(nones), nones.count(1)
+        last, (kept, _, _), unset = same, _shape(nones), nones.count(1)
     for nones, group in shapes.items():
         pick = _shape(nones)[0]
         start = 0
