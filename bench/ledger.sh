@@ -20,7 +20,7 @@ calc() { awk "BEGIN { print $1 }"; }
 # The three gateways run side by side, each pinned to CPU 0 (idle while another is measured),
 # and are measured in interleaved rounds: the machine's speed drifts over minutes, so each
 # figure is the median round's and the ratios compare gateways measured in the same rounds.
-declare -A port=([none]=18030 [sqlite]=18034 [postgres]=18035) got=()
+declare -A port=([none]=18030 [sqlite]=18034 [postgres]=18035) got=() gw=()
 stores=(none sqlite postgres)
 for store in "${stores[@]}"; do
   rm -rf "$run/ledger-$store.db"*  # the file, its WAL and its spill journal
@@ -33,12 +33,27 @@ for store in "${stores[@]}"; do
   "$kit/load.sh" "http://127.0.0.1:${port[$store]}/v1/chat/completions" 2 32 >/dev/null  # warm-up
 done
 rounds=${BENCH_ROUNDS:-3}
+# CPU time each gateway spent (all its threads: the loop and the store's writer), in clock ticks,
+# read from /proc around each of its rounds: what a request costs on the core, which the
+# machine's drift moves far less than throughput.
+ticks() { awk '{ t += $14 + $15 } END { print t }' /proc/"$1"/task/*/stat; }
+declare -A cpu=() served=()
+i=0
+for store in "${stores[@]}"; do gw[$store]=${pids[$i]}; cpu[$store]=0; served[$store]=0; i=$((i + 1)); done
 for _ in $(seq "$rounds"); do
   for store in "${stores[@]}"; do
-    got[$store]+="$("$kit/load.sh" "http://127.0.0.1:${port[$store]}/v1/chat/completions" "$secs" 32)"$'\n'
+    before=$(ticks "${gw[$store]}")
+    line=$("$kit/load.sh" "http://127.0.0.1:${port[$store]}/v1/chat/completions" "$secs" 32)
+    sleep 0.3  # the round's last rows reach the store, on this gateway's account
+    cpu[$store]=$((cpu[$store] + $(ticks "${gw[$store]}") - before))
+    served[$store]=$(calc "${served[$store]} + $(echo "$line" | awk '{print $1}') * $secs")
+    got[$store]+="$line"$'\n'
     sleep 2  # the last batches written before the next gateway is measured
   done
 done
+per_request() {  # per_request STORE → CPU microseconds a request cost, over every round
+  calc "${cpu[$1]} * 1000000 / $(getconf CLK_TCK) / ${served[$1]}"
+}
 measure() {  # measure STORE → "rps32 p50_1": the median round's throughput, then p50 at one connection
   local rps bad p50
   read -r rps _ _ _ < <(printf "%s" "${got[$1]}" | sort -g -k1,1 | awk -v n="$rounds" 'NR == int((n + 1) / 2)')
@@ -66,6 +81,9 @@ rows=$(taskset -c 0 "$root/.venv/bin/python" "$here/ledger_rows.py" --rows "${BE
   # the medians above should be read.
   printf "each round, SQLite / none:     %s\n" "$(per_round sqlite)"
   printf "each round, PostgreSQL / none: %s\n" "$(per_round postgres)"
+  n_cpu=$(per_request none); s_cpu=$(per_request sqlite); p_cpu=$(per_request postgres)
+  printf "CPU a request, every round: no ledger %.1f us, SQLite %.1f us (none / SQLite = %.2f), PostgreSQL %.1f us (%.2f)\n" \
+    "$n_cpu" "$s_cpu" "$(calc "$n_cpu / $s_cpu")" "$p_cpu" "$(calc "$n_cpu / $p_cpu")"
   echo "(metrics on in all three; rows are written in batches by a background task)"
   echo "sustained inserts, one store on CPU 0 (batches of 256 rows, each row with 2 attempts):"
   echo "$rows"
