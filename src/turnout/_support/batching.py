@@ -115,16 +115,23 @@ class BatchQueue(Generic[T]):
     def submit(self, item: T) -> bool:
         """Queue ``item``; False (and counted in ``dropped``) when full or closed. Call from the
         event loop's thread."""
-        weight = self._weigh(item) if self._weigh is not None else 0
-        if self._closed or len(self._items) >= self.queue_size or self._over(weight):
+        items = self._items
+        weight = 0
+        if self._weigh is not None:
+            weight = self._weigh(item)
+            if self._over(weight):
+                self._drop()
+                return False
+        if self._closed or len(items) >= self.queue_size:
             self._drop()
             return False
-        if not self._items and self._loop is not None:
-            self._since = self._loop.time()  # a partial batch starts: it is due one interval from now
-        self._items.append(item)
+        if not items:  # a partial batch starts: it is due one interval from now
+            if self._loop is not None:
+                self._since = self._loop.time()
+            self._nonempty.set()  # set while anything is queued: cleared only once it is empty
+        items.append(item)
         self._weight += weight
-        self._nonempty.set()
-        if len(self._items) >= self.batch_size:
+        if len(items) >= self.batch_size:
             self._full.set()
         return True
 

@@ -600,6 +600,7 @@ def ledger_row(
         status, error_class, priced, usage = failure.status, failure.error_class, failure.priced, None
     release = admission.release if admission is not None else None
     answer = result.answer if result is not None else None
+    fallback = result.fallback if result is not None else False
     # Positional, in field order: the request path builds one of these per request.
     row = LedgerRow(
         request_id,
@@ -617,7 +618,7 @@ def ledger_row(
         status,
         error_class,
         priced.attempts if priced is not None else [],
-        result.fallback if result is not None else False,
+        fallback,
         usage.prompt_tokens if usage is not None else None,
         usage.completion_tokens if usage is not None else None,
         priced.total if priced is not None else None,
@@ -625,7 +626,7 @@ def ledger_row(
         answer.queue_ms if answer is not None else None,
         answered.ttft_ms if answered is not None else None,
         answered.generation_ms if answered is not None else None,
-        result.fallback_ms if result is not None and result.fallback else None,
+        result.fallback_ms if result is not None and fallback else None,
         capture_mode=(keep.decision.used if keep is not None else "metadata") if answered is not None else None,
         episode_id=admission.episode_id if admission is not None else None,
         usage_estimated=answered.usage_estimated if answered is not None and usage is not None else None,

@@ -14,6 +14,7 @@ from turnout.serving.tasks import TaskRequest
 # anything else is kept out of the ledger as "other": an upstream must not write free text there.
 _REASON = re.compile(r"[a-z_]{1,32}")
 OTHER = "other"
+_COMMON = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
 
 def finish_reason(result: Result | None) -> str | None:
@@ -25,6 +26,8 @@ def finish_reason(result: Result | None) -> str | None:
     reason = first.get("finish_reason") if isinstance(first, dict) else None
     if reason is None:
         return None
+    if type(reason) is str and reason in _COMMON:  # most answers: no pattern match
+        return reason
     return reason if isinstance(reason, str) and _REASON.fullmatch(reason) else OTHER
 
 
