@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench/ledger.sh — what the ledger costs, in one run: turnout with no ledger, with the SQLite
 # ledger and with the PostgreSQL ledger (127.0.0.1:5432/test), routing bench-model to the fixed
-# upstream, measured side by side in interleaved rounds (BENCH_ROUNDS, default 3). Same kit as run.sh: turnout on CPU 0, upstream and wrk on CPU 1. Then each store's
-# sustained insert rate on its own (bench/ledger_rows.py: rows/s through write_batch and through
+# upstream, measured side by side in interleaved rounds (BENCH_ROUNDS, default 3), with each
+# gateway's CPU a request (all its threads, from /proc). Same kit as run.sh: turnout on CPU 0,
+# upstream and wrk on CPU 1. Then each store's sustained insert rate on its own (bench/ledger_rows.py: rows/s through write_batch and through
 # LedgerWriter.submit). Writes bench/results/ledger.txt.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
