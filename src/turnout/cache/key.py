@@ -12,9 +12,8 @@ key never confirms a guessed prompt to whoever reads the backend.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -24,22 +23,21 @@ TENANT = "t."  # a tenant's scope: "t.<tenant>"
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
+class Address(NamedTuple):  # a tuple: made on every lookup, in C
     scope: str  # "t.<tenant>", or "shared"
     task: str
     version: str  # the serving release's version; "none" without releases
     digest: str
-    _text: str = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        text = f"{quote(self.scope)}:{quote(self.task)}:{quote(self.version)}:{self.digest}"
-        object.__setattr__(self, "_text", text)  # read up to three times a lookup: made once
 
     def text(self) -> str:
         """One string, each part quoted: a tenant or task name never crosses into another part,
         and no glob character survives (a Redis SCAN pattern over these stays exact)."""
-        return self._text
+        return _prefix(self.scope, self.task, self.version) + self.digest
+
+
+@lru_cache(maxsize=4096)  # tenants, tasks and versions: few, and asked on every lookup
+def _prefix(scope: str, task: str, version: str) -> str:
+    return f"{quote(scope)}:{quote(task)}:{quote(version)}:"
 
 
 def scope_of(tenant: str, shared: bool) -> str:
