@@ -116,13 +116,8 @@ class BatchQueue(Generic[T]):
         """Queue ``item``; False (and counted in ``dropped``) when full or closed. Call from the
         event loop's thread."""
         items = self._items
-        weight = 0
-        if self._weigh is not None:
-            weight = self._weigh(item)
-            if self._over(weight):
-                self._drop()
-                return False
-        if self._closed or len(items) >= self.queue_size:
+        weight = self._weigh(item) if self._weigh is not None else 0
+        if self._closed or len(items) >= self.queue_size or self._over(weight):
             self._drop()
             return False
         if not items:  # a partial batch starts: it is due one interval from now
