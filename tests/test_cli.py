@@ -10,7 +10,7 @@ from click.testing import CliRunner, Result
 
 import turnout.serving.server
 from turnout.cli.main import main
-from turnout.config import Config
+from turnout.config import Config, load_config
 
 KEY = "sk-acme-0123456789"
 
@@ -174,6 +174,43 @@ def test_serve_host_and_port_override_the_file(tmp_path: Path, served: list[Conf
     [config] = served
     assert (config.server.host, config.server.port) == ("0.0.0.0", 9999)
     assert config.tenants["acme"].keys == [KEY]
+
+
+# Every section a deployment may set, prices of both forms among them: a validator that tells
+# forms apart by which fields were given must see the file's fields, not the defaults.
+RICH = f"""
+server: {{admin_key: "admin-0123456789abcdef", shutdown_grace_s: 3}}
+targets:
+  vllm:
+    {{provider: openai, base_url: "http://vllm:8000/v1", model: m, price: {{input_per_mtok: 0.1, output_per_mtok: 1}}}}
+  cloud: {{provider: openai, base_url: "https://api.example.com/v1", model: m}}
+tenants:
+  acme: {{keys: ["{KEY}"], data_classes: [public, internal], limits: {{rpm: 60, usd_per_day: 5}}}}
+tasks:
+  chat: {{route: [vllm, cloud], cache: {{ttl_s: 60, classes: [public]}}}}
+prices:
+  - effective: "2025-01-01"
+    targets:
+      cloud: &managed {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+      vllm: {{gpu_hour_usd: 3.0, gpus: 2, schedule: {{"8-19": 3}}, allocation: tokens, tokens_per_s: 900}}
+  - effective: "2026-01-01"
+    targets:
+      cloud: *managed
+retention:
+  rules:
+    - {{ledger_days: 30}}
+    - {{tenant: acme, task: chat, cache_ttl_s: 30}}
+"""
+
+
+def test_serve_port_over_a_file_with_every_section_serves_that_file(tmp_path: Path, served: list[Config]) -> None:
+    path = write(tmp_path, RICH)
+    result = invoke("serve", "--config", path, "--port", "9999")
+    assert result.exit_code == 0, result.output
+    [config] = served
+    expected = load_config(path).model_dump()
+    expected["server"]["port"] = 9999
+    assert config.model_dump() == expected
 
 
 def test_serve_without_a_config_runs_the_default(served: list[Config]) -> None:

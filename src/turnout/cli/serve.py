@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -70,9 +71,7 @@ class Reloader:
         config = load_config(self.path)
         given = {k: v for k, v in (("host", self.host), ("port", self.port)) if v is not None}
         if given:
-            raw = config.model_dump()
-            raw["server"].update(given)
-            config = validate(raw)
+            config = over_server(config, given)
         problems = preflight(config)
         if problems:
             raise ConfigError(problems)
@@ -92,10 +91,8 @@ def with_address(config: Config, host: str | None, port: int | None) -> Config:
     given = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     if not given:
         return config
-    raw = config.model_dump()
-    raw["server"].update(given)
     try:
-        return validate(raw)
+        return over_server(config, given)
     except ConfigError as exc:
         flags = " ".join(f"--{k} {v}" for k, v in given.items())
         raise CommandError.listing(f"the config with {flags} is invalid", exc.problems) from exc
@@ -152,3 +149,13 @@ def catalog_warnings(config: Config) -> list[str]:
                 "check the id (ListFoundationModels) and set context_window yourself"
             )
     return out
+
+
+def over_server(config: Config, given: dict[str, Any]) -> Config:
+    """``config`` with ``given`` over its server section, validated again. From what the file
+    set only (``exclude_unset``): a model's defaults dumped back in would read as set, and a
+    validator that tells forms apart by what was given (a price: managed or self-hosted) would
+    see both."""
+    raw = config.model_dump(exclude_unset=True)
+    raw["server"] = {**raw.get("server", {}), **given}
+    return validate(raw)
