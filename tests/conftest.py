@@ -28,7 +28,9 @@ async def make_app(tmp_path: Path) -> AsyncIterator[AppFactory]:
 
     async def factory(raw: dict[str, Any], providers: dict[str, Provider] | None = None) -> App:
         limits = {"keys_path": str(tmp_path / "keys.db"), **raw.get("limits", {})}
-        raw = {"store": {"kind": "memory", "flush_interval_ms": 10}, **raw, "limits": limits}
+        # State (releases, reviews, the cache's purge log) in the test's own directory.
+        releases = {"store_path": str(tmp_path / "releases.db"), **raw.get("releases", {})}
+        raw = {"store": {"kind": "memory", "flush_interval_ms": 10}, **raw, "limits": limits, "releases": releases}
         app = App(validate(raw), providers)
         await app.runtime.start()
         app.ready = True

@@ -9,4 +9,5 @@ replay   a hit as the attempt loop's ``Result`` (priced free); a leader's answer
 store    the backend interface; ``memory`` (LRU bounded by bytes) and ``redis`` (shared,
          sealed with AES-GCM by ``seal``)
 factory  the configured store, and the sweep that drops answers of releases no longer serving
+purges   ``turnout cache purge`` for the in-process store: a log of shared state every gateway follows
 """

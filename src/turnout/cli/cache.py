@@ -1,22 +1,28 @@
-"""``turnout cache purge``: delete cached answers from the shared cache (``cache.backend: redis``).
+"""``turnout cache purge``: delete cached answers now, by tenant, task, both, or all of them.
 
-The in-process backend keeps answers inside each gateway process: they go when it restarts, and
-the gateway drops those of a release that stopped serving on its own; so a purge here needs the
-shared backend.
+``cache.backend: redis``: deleted from Redis here, at once, for every replica. ``memory``: the
+answers live inside each gateway process, so the purge is written to the purge log
+(``turnout.cache.purges``) that every gateway sharing the state store follows; each drops the
+answers within about a second and logs how many.
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 
 import click
 from redis.exceptions import RedisError
 
 from turnout.cache.factory import open_cache_store
+from turnout.cache.purges import PurgeLog, PurgeLogError, describe, purge_log_path
 from turnout.cli._common import CommandError, config_option, task_option, tenant_option
 from turnout.config import Config
 
-CONFIG_HELP = "YAML config file: its cache section (backend, redis_url, key_prefix, encryption_key)."
+CONFIG_HELP = (
+    "YAML config file: its cache section (backend, redis_url, key_prefix, encryption_key) and, for the "
+    "in-process cache, where the state is shared (releases.store_path, state)."
+)
 
 
 @click.group()
@@ -32,19 +38,47 @@ def cache() -> None:
 @cache.command()
 @tenant_option("Only this tenant's answers (answers shared by every tenant are left).")
 @task_option("Only this task's answers.")
+@click.option("--by", "by", default=None, help="Who asks, for the gateways' logs (default: your user name).")
 @config_option(CONFIG_HELP)
-def purge(tenant: str | None, task: str | None, config: Config) -> None:
+def purge(tenant: str | None, task: str | None, by: str | None, config: Config) -> None:
     """Delete cached answers now: a tenant's, a task's, both, or all of them.
+
+    \b
+    cache.backend redis: deleted from Redis at once, for every replica.
+    cache.backend memory: written to the purge log beside the release store
+    (or in the fleet's PostgreSQL); every running gateway that shares it drops
+    the answers within about a second and logs how many.
 
     Names need not be in the config any more: a removed tenant's answers can be purged too."""
     if config.cache.backend != "redis":
-        raise CommandError(
-            "cache.backend is 'memory': answers live inside each gateway process and go when it restarts; "
-            "`turnout cache purge` needs cache.backend: redis"
+        asked = asyncio.run(_ask(config, tenant, task, by or _user()))
+        click.echo(
+            f"Asked every gateway sharing {asked} to purge {describe(tenant, task)}; each does within about "
+            "a second (its log says how many answers it dropped)."
         )
+        return
     deleted = asyncio.run(_purge(config, tenant, task))
     scope = " and ".join(f"{kind} {name!r}" for kind, name in (("tenant", tenant), ("task", task)) if name)
     click.echo(f"Purged {deleted} cached answers{' of ' + scope if scope else ''}.")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return "cli"
+
+
+async def _ask(config: Config, tenant: str | None, task: str | None, by: str) -> str:
+    """The purge into the log the gateways follow; where that log is."""
+    place = config.state_at(purge_log_path(config.releases.store_path))
+    purges = PurgeLog(place)
+    try:
+        async with purges:
+            await purges.request(tenant, task, by)
+    except PurgeLogError as exc:
+        raise CommandError(f"cannot ask the gateways to purge: {exc}") from exc
+    return purges.path if isinstance(place, str) else "the fleet's PostgreSQL"
 
 
 async def _purge(config: Config, tenant: str | None, task: str | None) -> int:

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 from turnout._support.periodic import Periodic
 from turnout._support.places import Place
 from turnout.cache import factory as cache_factory
+from turnout.cache.purges import POLL_S, Follower, PurgeLog, purge_log_path
 from turnout.cache.stage import CacheStage
+from turnout.cache.store import CacheStore
 from turnout.config import HUMAN, Config
 from turnout.control.auth import Authenticator
 from turnout.control.catalog import context_window
@@ -235,6 +237,20 @@ class Runtime:
         sweeper = Periodic("turnout-cache-sweep", cache_factory.Sweeper(self.cache, self.releases), 30.0, first="now")
         sweeper.start()
         stack.push_async_callback(sweeper.aclose)
+        if self.config.cache.backend == "memory":  # out of the CLI's reach: it asks through the purge log
+            await self._follow_purges(stack, store)
+
+    async def _follow_purges(self, stack: AsyncExitStack, store: CacheStore) -> None:
+        """``turnout cache purge`` on the in-process cache: applied from the purge log
+        (``turnout.cache.purges``) within about ``POLL_S``."""
+        purges = PurgeLog(self.config.state_at(purge_log_path(self.config.releases.store_path)))
+        await purges.open()
+        stack.push_async_callback(purges.aclose)
+        follower = Follower(purges, lambda tenant, task: store.purge(tenant=tenant, task=task))
+        await follower.start()
+        poller = Periodic("turnout-cache-purges", follower, POLL_S, first="later")
+        poller.start()
+        stack.push_async_callback(poller.aclose)
 
     async def _open_retention(self, stack: AsyncExitStack, store: LedgerStore) -> None:
         """The retention purge of the ledger and the review queue, its runs audited beside
