@@ -325,3 +325,30 @@ async def test_openapi_describes_both_answers(served: Served, tmp_path: Path) ->
     assert refused.status == 422
     conforms(refused.json(), answers["422"]["content"]["application/json"]["schema"])
     assert {"401", "403", "405"} <= set(answers)
+
+
+async def test_a_price_book_reloads_and_its_new_price_applies(served: Served, tmp_path: Path) -> None:
+    """Both price forms in the book: a merge that dumped every default back in would read each
+    price as managed and self-hosted at once and refuse the reload."""
+    raw = base(tmp_path)
+    raw["prices"] = [
+        {
+            "effective": "2025-01-01",
+            "targets": {
+                "primary": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+                "secondary": {"gpu_hour_usd": 3.0, "gpus": 2, "schedule": {"8-19": 3}},
+            },
+        }
+    ]
+    app = await served.start(raw)
+    first = await chat(app)
+    assert first.status == 200, first.body
+    raw["prices"][0]["targets"]["primary"] = {"input_per_mtok": 1000.0, "output_per_mtok": 2000.0}
+    served.write(raw)
+    resp = await request(app, "POST", "/admin/reload", headers=ADMIN_AUTH)
+    assert resp.status == 200, resp.body
+    assert resp.json() == {"reloaded": True, "changed": ["prices"], "restart_needed": []}
+    again = await chat(app)
+    assert again.status == 200, again.body
+    cost = float(again.headers["x-turnout-cost-usd"])
+    assert cost == pytest.approx(1000 * float(first.headers["x-turnout-cost-usd"]))

@@ -62,7 +62,15 @@ def plan(running: Config, loader: Loader) -> Plan:
     now, new = running.model_dump(), fresh.model_dump()
     restart = sorted(k for k in new if k not in LIVE and new[k] != now[k])
     changed = [k for k in LIVE if new[k] != now[k]]
-    merged = {k: (new[k] if k in LIVE else now[k]) for k in new}
+    # Merged from what each file set (``exclude_unset``): defaults dumped back in would read as
+    # set, and a validator that tells forms apart by what was given (a price: managed or
+    # self-hosted) would see both.
+    now_set, new_set = running.model_dump(exclude_unset=True), fresh.model_dump(exclude_unset=True)
+    merged: dict[str, Any] = {}
+    for k in new:
+        source = new_set if k in LIVE else now_set
+        if k in source:
+            merged[k] = source[k]
     try:
         config = validate(merged)
     except ConfigError as exc:
