@@ -67,8 +67,13 @@ class Purge:
 
 def describe(tenant: str | None, task: str | None) -> str:
     """What a purge drops, in words: "the cached answers of tenant 'acme'"."""
-    scope = " and ".join(f"{kind} {name!r}" for kind, name in (("tenant", tenant), ("task", task)) if name)
+    scope = named(tenant, task)
     return f"the cached answers of {scope}" if scope else "every cached answer"
+
+
+def named(tenant: str | None, task: str | None) -> str:
+    """Who and what a purge names: tenant 'acme' and task 'faq', or the part given; empty for neither."""
+    return " and ".join(f"{kind} {name!r}" for kind, name in (("tenant", tenant), ("task", task)) if name)
 
 
 def purge_log_path(store_path: str) -> str:

@@ -15,7 +15,7 @@ import click
 from redis.exceptions import RedisError
 
 from turnout.cache.factory import open_cache_store
-from turnout.cache.purges import PurgeLog, PurgeLogError, describe, purge_log_path
+from turnout.cache.purges import PurgeLog, PurgeLogError, describe, named, purge_log_path
 from turnout.cli._common import CommandError, config_option, task_option, tenant_option
 from turnout.config import Config
 
@@ -58,7 +58,7 @@ def purge(tenant: str | None, task: str | None, by: str | None, config: Config) 
         )
         return
     deleted = asyncio.run(_purge(config, tenant, task))
-    scope = " and ".join(f"{kind} {name!r}" for kind, name in (("tenant", tenant), ("task", task)) if name)
+    scope = named(tenant, task)
     click.echo(f"Purged {deleted} cached answers{' of ' + scope if scope else ''}.")
 
 
