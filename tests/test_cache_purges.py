@@ -285,3 +285,17 @@ def test_a_real_gateway_drops_the_answers_when_the_real_cli_asks(tmp_path: Path)
         assert "purged the cached answers of tenant 'acme' (1 dropped here)" in served.log.read_text()
     finally:
         upstream.stop()
+
+
+@pytest.mark.parametrize("flag", ["--tenant", "--task", "--by"])
+def test_an_empty_name_is_refused_not_read_as_every_answer(tmp_path: Path, flag: str) -> None:
+    """A script's empty variable (``--tenant "$TENANT"``) must not turn into a purge of all."""
+    raw = {
+        "targets": {"t": {"provider": "local"}},
+        "tasks": {"x": {"route": ["t"]}},
+        "releases": {"store_path": str(tmp_path / "releases.db")},
+    }
+    path = write_config(tmp_path / "turnout.yaml", raw)
+    result = CliRunner().invoke(main, ["cache", "purge", flag, " ", "--config", str(path)])
+    assert result.exit_code == 2 and f"{flag} must not be empty" in result.output
+    assert not (tmp_path / FILE_NAME).exists()  # nothing asked of any gateway

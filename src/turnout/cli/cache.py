@@ -50,6 +50,9 @@ def purge(tenant: str | None, task: str | None, by: str | None, config: Config) 
     the answers within about a second and logs how many.
 
     Names need not be in the config any more: a removed tenant's answers can be purged too."""
+    for flag, value in (("--tenant", tenant), ("--task", task), ("--by", by)):
+        if value is not None and not value.strip():  # an empty $VAR must not widen the purge to all
+            raise click.UsageError(f"{flag} must not be empty (leave it out instead)")
     if config.cache.backend != "redis":
         asked = asyncio.run(_ask(config, tenant, task, by or _user()))
         click.echo(
