@@ -8,12 +8,19 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 T = TypeVar("T")
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
+
+
+def beside(path: str, name: str) -> str:
+    """The SQLite file ``name`` in the directory of ``path`` (another store's file): where a
+    store found by another's setting lives; in memory beside one in memory."""
+    return path if path == ":memory:" else str(Path(path).parent / name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turnout._support.places import Conn, PgPlace, Place
+from turnout._support.places import Conn, PgPlace, Place, beside
 from turnout._support.stateworker import Schema, migrate_at, worker
+from turnout.config import Config
 from turnout.errors import TurnoutError
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,6 @@ class Purge:
     at: float
     by: str
 
-    def describe(self) -> str:
-        return describe(self.tenant, self.task)
-
 
 def describe(tenant: str | None, task: str | None) -> str:
     """What a purge drops, in words: "the cached answers of tenant 'acme'"."""
@@ -79,7 +77,13 @@ def named(tenant: str | None, task: str | None) -> str:
 def purge_log_path(store_path: str) -> str:
     """Where the gateway and the CLI find the log: beside the release store (in memory beside
     one in memory)."""
-    return store_path if store_path == ":memory:" else str(Path(store_path).parent / FILE_NAME)
+    return beside(store_path, FILE_NAME)
+
+
+def purge_log_place(config: Config) -> Place:
+    """Where the gateway and the CLI open the log: beside the release store, or the fleet's
+    PostgreSQL."""
+    return config.state_at(purge_log_path(config.releases.store_path))
 
 
 class PurgeLog:
@@ -168,5 +172,6 @@ class Follower:
             self._last = purge.id
             self.applied += 1
             self.dropped += dropped
-            log.info("cache: purged %s (%d dropped here), asked by %s", purge.describe(), dropped, purge.by)
+            what = describe(purge.tenant, purge.task)
+            log.info("cache: purged %s (%d dropped here), asked by %s", what, dropped, purge.by)
         self._version = version

@@ -15,7 +15,7 @@ import click
 from redis.exceptions import RedisError
 
 from turnout.cache.factory import open_cache_store
-from turnout.cache.purges import PurgeLog, PurgeLogError, describe, named, purge_log_path
+from turnout.cache.purges import PurgeLog, PurgeLogError, describe, named, purge_log_place
 from turnout.cli._common import CommandError, config_option, task_option, tenant_option
 from turnout.config import Config
 
@@ -74,14 +74,13 @@ def _user() -> str:
 
 async def _ask(config: Config, tenant: str | None, task: str | None, by: str) -> str:
     """The purge into the log the gateways follow; where that log is."""
-    place = config.state_at(purge_log_path(config.releases.store_path))
-    purges = PurgeLog(place)
+    purges = PurgeLog(purge_log_place(config))
     try:
         async with purges:
             await purges.request(tenant, task, by)
     except PurgeLogError as exc:
         raise CommandError(f"cannot ask the gateways to purge: {exc}") from exc
-    return purges.path if isinstance(place, str) else "the fleet's PostgreSQL"
+    return purges.path  # the file, or the database (without its password) and schema
 
 
 async def _purge(config: Config, tenant: str | None, task: str | None) -> int:

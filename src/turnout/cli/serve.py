@@ -15,7 +15,7 @@ import click
 from turnout.cli import probe as probes
 from turnout.cli._common import CONFIG_PATH, CommandError, config_option
 from turnout.cli.preflight import preflight, shared_state
-from turnout.config import Config, load_config, validate
+from turnout.config import Config, given, load_config, validate
 from turnout.control.catalog import base_model_id, bedrock_model, price
 from turnout.errors import ConfigError
 from turnout.serving import server, supervisor
@@ -69,9 +69,9 @@ class Reloader:
 
     def __call__(self) -> Config:
         config = load_config(self.path)
-        given = {k: v for k, v in (("host", self.host), ("port", self.port)) if v is not None}
-        if given:
-            config = over_server(config, given)
+        address = {k: v for k, v in (("host", self.host), ("port", self.port)) if v is not None}
+        if address:
+            config = over_server(config, address)
         problems = preflight(config)
         if problems:
             raise ConfigError(problems)
@@ -88,13 +88,13 @@ def ready(config: Config, workers: int = 1) -> None:
 def with_address(config: Config, host: str | None, port: int | None) -> Config:
     """``config`` with ``--host`` and ``--port`` over its server section, validated again (a
     public host needs tenants; a port must be in range)."""
-    given = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    if not given:
+    address = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if not address:
         return config
     try:
-        return over_server(config, given)
+        return over_server(config, address)
     except ConfigError as exc:
-        flags = " ".join(f"--{k} {v}" for k, v in given.items())
+        flags = " ".join(f"--{k} {v}" for k, v in address.items())
         raise CommandError.listing(f"the config with {flags} is invalid", exc.problems) from exc
 
 
@@ -151,11 +151,8 @@ def catalog_warnings(config: Config) -> list[str]:
     return out
 
 
-def over_server(config: Config, given: dict[str, Any]) -> Config:
-    """``config`` with ``given`` over its server section, validated again. From what the file
-    set only (``exclude_unset``): a model's defaults dumped back in would read as set, and a
-    validator that tells forms apart by what was given (a price: managed or self-hosted) would
-    see both."""
-    raw = config.model_dump(exclude_unset=True)
-    raw["server"] = {**raw.get("server", {}), **given}
+def over_server(config: Config, server: dict[str, Any]) -> Config:
+    """``config`` with ``server`` over its server section, validated again."""
+    raw = given(config)
+    raw["server"] = {**raw.get("server", {}), **server}
     return validate(raw)

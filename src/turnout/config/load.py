@@ -51,6 +51,14 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
     return validate(raw)
 
 
+def given(config: Config) -> dict[str, Any]:
+    """What ``validate`` made ``config`` from: the fields that were set, as plain data, to change
+    and validate again. Not ``model_dump()``: defaults dumped back in would read as set, and a
+    validator that tells forms apart by which fields were given (a price: managed or
+    self-hosted) would see both."""
+    return config.model_dump(exclude_unset=True)
+
+
 def validate(raw: dict[str, Any]) -> Config:
     problems = cross_problems(raw)
     try:

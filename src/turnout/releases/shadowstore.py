@@ -17,7 +17,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-from turnout._support.places import Conn, PgPlace, Place
+from turnout._support.places import Conn, PgPlace, Place, beside
 from turnout._support.stateworker import Schema, migrate_at, worker
 from turnout.errors import TurnoutError
 
@@ -103,7 +103,7 @@ class Pair:
 def shadow_path(store_path: str) -> str:
     """Where the gateway and the CLI find the shadow store: beside the release store (in memory
     beside one in memory)."""
-    return store_path if store_path == ":memory:" else str(Path(store_path).parent / FILE_NAME)
+    return beside(store_path, FILE_NAME)
 
 
 class ShadowStore:

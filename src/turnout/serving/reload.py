@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from turnout.config import Config, validate
+from turnout.config import Config, given, validate
 from turnout.errors import ConfigError, RequestError
 
 # Read per request through objects rebuilt on reload: routes, tenants and their keys and
@@ -62,10 +62,7 @@ def plan(running: Config, loader: Loader) -> Plan:
     now, new = running.model_dump(), fresh.model_dump()
     restart = sorted(k for k in new if k not in LIVE and new[k] != now[k])
     changed = [k for k in LIVE if new[k] != now[k]]
-    # Merged from what each file set (``exclude_unset``): defaults dumped back in would read as
-    # set, and a validator that tells forms apart by what was given (a price: managed or
-    # self-hosted) would see both.
-    now_set, new_set = running.model_dump(exclude_unset=True), fresh.model_dump(exclude_unset=True)
+    now_set, new_set = given(running), given(fresh)  # what each file set: the merge's input
     merged: dict[str, Any] = {}
     for k in new:
         source = new_set if k in LIVE else now_set

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from turnout._support.periodic import Periodic
 from turnout._support.places import Place
 from turnout.cache import factory as cache_factory
-from turnout.cache.purges import POLL_S, Follower, PurgeLog, purge_log_path
+from turnout.cache.purges import POLL_S, Follower, PurgeLog, purge_log_place
 from turnout.cache.stage import CacheStage
 from turnout.cache.store import CacheStore
 from turnout.config import HUMAN, Config
@@ -243,7 +243,7 @@ class Runtime:
     async def _follow_purges(self, stack: AsyncExitStack, store: CacheStore) -> None:
         """``turnout cache purge`` on the in-process cache: applied from the purge log
         (``turnout.cache.purges``) within about ``POLL_S``."""
-        purges = PurgeLog(self.config.state_at(purge_log_path(self.config.releases.store_path)))
+        purges = PurgeLog(purge_log_place(self.config))
         await purges.open()
         stack.push_async_callback(purges.aclose)
         follower = Follower(purges, lambda tenant, task: store.purge(tenant=tenant, task=task))
