@@ -6,11 +6,14 @@ this shared machine moves by 10 % between rounds. Use it to tell a small change 
 path from noise; quote throughput from ``bench/run.sh``.
 
     python bench/inprocess.py N [--config bench/cache-config.yaml] [--nap-every 32] [--nap-s 0.05]
+                                [--batch ROWS]
 
 Every ``--nap-every`` requests the loop sleeps ``--nap-s``: no request here ever waits on a
 socket, so without a pause the ledger's thread would never get the GIL and its rows would pile
 up in the queue (and the count would leave out the writer's work). Prints the CPU time a
-request and the ledger's counters, which must show no row dropped or spilled.
+request and the ledger's counters, which must show no row dropped or spilled. ``--batch``: the
+ledger writes batches of exactly that many rows (``store.batch_size``, and a flush interval
+long enough that no batch goes by time), so that its cost a batch and a row can be told apart.
 """
 
 from __future__ import annotations
@@ -52,8 +55,12 @@ SCOPE: dict[str, Any] = {
 }
 
 
-async def main(n: int, config: Path, nap_every: int, nap_s: float) -> None:
-    app = App(load_config(config))
+async def main(n: int, config: Path, nap_every: int, nap_s: float, batch: int | None) -> None:
+    loaded = load_config(config)
+    if batch is not None:
+        store = loaded.store.model_copy(update={"batch_size": batch, "flush_interval_ms": 60_000})
+        loaded = loaded.model_copy(update={"store": store})
+    app = App(loaded)
     await app.runtime.start()
     app.ready = True
     message = {"type": "http.request", "body": BODY, "more_body": False}
@@ -79,7 +86,9 @@ async def main(n: int, config: Path, nap_every: int, nap_s: float) -> None:
         cpu = time.process_time() - cpu
         ledger = app.runtime.ledger
         print(f"{n} requests, {cpu / max(n, 1) * 1e6:.1f} us CPU a request (naps included), statuses {set(statuses)}")
-        if ledger is not None:
+        if ledger is None:
+            print("ledger: none")
+        else:
             await asyncio.sleep(0.5)
             print(f"ledger: written {ledger.written}, dropped {ledger.dropped}, spilled {ledger.spilled}")
     finally:
@@ -92,7 +101,8 @@ if __name__ == "__main__":
     parser.add_argument("--config", type=Path, default=HERE / "cache-config.yaml")
     parser.add_argument("--nap-every", type=int, default=32)
     parser.add_argument("--nap-s", type=float, default=0.05)
+    parser.add_argument("--batch", type=int, default=None, help="rows a ledger batch, exactly")
     args = parser.parse_args()
     os.environ.setdefault("TURNOUT_BENCH_DB", "/tmp/turnout-bench/inprocess.db")  # noqa: S108
     uvloop.install()
-    asyncio.run(main(args.n, args.config, args.nap_every, args.nap_s))
+    asyncio.run(main(args.n, args.config, args.nap_every, args.nap_s, args.batch))
