@@ -25,6 +25,7 @@ import logging
 import math
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,6 +51,7 @@ log = logging.getLogger("turnout")
 # databases, logs, Redis. Half of the rest go to clients, since each request being answered
 # may hold one upstream connection too.
 RESERVED_FDS = 64
+SWITCH_INTERVAL_S = 0.0005  # how long a thread waits for the GIL at most (``share_the_gil``)
 UNLIMITED_FDS_CAP = 65_536  # the default cap when the open-file limit is unlimited
 
 
@@ -66,6 +68,7 @@ def run(
     redaction = RedactingFilter(Redactor(redaction_key(config)), fields=srv.log_format == "json")
     listener = logs.configure(srv.log_level, srv.log_format, redaction, access_log=srv.access_log)
     try:
+        share_the_gil()
         fd_limit = raise_open_file_limit()
         uv = uvicorn_config(config, fd_limit, source, loader)
         server = _Server(uv, listener.stop)  # its loggers propagate to ours
@@ -138,6 +141,18 @@ class _Server(uvicorn.Server):
                 yield
             finally:
                 self._before_exit()
+
+
+def share_the_gil(interval_s: float = SWITCH_INTERVAL_S) -> float:
+    """The event loop's thread lets the stores' threads (the SQLite ledger, its spill journal)
+    have the GIL within ``interval_s`` of their asking, instead of Python's 5 ms: a store write
+    asks for it again after each statement, so under a loop that is never idle a batch took
+    5 ms a statement and the writer fell behind (rows to the journal, whose thread starved the
+    same way, then dropped from a full queue: 20,721 of 32,000 in one run of cache hits, none
+    with 0.5 ms). No cost while only one thread runs Python. The interval before."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(interval_s)
+    return before
 
 
 def freeze_heap() -> int:
