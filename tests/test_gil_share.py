@@ -12,6 +12,7 @@ import asyncio
 import sqlite3
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,6 +20,7 @@ from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider
 from turnout.config import validate
+from turnout.observe import logs
 from turnout.serving import server
 from turnout.serving.server import SWITCH_INTERVAL_S, share_the_gil
 
@@ -65,6 +67,9 @@ async def test_hits_on_a_loop_that_is_never_idle_lose_no_ledger_row(make_app: Ap
 def test_turnout_serve_shares_the_gil_before_it_serves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     seen: list[float] = []
     monkeypatch.setattr(server._Server, "run", lambda self, sockets=None: seen.append(sys.getswitchinterval()))
+    # The process's logging is left as the other tests have it: no listener, no redacting filters.
+    monkeypatch.setattr(logs, "configure", lambda *args, **kwargs: SimpleNamespace(stop=lambda: None))
+    monkeypatch.setattr(server, "redact_logs", lambda config: None)
     before = sys.getswitchinterval()
     try:
         sys.setswitchinterval(0.005)
