@@ -159,6 +159,20 @@ def test_other_parts_count_as_their_json() -> None:
     assert prompt_tokens(body) == TOKENS_PER_REQUEST + TOKENS_PER_MESSAGE + len(orjson.dumps(audio))
 
 
+def test_every_field_the_target_receives_is_counted_but_the_sampling_parameters() -> None:
+    """vLLM makes ``documents`` and ``chat_template`` prompt text, and a field turnout does not
+    know is passed through: each counts as its JSON (a string as itself)."""
+    base = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0, "stop": ["x"]}
+    bare = prompt_tokens(base)
+    assert bare == TOKENS_PER_REQUEST + TOKENS_PER_MESSAGE + 2  # parameters count nothing
+    documents = [{"title": "d", "text": "x" * 10_000}]
+    assert prompt_tokens({**base, "documents": documents}) == bare + len(orjson.dumps(documents))
+    template = "{% for m in messages %}{{ m.content }}{% endfor %}" * 50
+    assert prompt_tokens({**base, "chat_template": template}) == bare + len(template)
+    assert prompt_tokens({**base, "whatever_next": {"a": "文" * 100}}) == bare + len(orjson.dumps({"a": "文" * 100}))
+    assert prompt_tokens({**base, "prediction": None}) == bare  # nothing sent, nothing counted
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
@@ -269,6 +283,34 @@ async def test_the_old_characters_over_four_estimate_spent_past_it(
         answered = await spend_until_refused(app, text)
         rows = await ledger(app, answered + 1)
     assert spent(rows) > budget
+
+
+class BodyBilledUpstream(FakeUpstream):
+    """Bills every byte of the request body as a prompt token, as a server that makes any
+    field prompt text (vLLM's ``documents``) would at worst."""
+
+    def _usage(self, body: Any) -> dict[str, int] | None:
+        prompt = len(orjson.dumps(body))
+        return {"prompt_tokens": prompt, "completion_tokens": 3, "total_tokens": prompt + 3}
+
+
+async def test_a_field_passed_through_cannot_carry_a_prompt_past_the_budget(make_app: AppFactory) -> None:
+    """Seen: twenty requests with a 200 KB ``documents`` field (uncounted) spent $2,401 of a $1
+    budget. Counted, the budget refuses before it is passed."""
+    documents = [{"title": "d", "text": "x" * 200_000}]
+    async with BodyBilledUpstream(reply=REPLY) as fake:
+        app = await make_app(config(fake.base_url, 1.0, {"backend": "memory"}))
+        statuses = [(await chat(app, "hi", documents=documents)).status for _ in range(8)]
+        rows = await ledger(app, len(statuses))
+    assert statuses[0] == 429  # 200,000 tokens at $0.001 do not fit in $1
+    assert set(statuses) == {429}
+    assert spent(rows) <= 1.0
+    assert completions(fake) == []
+    async with BodyBilledUpstream(reply=REPLY) as fake:  # a prompt that fits is still answered
+        app = await make_app(config(fake.base_url, 1.0, {"backend": "memory"}))
+        small = [{"title": "d", "text": "x" * 200}]
+        assert (await chat(app, "hi", documents=small)).status == 200
+        assert completions(fake)[0]["documents"] == small  # passed through as it came
 
 
 async def test_a_budget_request_without_max_tokens_is_sent_the_bound_it_reserved(make_app: AppFactory) -> None:

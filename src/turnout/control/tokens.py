@@ -28,6 +28,9 @@ tokenizer instead: exact for the text, so reservations are that much tighter.
   1.15-megapixel limit), Llama 4 and Nova; models that bill an image as more tokens (GPT-4o
   mini's 33×; Qwen2-VL at its default 12.8-megapixel bound, up to 16,384) pass it.
 * **Other parts** (audio, files) as their JSON, base64 data included: a loose bound.
+* **Every other field** of the body the target receives, but for the sampling and output
+  parameters in ``PARAMETERS``, as its JSON: vLLM makes ``documents`` and ``chat_template``
+  prompt text, and a field turnout does not know is passed through as it came.
 * An answer: the text it generated (content, reasoning, refusal, tool call names and arguments)
   plus ``TOKENS_PER_MESSAGE`` per choice (end of turn, channel markers), at most the output
   bound the request set (``max_tokens``, ``max_completion_tokens``, times ``n``).
@@ -60,7 +63,21 @@ IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 # What a model generates, in a message or a stream's delta.
 GENERATED = ("content", "reasoning_content", "reasoning", "refusal")
 BODY_JSON = ("tool_choice", "response_format")
-_MORE = frozenset({"tools", "functions", *BODY_JSON, "input"})  # what prompt_texts counts besides messages
+# Fields that never become prompt text: sampling and output parameters, the stream's options.
+# Every other field of the body the target receives is counted as its JSON (a string as
+# itself): a server may make it prompt text (vLLM's ``documents`` and ``chat_template``, a
+# ``prediction`` that is billed), and a field turnout does not know is passed through, so it
+# must not pass uncounted.
+PARAMETERS = frozenset(
+    {
+        "model", "messages", "max_tokens", "max_completion_tokens", "n", "stream", "stream_options",
+        "temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty",
+        "frequency_penalty", "repetition_penalty", "logit_bias", "logprobs", "top_logprobs",
+        "parallel_tool_calls", "user", "service_tier", "store", "reasoning_effort", "encoding_format",
+        "dimensions", "min_tokens", "ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
+    }
+)  # fmt: skip
+_COUNTED = frozenset({"tools", "functions", *BODY_JSON, "input"})  # counted below, each its own way
 INLINE_BYTES = 4096  # a tokenizer counts more text than this on a worker thread
 INSTALL = "pip install 'turnout[tokenizers]'"
 
@@ -93,7 +110,7 @@ def prompt_texts(body: Mapping[str, Any]) -> tuple[int, list[str]]:
                 texts.append(content)  # most messages: a role and a text, counted inline
             elif isinstance(message, dict):
                 fixed += _message(message, texts)
-    if body.keys().isdisjoint(_MORE):  # most bodies: messages and parameters only
+    if body.keys() <= PARAMETERS:  # most bodies: messages and parameters only
         return fixed, texts
     for key in ("tools", "functions"):
         value = body.get(key)
@@ -111,6 +128,9 @@ def prompt_texts(body: Mapping[str, Any]) -> tuple[int, list[str]]:
     elif inputs is not None:
         fixed += TOKENS_PER_INPUT
         texts.append(inputs if isinstance(inputs, str) else _dumps(inputs))
+    for key, value in body.items():  # whatever else the target receives
+        if key not in PARAMETERS and key not in _COUNTED and value is not None:
+            texts.append(value if isinstance(value, str) else _dumps(value))
     return fixed, texts
 
 
