@@ -126,6 +126,42 @@ async def test_memory_sweep_drops_expired_entries() -> None:
     assert await cache.sweep() == 1 and len(cache) == 1
 
 
+async def test_a_task_purge_takes_that_task_only_whatever_the_names(store: CacheStore) -> None:
+    """Seen with Redis: ``purge --task none`` matched ``*:none:*``, which also found every task's
+    answers of release version ``none`` (a task without releases): all were deleted."""
+    await store.put(address(task="none", version="none"), PLAIN, 60)
+    await store.put(address(task="faq", version="none"), PLAIN, 60)
+    await store.put(address(task="faq", version="none", shared=True), PLAIN, 60)
+    await store.put(address(tenant="none", task="faq", version="v1"), PLAIN, 60)
+    assert await store.purge(task="none") == 1
+    assert await store.get(address(task="faq", version="none")) == PLAIN
+    assert await store.get(address(task="faq", version="none", shared=True)) == PLAIN
+    assert await store.get(address(tenant="none", task="faq", version="v1")) == PLAIN
+    assert await store.purge_release("faq", frozenset({"none"})) == 1  # the v1 answer only
+    assert await store.get(address(task="faq", version="none")) == PLAIN
+    assert await store.purge(tenant="none") == 0  # the tenant named none has none left
+
+
+@needs_redis
+async def test_a_prefix_with_glob_characters_purges_its_own_keys_only() -> None:
+    """``key_prefix: "rv?"`` made a purge's pattern match ``rvA:`` and ``rvB:`` too: another
+    deployment's answers on the same Redis."""
+    run = uuid.uuid4().hex[:8]
+    mine, theirs = RedisCache(REDIS_URL, f"t{run}?", SECRET), RedisCache(REDIS_URL, f"t{run}B", SECRET)
+    try:
+        await mine.put(address(), PLAIN, 60)
+        await theirs.put(address(), PLAIN, 60)
+        assert await mine.purge(tenant="acme") == 1
+        assert await mine.get(address()) is None
+        assert await theirs.get(address()) == PLAIN
+        assert await mine.purge() == 0
+        assert await theirs.get(address()) == PLAIN
+    finally:
+        await theirs.purge()
+        await mine.aclose()
+        await theirs.aclose()
+
+
 @needs_redis
 async def test_redis_values_are_sealed_the_plaintext_is_nowhere_in_redis() -> None:
     prefix = f"test-{uuid.uuid4().hex[:12]}"

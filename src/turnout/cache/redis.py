@@ -1,7 +1,8 @@
 """The shared cache: Redis, one key per answer with its own TTL, every value sealed (AES-GCM,
 ``turnout.cache.seal``) with its key as associated data. Keys are
 ``<prefix>:cache:<scope>:<task>:<release version>:<digest>``, each part quoted
-(``turnout.cache.key``), so purges find a tenant's or a task's answers with one SCAN pattern.
+(``turnout.cache.key``: no part holds a colon), so a purge scans the prefix's keys and picks a
+tenant's or a task's answers by comparing each key's parts.
 
 A Redis that fails or is slow (``socket_timeout``) is a miss, never a failed request; the first
 failure of a streak is logged as a warning, the rest at debug level.
@@ -10,6 +11,7 @@ failure of a streak is logged as a warning, the rest at debug level.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -20,6 +22,12 @@ from turnout.cache.seal import Sealer, Unsealable
 log = logging.getLogger("turnout.cache")
 
 SCAN_COUNT = 1000
+PARTS = 4  # after the prefix: scope, task, release version, digest (each quoted: no colon)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class RedisCache:
@@ -72,13 +80,16 @@ class RedisCache:
         return True
 
     async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
-        scope = "*" if tenant is None else quote(TENANT + tenant)
-        return await self._delete_matching(f"{self.prefix}{scope}:{'*' if task is None else quote(task)}:*")
+        scope = None if tenant is None else quote(TENANT + tenant).encode()
+        name = None if task is None else quote(task).encode()
+        return await self._delete_matching(
+            lambda parts: (scope is None or parts[0] == scope) and (name is None or parts[1] == name)
+        )
 
     async def purge_release(self, task: str, keep: frozenset[str]) -> int:
-        kept = {quote(v) for v in keep}
-        pattern = f"{self.prefix}*:{quote(task)}:*"
-        return await self._delete_matching(pattern, lambda key: key.rsplit(b":", 2)[-2].decode() not in kept)
+        kept = {quote(v).encode() for v in keep}
+        name = quote(task).encode()
+        return await self._delete_matching(lambda parts: parts[1] == name and parts[2] not in kept)
 
     async def sweep(self) -> int:
         return 0  # every key carries its TTL
@@ -86,11 +97,17 @@ class RedisCache:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def _delete_matching(self, pattern: str, chosen: object = None) -> int:
+    async def _delete_matching(self, chosen: Callable[[list[bytes]], bool]) -> int:
+        """Delete the cache's keys whose parts (scope, task, version, digest) ``chosen`` picks.
+        SCAN's pattern only narrows to this prefix's cache (its glob characters escaped): a
+        ``*`` there would also match across parts (``*:none:*`` finds the task ``none`` and
+        every answer of release version ``none``), so each key's parts are compared here."""
         deleted = 0
         batch: list[bytes] = []
-        async for key in self.client.scan_iter(match=pattern, count=SCAN_COUNT):
-            if chosen is None or chosen(key):  # type: ignore[operator]
+        prefix = self.prefix.encode()
+        async for key in self.client.scan_iter(match=_glob_escape(self.prefix) + "*", count=SCAN_COUNT):
+            parts = key[len(prefix) :].split(b":") if key.startswith(prefix) else []
+            if len(parts) == PARTS and chosen(parts):
                 batch.append(key)
             if len(batch) >= SCAN_COUNT:
                 deleted += await self.client.unlink(*batch)
