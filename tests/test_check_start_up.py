@@ -123,9 +123,10 @@ CASES = [
     ),
     Case(
         "a Redis URL the limiter cannot parse",
-        "limits.redis_url: Redis URL must specify one of the following schemes",
+        "limits.redis_url: must start with redis://, rediss:// or unix://",
         "Redis URL must specify",
-        raw=merged(base(), tenants=TENANT, limits={"backend": "redis", "redis_url": "127.0.0.1:6379"}),
+        raw=merged(base(), tenants=TENANT, limits={"backend": "redis", "redis_url": "redis://127.0.0.1:6379"}),
+        loaded=(("limits", "redis_url"), "127.0.0.1:6379"),
     ),
     Case(
         "the ledger's directory under a file",

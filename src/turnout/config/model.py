@@ -4,11 +4,14 @@ Checks across sections are ``turnout.config.checks``'; reading a file is ``turno
 
 from __future__ import annotations
 
+import functools
 import re
+import typing
+import urllib.parse
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from turnout._support.places import PgPlace, Place
 
@@ -17,7 +20,56 @@ DataClass = Literal["public", "internal", "confidential", "restricted"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Numbers are finite: ``.inf`` or ``1e400`` for "unlimited" would pass start-up and then
+    # fail every request that reaches them (an infinite budget, price or timeout).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """YAML reads ``on``, ``yes`` and ``true`` as a boolean, which pydantic would take as 1
+        for a number: ``ledger_days: on`` would keep rows one day. A boolean is refused there."""
+        if isinstance(data, dict):
+            numbers = _number_fields(cls)
+            for name, value in data.items():
+                if type(value) is bool and name in numbers:
+                    raise ValueError(f"{name!r} must be a number, not {str(value).lower()}")
+        return data
+
+
+def _redis_url(url: str) -> str:
+    """What redis-py's ``from_url`` takes: ``redis://``, ``rediss://`` or ``unix://``, and a
+    database number as the path; anything else is refused here, not at the first request."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"must start with redis://, rediss:// or unix:// (got {parts.scheme or 'no'} scheme)")
+    if parts.scheme != "unix":
+        if not parts.hostname:
+            raise ValueError("names no host (redis://HOST:PORT/DB)")
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            raise ValueError(f"the database must be a number (redis://HOST:PORT/0), not {database!r}")
+        try:
+            parts.port  # noqa: B018 - parsed for its ValueError
+        except ValueError as exc:
+            raise ValueError(f"bad port ({exc})") from None
+    return url
+
+
+RedisUrl = Annotated[str, AfterValidator(_redis_url)]
+CACHE_TTL_MAX_S = 10 * 365 * 86_400  # ten years; Redis's expiry in ms and its clock take that
+
+
+@functools.cache
+def _number_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``model`` that take only numbers (int, float, or either or None)."""
+    numeric = {int, float, type(None)}
+    found = set()
+    for name, info in model.model_fields.items():
+        kinds = set(typing.get_args(info.annotation)) or {info.annotation}
+        if kinds <= numeric and kinds - {type(None)}:
+            found.add(name)
+    return frozenset(found)
 
 
 class ServerConfig(_Strict):
@@ -143,7 +195,7 @@ class LimitsConfig(_Strict):
     a SQLite file). ``redis``: shared by every replica (keys in Redis too)."""
 
     backend: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
     key_prefix: str = Field("turnout", min_length=1)
     on_backend_error: Literal["closed", "open"] = "closed"  # Redis unreachable: refuse (503) or admit
     max_request_s: float = Field(600.0, gt=0)  # a slot or reservation never settled expires then
@@ -497,7 +549,7 @@ class TaskCacheConfig(_Strict):
     unless ``allow_sampled``. ``max_mb``: the in-process backend keeps at most this much of the
     task's answers (least recently used go first); no answer larger than it is stored."""
 
-    ttl_s: float = Field(gt=0)
+    ttl_s: float = Field(gt=0, le=CACHE_TTL_MAX_S)
     classes: list[DataClass] = Field(min_length=1)
     scope: Literal["tenant", "shared"] = "tenant"
     allow_sampled: bool = False
@@ -646,7 +698,7 @@ class CacheConfig(_Strict):
     its TTL."""
 
     backend: Literal["memory", "redis"] = "memory"
-    redis_url: str | None = None  # None: limits.redis_url
+    redis_url: RedisUrl | None = None  # None: limits.redis_url
     key_prefix: str = Field("turnout", min_length=1)  # keys: <prefix>:cache:...
     encryption_key: str | None = None  # e.g. ${TURNOUT_CACHE_KEY}; `openssl rand -hex 32`
     max_mb: float = Field(64.0, gt=0)  # per task in process, unless the task sets its own
@@ -670,7 +722,7 @@ class RetentionRule(_Strict):
     ledger_days: float | None = Field(None, gt=0)  # metadata rows; unset everywhere: kept
     capture_days: float | None = Field(None, gt=0)  # captured text; unset everywhere: capture.ttl_days
     review_days: float | None = Field(None, gt=0)  # review queue items; unset everywhere: kept
-    cache_ttl_s: float | None = Field(None, gt=0)  # caps tasks.T.cache.ttl_s
+    cache_ttl_s: float | None = Field(None, gt=0, le=CACHE_TTL_MAX_S)  # caps tasks.T.cache.ttl_s
 
 
 class RetentionConfig(_Strict):

@@ -1,0 +1,124 @@
+"""Numbers in the config are finite and are numbers: ``.inf`` ("unlimited") passed start-up and
+then failed every request that met it with a 500 (an infinite budget, price or timeout), and
+YAML's ``on``/``yes``/``true`` was taken as 1 (``ledger_days: on`` kept rows a day). Redis URLs
+and cache lifetimes are checked where ``turnout check`` sees them, not at the first request.
+Each is refused by ``turnout check`` with the key's path, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from turnout.cli.main import main
+from turnout.config import validate
+from turnout.errors import ConfigError
+
+TARGET = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+
+
+def config(**sections: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"targets": {"up": dict(TARGET)}, "tasks": {"faq": {"route": ["up"]}}}
+    for name, value in sections.items():
+        base[name] = value
+    return base
+
+
+def refused(cfg: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate(cfg)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "where"),
+    [
+        (config(tenants={"acme": {"keys": ["sk-acme-0123456789"], "limits": {"usd_per_day": float("inf")}}}),
+         "tenants.acme.limits.usd_per_day"),
+        (config(targets={"up": {**TARGET, "price": {"input_per_mtok": float("inf"), "output_per_mtok": 1}}}),
+         "targets.up.price.input_per_mtok"),
+        (config(targets={"up": {**TARGET, "timeouts": {"total": float("inf")}}}), "targets.up.timeouts.total"),
+        (config(limits={"max_request_s": 1e400}), "limits.max_request_s"),
+        (config(retention={"rules": [{"ledger_days": float("nan")}]}), "retention.rules[0].ledger_days"),
+    ],
+)  # fmt: skip
+def test_infinite_and_nan_numbers_are_refused(cfg: dict[str, Any], where: str) -> None:
+    message = refused(cfg)
+    assert where in message and "finite" in message
+
+
+@pytest.mark.parametrize(
+    ("cfg", "where"),
+    [
+        (config(retention={"rules": [{"ledger_days": True}]}), "retention.rules[0]: 'ledger_days'"),
+        (config(tasks={"faq": {"route": ["up"], "cache": {"ttl_s": True, "classes": ["public"]}}}),
+         "tasks.faq.cache: 'ttl_s'"),
+        (config(server={"port": False}), "server: 'port'"),
+        (config(tenants={"acme": {"limits": {"rpm": True}}}), "tenants.acme.limits: 'rpm'"),
+    ],
+)  # fmt: skip
+def test_a_boolean_is_no_number(cfg: dict[str, Any], where: str) -> None:
+    message = refused(cfg)
+    assert where in message and "must be a number" in message
+
+
+def test_booleans_stay_booleans_and_numbers_numbers() -> None:
+    cfg = validate(
+        config(
+            server={"port": 8081},
+            retention={"rules": [{"ledger_days": 30, "capture_days": 1.5}]},
+        )
+    )
+    assert cfg.server.port == 8081
+    assert cfg.retention.rules[0].ledger_days == 30.0
+
+
+def test_a_cache_lifetime_is_bounded() -> None:
+    too_long = {"route": ["up"], "cache": {"ttl_s": 1e300, "classes": ["public"]}}
+    assert "tasks.faq.cache.ttl_s" in refused(config(tasks={"faq": too_long}))
+    assert "cache_ttl_s" in refused(config(retention={"rules": [{"cache_ttl_s": 1e12}]}))
+    year = {"route": ["up"], "cache": {"ttl_s": 365 * 86_400, "classes": ["public"]}}
+    assert validate(config(tasks={"faq": year})).tasks["faq"].cache is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:6379/7", "must start with redis://"),
+        ("redis://127.0.0.1:6379/notanumber", "the database must be a number"),
+        ("redis://127.0.0.1:99999/0", "bad port"),
+        ("redis:///0", "names no host"),
+    ],
+)
+def test_a_redis_url_redis_cannot_use_is_refused(url: str, says: str) -> None:
+    assert says in refused(config(limits={"redis_url": url}))
+    cache = {"backend": "redis", "redis_url": url, "encryption_key": "k" * 40}
+    assert says in refused(config(cache=cache))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://127.0.0.1",
+        "rediss://user:pw@cache.internal:6380/2",
+        "unix:///run/redis.sock",
+    ],
+)
+def test_redis_urls_redis_takes_are_accepted(url: str) -> None:
+    assert validate(config(limits={"redis_url": url})).limits.redis_url == url
+
+
+def test_turnout_check_refuses_them_in_one_line_each(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.yaml"
+    text = yaml.safe_dump(config(limits={"redis_url": "http://127.0.0.1:6379/7", "max_request_s": 600}))
+    path.write_text(text + "retention:\n  rules:\n    - {ledger_days: on}\n    - {tenant: acme, capture_days: .inf}\n")
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert "limits.redis_url" in result.output
+    assert "'ledger_days' must be a number, not true" in result.output
+    assert "retention.rules[1].capture_days" in result.output
