@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.asgi import request
-from tests.fakes.scripted import ScriptedProvider
+from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.cli.serve import Reloader
 from turnout.config import load_config
 from turnout.providers.base import Call, Provider, Stream
@@ -352,3 +352,32 @@ async def test_a_price_book_reloads_and_its_new_price_applies(served: Served, tm
     assert again.status == 200, again.body
     cost = float(again.headers["x-turnout-cost-usd"])
     assert cost == pytest.approx(1000 * float(first.headers["x-turnout-cost-usd"]))
+
+
+async def test_output_checks_added_by_a_reload_are_not_skipped_by_cached_answers(
+    served: Served, tmp_path: Path
+) -> None:
+    """Seen: an answer cached before ``output: {must_not_contain: [pii]}`` was added kept being
+    served as a hit afterwards, email and all, while a fresh answer got 502. A task's checks are
+    part of its cache key: the answer cached before them is not found after."""
+    raw = base(tmp_path)
+    raw["tasks"]["faq"] = {"route": ["secondary"], "cache": {"ttl_s": 600, "classes": ["public", "internal"]}}
+    served.secondary.steps = [Step(text="write to bob.smith@example.com today")]
+    app = await served.start(raw)
+    body = {"model": "faq", "messages": MESSAGES, "temperature": 0}
+    first = await request(app, "POST", "/v1/chat/completions", body, AUTH)
+    again = await request(app, "POST", "/v1/chat/completions", body, AUTH)
+    assert (first.status, first.headers.get("x-turnout-cache")) == (200, "miss")
+    assert (again.status, again.headers.get("x-turnout-cache")) == (200, "hit")
+    raw["tasks"]["faq"]["output"] = {"must_not_contain": ["pii"]}
+    served.write(raw)
+    assert (await app.reload())["changed"] == ["tasks"]
+    after = await request(app, "POST", "/v1/chat/completions", body, AUTH)
+    assert after.status == 502, after.body  # checked: the cached answer is not served
+    assert "bob.smith" not in after.body.decode()
+    assert len(served.secondary.calls) == 2
+    del raw["tasks"]["faq"]["output"]  # the checks gone again: the first answer's key comes back
+    served.write(raw)
+    await app.reload()
+    back = await request(app, "POST", "/v1/chat/completions", body, AUTH)
+    assert (back.status, back.headers.get("x-turnout-cache")) == (200, "hit")

@@ -16,16 +16,19 @@ A task without ``cache`` costs one dict lookup (``lookup`` answers None).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from turnout.cache.entry import Entry, decode
 from turnout.cache.key import Address, deterministic, digest, scope_of
 from turnout.cache.memory import MemoryCache
 from turnout.cache.seal import derive
 from turnout.cache.store import CacheStore
-from turnout.config import Config
+from turnout.config import Config, TaskConfig
 from turnout.privacy.retention.rules import Rules
 from turnout.releases.base import Release
 
@@ -40,6 +43,21 @@ class TaskCache:
     classes: frozenset[str]
     shared: bool
     allow_sampled: bool
+    checks: str = ""  # the task's answer checks, fingerprinted: their change is a new key
+
+
+def checks_of(task: TaskConfig) -> str:
+    """A fingerprint of what an answer of ``task`` must pass (its output checks and tool
+    allowlist): an answer is cached once it passed them, and a hit is not checked again, so a
+    reload that adds or changes a check must not find the answers kept before it. Empty for a
+    task with neither (its keys are as they were)."""
+    if task.output is None and task.tools is None:
+        return ""
+    checks = {"output": task.output, "tools": task.tools}
+    raw = orjson.dumps(
+        {k: v.model_dump(mode="json") for k, v in checks.items() if v is not None}, option=orjson.OPT_SORT_KEYS
+    )
+    return ":" + hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
 @dataclass(slots=True)
@@ -62,7 +80,13 @@ class CacheStage:
         # subclass may override ``get``, so only the class itself.
         self._get_now = store.get_now if type(store) is MemoryCache else None
         self.tasks: dict[str, TaskCache] = {
-            name: TaskCache(t.cache.ttl_s, frozenset(t.cache.classes), t.cache.scope == "shared", t.cache.allow_sampled)
+            name: TaskCache(
+                t.cache.ttl_s,
+                frozenset(t.cache.classes),
+                t.cache.scope == "shared",
+                t.cache.allow_sampled,
+                checks_of(t),
+            )
             for name, t in config.tasks.items()
             if t.cache is not None
         }
@@ -85,7 +109,10 @@ class CacheStage:
             self.bypasses += 1
             return Lookup(BYPASS)
         address = Address(
-            scope_of(tenant, cfg.shared), task, self.version(release), digest(self._secret, data_class, body)
+            scope_of(tenant, cfg.shared),
+            task,
+            self.version(release),
+            digest(self._secret, data_class + cfg.checks, body),
         )
         ttl_s = self._rules.get(tenant, task).cache_ttl(cfg.ttl_s)
         get_now = self._get_now
