@@ -12,8 +12,9 @@ from tests.asgi import ledger_rows as rows
 from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
-from turnout.errors import UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
+from turnout.errors import RequestError, UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
 from turnout.serving.app import App
+from turnout.serving.pipeline import _data_class
 from turnout.serving.runtime import pseudonym
 
 KEY = "sk-acme-0123456789"
@@ -168,6 +169,38 @@ async def test_tenant_may_not_send_a_data_class_it_lacks(make_app: AppFactory) -
     assert resp.status == 403
     assert resp.json()["error"]["type"] == "permission_denied"
     assert (await chat(app, headers={"x-turnout-data-class": "secret"})).status == 400
+
+
+@pytest.mark.parametrize(
+    ("header", "metadata"),
+    [("public", "restricted"), ("restricted", "public"), ("public, restricted", None), ("Restricted,public", None)],
+)
+async def test_conflicting_declarations_take_the_strictest_class(
+    make_app: AppFactory, header: str, metadata: str | None
+) -> None:
+    """Seen: header ``public`` and ``metadata.data_class: restricted`` went out as public, to a
+    target restricted data may not reach. Fail closed: the strictest declared class applies."""
+    app, fakes = await setup(make_app)
+    body: dict[str, Any] = {"model": "private"}
+    if metadata is not None:
+        body["metadata"] = {"data_class": metadata}
+    resp = await chat(app, body, {"x-turnout-data-class": header})
+    assert resp.status == 200, resp.body
+    assert resp.headers["x-turnout-target"] == "onprem"
+    assert not fakes["primary"].calls and not fakes["secondary"].calls
+    [row] = await rows(app)
+    assert row.data_class == "restricted"
+
+
+def test_a_repeated_data_class_header_takes_the_strictest() -> None:
+    two = {"headers": [(b"x-turnout-data-class", b"public"), (b"X-Turnout-Data-Class", b"confidential")]}
+    assert _data_class(two, b"public", None) == "confidential"
+    assert _data_class(two, b"public", "restricted") == "restricted"
+    one = {"headers": [(b"x-turnout-data-class", b"PUBLIC")]}
+    assert _data_class(one, b"PUBLIC", None) == "public"
+    assert _data_class({"headers": []}, None, None) == "internal"  # nothing declared
+    with pytest.raises(RequestError):
+        _data_class({"headers": [(b"x-turnout-data-class", b"public, secret")]}, b"public, secret", None)
 
 
 async def test_restricted_never_falls_back_outside_its_allowed_set(make_app: AppFactory) -> None:

@@ -21,12 +21,21 @@ def parse_data_class(value: object, default: str = "internal") -> str:
     if value is None or value == "":
         return default
     if not isinstance(value, str) or value.lower() not in DATA_CLASSES:
+        shown = repr(value) if len(repr(value)) <= 64 else repr(value)[:60] + "…"
         raise RequestError(
-            f"unknown data class {value!r}; expected one of {', '.join(DATA_CLASSES)}",
+            f"unknown data class {shown}; expected one of {', '.join(DATA_CLASSES)}",
             param="X-Turnout-Data-Class",
             code="invalid_data_class",
         )
     return value.lower()
+
+
+def strictest_class(declared: Sequence[str | None], default: str = "internal") -> str:
+    """The class a request carries when it declares more than one (repeated headers, a header
+    joined with commas by a proxy, the header and the body's ``metadata.data_class``): the
+    strictest of them, so a conflicting declaration never lowers it. None of them: ``default``."""
+    found = [parse_data_class(part.strip()) for value in declared if value for part in value.split(",")]
+    return max(found, key=DATA_CLASSES.index) if found else default
 
 
 def allowed_targets(route: Sequence[str], data_class: str, policy: Mapping[str, Collection[str]]) -> list[str]:

@@ -290,7 +290,7 @@ class Pipeline:
         if release is None and door.needs_release:
             raise UnknownTask(f"the task {task!r} has no active release", param=door.task_param, code="no_release")
         episode_id = check_episode_id(_text(sent.get(b"x-turnout-episode")), "X-Turnout-Episode")
-        data_class = policy.parse_data_class(_text(sent.get(b"x-turnout-data-class")) or request.data_class)
+        data_class = _data_class(scope, sent.get(b"x-turnout-data-class"), request.data_class)
         # End-user ids are often emails: the ledger keeps a keyed pseudonym, stable per key.
         user_id = pseudonym(self.rt.secret, str(user)) if user else None
         return Admission(tenant, task, release, data_class, user_id, episode_id or request.episode_id, data_class)
@@ -689,6 +689,17 @@ def _bypass(scope: dict[str, Any]) -> bool:
     """The caller asked past the cache (``Cache-Control: no-cache``, ``X-Turnout-Cache: bypass``)."""
     sent = headers(scope)
     return bypassed(sent.get(b"cache-control"), sent.get(b"x-turnout-cache"))
+
+
+def _data_class(scope: dict[str, Any], header: bytes | None, body: str | None) -> str:
+    """The declared class: the header's or the body's; where both, or the header repeats or
+    lists several, the strictest (``policy.strictest_class``)."""
+    if header is None:
+        return policy.parse_data_class(body)
+    sent = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"x-turnout-data-class"]
+    if len(sent) == 1 and b"," not in header and not body:
+        return policy.parse_data_class(sent[0])
+    return policy.strictest_class([*sent, body])
 
 
 def _text(value: bytes | None) -> str | None:
