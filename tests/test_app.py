@@ -13,6 +13,8 @@ from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.errors import RequestError, UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
+from turnout.offline.reports.figures import Column
+from turnout.offline.reports.render import cell
 from turnout.serving.app import App
 from turnout.serving.pipeline import _data_class
 from turnout.serving.runtime import pseudonym
@@ -201,6 +203,28 @@ def test_a_repeated_data_class_header_takes_the_strictest() -> None:
     assert _data_class({"headers": []}, None, None) == "internal"  # nothing declared
     with pytest.raises(RequestError):
         _data_class({"headers": [(b"x-turnout-data-class", b"public, secret")]}, b"public, secret", None)
+
+
+async def test_an_unknown_task_name_is_kept_and_echoed_printable_and_short(make_app: AppFactory) -> None:
+    """Seen: a ``model`` of escape sequences went into the ledger as it came and ``turnout report``
+    printed it raw (the caller drove the operator's terminal, forged report lines); a name of
+    500,000 characters was kept and echoed whole."""
+    app, _ = await setup(make_app)
+    hostile = "\x1b[31mRED\x1b]0;pwned\x07\r\nFAKE LINE"
+    resp = await chat(app, {"model": hostile})
+    assert resp.status == 404
+    assert "\x1b" not in resp.json()["error"]["message"]
+    long = await chat(app, {"model": "t" * 500_000})
+    assert long.status == 404 and len(long.body) < 1000
+    found = sorted(await rows(app), key=lambda r: len(r.task))
+    assert found[0].task == "?[31mRED?]0;pwned???FAKE LINE"
+    assert len(found[1].task) == 100 and found[1].task.endswith("…")
+
+
+def test_report_cells_print_no_control_characters() -> None:
+    column = Column("task", "task", "text")
+    assert cell(column, "\x1b[2Jwiped\r\nforged") == "?[2Jwiped??forged"
+    assert cell(column, "support-reply") == "support-reply"
 
 
 async def test_restricted_never_falls_back_outside_its_allowed_set(make_app: AppFactory) -> None:

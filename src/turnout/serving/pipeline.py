@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from turnout._support.printable import printable
 from turnout.cache import replay
 from turnout.cache.entry import Recording
 from turnout.cache.stage import HIT, MISS, Lookup, bypassed
@@ -281,7 +282,9 @@ class Pipeline:
         """task → release (sticky per end user) → classify."""
         task = request.task
         if task not in self.tasks or not tenant.may_use(task):
-            raise UnknownTask(f"the task {task!r} does not exist or is not open to you", param=door.task_param)
+            raise UnknownTask(
+                f"the task {printable(task)!r} does not exist or is not open to you", param=door.task_param
+            )
         if (task in self.embedding_tasks) != (door.endpoint == EMBEDDINGS):
             raise _wrong_endpoint(task, door)
         sent = headers(scope)
@@ -606,7 +609,7 @@ def ledger_row(
         request_id,
         started_at,
         tenant.name if tenant is not None else "",
-        request.task if request is not None else task or "",
+        (request.task if admission is not None else printable(request.task)) if request is not None else task or "",
         admission.data_class if admission is not None else "",
         request.stream if request is not None else False,
         admission.user if admission is not None else None,

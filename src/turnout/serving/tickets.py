@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from turnout._support.printable import printable
 from turnout.errors import NotFound, UnknownTask
 from turnout.releases.review import ReviewItem
 from turnout.serving.asgi import Receive, Send, header, send_json
@@ -28,7 +29,7 @@ STATUS = {"accept": "answered", "reject": "rejected"}  # any other label: still 
 async def handle(runtime: Runtime, scope: dict[str, Any], receive: Receive, send: Send, task: str, ticket: str) -> None:
     tenant = await runtime.auth.identify(header(scope, b"authorization"), time.time())
     if task not in runtime.config.tasks or not tenant.may_use(task):
-        raise UnknownTask(f"the task {task!r} does not exist or is not open to you", param="task")
+        raise UnknownTask(f"the task {printable(task)!r} does not exist or is not open to you", param="task")
     item = await _find(runtime, ticket)
     if item is None or item.tenant != tenant.name or item.task != task:
         raise NotFound(f"no ticket {ticket[:MAX_TICKET_ID]!r} for the task {task!r}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from turnout._support.printable import printable
 from turnout.offline.reports.figures import Column, Report
 
 TITLES = {
@@ -91,7 +92,7 @@ def cell(column: Column, value: Any) -> str:
         return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
     if column.unit == "count":
         return f"{value:,}"
-    return str(value)
+    return printable(str(value))  # names from the ledger: a client chose some of them
 
 
 def usd(value: float) -> str:
