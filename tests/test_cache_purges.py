@@ -5,6 +5,7 @@ both state backends, the gateway's follower, the CLI, two gateways sharing one l
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 import subprocess
@@ -183,6 +184,23 @@ async def test_a_purge_that_fails_is_tried_again_on_the_next_tick(tmp_path: Path
         assert tries == ["acme", "acme"]
 
 
+async def test_who_asked_cannot_forge_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``--by`` is free text: a newline in it wrote a second, forged purge line in the log."""
+    cache = await filled()
+    async with PurgeLog(tmp_path / FILE_NAME) as log:
+        follower = Follower(log, lambda tenant, task: cache.purge(tenant=tenant, task=task))
+        await follower.start()
+        forged = "mallory\n2026-12-05 INFO turnout.cache.purges: cache: purged every cached answer, asked by admin"
+        await log.request(None, "faq", forged)
+        with caplog.at_level(logging.INFO, logger="turnout.cache"):
+            await follower()
+    [line] = [r.getMessage() for r in caplog.records if "asked by" in r.getMessage()]
+    assert "\n" not in line
+    assert line.endswith(
+        "asked by mallory?2026-12-05 INFO turnout.cache.purges: cache: purged every cached answer, asked by admin"
+    )
+
+
 # --- the CLI and the gateway ---------------------------------------------------------------------
 
 
@@ -238,13 +256,15 @@ def test_the_cli_writes_the_purge_with_who_asked(tmp_path: Path) -> None:
         "releases": {"store_path": str(tmp_path / "state" / "releases.db")},
     }
     path = write_config(tmp_path / "turnout.yaml", raw)
-    result = CliRunner().invoke(main, ["cache", "purge", "--task", "x", "--by", "dpo", "--config", str(path)])
-    assert result.exit_code == 0, result.output
-    assert "to purge the cached answers of task 'x'" in result.output
 
     async def read() -> list[Any]:
         async with PurgeLog(tmp_path / "state" / FILE_NAME) as log:
             return await log.after(0)
+
+    assert asyncio.run(read()) == []  # a gateway opened the log: one follows it
+    result = CliRunner().invoke(main, ["cache", "purge", "--task", "x", "--by", "dpo", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "to purge the cached answers of task 'x'" in result.output
 
     (purge,) = asyncio.run(read())
     assert (purge.tenant, purge.task, purge.by) == (None, "x", "dpo")

@@ -21,6 +21,7 @@ from tests.fakes.upstream import FakeUpstream
 from tests.test_cache_api import ASK, KEY, OTHER, calls, config
 from tests.test_quota_contract import REDIS_URL, needs_redis
 from tests.uvicorn_app import gateway
+from turnout.cache.purges import PurgeLog
 from turnout.cli.main import main
 
 pytestmark = needs_redis
@@ -92,10 +93,42 @@ def test_purge_with_the_memory_backend_asks_the_gateways_instead(tmp_path: Path)
     path = tmp_path / "turnout.yaml"
     raw = {"targets": {"t": {"provider": "local"}}, "tasks": {"x": {"route": ["t"]}}}
     path.write_text(yaml.safe_dump({**raw, "releases": {"store_path": str(tmp_path / "releases.db")}}))
+    asyncio.run(opened_as_a_gateway_does(str(tmp_path / "cache-purges.db")))
     result = CliRunner().invoke(main, ["cache", "purge", "--config", str(path)])
     assert result.exit_code == 0, result.output
     assert "Asked every gateway sharing" in result.output and "every cached answer" in result.output
     assert not any(name.startswith("Purged") for name in result.output.split())  # no count: each gateway logs its own
+
+
+async def opened_as_a_gateway_does(path: str) -> None:
+    purges = PurgeLog(path)
+    await purges.open()
+    await purges.aclose()
+
+
+def test_a_memory_purge_where_no_gateway_follows_the_log_fails_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen: run from another directory than the gateway's, the default (relative) store path
+    named a new file there: "Asked every gateway" and exit 0, while the gateway kept serving the
+    answers. An erasure request must not be a silent no-op."""
+    gateway_dir, elsewhere = tmp_path / "gateway", tmp_path / "elsewhere"
+    gateway_dir.mkdir()
+    elsewhere.mkdir()
+    path = gateway_dir / "turnout.yaml"
+    path.write_text(yaml.safe_dump({"targets": {"t": {"provider": "local"}}, "tasks": {"x": {"route": ["t"]}}}))
+    monkeypatch.chdir(gateway_dir)
+    (gateway_dir / ".turnout").mkdir()
+    asyncio.run(opened_as_a_gateway_does(".turnout/cache-purges.db"))  # the gateway's, relative to its directory
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(main, ["cache", "purge", "--tenant", "acme", "--config", str(path)])
+    assert result.exit_code == 1
+    assert f"no gateway follows the purge log {elsewhere}/.turnout/cache-purges.db" in result.output
+    assert not (elsewhere / ".turnout").exists()  # nothing written where no one reads
+    monkeypatch.chdir(gateway_dir)
+    result = CliRunner().invoke(main, ["cache", "purge", "--tenant", "acme", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{gateway_dir}/.turnout/cache-purges.db" in result.output  # the absolute path
 
 
 def test_purge_against_a_redis_that_is_down_says_so(tmp_path: Path) -> None:

@@ -122,3 +122,20 @@ def test_turnout_check_refuses_them_in_one_line_each(tmp_path: Path) -> None:
     assert "limits.redis_url" in result.output
     assert "'ledger_days' must be a number, not true" in result.output
     assert "retention.rules[1].capture_days" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [(b"\xff\xfe\x00bad", "not UTF-8 text"), (b"a: &a [*a]\n", "a YAML alias refers to a node that holds it")],
+    ids=["not-utf8", "alias-loop"],
+)
+@pytest.mark.parametrize("command", [["check"], ["report", "usage"]])
+def test_a_file_yaml_cannot_give_a_config_is_one_line_not_a_traceback(
+    tmp_path: Path, content: bytes, says: str, command: list[str]
+) -> None:
+    path = tmp_path / "turnout.yaml"
+    path.write_bytes(content)
+    result = CliRunner().invoke(main, [*command, "--config", str(path)])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert says in result.output and "Traceback" not in result.output

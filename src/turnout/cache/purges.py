@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout._support.places import Conn, PgPlace, Place, beside
+from turnout._support.printable import printable
 from turnout._support.stateworker import Schema, migrate_at, worker
 from turnout.config import Config
 from turnout.errors import TurnoutError
@@ -173,5 +174,6 @@ class Follower:
             self.applied += 1
             self.dropped += dropped
             what = describe(purge.tenant, purge.task)
-            log.info("cache: purged %s (%d dropped here), asked by %s", what, dropped, purge.by)
+            # "by" is free text from the CLI: printable, so it cannot forge log lines
+            log.info("cache: purged %s (%d dropped here), asked by %s", what, dropped, printable(purge.by))
         self._version = version

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 
 import click
 from redis.exceptions import RedisError
 
+from turnout._support.places import Place
 from turnout.cache.factory import open_cache_store
 from turnout.cache.purges import PurgeLog, PurgeLogError, describe, named, purge_log_place
 from turnout.cli._common import CommandError, config_option, task_option, tenant_option
@@ -54,7 +56,7 @@ def purge(tenant: str | None, task: str | None, by: str | None, config: Config) 
         if value is not None and not value.strip():  # an empty $VAR must not widen the purge to all
             raise click.UsageError(f"{flag} must not be empty (leave it out instead)")
     if config.cache.backend != "redis":
-        asked = asyncio.run(_ask(config, tenant, task, by or _user()))
+        asked = asyncio.run(_ask(_followed(config), tenant, task, by or _user()))
         click.echo(
             f"Asked every gateway sharing {asked} to purge {describe(tenant, task)}; each does within about "
             "a second (its log says how many answers it dropped)."
@@ -72,9 +74,26 @@ def _user() -> str:
         return "cli"
 
 
-async def _ask(config: Config, tenant: str | None, task: str | None, by: str) -> str:
+def _followed(config: Config) -> Place:
+    """Where the gateways follow the purge log. A SQLite log that does not exist yet is followed
+    by no gateway (each opens it as it starts): writing a new one would purge nothing and say it
+    did, as a run from another working directory than the gateway's (where a relative
+    ``releases.store_path`` names another file) once did."""
+    place = purge_log_place(config)
+    if isinstance(place, str) and place != ":memory:":
+        place = os.path.abspath(place)
+        if not os.path.exists(place):
+            raise CommandError(
+                f"no gateway follows the purge log {place}: the file does not exist, so nothing was purged. "
+                "A relative releases.store_path is taken from the working directory: run this where the "
+                "gateways run, or give the path (or state: postgres) absolutely in the config."
+            )
+    return place
+
+
+async def _ask(place: Place, tenant: str | None, task: str | None, by: str) -> str:
     """The purge into the log the gateways follow; where that log is."""
-    purges = PurgeLog(purge_log_place(config))
+    purges = PurgeLog(place)
     try:
         async with purges:
             await purges.request(tenant, task, by)

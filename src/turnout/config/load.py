@@ -33,9 +33,13 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
     if path is None:
         return default_config()
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"]
+        ) from None
     try:
         raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -45,7 +49,10 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping"])
     problems: list[str] = []
-    raw = _substitute(raw, "", os.environ if env is None else env, problems)
+    try:
+        raw = _substitute(raw, "", os.environ if env is None else env, problems)
+    except RecursionError:  # `a: &a [*a]`: an alias inside the node it names
+        raise ConfigError([f"{path}: a YAML alias refers to a node that holds it (a loop)"]) from None
     if problems:
         raise ConfigError(problems)
     return validate(raw)
