@@ -119,6 +119,17 @@ async def test_an_episode_groups_requests_and_feedback_updates_them_all(make_app
     assert (await stored(app, a)).outcome == "success"
 
 
+async def test_a_utf8_episode_header_is_the_same_id_as_in_a_json_body(make_app: AppFactory) -> None:
+    """Seen: ``X-Turnout-Episode: café-42`` (UTF-8, as curl and the SDKs send it) was stored as
+    ``cafÃ©-42``, so feedback for ``café-42`` found nothing."""
+    app = await started(make_app)
+    a = bare(await chat(app, {"x-turnout-episode": "café-42"}))
+    b = bare(await chat(app, metadata={"episode_id": "café-42"}))
+    assert (await stored(app, a)).episode_id == (await stored(app, b)).episode_id == "café-42"
+    answer = await feedback(app, {"episode_id": "café-42", "outcome": "success"})
+    assert answer.status == 200 and answer.json()["updated"] == 2
+
+
 async def test_the_episode_id_is_turnouts_and_does_not_reach_the_target(make_app: AppFactory) -> None:
     fakes = {name: ScriptedProvider(name) for name in ("primary", "secondary", "onprem")}
     app = await make_app(config(), dict(fakes))

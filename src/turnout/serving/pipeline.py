@@ -706,5 +706,12 @@ def _data_class(scope: dict[str, Any], header: bytes | None, body: str | None) -
 
 
 def _text(value: bytes | None) -> str | None:
-    """A header's value as text (HTTP headers are Latin-1); None when absent or empty."""
-    return value.decode("latin-1") if value else None
+    """A header's value as text; None when absent or empty. Clients send UTF-8 (curl, every SDK):
+    read as Latin-1, the header's old default, ``café-42`` became ``cafÃ©-42`` and matched the
+    same id sent in a JSON body nowhere. Bytes that are not UTF-8 are read as Latin-1."""
+    if not value:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
