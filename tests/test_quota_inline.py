@@ -15,6 +15,7 @@ from turnout.control.quota.gate import QuotaGate
 from turnout.control.quota.memory import MemoryLimiter
 from turnout.control.quota.plan import max_output_tokens
 from turnout.control.tokens import Tokens, output_bound
+from turnout.errors import RequestError
 from turnout.providers.base import Usage
 
 BODY = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "héllo 你好"}]}
@@ -111,3 +112,25 @@ async def test_a_limiter_subclass_is_awaited_through_the_protocol() -> None:
     await gate.settle(one, Usage(1, 1), 0.0)
     await gate.release(two)
     assert limiter.calls == ["acquire", "acquire", "settle", "release"]
+
+
+@pytest.mark.parametrize("limiter", ["inline", "awaited"])
+async def test_a_request_no_minute_of_tpm_can_hold_is_too_large_not_rate_limited(limiter: str) -> None:
+    """Seen: ``tpm: 1000`` and ``max_tokens: 1030`` got 429 "retry after 6s" with the bucket full,
+    and again after every wait: a client honouring Retry-After looped forever."""
+    cfg = config({"tpm": 1000})
+    used = MemoryLimiter(60) if limiter == "inline" else Counting()
+    gate = QuotaGate(cfg, used, PriceBook(cfg))
+    with pytest.raises(RequestError) as refused:
+        await gate.admit("acme", "t", {**BODY, "max_tokens": 1030}, ["up"], "r1")
+    assert refused.value.status == 400 and refused.value.code == "request_too_large"
+    assert "more than the tpm limit of 1,000" in refused.value.message
+    scope = gate.scopes[("acme", "t")][0]
+    assert (await used.usage(scope, 0.0))["tpm"]["available"] == 1000.0  # nothing taken
+    _, grant = await gate.admit("acme", "t", {**BODY, "max_tokens": 100}, ["up"], "r2")  # one that fits
+    assert grant is not None
+    with pytest.raises(RequestError, match="request counts up to"):  # unset: the default 1,024 counts
+        await gate.admit("acme", "t", dict(BODY), ["up"], "r3")
+    await gate.admit("acme", "t", {**BODY, "max_tokens": 400}, ["up"], "r4")
+    with pytest.raises(QuotaExceeded):  # fits a minute, not what is left of this one: rate limited
+        await gate.admit("acme", "t", {**BODY, "max_tokens": 400}, ["up"], "r5")

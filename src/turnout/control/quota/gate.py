@@ -40,6 +40,7 @@ from turnout.control.quota.base import Ask, Grant, Limiter, QuotaExceeded, Scope
 from turnout.control.quota.memory import MemoryLimiter
 from turnout.control.quota.plan import REPAIR_TURN_TOKENS, max_output_tokens, scopes, sets_output_bound
 from turnout.control.tokens import BYTES, Tokens
+from turnout.errors import RequestError
 from turnout.providers.base import Usage
 
 log = logging.getLogger("turnout.quota")
@@ -98,6 +99,7 @@ class QuotaGate:
             worst = {name: self._worst(name, prompts[name], output, repairs, now) for name in allowed}
             extra = 0.0 if escalation is None else self.book.worst_case(escalation, prompts[escalation], output, now)
             ask = Ask(request_id, scopes, max(prompts[n] for n in allowed) + output, max(worst.values()) + extra, now)
+        _fits_tpm(ask, output)
         try:
             return allowed, self.inline.take(ask) if self.inline is not None else await self.limiter.acquire(ask)
         except QuotaExceeded as refusal:
@@ -153,6 +155,21 @@ def _answers(config: Config) -> dict[str, tuple[int, str | None]]:
             to = task.output.escalate.to if task.output.escalate is not None else None
             out[name] = (task.output.repair_attempts, to if to in config.targets else None)
     return out
+
+
+def _fits_tpm(ask: Ask, output: int) -> None:
+    """A request whose tokens pass a whole minute's ``tpm`` would be told to retry forever (a full
+    bucket never holds it): refused at once, as too large, not rate limited."""
+    for scope in ask.scopes:
+        tpm = scope.limits.tpm
+        if tpm is not None and ask.tokens > tpm:
+            raise RequestError(
+                f"{scope.name}: the request counts up to {ask.tokens:,} tokens ({ask.tokens - output:,} of prompt and "
+                f"{output:,} of output: max_tokens, or the default when unset), more than the tpm limit of {tpm:,} "
+                "can ever admit; lower max_tokens or shorten the prompt",
+                param="max_tokens",
+                code="request_too_large",
+            )
 
 
 def _budgeted(scope: Scope) -> bool:
