@@ -359,3 +359,19 @@ async def test_shadow_pairs_follow_ledger_days(tmp_path: Path) -> None:
     finally:
         await audit.aclose()
         await ledger.aclose()
+
+
+def test_show_names_the_task_ttl_where_a_rules_cap_is_longer(tmp_path: Path) -> None:
+    """Seen: ``{ledger_days: 365, cache_ttl_s: 7200}`` over a task's ``ttl_s: 3600`` showed the
+    3600 s as the default rule's; the cap does not apply, the task's own setting does."""
+    longer = {"rules": [{"ledger_days": 365, "cache_ttl_s": 7200}]}
+    path = write(tmp_path, config(**longer))
+    result = CliRunner().invoke(main, ["retention", "show", "--format", "json", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    faq = {(x["tenant"], x["task"], x["data_class"]): x for x in json.loads(result.output)}[("acme", "faq", "public")]
+    assert (faq["cache"]["seconds"], faq["cache"]["rule"]) == (3600, "tasks.faq.cache.ttl_s")
+    shorter = {"rules": [{"ledger_days": 365, "cache_ttl_s": 60}]}
+    path = write(tmp_path, config(**shorter))
+    result = CliRunner().invoke(main, ["retention", "show", "--format", "json", "--config", str(path)])
+    faq = {(x["tenant"], x["task"], x["data_class"]): x for x in json.loads(result.output)}[("acme", "faq", "public")]
+    assert (faq["cache"]["seconds"], faq["cache"]["rule"]) == (60, "default")

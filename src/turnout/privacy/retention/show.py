@@ -98,7 +98,9 @@ def _cache(config: Config, rules: Rules, tenant: str, task: str, data_class: str
     where = "Redis (AES-GCM)" if config.cache.backend == "redis" else "gateway memory"
     if cache.scope == "shared":
         where += ", shared by tenants"
-    source = rules.source(tenant, task, "cache_ttl_s")
+    cap = rules.get(tenant, task).cache_ttl_s
+    # The rule's cap names the figure only where it shortens the task's own ttl_s.
+    source = rules.source(tenant, task, "cache_ttl_s") if cap is not None and cap < cache.ttl_s else "fallback"
     ttl_s = rules.get(tenant, task).cache_ttl(cache.ttl_s)
     return Kept("cached answers", where, True, ttl_s / 86_400, _or(source, f"tasks.{task}.cache.ttl_s"))
 
