@@ -79,6 +79,13 @@ def test_a_release_that_passes_its_gates_exits_0_and_is_marked_evaluated(project
     assert "v1" in json.dumps(report)
     listed = turnout(project, "release", "list", "qa")
     assert listed.returncode == 0 and "evaluated" in listed.stdout
+    # Seen: the active release evaluated again printed PASS, then exited 1 ("only a registered or
+    # retired release can be marked evaluated"). It passes and stays active.
+    promoted = turnout(project, "release", "promote", "qa", "v1", "--by", "ci", "--why", "passed")
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    again = turnout(project, "eval", "qa", "--candidate", "v1", "--by", "ci")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "v1 is active already" in again.stdout
 
 
 def test_a_candidate_that_regresses_fails_its_gates_and_exits_1(project: Path) -> None:

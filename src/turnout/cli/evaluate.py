@@ -169,12 +169,19 @@ async def _evaluate(config: Config, run: Run, releases: dict[str, Release], case
         store = app.runtime.release_store
         if all_passed(gates) and run.mark and store is not None:
             await store.register(releases[candidate], run.by)
+            found = await store.get(task, candidate)
+            if found is not None and found.state in PAST_EVALUATED:  # serving already: nothing to mark
+                click.echo(f"{candidate} is {found.state} already; its state is left as it is")
+                return gates
             why = f"eval gates passed on {len(cases)} cases: {', '.join(g.name for g in gates if not g.skipped)}"
             await store.mark_evaluated(task, candidate, run.by, why)
             click.echo(f"{candidate} is marked evaluated")
         return gates
     finally:
         await app.runtime.aclose()
+
+
+PAST_EVALUATED = frozenset({"canary", "active"})  # states a passing eval leaves as they are
 
 
 def _write_reports(stem: Path, json_text: str, html_text: str) -> None:
