@@ -12,8 +12,10 @@ import asyncio
 import logging
 import os
 import time
+import urllib.parse
 from typing import Any
 
+from turnout._support.printable import printable
 from turnout.config import Config
 from turnout.console.app import Console
 from turnout.errors import MethodNotAllowed, NotFound
@@ -106,6 +108,9 @@ class App:
         elif path == "/v1/models":
             _expect(method, "GET")
             await send_json(send, 200, await self.models(header(scope, b"authorization")))
+        elif path.startswith("/v1/models/"):  # the SDKs' models.retrieve
+            _expect(method, "GET")
+            await send_json(send, 200, await self.model(header(scope, b"authorization"), path[len("/v1/models/") :]))
         elif path == "/healthz":  # which worker answered: a process id, for operators and tests
             await send_json(send, 200, {"status": "ok"}, [(b"x-turnout-worker", str(os.getpid()).encode())])
         elif path == "/readyz":
@@ -120,6 +125,14 @@ class App:
             await self.admin(scope, receive, send)
         else:
             raise NotFound(f"no route for {method} {path}")
+
+    async def model(self, authorization: bytes | None, name: str) -> dict[str, Any]:
+        """One task as OpenAI describes a model; 404 where it does not exist or is not the caller's."""
+        listed: list[dict[str, Any]] = (await self.models(authorization))["data"]
+        found = [m for m in listed if m["id"] == urllib.parse.unquote(name)]
+        if not found:
+            raise NotFound(f"the model {printable(urllib.parse.unquote(name))!r} does not exist or is not open to you")
+        return found[0]
 
     async def models(self, authorization: bytes | None) -> dict[str, Any]:
         tenant = await self.runtime.auth.identify(authorization, time.time())

@@ -273,6 +273,15 @@ def _paths() -> dict[str, Schema]:
                 security=TENANT,
             )
         },
+        "/v1/models/{model}": {
+            "get": _op(
+                "retrieveModel",
+                "One task open to the caller, as a model",
+                {"200": json_content(ref("Model"), "The task."), **_errors(401, 404, 405)},
+                security=TENANT,
+                parameters=[_path("model", "The task's name.", STRING)],
+            )
+        },
         "/healthz": {
             "get": _op("health", "The process answers", {"200": json_content(ref("Status"), "Alive.")}, security=[])
         },

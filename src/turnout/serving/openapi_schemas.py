@@ -344,19 +344,17 @@ def schemas() -> dict[str, Schema]:
             "required": ["object", "data"],
             "properties": {
                 "object": {"const": "list"},
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "object", "created", "owned_by"],
-                        "properties": {
-                            "id": {"type": "string", "description": "A task open to the caller."},
-                            "object": {"const": "model"},
-                            "created": {"type": "integer"},
-                            "owned_by": STRING,
-                        },
-                    },
-                },
+                "data": {"type": "array", "items": ref("Model")},
+            },
+        },
+        "Model": {
+            "type": "object",
+            "required": ["id", "object", "created", "owned_by"],
+            "properties": {
+                "id": {"type": "string", "description": "A task open to the caller."},
+                "object": {"const": "model"},
+                "created": {"type": "integer"},
+                "owned_by": STRING,
             },
         },
         "Status": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},

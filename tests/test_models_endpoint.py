@@ -1,0 +1,44 @@
+"""``GET /v1/models`` and ``GET /v1/models/{id}`` through the official openai SDK against a real
+uvicorn: a tenant lists and retrieves the tasks open to it, and gets 404 for any other (a task
+that exists but is not its own looks the same as one that does not)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from tests.asgi import request
+from tests.conftest import AppFactory
+from tests.fakes.upstream import FakeUpstream
+from tests.uvicorn_app import gateway
+
+KEY = "sk-acme-models-0123456789"
+OTHER = "sk-other-models-0123456789"
+
+
+def config(upstream: FakeUpstream) -> dict[str, Any]:
+    return {
+        "targets": {"up": {"provider": "openai", "base_url": upstream.base_url, "model": "m"}},
+        "tenants": {"acme": {"keys": [KEY]}, "other": {"keys": [OTHER], "tasks": ["faq"]}},
+        "tasks": {"faq": {"route": ["up"]}, "summarize": {"route": ["up"]}, "a/b c": {"route": ["up"]}},
+    }
+
+
+async def test_the_sdk_lists_and_retrieves_the_tasks_open_to_the_caller(make_app: AppFactory) -> None:
+    async with FakeUpstream() as upstream, gateway(make_app, config(upstream), KEY) as (app, client):
+        assert sorted(m.id for m in (await client.models.list()).data) == ["a/b c", "faq", "summarize"]
+        found = await client.models.retrieve("summarize")
+        assert (found.id, found.object, found.owned_by) == ("summarize", "model", "turnout")
+        with pytest.raises(openai.NotFoundError) as missing:
+            await client.models.retrieve("nope")
+        assert missing.value.body["code"] == "not_found"  # type: ignore[index]
+        theirs = await request(app, "GET", "/v1/models/summarize", headers={"authorization": f"Bearer {OTHER}"})
+        assert theirs.status == 404  # not open to that tenant: as if it did not exist
+        mine = await request(app, "GET", "/v1/models/faq", headers={"authorization": f"Bearer {OTHER}"})
+        assert mine.status == 200 and mine.json()["id"] == "faq"
+        quoted = await request(app, "GET", "/v1/models/a%2Fb%20c", headers={"authorization": f"Bearer {KEY}"})
+        assert quoted.status == 200 and quoted.json()["id"] == "a/b c"
+        assert (await request(app, "GET", "/v1/models/faq")).status == 401  # a key is needed, as for the list
+        assert (await request(app, "POST", "/v1/models/faq", headers={"authorization": f"Bearer {KEY}"})).status == 405
