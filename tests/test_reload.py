@@ -381,3 +381,27 @@ async def test_output_checks_added_by_a_reload_are_not_skipped_by_cached_answers
     await app.reload()
     back = await request(app, "POST", "/v1/chat/completions", body, AUTH)
     assert (back.status, back.headers.get("x-turnout-cache")) == (200, "hit")
+
+
+async def test_an_answer_from_a_target_no_longer_allowed_is_replaced(served: Served, tmp_path: Path) -> None:
+    """Seen: after a reload took the cached answer's target out of the policy, every identical
+    request was a miss to the other target and its answer was never kept (only a flight's
+    leader fills), until the old entry's TTL ran out."""
+    raw = base(tmp_path)
+    raw["tasks"]["faq"] = {"route": ["secondary", "primary"], "cache": {"ttl_s": 600, "classes": ["internal"]}}
+    raw["policy"] = {"internal": {"targets": ["secondary", "primary"]}}
+    served.primary.steps = [Step(text="from primary")]
+    app = await served.start(raw)
+    body = {"model": "faq", "messages": MESSAGES, "temperature": 0}
+    first = await request(app, "POST", "/v1/chat/completions", body, AUTH)
+    assert (first.headers.get("x-turnout-cache"), first.headers.get("x-turnout-target")) == ("miss", "secondary")
+    raw["policy"] = {"internal": {"targets": ["primary"]}}
+    served.write(raw)
+    await app.reload()
+    answers = [await request(app, "POST", "/v1/chat/completions", body, AUTH) for _ in range(3)]
+    assert [(a.headers.get("x-turnout-cache"), a.headers.get("x-turnout-target")) for a in answers] == [
+        ("miss", "primary"),
+        ("hit", "primary"),
+        ("hit", "primary"),
+    ]
+    assert len(served.primary.calls) == 1

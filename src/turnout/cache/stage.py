@@ -132,6 +132,17 @@ class CacheStage:
         self.hits += 1
         return Lookup(HIT, address, ttl_s, entry=found)
 
+    def refused(self, lookup: Lookup) -> None:
+        """A hit the request may not take (its target is no longer allowed to it): a miss, which
+        leads a flight when none is under way, so its answer replaces the entry (else a policy
+        change left every such request a miss until the old entry's TTL ran out)."""
+        lookup.state, lookup.entry = MISS, None
+        self.hits -= 1
+        self.misses += 1
+        if lookup.address is not None and lookup.address.text() not in self._flights:
+            leading = self._flights[lookup.address.text()] = asyncio.get_running_loop().create_future()
+            lookup.leading = leading
+
     async def fill(self, lookup: Lookup, value: bytes) -> None:
         """The leader's answer: to its followers at once, then into the store."""
         assert lookup.address is not None

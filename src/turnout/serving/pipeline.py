@@ -322,8 +322,8 @@ class Pipeline:
         if lookup is None or lookup.entry is None:
             return None
         result = replay.hit_result(lookup.entry, self.rt.targets, allowed, t0)
-        if result is None:  # its target no longer allowed: asked for anew (and not kept)
-            lookup.state, lookup.entry = MISS, None
+        if result is None and self.rt.cache is not None:  # its target no longer allowed: asked anew, kept
+            self.rt.cache.refused(lookup)
         return result
 
     async def fill(self, lookup: Lookup, result: Result, recording: Recording | None, answered: Answered) -> None:
