@@ -361,3 +361,58 @@ async def test_a_stream_cut_by_the_client_is_not_kept(make_app: AppFactory) -> N
         assert cut.headers["x-turnout-cache"] == "miss"
         again = await request(app, "POST", "/v1/chat/completions", body, head)
         assert again.headers["x-turnout-cache"] == "miss" and calls(upstream) == 2
+
+
+async def test_followers_of_a_stream_too_large_to_keep_do_not_wait_for_its_slow_client(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen: a leader's client that did not read an 8 MB stream held an identical request (another
+    tenant, shared scope) for 65 s with nothing sent, though the answer, past the size kept, would
+    never be shared. Past the limit the followers go ask for themselves; and however slow the
+    leader, a follower waits at most ``FOLLOW_S``."""
+    pieces = tuple(f"piece-{i:04d} " for i in range(400))  # about 60 KB of chunks
+    async with FakeUpstream(reply=pieces) as upstream:
+        app = await make_app({**config(upstream), "server": {"max_body_bytes": 8192}})
+        body = orjson.dumps({"model": "faq", "messages": ASK, "temperature": 0, "stream": True})
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "headers": [(b"authorization", f"Bearer {KEY}".encode()), (b"content-length", str(len(body)).encode())],
+            "query_string": b"",
+        }
+        read, release = asyncio.Event(), asyncio.Event()
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            if not sent:
+                return {"type": "http.request", "body": body, "more_body": False}
+            await release.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:  # a client that stops reading a third of the way in
+            sent.append(message)
+            if len(sent) > 150:
+                read.set()
+                await release.wait()
+
+        leader = asyncio.create_task(app(scope, receive, send))
+        await asyncio.wait_for(read.wait(), 10)
+        follower = await asyncio.wait_for(
+            request(app, "POST", "/v1/chat/completions", orjson.loads(body), {"authorization": f"Bearer {KEY}"}), 10
+        )
+        assert follower.status == 200 and follower.headers["x-turnout-cache"] == "miss"
+        assert "piece-0399" in follower.body.decode()
+        release.set()
+        await leader
+        assert calls(upstream) == 2
+        # A leader under the limit but slow: a follower waits FOLLOW_S at most, then asks itself.
+        monkeypatch.setattr("turnout.cache.stage.FOLLOW_S", 0.2)
+        upstream.fault = Fault(head_delay=2.0, times=1)
+        other = {"model": "faq", "messages": [{"role": "user", "content": "slow one"}], "temperature": 0}
+        auth = {"authorization": f"Bearer {KEY}"}
+        slow = asyncio.create_task(request(app, "POST", "/v1/chat/completions", other, auth))
+        await asyncio.sleep(0.1)
+        quick = await asyncio.wait_for(request(app, "POST", "/v1/chat/completions", other, auth), 1.5)
+        assert quick.status == 200 and quick.headers["x-turnout-cache"] == "miss"
+        assert (await slow).status == 200

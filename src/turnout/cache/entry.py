@@ -8,7 +8,7 @@ door (``Recording``), serialised before the door rewrites their ids, and spliced
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import orjson
@@ -87,10 +87,11 @@ class Recording:
     """A live stream's chunks, passed on unchanged and kept (as JSON) for the cache, up to
     ``limit`` bytes; ``whole`` once the stream ended without an error and within the limit."""
 
-    def __init__(self, chunks: Chunks, limit: int) -> None:
+    def __init__(self, chunks: Chunks, limit: int, too_large: Callable[[], None] | None = None) -> None:
         self._inner = chunks
         self._it: AsyncIterator[dict[str, Any]] = chunks.__aiter__()
         self._limit = limit
+        self._too_large = too_large  # called once, when the stream passes the limit
         self.size = 0
         self.raw: list[bytes] | None = []
         self.ended = False
@@ -113,6 +114,8 @@ class Recording:
             self.size += len(data)
             if self.size > self._limit:
                 self.raw = None  # too large to keep: relayed all the same
+                if self._too_large is not None:
+                    self._too_large()
             else:
                 self.raw.append(data)
         return chunk

@@ -6,7 +6,7 @@ and a leader's answer, recorded as it passes, as the entry its followers and lat
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -41,12 +41,13 @@ def hit_result(entry: Entry, targets: dict[str, Target], allowed: Sequence[str],
     return Result(targets[entry.target], entry.answer(), [AttemptRecord(entry.target, REPLICA, None, 0.0, ms, 0.0)])
 
 
-def record(result: Result, limit: int) -> Recording | None:
-    """A leader's stream, kept as it passes to the door (None: a completion, kept whole)."""
+def record(result: Result, limit: int, too_large: Callable[[], None] | None = None) -> Recording | None:
+    """A leader's stream, kept as it passes to the door (None: a completion, kept whole).
+    ``too_large``: called once the stream passes ``limit`` (it will not be kept)."""
     answer = result.answer
     if not isinstance(answer, Stream):
         return None
-    recording = Recording(answer.chunks, limit)
+    recording = Recording(answer.chunks, limit, too_large)
     answer.chunks = recording
     return recording
 

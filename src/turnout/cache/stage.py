@@ -35,6 +35,10 @@ from turnout.releases.base import Release
 HEADER = b"x-turnout-cache"
 HIT, MISS, BYPASS = b"hit", b"miss", b"bypass"
 NO_VERSION = "none"  # a task served without releases
+# How long a follower waits for its flight's leader before asking for itself: a leader's answer
+# is shared once its client has taken all of it, which a slow client can hold back for as long
+# as it likes.
+FOLLOW_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,10 @@ class CacheStage:
                 self.misses += 1
                 leading = self._flights[address.text()] = asyncio.get_running_loop().create_future()
                 return Lookup(MISS, address, ttl_s, leading=leading)
-            raw = await asyncio.shield(flight)
+            try:
+                raw = await asyncio.wait_for(asyncio.shield(flight), FOLLOW_S)
+            except TimeoutError:  # a leader still answering (a long stream, a slow client): not waited for
+                raw = None
             found = None if raw is None else decode(raw)
             if found is None:  # the leader got no answer to share: this one asks for itself
                 self.misses += 1

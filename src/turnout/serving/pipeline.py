@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -204,8 +205,10 @@ class Pipeline:
                     checked, send, request_id, admission, body, started_at=started_at, prompt=door.release_prompt
                 )
             else:
-                if lookup is not None and lookup.leading is not None:
-                    recording = replay.record(result, self.max_body)
+                if lookup is not None and lookup.leading is not None and rt.cache is not None:
+                    # Too large to keep: its followers go ask for themselves at once, instead of
+                    # waiting until this stream's client has read it all.
+                    recording = replay.record(result, self.max_body, functools.partial(rt.cache.done, lookup))
                 answered = await door.respond(
                     self.reply(
                         door,
