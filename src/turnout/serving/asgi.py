@@ -23,6 +23,9 @@ DRAIN_S = 5.0
 MAX_DEPTH = 128  # how deep a request body may nest (objects and arrays, the body itself included)
 
 
+# In the scope once the client's connection closed before its answer was complete (set by the
+# server's protocol, ``serving/connections.py``): the row of an answer it never got says 499.
+CLIENT_LEFT = "turnout.client_left"
 HEADERS = "turnout.headers"  # in the scope from the first ``header`` call: name -> first value
 _BYTES = {bytes}
 

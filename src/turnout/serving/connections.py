@@ -46,6 +46,8 @@ from typing import Any, ClassVar, cast
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from turnout.serving.asgi import CLIENT_LEFT
+
 log = logging.getLogger("turnout")
 
 # A connection's phases.
@@ -176,6 +178,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.release(self)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:  # the answer, if any comes, reaches no one
+            cycle.scope[CLIENT_LEFT] = True  # type: ignore[literal-required]
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:

@@ -57,7 +57,7 @@ from turnout.safety import policy as safety
 from turnout.safety.classify import Classifiers, Raised
 from turnout.safety.tools import Allowlists, Guard
 from turnout.serving import respond
-from turnout.serving.asgi import Receive, Send, headers, read_body
+from turnout.serving.asgi import CLIENT_LEFT, Receive, Send, headers, read_body
 from turnout.serving.door import EMBEDDINGS, Admission, Answered, Door, Inbound, R, Reply, check_episode_id
 from turnout.serving.judge import Judge
 from turnout.serving.output import Checked, OutputStage
@@ -230,6 +230,8 @@ class Pipeline:
                     answered = checked.with_spent(answered)
                 if lookup is not None and lookup.leading is not None and answered.status == 200:
                     await self.fill(lookup, result, recording, answered)
+                if answered.status < 400 and scope.get(CLIENT_LEFT):  # answered, paid for, never received
+                    answered = answered._replace(status=499, error_class="client_disconnected")
         except Exception as exc:
             failure = self.failure(exc, result, started_at)
             if not isinstance(exc, TurnoutError):
