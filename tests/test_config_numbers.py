@@ -139,3 +139,21 @@ def test_a_file_yaml_cannot_give_a_config_is_one_line_not_a_traceback(
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
     assert says in result.output and "Traceback" not in result.output
+
+
+def test_an_unterminated_variable_is_an_error_not_a_literal(tmp_path: Path) -> None:
+    """``"${NOPE"`` was taken literally (a key, a password): a typo passed as the value."""
+    path = tmp_path / "turnout.yaml"
+    path.write_text(
+        'targets: {up: {provider: openai, base_url: "http://127.0.0.1:9/v1", model: m, api_key: "${NOPE"}}\n'
+        "tasks: {faq: {route: [up]}}\n"
+    )
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert result.exit_code == 1
+    assert "targets.up.api_key: an unterminated or empty ${...}" in result.output
+    path.write_text(
+        'targets: {up: {provider: openai, base_url: "http://127.0.0.1:9/v1", model: m, api_key: "${NOPE:-k}-x"}}\n'
+        "tasks: {faq: {route: [up]}}\n"
+    )
+    result = CliRunner().invoke(main, ["check", "--config", str(path)], env={"NOPE": ""})
+    assert result.exit_code == 0, result.output

@@ -102,7 +102,7 @@ def test_without_rules_nothing_is_purged_and_capture_keeps_its_ttl() -> None:
     [
         ([{"task": "nope", "ledger_days": 1}], "retention.rules[0].task: unknown task 'nope'"),
         ([{"tenant": "nope", "ledger_days": 1}], "retention.rules[0].tenant: unknown tenant 'nope'"),
-        ([{"task": "faq"}, {"task": "faq"}], "retention.rules[1]: a second rule for tenant None and task 'faq'"),
+        ([{"task": "faq"}, {"task": "faq"}], "retention.rules[1]: a second rule for task 'faq'"),
         ([{"ledger_days": 0}], "ledger_days"),
     ],
 )

@@ -113,7 +113,8 @@ def _retention_problems(rules: Any, tasks: dict[str, Any], tenants: dict[str, An
             problems.append(f"retention.rules[{i}].tenant: unknown tenant {tenant!r}{nearest(tenant, tenants)}")
         pair = (str(tenant) if tenant is not None else None, str(task) if task is not None else None)
         if pair in seen:
-            problems.append(f"retention.rules[{i}]: a second rule for tenant {tenant!r} and task {task!r}")
+            scope = " and ".join(f"{k} {v!r}" for k, v in (("tenant", tenant), ("task", task)) if v is not None)
+            problems.append(f"retention.rules[{i}]: a second rule for {scope or 'every tenant and task (the default)'}")
         seen.add(pair)
     return problems
 

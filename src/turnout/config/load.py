@@ -105,6 +105,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+_OPEN = re.compile(r"\$\{")  # left once every ${NAME} and ${NAME:-default} is taken out
 
 
 def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
@@ -123,7 +124,10 @@ def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
                 return ""
             return str(value)
 
-        return _VAR.sub(repl, node)
+        substituted = _VAR.sub(repl, node)
+        if _OPEN.search(_VAR.sub("", node)):  # "${NAME" without its brace, or "${}": not taken literally
+            problems.append(f"{where}: an unterminated or empty ${{...}} (write ${{NAME}} or ${{NAME:-default}})")
+        return substituted
     return node
 
 
