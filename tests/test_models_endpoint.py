@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
@@ -42,3 +43,17 @@ async def test_the_sdk_lists_and_retrieves_the_tasks_open_to_the_caller(make_app
         assert quoted.status == 200 and quoted.json()["id"] == "a/b c"
         assert (await request(app, "GET", "/v1/models/faq")).status == 401  # a key is needed, as for the list
         assert (await request(app, "POST", "/v1/models/faq", headers={"authorization": f"Bearer {KEY}"})).status == 405
+
+
+async def test_head_is_answered_where_get_is_with_the_head_alone(make_app: AppFactory) -> None:
+    """``HEAD /healthz`` was 200 and ``HEAD /v1/models`` 405: HEAD goes where GET does."""
+    async with FakeUpstream() as upstream, gateway(make_app, config(upstream), KEY) as (_, client):
+        url = str(client.base_url).rstrip("/")
+        auth = {"authorization": f"Bearer {KEY}"}
+        async with aiohttp.ClientSession() as http:
+            for path in ("/models", "/models/faq"):
+                async with http.head(url + path, headers=auth) as head, http.get(url + path, headers=auth) as got:
+                    assert (head.status, await head.read()) == (200, b"")
+                    assert head.headers["content-length"] == got.headers["content-length"]
+            async with http.head(url + "/chat/completions") as refused:
+                assert refused.status == 405
