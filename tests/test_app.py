@@ -227,6 +227,18 @@ def test_report_cells_print_no_control_characters() -> None:
     assert cell(column, "support-reply") == "support-reply"
 
 
+async def test_a_compressed_body_is_refused_not_read_as_plain(make_app: AppFactory) -> None:
+    """Seen: ``Content-Encoding: gzip`` over a plain JSON body was read as JSON, and a real gzip
+    body would have been "not valid JSON". Only identity is accepted; anything else is 415."""
+    app, fakes = await setup(make_app)
+    for encoding in ("gzip", "br", "deflate, gzip"):
+        resp = await chat(app, headers={"content-encoding": encoding})
+        assert resp.status == 415
+        assert resp.json()["error"]["code"] == "unsupported_content_encoding"
+    assert (await chat(app, headers={"content-encoding": "identity"})).status == 200
+    assert len(fakes["primary"].calls) == 1
+
+
 async def test_restricted_never_falls_back_outside_its_allowed_set(make_app: AppFactory) -> None:
     broken = ScriptedProvider("onprem", Step(UpstreamStatusError(500, "boom")))
     app, fakes = await setup(make_app, onprem=broken)

@@ -65,6 +65,13 @@ class RequestError(TurnoutError):
     type = "invalid_request_error"
 
 
+class UnsupportedEncoding(RequestError):
+    """A body under a ``Content-Encoding`` the gateway does not decode (only identity)."""
+
+    status = 415
+    code = "unsupported_content_encoding"
+
+
 class BodyTooLarge(RequestError):
     status = 413
     code = "body_too_large"

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from turnout._support.depth import brackets, too_deep
-from turnout.errors import BodyTooLarge, RequestError
+from turnout.errors import BodyTooLarge, RequestError, UnsupportedEncoding
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -52,7 +52,12 @@ def headers(scope: MutableMapping[str, Any]) -> dict[bytes, bytes]:
 
 
 async def read_body(receive: Receive, scope: MutableMapping[str, Any], limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed ``limit``."""
+    """The whole body, refused with 413 as soon as it is known to exceed ``limit``, and with 415
+    under a ``Content-Encoding`` other than identity (a gzip body was read as if plain)."""
+    encoding = header(scope, b"content-encoding")
+    if encoding is not None and encoding.strip().lower() not in (b"identity", b""):
+        shown = encoding[:32].decode("latin-1")
+        raise UnsupportedEncoding(f"the body's Content-Encoding {shown!r} is not accepted: send it uncompressed")
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the request body exceeds the limit of {limit} bytes")
