@@ -166,6 +166,8 @@ async def test_feedback_waits_briefly_for_a_row_still_in_the_writers_queue(make_
         ({"request_id": "x", "escalated": 1}, "escalated"),
         ({"request_id": "x", "value": "12"}, "value"),
         ({"request_id": "x", "value": True}, "value"),
+        ({"request_id": "x", "value": 1.7e308}, "value"),  # two of them summed to inf in reports
+        ({"request_id": "x", "value": -2e15}, "value"),
         ({"request_id": "x"}, "outcome"),
         ({"request_id": 7, "outcome": "success"}, "request_id"),
         ({"episode_id": "", "outcome": "success"}, "episode_id"),

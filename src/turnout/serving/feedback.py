@@ -44,6 +44,7 @@ from turnout.serving.door import check_episode_id
 from turnout.serving.runtime import Runtime
 
 OUTCOMES = frozenset({"success", "failure"})
+MAX_VALUE = 1e15  # revenue, a score: far past any; sums of a million of them stay exact enough
 FIELDS = frozenset({"request_id", "episode_id", "outcome", "human_review", "escalated", "value", "labels"})
 PENDING_WAIT_S = 2.0
 MAX_LABELS = 32
@@ -161,6 +162,8 @@ def _value(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _bad("value", "'value' must be a finite number")
+    if abs(value) > MAX_VALUE:  # reports sum values: two near the float limit overflowed to inf
+        raise _bad("value", f"'value' must be between -{MAX_VALUE:g} and {MAX_VALUE:g}")
     return float(value)
 
 

@@ -11,7 +11,7 @@ from turnout.serving.admin import MAX_KEY_NAME, MAX_KEY_TTL_S
 from turnout.serving.asgi import MAX_DEPTH
 from turnout.serving.chat import INTEGERS, NUMBERS, RESPONSE_FORMATS, ROLES
 from turnout.serving.door import MAX_EPISODE_ID
-from turnout.serving.feedback import MAX_LABEL_CHARS, MAX_LABELS, OUTCOMES
+from turnout.serving.feedback import MAX_LABEL_CHARS, MAX_LABELS, MAX_VALUE, OUTCOMES
 
 Schema = dict[str, Any]
 
@@ -319,7 +319,7 @@ def schemas() -> dict[str, Schema]:
                 "outcome": nullable({"enum": sorted(OUTCOMES)}),
                 "human_review": nullable({"type": "boolean"}),
                 "escalated": nullable({"type": "boolean"}),
-                "value": nullable({"type": "number"}),
+                "value": nullable({"type": "number", "minimum": -MAX_VALUE, "maximum": MAX_VALUE}),
                 "labels": nullable(labels),
             },
             "examples": [{"request_id": "chatcmpl-0123456789abcdef01234567", "outcome": "success"}],
