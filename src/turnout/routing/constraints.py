@@ -88,7 +88,8 @@ def value(raw: Any, name: str, param: str) -> float | None:
         raw = float(raw) if _DECIMAL.fullmatch(raw) else None  # "$" alone would let "5\n" in
     if not isinstance(raw, int | float) or not math.isfinite(raw) or raw <= 0 or raw > CEILINGS[name]:
         raise RequestError(
-            f"'{param}' must be a positive number no larger than {_num(CEILINGS[name])}",
+            f"'{param}' must be a positive number no larger than {_num(CEILINGS[name])}"
+            + (", written as a plain decimal (0.05, not 5e-2)" if param.startswith("X-") else ""),
             param=param,
             code="invalid_value",
         )
