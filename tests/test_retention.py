@@ -375,3 +375,16 @@ def test_show_names_the_task_ttl_where_a_rules_cap_is_longer(tmp_path: Path) -> 
     result = CliRunner().invoke(main, ["retention", "show", "--format", "json", "--config", str(path)])
     faq = {(x["tenant"], x["task"], x["data_class"]): x for x in json.loads(result.output)}[("acme", "faq", "public")]
     assert (faq["cache"]["seconds"], faq["cache"]["rule"]) == (60, "default")
+
+
+def test_show_takes_the_anonymous_tenant_where_no_tenants_are_configured(tmp_path: Path) -> None:
+    """Its table names the tenant ``anonymous``; ``--tenant anonymous`` was refused."""
+    raw = config().model_dump(mode="json", exclude_defaults=True)
+    raw.pop("tenants", None)
+    path = tmp_path / "turnout.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["retention", "show", "--tenant", "anonymous", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1].startswith("anonymous")
+    refused = CliRunner().invoke(main, ["retention", "show", "--tenant", "acme", "--config", str(path)])
+    assert refused.exit_code != 0 and "no tenant 'acme'" in refused.output

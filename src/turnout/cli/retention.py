@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from turnout.cli._common import config_option, format_option, print_json, print_table, task_option, tenant_option
+from turnout.cli._common import (
+    config_option,
+    format_option,
+    need,
+    print_json,
+    print_table,
+    task_option,
+    tenant_option,
+)
 from turnout.config import Config
 from turnout.privacy.retention.show import Line, duration, lines
 
@@ -25,7 +33,7 @@ def retention() -> None:
 
 
 @retention.command()
-@tenant_option("Only this tenant (one of the config's).", known=True)
+@tenant_option("Only this tenant (one of the config's; with none configured, anonymous).")
 @task_option("Only this task (one of the config's).", known=True)
 @format_option()
 @config_option(CONFIG_HELP)
@@ -33,6 +41,8 @@ def show(tenant: str | None, task: str | None, fmt: str, config: Config) -> None
     """Print the effective rule for each tenant × task × data class: metadata rows, captured
     text, review items and cached answers; where each is kept, for how long, and which rule
     said so."""
+    if tenant is not None:  # with no tenants configured every request is the anonymous caller
+        need("tenant", tenant, config.tenants or ("anonymous",))
     found = lines(config, tenant, task)
     if fmt == "json":
         print_json([line.as_json() for line in found])
