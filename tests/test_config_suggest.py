@@ -39,6 +39,13 @@ def test_every_typo_is_reported_at_once_with_its_nearest_name() -> None:
     assert "policy.public.targets[0]: unknown target 'selfhoste' (did you mean 'selfhosted'?)" in found
 
 
+def test_a_typo_inside_an_optional_section_gets_its_nearest_name() -> None:
+    """``tasks.T.cache`` (a section that may be left out) gave no guess for ``allowsampled``."""
+    cache = {"ttl_s": 60, "classes": ["public"], "allowsampled": True}
+    found = problems({"targets": {"t": TARGET}, "tasks": {"x": {"route": ["t"], "cache": cache}}})
+    assert "tasks.x.cache.allowsampled: unknown key (did you mean 'allow_sampled'?)" in found
+
+
 def test_a_top_level_key_and_a_name_far_from_any_get_no_guess_or_the_right_one() -> None:
     found = problems({"targets": {"t": TARGET}, "tasks": {"x": {"route": ["zzzzzz"]}}, "tenatns": {}})
     assert "tenatns: unknown key (did you mean 'tenants'?)" in found

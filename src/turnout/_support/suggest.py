@@ -27,7 +27,7 @@ def keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     for item in loc[:-1]:
         kinds = [k for kind in kinds for k in _step(kind, item)]
     names: list[str] = []
-    for kind in kinds:
+    for kind in (k for found in kinds for k in _unwrap(found)):  # an optional section: its model
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             names.extend(f.alias or name for name, f in kind.model_fields.items())
     return names
