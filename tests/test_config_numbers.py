@@ -157,3 +157,9 @@ def test_an_unterminated_variable_is_an_error_not_a_literal(tmp_path: Path) -> N
     )
     result = CliRunner().invoke(main, ["check", "--config", str(path)], env={"NOPE": ""})
     assert result.exit_code == 0, result.output
+
+
+def test_a_blank_cache_key_is_refused() -> None:
+    """Forty spaces passed the length check: every replica would seal with a key anyone can guess."""
+    cache = {"backend": "redis", "encryption_key": " " * 40}
+    assert "encryption_key: blank" in refused(config(cache=cache))

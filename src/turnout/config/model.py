@@ -707,6 +707,8 @@ class CacheConfig(_Strict):
     def _sealed(self) -> CacheConfig:
         if self.backend == "redis" and not self.encryption_key:
             raise ValueError("encryption_key: required with backend redis (cached answers are prompt-derived text)")
+        if self.encryption_key is not None and not self.encryption_key.strip():
+            raise ValueError("encryption_key: blank (an unset variable, spaces): use `openssl rand -hex 32`")
         if self.encryption_key and len(self.encryption_key.encode()) < MIN_CACHE_KEY_BYTES:
             raise ValueError(f"encryption_key: needs at least {MIN_CACHE_KEY_BYTES} bytes (`openssl rand -hex 32`)")
         return self
