@@ -13,10 +13,12 @@ import pytest
 
 from tests.asgi import Response, request
 from tests.conftest import AppFactory
+from tests.fakes.scripted import ScriptedProvider, Step, completion_body
 from tests.fakes.toolcalls import Script, ToolCaller
 from turnout.config import validate
 from turnout.errors import ConfigError
 from turnout.ledger.record import LedgerRow
+from turnout.providers.base import Call, Completion, Usage
 from turnout.safety.tools import Allowlists, parse_record, resolve
 from turnout.serving.app import App
 
@@ -544,3 +546,26 @@ async def test_chunks_without_tool_calls_pass_untouched() -> None:
         {"weird": True},
     ]
     assert await held_chunks([dict(c) for c in chunks]) == chunks
+
+
+@pytest.mark.parametrize("tool_calls", ["absent", None, []])
+async def test_a_plain_text_answer_on_a_task_with_an_allowlist_passes(make_app: AppFactory, tool_calls: Any) -> None:
+    """Seen: every non-streaming answer without tool calls (no ``tool_calls``, null or []) was
+    refused as "a tool call without a function name", 502 tool_call_blocked."""
+
+    class Texting(ScriptedProvider):
+        async def complete(self, call: Call) -> Completion:
+            self.calls.append(call)
+            body = completion_body("It is sunny in Paris.")
+            if tool_calls != "absent":
+                body["choices"][0]["message"]["tool_calls"] = tool_calls
+            return Completion(body, Usage(7, 5), "fake-v1", "r0")
+
+    primary = Texting("primary", Step())
+    app = await make_app(config(), {"primary": primary, "secondary": ToolCaller("secondary", Script(calls=[GOOD]))})
+    for task in ("agent", "fallback"):
+        resp = await chat(app, task)
+        assert resp.status == 200, resp.body
+        assert resp.json()["choices"][0]["message"]["content"] == "It is sunny in Paris."
+        assert resp.headers["x-turnout-target"] == "primary"
+    assert all(r.tool_violations is None for r in await rows(app, 2))

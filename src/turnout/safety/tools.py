@@ -278,8 +278,9 @@ def _calls(body: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             continue
-        calls = message.get("tool_calls") or ()
-        for call in calls if isinstance(calls, list) else [calls]:
+        calls = message.get("tool_calls")
+        # None, [] (a plain-text answer) hold no call; anything else not a list is one, malformed
+        for call in (calls if isinstance(calls, list) else [calls]) if calls else ():
             fn = call.get("function") if isinstance(call, dict) else None
             yield (fn.get("name"), fn.get("arguments")) if isinstance(fn, dict) else (None, None)
         legacy = message.get("function_call")
