@@ -296,3 +296,26 @@ def test_detectors_that_need_digits_find_nothing_without(text: str) -> None:
     for detector, need in PLAN:
         if need == "digits" or (need == "colons" and text.count(":") < 2):
             assert list(detector(text, lower)) == []
+
+
+DISGUISED = {
+    "no-break spaces": "card 4111\u00a01111\u00a01111\u00a01111",
+    "narrow no-break spaces": "card 4111\u202f1111\u202f1111\u202f1111",
+    "fullwidth card": "card " + " ".join(["\uff14\uff11\uff11\uff11"] + ["\uff11" * 4] * 3),
+    "fullwidth email": "mail \uff4a\uff41\uff4e\uff45\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.org",
+    "zero-width in an email": "mail jane\u200b.secret@exa\u200bmple.org",
+    "zero-width in a key": "key AKIA\u200bIOSFODNN7EXAMPLE",
+    "a JSON escape": '{"c": "jane.secret\\u0040example.org"}',
+}
+
+
+@pytest.mark.parametrize("text", DISGUISED.values(), ids=DISGUISED)
+async def test_pii_written_with_unicode_variants_still_raises_the_class(make_app: AppFactory, text: str) -> None:
+    """Seen: a card with no-break spaces (pasted from a PDF), a fullwidth email, a key with a
+    zero-width space went to the public-only target: only the screener read text plainly."""
+    classifier = resolve(validate(config()), None, "support")
+    assert classifier is not None and classifier.find([text]) in ("pii", "secrets")
+    app, fakes = await start(make_app)
+    resp = await chat(app, text, "public")
+    assert resp.status == 200 and resp.headers["x-turnout-target"] == "onprem"
+    assert fakes["cloud"].calls == []

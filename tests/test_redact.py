@@ -27,7 +27,9 @@ from turnout.privacy.redact import (
     shannon_entropy,
     ssn_ok,
 )
+from turnout.privacy.redact.plain import plain
 from turnout.privacy.redact.scoring import score
+from turnout.safety.output import find as output_find
 
 KEY = b"test-key-0123456789abcdef"
 LABELLED = Path(__file__).parent / "data" / "redaction_labelled.jsonl"
@@ -260,8 +262,32 @@ def test_redact_never_raises_and_is_idempotent(text: str) -> None:
     once = redactor.redact(text)
     assert redactor.redact(once.text).text == once.text
     spans = sorted((f.start, f.end) for f in once.findings)
-    assert all(0 <= s < e <= len(text) for s, e in spans)
+    assert all(0 <= s < e <= len(plain(text)) for s, e in spans)  # offsets in the text read plainly
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     for f in once.findings:
-        value = text[f.start : f.end]
+        value = plain(text)[f.start : f.end]
         assert value not in PLACEHOLDER.sub("", once.text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card 4111\u00a01111\u00a01111\u00a01111 on file",
+        "mail \uff4a\uff41\uff4e\uff45\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.org now",
+        "key sk-proj-\u200bAbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+    ],
+)
+def test_unicode_variants_are_read_plainly_and_replaced(redactor: Redactor, text: str) -> None:
+    """Redacted capture kept these verbatim: a card with no-break spaces, a fullwidth email, a key
+    with a zero-width space. What is kept is the plain text with the value replaced."""
+    out = redactor.redact(text).text
+    assert "4111" not in out and "jane" not in out and "AbCdEf" not in out
+    assert PLACEHOLDER.search(out)
+
+
+def test_output_checks_read_answers_plainly() -> None:
+    """The output check's ``must_not_contain: [pii]`` let the same variants through."""
+    kinds = {"CARD": "pii", "EMAIL": "pii"}
+    assert output_find(kinds, ["card 4111\u00a01111\u00a01111\u00a01111"]) == ("pii", "CARD")
+    assert output_find(kinds, ['{"e": "jane.secret\\u0040example.org"}']) == ("pii", "EMAIL")
+    assert output_find(kinds, ["nothing to see"]) is None

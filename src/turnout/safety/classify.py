@@ -32,6 +32,7 @@ from typing import Any
 
 from turnout.config import DATA_CLASSES, ClassifyConfig, Config
 from turnout.privacy.redact.patterns import DETECTORS, Detector
+from turnout.privacy.redact.plain import read_plainly
 
 SECRETS = frozenset(
     {"PRIVATE_KEY", "JWT", "API_KEY", "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "BEARER_TOKEN", "PASSWORD", "SECRET"}
@@ -75,7 +76,7 @@ class Classifier:
     def find(self, items: Iterable[str], plan: tuple[tuple[Detector, str | None], ...] = PLAN) -> str | None:
         """The category of the first detected kind in ``items``, or None."""
         kinds = self.kinds
-        for text in items:
+        for text in read_plainly(items):
             if len(text) < MIN_CHARS:
                 continue
             lower = text.lower()

@@ -37,6 +37,7 @@ from referencing.exceptions import Unresolvable
 from turnout._support.depth import too_deep
 from turnout.config import HUMAN, Config, OutputConfig
 from turnout.errors import RequestError
+from turnout.privacy.redact.plain import read_plainly
 from turnout.safety.classify import CATEGORIES, DIGITS, MIN_CHARS, PLAN
 from turnout.safety.tools import compile_schema
 
@@ -202,8 +203,9 @@ class Outputs:
 
 
 def find(kinds: dict[str, str], items: list[str]) -> tuple[str, str] | None:
-    """(category, kind) of the first detected kind in ``items``, or None."""
-    for text in items:
+    """(category, kind) of the first detected kind in ``items`` (each read as written and, where
+    it differs, plainly: ``turnout.privacy.redact.plain``), or None."""
+    for text in read_plainly(items):
         if len(text) < MIN_CHARS:
             continue
         lower = text.lower()

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from turnout.privacy.redact.plain import plain
+
 ALWAYS_SCRUBBED = frozenset(
     {
         "PRIVATE_KEY",
@@ -63,6 +65,7 @@ class SecretsOnly:
         self.kinds = kinds
 
     def redact(self, text: str) -> Scrubbed:
+        text = plain(text)  # the findings' offsets are the plain text's (the engine reads it so)
         found = sorted((f for f in self.redactor.redact(text).findings if f.kind in self.kinds), key=lambda f: f.start)
         if not found:
             return Scrubbed(text)

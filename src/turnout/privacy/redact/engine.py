@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.privacy.redact.patterns import DETECTORS, KINDS, PRIORITY, Span
+from turnout.privacy.redact.plain import plain
 
 DIGEST_CHARS = 8
 MIN_KEY_BYTES = 16
@@ -64,6 +65,9 @@ class Redactor:
         return f"[{kind}_{mac.hexdigest()[:DIGEST_CHARS]}]"
 
     def redact(self, text: str) -> Redacted:
+        # Read plainly first (``plain``): a card with no-break spaces or a fullwidth email is
+        # found and replaced; what is kept is that plain text.
+        text = plain(text)
         spans = _detect(text)
         if not spans:
             return Redacted(text, ())
