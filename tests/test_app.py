@@ -221,6 +221,17 @@ async def test_an_unknown_task_name_is_kept_and_echoed_printable_and_short(make_
     assert len(found[1].task) == 100 and found[1].task.endswith("…")
 
 
+async def test_an_unknown_task_name_keeps_no_key_in_the_ledger(make_app: AppFactory) -> None:
+    """Seen: a ``model`` carrying an OpenAI key, an AWS key id and an email was kept as it came
+    in the ledger's task column (the access log had them redacted)."""
+    app, _ = await setup(make_app)
+    model = "ZEBRA key sk-proj-AbCdEfGhIjKlMnOpQrStUvWx0123 aws AKIAZ7Q3XK5N2B4MPL6R mail jane@example.org"
+    assert (await chat(app, {"model": model})).status == 404
+    [row] = await rows(app)
+    assert "sk-proj" not in row.task and "AKIAZ7Q3" not in row.task and "jane@" not in row.task
+    assert row.task.startswith("ZEBRA key [") and "[EMAIL]" in row.task
+
+
 def test_report_cells_print_no_control_characters() -> None:
     column = Column("task", "task", "text")
     assert cell(column, "\x1b[2Jwiped\r\nforged") == "?[2Jwiped??forged"

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from turnout._support.printable import printable
+from turnout._support.printable import MAX_CHARS, printable
 from turnout.cache import replay
 from turnout.cache.entry import Recording
 from turnout.cache.stage import HIT, MISS, Lookup, bypassed
@@ -47,6 +47,7 @@ from turnout.errors import (
 )
 from turnout.ledger.record import LedgerRow
 from turnout.privacy.capture.model import Decision
+from turnout.privacy.redact import masked
 from turnout.releases.base import Release, Serving, choose
 from turnout.releases.review import ReviewError
 from turnout.routing import constraints, policy
@@ -614,7 +615,7 @@ def ledger_row(
         request_id,
         started_at,
         tenant.name if tenant is not None else "",
-        (request.task if admission is not None else printable(request.task)) if request is not None else task or "",
+        (request.task if admission is not None else _unknown(request.task)) if request is not None else task or "",
         admission.data_class if admission is not None else "",
         request.stream if request is not None else False,
         admission.user if admission is not None else None,
@@ -645,6 +646,12 @@ def ledger_row(
     if checked is not None:
         _output_fields(row, checked)
     return row
+
+
+def _unknown(task: str) -> str:
+    """A task name the gateway does not know, as the ledger keeps it: a client chose it (it may
+    hold a pasted key or prompt words), so printable, short and with secrets and PII masked."""
+    return task if task.isidentifier() and len(task) <= MAX_CHARS else printable(masked(task[: 2 * MAX_CHARS]))
 
 
 def _cache_fields(row: LedgerRow, lookup: Lookup) -> None:

@@ -9,7 +9,7 @@
 JSON-like structure. ``KINDS`` lists what is detected, most specific first.
 """
 
-from turnout.privacy.redact.engine import PLACEHOLDER, Finding, Redacted, Redactor, redact_mapping
+from turnout.privacy.redact.engine import PLACEHOLDER, Finding, Redacted, Redactor, masked, redact_mapping
 from turnout.privacy.redact.logfilter import RedactingFilter
 from turnout.privacy.redact.patterns import KINDS
 from turnout.privacy.redact.validators import card_ok, iban_ok, ipv4_ok, ipv6_ok, luhn_ok, shannon_entropy, ssn_ok
@@ -26,6 +26,7 @@ __all__ = [
     "ipv4_ok",
     "ipv6_ok",
     "luhn_ok",
+    "masked",
     "redact_mapping",
     "shannon_entropy",
     "ssn_ok",

@@ -117,6 +117,16 @@ def redact_mapping(obj: Any, redactor: Redactor) -> Any:
     return redactor.redact_mapping(obj)
 
 
+def masked(text: str) -> str:
+    """``text`` read plainly with each detected secret or PII value as ``[KIND]``: for a name a
+    client chose that is kept where no key is at hand (an unknown task's, in the ledger)."""
+    text = plain(text)
+    spans = _detect(text)
+    for start, end, kind in reversed(spans):
+        text = f"{text[:start]}[{kind}]{text[end:]}"
+    return text
+
+
 def _detect(text: str) -> list[Span]:
     """Non-overlapping spans sorted by start: most specific kind first, then the longest; spans that
     touch an existing placeholder are dropped."""
