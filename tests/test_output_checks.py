@@ -335,6 +335,18 @@ async def test_pii_in_the_answer_is_caught_and_a_clean_repair_passes(setup: Setu
     assert row.output_check == "pii"
 
 
+async def test_a_refused_answer_on_the_messages_door_is_in_anthropics_error_shape(setup: Setup) -> None:
+    """Seen: ``/v1/messages`` answered an output-check refusal in OpenAI's shape, unlike every
+    other error on that door."""
+    setup.small.queue = [("Write to jane.doe@example.com",), ("Or to jane.doe@example.com",)]
+    body = {"model": "safe", "max_tokens": 50, "messages": [{"role": "user", "content": "contact?"}]}
+    resp = await request(setup.app, "POST", "/v1/messages", body, {"x-api-key": KEY})
+    assert resp.status == 502
+    payload = resp.json()
+    assert payload["type"] == "error" and payload["error"]["type"] == "api_error"
+    assert "jane.doe" not in resp.body.decode()
+
+
 # --- the request's response_format, the unchecked task --------------------------------------------------
 
 

@@ -196,8 +196,10 @@ class OutputStage:
         *,
         started_at: float,
         prompt: bool,
+        endpoint: str = "",
     ) -> Answered:
-        """Write the refusal (502) or the ticket (202); what it came to, for the row and quota."""
+        """Write the refusal (502, in the door's error shape: ``endpoint``) or the ticket (202);
+        what it came to, for the row and quota."""
         priced = self.rt.prices.price_attempts(checked.attempts, None, started_at)
         if checked.ticket and not await self._queue(checked, request_id, admission, body):
             checked.ticket = False
@@ -206,7 +208,7 @@ class OutputStage:
                 f"queue could not take the escalation (request {request_id})"
             )
         if checked.refusal is not None:
-            await respond.error(send, checked.refusal, request_id)
+            await respond.error(send, checked.refusal, request_id, endpoint)
             return Answered(
                 checked.refusal.status,
                 checked.spent,

@@ -203,7 +203,14 @@ class Pipeline:
                 shadow = rt.shadows.draw(self.serving_of(admission.task), admission)
             if checked is not None and not checked.passed:  # refused (502) or escalated to a person (202)
                 answered = await self.output.answer(
-                    checked, send, request_id, admission, body, started_at=started_at, prompt=door.release_prompt
+                    checked,
+                    send,
+                    request_id,
+                    admission,
+                    body,
+                    started_at=started_at,
+                    prompt=door.release_prompt,
+                    endpoint=door.endpoint,
                 )
             else:
                 if lookup is not None and lookup.leading is not None and rt.cache is not None:
