@@ -232,6 +232,18 @@ async def test_an_unknown_task_name_keeps_no_key_in_the_ledger(make_app: AppFact
     assert row.task.startswith("ZEBRA key [") and "[EMAIL]" in row.task
 
 
+async def test_an_upstream_error_echoing_the_prompt_reaches_the_client_masked(make_app: AppFactory) -> None:
+    """Seen: an upstream's 400 echoing the prompt (a system prompt with an email and a card)
+    went back word for word, past the task's checks: the status and words stay, those values go."""
+    echoed = "bad prompt: write jane.secret@example.org, card 4111 1111 1111 1111"
+    primary = ScriptedProvider("primary", Step(UpstreamStatusError(400, echoed)))
+    app, _ = await setup(make_app, primary=primary)
+    resp = await chat(app)
+    assert resp.status == 400 and resp.json()["error"]["code"] == "upstream_rejected"
+    message = resp.json()["error"]["message"]
+    assert "bad prompt: write [EMAIL]" in message and "4111" not in message and "jane" not in message
+
+
 def test_report_cells_print_no_control_characters() -> None:
     column = Column("task", "task", "text")
     assert cell(column, "\x1b[2Jwiped\r\nforged") == "?[2Jwiped??forged"

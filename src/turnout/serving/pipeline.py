@@ -244,6 +244,8 @@ class Pipeline:
             failure = self.failure(exc, result, started_at)
             if not isinstance(exc, TurnoutError):
                 raise  # a bug: the boundary answers and logs it, after the finally below
+            if isinstance(exc, AllTargetsFailed):  # upstreams' own words: some echo the prompt back
+                exc.message = masked(exc.message)
             await respond.error(send, exc, request_id, door.endpoint)
         except asyncio.CancelledError:
             # A shutdown past its grace period: the request still settles its quota and gets

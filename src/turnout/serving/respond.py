@@ -18,6 +18,7 @@ import orjson
 
 from turnout.control.tokens import generated_by_chunk
 from turnout.errors import AnswerRefused, ShuttingDown, StreamInterrupted, TurnoutError, UpstreamError
+from turnout.privacy.redact import masked
 from turnout.providers.base import Stream, Usage
 from turnout.releases.base import Release
 from turnout.routing.attempts import Result
@@ -173,7 +174,7 @@ async def stream(
     except Exception as exc:  # after the first byte: the stream ends with an error event
         err: TurnoutError
         if isinstance(exc, UpstreamError):
-            err = StreamInterrupted(f"the stream from the target failed: {exc.message}")
+            err = StreamInterrupted(f"the stream from the target failed: {masked(exc.message)}")
             out.status, out.error_class = 502, exc.error_class
         elif isinstance(exc, AnswerRefused):  # the gateway refused what came (a blocked tool call)
             err = exc
