@@ -244,6 +244,15 @@ async def test_an_upstream_error_echoing_the_prompt_reaches_the_client_masked(ma
     assert "bad prompt: write [EMAIL]" in message and "4111" not in message and "jane" not in message
 
 
+@pytest.mark.parametrize("part", [{"type": "text", "text": 5}, {"type": "text"}, {"type": "text", "text": None}])
+async def test_a_text_part_without_a_text_is_a_400(make_app: AppFactory, part: dict[str, Any]) -> None:
+    """Seen: forwarded as it came; the upstream's 500 became a 502 and counted against its breaker."""
+    app, fakes = await setup(make_app)
+    resp = await chat(app, {"messages": [{"role": "user", "content": [part]}]})
+    assert resp.status == 400 and resp.json()["error"]["param"] == "messages[0].content[0].text"
+    assert not fakes["primary"].calls
+
+
 def test_report_cells_print_no_control_characters() -> None:
     column = Column("task", "task", "text")
     assert cell(column, "\x1b[2Jwiped\r\nforged") == "?[2Jwiped??forged"

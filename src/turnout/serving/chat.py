@@ -220,8 +220,12 @@ def _message(i: int, m: Any) -> None:
             raise _bad(f"{where}.content", f"'{where}.content' is required")
     elif not isinstance(content, (str, list)):
         raise _bad(f"{where}.content", f"'{where}.content' must be a string or an array of parts")
-    elif isinstance(content, list) and not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content):
-        raise _bad(f"{where}.content", f"'{where}.content' parts must be objects with a 'type' (a string)")
+    elif isinstance(content, list):
+        if not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content):
+            raise _bad(f"{where}.content", f"'{where}.content' parts must be objects with a 'type' (a string)")
+        for j, part in enumerate(content):  # a text part without its text is the caller's mistake, not the upstream's
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise _bad(f"{where}.content[{j}].text", f"'{where}.content[{j}].text' must be a string")
     if role == "tool" and not isinstance(m.get("tool_call_id"), str):
         raise _bad(f"{where}.tool_call_id", f"'{where}.tool_call_id' is required for a tool message")
 
