@@ -126,8 +126,7 @@ class CacheStage:
             flight = self._flights.get(address.text())
             if flight is None:
                 self.misses += 1
-                leading = self._flights[address.text()] = asyncio.get_running_loop().create_future()
-                return Lookup(MISS, address, ttl_s, leading=leading)
+                return Lookup(MISS, address, ttl_s, leading=self._lead(address.text()))
             try:
                 raw = await asyncio.wait_for(asyncio.shield(flight), FOLLOW_S)
             except TimeoutError:  # a leader still answering (a long stream, a slow client): not waited for
@@ -147,8 +146,12 @@ class CacheStage:
         self.hits -= 1
         self.misses += 1
         if lookup.address is not None and lookup.address.text() not in self._flights:
-            leading = self._flights[lookup.address.text()] = asyncio.get_running_loop().create_future()
-            lookup.leading = leading
+            lookup.leading = self._lead(lookup.address.text())
+
+    def _lead(self, key: str) -> asyncio.Future[bytes | None]:
+        """A new flight for ``key``: the future its followers wait on."""
+        leading = self._flights[key] = asyncio.get_running_loop().create_future()
+        return leading
 
     async def fill(self, lookup: Lookup, value: bytes) -> None:
         """The leader's answer: to its followers at once, then into the store."""

@@ -10,12 +10,12 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 
-# Rendered as nothing: zero-width characters, the soft hyphen, word joiners, bidi controls.
-INVISIBLE = dict.fromkeys(
-    map(ord, "\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e\u034f\u202a\u202b\u202c\u202d\u202e")
-)
+from turnout.safety.normalize import INVISIBLE
+
+# What renders as nothing (zero-width characters, the soft hyphen, bidi controls): the screener's
+# set, out; and the one space separator NFKC leaves (Ogham's), a space.
+_CLEAN: dict[int, str | None] = {**dict.fromkeys(map(ord, INVISIBLE)), 0x1680: " "}
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
-_SPACES = re.compile(r"[^\S\n\r\t]")  # every space separator but the ASCII ones that matter
 
 
 def needs_plain(text: str) -> bool:
@@ -30,8 +30,7 @@ def plain(text: str) -> str:
         return text
     if "\\u" in text:
         text = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
-    text = unicodedata.normalize("NFKC", text).translate(INVISIBLE)
-    return _SPACES.sub(" ", text) if not text.isascii() else text
+    return unicodedata.normalize("NFKC", text).translate(_CLEAN)  # NFKC makes other spaces plain
 
 
 def read_plainly(items: Iterable[str]) -> Iterator[str]:
