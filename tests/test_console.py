@@ -17,7 +17,7 @@ from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.config import validate
 from turnout.console.access import MAX_SESSIONS, Sessions
-from turnout.console.overview import build
+from turnout.console.overview import MAX_GROUPS, build
 from turnout.ledger.record import LedgerRow
 from turnout.releases.files import load_all
 from turnout.releases.store import ReleaseStore
@@ -525,6 +525,24 @@ def test_one_group_still_has_its_total_and_none_is_empty() -> None:
 def test_chart_labels_are_escaped() -> None:
     found = build([row(0, task="<script>x</script>", outcome="success")], "1h", 990.0, 1010.0, truncated=False)
     assert "<script>" not in "".join(found.charts) and "&lt;script&gt;" in found.charts[2]
+
+
+def test_made_up_task_names_are_one_group_and_the_table_is_bounded() -> None:
+    """20,000 made-up task names (404s from any tenant) made an 18.6 MB page: they are one
+    (unknown task) group, and past MAX_GROUPS the smallest groups are summed as (other)."""
+    junk = [row(i, task=f"junk{i}", release=None, target=None, status=404) for i in range(20_000)]
+    served = [row(0, outcome="success"), row(1, task="gone", outcome="success")]  # a removed task that was served
+    found = build(served + junk, "1h", 990.0, 1010.0, truncated=False, known={"t"})
+    names = [g["task"] for g in found.groups]
+    assert names == ["(unknown task)", "gone", "t", "all"]
+    assert found.groups[0]["requests"] == 20_000 and found.tiles["requests"] == 20_002
+    assert any("20,000 task names" in note for note in found.notes)
+    many = [row(i, target=f"x{i % 120}", outcome="success") for i in range(600)]
+    bounded = build(many, "1h", 990.0, 1010.0, truncated=False, known={"t"})
+    assert len(bounded.groups) == MAX_GROUPS + 1  # the kept groups, (other), and the window's "all"
+    other = next(g for g in bounded.groups if g["task"] == "(other)")
+    assert other["requests"] == 600 - 5 * (MAX_GROUPS - 1) and bounded.tiles["requests"] == 600
+    assert sum(len(c) for c in bounded.charts) < 100_000
 
 
 async def test_paths_and_queries_that_are_not_utf8_or_too_long_are_not_500s(app: App) -> None:

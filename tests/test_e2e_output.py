@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -97,6 +98,7 @@ def test_output_checks_through_turnout_serve(tmp_path: Path, upstreams: tuple[Pr
         repaired = _repair_succeeds_on_the_second_attempt(served, small, tmp_path)
         escalated = _escalates_to_the_stronger_target(served, small, tmp_path)
         _escalates_to_a_person_who_answers(served, small, tmp_path)
+        _other_doors_and_streams_get_an_error_naming_the_ticket(served, small)
         _a_leaked_key_is_refused(served, small, tmp_path)
         _the_cost_report_shows_repairs_and_escalations(tmp_path, repaired + escalated)
     log = (tmp_path / "turnout.log").read_text()
@@ -159,6 +161,43 @@ def _escalates_to_a_person_who_answers(served: Served, small: Process, root: Pat
     assert (row["status"], row["escalated_to"], row["human_review"]) == (202, "human", 1)
 
 
+def _other_doors_and_streams_get_an_error_naming_the_ticket(served: Served, small: Process) -> None:
+    """A stream's SDK reads events and the Messages and Responses SDKs their own shapes: a 202
+    ticket body was an empty stream or an unreadable object. Each gets an error naming the
+    ticket instead, which the SDKs (left to retry as they do by default) do not retry: one
+    ticket per call."""
+    small.post("/_reply", {"text": [BAD]})
+    root = served.base_url.removesuffix("/v1")
+    client = openai.OpenAI(base_url=served.base_url, api_key=KEY)  # default retries
+    claude = anthropic.Anthropic(base_url=root, api_key=KEY)
+    calls = [
+        lambda: list(client.chat.completions.create(model="person", messages=ASK, stream=True)),
+        lambda: client.responses.create(model="person", input="Extract the order from: order A-17"),
+        lambda: claude.messages.create(model="person", max_tokens=64, messages=ASK),
+        lambda: list(claude.messages.create(model="person", max_tokens=64, messages=ASK, stream=True)),
+    ]
+    for call in calls:
+        before = len(tickets(served))
+        with pytest.raises((openai.APIStatusError, anthropic.APIStatusError)) as caught:
+            call()
+        err = caught.value
+        url = err.response.headers["location"]
+        assert err.status_code == 502 and url in str(err.body) and url.startswith("/v1/tasks/person/tickets/")
+        assert "went to a person" in err.response.text
+        assert "escalated_to_human" in err.response.text or err.response.json()["type"] == "error"  # Anthropic's shape
+        assert len(tickets(served)) == before + 1  # not retried: one ticket
+        assert http(served, "GET", url, KEY) == (200, http(served, "GET", url, KEY)[1])
+        assert http(served, "GET", url, KEY)[1]["status"] == "pending"
+    client.close()
+    claude.close()
+
+
+def tickets(served: Served) -> list[Any]:
+    status, listed = http(served, "GET", "/admin/review?task=person&status=all", ADMIN)
+    assert status == 200
+    return [i for i in listed["data"] if i["reason"] == "escalated"]
+
+
 def _a_leaked_key_is_refused(served: Served, small: Process, root: Path) -> None:
     small.post("/_reply", {"text": [f"Log in with {AWS_KEY} as the key id."]})
     with pytest.raises(openai.InternalServerError) as caught:
@@ -181,6 +220,6 @@ def _the_cost_report_shows_repairs_and_escalations(root: Path, escalated_floor: 
     assert done.returncode == 0, done.stderr
     rows = {r["task"]: r for r in json.loads(done.stdout)["rows"]}
     assert rows["extract"]["repairs"] == 2 and rows["extract"]["escalated"] == 0
-    assert rows["upgrade"]["escalated"] == 1 and rows["person"]["escalated"] == 1
+    assert rows["upgrade"]["escalated"] == 1 and rows["person"]["escalated"] == 5  # a ticket, four errors naming one
     assert rows["upgrade"]["escalated_spend_usd"] > 0 and rows["person"]["escalated_spend_usd"] > 0
-    assert rows["all"]["escalated"] == 2 and rows["all"]["spend_usd"] >= escalated_floor
+    assert rows["all"]["escalated"] == 6 and rows["all"]["spend_usd"] >= escalated_floor

@@ -115,6 +115,26 @@ def test_both_workers_answer_and_metrics_sum_them(served: Served) -> None:
     for _ in range(12):
         assert chat(served) == "Hello, world"
     assert requests_total(served) == 12.0  # whichever worker answers the scrape: every worker's count
+    # The ledger's counts live in each worker; every scrape shows their sum, whichever worker answers.
+    deadline = time.monotonic() + 15
+    while (written := sample(served, "turnout_ledger_written_total")) != 12.0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert written == 12.0
+    answered = {get(served, "/healthz")[0] for _ in range(TRIES)}
+    assert len(answered) == 2
+    assert {sample(served, "turnout_ledger_written_total") for _ in range(10)} == {12.0}
+    assert {sample(served, "turnout_ledger_queue_depth") for _ in range(4)} == {0.0}
+    assert {sample(served, "turnout_ledger_dropped_total") for _ in range(4)} == {0.0}
+    _, body = get(served, "/metrics")
+    assert body.count(b"# TYPE turnout_ledger_written_total counter") == 1  # one family: the workers' sum
+
+
+def sample(served: Served, name: str) -> float:
+    """One sample's value summed over its label sets (there is one: no worker label)."""
+    _, body = get(served, "/metrics")
+    found = re.findall(rb"^" + name.encode() + rb"(?:\{[^}]*\})? (\S+)$", body, re.M)
+    assert found, f"{name} missing from /metrics"
+    return sum(float(v) for v in found)
 
 
 async def burst(served: Served, n: int) -> list[int]:

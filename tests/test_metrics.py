@@ -369,6 +369,65 @@ def test_multiprocess_mode_merges_every_worker(tmp_path: Path) -> None:
     assert "turnout_breaker_state" in m  # the live gauges of the worker answering the scrape
 
 
+SUMMED = textwrap.dedent(
+    """
+    import json, os, sys
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from turnout.control.quota.base import LimiterStats
+    from turnout.observe.live import LedgerCounts, LiveState, TargetState
+    from turnout.observe.summed import Summed
+    from turnout.providers.base import Load
+    from turnout.routing.breaker import State
+
+    summed = Summed()
+    for written, in_flight in json.loads(sys.argv[1]):  # this worker's own counts over time
+        summed.sync(LiveState(
+            (TargetState("a", State.CLOSED, Load(in_flight=in_flight)),),
+            LedgerCounts(queued=1, written=written, dropped=0, failed=0),
+            LimiterStats(backend_errors=written // 10),
+        ))
+    if sys.argv[2] == "render":
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        sys.stdout.write(generate_latest(registry).decode())
+    """
+)
+
+
+def test_workers_live_counts_are_summed_across_workers(tmp_path: Path) -> None:
+    """Each worker's ledger counts, quota errors and calls in flight are its own; any worker's
+    scrape shows their sum, counters never going down (a worker whose counts restart adds them
+    all), and a dead worker's calls in flight leave the sum."""
+    mp_dir = tmp_path / "prom"
+    mp_dir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp_dir)}
+
+    def worker(history: list[tuple[int, int]], then: str = "") -> str:
+        args = [sys.executable, "-c", SUMMED, json.dumps(history), then]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    worker([(5, 2), (12, 3)])  # 12 written, 1 quota error, 3 in flight when it stopped
+    worker([(30, 1), (4, 1)])  # restarted counts: 30, then 4 more after a reset
+    text = worker([(0, 4)], "render")
+    m = {f.name: f.samples for f in text_string_to_metric_families(text)}
+    assert value(m["turnout_ledger_written"], "turnout_ledger_written_total") == 12 + 30 + 4
+    assert value(m["turnout_quota_backend_errors"], "turnout_quota_backend_errors_total") == 1 + 3
+    # livesum: the two finished workers were never marked dead here, so their last values count
+    assert value(m["turnout_target_in_flight"], "turnout_target_in_flight", target="a") == 3 + 1 + 4
+    assert value(m["turnout_ledger_queue_depth"], "turnout_ledger_queue_depth") == 3
+    from prometheus_client import multiprocess
+
+    for live in mp_dir.glob("gauge_livesum_*.db"):
+        multiprocess.mark_process_dead(int(live.stem.rsplit("_", 1)[1]), str(mp_dir))  # the supervisor's call
+    text = worker([(1, 2)], "render")
+    m = {f.name: f.samples for f in text_string_to_metric_families(text)}
+    assert value(m["turnout_target_in_flight"], "turnout_target_in_flight", target="a") == 2  # only the live one
+    assert value(m["turnout_ledger_written"], "turnout_ledger_written_total") == 12 + 30 + 4 + 1  # counters stay
+
+
 async def test_gateways_do_not_share_a_registry(runtime: Runtime) -> None:
     one, two = metrics_of(runtime), metrics_of(runtime)
     one.observe(row())

@@ -301,6 +301,56 @@ async def test_a_rejected_ticket_says_so_without_an_answer(setup: Setup) -> None
     assert (fetched["status"], fetched["answer"]) == ("rejected", None)
 
 
+async def test_a_tickets_outcome_is_final(setup: Setup) -> None:
+    """A relabel flipped an answered ticket to rejected (or back to pending) after the caller
+    may have read it: an escalated item's first accept or reject is final (409)."""
+    app = setup.app
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    ids = []
+    for _ in range(2):
+        resp = await chat(app, "person")
+        request_id = resp.headers["x-turnout-request-id"]
+        queued = (await get(app, "/admin/review?status=pending&task=person", ADMIN)).json()["data"]
+        [item] = [i for i in queued if i["request_id"] == request_id]
+        ids.append((item["id"], resp.json()["url"]))
+    (answered, answered_url), (rejected, rejected_url) = ids
+    kept = await request(app, "POST", f"/admin/review/{answered}", {"label": "escalate", "by": "a"}, headers)
+    assert kept.status == 200  # escalate keeps it pending: still open
+    done = {"label": "accept", "by": "a", "answer": GOOD}
+    assert (await request(app, "POST", f"/admin/review/{answered}", done, headers)).status == 200
+    assert (
+        await request(app, "POST", f"/admin/review/{rejected}", {"label": "reject", "by": "b"}, headers)
+    ).status == 200
+    for item, label in ((answered, "reject"), (answered, "escalate"), (answered, "accept"), (rejected, "accept")):
+        body = {"label": label, "by": "c", "answer": '{"order_id": "other"}'}
+        refused = await request(app, "POST", f"/admin/review/{item}", body, headers)
+        assert refused.status == 409 and refused.json()["error"]["code"] == "conflict", (item, label)
+        assert "final" in refused.json()["error"]["message"]
+    first = (await get(app, answered_url)).json()
+    assert (first["status"], first["answer"], first["output"]) == ("answered", GOOD, {"order_id": "A-17"})
+    assert (await get(app, rejected_url)).json()["status"] == "rejected"
+
+
+async def test_a_reviewers_answer_must_pass_the_tasks_output_checks(setup: Setup) -> None:
+    """The caller gets the reviewer's answer in place of the model's: it must pass the same
+    checks (here the task's schema); the ticket's ``output`` is it parsed, as the task API's."""
+    app = setup.app
+    resp = await chat(app, "person")
+    request_id = resp.headers["x-turnout-request-id"]
+    queued = (await get(app, "/admin/review?status=pending&task=person", ADMIN)).json()["data"]
+    [item] = [i for i in queued if i["request_id"] == request_id]
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    for bad in ("order A-17", BAD, '{"order_id": 17}'):
+        body = {"label": "accept", "by": "rev", "answer": bad}
+        refused = await request(app, "POST", f"/admin/review/{item['id']}", body, headers)
+        assert refused.status == 400 and refused.json()["error"]["param"] == "answer", bad
+        assert refused.json()["error"]["code"] == "answer_invalid"
+    assert (await get(app, resp.json()["url"])).json()["status"] == "pending"  # nothing was recorded
+    body = {"label": "accept", "by": "rev", "answer": '```json\n{"order_id": "A-17"}\n```'}
+    assert (await request(app, "POST", f"/admin/review/{item['id']}", body, headers)).status == 200
+    assert (await get(app, resp.json()["url"])).json()["output"] == {"order_id": "A-17"}
+
+
 # --- max_chars, must_not_contain ----------------------------------------------------------------------
 
 
@@ -399,15 +449,30 @@ async def test_a_stream_without_usage_asked_gets_no_usage_chunk(setup: Setup) ->
     assert all("usage" not in e for e in resp.events()[:-1])
 
 
-async def test_a_stream_escalated_to_a_person_gets_the_ticket_as_json(setup: Setup) -> None:
+async def test_a_stream_escalated_to_a_person_is_an_error_naming_its_ticket(setup: Setup) -> None:
+    """A stream's SDK reads events: a 202 ticket body read as a stream ended empty, no error.
+    The ticket is queued all the same, and the error names it; the SDKs must not retry."""
     resp = await chat(setup.app, "person", stream=True)
-    assert resp.status == 202 and resp.headers["content-type"].startswith("application/json")
-    assert resp.json()["status"] == "pending"
+    assert resp.status == 502 and resp.headers["content-type"].startswith("application/json")
+    error = resp.json()["error"]
+    request_id = resp.headers["x-turnout-request-id"]
+    url = f"/v1/tasks/person/tickets/{request_id}"
+    assert error["code"] == "escalated_to_human" and url in error["message"]
+    assert resp.headers["location"] == url and resp.headers["x-should-retry"] == "false"
+    assert (await get(setup.app, url)).json()["status"] == "pending"
+    row = await row_of(setup.app, request_id)
+    assert (row.status, row.escalated_to, row.human_review, row.error_class) == (
+        502,
+        "human",
+        True,
+        "escalated_to_human",
+    )
 
 
 async def test_a_refused_stream_is_a_plain_error_before_any_event(setup: Setup) -> None:
     resp = await chat(setup.app, "once", stream=True)
     assert resp.status == 502 and resp.json()["error"]["code"] == "output_invalid"
+    assert resp.headers["x-should-retry"] == "false"  # the SDKs would pay for the same refusal again
 
 
 # --- the task API -------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
     │   ├── BodyTooLarge              413
     │   ├── NotFound                  404 (unknown route)
     │   ├── UnknownTask               404
-    │   └── MethodNotAllowed          405
+    │   ├── MethodNotAllowed          405
+    │   └── Conflict                  409 (a change the resource's state refuses)
     ├── AuthError                     401 authentication_error
     ├── PolicyDenied                  403 permission_denied
     ├── UpstreamError                 502 upstream_error   (one attempt at one target)
@@ -90,6 +91,11 @@ class UnknownTask(RequestError):
 class MethodNotAllowed(RequestError):
     status = 405
     code = "method_not_allowed"
+
+
+class Conflict(RequestError):
+    status = 409
+    code = "conflict"
 
 
 class AuthError(TurnoutError):

@@ -16,6 +16,7 @@ from turnout.errors import TurnoutError
 from turnout.offline.shadow import passed_note, refusal, summarize
 from turnout.releases.registry import StoreRegistry
 from turnout.releases.review import LABELS, MAX_NOTE
+from turnout.serving import tickets
 from turnout.serving.runtime import Runtime
 
 ACTIONS = ("promote", "canary", "rollback")
@@ -75,6 +76,8 @@ async def label(runtime: Runtime, item: str, form: dict[str, str], by: str) -> s
         raise Refused(f"the note is longer than {MAX_NOTE} characters")
     answer = form.get("answer", "").strip() or None  # an escalated item's corrected answer
     try:
+        if _item_id(item):
+            await tickets.check_answer(runtime, int(item), choice, answer)
         found = await queue.label(int(item), choice, note, by, answer) if _item_id(item) else None
     except TurnoutError as exc:  # an escalation accepted without an answer, an answer too long
         raise Refused(exc.message) from None

@@ -10,9 +10,9 @@ token, streams), ``generation`` (first token to last) and ``total``.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +28,9 @@ ROW_LIMIT = 100_000  # the most rows one page reads: a week of heavy traffic is 
 BUCKETS = 30
 BY = ("task", "release", "target")
 PHASES = (("queue", "queue_ms"), ("ttft", "ttft_ms"), ("generation", "generation_ms"), ("total", "latency_ms"))
+MAX_GROUPS = 50  # task × release × target rows in the table and bars; the smallest others are summed as one
+UNKNOWN = "(unknown task)"  # every name a client made up (404s): any tenant can invent thousands
+OTHER = "(other)"
 
 
 @dataclass(slots=True)
@@ -41,11 +44,21 @@ class Overview:
     notes: list[str] = field(default_factory=list)
 
 
-def build(rows: Sequence[LedgerRow], window: str, since: float, until: float, truncated: bool) -> Overview:
+def build(
+    rows: Sequence[LedgerRow],
+    window: str,
+    since: float,
+    until: float,
+    truncated: bool,
+    known: Collection[str] | None = None,
+) -> Overview:
+    """``known``: the tasks the gateway serves; rows naming any other task that never reached a
+    target are summed as one ``(unknown task)`` group, so made-up names cannot flood the page."""
+    rows, notes = _folded(rows, known)
     cost = compute("cost", rows, by=BY, since=since, until=until)
     groups: dict[tuple[str, ...], list[LedgerRow]] = defaultdict(list)
     for row in rows:
-        groups[tuple(_name(getattr(row, d)) for d in BY)].append(row)
+        groups[_key(row)].append(row)
     out = []
     for figures in cost.rows:
         key = tuple(figures[d] for d in BY)
@@ -65,10 +78,29 @@ def build(rows: Sequence[LedgerRow], window: str, since: float, until: float, tr
         "cost_per_completed_usd": whole.get("cost_per_completed_usd"),
         "total_p95_ms": whole.get("total_p95_ms"),
     }
-    notes = list(cost.notes)
+    notes = list(cost.notes) + notes
     if truncated:
         notes.append(f"this window holds more than {ROW_LIMIT:,} requests: the figures cover its first {ROW_LIMIT:,}")
     return Overview(window, since, until, tiles, out, _charts(rows, since, until, out[:-1]), notes)
+
+
+def _folded(rows: Sequence[LedgerRow], known: Collection[str] | None) -> tuple[Sequence[LedgerRow], list[str]]:
+    notes = []
+    if known is not None:
+        made_up = {r.task for r in rows if r.target is None and r.task not in known}
+        if made_up:
+            rows = [replace(r, task=UNKNOWN) if r.task in made_up and r.target is None else r for r in rows]
+            notes.append(f"{len(made_up):,} task names the gateway does not serve are summed as {UNKNOWN}")
+    counts = Counter(_key(r) for r in rows)
+    if len(counts) > MAX_GROUPS:
+        kept = {k for k, _ in counts.most_common(MAX_GROUPS - 1)}
+        rows = [r if _key(r) in kept else replace(r, task=OTHER, release=OTHER, target=OTHER) for r in rows]
+        notes.append(f"the {len(counts) - len(kept):,} smallest task · release · target groups are summed as {OTHER}")
+    return rows, notes
+
+
+def _key(row: LedgerRow) -> tuple[str, ...]:
+    return tuple(_name(getattr(row, d)) for d in BY)
 
 
 def _name(value: Any) -> str:

@@ -39,7 +39,9 @@ async def overview(runtime: Runtime, window: str, task: str | None) -> Overview 
     rows = await store.rows_between(since, until, task=task, limit=ROW_LIMIT + 1)
     truncated = len(rows) > ROW_LIMIT
     # Tens of thousands of rows are a few hundred ms of arithmetic: off the event loop.
-    return await asyncio.to_thread(build, rows[:ROW_LIMIT], window, since, until, truncated)
+    return await asyncio.to_thread(
+        build, rows[:ROW_LIMIT], window, since, until, truncated, frozenset(runtime.config.tasks)
+    )
 
 
 async def targets(runtime: Runtime, admin: Admin) -> dict[str, Any]:

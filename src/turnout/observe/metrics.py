@@ -36,7 +36,7 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
     turnout_constraint_skips_total{task,target,constraint}   targets left out by a caller's limit;
                                                    constraint: max_latency_ms | max_cost_usd
 
-At scrape time, from a ``LiveState`` snapshot the owner's callable returns (``_Live``)::
+At scrape time, from a ``LiveState`` snapshot the owner's callable returns (``observe/live.py``)::
 
     turnout_breaker_state{target}                  0 closed, 1 half-open, 2 open
     turnout_replica_breaker_state{target,replica}  the same, per replica of an OpenAI-compatible target
@@ -55,16 +55,18 @@ upstream model name or any request text.
 
 Several workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set (before ``prometheus_client`` is first
 imported, as that library requires), request metrics are written to per-process files there and
-``render`` merges every worker's files. Live-state gauges describe the worker answering the
-scrape (breakers, pools and the ledger queue are per process). Clear the directory when the
-server starts, as the library's documentation says.
+``render`` merges every worker's files. Of the live state, what sums (calls in flight and
+waiting, the ledger's counts and queue, quota backend errors) is written there too by each
+worker every ``SYNC_S`` (``observe/summed.py``), so every scrape shows the whole; breaker
+states, probe results and replica readings are the answering worker's. Clear the directory
+when the server starts, as the library's documentation says.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,15 +82,15 @@ from prometheus_client import (
     generate_latest,
     values,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from turnout.config import DATA_CLASSES, HUMAN, Config
-from turnout.control.quota.base import LimiterStats
 from turnout.ledger.record import LedgerRow
+from turnout.observe.live import LedgerCounts, Live, LiveState, TargetState
+from turnout.observe.summed import SYNC_S, Summed
+
+__all__ = ["SYNC_S", "LedgerCounts", "LiveState", "Metrics", "TargetState"]
 from turnout.observe.tally import Direct, Tally
-from turnout.providers.base import Load, ReplicaLoad
-from turnout.routing.breaker import State
 from turnout.routing.constraints import COST, LATENCY, skipped_in
 from turnout.safety.output import REASONS as OUTPUT_REASONS
 from turnout.safety.policy import parse_record
@@ -107,8 +109,6 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 FALLBACK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-BREAKER_VALUE = {State.CLOSED: 0.0, State.HALF_OPEN: 1.0, State.OPEN: 2.0}
 
 _CLASS = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -134,34 +134,6 @@ class Vocabulary:
             self._known[value] = value
             return value
         return OTHER
-
-
-@dataclass(frozen=True, slots=True)
-class TargetState:
-    name: str
-    breaker: State
-    load: Load
-    up: bool | None = None  # the last health probe; None: not probed yet
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerCounts:
-    queued: int
-    written: int
-    dropped: int
-    failed: int
-    spilled: int = 0  # rows appended to the spill journal
-    journal_bytes: int = 0  # waiting there for the store
-
-
-@dataclass(frozen=True, slots=True)
-class LiveState:
-    """What the scrape reads: targets, the ledger writer (None: no ledger), the limiter's
-    counters (None: no limits)."""
-
-    targets: tuple[TargetState, ...] = ()
-    ledger: LedgerCounts | None = None
-    limiter: LimiterStats | None = None
 
 
 @dataclass(slots=True)
@@ -205,8 +177,10 @@ class Metrics:
             PlatformCollector(registry=own)
             if GC_COLLECTOR is not None:
                 GCCollector(registry=own)
-        self._live = _Live(live)
+        self._live = Live(live, summed=own is None)
         self.registry.register(self._live)
+        # With workers, what each holds alone is summed through the shared files (``sync``).
+        self.summed = Summed() if own is None else None
 
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, ("task", "target"), registry=own, buckets=buckets)
@@ -439,9 +413,16 @@ class Metrics:
         self.tenants = Vocabulary([*config.tenants, "anonymous"])
         self._live.live = live
 
+    def sync(self) -> None:
+        """With workers: this one's live counts into the shared files (``observe/summed.py``),
+        every ``SYNC_S`` and before a scrape; a no-op in one process."""
+        if self.summed is not None:
+            self.summed.sync(self._live.live())
+
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type, for ``GET /metrics``."""
         self.flush()
+        self.sync()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
@@ -456,76 +437,3 @@ class _Children(dict[tuple[str, ...], Any]):
     def __missing__(self, key: tuple[str, ...]) -> Any:
         child = self[key] = self.metric.labels(*key)
         return child
-
-
-class _ReplicaGauges:
-    """What each replica's server last reported of its own load (a target with ``load``,
-    ``turnout.providers.balance``); a replica without a reading is absent."""
-
-    def __init__(self) -> None:
-        labels = ("target", "replica")
-        self.waiting = GaugeMetricFamily("turnout_replica_waiting", "Requests queued at the replica.", labels=labels)
-        self.running = GaugeMetricFamily("turnout_replica_running", "Requests the replica runs.", labels=labels)
-        self.kv_cache = GaugeMetricFamily(
-            "turnout_replica_kv_cache_usage", "The replica's KV cache in use, 0 to 1.", labels=labels
-        )
-        self.families = (self.waiting, self.running, self.kv_cache)
-
-    def add(self, target: str, replica: ReplicaLoad) -> None:
-        for family, value in zip(self.families, (replica.waiting, replica.running, replica.kv_cache), strict=True):
-            if value is not None:
-                family.add_metric((target, replica.name), value)
-
-
-class _Live:
-    """Gauges read from a snapshot when scraped, so the request path never updates them:
-    breakers, in-flight and queued calls per target, the ledger queue, quota errors."""
-
-    def __init__(self, live: Callable[[], LiveState]) -> None:
-        self.live = live
-
-    def collect(self) -> Iterator[Metric]:
-        state = self.live()
-        breaker = GaugeMetricFamily(
-            "turnout_breaker_state", "Target breaker: 0 closed, 1 half-open, 2 open.", labels=("target",)
-        )
-        replicas = GaugeMetricFamily(
-            "turnout_replica_breaker_state",
-            "Replica breaker: 0 closed, 1 half-open, 2 open.",
-            labels=("target", "replica"),
-        )
-        in_flight = GaugeMetricFamily("turnout_target_in_flight", "Calls running at the target.", labels=("target",))
-        waiting = GaugeMetricFamily("turnout_target_waiting", "Calls waiting for a local worker.", labels=("target",))
-        up = GaugeMetricFamily("turnout_target_up", "Last health probe: 1 up, 0 down.", labels=("target",))
-        gauges = _ReplicaGauges()
-        for target in state.targets:
-            name, load = target.name, target.load
-            breaker.add_metric((name,), BREAKER_VALUE[target.breaker])
-            if load.in_flight is not None:
-                in_flight.add_metric((name,), load.in_flight)
-            if load.queued is not None:
-                waiting.add_metric((name,), load.queued)
-            if target.up is not None:
-                up.add_metric((name,), 1.0 if target.up else 0.0)
-            for replica in load.replicas:
-                replicas.add_metric((name, replica.name), BREAKER_VALUE[replica.breaker])
-                gauges.add(name, replica)
-        yield from (breaker, replicas, in_flight, waiting, up, *gauges.families)
-        ledger = state.ledger
-        if ledger is not None:
-            yield GaugeMetricFamily("turnout_ledger_queue_depth", "Ledger rows not yet written.", value=ledger.queued)
-            yield CounterMetricFamily("turnout_ledger_written", "Ledger rows written.", value=ledger.written)
-            yield CounterMetricFamily(
-                "turnout_ledger_dropped", "Ledger rows dropped: queue or spill journal full.", value=ledger.dropped
-            )
-            yield CounterMetricFamily("turnout_ledger_failed", "Ledger rows whose write failed.", value=ledger.failed)
-            yield CounterMetricFamily(
-                "turnout_ledger_spilled", "Ledger rows kept in the spill journal for the store.", value=ledger.spilled
-            )
-            yield GaugeMetricFamily(
-                "turnout_ledger_journal_bytes", "Spill journal bytes waiting for the store.", value=ledger.journal_bytes
-            )
-        if state.limiter is not None:
-            yield CounterMetricFamily(
-                "turnout_quota_backend_errors", "Quota backend (Redis) unreachable.", value=state.limiter.backend_errors
-            )

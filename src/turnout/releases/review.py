@@ -17,7 +17,9 @@ the capture TTL.
                   status (pending | accept | reject | escalate), note, labeled_by, labeled_at,
                   tenant, reason (NULL: sampled | escalated), answer
 
-A label may be changed (an escalated item is later accepted or rejected); the latest counts.
+A sampled item's label may be changed; the latest counts. An escalated item is a caller's
+ticket: ``escalate`` keeps it pending, and its first ``accept`` or ``reject`` is final (409
+after that: the caller may already have read the outcome).
 
 Escalations (``turnout.serving.output``): an answer that failed its task's output checks with
 ``escalate: {to: human}`` is queued whole by ``enqueue_ticket`` (always redacted, whatever the
@@ -41,7 +43,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 from turnout._support.places import Conn, PgPlace, Place
 from turnout._support.stateworker import Schema, migrate_at, worker
 from turnout._support.times import iso
-from turnout.errors import RequestError, TurnoutError
+from turnout.errors import Conflict, RequestError, TurnoutError
 from turnout.releases.pgschema import REVIEW
 
 log = logging.getLogger(__name__)
@@ -282,8 +284,8 @@ class ReviewQueue:
             found = _get(conn, item_id)
             if found is None:
                 return None
-            if found.reason == ESCALATED and label == "accept" and not (answer or found.answer):
-                raise RequestError("accepting an escalated item needs an 'answer' for the caller", param="answer")
+            if found.reason == ESCALATED:
+                _may_close(found, label, answer)
             conn.execute(
                 "UPDATE review_items SET status = ?, note = ?, labeled_by = ?, labeled_at = ?,"
                 " answer = COALESCE(?, answer) WHERE id = ?",
@@ -346,6 +348,18 @@ def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
 def _inserted(conn: Conn, row: Sequence[Any] | None) -> ReviewItem | None:
     """The item an ``INSERT OR IGNORE … RETURNING id`` made; None when the id was queued already."""
     return None if row is None else _get(conn, int(row[0]))
+
+
+def _may_close(ticket: ReviewItem, label: str, answer: str | None) -> None:
+    """A ticket's outcome is given once: a caller may have read it, and acted on it."""
+    if ticket.status in ("accept", "reject"):
+        outcome = "answered" if ticket.status == "accept" else "rejected"
+        raise Conflict(
+            f"review item {ticket.id} is an escalated request already {outcome} by {ticket.labeled_by} "
+            f"at {iso(ticket.labeled_at)}: its outcome is final"
+        )
+    if label == "accept" and not (answer or ticket.answer):
+        raise RequestError("accepting an escalated item needs an 'answer' for the caller", param="answer")
 
 
 def _get(conn: Conn, item_id: int | None) -> ReviewItem | None:

@@ -38,7 +38,7 @@ from turnout.control.auth import bearer
 from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError
 from turnout.providers.base import Health
 from turnout.releases.review import MAX_ANSWER, ReviewQueue, Status
-from turnout.serving import supervisor
+from turnout.serving import supervisor, tickets
 from turnout.serving.asgi import Receive, Send, header, read_body, send_json
 from turnout.serving.probes import scrub, secrets_of
 from turnout.serving.runtime import Runtime
@@ -263,6 +263,8 @@ class Admin:
             raise RequestError("'note' must be a string or null", param="note")
         if not (answer is None or isinstance(answer, str)):
             raise RequestError("'answer' must be a string or null", param="answer")
+        if _row_id(item_id):
+            await tickets.check_answer(self.runtime, int(item_id), label, answer)
         item = await queue.label(int(item_id), label, note, by, answer) if _row_id(item_id) else None
         if item is None:
             raise NotFound(f"no review item {item_id!r}")

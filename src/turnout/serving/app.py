@@ -185,6 +185,7 @@ class App:
         metrics = self.runtime.metrics
         if metrics is None:
             raise NotFound("metrics are off (observability.metrics: false)")
+        self.runtime.probes.refresh()  # a stale probe starts in the background, for a later scrape
         body, content_type = metrics.render()
         head = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": head})

@@ -6,6 +6,8 @@ escalate it (``turnout.safety.output`` holds the checks themselves)::
                            → escalate.to: <target> (policy permitting) → check → pass | 502
                            → escalate.to: human → 202 with a ticket; the request, redacted, in
                              the review queue (reason ``escalated``) for a person to answer
+                             (a client that cannot read a ticket, a stream or an SDK's own
+                             shape: 502 ``escalated_to_human`` naming it, not to be retried)
                            → no escalation: 502 ``output_invalid`` (fail closed)
 
 Every answer generated is paid for: a rejected answer's attempt carries its own cost (its usage,
@@ -46,11 +48,35 @@ REJECTED = "output_invalid"  # the error class of an attempt whose answer failed
 REPAIR_SUFFIX = " Reply with the corrected answer only."
 
 
+TICKET_DOORS = ("chat.completions", "tasks")  # doors whose non-streaming answer may be a ticket
+NO_RETRY = (b"x-should-retry", b"false")  # the OpenAI and Anthropic SDKs' header: asking again cannot help
+
+
 class OutputRejected(AnswerRefused):
-    """The answer failed the task's output checks, repairs and escalation included: 502."""
+    """The answer failed the task's output checks, repairs and escalation included: 502. The
+    SDKs are told not to retry: the same checks would run on another paid answer."""
 
     code = REJECTED
     error_class = REJECTED
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [NO_RETRY]
+
+
+class Escalated(AnswerRefused):
+    """Escalated to a person where the client reads no ticket (a stream, whose SDK reads events;
+    the Messages and Responses APIs, whose SDKs read their own shapes): an error naming the
+    ticket, so the caller learns where its answer will be."""
+
+    code = "escalated_to_human"
+    error_class = "escalated_to_human"
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [NO_RETRY, (b"location", self.url.encode())]
 
 
 @dataclass(slots=True)
@@ -67,7 +93,7 @@ class Checked:
     spent: Usage | None = None  # the rejected answers' tokens
     spent_estimated: bool = False
     problem: Problem | None = None  # the last failure
-    refusal: OutputRejected | None = None
+    refusal: AnswerRefused | None = None
     ticket: bool = False
     unanswered: bool = False  # a re-ask got no answer from the target (it failed, or was blocked)
 
@@ -197,15 +223,24 @@ class OutputStage:
         started_at: float,
         prompt: bool,
         endpoint: str = "",
+        stream: bool = False,
     ) -> Answered:
-        """Write the refusal (502, in the door's error shape: ``endpoint``) or the ticket (202);
+        """Write the refusal (502, in the door's error shape: ``endpoint``) or the ticket (202;
+        as a 502 ``escalated_to_human`` where the client cannot read one: ``Escalated``);
         what it came to, for the row and quota."""
         priced = self.rt.prices.price_attempts(checked.attempts, None, started_at)
+        url = ticket_url(admission.task, request_id)
         if checked.ticket and not await self._queue(checked, request_id, admission, body):
             checked.ticket = False
             checked.refusal = OutputRejected(
                 f"the answer failed the task's output checks ({_detail(checked)}) and the review "
                 f"queue could not take the escalation (request {request_id})"
+            )
+        elif checked.ticket and (stream or endpoint not in TICKET_DOORS):
+            checked.refusal = Escalated(
+                f"the answer failed the task's output checks ({_detail(checked)}) and went to a "
+                f"person: poll GET {url} for the answer",
+                url,
             )
         if checked.refusal is not None:
             await respond.error(send, checked.refusal, request_id, endpoint)
@@ -214,14 +249,13 @@ class OutputStage:
                 checked.spent,
                 priced,
                 None,
-                error_class=REJECTED,
+                error_class=checked.refusal.code or REJECTED,
                 usage_estimated=checked.spent_estimated,
             )
         result = checked.result
         release = admission.release
         model_version = (release.model_version if release else None) or _completion(result).model_version
         headers = respond.turnout_headers(request_id, admission.task, result, release, model_version, prompt=prompt)
-        url = ticket_url(admission.task, request_id)
         headers += [*respond.cost_header(priced.total), (b"location", url.encode())]
         payload = {
             "id": request_id,

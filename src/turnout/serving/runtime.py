@@ -38,7 +38,7 @@ from turnout.control.tokens import Tokens
 from turnout.ledger.store import LedgerStore, open_store
 from turnout.ledger.writer import LedgerWriter
 from turnout.observe import open_tracing
-from turnout.observe.metrics import LedgerCounts, LiveState, Metrics, TargetState
+from turnout.observe.metrics import SYNC_S, LedgerCounts, LiveState, Metrics, TargetState
 from turnout.observe.requestlog import RequestLog
 from turnout.privacy.capture import Capture, SecretsOnly, capture_path
 from turnout.privacy.capture.store import CaptureStore
@@ -165,6 +165,15 @@ class Runtime:
             await self._open_cache(stack)
         if self.store is not None and cfg.store.kind != "memory" and Rules(cfg).purges:
             await self._open_retention(stack, self.store)
+        if self.metrics is not None and self.metrics.summed is not None:  # workers: live counts summed
+            metrics = self.metrics
+
+            async def sync() -> None:
+                metrics.sync()
+
+            syncing = Periodic("turnout-metrics-sync", sync, SYNC_S, first="now")
+            syncing.start()
+            stack.push_async_callback(syncing.aclose)
         if self.release_store is not None and self.store is not None:  # canaries need a ledger
             self.canary = CanaryController(cfg, self.release_store, self.store)
             self.canary.start()
@@ -296,12 +305,11 @@ class Runtime:
         }
 
     def live(self) -> LiveState:
-        """What ``/metrics`` reads at scrape time: cheap snapshots, no I/O (a stale probe is
-        started in the background, for a later scrape)."""
+        """What ``/metrics`` reads at scrape time (and, with workers, each worker's sync):
+        cheap snapshots, no I/O."""
         ledger = self.ledger
         limiter = self.quota.limiter
         probes = self.probes
-        probes.refresh()
         return LiveState(
             targets=tuple(
                 TargetState(n, t.breaker.state, t.provider.load(), probes.up(n)) for n, t in self.targets.items()

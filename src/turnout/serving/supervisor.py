@@ -17,8 +17,8 @@ supervises:
   worker reloads it and sends the parent a SIGHUP, so the others follow.
 
 Metrics: the parent points ``PROMETHEUS_MULTIPROC_DIR`` at a directory it creates and removes
-(unless one is set already), so every worker's request counters are summed at ``/metrics``;
-the live gauges (breakers, in flight, ledger queue) are the answering worker's own.
+(unless one is set already), so every worker's counters, calls in flight and ledger counts
+are summed at ``/metrics``; breaker states and probe results are the answering worker's own.
 """
 
 from __future__ import annotations
