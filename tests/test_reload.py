@@ -405,3 +405,33 @@ async def test_an_answer_from_a_target_no_longer_allowed_is_replaced(served: Ser
         ("hit", "primary"),
     ]
     assert len(served.primary.calls) == 1
+
+
+async def test_a_releases_folder_made_after_start_up_is_served_after_a_reload(served: Served, tmp_path: Path) -> None:
+    """Without a releases folder at start the registry never opened: releases registered and
+    promoted later were not served, and a reload said nothing changed."""
+    from click.testing import CliRunner
+
+    from turnout.cli.main import main
+
+    raw = base(tmp_path)
+    raw["releases"] = {"path": str(tmp_path / "releases"), "store_path": str(tmp_path / "releases.db")}
+    app = await served.start(raw)
+    assert app.runtime.releases is None
+    task = {"variables": {"text": "hi"}}
+    before = await request(app, "POST", "/v1/tasks/chat", task, AUTH)
+    assert before.status == 404, before.body  # no serving release
+    release = tmp_path / "releases" / "chat" / "v1.yaml"
+    release.parent.mkdir(parents=True)
+    release.write_text('target: primary\nprompt: {user: "{{ text }}", variables: {text: str}}\n')
+    for args in (("register", "chat", "v1"), ("promote", "chat", "v1", "--why", "first")):
+        cli = ["release", *args, "--by", "ops", "--config", str(served.path)]
+        done = await asyncio.to_thread(CliRunner().invoke, main, cli)  # the CLI runs its own loop
+        assert done.exit_code == 0, done.output
+    resp = await request(app, "POST", "/admin/reload", headers=ADMIN_AUTH)
+    assert resp.status == 200 and resp.json()["changed"] == ["releases"], resp.body
+    answer = await request(app, "POST", "/v1/tasks/chat", task, AUTH)
+    assert answer.status == 200, answer.body
+    assert answer.headers["x-turnout-release"] == "v1" and served.primary.calls
+    again = await request(app, "POST", "/admin/reload", headers=ADMIN_AUTH)
+    assert again.json()["changed"] == []  # opened once

@@ -159,6 +159,8 @@ class App:
                 log.error("config reload refused, the running config is kept: %s", "; ".join(exc.problems))
                 raise
             new = await old.successor(plan.config)
+            if old.releases is None and new.releases is not None:
+                plan.changed.append("releases")  # the folder appeared since start-up: now served
             pipeline = Pipeline(new)
             new.adopt(old)
             self.runtime = self.admin.runtime = self.console.runtime = self.readiness.runtime = new

@@ -157,10 +157,7 @@ class Runtime:
             stack.push_async_callback(reviews.aclose)
             self.reviews = reviews
         if await asyncio.to_thread(os.path.isdir, cfg.releases.path):  # releases/<task>/<release>.yaml
-            registry = await open_registry(cfg)
-            stack.push_async_callback(registry.aclose)
-            self.releases, self.release_store = registry, registry.store
-            await self._open_shadows(stack)
+            await self._open_releases(stack)
         if cache_factory.wanted(cfg):
             await self._open_cache(stack)
         if self.store is not None and cfg.store.kind != "memory" and Rules(cfg).purges:
@@ -174,8 +171,17 @@ class Runtime:
             syncing = Periodic("turnout-metrics-sync", sync, SYNC_S, first="now")
             syncing.start()
             stack.push_async_callback(syncing.aclose)
+        self._open_canary(stack)
+
+    async def _open_releases(self, stack: AsyncExitStack) -> None:
+        registry = await open_registry(self.config)
+        stack.push_async_callback(registry.aclose)
+        self.releases, self.release_store = registry, registry.store
+        await self._open_shadows(stack)
+
+    def _open_canary(self, stack: AsyncExitStack) -> None:
         if self.release_store is not None and self.store is not None:  # canaries need a ledger
-            self.canary = CanaryController(cfg, self.release_store, self.store)
+            self.canary = CanaryController(self.config, self.release_store, self.store)
             self.canary.start()
             stack.push_async_callback(self.canary.aclose)  # first to close: it reads the ledger
 
@@ -203,6 +209,10 @@ class Runtime:
         new.quota = QuotaGate(config, limiter, new.prices, new.tokens)
         if new.shadows is not None:
             new.shadows.follow(config, new.policy, new.prices, new.scoring)
+        elif new.releases is None and await asyncio.to_thread(os.path.isdir, config.releases.path):
+            # the releases folder was made after start-up: its registry opens now, not at a restart
+            await new._open_releases(stack)
+            new._open_canary(stack)
         if self.cache is not None:  # tasks' cache settings are live; the store and its key stay
             self.cache.tasks = CacheStage(config, self.cache.store).tasks
         elif cache_factory.wanted(config):
