@@ -192,6 +192,14 @@ async def test_errors_come_in_anthropics_shape_and_the_sdk_raises_the_matching_e
         with pytest.raises(anthropic.NotFoundError) as missing:
             await client.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}])
         assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+        with pytest.raises(anthropic.BadRequestError, match="temperature"):
+            await client.messages.create(
+                model="support",
+                max_tokens=5,
+                messages=[{"role": "user", "content": "x"}],
+                extra_body={"temperature": 5},
+            )
+        assert not chats(up)  # refused before any target
         with pytest.raises(anthropic.BadRequestError, match="thinking"):
             await client.messages.create(
                 model="support", max_tokens=5, messages=[{"role": "user", "content": "x"}],
@@ -261,3 +269,34 @@ async def test_x_api_key_and_bearer_both_identify_the_tenant(make_app: AppFactor
             "type": "error",
             "error": {"type": "authentication_error", "message": refused.json()["error"]["message"]},
         }
+
+
+async def test_a_stop_sequence_is_reported_plain_and_streamed(make_app: AppFactory, tmp_path: Path) -> None:
+    """The upstream stopped at one of the caller's stop sequences and said so: the SDK reads
+    ``stop_sequence`` and which one, as from Anthropic's API (it read ``end_turn``)."""
+    async with (
+        FakeUpstream(reply=("one, two", " END three")) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        ask: Any = {"model": "support", "max_tokens": 50, "messages": [{"role": "user", "content": "Count"}]}
+        answer = await client.messages.create(**ask, stop_sequences=["END"])
+        assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", "END")
+        assert answer.content[0].text == "one, two "  # type: ignore[union-attr]
+        async with client.messages.stream(**ask, stop_sequences=["END", "two"]) as stream:
+            final = await stream.get_final_message()
+        assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "two")
+        plain = await client.messages.create(**ask)
+        assert (plain.stop_reason, plain.stop_sequence) == ("end_turn", None)
+
+
+async def test_a_wrong_method_is_answered_in_anthropics_shape(make_app: AppFactory, tmp_path: Path) -> None:
+    async with FakeUpstream() as up:
+        app = await make_app(config(tmp_path, {"onprem": up.base_url}))
+        resp = await request(app, "GET", "/v1/messages", headers={"x-api-key": KEY})
+        assert resp.status == 405
+        assert resp.json() == {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": "use POST for this route"},
+        }
+        other = await request(app, "GET", "/v1/chat/completions")
+        assert other.status == 405 and other.json()["error"]["code"] == "method_not_allowed"  # OpenAI's elsewhere

@@ -184,6 +184,34 @@ USER = [{"role": "user", "content": "x"}]
             {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]},
             "messages[0].content[0].tool_use_id",
         ),
+        # what Anthropic's API refuses is refused here too, not forwarded to a target that may take it
+        ({"max_tokens": 5, "messages": USER, "temperature": 5}, "temperature"),
+        ({"max_tokens": 5, "messages": USER, "temperature": -0.1}, "temperature"),
+        ({"max_tokens": 5, "messages": USER, "top_p": 1.5}, "top_p"),
+        ({"max_tokens": 5, "messages": USER, "top_k": 2.5}, "top_k"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": ""}]}, "messages[0].content"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": []}]}, "messages[0].content"),
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]},
+            "messages[0].content[0].text",
+        ),
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+            "messages[0].content[0].text",
+        ),
+        ({"max_tokens": 5, "messages": [{"role": "assistant", "content": "hi"}, *USER]}, "messages[0].role"),
+        ({"max_tokens": 5, "messages": [*USER, {"role": "assistant", "content": ""}, *USER]}, "messages[1].content"),
+        ({"max_tokens": 5, "messages": USER, "tool_choice": {"type": "any"}}, "tool_choice"),
+        ({"max_tokens": 5, "messages": USER, "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice"),
+        (
+            {"max_tokens": 5, "messages": USER, "tools": [{"name": "a"}], "tool_choice": {"type": "tool", "name": "b"}},
+            "tool_choice.name",
+        ),
+        ({"max_tokens": 5, "messages": USER, "tool_choice": {"type": "auto", "mode": "x"}}, "tool_choice.mode"),
+        (
+            {"max_tokens": 5, "messages": USER, "tool_choice": {"type": "auto", "disable_parallel_tool_use": "yes"}},
+            "tool_choice.disable_parallel_tool_use",
+        ),
     ],
 )
 def test_what_cannot_be_translated_is_refused_naming_the_field(body: dict[str, Any], param: str) -> None:
@@ -191,3 +219,27 @@ def test_what_cannot_be_translated_is_refused_naming_the_field(body: dict[str, A
         anthropic.to_chat({"model": "t", **body})
     assert refused.value.param == param
     assert refused.value.status == 400
+
+
+def test_a_final_assistant_prefill_may_be_empty_and_valid_ranges_pass() -> None:
+    chat = anthropic.to_chat(
+        {"model": "t", "max_tokens": 5, "messages": [*USER, {"role": "assistant", "content": ""}], "temperature": 1,
+         "top_p": 0, "top_k": 0, "tools": [{"name": "a"}], "tool_choice": {"type": "tool", "name": "a"}}
+    )  # fmt: skip
+    assert (chat["temperature"], chat["top_p"], chat["top_k"]) == (1, 0, 0)
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "a"}}
+
+
+def test_a_stop_sequence_the_upstream_names_is_reported_as_one() -> None:
+    """vLLM says which stop string ended the answer (``stop_reason``); it was reported as end_turn."""
+    said = {"choices": [{"message": {"content": "one, two"}, "finish_reason": "stop", "stop_reason": "END"}]}
+    whole = anthropic.message(said, "msg_1", "task", (1, 2), ["END"])
+    assert (whole["stop_reason"], whole["stop_sequence"]) == ("stop_sequence", "END")
+    natural = {"choices": [{"message": {"content": "one"}, "finish_reason": "stop", "stop_reason": None}]}
+    assert anthropic.message(natural, "msg_1", "task", (1, 2), ["END"])["stop_reason"] == "end_turn"
+    token = {"choices": [{"message": {"content": "one"}, "finish_reason": "stop", "stop_reason": 128009}]}
+    assert anthropic.message(token, "msg_1", "task", (1, 2), ["END"])["stop_sequence"] is None  # a token id: EOS
+    events = anthropic.Events("msg_1", "task", 1, ["END"])
+    last = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]}
+    stream = events.start() + events.chunk(last) + events.end(2)
+    assert b'"stop_reason":"stop_sequence","stop_sequence":"END"' in stream

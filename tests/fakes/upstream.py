@@ -226,8 +226,10 @@ class FakeUpstream(FakeServer):
                     events.append(_chunk(model, {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
             events.append(_chunk(model, {}, finish_reason="tool_calls"))
         else:
-            events += [_chunk(model, {"content": piece}) for piece in self._reply(body)]
+            pieces, matched = _stopped(body, self._reply(body))
+            events += [_chunk(model, {"content": piece}) for piece in pieces]
             events.append(_chunk(model, {}, finish_reason="stop"))
+            events[-1]["choices"][0]["stop_reason"] = matched  # vLLM's: the stop string that ended it
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") and not self.no_usage:
             events.append({**_chunk(model, {}), "choices": [], "usage": self._usage(body)})
@@ -258,7 +260,12 @@ class FakeUpstream(FakeServer):
                 "message": {"role": "assistant", "content": None, "tool_calls": calls},
                 "finish_reason": "tool_calls",
             }
-        return {"message": {"role": "assistant", "content": "".join(self._reply(body))}, "finish_reason": "stop"}
+        pieces, matched = _stopped(body, self._reply(body))
+        return {
+            "message": {"role": "assistant", "content": "".join(pieces)},
+            "finish_reason": "stop",
+            "stop_reason": matched,  # vLLM's: the stop string that ended the answer, or None
+        }
 
     def _reply(self, body: Any) -> tuple[str, ...]:
         """The answer's pieces: ``reply``, or the echo of the last user message (altered where
@@ -401,6 +408,26 @@ def _reset(request: web.Request) -> None:
 def _hang_up(request: web.Request) -> None:
     if request.transport is not None:
         request.transport.close()
+
+
+def _stopped(body: Any, pieces: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    """The answer cut before the first of the request's ``stop`` strings, as vLLM does, and
+    which one cut it (None: none appeared)."""
+    stop = body.get("stop") if isinstance(body, dict) else None
+    stops = [stop] if isinstance(stop, str) else [s for s in stop or () if isinstance(s, str) and s]
+    text = "".join(pieces)
+    found = [(text.index(s), s) for s in stops if s in text]
+    if not found:
+        return pieces, None
+    at, matched = min(found)
+    kept, used = [], 0
+    for piece in pieces:
+        if used + len(piece) >= at:
+            kept.append(piece[: at - used])
+            break
+        kept.append(piece)
+        used += len(piece)
+    return tuple(p for p in kept if p), matched
 
 
 def main() -> None:

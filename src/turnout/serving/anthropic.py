@@ -8,14 +8,15 @@ rest of that user turn, as OpenAI wants them right after the call); ``tools``, `
 chat names. A field this door does not translate is refused (400 naming it), never dropped.
 
 Answer: a chat completion becomes a ``message`` with ``text`` and ``tool_use`` content blocks;
-``finish_reason`` maps to ``stop_reason``. Streams: ``Events`` turns chat chunks into
+``finish_reason`` maps to ``stop_reason``, ``stop_sequence`` where the upstream names the stop
+string that ended it (vLLM's and SGLang's ``stop_reason``). Streams: ``Events`` turns chat chunks into
 Anthropic's event sequence (``message_start``, ``content_block_*``, ``message_delta``,
 ``message_stop``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -45,7 +46,10 @@ ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
     413: "request_too_large",
+    415: "invalid_request_error",
     422: "invalid_request_error",  # no target fits the caller's limits
     429: "rate_limit_error",
     503: "overloaded_error",
@@ -72,18 +76,24 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
         raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Messages API")
     chat: dict[str, Any] = {"messages": _system(body.get("system")) + _messages(body.get("messages"))}
     chat["max_tokens"] = _max_tokens(body.get("max_tokens"))
-    for name in ("temperature", "top_p", "top_k"):
+    for name in ("temperature", "top_p"):  # Anthropic's range for both: 0 to 1
         if body.get(name) is not None:
             value = body[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise bad(name, f"'{name}' must be a non-negative number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise bad(name, f"'{name}' must be a number from 0 to 1")
             chat[name] = value
+    if body.get("top_k") is not None:
+        top_k = body["top_k"]
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise bad("top_k", "'top_k' must be a non-negative integer")
+        chat["top_k"] = top_k
     if body.get("stop_sequences") is not None:
         chat["stop"] = _strings(body["stop_sequences"], "stop_sequences")
     if body.get("tools") is not None:
         chat["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
     if body.get("tool_choice") is not None:
-        chat.update(_tool_choice(body["tool_choice"]))
+        named = [t["function"]["name"] for t in chat.get("tools", ())]
+        chat.update(_tool_choice(body["tool_choice"], named))
     return chat
 
 
@@ -115,7 +125,11 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         role = message.get("role")
         if role not in ("user", "assistant"):
             raise bad(f"{where}.role", f"'{where}.role' must be 'user' or 'assistant'")
+        if i == 0 and role != "user":
+            raise bad(f"{where}.role", "the first message must use the 'user' role")
         content = message.get("content")
+        if not content and not (role == "assistant" and i == len(items) - 1):  # a prefill may be empty
+            raise bad(f"{where}.content", f"'{where}.content' must not be empty (only a final assistant message may)")
         if isinstance(content, str):
             out.append({"role": role, "content": content})
             continue
@@ -157,10 +171,13 @@ def _assistant(blocks: list[Any], where: str) -> list[dict[str, Any]]:
 
 
 def _text_block(block: Any, at: str) -> str:
-    if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-        kind = block.get("type") if isinstance(block, dict) else None
+    kind = block.get("type") if isinstance(block, dict) else None
+    if kind != "text":
         raise bad(at, f"'{at}' must be a text block" + (f" (a {kind!r} block is not supported here)" if kind else ""))
-    return str(block["text"])
+    text = block.get("text")
+    if not isinstance(text, str) or not text:
+        raise bad(f"{at}.text", f"'{at}.text' must be a non-empty string")
+    return text
 
 
 def _image(block: Mapping[str, Any], at: str) -> dict[str, Any]:
@@ -216,7 +233,8 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _tool_choice(choice: Any) -> dict[str, Any]:
+def _tool_choice(choice: Any, tools: list[str]) -> dict[str, Any]:
+    """``tools``: the names the request declares; a choice that needs a tool needs them."""
     kind = choice.get("type") if isinstance(choice, dict) else None
     mapped: Any
     if kind == "auto":
@@ -229,8 +247,18 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
         mapped = {"type": "function", "function": {"name": choice["name"]}}
     else:
         raise bad("tool_choice", "'tool_choice' must be {type: auto | any | none} or {type: tool, name}")
+    unknown = sorted(set(choice) - {"type", "name", "disable_parallel_tool_use"})
+    if unknown:
+        raise bad(f"tool_choice.{unknown[0]}", f"'tool_choice.{unknown[0]}' is not a tool_choice field")
+    if kind in ("any", "tool") and not tools:
+        raise bad("tool_choice", f"'tool_choice' {kind!r} needs 'tools' to choose from")
+    if kind == "tool" and choice["name"] not in tools:
+        raise bad("tool_choice.name", f"'tool_choice.name' {choice['name']!r} is not one of the request's tools")
+    parallel = choice.get("disable_parallel_tool_use")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise bad("tool_choice.disable_parallel_tool_use", "'tool_choice.disable_parallel_tool_use' must be a boolean")
     out: dict[str, Any] = {"tool_choice": mapped}
-    if isinstance(choice, dict) and choice.get("disable_parallel_tool_use") is True:
+    if parallel is True:
         out["parallel_tool_calls"] = False
     return out
 
@@ -251,8 +279,10 @@ def _strings(value: Any, param: str) -> list[str]:
 # --- the answer ------------------------------------------------------------------------------
 
 
-def message(chat: Mapping[str, Any], message_id: str, task: str, usage: tuple[int, int]) -> dict[str, Any]:
-    """A chat completion as an Anthropic ``message``."""
+def message(
+    chat: Mapping[str, Any], message_id: str, task: str, usage: tuple[int, int], stops: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A chat completion as an Anthropic ``message``. ``stops``: the request's stop sequences."""
     choices = chat.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     said = choice.get("message") or {}
@@ -265,22 +295,32 @@ def message(chat: Mapping[str, Any], message_id: str, task: str, usage: tuple[in
             {"type": "tool_use", "id": call.get("id") or "", "name": function.get("name") or "",
              "input": _arguments(function.get("arguments"))}
         )  # fmt: skip
+    matched = stop_matched(choice, stops)
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": task,
         "content": content,
-        "stop_reason": stop_reason(choice.get("finish_reason"), content),
-        "stop_sequence": None,
+        "stop_reason": stop_reason(choice.get("finish_reason"), content, matched),
+        "stop_sequence": matched,
         "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
     }
 
 
-def stop_reason(finish: Any, content: list[dict[str, Any]] | None = None) -> str:
+def stop_reason(finish: Any, content: list[dict[str, Any]] | None = None, matched: str | None = None) -> str:
     if finish is None and content and content[-1]["type"] == "tool_use":
         return "tool_use"
+    if finish == "stop" and matched is not None:
+        return "stop_sequence"
     return STOP_REASONS.get(str(finish), "end_turn")
+
+
+def stop_matched(choice: Mapping[str, Any], stops: Sequence[str]) -> str | None:
+    """Which of the request's stop sequences ended the answer: vLLM (and SGLang) name it in the
+    choice's ``stop_reason``; None where the upstream does not say (then ``end_turn``)."""
+    said = choice.get("stop_reason")
+    return said if isinstance(said, str) and said in stops else None
 
 
 def _arguments(raw: Any) -> Any:
@@ -296,8 +336,10 @@ def _arguments(raw: Any) -> Any:
 class Events:
     """Chat chunks in, Anthropic stream events out (SSE bytes). One per stream."""
 
-    def __init__(self, message_id: str, task: str, input_tokens: int) -> None:
+    def __init__(self, message_id: str, task: str, input_tokens: int, stops: Sequence[str] = ()) -> None:
         self.message_id = message_id
+        self.stops = stops
+        self.matched: str | None = None  # the stop sequence that ended the answer, where told
         self.task = task
         self.input_tokens = input_tokens
         self.index = -1  # the open content block's index; -1: none yet
@@ -330,6 +372,7 @@ class Events:
                 out += self._tool_delta(call)
             if choice.get("finish_reason") is not None:
                 self.finish = choice["finish_reason"]
+                self.matched = stop_matched(choice, self.stops)
         return out
 
     def end(self, output_tokens: int, input_tokens: int | None = None) -> bytes:
@@ -340,11 +383,13 @@ class Events:
         if input_tokens is not None:
             usage["input_tokens"] = input_tokens
         reason = STOP_REASONS.get(str(self.finish), "tool_use" if self.calls and self.finish is None else "end_turn")
+        if self.finish == "stop" and self.matched is not None:
+            reason = "stop_sequence"
         out += event(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": reason, "stop_sequence": None},
+                "delta": {"stop_reason": reason, "stop_sequence": self.matched},
                 "usage": usage,
             },
         )

@@ -24,6 +24,8 @@ from turnout.serving.asgi import Message, Receive, Send, drain, unread_body
 
 log = logging.getLogger("turnout")
 
+MESSAGES_PATH, MESSAGES = "/v1/messages", "messages"  # the one route answering errors in Anthropic's shape
+
 Handler = Callable[[dict[str, Any], Receive, Send, str], Awaitable[None]]
 
 
@@ -37,12 +39,13 @@ class ErrorBoundary:
         try:
             await self.app(scope, receive, watched, request_id)
         except Exception as exc:
+            shape = MESSAGES if scope.get("path") == MESSAGES_PATH else ""  # Anthropic's SDKs read their own
             if isinstance(exc, TurnoutError) and not watched.started:
-                await respond.error(watched, exc, request_id)
+                await respond.error(watched, exc, request_id, shape)
                 return
             log.error("internal error in request %s: %s", request_id, describe(exc))
             if not watched.started:
-                await respond.error(watched, internal_error(request_id), request_id)
+                await respond.error(watched, internal_error(request_id), request_id, shape)
 
 
 class _Watched:

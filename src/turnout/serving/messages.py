@@ -42,10 +42,12 @@ class MessagesDoor(TranslatedDoor[MessagesRequest]):
 
     def message(self, reply: Reply[MessagesRequest], answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
         tokens = (usage.prompt_tokens, usage.completion_tokens)
-        return anthropic.message(answer, f"msg_{reply.request_id}", reply.request.task, tokens)
+        stops = reply.request.body.get("stop", ())
+        return anthropic.message(answer, f"msg_{reply.request_id}", reply.request.task, tokens, stops)
 
     def encoder(self, reply: Reply[MessagesRequest], prompt_tokens: int) -> Encoder:
-        return _Events(f"msg_{reply.request_id}", reply.request.task, prompt_tokens)
+        stops = reply.request.body.get("stop", ())
+        return _Events(f"msg_{reply.request_id}", reply.request.task, prompt_tokens, stops)
 
 
 MESSAGES_DOOR = MessagesDoor()
