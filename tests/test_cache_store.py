@@ -221,6 +221,13 @@ def test_key_parts_and_canonical_form() -> None:
     assert digest(b"s", "internal", body) != digest(b"s", "public", body)
     assert digest(b"s", "internal", body) != digest(b"t", "internal", body)
     assert digest(b"s", "internal", body) != digest(b"s", "internal", {**body, "stream": True})
+    # one JSON number: temperature 0.0 and 0, max_tokens 64.0 and 64 are the same request
+    assert digest(b"s", "internal", body) == digest(b"s", "internal", {**body, "temperature": 0.0})
+    assert digest(b"s", "internal", {**body, "max_tokens": 64}) == digest(
+        b"s", "internal", {**body, "max_tokens": 64.0}
+    )
+    assert digest(b"s", "internal", {**body, "top_p": 0.5}) != digest(b"s", "internal", {**body, "top_p": 1})
+    assert digest(b"s", "internal", {**body, "seed": 1e300}) != digest(b"s", "internal", {**body, "seed": 1e299})
     assert quote("a:b*c") == "a%3Ab%2Ac" and quote("plain-name_1.x") == "plain-name_1.x"
     assert Address("t.a:b", "t", "v", "d").text() != Address("t.a", "b:t", "v", "d").text()
     assert deterministic({"messages": [], "temperature": 0}) and deterministic({"messages": [], "seed": 1})

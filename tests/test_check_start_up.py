@@ -25,6 +25,7 @@ import turnout.serving.server
 from turnout.cli.main import main
 from turnout.cli.preflight import preflight
 from turnout.config import Config, validate
+from turnout.errors import ConfigError
 from turnout.privacy.redact import Redactor
 from turnout.serving.runtime import Runtime, redaction_key
 
@@ -368,3 +369,15 @@ def test_check_and_the_redactor_agree_on_every_key_length(size: int, here: Path)
 
 def test_every_case_is_a_different_start_up_check() -> None:
     assert len({c.says for c in CASES}) == len(CASES)
+
+
+def test_a_short_admin_or_viewer_key_is_refused_from_the_config_and_the_environment() -> None:
+    """A 5-character admin key guarded every tenant's keys and releases: at least 16."""
+    for field_name in ("admin_key", "viewer_key"):
+        with pytest.raises(ConfigError, match=f"server.{field_name}: String should have at least 16 characters"):
+            validate({**base(), "server": {field_name: "hunter2"}})
+    config = validate(base())
+    problems = preflight(config, {"TURNOUT_ADMIN_KEY": "hunter2", "TURNOUT_VIEWER_KEY": "x" * 15})
+    assert "TURNOUT_ADMIN_KEY (server.admin_key is unset): needs at least 16 characters, got 7" in problems
+    assert "TURNOUT_VIEWER_KEY (server.viewer_key is unset): needs at least 16 characters, got 15" in problems
+    assert not [p for p in preflight(config, {"TURNOUT_ADMIN_KEY": "x" * 16}) if "ADMIN" in p]

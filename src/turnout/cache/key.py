@@ -2,7 +2,8 @@
 version (a new release never serves an old answer) and a digest of the canonical request.
 
 The canonical request is the body the targets receive — messages, tools, response format,
-generation parameters, ``stream`` — with JSON keys sorted, plus the effective data class. Left
+generation parameters, ``stream`` — with JSON keys sorted and whole numbers written alike
+(``temperature: 0.0`` is ``0``), plus the effective data class. Left
 out: fields that do not shape the answer (``user``, ``metadata``, ``stream_options``: the door
 drops a usage chunk the caller did not ask for). The digest is keyed (BLAKE2b's keyed mode, a
 MAC like HMAC, and several times cheaper per request than OpenSSL's one-shot HMAC), so a stored
@@ -45,9 +46,17 @@ def scope_of(tenant: str, shared: bool) -> str:
 
 
 def digest(secret: bytes, data_class: str, body: dict[str, Any]) -> str:
-    canonical = body if IGNORED.isdisjoint(body) else {k: v for k, v in body.items() if k not in IGNORED}
+    canonical = {k: _number(v) for k, v in body.items() if k not in IGNORED}
     raw = orjson.dumps([data_class, canonical], option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(raw, digest_size=20, key=secret).hexdigest()  # 160 bits, 40 hex digits
+
+
+def _number(value: Any) -> Any:
+    """A whole float parameter as the integer it equals: ``temperature: 0.0`` and ``0`` are one
+    request (JSON has one number type), not two cache entries."""
+    if type(value) is float and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
 
 
 def deterministic(body: dict[str, Any]) -> bool:

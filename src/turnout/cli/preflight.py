@@ -9,6 +9,8 @@ it calls them (``turnout.serving.runtime``):
 
 * ``TURNOUT_REDACTION_KEY``, read when ``capture.redaction_key`` is unset: the log filter
   keys its redactor with it on every start;
+* ``TURNOUT_ADMIN_KEY`` and ``TURNOUT_VIEWER_KEY``, read when ``server.admin_key`` or
+  ``viewer_key`` is unset: as long as the config's own (``MIN_ADMIN_KEY`` characters);
 * the optional drivers each chosen backend needs (ledger store, shared state, key store,
   limiter, every target's provider, tracing) and the Redis URL, parsed as the limiter parses it;
 * each local target's model file;
@@ -34,7 +36,7 @@ from typing import Any
 
 from turnout._support.backends import Backend, load
 from turnout.cache.factory import wanted as cache_wanted
-from turnout.config import Config, LocalTarget, redaction_key_problem
+from turnout.config import MIN_ADMIN_KEY, Config, LocalTarget, redaction_key_problem
 from turnout.control.keys.factory import KEY_STORES
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.factory import LIMITERS
@@ -58,7 +60,8 @@ def preflight(config: Config, env: Mapping[str, str] | None = None) -> list[str]
     """Every problem that would stop the gateway from starting on ``config`` here; ``env``
     defaults to this process's environment."""
     env = os.environ if env is None else env
-    problems = _redaction_key(config, env) + _metrics_dir(config, env) + _backends(config)
+    problems = _redaction_key(config, env) + _admin_keys(config, env) + _metrics_dir(config, env)
+    problems += _backends(config)
     problems += _collect(load_all, config)
     problems += _collect(Tokens.from_config, config)  # each targets.X.tokenizer: the package, the file
     problems += _collect(live_scorers, config)  # each tasks.T.scoring scorer's arguments
@@ -98,6 +101,17 @@ def _redaction_key(config: Config, env: Mapping[str, str]) -> list[str]:
     key = env.get("TURNOUT_REDACTION_KEY")
     problem = redaction_key_problem(key) if key else None
     return [f"TURNOUT_REDACTION_KEY (capture.redaction_key is unset): {problem}"] if problem else []
+
+
+def _admin_keys(config: Config, env: Mapping[str, str]) -> list[str]:
+    problems = []
+    for field, name in (("admin_key", "TURNOUT_ADMIN_KEY"), ("viewer_key", "TURNOUT_VIEWER_KEY")):
+        key = env.get(name)
+        if getattr(config.server, field) is None and key and len(key) < MIN_ADMIN_KEY:
+            problems.append(
+                f"{name} (server.{field} is unset): needs at least {MIN_ADMIN_KEY} characters, got {len(key)}"
+            )
+    return problems
 
 
 def _metrics_dir(config: Config, env: Mapping[str, str]) -> list[str]:

@@ -58,6 +58,7 @@ def _redis_url(url: str) -> str:
 
 RedisUrl = Annotated[str, AfterValidator(_redis_url)]
 CACHE_TTL_MAX_S = 10 * 365 * 86_400  # ten years; Redis's expiry in ms and its clock take that
+MIN_ADMIN_KEY = 16  # characters of server.admin_key and viewer_key (and their environment variables)
 
 
 @functools.cache
@@ -94,10 +95,11 @@ class ServerConfig(_Strict):
     # line per API request (id, task, tenant, target, status, latency; never text), at INFO.
     log_format: Literal["text", "json"] = "text"
     access_log: bool = False
-    # Guards /admin/*; also read from TURNOUT_ADMIN_KEY. Unset: /admin/* is closed.
-    admin_key: str | None = None
+    # Guards /admin/*; also read from TURNOUT_ADMIN_KEY. Unset: /admin/* is closed. At least
+    # MIN_ADMIN_KEY characters: it guards every tenant's keys, releases and review queue.
+    admin_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
     # The console (/ui) read-only: sees every page, changes nothing. Also TURNOUT_VIEWER_KEY.
-    viewer_key: str | None = None
+    viewer_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
 
 
 class StoreConfig(_Strict):
@@ -782,6 +784,7 @@ __all__ = [
     "DATA_CLASSES",
     "HUMAN",
     "LIVE_SCORERS",
+    "MIN_ADMIN_KEY",
     "MIN_CACHE_KEY_BYTES",
     "PROVIDERS",
     "BedrockTarget",
