@@ -78,6 +78,7 @@ def config(small: FakeUpstream, strong: FakeUpstream, tmp: Path) -> dict[str, An
             "short": {"route": ["primary"], "output": {"max_chars": 12, "repair_attempts": 1}},
             "safe": {"route": ["primary"], "output": {"must_not_contain": ["secrets", "pii"], "repair_attempts": 1}},
             "taskapi": {"route": ["primary"], "output": {"repair_attempts": 1}},
+            "taskperson": {"route": ["primary"], "output": {"escalate": {"to": "human"}}},
         },
     }
 
@@ -480,7 +481,25 @@ async def test_a_refused_stream_is_a_plain_error_before_any_event(setup: Setup) 
 
 class TaskRegistry(StaticRegistry):
     def serving(self, task: str) -> Serving | None:
-        return self.current if task == "taskapi" else None
+        return self.current if task in ("taskapi", "taskperson") else None
+
+
+async def test_a_task_api_ticket_is_answered_to_its_releases_schema(setup: Setup) -> None:
+    """On the task API the schema is the release's: the reviewer's answer must pass it, and the
+    ticket's ``output`` is the answer parsed, as the task API's own ``output`` would be."""
+    app = setup.app
+    app.runtime.releases = TaskRegistry(Serving(release("v1", task="taskperson")))
+    resp = await request(app, "POST", "/v1/tasks/taskperson", {"variables": {"text": "A-17"}}, AUTH)
+    assert resp.status == 202, resp.body
+    queued = (await get(app, "/admin/review?status=pending&task=taskperson", ADMIN)).json()["data"]
+    [item] = [i for i in queued if i["request_id"] == resp.json()["id"]]
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    label = f"/admin/review/{item['id']}"
+    refused = await request(app, "POST", label, {"label": "accept", "by": "rev", "answer": BAD}, headers)
+    assert refused.status == 400 and refused.json()["error"]["code"] == "answer_invalid"
+    done = await request(app, "POST", label, {"label": "accept", "by": "rev", "answer": GOOD}, headers)
+    assert done.status == 200
+    assert (await get(app, resp.json()["url"])).json()["output"] == {"order_id": "A-17"}
 
 
 async def test_the_task_api_repairs_against_the_release_schema(setup: Setup) -> None:

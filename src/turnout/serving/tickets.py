@@ -41,7 +41,7 @@ async def handle(runtime: Runtime, scope: dict[str, Any], receive: Receive, send
     item = await _find(runtime, ticket)
     if item is None or item.tenant != tenant.name or item.task != task:
         raise NotFound(f"no ticket {ticket[:MAX_TICKET_ID]!r} for the task {task!r}")
-    await send_json(send, 200, view(item, _schema(runtime, task)))
+    await send_json(send, 200, view(item, _schema(runtime, item)))
 
 
 async def _find(runtime: Runtime, ticket: str) -> ReviewItem | None:
@@ -72,7 +72,8 @@ def view(item: ReviewItem, schema: bool = False) -> dict[str, Any]:
 
 async def check_answer(runtime: Runtime, item_id: int, label: str, answer: str | None) -> None:
     """Before an escalated item is accepted: its answer must pass the task's output checks, as
-    a model's would have (the request's own ``response_format`` is not kept, so not checked)."""
+    a model's would have, with its release's output schema where it has one (a chat request's
+    own ``response_format`` is not kept, so not checked)."""
     queue = runtime.reviews
     if label != "accept" or not answer or queue is None:
         return
@@ -80,7 +81,9 @@ async def check_answer(runtime: Runtime, item_id: int, label: str, answer: str |
     task = runtime.config.tasks.get(item.task) if item is not None else None
     if item is None or item.reason != ESCALATED or task is None or task.output is None:
         return
-    checks = resolve(item.task, task.output).checks({}, fenced=True)
+    schema = _release_schema(runtime, item)  # the task API's: its release's output schema
+    asked = {"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}} if schema else {}
+    checks = resolve(item.task, task.output).checks(asked, fenced=True)
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
     problem = checks.verify(body) if checks is not None else None
     if problem is not None:
@@ -89,9 +92,14 @@ async def check_answer(runtime: Runtime, item_id: int, label: str, answer: str |
         )
 
 
-def _schema(runtime: Runtime, task: str) -> bool:
-    output = runtime.config.tasks[task].output
-    return output is not None and output.json_schema is not None
+def _schema(runtime: Runtime, item: ReviewItem) -> bool:
+    output = runtime.config.tasks[item.task].output
+    return (output is not None and output.json_schema is not None) or _release_schema(runtime, item) is not None
+
+
+def _release_schema(runtime: Runtime, item: ReviewItem) -> dict[str, Any] | None:
+    release = runtime.releases.get(item.task, item.release) if runtime.releases and item.release else None
+    return release.output_schema if release is not None else None
 
 
 def _parsed(answer: str) -> Any:
