@@ -18,7 +18,7 @@ from tests.test_output_checks import ADMIN, AUTH, BAD, GOOD, ORDER, Setup, chat,
 from tests.test_review import Upper
 from turnout.config import OutputConfig, validate
 from turnout.control.pricing import PriceBook
-from turnout.errors import RequestError
+from turnout.errors import Conflict, RequestError
 from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.offline.reports.figures import compute
 from turnout.providers.base import Completion, Usage
@@ -247,12 +247,15 @@ async def test_tickets_in_the_review_queue(tmp_path: Path) -> None:
             await queue.label(item.id, "accept", None, "rev", "x" * (MAX_ANSWER + 1))
         done = await queue.label(item.id, "accept", None, "rev", "the answer")
         assert done is not None and done.answer == "the answer"
-        relabelled = await queue.label(item.id, "accept", "kept", "rev2")  # the answer stays
-        assert relabelled is not None and relabelled.answer == "the answer"
+        with pytest.raises(Conflict, match="final"):  # a ticket's outcome is given once
+            await queue.label(item.id, "reject", "changed my mind", "rev2")
+        assert (await queue.ticket("req-1")) == done
         assert await queue.label(999, "accept", None, "rev", "a") is None
         sampled = await queue.maybe_enqueue("t", "v1", "req-2", "sampled", 1.0, __import__("random").Random(1))
         assert sampled is not None and sampled.reason is None and await queue.ticket("req-2") is None
         assert await queue.label(sampled.id, "accept", None, "rev") is not None  # no answer needed
+        changed = await queue.label(sampled.id, "reject", None, "rev2")
+        assert changed is not None and changed.status == "reject"  # a sample's label may change
     finally:
         await queue.aclose()
 
