@@ -281,7 +281,7 @@ async def test_a_stop_sequence_is_reported_plain_and_streamed(make_app: AppFacto
         ask: Any = {"model": "support", "max_tokens": 50, "messages": [{"role": "user", "content": "Count"}]}
         answer = await client.messages.create(**ask, stop_sequences=["END"])
         assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", "END")
-        assert answer.content[0].text == "one, two "  # type: ignore[union-attr]
+        assert answer.content[0].text == "one, two "
         async with client.messages.stream(**ask, stop_sequences=["END", "two"]) as stream:
             final = await stream.get_final_message()
         assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "two")

@@ -421,7 +421,7 @@ def test_workers_live_counts_are_summed_across_workers(tmp_path: Path) -> None:
     from prometheus_client import multiprocess
 
     for live in mp_dir.glob("gauge_livesum_*.db"):
-        multiprocess.mark_process_dead(int(live.stem.rsplit("_", 1)[1]), str(mp_dir))  # the supervisor's call
+        multiprocess.mark_process_dead(int(live.stem.rsplit("_", 1)[1]), str(mp_dir))  # type: ignore[no-untyped-call]
     text = worker([(1, 2)], "render")
     m = {f.name: f.samples for f in text_string_to_metric_families(text)}
     assert value(m["turnout_target_in_flight"], "turnout_target_in_flight", target="a") == 2  # only the live one
