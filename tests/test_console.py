@@ -429,6 +429,35 @@ async def test_a_label_from_the_console_reaches_the_admin_api(app: App) -> None:
     assert "label must be one of" in (await get(app, "/ui/review", cookie)).body.decode()
 
 
+async def test_a_ticket_answered_from_the_console_passes_the_tasks_checks_and_is_final(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    await registered(tmp_path)
+    raw = config(tmp_path)
+    raw["tasks"]["short"] = {"route": ["primary"], "output": {"max_chars": 8, "escalate": {"to": "human"}}}
+    provider = ScriptedProvider("primary", Step(text="a model answer far longer than eight characters"))
+    app = await make_app(raw, {"primary": provider})
+    body = {"model": "short", "messages": [{"role": "user", "content": "hi"}]}
+    ticket = await request(app, "POST", "/v1/chat/completions", body, {"authorization": f"Bearer {TENANT}"})
+    assert ticket.status == 202, ticket.body
+    cookie = await login(app, name="bob")
+    page = await get(app, "/ui/review?status=pending", cookie)
+    [item] = re.findall(r'action="/ui/review/(\d+)"', page.body.decode())
+    form = f"csrf={csrf(page)}&label=accept&answer=nine+char&back=/ui/review"
+    assert (await post(app, f"/ui/review/{item}", form, cookie)).status == 303
+    assert "this task allows at most 8" in (await get(app, "/ui/review", cookie)).body.decode()
+    poll = {"authorization": f"Bearer {TENANT}"}
+    assert (await request(app, "GET", ticket.json()["url"], headers=poll)).json()["status"] == "pending"
+    form = f"csrf={csrf(page)}&label=accept&answer=eight+ch&back=/ui/review"
+    assert (await post(app, f"/ui/review/{item}", form, cookie)).status == 303
+    answered = (await request(app, "GET", ticket.json()["url"], headers=poll)).json()
+    assert (answered["status"], answered["answer"]) == ("answered", "eight ch")
+    form = f"csrf={csrf(page)}&label=reject&back=/ui/review"
+    assert (await post(app, f"/ui/review/{item}", form, cookie)).status == 303
+    assert "its outcome is final" in (await get(app, "/ui/review", cookie)).body.decode()
+    assert (await request(app, "GET", ticket.json()["url"], headers=poll)).json()["status"] == "answered"
+
+
 # --- the parts, on their own ------------------------------------------------------------------
 
 
