@@ -110,6 +110,13 @@ async def row_of(app: App, request_id: str) -> LedgerRow:
     raise AssertionError(f"no ledger row for {request_id}")
 
 
+async def queued(app: App, resp: Response, task: str = "person") -> dict[str, Any]:
+    """The review item of the ticket ``resp`` answered."""
+    listed = (await get(app, f"/admin/review?status=pending&task={task}", ADMIN)).json()["data"]
+    [item] = [i for i in listed if i["request_id"] == resp.json()["id"]]
+    return dict(item)
+
+
 def content(resp: Response) -> str:
     text: str = resp.json()["choices"][0]["message"]["content"]
     return text
@@ -293,9 +300,7 @@ async def test_a_ticket_is_its_tenants_only(setup: Setup) -> None:
 async def test_a_rejected_ticket_says_so_without_an_answer(setup: Setup) -> None:
     app = setup.app
     resp = await chat(app, "person")
-    request_id = resp.headers["x-turnout-request-id"]
-    queued = (await get(app, "/admin/review?status=pending&task=person", ADMIN)).json()["data"]
-    [item] = [i for i in queued if i["request_id"] == request_id]
+    item = await queued(app, resp)
     headers = {"authorization": f"Bearer {ADMIN}"}
     await request(app, "POST", f"/admin/review/{item['id']}", {"label": "reject", "by": "rev"}, headers)
     fetched = (await get(app, resp.json()["url"])).json()
@@ -310,9 +315,7 @@ async def test_a_tickets_outcome_is_final(setup: Setup) -> None:
     ids = []
     for _ in range(2):
         resp = await chat(app, "person")
-        request_id = resp.headers["x-turnout-request-id"]
-        queued = (await get(app, "/admin/review?status=pending&task=person", ADMIN)).json()["data"]
-        [item] = [i for i in queued if i["request_id"] == request_id]
+        item = await queued(app, resp)
         ids.append((item["id"], resp.json()["url"]))
     (answered, answered_url), (rejected, rejected_url) = ids
     kept = await request(app, "POST", f"/admin/review/{answered}", {"label": "escalate", "by": "a"}, headers)
@@ -337,9 +340,7 @@ async def test_a_reviewers_answer_must_pass_the_tasks_output_checks(setup: Setup
     checks (here the task's schema); the ticket's ``output`` is it parsed, as the task API's."""
     app = setup.app
     resp = await chat(app, "person")
-    request_id = resp.headers["x-turnout-request-id"]
-    queued = (await get(app, "/admin/review?status=pending&task=person", ADMIN)).json()["data"]
-    [item] = [i for i in queued if i["request_id"] == request_id]
+    item = await queued(app, resp)
     headers = {"authorization": f"Bearer {ADMIN}"}
     for bad in ("order A-17", BAD, '{"order_id": 17}'):
         body = {"label": "accept", "by": "rev", "answer": bad}
@@ -491,8 +492,7 @@ async def test_a_task_api_ticket_is_answered_to_its_releases_schema(setup: Setup
     app.runtime.releases = TaskRegistry(Serving(release("v1", task="taskperson")))
     resp = await request(app, "POST", "/v1/tasks/taskperson", {"variables": {"text": "A-17"}}, AUTH)
     assert resp.status == 202, resp.body
-    queued = (await get(app, "/admin/review?status=pending&task=taskperson", ADMIN)).json()["data"]
-    [item] = [i for i in queued if i["request_id"] == resp.json()["id"]]
+    item = await queued(app, resp, "taskperson")
     headers = {"authorization": f"Bearer {ADMIN}"}
     label = f"/admin/review/{item['id']}"
     refused = await request(app, "POST", label, {"label": "accept", "by": "rev", "answer": BAD}, headers)
