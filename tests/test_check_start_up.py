@@ -381,3 +381,16 @@ def test_a_short_admin_or_viewer_key_is_refused_from_the_config_and_the_environm
     assert "TURNOUT_ADMIN_KEY (server.admin_key is unset): needs at least 16 characters, got 7" in problems
     assert "TURNOUT_VIEWER_KEY (server.viewer_key is unset): needs at least 16 characters, got 15" in problems
     assert not [p for p in preflight(config, {"TURNOUT_ADMIN_KEY": "x" * 16}) if "ADMIN" in p]
+
+
+def test_a_tenant_key_that_is_the_admin_or_viewer_key_is_refused() -> None:
+    """That tenant was an admin: the admin API compares its key first."""
+    shared = "k" * 20
+    for field_name in ("admin_key", "viewer_key"):
+        raw = {**base(), "server": {field_name: shared}, "tenants": {"acme": {"keys": [shared]}}}
+        with pytest.raises(ConfigError, match=rf"tenants.acme.keys\[0\]: key is also server.{field_name}"):
+            validate(raw)
+    config = validate({**base(), "tenants": {"acme": {"keys": [shared]}}})
+    assert "TURNOUT_ADMIN_KEY: is also a key of tenant 'acme': a tenant key must be its own" in preflight(
+        config, {"TURNOUT_ADMIN_KEY": shared}
+    )

@@ -562,6 +562,16 @@ def test_invalid_yaml_is_named(tmp_path: Path) -> None:
     assert problem.startswith(f"{path}: not valid YAML")
 
 
+def test_invalid_yaml_is_located_without_quoting_the_file(tmp_path: Path) -> None:
+    """The parser quotes the line it stopped at, and a line may hold a key: the problem (logged,
+    and a reload's answer) gives the line and column only."""
+    path = write(tmp_path, 'tenants:\n  acme: {keys: ["sk-acme-literal-key-0123"\n  other: 1\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    assert "sk-acme-literal-key-0123" not in problem and "line 2" in problem and "column" in problem
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [

@@ -180,6 +180,15 @@ async def test_failed_logins_are_throttled(app: App) -> None:
     assert resp.status == 429 and "set-cookie" not in resp.headers
 
 
+async def test_a_viewer_login_does_not_reset_the_count_of_guesses(app: App) -> None:
+    """Nine guesses at the admin key, then the viewer key, over and over: unlimited guesses."""
+    for _ in range(9):
+        assert (await post(app, "/ui/login", "key=guess")).status == 401
+    assert (await post(app, "/ui/login", f"key={VIEWER}")).status == 303
+    assert (await post(app, "/ui/login", "key=guess")).status == 401  # the tenth
+    assert (await post(app, "/ui/login", "key=guess")).status == 429
+
+
 @pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example", "/ui\\..\\x", "/admin/keys"])
 async def test_login_never_redirects_off_the_console(app: App, target: str) -> None:
     resp = await post(app, "/ui/login", f"key={ADMIN}&next={target}")

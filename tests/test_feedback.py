@@ -262,3 +262,28 @@ async def test_an_invalid_episode_header_is_refused(make_app: AppFactory) -> Non
     payload = {"model": "chat", "messages": MESSAGES}
     resp = await request(app, "POST", "/v1/chat/completions", payload, {**AUTH, "x-turnout-episode": "e" * 300})
     assert resp.status == 400 and resp.json()["error"]["param"] == "X-Turnout-Episode"
+
+
+async def test_the_ids_every_door_answers_with_take_feedback(make_app: AppFactory) -> None:
+    """Messages answers ``msg_<id>`` and Responses ``resp_<id>``: both were 404 here."""
+    app = await started(make_app)
+    for path, body, prefix in (
+        ("/v1/messages", {"model": "chat", "max_tokens": 16, "messages": MESSAGES}, "msg_"),
+        ("/v1/responses", {"model": "chat", "input": "hi"}, "resp_"),
+    ):
+        resp = await request(app, "POST", path, body, AUTH)
+        assert resp.status == 200, resp.body
+        given = resp.json()["id"]
+        assert given.startswith(prefix)
+        await stored(app, given.removeprefix(prefix))
+        answer = await feedback(app, {"request_id": given, "outcome": "success"})
+        assert answer.status == 200 and answer.json()["updated"] == 1, answer.body
+        assert (await stored(app, given.removeprefix(prefix))).outcome == "success"
+
+
+async def test_labels_with_control_characters_are_refused(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    resp = await chat(app)
+    for label in ("\x00", "\x1b[2J", "two\nlines"):
+        answer = await feedback(app, {"request_id": resp.json()["id"], "labels": [label]})
+        assert answer.status == 400 and answer.json()["error"]["param"] == "labels"

@@ -173,11 +173,11 @@ def test_create_with_a_duration_sets_the_expiry(config: str) -> None:
 
 
 def test_create_with_a_date_sets_the_expiry(config: str) -> None:
-    result = invoke("create", "-t", "acme", "--expires", "2999-12-31", "-c", config)
+    result = invoke("create", "-t", "acme", "--expires", "2099-12-31", "-c", config)
     assert result.exit_code == 0, result.output
-    assert "expires: 2999-12-31 00:00 UTC" in result.stdout
+    assert "expires: 2099-12-31 00:00 UTC" in result.stdout
     [row] = listed(config)
-    assert row["expires_at"] == "2999-12-31T00:00:00+00:00"
+    assert row["expires_at"] == "2099-12-31T00:00:00+00:00"
 
 
 def test_create_refuses_a_bad_or_past_expiry(config: str) -> None:
@@ -324,3 +324,13 @@ def test_subcommand_help_mentions_the_options() -> None:
         assert result.exit_code == 0
         for text in texts:
             assert text in result.stdout, (command, text)
+
+
+def test_a_key_more_than_a_century_away_or_a_name_with_control_characters_is_refused(config: str) -> None:
+    """The admin API caps a key's life at 100 years; the CLI took 200,000 days. A newline in a
+    name broke `keys list`'s table."""
+    far = invoke("create", "-t", "acme", "--expires", "200000d", "-c", config)
+    assert far.exit_code == 2 and "100 years" in far.output
+    forged = invoke("create", "-t", "acme", "--name", "ci\nkey_x acme forged", "-c", config)
+    assert forged.exit_code == 2 and "control characters" in forged.output
+    assert "ci" not in invoke("list", "-c", config).output

@@ -21,7 +21,7 @@ from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.config import BreakerConfig, validate
 from turnout.control.quota.base import LimiterStats
-from turnout.errors import UpstreamConnectError
+from turnout.errors import ConfigError, UpstreamConnectError
 from turnout.ledger.memory import MemoryStore
 from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.ledger.writer import LedgerWriter
@@ -456,6 +456,24 @@ async def test_metrics_route_serves_the_gateways_metrics(make_app: AppFactory) -
     assert value(m["turnout_breaker_state"], "turnout_breaker_state", target="primary") == 0
     assert "turnout_ledger_queue_depth" in m
     assert (await request(app, "POST", "/metrics")).status == 405
+
+
+async def test_a_metrics_key_closes_metrics_to_whoever_lacks_it(make_app: AppFactory) -> None:
+    """Its figures name every tenant and task with their spend: with ``metrics_key`` set, only
+    that key (or the admin key) reads them; a tenant's key does not."""
+    raw = raw_config()
+    raw["observability"] = {"metrics_key": "scrape-0123456789abcdef"}
+    raw["server"] = {"admin_key": "admin-0123456789abcdef"}
+    app = await make_app(raw, {"primary": ScriptedProvider("primary"), "secondary": ScriptedProvider("secondary")})
+    for authorization in (None, f"Bearer {KEY}", "Bearer scrape-0123456789abcdeX", "Basic eDp5"):
+        headers = {"authorization": authorization} if authorization else {}
+        refused = await request(app, "GET", "/metrics", headers=headers)
+        assert refused.status == 401 and b"turnout_" not in refused.body, authorization
+    for key in ("scrape-0123456789abcdef", "admin-0123456789abcdef"):
+        resp = await request(app, "GET", "/metrics", headers={"authorization": f"Bearer {key}"})
+        assert resp.status == 200 and b"turnout_breaker_state" in resp.body
+    with pytest.raises(ConfigError, match="observability.metrics_key"):
+        validate({**raw, "observability": {"metrics_key": "short"}})
 
 
 async def test_metrics_route_is_absent_when_metrics_are_off(make_app: AppFactory) -> None:

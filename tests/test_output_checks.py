@@ -318,6 +318,9 @@ async def test_a_tickets_outcome_is_final(setup: Setup) -> None:
         item = await queued(app, resp)
         ids.append((item["id"], resp.json()["url"]))
     (answered, answered_url), (rejected, rejected_url) = ids
+    for by in ("rev\x1b[2J", "rev\nforged", "r" * 201):  # printed by the CLI and the console: one clean line
+        bad = await request(app, "POST", f"/admin/review/{answered}", {"label": "escalate", "by": by}, headers)
+        assert bad.status == 400 and bad.json()["error"]["param"] == "by"
     kept = await request(app, "POST", f"/admin/review/{answered}", {"label": "escalate", "by": "a"}, headers)
     assert kept.status == 200  # escalate keeps it pending: still open
     done = {"label": "accept", "by": "a", "answer": GOOD}

@@ -435,3 +435,27 @@ async def test_a_releases_folder_made_after_start_up_is_served_after_a_reload(se
     assert answer.headers["x-turnout-release"] == "v1" and served.primary.calls
     again = await request(app, "POST", "/admin/reload", headers=ADMIN_AUTH)
     assert again.json()["changed"] == []  # opened once
+
+
+async def test_a_reload_opens_the_cache_and_review_queue_the_first_task_asks_for(
+    served: Served, tmp_path: Path
+) -> None:
+    """Both open at start-up only where some task needs them; a reload that added the first
+    such task said it was applied, then served no cache hit and refused every escalation (502)."""
+    raw = base(tmp_path)
+    raw["releases"] = {"path": str(tmp_path / "releases"), "store_path": str(tmp_path / "releases.db")}
+    app = await served.start(raw)
+    assert app.runtime.cache is None and app.runtime.reviews is None
+    raw["tasks"]["summarize"] = {"route": ["secondary"], "cache": {"ttl_s": 60, "classes": ["internal"]}}
+    raw["tasks"]["short"] = {"route": ["secondary"], "output": {"max_chars": 3, "escalate": {"to": "human"}}}
+    served.write(raw)
+    assert (await app.reload())["changed"] == ["tasks"]
+    body = {"model": "summarize", "messages": MESSAGES, "temperature": 0}
+    states = [(await request(app, "POST", "/v1/chat/completions", body, AUTH)).headers["x-turnout-cache"] for _ in "ab"]
+    assert states == ["miss", "hit"]
+    ticket = await chat(app, "short")
+    assert ticket.status == 202, ticket.body  # queued for a person, not refused
+    listed = await request(app, "GET", "/admin/review?task=short", headers=ADMIN_AUTH)
+    assert [i["request_id"] for i in listed.json()["data"]] == [ticket.json()["id"]]
+    await app.reload()  # opened once: a second reload keeps them
+    assert (await chat(app, "short")).status == 202

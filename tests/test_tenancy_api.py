@@ -214,3 +214,19 @@ async def test_unauthenticated_requests_are_counted_in_metrics_not_written_to_th
         line for line in text.splitlines() if line.startswith("turnout_requests_total{") and 'status="401"' in line
     ]
     assert len(counted) == 1 and counted[0].endswith(" 20.0")
+
+
+async def test_a_key_request_with_an_unknown_field_or_a_bad_name_is_refused(make_app: AppFactory) -> None:
+    """A typo ("expires_at" for "expires_in_s") made a key that never expires, silently."""
+    app, _ = await start(make_app)
+    typo = await admin(app, "POST", "/admin/keys", {"tenant": "acme", "name": "ci", "expires_at": "2026-12-06"})
+    assert typo.status == 400 and typo.json()["error"]["param"] == "expires_at"
+    assert "expires_in_s" in typo.json()["error"]["message"]
+    for body in ([], "acme", 7):
+        wrong = await admin(app, "POST", "/admin/keys", body)
+        assert wrong.status == 400 and "JSON object" in wrong.json()["error"]["message"], body
+    for name in ("ci\nforged row", "nul\x00", "\x1b[2J"):
+        bad = await admin(app, "POST", "/admin/keys", {"tenant": "acme", "name": name})
+        assert bad.status == 400 and bad.json()["error"]["param"] == "name"
+    assert (await admin(app, "PUT", "/admin/keys", {"tenant": "acme"})).status == 405
+    assert (await admin(app, "GET", "/admin/keys?tenant=acme")).json()["data"] == []  # nothing was made

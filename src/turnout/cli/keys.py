@@ -23,7 +23,7 @@ from turnout.cli._common import (
     when,
 )
 from turnout.config import Config
-from turnout.control.keys.base import IssuedKey, KeyStore
+from turnout.control.keys.base import MAX_KEY_TTL_S, IssuedKey, KeyStore
 from turnout.control.keys.factory import open_key_store
 
 T = TypeVar("T")
@@ -69,6 +69,10 @@ def keys() -> None:
 def create(tenant: str, name: str, expires_at: float | None, config: Config) -> None:
     """Create a key for a tenant and print its secret: the only time it is shown."""
     now = time.time()
+    if expires_at is not None and expires_at - now > MAX_KEY_TTL_S:
+        raise click.BadParameter("at most 100 years from now (the admin API's bound too)", param_hint="--expires")
+    if not name.isprintable():
+        raise click.BadParameter("a key's name is printed in tables: no control characters", param_hint="--name")
     key, secret = _run(config, lambda store: store.create(tenant, name, expires_at, now))
     click.echo(f"Created key {key.id} for tenant {key.tenant!r}.")
     click.echo(f"  id:      {key.id}")

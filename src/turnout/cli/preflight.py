@@ -107,10 +107,15 @@ def _admin_keys(config: Config, env: Mapping[str, str]) -> list[str]:
     problems = []
     for field, name in (("admin_key", "TURNOUT_ADMIN_KEY"), ("viewer_key", "TURNOUT_VIEWER_KEY")):
         key = env.get(name)
-        if getattr(config.server, field) is None and key and len(key) < MIN_ADMIN_KEY:
+        if getattr(config.server, field) is not None or not key:
+            continue
+        if len(key) < MIN_ADMIN_KEY:
             problems.append(
                 f"{name} (server.{field} is unset): needs at least {MIN_ADMIN_KEY} characters, got {len(key)}"
             )
+        owners = [t for t, tenant in config.tenants.items() if key in tenant.keys]
+        if owners:
+            problems.append(f"{name}: is also a key of tenant {owners[0]!r}: a tenant key must be its own")
     return problems
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from turnout.config import model
 from turnout.config.checks import cross_problems
-from turnout.config.load import DEFAULT, UniqueKeyLoader, default_config, given, load_config, validate
+from turnout.config.load import DEFAULT, UniqueKeyLoader, default_config, given, load_config, validate, yaml_problem
 from turnout.config.model import *  # noqa: F403 - the sections are this package's interface
 
 __all__ = [
     *model.__all__,
     "DEFAULT",
     "UniqueKeyLoader",
+    "yaml_problem",
     "cross_problems",
     "default_config",
     "given",

@@ -45,7 +45,11 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
         for i, target in enumerate(listed if isinstance(listed, list) else []):
             if isinstance(target, str) and target not in targets:
                 problems.append(f"policy.{cls}.targets[{i}]: unknown target {target!r}{nearest(target, targets)}")
-    owner: dict[str, str] = {}
+    server = _mapping(raw.get("server"))
+    # A tenant holding the admin or viewer key would be that too: the admin API compares it first.
+    owner: dict[str, str] = {
+        key: f"server.{field}" for field in ("viewer_key", "admin_key") if isinstance(key := server.get(field), str)
+    }
     tenants = _mapping(raw.get("tenants"))
     for tname, tenant in tenants.items():
         keys = _mapping(tenant).get("keys")
@@ -54,7 +58,9 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
                 continue
             if len(key) < 8:
                 problems.append(f"tenants.{tname}.keys[{i}]: key is shorter than 8 characters")
-            if key in owner:
+            if key in owner and owner[key].startswith("server."):
+                problems.append(f"tenants.{tname}.keys[{i}]: key is also {owner[key]}: a tenant key must be its own")
+            elif key in owner:
                 problems.append(f"tenants.{tname}.keys[{i}]: key also belongs to tenant {owner[key]!r}")
             owner[key] = str(tname)
         allowed = _mapping(tenant).get("tasks")

@@ -43,7 +43,7 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
     try:
         raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+        raise ConfigError([f"{path}: not valid YAML: {yaml_problem(exc)}"]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -142,3 +142,16 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What the parser says and where (line, column), never the file's text: the line it
+    quotes may hold a key (the message reaches the log and a reload's answer)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    parts = []
+    for what, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+        if what:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            parts.append(f"{what}{where}")
+    return "; ".join(parts) or "unreadable"

@@ -95,6 +95,11 @@ class ServerConfig(_Strict):
     # line per API request (id, task, tenant, target, status, latency; never text), at INFO.
     log_format: Literal["text", "json"] = "text"
     access_log: bool = False
+    # The proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (addresses or
+    # networks; "*": any peer). The client's address then comes from the header: the console's
+    # failed-login throttle counts per client, not per proxy. Unset: FORWARDED_ALLOW_IPS, else
+    # 127.0.0.1 (uvicorn's default).
+    forwarded_allow_ips: list[str] | None = None
     # Guards /admin/*; also read from TURNOUT_ADMIN_KEY. Unset: /admin/* is closed. At least
     # MIN_ADMIN_KEY characters: it guards every tenant's keys, releases and review queue.
     admin_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
@@ -188,6 +193,9 @@ class EvalsConfig(_Strict):
 
 class ObservabilityConfig(_Strict):
     metrics: bool = True  # /metrics in Prometheus text format
+    # Set: /metrics asks for it (or the admin key) as a bearer token, for its figures name every
+    # tenant and task with their spend. Unset: open to whoever reaches the port.
+    metrics_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
     otlp_endpoint: str | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
     service_name: str = "turnout"
 

@@ -121,9 +121,6 @@ class Sessions:
             seen.popleft()
         return len(seen) >= FAILURES_ALLOWED
 
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
-
     def failed(self, client: str, now: float) -> None:
         if client not in self._failures and len(self._failures) >= MAX_CLIENTS_TRACKED:
             self._failures.pop(next(iter(self._failures)))

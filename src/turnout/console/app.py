@@ -130,7 +130,7 @@ class Console:
                 return
             await send_html(send, 401, self._login_form(target, "that key is not the admin or viewer key"))
             return
-        self.sessions.succeeded(client)
+        # The failures stay counted: a viewer's login must not reset the guesses at the admin key.
         session = self.sessions.start(role, form.get("name", ""), now)
         log.info("console: %s session started for %s (client %s)", role, session.name, client)
         await redirect(send, target, [(b"set-cookie", cookie(session, secure=secure(scope), now=now))])

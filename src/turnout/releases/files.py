@@ -21,7 +21,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from turnout.config import Config, UniqueKeyLoader
+from turnout.config import Config, UniqueKeyLoader, yaml_problem
 from turnout.errors import ConfigError
 from turnout.releases.base import VARIABLE_TYPES, Prompt, Release
 from turnout.releases.render import template_environment
@@ -167,7 +167,7 @@ def _read(path: Path, task: str, name: str) -> tuple[Release | None, list[str]]:
     except OSError as exc:
         return None, [f"{path}: cannot read ({exc.strerror})"]
     except yaml.YAMLError as exc:
-        return None, [f"{path}: not valid YAML: {exc}"]
+        return None, [f"{path}: not valid YAML: {yaml_problem(exc)}"]
     if not isinstance(raw, dict):
         return None, [f"{path}: the top level must be a mapping"]
     try:

@@ -35,6 +35,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from turnout.control.auth import bearer
+from turnout.control.keys.base import MAX_KEY_TTL_S
 from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError
 from turnout.providers.base import Health
 from turnout.releases.review import MAX_ANSWER, ReviewQueue, Status
@@ -44,8 +45,9 @@ from turnout.serving.probes import scrub, secrets_of
 from turnout.serving.runtime import Runtime
 
 MAX_ROW_ID = 2**63 - 1
-MAX_KEY_TTL_S = 100 * 365 * 86_400
 MAX_KEY_NAME = 200
+MAX_BY = 200  # who labelled a review item, as the audit trail and the CLI print it
+KEY_FIELDS = frozenset({"tenant", "name", "expires_in_s"})
 # A label's body: its note and an escalation's answer, each character JSON-escaped at worst.
 LABEL_BYTES = 64_000 + 6 * MAX_ANSWER
 
@@ -70,6 +72,8 @@ class Admin:
             await send_json(send, 200, {"data": await self.keys(query.get("tenant"))})
         elif path == "/admin/keys" and method == "POST":
             await send_json(send, 201, await self._create_key(await read_body(receive, scope, 64_000)))
+        elif path == "/admin/keys":
+            raise MethodNotAllowed("use GET or POST for this route")
         elif path.startswith("/admin/keys/"):
             _expect(method, "DELETE")
             await send_json(send, 200, await self._revoke(path.removeprefix("/admin/keys/")))
@@ -143,7 +147,14 @@ class Admin:
             spec = orjson.loads(raw or b"{}")
         except orjson.JSONDecodeError as exc:
             raise RequestError("the body is not valid JSON", code="invalid_json") from exc
-        tenant = spec.get("tenant") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict):
+            raise RequestError("the body must be a JSON object", code="invalid_json")
+        unknown = sorted(set(spec) - KEY_FIELDS)
+        if unknown:  # a typo ("expires_at") must not make a key that never expires
+            raise RequestError(
+                f"unknown field {unknown[0]!r}; a key takes {', '.join(sorted(KEY_FIELDS))}", param=unknown[0]
+            )
+        tenant = spec.get("tenant")
         if store is None or not isinstance(tenant, str) or tenant not in self.runtime.config.tenants:
             raise RequestError(f"unknown tenant {tenant!r}", param="tenant")
         ttl = spec.get("expires_in_s")
@@ -156,8 +167,8 @@ class Admin:
                 param="expires_in_s",
             )
         name = spec.get("name")
-        if name is not None and (not isinstance(name, str) or len(name) > MAX_KEY_NAME):
-            raise RequestError(f"'name' must be a string of at most {MAX_KEY_NAME} characters", param="name")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_KEY_NAME or not name.isprintable()):
+            raise RequestError(f"'name' must be a printable string of at most {MAX_KEY_NAME} characters", param="name")
         now = time.time()
         record, secret = await store.create(tenant, name or "", now + ttl if ttl else None, now)
         return {**record.to_json(now), "secret": secret, "note": "the secret is shown once; store it now"}
@@ -257,8 +268,8 @@ class Admin:
         label, note, by, answer = spec.get("label"), spec.get("note"), spec.get("by"), spec.get("answer")
         if not isinstance(label, str):
             raise RequestError("'label' is required and must be a string", param="label")
-        if not isinstance(by, str):
-            raise RequestError("'by' is required and must be a string", param="by")
+        if not isinstance(by, str) or len(by) > MAX_BY or not by.isprintable():
+            raise RequestError(f"'by' is required: a printable string of at most {MAX_BY} characters", param="by")
         if not (note is None or isinstance(note, str)):
             raise RequestError("'note' must be a string or null", param="note")
         if not (answer is None or isinstance(answer, str)):

@@ -9,6 +9,7 @@ every microsecond here is paid on every request, and the gateway has only a hand
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -18,7 +19,8 @@ from typing import Any
 from turnout._support.printable import printable
 from turnout.config import Config
 from turnout.console.app import Console
-from turnout.errors import MethodNotAllowed, NotFound
+from turnout.control.auth import bearer
+from turnout.errors import AuthError, MethodNotAllowed, NotFound
 from turnout.providers.base import Provider
 from turnout.serving import feedback, openapi, reload, summary, tickets
 from turnout.serving.admin import Admin
@@ -117,6 +119,7 @@ class App:
             await self.readyz(header(scope, b"authorization"), send)
         elif path == "/metrics":
             _expect(method, "GET")
+            self._scraper(header(scope, b"authorization"))
             await self.metrics(send)
         elif path == "/openapi.json":
             _expect(method, "GET")
@@ -182,6 +185,15 @@ class App:
             if ledger is not None:
                 body["ledger"] = ledger
         await send_json(send, 200 if ok else 503, body)
+
+    def _scraper(self, authorization: bytes | None) -> None:
+        """With ``observability.metrics_key``: that key or the admin key, else 401."""
+        key = self.runtime.config.observability.metrics_key
+        if key is None or self.admin.is_admin(authorization):
+            return
+        presented = bearer(authorization)  # AuthError (401) without one
+        if not hmac.compare_digest(presented.encode(), key.encode()):
+            raise AuthError("/metrics needs the metrics key (observability.metrics_key) or the admin key")
 
     async def metrics(self, send: Send) -> None:
         metrics = self.runtime.metrics

@@ -49,7 +49,7 @@ FIELDS = frozenset({"request_id", "episode_id", "outcome", "human_review", "esca
 PENDING_WAIT_S = 2.0
 MAX_LABELS = 32
 MAX_LABEL_CHARS = 64
-_ID_PREFIXES = ("chatcmpl-", "task-")
+_ID_PREFIXES = ("chatcmpl-", "task-", "msg_", "resp_")  # chat, the task API, Messages, Responses
 
 
 class LedgerOff(TurnoutError):
@@ -173,7 +173,10 @@ def _labels(value: Any) -> tuple[str, ...] | None:
     if (
         not isinstance(value, list)
         or len(value) > MAX_LABELS
-        or not all(isinstance(v, str) and 0 < len(v) <= MAX_LABEL_CHARS for v in value)
+        or not all(isinstance(v, str) and 0 < len(v) <= MAX_LABEL_CHARS and v.isprintable() for v in value)
     ):
-        raise _bad("labels", f"'labels' must be an array of at most {MAX_LABELS} strings of 1-{MAX_LABEL_CHARS} chars")
+        raise _bad(
+            "labels",
+            f"'labels' must be an array of at most {MAX_LABELS} printable strings of 1-{MAX_LABEL_CHARS} chars",
+        )
     return tuple(value)

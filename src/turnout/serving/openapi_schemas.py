@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from turnout.config import DATA_CLASSES
+from turnout.control.keys.base import MAX_KEY_TTL_S
 from turnout.releases.review import LABELS, MAX_ANSWER, MAX_NOTE, STATUSES
-from turnout.serving.admin import MAX_KEY_NAME, MAX_KEY_TTL_S
+from turnout.serving.admin import MAX_KEY_NAME
 from turnout.serving.asgi import MAX_DEPTH
 from turnout.serving.chat import INTEGERS, NUMBERS, RESPONSE_FORMATS, ROLES
 from turnout.serving.door import MAX_EPISODE_ID

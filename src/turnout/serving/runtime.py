@@ -149,13 +149,7 @@ class Runtime:
         stack.push_async_callback(self.probes.aclose)  # a probe still running goes before its providers
         await self._open_targets()
         if reviews_wanted(cfg, self.capture is not None):
-            redactor = Redactor(self.secret)  # review text is redacted like captured text
-            reviews = ReviewQueue(
-                cfg.state_at(cfg.releases.store_path), redactor=redactor, secrets=SecretsOnly(redactor)
-            )
-            await reviews.open()
-            stack.push_async_callback(reviews.aclose)
-            self.reviews = reviews
+            await self._open_reviews(stack)
         if await asyncio.to_thread(os.path.isdir, cfg.releases.path):  # releases/<task>/<release>.yaml
             await self._open_releases(stack)
         if cache_factory.wanted(cfg):
@@ -172,6 +166,14 @@ class Runtime:
             syncing.start()
             stack.push_async_callback(syncing.aclose)
         self._open_canary(stack)
+
+    async def _open_reviews(self, stack: AsyncExitStack) -> None:
+        cfg = self.config
+        redactor = Redactor(self.secret)  # review text is redacted like captured text
+        reviews = ReviewQueue(cfg.state_at(cfg.releases.store_path), redactor=redactor, secrets=SecretsOnly(redactor))
+        await reviews.open()
+        stack.push_async_callback(reviews.aclose)
+        self.reviews = reviews
 
     async def _open_releases(self, stack: AsyncExitStack) -> None:
         registry = await open_registry(self.config)
@@ -215,8 +217,10 @@ class Runtime:
             new._open_canary(stack)
         if self.cache is not None:  # tasks' cache settings are live; the store and its key stay
             self.cache.tasks = CacheStage(config, self.cache.store).tasks
-        elif cache_factory.wanted(config):
-            log.warning("a task now asks for the response cache: its store opens at start-up, so after a restart")
+        elif cache_factory.wanted(config):  # the first task to ask for the cache: its store opens now
+            await new._open_cache(stack)
+        if new.reviews is None and reviews_wanted(config, new.capture is not None):  # a review_rate, an escalation
+            await new._open_reviews(stack)
         return new
 
     def adopt(self, predecessor: Runtime) -> None:

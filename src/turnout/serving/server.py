@@ -266,4 +266,5 @@ def uvicorn_config(
         date_header=False,
         limit_concurrency=None,
         backlog=4096,
+        forwarded_allow_ips=config.server.forwarded_allow_ips,  # None: FORWARDED_ALLOW_IPS or 127.0.0.1
     )

@@ -22,6 +22,9 @@ SECRET_PREFIX = "tk-"  # noqa: S105 - a prefix, not a secret
 HINT_CHARS = len(SECRET_PREFIX) + 3  # "tk-Ab3…": 18 random bits, enough to recognise, useless to guess
 
 
+MAX_KEY_TTL_S = 100 * 365 * 86_400  # the longest an issued key may live: the admin API and the CLI
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedKey:
     id: str  # public: shown by `keys list`, used by `keys revoke` (e.g. "key_3f9c…")
