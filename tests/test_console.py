@@ -5,6 +5,8 @@ rollback and a label that take effect, and no secret on any page."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import re
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from tests.asgi import Response, request, settled
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.config import validate
-from turnout.console.access import MAX_SESSIONS, Sessions
+from turnout.console.access import Sessions
 from turnout.console.overview import MAX_GROUPS, build
 from turnout.ledger.record import LedgerRow
 from turnout.releases.files import load_all
@@ -472,16 +474,16 @@ async def test_a_ticket_answered_from_the_console_passes_the_tasks_checks_and_is
 
 def test_sessions_expire_and_end() -> None:
     sessions = Sessions("admin-key", "viewer-key", ttl_s=60)
-    s = sessions.start("admin", "  ann\x00\n  lee  ", now=1000.0)
+    now = time.time()
+    s = sessions.start("admin", "  ann\x00\n  lee  ", now=now)
     assert s.name == "ann lee" and s.can_change
-    assert sessions.get(s.id, 1059.0) == s
-    assert sessions.get(s.id, 1060.0) is None  # expired, and gone
-    assert sessions.get(s.id, 1000.0) is None
-    v = sessions.start("viewer", "", now=1000.0)
+    assert sessions.get(s.id, now + 59) == s
+    assert sessions.get(s.id, now + 61) is None  # expired
+    v = sessions.start("viewer", "", now=now)
     assert v.name == "console" and not v.can_change
     sessions.flash(v, "ok", "done")
     sessions.end(v.id)
-    assert sessions.get(v.id, 1000.0) is None and sessions.take_flash(v) is None
+    assert sessions.get(v.id, now) is None and sessions.take_flash(v) is None
 
 
 def test_csrf_tokens_are_bound_to_their_session_and_process() -> None:
@@ -499,12 +501,38 @@ def test_roles_by_key() -> None:
     assert Sessions(None, None).role_of("") is None and not Sessions(None, None).open
 
 
-def test_the_oldest_session_goes_past_the_cap() -> None:
-    sessions = Sessions("k", None)
-    first = sessions.start("admin", "first", 0.0)
-    for n in range(MAX_SESSIONS):
-        sessions.start("admin", str(n), 0.0)
-    assert sessions.get(first.id, 1.0) is None
+def test_a_session_holds_on_every_worker_and_a_logout_on_every_worker(tmp_path: Path) -> None:
+    """With --workers each process has its own console: one secret and one directory of
+    logged-out sessions, handed out by the supervisor, make a login hold on whichever answers."""
+    secret, revoked = os.urandom(32), str(tmp_path)
+    one, two = (Sessions("admin-key", None, secret=secret, revoked_dir=revoked) for _ in range(2))
+    now = time.time()
+    s = one.start("admin", "ann", now)
+    found = two.get(s.id, now)
+    assert found is not None and (found.role, found.name) == ("admin", "ann") and two.csrf_ok(found, s.csrf)
+    two.end(s.id)
+    assert one.get(s.id, now) is None and two.get(s.id, now) is None
+    [kept] = tmp_path.iterdir()
+    assert s.id not in kept.name and len(kept.name) == 40  # a digest, not the token
+    assert Sessions("admin-key", None).get(one.start("admin", "b", now).id, now) is None  # another secret
+
+
+@pytest.mark.parametrize("mangle", ["flip", "role", "expiry", "junk"])
+def test_a_forged_session_token_is_no_session(mangle: str) -> None:
+    sessions = Sessions("admin-key", "viewer-key")
+    now = time.time()
+    token = sessions.start("viewer", "v", now).id
+    body, _, mac = token.rpartition(".")
+    payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    if mangle == "flip":
+        forged = body + "." + mac[:-2] + ("AA" if mac[-2:] != "AA" else "BB")
+    elif mangle == "role":
+        forged = base64.urlsafe_b64encode(payload.replace(b"viewer", b"admin")).decode().rstrip("=") + "." + mac
+    elif mangle == "expiry":
+        forged = base64.urlsafe_b64encode(payload.replace(b"\x1f1", b"\x1f9", 1)).decode().rstrip("=") + "." + mac
+    else:
+        forged = "!!!.???"
+    assert sessions.get(forged, now) is None
 
 
 def row(n: int, **kw: Any) -> LedgerRow:

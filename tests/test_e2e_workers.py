@@ -7,6 +7,7 @@ SIGTERM lets a stream in flight finish."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import re
@@ -266,3 +267,32 @@ def test_a_single_process_reloads_on_sighup_too(tmp_path: Path, upstream: Proces
         wait_log(single, "config reloaded from", 1)
         assert single.proc.poll() is None  # SIGHUP no longer ends the process
         assert chat(single, "summarize") == "Hello, world"
+
+
+def console(served: Served, method: str, path: str, cookie: str = "", form: str = "") -> tuple[int, str, str]:
+    """One console request on a fresh connection (either worker may take it), redirects not
+    followed: status, the worker's pid, and a new cookie or the body."""
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+    headers = {"cookie": cookie} if cookie else {}
+    if form:
+        headers |= {"content-type": "application/x-www-form-urlencoded", "origin": f"http://127.0.0.1:{served.port}"}
+    conn.request(method, path, body=form or None, headers=headers)
+    resp = conn.getresponse()
+    body = resp.read().decode()
+    conn.close()
+    return resp.status, resp.getheader("set-cookie", "") or "", body
+
+
+def test_a_console_session_holds_on_every_worker(served: Served) -> None:
+    """Each worker had its own sessions and CSRF secret: half the pages went back to the login
+    form, and forms that reached the other worker were refused."""
+    status, set_cookie, _ = console(served, "POST", "/ui/login", form=f"key={ADMIN}&name=ops")
+    assert status == 303
+    cookie = set_cookie.split(";")[0]
+    assert len(worker_pids(served)) == 2
+    pages = [console(served, "GET", "/ui/tenants", cookie) for _ in range(12)]
+    assert [p[0] for p in pages] == [200] * 12
+    token = re.search(r'name="csrf" value="([^"]+)"', pages[0][2])
+    assert token is not None
+    assert console(served, "POST", "/ui/logout", cookie, f"csrf={token.group(1)}")[0] == 303
+    assert [console(served, "GET", "/ui/tenants", cookie)[0] for _ in range(8)] == [303] * 8  # on every worker

@@ -472,7 +472,7 @@ async def test_a_metrics_key_closes_metrics_to_whoever_lacks_it(make_app: AppFac
     for key in ("scrape-0123456789abcdef", "admin-0123456789abcdef"):
         resp = await request(app, "GET", "/metrics", headers={"authorization": f"Bearer {key}"})
         assert resp.status == 200 and b"turnout_breaker_state" in resp.body
-    with pytest.raises(ConfigError, match="observability.metrics_key"):
+    with pytest.raises(ConfigError, match=r"observability\.metrics_key"):
         validate({**raw, "observability": {"metrics_key": "short"}})
 
 

@@ -2,20 +2,26 @@
 
     POST /ui/login (key) → admin key: an admin session; viewer key: a read-only one;
                            a tenant key: 403; anything else: 401 (failures are throttled)
-    session cookie       an opaque random id (``secrets.token_urlsafe``) mapped in this
-                         process's memory to its role, name and expiry: HttpOnly,
-                         SameSite=Strict, Path=/ui, Secure when served over TLS
-    CSRF token           HMAC-SHA256(per-process secret, session id): every state-changing
-                         form carries it, checked with ``hmac.compare_digest``
+    session cookie       a signed token: role, name, expiry and a random nonce, with
+                         HMAC-SHA256(secret, those); HttpOnly, SameSite=Strict, Path=/ui,
+                         Secure when served over TLS
+    CSRF token           HMAC-SHA256(secret, session token): every state-changing form
+                         carries it, checked with ``hmac.compare_digest``
 
-Sessions live in memory, so a restart logs everyone out and several replicas behind one
-address need sticky routing (or a login on each); the keys themselves never leave the login
-request. Keys are compared as SHA-256 digests with ``compare_digest``: no timing leak of
-their length or content.
+The secret is the process's own (random: a restart logs everyone out), or, with ``--workers``,
+the one the supervisor hands every worker (``SECRET_ENV``), so a session and its forms work
+whichever worker the kernel gives a connection to. Log out revokes the token in this process
+and, with workers, in a directory they share (``REVOKED_ENV``: one empty file per token).
+Replicas behind one address need sticky sessions (or a login on each). The keys themselves
+never leave the login request; they are compared as SHA-256 digests with ``compare_digest``:
+no timing leak of their length or content.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import hashlib
 import hmac
 import os
@@ -23,13 +29,18 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+
+from turnout.serving.supervisor import CONSOLE_REVOKED_ENV, CONSOLE_SECRET_ENV
 
 Role = Literal["admin", "viewer"]
 
 COOKIE = "turnout_console"
 SESSION_S = 12 * 3600.0  # a working day: then log in again
-MAX_SESSIONS = 1000  # past this, the oldest session goes
+MAX_REVOKED = 10_000  # revoked tokens remembered in memory (each until it would have expired)
+SECRET_ENV, REVOKED_ENV = CONSOLE_SECRET_ENV, CONSOLE_REVOKED_ENV  # set by the supervisor for its workers
+ROLES: tuple[Role, ...] = ("admin", "viewer")
 MAX_NAME = 80
 # Failed logins: at most FAILURES_ALLOWED per client within FAILURE_WINDOW_S, then 429.
 FAILURES_ALLOWED = 10
@@ -51,13 +62,26 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, admin_key: str | None, viewer_key: str | None, *, ttl_s: float = SESSION_S) -> None:
+    def __init__(
+        self,
+        admin_key: str | None,
+        viewer_key: str | None,
+        *,
+        ttl_s: float = SESSION_S,
+        secret: bytes | None = None,
+        revoked_dir: str | None = None,
+    ) -> None:
+        """``secret`` and ``revoked_dir`` default to the supervisor's (``SECRET_ENV``,
+        ``REVOKED_ENV``), else a random secret and revocations in memory only."""
         self.admin_key = admin_key
         self.viewer_key = viewer_key
         self.ttl_s = ttl_s
-        self._secret = os.urandom(32)  # per process: a restart invalidates every token
-        self._live: dict[str, Session] = {}
-        self._flash: dict[str, tuple[str, str]] = {}  # session id → (ok | error, text) for its next page
+        shared = os.environ.get(SECRET_ENV)
+        self._secret = secret or (bytes.fromhex(shared) if shared else os.urandom(32))
+        where = revoked_dir if secret is not None else revoked_dir or os.environ.get(REVOKED_ENV)
+        self._revoked_dir = Path(where) if where else None
+        self._revoked: dict[str, float] = {}  # token digest → when it would have expired
+        self._flash: dict[str, tuple[str, str]] = {}  # token digest → (ok | error, text) for its next page
         self._failures: dict[str, deque[float]] = {}
 
     @property
@@ -76,37 +100,51 @@ class Sessions:
 
     def start(self, role: Role, name: str, now: float) -> Session:
         """A new session (never one the browser brought along: no fixation)."""
-        self._sweep(now)
-        while len(self._live) >= MAX_SESSIONS:
-            self.end(next(iter(self._live)))  # the oldest: dicts keep insertion order
-        sid = secrets.token_urlsafe(32)
         clean = " ".join("".join(c if c.isprintable() else " " for c in name).split())[:MAX_NAME] or "console"
-        session = Session(sid, role, clean, now + self.ttl_s, self._csrf(sid))
-        self._live[sid] = session
-        return session
+        expires_at = int(now + self.ttl_s)
+        payload = "\x1f".join((role, str(expires_at), secrets.token_urlsafe(16), clean)).encode()
+        token = _b64(payload) + "." + _b64(self._sign(b"session\x00" + payload))
+        return Session(token, role, clean, float(expires_at), self._csrf(token))
 
     def get(self, sid: str | None, now: float) -> Session | None:
-        if not sid:
+        """The session ``sid`` names: signed by this secret, not expired, not revoked."""
+        if not sid or len(sid) > 1024 or "." not in sid:
             return None
-        session = self._live.get(sid)
-        if session is None:
+        body, _, mac = sid.rpartition(".")
+        try:
+            payload, signature = _unb64(body), _unb64(mac)
+        except (binascii.Error, ValueError):
             return None
-        if session.expires_at <= now:
-            self.end(sid)
+        if not hmac.compare_digest(signature, self._sign(b"session\x00" + payload)):
             return None
-        return session
+        role, expires, _nonce, name = payload.decode("utf-8", "replace").split("\x1f", 3)
+        if role not in ROLES or not expires.isdigit() or int(expires) <= now or self._is_revoked(sid):
+            return None
+        return Session(sid, role, name, float(expires), self._csrf(sid))
 
     def end(self, sid: str) -> None:
-        self._live.pop(sid, None)
-        self._flash.pop(sid, None)
+        """Log out: the token is refused from now on, by every worker."""
+        digest = _token_digest(sid)
+        self._flash.pop(digest, None)
+        session = self.get(sid, time.time())
+        if session is None:
+            return
+        self._sweep(time.time())
+        if len(self._revoked) >= MAX_REVOKED:
+            self._revoked.pop(next(iter(self._revoked)))
+        self._revoked[digest] = session.expires_at
+        if self._revoked_dir is not None:
+            with contextlib.suppress(OSError):  # the supervisor's directory is gone: this worker is stopping
+                (self._revoked_dir / digest).touch()
 
     def flash(self, session: Session, kind: str, text: str) -> None:
         """A message for the session's next page (what became of its last form)."""
-        if session.id in self._live:
-            self._flash[session.id] = (kind, text)
+        if len(self._flash) >= MAX_REVOKED:
+            self._flash.pop(next(iter(self._flash)))
+        self._flash[_token_digest(session.id)] = (kind, text)
 
     def take_flash(self, session: Session) -> tuple[str, str] | None:
-        return self._flash.pop(session.id, None)
+        return self._flash.pop(_token_digest(session.id), None)
 
     def csrf_ok(self, session: Session, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token.encode(), self._csrf(session.id).encode())
@@ -128,12 +166,21 @@ class Sessions:
 
     # --- inside ----------------------------------------------------------------------------
 
+    def _sign(self, data: bytes) -> bytes:
+        return hmac.new(self._secret, data, hashlib.sha256).digest()
+
     def _csrf(self, sid: str) -> str:
         return hmac.new(self._secret, b"csrf\x00" + sid.encode(), hashlib.sha256).hexdigest()
 
+    def _is_revoked(self, sid: str) -> bool:
+        digest = _token_digest(sid)
+        if digest in self._revoked:
+            return True
+        return self._revoked_dir is not None and (self._revoked_dir / digest).exists()
+
     def _sweep(self, now: float) -> None:
-        for sid in [sid for sid, s in self._live.items() if s.expires_at <= now]:
-            self.end(sid)
+        for digest in [d for d, until in self._revoked.items() if until <= now]:
+            del self._revoked[digest]
 
 
 def cookie(session: Session | None, *, secure: bool, now: float | None = None) -> bytes:
@@ -161,3 +208,16 @@ def read_cookie(header: bytes | None) -> str | None:
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def _token_digest(token: str) -> str:
+    """A token as kept on disk and in memory: never the token itself."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -16,6 +16,9 @@ supervises:
   the parent reloads it too, for the workers it starts later. ``POST /admin/reload`` on one
   worker reloads it and sends the parent a SIGHUP, so the others follow.
 
+Console: the parent hands every worker one secret for sessions and CSRF tokens, and a directory
+of logged-out sessions (``console/access.py``), so a login holds on whichever worker answers.
+
 Metrics: the parent points ``PROMETHEUS_MULTIPROC_DIR`` at a directory it creates and removes
 (unless one is set already), so every worker's counters, calls in flight and ledger counts
 are summed at ``/metrics``; breaker states and probe results are the answering worker's own.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -42,6 +46,8 @@ log = logging.getLogger("turnout")
 
 SUPERVISOR_ENV = "TURNOUT_SUPERVISOR_PID"  # set for workers: where /admin/reload sends its SIGHUP
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONSOLE_SECRET_ENV = "TURNOUT_CONSOLE_SECRET"  # noqa: S105 - a variable's name: the console's shared secret
+CONSOLE_REVOKED_ENV = "TURNOUT_CONSOLE_REVOKED"  # the console's logged-out sessions, shared
 STARTUP_FAILURE = 3  # uvicorn's exit code when the lifespan start-up fails
 QUICK_EXIT_S = 1.0  # a worker that lived less than this is restarted after this long
 KILL_AFTER_S = 10.0  # past the grace and the settle time: a stuck worker is killed
@@ -123,6 +129,7 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT; the exit code."""
         sock = bind(host, port)
         owned = self._metrics_dir()
+        console = _console_state()
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
         previous = {s: signal.signal(s, self._note) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
@@ -137,6 +144,7 @@ class Supervisor:
             sock.close()
             if owned is not None:
                 shutil.rmtree(owned, ignore_errors=True)
+            shutil.rmtree(console, ignore_errors=True)
 
     def _note(self, signum: int, frame: object) -> None:
         self.signals.append(signum)
@@ -220,6 +228,15 @@ class Supervisor:
                 process.join()
             _forget_metrics(process.pid)
         self.workers.clear()
+
+
+def _console_state() -> str:
+    """What every worker's console shares, so a session works whichever worker answers: the
+    secret that signs sessions and CSRF tokens, and the directory of logged-out sessions."""
+    os.environ[CONSOLE_SECRET_ENV] = secrets.token_hex(32)
+    where = tempfile.mkdtemp(prefix="turnout-console-")
+    os.environ[CONSOLE_REVOKED_ENV] = where
+    return where
 
 
 def _forget_metrics(pid: int | None) -> None:
