@@ -72,7 +72,7 @@ def openai_errors(ctx: CheckContext, response: Any, case: Case) -> bool | None:
     if response.status_code < 400:
         return None
     body = orjson.loads(response.content)
-    if case.operation.path == "/v1/messages" and response.status_code != 405:  # Anthropic's shape there
+    if case.operation.path == "/v1/messages":  # Anthropic's shape there, a wrong method's too
         assert set(body) == {"type", "error"} and body["type"] == "error", body
         assert isinstance(body["error"]["type"], str) and isinstance(body["error"]["message"], str), body
         return True
@@ -81,8 +81,9 @@ def openai_errors(ctx: CheckContext, response: Any, case: Case) -> bool | None:
     param = body["error"]["param"]
     if response.status_code == 400 and param is not None:
         root = re.split(r"[.\[]", param, maxsplit=1)[0]
-        sent = set(case.body) if isinstance(case.body, dict) else set()  # an unknown field is named too
-        named = root in sent or root in _declared(case) or root.lower() in _declared(case)  # headers: any case
+        # an unknown field is named too, as sent (its name may hold "." or "["); headers: any case
+        sent = set(case.body) if isinstance(case.body, dict) else set()
+        named = param in sent or root in sent or root in _declared(case) or root.lower() in _declared(case)
         assert named, f"param {param!r} names nothing of {case.operation.label}"
     return True
 
