@@ -917,3 +917,21 @@ def test_streaming_json_via_tool_reassembles_to_the_non_streaming_answer(data: s
     assert json.loads(streamed["message"]["content"]) == json.loads(choice["message"]["content"]) == answer
     assert "tool_calls" not in streamed["message"]
     assert streamed["finish_reason"] == choice["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("function", [None, "x", 0, [], True])
+def test_a_tool_choice_whose_function_is_not_an_object_is_a_400(function: Any) -> None:
+    """It was an AttributeError: a 500 to the caller."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": tools}
+    with pytest.raises(RequestError) as err:
+        to_converse({**body, "tool_choice": {"type": "function", "function": function}})
+    assert err.value.param == "tool_choice"
+
+
+@pytest.mark.parametrize("calls", [True, -1, 1e300, "abc", {"id": "x"}])
+def test_tool_calls_that_are_not_a_list_are_a_400(calls: Any) -> None:
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "tool_calls": calls}]
+    with pytest.raises(RequestError) as err:
+        to_converse({"messages": messages})
+    assert err.value.param is not None and err.value.param.endswith("tool_calls")

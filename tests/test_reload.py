@@ -17,7 +17,7 @@ import yaml
 from tests.asgi import request
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.cli.serve import Reloader
-from turnout.config import load_config
+from turnout.config import load_config, validate
 from turnout.providers.base import Call, Provider, Stream
 from turnout.serving.app import App
 from turnout.serving.reload import LIVE, ReloadRefused
@@ -459,3 +459,21 @@ async def test_a_reload_opens_the_cache_and_review_queue_the_first_task_asks_for
     assert [i["request_id"] for i in listed.json()["data"]] == [ticket.json()["id"]]
     await app.reload()  # opened once: a second reload keeps them
     assert (await chat(app, "short")).status == 202
+
+
+async def test_an_offline_runtime_runs_no_canary_controller_nor_retention_purge(tmp_path: Path) -> None:
+    """`turnout eval` started a whole gateway runtime: it claimed live canaries and purged the
+    ledger by the rules of whatever config its caller had."""
+    raw = base(tmp_path)
+    raw["store"] = {"kind": "sqlite", "path": str(tmp_path / "ledger.db")}
+    raw["releases"] = {"path": str(tmp_path / "releases"), "store_path": str(tmp_path / "releases.db")}
+    raw["retention"] = {"rules": [{"ledger_days": 1}]}
+    (tmp_path / "releases").mkdir()
+    for offline, expected in ((True, None), (False, "running")):
+        app = App(validate(raw), {"primary": ScriptedProvider("primary")}, offline=offline)
+        await app.runtime.start()
+        try:
+            assert (app.runtime.canary is None) == (expected is None)
+            assert app.runtime.store is not None and app.runtime.release_store is not None
+        finally:
+            await app.runtime.aclose()

@@ -222,7 +222,8 @@ async def test_a_key_request_with_an_unknown_field_or_a_bad_name_is_refused(make
     typo = await admin(app, "POST", "/admin/keys", {"tenant": "acme", "name": "ci", "expires_at": "2026-12-06"})
     assert typo.status == 400 and typo.json()["error"]["param"] == "expires_at"
     assert "expires_in_s" in typo.json()["error"]["message"]
-    for body in ([], "acme", 7):
+    bodies: list[Any] = [[], "acme", 7]
+    for body in bodies:
         wrong = await admin(app, "POST", "/admin/keys", body)
         assert wrong.status == 400 and "JSON object" in wrong.json()["error"]["message"], body
     for name in ("ci\nforged row", "nul\x00", "\x1b[2J"):

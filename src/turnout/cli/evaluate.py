@@ -135,7 +135,7 @@ class Run:
 
 async def _evaluate(config: Config, run: Run, releases: dict[str, Release], cases: list[Case]) -> list[GateResult]:
     task, candidate = run.task, run.candidate
-    app = App(config)
+    app = App(config, offline=True)  # never a canary controller nor a retention purge
     await app.runtime.start()
     tenant = app.runtime.auth.tenants[run.tenant] if run.tenant is not None else EVAL_TENANT
     spend = JudgeSpend()

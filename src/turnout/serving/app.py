@@ -51,10 +51,12 @@ class App:
         *,
         source: str | None = None,
         loader: reload.Loader | None = None,
+        offline: bool = False,
     ) -> None:
         """``source``: the config file's path, for the start-up summary (None: built in);
-        ``loader``: reads it again for a reload (None: no reload)."""
-        self.runtime = Runtime(config, providers)
+        ``loader``: reads it again for a reload (None: no reload); ``offline``: a command's
+        app (``turnout eval``): no canary controller, no retention purge."""
+        self.runtime = Runtime(config, providers, offline=offline)
         self.source = source
         self.loader = loader
         self._reloading = asyncio.Lock()  # one reload at a time

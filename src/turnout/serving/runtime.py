@@ -74,8 +74,11 @@ SHARED = (
 
 
 class Runtime:
-    def __init__(self, config: Config, providers: dict[str, Provider] | None = None) -> None:
-        """``providers`` replaces the provider of the named targets (tests inject fakes here)."""
+    def __init__(self, config: Config, providers: dict[str, Provider] | None = None, *, offline: bool = False) -> None:
+        """``providers`` replaces the provider of the named targets (tests inject fakes here).
+        ``offline``: a command's runtime (``turnout eval``), never a gateway's: it runs no
+        canary controller and no retention purge, which belong to the gateways alone."""
+        self.offline = offline
         self.config = config
         self._injected = providers or {}
         self.secret = redaction_key(config)
@@ -154,7 +157,7 @@ class Runtime:
             await self._open_releases(stack)
         if cache_factory.wanted(cfg):
             await self._open_cache(stack)
-        if self.store is not None and cfg.store.kind != "memory" and Rules(cfg).purges:
+        if self.store is not None and cfg.store.kind != "memory" and Rules(cfg).purges and not self.offline:
             await self._open_retention(stack, self.store)
         if self.metrics is not None and self.metrics.summed is not None:  # workers: live counts summed
             metrics = self.metrics
@@ -182,7 +185,7 @@ class Runtime:
         await self._open_shadows(stack)
 
     def _open_canary(self, stack: AsyncExitStack) -> None:
-        if self.release_store is not None and self.store is not None:  # canaries need a ledger
+        if self.release_store is not None and self.store is not None and not self.offline:  # canaries need a ledger
             self.canary = CanaryController(self.config, self.release_store, self.store)
             self.canary.start()
             stack.push_async_callback(self.canary.aclose)  # first to close: it reads the ledger
@@ -195,7 +198,7 @@ class Runtime:
         stack = self._stack
         if stack is None:
             raise RuntimeError("the runtime is not started")
-        new = Runtime(config, self._injected)
+        new = Runtime(config, self._injected, offline=self.offline)
         for name in SHARED:
             setattr(new, name, getattr(self, name))
         if config.tenants and new.keys is None:

@@ -251,7 +251,10 @@ def _image(spec: Any, where: str) -> dict[str, Any]:
 def _assistant_blocks(msg: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
     # Reasoning from earlier turns is not sent back: Converse would need its signature.
     blocks: list[dict[str, Any]] = [{"text": t} for t in _texts(msg.get("content"), where)]
-    for k, call in enumerate(msg.get("tool_calls") or ()):
+    calls = msg.get("tool_calls") or ()
+    if not isinstance(calls, (list, tuple)):
+        raise _bad(f"{where}.tool_calls", f"'{where}.tool_calls' must be a list")
+    for k, call in enumerate(calls):
         param = f"{where}.tool_calls[{k}]"
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(call.get("id"), str):
@@ -362,7 +365,8 @@ def _tool_choice(choice: Any, tools: list[dict[str, Any]]) -> dict[str, Any]:
         return {"auto": {}}
     if choice == "required":
         return {"any": {}}
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
         raise _bad("tool_choice", "'tool_choice' must be none, auto, required or a named function")
     if name not in {t["toolSpec"]["name"] for t in tools}:
