@@ -550,3 +550,13 @@ def test_a_ledger_that_cannot_be_read_is_one_line(
     assert stderr.startswith(message)
     assert len(stderr.splitlines()) == 1
     assert not Path("/nowhere").exists()  # reading never creates a ledger
+
+
+def test_an_eval_against_itself_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "turnout.yaml"
+    cfg.write_text(
+        "targets: {a: {provider: openai, base_url: 'http://127.0.0.1:9/v1', model: m}}\ntasks: {t: {route: [a]}}\n"
+    )
+    done = invoke("eval", "t", "--candidate", "v3", "--baseline", "v3", "-c", str(cfg))
+    assert done.exit_code == 2 and "another release than the candidate" in done.output
+    assert "Traceback" not in done.output

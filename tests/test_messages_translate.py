@@ -243,3 +243,10 @@ def test_a_stop_sequence_the_upstream_names_is_reported_as_one() -> None:
     last = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]}
     stream = events.start() + events.chunk(last) + events.end(2)
     assert b'"stop_reason":"stop_sequence","stop_sequence":"END"' in stream
+
+
+def test_the_data_class_is_read_in_any_case_as_on_the_other_doors() -> None:
+    from turnout.serving.messages import validate
+
+    found = validate({"model": "t", "max_tokens": 5, "messages": USER, "metadata": {"data_class": "Public"}})
+    assert found.data_class == "public"

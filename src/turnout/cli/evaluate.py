@@ -100,6 +100,8 @@ def eval_run(config: Config, **options: Any) -> None:
     """Evaluate CANDIDATE on TASK's golden set (evals/TASK.jsonl), paired with BASELINE; exit 1
     when a gate fails."""
     run = Run(**options)
+    if run.baseline is not None and run.baseline == run.candidate:
+        raise click.BadParameter("the baseline must be another release than the candidate", param_hint="--baseline")
     releases = release_files(config, run.task, [n for n in (run.candidate, run.baseline) if n is not None])
     cases = load_cases(golden_set_path(config.releases.evals_path, run.task))
     _check_sandbox(config, cases)

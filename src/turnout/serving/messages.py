@@ -80,6 +80,7 @@ def validate(body: dict[str, Any]) -> MessagesRequest:
     if user is not None and not isinstance(user, str):
         raise anthropic.bad("metadata.user_id", "'metadata.user_id' must be a string")
     data_class = metadata.get("data_class")
+    data_class = data_class.lower() if isinstance(data_class, str) else data_class  # as the other doors read it
     if data_class is not None and data_class not in DATA_CLASSES:
         raise anthropic.bad("metadata.data_class", f"'metadata.data_class' must be one of {', '.join(DATA_CLASSES)}")
     if user:
