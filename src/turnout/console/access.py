@@ -9,9 +9,9 @@
                          carries it, checked with ``hmac.compare_digest``
 
 The secret is the process's own (random: a restart logs everyone out), or, with ``--workers``,
-the one the supervisor hands every worker (``SECRET_ENV``), so a session and its forms work
+the one the supervisor hands every worker (``CONSOLE_SECRET_ENV``), so a session and its forms work
 whichever worker the kernel gives a connection to. Log out revokes the token in this process
-and, with workers, in a directory they share (``REVOKED_ENV``: one empty file per token).
+and, with workers, in a directory they share (``CONSOLE_REVOKED_ENV``: one empty file per token).
 Replicas behind one address need sticky sessions (or a login on each). The keys themselves
 never leave the login request; they are compared as SHA-256 digests with ``compare_digest``:
 no timing leak of their length or content.
@@ -39,7 +39,6 @@ Role = Literal["admin", "viewer"]
 COOKIE = "turnout_console"
 SESSION_S = 12 * 3600.0  # a working day: then log in again
 MAX_REVOKED = 10_000  # revoked tokens remembered in memory (each until it would have expired)
-SECRET_ENV, REVOKED_ENV = CONSOLE_SECRET_ENV, CONSOLE_REVOKED_ENV  # set by the supervisor for its workers
 ROLES: tuple[Role, ...] = ("admin", "viewer")
 MAX_NAME = 80
 # Failed logins: at most FAILURES_ALLOWED per client within FAILURE_WINDOW_S, then 429.
@@ -71,14 +70,14 @@ class Sessions:
         secret: bytes | None = None,
         revoked_dir: str | None = None,
     ) -> None:
-        """``secret`` and ``revoked_dir`` default to the supervisor's (``SECRET_ENV``,
-        ``REVOKED_ENV``), else a random secret and revocations in memory only."""
+        """``secret`` and ``revoked_dir`` default to the supervisor's (``CONSOLE_SECRET_ENV``,
+        ``CONSOLE_REVOKED_ENV``), else a random secret and revocations in memory only."""
         self.admin_key = admin_key
         self.viewer_key = viewer_key
         self.ttl_s = ttl_s
-        shared = os.environ.get(SECRET_ENV)
+        shared = os.environ.get(CONSOLE_SECRET_ENV)
         self._secret = secret or (bytes.fromhex(shared) if shared else os.urandom(32))
-        where = revoked_dir if secret is not None else revoked_dir or os.environ.get(REVOKED_ENV)
+        where = revoked_dir or (os.environ.get(CONSOLE_REVOKED_ENV) if secret is None else None)
         self._revoked_dir = Path(where) if where else None
         self._revoked: dict[str, float] = {}  # token digest → when it would have expired
         self._flash: dict[str, tuple[str, str]] = {}  # token digest → (ok | error, text) for its next page

@@ -56,6 +56,7 @@ class ChatDoor:
     task_param = "model"
     needs_release = False
     release_prompt = False
+    ticket_body = True
     fenced_json = False  # the caller parses the content as it comes: a fenced JSON answer is not JSON
 
     def parse(self, raw: bytes, task: str | None) -> ChatRequest:

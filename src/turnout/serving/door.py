@@ -128,8 +128,10 @@ class Door(Protocol[R]):
     """One API over the pipeline. ``task_param`` names where the caller put the task (blamed
     when it is unknown); ``needs_release``: refuse a task that has no serving release;
     ``release_prompt``: the release's prompt shapes the answer (not only its targets and
-    parameters), as its prompt version header and ledger column say. ``fenced_json``: a JSON
-    answer may come inside a Markdown code fence (the door parses it out), for the output checks.
+    parameters), as its prompt version header and ledger column say. ``ticket_body``: its
+    clients read a 202 ticket (an escalation to a person) in place of an answer when they do
+    not stream. ``fenced_json``: a JSON answer may come inside a Markdown code fence (the door
+    parses it out), for the output checks.
     ``endpoint``: the API's name in the ledger's ``endpoint`` column (``chat.completions``,
     ``tasks``, ``embeddings``, ``messages``, ``responses``); a task whose route embeds is served
     by the ``embeddings`` door only."""
@@ -139,6 +141,7 @@ class Door(Protocol[R]):
     needs_release: bool
     release_prompt: bool
     fenced_json: bool
+    ticket_body: bool
 
     def parse(self, raw: bytes, task: str | None) -> R:
         """The request from its body; ``task`` when the path names it."""

@@ -63,6 +63,7 @@ class EmbeddingsDoor:
     needs_release = False
     release_prompt = False
     fenced_json = False
+    ticket_body = False  # never checked: nothing to escalate
 
     def parse(self, raw: bytes, task: str | None) -> EmbeddingsRequest:
         return validate(json_object(raw))

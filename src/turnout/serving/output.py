@@ -48,7 +48,6 @@ REJECTED = "output_invalid"  # the error class of an attempt whose answer failed
 REPAIR_SUFFIX = " Reply with the corrected answer only."
 
 
-TICKET_DOORS = ("chat.completions", "tasks")  # doors whose non-streaming answer may be a ticket
 NO_RETRY = (b"x-should-retry", b"false")  # the OpenAI and Anthropic SDKs' header: asking again cannot help
 
 
@@ -223,10 +222,11 @@ class OutputStage:
         started_at: float,
         prompt: bool,
         endpoint: str = "",
-        stream: bool = False,
+        ticket_body: bool = True,
     ) -> Answered:
         """Write the refusal (502, in the door's error shape: ``endpoint``) or the ticket (202;
-        as a 502 ``escalated_to_human`` where the client cannot read one: ``Escalated``);
+        as a 502 ``escalated_to_human`` where the client cannot read one, ``ticket_body``
+        false: ``Escalated``);
         what it came to, for the row and quota."""
         priced = self.rt.prices.price_attempts(checked.attempts, None, started_at)
         url = ticket_url(admission.task, request_id)
@@ -236,7 +236,7 @@ class OutputStage:
                 f"the answer failed the task's output checks ({_detail(checked)}) and the review "
                 f"queue could not take the escalation (request {request_id})"
             )
-        elif checked.ticket and (stream or endpoint not in TICKET_DOORS):
+        elif checked.ticket and not ticket_body:
             checked.refusal = Escalated(
                 f"the answer failed the task's output checks ({_detail(checked)}) and went to a "
                 f"person: poll GET {url} for the answer",

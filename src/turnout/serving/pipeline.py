@@ -211,7 +211,7 @@ class Pipeline:
                     started_at=started_at,
                     prompt=door.release_prompt,
                     endpoint=door.endpoint,
-                    stream=request.stream,
+                    ticket_body=door.ticket_body and not request.stream,
                 )
             else:
                 if lookup is not None and lookup.leading is not None and rt.cache is not None:

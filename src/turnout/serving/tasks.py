@@ -54,6 +54,7 @@ class TaskDoor:
     needs_release = True
     release_prompt = True
     fenced_json = True  # ``_output`` strips the fence
+    ticket_body = True
 
     def parse(self, raw: bytes, task: str | None) -> TaskRequest:
         assert task is not None  # the path names it
