@@ -325,6 +325,14 @@ async def test_all_targets_failed_status_follows_the_failures(make_app: AppFacto
     assert resp.status == 503
     assert resp.headers["retry-after"] == "30"
 
+    # Throttled without a hint (a 429 and a queue that is full): the 503 still says when to return.
+    unhinted = Step(UpstreamStatusError(429, "slow down"))
+    app, _ = await setup(
+        make_app, primary=ScriptedProvider("primary", unhinted), secondary=ScriptedProvider("secondary", unhinted)
+    )
+    resp = await chat(app)
+    assert resp.status == 503 and resp.headers["retry-after"] == "1"
+
 
 async def test_a_request_the_target_rejects_is_not_retried_elsewhere(make_app: AppFactory) -> None:
     primary = ScriptedProvider("primary", Step(UpstreamStatusError(400, "context too long")))

@@ -212,6 +212,9 @@ class AnswerRefused(TurnoutError):
         self.records: list[Any] = []
 
 
+DEFAULT_RETRY_AFTER_S = 1.0  # a 503's Retry-After where no upstream said
+
+
 class AllTargetsFailed(TurnoutError):
     """Every allowed target was tried (or skipped); the message names each attempt."""
 
@@ -229,7 +232,8 @@ class AllTargetsFailed(TurnoutError):
         elif errors and all(_unavailable(e) for e in errors):
             self.status = 503
             hints = [e.retry_after for e in errors if e.retry_after is not None]
-            self.retry_after: float | None = min(hints) if hints else None
+            # Every 503 says when to come back: the upstreams' soonest hint, else a second.
+            self.retry_after: float | None = min(hints) if hints else DEFAULT_RETRY_AFTER_S
         else:
             self.status = 502
         if not hasattr(self, "retry_after"):

@@ -148,6 +148,7 @@ class Pipeline:
         recording: Recording | None = None
         limits: Constraints | None = None
         skipped: list[Skip] = []
+        watch: respond.ClientWatch | None = None  # a stream's client, until the answer is relayed
         try:
             tenant = identity or await rt.auth.identify(credential(scope), started_at)
             request = door.parse(await read_body(receive, scope, self.max_body), task)
@@ -184,6 +185,8 @@ class Pipeline:
                 targets = [rt.targets[n] for n in allowed]
                 # A checked answer is asked for whole, even for a stream: no unchecked byte goes out.
                 stream = request.stream and checking is None
+                if request.stream:  # one that leaves before its first chunk stops the attempts
+                    watch = respond.ClientWatch(receive)
                 result = await self.attempt(targets, body, stream, request_id, guard, limits, t0)
             if checking is not None:
                 checked = await self.output.run(
@@ -197,6 +200,8 @@ class Pipeline:
                     guard=guard,
                 )
                 result = checked.result
+            if watch is not None:
+                watch.close()  # the relay watches from here on
             keep = self.keep(admission)
             live = rt.scoring.draw(admission.task) if rt.scoring is not None else None
             if rt.shadows is not None and release is None:  # never for a forced release (an eval)
@@ -249,14 +254,21 @@ class Pipeline:
                 exc.message = masked(exc.message)
             await respond.error(send, exc, request_id, door.endpoint)
         except asyncio.CancelledError:
-            # A shutdown past its grace period: the request still settles its quota and gets
-            # its row (the runtime waits for that before closing them). Not re-raised: the
-            # request ends here, answered 503 if nothing was sent yet.
-            cut = ShuttingDown("the gateway is shutting down; the request was cut")
-            failure = self.failure(cut, result, started_at)
-            if answered is None and result is None:
-                await _error_quietly(send, cut, request_id, door.endpoint)
+            if watch is not None and watch.left():
+                # A stream's client left before its first chunk: the attempts stop, the
+                # reservation and slot are freed now, and the row says 499.
+                failure = Failure(499, "client_disconnected", None)
+            else:
+                # A shutdown past its grace period: the request still settles its quota and gets
+                # its row (the runtime waits for that before closing them). Not re-raised: the
+                # request ends here, answered 503 if nothing was sent yet.
+                cut = ShuttingDown("the gateway is shutting down; the request was cut")
+                failure = self.failure(cut, result, started_at)
+                if answered is None and result is None:
+                    await _error_quietly(send, cut, request_id, door.endpoint)
         finally:
+            if watch is not None:
+                watch.close()
             if lookup is not None and rt.cache is not None:  # frees a flight its leader left unfilled
                 rt.cache.done(lookup)
             try:
