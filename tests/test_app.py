@@ -170,7 +170,14 @@ async def test_tenant_may_not_send_a_data_class_it_lacks(make_app: AppFactory) -
     resp = await chat(app, headers={"authorization": f"Bearer {OTHER_KEY}", "x-turnout-data-class": "internal"})
     assert resp.status == 403
     assert resp.json()["error"]["type"] == "permission_denied"
+    assert resp.json()["error"]["param"] == "X-Turnout-Data-Class"
     assert (await chat(app, headers={"x-turnout-data-class": "secret"})).status == 400
+    # Declared in the body: the refusal names the field the client sent, not a header it never did.
+    other = {"authorization": f"Bearer {OTHER_KEY}"}
+    resp = await chat(app, {"metadata": {"data_class": "internal"}}, other)
+    assert resp.status == 403 and resp.json()["error"]["param"] == "metadata.data_class"
+    resp = await chat(app, {"metadata": {"data_class": "public"}}, other | {"x-turnout-data-class": "internal"})
+    assert resp.status == 403 and resp.json()["error"]["param"] == "X-Turnout-Data-Class"
 
 
 @pytest.mark.parametrize(

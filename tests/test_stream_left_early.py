@@ -77,9 +77,7 @@ async def test_a_stream_left_before_its_first_chunk_frees_its_slot_and_is_a_499(
         sent = await leave_early(app, path, DOORS[path], after_s=0.2)
         assert not [m for m in sent if m.get("status", 0) >= 500]  # nothing was answered to no one
         # The slot (concurrency 1) is free: the tenant's next request is served, not 429.
-        second = await request(
-            app, "POST", path, DOORS[path], {"authorization": f"Bearer {KEY}"}
-        )
+        second = await request(app, "POST", path, DOORS[path], {"authorization": f"Bearer {KEY}"})
         assert second.status == 200, second.body
         rows = sorted(await ledger_rows(app), key=lambda r: r.started_at)
         assert [(r.status, r.error_class) for r in rows] == [(499, "client_disconnected"), (200, None)]

@@ -13,6 +13,8 @@ from collections.abc import Collection, Mapping, Sequence
 from turnout.config import DATA_CLASSES
 from turnout.errors import PolicyDenied, RequestError
 
+DATA_CLASS_HEADER = "X-Turnout-Data-Class"  # where a request declares its data class
+
 # Classes whose data may go anywhere on the route unless the policy narrows them.
 OPEN_BY_DEFAULT = frozenset({"public", "internal", "confidential"})
 
@@ -24,7 +26,7 @@ def parse_data_class(value: object, default: str = "internal") -> str:
         shown = repr(value) if len(repr(value)) <= 64 else repr(value)[:60] + "…"
         raise RequestError(
             f"unknown data class {shown}; expected one of {', '.join(DATA_CLASSES)}",
-            param="X-Turnout-Data-Class",
+            param=DATA_CLASS_HEADER,
             code="invalid_data_class",
         )
     return value.lower()
@@ -53,10 +55,12 @@ def decide(
     data_class: str,
     tenant_classes: Collection[str],
     policy: Mapping[str, Collection[str]],
+    declared_in: str = DATA_CLASS_HEADER,
 ) -> list[str]:
-    """The ordered targets this request may try, or PolicyDenied naming why none."""
+    """The ordered targets this request may try, or PolicyDenied naming why none.
+    ``declared_in``: where the request declared its class, the refusal's ``param``."""
     if data_class not in tenant_classes:
-        raise PolicyDenied(f"this tenant may not send {data_class} data", param="X-Turnout-Data-Class")
+        raise PolicyDenied(f"this tenant may not send {data_class} data", param=declared_in)
     targets = allowed_targets(route, data_class, policy)
     if not targets:
         raise PolicyDenied(f"no target on the route of task {task!r} may receive {data_class} data")

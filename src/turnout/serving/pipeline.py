@@ -168,7 +168,7 @@ class Pipeline:
                 screened = await self.second_opinion(admission, near, screened, request_id)
                 if screened is not None and screened.blocked:  # the row keeps the verdict
                     raise screened.refusal()
-            allowed = self.allowed(admission, raised)
+            allowed = self.allowed(admission, raised, _declared_in(scope, request))
             if rt.cache is not None:  # a hit takes no quota; it was checked when it was generated
                 lookup = await rt.cache.lookup(
                     admission.task, tenant.name, admission.data_class, admission.release, body, _bypass(scope)
@@ -383,8 +383,11 @@ class Pipeline:
         raised = None if classifier is None else classifier.classify(admission.data_class, body)
         return (admission, None) if raised is None else (admission._replace(data_class=raised.effective), raised)
 
-    def allowed(self, admission: Admission, raised: Raised | None = None) -> list[str]:
-        """The task's route (cut to the release's targets) filtered by the data class."""
+    def allowed(
+        self, admission: Admission, raised: Raised | None = None, declared_in: str = policy.DATA_CLASS_HEADER
+    ) -> list[str]:
+        """The task's route (cut to the release's targets) filtered by the data class;
+        ``declared_in`` names where the request declared it, for a refusal's ``param``."""
         route = self.tasks[admission.task].route
         release = admission.release
         if release is not None:
@@ -396,6 +399,7 @@ class Pipeline:
                 data_class=admission.data_class,
                 tenant_classes=admission.tenant.data_classes,
                 policy=self.rt.policy,
+                declared_in=declared_in,
             )
         except PolicyDenied as exc:
             if raised is None:
@@ -737,6 +741,14 @@ def _data_class(scope: dict[str, Any], header: bytes | None, body: str | None) -
     if len(sent) == 1 and b"," not in header and not body:
         return policy.parse_data_class(sent[0])
     return policy.strictest_class([*sent, body])
+
+
+def _declared_in(scope: dict[str, Any], request: Inbound) -> str:
+    """Where the request declared its data class: the header (also where to declare one when
+    neither did), or the body's ``metadata.data_class``."""
+    if request.data_class and headers(scope).get(b"x-turnout-data-class") is None:
+        return "metadata.data_class"
+    return policy.DATA_CLASS_HEADER
 
 
 def _text(value: bytes | None) -> str | None:
