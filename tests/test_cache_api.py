@@ -383,9 +383,12 @@ async def test_followers_of_a_stream_too_large_to_keep_do_not_wait_for_its_slow_
         }
         read, release = asyncio.Event(), asyncio.Event()
         sent: list[Any] = []
+        given = False
 
-        async def receive() -> dict[str, Any]:
-            if not sent:
+        async def receive() -> dict[str, Any]:  # as ASGI servers do: the body once, then wait
+            nonlocal given
+            if not given:
+                given = True
                 return {"type": "http.request", "body": body, "more_body": False}
             await release.wait()
             return {"type": "http.disconnect"}
