@@ -3,6 +3,9 @@ episode id a chat or task request carries into its ledger row."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 from typing import Any
 
 import pytest
@@ -13,6 +16,8 @@ from tests.fakes.scripted import ScriptedProvider
 from tests.test_app import AUTH, MESSAGES, OTHER_KEY, config
 from turnout.ledger.record import LedgerRow
 from turnout.serving.app import App
+from turnout.serving.boundary import new_request_id
+from turnout.serving.feedback import MIN_POLL_S, PENDING_WAIT_S
 
 OTHER = {"authorization": f"Bearer {OTHER_KEY}"}
 
@@ -287,3 +292,49 @@ async def test_labels_with_control_characters_are_refused(make_app: AppFactory) 
     for label in ("\x00", "\x1b[2J", "two\nlines"):
         answer = await feedback(app, {"request_id": resp.json()["id"], "labels": [label]})
         assert answer.status == 400 and answer.json()["error"]["param"] == "labels"
+
+
+async def test_feedback_for_a_row_another_replica_still_holds_waits_for_it(make_app: AppFactory) -> None:
+    """In a fleet the feedback often reaches a replica whose own writer is empty, while the
+    replica that answered has the row a flush away: a request id issued moments ago is waited
+    for (it was a final 404), an old or made-up one is not."""
+    app = await started(make_app)
+    store = app.runtime.store
+    assert store is not None
+    template = await stored(app, bare(await chat(app)))
+    recent = new_request_id()  # answered just now by "another replica"
+    row = dataclasses.replace(template, request_id=recent)
+    asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(store.write_batch([row])))
+    answer = await feedback(app, {"request_id": recent, "outcome": "success"})
+    assert answer.status == 200 and answer.json()["updated"] == 1
+    assert (await stored(app, recent)).outcome == "success"
+    looked: list[str] = []
+    lookup = store.set_outcome
+
+    async def counted(request_id: str, *args: Any, **kwargs: Any) -> bool:
+        looked.append(request_id)
+        return await lookup(request_id, *args, **kwargs)
+
+    store.set_outcome = counted  # type: ignore[method-assign]
+    old = f"{int((time.time() - 3600) * 1000):012x}{'0' * 12}"
+    assert (await feedback(app, {"request_id": old, "outcome": "success"})).status == 404
+    assert (await feedback(app, {"request_id": "not-an-id", "outcome": "success"})).status == 404
+    assert looked == [old, "not-an-id"]  # each looked up once: neither waited the pending window
+    forged = f"{int(time.time() * 1000):012x}{'0' * 12}"  # recent-looking: waited for, boundedly
+    assert (await feedback(app, {"request_id": forged, "outcome": "success"})).status == 404
+    assert 2 <= looked.count(forged) <= PENDING_WAIT_S / MIN_POLL_S + 1
+
+
+async def test_an_episodes_feedback_counts_the_rows_a_flush_away(make_app: AppFactory) -> None:
+    app = await started(make_app)
+    store = app.runtime.store
+    writer = app.runtime.ledger
+    assert store is not None and writer is not None
+    template = await stored(app, bare(await chat(app, {"x-turnout-episode": "ep-flush"})))
+    row = dataclasses.replace(template, request_id=new_request_id(), episode_id="ep-flush")
+    # Answered elsewhere a moment ago: stored within one flush interval of the feedback's arrival.
+    asyncio.get_running_loop().call_later(
+        writer.flush_interval_s / 2, lambda: asyncio.ensure_future(store.write_batch([row]))
+    )
+    answer = await feedback(app, {"episode_id": "ep-flush", "outcome": "success"})
+    assert answer.json()["updated"] == 2

@@ -20,7 +20,7 @@ from turnout.serving.app import App
 
 KEY = "sk-acme-early-0123456789"
 PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 1.0}
-DOORS = {
+DOORS: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
     "/v1/messages": {"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
     "/v1/responses": {"model": "chat", "input": "hi"},

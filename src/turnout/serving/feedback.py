@@ -18,11 +18,13 @@
   order sent (``[]`` clears them); left out, the stored labels stay. Labels alone are feedback
   enough.
 * **Rows still queued.** Ledger rows reach the store through the writer's queue, a flush
-  interval after the answer. Feedback that finds nothing while the writer still holds rows
-  waits for them, polling once per flush interval for at most ``PENDING_WAIT_S``, then answers
-  404. (We chose a short wait over a 202: a client then gets one final answer, and a 404 is
-  always final.) An episode's rows are those stored when the feedback lands: send it after the
-  episode's last answer.
+  interval after the answer — the writer of the replica that answered, which in a fleet is often
+  not the one the feedback reaches. Feedback that finds nothing waits for the row, polling for at
+  most ``PENDING_WAIT_S``, while this replica's writer still holds rows or the request id was
+  issued in the last ``RECENT_S`` (ids begin with their issue time), then answers 404. (We
+  chose a short wait over a 202: a client then gets one final answer, and a 404 is always
+  final.) An episode's feedback first lets every replica's writer flush twice, so the rows it
+  updates are those answered before it was sent: send it after the episode's last answer.
 
 Errors are in OpenAI's shape: 400 ``invalid_request_error`` naming the ``param``, 401, 404, and
 503 ``ledger_off`` when the gateway runs without a ledger (``store.kind: none``).
@@ -47,6 +49,8 @@ OUTCOMES = frozenset({"success", "failure"})
 MAX_VALUE = 1e15  # revenue, a score: far past any; sums of a million of them stay exact enough
 FIELDS = frozenset({"request_id", "episode_id", "outcome", "human_review", "escalated", "value", "labels"})
 PENDING_WAIT_S = 2.0
+RECENT_S = 30.0  # a request id issued this recently may still be in another replica's writer
+MIN_POLL_S = 0.05  # however short the flush interval: a forged recent id costs 40 lookups at most
 MAX_LABELS = 32
 MAX_LABEL_CHARS = 64
 _ID_PREFIXES = ("chatcmpl-", "task-", "msg_", "resp_")  # chat, the task API, Messages, Responses
@@ -106,13 +110,30 @@ def parse(raw: bytes) -> Feedback:
 
 
 async def apply(store: LedgerStore, writer: LedgerWriter | None, fb: Feedback, tenant: str, now: float) -> int:
-    """Rows updated; waits a little for rows the writer has not stored yet (module docstring)."""
+    """Rows updated; waits a little for rows a writer has not stored yet (module docstring)."""
+    flush_s = writer.flush_interval_s if writer is not None else 0.0
+    if fb.request_id is None and flush_s:  # an episode: its last rows may be a flush away
+        await asyncio.sleep(2 * flush_s)
+    recent = fb.request_id is not None and _recent(fb.request_id, now)
     deadline = time.monotonic() + PENDING_WAIT_S
     while True:
         updated = await _update(store, fb, tenant, now)
-        if updated or writer is None or writer.queued == 0 or time.monotonic() >= deadline:
+        pending = recent or (writer is not None and writer.queued > 0)
+        if updated or not pending or time.monotonic() >= deadline:
             return updated
-        await asyncio.sleep(writer.flush_interval_s)
+        await asyncio.sleep(max(flush_s, MIN_POLL_S))
+
+
+def _recent(request_id: str, now: float) -> bool:
+    """Whether ``request_id`` is one turnout issued in the last ``RECENT_S`` (its first 12 hex
+    digits are its issue time in milliseconds, ``boundary.new_request_id``)."""
+    if len(request_id) != 24:
+        return False
+    try:
+        issued = int(request_id[:12], 16) / 1000
+    except ValueError:
+        return False
+    return now - RECENT_S <= issued <= now + 1.0
 
 
 async def _update(store: LedgerStore, fb: Feedback, tenant: str, now: float) -> int:
