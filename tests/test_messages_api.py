@@ -185,6 +185,41 @@ async def test_a_streamed_tool_call_arrives_as_input_json_deltas(make_app: AppFa
     assert final.content[0].input == {"city": "Oslo"}  # type: ignore[union-attr]
 
 
+async def test_interleaved_tool_call_deltas_arrive_whole_one_block_after_another(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """An upstream that interleaves two calls' argument deltas by index: each call is one
+    content block, opened, filled and stopped before the next opens, with all its arguments."""
+    calls = (
+        {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'},
+        {"id": "call_2", "name": "get_weather", "arguments": '{"city": "Bergen", "unit": "kelvin"}'},
+    )
+    async with (
+        FakeUpstream(tool_calls=calls, interleave=True) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+        client.messages.stream(
+            model="support", max_tokens=50, tools=[WEATHER], messages=[{"role": "user", "content": "Oslo, Bergen?"}]
+        ) as stream,
+    ):
+        events = [event async for event in stream]
+        final = await stream.get_final_message()
+    kinds = ("content_block_start", "content_block_delta", "content_block_stop")
+    blocks = [(d["type"], d["index"]) for d in (e.model_dump() for e in events) if d["type"] in kinds]
+    assert blocks == [
+        ("content_block_start", 0),
+        *[("content_block_delta", 0)] * 2,  # its two halves, as they came
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_delta", 1),  # the held call, whole
+        ("content_block_stop", 1),
+    ]
+    assert final.stop_reason == "tool_use"
+    assert [(b.id, b.input) for b in final.content] == [  # type: ignore[union-attr]
+        ("call_1", {"city": "Oslo", "unit": "celsius"}),
+        ("call_2", {"city": "Bergen", "unit": "kelvin"}),
+    ]
+
+
 async def test_errors_come_in_anthropics_shape_and_the_sdk_raises_the_matching_error(
     make_app: AppFactory, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ reassemble to the non-stream message."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turnout.errors import RequestError
-from turnout.serving import anthropic
+from turnout.serving import anthropic, anthropic_events
 
 text = st.text(min_size=1, max_size=30)
 ident = st.text(alphabet="abcdefghijklmnop0123456789_", min_size=1, max_size=12)
@@ -157,9 +158,83 @@ def test_streamed_events_reassemble_to_the_non_stream_message(
     said = {"role": "assistant", "content": content or None, "tool_calls": tool_calls or None}
     whole = {"choices": [{"message": said, "finish_reason": finish}]}
     expected = anthropic.message(whole, "msg_1", "task", (11, 7))
-    events = anthropic.Events("msg_1", "task", 11)
+    events = anthropic_events.Events("msg_1", "task", 11)
     stream = events.start() + b"".join(events.chunk(c) for c in _chunks(content, calls, cut, finish)) + events.end(7)
     assert _reassemble(stream) == expected
+
+
+def _interleaved(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same chunks with the calls' deltas taken in turn by index (0, 1, 2, 0, 1, 2, ...), as
+    some upstreams send them; the text before them and the finish stay where they were."""
+    calls: dict[int, list[dict[str, Any]]] = {}
+    rest: list[dict[str, Any]] = []
+    for chunk in chunks:
+        delta = chunk["choices"][0]["delta"]
+        if delta.get("tool_calls"):
+            calls.setdefault(delta["tool_calls"][0]["index"], []).append(chunk)
+        else:
+            rest.append(chunk)
+    turns = [c for group in itertools.zip_longest(*calls.values()) for c in group if c is not None]
+    return rest[:-1] + turns + rest[-1:]
+
+
+def _one_block_at_a_time(stream: bytes) -> None:
+    """Anthropic's rule: a block is started, filled and stopped before the next one starts."""
+    open_block: int | None = None
+    started = 0
+    for frame in stream.decode().split("\n\n"):
+        if not frame:
+            continue
+        event = orjson.loads(frame.split("\n", 1)[1].removeprefix("data: "))
+        if event["type"] == "content_block_start":
+            assert open_block is None and event["index"] == started
+            open_block, started = event["index"], started + 1
+        elif event["type"] == "content_block_delta":
+            assert event["index"] == open_block
+        elif event["type"] == "content_block_stop":
+            assert event["index"] == open_block
+            open_block = None
+    assert open_block is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.text(max_size=20),
+    st.lists(st.tuples(ident, ident, args), min_size=2, max_size=3, unique_by=lambda c: c[0]),
+    st.integers(1, 7),
+)
+def test_interleaved_tool_call_deltas_stream_one_whole_block_after_another(
+    content: str, calls: list[tuple[str, str, dict[str, Any]]], cut: int
+) -> None:
+    tool_calls = [
+        {"id": i, "type": "function", "function": {"name": n, "arguments": orjson.dumps(a).decode()}}
+        for i, n, a in calls
+    ]
+    said = {"role": "assistant", "content": content or None, "tool_calls": tool_calls}
+    expected = anthropic.message({"choices": [{"message": said, "finish_reason": "tool_calls"}]}, "m", "t", (11, 7))
+    events = anthropic_events.Events("m", "t", 11)
+    chunks = _interleaved(_chunks(content, calls, cut, "tool_calls"))
+    stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(7)
+    _one_block_at_a_time(stream)
+    assert _reassemble(stream) == expected
+
+
+def test_text_after_a_streamed_call_waits_for_it_to_end() -> None:
+    head = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": '}}
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"tool_calls": [head]}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Looking."}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    events = anthropic_events.Events("m", "t", 1)
+    stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(2)
+    _one_block_at_a_time(stream)
+    content = _reassemble(stream)["content"]
+    assert content == [
+        {"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}},
+        {"type": "text", "text": "Looking."},
+    ]
 
 
 USER = [{"role": "user", "content": "x"}]
@@ -239,7 +314,7 @@ def test_a_stop_sequence_the_upstream_names_is_reported_as_one() -> None:
     assert anthropic.message(natural, "msg_1", "task", (1, 2), ["END"])["stop_reason"] == "end_turn"
     token = {"choices": [{"message": {"content": "one"}, "finish_reason": "stop", "stop_reason": 128009}]}
     assert anthropic.message(token, "msg_1", "task", (1, 2), ["END"])["stop_sequence"] is None  # a token id: EOS
-    events = anthropic.Events("msg_1", "task", 1, ["END"])
+    events = anthropic_events.Events("msg_1", "task", 1, ["END"])
     last = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]}
     stream = events.start() + events.chunk(last) + events.end(2)
     assert b'"stop_reason":"stop_sequence","stop_sequence":"END"' in stream

@@ -243,6 +243,34 @@ async def test_a_streamed_tool_call_arrives_as_argument_deltas(make_app: AppFact
     assert (item.type, item.call_id, item.name, item.arguments) == ("function_call", "call_9", "get_weather", deltas)  # type: ignore[union-attr]
 
 
+async def test_interleaved_tool_call_deltas_go_to_their_own_items(make_app: AppFactory, tmp_path: Path) -> None:
+    """An upstream that interleaves two calls' argument deltas by index: every delta names the
+    item it belongs to, no item gets a delta after its ``.done``, and each ends with all its
+    arguments."""
+    calls = (
+        {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'},
+        {"id": "call_2", "name": "get_weather", "arguments": '{"city": "Bergen", "unit": "kelvin"}'},
+    )
+    async with (
+        FakeUpstream(tool_calls=calls, interleave=True) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+        client.responses.stream(model="support", input="Oslo, Bergen?", tools=[WEATHER]) as stream,
+    ):
+        events = [event async for event in stream]
+        final = await stream.get_final_response()
+    added = {str(e.item.id): e.output_index for e in events if e.type == "response.output_item.added"}
+    arguments: dict[str, str] = dict.fromkeys(added, "")
+    done: dict[str, str] = {}
+    for e in events:
+        if e.type == "response.function_call_arguments.delta":
+            assert e.item_id not in done and added[e.item_id] == e.output_index
+            arguments[e.item_id] += e.delta
+        elif e.type == "response.function_call_arguments.done":
+            done[e.item_id] = e.arguments
+    assert done == arguments and list(arguments.values()) == [c["arguments"] for c in calls]
+    assert [(i.call_id, i.arguments) for i in final.output] == [(c["id"], c["arguments"]) for c in calls]  # type: ignore[union-attr]
+
+
 async def test_a_json_schema_format_reaches_the_target_and_the_sdk_parses_the_answer(
     make_app: AppFactory, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turnout.errors import RequestError
-from turnout.serving import response_items
+from turnout.serving import response_events, response_items
 from turnout.serving.openapi_responses import responses_schemas
 from turnout.serving.responses import validate
 
@@ -256,7 +256,7 @@ def test_streamed_events_reassemble_to_the_plain_response(answer: Any, cuts: lis
         said = "ok"
     items, plain_finish = response_items.output(completion(said, calls, finish), "r1")
     plain = response_items.response("r1", 7, "task", items, (3, 5), plain_finish, {"metadata": {}})
-    events_out = response_items.Events("r1", 7, "task", {"metadata": {}})
+    events_out = response_events.Events("r1", 7, "task", {"metadata": {}})
     sse = events_out.start() + b"".join(events_out.chunk(c) for c in chunks(said, calls, finish, cuts))
     events = parse(sse + events_out.end(3, 5))
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
@@ -265,6 +265,59 @@ def test_streamed_events_reassemble_to_the_plain_response(answer: Any, cuts: lis
     last = events[-1]
     assert last["type"] == ("response.incomplete" if finish == "length" else "response.completed")
     assert last["response"] == plain
+    assert reassemble(events) == plain["output"]
+
+
+def interleaved(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same chunks with the calls' deltas taken in turn by index (0, 1, 0, 1, ...), as some
+    upstreams send them; the text before them and the finish stay where they were."""
+    calls: dict[int, list[dict[str, Any]]] = {}
+    rest: list[dict[str, Any]] = []
+    for chunk in chunks:
+        delta = chunk["choices"][0]["delta"]
+        if delta.get("tool_calls"):
+            calls.setdefault(delta["tool_calls"][0]["index"], []).append(chunk)
+        else:
+            rest.append(chunk)
+    turns = [c for group in itertools.zip_longest(*calls.values()) for c in group if c is not None]
+    return rest[:-1] + turns + rest[-1:]
+
+
+def one_item_at_a_time(events: list[dict[str, Any]]) -> None:
+    """Each item is added, filled and done before the next is added; every delta names it."""
+    open_item: tuple[Any, Any] | None = None
+    for e in events:
+        at = (e.get("item_id") or e.get("item", {}).get("id"), e.get("output_index"))
+        if e["type"] == "response.output_item.added":
+            assert open_item is None
+            open_item = at
+        elif e["type"] == "response.output_item.done":
+            assert at == open_item
+            open_item = None
+        elif "item_id" in e:
+            assert at == open_item, e
+    assert open_item is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.just(""), text),
+    st.lists(st.tuples(ident, ident, arguments), min_size=2, max_size=3, unique_by=lambda c: c[0]),
+    st.lists(st.integers(0, 64), max_size=5),
+)
+def test_interleaved_tool_call_deltas_go_to_their_own_items(
+    said: str, calls: list[tuple[str, str, str]], cuts: list[int]
+) -> None:
+    items, finish = response_items.output(completion(said, calls, "tool_calls"), "r1")
+    plain = response_items.response("r1", 7, "task", items, (3, 5), finish, {"metadata": {}})
+    events_out = response_events.Events("r1", 7, "task", {"metadata": {}})
+    sse = events_out.start() + b"".join(events_out.chunk(c) for c in interleaved(chunks(said, calls, None, cuts)))
+    events = parse(sse + events_out.end(3, 5))
+    one_item_at_a_time(events)
+    for e in events:
+        if e["type"] == "response.function_call_arguments.done":
+            assert e["arguments"] == plain["output"][e["output_index"]]["arguments"]
+    assert events[-1]["response"] == plain
     assert reassemble(events) == plain["output"]
 
 

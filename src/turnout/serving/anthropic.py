@@ -9,9 +9,7 @@ chat names. A field this door does not translate is refused (400 naming it), nev
 
 Answer: a chat completion becomes a ``message`` with ``text`` and ``tool_use`` content blocks;
 ``finish_reason`` maps to ``stop_reason``, ``stop_sequence`` where the upstream names the stop
-string that ended it (vLLM's and SGLang's ``stop_reason``). Streams: ``Events`` turns chat chunks into
-Anthropic's event sequence (``message_start``, ``content_block_*``, ``message_delta``,
-``message_stop``).
+string that ended it (vLLM's and SGLang's ``stop_reason``). Streams: ``anthropic_events.Events``.
 """
 
 from __future__ import annotations
@@ -331,104 +329,3 @@ def _arguments(raw: Any) -> Any:
     except orjson.JSONDecodeError:
         return {"_raw": raw}  # the model wrote arguments that are not JSON: passed on as they came
     return parsed if isinstance(parsed, dict) else {"_value": parsed}
-
-
-class Events:
-    """Chat chunks in, Anthropic stream events out (SSE bytes). One per stream."""
-
-    def __init__(self, message_id: str, task: str, input_tokens: int, stops: Sequence[str] = ()) -> None:
-        self.message_id = message_id
-        self.stops = stops
-        self.matched: str | None = None  # the stop sequence that ended the answer, where told
-        self.task = task
-        self.input_tokens = input_tokens
-        self.index = -1  # the open content block's index; -1: none yet
-        self.kind = ""  # "text" or "tool_use": the open block's kind
-        self.calls: dict[int, int] = {}  # the chunk's tool call index -> its block index
-        self.finish: Any = None
-
-    def start(self) -> bytes:
-        message: dict[str, Any] = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.task,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
-        }
-        return event("message_start", {"type": "message_start", "message": message}) + event("ping", {"type": "ping"})
-
-    def chunk(self, chunk: Mapping[str, Any]) -> bytes:
-        out = b""
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                if self.kind != "text":
-                    out += self._open({"type": "text", "text": ""}, "text")
-                out += self._delta({"type": "text_delta", "text": delta["content"]})
-            for call in delta.get("tool_calls") or ():
-                out += self._tool_delta(call)
-            if choice.get("finish_reason") is not None:
-                self.finish = choice["finish_reason"]
-                self.matched = stop_matched(choice, self.stops)
-        return out
-
-    def end(self, output_tokens: int, input_tokens: int | None = None) -> bytes:
-        """``input_tokens``: the upstream's count, where it gave one (``message_start`` had the
-        gateway's bound)."""
-        out = self._close()
-        usage = {"output_tokens": output_tokens}
-        if input_tokens is not None:
-            usage["input_tokens"] = input_tokens
-        reason = STOP_REASONS.get(str(self.finish), "tool_use" if self.calls and self.finish is None else "end_turn")
-        if self.finish == "stop" and self.matched is not None:
-            reason = "stop_sequence"
-        out += event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": reason, "stop_sequence": self.matched},
-                "usage": usage,
-            },
-        )
-        return out + event("message_stop", {"type": "message_stop"})
-
-    def _tool_delta(self, call: Mapping[str, Any]) -> bytes:
-        out = b""
-        position = call.get("index", 0)
-        function = call.get("function") or {}
-        if position not in self.calls:
-            block: dict[str, Any] = {
-                "type": "tool_use",
-                "id": call.get("id") or "",
-                "name": function.get("name") or "",
-                "input": {},
-            }
-            out += self._open(block, "tool_use")
-            self.calls[position] = self.index
-        if function.get("arguments") and self.calls[position] == self.index:
-            out += self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
-        return out
-
-    def _open(self, block: dict[str, Any], kind: str) -> bytes:
-        out = self._close()
-        self.index += 1
-        self.kind = kind
-        return out + event(
-            "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
-        )
-
-    def _delta(self, delta: dict[str, Any]) -> bytes:
-        return event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
-
-    def _close(self) -> bytes:
-        if not self.kind:
-            return b""
-        self.kind = ""
-        return event("content_block_stop", {"type": "content_block_stop", "index": self.index})
-
-
-def event(name: str, data: Mapping[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

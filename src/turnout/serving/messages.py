@@ -16,7 +16,7 @@ from turnout.config import DATA_CLASSES
 from turnout.control.tokens import utf8_count
 from turnout.errors import TurnoutError
 from turnout.providers.base import Usage
-from turnout.serving import anthropic
+from turnout.serving import anthropic, anthropic_events
 from turnout.serving.asgi import json_object
 from turnout.serving.door import Reply, check_episode_id
 from turnout.serving.translated import Encoder, TranslatedDoor
@@ -53,7 +53,7 @@ class MessagesDoor(TranslatedDoor[MessagesRequest]):
 MESSAGES_DOOR = MessagesDoor()
 
 
-class _Events(anthropic.Events):
+class _Events(anthropic_events.Events):
     """Anthropic's events as the relay's encoder."""
 
     def end(self, usage: Usage | None, generated: list[str]) -> bytes:  # type: ignore[override]
@@ -62,7 +62,7 @@ class _Events(anthropic.Events):
         return super().end(utf8_count(generated))
 
     def error(self, err: TurnoutError) -> bytes:
-        return anthropic.event("error", anthropic.error_body(err))
+        return anthropic_events.event("error", anthropic.error_body(err))
 
 
 def validate(body: dict[str, Any]) -> MessagesRequest:

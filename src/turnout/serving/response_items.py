@@ -12,16 +12,14 @@ response state: ``previous_response_id``, ``conversation`` and item references a
 dropped.
 
 Answer: a chat completion becomes a ``response`` with a ``message`` item (``output_text``) and
-one ``function_call`` item per tool call; ``Events`` turns a chat stream into the Responses
-stream events, whose ``response.completed`` carries the same object.
+one ``function_call`` item per tool call; ``response_events.Events`` turns a chat stream into the
+Responses stream events, whose ``response.completed`` carries the same object.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-import orjson
 
 from turnout.errors import RequestError
 
@@ -326,129 +324,3 @@ def echo(body: Mapping[str, Any]) -> dict[str, Any]:
         "tools": body.get("tools") or [],
         "truncation": "disabled",
     }
-
-
-class Events:
-    """Chat chunks in, Responses stream events out (SSE bytes), numbered. One per stream."""
-
-    def __init__(self, response_id: str, created_at: int, task: str, echo: Mapping[str, Any]) -> None:
-        self.response_id = response_id
-        self.created_at = created_at
-        self.task = task
-        self.echo = echo
-        self.sequence = 0
-        self.items: list[dict[str, Any]] = []  # every output item so far, the last one maybe open
-        self.positions: dict[str, int] = {}  # an item's id -> its output_index
-        self.open = False
-        self.calls: dict[int, dict[str, Any]] = {}  # the chunk's tool call index -> its item
-        self.finish: Any = None
-
-    def start(self) -> bytes:
-        snapshot = response(self.response_id, self.created_at, self.task, [], None, echo=self.echo)
-        return self.event("response.created", response=snapshot) + self.event("response.in_progress", response=snapshot)
-
-    def chunk(self, chunk: Mapping[str, Any]) -> bytes:
-        out = b""
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                out += self._text(str(delta["content"]))
-            for call in delta.get("tool_calls") or ():
-                out += self._call(call)
-            if choice.get("finish_reason") is not None:
-                self.finish = choice["finish_reason"]
-        return out
-
-    def end(self, input_tokens: int, output_tokens: int) -> bytes:
-        out = self._close()
-        final = response(
-            self.response_id,
-            self.created_at,
-            self.task,
-            self.items,
-            (input_tokens, output_tokens),
-            self.finish,
-            self.echo,
-        )
-        kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
-        return out + self.event(kind, response=final)
-
-    def event(self, kind: str, **fields: Any) -> bytes:
-        data = {"type": kind, "sequence_number": self.sequence, **fields}
-        self.sequence += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-    def _text(self, text: str) -> bytes:
-        out = b""
-        item = self.items[-1] if self.open else None
-        if item is None or item["type"] != "message":
-            out += self._close()
-            item = message_item(self.response_id, "", "in_progress")
-            out += self._add(item)
-            item["content"].append({"type": "output_text", "text": "", "annotations": []})
-            out += self.event("response.content_part.added", **self._at(item), content_index=0, part=_part_of(""))
-        item["content"][0]["text"] += text
-        return out + self.event(
-            "response.output_text.delta", **self._at(item), content_index=0, delta=text, logprobs=[]
-        )
-
-    def _call(self, call: Mapping[str, Any]) -> bytes:
-        out = b""
-        position = call.get("index", 0)
-        function = call.get("function") or {}
-        item = self.calls.get(position)
-        if item is None:
-            out += self._close()
-            item = call_item(
-                self.response_id, len(self.calls), call.get("id") or "", function.get("name") or "", "in_progress"
-            )
-            self.calls[position] = item
-            out += self._add(item)
-        arguments = function.get("arguments")
-        if arguments:
-            item["arguments"] += arguments
-            if self.open and item is self.items[-1]:
-                out += self.event("response.function_call_arguments.delta", **self._at(item), delta=arguments)
-        return out
-
-    def _add(self, item: dict[str, Any]) -> bytes:
-        self.positions[item["id"]] = len(self.items)
-        self.items.append(item)
-        self.open = True
-        return self.event("response.output_item.added", output_index=len(self.items) - 1, item=item)
-
-    def _close(self) -> bytes:
-        if not self.open:
-            return b""
-        self.open = False
-        item = self.items[-1]
-        item["status"] = "completed"
-        out = b""
-        if item["type"] == "message":
-            text = item["content"][0]["text"]
-            at = {**self._at(item), "content_index": 0}
-            out += self.event("response.output_text.done", **at, text=text, logprobs=[])
-            out += self.event("response.content_part.done", **at, part=_part_of(text))
-        else:
-            out += self.event(
-                "response.function_call_arguments.done",
-                **self._at(item),
-                name=item["name"],
-                arguments=item["arguments"],
-            )
-        return out + self.event("response.output_item.done", output_index=len(self.items) - 1, item=item)
-
-    def _at(self, item: dict[str, Any]) -> dict[str, Any]:
-        return {"item_id": item["id"], "output_index": self.positions[item["id"]]}
-
-
-def _part_of(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": []}
-
-
-def error_event(events: Events, code: str, message: str) -> bytes:
-    """A failure after the first byte: the stream's last event. ``code`` and ``message`` as the
-    Responses API's error event has them, and the same in an ``error`` object, which is what
-    makes OpenAI's SDKs raise instead of handing the event on."""
-    error = {"code": code, "message": message, "param": None}
-    return events.event("error", **error, error={"type": code, **error})

@@ -17,10 +17,11 @@ from turnout.config import DATA_CLASSES
 from turnout.control.tokens import utf8_count
 from turnout.errors import TurnoutError
 from turnout.providers.base import Usage
-from turnout.serving import response_items
+from turnout.serving import response_events, response_items
 from turnout.serving.asgi import json_object
 from turnout.serving.door import Reply, check_episode_id
-from turnout.serving.response_items import Events, bad
+from turnout.serving.response_events import Events
+from turnout.serving.response_items import bad
 from turnout.serving.translated import Encoder, TranslatedDoor
 
 ENDPOINT = "responses"
@@ -73,7 +74,7 @@ class _Events(Events):
         return super().end(self.prompt_tokens, utf8_count(generated))
 
     def error(self, err: TurnoutError) -> bytes:
-        return response_items.error_event(self, err.code or err.type, err.message)
+        return response_events.error_event(self, err.code or err.type, err.message)
 
 
 def validate(body: dict[str, Any]) -> ResponsesRequest:
