@@ -290,6 +290,34 @@ async def test_a_budget_is_charged_and_then_refuses_with_a_rate_limit_error(
     assert (refused.status, refused.endpoint) == (429, "messages")
 
 
+async def test_cached_input_tokens_are_reported_apart_as_anthropic_counts_them(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """OpenAI's ``prompt_tokens`` counts cached tokens (and Bedrock's cache writes, reported as
+    ``cache_creation_input_tokens``); Anthropic's ``input_tokens`` is the uncached rest."""
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 5,
+        "total_tokens": 105,
+        "prompt_tokens_details": {"cached_tokens": 60},
+        "cache_creation_input_tokens": 10,
+    }
+    async with (
+        FakeUpstream(usage=usage) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
+    ):
+        ask: Any = {"model": "support", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+        plain = await client.messages.create(**ask)
+        async with client.messages.stream(**ask) as stream:
+            streamed = await stream.get_final_message()
+        rows_seen = await rows(app, 2)
+    for answer in (plain, streamed):
+        counts = answer.usage
+        assert (counts.input_tokens, counts.cache_read_input_tokens, counts.cache_creation_input_tokens) == (30, 60, 10)
+        assert counts.output_tokens == 5
+    assert [(r.prompt_tokens, r.completion_tokens) for r in rows_seen] == [(100, 5)] * 2  # the ledger's: all of them
+
+
 async def test_x_api_key_and_bearer_both_identify_the_tenant(make_app: AppFactory, tmp_path: Path) -> None:
     async with FakeUpstream() as up:
         app = await make_app(config(tmp_path, {"onprem": up.base_url}))

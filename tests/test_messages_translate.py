@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turnout.errors import RequestError
+from turnout.providers.base import Usage
 from turnout.serving import anthropic, anthropic_events
 
 text = st.text(min_size=1, max_size=30)
@@ -157,9 +158,10 @@ def test_streamed_events_reassemble_to_the_non_stream_message(
     ]
     said = {"role": "assistant", "content": content or None, "tool_calls": tool_calls or None}
     whole = {"choices": [{"message": said, "finish_reason": finish}]}
-    expected = anthropic.message(whole, "msg_1", "task", (11, 7))
+    expected = anthropic.message(whole, "msg_1", "task", Usage(11, 7))
     events = anthropic_events.Events("msg_1", "task", 11)
-    stream = events.start() + b"".join(events.chunk(c) for c in _chunks(content, calls, cut, finish)) + events.end(7)
+    chunks = _chunks(content, calls, cut, finish)
+    stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(Usage(11, 7))
     assert _reassemble(stream) == expected
 
 
@@ -211,10 +213,11 @@ def test_interleaved_tool_call_deltas_stream_one_whole_block_after_another(
         for i, n, a in calls
     ]
     said = {"role": "assistant", "content": content or None, "tool_calls": tool_calls}
-    expected = anthropic.message({"choices": [{"message": said, "finish_reason": "tool_calls"}]}, "m", "t", (11, 7))
+    whole = {"choices": [{"message": said, "finish_reason": "tool_calls"}]}
+    expected = anthropic.message(whole, "m", "t", Usage(11, 7))
     events = anthropic_events.Events("m", "t", 11)
     chunks = _interleaved(_chunks(content, calls, cut, "tool_calls"))
-    stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(7)
+    stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(Usage(11, 7))
     _one_block_at_a_time(stream)
     assert _reassemble(stream) == expected
 
@@ -228,7 +231,7 @@ def test_text_after_a_streamed_call_waits_for_it_to_end() -> None:
         {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
     ]
     events = anthropic_events.Events("m", "t", 1)
-    stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(2)
+    stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(Usage(1, 2))
     _one_block_at_a_time(stream)
     content = _reassemble(stream)["content"]
     assert content == [
@@ -308,15 +311,15 @@ def test_a_final_assistant_prefill_may_be_empty_and_valid_ranges_pass() -> None:
 def test_a_stop_sequence_the_upstream_names_is_reported_as_one() -> None:
     """vLLM says which stop string ended the answer (``stop_reason``); it was reported as end_turn."""
     said = {"choices": [{"message": {"content": "one, two"}, "finish_reason": "stop", "stop_reason": "END"}]}
-    whole = anthropic.message(said, "msg_1", "task", (1, 2), ["END"])
+    whole = anthropic.message(said, "msg_1", "task", Usage(1, 2), ["END"])
     assert (whole["stop_reason"], whole["stop_sequence"]) == ("stop_sequence", "END")
     natural = {"choices": [{"message": {"content": "one"}, "finish_reason": "stop", "stop_reason": None}]}
-    assert anthropic.message(natural, "msg_1", "task", (1, 2), ["END"])["stop_reason"] == "end_turn"
+    assert anthropic.message(natural, "msg_1", "task", Usage(1, 2), ["END"])["stop_reason"] == "end_turn"
     token = {"choices": [{"message": {"content": "one"}, "finish_reason": "stop", "stop_reason": 128009}]}
-    assert anthropic.message(token, "msg_1", "task", (1, 2), ["END"])["stop_sequence"] is None  # a token id: EOS
+    assert anthropic.message(token, "msg_1", "task", Usage(1, 2), ["END"])["stop_sequence"] is None  # a token id: EOS
     events = anthropic_events.Events("msg_1", "task", 1, ["END"])
     last = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]}
-    stream = events.start() + events.chunk(last) + events.end(2)
+    stream = events.start() + events.chunk(last) + events.end(Usage(1, 2))
     assert b'"stop_reason":"stop_sequence","stop_sequence":"END"' in stream
 
 

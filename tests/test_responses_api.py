@@ -271,6 +271,30 @@ async def test_interleaved_tool_call_deltas_go_to_their_own_items(make_app: AppF
     assert [(i.call_id, i.arguments) for i in final.output] == [(c["id"], c["arguments"]) for c in calls]  # type: ignore[union-attr]
 
 
+async def test_cached_and_reasoning_tokens_are_reported_as_the_upstream_counted_them(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 8,
+        "total_tokens": 108,
+        "prompt_tokens_details": {"cached_tokens": 60},
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
+    async with (
+        FakeUpstream(usage=usage) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        plain = await client.responses.create(model="support", input="Hi")
+        async with client.responses.stream(model="support", input="Hi") as stream:
+            streamed = await stream.get_final_response()
+    for answer in (plain, streamed):
+        counts = answer.usage
+        assert counts is not None and (counts.input_tokens, counts.output_tokens, counts.total_tokens) == (100, 8, 108)
+        assert counts.input_tokens_details.cached_tokens == 60
+        assert counts.output_tokens_details.reasoning_tokens == 3
+
+
 async def test_a_json_schema_format_reaches_the_target_and_the_sdk_parses_the_answer(
     make_app: AppFactory, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turnout.errors import RequestError
+from turnout.providers.base import Usage
 from turnout.serving import response_events, response_items
 from turnout.serving.openapi_responses import responses_schemas
 from turnout.serving.responses import validate
@@ -255,10 +256,10 @@ def test_streamed_events_reassemble_to_the_plain_response(answer: Any, cuts: lis
     if not said and not calls:
         said = "ok"
     items, plain_finish = response_items.output(completion(said, calls, finish), "r1")
-    plain = response_items.response("r1", 7, "task", items, (3, 5), plain_finish, {"metadata": {}})
+    plain = response_items.response("r1", 7, "task", items, Usage(3, 5), plain_finish, {"metadata": {}})
     events_out = response_events.Events("r1", 7, "task", {"metadata": {}})
     sse = events_out.start() + b"".join(events_out.chunk(c) for c in chunks(said, calls, finish, cuts))
-    events = parse(sse + events_out.end(3, 5))
+    events = parse(sse + events_out.end(Usage(3, 5)))
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert [e["type"] for e in events[:2]] == ["response.created", "response.in_progress"]
     assert events[0]["response"]["status"] == "in_progress" and events[0]["response"]["output"] == []
@@ -309,10 +310,10 @@ def test_interleaved_tool_call_deltas_go_to_their_own_items(
     said: str, calls: list[tuple[str, str, str]], cuts: list[int]
 ) -> None:
     items, finish = response_items.output(completion(said, calls, "tool_calls"), "r1")
-    plain = response_items.response("r1", 7, "task", items, (3, 5), finish, {"metadata": {}})
+    plain = response_items.response("r1", 7, "task", items, Usage(3, 5), finish, {"metadata": {}})
     events_out = response_events.Events("r1", 7, "task", {"metadata": {}})
     sse = events_out.start() + b"".join(events_out.chunk(c) for c in interleaved(chunks(said, calls, None, cuts)))
-    events = parse(sse + events_out.end(3, 5))
+    events = parse(sse + events_out.end(Usage(3, 5)))
     one_item_at_a_time(events)
     for e in events:
         if e["type"] == "response.function_call_arguments.done":
@@ -323,7 +324,7 @@ def test_interleaved_tool_call_deltas_go_to_their_own_items(
 
 def test_a_cut_answer_is_incomplete_and_says_why() -> None:
     items, finish = response_items.output(completion("half", [], "length"), "r2")
-    answer = response_items.response("r2", 1, "task", items, (1, 1), finish)
+    answer = response_items.response("r2", 1, "task", items, Usage(1, 1), finish)
     assert (answer["status"], answer["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
     assert answer["usage"]["total_tokens"] == 2
 

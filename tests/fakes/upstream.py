@@ -94,7 +94,7 @@ class FakeUpstream(FakeServer):
     fault: Fault = field(default_factory=Fault)
     # Answered instead of ``reply`` when the request offers tools: [{"id", "name", "arguments"}].
     tool_calls: tuple[dict[str, Any], ...] = ()
-    usage: dict[str, int] | None = None  # fixed usage instead of the word count
+    usage: dict[str, Any] | None = None  # fixed usage instead of the word count
     # Replies for the next requests, one each, before ``reply``; the last one stays as ``reply``.
     queue: list[tuple[str, ...]] = field(default_factory=list)
     no_usage: bool = False  # report none ("usage": null), as some servers and proxies do
@@ -285,7 +285,7 @@ class FakeUpstream(FakeServer):
             text += " (altered)"
         return (text,)
 
-    def _usage(self, body: Any) -> dict[str, int] | None:
+    def _usage(self, body: Any) -> dict[str, Any] | None:
         if self.no_usage:
             return None
         if self.usage is not None:

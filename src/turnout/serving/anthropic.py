@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from turnout.errors import RequestError, TurnoutError
+from turnout.providers.base import Usage
 
 # Fields read here; ``model``, ``stream``, ``max_tokens`` and ``metadata`` by the door itself.
 FIELDS = frozenset(
@@ -278,7 +279,7 @@ def _strings(value: Any, param: str) -> list[str]:
 
 
 def message(
-    chat: Mapping[str, Any], message_id: str, task: str, usage: tuple[int, int], stops: Sequence[str] = ()
+    chat: Mapping[str, Any], message_id: str, task: str, usage: Usage, stops: Sequence[str] = ()
 ) -> dict[str, Any]:
     """A chat completion as an Anthropic ``message``. ``stops``: the request's stop sequences."""
     choices = chat.get("choices") or [{}]
@@ -302,7 +303,19 @@ def message(
         "content": content,
         "stop_reason": stop_reason(choice.get("finish_reason"), content, matched),
         "stop_sequence": matched,
-        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
+        "usage": usage_of(usage),
+    }
+
+
+def usage_of(usage: Usage) -> dict[str, int]:
+    """Anthropic's usage: ``input_tokens`` are the uncached ones only, beside the tokens read from
+    (``cache_read_input_tokens``) and written to (``cache_creation_input_tokens``) a prompt cache,
+    where OpenAI's ``prompt_tokens`` counts them all."""
+    return {
+        "input_tokens": usage.uncached_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+        "output_tokens": usage.completion_tokens,
     }
 
 

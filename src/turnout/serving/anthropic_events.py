@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from turnout.serving.anthropic import STOP_REASONS, stop_matched
+from turnout.providers.base import Usage
+from turnout.serving.anthropic import STOP_REASONS, stop_matched, usage_of
 from turnout.serving.call_order import CallOrder
 
 
@@ -41,7 +42,7 @@ class Events:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
+            "usage": usage_of(Usage(self.input_tokens, 0)),
         }
         return event("message_start", {"type": "message_start", "message": message}) + event("ping", {"type": "ping"})
 
@@ -58,13 +59,10 @@ class Events:
                 self.matched = stop_matched(choice, self.stops)
         return out
 
-    def end(self, output_tokens: int, input_tokens: int | None = None) -> bytes:
-        """The held blocks, then the usage; ``input_tokens``: the upstream's count, where it gave
-        one (``message_start`` had the gateway's bound)."""
+    def end(self, usage: Usage) -> bytes:
+        """The held blocks, then ``message_delta`` with ``usage`` (``message_start`` had the
+        gateway's prompt bound)."""
         out = self._held() + self._close()
-        usage = {"output_tokens": output_tokens}
-        if input_tokens is not None:
-            usage["input_tokens"] = input_tokens
         reason = STOP_REASONS.get(str(self.finish), "tool_use" if self.calls.live is not None else "end_turn")
         if self.finish == "stop" and self.matched is not None:
             reason = "stop_sequence"
@@ -73,7 +71,7 @@ class Events:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": reason, "stop_sequence": self.matched},
-                "usage": usage,
+                "usage": usage_of(usage),
             },
         )
         return out + event("message_stop", {"type": "message_stop"})

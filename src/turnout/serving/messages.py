@@ -41,9 +41,8 @@ class MessagesDoor(TranslatedDoor[MessagesRequest]):
         return validate(json_object(raw))
 
     def message(self, reply: Reply[MessagesRequest], answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
-        tokens = (usage.prompt_tokens, usage.completion_tokens)
         stops = reply.request.body.get("stop", ())
-        return anthropic.message(answer, f"msg_{reply.request_id}", reply.request.task, tokens, stops)
+        return anthropic.message(answer, f"msg_{reply.request_id}", reply.request.task, usage, stops)
 
     def encoder(self, reply: Reply[MessagesRequest], prompt_tokens: int) -> Encoder:
         stops = reply.request.body.get("stop", ())
@@ -57,9 +56,7 @@ class _Events(anthropic_events.Events):
     """Anthropic's events as the relay's encoder."""
 
     def end(self, usage: Usage | None, generated: list[str]) -> bytes:  # type: ignore[override]
-        if usage is not None:
-            return super().end(usage.completion_tokens, usage.prompt_tokens)
-        return super().end(utf8_count(generated))
+        return super().end(usage or Usage(self.input_tokens, utf8_count(generated)))
 
     def error(self, err: TurnoutError) -> bytes:
         return anthropic_events.event("error", anthropic.error_body(err))

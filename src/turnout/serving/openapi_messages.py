@@ -79,7 +79,13 @@ def _answer() -> Schema:
                 "type": "object",
                 "required": ["input_tokens", "output_tokens"],
                 "properties": {
-                    "input_tokens": {"type": "integer", "minimum": 0},
+                    "input_tokens": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "The input tokens not read from or written to a prompt cache.",
+                    },
+                    "cache_read_input_tokens": {"type": "integer", "minimum": 0},
+                    "cache_creation_input_tokens": {"type": "integer", "minimum": 0},
                     "output_tokens": {"type": "integer", "minimum": 0},
                 },
             },

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from turnout.providers.base import Usage
 from turnout.serving.call_order import CallOrder
 from turnout.serving.response_items import call_item, message_item, response
 
@@ -48,17 +49,10 @@ class Events:
                 self.finish = choice["finish_reason"]
         return out
 
-    def end(self, input_tokens: int, output_tokens: int) -> bytes:
+    def end(self, usage: Usage) -> bytes:
+        """The held items, then ``response.completed`` (or ``.incomplete``) with ``usage``."""
         out = self._held() + self._close()
-        final = response(
-            self.response_id,
-            self.created_at,
-            self.task,
-            self.items,
-            (input_tokens, output_tokens),
-            self.finish,
-            self.echo,
-        )
+        final = response(self.response_id, self.created_at, self.task, self.items, usage, self.finish, self.echo)
         kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
         return out + self.event(kind, response=final)
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from turnout.errors import RequestError
+from turnout.providers.base import Usage
 
 # Fields read here; ``model``, ``stream``, ``store``, ``metadata`` and ``user`` by the door itself.
 FIELDS = frozenset(
@@ -276,7 +277,7 @@ def response(
     created_at: int,
     task: str,
     items: list[dict[str, Any]],
-    usage: tuple[int, int] | None,
+    usage: Usage | None,
     finish: Any = None,
     echo: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -293,18 +294,19 @@ def response(
         "incomplete_details": {"reason": incomplete} if incomplete and usage is not None else None,
         "model": task,
         "output": items,
-        "usage": None if usage is None else _usage(*usage),
+        "usage": None if usage is None else _usage(usage),
         **(echo or {}),
     }
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+def _usage(usage: Usage) -> dict[str, Any]:
+    """The Responses API's usage: the details as the upstream reported them (0: it said none)."""
     return {
-        "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": input_tokens + output_tokens,
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     }
 
 

@@ -46,11 +46,8 @@ class ResponsesDoor(TranslatedDoor[ResponsesRequest]):
 
     def message(self, reply: Reply[ResponsesRequest], answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
         items, finish = response_items.output(answer, reply.request_id)
-        tokens = (usage.prompt_tokens, usage.completion_tokens)
-        req = reply.request
-        return response_items.response(
-            reply.request_id, int(reply.started_at), req.task, items, tokens, finish, req.echo
-        )
+        req, started = reply.request, int(reply.started_at)
+        return response_items.response(reply.request_id, started, req.task, items, usage, finish, req.echo)
 
     def encoder(self, reply: Reply[ResponsesRequest], prompt_tokens: int) -> Encoder:
         req = reply.request
@@ -69,9 +66,7 @@ class _Events(Events):
         self.prompt_tokens = prompt_tokens
 
     def end(self, usage: Usage | None, generated: list[str]) -> bytes:  # type: ignore[override]
-        if usage is not None:
-            return super().end(usage.prompt_tokens, usage.completion_tokens)
-        return super().end(self.prompt_tokens, utf8_count(generated))
+        return super().end(usage or Usage(self.prompt_tokens, utf8_count(generated)))
 
     def error(self, err: TurnoutError) -> bytes:
         return response_events.error_event(self, err.code or err.type, err.message)
