@@ -318,6 +318,22 @@ async def test_cached_input_tokens_are_reported_apart_as_anthropic_counts_them(
     assert [(r.prompt_tokens, r.completion_tokens) for r in rows_seen] == [(100, 5)] * 2  # the ledger's: all of them
 
 
+async def test_a_stream_without_upstream_usage_reports_what_the_ledger_charged(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The upstream counts nothing: the client is told the gateway's count, the one the row
+    keeps (``usage_estimated``), not the answer's bytes."""
+    async with (
+        FakeUpstream(reply=("Grüße", " aus", " Köln"), no_usage=True) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
+        client.messages.stream(model="support", max_tokens=50, messages=[{"role": "user", "content": "Hi"}]) as stream,
+    ):
+        final = await stream.get_final_message()
+        [row] = await rows(app, 1)
+    assert row.usage_estimated is True
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (row.prompt_tokens, row.completion_tokens)
+
+
 async def test_x_api_key_and_bearer_both_identify_the_tenant(make_app: AppFactory, tmp_path: Path) -> None:
     async with FakeUpstream() as up:
         app = await make_app(config(tmp_path, {"onprem": up.base_url}))

@@ -295,6 +295,22 @@ async def test_cached_and_reasoning_tokens_are_reported_as_the_upstream_counted_
         assert counts.output_tokens_details.reasoning_tokens == 3
 
 
+async def test_a_stream_without_upstream_usage_reports_what_the_ledger_charged(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The upstream counts nothing: the client is told the gateway's count, the one the row
+    keeps (``usage_estimated``), not the answer's bytes."""
+    async with (
+        FakeUpstream(reply=("Grüße", " aus", " Köln"), no_usage=True) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
+        client.responses.stream(model="support", input="Hi") as stream,
+    ):
+        final = await stream.get_final_response()
+        [row] = await rows(app, 1)
+    assert row.usage_estimated is True and final.usage is not None
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (row.prompt_tokens, row.completion_tokens)
+
+
 async def test_a_json_schema_format_reaches_the_target_and_the_sdk_parses_the_answer(
     make_app: AppFactory, tmp_path: Path
 ) -> None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.config import DATA_CLASSES
-from turnout.control.tokens import utf8_count
 from turnout.errors import TurnoutError
 from turnout.providers.base import Usage
 from turnout.serving import anthropic, anthropic_events
@@ -54,9 +53,6 @@ MESSAGES_DOOR = MessagesDoor()
 
 class _Events(anthropic_events.Events):
     """Anthropic's events as the relay's encoder."""
-
-    def end(self, usage: Usage | None, generated: list[str]) -> bytes:  # type: ignore[override]
-        return super().end(usage or Usage(self.input_tokens, utf8_count(generated)))
 
     def error(self, err: TurnoutError) -> bytes:
         return anthropic_events.event("error", anthropic.error_body(err))

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.config import DATA_CLASSES
-from turnout.control.tokens import utf8_count
 from turnout.errors import TurnoutError
 from turnout.providers.base import Usage
 from turnout.serving import response_events, response_items
@@ -51,22 +50,14 @@ class ResponsesDoor(TranslatedDoor[ResponsesRequest]):
 
     def encoder(self, reply: Reply[ResponsesRequest], prompt_tokens: int) -> Encoder:
         req = reply.request
-        return _Events(reply.request_id, int(reply.started_at), req.task, req.echo, prompt_tokens)
+        return _Events(reply.request_id, int(reply.started_at), req.task, req.echo)
 
 
 RESPONSES_DOOR = ResponsesDoor()
 
 
 class _Events(Events):
-    """The Responses API's events as the relay's encoder; ``prompt_tokens``: the input tokens
-    to report where the upstream counts none."""
-
-    def __init__(self, response_id: str, created_at: int, task: str, echo: dict[str, Any], prompt_tokens: int) -> None:
-        super().__init__(response_id, created_at, task, echo)
-        self.prompt_tokens = prompt_tokens
-
-    def end(self, usage: Usage | None, generated: list[str]) -> bytes:  # type: ignore[override]
-        return super().end(usage or Usage(self.prompt_tokens, utf8_count(generated)))
+    """The Responses API's events as the relay's encoder."""
 
     def error(self, err: TurnoutError) -> bytes:
         return response_events.error_event(self, err.code or err.type, err.message)
