@@ -328,3 +328,29 @@ def test_the_data_class_is_read_in_any_case_as_on_the_other_doors() -> None:
 
     found = validate({"model": "t", "max_tokens": 5, "messages": USER, "metadata": {"data_class": "Public"}})
     assert found.data_class == "public"
+
+
+def test_a_tools_strict_reaches_the_target_and_cache_control_is_accepted_and_ignored() -> None:
+    """``strict`` is chat's ``function.strict``; ``cache_control`` (which the SDKs send) has no
+    chat equivalent for an OpenAI-compatible upstream: accepted, documented as ignored, and not
+    passed on."""
+    ephemeral = {"type": "ephemeral"}
+    chat = anthropic.to_chat(
+        {
+            "max_tokens": 5,
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": ephemeral}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": ephemeral}]}],
+            "tools": [
+                {"name": "f", "input_schema": {"type": "object"}, "strict": True, "cache_control": ephemeral},
+                {"name": "g"},
+            ],
+        }
+    )
+    assert [t["function"] for t in chat["tools"]] == [
+        {"name": "f", "parameters": {"type": "object"}, "strict": True},
+        {"name": "g", "parameters": {"type": "object"}},
+    ]
+    assert "cache_control" not in orjson.dumps(chat).decode()
+    with pytest.raises(RequestError) as refused:
+        anthropic.to_chat({"max_tokens": 5, "messages": USER, "tools": [{"name": "f", "strict": "yes"}]})
+    assert refused.value.param == "tools[0].strict"

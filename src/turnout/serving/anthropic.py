@@ -4,8 +4,11 @@ Request: ``system`` becomes a system message; text blocks stay text parts; ``ima
 (base64 or URL) become ``image_url`` parts; an assistant's ``tool_use`` blocks become its
 ``tool_calls``; a user's ``tool_result`` blocks become ``tool`` messages (placed before the
 rest of that user turn, as OpenAI wants them right after the call); ``tools``, ``tool_choice``,
-``stop_sequences``, ``temperature``, ``top_p``, ``top_k`` and ``metadata.user_id`` map to their
-chat names. A field this door does not translate is refused (400 naming it), never dropped.
+``stop_sequences``, ``temperature``, ``top_p``, ``top_k``, ``metadata.user_id`` and a tool's
+``strict`` (→ ``function.strict``) map to their chat names. A field this door does not translate is
+refused (400 naming it), never dropped, but for ``cache_control`` on blocks and tools: the SDKs
+send it, and an OpenAI-compatible chat body (or this gateway's Bedrock translation) has no cache
+points to put it in, so it is accepted and ignored (the README says so).
 
 Answer: a chat completion becomes a ``message`` with ``text`` and ``tool_use`` content blocks;
 ``finish_reason`` maps to ``stop_reason``, ``stop_sequence`` where the upstream names the stop
@@ -229,6 +232,10 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool["name"], "parameters": schema}
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]
+    if tool.get("strict") is not None:
+        if not isinstance(tool["strict"], bool):
+            raise bad(f"{at}.strict", f"'{at}.strict' must be a boolean")
+        function["strict"] = tool["strict"]
     return {"type": "function", "function": function}
 
 
