@@ -120,7 +120,8 @@ async def test_a_plain_response_is_answered_in_the_responses_shape(make_app: App
         assert (item.type, item.role) == ("message", "assistant")  # type: ignore[union-attr]
         assert answer.usage is not None and answer.usage.output_tokens == 2
         assert answer.usage.total_tokens == answer.usage.input_tokens + 2
-        assert answer.metadata == {"ticket": "T-1"} and answer.model_dump()["store"] is True  # echoed; nothing kept
+        assert answer.metadata == {"ticket": "T-1"}
+        assert answer.model_dump()["store"] is False  # asked, but nothing is kept: the Response says so
         assert raw.headers["x-turnout-task"] == "support" and raw.headers["x-turnout-target"] == "onprem"
         assert float(raw.headers["x-turnout-cost-usd"]) > 0
         sent = chats(up)[0]

@@ -111,7 +111,10 @@ def test_settings_map_to_their_chat_names() -> None:
         "parallel_tool_calls": False,
         "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": True}],
         "tool_choice": "required",
-        "text": {"format": {"type": "json_schema", "name": "Out", "schema": {"type": "object"}, "strict": True}},
+        "text": {
+            "format": {"type": "json_schema", "name": "Out", "schema": {"type": "object"}, "strict": True},
+            "verbosity": "low",
+        },
     }
     assert response_items.to_chat(body) == {
         "messages": [{"role": "user", "content": "hi"}],
@@ -125,6 +128,7 @@ def test_settings_map_to_their_chat_names() -> None:
             "type": "json_schema",
             "json_schema": {"name": "Out", "schema": {"type": "object"}, "strict": True},
         },
+        "verbosity": "low",  # chat's name for it: the targets that know it apply it
     }
     plain = response_items.to_chat({"model": "t", "input": "x", "text": {"format": {"type": "text"}}})
     assert "response_format" not in plain
@@ -145,6 +149,12 @@ def test_settings_map_to_their_chat_names() -> None:
         ({"input": [{"type": "function_call", "name": "f"}]}, "input[0]", "invalid_value"),
         ({"input": [{"type": "function_call_output", "call_id": "c", "output": 3}]}, "input[0].output",
          "invalid_value"),
+        # a chat tool message carries text only: an image in a call's output would be lost
+        ({"input": [{"type": "function_call_output", "call_id": "c",
+                     "output": [{"type": "input_text", "text": "see"}, {"type": "input_image", "image_url": IMAGE}]}]},
+         "input[0].output[1]", "invalid_value"),
+        ({"text": {"verbosity": "loud"}}, "text.verbosity", "invalid_value"),
+        ({"text": {"format": {"type": "text"}, "tone": "dry"}}, "text.tone", "invalid_value"),
         ({"tools": [{"type": "file_search"}]}, "tools[0]", "invalid_value"),
         ({"tool_choice": {"type": "function"}}, "tool_choice", "invalid_value"),
         ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name", "invalid_value"),
@@ -174,7 +184,8 @@ def test_the_door_reads_its_metadata_and_accepts_store() -> None:
     assert (request.data_class, request.user, request.episode_id, request.stream) == ("restricted", "u-1", "T-9", True)
     assert request.body["stream_options"] == {"include_usage": True} and request.body["user"] == "u-1"
     assert "metadata" not in request.body and "store" not in request.body  # neither reaches a target
-    assert request.echo["store"] is True and request.echo["metadata"]["ticket"] == "x"
+    assert request.echo["metadata"]["ticket"] == "x"
+    assert request.echo["store"] is False  # nothing was stored: the Response does not say it was
 
 
 def test_the_description_names_exactly_the_fields_the_door_reads() -> None:

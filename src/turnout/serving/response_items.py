@@ -5,11 +5,13 @@ message; as items, a ``message`` item keeps its role (``developer`` becomes ``sy
 every target's chat template knows) with ``input_text`` / ``output_text`` / ``input_image``
 parts, consecutive ``function_call`` items become one assistant message's ``tool_calls`` and a
 ``function_call_output`` a ``tool`` message. Function ``tools``, ``tool_choice``,
-``text.format`` (→ ``response_format``), ``max_output_tokens`` (→ ``max_tokens``),
-``temperature``, ``top_p`` and ``parallel_tool_calls`` map to their chat names. Turnout keeps no
-response state: ``previous_response_id``, ``conversation`` and item references are refused (400),
-``store`` is accepted and nothing is stored. Any other field is refused (400 naming it), never
-dropped.
+``text.format`` (→ ``response_format``), ``text.verbosity`` (→ ``verbosity``, applied by the
+targets that know it), ``max_output_tokens`` (→ ``max_tokens``), ``temperature``, ``top_p`` and
+``parallel_tool_calls`` map to their chat names. A ``function_call_output`` carries text only (a
+chat ``tool`` message does): an image in it is refused. Turnout keeps no response state:
+``previous_response_id``, ``conversation`` and item references are refused (400), ``store`` is
+accepted (OpenAI's SDKs default it to true) and nothing is stored, so the Response says
+``store: false``. Any other field is refused (400 naming it), never dropped.
 
 Answer: a chat completion becomes a ``response`` with a ``message`` item (``output_text``) and
 one ``function_call`` item per tool call; ``response_events.Events`` turns a chat stream into the
@@ -48,6 +50,7 @@ STATEFUL = ("previous_response_id", "conversation")  # refused: turnout keeps no
 ROLES = frozenset({"user", "assistant", "system", "developer"})
 PARTS = frozenset({"input_text", "output_text", "input_image"})
 FORMATS = frozenset({"text", "json_object", "json_schema"})
+VERBOSITY = ("low", "medium", "high")
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -165,7 +168,12 @@ def _function_output(item: Mapping[str, Any], at: str) -> dict[str, Any]:
     if not isinstance(call_id, str) or not call_id:
         raise bad(f"{at}.call_id", f"'{at}.call_id' is required")
     if isinstance(output, list):
-        output = "".join(_part(p, f"{at}.output[{k}]").get("text", "") for k, p in enumerate(output))
+        parts = [_part(p, f"{at}.output[{k}]") for k, p in enumerate(output)]
+        for k, part in enumerate(parts):  # a chat tool message holds text only: an image would be lost
+            if part["type"] != "text":
+                where = f"{at}.output[{k}]"
+                raise bad(where, f"'{where}': a function_call_output can carry text only here (chat tool messages)")
+        output = "".join(part["text"] for part in parts)
     elif not isinstance(output, str):
         raise bad(f"{at}.output", f"'{at}.output' must be a string or text parts")
     return {"role": "tool", "tool_call_id": call_id, "content": output}
@@ -200,7 +208,18 @@ def _tool_choice(choice: Any) -> Any:
 def _text(text: Any) -> dict[str, Any]:
     if not isinstance(text, dict):
         raise bad("text", "'text' must be an object")
-    fmt = text.get("format")
+    unknown = sorted(k for k in text if k not in ("format", "verbosity"))
+    if unknown:
+        raise bad(f"text.{unknown[0]}", f"'text.{unknown[0]}' is not supported by this gateway's Responses API")
+    out: dict[str, Any] = {}
+    if text.get("verbosity") is not None:
+        if text["verbosity"] not in VERBOSITY:
+            raise bad("text.verbosity", "'text.verbosity' must be low, medium or high")
+        out["verbosity"] = text["verbosity"]  # chat's name for it
+    return out | _format(text.get("format"))
+
+
+def _format(fmt: Any) -> dict[str, Any]:
     if fmt is None:
         return {}
     kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -318,7 +337,7 @@ def echo(body: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": body.get("metadata") or {},
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "previous_response_id": None,
-        "store": body.get("store", True),
+        "store": False,  # whatever was asked: nothing is stored
         "temperature": body.get("temperature"),
         "top_p": body.get("top_p"),
         "text": body.get("text") or {"format": {"type": "text"}},

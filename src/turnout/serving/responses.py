@@ -4,8 +4,10 @@ shared pipeline.
 ``model`` names a task; the request is translated to the chat body the targets take
 (``turnout.serving.response_items``), so every target a task routes to (self-hosted, Bedrock,
 the embedded model) serves it with the same policy, quotas, fallback and ledger as chat
-completions. Turnout keeps no response state: ``store`` is accepted and nothing is stored,
-``previous_response_id`` is a 400. Streams are relayed as the Responses API's typed events.
+completions. Turnout keeps no response state: ``store`` is accepted and nothing is stored (the
+Response says ``store: false``), ``previous_response_id`` is a 400. ``text.verbosity`` is passed
+to the targets as chat's ``verbosity`` (and echoed as sent); a function call's output carries text
+only. Streams are relayed as the Responses API's typed events.
 """
 
 from __future__ import annotations
