@@ -144,6 +144,29 @@ async def test_streams_from_an_upstream_without_usage_are_charged(
     assert state["spent"] == pytest.approx(5 * usd(PROMPT, completion_tokens(REPLY)), abs=1e-5)
 
 
+async def test_a_stream_that_asked_for_usage_gets_the_count_the_ledger_charged(make_app: AppFactory) -> None:
+    """``include_usage`` from an upstream that sends no usage: the last chunk before ``[DONE]``
+    is the usage chunk all the same, with the counts the row was charged (the gateway's, as
+    ``usage_estimated`` says); without ``include_usage``, none."""
+    async with FakeUpstream(reply=REPLY, no_usage=True) as fake:
+        app = await make_app(config(fake.base_url, 1.0, {"backend": "memory"}))
+        asked = await chat(app, stream=True, stream_options={"include_usage": True})
+        plain = await chat(app, stream=True)
+        rows = await ledger(app, 2)
+    [row] = [r for r in rows if r.request_id == asked.headers["x-turnout-request-id"]]
+    *_, last, done = asked.events()
+    assert done == "[DONE]" and last["choices"] == [] and last["model"] == "chat"
+    assert last["id"] == f"chatcmpl-{asked.headers['x-turnout-request-id']}"
+    assert row.prompt_tokens is not None and row.completion_tokens is not None
+    assert last["usage"] == {
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "total_tokens": row.prompt_tokens + row.completion_tokens,
+    }
+    assert (row.usage_estimated, row.completion_tokens) == (True, completion_tokens(REPLY))
+    assert all("usage" not in e for e in plain.events()[:-1])
+
+
 async def test_a_whole_answer_without_usage_is_charged_and_the_row_says_so(
     make_app: AppFactory, limits_section: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -167,6 +167,15 @@ def test_entry_round_trip_completion() -> None:
     assert again is not None and again.body is not None and again.body["id"] == "x"
 
 
+def test_entry_keeps_the_usage_details_and_reads_entries_without_them() -> None:
+    detailed = Usage(10, 5, cached_tokens=6, cache_write_tokens=2, reasoning_tokens=3)
+    for usage in (detailed, Usage(10, 5)):
+        entry = decode(encode("tgt", "mv", None, usage, body=b"{}"))
+        assert entry is not None and entry.usage == usage
+    old = orjson.loads(encode("tgt", "mv", None, Usage(10, 5), body=b"{}"))
+    assert old["usage"] == [10, 5]  # as entries were written before the details were kept
+
+
 async def test_entry_round_trip_stream() -> None:
     chunks = [{"choices": [{"delta": {"content": c}}]} for c in ("a", "b")]
     entry = decode(encode("tgt", "mv", None, None, chunks=[orjson.dumps(c) for c in chunks]))

@@ -185,6 +185,41 @@ async def test_a_streamed_tool_call_arrives_as_input_json_deltas(make_app: AppFa
     assert final.content[0].input == {"city": "Oslo"}  # type: ignore[union-attr]
 
 
+async def test_interleaved_tool_call_deltas_arrive_whole_one_block_after_another(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """An upstream that interleaves two calls' argument deltas by index: each call is one
+    content block, opened, filled and stopped before the next opens, with all its arguments."""
+    calls = (
+        {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'},
+        {"id": "call_2", "name": "get_weather", "arguments": '{"city": "Bergen", "unit": "kelvin"}'},
+    )
+    async with (
+        FakeUpstream(tool_calls=calls, interleave=True) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+        client.messages.stream(
+            model="support", max_tokens=50, tools=[WEATHER], messages=[{"role": "user", "content": "Oslo, Bergen?"}]
+        ) as stream,
+    ):
+        events = [event async for event in stream]
+        final = await stream.get_final_message()
+    kinds = ("content_block_start", "content_block_delta", "content_block_stop")
+    blocks = [(d["type"], d["index"]) for d in (e.model_dump() for e in events) if d["type"] in kinds]
+    assert blocks == [
+        ("content_block_start", 0),
+        *[("content_block_delta", 0)] * 2,  # its two halves, as they came
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_delta", 1),  # the held call, whole
+        ("content_block_stop", 1),
+    ]
+    assert final.stop_reason == "tool_use"
+    assert [(b.id, b.input) for b in final.content] == [  # type: ignore[union-attr]
+        ("call_1", {"city": "Oslo", "unit": "celsius"}),
+        ("call_2", {"city": "Bergen", "unit": "kelvin"}),
+    ]
+
+
 async def test_errors_come_in_anthropics_shape_and_the_sdk_raises_the_matching_error(
     make_app: AppFactory, tmp_path: Path
 ) -> None:
@@ -253,6 +288,50 @@ async def test_a_budget_is_charged_and_then_refuses_with_a_rate_limit_error(
             [charged, refused] = sorted(await rows(app, 2), key=lambda r: r.started_at)
     assert charged.cost_usd == pytest.approx(0.3)
     assert (refused.status, refused.endpoint) == (429, "messages")
+
+
+async def test_cached_input_tokens_are_reported_apart_as_anthropic_counts_them(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """OpenAI's ``prompt_tokens`` counts cached tokens (and Bedrock's cache writes, reported as
+    ``cache_creation_input_tokens``); Anthropic's ``input_tokens`` is the uncached rest."""
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 5,
+        "total_tokens": 105,
+        "prompt_tokens_details": {"cached_tokens": 60},
+        "cache_creation_input_tokens": 10,
+    }
+    async with (
+        FakeUpstream(usage=usage) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
+    ):
+        ask: Any = {"model": "support", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+        plain = await client.messages.create(**ask)
+        async with client.messages.stream(**ask) as stream:
+            streamed = await stream.get_final_message()
+        rows_seen = await rows(app, 2)
+    for answer in (plain, streamed):
+        counts = answer.usage
+        assert (counts.input_tokens, counts.cache_read_input_tokens, counts.cache_creation_input_tokens) == (30, 60, 10)
+        assert counts.output_tokens == 5
+    assert [(r.prompt_tokens, r.completion_tokens) for r in rows_seen] == [(100, 5)] * 2  # the ledger's: all of them
+
+
+async def test_a_stream_without_upstream_usage_reports_what_the_ledger_charged(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The upstream counts nothing: the client is told the gateway's count, the one the row
+    keeps (``usage_estimated``), not the answer's bytes."""
+    async with (
+        FakeUpstream(reply=("Grüße", " aus", " Köln"), no_usage=True) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
+        client.messages.stream(model="support", max_tokens=50, messages=[{"role": "user", "content": "Hi"}]) as stream,
+    ):
+        final = await stream.get_final_message()
+        [row] = await rows(app, 1)
+    assert row.usage_estimated is True
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (row.prompt_tokens, row.completion_tokens)
 
 
 async def test_x_api_key_and_bearer_both_identify_the_tenant(make_app: AppFactory, tmp_path: Path) -> None:

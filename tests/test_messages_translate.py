@@ -4,6 +4,7 @@ reassemble to the non-stream message."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import orjson
@@ -12,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turnout.errors import RequestError
-from turnout.serving import anthropic
+from turnout.providers.base import Usage
+from turnout.serving import anthropic, anthropic_events
 
 text = st.text(min_size=1, max_size=30)
 ident = st.text(alphabet="abcdefghijklmnop0123456789_", min_size=1, max_size=12)
@@ -156,10 +158,86 @@ def test_streamed_events_reassemble_to_the_non_stream_message(
     ]
     said = {"role": "assistant", "content": content or None, "tool_calls": tool_calls or None}
     whole = {"choices": [{"message": said, "finish_reason": finish}]}
-    expected = anthropic.message(whole, "msg_1", "task", (11, 7))
-    events = anthropic.Events("msg_1", "task", 11)
-    stream = events.start() + b"".join(events.chunk(c) for c in _chunks(content, calls, cut, finish)) + events.end(7)
+    expected = anthropic.message(whole, "msg_1", "task", Usage(11, 7))
+    events = anthropic_events.Events("msg_1", "task", 11)
+    chunks = _chunks(content, calls, cut, finish)
+    stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(Usage(11, 7))
     assert _reassemble(stream) == expected
+
+
+def _interleaved(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same chunks with the calls' deltas taken in turn by index (0, 1, 2, 0, 1, 2, ...), as
+    some upstreams send them; the text before them and the finish stay where they were."""
+    calls: dict[int, list[dict[str, Any]]] = {}
+    rest: list[dict[str, Any]] = []
+    for chunk in chunks:
+        delta = chunk["choices"][0]["delta"]
+        if delta.get("tool_calls"):
+            calls.setdefault(delta["tool_calls"][0]["index"], []).append(chunk)
+        else:
+            rest.append(chunk)
+    turns = [c for group in itertools.zip_longest(*calls.values()) for c in group if c is not None]
+    return rest[:-1] + turns + rest[-1:]
+
+
+def _one_block_at_a_time(stream: bytes) -> None:
+    """Anthropic's rule: a block is started, filled and stopped before the next one starts."""
+    open_block: int | None = None
+    started = 0
+    for frame in stream.decode().split("\n\n"):
+        if not frame:
+            continue
+        event = orjson.loads(frame.split("\n", 1)[1].removeprefix("data: "))
+        if event["type"] == "content_block_start":
+            assert open_block is None and event["index"] == started
+            open_block, started = event["index"], started + 1
+        elif event["type"] == "content_block_delta":
+            assert event["index"] == open_block
+        elif event["type"] == "content_block_stop":
+            assert event["index"] == open_block
+            open_block = None
+    assert open_block is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.text(max_size=20),
+    st.lists(st.tuples(ident, ident, args), min_size=2, max_size=3, unique_by=lambda c: c[0]),
+    st.integers(1, 7),
+)
+def test_interleaved_tool_call_deltas_stream_one_whole_block_after_another(
+    content: str, calls: list[tuple[str, str, dict[str, Any]]], cut: int
+) -> None:
+    tool_calls = [
+        {"id": i, "type": "function", "function": {"name": n, "arguments": orjson.dumps(a).decode()}}
+        for i, n, a in calls
+    ]
+    said = {"role": "assistant", "content": content or None, "tool_calls": tool_calls}
+    whole = {"choices": [{"message": said, "finish_reason": "tool_calls"}]}
+    expected = anthropic.message(whole, "m", "t", Usage(11, 7))
+    events = anthropic_events.Events("m", "t", 11)
+    chunks = _interleaved(_chunks(content, calls, cut, "tool_calls"))
+    stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(Usage(11, 7))
+    _one_block_at_a_time(stream)
+    assert _reassemble(stream) == expected
+
+
+def test_text_after_a_streamed_call_waits_for_it_to_end() -> None:
+    head = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": '}}
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"tool_calls": [head]}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Looking."}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    events = anthropic_events.Events("m", "t", 1)
+    stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(Usage(1, 2))
+    _one_block_at_a_time(stream)
+    content = _reassemble(stream)["content"]
+    assert content == [
+        {"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}},
+        {"type": "text", "text": "Looking."},
+    ]
 
 
 USER = [{"role": "user", "content": "x"}]
@@ -233,15 +311,15 @@ def test_a_final_assistant_prefill_may_be_empty_and_valid_ranges_pass() -> None:
 def test_a_stop_sequence_the_upstream_names_is_reported_as_one() -> None:
     """vLLM says which stop string ended the answer (``stop_reason``); it was reported as end_turn."""
     said = {"choices": [{"message": {"content": "one, two"}, "finish_reason": "stop", "stop_reason": "END"}]}
-    whole = anthropic.message(said, "msg_1", "task", (1, 2), ["END"])
+    whole = anthropic.message(said, "msg_1", "task", Usage(1, 2), ["END"])
     assert (whole["stop_reason"], whole["stop_sequence"]) == ("stop_sequence", "END")
     natural = {"choices": [{"message": {"content": "one"}, "finish_reason": "stop", "stop_reason": None}]}
-    assert anthropic.message(natural, "msg_1", "task", (1, 2), ["END"])["stop_reason"] == "end_turn"
+    assert anthropic.message(natural, "msg_1", "task", Usage(1, 2), ["END"])["stop_reason"] == "end_turn"
     token = {"choices": [{"message": {"content": "one"}, "finish_reason": "stop", "stop_reason": 128009}]}
-    assert anthropic.message(token, "msg_1", "task", (1, 2), ["END"])["stop_sequence"] is None  # a token id: EOS
-    events = anthropic.Events("msg_1", "task", 1, ["END"])
+    assert anthropic.message(token, "msg_1", "task", Usage(1, 2), ["END"])["stop_sequence"] is None  # a token id: EOS
+    events = anthropic_events.Events("msg_1", "task", 1, ["END"])
     last = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]}
-    stream = events.start() + events.chunk(last) + events.end(2)
+    stream = events.start() + events.chunk(last) + events.end(Usage(1, 2))
     assert b'"stop_reason":"stop_sequence","stop_sequence":"END"' in stream
 
 
@@ -250,3 +328,29 @@ def test_the_data_class_is_read_in_any_case_as_on_the_other_doors() -> None:
 
     found = validate({"model": "t", "max_tokens": 5, "messages": USER, "metadata": {"data_class": "Public"}})
     assert found.data_class == "public"
+
+
+def test_a_tools_strict_reaches_the_target_and_cache_control_is_accepted_and_ignored() -> None:
+    """``strict`` is chat's ``function.strict``; ``cache_control`` (which the SDKs send) has no
+    chat equivalent for an OpenAI-compatible upstream: accepted, documented as ignored, and not
+    passed on."""
+    ephemeral = {"type": "ephemeral"}
+    chat = anthropic.to_chat(
+        {
+            "max_tokens": 5,
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": ephemeral}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": ephemeral}]}],
+            "tools": [
+                {"name": "f", "input_schema": {"type": "object"}, "strict": True, "cache_control": ephemeral},
+                {"name": "g"},
+            ],
+        }
+    )
+    assert [t["function"] for t in chat["tools"]] == [
+        {"name": "f", "parameters": {"type": "object"}, "strict": True},
+        {"name": "g", "parameters": {"type": "object"}},
+    ]
+    assert "cache_control" not in orjson.dumps(chat).decode()
+    with pytest.raises(RequestError) as refused:
+        anthropic.to_chat({"max_tokens": 5, "messages": USER, "tools": [{"name": "f", "strict": "yes"}]})
+    assert refused.value.param == "tools[0].strict"

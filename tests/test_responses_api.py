@@ -120,7 +120,8 @@ async def test_a_plain_response_is_answered_in_the_responses_shape(make_app: App
         assert (item.type, item.role) == ("message", "assistant")  # type: ignore[union-attr]
         assert answer.usage is not None and answer.usage.output_tokens == 2
         assert answer.usage.total_tokens == answer.usage.input_tokens + 2
-        assert answer.metadata == {"ticket": "T-1"} and answer.model_dump()["store"] is True  # echoed; nothing kept
+        assert answer.metadata == {"ticket": "T-1"}
+        assert answer.model_dump()["store"] is False  # asked, but nothing is kept: the Response says so
         assert raw.headers["x-turnout-task"] == "support" and raw.headers["x-turnout-target"] == "onprem"
         assert float(raw.headers["x-turnout-cost-usd"]) > 0
         sent = chats(up)[0]
@@ -241,6 +242,74 @@ async def test_a_streamed_tool_call_arrives_as_argument_deltas(make_app: AppFact
     assert json.loads(deltas) == {"city": "Oslo"}
     [item] = events[-1].response.output  # type: ignore[union-attr]
     assert (item.type, item.call_id, item.name, item.arguments) == ("function_call", "call_9", "get_weather", deltas)  # type: ignore[union-attr]
+
+
+async def test_interleaved_tool_call_deltas_go_to_their_own_items(make_app: AppFactory, tmp_path: Path) -> None:
+    """An upstream that interleaves two calls' argument deltas by index: every delta names the
+    item it belongs to, no item gets a delta after its ``.done``, and each ends with all its
+    arguments."""
+    calls = (
+        {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'},
+        {"id": "call_2", "name": "get_weather", "arguments": '{"city": "Bergen", "unit": "kelvin"}'},
+    )
+    async with (
+        FakeUpstream(tool_calls=calls, interleave=True) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+        client.responses.stream(model="support", input="Oslo, Bergen?", tools=[WEATHER]) as stream,
+    ):
+        events = [event async for event in stream]
+        final = await stream.get_final_response()
+    added = {str(e.item.id): e.output_index for e in events if e.type == "response.output_item.added"}
+    arguments: dict[str, str] = dict.fromkeys(added, "")
+    done: dict[str, str] = {}
+    for e in events:
+        if e.type == "response.function_call_arguments.delta":
+            assert e.item_id not in done and added[e.item_id] == e.output_index
+            arguments[e.item_id] += e.delta
+        elif e.type == "response.function_call_arguments.done":
+            done[e.item_id] = e.arguments
+    assert done == arguments and list(arguments.values()) == [c["arguments"] for c in calls]
+    assert [(i.call_id, i.arguments) for i in final.output] == [(c["id"], c["arguments"]) for c in calls]  # type: ignore[union-attr]
+
+
+async def test_cached_and_reasoning_tokens_are_reported_as_the_upstream_counted_them(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 8,
+        "total_tokens": 108,
+        "prompt_tokens_details": {"cached_tokens": 60},
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
+    async with (
+        FakeUpstream(usage=usage) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        plain = await client.responses.create(model="support", input="Hi")
+        async with client.responses.stream(model="support", input="Hi") as stream:
+            streamed = await stream.get_final_response()
+    for answer in (plain, streamed):
+        counts = answer.usage
+        assert counts is not None and (counts.input_tokens, counts.output_tokens, counts.total_tokens) == (100, 8, 108)
+        assert counts.input_tokens_details.cached_tokens == 60
+        assert counts.output_tokens_details.reasoning_tokens == 3
+
+
+async def test_a_stream_without_upstream_usage_reports_what_the_ledger_charged(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The upstream counts nothing: the client is told the gateway's count, the one the row
+    keeps (``usage_estimated``), not the answer's bytes."""
+    async with (
+        FakeUpstream(reply=("Grüße", " aus", " Köln"), no_usage=True) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
+        client.responses.stream(model="support", input="Hi") as stream,
+    ):
+        final = await stream.get_final_response()
+        [row] = await rows(app, 1)
+    assert row.usage_estimated is True and final.usage is not None
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (row.prompt_tokens, row.completion_tokens)
 
 
 async def test_a_json_schema_format_reaches_the_target_and_the_sdk_parses_the_answer(

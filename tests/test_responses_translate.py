@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turnout.errors import RequestError
-from turnout.serving import response_items
+from turnout.providers.base import Usage
+from turnout.serving import response_events, response_items
 from turnout.serving.openapi_responses import responses_schemas
 from turnout.serving.responses import validate
 
@@ -110,7 +111,10 @@ def test_settings_map_to_their_chat_names() -> None:
         "parallel_tool_calls": False,
         "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": True}],
         "tool_choice": "required",
-        "text": {"format": {"type": "json_schema", "name": "Out", "schema": {"type": "object"}, "strict": True}},
+        "text": {
+            "format": {"type": "json_schema", "name": "Out", "schema": {"type": "object"}, "strict": True},
+            "verbosity": "low",
+        },
     }
     assert response_items.to_chat(body) == {
         "messages": [{"role": "user", "content": "hi"}],
@@ -124,6 +128,7 @@ def test_settings_map_to_their_chat_names() -> None:
             "type": "json_schema",
             "json_schema": {"name": "Out", "schema": {"type": "object"}, "strict": True},
         },
+        "verbosity": "low",  # chat's name for it: the targets that know it apply it
     }
     plain = response_items.to_chat({"model": "t", "input": "x", "text": {"format": {"type": "text"}}})
     assert "response_format" not in plain
@@ -144,6 +149,12 @@ def test_settings_map_to_their_chat_names() -> None:
         ({"input": [{"type": "function_call", "name": "f"}]}, "input[0]", "invalid_value"),
         ({"input": [{"type": "function_call_output", "call_id": "c", "output": 3}]}, "input[0].output",
          "invalid_value"),
+        # a chat tool message carries text only: an image in a call's output would be lost
+        ({"input": [{"type": "function_call_output", "call_id": "c",
+                     "output": [{"type": "input_text", "text": "see"}, {"type": "input_image", "image_url": IMAGE}]}]},
+         "input[0].output[1]", "invalid_value"),
+        ({"text": {"verbosity": "loud"}}, "text.verbosity", "invalid_value"),
+        ({"text": {"format": {"type": "text"}, "tone": "dry"}}, "text.tone", "invalid_value"),
         ({"tools": [{"type": "file_search"}]}, "tools[0]", "invalid_value"),
         ({"tool_choice": {"type": "function"}}, "tool_choice", "invalid_value"),
         ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name", "invalid_value"),
@@ -173,7 +184,8 @@ def test_the_door_reads_its_metadata_and_accepts_store() -> None:
     assert (request.data_class, request.user, request.episode_id, request.stream) == ("restricted", "u-1", "T-9", True)
     assert request.body["stream_options"] == {"include_usage": True} and request.body["user"] == "u-1"
     assert "metadata" not in request.body and "store" not in request.body  # neither reaches a target
-    assert request.echo["store"] is True and request.echo["metadata"]["ticket"] == "x"
+    assert request.echo["metadata"]["ticket"] == "x"
+    assert request.echo["store"] is False  # nothing was stored: the Response does not say it was
 
 
 def test_the_description_names_exactly_the_fields_the_door_reads() -> None:
@@ -255,10 +267,10 @@ def test_streamed_events_reassemble_to_the_plain_response(answer: Any, cuts: lis
     if not said and not calls:
         said = "ok"
     items, plain_finish = response_items.output(completion(said, calls, finish), "r1")
-    plain = response_items.response("r1", 7, "task", items, (3, 5), plain_finish, {"metadata": {}})
-    events_out = response_items.Events("r1", 7, "task", {"metadata": {}})
+    plain = response_items.response("r1", 7, "task", items, Usage(3, 5), plain_finish, {"metadata": {}})
+    events_out = response_events.Events("r1", 7, "task", {"metadata": {}})
     sse = events_out.start() + b"".join(events_out.chunk(c) for c in chunks(said, calls, finish, cuts))
-    events = parse(sse + events_out.end(3, 5))
+    events = parse(sse + events_out.end(Usage(3, 5)))
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert [e["type"] for e in events[:2]] == ["response.created", "response.in_progress"]
     assert events[0]["response"]["status"] == "in_progress" and events[0]["response"]["output"] == []
@@ -268,9 +280,62 @@ def test_streamed_events_reassemble_to_the_plain_response(answer: Any, cuts: lis
     assert reassemble(events) == plain["output"]
 
 
+def interleaved(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same chunks with the calls' deltas taken in turn by index (0, 1, 0, 1, ...), as some
+    upstreams send them; the text before them and the finish stay where they were."""
+    calls: dict[int, list[dict[str, Any]]] = {}
+    rest: list[dict[str, Any]] = []
+    for chunk in chunks:
+        delta = chunk["choices"][0]["delta"]
+        if delta.get("tool_calls"):
+            calls.setdefault(delta["tool_calls"][0]["index"], []).append(chunk)
+        else:
+            rest.append(chunk)
+    turns = [c for group in itertools.zip_longest(*calls.values()) for c in group if c is not None]
+    return rest[:-1] + turns + rest[-1:]
+
+
+def one_item_at_a_time(events: list[dict[str, Any]]) -> None:
+    """Each item is added, filled and done before the next is added; every delta names it."""
+    open_item: tuple[Any, Any] | None = None
+    for e in events:
+        at = (e.get("item_id") or e.get("item", {}).get("id"), e.get("output_index"))
+        if e["type"] == "response.output_item.added":
+            assert open_item is None
+            open_item = at
+        elif e["type"] == "response.output_item.done":
+            assert at == open_item
+            open_item = None
+        elif "item_id" in e:
+            assert at == open_item, e
+    assert open_item is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.just(""), text),
+    st.lists(st.tuples(ident, ident, arguments), min_size=2, max_size=3, unique_by=lambda c: c[0]),
+    st.lists(st.integers(0, 64), max_size=5),
+)
+def test_interleaved_tool_call_deltas_go_to_their_own_items(
+    said: str, calls: list[tuple[str, str, str]], cuts: list[int]
+) -> None:
+    items, finish = response_items.output(completion(said, calls, "tool_calls"), "r1")
+    plain = response_items.response("r1", 7, "task", items, Usage(3, 5), finish, {"metadata": {}})
+    events_out = response_events.Events("r1", 7, "task", {"metadata": {}})
+    sse = events_out.start() + b"".join(events_out.chunk(c) for c in interleaved(chunks(said, calls, None, cuts)))
+    events = parse(sse + events_out.end(Usage(3, 5)))
+    one_item_at_a_time(events)
+    for e in events:
+        if e["type"] == "response.function_call_arguments.done":
+            assert e["arguments"] == plain["output"][e["output_index"]]["arguments"]
+    assert events[-1]["response"] == plain
+    assert reassemble(events) == plain["output"]
+
+
 def test_a_cut_answer_is_incomplete_and_says_why() -> None:
     items, finish = response_items.output(completion("half", [], "length"), "r2")
-    answer = response_items.response("r2", 1, "task", items, (1, 1), finish)
+    answer = response_items.response("r2", 1, "task", items, Usage(1, 1), finish)
     assert (answer["status"], answer["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
     assert answer["usage"]["total_tokens"] == 2
 

@@ -94,10 +94,13 @@ class FakeUpstream(FakeServer):
     fault: Fault = field(default_factory=Fault)
     # Answered instead of ``reply`` when the request offers tools: [{"id", "name", "arguments"}].
     tool_calls: tuple[dict[str, Any], ...] = ()
-    usage: dict[str, int] | None = None  # fixed usage instead of the word count
+    usage: dict[str, Any] | None = None  # fixed usage instead of the word count
     # Replies for the next requests, one each, before ``reply``; the last one stays as ``reply``.
     queue: list[tuple[str, ...]] = field(default_factory=list)
     no_usage: bool = False  # report none ("usage": null), as some servers and proxies do
+    # A stream's tool calls interleaved by index, as some proxies send them: every call's head
+    # and first half of its arguments, then every call's second half.
+    interleave: bool = False
     echo: bool = False  # reply with the last user message's text instead of ``reply``
     alter: str | None = None  # a regex: an echoed text it matches comes back altered
     _rng: random.Random = field(default_factory=lambda: random.Random(7), repr=False)
@@ -216,14 +219,19 @@ class FakeUpstream(FakeServer):
         model = _model(body, self.model)
         events = [_chunk(model, {"role": "assistant", "content": ""})]
         if self._calls_tools(body):
+            firsts: list[dict[str, Any]] = []
+            seconds: list[dict[str, Any]] = []
             for i, call in enumerate(self.tool_calls):
                 head = {"index": i, "id": call["id"], "type": "function", "function": {"name": call["name"]}}
-                events.append(
-                    _chunk(model, {"tool_calls": [{**head, "function": {**head["function"], "arguments": ""}}]})
-                )
                 args = call["arguments"]
-                for piece in (args[: len(args) // 2], args[len(args) // 2 :]):  # split mid-token
-                    events.append(_chunk(model, {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+                first, second = [
+                    _chunk(model, {"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+                    for piece in (args[: len(args) // 2], args[len(args) // 2 :])  # split mid-token
+                ]
+                opened = _chunk(model, {"tool_calls": [{**head, "function": {**head["function"], "arguments": ""}}]})
+                firsts += [opened, first]
+                (seconds if self.interleave else firsts).append(second)
+            events += firsts + seconds
             events.append(_chunk(model, {}, finish_reason="tool_calls"))
         else:
             pieces, matched = _stopped(body, self._reply(body))
@@ -277,7 +285,7 @@ class FakeUpstream(FakeServer):
             text += " (altered)"
         return (text,)
 
-    def _usage(self, body: Any) -> dict[str, int] | None:
+    def _usage(self, body: Any) -> dict[str, Any] | None:
         if self.no_usage:
             return None
         if self.usage is not None:

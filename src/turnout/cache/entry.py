@@ -52,11 +52,19 @@ def encode(
             "target": target,
             "model_version": model_version,
             "cost_usd": cost_usd,
-            "usage": None if usage is None else [usage.prompt_tokens, usage.completion_tokens],
+            "usage": None if usage is None else _usage_list(usage),
         }
     )
     tail = b'"body":' + body if body is not None else b'"chunks":[' + b",".join(chunks or ()) + b"]"
     return head[:-1] + b"," + tail + b"}"
+
+
+def _usage_list(usage: Usage) -> list[int]:
+    """The counts, the details only where the upstream reported some (an entry written before
+    they were kept has the first two)."""
+    counts = [usage.prompt_tokens, usage.completion_tokens]
+    details = [usage.cached_tokens, usage.cache_write_tokens, usage.reasoning_tokens]
+    return counts + details if any(details) else counts
 
 
 def decode(raw: bytes) -> Entry | None:
@@ -72,7 +80,7 @@ def decode(raw: bytes) -> Entry | None:
         doc["target"],
         doc["model_version"],
         doc.get("cost_usd"),
-        None if usage is None else Usage(int(usage[0]), int(usage[1])),
+        None if usage is None else Usage(*(int(n) for n in usage[:5])),
         doc.get("body"),
         doc.get("chunks"),
     )

@@ -37,14 +37,36 @@ class Call:
 
 @dataclass(slots=True)
 class Usage:
+    """What an answer used. ``prompt_tokens`` counts every input token, cached or not (OpenAI's
+    convention); the details are what the upstream reported of them, 0 where it said nothing:
+    ``cached_tokens`` read from its prompt cache, ``cache_write_tokens`` written to it (Bedrock's
+    cacheWrite, as ``cache_creation_input_tokens``), ``reasoning_tokens`` of the completion."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @classmethod
     def from_openai(cls, raw: Any) -> Usage | None:
         if not isinstance(raw, dict):
             return None
-        return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+        usage = cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+        prompt, completion = raw.get("prompt_tokens_details"), raw.get("completion_tokens_details")
+        if isinstance(prompt, dict):
+            usage.cached_tokens = int(prompt.get("cached_tokens") or 0)
+        if isinstance(completion, dict):
+            usage.reasoning_tokens = int(completion.get("reasoning_tokens") or 0)
+        if raw.get("cache_creation_input_tokens"):
+            usage.cache_write_tokens = int(raw["cache_creation_input_tokens"])
+        return usage
+
+    @property
+    def uncached_tokens(self) -> int:
+        """The input tokens neither read from nor written to a prompt cache (Anthropic's
+        ``input_tokens``)."""
+        return max(0, self.prompt_tokens - self.cached_tokens - self.cache_write_tokens)
 
 
 @dataclass(slots=True)

@@ -4,14 +4,15 @@ Request: ``system`` becomes a system message; text blocks stay text parts; ``ima
 (base64 or URL) become ``image_url`` parts; an assistant's ``tool_use`` blocks become its
 ``tool_calls``; a user's ``tool_result`` blocks become ``tool`` messages (placed before the
 rest of that user turn, as OpenAI wants them right after the call); ``tools``, ``tool_choice``,
-``stop_sequences``, ``temperature``, ``top_p``, ``top_k`` and ``metadata.user_id`` map to their
-chat names. A field this door does not translate is refused (400 naming it), never dropped.
+``stop_sequences``, ``temperature``, ``top_p``, ``top_k``, ``metadata.user_id`` and a tool's
+``strict`` (→ ``function.strict``) map to their chat names. A field this door does not translate is
+refused (400 naming it), never dropped, but for ``cache_control`` on blocks and tools: the SDKs
+send it, and an OpenAI-compatible chat body (or this gateway's Bedrock translation) has no cache
+points to put it in, so it is accepted and ignored (the README says so).
 
 Answer: a chat completion becomes a ``message`` with ``text`` and ``tool_use`` content blocks;
 ``finish_reason`` maps to ``stop_reason``, ``stop_sequence`` where the upstream names the stop
-string that ended it (vLLM's and SGLang's ``stop_reason``). Streams: ``Events`` turns chat chunks into
-Anthropic's event sequence (``message_start``, ``content_block_*``, ``message_delta``,
-``message_stop``).
+string that ended it (vLLM's and SGLang's ``stop_reason``). Streams: ``anthropic_events.Events``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 
 from turnout.errors import RequestError, TurnoutError
+from turnout.providers.base import Usage
 
 # Fields read here; ``model``, ``stream``, ``max_tokens`` and ``metadata`` by the door itself.
 FIELDS = frozenset(
@@ -230,6 +232,10 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool["name"], "parameters": schema}
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]
+    if tool.get("strict") is not None:
+        if not isinstance(tool["strict"], bool):
+            raise bad(f"{at}.strict", f"'{at}.strict' must be a boolean")
+        function["strict"] = tool["strict"]
     return {"type": "function", "function": function}
 
 
@@ -280,7 +286,7 @@ def _strings(value: Any, param: str) -> list[str]:
 
 
 def message(
-    chat: Mapping[str, Any], message_id: str, task: str, usage: tuple[int, int], stops: Sequence[str] = ()
+    chat: Mapping[str, Any], message_id: str, task: str, usage: Usage, stops: Sequence[str] = ()
 ) -> dict[str, Any]:
     """A chat completion as an Anthropic ``message``. ``stops``: the request's stop sequences."""
     choices = chat.get("choices") or [{}]
@@ -304,7 +310,19 @@ def message(
         "content": content,
         "stop_reason": stop_reason(choice.get("finish_reason"), content, matched),
         "stop_sequence": matched,
-        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
+        "usage": usage_of(usage),
+    }
+
+
+def usage_of(usage: Usage) -> dict[str, int]:
+    """Anthropic's usage: ``input_tokens`` are the uncached ones only, beside the tokens read from
+    (``cache_read_input_tokens``) and written to (``cache_creation_input_tokens``) a prompt cache,
+    where OpenAI's ``prompt_tokens`` counts them all."""
+    return {
+        "input_tokens": usage.uncached_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+        "output_tokens": usage.completion_tokens,
     }
 
 
@@ -331,104 +349,3 @@ def _arguments(raw: Any) -> Any:
     except orjson.JSONDecodeError:
         return {"_raw": raw}  # the model wrote arguments that are not JSON: passed on as they came
     return parsed if isinstance(parsed, dict) else {"_value": parsed}
-
-
-class Events:
-    """Chat chunks in, Anthropic stream events out (SSE bytes). One per stream."""
-
-    def __init__(self, message_id: str, task: str, input_tokens: int, stops: Sequence[str] = ()) -> None:
-        self.message_id = message_id
-        self.stops = stops
-        self.matched: str | None = None  # the stop sequence that ended the answer, where told
-        self.task = task
-        self.input_tokens = input_tokens
-        self.index = -1  # the open content block's index; -1: none yet
-        self.kind = ""  # "text" or "tool_use": the open block's kind
-        self.calls: dict[int, int] = {}  # the chunk's tool call index -> its block index
-        self.finish: Any = None
-
-    def start(self) -> bytes:
-        message: dict[str, Any] = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.task,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
-        }
-        return event("message_start", {"type": "message_start", "message": message}) + event("ping", {"type": "ping"})
-
-    def chunk(self, chunk: Mapping[str, Any]) -> bytes:
-        out = b""
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                if self.kind != "text":
-                    out += self._open({"type": "text", "text": ""}, "text")
-                out += self._delta({"type": "text_delta", "text": delta["content"]})
-            for call in delta.get("tool_calls") or ():
-                out += self._tool_delta(call)
-            if choice.get("finish_reason") is not None:
-                self.finish = choice["finish_reason"]
-                self.matched = stop_matched(choice, self.stops)
-        return out
-
-    def end(self, output_tokens: int, input_tokens: int | None = None) -> bytes:
-        """``input_tokens``: the upstream's count, where it gave one (``message_start`` had the
-        gateway's bound)."""
-        out = self._close()
-        usage = {"output_tokens": output_tokens}
-        if input_tokens is not None:
-            usage["input_tokens"] = input_tokens
-        reason = STOP_REASONS.get(str(self.finish), "tool_use" if self.calls and self.finish is None else "end_turn")
-        if self.finish == "stop" and self.matched is not None:
-            reason = "stop_sequence"
-        out += event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": reason, "stop_sequence": self.matched},
-                "usage": usage,
-            },
-        )
-        return out + event("message_stop", {"type": "message_stop"})
-
-    def _tool_delta(self, call: Mapping[str, Any]) -> bytes:
-        out = b""
-        position = call.get("index", 0)
-        function = call.get("function") or {}
-        if position not in self.calls:
-            block: dict[str, Any] = {
-                "type": "tool_use",
-                "id": call.get("id") or "",
-                "name": function.get("name") or "",
-                "input": {},
-            }
-            out += self._open(block, "tool_use")
-            self.calls[position] = self.index
-        if function.get("arguments") and self.calls[position] == self.index:
-            out += self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
-        return out
-
-    def _open(self, block: dict[str, Any], kind: str) -> bytes:
-        out = self._close()
-        self.index += 1
-        self.kind = kind
-        return out + event(
-            "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
-        )
-
-    def _delta(self, delta: dict[str, Any]) -> bytes:
-        return event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
-
-    def _close(self) -> bytes:
-        if not self.kind:
-            return b""
-        self.kind = ""
-        return event("content_block_stop", {"type": "content_block_stop", "index": self.index})
-
-
-def event(name: str, data: Mapping[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

@@ -10,12 +10,12 @@ messages; a serving release contributes its targets and parameters (not its prom
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any, NamedTuple
 
 from turnout.config import DATA_CLASSES
 from turnout.errors import RequestError
-from turnout.providers.base import Stream
+from turnout.providers.base import Stream, Usage
 from turnout.releases.base import Release
 from turnout.routing.constraints import COST, LATENCY
 from turnout.safety import inputs
@@ -87,13 +87,18 @@ class ChatDoor:
         req = reply.request
         ttft_ms = (time.perf_counter() - reply.t0) * 1000
         collected: list[str] | None = [] if reply.collect else None
+        body = self.body(req, reply.admission.release)
+
+        def estimate(generated: list[str]) -> Awaitable[Usage]:
+            return reply.estimate(body, generated)
+
         outcome = await respond.stream(
-            send, receive, answer, req.task, req.include_usage, reply.request_id, reply.headers, collected
+            send, receive, answer, req.task, req.include_usage, reply.request_id, reply.headers, collected, estimate
         )
         total_s = time.perf_counter() - reply.t0
-        usage, estimated = outcome.usage, outcome.usage is None
+        usage, estimated = outcome.usage or outcome.estimated, outcome.usage is None
         if usage is None:  # the client left before the usage chunk, or the upstream sends none
-            usage = await reply.estimate(self.body(req, reply.admission.release), outcome.generated)
+            usage = await reply.estimate(body, outcome.generated)
         # The answering replica is busy from its attempt's start to the stream's end.
         priced = reply.price(usage, total_s - reply.result.attempts[-1].offset_ms / 1000)
         return Answered(

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.config import DATA_CLASSES
-from turnout.control.tokens import utf8_count
 from turnout.errors import TurnoutError
 from turnout.providers.base import Usage
-from turnout.serving import anthropic
+from turnout.serving import anthropic, anthropic_events
 from turnout.serving.asgi import json_object
 from turnout.serving.door import Reply, check_episode_id
 from turnout.serving.translated import Encoder, TranslatedDoor
@@ -41,9 +40,8 @@ class MessagesDoor(TranslatedDoor[MessagesRequest]):
         return validate(json_object(raw))
 
     def message(self, reply: Reply[MessagesRequest], answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
-        tokens = (usage.prompt_tokens, usage.completion_tokens)
         stops = reply.request.body.get("stop", ())
-        return anthropic.message(answer, f"msg_{reply.request_id}", reply.request.task, tokens, stops)
+        return anthropic.message(answer, f"msg_{reply.request_id}", reply.request.task, usage, stops)
 
     def encoder(self, reply: Reply[MessagesRequest], prompt_tokens: int) -> Encoder:
         stops = reply.request.body.get("stop", ())
@@ -53,16 +51,11 @@ class MessagesDoor(TranslatedDoor[MessagesRequest]):
 MESSAGES_DOOR = MessagesDoor()
 
 
-class _Events(anthropic.Events):
+class _Events(anthropic_events.Events):
     """Anthropic's events as the relay's encoder."""
 
-    def end(self, usage: Usage | None, generated: list[str]) -> bytes:  # type: ignore[override]
-        if usage is not None:
-            return super().end(usage.completion_tokens, usage.prompt_tokens)
-        return super().end(utf8_count(generated))
-
     def error(self, err: TurnoutError) -> bytes:
-        return anthropic.event("error", anthropic.error_body(err))
+        return anthropic_events.event("error", anthropic.error_body(err))
 
 
 def validate(body: dict[str, Any]) -> MessagesRequest:

@@ -21,7 +21,11 @@ def messages_errors() -> dict[str, Schema]:
 
 
 def _request() -> Schema:
-    block: Schema = {"type": "object", "required": ["type"], "properties": {"type": STRING}}
+    ignored: Schema = {
+        "type": "object",
+        "description": "Accepted and ignored: the targets' chat body has no prompt cache points.",
+    }
+    block: Schema = {"type": "object", "required": ["type"], "properties": {"type": STRING, "cache_control": ignored}}
     return {
         "type": "object",
         "required": ["model", "max_tokens", "messages"],
@@ -44,7 +48,17 @@ def _request() -> Schema:
                 },
             },
             "stream": {"type": "boolean"},
-            "tools": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+            "tools": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "strict": {"type": "boolean", "description": "The chat tool's `function.strict`."},
+                        "cache_control": ignored,
+                    },
+                },
+            },
             "tool_choice": {"type": "object", "required": ["type"]},
             "stop_sequences": {"type": "array", "items": {"type": "string", "minLength": 1}},
             "temperature": {"type": "number", "minimum": 0},
@@ -79,7 +93,13 @@ def _answer() -> Schema:
                 "type": "object",
                 "required": ["input_tokens", "output_tokens"],
                 "properties": {
-                    "input_tokens": {"type": "integer", "minimum": 0},
+                    "input_tokens": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "The input tokens not read from or written to a prompt cache.",
+                    },
+                    "cache_read_input_tokens": {"type": "integer", "minimum": 0},
+                    "cache_creation_input_tokens": {"type": "integer", "minimum": 0},
                     "output_tokens": {"type": "integer", "minimum": 0},
                 },
             },

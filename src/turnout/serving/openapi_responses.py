@@ -6,7 +6,7 @@ body the description calls invalid is refused."""
 from __future__ import annotations
 
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, nullable
-from turnout.serving.response_items import FIELDS, FORMATS, STATEFUL
+from turnout.serving.response_items import FIELDS, FORMATS, STATEFUL, VERBOSITY
 
 _OBJECT: Schema = {"type": "object"}
 EVENTS = (
@@ -73,8 +73,16 @@ def _request() -> Schema:
                             "`response_format`.",
                             "properties": {"type": {"enum": sorted(FORMATS)}},
                         }
-                    )
+                    ),
+                    "verbosity": nullable(
+                        {
+                            "enum": list(VERBOSITY),
+                            "description": "Passed to the targets as chat's `verbosity` (applied by those "
+                            "that know it).",
+                        }
+                    ),
                 },
+                "additionalProperties": False,
             }
         ),
         "max_output_tokens": nullable({"type": "integer", "minimum": 1}),
@@ -82,7 +90,11 @@ def _request() -> Schema:
         "top_p": nullable({"type": "number", "minimum": 0, "maximum": 1}),
         "stream": {"type": "boolean"},
         "store": nullable(
-            {"type": "boolean", "description": "Accepted; turnout keeps no response state, so nothing is stored."}
+            {
+                "type": "boolean",
+                "description": "Accepted; turnout keeps no response state, so nothing is stored (the Response "
+                "says `store: false`).",
+            }
         ),
         "user": nullable(STRING),
         "metadata": nullable(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +110,8 @@ def answer_text(body: dict[str, Any]) -> str:
 class StreamOutcome:
     status: int = 200
     error_class: str | None = None
-    usage: Usage | None = None
+    usage: Usage | None = None  # the upstream's
+    estimated: Usage | None = None  # the gateway's count, sent as the usage chunk the upstream did not send
     # Every text the target generated, relayed or not: the answer's cost when no usage came.
     generated: list[str] = field(default_factory=list)
 
@@ -123,12 +125,16 @@ async def stream(
     request_id: str,
     headers: list[tuple[bytes, bytes]],
     collect: list[str] | None = None,
+    estimate: Callable[[list[str]], Awaitable[Usage]] | None = None,
 ) -> StreamOutcome:
     """Relay the stream as SSE. A failure after the first byte ends it with an error event;
     a client that goes away stops the upstream work (the chunks iterator is closed).
-    ``collect`` gathers the answer's text, for capture only."""
+    ``collect`` gathers the answer's text, for capture only. ``estimate``: the usage of what
+    was generated (``Reply.estimate``, the ledger's count), sent as the usage chunk the caller
+    asked for (``include_usage``) where the upstream sent none."""
     out = StreamOutcome()
     chat_id = f"chatcmpl-{request_id}"
+    created: Any = None
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
     watch = ClientWatch(receive)
     chunks = answer.chunks
@@ -147,6 +153,7 @@ async def stream(
                     del chunk["usage"]
             chunk["id"] = chat_id
             chunk["model"] = task
+            created = chunk.get("created", created)
             if collect is not None:
                 for choice in chunk.get("choices") or ():
                     delta = choice.get("delta") or {}
@@ -189,9 +196,31 @@ async def stream(
         await chunks.aclose()
     if out.status == 503:
         await _send_quietly(send, {"type": "http.response.body", "body": b""})
+        return out
+    if out.status == 200 and include_usage and out.usage is None and estimate is not None:
+        out.estimated = await estimate(out.generated)
+        await send(_usage_chunk(out.estimated, chat_id, created, task))
     else:
         await send({"type": "http.response.body", "body": b"" if out.status == 499 else DONE})
     return out
+
+
+def _usage_chunk(usage: Usage, chat_id: str, created: Any, task: str) -> Message:
+    """The last chunk before ``[DONE]``, as the upstream would have sent it: no choices, the usage."""
+    counts = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+    chunk: dict[str, Any] = {
+        "id": chat_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()) if created is None else created,
+        "model": task,
+        "choices": [],
+        "usage": counts,
+    }
+    return {"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n" + DONE}
 
 
 class ClientWatch:

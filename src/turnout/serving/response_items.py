@@ -5,15 +5,17 @@ message; as items, a ``message`` item keeps its role (``developer`` becomes ``sy
 every target's chat template knows) with ``input_text`` / ``output_text`` / ``input_image``
 parts, consecutive ``function_call`` items become one assistant message's ``tool_calls`` and a
 ``function_call_output`` a ``tool`` message. Function ``tools``, ``tool_choice``,
-``text.format`` (→ ``response_format``), ``max_output_tokens`` (→ ``max_tokens``),
-``temperature``, ``top_p`` and ``parallel_tool_calls`` map to their chat names. Turnout keeps no
-response state: ``previous_response_id``, ``conversation`` and item references are refused (400),
-``store`` is accepted and nothing is stored. Any other field is refused (400 naming it), never
-dropped.
+``text.format`` (→ ``response_format``), ``text.verbosity`` (→ ``verbosity``, applied by the
+targets that know it), ``max_output_tokens`` (→ ``max_tokens``), ``temperature``, ``top_p`` and
+``parallel_tool_calls`` map to their chat names. A ``function_call_output`` carries text only (a
+chat ``tool`` message does): an image in it is refused. Turnout keeps no response state:
+``previous_response_id``, ``conversation`` and item references are refused (400), ``store`` is
+accepted (OpenAI's SDKs default it to true) and nothing is stored, so the Response says
+``store: false``. Any other field is refused (400 naming it), never dropped.
 
 Answer: a chat completion becomes a ``response`` with a ``message`` item (``output_text``) and
-one ``function_call`` item per tool call; ``Events`` turns a chat stream into the Responses
-stream events, whose ``response.completed`` carries the same object.
+one ``function_call`` item per tool call; ``response_events.Events`` turns a chat stream into the
+Responses stream events, whose ``response.completed`` carries the same object.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from turnout.errors import RequestError
+from turnout.providers.base import Usage
 
 # Fields read here; ``model``, ``stream``, ``store``, ``metadata`` and ``user`` by the door itself.
 FIELDS = frozenset(
@@ -49,6 +50,7 @@ STATEFUL = ("previous_response_id", "conversation")  # refused: turnout keeps no
 ROLES = frozenset({"user", "assistant", "system", "developer"})
 PARTS = frozenset({"input_text", "output_text", "input_image"})
 FORMATS = frozenset({"text", "json_object", "json_schema"})
+VERBOSITY = ("low", "medium", "high")
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -166,7 +168,12 @@ def _function_output(item: Mapping[str, Any], at: str) -> dict[str, Any]:
     if not isinstance(call_id, str) or not call_id:
         raise bad(f"{at}.call_id", f"'{at}.call_id' is required")
     if isinstance(output, list):
-        output = "".join(_part(p, f"{at}.output[{k}]").get("text", "") for k, p in enumerate(output))
+        parts = [_part(p, f"{at}.output[{k}]") for k, p in enumerate(output)]
+        for k, part in enumerate(parts):  # a chat tool message holds text only: an image would be lost
+            if part["type"] != "text":
+                where = f"{at}.output[{k}]"
+                raise bad(where, f"'{where}': a function_call_output can carry text only here (chat tool messages)")
+        output = "".join(part["text"] for part in parts)
     elif not isinstance(output, str):
         raise bad(f"{at}.output", f"'{at}.output' must be a string or text parts")
     return {"role": "tool", "tool_call_id": call_id, "content": output}
@@ -201,7 +208,18 @@ def _tool_choice(choice: Any) -> Any:
 def _text(text: Any) -> dict[str, Any]:
     if not isinstance(text, dict):
         raise bad("text", "'text' must be an object")
-    fmt = text.get("format")
+    unknown = sorted(k for k in text if k not in ("format", "verbosity"))
+    if unknown:
+        raise bad(f"text.{unknown[0]}", f"'text.{unknown[0]}' is not supported by this gateway's Responses API")
+    out: dict[str, Any] = {}
+    if text.get("verbosity") is not None:
+        if text["verbosity"] not in VERBOSITY:
+            raise bad("text.verbosity", "'text.verbosity' must be low, medium or high")
+        out["verbosity"] = text["verbosity"]  # chat's name for it
+    return out | _format(text.get("format"))
+
+
+def _format(fmt: Any) -> dict[str, Any]:
     if fmt is None:
         return {}
     kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -278,7 +296,7 @@ def response(
     created_at: int,
     task: str,
     items: list[dict[str, Any]],
-    usage: tuple[int, int] | None,
+    usage: Usage | None,
     finish: Any = None,
     echo: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -295,18 +313,19 @@ def response(
         "incomplete_details": {"reason": incomplete} if incomplete and usage is not None else None,
         "model": task,
         "output": items,
-        "usage": None if usage is None else _usage(*usage),
+        "usage": None if usage is None else _usage(usage),
         **(echo or {}),
     }
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+def _usage(usage: Usage) -> dict[str, Any]:
+    """The Responses API's usage: the details as the upstream reported them (0: it said none)."""
     return {
-        "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": input_tokens + output_tokens,
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     }
 
 
@@ -318,7 +337,7 @@ def echo(body: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": body.get("metadata") or {},
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "previous_response_id": None,
-        "store": body.get("store", True),
+        "store": False,  # whatever was asked: nothing is stored
         "temperature": body.get("temperature"),
         "top_p": body.get("top_p"),
         "text": body.get("text") or {"format": {"type": "text"}},
@@ -326,129 +345,3 @@ def echo(body: Mapping[str, Any]) -> dict[str, Any]:
         "tools": body.get("tools") or [],
         "truncation": "disabled",
     }
-
-
-class Events:
-    """Chat chunks in, Responses stream events out (SSE bytes), numbered. One per stream."""
-
-    def __init__(self, response_id: str, created_at: int, task: str, echo: Mapping[str, Any]) -> None:
-        self.response_id = response_id
-        self.created_at = created_at
-        self.task = task
-        self.echo = echo
-        self.sequence = 0
-        self.items: list[dict[str, Any]] = []  # every output item so far, the last one maybe open
-        self.positions: dict[str, int] = {}  # an item's id -> its output_index
-        self.open = False
-        self.calls: dict[int, dict[str, Any]] = {}  # the chunk's tool call index -> its item
-        self.finish: Any = None
-
-    def start(self) -> bytes:
-        snapshot = response(self.response_id, self.created_at, self.task, [], None, echo=self.echo)
-        return self.event("response.created", response=snapshot) + self.event("response.in_progress", response=snapshot)
-
-    def chunk(self, chunk: Mapping[str, Any]) -> bytes:
-        out = b""
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                out += self._text(str(delta["content"]))
-            for call in delta.get("tool_calls") or ():
-                out += self._call(call)
-            if choice.get("finish_reason") is not None:
-                self.finish = choice["finish_reason"]
-        return out
-
-    def end(self, input_tokens: int, output_tokens: int) -> bytes:
-        out = self._close()
-        final = response(
-            self.response_id,
-            self.created_at,
-            self.task,
-            self.items,
-            (input_tokens, output_tokens),
-            self.finish,
-            self.echo,
-        )
-        kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
-        return out + self.event(kind, response=final)
-
-    def event(self, kind: str, **fields: Any) -> bytes:
-        data = {"type": kind, "sequence_number": self.sequence, **fields}
-        self.sequence += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-    def _text(self, text: str) -> bytes:
-        out = b""
-        item = self.items[-1] if self.open else None
-        if item is None or item["type"] != "message":
-            out += self._close()
-            item = message_item(self.response_id, "", "in_progress")
-            out += self._add(item)
-            item["content"].append({"type": "output_text", "text": "", "annotations": []})
-            out += self.event("response.content_part.added", **self._at(item), content_index=0, part=_part_of(""))
-        item["content"][0]["text"] += text
-        return out + self.event(
-            "response.output_text.delta", **self._at(item), content_index=0, delta=text, logprobs=[]
-        )
-
-    def _call(self, call: Mapping[str, Any]) -> bytes:
-        out = b""
-        position = call.get("index", 0)
-        function = call.get("function") or {}
-        item = self.calls.get(position)
-        if item is None:
-            out += self._close()
-            item = call_item(
-                self.response_id, len(self.calls), call.get("id") or "", function.get("name") or "", "in_progress"
-            )
-            self.calls[position] = item
-            out += self._add(item)
-        arguments = function.get("arguments")
-        if arguments:
-            item["arguments"] += arguments
-            if self.open and item is self.items[-1]:
-                out += self.event("response.function_call_arguments.delta", **self._at(item), delta=arguments)
-        return out
-
-    def _add(self, item: dict[str, Any]) -> bytes:
-        self.positions[item["id"]] = len(self.items)
-        self.items.append(item)
-        self.open = True
-        return self.event("response.output_item.added", output_index=len(self.items) - 1, item=item)
-
-    def _close(self) -> bytes:
-        if not self.open:
-            return b""
-        self.open = False
-        item = self.items[-1]
-        item["status"] = "completed"
-        out = b""
-        if item["type"] == "message":
-            text = item["content"][0]["text"]
-            at = {**self._at(item), "content_index": 0}
-            out += self.event("response.output_text.done", **at, text=text, logprobs=[])
-            out += self.event("response.content_part.done", **at, part=_part_of(text))
-        else:
-            out += self.event(
-                "response.function_call_arguments.done",
-                **self._at(item),
-                name=item["name"],
-                arguments=item["arguments"],
-            )
-        return out + self.event("response.output_item.done", output_index=len(self.items) - 1, item=item)
-
-    def _at(self, item: dict[str, Any]) -> dict[str, Any]:
-        return {"item_id": item["id"], "output_index": self.positions[item["id"]]}
-
-
-def _part_of(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": []}
-
-
-def error_event(events: Events, code: str, message: str) -> bytes:
-    """A failure after the first byte: the stream's last event. ``code`` and ``message`` as the
-    Responses API's error event has them, and the same in an ``error`` object, which is what
-    makes OpenAI's SDKs raise instead of handing the event on."""
-    error = {"code": code, "message": message, "param": None}
-    return events.event("error", **error, error={"type": code, **error})

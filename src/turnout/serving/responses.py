@@ -4,8 +4,10 @@ shared pipeline.
 ``model`` names a task; the request is translated to the chat body the targets take
 (``turnout.serving.response_items``), so every target a task routes to (self-hosted, Bedrock,
 the embedded model) serves it with the same policy, quotas, fallback and ledger as chat
-completions. Turnout keeps no response state: ``store`` is accepted and nothing is stored,
-``previous_response_id`` is a 400. Streams are relayed as the Responses API's typed events.
+completions. Turnout keeps no response state: ``store`` is accepted and nothing is stored (the
+Response says ``store: false``), ``previous_response_id`` is a 400. ``text.verbosity`` is passed
+to the targets as chat's ``verbosity`` (and echoed as sent); a function call's output carries text
+only. Streams are relayed as the Responses API's typed events.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.config import DATA_CLASSES
-from turnout.control.tokens import utf8_count
 from turnout.errors import TurnoutError
 from turnout.providers.base import Usage
-from turnout.serving import response_items
+from turnout.serving import response_events, response_items
 from turnout.serving.asgi import json_object
 from turnout.serving.door import Reply, check_episode_id
-from turnout.serving.response_items import Events, bad
+from turnout.serving.response_events import Events
+from turnout.serving.response_items import bad
 from turnout.serving.translated import Encoder, TranslatedDoor
 
 ENDPOINT = "responses"
@@ -45,35 +47,22 @@ class ResponsesDoor(TranslatedDoor[ResponsesRequest]):
 
     def message(self, reply: Reply[ResponsesRequest], answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
         items, finish = response_items.output(answer, reply.request_id)
-        tokens = (usage.prompt_tokens, usage.completion_tokens)
-        req = reply.request
-        return response_items.response(
-            reply.request_id, int(reply.started_at), req.task, items, tokens, finish, req.echo
-        )
+        req, started = reply.request, int(reply.started_at)
+        return response_items.response(reply.request_id, started, req.task, items, usage, finish, req.echo)
 
     def encoder(self, reply: Reply[ResponsesRequest], prompt_tokens: int) -> Encoder:
         req = reply.request
-        return _Events(reply.request_id, int(reply.started_at), req.task, req.echo, prompt_tokens)
+        return _Events(reply.request_id, int(reply.started_at), req.task, req.echo)
 
 
 RESPONSES_DOOR = ResponsesDoor()
 
 
 class _Events(Events):
-    """The Responses API's events as the relay's encoder; ``prompt_tokens``: the input tokens
-    to report where the upstream counts none."""
-
-    def __init__(self, response_id: str, created_at: int, task: str, echo: dict[str, Any], prompt_tokens: int) -> None:
-        super().__init__(response_id, created_at, task, echo)
-        self.prompt_tokens = prompt_tokens
-
-    def end(self, usage: Usage | None, generated: list[str]) -> bytes:  # type: ignore[override]
-        if usage is not None:
-            return super().end(usage.prompt_tokens, usage.completion_tokens)
-        return super().end(self.prompt_tokens, utf8_count(generated))
+    """The Responses API's events as the relay's encoder."""
 
     def error(self, err: TurnoutError) -> bytes:
-        return response_items.error_event(self, err.code or err.type, err.message)
+        return response_events.error_event(self, err.code or err.type, err.message)
 
 
 def validate(body: dict[str, Any]) -> ResponsesRequest:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -43,7 +43,7 @@ class Encoder(Protocol):
 
     def start(self) -> bytes: ...
     def chunk(self, chunk: Mapping[str, Any]) -> bytes: ...
-    def end(self, usage: Usage | None, generated: list[str]) -> bytes: ...  # usage None: counted here
+    def end(self, usage: Usage) -> bytes: ...  # the upstream's usage, else the gateway's count
     def error(self, err: TurnoutError) -> bytes: ...
 
 
@@ -88,10 +88,14 @@ class TranslatedDoor(Generic[R]):
         target = reply.result.target.name
         prompt = (await reply.tokens.prompts(body, [target]))[target]
         encoder = self.encoder(reply, prompt)
-        relayed = await relay(send, receive, answer, encoder, reply.request_id, reply.headers, reply.collect)
+
+        def estimate(generated: list[str]) -> Awaitable[Usage]:
+            return reply.estimate(body, generated)
+
+        relayed = await relay(send, receive, answer, encoder, reply.request_id, reply.headers, reply.collect, estimate)
         total_s = time.perf_counter() - reply.t0
-        usage, estimated = relayed.usage, relayed.usage is None
-        if usage is None:
+        usage, estimated = relayed.usage or relayed.estimated, relayed.usage is None
+        if usage is None:  # the stream did not end well: no usage told, but paid for
             usage = await reply.estimate(body, relayed.generated)
         priced = reply.price(usage, total_s - reply.result.attempts[-1].offset_ms / 1000)
         text = None if relayed.collected is None else "".join(relayed.collected)
@@ -104,7 +108,8 @@ class TranslatedDoor(Generic[R]):
 class Relayed:
     status: int = 200
     error_class: str | None = None
-    usage: Usage | None = None
+    usage: Usage | None = None  # the upstream's
+    estimated: Usage | None = None  # the gateway's count, told at the end where the upstream told none
     generated: list[str] = field(default_factory=list)  # every text generated: paid for, relayed or not
     collected: list[str] | None = None  # the answer's text, for capture
 
@@ -117,8 +122,10 @@ async def relay(
     request_id: str,
     headers: list[tuple[bytes, bytes]],
     collect: bool,
+    estimate: Callable[[list[str]], Awaitable[Usage]],
 ) -> Relayed:
-    """The chat stream through ``encoder``, as the door's events."""
+    """The chat stream through ``encoder``, as the door's events. ``estimate``: the usage of what
+    was generated where the upstream reported none (``Reply.estimate``: the ledger's count)."""
     out = Relayed(collected=[] if collect else None)
     await send({"type": "http.response.start", "status": 200, "headers": respond.SSE_HEADERS + headers})
     await send({"type": "http.response.body", "body": encoder.start(), "more_body": True})
@@ -159,7 +166,12 @@ async def relay(
     finally:
         watch.close()
         await chunks.aclose()
-    end = encoder.end(out.usage, out.generated) if out.status == 200 else b""
+    end = b""
+    if out.status == 200:
+        usage = out.usage
+        if usage is None:
+            usage = out.estimated = await estimate(out.generated)
+        end = encoder.end(usage)
     await _quietly(send, {"type": "http.response.body", "body": end})
     return out
 

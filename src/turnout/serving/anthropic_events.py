@@ -1,0 +1,129 @@
+"""A chat stream as Anthropic's Messages stream events (``message_start``, ``content_block_*``,
+``message_delta``, ``message_stop``), as SSE bytes.
+
+Content blocks never interleave: each is started, filled and stopped before the next starts.
+Tool calls an upstream interleaves by index are put in order by ``CallOrder``: the first call
+streams as its ``input_json_delta``\\ s come, the others (and text after a call) follow it whole
+when the stream ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from turnout.providers.base import Usage
+from turnout.serving.anthropic import STOP_REASONS, stop_matched, usage_of
+from turnout.serving.call_order import CallOrder
+
+
+class Events:
+    """Chat chunks in, Anthropic stream events out (SSE bytes). One per stream."""
+
+    def __init__(self, message_id: str, task: str, input_tokens: int, stops: Sequence[str] = ()) -> None:
+        self.message_id = message_id
+        self.stops = stops
+        self.matched: str | None = None  # the stop sequence that ended the answer, where told
+        self.task = task
+        self.input_tokens = input_tokens
+        self.index = -1  # the open content block's index; -1: none yet
+        self.kind = ""  # "text" or "tool_use": the open block's kind
+        self.calls = CallOrder()
+        self.finish: Any = None
+
+    def start(self) -> bytes:
+        message: dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.task,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage_of(Usage(self.input_tokens, 0)),
+        }
+        return event("message_start", {"type": "message_start", "message": message}) + event("ping", {"type": "ping"})
+
+    def chunk(self, chunk: Mapping[str, Any]) -> bytes:
+        out = b""
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content") and not self.calls.holds_text(delta["content"]):
+                out += self._text(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                out += self._tool_delta(call)
+            if choice.get("finish_reason") is not None:
+                self.finish = choice["finish_reason"]
+                self.matched = stop_matched(choice, self.stops)
+        return out
+
+    def end(self, usage: Usage) -> bytes:
+        """The held blocks, then ``message_delta`` with ``usage`` (``message_start`` had the
+        gateway's prompt bound)."""
+        out = self._held() + self._close()
+        reason = STOP_REASONS.get(str(self.finish), "tool_use" if self.calls.live is not None else "end_turn")
+        if self.finish == "stop" and self.matched is not None:
+            reason = "stop_sequence"
+        out += event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reason, "stop_sequence": self.matched},
+                "usage": usage_of(usage),
+            },
+        )
+        return out + event("message_stop", {"type": "message_stop"})
+
+    def _text(self, text: str) -> bytes:
+        out = b"" if self.kind == "text" else self._open({"type": "text", "text": ""}, "text")
+        return out + self._delta({"type": "text_delta", "text": text})
+
+    def _tool_delta(self, call: Mapping[str, Any]) -> bytes:
+        place = self.calls.place(call)
+        if place == "held":
+            return b""
+        out = b""
+        function = call.get("function") or {}
+        if place == "open":
+            out += self._open(_tool_block(call.get("id") or "", function.get("name") or ""), "tool_use")
+        if function.get("arguments"):
+            out += self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
+        return out
+
+    def _held(self) -> bytes:
+        """What waited behind the streamed call: its text, then each held call, whole."""
+        out = b""
+        if self.calls.text:
+            out += self._text("".join(self.calls.text))
+        for held in self.calls.held.values():
+            out += self._open(_tool_block(held.id, held.name), "tool_use")
+            if held.arguments:
+                out += self._delta({"type": "input_json_delta", "partial_json": held.arguments})
+        return out
+
+    def _open(self, block: dict[str, Any], kind: str) -> bytes:
+        out = self._close()
+        self.index += 1
+        self.kind = kind
+        return out + event(
+            "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
+        )
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+
+    def _close(self) -> bytes:
+        if not self.kind:
+            return b""
+        self.kind = ""
+        return event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+
+def _tool_block(call_id: str, name: str) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+
+
+def event(name: str, data: Mapping[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
