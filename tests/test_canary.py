@@ -320,6 +320,34 @@ async def test_the_loop_checks_on_its_interval_and_stops(world: World) -> None:
     assert ctl.last[TASK] is seen  # stopped: no check after aclose
 
 
+async def test_the_controller_follows_a_reloaded_config(world: World, tmp_path: Path) -> None:
+    """A reload (``Runtime.successor``) hands the controller the new config: a task it adds is
+    checked, with its own canary settings; a task it removes is not."""
+    other = release("o1")
+    other = Release("summarize", "o1", other.route, other.model_version, other.tokenizer, other.prompt)
+    await world.store.register(other, "alice")
+    await world.store.promote("summarize", "o1", "alice", "first release")
+    ctl = world.controller()
+    await world.both()
+    await ctl.check_due()
+    assert set(ctl.last) == {TASK}
+    raw = world.config.model_dump()
+    raw["tasks"]["summarize"] = {"route": ["primary"], "canary": {"interval_s": 5}}
+    del raw["tasks"][TASK]
+    ctl.follow(validate(raw))
+    world.clock.now += 61
+    checked: list[str] = []
+    check = ctl.check
+
+    async def spy(task: str) -> Verdict:
+        checked.append(task)
+        return await check(task)
+
+    ctl.check = spy  # type: ignore[method-assign]
+    assert await ctl.check_due() == 5.0  # the new task's interval, not the removed one's
+    assert checked == ["summarize"]
+
+
 def test_judge_after_a_manual_share_steps_to_the_next_configured_one() -> None:
     cfg = config(Path("/nonexistent")).tasks[TASK].canary
     row = ServingRow(TASK, "r1", "r2", 10.0, None, 1.0)

@@ -178,6 +178,14 @@ class CanaryController:
         log.warning("canary %s/%s: %s: %s", task, canary, verdict.action, verdict.why)
         return _replace(verdict, acted=True)
 
+    def follow(self, config: Config) -> None:
+        """Judge by a reloaded config (``Runtime.successor``): its tasks and their canary
+        settings from the next check on; a removed task is no longer checked. The claims stay
+        where they are (``releases.store_path`` changes only with a restart)."""
+        self.config = config
+        for task in [t for t in self._due_at if t not in config.tasks]:
+            del self._due_at[task]
+
     def _canary_config(self, task: str) -> CanaryConfig:
         found = self.config.tasks.get(task)
         return found.canary if found is not None else CanaryConfig()
