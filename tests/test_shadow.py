@@ -104,6 +104,23 @@ async def test_rollback_and_promotion_leave_the_shadow_running(store: ReleaseSto
     assert (row.active, row.shadow, row.shadow_percent) == ("v1", "v3", 30.0)
 
 
+async def test_a_rollback_to_the_release_in_shadow_ends_its_shadow(store: ReleaseStore) -> None:
+    """The previous active release, retired, may be shadowed; rolling back to it left it active
+    and in shadow at once (mirrored to itself)."""
+    await bootstrap(store, "v2")
+    await store.promote(TASK, "v2", "alice", "better")
+    await store.start_shadow(TASK, "v1", 30, "alice", "keep an eye on the old one")
+    row = await store.rollback(TASK, "alice", "v2 is worse")
+    assert (row.active, row.shadow, row.shadow_percent, row.canary) == ("v1", None, 0.0, None)
+    assert await state_of(store, "v1") == "active"
+    snap = (await store.snapshot()).serving[TASK]
+    assert snap.shadow is None and snap.active is not None and snap.active.name == "v1"
+    moves = [(t.from_state, t.to_state) for t in await store.transitions(TASK, "v1")]
+    assert moves[-1] == ("shadow", "active")
+    await store.register(make("v3", temperature=0.7), "alice")
+    assert (await store.start_shadow(TASK, "v3", 10, "alice", "a new one")).shadow == "v3"
+
+
 # --- comparing answers ------------------------------------------------------------------------
 
 

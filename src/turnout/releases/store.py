@@ -20,11 +20,14 @@ The state machine (every arrow is a row in ``transitions``)::
     canary ──rollback──▶ retired          active ──promote(other) / rollback──▶ retired
     retired ──mark_evaluated──▶ evaluated (a re-run of the golden set)
     retired ──rollback (it is previous_active)──▶ active
+    shadow ──rollback (it is previous_active, shadowed since it retired)──▶ active, the shadow ended
     registered / evaluated / retired ──start_shadow──▶ shadow ──stop_shadow──▶ the state before
     shadow ──start_canary (its shadow sample passed the task's gates: ``gated``)──▶ canary
 
-A shadow release serves nobody: it is sent a copy of a share of the active release's requests
-(``turnout.serving.shadow``), one per task, beside the active and canary ones.
+A release holds one role at a time: a shadow release serves nobody (a transition that makes
+it serve, a gated canary or a rollback to it, ends its shadow). It is sent a copy of a share of
+the active release's requests (``turnout.serving.shadow``), one per task, beside the active and
+canary ones.
 
 Bootstrap: while a task has never had an active release, any registered release may be
 promoted directly: there is nothing yet to compare a candidate against. After that, promoting
@@ -484,6 +487,8 @@ class ReleaseStore:
                     "UPDATE serving SET active = ?, previous_active = NULL, updated_at = ? WHERE task = ?",
                     (previous.release.name, now, task),
                 )
+                if serving.shadow == previous.release.name:  # it serves now: no longer mirrored
+                    conn.execute("UPDATE serving SET shadow = NULL, shadow_percent = 0 WHERE task = ?", (task,))
             return _need_serving(conn, task)
 
         return await self._write(body)
