@@ -76,7 +76,8 @@ async def releases(runtime: Runtime) -> list[dict[str, Any]]:
         last = runtime.canary.last.get(task) if runtime.canary is not None else None
         shadow = None
         if serving is not None and serving.shadow is not None and runtime.shadows is not None:
-            pairs = await runtime.shadows.store.pairs(task, serving.shadow)
+            # against the active release only, as the gates before a canary read it
+            pairs = await runtime.shadows.store.pairs(task, serving.shadow, baseline=serving.active or "")
             shadow = await asyncio.to_thread(summarize, task, serving.shadow, pairs)  # up to 200k pairs: off the loop
         out.append(
             {

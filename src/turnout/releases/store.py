@@ -299,12 +299,22 @@ class ReleaseStore:
         return await self._write(body)
 
     async def start_canary(
-        self, task: str, name: str, percent: float, by: str, why: str, *, gated: bool = False
+        self,
+        task: str,
+        name: str,
+        percent: float,
+        by: str,
+        why: str,
+        *,
+        gated: bool = False,
+        against: str | None = None,
     ) -> ServingRow:
         """Send ``percent`` of the task's traffic to an evaluated release (or change the share of
         the release already in canary). One canary per task, beside an active release. A release
         in shadow may go to canary only when its shadow sample passed the task's gates: the
-        caller checked them (``gated``; ``turnout release canary`` does) and says so in ``why``."""
+        caller checked them (``gated``; ``turnout release canary`` does) and says so in ``why``;
+        ``against``: the active release the sample's pairs were served by, which must still be
+        the active one (refused if another was promoted since the sample was read)."""
         _who(by, why)
         _percent(percent)
 
@@ -316,6 +326,11 @@ class ReleaseStore:
                 raise ReleaseStoreError(
                     f"release {name!r} of task {task!r} is in shadow; it may take traffic once its shadow sample "
                     "passes the task's gates (`turnout release canary` checks them)"
+                )
+            if found.state == "shadow" and against is not None and serving.active != against:
+                raise ReleaseStoreError(
+                    f"the shadow sample of release {name!r} of task {task!r} was measured against {against!r}, "
+                    f"but {serving.active!r} is active now; check its gates again"
                 )
             if found.state not in ("evaluated", "canary", "shadow"):
                 hint = " (run its golden set first, or shadow it)" if found.state == "registered" else ""
