@@ -66,10 +66,21 @@ class World:
         assert row is not None
         return row
 
-    async def traffic(self, release: str, n: int, *, errors: int = 0, provider: int = 0, **fields: Any) -> None:
-        """``n`` requests of ``release`` inside the current step: ``errors`` internal failures
-        and ``provider`` upstream ones among them."""
-        since = (await self.serving()).updated_at
+    async def traffic(
+        self,
+        release: str,
+        n: int,
+        *,
+        errors: int = 0,
+        provider: int = 0,
+        rejected: int = 0,
+        ago: float = -0.001,
+        **fields: Any,
+    ) -> None:
+        """``n`` requests of ``release`` inside the current step (or ``ago`` seconds before it
+        began): ``errors`` internal failures, ``provider`` upstream ones and ``rejected`` ones
+        the upstream refused (4xx ``upstream_rejected``) among them."""
+        since = (await self.serving()).updated_at - ago
         rows = []
         for i in range(n):
             status, error = 200, None
@@ -77,11 +88,13 @@ class World:
                 status, error = 500, "internal"
             elif i < errors + provider:
                 status, error = 502, "all_targets_failed"
+            elif i < errors + provider + rejected:
+                status, error = 400, "upstream_rejected"
             values: dict[str, Any] = {"latency_ms": 100.0, "cost_usd": 0.001, **fields}
             rows.append(
                 LedgerRow(
                     f"req-{next(self.ids)}",
-                    since + 0.001,
+                    since,
                     "acme",
                     TASK,
                     "internal",
@@ -152,6 +165,59 @@ async def test_an_upstream_failing_canary_target_counts_as_its_errors(world: Wor
     verdict = await world.controller().check(TASK)
     assert verdict.action == "rollback"
     assert verdict.canary_stats is not None and verdict.canary_stats.provider_errors == 30
+
+
+async def test_a_canary_the_upstream_rejects_is_rolled_back(world: World) -> None:
+    # Its template or model name makes the upstream refuse every body: a 4xx, but the release's.
+    await world.traffic("r1", 50)
+    await world.traffic("r2", 50, rejected=50)
+    verdict = await world.controller().check(TASK)
+    assert (verdict.action, verdict.acted, verdict.failed) == ("rollback", True, ("error_rate",))
+    assert "error rate 100.0% vs 0.0%" in verdict.why
+
+
+async def test_a_canary_at_100_percent_is_judged_against_the_active_release_before_it(world: World) -> None:
+    await world.traffic("r1", 100, errors=2)  # the active release's history, in the 5% step
+    await world.store.set_canary_percent(TASK, 100.0, "alice", "all in")
+    await world.traffic("r1", 100, errors=2, ago=3_600 + 1)  # older than the baseline window
+    await world.traffic("r2", 100, errors=32)
+    verdict = await world.controller().check(TASK)
+    assert (verdict.action, verdict.acted, verdict.failed) == ("rollback", True, ("error_rate",))
+    assert "error rate 32.0% vs 2.0% (+30.0 points, limit +2.0)" in verdict.why
+    assert "at 100%" in verdict.why and "r1 in the 3600 s before this step" in verdict.why
+    assert verdict.active_stats is not None and verdict.active_stats.requests == 100
+    serving = await world.serving()
+    assert (serving.active, serving.canary) == ("r1", None)
+
+
+async def test_a_canary_at_100_percent_is_held_to_its_baseline_latency_and_cost(world: World) -> None:
+    await world.traffic("r1", 50)
+    await world.store.set_canary_percent(TASK, 100.0, "alice", "all in")
+    await world.traffic("r2", 50, latency_ms=400.0)
+    verdict = await world.controller().check(TASK)
+    assert (verdict.action, verdict.failed) == ("rollback", ("p95_latency",))
+
+
+async def test_a_canary_at_100_percent_without_history_must_be_nearly_error_free(world: World) -> None:
+    # No active traffic to compare with, before or since: the canary's own error rate against
+    # max_error_rate_delta, as if the active release had made no error.
+    await world.store.set_canary_percent(TASK, 100.0, "alice", "all in")
+    await world.traffic("r2", 100, errors=10)
+    verdict = await world.controller().check(TASK)
+    assert (verdict.action, verdict.failed) == ("rollback", ("error_rate",))
+    assert "no baseline" in verdict.why
+
+
+async def test_a_healthy_canary_at_100_percent_is_promoted(world: World) -> None:
+    await world.traffic("r1", 50, errors=1)
+    await world.store.set_canary_percent(TASK, 100.0, "alice", "all in")
+    ctl = world.controller()
+    await world.traffic("r2", 10)
+    assert (await ctl.check(TASK)).action == "wait"  # too few requests yet
+    await world.traffic("r2", 40, errors=1)
+    verdict = await ctl.check(TASK)
+    assert (verdict.action, verdict.acted) == ("promote", True), verdict.why
+    assert (await world.serving()).active == "r2"
 
 
 async def test_latency_and_cost_regressions_roll_back(world: World) -> None:
@@ -252,6 +318,34 @@ async def test_the_loop_checks_on_its_interval_and_stops(world: World) -> None:
     seen = ctl.last[TASK]
     await asyncio.sleep(0.05)
     assert ctl.last[TASK] is seen  # stopped: no check after aclose
+
+
+async def test_the_controller_follows_a_reloaded_config(world: World, tmp_path: Path) -> None:
+    """A reload (``Runtime.successor``) hands the controller the new config: a task it adds is
+    checked, with its own canary settings; a task it removes is not."""
+    other = release("o1")
+    other = Release("summarize", "o1", other.route, other.model_version, other.tokenizer, other.prompt)
+    await world.store.register(other, "alice")
+    await world.store.promote("summarize", "o1", "alice", "first release")
+    ctl = world.controller()
+    await world.both()
+    await ctl.check_due()
+    assert set(ctl.last) == {TASK}
+    raw = world.config.model_dump()
+    raw["tasks"]["summarize"] = {"route": ["primary"], "canary": {"interval_s": 5}}
+    del raw["tasks"][TASK]
+    ctl.follow(validate(raw))
+    world.clock.now += 61
+    checked: list[str] = []
+    check = ctl.check
+
+    async def spy(task: str) -> Verdict:
+        checked.append(task)
+        return await check(task)
+
+    ctl.check = spy  # type: ignore[method-assign]
+    assert await ctl.check_due() == 5.0  # the new task's interval, not the removed one's
+    assert checked == ["summarize"]
 
 
 def test_judge_after_a_manual_share_steps_to_the_next_configured_one() -> None:

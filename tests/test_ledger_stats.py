@@ -25,7 +25,7 @@ from tests.test_ledger_store import (
 from turnout.config import StoreConfig
 from turnout.ledger import sqlite as sqlite_backend
 from turnout.ledger.record import LedgerRow
-from turnout.ledger.store import LedgerStore, ReleaseStats, open_store, percentile, summarize
+from turnout.ledger.store import EVAL_TENANT, LedgerStore, ReleaseStats, open_store, percentile, summarize
 
 ALL_VERSIONS = list(range(1, len(sqlite_backend.MIGRATIONS) + 1))
 
@@ -81,6 +81,41 @@ async def test_the_window_is_one_release_of_one_task_since_a_time(store: LedgerS
     assert stats.cost_usd == pytest.approx(0.02)
 
 
+async def test_the_window_may_end_before_now(store: LedgerStore) -> None:
+    # At 100% the canary is compared with the active release's rows before its step began.
+    await store.write_batch([row(1), row(10), row(11), row(12)])
+    stats = await store.release_stats("support-reply", "r2", T0 + 10, until=T0 + 12)
+    assert stats.requests == 2  # rows 10 and 11; the end is excluded
+
+
+async def test_eval_rows_are_not_live_traffic(store: LedgerStore) -> None:
+    # `turnout eval` forces a release on golden cases: those rows say nothing of live traffic.
+    evals = [row(n, tenant=EVAL_TENANT, status=500, error_class="internal") for n in (2, 3, 4)]
+    await store.write_batch([row(1), *evals, row(5, tenant=EVAL_TENANT, outcome="failure")])
+    stats = await store.release_stats("support-reply", "r2", 0.0)
+    assert (stats.requests, stats.errors, stats.outcomes) == (1, 0, 0)
+
+
+async def test_an_upstream_rejection_is_the_releases_error_not_the_callers(store: LedgerStore) -> None:
+    rows = [
+        row(1),
+        # the upstream refused the body the release built (its template, its model name)
+        row(2, status=400, error_class="upstream_rejected"),
+        row(3, status=404, error_class="upstream_rejected"),
+        row(4, status=400, error_class="context_length_exceeded"),  # the release's target or prompt
+        # the caller's own: a bad body, a key, an unknown task, its quota
+        row(5, status=400, error_class="invalid_request_error", latency_ms=1.0),
+        row(6, status=401, error_class="invalid_api_key", latency_ms=1.0),
+        row(7, status=404, error_class="model_not_found", latency_ms=1.0),
+        row(8, status=429, error_class="rate_limit_exceeded", latency_ms=1.0),
+    ]
+    await store.write_batch(rows)
+    stats = await store.release_stats("support-reply", "r2", 0.0)
+    assert (stats.requests, stats.caller_errors, stats.served) == (8, 4, 4)
+    assert (stats.errors, stats.provider_errors) == (3, 0)
+    assert stats.error_rate == pytest.approx(3 / 4)
+
+
 async def test_errors_caller_errors_and_provider_errors_are_told_apart(store: LedgerStore) -> None:
     rows = [
         row(1),
@@ -128,12 +163,33 @@ async def test_outcomes_come_from_feedback(store: LedgerStore) -> None:
     assert stats.success_rate == pytest.approx(2 / 3)
 
 
+async def test_one_feedback_on_an_episode_counts_once(store: LedgerStore) -> None:
+    rows = [row(n, episode_id="ep-1") for n in (1, 2, 3)]
+    rows += [row(4, episode_id="ep-2"), row(5), row(6), row(7, tenant="other", episode_id="ep-1")]
+    await store.write_batch(rows)
+    assert await store.set_outcome_by_episode("ep-1", "acme", "failure", None, None, None, T0 + 99) == 3
+    assert await store.set_outcome_by_episode("ep-2", "acme", "success", None, None, None, T0 + 99) == 1
+    assert await store.set_outcome_by_episode("ep-1", "other", "success", None, None, None, T0 + 99) == 1
+    assert await store.set_outcome("req-000005", "acme", "success", None, None, None, None, T0 + 99)
+    stats = await store.release_stats("support-reply", "r2", 0.0)
+    assert (stats.outcomes, stats.successes) == (4, 3)  # one per feedback, not 6 rows
+    # Feedback on one request of the episode, later: a feedback of its own.
+    assert await store.set_outcome("req-000002", "acme", "success", None, None, None, "ep-1", T0 + 100)
+    stats = await store.release_stats("support-reply", "r2", 0.0)
+    assert (stats.outcomes, stats.successes) == (5, 4)
+
+
 def test_summarize_and_percentile_by_hand() -> None:
     assert percentile([], 0.95) is None
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert percentile([0.0, 10.0], 0.95) == pytest.approx(9.5)
     assert summarize([]) == ReleaseStats()
-    stats = summarize([(200, None, 5.0, 0.5, "success", True), (504, "all_targets_failed", 9.0, None, None, None)])
+    stats = summarize(
+        [
+            (200, None, 5.0, 0.5, "success", True, "r1", "acme", None, 1.0),
+            (504, "all_targets_failed", 9.0, None, None, None, "r2", "acme", None, None),
+        ]
+    )
     assert stats == ReleaseStats(2, 0, 1, 1, pytest.approx(8.8), 0.5, 1, 1, 1, 1)  # type: ignore[arg-type]
 
 
@@ -155,7 +211,7 @@ def test_sqlite_reads_the_window_through_its_index(tmp_path: Path) -> None:
     try:
         sqlite_backend._migrate(conn, "test")
         plan = " ".join(
-            str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + sqlite_backend._STATS, ("t", "r", 0.0))
+            str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + sqlite_backend._STATS, ("t", "r", 0.0, 1.0, "e"))
         )
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
     finally:

@@ -461,6 +461,22 @@ async def test_a_reload_opens_the_cache_and_review_queue_the_first_task_asks_for
     assert (await chat(app, "short")).status == 202
 
 
+async def test_the_canary_controller_follows_a_reload(served: Served, tmp_path: Path) -> None:
+    """It kept the config it started with: a task a reload added was never checked."""
+    raw = base(tmp_path)
+    raw["releases"] = {"path": str(tmp_path / "releases"), "store_path": str(tmp_path / "releases.db")}
+    (tmp_path / "releases").mkdir()
+    app = await served.start(raw)
+    controller = app.runtime.canary
+    assert controller is not None
+    raw["tasks"]["summarize"] = {"route": ["secondary"], "canary": {"interval_s": 7}}
+    served.write(raw)
+    assert (await app.reload())["changed"] == ["tasks"]
+    assert app.runtime.canary is controller  # the same loop, now over the new config
+    assert controller.config is app.runtime.config
+    assert controller._canary_config("summarize").interval_s == 7
+
+
 async def test_an_offline_runtime_runs_no_canary_controller_nor_retention_purge(tmp_path: Path) -> None:
     """`turnout eval` started a whole gateway runtime: it claimed live canaries and purged the
     ledger by the rules of whatever config its caller had."""

@@ -95,6 +95,18 @@ async def test_what_a_shadow_may_not_do(store: ReleaseStore) -> None:
     assert await state_of(store, "v2") == "canary"
 
 
+async def test_a_gated_canary_is_refused_when_the_active_release_changed(store: ReleaseStore) -> None:
+    """The gates were read against one active release; another was promoted meanwhile."""
+    await bootstrap(store, "v2")
+    await store.register(make("v3", temperature=0.7), "alice")
+    await store.start_shadow(TASK, "v3", 20, "alice", "compare")
+    await store.promote(TASK, "v2", "alice", "meanwhile")
+    with pytest.raises(ReleaseStoreError, match="measured against 'v1', but 'v2' is active"):
+        await store.start_canary(TASK, "v3", 5, "alice", "sample passed", gated=True, against="v1")
+    row = await store.start_canary(TASK, "v3", 5, "alice", "sample passed", gated=True, against="v2")
+    assert (row.active, row.canary, row.shadow) == ("v2", "v3", None)
+
+
 async def test_rollback_and_promotion_leave_the_shadow_running(store: ReleaseStore) -> None:
     await bootstrap(store, "v2")
     await store.register(make("v3", temperature=0.7), "alice")
@@ -102,6 +114,23 @@ async def test_rollback_and_promotion_leave_the_shadow_running(store: ReleaseSto
     await store.promote(TASK, "v2", "alice", "better")
     row = await store.rollback(TASK, "alice", "worse")
     assert (row.active, row.shadow, row.shadow_percent) == ("v1", "v3", 30.0)
+
+
+async def test_a_rollback_to_the_release_in_shadow_ends_its_shadow(store: ReleaseStore) -> None:
+    """The previous active release, retired, may be shadowed; rolling back to it left it active
+    and in shadow at once (mirrored to itself)."""
+    await bootstrap(store, "v2")
+    await store.promote(TASK, "v2", "alice", "better")
+    await store.start_shadow(TASK, "v1", 30, "alice", "keep an eye on the old one")
+    row = await store.rollback(TASK, "alice", "v2 is worse")
+    assert (row.active, row.shadow, row.shadow_percent, row.canary) == ("v1", None, 0.0, None)
+    assert await state_of(store, "v1") == "active"
+    snap = (await store.snapshot()).serving[TASK]
+    assert snap.shadow is None and snap.active is not None and snap.active.name == "v1"
+    moves = [(t.from_state, t.to_state) for t in await store.transitions(TASK, "v1")]
+    assert moves[-1] == ("shadow", "active")
+    await store.register(make("v3", temperature=0.7), "alice")
+    assert (await store.start_shadow(TASK, "v3", 10, "alice", "a new one")).shadow == "v3"
 
 
 # --- comparing answers ------------------------------------------------------------------------
@@ -224,6 +253,9 @@ async def test_pairs_are_stored_once_and_read_back(kind: str, tmp_path: Path) ->
         judged = pair(20, judge_cost_usd=0.5)
         await store.write_pairs([judged])
         assert (await store.pairs(TASK, "v2"))[0] == judged
+        await store.write_pairs([pair(30, served_release="v3")])  # served by another active release
+        assert [p.request_id for p in await store.pairs(TASK, "v2", baseline="v3")] == ["r30"]
+        assert len(await store.pairs(TASK, "v2", baseline="v1")) == 11
 
 
 # --- on the request path ----------------------------------------------------------------------

@@ -84,6 +84,27 @@ def test_a_shadow_takes_traffic_only_once_its_sample_passes(config: str, tmp_pat
     assert json.loads(ok(config, "list", "extract", "--format", "json"))["serving"]["shadow"] is None
 
 
+def test_only_pairs_against_the_active_release_count(tmp_path: Path) -> None:
+    """The sample was measured against the release active then: after a promotion, pairs whose
+    served side was the old active release say nothing of the shadow against the new one."""
+    shadowed = "{route: [qwen], gates: {min_pass_rate: 0.9}, shadow: {min_pairs: 20, min_agreement: 0.7}}"
+    config = write_config(tmp_path, shadowed, ("v1", "v2", "v3"))
+    ok(config, "register", "extract", "--all", "--by", "alice")
+    ok(config, "promote", "extract", "v1", "--by", "alice", "--why", "first")
+    ok(config, "shadow", "extract", "v3", "--percent", "20", "--by", "alice", "--why", "compare")
+    now = time.time()
+    add_pairs(tmp_path, [pair(i, shadow_release="v3", agree=i % 5 != 0, at=now - 600 + i) for i in range(30)])
+    ok(config, "promote", "extract", "v2", "--force", "--by", "alice", "--why", "hotfix")
+    out = fails(config, "canary", "extract", "v3", "--percent", "5", "--by", "alice", "--why", "sample passed")
+    assert "min_pairs: 0 mirrored requests; 20 needed for a verdict" in out
+    assert "shadow sample: none yet" in ok(config, "show", "extract", "v3")
+    later = [pair(i, served_release="v2", shadow_release="v3", at=now - 60 + i / 10) for i in range(100, 125)]
+    add_pairs(tmp_path, later)
+    assert "shadow sample: 25 mirrored requests" in ok(config, "show", "extract", "v3")
+    out = ok(config, "canary", "extract", "v3", "--percent", "5", "--by", "alice", "--why", "sample passed")
+    assert out == "extract: v3 takes 5% of traffic; v2 the rest\n"
+
+
 def test_a_failing_sample_is_refused_with_each_reason(config: str, tmp_path: Path) -> None:
     start(config)
     bad = [pair(i, agree=i % 2 == 0, shadow_pass=i % 3 != 0) for i in range(30)]

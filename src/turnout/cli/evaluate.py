@@ -18,6 +18,7 @@ from turnout.cli._common import CommandError, config_option, release_files, task
 from turnout.cli.import_reviews import import_reviews
 from turnout.config import DATA_CLASSES, Config
 from turnout.control.auth import Tenant
+from turnout.ledger import store as ledger
 from turnout.offline.evals import (
     Case,
     GateResult,
@@ -51,7 +52,7 @@ CONFIG_HELP = "YAML config file: targets, the task's route and gates, releases a
 
 # Who `turnout eval` is when no --tenant is given: a name no key maps to, so no HTTP client can
 # be it; every task and data class, and no limits (no config scope names it).
-EVAL_TENANT = Tenant("turnout-eval", frozenset(DATA_CLASSES), None)
+EVAL_TENANT = Tenant(ledger.EVAL_TENANT, frozenset(DATA_CLASSES), None)  # left out of canary judging
 
 
 class EvalGroup(click.Group):

@@ -118,7 +118,9 @@ def show(task: str, name: str | None, fmt: str, config: Config) -> None:
 
     found, serving, moves = _run(config, read)
     shadowed = found.state == "shadow" or any(t.to_state == "shadow" for t in moves)
-    sample = shadow.read_summary(config, task, found.release.name) if shadowed else None
+    # In shadow: the sample the gates read, against the active release; else its whole history.
+    baseline = serving.active if serving is not None and found.state == "shadow" else None
+    sample = shadow.read_summary(config, task, found.release.name, baseline) if shadowed else None
     gates = shadow_gates(sample, config.tasks[task]) if sample is not None and task in config.tasks else None
     if fmt == "json":
         out = {**_summary(found), "spec": to_spec(found.release), "transitions": [_transition_json(t) for t in moves]}
@@ -189,14 +191,18 @@ def canary(task: str, name: str, percent: float, by: str, why: str, config: Conf
     release in canary). End users stay on one side of the split. A release in shadow goes to
     canary only when its shadow sample passes the task's gates (`turnout release show` lists
     them)."""
-    found = _run(config, lambda store: store.get(task, name))
-    gated = False
+
+    async def read(store: ReleaseStore) -> tuple[RegisteredRelease | None, ServingRow | None]:
+        return await store.get(task, name), await store.serving_row(task)
+
+    found, now = _run(config, read)
+    gated, against = False, now.active if now is not None else None
     if found is not None and found.state == "shadow":
         if task not in config.tasks:
             raise CommandError(f"task {task!r} is not in the config: its gates are unknown")
-        sample = shadow.refuse_failed(config, task, name)
+        sample = shadow.refuse_failed(config, task, name, against)
         why, gated = why + passed_note(sample), True
-    serving = _run(config, lambda store: store.start_canary(task, name, percent, by, why, gated=gated))
+    serving = _run(config, lambda store: store.start_canary(task, name, percent, by, why, gated=gated, against=against))
     click.echo(f"{task}: {name} takes {serving.canary_percent:g}% of traffic; {serving.active} the rest")
 
 

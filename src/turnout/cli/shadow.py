@@ -32,22 +32,33 @@ def has_store(config: Config) -> bool:
     return not isinstance(place, str) or Path(place).is_file()
 
 
-def read_pairs(config: Config, task: str, release: str | None = None, since: float | None = None) -> list[Pair]:
+def read_pairs(
+    config: Config,
+    task: str,
+    release: str | None = None,
+    since: float | None = None,
+    baseline: str | None = None,
+) -> list[Pair]:
     if not has_store(config):
         return []
     return run_store(
-        lambda: ShadowStore(_place(config)), lambda s: s.pairs(task, release, since=since), "the shadow store"
+        lambda: ShadowStore(_place(config)),
+        lambda s: s.pairs(task, release, since=since, baseline=baseline),
+        "the shadow store",
     )
 
 
-def read_summary(config: Config, task: str, release: str) -> ShadowSummary:
-    return summarize(task, release, read_pairs(config, task, release))
+def read_summary(config: Config, task: str, release: str, baseline: str | None = None) -> ShadowSummary:
+    """The shadow sample of ``release`` against ``baseline``, the task's active release: pairs
+    served by another (active before a promotion or a rollback) compared it with something
+    else, and do not count. No ``baseline``: every pair (a release's shadow history)."""
+    return summarize(task, release, read_pairs(config, task, release, baseline=baseline))
 
 
-def refuse_failed(config: Config, task: str, release: str) -> ShadowSummary:
-    """The shadow sample of ``release``, when it passes the task's gates (``turnout release
-    canary``); a ``CommandError`` naming each failing gate when it does not."""
-    summary = read_summary(config, task, release)
+def refuse_failed(config: Config, task: str, release: str, baseline: str | None) -> ShadowSummary:
+    """The shadow sample of ``release`` against ``baseline``, when it passes the task's gates
+    (``turnout release canary``); a ``CommandError`` naming each failing gate when it does not."""
+    summary = read_summary(config, task, release, baseline)
     why = refusal(summary, config.tasks[task])
     if why is not None:
         raise CommandError(why)

@@ -614,6 +614,10 @@ class CanaryConfig(_Strict):
     max_cost_ratio: float = Field(1.5, gt=0)  # canary ÷ active cost per request
     max_success_drop: float = Field(0.05, ge=0)  # active − canary outcome success rate, once feedback exists
     provider_error_budget: float = Field(0.2, ge=0, le=1)  # upstream failures: counted apart; past this the step waits
+    # At 100% the active release serves nobody: the canary is compared with the active release's
+    # rows of this many seconds before the step began (fewer than min_requests: with none, i.e.
+    # its own error rate must stay within max_error_rate_delta).
+    baseline_s: float = Field(3600.0, gt=0)
     # Live scoring (tasks.T.scoring): the canary's pass rate must be at least this, once it has
     # min_requests scored answers; None: not checked.
     min_live_pass_rate: float | None = Field(None, ge=0, le=1)

@@ -54,8 +54,8 @@ async def release(runtime: Runtime, task: str, action: str, form: dict[str, str]
         else:
             percent = _percent(form.get("percent", ""))
             name = _named(name)
-            why, gated = await _shadow_gates(runtime, task, name, why)
-            serving = await store.start_canary(task, name, percent, by, why, gated=gated)
+            why, gated, against = await _shadow_gates(runtime, task, name, why)
+            serving = await store.start_canary(task, name, percent, by, why, gated=gated, against=against)
             done = f"{task}: {serving.canary} takes {serving.canary_percent:g}% of traffic; {serving.active} the rest"
     except TurnoutError as exc:  # the state machine said no (wrong state, unknown release)
         raise Refused(exc.message) from None
@@ -86,20 +86,22 @@ async def label(runtime: Runtime, item: str, form: dict[str, str], by: str) -> s
     return f"review item {found.id} ({found.task}): {choice}"
 
 
-async def _shadow_gates(runtime: Runtime, task: str, name: str, why: str) -> tuple[str, bool]:
-    """A release in shadow goes to canary only when its sample passes the task's gates, as
-    ``turnout release canary`` checks: the reason gets the sample's note."""
+async def _shadow_gates(runtime: Runtime, task: str, name: str, why: str) -> tuple[str, bool, str | None]:
+    """A release in shadow goes to canary only when its sample against the active release
+    passes the task's gates, as ``turnout release canary`` checks: the reason gets the sample's
+    note; and the active release it was measured against."""
     store, mirror = runtime.release_store, runtime.shadows
     assert store is not None
-    found = await store.get(task, name)
+    found, serving = await store.get(task, name), await store.serving_row(task)
+    against = serving.active if serving is not None else None
     if found is None or found.state != "shadow" or mirror is None:
-        return why, False
-    pairs = await mirror.store.pairs(task, name)
+        return why, False, against
+    pairs = await mirror.store.pairs(task, name, baseline=against) if against is not None else []
     summary = await asyncio.to_thread(summarize, task, name, pairs)  # up to 200k pairs: off the loop
     refused = refusal(summary, runtime.config.tasks[task])
     if refused is not None:
         raise Refused(refused)
-    return why + passed_note(summary), True
+    return why + passed_note(summary), True, against
 
 
 def _named(name: str) -> str:

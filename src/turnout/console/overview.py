@@ -121,7 +121,7 @@ def _health(rows: Sequence[LedgerRow]) -> dict[str, Any]:
 
 
 def _phases(rows: Sequence[LedgerRow]) -> dict[str, Any]:
-    served = [r for r in rows if not is_caller_error(r.status)]
+    served = [r for r in rows if not is_caller_error(r.status, r.error_class)]
     out: dict[str, Any] = {}
     for phase, attr in PHASES:
         values = [v for r in served if (v := getattr(r, attr)) is not None]

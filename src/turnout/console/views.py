@@ -16,7 +16,7 @@ from typing import Any
 from turnout.console.overview import DEFAULT_WINDOW, ROW_LIMIT, WINDOWS, Overview, build
 from turnout.ledger.store import ReleaseStats
 from turnout.offline.shadow import summarize
-from turnout.releases.canary import judge
+from turnout.releases.canary import judge, step_stats
 from turnout.releases.review import STATUSES, Status
 from turnout.serving.admin import Admin
 from turnout.serving.runtime import Runtime
@@ -71,15 +71,13 @@ async def releases(runtime: Runtime) -> list[dict[str, Any]]:
             continue
         comparison = None
         if serving is not None and serving.canary is not None and serving.active is not None and runtime.store:
-            canary, active = await asyncio.gather(
-                runtime.store.release_stats(task, serving.canary, serving.updated_at),
-                runtime.store.release_stats(task, serving.active, serving.updated_at),
-            )
+            canary, active = await step_stats(runtime.store, serving, spec.canary)
             comparison = judge(task, serving, spec.canary, canary, active, time.time())
         last = runtime.canary.last.get(task) if runtime.canary is not None else None
         shadow = None
         if serving is not None and serving.shadow is not None and runtime.shadows is not None:
-            pairs = await runtime.shadows.store.pairs(task, serving.shadow)
+            # against the active release only, as the gates before a canary read it
+            pairs = await runtime.shadows.store.pairs(task, serving.shadow, baseline=serving.active or "")
             shadow = await asyncio.to_thread(summarize, task, serving.shadow, pairs)  # up to 200k pairs: off the loop
         out.append(
             {

@@ -7,11 +7,15 @@ copying rows in and out, so code tested against it behaves the same on SQLite.
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 from collections.abc import Sequence
 
 from turnout.config import StoreConfig
 from turnout.ledger.record import LedgerRow
-from turnout.ledger.store import ReleaseStats, StoreError, check_limit, summarize
+from turnout.ledger.store import EVAL_TENANT, STATS_COLUMNS, ReleaseStats, StoreError, check_limit, summarize
+
+_STATS = operator.attrgetter(*STATS_COLUMNS)  # a row's values for summarize, in its order
 
 
 class MemoryStore:
@@ -134,12 +138,13 @@ class MemoryStore:
         )
         return [copy_row(row) for row in found[:limit]]
 
-    async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
+    async def release_stats(self, task: str, release: str, since: float, until: float | None = None) -> ReleaseStats:
         self._check_open()
+        end = math.inf if until is None else until
         return summarize(
-            (r.status, r.error_class, r.latency_ms, r.cost_usd, r.outcome, r.live_pass)
+            _STATS(r)
             for r in self._rows.values()
-            if r.task == task and r.release == release and r.started_at >= since
+            if r.task == task and r.release == release and since <= r.started_at < end and r.tenant != EVAL_TENANT
         )
 
     async def aclose(self) -> None:

@@ -30,6 +30,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -42,7 +43,14 @@ import orjson
 from turnout.config import StoreConfig
 from turnout.errors import ConfigError
 from turnout.ledger.record import AttemptRecord, LedgerRow
-from turnout.ledger.store import RELEASE_FAULTS, ReleaseStats, StoreError, check_limit
+from turnout.ledger.store import (
+    EVAL_TENANT,
+    RELEASE_FAULTS,
+    RELEASE_REJECTIONS,
+    ReleaseStats,
+    StoreError,
+    check_limit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +276,13 @@ class PostgresStore:
             found = await conn.fetch(self._sql.between, since, until, tenant, task, limit)
         return [_decode(record) for record in found]
 
-    async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
+    async def release_stats(self, task: str, release: str, since: float, until: float | None = None) -> ReleaseStats:
+        end = math.inf if until is None else until
+        faults, rejections = sorted(RELEASE_FAULTS), sorted(RELEASE_REJECTIONS)
         async with self._connection() as conn:
-            found = await conn.fetchrow(self._sql.release_stats, task, release, since, sorted(RELEASE_FAULTS))
+            found = await conn.fetchrow(
+                self._sql.release_stats, task, release, since, faults, end, EVAL_TENANT, rejections
+            )
         assert found is not None  # an aggregate without GROUP BY always answers one row
         return ReleaseStats(*found.values())
 
@@ -371,20 +383,27 @@ class _Statements:
             "ORDER BY started_at, request_id LIMIT $5"
         )
         # ReleaseStats' figures in SQL, as turnout.ledger.store.summarize computes them.
-        served = "status NOT BETWEEN 400 AND 499"
+        caller = "(status BETWEEN 400 AND 499 AND COALESCE(error_class, '') <> ALL ($7::text[]))"
+        served = f"NOT {caller}"
+        # One feedback per key, as turnout.ledger.store.feedback_key.
+        feedback = (
+            "CASE WHEN episode_id IS NULL THEN jsonb_build_array('request', request_id) "
+            "ELSE jsonb_build_array('episode', tenant, episode_id, outcome_at, outcome) END"
+        )
         self.release_stats = f"""SELECT
             count(*),
-            count(*) FILTER (WHERE status BETWEEN 400 AND 499),
+            count(*) FILTER (WHERE {caller}),
             count(*) FILTER (WHERE {served} AND (status >= 500 OR error_class IS NOT NULL)),
             count(*) FILTER (WHERE status IN (502, 503, 504)
                              AND COALESCE(error_class, '') <> ALL ($4::text[])),
             percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FILTER (WHERE {served}),
             COALESCE(sum(cost_usd) FILTER (WHERE {served}), 0),
-            count(outcome) FILTER (WHERE {served}),
-            count(*) FILTER (WHERE {served} AND outcome = 'success'),
+            count(DISTINCT {feedback}) FILTER (WHERE {served} AND outcome IS NOT NULL),
+            count(DISTINCT {feedback}) FILTER (WHERE {served} AND outcome = 'success'),
             count(live_pass) FILTER (WHERE {served}),
             count(*) FILTER (WHERE {served} AND live_pass)
-            FROM {p}requests WHERE task = $1 AND "release" = $2 AND started_at >= $3"""  # noqa: S608
+            FROM {p}requests WHERE task = $1 AND "release" = $2 AND started_at >= $3 AND started_at < $5
+            AND tenant <> $6"""  # noqa: S608
         self.create_migrations = (
             f"CREATE TABLE IF NOT EXISTS {p}schema_migrations "
             "(version integer PRIMARY KEY, applied_at double precision NOT NULL)"

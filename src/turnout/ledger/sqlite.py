@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 import operator
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,7 @@ import orjson
 from turnout._support.sqlite import SQLiteWorker, migrate
 from turnout.config import StoreConfig
 from turnout.ledger.record import AttemptRecord, LedgerRow
-from turnout.ledger.store import STATS_COLUMNS, ReleaseStats, StoreError, check_limit, summarize
+from turnout.ledger.store import EVAL_TENANT, STATS_COLUMNS, ReleaseStats, StoreError, check_limit, summarize
 
 T = TypeVar("T")
 
@@ -229,7 +230,7 @@ _BETWEEN = (
 # The window's rows, summed up in Python (``summarize``): SQLite has no percentile function.
 _STATS = (
     f"SELECT {', '.join(STATS_COLUMNS)} FROM requests "  # noqa: S608
-    'WHERE task = ? AND "release" = ? AND started_at >= ?'
+    'WHERE task = ? AND "release" = ? AND started_at >= ? AND started_at < ? AND tenant <> ?'
 )
 
 
@@ -344,8 +345,9 @@ class SQLiteStore:
         found = await self._call(lambda conn: conn.execute(_BETWEEN, params).fetchall())
         return [_decode(record) for record in found]
 
-    async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
-        found = await self._call(lambda conn: conn.execute(_STATS, (task, release, since)).fetchall())
+    async def release_stats(self, task: str, release: str, since: float, until: float | None = None) -> ReleaseStats:
+        params = (task, release, since, math.inf if until is None else until, EVAL_TENANT)
+        found = await self._call(lambda conn: conn.execute(_STATS, params).fetchall())
         return summarize(found)
 
     async def aclose(self) -> None:

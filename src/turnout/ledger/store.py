@@ -49,12 +49,16 @@ class StoreError(TurnoutError):
 class ReleaseStats:
     """What one release of a task did in a window, as the canary controller compares it.
 
-    * ``requests``: every row of the release with ``started_at >= since``.
-    * ``caller_errors``: rows with a 4xx status (400-499): a bad body, a key, a quota (429), a
-      client that went away (499), a request the upstream rejected as malformed. The caller's
-      doing, not the release's: they count in none of the figures below.
-    * ``errors``: the other failures: status 500 or above, or an ``error_class`` on a row whose
-      status is not 4xx (a stream that broke after its 200 went out).
+    * ``requests``: every row of the release with ``since <= started_at < until``, except
+      ``turnout eval``'s (tenant ``EVAL_TENANT``: golden cases, not live traffic).
+    * ``caller_errors``: rows with a 4xx status (400-499): a bad body, a key, an unknown task,
+      a quota (429), a client that went away (499). The caller's doing, not the release's: they
+      count in none of the figures below. Except ``RELEASE_REJECTIONS``: a 4xx the upstream
+      gave to the body the release built (``upstream_rejected``: its prompt, its model name, its
+      parameters; ``context_length_exceeded``: its prompt or its targets' windows) is the
+      release's failure, counted in ``errors`` (not in ``provider_errors``).
+    * ``errors``: the other failures: status 500 or above, a release's rejection, or an
+      ``error_class`` on a row whose status is not 4xx (a stream that broke after its 200 went out).
     * ``provider_errors``: the part of ``errors`` that came from upstream: status 502, 503 or
       504 (every target failed, or a stream broke upstream), except ``output_invalid`` (the
       model answered, but not in the release's output schema: the release's fault).
@@ -62,8 +66,11 @@ class ReleaseStats:
       errors, interpolated linearly between ranks (PostgreSQL's ``percentile_cont``); None when
       there are none.
     * ``cost_usd``: the sum of ``cost_usd`` over rows that are not caller errors (no cost: 0).
-    * ``outcomes``: rows with feedback (``outcome`` set), not counting caller errors;
-      ``successes``: those whose outcome is ``"success"``.
+    * ``outcomes``: feedbacks (``outcome`` set), not counting caller errors; ``successes``:
+      those whose outcome is ``"success"``. A feedback is counted once however many rows it
+      reached: feedback on an episode sets every row of it at one ``outcome_at``, so the rows of
+      one episode (of one tenant) with the same ``outcome_at`` and ``outcome`` are one feedback;
+      a row without an episode is its own (``feedback_key``).
     """
 
     requests: int = 0
@@ -105,32 +112,54 @@ class ReleaseStats:
 
 
 # The columns ``summarize`` reads, in its order; SQLite selects them and sums up in Python.
-STATS_COLUMNS = ("status", "error_class", "latency_ms", "cost_usd", "outcome", "live_pass")
-StatsRecord = tuple[int, str | None, float, float | None, str | None, bool | int | None]
+STATS_COLUMNS = (
+    *("status", "error_class", "latency_ms", "cost_usd", "outcome", "live_pass"),
+    *("request_id", "tenant", "episode_id", "outcome_at"),
+)
+StatsRecord = tuple[
+    int, str | None, float, float | None, str | None, bool | int | None, str, str, str | None, float | None
+]
+# The tenant `turnout eval` runs as (``turnout.cli.evaluate``): golden cases, not live traffic.
+EVAL_TENANT = "turnout-eval"
 RELEASE_FAULTS = frozenset({"output_invalid"})  # 502s that are the release's, not the provider's
+# 4xx error classes that are the release's, not the caller's: the upstream refused the body the
+# release built (all targets answered 4xx), or no target's window holds the release's prompt.
+RELEASE_REJECTIONS = frozenset({"upstream_rejected", "context_length_exceeded"})
 
 
-def is_caller_error(status: int) -> bool:
-    return 400 <= status <= 499
+def is_caller_error(status: int, error_class: str | None = None) -> bool:
+    return 400 <= status <= 499 and error_class not in RELEASE_REJECTIONS
 
 
 def is_error(status: int, error_class: str | None) -> bool:
-    return not is_caller_error(status) and (status >= 500 or error_class is not None)
+    return not is_caller_error(status, error_class) and (status >= 500 or error_class is not None)
 
 
 def is_provider_error(status: int, error_class: str | None) -> bool:
     return status in (502, 503, 504) and error_class not in RELEASE_FAULTS
 
 
+def feedback_key(
+    request_id: str, tenant: str, episode_id: str | None, outcome_at: float | None, outcome: str
+) -> tuple[object, ...]:
+    """Which feedback set a row's outcome: one call on an episode reaches all its rows."""
+    if episode_id is None:
+        return ("request", request_id)
+    return ("episode", tenant, episode_id, outcome_at, outcome)
+
+
 def summarize(records: Iterable[StatsRecord]) -> ReleaseStats:
     """``ReleaseStats`` from rows' ``STATS_COLUMNS``: the memory and SQLite stores' arithmetic,
     which PostgreSQL's query reproduces in SQL."""
-    requests = caller = errors = provider = outcomes = successes = scored = passed = 0
+    requests = caller = errors = provider = scored = passed = 0
     cost = 0.0
     latencies: list[float] = []
-    for status, error_class, latency_ms, cost_usd, outcome, live_pass in records:
+    feedbacks: set[tuple[object, ...]] = set()
+    succeeded: set[tuple[object, ...]] = set()
+    for record in records:
+        status, error_class, latency_ms, cost_usd, outcome, live_pass, request_id, tenant, episode, at = record
         requests += 1
-        if is_caller_error(status):
+        if is_caller_error(status, error_class):
             caller += 1
             continue
         errors += is_error(status, error_class)
@@ -138,13 +167,15 @@ def summarize(records: Iterable[StatsRecord]) -> ReleaseStats:
         latencies.append(latency_ms)
         cost += cost_usd or 0.0
         if outcome is not None:
-            outcomes += 1
-            successes += outcome == "success"
+            key = feedback_key(request_id, tenant, episode, at, outcome)
+            feedbacks.add(key)
+            if outcome == "success":
+                succeeded.add(key)
         if live_pass is not None:
             scored += 1
             passed += bool(live_pass)
     p95 = percentile(latencies, 0.95)
-    return ReleaseStats(requests, caller, errors, provider, p95, cost, outcomes, successes, scored, passed)
+    return ReleaseStats(requests, caller, errors, provider, p95, cost, len(feedbacks), len(succeeded), scored, passed)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -234,9 +265,9 @@ class LedgerStore(Protocol):
         oldest first, ties by ``request_id``; at most ``limit``, which must not be negative."""
         ...
 
-    async def release_stats(self, task: str, release: str, since: float) -> ReleaseStats:
-        """How ``release`` of ``task`` did on rows with ``started_at >= since``: one query,
-        served by the ``(task, release, started_at)`` index."""
+    async def release_stats(self, task: str, release: str, since: float, until: float | None = None) -> ReleaseStats:
+        """How ``release`` of ``task`` did on rows with ``since <= started_at < until`` (no
+        ``until``: up to now): one query, served by the ``(task, release, started_at)`` index."""
         ...
 
     async def aclose(self) -> None:

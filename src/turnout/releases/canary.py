@@ -10,6 +10,14 @@ One ``check(task)``, every ``canary.interval_s``::
     → any metric check fails ......................... rollback at once
     → all pass ........................................ next step, or promote after the last
 
+A canary put at 100% by hand leaves the active release no traffic to compare with, so it is
+judged against the active release's own rows of the ``baseline_s`` before its step began
+(``step_stats``): the same metric checks, rollback or promotion. With fewer than
+``min_requests`` rows there, it has no baseline and is held to an error-free one: its error
+rate must stay within ``max_error_rate_delta`` (latency and cost are not compared). Nothing at
+100% tells the provider's trouble from the canary's, so its upstream failures count as its
+errors: an outage rolls it back to the release that served before, the safe side.
+
 The metric checks (``CanaryConfig``): error rate (canary − active, in points), p95 latency
 (canary ÷ active), cost per request (canary ÷ active) and, once both sides have at least
 ``min_requests`` outcomes from feedback, outcome success (active − canary). A ratio whose
@@ -139,11 +147,7 @@ class CanaryController:
         if serving is None or serving.canary is None or serving.active is None:
             return Verdict(task, "none", now, why="no canary running")
         cfg = self._canary_config(task)
-        since = serving.updated_at
-        canary, active = await asyncio.gather(
-            self.ledger.release_stats(task, serving.canary, since),
-            self.ledger.release_stats(task, serving.active, since),
-        )
+        canary, active = await step_stats(self.ledger, serving, cfg)
         verdict = judge(task, serving, cfg, canary, active, now)
         if verdict.action in ("step", "promote", "rollback"):
             verdict = await self._act(serving, verdict)
@@ -174,6 +178,14 @@ class CanaryController:
         log.warning("canary %s/%s: %s: %s", task, canary, verdict.action, verdict.why)
         return _replace(verdict, acted=True)
 
+    def follow(self, config: Config) -> None:
+        """Judge by a reloaded config (``Runtime.successor``): its tasks and their canary
+        settings from the next check on; a removed task is no longer checked. The claims stay
+        where they are (``releases.store_path`` changes only with a restart)."""
+        self.config = config
+        for task in [t for t in self._due_at if t not in config.tasks]:
+            del self._due_at[task]
+
     def _canary_config(self, task: str) -> CanaryConfig:
         found = self.config.tasks.get(task)
         return found.canary if found is not None else CanaryConfig()
@@ -202,10 +214,23 @@ class CanaryController:
         return max(0.0, min(self._due_at.values(), default=now + 1.0) - self.clock())
 
 
+async def step_stats(ledger: LedgerStore, serving: ServingRow, cfg: CanaryConfig) -> tuple[ReleaseStats, ReleaseStats]:
+    """The two sides of a step: the canary since the step began, and the active release over
+    the same window or, at 100% (it serves nobody), over the ``baseline_s`` before it."""
+    assert serving.canary is not None and serving.active is not None
+    task, since = serving.task, serving.updated_at
+    if serving.canary_percent >= 100:
+        active = ledger.release_stats(task, serving.active, since - cfg.baseline_s, until=since)
+    else:
+        active = ledger.release_stats(task, serving.active, since)
+    canary, baseline = await asyncio.gather(ledger.release_stats(task, serving.canary, since), active)
+    return canary, baseline
+
+
 def judge(
     task: str, serving: ServingRow, cfg: CanaryConfig, canary: ReleaseStats, active: ReleaseStats, now: float
 ) -> Verdict:
-    """The verdict on one step, from the two sides' stats: pure, no I/O."""
+    """The verdict on one step, from the two sides' stats (``step_stats``): pure, no I/O."""
     assert serving.canary is not None
     base = Verdict(
         task,
@@ -218,15 +243,9 @@ def judge(
         canary_stats=canary,
         active_stats=active,
     )
+    if serving.canary_percent >= 100:
+        return _at_full_share(base, cfg, canary, active)
     sample = f"canary {canary.served}, active {active.served} requests"
-    if (
-        serving.canary_percent >= 100
-        and canary.served >= cfg.min_requests
-        and canary.error_rate <= cfg.max_error_rate_delta
-    ):
-        # Put at 100% by hand: nothing left to compare with; its own error rate decides.
-        why = f"canary at 100% ({sample}): error rate {_pct(canary.error_rate)}; promoted"
-        return _replace(base, action="promote", next_percent=100.0, why=why)
     if canary.served < cfg.min_requests or active.served < cfg.min_requests:
         return _replace(base, why=f"too few requests to judge ({sample}; {cfg.min_requests} needed on each side)")
     upstream = (
@@ -246,12 +265,39 @@ def judge(
     # A step of 100% would leave the active side without traffic to compare against, so the
     # last comparable step passing is the promotion.
     later = [p for p in cfg.steps if serving.canary_percent < p < 100]
-    if serving.canary_percent >= 100 or not later:
+    if not later:
         why = f"canary analysis passed at {at} ({sample}): {numbers}; last step: promoted"
         return _replace(base, action="promote", next_percent=100.0, checks=checks, why=why)
     nxt = min(later)
     why = f"canary analysis passed at {at} ({sample}): {numbers}; next step {nxt:g}%"
     return _replace(base, action="step", next_percent=nxt, checks=checks, why=why)
+
+
+def _at_full_share(base: Verdict, cfg: CanaryConfig, canary: ReleaseStats, baseline: ReleaseStats) -> Verdict:
+    """At 100%: the canary against the active release's rows before its step (``baseline``),
+    or, with too few of them, against an error-free release (see the module's docstring)."""
+    window = f"{base.active} in the {cfg.baseline_s:g} s before this step"
+    if canary.served < cfg.min_requests:
+        why = f"too few requests to judge at 100% (canary {canary.served}; {cfg.min_requests} needed)"
+        return _replace(base, why=why)
+    if baseline.served >= cfg.min_requests:
+        against, compared = baseline, f"against {window} ({baseline.served} requests)"
+    else:
+        against = ReleaseStats()
+        compared = (
+            f"against no baseline ({window}: {baseline.served} requests, {cfg.min_requests} needed), "
+            "so an error-free one"
+        )
+    checks = metric_checks(cfg, canary, against)
+    failed = tuple(c.name for c in checks if c.ok is False)
+    sample = f"canary {canary.served} requests"
+    if failed:
+        details = "; ".join(c.detail for c in checks if c.ok is False)
+        why = f"canary analysis failed at 100% {compared} ({sample}): {details}"
+        return _replace(base, action="rollback", next_percent=0.0, checks=checks, failed=failed, why=why)
+    numbers = "; ".join(c.detail for c in checks if c.ok is not None or c.name != "success_rate")
+    why = f"canary analysis passed at 100% {compared} ({sample}): {numbers}; promoted"
+    return _replace(base, action="promote", next_percent=100.0, checks=checks, why=why)
 
 
 def metric_checks(cfg: CanaryConfig, canary: ReleaseStats, active: ReleaseStats) -> tuple[Check, ...]:

@@ -136,13 +136,22 @@ class ShadowStore:
         await self._db.transaction(lambda conn: conn.executemany(_INSERT, rows))
 
     async def pairs(
-        self, task: str, release: str | None = None, *, since: float | None = None, limit: int = MAX_READ
+        self,
+        task: str,
+        release: str | None = None,
+        *,
+        since: float | None = None,
+        limit: int = MAX_READ,
+        baseline: str | None = None,
     ) -> list[Pair]:
-        """The newest pairs of ``task`` (of one shadow release), newest first."""
+        """The newest pairs of ``task`` (of one shadow release; of those whose served answer
+        came from ``baseline``, the active release a sample is judged against), newest first."""
         sql = f"SELECT {_COLUMNS} FROM shadow_pairs WHERE task = ?"  # noqa: S608
         args: list[Any] = [task]
         if release is not None:
             sql, args = sql + " AND shadow_release = ?", [*args, release]
+        if baseline is not None:
+            sql, args = sql + " AND served_release = ?", [*args, baseline]
         if since is not None:
             sql, args = sql + " AND at >= ?", [*args, since]
         sql += f" ORDER BY at DESC LIMIT {int(limit)}"

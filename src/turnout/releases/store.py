@@ -20,11 +20,14 @@ The state machine (every arrow is a row in ``transitions``)::
     canary ──rollback──▶ retired          active ──promote(other) / rollback──▶ retired
     retired ──mark_evaluated──▶ evaluated (a re-run of the golden set)
     retired ──rollback (it is previous_active)──▶ active
+    shadow ──rollback (it is previous_active, shadowed since it retired)──▶ active, the shadow ended
     registered / evaluated / retired ──start_shadow──▶ shadow ──stop_shadow──▶ the state before
     shadow ──start_canary (its shadow sample passed the task's gates: ``gated``)──▶ canary
 
-A shadow release serves nobody: it is sent a copy of a share of the active release's requests
-(``turnout.serving.shadow``), one per task, beside the active and canary ones.
+A release holds one role at a time: a shadow release serves nobody (a transition that makes
+it serve, a gated canary or a rollback to it, ends its shadow). It is sent a copy of a share of
+the active release's requests (``turnout.serving.shadow``), one per task, beside the active and
+canary ones.
 
 Bootstrap: while a task has never had an active release, any registered release may be
 promoted directly: there is nothing yet to compare a candidate against. After that, promoting
@@ -296,12 +299,22 @@ class ReleaseStore:
         return await self._write(body)
 
     async def start_canary(
-        self, task: str, name: str, percent: float, by: str, why: str, *, gated: bool = False
+        self,
+        task: str,
+        name: str,
+        percent: float,
+        by: str,
+        why: str,
+        *,
+        gated: bool = False,
+        against: str | None = None,
     ) -> ServingRow:
         """Send ``percent`` of the task's traffic to an evaluated release (or change the share of
         the release already in canary). One canary per task, beside an active release. A release
         in shadow may go to canary only when its shadow sample passed the task's gates: the
-        caller checked them (``gated``; ``turnout release canary`` does) and says so in ``why``."""
+        caller checked them (``gated``; ``turnout release canary`` does) and says so in ``why``;
+        ``against``: the active release the sample's pairs were served by, which must still be
+        the active one (refused if another was promoted since the sample was read)."""
         _who(by, why)
         _percent(percent)
 
@@ -313,6 +326,11 @@ class ReleaseStore:
                 raise ReleaseStoreError(
                     f"release {name!r} of task {task!r} is in shadow; it may take traffic once its shadow sample "
                     "passes the task's gates (`turnout release canary` checks them)"
+                )
+            if found.state == "shadow" and against is not None and serving.active != against:
+                raise ReleaseStoreError(
+                    f"the shadow sample of release {name!r} of task {task!r} was measured against {against!r}, "
+                    f"but {serving.active!r} is active now; check its gates again"
                 )
             if found.state not in ("evaluated", "canary", "shadow"):
                 hint = " (run its golden set first, or shadow it)" if found.state == "registered" else ""
@@ -484,6 +502,8 @@ class ReleaseStore:
                     "UPDATE serving SET active = ?, previous_active = NULL, updated_at = ? WHERE task = ?",
                     (previous.release.name, now, task),
                 )
+                if serving.shadow == previous.release.name:  # it serves now: no longer mirrored
+                    conn.execute("UPDATE serving SET shadow = NULL, shadow_percent = 0 WHERE task = ?", (task,))
             return _need_serving(conn, task)
 
         return await self._write(body)

@@ -212,6 +212,8 @@ class Runtime:
             limiter = open_limiter(config.limits)
             stack.push_async_callback(limiter.aclose)
         new.quota = QuotaGate(config, limiter, new.prices, new.tokens)
+        if new.canary is not None:  # the same loop, judging by the new tasks and their canary settings
+            new.canary.follow(config)
         if new.shadows is not None:
             new.shadows.follow(config, new.policy, new.prices, new.scoring)
         elif new.releases is None and await asyncio.to_thread(os.path.isdir, config.releases.path):

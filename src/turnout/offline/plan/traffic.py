@@ -96,7 +96,11 @@ def traffic_from_rows(rows: Iterable[LedgerRow], task: str, end: float | None = 
     """``task``'s traffic in ``rows`` (other tasks' rows are skipped). ``end``: where the
     window stops (the CLI passes now, so quiet hours at the end count); rows at or after it
     are skipped."""
-    kept = [r for r in rows if r.task == task and not is_caller_error(r.status) and (end is None or r.started_at < end)]
+    kept = [
+        r
+        for r in rows
+        if r.task == task and not is_caller_error(r.status, r.error_class) and (end is None or r.started_at < end)
+    ]
     if not kept:
         return Traffic(task=task, hours=(), targets={})
     first = math.floor(min(r.started_at for r in kept) / HOUR)

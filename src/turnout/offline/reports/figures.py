@@ -221,7 +221,7 @@ def _latency(review_cost: float | None) -> tuple[Figures, list[Column]]:
     ]
 
     def figures(rows: list[LedgerRow]) -> dict[str, Any]:
-        served = [r for r in rows if not is_caller_error(r.status)]
+        served = [r for r in rows if not is_caller_error(r.status, r.error_class)]
         out: dict[str, Any] = {"requests": len(served)}
         for name, attr in measures:
             values = [v for r in served if (v := getattr(r, attr)) is not None]
