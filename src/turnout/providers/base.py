@@ -50,16 +50,25 @@ class Usage:
 
     @classmethod
     def from_openai(cls, raw: Any) -> Usage | None:
+        """The upstream's usage object, read defensively: without a ``prompt_tokens`` count
+        (``{}``, only ``total_tokens``), or with a count that is negative or not a number, it is
+        None, and the gateway counts the answer itself: an upstream cannot make an answer free,
+        or credit a budget, by what it reports. ``completion_tokens`` left out is 0 (embedding
+        servers report only the prompt)."""
         if not isinstance(raw, dict):
             return None
-        usage = cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+        prompt_tokens = _count(raw.get("prompt_tokens"))
+        completion = raw.get("completion_tokens")
+        completion_tokens = 0 if completion is None else _count(completion)
+        if prompt_tokens is None or completion_tokens is None:
+            return None
+        usage = cls(prompt_tokens, completion_tokens)
         prompt, completion = raw.get("prompt_tokens_details"), raw.get("completion_tokens_details")
         if isinstance(prompt, dict):
-            usage.cached_tokens = int(prompt.get("cached_tokens") or 0)
+            usage.cached_tokens = min(_count(prompt.get("cached_tokens")) or 0, usage.prompt_tokens)
         if isinstance(completion, dict):
-            usage.reasoning_tokens = int(completion.get("reasoning_tokens") or 0)
-        if raw.get("cache_creation_input_tokens"):
-            usage.cache_write_tokens = int(raw["cache_creation_input_tokens"])
+            usage.reasoning_tokens = min(_count(completion.get("reasoning_tokens")) or 0, usage.completion_tokens)
+        usage.cache_write_tokens = _count(raw.get("cache_creation_input_tokens")) or 0
         return usage
 
     @property
@@ -167,3 +176,10 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def _count(value: Any) -> int | None:
+    """A token count as an upstream reported it; None when it is not one (negative, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e15:
+        return None
+    return int(value)

@@ -1,0 +1,71 @@
+"""What an upstream reports as usage is read defensively (``Usage.from_openai``): a count that
+is negative or not a number, or a usage without its prompt count, is no usage at all, and the
+gateway counts the answer itself (``usage_estimated``) — an upstream cannot make an answer
+free, or credit a tenant's budget, by what it reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.asgi import ledger_rows, request
+from tests.conftest import AppFactory
+from tests.fakes.upstream import FakeUpstream
+from turnout.providers.base import Usage
+
+KEY = "sk-acme-usage-0123456789"
+PRICE = {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {},
+        {"total_tokens": 2000},
+        {"prompt_tokens": -5_000_000, "completion_tokens": 0},
+        {"prompt_tokens": 10, "completion_tokens": -3},
+        {"prompt_tokens": "10", "completion_tokens": 3},
+        {"prompt_tokens": True, "completion_tokens": 3},
+        {"prompt_tokens": 1e300, "completion_tokens": 3},
+        {"prompt_tokens": None, "completion_tokens": 3},
+    ],
+)
+def test_a_usage_that_is_not_a_count_is_no_usage(raw: dict[str, Any]) -> None:
+    assert Usage.from_openai(raw) is None
+
+
+def test_a_usage_is_read_as_reported() -> None:
+    assert Usage.from_openai({"prompt_tokens": 7, "total_tokens": 7}) == Usage(7, 0)  # an embedding server's
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 4,
+            "prompt_tokens_details": {"cached_tokens": 99},
+            "completion_tokens_details": {"reasoning_tokens": -1},
+        }
+    )
+    assert usage == Usage(10, 4, cached_tokens=10, reasoning_tokens=0)  # details never exceed their whole
+
+
+@pytest.mark.parametrize("reported", [{"prompt_tokens": -5_000_000, "completion_tokens": 0}, {"total_tokens": 2000}])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstream_cannot_make_an_answer_free_or_credit_the_budget(
+    make_app: AppFactory, reported: dict[str, Any], stream: bool
+) -> None:
+    async with FakeUpstream(reply=("Hello", " there")) as upstream:
+        upstream.usage = reported
+        app = await make_app(
+            {
+                "targets": {"up": {"provider": "openai", "base_url": upstream.base_url, "model": "m", "price": PRICE}},
+                "tenants": {"acme": {"keys": [KEY], "limits": {"usd_per_day": 10.0}}},
+                "tasks": {"chat": {"route": ["up"]}},
+            }
+        )
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        resp = await request(app, "POST", "/v1/chat/completions", body, {"authorization": f"Bearer {KEY}"})
+        assert resp.status == 200
+        [row] = await ledger_rows(app)
+        assert row.usage_estimated is True
+        assert row.cost_usd is not None and row.cost_usd > 0
+        assert row.prompt_tokens is not None and row.prompt_tokens > 0
