@@ -210,6 +210,7 @@ class AnswerRefused(TurnoutError):
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.records: list[Any] = []
+        self.turned: list[Any] = []  # the answers turned down (this one among them): paid for
 
 
 DEFAULT_RETRY_AFTER_S = 1.0  # a 503's Retry-After where no upstream said
@@ -226,6 +227,7 @@ class AllTargetsFailed(TurnoutError):
         super().__init__(f"all targets failed ({lines})" if attempts else "no target could be tried")
         self.attempts = attempts
         self.records: list[Any] = []  # the ledger's per-attempt records, set by the attempt loop
+        self.turned: list[Any] = []  # answers the attempt loop's check turned down: paid for
         errors = [err for _, err in attempts]
         if errors and all(isinstance(e, UpstreamTimeout) for e in errors):
             self.status = 504

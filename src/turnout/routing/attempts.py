@@ -40,11 +40,21 @@ class Target:
 
 
 @dataclass(slots=True)
+class Turned:
+    """An answer the check turned down (a blocked tool call): generated, so paid for. Its
+    attempt is priced from the answer's usage, or from what it generated, by the caller."""
+
+    attempt: AttemptRecord
+    answer: Completion | Stream
+
+
+@dataclass(slots=True)
 class Result:
     target: Target
     answer: Completion | Stream
     attempts: list[AttemptRecord] = field(default_factory=list)
     fallback_ms: float = 0.0  # time spent on failed attempts before the one that answered
+    turned: list[Turned] = field(default_factory=list)  # answers turned down before this one
 
     @property
     def fallback(self) -> bool:
@@ -59,6 +69,7 @@ async def execute(
 ) -> Result:
     attempts: list[AttemptRecord] = []
     failures: list[tuple[str, UpstreamError]] = []
+    turned: list[Turned] = []
     started = time.perf_counter()
     too_long_for: int | None = None  # the largest window the prompt is known not to fit
     for target in targets:
@@ -88,7 +99,7 @@ async def execute(
                     break
                 if not err.fallback:
                     target.breaker.success()  # it answered: the request was at fault, not the target
-                    raise _failed(failures, attempts) from err
+                    raise _failed(failures, attempts, turned) from err
                 target.breaker.failure()
                 if not err.retryable:
                     break  # wrong for this target (its model timed out, access denied): next one
@@ -110,21 +121,25 @@ async def execute(
                     answer = await check(answer)
                 except AnswerRefused as exc:
                     attempts[-1].error_class = exc.error_class
-                    exc.records = attempts
+                    turned.append(Turned(attempts[-1], answer))
+                    exc.records, exc.turned = attempts, turned
                     raise
                 except UpstreamError as exc:  # rejected, or a stream that failed while checked
                     attempts[-1].error_class = exc.error_class
+                    turned.append(Turned(attempts[-1], answer))
                     failures.append((target.name, exc))
                     if not exc.fallback:
-                        raise _failed(failures, attempts) from exc
+                        raise _failed(failures, attempts, turned) from exc
                     break  # the next target; this one answered, it would likely answer alike
-            return Result(target, answer, attempts, (t0 - started) * 1000)
-    raise _failed(failures, attempts)
+            return Result(target, answer, attempts, (t0 - started) * 1000, turned)
+    raise _failed(failures, attempts, turned)
 
 
-def _failed(failures: list[tuple[str, UpstreamError]], attempts: list[AttemptRecord]) -> AllTargetsFailed:
+def _failed(
+    failures: list[tuple[str, UpstreamError]], attempts: list[AttemptRecord], turned: list[Turned]
+) -> AllTargetsFailed:
     exc = AllTargetsFailed(failures)
-    exc.records = attempts
+    exc.records, exc.turned = attempts, turned
     # Every target refused the same way (each call it made was blocked): that code, not ours.
     codes = {err.code for _, err in failures}
     only = codes.pop() if len(codes) == 1 else None

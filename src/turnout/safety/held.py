@@ -40,6 +40,7 @@ class Checker(Protocol):
 
 async def hold(stream: Stream, guard: Checker) -> Stream:
     held = Held(stream.chunks, guard)
+    stream.chunks = held  # a stream turned down here is priced by what ``held.taken`` says it made
     ahead: list[dict[str, Any]] = []
     try:
         async for chunk in held:
@@ -51,7 +52,6 @@ async def hold(stream: Stream, guard: Checker) -> Stream:
         raise
     held.relayed = True
     held.unread(ahead)
-    stream.chunks = held
     return stream
 
 
@@ -67,7 +67,7 @@ class _Call:
 class Held:
     """``Chunks`` with their tool-call deltas held (see the module docstring)."""
 
-    __slots__ = ("_chunks", "_ended", "_guard", "_head", "_out", "_pending", "relayed")
+    __slots__ = ("_chunks", "_ended", "_guard", "_head", "_out", "_pending", "relayed", "taken")
 
     def __init__(self, chunks: Chunks, guard: Checker) -> None:
         self._chunks = chunks
@@ -77,6 +77,7 @@ class Held:
         self._ended = False
         self._head: dict[str, Any] = {}  # the last chunk's id, object, created, model: for released calls
         self.relayed = False  # part of the answer reached the client: no fallback any more
+        self.taken: list[str] = []  # the held calls' names and arguments: generated, so paid for
 
     def __aiter__(self) -> Held:
         return self
@@ -148,11 +149,14 @@ class Held:
         for attr, value in (("id", part.get("id")), ("name", fn.get("name"))):
             if isinstance(value, str):
                 setattr(call, attr, getattr(call, attr) + value)
+        if isinstance(fn.get("name"), str):
+            self.taken.append(fn["name"])
         if isinstance(part.get("type"), str):
             call.type = part["type"]
         piece = fn.get("arguments")
         if isinstance(piece, str) and piece:
             call.size += len(piece)
+            self.taken.append(piece)
             if call.size > MAX_ARGUMENT_CHARS:
                 raise self._guard.refuse(call.name, "the arguments are too large", relayed=self.relayed)
             call.arguments.append(piece)

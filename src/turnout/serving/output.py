@@ -35,9 +35,9 @@ from turnout.ledger.record import AttemptRecord
 from turnout.providers.base import Completion, Stream, Usage
 from turnout.releases.review import ReviewError
 from turnout.routing import policy
-from turnout.routing.attempts import Check, Result, Target, execute
+from turnout.routing.attempts import Check, Result, Target, Turned, execute
 from turnout.safety.output import Checks, Outputs, Problem, Rules
-from turnout.serving import respond
+from turnout.serving import respond, turned
 from turnout.serving.asgi import Send, send_json
 from turnout.serving.door import Admission, Answered
 from turnout.serving.runtime import Runtime
@@ -302,10 +302,19 @@ class _Run:
         try:
             result = await execute([target], body, stream=False, request_id=self.request_id, check=self.guard)
         except (AllTargetsFailed, AnswerRefused) as exc:
+            await self._spend(exc.turned, body)
             self._add(exc.records, shift_ms)
             return None
+        await self._spend(result.turned, body)
         self._add(result.attempts, shift_ms)
         return result
+
+    async def _spend(self, answers: list[Turned], body: dict[str, Any]) -> None:
+        """A re-ask's answers turned down by the tool allowlist are paid for as rejected ones."""
+        if answers:
+            usage, estimated = await turned.price(self.rt, answers, body, self.started_at)
+            if usage is not None:
+                self.checked.spend(usage, estimated)
 
     def _add(self, records: list[AttemptRecord], shift_ms: float) -> None:
         for record in records:

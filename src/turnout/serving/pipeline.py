@@ -48,6 +48,7 @@ from turnout.errors import (
 from turnout.ledger.record import LedgerRow
 from turnout.privacy.capture.model import Decision
 from turnout.privacy.redact import masked
+from turnout.providers.base import Usage
 from turnout.releases.base import Release, Serving, choose
 from turnout.releases.review import ReviewError
 from turnout.routing import constraints, policy
@@ -57,7 +58,7 @@ from turnout.routing.latency import LatencyWindow
 from turnout.safety import policy as safety
 from turnout.safety.classify import Classifiers, Raised
 from turnout.safety.tools import Allowlists, Guard
-from turnout.serving import respond
+from turnout.serving import respond, turned
 from turnout.serving.asgi import CLIENT_LEFT, Receive, Send, headers, read_body
 from turnout.serving.door import EMBEDDINGS, Admission, Answered, Door, Inbound, R, Reply, check_episode_id
 from turnout.serving.judge import Judge
@@ -73,11 +74,14 @@ _MAX_COST = constraints.HEADERS[constraints.COST].lower().encode()
 
 
 class Failure(NamedTuple):
-    """A request that ended before its answer: its error, and the attempts it made."""
+    """A request that ended before its answer: its error, the attempts it made and what the
+    answers it turned down used (``turned``: generated, so paid for)."""
 
     status: int
     error_class: str
     priced: Priced | None
+    usage: Usage | None = None
+    usage_estimated: bool = False
 
 
 class Keep(NamedTuple):
@@ -149,6 +153,7 @@ class Pipeline:
         limits: Constraints | None = None
         skipped: list[Skip] = []
         watch: respond.ClientWatch | None = None  # a stream's client, until the answer is relayed
+        spent: tuple[Usage | None, bool] = (None, False)  # answers the attempt loop turned down
         try:
             tenant = identity or await rt.auth.identify(credential(scope), started_at)
             request = door.parse(await read_body(receive, scope, self.max_body), task)
@@ -188,6 +193,8 @@ class Pipeline:
                 if request.stream:  # one that leaves before its first chunk stops the attempts
                     watch = respond.ClientWatch(receive)
                 result = await self.attempt(targets, body, stream, request_id, guard, limits, t0)
+                if result.turned:
+                    spent = await turned.price(rt, result.turned, body, started_at)
             if checking is not None:
                 checked = await self.output.run(
                     checking,
@@ -218,6 +225,7 @@ class Pipeline:
                     endpoint=door.endpoint,
                     ticket_body=door.ticket_body and not request.stream,
                 )
+                answered = _with_spent(answered, spent)
             else:
                 if lookup is not None and lookup.leading is not None and rt.cache is not None:
                     # Too large to keep: its followers go ask for themselves at once, instead of
@@ -242,12 +250,15 @@ class Pipeline:
                 )
                 if checked is not None:
                     answered = checked.with_spent(answered)
+                answered = _with_spent(answered, spent)
                 if lookup is not None and lookup.leading is not None and answered.status == 200:
                     await self.fill(lookup, result, recording, answered)
                 if answered.status < 400 and scope.get(CLIENT_LEFT):  # answered, paid for, never received
                     answered = answered._replace(status=499, error_class="client_disconnected")
         except Exception as exc:
-            failure = self.failure(exc, result, started_at)
+            if isinstance(exc, (AllTargetsFailed, AnswerRefused)) and exc.turned:
+                spent = await turned.price(rt, exc.turned, body, started_at)
+            failure = self.failure(exc, result, started_at)._replace(usage=spent[0], usage_estimated=spent[1])
             if not isinstance(exc, TurnoutError):
                 raise  # a bug: the boundary answers and logs it, after the finally below
             if isinstance(exc, AllTargetsFailed):  # upstreams' own words: some echo the prompt back
@@ -273,7 +284,7 @@ class Pipeline:
                 rt.cache.done(lookup)
             try:
                 if grant is not None:
-                    await self.settle(grant, answered)
+                    await self.settle(grant, answered, failure)
             finally:
                 if answered is not None or failure is not None:
                     latency_ms = (time.perf_counter() - t0) * 1000
@@ -526,12 +537,15 @@ class Pipeline:
 
     # --- after the answer ------------------------------------------------------------------
 
-    async def settle(self, grant: Grant, answered: Answered | None) -> None:
+    async def settle(self, grant: Grant, answered: Answered | None, failure: Failure | None = None) -> None:
         """An answer is paid for, whole or cut (the client left, the stream broke, the
         shutdown cut it): its usage is the upstream's or, where none came, the door's count of
-        what was generated. No answer: the reservation is released."""
+        what was generated; so are the answers a failed request turned down. Nothing generated:
+        the reservation is released."""
         if answered is not None and answered.usage is not None:
             await self.rt.quota.settle(grant, answered.usage, answered.priced.total)
+        elif answered is None and failure is not None and failure.usage is not None and failure.priced is not None:
+            await self.rt.quota.settle(grant, failure.usage, failure.priced.total)
         else:
             await self.rt.quota.release(grant)
 
@@ -632,7 +646,7 @@ def ledger_row(
         status, error_class, priced, usage = answered.status, answered.error_class, answered.priced, answered.usage
     else:
         assert failure is not None
-        status, error_class, priced, usage = failure.status, failure.error_class, failure.priced, None
+        status, error_class, priced, usage = failure.status, failure.error_class, failure.priced, failure.usage
     release = admission.release if admission is not None else None
     answer = result.answer if result is not None else None
     fallback = result.fallback if result is not None else False
@@ -664,7 +678,11 @@ def ledger_row(
         result.fallback_ms if result is not None and fallback else None,
         capture_mode=(keep.decision.used if keep is not None else "metadata") if answered is not None else None,
         episode_id=admission.episode_id if admission is not None else None,
-        usage_estimated=answered.usage_estimated if answered is not None and usage is not None else None,
+        usage_estimated=(
+            answered.usage_estimated if answered is not None else failure is not None and failure.usage_estimated
+        )
+        if usage is not None
+        else None,
         safety=screened.record if screened is not None else None,
         tool_violations=guard.record if guard is not None else None,
         declared_class=admission.declared_class if admission is not None else None,
@@ -749,6 +767,17 @@ def _declared_in(scope: dict[str, Any], request: Inbound) -> str:
     if request.data_class and headers(scope).get(b"x-turnout-data-class") is None:
         return "metadata.data_class"
     return policy.DATA_CLASS_HEADER
+
+
+def _with_spent(answered: Answered, spent: tuple[Usage | None, bool]) -> Answered:
+    """The answer's usage with the turned-down answers' added (their cost is in its priced
+    attempts already): the quota is settled with every token generated."""
+    usage, estimated = spent
+    if usage is None or answered.usage is None:
+        return answered if usage is None else answered._replace(usage=usage, usage_estimated=estimated)
+    return answered._replace(
+        usage=turned.add(answered.usage, usage), usage_estimated=answered.usage_estimated or estimated
+    )
 
 
 def _text(value: bytes | None) -> str | None:
