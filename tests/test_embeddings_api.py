@@ -371,3 +371,34 @@ async def test_capture_keeps_no_text_of_an_embedding_request(make_app: AppFactor
     assert found["embed"].capture_mode == "metadata"
     assert found["chat"].capture_mode == "redacted"
     assert [c.request_id for c in kept] == [found["chat"].request_id]
+
+
+async def test_batches_embedded_before_a_failure_are_paid_for(make_app: AppFactory, tmp_path: Path) -> None:
+    """The first target embeds every batch and one answer is unusable (a vector of the wrong
+    size): the request goes elsewhere, and the tokens the first target embedded are charged on
+    its attempt, not dropped."""
+    price = {"input_per_mtok": 2000.0}
+    async with FakeEmbeddings() as first, FakeEmbeddings() as second:
+        first.fault = Fault(wrong_dims=True)
+        raw = config(
+            {
+                "a": target(first, price=price, embedding_batch=2, embedding_parallel=1),
+                "b": target(second, price=price),
+            },
+            ["a", "b"],
+            tmp_path,
+            limits={"usd_per_day": 10.0},
+        )
+        async with gateway(make_app, raw, KEY) as (app, client):
+            answer = await client.embeddings.create(model="embed", input=TEXTS)
+            [row] = await rows(app, 1)
+            usage = await request(app, "GET", "/admin/usage?tenant=acme", headers={"authorization": f"Bearer {ADMIN}"})
+    prompt = sum(tokens(t) for t in TEXTS)
+    assert [d.embedding for d in answer.data] == expected(TEXTS)
+    failed, served = row.attempts
+    assert failed.error_class == "protocol" and failed.cost_usd == pytest.approx(prompt * 2000.0 / 1e6)
+    assert served.cost_usd == pytest.approx(prompt * 2000.0 / 1e6)
+    assert row.cost_usd == pytest.approx(2 * prompt * 2000.0 / 1e6)
+    assert row.prompt_tokens == 2 * prompt
+    [scope] = usage.json()["data"]
+    assert scope["usage"]["usd_per_day"]["spent"] == pytest.approx(row.cost_usd)

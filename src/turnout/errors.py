@@ -123,6 +123,7 @@ class UpstreamError(TurnoutError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.spent: Any = None  # a ``Usage`` the call had used when it failed (batches answered): paid for
 
     @property
     def fallback(self) -> bool:

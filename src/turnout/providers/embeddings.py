@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from turnout.errors import ConfigError, UpstreamProtocolError, UpstreamTimeout
+from turnout.errors import ConfigError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from turnout.providers.base import Call, Completion, Health, Load, Provider, Stream, Usage
 
 
@@ -53,15 +53,18 @@ class Batched:
         inputs: list[str] = call.body["input"]
         batches = split(inputs, self.batch)
         total_s = call.timeouts.total
+        answers: list[Completion | None] = [None] * len(batches)
         try:
             async with asyncio.timeout(total_s):
                 if len(batches) == 1:  # the usual request: no tasks to start
-                    answers = [await self.inner.embed(call)]
+                    answers[0] = await self.inner.embed(call)
                 else:
-                    answers = await self._all(call, batches)
+                    await self._all(call, batches, answers)
+            return self._join(call, batches, [a for a in answers if a is not None])
         except TimeoutError:
-            raise UpstreamTimeout("total", total_s) from None
-        return self._join(call, batches, answers)
+            raise _spent(UpstreamTimeout("total", total_s), answers) from None
+        except UpstreamError as exc:  # the batches answered before it were embedded: paid for
+            raise _spent(exc, answers) from None
 
     async def stream(self, call: Call) -> Stream:
         raise UpstreamProtocolError(f"{self.name}: embeddings are never streamed")
@@ -75,9 +78,8 @@ class Batched:
     async def aclose(self) -> None:
         await self.inner.aclose()
 
-    async def _all(self, call: Call, batches: list[list[str]]) -> list[Completion]:
-        """Every batch, ``parallel`` at a time; the first failure cancels the rest."""
-        answers: list[Completion | None] = [None] * len(batches)
+    async def _all(self, call: Call, batches: list[list[str]], answers: list[Completion | None]) -> None:
+        """Every batch into ``answers``, ``parallel`` at a time; the first failure cancels the rest."""
         order = iter(range(len(batches)))  # shared: each batch is taken by one worker
 
         async def worker() -> None:
@@ -97,7 +99,6 @@ class Batched:
             await asyncio.gather(*workers, return_exceptions=True)
         if any(a is None for a in answers):  # pragma: no cover - every worker ended without failing
             raise UpstreamProtocolError(f"{self.name}: a batch went unanswered")
-        return [a for a in answers if a is not None]
 
     def _join(self, call: Call, batches: list[list[str]], answers: list[Completion]) -> Completion:
         dimensions = call.body.get("dimensions")
@@ -162,3 +163,11 @@ def check_vector(vector: list[Any], size: int | None, dimensions: int | None, ta
 
 
 _NUMBERS = frozenset({float, int})  # not bool: true is no coordinate
+
+
+def _spent(exc: UpstreamError, answers: list[Completion | None]) -> UpstreamError:
+    """``exc`` carrying the tokens of the batches that were answered before it."""
+    tokens = sum(a.usage.prompt_tokens for a in answers if a is not None and a.usage is not None)
+    if tokens:
+        exc.spent = Usage(tokens, 0)
+    return exc

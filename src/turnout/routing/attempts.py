@@ -92,6 +92,8 @@ async def execute(
                 err = exc
                 attempts.append(AttemptRecord(target.name, "", err.error_class, _ms(t0), (t0 - started) * 1000))
                 failures.append((target.name, err))
+                if err.spent is not None:  # it used tokens before it failed (embedding batches)
+                    turned.append(Turned(attempts[-1], Completion({}, err.spent, "")))
                 if isinstance(err, ContextWindowExceeded):
                     target.breaker.success()  # the target works; this prompt is too long for it
                     window = err.window or target.context_window
