@@ -179,8 +179,15 @@ async def test_a_whole_answer_without_usage_is_charged_and_the_row_says_so(
         rows = await ledger(app, 4)
     assert [r.status for r in responses] == [200, 200, 200, 429]
     assert [float(r.headers["x-turnout-cost-usd"]) for r in responses[:3]] == [pytest.approx(cost)] * 3
-    assert responses[0].json()["usage"] is None  # the caller is not told an estimate as the upstream's usage
     assert sorted((r.status, r.usage_estimated) for r in rows) == [(200, True)] * 3 + [(429, None)]
+    # The caller is told the count it was charged, as a stream that asked for usage is.
+    [first] = [r for r in rows if r.request_id == responses[0].headers["x-turnout-request-id"]]
+    assert first.prompt_tokens is not None and first.completion_tokens is not None
+    assert responses[0].json()["usage"] == {
+        "prompt_tokens": first.prompt_tokens,
+        "completion_tokens": first.completion_tokens,
+        "total_tokens": first.prompt_tokens + first.completion_tokens,
+    }
     assert spent(rows) == pytest.approx(3 * cost) and spent(rows) <= budget
     stored = sqlite3.connect(tmp_path / "ledger.db").execute("SELECT status, usage_estimated FROM requests").fetchall()
     assert sorted(stored, key=lambda r: r[0]) == [(200, 1)] * 3 + [(429, None)]

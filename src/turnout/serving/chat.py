@@ -78,7 +78,13 @@ class ChatDoor:
         )
         priced = reply.price(usage)
         headers = reply.headers + respond.cost_header(priced.total)
-        await respond.completion(send, answer.body, reply.request_id, reply.request.task, headers)
+        body = answer.body
+        if estimated and usage is not None and not isinstance(body.get("usage"), dict):
+            # No usage from the upstream: the client is told the count it is charged, as a stream is.
+            total = usage.prompt_tokens + usage.completion_tokens
+            counts = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+            body = {**body, "usage": {**counts, "total_tokens": total}}
+        await respond.completion(send, body, reply.request_id, reply.request.task, headers)
         text = respond.answer_text(answer.body) if reply.collect else None
         latency_ms = reply.result.attempts[-1].latency_ms
         return Answered(200, usage, priced, latency_ms, text=text, usage_estimated=estimated)
