@@ -177,8 +177,8 @@ async def test_a_canary_the_upstream_rejects_is_rolled_back(world: World) -> Non
 
 
 async def test_a_canary_at_100_percent_is_judged_against_the_active_release_before_it(world: World) -> None:
-    await world.traffic("r1", 100, errors=2)  # the active release's history, in the 5% step
     await world.store.set_canary_percent(TASK, 100.0, "alice", "all in")
+    await world.traffic("r1", 100, errors=2, ago=60.0)  # the active release's history, before the step
     await world.traffic("r1", 100, errors=2, ago=3_600 + 1)  # older than the baseline window
     await world.traffic("r2", 100, errors=32)
     verdict = await world.controller().check(TASK)
@@ -191,8 +191,8 @@ async def test_a_canary_at_100_percent_is_judged_against_the_active_release_befo
 
 
 async def test_a_canary_at_100_percent_is_held_to_its_baseline_latency_and_cost(world: World) -> None:
-    await world.traffic("r1", 50)
     await world.store.set_canary_percent(TASK, 100.0, "alice", "all in")
+    await world.traffic("r1", 50, ago=60.0)  # stamped a minute before the step: never inside it
     await world.traffic("r2", 50, latency_ms=400.0)
     verdict = await world.controller().check(TASK)
     assert (verdict.action, verdict.failed) == ("rollback", ("p95_latency",))
@@ -209,8 +209,8 @@ async def test_a_canary_at_100_percent_without_history_must_be_nearly_error_free
 
 
 async def test_a_healthy_canary_at_100_percent_is_promoted(world: World) -> None:
-    await world.traffic("r1", 50, errors=1)
     await world.store.set_canary_percent(TASK, 100.0, "alice", "all in")
+    await world.traffic("r1", 50, errors=1, ago=60.0)
     ctl = world.controller()
     await world.traffic("r2", 10)
     assert (await ctl.check(TASK)).action == "wait"  # too few requests yet
