@@ -16,8 +16,9 @@ straight. More views follow only where the text carries their sign:
 
 Each view is also read *joined*: every run of whitespace, line breaks included, and every ``_``
 as one space (``ignore\\nall\\nprevious``, ``ignore_all_previous``), for the patterns that read
-words, not layout; a line that opens a list item or a heading keeps its break, so the
-lines of a list stay apart. A decoded view is folded and probed in its turn (base64 inside
+words, not layout; a line that opens a list item or a heading keeps its break, so the lines of a
+list stay apart, and a snake_case name in code (``skip_system_prompt: true``, ``cfg.x_y``,
+``f_g()``) keeps its underscores. A decoded view is folded and probed in its turn (base64 inside
 percent-encoding), to a depth of two. Each view also carries its *keys*: each of its words as
 ``=word`` and, for a longer word, its first four characters, which the screener looks its
 patterns up by.
@@ -153,6 +154,11 @@ _GAPS = re.compile(r"[ .\-_*|/+~]{2,}")
 # What the joined reading reads as a space, and a line that keeps its break there (a list item or
 # a heading: "- ", "* ", "• ", "# ", "1. ", "2) "; an e-mail's "> " quotes wrapped prose, joined).
 _WIDE_BREAKS = re.compile(r"[\x85\u2028\u2029]")  # line breaks NFKC keeps (it makes other spaces ' ')
+# A word of letters and digits joined by ``_`` (``ignore_all_previous``), perhaps quoted or
+# bracketed, perhaps ending a sentence: read as words. A name in code is not one: called, indexed,
+# assigned or keyed (``skip_system_prompt: true``), reached through a dot, a path, a ``--flag``.
+_SNAKE = re.compile(r"([\"'`(\[*]*)([^\W_]+(?:_+[^\W_]+)+)([\"'`)\]*.,;!?]*)")
+_CODE_NEXT = frozenset("=:([")  # a word followed by one of these is a name
 _LIST_LINE = re.compile(r"\n\s*(?=(?:[-*•#+]+|\d{1,3}[.)])(?:\s|$))")
 # Key words as rot13 and reversed text would write them (their keys): a probe, not a decoder.
 _ROT13_KEYS = frozenset({"vtab", "qvfe", "sbet", "vafg", "flfg", "cebz", "ceri", "erir", "nffv"})
@@ -213,7 +219,8 @@ def fold(text: str) -> tuple[str, int]:
 
 def join(text: str) -> str:
     """``text`` with every run of whitespace (line breaks included) and every ``_`` read as one
-    space, except the break before a line that opens a list item or a heading. The
+    space, except the break before a line that opens a list item or a heading, and the ``_`` of
+    a name in code (``_SNAKE``). The
     text itself where it has nothing to join: the common case pays for a few substring checks."""
     if not (
         "\n" in text
@@ -226,8 +233,22 @@ def join(text: str) -> str:
         or (not text.isascii() and _WIDE_BREAKS.search(text))
     ):
         return text
-    items = (" ".join(item.split()) for item in _LIST_LINE.split(text.replace("_", " ")))
-    return "\n".join(item for item in items if item)
+    items: list[str] = []
+    for item in _LIST_LINE.split(text):
+        words = item.split()
+        if "_" in item:
+            _read_underscores(words)
+        if words:
+            items.append(" ".join(words))
+    return "\n".join(items)
+
+
+def _read_underscores(words: list[str]) -> None:
+    """Each word of ``words`` joined by ``_`` read as words, in place, unless it is a name in code."""
+    for k in [k for k, word in enumerate(words) if "_" in word]:
+        m = _SNAKE.fullmatch(words[k])
+        if m is not None and (k + 1 == len(words) or words[k + 1][:1] not in _CODE_NEXT):
+            words[k] = m.group(1) + m.group(2).replace("_", " ") + m.group(3)
 
 
 def word_key(stem: str) -> str:

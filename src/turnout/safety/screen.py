@@ -13,10 +13,10 @@ in a text that talks about attacks or filters is a mention and counts for less. 
 families whose evidence reaches ``REASON_MIN``, strongest first.
 
 Layout: a pattern reads a view *joined* (line breaks, whitespace runs and ``_`` as one space), so
-"ignore\\nall\\nprevious\\ninstructions" is the phrase it is to a model; a pattern that reads layout
-itself (line starts, chat-template tokens, tags, URLs and addresses: every ``role_injection``
-pattern, any with ``\\n``, ``^``, ``_``, ``://`` or ``@`` outside a negated class) reads the view as
-laid out too.
+"ignore\\nall\\nprevious\\ninstructions" is the phrase it is to a model. ``role_injection`` is
+about layout itself (a fake turn at a line's start, template tokens) and reads the view as laid
+out only; a pattern with ``\\n``, ``^``, ``_``, ``://`` or ``@`` outside a negated class (tags, URLs,
+addresses) reads it both ways.
 
 Cost: patterns are looked up by the keys of the view's words (an inverted index of the stems
 each pattern needs), so a clean text runs few or none of them; a long view is searched only in
@@ -107,13 +107,13 @@ class _Compiled:
     weight: float
     regex: re.Pattern[str]
     needs: tuple[_Need, ...]
-    layout: bool  # reads the view as laid out too, not only joined
+    reads: int  # JOINED, BOTH or LAID_OUT: which reading of a view it searches
 
 
 class Screener:
     def __init__(self) -> None:
         self._patterns = tuple(
-            _Compiled(p.family, p.weight, re.compile(p.source), tuple(_need(g) for g in p.needs), _reads_layout(p))
+            _Compiled(p.family, p.weight, re.compile(p.source), tuple(_need(g) for g in p.needs), _reads(p))
             for p in PATTERNS
         )
         # The first group of each pattern, inverted: which patterns a key or a substring may wake.
@@ -166,9 +166,9 @@ class Screener:
                 p = self._patterns[i]
                 if len(p.needs) > 1 and not _met(p.needs, view):
                     continue
-                body = view.joined
+                body = view.text if p.reads == LAID_OUT else view.joined
                 match = _search(p, view, body)
-                if match is None and p.layout and body is not view.text:
+                if match is None and p.reads == BOTH and body is not view.text:
                     body = view.text
                     match = _search(p, view, body)
                 if match is None:
@@ -259,14 +259,17 @@ def _search(p: _Compiled, view: View, body: str) -> re.Match[str] | None:
 
 _NEGATED = re.compile(r"\[\^(?:\\.|[^\]\\])*\]")  # a negated class: [^.!?\n]
 _LAYOUT = ("\\n", "^", "_", "://", "@")
+JOINED, BOTH, LAID_OUT = 0, 1, 2
 
 
-def _reads_layout(p: Pattern) -> bool:
-    """Whether a pattern reads what joining changes: line starts, ``_`` in tokens and tags, URLs."""
+def _reads(p: Pattern) -> int:
+    """Which reading a pattern searches: role injection is layout (turns at a line's start,
+    template tokens), so the text as laid out; a pattern that reads what joining changes (line
+    starts, ``_`` in tags, URLs) both; the rest the joined text."""
     if p.family == ROLE:
-        return True
+        return LAID_OUT
     positive = _NEGATED.sub("", p.source)
-    return any(mark in positive for mark in _LAYOUT)
+    return BOTH if any(mark in positive for mark in _LAYOUT) else JOINED
 
 
 _WIDE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")  # kana, Han, Hangul
