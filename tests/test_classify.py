@@ -7,6 +7,7 @@ API (rendered variables)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from turnout.errors import UpstreamStatusError
 from turnout.ledger.record import LedgerRow
 from turnout.privacy.redact import KINDS
 from turnout.releases.base import Prompt, Release, Serving
-from turnout.safety.classify import PLAN, Classifier, resolve, texts
+from turnout.safety.classify import BATCH_CHARS, PLAN, Classifier, batched, resolve, texts
 from turnout.serving.app import App
 
 KEYS = {"acme": "sk-acme-classify-01", "small": "sk-small-classify-01", "globex": "sk-globex-classify-01"}
@@ -185,6 +186,108 @@ async def test_every_text_the_target_would_read_counts(make_app: AppFactory, mes
     assert resp.status == 200 and resp.headers["x-turnout-target"] == "onprem"
 
 
+SSN = "SSN 123-45-6789"
+CARD = "card 4111 1111 1111 1111"
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+
+
+def _schema(description: str) -> dict[str, Any]:
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "out", "schema": {"type": "object", "description": description}},
+    }
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"documents": [{"title": "Notes", "text": SSN}]},  # vLLM renders documents into the prompt
+        {"metadata": {"note": EMAIL}},  # forwarded: only turnout's own keys are taken out
+        {"user": "jane.doe@example.com"},
+        {"messages": [{"role": "user", "name": "x", "content": CLEAN}, {"role": "user", "name": SSN, "content": "hi"}]},
+        {
+            "messages": [
+                {"role": "user", "content": CLEAN},
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": CARD}]},
+            ]
+        },
+        {"tools": [{"type": "function", "function": {"name": "lookup", "description": f"Look up {EMAIL}"}}]},
+        {
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "lookup",
+                        "parameters": {"type": "object", "properties": {"ssn": {"type": "string", "description": SSN}}},
+                    },
+                }
+            ]
+        },
+        {"response_format": _schema(f"Reply for {EMAIL}")},
+        {"prediction": {"type": "content", "content": CARD}},
+        {"prediction": {"type": "content", "content": [{"type": "text", "text": CARD}]}},
+        {"chat_template_kwargs": {"customer": SSN}},
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": CLEAN},
+                        {
+                            "type": "file",
+                            "file": {
+                                "filename": "a.txt",
+                                "file_data": "data:text/plain;base64," + base64.b64encode(SSN.encode()).decode(),
+                            },
+                        },
+                    ],
+                }
+            ]
+        },
+    ],
+)
+async def test_every_string_the_target_receives_counts(make_app: AppFactory, extra: dict[str, Any]) -> None:
+    app, fakes = await start(make_app)
+    body = {"model": "support", "messages": [{"role": "user", "content": CLEAN}], **extra}
+    headers = {"authorization": f"Bearer {KEYS['acme']}", "x-turnout-data-class": "public"}
+    resp = await request(app, "POST", "/v1/chat/completions", body, headers)
+    assert resp.status == 200 and resp.headers["x-turnout-target"] == "onprem", extra
+    assert fakes["cloud"].calls == []
+    # A tenant that may not send confidential data is refused, not served by the cloud target.
+    headers["authorization"] = f"Bearer {KEYS['small']}"
+    assert (await request(app, "POST", "/v1/chat/completions", body, headers)).status == 403
+
+
+async def test_what_turnout_takes_out_or_cannot_read_as_text_does_not_count(make_app: AppFactory) -> None:
+    app, _ = await start(make_app)
+    body = {
+        "model": "support",
+        "messages": [{"role": "user", "content": CLEAN}],
+        "metadata": {"data_class": "public", "user": "jane.doe@example.com", "episode_id": "ep-1"},  # turnout's
+        "tools": [TOOL],
+    }
+    resp = await request(app, "POST", "/v1/chat/completions", body, {"authorization": f"Bearer {KEYS['acme']}"})
+    assert resp.status == 200 and resp.headers["x-turnout-target"] == "cloud"
+
+
+def test_texts_walk_the_body_but_not_its_structure_or_binary_media() -> None:
+    image = "data:image/png;base64," + base64.b64encode(b"\x89PNG" + SSN.encode()).decode()
+    text_file = "data:text/plain;base64," + base64.b64encode(SSN.encode()).decode()
+    body = {
+        "model": "jane@example.com",  # structural fields are names, not text a model reads
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]},
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "QUJD", "format": "wav"}}]},
+            {"role": "user", "content": [{"type": "file", "file": {"file_data": text_file}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+        ],
+        "n": 1,
+        "stream": False,
+        "logprobs": True,
+    }
+    assert list(texts(body)) == [SSN, "ok"]
+
+
 async def test_the_task_api_is_classified_on_what_its_release_renders(make_app: AppFactory) -> None:
     app, _ = await start(make_app)
     release = Release(
@@ -255,8 +358,21 @@ def test_texts_survive_hostile_shapes() -> None:
             {"role": "assistant", "tool_calls": [None, {"function": "x"}, {"function": {"arguments": 3}}]},
         ]
     }
-    assert list(texts(body)) == ["a@b.io x"]
+    # Every string, wherever it is (the door refuses most of these shapes; the walk never fails).
+    assert list(texts(body)) == ["not a message", "nope", "a@b.io x", "x"]
     assert list(texts({"messages": None})) == []
+
+
+def test_short_strings_are_read_together_and_still_found() -> None:
+    long = "x" * BATCH_CHARS
+    assert list(batched(["a", "b", long, "c"])) == [long, "a\nb\nc"]
+    assert len(list(batched(["word"] * 1000))) == 5  # ~1 KB at a time
+    props = {f"f{i}": {"type": "string", "description": f"Field number {i}"} for i in range(300)}
+    props["f150"]["description"] = "Where to write: ops@example.com"
+    body = {"messages": [{"role": "user", "content": CLEAN}], "tools": [{"type": "function", "function": {
+        "name": "save", "parameters": {"type": "object", "properties": props}}}]}  # fmt: skip
+    raised = Classifier({"EMAIL": "pii"}, "confidential").classify("public", body)
+    assert raised is not None and raised.found == "pii"
 
 
 def test_resolution_is_the_most_specific_block_whole() -> None:

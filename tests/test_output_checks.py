@@ -25,6 +25,7 @@ from tests.test_task_api import SCHEMA, StaticRegistry, release
 from turnout.config import validate
 from turnout.errors import ConfigError, UpstreamStatusError
 from turnout.ledger.record import LedgerRow
+from turnout.providers.base import Call, Completion
 from turnout.releases.base import Serving
 from turnout.serving.app import App
 
@@ -446,6 +447,54 @@ async def test_a_checked_stream_is_generated_whole_checked_and_relayed(setup: Se
     assert all(r.body["stream"] is False for r in chats(setup.small))  # asked whole
     row = await row_of(setup.app, resp.headers["x-turnout-request-id"])
     assert (row.stream, row.repairs, row.status) == (True, 1, 200)
+
+
+class Reasoner(ScriptedProvider):
+    """Answers with ``reasoning_content`` (and ``reasoning``) beside the content, as vLLM's
+    reasoning parsers and DeepSeek do; each call the next of ``thoughts`` (the last repeats)."""
+
+    def __init__(self, *thoughts: str) -> None:
+        super().__init__("primary")
+        self.thoughts = list(thoughts)
+
+    async def complete(self, call: Call) -> Completion:
+        answer = await super().complete(call)
+        thought = self.thoughts.pop(0) if len(self.thoughts) > 1 else self.thoughts[0]
+        answer.body["choices"][0]["message"].update(reasoning_content=thought, reasoning=thought)
+        return answer
+
+
+LEAKY_THOUGHT = "The customer is SSN 123-45-6789, card 4111 1111 1111 1111, mail jane.doe@example.com."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_reasoning_is_checked_like_the_content(make_app: AppFactory, tmp_path: Path, stream: bool) -> None:
+    async with FakeUpstream() as small, FakeUpstream() as strong:
+        raw = config(small, strong, tmp_path)
+        raw["tasks"]["strict"] = {"route": ["primary"], "output": {"must_not_contain": ["secrets", "pii"]}}
+        primary = Reasoner(LEAKY_THOUGHT)
+        app = await make_app(raw, {"primary": primary})
+        resp = await chat(app, "strict", stream=stream)
+        assert resp.status == 502 and resp.json()["error"]["code"] == "output_invalid"
+        assert "123-45" not in resp.body.decode() and "jane.doe" not in resp.body.decode()
+
+
+async def test_a_checked_stream_carries_the_reasoning_the_whole_answer_does(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    async with FakeUpstream() as small, FakeUpstream() as strong:
+        primary = Reasoner(LEAKY_THOUGHT, "First the order id, then the format.")
+        app = await make_app(config(small, strong, tmp_path), {"primary": primary})
+        resp = await chat(app, "safe")  # the leaky thought is repaired away
+        assert resp.status == 200
+        message = resp.json()["choices"][0]["message"]
+        assert message["reasoning_content"] == "First the order id, then the format."
+        resp = await chat(app, "safe", stream=True)
+        assert resp.status == 200
+        deltas = [e["choices"][0]["delta"] for e in resp.events()[:-1] if e["choices"]]
+        assert "".join(d.get("reasoning_content") or "" for d in deltas) == message["reasoning_content"]
+        assert "".join(d.get("reasoning") or "" for d in deltas) == message["reasoning"]
+        assert "".join(d.get("content") or "" for d in deltas) == message["content"]
 
 
 async def test_a_stream_without_usage_asked_gets_no_usage_chunk(setup: Setup) -> None:

@@ -107,6 +107,18 @@ def test_pii_is_checked_only_when_asked() -> None:
     assert problem is not None and problem.reason == "pii" and "email address" in problem.detail
 
 
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning", "refusal"])
+def test_what_the_model_says_beside_its_content_is_checked_for_leaks(field: str) -> None:
+    checks = rules(must_not_contain=["secrets", "pii"], max_chars=20).checks(CHAT_BODY, fenced=False)
+    assert checks is not None
+    thought = "The customer's SSN is 123-45-6789 and card 4111 1111 1111 1111; mail jane.doe@example.com."
+    problem = checks.verify(answer("All good.", **{field: thought}))
+    assert problem is not None and (problem.reason, problem.echo) == ("pii", False)
+    assert "123-45" not in problem.detail + problem.hint
+    # A long but clean thought is not the answer's text: max_chars counts the content only.
+    assert checks.verify(answer("All good.", **{field: "Let me think step by step. " * 20})) is None
+
+
 def test_max_chars_counts_characters_not_bytes() -> None:
     checks = rules(max_chars=5).checks(CHAT_BODY, fenced=False)
     assert checks is not None
@@ -179,6 +191,18 @@ async def test_a_whole_answer_replays_as_chunks() -> None:
         "model": "m",
         "choices": [],
         "usage": body["usage"],
+    }
+
+
+async def test_a_replayed_answer_carries_what_the_model_said_beside_its_content() -> None:
+    message = {"content": "All good.", "reasoning_content": "Thinking.", "reasoning": "Thinking.", "refusal": None}
+    body = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    chunks = [c async for c in replay(Completion(body, None, "v1")).chunks]
+    assert chunks[0]["choices"][0]["delta"] == {
+        "role": "assistant",
+        "content": "All good.",
+        "reasoning_content": "Thinking.",
+        "reasoning": "Thinking.",
     }
 
 

@@ -7,8 +7,10 @@ tenant and task, the most specific block whole::
     tenants.<t>.task_classify.<task>  →  tenants.<t>.classify  →  tasks.<task>.classify  →  off
 
 For a request declared below ``raise_to``, the redaction engine's detectors
-(``turnout.privacy.redact``) read what the targets would receive: every message's text (string
-content and text parts) and the arguments of the tool calls it quotes. The first finding of a
+(``turnout.privacy.redact``) read what the targets would receive: every string of the body as it
+leaves the gateway (``texts``: messages, quoted tool calls, tool and schema descriptions,
+``documents``, forwarded ``metadata``, ``user``…), not its structure (model, roles, types, ids)
+nor media that are not text; turnout's own ``metadata`` keys are out of the body by then. The first finding of a
 detected kind settles it (``Raised``); the request's class becomes ``raise_to``, so
 ``turnout.routing.policy`` only offers it the targets that class may use, and the ledger keeps
 both (``declared_class``, ``data_class``). A request already at ``raise_to`` or above is not
@@ -33,6 +35,7 @@ from typing import Any
 from turnout.config import DATA_CLASSES, ClassifyConfig, Config
 from turnout.privacy.redact.patterns import DETECTORS, Detector
 from turnout.privacy.redact.plain import read_plainly
+from turnout.safety.inputs import text_data_url
 
 SECRETS = frozenset(
     {"PRIVATE_KEY", "JWT", "API_KEY", "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "BEARER_TOKEN", "PASSWORD", "SECRET"}
@@ -41,10 +44,14 @@ PII = frozenset({"CARD", "IBAN", "US_SSN", "EMAIL", "IP_ADDRESS", "PHONE"})
 CATEGORIES = {"secrets": SECRETS, "pii": PII}
 RANK = {name: i for i, name in enumerate(DATA_CLASSES)}
 MIN_CHARS = 4  # the redactor's own floor: nothing it finds is shorter
+BATCH_CHARS = 1024  # short strings are read together, up to about this many characters at a time
 DIGITS = "0123456789"
 # What a detector cannot find anything without (its patterns need it): skipped when it is absent.
 NEEDS = {"numbers": "digits", "context_numbers": "digits", "ibans": "digits", "ipv6_addresses": "colons"}
 PLAN: tuple[tuple[Detector, str | None], ...] = tuple((d, NEEDS.get(d.__name__)) for d in DETECTORS)
+# A body's fields that are its structure, not text a model reads: what they hold is not classified.
+# ``input_audio`` is a clip in base64 (no data URL to say so).
+STRUCTURAL = frozenset({"model", "role", "type", "id", "tool_call_id", "file_id", "detail", "format", "input_audio"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +77,7 @@ class Classifier:
         """``Raised`` when ``body`` holds a detected kind and ``data_class`` is below ``raise_to``."""
         if RANK.get(data_class, len(RANK)) >= RANK[self.raise_to]:
             return None
-        found = self.find(texts(body))
+        found = self.find(batched(texts(body)))
         return None if found is None else Raised(data_class, self.raise_to, found)
 
     def find(self, items: Iterable[str], plan: tuple[tuple[Detector, str | None], ...] = PLAN) -> str | None:
@@ -93,32 +100,47 @@ class Classifier:
 
 
 def texts(body: dict[str, Any]) -> Iterator[str]:
-    """The texts of a chat body the targets would receive: message contents and quoted tool-call
-    arguments (a conversation replayed to the model carries them); an embeddings body's inputs."""
-    inputs = body.get("input")
-    if isinstance(inputs, list):
-        yield from (text for text in inputs if isinstance(text, str))
-    messages = body.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        if not isinstance(message, dict):
+    """Every string of the body the targets would receive, in order: message contents and their
+    parts (text, refusals, a text file's decoded data), names, quoted tool-call arguments, tool
+    and schema descriptions, ``documents``, ``metadata``, ``user``, ``prediction``,
+    ``chat_template_kwargs``, an embeddings body's inputs, and any field turnout does not know
+    (it passes them on). Not read: object keys, the body's structure (``STRUCTURAL``: the model,
+    roles, types, ids), and media that are not text (a data URL of an image or another binary
+    type, audio): the detectors cannot read them and they can be megabytes."""
+    stack: list[Any] = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if value[:5].lower() == "data:":
+                decoded = text_data_url(value)
+                if decoded is not None:
+                    yield decoded
+            else:
+                yield value
+        elif isinstance(value, dict):
+            stack.extend(item for key, item in reversed(value.items()) if key not in STRUCTURAL)
+        elif isinstance(value, list):
+            stack.extend(reversed(value))
+
+
+def batched(items: Iterable[str]) -> Iterator[str]:
+    """Short strings (names, descriptions, enum values, short messages) read together, joined by
+    line breaks into texts of about ``BATCH_CHARS``: the detectors cost a few µs a call whatever
+    the length, so a tool schema's hundred fields are a few calls, not a hundred. A longer
+    string is read on its own (its digit and colon gates stay its own)."""
+    batch: list[str] = []
+    size = 0
+    for text in items:
+        if len(text) >= BATCH_CHARS:
+            yield text
             continue
-        content = message.get("content")
-        if isinstance(content, str):
-            yield content
-        elif isinstance(content, list):
-            for part in content:
-                text = part.get("text") if isinstance(part, dict) else None
-                if isinstance(text, str):
-                    yield text
-        calls = message.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            fn = call.get("function") if isinstance(call, dict) else None
-            arguments = fn.get("arguments") if isinstance(fn, dict) else None
-            if isinstance(arguments, str):
-                yield arguments
-        legacy = message.get("function_call")
-        if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
-            yield legacy["arguments"]
+        batch.append(text)
+        size += len(text) + 1
+        if size >= BATCH_CHARS:
+            yield "\n".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield "\n".join(batch)
 
 
 def resolve(config: Config, tenant: str | None, task: str) -> Classifier | None:

@@ -14,9 +14,14 @@ straight. More views follow only where the text carries their sign:
 * ``spaced``: letters spaced or dotted out (``i g n o r e``, ``v.e.r.g.i.s.s``) joined again;
 * ``leet``: digits standing for letters (``1gn0r3``).
 
-A decoded view is folded and probed in its turn (base64 inside percent-encoding), to a depth of
-two. Each view also carries its *keys*: each of its words as ``=word`` and, for a longer word, its
-first four characters, which the screener looks its patterns up by.
+Each view is also read *joined*: every run of whitespace, line breaks included, and every ``_``
+as one space (``ignore\\nall\\nprevious``, ``ignore_all_previous``), for the patterns that read
+words, not layout; a line that opens a list item or a heading keeps its break, so the lines of a
+list stay apart, and a snake_case name in code (``skip_system_prompt: true``, ``cfg.x_y``,
+``f_g()``) keeps its underscores. A decoded view is folded and probed in its turn (base64 inside
+percent-encoding), to a depth of two. Each view also carries its *keys*: each of its words as
+``=word`` and, for a longer word, its first four characters, which the screener looks its
+patterns up by.
 One pass over the words gives the keys and the probes' signs (single letters, words mixing
 letters and digits, long runs), so clean text pays for one translate, one split and one loop.
 """
@@ -146,6 +151,15 @@ _SPACED = re.compile(r"(?<![a-z])(?:[a-z][ .\-_*|/+~]{1,3}){4,}[a-z](?![a-z])")
 _ONE_SEP = re.compile(r"(?<=[a-z])[.\-_*|/+~](?=[a-z])")
 _ONE_SPACE = re.compile(r"(?<=[a-z]) (?=[a-z])")
 _GAPS = re.compile(r"[ .\-_*|/+~]{2,}")
+# What the joined reading reads as a space, and a line that keeps its break there (a list item or
+# a heading: "- ", "* ", "• ", "# ", "1. ", "2) "; an e-mail's "> " quotes wrapped prose, joined).
+_WIDE_BREAKS = re.compile(r"[\x85\u2028\u2029]")  # line breaks NFKC keeps (it makes other spaces ' ')
+# A word of letters and digits joined by ``_`` (``ignore_all_previous``), perhaps quoted or
+# bracketed, perhaps ending a sentence: read as words. A name in code is not one: called, indexed,
+# assigned or keyed (``skip_system_prompt: true``), reached through a dot, a path, a ``--flag``.
+_SNAKE = re.compile(r"([\"'`(\[*]*)([^\W_]+(?:_+[^\W_]+)+)([\"'`)\]*.,;!?]*)")
+_CODE_NEXT = frozenset("=:([")  # a word followed by one of these is a name
+_LIST_LINE = re.compile(r"\n\s*(?=(?:[-*•#+]+|\d{1,3}[.)])(?:\s|$))")
 # Key words as rot13 and reversed text would write them (their keys): a probe, not a decoder.
 _ROT13_KEYS = frozenset({"vtab", "qvfe", "sbet", "vafg", "flfg", "cebz", "ceri", "erir", "nffv"})
 _REVERSED_KEYS = frozenset({"eron", "snoi", "tpmo", "suoi", "dras", "laev"})
@@ -154,11 +168,14 @@ _REVERSED_KEYS = frozenset({"eron", "snoi", "tpmo", "suoi", "dras", "laev"})
 @dataclass(frozen=True, slots=True)
 class View:
     """One reading of a text: ``layer`` says how it was obtained (``text`` for the text itself),
-    ``text`` is lowercased and folded, ``keys`` are its words' keys."""
+    ``text`` is lowercased and folded, ``keys`` are its words' keys; ``joined`` is ``text`` with
+    line breaks, whitespace runs and underscores read as one space (``text`` itself, the same
+    object, where there was nothing to join)."""
 
     layer: str
     text: str
     keys: frozenset[str]
+    joined: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +215,40 @@ def fold(text: str) -> tuple[str, int]:
     decomposed = unicodedata.normalize("NFKD", text)
     hidden = tags + sum(1 for c in decomposed if c in INVISIBLE)
     return unicodedata.normalize("NFC", decomposed.translate(_CLEAN)).lower(), hidden
+
+
+def join(text: str) -> str:
+    """``text`` with every run of whitespace (line breaks included) and every ``_`` read as one
+    space, except the break before a line that opens a list item or a heading, and the ``_`` of
+    a name in code (``_SNAKE``). The
+    text itself where it has nothing to join: the common case pays for a few substring checks."""
+    if not (
+        "\n" in text
+        or "_" in text
+        or "  " in text
+        or "\t" in text
+        or "\r" in text
+        or "\v" in text
+        or "\f" in text
+        or (not text.isascii() and _WIDE_BREAKS.search(text))
+    ):
+        return text
+    items: list[str] = []
+    for item in _LIST_LINE.split(text):
+        words = item.split()
+        if "_" in item:
+            _read_underscores(words)
+        if words:
+            items.append(" ".join(words))
+    return "\n".join(items)
+
+
+def _read_underscores(words: list[str]) -> None:
+    """Each word of ``words`` joined by ``_`` read as words, in place, unless it is a name in code."""
+    for k in [k for k, word in enumerate(words) if "_" in word]:
+        m = _SNAKE.fullmatch(words[k])
+        if m is not None and (k + 1 == len(words) or words[k + 1][:1] not in _CODE_NEXT):
+            words[k] = m.group(1) + m.group(2).replace("_", " ") + m.group(3)
 
 
 def word_key(stem: str) -> str:
@@ -241,7 +292,7 @@ class _Views:
     def expand(self, raw: str, folded: str, layer: str, depth: int) -> None:
         """Add the view ``folded`` (of ``raw``, as sent) and the views it gives rise to."""
         signs = _signs(folded)
-        self.views.append(View(layer, folded, frozenset(signs.keys)))
+        self.views.append(View(layer, folded, frozenset(signs.keys), join(folded)))
         if not folded.isascii() and _MIXED.search(folded):
             self.add("folded", folded.translate(_HOMOGLYPHS))
         if not raw.isascii():
@@ -274,7 +325,7 @@ class _Views:
     def add(self, layer: str, folded: str) -> None:
         """A view that is another reading of one already folded (not probed again)."""
         if len(self.views) < MAX_VIEWS:
-            self.views.append(View(layer, folded, frozenset(_signs(folded).keys)))
+            self.views.append(View(layer, folded, frozenset(_signs(folded).keys), join(folded)))
 
     def decoded(self, layer: str, raw: str, depth: int) -> None:
         """A decoded text: folded, and probed in its turn."""

@@ -6,9 +6,10 @@ checked task, ``Rules.checks`` reads the body the targets receive and returns th
 ``Checks``, in this order of verdicts:
 
 * ``secrets`` / ``pii`` (``must_not_contain``): the redaction engine's detectors
-  (``turnout.privacy.redact``) over the answer's text and its tool-call arguments: an answer
-  that would leak an AWS key, a private key or a card number is caught;
-* ``max_chars``: the answer's text is longer;
+  (``turnout.privacy.redact``) over the answer's text, what the model says beside it (``BESIDE``:
+  ``reasoning_content``, ``reasoning``, ``refusal``, which reach the caller too) and its tool-call
+  arguments: an answer that would leak an AWS key, a private key or a card number is caught;
+* ``max_chars``: the answer's text (its content, not its reasoning) is longer;
 * ``json`` / ``schema``: the answer is not JSON, or fails a schema: the task's ``schema`` and,
   unless ``response_format: false``, the request's own ``response_format`` (``json_schema``:
   its schema; ``json_object``: an object). The task API's release schema arrives that way.
@@ -46,6 +47,8 @@ MAX_DEPTH = 128  # as for request bodies: deeper JSON could not be written out a
 # (``turnout.control.quota.plan.REPAIR_TURN_TOKENS``).
 HINT_BYTES = 2000
 REASONS = ("schema", "json", "max_chars", "secrets", "pii")  # a Problem's reason, for metrics
+# What a message says beside its content that the caller reads as well: leak-checked, and replayed.
+BESIDE = ("reasoning_content", "reasoning", "refusal")
 READABLE = {
     "PRIVATE_KEY": "a private key",
     "JWT": "a JSON web token",
@@ -104,7 +107,7 @@ class Checks:
     def _leak(self, text: str, message: dict[str, Any]) -> Problem | None:
         if not self.kinds:
             return None
-        found = find(self.kinds, [text, *_arguments(message)])
+        found = find(self.kinds, [text, *beside(message), *_arguments(message)])
         if found is None:
             return None
         category, kind = found
@@ -250,6 +253,14 @@ def _asked(body: dict[str, Any]) -> tuple[str, Validator] | None:
         raise RequestError("'response_format.json_schema' must be an object", param="response_format.json_schema")
     schema = spec.get("schema", {})
     return "the requested response_format schema", compile_schema(schema, "response_format.json_schema.schema")
+
+
+def beside(message: dict[str, Any]) -> Iterator[str]:
+    """The texts a message carries beside its content (``BESIDE``)."""
+    for field in BESIDE:
+        said = message.get(field)
+        if isinstance(said, str) and said:
+            yield said
 
 
 def _arguments(message: dict[str, Any]) -> Iterator[str]:

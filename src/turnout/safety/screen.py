@@ -12,6 +12,12 @@ reasons and to the score: nobody encodes an instruction to a model by accident. 
 in a text that talks about attacks or filters is a mention and counts for less. Reasons are the
 families whose evidence reaches ``REASON_MIN``, strongest first.
 
+Layout: a pattern reads a view *joined* (line breaks, whitespace runs and ``_`` as one space), so
+"ignore\\nall\\nprevious\\ninstructions" is the phrase it is to a model. ``role_injection`` is
+about layout itself (a fake turn at a line's start, template tokens) and reads the view as laid
+out only; a pattern with ``\\n``, ``^``, ``_``, ``://`` or ``@`` outside a negated class (tags, URLs,
+addresses) reads it both ways.
+
 Cost: patterns are looked up by the keys of the view's words (an inverted index of the stems
 each pattern needs), so a clean text runs few or none of them; a long view is searched only in
 windows around those stems. Short texts' verdicts are cached (a conversation resends its
@@ -35,6 +41,7 @@ from turnout.safety.patterns import (
     OVERRIDE,
     PATTERNS,
     ROLE,
+    Pattern,
 )
 
 Channel = Literal["user", "documents", "tool_output"]
@@ -100,12 +107,14 @@ class _Compiled:
     weight: float
     regex: re.Pattern[str]
     needs: tuple[_Need, ...]
+    reads: int  # JOINED, BOTH or LAID_OUT: which reading of a view it searches
 
 
 class Screener:
     def __init__(self) -> None:
         self._patterns = tuple(
-            _Compiled(p.family, p.weight, re.compile(p.source), tuple(_need(g) for g in p.needs)) for p in PATTERNS
+            _Compiled(p.family, p.weight, re.compile(p.source), tuple(_need(g) for g in p.needs), _reads(p))
+            for p in PATTERNS
         )
         # The first group of each pattern, inverted: which patterns a key or a substring may wake.
         by_key: dict[str, set[int]] = {}
@@ -157,11 +166,15 @@ class Screener:
                 p = self._patterns[i]
                 if len(p.needs) > 1 and not _met(p.needs, view):
                     continue
-                match = _search(p, view)
+                body = view.text if p.reads == LAID_OUT else view.joined
+                match = _search(p, view, body)
+                if match is None and p.reads == BOTH and body is not view.text:
+                    body = view.text
+                    match = _search(p, view, body)
                 if match is None:
                     continue
                 weight = p.weight * factors[p.family]
-                if _quoted(view.text, match):
+                if _quoted(body, match):
                     if talk is None:
                         talk = _TALK.search(view.text) is not None
                     if talk:
@@ -215,10 +228,10 @@ def _quoted(body: str, match: re.Match[str]) -> bool:
     return body.find(before[-1], match.end(), match.end() + 100) != -1
 
 
-def _search(p: _Compiled, view: View) -> re.Match[str] | None:
-    """Whether the pattern matches the view. A long view is searched only around where the
-    stems of the pattern's first group occur (merged windows), not end to end."""
-    body = view.text
+def _search(p: _Compiled, view: View, body: str) -> re.Match[str] | None:
+    """Whether the pattern matches ``body``, the view joined or as laid out. A long one is
+    searched only around where the stems of the pattern's first group occur (merged windows),
+    not end to end."""
     if len(body) <= WINDOW_MIN or not p.needs:
         return p.regex.search(body)
     need = p.needs[0]
@@ -242,6 +255,21 @@ def _search(p: _Compiled, view: View) -> re.Match[str] | None:
             return match
         lo, hi = a, b
     return p.regex.search(body, lo, hi) if hi >= 0 else None
+
+
+_NEGATED = re.compile(r"\[\^(?:\\.|[^\]\\])*\]")  # a negated class: [^.!?\n]
+_LAYOUT = ("\\n", "^", "_", "://", "@")
+JOINED, BOTH, LAID_OUT = 0, 1, 2
+
+
+def _reads(p: Pattern) -> int:
+    """Which reading a pattern searches: role injection is layout (turns at a line's start,
+    template tokens), so the text as laid out; a pattern that reads what joining changes (line
+    starts, ``_`` in tags, URLs) both; the rest the joined text."""
+    if p.family == ROLE:
+        return LAID_OUT
+    positive = _NEGATED.sub("", p.source)
+    return BOTH if any(mark in positive for mark in _LAYOUT) else JOINED
 
 
 _WIDE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")  # kana, Han, Hangul

@@ -36,7 +36,7 @@ from turnout.providers.base import Completion, Stream, Usage
 from turnout.releases.review import ReviewError
 from turnout.routing import policy
 from turnout.routing.attempts import Check, Result, Target, Turned, execute
-from turnout.safety.output import Checks, Outputs, Problem, Rules
+from turnout.safety.output import BESIDE, Checks, Outputs, Problem, Rules
 from turnout.serving import respond, turned
 from turnout.serving.asgi import Send, send_json
 from turnout.serving.door import Admission, Answered
@@ -381,6 +381,10 @@ async def _chunks(body: dict[str, Any]) -> AsyncGenerator[dict[str, Any]]:
         message = message if isinstance(message, dict) else {}
         index = choice.get("index", i) if isinstance(choice, dict) else i
         delta: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+        for name in BESIDE:  # the reasoning (and a refusal) reach a stream's caller as the whole answer's
+            said = message.get(name)
+            if isinstance(said, str) and said:
+                delta[name] = said
         calls = message.get("tool_calls")
         if isinstance(calls, list) and calls:
             delta["tool_calls"] = [{"index": n, **c} for n, c in enumerate(calls) if isinstance(c, dict)]
