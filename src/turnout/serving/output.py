@@ -106,8 +106,7 @@ class Checked:
         return " ".join(self.failed) or None
 
     def spend(self, usage: Usage, estimated: bool) -> None:
-        was = self.spent or Usage()
-        self.spent = Usage(was.prompt_tokens + usage.prompt_tokens, was.completion_tokens + usage.completion_tokens)
+        self.spent = usage if self.spent is None else turned.add(self.spent, usage)
         self.spent_estimated |= estimated
 
     def with_spent(self, answered: Answered) -> Answered:
@@ -116,7 +115,7 @@ class Checked:
         spent, usage = self.spent, answered.usage
         if spent is None or usage is None:
             return answered
-        total = Usage(usage.prompt_tokens + spent.prompt_tokens, usage.completion_tokens + spent.completion_tokens)
+        total = turned.add(usage, spent)
         return answered._replace(usage=total, usage_estimated=answered.usage_estimated or self.spent_estimated)
 
 
