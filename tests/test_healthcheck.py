@@ -58,6 +58,17 @@ async def rounds(p: OpenAIProvider, n: int) -> None:
             await asyncio.sleep(INTERVAL_S / 5)
 
 
+class Clock:
+    """A breaker's clock that moves only when the test says: its cool-down cannot elapse
+    while a slow machine runs the calls in between."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def until_closed(breaker: Breaker) -> None:
     async with asyncio.timeout(BOUND_S):
         while breaker.state is not State.CLOSED:  # noqa: ASYNC110 - a breaker has no event
@@ -75,6 +86,9 @@ async def test_a_failing_replica_gets_no_live_traffic_within_two_intervals_and_c
 ) -> None:
     good, bad = fakes
     p = provider(good.base_url, bad.base_url)
+    clock = Clock()
+    for replica in p.replicas:
+        replica.breaker.clock = clock
     try:
         await rounds(p, 1)
         assert [r.breaker.state for r in p.replicas] == [State.CLOSED, State.CLOSED]
@@ -89,6 +103,7 @@ async def test_a_failing_replica_gets_no_live_traffic_within_two_intervals_and_c
         assert chats(good) == 8
 
         bad.health_status = 200
+        clock.now += COOLDOWN_S * 2
         await until_closed(p.replicas[1].breaker)  # past its cool-down, the check was the probe
         assert (State.OPEN, State.HALF_OPEN) in p.replicas[1].breaker.transitions
         answers = [await p.complete(call()) for _ in range(4)]
