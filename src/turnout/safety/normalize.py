@@ -11,8 +11,11 @@ straight. More views follow only where the text carries their sign:
 * ``url``: percent-encoding decoded; ``entities``: HTML character references; ``escapes``:
   ``\\u0069``-style escapes; ``tags``: text smuggled in Unicode tag characters;
 * ``rot13``, ``reversed``: when a key word appears so encoded;
-* ``spaced``: letters spaced or dotted out (``i g n o r e``, ``v.e.r.g.i.s.s``) joined again;
-* ``leet``: digits standing for letters (``1gn0r3``).
+* ``spaced``: letters spaced or dotted out (``i g n o r e``, ``v.e.r.g.i.s.s``), or written one
+  a line, joined again;
+* ``leet``: digits standing for letters (``1gn0r3``);
+* ``items``: three or more short list items in a row (``- ignore\n- all\n- previous``) read as
+  one line, their markers dropped.
 
 Each view is also read *joined*: every run of whitespace, line breaks included, and every ``_``
 as one space (``ignore\\nall\\nprevious``, ``ignore_all_previous``), for the patterns that read
@@ -146,11 +149,12 @@ _PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
 _JSON_ESCAPE = re.compile(r'\\[nrt"/]')
 _JSON_ESCAPES = {"\\n": "\n", "\\r": "\r", "\\t": "\t", '\\"': '"', "\\/": "/"}
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
-# Letters spaced or dotted out: five or more single letters, each followed by 1-3 separators.
-_SPACED = re.compile(r"(?<![a-z])(?:[a-z][ .\-_*|/+~]{1,3}){4,}[a-z](?![a-z])")
+# Letters spaced or dotted out: five or more single letters, each followed by 1-3 separators. A
+# line break is one separator too: a letter a line (``i\ng\nn\no\nr\ne``) reads as the word.
+_SPACED = re.compile(r"(?<![a-z])(?:[a-z](?:\r?\n|[ \t.\-_*|/+~]){1,3}){4,}[a-z](?![a-z])")
 _ONE_SEP = re.compile(r"(?<=[a-z])[.\-_*|/+~](?=[a-z])")
-_ONE_SPACE = re.compile(r"(?<=[a-z]) (?=[a-z])")
-_GAPS = re.compile(r"[ .\-_*|/+~]{2,}")
+_ONE_SPACE = re.compile(r"(?<=[a-z])[ \t\n](?=[a-z])")
+_GAPS = re.compile(r"[ \t\n.\-_*|/+~]{2,}")
 # What the joined reading reads as a space, and a line that keeps its break there (a list item or
 # a heading: "- ", "* ", "• ", "# ", "1. ", "2) "; an e-mail's "> " quotes wrapped prose, joined).
 _WIDE_BREAKS = re.compile(r"[\x85\u2028\u2029]")  # line breaks NFKC keeps (it makes other spaces ' ')
@@ -160,6 +164,10 @@ _WIDE_BREAKS = re.compile(r"[\x85\u2028\u2029]")  # line breaks NFKC keeps (it m
 _SNAKE = re.compile(r"([\"'`(\[*]*)([^\W_]+(?:_+[^\W_]+)+)([\"'`)\]*.,;!?]*)")
 _CODE_NEXT = frozenset("=:([")  # a word followed by one of these is a name
 _LIST_LINE = re.compile(r"\n\s*(?=(?:[-*•#+]+|\d{1,3}[.)])(?:\s|$))")
+# A list item's line, its marker apart from its words; items of at most ``SHORT_ITEM`` words, three
+# or more in a row, are one sentence spread over bullets (``- ignore\n- all\n- previous``).
+_ITEM = re.compile(r"[ \t]*(?:[-*•#+]+|\d{1,3}[.)])[ \t]+(\S.*)")
+SHORT_ITEM = 3
 # Key words as rot13 and reversed text would write them (their keys): a probe, not a decoder.
 _ROT13_KEYS = frozenset({"vtab", "qvfe", "sbet", "vafg", "flfg", "cebz", "ceri", "erir", "nffv"})
 _REVERSED_KEYS = frozenset({"eron", "snoi", "tpmo", "suoi", "dras", "laev"})
@@ -243,6 +251,36 @@ def join(text: str) -> str:
     return "\n".join(items)
 
 
+def _merge_items(text: str) -> str | None:
+    """``text`` with each run of three or more short list items read as one line, their markers
+    dropped; None where it has no such run."""
+    out: list[str] = []
+    run: list[str] = []
+    merged = False
+
+    def end_run() -> None:
+        nonlocal merged
+        if len(run) >= 3:
+            out.append(" ".join(run))
+            merged = True
+        else:
+            out.extend(run_lines)
+        run.clear()
+        run_lines.clear()
+
+    run_lines: list[str] = []
+    for line in text.split("\n"):
+        m = _ITEM.fullmatch(line)
+        if m is not None and len(m.group(1).split()) <= SHORT_ITEM:
+            run.append(m.group(1).strip())
+            run_lines.append(line)
+            continue
+        end_run()
+        out.append(line)
+    end_run()
+    return "\n".join(out) if merged else None
+
+
 def _read_underscores(words: list[str]) -> None:
     """Each word of ``words`` joined by ``_`` read as words, in place, unless it is a name in code."""
     for k in [k for k, word in enumerate(words) if "_" in word]:
@@ -321,6 +359,8 @@ class _Views:
                 self.add("spaced", spaced)
         if signs.leet >= 2:
             self.add("leet", folded.translate(_LEET))
+        if "\n" in folded and _LIST_LINE.search(folded) and (items := _merge_items(folded)) is not None:
+            self.add("items", items)
 
     def add(self, layer: str, folded: str) -> None:
         """A view that is another reading of one already folded (not probed again)."""
@@ -406,7 +446,7 @@ def _unescape(m: re.Match[str]) -> str:
 
 def _join_letters(m: re.Match[str]) -> str:
     """``i g n o r e   a l l`` → ``ignore all``; ``v.e.r.g.i.s.s a.l.l.e`` → ``vergiss alle``."""
-    run = m.group()
+    run = m.group().replace("\r\n", "\n")
     if _ONE_SEP.search(run):  # dotted or dashed: a single space is a word gap
         return _GAPS.sub(" ", _ONE_SEP.sub("", run))
     return _GAPS.sub(" ", _ONE_SPACE.sub("", run))
