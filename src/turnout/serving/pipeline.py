@@ -135,6 +135,7 @@ class Pipeline:
         started_at, t0 = time.time(), time.perf_counter()
         identity = tenant
         tenant = None
+        raw: bytes | None = None
         request: R | None = None
         admission: Admission | None = None
         screened: safety.Screened | None = None
@@ -156,7 +157,8 @@ class Pipeline:
         spent: tuple[Usage | None, bool] = (None, False)  # answers the attempt loop turned down
         try:
             tenant = identity or await rt.auth.identify(credential(scope), started_at)
-            request = door.parse(await read_body(receive, scope, self.max_body), task)
+            raw = await read_body(receive, scope, self.max_body)
+            request = door.parse(raw, task)
             admission = self.admit(door, request, tenant, scope, request_id, release)
             limits = self.limits(scope, request)
             near: list[safety.Near] = []  # borderline texts for the judge, where there is one
@@ -289,7 +291,17 @@ class Pipeline:
                 if answered is not None or failure is not None:
                     latency_ms = (time.perf_counter() - t0) * 1000
                     trail = Trail(
-                        request_id, started_at, task, tenant, request, admission, result, keep, screened, guard, checked
+                        request_id,
+                        started_at,
+                        task if request is not None else self.named_task(door, task, raw),
+                        tenant,
+                        request,
+                        admission,
+                        result,
+                        keep,
+                        screened,
+                        guard,
+                        checked,
                     )
                     row = ledger_row(
                         trail,
@@ -312,6 +324,19 @@ class Pipeline:
                     if shadow is not None and answered is not None and answered.status == 200 and answered.text:
                         assert request is not None and admission is not None  # drawn after both
                         self.mirror(door, request, admission, shadow, row, answered.text, keep)
+
+    def named_task(self, door: Door[R], task: str | None, raw: bytes | None) -> str | None:
+        """The task of a request its door could not parse (a 400 for its messages): the path's,
+        else the body's ``task_param`` where that names a configured task. Read again only on
+        this failure's path; a name the gateway does not know is left out (a client chose it)."""
+        if task is not None or not raw:
+            return task
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        named = body.get(door.task_param) if isinstance(body, dict) else None
+        return named if isinstance(named, str) and named in self.tasks else None
 
     # --- stages ----------------------------------------------------------------------------
 
@@ -625,7 +650,7 @@ class Trail(NamedTuple):
 
     request_id: str
     started_at: float
-    task: str | None  # named by the path
+    task: str | None  # named by the path, or by a body its door could not parse (``Pipeline.named_task``)
     tenant: Tenant | None
     request: Inbound | None
     admission: Admission | None
@@ -648,6 +673,10 @@ def ledger_row(
         assert failure is not None
         status, error_class, priced, usage = failure.status, failure.error_class, failure.priced, failure.usage
     release = admission.release if admission is not None else None
+    if request is not None:
+        task = request.task if admission is not None else _unknown(request.task)
+    else:
+        task = _unknown(task or "")
     answer = result.answer if result is not None else None
     fallback = result.fallback if result is not None else False
     # Positional, in field order: the request path builds one of these per request.
@@ -655,7 +684,7 @@ def ledger_row(
         request_id,
         started_at,
         tenant.name if tenant is not None else "",
-        (request.task if admission is not None else _unknown(request.task)) if request is not None else task or "",
+        task,
         admission.data_class if admission is not None else "",
         request.stream if request is not None else False,
         admission.user if admission is not None else None,
