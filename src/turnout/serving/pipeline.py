@@ -154,6 +154,7 @@ class Pipeline:
         limits: Constraints | None = None
         skipped: list[Skip] = []
         watch: respond.ClientWatch | None = None  # a stream's client, until the answer is relayed
+        asked = False  # the attempt loop began: a target may have been called (and may bill)
         spent: tuple[Usage | None, bool] = (None, False)  # answers the attempt loop turned down
         try:
             tenant = identity or await rt.auth.identify(credential(scope), started_at)
@@ -194,6 +195,7 @@ class Pipeline:
                 stream = request.stream and checking is None
                 if request.stream:  # one that leaves before its first chunk stops the attempts
                     watch = respond.ClientWatch(receive)
+                asked = True
                 result = await self.attempt(targets, body, stream, request_id, guard, limits, t0)
                 if result.turned:
                     spent = await turned.price(rt, result.turned, body, started_at)
@@ -260,7 +262,7 @@ class Pipeline:
         except Exception as exc:
             if isinstance(exc, (AllTargetsFailed, AnswerRefused)) and exc.turned:
                 spent = await turned.price(rt, exc.turned, body, started_at)
-            failure = self.failure(exc, result, started_at)._replace(usage=spent[0], usage_estimated=spent[1])
+            failure = self.failure(exc, result, started_at, asked)._replace(usage=spent[0], usage_estimated=spent[1])
             if not isinstance(exc, TurnoutError):
                 raise  # a bug: the boundary answers and logs it, after the finally below
             if isinstance(exc, AllTargetsFailed):  # upstreams' own words: some echo the prompt back
@@ -276,7 +278,7 @@ class Pipeline:
                 # its row (the runtime waits for that before closing them). Not re-raised: the
                 # request ends here, answered 503 if nothing was sent yet.
                 cut = ShuttingDown("the gateway is shutting down; the request was cut")
-                failure = self.failure(cut, result, started_at)
+                failure = self.failure(cut, result, started_at, asked)
                 if answered is None and result is None:
                     await _error_quietly(send, cut, request_id, door.endpoint)
         finally:
@@ -549,15 +551,22 @@ class Pipeline:
             self.rt.tokens,
         )
 
-    def failure(self, exc: Exception, result: Result | None, started_at: float) -> Failure:
+    def failure(self, exc: Exception, result: Result | None, started_at: float, asked: bool = True) -> Failure:
+        """``asked``: the attempt loop began. A request refused before it (a 400, a 403 by policy, a
+        429 by quota, a 422 by the caller's limits) reached no target: it cost exactly $0, not an
+        unknown amount. One cut in the loop with no attempt on record (a bug, a shutdown) may
+        have been billed: unknown (None)."""
         if not isinstance(exc, TurnoutError):
-            return Failure(500, "internal", None)
+            return Failure(500, "internal", None if asked else Priced([], 0.0))
         attempts: list[Any] | None
         if isinstance(exc, (AllTargetsFailed, AnswerRefused)):  # the attempts made before it
             attempts = exc.records
         else:
             attempts = result.attempts if result else None
-        priced = self.rt.prices.price_attempts(attempts, None, started_at) if attempts else None
+        if attempts:
+            priced: Priced | None = self.rt.prices.price_attempts(attempts, None, started_at)
+        else:
+            priced = None if asked else Priced([], 0.0)  # its own list: a row's attempts are its own
         return Failure(exc.status, exc.code or exc.type, priced)
 
     # --- after the answer ------------------------------------------------------------------
