@@ -137,6 +137,8 @@ async def test_issued_keys_work_and_revocation_holds_at_once(make_app: AppFactor
     listed = await admin(app, "GET", "/admin/keys?tenant=acme")
     assert secret not in listed.body.decode()
     assert [k["name"] for k in listed.json()["data"]] == ["ci"]
+    unknown = await admin(app, "GET", "/admin/keys?tenant=ghost")  # as /admin/usage and `keys list`
+    assert unknown.status == 404 and unknown.json()["error"]["message"] == "no tenant 'ghost'"
     revoked = await admin(app, "DELETE", f"/admin/keys/{created.json()['id']}")
     assert revoked.status == 200
     refused = await chat(app, key=secret)
