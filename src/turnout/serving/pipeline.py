@@ -130,7 +130,9 @@ class Pipeline:
     ) -> None:
         """One request through ``door``. ``task``: named by the path (the task API).
         ``release``: serve as this release, whatever serves now; ``tenant``: act as this tenant
-        without a key. Both for ``turnout eval`` in-process, never a client's choice."""
+        without a key. Both for ``turnout eval`` in-process, never a client's choice: a request
+        with a forced release is an eval's, and its row says ``evaluation`` (left out of canary
+        judging, whichever tenant it ran as)."""
         rt = self.rt
         started_at, t0 = time.time(), time.perf_counter()
         identity = tenant
@@ -313,6 +315,8 @@ class Pipeline:
                         door.release_prompt,
                     )
                     row.endpoint = door.endpoint
+                    if release is not None:  # a forced release: turnout eval's golden case, never live traffic
+                        row.evaluation = True
                     if limits is not None:
                         row.constraints = limits.record(skipped)
                     answer_fields(row, request, result)
