@@ -58,17 +58,6 @@ async def rounds(p: OpenAIProvider, n: int) -> None:
             await asyncio.sleep(INTERVAL_S / 5)
 
 
-class Clock:
-    """A breaker's clock that moves only when the test says: its cool-down cannot elapse
-    while a slow machine runs the calls in between."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def until_closed(breaker: Breaker) -> None:
     async with asyncio.timeout(BOUND_S):
         while breaker.state is not State.CLOSED:  # noqa: ASYNC110 - a breaker has no event
@@ -86,7 +75,7 @@ async def test_a_failing_replica_gets_no_live_traffic_within_two_intervals_and_c
 ) -> None:
     good, bad = fakes
     p = provider(good.base_url, bad.base_url)
-    clock = Clock()
+    clock = Clock()  # moves only when the test says: no cool-down elapses on a slow machine
     for replica in p.replicas:
         replica.breaker.clock = clock
     try:
