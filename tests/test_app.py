@@ -239,6 +239,45 @@ async def test_an_unknown_task_name_keeps_no_key_in_the_ledger(make_app: AppFact
     assert row.task.startswith("ZEBRA key [") and "[EMAIL]" in row.task
 
 
+async def test_a_400_for_a_real_task_keeps_its_task_in_the_ledger(make_app: AppFactory) -> None:
+    """Seen: a request whose ``model`` named a configured task and whose messages were malformed
+    was kept with an empty task: the 400s of a task went missing from its report."""
+    app, _ = await setup(make_app)
+    resp = await chat(app, {"messages": [{"role": "user"}]})
+    assert resp.status == 400
+    unknown = await chat(app, {"model": "ghost", "messages": "nope"})  # a name the gateway does not know
+    assert unknown.status == 400
+    known = await request(app, "POST", "/v1/messages", {"model": "chat", "max_tokens": "x"}, AUTH)
+    assert known.status == 400
+    found = sorted((r.endpoint, r.status, r.task) for r in await rows(app))
+    assert found == [("chat.completions", 400, ""), ("chat.completions", 400, "chat"), ("messages", 400, "chat")]
+
+
+async def test_a_400_for_a_task_named_by_the_path_keeps_it_printable(make_app: AppFactory) -> None:
+    """The task API's path names the task before its body is read: a body it cannot parse keeps
+    that name, made printable and masked like any name a client chose."""
+    app, _ = await setup(make_app)
+    path = "/v1/tasks/a\x1b[31m sk-proj-AbCdEfGhIjKlMnOpQrStUvWx0123"
+    assert (await request(app, "POST", path, raw=b"{", headers=AUTH)).status == 400
+    [row] = await rows(app)
+    assert row.task.startswith("a?[31m ") and "sk-proj-AbCd" not in row.task
+
+
+async def test_a_request_refused_before_any_target_costs_zero_not_unknown(make_app: AppFactory) -> None:
+    """Seen: 400s, 403s and 404s were kept with no cost, and ``turnout report cost`` called a
+    task of refusals "unpriced": they reached no target and cost exactly $0. An answer from a
+    target without a price stays unknown."""
+    app, _ = await setup(make_app)
+    assert (await chat(app, {"messages": [{"role": "user"}]})).status == 400
+    assert (await chat(app, {"model": "private"}, {"authorization": f"Bearer {OTHER_KEY}"})).status == 404
+    assert (await chat(app, {"model": "private"}, {"x-turnout-data-class": "restricted"})).status == 200
+    other = {"authorization": f"Bearer {OTHER_KEY}", "x-turnout-data-class": "internal"}
+    assert (await chat(app, headers=other)).status == 403
+    found = sorted((r.status, r.cost_usd, r.attempts) for r in await rows(app))
+    assert [(status, cost) for status, cost, _ in found] == [(200, None), (400, 0.0), (403, 0.0), (404, 0.0)]
+    assert [len(attempts) for _, _, attempts in found] == [1, 0, 0, 0]
+
+
 async def test_an_upstream_error_echoing_the_prompt_reaches_the_client_masked(make_app: AppFactory) -> None:
     """Seen: an upstream's 400 echoing the prompt (a system prompt with an email and a card)
     went back word for word, past the task's checks: the status and words stay, those values go."""

@@ -116,5 +116,7 @@ def test_with_tenants_configured_eval_runs_as_an_internal_identity_or_a_named_te
     assert shut_out.returncode == 1  # the tenant may not use the task: every case fails, a gate fails
     unknown = turnout(secured, "eval", "qa", "--candidate", "v1", "--by", "ci", "--tenant", "nobody")
     assert unknown.returncode == 1 and "no tenant 'nobody'" in unknown.stderr
-    tenants = sqlite3.connect(secured / ".turnout" / "turnout.db").execute("SELECT DISTINCT tenant FROM requests")
-    assert {row[0] for row in tenants} == {"turnout-eval", "acme", "other"}
+    ledger = sqlite3.connect(secured / ".turnout" / "turnout.db")
+    tenants = ledger.execute("SELECT DISTINCT tenant, evaluation FROM requests")
+    # Every eval row is marked, whichever tenant ran it: canaries never judge golden cases.
+    assert set(tenants) == {("turnout-eval", 1), ("acme", 1), ("other", 1)}

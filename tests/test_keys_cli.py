@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import textwrap
 import time
 import uuid
@@ -128,7 +129,17 @@ def test_list_filters_by_tenant(config: str) -> None:
     assert [row["id"] for row in listed(config, "--tenant", "acme")] == [acme]
     assert [row["id"] for row in listed(config, "-t", "bravo")] == [bravo]
     assert {row["id"] for row in listed(config)} == {acme, bravo}
-    assert invoke("list", "-c", config, "-t", "nobody").stdout == "no keys for tenant 'nobody'\n"
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_list_refuses_a_tenant_not_in_the_config_as_create_does(config: str, fmt: str) -> None:
+    """Seen: `keys list --tenant ghost` said "no keys" and exited 0 where `keys create --tenant
+    ghost` exits 1: a typo in a script read as a tenant without keys."""
+    create(config, "-t", "acme")
+    result = invoke("list", "-c", config, "-t", "ghost", "--format", fmt)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == "turnout: no tenant 'ghost' in the config (tenants: acme, bravo)\n"
 
 
 def test_list_with_no_keys(config: str) -> None:
@@ -270,6 +281,42 @@ def test_revoke_an_unknown_id_exits_1(config: str) -> None:
     assert result.exit_code == 1
     assert result.stdout == ""
     assert "turnout: no key with id 'key_0000000000000000'" in result.stderr
+
+
+def test_the_readmes_commands_work_as_written(config: str) -> None:
+    """README's keys block, in order, on a fresh store: create, list, then revoke the id that its
+    `jq -r` filter picks from `keys list --format json` (applied here as jq would)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [block] = [b for b in readme.split("```sh\n")[1:] if "turnout keys revoke" in b.split("```")[0]]
+    lines = [line.split("  #", 1)[0] for line in block.split("```")[0].splitlines()]
+    made, listing, revoking = (shlex.split(line) for line in lines if line.strip())
+    assert made[:3] == ["turnout", "keys", "create"] and listing[:3] == ["turnout", "keys", "list"]
+    created = invoke(*made[2:], "-c", config)
+    assert created.exit_code == 0, created.output
+    [key_id] = set(re.findall(r"key_[0-9a-f]{16}", created.stdout))
+    shown = invoke(*listing[2:], "-c", config)
+    assert shown.exit_code == 0 and key_id in shown.stdout
+    assert revoking[:3] == ["turnout", "keys", "revoke"]
+    [(inner, jq)] = re.findall(r"^\$\(turnout keys list (.*?) \| jq -r '(.*)'\)$", revoking[3])
+    as_json = invoke("list", *shlex.split(inner), "-c", config)
+    assert as_json.exit_code == 0, as_json.output
+    picked = jq_path(json.loads(as_json.stdout), jq)
+    assert picked == key_id
+    revoked = invoke("revoke", picked, "-c", config)
+    assert revoked.exit_code == 0, revoked.output
+    assert [row["status"] for row in listed(config)] == ["revoked"]
+
+
+def jq_path(value: object, path: str) -> str:
+    """What `jq -r PATH` prints for a path of `.[N]` and `.name` steps (null: "null")."""
+    assert re.fullmatch(r"(\.\[\d+\]|\.\w+)+", path), f"not a plain path: {path}"
+    steps = re.findall(r"\.\[(\d+)\]|\.(\w+)", path)
+    for index, name in steps:
+        if index:
+            value = value[int(index)] if isinstance(value, list) and int(index) < len(value) else None
+        else:
+            value = value.get(name) if isinstance(value, dict) else None
+    return "null" if value is None else str(value)
 
 
 def test_a_running_store_sees_what_the_cli_does(tmp_path: Path) -> None:

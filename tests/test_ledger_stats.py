@@ -96,6 +96,16 @@ async def test_eval_rows_are_not_live_traffic(store: LedgerStore) -> None:
     assert (stats.requests, stats.errors, stats.outcomes) == (1, 0, 0)
 
 
+async def test_eval_rows_of_a_named_tenant_are_not_live_traffic_either(store: LedgerStore) -> None:
+    """Seen: `turnout eval --tenant acme` wrote acme's rows, which the canary judged as live
+    traffic (its golden cases' failures as the release's error rate). Eval rows are marked."""
+    evals = [row(n, tenant="acme", status=500, error_class="internal", evaluation=True) for n in (2, 3, 4)]
+    slow = row(5, tenant="acme", latency_ms=90_000.0, outcome="failure", evaluation=True)
+    await store.write_batch([row(1, tenant="acme"), row(6, tenant="acme", evaluation=False), *evals, slow])
+    stats = await store.release_stats("support-reply", "r2", 0.0)
+    assert (stats.requests, stats.errors, stats.outcomes, stats.p95_latency_ms) == (2, 0, 0, 100.0)
+
+
 async def test_an_upstream_rejection_is_the_releases_error_not_the_callers(store: LedgerStore) -> None:
     rows = [
         row(1),

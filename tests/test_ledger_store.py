@@ -328,6 +328,7 @@ def shaped_row(n: int) -> LedgerRow:
         {},
         {"status": 200, "target": "a", "prompt_tokens": 3, "cost_usd": 0.5, "cache_hit": False},
         {"stream": True, "fallback": True, "cache_hit": True, "usage_estimated": True, "live_pass": False},
+        {"evaluation": True, "status": 500, "error_class": "internal"},
         {"error_class": "timeout", "attempts": [AttemptRecord("a", "r", "timeout", 1.0)], "escalated": True},
         {"user": "u", "episode_id": f"ep-{n % 3}", "labels": ["x"], "human_review": False},
         {"status": 499, "usage_estimated": False, "documents": 0, "repairs": 0, "live_pass": True},

@@ -15,6 +15,7 @@ from turnout.control.pricing import ManagedPrice, PriceBook, SelfHostedPrice, re
 from turnout.errors import ConfigError
 from turnout.ledger.record import AttemptRecord
 from turnout.providers.base import Usage
+from turnout.providers.bedrock.stream import usage_of
 
 
 def ts(day: str, hour: int = 0) -> float:
@@ -45,6 +46,7 @@ def problems(raw: dict[str, Any]) -> list[str]:
 
 
 MANAGED = {"input_per_mtok": 2.0, "output_per_mtok": 8.0}
+BEDROCK = {"provider": "bedrock", "model": "deepseek.v3.2", "region": "us-east-1"}
 # One replica = 4 GPUs at $2/GPU-h = $8 per replica-hour.
 FLEET = {"gpu_hour_usd": 2.0, "gpus": 4, "replicas": 2}
 WHEN = ts("2026-06-15", 12)
@@ -110,6 +112,29 @@ def test_cached_input_tokens_use_their_own_price() -> None:
     # 1,000 cached at $0.5/M + 2,000 fresh at $2/M + 500 out at $8/M = 0.0005 + 0.004 + 0.004
     assert cached.tokens_cost(3000, 500, cached=1000) == pytest.approx(0.0085)
     assert ManagedPrice(2.0, 8.0).tokens_cost(3000, 500, cached=1000) == pytest.approx(0.010)
+    assert cached.tokens_cost(100, 0, cached=500) == pytest.approx(100 * 0.5 / 1e6)  # never more than the prompt
+
+
+def test_bedrock_cache_reads_are_billed_at_the_cached_price_and_writes_at_the_input_price() -> None:
+    """Converse's inputTokens leaves out cache reads and writes: the usage adds them back, the
+    reads billed at the cached price (a price-book entry's, or the target's), the writes and the
+    rest at the input price; the catalog knows no cached price, so there reads cost the input price."""
+    usage = Usage.from_openai(usage_of({"inputTokens": 1000, "outputTokens": 500, "cacheReadInputTokens": 2000}))
+    assert usage == Usage(3000, 500, cached_tokens=2000)
+    entry = {**MANAGED, "cached_input_per_mtok": 0.5}
+    for prices in (
+        book([{"effective": "2026-01-01", "targets": {"bedrock": entry}}]),
+        book(bedrock={**BEDROCK, "price": entry}),
+    ):
+        # 2,000 read at $0.5/M + 1,000 fresh at $2/M + 500 out at $8/M = 0.001 + 0.002 + 0.004
+        assert prices.request_cost("bedrock", usage, None, WHEN) == pytest.approx(0.007)
+    # The catalog's DeepSeek V3.2: 3,000 in × $0.62/M + 500 out × $1.85/M
+    assert book().request_cost("bedrock", usage, None, WHEN) == pytest.approx(0.00186 + 0.000925)
+    written = Usage.from_openai(usage_of({"inputTokens": 1000, "outputTokens": 0, "cacheWriteInputTokens": 2000}))
+    assert written is not None and written.cached_tokens == 0
+    assert book(bedrock={**BEDROCK, "price": entry}).request_cost("bedrock", written, None, WHEN) == pytest.approx(
+        0.006
+    )
 
 
 # --- self-hosted --------------------------------------------------------------------------------

@@ -140,6 +140,30 @@ def test_spend_without_any_price_is_unpriced_never_zero() -> None:
     assert "unpriced" in render(report, "table")
 
 
+def refused(n: int, status: int, tenant: str = "scanner", cost: float | None = None) -> LedgerRow:
+    """A request refused before any target (a bad body, a policy, a quota), as older gateways
+    wrote it: no attempt and no cost."""
+    return LedgerRow(f"ref-{n:02d}", BASE + n, tenant, "support", "", False, status=status, cost_usd=cost)
+
+
+def test_requests_that_reached_no_target_cost_zero_not_unpriced() -> None:
+    """Seen: a tenant whose requests were all refused (400, 403, 429) showed spend "unpriced":
+    they reached no target and cost exactly $0. A stream whose client left (499) may have been
+    billed by its target: with no attempt on record its cost stays unknown."""
+    rows = [refused(0, 400), refused(1, 403), refused(2, 429), refused(3, 404, tenant="now", cost=0.0)]
+    rows += [refused(4, 499, tenant="leaver"), *ledger()]
+    report = compute("cost", rows, by=["tenant"])
+    assert one(report, tenant="scanner")["spend_usd"] == 0.0
+    assert one(report, tenant="scanner")["unpriced"] == 0
+    assert one(report, tenant="now")["spend_usd"] == 0.0  # as the gateway writes them now
+    assert one(report, tenant="leaver")["spend_usd"] is None
+    assert one(report, tenant="all")["spend_usd"] == pytest.approx(0.60)
+    table = render(report, "table")
+    lines = {line.split()[0]: line for line in table.splitlines() if line.strip()}
+    assert "unpriced" in lines["leaver"] and "unpriced" not in lines["scanner"]
+    assert not compute("cost", rows[:4]).notes
+
+
 def test_no_completed_task_gives_no_cost_per_task() -> None:
     [row] = compute("cost", ledger()[6:]).rows
     assert row["completed"] == 0 and row["cost_per_completed_usd"] is None

@@ -151,3 +151,20 @@ def test_report_shadow(config: str, tmp_path: Path) -> None:
     rows = list(csv.reader(io.StringIO(report("--format", "csv"))))
     assert rows[0][:4] == ["TASK", "SHADOW", "SERVED", "PAIRS"] and rows[1][:4] == ["extract", "v2", "v1", "25"]
     assert "no shadow pairs" in report("--task", "other")
+
+
+def test_report_shadow_keeps_each_active_release_apart(config: str, tmp_path: Path) -> None:
+    """Seen: pairs served by v1, then (after a promotion) by v3, were summed as one sample of v2
+    "against v1": a shadow is compared with the release that was active, one line for each."""
+    from click.testing import CliRunner
+
+    start(config)
+    now = time.time()
+    before = [pair(i, agree=True, at=now - 600 + i) for i in range(10)]  # served by v1: all agree
+    after = [pair(i, served_release="v3", agree=False, at=now - 60 + i / 10) for i in range(10, 16)]
+    add_pairs(tmp_path, before + after)
+    args = ["report", "shadow", "--since", "1d", "--format", "json", "--config", config]
+    got = CliRunner().invoke(main, args, env={"TURNOUT_CONFIG": None})
+    assert got.exit_code == 0, got.output
+    found = [(s["release"], s["served"]["release"], s["pairs"], s["agreed"]) for s in json.loads(got.output)["shadows"]]
+    assert found == [("v2", "v1", 10, 10), ("v2", "v3", 6, 0)]

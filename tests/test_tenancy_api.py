@@ -71,6 +71,9 @@ async def test_rpm_limit_refuses_with_429_retry_after_and_the_limit(make_app: Ap
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["x-turnout-limit"] == "acme:rpm"
     assert (await chat(app, key=OTHER)).status == 200  # another tenant is not affected
+    # The refusal reached no target: it cost $0, not an unknown amount ("unpriced" in reports).
+    costs = sorted((r.status, r.cost_usd) for r in await ledger(app))
+    assert costs == [(200, pytest.approx(0.013))] * 4 + [(429, 0.0)]
 
 
 async def test_task_limits_apply_to_that_task_only(make_app: AppFactory) -> None:
@@ -134,6 +137,8 @@ async def test_issued_keys_work_and_revocation_holds_at_once(make_app: AppFactor
     listed = await admin(app, "GET", "/admin/keys?tenant=acme")
     assert secret not in listed.body.decode()
     assert [k["name"] for k in listed.json()["data"]] == ["ci"]
+    unknown = await admin(app, "GET", "/admin/keys?tenant=ghost")  # as /admin/usage and `keys list`
+    assert unknown.status == 404 and unknown.json()["error"]["message"] == "no tenant 'ghost'"
     revoked = await admin(app, "DELETE", f"/admin/keys/{created.json()['id']}")
     assert revoked.status == 200
     refused = await chat(app, key=secret)

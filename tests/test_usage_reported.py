@@ -69,3 +69,40 @@ async def test_an_upstream_cannot_make_an_answer_free_or_credit_the_budget(
         assert row.usage_estimated is True
         assert row.cost_usd is not None and row.cost_usd > 0
         assert row.prompt_tokens is not None and row.prompt_tokens > 0
+
+
+# A prompt of 1,000 tokens, 800 of them read from the upstream's prompt cache, and no completion.
+CACHED_USAGE = {"prompt_tokens": 1000, "completion_tokens": 0, "prompt_tokens_details": {"cached_tokens": 800}}
+CACHED_PRICE = {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0, "cached_input_per_mtok": 100.0}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+@pytest.mark.parametrize("where", ["target", "book", "none"])
+async def test_cached_prompt_tokens_are_billed_at_the_cached_price(
+    make_app: AppFactory, stream: bool, path: str, where: str
+) -> None:
+    """800 cached at $100/M + 200 fresh at $1000/M = $0.28 on every door, streamed or not, with
+    the price on the target or in the price book; without a cached price, the full input price
+    ($1.00): never less than the upstream may bill."""
+    price = CACHED_PRICE if where != "none" else PRICE
+    target: dict[str, Any] = {"provider": "openai", "model": "m"}
+    async with FakeUpstream(reply=("Hello", " there")) as upstream:
+        upstream.usage = CACHED_USAGE
+        target["base_url"] = upstream.base_url
+        raw: dict[str, Any] = {
+            "targets": {"up": {**target, "price": price} if where != "book" else target},
+            "tenants": {"acme": {"keys": [KEY]}},
+            "tasks": {"chat": {"route": ["up"]}},
+        }
+        if where == "book":
+            raw["prices"] = [{"effective": "2020-01-01", "targets": {"up": price}}]
+        app = await make_app(raw)
+        body: dict[str, Any] = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        if path == "/v1/responses":
+            body = {"model": "chat", "input": "hi"}
+        resp = await request(app, "POST", path, {**body, "stream": stream}, {"authorization": f"Bearer {KEY}"})
+        assert resp.status == 200, resp.body
+        [row] = await ledger_rows(app)
+        assert row.prompt_tokens == 1000 and row.usage_estimated is False
+        assert row.cost_usd == pytest.approx(1.0 if where == "none" else 0.28)

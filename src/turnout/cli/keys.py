@@ -84,14 +84,17 @@ def create(tenant: str, name: str, expires_at: float | None, config: Config) -> 
 
 
 @keys.command(name="list")
-@tenant_option("Only this tenant's keys.")
+@tenant_option("Only this tenant's keys; it must be in the config.", known=True)
 @format_option()
 @config_option(CONFIG_HELP)
 def list_(tenant: str | None, fmt: str, config: Config) -> None:
     """List keys, never their secrets.
 
     Shows each key's id, tenant, name, hint (the secret's first characters), when it was
-    created and expires (UTC), and its status: live, expired or revoked."""
+    created and expires (UTC), and its status: live, expired or revoked, oldest first. With
+    --format json, an array of objects: the first key's id is `.[0].id` (jq).
+    A tenant not in the config is refused (exit 1), as `keys create` refuses it; without
+    --tenant every key is listed, those of tenants since removed from the config too."""
     found = _run(config, lambda store: store.list(tenant))
     now = time.time()
     print_listing(

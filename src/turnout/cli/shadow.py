@@ -129,12 +129,18 @@ def _cost(side: Side) -> str:
 
 
 def report(config: Config, since: float, until: float, task: str | None, fmt: str) -> str:
-    """``turnout report shadow``: one line per task × shadow release with pairs in the window."""
+    """``turnout report shadow``: one line per task × shadow release × active (served) release
+    with pairs in the window. A pair compares the shadow with the release active when it was
+    served: pairs from before and after a promotion or a rollback measure two comparisons, never
+    one sample (as ``read_summary`` keeps only the active release's)."""
     summaries = []
     for name in sorted([task] if task is not None else config.tasks):
         pairs = [p for p in read_pairs(config, name, since=since) if p.at < until]
-        for release in sorted({p.shadow_release for p in pairs}):
-            summaries.append(summarize(name, release, [p for p in pairs if p.shadow_release == release]))
+        groups: dict[tuple[str, str | None], list[Pair]] = {}
+        for p in pairs:
+            groups.setdefault((p.shadow_release, p.served_release), []).append(p)
+        for (release, _), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            summaries.append(summarize(name, release, group))
     if fmt == "json":
         out: dict[str, Any] = {"since": iso(since), "until": iso(until), "shadows": [s.to_dict() for s in summaries]}
         return _json(out)

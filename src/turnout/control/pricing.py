@@ -12,8 +12,12 @@ Which price applies to a target at time T (a unix timestamp, the request's start
    source, a starting point to verify), and free for the embedded ``local`` provider;
 4. else unknown: costs are None ("unpriced"), never 0.
 
-Managed prices (USD per 1M tokens): ``prompt × input + completion × output``; cached prompt
-tokens at ``cached_input_per_mtok`` when the usage reports them. A failed attempt without usage
+Managed prices (USD per 1M tokens): ``prompt × input + completion × output``, where the prompt
+tokens the upstream read from its prompt cache (``Usage.cached_tokens``: an OpenAI-compatible
+server's ``prompt_tokens_details.cached_tokens``, Bedrock's ``cacheReadInputTokens``) cost
+``cached_input_per_mtok`` instead of the input price when the price gives one; without it they
+cost the input price, never less than the upstream may bill. Cache writes (Bedrock's
+``cacheWriteInputTokens``) cost the input price. A failed attempt without usage
 costs 0: the providers bill tokens, and a refused or timed-out call reports none.
 
 Self-hosted prices (a fleet billed by the GPU-hour, ``data/gpu_prices.yaml`` has reference
@@ -62,6 +66,7 @@ class ManagedPrice:
     cached_input_per_mtok: float | None = None
 
     def tokens_cost(self, prompt: int, completion: int, cached: int = 0) -> float:
+        cached = min(max(cached, 0), prompt)  # part of the prompt: never a credit
         cached_rate = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
         return (
             (prompt - cached) * self.input_per_mtok + cached * cached_rate + completion * self.output_per_mtok
@@ -146,7 +151,7 @@ class PriceBook:
         if isinstance(price, ManagedPrice):
             if usage is None:
                 return None
-            return price.tokens_cost(usage.prompt_tokens, usage.completion_tokens, _cached(usage))
+            return price.tokens_cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         if price is None:
             return None
         if price.allocation == "busy_seconds":
@@ -243,11 +248,6 @@ class Priced(NamedTuple):
 
     attempts: list[AttemptRecord]
     total: float | None
-
-
-def _cached(usage: Usage) -> int:
-    # Providers that report cached prompt tokens add ``cached_tokens`` to Usage; until then, 0.
-    return int(getattr(usage, "cached_tokens", 0) or 0)
 
 
 @functools.cache

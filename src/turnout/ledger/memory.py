@@ -144,7 +144,11 @@ class MemoryStore:
         return summarize(
             _STATS(r)
             for r in self._rows.values()
-            if r.task == task and r.release == release and since <= r.started_at < end and r.tenant != EVAL_TENANT
+            if r.task == task
+            and r.release == release
+            and since <= r.started_at < end
+            and r.tenant != EVAL_TENANT
+            and not r.evaluation
         )
 
     async def aclose(self) -> None:

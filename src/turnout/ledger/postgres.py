@@ -141,6 +141,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE {p}requests ADD COLUMN constraints text",),
     # 14: live scoring's verdict on a sampled answer, as in SQLite.
     ("ALTER TABLE {p}requests ADD COLUMN live_pass boolean",),
+    # 15: turnout eval's rows, as in SQLite.
+    ("ALTER TABLE {p}requests ADD COLUMN evaluation boolean",),
 )
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerRow))
@@ -403,7 +405,7 @@ class _Statements:
             count(live_pass) FILTER (WHERE {served}),
             count(*) FILTER (WHERE {served} AND live_pass)
             FROM {p}requests WHERE task = $1 AND "release" = $2 AND started_at >= $3 AND started_at < $5
-            AND tenant <> $6"""  # noqa: S608
+            AND tenant <> $6 AND evaluation IS NOT TRUE"""  # noqa: S608
         self.create_migrations = (
             f"CREATE TABLE IF NOT EXISTS {p}schema_migrations "
             "(version integer PRIMARY KEY, applied_at double precision NOT NULL)"

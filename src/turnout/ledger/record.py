@@ -89,3 +89,6 @@ class LedgerRow:
     # Schema v14: live scoring (``tasks.T.scoring``): whether the sampled answer passed the task's
     # reference-free scorers. None: not sampled, or no answer to score.
     live_pass: bool | None = None
+    # Schema v15: True: ``turnout eval`` asked it (a golden case, as a forced release), whichever
+    # tenant it ran as; left out of canary judging. None: live traffic. No HTTP request can set it.
+    evaluation: bool | None = None

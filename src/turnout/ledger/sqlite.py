@@ -119,6 +119,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE requests ADD COLUMN constraints TEXT",),
     # 14: live scoring's verdict on a sampled answer (tasks.T.scoring); NULL: not scored.
     ("ALTER TABLE requests ADD COLUMN live_pass INTEGER",),
+    # 15: turnout eval's rows (golden cases, whatever tenant it ran as); NULL: live traffic.
+    ("ALTER TABLE requests ADD COLUMN evaluation INTEGER",),
 )
 
 # Columns follow LedgerRow's fields, so a field added without a migration fails loudly on the
@@ -201,7 +203,7 @@ _DELETE_BEFORE = (
 _ATTEMPTS = COLUMNS.index("attempts")
 _LABELS = COLUMNS.index("labels")
 _BOOLS = ("stream", "fallback")
-_OPTIONAL_BOOLS = ("cache_hit", "human_review", "escalated", "usage_estimated", "live_pass")
+_OPTIONAL_BOOLS = ("cache_hit", "human_review", "escalated", "usage_estimated", "live_pass", "evaluation")
 # None keeps the stored value: feedback may arrive in pieces. Labels come as JSON text and
 # replace the stored array whole.
 _SET_OUTCOME = """UPDATE requests SET
@@ -230,7 +232,8 @@ _BETWEEN = (
 # The window's rows, summed up in Python (``summarize``): SQLite has no percentile function.
 _STATS = (
     f"SELECT {', '.join(STATS_COLUMNS)} FROM requests "  # noqa: S608
-    'WHERE task = ? AND "release" = ? AND started_at >= ? AND started_at < ? AND tenant <> ?'
+    'WHERE task = ? AND "release" = ? AND started_at >= ? AND started_at < ? AND tenant <> ? '
+    "AND evaluation IS NOT 1"
 )
 
 

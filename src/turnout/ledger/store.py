@@ -50,7 +50,8 @@ class ReleaseStats:
     """What one release of a task did in a window, as the canary controller compares it.
 
     * ``requests``: every row of the release with ``since <= started_at < until``, except
-      ``turnout eval``'s (tenant ``EVAL_TENANT``: golden cases, not live traffic).
+      ``turnout eval``'s (golden cases, not live traffic): rows marked ``evaluation``, whatever
+      tenant the eval ran as, and those of its internal tenant ``EVAL_TENANT`` (older rows).
     * ``caller_errors``: rows with a 4xx status (400-499): a bad body, a key, an unknown task,
       a quota (429), a client that went away (499). The caller's doing, not the release's: they
       count in none of the figures below. Except ``RELEASE_REJECTIONS``: a 4xx the upstream

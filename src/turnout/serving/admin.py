@@ -3,7 +3,7 @@
 usage through this API.
 
     GET    /admin/tenants                 tenants, their data classes, tasks and limits
-    GET    /admin/keys[?tenant=T]         issued keys (never secrets or digests)
+    GET    /admin/keys[?tenant=T]         issued keys (never secrets or digests); 404: no tenant T
     POST   /admin/keys                    {"tenant", "name"?, "expires_in_s"?} → the secret, once
     DELETE /admin/keys/{id}               revoke
     GET    /admin/usage[?tenant=T]        per scope: bucket levels, slots, spent and reserved
@@ -135,6 +135,8 @@ class Admin:
         return out
 
     async def keys(self, tenant: str | None) -> list[dict[str, Any]]:
+        if tenant is not None and tenant not in self.runtime.config.tenants:  # as usage, and `turnout keys list`
+            raise NotFound(f"no tenant {tenant!r}")
         store = self.runtime.auth.keys
         if store is None:
             return []

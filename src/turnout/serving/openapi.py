@@ -327,9 +327,9 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 "listKeys",
                 "Issued keys (never secrets)",
-                {"200": json_content(ref("KeyList"), "Keys."), **admin_get},
+                {"200": json_content(ref("KeyList"), "Keys."), **_errors(401, 403, 404, 405)},
                 security=ADMIN,
-                parameters=[_query("tenant", "Only this tenant's keys.")],
+                parameters=[_query("tenant", "Only this tenant's keys (404 for an unknown tenant).")],
             ),
             "post": _op(
                 "createKey",

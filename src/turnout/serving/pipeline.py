@@ -130,11 +130,14 @@ class Pipeline:
     ) -> None:
         """One request through ``door``. ``task``: named by the path (the task API).
         ``release``: serve as this release, whatever serves now; ``tenant``: act as this tenant
-        without a key. Both for ``turnout eval`` in-process, never a client's choice."""
+        without a key. Both for ``turnout eval`` in-process, never a client's choice: a request
+        with a forced release is an eval's, and its row says ``evaluation`` (left out of canary
+        judging, whichever tenant it ran as)."""
         rt = self.rt
         started_at, t0 = time.time(), time.perf_counter()
         identity = tenant
         tenant = None
+        raw: bytes | None = None
         request: R | None = None
         admission: Admission | None = None
         screened: safety.Screened | None = None
@@ -153,10 +156,12 @@ class Pipeline:
         limits: Constraints | None = None
         skipped: list[Skip] = []
         watch: respond.ClientWatch | None = None  # a stream's client, until the answer is relayed
+        asked = False  # the attempt loop began: a target may have been called (and may bill)
         spent: tuple[Usage | None, bool] = (None, False)  # answers the attempt loop turned down
         try:
             tenant = identity or await rt.auth.identify(credential(scope), started_at)
-            request = door.parse(await read_body(receive, scope, self.max_body), task)
+            raw = await read_body(receive, scope, self.max_body)
+            request = door.parse(raw, task)
             admission = self.admit(door, request, tenant, scope, request_id, release)
             limits = self.limits(scope, request)
             near: list[safety.Near] = []  # borderline texts for the judge, where there is one
@@ -192,6 +197,7 @@ class Pipeline:
                 stream = request.stream and checking is None
                 if request.stream:  # one that leaves before its first chunk stops the attempts
                     watch = respond.ClientWatch(receive)
+                asked = True
                 result = await self.attempt(targets, body, stream, request_id, guard, limits, t0)
                 if result.turned:
                     spent = await turned.price(rt, result.turned, body, started_at)
@@ -258,7 +264,7 @@ class Pipeline:
         except Exception as exc:
             if isinstance(exc, (AllTargetsFailed, AnswerRefused)) and exc.turned:
                 spent = await turned.price(rt, exc.turned, body, started_at)
-            failure = self.failure(exc, result, started_at)._replace(usage=spent[0], usage_estimated=spent[1])
+            failure = self.failure(exc, result, started_at, asked)._replace(usage=spent[0], usage_estimated=spent[1])
             if not isinstance(exc, TurnoutError):
                 raise  # a bug: the boundary answers and logs it, after the finally below
             if isinstance(exc, AllTargetsFailed):  # upstreams' own words: some echo the prompt back
@@ -274,7 +280,7 @@ class Pipeline:
                 # its row (the runtime waits for that before closing them). Not re-raised: the
                 # request ends here, answered 503 if nothing was sent yet.
                 cut = ShuttingDown("the gateway is shutting down; the request was cut")
-                failure = self.failure(cut, result, started_at)
+                failure = self.failure(cut, result, started_at, asked)
                 if answered is None and result is None:
                     await _error_quietly(send, cut, request_id, door.endpoint)
         finally:
@@ -289,7 +295,17 @@ class Pipeline:
                 if answered is not None or failure is not None:
                     latency_ms = (time.perf_counter() - t0) * 1000
                     trail = Trail(
-                        request_id, started_at, task, tenant, request, admission, result, keep, screened, guard, checked
+                        request_id,
+                        started_at,
+                        task if request is not None else self.named_task(door, task, raw),
+                        tenant,
+                        request,
+                        admission,
+                        result,
+                        keep,
+                        screened,
+                        guard,
+                        checked,
                     )
                     row = ledger_row(
                         trail,
@@ -299,6 +315,8 @@ class Pipeline:
                         door.release_prompt,
                     )
                     row.endpoint = door.endpoint
+                    if release is not None:  # a forced release: turnout eval's golden case, never live traffic
+                        row.evaluation = True
                     if limits is not None:
                         row.constraints = limits.record(skipped)
                     answer_fields(row, request, result)
@@ -312,6 +330,19 @@ class Pipeline:
                     if shadow is not None and answered is not None and answered.status == 200 and answered.text:
                         assert request is not None and admission is not None  # drawn after both
                         self.mirror(door, request, admission, shadow, row, answered.text, keep)
+
+    def named_task(self, door: Door[R], task: str | None, raw: bytes | None) -> str | None:
+        """The task of a request its door could not parse (a 400 for its messages): the path's,
+        else the body's ``task_param`` where that names a configured task. Read again only on
+        this failure's path; a name the gateway does not know is left out (a client chose it)."""
+        if task is not None or not raw:
+            return task
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        named = body.get(door.task_param) if isinstance(body, dict) else None
+        return named if isinstance(named, str) and named in self.tasks else None
 
     # --- stages ----------------------------------------------------------------------------
 
@@ -524,15 +555,22 @@ class Pipeline:
             self.rt.tokens,
         )
 
-    def failure(self, exc: Exception, result: Result | None, started_at: float) -> Failure:
+    def failure(self, exc: Exception, result: Result | None, started_at: float, asked: bool = True) -> Failure:
+        """``asked``: the attempt loop began. A request refused before it (a 400, a 403 by policy, a
+        429 by quota, a 422 by the caller's limits) reached no target: it cost exactly $0, not an
+        unknown amount. One cut in the loop with no attempt on record (a bug, a shutdown) may
+        have been billed: unknown (None)."""
         if not isinstance(exc, TurnoutError):
-            return Failure(500, "internal", None)
+            return Failure(500, "internal", None if asked else Priced([], 0.0))
         attempts: list[Any] | None
         if isinstance(exc, (AllTargetsFailed, AnswerRefused)):  # the attempts made before it
             attempts = exc.records
         else:
             attempts = result.attempts if result else None
-        priced = self.rt.prices.price_attempts(attempts, None, started_at) if attempts else None
+        if attempts:
+            priced: Priced | None = self.rt.prices.price_attempts(attempts, None, started_at)
+        else:
+            priced = None if asked else Priced([], 0.0)  # its own list: a row's attempts are its own
         return Failure(exc.status, exc.code or exc.type, priced)
 
     # --- after the answer ------------------------------------------------------------------
@@ -625,7 +663,7 @@ class Trail(NamedTuple):
 
     request_id: str
     started_at: float
-    task: str | None  # named by the path
+    task: str | None  # named by the path, or by a body its door could not parse (``Pipeline.named_task``)
     tenant: Tenant | None
     request: Inbound | None
     admission: Admission | None
@@ -648,6 +686,10 @@ def ledger_row(
         assert failure is not None
         status, error_class, priced, usage = failure.status, failure.error_class, failure.priced, failure.usage
     release = admission.release if admission is not None else None
+    if request is not None:
+        task = request.task if admission is not None else _unknown(request.task)
+    else:
+        task = _unknown(task or "")
     answer = result.answer if result is not None else None
     fallback = result.fallback if result is not None else False
     # Positional, in field order: the request path builds one of these per request.
@@ -655,7 +697,7 @@ def ledger_row(
         request_id,
         started_at,
         tenant.name if tenant is not None else "",
-        (request.task if admission is not None else _unknown(request.task)) if request is not None else task or "",
+        task,
         admission.data_class if admission is not None else "",
         request.stream if request is not None else False,
         admission.user if admission is not None else None,

@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from turnout.config import Config, Limit, Price
+from turnout.config import Config, Limit
 from turnout.control.quota.base import Limits, Scope
 from turnout.control.tokens import TOKENS_PER_MESSAGE, choices_asked, output_bound, prompt_tokens
 
-__all__ = ["REPAIR_TURN_TOKENS", "cost_usd", "max_output_tokens", "prompt_tokens", "scopes", "sets_output_bound"]
+__all__ = ["REPAIR_TURN_TOKENS", "max_output_tokens", "prompt_tokens", "scopes", "sets_output_bound"]
 
 # What a repair re-ask adds to the prompt besides the rejected answer: the hint (at most
 # ``turnout.safety.output.HINT_BYTES`` UTF-8 bytes, so at most as many tokens), the fixed
@@ -58,9 +58,3 @@ def max_output_tokens(body: Mapping[str, Any], default: int) -> int:
 
 def sets_output_bound(body: Mapping[str, Any]) -> bool:
     return body.get("max_completion_tokens") is not None or body.get("max_tokens") is not None
-
-
-def cost_usd(price: Price | None, prompt: int, completion: int) -> float:
-    if price is None:
-        return 0.0
-    return (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000

@@ -9,6 +9,9 @@ Definitions, the same in every format:
   when any row says ``human_review``, **escalated** likewise. An episode whose rows fall in two
   groups (two releases) counts once in each.
 * **Spend** is the sum of the rows' ``cost_usd``: every request, failed or retried ones too.
+  A request refused before it reached a target (a 400, 403, 404, 422 or 429) cost exactly
+  $0: the gateway writes 0, and an older row with no cost, no attempt and a 4xx status (but a
+  499: a stream's client may leave after its target was asked) counts as $0 too (``spent``).
   A row that used tokens but has no cost is **unpriced**: it adds nothing to the spend and is
   counted apart; a group with no priced row at all has spend None ("unpriced", never $0).
 * **Cost per completed task** = spend ÷ completed tasks (None when none completed). With a
@@ -181,8 +184,8 @@ def _cost(review_cost: float | None) -> tuple[Figures, list[Column]]:
     def figures(rows: list[LedgerRow]) -> dict[str, Any]:
         n = len(rows)
         escalated = [r for r in rows if r.escalated_to is not None]
-        escalated_costs = [r.cost_usd for r in escalated if r.cost_usd is not None]
-        priced = [r.cost_usd for r in rows if r.cost_usd is not None]
+        escalated_costs = [c for r in escalated if (c := spent(r)) is not None]
+        priced = [c for r in rows if (c := spent(r)) is not None]
         spend = sum(priced) if priced else None
         units = tasks(rows).values()
         completed = sum(t.success for t in units)
@@ -342,6 +345,14 @@ def _ratio(part: float | None, whole: float) -> float | None:
 
 def _timed_out(row: LedgerRow) -> bool:
     return any(a.error_class is not None and a.error_class.startswith("timeout") for a in row.attempts)
+
+
+def spent(row: LedgerRow) -> float | None:
+    """What a request cost: its ``cost_usd``, else $0 for a row that shows it reached no target
+    (rows written before refusals were written as $0); None: unknown."""
+    if row.cost_usd is None and not row.attempts and 400 <= row.status < 499:
+        return 0.0
+    return row.cost_usd
 
 
 def _unpriced(row: LedgerRow) -> bool:
