@@ -48,6 +48,21 @@ def test_a_usage_is_read_as_reported() -> None:
     assert usage == Usage(10, 4, cached_tokens=10, reasoning_tokens=0)  # details never exceed their whole
 
 
+@pytest.mark.parametrize(
+    ("raw", "cached"),
+    [
+        ({"prompt_cache_hit_tokens": 60, "prompt_cache_miss_tokens": 40}, 60),  # DeepSeek's
+        ({"cache_read_input_tokens": 30}, 30),  # an Anthropic-style count beside OpenAI's
+        ({"prompt_tokens_details": {"cached_tokens": 20}, "cache_read_input_tokens": 30}, 20),  # OpenAI's first
+        ({"prompt_tokens_details": {"cached_tokens": None}, "prompt_cache_hit_tokens": 500}, 100),  # within the prompt
+        ({"prompt_cache_hit_tokens": "60"}, 0),  # not a count
+    ],
+)
+def test_cache_reads_are_read_however_the_upstream_names_them(raw: dict[str, Any], cached: int) -> None:
+    usage = Usage.from_openai({"prompt_tokens": 100, "completion_tokens": 5, **raw})
+    assert usage is not None and usage.cached_tokens == cached and usage.prompt_tokens == 100
+
+
 @pytest.mark.parametrize("reported", [{"prompt_tokens": -5_000_000, "completion_tokens": 0}, {"total_tokens": 2000}])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_an_upstream_cannot_make_an_answer_free_or_credit_the_budget(

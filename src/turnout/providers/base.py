@@ -64,8 +64,13 @@ class Usage:
             return None
         usage = cls(prompt_tokens, completion_tokens)
         prompt, completion = raw.get("prompt_tokens_details"), raw.get("completion_tokens_details")
-        if isinstance(prompt, dict):
-            usage.cached_tokens = min(_count(prompt.get("cached_tokens")) or 0, usage.prompt_tokens)
+        # Cache reads: OpenAI's prompt_tokens_details.cached_tokens, DeepSeek's
+        # prompt_cache_hit_tokens, or an Anthropic-style cache_read_input_tokens beside them
+        # (some proxies): each a part of prompt_tokens, read at the cached price.
+        read = _count(prompt.get("cached_tokens")) if isinstance(prompt, dict) else None
+        for name in _CACHE_READS:
+            read = read or _count(raw.get(name))
+        usage.cached_tokens = min(read or 0, usage.prompt_tokens)
         if isinstance(completion, dict):
             usage.reasoning_tokens = min(_count(completion.get("reasoning_tokens")) or 0, usage.completion_tokens)
         usage.cache_write_tokens = _count(raw.get("cache_creation_input_tokens")) or 0
@@ -76,6 +81,9 @@ class Usage:
         """The input tokens neither read from nor written to a prompt cache (Anthropic's
         ``input_tokens``)."""
         return max(0, self.prompt_tokens - self.cached_tokens - self.cache_write_tokens)
+
+
+_CACHE_READS = ("prompt_cache_hit_tokens", "cache_read_input_tokens")
 
 
 @dataclass(slots=True)
