@@ -58,7 +58,7 @@ async def rounds(p: OpenAIProvider, n: int) -> None:
             await asyncio.sleep(INTERVAL_S / 5)
 
 
-class Clock:
+class HeldClock:
     """A breaker's clock that moves only when the test says: its cool-down cannot elapse
     while a slow machine runs the calls in between."""
 
@@ -86,7 +86,7 @@ async def test_a_failing_replica_gets_no_live_traffic_within_two_intervals_and_c
 ) -> None:
     good, bad = fakes
     p = provider(good.base_url, bad.base_url)
-    clock = Clock()
+    clock = HeldClock()
     for replica in p.replicas:
         replica.breaker.clock = clock
     try:
