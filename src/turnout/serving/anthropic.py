@@ -42,6 +42,8 @@ FIELDS = frozenset(
         "top_k",
     }
 )
+# What ``POST /v1/messages/count_tokens`` takes: the prompt, no output or sampling parameters.
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice"})
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -76,7 +78,7 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(k for k in body if k not in FIELDS)
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Messages API")
-    chat: dict[str, Any] = {"messages": _system(body.get("system")) + _messages(body.get("messages"))}
+    chat: dict[str, Any] = {"messages": _prompt_messages(body)}
     chat["max_tokens"] = _max_tokens(body.get("max_tokens"))
     for name in ("temperature", "top_p"):  # Anthropic's range for both: 0 to 1
         if body.get(name) is not None:
@@ -91,12 +93,32 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
         chat["top_k"] = top_k
     if body.get("stop_sequences") is not None:
         chat["stop"] = _strings(body["stop_sequences"], "stop_sequences")
-    if body.get("tools") is not None:
-        chat["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
-    if body.get("tool_choice") is not None:
-        named = [t["function"]["name"] for t in chat.get("tools", ())]
-        chat.update(_tool_choice(body["tool_choice"], named))
+    chat.update(_tools(body))
     return chat
+
+
+def to_counted(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The chat body whose prompt a ``count_tokens`` request counts: its messages, system and
+    tools, checked as ``to_chat`` checks them; a field ``count_tokens`` does not take (``max_tokens``,
+    ``stream``, sampling) is a 400 naming it, as Anthropic's API answers."""
+    unknown = sorted(k for k in body if k not in COUNT_FIELDS)
+    if unknown:
+        raise bad(unknown[0], f"'{unknown[0]}' is not a count_tokens field")
+    return {"messages": _prompt_messages(body), **_tools(body)}
+
+
+def _prompt_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return _system(body.get("system")) + _messages(body.get("messages"))
+
+
+def _tools(body: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if body.get("tools") is not None:
+        out["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
+    if body.get("tool_choice") is not None:
+        named = [t["function"]["name"] for t in out.get("tools", ())]
+        out.update(_tool_choice(body["tool_choice"], named))
+    return out
 
 
 def _max_tokens(value: Any) -> int:
