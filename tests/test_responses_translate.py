@@ -176,6 +176,27 @@ def test_what_the_door_does_not_translate_is_a_400_naming_it(body: dict[str, Any
     assert (refused.value.status, refused.value.param, refused.value.code) == (400, param, code)
 
 
+def test_input_is_required_and_is_a_string_or_a_list_of_items() -> None:
+    """As OpenAI takes it; required here, where no response state stands in for it."""
+    with pytest.raises(RequestError) as missing:
+        validate({"model": "t"})
+    assert (missing.value.param, missing.value.status) == ("input", 400)
+    assert missing.value.message.startswith("'input' is required: a string or a list of items")
+    wrongs: list[Any] = [5, {"role": "user", "content": "hi"}, [], None]
+    for wrong in wrongs:
+        with pytest.raises(RequestError) as refused:
+            validate({"model": "t", "input": wrong})
+        assert refused.value.param == "input"
+        assert ("is required" if wrong is None else "must be a string or a non-empty list") in refused.value.message
+    said = [{"role": "user", "content": "hi"}]
+    assert validate({"model": "t", "input": "hi"}).body["messages"] == said
+    assert validate({"model": "t", "input": [{"role": "user", "content": "hi"}]}).body["messages"] == said
+    assert (
+        validate({"model": "t", "input": [{"type": "message", "role": "user", "content": "hi"}]}).body["messages"]
+        == said
+    )
+
+
 def test_the_door_reads_its_metadata_and_accepts_store() -> None:
     request = validate(
         {"model": "t", "input": "x", "store": True, "stream": True,

@@ -97,11 +97,15 @@ def _instructions(value: Any) -> list[dict[str, Any]]:
 
 
 def _input(value: Any) -> list[dict[str, Any]]:
+    """``input`` as OpenAI takes it: a string (one user message) or a list of items. Required
+    here: with no response state kept, there is nothing else to answer."""
+    if value is None:
+        raise bad("input", "'input' is required: a string or a list of items (this gateway keeps no response state)")
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    items = _list(value, "input")
-    if not items:
+    if not isinstance(value, list) or not value:
         raise bad("input", "'input' must be a string or a non-empty list of items")
+    items = value
     out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         at = f"input[{i}]"
