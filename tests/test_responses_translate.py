@@ -276,8 +276,8 @@ def reassemble(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif e["type"] == "response.function_call_arguments.delta":
             items[e["output_index"]]["arguments"] += e["delta"]
         elif e["type"] == "response.output_item.done":
-            assert e["item"]["status"] == "completed"
-            items[e["output_index"]]["status"] = "completed"
+            assert e["item"]["status"] in ("completed", "incomplete")
+            items[e["output_index"]]["status"] = e["item"]["status"]
     return [items[k] for k in sorted(items)]
 
 
@@ -299,6 +299,10 @@ def test_streamed_events_reassemble_to_the_plain_response(answer: Any, cuts: lis
     assert last["type"] == ("response.incomplete" if finish == "length" else "response.completed")
     assert last["response"] == plain
     assert reassemble(events) == plain["output"]
+    # The item the model was writing when it was cut is incomplete; those before it are whole.
+    *whole, cut = [item["status"] for item in plain["output"]]
+    assert whole == ["completed"] * len(whole)
+    assert cut == ("incomplete" if finish == "length" else "completed")
 
 
 def interleaved(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -358,7 +362,23 @@ def test_a_cut_answer_is_incomplete_and_says_why() -> None:
     items, finish = response_items.output(completion("half", [], "length"), "r2")
     answer = response_items.response("r2", 1, "task", items, Usage(1, 1), finish)
     assert (answer["status"], answer["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
+    [message] = answer["output"]
+    assert message["status"] == "incomplete"
+    assert message["content"] == [{"type": "output_text", "text": "half", "annotations": []}]
     assert answer["usage"]["total_tokens"] == 2
+    # Cut while writing a call's arguments: the call is the incomplete item.
+    items, finish = response_items.output(completion("Let me look.", [("c1", "f", '{"a"')], "length"), "r3")
+    assert [(item["type"], item["status"]) for item in items] == [
+        ("message", "completed"),
+        ("function_call", "incomplete"),
+    ]
+    filtered, finish = response_items.output(completion("no", [], "content_filter"), "r4")
+    answer = response_items.response("r4", 1, "task", filtered, Usage(1, 1), finish)
+    assert (answer["status"], answer["incomplete_details"], filtered[0]["status"]) == (
+        "incomplete",
+        {"reason": "content_filter"},
+        "incomplete",
+    )
 
 
 json_values = st.recursive(
