@@ -5,7 +5,7 @@ fields ``turnout.serving.anthropic`` translates. Their errors have Anthropic's s
 
 from __future__ import annotations
 
-from turnout.serving.anthropic import COUNT_FIELDS, ERROR_TYPES, STOP_REASONS
+from turnout.serving.anthropic import BLOCK_FIELDS, COUNT_FIELDS, ERROR_TYPES, STOP_REASONS
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, json_content, nullable, ref
 
 ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 422, 429, 502, 503, 504)
@@ -61,7 +61,13 @@ def _request() -> Schema:
         "type": "object",
         "description": "Accepted and ignored: the targets' chat body has no prompt cache points.",
     }
-    block: Schema = {"type": "object", "required": ["type"], "properties": {"type": STRING, "cache_control": ignored}}
+    block: Schema = {
+        "type": "object",
+        "required": ["type"],
+        "description": "A content block: text, image, tool_use (assistant) or tool_result (user). Another "
+        "type, or a field Anthropic's API does not define on the block, is refused with a 400 naming it.",
+        "properties": {"type": {"enum": sorted(BLOCK_FIELDS)}, "cache_control": ignored},
+    }
     return {
         "type": "object",
         "required": ["model", "max_tokens", "messages"],
