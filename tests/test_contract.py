@@ -72,7 +72,7 @@ def openai_errors(ctx: CheckContext, response: Any, case: Case) -> bool | None:
     if response.status_code < 400:
         return None
     body = orjson.loads(response.content)
-    if case.operation.path == "/v1/messages":  # Anthropic's shape there, a wrong method's too
+    if case.operation.path.startswith("/v1/messages"):  # Anthropic's shape there, a wrong method's too
         assert set(body) == {"type", "error"} and body["type"] == "error", body
         assert isinstance(body["error"]["type"], str) and isinstance(body["error"]["message"], str), body
         return True
@@ -114,7 +114,8 @@ def _aim(case: Case) -> None:
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive:
         return
-    if case.operation.path in ("/v1/chat/completions", "/v1/messages", "/v1/responses") and isinstance(case.body, dict):
+    texts = ("/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses")
+    if case.operation.path in texts and isinstance(case.body, dict):
         case.body["model"] = CHAT_TASK
     elif case.operation.path == "/v1/embeddings" and isinstance(case.body, dict):
         case.body["model"] = EMBED_TASK

@@ -4,6 +4,7 @@ written anywhere."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 
@@ -71,6 +72,34 @@ def test_sync_streaming_without_usage(served: Served) -> None:
     )
     chunks = list(stream)
     assert chunks and all(c.usage is None for c in chunks)
+
+
+def test_a_streamed_tool_call_reads_whole_in_the_sdk(served: Served) -> None:
+    """The SDK's stream helper concatenates what each delta repeats: the call's name comes
+    out once only if the gateway sends it once, as OpenAI does."""
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+    with client(served).chat.completions.stream(
+        model="default",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=48,
+        temperature=0,
+    ) as stream:
+        final = stream.get_final_completion()
+    [choice] = final.choices
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.function_call is None
+    [call] = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
 
 
 def test_errors_reach_the_sdk_as_typed_exceptions(served: Served) -> None:

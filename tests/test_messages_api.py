@@ -251,6 +251,52 @@ async def test_errors_come_in_anthropics_shape_and_the_sdk_raises_the_matching_e
         assert failed.value.body["type"] == "error"  # type: ignore[index]
 
 
+async def test_an_unknown_block_type_or_field_is_a_400_and_what_the_sdk_sends_is_accepted(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    unknown_type: Any = [{"role": "user", "content": [{"type": "txt", "text": "hi"}]}]
+    typo: Any = [{"role": "user", "content": [{"type": "text", "text": "hi", "txet": "x"}]}]
+    async with (
+        FakeUpstream(reply=("ok",)) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        with pytest.raises(anthropic.BadRequestError) as unknown:
+            await client.messages.create(model="support", max_tokens=5, messages=unknown_type)
+        assert unknown.value.body == {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "'messages[0].content[0].type': 'txt' is not a content block type; "
+                "a user message takes text, image or tool_result blocks here",
+            },
+        }
+        with pytest.raises(anthropic.BadRequestError, match=r"'messages\[0\]\.content\[0\]\.txet'"):
+            await client.messages.create(model="support", max_tokens=5, messages=typo)
+        assert not chats(up)  # refused before any target
+        ephemeral: anthropic.types.CacheControlEphemeralParam = {"type": "ephemeral"}
+        answer = await client.messages.create(
+            model="support",
+            max_tokens=5,
+            system=[{"type": "text", "text": "Be brief.", "cache_control": ephemeral}],
+            tools=[{**WEATHER, "type": "custom", "cache_control": ephemeral, "strict": True}],
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "Weather?", "cache_control": ephemeral}]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "As cited.", "citations": [
+                        {"type": "char_location", "cited_text": "sun", "document_index": 0, "document_title": None,
+                         "start_char_index": 0, "end_char_index": 3}]},
+                    {"type": "tool_use", "id": "c1", "name": "get_weather", "input": {"city": "Oslo"},
+                     "cache_control": ephemeral}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "Sunny",
+                                              "is_error": False, "cache_control": ephemeral}]},
+            ],
+        )  # fmt: skip
+    assert answer.content[0].text == "ok"  # type: ignore[union-attr]
+    [sent] = chats(up)
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "tool"]
+    assert "cache_control" not in str(sent) and "citations" not in str(sent)
+
+
 async def test_a_restricted_request_never_leaves_its_allowed_targets(make_app: AppFactory, tmp_path: Path) -> None:
     async with FakeUpstream(reply=("kept",)) as onprem, FakeUpstream(reply=("cloud",)) as cloud:
         raw = config(tmp_path, {"cloud": cloud.base_url, "onprem": onprem.base_url})

@@ -252,7 +252,7 @@ USER = [{"role": "user", "content": "x"}]
         ({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
         (
             {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document"}]}]},
-            "messages[0].content[0]",
+            "messages[0].content[0].type",
         ),
         ({"max_tokens": 5, "messages": USER, "thinking": {}}, "thinking"),
         ({"max_tokens": 5, "messages": USER, "tool_choice": {"type": "x"}}, "tool_choice"),
@@ -297,6 +297,102 @@ def test_what_cannot_be_translated_is_refused_naming_the_field(body: dict[str, A
         anthropic.to_chat({"model": "t", **body})
     assert refused.value.param == param
     assert refused.value.status == 400
+
+
+def user(*blocks: Any) -> dict[str, Any]:
+    return {"max_tokens": 5, "messages": [{"role": "user", "content": list(blocks)}]}
+
+
+def assistant(*blocks: Any) -> dict[str, Any]:
+    return {"max_tokens": 5, "messages": [*USER, {"role": "assistant", "content": list(blocks)}]}
+
+
+TEXT = {"type": "text", "text": "x"}
+URL_IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+CALL = {"type": "tool_use", "id": "c1", "name": "f", "input": {}}
+RESULT = {"type": "tool_result", "tool_use_id": "c1", "content": "done"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "says"),
+    [
+        # a block type Anthropic's API does not know
+        (user({"type": "txt", "text": "x"}), "messages[0].content[0].type", "'txt' is not a content block type"),
+        (assistant({"type": "reasoning", "text": "x"}), "messages[1].content[0].type", "not a content block type"),
+        ({**user(TEXT), "system": [{"type": "markdown", "text": "s"}]}, "system[0].type", "not a content block type"),
+        (user({**RESULT, "content": [{"type": "json"}]}), "messages[0].content[0].content[0].type", "not a content"),
+        (user({"text": "x"}), "messages[0].content[0].type", "is required"),
+        (user("x"), "messages[0].content[0]", "must be a content block"),
+        # a type Anthropic's API knows, that this gateway does not translate, or not there
+        (user({"type": "document", "source": {}}), "messages[0].content[0].type", "document blocks are not supported"),
+        (assistant({"type": "thinking", "thinking": "t", "signature": "s"}), "messages[1].content[0].type",
+         "thinking blocks are not supported"),
+        (user(CALL), "messages[0].content[0].type", "a tool_use block is not accepted in a user message"),
+        (assistant(RESULT), "messages[1].content[0].type", "a tool_result block is not accepted in an assistant"),
+        (user({**RESULT, "content": [URL_IMAGE]}), "messages[0].content[0].content[0].type", "an image block"),
+        # a field Anthropic's API does not define there
+        (user({**TEXT, "txet": "y"}), "messages[0].content[0].txet", "not a field of a text block"),
+        (user({**URL_IMAGE, "detail": "high"}), "messages[0].content[0].detail", "not a field of an image block"),
+        (user({**URL_IMAGE, "source": {"type": "url", "url": "u", "detail": "low"}}),
+         "messages[0].content[0].source.detail", "not a field of a url image source"),
+        (user({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA", "url": "u"}}),
+         "messages[0].content[0].source.url", "not a field of a base64 image source"),
+        (assistant({**CALL, "arguments": "{}"}), "messages[1].content[0].arguments", "not a field of a tool_use"),
+        (user({**RESULT, "output": "x"}), "messages[0].content[0].output", "not a field of a tool_result block"),
+        (user({**RESULT, "content": [{**TEXT, "bold": True}]}), "messages[0].content[0].content[0].bold", "a text"),
+        ({**user(TEXT), "system": [{**TEXT, "role": "system"}]}, "system[0].role", "not a field of a text block"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": "x", "name": "ann"}]}, "messages[0].name",
+         "not a field of a message"),
+        ({**user(TEXT), "tools": [{"name": "f", "input_schem": {}}]}, "tools[0].input_schem", "of a custom tool"),
+        ({**user(TEXT), "tools": [{"name": "f", "parameters": {}}]}, "tools[0].parameters", "of a custom tool"),
+    ],
+)  # fmt: skip
+def test_an_unknown_block_type_or_field_is_refused_naming_it(body: dict[str, Any], param: str, says: str) -> None:
+    """As Anthropic's API refuses them: a typo is a 400 naming it, never silently dropped."""
+    with pytest.raises(RequestError) as refused:
+        anthropic.to_chat({"model": "t", **body})
+    assert (refused.value.status, refused.value.param, refused.value.code) == (400, param, "invalid_value")
+    assert says in refused.value.message
+    if param != "messages[0].content[0]":  # the block is not an object: no field to name
+        assert refused.value.message.startswith(f"'{param}'")
+
+
+def test_the_fields_anthropic_defines_that_change_nothing_here_are_accepted_and_ignored() -> None:
+    """What Anthropic's SDKs may send on valid requests: none of it reaches a target."""
+    ephemeral = {"type": "ephemeral", "ttl": "5m"}
+    citation = {"type": "char_location", "cited_text": "x", "document_index": 0, "start_char_index": 0,
+                "end_char_index": 1, "document_title": None}  # fmt: skip
+    body = {
+        "model": "t",
+        "max_tokens": 5,
+        "system": [{**TEXT, "cache_control": ephemeral, "citations": None}],
+        "messages": [
+            {"role": "user", "content": [{**TEXT, "cache_control": ephemeral},
+                                         {**URL_IMAGE, "cache_control": ephemeral, "transformations": {}}]},
+            {"role": "assistant", "content": [{**TEXT, "citations": [citation]},
+                                              {**CALL, "cache_control": ephemeral, "caller": {"type": "direct"},
+                                               "toolset_name": None}]},
+            {"role": "user", "content": [{**RESULT, "is_error": False, "cache_control": ephemeral,
+                                          "toolset_name": None,
+                                          "content": [{**TEXT, "cache_control": ephemeral, "citations": None}]}]},
+        ],
+        "tools": [
+            {"type": "custom", "name": "f", "description": "d", "input_schema": {"type": "object"}, "strict": True,
+             "cache_control": ephemeral, "defer_loading": False, "eager_input_streaming": None,
+             "input_examples": [{}], "allowed_callers": ["direct"]},
+        ],
+    }  # fmt: skip
+    chat = anthropic.to_chat(body)
+    sent = orjson.dumps(chat).decode()
+    assert not [name for name in anthropic.IGNORED if f'"{name}"' in sent]
+    assert [m["role"] for m in chat["messages"]] == ["system", "user", "assistant", "tool"]
+    assert chat["tools"] == [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "description": "d",
+                                          "strict": True}}
+    ]  # fmt: skip
+    # Each ignored field is one Anthropic's API defines on the block or tool that carries it.
+    defined = set().union(*anthropic.BLOCK_FIELDS.values(), anthropic.TOOL_FIELDS)
+    assert defined >= anthropic.IGNORED
 
 
 def test_a_final_assistant_prefill_may_be_empty_and_valid_ranges_pass() -> None:

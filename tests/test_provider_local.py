@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 pytest.importorskip("llama_cpp")  # the provider's module imports its driver
 
@@ -34,6 +36,7 @@ from turnout.errors import (
     UpstreamTimeout,
 )
 from turnout.providers.base import Call, Completion, Load, Stream, Timeouts, Usage
+from turnout.providers.local.deltas import ToolDeltas
 from turnout.providers.local.provider import BUNDLED_MODEL, LocalProvider, assemble, request_params
 from turnout.providers.local.worker import Job
 
@@ -70,6 +73,24 @@ async def collect(stream: Stream) -> list[dict[str, Any]]:
 
 def streamed_text(chunks: list[dict[str, Any]]) -> str:
     return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def sdk_accumulated(chunks: list[dict[str, Any]]) -> ChatCompletion:
+    """The chunks put together by the openai SDK's own stream accumulator."""
+    state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    return state.get_final_completion()
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+WEATHER_CHOICE = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def spy_jobs(p: LocalProvider, monkeypatch: pytest.MonkeyPatch) -> list[Job]:
@@ -297,15 +318,9 @@ async def test_json_schema_response_format_constrains_output(provider: LocalProv
 
 @pytest.mark.slow
 async def test_forced_tool_choice_returns_a_tool_call(provider: LocalProvider) -> None:
-    tool = {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-    choice = {"type": "function", "function": {"name": "get_weather"}}
-    request = call("What is the weather in Paris?", max_tokens=48, temperature=0, tools=[tool], tool_choice=choice)
+    request = call(
+        "What is the weather in Paris?", max_tokens=48, temperature=0, tools=[WEATHER_TOOL], tool_choice=WEATHER_CHOICE
+    )
     result = await provider.complete(request)
     [answer] = result.body["choices"]
     assert answer["finish_reason"] == "tool_calls"
@@ -313,6 +328,29 @@ async def test_forced_tool_choice_returns_a_tool_call(provider: LocalProvider) -
     assert tool_call["function"]["name"] == "get_weather"
     assert isinstance(json.loads(tool_call["function"]["arguments"])["city"], str)
     assert answer["message"]["content"] is None
+
+
+@pytest.mark.slow
+async def test_a_streamed_tool_call_accumulates_as_openai_sdk_reads_it(provider: LocalProvider) -> None:
+    body: dict[str, Any] = {"max_tokens": 48, "temperature": 0, "tools": [WEATHER_TOOL], "tool_choice": WEATHER_CHOICE}
+    chunks = await collect(await provider.stream(call("What is the weather in Paris?", stream=True, **body)))
+    deltas = [d for c in chunks for ch in c["choices"] for d in ch["delta"].get("tool_calls") or []]
+    assert len(deltas) > 2
+    first, *rest = deltas
+    assert first["id"] and first["type"] == "function" and first["function"]["name"] == "get_weather"
+    assert all(d.keys() == {"index", "function"} and d["function"].keys() == {"arguments"} for d in rest)
+    assert not any("function_call" in ch["delta"] for c in chunks for ch in c["choices"])
+    [choice] = sdk_accumulated(chunks).choices
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.function_call is None
+    [tool_call] = choice.message.tool_calls or []
+    assert tool_call.type == "function"
+    assert tool_call.function.name == "get_weather"
+    assert tool_call.id == first["id"]
+    # The same generation, whole: the same call (its id names the completion, so it differs).
+    whole = await provider.complete(call("What is the weather in Paris?", **body))
+    [whole_call] = whole.body["choices"][0]["message"]["tool_calls"]
+    assert whole_call["function"] == {"name": "get_weather", "arguments": tool_call.function.arguments}
 
 
 @pytest.mark.slow
@@ -604,6 +642,81 @@ def test_what_the_model_cannot_honour_is_refused_by_name_not_dropped(extra: dict
     assert (err.value.param, err.value.status) == (param, 400)
     assert request_params({**body, **dict.fromkeys(extra, None)}, "m")["messages"]  # unset: fine
     assert "n" not in request_params({"messages": body["messages"], "n": 1, "logprobs": False}, "m")
+
+
+def test_llama_cpp_tool_call_deltas_are_put_in_openai_shape() -> None:
+    """llama-cpp-python's own conversion of a forced tool call, fed the text chunks of a
+    generation, then reshaped: the SDK's accumulator reads one call named once."""
+    from llama_cpp.llama_chat_format import _convert_completion_to_chat_function
+
+    def text(piece: str) -> dict[str, Any]:
+        return {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}],
+        }
+
+    pieces = ['{"city"', ': "Par', 'is"}']
+    texts: Iterator[Any] = iter([text(p) for p in pieces])
+    raw = list(_convert_completion_to_chat_function("get_weather", texts, stream=True))
+    shape = ToolDeltas()
+    chunks = [shape(chunk) for chunk in raw]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert [d.get("tool_calls") for d in deltas] == [
+        None,
+        [
+            {
+                "index": 0,
+                "id": "call__0_get_weather_cmpl-1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city"'},
+            }
+        ],
+        [{"index": 0, "function": {"arguments": ': "Par'}}],
+        [{"index": 0, "function": {"arguments": 'is"}'}}],
+        None,
+    ]
+    assert not any("function_call" in d for d in deltas)
+    [choice] = sdk_accumulated(chunks).choices
+    assert choice.message.function_call is None
+    [tool_call] = choice.message.tool_calls or []
+    assert tool_call.type == "function"
+    assert (tool_call.id, tool_call.function.name) == ("call__0_get_weather_cmpl-1", "get_weather")
+    assert tool_call.function.arguments == '{"city": "Paris"}'
+    assert assemble(chunks, Usage(1, 3))["choices"][0]["message"]["tool_calls"] == [
+        {
+            "id": "call__0_get_weather_cmpl-1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }
+    ]
+
+
+def test_tool_call_deltas_keep_each_call_and_choice_apart() -> None:
+    def chunk(choice: int, *calls: tuple[int, str | None, str]) -> dict[str, Any]:
+        tool_calls = [
+            {"index": i, "id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+            for i, name, args in calls
+        ]
+        return {"choices": [{"index": choice, "delta": {"tool_calls": tool_calls, "function_call": None}}]}
+
+    shape = ToolDeltas()
+    assert shape(chunk(0, (0, "f", "{"), (1, "g", "")))["choices"][0]["delta"] == {
+        "tool_calls": [
+            {"index": 0, "id": "call_0", "type": "function", "function": {"name": "f", "arguments": "{"}},
+            {"index": 1, "id": "call_1", "type": "function", "function": {"name": "g", "arguments": ""}},
+        ]
+    }
+    assert shape(chunk(0, (1, "g", "{}"), (0, "f", "}")))["choices"][0]["delta"] == {
+        "tool_calls": [{"index": 1, "function": {"arguments": "{}"}}, {"index": 0, "function": {"arguments": "}"}}]
+    }
+    # Another choice's call 0 is a new call.
+    assert shape(chunk(1, (0, "h", "")))["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "h"
+    # Text chunks pass as they are.
+    plain = {"choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    assert shape(plain) == {"choices": [{"index": 0, "delta": {"content": "hi"}}]}
 
 
 def test_assemble_folds_tool_call_deltas() -> None:

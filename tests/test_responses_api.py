@@ -15,7 +15,13 @@ from typing import Any
 import openai
 import pytest
 import uvicorn
-from openai.types.responses import FunctionToolParam
+from openai.types.responses import (
+    FunctionToolParam,
+    ResponseIncompleteEvent,
+    ResponseOutputItemDoneEvent,
+    ResponseOutputMessage,
+)
+from openai.types.responses.response import IncompleteDetails
 from pydantic import BaseModel
 
 from tests.asgi import request
@@ -170,6 +176,39 @@ async def test_a_stream_arrives_as_typed_events_that_reassemble_to_the_plain_ans
         assert streamed_answer.usage.output_tokens == plain.usage.output_tokens
     assert (streamed.endpoint, streamed.stream, streamed.status) == ("responses", True, 200)
     assert helped.stream is True
+
+
+async def test_an_answer_cut_at_max_output_tokens_is_incomplete_plain_and_streamed(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    async with (
+        FakeUpstream(reply=("One", " two", " three", " four"), pieces_are_tokens=True) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        plain = await client.responses.create(model="support", input="Count", max_output_tokens=2)
+        events = [
+            e
+            async for e in await client.responses.create(
+                model="support", input="Count", max_output_tokens=2, stream=True
+            )
+        ]
+        whole = await client.responses.create(model="support", input="Count", max_output_tokens=16)
+    assert [chat["max_tokens"] for chat in chats(up)] == [2, 2, 16]
+    assert (plain.status, plain.incomplete_details) == ("incomplete", IncompleteDetails(reason="max_output_tokens"))
+    [message] = plain.output
+    assert isinstance(message, ResponseOutputMessage) and message.status == "incomplete"
+    assert plain.output_text == "One two"
+    kinds = [e.type for e in events]
+    assert kinds[-1] == "response.incomplete" and "response.completed" not in kinds
+    done = [e.item.model_dump() for e in events if isinstance(e, ResponseOutputItemDoneEvent)]
+    assert [item["status"] for item in done] == ["incomplete"]
+    last = events[-1]
+    assert isinstance(last, ResponseIncompleteEvent)
+    assert (last.response.status, last.response.incomplete_details) == (plain.status, plain.incomplete_details)
+    assert last.response.output_text == "One two" and items(last.response) == items(plain)
+    # Not cut: completed, as before.
+    assert (whole.status, whole.incomplete_details) == ("completed", None)
+    assert [item.model_dump()["status"] for item in whole.output] == ["completed"]
 
 
 async def test_a_tool_round_trip_through_the_sdk(make_app: AppFactory, tmp_path: Path) -> None:
@@ -340,6 +379,9 @@ async def test_response_state_is_not_kept_and_bad_input_is_a_400_in_openais_shap
         with pytest.raises(openai.BadRequestError) as item:
             await client.responses.create(model="support", input=[{"role": "robot", "content": "x"}])  # type: ignore[misc, list-item]
         assert item.value.param == "input[0].role"
+        with pytest.raises(openai.BadRequestError, match="'input' is required") as no_input:
+            await client.responses.create(model="support", instructions="Be brief.")
+        assert no_input.value.param == "input"
         with pytest.raises(openai.NotFoundError):
             await client.responses.create(model="nope", input="x")
         bad = openai.AsyncOpenAI(base_url=str(client.base_url), api_key="wrong-key", max_retries=0)

@@ -176,6 +176,27 @@ def test_what_the_door_does_not_translate_is_a_400_naming_it(body: dict[str, Any
     assert (refused.value.status, refused.value.param, refused.value.code) == (400, param, code)
 
 
+def test_input_is_required_and_is_a_string_or_a_list_of_items() -> None:
+    """As OpenAI takes it; required here, where no response state stands in for it."""
+    with pytest.raises(RequestError) as missing:
+        validate({"model": "t"})
+    assert (missing.value.param, missing.value.status) == ("input", 400)
+    assert missing.value.message.startswith("'input' is required: a string or a list of items")
+    wrongs: list[Any] = [5, {"role": "user", "content": "hi"}, [], None]
+    for wrong in wrongs:
+        with pytest.raises(RequestError) as refused:
+            validate({"model": "t", "input": wrong})
+        assert refused.value.param == "input"
+        assert ("is required" if wrong is None else "must be a string or a non-empty list") in refused.value.message
+    said = [{"role": "user", "content": "hi"}]
+    assert validate({"model": "t", "input": "hi"}).body["messages"] == said
+    assert validate({"model": "t", "input": [{"role": "user", "content": "hi"}]}).body["messages"] == said
+    assert (
+        validate({"model": "t", "input": [{"type": "message", "role": "user", "content": "hi"}]}).body["messages"]
+        == said
+    )
+
+
 def test_the_door_reads_its_metadata_and_accepts_store() -> None:
     request = validate(
         {"model": "t", "input": "x", "store": True, "stream": True,
@@ -255,8 +276,8 @@ def reassemble(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif e["type"] == "response.function_call_arguments.delta":
             items[e["output_index"]]["arguments"] += e["delta"]
         elif e["type"] == "response.output_item.done":
-            assert e["item"]["status"] == "completed"
-            items[e["output_index"]]["status"] = "completed"
+            assert e["item"]["status"] in ("completed", "incomplete")
+            items[e["output_index"]]["status"] = e["item"]["status"]
     return [items[k] for k in sorted(items)]
 
 
@@ -278,6 +299,10 @@ def test_streamed_events_reassemble_to_the_plain_response(answer: Any, cuts: lis
     assert last["type"] == ("response.incomplete" if finish == "length" else "response.completed")
     assert last["response"] == plain
     assert reassemble(events) == plain["output"]
+    # The item the model was writing when it was cut is incomplete; those before it are whole.
+    *whole, cut = [item["status"] for item in plain["output"]]
+    assert whole == ["completed"] * len(whole)
+    assert cut == ("incomplete" if finish == "length" else "completed")
 
 
 def interleaved(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -337,7 +362,23 @@ def test_a_cut_answer_is_incomplete_and_says_why() -> None:
     items, finish = response_items.output(completion("half", [], "length"), "r2")
     answer = response_items.response("r2", 1, "task", items, Usage(1, 1), finish)
     assert (answer["status"], answer["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
+    [message] = answer["output"]
+    assert message["status"] == "incomplete"
+    assert message["content"] == [{"type": "output_text", "text": "half", "annotations": []}]
     assert answer["usage"]["total_tokens"] == 2
+    # Cut while writing a call's arguments: the call is the incomplete item.
+    items, finish = response_items.output(completion("Let me look.", [("c1", "f", '{"a"')], "length"), "r3")
+    assert [(item["type"], item["status"]) for item in items] == [
+        ("message", "completed"),
+        ("function_call", "incomplete"),
+    ]
+    filtered, finish = response_items.output(completion("no", [], "content_filter"), "r4")
+    answer = response_items.response("r4", 1, "task", filtered, Usage(1, 1), finish)
+    assert (answer["status"], answer["incomplete_details"], filtered[0]["status"]) == (
+        "incomplete",
+        {"reason": "content_filter"},
+        "incomplete",
+    )
 
 
 json_values = st.recursive(

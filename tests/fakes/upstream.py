@@ -31,6 +31,8 @@ Modes (``Fault.mode``):
 Replies: ``reply`` (its pieces are a stream's chunks), or with ``echo`` the last user message's
 text, as one piece; with ``alter`` (a regular expression) an echoed text it matches (``re.search``)
 comes back with `` (altered)`` appended, so a test knows which answers differ from an echo.
+With ``pieces_are_tokens`` each piece counts as a token: a request's ``max_tokens`` cuts the reply
+there, with ``finish_reason: "length"``.
 
 Delays work in every mode: ``head_delay`` before the response head, ``first_chunk_delay``
 between a stream's head and its first event, ``chunk_delay`` between later events. ``times``
@@ -103,6 +105,9 @@ class FakeUpstream(FakeServer):
     interleave: bool = False
     echo: bool = False  # reply with the last user message's text instead of ``reply``
     alter: str | None = None  # a regex: an echoed text it matches comes back altered
+    # Each piece of the reply is one token: a request's max_tokens (or max_completion_tokens)
+    # cuts the answer after that many, with finish_reason "length", as a server does.
+    pieces_are_tokens: bool = False
     _rng: random.Random = field(default_factory=lambda: random.Random(7), repr=False)
     requests: list[Received] = field(default_factory=list)
     in_flight: int = 0
@@ -234,9 +239,9 @@ class FakeUpstream(FakeServer):
             events += firsts + seconds
             events.append(_chunk(model, {}, finish_reason="tool_calls"))
         else:
-            pieces, matched = _stopped(body, self._reply(body))
+            pieces, matched, finish = self._said(body)
             events += [_chunk(model, {"content": piece}) for piece in pieces]
-            events.append(_chunk(model, {}, finish_reason="stop"))
+            events.append(_chunk(model, {}, finish_reason=finish))
             events[-1]["choices"][0]["stop_reason"] = matched  # vLLM's: the stop string that ended it
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") and not self.no_usage:
@@ -268,12 +273,20 @@ class FakeUpstream(FakeServer):
                 "message": {"role": "assistant", "content": None, "tool_calls": calls},
                 "finish_reason": "tool_calls",
             }
-        pieces, matched = _stopped(body, self._reply(body))
+        pieces, matched, finish = self._said(body)
         return {
             "message": {"role": "assistant", "content": "".join(pieces)},
-            "finish_reason": "stop",
+            "finish_reason": finish,
             "stop_reason": matched,  # vLLM's: the stop string that ended the answer, or None
         }
+
+    def _said(self, body: Any) -> tuple[tuple[str, ...], str | None, str]:
+        """The reply's pieces as sent, the stop string that cut them, and the finish reason."""
+        pieces, matched = _stopped(body, self._reply(body))
+        bound = _max_tokens(body) if self.pieces_are_tokens else None
+        if bound is not None and len(pieces) > bound:
+            return pieces[:bound], None, "length"
+        return pieces, matched, "stop"
 
     def _reply(self, body: Any) -> tuple[str, ...]:
         """The answer's pieces: ``reply``, or the echo of the last user message (altered where
@@ -292,7 +305,7 @@ class FakeUpstream(FakeServer):
             return dict(self.usage)
         messages = body.get("messages") if isinstance(body, dict) else None
         prompt = sum(len(str(m.get("content", "")).split()) for m in messages or [] if isinstance(m, dict))
-        completion = len(self._reply(body))
+        completion = len(self._said(body)[0]) if self.pieces_are_tokens else len(self._reply(body))
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def _take(self) -> Fault:
@@ -416,6 +429,13 @@ def _reset(request: web.Request) -> None:
 def _hang_up(request: web.Request) -> None:
     if request.transport is not None:
         request.transport.close()
+
+
+def _max_tokens(body: Any) -> int | None:
+    if not isinstance(body, dict):
+        return None
+    bound = body.get("max_completion_tokens") or body.get("max_tokens")
+    return bound if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0 else None
 
 
 def _stopped(body: Any, pieces: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:

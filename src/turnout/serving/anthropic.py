@@ -5,10 +5,13 @@ Request: ``system`` becomes a system message; text blocks stay text parts; ``ima
 ``tool_calls``; a user's ``tool_result`` blocks become ``tool`` messages (placed before the
 rest of that user turn, as OpenAI wants them right after the call); ``tools``, ``tool_choice``,
 ``stop_sequences``, ``temperature``, ``top_p``, ``top_k``, ``metadata.user_id`` and a tool's
-``strict`` (→ ``function.strict``) map to their chat names. A field this door does not translate is
-refused (400 naming it), never dropped, but for ``cache_control`` on blocks and tools: the SDKs
-send it, and an OpenAI-compatible chat body (or this gateway's Bedrock translation) has no cache
-points to put it in, so it is accepted and ignored (the README says so).
+``strict`` (→ ``function.strict``) map to their chat names. A request field this door does not
+translate is refused (400 naming it), never dropped; so is a content block of a type it does not
+translate (``document``, ``thinking``, ...) or one Anthropic's API does not know, and a field
+Anthropic's API does not define on a message, a block, an image source or a tool (a typo). Fields
+Anthropic's API defines on them that no target here could act on are accepted and ignored (the
+README lists them, ``IGNORED``): ``cache_control`` above all, which the SDKs send, and which an
+OpenAI-compatible chat body (or this gateway's Bedrock translation) has no cache points to put in.
 
 Answer: a chat completion becomes a ``message`` with ``text`` and ``tool_use`` content blocks;
 ``finish_reason`` maps to ``stop_reason``, ``stop_sequence`` where the upstream names the stop
@@ -42,6 +45,45 @@ FIELDS = frozenset(
         "top_k",
     }
 )
+# Each content block type this door translates, with every field Anthropic's API defines on it;
+# another field is a 400 naming it. Read: ``type`` and the fields the translation reads; the rest
+# (``IGNORED``) are accepted and ignored.
+BLOCK_FIELDS = {
+    "text": frozenset({"type", "text", "cache_control", "citations"}),
+    "image": frozenset({"type", "source", "cache_control", "transformations"}),
+    "tool_use": frozenset({"type", "id", "name", "input", "cache_control", "caller", "toolset_name"}),
+    "tool_result": frozenset({"type", "tool_use_id", "content", "is_error", "cache_control", "toolset_name"}),
+}
+# The content block types of Anthropic's API this door does not translate (a 400 saying so).
+UNSUPPORTED_BLOCKS = frozenset(
+    {
+        "document", "search_result", "thinking", "redacted_thinking", "server_tool_use",
+        "web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result",
+        "bash_code_execution_tool_result", "text_editor_code_execution_tool_result",
+        "tool_search_tool_result", "container_upload", "mcp_tool_use", "mcp_tool_result",
+        "tool_reference", "browser_state",
+    }
+)  # fmt: skip
+MESSAGE_FIELDS = frozenset({"role", "content"})
+SOURCE_FIELDS = {"base64": frozenset({"type", "media_type", "data"}), "url": frozenset({"type", "url"})}
+# A custom tool's fields in Anthropic's API.
+TOOL_FIELDS = frozenset(
+    {
+        "type", "name", "description", "input_schema", "strict", "cache_control", "allowed_callers",
+        "defer_loading", "eager_input_streaming", "input_examples",
+    }
+)  # fmt: skip
+# Defined by Anthropic's API, accepted here and ignored: a prompt cache point, an earlier answer's
+# citations and who called a tool, an image's server-side transformations, a tool's loading and
+# streaming hints, its examples and the server tools that may call it (none here).
+IGNORED = frozenset(
+    {
+        "cache_control", "citations", "caller", "toolset_name", "transformations", "allowed_callers",
+        "defer_loading", "eager_input_streaming", "input_examples",
+    }
+)  # fmt: skip
+# What ``POST /v1/messages/count_tokens`` takes: the prompt, no output or sampling parameters.
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice"})
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -76,7 +118,7 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(k for k in body if k not in FIELDS)
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Messages API")
-    chat: dict[str, Any] = {"messages": _system(body.get("system")) + _messages(body.get("messages"))}
+    chat: dict[str, Any] = {"messages": _prompt_messages(body)}
     chat["max_tokens"] = _max_tokens(body.get("max_tokens"))
     for name in ("temperature", "top_p"):  # Anthropic's range for both: 0 to 1
         if body.get(name) is not None:
@@ -91,12 +133,32 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
         chat["top_k"] = top_k
     if body.get("stop_sequences") is not None:
         chat["stop"] = _strings(body["stop_sequences"], "stop_sequences")
-    if body.get("tools") is not None:
-        chat["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
-    if body.get("tool_choice") is not None:
-        named = [t["function"]["name"] for t in chat.get("tools", ())]
-        chat.update(_tool_choice(body["tool_choice"], named))
+    chat.update(_tools(body))
     return chat
+
+
+def to_counted(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The chat body whose prompt a ``count_tokens`` request counts: its messages, system and
+    tools, checked as ``to_chat`` checks them; a field ``count_tokens`` does not take (``max_tokens``,
+    ``stream``, sampling) is a 400 naming it, as Anthropic's API answers."""
+    unknown = sorted(k for k in body if k not in COUNT_FIELDS)
+    if unknown:
+        raise bad(unknown[0], f"'{unknown[0]}' is not a count_tokens field")
+    return {"messages": _prompt_messages(body), **_tools(body)}
+
+
+def _prompt_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return _system(body.get("system")) + _messages(body.get("messages"))
+
+
+def _tools(body: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if body.get("tools") is not None:
+        out["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
+    if body.get("tool_choice") is not None:
+        named = [t["function"]["name"] for t in out.get("tools", ())]
+        out.update(_tool_choice(body["tool_choice"], named))
+    return out
 
 
 def _max_tokens(value: Any) -> int:
@@ -111,7 +173,7 @@ def _system(system: Any) -> list[dict[str, Any]]:
     if isinstance(system, str):
         return [{"role": "system", "content": system}]
     blocks = _list(system, "system")
-    texts = [_text_block(b, f"system[{i}]") for i, b in enumerate(blocks)]
+    texts = [_text_block(b, f"system[{i}]", "the system prompt") for i, b in enumerate(blocks)]
     return [{"role": "system", "content": "\n\n".join(texts)}]
 
 
@@ -124,6 +186,7 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise bad(where, f"'{where}' must be an object")
+        _known_fields(message, MESSAGE_FIELDS, where, "a message")
         role = message.get("role")
         if role not in ("user", "assistant"):
             raise bad(f"{where}.role", f"'{where}.role' must be 'user' or 'assistant'")
@@ -145,7 +208,7 @@ def _user(blocks: list[Any], where: str) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         at = f"{where}.content[{j}]"
-        kind = block.get("type") if isinstance(block, dict) else None
+        kind = _block(block, at, ("text", "image", "tool_result"), "a user message")
         if kind == "tool_result":
             results.append(_tool_result(block, at))
         elif kind == "image":
@@ -162,7 +225,7 @@ def _assistant(blocks: list[Any], where: str) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         at = f"{where}.content[{j}]"
-        if isinstance(block, dict) and block.get("type") == "tool_use":
+        if _block(block, at, ("text", "tool_use"), "an assistant message") == "tool_use":
             calls.append(_tool_use(block, at))
         else:
             texts.append(_text_block(block, at))
@@ -172,10 +235,43 @@ def _assistant(blocks: list[Any], where: str) -> list[dict[str, Any]]:
     return [message]
 
 
-def _text_block(block: Any, at: str) -> str:
-    kind = block.get("type") if isinstance(block, dict) else None
-    if kind != "text":
-        raise bad(at, f"'{at}' must be a text block" + (f" (a {kind!r} block is not supported here)" if kind else ""))
+def _block(block: Any, at: str, allowed: tuple[str, ...], place: str) -> str:
+    """The type of the content block at ``at``, checked: one of ``allowed`` (those ``place``
+    takes here), holding only the fields Anthropic's API defines on it."""
+    if not isinstance(block, dict):
+        raise bad(at, f"'{at}' must be a content block (an object with a 'type')")
+    kind = block.get("type")
+    if not isinstance(kind, str) or kind not in allowed:
+        where = f"{at}.type"
+        names = f"{', '.join(allowed[:-1])} or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
+        takes = f"{place} takes {names} blocks here"
+        if not isinstance(kind, str):
+            raise bad(where, f"'{where}' is required: {takes}")
+        if kind in BLOCK_FIELDS:
+            refused = f"{_a(kind)} block is not accepted in {place}"
+        elif kind in UNSUPPORTED_BLOCKS:
+            refused = f"{kind} blocks are not supported by this gateway"
+        else:
+            refused = f"{kind!r} is not a content block type"
+        raise bad(where, f"'{where}': {refused}; {takes}")
+    _known_fields(block, BLOCK_FIELDS[kind], at, f"{_a(kind)} block")
+    return kind
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def _known_fields(value: Mapping[str, Any], fields: frozenset[str], at: str, what: str) -> None:
+    """A field Anthropic's API does not define on ``what`` is a 400 naming it (as there)."""
+    unknown = sorted(k for k in value if k not in fields)
+    if unknown:
+        where = f"{at}.{unknown[0]}"
+        raise bad(where, f"'{where}' is not a field of {what}")
+
+
+def _text_block(block: Any, at: str, place: str = "a message") -> str:
+    _block(block, at, ("text",), place)
     text = block.get("text")
     if not isinstance(text, str) or not text:
         raise bad(f"{at}.text", f"'{at}.text' must be a non-empty string")
@@ -184,6 +280,8 @@ def _text_block(block: Any, at: str) -> str:
 
 def _image(block: Mapping[str, Any], at: str) -> dict[str, Any]:
     source = block.get("source")
+    if isinstance(source, dict) and source.get("type") in SOURCE_FIELDS:
+        _known_fields(source, SOURCE_FIELDS[source["type"]], f"{at}.source", f"a {source['type']} image source")
     if isinstance(source, dict) and source.get("type") == "base64":
         media, data = source.get("media_type"), source.get("data")
         if isinstance(media, str) and isinstance(data, str) and media.startswith("image/"):
@@ -212,7 +310,8 @@ def _tool_result(block: Mapping[str, Any], at: str) -> dict[str, Any]:
         raise bad(f"{at}.tool_use_id", f"'{at}.tool_use_id' is required")
     content = block.get("content", "")
     if isinstance(content, list):
-        content = "\n".join(_text_block(b, f"{at}.content[{k}]") for k, b in enumerate(content))
+        # A chat tool message carries text only: an image or a document would be lost.
+        content = "\n".join(_text_block(b, f"{at}.content[{k}]", "a tool_result") for k, b in enumerate(content))
     elif not isinstance(content, str):
         raise bad(f"{at}.content", f"'{at}.content' must be a string or text blocks")
     if block.get("is_error") is True:
@@ -226,6 +325,7 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
         raise bad(at, f"'{at}' must be an object with a 'name'")
     if tool.get("type") not in (None, "custom"):
         raise bad(f"{at}.type", f"'{at}.type' {tool['type']!r}: server tools are not supported by this gateway")
+    _known_fields(tool, TOOL_FIELDS, at, "a custom tool")
     schema = tool.get("input_schema", {"type": "object"})
     if not isinstance(schema, dict):
         raise bad(f"{at}.input_schema", f"'{at}.input_schema' must be an object")

@@ -28,7 +28,7 @@ from turnout.serving.asgi import Receive, Send, header, send_json
 from turnout.serving.boundary import ErrorBoundary
 from turnout.serving.chat import CHAT
 from turnout.serving.embeddings import EMBEDDINGS_DOOR
-from turnout.serving.messages import MESSAGES_DOOR
+from turnout.serving.messages import MESSAGES_DOOR, count_tokens
 from turnout.serving.pipeline import Pipeline
 from turnout.serving.readiness import Readiness
 from turnout.serving.responses import RESPONSES_DOOR
@@ -93,6 +93,9 @@ class App:
         elif path == "/v1/messages":
             _expect(method, "POST")
             await self.pipeline.run(MESSAGES_DOOR, scope, receive, send, request_id)
+        elif path == "/v1/messages/count_tokens":
+            _expect(method, "POST")
+            await count_tokens(self.runtime, scope, receive, send, request_id)
         elif path == "/v1/responses":
             _expect(method, "POST")
             await self.pipeline.run(RESPONSES_DOOR, scope, receive, send, request_id)

@@ -24,7 +24,9 @@ from turnout.serving.asgi import Message, Receive, Send, drain, unread_body
 
 log = logging.getLogger("turnout")
 
-MESSAGES_PATH, MESSAGES = "/v1/messages", "messages"  # the one route answering errors in Anthropic's shape
+# Anthropic's SDKs read errors in their own shape: on /v1/messages and every path under it
+# (count_tokens, and a path this gateway does not serve there).
+MESSAGES_PATH, MESSAGES = "/v1/messages", "messages"
 
 Handler = Callable[[dict[str, Any], Receive, Send, str], Awaitable[None]]
 
@@ -39,13 +41,17 @@ class ErrorBoundary:
         try:
             await self.app(scope, receive, watched, request_id)
         except Exception as exc:
-            shape = MESSAGES if scope.get("path") == MESSAGES_PATH else ""  # Anthropic's SDKs read their own
+            shape = MESSAGES if _anthropic(scope.get("path")) else ""
             if isinstance(exc, TurnoutError) and not watched.started:
                 await respond.error(watched, exc, request_id, shape)
                 return
             log.error("internal error in request %s: %s", request_id, describe(exc))
             if not watched.started:
                 await respond.error(watched, internal_error(request_id), request_id, shape)
+
+
+def _anthropic(path: Any) -> bool:
+    return isinstance(path, str) and (path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/"))
 
 
 class _Watched:

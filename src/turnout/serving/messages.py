@@ -5,19 +5,28 @@
 embedded model) serves it, with the same policy, quotas, fallback and ledger as chat
 completions. The key comes as ``x-api-key`` (Anthropic's SDKs) or ``Authorization: Bearer``;
 errors are written in Anthropic's shape. Streams are relayed as Anthropic's events.
+
+``POST /v1/messages/count_tokens`` (``count_tokens``) answers ``{"input_tokens": N}`` for a
+Messages request's prompt without calling any target: N is the bound the quota reserves for it
+(``turnout.control.tokens``: UTF-8 bytes, or a target's tokenizer where configured), the largest
+among the task's targets, so never below what a target will count.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from turnout.config import DATA_CLASSES
-from turnout.errors import TurnoutError
+from turnout._support.printable import printable
+from turnout.config import DATA_CLASSES, embedding_tasks
+from turnout.errors import RequestError, TurnoutError, UnknownTask
 from turnout.providers.base import Usage
 from turnout.serving import anthropic, anthropic_events
-from turnout.serving.asgi import json_object
+from turnout.serving.asgi import Receive, Send, json_object, read_body, send_json
 from turnout.serving.door import Reply, check_episode_id
+from turnout.serving.pipeline import credential
+from turnout.serving.runtime import Runtime
 from turnout.serving.translated import Encoder, TranslatedDoor
 
 ENDPOINT = "messages"
@@ -58,10 +67,32 @@ class _Events(anthropic_events.Events):
         return anthropic_events.event("error", anthropic.error_body(err))
 
 
-def validate(body: dict[str, Any]) -> MessagesRequest:
+async def count_tokens(rt: Runtime, scope: dict[str, Any], receive: Receive, send: Send, request_id: str) -> None:
+    """``POST /v1/messages/count_tokens``: authenticated and checked as ``POST /v1/messages``
+    is (its errors in Anthropic's shape, by the error boundary); no target is called, no quota
+    is charged and no row is written: nothing is generated."""
+    tenant = await rt.auth.identify(credential(scope), time.time())
+    body = json_object(await read_body(receive, scope, rt.config.server.max_body_bytes))
+    task = _task(body)
+    chat = anthropic.to_counted(body)
+    if task not in rt.config.tasks or not tenant.may_use(task):
+        raise UnknownTask(f"the task {printable(task)!r} does not exist or is not open to you", param="model")
+    if task in embedding_tasks(rt.config):
+        raise RequestError(f"the task {task!r} embeds: call POST /v1/embeddings", param="model", code="wrong_endpoint")
+    counts = await rt.tokens.prompts(chat, rt.config.tasks[task].route)
+    headers = [(b"x-turnout-request-id", request_id.encode())]
+    await send_json(send, 200, {"input_tokens": max(counts.values())}, headers)
+
+
+def _task(body: dict[str, Any]) -> str:
     task = body.get("model")
     if not isinstance(task, str) or not task:
         raise anthropic.bad("model", "'model' is required and must name a task (a string)")
+    return task
+
+
+def validate(body: dict[str, Any]) -> MessagesRequest:
+    task = _task(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise anthropic.bad("stream", "'stream' must be a boolean")

@@ -20,7 +20,7 @@ from turnout.routing.constraints import COST, DECIMAL, HEADERS, LATENCY
 from turnout.serving.admin import MAX_ROW_ID
 from turnout.serving.asgi import JSON, Send
 from turnout.serving.openapi_embeddings import embedding_schemas
-from turnout.serving.openapi_messages import messages_errors, messages_schemas
+from turnout.serving.openapi_messages import COUNT_ERROR_STATUSES, messages_errors, messages_schemas
 from turnout.serving.openapi_responses import responses_schemas
 from turnout.serving.openapi_schemas import (
     DATA_CLASS,
@@ -198,11 +198,22 @@ def _paths() -> dict[str, Schema]:
                         **answered,
                     },
                     **messages_errors(),
-                    **_errors(405),
                 },
                 security=[*TENANT, {"anthropicKey": []}],
                 parameters=_turnout_headers(),
                 requestBody=_body("MessageRequest"),
+            )
+        },
+        "/v1/messages/count_tokens": {
+            "post": _op(
+                "countMessageTokens",
+                "Anthropic's token counting for a Messages request's prompt; no target is called",
+                {
+                    "200": json_content(ref("MessageTokensCount"), "The prompt's token count."),
+                    **messages_errors(COUNT_ERROR_STATUSES),
+                },
+                security=[*TENANT, {"anthropicKey": []}],
+                requestBody=_body("CountTokensRequest"),
             )
         },
         "/v1/responses": {

@@ -1,23 +1,59 @@
-"""The component schemas of ``POST /v1/messages`` (Anthropic's Messages API) in ``GET
-/openapi.json`` (``turnout.serving.openapi``), from the fields ``turnout.serving.anthropic``
-translates. Its errors have Anthropic's shape (``AnthropicError``), not OpenAI's."""
+"""The component schemas of ``POST /v1/messages`` (Anthropic's Messages API) and ``POST
+/v1/messages/count_tokens`` in ``GET /openapi.json`` (``turnout.serving.openapi``), from the
+fields ``turnout.serving.anthropic`` translates. Their errors have Anthropic's shape
+(``AnthropicError``), not OpenAI's."""
 
 from __future__ import annotations
 
-from turnout.serving.anthropic import ERROR_TYPES, STOP_REASONS
+from turnout.serving.anthropic import BLOCK_FIELDS, COUNT_FIELDS, ERROR_TYPES, STOP_REASONS
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, json_content, nullable, ref
 
-ERROR_STATUSES = (400, 401, 403, 404, 413, 422, 429, 502, 503, 504)
+ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 422, 429, 502, 503, 504)
+COUNT_ERROR_STATUSES = (400, 401, 404, 405, 413)  # no target is called: no policy, quota or upstream
 
 
 def messages_schemas() -> dict[str, Schema]:
-    return {"MessageRequest": _request(), "Message": _answer(), "AnthropicError": _error()}
+    return {
+        "MessageRequest": _request(),
+        "Message": _answer(),
+        "CountTokensRequest": _count_request(),
+        "MessageTokensCount": _count(),
+        "AnthropicError": _error(),
+    }
 
 
-def messages_errors() -> dict[str, Schema]:
-    """The error answers of ``/v1/messages``, in Anthropic's shape."""
+def messages_errors(statuses: tuple[int, ...] = ERROR_STATUSES) -> dict[str, Schema]:
+    """The error answers of ``/v1/messages`` and the paths under it, in Anthropic's shape."""
     error = ref("AnthropicError")
-    return {str(s): json_content(error, f"HTTP {s}, in Anthropic's error shape.") for s in ERROR_STATUSES}
+    return {str(s): json_content(error, f"HTTP {s}, in Anthropic's error shape.") for s in statuses}
+
+
+def _count_request() -> Schema:
+    request = _request()
+    return {
+        "type": "object",
+        "required": ["model", "messages"],
+        "description": "A Messages request's prompt: its model (the task), system, messages and tools, checked "
+        "as `POST /v1/messages` checks them. Any other field (`max_tokens`, `stream`, sampling) is refused "
+        "with a 400 naming it.",
+        "properties": {k: v for k, v in request["properties"].items() if k in COUNT_FIELDS},
+    }
+
+
+def _count() -> Schema:
+    return {
+        "type": "object",
+        "required": ["input_tokens"],
+        "properties": {
+            "input_tokens": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "A bound on the prompt's tokens, never below what a target counts: the one the "
+                "quota reserves (UTF-8 bytes, or a target's tokenizer where configured; the largest among the "
+                "task's targets), with the chat template's overhead.",
+            }
+        },
+    }
 
 
 def _request() -> Schema:
@@ -25,7 +61,13 @@ def _request() -> Schema:
         "type": "object",
         "description": "Accepted and ignored: the targets' chat body has no prompt cache points.",
     }
-    block: Schema = {"type": "object", "required": ["type"], "properties": {"type": STRING, "cache_control": ignored}}
+    block: Schema = {
+        "type": "object",
+        "required": ["type"],
+        "description": "A content block: text, image, tool_use (assistant) or tool_result (user). Another "
+        "type, or a field Anthropic's API does not define on the block, is refused with a 400 naming it.",
+        "properties": {"type": {"enum": sorted(BLOCK_FIELDS)}, "cache_control": ignored},
+    }
     return {
         "type": "object",
         "required": ["model", "max_tokens", "messages"],

@@ -148,7 +148,13 @@ def _answer() -> Schema:
                 "items": {
                     "type": "object",
                     "required": ["type", "id"],
-                    "properties": {"type": {"enum": ["message", "function_call"]}},
+                    "properties": {
+                        "type": {"enum": ["message", "function_call"]},
+                        "status": {
+                            "enum": ["completed", "incomplete"],
+                            "description": "`incomplete`: the item the model was writing when the answer was cut.",
+                        },
+                    },
                 },
             },
             "usage": usage,

@@ -15,7 +15,7 @@ import orjson
 
 from turnout.providers.base import Usage
 from turnout.serving.call_order import CallOrder
-from turnout.serving.response_items import call_item, message_item, response
+from turnout.serving.response_items import call_item, last_status, message_item, response
 
 
 class Events:
@@ -50,8 +50,10 @@ class Events:
         return out
 
     def end(self, usage: Usage) -> bytes:
-        """The held items, then ``response.completed`` (or ``.incomplete``) with ``usage``."""
-        out = self._held() + self._close()
+        """The held items, then ``response.completed`` (or ``.incomplete``) with ``usage``. The
+        item still open is the one the model was writing when it stopped: ``incomplete`` where
+        it was cut."""
+        out = self._held() + self._close(last_status(self.finish))
         final = response(self.response_id, self.created_at, self.task, self.items, usage, self.finish, self.echo)
         kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
         return out + self.event(kind, response=final)
@@ -110,12 +112,12 @@ class Events:
         self.open = True
         return self.event("response.output_item.added", output_index=len(self.items) - 1, item=item)
 
-    def _close(self) -> bytes:
+    def _close(self, status: str = "completed") -> bytes:
         if not self.open:
             return b""
         self.open = False
         item = self.items[-1]
-        item["status"] = "completed"
+        item["status"] = status
         out = b""
         if item["type"] == "message":
             text = item["content"][0]["text"]

@@ -14,8 +14,11 @@ accepted (OpenAI's SDKs default it to true) and nothing is stored, so the Respon
 ``store: false``. Any other field is refused (400 naming it), never dropped.
 
 Answer: a chat completion becomes a ``response`` with a ``message`` item (``output_text``) and
-one ``function_call`` item per tool call; ``response_events.Events`` turns a chat stream into the
-Responses stream events, whose ``response.completed`` carries the same object.
+one ``function_call`` item per tool call; an answer cut at ``max_output_tokens`` (``finish_reason``
+``length``) or by a content filter is ``incomplete``, with ``incomplete_details`` saying why and
+its last item ``incomplete`` too. ``response_events.Events`` turns a chat stream into the
+Responses stream events, whose last (``response.completed``, or ``response.incomplete``) carries
+the same object.
 """
 
 from __future__ import annotations
@@ -97,11 +100,15 @@ def _instructions(value: Any) -> list[dict[str, Any]]:
 
 
 def _input(value: Any) -> list[dict[str, Any]]:
+    """``input`` as OpenAI takes it: a string (one user message) or a list of items. Required
+    here: with no response state kept, there is nothing else to answer."""
+    if value is None:
+        raise bad("input", "'input' is required: a string or a list of items (this gateway keeps no response state)")
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    items = _list(value, "input")
-    if not items:
+    if not isinstance(value, list) or not value:
         raise bad("input", "'input' must be a string or a non-empty list of items")
+    items = value
     out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         at = f"input[{i}]"
@@ -271,12 +278,21 @@ def output(chat: Mapping[str, Any], response_id: str) -> tuple[list[dict[str, An
         item = call_item(response_id, i, call.get("id") or "", function.get("name") or "", "completed")
         item["arguments"] = str(function.get("arguments") or "")
         items.append(item)
-    return items, choice.get("finish_reason")
+    finish = choice.get("finish_reason")
+    if items:
+        items[-1]["status"] = last_status(finish)
+    return items, finish
+
+
+def last_status(finish: Any) -> str:
+    """The status of an answer's last item: ``incomplete`` where the answer was cut
+    (``max_output_tokens``, a content filter) while the model was writing it, as OpenAI says."""
+    return "incomplete" if str(finish) in INCOMPLETE else "completed"
 
 
 def message_item(response_id: str, text: str, status: str) -> dict[str, Any]:
     part = {"type": "output_text", "text": text, "annotations": []}
-    content = [part] if status == "completed" else []
+    content = [] if status == "in_progress" else [part]
     return {"type": "message", "id": f"msg_{response_id}", "status": status, "role": "assistant", "content": content}
 
 

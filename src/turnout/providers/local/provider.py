@@ -4,7 +4,8 @@ provider.
 The event loop never runs llama.cpp; ``turnout.providers.local.worker.Pool`` does, with one
 model per worker. This module is the asyncio side: admission (``Overloaded`` at once when the
 queue is full), the per-phase deadlines, the OpenAI request and response shapes, the load it
-reports (running and queued jobs) and the translation of llama.cpp's errors. Both
+reports (running and queued jobs) and the translation of llama.cpp's errors; its tool-call
+deltas are put in OpenAI's shape by ``turnout.providers.local.deltas``. Both
 ``complete`` and ``stream`` stream from llama.cpp, so a deadline or a departed caller stops
 the generation within one token.
 """
@@ -36,6 +37,7 @@ from turnout.errors import (
     UpstreamTimeout,
 )
 from turnout.providers.base import Call, Completion, Health, Load, Stream, Timeouts, Usage
+from turnout.providers.local.deltas import ToolDeltas
 from turnout.providers.local.worker import Event, Job, ModelLoadError, Pool, embed, load_llama
 
 if TYPE_CHECKING:
@@ -85,13 +87,14 @@ class LocalProvider:
     async def complete(self, call: Call) -> Completion:
         deadlines = _Deadlines(call.timeouts)
         job = self._submit(call)
+        shape = ToolDeltas()
         chunks: list[dict[str, Any]] = []
         try:
             while True:
                 kind, value = await deadlines.next(job, first=not chunks)
                 if kind != "chunk":
                     break
-                chunks.append(value)
+                chunks.append(shape(value))
         finally:
             self._pool.cancel(job)  # a no-op once it has finished; stops it after a timeout
         usage = self._outcome(kind, value)
@@ -109,7 +112,8 @@ class LocalProvider:
         except BaseException:
             self._pool.cancel(job)
             raise
-        chunks = _JobChunks(self._chunks(job, first, deadlines), job, self._pool.cancel)
+        shape = ToolDeltas()
+        chunks = _JobChunks(self._chunks(job, shape(first), deadlines, shape), job, self._pool.cancel)
         # A caller that drops the stream without iterating or closing it: cancel on collection.
         weakref.finalize(chunks, self._pool.cancel, job)
         return Stream(chunks, self.model_version, queue_ms=job.queue_ms)
@@ -153,14 +157,16 @@ class LocalProvider:
             raise Overloaded(f"{self.name}: {running} running and {waiting} waiting (queue_size {self._queue_size})")
         return job
 
-    async def _chunks(self, job: Job, first: dict[str, Any], deadlines: _Deadlines) -> AsyncGenerator[dict[str, Any]]:
+    async def _chunks(
+        self, job: Job, first: dict[str, Any], deadlines: _Deadlines, shape: ToolDeltas
+    ) -> AsyncGenerator[dict[str, Any]]:
         try:
             yield first
             while True:
                 kind, value = await deadlines.next(job, first=False)
                 if kind != "chunk":
                     break
-                yield value
+                yield shape(value)
             usage = self._outcome(kind, value)
             # The closing usage chunk, as vLLM sends with stream_options.include_usage.
             yield {
