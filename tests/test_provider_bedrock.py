@@ -1178,7 +1178,7 @@ async def test_in_stream_throttling_after_content_fails_the_stream(fake: FakeBed
 
     assert text_of(chunks) == "Hello," and err.error_class == "bedrock_throttling"
     assert calls(backup) == 0 and len(fake.requests) == 1
-    assert primary.breaker._consecutive == 1  # the breaker heard how the stream ended
+    assert primary.breaker._consecutive == 0  # throttled is busy, not broken: no verdict
 
 
 # -- through the API -----------------------------------------------------------------------------

@@ -350,8 +350,9 @@ async def test_full_queue_is_refused_at_once(make_provider: Factory) -> None:
     )
     assert isinstance(results[0], Completion)
     assert isinstance(results[1], Overloaded)
-    assert results[1].retryable
-    assert "queue_size 0" in results[1].message
+    # Busy, not broken: the next target at once, no retry here, no breaker verdict.
+    assert not results[1].retryable and results[1].fallback and results[1].busy
+    assert "the queue is full" in results[1].message and "queue_size 0" in results[1].message
     # Once the first has finished the worker takes the next call.
     assert isinstance(await single.complete(call(STORY, max_tokens=4)), Completion)
 

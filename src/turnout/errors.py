@@ -13,16 +13,19 @@
     ├── UpstreamError                 502 upstream_error   (one attempt at one target)
     │   ├── UpstreamConnectError      connect refused / reset / DNS    retryable
     │   ├── UpstreamTimeout           a phase deadline passed           retryable
-    │   ├── UpstreamStatusError       non-2xx: 429 and 5xx retryable, other 4xx not
+    │   ├── UpstreamStatusError       non-2xx: 429 and 5xx retryable, other 4xx not; 429 busy
     │   ├── ContextWindowExceeded     the prompt is too long here: fall back, don't retry
     │   ├── UpstreamProtocolError     malformed JSON / SSE              retryable
     │   ├── BreakerOpen               target or every replica open      retryable
-    │   ├── Overloaded                local queue full                  retryable
+    │   ├── Overloaded                local queue full: fall back, don't retry; busy
     │   └── AnswerRejected            a check refused the answer (a blocked tool call): fall back
     ├── AllTargetsFailed              502 / 503 / 504, one line per attempt
     ├── AnswerRefused                 502: a check refused the answer and ends the request
     ├── StreamInterrupted             failure after the first byte reached the client
     └── ShuttingDown                  503: cut by a shutdown past its grace period
+
+``busy``: the target shed load (its queue is full, it answered 429): it is healthy, so its
+breaker hears no verdict either way (``turnout.routing.attempts``).
 
 Vendor exceptions (aiohttp, llama.cpp) are translated into these at the provider edge and
 re-raised ``from exc``. Messages never carry secrets: providers name targets, never URLs with
@@ -113,11 +116,13 @@ class PolicyDenied(TurnoutError):
 class UpstreamError(TurnoutError):
     """One attempt at one target failed. ``retryable``: another try at the same target may
     succeed. ``fallback``: another target may succeed (true whenever ``retryable`` is; also
-    for a target that is wrong for this request, such as one whose model timed out)."""
+    for a target that is wrong for this request, such as one whose model timed out). ``busy``:
+    the target turned the call away for load, not for a fault: no breaker verdict."""
 
     status = 502
     type = "upstream_error"
     retryable = True
+    busy = False
     error_class = "upstream"
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
@@ -146,7 +151,8 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamStatusError(UpstreamError):
     """A non-2xx answer. By default 408, 429 and 5xx are retryable and other 4xx are the
     request's fault (neither retried nor sent elsewhere); a provider that knows better (Bedrock's
-    typed errors) says so with ``retryable``/``fallback`` and names the ``error_class``."""
+    typed errors) says so with ``retryable``/``fallback`` and names the ``error_class``. A 429
+    (Bedrock's throttling too) is ``busy``: rate limited, not broken."""
 
     def __init__(
         self,
@@ -162,6 +168,7 @@ class UpstreamStatusError(UpstreamError):
         self.upstream_status = status
         self.retryable = (status == 429 or status >= 500 or status == 408) if retryable is None else retryable
         self._fallback = bool(fallback)
+        self.busy = status == 429
         self.error_class = error_class or f"http_{status}"
 
 
@@ -187,6 +194,12 @@ class BreakerOpen(UpstreamError):
 
 
 class Overloaded(UpstreamError):
+    """The embedded model's queue is full. A try a moment later would most likely find it full
+    still, so the walk moves on to the next target at once; the target is busy, not broken."""
+
+    retryable = False
+    _fallback = True
+    busy = True
     error_class = "overloaded"
 
 

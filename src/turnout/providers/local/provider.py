@@ -3,10 +3,11 @@ provider.
 
 The event loop never runs llama.cpp; ``turnout.providers.local.worker.Pool`` does, with one
 model per worker. This module is the asyncio side: admission (``Overloaded`` at once when the
-queue is full), the per-phase deadlines, the OpenAI request and response shapes, the load it
-reports (running and queued jobs) and the translation of llama.cpp's errors. Both
-``complete`` and ``stream`` stream from llama.cpp, so a deadline or a departed caller stops
-the generation within one token.
+queue is full: the attempt loop falls back, and the target's breaker hears nothing of it), the
+per-phase deadlines, the OpenAI request and response shapes, the load it reports (running and
+queued jobs) and the translation of llama.cpp's errors. Both ``complete`` and ``stream``
+stream from llama.cpp, so a deadline or a departed caller stops the generation within one
+token.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ class LocalProvider:
             raise UpstreamError(f"{self.name}: provider is closed") from exc
         if not admitted:
             running, waiting = self._pool.counts()
-            raise Overloaded(f"{self.name}: {running} running and {waiting} waiting (queue_size {self._queue_size})")
+            load = f"{running} running and {waiting} waiting (queue_size {self._queue_size})"
+            raise Overloaded(f"{self.name}: the queue is full: {load}")
         return job
 
     async def _chunks(self, job: Job, first: dict[str, Any], deadlines: _Deadlines) -> AsyncGenerator[dict[str, Any]]:
