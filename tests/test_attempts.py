@@ -167,3 +167,28 @@ async def test_a_stream_cut_by_a_busy_upstream_gives_no_verdict(error: UpstreamE
         async for _ in result.answer.chunks:
             pass
     assert a.breaker._consecutive == consecutive
+
+
+# -- the message names each target once ----------------------------------------------------------
+
+
+async def test_the_message_names_each_target_once_with_its_reason() -> None:
+    # Providers name their target in their own messages (they are logged alone too).
+    too_long = ContextWindowExceeded("local: prompt is 5000 tokens, the model's context is 2048", window=2048)
+    local, small = target("local", Step(too_long)), target("small", window=1024)
+    with pytest.raises(AllTargetsFailed) as info:
+        await execute([local, small], BODY, stream=False, request_id="r")
+    assert info.value.message == (
+        "the prompt does not fit the context window of any target (local: prompt is 5000 tokens, the model's "
+        "context is 2048; small: skipped: its context window of 1024 tokens is no larger than 2048)"
+    )
+    assert (info.value.status, info.value.code) == (400, "context_length_exceeded")
+
+    full = target("local", Step(Overloaded("local: the queue is full: 1 running and 0 waiting (queue_size 0)")))
+    down = target("remote", Step(UpstreamConnectError("connection refused")), attempts=3)
+    with pytest.raises(AllTargetsFailed) as info:
+        await execute([full, down], BODY, stream=False, request_id="r")
+    assert info.value.message == (
+        "all targets failed (local: the queue is full: 1 running and 0 waiting (queue_size 0); "
+        "remote: connection refused (3 tries))"
+    )

@@ -15,6 +15,7 @@ import asyncio
 import gc
 import importlib.util
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -332,8 +333,11 @@ async def test_a_prompt_longer_than_the_context_falls_back_to_a_larger_window(ma
         await small.complete(call(LONG_PROMPT, max_tokens=8))
     assert err.value.window == 128
     assert not err.value.retryable and err.value.fallback
-    with pytest.raises(ContextWindowExceeded):
+    # The prompt's length and the window, once each; never the prompt's text.
+    assert re.fullmatch(r"tiny: prompt is \d+ tokens, the model's context is 128", err.value.message)
+    with pytest.raises(ContextWindowExceeded) as streamed:
         await small.stream(call(LONG_PROMPT, stream=True, max_tokens=8))
+    assert "the model's context is 128" in streamed.value.message
     assert text(await small.complete(call("Hi", max_tokens=4))) is not None  # the worker survived
 
 

@@ -19,7 +19,8 @@
     │   ├── BreakerOpen               target or every replica open      retryable
     │   ├── Overloaded                local queue full: fall back, don't retry; busy
     │   └── AnswerRejected            a check refused the answer (a blocked tool call): fall back
-    ├── AllTargetsFailed              502 / 503 / 504, one line per attempt
+    ├── AllTargetsFailed              502 / 503 / 504, one line per target and reason;
+    │                                 400 context_length_exceeded: the prompt fits no target
     ├── AnswerRefused                 502: a check refused the answer and ends the request
     ├── StreamInterrupted             failure after the first byte reached the client
     └── ShuttingDown                  503: cut by a shutdown past its grace period
@@ -231,18 +232,28 @@ DEFAULT_RETRY_AFTER_S = 1.0  # a 503's Retry-After where no upstream said
 
 
 class AllTargetsFailed(TurnoutError):
-    """Every allowed target was tried (or skipped); the message names each attempt."""
+    """Every allowed target was tried (or skipped); the message names each target once per
+    reason (``local: the queue is full ...``; a reason repeated by retries is counted).
+
+    When the prompt's length is the only reason (every target too small for it, or open), the
+    answer is OpenAI's: 400 ``context_length_exceeded``; the door names its prompt's ``param``.
+    """
 
     type = "upstream_error"
     code = "all_targets_failed"
 
     def __init__(self, attempts: list[tuple[str, UpstreamError]]) -> None:
-        lines = "; ".join(f"{target}: {err.message}" for target, err in attempts)
-        super().__init__(f"all targets failed ({lines})" if attempts else "no target could be tried")
+        errors = [err for _, err in attempts]
+        too_long = (
+            bool(errors)
+            and all(isinstance(e, (ContextWindowExceeded, BreakerOpen)) for e in errors)
+            and any(isinstance(e, ContextWindowExceeded) for e in errors)
+        )
+        heading = "the prompt does not fit the context window of any target" if too_long else "all targets failed"
+        super().__init__(f"{heading} ({_reasons(attempts)})" if attempts else "no target could be tried")
         self.attempts = attempts
         self.records: list[Any] = []  # the ledger's per-attempt records, set by the attempt loop
         self.turned: list[Any] = []  # answers the attempt loop's check turned down: paid for
-        errors = [err for _, err in attempts]
         if errors and all(isinstance(e, UpstreamTimeout) for e in errors):
             self.status = 504
         elif errors and all(_unavailable(e) for e in errors):
@@ -260,11 +271,7 @@ class AllTargetsFailed(TurnoutError):
             self.status = client[0].upstream_status
             self.type = "invalid_request_error"
             self.code = "upstream_rejected"
-        elif (
-            errors
-            and all(isinstance(e, (ContextWindowExceeded, BreakerOpen)) for e in errors)
-            and any(isinstance(e, ContextWindowExceeded) for e in errors)
-        ):
+        elif too_long:
             self.status = 400
             self.type = "invalid_request_error"
             self.code = "context_length_exceeded"
@@ -273,6 +280,22 @@ class AllTargetsFailed(TurnoutError):
         if self.retry_after is None:
             return []
         return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
+
+
+def _reasons(attempts: list[tuple[str, UpstreamError]]) -> str:
+    """``target: reason; ...`` in order. Providers name their target in their own messages
+    (they are logged alone too), so that name is not said twice; a reason repeated by retries
+    is said once and counted."""
+    lines: list[str] = []
+    times: list[int] = []
+    for target, err in attempts:
+        line = f"{target}: {err.message.removeprefix(f'{target}: ')}"
+        if lines and lines[-1] == line:
+            times[-1] += 1
+        else:
+            lines.append(line)
+            times.append(1)
+    return "; ".join(line if n == 1 else f"{line} ({n} tries)" for line, n in zip(lines, times, strict=True))
 
 
 def _unavailable(err: UpstreamError) -> bool:

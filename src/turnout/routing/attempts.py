@@ -87,7 +87,8 @@ async def execute(
     too_long_for: int | None = None  # the largest window the prompt is known not to fit
     for target in targets:
         if too_long_for is not None and target.context_window is not None and target.context_window <= too_long_for:
-            skipped = ContextWindowExceeded("skipped: its context window is no larger", window=target.context_window)
+            why = f"skipped: its context window of {target.context_window} tokens is no larger than {too_long_for}"
+            skipped = ContextWindowExceeded(why, window=target.context_window)
             attempts.append(AttemptRecord(target.name, "", skipped.error_class, 0.0, _ms(started)))
             failures.append((target.name, skipped))
             continue

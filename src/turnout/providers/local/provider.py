@@ -190,18 +190,27 @@ class LocalProvider:
         if isinstance(value, ValueError):
             if _CONTEXT_OVERFLOW.search(str(value)):
                 # Not worth a retry here, but a target with a larger window may take it.
-                raise ContextWindowExceeded(
-                    f"{self.name}: the prompt does not fit the context of {self._n_ctx} tokens", window=self._n_ctx
-                ) from value
+                raise ContextWindowExceeded(f"{self.name}: {self._too_long(str(value))}", window=self._n_ctx) from value
             # llama.cpp raises ValueError for other requests it cannot serve (an unknown tool):
             # the caller's mistake, not worth a retry.
             raise UpstreamStatusError(400, f"{self.name}: {value}") from value
         raise UpstreamError(f"{self.name}: llama.cpp failed: {value}") from value
 
+    def _too_long(self, error: str) -> str:
+        """What the caller can act on: the prompt's length (when llama.cpp said it) and the window."""
+        if counted := _PROMPT_TOKENS.search(error):
+            return f"prompt is {counted[1]} tokens, the model's context is {self._n_ctx}"
+        if counted := _INPUT_TOKENS.search(error):
+            return f"input {counted[1]} is {counted[2]} tokens, the model's context is {counted[3]}"
+        return f"the prompt does not fit the model's context of {self._n_ctx} tokens"
+
 
 # llama-cpp-python's words for a prompt longer than n_ctx: its own check on whole answers, and
-# numpy's complaint when streaming fills a scores array the prompt already outgrew.
+# numpy's complaint when streaming fills a scores array the prompt already outgrew; and where
+# they say the prompt's length (``Requested tokens (N)``; an input's from ``worker.embed``).
 _CONTEXT_OVERFLOW = re.compile(r"exceed context window|could not broadcast input array from shape")
+_PROMPT_TOKENS = re.compile(r"Requested tokens \((\d+)\)")
+_INPUT_TOKENS = re.compile(r"input (\d+) has (\d+) tokens: they exceed context window of (\d+)")
 
 
 class _JobChunks:
