@@ -18,6 +18,7 @@
     │   ├── UpstreamProtocolError     malformed JSON / SSE              retryable
     │   ├── BreakerOpen               target or every replica open      retryable
     │   ├── Overloaded                local queue full: fall back, don't retry; busy
+    │   ├── CredentialsMissing        none to call with: fall back at once, never retried
     │   └── AnswerRejected            a check refused the answer (a blocked tool call): fall back
     ├── AllTargetsFailed              502 / 503 / 504, one line per target and reason;
     │                                 400 context_length_exceeded: the prompt fits no target
@@ -202,6 +203,18 @@ class Overloaded(UpstreamError):
     _fallback = True
     busy = True
     error_class = "overloaded"
+
+
+class CredentialsMissing(UpstreamError):
+    """The target has no credentials to call with (none found, a profile that does not exist,
+    some parts of a key missing): a configuration failure that is the same on every try, so it
+    is never retried and the next target is tried at once. It counts against the target's
+    breaker: a target that cannot be called is skipped after a few, then probed again after the
+    cool-down (credentials may have appeared). The message says what is missing, never a value."""
+
+    retryable = False
+    _fallback = True
+    error_class = "credentials_missing"
 
 
 class AnswerRejected(UpstreamError):

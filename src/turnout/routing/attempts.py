@@ -11,7 +11,7 @@ What the target's breaker hears from each outcome (``turnout.routing.breaker``):
 * **success**: an answer, a request the target refused as the caller's fault (a 4xx), a prompt
   too long for its window: it works;
 * **failure**: a fault of the target (connect, timeout, 5xx, malformed answer, a model that
-  failed, every replica's breaker open), retried or not;
+  failed, every replica's breaker open, no credentials to call it with), retried or not;
 * **no verdict**: the target was *busy* (``UpstreamError.busy``: the embedded model's full
   queue, an upstream's 429, Bedrock's throttling). It is healthy, only loaded, and will take
   calls again as soon as its queue drains; opening its breaker would refuse it for a whole
