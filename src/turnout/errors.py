@@ -2,6 +2,7 @@
 
     TurnoutError                      500 api_error
     ├── ConfigError                   (load time; not an HTTP error)
+    ├── CannotListen                  (start-up: the address cannot be bound; not an HTTP error)
     ├── RequestError                  400 invalid_request_error
     │   ├── BodyTooLarge              413
     │   ├── NotFound                  404 (unknown route)
@@ -64,6 +65,16 @@ class ConfigError(TurnoutError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
         self.problems = problems
+
+
+class CannotListen(TurnoutError):
+    """The gateway cannot bind its address (in use, not this machine's, a privileged port):
+    ``cannot listen on HOST:PORT: reason``, said before anything else is logged."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen on {where}: {reason[:1].lower()}{reason[1:]}")
 
 
 class RequestError(TurnoutError):
