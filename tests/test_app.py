@@ -12,7 +12,13 @@ from tests.asgi import ledger_rows as rows
 from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
-from turnout.errors import RequestError, UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
+from turnout.errors import (
+    ContextWindowExceeded,
+    RequestError,
+    UpstreamConnectError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
 from turnout.offline.reports.figures import Column
 from turnout.offline.reports.render import cell
 from turnout.serving.app import App
@@ -378,6 +384,35 @@ async def test_all_targets_failed_status_follows_the_failures(make_app: AppFacto
     )
     resp = await chat(app)
     assert resp.status == 503 and resp.headers["retry-after"] == "1"
+
+
+async def test_a_prompt_too_long_for_every_target_is_openais_context_length_exceeded(make_app: AppFactory) -> None:
+    raw = config()
+    raw["targets"]["secondary"]["context_window"] = 1024  # smaller: skipped, not called
+    too_long = ContextWindowExceeded("primary: prompt is 5000 tokens, the model's context is 2048", window=2048)
+    fakes = {name: ScriptedProvider(name) for name in ("secondary", "onprem")}
+    app = await make_app(raw, {"primary": ScriptedProvider("primary", Step(too_long)), **fakes})
+
+    resp = await chat(app)
+    assert resp.status == 400
+    assert resp.json() == {
+        "error": {
+            "message": "the prompt does not fit the context window of any target (primary: prompt is 5000 tokens, "
+            "the model's context is 2048; secondary: skipped: its context window of 1024 tokens is no larger "
+            "than 2048)",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
+    assert not fakes["secondary"].calls
+    # Each door blames its own prompt field: the Responses API's is ``input``.
+    responses = await request(app, "POST", "/v1/responses", {"model": "chat", "input": "hi"}, AUTH)
+    assert responses.status == 400
+    assert (responses.json()["error"]["code"], responses.json()["error"]["param"]) == (
+        "context_length_exceeded",
+        "input",
+    )
 
 
 async def test_a_request_the_target_rejects_is_not_retried_elsewhere(make_app: AppFactory) -> None:

@@ -6,21 +6,42 @@ import pytest
 
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.config import BreakerConfig, RetryConfig
-from turnout.errors import AllTargetsFailed, ContextWindowExceeded, UpstreamError, UpstreamStatusError
-from turnout.providers.base import Timeouts
+from turnout.errors import (
+    AllTargetsFailed,
+    ContextWindowExceeded,
+    Overloaded,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStatusError,
+)
+from turnout.providers.base import Completion, Timeouts
 from turnout.routing.attempts import Target, execute
-from turnout.routing.breaker import Breaker
+from turnout.routing.breaker import Breaker, State
 
 
-def target(name: str, *steps: Step, window: int | None = None, attempts: int = 2) -> Target:
+def target(
+    name: str, *steps: Step, window: int | None = None, attempts: int = 2, breaker: Breaker | None = None
+) -> Target:
     return Target(
         name,
         ScriptedProvider(name, *steps),
-        Breaker(BreakerConfig()),
+        breaker or Breaker(BreakerConfig()),
         RetryConfig(attempts=attempts, backoff_ms=0),
         Timeouts(),
         window,
     )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def state(b: Breaker) -> State:
+    return b.state  # read afresh: each call may move it
 
 
 def calls(t: Target) -> int:
@@ -74,3 +95,100 @@ async def test_retryable_error_is_retried_then_falls_back() -> None:
     b = target("b")
     result = await execute([a, b], BODY, stream=False, request_id="r")
     assert result.target is b and calls(a) == 3
+
+
+# -- busy is not broken: a full queue or a 429 gives the breaker no verdict ----------------------
+
+
+async def test_a_full_queue_falls_back_at_once_and_never_opens_the_breaker() -> None:
+    local = target("local", Step(Overloaded("local: the queue is full")), attempts=3)
+    backup = target("backup")
+    for _ in range(12):  # well past the 5 consecutive failures that open a breaker
+        result = await execute([local, backup], BODY, stream=False, request_id="r")
+        assert result.target is backup
+        assert [a.error_class for a in result.attempts] == ["overloaded", None]
+    assert calls(local) == 12  # one try each: a retry would most likely find the queue full still
+    assert local.breaker.state is State.CLOSED and local.breaker._consecutive == 0
+    assert local.breaker.transitions == []
+
+
+async def test_an_idle_target_that_was_overloaded_is_tried_again_at_once() -> None:
+    local = target("local", *[Step(Overloaded("local: the queue is full"))] * 6, Step(text="idle again"))
+    for _ in range(6):
+        with pytest.raises(AllTargetsFailed) as info:
+            await execute([local], BODY, stream=False, request_id="r")
+        assert info.value.status == 503 and info.value.retry_after is not None
+    result = await execute([local], BODY, stream=False, request_id="r")  # not "circuit open"
+    assert result.target is local and result.attempts[-1].error_class is None
+
+
+async def test_a_429_is_retried_but_counts_neither_way() -> None:
+    clock = Clock()
+    breaker = Breaker(BreakerConfig(failures=5), clock)
+    down = target("a", Step(UpstreamConnectError("refused")), attempts=4, breaker=breaker)
+    with pytest.raises(AllTargetsFailed):
+        await execute([down], BODY, stream=False, request_id="r")
+    assert breaker._consecutive == 4
+    busy = Step(UpstreamStatusError(429, "slow down"))
+    a = target("a", busy, attempts=2, breaker=breaker)
+    for _ in range(5):
+        with pytest.raises(AllTargetsFailed) as info:
+            await execute([a], BODY, stream=False, request_id="r")
+        assert info.value.status == 503
+    assert calls(a) == 10  # retried at the same target, as its Retry-After allows
+    # Neither a failure (the breaker is still closed) nor a success (the count stands).
+    assert breaker.state is State.CLOSED and breaker._consecutive == 4
+
+
+async def test_a_busy_half_open_probe_hands_the_probe_back() -> None:
+    clock = Clock()
+    breaker = Breaker(BreakerConfig(failures=1, cooldown_s=10), clock)
+    breaker.failure()
+    assert state(breaker) is State.OPEN
+    clock.now = 11.0
+    a = target("a", Step(Overloaded("local: the queue is full")), Step(), breaker=breaker)
+    with pytest.raises(AllTargetsFailed):
+        await execute([a], BODY, stream=False, request_id="r")
+    assert state(breaker) is State.HALF_OPEN  # not reopened for another cool-down
+    result = await execute([a], BODY, stream=False, request_id="r")  # the next call probes
+    assert result.target is a and state(breaker) is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("error", "consecutive"),
+    [(UpstreamStatusError(429, "throttled"), 0), (UpstreamStatusError(500, "broken"), 1)],
+    ids=["busy", "broken"],
+)
+async def test_a_stream_cut_by_a_busy_upstream_gives_no_verdict(error: UpstreamError, consecutive: int) -> None:
+    a = target("a", Step(error, fail_after=1))
+    result = await execute([a], BODY, stream=True, request_id="r")
+    assert not isinstance(result.answer, Completion)
+    with pytest.raises(UpstreamStatusError):
+        async for _ in result.answer.chunks:
+            pass
+    assert a.breaker._consecutive == consecutive
+
+
+# -- the message names each target once ----------------------------------------------------------
+
+
+async def test_the_message_names_each_target_once_with_its_reason() -> None:
+    # Providers name their target in their own messages (they are logged alone too).
+    too_long = ContextWindowExceeded("local: prompt is 5000 tokens, the model's context is 2048", window=2048)
+    local, small = target("local", Step(too_long)), target("small", window=1024)
+    with pytest.raises(AllTargetsFailed) as info:
+        await execute([local, small], BODY, stream=False, request_id="r")
+    assert info.value.message == (
+        "the prompt does not fit the context window of any target (local: prompt is 5000 tokens, the model's "
+        "context is 2048; small: skipped: its context window of 1024 tokens is no larger than 2048)"
+    )
+    assert (info.value.status, info.value.code) == (400, "context_length_exceeded")
+
+    full = target("local", Step(Overloaded("local: the queue is full: 1 running and 0 waiting (queue_size 0)")))
+    down = target("remote", Step(UpstreamConnectError("connection refused")), attempts=3)
+    with pytest.raises(AllTargetsFailed) as info:
+        await execute([full, down], BODY, stream=False, request_id="r")
+    assert info.value.message == (
+        "all targets failed (local: the queue is full: 1 running and 0 waiting (queue_size 0); "
+        "remote: connection refused (3 tries))"
+    )

@@ -1,7 +1,12 @@
-"""The `turnout` command, through click's CliRunner: check, serve's config handling, help."""
+"""The `turnout` command, through click's CliRunner: check, serve's config handling, help; and
+a real `turnout serve` process on a port already held."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -157,6 +162,29 @@ def test_serve_with_an_invalid_config_exits_1_without_starting(tmp_path: Path, s
     assert result.exit_code == 1
     assert "  tasks.chat.route[1]: unknown target 'ghost'" in result.stderr
     assert served == []
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_1_before_starting(tmp_path: Path, workers: str) -> None:
+    config = write(tmp_path, GOOD)
+    env = {k: v for k, v in os.environ.items() if k != "TURNOUT_CONFIG"}
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "turnout", "serve", "--config", config, "--port", str(port), "--workers", workers],
+            cwd=tmp_path,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    # One line, and nothing logged before it: no "listening", no start-up summary, no traceback.
+    assert done.stderr == f"turnout: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    assert done.stdout == ""
+    assert done.returncode == 1  # a command that cannot do what it was asked (uvicorn's was 3)
+    assert not (tmp_path / ".turnout").exists()  # nothing started: no ledger was opened
 
 
 def test_serve_runs_the_loaded_config(tmp_path: Path, served: list[Config]) -> None:

@@ -69,4 +69,6 @@ async def test_the_embedded_model_refuses_what_it_cannot_do(make_app: AppFactory
         still = await client.embeddings.create(model="embed", input=[" "])  # a space is a token, not nothing
     assert "omit 'dimensions'" in sized.value.message
     assert too_long.value.code == "context_length_exceeded"
+    assert too_long.value.param == "input"  # the embeddings door's prompt field
+    assert "local: input 0 is " in too_long.value.message and "local: local:" not in too_long.value.message
     assert len(still.data[0].embedding) == N_EMBD

@@ -42,6 +42,7 @@ from turnout.control.catalog import ModelInfo, context_window
 from turnout.errors import (
     AllTargetsFailed,
     ContextWindowExceeded,
+    CredentialsMissing,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -52,7 +53,9 @@ from turnout.providers.base import Call, Completion, Load, Stream, Timeouts, Usa
 from turnout.providers.bedrock import provider as bedrock_module
 from turnout.providers.bedrock.provider import BedrockProvider
 from turnout.providers.registry import create
+from turnout.routing import attempts as attempt_loop
 from turnout.routing.attempts import Target, execute
+from turnout.routing.backoff import delay
 from turnout.routing.breaker import Breaker
 
 MODEL = "deepseek.v3-v1:0"
@@ -472,12 +475,12 @@ async def test_no_credentials_at_all_is_an_upstream_error_and_unhealthy(
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     provider = make(fake)
 
-    with pytest.raises(UpstreamError, match="no AWS credentials") as caught:
+    with pytest.raises(CredentialsMissing, match="AWS credentials are missing: none found") as caught:
         await provider.complete(call())
     health = await provider.health()
 
-    assert caught.value.fallback
-    assert not health.ok and "no AWS credentials" in health.detail
+    assert caught.value.fallback and not caught.value.retryable  # configuration: the same on every try
+    assert not health.ok and "AWS credentials are missing" in health.detail
     assert fake.requests == []
 
 
@@ -1119,6 +1122,62 @@ async def test_bad_credentials_fall_back_to_another_target(
     assert result.attempts[0].error_class == "bedrock_invalid_signature"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize("missing", ["no-credentials", "no-such-profile"])
+async def test_missing_credentials_skip_the_target_at_once(
+    fake: FakeBedrock, make: Make, monkeypatch: pytest.MonkeyPatch, stream: bool, missing: str
+) -> None:
+    """A configuration failure, the same on every try: no retry, no backoff, the next target."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    lookups: list[int] = []
+    resolve = Session.get_credentials
+
+    def counted(self: Any) -> Any:
+        lookups.append(1)
+        return resolve(self)
+
+    monkeypatch.setattr(Session, "get_credentials", counted)
+    backoffs: list[int] = []
+
+    def backoff(cfg: RetryConfig, n: int, retry_after: float | None) -> float | None:
+        backoffs.append(n)
+        return delay(cfg, n, retry_after)
+
+    monkeypatch.setattr(attempt_loop, "delay", backoff)
+    provider = make(fake, profile="no-such-profile") if missing == "no-such-profile" else make(fake)
+    primary, backup = bedrock_target(provider, attempts=3), scripted("backup")
+    primary.retry = RetryConfig(attempts=3, backoff_ms=500)
+
+    result = await execute([primary, backup], HELLO, stream=stream, request_id="r")
+
+    assert result.target is backup and calls(backup) == 1
+    assert [(a.target, a.error_class) for a in result.attempts] == [
+        ("bedrock", "credentials_missing"),
+        ("backup", None),
+    ]
+    assert backoffs == [] and len(lookups) <= 1 and fake.requests == []  # no retry, no wait
+    assert primary.breaker._consecutive == 1  # the target cannot serve: it counts against it
+
+
+async def test_missing_credentials_say_so_in_the_answer(
+    fake: FakeBedrock, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)  # the key id alone is set: partial
+    primary = bedrock_target(make(fake))
+
+    with pytest.raises(AllTargetsFailed) as caught:
+        await execute([primary], HELLO, stream=False, request_id="r")
+
+    assert caught.value.message.startswith("all targets failed (bedrock: AWS credentials are missing")
+    assert "AWS_SECRET_ACCESS_KEY" in caught.value.message  # which part is missing, never a value
+    assert "bedrock: bedrock:" not in caught.value.message and ACCESS_KEY not in caught.value.message
+    assert len(caught.value.records) == 1
+    secrets_absent(caught.value)
+
+
 async def test_a_validation_error_stops_the_walk(fake: FakeBedrock, make: Make) -> None:
     fake.fault = Fault("error", error="ValidationException")
     primary, backup = bedrock_target(make(fake)), scripted("backup")
@@ -1178,7 +1237,7 @@ async def test_in_stream_throttling_after_content_fails_the_stream(fake: FakeBed
 
     assert text_of(chunks) == "Hello," and err.error_class == "bedrock_throttling"
     assert calls(backup) == 0 and len(fake.requests) == 1
-    assert primary.breaker._consecutive == 1  # the breaker heard how the stream ended
+    assert primary.breaker._consecutive == 0  # throttled is busy, not broken: no verdict
 
 
 # -- through the API -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import asyncio
 import gc
 import importlib.util
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -370,8 +371,11 @@ async def test_a_prompt_longer_than_the_context_falls_back_to_a_larger_window(ma
         await small.complete(call(LONG_PROMPT, max_tokens=8))
     assert err.value.window == 128
     assert not err.value.retryable and err.value.fallback
-    with pytest.raises(ContextWindowExceeded):
+    # The prompt's length and the window, once each; never the prompt's text.
+    assert re.fullmatch(r"tiny: prompt is \d+ tokens, the model's context is 128", err.value.message)
+    with pytest.raises(ContextWindowExceeded) as streamed:
         await small.stream(call(LONG_PROMPT, stream=True, max_tokens=8))
+    assert "the model's context is 128" in streamed.value.message
     assert text(await small.complete(call("Hi", max_tokens=4))) is not None  # the worker survived
 
 
@@ -388,8 +392,9 @@ async def test_full_queue_is_refused_at_once(make_provider: Factory) -> None:
     )
     assert isinstance(results[0], Completion)
     assert isinstance(results[1], Overloaded)
-    assert results[1].retryable
-    assert "queue_size 0" in results[1].message
+    # Busy, not broken: the next target at once, no retry here, no breaker verdict.
+    assert not results[1].retryable and results[1].fallback and results[1].busy
+    assert "the queue is full" in results[1].message and "queue_size 0" in results[1].message
     # Once the first has finished the worker takes the next call.
     assert isinstance(await single.complete(call(STORY, max_tokens=4)), Completion)
 

@@ -355,6 +355,19 @@ async def test_a_callers_4xx_does_not_trip_the_breaker(fake: FakeUpstream, provi
     assert (await provider.complete(chat())).replica == "r0"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_429_leaves_the_breaker_alone(fake: FakeUpstream, provider: OpenAIProvider, stream: bool) -> None:
+    """Rate limited is busy, not broken: no verdict (the breaker opens after one failure here)."""
+    fake.fault = Fault("status", status=429, message="slow down", times=3)
+    for _ in range(3):
+        with pytest.raises(UpstreamStatusError) as caught:
+            await attempt(provider, chat(stream=stream))
+        assert caught.value.busy and caught.value.upstream_status == 429
+    assert provider.replicas[0].breaker.state is State.CLOSED
+    assert provider.replicas[0].breaker._consecutive == 0
+    await attempt(provider, chat(stream=stream))  # still chosen: it takes calls again at once
+
+
 async def test_a_timeout_trips_the_breaker(fake: FakeUpstream, provider: OpenAIProvider) -> None:
     fake.fault = Fault("hang")
     with pytest.raises(UpstreamTimeout):

@@ -2,6 +2,7 @@
 
     TurnoutError                      500 api_error
     ├── ConfigError                   (load time; not an HTTP error)
+    ├── CannotListen                  (start-up: the address cannot be bound; not an HTTP error)
     ├── RequestError                  400 invalid_request_error
     │   ├── BodyTooLarge              413
     │   ├── NotFound                  404 (unknown route)
@@ -13,16 +14,21 @@
     ├── UpstreamError                 502 upstream_error   (one attempt at one target)
     │   ├── UpstreamConnectError      connect refused / reset / DNS    retryable
     │   ├── UpstreamTimeout           a phase deadline passed           retryable
-    │   ├── UpstreamStatusError       non-2xx: 429 and 5xx retryable, other 4xx not
+    │   ├── UpstreamStatusError       non-2xx: 429 and 5xx retryable, other 4xx not; 429 busy
     │   ├── ContextWindowExceeded     the prompt is too long here: fall back, don't retry
     │   ├── UpstreamProtocolError     malformed JSON / SSE              retryable
     │   ├── BreakerOpen               target or every replica open      retryable
-    │   ├── Overloaded                local queue full                  retryable
+    │   ├── Overloaded                local queue full: fall back, don't retry; busy
+    │   ├── CredentialsMissing        none to call with: fall back at once, never retried
     │   └── AnswerRejected            a check refused the answer (a blocked tool call): fall back
-    ├── AllTargetsFailed              502 / 503 / 504, one line per attempt
+    ├── AllTargetsFailed              502 / 503 / 504, one line per target and reason;
+    │                                 400 context_length_exceeded: the prompt fits no target
     ├── AnswerRefused                 502: a check refused the answer and ends the request
     ├── StreamInterrupted             failure after the first byte reached the client
     └── ShuttingDown                  503: cut by a shutdown past its grace period
+
+``busy``: the target shed load (its queue is full, it answered 429): it is healthy, so its
+breaker hears no verdict either way (``turnout.routing.attempts``).
 
 Vendor exceptions (aiohttp, llama.cpp) are translated into these at the provider edge and
 re-raised ``from exc``. Messages never carry secrets: providers name targets, never URLs with
@@ -59,6 +65,16 @@ class ConfigError(TurnoutError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
         self.problems = problems
+
+
+class CannotListen(TurnoutError):
+    """The gateway cannot bind its address (in use, not this machine's, a privileged port):
+    ``cannot listen on HOST:PORT: reason``, said before anything else is logged."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen on {where}: {reason[:1].lower()}{reason[1:]}")
 
 
 class RequestError(TurnoutError):
@@ -113,11 +129,13 @@ class PolicyDenied(TurnoutError):
 class UpstreamError(TurnoutError):
     """One attempt at one target failed. ``retryable``: another try at the same target may
     succeed. ``fallback``: another target may succeed (true whenever ``retryable`` is; also
-    for a target that is wrong for this request, such as one whose model timed out)."""
+    for a target that is wrong for this request, such as one whose model timed out). ``busy``:
+    the target turned the call away for load, not for a fault: no breaker verdict."""
 
     status = 502
     type = "upstream_error"
     retryable = True
+    busy = False
     error_class = "upstream"
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
@@ -146,7 +164,8 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamStatusError(UpstreamError):
     """A non-2xx answer. By default 408, 429 and 5xx are retryable and other 4xx are the
     request's fault (neither retried nor sent elsewhere); a provider that knows better (Bedrock's
-    typed errors) says so with ``retryable``/``fallback`` and names the ``error_class``."""
+    typed errors) says so with ``retryable``/``fallback`` and names the ``error_class``. A 429
+    (Bedrock's throttling too) is ``busy``: rate limited, not broken."""
 
     def __init__(
         self,
@@ -162,6 +181,7 @@ class UpstreamStatusError(UpstreamError):
         self.upstream_status = status
         self.retryable = (status == 429 or status >= 500 or status == 408) if retryable is None else retryable
         self._fallback = bool(fallback)
+        self.busy = status == 429
         self.error_class = error_class or f"http_{status}"
 
 
@@ -187,7 +207,25 @@ class BreakerOpen(UpstreamError):
 
 
 class Overloaded(UpstreamError):
+    """The embedded model's queue is full. A try a moment later would most likely find it full
+    still, so the walk moves on to the next target at once; the target is busy, not broken."""
+
+    retryable = False
+    _fallback = True
+    busy = True
     error_class = "overloaded"
+
+
+class CredentialsMissing(UpstreamError):
+    """The target has no credentials to call with (none found, a profile that does not exist,
+    some parts of a key missing): a configuration failure that is the same on every try, so it
+    is never retried and the next target is tried at once. It counts against the target's
+    breaker: a target that cannot be called is skipped after a few, then probed again after the
+    cool-down (credentials may have appeared). The message says what is missing, never a value."""
+
+    retryable = False
+    _fallback = True
+    error_class = "credentials_missing"
 
 
 class AnswerRejected(UpstreamError):
@@ -218,18 +256,28 @@ DEFAULT_RETRY_AFTER_S = 1.0  # a 503's Retry-After where no upstream said
 
 
 class AllTargetsFailed(TurnoutError):
-    """Every allowed target was tried (or skipped); the message names each attempt."""
+    """Every allowed target was tried (or skipped); the message names each target once per
+    reason (``local: the queue is full ...``; a reason repeated by retries is counted).
+
+    When the prompt's length is the only reason (every target too small for it, or open), the
+    answer is OpenAI's: 400 ``context_length_exceeded``; the door names its prompt's ``param``.
+    """
 
     type = "upstream_error"
     code = "all_targets_failed"
 
     def __init__(self, attempts: list[tuple[str, UpstreamError]]) -> None:
-        lines = "; ".join(f"{target}: {err.message}" for target, err in attempts)
-        super().__init__(f"all targets failed ({lines})" if attempts else "no target could be tried")
+        errors = [err for _, err in attempts]
+        too_long = (
+            bool(errors)
+            and all(isinstance(e, (ContextWindowExceeded, BreakerOpen)) for e in errors)
+            and any(isinstance(e, ContextWindowExceeded) for e in errors)
+        )
+        heading = "the prompt does not fit the context window of any target" if too_long else "all targets failed"
+        super().__init__(f"{heading} ({_reasons(attempts)})" if attempts else "no target could be tried")
         self.attempts = attempts
         self.records: list[Any] = []  # the ledger's per-attempt records, set by the attempt loop
         self.turned: list[Any] = []  # answers the attempt loop's check turned down: paid for
-        errors = [err for _, err in attempts]
         if errors and all(isinstance(e, UpstreamTimeout) for e in errors):
             self.status = 504
         elif errors and all(_unavailable(e) for e in errors):
@@ -247,11 +295,7 @@ class AllTargetsFailed(TurnoutError):
             self.status = client[0].upstream_status
             self.type = "invalid_request_error"
             self.code = "upstream_rejected"
-        elif (
-            errors
-            and all(isinstance(e, (ContextWindowExceeded, BreakerOpen)) for e in errors)
-            and any(isinstance(e, ContextWindowExceeded) for e in errors)
-        ):
+        elif too_long:
             self.status = 400
             self.type = "invalid_request_error"
             self.code = "context_length_exceeded"
@@ -260,6 +304,22 @@ class AllTargetsFailed(TurnoutError):
         if self.retry_after is None:
             return []
         return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
+
+
+def _reasons(attempts: list[tuple[str, UpstreamError]]) -> str:
+    """``target: reason; ...`` in order. Providers name their target in their own messages
+    (they are logged alone too), so that name is not said twice; a reason repeated by retries
+    is said once and counted."""
+    lines: list[str] = []
+    times: list[int] = []
+    for target, err in attempts:
+        line = f"{target}: {err.message.removeprefix(f'{target}: ')}"
+        if lines and lines[-1] == line:
+            times[-1] += 1
+        else:
+            lines.append(line)
+            times.append(1)
+    return "; ".join(line if n == 1 else f"{line} ({n} tries)" for line, n in zip(lines, times, strict=True))
 
 
 def _unavailable(err: UpstreamError) -> bool:

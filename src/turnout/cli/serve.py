@@ -46,7 +46,11 @@ workers_option = click.option("--workers", default="1", metavar="N|auto", callba
 def serve(config: Config, host: str | None, port: int | None, workers: int) -> None:
     """Run the gateway until SIGINT/SIGTERM, then drain in-flight requests and the ledger.
     SIGHUP (to the parent, with --workers) re-reads the config file: tasks, tenants, policy
-    and prices change live; the rest waits for a restart."""
+    and prices change live; the rest waits for a restart.
+
+    Exit status 1, before anything starts, with the reason on stderr: a config the gateway
+    would not start on, or an address it cannot listen on ("cannot listen on HOST:PORT:
+    address already in use")."""
     config = with_address(config, host, port)
     ready(config, workers)
     source = click.get_current_context().meta.get(CONFIG_PATH)

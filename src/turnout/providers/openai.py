@@ -4,8 +4,9 @@ aiohttp session per target.
 A target may list several replicas. Each call goes to one whose breaker lets calls through,
 chosen by ``balance`` (``turnout.providers.balance``: least loaded by calls in flight and, with
 ``load``, each server's own queue and KV-cache use read from its ``/metrics``; or by prefix
-affinity), and its outcome is recorded on that replica's breaker: 429, 5xx, connect, timeout
-and protocol failures count against it; a 4xx the caller caused does not.
+affinity), and its outcome is recorded on that replica's breaker: 5xx, connect, timeout
+and protocol failures count against it; a 4xx the caller caused does not, nor does a 429 (the
+replica is busy, not broken: no verdict, as ``turnout.routing.attempts`` tells the target's).
 
 Timeouts (``Call.timeouts``), the session, how a call is settled, the clean-up of an abandoned
 response and the translation of aiohttp and OS errors into ``turnout.errors`` follow
@@ -200,10 +201,10 @@ class OpenAIProvider:
             or (isinstance(exc, UpstreamStatusError) and not exc.retryable)
         ):
             breaker.success()  # it answered; a 4xx is the caller's doing
-        elif isinstance(exc, UpstreamError):
+        elif isinstance(exc, UpstreamError) and not exc.busy:
             breaker.failure()
         else:
-            breaker.release()  # cancelled or abandoned: no verdict
+            breaker.release()  # busy (429), cancelled or abandoned: no verdict
 
     # -- one exchange ----------------------------------------------------------------------
 

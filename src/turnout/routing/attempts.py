@@ -6,6 +6,19 @@ jittered backoff (Retry-After honoured, or fall back at once when it asks for to
 non-retryable failure (the target said the request itself is bad) ends the walk. Streams fall
 back only until their first chunk exists; after that a failure belongs to the stream.
 
+What the target's breaker hears from each outcome (``turnout.routing.breaker``):
+
+* **success**: an answer, a request the target refused as the caller's fault (a 4xx), a prompt
+  too long for its window: it works;
+* **failure**: a fault of the target (connect, timeout, 5xx, malformed answer, a model that
+  failed, every replica's breaker open, no credentials to call it with), retried or not;
+* **no verdict**: the target was *busy* (``UpstreamError.busy``: the embedded model's full
+  queue, an upstream's 429, Bedrock's throttling). It is healthy, only loaded, and will take
+  calls again as soon as its queue drains; opening its breaker would refuse it for a whole
+  cool-down after it is idle. A full local queue falls back at once (``Overloaded``: a retry
+  would most likely find it full still); a 429 is retried as its Retry-After allows. A cancelled
+  call (the client left) gives no verdict either. "No verdict" hands back a half-open probe.
+
 ``check`` (a blocked tool call, ``turnout.safety.tools``) sees each answer before it is
 returned and may hand back another (a stream whose tool calls it holds back) or refuse it:
 ``AnswerRejected`` sends the walk to the next target, ``AnswerRefused`` ends the request.
@@ -74,7 +87,8 @@ async def execute(
     too_long_for: int | None = None  # the largest window the prompt is known not to fit
     for target in targets:
         if too_long_for is not None and target.context_window is not None and target.context_window <= too_long_for:
-            skipped = ContextWindowExceeded("skipped: its context window is no larger", window=target.context_window)
+            why = f"skipped: its context window of {target.context_window} tokens is no larger than {too_long_for}"
+            skipped = ContextWindowExceeded(why, window=target.context_window)
             attempts.append(AttemptRecord(target.name, "", skipped.error_class, 0.0, _ms(started)))
             failures.append((target.name, skipped))
             continue
@@ -102,7 +116,10 @@ async def execute(
                 if not err.fallback:
                     target.breaker.success()  # it answered: the request was at fault, not the target
                     raise _failed(failures, attempts, turned) from err
-                target.breaker.failure()
+                if err.busy:
+                    target.breaker.release()  # loaded, not broken: no verdict
+                else:
+                    target.breaker.failure()
                 if not err.retryable:
                     break  # wrong for this target (its model timed out, access denied): next one
                 wait = delay(target.retry, n, err.retry_after) if n < target.retry.attempts else None
@@ -152,7 +169,8 @@ def _failed(
 
 class _Watched:
     """Chunks passed through unchanged; the target's breaker hears, once, how the stream
-    ended: success at its end, failure on an upstream error, no verdict when abandoned."""
+    ended: success at its end, failure on an upstream error (none when it says the target is
+    busy), no verdict when abandoned."""
 
     __slots__ = ("_breaker", "_chunks", "_done")
 
@@ -170,8 +188,8 @@ class _Watched:
         except StopAsyncIteration:
             self._settle(self._breaker.success)
             raise
-        except UpstreamError:
-            self._settle(self._breaker.failure)
+        except UpstreamError as exc:
+            self._settle(self._breaker.release if exc.busy else self._breaker.failure)
             raise
         except BaseException:
             self._settle(self._breaker.release)

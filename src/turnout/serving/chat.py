@@ -54,6 +54,7 @@ class ChatRequest(NamedTuple):  # a tuple: made on every request, in C
 class ChatDoor:
     endpoint = "chat.completions"
     task_param = "model"
+    prompt_param: str | None = "messages"
     needs_release = False
     release_prompt = False
     ticket_body = True

@@ -134,10 +134,13 @@ class Door(Protocol[R]):
     parses it out), for the output checks.
     ``endpoint``: the API's name in the ledger's ``endpoint`` column (``chat.completions``,
     ``tasks``, ``embeddings``, ``messages``, ``responses``); a task whose route embeds is served
-    by the ``embeddings`` door only."""
+    by the ``embeddings`` door only. ``prompt_param``: the field that carries the prompt, blamed
+    when it fits no target's context window (400 ``context_length_exceeded``, as OpenAI names
+    ``messages``); None where no one field is (the task API's prompt is its release's template)."""
 
     endpoint: str
     task_param: str
+    prompt_param: str | None
     needs_release: bool
     release_prompt: bool
     fenced_json: bool

@@ -60,6 +60,7 @@ class EmbeddingsRequest:
 class EmbeddingsDoor:
     endpoint = EMBEDDINGS
     task_param = "model"
+    prompt_param: str | None = "input"
     needs_release = False
     release_prompt = False
     fenced_json = False

@@ -269,6 +269,8 @@ class Pipeline:
                 raise  # a bug: the boundary answers and logs it, after the finally below
             if isinstance(exc, AllTargetsFailed):  # upstreams' own words: some echo the prompt back
                 exc.message = masked(exc.message)
+                if exc.code == "context_length_exceeded":
+                    exc.param = door.prompt_param
             await respond.error(send, exc, request_id, door.endpoint)
         except asyncio.CancelledError:
             if watch is not None and watch.left():

@@ -41,6 +41,7 @@ class ResponsesRequest:
 
 class ResponsesDoor(TranslatedDoor[ResponsesRequest]):
     endpoint = ENDPOINT
+    prompt_param: str | None = "input"
 
     def parse(self, raw: bytes, task: str | None) -> ResponsesRequest:
         return validate(json_object(raw))

@@ -9,7 +9,8 @@ idle timeouts and a connection cap (``serving/connections.py``).
 
 SIGHUP reloads the config file (``serving/reload.py``). ``workers`` > 1: the parent binds the
 socket and supervises that many worker processes (``serving/supervisor.py``), each running
-``run`` on the socket it was handed.
+``run`` on the socket it was handed. One process binds its socket the same way, first of all:
+an address it cannot have fails start-up before anything starts (``CannotListen``).
 
 Logs (``turnout.observe.logs``): every record goes through a queue to a listener thread that
 redacts, formats (``server.log_format``: text or JSON lines) and writes it to stderr; uvicorn's
@@ -38,6 +39,7 @@ from turnout.serving import reload, supervisor
 from turnout.serving.app import FINISH_S, App
 from turnout.serving.connections import Limits, protocol_class
 from turnout.serving.runtime import redaction_key
+from turnout.serving.summary import address
 
 try:
     import resource
@@ -63,19 +65,24 @@ def run(
 ) -> None:
     """Serve until SIGINT/SIGTERM. ``source``: the config file's path, for the start-up summary;
     ``loader``: reads it again on SIGHUP and ``POST /admin/reload``; ``sockets``: already bound
-    (a worker's), else uvicorn binds ``server.host:port``."""
+    (a worker's), else ``server.host:port`` is bound here first of all: an address in use is
+    ``CannotListen`` before a line is logged or the runtime starts (uvicorn binds only after
+    the lifespan start-up, whose summary says "listening", and then exits 3)."""
     srv = config.server
+    listening = sockets if sockets is not None else [supervisor.bind(srv.host, srv.port)]
     redaction = RedactingFilter(Redactor(redaction_key(config)), fields=srv.log_format == "json")
     listener = logs.configure(srv.log_level, srv.log_format, redaction, access_log=srv.access_log)
     try:
         share_the_gil()
         fd_limit = raise_open_file_limit()
         uv = uvicorn_config(config, fd_limit, source, loader)
-        server = _Server(uv, listener.stop)  # its loggers propagate to ours
+        server = _Server(uv, listener.stop, announce=sockets is None)  # its loggers propagate to ours
         redact_logs(config)
-        server.run(sockets)
+        server.run(listening)
     finally:
         listener.stop()  # writes what is queued
+        if sockets is None:
+            listening[0].close()  # a no-op once uvicorn has closed it
 
 
 def run_workers(config: Config, workers: int, source: str | None = None, loader: reload.Loader | None = None) -> int:
@@ -113,15 +120,20 @@ def run_worker(config: Config, source: str | None, loader: reload.Loader | None,
 class _Server(uvicorn.Server):
     """uvicorn's server, writing out the queued log lines before it exits: having shut down
     after a signal, uvicorn raises that signal again, and the process ends there. SIGHUP
-    reloads the app's config."""
+    reloads the app's config. ``announce``: the socket is ``run``'s own, and uvicorn, handed
+    a socket, leaves its "running on" line to whoever bound it: said here once serving."""
 
-    def __init__(self, config: uvicorn.Config, before_exit: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, before_exit: Callable[[], None], *, announce: bool = False) -> None:
         super().__init__(config)
         self._before_exit = before_exit
+        self._announce = announce
         self._reloads: set[asyncio.Task[None]] = set()  # held until done
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self._announce and sockets:
+            where = address(self.config.host, sockets[0].getsockname()[1])
+            logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", where)
         freeze_heap()
         app = self.config.app
         if isinstance(app, App) and app.loader is not None:

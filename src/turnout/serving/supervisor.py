@@ -42,6 +42,8 @@ from multiprocessing import allow_connection_pickling, connection, get_context
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
+from turnout.errors import CannotListen
+
 log = logging.getLogger("turnout")
 
 SUPERVISOR_ENV = "TURNOUT_SUPERVISOR_PID"  # set for workers: where /admin/reload sends its SIGHUP
@@ -102,11 +104,17 @@ def hup_pending() -> bool:
 
 
 def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, for one process or many: ``CannotListen`` (the address in use, not
+    this machine's, a port the user may not bind) before anything else has started."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(4096)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(host, port, exc) from exc
     sock.set_inheritable(True)
     return sock
 

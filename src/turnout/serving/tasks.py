@@ -51,6 +51,7 @@ class TaskRequest:
 class TaskDoor:
     endpoint = "tasks"
     task_param = "task"
+    prompt_param: str | None = None  # the release's template, filled with variables and documents
     needs_release = True
     release_prompt = True
     fenced_json = True  # ``_output`` strips the fence

@@ -49,6 +49,7 @@ class Encoder(Protocol):
 
 class TranslatedDoor(Generic[R]):
     task_param = "model"
+    prompt_param: str | None = "messages"
     needs_release = False
     release_prompt = False
     fenced_json = False

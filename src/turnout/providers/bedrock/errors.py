@@ -1,7 +1,8 @@
 """Bedrock's typed errors → turnout's, before a stream (HTTP status + ``x-amzn-ErrorType``) and
 inside one (event-stream ``exception`` messages named in lowerCamel case).
 
-    ThrottlingException, ModelNotReadyException (429)
+    ThrottlingException, ModelNotReadyException (429)                  busy: retried here, then
+                                                                       fallback; no breaker verdict
     ServiceUnavailableException (503), InternalServerException (500)   retried here, then fallback
     ModelTimeoutException (408), ModelErrorException (424),
     ModelStreamErrorException (424)                                    fallback, not retried here

@@ -10,6 +10,10 @@ session (chosen over aiobotocore by measurement: see bench/README.md). Consequen
 * Credentials come from botocore's standard chain (env, profile, SSO, role, IMDS), resolved and
   refreshed in a worker thread so the event loop never waits on STS or IMDS. A Bedrock API key
   in ``AWS_BEARER_TOKEN_BEDROCK`` is sent as ``Authorization: Bearer`` instead of signing.
+  None found (or a profile that does not exist, a key without its secret, an SSO login that
+  expired) is ``CredentialsMissing``: configuration, so the attempt loop skips to the next
+  target at once instead of retrying; a refresh that fails (STS unreachable) may pass and is
+  retried.
 
 The session, the deadlines, how a call is settled and the mapping of transport errors follow
 ``turnout.providers.transport``, shared with the openai provider. Translation between OpenAI
@@ -30,13 +34,21 @@ import orjson
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    SSOTokenLoadError,
+    UnauthorizedSSOTokenError,
+)
 from botocore.session import Session
 from yarl import URL
 
 from turnout.config import BedrockTarget
 from turnout.control.catalog import bedrock_model
-from turnout.errors import UpstreamError
+from turnout.errors import CredentialsMissing, UpstreamError
 from turnout.providers.base import Call, Completion, Health, Load, Stream, Usage
 from turnout.providers.bedrock import embed as embedding
 from turnout.providers.bedrock.errors import error_name, translate
@@ -183,7 +195,9 @@ class BedrockProvider:
             if self._frozen is None or self._needs_refresh():
                 try:
                     self._frozen = await asyncio.to_thread(self._resolve)
-                except (BotoCoreError, ClientError) as exc:  # a missing profile, STS or SSO failing
+                except _MISSING as exc:  # botocore's messages name the part missing, never a value
+                    raise CredentialsMissing(f"{self.name}: AWS credentials are missing: {exc}"[:300]) from exc
+                except (BotoCoreError, ClientError) as exc:  # STS or SSO failing
                     raise UpstreamError(f"{self.name}: AWS credentials could not be resolved: {exc}"[:300]) from exc
             return self._frozen
 
@@ -196,7 +210,9 @@ class BedrockProvider:
         if self._credentials is None:
             creds = Session(profile=self.cfg.profile).get_credentials()
             if creds is None:
-                raise UpstreamError(f"{self.name}: no AWS credentials found (env, profile, role or SSO)")
+                raise CredentialsMissing(
+                    f"{self.name}: AWS credentials are missing: none found (env, profile, role or SSO)"
+                )
             self._credentials = creds
         frozen: ReadOnlyCredentials = self._credentials.get_frozen_credentials()
         return frozen
@@ -212,6 +228,10 @@ class BedrockProvider:
             pass
         name = error_name(resp.headers.get("x-amzn-ErrorType", ""))
         return translate(name, resp.status, message, self.name)
+
+
+# What botocore raises when there is nothing to sign with, as configured: the same on every try.
+_MISSING = (NoCredentialsError, PartialCredentialsError, ProfileNotFound, SSOTokenLoadError, UnauthorizedSSOTokenError)
 
 
 def _guardrail(cfg: BedrockTarget) -> dict[str, Any] | None:

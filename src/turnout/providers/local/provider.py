@@ -3,11 +3,11 @@ provider.
 
 The event loop never runs llama.cpp; ``turnout.providers.local.worker.Pool`` does, with one
 model per worker. This module is the asyncio side: admission (``Overloaded`` at once when the
-queue is full), the per-phase deadlines, the OpenAI request and response shapes, the load it
-reports (running and queued jobs) and the translation of llama.cpp's errors; its tool-call
-deltas are put in OpenAI's shape by ``turnout.providers.local.deltas``. Both
-``complete`` and ``stream`` stream from llama.cpp, so a deadline or a departed caller stops
-the generation within one token.
+queue is full: the attempt loop falls back, and the target's breaker hears nothing of it), the
+per-phase deadlines, the OpenAI request and response shapes, the load it reports (running and
+queued jobs) and the translation of llama.cpp's errors; its tool-call deltas are put in OpenAI's
+shape by ``turnout.providers.local.deltas``. Both ``complete`` and ``stream`` stream from
+llama.cpp, so a deadline or a departed caller stops the generation within one token.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ class LocalProvider:
             raise UpstreamError(f"{self.name}: provider is closed") from exc
         if not admitted:
             running, waiting = self._pool.counts()
-            raise Overloaded(f"{self.name}: {running} running and {waiting} waiting (queue_size {self._queue_size})")
+            load = f"{running} running and {waiting} waiting (queue_size {self._queue_size})"
+            raise Overloaded(f"{self.name}: the queue is full: {load}")
         return job
 
     async def _chunks(
@@ -194,18 +195,27 @@ class LocalProvider:
         if isinstance(value, ValueError):
             if _CONTEXT_OVERFLOW.search(str(value)):
                 # Not worth a retry here, but a target with a larger window may take it.
-                raise ContextWindowExceeded(
-                    f"{self.name}: the prompt does not fit the context of {self._n_ctx} tokens", window=self._n_ctx
-                ) from value
+                raise ContextWindowExceeded(f"{self.name}: {self._too_long(str(value))}", window=self._n_ctx) from value
             # llama.cpp raises ValueError for other requests it cannot serve (an unknown tool):
             # the caller's mistake, not worth a retry.
             raise UpstreamStatusError(400, f"{self.name}: {value}") from value
         raise UpstreamError(f"{self.name}: llama.cpp failed: {value}") from value
 
+    def _too_long(self, error: str) -> str:
+        """What the caller can act on: the prompt's length (when llama.cpp said it) and the window."""
+        if counted := _PROMPT_TOKENS.search(error):
+            return f"prompt is {counted[1]} tokens, the model's context is {self._n_ctx}"
+        if counted := _INPUT_TOKENS.search(error):
+            return f"input {counted[1]} is {counted[2]} tokens, the model's context is {counted[3]}"
+        return f"the prompt does not fit the model's context of {self._n_ctx} tokens"
+
 
 # llama-cpp-python's words for a prompt longer than n_ctx: its own check on whole answers, and
-# numpy's complaint when streaming fills a scores array the prompt already outgrew.
+# numpy's complaint when streaming fills a scores array the prompt already outgrew; and where
+# they say the prompt's length (``Requested tokens (N)``; an input's from ``worker.embed``).
 _CONTEXT_OVERFLOW = re.compile(r"exceed context window|could not broadcast input array from shape")
+_PROMPT_TOKENS = re.compile(r"Requested tokens \((\d+)\)")
+_INPUT_TOKENS = re.compile(r"input (\d+) has (\d+) tokens: they exceed context window of (\d+)")
 
 
 class _JobChunks:
