@@ -168,6 +168,52 @@ async def test_a_tool_round_trip_through_the_sdk(make_app: AppFactory, tmp_path:
         assert history[3] == {"role": "user", "content": [{"type": "text", "text": "Thanks"}]}
 
 
+async def test_an_answer_the_sdk_holds_goes_back_as_the_next_turn_as_it_is(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The usual loop passes the SDK's own answer objects (``message.content``, whole or from a
+    stream) back as the assistant's turn: every field the SDK serialises from them is accepted
+    by the door's field checks (``caller``, ``toolset_name``, ``citations``, ...)."""
+    call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    async with (
+        FakeUpstream(tool_calls=(call,)) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        asked: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Weather in Paris?"}]
+        whole = await client.messages.create(model="support", max_tokens=50, tools=[WEATHER], messages=asked)
+        async with client.messages.stream(model="support", max_tokens=50, tools=[WEATHER], messages=asked) as stream:
+            streamed = await stream.get_final_message()
+        up.tool_calls = ()
+        up.reply = ("Sunny.",)
+        for said in (whole.content, streamed.content):
+            result: anthropic.types.ToolResultBlockParam = {
+                "type": "tool_result",
+                "tool_use_id": "call_1",
+                "content": "sunny",
+            }
+            answer = await client.messages.create(
+                model="support",
+                max_tokens=50,
+                tools=[WEATHER],
+                messages=[*asked, {"role": "assistant", "content": said}, {"role": "user", "content": [result]}],
+            )
+            assert answer.content[0].text == "Sunny."  # type: ignore[union-attr]
+        # Text answers too, whole and streamed.
+        text = await client.messages.create(model="support", max_tokens=50, messages=asked)
+        async with client.messages.stream(model="support", max_tokens=50, messages=asked) as stream:
+            streamed_text = await stream.get_final_message()
+        for said in (text.content, streamed_text.content):
+            again = await client.messages.create(
+                model="support",
+                max_tokens=50,
+                messages=[*asked, {"role": "assistant", "content": said}, {"role": "user", "content": "And tomorrow?"}],
+            )
+            assert again.content[0].text == "Sunny."  # type: ignore[union-attr]
+    histories = [c["messages"] for c in chats(up)]
+    assert [h[1]["tool_calls"][0]["function"]["name"] for h in histories[2:4]] == ["get_weather"] * 2
+    assert [h[1]["content"] for h in histories[6:8]] == ["Sunny.", "Sunny."]
+
+
 async def test_a_streamed_tool_call_arrives_as_input_json_deltas(make_app: AppFactory, tmp_path: Path) -> None:
     call = {"id": "call_9", "name": "get_weather", "arguments": '{"city": "Oslo"}'}
     async with (
