@@ -90,6 +90,37 @@ async def test_too_long_everywhere_is_a_400_context_length_exceeded() -> None:
     assert info.value.code == "context_length_exceeded"
 
 
+def opened(cooldown_s: float = 60.0) -> Breaker:
+    breaker = Breaker(BreakerConfig(failures=1, cooldown_s=cooldown_s))
+    breaker.failure()
+    return breaker
+
+
+@pytest.mark.parametrize("window", [None, 128_000], ids=["unknown", "larger"])
+async def test_too_long_here_but_open_where_it_might_fit_is_not_the_prompts_fault(window: int | None) -> None:
+    # The open target might have taken the prompt: a 400 would tell the caller to shorten a
+    # prompt that fits once it is back, and OpenAI's clients do not retry a 400.
+    big = target("big", window=window, breaker=opened())
+    small = target("small", Step(ContextWindowExceeded("small: prompt is 9000 tokens", window=8_000)))
+    with pytest.raises(AllTargetsFailed) as info:
+        await execute([big, small], BODY, stream=False, request_id="r")
+    assert (info.value.status, info.value.code) == (502, "all_targets_failed")
+    assert info.value.message.startswith("all targets failed (big: circuit open; small: prompt is 9000 tokens")
+
+
+@pytest.mark.parametrize("said", [8_000, None], ids=["window-in-the-error", "window-from-the-config"])
+async def test_too_long_here_and_open_where_it_would_not_fit_either_is_context_length_exceeded(
+    said: int | None,
+) -> None:
+    smaller = target("smaller", window=4_000, breaker=opened())  # first: open, and too small anyway
+    # Bedrock's error does not say the window: the target's configured one stands in.
+    small = target("small", Step(ContextWindowExceeded("small: prompt is 9000 tokens", window=said)), window=8_000)
+    with pytest.raises(AllTargetsFailed) as info:
+        await execute([smaller, small], BODY, stream=False, request_id="r")
+    assert (info.value.status, info.value.code) == (400, "context_length_exceeded")
+    assert info.value.message.startswith("the prompt does not fit the context window of any target")
+
+
 async def test_retryable_error_is_retried_then_falls_back() -> None:
     a = target("a", Step(UpstreamError("flaky")), attempts=3)
     b = target("b")

@@ -203,7 +203,14 @@ class UpstreamProtocolError(UpstreamError):
 
 
 class BreakerOpen(UpstreamError):
+    """The target (or every replica) is open. ``window``: the target's context window where
+    known, so that a prompt too long elsewhere is blamed only when it would not fit here either."""
+
     error_class = "breaker_open"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, window: int | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.window = window
 
 
 class Overloaded(UpstreamError):
@@ -259,8 +266,9 @@ class AllTargetsFailed(TurnoutError):
     """Every allowed target was tried (or skipped); the message names each target once per
     reason (``local: the queue is full ...``; a reason repeated by retries is counted).
 
-    When the prompt's length is the only reason (every target too small for it, or open), the
-    answer is OpenAI's: 400 ``context_length_exceeded``; the door names its prompt's ``param``.
+    When the prompt's length is the only reason (every target too small for it, or open and
+    no larger), the answer is OpenAI's: 400 ``context_length_exceeded``; the door names its
+    prompt's ``param``.
     """
 
     type = "upstream_error"
@@ -268,11 +276,7 @@ class AllTargetsFailed(TurnoutError):
 
     def __init__(self, attempts: list[tuple[str, UpstreamError]]) -> None:
         errors = [err for _, err in attempts]
-        too_long = (
-            bool(errors)
-            and all(isinstance(e, (ContextWindowExceeded, BreakerOpen)) for e in errors)
-            and any(isinstance(e, ContextWindowExceeded) for e in errors)
-        )
+        too_long = _too_long(errors)
         heading = "the prompt does not fit the context window of any target" if too_long else "all targets failed"
         super().__init__(f"{heading} ({_reasons(attempts)})" if attempts else "no target could be tried")
         self.attempts = attempts
@@ -304,6 +308,21 @@ class AllTargetsFailed(TurnoutError):
         if self.retry_after is None:
             return []
         return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
+
+
+def _too_long(errors: list[UpstreamError]) -> bool:
+    """The prompt's length is the only reason: each target too small for it, or open with a
+    window known to be no larger than one it did not fit. An open target that might have taken
+    it (its window unknown or larger) makes the failure the gateway's, not the prompt's."""
+    windows = [e.window for e in errors if isinstance(e, ContextWindowExceeded)]
+    if not windows:
+        return False
+    largest = max((w for w in windows if w is not None), default=None)
+    return all(
+        isinstance(e, ContextWindowExceeded)
+        or (isinstance(e, BreakerOpen) and e.window is not None and largest is not None and e.window <= largest)
+        for e in errors
+    )
 
 
 def _reasons(attempts: list[tuple[str, UpstreamError]]) -> str:

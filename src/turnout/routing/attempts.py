@@ -94,7 +94,8 @@ async def execute(
             continue
         for n in range(1, target.retry.attempts + 1):
             if not target.breaker.allow():
-                err: UpstreamError = BreakerOpen("circuit open", retry_after=target.breaker.retry_after())
+                wait_s = target.breaker.retry_after()
+                err: UpstreamError = BreakerOpen("circuit open", retry_after=wait_s, window=target.context_window)
                 attempts.append(AttemptRecord(target.name, "", err.error_class, 0.0, _ms(started)))
                 failures.append((target.name, err))
                 break
@@ -110,7 +111,7 @@ async def execute(
                     turned.append(Turned(attempts[-1], Completion({}, err.spent, "")))
                 if isinstance(err, ContextWindowExceeded):
                     target.breaker.success()  # the target works; this prompt is too long for it
-                    window = err.window or target.context_window
+                    err.window = window = err.window or target.context_window  # Bedrock's does not say
                     too_long_for = max(too_long_for or 0, window) if window is not None else too_long_for
                     break
                 if not err.fallback:
