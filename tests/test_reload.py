@@ -195,6 +195,26 @@ async def test_restart_only_sections_are_named_and_left_as_they_run(served: Serv
     assert statuses == [200, 200, 429]  # the new limit holds at once (a limiter opened for it)
 
 
+async def test_with_workers_limits_a_reload_would_keep_in_memory_are_refused(tmp_path: Path) -> None:
+    """``serve --workers 2`` refuses memory limits; a reload that gives a tenant limits while the
+    (restart-only) backend stays memory would give it twice its RPM, so it is refused too."""
+    raw = {**base(tmp_path), "store": {"kind": "sqlite", "path": str(tmp_path / "ledger.db")}}
+    path = write(tmp_path / "turnout.yaml", raw)
+    app = App(load_config(path), {"primary": ScriptedProvider("primary")}, source=str(path),
+              loader=Reloader(str(path), None, None, workers=2))  # fmt: skip
+    await app.runtime.start()
+    try:
+        raw["tenants"]["acme"]["limits"] = {"rpm": 2}
+        raw["limits"]["backend"] = "redis"  # restart-only: the running memory backend stays
+        write(path, raw)
+        with pytest.raises(ReloadRefused) as refused:
+            await app.reload()
+        assert any("limits.backend: memory" in p and "--workers 2" in p for p in refused.value.problems)
+        assert app.runtime.config.tenants["acme"].limits.rpm is None
+    finally:
+        await app.runtime.aclose()
+
+
 async def test_a_task_on_a_target_only_a_restart_opens_is_refused(served: Served, tmp_path: Path) -> None:
     raw = base(tmp_path)
     app = await served.start(raw)
