@@ -6,6 +6,7 @@ a request already running finishes on the config it started with."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from redis.asyncio import Redis
 
 from tests.asgi import request
 from tests.fakes.scripted import ScriptedProvider, Step
+from tests.test_quota_contract import REDIS_URL, needs_redis
 from turnout.cli.serve import Reloader
 from turnout.config import load_config, validate
 from turnout.providers.base import Call, Provider, Stream
@@ -327,6 +330,43 @@ async def test_a_task_cache_setting_is_live_where_the_cache_is_open(served: Serv
     await app.reload()
     assert [await state(), await state()] == ["miss", "hit"]
     assert len(served.secondary.calls) == 3
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=needs_redis)])
+async def test_a_reload_bounds_a_task_by_its_new_max_mb(served: Served, tmp_path: Path, backend: str) -> None:
+    """A task's ``max_mb`` is live with the rest of its cache settings: a task newly cached by a
+    reload keeps no answer over its own bound (with Redis, none was kept at any size), and one
+    whose bound shrank drops what no longer fits."""
+    raw = base(tmp_path)
+    prefix = f"test-reload-{uuid.uuid4().hex[:12]}"
+    if backend == "redis":
+        raw["cache"] = {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": prefix, "encryption_key": "k" * 32}
+    raw["tasks"]["chat"]["cache"] = {"ttl_s": 60, "classes": ["internal"]}
+    raw["tasks"]["summarize"] = {"route": ["secondary"]}
+    app = await served.start(raw)
+
+    async def state(task: str) -> str:
+        body = {"model": task, "messages": MESSAGES, "temperature": 0}
+        resp = await request(app, "POST", "/v1/chat/completions", body, AUTH)
+        assert resp.status == 200, resp.body
+        return resp.headers.get("x-turnout-cache", "")
+
+    try:
+        assert [await state("chat"), await state("chat")] == ["miss", "hit"]
+        tiny = {"ttl_s": 60, "classes": ["internal"], "max_mb": 0.0001}  # 104 bytes: no answer fits
+        raw["tasks"]["chat"]["cache"] = raw["tasks"]["summarize"]["cache"] = tiny
+        served.write(raw)
+        await app.reload()
+        assert [await state("summarize"), await state("summarize")] == ["miss", "miss"]
+        if backend == "memory":  # Redis keeps a stored answer until its TTL
+            assert [await state("chat"), await state("chat")] == ["miss", "miss"]
+    finally:
+        if backend == "redis":
+            raw_redis = Redis.from_url(REDIS_URL)
+            keys = [k async for k in raw_redis.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await raw_redis.unlink(*keys)
+            await raw_redis.aclose()
 
 
 async def test_openapi_describes_both_answers(served: Served, tmp_path: Path) -> None:

@@ -79,6 +79,9 @@ class RedisCache:
         self._ok()
         return True
 
+    def bound(self, limits: dict[str, int]) -> None:
+        self._limits = limits
+
     async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
         scope = None if tenant is None else quote(TENANT + tenant).encode()
         name = None if task is None else quote(task).encode()

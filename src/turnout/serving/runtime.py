@@ -222,6 +222,7 @@ class Runtime:
             new._open_canary(stack)
         if self.cache is not None:  # tasks' cache settings are live; the store and its key stay
             self.cache.tasks = CacheStage(config, self.cache.store).tasks
+            self.cache.store.bound(cache_factory.limits(config))  # and each task's max_mb
         elif cache_factory.wanted(config):  # the first task to ask for the cache: its store opens now
             await new._open_cache(stack)
         if new.reviews is None and reviews_wanted(config, new.capture is not None):  # a review_rate, an escalation
