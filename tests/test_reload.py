@@ -332,41 +332,65 @@ async def test_a_task_cache_setting_is_live_where_the_cache_is_open(served: Serv
     assert len(served.secondary.calls) == 3
 
 
-@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=needs_redis)])
-async def test_a_reload_bounds_a_task_by_its_new_max_mb(served: Served, tmp_path: Path, backend: str) -> None:
+@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+async def cache_section(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """The config's ``cache`` section for each backend; Redis under a prefix of its own, its keys
+    deleted afterwards."""
+    if request.param == "memory":
+        yield {"backend": "memory"}
+        return
+    prefix = f"test-reload-{uuid.uuid4().hex[:12]}"
+    yield {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": prefix, "encryption_key": "k" * 32}
+    client = Redis.from_url(REDIS_URL)
+    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await client.unlink(*keys)
+    await client.aclose()
+
+
+async def cache_state(app: App, task: str) -> str:
+    body = {"model": task, "messages": MESSAGES, "temperature": 0}
+    resp = await request(app, "POST", "/v1/chat/completions", body, AUTH)
+    assert resp.status == 200, resp.body
+    return resp.headers.get("x-turnout-cache", "")
+
+
+async def test_a_reload_bounds_a_task_by_its_new_max_mb(
+    served: Served, tmp_path: Path, cache_section: dict[str, Any]
+) -> None:
     """A task's ``max_mb`` is live with the rest of its cache settings: a task newly cached by a
     reload keeps no answer over its own bound (with Redis, none was kept at any size), and one
     whose bound shrank drops what no longer fits."""
     raw = base(tmp_path)
-    prefix = f"test-reload-{uuid.uuid4().hex[:12]}"
-    if backend == "redis":
-        raw["cache"] = {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": prefix, "encryption_key": "k" * 32}
+    raw["cache"] = cache_section
     raw["tasks"]["chat"]["cache"] = {"ttl_s": 60, "classes": ["internal"]}
     raw["tasks"]["summarize"] = {"route": ["secondary"]}
     app = await served.start(raw)
+    assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "hit"]
+    tiny = {"ttl_s": 60, "classes": ["internal"], "max_mb": 0.0001}  # 104 bytes: no answer fits
+    raw["tasks"]["chat"]["cache"] = raw["tasks"]["summarize"]["cache"] = tiny
+    served.write(raw)
+    await app.reload()
+    assert [await cache_state(app, "summarize"), await cache_state(app, "summarize")] == ["miss", "miss"]
+    if cache_section["backend"] == "memory":  # Redis keeps a stored answer until its TTL
+        assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "miss"]
 
-    async def state(task: str) -> str:
-        body = {"model": task, "messages": MESSAGES, "temperature": 0}
-        resp = await request(app, "POST", "/v1/chat/completions", body, AUTH)
-        assert resp.status == 200, resp.body
-        return resp.headers.get("x-turnout-cache", "")
 
-    try:
-        assert [await state("chat"), await state("chat")] == ["miss", "hit"]
-        tiny = {"ttl_s": 60, "classes": ["internal"], "max_mb": 0.0001}  # 104 bytes: no answer fits
-        raw["tasks"]["chat"]["cache"] = raw["tasks"]["summarize"]["cache"] = tiny
-        served.write(raw)
-        await app.reload()
-        assert [await state("summarize"), await state("summarize")] == ["miss", "miss"]
-        if backend == "memory":  # Redis keeps a stored answer until its TTL
-            assert [await state("chat"), await state("chat")] == ["miss", "miss"]
-    finally:
-        if backend == "redis":
-            raw_redis = Redis.from_url(REDIS_URL)
-            keys = [k async for k in raw_redis.scan_iter(match=f"{prefix}:*")]
-            if keys:
-                await raw_redis.unlink(*keys)
-            await raw_redis.aclose()
+async def test_a_reload_that_shortens_a_ttl_ends_the_answers_kept_under_the_longer_one(
+    served: Served, tmp_path: Path, cache_section: dict[str, Any]
+) -> None:
+    """An answer kept for an hour is not served once a reload gives its task a 1 s TTL and a
+    second has passed (it is not left to live its hour); the next answer is kept anew."""
+    raw = base(tmp_path)
+    raw["cache"] = cache_section
+    raw["tasks"]["chat"]["cache"] = {"ttl_s": 3600, "classes": ["internal"]}
+    app = await served.start(raw)
+    assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "hit"]
+    raw["tasks"]["chat"]["cache"] = {"ttl_s": 1, "classes": ["internal"]}
+    served.write(raw)
+    await app.reload()
+    await asyncio.sleep(1.1)
+    assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "hit"]
 
 
 async def test_openapi_describes_both_answers(served: Served, tmp_path: Path) -> None:

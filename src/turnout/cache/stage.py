@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,8 @@ class CacheStage:
         get_now = self._get_now
         raw = get_now(address) if get_now is not None else await self.store.get(address)
         found = None if raw is None else decode(raw)
+        if found is not None and not found.fresh(ttl_s, time.time()):  # kept under a longer TTL
+            found = None
         if found is None:
             flight = self._flights.get(address.text())
             if flight is None:
