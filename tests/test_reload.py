@@ -218,6 +218,30 @@ async def test_with_workers_limits_a_reload_would_keep_in_memory_are_refused(tmp
         await app.runtime.aclose()
 
 
+async def test_with_workers_a_first_cached_task_is_refused_while_the_cache_stays_in_memory(tmp_path: Path) -> None:
+    """With ``--workers 2``, a reload giving a task its first ``cache`` opens an in-process cache
+    in each worker (``cache`` is restart-only: the file's Redis waits): refused, and the refusal
+    says the file's new cache section is not applied until a restart (its advice, "use redis",
+    is what the file already says)."""
+    raw = {**base(tmp_path), "store": {"kind": "sqlite", "path": str(tmp_path / "ledger.db")}}
+    path = write(tmp_path / "turnout.yaml", raw)
+    app = App(load_config(path), {"primary": ScriptedProvider("primary")}, source=str(path),
+              loader=Reloader(str(path), None, None, workers=2))  # fmt: skip
+    await app.runtime.start()
+    try:
+        raw["tasks"]["chat"]["cache"] = {"ttl_s": 60, "classes": ["internal"]}
+        raw["cache"] = {"backend": "redis", "redis_url": REDIS_URL, "encryption_key": "k" * 32}
+        write(path, raw)
+        with pytest.raises(ReloadRefused) as refused:
+            await app.reload()
+        problems = refused.value.problems
+        assert any("cache.backend: memory" in p and "--workers 2" in p for p in problems)
+        assert "(not applied until a restart: cache)" in problems
+        assert app.runtime.cache is None and app.runtime.config.tasks["chat"].cache is None
+    finally:
+        await app.runtime.aclose()
+
+
 async def test_a_task_on_a_target_only_a_restart_opens_is_refused(served: Served, tmp_path: Path) -> None:
     raw = base(tmp_path)
     app = await served.start(raw)

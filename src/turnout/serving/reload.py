@@ -76,12 +76,14 @@ def plan(running: Config, loader: Loader) -> Plan:
         source = new_set if k in LIVE else now_set
         if k in source:
             merged[k] = source[k]
+    # A problem of the merged config may come from a running section the file already changes
+    # (``limits.backend: redis`` written, memory running): say so, or the advice reads as ignored.
+    hint = [f"(not applied until a restart: {', '.join(restart)})"] if restart else []
     try:
         config = validate(merged)
     except ConfigError as exc:
-        hint = [f"(not applied until a restart: {', '.join(restart)})"] if restart else []
         raise ReloadRefused(exc.problems + hint) from None
     problems = loader.refused(config)
     if problems:
-        raise ReloadRefused(problems)
+        raise ReloadRefused(problems + hint)
     return Plan(config, changed, restart)
