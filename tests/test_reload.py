@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from tests.asgi import request
 from tests.fakes.scripted import ScriptedProvider, Step
+from tests.fakes.upstream import FakeUpstream
 from tests.test_quota_contract import REDIS_URL, needs_redis
 from turnout.cli.serve import Reloader
 from turnout.config import load_config, validate
@@ -489,6 +490,41 @@ async def test_output_checks_added_by_a_reload_are_not_skipped_by_cached_answers
     await app.reload()
     back = await request(app, "POST", "/v1/chat/completions", body, AUTH)
     assert (back.status, back.headers.get("x-turnout-cache")) == (200, "hit")
+
+
+async def test_a_tenant_tool_allowlist_added_by_a_reload_is_not_skipped_by_cached_answers(tmp_path: Path) -> None:
+    """Seen: after a reload gave tenant acme a tool allowlist (``tenants.acme.tools``, which
+    overrides the task's), an answer cached before it, calling a tool not on the list, was
+    served as a hit while a fresh one got 502 ``tool_call_blocked``. A tenant's own allowlists
+    are part of its cache key, as the task's checks are."""
+    rm = {"id": "call_1", "name": "rm_rf", "arguments": "{}"}
+    async with FakeUpstream(tool_calls=(rm,)) as upstream:
+        raw = base(tmp_path)
+        raw["targets"]["primary"]["base_url"] = upstream.base_url
+        raw["tasks"]["chat"]["cache"] = {"ttl_s": 600, "classes": ["internal"]}
+        path = write(tmp_path / "turnout.yaml", raw)
+        app = App(load_config(path), {}, source=str(path), loader=Reloader(str(path), None, None))
+        await app.runtime.start()
+        app.ready = True
+        tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+        body = {"model": "chat", "messages": MESSAGES, "temperature": 0, "tools": [tool]}
+
+        async def ask() -> Any:
+            return await request(app, "POST", "/v1/chat/completions", body, AUTH)
+
+        try:
+            first, again = await ask(), await ask()
+            assert [first.headers.get("x-turnout-cache"), again.headers.get("x-turnout-cache")] == ["miss", "hit"]
+            assert again.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "rm_rf"
+            raw["tenants"]["acme"]["tools"] = {"allow": ["lookup"]}
+            write(path, raw)
+            assert (await app.reload())["changed"] == ["tenants"]
+            after = await ask()
+            assert after.status == 502, after.body  # checked: the cached call is not served
+            assert after.json()["error"]["code"] == "tool_call_blocked"
+            assert sum(r.path.endswith("/chat/completions") for r in upstream.requests) == 2
+        finally:
+            await app.runtime.aclose()
 
 
 async def test_an_answer_from_a_target_no_longer_allowed_is_replaced(served: Served, tmp_path: Path) -> None:
