@@ -581,6 +581,51 @@ async def test_a_releases_folder_made_after_start_up_is_served_after_a_reload(se
     assert again.json()["changed"] == []  # opened once
 
 
+async def test_the_cache_sweep_follows_a_registry_a_reload_opened(served: Served, tmp_path: Path) -> None:
+    """Seen: with the cache open and no releases folder at start, a reload opened the registry
+    but the cache's sweep kept the registry it started with (none), so the answers of a release
+    that stopped serving were kept until their TTL, not deleted within 30 s."""
+    from click.testing import CliRunner
+
+    from turnout.cli.main import main
+
+    raw = base(tmp_path)
+    raw["releases"] = {"path": str(tmp_path / "releases"), "store_path": str(tmp_path / "releases.db")}
+    raw["tasks"]["chat"]["cache"] = {"ttl_s": 600, "classes": ["internal"]}
+    app = await served.start(raw)
+
+    async def release(name: str, *steps: tuple[str, ...]) -> None:
+        path = tmp_path / "releases" / "chat" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prompt = {"user": name + " {{ text }}", "variables": {"text": "str"}}
+        path.write_text(yaml.safe_dump({"target": "primary", "prompt": prompt, "params": {"temperature": 0}}))
+        for args in steps:
+            cli = ["release", *args, "--by", "ops", "--config", str(served.path)]
+            done = await asyncio.to_thread(CliRunner().invoke, main, cli)  # the CLI runs its own loop
+            assert done.exit_code == 0, done.output
+
+    async def ask() -> str:
+        resp = await request(app, "POST", "/v1/tasks/chat", {"variables": {"text": "hi"}}, AUTH)
+        assert resp.status == 200, resp.body
+        return resp.headers.get("x-turnout-cache", "")
+
+    await release("v1", ("register", "chat", "v1"), ("promote", "chat", "v1", "--why", "first"))
+    assert (await app.reload())["changed"] == ["releases"]
+    assert [await ask(), await ask()] == ["miss", "hit"]
+    store, sweep = app.runtime.cache, app.runtime.cache_sweep
+    assert store is not None and sweep is not None
+    await sweep()
+    assert len(store.store) == 1  # type: ignore[arg-type]  # the memory backend
+    await release("v2", ("register", "chat", "v2"), ("promote", "chat", "v2", "--why", "next", "--force"))
+    for _ in range(100):  # the registry polls its store every 0.5 s
+        serving = app.runtime.releases.serving("chat") if app.runtime.releases is not None else None
+        if serving is not None and serving.active is not None and serving.active.name == "v2":
+            break
+        await asyncio.sleep(0.05)
+    await sweep()
+    assert len(store.store) == 0  # type: ignore[arg-type]  # v1's answer: deleted, not left to its TTL
+
+
 async def test_a_reload_opens_the_cache_and_review_queue_the_first_task_asks_for(
     served: Served, tmp_path: Path
 ) -> None:
