@@ -63,7 +63,7 @@ class Clock:
     while a slow machine runs the calls in between."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 0.0
 
     def __call__(self) -> float:
         return self.now
@@ -181,14 +181,6 @@ def test_bad_health_config_is_refused(bad: dict[str, Any]) -> None:
 
 
 # --- the breaker's side --------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def state(b: Breaker) -> State:
