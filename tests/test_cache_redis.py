@@ -1,13 +1,19 @@
 """The shared cache end to end: two gateways (replicas) on one real Redis under a unique key
 prefix, the official openai SDK as the client. One replica's answer is the other's hit; what
 Redis holds is sealed (the answer's text appears in no key and no value); ``turnout cache
-purge --tenant`` empties one tenant's answers only."""
+purge --tenant`` empties one tenant's answers only; a Redis that hangs (a server of the test's
+own, stopped) holds up one request a second, not every one."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import signal
+import socket
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +24,12 @@ from redis.asyncio import Redis
 
 from tests.conftest import AppFactory
 from tests.fakes.upstream import FakeUpstream
+from tests.serving import free_port
 from tests.test_cache_api import ASK, KEY, OTHER, calls, config
 from tests.test_quota_contract import REDIS_URL, needs_redis
 from tests.uvicorn_app import gateway
 from turnout.cache.purges import PurgeLog
+from turnout.cache.redis import REST_S
 from turnout.cli.main import main
 
 pytestmark = needs_redis
@@ -139,3 +147,51 @@ def test_purge_against_a_redis_that_is_down_says_so(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(main, ["cache", "purge", "--task", "x", "--config", str(path)])
     assert result.exit_code == 1 and "cannot purge the cache: Redis failed" in result.output
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A redis-server of this test's own (the shared one must not be stopped) and its port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield proc, port
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+
+
+async def test_a_redis_that_hangs_costs_one_request_a_second_its_timeout(
+    make_app: AppFactory, own_redis: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    """Seen: with the cache's Redis hung (SIGSTOP), every request of a cached task waited out the
+    0.5 s socket timeout (p50 from 3 ms to 505 ms). After one timeout the cache leaves Redis
+    alone for a second: the requests in it are misses at once, and hits come back once Redis
+    answers again."""
+    redis, port = own_redis
+    cache = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0", "encryption_key": SECRET}
+    async with FakeUpstream(reply=ANSWER) as upstream:
+        raw = {**config(upstream), "cache": cache}
+        async with gateway(make_app, raw, KEY) as (_, client):
+            assert [await ask(client), await ask(client)] == ["miss", "hit"]
+            redis.send_signal(signal.SIGSTOP)
+            started = time.monotonic()
+            assert await ask(client) == "miss"  # this one waited out the timeout
+            assert time.monotonic() - started >= 0.5
+            for _ in range(5):
+                started = time.monotonic()
+                assert await ask(client) == "miss"
+                assert time.monotonic() - started < 0.3  # Redis is not asked
+            redis.send_signal(signal.SIGCONT)
+            await asyncio.sleep(REST_S)
+            assert await ask(client) == "hit"

@@ -185,6 +185,16 @@ async def test_entry_round_trip_stream() -> None:
     assert [c async for c in answer.chunks] == chunks
 
 
+def test_an_entry_is_fresh_for_the_ttl_as_it_is_now() -> None:
+    entry = decode(encode("tgt", "mv", None, None, body=b"{}", stored_at=1000.0))
+    assert entry is not None and entry.stored_at == 1000.0
+    assert entry.fresh(60, 1059.0) and not entry.fresh(60, 1060.0) and not entry.fresh(10, 1011.0)
+    older = orjson.loads(encode("tgt", "mv", None, None, body=b"{}"))
+    del older["stored_at"]  # as entries were written before it was kept: their store's TTL ends them
+    entry = decode(orjson.dumps(older))
+    assert entry is not None and entry.stored_at is None and entry.fresh(1, 1e12)
+
+
 @pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"format": 99}', b'{"format": 0, "target": "t"}'])
 def test_foreign_values_are_misses(raw: bytes) -> None:
     assert decode(raw) is None

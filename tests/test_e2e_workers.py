@@ -244,6 +244,22 @@ def test_an_invalid_file_is_refused_by_every_worker(served: Served, tmp_path: Pa
     assert chat(served) == "Hello, world"
 
 
+def test_a_reload_giving_memory_limits_is_refused_by_every_worker(tmp_path: Path, upstream: Process) -> None:
+    """Limits in memory are refused at start with workers; a reload adding a tenant's RPM
+    (``limits.backend`` is restart-only: memory stays) would let each worker admit its own."""
+    raw = config(upstream, "unused")
+    del raw["limits"], raw["tenants"]["acme"]["limits"]
+    (tmp_path / "turnout.yaml").write_text(json.dumps(raw))
+    with turnout_serve(tmp_path, tmp_path / "turnout.yaml", extra=("--workers", "2")) as served:
+        wait_log(served, STARTED, 2)
+        raw["tenants"]["acme"]["limits"] = {"rpm": 5}
+        (tmp_path / "turnout.yaml").write_text(json.dumps(raw))
+        served.proc.send_signal(signal.SIGHUP)
+        wait_log(served, "config reload refused, the running config is kept", 2)
+        assert "limits.backend: memory: with --workers 2" in served.log.read_text()
+        assert "config reloaded from" not in served.log.read_text()
+
+
 def test_sigterm_lets_a_stream_in_flight_finish(served: Served, upstream: Process) -> None:
     upstream.post("/_fault", {"chunk_delay": 0.2})
     client = sdk_client(served.base_url, KEY)

@@ -6,6 +6,7 @@ a request already running finishes on the config it started with."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from redis.asyncio import Redis
 
 from tests.asgi import request
 from tests.fakes.scripted import ScriptedProvider, Step
+from tests.fakes.upstream import FakeUpstream
+from tests.test_quota_contract import REDIS_URL, needs_redis
 from turnout.cli.serve import Reloader
 from turnout.config import load_config, validate
 from turnout.providers.base import Call, Provider, Stream
@@ -195,6 +199,50 @@ async def test_restart_only_sections_are_named_and_left_as_they_run(served: Serv
     assert statuses == [200, 200, 429]  # the new limit holds at once (a limiter opened for it)
 
 
+async def test_with_workers_limits_a_reload_would_keep_in_memory_are_refused(tmp_path: Path) -> None:
+    """``serve --workers 2`` refuses memory limits; a reload that gives a tenant limits while the
+    (restart-only) backend stays memory would give it twice its RPM, so it is refused too."""
+    raw = {**base(tmp_path), "store": {"kind": "sqlite", "path": str(tmp_path / "ledger.db")}}
+    path = write(tmp_path / "turnout.yaml", raw)
+    app = App(load_config(path), {"primary": ScriptedProvider("primary")}, source=str(path),
+              loader=Reloader(str(path), None, None, workers=2))  # fmt: skip
+    await app.runtime.start()
+    try:
+        raw["tenants"]["acme"]["limits"] = {"rpm": 2}
+        raw["limits"]["backend"] = "redis"  # restart-only: the running memory backend stays
+        write(path, raw)
+        with pytest.raises(ReloadRefused) as refused:
+            await app.reload()
+        assert any("limits.backend: memory" in p and "--workers 2" in p for p in refused.value.problems)
+        assert app.runtime.config.tenants["acme"].limits.rpm is None
+    finally:
+        await app.runtime.aclose()
+
+
+async def test_with_workers_a_first_cached_task_is_refused_while_the_cache_stays_in_memory(tmp_path: Path) -> None:
+    """With ``--workers 2``, a reload giving a task its first ``cache`` opens an in-process cache
+    in each worker (``cache`` is restart-only: the file's Redis waits): refused, and the refusal
+    says the file's new cache section is not applied until a restart (its advice, "use redis",
+    is what the file already says)."""
+    raw = {**base(tmp_path), "store": {"kind": "sqlite", "path": str(tmp_path / "ledger.db")}}
+    path = write(tmp_path / "turnout.yaml", raw)
+    app = App(load_config(path), {"primary": ScriptedProvider("primary")}, source=str(path),
+              loader=Reloader(str(path), None, None, workers=2))  # fmt: skip
+    await app.runtime.start()
+    try:
+        raw["tasks"]["chat"]["cache"] = {"ttl_s": 60, "classes": ["internal"]}
+        raw["cache"] = {"backend": "redis", "redis_url": REDIS_URL, "encryption_key": "k" * 32}
+        write(path, raw)
+        with pytest.raises(ReloadRefused) as refused:
+            await app.reload()
+        problems = refused.value.problems
+        assert any("cache.backend: memory" in p and "--workers 2" in p for p in problems)
+        assert "(not applied until a restart: cache)" in problems
+        assert app.runtime.cache is None and app.runtime.config.tasks["chat"].cache is None
+    finally:
+        await app.runtime.aclose()
+
+
 async def test_a_task_on_a_target_only_a_restart_opens_is_refused(served: Served, tmp_path: Path) -> None:
     raw = base(tmp_path)
     app = await served.start(raw)
@@ -309,6 +357,67 @@ async def test_a_task_cache_setting_is_live_where_the_cache_is_open(served: Serv
     assert len(served.secondary.calls) == 3
 
 
+@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+async def cache_section(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """The config's ``cache`` section for each backend; Redis under a prefix of its own, its keys
+    deleted afterwards."""
+    if request.param == "memory":
+        yield {"backend": "memory"}
+        return
+    prefix = f"test-reload-{uuid.uuid4().hex[:12]}"
+    yield {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": prefix, "encryption_key": "k" * 32}
+    client = Redis.from_url(REDIS_URL)
+    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await client.unlink(*keys)
+    await client.aclose()
+
+
+async def cache_state(app: App, task: str) -> str:
+    body = {"model": task, "messages": MESSAGES, "temperature": 0}
+    resp = await request(app, "POST", "/v1/chat/completions", body, AUTH)
+    assert resp.status == 200, resp.body
+    return resp.headers.get("x-turnout-cache", "")
+
+
+async def test_a_reload_bounds_a_task_by_its_new_max_mb(
+    served: Served, tmp_path: Path, cache_section: dict[str, Any]
+) -> None:
+    """A task's ``max_mb`` is live with the rest of its cache settings: a task newly cached by a
+    reload keeps no answer over its own bound (with Redis, none was kept at any size), and one
+    whose bound shrank drops what no longer fits."""
+    raw = base(tmp_path)
+    raw["cache"] = cache_section
+    raw["tasks"]["chat"]["cache"] = {"ttl_s": 60, "classes": ["internal"]}
+    raw["tasks"]["summarize"] = {"route": ["secondary"]}
+    app = await served.start(raw)
+    assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "hit"]
+    tiny = {"ttl_s": 60, "classes": ["internal"], "max_mb": 0.0001}  # 104 bytes: no answer fits
+    raw["tasks"]["chat"]["cache"] = raw["tasks"]["summarize"]["cache"] = tiny
+    served.write(raw)
+    await app.reload()
+    assert [await cache_state(app, "summarize"), await cache_state(app, "summarize")] == ["miss", "miss"]
+    if cache_section["backend"] == "memory":  # Redis keeps a stored answer until its TTL
+        assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "miss"]
+
+
+async def test_a_reload_that_shortens_a_ttl_ends_the_answers_kept_under_the_longer_one(
+    served: Served, tmp_path: Path, cache_section: dict[str, Any]
+) -> None:
+    """An answer kept for an hour is not served once a reload gives its task a 1 s TTL and a
+    second has passed (it is not left to live its hour); the next answer is kept anew."""
+    raw = base(tmp_path)
+    raw["cache"] = cache_section
+    raw["tasks"]["chat"]["cache"] = {"ttl_s": 3600, "classes": ["internal"]}
+    app = await served.start(raw)
+    assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "hit"]
+    raw["tasks"]["chat"]["cache"] = {"ttl_s": 1, "classes": ["internal"]}
+    served.write(raw)
+    await app.reload()
+    await asyncio.sleep(1.1)
+    assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "hit"]
+
+
 async def test_openapi_describes_both_answers(served: Served, tmp_path: Path) -> None:
     from jsonschema import validate as conforms
 
@@ -383,6 +492,41 @@ async def test_output_checks_added_by_a_reload_are_not_skipped_by_cached_answers
     assert (back.status, back.headers.get("x-turnout-cache")) == (200, "hit")
 
 
+async def test_a_tenant_tool_allowlist_added_by_a_reload_is_not_skipped_by_cached_answers(tmp_path: Path) -> None:
+    """Seen: after a reload gave tenant acme a tool allowlist (``tenants.acme.tools``, which
+    overrides the task's), an answer cached before it, calling a tool not on the list, was
+    served as a hit while a fresh one got 502 ``tool_call_blocked``. A tenant's own allowlists
+    are part of its cache key, as the task's checks are."""
+    rm = {"id": "call_1", "name": "rm_rf", "arguments": "{}"}
+    async with FakeUpstream(tool_calls=(rm,)) as upstream:
+        raw = base(tmp_path)
+        raw["targets"]["primary"]["base_url"] = upstream.base_url
+        raw["tasks"]["chat"]["cache"] = {"ttl_s": 600, "classes": ["internal"]}
+        path = write(tmp_path / "turnout.yaml", raw)
+        app = App(load_config(path), {}, source=str(path), loader=Reloader(str(path), None, None))
+        await app.runtime.start()
+        app.ready = True
+        tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+        body = {"model": "chat", "messages": MESSAGES, "temperature": 0, "tools": [tool]}
+
+        async def ask() -> Any:
+            return await request(app, "POST", "/v1/chat/completions", body, AUTH)
+
+        try:
+            first, again = await ask(), await ask()
+            assert [first.headers.get("x-turnout-cache"), again.headers.get("x-turnout-cache")] == ["miss", "hit"]
+            assert again.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "rm_rf"
+            raw["tenants"]["acme"]["tools"] = {"allow": ["lookup"]}
+            write(path, raw)
+            assert (await app.reload())["changed"] == ["tenants"]
+            after = await ask()
+            assert after.status == 502, after.body  # checked: the cached call is not served
+            assert after.json()["error"]["code"] == "tool_call_blocked"
+            assert sum(r.path.endswith("/chat/completions") for r in upstream.requests) == 2
+        finally:
+            await app.runtime.aclose()
+
+
 async def test_an_answer_from_a_target_no_longer_allowed_is_replaced(served: Served, tmp_path: Path) -> None:
     """Seen: after a reload took the cached answer's target out of the policy, every identical
     request was a miss to the other target and its answer was never kept (only a flight's
@@ -435,6 +579,51 @@ async def test_a_releases_folder_made_after_start_up_is_served_after_a_reload(se
     assert answer.headers["x-turnout-release"] == "v1" and served.primary.calls
     again = await request(app, "POST", "/admin/reload", headers=ADMIN_AUTH)
     assert again.json()["changed"] == []  # opened once
+
+
+async def test_the_cache_sweep_follows_a_registry_a_reload_opened(served: Served, tmp_path: Path) -> None:
+    """Seen: with the cache open and no releases folder at start, a reload opened the registry
+    but the cache's sweep kept the registry it started with (none), so the answers of a release
+    that stopped serving were kept until their TTL, not deleted within 30 s."""
+    from click.testing import CliRunner
+
+    from turnout.cli.main import main
+
+    raw = base(tmp_path)
+    raw["releases"] = {"path": str(tmp_path / "releases"), "store_path": str(tmp_path / "releases.db")}
+    raw["tasks"]["chat"]["cache"] = {"ttl_s": 600, "classes": ["internal"]}
+    app = await served.start(raw)
+
+    async def release(name: str, *steps: tuple[str, ...]) -> None:
+        path = tmp_path / "releases" / "chat" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prompt = {"user": name + " {{ text }}", "variables": {"text": "str"}}
+        path.write_text(yaml.safe_dump({"target": "primary", "prompt": prompt, "params": {"temperature": 0}}))
+        for args in steps:
+            cli = ["release", *args, "--by", "ops", "--config", str(served.path)]
+            done = await asyncio.to_thread(CliRunner().invoke, main, cli)  # the CLI runs its own loop
+            assert done.exit_code == 0, done.output
+
+    async def ask() -> str:
+        resp = await request(app, "POST", "/v1/tasks/chat", {"variables": {"text": "hi"}}, AUTH)
+        assert resp.status == 200, resp.body
+        return resp.headers.get("x-turnout-cache", "")
+
+    await release("v1", ("register", "chat", "v1"), ("promote", "chat", "v1", "--why", "first"))
+    assert (await app.reload())["changed"] == ["releases"]
+    assert [await ask(), await ask()] == ["miss", "hit"]
+    store, sweep = app.runtime.cache, app.runtime.cache_sweep
+    assert store is not None and sweep is not None
+    await sweep()
+    assert len(store.store) == 1  # type: ignore[arg-type]  # the memory backend
+    await release("v2", ("register", "chat", "v2"), ("promote", "chat", "v2", "--why", "next", "--force"))
+    for _ in range(100):  # the registry polls its store every 0.5 s
+        serving = app.runtime.releases.serving("chat") if app.runtime.releases is not None else None
+        if serving is not None and serving.active is not None and serving.active.name == "v2":
+            break
+        await asyncio.sleep(0.05)
+    await sweep()
+    assert len(store.store) == 0  # type: ignore[arg-type]  # v1's answer: deleted, not left to its TTL
 
 
 async def test_a_reload_opens_the_cache_and_review_queue_the_first_task_asks_for(

@@ -388,3 +388,32 @@ def test_show_takes_the_anonymous_tenant_where_no_tenants_are_configured(tmp_pat
     assert result.output.splitlines()[1].startswith("anonymous")
     refused = CliRunner().invoke(main, ["retention", "show", "--tenant", "acme", "--config", str(path)])
     assert refused.exit_code != 0 and "no tenant 'acme'" in refused.output
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_show_says_where_text_and_review_items_are_kept(tmp_path: Path, kind: str) -> None:
+    """Seen: with ``state.kind: postgres`` the page said captured text was in ``capture.db`` and
+    review items in ``releases.store_path``'s file, where the fleet's PostgreSQL tables hold
+    them; with SQLite it named no directory for the text."""
+    raw = config(**OVERLAPPING).model_dump(mode="json", exclude_defaults=True)
+    raw["tasks"]["faq"]["review_rate"] = 0.1
+    raw["store"] = {"kind": "sqlite", "path": str(tmp_path / "data" / "ledger.db")}
+    raw["releases"] = {"store_path": str(tmp_path / "data" / "releases.db")}
+    if kind == "postgres":
+        raw["store"] = {"kind": "postgres", "dsn": "postgresql://turnout@db:5432/turnout", "pg_schema": "fleet"}
+        raw["state"] = {"kind": "postgres"}
+    path = tmp_path / "turnout.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["retention", "show", "--format", "json", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    faq = {(x["tenant"], x["task"], x["data_class"]): x for x in json.loads(result.output)}[("acme", "faq", "public")]
+    if kind == "postgres":
+        assert (faq["text"]["where"], faq["review"]["where"]) == (
+            "PostgreSQL, table captures",
+            "PostgreSQL, table review_items",
+        )
+    else:
+        assert (faq["text"]["where"], faq["review"]["where"]) == (
+            str(tmp_path / "data" / "capture.db"),
+            str(tmp_path / "data" / "releases.db"),
+        )

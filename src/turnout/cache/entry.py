@@ -8,6 +8,7 @@ door (``Recording``), serialised before the door rewrites their ids, and spliced
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, NamedTuple
 
@@ -26,6 +27,12 @@ class Entry(NamedTuple):  # a tuple: made on every hit, in C
     usage: Usage | None
     body: dict[str, Any] | None = None  # a completion
     chunks: list[dict[str, Any]] | None = None  # a stream
+    stored_at: float | None = None  # when it was kept (wall clock: replicas share it); None: not said
+
+    def fresh(self, ttl_s: float, now: float) -> bool:
+        """Younger than the task's time to live as it is now: a reload that shortens ``ttl_s``,
+        or a retention rule that caps it, also ends the answers kept under the longer one."""
+        return self.stored_at is None or now - self.stored_at < ttl_s
 
     def answer(self) -> Completion | Stream:
         """The answer to replay. The door rewrites its ids in place: every lookup decodes an
@@ -44,8 +51,10 @@ def encode(
     *,
     body: bytes | None = None,
     chunks: list[bytes] | None = None,
+    stored_at: float | None = None,
 ) -> bytes:
-    """``body``: the completion as JSON; ``chunks``: each chunk as JSON, in order."""
+    """``body``: the completion as JSON; ``chunks``: each chunk as JSON, in order;
+    ``stored_at``: now unless said."""
     head = orjson.dumps(
         {
             "format": FORMAT,
@@ -53,6 +62,7 @@ def encode(
             "model_version": model_version,
             "cost_usd": cost_usd,
             "usage": None if usage is None else _usage_list(usage),
+            "stored_at": time.time() if stored_at is None else stored_at,
         }
     )
     tail = b'"body":' + body if body is not None else b'"chunks":[' + b",".join(chunks or ()) + b"]"
@@ -83,6 +93,7 @@ def decode(raw: bytes) -> Entry | None:
         None if usage is None else Usage(*(int(n) for n in usage[:5])),
         doc.get("body"),
         doc.get("chunks"),
+        doc.get("stored_at"),  # None in an entry written before it was kept
     )
 
 

@@ -41,7 +41,7 @@ class Sweeper:
 
     def __init__(self, stage: CacheStage, registry: ReleaseRegistry | None) -> None:
         self._stage = stage
-        self._registry = registry
+        self.registry = registry  # set anew by a reload that opens the registry
         self._kept: dict[str, frozenset[str]] = {}
         self.purged = 0
 
@@ -54,7 +54,7 @@ class Sweeper:
         self.purged += await self._stage.store.sweep()
 
     def serving_versions(self, task: str) -> frozenset[str]:
-        serving = self._registry.serving(task) if self._registry is not None else None
+        serving = self.registry.serving(task) if self.registry is not None else None
         if serving is None:
             return frozenset({NO_VERSION})
         releases = (serving.active, serving.canary)

@@ -32,6 +32,10 @@ class _Lru:
         if slot is not None:
             self.size -= len(slot.value)
 
+    def shrink(self) -> None:
+        while self.size > self.limit:  # least recently used first
+            self.drop(next(iter(self.slots)))
+
     def drop_where(self, keep: Callable[[_Slot], bool]) -> int:
         gone = [key for key, slot in self.slots.items() if not keep(slot)]
         for key in gone:
@@ -88,9 +92,14 @@ class MemoryCache:
         lru.drop(key)
         lru.slots[key] = _Slot(address, value, self._clock() + ttl_s)
         lru.size += len(value)
-        while lru.size > lru.limit:  # least recently used first
-            lru.drop(next(iter(lru.slots)))
+        lru.shrink()
         return True
+
+    def bound(self, limits: dict[str, int]) -> None:
+        self._limits = limits
+        for task, lru in self._tasks.items():
+            lru.limit = limits.get(task, self._default)
+            lru.shrink()
 
     async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
         lrus = list(self._tasks.values()) if task is None else [lru for t, lru in self._tasks.items() if t == task]

@@ -5,16 +5,21 @@
 tenant's or a task's answers by comparing each key's parts.
 
 A Redis that fails or is slow (``socket_timeout``) is a miss, never a failed request; the first
-failure of a streak is logged as a warning, the rest at debug level.
+failure of a streak is logged as a warning, the rest at debug level. After a timeout or a
+refused connection Redis is left alone for ``REST_S`` (every lookup a miss at once): a Redis
+that hangs costs one request a second its timeout, not every request.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from turnout.cache.key import TENANT, Address, quote
 from turnout.cache.seal import Sealer, Unsealable
@@ -23,6 +28,7 @@ log = logging.getLogger("turnout.cache")
 
 SCAN_COUNT = 1000
 PARTS = 4  # after the prefix: scope, task, release version, digest (each quoted: no colon)
+REST_S = 1.0  # after Redis timed out or refused, gets and puts skip it this long
 
 
 def _glob_escape(text: str) -> str:
@@ -45,11 +51,14 @@ class RedisCache:
         self._limits = limits or {}
         self.client: Redis = Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
         self._failing = False
+        self._rest_until = 0.0
 
     def key(self, address: Address) -> bytes:
         return (self.prefix + address.text()).encode()
 
     async def get(self, address: Address) -> bytes | None:
+        if self._resting():
+            return None
         key = self.key(address)
         try:
             sealed = await self.client.get(key)
@@ -68,7 +77,7 @@ class RedisCache:
 
     async def put(self, address: Address, value: bytes, ttl_s: float) -> bool:
         limit = self._limits.get(address.task)
-        if limit is not None and len(value) > limit:
+        if (limit is not None and len(value) > limit) or self._resting():
             return False
         key = self.key(address)
         try:
@@ -78,6 +87,9 @@ class RedisCache:
             return False
         self._ok()
         return True
+
+    def bound(self, limits: dict[str, int]) -> None:
+        self._limits = limits
 
     async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
         scope = None if tenant is None else quote(TENANT + tenant).encode()
@@ -122,10 +134,15 @@ class RedisCache:
         except RedisError as exc:
             self._failed("delete", exc)
 
+    def _resting(self) -> bool:
+        return self._failing and time.monotonic() < self._rest_until
+
     def _failed(self, what: str, exc: RedisError) -> None:
         level = logging.DEBUG if self._failing else logging.WARNING
         log.log(level, "cache: Redis %s failed (%s); answering as a miss", what, type(exc).__name__)
         self._failing = True
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):  # not one odd key (WRONGTYPE)
+            self._rest_until = time.monotonic() + REST_S
 
     def _ok(self) -> None:
         if self._failing:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -28,7 +30,7 @@ from turnout.cache.key import Address, deterministic, digest, scope_of
 from turnout.cache.memory import MemoryCache
 from turnout.cache.seal import derive
 from turnout.cache.store import CacheStore
-from turnout.config import Config, TaskConfig
+from turnout.config import Config, TaskConfig, TenantConfig
 from turnout.privacy.retention.rules import Rules
 from turnout.releases.base import Release
 
@@ -48,20 +50,32 @@ class TaskCache:
     shared: bool
     allow_sampled: bool
     checks: str = ""  # the task's answer checks, fingerprinted: their change is a new key
+    # The same for each tenant with tool allowlists of its own (they override the task's).
+    tenant_checks: Mapping[str, str] = field(default_factory=dict)
 
 
-def checks_of(task: TaskConfig) -> str:
-    """A fingerprint of what an answer of ``task`` must pass (its output checks and tool
-    allowlist): an answer is cached once it passed them, and a hit is not checked again, so a
-    reload that adds or changes a check must not find the answers kept before it. Empty for a
-    task with neither (its keys are as they were)."""
-    if task.output is None and task.tools is None:
-        return ""
+def checks_of(name: str, task: TaskConfig, tenant: TenantConfig | None = None) -> str:
+    """A fingerprint of what an answer of task ``name`` must pass (its output checks and tool
+    allowlist, and ``tenant``'s own allowlists, ``tools`` and ``task_tools``, which override the
+    task's): an answer is cached once it passed them, and a hit is not checked again, so a
+    reload that adds or changes a check must not find the answers kept before it. Empty where
+    there are none (the keys are as they were)."""
     checks = {"output": task.output, "tools": task.tools}
-    raw = orjson.dumps(
-        {k: v.model_dump(mode="json") for k, v in checks.items() if v is not None}, option=orjson.OPT_SORT_KEYS
-    )
+    if tenant is not None:
+        checks |= {"tenant_tools": tenant.tools, "tenant_task_tools": tenant.task_tools.get(name)}
+    given = {k: v.model_dump(mode="json") for k, v in checks.items() if v is not None}
+    if not given:
+        return ""
+    raw = orjson.dumps(given, option=orjson.OPT_SORT_KEYS)
     return ":" + hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def _tenant_checks(config: Config, name: str, task: TaskConfig) -> dict[str, str]:
+    return {
+        tenant: checks_of(name, task, t)
+        for tenant, t in config.tenants.items()
+        if t.tools is not None or name in t.task_tools
+    }
 
 
 @dataclass(slots=True)
@@ -89,7 +103,8 @@ class CacheStage:
                 frozenset(t.cache.classes),
                 t.cache.scope == "shared",
                 t.cache.allow_sampled,
-                checks_of(t),
+                checks_of(name, t),
+                _tenant_checks(config, name, t),
             )
             for name, t in config.tasks.items()
             if t.cache is not None
@@ -116,12 +131,14 @@ class CacheStage:
             scope_of(tenant, cfg.shared),
             task,
             self.version(release),
-            digest(self._secret, data_class + cfg.checks, body),
+            digest(self._secret, data_class + cfg.tenant_checks.get(tenant, cfg.checks), body),
         )
         ttl_s = self._rules.get(tenant, task).cache_ttl(cfg.ttl_s)
         get_now = self._get_now
         raw = get_now(address) if get_now is not None else await self.store.get(address)
         found = None if raw is None else decode(raw)
+        if found is not None and not found.fresh(ttl_s, time.time()):  # kept under a longer TTL
+            found = None
         if found is None:
             flight = self._flights.get(address.text())
             if flight is None:

@@ -31,6 +31,10 @@ class CacheStore(Protocol):
 
     async def purge_release(self, task: str, keep: frozenset[str]) -> int: ...
 
+    def bound(self, limits: dict[str, int]) -> None:
+        """Each task's bound in bytes anew (a reload's ``max_mb``, a task newly cached)."""
+        ...
+
     async def sweep(self) -> int:
         """Drop expired entries now (the memory backend; Redis expires its own): how many."""
         ...

@@ -54,7 +54,7 @@ def serve(config: Config, host: str | None, port: int | None, workers: int) -> N
     config = with_address(config, host, port)
     ready(config, workers)
     source = click.get_current_context().meta.get(CONFIG_PATH)
-    loader = None if source is None else Reloader(source, host, port)
+    loader = None if source is None else Reloader(source, host, port, workers)
     if workers == 1:
         server.run(config, source=source, loader=loader)
     else:
@@ -70,6 +70,7 @@ class Reloader:
     path: str
     host: str | None
     port: int | None
+    workers: int = 1
 
     def __call__(self) -> Config:
         config = load_config(self.path)
@@ -80,6 +81,12 @@ class Reloader:
         if problems:
             raise ConfigError(problems)
         return config
+
+    def refused(self, config: Config) -> list[str]:
+        """The merged config's state that ``--workers`` processes could not share: a reload
+        giving a tenant limits while ``limits.backend`` (restart-only) stays memory would give
+        it N times its RPM."""
+        return shared_state(config, self.workers)
 
 
 def ready(config: Config, workers: int = 1) -> None:

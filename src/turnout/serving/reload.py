@@ -13,9 +13,8 @@ resources, so a request already running finishes on the config it started with.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from turnout.config import Config, given, validate
 from turnout.errors import ConfigError, RequestError
@@ -24,7 +23,16 @@ from turnout.errors import ConfigError, RequestError
 # limits, data-class policy, prices.
 LIVE = ("tasks", "tenants", "policy", "prices")
 
-Loader = Callable[[], Config]  # re-reads the config file; raises ConfigError with its problems
+
+class Loader(Protocol):
+    def __call__(self) -> Config:
+        """The config file read again; ConfigError with its problems."""
+        ...
+
+    def refused(self, config: Config) -> list[str]:
+        """What this server may not run ``config`` (the merged one) with: with ``--workers``,
+        state each worker would hold alone (limits a reload gives a tenant, in memory)."""
+        ...
 
 
 class ReloadRefused(RequestError):
@@ -68,9 +76,14 @@ def plan(running: Config, loader: Loader) -> Plan:
         source = new_set if k in LIVE else now_set
         if k in source:
             merged[k] = source[k]
+    # A problem of the merged config may come from a running section the file already changes
+    # (``limits.backend: redis`` written, memory running): say so, or the advice reads as ignored.
+    hint = [f"(not applied until a restart: {', '.join(restart)})"] if restart else []
     try:
         config = validate(merged)
     except ConfigError as exc:
-        hint = [f"(not applied until a restart: {', '.join(restart)})"] if restart else []
         raise ReloadRefused(exc.problems + hint) from None
+    problems = loader.refused(config)
+    if problems:
+        raise ReloadRefused(problems + hint)
     return Plan(config, changed, restart)

@@ -69,7 +69,7 @@ log = logging.getLogger("turnout")
 # the restart-only sections built.
 SHARED = (
     *("secret", "targets", "probes", "metrics", "request_log", "store", "ledger", "tracing", "capture"),
-    *("reviews", "releases", "release_store", "canary", "cache", "keys", "tokens", "shadows"),
+    *("reviews", "releases", "release_store", "canary", "cache", "cache_sweep", "keys", "tokens", "shadows"),
 )
 
 
@@ -103,6 +103,7 @@ class Runtime:
         self.canary: CanaryController | None = None
         self.shadows: Mirror | None = None  # copies of requests for shadow releases
         self.cache: CacheStage | None = None  # the response cache, where a task opted in
+        self.cache_sweep: cache_factory.Sweeper | None = None  # its answers of releases no longer serving
         self.keys: KeyStore | None = None  # issued keys (with tenants)
         self._stack: AsyncExitStack | None = None
 
@@ -220,8 +221,11 @@ class Runtime:
             # the releases folder was made after start-up: its registry opens now, not at a restart
             await new._open_releases(stack)
             new._open_canary(stack)
+            if new.cache_sweep is not None:  # the open cache's answers now carry release versions
+                new.cache_sweep.registry = new.releases
         if self.cache is not None:  # tasks' cache settings are live; the store and its key stay
             self.cache.tasks = CacheStage(config, self.cache.store).tasks
+            self.cache.store.bound(cache_factory.limits(config))  # and each task's max_mb
         elif cache_factory.wanted(config):  # the first task to ask for the cache: its store opens now
             await new._open_cache(stack)
         if new.reviews is None and reviews_wanted(config, new.capture is not None):  # a review_rate, an escalation
@@ -262,7 +266,8 @@ class Runtime:
         store = cache_factory.open_cache_store(self.config)
         stack.push_async_callback(store.aclose)
         self.cache = CacheStage(self.config, store)
-        sweeper = Periodic("turnout-cache-sweep", cache_factory.Sweeper(self.cache, self.releases), 30.0, first="now")
+        self.cache_sweep = cache_factory.Sweeper(self.cache, self.releases)
+        sweeper = Periodic("turnout-cache-sweep", self.cache_sweep, 30.0, first="now")
         sweeper.start()
         stack.push_async_callback(sweeper.aclose)
         if self.config.cache.backend == "memory":  # out of the CLI's reach: it asks through the purge log

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from turnout.config import HUMAN, Config
 from turnout.privacy.capture.policy import rule_for
+from turnout.privacy.capture.store import capture_path
 from turnout.privacy.retention.rules import Rules
 
 FOREVER = "until deleted"
@@ -75,7 +76,11 @@ def _line(config: Config, rules: Rules, tenant: str, task: str, data_class: str)
     text_what = {"metadata": "no text", "redacted": "redacted text", "full": "full text under grant"}[mode]
     capture_source = rules.source(tenant, task, "capture_days")
     text = Kept(
-        text_what, "capture.db", mode != "metadata", effective.capture_days, _or(capture_source, "capture.ttl_days")
+        text_what,
+        _shared(config, capture_path(config.store), "captures"),
+        mode != "metadata",
+        effective.capture_days,
+        _or(capture_source, "capture.ttl_days"),
     )
     task_cfg = config.tasks[task]
     escalate = task_cfg.output.escalate if task_cfg.output is not None else None
@@ -83,12 +88,18 @@ def _line(config: Config, rules: Rules, tenant: str, task: str, data_class: str)
     reviewed = (mode != "metadata" and task_cfg.review_rate > 0) or to_person
     review = Kept(
         "review items",
-        config.releases.store_path,
+        _shared(config, config.releases.store_path, "review_items"),
         reviewed,
         effective.review_days,
         rules.source(tenant, task, "review_days"),
     )
     return Line(tenant, task, data_class, ledger, text, review, _cache(config, rules, tenant, task, data_class))
+
+
+def _shared(config: Config, path: str, table: str) -> str:
+    """Where a store of shared state keeps its records: its SQLite file, or with
+    ``state.kind: postgres`` the fleet's table (not a file on this machine)."""
+    return path if config.state.kind == "sqlite" else f"PostgreSQL, table {table}"
 
 
 def _cache(config: Config, rules: Rules, tenant: str, task: str, data_class: str) -> Kept:
