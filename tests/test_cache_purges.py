@@ -307,6 +307,30 @@ def test_a_real_gateway_drops_the_answers_when_the_real_cli_asks(tmp_path: Path)
         upstream.stop()
 
 
+def test_a_name_not_in_the_config_is_purged_with_a_note(tmp_path: Path) -> None:
+    """A typo must not read as a clean success; a removed tenant's answers stay purgeable."""
+    raw = {
+        "targets": {"t": {"provider": "local"}},
+        "tasks": {"x": {"route": ["t"]}},
+        "releases": {"store_path": str(tmp_path / "state" / "releases.db")},
+    }
+    path = write_config(tmp_path / "turnout.yaml", raw)
+
+    async def read() -> list[Any]:
+        async with PurgeLog(tmp_path / "state" / FILE_NAME) as log:
+            return await log.after(0)
+
+    assert asyncio.run(read()) == []  # a gateway opened the log: one follows it
+    args = ["cache", "purge", "--tenant", "nosuch", "--task", "x", "--config", str(path)]
+    result = CliRunner().invoke(main, args)  # click 8.2+: stdout and stderr kept apart too
+    assert result.exit_code == 0, result.output
+    assert "no tenant 'nosuch' in the config" in result.stderr
+    assert "no task" not in result.stderr  # x is configured
+    assert "to purge" in result.stdout
+    (purge,) = asyncio.run(read())
+    assert (purge.tenant, purge.task) == ("nosuch", "x")
+
+
 @pytest.mark.parametrize("flag", ["--tenant", "--task", "--by"])
 def test_an_empty_name_is_refused_not_read_as_every_answer(tmp_path: Path, flag: str) -> None:
     """A script's empty variable (``--tenant "$TENANT"``) must not turn into a purge of all."""

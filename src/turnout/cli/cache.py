@@ -55,6 +55,7 @@ def purge(tenant: str | None, task: str | None, by: str | None, config: Config) 
     for flag, value in (("--tenant", tenant), ("--task", task), ("--by", by)):
         if value is not None and not value.strip():  # an empty $VAR must not widen the purge to all
             raise click.UsageError(f"{flag} must not be empty (leave it out instead)")
+    _note_unknown(config, tenant, task)
     if config.cache.backend != "redis":
         asked = asyncio.run(_ask(_followed(config), tenant, task, by or _user()))
         click.echo(
@@ -65,6 +66,15 @@ def purge(tenant: str | None, task: str | None, by: str | None, config: Config) 
     deleted = asyncio.run(_purge(config, tenant, task))
     scope = named(tenant, task)
     click.echo(f"Purged {deleted} cached answers{' of ' + scope if scope else ''}.")
+
+
+def _note_unknown(config: Config, tenant: str | None, task: str | None) -> None:
+    """A name the config lacks may be a typo, or a tenant or task since removed: the purge goes
+    ahead (a removed one's answers must be purgeable) and stderr says so."""
+    if tenant is not None and tenant not in config.tenants:
+        click.echo(f"note: no tenant {tenant!r} in the config (a typo? purging its answers all the same)", err=True)
+    if task is not None and task not in config.tasks:
+        click.echo(f"note: no task {task!r} in the config (a typo? purging its answers all the same)", err=True)
 
 
 def _user() -> str:
