@@ -249,24 +249,33 @@ async def test_two_gateways_sharing_the_log_both_drop_the_tenants_answers(make_a
             assert calls(upstream) == 6
 
 
-def test_the_cli_writes_the_purge_with_who_asked(tmp_path: Path) -> None:
+def followed_config(tmp_path: Path) -> Path:
+    """A config whose purge log (under tmp_path/state) a gateway has opened: one follows it."""
     raw = {
         "targets": {"t": {"provider": "local"}},
         "tasks": {"x": {"route": ["t"]}},
         "releases": {"store_path": str(tmp_path / "state" / "releases.db")},
     }
     path = write_config(tmp_path / "turnout.yaml", raw)
+    assert logged(tmp_path) == []
+    return path
 
+
+def logged(tmp_path: Path) -> list[Any]:
     async def read() -> list[Any]:
         async with PurgeLog(tmp_path / "state" / FILE_NAME) as log:
             return await log.after(0)
 
-    assert asyncio.run(read()) == []  # a gateway opened the log: one follows it
+    return asyncio.run(read())
+
+
+def test_the_cli_writes_the_purge_with_who_asked(tmp_path: Path) -> None:
+    path = followed_config(tmp_path)
     result = CliRunner().invoke(main, ["cache", "purge", "--task", "x", "--by", "dpo", "--config", str(path)])
     assert result.exit_code == 0, result.output
     assert "to purge the cached answers of task 'x'" in result.output
 
-    (purge,) = asyncio.run(read())
+    (purge,) = logged(tmp_path)
     assert (purge.tenant, purge.task, purge.by) == (None, "x", "dpo")
 
 
@@ -309,25 +318,14 @@ def test_a_real_gateway_drops_the_answers_when_the_real_cli_asks(tmp_path: Path)
 
 def test_a_name_not_in_the_config_is_purged_with_a_note(tmp_path: Path) -> None:
     """A typo must not read as a clean success; a removed tenant's answers stay purgeable."""
-    raw = {
-        "targets": {"t": {"provider": "local"}},
-        "tasks": {"x": {"route": ["t"]}},
-        "releases": {"store_path": str(tmp_path / "state" / "releases.db")},
-    }
-    path = write_config(tmp_path / "turnout.yaml", raw)
-
-    async def read() -> list[Any]:
-        async with PurgeLog(tmp_path / "state" / FILE_NAME) as log:
-            return await log.after(0)
-
-    assert asyncio.run(read()) == []  # a gateway opened the log: one follows it
+    path = followed_config(tmp_path)
     args = ["cache", "purge", "--tenant", "nosuch", "--task", "x", "--config", str(path)]
     result = CliRunner().invoke(main, args)  # click 8.2+: stdout and stderr kept apart too
     assert result.exit_code == 0, result.output
     assert "no tenant 'nosuch' in the config" in result.stderr
     assert "no task" not in result.stderr  # x is configured
     assert "to purge" in result.stdout
-    (purge,) = asyncio.run(read())
+    (purge,) = logged(tmp_path)
     assert (purge.tenant, purge.task) == ("nosuch", "x")
 
 
