@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fakes.clock import Clock
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.config import BreakerConfig, RetryConfig
 from turnout.errors import (
@@ -30,14 +31,6 @@ def target(
         Timeouts(),
         window,
     )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def state(b: Breaker) -> State:

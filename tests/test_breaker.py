@@ -9,23 +9,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from tests.fakes.clock import Clock
 from turnout.config import BreakerConfig
 from turnout.routing.breaker import Breaker, State
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def make(**cfg: Any) -> tuple[Breaker, Clock]:
-    clock = Clock()
+    clock = Clock(1000.0)
     defaults: dict[str, Any] = {"failures": 3, "failure_rate": 0.5, "window": 10, "min_calls": 6, "cooldown_s": 10.0}
     return Breaker(BreakerConfig(**{**defaults, **cfg}), clock=clock), clock
 
@@ -249,7 +239,7 @@ class BreakerMachine(RuleBasedStateMachine):
         min_calls=st.integers(1, 8),
     )
     def setup(self, failures: int, rate: float, window: int, min_calls: int) -> None:
-        self.clock = Clock()
+        self.clock = Clock(1000.0)
         self.cfg = BreakerConfig(
             failures=failures, failure_rate=rate, window=window, min_calls=min_calls, cooldown_s=5.0
         )

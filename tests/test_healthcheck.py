@@ -12,6 +12,7 @@ from typing import Any
 import pydantic
 import pytest
 
+from tests.fakes.clock import Clock
 from tests.fakes.upstream import FakeUpstream
 from tests.serving import free_port
 from turnout.config import BreakerConfig, HealthCheckConfig, OpenAITarget
@@ -170,14 +171,6 @@ def test_bad_health_config_is_refused(bad: dict[str, Any]) -> None:
 
 
 # --- the breaker's side --------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def state(b: Breaker) -> State:
