@@ -199,14 +199,20 @@ async def test_restart_only_sections_are_named_and_left_as_they_run(served: Serv
     assert statuses == [200, 200, 429]  # the new limit holds at once (a limiter opened for it)
 
 
-async def test_with_workers_limits_a_reload_would_keep_in_memory_are_refused(tmp_path: Path) -> None:
-    """``serve --workers 2`` refuses memory limits; a reload that gives a tenant limits while the
-    (restart-only) backend stays memory would give it twice its RPM, so it is refused too."""
+async def two_workers(tmp_path: Path) -> tuple[dict[str, Any], Path, App]:
+    """A started gateway reloading as one of ``serve --workers 2``'s: its config, file and app."""
     raw = {**base(tmp_path), "store": {"kind": "sqlite", "path": str(tmp_path / "ledger.db")}}
     path = write(tmp_path / "turnout.yaml", raw)
     app = App(load_config(path), {"primary": ScriptedProvider("primary")}, source=str(path),
               loader=Reloader(str(path), None, None, workers=2))  # fmt: skip
     await app.runtime.start()
+    return raw, path, app
+
+
+async def test_with_workers_limits_a_reload_would_keep_in_memory_are_refused(tmp_path: Path) -> None:
+    """``serve --workers 2`` refuses memory limits; a reload that gives a tenant limits while the
+    (restart-only) backend stays memory would give it twice its RPM, so it is refused too."""
+    raw, path, app = await two_workers(tmp_path)
     try:
         raw["tenants"]["acme"]["limits"] = {"rpm": 2}
         raw["limits"]["backend"] = "redis"  # restart-only: the running memory backend stays
@@ -224,11 +230,7 @@ async def test_with_workers_a_first_cached_task_is_refused_while_the_cache_stays
     in each worker (``cache`` is restart-only: the file's Redis waits): refused, and the refusal
     says the file's new cache section is not applied until a restart (its advice, "use redis",
     is what the file already says)."""
-    raw = {**base(tmp_path), "store": {"kind": "sqlite", "path": str(tmp_path / "ledger.db")}}
-    path = write(tmp_path / "turnout.yaml", raw)
-    app = App(load_config(path), {"primary": ScriptedProvider("primary")}, source=str(path),
-              loader=Reloader(str(path), None, None, workers=2))  # fmt: skip
-    await app.runtime.start()
+    raw, path, app = await two_workers(tmp_path)
     try:
         raw["tasks"]["chat"]["cache"] = {"ttl_s": 60, "classes": ["internal"]}
         raw["cache"] = {"backend": "redis", "redis_url": REDIS_URL, "encryption_key": "k" * 32}
