@@ -115,10 +115,24 @@ def test_cached_input_tokens_use_their_own_price() -> None:
     assert cached.tokens_cost(100, 0, cached=500) == pytest.approx(100 * 0.5 / 1e6)  # never more than the prompt
 
 
+def test_cache_writes_use_their_own_price() -> None:
+    written = ManagedPrice(2.0, 8.0, cache_write_per_mtok=2.5)
+    # 1,000 written at $2.5/M + 2,000 fresh at $2/M + 500 out at $8/M = 0.0025 + 0.004 + 0.004
+    assert written.tokens_cost(3000, 500, written=1000) == pytest.approx(0.0105)
+    assert ManagedPrice(2.0, 8.0).tokens_cost(3000, 500, written=1000) == pytest.approx(0.010)  # no price: input's
+    both = ManagedPrice(2.0, 8.0, cached_input_per_mtok=0.5, cache_write_per_mtok=2.5)
+    # 100 read at $0.5/M, and the writes never beyond the rest of the prompt: 900 at $2.5/M
+    assert both.tokens_cost(1000, 0, cached=100, written=5000) == pytest.approx((100 * 0.5 + 900 * 2.5) / 1e6)
+    # A reservation's bound: every prompt token could be a write
+    assert written.worst_cost(3000, 500) == pytest.approx((3000 * 2.5 + 500 * 8.0) / 1e6)
+    assert both.worst_cost(3000, 500) > both.tokens_cost(3000, 500)
+
+
 def test_bedrock_cache_reads_are_billed_at_the_cached_price_and_writes_at_the_input_price() -> None:
     """Converse's inputTokens leaves out cache reads and writes: the usage adds them back, the
     reads billed at the cached price (a price-book entry's, or the target's), the writes and the
-    rest at the input price; the catalog knows no cached price, so there reads cost the input price."""
+    rest at the input price when no cache-write price is given; the catalog knows no cached
+    price, so there reads cost the input price."""
     usage = Usage.from_openai(usage_of({"inputTokens": 1000, "outputTokens": 500, "cacheReadInputTokens": 2000}))
     assert usage == Usage(3000, 500, cached_tokens=2000)
     entry = {**MANAGED, "cached_input_per_mtok": 0.5}
@@ -131,10 +145,17 @@ def test_bedrock_cache_reads_are_billed_at_the_cached_price_and_writes_at_the_in
     # The catalog's DeepSeek V3.2: 3,000 in × $0.62/M + 500 out × $1.85/M
     assert book().request_cost("bedrock", usage, None, WHEN) == pytest.approx(0.00186 + 0.000925)
     written = Usage.from_openai(usage_of({"inputTokens": 1000, "outputTokens": 0, "cacheWriteInputTokens": 2000}))
-    assert written is not None and written.cached_tokens == 0
+    assert written is not None and written.cached_tokens == 0 and written.cache_write_tokens == 2000
     assert book(bedrock={**BEDROCK, "price": entry}).request_cost("bedrock", written, None, WHEN) == pytest.approx(
         0.006
     )
+    # With a cache-write price, on the target or in the book: 2,000 written at $2.5/M + 1,000 at $2/M
+    priced = {**entry, "cache_write_per_mtok": 2.5}
+    for prices in (
+        book([{"effective": "2026-01-01", "targets": {"bedrock": priced}}]),
+        book(bedrock={**BEDROCK, "price": priced}),
+    ):
+        assert prices.request_cost("bedrock", written, None, WHEN) == pytest.approx(0.007)
 
 
 # --- self-hosted --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 
 from tests.asgi import ledger_rows, request
 from tests.conftest import AppFactory
+from tests.fakes.bedrock import FakeBedrock, Reply, use_fake_credentials
 from tests.fakes.upstream import FakeUpstream
 from turnout.providers.base import Usage
 
@@ -121,3 +122,33 @@ async def test_cached_prompt_tokens_are_billed_at_the_cached_price(
         [row] = await ledger_rows(app)
         assert row.prompt_tokens == 1000 and row.usage_estimated is False
         assert row.cost_usd == pytest.approx(1.0 if where == "none" else 0.28)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("write_price", [1250.0, None])
+async def test_bedrock_cache_writes_are_billed_at_the_cache_write_price(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch, stream: bool, write_price: float | None
+) -> None:
+    """Bedrock reports 200 fresh input tokens and 800 written to its prompt cache: 800 at the
+    cache-write price ($1250/M) + 200 at $1000/M = $1.20; without a cache-write price the
+    writes cost the input price: $1.00."""
+    use_fake_credentials(monkeypatch)
+    price: dict[str, Any] = dict(PRICE)
+    if write_price is not None:
+        price["cache_write_per_mtok"] = write_price
+    async with FakeBedrock() as fake:
+        fake.reply = Reply(input_tokens=200, output_tokens=0, cache_write_tokens=800)
+        target = {"provider": "bedrock", "region": "us-east-1", "model": "deepseek.v3.2", "endpoint_url": fake.url}
+        app = await make_app(
+            {
+                "targets": {"br": {**target, "price": price}},
+                "tenants": {"acme": {"keys": [KEY]}},
+                "tasks": {"chat": {"route": ["br"]}},
+            }
+        )
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        resp = await request(app, "POST", "/v1/chat/completions", body, {"authorization": f"Bearer {KEY}"})
+        assert resp.status == 200, resp.body
+        [row] = await ledger_rows(app)
+        assert row.prompt_tokens == 1000 and row.usage_estimated is False
+        assert row.cost_usd == pytest.approx(1.0 if write_price is None else 1.2)

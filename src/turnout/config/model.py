@@ -228,9 +228,10 @@ class Price(_Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
     cached_input_per_mtok: float | None = Field(None, ge=0)  # default: the input price
+    cache_write_per_mtok: float | None = Field(None, ge=0)  # default: the input price
 
 
-_MANAGED = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
+_MANAGED = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok")
 _SELF_HOSTED = ("gpu_hour_usd", "gpus", "replicas", "schedule", "allocation", "tokens_per_s", "max_concurrency")
 _HOURS = re.compile(r"^\s*(\d{1,2})\s*(?:-\s*(\d{1,2})\s*)?$")
 
@@ -242,6 +243,7 @@ class PriceEntry(_Strict):
     input_per_mtok: float | None = Field(None, ge=0)
     output_per_mtok: float | None = Field(None, ge=0)
     cached_input_per_mtok: float | None = Field(None, ge=0)
+    cache_write_per_mtok: float | None = Field(None, ge=0)
     gpu_hour_usd: float | None = Field(None, ge=0)
     gpus: int = Field(1, gt=0, description="GPUs per replica")
     replicas: int = Field(1, ge=0, description="replicas up in the hours the schedule does not list")

@@ -16,9 +16,11 @@ Managed prices (USD per 1M tokens): ``prompt × input + completion × output``, 
 tokens the upstream read from its prompt cache (``Usage.cached_tokens``: an OpenAI-compatible
 server's ``prompt_tokens_details.cached_tokens``, Bedrock's ``cacheReadInputTokens``) cost
 ``cached_input_per_mtok`` instead of the input price when the price gives one; without it they
-cost the input price, never less than the upstream may bill. Cache writes (Bedrock's
-``cacheWriteInputTokens``) cost the input price. A failed attempt without usage
-costs 0: the providers bill tokens, and a refused or timed-out call reports none.
+cost the input price, never less than the upstream may bill. The prompt tokens it wrote to its
+cache (``Usage.cache_write_tokens``: Bedrock's ``cacheWriteInputTokens``, Anthropic's
+``cache_creation_input_tokens``) cost ``cache_write_per_mtok`` when the price gives one (Bedrock
+and Anthropic bill writes above the input price), else the input price. A failed attempt without
+usage costs 0: the providers bill tokens, and a refused or timed-out call reports none.
 
 Self-hosted prices (a fleet billed by the GPU-hour, ``data/gpu_prices.yaml`` has reference
 rates): a request pays its serving-time share of one replica's hourly cost,
@@ -64,13 +66,34 @@ class ManagedPrice:
     input_per_mtok: float
     output_per_mtok: float
     cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
 
-    def tokens_cost(self, prompt: int, completion: int, cached: int = 0) -> float:
-        cached = min(max(cached, 0), prompt)  # part of the prompt: never a credit
-        cached_rate = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+    def tokens_cost(self, prompt: int, completion: int, cached: int = 0, written: int = 0) -> float:
+        """``cached`` (read from the prompt cache) and ``written`` (to it) are parts of ``prompt``:
+        never more than it, never a credit."""
+        cached = min(max(cached, 0), prompt)
+        written = min(max(written, 0), prompt - cached)
+        fresh = prompt - cached - written
         return (
-            (prompt - cached) * self.input_per_mtok + cached * cached_rate + completion * self.output_per_mtok
+            fresh * self.input_per_mtok
+            + cached * self._cached_rate
+            + written * self._write_rate
+            + completion * self.output_per_mtok
         ) / 1e6
+
+    def worst_cost(self, prompt: int, completion: int) -> float:
+        """The most ``prompt`` and ``completion`` tokens may cost: every prompt token at the
+        dearest prompt rate (a cache write may cost more than the input price)."""
+        rate = max(self.input_per_mtok, self._cached_rate, self._write_rate)
+        return (prompt * rate + completion * self.output_per_mtok) / 1e6
+
+    @property
+    def _cached_rate(self) -> float:
+        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+
+    @property
+    def _write_rate(self) -> float:
+        return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +125,9 @@ TargetPrice = ManagedPrice | SelfHostedPrice
 def from_entry(entry: PriceEntry) -> TargetPrice:
     if entry.gpu_hour_usd is None:
         assert entry.input_per_mtok is not None and entry.output_per_mtok is not None  # validated
-        return ManagedPrice(entry.input_per_mtok, entry.output_per_mtok, entry.cached_input_per_mtok)
+        return ManagedPrice(
+            entry.input_per_mtok, entry.output_per_mtok, entry.cached_input_per_mtok, entry.cache_write_per_mtok
+        )
     return SelfHostedPrice(
         entry.gpu_hour_usd,
         entry.gpus,
@@ -114,7 +139,9 @@ def from_entry(entry: PriceEntry) -> TargetPrice:
 
 
 def from_price(price: Price) -> ManagedPrice:
-    return ManagedPrice(price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok)
+    return ManagedPrice(
+        price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, price.cache_write_per_mtok
+    )
 
 
 class PriceBook:
@@ -151,7 +178,9 @@ class PriceBook:
         if isinstance(price, ManagedPrice):
             if usage is None:
                 return None
-            return price.tokens_cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+            return price.tokens_cost(
+                usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
+            )
         if price is None:
             return None
         if price.allocation == "busy_seconds":
@@ -173,7 +202,7 @@ class PriceBook:
         and tokens-allocated targets; the total timeout held for busy seconds. Unpriced: 0."""
         price = self.price_at(target, when)
         if isinstance(price, ManagedPrice):
-            return price.tokens_cost(prompt, output)
+            return price.worst_cost(prompt, output)
         if price is None:
             return 0.0
         if price.allocation == "tokens":
