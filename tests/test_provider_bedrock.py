@@ -20,7 +20,7 @@ from botocore.credentials import RefreshableCredentials  # type: ignore[import-u
 from botocore.exceptions import CredentialRetrievalError  # type: ignore[import-untyped, unused-ignore]
 from botocore.session import Session  # type: ignore[import-untyped, unused-ignore]
 
-from tests.asgi import request
+from tests.asgi import ledger_rows, request
 from tests.conftest import AppFactory
 from tests.fakes.bedrock import (
     ACCESS_KEY,
@@ -1158,7 +1158,7 @@ async def test_missing_credentials_skip_the_target_at_once(
         ("backup", None),
     ]
     assert backoffs == [] and len(lookups) <= 1 and fake.requests == []  # no retry, no wait
-    assert primary.breaker._consecutive == 1  # the target cannot serve: it counts against it
+    assert primary.breaker._consecutive == 0  # never called: configuration, not a verdict on it
 
 
 async def test_missing_credentials_say_so_in_the_answer(
@@ -1243,7 +1243,9 @@ async def test_in_stream_throttling_after_content_fails_the_stream(fake: FakeBed
 # -- through the API -----------------------------------------------------------------------------
 
 
-async def app_with_bedrock(make_app: AppFactory, fake: FakeBedrock) -> tuple[Any, ScriptedProvider]:
+async def app_with_bedrock(
+    make_app: AppFactory, fake: FakeBedrock, route: tuple[str, ...] = ("bedrock", "backup")
+) -> tuple[Any, ScriptedProvider]:
     backup = ScriptedProvider("backup")
     raw = {
         "targets": {
@@ -1257,7 +1259,7 @@ async def app_with_bedrock(make_app: AppFactory, fake: FakeBedrock) -> tuple[Any
             },
             "backup": {"provider": "openai", "base_url": "http://backup.invalid/v1", "model": "m"},
         },
-        "tasks": {"chat": {"route": ["bedrock", "backup"]}},
+        "tasks": {"chat": {"route": list(route)}},
     }
     app = await make_app(raw, {"backup": backup})  # the bedrock target is the real provider
     assert isinstance(app.runtime.targets["bedrock"].provider, BedrockProvider)
@@ -1283,6 +1285,31 @@ async def test_api_answers_from_bedrock(make_app: AppFactory, fake: FakeBedrock)
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]) == "Hello, world"
     assert not backup.calls
     assert all(r.signature_ok for r in fake.requests)
+
+
+@pytest.mark.parametrize("route", [("bedrock",), ("bedrock", "backup")], ids=["alone", "first"])
+async def test_api_missing_credentials_never_read_as_circuit_open(
+    make_app: AppFactory, fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch, route: tuple[str, ...]
+) -> None:
+    """Ten requests in a row, twice the breaker's five failures: each one's reason is still the
+    missing credentials, alone (the error) or first on the route (the fallback's reason)."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    app, backup = await app_with_bedrock(make_app, fake, route)
+
+    for _ in range(10):
+        resp = await chat(app)
+        if route == ("bedrock",):
+            message = resp.json()["error"]["message"]
+            assert resp.status == 502 and "AWS credentials are missing" in message, message
+            assert "circuit open" not in message
+        else:
+            assert resp.status == 200 and resp.headers["x-turnout-fallback"] == "true"
+    rows = await ledger_rows(app)
+    assert len(rows) == 10
+    assert all(row.attempts[0].error_class == "credentials_missing" for row in rows)
+    assert app.runtime.targets["bedrock"].breaker.state == "closed" and fake.requests == []
+    assert len(backup.calls) == (0 if route == ("bedrock",) else 10)
 
 
 async def test_api_throttled_bedrock_falls_back(make_app: AppFactory, fake: FakeBedrock) -> None:

@@ -226,9 +226,10 @@ class Overloaded(UpstreamError):
 class CredentialsMissing(UpstreamError):
     """The target has no credentials to call with (none found, a profile that does not exist,
     some parts of a key missing): a configuration failure that is the same on every try, so it
-    is never retried and the next target is tried at once. It counts against the target's
-    breaker: a target that cannot be called is skipped after a few, then probed again after the
-    cool-down (credentials may have appeared). The message says what is missing, never a value."""
+    is never retried and the next target is tried at once. It gives the target's breaker no
+    verdict: the target was never called, and every request says again that the credentials
+    are missing (never "circuit open"), so they are picked up as soon as they appear. The
+    message says what is missing, never a value."""
 
     retryable = False
     _fallback = True

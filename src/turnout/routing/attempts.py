@@ -11,13 +11,16 @@ What the target's breaker hears from each outcome (``turnout.routing.breaker``):
 * **success**: an answer, a request the target refused as the caller's fault (a 4xx), a prompt
   too long for its window: it works;
 * **failure**: a fault of the target (connect, timeout, 5xx, malformed answer, a model that
-  failed, every replica's breaker open, no credentials to call it with), retried or not;
+  failed, every replica's breaker open), retried or not;
 * **no verdict**: the target was *busy* (``UpstreamError.busy``: the embedded model's full
   queue, an upstream's 429, Bedrock's throttling). It is healthy, only loaded, and will take
   calls again as soon as its queue drains; opening its breaker would refuse it for a whole
   cool-down after it is idle. A full local queue falls back at once (``Overloaded``: a retry
-  would most likely find it full still); a 429 is retried as its Retry-After allows. A cancelled
-  call (the client left) gives no verdict either. "No verdict" hands back a half-open probe.
+  would most likely find it full still); a 429 is retried as its Retry-After allows. A target
+  with no credentials to call it with (``CredentialsMissing``) gives no verdict either: it was
+  never called, and an open breaker would hide that configuration problem behind "circuit
+  open" (each request finds the credentials missing again, at the cost of a lookup). A
+  cancelled call (the client left) gives no verdict. "No verdict" hands back a half-open probe.
 
 ``check`` (a blocked tool call, ``turnout.safety.tools``) sees each answer before it is
 returned and may hand back another (a stream whose tool calls it holds back) or refuse it:
@@ -33,7 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.config import RetryConfig
-from turnout.errors import AllTargetsFailed, AnswerRefused, BreakerOpen, ContextWindowExceeded, UpstreamError
+from turnout.errors import (
+    AllTargetsFailed,
+    AnswerRefused,
+    BreakerOpen,
+    ContextWindowExceeded,
+    CredentialsMissing,
+    UpstreamError,
+)
 from turnout.ledger.record import AttemptRecord
 from turnout.providers.base import Call, Chunks, Completion, Provider, Stream, Timeouts
 from turnout.routing.backoff import delay
@@ -117,8 +127,8 @@ async def execute(
                 if not err.fallback:
                     target.breaker.success()  # it answered: the request was at fault, not the target
                     raise _failed(failures, attempts, turned) from err
-                if err.busy:
-                    target.breaker.release()  # loaded, not broken: no verdict
+                if err.busy or isinstance(err, CredentialsMissing):
+                    target.breaker.release()  # loaded, or never called (configuration): no verdict
                 else:
                     target.breaker.failure()
                 if not err.retryable:
