@@ -14,8 +14,10 @@ from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.errors import (
     ContextWindowExceeded,
+    Overloaded,
     RequestError,
     UpstreamConnectError,
+    UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
 )
@@ -413,6 +415,32 @@ async def test_a_prompt_too_long_for_every_target_is_openais_context_length_exce
         "context_length_exceeded",
         "input",
     )
+
+
+@pytest.mark.parametrize(
+    ("busy", "retry_after"),
+    [(UpstreamStatusError(429, "slow down", retry_after=30), "30"), (Overloaded("the queue is full"), "1")],
+    ids=["429", "full-queue"],
+)
+@pytest.mark.parametrize("busy_first", [False, True], ids=["too-long-first", "busy-first"])
+async def test_a_prompt_too_long_here_while_the_other_target_is_busy_is_busy(
+    make_app: AppFactory, busy: UpstreamError, retry_after: str, busy_first: bool
+) -> None:
+    """Too long for one target, the other busy: the busy one may take it once it has room, so
+    it is the all-busy answer (503 and when to come back), neither a 502 nor the prompt's 400."""
+    too_long = ContextWindowExceeded("prompt is 5000 tokens, the model's context is 2048", window=2048)
+    steps = {"primary": Step(busy), "secondary": Step(too_long)}
+    if not busy_first:
+        steps = {"primary": Step(too_long), "secondary": Step(busy)}
+    app, _ = await setup(make_app, **{name: ScriptedProvider(name, step) for name, step in steps.items()})
+
+    resp = await chat(app)
+
+    assert resp.status == 503, resp.body
+    assert resp.headers["retry-after"] == retry_after
+    error = resp.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "all_targets_failed")
+    assert "prompt is 5000 tokens" in error["message"] and str(busy.message) in error["message"]
 
 
 async def test_a_request_the_target_rejects_is_not_retried_elsewhere(make_app: AppFactory) -> None:

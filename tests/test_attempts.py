@@ -114,6 +114,20 @@ async def test_too_long_here_and_open_where_it_would_not_fit_either_is_context_l
     assert info.value.message.startswith("the prompt does not fit the context window of any target")
 
 
+@pytest.mark.parametrize(
+    "busy", [Overloaded("local: the queue is full"), UpstreamStatusError(429, "slow down", retry_after=7)]
+)
+async def test_too_long_here_and_busy_there_is_busy_not_the_prompts_fault(busy: UpstreamError) -> None:
+    # The busy target may take the prompt once it has room: answered as all-busy (503).
+    small = target("small", Step(ContextWindowExceeded("small: prompt is 9000 tokens", window=8_000)))
+    loaded = target("loaded", Step(busy))
+    with pytest.raises(AllTargetsFailed) as info:
+        await execute([small, loaded], BODY, stream=False, request_id="r")
+    assert (info.value.status, info.value.code) == (503, "all_targets_failed")
+    assert info.value.retry_after == (busy.retry_after or 1.0)
+    assert info.value.message.startswith("all targets failed (small: prompt is 9000 tokens")
+
+
 async def test_retryable_error_is_retried_then_falls_back() -> None:
     a = target("a", Step(UpstreamError("flaky")), attempts=3)
     b = target("b")

@@ -22,7 +22,8 @@
     │   ├── CredentialsMissing        none to call with: fall back at once, never retried
     │   └── AnswerRejected            a check refused the answer (a blocked tool call): fall back
     ├── AllTargetsFailed              502 / 503 / 504, one line per target and reason;
-    │                                 400 context_length_exceeded: the prompt fits no target
+    │                                 400 context_length_exceeded: the prompt fits no target;
+    │                                 503 when each was too small or busy, one busy
     ├── AnswerRefused                 502: a check refused the answer and ends the request
     ├── StreamInterrupted             failure after the first byte reached the client
     └── ShuttingDown                  503: cut by a shutdown past its grace period
@@ -269,7 +270,9 @@ class AllTargetsFailed(TurnoutError):
 
     When the prompt's length is the only reason (every target too small for it, or open and
     no larger), the answer is OpenAI's: 400 ``context_length_exceeded``; the door names its
-    prompt's ``param``.
+    prompt's ``param``. When each target was too small or busy (``UpstreamError.busy``: a full
+    queue, a 429) and one was busy, the answer is the all-busy one, 503 with Retry-After: the
+    busy one may take the prompt once it has room.
     """
 
     type = "upstream_error"
@@ -285,7 +288,7 @@ class AllTargetsFailed(TurnoutError):
         self.turned: list[Any] = []  # answers the attempt loop's check turned down: paid for
         if errors and all(isinstance(e, UpstreamTimeout) for e in errors):
             self.status = 504
-        elif errors and all(_unavailable(e) for e in errors):
+        elif errors and (all(_unavailable(e) for e in errors) or _busy_or_too_long(errors)):
             self.status = 503
             hints = [e.retry_after for e in errors if e.retry_after is not None]
             # Every 503 says when to come back: the upstreams' soonest hint, else a second.
@@ -324,6 +327,12 @@ def _too_long(errors: list[UpstreamError]) -> bool:
         or (isinstance(e, BreakerOpen) and e.window is not None and largest is not None and e.window <= largest)
         for e in errors
     )
+
+
+def _busy_or_too_long(errors: list[UpstreamError]) -> bool:
+    """Each target was too small for the prompt or busy, and one was busy: a try once it has
+    room may succeed, so it is answered as busy, not as the prompt's fault nor a failure."""
+    return any(e.busy for e in errors) and all(e.busy or isinstance(e, ContextWindowExceeded) for e in errors)
 
 
 def _reasons(attempts: list[tuple[str, UpstreamError]]) -> str:
