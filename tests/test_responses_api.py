@@ -382,6 +382,10 @@ async def test_response_state_is_not_kept_and_bad_input_is_a_400_in_openais_shap
         with pytest.raises(openai.BadRequestError, match="'input' is required") as no_input:
             await client.responses.create(model="support", instructions="Be brief.")
         assert no_input.value.param == "input"
+        for empty, code in (("", "empty_string"), ([], "empty_array")):
+            with pytest.raises(openai.BadRequestError, match="Invalid 'input': empty") as nothing:
+                await client.responses.create(model="support", input=empty)
+            assert (nothing.value.param, nothing.value.code) == ("input", code)
         with pytest.raises(openai.NotFoundError):
             await client.responses.create(model="nope", input="x")
         bad = openai.AsyncOpenAI(base_url=str(client.base_url), api_key="wrong-key", max_retries=0)

@@ -141,7 +141,8 @@ def test_settings_map_to_their_chat_names() -> None:
         ({"conversation": "conv_1"}, "conversation", "not_kept"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "not_kept"),
         ({"reasoning": {"effort": "low"}}, "reasoning", "invalid_value"),
-        ({"input": []}, "input", "invalid_value"),
+        ({"input": []}, "input", "empty_array"),
+        ({"input": ""}, "input", "empty_string"),
         ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0]",
          "invalid_value"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
@@ -182,12 +183,19 @@ def test_input_is_required_and_is_a_string_or_a_list_of_items() -> None:
         validate({"model": "t"})
     assert (missing.value.param, missing.value.status) == ("input", 400)
     assert missing.value.message.startswith("'input' is required: a string or a list of items")
-    wrongs: list[Any] = [5, {"role": "user", "content": "hi"}, [], None]
+    wrongs: list[Any] = [5, {"role": "user", "content": "hi"}, None]
     for wrong in wrongs:
         with pytest.raises(RequestError) as refused:
             validate({"model": "t", "input": wrong})
         assert refused.value.param == "input"
         assert ("is required" if wrong is None else "must be a string or a non-empty list") in refused.value.message
+    # Empty is nothing to answer: never an empty user turn sent to a target.
+    for empty, what in (("", "empty string"), ([], "empty array")):
+        with pytest.raises(RequestError) as refused:
+            validate({"model": "t", "input": empty})
+        err = refused.value
+        assert (err.status, err.type, err.param) == (400, "invalid_request_error", "input")
+        assert err.message.startswith(f"Invalid 'input': {what}.")
     said = [{"role": "user", "content": "hi"}]
     assert validate({"model": "t", "input": "hi"}).body["messages"] == said
     assert validate({"model": "t", "input": [{"role": "user", "content": "hi"}]}).body["messages"] == said

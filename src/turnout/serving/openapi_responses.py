@@ -39,7 +39,7 @@ def responses_schemas() -> dict[str, Schema]:
 def _request() -> Schema:
     properties: Schema = {
         "model": {"type": "string", "minLength": 1, "description": "The task.", "examples": ["support"]},
-        "input": {"anyOf": [STRING, {"type": "array", "minItems": 1, "items": _ITEM}]},
+        "input": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1, "items": _ITEM}]},
         "instructions": nullable(STRING),
         "tools": nullable(
             {

@@ -101,12 +101,18 @@ def _instructions(value: Any) -> list[dict[str, Any]]:
 
 def _input(value: Any) -> list[dict[str, Any]]:
     """``input`` as OpenAI takes it: a string (one user message) or a list of items. Required
-    here: with no response state kept, there is nothing else to answer."""
+    here: with no response state kept, there is nothing else to answer, so an empty string or
+    an empty list is refused too (OpenAI's codes ``empty_string`` and ``empty_array``) rather
+    than sent as an empty user turn."""
     if value is None:
         raise bad("input", "'input' is required: a string or a list of items (this gateway keeps no response state)")
+    if value == "":
+        raise bad("input", "Invalid 'input': empty string. Expected a string with minimum length 1.", "empty_string")
+    if value == []:
+        raise bad("input", "Invalid 'input': empty array. Expected an array with minimum length 1.", "empty_array")
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
+    if not isinstance(value, list):
         raise bad("input", "'input' must be a string or a non-empty list of items")
     items = value
     out: list[dict[str, Any]] = []
