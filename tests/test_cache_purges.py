@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -23,14 +23,14 @@ from click.testing import CliRunner
 
 from tests.conftest import AppFactory
 from tests.fakes.upstream import FakeUpstream
-from tests.pgstate import KINDS, state_place
+from tests.pgstate import KINDS, is_postgres, raw_sql, state_place
 from tests.serving import Process, sdk_client, turnout_serve
 from tests.test_cache_api import ASK, KEY, OTHER, calls, config
 from tests.uvicorn_app import gateway
-from turnout._support.places import Place
+from turnout._support.places import PgPlace, Place
 from turnout.cache.key import Address
 from turnout.cache.memory import MemoryCache
-from turnout.cache.purges import FILE_NAME, Follower, PurgeLog, PurgeLogError, describe, purge_log_path
+from turnout.cache.purges import FILE_NAME, LOOKBACK_S, Follower, PurgeLog, PurgeLogError, describe, purge_log_path
 from turnout.cli.main import main
 
 
@@ -161,6 +161,77 @@ async def test_a_gateway_starts_after_the_purges_already_in_the_log(place: Place
             await follower()
         assert len(await kept(cache)) == 6  # the old purge-all was not replayed on new answers
         assert follower.applied == 1
+
+
+async def test_a_purge_committed_after_a_later_one_is_still_applied(place: Place) -> None:
+    """PostgreSQL numbers a row when it is inserted, not when it commits: of two purges asked at
+    once, the smaller id may commit second. A follower that read only ids past the last one it
+    applied never saw it, and the tenant's answers stayed cached."""
+    cache = await filled()
+    async with PurgeLog(place) as log, PurgeLog(place) as cli:
+        follower = Follower(log, lambda tenant, task: cache.purge(tenant=tenant, task=task))
+        await follower.start()
+        late = _open_purge(place, "acme")  # numbered first, not committed yet
+        before = log.data_version()
+        later = await cli.request("globex", None, "ops")
+        await changed(log, before)
+        await follower()
+        assert ("t.globex", "faq") not in await kept(cache) and ("t.acme", "faq") in await kept(cache)
+
+        before = log.data_version()
+        late_id = late()  # commits now, after the follower read past it
+        assert late_id < later.id
+        await changed(log, before)
+        await follower()
+        await follower()
+        assert {scope for scope, _ in await kept(cache)} == {"shared"}
+        assert follower.applied == 2  # each once
+
+
+def _open_purge(place: Place, tenant: str) -> Callable[[], int]:
+    """A purge inserted in a transaction left open, as a slow CLI's would be; the returned
+    function commits it and gives its id. On SQLite, whose writers take turns, the same late
+    arrival is a row written afterwards with an id below the last one read."""
+    if is_postgres(place):
+        import psycopg
+
+        assert isinstance(place, PgPlace)
+        conn = psycopg.connect(place.dsn)
+        conn.execute(f'SET search_path TO "{place.schema}"')
+        row = conn.execute(
+            "INSERT INTO cache_purges (tenant, task, at, by) VALUES (%s, NULL, %s, 'slow') RETURNING id",
+            (tenant, time.time()),
+        ).fetchone()
+        assert row is not None
+        conn.execute("SELECT pg_notify(%s, '')", (f"turnout_{place.schema}_cache-purges",))  # as the CLI's does
+
+        def commit() -> int:
+            conn.commit()
+            conn.close()
+            return int(row[0])
+
+        return commit
+
+    def write() -> int:
+        (low,) = raw_sql(place, "SELECT MIN(id) - 1 FROM cache_purges")[0]
+        raw_sql(place, f"INSERT INTO cache_purges VALUES ({int(low)}, '{tenant}', NULL, {time.time()}, 'slow')")  # noqa: S608 - the test's own values
+        return int(low)
+
+    return write
+
+
+async def test_purges_older_than_the_lookback_are_forgotten_not_replayed(tmp_path: Path) -> None:
+    now = [time.time()]
+    cache = await filled()
+    async with PurgeLog(tmp_path / FILE_NAME) as log:
+        follower = Follower(log, lambda tenant, task: cache.purge(tenant=tenant, task=task), clock=lambda: now[0])
+        await follower.start()
+        await log.request("acme", None, "ops")
+        await follower()
+        now[0] += LOOKBACK_S + 1  # its id is still below the last one: not read again
+        await log.request("nobody", None, "ops")
+        await follower()
+        assert follower.applied == 2 and follower._recent.keys() == {2}
 
 
 async def test_a_purge_that_fails_is_tried_again_on_the_next_tick(tmp_path: Path) -> None:

@@ -6,6 +6,13 @@ and every gateway follows that log: it reads ``data_version`` every ``POLL_S`` (
 memory for SQLite, from ``NOTIFY`` for PostgreSQL: no disk, no query) and, when it changed,
 applies the purges written since it last looked, logging how many answers each dropped.
 
+"Since it last looked" is not "after the last id it applied": PostgreSQL hands out an identity
+when a row is inserted, not when it commits, so of two purges asked at once the one with the
+smaller id may commit second and be invisible to a follower that has already read the other.
+So each look also reads back the purges asked in the last ``LOOKBACK_S`` and applies those it
+has not applied yet (it keeps their ids until they are that old); a purge applied twice would
+only drop nothing the second time, but it is applied once.
+
     cache_purges   id, tenant (NULL: every tenant), task (NULL: every task), at, by
 
 One SQLite file beside the release store (``cache-purges.db`` in the directory of
@@ -17,6 +24,7 @@ left to drop. The log holds names and times only, never a prompt or an answer.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +41,9 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = "cache-purges.db"
 POLL_S = 0.5
+# A purge committed after a later-numbered one is still read this long after it was asked
+# (its ``at``, the asking CLI's clock: generous, for clocks a little apart across a fleet).
+LOOKBACK_S = 300.0
 
 _TABLE = """CREATE TABLE cache_purges (
     id     {id},
@@ -122,10 +133,11 @@ class PurgeLog:
         found = await self._db.transaction(lambda c: c.execute(sql, (tenant, task, at, by)).fetchone())
         return Purge(int(found[0]), tenant, task, at, by)
 
-    async def after(self, last: int) -> list[Purge]:
-        """The purges written after ``last``, oldest first."""
-        sql = "SELECT id, tenant, task, at, by FROM cache_purges WHERE id > ? ORDER BY id"
-        rows = await self._db.run(lambda c: c.execute(sql, (last,)).fetchall())
+    async def after(self, last: int, since: float = math.inf) -> list[Purge]:
+        """The purges written after ``last``, and those asked at ``since`` or later whatever
+        their id, oldest first."""
+        sql = "SELECT id, tenant, task, at, by FROM cache_purges WHERE id > ? OR at >= ? ORDER BY id"
+        rows = await self._db.run(lambda c: c.execute(sql, (last, since)).fetchall())
         return [_decode(row) for row in rows]
 
     async def last(self) -> int:
@@ -149,28 +161,38 @@ Drop = Callable[[str | None, str | None], Awaitable[int]]  # (tenant, task) -> a
 
 class Follower:
     """A gateway's side: ``start`` notes where the log ends; each ``__call__`` (a ``Periodic``
-    tick) applies what was written since, when ``data_version`` says anything was."""
+    tick) applies what was written since, when ``data_version`` says anything was, and what
+    committed late (the module docstring)."""
 
-    def __init__(self, purges: PurgeLog, drop: Drop) -> None:
+    def __init__(self, purges: PurgeLog, drop: Drop, clock: Callable[[], float] = time.time) -> None:
         self._log = purges
         self._drop = drop
+        self._clock = clock
         self._version: int | None = None
         self._last = 0
+        self._recent: dict[int, float] = {}  # id -> at: applied (or older than this gateway) within LOOKBACK_S
         self.applied = 0  # purges applied
         self.dropped = 0  # answers they dropped
 
     async def start(self) -> None:
         self._version = self._log.data_version()
         self._last = await self._log.last()
+        # The cache starts empty: what was asked before now has nothing to drop here.
+        self._recent = {p.id: p.at for p in await self._log.after(self._last, self._clock() - LOOKBACK_S)}
 
     async def __call__(self) -> None:
         version = self._log.data_version()
         if version == self._version:
             return
+        since = self._clock() - LOOKBACK_S
+        self._recent = {id_: at for id_, at in self._recent.items() if at >= since}
         # The version before the rows: a purge written in between is read now or on the next tick.
-        for purge in await self._log.after(self._last):
+        for purge in await self._log.after(self._last, since):
+            if purge.id in self._recent:
+                continue
             dropped = await self._drop(purge.tenant, purge.task)
-            self._last = purge.id
+            self._last = max(self._last, purge.id)
+            self._recent[purge.id] = purge.at
             self.applied += 1
             self.dropped += dropped
             what = describe(purge.tenant, purge.task)
