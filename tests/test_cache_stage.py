@@ -53,6 +53,9 @@ async def test_a_task_without_cache_gets_none() -> None:
         ("internal", {**BODY, "temperature": 1}, False, BYPASS),
         ("internal", {"messages": BODY["messages"]}, False, BYPASS),  # no temperature: the server's default samples
         ("internal", {**BODY, "temperature": 1, "seed": 3}, False, MISS),
+        ("internal", {**BODY, "temperature": 1, "seed": None}, False, BYPASS),  # null: the default, no seed
+        ("internal", {**BODY, "temperature": None}, False, BYPASS),  # null: the server's default samples
+        ("internal", {**BODY, "seed": 0}, False, MISS),
     ],
 )
 async def test_what_is_looked_up(data_class: str, body: dict[str, Any], bypass: bool, state: bytes) -> None:
@@ -100,6 +103,21 @@ def test_bad_cache_config_is_named(cache: dict[str, Any], top: dict[str, Any], p
 )
 def test_bypass_headers(cache_control: bytes | None, turnout_cache: bytes | None, expected: bool) -> None:
     assert bypassed(cache_control, turnout_cache) is expected
+
+
+async def test_a_null_parameter_is_the_same_request_as_an_absent_one() -> None:
+    """Seen: ``"seed": null`` and a body without ``seed`` were kept as two answers. A top-level
+    null means the default in OpenAI's API, as absence does: one key."""
+    s = stage()
+    nulls = {**BODY, "seed": None, "max_tokens": None, "stop": None, "tools": None, "response_format": None}
+    leader = await s.lookup("faq", "acme", "internal", None, nulls, False)
+    assert leader is not None and leader.state == MISS
+    await s.fill(leader, encode("t", "mv", 0.5, Usage(3, 4), body=orjson.dumps({"choices": []})))
+    for body in (BODY, {**BODY, "seed": None}, nulls):
+        found = await s.lookup("faq", "acme", "internal", None, body, False)
+        assert found is not None and found.state == HIT, body
+    other = await s.lookup("faq", "acme", "internal", None, {**BODY, "seed": 1}, False)
+    assert other is not None and other.state == MISS  # a real seed is another request
 
 
 # -- single flight -----------------------------------------------------------------------------

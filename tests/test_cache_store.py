@@ -232,6 +232,20 @@ def test_key_parts_and_canonical_form() -> None:
     assert Address("t.a:b", "t", "v", "d").text() != Address("t.a", "b:t", "v", "d").text()
     assert deterministic({"messages": [], "temperature": 0}) and deterministic({"messages": [], "seed": 1})
     assert not deterministic({"messages": []}) and not deterministic({"messages": [], "temperature": 0.2})
+    assert not deterministic({"messages": [], "seed": None})  # null: the default, no seed
+    assert not deterministic({"messages": [], "temperature": None})
+    assert deterministic({"messages": [], "seed": 0})
+
+
+def test_a_null_top_level_parameter_is_left_out_of_the_key() -> None:
+    """``"seed": null`` is OpenAI's default, as no ``seed`` is: one key, not two entries."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    for name in ("seed", "max_tokens", "stop", "tools", "tool_choice", "response_format", "n", "logit_bias"):
+        assert digest(b"s", "internal", {**body, name: None}) == digest(b"s", "internal", body), name
+    assert digest(b"s", "internal", {**body, "seed": 0}) != digest(b"s", "internal", body)
+    # only the top level: a null inside a message is the caller's content
+    said = {"messages": [{"role": "user", "content": "hi", "name": None}], "temperature": 0}
+    assert digest(b"s", "internal", said) != digest(b"s", "internal", body)
 
 
 def test_redis_is_reachable_for_these_tests() -> None:

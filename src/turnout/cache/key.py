@@ -4,7 +4,8 @@ version (a new release never serves an old answer) and a digest of the canonical
 The canonical request is the body the targets receive — messages, tools, response format,
 generation parameters, ``stream`` — with JSON keys sorted and whole numbers written alike
 (``temperature: 0.0`` is ``0``), plus the effective data class. Left
-out: fields that do not shape the answer (``user``, ``metadata``, ``stream_options``: the door
+out: a top-level field whose value is null (``"seed": null`` means the default, as no ``seed``
+does), and fields that do not shape the answer (``user``, ``metadata``, ``stream_options``: the door
 drops a usage chunk the caller did not ask for). The digest is keyed (BLAKE2b's keyed mode, a
 MAC like HMAC, and several times cheaper per request than OpenSSL's one-shot HMAC), so a stored
 key never confirms a guessed prompt to whoever reads the backend.
@@ -46,7 +47,8 @@ def scope_of(tenant: str, shared: bool) -> str:
 
 
 def digest(secret: bytes, data_class: str, body: dict[str, Any]) -> str:
-    canonical = {k: _number(v) for k, v in body.items() if k not in IGNORED}
+    # A top-level null is OpenAI's "the default", as an absent field is: left out (one key).
+    canonical = {k: _number(v) for k, v in body.items() if v is not None and k not in IGNORED}
     raw = orjson.dumps([data_class, canonical], option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(raw, digest_size=20, key=secret).hexdigest()  # 160 bits, 40 hex digits
 
@@ -60,7 +62,8 @@ def _number(value: Any) -> Any:
 
 
 def deterministic(body: dict[str, Any]) -> bool:
-    """Temperature 0 or a seed; a body without messages (embeddings) samples nothing."""
+    """Temperature 0 or a seed (``"seed": null`` is none); a body without messages (embeddings)
+    samples nothing."""
     if "messages" not in body:
         return True
     return body.get("temperature") == 0 or body.get("seed") is not None
