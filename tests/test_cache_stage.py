@@ -120,6 +120,25 @@ async def test_a_null_parameter_is_the_same_request_as_an_absent_one() -> None:
     assert other is not None and other.state == MISS  # a real seed is another request
 
 
+async def test_schemas_that_differ_in_property_order_are_two_answers() -> None:
+    """The model writes a structured answer's fields in its schema's order: two schemas that
+    list the same properties in another order are two requests (two misses), each a hit after."""
+
+    def asked(*names: str) -> dict[str, Any]:
+        schema = {"type": "object", "properties": {n: {"type": "string"} for n in names}, "required": sorted(names)}
+        return {**BODY, "response_format": {"type": "json_schema", "json_schema": {"name": "o", "schema": schema}}}
+
+    s = stage()
+    for body in (asked("id", "total"), asked("total", "id")):
+        found = await s.lookup("faq", "acme", "internal", None, body, False)
+        assert found is not None and found.state == MISS
+        await s.fill(found, encode("t", "mv", 0.5, Usage(3, 4), body=orjson.dumps({"choices": []})))
+    for body in (asked("id", "total"), asked("total", "id")):
+        found = await s.lookup("faq", "acme", "internal", None, body, False)
+        assert found is not None and found.state == HIT
+    assert (s.misses, s.hits) == (2, 2)
+
+
 # -- single flight -----------------------------------------------------------------------------
 
 

@@ -215,8 +215,8 @@ def test_sealer_round_trip_and_tamper() -> None:
 
 def test_key_parts_and_canonical_form() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "tools": [{"b": 1, "a": 2}]}
-    reordered = {"tools": [{"a": 2, "b": 1}], "temperature": 0, "messages": [{"content": "hi", "role": "user"}]}
-    assert digest(b"s", "internal", body) == digest(b"s", "internal", reordered)
+    reordered = {"tools": [{"b": 1, "a": 2}], "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+    assert digest(b"s", "internal", body) == digest(b"s", "internal", reordered)  # the top level: in order
     assert digest(b"s", "internal", body) == digest(b"s", "internal", {**body, "user": "x", "metadata": {"a": 1}})
     assert digest(b"s", "internal", body) != digest(b"s", "public", body)
     assert digest(b"s", "internal", body) != digest(b"t", "internal", body)
@@ -235,6 +235,36 @@ def test_key_parts_and_canonical_form() -> None:
     assert not deterministic({"messages": [], "seed": None})  # null: the default, no seed
     assert not deterministic({"messages": [], "temperature": None})
     assert deterministic({"messages": [], "seed": 0})
+
+
+def schema_format(*names: str) -> dict[str, object]:
+    properties = {name: {"type": "string"} for name in names}
+    schema = {"type": "object", "properties": properties, "required": sorted(names)}
+    return {"type": "json_schema", "json_schema": {"name": "order", "strict": True, "schema": schema}}
+
+
+def test_key_order_below_the_top_level_is_kept() -> None:
+    """Seen: a structured-output request whose schema listed ``properties`` in another order was
+    served the answer of the first (keys were sorted at every depth), but the model writes the
+    fields in the schema's order. Below the top level the body's order is the request's."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    one = {**body, "response_format": schema_format("id", "total")}
+    two = {**body, "response_format": schema_format("total", "id")}
+    assert digest(b"s", "internal", one) != digest(b"s", "internal", two)
+    assert digest(b"s", "internal", one) == digest(
+        b"s", "internal", {**body, "response_format": schema_format("id", "total")}
+    )
+
+    def tool(*names: str) -> dict[str, object]:
+        parameters = {"type": "object", "properties": {n: {"type": "integer"} for n in names}}
+        return {"type": "function", "function": {"name": "add", "parameters": parameters}}
+
+    assert digest(b"s", "internal", {**body, "tools": [tool("a", "b")]}) != digest(
+        b"s", "internal", {**body, "tools": [tool("b", "a")]}
+    )
+    # A message's keys are kept in the order sent too (a client sends one order every time).
+    swapped = {**body, "messages": [{"content": "hi", "role": "user"}]}
+    assert digest(b"s", "internal", swapped) != digest(b"s", "internal", body)
 
 
 def test_a_null_top_level_parameter_is_left_out_of_the_key() -> None:

@@ -1,9 +1,14 @@
 """A cached answer's address: who may read it (``scope``), the task, the serving release's
 version (a new release never serves an old answer) and a digest of the canonical request.
 
-The canonical request is the body the targets receive — messages, tools, response format,
-generation parameters, ``stream`` — with JSON keys sorted and whole numbers written alike
-(``temperature: 0.0`` is ``0``), plus the effective data class. Left
+The canonical request is the body the targets receive (OpenAI's chat shape, whichever door it
+came in by) — messages, tools, response format, generation parameters, ``stream`` — with its
+top-level keys sorted and whole top-level numbers written alike (``temperature: 0.0`` is ``0``),
+plus the effective data class. Below the top level the order is the request's own: key order
+means something there (a JSON schema's ``properties`` in ``response_format`` or a tool's
+``parameters`` is the order a structured answer is written in), and a client sends its message
+objects in one order every time, so ``{"role", "content"}`` and ``{"content", "role"}`` are two
+keys, which costs nothing but a rare second miss. Left
 out: a top-level field whose value is null (``"seed": null`` means the default, as no ``seed``
 does), and fields that do not shape the answer (``user``, ``metadata``, ``stream_options``: the door
 drops a usage chunk the caller did not ask for). The digest is keyed (BLAKE2b's keyed mode, a
@@ -47,9 +52,13 @@ def scope_of(tenant: str, shared: bool) -> str:
 
 
 def digest(secret: bytes, data_class: str, body: dict[str, Any]) -> str:
-    # A top-level null is OpenAI's "the default", as an absent field is: left out (one key).
-    canonical = {k: _number(v) for k, v in body.items() if v is not None and k not in IGNORED}
-    raw = orjson.dumps([data_class, canonical], option=orjson.OPT_SORT_KEYS)
+    # A top-level null is OpenAI's "the default", as an absent field is: left out (one key). The
+    # top level is put in order here and nothing below it (no OPT_SORT_KEYS): see the docstring.
+    # Only a float is handed to ``_number``: a call per field would cost what the sort does.
+    canonical = {
+        k: _number(v) if type(v) is float else v for k, v in sorted(body.items()) if v is not None and k not in IGNORED
+    }
+    raw = orjson.dumps([data_class, canonical])
     return hashlib.blake2b(raw, digest_size=20, key=secret).hexdigest()  # 160 bits, 40 hex digits
 
 
