@@ -310,17 +310,25 @@ async def test_the_sweep_drops_answers_of_releases_that_stopped_serving() -> Non
     store = MemoryCache()
     stage = CacheStage(validate(raw), store)
     sweep = Sweeper(stage, Registry())
+
+    def version(r: Release | None) -> str:
+        found = stage.version("faq", r)
+        assert found is not None
+        return found
+
     for r in (old, active, canary):
-        await store.put(address(version=stage.version(r)), PLAIN, 60)
+        await store.put(address(version=version(r)), PLAIN, 60)
     await sweep()
-    assert len(store) == 1 and await store.get(address(version=stage.version(old))) == PLAIN
+    assert len(store) == 1 and await store.get(address(version=version(old))) == PLAIN
     serving["faq"] = Serving(active, canary, 10.0)  # promoted, with a canary
-    await store.put(address(version=stage.version(active)), PLAIN, 60)
-    await store.put(address(version=stage.version(canary)), PLAIN, 60)
+    await store.put(address(version=version(active)), PLAIN, 60)
+    await store.put(address(version=version(canary)), PLAIN, 60)
     await sweep()
-    assert await store.get(address(version=stage.version(old))) is None
+    assert await store.get(address(version=version(old))) is None
     assert len(store) == 2 and sweep.purged == 3
-    await store.put(address(version=stage.version(old)), PLAIN, 60)
+    await store.put(address(version=version(old)), PLAIN, 60)
     await sweep()  # nothing changed since the last run: no scan
     assert len(store) == 3
-    assert stage.version(None) == "none" and stage.version(old) != stage.version(active)
+    assert version(None).startswith("none.") and version(old) != version(active)
+    assert version(old).startswith(old.version + ".")  # the release, and who answers it
+    assert stage.version("gone", None) is None

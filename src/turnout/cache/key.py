@@ -1,5 +1,7 @@
-"""A cached answer's address: who may read it (``scope``), the task, the serving release's
-version (a new release never serves an old answer) and a digest of the canonical request.
+"""A cached answer's address: who may read it (``scope``), the task, the version of what serves
+it (the serving release's version, or ``none`` without releases, each with a fingerprint of the
+route's targets and their models: a new release, route or model never serves an old answer;
+``turnout.cache.stage.version_of``) and a digest of the canonical request.
 
 The canonical request is the body the targets receive (OpenAI's chat shape, whichever door it
 came in by) — messages, tools, response format, generation parameters, ``stream`` — with its
@@ -33,7 +35,7 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 class Address(NamedTuple):  # a tuple: made on every lookup, in C
     scope: str  # "t.<tenant>", or "shared"
     task: str
-    version: str  # the serving release's version; "none" without releases
+    version: str  # "<release version>.<who answers>"; "none.<who answers>" without releases
     digest: str
 
     def text(self) -> str:
