@@ -7,6 +7,7 @@ own, stopped) holds up one request a second, not every one."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import shutil
 import signal
 import socket
@@ -95,6 +96,23 @@ async def test_replicas_share_sealed_answers_and_purge_by_tenant(
             assert await ask(one) == "miss"  # acme's answer is gone
             assert await ask(other) == "hit"  # globex's stays
             assert calls(upstream) == 3
+
+
+async def test_gateways_whose_target_names_another_model_share_no_answer(make_app: AppFactory, prefix: str) -> None:
+    """Seen: a task without releases kept the same key whatever model its target named, so a
+    gateway restarted with a new model served the old model's answers from Redis until their
+    TTL. Two gateways over one Redis, the second with another model: no hit across them."""
+    async with FakeUpstream(reply=ANSWER) as upstream:
+        raw = shared(upstream, prefix)
+        changed = copy.deepcopy(raw)
+        changed["targets"]["up"]["model"] = "m-next"
+        async with gateway(make_app, raw, KEY) as (_, old), gateway(make_app, changed, KEY) as (_, new):
+            assert await ask(old) == "miss"
+            assert await ask(new) == "miss"  # not the old model's answer
+            assert await ask(new) == "hit"
+            assert calls(upstream) == 2
+            asked = [r.body["model"] for r in upstream.requests if r.path.endswith("/chat/completions")]
+            assert asked == ["m", "m-next"]
 
 
 def test_purge_with_the_memory_backend_asks_the_gateways_instead(tmp_path: Path) -> None:

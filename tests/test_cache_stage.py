@@ -17,6 +17,7 @@ from turnout.cache.stage import BYPASS, HIT, MISS, CacheStage, bypassed
 from turnout.config import validate
 from turnout.errors import ConfigError
 from turnout.providers.base import Completion, Stream, Usage
+from turnout.releases.base import Prompt, Release
 
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
 
@@ -53,6 +54,9 @@ async def test_a_task_without_cache_gets_none() -> None:
         ("internal", {**BODY, "temperature": 1}, False, BYPASS),
         ("internal", {"messages": BODY["messages"]}, False, BYPASS),  # no temperature: the server's default samples
         ("internal", {**BODY, "temperature": 1, "seed": 3}, False, MISS),
+        ("internal", {**BODY, "temperature": 1, "seed": None}, False, BYPASS),  # null: the default, no seed
+        ("internal", {**BODY, "temperature": None}, False, BYPASS),  # null: the server's default samples
+        ("internal", {**BODY, "seed": 0}, False, MISS),
     ],
 )
 async def test_what_is_looked_up(data_class: str, body: dict[str, Any], bypass: bool, state: bytes) -> None:
@@ -100,6 +104,112 @@ def test_bad_cache_config_is_named(cache: dict[str, Any], top: dict[str, Any], p
 )
 def test_bypass_headers(cache_control: bytes | None, turnout_cache: bytes | None, expected: bool) -> None:
     assert bypassed(cache_control, turnout_cache) is expected
+
+
+async def test_a_null_parameter_is_the_same_request_as_an_absent_one() -> None:
+    """Seen: ``"seed": null`` and a body without ``seed`` were kept as two answers. A top-level
+    null means the default in OpenAI's API, as absence does: one key."""
+    s = stage()
+    nulls = {**BODY, "seed": None, "max_tokens": None, "stop": None, "tools": None, "response_format": None}
+    leader = await s.lookup("faq", "acme", "internal", None, nulls, False)
+    assert leader is not None and leader.state == MISS
+    await s.fill(leader, encode("t", "mv", 0.5, Usage(3, 4), body=orjson.dumps({"choices": []})))
+    for body in (BODY, {**BODY, "seed": None}, nulls):
+        found = await s.lookup("faq", "acme", "internal", None, body, False)
+        assert found is not None and found.state == HIT, body
+    other = await s.lookup("faq", "acme", "internal", None, {**BODY, "seed": 1}, False)
+    assert other is not None and other.state == MISS  # a real seed is another request
+
+
+async def test_schemas_that_differ_in_property_order_are_two_answers() -> None:
+    """The model writes a structured answer's fields in its schema's order: two schemas that
+    list the same properties in another order are two requests (two misses), each a hit after."""
+
+    def asked(*names: str) -> dict[str, Any]:
+        schema = {"type": "object", "properties": {n: {"type": "string"} for n in names}, "required": sorted(names)}
+        return {**BODY, "response_format": {"type": "json_schema", "json_schema": {"name": "o", "schema": schema}}}
+
+    s = stage()
+    for body in (asked("id", "total"), asked("total", "id")):
+        found = await s.lookup("faq", "acme", "internal", None, body, False)
+        assert found is not None and found.state == MISS
+        await s.fill(found, encode("t", "mv", 0.5, Usage(3, 4), body=orjson.dumps({"choices": []})))
+    for body in (asked("id", "total"), asked("total", "id")):
+        found = await s.lookup("faq", "acme", "internal", None, body, False)
+        assert found is not None and found.state == HIT
+    assert (s.misses, s.hits) == (2, 2)
+
+
+# -- who answers ---------------------------------------------------------------------------------
+
+SECRET = "0123456789abcdef" * 4  # the digest key: every stage (a replica, a restart) the same
+
+
+def serving(route: list[str] | None = None, **models: str) -> dict[str, Any]:
+    """A config with targets ``t`` (model ``m``) and ``u`` (``n``), ``models`` changing them."""
+    raw = raw_config(cache={"encryption_key": SECRET})
+    for name, model in (("t", "m"), ("u", "n")):
+        url = "http://127.0.0.1:9/v1"
+        raw["targets"][name] = {"provider": "openai", "base_url": url, "model": models.get(name, model)}
+    raw["tasks"]["faq"]["route"] = route or ["t", "u"]
+    return raw
+
+
+async def test_who_answers_is_part_of_the_key_of_a_task_without_releases() -> None:
+    """Seen: with Redis (shared, kept across restarts), a task without releases kept serving the
+    answers of the model its target named before, until their TTL: the key's version was
+    ``none`` whatever served the task. Now it names the route and each target's model."""
+    store = MemoryCache()
+
+    async def state(raw: dict[str, Any], fill: bool = False) -> bytes:
+        s = CacheStage(validate(raw), store)  # a restart (or another replica) over one store
+        found = await s.lookup("faq", "acme", "internal", None, BODY, False)
+        assert found is not None
+        if fill:
+            await s.fill(found, encode("t", "m", 0.5, Usage(3, 4), body=orjson.dumps({"choices": []})))
+        return found.state
+
+    assert await state(serving(), fill=True) == MISS
+    assert await state(serving()) == HIT  # the same config: the same key
+    moved = serving()
+    moved["targets"]["t"]["base_url"] = "http://127.0.0.1:10/v1"  # the same model elsewhere
+    assert await state(moved) == HIT
+    assert await state(serving(t="m2")) == MISS  # the first target's model changed
+    assert await state(serving(u="n2")) == MISS  # so did its fallback's
+    assert await state(serving(["u", "t"])) == MISS  # another target answers first
+    assert await state(serving(["t"])) == MISS  # no fallback
+
+
+def test_a_release_version_names_the_models_of_its_targets() -> None:
+    """A release names its targets, not their models: the config may give a target another
+    model under the same release, which must not serve the answers of the model before."""
+    release = Release("faq", "r1", ("t",), None, None, Prompt(None, "{{ q }}", {"q": "string"}))
+
+    def version(raw: dict[str, Any]) -> str | None:
+        return CacheStage(validate(raw), MemoryCache()).version("faq", release)
+
+    first = version(serving())
+    assert first is not None and first.startswith(release.version + ".")
+    assert version(serving()) == first  # the same in every process
+    assert version(serving(u="n2")) == first  # not a target of the release
+    assert version(serving(["t"])) == first  # the route as the release cuts it is the same
+    assert version(serving(t="m2")) != first
+
+
+async def test_a_reload_swaps_who_answers_with_the_tasks() -> None:
+    """A reload swaps the stage's ``tasks`` (``Runtime.successor``): the version of a task and
+    of each release follows the new config, not the one the stage was made with."""
+    release = Release("faq", "r1", ("u", "t"), None, None, Prompt(None, "{{ q }}", {"q": "string"}))
+    s = CacheStage(validate(serving()), MemoryCache())
+    before = (s.version("faq", None), s.version("faq", release))
+    s.tasks = CacheStage(validate(serving(["t"])), s.store).tasks
+    after = (s.version("faq", None), s.version("faq", release))
+    assert before[0] != after[0]  # another route
+    assert before[1] != after[1]  # the release's targets as the new route cuts them: t alone
+    s.tasks = CacheStage(validate(serving(["u", "t"])), s.store).tasks
+    assert s.version("faq", release) == before[1]  # cut in the release's own order: u, t still
+    s.tasks = CacheStage(validate(serving()), s.store).tasks
+    assert (s.version("faq", None), s.version("faq", release)) == before
 
 
 # -- single flight -----------------------------------------------------------------------------

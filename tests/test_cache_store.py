@@ -215,8 +215,8 @@ def test_sealer_round_trip_and_tamper() -> None:
 
 def test_key_parts_and_canonical_form() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "tools": [{"b": 1, "a": 2}]}
-    reordered = {"tools": [{"a": 2, "b": 1}], "temperature": 0, "messages": [{"content": "hi", "role": "user"}]}
-    assert digest(b"s", "internal", body) == digest(b"s", "internal", reordered)
+    reordered = {"tools": [{"b": 1, "a": 2}], "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+    assert digest(b"s", "internal", body) == digest(b"s", "internal", reordered)  # the top level: in order
     assert digest(b"s", "internal", body) == digest(b"s", "internal", {**body, "user": "x", "metadata": {"a": 1}})
     assert digest(b"s", "internal", body) != digest(b"s", "public", body)
     assert digest(b"s", "internal", body) != digest(b"t", "internal", body)
@@ -232,6 +232,50 @@ def test_key_parts_and_canonical_form() -> None:
     assert Address("t.a:b", "t", "v", "d").text() != Address("t.a", "b:t", "v", "d").text()
     assert deterministic({"messages": [], "temperature": 0}) and deterministic({"messages": [], "seed": 1})
     assert not deterministic({"messages": []}) and not deterministic({"messages": [], "temperature": 0.2})
+    assert not deterministic({"messages": [], "seed": None})  # null: the default, no seed
+    assert not deterministic({"messages": [], "temperature": None})
+    assert deterministic({"messages": [], "seed": 0})
+
+
+def schema_format(*names: str) -> dict[str, object]:
+    properties = {name: {"type": "string"} for name in names}
+    schema = {"type": "object", "properties": properties, "required": sorted(names)}
+    return {"type": "json_schema", "json_schema": {"name": "order", "strict": True, "schema": schema}}
+
+
+def test_key_order_below_the_top_level_is_kept() -> None:
+    """Seen: a structured-output request whose schema listed ``properties`` in another order was
+    served the answer of the first (keys were sorted at every depth), but the model writes the
+    fields in the schema's order. Below the top level the body's order is the request's."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    one = {**body, "response_format": schema_format("id", "total")}
+    two = {**body, "response_format": schema_format("total", "id")}
+    assert digest(b"s", "internal", one) != digest(b"s", "internal", two)
+    assert digest(b"s", "internal", one) == digest(
+        b"s", "internal", {**body, "response_format": schema_format("id", "total")}
+    )
+
+    def tool(*names: str) -> dict[str, object]:
+        parameters = {"type": "object", "properties": {n: {"type": "integer"} for n in names}}
+        return {"type": "function", "function": {"name": "add", "parameters": parameters}}
+
+    assert digest(b"s", "internal", {**body, "tools": [tool("a", "b")]}) != digest(
+        b"s", "internal", {**body, "tools": [tool("b", "a")]}
+    )
+    # A message's keys are kept in the order sent too (a client sends one order every time).
+    swapped = {**body, "messages": [{"content": "hi", "role": "user"}]}
+    assert digest(b"s", "internal", swapped) != digest(b"s", "internal", body)
+
+
+def test_a_null_top_level_parameter_is_left_out_of_the_key() -> None:
+    """``"seed": null`` is OpenAI's default, as no ``seed`` is: one key, not two entries."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    for name in ("seed", "max_tokens", "stop", "tools", "tool_choice", "response_format", "n", "logit_bias"):
+        assert digest(b"s", "internal", {**body, name: None}) == digest(b"s", "internal", body), name
+    assert digest(b"s", "internal", {**body, "seed": 0}) != digest(b"s", "internal", body)
+    # only the top level: a null inside a message is the caller's content
+    said = {"messages": [{"role": "user", "content": "hi", "name": None}], "temperature": 0}
+    assert digest(b"s", "internal", said) != digest(b"s", "internal", body)
 
 
 def test_redis_is_reachable_for_these_tests() -> None:
@@ -266,17 +310,25 @@ async def test_the_sweep_drops_answers_of_releases_that_stopped_serving() -> Non
     store = MemoryCache()
     stage = CacheStage(validate(raw), store)
     sweep = Sweeper(stage, Registry())
+
+    def version(r: Release | None) -> str:
+        found = stage.version("faq", r)
+        assert found is not None
+        return found
+
     for r in (old, active, canary):
-        await store.put(address(version=stage.version(r)), PLAIN, 60)
+        await store.put(address(version=version(r)), PLAIN, 60)
     await sweep()
-    assert len(store) == 1 and await store.get(address(version=stage.version(old))) == PLAIN
+    assert len(store) == 1 and await store.get(address(version=version(old))) == PLAIN
     serving["faq"] = Serving(active, canary, 10.0)  # promoted, with a canary
-    await store.put(address(version=stage.version(active)), PLAIN, 60)
-    await store.put(address(version=stage.version(canary)), PLAIN, 60)
+    await store.put(address(version=version(active)), PLAIN, 60)
+    await store.put(address(version=version(canary)), PLAIN, 60)
     await sweep()
-    assert await store.get(address(version=stage.version(old))) is None
+    assert await store.get(address(version=version(old))) is None
     assert len(store) == 2 and sweep.purged == 3
-    await store.put(address(version=stage.version(old)), PLAIN, 60)
+    await store.put(address(version=version(old)), PLAIN, 60)
     await sweep()  # nothing changed since the last run: no scan
     assert len(store) == 3
-    assert stage.version(None) == "none" and stage.version(old) != stage.version(active)
+    assert version(None).startswith("none.") and version(old) != version(active)
+    assert version(old).startswith(old.version + ".")  # the release, and who answers it
+    assert stage.version("gone", None) is None

@@ -420,6 +420,29 @@ async def test_a_reload_that_shortens_a_ttl_ends_the_answers_kept_under_the_long
     assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "hit"]
 
 
+async def test_a_reload_that_routes_a_task_to_another_model_serves_none_of_the_old_answers(
+    served: Served, tmp_path: Path, cache_section: dict[str, Any]
+) -> None:
+    """Seen: the key of a task without releases named no model (its version was ``none``), so a
+    reload that routed the task to another model kept serving the old model's answers until
+    their TTL. A target's own model waits for a restart (``targets`` is not live): until then
+    the running model still answers, and its answers stand."""
+    raw = base(tmp_path)
+    raw["cache"] = cache_section
+    raw["tasks"]["chat"]["cache"] = {"ttl_s": 600, "classes": ["internal"]}
+    app = await served.start(raw)
+    assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "hit"]
+    raw["targets"]["primary"]["model"] = "m1-next"
+    served.write(raw)
+    assert (await app.reload())["restart_needed"] == ["targets"]
+    assert await cache_state(app, "chat") == "hit"  # m1 still answers
+    raw["tasks"]["chat"]["route"] = ["secondary", "primary"]  # m2 answers now
+    served.write(raw)
+    assert (await app.reload())["changed"] == ["tasks"]
+    assert [await cache_state(app, "chat"), await cache_state(app, "chat")] == ["miss", "hit"]
+    assert len(served.secondary.calls) == 1
+
+
 async def test_openapi_describes_both_answers(served: Served, tmp_path: Path) -> None:
     from jsonschema import validate as conforms
 

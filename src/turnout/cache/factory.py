@@ -1,14 +1,15 @@
 """The configured cache: its store (``cache.backend``), the stage, and the background job that
-drops the answers of releases that no longer serve and, in process, expired ones."""
+drops the answers of releases (or, without releases, of routes and models) that no longer serve
+and, in process, expired ones."""
 
 from __future__ import annotations
 
 from turnout.cache.memory import MemoryCache
 from turnout.cache.redis import RedisCache
-from turnout.cache.stage import NO_VERSION, CacheStage
+from turnout.cache.stage import CacheStage
 from turnout.cache.store import CacheStore
 from turnout.config import Config
-from turnout.releases.base import ReleaseRegistry
+from turnout.releases.base import Release, ReleaseRegistry
 
 MB = 1024 * 1024
 
@@ -36,8 +37,9 @@ def open_cache_store(config: Config) -> CacheStore:
 
 
 class Sweeper:
-    """One run: for each cached task whose serving releases changed since the last run (every
-    task on the first), delete its answers of any other release version; then expired entries."""
+    """One run: for each cached task whose serving versions (its releases, or without releases
+    its route and models) changed since the last run (every task on the first), delete its
+    answers of any other version; then expired entries."""
 
     def __init__(self, stage: CacheStage, registry: ReleaseRegistry | None) -> None:
         self._stage = stage
@@ -46,16 +48,20 @@ class Sweeper:
         self.purged = 0
 
     async def __call__(self) -> None:
-        for task in self._stage.tasks:
+        for task in list(self._stage.tasks):  # a reload may swap the tasks between two awaits
             keep = self.serving_versions(task)
-            if self._kept.get(task) != keep:
+            if keep and self._kept.get(task) != keep:
                 self.purged += await self._stage.store.purge_release(task, keep)
                 self._kept[task] = keep
         self.purged += await self._stage.store.sweep()
 
     def serving_versions(self, task: str) -> frozenset[str]:
+        """The versions of the task's answers that may still be served (``stage.version_of``:
+        the release and who answers it, or the route and its models without releases); empty
+        for a task no longer cached."""
         serving = self.registry.serving(task) if self.registry is not None else None
-        if serving is None:
-            return frozenset({NO_VERSION})
-        releases = (serving.active, serving.canary)
-        return frozenset(self._stage.version(r) for r in releases if r is not None)
+        releases: list[Release | None] = [None]  # no active release: answered without one
+        if serving is not None:
+            releases = [serving.active] if serving.canary is None else [serving.active, serving.canary]
+        versions = {self._stage.version(task, r) for r in releases}
+        return frozenset(v for v in versions if v is not None)

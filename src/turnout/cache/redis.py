@@ -1,6 +1,6 @@
 """The shared cache: Redis, one key per answer with its own TTL, every value sealed (AES-GCM,
 ``turnout.cache.seal``) with its key as associated data. Keys are
-``<prefix>:cache:<scope>:<task>:<release version>:<digest>``, each part quoted
+``<prefix>:cache:<scope>:<task>:<version>:<digest>``, each part quoted
 (``turnout.cache.key``: no part holds a colon), so a purge scans the prefix's keys and picks a
 tenant's or a task's answers by comparing each key's parts.
 
@@ -27,7 +27,7 @@ from turnout.cache.seal import Sealer, Unsealable
 log = logging.getLogger("turnout.cache")
 
 SCAN_COUNT = 1000
-PARTS = 4  # after the prefix: scope, task, release version, digest (each quoted: no colon)
+PARTS = 4  # after the prefix: scope, task, version, digest (each quoted: no colon)
 REST_S = 1.0  # after Redis timed out or refused, gets and puts skip it this long
 
 

@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,11 @@ from turnout.releases.base import Release
 
 HEADER = b"x-turnout-cache"
 HIT, MISS, BYPASS = b"hit", b"miss", b"bypass"
-NO_VERSION = "none"  # a task served without releases
+NO_VERSION = "none"  # a task served without releases: "none.<what serves it>"
+# What of a target shapes its answers; its URLs, keys, timeouts, limits and prices do not.
+ANSWERING = frozenset(
+    {"provider", "model", "model_path", "model_version", "additional_fields", "guardrail", "embedding_space"}
+)
 # How long a follower waits for its flight's leader before asking for itself: a leader's answer
 # is shared once its client has taken all of it, which a slow client can hold back for as long
 # as it likes.
@@ -52,6 +56,38 @@ class TaskCache:
     checks: str = ""  # the task's answer checks, fingerprinted: their change is a new key
     # The same for each tenant with tool allowlists of its own (they override the task's).
     tenant_checks: Mapping[str, str] = field(default_factory=dict)
+    # What serves the task, for the address's version: without releases, ``unreleased`` (its
+    # route in order and what of each target shapes an answer); a release's version is taken
+    # with the same of its targets on that route (``version_of``), once per release object.
+    unreleased: str = NO_VERSION
+    route: tuple[str, ...] = ()
+    answering: Mapping[str, Any] = field(default_factory=dict)  # target → what shapes its answers
+    versions: dict[int, tuple[Release, str]] = field(default_factory=dict)
+
+
+def answered_by(route: Iterable[str], answering: Mapping[str, Any]) -> str:
+    """A short fingerprint of who answers along ``route`` (in order, fallbacks included): each
+    target's name, provider and model (``ANSWERING``). A config that routes the task elsewhere,
+    or gives a target another model, never serves the answers of the one before it (with Redis
+    they outlive a restart)."""
+    raw = orjson.dumps([[name, answering.get(name)] for name in route], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def version_of(cfg: TaskCache, release: Release | None) -> str:
+    """The address's version: the serving release's content version (a new release never serves
+    an old answer) and who answers on its targets (a release names its targets, not their
+    models, which the config may change under it); without releases, ``cfg.unreleased``. A dict
+    lookup per request: a release's is worked out once per release object and config."""
+    if release is None:
+        return cfg.unreleased
+    found = cfg.versions.get(id(release))
+    if found is None or found[0] is not release:
+        if len(cfg.versions) > 1024:  # releases come and go: keep it bounded
+            cfg.versions.clear()
+        route = [t for t in release.route if t in cfg.route]  # as the pipeline cuts it
+        found = cfg.versions[id(release)] = (release, f"{release.version}.{answered_by(route, cfg.answering)}")
+    return found[1]
 
 
 def checks_of(name: str, task: TaskConfig, tenant: TenantConfig | None = None) -> str:
@@ -97,6 +133,7 @@ class CacheStage:
         # An in-process store is read without a coroutine (a hit's lookup awaits nothing); a
         # subclass may override ``get``, so only the class itself.
         self._get_now = store.get_now if type(store) is MemoryCache else None
+        answering = {name: t.model_dump(mode="json", include=set(ANSWERING)) for name, t in config.targets.items()}
         self.tasks: dict[str, TaskCache] = {
             name: TaskCache(
                 t.cache.ttl_s,
@@ -105,6 +142,9 @@ class CacheStage:
                 t.cache.allow_sampled,
                 checks_of(name, t),
                 _tenant_checks(config, name, t),
+                f"{NO_VERSION}.{answered_by(t.route, answering)}",
+                tuple(t.route),
+                answering,
             )
             for name, t in config.tasks.items()
             if t.cache is not None
@@ -114,7 +154,6 @@ class CacheStage:
         self._secret = derive(secret, b"digest") if secret else os.urandom(32)
         self._rules = rules or Rules(config)
         self._flights: dict[str, asyncio.Future[bytes | None]] = {}
-        self._versions: dict[int, tuple[Release, str]] = {}
         self.hits = self.misses = self.bypasses = 0
 
     async def lookup(
@@ -130,7 +169,7 @@ class CacheStage:
         address = Address(
             scope_of(tenant, cfg.shared),
             task,
-            self.version(release),
+            version_of(cfg, release),
             digest(self._secret, data_class + cfg.tenant_checks.get(tenant, cfg.checks), body),
         )
         ttl_s = self._rules.get(tenant, task).cache_ttl(cfg.ttl_s)
@@ -181,17 +220,11 @@ class CacheStage:
         if lookup is not None and lookup.leading is not None:
             self._finish(lookup, None)
 
-    def version(self, release: Release | None) -> str:
-        """The serving release's content version (a new release never serves an old answer),
-        hashed once per release object."""
-        if release is None:
-            return NO_VERSION
-        found = self._versions.get(id(release))
-        if found is None or found[0] is not release:
-            if len(self._versions) > 1024:  # releases come and go: keep it bounded
-                self._versions.clear()
-            found = self._versions[id(release)] = (release, release.version)
-        return found[1]
+    def version(self, task: str, release: Release | None) -> str | None:
+        """The version of ``task``'s answers served by ``release`` (``version_of``) under the
+        config now; None for a task that is not cached (any more: a reload took it out)."""
+        cfg = self.tasks.get(task)
+        return None if cfg is None else version_of(cfg, release)
 
     def _finish(self, lookup: Lookup, value: bytes | None) -> None:
         leading, lookup.leading = lookup.leading, None

@@ -7,7 +7,7 @@
 Both pass the contract suite in ``tests/test_cache_store.py``: ``get`` answers what ``put``
 stored until its TTL ends; ``purge`` by tenant touches that tenant's scope only (answers shared
 by every tenant belong to none), by task every scope of that task, with neither everything;
-``purge_release`` drops a task's answers of every release version but ``keep``. A backend that
+``purge_release`` drops a task's answers of every version (``Address.version``) but ``keep``. A backend that
 fails answers a miss (``get``) or stores nothing (``put``): the cache never fails a request.
 """
 

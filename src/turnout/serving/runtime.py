@@ -103,7 +103,7 @@ class Runtime:
         self.canary: CanaryController | None = None
         self.shadows: Mirror | None = None  # copies of requests for shadow releases
         self.cache: CacheStage | None = None  # the response cache, where a task opted in
-        self.cache_sweep: cache_factory.Sweeper | None = None  # its answers of releases no longer serving
+        self.cache_sweep: cache_factory.Sweeper | None = None  # its answers of versions no longer serving
         self.keys: KeyStore | None = None  # issued keys (with tenants)
         self._stack: AsyncExitStack | None = None
 
