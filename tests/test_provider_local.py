@@ -275,6 +275,23 @@ async def test_temperature_zero_is_deterministic(provider: LocalProvider) -> Non
 
 
 @pytest.mark.slow
+async def test_one_request_gets_one_answer_whatever_ran_before(provider: LocalProvider) -> None:
+    """llama.cpp reused the prompt the last job left in its context and evaluated only the
+    rest: the same request at temperature 0 then got another answer after itself than after a
+    different prompt (2 distinct answers in 8 tries)."""
+    ask = call("Name three colours.", max_tokens=32, temperature=0)
+    answers = []
+    for before in (None, "Name three colours.", STORY, "Name three colours.", None):
+        if before is not None:
+            await provider.complete(call(before, max_tokens=8, temperature=0))
+        answers.append(text(await provider.complete(ask)))
+    streamed = streamed_text(
+        await collect(await provider.stream(call("Name three colours.", stream=True, max_tokens=32, temperature=0)))
+    )
+    assert len(set(answers)) == 1 and streamed == answers[0], [*answers, streamed]
+
+
+@pytest.mark.slow
 async def test_seed_fixes_sampling(provider: LocalProvider) -> None:
     async def sample(seed: int) -> str:
         return text(await provider.complete(call(STORY, max_tokens=24, temperature=1.0, seed=seed)))

@@ -224,6 +224,13 @@ def generate(llm: Llama, job: Job) -> Event:
 
     counter = _TokenCounter(job)
     try:
+        # Each prompt evaluated whole, from an empty context: llama-cpp-python otherwise reuses
+        # the longest prefix the last job left and evaluates only the rest, in batches of another
+        # shape, whose float sums differ in the last bits. At temperature 0 one request then got
+        # two answers (2 distinct in 8 tries here, depending on what ran before; 1 in 8 with
+        # this). A small model's prompt costs little to evaluate again; the same request getting
+        # the same answer is what evals, the cache and a user's retry count on.
+        llm.reset()  # type: ignore[no-untyped-call]  # llama-cpp-python leaves it unannotated
         chunks = llm.create_chat_completion(**job.params, stream=True, logits_processor=LogitsProcessorList([counter]))
         try:
             for chunk in chunks:
