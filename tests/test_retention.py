@@ -18,14 +18,17 @@ import yaml
 from click.testing import CliRunner
 
 from tests.conftest import AppFactory
+from tests.pgstate import KINDS, state_place
 from tests.test_ledger_store import (
     BACKENDS,
+    POSTGRES_DSN,
     drop_schema,
     make_row,
     postgres_reachable,
     postgres_store,
     unique_schema,
 )
+from turnout._support.places import PgPlace, Place
 from turnout.cli.main import main
 from turnout.config import Config, validate
 from turnout.errors import ConfigError
@@ -417,3 +420,121 @@ def test_show_says_where_text_and_review_items_are_kept(tmp_path: Path, kind: st
             str(tmp_path / "data" / "capture.db"),
             str(tmp_path / "data" / "releases.db"),
         )
+
+
+# -- one run per interval across the processes sharing the store -------------------------------
+
+INTERVAL = 3600.0
+
+
+@pytest.fixture(params=KINDS)
+async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Place, Place | Path]]:
+    """Where two gateways' audit store and ledger are: one SQLite file each, or one PostgreSQL
+    (the fleet's state and its ledger, each in a schema of its own)."""
+    async with state_place(request.param, tmp_path / "capture.db") as place:
+        if request.param == "sqlite":
+            yield place, tmp_path / "ledger.db"
+            return
+        ledger_schema = unique_schema()
+        try:
+            yield place, PgPlace(POSTGRES_DSN, ledger_schema)
+        finally:
+            await drop_schema(ledger_schema)
+
+
+def ledger_at(where: Place | Path) -> LedgerStore:
+    return postgres_store(where.schema or "") if isinstance(where, PgPlace) else SQLiteStore(where)
+
+
+async def test_of_two_gateways_ticking_at_once_one_runs_each_interval(shared: tuple[Place, Place | Path]) -> None:
+    """Seen: every worker and replica ran the purge every interval, so the trail held a run per
+    process and their deletes raced. Each tick is claimed in the audit store now: one runs."""
+    audit_place, ledger_place = shared
+    now = [NOW]
+    stores = [ledger_at(ledger_place), ledger_at(ledger_place)]
+    audits = [CaptureStore(audit_place), CaptureStore(audit_place)]
+    for each in stores:
+        await each.open()
+    for audit in audits:
+        await audit.open()
+    try:
+        await stores[0].write_batch([aged(i, "acme", "faq", 31 + i) for i in range(7)])
+        rules = {"purge_interval_s": INTERVAL, **OVERLAPPING}
+        a, b = (
+            RetentionPurge(config(**rules), s, au, clock=lambda: now[0]) for s, au in zip(stores, audits, strict=True)
+        )
+
+        async def interval() -> list[str]:
+            await asyncio.gather(a.tick(), b.tick())
+            return [e.detail for e in await audits[1].audit() if e.detail.startswith("retention run")]
+
+        assert await interval() == ["retention run: deleted 7 ledger rows of 1 tenant/task pairs"]
+        assert sorted((a.runs, b.runs)) == [0, 1] and a.skipped + b.skipped == 1
+        holder, other = (a, b) if a.runs else (b, a)
+        details = [e.detail for e in await audits[0].audit()]
+        assert details.count("retention: deleted 7 ledger rows past ledger_days") == 1
+
+        # The next interval: the holder, whose claim is still good, runs again; the other skips.
+        await stores[1].write_batch([aged(100, "acme", "faq", 40)])
+        now[0] += INTERVAL
+        assert len(await interval()) == 2
+        assert (holder.runs, other.runs, other.skipped) == (2, 0, 2)
+        assert await stores[0].count() == 0
+
+        # A holder that stops ticking (it died mid-run) holds the job up for 1.5 intervals at most.
+        now[0] += INTERVAL
+        await other.tick()
+        assert other.runs == 0
+        now[0] += INTERVAL / 2
+        await other.tick()
+        assert other.runs == 1
+
+        # One that stops cleanly hands the claim back: the next to tick runs at once.
+        assert other.claim is not None and holder.claim is not None
+        await other.aclose()
+        await holder.tick()
+        assert holder.runs == 3
+    finally:
+        for each in stores:
+            await each.aclose()
+        for audit in audits:
+            await audit.aclose()
+
+
+async def test_a_long_run_keeps_its_claim(tmp_path: Path) -> None:
+    """A run longer than a quarter interval renews its claim between batches, so a second
+    process ticking meanwhile does not start another run beside it."""
+    now = [NOW]
+    ledger = SQLiteStore(tmp_path / "ledger.db")
+    audits = [CaptureStore(tmp_path / "capture.db"), CaptureStore(tmp_path / "capture.db")]
+    await ledger.open()
+    for audit in audits:
+        await audit.open()
+    try:
+        await ledger.write_batch([aged(i, "acme", "faq", 31) for i in range(10)])
+        rules = {**OVERLAPPING, "purge_interval_s": INTERVAL, "batch_size": 2}
+        slow = SlowLedger(ledger, now, INTERVAL / 2)  # each batch takes half an interval
+        a = RetentionPurge(config(**rules), slow, audits[0], clock=lambda: now[0])
+        b = RetentionPurge(config(**rules), ledger, audits[1], clock=lambda: now[0])
+        await a.tick()  # 6 batches: three intervals long
+        assert a.runs == 1 and now[0] == NOW + 3 * INTERVAL
+        await b.tick()  # 3 intervals after a claimed, but a renewed its claim as it went
+        assert (b.runs, b.skipped) == (0, 1)
+    finally:
+        await ledger.aclose()
+        for audit in audits:
+            await audit.aclose()
+
+
+class SlowLedger:
+    """A ledger whose deletes take ``step_s`` of the test's clock each."""
+
+    def __init__(self, inner: LedgerStore, now: list[float], step_s: float) -> None:
+        self.inner, self.now, self.step_s = inner, now, step_s
+
+    async def tenant_tasks(self) -> list[tuple[str, str]]:
+        return await self.inner.tenant_tasks()
+
+    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int:
+        self.now[0] += self.step_s
+        return await self.inner.delete_before(tenant, task, before, limit)

@@ -10,8 +10,13 @@ behind one long delete. Captured text follows its own
 ``capture_days`` (set on each capture when it is written, purged by the capture job); cached
 answers expire with their TTL, capped by ``cache_ttl_s``.
 
+Every worker and replica sharing the audit store schedules the job; each scheduled run
+(``tick``) is claimed in that store first (``claim``), so one process runs it each interval
+and the trail holds one run per interval. ``run_once`` runs unclaimed.
+
     purge = RetentionPurge(config, ledger_store, audit_store, reviews=review_queue)
     async with Periodic("turnout-retention", purge.tick, interval_s, first="now"): ...
+    await purge.aclose()  # hands the claim back
 """
 
 from __future__ import annotations
@@ -24,12 +29,20 @@ from functools import partial
 from typing import Protocol
 
 from turnout.config import Config
-from turnout.ledger.store import LedgerStore
 from turnout.privacy.capture.model import SYSTEM_ACTOR
 from turnout.privacy.capture.store import CaptureStore
+from turnout.privacy.retention.claim import RunClaim
 from turnout.privacy.retention.rules import DAY_S, Rules
 
 log = logging.getLogger("turnout.retention")
+
+
+class LedgerRows(Protocol):
+    """The ledger store (``turnout.ledger.store.LedgerStore``), as far as retention needs it."""
+
+    async def tenant_tasks(self) -> list[tuple[str, str]]: ...
+
+    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int: ...
 
 
 class ReviewItems(Protocol):
@@ -64,7 +77,7 @@ class RetentionPurge:
     def __init__(
         self,
         config: Config,
-        ledger: LedgerStore,
+        ledger: LedgerRows,
         audit: CaptureStore | None,
         *,
         reviews: ReviewItems | None = None,
@@ -79,7 +92,10 @@ class RetentionPurge:
         self._audit = audit
         self._batch = config.retention.batch_size
         self._clock = clock
+        interval = config.retention.purge_interval_s
+        self.claim = None if audit is None else RunClaim(audit, "retention", interval, clock=clock)
         self.runs = 0
+        self.skipped = 0  # scheduled runs another process had claimed
 
     async def run_once(self, actor: str = SYSTEM_ACTOR) -> PurgeRun:
         now = self._clock()
@@ -101,8 +117,17 @@ class RetentionPurge:
         return run
 
     async def tick(self) -> None:
-        """One scheduled run (``turnout._support.periodic``)."""
+        """One scheduled run (``turnout._support.periodic``), if this process claims it."""
+        if self.claim is not None and not await self.claim.claim():
+            self.skipped += 1
+            log.debug("retention: this interval's run is another process's")
+            return
         await self.run_once()
+
+    async def aclose(self) -> None:
+        """Once the schedule has stopped: hand the claim back."""
+        if self.claim is not None:
+            await self.claim.release()
 
     async def _purge_reviews(self, now: float) -> dict[tuple[str | None, str], int]:
         assert self._reviews is not None
@@ -141,6 +166,8 @@ class RetentionPurge:
             gone = await batch(self._batch)
             total += gone
             batches += 1
+            if self.claim is not None:
+                await self.claim.keep()  # a long run keeps its claim
             if gone < self._batch:
                 return total, batches
 
