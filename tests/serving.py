@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,6 +40,18 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_port_in(first: int, last: int) -> int:
+    """A port in ``first``-``last`` that nothing listens on now (for hosts that give tests a range)."""
+    for port in random.sample(range(first, last + 1), last + 1 - first):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{last}")
 
 
 def wait_http(url: str, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -109,8 +122,9 @@ def turnout_serve(
     env: dict[str, str] | None = None,
     preexec_fn: Callable[[], None] | None = None,  # e.g. resource limits for the server process
     extra: tuple[str, ...] = (),  # more `turnout serve` options, e.g. ("--workers", "2")
+    port: int | None = None,  # None: one the kernel finds free
 ) -> Iterator[Served]:
-    port = free_port()
+    port = free_port() if port is None else port
     log = cwd / "turnout.log"
     args = [sys.executable, "-m", "turnout", "serve", "--port", str(port), *extra]
     if config is not None:

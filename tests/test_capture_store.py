@@ -245,6 +245,29 @@ async def test_purger_runs_at_start_then_every_interval(store: CaptureStore) -> 
     assert purger.runs == runs  # stopped
 
 
+async def test_of_two_purgers_sharing_the_store_one_runs_each_interval(store: CaptureStore) -> None:
+    """Seen: every worker and replica purged captures each interval, one ``purged`` event each.
+    Each scheduled run is claimed in the store now: one runs, the other skips the interval."""
+    now = [T0]
+    await store.write_captures([row("old", T0 - 2 * DAY), row("new", T0)])
+    other = CaptureStore(store.place)
+    await other.open()
+    a, b = Purger(store, 3600, clock=lambda: now[0]), Purger(other, 3600, clock=lambda: now[0])
+    try:
+        for _ in range(3):
+            await asyncio.gather(a.tick(), b.tick())
+            now[0] += 3600
+        purged = [e for e in await store.audit() if e.event == "purged"]
+        assert [e.detail for e in purged] == ["deleted 1 captures past their retention"] + [
+            "deleted 0 captures past their retention"
+        ] * 2
+        assert sorted((a.runs, b.runs)) == [0, 3] and a.skipped + b.skipped == 3
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await other.aclose()
+
+
 async def test_purger_run_once(store: CaptureStore) -> None:
     grant = await store.create_grant("acme", "support", T0, T0 + 60, "r", "alice")
     result = await Purger(store, 3600).run_once(T0 + 60)

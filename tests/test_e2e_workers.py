@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import itertools
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -25,7 +27,9 @@ import openai
 import pytest
 import redis
 
-from tests.serving import Process, Served, sdk_client, turnout_serve
+from tests.serving import Process, Served, free_port_in, sdk_client, turnout_serve
+from tests.test_ledger_store import make_row
+from turnout.ledger.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.slow
 REDIS = "redis://127.0.0.1:6379/0"
@@ -312,3 +316,41 @@ def test_a_console_session_holds_on_every_worker(served: Served) -> None:
     assert token is not None
     assert console(served, "POST", "/ui/logout", cookie, f"csrf={token.group(1)}")[0] == 303
     assert [console(served, "GET", "/ui/tenants", cookie)[0] for _ in range(8)] == [303] * 8  # on every worker
+
+
+def test_retention_runs_once_an_interval_whatever_the_workers(tmp_path: Path) -> None:
+    """Seen: every worker ran the retention purge every interval, so the audit trail held two
+    runs an interval and their deletes raced. One worker claims each interval's run now."""
+    interval = 0.5
+
+    async def seed() -> None:
+        ledger = SQLiteStore(tmp_path / "ledger.db")
+        await ledger.open()
+        old = time.time() - 40 * 86_400
+        await ledger.write_batch([make_row(i, started_at=old + i) for i in range(3)])
+        await ledger.aclose()
+
+    asyncio.run(seed())
+    cfg = {
+        "store": {"kind": "sqlite", "path": str(tmp_path / "ledger.db"), "flush_interval_ms": 10},
+        "targets": {"up": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}},
+        "tasks": {"chat": {"route": ["up"]}},
+        "retention": {"purge_interval_s": interval, "rules": [{"ledger_days": 30}]},
+    }
+    (tmp_path / "turnout.yaml").write_text(json.dumps(cfg))
+    port = free_port_in(22000, 22999)
+    with turnout_serve(tmp_path, tmp_path / "turnout.yaml", extra=("--workers", "2"), port=port) as served:
+        wait_log(served, STARTED, 2)
+        time.sleep(10 * interval)
+        assert len(workers_of(served)) == 2
+    db = sqlite3.connect(tmp_path / "capture.db")
+    try:
+        trail = db.execute("SELECT at, detail FROM audit WHERE detail LIKE 'retention%' ORDER BY id").fetchall()
+    finally:
+        db.close()
+    runs = [at for at, detail in trail if detail.startswith("retention run")]
+    assert len(runs) >= 5, trail
+    gaps = [b - a for a, b in itertools.pairwise(runs)]
+    assert min(gaps) >= 0.9 * interval, gaps  # two workers running each interval: pairs a moment apart
+    assert [d for _, d in trail].count("retention: deleted 3 ledger rows past ledger_days") == 1
+    assert sum("deleted 3 ledger rows of 1 tenant/task pairs" in d for _, d in trail) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -481,6 +482,37 @@ async def test_concurrent_outcomes_and_batches(store: LedgerStore) -> None:
     got = await store.get("req-000123")
     assert got is not None
     assert (got.outcome, got.outcome_value) == ("o123", 123.0)
+
+
+async def test_aged_rows_walks_oldest_first_in_batches_through_equal_times(store: LedgerStore) -> None:
+    """The retention purge's walk: each row between the bounds exactly once, oldest first,
+    however the batches fall among rows that started at the same time."""
+    times = [100.0, 100.0, 100.0, 101.0, 102.0, 102.0, 102.0, 102.0, 103.0, 104.0, 105.0]
+    await store.write_batch([make_row(i, started_at=t, tenant=f"t{i % 2}") for i, t in enumerate(times)])
+    walked: list[tuple[float, str, str]] = []
+    after = None
+    while True:
+        batch = await store.aged_rows(100.0, 105.0, 3, after)
+        walked += [(r.started_at, r.request_id, r.tenant) for r in batch]
+        if len(batch) < 3:
+            break
+        after = (batch[-1].started_at, batch[-1].order)
+    assert sorted(walked) == [(t, f"req-{i:06d}", f"t{i % 2}") for i, t in enumerate(times) if t < 105.0]
+    assert [w[0] for w in walked] == sorted(w[0] for w in walked)
+    assert [r.started_at for r in await store.aged_rows(101.0, 103.0, 100)] == [101.0, 102.0, 102.0, 102.0, 102.0]
+    assert await store.aged_rows(-math.inf, 100.0, 10) == []
+    assert len(await store.aged_rows(-math.inf, math.inf, 0)) == 0
+
+
+async def test_delete_rows_says_how_many_of_each_tenant_and_task_went(store: LedgerStore) -> None:
+    await store.write_batch(
+        [make_row(1), make_row(2), make_row(3, task="faq"), make_row(4, tenant="globex"), make_row(5)]
+    )
+    gone = await store.delete_rows(["req-000001", "req-000002", "req-000003", "req-000004", "req-000004", "nope"])
+    assert gone == {("acme", "support-reply"): 2, ("acme", "faq"): 1, ("globex", "support-reply"): 1}
+    assert [r.request_id for r in await store.recent()] == ["req-000005"]
+    assert await store.delete_rows([]) == {}
+    assert await store.delete_rows(["req-000001"]) == {}
 
 
 async def test_every_backend_satisfies_the_protocol() -> None:

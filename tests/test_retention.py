@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
+import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +20,23 @@ import yaml
 from click.testing import CliRunner
 
 from tests.conftest import AppFactory
+from tests.pgstate import KINDS, state_place
 from tests.test_ledger_store import (
     BACKENDS,
+    POSTGRES_DSN,
     drop_schema,
     make_row,
     postgres_reachable,
     postgres_store,
     unique_schema,
 )
+from turnout._support.places import PgPlace, Place
 from turnout.cli.main import main
 from turnout.config import Config, validate
 from turnout.errors import ConfigError
 from turnout.ledger.memory import MemoryStore
 from turnout.ledger.sqlite import SQLiteStore
-from turnout.ledger.store import LedgerStore
+from turnout.ledger.store import AgedRow, LedgerStore, Order
 from turnout.privacy.capture.model import Decision
 from turnout.privacy.capture.store import CaptureStore
 from turnout.privacy.capture.writer import CaptureWriter
@@ -41,6 +46,7 @@ from turnout.privacy.retention.rules import DAY_S, Rules
 from turnout.releases.review import ReviewQueue
 
 NOW = 1_800_000_000.0
+INTERVAL = 3600.0  # retention.purge_interval_s's default
 
 
 def config(**retention: Any) -> Config:
@@ -197,6 +203,96 @@ async def test_a_pair_kept_for_ever_is_not_touched(ledger: LedgerStore) -> None:
     run = await RetentionPurge(config(**rules), ledger, None, clock=lambda: NOW).run_once()
     assert run.deleted == {("acme", "faq"): 1}
     assert [r.task for r in await ledger.recent(10)] == ["support"]
+
+
+class Counting:
+    """A ledger that counts the rows the purge reads."""
+
+    def __init__(self, inner: LedgerStore) -> None:
+        self.inner, self.read = inner, 0
+
+    async def aged_rows(
+        self, since: float, before: float, limit: int, after: tuple[float, Order] | None = None
+    ) -> list[AgedRow]:
+        found = await self.inner.aged_rows(since, before, limit, after)
+        self.read += len(found)
+        return found
+
+    async def delete_rows(self, request_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+        return await self.inner.delete_rows(request_ids)
+
+
+async def test_the_next_run_reads_only_what_aged_since_the_last(ledger: LedgerStore) -> None:
+    """A run reads the rows that crossed a cutoff since the previous one, not every row older
+    than the shortest rule: globex's support rows, kept a year, are read by the first run of
+    the process and then left alone."""
+    kept = [aged(i, "globex", "support", 100) for i in range(50)]
+    young = [aged(100 + i, "acme", "faq", 30 - (i + 1) * 600 / DAY_S) for i in range(3)]  # 30 days old within 30 min
+    await ledger.write_batch([*kept, *young, aged(200, "acme", "faq", 31)])
+    now = [NOW]
+    counting = Counting(ledger)
+    purge = RetentionPurge(config(**OVERLAPPING), counting, None, clock=lambda: now[0])
+    first = await purge.run_once()
+    assert first.deleted == {("acme", "faq"): 1} and counting.read == 51
+    counting.read = 0
+    now[0] += INTERVAL
+    second = await purge.run_once()
+    assert second.deleted == {("acme", "faq"): 3} and counting.read == 3
+    assert await ledger.count() == 50
+
+
+async def test_a_row_written_long_after_it_started_goes_at_the_daily_walk_of_every_old_row(ledger: LedgerStore) -> None:
+    """Rows that reach the ledger after their own cutoff (a spill journal replayed after a
+    long outage) are not in what aged since the last run; once a day a run reads every old
+    row again."""
+    now = [NOW]
+    purge = RetentionPurge(config(**OVERLAPPING), ledger, None, clock=lambda: now[0])
+    await purge.run_once()
+    await ledger.write_batch([aged(1, "acme", "faq", 40)])
+    now[0] += INTERVAL
+    assert (await purge.run_once()).total == 0
+    now[0] += DAY_S - INTERVAL
+    assert (await purge.run_once()).deleted == {("acme", "faq"): 1}
+
+
+async def test_a_run_reads_the_started_at_index_never_the_whole_ledger(tmp_path: Path) -> None:
+    """Seen: each run began with ``SELECT DISTINCT tenant, task FROM requests``, a scan of the
+    whole table (250 ms on 800,000 rows, ``bench/retention.py``) that held the ledger's thread
+    so the writer's batches waited and spilled, and each pair's deletes searched the
+    (task, release, started_at) index by task alone, reading every row of the task. Every
+    statement a run makes now reads the ``started_at`` index or the primary key."""
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteStore(path)
+    await ledger.open()
+    statements: list[str] = []
+    try:
+        ages = (1, 29, 31, 89, 91, 179, 181, 364, 366, 1000)
+        await ledger.write_batch([aged(i, "acme", "faq", age) for i, age in enumerate(ages)])
+        await ledger._db.run(lambda conn: conn.set_trace_callback(statements.append))
+        now = [NOW]
+        purge = RetentionPurge(config(**{**OVERLAPPING, "batch_size": 3}), ledger, None, clock=lambda: now[0])
+        assert (await purge.run_once()).total == 8
+        now[0] += INTERVAL
+        await purge.run_once()
+        await ledger._db.run(lambda conn: conn.set_trace_callback(None))
+    finally:
+        await ledger.aclose()
+    reads = [sql for sql in statements if sql.lstrip().upper().startswith(("SELECT", "DELETE"))]
+    assert len(reads) >= 6
+    # A batch after the first searches from the last row's time, not from the walk's start
+    # again (seen: every batch of a full walk read the index from the oldest row).
+    going_on = [re.search(r"started_at >= (\S+) .*\(started_at, rowid\) > \((\S+), ", sql) for sql in reads]
+    assert [m[1] for m in going_on if m] == [m[2] for m in going_on if m] != []
+    db = sqlite3.connect(path)
+    try:
+        for sql in reads:
+            plan = [str(r[-1]) for r in db.execute("EXPLAIN QUERY PLAN " + sql.replace("-Inf", "-9e999"))]
+            on_requests = [step for step in plan if " requests" in step]
+            assert on_requests, (sql, plan)
+            for step in on_requests:
+                assert "requests_started_at" in step or "sqlite_autoindex_requests" in step, (sql, plan)
+    finally:
+        db.close()
 
 
 # -- turnout retention show ----------------------------------------------------------------
@@ -417,3 +513,121 @@ def test_show_says_where_text_and_review_items_are_kept(tmp_path: Path, kind: st
             str(tmp_path / "data" / "capture.db"),
             str(tmp_path / "data" / "releases.db"),
         )
+
+
+# -- one run per interval across the processes sharing the store -------------------------------
+
+
+@pytest.fixture(params=KINDS)
+async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Place, Place | Path]]:
+    """Where two gateways' audit store and ledger are: one SQLite file each, or one PostgreSQL
+    (the fleet's state and its ledger, each in a schema of its own)."""
+    async with state_place(request.param, tmp_path / "capture.db") as place:
+        if request.param == "sqlite":
+            yield place, tmp_path / "ledger.db"
+            return
+        ledger_schema = unique_schema()
+        try:
+            yield place, PgPlace(POSTGRES_DSN, ledger_schema)
+        finally:
+            await drop_schema(ledger_schema)
+
+
+def ledger_at(where: Place | Path) -> LedgerStore:
+    return postgres_store(where.schema or "") if isinstance(where, PgPlace) else SQLiteStore(where)
+
+
+async def test_of_two_gateways_ticking_at_once_one_runs_each_interval(shared: tuple[Place, Place | Path]) -> None:
+    """Seen: every worker and replica ran the purge every interval, so the trail held a run per
+    process and their deletes raced. Each tick is claimed in the audit store now: one runs."""
+    audit_place, ledger_place = shared
+    now = [NOW]
+    stores = [ledger_at(ledger_place), ledger_at(ledger_place)]
+    audits = [CaptureStore(audit_place), CaptureStore(audit_place)]
+    for each in stores:
+        await each.open()
+    for audit in audits:
+        await audit.open()
+    try:
+        await stores[0].write_batch([aged(i, "acme", "faq", 31 + i) for i in range(7)])
+        rules = {"purge_interval_s": INTERVAL, **OVERLAPPING}
+        a, b = (
+            RetentionPurge(config(**rules), s, au, clock=lambda: now[0]) for s, au in zip(stores, audits, strict=True)
+        )
+
+        async def interval() -> list[str]:
+            await asyncio.gather(a.tick(), b.tick())
+            return [e.detail for e in await audits[1].audit() if e.detail.startswith("retention run")]
+
+        assert await interval() == ["retention run: deleted 7 ledger rows of 1 tenant/task pairs"]
+        assert sorted((a.runs, b.runs)) == [0, 1] and a.skipped + b.skipped == 1
+        holder, other = (a, b) if a.runs else (b, a)
+        details = [e.detail for e in await audits[0].audit()]
+        assert details.count("retention: deleted 7 ledger rows past ledger_days") == 1
+
+        # The next interval: the holder, whose claim is still good, runs again; the other skips.
+        await stores[1].write_batch([aged(100, "acme", "faq", 30 - INTERVAL / 2 / DAY_S)])  # 30 days old by then
+        now[0] += INTERVAL
+        assert len(await interval()) == 2
+        assert (holder.runs, other.runs, other.skipped) == (2, 0, 2)
+        assert await stores[0].count() == 0
+
+        # A holder that stops ticking (it died mid-run) holds the job up for 1.5 intervals at most.
+        now[0] += INTERVAL
+        await other.tick()
+        assert other.runs == 0
+        now[0] += INTERVAL / 2
+        await other.tick()
+        assert other.runs == 1
+
+        # One that stops cleanly hands the claim back: the next to tick runs at once.
+        assert other.claim is not None and holder.claim is not None
+        await other.aclose()
+        await holder.tick()
+        assert holder.runs == 3
+    finally:
+        for each in stores:
+            await each.aclose()
+        for audit in audits:
+            await audit.aclose()
+
+
+async def test_a_long_run_keeps_its_claim(tmp_path: Path) -> None:
+    """A run longer than a quarter interval renews its claim between batches, so a second
+    process ticking meanwhile does not start another run beside it."""
+    now = [NOW]
+    ledger = SQLiteStore(tmp_path / "ledger.db")
+    audits = [CaptureStore(tmp_path / "capture.db"), CaptureStore(tmp_path / "capture.db")]
+    await ledger.open()
+    for audit in audits:
+        await audit.open()
+    try:
+        await ledger.write_batch([aged(i, "acme", "faq", 31) for i in range(10)])
+        rules = {**OVERLAPPING, "purge_interval_s": INTERVAL, "batch_size": 2}
+        slow = SlowLedger(ledger, now, INTERVAL / 2)  # each batch takes half an interval
+        a = RetentionPurge(config(**rules), slow, audits[0], clock=lambda: now[0])
+        b = RetentionPurge(config(**rules), ledger, audits[1], clock=lambda: now[0])
+        await a.tick()  # 6 batches read: three intervals long
+        assert a.runs == 1 and now[0] == NOW + 3 * INTERVAL
+        await b.tick()  # 3 intervals after a claimed, but a renewed its claim as it went
+        assert (b.runs, b.skipped) == (0, 1)
+    finally:
+        await ledger.aclose()
+        for audit in audits:
+            await audit.aclose()
+
+
+class SlowLedger:
+    """A ledger whose reads take ``step_s`` of the test's clock each."""
+
+    def __init__(self, inner: LedgerStore, now: list[float], step_s: float) -> None:
+        self.inner, self.now, self.step_s = inner, now, step_s
+
+    async def aged_rows(
+        self, since: float, before: float, limit: int, after: tuple[float, Order] | None = None
+    ) -> list[AgedRow]:
+        self.now[0] += self.step_s
+        return await self.inner.aged_rows(since, before, limit, after)
+
+    async def delete_rows(self, request_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+        return await self.inner.delete_rows(request_ids)

@@ -13,7 +13,16 @@ from collections.abc import Sequence
 
 from turnout.config import StoreConfig
 from turnout.ledger.record import LedgerRow
-from turnout.ledger.store import EVAL_TENANT, STATS_COLUMNS, ReleaseStats, StoreError, check_limit, summarize
+from turnout.ledger.store import (
+    EVAL_TENANT,
+    STATS_COLUMNS,
+    AgedRow,
+    Order,
+    ReleaseStats,
+    StoreError,
+    check_limit,
+    summarize,
+)
 
 _STATS = operator.attrgetter(*STATS_COLUMNS)  # a row's values for summarize, in its order
 
@@ -52,18 +61,28 @@ class MemoryStore:
         self._check_open()
         return len(self._rows)
 
-    async def tenant_tasks(self) -> list[tuple[str, str]]:
+    async def aged_rows(
+        self, since: float, before: float, limit: int, after: tuple[float, Order] | None = None
+    ) -> list[AgedRow]:
         self._check_open()
-        return sorted({(r.tenant, r.task) for r in self._rows.values()})
+        check_limit(limit)
+        found = sorted(
+            AgedRow(r.started_at, r.request_id, r.request_id, r.tenant, r.task)
+            for r in self._rows.values()
+            if since <= r.started_at < before
+        )
+        if after is not None:
+            found = [r for r in found if (r.started_at, r.order) > after]
+        return found[:limit]
 
-    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int:
+    async def delete_rows(self, request_ids: Sequence[str]) -> dict[tuple[str, str], int]:
         self._check_open()
-        gone = [
-            key for key, r in self._rows.items() if r.tenant == tenant and r.task == task and r.started_at < before
-        ][:limit]
-        for key in gone:
-            del self._rows[key]
-        return len(gone)
+        deleted: dict[tuple[str, str], int] = {}
+        for request_id in dict.fromkeys(request_ids):
+            row = self._rows.pop(request_id, None)
+            if row is not None:
+                deleted[(row.tenant, row.task)] = deleted.get((row.tenant, row.task), 0) + 1
+        return deleted
 
     async def set_outcome(
         self,

@@ -27,6 +27,7 @@ tests use to stay apart from each other in one database.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -47,6 +48,8 @@ from turnout.ledger.store import (
     EVAL_TENANT,
     RELEASE_FAULTS,
     RELEASE_REJECTIONS,
+    AgedRow,
+    Order,
     ReleaseStats,
     StoreError,
     check_limit,
@@ -212,22 +215,24 @@ class PostgresStore:
         async with self._connection() as conn:
             return int(await conn.fetchval(self._sql.count))
 
-    async def tenant_tasks(self) -> list[tuple[str, str]]:
-        """Every (tenant, task) with rows (retention: ``turnout.privacy.retention``)."""
+    async def aged_rows(
+        self, since: float, before: float, limit: int, after: tuple[float, Order] | None = None
+    ) -> list[AgedRow]:
+        check_limit(limit)
         async with self._connection() as conn:
-            found = await conn.fetch(f"SELECT DISTINCT tenant, task FROM {self._sql.prefix}requests")  # noqa: S608
-        return [(str(r[0]), str(r[1])) for r in found]
+            if after is None:
+                found = await conn.fetch(self._sql.aged_first, since, before, limit)
+            else:
+                lower = max(since, after[0])  # the range starts at the last row's time, as in SQLite
+                found = await conn.fetch(self._sql.aged_after, lower, before, limit, after[0], str(after[1]))
+        return [AgedRow(*record) for record in found]
 
-    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int:
-        """Delete at most ``limit`` of the pair's rows that started before ``before``: how many."""
-        p = self._sql.prefix
-        sql = (
-            f"DELETE FROM {p}requests WHERE request_id IN (SELECT request_id FROM {p}requests "  # noqa: S608
-            "WHERE tenant = $1 AND task = $2 AND started_at < $3 LIMIT $4)"
-        )
+    async def delete_rows(self, request_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+        if not request_ids:
+            return {}
         async with self._connection() as conn:
-            status = await conn.execute(sql, tenant, task, before, limit)
-        return int(status.rsplit(" ", 1)[-1])
+            gone = await conn.fetch(self._sql.delete_rows, list(request_ids))
+        return dict(collections.Counter((str(r[0]), str(r[1])) for r in gone))
 
     async def set_outcome(
         self,
@@ -378,6 +383,15 @@ class _Statements:
             labels = COALESCE($8::jsonb, labels),
             outcome_at = $5
             WHERE episode_id = $6 AND tenant = $7"""  # noqa: S608
+        # The retention purge's walk: started_at's index serves the range, oldest first; ties
+        # are sorted by request id within each run of equal times only (an incremental sort).
+        aged = (
+            f"SELECT started_at, request_id, request_id, tenant, task FROM {p}requests "  # noqa: S608
+            "WHERE started_at >= $1 AND started_at < $2"
+        )
+        self.aged_first = f"{aged} ORDER BY started_at, request_id LIMIT $3"
+        self.aged_after = f"{aged} AND (started_at, request_id) > ($4, $5) ORDER BY started_at, request_id LIMIT $3"
+        self.delete_rows = f"DELETE FROM {p}requests WHERE request_id = ANY($1::text[]) RETURNING tenant, task"  # noqa: S608
         # NULL parameters switch the tenant and task filters off; started_at's index serves the range.
         self.between = (
             f"{select} WHERE started_at >= $1 AND started_at < $2 "

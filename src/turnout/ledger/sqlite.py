@@ -14,6 +14,7 @@ Steps are append-only history; a change to ``LedgerRow`` needs a new step, never
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import itertools
@@ -29,7 +30,16 @@ import orjson
 from turnout._support.sqlite import SQLiteWorker, migrate
 from turnout.config import StoreConfig
 from turnout.ledger.record import AttemptRecord, LedgerRow
-from turnout.ledger.store import EVAL_TENANT, STATS_COLUMNS, ReleaseStats, StoreError, check_limit, summarize
+from turnout.ledger.store import (
+    EVAL_TENANT,
+    STATS_COLUMNS,
+    AgedRow,
+    Order,
+    ReleaseStats,
+    StoreError,
+    check_limit,
+    summarize,
+)
 
 T = TypeVar("T")
 
@@ -196,10 +206,14 @@ def _statements(rows: Sequence[LedgerRow]) -> Iterator[tuple[str, list[Any]]]:
 
 
 _SELECT = f"SELECT {_COLUMN_LIST} FROM requests"  # noqa: S608
-_DELETE_BEFORE = (
-    "DELETE FROM requests WHERE rowid IN "
-    "(SELECT rowid FROM requests WHERE tenant = ? AND task = ? AND started_at < ? LIMIT ?)"
-)
+# The retention purge's walk, oldest first along the started_at index (whose entries are in
+# (started_at, rowid) order: no sort), reading the rows it returns and no others. The rows a
+# run deletes are mostly the oldest, so a run costs what it deletes, not what the ledger holds.
+_AGED = "SELECT started_at, rowid, request_id, tenant, task FROM requests WHERE started_at >= ? AND started_at < ?"
+_AGED_FIRST = f"{_AGED} ORDER BY started_at, rowid LIMIT ?"
+_AGED_AFTER = f"{_AGED} AND (started_at, rowid) > (?, ?) ORDER BY started_at, rowid LIMIT ?"
+# One parameter however many ids (SQLite caps a statement's parameters): a JSON array.
+_DELETE_ROWS = "DELETE FROM requests WHERE request_id IN (SELECT value FROM json_each(?)) RETURNING tenant, task"
 _ATTEMPTS = COLUMNS.index("attempts")
 _LABELS = COLUMNS.index("labels")
 _BOOLS = ("stream", "fallback")
@@ -289,17 +303,27 @@ class SQLiteStore:
         found = await self._call(lambda conn: conn.execute("SELECT COUNT(*) FROM requests").fetchone())
         return int(found[0])
 
-    async def tenant_tasks(self) -> list[tuple[str, str]]:
-        """Every (tenant, task) with rows (retention: ``turnout.privacy.retention``)."""
-        found = await self._call(lambda conn: conn.execute("SELECT DISTINCT tenant, task FROM requests").fetchall())
-        return [(str(tenant), str(task)) for tenant, task in found]
+    async def aged_rows(
+        self, since: float, before: float, limit: int, after: tuple[float, Order] | None = None
+    ) -> list[AgedRow]:
+        check_limit(limit)
+        # After a row, the range starts at its time: SQLite takes the lower bound it is given
+        # for the index and would otherwise read from ``since`` again, every batch.
+        sql, params = (
+            (_AGED_FIRST, (since, before, limit))
+            if after is None
+            else (_AGED_AFTER, (max(since, after[0]), before, *after, limit))
+        )
+        found = await self._call(lambda conn: conn.execute(sql, params).fetchall())
+        return [AgedRow(*record) for record in found]
 
-    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int:
-        """Delete at most ``limit`` of the pair's rows that started before ``before``, in one
-        short transaction (the writer's batches go between two of them): how many."""
-        params = (tenant, task, before, limit)
-        deleted: int = await self._db.transaction(lambda conn: conn.execute(_DELETE_BEFORE, params).rowcount)
-        return deleted
+    async def delete_rows(self, request_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+        """In one short transaction (the writer's batches go between two of them)."""
+        if not request_ids:
+            return {}
+        ids = orjson.dumps(list(request_ids)).decode()
+        gone = await self._db.transaction(lambda conn: conn.execute(_DELETE_ROWS, (ids,)).fetchall())
+        return dict(collections.Counter((str(tenant), str(task)) for tenant, task in gone))
 
     async def set_outcome(
         self,

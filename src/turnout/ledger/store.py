@@ -24,6 +24,12 @@ rules:
   first (ties by ``request_id``), optionally of one tenant and one task, at most ``limit``.
 * ``release_stats`` sums up one release of one task since a time, in one query, with the same
   figures on every backend (``ReleaseStats`` defines each one).
+* ``aged_rows`` is the retention purge's read: at most ``limit`` rows with
+  ``since <= started_at < before``, oldest first, ties in the backend's own ``order`` (SQLite's
+  rowid, else the request id), each after ``after`` when given (the previous answer's last
+  row), so a walk goes on where it stopped. Through the ``started_at`` index: it reads the
+  rows it returns and no others. ``delete_rows`` deletes rows by request id in one short
+  transaction and says how many of each (tenant, task) went.
 
 Nothing here is on the request path: rows reach a store through ``LedgerWriter``'s queue.
 """
@@ -33,12 +39,24 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from turnout._support.backends import Backend, load
 from turnout.config import StoreConfig
 from turnout.errors import TurnoutError
 from turnout.ledger.record import LedgerRow
+
+Order = int | str  # breaks ties in ``started_at`` (``AgedRow.order``)
+
+
+class AgedRow(NamedTuple):
+    """What the retention purge weighs of a row: its age and whose it is."""
+
+    started_at: float
+    order: Order
+    request_id: str
+    tenant: str
+    task: str
 
 
 class StoreError(TurnoutError):
@@ -207,13 +225,17 @@ class LedgerStore(Protocol):
 
     async def count(self) -> int: ...
 
-    async def tenant_tasks(self) -> list[tuple[str, str]]:
-        """Every (tenant, task) that has rows: what the retention purge walks."""
+    async def aged_rows(
+        self, since: float, before: float, limit: int, after: tuple[float, Order] | None = None
+    ) -> list[AgedRow]:
+        """At most ``limit`` rows with ``since <= started_at < before``, oldest first, past
+        ``after`` (an earlier answer's last ``(started_at, order)``) when given: one batch of
+        the retention purge's walk."""
         ...
 
-    async def delete_before(self, tenant: str, task: str, before: float, limit: int) -> int:
-        """Delete at most ``limit`` rows of the pair that started before ``before`` (one
-        batch of the retention purge): how many."""
+    async def delete_rows(self, request_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+        """Delete these rows (ids not stored are skipped) in one transaction: how many of each
+        (tenant, task)."""
         ...
 
     async def set_outcome(

@@ -287,7 +287,7 @@ class Runtime:
 
     async def _open_retention(self, stack: AsyncExitStack, store: LedgerStore) -> None:
         """The retention purge of the ledger and the review queue, its runs audited beside
-        captured text."""
+        captured text; each interval's run is claimed there, so one worker or replica runs it."""
         audit = self.capture.store if self.capture is not None else None
         if audit is None:
             audit = CaptureStore(self.config.state_at(capture_path(self.config.store)))
@@ -296,6 +296,7 @@ class Runtime:
         shadows = self.shadows.store if self.shadows is not None else None
         purge = RetentionPurge(self.config, store, audit, reviews=self.reviews, shadows=shadows)
         job = Periodic("turnout-retention", purge.tick, self.config.retention.purge_interval_s, first="now")
+        stack.push_async_callback(purge.aclose)  # after the job has stopped: its claim goes back
         job.start()
         stack.push_async_callback(job.aclose)
 

@@ -66,4 +66,13 @@ CAPTURE: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX captures_expires_at ON captures (expires_at)",
         "CREATE INDEX captures_tenant_task ON captures (tenant, task)",
     ),
+    # 2: which process runs a purge job this interval (as in SQLite).
+    (
+        """CREATE TABLE purge_runs (
+            name          text PRIMARY KEY,
+            owner         text NOT NULL,
+            claimed_at    double precision NOT NULL,
+            claimed_until double precision NOT NULL
+        )""",
+    ),
 )

@@ -3,7 +3,9 @@
 Runs once when started (catching up after downtime), then every ``purge_interval_s``, until
 ``aclose``. Each run is one transaction in the store that also appends one ``purged`` audit
 event carrying the count, so the trail shows the job ran even when there was nothing to delete.
-``turnout capture purge`` runs the same ``run_once`` by hand.
+``turnout capture purge`` runs the same ``run_once`` by hand. Every worker and replica
+sharing the store schedules the job; each scheduled run is claimed in the store first
+(``turnout.privacy.retention.claim``), so one of them runs it each interval.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from turnout._support.periodic import Periodic
 from turnout.config import CaptureConfig
 from turnout.privacy.capture.model import SYSTEM_ACTOR, Grant
 from turnout.privacy.capture.store import CaptureStore
+from turnout.privacy.retention.claim import RunClaim
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,9 @@ class Purger:
         self.interval_s = interval_s
         self.runs = 0
         self._clock = clock
-        self._loop = Periodic("turnout-capture-purge", self._purge, interval_s, first="now", logger=log)
+        self.claim = RunClaim(store, "capture", interval_s, clock=clock)
+        self.skipped = 0  # scheduled runs another process had claimed
+        self._loop = Periodic("turnout-capture-purge", self.tick, interval_s, first="now", logger=log)
 
     @classmethod
     def from_config(cls, store: CaptureStore, cfg: CaptureConfig) -> Purger:
@@ -52,8 +57,14 @@ class Purger:
         self._loop.start()  # raises if already started
 
     async def aclose(self) -> None:
-        """Stop; a run in progress finishes first (it is one transaction)."""
+        """Stop; a run in progress finishes first (it is one transaction). The claim goes back."""
         await self._loop.aclose()
+        await self.claim.release()
 
-    async def _purge(self) -> None:
+    async def tick(self) -> None:
+        """One scheduled run (``turnout._support.periodic``), if this process claims it."""
+        if not await self.claim.claim():
+            self.skipped += 1
+            log.debug("capture: this interval's purge is another process's")
+            return
         await self.run_once()

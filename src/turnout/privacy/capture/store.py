@@ -15,6 +15,10 @@ its rows, and a partial unique index lets each grant be ``granted``, ``expired``
 one revocation. (Whoever can write the file can still drop the triggers; the guarantee is
 against the application and mistakes, not against the file's owner.)
 
+``purge_runs`` says which process runs each purge job this interval (``claim_run``: the
+workers and replicas sharing the store each schedule the jobs; see
+``turnout.privacy.retention.claim``).
+
 The file is created owner-only (0600): it may hold prompt text.
 
 The schema is versioned: ``schema_migrations`` records each applied step of ``MIGRATIONS``,
@@ -98,6 +102,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX captures_expires_at ON captures (expires_at)",
         "CREATE INDEX captures_tenant_task ON captures (tenant, task)",
     ),
+    # 2: which process runs a purge job (retention, captured text) this interval: the workers
+    # and replicas that share this store each tick, one claims the run (``claim_run``).
+    (
+        """CREATE TABLE purge_runs (
+            name          TEXT PRIMARY KEY,
+            owner         TEXT NOT NULL,
+            claimed_at    REAL NOT NULL,
+            claimed_until REAL NOT NULL
+        )""",
+    ),
 )
 
 _GRANT_COLUMNS = "id, tenant, task, starts_at, ends_at, reason, granted_by, revoked_at, revoked_by"
@@ -117,6 +131,13 @@ _UPSERT_CAPTURE = (  # PostgreSQL's spelling of the same
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _CAPTURE_COLUMNS.split(", ")[1:])
 )
 _SELECT_CAPTURES = f"SELECT {_CAPTURE_COLUMNS} FROM captures"  # noqa: S608
+# Insert, or take over a claim that ran out (or is the claimant's own): one statement, so of two
+# processes claiming at once exactly one wins, as canary steps are claimed (releases.canary).
+_CLAIM_RUN = """INSERT INTO purge_runs (name, owner, claimed_at, claimed_until) VALUES (?, ?, ?, ?)
+    ON CONFLICT (name) DO UPDATE
+    SET owner = excluded.owner, claimed_at = excluded.claimed_at, claimed_until = excluded.claimed_until
+    WHERE purge_runs.claimed_until <= excluded.claimed_at OR purge_runs.owner = excluded.owner"""
+_RENEW_RUN = "UPDATE purge_runs SET claimed_until = ? WHERE name = ? AND owner = ?"
 
 
 def capture_path(store: StoreConfig) -> str:
@@ -267,6 +288,21 @@ class CaptureStore:
         review deletions), its counts in ``detail``."""
         params = (at, "purged", None, tenant, task, None, actor, detail)
         await self._write(lambda conn: conn.execute(_INSERT_AUDIT, params), grants_changed=False)
+
+    async def claim_run(self, name: str, owner: str, now: float, until: float) -> bool:
+        """Claim the run of the purge job ``name`` from ``now`` until ``until``: True when
+        ``owner`` holds it now (nobody had it, the last claim ran out by ``now``, or it was
+        ``owner``'s own), False when another process holds it."""
+        params = (name, owner, now, until)
+        claimed: int = await self._call(lambda conn: conn.execute(_CLAIM_RUN, params).rowcount)
+        return claimed > 0
+
+    async def renew_run(self, name: str, owner: str, until: float) -> bool:
+        """Move the end of ``owner``'s claim on ``name`` to ``until`` (a long run keeps it; a
+        stopping process hands it back with ``until`` now). False: not ``owner``'s any more."""
+        params = (until, name, owner)
+        renewed: int = await self._call(lambda conn: conn.execute(_RENEW_RUN, params).rowcount)
+        return renewed > 0
 
     async def audit(self, tenant: str | None = None, limit: int | None = None) -> list[AuditEvent]:
         """The trail, oldest first (the last ``limit`` events when given)."""

@@ -2,21 +2,38 @@
 their tenant's and task's ``ledger_days`` and review items past ``review_days``, in batches, and
 record each run in the capture audit trail with its counts.
 
-One run walks every (tenant, task) the ledger (and the review queue) holds; a pair whose rule
-keeps them for ever is skipped. Sampled review items record no tenant: the shortest
-``review_days`` of any tenant for their task applies to them. Rows go ``batch_size`` at a
-time, each batch its own short transaction, so the ledger writer's inserts are never held up
-behind one long delete. Captured text follows its own
+The ledger is walked, not asked pair by pair: it has no (tenant, task) index (every insert
+would pay for one), so a run reads old rows along the ``started_at`` index, oldest first,
+``batch_size`` at a time (``aged_rows``, each batch where the last stopped), and deletes those
+past their own tenant's and task's ``ledger_days`` (``delete_rows``, one short transaction):
+no call holds the ledger's thread, or the writer's inserts behind it, for long. For each
+``ledger_days`` the rules name, a run reads the rows that crossed that cutoff since the
+previous run (from one interval before the previous cutoff, for rows written late), so it costs
+what aged in one interval, not what the ledger holds. The first run of a process, and one a day
+after, reads every row older than the shortest ``ledger_days`` instead: rows written much later
+than they started (a spill journal replayed after a long outage) are caught there.
+
+The review queue and the shadow store are walked pair by pair (``tenant_tasks``, then
+``delete_before`` in batches); a pair whose rule keeps them for ever is skipped. Sampled review
+items record no tenant: the shortest ``review_days`` of any tenant for their task applies to
+them. Captured text follows its own
 ``capture_days`` (set on each capture when it is written, purged by the capture job); cached
 answers expire with their TTL, capped by ``cache_ttl_s``.
 
+Every worker and replica sharing the audit store schedules the job; each scheduled run
+(``tick``) is claimed in that store first (``claim``), so one process runs it each interval
+and the trail holds one run per interval. ``run_once`` runs unclaimed.
+
     purge = RetentionPurge(config, ledger_store, audit_store, reviews=review_queue)
     async with Periodic("turnout-retention", purge.tick, interval_s, first="now"): ...
+    await purge.aclose()  # hands the claim back
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +41,25 @@ from functools import partial
 from typing import Protocol
 
 from turnout.config import Config
-from turnout.ledger.store import LedgerStore
+from turnout.ledger.store import AgedRow, Order
 from turnout.privacy.capture.model import SYSTEM_ACTOR
 from turnout.privacy.capture.store import CaptureStore
+from turnout.privacy.retention.claim import RunClaim
 from turnout.privacy.retention.rules import DAY_S, Rules
 
 log = logging.getLogger("turnout.retention")
+
+FULL_WALK_S = DAY_S  # how often a run reads every old row again, not only what aged since the last
+
+
+class LedgerRows(Protocol):
+    """The ledger store (``turnout.ledger.store.LedgerStore``), as far as retention needs it."""
+
+    async def aged_rows(
+        self, since: float, before: float, limit: int, after: tuple[float, Order] | None = None
+    ) -> list[AgedRow]: ...
+
+    async def delete_rows(self, request_ids: Sequence[str]) -> dict[tuple[str, str], int]: ...
 
 
 class ReviewItems(Protocol):
@@ -64,7 +94,7 @@ class RetentionPurge:
     def __init__(
         self,
         config: Config,
-        ledger: LedgerStore,
+        ledger: LedgerRows,
         audit: CaptureStore | None,
         *,
         reviews: ReviewItems | None = None,
@@ -79,20 +109,16 @@ class RetentionPurge:
         self._audit = audit
         self._batch = config.retention.batch_size
         self._clock = clock
+        self._interval = interval = config.retention.purge_interval_s
+        self.claim = None if audit is None else RunClaim(audit, "retention", interval, clock=clock)
+        self._walked: dict[float, float] = {}  # ledger_days: the cutoff the last run read up to
+        self._full_at = -math.inf  # when a run last read every old row
         self.runs = 0
+        self.skipped = 0  # scheduled runs another process had claimed
 
     async def run_once(self, actor: str = SYSTEM_ACTOR) -> PurgeRun:
         now = self._clock()
-        deleted: dict[tuple[str, str], int] = {}
-        batches = 0
-        for tenant, task in await self._ledger.tenant_tasks():
-            days = self._rules.get(tenant, task).ledger_days
-            if days is None:
-                continue
-            count, n = await self._delete(partial(self._ledger.delete_before, tenant, task, now - days * DAY_S))
-            batches += n
-            if count:
-                deleted[(tenant, task)] = count
+        deleted, batches = await self._purge_ledger(now)
         reviews = await self._purge_reviews(now) if self._reviews is not None else {}
         shadow = await self._purge_shadows(now) if self._shadows is not None else {}
         run = PurgeRun(deleted, batches, reviews, shadow)
@@ -101,8 +127,59 @@ class RetentionPurge:
         return run
 
     async def tick(self) -> None:
-        """One scheduled run (``turnout._support.periodic``)."""
+        """One scheduled run (``turnout._support.periodic``), if this process claims it."""
+        if self.claim is not None and not await self.claim.claim():
+            self.skipped += 1
+            log.debug("retention: this interval's run is another process's")
+            return
         await self.run_once()
+
+    async def aclose(self) -> None:
+        """Once the schedule has stopped: hand the claim back."""
+        if self.claim is not None:
+            await self.claim.release()
+
+    async def _purge_ledger(self, now: float) -> tuple[dict[tuple[str, str], int], int]:
+        """Ledger rows past their pair's ``ledger_days``: (deleted per pair, batches read)."""
+        cutoffs = {days: now - days * DAY_S for days in self._rules.ledger_days}
+        if not cutoffs:
+            return {}, 0
+        full = now - self._full_at >= FULL_WALK_S
+        if full:  # every row older than the shortest ledger_days, in one walk
+            spans = [(-math.inf, max(cutoffs.values()))]
+        else:  # what crossed each cutoff since the last run, and one interval before
+            spans = [(self._walked.get(days, -math.inf) - self._interval, c) for days, c in cutoffs.items()]
+        deleted: collections.Counter[tuple[str, str]] = collections.Counter()
+        batches = 0
+        for since, before in spans:
+            batches += await self._walk(since, before, now, deleted)
+        self._walked = cutoffs
+        if full:
+            self._full_at = now
+        return dict(deleted), batches
+
+    async def _walk(
+        self, since: float, before: float, now: float, deleted: collections.Counter[tuple[str, str]]
+    ) -> int:
+        """Read the rows with ``since <= started_at < before``, a batch at a time, deleting
+        those past their pair's rule: how many batches."""
+        after: tuple[float, Order] | None = None
+        batches = 0
+        while True:
+            rows = await self._ledger.aged_rows(since, before, self._batch, after)
+            doomed = [r.request_id for r in rows if self._past(r, now)]
+            if doomed:
+                deleted.update(await self._ledger.delete_rows(doomed))
+            batches += 1
+            if self.claim is not None:
+                await self.claim.keep()
+            if len(rows) < self._batch:
+                return batches
+            after = (rows[-1].started_at, rows[-1].order)
+
+    def _past(self, row: AgedRow, now: float) -> bool:
+        days = self._rules.get(row.tenant, row.task).ledger_days
+        return days is not None and row.started_at < now - days * DAY_S
 
     async def _purge_reviews(self, now: float) -> dict[tuple[str | None, str], int]:
         assert self._reviews is not None
@@ -141,6 +218,8 @@ class RetentionPurge:
             gone = await batch(self._batch)
             total += gone
             batches += 1
+            if self.claim is not None:
+                await self.claim.keep()  # a long run keeps its claim
             if gone < self._batch:
                 return total, batches
 

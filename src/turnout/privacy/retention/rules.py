@@ -40,6 +40,9 @@ class Rules:
             (r.tenant, r.task): r for r in config.retention.rules
         }
         self._resolved: dict[tuple[str, str], Effective] = {}
+        # Every ledger_days a pair can have: each pair's is one rule's (the retention purge
+        # walks the rows past each of these cutoffs).
+        self.ledger_days = sorted({r.ledger_days for r in config.retention.rules if r.ledger_days is not None})
         self.purges = any(
             r.ledger_days is not None or r.capture_days is not None or r.review_days is not None
             for r in config.retention.rules
