@@ -450,3 +450,11 @@ def test_a_tools_strict_reaches_the_target_and_cache_control_is_accepted_and_ign
     with pytest.raises(RequestError) as refused:
         anthropic.to_chat({"max_tokens": 5, "messages": USER, "tools": [{"name": "f", "strict": "yes"}]})
     assert refused.value.param == "tools[0].strict"
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["base64"], {"type": "url"}])
+def test_an_image_source_type_that_is_not_a_string_is_a_400(kind: Any) -> None:
+    """A list or an object as the source's ``type`` was looked up in a dict: a TypeError, a 500."""
+    with pytest.raises(RequestError) as refused:
+        anthropic.to_chat({"model": "t", **user({"type": "image", "source": {"type": kind, "url": "u"}})})
+    assert (refused.value.status, refused.value.param) == (400, "messages[0].content[0].source")

@@ -280,13 +280,15 @@ def _text_block(block: Any, at: str, place: str = "a message") -> str:
 
 def _image(block: Mapping[str, Any], at: str) -> dict[str, Any]:
     source = block.get("source")
-    if isinstance(source, dict) and source.get("type") in SOURCE_FIELDS:
-        _known_fields(source, SOURCE_FIELDS[source["type"]], f"{at}.source", f"a {source['type']} image source")
-    if isinstance(source, dict) and source.get("type") == "base64":
+    source = source if isinstance(source, dict) else {}  # not an object: refused below
+    kind = source.get("type")
+    if isinstance(kind, str) and kind in SOURCE_FIELDS:  # a list or an object as the type: refused below
+        _known_fields(source, SOURCE_FIELDS[kind], f"{at}.source", f"a {kind} image source")
+    if kind == "base64":
         media, data = source.get("media_type"), source.get("data")
         if isinstance(media, str) and isinstance(data, str) and media.startswith("image/"):
             return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}}
-    if isinstance(source, dict) and source.get("type") == "url" and isinstance(source.get("url"), str):
+    if kind == "url" and isinstance(source.get("url"), str):
         return {"type": "image_url", "image_url": {"url": source["url"]}}
     raise bad(f"{at}.source", f"'{at}.source' must be a base64 image (media_type, data) or a url")
 
