@@ -421,3 +421,23 @@ def test_any_body_is_translated_or_refused_with_a_400_never_a_crash(body: dict[s
         assert refused.status == 400 and refused.param
     else:
         assert request.body["messages"]  # translated: something for the targets to answer
+
+
+@pytest.mark.parametrize("finish", ["stop", "tool_calls", "length"])
+def test_the_response_and_every_event_validate_against_the_sdks_own_types(finish: str) -> None:
+    """The SDK builds its objects without validating them: a required field left out (usage's
+    ``cache_write_tokens``) only shows as a None where typed code expects a number."""
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    said, calls = "Let me look.", [("c1", "f", '{"a": 1}')]
+    usage = Usage(10, 5, cached_tokens=4, cache_write_tokens=3, reasoning_tokens=2)
+    items, why = response_items.output(completion(said, calls, finish), "r1")
+    plain = response_items.response("r1", 1, "task", items, usage, why, response_items.echo({"input": "x"}))
+    Response.model_validate(plain)
+    assert plain["usage"]["input_tokens_details"] == {"cached_tokens": 4, "cache_write_tokens": 3}
+    events = response_events.Events("r1", 1, "task", response_items.echo({"input": "x"}))
+    sse = events.start() + b"".join(events.chunk(c) for c in chunks(said, calls, finish, [3]))
+    adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+    for event in parse(sse + events.end(usage)):
+        adapter.validate_python(event)

@@ -341,10 +341,11 @@ def response(
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
-    """The Responses API's usage: the details as the upstream reported them (0: it said none)."""
+    """The Responses API's usage: the details as the upstream reported them (0: it said none).
+    ``input_tokens`` counts them all, the cache's reads and writes among them."""
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
