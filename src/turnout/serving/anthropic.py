@@ -97,6 +97,7 @@ ERROR_TYPES = {
     422: "invalid_request_error",  # no target fits the caller's limits
     429: "rate_limit_error",
     503: "overloaded_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
 
