@@ -458,3 +458,24 @@ def test_an_image_source_type_that_is_not_a_string_is_a_400(kind: Any) -> None:
     with pytest.raises(RequestError) as refused:
         anthropic.to_chat({"model": "t", **user({"type": "image", "source": {"type": kind, "url": "u"}})})
     assert (refused.value.status, refused.value.param) == (400, "messages[0].content[0].source")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"metadata": ""}, "metadata"),
+        ({"metadata": []}, "metadata"),
+        ({"metadata": 0}, "metadata"),
+        ({"tools": [{"name": "f", "description": 7}]}, "tools[0].description"),
+        (user({**RESULT, "is_error": "true"}), "messages[0].content[0].is_error"),
+    ],
+)
+def test_a_wrong_type_in_a_field_the_door_reads_is_a_400_never_dropped(body: dict[str, Any], param: str) -> None:
+    """A ``metadata`` that is empty but not an object, a tool's ``description`` that is not a
+    string, an ``is_error`` that is not a boolean: each was read as absent, the answer then
+    differing from the caller's ask without a word (an error result sent as a success)."""
+    from turnout.serving.messages import validate
+
+    with pytest.raises(RequestError) as refused:
+        validate({"model": "t", "max_tokens": 5, "messages": USER, **body})
+    assert (refused.value.status, refused.value.param) == (400, param)

@@ -317,7 +317,10 @@ def _tool_result(block: Mapping[str, Any], at: str) -> dict[str, Any]:
         content = "\n".join(_text_block(b, f"{at}.content[{k}]", "a tool_result") for k, b in enumerate(content))
     elif not isinstance(content, str):
         raise bad(f"{at}.content", f"'{at}.content' must be a string or text blocks")
-    if block.get("is_error") is True:
+    is_error = block.get("is_error")
+    if is_error is not None and not isinstance(is_error, bool):
+        raise bad(f"{at}.is_error", f"'{at}.is_error' must be a boolean")
+    if is_error:
         content = f"Error: {content}"
     return {"role": "tool", "tool_call_id": call_id, "content": content}
 
@@ -333,7 +336,9 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise bad(f"{at}.input_schema", f"'{at}.input_schema' must be an object")
     function: dict[str, Any] = {"name": tool["name"], "parameters": schema}
-    if isinstance(tool.get("description"), str):
+    if tool.get("description") is not None:
+        if not isinstance(tool["description"], str):
+            raise bad(f"{at}.description", f"'{at}.description' must be a string")
         function["description"] = tool["description"]
     if tool.get("strict") is not None:
         if not isinstance(tool["strict"], bool):
