@@ -169,6 +169,16 @@ def test_settings_map_to_their_chat_names() -> None:
         ({"user": 5, "metadata": {"user": "u"}}, "user", "invalid_value"),
         ({"store": "yes"}, "store", "invalid_value"),
         ({"stream": None}, "stream", "invalid_value"),
+        # a wrong type in a field the door reads: refused, never read as absent
+        ({"tools": [{"type": "function", "name": "f", "parameters": []}]}, "tools[0].parameters", "invalid_value"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": ""}]}, "tools[0].parameters", "invalid_value"),
+        ({"tools": [{"type": "function", "name": "f", "strict": "yes"}]}, "tools[0].strict", "invalid_value"),
+        ({"tools": [{"type": "function", "name": "f", "description": 7}]}, "tools[0].description", "invalid_value"),
+        ({"text": {"format": {"type": "json_schema", "name": "n", "schema": {}, "strict": "yes"}}},
+         "text.format.strict", "invalid_value"),
+        ({"text": {"format": {"type": "json_schema", "name": "n", "schema": {}, "description": 7}}},
+         "text.format.description", "invalid_value"),
+        ({"tool_choice": {"type": "function", "name": ""}}, "tool_choice", "invalid_value"),
     ],
 )  # fmt: skip
 def test_what_the_door_does_not_translate_is_a_400_naming_it(body: dict[str, Any], param: str, code: str) -> None:

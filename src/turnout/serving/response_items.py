@@ -199,22 +199,19 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
         raise bad(at, f"'{at}' must be a function tool" + (f" ({kind!r} tools are not supported)" if kind else ""))
     if not isinstance(tool.get("name"), str) or not tool["name"]:
         raise bad(f"{at}.name", f"'{at}.name' is required")
-    parameters = tool.get("parameters") or {"type": "object", "properties": {}}
-    if not isinstance(parameters, dict):
+    parameters = tool.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
         raise bad(f"{at}.parameters", f"'{at}.parameters' must be an object")
-    function: dict[str, Any] = {"name": tool["name"], "parameters": parameters}
-    if isinstance(tool.get("description"), str):
-        function["description"] = tool["description"]
-    if isinstance(tool.get("strict"), bool):
-        function["strict"] = tool["strict"]
-    return {"type": "function", "function": function}
+    function: dict[str, Any] = {"name": tool["name"], "parameters": parameters or {"type": "object", "properties": {}}}
+    return {"type": "function", "function": function | _typed(tool, at, description=str, strict=bool)}
 
 
 def _tool_choice(choice: Any) -> Any:
     if isinstance(choice, str) and choice in ("auto", "none", "required"):
         return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
-        return {"type": "function", "function": {"name": choice["name"]}}
+    name = choice.get("name") if isinstance(choice, dict) else None
+    if isinstance(name, str) and name and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": name}}
     raise bad("tool_choice", "'tool_choice' must be auto, none, required or {type: function, name}")
 
 
@@ -246,8 +243,22 @@ def _format(fmt: Any) -> dict[str, Any]:
         raise bad("text.format.name", "'text.format.name' is required for json_schema")
     if not isinstance(fmt.get("schema"), dict):
         raise bad("text.format.schema", "'text.format.schema' must be an object")
-    schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
+    schema = {"name": fmt["name"], "schema": fmt["schema"]} | _typed(fmt, "text.format", strict=bool, description=str)
     return {"response_format": {"type": "json_schema", "json_schema": schema}}
+
+
+def _typed(obj: Mapping[str, Any], at: str, **types: type) -> dict[str, Any]:
+    """The optional fields of ``obj`` named in ``types`` that it holds (not null), each checked to
+    be of its type: a wrong type is a 400 naming it, never read as absent."""
+    out: dict[str, Any] = {}
+    for name, kind in types.items():
+        value = obj.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, kind):
+            raise bad(f"{at}.{name}", f"'{at}.{name}' must be a {'boolean' if kind is bool else 'string'}")
+        out[name] = value
+    return out
 
 
 def _positive(value: Any, param: str) -> int:
