@@ -479,3 +479,13 @@ def test_a_wrong_type_in_a_field_the_door_reads_is_a_400_never_dropped(body: dic
     with pytest.raises(RequestError) as refused:
         validate({"model": "t", "max_tokens": 5, "messages": USER, **body})
     assert (refused.value.status, refused.value.param) == (400, param)
+
+
+def test_a_top_level_cache_control_is_accepted_and_ignored_as_a_blocks_is() -> None:
+    """The SDKs send ``cache_control`` at the top level too (``messages.create(cache_control=...)``,
+    Anthropic's automatic cache point on the last cacheable block): no target here has a cache
+    point to put it in, as for a block's. It was a 400."""
+    body = {"model": "t", "max_tokens": 5, "messages": USER, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    assert "cache_control" not in orjson.dumps(anthropic.to_chat(body)).decode()
+    counted = {k: v for k, v in body.items() if k != "max_tokens"}
+    assert "cache_control" not in orjson.dumps(anthropic.to_counted(counted)).decode()

@@ -29,8 +29,10 @@ from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Usage
 
 # Fields read here; ``model``, ``stream``, ``max_tokens`` and ``metadata`` by the door itself.
+# ``cache_control`` (Anthropic's automatic cache point) is accepted and ignored, as on a block.
 FIELDS = frozenset(
     {
+        "cache_control",
         "model",
         "messages",
         "system",
@@ -83,7 +85,7 @@ IGNORED = frozenset(
     }
 )  # fmt: skip
 # What ``POST /v1/messages/count_tokens`` takes: the prompt, no output or sampling parameters.
-COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice"})
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "cache_control"})
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {
     400: "invalid_request_error",
