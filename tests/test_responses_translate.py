@@ -168,7 +168,7 @@ def test_settings_map_to_their_chat_names() -> None:
         ({"metadata": {"data_class": "secret"}}, "metadata.data_class", "invalid_value"),
         ({"user": 5, "metadata": {"user": "u"}}, "user", "invalid_value"),
         ({"store": "yes"}, "store", "invalid_value"),
-        ({"stream": None}, "stream", "invalid_value"),
+        ({"stream": "yes"}, "stream", "invalid_value"),
         # a wrong type in a field the door reads: refused, never read as absent
         ({"tools": [{"type": "function", "name": "f", "parameters": []}]}, "tools[0].parameters", "invalid_value"),
         ({"tools": [{"type": "function", "name": "f", "parameters": ""}]}, "tools[0].parameters", "invalid_value"),
@@ -451,3 +451,18 @@ def test_the_response_and_every_event_validate_against_the_sdks_own_types(finish
     adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
     for event in parse(sse + events.end(usage)):
         adapter.validate_python(event)
+
+
+def test_a_field_sent_as_null_asks_for_nothing_and_is_accepted() -> None:
+    """The SDK's parameters are ``Optional``: typed code that passes ``reasoning=None`` or
+    ``stream=None`` sends a null, which OpenAI reads as the default. Refusing the fields this door
+    does not translate is for what they ask; a null asks for nothing. It was a 400."""
+    names = ("reasoning", "include", "truncation", "service_tier", "prompt_cache_key", "safety_identifier",
+             "background", "stream_options", "top_logprobs", "stream")  # fmt: skip
+    nulls = dict.fromkeys(names)
+    request = validate({"model": "t", "input": "x", **nulls})
+    assert request.stream is False
+    assert not set(nulls) & set(request.body)
+    with pytest.raises(RequestError) as refused:
+        validate({"model": "t", "input": "x", "reasoning": {"effort": "low"}})
+    assert refused.value.param == "reasoning"

@@ -11,7 +11,8 @@ targets that know it), ``max_output_tokens`` (→ ``max_tokens``), ``temperature
 chat ``tool`` message does): an image in it is refused. Turnout keeps no response state:
 ``previous_response_id``, ``conversation`` and item references are refused (400), ``store`` is
 accepted (OpenAI's SDKs default it to true) and nothing is stored, so the Response says
-``store: false``. Any other field is refused (400 naming it), never dropped.
+``store: false``. Any other field is refused (400 naming it), never dropped, unless it is null,
+which asks for nothing (the SDKs' parameters are ``Optional``).
 
 Answer: a chat completion becomes a ``response`` with a ``message`` item (``output_text``) and
 one ``function_call`` item per tool call; an answer cut at ``max_output_tokens`` (``finish_reason``
@@ -69,7 +70,7 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     for name in STATEFUL:
         if body.get(name) is not None:
             raise bad(name, f"'{name}': this gateway keeps no response state; send the whole input", "not_kept")
-    unknown = sorted(k for k in body if k not in FIELDS)
+    unknown = sorted(k for k in body if k not in FIELDS and body[k] is not None)  # a null asks for nothing
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Responses API")
     chat: dict[str, Any] = {"messages": _instructions(body.get("instructions")) + _input(body.get("input"))}
