@@ -489,3 +489,16 @@ def test_a_top_level_cache_control_is_accepted_and_ignored_as_a_blocks_is() -> N
     assert "cache_control" not in orjson.dumps(anthropic.to_chat(body)).decode()
     counted = {k: v for k, v in body.items() if k != "max_tokens"}
     assert "cache_control" not in orjson.dumps(anthropic.to_counted(counted)).decode()
+
+
+def test_a_field_sent_as_null_asks_for_nothing_and_is_accepted() -> None:
+    """The SDK's ``Optional`` parameters (``speed``, ``inference_geo``, ``container``,
+    ``diagnostics``): typed code that passes None sends a null, the API's default. Refusing the
+    fields this door does not translate is for what they ask; a null asks for nothing. It was a 400."""
+    nulls = dict.fromkeys(("speed", "inference_geo", "container", "diagnostics", "thinking", "service_tier"))
+    chat = anthropic.to_chat({"model": "t", "max_tokens": 5, "messages": USER, **nulls})
+    assert not set(nulls) & set(chat)
+    assert anthropic.to_counted({"model": "t", "messages": USER, **nulls})["messages"] == chat["messages"]
+    with pytest.raises(RequestError) as refused:
+        anthropic.to_chat({"model": "t", "max_tokens": 5, "messages": USER, "speed": "fast"})
+    assert refused.value.param == "speed"

@@ -6,7 +6,8 @@ Request: ``system`` becomes a system message; text blocks stay text parts; ``ima
 rest of that user turn, as OpenAI wants them right after the call); ``tools``, ``tool_choice``,
 ``stop_sequences``, ``temperature``, ``top_p``, ``top_k``, ``metadata.user_id`` and a tool's
 ``strict`` (→ ``function.strict``) map to their chat names. A request field this door does not
-translate is refused (400 naming it), never dropped; so is a content block of a type it does not
+translate is refused (400 naming it), never dropped (unless it is null, which asks for nothing: the
+SDKs' parameters are ``Optional``); so is a content block of a type it does not
 translate (``document``, ``thinking``, ...) or one Anthropic's API does not know, and a field
 Anthropic's API does not define on a message, a block, an image source or a tool (a typo). Fields
 Anthropic's API defines on them that no target here could act on are accepted and ignored (the
@@ -118,7 +119,7 @@ def error_body(err: TurnoutError) -> dict[str, Any]:
 
 def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     """The chat body for a Messages request (checked: every problem is a 400 naming its field)."""
-    unknown = sorted(k for k in body if k not in FIELDS)
+    unknown = sorted(k for k in body if k not in FIELDS and body[k] is not None)  # a null asks for nothing
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Messages API")
     chat: dict[str, Any] = {"messages": _prompt_messages(body)}
@@ -144,7 +145,7 @@ def to_counted(body: Mapping[str, Any]) -> dict[str, Any]:
     """The chat body whose prompt a ``count_tokens`` request counts: its messages, system and
     tools, checked as ``to_chat`` checks them; a field ``count_tokens`` does not take (``max_tokens``,
     ``stream``, sampling) is a 400 naming it, as Anthropic's API answers."""
-    unknown = sorted(k for k in body if k not in COUNT_FIELDS)
+    unknown = sorted(k for k in body if k not in COUNT_FIELDS and body[k] is not None)
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not a count_tokens field")
     return {"messages": _prompt_messages(body), **_tools(body)}
