@@ -452,6 +452,17 @@ def stop_matched(choice: Mapping[str, Any], stops: Sequence[str]) -> str | None:
     return said if isinstance(said, str) and said in stops else None
 
 
+def input_json(raw: str) -> str:
+    """A call's arguments as the JSON object a ``tool_use`` block's ``input`` is: as they came
+    where they are one, else what ``message`` makes of them (``{"_raw": ...}``)."""
+    try:
+        if isinstance(orjson.loads(raw), dict):
+            return raw
+    except orjson.JSONDecodeError:
+        pass
+    return orjson.dumps(_arguments(raw)).decode()
+
+
 def _arguments(raw: Any) -> Any:
     if isinstance(raw, dict):
         return raw
