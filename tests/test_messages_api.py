@@ -471,3 +471,19 @@ async def test_a_wrong_method_is_answered_in_anthropics_shape(make_app: AppFacto
         }
         other = await request(app, "GET", "/v1/chat/completions")
         assert other.status == 405 and other.json()["error"]["code"] == "method_not_allowed"  # OpenAI's elsewhere
+
+
+async def test_a_timeout_is_anthropics_timeout_error(make_app: AppFactory, tmp_path: Path) -> None:
+    """Anthropic answers a 504 as ``timeout_error`` (the SDK's ``GatewayTimeoutError`` object);
+    it was ``api_error``, the type of a 500."""
+    async with FakeUpstream(fault=Fault("hang")) as up:
+        app = await make_app(config(tmp_path, {"onprem": up.base_url}))
+        resp = await request(
+            app,
+            "POST",
+            "/v1/messages",
+            {"model": "support", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+            {"x-api-key": KEY, "x-turnout-max-latency-ms": "200"},
+        )
+    assert resp.status == 504
+    assert resp.json()["error"]["type"] == "timeout_error"

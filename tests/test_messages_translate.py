@@ -450,3 +450,101 @@ def test_a_tools_strict_reaches_the_target_and_cache_control_is_accepted_and_ign
     with pytest.raises(RequestError) as refused:
         anthropic.to_chat({"max_tokens": 5, "messages": USER, "tools": [{"name": "f", "strict": "yes"}]})
     assert refused.value.param == "tools[0].strict"
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["base64"], {"type": "url"}])
+def test_an_image_source_type_that_is_not_a_string_is_a_400(kind: Any) -> None:
+    """A list or an object as the source's ``type`` was looked up in a dict: a TypeError, a 500."""
+    with pytest.raises(RequestError) as refused:
+        anthropic.to_chat({"model": "t", **user({"type": "image", "source": {"type": kind, "url": "u"}})})
+    assert (refused.value.status, refused.value.param) == (400, "messages[0].content[0].source")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"metadata": ""}, "metadata"),
+        ({"metadata": []}, "metadata"),
+        ({"metadata": 0}, "metadata"),
+        ({"tools": [{"name": "f", "description": 7}]}, "tools[0].description"),
+        (user({**RESULT, "is_error": "true"}), "messages[0].content[0].is_error"),
+    ],
+)
+def test_a_wrong_type_in_a_field_the_door_reads_is_a_400_never_dropped(body: dict[str, Any], param: str) -> None:
+    """A ``metadata`` that is empty but not an object, a tool's ``description`` that is not a
+    string, an ``is_error`` that is not a boolean: each was read as absent, the answer then
+    differing from the caller's ask without a word (an error result sent as a success)."""
+    from turnout.serving.messages import validate
+
+    with pytest.raises(RequestError) as refused:
+        validate({"model": "t", "max_tokens": 5, "messages": USER, **body})
+    assert (refused.value.status, refused.value.param) == (400, param)
+
+
+def test_a_top_level_cache_control_is_accepted_and_ignored_as_a_blocks_is() -> None:
+    """The SDKs send ``cache_control`` at the top level too (``messages.create(cache_control=...)``,
+    Anthropic's automatic cache point on the last cacheable block): no target here has a cache
+    point to put it in, as for a block's. It was a 400."""
+    body = {"model": "t", "max_tokens": 5, "messages": USER, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    assert "cache_control" not in orjson.dumps(anthropic.to_chat(body)).decode()
+    counted = {k: v for k, v in body.items() if k != "max_tokens"}
+    assert "cache_control" not in orjson.dumps(anthropic.to_counted(counted)).decode()
+
+
+def test_a_field_sent_as_null_asks_for_nothing_and_is_accepted() -> None:
+    """The SDK's ``Optional`` parameters (``speed``, ``inference_geo``, ``container``,
+    ``diagnostics``): typed code that passes None sends a null, the API's default. Refusing the
+    fields this door does not translate is for what they ask; a null asks for nothing. It was a 400."""
+    nulls = dict.fromkeys(("speed", "inference_geo", "container", "diagnostics", "thinking", "service_tier"))
+    chat = anthropic.to_chat({"model": "t", "max_tokens": 5, "messages": USER, **nulls})
+    assert not set(nulls) & set(chat)
+    assert anthropic.to_counted({"model": "t", "messages": USER, **nulls})["messages"] == chat["messages"]
+    with pytest.raises(RequestError) as refused:
+        anthropic.to_chat({"model": "t", "max_tokens": 5, "messages": USER, "speed": "fast"})
+    assert refused.value.param == "speed"
+
+
+def _raw_call_chunks(arguments: list[str], cut: int, interleave: bool) -> list[dict[str, Any]]:
+    """Calls whose arguments are raw strings (not necessarily JSON), cut every ``cut``
+    characters; with ``interleave``, taken in turn by index, so that the second call is held."""
+    per_call: list[list[dict[str, Any]]] = []
+    for n, raw in enumerate(arguments):
+        head = {"index": n, "id": f"c{n}", "type": "function", "function": {"name": "f", "arguments": ""}}
+        pieces = [{"index": n, "function": {"arguments": raw[i : i + cut]}} for i in range(0, len(raw), cut)]
+        per_call.append([head, *pieces])
+    order = itertools.zip_longest(*per_call) if interleave else [(c,) for calls in per_call for c in calls]
+    chunks = [{"choices": [{"index": 0, "delta": {"tool_calls": [c]}}]} for group in order for c in group if c]
+    return [*chunks, {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+
+
+@pytest.mark.parametrize("bad", ["city=Paris", "{'city': 'Paris'}", "[1, 2]", '"Paris"', '{"city": Paris}'])
+@pytest.mark.parametrize("cut", [1, 3, 40])
+@pytest.mark.parametrize("interleave", [False, True])
+def test_arguments_that_are_not_a_json_object_stream_without_breaking_the_sdk(
+    bad: str, cut: int, interleave: bool
+) -> None:
+    """A model may write arguments that are not JSON. Anthropic's SDK parses the input at every
+    ``input_json_delta`` and raised ``ValueError`` in the middle of the stream; now it reads
+    what the whole message says (``{"_raw": ...}``), where nothing sent before contradicts it."""
+    from anthropic.lib.streaming._messages import accumulate_event
+
+    arguments = ['{"city": "Oslo"}', bad]
+    said = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"c{n}", "type": "function", "function": {"name": "f", "arguments": raw}}
+        for n, raw in enumerate(arguments)]}  # fmt: skip
+    expected = anthropic.message({"choices": [{"message": said, "finish_reason": "tool_calls"}]}, "m", "t", Usage(1, 1))
+    for calls in (arguments, arguments[::-1]):  # the bad call held, then streamed
+        events = anthropic_events.Events("m", "t", 1)
+        stream = events.start() + b"".join(events.chunk(c) for c in _raw_call_chunks(calls, cut, interleave))
+        stream += events.end(Usage(1, 1))
+        snapshot: Any = None
+        buffers: dict[int, bytes] = {}
+        for frame in stream.decode().split("\n\n"):
+            if frame:
+                event = orjson.loads(frame.split("\n", 1)[1].removeprefix("data: "))
+                snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=buffers)
+        inputs = {block.id: block.input for block in snapshot.content}
+        assert inputs["c0" if calls is arguments else "c1"] == {"city": "Oslo"}
+        bad_id = "c1" if calls is arguments else "c0"
+        if bad != '{"city": Paris}':  # not a JSON object from its first characters on: as the message says
+            assert inputs[bad_id] == expected["content"][1]["input"]

@@ -168,7 +168,17 @@ def test_settings_map_to_their_chat_names() -> None:
         ({"metadata": {"data_class": "secret"}}, "metadata.data_class", "invalid_value"),
         ({"user": 5, "metadata": {"user": "u"}}, "user", "invalid_value"),
         ({"store": "yes"}, "store", "invalid_value"),
-        ({"stream": None}, "stream", "invalid_value"),
+        ({"stream": "yes"}, "stream", "invalid_value"),
+        # a wrong type in a field the door reads: refused, never read as absent
+        ({"tools": [{"type": "function", "name": "f", "parameters": []}]}, "tools[0].parameters", "invalid_value"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": ""}]}, "tools[0].parameters", "invalid_value"),
+        ({"tools": [{"type": "function", "name": "f", "strict": "yes"}]}, "tools[0].strict", "invalid_value"),
+        ({"tools": [{"type": "function", "name": "f", "description": 7}]}, "tools[0].description", "invalid_value"),
+        ({"text": {"format": {"type": "json_schema", "name": "n", "schema": {}, "strict": "yes"}}},
+         "text.format.strict", "invalid_value"),
+        ({"text": {"format": {"type": "json_schema", "name": "n", "schema": {}, "description": 7}}},
+         "text.format.description", "invalid_value"),
+        ({"tool_choice": {"type": "function", "name": ""}}, "tool_choice", "invalid_value"),
     ],
 )  # fmt: skip
 def test_what_the_door_does_not_translate_is_a_400_naming_it(body: dict[str, Any], param: str, code: str) -> None:
@@ -421,3 +431,38 @@ def test_any_body_is_translated_or_refused_with_a_400_never_a_crash(body: dict[s
         assert refused.status == 400 and refused.param
     else:
         assert request.body["messages"]  # translated: something for the targets to answer
+
+
+@pytest.mark.parametrize("finish", ["stop", "tool_calls", "length"])
+def test_the_response_and_every_event_validate_against_the_sdks_own_types(finish: str) -> None:
+    """The SDK builds its objects without validating them: a required field left out (usage's
+    ``cache_write_tokens``) only shows as a None where typed code expects a number."""
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    said, calls = "Let me look.", [("c1", "f", '{"a": 1}')]
+    usage = Usage(10, 5, cached_tokens=4, cache_write_tokens=3, reasoning_tokens=2)
+    items, why = response_items.output(completion(said, calls, finish), "r1")
+    plain = response_items.response("r1", 1, "task", items, usage, why, response_items.echo({"input": "x"}))
+    Response.model_validate(plain)
+    assert plain["usage"]["input_tokens_details"] == {"cached_tokens": 4, "cache_write_tokens": 3}
+    events = response_events.Events("r1", 1, "task", response_items.echo({"input": "x"}))
+    sse = events.start() + b"".join(events.chunk(c) for c in chunks(said, calls, finish, [3]))
+    adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+    for event in parse(sse + events.end(usage)):
+        adapter.validate_python(event)
+
+
+def test_a_field_sent_as_null_asks_for_nothing_and_is_accepted() -> None:
+    """The SDK's parameters are ``Optional``: typed code that passes ``reasoning=None`` or
+    ``stream=None`` sends a null, which OpenAI reads as the default. Refusing the fields this door
+    does not translate is for what they ask; a null asks for nothing. It was a 400."""
+    names = ("reasoning", "include", "truncation", "service_tier", "prompt_cache_key", "safety_identifier",
+             "background", "stream_options", "top_logprobs", "stream")  # fmt: skip
+    nulls = dict.fromkeys(names)
+    request = validate({"model": "t", "input": "x", **nulls})
+    assert request.stream is False
+    assert not set(nulls) & set(request.body)
+    with pytest.raises(RequestError) as refused:
+        validate({"model": "t", "input": "x", "reasoning": {"effort": "low"}})
+    assert refused.value.param == "reasoning"

@@ -6,7 +6,8 @@ Request: ``system`` becomes a system message; text blocks stay text parts; ``ima
 rest of that user turn, as OpenAI wants them right after the call); ``tools``, ``tool_choice``,
 ``stop_sequences``, ``temperature``, ``top_p``, ``top_k``, ``metadata.user_id`` and a tool's
 ``strict`` (→ ``function.strict``) map to their chat names. A request field this door does not
-translate is refused (400 naming it), never dropped; so is a content block of a type it does not
+translate is refused (400 naming it), never dropped (unless it is null, which asks for nothing: the
+SDKs' parameters are ``Optional``); so is a content block of a type it does not
 translate (``document``, ``thinking``, ...) or one Anthropic's API does not know, and a field
 Anthropic's API does not define on a message, a block, an image source or a tool (a typo). Fields
 Anthropic's API defines on them that no target here could act on are accepted and ignored (the
@@ -29,8 +30,10 @@ from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Usage
 
 # Fields read here; ``model``, ``stream``, ``max_tokens`` and ``metadata`` by the door itself.
+# ``cache_control`` (Anthropic's automatic cache point) is accepted and ignored, as on a block.
 FIELDS = frozenset(
     {
+        "cache_control",
         "model",
         "messages",
         "system",
@@ -83,7 +86,7 @@ IGNORED = frozenset(
     }
 )  # fmt: skip
 # What ``POST /v1/messages/count_tokens`` takes: the prompt, no output or sampling parameters.
-COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice"})
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "cache_control"})
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -97,6 +100,7 @@ ERROR_TYPES = {
     422: "invalid_request_error",  # no target fits the caller's limits
     429: "rate_limit_error",
     503: "overloaded_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
 
@@ -115,7 +119,7 @@ def error_body(err: TurnoutError) -> dict[str, Any]:
 
 def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     """The chat body for a Messages request (checked: every problem is a 400 naming its field)."""
-    unknown = sorted(k for k in body if k not in FIELDS)
+    unknown = sorted(k for k in body if k not in FIELDS and body[k] is not None)  # a null asks for nothing
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Messages API")
     chat: dict[str, Any] = {"messages": _prompt_messages(body)}
@@ -141,7 +145,7 @@ def to_counted(body: Mapping[str, Any]) -> dict[str, Any]:
     """The chat body whose prompt a ``count_tokens`` request counts: its messages, system and
     tools, checked as ``to_chat`` checks them; a field ``count_tokens`` does not take (``max_tokens``,
     ``stream``, sampling) is a 400 naming it, as Anthropic's API answers."""
-    unknown = sorted(k for k in body if k not in COUNT_FIELDS)
+    unknown = sorted(k for k in body if k not in COUNT_FIELDS and body[k] is not None)
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not a count_tokens field")
     return {"messages": _prompt_messages(body), **_tools(body)}
@@ -280,13 +284,15 @@ def _text_block(block: Any, at: str, place: str = "a message") -> str:
 
 def _image(block: Mapping[str, Any], at: str) -> dict[str, Any]:
     source = block.get("source")
-    if isinstance(source, dict) and source.get("type") in SOURCE_FIELDS:
-        _known_fields(source, SOURCE_FIELDS[source["type"]], f"{at}.source", f"a {source['type']} image source")
-    if isinstance(source, dict) and source.get("type") == "base64":
+    source = source if isinstance(source, dict) else {}  # not an object: refused below
+    kind = source.get("type")
+    if isinstance(kind, str) and kind in SOURCE_FIELDS:  # a list or an object as the type: refused below
+        _known_fields(source, SOURCE_FIELDS[kind], f"{at}.source", f"a {kind} image source")
+    if kind == "base64":
         media, data = source.get("media_type"), source.get("data")
         if isinstance(media, str) and isinstance(data, str) and media.startswith("image/"):
             return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}}
-    if isinstance(source, dict) and source.get("type") == "url" and isinstance(source.get("url"), str):
+    if kind == "url" and isinstance(source.get("url"), str):
         return {"type": "image_url", "image_url": {"url": source["url"]}}
     raise bad(f"{at}.source", f"'{at}.source' must be a base64 image (media_type, data) or a url")
 
@@ -314,7 +320,10 @@ def _tool_result(block: Mapping[str, Any], at: str) -> dict[str, Any]:
         content = "\n".join(_text_block(b, f"{at}.content[{k}]", "a tool_result") for k, b in enumerate(content))
     elif not isinstance(content, str):
         raise bad(f"{at}.content", f"'{at}.content' must be a string or text blocks")
-    if block.get("is_error") is True:
+    is_error = block.get("is_error")
+    if is_error is not None and not isinstance(is_error, bool):
+        raise bad(f"{at}.is_error", f"'{at}.is_error' must be a boolean")
+    if is_error:
         content = f"Error: {content}"
     return {"role": "tool", "tool_call_id": call_id, "content": content}
 
@@ -330,7 +339,9 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise bad(f"{at}.input_schema", f"'{at}.input_schema' must be an object")
     function: dict[str, Any] = {"name": tool["name"], "parameters": schema}
-    if isinstance(tool.get("description"), str):
+    if tool.get("description") is not None:
+        if not isinstance(tool["description"], str):
+            raise bad(f"{at}.description", f"'{at}.description' must be a string")
         function["description"] = tool["description"]
     if tool.get("strict") is not None:
         if not isinstance(tool["strict"], bool):
@@ -439,6 +450,17 @@ def stop_matched(choice: Mapping[str, Any], stops: Sequence[str]) -> str | None:
     choice's ``stop_reason``; None where the upstream does not say (then ``end_turn``)."""
     said = choice.get("stop_reason")
     return said if isinstance(said, str) and said in stops else None
+
+
+def input_json(raw: str) -> str:
+    """A call's arguments as the JSON object a ``tool_use`` block's ``input`` is: as they came
+    where they are one, else what ``message`` makes of them (``{"_raw": ...}``)."""
+    try:
+        if isinstance(orjson.loads(raw), dict):
+            return raw
+    except orjson.JSONDecodeError:
+        pass
+    return orjson.dumps(_arguments(raw)).decode()
 
 
 def _arguments(raw: Any) -> Any:

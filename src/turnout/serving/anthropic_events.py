@@ -5,6 +5,11 @@ Content blocks never interleave: each is started, filled and stopped before the 
 Tool calls an upstream interleaves by index are put in order by ``CallOrder``: the first call
 streams as its ``input_json_delta``\\ s come, the others (and text after a call) follow it whole
 when the stream ends.
+
+Anthropic's SDKs parse a call's input at every ``input_json_delta`` and raise on one that is not
+JSON. A model may write arguments that are not (``city=Paris``, a Python dict): a call's deltas
+stream while what came so far can begin a JSON object; the rest is held, and the call ends as
+the whole message has it (``{"_raw": ...}``) where what was sent begins that, else where it stopped.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+import pydantic_core
 
 from turnout.providers.base import Usage
-from turnout.serving.anthropic import STOP_REASONS, stop_matched, usage_of
+from turnout.serving.anthropic import STOP_REASONS, input_json, stop_matched, usage_of
 from turnout.serving.call_order import CallOrder
 
 
@@ -31,6 +37,8 @@ class Events:
         self.index = -1  # the open content block's index; -1: none yet
         self.kind = ""  # "text" or "tool_use": the open block's kind
         self.calls = CallOrder()
+        self.arguments = ""  # the streamed call's arguments so far
+        self.sent = ""  # the part of them sent: a start of a JSON object
         self.finish: Any = None
 
     def start(self) -> bytes:
@@ -62,7 +70,7 @@ class Events:
     def end(self, usage: Usage) -> bytes:
         """The held blocks, then ``message_delta`` with ``usage`` (``message_start`` had the
         gateway's prompt bound)."""
-        out = self._held() + self._close()
+        out = self._rest_of_call() + self._held() + self._close()
         reason = STOP_REASONS.get(str(self.finish), "tool_use" if self.calls.live is not None else "end_turn")
         if self.finish == "stop" and self.matched is not None:
             reason = "stop_sequence"
@@ -89,8 +97,21 @@ class Events:
         if place == "open":
             out += self._open(_tool_block(call.get("id") or "", function.get("name") or ""), "tool_use")
         if function.get("arguments"):
-            out += self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
+            streaming = self.sent == self.arguments  # nothing held back yet
+            self.arguments += function["arguments"]
+            if streaming and _object_start(self.arguments):
+                self.sent = self.arguments
+                out += self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
         return out
+
+    def _rest_of_call(self) -> bytes:
+        """What the streamed call's deltas held back, where what was sent begins it."""
+        if self.sent == self.arguments:
+            return b""
+        whole = input_json(self.arguments)
+        if not whole.startswith(self.sent):
+            return b""
+        return self._delta({"type": "input_json_delta", "partial_json": whole[len(self.sent) :]})
 
     def _held(self) -> bytes:
         """What waited behind the streamed call: its text, then each held call, whole."""
@@ -100,7 +121,7 @@ class Events:
         for held in self.calls.held.values():
             out += self._open(_tool_block(held.id, held.name), "tool_use")
             if held.arguments:
-                out += self._delta({"type": "input_json_delta", "partial_json": held.arguments})
+                out += self._delta({"type": "input_json_delta", "partial_json": input_json(held.arguments)})
         return out
 
     def _open(self, block: dict[str, Any], kind: str) -> bytes:
@@ -119,6 +140,14 @@ class Events:
             return b""
         self.kind = ""
         return event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+
+def _object_start(text: str) -> bool:
+    """Whether ``text`` is a JSON object, or can begin one."""
+    try:
+        return isinstance(pydantic_core.from_json(text, allow_partial=True), dict)
+    except ValueError:
+        return False
 
 
 def _tool_block(call_id: str, name: str) -> dict[str, Any]:

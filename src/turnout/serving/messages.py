@@ -97,7 +97,8 @@ def validate(body: dict[str, Any]) -> MessagesRequest:
     if not isinstance(stream, bool):
         raise anthropic.bad("stream", "'stream' must be a boolean")
     chat = anthropic.to_chat(body)
-    metadata = body.get("metadata") or {}
+    metadata = body.get("metadata")
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise anthropic.bad("metadata", "'metadata' must be an object")
     user = metadata.get("user_id")

@@ -90,6 +90,7 @@ def _request() -> Schema:
                 },
             },
             "stream": {"type": "boolean"},
+            "cache_control": ignored,
             "tools": {
                 "type": "array",
                 "items": {

@@ -11,7 +11,8 @@ targets that know it), ``max_output_tokens`` (→ ``max_tokens``), ``temperature
 chat ``tool`` message does): an image in it is refused. Turnout keeps no response state:
 ``previous_response_id``, ``conversation`` and item references are refused (400), ``store`` is
 accepted (OpenAI's SDKs default it to true) and nothing is stored, so the Response says
-``store: false``. Any other field is refused (400 naming it), never dropped.
+``store: false``. Any other field is refused (400 naming it), never dropped, unless it is null,
+which asks for nothing (the SDKs' parameters are ``Optional``).
 
 Answer: a chat completion becomes a ``response`` with a ``message`` item (``output_text``) and
 one ``function_call`` item per tool call; an answer cut at ``max_output_tokens`` (``finish_reason``
@@ -69,7 +70,7 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     for name in STATEFUL:
         if body.get(name) is not None:
             raise bad(name, f"'{name}': this gateway keeps no response state; send the whole input", "not_kept")
-    unknown = sorted(k for k in body if k not in FIELDS)
+    unknown = sorted(k for k in body if k not in FIELDS and body[k] is not None)  # a null asks for nothing
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Responses API")
     chat: dict[str, Any] = {"messages": _instructions(body.get("instructions")) + _input(body.get("input"))}
@@ -199,22 +200,19 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
         raise bad(at, f"'{at}' must be a function tool" + (f" ({kind!r} tools are not supported)" if kind else ""))
     if not isinstance(tool.get("name"), str) or not tool["name"]:
         raise bad(f"{at}.name", f"'{at}.name' is required")
-    parameters = tool.get("parameters") or {"type": "object", "properties": {}}
-    if not isinstance(parameters, dict):
+    parameters = tool.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
         raise bad(f"{at}.parameters", f"'{at}.parameters' must be an object")
-    function: dict[str, Any] = {"name": tool["name"], "parameters": parameters}
-    if isinstance(tool.get("description"), str):
-        function["description"] = tool["description"]
-    if isinstance(tool.get("strict"), bool):
-        function["strict"] = tool["strict"]
-    return {"type": "function", "function": function}
+    function: dict[str, Any] = {"name": tool["name"], "parameters": parameters or {"type": "object", "properties": {}}}
+    return {"type": "function", "function": function | _typed(tool, at, description=str, strict=bool)}
 
 
 def _tool_choice(choice: Any) -> Any:
     if isinstance(choice, str) and choice in ("auto", "none", "required"):
         return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
-        return {"type": "function", "function": {"name": choice["name"]}}
+    name = choice.get("name") if isinstance(choice, dict) else None
+    if isinstance(name, str) and name and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": name}}
     raise bad("tool_choice", "'tool_choice' must be auto, none, required or {type: function, name}")
 
 
@@ -246,8 +244,22 @@ def _format(fmt: Any) -> dict[str, Any]:
         raise bad("text.format.name", "'text.format.name' is required for json_schema")
     if not isinstance(fmt.get("schema"), dict):
         raise bad("text.format.schema", "'text.format.schema' must be an object")
-    schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
+    schema = {"name": fmt["name"], "schema": fmt["schema"]} | _typed(fmt, "text.format", strict=bool, description=str)
     return {"response_format": {"type": "json_schema", "json_schema": schema}}
+
+
+def _typed(obj: Mapping[str, Any], at: str, **types: type) -> dict[str, Any]:
+    """The optional fields of ``obj`` named in ``types`` that it holds (not null), each checked to
+    be of its type: a wrong type is a 400 naming it, never read as absent."""
+    out: dict[str, Any] = {}
+    for name, kind in types.items():
+        value = obj.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, kind):
+            raise bad(f"{at}.{name}", f"'{at}.{name}' must be a {'boolean' if kind is bool else 'string'}")
+        out[name] = value
+    return out
 
 
 def _positive(value: Any, param: str) -> int:
@@ -341,10 +353,11 @@ def response(
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
-    """The Responses API's usage: the details as the upstream reported them (0: it said none)."""
+    """The Responses API's usage: the details as the upstream reported them (0: it said none).
+    ``input_tokens`` counts them all, the cache's reads and writes among them."""
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,

@@ -70,7 +70,8 @@ def validate(body: dict[str, Any]) -> ResponsesRequest:
     task = body.get("model")
     if not isinstance(task, str) or not task:
         raise bad("model", "'model' is required and must name a task (a string)")
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    stream = False if stream is None else stream  # null: the default, as OpenAI reads it
     if not isinstance(stream, bool):
         raise bad("stream", "'stream' must be a boolean")
     if body.get("store") is not None and not isinstance(body["store"], bool):
