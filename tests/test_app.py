@@ -286,6 +286,25 @@ async def test_a_request_refused_before_any_target_costs_zero_not_unknown(make_a
     assert [len(attempts) for _, _, attempts in found] == [1, 0, 0, 0]
 
 
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_an_upstream_refusing_the_gateways_own_call_falls_back_and_never_blames_the_caller(
+    make_app: AppFactory, status: int
+) -> None:
+    """Seen: a server refusing the gateway's own key (or serving no such model) answered the
+    caller 401 ``authentication_error``, as if the caller's key were wrong, and the next target
+    was never tried: the caller chose neither the key nor the model."""
+    refused = UpstreamStatusError(status, "the server refused the gateway's credentials")
+    app, fakes = await setup(make_app, primary=ScriptedProvider("primary", Step(refused)))
+    resp = await chat(app)
+    assert resp.status == 200 and resp.headers["x-turnout-target"] == "secondary"
+    assert len(fakes["primary"].calls) == 1  # not retried: the same key fails the same way
+
+    alone = ScriptedProvider("primary", Step(refused), Step(refused))
+    app, _ = await setup(make_app, primary=alone, secondary=ScriptedProvider("secondary", Step(refused)))
+    resp = await chat(app)
+    assert resp.status == 502 and resp.json()["error"]["code"] == "all_targets_failed"
+
+
 async def test_an_upstream_error_echoing_the_prompt_reaches_the_client_masked(make_app: AppFactory) -> None:
     """Seen: an upstream's 400 echoing the prompt (a system prompt with an email and a card)
     went back word for word, past the task's checks: the status and words stay, those values go."""

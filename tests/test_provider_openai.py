@@ -406,6 +406,20 @@ async def test_status_errors(
     assert err.message == f"HTTP {fault.status}: engine dead (r0)"
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_key_is_said_in_the_gateways_words_and_sent_elsewhere(
+    fake: FakeUpstream, provider: OpenAIProvider, status: int
+) -> None:
+    """An upstream's 401 text may quote the gateway's key in part (OpenAI's "sk-ab***cdef"),
+    which no scrub of the whole key catches: its words are not passed on."""
+    fake.fault = Fault("status", status=status, message="Incorrect API key provided: sk-ab***********wxyz")
+    with pytest.raises(UpstreamStatusError) as caught:
+        await attempt(provider, chat())
+    err = caught.value
+    assert (err.retryable, err.fallback, err.busy) == (False, True, False)
+    assert "wxyz" not in err.message and "gateway's credentials" in err.message
+
+
 async def test_long_error_detail_is_shortened(fake: FakeUpstream, provider: OpenAIProvider) -> None:
     fake.fault = Fault("status", status=500, message="word " * 500)
     with pytest.raises(UpstreamStatusError) as caught:

@@ -162,11 +162,17 @@ class UpstreamTimeout(UpstreamError):
         self.error_class = f"timeout_{phase}"
 
 
+MISCONFIGURED = frozenset({401, 403, 404, 407})  # an upstream's answer about the gateway's own call
+
+
 class UpstreamStatusError(UpstreamError):
-    """A non-2xx answer. By default 408, 429 and 5xx are retryable and other 4xx are the
-    request's fault (neither retried nor sent elsewhere); a provider that knows better (Bedrock's
-    typed errors) says so with ``retryable``/``fallback`` and names the ``error_class``. A 429
-    (Bedrock's throttling too) is ``busy``: rate limited, not broken."""
+    """A non-2xx answer. By default 408, 429 and 5xx are retryable; 401, 403, 404 and 407 are
+    the target's configuration (the server refused the gateway's own credentials, or has no
+    such model or path: the caller chose neither), not retried but sent to the next target, and
+    counted against the target's breaker; other 4xx are the request's fault (neither retried
+    nor sent elsewhere). A provider that knows better (Bedrock's typed errors) says so with
+    ``retryable``/``fallback`` and names the ``error_class``. A 429 (Bedrock's throttling too)
+    is ``busy``: rate limited, not broken."""
 
     def __init__(
         self,
@@ -181,7 +187,7 @@ class UpstreamStatusError(UpstreamError):
         super().__init__(f"HTTP {status}: {detail}", retry_after=retry_after)
         self.upstream_status = status
         self.retryable = (status == 429 or status >= 500 or status == 408) if retryable is None else retryable
-        self._fallback = bool(fallback)
+        self._fallback = status in MISCONFIGURED if fallback is None else fallback
         self.busy = status == 429
         self.error_class = error_class or f"http_{status}"
 

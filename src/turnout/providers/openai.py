@@ -237,6 +237,8 @@ class OpenAIProvider:
     async def _status_error(self, replica: Replica, resp: Response) -> UpstreamError:
         raw = await error_body(resp)
         detail = _scrub(_error_detail(raw) or resp.reason or "no detail", self.cfg.api_key)
+        if resp.status in (401, 403, 407):  # its words may quote the key in part ("sk-ab***cd"): not passed on
+            detail = f"the server refused the gateway's credentials (targets.{self.name}.api_key)"
         if resp.status == 400 and (too_long := _CONTEXT_OVERFLOW.search(detail)):
             window = int(too_long.group("window")) if too_long.group("window") else None
             return ContextWindowExceeded(f"{detail} ({replica.label})", window=window)
