@@ -18,6 +18,7 @@ from tests.asgi import Response, request, settled
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.config import validate
+from turnout.console import views
 from turnout.console.access import Sessions
 from turnout.console.overview import MAX_GROUPS, build
 from turnout.ledger.record import LedgerRow
@@ -374,6 +375,28 @@ async def test_the_overview_window_and_task_choices(app: App) -> None:
         page = (await get(app, f"/ui?window={window}&task=t", cookie)).body.decode()
         assert f'href="/ui?window={window}&amp;task=t" class="on"' in page
         assert 'id="tile-requests">1<' in page
+
+
+async def test_tabs_that_load_the_overview_at_once_share_one_computation(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A week of rows takes seconds to read and sum: four tabs reloading together waited on four
+    computations, one after another (the last 15 s on a 120k-row ledger), not on one."""
+    computed: list[tuple[str, str | None]] = []
+    overview = views.overview
+
+    async def slow(runtime: Any, window: str, task: str | None) -> Any:
+        computed.append((window, task))
+        await asyncio.sleep(0.05)
+        return await overview(runtime, window, task)
+
+    monkeypatch.setattr(views, "overview", slow)
+    cookie = await login(app)
+    pages = await asyncio.gather(*(get(app, "/ui?window=7d", cookie) for _ in range(4)))
+    assert [p.status for p in pages] == [200] * 4
+    assert computed == [("7d", None)]
+    await get(app, "/ui?window=1h", cookie)  # another window is another computation
+    assert computed == [("7d", None), ("1h", None)]
 
 
 async def test_a_rollback_from_the_console_takes_effect_at_once(app: App) -> None:

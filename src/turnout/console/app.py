@@ -16,6 +16,7 @@ is refused. A refusal is an HTML page with its status; a form the gateway refuse
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -80,7 +81,9 @@ class Console:
             lstrip_blocks=True,
         )
         self.templates.filters.update(FILTERS)
+        # by (window, task), both checked against WINDOWS and the config's tasks: bounded
         self._overviews: dict[tuple[str, str | None], tuple[float, Overview | None]] = {}
+        self._overview_locks: dict[tuple[str, str | None], asyncio.Lock] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -244,14 +247,17 @@ class Console:
 
     async def _overview(self, window: str, task: str | None) -> Overview | None:
         """The overview's figures, shared for a few seconds by every open tab: a week of
-        rows is read and summed once per ``OVERVIEW_TTL_S``, however many reload it."""
-        now = time.monotonic()
-        cached = self._overviews.get((window, task))
-        if cached is not None and now - cached[0] < OVERVIEW_TTL_S:
-            return cached[1]
-        found = await views.overview(self.runtime, window, task)
-        self._overviews[(window, task)] = (now, found)
-        return found
+        rows is read and summed once per ``OVERVIEW_TTL_S``, however many reload it. Tabs that
+        ask while it is being computed wait for that computation (seconds, for a week of heavy
+        traffic) rather than each starting their own."""
+        key = (window, task)
+        async with self._overview_locks.setdefault(key, asyncio.Lock()):
+            cached = self._overviews.get(key)
+            if cached is not None and time.monotonic() - cached[0] < OVERVIEW_TTL_S:
+                return cached[1]
+            found = await views.overview(self.runtime, window, task)
+            self._overviews[key] = (time.monotonic(), found)
+            return found
 
     # --- rendering -------------------------------------------------------------------------
 
