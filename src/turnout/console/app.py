@@ -239,7 +239,8 @@ class Console:
                 "status": status,
                 "statuses": [*STATUSES, "all"],
                 "task": task,
-                "here": path + _query_suffix(scope),
+                # where each label form returns: this page's filters, not its whole query string
+                "here": f"{path}?status={status}" + (f"&task={quote(task, safe='')}" if task else ""),
             }
         else:
             context = await views.tenants(self.runtime, self.admin)
