@@ -11,6 +11,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -192,10 +193,28 @@ async def test_a_viewer_login_does_not_reset_the_count_of_guesses(app: App) -> N
     assert (await post(app, "/ui/login", "key=guess")).status == 429
 
 
-@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example", "/ui\\..\\x", "/admin/keys"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example/x",
+        "https://evil.example",
+        "/ui\\..\\x",
+        "/admin/keys",
+        "/ui/../admin/keys",  # the browser resolves the dot segments: /admin/keys
+        "/ui/%252e%252e/admin/keys",  # ... and so it does with them percent-encoded
+        "/ui/./%252E./metrics",
+        "/uiadmin",
+    ],
+)
 async def test_login_never_redirects_off_the_console(app: App, target: str) -> None:
     resp = await post(app, "/ui/login", f"key={ADMIN}&next={target}")
     assert resp.status == 303 and resp.headers["location"] == "/ui"
+
+
+async def test_login_goes_on_to_the_console_page_it_was_asked_for(app: App) -> None:
+    for target in ("/ui/review?status=all&task=t", "/ui/releases", "/ui?window=7d", "/ui/"):
+        resp = await post(app, "/ui/login", f"key={ADMIN}&next={quote(target)}")
+        assert resp.status == 303 and resp.headers["location"] == target
 
 
 async def test_without_an_admin_or_viewer_key_the_console_is_closed(make_app: AppFactory, tmp_path: Path) -> None:
