@@ -184,6 +184,35 @@ async def test_failed_logins_are_throttled(app: App) -> None:
     assert resp.status == 429 and "set-cookie" not in resp.headers
 
 
+async def test_guesses_whose_bodies_arrive_together_are_throttled_too(app: App) -> None:
+    """Forty connections send a login's headers, then all their bodies at once: each had passed
+    the check of failures before its body came, so all forty guesses were tried."""
+    bodies = asyncio.Event()
+
+    async def guess(n: int) -> int:
+        form = f"key=guess{n}".encode()
+        head = [(b"content-type", FORM["content-type"].encode()), (b"content-length", str(len(form)).encode())]
+        scope = {"type": "http", "method": "POST", "path": "/ui/login", "headers": head, "query_string": b""}
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            await bodies.wait()
+            return {"type": "http.request", "body": form, "more_body": False}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await app.http(scope, receive, send)
+        status: int = sent[0]["status"]
+        return status
+
+    tries = [asyncio.ensure_future(guess(n)) for n in range(40)]
+    await asyncio.sleep(0.05)  # every request has its headers in and waits for its body
+    bodies.set()
+    statuses = await asyncio.gather(*tries)
+    assert statuses.count(401) == 10 and statuses.count(429) == 30
+
+
 async def test_a_viewer_login_does_not_reset_the_count_of_guesses(app: App) -> None:
     """Nine guesses at the admin key, then the viewer key, over and over: unlimited guesses."""
     for _ in range(9):

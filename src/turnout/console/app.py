@@ -119,10 +119,13 @@ class Console:
             raise Refusal(403, "this form was posted from another site")
         if not self.sessions.open:
             raise Refusal(403, "the console is closed: set server.admin_key (or TURNOUT_ADMIN_KEY)")
+        form = await read_form(scope, receive)
+        # Counted after the body is in, with no await between the check and the failure it
+        # records: checked before, a thousand logins whose bodies were held back and then sent
+        # together all passed the check and were all tried.
         now, client = time.time(), client_of(scope)
         if self.sessions.throttled(client, now):
             raise Refusal(429, "too many failed logins from this address; try again in a few minutes")
-        form = await read_form(scope, receive)
         key, target = form.get("key", "").strip(), local_path(form.get("next"))
         role = self.sessions.role_of(key) if key else None
         if role is None:
