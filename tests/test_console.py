@@ -177,6 +177,21 @@ async def test_a_forged_or_stale_cookie_is_no_session(app: App) -> None:
     assert (await get(app, "/ui", cookie)).status == 303  # the old cookie is dead
 
 
+async def test_log_out_in_a_second_tab_or_after_expiry_still_logs_out(app: App) -> None:
+    """The second tab's Log out (the session already ended in the first, or expired) answered
+    403 "log in first": it goes to the login page, as the first did."""
+    cookie = await login(app)
+    page = await get(app, "/ui/releases", cookie)
+    assert (await post(app, "/ui/logout", f"csrf={csrf(page)}", cookie)).status == 303
+    again = await post(app, "/ui/logout", f"csrf={csrf(page)}", cookie)
+    assert again.status == 303 and again.headers["location"] == "/ui/login"
+    assert "Max-Age=0" in again.headers["set-cookie"]
+    assert (await post(app, "/ui/logout", "", "turnout_console=forged")).status == 303
+    cross = await post(app, "/ui/logout", "", cookie, origin="https://evil.example")
+    assert cross.status == 403 and "set-cookie" not in cross.headers
+    assert (await post(app, "/ui/releases/t/rollback", f"csrf={csrf(page)}&why=x", cookie)).status == 403
+
+
 async def test_failed_logins_are_throttled(app: App) -> None:
     for _ in range(10):
         assert (await post(app, "/ui/login", "key=guess")).status == 401

@@ -8,7 +8,8 @@
     GET  /ui/review (?status=pending|accept|reject|escalate|all&task=T), POST /ui/review/{id}
     GET  /ui/tenants                                    tenants, keys, usage, capture grants, audit
 
-Without a session, a page redirects to the login form and a POST is refused (403). Every POST
+Without a session, a page redirects to the login form and a POST is refused (403), but Log out
+(from a tab whose session ended elsewhere or expired) goes to the login form too. Every POST
 must come from this origin and carry the session's CSRF token; a viewer's POST (logout aside)
 is refused. A refusal is an HTML page with its status; a form the gateway refuses on its merits
 (a release not yet evaluated) comes back as a message on the page it came from.
@@ -173,6 +174,10 @@ class Console:
                 raise Refusal(403, "a tenant key cannot use the console")
             if method in ("GET", "HEAD"):
                 await redirect(send, "/ui/login?next=" + quote(path + _query_suffix(scope), safe="/", errors="replace"))
+                return
+            if path == "/ui/logout" and method == "POST" and same_origin(scope):
+                # Ended already (in another tab) or expired: what the operator asked for is done.
+                await redirect(send, "/ui/login", [(b"set-cookie", cookie(None, secure=secure(scope)))])
                 return
             raise Refusal(403, "log in first: this form needs a console session")
         if method == "POST":
