@@ -22,8 +22,10 @@ from turnout.config import validate
 from turnout.console import views
 from turnout.console.access import Sessions
 from turnout.console.overview import MAX_GROUPS, build
+from turnout.console.web import MAX_FORM_BYTES
 from turnout.ledger.record import LedgerRow
 from turnout.releases.files import load_all
+from turnout.releases.review import MAX_ANSWER, MAX_NOTE
 from turnout.releases.store import ReleaseStore
 from turnout.serving.app import App
 
@@ -100,7 +102,11 @@ async def login(app: App, key: str = ADMIN, name: str = "alice", **headers: str)
 
 
 def csrf(page: Response) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', page.body.decode())
+    return csrf_of(page.body.decode())
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found is not None
     return found.group(1)
 
@@ -388,7 +394,7 @@ async def test_odd_queries_and_bodies_are_not_500s(app: App) -> None:
     for path in ("/ui?window=%ff%fe", "/ui?window=1y&task=nope", "/ui/review?status=bogus&task=%00", "/ui?a=1&a=2"):
         assert (await get(app, path, cookie)).status == 200, path
     token = csrf(await get(app, "/ui/review", cookie))
-    huge = f"csrf={token}&note=" + "x" * 70_000
+    huge = f"csrf={token}&note=" + "x" * MAX_FORM_BYTES
     assert (await post(app, "/ui/review/1", huge, cookie)).status == 413
     assert (await post(app, "/ui/review/%C2%B2", f"csrf={token}&label=accept", cookie)).status == 303
     assert (await post(app, "/ui/review/99999999999999999999", f"csrf={token}&label=accept", cookie)).status == 303
@@ -567,6 +573,33 @@ async def test_a_ticket_answered_from_the_console_passes_the_tasks_checks_and_is
     assert (await post(app, f"/ui/review/{item}", form, cookie)).status == 303
     assert "its outcome is final" in (await get(app, "/ui/review", cookie)).body.decode()
     assert (await request(app, "GET", ticket.json()["url"], headers=poll)).json()["status"] == "answered"
+
+
+async def test_the_longest_answer_and_note_the_review_form_allows_can_be_sent(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The answer box let a reviewer type 20,000 characters (the queue keeps 50,000) but the
+    console refused forms over 64 kB: 8,000 characters of Japanese, percent-encoded, were a 413
+    page and the answer was lost."""
+    await registered(tmp_path)
+    raw = config(tmp_path)
+    raw["tasks"]["long"] = {"route": ["primary"], "output": {"max_chars": MAX_ANSWER, "escalate": {"to": "human"}}}
+    provider = ScriptedProvider("primary", Step(text="x" * (MAX_ANSWER + 1)))
+    app = await make_app(raw, {"primary": provider})
+    body = {"model": "long", "messages": [{"role": "user", "content": "hi"}]}
+    ticket = await request(app, "POST", "/v1/chat/completions", body, {"authorization": f"Bearer {TENANT}"})
+    assert ticket.status == 202, ticket.body
+    cookie = await login(app)
+    page = (await get(app, "/ui/review?status=pending", cookie)).body.decode()
+    assert f'name="answer" rows="4" maxlength="{MAX_ANSWER}"' in page
+    assert f'name="note" placeholder="note (optional)" maxlength="{MAX_NOTE}"' in page
+    [item] = re.findall(r'action="/ui/review/(\d+)"', page)
+    answer, note = "日" * MAX_ANSWER, "注" * MAX_NOTE
+    form = f"csrf={csrf_of(page)}&label=accept&answer={quote(answer)}&note={quote(note)}&back=/ui/review"
+    assert (await post(app, f"/ui/review/{item}", form, cookie)).status == 303
+    poll = {"authorization": f"Bearer {TENANT}"}
+    answered = (await request(app, "GET", ticket.json()["url"], headers=poll)).json()
+    assert (answered["status"], answered["answer"]) == ("answered", answer)
 
 
 # --- the parts, on their own ------------------------------------------------------------------

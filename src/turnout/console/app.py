@@ -44,7 +44,7 @@ from turnout.console.web import (
 )
 from turnout.control.auth import bearer
 from turnout.errors import AuthError, MethodNotAllowed, NotFound, TurnoutError
-from turnout.releases.review import STATUSES
+from turnout.releases.review import MAX_ANSWER, MAX_NOTE, STATUSES
 from turnout.serving.admin import Admin
 from turnout.serving.asgi import Receive, Send, header
 from turnout.serving.runtime import Runtime
@@ -246,6 +246,8 @@ class Console:
                 "review": await views.review(self.runtime, task, status),
                 "status": status,
                 "statuses": [*STATUSES, "all"],
+                "max_answer": MAX_ANSWER,
+                "max_note": MAX_NOTE,
                 "task": task,
                 # where each label form returns: this page's filters, not its whole query string
                 "here": f"{path}?status={status}" + (f"&task={quote(task, safe='')}" if task else ""),
