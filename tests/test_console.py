@@ -11,6 +11,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -18,10 +19,13 @@ from tests.asgi import Response, request, settled
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
 from turnout.config import validate
+from turnout.console import views
 from turnout.console.access import Sessions
 from turnout.console.overview import MAX_GROUPS, build
+from turnout.console.web import MAX_FORM_BYTES
 from turnout.ledger.record import LedgerRow
 from turnout.releases.files import load_all
+from turnout.releases.review import MAX_ANSWER, MAX_NOTE
 from turnout.releases.store import ReleaseStore
 from turnout.serving.app import App
 
@@ -98,7 +102,11 @@ async def login(app: App, key: str = ADMIN, name: str = "alice", **headers: str)
 
 
 def csrf(page: Response) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', page.body.decode())
+    return csrf_of(page.body.decode())
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found is not None
     return found.group(1)
 
@@ -175,11 +183,55 @@ async def test_a_forged_or_stale_cookie_is_no_session(app: App) -> None:
     assert (await get(app, "/ui", cookie)).status == 303  # the old cookie is dead
 
 
+async def test_log_out_in_a_second_tab_or_after_expiry_still_logs_out(app: App) -> None:
+    """The second tab's Log out (the session already ended in the first, or expired) answered
+    403 "log in first": it goes to the login page, as the first did."""
+    cookie = await login(app)
+    page = await get(app, "/ui/releases", cookie)
+    assert (await post(app, "/ui/logout", f"csrf={csrf(page)}", cookie)).status == 303
+    again = await post(app, "/ui/logout", f"csrf={csrf(page)}", cookie)
+    assert again.status == 303 and again.headers["location"] == "/ui/login"
+    assert "Max-Age=0" in again.headers["set-cookie"]
+    assert (await post(app, "/ui/logout", "", "turnout_console=forged")).status == 303
+    cross = await post(app, "/ui/logout", "", cookie, origin="https://evil.example")
+    assert cross.status == 403 and "set-cookie" not in cross.headers
+    assert (await post(app, "/ui/releases/t/rollback", f"csrf={csrf(page)}&why=x", cookie)).status == 403
+
+
 async def test_failed_logins_are_throttled(app: App) -> None:
     for _ in range(10):
         assert (await post(app, "/ui/login", "key=guess")).status == 401
     resp = await post(app, "/ui/login", f"key={ADMIN}")
     assert resp.status == 429 and "set-cookie" not in resp.headers
+
+
+async def test_guesses_whose_bodies_arrive_together_are_throttled_too(app: App) -> None:
+    """Forty connections send a login's headers, then all their bodies at once: each had passed
+    the check of failures before its body came, so all forty guesses were tried."""
+    bodies = asyncio.Event()
+
+    async def guess(n: int) -> int:
+        form = f"key=guess{n}".encode()
+        head = [(b"content-type", FORM["content-type"].encode()), (b"content-length", str(len(form)).encode())]
+        scope = {"type": "http", "method": "POST", "path": "/ui/login", "headers": head, "query_string": b""}
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            await bodies.wait()
+            return {"type": "http.request", "body": form, "more_body": False}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await app.http(scope, receive, send)
+        status: int = sent[0]["status"]
+        return status
+
+    tries = [asyncio.ensure_future(guess(n)) for n in range(40)]
+    await asyncio.sleep(0.05)  # every request has its headers in and waits for its body
+    bodies.set()
+    statuses = await asyncio.gather(*tries)
+    assert statuses.count(401) == 10 and statuses.count(429) == 30
 
 
 async def test_a_viewer_login_does_not_reset_the_count_of_guesses(app: App) -> None:
@@ -191,10 +243,28 @@ async def test_a_viewer_login_does_not_reset_the_count_of_guesses(app: App) -> N
     assert (await post(app, "/ui/login", "key=guess")).status == 429
 
 
-@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example", "/ui\\..\\x", "/admin/keys"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example/x",
+        "https://evil.example",
+        "/ui\\..\\x",
+        "/admin/keys",
+        "/ui/../admin/keys",  # the browser resolves the dot segments: /admin/keys
+        "/ui/%252e%252e/admin/keys",  # ... and so it does with them percent-encoded
+        "/ui/./%252E./metrics",
+        "/uiadmin",
+    ],
+)
 async def test_login_never_redirects_off_the_console(app: App, target: str) -> None:
     resp = await post(app, "/ui/login", f"key={ADMIN}&next={target}")
     assert resp.status == 303 and resp.headers["location"] == "/ui"
+
+
+async def test_login_goes_on_to_the_console_page_it_was_asked_for(app: App) -> None:
+    for target in ("/ui/review?status=all&task=t", "/ui/releases", "/ui?window=7d", "/ui/"):
+        resp = await post(app, "/ui/login", f"key={ADMIN}&next={quote(target)}")
+        assert resp.status == 303 and resp.headers["location"] == target
 
 
 async def test_without_an_admin_or_viewer_key_the_console_is_closed(make_app: AppFactory, tmp_path: Path) -> None:
@@ -324,7 +394,7 @@ async def test_odd_queries_and_bodies_are_not_500s(app: App) -> None:
     for path in ("/ui?window=%ff%fe", "/ui?window=1y&task=nope", "/ui/review?status=bogus&task=%00", "/ui?a=1&a=2"):
         assert (await get(app, path, cookie)).status == 200, path
     token = csrf(await get(app, "/ui/review", cookie))
-    huge = f"csrf={token}&note=" + "x" * 70_000
+    huge = f"csrf={token}&note=" + "x" * MAX_FORM_BYTES
     assert (await post(app, "/ui/review/1", huge, cookie)).status == 413
     assert (await post(app, "/ui/review/%C2%B2", f"csrf={token}&label=accept", cookie)).status == 303
     assert (await post(app, "/ui/review/99999999999999999999", f"csrf={token}&label=accept", cookie)).status == 303
@@ -374,6 +444,28 @@ async def test_the_overview_window_and_task_choices(app: App) -> None:
         page = (await get(app, f"/ui?window={window}&task=t", cookie)).body.decode()
         assert f'href="/ui?window={window}&amp;task=t" class="on"' in page
         assert 'id="tile-requests">1<' in page
+
+
+async def test_tabs_that_load_the_overview_at_once_share_one_computation(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A week of rows takes seconds to read and sum: four tabs reloading together waited on four
+    computations, one after another (the last 15 s on a 120k-row ledger), not on one."""
+    computed: list[tuple[str, str | None]] = []
+    overview = views.overview
+
+    async def slow(runtime: Any, window: str, task: str | None) -> Any:
+        computed.append((window, task))
+        await asyncio.sleep(0.05)
+        return await overview(runtime, window, task)
+
+    monkeypatch.setattr(views, "overview", slow)
+    cookie = await login(app)
+    pages = await asyncio.gather(*(get(app, "/ui?window=7d", cookie) for _ in range(4)))
+    assert [p.status for p in pages] == [200] * 4
+    assert computed == [("7d", None)]
+    await get(app, "/ui?window=1h", cookie)  # another window is another computation
+    assert computed == [("7d", None), ("1h", None)]
 
 
 async def test_a_rollback_from_the_console_takes_effect_at_once(app: App) -> None:
@@ -440,6 +532,20 @@ async def test_a_label_from_the_console_reaches_the_admin_api(app: App) -> None:
     assert "label must be one of" in (await get(app, "/ui/review", cookie)).body.decode()
 
 
+async def test_a_label_form_goes_back_to_the_pages_filters_not_its_whole_query(app: App) -> None:
+    """Each item's form carried the page's raw query string back: 100 items made a 60 kB query a
+    6 MB page. It carries the status and task the page shows, nothing else."""
+    for n in range(3):
+        await answer(app, f"user-{n}")
+    cookie = await login(app)
+    page = (await get(app, "/ui/review?status=all&task=t&junk=" + "x" * 5000, cookie)).body.decode()
+    backs = re.findall(r'name="back" value="([^"]*)"', page)
+    assert backs == ["/ui/review?status=all&amp;task=t"] * 3
+    assert len(page) < 20_000
+    plain = (await get(app, "/ui/review", cookie)).body.decode()
+    assert re.findall(r'name="back" value="([^"]*)"', plain) == ["/ui/review?status=pending"] * 3
+
+
 async def test_a_ticket_answered_from_the_console_passes_the_tasks_checks_and_is_final(
     make_app: AppFactory, tmp_path: Path
 ) -> None:
@@ -467,6 +573,33 @@ async def test_a_ticket_answered_from_the_console_passes_the_tasks_checks_and_is
     assert (await post(app, f"/ui/review/{item}", form, cookie)).status == 303
     assert "its outcome is final" in (await get(app, "/ui/review", cookie)).body.decode()
     assert (await request(app, "GET", ticket.json()["url"], headers=poll)).json()["status"] == "answered"
+
+
+async def test_the_longest_answer_and_note_the_review_form_allows_can_be_sent(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The answer box let a reviewer type 20,000 characters (the queue keeps 50,000) but the
+    console refused forms over 64 kB: 8,000 characters of Japanese, percent-encoded, were a 413
+    page and the answer was lost."""
+    await registered(tmp_path)
+    raw = config(tmp_path)
+    raw["tasks"]["long"] = {"route": ["primary"], "output": {"max_chars": MAX_ANSWER, "escalate": {"to": "human"}}}
+    provider = ScriptedProvider("primary", Step(text="x" * (MAX_ANSWER + 1)))
+    app = await make_app(raw, {"primary": provider})
+    body = {"model": "long", "messages": [{"role": "user", "content": "hi"}]}
+    ticket = await request(app, "POST", "/v1/chat/completions", body, {"authorization": f"Bearer {TENANT}"})
+    assert ticket.status == 202, ticket.body
+    cookie = await login(app)
+    page = (await get(app, "/ui/review?status=pending", cookie)).body.decode()
+    assert f'name="answer" rows="4" maxlength="{MAX_ANSWER}"' in page
+    assert f'name="note" placeholder="note (optional)" maxlength="{MAX_NOTE}"' in page
+    [item] = re.findall(r'action="/ui/review/(\d+)"', page)
+    answer, note = "日" * MAX_ANSWER, "注" * MAX_NOTE
+    form = f"csrf={csrf_of(page)}&label=accept&answer={quote(answer)}&note={quote(note)}&back=/ui/review"
+    assert (await post(app, f"/ui/review/{item}", form, cookie)).status == 303
+    poll = {"authorization": f"Bearer {TENANT}"}
+    answered = (await request(app, "GET", ticket.json()["url"], headers=poll)).json()
+    assert (answered["status"], answered["answer"]) == ("answered", answer)
 
 
 # --- the parts, on their own ------------------------------------------------------------------

@@ -19,6 +19,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -815,3 +816,39 @@ async def test_sqlite_runs_every_statement_off_the_event_loop(db_path: Path) -> 
     assert threads
     assert threading.current_thread().name not in threads
     assert all(name.startswith("turnout-ledger") for name in threads)
+
+
+@pytest.mark.parametrize("kind", DURABLE)
+async def test_rows_between_decodes_its_rows_off_the_event_loop(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console's overview reads up to 100,000 rows a load: turned into ``LedgerRow``s on the
+    event loop they stalled every request the gateway was serving for a second or more."""
+    backend: ModuleType = sqlite_backend
+    store: LedgerStore = SQLiteStore(tmp_path / "ledger.db")
+    if kind == "postgres":
+        if not postgres_reachable():
+            pytest.skip(f"no PostgreSQL at {POSTGRES_DSN}")
+        from turnout.ledger import postgres as backend
+
+        schema = unique_schema()
+        store = postgres_store(schema)
+    decode = backend._decode
+    threads: set[str] = set()
+
+    def traced(record: Any) -> LedgerRow:
+        threads.add(threading.current_thread().name)
+        row: LedgerRow = decode(record)
+        return row
+
+    await store.open()
+    try:
+        await store.write_batch([make_row(n) for n in range(3)])
+        monkeypatch.setattr(backend, "_decode", traced)
+        found = await store.rows_between(0, 2e9)
+    finally:
+        await store.aclose()
+        if kind == "postgres":
+            await drop_schema(schema)
+    assert [r.request_id for r in found] == [make_row(n).request_id for n in range(3)]
+    assert threads and threading.current_thread().name not in threads

@@ -130,6 +130,10 @@ async def test_bootstrap_then_the_full_lifecycle(store: ReleaseStore) -> None:
     ats = [t.at for t in await store.transitions(TASK)]
     assert ats == sorted(ats)
     assert [t.release for t in await store.transitions(TASK, "v1")] == ["v1", "v1", "v1"]
+    # the console's page: the newest few, still oldest first, read without the rest
+    assert await store.transitions(TASK, last=3) == (await store.transitions(TASK))[-3:]
+    assert await store.transitions(TASK, "v1", last=2) == (await store.transitions(TASK, "v1"))[-2:]
+    assert await store.transitions(TASK, last=0) == []
 
 
 async def test_promote_needs_evaluation_after_bootstrap(store: ReleaseStore) -> None:

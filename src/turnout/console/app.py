@@ -8,7 +8,8 @@
     GET  /ui/review (?status=pending|accept|reject|escalate|all&task=T), POST /ui/review/{id}
     GET  /ui/tenants                                    tenants, keys, usage, capture grants, audit
 
-Without a session, a page redirects to the login form and a POST is refused (403). Every POST
+Without a session, a page redirects to the login form and a POST is refused (403), but Log out
+(from a tab whose session ended elsewhere or expired) goes to the login form too. Every POST
 must come from this origin and carry the session's CSRF token; a viewer's POST (logout aside)
 is refused. A refusal is an HTML page with its status; a form the gateway refuses on its merits
 (a release not yet evaluated) comes back as a message on the page it came from.
@@ -16,6 +17,7 @@ is refused. A refusal is an HTML page with its status; a form the gateway refuse
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -42,7 +44,7 @@ from turnout.console.web import (
 )
 from turnout.control.auth import bearer
 from turnout.errors import AuthError, MethodNotAllowed, NotFound, TurnoutError
-from turnout.releases.review import STATUSES
+from turnout.releases.review import MAX_ANSWER, MAX_NOTE, STATUSES
 from turnout.serving.admin import Admin
 from turnout.serving.asgi import Receive, Send, header
 from turnout.serving.runtime import Runtime
@@ -80,7 +82,9 @@ class Console:
             lstrip_blocks=True,
         )
         self.templates.filters.update(FILTERS)
+        # by (window, task), both checked against WINDOWS and the config's tasks: bounded
         self._overviews: dict[tuple[str, str | None], tuple[float, Overview | None]] = {}
+        self._overview_locks: dict[tuple[str, str | None], asyncio.Lock] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -116,10 +120,13 @@ class Console:
             raise Refusal(403, "this form was posted from another site")
         if not self.sessions.open:
             raise Refusal(403, "the console is closed: set server.admin_key (or TURNOUT_ADMIN_KEY)")
+        form = await read_form(scope, receive)
+        # Counted after the body is in, with no await between the check and the failure it
+        # records: checked before, a thousand logins whose bodies were held back and then sent
+        # together all passed the check and were all tried.
         now, client = time.time(), client_of(scope)
         if self.sessions.throttled(client, now):
             raise Refusal(429, "too many failed logins from this address; try again in a few minutes")
-        form = await read_form(scope, receive)
         key, target = form.get("key", "").strip(), local_path(form.get("next"))
         role = self.sessions.role_of(key) if key else None
         if role is None:
@@ -167,6 +174,10 @@ class Console:
                 raise Refusal(403, "a tenant key cannot use the console")
             if method in ("GET", "HEAD"):
                 await redirect(send, "/ui/login?next=" + quote(path + _query_suffix(scope), safe="/", errors="replace"))
+                return
+            if path == "/ui/logout" and method == "POST" and same_origin(scope):
+                # Ended already (in another tab) or expired: what the operator asked for is done.
+                await redirect(send, "/ui/login", [(b"set-cookie", cookie(None, secure=secure(scope)))])
                 return
             raise Refusal(403, "log in first: this form needs a console session")
         if method == "POST":
@@ -235,8 +246,11 @@ class Console:
                 "review": await views.review(self.runtime, task, status),
                 "status": status,
                 "statuses": [*STATUSES, "all"],
+                "max_answer": MAX_ANSWER,
+                "max_note": MAX_NOTE,
                 "task": task,
-                "here": path + _query_suffix(scope),
+                # where each label form returns: this page's filters, not its whole query string
+                "here": f"{path}?status={status}" + (f"&task={quote(task, safe='')}" if task else ""),
             }
         else:
             context = await views.tenants(self.runtime, self.admin)
@@ -244,14 +258,17 @@ class Console:
 
     async def _overview(self, window: str, task: str | None) -> Overview | None:
         """The overview's figures, shared for a few seconds by every open tab: a week of
-        rows is read and summed once per ``OVERVIEW_TTL_S``, however many reload it."""
-        now = time.monotonic()
-        cached = self._overviews.get((window, task))
-        if cached is not None and now - cached[0] < OVERVIEW_TTL_S:
-            return cached[1]
-        found = await views.overview(self.runtime, window, task)
-        self._overviews[(window, task)] = (now, found)
-        return found
+        rows is read and summed once per ``OVERVIEW_TTL_S``, however many reload it. Tabs that
+        ask while it is being computed wait for that computation (seconds, for a week of heavy
+        traffic) rather than each starting their own."""
+        key = (window, task)
+        async with self._overview_locks.setdefault(key, asyncio.Lock()):
+            cached = self._overviews.get(key)
+            if cached is not None and time.monotonic() - cached[0] < OVERVIEW_TTL_S:
+                return cached[1]
+            found = await views.overview(self.runtime, window, task)
+            self._overviews[key] = (time.monotonic(), found)
+            return found
 
     # --- rendering -------------------------------------------------------------------------
 

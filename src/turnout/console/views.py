@@ -65,7 +65,7 @@ async def releases(runtime: Runtime) -> list[dict[str, Any]]:
     out = []
     for task, spec in runtime.config.tasks.items():
         registered, serving, moves = await asyncio.gather(
-            store.releases(task), store.serving_row(task), store.transitions(task)
+            store.releases(task), store.serving_row(task), store.transitions(task, last=TRANSITIONS_SHOWN)
         )
         if not registered:
             continue
@@ -84,7 +84,7 @@ async def releases(runtime: Runtime) -> list[dict[str, Any]]:
                 "task": task,
                 "serving": serving,
                 "releases": registered,
-                "transitions": list(reversed(moves))[:TRANSITIONS_SHOWN],
+                "transitions": list(reversed(moves)),
                 "comparison": comparison,
                 "stats": _sides(comparison.canary_stats, comparison.active_stats) if comparison else None,
                 "last_verdict": last,

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, unquote
 
 from turnout.errors import RequestError
 from turnout.serving.asgi import Receive, Send, header, read_body
@@ -29,7 +29,9 @@ SECURITY = [
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
 HTML = b"text/html; charset=utf-8"
-MAX_FORM_BYTES = 64_000
+# A review form's longest answer and note (releases.review: 50,000 and 4,000 characters),
+# percent-encoded UTF-8: up to 9 bytes a character.
+MAX_FORM_BYTES = 9 * (50_000 + 4_000) + 16_000
 MAX_FIELDS = 50
 STATIC_TYPES = {"css": b"text/css; charset=utf-8", "js": b"text/javascript; charset=utf-8"}
 STATIC_FILES = ("console.css", "console.js")
@@ -139,7 +141,13 @@ def client_of(scope: dict[str, Any]) -> str:
 
 def local_path(text: str | None, default: str = "/ui") -> str:
     """A redirect target from a form or query: a path under /ui on this site, nothing else
-    (``//evil.example`` and ``/ui\\..`` are refused)."""
-    if not text or not text.startswith("/ui") or "//" in text or "\\" in text or any(ord(c) < 32 for c in text):
+    (``//evil.example``, ``/ui\\..``, ``/uix`` and dot segments, which the browser resolves:
+    ``/ui/../admin``, ``/ui/%2e%2e/admin``, are refused)."""
+    if not text or "//" in text or "\\" in text or any(ord(c) < 32 for c in text):
+        return default
+    path = text.partition("?")[0].partition("#")[0]
+    if path != "/ui" and not path.startswith("/ui/"):
+        return default
+    if any(segment in (".", "..") for segment in unquote(path).split("/")):
         return default
     return quote(text, safe="/?&=%-._~", errors="replace")

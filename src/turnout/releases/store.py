@@ -230,13 +230,18 @@ class ReleaseStore:
         rows = await self._call(lambda c: c.execute(_SELECT + " WHERE task = ? AND name = ?", (task, name)))
         return _decode(rows[0]) if rows else None
 
-    async def transitions(self, task: str, release: str | None = None) -> list[Transition]:
+    async def transitions(self, task: str, release: str | None = None, *, last: int | None = None) -> list[Transition]:
+        """Oldest first; ``last``: only the newest ``last`` of them (the console's page), read
+        without the rest, which a canary's steps grow by one a step for as long as it serves."""
         sql = "SELECT task, release, from_state, to_state, at, by, why, percent FROM transitions WHERE task = ?"
-        args: tuple[str, ...] = (task,)
+        args: tuple[str | int, ...] = (task,)
         if release is not None:
             sql, args = sql + " AND release = ?", (task, release)
-        rows = await self._call(lambda c: c.execute(sql + " ORDER BY id", args))
-        return [Transition(*row) for row in rows]
+        if last is None:
+            rows = await self._call(lambda c: c.execute(sql + " ORDER BY id", args))
+            return [Transition(*row) for row in rows]
+        newest = await self._call(lambda c: c.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, max(0, last))))
+        return [Transition(*row) for row in reversed(newest)]
 
     async def serving_row(self, task: str) -> ServingRow | None:
         rows = await self._call(lambda c: c.execute(_SERVING + " WHERE task = ?", (task,)))
