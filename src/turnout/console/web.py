@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 from turnout.errors import RequestError
+from turnout.releases.review import MAX_ANSWER, MAX_NOTE
 from turnout.serving.asgi import Receive, Send, header, read_body
 
 CSP = (
@@ -29,9 +30,9 @@ SECURITY = [
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
 HTML = b"text/html; charset=utf-8"
-# A review form's longest answer and note (releases.review: 50,000 and 4,000 characters),
-# percent-encoded UTF-8: up to 9 bytes a character.
-MAX_FORM_BYTES = 9 * (50_000 + 4_000) + 16_000
+# A review form's longest answer and note (the queue's limits), percent-encoded UTF-8: up to 9
+# bytes a character, and room for the form's other fields.
+MAX_FORM_BYTES = 9 * (MAX_ANSWER + MAX_NOTE) + 16_000
 MAX_FIELDS = 50
 STATIC_TYPES = {"css": b"text/css; charset=utf-8", "js": b"text/javascript; charset=utf-8"}
 STATIC_FILES = ("console.css", "console.js")
