@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import pydantic
 import pytest
 import uvicorn
 from anthropic.types import ToolParam
@@ -98,6 +99,57 @@ async def test_a_plain_message_is_answered_in_anthropics_shape(make_app: AppFact
         [row] = await rows(app, 1)
     assert (row.endpoint, row.status, row.tenant, row.task) == ("messages", 200, "acme", "support")
     assert row.cost_usd is not None and row.cost_usd > 0
+
+
+class Forecast(pydantic.BaseModel):
+    city: str
+    celsius: int
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_structured_output_through_the_sdks_parse(make_app: AppFactory, tmp_path: Path, stream: bool) -> None:
+    """``messages.parse(output_format=...)`` sends ``output_config.format``: it was a 400, so the
+    SDK's structured outputs could not be used through the gateway."""
+    async with (
+        FakeUpstream(reply=('{"city": "Paris",', ' "celsius": 21}')) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        ask: dict[str, Any] = {
+            "model": "support",
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "Paris?"}],
+        }
+        if stream:
+            async with client.messages.stream(**ask, output_format=Forecast) as events:
+                parsed = (await events.get_final_message()).parsed_output
+        else:
+            parsed = (await client.messages.parse(**ask, output_format=Forecast)).parsed_output
+        assert parsed == Forecast(city="Paris", celsius=21)
+        fmt = chats(up)[0]["response_format"]
+        assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "output"
+        assert fmt["json_schema"]["schema"]["properties"].keys() == {"city", "celsius"}
+
+
+async def test_output_config_fields_not_translated_are_refused_by_name(make_app: AppFactory, tmp_path: Path) -> None:
+    async with (
+        FakeUpstream() as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, _),
+    ):
+        ask = {"model": "support", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+        auth = {"x-api-key": KEY}
+        for output_config, param in [
+            ({"effort": "high"}, "output_config.effort"),
+            ({"format": {"type": "text"}}, "output_config.format"),
+            ({"format": {"type": "json_schema", "schema": "x"}}, "output_config.format.schema"),
+            ({"format": {"type": "json_schema", "schema": {}, "name": "n"}}, "output_config.format.name"),
+            ("json", "output_config"),
+        ]:
+            resp = await request(app, "POST", "/v1/messages", {**ask, "output_config": output_config}, auth)
+            assert resp.status == 400 and param in resp.json()["error"]["message"], (output_config, resp.json())
+        resp = await request(
+            app, "POST", "/v1/messages", {**ask, "output_config": {"effort": None, "format": None}}, auth
+        )
+        assert resp.status == 200 and "response_format" not in chats(up)[0]
 
 
 async def test_a_stream_arrives_as_anthropic_events_and_reassembles(make_app: AppFactory, tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ Request: ``system`` becomes a system message; text blocks stay text parts; ``ima
 (base64 or URL) become ``image_url`` parts; an assistant's ``tool_use`` blocks become its
 ``tool_calls``; a user's ``tool_result`` blocks become ``tool`` messages (placed before the
 rest of that user turn, as OpenAI wants them right after the call); ``tools``, ``tool_choice``,
-``stop_sequences``, ``temperature``, ``top_p``, ``top_k``, ``metadata.user_id`` and a tool's
-``strict`` (→ ``function.strict``) map to their chat names. A request field this door does not
+``stop_sequences``, ``temperature``, ``top_p``, ``top_k``, ``metadata.user_id``, a tool's
+``strict`` (→ ``function.strict``) and ``output_config.format`` (structured outputs → a
+``json_schema`` ``response_format``) map to their chat names. A request field this door does not
 translate is refused (400 naming it), never dropped (unless it is null, which asks for nothing: the
 SDKs' parameters are ``Optional``); so is a content block of a type it does not
 translate (``document``, ``thinking``, ...) or one Anthropic's API does not know, and a field
@@ -46,8 +47,10 @@ FIELDS = frozenset(
         "temperature",
         "top_p",
         "top_k",
+        "output_config",
     }
 )
+OUTPUT_FORMAT_NAME = "output"  # the chat json_schema's name: Anthropic's format has none
 # Each content block type this door translates, with every field Anthropic's API defines on it;
 # another field is a 400 naming it. Read: ``type`` and the fields the translation reads; the rest
 # (``IGNORED``) are accepted and ignored.
@@ -138,7 +141,32 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     if body.get("stop_sequences") is not None:
         chat["stop"] = _strings(body["stop_sequences"], "stop_sequences")
     chat.update(_tools(body))
+    if (fmt := _output_format(body.get("output_config"))) is not None:
+        chat["response_format"] = fmt
     return chat
+
+
+def _output_format(config: Any) -> dict[str, Any] | None:
+    """``output_config.format`` (structured outputs, what the SDK's ``messages.parse`` sends) as
+    the chat body's ``response_format``; ``effort`` is not translated (a 400 naming it)."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise bad("output_config", "'output_config' must be an object")
+    for key, value in config.items():
+        if key != "format" and value is not None:
+            raise bad(f"output_config.{key}", f"'output_config.{key}' is not supported by this gateway's Messages API")
+    fmt = config.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise bad("output_config.format", "'output_config.format' must be {type: json_schema, schema}")
+    unknown = sorted(k for k in fmt if k not in ("type", "schema"))
+    if unknown:
+        raise bad(f"output_config.format.{unknown[0]}", f"'output_config.format.{unknown[0]}' is not a format field")
+    if not isinstance(fmt.get("schema"), dict):
+        raise bad("output_config.format.schema", "'output_config.format.schema' must be an object")
+    return {"type": "json_schema", "json_schema": {"name": OUTPUT_FORMAT_NAME, "schema": fmt["schema"]}}
 
 
 def to_counted(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -103,6 +103,22 @@ def _request() -> Schema:
                 },
             },
             "tool_choice": {"type": "object", "required": ["type"]},
+            "output_config": nullable(
+                {
+                    "type": "object",
+                    "description": "`format` (structured outputs) becomes the chat body's json_schema "
+                    "`response_format`; another field (`effort`) is refused with a 400 naming it.",
+                    "properties": {
+                        "format": nullable(
+                            {
+                                "type": "object",
+                                "required": ["type", "schema"],
+                                "properties": {"type": {"enum": ["json_schema"]}, "schema": {"type": "object"}},
+                            }
+                        )
+                    },
+                }
+            ),
             "stop_sequences": {"type": "array", "items": {"type": "string", "minLength": 1}},
             "temperature": {"type": "number", "minimum": 0},
             "top_p": {"type": "number", "minimum": 0},
