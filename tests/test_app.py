@@ -577,6 +577,9 @@ async def test_service_routes(make_app: AppFactory) -> None:
     assert (await request(app, "GET", "/nope")).status == 404
     resp = await request(app, "GET", "/v1/chat/completions")
     assert resp.status == 405 and resp.json()["error"]["code"] == "method_not_allowed"
+    assert resp.headers["allow"] == "POST"  # HTTP requires Allow on a 405
+    resp = await request(app, "POST", "/v1/models")
+    assert resp.status == 405 and resp.headers["allow"] == "GET, HEAD"
 
 
 async def test_without_tenants_access_is_anonymous(make_app: AppFactory) -> None:

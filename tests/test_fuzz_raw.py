@@ -181,6 +181,8 @@ def judge(tally: Tally, probe: Probe, reply: Reply) -> None:
         tally.server_errors += 1
         tally.problems.append(f"{where}: {reply.status} {reply.body[:200]!r}")
         return
+    if reply.status == 405 and not reply.headers.get("allow"):  # HTTP requires it on a 405
+        tally.problems.append(f"{where}: a 405 without Allow")
     if reply.status < 400 or probe.raw.startswith(b"HEAD "):
         return
     if not reply.headers.get("content-type", "").startswith("application/json"):

@@ -106,8 +106,18 @@ class UnknownTask(RequestError):
 
 
 class MethodNotAllowed(RequestError):
+    """A route called with a method it does not take; its answer's ``Allow`` names those it does
+    (HTTP requires it on a 405)."""
+
     status = 405
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"allow", self.allow.encode())]
 
 
 class Conflict(RequestError):

@@ -101,7 +101,7 @@ class Console:
         except Refusal as exc:
             await self._error(send, exc.status, exc.message)
         except TurnoutError as exc:  # a refusal from below; its message never carries secrets
-            await self._error(send, exc.status, exc.message)
+            await self._error(send, exc.status, exc.message, exc.headers())
 
     # --- access ----------------------------------------------------------------------------
 
@@ -284,8 +284,11 @@ class Console:
             **context,
         )
 
-    async def _error(self, send: Send, status: int, message: str) -> None:
-        await send_html(send, status, self._render("error.html", None, "error", status=status, message=message))
+    async def _error(
+        self, send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        page = self._render("error.html", None, "error", status=status, message=message)
+        await send_html(send, status, page, headers)
 
     async def _static(self, name: str, method: str, scope: dict[str, Any], send: Send) -> None:
         _allow(method, "GET")
@@ -297,7 +300,9 @@ class Console:
 
 def _allow(method: str, allowed: str) -> None:
     if method not in ((allowed, "HEAD") if allowed == "GET" else (allowed,)):
-        raise MethodNotAllowed(f"use {allowed} for this page")
+        raise MethodNotAllowed(
+            f"use {allowed} for this page", allow=f"{allowed}, HEAD" if allowed == "GET" else allowed
+        )
 
 
 def _query_suffix(scope: dict[str, Any]) -> str:

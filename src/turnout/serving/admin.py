@@ -73,7 +73,7 @@ class Admin:
         elif path == "/admin/keys" and method == "POST":
             await send_json(send, 201, await self._create_key(await read_body(receive, scope, 64_000)))
         elif path == "/admin/keys":
-            raise MethodNotAllowed("use GET or POST for this route")
+            raise MethodNotAllowed("use GET or POST for this route", allow="GET, HEAD, POST")
         elif path.startswith("/admin/keys/"):
             _expect(method, "DELETE")
             await send_json(send, 200, await self._revoke(path.removeprefix("/admin/keys/")))
@@ -292,4 +292,4 @@ def _row_id(text: str) -> bool:
 
 def _expect(method: str, allowed: str) -> None:
     if method != allowed:
-        raise MethodNotAllowed(f"use {allowed} for this route")
+        raise MethodNotAllowed(f"use {allowed} for this route", allow=allowed)

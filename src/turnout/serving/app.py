@@ -247,4 +247,6 @@ class App:
 def _expect(method: str, allowed: str) -> None:
     """``allowed``, or HEAD where it is GET (the server sends the head alone, as for /healthz)."""
     if method != allowed and not (method == "HEAD" and allowed == "GET"):
-        raise MethodNotAllowed(f"use {allowed} for this route")
+        raise MethodNotAllowed(
+            f"use {allowed} for this route", allow=f"{allowed}, HEAD" if allowed == "GET" else allowed
+        )
