@@ -43,10 +43,10 @@ from turnout.console.web import (
     send_html,
 )
 from turnout.control.auth import bearer
-from turnout.errors import AuthError, MethodNotAllowed, NotFound, TurnoutError
+from turnout.errors import AuthError, NotFound, TurnoutError
 from turnout.releases.review import MAX_ANSWER, MAX_NOTE, STATUSES
 from turnout.serving.admin import Admin
-from turnout.serving.asgi import Receive, Send, header
+from turnout.serving.asgi import Receive, Send, expect_method, header
 from turnout.serving.runtime import Runtime
 
 log = logging.getLogger("turnout")
@@ -94,7 +94,7 @@ class Console:
             elif path == "/ui/login" and method == "POST":
                 await self._login(scope, receive, send)
             elif path == "/ui/login":
-                _allow(method, "GET")
+                expect_method(method, "GET", "page")
                 await self._login_page(scope, send)
             else:
                 await self._inside(scope, receive, send, path.rstrip("/") or PREFIX, method)
@@ -183,7 +183,7 @@ class Console:
         if method == "POST":
             await self._post(scope, receive, send, path, session)
             return
-        _allow(method, "GET")
+        expect_method(method, "GET", "page")
         await self._page(scope, send, path, session)
 
     async def _post(self, scope: dict[str, Any], receive: Receive, send: Send, path: str, session: Session) -> None:
@@ -291,18 +291,11 @@ class Console:
         await send_html(send, status, page, headers)
 
     async def _static(self, name: str, method: str, scope: dict[str, Any], send: Send) -> None:
-        _allow(method, "GET")
+        expect_method(method, "GET", "page")
         asset = self.assets.get(name)
         if asset is None:
             raise NotFound(f"no console file {name!r}")
         await send_asset(send, asset, header(scope, b"if-none-match"))
-
-
-def _allow(method: str, allowed: str) -> None:
-    if method not in ((allowed, "HEAD") if allowed == "GET" else (allowed,)):
-        raise MethodNotAllowed(
-            f"use {allowed} for this page", allow=f"{allowed}, HEAD" if allowed == "GET" else allowed
-        )
 
 
 def _query_suffix(scope: dict[str, Any]) -> str:

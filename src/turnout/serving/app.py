@@ -20,11 +20,11 @@ from turnout._support.printable import printable
 from turnout.config import Config
 from turnout.console.app import Console
 from turnout.control.auth import bearer
-from turnout.errors import AuthError, MethodNotAllowed, NotFound
+from turnout.errors import AuthError, NotFound
 from turnout.providers.base import Provider
 from turnout.serving import feedback, openapi, reload, summary, tickets
 from turnout.serving.admin import Admin
-from turnout.serving.asgi import Receive, Send, header, send_json
+from turnout.serving.asgi import Receive, Send, expect_method, header, send_json
 from turnout.serving.boundary import ErrorBoundary
 from turnout.serving.chat import CHAT
 from turnout.serving.embeddings import EMBEDDINGS_DOOR
@@ -85,49 +85,49 @@ class App:
     async def route(self, scope: dict[str, Any], receive: Receive, send: Send, request_id: str) -> None:
         path, method = scope["path"], scope["method"]
         if path == "/v1/chat/completions":
-            _expect(method, "POST")
+            expect_method(method, "POST")
             await self.pipeline.run(CHAT, scope, receive, send, request_id)
         elif path == "/v1/embeddings":
-            _expect(method, "POST")
+            expect_method(method, "POST")
             await self.pipeline.run(EMBEDDINGS_DOOR, scope, receive, send, request_id)
         elif path == "/v1/messages":
-            _expect(method, "POST")
+            expect_method(method, "POST")
             await self.pipeline.run(MESSAGES_DOOR, scope, receive, send, request_id)
         elif path == "/v1/messages/count_tokens":
-            _expect(method, "POST")
+            expect_method(method, "POST")
             await count_tokens(self.runtime, scope, receive, send, request_id)
         elif path == "/v1/responses":
-            _expect(method, "POST")
+            expect_method(method, "POST")
             await self.pipeline.run(RESPONSES_DOOR, scope, receive, send, request_id)
         elif path.startswith(TASKS_PREFIX):
             task, ticketed, ticket = path[len(TASKS_PREFIX) :].partition(TICKETS)
             if ticketed:  # /v1/tasks/{task}/tickets/{id}: an escalation's answer
-                _expect(method, "GET")
+                expect_method(method, "GET")
                 await tickets.handle(self.runtime, scope, receive, send, task, ticket)
             else:
-                _expect(method, "POST")
+                expect_method(method, "POST")
                 await self.pipeline.run(TASKS, scope, receive, send, request_id, task=task)
         elif path == "/ui" or path.startswith("/ui/"):
             await self.console(scope, receive, send)
         elif path == "/v1/feedback":
-            _expect(method, "POST")
+            expect_method(method, "POST")
             await feedback.handle(self.runtime, scope, receive, send)
         elif path == "/v1/models":
-            _expect(method, "GET")
+            expect_method(method, "GET")
             await send_json(send, 200, await self.models(header(scope, b"authorization")))
         elif path.startswith("/v1/models/"):  # the SDKs' models.retrieve
-            _expect(method, "GET")
+            expect_method(method, "GET")
             await send_json(send, 200, await self.model(header(scope, b"authorization"), path[len("/v1/models/") :]))
         elif path == "/healthz":  # which worker answered: a process id, for operators and tests
             await send_json(send, 200, {"status": "ok"}, [(b"x-turnout-worker", str(os.getpid()).encode())])
         elif path == "/readyz":
             await self.readyz(header(scope, b"authorization"), send)
         elif path == "/metrics":
-            _expect(method, "GET")
+            expect_method(method, "GET")
             self._scraper(header(scope, b"authorization"))
             await self.metrics(send)
         elif path == "/openapi.json":
-            _expect(method, "GET")
+            expect_method(method, "GET")
             await openapi.serve(send)
         elif path.startswith("/admin/") or path == "/admin":
             await self.admin(scope, receive, send)
@@ -242,11 +242,3 @@ class App:
                 await self._idle.wait()
         except TimeoutError:
             log.warning("shutdown: %d requests still running after %.0f s; closing anyway", self.in_flight, timeout_s)
-
-
-def _expect(method: str, allowed: str) -> None:
-    """``allowed``, or HEAD where it is GET (the server sends the head alone, as for /healthz)."""
-    if method != allowed and not (method == "HEAD" and allowed == "GET"):
-        raise MethodNotAllowed(
-            f"use {allowed} for this route", allow=f"{allowed}, HEAD" if allowed == "GET" else allowed
-        )

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from turnout._support.depth import brackets, too_deep
-from turnout.errors import BodyTooLarge, RequestError, UnsupportedEncoding
+from turnout.errors import BodyTooLarge, MethodNotAllowed, RequestError, UnsupportedEncoding
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -130,3 +130,11 @@ async def send_json(send: Send, status: int, payload: Any, headers: list[tuple[b
         head.extend(headers)
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
+
+
+def expect_method(method: str, allowed: str, what: str = "route") -> None:
+    """``allowed``, or HEAD where it is GET (the server sends the head alone); else 405, whose
+    ``Allow`` names both."""
+    if method != allowed and not (method == "HEAD" and allowed == "GET"):
+        allow = f"{allowed}, HEAD" if allowed == "GET" else allowed
+        raise MethodNotAllowed(f"use {allowed} for this {what}", allow=allow)
