@@ -41,7 +41,12 @@ def served(fakes: dict[str, Process], cwd: Path) -> Iterator[Served]:
                 "endpoint_url": fakes["bedrock"].url,
                 "retry": {"attempts": 1},
             },
-            "selfhosted": {"provider": "openai", "base_url": fakes["openai"].url + "/v1", "model": "qwen"},
+            "selfhosted": {
+                "provider": "openai",
+                "base_url": fakes["openai"].url + "/v1",
+                "model": "qwen",
+                "continue_final_message": True,  # a vLLM: a prefill is continued
+            },
         },
         "tasks": {"via-bedrock": {"route": ["bedrock"]}, "via-openai": {"route": ["selfhosted"]}},
     }

@@ -107,6 +107,20 @@ def test_tool_use_is_the_same_and_round_trips_to_bedrock(client: Any, fakes: dic
     assert turns[2]["content"][0]["toolResult"]["toolUseId"] == "call_1"
 
 
+def test_a_prefill_asks_a_self_hosted_server_to_continue_it(client: Any, fakes: dict[str, Process]) -> None:
+    say(fakes, [" blue."], calls=False)
+    prefill = [*ASK, {"role": "assistant", "content": "The sky in Paris is"}]
+    client.messages.create(model="via-openai", max_tokens=32, messages=prefill)
+    with client.messages.stream(model="via-openai", max_tokens=32, messages=prefill) as stream:
+        assert "".join(stream.text_stream) == " blue."  # only what follows the prefill
+    client.messages.create(model="via-openai", max_tokens=32, messages=ASK)
+    *_, plain_sent, streamed_sent, asked = (r["body"] for r in fakes["openai"].requests())
+    for sent in (plain_sent, streamed_sent):
+        assert sent["messages"][-1] == {"role": "assistant", "content": "The sky in Paris is"}
+        assert (sent["continue_final_message"], sent["add_generation_prompt"]) == (True, False)
+    assert "continue_final_message" not in asked  # the user's turn is last: a new turn
+
+
 def test_errors_reach_the_sdk_as_its_own_exceptions(client: Any) -> None:
     with pytest.raises(anthropic.NotFoundError) as caught:
         plain(client, "no-such-task")

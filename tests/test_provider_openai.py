@@ -214,6 +214,37 @@ async def test_stream_always_asks_for_usage(
     assert call.body == before
 
 
+PREFILL = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "The colour is"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_prefill_is_continued_where_the_target_says_the_server_can(fake: FakeUpstream, stream: bool) -> None:
+    # vLLM and SGLang start a new turn after a final assistant message unless asked to go on.
+    async with provider_for(fake.base_url, continue_final_message=True) as p:
+        call = chat(stream=stream, messages=PREFILL)
+        before = copy.deepcopy(call.body)
+        if stream:
+            await collect(await p.stream(call))
+        else:
+            await p.complete(call)
+        await p.complete(chat())  # a conversation ending with the user's turn asks for nothing
+        await p.complete(chat(messages=PREFILL, continue_final_message=False))  # the caller's own choice
+    prefilled, plain, own = (r.body for r in fake.requests)
+    assert prefilled["continue_final_message"] is True
+    assert prefilled["add_generation_prompt"] is False
+    assert call.body == before
+    assert "continue_final_message" not in plain and "add_generation_prompt" not in plain
+    assert own["continue_final_message"] is False
+    assert own["add_generation_prompt"] is False
+
+
+async def test_a_prefill_goes_as_it_came_by_default(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    await provider.complete(chat(messages=PREFILL))  # OpenAI itself refuses the vLLM fields
+    sent = fake.requests[0].body
+    assert "continue_final_message" not in sent and "add_generation_prompt" not in sent
+    assert sent["messages"] == PREFILL
+
+
 async def test_stream_returns_at_the_first_chunk(fake: FakeUpstream, provider: OpenAIProvider) -> None:
     fake.fault = Fault(chunk_delay=0.1)
     stream = await provider.stream(chat(stream=True))

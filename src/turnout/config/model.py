@@ -382,6 +382,11 @@ class OpenAITarget(_TargetBase):
     affinity_slack: float = Field(8.0, ge=0, description="calls in flight (or their equivalent in load)")
     load: LoadScrapeConfig | None = None
     health: HealthCheckConfig | None = None  # none: passive failures alone open a replica's breaker
+    # The server is vLLM or SGLang: a conversation that ends with an assistant message (a
+    # prefill, as Anthropic's Messages API continues it) is sent with continue_final_message and
+    # without a generation prompt, so the answer goes on from that message instead of starting a
+    # new turn. Off by default: OpenAI and other servers refuse or ignore the fields.
+    continue_final_message: bool = False
 
     @model_validator(mode="after")
     def _one_url_form(self) -> OpenAITarget:

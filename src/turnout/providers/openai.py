@@ -228,6 +228,9 @@ class OpenAIProvider:
             body["stream_options"] = {**opts, **_INCLUDE_USAGE} if isinstance(opts, dict) else _INCLUDE_USAGE
         else:
             body.pop("stream_options", None)  # servers reject it on non-streaming calls
+        if self.cfg.continue_final_message and _ends_with_assistant(body.get("messages")):
+            body.setdefault("continue_final_message", True)  # the caller's own choice wins
+            body.setdefault("add_generation_prompt", False)
         return await self._http.post(replica.chat_url, orjson.dumps(body), call.timeouts, stream=call.stream)
 
     async def _post_embeddings(self, replica: Replica, call: Call) -> Response:
@@ -254,6 +257,11 @@ class OpenAIProvider:
             return "timeout"
         except TRANSPORT_ERRORS as exc:
             return describe(exc)
+
+
+def _ends_with_assistant(messages: Any) -> bool:
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    return isinstance(last, dict) and last.get("role") == "assistant"
 
 
 def _replica_load(r: Replica) -> ReplicaLoad:
