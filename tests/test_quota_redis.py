@@ -447,7 +447,9 @@ async def test_no_answer_in_time_is_unreachable_and_not_sent_again() -> None:
 class StallingProxy:
     """A TCP proxy to the test Redis that, while ``stalled``, holds what clients send and
     forwards it once resumed, even for a client that has hung up meanwhile: a Redis that stops
-    answering for a while (a fork, a long command, SIGSTOP) and then runs what it had read."""
+    answering for a while (a fork, a long command, SIGSTOP) and then runs what it had read.
+    With ``cut_replies`` it drops that many replies, each with its connection: Redis ran the
+    command, the client never hears of it."""
 
     def __init__(self) -> None:
         self.stalled = False
@@ -456,6 +458,7 @@ class StallingProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
+        self.cut_replies = 0  # replies to drop, each with its connection
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -483,6 +486,10 @@ class StallingProxy:
         async def downward() -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await up_reader.read(65536):
+                    if self.cut_replies:  # Redis ran it; the connection drops before its reply
+                        self.cut_replies -= 1
+                        writer.transport.abort()
+                        break
                     writer.write(data)
                     await writer.drain()
             writer.close()
@@ -531,6 +538,33 @@ async def test_an_acquire_redis_runs_after_the_caller_gave_up_is_freed_when_redi
         await limiter.release(grant)
         usage = await limiter.usage(one, T0)
         assert usage["usd_per_day"]["reserved"] == 0 and usage["concurrency"]["in_use"] == 0
+    finally:
+        await drop_prefix(limiter)
+        await limiter.aclose()
+        await proxy.aclose()
+
+
+async def test_an_acquire_sent_again_after_its_reply_was_lost_takes_its_reservation_once() -> None:
+    """The connection drops after Redis ran an acquire, before its reply: the batcher dials again
+    and sends it again. The second run must not reserve a second time: the release gives back
+    one reservation, and a doubled one would stay counted to the end of the day."""
+    proxy = StallingProxy()
+    port = await proxy.start()
+    prefix = unique_prefix()
+    one = Scope("acme", Limits(concurrency=5, usd_per_day=1.0, usd_per_month=10.0))
+    limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0", prefix, MAX_REQ, "closed", heartbeat_ttl_s=60.0)
+    try:
+        await limiter.release(await limiter.acquire(ask(0, one, cost=0.25)))  # connected
+        proxy.cut_replies = 1
+        grant = await limiter.acquire(ask(1, one, cost=0.25))  # run twice, answered once
+        usage = await limiter.usage(one, T0)
+        assert usage["usd_per_day"]["reserved"] == 0.25
+        assert usage["usd_per_month"]["reserved"] == 0.25
+        assert usage["concurrency"]["in_use"] == 1
+        await limiter.release(grant)
+        usage = await limiter.usage(one, T0)
+        assert usage["usd_per_day"]["reserved"] == 0 and usage["usd_per_month"]["reserved"] == 0
+        assert usage["usd_per_day"]["remaining"] == 1.0
     finally:
         await drop_prefix(limiter)
         await limiter.aclose()
