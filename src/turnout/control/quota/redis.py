@@ -221,7 +221,7 @@ class RedisLimiter:
     async def usage(self, scope: Scope, now: float) -> dict[str, Any]:
         day, month = budget_periods(now)
         lim = scope.limits
-        keys = self._keys(scope.name, day, month)
+        keys = self._keys(scope.ident, day, month)
         limits = [_opt(lim.rpm), _opt(lim.tpm), _opt(lim.concurrency), *_budgets_micro(lim)]
         args: list[str | int | float] = [now, int(self.server_time), *limits, self._heartbeats]
         body = bulks([len(keys), *keys, *args])
@@ -357,7 +357,7 @@ class RedisLimiter:
         if len(self._encoded) >= _MAX_ENCODED:
             self._encoded.clear()  # past days, or a config reloaded many times over
         distinct = distinct_scopes(scopes)
-        keys = [k for s in distinct for k in self._keys(s.name, day, month)]
+        keys = [k for s in distinct for k in self._keys(s.ident, day, month)]
         acquire = [v for s in distinct for v in (_opt(s.limits.rpm), *_finish_limits(s.limits))]
         finish = [v for s in distinct for v in _finish_limits(s.limits)]
         enc = _Encoded(

@@ -1,6 +1,7 @@
 """The Lua scripts behind ``RedisLimiter``: each call is one EVALSHA, atomic in Redis.
 
-Keys, seven per scope, in this order (``P`` = key prefix, ``S`` = scope name)::
+Keys, seven per scope, in this order (``P`` = key prefix, ``S`` = the scope's key: its name, with
+``%`` and ``/`` escaped in the tenant's and the task's names, ``base.scope_key``)::
 
     P:q:S:rpm                  hash {tokens, ts}          token bucket, TTL refill time + 60 s
     P:q:S:tpm                  hash {tokens, ts}
