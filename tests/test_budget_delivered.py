@@ -271,3 +271,34 @@ async def test_a_client_leaving_a_stalled_stream_frees_its_reservation_at_once(
         state = await budget_state(app)
     assert resp.status == 200 and row.status == 499 and row.error_class == "client_disconnected"
     assert state["reserved"] == 0 and state["spent"] == pytest.approx(row.cost_usd or 0.0, abs=1e-5)
+
+
+async def test_failed_attempts_priced_by_busy_seconds_are_charged_to_the_budget(
+    make_app: AppFactory, limits_section: dict[str, Any]
+) -> None:
+    """A self-hosted target billed by busy seconds costs its failed attempts too (the replica was
+    held): the row prices them, so the budget must count them. Released instead, requests that
+    time out were never charged: spend in the ledger passed the budget and nothing refused."""
+    hosted = {"gpu_hour_usd": 36.0, "gpus": 1}  # $0.01 a second held
+    async with FakeUpstream(reply=REPLY, fault=Fault("hang")) as fake:
+        cfg = config(
+            fake.base_url, 0.01, limits_section, prices=[{"effective": "2020-01-01", "targets": {"up": hosted}}]
+        )
+        cfg["targets"]["up"] = {
+            "provider": "openai",
+            "base_url": fake.base_url,
+            "model": "m",
+            "timeouts": {"ttft": 0.3, "total": 0.3},
+            "retry": {"attempts": 1},
+            "breaker": {"failures": 100},
+        }
+        app = await make_app(cfg)
+        statuses = [(await chat(app)).status for _ in range(6)]
+        rows = await ledger(app, 6)
+        state = await budget_state(app)
+    failed = [r for r in rows if r.status == 504]
+    assert failed and all(r.cost_usd is not None and r.cost_usd > 0 for r in failed)
+    assert state["spent"] == pytest.approx(sum(r.cost_usd or 0.0 for r in failed), abs=1e-5)
+    assert state["reserved"] == 0
+    assert statuses[:3] == [504] * 3 and statuses[-1] == 429  # the timeouts used up the budget: $0.003 each
+    assert state["spent"] <= 0.01 + 0.001  # past it by what the attempts ran over their 0.3 s at most

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from turnout.config import LimitsConfig
+from turnout.config import Config, LimitsConfig
 from turnout.control.quota.base import Ask, Limiter, LimiterStats, Limits, QuotaExceeded, Scope
 from turnout.control.quota.factory import open_limiter
 from turnout.control.quota.memory import MemoryLimiter
+from turnout.control.quota.plan import scopes
 from turnout.errors import ConfigError
 
 BACKENDS = ["memory", "redis"]
@@ -340,6 +341,33 @@ async def test_a_scope_named_twice_counts_once(limiter: Limiter, ask: Asks) -> N
     s = scope(rpm=2, concurrency=2)
     await limiter.acquire(ask(s, s))
     assert (await limiter.usage(s, T0))["rpm"]["available"] == pytest.approx(1.0)
+
+
+async def test_a_tenant_named_like_another_tenants_task_scope_has_its_own_state(limiter: Limiter, ask: Asks) -> None:
+    """Tenant "acme/chat" and tenant "acme"'s use of task "chat" are both called "acme/chat";
+    they must not count against one state (in memory, or under one Redis key)."""
+    config = Config.model_validate(
+        {
+            "targets": {"up": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}},
+            "tenants": {
+                "acme": {"task_limits": {"chat": {"usd_per_day": 1.0, "concurrency": 1}}},
+                "acme/chat": {"limits": {"usd_per_day": 100.0, "concurrency": 5}},
+                "acme%2Fchat": {"limits": {"usd_per_day": 100.0, "concurrency": 5}},
+            },
+            "tasks": {"chat": {"route": ["up"]}},
+        }
+    )
+    found = scopes(config)
+    (acme_chat,) = found[("acme", "chat")]
+    (other,) = found[("acme/chat", "chat")]
+    (escaped,) = found[("acme%2Fchat", "chat")]
+    assert acme_chat.name == other.name == "acme/chat"  # what messages call them
+    await limiter.acquire(ask(other, cost=50.0))
+    await limiter.acquire(ask(escaped, cost=50.0))
+    await limiter.acquire(ask(acme_chat, cost=1.0))  # the other tenants' spend is not acme's
+    assert (await limiter.usage(acme_chat, T0))["usd_per_day"]["reserved"] == 1.0
+    assert (await limiter.usage(other, T0))["usd_per_day"]["reserved"] == 50.0
+    assert (await limiter.usage(other, T0))["concurrency"]["in_use"] == 1
 
 
 async def test_scopes_without_limits_admit_everything(limiter: Limiter, ask: Asks) -> None:

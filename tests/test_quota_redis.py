@@ -442,3 +442,130 @@ async def test_no_answer_in_time_is_unreachable_and_not_sent_again() -> None:
         await limiter.aclose()
         server.close()
         await server.wait_closed()
+
+
+class StallingProxy:
+    """A TCP proxy to the test Redis that, while ``stalled``, holds what clients send and
+    forwards it once resumed, even for a client that has hung up meanwhile: a Redis that stops
+    answering for a while (a fork, a long command, SIGSTOP) and then runs what it had read.
+    With ``cut_replies`` it drops that many replies, each with its connection: Redis ran the
+    command, the client never hears of it."""
+
+    def __init__(self) -> None:
+        self.stalled = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.cut_replies = 0  # replies to drop, each with its connection
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    def stall(self) -> None:
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        self._writers += [writer, up_writer]
+
+        async def upward() -> None:
+            while data := await reader.read(65536):
+                await self._resumed.wait()
+                up_writer.write(data)
+                await up_writer.drain()
+            await self._resumed.wait()
+            up_writer.close()
+
+        async def downward() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await up_reader.read(65536):
+                    if self.cut_replies:  # Redis ran it; the connection drops before its reply
+                        self.cut_replies -= 1
+                        writer.transport.abort()
+                        break
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        for job in (upward(), downward()):
+            task = asyncio.create_task(job)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        self.resume()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_an_acquire_redis_runs_after_the_caller_gave_up_is_freed_when_redis_answers_again() -> None:
+    """Redis stalls: the acquire times out (503), but Redis runs it when it wakes. The slot and
+    reservation it took belong to nobody; the replica is alive, so only ``max_request_s`` would
+    free them. They are freed at the next heartbeat that Redis answers."""
+    proxy = StallingProxy()
+    port = await proxy.start()
+    prefix = unique_prefix()
+    one = Scope("acme", Limits(concurrency=1, usd_per_day=1.0))
+    limiter = RedisLimiter(
+        f"redis://127.0.0.1:{port}/0", prefix, MAX_REQ, "closed", socket_timeout=0.2, heartbeat_ttl_s=5.0
+    )
+    try:
+        await limiter.release(await limiter.acquire(ask(0, one, cost=0.5)))  # connected, beating
+        proxy.stall()
+        with pytest.raises(BackendUnavailable):
+            await limiter.acquire(ask(1, one, cost=0.5))
+        proxy.resume()  # Redis runs the acquire now: a slot and $0.50 held by nobody
+        await asyncio.sleep(0.05)  # the first heartbeat after the stall is due 1 s after the first acquire
+        assert await limiter.client.zcard(f"{prefix}:q:acme:slots") == 1  # taken, by nobody
+        for _ in range(60):  # a heartbeat or two (every second), not MAX_REQ
+            if not await limiter.client.zcard(f"{prefix}:q:acme:slots"):
+                break
+            await asyncio.sleep(0.05)
+        grant = await limiter.acquire(ask(2, one, cost=0.9))  # the slot and the whole budget are back
+        await limiter.release(grant)
+        usage = await limiter.usage(one, T0)
+        assert usage["usd_per_day"]["reserved"] == 0 and usage["concurrency"]["in_use"] == 0
+    finally:
+        await drop_prefix(limiter)
+        await limiter.aclose()
+        await proxy.aclose()
+
+
+async def test_an_acquire_sent_again_after_its_reply_was_lost_takes_its_reservation_once() -> None:
+    """The connection drops after Redis ran an acquire, before its reply: the batcher dials again
+    and sends it again. The second run must not reserve a second time: the release gives back
+    one reservation, and a doubled one would stay counted to the end of the day."""
+    proxy = StallingProxy()
+    port = await proxy.start()
+    prefix = unique_prefix()
+    one = Scope("acme", Limits(concurrency=5, usd_per_day=1.0, usd_per_month=10.0))
+    limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0", prefix, MAX_REQ, "closed", heartbeat_ttl_s=60.0)
+    try:
+        await limiter.release(await limiter.acquire(ask(0, one, cost=0.25)))  # connected
+        proxy.cut_replies = 1
+        grant = await limiter.acquire(ask(1, one, cost=0.25))  # run twice, answered once
+        usage = await limiter.usage(one, T0)
+        assert usage["usd_per_day"]["reserved"] == 0.25
+        assert usage["usd_per_month"]["reserved"] == 0.25
+        assert usage["concurrency"]["in_use"] == 1
+        await limiter.release(grant)
+        usage = await limiter.usage(one, T0)
+        assert usage["usd_per_day"]["reserved"] == 0 and usage["usd_per_month"]["reserved"] == 0
+        assert usage["usd_per_day"]["remaining"] == 1.0
+    finally:
+        await drop_prefix(limiter)
+        await limiter.aclose()
+        await proxy.aclose()

@@ -192,12 +192,12 @@ class Admin:
             if tenant is not None and name != tenant:
                 continue
             for s in scopes:
-                seen.setdefault(s.name, s)
+                seen.setdefault(s.ident, s)
         now = time.time()
         out = []
-        for name, s in seen.items():
+        for s in seen.values():
             used = await limiter.usage(s, now) if limiter is not None else {}
-            out.append({"scope": name, "limits": asdict(s.limits), "usage": used})
+            out.append({"scope": s.name, "limits": asdict(s.limits), "usage": used})
         return out
 
     async def targets(self) -> dict[str, Any]:

@@ -580,12 +580,19 @@ class Pipeline:
     async def settle(self, grant: Grant, answered: Answered | None, failure: Failure | None = None) -> None:
         """An answer is paid for, whole or cut (the client left, the stream broke, the
         shutdown cut it): its usage is the upstream's or, where none came, the door's count of
-        what was generated; so are the answers a failed request turned down. Nothing generated:
-        the reservation is released."""
+        what was generated; so are the answers a failed request turned down, and failed attempts
+        that cost money without an answer (a self-hosted replica's busy seconds, priced in the
+        row). Nothing generated and nothing priced: the reservation is released."""
         if answered is not None and answered.usage is not None:
             await self.rt.quota.settle(grant, answered.usage, answered.priced.total)
-        elif answered is None and failure is not None and failure.usage is not None and failure.priced is not None:
-            await self.rt.quota.settle(grant, failure.usage, failure.priced.total)
+        elif answered is None and failure is not None and failure.priced is not None:
+            cost = failure.priced.total
+            if failure.usage is not None:
+                await self.rt.quota.settle(grant, failure.usage, cost)
+            elif cost:  # no tokens generated: the token bucket gets its estimate back
+                await self.rt.quota.settle(grant, Usage(0, 0), cost)
+            else:
+                await self.rt.quota.release(grant)
         else:
             await self.rt.quota.release(grant)
 

@@ -45,8 +45,27 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    name: str  # "acme" or "acme/support-reply": part of the backend's keys
+    name: str  # "acme" or "acme/support-reply": what messages and /admin/usage call it
     limits: Limits
+    # What the backend keeps its state under (part of its Redis keys); None: ``name``. A tenant
+    # named "acme/chat" and tenant "acme"'s task "chat" share a name, never a key (``scope_key``).
+    key: str | None = None
+
+    @property
+    def ident(self) -> str:
+        return self.name if self.key is None else self.key
+
+
+def scope_key(tenant: str, task: str | None = None) -> str:
+    """The state key of a tenant's scope, or of its use of ``task``: each name with ``%`` and
+    ``/`` escaped (``%25``, ``%2F``), so that no tenant's key is another's tenant×task key and no
+    two tenant×task keys meet. Names without either character are their own key."""
+    own = _escape(tenant)
+    return own if task is None else f"{own}/{_escape(task)}"
+
+
+def _escape(name: str) -> str:
+    return name.replace("%", "%25").replace("/", "%2F") if "%" in name or "/" in name else name
 
 
 @dataclass(slots=True)
@@ -163,7 +182,7 @@ def distinct_scopes(scopes: tuple[Scope, ...]) -> list[Scope]:
     """Each scope once: a scope named twice would be checked twice against the same state."""
     seen: dict[str, Scope] = {}
     for s in scopes:
-        seen.setdefault(s.name, s)
+        seen.setdefault(s.ident, s)
     return list(seen.values())
 
 

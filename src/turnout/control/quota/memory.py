@@ -153,9 +153,9 @@ class MemoryLimiter:
         states = self._states
         found: list[_State] = []
         for rule in rules:  # check all first ...
-            state = states.get(rule.name)
+            state = states.get(rule.key)
             if state is None:
-                state = states[rule.name] = _State()
+                state = states[rule.key] = _State()
             if rule.rpm is not None:
                 level = _refill(state.rpm, rule.rpm, now) if state.rpm is not None else float(rule.rpm)
                 if level < 1:
@@ -208,7 +208,7 @@ class MemoryLimiter:
 
     async def usage(self, scope: Scope, now: float) -> dict[str, Any]:
         """What ``scope`` has left at ``now`` (read only: expiry is judged at ``now``)."""
-        limits, state = scope.limits, self._states.get(scope.name)
+        limits, state = scope.limits, self._states.get(scope.ident)
         live = [h for h in self._held.values() if h.expiry > now]
         out: dict[str, Any] = {"scope": scope.name}
         for kind, cap in (("rpm", limits.rpm), ("tpm", limits.tpm)):
@@ -257,12 +257,12 @@ class MemoryLimiter:
         if tpm_debit:
             for rule in self._rules(ask.scopes):
                 if rule.tpm is not None:
-                    self._correct_tpm(rule.name, rule.tpm, tpm_debit)
+                    self._correct_tpm(rule.key, rule.tpm, tpm_debit)
 
     def _charge_late(self, ask: Ask, real_cost: int) -> None:
         periods = budget_periods(ask.now)
         for rule in self._rules(ask.scopes):
-            state = self._states.get(rule.name)
+            state = self._states.get(rule.key)
             if state is None:
                 continue
             for period in periods:
@@ -336,11 +336,12 @@ class MemoryLimiter:
 class _Rule:
     """A scope's limits as the hot path reads them: budgets already in micro-dollars."""
 
-    __slots__ = ("concurrency", "day", "limits", "month", "name", "rpm", "tpm")
+    __slots__ = ("concurrency", "day", "key", "limits", "month", "name", "rpm", "tpm")
 
     def __init__(self, scope: Scope) -> None:
         limits = self.limits = scope.limits
-        self.name = scope.name
+        self.name = scope.name  # for messages
+        self.key = scope.ident  # for the state
         self.rpm, self.tpm, self.concurrency = limits.rpm, limits.tpm, limits.concurrency
         self.day = None if limits.usd_per_day is None else to_micro(limits.usd_per_day)
         self.month = None if limits.usd_per_month is None else to_micro(limits.usd_per_month)

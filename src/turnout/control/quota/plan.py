@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from turnout.config import Config, Limit
-from turnout.control.quota.base import Limits, Scope
+from turnout.control.quota.base import Limits, Scope, scope_key
 from turnout.control.tokens import TOKENS_PER_MESSAGE, choices_asked, output_bound, prompt_tokens
 
 __all__ = ["REPAIR_TURN_TOKENS", "max_output_tokens", "prompt_tokens", "scopes", "sets_output_bound"]
@@ -39,10 +39,10 @@ def scopes(config: Config) -> dict[tuple[str, str], tuple[Scope, ...]]:
         for task in config.tasks:
             found: list[Scope] = []
             if not whole.empty():
-                found.append(Scope(tname, whole))
+                found.append(Scope(tname, whole, scope_key(tname)))
             own = tenant.task_limits.get(task)
             if own is not None and not _limits(own).empty():
-                found.append(Scope(f"{tname}/{task}", _limits(own)))
+                found.append(Scope(f"{tname}/{task}", _limits(own), scope_key(tname, task)))
             out[(tname, task)] = tuple(found)
     return out
 

@@ -39,7 +39,9 @@ later settles still charge the real cost.
 Redis unreachable (connection refused, timeout): ``stats().backend_errors`` counts it, a warning is
 logged at most every ``WARN_EVERY_S``, and ``acquire`` either raises ``BackendUnavailable``
 (``on_backend_error="closed"``) or admits with a grant already marked done, so its settle and
-release do nothing (``"open"``). A failed settle or release is logged and counted, never
+release do nothing (``"open"``). An acquire that got no answer may still run (a stalled Redis
+runs what it had read when it wakes): what it may hold is released after the next heartbeat
+Redis answers, not left to ``max_request_s``. A failed settle or release is logged and counted, never
 raised (it fails in the background): the answer has gone out; the slot and reservation are
 dropped when the replica closes or dies, and expire after ``max_request_s`` at the latest.
 Heartbeats that fail are not counted (the requests' own calls are); the next one tries again.
@@ -91,6 +93,7 @@ BEATS_PER_TTL = 5  # a heartbeat every fifth of its TTL: four in a row may be la
 _BUDGET_MARGIN_S = 3600  # budget keys outlive their window by this plus max_request_s
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 _MAX_ENCODED = 4096  # (scopes, day) encodings kept
+_MAX_DOUBTFUL = 10_000  # unanswered acquires remembered for release (each a few hundred bytes)
 
 
 def _opt(value: float | None) -> float:
@@ -160,6 +163,7 @@ class RedisLimiter:
         beat = f"{socket.gethostname()} {os.getpid()}"  # for an operator listing replicas
         self._beat_body = bulks([1, self.heartbeat_key, beat, max(1, round(heartbeat_ttl_s * 1000))])
         self._encoded: dict[tuple[tuple[Scope, ...], str], _Encoded] = {}
+        self._doubtful: dict[str, Ask] = {}  # acquires that got no answer: freed by the next beat
 
     @classmethod
     def from_config(cls, cfg: LimitsConfig) -> RedisLimiter:
@@ -193,6 +197,9 @@ class RedisLimiter:
         try:
             result = await self._call(call)
         except BackendUnavailable:
+            # No answer is not "not taken": a stalled Redis runs the script when it wakes, after
+            # the caller has given up. Freed once Redis answers again (``_tick``).
+            self._doubt(ask)
             if self.on_backend_error == "open":
                 return Grant(ask, done=True)  # admitted blind: nothing to give back later
             raise
@@ -214,7 +221,7 @@ class RedisLimiter:
     async def usage(self, scope: Scope, now: float) -> dict[str, Any]:
         day, month = budget_periods(now)
         lim = scope.limits
-        keys = self._keys(scope.name, day, month)
+        keys = self._keys(scope.ident, day, month)
         limits = [_opt(lim.rpm), _opt(lim.tpm), _opt(lim.concurrency), *_budgets_micro(lim)]
         args: list[str | int | float] = [now, int(self.server_time), *limits, self._heartbeats]
         body = bulks([len(keys), *keys, *args])
@@ -283,6 +290,34 @@ class RedisLimiter:
             await self._beat(retire=False)
         except _UNREACHABLE:  # counted by the requests' own calls; the next beat tries again
             log.debug("quota heartbeat did not reach Redis")
+            return
+        if self._doubtful:
+            await self._free_doubtful()
+
+    # -- acquires that got no answer --------------------------------------------------------
+
+    def _doubt(self, ask: Ask) -> None:
+        """An acquire that got no answer may still run in Redis (queued on a stalled server, or
+        run and its reply lost): its slot and reservation would be held, by a live replica, for
+        ``max_request_s``. Remembered, to be freed once Redis answers a heartbeat again."""
+        if len(self._doubtful) < _MAX_DOUBTFUL:  # past that, max_request_s frees them
+            self._doubtful[ask.request_id] = ask
+
+    async def _free_doubtful(self) -> None:
+        """Free what the acquires in doubt may hold: the heartbeat just answered, so Redis has
+        already run whatever of theirs it had read (its replies go out after the reads of a
+        turn), and a FINISH of a member that is not there changes nothing. Their buckets are
+        not refunded: it is not known whether they were debited (so, fail closed)."""
+        doubtful, self._doubtful = self._doubtful, {}
+        loop = asyncio.get_running_loop()
+        calls = {rid: self._finish_call(Grant(ask), 0, b"", loop.create_future()) for rid, ask in doubtful.items()}
+        replies = await asyncio.gather(*(self.batcher.call(c) for c in calls.values()), return_exceptions=True)
+        for rid, reply in zip(calls, replies, strict=True):
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, _UNREACHABLE):
+                    log.warning("quota release of an unanswered acquire failed: %s", type(reply).__name__)
+                    continue
+                self._doubt(doubtful[rid])  # the next beat tries again
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -291,6 +326,12 @@ class RedisLimiter:
         if grant.done:
             return
         grant.done = True
+        # A failure is counted and logged by _lost; the slot and reservation expire after max_request_s.
+        self.batcher.post(self._finish_call(grant, tpm_debit, real_micro, None))
+
+    def _finish_call(self, grant: Grant, tpm_debit: int, real_micro: bytes, reply: asyncio.Future[Any] | None) -> Call:
+        """The FINISH script for ``grant``: ``real_micro`` charged (b'': released), TPM corrected
+        by ``tpm_debit``."""
         ask = grant.ask
         day, month = budget_periods(ask.now)
         enc = self._encoding(ask.scopes, day, month)
@@ -306,8 +347,7 @@ class RedisLimiter:
                 enc.finish_limits,
             )
         )
-        # A failure is counted and logged by _lost; the slot and reservation expire after max_request_s.
-        self.batcher.post(Call(self._finish, enc.finish_argc, body, None))
+        return Call(self._finish, enc.finish_argc, body, reply)
 
     def _encoding(self, scopes: tuple[Scope, ...], day: Period, month: Period) -> _Encoded:
         """The keys and limits of these scopes in this day's windows, RESP-encoded once."""
@@ -317,7 +357,7 @@ class RedisLimiter:
         if len(self._encoded) >= _MAX_ENCODED:
             self._encoded.clear()  # past days, or a config reloaded many times over
         distinct = distinct_scopes(scopes)
-        keys = [k for s in distinct for k in self._keys(s.name, day, month)]
+        keys = [k for s in distinct for k in self._keys(s.ident, day, month)]
         acquire = [v for s in distinct for v in (_opt(s.limits.rpm), *_finish_limits(s.limits))]
         finish = [v for s in distinct for v in _finish_limits(s.limits)]
         enc = _Encoded(

@@ -15,7 +15,8 @@ and reads are shared.
 * One write is in flight at a time; what arrives meanwhile makes up the next one.
 * NOSCRIPT (Redis restarted or flushed its script cache): the calls refused are sent again,
   once, behind a SCRIPT LOAD of their scripts, in one more round trip.
-* A dropped connection is dialled again once for the calls not yet answered (a stale socket);
+* A dropped connection is dialled again once for the calls not yet answered (a stale socket;
+  a call Redis ran before the drop runs twice: the acquire script notices, by its member);
   a timeout is not retried, since the scripts may have run. Callers get the redis-py error
   (``ConnectionError``, ``TimeoutError``); a posted call's failure goes to ``on_failure``.
 * ``aclose`` sends everything queued, then closes the connection: no settle is lost on a

@@ -1,6 +1,7 @@
 """The Lua scripts behind ``RedisLimiter``: each call is one EVALSHA, atomic in Redis.
 
-Keys, seven per scope, in this order (``P`` = key prefix, ``S`` = scope name)::
+Keys, seven per scope, in this order (``P`` = key prefix, ``S`` = the scope's key: its name, with
+``%`` and ``/`` escaped in the tenant's and the task's names, ``base.scope_key``)::
 
     P:q:S:rpm                  hash {tokens, ts}          token bucket, TTL refill time + 60 s
     P:q:S:tpm                  hash {tokens, ts}
@@ -104,7 +105,8 @@ end
 # ARGV: now, server_time, max_request_s, heartbeat key prefix (``P:replica:``), sweep interval
 #       (ms), member, tokens, cost (micro-dollars), slot TTL, day TTL, month TTL, then per
 #       scope: rpm, tpm, concurrency, day budget, month budget.
-# Returns {1} when admitted (everything debited), or {0, scope index (0-based), limit,
+# Returns {1} when admitted (everything debited, or already by an earlier run of the same
+# member's acquire, sent again after a dropped connection), or {0, scope index (0-based), limit,
 # retry_after, remaining micro-dollars} having written nothing but purges of expired and dead
 # entries.
 ACQUIRE = (
@@ -117,6 +119,22 @@ local slot_ttl, budget_ttl = ARGV[9], {ARGV[10], ARGV[11]}
 local names = {'usd_per_day', 'usd_per_month'}
 local n = (#ARGV - 11) / 5
 local levels = {}
+
+-- Sent again after its reply was lost with the connection: it ran already (all or nothing), so
+-- its member is in the first slot set or budget it names; debiting twice would leave a
+-- reservation no release gives back. (Buckets alone keep no member: at worst debited twice.)
+for i = 0, n - 1 do
+  local k, a = i * 7, 11 + i * 5
+  if tonumber(ARGV[a + 3]) >= 0 then
+    if redis.call('ZSCORE', KEYS[k + 3], rid) then return {1} end
+    break
+  end
+  if tonumber(ARGV[a + 4]) >= 0 or tonumber(ARGV[a + 5]) >= 0 then
+    local h = tonumber(ARGV[a + 4]) >= 0 and KEYS[k + 4] or KEYS[k + 6]
+    if redis.call('HEXISTS', h, 'r:' .. rid) == 1 then return {1} end
+    break
+  end
+end
 
 for i = 0, n - 1 do
   local k, a = i * 7, 11 + i * 5
