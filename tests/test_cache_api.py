@@ -108,6 +108,20 @@ async def test_metrics_count_hits_misses_and_what_the_hits_saved(make_app: AppFa
     assert saved and float(saved[0].split()[-1]) > 0
 
 
+async def test_hits_are_no_attempts_and_no_tokens_at_the_target(make_app: AppFactory) -> None:
+    """Seen: after one miss and two hits /metrics said the target had 3 attempts and three
+    answers' tokens: hits read as upstream load that never reached it."""
+    async with served(make_app) as (_, app, client):
+        for _ in range(3):
+            await ask(client)
+        (miss, *_hits) = await rows(app, 3)
+        text = (await request(app, "GET", "/metrics")).body.decode()
+    attempts = [line for line in text.splitlines() if line.startswith("turnout_attempts_total{")]
+    assert attempts == ['turnout_attempts_total{outcome="ok",target="up",task="faq"} 1.0']
+    prompt = [line for line in text.splitlines() if line.startswith("turnout_tokens_total{") and "prompt" in line]
+    assert len(prompt) == 1 and float(prompt[0].split()[-1]) == miss.prompt_tokens
+
+
 async def test_the_hit_body_is_the_miss_body_with_its_own_id(make_app: AppFactory) -> None:
     async with served(make_app) as (_, _app, client):
         _, _, r1 = await ask(client)

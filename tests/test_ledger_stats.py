@@ -106,6 +106,17 @@ async def test_eval_rows_of_a_named_tenant_are_not_live_traffic_either(store: Le
     assert (stats.requests, stats.errors, stats.outcomes, stats.p95_latency_ms) == (2, 0, 0, 100.0)
 
 
+async def test_cache_hits_are_not_the_releases_answers(store: LedgerStore) -> None:
+    """Seen: a canary on a cached task, its model as fast as the active one's, rolled back at
+    its first step (p95 53 ms vs 2 ms, ×30): the active side's warm cache answered in a
+    millisecond and for nothing. A hit replays an answer counted when it was generated."""
+    hits = [row(n, latency_ms=1.0, cost_usd=0.0, cache_hit=True) for n in (2, 3, 4, 5)]
+    await store.write_batch([row(1, cache_hit=False), *hits, row(6)])
+    stats = await store.release_stats("support-reply", "r2", 0.0)
+    assert (stats.requests, stats.p95_latency_ms) == (2, 100.0)
+    assert stats.cost_per_request == pytest.approx(0.01)
+
+
 async def test_an_upstream_rejection_is_the_releases_error_not_the_callers(store: LedgerStore) -> None:
     rows = [
         row(1),

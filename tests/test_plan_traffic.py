@@ -19,6 +19,7 @@ def row(
     status: int = 200,
     tokens: tuple[int | None, int | None] = (100, 20),
     outcome: str | None = None,
+    cache_hit: bool | None = None,
 ) -> LedgerRow:
     return LedgerRow(
         request_id=rid,
@@ -33,6 +34,7 @@ def row(
         completion_tokens=tokens[1],
         latency_ms=latency_s * 1000,
         outcome=outcome,
+        cache_hit=cache_hit,
     )
 
 
@@ -62,6 +64,15 @@ def test_window_runs_to_end_and_skips_rows_after_it() -> None:
 def test_caller_errors_are_left_out() -> None:
     traffic = traffic_from_rows([row("a", T0), row("b", T0 + 1, status=429), row("c", T0 + 2, status=502)], "support")
     assert traffic.requests == 2  # the 429 is the caller's; the 502 is a request the task paid for
+
+
+def test_cache_hits_are_requests_that_used_no_model() -> None:
+    """Seen: `turnout plan` on a cached task said "100 requests in flight at once" and priced
+    every hit's tokens: the 99 followers of one single-flight miss, which no model generated."""
+    hits = [row(f"h{i}", T0 + 10, 2.0, cache_hit=True) for i in range(99)]
+    traffic = traffic_from_rows([row("miss", T0 + 10, 2.0, cache_hit=False), *hits], "support")
+    assert (traffic.requests, traffic.input_tokens, traffic.output_tokens) == (100, 100, 20)
+    assert traffic.peak_concurrency == 1
 
 
 def test_peak_concurrency_from_overlapping_requests() -> None:

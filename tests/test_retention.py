@@ -338,11 +338,15 @@ def test_show_table_filtered(tmp_path: Path) -> None:
     path = write(tmp_path, config(**OVERLAPPING))
     result = CliRunner().invoke(main, ["retention", "show", "--tenant", "acme", "--task", "faq", "-c", str(path)])
     assert result.exit_code == 0, result.output
-    header, *rows = result.output.strip().splitlines()
+    table, footer = result.output.strip().split("\n\n")
+    header, *rows = table.splitlines()
     assert header.split()[:3] == ["TENANT", "TASK", "CLASS"]
     assert len(rows) == 2
     assert "30 d [tenant+task]" in rows[0] and "redacted text: 7 d [tenant]" in rows[0]
     assert "600 s in gateway memory [task]" in rows[0]
+    # Seen: the table named where the cache keeps answers, but nowhere the ledger or the text.
+    ledger, text = config(**OVERLAPPING).store.path, str(Path(config(**OVERLAPPING).store.path).parent / "capture.db")
+    assert footer == f"where: ledger: {ledger}; text: {text}"
 
 
 def test_show_refuses_an_unknown_tenant(tmp_path: Path) -> None:
@@ -490,7 +494,8 @@ def test_show_takes_the_anonymous_tenant_where_no_tenants_are_configured(tmp_pat
 def test_show_says_where_text_and_review_items_are_kept(tmp_path: Path, kind: str) -> None:
     """Seen: with ``state.kind: postgres`` the page said captured text was in ``capture.db`` and
     review items in ``releases.store_path``'s file, where the fleet's PostgreSQL tables hold
-    them; with SQLite it named no directory for the text."""
+    them; with SQLite it named no directory for the text, and for the ledger only "sqlite
+    ledger", where every other record named its file."""
     raw = config(**OVERLAPPING).model_dump(mode="json", exclude_defaults=True)
     raw["tasks"]["faq"]["review_rate"] = 0.1
     raw["store"] = {"kind": "sqlite", "path": str(tmp_path / "data" / "ledger.db")}
@@ -504,12 +509,14 @@ def test_show_says_where_text_and_review_items_are_kept(tmp_path: Path, kind: st
     assert result.exit_code == 0, result.output
     faq = {(x["tenant"], x["task"], x["data_class"]): x for x in json.loads(result.output)}[("acme", "faq", "public")]
     if kind == "postgres":
-        assert (faq["text"]["where"], faq["review"]["where"]) == (
+        assert (faq["ledger"]["where"], faq["text"]["where"], faq["review"]["where"]) == (
+            "PostgreSQL, table requests",
             "PostgreSQL, table captures",
             "PostgreSQL, table review_items",
         )
     else:
-        assert (faq["text"]["where"], faq["review"]["where"]) == (
+        assert (faq["ledger"]["where"], faq["text"]["where"], faq["review"]["where"]) == (
+            str(tmp_path / "data" / "ledger.db"),
             str(tmp_path / "data" / "capture.db"),
             str(tmp_path / "data" / "releases.db"),
         )

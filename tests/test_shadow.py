@@ -275,10 +275,11 @@ async def shadowed_app(
     live: ScriptedProvider,
     cand: ScriptedProvider,
     judging: ScriptedProvider | None = None,
+    cache: Any = None,
     **shadow: Any,
 ) -> App:
     """v1 (on live) active, v2 (on cand) in shadow at 100 %; with ``judging``, a priced judge target
-    that restricted data may not reach (the candidate may)."""
+    that restricted data may not reach (the candidate may); with ``cache``, the task's cache."""
     for name, target in (("v1", "live"), ("v2", "cand")):
         path = tmp_path / "releases" / "chat" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,6 +300,8 @@ async def shadowed_app(
         raw["targets"]["judge"] = {**raw["targets"]["cand"], "model": "j"}
         raw["policy"] = {"restricted": {"targets": ["live", "cand"]}}
         providers["judge"] = judging
+    if cache is not None:
+        raw["tasks"]["chat"]["cache"] = cache
     from turnout.config import validate
     from turnout.releases.files import load_all
 
@@ -354,6 +357,21 @@ async def test_a_shadow_sees_a_copy_and_its_disagreements_are_counted(make_app: 
     scraped = (await request(app, "GET", "/metrics")).body.decode()
     assert 'turnout_shadow_total{release="v2",result="agree",task="chat"} 16.0' in scraped
     assert 'turnout_shadow_total{release="v2",result="disagree",task="chat"} 4.0' in scraped
+
+
+async def test_a_cache_hit_is_not_mirrored(make_app: AppFactory, tmp_path: Path) -> None:
+    """Seen: on a cached task the hits were mirrored as served answers that cost $0 and took a
+    millisecond, so a shadow as dear as the active release failed max_cost_per_pass_ratio. A
+    hit replays an answer that was compared (when drawn) as it was generated."""
+    live = ScriptedProvider("live", Step(text="the served answer"))
+    cand = ScriptedProvider("cand", Step(text="the served answer"))
+    cache = {"ttl_s": 60, "classes": ["internal"]}
+    app = await shadowed_app(make_app, tmp_path, live, cand, cache=cache, usd_per_day=1000.0)
+    assert [await ask(app, f"q{i % 2}") for i in range(6)] == [(200, "the served answer")] * 6
+    assert len(live.calls) == 2  # q0 and q1 generated, four hits
+    assert len(await pairs(app, 2)) == 2
+    await asyncio.sleep(0.2)  # a hit's mirror, were there one, has run by now (the fakes answer at once)
+    assert len(cand.calls) == 2 and len(await pairs(app, 2)) == 2
 
 
 async def test_the_daily_cap_stops_mirroring(make_app: AppFactory, tmp_path: Path) -> None:

@@ -52,6 +52,14 @@ def show(tenant: str | None, task: str | None, fmt: str, config: Config) -> None
         return
     header = ["TENANT", "TASK", "CLASS", "LEDGER (METADATA)", "TEXT", "REVIEW", "CACHE"]
     print_table([header, *(_row(line) for line in found)])
+    # Each kind but the cache lives in one place whatever the tenant and task: said once.
+    where = [
+        f"{label}: {getattr(found[0], kind).where}"
+        for kind, label in (("ledger", "ledger"), ("text", "text"), ("review", "review items"))
+        if any(getattr(line, kind).kept for line in found)
+    ]
+    if where:
+        click.echo("\nwhere: " + "; ".join(where))
 
 
 def _row(line: Line) -> list[str]:

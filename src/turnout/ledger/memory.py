@@ -168,6 +168,7 @@ class MemoryStore:
             and since <= r.started_at < end
             and r.tenant != EVAL_TENANT
             and not r.evaluation
+            and not r.cache_hit
         )
 
     async def aclose(self) -> None:

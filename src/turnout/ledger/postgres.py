@@ -420,7 +420,7 @@ class _Statements:
             count(live_pass) FILTER (WHERE {served}),
             count(*) FILTER (WHERE {served} AND live_pass)
             FROM {p}requests WHERE task = $1 AND "release" = $2 AND started_at >= $3 AND started_at < $5
-            AND tenant <> $6 AND evaluation IS NOT TRUE"""  # noqa: S608
+            AND tenant <> $6 AND evaluation IS NOT TRUE AND cache_hit IS NOT TRUE"""  # noqa: S608
         self.create_migrations = (
             f"CREATE TABLE IF NOT EXISTS {p}schema_migrations "
             "(version integer PRIMARY KEY, applied_at double precision NOT NULL)"

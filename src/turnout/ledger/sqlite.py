@@ -247,7 +247,7 @@ _BETWEEN = (
 _STATS = (
     f"SELECT {', '.join(STATS_COLUMNS)} FROM requests "  # noqa: S608
     'WHERE task = ? AND "release" = ? AND started_at >= ? AND started_at < ? AND tenant <> ? '
-    "AND evaluation IS NOT 1"
+    "AND evaluation IS NOT 1 AND cache_hit IS NOT 1"
 )
 
 

@@ -69,7 +69,8 @@ class ReleaseStats:
 
     * ``requests``: every row of the release with ``since <= started_at < until``, except
       ``turnout eval``'s (golden cases, not live traffic): rows marked ``evaluation``, whatever
-      tenant the eval ran as, and those of its internal tenant ``EVAL_TENANT`` (older rows).
+      tenant the eval ran as, and those of its internal tenant ``EVAL_TENANT`` (older rows),
+      and cache hits (``cache_hit``: an answer replayed, counted when it was generated).
     * ``caller_errors``: rows with a 4xx status (400-499): a bad body, a key, an unknown task,
       a quota (429), a client that went away (499). The caller's doing, not the release's: they
       count in none of the figures below. Except ``RELEASE_REJECTIONS``: a 4xx the upstream
@@ -290,7 +291,10 @@ class LedgerStore(Protocol):
 
     async def release_stats(self, task: str, release: str, since: float, until: float | None = None) -> ReleaseStats:
         """How ``release`` of ``task`` did on rows with ``since <= started_at < until`` (no
-        ``until``: up to now): one query, served by the ``(task, release, started_at)`` index."""
+        ``until``: up to now): one query, served by the ``(task, release, started_at)`` index.
+        Cache hits are left out: a hit replays an answer counted when the release generated it,
+        at no cost and in a millisecond, and would make the side with the warmer cache look
+        cheaper, faster and less failing than the model behind it."""
         ...
 
     async def aclose(self) -> None:

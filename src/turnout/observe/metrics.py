@@ -8,9 +8,10 @@ Per request (``Metrics.observe``, called once the ledger row is complete)::
     turnout_time_to_first_token_seconds{task,target}     histogram, streams only
     turnout_generation_duration_seconds{task,target}     histogram
     turnout_fallback_duration_seconds{task,target}       histogram, failed attempts before the answer
-    turnout_tokens_total{tenant,task,target,kind}        kind: prompt | completion
+    turnout_tokens_total{tenant,task,target,kind}        kind: prompt | completion (not a cache hit's)
     turnout_cost_usd_total{tenant,task,target}
     turnout_attempts_total{task,target,outcome}          outcome: ok | the attempt's error class
+                                                         (a cache hit makes none)
     turnout_fallbacks_total{task}
     turnout_errors_total{task,error_class}
     turnout_safety_detections_total{task,channel,reason,action}   injection screening: per channel
@@ -333,9 +334,12 @@ class Metrics:
             observe(s.ttft, row.ttft_ms / 1000)
         if row.generation_ms is not None:
             observe(s.generation, row.generation_ms / 1000)
-        if row.prompt_tokens:
+        # A cache hit's row keeps its answer's usage (the client is told it), but no target
+        # generated it and no attempt reached one: tokens and attempts are the targets' load.
+        hit = row.cache_hit
+        if row.prompt_tokens and not hit:
             inc(s.prompt_tokens, row.prompt_tokens)
-        if row.completion_tokens:
+        if row.completion_tokens and not hit:
             inc(s.completion_tokens, row.completion_tokens)
         if row.cost_usd:
             inc(s.cost, row.cost_usd)
@@ -345,7 +349,7 @@ class Metrics:
                     s.fallback = self.fallback.labels(task, target)
                 observe(s.fallback, row.fallback_ms / 1000)
             inc(self._fallbacks[(task,)])
-        for attempt in row.attempts:
+        for attempt in () if hit else row.attempts:
             inc(self._attempts[(task, self.targets(attempt.target), self.classes(attempt.error_class or "ok"))])
         if row.status != 200:
             inc(self._errors[(task, self.classes(row.error_class))])

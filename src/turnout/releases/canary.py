@@ -5,6 +5,7 @@ One ``check(task)``, every ``canary.interval_s``::
 
     serving row (canary, active, percent, step start = serving.updated_at)
     → ledger: release_stats(canary), release_stats(active) since the step started
+      (live answers the release generated: no eval rows, no cache hits)
     → too few requests on either side ................ wait (the step extends)
     → upstream failures on the active side > budget ... wait: inconclusive
     → any metric check fails ......................... rollback at once

@@ -217,7 +217,10 @@ class Pipeline:
                 watch.close()  # the relay watches from here on
             keep = self.keep(admission)
             live = rt.scoring.draw(admission.task) if rt.scoring is not None else None
-            if rt.shadows is not None and release is None:  # never for a forced release (an eval)
+            # Never for a forced release (an eval), nor for a cache hit: it replays an answer
+            # compared (when drawn) as it was generated, at no cost and in a millisecond, which
+            # would make the shadow look dearer and slower than the model it replaces.
+            if rt.shadows is not None and release is None and (lookup is None or lookup.state != HIT):
                 shadow = rt.shadows.draw(self.serving_of(admission.task), admission)
             if checked is not None and not checked.passed:  # refused (502) or escalated to a person (202)
                 answered = await self.output.answer(

@@ -14,6 +14,10 @@ Definitions:
   another starts does not overlap it. The exact maximum, not a percentile: the fleet must
   carry the worst instant or queue it.
 * Caller errors (status 4xx) are left out throughout: they are not tasks and used no model.
+* Response-cache hits (``cache_hit``) are requests, each a task done, but no model generated
+  them under any option (the cache answers in front of every one): they add no tokens and are
+  never in flight. Counted as load, 100 followers of one single-flight miss sized a fleet for
+  100 calls at once that the model never saw.
 * ``targets``: per target that served, its requests and its feedback; ``success_rate`` is
   successes ÷ requests with feedback (``outcome`` set), None when none has feedback.
 """
@@ -110,14 +114,15 @@ def traffic_from_rows(rows: Iterable[LedgerRow], task: str, end: float | None = 
     for row in kept:
         bucket = counts[math.floor(row.started_at / HOUR) - first]
         bucket[0] += 1
-        bucket[1] += row.prompt_tokens or 0
-        bucket[2] += row.completion_tokens or 0
+        if not row.cache_hit:
+            bucket[1] += row.prompt_tokens or 0
+            bucket[2] += row.completion_tokens or 0
         stats = targets.setdefault(row.target or "(none)", [0, 0, 0])
         stats[0] += 1
         if row.outcome is not None:
             stats[1] += 1
             stats[2] += row.outcome == "success"
-    spans = [(r.started_at, r.started_at + r.latency_ms / 1000) for r in kept]
+    spans = [(r.started_at, r.started_at + r.latency_ms / 1000) for r in kept if not r.cache_hit]
     in_flight = concurrency_by_hour(spans, first, len(counts))
     hours = tuple(HourBucket((first + i) * HOUR, c[0], c[1], c[2], in_flight[i]) for i, c in enumerate(counts))
     return Traffic(task=task, hours=hours, targets={name: TargetStats(*s) for name, s in sorted(targets.items())})

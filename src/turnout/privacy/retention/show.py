@@ -67,7 +67,11 @@ def lines(config: Config, tenant: str | None = None, task: str | None = None) ->
 
 def _line(config: Config, rules: Rules, tenant: str, task: str, data_class: str) -> Line:
     effective = rules.get(tenant, task)
-    ledger_where = "PostgreSQL" if config.store.kind == "postgres" else f"{config.store.kind} ledger"
+    ledger_where = {
+        "sqlite": config.store.path,
+        "postgres": "PostgreSQL, table requests",
+        "memory": "gateway memory, until it exits",
+    }.get(config.store.kind, "-")
     keeps_ledger = config.store.kind not in ("none", "memory")
     ledger = Kept(
         "metadata", ledger_where, keeps_ledger, effective.ledger_days, rules.source(tenant, task, "ledger_days")
