@@ -236,3 +236,14 @@ async def test_a_key_request_with_an_unknown_field_or_a_bad_name_is_refused(make
         assert bad.status == 400 and bad.json()["error"]["param"] == "name"
     assert (await admin(app, "PUT", "/admin/keys", {"tenant": "acme"})).status == 405
     assert (await admin(app, "GET", "/admin/keys?tenant=acme")).json()["data"] == []  # nothing was made
+
+
+async def test_admin_read_routes_take_head_and_their_405_names_it(make_app: AppFactory) -> None:
+    """HEAD is GET without the body (RFC 9110): the admin API's GET routes answered it 405, with
+    an Allow header that named GET alone, where every other GET route of the gateway takes it."""
+    app, _ = await start(make_app)
+    for path in ("/admin/tenants", "/admin/keys", "/admin/usage", "/admin/targets"):
+        assert (await admin(app, "HEAD", path)).status == 200, path
+        refused = await admin(app, "PATCH", path)
+        assert refused.status == 405 and "HEAD" in refused.headers["allow"].split(", "), path
+    assert (await admin(app, "HEAD", "/admin/tenants", key=KEY)).status == 403  # still the admin's only

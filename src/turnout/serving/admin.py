@@ -40,7 +40,7 @@ from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, 
 from turnout.providers.base import Health
 from turnout.releases.review import MAX_ANSWER, ReviewQueue, Status
 from turnout.serving import supervisor, tickets
-from turnout.serving.asgi import Receive, Send, header, read_body, send_json
+from turnout.serving.asgi import Receive, Send, expect_method, header, read_body, send_json
 from turnout.serving.probes import scrub, secrets_of
 from turnout.serving.runtime import Runtime
 
@@ -66,32 +66,32 @@ class Admin:
         query_string = scope.get("query_string", b"").decode("utf-8", "replace")
         query = {k: v[0] for k, v in parse_qs(query_string).items()}
         if path == "/admin/tenants":
-            _expect(method, "GET")
+            expect_method(method, "GET")
             await send_json(send, 200, {"data": self.tenants()})
-        elif path == "/admin/keys" and method == "GET":
+        elif path == "/admin/keys" and method in ("GET", "HEAD"):
             await send_json(send, 200, {"data": await self.keys(query.get("tenant"))})
         elif path == "/admin/keys" and method == "POST":
             await send_json(send, 201, await self._create_key(await read_body(receive, scope, 64_000)))
         elif path == "/admin/keys":
             raise MethodNotAllowed("use GET or POST for this route", allow="GET, HEAD, POST")
         elif path.startswith("/admin/keys/"):
-            _expect(method, "DELETE")
+            expect_method(method, "DELETE")
             await send_json(send, 200, await self._revoke(path.removeprefix("/admin/keys/")))
         elif path == "/admin/usage":
-            _expect(method, "GET")
+            expect_method(method, "GET")
             await send_json(send, 200, {"data": await self.usage(query.get("tenant"))})
         elif path == "/admin/targets":
-            _expect(method, "GET")
+            expect_method(method, "GET")
             await send_json(send, 200, await self.targets())
         elif path == "/admin/review":
-            _expect(method, "GET")
+            expect_method(method, "GET")
             await send_json(send, 200, await self._reviews(query))
         elif path.startswith("/admin/review/"):
-            _expect(method, "POST")
+            expect_method(method, "POST")
             item = path.removeprefix("/admin/review/")
             await send_json(send, 200, await self._label(item, await read_body(receive, scope, LABEL_BYTES)))
         elif path == "/admin/reload" and self.reload is not None:
-            _expect(method, "POST")
+            expect_method(method, "POST")
             await send_json(send, 200, await self.reload())
             supervisor.tell_others()  # with --workers: the supervisor reloads every worker
         else:
@@ -288,8 +288,3 @@ def _row_id(text: str) -> bool:
     """A review item id as SQLite can hold it: ASCII digits ("²" is a digit to str.isdigit, not
     to int) of at most 2**63 - 1 (a larger one overflows the driver). Anything else names no item."""
     return text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_ROW_ID
-
-
-def _expect(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise MethodNotAllowed(f"use {allowed} for this route", allow=allowed)
