@@ -582,6 +582,18 @@ async def test_service_routes(make_app: AppFactory) -> None:
     assert resp.status == 405 and resp.headers["allow"] == "GET, HEAD"
 
 
+async def test_probes_answer_get_and_head_only(make_app: AppFactory) -> None:
+    """/healthz and /readyz answered 200 to any method (POST, DELETE, TRACE), where
+    /openapi.json describes GET alone and every other route answers 405."""
+    app, _ = await setup(make_app)
+    for path in ("/healthz", "/readyz"):
+        assert (await request(app, "HEAD", path)).status == 200, path
+        for method in ("POST", "DELETE", "TRACE"):
+            refused = await request(app, method, path)
+            assert refused.status == 405 and refused.headers["allow"] == "GET, HEAD", (method, path)
+            assert refused.json()["error"]["code"] == "method_not_allowed"
+
+
 async def test_without_tenants_access_is_anonymous(make_app: AppFactory) -> None:
     raw = {
         "targets": {"local": {"provider": "openai", "base_url": "http://x.invalid/v1", "model": "m"}},

@@ -119,8 +119,10 @@ class App:
             expect_method(method, "GET")
             await send_json(send, 200, await self.model(header(scope, b"authorization"), path[len("/v1/models/") :]))
         elif path == "/healthz":  # which worker answered: a process id, for operators and tests
+            expect_method(method, "GET")
             await send_json(send, 200, {"status": "ok"}, [(b"x-turnout-worker", str(os.getpid()).encode())])
         elif path == "/readyz":
+            expect_method(method, "GET")
             await self.readyz(header(scope, b"authorization"), send)
         elif path == "/metrics":
             expect_method(method, "GET")

@@ -294,7 +294,12 @@ def _paths() -> dict[str, Schema]:
             )
         },
         "/healthz": {
-            "get": _op("health", "The process answers", {"200": json_content(ref("Status"), "Alive.")}, security=[])
+            "get": _op(
+                "health",
+                "The process answers",
+                {"200": json_content(ref("Status"), "Alive."), **_errors(405)},
+                security=[],
+            )
         },
         "/readyz": {
             "get": _op(
@@ -303,6 +308,7 @@ def _paths() -> dict[str, Schema]:
                 {
                     "200": json_content(ref("Readiness"), "Ready."),
                     "503": json_content(ref("Readiness"), "Starting or not ready."),
+                    **_errors(405),
                 },
                 security=[],
             )
