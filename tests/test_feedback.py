@@ -180,6 +180,10 @@ async def test_feedback_waits_briefly_for_a_row_still_in_the_writers_queue(make_
         ({"request_id": "x", "outcome": "success", "labels": "vip"}, "labels"),
         ({"request_id": "x", "outcome": "success", "labels": [1]}, "labels"),
         ({"request_id": "x", "outcome": "success", "outcom": "x"}, "outcom"),
+        # A bare prefix names no request: it was a 404 about "episode None", param episode_id.
+        ({"request_id": "chatcmpl-", "outcome": "success"}, "request_id"),
+        ({"request_id": "task- ", "outcome": "success"}, "request_id"),
+        ({"request_id": "resp_", "episode_id": "e1", "outcome": "success"}, "request_id"),
     ],
 )
 async def test_invalid_feedback_is_refused_in_openais_shape(

@@ -82,8 +82,9 @@ async def handle(runtime: Runtime, scope: dict[str, Any], receive: Receive, send
         raise LedgerOff("feedback needs the ledger, and this gateway has none (store.kind: none)")
     updated = await apply(store, runtime.ledger, feedback, tenant.name, time.time())
     if updated == 0:
-        what = f"request {feedback.request_id!r}" if feedback.request_id else f"episode {feedback.episode_id!r}"
-        param = "request_id" if feedback.request_id else "episode_id"
+        by_request = feedback.request_id is not None
+        what = f"request {feedback.request_id!r}" if by_request else f"episode {feedback.episode_id!r}"
+        param = "request_id" if by_request else "episode_id"
         raise NotFound(f"no {what} of yours in the ledger", param=param)
     await send_json(send, 200, answer(feedback, updated))
 
@@ -168,6 +169,8 @@ def _request_id(value: Any) -> str | None:
     bare: str = value
     for prefix in _ID_PREFIXES:  # the answer's "id" carries one; the ledger keeps the bare id
         bare = bare.removeprefix(prefix)
+    if not bare.strip():  # "chatcmpl-" alone names no request (it was a 404 about an episode)
+        raise _bad("request_id", f"'request_id' {value!r} is a prefix without an id")
     return bare
 
 
