@@ -3,6 +3,7 @@ parameters, the targets and the output schema; every answer names its release.""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -175,3 +176,28 @@ async def test_answers_are_sampled_for_review_redacted_and_labelled(make_app: Ap
     assert labelled.status == 200
     again = await request(app, "GET", "/admin/review?task=extract&status=all", headers=admin)
     assert again.json()["quality"]["accept"] == 1
+
+
+async def test_a_field_the_task_api_does_not_read_is_refused_not_dropped(make_app: AppFactory) -> None:
+    """The body and its metadata are turnout's own: a field this door did not read was dropped
+    silently, so "document" served the request without its documents, "metadata.dataclass"
+    served it under the default data class, and metadata.max_cost_usd (honoured by chat
+    completions) bounded nothing."""
+    priced = copy.deepcopy(CONFIG)
+    priced["targets"]["primary"]["price"] = {"input_per_mtok": 1e6, "output_per_mtok": 1e6}
+    primary = ScriptedProvider("primary", Step(text='{"order_id": "A-17"}'))
+    app = await make_app(priced, {"primary": primary, "secondary": ScriptedProvider("secondary")})
+    app.runtime.releases = StaticRegistry(Serving(release("v1"), None, 0.0))
+    variables = {"text": "order A-17"}
+    for body, param in (
+        ({"variables": variables, "document": ["spec"]}, "document"),
+        ({"variables": variables, "stream": True}, "stream"),
+        ({"variables": variables, "metadata": {"dataclass": "restricted"}}, "metadata.dataclass"),
+    ):
+        resp = await call(app, body)
+        assert resp.status == 400 and resp.json()["error"]["param"] == param, resp.body
+    assert primary.calls == []
+    limited = await call(app, {"variables": variables, "metadata": {"max_cost_usd": "0.0001"}})
+    assert limited.status == 422 and limited.json()["error"]["param"] == "max_cost_usd", limited.body
+    ok = await call(app, {"variables": variables, "metadata": {"max_cost_usd": 1000, "max_latency_ms": 60_000}})
+    assert ok.status == 200, ok.body

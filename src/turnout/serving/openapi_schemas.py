@@ -83,6 +83,17 @@ def or_empty(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"const": ""}]}
 
 
+def turnout_metadata() -> Schema:
+    """The metadata keys turnout reads on every door that takes metadata (chat, tasks, embeddings)."""
+    return {
+        "user": nullable(STRING),
+        "data_class": nullable(or_empty(DATA_CLASS)),
+        "episode_id": nullable(EPISODE_ID),
+        "max_latency_ms": nullable({"type": ["number", "string"]}),  # as the headers; 400 out of range
+        "max_cost_usd": nullable({"type": ["number", "string"]}),
+    }
+
+
 def _message() -> Schema:
     content = {
         "type": ["string", "array", "null"],
@@ -159,13 +170,7 @@ def _chat_request() -> Schema:
                 "type": "object",
                 "description": "turnout reads and removes user, data_class, episode_id, max_latency_ms and "
                 "max_cost_usd; other keys reach the target.",
-                "properties": {
-                    "user": nullable(STRING),
-                    "data_class": nullable(or_empty(DATA_CLASS)),
-                    "episode_id": nullable(EPISODE_ID),
-                    "max_latency_ms": nullable({"type": ["number", "string"]}),  # as the headers; 400 out of range
-                    "max_cost_usd": nullable({"type": ["number", "string"]}),
-                },
+                "properties": turnout_metadata(),
             }
         ),
     }
@@ -252,18 +257,12 @@ def schemas() -> dict[str, Schema]:
         },
         "TaskRequest": {
             "type": "object",
+            "additionalProperties": False,
             "properties": {
                 "variables": {"type": "object", "description": "The release's declared prompt variables."},
                 "documents": {"type": "array", "items": STRING, "description": "Untrusted text, spotlighted."},
                 "user": nullable(STRING),
-                "metadata": {
-                    "type": "object",
-                    "properties": {
-                        "user": nullable(STRING),
-                        "data_class": nullable(or_empty(DATA_CLASS)),
-                        "episode_id": nullable(EPISODE_ID),
-                    },
-                },
+                "metadata": {"type": "object", "additionalProperties": False, "properties": turnout_metadata()},
             },
             "examples": [{"variables": {"text": "hello"}}],
         },

@@ -21,12 +21,16 @@ from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Completion
 from turnout.releases.base import Release
 from turnout.releases.render import render
+from turnout.routing.constraints import COST, LATENCY
 from turnout.safety import inputs
 from turnout.safety.output import strip_fence
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import MAX_DEPTH, Receive, Send, json_object, send_json
 from turnout.serving.door import Answered, Reply, check_episode_id, reported
+
+FIELDS = frozenset({"variables", "documents", "user", "metadata"})
+METADATA = ("user", "data_class", "episode_id", LATENCY, COST)
 
 
 class OutputInvalid(TurnoutError):
@@ -45,6 +49,7 @@ class TaskRequest:
     user: str | None
     data_class: str | None
     episode_id: str | None
+    constraints: dict[str, Any] | None = None  # metadata.max_latency_ms / max_cost_usd as sent
     stream: bool = False  # the task API answers whole
 
 
@@ -70,6 +75,7 @@ class TaskDoor:
             str(user) if user else None,
             meta.get("data_class"),
             check_episode_id(meta.get("episode_id"), "metadata.episode_id"),
+            {k: meta[k] for k in (LATENCY, COST) if k in meta} or None,
         )
 
     def body(self, request: TaskRequest, release: Release | None) -> dict[str, Any]:
@@ -118,6 +124,14 @@ TASKS = TaskDoor()
 
 
 def _check(body: dict[str, Any]) -> None:
+    # The body and its metadata are turnout's own, and nothing in them reaches a target as sent:
+    # a field this door does not read ("document", "metadata.dataclass") would be dropped
+    # silently, and the request served without its documents or under the default data class.
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise RequestError(
+            f"unknown field {unknown[0]!r}; the task API takes {', '.join(sorted(FIELDS))}", param=unknown[0]
+        )
     if not isinstance(body.get("variables", {}), dict):
         raise RequestError("'variables' must be an object", param="variables")
     docs = body.get("documents", [])
@@ -126,6 +140,12 @@ def _check(body: dict[str, Any]) -> None:
     meta = body.get("metadata", {})
     if not isinstance(meta, dict):
         raise RequestError("'metadata' must be an object", param="metadata")
+    unknown = sorted(set(meta) - set(METADATA))
+    if unknown:
+        raise RequestError(
+            f"unknown field 'metadata.{unknown[0]}'; metadata takes {', '.join(METADATA)}",
+            param=f"metadata.{unknown[0]}",
+        )
     # The end user and the data class are strings or absent: a list or a number is refused, not
     # turned into text (the end user keys the sticky release and the ledger's pseudonym).
     for where, name in ((body, "user"), (meta, "user"), (meta, "data_class")):
