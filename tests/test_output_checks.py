@@ -339,6 +339,20 @@ async def test_a_tickets_outcome_is_final(setup: Setup) -> None:
     assert (await get(app, rejected_url)).json()["status"] == "rejected"
 
 
+async def test_a_label_with_a_field_it_does_not_take_is_refused(setup: Setup) -> None:
+    """A typo ("notes", "anwser") was dropped silently: the label was recorded without the
+    reviewer's note, as POST /admin/keys refuses an unknown field."""
+    app = setup.app
+    item = await queued(app, await chat(app, "person"))
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    body = {"label": "reject", "by": "rev", "notes": "the order id is made up"}
+    refused = await request(app, "POST", f"/admin/review/{item['id']}", body, headers)
+    assert refused.status == 400 and refused.json()["error"]["param"] == "notes"
+    assert "note" in refused.json()["error"]["message"]
+    listed = (await get(app, "/admin/review?status=pending", ADMIN)).json()["data"]
+    assert item["id"] in {i["id"] for i in listed}  # nothing was recorded
+
+
 async def test_a_reviewers_answer_must_pass_the_tasks_output_checks(setup: Setup) -> None:
     """The caller gets the reviewer's answer in place of the model's: it must pass the same
     checks (here the task's schema); the ticket's ``output`` is it parsed, as the task API's."""

@@ -48,6 +48,7 @@ MAX_ROW_ID = 2**63 - 1
 MAX_KEY_NAME = 200
 MAX_BY = 200  # who labelled a review item, as the audit trail and the CLI print it
 KEY_FIELDS = frozenset({"tenant", "name", "expires_in_s"})
+LABEL_FIELDS = frozenset({"label", "note", "by", "answer"})
 # A label's body: its note and an escalation's answer, each character JSON-escaped at worst.
 LABEL_BYTES = 64_000 + 6 * MAX_ANSWER
 
@@ -267,6 +268,11 @@ class Admin:
             raise RequestError("the body is not valid JSON", code="invalid_json") from exc
         if not isinstance(spec, dict):
             raise RequestError("the body must be a JSON object", code="invalid_json")
+        unknown = sorted(set(spec) - LABEL_FIELDS)
+        if unknown:  # a typo ("notes", "anwser") must not drop the reviewer's words silently
+            raise RequestError(
+                f"unknown field {unknown[0]!r}; a label takes {', '.join(sorted(LABEL_FIELDS))}", param=unknown[0]
+            )
         label, note, by, answer = spec.get("label"), spec.get("note"), spec.get("by"), spec.get("answer")
         if not isinstance(label, str):
             raise RequestError("'label' is required and must be a string", param="label")

@@ -8,7 +8,7 @@ from typing import Any
 from turnout.config import DATA_CLASSES
 from turnout.control.keys.base import MAX_KEY_TTL_S
 from turnout.releases.review import LABELS, MAX_ANSWER, MAX_NOTE, STATUSES
-from turnout.serving.admin import MAX_KEY_NAME
+from turnout.serving.admin import MAX_BY, MAX_KEY_NAME
 from turnout.serving.asgi import MAX_DEPTH
 from turnout.serving.chat import INTEGERS, NUMBERS, RESPONSE_FORMATS, ROLES
 from turnout.serving.door import MAX_EPISODE_ID
@@ -383,9 +383,12 @@ def schemas() -> dict[str, Schema]:
         "NewKey": {
             "type": "object",
             "required": ["tenant"],
+            "additionalProperties": False,
             "properties": {
                 "tenant": {"type": "string", "description": "A configured tenant.", "examples": ["acme"]},
-                "name": nullable({"type": "string", "maxLength": MAX_KEY_NAME}),
+                "name": nullable(
+                    {"type": "string", "maxLength": MAX_KEY_NAME, "description": "Printable: no control characters."}
+                ),
                 "expires_in_s": nullable({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_KEY_TTL_S}),
             },
             "examples": [{"tenant": "acme", "name": "ci"}],
@@ -504,9 +507,15 @@ def schemas() -> dict[str, Schema]:
         "ReviewLabel": {
             "type": "object",
             "required": ["label", "by"],
+            "additionalProperties": False,
             "properties": {
                 "label": {"enum": list(LABELS)},
-                "by": {"type": "string", "pattern": NON_BLANK, "description": "Who labels."},
+                "by": {
+                    "type": "string",
+                    "maxLength": MAX_BY,
+                    "pattern": NON_BLANK,
+                    "description": "Who labels: printable (no control or format characters).",
+                },
                 "note": nullable({"type": "string", "maxLength": MAX_NOTE}),
                 "answer": nullable(
                     {
