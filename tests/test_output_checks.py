@@ -298,6 +298,16 @@ async def test_a_ticket_is_its_tenants_only(setup: Setup) -> None:
     assert posted.status == 405
 
 
+async def test_a_ticket_is_read_with_the_key_as_x_api_key_too(setup: Setup) -> None:
+    """Every door takes the key as x-api-key (Anthropic's SDKs): the ticket a Messages request
+    was answered with was 401 "missing API key" to the same key."""
+    app = setup.app
+    url = (await chat(app, "person")).json()["url"]
+    mine = await request(app, "GET", url, headers={"x-api-key": KEY})
+    assert mine.status == 200 and mine.json()["status"] == "pending"
+    assert (await request(app, "GET", url, headers={"x-api-key": OTHER})).status == 404  # still its tenant's only
+
+
 async def test_a_rejected_ticket_says_so_without_an_answer(setup: Setup) -> None:
     app = setup.app
     resp = await chat(app, "person")

@@ -41,7 +41,7 @@ from typing import Any
 from turnout.errors import NotFound, RequestError, TurnoutError
 from turnout.ledger.store import LedgerStore
 from turnout.ledger.writer import LedgerWriter
-from turnout.serving.asgi import Receive, Send, header, json_object, read_body, send_json
+from turnout.serving.asgi import Receive, Send, credential, json_object, read_body, send_json
 from turnout.serving.door import check_episode_id
 from turnout.serving.runtime import Runtime
 
@@ -75,7 +75,7 @@ class Feedback:
 
 
 async def handle(runtime: Runtime, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-    tenant = await runtime.auth.identify(header(scope, b"authorization"), time.time())
+    tenant = await runtime.auth.identify(credential(scope), time.time())
     feedback = parse(await read_body(receive, scope, runtime.config.server.max_body_bytes))
     store = runtime.store
     if store is None:

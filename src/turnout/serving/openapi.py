@@ -42,7 +42,8 @@ FEEDBACK_LINK = {
         "requestBody": {"request_id": "$response.body#/id", "outcome": "success"},
     }
 }
-TENANT: list[dict[str, list[str]]] = [{"tenantKey": []}]
+# A tenant's key, as a bearer token or in x-api-key (Anthropic's SDKs): every route takes either.
+TENANT: list[dict[str, list[str]]] = [{"tenantKey": []}, {"anthropicKey": []}]
 ADMIN: list[dict[str, list[str]]] = [{"adminKey": []}]
 
 
@@ -199,7 +200,7 @@ def _paths() -> dict[str, Schema]:
                     },
                     **messages_errors(),
                 },
-                security=[*TENANT, {"anthropicKey": []}],
+                security=TENANT,
                 parameters=_turnout_headers(),
                 requestBody=_body("MessageRequest"),
             )
@@ -212,7 +213,7 @@ def _paths() -> dict[str, Schema]:
                     "200": json_content(ref("MessageTokensCount"), "The prompt's token count."),
                     **messages_errors(COUNT_ERROR_STATUSES),
                 },
-                security=[*TENANT, {"anthropicKey": []}],
+                security=TENANT,
                 requestBody=_body("CountTokensRequest"),
             )
         },
@@ -476,7 +477,7 @@ def document() -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": "x-api-key",
-                    "description": "A tenant's key as Anthropic's SDKs send it (`/v1/messages`; any door takes it).",
+                    "description": "A tenant's key as Anthropic's SDKs send it; every tenant route takes it.",
                 },
             },
         },
