@@ -247,3 +247,14 @@ async def test_admin_read_routes_take_head_and_their_405_names_it(make_app: AppF
         refused = await admin(app, "PATCH", path)
         assert refused.status == 405 and "HEAD" in refused.headers["allow"].split(", "), path
     assert (await admin(app, "HEAD", "/admin/tenants", key=KEY)).status == 403  # still the admin's only
+
+
+async def test_a_wrong_admin_key_is_a_401_without_tenants_too(make_app: AppFactory) -> None:
+    """With no tenants configured every key identifies the anonymous caller, so a mistyped
+    admin key was a 403 "a tenant key cannot use the admin API", naming keys that do not exist."""
+    raw = config()
+    del raw["tenants"]
+    app = await make_app(raw, {"dear": ScriptedProvider("dear"), "cheap": ScriptedProvider("cheap")})
+    wrong = await admin(app, "GET", "/admin/tenants", key="adm-0123456789abcdeX")
+    assert wrong.status == 401 and wrong.json()["error"]["message"] == "invalid admin key"
+    assert (await admin(app, "GET", "/admin/tenants")).status == 200
