@@ -12,6 +12,7 @@ from tests.asgi import Response, request
 from tests.asgi import ledger_rows as ledger
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
+from turnout.providers.base import Completion, Usage
 from turnout.releases.base import Prompt, Release, Serving
 from turnout.serving.app import App
 
@@ -201,3 +202,36 @@ async def test_a_field_the_task_api_does_not_read_is_refused_not_dropped(make_ap
     assert limited.status == 422 and limited.json()["error"]["param"] == "max_cost_usd", limited.body
     ok = await call(app, {"variables": variables, "metadata": {"max_cost_usd": 1000, "max_latency_ms": 60_000}})
     assert ok.status == 200, ok.body
+
+
+class PartsProvider(ScriptedProvider):
+    """Answers with ``content`` as given: text parts (as some OpenAI-compatible servers write
+    them), or something that is no text at all."""
+
+    def __init__(self, content: Any) -> None:
+        super().__init__("primary")
+        self.content = content
+
+    async def complete(self, call: Any) -> Completion:
+        message = {"role": "assistant", "content": self.content}
+        body = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": None}
+        return Completion(body, Usage(7, 3), "fake-v1", "r0")
+
+
+@pytest.mark.parametrize("schema", [SCHEMA, None])
+async def test_an_answer_in_text_parts_is_its_text_and_one_without_text_is_refused(
+    make_app: AppFactory, schema: dict[str, Any] | None
+) -> None:
+    """Content as text parts was a 500 where the release has an output schema (strip_fence of a
+    list), and without one the parts themselves came back as the task's "output"."""
+    parts = [{"type": "text", "text": '{"order_id": '}, {"type": "text", "text": '"A-17"}'}]
+    for content, status in ((parts, 200), (17, 502), ({"order_id": "A-17"}, 502), ([{"type": "image"}], 502)):
+        primary = PartsProvider(content)
+        app = await make_app(CONFIG, {"primary": primary, "secondary": ScriptedProvider("secondary")})
+        app.runtime.releases = StaticRegistry(Serving(release("v1", output_schema=schema), None, 0.0))
+        resp = await call(app, {"variables": {"text": "order A-17"}})
+        assert resp.status == status, (content, resp.body)
+        if status == 200:
+            assert resp.json()["output"] == ({"order_id": "A-17"} if schema else '{"order_id": "A-17"}')
+        else:
+            assert resp.json()["error"]["code"] == "output_invalid"

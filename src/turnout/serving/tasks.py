@@ -102,7 +102,7 @@ class TaskDoor:
         except OutputInvalid as exc:  # refused, never handed out, but generated: paid for
             await respond.error(send, exc, reply.request_id)
             return Answered(exc.status, usage, priced, latency_ms, error_class=exc.code, usage_estimated=estimated)
-        choice = (answer.body.get("choices") or [{}])[0]
+        choice = _choice(answer.body)
         payload = {
             "id": f"task-{reply.request_id}",
             "object": "task.result",
@@ -159,10 +159,29 @@ def _check(body: dict[str, Any]) -> None:
         )
 
 
+def _choice(answer: dict[str, Any]) -> dict[str, Any]:
+    choices = answer.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    return first if isinstance(first, dict) else {}
+
+
+def _text(answer: dict[str, Any]) -> str:
+    """The answer's text: its content, a string or (as some servers answer) text parts joined.
+    Anything else is no text the task's caller could be given: refused, as a schema failure is."""
+    message = _choice(answer).get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    raise OutputInvalid(f"the model's answer is not text (its content is {type(content).__name__})")
+
+
 def _output(release: Release, answer: dict[str, Any]) -> Any:
-    """The answer's content; parsed and validated when the release has an output schema."""
-    message = ((answer.get("choices") or [{}])[0]).get("message") or {}
-    content = message.get("content") or ""
+    """The answer's text; parsed and validated when the release has an output schema."""
+    content = _text(answer)
     if release.output_schema is None:
         return content
     try:
