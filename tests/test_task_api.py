@@ -235,3 +235,23 @@ async def test_an_answer_in_text_parts_is_its_text_and_one_without_text_is_refus
             assert resp.json()["output"] == ({"order_id": "A-17"} if schema else '{"order_id": "A-17"}')
         else:
             assert resp.json()["error"]["code"] == "output_invalid"
+
+
+class NoUsage(PartsProvider):
+    async def complete(self, call: Any) -> Completion:
+        answer = await super().complete(call)
+        return Completion({k: v for k, v in answer.body.items() if k != "usage"}, None, "fake-v1", "r0")
+
+
+async def test_an_upstream_without_usage_is_answered_the_count_it_is_charged(make_app: AppFactory) -> None:
+    """Chat completions tell the client the count it is charged where the upstream reported
+    none; the task API answered "usage": null, and the ledger's count was nowhere to be seen."""
+    app = await make_app(CONFIG, {"primary": NoUsage('{"order_id": "A-17"}'), "secondary": ScriptedProvider("s")})
+    app.runtime.releases = StaticRegistry(Serving(release("v1"), None, 0.0))
+    resp = await call(app, {"variables": {"text": "order A-17"}})
+    assert resp.status == 200, resp.body
+    [row] = await ledger(app)
+    assert row.usage_estimated is True
+    usage = resp.json()["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (row.prompt_tokens, row.completion_tokens)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0

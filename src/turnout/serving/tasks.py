@@ -103,6 +103,10 @@ class TaskDoor:
             await respond.error(send, exc, reply.request_id)
             return Answered(exc.status, usage, priced, latency_ms, error_class=exc.code, usage_estimated=estimated)
         choice = _choice(answer.body)
+        counts = answer.body.get("usage")
+        if estimated and not isinstance(counts, dict):  # none from the upstream: what it is charged, as chat
+            counts = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+            counts["total_tokens"] = usage.prompt_tokens + usage.completion_tokens
         payload = {
             "id": f"task-{reply.request_id}",
             "object": "task.result",
@@ -113,7 +117,7 @@ class TaskDoor:
             "model_version": reply.model_version,
             "prompt_version": release.prompt_version,
             "finish_reason": choice.get("finish_reason"),
-            "usage": answer.body.get("usage"),
+            "usage": counts,
         }
         await send_json(send, 200, payload, reply.headers + respond.cost_header(priced.total))
         text = (output if isinstance(output, str) else orjson.dumps(output).decode()) if reply.collect else None
