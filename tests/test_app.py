@@ -23,6 +23,7 @@ from turnout.errors import (
 )
 from turnout.offline.reports.figures import Column
 from turnout.offline.reports.render import cell
+from turnout.serving import openapi
 from turnout.serving.app import App
 from turnout.serving.pipeline import _data_class
 from turnout.serving.runtime import pseudonym
@@ -342,6 +343,16 @@ async def test_a_compressed_body_is_refused_not_read_as_plain(make_app: AppFacto
         assert resp.json()["error"]["code"] == "unsupported_content_encoding"
     assert (await chat(app, headers={"content-encoding": "identity"})).status == 200
     assert len(fakes["primary"].calls) == 1
+
+
+def test_every_operation_that_reads_a_body_describes_its_415() -> None:
+    """Every route that reads a body answers 415 to a compressed one (``read_body``), and
+    /openapi.json listed 413 for each of them but never 415."""
+    for path, operations in openapi.document()["paths"].items():
+        for method, operation in operations.items():
+            statuses = set(operation["responses"])
+            if "413" in statuses or "requestBody" in operation:
+                assert "415" in statuses, f"{method.upper()} {path}"
 
 
 async def test_restricted_never_falls_back_outside_its_allowed_set(make_app: AppFactory) -> None:

@@ -139,7 +139,7 @@ def _body(name: str, required: bool = True) -> Schema:
 
 def _paths() -> dict[str, Schema]:
     answered = {"headers": _answer_headers()}
-    inference_errors = _errors(400, 401, 403, 404, 405, 413, 422, 429, 502, 503, 504)
+    inference_errors = _errors(400, 401, 403, 404, 405, 413, 415, 422, 429, 502, 503, 504)
     admin_get = _errors(401, 403, 405)
     escalated = json_content(
         ref("TicketCreated"),
@@ -272,7 +272,10 @@ def _paths() -> dict[str, Schema]:
             "post": _op(
                 "giveFeedback",
                 "Record what became of a request or an episode",
-                {"200": json_content(ref("FeedbackResult"), "Rows updated."), **_errors(400, 401, 404, 405, 413, 503)},
+                {
+                    "200": json_content(ref("FeedbackResult"), "Rows updated."),
+                    **_errors(400, 401, 404, 405, 413, 415, 503),
+                },
                 security=TENANT,
                 requestBody=_body("Feedback"),
             )
@@ -358,7 +361,7 @@ def _paths() -> dict[str, Schema]:
                         "The key and its secret.",
                         links={"RevokeKey": {"operationId": "revokeKey", "parameters": {"id": "$response.body#/id"}}},
                     ),
-                    **_errors(400, 401, 403, 405, 413),
+                    **_errors(400, 401, 403, 405, 413, 415),
                 },
                 security=ADMIN,
                 requestBody=_body("NewKey"),
@@ -407,7 +410,10 @@ def _paths() -> dict[str, Schema]:
             "post": _op(
                 "labelReview",
                 "Label a sampled answer",
-                {"200": json_content(ref("ReviewItem"), "The labelled item."), **_errors(400, 401, 403, 404, 405, 413)},
+                {
+                    "200": json_content(ref("ReviewItem"), "The labelled item."),
+                    **_errors(400, 401, 403, 404, 405, 413, 415),
+                },
                 security=ADMIN,
                 parameters=[_path("id", "The item's id.", {"type": "integer", "minimum": 1, "maximum": MAX_ROW_ID})],
                 requestBody=_body("ReviewLabel"),

@@ -24,6 +24,8 @@ ERROR_TEXT = {
     404: "Unknown route, task, key or item (another tenant's is answered the same way).",
     405: "The route exists; the method does not.",
     413: "The body is larger than `server.max_body_bytes`.",
+    415: "The body has a `Content-Encoding` other than identity (`unsupported_content_encoding`): send it "
+    "uncompressed.",
     429: "A rate, concurrency or budget limit refused the request; `Retry-After` says when to retry.",
     502: "Every target failed, the answer failed the release's output schema or the task's output checks "
     "(`output_invalid`), or a tool call was blocked.",
