@@ -258,3 +258,14 @@ async def test_a_wrong_admin_key_is_a_401_without_tenants_too(make_app: AppFacto
     wrong = await admin(app, "GET", "/admin/tenants", key="adm-0123456789abcdeX")
     assert wrong.status == 401 and wrong.json()["error"]["message"] == "invalid admin key"
     assert (await admin(app, "GET", "/admin/tenants")).status == 200
+
+
+async def test_a_blank_tenant_filter_names_no_tenant(make_app: AppFactory) -> None:
+    """``?tenant=`` (a script's unset variable) was read as no filter: every tenant's keys came
+    back, ready for the next command to revoke. A blank name is a tenant not in the config."""
+    app, _ = await start(make_app, limits={"rpm": 100})
+    assert (await admin(app, "POST", "/admin/keys", {"tenant": "other", "name": "theirs"})).status == 201
+    for path in ("/admin/keys?tenant=", "/admin/usage?tenant=", "/admin/keys?tenant"):
+        refused = await admin(app, "GET", path)
+        assert refused.status == 404 and refused.json()["error"]["code"] == "not_found", path
+    assert [k["name"] for k in (await admin(app, "GET", "/admin/keys")).json()["data"]] == ["theirs"]

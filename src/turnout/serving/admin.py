@@ -65,7 +65,9 @@ class Admin:
         path, method = scope["path"].rstrip("/"), scope["method"]
         # Raw bytes past ASCII may reach here undecoded: replaced, never a 500.
         query_string = scope.get("query_string", b"").decode("utf-8", "replace")
-        query = {k: v[0] for k, v in parse_qs(query_string).items()}
+        # Blank values kept: ``?tenant=`` (a script's unset variable) names no tenant, a 404, where
+        # dropped it listed every tenant's keys.
+        query = {k: v[0] for k, v in parse_qs(query_string, keep_blank_values=True).items()}
         if path == "/admin/tenants":
             expect_method(method, "GET")
             await send_json(send, 200, {"data": self.tenants()})
@@ -86,7 +88,7 @@ class Admin:
             await send_json(send, 200, await self.targets())
         elif path == "/admin/review":
             expect_method(method, "GET")
-            await send_json(send, 200, await self._reviews(query))
+            await send_json(send, 200, await self._reviews({k: v for k, v in query.items() if v}))  # blank: unset
         elif path.startswith("/admin/review/"):
             expect_method(method, "POST")
             item = path.removeprefix("/admin/review/")

@@ -350,7 +350,7 @@ def _paths() -> dict[str, Schema]:
                 "Issued keys (never secrets)",
                 {"200": json_content(ref("KeyList"), "Keys."), **_errors(401, 403, 404, 405)},
                 security=ADMIN,
-                parameters=[_query("tenant", "Only this tenant's keys (404 for an unknown tenant).")],
+                parameters=[_query("tenant", "Only this tenant's keys (404 for an unknown or blank tenant).")],
             ),
             "post": _op(
                 "createKey",
@@ -382,7 +382,7 @@ def _paths() -> dict[str, Schema]:
                 "Per scope: bucket levels, slots, spent and reserved",
                 {"200": json_content(ref("UsageList"), "Scopes."), **_errors(401, 403, 404, 405)},
                 security=ADMIN,
-                parameters=[_query("tenant", "Only this tenant's scopes (404 for an unknown tenant).")],
+                parameters=[_query("tenant", "Only this tenant's scopes (404 for an unknown or blank tenant).")],
             )
         },
         "/admin/targets": {
