@@ -23,6 +23,7 @@ from turnout.errors import (
 )
 from turnout.offline.reports.figures import Column
 from turnout.offline.reports.render import cell
+from turnout.serving import openapi
 from turnout.serving.app import App
 from turnout.serving.pipeline import _data_class
 from turnout.serving.runtime import pseudonym
@@ -344,6 +345,16 @@ async def test_a_compressed_body_is_refused_not_read_as_plain(make_app: AppFacto
     assert len(fakes["primary"].calls) == 1
 
 
+def test_every_operation_that_reads_a_body_describes_its_415() -> None:
+    """Every route that reads a body answers 415 to a compressed one (``read_body``), and
+    /openapi.json listed 413 for each of them but never 415."""
+    for path, operations in openapi.document()["paths"].items():
+        for method, operation in operations.items():
+            statuses = set(operation["responses"])
+            if "413" in statuses or "requestBody" in operation:
+                assert "415" in statuses, f"{method.upper()} {path}"
+
+
 async def test_restricted_never_falls_back_outside_its_allowed_set(make_app: AppFactory) -> None:
     broken = ScriptedProvider("onprem", Step(UpstreamStatusError(500, "boom")))
     app, fakes = await setup(make_app, onprem=broken)
@@ -580,6 +591,18 @@ async def test_service_routes(make_app: AppFactory) -> None:
     assert resp.headers["allow"] == "POST"  # HTTP requires Allow on a 405
     resp = await request(app, "POST", "/v1/models")
     assert resp.status == 405 and resp.headers["allow"] == "GET, HEAD"
+
+
+async def test_probes_answer_get_and_head_only(make_app: AppFactory) -> None:
+    """/healthz and /readyz answered 200 to any method (POST, DELETE, TRACE), where
+    /openapi.json describes GET alone and every other route answers 405."""
+    app, _ = await setup(make_app)
+    for path in ("/healthz", "/readyz"):
+        assert (await request(app, "HEAD", path)).status == 200, path
+        for method in ("POST", "DELETE", "TRACE"):
+            refused = await request(app, method, path)
+            assert refused.status == 405 and refused.headers["allow"] == "GET, HEAD", (method, path)
+            assert refused.json()["error"]["code"] == "method_not_allowed"
 
 
 async def test_without_tenants_access_is_anonymous(make_app: AppFactory) -> None:

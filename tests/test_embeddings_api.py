@@ -334,6 +334,27 @@ async def test_bad_input_is_a_400_in_openai_s_shape(
     assert found[0].status == 400 and found[0].endpoint == "embeddings"
 
 
+async def test_metadata_takes_turnouts_keys_only_and_its_limits_hold(make_app: AppFactory, tmp_path: Path) -> None:
+    """The metadata reaches no target: a key the door did not read was dropped silently, so a
+    misspelt data_class was served under the default class and metadata.max_cost_usd (a limit
+    chat completions honours) bounded nothing."""
+    async with FakeEmbeddings() as fake:
+        raw = config({"a": target(fake, price={"input_per_mtok": 1e6})}, ["a"], tmp_path)
+        async with gateway(make_app, raw, KEY) as (_, client):
+            with pytest.raises(openai.BadRequestError) as typo:
+                await client.embeddings.create(model="embed", input=TEXTS, extra_body={"metadata": {"dataclass": "x"}})
+            with pytest.raises(openai.UnprocessableEntityError) as limited:
+                await client.embeddings.create(
+                    model="embed", input=TEXTS, extra_body={"metadata": {"max_cost_usd": "0.0001"}}
+                )
+            allowed = {"max_cost_usd": 1000, "max_latency_ms": 60_000, "data_class": "internal"}
+            await client.embeddings.create(model="embed", input=TEXTS[:1], extra_body={"metadata": allowed})
+    error = typo.value.response.json()["error"]
+    assert (error["param"], error["code"]) == ("metadata.dataclass", "invalid_value")
+    assert limited.value.response.json()["error"]["code"] == "constraint_unsatisfiable"
+    assert len(fake.requests) == 1 and "metadata" not in fake.requests[0]
+
+
 async def test_a_task_answers_through_its_own_door_only(make_app: AppFactory, tmp_path: Path) -> None:
     async with FakeEmbeddings() as fake, FakeUpstream() as chat_upstream:
         raw = config({"a": target(fake)}, ["a"], tmp_path)

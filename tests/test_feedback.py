@@ -180,6 +180,10 @@ async def test_feedback_waits_briefly_for_a_row_still_in_the_writers_queue(make_
         ({"request_id": "x", "outcome": "success", "labels": "vip"}, "labels"),
         ({"request_id": "x", "outcome": "success", "labels": [1]}, "labels"),
         ({"request_id": "x", "outcome": "success", "outcom": "x"}, "outcom"),
+        # A bare prefix names no request: it was a 404 about "episode None", param episode_id.
+        ({"request_id": "chatcmpl-", "outcome": "success"}, "request_id"),
+        ({"request_id": "task- ", "outcome": "success"}, "request_id"),
+        ({"request_id": "resp_", "episode_id": "e1", "outcome": "success"}, "request_id"),
     ],
 )
 async def test_invalid_feedback_is_refused_in_openais_shape(
@@ -338,3 +342,17 @@ async def test_an_episodes_feedback_counts_the_rows_a_flush_away(make_app: AppFa
     )
     answer = await feedback(app, {"episode_id": "ep-flush", "outcome": "success"})
     assert answer.json()["updated"] == 2
+
+
+async def test_the_key_may_come_as_x_api_key_as_on_every_door(make_app: AppFactory) -> None:
+    """Anthropic's SDKs send the key as x-api-key, which every door takes and the Messages ids
+    (msg_) feedback takes come from: feedback answered 401 "missing API key" to it."""
+    app = await started(make_app)
+    resp = await chat(app)
+    await stored(app, bare(resp))
+    key = AUTH["authorization"].removeprefix("Bearer ")
+    answer = await feedback(app, {"request_id": resp.json()["id"], "outcome": "success"}, {"x-api-key": key})
+    assert answer.status == 200, answer.body
+    assert (await stored(app, bare(resp))).outcome == "success"
+    other = await feedback(app, {"request_id": resp.json()["id"], "outcome": "failure"}, {"x-api-key": "sk-wrong-0"})
+    assert other.status == 401

@@ -42,6 +42,10 @@ async def test_the_sdk_lists_and_retrieves_the_tasks_open_to_the_caller(make_app
         quoted = await request(app, "GET", "/v1/models/a%2Fb%20c", headers={"authorization": f"Bearer {KEY}"})
         assert quoted.status == 200 and quoted.json()["id"] == "a/b c"
         assert (await request(app, "GET", "/v1/models/faq")).status == 401  # a key is needed, as for the list
+        # As x-api-key (Anthropic's SDKs), as every door takes it: it was 401 "missing API key".
+        listed = await request(app, "GET", "/v1/models", headers={"x-api-key": OTHER})
+        assert listed.status == 200 and [m["id"] for m in listed.json()["data"]] == ["faq"]
+        assert (await request(app, "GET", "/v1/models/faq", headers={"x-api-key": OTHER})).status == 200
         assert (await request(app, "POST", "/v1/models/faq", headers={"authorization": f"Bearer {KEY}"})).status == 405
 
 

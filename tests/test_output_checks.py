@@ -298,6 +298,16 @@ async def test_a_ticket_is_its_tenants_only(setup: Setup) -> None:
     assert posted.status == 405
 
 
+async def test_a_ticket_is_read_with_the_key_as_x_api_key_too(setup: Setup) -> None:
+    """Every door takes the key as x-api-key (Anthropic's SDKs): the ticket a Messages request
+    was answered with was 401 "missing API key" to the same key."""
+    app = setup.app
+    url = (await chat(app, "person")).json()["url"]
+    mine = await request(app, "GET", url, headers={"x-api-key": KEY})
+    assert mine.status == 200 and mine.json()["status"] == "pending"
+    assert (await request(app, "GET", url, headers={"x-api-key": OTHER})).status == 404  # still its tenant's only
+
+
 async def test_a_rejected_ticket_says_so_without_an_answer(setup: Setup) -> None:
     app = setup.app
     resp = await chat(app, "person")
@@ -337,6 +347,20 @@ async def test_a_tickets_outcome_is_final(setup: Setup) -> None:
     first = (await get(app, answered_url)).json()
     assert (first["status"], first["answer"], first["output"]) == ("answered", GOOD, {"order_id": "A-17"})
     assert (await get(app, rejected_url)).json()["status"] == "rejected"
+
+
+async def test_a_label_with_a_field_it_does_not_take_is_refused(setup: Setup) -> None:
+    """A typo ("notes", "anwser") was dropped silently: the label was recorded without the
+    reviewer's note, as POST /admin/keys refuses an unknown field."""
+    app = setup.app
+    item = await queued(app, await chat(app, "person"))
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    body = {"label": "reject", "by": "rev", "notes": "the order id is made up"}
+    refused = await request(app, "POST", f"/admin/review/{item['id']}", body, headers)
+    assert refused.status == 400 and refused.json()["error"]["param"] == "notes"
+    assert "note" in refused.json()["error"]["message"]
+    listed = (await get(app, "/admin/review?status=&task=", ADMIN)).json()["data"]  # blank: the defaults
+    assert item["id"] in {i["id"] for i in listed}  # nothing was recorded
 
 
 async def test_a_reviewers_answer_must_pass_the_tasks_output_checks(setup: Setup) -> None:

@@ -3,6 +3,7 @@ parameters, the targets and the output schema; every answer names its release.""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from tests.asgi import Response, request
 from tests.asgi import ledger_rows as ledger
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
+from turnout.providers.base import Completion, Usage
 from turnout.releases.base import Prompt, Release, Serving
 from turnout.serving.app import App
 
@@ -175,3 +177,81 @@ async def test_answers_are_sampled_for_review_redacted_and_labelled(make_app: Ap
     assert labelled.status == 200
     again = await request(app, "GET", "/admin/review?task=extract&status=all", headers=admin)
     assert again.json()["quality"]["accept"] == 1
+
+
+async def test_a_field_the_task_api_does_not_read_is_refused_not_dropped(make_app: AppFactory) -> None:
+    """The body and its metadata are turnout's own: a field this door did not read was dropped
+    silently, so "document" served the request without its documents, "metadata.dataclass"
+    served it under the default data class, and metadata.max_cost_usd (honoured by chat
+    completions) bounded nothing."""
+    priced = copy.deepcopy(CONFIG)
+    priced["targets"]["primary"]["price"] = {"input_per_mtok": 1e6, "output_per_mtok": 1e6}
+    primary = ScriptedProvider("primary", Step(text='{"order_id": "A-17"}'))
+    app = await make_app(priced, {"primary": primary, "secondary": ScriptedProvider("secondary")})
+    app.runtime.releases = StaticRegistry(Serving(release("v1"), None, 0.0))
+    variables = {"text": "order A-17"}
+    for body, param in (
+        ({"variables": variables, "document": ["spec"]}, "document"),
+        ({"variables": variables, "stream": True}, "stream"),
+        ({"variables": variables, "metadata": {"dataclass": "restricted"}}, "metadata.dataclass"),
+    ):
+        resp = await call(app, body)
+        assert resp.status == 400 and resp.json()["error"]["param"] == param, resp.body
+    assert primary.calls == []
+    limited = await call(app, {"variables": variables, "metadata": {"max_cost_usd": "0.0001"}})
+    assert limited.status == 422 and limited.json()["error"]["param"] == "max_cost_usd", limited.body
+    ok = await call(app, {"variables": variables, "metadata": {"max_cost_usd": 1000, "max_latency_ms": 60_000}})
+    assert ok.status == 200, ok.body
+
+
+class PartsProvider(ScriptedProvider):
+    """Answers with ``content`` as given: text parts (as some OpenAI-compatible servers write
+    them), or something that is no text at all."""
+
+    def __init__(self, content: Any) -> None:
+        super().__init__("primary")
+        self.content = content
+
+    async def complete(self, call: Any) -> Completion:
+        message = {"role": "assistant", "content": self.content}
+        body = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": None}
+        return Completion(body, Usage(7, 3), "fake-v1", "r0")
+
+
+@pytest.mark.parametrize("schema", [SCHEMA, None])
+async def test_an_answer_in_text_parts_is_its_text_and_one_without_text_is_refused(
+    make_app: AppFactory, schema: dict[str, Any] | None
+) -> None:
+    """Content as text parts was a 500 where the release has an output schema (strip_fence of a
+    list), and without one the parts themselves came back as the task's "output"."""
+    parts = [{"type": "text", "text": '{"order_id": '}, {"type": "text", "text": '"A-17"}'}]
+    for content, status in ((parts, 200), (17, 502), ({"order_id": "A-17"}, 502), ([{"type": "image"}], 502)):
+        primary = PartsProvider(content)
+        app = await make_app(CONFIG, {"primary": primary, "secondary": ScriptedProvider("secondary")})
+        app.runtime.releases = StaticRegistry(Serving(release("v1", output_schema=schema), None, 0.0))
+        resp = await call(app, {"variables": {"text": "order A-17"}})
+        assert resp.status == status, (content, resp.body)
+        if status == 200:
+            assert resp.json()["output"] == ({"order_id": "A-17"} if schema else '{"order_id": "A-17"}')
+        else:
+            assert resp.json()["error"]["code"] == "output_invalid"
+
+
+class NoUsage(PartsProvider):
+    async def complete(self, call: Any) -> Completion:
+        answer = await super().complete(call)
+        return Completion({k: v for k, v in answer.body.items() if k != "usage"}, None, "fake-v1", "r0")
+
+
+async def test_an_upstream_without_usage_is_answered_the_count_it_is_charged(make_app: AppFactory) -> None:
+    """Chat completions tell the client the count it is charged where the upstream reported
+    none; the task API answered "usage": null, and the ledger's count was nowhere to be seen."""
+    app = await make_app(CONFIG, {"primary": NoUsage('{"order_id": "A-17"}'), "secondary": ScriptedProvider("s")})
+    app.runtime.releases = StaticRegistry(Serving(release("v1"), None, 0.0))
+    resp = await call(app, {"variables": {"text": "order A-17"}})
+    assert resp.status == 200, resp.body
+    [row] = await ledger(app)
+    assert row.usage_estimated is True
+    usage = resp.json()["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (row.prompt_tokens, row.completion_tokens)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0

@@ -236,3 +236,36 @@ async def test_a_key_request_with_an_unknown_field_or_a_bad_name_is_refused(make
         assert bad.status == 400 and bad.json()["error"]["param"] == "name"
     assert (await admin(app, "PUT", "/admin/keys", {"tenant": "acme"})).status == 405
     assert (await admin(app, "GET", "/admin/keys?tenant=acme")).json()["data"] == []  # nothing was made
+
+
+async def test_admin_read_routes_take_head_and_their_405_names_it(make_app: AppFactory) -> None:
+    """HEAD is GET without the body (RFC 9110): the admin API's GET routes answered it 405, with
+    an Allow header that named GET alone, where every other GET route of the gateway takes it."""
+    app, _ = await start(make_app)
+    for path in ("/admin/tenants", "/admin/keys", "/admin/usage", "/admin/targets"):
+        assert (await admin(app, "HEAD", path)).status == 200, path
+        refused = await admin(app, "PATCH", path)
+        assert refused.status == 405 and "HEAD" in refused.headers["allow"].split(", "), path
+    assert (await admin(app, "HEAD", "/admin/tenants", key=KEY)).status == 403  # still the admin's only
+
+
+async def test_a_wrong_admin_key_is_a_401_without_tenants_too(make_app: AppFactory) -> None:
+    """With no tenants configured every key identifies the anonymous caller, so a mistyped
+    admin key was a 403 "a tenant key cannot use the admin API", naming keys that do not exist."""
+    raw = config()
+    del raw["tenants"]
+    app = await make_app(raw, {"dear": ScriptedProvider("dear"), "cheap": ScriptedProvider("cheap")})
+    wrong = await admin(app, "GET", "/admin/tenants", key="adm-0123456789abcdeX")
+    assert wrong.status == 401 and wrong.json()["error"]["message"] == "invalid admin key"
+    assert (await admin(app, "GET", "/admin/tenants")).status == 200
+
+
+async def test_a_blank_tenant_filter_names_no_tenant(make_app: AppFactory) -> None:
+    """``?tenant=`` (a script's unset variable) was read as no filter: every tenant's keys came
+    back, ready for the next command to revoke. A blank name is a tenant not in the config."""
+    app, _ = await start(make_app, limits={"rpm": 100})
+    assert (await admin(app, "POST", "/admin/keys", {"tenant": "other", "name": "theirs"})).status == 201
+    for path in ("/admin/keys?tenant=", "/admin/usage?tenant=", "/admin/keys?tenant"):
+        refused = await admin(app, "GET", path)
+        assert refused.status == 404 and refused.json()["error"]["code"] == "not_found", path
+    assert [k["name"] for k in (await admin(app, "GET", "/admin/keys")).json()["data"]] == ["theirs"]

@@ -40,7 +40,7 @@ from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, 
 from turnout.providers.base import Health
 from turnout.releases.review import MAX_ANSWER, ReviewQueue, Status
 from turnout.serving import supervisor, tickets
-from turnout.serving.asgi import Receive, Send, header, read_body, send_json
+from turnout.serving.asgi import Receive, Send, expect_method, header, read_body, send_json
 from turnout.serving.probes import scrub, secrets_of
 from turnout.serving.runtime import Runtime
 
@@ -48,6 +48,7 @@ MAX_ROW_ID = 2**63 - 1
 MAX_KEY_NAME = 200
 MAX_BY = 200  # who labelled a review item, as the audit trail and the CLI print it
 KEY_FIELDS = frozenset({"tenant", "name", "expires_in_s"})
+LABEL_FIELDS = frozenset({"label", "note", "by", "answer"})
 # A label's body: its note and an escalation's answer, each character JSON-escaped at worst.
 LABEL_BYTES = 64_000 + 6 * MAX_ANSWER
 
@@ -64,34 +65,36 @@ class Admin:
         path, method = scope["path"].rstrip("/"), scope["method"]
         # Raw bytes past ASCII may reach here undecoded: replaced, never a 500.
         query_string = scope.get("query_string", b"").decode("utf-8", "replace")
-        query = {k: v[0] for k, v in parse_qs(query_string).items()}
+        # Blank values kept: ``?tenant=`` (a script's unset variable) names no tenant, a 404, where
+        # dropped it listed every tenant's keys.
+        query = {k: v[0] for k, v in parse_qs(query_string, keep_blank_values=True).items()}
         if path == "/admin/tenants":
-            _expect(method, "GET")
+            expect_method(method, "GET")
             await send_json(send, 200, {"data": self.tenants()})
-        elif path == "/admin/keys" and method == "GET":
+        elif path == "/admin/keys" and method in ("GET", "HEAD"):
             await send_json(send, 200, {"data": await self.keys(query.get("tenant"))})
         elif path == "/admin/keys" and method == "POST":
             await send_json(send, 201, await self._create_key(await read_body(receive, scope, 64_000)))
         elif path == "/admin/keys":
             raise MethodNotAllowed("use GET or POST for this route", allow="GET, HEAD, POST")
         elif path.startswith("/admin/keys/"):
-            _expect(method, "DELETE")
+            expect_method(method, "DELETE")
             await send_json(send, 200, await self._revoke(path.removeprefix("/admin/keys/")))
         elif path == "/admin/usage":
-            _expect(method, "GET")
+            expect_method(method, "GET")
             await send_json(send, 200, {"data": await self.usage(query.get("tenant"))})
         elif path == "/admin/targets":
-            _expect(method, "GET")
+            expect_method(method, "GET")
             await send_json(send, 200, await self.targets())
         elif path == "/admin/review":
-            _expect(method, "GET")
-            await send_json(send, 200, await self._reviews(query))
+            expect_method(method, "GET")
+            await send_json(send, 200, await self._reviews({k: v for k, v in query.items() if v}))  # blank: unset
         elif path.startswith("/admin/review/"):
-            _expect(method, "POST")
+            expect_method(method, "POST")
             item = path.removeprefix("/admin/review/")
             await send_json(send, 200, await self._label(item, await read_body(receive, scope, LABEL_BYTES)))
         elif path == "/admin/reload" and self.reload is not None:
-            _expect(method, "POST")
+            expect_method(method, "POST")
             await send_json(send, 200, await self.reload())
             supervisor.tell_others()  # with --workers: the supervisor reloads every worker
         else:
@@ -113,6 +116,8 @@ class Admin:
         presented = bearer(authorization)
         if hmac.compare_digest(presented.encode(), self.key.encode()):
             return
+        if self.runtime.auth.anonymous:  # no tenant keys exist: any other key is a wrong admin key
+            raise AuthError("invalid admin key")
         try:
             await self.runtime.auth.identify(authorization, time.time())
         except AuthError:
@@ -267,6 +272,11 @@ class Admin:
             raise RequestError("the body is not valid JSON", code="invalid_json") from exc
         if not isinstance(spec, dict):
             raise RequestError("the body must be a JSON object", code="invalid_json")
+        unknown = sorted(set(spec) - LABEL_FIELDS)
+        if unknown:  # a typo ("notes", "anwser") must not drop the reviewer's words silently
+            raise RequestError(
+                f"unknown field {unknown[0]!r}; a label takes {', '.join(sorted(LABEL_FIELDS))}", param=unknown[0]
+            )
         label, note, by, answer = spec.get("label"), spec.get("note"), spec.get("by"), spec.get("answer")
         if not isinstance(label, str):
             raise RequestError("'label' is required and must be a string", param="label")
@@ -288,8 +298,3 @@ def _row_id(text: str) -> bool:
     """A review item id as SQLite can hold it: ASCII digits ("²" is a digit to str.isdigit, not
     to int) of at most 2**63 - 1 (a larger one overflows the driver). Anything else names no item."""
     return text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_ROW_ID
-
-
-def _expect(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise MethodNotAllowed(f"use {allowed} for this route", allow=allowed)

@@ -24,7 +24,7 @@ from turnout.errors import AuthError, NotFound
 from turnout.providers.base import Provider
 from turnout.serving import feedback, openapi, reload, summary, tickets
 from turnout.serving.admin import Admin
-from turnout.serving.asgi import Receive, Send, expect_method, header, send_json
+from turnout.serving.asgi import Receive, Send, credential, expect_method, header, send_json
 from turnout.serving.boundary import ErrorBoundary
 from turnout.serving.chat import CHAT
 from turnout.serving.embeddings import EMBEDDINGS_DOOR
@@ -114,13 +114,15 @@ class App:
             await feedback.handle(self.runtime, scope, receive, send)
         elif path == "/v1/models":
             expect_method(method, "GET")
-            await send_json(send, 200, await self.models(header(scope, b"authorization")))
+            await send_json(send, 200, await self.models(credential(scope)))
         elif path.startswith("/v1/models/"):  # the SDKs' models.retrieve
             expect_method(method, "GET")
-            await send_json(send, 200, await self.model(header(scope, b"authorization"), path[len("/v1/models/") :]))
+            await send_json(send, 200, await self.model(credential(scope), path[len("/v1/models/") :]))
         elif path == "/healthz":  # which worker answered: a process id, for operators and tests
+            expect_method(method, "GET")
             await send_json(send, 200, {"status": "ok"}, [(b"x-turnout-worker", str(os.getpid()).encode())])
         elif path == "/readyz":
+            expect_method(method, "GET")
             await self.readyz(header(scope, b"authorization"), send)
         elif path == "/metrics":
             expect_method(method, "GET")

@@ -51,6 +51,16 @@ def headers(scope: MutableMapping[str, Any]) -> dict[bytes, bytes]:
     return found
 
 
+def credential(scope: MutableMapping[str, Any]) -> bytes | None:
+    """The caller's key: ``Authorization: Bearer``, else ``x-api-key`` (Anthropic's SDKs send
+    that), on every route a tenant's key opens."""
+    sent = headers(scope)
+    found = sent.get(b"authorization")
+    if found is None and (key := sent.get(b"x-api-key")) is not None:
+        return b"Bearer " + key
+    return found
+
+
 async def read_body(receive: Receive, scope: MutableMapping[str, Any], limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it is known to exceed ``limit``, and with 415
     under a ``Content-Encoding`` other than identity (a gzip body was read as if plain)."""

@@ -8,8 +8,10 @@ another), ``encoding_format`` ``float`` or ``base64``, ``dimensions`` a positive
 the targets receive is ``input`` as an array, ``dimensions``, ``user`` and any field turnout
 does not know (``input_type`` for Cohere, vLLM's extras); never ``encoding_format``: targets
 answer floats and the door encodes base64 itself (little-endian float32, as OpenAI does), so
-the answer has one meaning whichever target gave it. Batching, order and the vectors' checks
-are the provider edge's (``turnout.providers.embeddings``).
+the answer has one meaning whichever target gave it. ``metadata`` is turnout's and reaches no
+target: ``TURNOUT_METADATA`` (the end user, data class, episode and the caller's limits), any
+other key a 400 (dropped, a misspelt ``data_class`` served the request under the default).
+Batching, order and the vectors' checks are the provider edge's (``turnout.providers.embeddings``).
 
 Nothing is screened for injection (the texts are embedded, not followed) and no answer text is
 kept: a vector is not text, and the inputs are the caller's data like any prompt.
@@ -28,6 +30,7 @@ from turnout.config import DATA_CLASSES
 from turnout.errors import RequestError
 from turnout.providers.base import Completion, Usage
 from turnout.releases.base import Release
+from turnout.routing.constraints import COST, LATENCY
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, json_object, send_json
@@ -37,7 +40,7 @@ MAX_INPUTS = 2048  # OpenAI's limit per request
 MAX_INPUT_CHARS = 131_072  # past any embedding model's window (32k tokens of 4 characters)
 MAX_DIMENSIONS = 65_536
 ENCODINGS = ("float", "base64")
-TURNOUT_METADATA = ("data_class", "user", "episode_id")
+TURNOUT_METADATA = ("data_class", "user", "episode_id", LATENCY, COST)  # all metadata takes: none reaches a target
 OWN = frozenset({"model", "input", "encoding_format", "metadata"})  # not passed on as they came
 
 
@@ -49,6 +52,7 @@ class EmbeddingsRequest:
     data_class: str | None
     user: str | None
     episode_id: str | None = None
+    constraints: dict[str, Any] | None = None  # metadata.max_latency_ms / max_cost_usd as sent
     stream: bool = False  # embeddings are answered whole
 
     @property
@@ -139,17 +143,22 @@ def validate(body: dict[str, Any]) -> EmbeddingsRequest:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("user", "'user' must be a string")
-    data_class, episode_id = None, None
+    data_class, episode_id, constraints = None, None, None
     meta = body.get("metadata")
     if meta is not None:
         if not isinstance(meta, dict):
             raise _bad("metadata", "'metadata' must be an object")
+        unknown = sorted(set(meta) - set(TURNOUT_METADATA))
+        if unknown:  # dropped silently, a misspelt data_class served the request under the default
+            param = f"metadata.{unknown[0]}"
+            raise _bad(param, f"unknown field '{param}'; metadata takes {', '.join(TURNOUT_METADATA)}")
         data_class = _meta_str(meta, "data_class")
         if data_class and data_class.lower() not in DATA_CLASSES:
             raise _bad("metadata.data_class", f"'metadata.data_class' must be one of {', '.join(DATA_CLASSES)}")
         user = _meta_str(meta, "user") or user
         episode_id = check_episode_id(meta.get("episode_id"), "metadata.episode_id")
-    return EmbeddingsRequest(task, out, encoding, data_class, user, episode_id)
+        constraints = {k: meta[k] for k in (LATENCY, COST) if k in meta} or None
+    return EmbeddingsRequest(task, out, encoding, data_class, user, episode_id, constraints)
 
 
 def _inputs(value: Any) -> list[str]:

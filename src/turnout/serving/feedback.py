@@ -41,7 +41,7 @@ from typing import Any
 from turnout.errors import NotFound, RequestError, TurnoutError
 from turnout.ledger.store import LedgerStore
 from turnout.ledger.writer import LedgerWriter
-from turnout.serving.asgi import Receive, Send, header, json_object, read_body, send_json
+from turnout.serving.asgi import Receive, Send, credential, json_object, read_body, send_json
 from turnout.serving.door import check_episode_id
 from turnout.serving.runtime import Runtime
 
@@ -75,15 +75,16 @@ class Feedback:
 
 
 async def handle(runtime: Runtime, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-    tenant = await runtime.auth.identify(header(scope, b"authorization"), time.time())
+    tenant = await runtime.auth.identify(credential(scope), time.time())
     feedback = parse(await read_body(receive, scope, runtime.config.server.max_body_bytes))
     store = runtime.store
     if store is None:
         raise LedgerOff("feedback needs the ledger, and this gateway has none (store.kind: none)")
     updated = await apply(store, runtime.ledger, feedback, tenant.name, time.time())
     if updated == 0:
-        what = f"request {feedback.request_id!r}" if feedback.request_id else f"episode {feedback.episode_id!r}"
-        param = "request_id" if feedback.request_id else "episode_id"
+        by_request = feedback.request_id is not None
+        what = f"request {feedback.request_id!r}" if by_request else f"episode {feedback.episode_id!r}"
+        param = "request_id" if by_request else "episode_id"
         raise NotFound(f"no {what} of yours in the ledger", param=param)
     await send_json(send, 200, answer(feedback, updated))
 
@@ -168,6 +169,8 @@ def _request_id(value: Any) -> str | None:
     bare: str = value
     for prefix in _ID_PREFIXES:  # the answer's "id" carries one; the ledger keeps the bare id
         bare = bare.removeprefix(prefix)
+    if not bare.strip():  # "chatcmpl-" alone names no request (it was a 404 about an episode)
+        raise _bad("request_id", f"'request_id' {value!r} is a prefix without an id")
     return bare
 
 

@@ -23,9 +23,8 @@ from turnout.config import DATA_CLASSES, embedding_tasks
 from turnout.errors import RequestError, TurnoutError, UnknownTask
 from turnout.providers.base import Usage
 from turnout.serving import anthropic, anthropic_events
-from turnout.serving.asgi import Receive, Send, json_object, read_body, send_json
+from turnout.serving.asgi import Receive, Send, credential, json_object, read_body, send_json
 from turnout.serving.door import Reply, check_episode_id
-from turnout.serving.pipeline import credential
 from turnout.serving.runtime import Runtime
 from turnout.serving.translated import Encoder, TranslatedDoor
 

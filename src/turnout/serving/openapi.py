@@ -42,7 +42,8 @@ FEEDBACK_LINK = {
         "requestBody": {"request_id": "$response.body#/id", "outcome": "success"},
     }
 }
-TENANT: list[dict[str, list[str]]] = [{"tenantKey": []}]
+# A tenant's key, as a bearer token or in x-api-key (Anthropic's SDKs): every route takes either.
+TENANT: list[dict[str, list[str]]] = [{"tenantKey": []}, {"anthropicKey": []}]
 ADMIN: list[dict[str, list[str]]] = [{"adminKey": []}]
 
 
@@ -138,7 +139,7 @@ def _body(name: str, required: bool = True) -> Schema:
 
 def _paths() -> dict[str, Schema]:
     answered = {"headers": _answer_headers()}
-    inference_errors = _errors(400, 401, 403, 404, 405, 413, 422, 429, 502, 503, 504)
+    inference_errors = _errors(400, 401, 403, 404, 405, 413, 415, 422, 429, 502, 503, 504)
     admin_get = _errors(401, 403, 405)
     escalated = json_content(
         ref("TicketCreated"),
@@ -199,7 +200,7 @@ def _paths() -> dict[str, Schema]:
                     },
                     **messages_errors(),
                 },
-                security=[*TENANT, {"anthropicKey": []}],
+                security=TENANT,
                 parameters=_turnout_headers(),
                 requestBody=_body("MessageRequest"),
             )
@@ -212,7 +213,7 @@ def _paths() -> dict[str, Schema]:
                     "200": json_content(ref("MessageTokensCount"), "The prompt's token count."),
                     **messages_errors(COUNT_ERROR_STATUSES),
                 },
-                security=[*TENANT, {"anthropicKey": []}],
+                security=TENANT,
                 requestBody=_body("CountTokensRequest"),
             )
         },
@@ -271,7 +272,10 @@ def _paths() -> dict[str, Schema]:
             "post": _op(
                 "giveFeedback",
                 "Record what became of a request or an episode",
-                {"200": json_content(ref("FeedbackResult"), "Rows updated."), **_errors(400, 401, 404, 405, 413, 503)},
+                {
+                    "200": json_content(ref("FeedbackResult"), "Rows updated."),
+                    **_errors(400, 401, 404, 405, 413, 415, 503),
+                },
                 security=TENANT,
                 requestBody=_body("Feedback"),
             )
@@ -294,7 +298,12 @@ def _paths() -> dict[str, Schema]:
             )
         },
         "/healthz": {
-            "get": _op("health", "The process answers", {"200": json_content(ref("Status"), "Alive.")}, security=[])
+            "get": _op(
+                "health",
+                "The process answers",
+                {"200": json_content(ref("Status"), "Alive."), **_errors(405)},
+                security=[],
+            )
         },
         "/readyz": {
             "get": _op(
@@ -303,6 +312,7 @@ def _paths() -> dict[str, Schema]:
                 {
                     "200": json_content(ref("Readiness"), "Ready."),
                     "503": json_content(ref("Readiness"), "Starting or not ready."),
+                    **_errors(405),
                 },
                 security=[],
             )
@@ -340,7 +350,7 @@ def _paths() -> dict[str, Schema]:
                 "Issued keys (never secrets)",
                 {"200": json_content(ref("KeyList"), "Keys."), **_errors(401, 403, 404, 405)},
                 security=ADMIN,
-                parameters=[_query("tenant", "Only this tenant's keys (404 for an unknown tenant).")],
+                parameters=[_query("tenant", "Only this tenant's keys (404 for an unknown or blank tenant).")],
             ),
             "post": _op(
                 "createKey",
@@ -351,7 +361,7 @@ def _paths() -> dict[str, Schema]:
                         "The key and its secret.",
                         links={"RevokeKey": {"operationId": "revokeKey", "parameters": {"id": "$response.body#/id"}}},
                     ),
-                    **_errors(400, 401, 403, 405, 413),
+                    **_errors(400, 401, 403, 405, 413, 415),
                 },
                 security=ADMIN,
                 requestBody=_body("NewKey"),
@@ -372,7 +382,7 @@ def _paths() -> dict[str, Schema]:
                 "Per scope: bucket levels, slots, spent and reserved",
                 {"200": json_content(ref("UsageList"), "Scopes."), **_errors(401, 403, 404, 405)},
                 security=ADMIN,
-                parameters=[_query("tenant", "Only this tenant's scopes (404 for an unknown tenant).")],
+                parameters=[_query("tenant", "Only this tenant's scopes (404 for an unknown or blank tenant).")],
             )
         },
         "/admin/targets": {
@@ -400,7 +410,10 @@ def _paths() -> dict[str, Schema]:
             "post": _op(
                 "labelReview",
                 "Label a sampled answer",
-                {"200": json_content(ref("ReviewItem"), "The labelled item."), **_errors(400, 401, 403, 404, 405, 413)},
+                {
+                    "200": json_content(ref("ReviewItem"), "The labelled item."),
+                    **_errors(400, 401, 403, 404, 405, 413, 415),
+                },
                 security=ADMIN,
                 parameters=[_path("id", "The item's id.", {"type": "integer", "minimum": 1, "maximum": MAX_ROW_ID})],
                 requestBody=_body("ReviewLabel"),
@@ -470,7 +483,7 @@ def document() -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": "x-api-key",
-                    "description": "A tenant's key as Anthropic's SDKs send it (`/v1/messages`; any door takes it).",
+                    "description": "A tenant's key as Anthropic's SDKs send it; every tenant route takes it.",
                 },
             },
         },

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from turnout.serving.embeddings import ENCODINGS, MAX_DIMENSIONS, MAX_INPUT_CHARS, MAX_INPUTS
-from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, nullable, or_empty
+from turnout.serving.openapi_schemas import STRING, Schema, nullable, turnout_metadata
 
 _TEXT: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_INPUT_CHARS}
 
@@ -36,12 +36,9 @@ def _request() -> Schema:
             "metadata": nullable(
                 {
                     "type": "object",
-                    "description": "turnout reads user, data_class and episode_id; none of it reaches the target.",
-                    "properties": {
-                        "user": nullable(STRING),
-                        "data_class": nullable(or_empty(DATA_CLASS)),
-                        "episode_id": nullable(EPISODE_ID),
-                    },
+                    "description": "turnout's own: none of it reaches the target; a key it does not read is a 400.",
+                    "additionalProperties": False,
+                    "properties": turnout_metadata(),
                 }
             ),
         },

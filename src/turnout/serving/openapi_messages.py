@@ -8,8 +8,8 @@ from __future__ import annotations
 from turnout.serving.anthropic import BLOCK_FIELDS, COUNT_FIELDS, ERROR_TYPES, STOP_REASONS
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, json_content, nullable, ref
 
-ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 422, 429, 502, 503, 504)
-COUNT_ERROR_STATUSES = (400, 401, 404, 405, 413)  # no target is called: no policy, quota or upstream
+ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 415, 422, 429, 502, 503, 504)
+COUNT_ERROR_STATUSES = (400, 401, 404, 405, 413, 415)  # no target is called: no policy, quota or upstream
 
 
 def messages_schemas() -> dict[str, Schema]:

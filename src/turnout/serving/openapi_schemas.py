@@ -8,7 +8,7 @@ from typing import Any
 from turnout.config import DATA_CLASSES
 from turnout.control.keys.base import MAX_KEY_TTL_S
 from turnout.releases.review import LABELS, MAX_ANSWER, MAX_NOTE, STATUSES
-from turnout.serving.admin import MAX_KEY_NAME
+from turnout.serving.admin import MAX_BY, MAX_KEY_NAME
 from turnout.serving.asgi import MAX_DEPTH
 from turnout.serving.chat import INTEGERS, NUMBERS, RESPONSE_FORMATS, ROLES
 from turnout.serving.door import MAX_EPISODE_ID
@@ -24,6 +24,8 @@ ERROR_TEXT = {
     404: "Unknown route, task, key or item (another tenant's is answered the same way).",
     405: "The route exists; the method does not.",
     413: "The body is larger than `server.max_body_bytes`.",
+    415: "The body has a `Content-Encoding` other than identity (`unsupported_content_encoding`): send it "
+    "uncompressed.",
     429: "A rate, concurrency or budget limit refused the request; `Retry-After` says when to retry.",
     502: "Every target failed, the answer failed the release's output schema or the task's output checks "
     "(`output_invalid`), or a tool call was blocked.",
@@ -81,6 +83,17 @@ def json_content(schema: Schema, description: str, **extra: Any) -> Schema:
 def or_empty(schema: Schema) -> Schema:
     """An empty value is the same as none: the header or field left out."""
     return {"anyOf": [schema, {"const": ""}]}
+
+
+def turnout_metadata() -> Schema:
+    """The metadata keys turnout reads on every door that takes metadata (chat, tasks, embeddings)."""
+    return {
+        "user": nullable(STRING),
+        "data_class": nullable(or_empty(DATA_CLASS)),
+        "episode_id": nullable(EPISODE_ID),
+        "max_latency_ms": nullable({"type": ["number", "string"]}),  # as the headers; 400 out of range
+        "max_cost_usd": nullable({"type": ["number", "string"]}),
+    }
 
 
 def _message() -> Schema:
@@ -159,13 +172,7 @@ def _chat_request() -> Schema:
                 "type": "object",
                 "description": "turnout reads and removes user, data_class, episode_id, max_latency_ms and "
                 "max_cost_usd; other keys reach the target.",
-                "properties": {
-                    "user": nullable(STRING),
-                    "data_class": nullable(or_empty(DATA_CLASS)),
-                    "episode_id": nullable(EPISODE_ID),
-                    "max_latency_ms": nullable({"type": ["number", "string"]}),  # as the headers; 400 out of range
-                    "max_cost_usd": nullable({"type": ["number", "string"]}),
-                },
+                "properties": turnout_metadata(),
             }
         ),
     }
@@ -252,18 +259,12 @@ def schemas() -> dict[str, Schema]:
         },
         "TaskRequest": {
             "type": "object",
+            "additionalProperties": False,
             "properties": {
                 "variables": {"type": "object", "description": "The release's declared prompt variables."},
                 "documents": {"type": "array", "items": STRING, "description": "Untrusted text, spotlighted."},
                 "user": nullable(STRING),
-                "metadata": {
-                    "type": "object",
-                    "properties": {
-                        "user": nullable(STRING),
-                        "data_class": nullable(or_empty(DATA_CLASS)),
-                        "episode_id": nullable(EPISODE_ID),
-                    },
-                },
+                "metadata": {"type": "object", "additionalProperties": False, "properties": turnout_metadata()},
             },
             "examples": [{"variables": {"text": "hello"}}],
         },
@@ -384,9 +385,12 @@ def schemas() -> dict[str, Schema]:
         "NewKey": {
             "type": "object",
             "required": ["tenant"],
+            "additionalProperties": False,
             "properties": {
                 "tenant": {"type": "string", "description": "A configured tenant.", "examples": ["acme"]},
-                "name": nullable({"type": "string", "maxLength": MAX_KEY_NAME}),
+                "name": nullable(
+                    {"type": "string", "maxLength": MAX_KEY_NAME, "description": "Printable: no control characters."}
+                ),
                 "expires_in_s": nullable({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_KEY_TTL_S}),
             },
             "examples": [{"tenant": "acme", "name": "ci"}],
@@ -505,9 +509,15 @@ def schemas() -> dict[str, Schema]:
         "ReviewLabel": {
             "type": "object",
             "required": ["label", "by"],
+            "additionalProperties": False,
             "properties": {
                 "label": {"enum": list(LABELS)},
-                "by": {"type": "string", "pattern": NON_BLANK, "description": "Who labels."},
+                "by": {
+                    "type": "string",
+                    "maxLength": MAX_BY,
+                    "pattern": NON_BLANK,
+                    "description": "Who labels: printable (no control or format characters).",
+                },
                 "note": nullable({"type": "string", "maxLength": MAX_NOTE}),
                 "answer": nullable(
                     {

@@ -59,7 +59,7 @@ from turnout.safety import policy as safety
 from turnout.safety.classify import Classifiers, Raised
 from turnout.safety.tools import Allowlists, Guard
 from turnout.serving import respond, turned
-from turnout.serving.asgi import CLIENT_LEFT, Receive, Send, headers, read_body
+from turnout.serving.asgi import CLIENT_LEFT, Receive, Send, credential, headers, read_body
 from turnout.serving.door import EMBEDDINGS, Admission, Answered, Door, Inbound, R, Reply, check_episode_id
 from turnout.serving.judge import Judge
 from turnout.serving.output import Checked, OutputStage
@@ -778,15 +778,6 @@ async def _error_quietly(send: Send, err: TurnoutError, request_id: str, endpoin
     """At shutdown the connection may already be gone, or its answer begun."""
     with contextlib.suppress(Exception):  # nothing more to tell the client
         await respond.error(send, err, request_id, endpoint)
-
-
-def credential(scope: dict[str, Any]) -> bytes | None:
-    """The caller's key: ``Authorization: Bearer``, else ``x-api-key`` (Anthropic's SDKs send that)."""
-    sent = headers(scope)
-    found = sent.get(b"authorization")
-    if found is None and (key := sent.get(b"x-api-key")) is not None:
-        return b"Bearer " + key
-    return found
 
 
 def _wrong_endpoint(task: str, door: Door[Any]) -> RequestError:

@@ -21,12 +21,16 @@ from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Completion
 from turnout.releases.base import Release
 from turnout.releases.render import render
+from turnout.routing.constraints import COST, LATENCY
 from turnout.safety import inputs
 from turnout.safety.output import strip_fence
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import MAX_DEPTH, Receive, Send, json_object, send_json
 from turnout.serving.door import Answered, Reply, check_episode_id, reported
+
+FIELDS = frozenset({"variables", "documents", "user", "metadata"})
+METADATA = ("user", "data_class", "episode_id", LATENCY, COST)
 
 
 class OutputInvalid(TurnoutError):
@@ -45,6 +49,7 @@ class TaskRequest:
     user: str | None
     data_class: str | None
     episode_id: str | None
+    constraints: dict[str, Any] | None = None  # metadata.max_latency_ms / max_cost_usd as sent
     stream: bool = False  # the task API answers whole
 
 
@@ -70,6 +75,7 @@ class TaskDoor:
             str(user) if user else None,
             meta.get("data_class"),
             check_episode_id(meta.get("episode_id"), "metadata.episode_id"),
+            {k: meta[k] for k in (LATENCY, COST) if k in meta} or None,
         )
 
     def body(self, request: TaskRequest, release: Release | None) -> dict[str, Any]:
@@ -96,7 +102,11 @@ class TaskDoor:
         except OutputInvalid as exc:  # refused, never handed out, but generated: paid for
             await respond.error(send, exc, reply.request_id)
             return Answered(exc.status, usage, priced, latency_ms, error_class=exc.code, usage_estimated=estimated)
-        choice = (answer.body.get("choices") or [{}])[0]
+        choice = _choice(answer.body)
+        counts = answer.body.get("usage")
+        if estimated and not isinstance(counts, dict):  # none from the upstream: what it is charged, as chat
+            counts = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+            counts["total_tokens"] = usage.prompt_tokens + usage.completion_tokens
         payload = {
             "id": f"task-{reply.request_id}",
             "object": "task.result",
@@ -107,7 +117,7 @@ class TaskDoor:
             "model_version": reply.model_version,
             "prompt_version": release.prompt_version,
             "finish_reason": choice.get("finish_reason"),
-            "usage": answer.body.get("usage"),
+            "usage": counts,
         }
         await send_json(send, 200, payload, reply.headers + respond.cost_header(priced.total))
         text = (output if isinstance(output, str) else orjson.dumps(output).decode()) if reply.collect else None
@@ -118,6 +128,14 @@ TASKS = TaskDoor()
 
 
 def _check(body: dict[str, Any]) -> None:
+    # The body and its metadata are turnout's own, and nothing in them reaches a target as sent:
+    # a field this door does not read ("document", "metadata.dataclass") would be dropped
+    # silently, and the request served without its documents or under the default data class.
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise RequestError(
+            f"unknown field {unknown[0]!r}; the task API takes {', '.join(sorted(FIELDS))}", param=unknown[0]
+        )
     if not isinstance(body.get("variables", {}), dict):
         raise RequestError("'variables' must be an object", param="variables")
     docs = body.get("documents", [])
@@ -126,6 +144,12 @@ def _check(body: dict[str, Any]) -> None:
     meta = body.get("metadata", {})
     if not isinstance(meta, dict):
         raise RequestError("'metadata' must be an object", param="metadata")
+    unknown = sorted(set(meta) - set(METADATA))
+    if unknown:
+        raise RequestError(
+            f"unknown field 'metadata.{unknown[0]}'; metadata takes {', '.join(METADATA)}",
+            param=f"metadata.{unknown[0]}",
+        )
     # The end user and the data class are strings or absent: a list or a number is refused, not
     # turned into text (the end user keys the sticky release and the ledger's pseudonym).
     for where, name in ((body, "user"), (meta, "user"), (meta, "data_class")):
@@ -139,10 +163,29 @@ def _check(body: dict[str, Any]) -> None:
         )
 
 
+def _choice(answer: dict[str, Any]) -> dict[str, Any]:
+    choices = answer.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    return first if isinstance(first, dict) else {}
+
+
+def _text(answer: dict[str, Any]) -> str:
+    """The answer's text: its content, a string or (as some servers answer) text parts joined.
+    Anything else is no text the task's caller could be given: refused, as a schema failure is."""
+    message = _choice(answer).get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    raise OutputInvalid(f"the model's answer is not text (its content is {type(content).__name__})")
+
+
 def _output(release: Release, answer: dict[str, Any]) -> Any:
-    """The answer's content; parsed and validated when the release has an output schema."""
-    message = ((answer.get("choices") or [{}])[0]).get("message") or {}
-    content = message.get("content") or ""
+    """The answer's text; parsed and validated when the release has an output schema."""
+    content = _text(answer)
     if release.output_schema is None:
         return content
     try:

@@ -27,7 +27,7 @@ from turnout._support.printable import printable
 from turnout.errors import NotFound, RequestError, UnknownTask
 from turnout.releases.review import ESCALATED, ReviewItem
 from turnout.safety.output import resolve, strip_fence
-from turnout.serving.asgi import Receive, Send, header, send_json
+from turnout.serving.asgi import Receive, Send, credential, send_json
 from turnout.serving.runtime import Runtime
 
 MAX_TICKET_ID = 128
@@ -35,7 +35,7 @@ STATUS = {"accept": "answered", "reject": "rejected"}  # any other label: still 
 
 
 async def handle(runtime: Runtime, scope: dict[str, Any], receive: Receive, send: Send, task: str, ticket: str) -> None:
-    tenant = await runtime.auth.identify(header(scope, b"authorization"), time.time())
+    tenant = await runtime.auth.identify(credential(scope), time.time())
     if task not in runtime.config.tasks or not tenant.may_use(task):
         raise UnknownTask(f"the task {printable(task)!r} does not exist or is not open to you", param="task")
     item = await _find(runtime, ticket)
