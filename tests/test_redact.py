@@ -285,6 +285,28 @@ def test_unicode_variants_are_read_plainly_and_replaced(redactor: Redactor, text
     assert PLACEHOLDER.search(out)
 
 
+OTHER_SCRIPTS = {
+    "Arabic-Indic card": ("card \u0664\u0661\u0661\u0661 " + " ".join(["\u0661" * 4] * 3), "CARD"),
+    "Devanagari SSN": ("ssn \u0967\u0968\u0969-\u096a\u096b-\u096c\u096d\u096e\u096f", "US_SSN"),
+    "Extended Arabic-Indic IBAN": ("iban DE\u06f8\u06f9 3704 0044 0532 0130 00", "IBAN"),
+    "combining marks on a card's digits": ("card 4\u03011\u030111 1111 1111 1111", "CARD"),
+    "a tag inside an email": ("mail jane.doe\U000e0041@example.com", "EMAIL"),
+    "a variation selector inside an email": ("mail jane\ufe0f.doe@example.com", "EMAIL"),
+}
+
+
+@pytest.mark.parametrize(("text", "kind"), OTHER_SCRIPTS.values(), ids=OTHER_SCRIPTS)
+def test_other_scripts_digits_and_invisible_marks_are_read_plainly(redactor: Redactor, text: str, kind: str) -> None:
+    """Seen: a card or an SSN in Arabic-Indic or Devanagari digits (NFKC keeps them, the
+    checksums read ASCII digits only), a card with combining marks on its digits, an email with a
+    Unicode tag or a variation selector inside were kept verbatim (and raised no class), while
+    the same values' IPs and phones were found."""
+    found = redactor.redact(text)
+    assert [f.kind for f in found.findings] == [kind]
+    assert not re.search(r"\d{4}|jane", PLACEHOLDER.sub("", found.text))
+    assert output_find({kind: "pii"}, [text]) == ("pii", kind)
+
+
 def test_output_checks_read_answers_plainly() -> None:
     """The output check's ``must_not_contain: [pii]`` let the same variants through."""
     kinds = {"CARD": "pii", "EMAIL": "pii"}
