@@ -307,6 +307,25 @@ def test_other_scripts_digits_and_invisible_marks_are_read_plainly(redactor: Red
     assert output_find({kind: "pii"}, [text]) == ("pii", kind)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "write to josé@example.com today",
+        "write to müller@example.de today",
+        "write to jürgen.müller@firma.de today",
+        "write to 张伟@example.cn today",
+        "write to jane@bücher.de today",
+        "write to jane@example.рф today",
+    ],
+)
+def test_internationalised_email_addresses_are_replaced_whole(redactor: Redactor, text: str) -> None:
+    """Seen: ``josé@example.com`` was kept verbatim, and ``müller@example.de`` became
+    ``mü[EMAIL_…]``: the local part and the domain were read in ASCII letters only."""
+    found = redactor.redact(text)
+    assert [f.kind for f in found.findings] == ["EMAIL"]
+    assert found.text.startswith("write to [EMAIL_") and found.text.endswith("] today")
+
+
 def test_output_checks_read_answers_plainly() -> None:
     """The output check's ``must_not_contain: [pii]`` let the same variants through."""
     kinds = {"CARD": "pii", "EMAIL": "pii"}

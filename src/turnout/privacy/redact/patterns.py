@@ -272,8 +272,10 @@ def password_phrases(text: str, lower: str) -> Iterator[Span]:
 
 # --- PII ------------------------------------------------------------------------------------
 
+# Addresses are internationalised (RFC 6531, IDNA): ``josé@example.com``, ``jane@bücher.de`` and
+# ``jane@example.рф`` are addresses too, so letters and digits of any script count.
 _EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
-_EMAIL_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,24})(?![\w-])")
+_EMAIL_DOMAIN = re.compile(r"(?:[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?\.)+([^\W\d_]{2,24})(?![\w-])")
 # File names such as logo@2x.png look like addresses; these endings are not top-level domains.
 _NOT_TLDS = frozenset(["png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "tiff", "pdf", "txt", "csv", "json", "yaml", "yml", "toml", "js", "ts", "py", "rb", "go", "rs", "lock", "log", "md", "html", "css", "map", "zip", "gz", "tar"])  # fmt: skip  # noqa: E501
 
@@ -309,11 +311,15 @@ def _preceded_by(pattern: re.Pattern[str], text: str, pos: int) -> bool:
     return pattern.search(text, max(0, pos - 16), pos) is not None
 
 
+def _in_local_part(ch: str) -> bool:
+    return ch in _EMAIL_LOCAL or (ch > "\x7f" and ch.isalnum())
+
+
 def emails(text: str, lower: str) -> Iterator[Span]:
     pos = text.find("@")
     while pos > 0:
         start = pos
-        while start > 0 and pos - start < 64 and text[start - 1] in _EMAIL_LOCAL:
+        while start > 0 and pos - start < 64 and _in_local_part(text[start - 1]):
             start -= 1
         while start < pos and text[start] in ".%+-_":  # a local part starts with a letter or digit
             start += 1
