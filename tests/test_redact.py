@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,20 @@ def test_internationalised_email_addresses_are_replaced_whole(redactor: Redactor
     found = redactor.redact(text)
     assert [f.kind for f in found.findings] == ["EMAIL"]
     assert found.text.startswith("write to [EMAIL_") and found.text.endswith("] today")
+
+
+def test_many_key_headers_without_an_end_line_are_read_in_linear_time(redactor: Redactor) -> None:
+    """Seen: 300 KB of ``-----BEGIN PRIVATE KEY-----`` lines (no END line) held a request 20 s in
+    classification (``detect: [pii]`` reads on past the secrets), the output checks and capture's
+    redaction: the block pattern scanned to the text's end from each header line."""
+    header = "-----BEGIN PRIVATE KEY-----"
+    text = f"{PEM}\n" + f"{header}\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n" * 6000
+    started = time.perf_counter()
+    found = redactor.redact(text)
+    assert output_find({"CARD": "pii"}, [text]) is None
+    assert time.perf_counter() - started < 2.0
+    assert [f.kind for f in found.findings] == ["PRIVATE_KEY"] * 6001
+    assert "MIIE" not in found.text and "BEGIN" not in found.text
 
 
 def test_output_checks_read_answers_plainly() -> None:
