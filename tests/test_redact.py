@@ -341,6 +341,29 @@ def test_many_key_headers_without_an_end_line_are_read_in_linear_time(redactor: 
     assert "MIIE" not in found.text and "BEGIN" not in found.text
 
 
+@pytest.mark.parametrize(
+    ("said", "value"),
+    [
+        ('Log in with password: "Hunter2!x" today', "Hunter2!x"),
+        ('config: api_key = "a8f5f167f44f4964e6c998dee827110c"', "a8f5f167f44f"),
+        ('aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"', "wJalrXUtnFEMI"),
+        ("Call me at\n(415) 555-0132 please", "555-0132"),
+        ("SSN on file:\n123-45-6789", "123-45"),
+        ("Key:\n-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----", "MIIE"),
+    ],
+)
+def test_values_in_a_json_document_are_found_through_its_escapes(redactor: Redactor, said: str, value: str) -> None:
+    """Seen: capture keeps a prompt as its messages in JSON, and a quoted password (``\\"Hunter2!x\\"``)
+    or a number at the start of a line (``\\n(415) 555-0132``) stayed verbatim in the redacted
+    text and the review queue. The redacted JSON still reads back."""
+    document = json.dumps([{"role": "user", "content": said}])
+    out = redactor.redact(document).text
+    assert value not in out and PLACEHOLDER.search(out)
+    assert value not in json.loads(out)[0]["content"]
+    if "PRIVATE KEY" not in said:  # a block's value holds its line breaks, escaped or not
+        assert redactor.redact(said).text == json.loads(out)[0]["content"]  # the same placeholders
+
+
 def test_output_checks_read_answers_plainly() -> None:
     """The output check's ``must_not_contain: [pii]`` let the same variants through."""
     kinds = {"CARD": "pii", "EMAIL": "pii"}
