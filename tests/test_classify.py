@@ -435,3 +435,27 @@ async def test_pii_written_with_unicode_variants_still_raises_the_class(make_app
     resp = await chat(app, text, "public")
     assert resp.status == 200 and resp.headers["x-turnout-target"] == "onprem"
     assert fakes["cloud"].calls == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"Data: {CARD}",
+        f"data: jane, {EMAIL}",
+        f"DATA:{SSN}",
+        f"data:image/png,{EMAIL}",  # no base64: the text is what the target reads
+    ],
+)
+async def test_a_message_that_starts_like_a_data_url_is_still_read(make_app: AppFactory, text: str) -> None:
+    """Seen: any string starting ``data:`` that was not a text data URL was skipped whole, as
+    media, so "Data: my card 4111 ..." went to the public-only target."""
+    assert list(texts({"messages": [{"role": "user", "content": text}]})) == [text]
+    app, fakes = await start(make_app)
+    resp = await chat(app, text, "public")
+    assert resp.status == 200 and resp.headers["x-turnout-target"] == "onprem"
+    assert fakes["cloud"].calls == []
+
+
+def test_a_base64_data_url_of_media_is_still_not_read() -> None:
+    image = "data:image/png;name=a.png;base64," + base64.b64encode(SSN.encode()).decode()
+    assert list(texts({"messages": [{"role": "user", "content": [{"image_url": {"url": image}}]}]})) == []

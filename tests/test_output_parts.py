@@ -97,6 +97,49 @@ def test_a_secret_in_tool_call_arguments_is_a_leak_too() -> None:
     assert "AKIA" not in problem.detail and "AKIA" not in problem.hint
 
 
+CARD_TEXT = "Your card 4111 1111 1111 1111 is on file."
+AWS_KEY = "AKIAZ3MHQ4PLXK2VBN7R"
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ({"content": [{"type": "text", "text": CARD_TEXT}]}, "pii"),
+        (
+            {"content": [{"type": "text", "text": "Your card 4111 1111"}, {"type": "text", "text": " 1111 1111."}]},
+            "pii",
+        ),
+        ({"content": [{"type": "refusal", "refusal": CARD_TEXT}]}, "pii"),
+        ({"content": [{"type": "text", "text": "x" * 21}]}, "max_chars"),
+        ({"content": None, "function_call": {"name": "f", "arguments": f'{{"key": "{AWS_KEY}"}}'}}, "secrets"),
+        (
+            {"content": None, "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"key": AWS_KEY}}}]},
+            "secrets",
+        ),
+        (
+            {"content": None, "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": [{"k": [AWS_KEY]}]}}]},
+            "secrets",
+        ),
+    ],
+    ids=["text parts", "split over parts", "refusal part", "long text parts", "function_call", "object", "nested"],
+)
+def test_an_answer_in_any_shape_the_caller_gets_is_checked(message: dict[str, Any], reason: str) -> None:
+    """Seen: an upstream answering with content parts (a list), a legacy ``function_call`` or
+    tool-call arguments as an object passed ``must_not_contain`` and ``max_chars`` untouched,
+    and the caller got the card number or the key as the upstream sent it."""
+    checks = rules(must_not_contain=["secrets", "pii"], max_chars=20).checks(CHAT_BODY, fenced=False)
+    assert checks is not None
+    problem = checks.verify({"choices": [{"index": 0, "message": {"role": "assistant", **message}}]})
+    assert problem is not None and problem.reason == reason
+
+
+def test_a_json_answer_in_content_parts_is_checked_against_the_schema() -> None:
+    checks = rules(schema=ORDER).checks(CHAT_BODY, fenced=False)
+    assert checks is not None
+    parts = [{"type": "text", "text": GOOD[:5]}, {"type": "text", "text": GOOD[5:]}]
+    assert checks.verify(answer(parts)) is None  # type: ignore[arg-type]
+
+
 def test_pii_is_checked_only_when_asked() -> None:
     text = answer("Mail jane.doe@example.com or call +1 415 555 0100")
     secrets_only = rules(must_not_contain=["secrets"]).checks(CHAT_BODY, fenced=False)

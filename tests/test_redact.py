@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,84 @@ def test_unicode_variants_are_read_plainly_and_replaced(redactor: Redactor, text
     out = redactor.redact(text).text
     assert "4111" not in out and "jane" not in out and "AbCdEf" not in out
     assert PLACEHOLDER.search(out)
+
+
+OTHER_SCRIPTS = {
+    "Arabic-Indic card": ("card \u0664\u0661\u0661\u0661 " + " ".join(["\u0661" * 4] * 3), "CARD"),
+    "Devanagari SSN": ("ssn \u0967\u0968\u0969-\u096a\u096b-\u096c\u096d\u096e\u096f", "US_SSN"),
+    "Extended Arabic-Indic IBAN": ("iban DE\u06f8\u06f9 3704 0044 0532 0130 00", "IBAN"),
+    "combining marks on a card's digits": ("card 4\u03011\u030111 1111 1111 1111", "CARD"),
+    "a tag inside an email": ("mail jane.doe\U000e0041@example.com", "EMAIL"),
+    "a variation selector inside an email": ("mail jane\ufe0f.doe@example.com", "EMAIL"),
+}
+
+
+@pytest.mark.parametrize(("text", "kind"), OTHER_SCRIPTS.values(), ids=OTHER_SCRIPTS)
+def test_other_scripts_digits_and_invisible_marks_are_read_plainly(redactor: Redactor, text: str, kind: str) -> None:
+    """Seen: a card or an SSN in Arabic-Indic or Devanagari digits (NFKC keeps them, the
+    checksums read ASCII digits only), a card with combining marks on its digits, an email with a
+    Unicode tag or a variation selector inside were kept verbatim (and raised no class), while
+    the same values' IPs and phones were found."""
+    found = redactor.redact(text)
+    assert [f.kind for f in found.findings] == [kind]
+    assert not re.search(r"\d{4}|jane", PLACEHOLDER.sub("", found.text))
+    assert output_find({kind: "pii"}, [text]) == ("pii", kind)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "write to josé@example.com today",
+        "write to müller@example.de today",
+        "write to jürgen.müller@firma.de today",
+        "write to 张伟@example.cn today",
+        "write to jane@bücher.de today",
+        "write to jane@example.рф today",
+    ],
+)
+def test_internationalised_email_addresses_are_replaced_whole(redactor: Redactor, text: str) -> None:
+    """Seen: ``josé@example.com`` was kept verbatim, and ``müller@example.de`` became
+    ``mü[EMAIL_…]``: the local part and the domain were read in ASCII letters only."""
+    found = redactor.redact(text)
+    assert [f.kind for f in found.findings] == ["EMAIL"]
+    assert found.text.startswith("write to [EMAIL_") and found.text.endswith("] today")
+
+
+def test_many_key_headers_without_an_end_line_are_read_in_linear_time(redactor: Redactor) -> None:
+    """Seen: 300 KB of ``-----BEGIN PRIVATE KEY-----`` lines (no END line) held a request 20 s in
+    classification (``detect: [pii]`` reads on past the secrets), the output checks and capture's
+    redaction: the block pattern scanned to the text's end from each header line."""
+    header = "-----BEGIN PRIVATE KEY-----"
+    text = f"{PEM}\n" + f"{header}\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n" * 6000
+    started = time.perf_counter()
+    found = redactor.redact(text)
+    assert output_find({"CARD": "pii"}, [text]) is None
+    assert time.perf_counter() - started < 2.0
+    assert [f.kind for f in found.findings] == ["PRIVATE_KEY"] * 6001
+    assert "MIIE" not in found.text and "BEGIN" not in found.text
+
+
+@pytest.mark.parametrize(
+    ("said", "value"),
+    [
+        ('Log in with password: "Hunter2!x" today', "Hunter2!x"),
+        ('config: api_key = "a8f5f167f44f4964e6c998dee827110c"', "a8f5f167f44f"),
+        ('aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"', "wJalrXUtnFEMI"),
+        ("Call me at\n(415) 555-0132 please", "555-0132"),
+        ("SSN on file:\n123-45-6789", "123-45"),
+        ("Key:\n-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----", "MIIE"),
+    ],
+)
+def test_values_in_a_json_document_are_found_through_its_escapes(redactor: Redactor, said: str, value: str) -> None:
+    """Seen: capture keeps a prompt as its messages in JSON, and a quoted password (``\\"Hunter2!x\\"``)
+    or a number at the start of a line (``\\n(415) 555-0132``) stayed verbatim in the redacted
+    text and the review queue. The redacted JSON still reads back."""
+    document = json.dumps([{"role": "user", "content": said}])
+    out = redactor.redact(document).text
+    assert value not in out and PLACEHOLDER.search(out)
+    assert value not in json.loads(out)[0]["content"]
+    if "PRIVATE KEY" not in said:  # a block's value holds its line breaks, escaped or not
+        assert redactor.redact(said).text == json.loads(out)[0]["content"]  # the same placeholders
 
 
 def test_output_checks_read_answers_plainly() -> None:

@@ -18,6 +18,7 @@ from turnout.config import validate
 from turnout.errors import ConfigError
 from turnout.ledger.record import LedgerRow
 from turnout.releases.base import Prompt, Release, Serving
+from turnout.safety.inputs import text_data_url
 from turnout.safety.policy import Gates, parse_record
 from turnout.serving.app import App
 
@@ -157,6 +158,22 @@ async def test_every_text_a_part_carries_is_screened(make_app: AppFactory) -> No
     pdf = file_part("application/pdf", b"%PDF-1.4 " + INJECTION.encode())
     resp = await chat(app, [{"role": "user", "content": [pdf]}])
     assert resp.status == 200
+
+
+@pytest.mark.parametrize("charset", ["rot13", "hex", "base64_codec", "zlib_codec", "uu_codec", "idna", "undefined"])
+async def test_a_text_file_in_a_charset_that_is_no_text_encoding_is_read_as_utf8(
+    make_app: AppFactory, charset: str
+) -> None:
+    """Seen: ``data:text/plain;charset=rot13,...`` was a 500 (LookupError: not a text encoding;
+    ``idna`` and ``undefined``: UnicodeError) in screening and in classification alike."""
+    app, primary = await start(make_app, config({"screen": {"user": "block"}}))
+    resp = await chat(app, [{"role": "user", "content": [file_part(f"text/plain;charset={charset}", CLEAN.encode())]}])
+    assert resp.status == 200 and len(primary.calls) == 1
+    resp = await chat(app, [{"role": "user", "content": [file_part(f"text/plain;charset={charset}", REVEAL.encode())]}])
+    assert resp.status == 400 and resp.json()["error"]["code"] == "prompt_injection"
+    assert text_data_url(
+        f"data:text/plain;charset={charset};base64,{base64.b64encode(b'jane@example.com').decode()}"
+    ) == ("jane@example.com")
 
 
 async def test_an_obfuscated_injection_is_blocked(make_app: AppFactory) -> None:

@@ -28,6 +28,7 @@ addresses and phone numbers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,11 @@ PLAN: tuple[tuple[Detector, str | None], ...] = tuple((d, NEEDS.get(d.__name__))
 # A body's fields that are its structure, not text a model reads: what they hold is not classified.
 # ``input_audio`` is a clip in base64 (no data URL to say so).
 STRUCTURAL = frozenset({"model", "role", "type", "id", "tool_call_id", "file_id", "detail", "format", "input_audio"})
+
+# Media the detectors cannot read: a data URL with a type and a base64 payload (an image, audio,
+# a PDF) that ``text_data_url`` did not read as text. Any other string that starts with
+# ``data:`` is read as it is: "Data: my card is ..." is a message, not media.
+_BINARY_DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[^,;]*)*;base64,", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +111,9 @@ def texts(body: dict[str, Any]) -> Iterator[str]:
     and schema descriptions, ``documents``, ``metadata``, ``user``, ``prediction``,
     ``chat_template_kwargs``, an embeddings body's inputs, and any field turnout does not know
     (it passes them on). Not read: object keys, the body's structure (``STRUCTURAL``: the model,
-    roles, types, ids), and media that are not text (a data URL of an image or another binary
-    type, audio): the detectors cannot read them and they can be megabytes."""
+    roles, types, ids), and media that are not text (a base64 data URL of an image or another
+    binary type, audio): the detectors cannot read them and they can be megabytes. A string that
+    only starts like a data URL ("Data: my card is ...") is text, and read."""
     stack: list[Any] = [body]
     while stack:
         value = stack.pop()
@@ -115,6 +122,8 @@ def texts(body: dict[str, Any]) -> Iterator[str]:
                 decoded = text_data_url(value)
                 if decoded is not None:
                     yield decoded
+                elif _BINARY_DATA_URL.match(value) is None:  # text that starts "Data:", not media
+                    yield value
             else:
                 yield value
         elif isinstance(value, dict):

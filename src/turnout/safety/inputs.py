@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -77,10 +76,9 @@ def text_data_url(url: str) -> str | None:
         return None
     charset = next((p.removeprefix("charset=") for p in params[1:] if p.startswith("charset=")), "utf-8")
     try:
-        codecs.lookup(charset)
-    except LookupError:
-        charset = "utf-8"
-    return data.decode(charset, errors="replace")
+        return data.decode(charset, errors="replace")
+    except (LookupError, UnicodeError):  # no codec by that name, or none of text (rot13, hex, zlib, idna)
+        return data.decode("utf-8", errors="replace")
 
 
 def task(variables: Mapping[str, Any], documents: Sequence[str]) -> Iterator[Input]:

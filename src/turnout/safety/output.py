@@ -94,8 +94,7 @@ class Checks:
         for choice in choices if isinstance(choices, list) else ():
             message = choice.get("message") if isinstance(choice, dict) else None
             message = message if isinstance(message, dict) else {}
-            content = message.get("content")
-            text = content if isinstance(content, str) else ""
+            text = content_text(message.get("content"))
             calls = message.get("tool_calls")
             problem = self._leak(text, message) or self._length(text)
             if problem is None and self.schemas and (text or not calls):
@@ -107,7 +106,7 @@ class Checks:
     def _leak(self, text: str, message: dict[str, Any]) -> Problem | None:
         if not self.kinds:
             return None
-        found = find(self.kinds, [text, *beside(message), *_arguments(message)])
+        found = find(self.kinds, [text, *_refusals(message), *beside(message), *_arguments(message)])
         if found is None:
             return None
         category, kind = found
@@ -263,10 +262,46 @@ def beside(message: dict[str, Any]) -> Iterator[str]:
             yield said
 
 
+def content_text(content: Any) -> str:
+    """A message's text: its content, or the ``text`` of its content parts put together (some
+    OpenAI-compatible servers answer with a list of parts; the caller gets them as they are)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _refusals(message: dict[str, Any]) -> Iterator[str]:
+    content = message.get("content")
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict) and isinstance(part.get("refusal"), str):
+            yield part["refusal"]
+
+
 def _arguments(message: dict[str, Any]) -> Iterator[str]:
+    """Every tool call's arguments, the legacy ``function_call``'s included, as the caller gets
+    them: a string or (from some servers) an object, whose keys and strings are read."""
     calls = message.get("tool_calls")
-    for call in calls if isinstance(calls, list) else ():
-        fn = call.get("function") if isinstance(call, dict) else None
+    fns = [call.get("function") for call in calls if isinstance(call, dict)] if isinstance(calls, list) else []
+    fns.append(message.get("function_call"))
+    for fn in fns:
         arguments = fn.get("arguments") if isinstance(fn, dict) else None
         if isinstance(arguments, str):
             yield arguments
+        elif isinstance(arguments, dict | list):
+            yield from _strings(arguments)
+
+
+def _strings(value: dict[str, Any] | list[Any]) -> Iterator[str]:
+    """The keys and string values of a JSON value, however deep (no recursion)."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            for key, nested in item.items():
+                stack += (key, nested)
+        elif isinstance(item, list):
+            stack.extend(item)

@@ -36,7 +36,7 @@ from turnout.providers.base import Completion, Stream, Usage
 from turnout.releases.review import ReviewError
 from turnout.routing import policy
 from turnout.routing.attempts import Check, Result, Target, Turned, execute
-from turnout.safety.output import BESIDE, Checks, Outputs, Problem, Rules
+from turnout.safety.output import BESIDE, Checks, Outputs, Problem, Rules, content_text
 from turnout.serving import respond, turned
 from turnout.serving.asgi import Send, send_json
 from turnout.serving.door import Admission, Answered
@@ -414,8 +414,7 @@ def _content(body: dict[str, Any]) -> str:
     choices = body.get("choices")
     first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = first.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    return content if isinstance(content, str) else ""
+    return content_text(message.get("content")) if isinstance(message, dict) else ""
 
 
 def _completion(result: Result) -> Completion:

@@ -127,11 +127,25 @@ def masked(text: str) -> str:
     return text
 
 
+# A JSON string's two-character escapes. A captured prompt is its messages as JSON, so a quoted
+# password reads ``password: \"Hunter2!\"`` and a number on a new line ``at\n(415) 555-0132``:
+# the patterns saw a backslash before the value, or a word character (``n``) where a number must
+# not follow one, and kept both. They read each escape as a blank of the same length (``\"`` as
+# `` "``): every span is still the text's own.
+_JSON_ESCAPE = re.compile(r'\\(["\\/bfnrt])')
+
+
+def _blank(m: re.Match[str]) -> str:
+    return ' "' if m.group(1) == '"' else "  "
+
+
 def _detect(text: str) -> list[Span]:
     """Non-overlapping spans sorted by start: most specific kind first, then the longest; spans that
     touch an existing placeholder are dropped."""
     if len(text) < 4:
         return []
+    if "\\" in text:
+        text = _JSON_ESCAPE.sub(_blank, text)
     lower = text.lower()
     candidates = [span for detector in DETECTORS for span in detector(text, lower)]
     if not candidates:

@@ -59,11 +59,14 @@ def _word_start(text: str, pos: int) -> bool:
 
 # --- secrets --------------------------------------------------------------------------------
 
-_PEM_LABEL = r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
-_PRIVATE_KEY = re.compile(
-    # a whole block up to its END line, or (truncated) the header and the base64 lines after it
-    _PEM_LABEL + r"[\s\S]*?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
-    "|" + _PEM_LABEL + r"(?:(?:\s|\\[rn])+(?:[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9+/]{1,15}={1,2}|[\w-]+:[^\n\\]*))*"
+# A whole block, from its BEGIN line up to the first END line after it, or (truncated) the header
+# and the base64 lines after it. The END line is looked for once per stretch of text, not once per
+# BEGIN line: a lazy ``BEGIN[\s\S]*?END`` pattern scanned to the text's end from each of many
+# header lines without an END (n² steps: 300 KB of them took 30 s).
+_PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+_PEM_END = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+_PEM_TRUNCATED = re.compile(
+    r"(?:(?:\s|\\[rn])+(?:[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9+/]{1,15}={1,2}|[\w-]+:[^\n\\]*))*"
 )
 
 _JWT = re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}={0,2}\.eyJ[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]*={0,2}")
@@ -191,9 +194,20 @@ def _secret_like(value: str) -> bool:
 
 
 def private_keys(text: str, lower: str) -> Iterator[Span]:
-    if "PRIVATE KEY" in text:
-        for m in _PRIVATE_KEY.finditer(text):
-            yield m.start(), m.end(), "PRIVATE_KEY"
+    if "PRIVATE KEY" not in text:
+        return
+    exhausted = False  # no END line after some BEGIN line: none after a later one either
+    pos = 0
+    while (begin := _PEM_BEGIN.search(text, pos)) is not None:
+        end = None if exhausted else _PEM_END.search(text, begin.end())
+        if end is not None:
+            stop = end.end()
+        else:
+            exhausted = True
+            truncated = _PEM_TRUNCATED.match(text, begin.end())  # it matches "" at least
+            stop = begin.end() if truncated is None else truncated.end()
+        yield begin.start(), stop, "PRIVATE_KEY"
+        pos = stop
 
 
 def jwts(text: str, lower: str) -> Iterator[Span]:
@@ -272,8 +286,10 @@ def password_phrases(text: str, lower: str) -> Iterator[Span]:
 
 # --- PII ------------------------------------------------------------------------------------
 
+# Addresses are internationalised (RFC 6531, IDNA): ``josé@example.com``, ``jane@bücher.de`` and
+# ``jane@example.рф`` are addresses too, so letters and digits of any script count.
 _EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
-_EMAIL_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,24})(?![\w-])")
+_EMAIL_DOMAIN = re.compile(r"(?:[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?\.)+([^\W\d_]{2,24})(?![\w-])")
 # File names such as logo@2x.png look like addresses; these endings are not top-level domains.
 _NOT_TLDS = frozenset(["png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "tiff", "pdf", "txt", "csv", "json", "yaml", "yml", "toml", "js", "ts", "py", "rb", "go", "rs", "lock", "log", "md", "html", "css", "map", "zip", "gz", "tar"])  # fmt: skip  # noqa: E501
 
@@ -309,11 +325,15 @@ def _preceded_by(pattern: re.Pattern[str], text: str, pos: int) -> bool:
     return pattern.search(text, max(0, pos - 16), pos) is not None
 
 
+def _in_local_part(ch: str) -> bool:
+    return ch in _EMAIL_LOCAL or (ch > "\x7f" and ch.isalnum())
+
+
 def emails(text: str, lower: str) -> Iterator[Span]:
     pos = text.find("@")
     while pos > 0:
         start = pos
-        while start > 0 and pos - start < 64 and text[start - 1] in _EMAIL_LOCAL:
+        while start > 0 and pos - start < 64 and _in_local_part(text[start - 1]):
             start -= 1
         while start < pos and text[start] in ".%+-_":  # a local part starts with a letter or digit
             start += 1
