@@ -598,6 +598,42 @@ def test_duplicate_yaml_keys_are_refused(tmp_path: Path, text: str, key: str) ->
     assert "line " in problem
 
 
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("? [a]\n: b\ntargets: {}\ntasks: {}\n", "a list"),
+        ("targets: {}\ntasks: {}\ntenants: {a: {task_limits: {? {x: 1}: {}}}}\n", "a mapping"),
+    ],
+)
+def test_a_yaml_key_that_is_a_list_or_a_mapping_is_named_not_a_crash(tmp_path: Path, text: str, what: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    assert problem.startswith(f"{path}: not valid YAML: a key is {what} (line ")
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"capture": {"rules": [{"task": ["chat"], "mode": "redacted"}]}},
+        {"capture": {"rules": [{"tenant": {"acme": 1}, "mode": "redacted"}]}},
+        {"retention": {"rules": [{"task": {"chat": 1}, "ledger_days": 1}]}},
+        {"retention": {"rules": [{"tenant": ["acme"], "ledger_days": 1}]}},
+    ],
+)
+def test_a_rule_naming_a_list_or_mapping_is_a_type_problem_not_a_crash(section: dict[str, Any]) -> None:
+    [problem] = problems(base(**section))
+    assert "Input should be a valid string" in problem
+
+
+def test_a_target_named_by_a_number_does_not_break_the_suggestions() -> None:
+    raw = base()
+    raw["targets"][5] = raw["targets"].pop("onprem")  # `targets: {5: ...}` in YAML
+    found = problems(raw)
+    assert "tasks.chat.route[1]: unknown target 'onprem'" in found
+
+
 def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "targets: !!python/object/apply:os.getcwd []\ntasks: {}\n")
     with pytest.raises(ConfigError) as info:
