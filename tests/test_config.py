@@ -627,6 +627,36 @@ def test_a_rule_naming_a_list_or_mapping_is_a_type_problem_not_a_crash(section: 
     assert "Input should be a valid string" in problem
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tenants: {5: {keys: [sk-acme-0123456789]}}", "tenants: key 5 must be text (quote it)"),
+        ("server: {2024-01-01: 1}", "server: key datetime.date(2024, 1, 1) must be text (quote it)"),
+        ("7: x", "key 7 must be text (quote it)"),
+    ],
+)
+def test_a_key_that_is_not_text_is_named_where_it_is(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, f"targets: {{v: {{provider: local}}}}\ntasks: {{t: {{route: [v]}}}}\n{text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [expected]
+
+
+def test_a_price_schedule_takes_a_bare_hour_as_yaml_reads_it(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets: {v: {provider: local}}
+        tasks: {t: {route: [v]}}
+        prices:
+          - effective: 2026-01-01
+            targets: {v: {gpu_hour_usd: 2, replicas: 1, schedule: {8: 3, "9-10": 2}}}
+        """,
+    )
+    hours = load_config(path).prices[0].targets["v"].hourly_replicas()
+    assert hours[7:12] == (1, 3, 2, 2, 1)
+
+
 def test_a_target_named_by_a_number_does_not_break_the_suggestions() -> None:
     raw = base()
     raw["targets"][5] = raw["targets"].pop("onprem")  # `targets: {5: ...}` in YAML

@@ -72,7 +72,7 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
                 problems.append(f"tenants.{tname}.tasks[{i}]: unknown task {task!r}{nearest(task, tasks)}")
         for field in ("task_limits", "task_safety", "task_tools", "task_classify"):
             for task in _mapping(_mapping(tenant).get(field)):
-                if task not in tasks:
+                if isinstance(task, str) and task not in tasks:
                     problems.append(f"tenants.{tname}.{field}.{task}: unknown task {task!r}{nearest(task, tasks)}")
     problems += _escalation_problems(tasks, targets)
     problems += _retention_problems(_mapping(raw.get("retention")).get("rules"), tasks, _mapping(raw.get("tenants")))

@@ -83,7 +83,11 @@ def _problems(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         loc = _path(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        key = _bad_key(err)
+        if key is not None:  # `5:` or `2024-01-01:` where a name or setting is text
+            parent = _path(err["loc"][:-2] if err["loc"][-1] == "[key]" else err["loc"][:-1])
+            loc, msg = parent, f"key {key} must be text (quote it)"
+        elif err["type"] == "extra_forbidden":
             msg = "unknown key" + nearest(err["loc"][-1], keys_at(Config, err["loc"]))
         elif err["type"] == "union_tag_invalid":
             msg = f"unknown provider {err.get('input', {}).get('provider')!r} (expected {', '.join(PROVIDERS)})"
@@ -91,6 +95,17 @@ def _problems(exc: ValidationError) -> list[str]:
             msg = f"missing 'provider' ({', '.join(PROVIDERS)})"
         out.append(f"{loc}: {msg}" if loc else msg)
     return out
+
+
+def _bad_key(err: Any) -> str | None:
+    """The key a mapping's key error is about (pydantic's ``[key]`` marker after it, or a
+    model's ``invalid_key``), as the file wrote it as near as pydantic kept it; None otherwise."""
+    loc = err["loc"]
+    if err["type"] == "invalid_key" and loc:
+        return str(loc[-1])
+    if err["type"] == "string_type" and len(loc) >= 2 and loc[-1] == "[key]":
+        return str(loc[-2])
+    return None
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -252,6 +252,14 @@ class PriceEntry(_Strict):
     tokens_per_s: float | None = Field(None, gt=0, description="prompt+completion tokens/s one replica serves")
     max_concurrency: int = Field(1, gt=0, description="requests one replica serves at once (busy_seconds)")
 
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _hours_as_text(cls, value: Any) -> Any:
+        # YAML reads a bare hour (`8: 3`) as a number; the schedule's keys are text ("8", "0-7").
+        if isinstance(value, dict):
+            return {str(k) if type(k) is int else k: v for k, v in value.items()}
+        return value
+
     @model_validator(mode="after")
     def _one_form(self) -> PriceEntry:
         given = self.model_fields_set
