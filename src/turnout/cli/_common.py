@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -218,6 +219,20 @@ class TimeParam(click.ParamType[float]):
 
 AGO = TimeParam(ago=True)
 AHEAD = TimeParam(ago=False)
+
+
+class Finite(click.FloatRange):
+    """click's ``FloatRange`` that refuses ``nan`` and ``inf``: NaN compares false with every
+    bound, so a range lets it through (a ``--threshold nan`` flagged nothing, a ``--review-cost
+    nan`` made every figure NaN), and a range without a maximum takes infinity."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 # --- the other shared options -------------------------------------------------------------------
