@@ -144,6 +144,42 @@ CASES = [
         files={"data/capture.db/": ""},
     ),
     Case(
+        "the capture store is a directory, where only the retention purge audits there",
+        "store.path (the capture store beside the ledger): data/capture.db is a directory",
+        "capture",
+        raw=merged(base(), store={"path": "data/ledger.db"}, retention={"rules": [{"ledger_days": 30}]}),
+        files={"data/capture.db/": ""},
+    ),
+    Case(
+        "the review queue of an escalation to a person, its store under a file",
+        "releases.store_path: cannot create a-file/releases.db: a-file is not a directory",
+        "a-file",
+        raw=merged(
+            base(),
+            releases={"store_path": "a-file/releases.db"},
+            tasks={"chat": {"route": ["up"], "output": {"max_chars": 100, "escalate": {"to": "human"}}}},
+        ),
+        files={"a-file": "not a directory"},
+    ),
+    Case(
+        "the in-process cache's purge log beside a release store under a file",
+        "releases.store_path (the cache purge log beside it): cannot create",
+        "a-file",
+        raw=merged(
+            base(),
+            releases={"store_path": "a-file/releases.db"},
+            tasks={"chat": {"route": ["up"], "cache": {"ttl_s": 60, "classes": ["public"]}}},
+        ),
+        files={"a-file": "not a directory"},
+    ),
+    Case(
+        "the shadow store beside the release store is a directory",
+        "releases.store_path (the shadow store beside it):",
+        "shadow",
+        raw=merged(base(), releases={"store_path": "data/releases.db"}),
+        files={"data/shadow.db/": "", "releases/chat/v1.yaml": RELEASE},
+    ),
+    Case(
         "the issued keys' directory under a file",
         "limits.keys_path: cannot create",
         "a-file",

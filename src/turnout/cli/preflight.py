@@ -16,8 +16,9 @@ it calls them (``turnout.serving.runtime``):
 * each local target's model file;
 * each ``targets.X.tokenizer``: the ``tokenizers`` package, and the file loaded with it;
 * the release files under ``releases.path``, loaded and checked against the config;
-* every SQLite file start-up opens (ledger, capture, keys, releases; with ``state.kind:
-  postgres`` capture and releases are not files): its directory must be
+* every SQLite file start-up opens (ledger; capture, also the retention purge's audit; keys;
+  releases, also for the review queue; the shadow store and the cache purge log beside them;
+  with ``state.kind: postgres`` capture and releases are not files): its directory must be
   one that can be created and written; so must the ledger's spill journal directory;
 * ``PROMETHEUS_MULTIPROC_DIR``, with metrics on: a directory;
 * with ``--workers`` above 1 (``shared_state``): no state that each worker would hold on its
@@ -36,6 +37,7 @@ from typing import Any
 
 from turnout._support.backends import Backend, load
 from turnout.cache.factory import wanted as cache_wanted
+from turnout.cache.purges import purge_log_path
 from turnout.config import MIN_ADMIN_KEY, Config, LocalTarget, redaction_key_problem
 from turnout.control.keys.factory import KEY_STORES
 from turnout.control.pricing import PriceBook
@@ -46,9 +48,11 @@ from turnout.errors import ConfigError
 from turnout.ledger.store import BACKENDS
 from turnout.ledger.writer import spill_dir
 from turnout.privacy.capture import capture_path
+from turnout.privacy.retention.rules import Rules
 from turnout.providers.registry import PROVIDERS
 from turnout.releases.files import load_all
-from turnout.serving.runtime import capture_wanted
+from turnout.releases.shadowstore import shadow_path
+from turnout.serving.runtime import capture_wanted, reviews_wanted
 from turnout.serving.scoring import build as live_scorers
 
 TRACING = {"otlp": Backend("turnout.observe.tracing:Tracing", ("opentelemetry",), "observability")}
@@ -174,13 +178,19 @@ def _sqlite_files(config: Config) -> list[str]:
     if config.store.kind == "sqlite":
         files.append((config.store.path, "store.path"))
     shared = config.state.kind == "sqlite"  # else the state lives in PostgreSQL
-    if shared and capture_wanted(config) and config.store.kind in ("sqlite", "postgres"):
+    capturing = capture_wanted(config)
+    ledger = config.store.kind in ("sqlite", "postgres")
+    if shared and ledger and (capturing or Rules(config).purges):  # the purge audits its runs there
         files.append((capture_path(config.store), "store.path (the capture store beside the ledger)"))
     if config.tenants and config.limits.backend == "memory":
         files.append((config.limits.keys_path, "limits.keys_path"))
-    reviews = capture_wanted(config) and any(t.review_rate > 0 for t in config.tasks.values())
-    if shared and (reviews or os.path.isdir(config.releases.path)):
-        files.append((config.releases.store_path, "releases.store_path"))
+    releases = config.releases.store_path
+    if shared and (reviews_wanted(config, capturing) or os.path.isdir(config.releases.path)):
+        files.append((releases, "releases.store_path"))
+    if shared and os.path.isdir(config.releases.path):
+        files.append((shadow_path(releases), "releases.store_path (the shadow store beside it)"))
+    if shared and cache_wanted(config) and config.cache.backend == "memory":
+        files.append((purge_log_path(releases), "releases.store_path (the cache purge log beside it)"))
     return [f"{key}: {problem}" for path, key in files if path != MEMORY and (problem := _unwritable(Path(path)))]
 
 
