@@ -25,7 +25,10 @@ it calls them (``turnout.serving.runtime``):
   own while the product promises one (limits, issued keys' store, the ledger, the cache).
 
 Every problem names the key path (or the environment variable, or the release file).
-Reachability (PostgreSQL, Redis, upstreams) is not checked: start-up waits for none of it.
+Reachability (PostgreSQL, Redis, upstreams) is not checked (``check --probe`` contacts the
+upstreams): a check may run where the stores are out of reach. Start-up waits for no upstream;
+a store it opens that does not answer (the PostgreSQL ledger, Redis for issued keys) ends it,
+exit 1, with one log line.
 """
 
 from __future__ import annotations
