@@ -389,6 +389,20 @@ def test_an_environment_key_is_read_only_when_the_config_has_none(here: Path) ->
     assert problem.endswith("needs at least 16 bytes, got 14 (e.g. the output of `openssl rand -hex 32`)")
 
 
+def test_trusted_proxies_from_the_environment_are_checked_as_the_configs_are(here: Path) -> None:
+    # uvicorn takes an entry that is no address or network as a name no TCP peer has: a typo
+    # trusted no proxy, and every console login counted against the proxy's address.
+    [problem] = preflight(validate(base()), {"FORWARDED_ALLOW_IPS": "127.0.0.1, 10.0.0.0/99"})
+    assert problem == (
+        "FORWARDED_ALLOW_IPS (server.forwarded_allow_ips is unset): "
+        "'10.0.0.0/99' is not an address, a network (10.0.0.0/8) or '*'"
+    )
+    assert preflight(validate(base()), {"FORWARDED_ALLOW_IPS": "127.0.0.1, 10.0.0.0/8, ::1"}) == []
+    assert preflight(validate(base()), {"FORWARDED_ALLOW_IPS": "*"}) == []
+    configured = validate(merged(base(), server={"forwarded_allow_ips": ["10.0.0.1"]}))
+    assert preflight(configured, {"FORWARDED_ALLOW_IPS": "nonsense"}) == []  # the config's list wins
+
+
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 64])
 def test_check_and_the_redactor_agree_on_every_key_length(size: int, here: Path) -> None:
     key = "k" * size

@@ -664,6 +664,17 @@ def test_a_target_named_by_a_number_does_not_break_the_suggestions() -> None:
     assert "tasks.chat.route[1]: unknown target 'onprem'" in found
 
 
+@pytest.mark.parametrize("entry", ["10.0.0.0/99", "bogus", "10.0.0.1 10.0.0.2", ""])
+def test_a_trusted_proxy_that_is_no_address_or_network_is_named(entry: str) -> None:
+    [problem] = problems(base(server={"forwarded_allow_ips": ["127.0.0.1", entry]}))
+    assert problem == f"server.forwarded_allow_ips[1]: {entry!r} is not an address, a network (10.0.0.0/8) or '*'"
+
+
+def test_trusted_proxies_take_addresses_networks_and_a_star() -> None:
+    listed = ["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8", "*"]
+    assert validate(base(server={"forwarded_allow_ips": listed})).server.forwarded_allow_ips == listed
+
+
 def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "targets: !!python/object/apply:os.getcwd []\ntasks: {}\n")
     with pytest.raises(ConfigError) as info:

@@ -9,6 +9,8 @@ it calls them (``turnout.serving.runtime``):
 
 * ``TURNOUT_REDACTION_KEY``, read when ``capture.redaction_key`` is unset: the log filter
   keys its redactor with it on every start;
+* ``FORWARDED_ALLOW_IPS``, read when ``server.forwarded_allow_ips`` is unset: addresses,
+  networks or ``*``, as the config's own;
 * ``TURNOUT_ADMIN_KEY`` and ``TURNOUT_VIEWER_KEY``, read when ``server.admin_key`` or
   ``viewer_key`` is unset: as long as the config's own (``MIN_ADMIN_KEY`` characters);
 * the optional drivers each chosen backend needs (ledger store, shared state, key store,
@@ -38,10 +40,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from turnout._support.backends import Backend, load
 from turnout.cache.factory import wanted as cache_wanted
 from turnout.cache.purges import purge_log_path
-from turnout.config import MIN_ADMIN_KEY, Config, LocalTarget, redaction_key_problem
+from turnout.config import MIN_ADMIN_KEY, Config, LocalTarget, ServerConfig, redaction_key_problem
 from turnout.control.keys.factory import KEY_STORES
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.factory import LIMITERS
@@ -68,6 +72,7 @@ def preflight(config: Config, env: Mapping[str, str] | None = None) -> list[str]
     defaults to this process's environment."""
     env = os.environ if env is None else env
     problems = _redaction_key(config, env) + _admin_keys(config, env) + _metrics_dir(config, env)
+    problems += _forwarded(config, env)
     problems += _backends(config)
     problems += _collect(load_all, config)
     problems += _collect(Tokens.from_config, config)  # each targets.X.tokenizer: the package, the file
@@ -124,6 +129,22 @@ def _admin_keys(config: Config, env: Mapping[str, str]) -> list[str]:
         if owners:
             problems.append(f"{name}: is also a key of tenant {owners[0]!r}: a tenant key must be its own")
     return problems
+
+
+def _forwarded(config: Config, env: Mapping[str, str]) -> list[str]:
+    """``FORWARDED_ALLOW_IPS``, read when ``server.forwarded_allow_ips`` is unset: each entry
+    as the config's own are checked (a typo would trust no proxy, silently)."""
+    listed = env.get("FORWARDED_ALLOW_IPS")
+    if config.server.forwarded_allow_ips is not None or not listed:
+        return []
+    try:
+        ServerConfig(forwarded_allow_ips=[e.strip() for e in listed.split(",")])
+    except ValidationError as exc:
+        return [
+            f"FORWARDED_ALLOW_IPS (server.forwarded_allow_ips is unset): {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
+    return []
 
 
 def _metrics_dir(config: Config, env: Mapping[str, str]) -> list[str]:

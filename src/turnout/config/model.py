@@ -5,6 +5,7 @@ Checks across sections are ``turnout.config.checks``'; reading a file is ``turno
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 import typing
 import urllib.parse
@@ -57,6 +58,19 @@ def _redis_url(url: str) -> str:
 
 
 RedisUrl = Annotated[str, AfterValidator(_redis_url)]
+
+
+def _proxy(entry: str) -> str:
+    """A trusted proxy: ``*``, an address or a network. uvicorn takes anything else as a name
+    that no TCP peer has: a typo (``10.0.0.0/33``) would trust no proxy, and say nothing."""
+    if entry.strip() != "*":
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an address, a network (10.0.0.0/8) or '*'") from None
+    return entry
+
+
 CACHE_TTL_MAX_S = 10 * 365 * 86_400  # ten years; Redis's expiry in ms and its clock take that
 MIN_ADMIN_KEY = 16  # characters of server.admin_key and viewer_key (and their environment variables)
 
@@ -99,7 +113,7 @@ class ServerConfig(_Strict):
     # networks; "*": any peer). The client's address then comes from the header: the console's
     # failed-login throttle counts per client, not per proxy. Unset: FORWARDED_ALLOW_IPS, else
     # 127.0.0.1 (uvicorn's default).
-    forwarded_allow_ips: list[str] | None = None
+    forwarded_allow_ips: list[Annotated[str, AfterValidator(_proxy)]] | None = None
     # Guards /admin/*; also read from TURNOUT_ADMIN_KEY. Unset: /admin/* is closed. At least
     # MIN_ADMIN_KEY characters: it guards every tenant's keys, releases and review queue.
     admin_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
