@@ -511,6 +511,22 @@ def test_a_missing_variable_is_named_with_its_key_path(tmp_path: Path) -> None:
     ]
 
 
+def test_a_variable_in_a_key_is_refused_not_taken_as_a_name(tmp_path: Path) -> None:
+    # `tenants: {${TENANT}: ...}` made a tenant literally named "${TENANT}".
+    path = write(
+        tmp_path,
+        """
+        targets: {v: {provider: local}}
+        tasks: {t: {route: [v]}}
+        tenants:
+          ${TENANT}: {keys: [sk-acme-0123456789]}
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"TENANT": "acme"})
+    assert info.value.problems == ["tenants.${TENANT}: ${...} is replaced in values only, not in keys (names)"]
+
+
 def test_a_default_also_covers_a_variable_set_but_empty(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -1,6 +1,7 @@
 """Reading a config: the YAML file (duplicate keys refused), ``${VAR}`` and ``${VAR:-default}``
-substituted from the environment, then every problem, per field and across sections, reported
-together with its key path (``ConfigError``); the built-in default when there is no file."""
+substituted from the environment in values (a key holding one is refused), then every problem,
+per field and across sections, reported together with its key path (``ConfigError``); the
+built-in default when there is no file."""
 
 from __future__ import annotations
 
@@ -126,6 +127,10 @@ _OPEN = re.compile(r"\$\{")  # left once every ${NAME} and ${NAME:-default} is t
 
 def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
     if isinstance(node, dict):
+        for key in node:
+            if isinstance(key, str) and "${" in key:  # a name from the environment would differ unseen
+                place = f"{where}.{key}" if where else key
+                problems.append(f"{place}: ${{...}} is replaced in values only, not in keys (names)")
         return {k: _substitute(v, f"{where}.{k}" if where else str(k), env, problems) for k, v in node.items()}
     if isinstance(node, list):
         return [_substitute(v, f"{where}[{i}]", env, problems) for i, v in enumerate(node)]
