@@ -39,9 +39,7 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(
-            [f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"]
-        ) from None
+        raise ConfigError([not_utf8(path, exc)]) from None
     try:
         raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -58,6 +56,12 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
     if problems:
         raise ConfigError(problems)
     return validate(raw)
+
+
+def not_utf8(path: str | Path, exc: UnicodeDecodeError) -> str:
+    """What a file turnout reads as text (a config, a release, a golden set) says when it is
+    not UTF-8: where, and the first byte that is not (never more of the file)."""
+    return f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"
 
 
 def given(config: Config) -> dict[str, Any]:
