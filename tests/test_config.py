@@ -375,6 +375,30 @@ def test_non_string_entries_are_reported_as_types_not_crashes() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"store": 5}, "store: must be a mapping (key: value), not a number (5)"),
+        ({"tenants": {"acme": ["sk-acme-0123456789"]}}, "tenants.acme: must be a mapping (key: value), not a list"),
+        (
+            {"server": {"host": "127.0.0.1"}, "policy": {"public": None}},
+            "policy.public: must be a mapping (key: value), not empty (null)",
+        ),
+        ({"prices": {"2026-01-01": {}}}, "prices: must be a list, not a mapping"),
+        ({"tasks": {"chat": {"route": "vllm"}}}, "tasks.chat.route: must be a list, not text"),
+    ],
+)
+def test_a_section_of_the_wrong_kind_is_named_in_yaml_words(section: dict[str, Any], expected: str) -> None:
+    # pydantic said "Input should be a valid dictionary or instance of StoreConfig" (a class name).
+    assert problems(base(**section)) == [expected]
+
+
+def test_text_in_the_place_of_a_section_is_not_quoted() -> None:
+    # `tenants: {acme: ${ACME_KEY}}`: the key, from the environment, must not reach the message.
+    [problem] = problems(base(tenants={"acme": "sk-secret-0123456789"}))
+    assert problem == "tenants.acme: must be a mapping (key: value), not text"
+
+
 def test_every_problem_is_reported_at_once() -> None:
     raw = base(
         bogus=1,

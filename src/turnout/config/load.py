@@ -92,6 +92,10 @@ def _problems(exc: ValidationError) -> list[str]:
         if key is not None:  # `5:` or `2024-01-01:` where a name or setting is text
             parent = _path(err["loc"][:-2] if err["loc"][-1] == "[key]" else err["loc"][:-1])
             loc, msg = parent, f"key {key} must be text (quote it)"
+        elif err["type"] in _SECTION_TYPES:  # pydantic names its class: "instance of StoreConfig"
+            msg = f"must be a mapping (key: value), not {_kind(err.get('input'))}"
+        elif err["type"] == "list_type":
+            msg = f"must be a list, not {_kind(err.get('input'))}"
         elif err["type"] == "extra_forbidden":
             msg = "unknown key" + nearest(err["loc"][-1], keys_at(Config, err["loc"]))
         elif err["type"] == "union_tag_invalid":
@@ -100,6 +104,26 @@ def _problems(exc: ValidationError) -> list[str]:
             msg = f"missing 'provider' ({', '.join(PROVIDERS)})"
         out.append(f"{loc}: {msg}" if loc else msg)
     return out
+
+
+_SECTION_TYPES = ("model_type", "dict_type", "model_attributes_type")
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in YAML's words (the type problems' "not ...")."""
+    if value is None:
+        return "empty (null)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "text"  # not quoted: it may be a secret from the environment in the wrong place
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
 
 
 def _bad_key(err: Any) -> str | None:
