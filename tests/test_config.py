@@ -236,6 +236,26 @@ def test_base_url_forms(urls: dict[str, Any], message: str) -> None:
     assert problems(raw) == [f"targets.vllm: {message}"]
 
 
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-team": "a\nb"}, "the value of 'x-team' holds a control character (a line break?)"),
+        ({"x team": "a"}, "'x team' is not an HTTP header name (letters, digits, - and the like)"),
+        ({"x-team:": "a"}, "'x-team:' is not an HTTP header name (letters, digits, - and the like)"),
+    ],
+)
+def test_a_target_header_the_http_client_would_refuse_is_named(headers: dict[str, str], expected: str) -> None:
+    raw = base()
+    raw["targets"]["vllm"]["headers"] = headers
+    assert problems(raw) == [f"targets.vllm.headers: {expected}"]
+
+
+def test_a_target_header_value_may_hold_a_tab() -> None:
+    raw = base()
+    raw["targets"]["vllm"]["headers"] = {"X-Team": "a\tb", "x_b.c~1": "!"}
+    assert validate(raw).targets["vllm"].headers == {"X-Team": "a\tb", "x_b.c~1": "!"}  # type: ignore[union-attr]
+
+
 def test_an_empty_route_is_named() -> None:
     raw = base(tasks={"chat": {"route": []}})
     [problem] = problems(raw)

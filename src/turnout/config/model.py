@@ -388,6 +388,10 @@ class HealthCheckConfig(_Strict):
     path: str = Field("/health", pattern=r"^/[^\s?#]*$", description="on each base URL's host and port")
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110's token)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header value: every control character but tab
+
+
 class OpenAITarget(_TargetBase):
     provider: Literal["openai"]
     base_url: str | None = None
@@ -418,6 +422,17 @@ class OpenAITarget(_TargetBase):
             if not re.match(r"^https?://[^/]", url):
                 raise ValueError(f"base URL must start with http:// or https://: {url!r}")
         return self
+
+    @field_validator("headers")
+    @classmethod
+    def _http_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        # The HTTP client refuses these when the target is built: a start-up that crashed.
+        for name, value in headers.items():
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name (letters, digits, - and the like)")
+            if _CONTROL.search(value):
+                raise ValueError(f"the value of {name!r} holds a control character (a line break?)")
+        return headers
 
     @property
     def urls(self) -> list[str]:
