@@ -433,6 +433,32 @@ def test_a_short_admin_or_viewer_key_is_refused_from_the_config_and_the_environm
     assert not [p for p in preflight(config, {"TURNOUT_ADMIN_KEY": "x" * 16}) if "ADMIN" in p]
 
 
+def test_a_key_with_a_line_break_is_refused_from_the_config_and_the_environment() -> None:
+    """A mounted secret file's trailing line break: an upstream key the HTTP client refused at
+    start-up (a traceback, once the upstream answered), a bearer key no client can present."""
+    target = {**base()["targets"]["up"], "api_key": "sk-upstream-0123\n"}
+    [problem] = refused_with(merged(base(), targets={"up": target}))
+    assert problem == "targets.up.api_key: holds a control character (a trailing line break from a secret file?)"
+    for section in (
+        {"server": {"admin_key": "admin-key-0123456789\n"}},
+        {"server": {"viewer_key": "viewer-key-0123456789\r\n"}},
+        {"observability": {"metrics_key": "metrics-key-0123456789\n"}},
+        {"tenants": {"acme": {"keys": [KEY + "\n"]}}},
+    ):
+        [problem] = refused_with(merged(base(), **section))
+        assert problem.endswith(": holds a control character (a trailing line break from a secret file?)")
+    problems = preflight(validate(base()), {"TURNOUT_ADMIN_KEY": "admin-key-0123456789\n"})
+    assert problems == [
+        "TURNOUT_ADMIN_KEY (server.admin_key is unset): holds a control character (a trailing line break?)"
+    ]
+
+
+def refused_with(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        validate(raw)
+    return info.value.problems
+
+
 def test_a_tenant_key_that_is_the_admin_or_viewer_key_is_refused() -> None:
     """That tenant was an admin: the admin API compares its key first."""
     shared = "k" * 20

@@ -125,6 +125,8 @@ def _admin_keys(config: Config, env: Mapping[str, str]) -> list[str]:
             problems.append(
                 f"{name} (server.{field} is unset): needs at least {MIN_ADMIN_KEY} characters, got {len(key)}"
             )
+        if not key.isprintable():  # no client can present it: /admin/* and the console stay shut
+            problems.append(f"{name} (server.{field} is unset): holds a control character (a trailing line break?)")
         owners = [t for t, tenant in config.tenants.items() if key in tenant.keys]
         if owners:
             problems.append(f"{name}: is also a key of tenant {owners[0]!r}: a tenant key must be its own")

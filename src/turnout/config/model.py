@@ -12,7 +12,7 @@ import urllib.parse
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from turnout._support.places import PgPlace, Place
 
@@ -58,6 +58,19 @@ def _redis_url(url: str) -> str:
 
 
 RedisUrl = Annotated[str, AfterValidator(_redis_url)]
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header value: every control character but tab
+
+
+def _one_line(key: str) -> str:
+    """A key sent or presented in an HTTP header: no control character. A secret file's trailing
+    line break (``${KEY}`` from a mounted Secret) made the HTTP client refuse the upstream's key
+    at start-up, or a bearer key no client can present."""
+    if _CONTROL.search(key):
+        raise ValueError("holds a control character (a trailing line break from a secret file?)")
+    return key
+
+
+HeaderKey = Annotated[str, AfterValidator(_one_line)]
 
 
 def _proxy(entry: str) -> str:
@@ -73,6 +86,7 @@ def _proxy(entry: str) -> str:
 
 CACHE_TTL_MAX_S = 10 * 365 * 86_400  # ten years; Redis's expiry in ms and its clock take that
 MIN_ADMIN_KEY = 16  # characters of server.admin_key and viewer_key (and their environment variables)
+AdminKey = Annotated[str, StringConstraints(min_length=MIN_ADMIN_KEY), AfterValidator(_one_line)]
 
 
 @functools.cache
@@ -116,9 +130,9 @@ class ServerConfig(_Strict):
     forwarded_allow_ips: list[Annotated[str, AfterValidator(_proxy)]] | None = None
     # Guards /admin/*; also read from TURNOUT_ADMIN_KEY. Unset: /admin/* is closed. At least
     # MIN_ADMIN_KEY characters: it guards every tenant's keys, releases and review queue.
-    admin_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
+    admin_key: AdminKey | None = None
     # The console (/ui) read-only: sees every page, changes nothing. Also TURNOUT_VIEWER_KEY.
-    viewer_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
+    viewer_key: AdminKey | None = None
 
 
 class StoreConfig(_Strict):
@@ -209,7 +223,7 @@ class ObservabilityConfig(_Strict):
     metrics: bool = True  # /metrics in Prometheus text format
     # Set: /metrics asks for it (or the admin key) as a bearer token, for its figures name every
     # tenant and task with their spend. Unset: open to whoever reaches the port.
-    metrics_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
+    metrics_key: AdminKey | None = None
     otlp_endpoint: str | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
     service_name: str = "turnout"
 
@@ -389,7 +403,6 @@ class HealthCheckConfig(_Strict):
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110's token)
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header value: every control character but tab
 
 
 class OpenAITarget(_TargetBase):
@@ -397,7 +410,7 @@ class OpenAITarget(_TargetBase):
     base_url: str | None = None
     base_urls: list[str] | None = None
     model: str
-    api_key: str | None = None
+    api_key: HeaderKey | None = None
     headers: dict[str, str] = {}
     max_connections: int = Field(256, gt=0)
     # How a call picks among base_urls (turnout.providers.balance): ``least_loaded`` by calls in
@@ -614,7 +627,7 @@ class TaskCacheConfig(_Strict):
 
 
 class TenantConfig(_Strict):
-    keys: list[str] = []  # bootstrap keys; issue more with `turnout keys create`
+    keys: list[HeaderKey] = []  # bootstrap keys; issue more with `turnout keys create`
     data_classes: list[DataClass] = ["public", "internal"]
     tasks: list[str] | None = None
     limits: Limit = Limit()  # for the tenant as a whole
