@@ -250,6 +250,17 @@ def test_a_target_header_the_http_client_would_refuse_is_named(headers: dict[str
     assert problems(raw) == [f"targets.vllm.headers: {expected}"]
 
 
+@pytest.mark.parametrize("field", ["model", "model_version"])
+def test_a_model_name_with_a_line_break_is_named(field: str) -> None:
+    # `model: ${VLLM_MODEL}` from a secret file: every answer's X-Turnout-Model-Version header
+    # broke, a 500 logged and an empty reply to the client.
+    raw = base()
+    raw["targets"]["vllm"][field] = "Qwen/Qwen3-32B\n"
+    assert problems(raw) == [
+        f"targets.vllm.{field}: holds a control character (a trailing line break from a secret file?)"
+    ]
+
+
 def test_a_target_header_value_may_hold_a_tab() -> None:
     raw = base()
     raw["targets"]["vllm"]["headers"] = {"X-Team": "a\tb", "x_b.c~1": "!"}

@@ -61,16 +61,17 @@ RedisUrl = Annotated[str, AfterValidator(_redis_url)]
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header value: every control character but tab
 
 
-def _one_line(key: str) -> str:
-    """A key sent or presented in an HTTP header: no control character. A secret file's trailing
-    line break (``${KEY}`` from a mounted Secret) made the HTTP client refuse the upstream's key
-    at start-up, or a bearer key no client can present."""
-    if _CONTROL.search(key):
+def _one_line(text: str) -> str:
+    """A key or name that travels in an HTTP header: no control character. A secret file's
+    trailing line break (``${KEY}`` from a mounted Secret) made the HTTP client refuse the
+    upstream's key at start-up, a bearer key no client can present, or a model name that broke
+    every answer's X-Turnout-Model-Version header (an empty reply)."""
+    if _CONTROL.search(text):
         raise ValueError("holds a control character (a trailing line break from a secret file?)")
-    return key
+    return text
 
 
-HeaderKey = Annotated[str, AfterValidator(_one_line)]
+OneLine = Annotated[str, AfterValidator(_one_line)]
 
 
 def _proxy(entry: str) -> str:
@@ -357,7 +358,7 @@ class _TargetBase(_Strict):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
-    model_version: str | None = None
+    model_version: OneLine | None = None  # sent back in X-Turnout-Model-Version
     # Tokens the model takes in one request. A prompt too long for one target falls back only
     # to targets whose window is larger or unknown. Default: n_ctx (local), the catalog (bedrock).
     context_window: int | None = Field(None, gt=0)
@@ -409,8 +410,8 @@ class OpenAITarget(_TargetBase):
     provider: Literal["openai"]
     base_url: str | None = None
     base_urls: list[str] | None = None
-    model: str
-    api_key: HeaderKey | None = None
+    model: OneLine
+    api_key: OneLine | None = None
     headers: dict[str, str] = {}
     max_connections: int = Field(256, gt=0)
     # How a call picks among base_urls (turnout.providers.balance): ``least_loaded`` by calls in
@@ -473,7 +474,7 @@ class GuardrailConfig(_Strict):
 class BedrockTarget(_TargetBase):
     provider: Literal["bedrock"]
     region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d+$")
-    model: str = Field(min_length=1, description="model id, inference profile (us./eu./global.) or ARN")
+    model: OneLine = Field(min_length=1, description="model id, inference profile (us./eu./global.) or ARN")
     endpoint_url: str | None = Field(None, pattern=r"^https?://[^/]")
     profile: str | None = None  # a named AWS profile; default: the standard credential chain
     guardrail: GuardrailConfig | None = None
@@ -627,7 +628,7 @@ class TaskCacheConfig(_Strict):
 
 
 class TenantConfig(_Strict):
-    keys: list[HeaderKey] = []  # bootstrap keys; issue more with `turnout keys create`
+    keys: list[OneLine] = []  # bootstrap keys; issue more with `turnout keys create`
     data_classes: list[DataClass] = ["public", "internal"]
     tasks: list[str] | None = None
     limits: Limit = Limit()  # for the tenant as a whole
