@@ -261,6 +261,13 @@ def test_a_model_name_with_a_line_break_is_named(field: str) -> None:
     ]
 
 
+@pytest.mark.parametrize("section", ["targets", "tasks", "tenants"])
+def test_a_name_with_a_control_character_is_named(section: str) -> None:
+    raw = base()
+    raw[section]["bad\nname"] = copy.deepcopy(next(iter(raw[section].values())))
+    assert f"{section}: the name 'bad\\nname' holds a control character or an unusual space" in problems(raw)
+
+
 def test_a_target_header_value_may_hold_a_tab() -> None:
     raw = base()
     raw["targets"]["vllm"]["headers"] = {"X-Team": "a\tb", "x_b.c~1": "!"}

@@ -21,6 +21,10 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     targets = _mapping(raw.get("targets"))
     tasks = _mapping(raw.get("tasks"))
+    for section in ("targets", "tasks", "tenants"):  # names go out in X-Turnout-* headers and logs
+        for name in _mapping(raw.get(section)):
+            if isinstance(name, str) and not name.isprintable():
+                problems.append(f"{section}: the name {name!r} holds a control character or an unusual space")
     for name, task in tasks.items():
         seen: set[str] = set()
         route = _mapping(task).get("route")
