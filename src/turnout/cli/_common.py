@@ -108,6 +108,8 @@ def _load(ctx: click.Context, param: click.Parameter, path: str | None) -> Confi
     """The config at ``path`` (None: ``./turnout.yaml`` if there is one, else the built-in one), or
     a CommandError listing its problems. The path is kept in ``ctx.meta[CONFIG_PATH]`` (``serve``
     names it in its start-up summary)."""
+    if path is not None and not path.strip():  # `-c "$UNSET"`: read as "." it said "Is a directory"
+        raise click.BadParameter("is empty: give a config file's path, or leave it out for ./turnout.yaml", ctx, param)
     if path is None and Path(DISCOVERED_CONFIG).is_file():
         path = DISCOVERED_CONFIG
     ctx.meta[CONFIG_PATH] = path
