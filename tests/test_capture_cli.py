@@ -211,3 +211,23 @@ async def _with_store(config: str, action: Callable[[CaptureStore], Awaitable[T]
 
 def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
+
+
+@pytest.mark.parametrize("kind", ["memory", "none"])
+def test_every_command_refuses_a_capture_the_gateway_keeps_in_memory(tmp_path: Path, kind: str) -> None:
+    # A ledger in memory (or none) puts the gateway's capture in memory: a grant written to a
+    # capture.db here was "active" in `capture list` and never reached it.
+    path = tmp_path / "turnout.yaml"
+    path.write_text(textwrap.dedent(CONFIG.format(path=json.dumps(str(tmp_path / "turnout.db")))))
+    path.write_text(path.read_text().replace("store: {path:", f"store: {{kind: {kind}, path:"))
+    for args in (
+        ("grant", "--tenant", "acme", "--task", "support", "--minutes", "30", "--reason", "r", "--by", "alice"),
+        ("list",),
+        ("audit",),
+        ("revoke", "grt_0123456789abcdef", "--by", "alice"),
+        ("purge",),
+    ):
+        result = invoke(*args, "-c", str(path))
+        assert result.exit_code == 1, result.output
+        assert f"with store.kind: {kind}, the gateway keeps capture (grants, audit, text) in memory" in result.stderr
+    assert not (tmp_path / "capture.db").exists()

@@ -144,6 +144,42 @@ CASES = [
         files={"data/capture.db/": ""},
     ),
     Case(
+        "the capture store is a directory, where only the retention purge audits there",
+        "store.path (the capture store beside the ledger): data/capture.db is a directory",
+        "capture",
+        raw=merged(base(), store={"path": "data/ledger.db"}, retention={"rules": [{"ledger_days": 30}]}),
+        files={"data/capture.db/": ""},
+    ),
+    Case(
+        "the review queue of an escalation to a person, its store under a file",
+        "releases.store_path: cannot create a-file/releases.db: a-file is not a directory",
+        "a-file",
+        raw=merged(
+            base(),
+            releases={"store_path": "a-file/releases.db"},
+            tasks={"chat": {"route": ["up"], "output": {"max_chars": 100, "escalate": {"to": "human"}}}},
+        ),
+        files={"a-file": "not a directory"},
+    ),
+    Case(
+        "the in-process cache's purge log beside a release store under a file",
+        "releases.store_path (the cache purge log beside it): cannot create",
+        "a-file",
+        raw=merged(
+            base(),
+            releases={"store_path": "a-file/releases.db"},
+            tasks={"chat": {"route": ["up"], "cache": {"ttl_s": 60, "classes": ["public"]}}},
+        ),
+        files={"a-file": "not a directory"},
+    ),
+    Case(
+        "the shadow store beside the release store is a directory",
+        "releases.store_path (the shadow store beside it):",
+        "shadow",
+        raw=merged(base(), releases={"store_path": "data/releases.db"}),
+        files={"data/shadow.db/": "", "releases/chat/v1.yaml": RELEASE},
+    ),
+    Case(
         "the issued keys' directory under a file",
         "limits.keys_path: cannot create",
         "a-file",
@@ -353,6 +389,20 @@ def test_an_environment_key_is_read_only_when_the_config_has_none(here: Path) ->
     assert problem.endswith("needs at least 16 bytes, got 14 (e.g. the output of `openssl rand -hex 32`)")
 
 
+def test_trusted_proxies_from_the_environment_are_checked_as_the_configs_are(here: Path) -> None:
+    # uvicorn takes an entry that is no address or network as a name no TCP peer has: a typo
+    # trusted no proxy, and every console login counted against the proxy's address.
+    [problem] = preflight(validate(base()), {"FORWARDED_ALLOW_IPS": "127.0.0.1, 10.0.0.0/99"})
+    assert problem == (
+        "FORWARDED_ALLOW_IPS (server.forwarded_allow_ips is unset): "
+        "'10.0.0.0/99' is not an address, a network (10.0.0.0/8) or '*'"
+    )
+    assert preflight(validate(base()), {"FORWARDED_ALLOW_IPS": "127.0.0.1, 10.0.0.0/8, ::1"}) == []
+    assert preflight(validate(base()), {"FORWARDED_ALLOW_IPS": "*"}) == []
+    configured = validate(merged(base(), server={"forwarded_allow_ips": ["10.0.0.1"]}))
+    assert preflight(configured, {"FORWARDED_ALLOW_IPS": "nonsense"}) == []  # the config's list wins
+
+
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 64])
 def test_check_and_the_redactor_agree_on_every_key_length(size: int, here: Path) -> None:
     key = "k" * size
@@ -381,6 +431,32 @@ def test_a_short_admin_or_viewer_key_is_refused_from_the_config_and_the_environm
     assert "TURNOUT_ADMIN_KEY (server.admin_key is unset): needs at least 16 characters, got 7" in problems
     assert "TURNOUT_VIEWER_KEY (server.viewer_key is unset): needs at least 16 characters, got 15" in problems
     assert not [p for p in preflight(config, {"TURNOUT_ADMIN_KEY": "x" * 16}) if "ADMIN" in p]
+
+
+def test_a_key_with_a_line_break_is_refused_from_the_config_and_the_environment() -> None:
+    """A mounted secret file's trailing line break: an upstream key the HTTP client refused at
+    start-up (a traceback, once the upstream answered), a bearer key no client can present."""
+    target = {**base()["targets"]["up"], "api_key": "sk-upstream-0123\n"}
+    [problem] = refused_with(merged(base(), targets={"up": target}))
+    assert problem == "targets.up.api_key: holds a control character (a trailing line break from a secret file?)"
+    for section in (
+        {"server": {"admin_key": "admin-key-0123456789\n"}},
+        {"server": {"viewer_key": "viewer-key-0123456789\r\n"}},
+        {"observability": {"metrics_key": "metrics-key-0123456789\n"}},
+        {"tenants": {"acme": {"keys": [KEY + "\n"]}}},
+    ):
+        [problem] = refused_with(merged(base(), **section))
+        assert problem.endswith(": holds a control character (a trailing line break from a secret file?)")
+    problems = preflight(validate(base()), {"TURNOUT_ADMIN_KEY": "admin-key-0123456789\n"})
+    assert problems == [
+        "TURNOUT_ADMIN_KEY (server.admin_key is unset): holds a control character (a trailing line break?)"
+    ]
+
+
+def refused_with(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        validate(raw)
+    return info.value.problems
 
 
 def test_a_tenant_key_that_is_the_admin_or_viewer_key_is_refused() -> None:

@@ -277,3 +277,42 @@ def test_serve_on_a_port_in_use_is_one_line(monkeypatch: pytest.MonkeyPatch) -> 
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)  # no traceback
     assert result.stderr == "turnout: Address already in use\n"
+
+
+JUDGED = """
+targets:
+  vllm: {provider: openai, base_url: "http://127.0.0.1:9/v1", model: m}
+tasks:
+  qa: {route: [vllm]}
+releases: {path: ./releases, evals_path: ./evals, store_path: ./.turnout/releases.db}
+"""
+
+
+@pytest.fixture
+def judged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A task with a release and a golden set whose second case a judge scores (no target)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "releases" / "qa").mkdir(parents=True)
+    (tmp_path / "releases" / "qa" / "v1.yaml").write_text("target: vllm\nprompt:\n  user: 'Hi'\n")
+    (tmp_path / "evals").mkdir()
+    hi = '"messages": [{"role": "user", "content": "hi"}]'
+    (tmp_path / "evals" / "qa.jsonl").write_text(
+        f'{{"id": "a", {hi}, "expect": [{{"scorer": "contains", "value": "x"}}]}}\n'
+        f'{{"id": "b", {hi}, "expect": [{{"scorer": "judge", "rubric": "ok"}}]}}\n'
+    )
+    return write(tmp_path, JUDGED)
+
+
+def test_eval_refuses_a_judge_target_the_config_lacks_before_any_case_runs(judged: str) -> None:
+    # A typo used to run every case: each judge answered "judge vlm failed: KeyError", a failed gate.
+    result = invoke("eval", "qa", "--candidate", "v1", "--judge-target", "vlm", "-c", judged)
+    assert result.exit_code == 2
+    assert "--judge-target: no target 'vlm' in the config (targets: vllm)" in result.output
+    assert not Path(".turnout").exists()  # nothing opened, nothing asked
+
+
+def test_eval_refuses_a_judged_case_without_a_target_before_any_case_runs(judged: str) -> None:
+    result = invoke("eval", "qa", "--candidate", "v1", "-c", judged)
+    assert result.exit_code == 1
+    assert "case 'b' (line 2): a judge expectation with no target: give --judge-target" in result.stderr
+    assert "Traceback" not in result.output and not Path(".turnout").exists()

@@ -367,6 +367,13 @@ def test_a_missing_config_file_ends_every_command_alike(path: tuple[str, ...], t
     assert failed_cleanly(invoke(*path, env={"TURNOUT_CONFIG": missing}), 1) == expected
 
 
+@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
+def test_an_empty_config_path_is_a_usage_error_in_every_command(path: tuple[str, ...]) -> None:
+    # `-c "$UNSET"` read "." and said "built-in config is invalid: : cannot read (Is a directory)".
+    stderr = failed_cleanly(invoke(*path, *COMMANDS[path], "-c", ""), 2)
+    assert "'--config' / '-c'" in stderr and "is empty: give a config file's path" in stderr
+
+
 def test_eval_without_run_is_still_the_run_command(tmp_path: Path) -> None:
     """`turnout eval TASK …` (and options before TASK) as before the import-reviews command."""
     missing = str(tmp_path / "nope.yaml")

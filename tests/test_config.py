@@ -236,6 +236,44 @@ def test_base_url_forms(urls: dict[str, Any], message: str) -> None:
     assert problems(raw) == [f"targets.vllm: {message}"]
 
 
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-team": "a\nb"}, "the value of 'x-team' holds a control character (a line break?)"),
+        ({"x team": "a"}, "'x team' is not an HTTP header name (letters, digits, - and the like)"),
+        ({"x-team:": "a"}, "'x-team:' is not an HTTP header name (letters, digits, - and the like)"),
+    ],
+)
+def test_a_target_header_the_http_client_would_refuse_is_named(headers: dict[str, str], expected: str) -> None:
+    raw = base()
+    raw["targets"]["vllm"]["headers"] = headers
+    assert problems(raw) == [f"targets.vllm.headers: {expected}"]
+
+
+@pytest.mark.parametrize("field", ["model", "model_version"])
+def test_a_model_name_with_a_line_break_is_named(field: str) -> None:
+    # `model: ${VLLM_MODEL}` from a secret file: every answer's X-Turnout-Model-Version header
+    # broke, a 500 logged and an empty reply to the client.
+    raw = base()
+    raw["targets"]["vllm"][field] = "Qwen/Qwen3-32B\n"
+    assert problems(raw) == [
+        f"targets.vllm.{field}: holds a control character (a trailing line break from a secret file?)"
+    ]
+
+
+@pytest.mark.parametrize("section", ["targets", "tasks", "tenants"])
+def test_a_name_with_a_control_character_is_named(section: str) -> None:
+    raw = base()
+    raw[section]["bad\nname"] = copy.deepcopy(next(iter(raw[section].values())))
+    assert f"{section}: the name 'bad\\nname' holds a control character or an unusual space" in problems(raw)
+
+
+def test_a_target_header_value_may_hold_a_tab() -> None:
+    raw = base()
+    raw["targets"]["vllm"]["headers"] = {"X-Team": "a\tb", "x_b.c~1": "!"}
+    assert validate(raw).targets["vllm"].headers == {"X-Team": "a\tb", "x_b.c~1": "!"}  # type: ignore[union-attr]
+
+
 def test_an_empty_route_is_named() -> None:
     raw = base(tasks={"chat": {"route": []}})
     [problem] = problems(raw)
@@ -375,6 +413,30 @@ def test_non_string_entries_are_reported_as_types_not_crashes() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"store": 5}, "store: must be a mapping (key: value), not a number (5)"),
+        ({"tenants": {"acme": ["sk-acme-0123456789"]}}, "tenants.acme: must be a mapping (key: value), not a list"),
+        (
+            {"server": {"host": "127.0.0.1"}, "policy": {"public": None}},
+            "policy.public: must be a mapping (key: value), not empty (null)",
+        ),
+        ({"prices": {"2026-01-01": {}}}, "prices: must be a list, not a mapping"),
+        ({"tasks": {"chat": {"route": "vllm"}}}, "tasks.chat.route: must be a list, not text"),
+    ],
+)
+def test_a_section_of_the_wrong_kind_is_named_in_yaml_words(section: dict[str, Any], expected: str) -> None:
+    # pydantic said "Input should be a valid dictionary or instance of StoreConfig" (a class name).
+    assert problems(base(**section)) == [expected]
+
+
+def test_text_in_the_place_of_a_section_is_not_quoted() -> None:
+    # `tenants: {acme: ${ACME_KEY}}`: the key, from the environment, must not reach the message.
+    [problem] = problems(base(tenants={"acme": "sk-secret-0123456789"}))
+    assert problem == "tenants.acme: must be a mapping (key: value), not text"
+
+
 def test_every_problem_is_reported_at_once() -> None:
     raw = base(
         bogus=1,
@@ -511,6 +573,22 @@ def test_a_missing_variable_is_named_with_its_key_path(tmp_path: Path) -> None:
     ]
 
 
+def test_a_variable_in_a_key_is_refused_not_taken_as_a_name(tmp_path: Path) -> None:
+    # `tenants: {${TENANT}: ...}` made a tenant literally named "${TENANT}".
+    path = write(
+        tmp_path,
+        """
+        targets: {v: {provider: local}}
+        tasks: {t: {route: [v]}}
+        tenants:
+          ${TENANT}: {keys: [sk-acme-0123456789]}
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"TENANT": "acme"})
+    assert info.value.problems == ["tenants.${TENANT}: ${...} is replaced in values only, not in keys (names)"]
+
+
 def test_a_default_also_covers_a_variable_set_but_empty(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -596,6 +674,83 @@ def test_duplicate_yaml_keys_are_refused(tmp_path: Path, text: str, key: str) ->
     assert problem.startswith(f"{path}: not valid YAML")
     assert f"duplicate key {key!r}" in problem
     assert "line " in problem
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("? [a]\n: b\ntargets: {}\ntasks: {}\n", "a list"),
+        ("targets: {}\ntasks: {}\ntenants: {a: {task_limits: {? {x: 1}: {}}}}\n", "a mapping"),
+    ],
+)
+def test_a_yaml_key_that_is_a_list_or_a_mapping_is_named_not_a_crash(tmp_path: Path, text: str, what: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    assert problem.startswith(f"{path}: not valid YAML: a key is {what} (line ")
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"capture": {"rules": [{"task": ["chat"], "mode": "redacted"}]}},
+        {"capture": {"rules": [{"tenant": {"acme": 1}, "mode": "redacted"}]}},
+        {"retention": {"rules": [{"task": {"chat": 1}, "ledger_days": 1}]}},
+        {"retention": {"rules": [{"tenant": ["acme"], "ledger_days": 1}]}},
+    ],
+)
+def test_a_rule_naming_a_list_or_mapping_is_a_type_problem_not_a_crash(section: dict[str, Any]) -> None:
+    [problem] = problems(base(**section))
+    assert "Input should be a valid string" in problem
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tenants: {5: {keys: [sk-acme-0123456789]}}", "tenants: key 5 must be text (quote it)"),
+        ("server: {2024-01-01: 1}", "server: key datetime.date(2024, 1, 1) must be text (quote it)"),
+        ("7: x", "key 7 must be text (quote it)"),
+    ],
+)
+def test_a_key_that_is_not_text_is_named_where_it_is(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, f"targets: {{v: {{provider: local}}}}\ntasks: {{t: {{route: [v]}}}}\n{text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [expected]
+
+
+def test_a_price_schedule_takes_a_bare_hour_as_yaml_reads_it(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets: {v: {provider: local}}
+        tasks: {t: {route: [v]}}
+        prices:
+          - effective: 2026-01-01
+            targets: {v: {gpu_hour_usd: 2, replicas: 1, schedule: {8: 3, "9-10": 2}}}
+        """,
+    )
+    hours = load_config(path).prices[0].targets["v"].hourly_replicas()
+    assert hours[7:12] == (1, 3, 2, 2, 1)
+
+
+def test_a_target_named_by_a_number_does_not_break_the_suggestions() -> None:
+    raw = base()
+    raw["targets"][5] = raw["targets"].pop("onprem")  # `targets: {5: ...}` in YAML
+    found = problems(raw)
+    assert "tasks.chat.route[1]: unknown target 'onprem'" in found
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/99", "bogus", "10.0.0.1 10.0.0.2", ""])
+def test_a_trusted_proxy_that_is_no_address_or_network_is_named(entry: str) -> None:
+    [problem] = problems(base(server={"forwarded_allow_ips": ["127.0.0.1", entry]}))
+    assert problem == f"server.forwarded_allow_ips[1]: {entry!r} is not an address, a network (10.0.0.0/8) or '*'"
+
+
+def test_trusted_proxies_take_addresses_networks_and_a_star() -> None:
+    listed = ["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8", "*"]
+    assert validate(base(server={"forwarded_allow_ips": listed})).server.forwarded_allow_ips == listed
 
 
 def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:

@@ -107,6 +107,10 @@ def test_empty_and_unreadable_files(tmp_path: Path) -> None:
         load_cases(tmp_path / "empty.jsonl")
     with pytest.raises(GoldenSetError, match="cannot read"):
         load_cases(tmp_path / "missing.jsonl")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"id": "a", "messages": [], "expect": []}\n\xe9\n')
+    with pytest.raises(GoldenSetError) as info:  # a UnicodeDecodeError traceback in `turnout eval`
+        load_cases(tmp_path / "latin1.jsonl")
+    assert info.value.problems == [f"{tmp_path / 'latin1.jsonl'}: not UTF-8 text (byte 42: b'\\xe9')"]
 
 
 def test_many_problems_are_capped_in_the_message() -> None:

@@ -196,3 +196,8 @@ def test_a_broken_golden_set_is_reported_not_appended_to(project: tuple[Path, Pl
     stderr = failed_cleanly(invoke("eval", "import-reviews", "support", "-c", str(config)), 1)
     assert "not valid JSON" in stderr
     assert golden.read_text() == "{not json\n"
+
+    golden.write_bytes(b"\xff\n")  # a traceback (UnicodeDecodeError) before
+    stderr = failed_cleanly(invoke("eval", "import-reviews", "support", "-c", str(config)), 1)
+    assert "not UTF-8 text (byte 0: b'\\xff')" in stderr
+    assert golden.read_bytes() == b"\xff\n"

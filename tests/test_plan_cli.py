@@ -145,6 +145,22 @@ def test_errors(config: str) -> None:
     assert empty.exit_code == 1 and "no traffic for task 'nothing'" in empty.output
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--review-cost", "nan"), ("--review-cost", "inf"), ("--escalation-cost", "nan"), ("--review-rate", "nan")],
+)
+def test_a_cost_or_rate_that_is_not_a_finite_number_is_refused(config: str, option: str, value: str) -> None:
+    # NaN passed click's ranges (it compares false with both ends): every full cost read $nan.
+    bad = invoke(config, "--task", "support", SELF_HOSTED, option, value)
+    assert bad.exit_code == 2 and f"{value!r} is not a finite number" in bad.output
+
+
+@pytest.mark.parametrize("spec", ["gpu_hour_usd=inf,gpus=4,tokens_per_s=900", "gpu_hour_usd=3,gpus=4,tokens_per_s=inf"])
+def test_a_self_hosted_figure_that_is_not_finite_is_refused(config: str, spec: str) -> None:
+    bad = invoke(config, "--task", "support", "--self-hosted", spec)
+    assert bad.exit_code == 2 and "=inf: expected a number above 0" in bad.output
+
+
 def test_the_ledger_is_read_with_one_bounded_query_of_the_task_and_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

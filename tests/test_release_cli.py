@@ -176,6 +176,8 @@ def test_invalid_files_are_reported_with_file_and_key(config: str, tmp_path: Pat
         (("promote", "extract", "v1", "--by", "a", "--why", " "), "Invalid value for '--why': must not be empty"),
         (("promote", "extract", "v1", "--why", "w"), "Missing option '--by'"),
         (("canary", "extract", "v1", "--percent", "0", "--by", "a", "--why", "w"), "is not in the range 0<x<=100"),
+        (("canary", "extract", "v1", "--percent", "nan", "--by", "a", "--why", "w"), "'nan' is not a finite number"),
+        (("shadow", "extract", "v1", "--percent", "nan", "--by", "a", "--why", "w"), "'nan' is not a finite number"),
     ],
 )
 def test_errors(config: str, args: tuple[str, ...], expected: str) -> None:

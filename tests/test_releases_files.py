@@ -132,6 +132,15 @@ def test_unreadable_files(tmp_path: Path, text: str, expected: str) -> None:
     assert expected in problems(tmp_path, text)[0]
 
 
+def test_a_file_that_is_not_utf8_is_named_with_its_first_bad_byte(tmp_path: Path) -> None:
+    # It was a UnicodeDecodeError traceback: in `release register`, and in check and start-up.
+    path = write(tmp_path, "extract", "v1", "")
+    path.write_bytes("prompt: {user: 'caf\u00e9'}\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_task(make_config(tmp_path), "extract")
+    assert info.value.problems == [f"{path}: not UTF-8 text (byte 19: b'\\xe9')"]
+
+
 def test_load_all_collects_every_problem_and_names_unknown_tasks(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     write(tmp_path, "extract", "v1", GOOD)

@@ -114,7 +114,7 @@ def test_bad_arguments_are_usage_errors(cfg: str) -> None:
     assert invoke("report", "cost", "--review-cost", "-1", "-c", cfg).exit_code == 2
     for value in ("nan", "inf"):  # printed as $nan before
         refused = invoke("report", "cost", "--review-cost", value, "-c", cfg)
-        assert refused.exit_code == 2 and "not a number of dollars" in refused.output
+        assert refused.exit_code == 2 and "is not a finite number" in refused.output
 
 
 def test_a_missing_ledger_is_reported(tmp_path: Path) -> None:

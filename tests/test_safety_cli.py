@@ -51,3 +51,9 @@ def test_a_bad_line_stops_the_scan_by_its_number() -> None:
     assert code == 1 and '"id" must be a string or a number' in err
     assert scan("-", "--channel", "email", data="")[0] == 2
     assert scan("-", "--threshold", "0", data="")[0] == 2
+
+
+def test_a_threshold_that_is_not_a_number_is_refused_not_read_as_clean() -> None:
+    # NaN passed click's range and every score compared below it: an injection scanned clean.
+    code, out, err = scan("-", "--threshold", "nan", data=f'{{"id": 1, "text": "{INJECTION}"}}\n')
+    assert code == 2 and out == [] and "'nan' is not a finite number" in err

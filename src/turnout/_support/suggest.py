@@ -13,10 +13,11 @@ from pydantic import BaseModel
 
 
 def nearest(word: object, candidates: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or "" when none is close."""
+    """`` (did you mean 'x'?)`` for the closest candidate, or "" when none is close. Candidates
+    that are not text (a YAML key written as a number: ``targets: {1: …}``) are passed over."""
     if not isinstance(word, str):
         return ""
-    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.75)
+    found = difflib.get_close_matches(word, [c for c in candidates if isinstance(c, str)], n=1, cutoff=0.75)
     return f" (did you mean {found[0]!r}?)" if found else ""
 
 

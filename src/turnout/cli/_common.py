@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -107,6 +108,8 @@ def _load(ctx: click.Context, param: click.Parameter, path: str | None) -> Confi
     """The config at ``path`` (None: ``./turnout.yaml`` if there is one, else the built-in one), or
     a CommandError listing its problems. The path is kept in ``ctx.meta[CONFIG_PATH]`` (``serve``
     names it in its start-up summary)."""
+    if path is not None and not path.strip():  # `-c "$UNSET"`: read as "." it said "Is a directory"
+        raise click.BadParameter("is empty: give a config file's path, or leave it out for ./turnout.yaml", ctx, param)
     if path is None and Path(DISCOVERED_CONFIG).is_file():
         path = DISCOVERED_CONFIG
     ctx.meta[CONFIG_PATH] = path
@@ -218,6 +221,20 @@ class TimeParam(click.ParamType[float]):
 
 AGO = TimeParam(ago=True)
 AHEAD = TimeParam(ago=False)
+
+
+class Finite(click.FloatRange):
+    """click's ``FloatRange`` that refuses ``nan`` and ``inf``: NaN compares false with every
+    bound, so a range lets it through (a ``--threshold nan`` flagged nothing, a ``--review-cost
+    nan`` made every figure NaN), and a range without a maximum takes infinity."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 # --- the other shared options -------------------------------------------------------------------

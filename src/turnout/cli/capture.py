@@ -1,7 +1,8 @@
 """``turnout capture``: grant, list and revoke full-capture grants, read the audit trail, purge.
 
-The store is ``capture.db`` beside the ledger (the directory of ``store.path``). A running
-gateway sees a new grant or a revocation within a second.
+The store is ``capture.db`` beside the ledger (the directory of ``store.path``), or the fleet's
+PostgreSQL; a gateway with its ledger in memory (or none) keeps capture in memory, and every
+command here refuses it. A running gateway sees a new grant or a revocation within a second.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from turnout.config import Config
 from turnout.privacy.capture.model import AuditEvent, Grant
 from turnout.privacy.capture.policy import rule_for
 from turnout.privacy.capture.purge import Purger
-from turnout.privacy.capture.store import CaptureStore, capture_path
+from turnout.privacy.capture.store import CaptureStore
+from turnout.serving.runtime import capture_place
 
 T = TypeVar("T")
 
@@ -216,4 +218,10 @@ def _when(at: float) -> str:
 
 
 def _run(config: Config, action: Callable[[CaptureStore], Awaitable[T]]) -> T:
-    return run_store(lambda: CaptureStore(config.state_at(capture_path(config.store))), action, "the capture store")
+    place = capture_place(config)
+    if place == ":memory:":  # a grant written to a file here would never reach the gateway
+        raise CommandError(
+            f"with store.kind: {config.store.kind}, the gateway keeps capture (grants, audit, text) in memory, "
+            "where no command reaches it; give it a sqlite or postgres ledger, or state.kind: postgres"
+        )
+    return run_store(lambda: CaptureStore(place), action, "the capture store")

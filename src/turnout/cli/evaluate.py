@@ -36,6 +36,7 @@ from turnout.offline.evals import (
 )
 from turnout.offline.evals.gates import HumanCosts
 from turnout.offline.evals.jail import sandbox_problem
+from turnout.offline.evals.judge import JudgeScorer
 from turnout.offline.evals.judge_spend import JudgeSpend
 from turnout.offline.evals.report import to_dict
 from turnout.offline.evals.sandbox import PythonTest
@@ -79,7 +80,11 @@ def eval_command() -> None:
 @click.option("--baseline", help="The release to compare against, on the same cases.")
 @click.option("--concurrency", default=4, type=click.IntRange(1, 256), help="Cases (and runs) in flight at once.")
 @click.option("--repeat", default=1, type=click.IntRange(1, 100), help="Runs per case.")
-@click.option("--judge-target", help="The target the `judge` scorer asks.")
+@click.option(
+    "--judge-target",
+    callback=lambda ctx, _param, value: _known_target(ctx.params["config"], value),
+    help="The target the `judge` scorer asks where a case names none; it must be in the config.",
+)
 @click.option(
     "--report", "report_dir", default="./.turnout/evals", type=click.Path(), help="Where the JSON and HTML reports go."
 )
@@ -106,6 +111,7 @@ def eval_run(config: Config, **options: Any) -> None:
     releases = release_files(config, run.task, [n for n in (run.candidate, run.baseline) if n is not None])
     cases = load_cases(golden_set_path(config.releases.evals_path, run.task))
     _check_sandbox(config, cases)
+    _check_judges(config, cases, run.judge_target)
     gates = asyncio.run(_evaluate(config, run, releases, cases))
     if not all_passed(gates):
         raise CommandError(f"gates failed: {', '.join(g.name for g in failed(gates))}")
@@ -118,6 +124,31 @@ def _check_sandbox(config: Config, cases: list[Case]) -> None:
         problem = sandbox_problem()
         if problem is not None:
             raise CommandError(problem)
+
+
+def _known_target(config: Config, name: str | None) -> str | None:
+    if name is not None and name not in config.targets:
+        known = ", ".join(sorted(config.targets))
+        raise click.BadParameter(f"no target {name!r} in the config (targets: {known})", param_hint="--judge-target")
+    return name
+
+
+def _check_judges(config: Config, cases: list[Case], default: str | None) -> None:
+    """Refuse before calling any model when a `judge` expectation has no target, or one the
+    config lacks: each such case would fail (the judge never asked) and read as a regression."""
+    problems = []
+    for case in cases:
+        for exp in case.expect:
+            if exp.scorer != JudgeScorer.name:
+                continue
+            target = exp.args.get("target") or default
+            where = f"case {case.id!r} (line {case.line})"
+            if not target:
+                problems.append(f"{where}: a judge expectation with no target: give --judge-target or its 'target'")
+            elif target not in config.targets:
+                problems.append(f"{where}: judge target {target!r} is not in the config")
+    if problems:
+        raise CommandError.listing("the golden set's judges cannot be asked", problems)
 
 
 @dataclass(frozen=True, slots=True)

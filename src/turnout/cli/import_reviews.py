@@ -14,7 +14,7 @@ import orjson
 from turnout.cli._common import CommandError, config_option, format_option, print_json, run_store, task_argument
 from turnout.config import Config
 from turnout.offline.evals import golden_set_path
-from turnout.offline.evals.cases import GoldenSetError, parse_cases
+from turnout.offline.evals.cases import GoldenSetError, load_cases, parse_cases
 from turnout.offline.evals.imported import import_items
 from turnout.releases.review import ReviewItem, ReviewQueue
 
@@ -85,7 +85,7 @@ def _existing(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     try:
-        cases = parse_cases(path.read_text(encoding="utf-8").splitlines(), source=str(path))
+        cases = load_cases(path)
     except GoldenSetError as exc:
         if exc.problems == [f"{path}: no cases"]:
             return []

@@ -13,6 +13,7 @@ import click
 from turnout.cli._common import (
     LEDGER_LIMIT,
     CommandError,
+    Finite,
     config_option,
     format_option,
     print_json,
@@ -85,17 +86,17 @@ def _fixed_text(fixed: FixedCosts) -> str:
 )
 @click.option(
     "--review-cost",
-    type=click.FloatRange(0),
+    type=Finite(0),
     help="$ a person costs to review one answer. Default: the task's review_cost_usd, else 0.",
 )
 @click.option(
     "--escalation-cost",
-    type=click.FloatRange(0),
+    type=Finite(0),
     help="$ a person costs to finish one failed task. Default: the task's escalation_cost_usd, else 0.",
 )
 @click.option(
     "--review-rate",
-    type=click.FloatRange(0, 1),
+    type=Finite(0, 1),
     help="Share of answers a person reviews. Default: the task's review_rate.",
 )
 @click.option(

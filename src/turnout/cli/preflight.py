@@ -9,6 +9,8 @@ it calls them (``turnout.serving.runtime``):
 
 * ``TURNOUT_REDACTION_KEY``, read when ``capture.redaction_key`` is unset: the log filter
   keys its redactor with it on every start;
+* ``FORWARDED_ALLOW_IPS``, read when ``server.forwarded_allow_ips`` is unset: addresses,
+  networks or ``*``, as the config's own;
 * ``TURNOUT_ADMIN_KEY`` and ``TURNOUT_VIEWER_KEY``, read when ``server.admin_key`` or
   ``viewer_key`` is unset: as long as the config's own (``MIN_ADMIN_KEY`` characters);
 * the optional drivers each chosen backend needs (ledger store, shared state, key store,
@@ -16,15 +18,19 @@ it calls them (``turnout.serving.runtime``):
 * each local target's model file;
 * each ``targets.X.tokenizer``: the ``tokenizers`` package, and the file loaded with it;
 * the release files under ``releases.path``, loaded and checked against the config;
-* every SQLite file start-up opens (ledger, capture, keys, releases; with ``state.kind:
-  postgres`` capture and releases are not files): its directory must be
+* every SQLite file start-up opens (ledger; capture, also the retention purge's audit; keys;
+  releases, also for the review queue; the shadow store and the cache purge log beside them;
+  with ``state.kind: postgres`` capture and releases are not files): its directory must be
   one that can be created and written; so must the ledger's spill journal directory;
 * ``PROMETHEUS_MULTIPROC_DIR``, with metrics on: a directory;
 * with ``--workers`` above 1 (``shared_state``): no state that each worker would hold on its
   own while the product promises one (limits, issued keys' store, the ledger, the cache).
 
 Every problem names the key path (or the environment variable, or the release file).
-Reachability (PostgreSQL, Redis, upstreams) is not checked: start-up waits for none of it.
+Reachability (PostgreSQL, Redis, upstreams) is not checked (``check --probe`` contacts the
+upstreams): a check may run where the stores are out of reach. Start-up waits for no upstream;
+a store it opens that does not answer (the PostgreSQL ledger, Redis for issued keys) ends it,
+exit 1, with one log line.
 """
 
 from __future__ import annotations
@@ -34,9 +40,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from turnout._support.backends import Backend, load
 from turnout.cache.factory import wanted as cache_wanted
-from turnout.config import MIN_ADMIN_KEY, Config, LocalTarget, redaction_key_problem
+from turnout.cache.purges import purge_log_path
+from turnout.config import MIN_ADMIN_KEY, Config, LocalTarget, ServerConfig, redaction_key_problem
 from turnout.control.keys.factory import KEY_STORES
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.factory import LIMITERS
@@ -46,9 +55,11 @@ from turnout.errors import ConfigError
 from turnout.ledger.store import BACKENDS
 from turnout.ledger.writer import spill_dir
 from turnout.privacy.capture import capture_path
+from turnout.privacy.retention.rules import Rules
 from turnout.providers.registry import PROVIDERS
 from turnout.releases.files import load_all
-from turnout.serving.runtime import capture_wanted
+from turnout.releases.shadowstore import shadow_path
+from turnout.serving.runtime import capture_wanted, reviews_wanted
 from turnout.serving.scoring import build as live_scorers
 
 TRACING = {"otlp": Backend("turnout.observe.tracing:Tracing", ("opentelemetry",), "observability")}
@@ -61,6 +72,7 @@ def preflight(config: Config, env: Mapping[str, str] | None = None) -> list[str]
     defaults to this process's environment."""
     env = os.environ if env is None else env
     problems = _redaction_key(config, env) + _admin_keys(config, env) + _metrics_dir(config, env)
+    problems += _forwarded(config, env)
     problems += _backends(config)
     problems += _collect(load_all, config)
     problems += _collect(Tokens.from_config, config)  # each targets.X.tokenizer: the package, the file
@@ -113,10 +125,28 @@ def _admin_keys(config: Config, env: Mapping[str, str]) -> list[str]:
             problems.append(
                 f"{name} (server.{field} is unset): needs at least {MIN_ADMIN_KEY} characters, got {len(key)}"
             )
+        if not key.isprintable():  # no client can present it: /admin/* and the console stay shut
+            problems.append(f"{name} (server.{field} is unset): holds a control character (a trailing line break?)")
         owners = [t for t, tenant in config.tenants.items() if key in tenant.keys]
         if owners:
             problems.append(f"{name}: is also a key of tenant {owners[0]!r}: a tenant key must be its own")
     return problems
+
+
+def _forwarded(config: Config, env: Mapping[str, str]) -> list[str]:
+    """``FORWARDED_ALLOW_IPS``, read when ``server.forwarded_allow_ips`` is unset: each entry
+    as the config's own are checked (a typo would trust no proxy, silently)."""
+    listed = env.get("FORWARDED_ALLOW_IPS")
+    if config.server.forwarded_allow_ips is not None or not listed:
+        return []
+    try:
+        ServerConfig(forwarded_allow_ips=[e.strip() for e in listed.split(",")])
+    except ValidationError as exc:
+        return [
+            f"FORWARDED_ALLOW_IPS (server.forwarded_allow_ips is unset): {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
+    return []
 
 
 def _metrics_dir(config: Config, env: Mapping[str, str]) -> list[str]:
@@ -174,13 +204,19 @@ def _sqlite_files(config: Config) -> list[str]:
     if config.store.kind == "sqlite":
         files.append((config.store.path, "store.path"))
     shared = config.state.kind == "sqlite"  # else the state lives in PostgreSQL
-    if shared and capture_wanted(config) and config.store.kind in ("sqlite", "postgres"):
+    capturing = capture_wanted(config)
+    ledger = config.store.kind in ("sqlite", "postgres")
+    if shared and ledger and (capturing or Rules(config).purges):  # the purge audits its runs there
         files.append((capture_path(config.store), "store.path (the capture store beside the ledger)"))
     if config.tenants and config.limits.backend == "memory":
         files.append((config.limits.keys_path, "limits.keys_path"))
-    reviews = capture_wanted(config) and any(t.review_rate > 0 for t in config.tasks.values())
-    if shared and (reviews or os.path.isdir(config.releases.path)):
-        files.append((config.releases.store_path, "releases.store_path"))
+    releases = config.releases.store_path
+    if shared and (reviews_wanted(config, capturing) or os.path.isdir(config.releases.path)):
+        files.append((releases, "releases.store_path"))
+    if shared and os.path.isdir(config.releases.path):
+        files.append((shadow_path(releases), "releases.store_path (the shadow store beside it)"))
+    if shared and cache_wanted(config) and config.cache.backend == "memory":
+        files.append((purge_log_path(releases), "releases.store_path (the cache purge log beside it)"))
     return [f"{key}: {problem}" for path, key in files if path != MEMORY and (problem := _unwritable(Path(path)))]
 
 

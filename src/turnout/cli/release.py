@@ -14,6 +14,7 @@ import orjson
 from turnout.cli import shadow
 from turnout.cli._common import (
     CommandError,
+    Finite,
     by_option,
     config_option,
     format_option,
@@ -180,7 +181,7 @@ def register(task: str, name: str | None, all_: bool, by: str, config: Config) -
 @click.option(
     "--percent",
     required=True,
-    type=click.FloatRange(0, 100, min_open=True),
+    type=Finite(0, 100, min_open=True),
     help="Share of TASK's traffic for NAME (more than 0, at most 100).",
 )
 @who_option
@@ -211,7 +212,7 @@ def canary(task: str, name: str, percent: float, by: str, why: str, config: Conf
 @click.argument("name", required=False)
 @click.option(
     "--percent",
-    type=click.FloatRange(0, 100, min_open=True),
+    type=Finite(0, 100, min_open=True),
     help="Share of the active release's requests copied to NAME (more than 0, at most 100).",
 )
 @click.option("--stop", is_flag=True, help="Stop TASK's shadow: its release returns to its earlier state.")

@@ -7,7 +7,6 @@ bounded query, ``rows_between``; it writes nothing to it. The arithmetic is in
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from turnout.cli import shadow
 from turnout.cli._common import (
     AGO,
     TIME_METAVAR,
+    Finite,
     config_option,
     format_option,
     read_ledger,
@@ -60,8 +60,7 @@ def parse_by(text: str | None) -> tuple[str, ...]:
 @click.option("--chart", "chart_path", type=click.Path(dir_okay=False), help="Also write a chart (.svg).")
 @click.option(
     "--review-cost",
-    type=click.FloatRange(min=0),
-    callback=lambda _ctx, _param, value: _finite(value),  # NaN passes FloatRange: it compares false
+    type=Finite(min=0),
     help="USD of human work per failed or reviewed task.",
 )
 @tenant_option("Only this tenant's requests.")
@@ -127,9 +126,3 @@ def people(config: Config) -> dict[str, HumanCost]:
         for name, task in config.tasks.items()
         if task.review_cost_usd is not None or task.escalation_cost_usd is not None
     }
-
-
-def _finite(value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a number of dollars", param_hint="--review-cost")
-    return value

@@ -14,7 +14,7 @@ from typing import IO, Any
 import click
 import orjson
 
-from turnout.cli._common import CommandError
+from turnout.cli._common import CommandError, Finite
 from turnout.safety.screen import CHANNELS, SCREENER, THRESHOLDS, Channel
 
 MAX_LINE = 16 << 20  # bytes: a longer line is refused, not read into memory whole
@@ -40,7 +40,7 @@ def safety() -> None:
 )
 @click.option(
     "--threshold",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=Finite(0, 1, min_open=True),
     default=None,
     help="A score at or above this is an injection. Default: the channel's, as in the gateway.",
 )

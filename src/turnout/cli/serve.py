@@ -50,7 +50,8 @@ def serve(config: Config, host: str | None, port: int | None, workers: int) -> N
 
     Exit status 1, before anything starts, with the reason on stderr: a config the gateway
     would not start on, or an address it cannot listen on ("cannot listen on HOST:PORT:
-    address already in use")."""
+    address already in use"); or, as it starts, a store that does not answer (the log's
+    "start-up failed: REASON")."""
     config = with_address(config, host, port)
     ready(config, workers)
     source = click.get_current_context().meta.get(CONFIG_PATH)

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from turnout.config import model
 from turnout.config.checks import cross_problems
-from turnout.config.load import DEFAULT, UniqueKeyLoader, default_config, given, load_config, validate, yaml_problem
+from turnout.config.load import (
+    DEFAULT,
+    UniqueKeyLoader,
+    default_config,
+    given,
+    load_config,
+    not_utf8,
+    validate,
+    yaml_problem,
+)
 from turnout.config.model import *  # noqa: F403 - the sections are this package's interface
 
 __all__ = [
@@ -21,5 +30,6 @@ __all__ = [
     "default_config",
     "given",
     "load_config",
+    "not_utf8",
     "validate",
 ]

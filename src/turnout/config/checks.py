@@ -21,6 +21,10 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     targets = _mapping(raw.get("targets"))
     tasks = _mapping(raw.get("tasks"))
+    for section in ("targets", "tasks", "tenants"):  # names go out in X-Turnout-* headers and logs
+        for name in _mapping(raw.get(section)):
+            if isinstance(name, str) and not name.isprintable():
+                problems.append(f"{section}: the name {name!r} holds a control character or an unusual space")
     for name, task in tasks.items():
         seen: set[str] = set()
         route = _mapping(task).get("route")
@@ -32,9 +36,12 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
             elif target in seen:
                 problems.append(f"tasks.{name}.route[{i}]: target {target!r} listed twice")
             seen.add(target)
-    for i, rule in enumerate(_mapping(raw.get("capture")).get("rules") or []):
+    rules = _mapping(raw.get("capture")).get("rules")
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
         rule = _mapping(rule)
         task, tenant = rule.get("task"), rule.get("tenant")
+        if any(v is not None and not isinstance(v, str) for v in (tenant, task)):
+            continue  # the field check reports the type
         if task is not None and task not in tasks:
             problems.append(f"capture.rules[{i}].task: unknown task {task!r}{nearest(task, tasks)}")
         known = _mapping(raw.get("tenants"))
@@ -69,7 +76,7 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
                 problems.append(f"tenants.{tname}.tasks[{i}]: unknown task {task!r}{nearest(task, tasks)}")
         for field in ("task_limits", "task_safety", "task_tools", "task_classify"):
             for task in _mapping(_mapping(tenant).get(field)):
-                if task not in tasks:
+                if isinstance(task, str) and task not in tasks:
                     problems.append(f"tenants.{tname}.{field}.{task}: unknown task {task!r}{nearest(task, tasks)}")
     problems += _escalation_problems(tasks, targets)
     problems += _retention_problems(_mapping(raw.get("retention")).get("rules"), tasks, _mapping(raw.get("tenants")))
@@ -113,11 +120,13 @@ def _retention_problems(rules: Any, tasks: dict[str, Any], tenants: dict[str, An
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
         rule = _mapping(rule)
         tenant, task = rule.get("tenant"), rule.get("task")
+        if any(v is not None and not isinstance(v, str) for v in (tenant, task)):
+            continue  # the field check reports the type
         if task is not None and task not in tasks:
             problems.append(f"retention.rules[{i}].task: unknown task {task!r}{nearest(task, tasks)}")
         if tenant is not None and tenant not in tenants:
             problems.append(f"retention.rules[{i}].tenant: unknown tenant {tenant!r}{nearest(tenant, tenants)}")
-        pair = (str(tenant) if tenant is not None else None, str(task) if task is not None else None)
+        pair = (tenant, task)
         if pair in seen:
             scope = " and ".join(f"{k} {v!r}" for k, v in (("tenant", tenant), ("task", task)) if v is not None)
             problems.append(f"retention.rules[{i}]: a second rule for {scope or 'every tenant and task (the default)'}")

@@ -1,11 +1,13 @@
 """Reading a config: the YAML file (duplicate keys refused), ``${VAR}`` and ``${VAR:-default}``
-substituted from the environment, then every problem, per field and across sections, reported
-together with its key path (``ConfigError``); the built-in default when there is no file."""
+substituted from the environment in values (a key holding one is refused), then every problem,
+per field and across sections, reported together with its key path (``ConfigError``); the
+built-in default when there is no file."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,7 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(
-            [f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"]
-        ) from None
+        raise ConfigError([not_utf8(path, exc)]) from None
     try:
         raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -56,6 +56,12 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
     if problems:
         raise ConfigError(problems)
     return validate(raw)
+
+
+def not_utf8(path: str | Path, exc: UnicodeDecodeError) -> str:
+    """What a file turnout reads as text (a config, a release, a golden set) says when it is
+    not UTF-8: where, and the first byte that is not (never more of the file)."""
+    return f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"
 
 
 def given(config: Config) -> dict[str, Any]:
@@ -82,7 +88,15 @@ def _problems(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         loc = _path(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        key = _bad_key(err)
+        if key is not None:  # `5:` or `2024-01-01:` where a name or setting is text
+            parent = _path(err["loc"][:-2] if err["loc"][-1] == "[key]" else err["loc"][:-1])
+            loc, msg = parent, f"key {key} must be text (quote it)"
+        elif err["type"] in _SECTION_TYPES:  # pydantic names its class: "instance of StoreConfig"
+            msg = f"must be a mapping (key: value), not {_kind(err.get('input'))}"
+        elif err["type"] == "list_type":
+            msg = f"must be a list, not {_kind(err.get('input'))}"
+        elif err["type"] == "extra_forbidden":
             msg = "unknown key" + nearest(err["loc"][-1], keys_at(Config, err["loc"]))
         elif err["type"] == "union_tag_invalid":
             msg = f"unknown provider {err.get('input', {}).get('provider')!r} (expected {', '.join(PROVIDERS)})"
@@ -90,6 +104,37 @@ def _problems(exc: ValidationError) -> list[str]:
             msg = f"missing 'provider' ({', '.join(PROVIDERS)})"
         out.append(f"{loc}: {msg}" if loc else msg)
     return out
+
+
+_SECTION_TYPES = ("model_type", "dict_type", "model_attributes_type")
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in YAML's words (the type problems' "not ...")."""
+    if value is None:
+        return "empty (null)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "text"  # not quoted: it may be a secret from the environment in the wrong place
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _bad_key(err: Any) -> str | None:
+    """The key a mapping's key error is about (pydantic's ``[key]`` marker after it, or a
+    model's ``invalid_key``), as the file wrote it as near as pydantic kept it; None otherwise."""
+    loc = err["loc"]
+    if err["type"] == "invalid_key" and loc:
+        return str(loc[-1])
+    if err["type"] == "string_type" and len(loc) >= 2 and loc[-1] == "[key]":
+        return str(loc[-2])
+    return None
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -110,6 +155,10 @@ _OPEN = re.compile(r"\$\{")  # left once every ${NAME} and ${NAME:-default} is t
 
 def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
     if isinstance(node, dict):
+        for key in node:
+            if isinstance(key, str) and "${" in key:  # a name from the environment would differ unseen
+                place = f"{where}.{key}" if where else key
+                problems.append(f"{place}: ${{...}} is replaced in values only, not in keys (names)")
         return {k: _substitute(v, f"{where}.{k}" if where else str(k), env, problems) for k, v in node.items()}
     if isinstance(node, list):
         return [_substitute(v, f"{where}[{i}]", env, problems) for i, v in enumerate(node)]
@@ -132,12 +181,16 @@ def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one, and a key
+    that is itself a list or a mapping (``? [a]``, ``{[1]: x}``), which no setting is."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                what = "a list" if isinstance(key, list) else "a mapping"
+                raise yaml.constructor.ConstructorError(None, None, f"a key is {what}", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)

@@ -5,13 +5,14 @@ Checks across sections are ``turnout.config.checks``'; reading a file is ``turno
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 import typing
 import urllib.parse
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from turnout._support.places import PgPlace, Place
 
@@ -57,8 +58,36 @@ def _redis_url(url: str) -> str:
 
 
 RedisUrl = Annotated[str, AfterValidator(_redis_url)]
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header value: every control character but tab
+
+
+def _one_line(text: str) -> str:
+    """A key or name that travels in an HTTP header: no control character. A secret file's
+    trailing line break (``${KEY}`` from a mounted Secret) made the HTTP client refuse the
+    upstream's key at start-up, a bearer key no client can present, or a model name that broke
+    every answer's X-Turnout-Model-Version header (an empty reply)."""
+    if _CONTROL.search(text):
+        raise ValueError("holds a control character (a trailing line break from a secret file?)")
+    return text
+
+
+OneLine = Annotated[str, AfterValidator(_one_line)]
+
+
+def _proxy(entry: str) -> str:
+    """A trusted proxy: ``*``, an address or a network. uvicorn takes anything else as a name
+    that no TCP peer has: a typo (``10.0.0.0/33``) would trust no proxy, and say nothing."""
+    if entry.strip() != "*":
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an address, a network (10.0.0.0/8) or '*'") from None
+    return entry
+
+
 CACHE_TTL_MAX_S = 10 * 365 * 86_400  # ten years; Redis's expiry in ms and its clock take that
 MIN_ADMIN_KEY = 16  # characters of server.admin_key and viewer_key (and their environment variables)
+AdminKey = Annotated[str, StringConstraints(min_length=MIN_ADMIN_KEY), AfterValidator(_one_line)]
 
 
 @functools.cache
@@ -99,12 +128,12 @@ class ServerConfig(_Strict):
     # networks; "*": any peer). The client's address then comes from the header: the console's
     # failed-login throttle counts per client, not per proxy. Unset: FORWARDED_ALLOW_IPS, else
     # 127.0.0.1 (uvicorn's default).
-    forwarded_allow_ips: list[str] | None = None
+    forwarded_allow_ips: list[Annotated[str, AfterValidator(_proxy)]] | None = None
     # Guards /admin/*; also read from TURNOUT_ADMIN_KEY. Unset: /admin/* is closed. At least
     # MIN_ADMIN_KEY characters: it guards every tenant's keys, releases and review queue.
-    admin_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
+    admin_key: AdminKey | None = None
     # The console (/ui) read-only: sees every page, changes nothing. Also TURNOUT_VIEWER_KEY.
-    viewer_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
+    viewer_key: AdminKey | None = None
 
 
 class StoreConfig(_Strict):
@@ -195,7 +224,7 @@ class ObservabilityConfig(_Strict):
     metrics: bool = True  # /metrics in Prometheus text format
     # Set: /metrics asks for it (or the admin key) as a bearer token, for its figures name every
     # tenant and task with their spend. Unset: open to whoever reaches the port.
-    metrics_key: str | None = Field(None, min_length=MIN_ADMIN_KEY)
+    metrics_key: AdminKey | None = None
     otlp_endpoint: str | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
     service_name: str = "turnout"
 
@@ -251,6 +280,14 @@ class PriceEntry(_Strict):
     allocation: Literal["busy_seconds", "tokens"] = "busy_seconds"
     tokens_per_s: float | None = Field(None, gt=0, description="prompt+completion tokens/s one replica serves")
     max_concurrency: int = Field(1, gt=0, description="requests one replica serves at once (busy_seconds)")
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _hours_as_text(cls, value: Any) -> Any:
+        # YAML reads a bare hour (`8: 3`) as a number; the schedule's keys are text ("8", "0-7").
+        if isinstance(value, dict):
+            return {str(k) if type(k) is int else k: v for k, v in value.items()}
+        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> PriceEntry:
@@ -321,7 +358,7 @@ class _TargetBase(_Strict):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
-    model_version: str | None = None
+    model_version: OneLine | None = None  # sent back in X-Turnout-Model-Version
     # Tokens the model takes in one request. A prompt too long for one target falls back only
     # to targets whose window is larger or unknown. Default: n_ctx (local), the catalog (bedrock).
     context_window: int | None = Field(None, gt=0)
@@ -366,12 +403,15 @@ class HealthCheckConfig(_Strict):
     path: str = Field("/health", pattern=r"^/[^\s?#]*$", description="on each base URL's host and port")
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110's token)
+
+
 class OpenAITarget(_TargetBase):
     provider: Literal["openai"]
     base_url: str | None = None
     base_urls: list[str] | None = None
-    model: str
-    api_key: str | None = None
+    model: OneLine
+    api_key: OneLine | None = None
     headers: dict[str, str] = {}
     max_connections: int = Field(256, gt=0)
     # How a call picks among base_urls (turnout.providers.balance): ``least_loaded`` by calls in
@@ -402,6 +442,17 @@ class OpenAITarget(_TargetBase):
                 raise ValueError(f"base URL must start with http:// or https://: {url!r}")
         return self
 
+    @field_validator("headers")
+    @classmethod
+    def _http_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        # The HTTP client refuses these when the target is built: a start-up that crashed.
+        for name, value in headers.items():
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name (letters, digits, - and the like)")
+            if _CONTROL.search(value):
+                raise ValueError(f"the value of {name!r} holds a control character (a line break?)")
+        return headers
+
     @property
     def urls(self) -> list[str]:
         return [u.rstrip("/") for u in (self.base_urls or [self.base_url or ""])]
@@ -428,7 +479,7 @@ class GuardrailConfig(_Strict):
 class BedrockTarget(_TargetBase):
     provider: Literal["bedrock"]
     region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d+$")
-    model: str = Field(min_length=1, description="model id, inference profile (us./eu./global.) or ARN")
+    model: OneLine = Field(min_length=1, description="model id, inference profile (us./eu./global.) or ARN")
     endpoint_url: str | None = Field(None, pattern=r"^https?://[^/]")
     profile: str | None = None  # a named AWS profile; default: the standard credential chain
     guardrail: GuardrailConfig | None = None
@@ -582,7 +633,7 @@ class TaskCacheConfig(_Strict):
 
 
 class TenantConfig(_Strict):
-    keys: list[str] = []  # bootstrap keys; issue more with `turnout keys create`
+    keys: list[OneLine] = []  # bootstrap keys; issue more with `turnout keys create`
     data_classes: list[DataClass] = ["public", "internal"]
     tasks: list[str] | None = None
     limits: Limit = Limit()  # for the tenant as a whole

@@ -21,7 +21,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from turnout.config import Config, UniqueKeyLoader, yaml_problem
+from turnout.config import Config, UniqueKeyLoader, not_utf8, yaml_problem
 from turnout.errors import ConfigError
 from turnout.releases.base import VARIABLE_TYPES, Prompt, Release
 from turnout.releases.render import template_environment
@@ -163,9 +163,11 @@ def check_release(release: Release, config: Config) -> list[str]:
 
 def _read(path: Path, task: str, name: str) -> tuple[Release | None, list[str]]:
     try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except OSError as exc:
         return None, [f"{path}: cannot read ({exc.strerror})"]
+    except UnicodeDecodeError as exc:
+        return None, [not_utf8(path, exc)]
     except yaml.YAMLError as exc:
         return None, [f"{path}: not valid YAML: {yaml_problem(exc)}"]
     if not isinstance(raw, dict):

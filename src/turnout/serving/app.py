@@ -20,7 +20,7 @@ from turnout._support.printable import printable
 from turnout.config import Config
 from turnout.console.app import Console
 from turnout.control.auth import bearer
-from turnout.errors import AuthError, NotFound
+from turnout.errors import AuthError, NotFound, TurnoutError
 from turnout.providers.base import Provider
 from turnout.serving import feedback, openapi, reload, summary, tickets
 from turnout.serving.admin import Admin
@@ -218,6 +218,10 @@ class App:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.runtime.start()  # closes what it opened when it fails
+                except (TurnoutError, OSError) as exc:  # a store that does not answer, a file in the way
+                    log.error("start-up failed: %s", start_up_problem(exc))  # the reason is the news, not the stack
+                    await send({"type": "lifespan.startup.failed", "message": ""})  # said once, above
+                    return
                 except Exception as exc:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -244,3 +248,11 @@ class App:
                 await self._idle.wait()
         except TimeoutError:
             log.warning("shutdown: %d requests still running after %.0f s; closing anyway", self.in_flight, timeout_s)
+
+
+def start_up_problem(exc: TurnoutError | OSError) -> str:
+    """What a start-up failure of turnout's own (a store, a file) says, on one line."""
+    if isinstance(exc, TurnoutError):
+        return exc.message
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename else reason

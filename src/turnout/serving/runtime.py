@@ -375,16 +375,21 @@ def pseudonym(key: bytes, value: str) -> str:
     return "u_" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:20]
 
 
+def capture_place(config: Config) -> Place:
+    """Where the gateway keeps capture (grants, audit, text): the fleet's PostgreSQL, else
+    ``capture.db`` beside the ledger, else (a ledger in memory, or none) in memory, out of
+    ``turnout capture``'s reach."""
+    if config.state.kind == "postgres":
+        return config.state_at("")
+    return ":memory:" if config.store.kind in ("memory", "none") else capture_path(config.store)
+
+
 def open_capture(config: Config, key: bytes) -> Capture:
     redactor = Redactor(key)
-    if config.state.kind == "postgres":
-        path: Place = config.state_at("")
-    else:
-        path = ":memory:" if config.store.kind in ("memory", "none") else capture_path(config.store)
     rules = Rules(config)
     return Capture(
         config.capture,
-        path,
+        capture_place(config),
         redactor,
         secrets=SecretsOnly(redactor),
         ttl_days_for=lambda tenant, task: rules.get(tenant, task).capture_days,

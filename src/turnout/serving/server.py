@@ -67,7 +67,8 @@ def run(
     ``loader``: reads it again on SIGHUP and ``POST /admin/reload``; ``sockets``: already bound
     (a worker's), else ``server.host:port`` is bound here first of all: an address in use is
     ``CannotListen`` before a line is logged or the runtime starts (uvicorn binds only after
-    the lifespan start-up, whose summary says "listening", and then exits 3)."""
+    the lifespan start-up, whose summary says "listening", and then exits 3). A start-up that
+    fails (a store that does not answer) exits 1, its reason logged."""
     srv = config.server
     listening = sockets if sockets is not None else [supervisor.bind(srv.host, srv.port)]
     redaction = RedactingFilter(Redactor(redaction_key(config)), fields=srv.log_format == "json")
@@ -79,6 +80,12 @@ def run(
         server = _Server(uv, listener.stop, announce=sockets is None)  # its loggers propagate to ours
         redact_logs(config)
         server.run(listening)
+    except SystemExit as exc:
+        # uvicorn exits 3 when the lifespan start-up fails (its reason logged). A worker keeps
+        # that code for its supervisor; one process is the CLI's "the command failed", 1.
+        if sockets is None and exc.code == supervisor.STARTUP_FAILURE:
+            raise SystemExit(1) from None
+        raise
     finally:
         listener.stop()  # writes what is queued
         if sockets is None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from turnout.config import not_utf8
 from turnout.errors import TurnoutError
 from turnout.offline.evals.scoring import REGISTRY, Scorer
 
@@ -95,6 +96,8 @@ def load_cases(path: str | Path, scorers: Mapping[str, Scorer] | None = None) ->
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise GoldenSetError(str(p), [f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise GoldenSetError(str(p), [not_utf8(p, exc)]) from None
     return parse_cases(text.splitlines(), source=str(p), scorers=scorers)
 
 

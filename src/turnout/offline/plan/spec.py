@@ -13,6 +13,7 @@ is the caller's (``resolve_managed``), so this module needs neither.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar, cast
@@ -81,7 +82,7 @@ def _take(pairs: dict[str, str], key: str, convert: Callable[[str], T], check: C
         value = convert(raw)
     except ValueError:
         raise SpecError(f"{key}={raw}: expected {want}") from None
-    if not check(value):
+    if (isinstance(value, float) and not math.isfinite(value)) or not check(value):  # nan and inf: no figure
         raise SpecError(f"{key}={raw}: expected {want}")
     return value
 
