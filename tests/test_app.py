@@ -89,6 +89,18 @@ async def test_completion_names_the_task_and_carries_turnout_headers(make_app: A
     assert resp.headers["x-turnout-prompt-version"] == "none"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstream_model_name_cannot_break_the_answer_head(make_app: AppFactory, stream: bool) -> None:
+    # The upstream's "model" is the answer's X-Turnout-Model-Version: a line break in it made
+    # the server refuse the head, and the caller got an empty reply instead of its answer.
+    hostile = ScriptedProvider("primary", Step(model_version="v2\r\nSet-Cookie: stolen=1\x00"))
+    app, _ = await setup(make_app, primary=hostile)
+    resp = await chat(app, {"stream": stream})
+    assert resp.status == 200
+    assert resp.headers["x-turnout-model-version"] == "v2??Set-Cookie: stolen=1?"
+    assert "set-cookie" not in resp.headers
+
+
 async def test_body_reaches_the_target_without_turnout_metadata(make_app: AppFactory) -> None:
     app, fakes = await setup(make_app)
     body = {

@@ -17,6 +17,7 @@ class Step:
     text: str = "hello from the fake"
     fail_after: int | None = None  # stream: raise ``error`` after this many chunks
     delay: float = 0.0
+    model_version: str = "fake-v1"  # what the upstream says answered (its body's "model")
 
 
 def completion_body(text: str, model: str = "fake-model") -> dict[str, Any]:
@@ -47,7 +48,7 @@ class ScriptedProvider:
         await asyncio.sleep(step.delay)
         if step.error is not None:
             raise step.error
-        return Completion(completion_body(step.text), Usage(7, 3), "fake-v1", "r0")
+        return Completion(completion_body(step.text), Usage(7, 3), step.model_version, "r0")
 
     async def stream(self, call: Call) -> Stream:
         self.calls.append(call)
@@ -55,7 +56,7 @@ class ScriptedProvider:
         await asyncio.sleep(step.delay)
         if step.error is not None and step.fail_after is None:
             raise step.error
-        return Stream(self._chunks(step), "fake-v1", "r0")
+        return Stream(self._chunks(step), step.model_version, "r0")
 
     async def _chunks(self, step: Step) -> AsyncGenerator[dict[str, Any]]:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -68,10 +69,15 @@ def _fixed_headers(
     return (
         (b"x-turnout-task", task.encode()),
         (b"x-turnout-target", target.encode()),
-        (b"x-turnout-model-version", model_version.encode("latin-1", "replace")),
+        # An upstream names it (its answer's "model"): a line break there would end the head
+        # early, which the server refuses to send (an empty reply instead of the answer).
+        (b"x-turnout-model-version", _CONTROL.sub("?", model_version).encode("latin-1", "replace")),
         (b"x-turnout-release", release.name.encode() if release else b"none"),
         (b"x-turnout-prompt-version", release.prompt_version.encode() if release and prompt else b"none"),
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def cost_header(cost_usd: float | None) -> list[tuple[bytes, bytes]]:
