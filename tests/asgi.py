@@ -4,6 +4,7 @@ the list of ASGI messages it sent (so streams can be read chunk by chunk too).""
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,15 @@ async def request(
     if data and not any(k == b"content-length" for k, _ in head):
         head.append((b"content-length", str(len(data)).encode()))
     path, _, query = path.partition("?")
-    scope = {"type": "http", "method": method, "path": path, "headers": head, "query_string": query.encode()}
+    # As uvicorn gives it: ``path`` percent-decoded, ``raw_path`` as sent.
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": urllib.parse.unquote(path),
+        "raw_path": path.encode("utf-8", "surrogateescape"),
+        "headers": head,
+        "query_string": query.encode(),
+    }
     parts = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)] if chunk_size else [data]
     sent: list[MutableMapping[str, Any]] = []
     gone = asyncio.Event()

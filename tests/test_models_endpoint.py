@@ -23,13 +23,18 @@ def config(upstream: FakeUpstream) -> dict[str, Any]:
     return {
         "targets": {"up": {"provider": "openai", "base_url": upstream.base_url, "model": "m"}},
         "tenants": {"acme": {"keys": [KEY]}, "other": {"keys": [OTHER], "tasks": ["faq"]}},
-        "tasks": {"faq": {"route": ["up"]}, "summarize": {"route": ["up"]}, "a/b c": {"route": ["up"]}},
+        "tasks": {
+            "faq": {"route": ["up"]},
+            "summarize": {"route": ["up"]},
+            "a/b c": {"route": ["up"]},
+            "50%41": {"route": ["up"]},
+        },
     }
 
 
 async def test_the_sdk_lists_and_retrieves_the_tasks_open_to_the_caller(make_app: AppFactory) -> None:
     async with FakeUpstream() as upstream, gateway(make_app, config(upstream), KEY) as (app, client):
-        assert sorted(m.id for m in (await client.models.list()).data) == ["a/b c", "faq", "summarize"]
+        assert sorted(m.id for m in (await client.models.list()).data) == ["50%41", "a/b c", "faq", "summarize"]
         found = await client.models.retrieve("summarize")
         assert (found.id, found.object, found.owned_by) == ("summarize", "model", "turnout")
         with pytest.raises(openai.NotFoundError) as missing:
@@ -61,3 +66,13 @@ async def test_head_is_answered_where_get_is_with_the_head_alone(make_app: AppFa
                     assert head.headers["content-length"] == got.headers["content-length"]
             async with http.head(url + "/chat/completions") as refused:
                 assert refused.status == 405
+
+
+async def test_a_task_name_is_decoded_once(make_app: AppFactory) -> None:
+    # The server decodes the path: decoding the name again made "50%41" read "50A" (a 404).
+    async with FakeUpstream() as upstream, gateway(make_app, config(upstream), KEY) as (_, client):
+        url = str(client.base_url).rstrip("/")
+        auth = {"authorization": f"Bearer {KEY}"}
+        async with aiohttp.ClientSession() as http, http.get(url + "/models/50%2541", headers=auth) as got:
+            assert got.status == 200
+            assert (await got.json())["id"] == "50%41"

@@ -13,7 +13,6 @@ import hmac
 import logging
 import os
 import time
-import urllib.parse
 from typing import Any
 
 from turnout._support.printable import printable
@@ -139,9 +138,9 @@ class App:
     async def model(self, authorization: bytes | None, name: str) -> dict[str, Any]:
         """One task as OpenAI describes a model; 404 where it does not exist or is not the caller's."""
         listed: list[dict[str, Any]] = (await self.models(authorization))["data"]
-        found = [m for m in listed if m["id"] == urllib.parse.unquote(name)]
+        found = [m for m in listed if m["id"] == name]  # the server decoded the path once: no more
         if not found:
-            raise NotFound(f"the model {printable(urllib.parse.unquote(name))!r} does not exist or is not open to you")
+            raise NotFound(f"the model {printable(name)!r} does not exist or is not open to you")
         return found[0]
 
     async def models(self, authorization: bytes | None) -> dict[str, Any]:
