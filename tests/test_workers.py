@@ -260,3 +260,37 @@ def test_tell_others_signals_only_its_own_supervisor(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(supervisor.SUPERVISOR_ENV, str(os.getppid()))
     supervisor.tell_others()
     assert sent == [(os.getppid(), signal.SIGHUP)]
+
+
+def serve_unless_failing(where: str, sockets: list[socket.socket]) -> None:
+    """A worker that fails its start-up while the file ``fail`` exists (a store it opens down)."""
+    if Path(where, "fail").exists():
+        Path(where, f"failed-{os.getpid()}").touch()
+        raise SystemExit(STARTUP_FAILURE)
+    record_and_wait(where, sockets)
+
+
+def test_a_replacement_that_fails_to_start_is_tried_again_while_another_worker_serves(tmp_path: Path) -> None:
+    sup = Supervisor(2, serve_unless_failing, (str(tmp_path),), stop_after_s=5)
+    with Running(sup) as running:
+        wait_for(lambda: len(files(tmp_path, "up-")) == 2, "two workers up")
+        survivor, victim = sorted(files(tmp_path, "up-"))
+        Path(tmp_path, "fail").touch()  # the store is down: a new worker cannot start
+        os.kill(int(victim), signal.SIGKILL)
+        wait_for(lambda: len(files(tmp_path, "failed-")) >= 1, "the replacement failed its start-up")
+        time.sleep(0.5)
+        assert running.thread.is_alive() and running.code == []  # the survivor still serves
+        assert survivor in {str(p.pid) for p, _ in sup.workers.values()}
+        Path(tmp_path, "fail").unlink()  # the store is back
+        wait_for(lambda: len(files(tmp_path, "up-")) == 3, "the replacement up on a later try")
+        assert len({str(p.pid) for p, _ in sup.workers.values() if p.is_alive()}) == 2
+
+
+def test_a_replacement_that_fails_to_start_with_no_worker_left_stops_the_supervisor(tmp_path: Path) -> None:
+    sup = Supervisor(1, serve_unless_failing, (str(tmp_path),), stop_after_s=5)
+    with Running(sup) as running:
+        wait_for(lambda: len(files(tmp_path, "up-")) == 1, "the worker up")
+        Path(tmp_path, "fail").touch()
+        os.kill(int(next(iter(files(tmp_path, "up-")))), signal.SIGKILL)
+        running.thread.join(30)
+        assert running.code == [1]

@@ -6,8 +6,10 @@ kernel hands each new connection to whichever worker accepts it first. The paren
 supervises:
 
 * a worker that exits is started again (after a pause when it lived under a second, so a
-  crash loop does not spin), unless its start-up failed: then the config cannot start at all
-  and the parent stops every worker and exits 1;
+  crash loop does not spin). A worker of the first start whose start-up fails means the config
+  cannot start at all: the parent stops every worker and exits 1. A replacement whose start-up
+  fails (a store it opens is down for a while) is tried again, after 2, 4, 8 … up to 30 s, as
+  long as another worker still serves; with none left the parent exits 1;
 * SIGTERM or SIGINT → SIGTERM to every worker, each of which drains as a single process does
   (``server.shutdown_grace_s``); one still running after the grace and the settle time is
   killed. Workers have their own process group, so a terminal's Ctrl-C reaches the parent
@@ -54,6 +56,7 @@ STARTUP_FAILURE = 3  # uvicorn's exit code when the lifespan start-up fails
 QUICK_EXIT_S = 1.0  # a worker that lived less than this is restarted after this long
 KILL_AFTER_S = 10.0  # past the grace and the settle time: a stuck worker is killed
 TICK_S = 0.5
+RETRY_MAX_S = 30.0  # the longest pause before another try at a replacement whose start-up failed
 
 allow_connection_pickling()  # the listening socket travels to each spawned worker
 _spawn = get_context("spawn")
@@ -132,6 +135,9 @@ class Supervisor:
     refresh: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
     workers: dict[int, tuple[SpawnProcess, float]] = field(default_factory=dict)  # slot → (process, started)
     signals: list[int] = field(default_factory=list)
+    replaced: set[int] = field(default_factory=set)  # slots whose worker is a replacement
+    failed: dict[int, int] = field(default_factory=dict)  # slot → its replacements' failed start-ups in a row
+    pending: dict[int, float] = field(default_factory=dict)  # slot → when to try its replacement again
 
     def run(self, host: str, port: int) -> int:
         """Serve until SIGTERM/SIGINT; the exit code."""
@@ -204,18 +210,42 @@ class Supervisor:
                         woken.recv(4096)
                 elif isinstance(ready, int) and not self._replace(sentinels[ready], sock):
                     return 1
+            now = time.monotonic()
+            for slot, due in list(self.pending.items()):
+                if now >= due:
+                    del self.pending[slot]
+                    self._start(slot, sock)
 
     def _replace(self, slot: int, sock: socket.socket) -> bool:
-        """Start a worker again in place of the one that exited; False: its start-up failed."""
+        """Start a worker again in place of the one that exited; False: the server cannot
+        serve (a worker of the first start failed its start-up, or a replacement did and no
+        other worker is left)."""
         process, started = self.workers.pop(slot)
         process.join()
         _forget_metrics(process.pid)
         if process.exitcode == STARTUP_FAILURE:
-            log.error("worker %d (pid %s) failed to start: stopping every worker", slot, process.pid)
-            return False
+            if slot not in self.replaced:
+                log.error("worker %d (pid %s) failed to start: stopping every worker", slot, process.pid)
+                return False
+            if not any(p.is_alive() for p, _ in self.workers.values()):
+                log.error("worker %d (pid %s) failed to start and no worker is left: stopping", slot, process.pid)
+                return False
+            self.failed[slot] = tries = self.failed.get(slot, 0) + 1
+            pause = min(RETRY_MAX_S, 2.0**tries)
+            log.error(
+                "worker %d (pid %s) failed to start (%d in a row); the other workers serve; trying again in %.0f s",
+                slot,
+                process.pid,
+                tries,
+                pause,
+            )
+            self.pending[slot] = time.monotonic() + pause
+            return True
+        self.failed.pop(slot, None)
         log.warning("worker %d (pid %s) exited with %s: starting another", slot, process.pid, process.exitcode)
         if time.monotonic() - started < QUICK_EXIT_S:
             time.sleep(QUICK_EXIT_S)
+        self.replaced.add(slot)
         self._start(slot, sock)
         return True
 
@@ -236,6 +266,7 @@ class Supervisor:
                 process.join()
             _forget_metrics(process.pid)
         self.workers.clear()
+        self.pending.clear()
 
 
 def _console_state() -> str:
