@@ -10,10 +10,12 @@ supervises:
   cannot start at all: the parent stops every worker and exits 1. A replacement whose start-up
   fails (a store it opens is down for a while) is tried again, after 2, 4, 8 … up to 30 s, as
   long as another worker still serves; with none left the parent exits 1;
-* SIGTERM or SIGINT → SIGTERM to every worker, each of which drains as a single process does
-  (``server.shutdown_grace_s``); one still running after the grace and the settle time is
-  killed. Workers have their own process group, so a terminal's Ctrl-C reaches the parent
-  only and each worker gets one signal; a worker whose parent is gone stops itself;
+* SIGTERM or SIGINT → the parent closes its copy of the listening socket and sends SIGTERM to
+  every worker, each of which drains as a single process does (``server.shutdown_grace_s``):
+  new connections are refused at once, as they are by one process; one still running after
+  the grace and the settle time is killed. Workers have their own process group, so a
+  terminal's Ctrl-C reaches the parent only and each worker gets one signal; a worker whose
+  parent is gone stops itself;
 * SIGHUP → SIGHUP to every worker: each reloads the config file (``serving/reload.py``);
   the parent reloads it too, for the workers it starts later. ``POST /admin/reload`` on one
   worker reloads it and sends the parent a SIGHUP, so the others follow.
@@ -152,10 +154,13 @@ class Supervisor:
                 self._start(slot, sock)
             return self._loop(sock)
         finally:
+            # This copy of the socket goes first: once the draining workers have closed theirs,
+            # a new connection is refused (a load balancer moves on) instead of waiting in the
+            # kernel's backlog, which no worker reads any more, until the last worker exits.
+            sock.close()
             self._stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            sock.close()
             if owned is not None:
                 shutil.rmtree(owned, ignore_errors=True)
             shutil.rmtree(console, ignore_errors=True)
