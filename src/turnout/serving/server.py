@@ -141,6 +141,20 @@ class _Server(uvicorn.Server):
             if supervisor.hup_pending():
                 self._reload(app)
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's, and a forced quit (a second Ctrl-C while draining) still closes the
+        runtime: uvicorn would stop waiting for requests in flight and skip the lifespan
+        shutdown, so their rows and every row still queued for the ledger were lost, and
+        the limiter's slots held until its heartbeat ran out. Forced, the requests still
+        running are cancelled now, as at the end of the grace: each ends as 503
+        ``shutting_down``, settling its quota and writing its row, then the runtime closes."""
+        await super().shutdown(sockets)
+        if not self.force_exit:
+            return
+        for task in self.server_state.tasks:
+            task.cancel(msg="forced quit")
+        await self.lifespan.shutdown()
+
     def _reload(self, app: App) -> None:
         task = asyncio.create_task(_reload(app))
         self._reloads.add(task)
