@@ -294,3 +294,34 @@ def test_a_replacement_that_fails_to_start_with_no_worker_left_stops_the_supervi
         os.kill(int(next(iter(files(tmp_path, "up-")))), signal.SIGKILL)
         running.thread.join(30)
         assert running.code == [1]
+
+
+def drain_until_forced(where: str, sockets: list[socket.socket]) -> None:
+    """A worker with a request that outlasts any grace: SIGTERM is noted, SIGINT ends it."""
+    forced = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: Path(where, f"term-{os.getpid()}").touch())
+    signal.signal(signal.SIGINT, lambda *_: forced.set())
+    Path(where, f"up-{os.getpid()}").touch()
+    forced.wait()
+    Path(where, f"forced-{os.getpid()}").touch()
+
+
+def test_a_second_ctrl_c_while_draining_reaches_every_worker(tmp_path: Path) -> None:
+    sup = Supervisor(2, drain_until_forced, (str(tmp_path),), stop_after_s=20)
+    sock = supervisor.bind("127.0.0.1", 0)
+    try:
+        for slot in range(2):
+            sup._start(slot, sock)
+        wait_for(lambda: len(files(tmp_path, "up-")) == 2, "two workers up")
+
+        def ctrl_c_again() -> None:
+            wait_for(lambda: len(files(tmp_path, "term-")) == 2, "both draining")
+            sup.signals.append(signal.SIGINT)
+
+        threading.Thread(target=ctrl_c_again, daemon=True).start()
+        started = time.monotonic()
+        sup._stop()
+        assert time.monotonic() - started < 10  # not the grace and the settle time
+    finally:
+        sock.close()
+    assert files(tmp_path, "forced-") == files(tmp_path, "up-")  # each quit on the SIGINT, none killed

@@ -12,10 +12,11 @@ supervises:
   long as another worker still serves; with none left the parent exits 1;
 * SIGTERM or SIGINT → the parent closes its copy of the listening socket and sends SIGTERM to
   every worker, each of which drains as a single process does (``server.shutdown_grace_s``):
-  new connections are refused at once, as they are by one process; one still running after
-  the grace and the settle time is killed. Workers have their own process group, so a
-  terminal's Ctrl-C reaches the parent only and each worker gets one signal; a worker whose
-  parent is gone stops itself;
+  new connections are refused at once, as they are by one process; a second SIGINT (Ctrl-C)
+  meanwhile is passed on, and each worker quits at once, as one process does; one still
+  running after the grace and the settle time is killed. Workers have their own process
+  group, so a terminal's Ctrl-C reaches the parent only and each worker gets what the parent
+  passes on; a worker whose parent is gone stops itself;
 * SIGHUP → SIGHUP to every worker: each reloads the config file (``serving/reload.py``);
   the parent reloads it too, for the workers it starts later. ``POST /admin/reload`` on one
   worker reloads it and sends the parent a SIGHUP, so the others follow.
@@ -260,11 +261,19 @@ class Supervisor:
                 os.kill(process.pid, signum)
 
     def _stop(self) -> None:
-        """SIGTERM to every worker; wait for them to drain; kill what is left."""
+        """SIGTERM to every worker; wait for them to drain; kill what is left. A SIGINT while
+        they drain (a second Ctrl-C) reaches each of them: they quit at once, as one process
+        does, cutting what still runs and writing its rows."""
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_after_s + KILL_AFTER_S
+        forced = False
         for slot, (process, _) in list(self.workers.items()):
-            process.join(max(0.0, deadline - time.monotonic()))
+            while process.is_alive() and (left := deadline - time.monotonic()) > 0:
+                process.join(min(TICK_S, left))
+                if not forced and signal.SIGINT in self.signals:
+                    forced = True
+                    log.warning("SIGINT again: every worker quits now, cutting what still runs")
+                    self._signal_all(signal.SIGINT)
             if process.is_alive():
                 log.warning("worker %d (pid %s) did not stop in time: killed", slot, process.pid)
                 process.kill()
