@@ -88,11 +88,17 @@ def tell_others() -> None:
 _early_hup = threading.Event()
 
 
+def hold_hup() -> Any:
+    """A SIGHUP that comes while the server starts is kept for later (by default it would end
+    the process, without a word); the handler before (for a caller to restore)."""
+    return signal.signal(signal.SIGHUP, lambda signum, frame: _early_hup.set())
+
+
 def become_worker() -> None:
     """In a worker, first: out of the terminal's process group, gone with its parent, and a
-    SIGHUP that comes while it starts kept for later (by default it would end the process)."""
+    SIGHUP that comes while it starts kept for later (``hold_hup``)."""
     os.setpgrp()
-    signal.signal(signal.SIGHUP, lambda signum, frame: _early_hup.set())
+    hold_hup()
     parent = os.getppid()
 
     def watch() -> None:
