@@ -600,3 +600,27 @@ async def test_a_settle_redis_did_not_take_is_sent_again_once_it_answers() -> No
         finally:
             await drop_prefix(limiter)
             await limiter.aclose()
+
+
+async def test_a_settle_held_back_by_an_outage_is_sent_when_the_limiter_closes() -> None:
+    """Closed before the next heartbeat (a shutdown right after Redis came back): the settle is
+    sent with the last write, not dropped with the replica."""
+    prefix = unique_prefix()
+    one = Scope("acme", Limits(concurrency=1, usd_per_day=1.0))
+    with FaultProxy(6379) as proxy:
+        limiter = RedisLimiter(
+            f"redis://127.0.0.1:{proxy.port}/0", prefix, MAX_REQ, "closed", socket_timeout=0.5, heartbeat_ttl_s=60.0
+        )
+        grant = await limiter.acquire(ask(1, one, cost=0.5))
+        await asyncio.to_thread(proxy.cut)
+        await limiter.settle(grant, 100, 0.25)
+        await limiter.batcher.flush()  # failed: Redis is not there
+        await asyncio.to_thread(proxy.restore)
+        await limiter.aclose()  # long before the next beat (every 12 s here)
+    reader = RedisLimiter(REDIS_URL, prefix, MAX_REQ)
+    try:
+        usage = await reader.usage(one, T0)
+        assert usage["usd_per_day"]["spent"] == pytest.approx(0.25) and usage["usd_per_day"]["reserved"] == 0
+    finally:
+        await drop_prefix(reader)
+        await reader.aclose()

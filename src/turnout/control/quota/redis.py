@@ -269,6 +269,9 @@ class RedisLimiter:
             heartbeat, self._heartbeat = self._heartbeat, None
             if heartbeat is not None:
                 await heartbeat.aclose()
+                unsent, self._unsent = self._unsent, []
+                for call in unsent:  # settles an outage held back: a last try, with the final write
+                    self.batcher.post(call)
                 try:  # behind the settles still queued: what they did not free, the others now may
                     await self._beat(retire=True)
                 except Exception as exc:
