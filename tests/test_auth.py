@@ -9,7 +9,7 @@ import pytest
 
 from turnout.config import DATA_CLASSES, validate
 from turnout.control.auth import ANONYMOUS, Authenticator, digest
-from turnout.control.keys.base import IssuedKey
+from turnout.control.keys.base import IssuedKey, KeyStoreError
 from turnout.errors import AuthError
 
 KEY = "sk-acme-0123456789"
@@ -156,3 +156,28 @@ async def test_the_remembered_spellings_are_bounded() -> None:
     for n in range(1100):
         await a.identify(b"Bearer " + KEY.encode() + b" " * n, 0.0)
     assert len(a._seen) == 1024
+
+
+class _Down:
+    """A key store that cannot be reached, its error naming where it is."""
+
+    calls = 0
+
+    async def lookup(self, key_digest: bytes) -> Any:
+        self.calls += 1
+        raise KeyStoreError("Redis key store: ConnectionError: Error 111 connecting to redis.internal:6390.")
+
+
+async def test_a_key_store_that_fails_is_a_503_that_does_not_say_where_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = _Down()
+    a = Authenticator(config({"acme": {"keys": [KEY]}}), store)  # type: ignore[arg-type]
+    for _ in range(5):
+        with pytest.raises(KeyStoreError) as caught:
+            await a.identify(b"Bearer anything-at-all", 0.0)  # anyone may send a key
+        assert caught.value.status == 503
+        assert "redis.internal" not in str(caught.value) and "6390" not in str(caught.value)
+    assert store.calls == 5
+    logged = [r.getMessage() for r in caplog.records if "issued keys cannot be checked" in r.getMessage()]
+    assert len(logged) == 1 and "redis.internal:6390" in logged[0]  # the operator's, once in a while

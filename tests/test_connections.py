@@ -40,6 +40,11 @@ class App:
         if scope["type"] != "http":
             return
         status, size = 200, 0
+        if scope["path"] == "/stream":  # an answer of unknown length, as an SSE relay sends
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            for part in (b"data: one\n\n", b"data: two\n\n", b""):
+                await send({"type": "http.response.body", "body": part, "more_body": bool(part)})
+            return
         if scope["path"] == "/early":
             status = 413
         else:
@@ -323,3 +328,21 @@ def test_timeouts_and_the_cap_must_be_positive(key: str) -> None:
     with pytest.raises(ConfigError) as info:
         validate({"server": {key: 0}})
     assert any(p.startswith(f"server.{key}") for p in info.value.problems)
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.0", b"HTTP/1.1"])
+async def test_a_stream_to_an_http_1_0_client_is_not_chunked(version: bytes) -> None:
+    """HTTP/1.0 has no chunked encoding: its client read the chunk sizes as part of the stream.
+    It gets the bytes as they are, ended by the close; an HTTP/1.1 client still gets chunks."""
+    async with serving() as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"GET /stream %b\r\nhost: t\r\nconnection: close\r\n\r\n" % version)
+        data, _ = await closed_after(reader, now())
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if version == b"HTTP/1.0":
+        assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower()
+        assert body == b"data: one\n\ndata: two\n\n"
+    else:
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert body == b"b\r\ndata: one\n\n\r\nb\r\ndata: two\n\n\r\n0\r\n\r\n"

@@ -7,12 +7,15 @@ import json
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import openai
 import pytest
 
-from tests.serving import Process, turnout_serve
+from tests.serving import Process, sdk_client, turnout_serve
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +68,40 @@ async def _load_then_sigterm(base_url: str, pid: int) -> set[str]:
         os.kill(pid, signal.SIGTERM)
         await asyncio.gather(*clients)
     return answered
+
+
+def test_a_forced_quit_still_cuts_what_runs_and_writes_every_row(tmp_path: Path) -> None:
+    """A second Ctrl-C while draining: uvicorn stops waiting and would skip the runtime's close,
+    losing the rows in flight and in the ledger's queue. Forced, the stream still running is cut
+    (503 ``shutting_down``) and every row is written before the process exits."""
+    upstream = Process("tests.fakes.upstream", ready_path="/v1/models")
+    try:
+        upstream.post("/_reply", {"text": [f"w{i} " for i in range(40)]})
+        upstream.post("/_fault", {"mode": "ok", "chunk_delay": 0.25})
+        config = {
+            "server": {"shutdown_grace_s": 60},
+            "store": {"batch_size": 64, "flush_interval_ms": 60_000},  # rows wait in the queue
+            "targets": {"up": {"provider": "openai", "base_url": upstream.url + "/v1", "model": "m"}},
+            "tasks": {"chat": {"route": ["up"]}},
+        }
+        path = tmp_path / "turnout.yaml"
+        path.write_text(json.dumps(config))
+        messages: list[Any] = [{"role": "user", "content": "hi"}]
+        with turnout_serve(tmp_path, path) as served:
+            client = sdk_client(served.base_url, "anonymous")
+            stream = client.chat.completions.create(model="chat", messages=messages, stream=True)
+            first = next(iter(stream))
+            served.proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            served.proc.send_signal(signal.SIGINT)  # "CTRL+C to force quit"
+            with pytest.raises(openai.APIError, match="shutting down"):
+                for _ in stream:
+                    pass
+            served.proc.wait(15)  # it exits, well within the grace
+            log = served.log.read_text()
+        with sqlite3.connect(tmp_path / ".turnout" / "turnout.db") as conn:
+            rows = dict(conn.execute("SELECT request_id, status FROM requests").fetchall())
+        assert rows == {first.id.removeprefix("chatcmpl-"): 503}
+        assert "Exception in 'lifespan' protocol" not in log
+    finally:
+        upstream.stop()

@@ -2,7 +2,7 @@
 workers answer on one port, their counters are summed at ``/metrics``, a tenant's RPM holds
 across them through Redis, a killed worker is replaced, SIGHUP to the parent (or
 ``POST /admin/reload`` on one worker) reloads every worker without cutting a stream, and
-SIGTERM lets a stream in flight finish."""
+SIGTERM lets a stream in flight finish while new connections are refused."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -354,3 +355,20 @@ def test_retention_runs_once_an_interval_whatever_the_workers(tmp_path: Path) ->
     assert min(gaps) >= 0.9 * interval, gaps  # two workers running each interval: pairs a moment apart
     assert [d for _, d in trail].count("retention: deleted 3 ledger rows past ledger_days") == 1
     assert sum("deleted 3 ledger rows of 1 tenant/task pairs" in d for _, d in trail) == 1
+
+
+def test_sigterm_refuses_new_connections_while_a_stream_drains(served: Served, upstream: Process) -> None:
+    """As one process does: a load balancer's connect fails at once and it moves on, instead of
+    a request waiting in a backlog no worker reads until the drain ends, then reset."""
+    upstream.post("/_fault", {"chunk_delay": 0.5})
+    client = sdk_client(served.base_url, KEY)
+    stream = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], stream=True)
+    pieces = [next(iter(stream)).choices[0].delta.content or ""]
+    served.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # each worker has taken its signal and closed its listener
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", served.port), timeout=5).close()
+    assert served.proc.poll() is None  # still draining
+    pieces += [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == "Hello, world"
+    assert served.proc.wait(60) == 0

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import random
 import re
+import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -672,3 +673,22 @@ def test_odd_paths(gateway: Gateway, request: pytest.FixtureRequest) -> None:
     probes += [Probe(f"DELETE {p[:60]}", http_request("DELETE", p)) for p in ODD_PATHS if p.startswith("/admin/keys")]
     asyncio.run(run(gateway, tally, probes))
     finish(request, tally)
+
+
+@pytest.mark.parametrize(("key", "length"), [("sk-wrong", 1000), (TENANT_KEY, 99_999_999)])
+def test_a_refusal_before_100_continue_closes_the_connection(gateway: Gateway, key: str, length: int) -> None:
+    """Refused (401, 413) before its body was asked for, a client waiting for ``100 Continue``
+    sends no body: kept open, its next request on the connection was read as that body (a
+    hang, or 400 'Invalid HTTP request'). The answer says ``connection: close`` and closes."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer %b\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\nexpect: 100-continue\r\n\r\n"
+            % (key.encode(), length)
+        )
+        answer = b""
+        while chunk := conn.recv(65536):  # to the end: the server closes
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith((b"http/1.1 401", b"http/1.1 413")) and b"100 continue" not in head
+    assert b"\r\nconnection: close" in head

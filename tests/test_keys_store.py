@@ -420,11 +420,16 @@ async def test_redis_revocation_keeps_times_exact(redis_prefix: str, redis_clien
     assert (found.created_at, found.expires_at, found.revoked_at) == (created, expires, revoked_at)
 
 
-async def test_redis_unreachable_is_a_key_store_error_without_the_password() -> None:
+async def test_redis_unreachable_is_a_key_store_error_without_the_password(caplog: pytest.LogCaptureFixture) -> None:
     store = RedisKeyStore("redis://:hunter2@127.0.0.1:1/0", "x", timeout_s=1.0)
     with pytest.raises(KeyStoreError) as caught:
-        await store.open()
+        await store.open()  # a command: at once
     assert "hunter2" not in str(caught.value)
+    await store.open(serving=True)  # a gateway starting: a warning, not a gateway that cannot start
+    assert "issued keys are refused" in caplog.text
+    with pytest.raises(KeyStoreError) as caught:
+        await store.lookup(digest("tk-anything"))
+    assert "hunter2" not in str(caught.value) and "hunter2" not in caplog.text
     assert caught.value.status == 503
     await store.aclose()
 

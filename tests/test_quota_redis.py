@@ -22,6 +22,7 @@ pytest.importorskip("redis")
 
 from redis.exceptions import ResponseError
 
+from tests.fakes.tcp_proxy import FaultProxy
 from tests.test_quota_contract import (
     DAY_END,
     MONTH_END,
@@ -569,3 +570,57 @@ async def test_an_acquire_sent_again_after_its_reply_was_lost_takes_its_reservat
         await drop_prefix(limiter)
         await limiter.aclose()
         await proxy.aclose()
+
+
+async def test_a_settle_redis_did_not_take_is_sent_again_once_it_answers() -> None:
+    """Redis unreachable for a moment while a request ends: its settle fails. Sent again after
+    the next heartbeat Redis answers, it frees the slot (else the tenant stayed locked out of its
+    concurrency for ``max_request_s``) and charges the cost (else that spend was never counted)."""
+    prefix = unique_prefix()
+    one = Scope("acme", Limits(concurrency=1, usd_per_day=1.0))
+    with FaultProxy(6379) as proxy:
+        limiter = RedisLimiter(
+            f"redis://127.0.0.1:{proxy.port}/0", prefix, MAX_REQ, "closed", socket_timeout=0.5, heartbeat_ttl_s=5.0
+        )
+        try:
+            grant = await limiter.acquire(ask(1, one, cost=0.5))  # connected, beating
+            await asyncio.to_thread(proxy.cut)
+            await limiter.settle(grant, 100, 0.25)
+            await limiter.batcher.flush()  # sent, and failed: Redis is not there
+            assert limiter.stats().backend_errors >= 1
+            await asyncio.to_thread(proxy.restore)
+            for _ in range(80):  # a heartbeat or two (every second), not MAX_REQ
+                if not await limiter.client.zcard(f"{prefix}:q:acme:slots"):
+                    break
+                await asyncio.sleep(0.05)
+            usage = await limiter.usage(one, T0)
+            assert usage["concurrency"]["in_use"] == 0
+            assert usage["usd_per_day"] == {**usage["usd_per_day"], "reserved": 0, "spent": pytest.approx(0.25)}
+            await limiter.release(await limiter.acquire(ask(2, one, cost=0.5)))  # the slot is free again
+        finally:
+            await drop_prefix(limiter)
+            await limiter.aclose()
+
+
+async def test_a_settle_held_back_by_an_outage_is_sent_when_the_limiter_closes() -> None:
+    """Closed before the next heartbeat (a shutdown right after Redis came back): the settle is
+    sent with the last write, not dropped with the replica."""
+    prefix = unique_prefix()
+    one = Scope("acme", Limits(concurrency=1, usd_per_day=1.0))
+    with FaultProxy(6379) as proxy:
+        limiter = RedisLimiter(
+            f"redis://127.0.0.1:{proxy.port}/0", prefix, MAX_REQ, "closed", socket_timeout=0.5, heartbeat_ttl_s=60.0
+        )
+        grant = await limiter.acquire(ask(1, one, cost=0.5))
+        await asyncio.to_thread(proxy.cut)
+        await limiter.settle(grant, 100, 0.25)
+        await limiter.batcher.flush()  # failed: Redis is not there
+        await asyncio.to_thread(proxy.restore)
+        await limiter.aclose()  # long before the next beat (every 12 s here)
+    reader = RedisLimiter(REDIS_URL, prefix, MAX_REQ)
+    try:
+        usage = await reader.usage(one, T0)
+        assert usage["usd_per_day"]["spent"] == pytest.approx(0.25) and usage["usd_per_day"]["reserved"] == 0
+    finally:
+        await drop_prefix(reader)
+        await reader.aclose()

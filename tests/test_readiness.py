@@ -449,6 +449,29 @@ async def test_redis_unreachable_is_unready_only_when_failing_closed(
         await drop_prefix(app.runtime.quota.limiter)
 
 
+@needs_redis
+@pytest.mark.parametrize("on_backend_error", ["closed", "open"])
+async def test_a_gateway_started_while_redis_is_down_starts_and_serves_once_it_returns(
+    make_app: AppFactory, on_backend_error: str
+) -> None:
+    """As one already running rides out an outage: unready meanwhile only when failing closed."""
+    with FaultProxy(6379) as proxy:
+        await asyncio.to_thread(proxy.cut)
+        app = await make_app(
+            redis_config(proxy.port, on_backend_error, unique_prefix()), {"alive": ScriptedProvider("alive")}
+        )
+        resp = await readyz(app)
+        if on_backend_error == "closed":
+            assert resp.status == 503 and resp.json()["checks"]["limiter"] == "unreachable"
+        else:
+            assert resp.status == 200
+        await asyncio.to_thread(proxy.restore)
+        await eventually(lambda: status_is(app, 200))
+        chat = await request(app, "POST", "/v1/chat/completions", {"model": "open", "messages": MESSAGES}, AUTH)
+        assert chat.status == 200
+        await drop_prefix(app.runtime.quota.limiter)
+
+
 async def status_is(app: App, status: int) -> bool:
     return (await readyz(app)).status == status
 

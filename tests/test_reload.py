@@ -6,9 +6,13 @@ a request already running finishes on the config it started with."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -19,10 +23,13 @@ from redis.asyncio import Redis
 from tests.asgi import request
 from tests.fakes.scripted import ScriptedProvider, Step
 from tests.fakes.upstream import FakeUpstream
+from tests.serving import free_port_in
 from tests.test_quota_contract import REDIS_URL, needs_redis
 from turnout.cli.serve import Reloader
 from turnout.config import load_config, validate
+from turnout.observe import logs
 from turnout.providers.base import Call, Provider, Stream
+from turnout.serving import server, supervisor
 from turnout.serving.app import App
 from turnout.serving.reload import LIVE, ReloadRefused
 
@@ -707,3 +714,37 @@ async def test_an_offline_runtime_runs_no_canary_controller_nor_retention_purge(
             assert app.runtime.store is not None and app.runtime.release_store is not None
         finally:
             await app.runtime.aclose()
+
+
+def test_a_sighup_while_one_process_starts_is_kept_for_a_reload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default a SIGHUP ends a process: one that came while ``turnout serve`` started (a
+    deploy tool's reload right after a restart) ended it without a word. It is kept, and the
+    reload runs once started, as a worker of ``--workers`` already did."""
+    caught: list[int] = []
+    before = signal.signal(signal.SIGHUP, lambda signum, frame: caught.append(signum))  # in case it is not kept
+    pending: list[bool] = []
+
+    def starting(self: Any, sockets: Any = None) -> None:
+        os.kill(os.getpid(), signal.SIGHUP)
+        pending.append(supervisor.hup_pending())
+
+    monkeypatch.setattr(supervisor, "_early_hup", threading.Event())
+    monkeypatch.setattr(server._Server, "run", starting)
+    monkeypatch.setattr(logs, "configure", lambda *args, **kwargs: SimpleNamespace(stop=lambda: None))
+    monkeypatch.setattr(server, "redact_logs", lambda config: None)
+    try:
+        guard = signal.getsignal(signal.SIGHUP)
+        server.run(
+            validate(
+                {
+                    "server": {"port": free_port_in(31900, 31999)},
+                    "store": {"kind": "memory"},
+                    "targets": {"up": {"provider": "openai", "base_url": "http://up.invalid/v1", "model": "m"}},
+                    "tasks": {"chat": {"route": ["up"]}},
+                }
+            )
+        )
+        assert pending == [True] and caught == []
+        assert signal.getsignal(signal.SIGHUP) is guard  # what was there before, restored
+    finally:
+        signal.signal(signal.SIGHUP, before)

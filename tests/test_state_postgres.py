@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("psycopg")
 
+from tests.fakes.tcp_proxy import FaultProxy
 from tests.pgstate import KINDS, raw_sql, state_place
 from tests.test_capture_policy import eventually
 from tests.test_ledger_store import POSTGRES_DSN, postgres_reachable
@@ -301,3 +302,23 @@ def test_a_grant_made_from_one_machine_is_listed_from_another(tmp_path: Path, pl
     (grant,) = orjson.loads(listed.stdout)
     assert (grant["tenant"], grant["reason"], grant["granted_by"]) == ("acme", "ticket 4812", "alice")
     assert not list(tmp_path.rglob("capture.db")), "no capture file on either machine"
+
+
+@needs_postgres
+async def test_a_listener_that_cannot_reconnect_says_so_once_and_again_when_it_is_back(
+    place: PgPlace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It retries every 0.5 s; an outage is one line (and one a minute), not two a second."""
+    port = int(place.dsn.rsplit(":", 1)[1].split("/")[0])
+    with FaultProxy(port) as proxy:
+        via = PgPlace(place.dsn.replace(f":{port}/", f":{proxy.port}/"), place.schema)
+        async with ReleaseStore(via) as store:
+            caplog.clear()
+            await asyncio.to_thread(proxy.cut)
+            await asyncio.sleep(2.5)  # five tries
+            before = store.data_version()
+            await asyncio.to_thread(proxy.restore)
+            await eventually(lambda: store.data_version() != before)
+            lines = [r.getMessage() for r in caplog.records if "change notices" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "stopped" in lines[0] and "flow again" in lines[1]

@@ -260,3 +260,68 @@ def test_tell_others_signals_only_its_own_supervisor(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(supervisor.SUPERVISOR_ENV, str(os.getppid()))
     supervisor.tell_others()
     assert sent == [(os.getppid(), signal.SIGHUP)]
+
+
+def serve_unless_failing(where: str, sockets: list[socket.socket]) -> None:
+    """A worker that fails its start-up while the file ``fail`` exists (a store it opens down)."""
+    if Path(where, "fail").exists():
+        Path(where, f"failed-{os.getpid()}").touch()
+        raise SystemExit(STARTUP_FAILURE)
+    record_and_wait(where, sockets)
+
+
+def test_a_replacement_that_fails_to_start_is_tried_again_while_another_worker_serves(tmp_path: Path) -> None:
+    sup = Supervisor(2, serve_unless_failing, (str(tmp_path),), stop_after_s=5)
+    with Running(sup) as running:
+        wait_for(lambda: len(files(tmp_path, "up-")) == 2, "two workers up")
+        survivor, victim = sorted(files(tmp_path, "up-"))
+        Path(tmp_path, "fail").touch()  # the store is down: a new worker cannot start
+        os.kill(int(victim), signal.SIGKILL)
+        wait_for(lambda: len(files(tmp_path, "failed-")) >= 1, "the replacement failed its start-up")
+        time.sleep(0.5)
+        assert running.thread.is_alive() and running.code == []  # the survivor still serves
+        assert survivor in {str(p.pid) for p, _ in sup.workers.values()}
+        Path(tmp_path, "fail").unlink()  # the store is back
+        wait_for(lambda: len(files(tmp_path, "up-")) == 3, "the replacement up on a later try")
+        assert len({str(p.pid) for p, _ in sup.workers.values() if p.is_alive()}) == 2
+
+
+def test_a_replacement_that_fails_to_start_with_no_worker_left_stops_the_supervisor(tmp_path: Path) -> None:
+    sup = Supervisor(1, serve_unless_failing, (str(tmp_path),), stop_after_s=5)
+    with Running(sup) as running:
+        wait_for(lambda: len(files(tmp_path, "up-")) == 1, "the worker up")
+        Path(tmp_path, "fail").touch()
+        os.kill(int(next(iter(files(tmp_path, "up-")))), signal.SIGKILL)
+        running.thread.join(30)
+        assert running.code == [1]
+
+
+def drain_until_forced(where: str, sockets: list[socket.socket]) -> None:
+    """A worker with a request that outlasts any grace: SIGTERM is noted, SIGINT ends it."""
+    forced = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: Path(where, f"term-{os.getpid()}").touch())
+    signal.signal(signal.SIGINT, lambda *_: forced.set())
+    Path(where, f"up-{os.getpid()}").touch()
+    forced.wait()
+    Path(where, f"forced-{os.getpid()}").touch()
+
+
+def test_a_second_ctrl_c_while_draining_reaches_every_worker(tmp_path: Path) -> None:
+    sup = Supervisor(2, drain_until_forced, (str(tmp_path),), stop_after_s=20)
+    sock = supervisor.bind("127.0.0.1", 0)
+    try:
+        for slot in range(2):
+            sup._start(slot, sock)
+        wait_for(lambda: len(files(tmp_path, "up-")) == 2, "two workers up")
+
+        def ctrl_c_again() -> None:
+            wait_for(lambda: len(files(tmp_path, "term-")) == 2, "both draining")
+            sup.signals.append(signal.SIGINT)
+
+        threading.Thread(target=ctrl_c_again, daemon=True).start()
+        started = time.monotonic()
+        sup._stop()
+        assert time.monotonic() - started < 10  # not the grace and the settle time
+    finally:
+        sock.close()
+    assert files(tmp_path, "forced-") == files(tmp_path, "up-")  # each quit on the SIGINT, none killed

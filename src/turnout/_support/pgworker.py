@@ -17,7 +17,8 @@ Change notice: each committed ``transaction`` sends a ``NOTIFY`` on the store's 
 commit, never for a rolled-back one). A listener thread with a connection of its own counts the
 notices; ``data_version()`` returns the count, a plain attribute read on the loop (the registry
 polls it every 0.5 s, so a replica sees another's rollback within about that). A listener that
-loses its connection reconnects and bumps the count: a notice may have been missed, so readers
+loses its connection reconnects (every 0.5 s, saying so once, then once a minute, and once
+more when notices flow again) and bumps the count: a notice may have been missed, so readers
 reload. A writer connection that broke is replaced on the next call.
 
 ``migrate`` is ``turnout._support.sqlite.migrate`` for PostgreSQL: the store's own history
@@ -31,6 +32,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -40,6 +42,7 @@ import psycopg
 
 from turnout._support.places import PgPlace
 from turnout._support.sqlite import ErrorFactory, Migrations
+from turnout._support.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ _OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
 _RETURNING = re.compile(r"\s+RETURNING\s+", re.IGNORECASE)
 _IS_PARAM = re.compile(r"\bIS\s+\?", re.IGNORECASE)
 LISTEN_POLL_S = 0.5  # how often the listener looks up from waiting, to notice a stop
+STILL_DOWN_EVERY_S = 60.0  # a listener that cannot reconnect says so again at most this often
 
 
 @lru_cache(maxsize=512)
@@ -265,6 +269,8 @@ class PostgresWorker:
         self._listener.start()
 
     def _listen(self) -> None:
+        down_since: float | None = None  # while the database does not answer: one line, not one a try
+        still_down = Throttle(1 / STILL_DOWN_EVERY_S, 1)
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
@@ -273,10 +279,29 @@ class PostgresWorker:
                     raw.execute(f'LISTEN "{self._channel}"')
                     self._version += 1  # (re)listening: anything may have changed meanwhile
                     self._listening.set()
+                    if down_since is not None:
+                        log.warning(
+                            "%s: change notices from %s flow again, after %.0f s",
+                            self.label,
+                            self.path,
+                            time.monotonic() - down_since,
+                        )
+                        down_since = None
                     for _ in self._notices(raw):
                         self._version += 1
             except psycopg.Error as exc:
-                log.warning("%s: change notices from %s stopped (%s); retrying", self.label, self.path, exc)
+                if down_since is None:
+                    down_since = time.monotonic()
+                    still_down.allow()  # the next line about it after STILL_DOWN_EVERY_S
+                    log.warning("%s: change notices from %s stopped (%s); retrying", self.label, self.path, exc)
+                elif still_down.allow():
+                    log.warning(
+                        "%s: change notices from %s still stopped after %.0f s (%s); retrying",
+                        self.label,
+                        self.path,
+                        time.monotonic() - down_since,
+                        exc,
+                    )
                 self._stop.wait(LISTEN_POLL_S)
 
     def _notices(self, raw: psycopg.Connection[Any]) -> Iterator[object]:

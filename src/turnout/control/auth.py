@@ -4,11 +4,17 @@ exist only as digests, in the key store."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 
+from turnout._support.throttle import Throttle
 from turnout.config import DATA_CLASSES, Config
-from turnout.control.keys.base import KeyStore
+from turnout.control.keys.base import IssuedKey, KeyStore, KeyStoreError
 from turnout.errors import AuthError
+
+log = logging.getLogger("turnout")
+
+STORE_DOWN_EVERY_S = 10.0  # a key store that fails is logged at most this often (each request fails)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,7 @@ class Authenticator:
         # in clear already, so remembering the header costs no secrecy and saves a hash per
         # request. Issued keys are never remembered (a revocation must hold at once).
         self._seen: dict[bytes, Tenant] = {}
+        self._store_down = Throttle(1 / STORE_DOWN_EVERY_S, 1)
         self.tenants: dict[str, Tenant] = {}
         for name, t in config.tenants.items():
             tenant = Tenant(name, frozenset(t.data_classes), frozenset(t.tasks) if t.tasks is not None else None)
@@ -68,7 +75,7 @@ class Authenticator:
             if authorization is not None and len(self._seen) < _SEEN_MAX:
                 self._seen[authorization] = tenant
             return tenant
-        issued = await self.keys.lookup(key_digest) if self.keys is not None else None
+        issued = await self._lookup(key_digest) if self.keys is not None else None
         if issued is not None:
             if issued.revoked_at is not None:
                 raise AuthError("this API key was revoked", code="revoked_api_key")
@@ -78,6 +85,17 @@ class Authenticator:
             if tenant is not None:
                 return tenant
         raise AuthError("invalid API key")
+
+    async def _lookup(self, key_digest: bytes) -> IssuedKey | None:
+        """The issued key; the store's failure is logged, and told to the caller (anyone who
+        sends a key) without what names the store: its host and port, its file."""
+        assert self.keys is not None
+        try:
+            return await self.keys.lookup(key_digest)
+        except KeyStoreError as exc:
+            if self._store_down.allow():
+                log.warning("issued keys cannot be checked: %s%s", exc, self._store_down.note())
+            raise KeyStoreError("the key store cannot be reached; try again shortly") from exc
 
 
 _SEEN_MAX = 1024  # spellings of config keys remembered (a header may vary in case and spaces)

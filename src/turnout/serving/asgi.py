@@ -103,6 +103,13 @@ def unread_body(scope: MutableMapping[str, Any]) -> bool:
     return header(scope, b"transfer-encoding") is not None
 
 
+def continue_unsent(scope: MutableMapping[str, Any]) -> bool:
+    """Whether the client holds its body back for a ``100 Continue`` it was never sent (the
+    request was refused before its body was read): what it sends next on this connection may
+    be that body or its next request, so the answer closes the connection."""
+    return not scope.get(BODY_READ) and header(scope, b"expect") is not None
+
+
 async def drain(receive: Receive) -> None:
     """Read and drop what is left of a refused request's body (at most ``DRAIN_BYTES``, for at
     most ``DRAIN_S``) before answering: a server that closes a connection with unread bytes

@@ -20,7 +20,7 @@ from typing import Any
 from turnout._support.failures import describe
 from turnout.errors import TurnoutError
 from turnout.serving import respond
-from turnout.serving.asgi import Message, Receive, Send, drain, unread_body
+from turnout.serving.asgi import Message, Receive, Send, continue_unsent, drain, unread_body
 
 log = logging.getLogger("turnout")
 
@@ -58,7 +58,8 @@ class _Watched:
     """``send``, noting whether the response has started. It hands back the server's own
     awaitable rather than awaiting it: no extra coroutine per message. An error answer to a
     request whose body was not read (a 401 or 413 before it) first drains that body: closing
-    on unread bytes would reset the connection, and the client would never see the answer."""
+    on unread bytes would reset the connection, and the client would never see the answer.
+    One whose client waits for ``100 Continue`` (never sent) closes the connection instead."""
 
     __slots__ = ("receive", "scope", "send", "started")
 
@@ -71,8 +72,11 @@ class _Watched:
     def __call__(self, message: Message) -> Awaitable[None]:
         if not self.started and message["type"] == "http.response.start":
             self.started = True
-            if message["status"] >= 400 and unread_body(self.scope):
-                return self._after_draining(message)
+            if message["status"] >= 400:
+                if unread_body(self.scope):
+                    return self._after_draining(message)
+                if continue_unsent(self.scope):
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
         return self.send(message)
 
     async def _after_draining(self, message: Message) -> None:

@@ -39,6 +39,7 @@ import asyncio
 import heapq
 import logging
 import math
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -202,6 +203,8 @@ class GuardedProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None:  # the transport as its answer sees it: head and body in one write
             cycle.transport = cast(asyncio.Transport, OneWrite(self.transport, self.loop))
+            if cycle.scope["http_version"] == "1.0":
+                cycle.send = Http10Answer(cycle)  # type: ignore[method-assign]
 
     def on_response_complete(self) -> None:
         if self.pipeline or self.transport.is_closing():
@@ -249,6 +252,35 @@ class GuardedProtocol(HttpToolsProtocol):
         if unanswered:
             transport.write(answer)
         transport.close()
+
+
+class Http10Answer:
+    """``send`` for an HTTP/1.0 request's cycle. uvicorn frames an answer of unknown length (a
+    stream) with ``transfer-encoding: chunked``, which HTTP/1.0 does not have (RFC 9112 6.1: not
+    to a client that did not send HTTP/1.1 or later): such a client read the chunk sizes as part
+    of the stream. Here that answer's body goes out as it is, and the closing connection (always,
+    for HTTP/1.0 in uvicorn) ends it."""
+
+    __slots__ = ("_cycle", "_send", "_unframed")
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+        self._send = cycle.send
+        self._unframed = False
+
+    async def __call__(self, message: Any) -> None:
+        cycle = self._cycle
+        if message["type"] == "http.response.start":
+            framed = any(
+                name.lower() in (b"content-length", b"transfer-encoding") for name, _ in message.get("headers", ())
+            )
+            if not framed and cycle.scope["method"] != "HEAD" and message["status"] not in (204, 304):
+                self._unframed = True
+                cycle.chunked_encoding = False  # no transfer-encoding header, no chunk sizes
+                cycle.expected_content_length = sys.maxsize  # what uvicorn checks a body against
+        elif self._unframed and not message.get("more_body", False):
+            cycle.expected_content_length = len(message.get("body", b""))  # the last part: it ends here
+        await self._send(message)
 
 
 JOIN_MAX = 64 * 1024  # a body up to this size goes out in one write with its head

@@ -142,7 +142,7 @@ class Runtime:
             stack.push_async_callback(self.capture.aclose)
         if cfg.tenants:  # issued keys live beside the limits (SQLite, or Redis when shared)
             keys = open_key_store(cfg.limits)
-            await keys.open()
+            await keys.open(serving=True)
             stack.push_async_callback(keys.aclose)
             self.auth, self.keys = Authenticator(cfg, keys), keys
         if self.quota.needed():
@@ -204,7 +204,7 @@ class Runtime:
             setattr(new, name, getattr(self, name))
         if config.tenants and new.keys is None:
             new.keys = open_key_store(config.limits)
-            await new.keys.open()
+            await new.keys.open(serving=True)
             stack.push_async_callback(new.keys.aclose)
         if config.tenants:
             new.auth = Authenticator(config, new.keys)

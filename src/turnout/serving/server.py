@@ -73,6 +73,7 @@ def run(
     listening = sockets if sockets is not None else [supervisor.bind(srv.host, srv.port)]
     redaction = RedactingFilter(Redactor(redaction_key(config)), fields=srv.log_format == "json")
     listener = logs.configure(srv.log_level, srv.log_format, redaction, access_log=srv.access_log)
+    held = supervisor.hold_hup()  # a SIGHUP while starting: a reload once started, not the end
     try:
         share_the_gil()
         fd_limit = raise_open_file_limit()
@@ -87,6 +88,7 @@ def run(
             raise SystemExit(1) from None
         raise
     finally:
+        signal.signal(signal.SIGHUP, held)
         listener.stop()  # writes what is queued
         if sockets is None:
             listening[0].close()  # a no-op once uvicorn has closed it
@@ -147,6 +149,22 @@ class _Server(uvicorn.Server):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload, app)
             if supervisor.hup_pending():
                 self._reload(app)
+        else:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _no_reload)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's, and a forced quit (a second Ctrl-C while draining) still closes the
+        runtime: uvicorn would stop waiting for requests in flight and skip the lifespan
+        shutdown, so their rows and every row still queued for the ledger were lost, and
+        the limiter's slots held until its heartbeat ran out. Forced, the requests still
+        running are cancelled now, as at the end of the grace: each ends as 503
+        ``shutting_down``, settling its quota and writing its row, then the runtime closes."""
+        await super().shutdown(sockets)
+        if not self.force_exit:
+            return
+        for task in self.server_state.tasks:
+            task.cancel(msg="forced quit")
+        await self.lifespan.shutdown()
 
     def _reload(self, app: App) -> None:
         task = asyncio.create_task(_reload(app))
@@ -182,6 +200,10 @@ def freeze_heap() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def _no_reload() -> None:
+    log.warning("SIGHUP: this server was started without a config file: nothing to reload")
 
 
 async def _reload(app: App) -> None:

@@ -6,12 +6,17 @@ kernel hands each new connection to whichever worker accepts it first. The paren
 supervises:
 
 * a worker that exits is started again (after a pause when it lived under a second, so a
-  crash loop does not spin), unless its start-up failed: then the config cannot start at all
-  and the parent stops every worker and exits 1;
-* SIGTERM or SIGINT → SIGTERM to every worker, each of which drains as a single process does
-  (``server.shutdown_grace_s``); one still running after the grace and the settle time is
-  killed. Workers have their own process group, so a terminal's Ctrl-C reaches the parent
-  only and each worker gets one signal; a worker whose parent is gone stops itself;
+  crash loop does not spin). A worker of the first start whose start-up fails means the config
+  cannot start at all: the parent stops every worker and exits 1. A replacement whose start-up
+  fails (a store it opens is down for a while) is tried again, after 2, 4, 8 … up to 30 s, as
+  long as another worker still serves; with none left the parent exits 1;
+* SIGTERM or SIGINT → the parent closes its copy of the listening socket and sends SIGTERM to
+  every worker, each of which drains as a single process does (``server.shutdown_grace_s``):
+  new connections are refused at once, as they are by one process; a second SIGINT (Ctrl-C)
+  meanwhile is passed on, and each worker quits at once, as one process does; one still
+  running after the grace and the settle time is killed. Workers have their own process
+  group, so a terminal's Ctrl-C reaches the parent only and each worker gets what the parent
+  passes on; a worker whose parent is gone stops itself;
 * SIGHUP → SIGHUP to every worker: each reloads the config file (``serving/reload.py``);
   the parent reloads it too, for the workers it starts later. ``POST /admin/reload`` on one
   worker reloads it and sends the parent a SIGHUP, so the others follow.
@@ -54,6 +59,7 @@ STARTUP_FAILURE = 3  # uvicorn's exit code when the lifespan start-up fails
 QUICK_EXIT_S = 1.0  # a worker that lived less than this is restarted after this long
 KILL_AFTER_S = 10.0  # past the grace and the settle time: a stuck worker is killed
 TICK_S = 0.5
+RETRY_MAX_S = 30.0  # the longest pause before another try at a replacement whose start-up failed
 
 allow_connection_pickling()  # the listening socket travels to each spawned worker
 _spawn = get_context("spawn")
@@ -82,11 +88,17 @@ def tell_others() -> None:
 _early_hup = threading.Event()
 
 
+def hold_hup() -> Any:
+    """A SIGHUP that comes while the server starts is kept for later (by default it would end
+    the process, without a word); the handler before (for a caller to restore)."""
+    return signal.signal(signal.SIGHUP, lambda signum, frame: _early_hup.set())
+
+
 def become_worker() -> None:
     """In a worker, first: out of the terminal's process group, gone with its parent, and a
-    SIGHUP that comes while it starts kept for later (by default it would end the process)."""
+    SIGHUP that comes while it starts kept for later (``hold_hup``)."""
     os.setpgrp()
-    signal.signal(signal.SIGHUP, lambda signum, frame: _early_hup.set())
+    hold_hup()
     parent = os.getppid()
 
     def watch() -> None:
@@ -132,6 +144,9 @@ class Supervisor:
     refresh: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
     workers: dict[int, tuple[SpawnProcess, float]] = field(default_factory=dict)  # slot → (process, started)
     signals: list[int] = field(default_factory=list)
+    replaced: set[int] = field(default_factory=set)  # slots whose worker is a replacement
+    failed: dict[int, int] = field(default_factory=dict)  # slot → its replacements' failed start-ups in a row
+    pending: dict[int, float] = field(default_factory=dict)  # slot → when to try its replacement again
 
     def run(self, host: str, port: int) -> int:
         """Serve until SIGTERM/SIGINT; the exit code."""
@@ -146,10 +161,13 @@ class Supervisor:
                 self._start(slot, sock)
             return self._loop(sock)
         finally:
+            # This copy of the socket goes first: once the draining workers have closed theirs,
+            # a new connection is refused (a load balancer moves on) instead of waiting in the
+            # kernel's backlog, which no worker reads any more, until the last worker exits.
+            sock.close()
             self._stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            sock.close()
             if owned is not None:
                 shutil.rmtree(owned, ignore_errors=True)
             shutil.rmtree(console, ignore_errors=True)
@@ -204,18 +222,42 @@ class Supervisor:
                         woken.recv(4096)
                 elif isinstance(ready, int) and not self._replace(sentinels[ready], sock):
                     return 1
+            now = time.monotonic()
+            for slot, due in list(self.pending.items()):
+                if now >= due:
+                    del self.pending[slot]
+                    self._start(slot, sock)
 
     def _replace(self, slot: int, sock: socket.socket) -> bool:
-        """Start a worker again in place of the one that exited; False: its start-up failed."""
+        """Start a worker again in place of the one that exited; False: the server cannot
+        serve (a worker of the first start failed its start-up, or a replacement did and no
+        other worker is left)."""
         process, started = self.workers.pop(slot)
         process.join()
         _forget_metrics(process.pid)
         if process.exitcode == STARTUP_FAILURE:
-            log.error("worker %d (pid %s) failed to start: stopping every worker", slot, process.pid)
-            return False
+            if slot not in self.replaced:
+                log.error("worker %d (pid %s) failed to start: stopping every worker", slot, process.pid)
+                return False
+            if not any(p.is_alive() for p, _ in self.workers.values()):
+                log.error("worker %d (pid %s) failed to start and no worker is left: stopping", slot, process.pid)
+                return False
+            self.failed[slot] = tries = self.failed.get(slot, 0) + 1
+            pause = min(RETRY_MAX_S, 2.0**tries)
+            log.error(
+                "worker %d (pid %s) failed to start (%d in a row); the other workers serve; trying again in %.0f s",
+                slot,
+                process.pid,
+                tries,
+                pause,
+            )
+            self.pending[slot] = time.monotonic() + pause
+            return True
+        self.failed.pop(slot, None)
         log.warning("worker %d (pid %s) exited with %s: starting another", slot, process.pid, process.exitcode)
         if time.monotonic() - started < QUICK_EXIT_S:
             time.sleep(QUICK_EXIT_S)
+        self.replaced.add(slot)
         self._start(slot, sock)
         return True
 
@@ -225,17 +267,26 @@ class Supervisor:
                 os.kill(process.pid, signum)
 
     def _stop(self) -> None:
-        """SIGTERM to every worker; wait for them to drain; kill what is left."""
+        """SIGTERM to every worker; wait for them to drain; kill what is left. A SIGINT while
+        they drain (a second Ctrl-C) reaches each of them: they quit at once, as one process
+        does, cutting what still runs and writing its rows."""
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_after_s + KILL_AFTER_S
+        forced = False
         for slot, (process, _) in list(self.workers.items()):
-            process.join(max(0.0, deadline - time.monotonic()))
+            while process.is_alive() and (left := deadline - time.monotonic()) > 0:
+                process.join(min(TICK_S, left))
+                if not forced and signal.SIGINT in self.signals:
+                    forced = True
+                    log.warning("SIGINT again: every worker quits now, cutting what still runs")
+                    self._signal_all(signal.SIGINT)
             if process.is_alive():
                 log.warning("worker %d (pid %s) did not stop in time: killed", slot, process.pid)
                 process.kill()
                 process.join()
             _forget_metrics(process.pid)
         self.workers.clear()
+        self.pending.clear()
 
 
 def _console_state() -> str:

@@ -91,7 +91,11 @@ class KeyStoreError(TurnoutError):
 
 
 class KeyStore(Protocol):
-    async def open(self) -> None: ...
+    async def open(self, *, serving: bool = False) -> None:
+        """``serving``: a gateway starting up, for which a shared backend that is down for now
+        (Redis) is no reason not to start: its calls fail (503) until it answers. A command
+        (``turnout keys``) wants to know at once."""
+        ...
 
     async def create(self, tenant: str, name: str, expires_at: float | None, now: float) -> tuple[IssuedKey, str]:
         """A new key for ``tenant``; returns its record and the secret (the only time it exists)."""

@@ -5,19 +5,28 @@ Two hashes under the configured prefix:
     {prefix}:keys    digest (hex) → the record as JSON   (lookup: one HGET on the request path)
     {prefix}:keyids  id           → digest (hex)          (revoke by the public id)
 
-Nothing is cached, so a revocation holds on every replica from its next request. Create and
+Nothing is cached, so a revocation holds on every replica from its next request. Redis down
+when a gateway starts does not stop it from starting (as it does not stop one already running):
+``open(serving=True)`` warns, and each lookup fails (503) until Redis answers, the client
+reconnecting by itself; ``/readyz`` says so where ``limits.on_backend_error`` is ``closed``. Create and
 revoke each run as one small Lua script, atomic on the server. Both touch two keys: on Redis
 Cluster give a prefix with a hash tag, e.g. ``{turnout}``, so they share a slot.
 """
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from turnout.config import LimitsConfig
 from turnout.control.keys.base import IssuedKey, KeyStoreError, digest, new_key
+
+log = logging.getLogger(__name__)
 
 # Refuse rather than overwrite: a digest or id already taken (never, with 256 and 64 random
 # bits, but a store must not silently replace a key).
@@ -61,7 +70,7 @@ class RedisKeyStore:
     def from_config(cls, cfg: LimitsConfig) -> RedisKeyStore:
         return cls(cfg.redis_url, cfg.key_prefix)
 
-    async def open(self) -> None:
+    async def open(self, *, serving: bool = False) -> None:
         if self._client is not None:
             raise KeyStoreError("the Redis key store is already open")
         # Bounded so that a stalled Redis fails a request (503) instead of hanging it.
@@ -70,6 +79,14 @@ class RedisKeyStore:
         )
         try:
             await client.ping()
+        except (AuthenticationError, AuthorizationError) as exc:  # it answered, and said no: the config's
+            await client.aclose()
+            raise _error(exc) from exc
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if not serving:
+                await client.aclose()
+                raise _error(exc) from exc
+            log.warning("%s; issued keys are refused (503) until it answers", _error(exc))  # calls reconnect
         except RedisError as exc:
             await client.aclose()
             raise _error(exc) from exc

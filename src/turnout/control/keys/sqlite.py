@@ -63,7 +63,7 @@ class SQLiteKeyStore:
     def from_config(cls, cfg: LimitsConfig) -> SQLiteKeyStore:
         return cls(cfg.keys_path)
 
-    async def open(self) -> None:
+    async def open(self, *, serving: bool = False) -> None:  # a local file: never "down for now"
         await self._db.open()
         try:
             await self._reload()  # the first load

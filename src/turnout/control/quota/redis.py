@@ -42,8 +42,13 @@ logged at most every ``WARN_EVERY_S``, and ``acquire`` either raises ``BackendUn
 release do nothing (``"open"``). An acquire that got no answer may still run (a stalled Redis
 runs what it had read when it wakes): what it may hold is released after the next heartbeat
 Redis answers, not left to ``max_request_s``. A failed settle or release is logged and counted, never
-raised (it fails in the background): the answer has gone out; the slot and reservation are
-dropped when the replica closes or dies, and expire after ``max_request_s`` at the latest.
+raised (it fails in the background): the answer has gone out. One that failed because Redis
+was unreachable is sent again after the next heartbeat Redis answers, so a blip does not hold
+the tenant's concurrency slots and reservations for ``max_request_s`` (locking it out) nor lose
+the cost it settles (should the first send have reached a stalled Redis and run, the cost is
+charged twice: spend over-counted, never under). What is still unsent when the replica
+closes or dies is dropped with it; the slot and reservation expire after ``max_request_s``
+at the latest.
 Heartbeats that fail are not counted (the requests' own calls are); the next one tries again.
 """
 
@@ -164,6 +169,7 @@ class RedisLimiter:
         self._beat_body = bulks([1, self.heartbeat_key, beat, max(1, round(heartbeat_ttl_s * 1000))])
         self._encoded: dict[tuple[tuple[Scope, ...], str], _Encoded] = {}
         self._doubtful: dict[str, Ask] = {}  # acquires that got no answer: freed by the next beat
+        self._unsent: list[Call] = []  # settles and releases Redis did not take: sent again after the next beat
 
     @classmethod
     def from_config(cls, cfg: LimitsConfig) -> RedisLimiter:
@@ -263,6 +269,9 @@ class RedisLimiter:
             heartbeat, self._heartbeat = self._heartbeat, None
             if heartbeat is not None:
                 await heartbeat.aclose()
+                unsent, self._unsent = self._unsent, []
+                for call in unsent:  # settles an outage held back: a last try, with the final write
+                    self.batcher.post(call)
                 try:  # behind the settles still queued: what they did not free, the others now may
                     await self._beat(retire=True)
                 except Exception as exc:
@@ -291,6 +300,10 @@ class RedisLimiter:
         except _UNREACHABLE:  # counted by the requests' own calls; the next beat tries again
             log.debug("quota heartbeat did not reach Redis")
             return
+        if self._unsent:
+            unsent, self._unsent = self._unsent, []
+            for call in unsent:  # one that fails again comes back through _lost
+                self.batcher.post(call)
         if self._doubtful:
             await self._free_doubtful()
 
@@ -326,7 +339,7 @@ class RedisLimiter:
         if grant.done:
             return
         grant.done = True
-        # A failure is counted and logged by _lost; the slot and reservation expire after max_request_s.
+        # A failure is counted and logged by _lost, which keeps it to send again once Redis answers.
         self.batcher.post(self._finish_call(grant, tpm_debit, real_micro, None))
 
     def _finish_call(self, grant: Grant, tpm_debit: int, real_micro: bytes, reply: asyncio.Future[Any] | None) -> Call:
@@ -386,10 +399,13 @@ class RedisLimiter:
             self._unreachable(exc)
             raise BackendUnavailable("the quota backend (Redis) cannot be reached") from exc
 
-    def _lost(self, exc: BaseException) -> None:
-        """A settle or release failed: the answer has gone out, so log and count only."""
+    def _lost(self, exc: BaseException, call: Call | None = None) -> None:
+        """A settle or release failed: the answer has gone out, so log and count; one that did
+        not reach Redis is kept for the next heartbeat that does (``_tick``)."""
         if isinstance(exc, _UNREACHABLE):
             self._unreachable(exc)
+            if call is not None and not self._closed and len(self._unsent) < _MAX_DOUBTFUL:
+                self._unsent.append(call)
         else:
             log.warning("quota settle failed: %s", type(exc).__name__)
 

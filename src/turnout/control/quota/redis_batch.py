@@ -87,7 +87,7 @@ class Batcher:
         self,
         connection: AbstractConnection,
         timeout: float,
-        on_failure: Callable[[BaseException], None],
+        on_failure: Callable[[BaseException, Call], None],
         *,
         linger_s: float = 0.002,
         max_queued: int = 256,
@@ -232,7 +232,7 @@ class Batcher:
         for call in calls:
             if call.reply is None:
                 with contextlib.suppress(Exception):
-                    self.on_failure(exc)
+                    self.on_failure(exc, call)
             elif not call.reply.done():
                 call.reply.set_exception(exc)
 
