@@ -4,6 +4,7 @@ it returns, replica choice and breakers, and how each upstream failure is transl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import socket
 import time
@@ -384,6 +385,23 @@ async def test_a_callers_4xx_does_not_trip_the_breaker(fake: FakeUpstream, provi
     assert not caught.value.retryable
     assert provider.replicas[0].breaker.state is State.CLOSED
     assert (await provider.complete(chat())).replica == "r0"
+
+
+@pytest.mark.parametrize("status", [401, 404, 302])
+async def test_a_replica_that_refuses_the_gateways_own_call_counts_against_its_breaker(
+    fake: FakeUpstream, fake2: FakeUpstream, status: int
+) -> None:
+    """A 401 (its key), 404 (no such model or path) or 3xx (moved) is the replica's
+    configuration, not the caller's doing: the target's breaker counts it, and so must the
+    replica's, or the balancer keeps choosing the one replica that cannot answer."""
+    fake.fault = Fault("status", status=status, message="no such model")
+    async with provider_for(fake.base_url, fake2.base_url) as p:  # one failure opens a breaker
+        for _ in range(2):  # the tie-break rotates: r0 is one of the first two chosen
+            with contextlib.suppress(UpstreamStatusError):
+                await p.complete(chat())
+        assert len(fake.requests) == 1
+        assert p.replicas[0].breaker.state is State.OPEN
+        assert [(await p.complete(chat())).replica for _ in range(3)] == ["r1"] * 3
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])

@@ -5,8 +5,10 @@ A target may list several replicas. Each call goes to one whose breaker lets cal
 chosen by ``balance`` (``turnout.providers.balance``: least loaded by calls in flight and, with
 ``load``, each server's own queue and KV-cache use read from its ``/metrics``; or by prefix
 affinity), and its outcome is recorded on that replica's breaker: 5xx, connect, timeout
-and protocol failures count against it; a 4xx the caller caused does not, nor does a 429 (the
-replica is busy, not broken: no verdict, as ``turnout.routing.attempts`` tells the target's).
+and protocol failures count against it, and so do answers about its own configuration (401,
+403, 404, 407, 3xx: ``UpstreamStatusError.fallback``); a 4xx the caller caused does not, nor
+does a 429 (the replica is busy, not broken: no verdict, as ``turnout.routing.attempts`` tells
+the target's).
 
 Timeouts (``Call.timeouts``), the session, how a call is settled, the clean-up of an abandoned
 response and the translation of aiohttp and OS errors into ``turnout.errors`` follow
@@ -198,9 +200,9 @@ class OpenAIProvider:
         if (
             exc is None
             or isinstance(exc, ContextWindowExceeded)
-            or (isinstance(exc, UpstreamStatusError) and not exc.retryable)
+            or (isinstance(exc, UpstreamStatusError) and not exc.fallback)
         ):
-            breaker.success()  # it answered; a 4xx is the caller's doing
+            breaker.success()  # it answered; a 4xx is the caller's doing (not a 401/404: its own)
         elif isinstance(exc, UpstreamError) and not exc.busy:
             breaker.failure()
         else:
