@@ -282,14 +282,64 @@ async def test_sse_fields_comments_crlf_and_multiline_data(fake: FakeUpstream, p
 
 
 async def test_sse_body_ending_without_done_ends_the_stream(fake: FakeUpstream, provider: OpenAIProvider) -> None:
-    fake.fault = Fault("raw", raw='data: {"id": "a"}\n\ndata: {"id": "b"}\n\n')
+    fake.fault = Fault(
+        "raw",
+        raw='data: {"id": "a", "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}]}\n\n'
+        'data: {"id": "b", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n',
+    )
     assert [c["id"] for c in await collect(await provider.stream(chat(stream=True)))] == ["a", "b"]
 
 
-async def test_sse_stream_without_chunks_is_a_protocol_error(fake: FakeUpstream, provider: OpenAIProvider) -> None:
-    fake.fault = Fault("raw", raw="data: [DONE]\n\n")
-    with pytest.raises(UpstreamProtocolError, match="before its first chunk"):
-        await provider.stream(chat(stream=True))
+@pytest.mark.parametrize(
+    "raw",
+    [
+        'data: {"id": "a", "choices": [{"index": 0, "delta": {"content": "hel"}, "finish_reason": null}]}\n\n',
+        'data: {"id": "a", "choices": []}\n\n',
+        'data: {"id": "a", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}, '
+        '{"index": 1, "delta": {"content": "b"}, "finish_reason": null}]}\n\n',
+    ],
+    ids=["no-finish", "no-choices", "one-of-two-unfinished"],
+)
+async def test_sse_body_ending_without_done_before_every_choice_finished_was_cut(
+    fake: FakeUpstream, provider: OpenAIProvider, raw: str
+) -> None:
+    """A body that ends (properly framed, or framed by the connection's end) with neither
+    [DONE] nor a finish_reason for every choice is a cut stream: it ended as a complete 200
+    the caller could not tell from a finished answer."""
+    fake.fault = Fault("raw", raw=raw)
+    stream = await provider.stream(chat(stream=True))
+    with pytest.raises(UpstreamProtocolError, match=r"without \[DONE\] or a finish_reason"):
+        await collect(stream)
+
+
+@pytest.mark.parametrize(
+    ("event", "words"),
+    [
+        ('{"choices": [1]}', "choice is not an object"),
+        ('{"choices": {"index": 0}}', "choices are not a list"),
+        ('{"choices": [{"index": 0, "delta": "hi"}]}', "delta is not an object"),
+    ],
+)
+async def test_a_stream_chunk_a_client_cannot_read_is_a_protocol_error(
+    fake: FakeUpstream, provider: OpenAIProvider, event: str, words: str
+) -> None:
+    """Relayed as sent, such a chunk crashed the official SDK (``'int' object has no attribute
+    'index'``) and the translating doors, and the row said 200."""
+    ok = '{"id": "a", "choices": [{"index": 0, "delta": {"content": "hel"}, "finish_reason": null}]}'
+    fake.fault = Fault("raw", raw=f"data: {ok}\n\ndata: {event}\n\ndata: [DONE]\n\n")
+    stream = await provider.stream(chat(stream=True))
+    with pytest.raises(UpstreamProtocolError, match=words):
+        await collect(stream)
+
+
+async def test_a_null_or_missing_delta_is_read_as_an_empty_one(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault(
+        "raw",
+        raw='data: {"id": "a", "choices": [{"index": 0, "delta": null, "finish_reason": null}]}\n\n'
+        'data: {"id": "b", "choices": [{"index": 0, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n',
+    )
+    chunks = await collect(await provider.stream(chat(stream=True)))
+    assert [c["choices"][0]["delta"] for c in chunks] == [{}, {}]
 
 
 async def test_flat_error_event_mid_stream(fake: FakeUpstream, provider: OpenAIProvider) -> None:

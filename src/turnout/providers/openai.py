@@ -280,20 +280,23 @@ class _Chunks:
     ``__anext__`` (a generator that never started skips its ``finally``). The consumer must
     end it one of those ways; it holds a pooled socket until then."""
 
-    __slots__ = ("_api_key", "_body", "_first", "model")
+    __slots__ = ("_api_key", "_body", "_finished", "_first", "_started", "model")
 
     def __init__(self, body: StreamBody, first: dict[str, Any], api_key: str | None) -> None:
         self._body = body
         self._first: dict[str, Any] | None = first
         self._api_key = api_key
+        self._started: set[int] = set()  # the choices' indexes seen, and those that finished
+        self._finished: set[int] = set()
         model = first.get("model")
         self.model = model if isinstance(model, str) else None  # what the server says it ran
+        self._follow(first)
 
     @classmethod
     async def start(cls, body: StreamBody, api_key: str | None) -> _Chunks:
         """Read the first event (``Exchange.stream`` bounds it by ``ttft``)."""
         first = await _next_event(body.content, body.label, api_key)
-        if first is None:
+        if first is None or first is _ENDED:
             raise UpstreamProtocolError(f"{body.label}: stream ended before its first chunk")
         return cls(body, first, api_key)
 
@@ -310,14 +313,43 @@ class _Chunks:
             raise StopAsyncIteration
         try:
             chunk = await body.read(_next_event(body.content, body.label, self._api_key))
+            if chunk is _ENDED and (not self._finished or self._started - self._finished):
+                # No [DONE], and a choice never said why it stopped: the body was cut (a server
+                # that crashed behind a proxy, a body framed by the connection's end), not done.
+                raise UpstreamProtocolError(f"{body.label}: stream ended without [DONE] or a finish_reason")
+            if chunk is not None and chunk is not _ENDED:
+                self._follow(chunk)
         except BaseException as exc:
             body.finish(exc)
             raise
-        if chunk is None:
+        if chunk is None or chunk is _ENDED:
             await self._drain()
             body.finish(None)
             raise StopAsyncIteration
         return chunk
+
+    def _follow(self, chunk: dict[str, Any]) -> None:
+        """Check a chunk's choices (a list of objects, each ``delta`` an object; a null or
+        missing ``delta`` is made ``{}``, as a client reads it) and note which have finished."""
+        choices = chunk.get("choices")
+        if choices is None:
+            return
+        label = self._body.label
+        if type(choices) is not list:
+            raise UpstreamProtocolError(f"{label}: a stream chunk's choices are not a list")
+        for choice in choices:
+            if type(choice) is not dict:
+                raise UpstreamProtocolError(f"{label}: a stream chunk's choice is not an object")
+            delta = choice.get("delta")
+            if delta is None:
+                choice["delta"] = {}
+            elif type(delta) is not dict:
+                raise UpstreamProtocolError(f"{label}: a stream chunk's delta is not an object")
+            index = choice.get("index")
+            index = index if type(index) is int else 0
+            self._started.add(index)
+            if choice.get("finish_reason") is not None:
+                self._finished.add(index)
 
     async def aclose(self) -> None:
         """Stop early: closing the socket is how an OpenAI-compatible server learns to stop."""
@@ -337,20 +369,24 @@ class _Chunks:
             pass  # finish() closes the socket instead
 
 
+_ENDED: dict[str, Any] = {}  # what ``_next_event`` returns at the body's end without [DONE]
+
+
 async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | None) -> dict[str, Any] | None:
-    """The next SSE event's JSON, or None at ``[DONE]`` or a clean end of the body.
+    """The next SSE event's JSON, None at ``[DONE]``, or ``_ENDED`` at a clean end of the
+    body without it.
 
     Lines are read one at a time from aiohttp's buffer, so nothing is scanned twice. Only
     ``data`` fields matter; comments (keep-alives) and other fields are skipped. A server
-    that omits ``[DONE]`` but ends its body properly is accepted; a cut body raises from
-    aiohttp instead.
+    that omits ``[DONE]`` but ends its body properly is accepted where every choice finished
+    (``_Chunks``); a cut body raises from aiohttp instead.
     """
     data: bytes | None = None
     while True:
         line = await content.readuntil(b"\n", max_size=_MAX_SSE_LINE)
         if not line:  # end of body
             if data is None:
-                return None
+                return _ENDED
             break
         line = line.rstrip(b"\r\n")
         if line:
