@@ -342,6 +342,26 @@ async def test_a_null_or_missing_delta_is_read_as_an_empty_one(fake: FakeUpstrea
     assert [c["choices"][0]["delta"] for c in chunks] == [{}, {}]
 
 
+@pytest.mark.parametrize("data", ['{"message": "engine died"}', "engine died"], ids=["json", "text"])
+async def test_an_error_event_by_its_event_field_is_an_error(
+    fake: FakeUpstream, provider: OpenAIProvider, data: str
+) -> None:
+    """``event: error`` with a body that says nothing of an error: it was relayed as a chunk
+    and the stream then ended as a complete 200."""
+    ok = '{"id": "a", "choices": [{"index": 0, "delta": {"content": "hel"}, "finish_reason": null}]}'
+    fake.fault = Fault("raw", raw=f"data: {ok}\n\nevent: error\ndata: {data}\n\ndata: [DONE]\n\n")
+    stream = await provider.stream(chat(stream=True))
+    with pytest.raises(UpstreamStatusError, match="engine died") as caught:
+        await collect(stream)
+    assert caught.value.upstream_status == 500
+
+
+async def test_sse_stream_without_chunks_is_a_protocol_error(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault("raw", raw="data: [DONE]\n\n")
+    with pytest.raises(UpstreamProtocolError, match="before its first chunk"):
+        await provider.stream(chat(stream=True))
+
+
 async def test_flat_error_event_mid_stream(fake: FakeUpstream, provider: OpenAIProvider) -> None:
     fake.fault = Fault("raw", raw='data: {"id": "a"}\n\ndata: {"object": "error", "message": "oom", "code": 503}\n\n')
     stream = await provider.stream(chat(stream=True))

@@ -377,11 +377,12 @@ async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | 
     body without it.
 
     Lines are read one at a time from aiohttp's buffer, so nothing is scanned twice. Only
-    ``data`` fields matter; comments (keep-alives) and other fields are skipped. A server
-    that omits ``[DONE]`` but ends its body properly is accepted where every choice finished
-    (``_Chunks``); a cut body raises from aiohttp instead.
+    ``data`` fields and an ``event: error`` matter; comments (keep-alives) and other fields are
+    skipped. A server that omits ``[DONE]`` but ends its body properly is accepted where every
+    choice finished (``_Chunks``); a cut body raises from aiohttp instead.
     """
     data: bytes | None = None
+    failed = False  # an ``event: error`` line
     while True:
         line = await content.readuntil(b"\n", max_size=_MAX_SSE_LINE)
         if not line:  # end of body
@@ -393,11 +394,21 @@ async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | 
             if line.startswith(b"data:"):
                 value = line[6:] if line[5:6] == b" " else line[5:]
                 data = value if data is None else data + b"\n" + value
+            elif line.startswith(b"event:"):
+                failed = line[6:].strip() == b"error"
             continue
         if data is not None:  # a blank line ends the event
             break
-    if data == b"[DONE]":
+        failed = False  # an event without data is not one
+    if data == b"[DONE]" and not failed:
         return None
+    if failed:
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        event = parsed if isinstance(parsed, dict) else {"message": _shorten(data.decode("utf-8", "replace"))}
+        raise _event_error(event, label, api_key)
     event = json_object(data, label, "stream event")
     if "error" in event or event.get("object") == "error":
         raise _event_error(event, label, api_key)
