@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 from yarl import URL
 
-from turnout.providers.h1 import MAX_BODY, BadResponse, CannotConnect, ConnectTimeout, Disconnected, H1Pool
+from turnout.providers.h1 import MAX_BODY, MAX_HEAD, BadResponse, CannotConnect, ConnectTimeout, Disconnected, H1Pool
 
 Answer = Callable[[bytes], bytes | None]  # the request's bytes → the raw answer (None: hang up)
 
@@ -191,6 +191,40 @@ async def test_an_oversized_body_is_refused() -> None:
     async with serving(lambda _: head + b"x" * (MAX_BODY + 10)) as server:
         with pytest.raises(BadResponse, match="too large"):
             await post(pool_for(server))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\n" + b"X-Flood: %s\r\n" % (b"y" * 1000) * 300,
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"y" * (MAX_HEAD * 4),
+        b"HTTP/1.1 200 " + b"O" * (MAX_HEAD * 4),
+        b"HTTP/1.1 103 Early Hints\r\nLink: %s\r\n\r\n" % (b"y" * 1000) * 1000,
+    ],
+    ids=["many-headers", "one-long-header", "long-reason", "endless-interim-heads"],
+)
+async def test_a_response_head_past_its_limit_is_refused(raw: bytes) -> None:
+    """A head that never ends was buffered without bound until ``ttft`` (a flooding upstream
+    grew the gateway by 650 MB a second, kept after): it is cut at MAX_HEAD. Each head here is
+    sent and the connection then held open, so only the limit can end the call early."""
+    async with serving(lambda _: raw) as server:
+        pool = pool_for(server)
+        with pytest.raises(BadResponse, match="response head too large"):
+            async with asyncio.timeout(5):  # without the limit: until ttft
+                await post(pool)
+        assert pool._open == 0
+        await pool.aclose()
+
+
+async def test_a_head_just_under_its_limit_is_read() -> None:
+    body = b'{"ok":true}'
+    head = b"HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: %d\r\n\r\n" % (b"y" * (MAX_HEAD - 100), len(body))
+    async with serving(lambda _: head + body) as server:
+        pool = pool_for(server)
+        resp = await pool.post("/x", b"{}", 2.0)
+        assert await resp.read() == body
+        resp.release()
+        await pool.aclose()
 
 
 async def test_refused_and_unresolvable_say_why() -> None:

@@ -11,6 +11,7 @@ headers; a response framed by ``Content-Length``, chunked, or the connection's e
 ``deflate`` bodies (never asked for: no ``Accept-Encoding`` is sent); TLS with the default
 context. A connection goes back to the pool only after a complete response that allows
 keep-alive; anything else (a cancelled call, a parse error, ``Connection: close``) closes it.
+A response head past ``MAX_HEAD`` or a body past ``MAX_BODY`` is refused.
 Idle connections are dropped after ``keepalive_s`` and when the server closes them. At most
 ``max_connections`` are open; callers beyond that wait for one.
 
@@ -31,6 +32,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 MAX_BODY = 64 << 20  # an answer larger than this is not a chat completion
+# A response head (status line and headers, interim 1xx heads included) larger than this is not
+# a model server's: one that never ends would otherwise be buffered without bound until ``ttft``.
+MAX_HEAD = 256 << 10
 
 
 class Disconnected(ConnectionError):
@@ -68,6 +72,7 @@ class _Conn(asyncio.Protocol):
         self.headers: list[tuple[str, str]] = []
         self.body: list[bytes] = []
         self.size = 0
+        self.head_size = 0  # bytes read while the head was incomplete
         self.framed = False  # Content-Length or chunked: else the body runs to the connection's end
         self.complete = False
         self.keep_alive = False
@@ -91,6 +96,13 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"invalid HTTP response ({type(exc).__name__})"))
             self.close()
+            return
+        head = self.head
+        if head is not None and not head.done():  # all of ``data`` was head, and it goes on
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD:
+                self._fail(BadResponse("response head too large"))
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -143,7 +155,7 @@ class _Conn(asyncio.Protocol):
     def send(self, request: bytes) -> None:
         loop = self.loop
         self.head, self.done = loop.create_future(), loop.create_future()
-        self.status, self.reason, self.headers, self.body, self.size = 0, "", [], [], 0
+        self.status, self.reason, self.headers, self.body, self.size, self.head_size = 0, "", [], [], 0, 0
         self.complete = self.keep_alive = False
         assert self.transport is not None
         self.transport.write(request)
