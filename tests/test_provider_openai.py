@@ -566,6 +566,55 @@ async def test_slow_handshake_is_a_connect_timeout(unanswered_port: int) -> None
     assert caught.value.phase == "connect"
 
 
+@asynccontextmanager
+async def raw_upstream(answer: bytes) -> AsyncIterator[str]:
+    """A server that reads one request and answers exactly ``answer``'s bytes, then hangs up."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")) if k.lower() == b"content-length"
+        )
+        await reader.readexactly(length)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    finally:
+        server.close()
+
+
+_SSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (_SSE + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "chunk size"),
+        (
+            _SSE + b"Content-Encoding: zstd\r\nContent-Length: 8\r\n\r\n(\xb5/\xfdjunk",
+            "content-encoding",
+        ),
+        (
+            _SSE + b"Content-Encoding: gzip\r\nContent-Length: 8\r\n\r\n\x1f\x8b\x08junk",
+            "compressed body",
+        ),
+        (_SSE + b"X-Flood: y\r\n" * 200 + b"\r\n", "too many headers"),
+    ],
+    ids=["chunk-size", "unknown-encoding", "bad-gzip", "headers"],
+)
+async def test_a_stream_aiohttp_cannot_parse_says_what_was_wrong(answer: bytes, words: str) -> None:
+    """Its message was the exception's type alone ("r0: ClientResponseError"), and a body that
+    would not decompress was "connection lost mid-response", a connect error."""
+    async with raw_upstream(answer) as url, provider_for(url) as p:
+        with pytest.raises(UpstreamProtocolError, match=f"(?i)r0: invalid .*{words}") as caught:
+            await attempt(p, chat(stream=True))
+    assert "127.0.0.1" not in caught.value.message and "\n" not in caught.value.message
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_hang_is_a_ttft_timeout(fake: FakeUpstream, provider: OpenAIProvider, stream: bool) -> None:
     fake.fault = Fault("hang")
