@@ -157,6 +157,26 @@ async def test_chunked_and_compressed_and_eof_framed_bodies() -> None:
         assert await post(pool_for(server)) == (200, b'{"eof":1}')
 
 
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (ok(gzip.compress(b"\0" * (MAX_BODY + 1)), b"Content-Encoding: gzip\r\n"), "body too large"),
+        (ok(zlib.compress(b"\0" * (MAX_BODY * 2)), b"Content-Encoding: deflate\r\n"), "body too large"),
+        (ok(gzip.compress(b'{"z":1}')[:-6], b"Content-Encoding: gzip\r\n"), "invalid compressed body"),
+        (ok(b'{"z":1}', b"Content-Encoding: br\r\n"), "unsupported content-encoding"),
+    ],
+    ids=["gzip-bomb", "deflate-bomb", "gzip-cut", "brotli"],
+)
+async def test_compressed_bodies_are_bounded_whole_and_asked_for(raw: Answer, words: str) -> None:
+    """A gzip bomb (64 MiB of zeros is 64 KiB gzipped) was inflated whole, without bound, on
+    the event loop; an encoding the client cannot read reached the JSON parser as bytes."""
+    async with serving(raw) as server:
+        pool = pool_for(server)
+        with pytest.raises(BadResponse, match=words):
+            await post(pool)
+        await pool.aclose()
+
+
 async def test_an_interim_100_is_skipped_and_headers_are_case_insensitive() -> None:
     raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many\r\nretry-after: 3\r\nContent-Length: 2\r\n\r\n{}"
     async with serving(lambda _: raw) as server:

@@ -8,7 +8,8 @@ Bedrock, URLs with credentials.
 
 It does only what a model server's answer needs: ``POST`` with a body and a fixed set of
 headers; a response framed by ``Content-Length``, chunked, or the connection's end; ``gzip`` /
-``deflate`` bodies (never asked for: no ``Accept-Encoding`` is sent); TLS with the default
+``deflate`` bodies (never asked for: no ``Accept-Encoding`` is sent; inflated to at most
+``MAX_BODY``, any other encoding refused); TLS with the default
 context. A connection goes back to the pool only after a complete response that allows
 keep-alive; anything else (a cancelled call, a parse error, ``Connection: close``) closes it.
 A response head past ``MAX_HEAD`` or a body past ``MAX_BODY`` is refused.
@@ -35,6 +36,7 @@ MAX_BODY = 64 << 20  # an answer larger than this is not a chat completion
 # A response head (status line and headers, interim 1xx heads included) larger than this is not
 # a model server's: one that never ends would otherwise be buffered without bound until ``ttft``.
 MAX_HEAD = 256 << 10
+_COMPRESSED = frozenset({"gzip", "x-gzip", "deflate"})
 
 
 class Disconnected(ConnectionError):
@@ -190,13 +192,24 @@ class H1Response:
         done = self._conn.done
         assert done is not None
         body = await done
-        encoding = self.headers.get("Content-Encoding", "").lower()
-        if encoding in ("gzip", "deflate"):
+        encoding = self.headers.get("Content-Encoding", "").strip().lower()
+        if encoding in _COMPRESSED:
+            # 32 + 15: gzip or zlib, by the header. At most MAX_BODY out: a small body can
+            # inflate to gigabytes (64 MiB of zeros gzipped is 64 KiB).
+            inflate = zlib.decompressobj(47)
             try:
-                body = zlib.decompress(body, 47)  # 32 + 15: gzip or zlib, by the header
+                out = inflate.decompress(body, MAX_BODY + 1)
             except zlib.error as exc:
                 self._conn.keep_alive = False  # what else it sent cannot be trusted either
                 raise BadResponse("invalid compressed body") from exc
+            if len(out) > MAX_BODY or inflate.unconsumed_tail:
+                raise BadResponse("response body too large")
+            if not inflate.eof:  # cut short: zlib.decompress said so, a decompressor does not
+                self._conn.keep_alive = False
+                raise BadResponse("invalid compressed body")
+            return out
+        if encoding and encoding != "identity":
+            raise BadResponse("unsupported content-encoding")  # never asked for: no Accept-Encoding
         return body
 
     def release(self) -> None:
