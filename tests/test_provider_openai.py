@@ -841,6 +841,39 @@ async def test_a_prompt_too_long_for_the_server_is_context_window_exceeded(
 DEEP = '{"id": "x", "choices": [], "extra": ' + "[" * 300 + "]" * 300 + "}"
 
 
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ('{"id": "x"}', "no choices"),
+        ('{"id": "x", "choices": null}', "no choices"),
+        ('{"id": "x", "choices": []}', "no choices"),
+        ('{"id": "x", "choices": [1]}', "no message object"),
+        ('{"id": "x", "choices": [{"index": 0, "message": null, "finish_reason": "stop"}]}', "no message object"),
+    ],
+)
+async def test_a_200_that_is_no_chat_completion_is_a_protocol_error(
+    fake: FakeUpstream, provider: OpenAIProvider, raw: str, words: str
+) -> None:
+    """Relayed as a 200, each crashed the official SDK (``'NoneType' object is not
+    subscriptable``) and the row said 200, priced."""
+    fake.fault = Fault("raw", raw=raw)
+    with pytest.raises(UpstreamProtocolError, match=words):
+        await provider.complete(chat())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ['{"error": {"message": "model overloaded", "code": 503}}', '{"object": "error", "message": "model overloaded"}'],
+)
+async def test_an_error_sent_with_a_200_is_the_upstreams_error(
+    fake: FakeUpstream, provider: OpenAIProvider, raw: str
+) -> None:
+    fake.fault = Fault("raw", raw=raw)
+    with pytest.raises(UpstreamStatusError, match="model overloaded") as caught:
+        await provider.complete(chat())
+    assert caught.value.retryable and provider.replicas[0].breaker.state is State.OPEN
+
+
 async def test_an_answer_nested_past_what_the_gateway_can_write_is_a_protocol_error(
     fake: FakeUpstream, provider: OpenAIProvider
 ) -> None:
@@ -860,5 +893,6 @@ async def test_a_stream_event_nested_too_deep_is_a_protocol_error(fake: FakeUpst
 async def test_an_answer_deep_enough_to_be_checked_but_writable_passes(
     fake: FakeUpstream, provider: OpenAIProvider
 ) -> None:
-    fake.fault = Fault("raw", raw='{"id": "x", "choices": [], "extra": ' + "[" * 240 + "]" * 240 + "}")
+    choice = '{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}'
+    fake.fault = Fault("raw", raw='{"id": "x", "choices": [' + choice + '], "extra": ' + "[" * 240 + "]" * 240 + "}")
     assert (await provider.complete(chat())).body["id"] == "x"

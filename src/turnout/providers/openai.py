@@ -115,7 +115,9 @@ class OpenAIProvider:
 
     async def complete(self, call: Call) -> Completion:
         replica = self._acquire(call)
-        body = await self._exchange(replica, call).complete(partial(json_object, label=replica.label, what="response"))
+        body = await self._exchange(replica, call).complete(
+            partial(_completion, label=replica.label, api_key=self.cfg.api_key)
+        )
         return Completion(
             body=body,
             usage=Usage.from_openai(body.get("usage")),
@@ -415,14 +417,33 @@ async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | 
     return event
 
 
-def _event_error(event: dict[str, Any], label: str, api_key: str | None) -> UpstreamStatusError:
-    """An error sent as a stream event; its ``code`` is used as the status when it is one."""
+def _completion(raw: bytes, label: str, api_key: str | None) -> dict[str, Any]:
+    """A non-streaming answer: a JSON object that is a chat completion, one or more choices
+    each with its ``message`` an object. An error object sent with a 200 (some proxies do) is
+    the upstream's error; anything else a client could not read is a protocol error."""
+    body = json_object(raw, label, "response")
+    if "error" in body or body.get("object") == "error":
+        raise _event_error(body, label, api_key, "in a 200 answer")
+    choices = body.get("choices")
+    if type(choices) is not list or not choices:
+        raise UpstreamProtocolError(f"{label}: the response has no choices")
+    for choice in choices:
+        if type(choice) is not dict or type(choice.get("message")) is not dict:
+            raise UpstreamProtocolError(f"{label}: a choice in the response has no message object")
+    return body
+
+
+def _event_error(
+    event: dict[str, Any], label: str, api_key: str | None, where: str = "mid-stream"
+) -> UpstreamStatusError:
+    """An error sent as a stream event (or as a 200's body); its ``code`` is used as the status
+    when it is one."""
     err = event.get("error")
     source = err if isinstance(err, dict) else event
     code = source.get("code")
     status = code if isinstance(code, int) and 400 <= code < 600 else 500
     detail = _scrub(_message(event) or "error event", api_key)
-    return UpstreamStatusError(status, f"{detail} (mid-stream, {label})")
+    return UpstreamStatusError(status, f"{detail} ({where}, {label})")
 
 
 def _error_detail(raw: bytes) -> str:
