@@ -133,6 +133,50 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
         await pool.aclose()
 
 
+async def test_a_kept_alive_connection_closed_as_the_request_went_out_is_retried_once_on_a_new_one() -> None:
+    """The server closes a kept-alive connection (its idle timeout) just as a request goes out
+    on it, without a byte of answer: that request was a 502 "server disconnected", counted
+    against the breaker, for half the calls to such a server under load. It is sent once
+    more, on a new connection, and only once."""
+    answers = iter([ok()(b""), None, ok()(b"")])  # the second request is hung up on
+    async with serving(lambda _: next(answers)) as server:
+        pool = pool_for(server)
+        assert (await post(pool))[0] == 200
+        assert (await post(pool))[0] == 200
+        assert (server.connections, len(server.requests)) == (2, 3)
+        await pool.aclose()
+    answers = iter([ok()(b""), None, None])
+    async with serving(lambda _: next(answers)) as server:
+        pool = pool_for(server)
+        await post(pool)
+        with pytest.raises(Disconnected, match="server disconnected"):
+            await post(pool)  # the new connection hung up on too: the call's failure
+        assert (server.connections, len(server.requests)) == (2, 3)
+        await pool.aclose()
+
+
+async def test_an_answer_begun_on_a_kept_alive_connection_is_not_sent_again() -> None:
+    requests = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        for answer in (ok()(b""), b"HTTP/1.1 200 OK\r\nContent-Le"):  # the second: cut in its head
+            await reader.readuntil(b"\r\n\r\n{}")
+            requests += 1
+            writer.write(answer or b"")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    pool = H1Pool(URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"), 4, 30.0)
+    await post(pool)
+    with pytest.raises(Disconnected, match="server disconnected"):
+        await post(pool)
+    assert requests == 2  # not sent again: the server had begun to answer it
+    await pool.aclose()
+    server.close()
+
+
 async def test_idle_connections_expire_after_keepalive() -> None:
     async with serving(ok()) as server:
         pool = pool_for(server, keepalive_s=0.05)
