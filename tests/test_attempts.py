@@ -62,6 +62,21 @@ async def test_a_request_error_stops_the_walk() -> None:
     assert info.value.status == 400 and calls(b) == 0
 
 
+@pytest.mark.parametrize("status", [301, 302, 304, 307, 308])
+async def test_an_upstream_redirect_is_the_targets_fault_not_passed_on_as_the_answers_status(status: int) -> None:
+    """The gateway follows no redirect and the caller asked for none: a 3xx is a target whose
+    ``base_url`` moved. It was answered to the caller with its own status (a 304 with a body,
+    which broke the caller's keep-alive connection), typed as the caller's own mistake."""
+    a, b = target("a", Step(UpstreamStatusError(status, "Found"))), target("b")
+    result = await execute([a, b], BODY, stream=False, request_id="r")
+    assert result.target is b and calls(a) == 1  # not retried; the next target answers
+    assert a.breaker._consecutive == 1  # it counts against the target
+    alone = target("a", Step(UpstreamStatusError(status, "Found")))
+    with pytest.raises(AllTargetsFailed) as info:
+        await execute([alone], BODY, stream=False, request_id="r")
+    assert (info.value.status, info.value.code, info.value.type) == (502, "all_targets_failed", "upstream_error")
+
+
 async def test_too_long_prompt_goes_only_to_larger_or_unknown_windows() -> None:
     small = target("small", Step(ContextWindowExceeded("too long")), window=8_000)
     same = target("same", window=8_000)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from turnout.config import RetryConfig
-from turnout.routing.backoff import delay, parse_retry_after
+from turnout.routing.backoff import MAX_RETRY_AFTER_S, delay, parse_retry_after
 
 
 def cfg(backoff_ms: float = 100.0, max_backoff_ms: float = 1000.0) -> RetryConfig:
@@ -79,6 +79,27 @@ def test_parse_retry_after_seconds(value: str, expected: float) -> None:
     assert parse_retry_after(value) == expected
 
 
-@pytest.mark.parametrize("value", [None, "", "soon", "-1", "nan", "Wed, 21 Oct 2015 07:28:00 GMT"])
+@pytest.mark.parametrize(
+    "value", [None, "", "soon", "-1", "nan", "inf", "1e400", "-inf", "Wed, 32 Oct 2015 07:28:00 GMT"]
+)
 def test_parse_retry_after_ignores_what_it_cannot_use(value: str | None) -> None:
     assert parse_retry_after(value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # past: now
+        ("Wed, 21 Oct 2015 07:28:05 -0000", 5.0),
+        ("Wednesday, 21-Oct-15 07:28:10 GMT", 10.0),  # RFC 850, as HTTP allows
+    ],
+)
+def test_parse_retry_after_http_dates(value: str, expected: float) -> None:
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert parse_retry_after(value, now) == pytest.approx(expected)
+
+
+def test_parse_retry_after_is_at_most_a_day() -> None:
+    assert parse_retry_after("99999999999999999999") == MAX_RETRY_AFTER_S

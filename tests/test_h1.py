@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 from yarl import URL
 
-from turnout.providers.h1 import MAX_BODY, BadResponse, CannotConnect, ConnectTimeout, Disconnected, H1Pool
+from turnout.providers.h1 import MAX_BODY, MAX_HEAD, BadResponse, CannotConnect, ConnectTimeout, Disconnected, H1Pool
 
 Answer = Callable[[bytes], bytes | None]  # the request's bytes → the raw answer (None: hang up)
 
@@ -133,6 +133,50 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
         await pool.aclose()
 
 
+async def test_a_kept_alive_connection_closed_as_the_request_went_out_is_retried_once_on_a_new_one() -> None:
+    """The server closes a kept-alive connection (its idle timeout) just as a request goes out
+    on it, without a byte of answer: that request was a 502 "server disconnected", counted
+    against the breaker, for half the calls to such a server under load. It is sent once
+    more, on a new connection, and only once."""
+    answers = iter([ok()(b""), None, ok()(b"")])  # the second request is hung up on
+    async with serving(lambda _: next(answers)) as server:
+        pool = pool_for(server)
+        assert (await post(pool))[0] == 200
+        assert (await post(pool))[0] == 200
+        assert (server.connections, len(server.requests)) == (2, 3)
+        await pool.aclose()
+    answers = iter([ok()(b""), None, None])
+    async with serving(lambda _: next(answers)) as server:
+        pool = pool_for(server)
+        await post(pool)
+        with pytest.raises(Disconnected, match="server disconnected"):
+            await post(pool)  # the new connection hung up on too: the call's failure
+        assert (server.connections, len(server.requests)) == (2, 3)
+        await pool.aclose()
+
+
+async def test_an_answer_begun_on_a_kept_alive_connection_is_not_sent_again() -> None:
+    requests = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        for answer in (ok()(b""), b"HTTP/1.1 200 OK\r\nContent-Le"):  # the second: cut in its head
+            await reader.readuntil(b"\r\n\r\n{}")
+            requests += 1
+            writer.write(answer or b"")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    pool = H1Pool(URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"), 4, 30.0)
+    await post(pool)
+    with pytest.raises(Disconnected, match="server disconnected"):
+        await post(pool)
+    assert requests == 2  # not sent again: the server had begun to answer it
+    await pool.aclose()
+    server.close()
+
+
 async def test_idle_connections_expire_after_keepalive() -> None:
     async with serving(ok()) as server:
         pool = pool_for(server, keepalive_s=0.05)
@@ -155,6 +199,26 @@ async def test_chunked_and_compressed_and_eof_framed_bodies() -> None:
         assert await post(pool_for(server)) == (200, b'{"d":1}')
     async with serving(lambda _: b'HTTP/1.0 200 OK\r\n\r\n{"eof":1}', close_after=True) as server:
         assert await post(pool_for(server)) == (200, b'{"eof":1}')
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (ok(gzip.compress(b"\0" * (MAX_BODY + 1)), b"Content-Encoding: gzip\r\n"), "body too large"),
+        (ok(zlib.compress(b"\0" * (MAX_BODY * 2)), b"Content-Encoding: deflate\r\n"), "body too large"),
+        (ok(gzip.compress(b'{"z":1}')[:-6], b"Content-Encoding: gzip\r\n"), "invalid compressed body"),
+        (ok(b'{"z":1}', b"Content-Encoding: br\r\n"), "unsupported content-encoding"),
+    ],
+    ids=["gzip-bomb", "deflate-bomb", "gzip-cut", "brotli"],
+)
+async def test_compressed_bodies_are_bounded_whole_and_asked_for(raw: Answer, words: str) -> None:
+    """A gzip bomb (64 MiB of zeros is 64 KiB gzipped) was inflated whole, without bound, on
+    the event loop; an encoding the client cannot read reached the JSON parser as bytes."""
+    async with serving(raw) as server:
+        pool = pool_for(server)
+        with pytest.raises(BadResponse, match=words):
+            await post(pool)
+        await pool.aclose()
 
 
 async def test_an_interim_100_is_skipped_and_headers_are_case_insensitive() -> None:
@@ -191,6 +255,40 @@ async def test_an_oversized_body_is_refused() -> None:
     async with serving(lambda _: head + b"x" * (MAX_BODY + 10)) as server:
         with pytest.raises(BadResponse, match="too large"):
             await post(pool_for(server))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\n" + b"X-Flood: %s\r\n" % (b"y" * 1000) * 300,
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"y" * (MAX_HEAD * 4),
+        b"HTTP/1.1 200 " + b"O" * (MAX_HEAD * 4),
+        b"HTTP/1.1 103 Early Hints\r\nLink: %s\r\n\r\n" % (b"y" * 1000) * 1000,
+    ],
+    ids=["many-headers", "one-long-header", "long-reason", "endless-interim-heads"],
+)
+async def test_a_response_head_past_its_limit_is_refused(raw: bytes) -> None:
+    """A head that never ends was buffered without bound until ``ttft`` (a flooding upstream
+    grew the gateway by 650 MB a second, kept after): it is cut at MAX_HEAD. Each head here is
+    sent and the connection then held open, so only the limit can end the call early."""
+    async with serving(lambda _: raw) as server:
+        pool = pool_for(server)
+        with pytest.raises(BadResponse, match="response head too large"):
+            async with asyncio.timeout(5):  # without the limit: until ttft
+                await post(pool)
+        assert pool._open == 0
+        await pool.aclose()
+
+
+async def test_a_head_just_under_its_limit_is_read() -> None:
+    body = b'{"ok":true}'
+    head = b"HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: %d\r\n\r\n" % (b"y" * (MAX_HEAD - 100), len(body))
+    async with serving(lambda _: head + body) as server:
+        pool = pool_for(server)
+        resp = await pool.post("/x", b"{}", 2.0)
+        assert await resp.read() == body
+        resp.release()
+        await pool.aclose()
 
 
 async def test_refused_and_unresolvable_say_why() -> None:

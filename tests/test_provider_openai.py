@@ -4,6 +4,7 @@ it returns, replica choice and breakers, and how each upstream failure is transl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import socket
 import time
@@ -281,8 +282,78 @@ async def test_sse_fields_comments_crlf_and_multiline_data(fake: FakeUpstream, p
 
 
 async def test_sse_body_ending_without_done_ends_the_stream(fake: FakeUpstream, provider: OpenAIProvider) -> None:
-    fake.fault = Fault("raw", raw='data: {"id": "a"}\n\ndata: {"id": "b"}\n\n')
+    fake.fault = Fault(
+        "raw",
+        raw='data: {"id": "a", "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}]}\n\n'
+        'data: {"id": "b", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n',
+    )
     assert [c["id"] for c in await collect(await provider.stream(chat(stream=True)))] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        'data: {"id": "a", "choices": [{"index": 0, "delta": {"content": "hel"}, "finish_reason": null}]}\n\n',
+        'data: {"id": "a", "choices": []}\n\n',
+        'data: {"id": "a", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}, '
+        '{"index": 1, "delta": {"content": "b"}, "finish_reason": null}]}\n\n',
+    ],
+    ids=["no-finish", "no-choices", "one-of-two-unfinished"],
+)
+async def test_sse_body_ending_without_done_before_every_choice_finished_was_cut(
+    fake: FakeUpstream, provider: OpenAIProvider, raw: str
+) -> None:
+    """A body that ends (properly framed, or framed by the connection's end) with neither
+    [DONE] nor a finish_reason for every choice is a cut stream: it ended as a complete 200
+    the caller could not tell from a finished answer."""
+    fake.fault = Fault("raw", raw=raw)
+    stream = await provider.stream(chat(stream=True))
+    with pytest.raises(UpstreamProtocolError, match=r"without \[DONE\] or a finish_reason"):
+        await collect(stream)
+
+
+@pytest.mark.parametrize(
+    ("event", "words"),
+    [
+        ('{"choices": [1]}', "choice is not an object"),
+        ('{"choices": {"index": 0}}', "choices are not a list"),
+        ('{"choices": [{"index": 0, "delta": "hi"}]}', "delta is not an object"),
+    ],
+)
+async def test_a_stream_chunk_a_client_cannot_read_is_a_protocol_error(
+    fake: FakeUpstream, provider: OpenAIProvider, event: str, words: str
+) -> None:
+    """Relayed as sent, such a chunk crashed the official SDK (``'int' object has no attribute
+    'index'``) and the translating doors, and the row said 200."""
+    ok = '{"id": "a", "choices": [{"index": 0, "delta": {"content": "hel"}, "finish_reason": null}]}'
+    fake.fault = Fault("raw", raw=f"data: {ok}\n\ndata: {event}\n\ndata: [DONE]\n\n")
+    stream = await provider.stream(chat(stream=True))
+    with pytest.raises(UpstreamProtocolError, match=words):
+        await collect(stream)
+
+
+async def test_a_null_or_missing_delta_is_read_as_an_empty_one(fake: FakeUpstream, provider: OpenAIProvider) -> None:
+    fake.fault = Fault(
+        "raw",
+        raw='data: {"id": "a", "choices": [{"index": 0, "delta": null, "finish_reason": null}]}\n\n'
+        'data: {"id": "b", "choices": [{"index": 0, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n',
+    )
+    chunks = await collect(await provider.stream(chat(stream=True)))
+    assert [c["choices"][0]["delta"] for c in chunks] == [{}, {}]
+
+
+@pytest.mark.parametrize("data", ['{"message": "engine died"}', "engine died"], ids=["json", "text"])
+async def test_an_error_event_by_its_event_field_is_an_error(
+    fake: FakeUpstream, provider: OpenAIProvider, data: str
+) -> None:
+    """``event: error`` with a body that says nothing of an error: it was relayed as a chunk
+    and the stream then ended as a complete 200."""
+    ok = '{"id": "a", "choices": [{"index": 0, "delta": {"content": "hel"}, "finish_reason": null}]}'
+    fake.fault = Fault("raw", raw=f"data: {ok}\n\nevent: error\ndata: {data}\n\ndata: [DONE]\n\n")
+    stream = await provider.stream(chat(stream=True))
+    with pytest.raises(UpstreamStatusError, match="engine died") as caught:
+        await collect(stream)
+    assert caught.value.upstream_status == 500
 
 
 async def test_sse_stream_without_chunks_is_a_protocol_error(fake: FakeUpstream, provider: OpenAIProvider) -> None:
@@ -386,6 +457,23 @@ async def test_a_callers_4xx_does_not_trip_the_breaker(fake: FakeUpstream, provi
     assert (await provider.complete(chat())).replica == "r0"
 
 
+@pytest.mark.parametrize("status", [401, 404, 302])
+async def test_a_replica_that_refuses_the_gateways_own_call_counts_against_its_breaker(
+    fake: FakeUpstream, fake2: FakeUpstream, status: int
+) -> None:
+    """A 401 (its key), 404 (no such model or path) or 3xx (moved) is the replica's
+    configuration, not the caller's doing: the target's breaker counts it, and so must the
+    replica's, or the balancer keeps choosing the one replica that cannot answer."""
+    fake.fault = Fault("status", status=status, message="no such model")
+    async with provider_for(fake.base_url, fake2.base_url) as p:  # one failure opens a breaker
+        for _ in range(2):  # the tie-break rotates: r0 is one of the first two chosen
+            with contextlib.suppress(UpstreamStatusError):
+                await p.complete(chat())
+        assert len(fake.requests) == 1
+        assert p.replicas[0].breaker.state is State.OPEN
+        assert [(await p.complete(chat())).replica for _ in range(3)] == ["r1"] * 3
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 async def test_a_429_leaves_the_breaker_alone(fake: FakeUpstream, provider: OpenAIProvider, stream: bool) -> None:
     """Rate limited is busy, not broken: no verdict (the breaker opens after one failure here)."""
@@ -476,6 +564,55 @@ async def test_slow_handshake_is_a_connect_timeout(unanswered_port: int) -> None
         with pytest.raises(UpstreamTimeout) as caught:
             await p.complete(chat(timeouts=Timeouts(connect=0.2, ttft=5.0)))
     assert caught.value.phase == "connect"
+
+
+@asynccontextmanager
+async def raw_upstream(answer: bytes) -> AsyncIterator[str]:
+    """A server that reads one request and answers exactly ``answer``'s bytes, then hangs up."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")) if k.lower() == b"content-length"
+        )
+        await reader.readexactly(length)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    finally:
+        server.close()
+
+
+_SSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (_SSE + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "chunk size"),
+        (
+            _SSE + b"Content-Encoding: zstd\r\nContent-Length: 8\r\n\r\n(\xb5/\xfdjunk",
+            "content-encoding",
+        ),
+        (
+            _SSE + b"Content-Encoding: gzip\r\nContent-Length: 8\r\n\r\n\x1f\x8b\x08junk",
+            "compressed body",
+        ),
+        (_SSE + b"X-Flood: y\r\n" * 200 + b"\r\n", "too many headers"),
+    ],
+    ids=["chunk-size", "unknown-encoding", "bad-gzip", "headers"],
+)
+async def test_a_stream_aiohttp_cannot_parse_says_what_was_wrong(answer: bytes, words: str) -> None:
+    """Its message was the exception's type alone ("r0: ClientResponseError"), and a body that
+    would not decompress was "connection lost mid-response", a connect error."""
+    async with raw_upstream(answer) as url, provider_for(url) as p:
+        with pytest.raises(UpstreamProtocolError, match=f"(?i)r0: invalid .*{words}") as caught:
+            await attempt(p, chat(stream=True))
+    assert "127.0.0.1" not in caught.value.message and "\n" not in caught.value.message
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -704,6 +841,39 @@ async def test_a_prompt_too_long_for_the_server_is_context_window_exceeded(
 DEEP = '{"id": "x", "choices": [], "extra": ' + "[" * 300 + "]" * 300 + "}"
 
 
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ('{"id": "x"}', "no choices"),
+        ('{"id": "x", "choices": null}', "no choices"),
+        ('{"id": "x", "choices": []}', "no choices"),
+        ('{"id": "x", "choices": [1]}', "no message object"),
+        ('{"id": "x", "choices": [{"index": 0, "message": null, "finish_reason": "stop"}]}', "no message object"),
+    ],
+)
+async def test_a_200_that_is_no_chat_completion_is_a_protocol_error(
+    fake: FakeUpstream, provider: OpenAIProvider, raw: str, words: str
+) -> None:
+    """Relayed as a 200, each crashed the official SDK (``'NoneType' object is not
+    subscriptable``) and the row said 200, priced."""
+    fake.fault = Fault("raw", raw=raw)
+    with pytest.raises(UpstreamProtocolError, match=words):
+        await provider.complete(chat())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ['{"error": {"message": "model overloaded", "code": 503}}', '{"object": "error", "message": "model overloaded"}'],
+)
+async def test_an_error_sent_with_a_200_is_the_upstreams_error(
+    fake: FakeUpstream, provider: OpenAIProvider, raw: str
+) -> None:
+    fake.fault = Fault("raw", raw=raw)
+    with pytest.raises(UpstreamStatusError, match="model overloaded") as caught:
+        await provider.complete(chat())
+    assert caught.value.retryable and provider.replicas[0].breaker.state is State.OPEN
+
+
 async def test_an_answer_nested_past_what_the_gateway_can_write_is_a_protocol_error(
     fake: FakeUpstream, provider: OpenAIProvider
 ) -> None:
@@ -723,5 +893,6 @@ async def test_a_stream_event_nested_too_deep_is_a_protocol_error(fake: FakeUpst
 async def test_an_answer_deep_enough_to_be_checked_but_writable_passes(
     fake: FakeUpstream, provider: OpenAIProvider
 ) -> None:
-    fake.fault = Fault("raw", raw='{"id": "x", "choices": [], "extra": ' + "[" * 240 + "]" * 240 + "}")
+    choice = '{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}'
+    fake.fault = Fault("raw", raw='{"id": "x", "choices": [' + choice + '], "extra": ' + "[" * 240 + "]" * 240 + "}")
     assert (await provider.complete(chat())).body["id"] == "x"

@@ -87,6 +87,37 @@ async def test_an_upstream_cannot_make_an_answer_free_or_credit_the_budget(
         assert row.prompt_tokens is not None and row.prompt_tokens > 0
 
 
+@pytest.mark.parametrize(
+    "reported", [{"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}, {"total_tokens": 2000}]
+)
+async def test_a_stream_relays_one_usage_the_gateways_count_where_the_upstreams_is_unreadable(
+    make_app: AppFactory, reported: dict[str, Any]
+) -> None:
+    """The caller asked for usage: it got the upstream's chunk of nulls, then the gateway's
+    count, two usage chunks that disagree; now only the count the ledger has."""
+    async with FakeUpstream(reply=("Hello", " there")) as upstream:
+        upstream.usage = reported
+        app = await make_app(
+            {
+                "targets": {"up": {"provider": "openai", "base_url": upstream.base_url, "model": "m", "price": PRICE}},
+                "tenants": {"acme": {"keys": [KEY]}},
+                "tasks": {"chat": {"route": ["up"]}},
+            }
+        )
+        body = {
+            "model": "chat",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        resp = await request(app, "POST", "/v1/chat/completions", body, {"authorization": f"Bearer {KEY}"})
+        usages = [e["usage"] for e in resp.events() if isinstance(e, dict) and e.get("usage") is not None]
+        [row] = await ledger_rows(app)
+        assert row.prompt_tokens is not None and row.completion_tokens is not None
+        counted = {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens}
+        assert usages == [{**counted, "total_tokens": row.prompt_tokens + row.completion_tokens}]
+
+
 # A prompt of 1,000 tokens, 800 of them read from the upstream's prompt cache, and no completion.
 CACHED_USAGE = {"prompt_tokens": 1000, "completion_tokens": 0, "prompt_tokens_details": {"cached_tokens": 800}}
 CACHED_PRICE = {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0, "cached_input_per_mtok": 100.0}

@@ -179,9 +179,11 @@ class UpstreamStatusError(UpstreamError):
     """A non-2xx answer. By default 408, 429 and 5xx are retryable; 401, 403, 404 and 407 are
     the target's configuration (the server refused the gateway's own credentials, or has no
     such model or path: the caller chose neither), not retried but sent to the next target, and
-    counted against the target's breaker; other 4xx are the request's fault (neither retried
-    nor sent elsewhere). A provider that knows better (Bedrock's typed errors) says so with
-    ``retryable``/``fallback`` and names the ``error_class``. A 429 (Bedrock's throttling too)
+    counted against the target's breaker; so is a 3xx (a redirect, a 304: the gateway follows
+    none, and the caller sent nothing that asks for one: a ``base_url`` that moved); other 4xx
+    are the request's fault (neither retried nor sent elsewhere, passed on with their status).
+    A provider that knows better (Bedrock's typed errors) says so with ``retryable``/``fallback``
+    and names the ``error_class``. A 429 (Bedrock's throttling too)
     is ``busy``: rate limited, not broken."""
 
     def __init__(
@@ -197,7 +199,7 @@ class UpstreamStatusError(UpstreamError):
         super().__init__(f"HTTP {status}: {detail}", retry_after=retry_after)
         self.upstream_status = status
         self.retryable = (status == 429 or status >= 500 or status == 408) if retryable is None else retryable
-        self._fallback = status in MISCONFIGURED if fallback is None else fallback
+        self._fallback = (status in MISCONFIGURED or status < 400) if fallback is None else fallback
         self.busy = status == 429
         self.error_class = error_class or f"http_{status}"
 

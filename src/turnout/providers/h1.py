@@ -8,10 +8,14 @@ Bedrock, URLs with credentials.
 
 It does only what a model server's answer needs: ``POST`` with a body and a fixed set of
 headers; a response framed by ``Content-Length``, chunked, or the connection's end; ``gzip`` /
-``deflate`` bodies (never asked for: no ``Accept-Encoding`` is sent); TLS with the default
+``deflate`` bodies (never asked for: no ``Accept-Encoding`` is sent; inflated to at most
+``MAX_BODY``, any other encoding refused); TLS with the default
 context. A connection goes back to the pool only after a complete response that allows
 keep-alive; anything else (a cancelled call, a parse error, ``Connection: close``) closes it.
-Idle connections are dropped after ``keepalive_s`` and when the server closes them. At most
+A response head past ``MAX_HEAD`` or a body past ``MAX_BODY`` is refused.
+Idle connections are dropped after ``keepalive_s`` and when the server closes them; one the
+server closes just as a request goes out on it, before a byte of answer, is replaced and the
+request sent once more (``H1Pool.post``). At most
 ``max_connections`` are open; callers beyond that wait for one.
 
 Failures are raised as OSError subclasses (``Disconnected``, the OS's own), ``ConnectTimeout``
@@ -31,6 +35,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 MAX_BODY = 64 << 20  # an answer larger than this is not a chat completion
+# A response head (status line and headers, interim 1xx heads included) larger than this is not
+# a model server's: one that never ends would otherwise be buffered without bound until ``ttft``.
+MAX_HEAD = 256 << 10
+_COMPRESSED = frozenset({"gzip", "x-gzip", "deflate"})
 
 
 class Disconnected(ConnectionError):
@@ -68,12 +76,15 @@ class _Conn(asyncio.Protocol):
         self.headers: list[tuple[str, str]] = []
         self.body: list[bytes] = []
         self.size = 0
+        self.head_size = 0  # bytes read while the head was incomplete
         self.framed = False  # Content-Length or chunked: else the body runs to the connection's end
         self.complete = False
         self.keep_alive = False
         self.closed = False
         self.idle_since = 0.0
         self.lent = False  # handed to a caller, not yet given back
+        self.reused = False  # it has answered before: the server may close it as a request goes out
+        self.heard = False  # a byte of the current response arrived
         self.counted = True  # one of the pool's open connections
 
     # --- asyncio.Protocol ------------------------------------------------------------------
@@ -86,11 +97,19 @@ class _Conn(asyncio.Protocol):
         if self.done is None:  # nothing asked: a server talking out of turn
             self.close()
             return
+        self.heard = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"invalid HTTP response ({type(exc).__name__})"))
             self.close()
+            return
+        head = self.head
+        if head is not None and not head.done():  # all of ``data`` was head, and it goes on
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD:
+                self._fail(BadResponse("response head too large"))
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -143,8 +162,8 @@ class _Conn(asyncio.Protocol):
     def send(self, request: bytes) -> None:
         loop = self.loop
         self.head, self.done = loop.create_future(), loop.create_future()
-        self.status, self.reason, self.headers, self.body, self.size = 0, "", [], [], 0
-        self.complete = self.keep_alive = False
+        self.status, self.reason, self.headers, self.body, self.size, self.head_size = 0, "", [], [], 0, 0
+        self.complete = self.keep_alive = self.heard = False
         assert self.transport is not None
         self.transport.write(request)
 
@@ -178,13 +197,24 @@ class H1Response:
         done = self._conn.done
         assert done is not None
         body = await done
-        encoding = self.headers.get("Content-Encoding", "").lower()
-        if encoding in ("gzip", "deflate"):
+        encoding = self.headers.get("Content-Encoding", "").strip().lower()
+        if encoding in _COMPRESSED:
+            # 32 + 15: gzip or zlib, by the header. At most MAX_BODY out: a small body can
+            # inflate to gigabytes (64 MiB of zeros gzipped is 64 KiB).
+            inflate = zlib.decompressobj(47)
             try:
-                body = zlib.decompress(body, 47)  # 32 + 15: gzip or zlib, by the header
+                out = inflate.decompress(body, MAX_BODY + 1)
             except zlib.error as exc:
                 self._conn.keep_alive = False  # what else it sent cannot be trusted either
                 raise BadResponse("invalid compressed body") from exc
+            if len(out) > MAX_BODY or inflate.unconsumed_tail:
+                raise BadResponse("response body too large")
+            if not inflate.eof:  # cut short: zlib.decompress said so, a decompressor does not
+                self._conn.keep_alive = False
+                raise BadResponse("invalid compressed body")
+            return out
+        if encoding and encoding != "identity":
+            raise BadResponse("unsupported content-encoding")  # never asked for: no Accept-Encoding
         return body
 
     def release(self) -> None:
@@ -217,17 +247,29 @@ class H1Pool:
         self._closed = False
 
     async def post(self, target: str, body: bytes, connect_s: float) -> H1Response:
-        """Send; return once the response head is in. The caller reads or releases it."""
-        conn = await self._acquire(connect_s)
+        """Send; return once the response head is in. The caller reads or releases it.
+
+        A kept-alive connection the server closes without a byte of answer was closed as the
+        request went out (its idle timeout, a restart): the request is sent once more, on a new
+        connection. Anything else (an answer begun, a new connection) is the call's failure."""
         request = b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n" % (target.encode(), self._fixed, len(body))
-        try:
-            conn.send(request + body)
-            assert conn.head is not None
-            await conn.head
-        except BaseException:
-            self._release(conn, False)
-            raise
-        return H1Response(conn)
+        fresh = False
+        while True:
+            conn = await self._acquire(connect_s, fresh)
+            try:
+                conn.send(request + body)
+                assert conn.head is not None
+                await conn.head
+            except Disconnected:
+                self._release(conn, False)
+                if fresh or not conn.reused or conn.heard:
+                    raise
+                fresh = True
+                continue
+            except BaseException:
+                self._release(conn, False)
+                raise
+            return H1Response(conn)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -240,17 +282,21 @@ class H1Pool:
 
     # --- the pool --------------------------------------------------------------------------
 
-    async def _acquire(self, connect_s: float) -> _Conn:
+    async def _acquire(self, connect_s: float, fresh: bool = False) -> _Conn:
+        """A connection: an idle one, else a new one within the limit, else the next freed.
+        ``fresh``: a new one (an idle one is closed to make room for it where need be)."""
         while True:
             if self._closed:
                 raise Disconnected("the client was closed")
             while self._idle:
                 conn = self._idle.pop()  # the most recently used: the least likely to be stale
-                if not conn.closed and conn.loop.time() - conn.idle_since < self.keepalive_s:
+                if not fresh and not conn.closed and conn.loop.time() - conn.idle_since < self.keepalive_s:
                     conn.lent = True
                     return conn
                 conn.close()
                 self._forget(conn)
+                if fresh:
+                    break  # room for one new connection
             if self._open < self.max_connections:
                 self._open += 1
                 try:
@@ -288,6 +334,7 @@ class H1Pool:
             return
         conn.lent = False
         if reusable and not self._closed:
+            conn.reused = True
             conn.idle_since = conn.loop.time()
             conn.done = conn.head = None
             self._idle.append(conn)

@@ -5,8 +5,10 @@ A target may list several replicas. Each call goes to one whose breaker lets cal
 chosen by ``balance`` (``turnout.providers.balance``: least loaded by calls in flight and, with
 ``load``, each server's own queue and KV-cache use read from its ``/metrics``; or by prefix
 affinity), and its outcome is recorded on that replica's breaker: 5xx, connect, timeout
-and protocol failures count against it; a 4xx the caller caused does not, nor does a 429 (the
-replica is busy, not broken: no verdict, as ``turnout.routing.attempts`` tells the target's).
+and protocol failures count against it, and so do answers about its own configuration (401,
+403, 404, 407, 3xx: ``UpstreamStatusError.fallback``); a 4xx the caller caused does not, nor
+does a 429 (the replica is busy, not broken: no verdict, as ``turnout.routing.attempts`` tells
+the target's).
 
 Timeouts (``Call.timeouts``), the session, how a call is settled, the clean-up of an abandoned
 response and the translation of aiohttp and OS errors into ``turnout.errors`` follow
@@ -113,7 +115,9 @@ class OpenAIProvider:
 
     async def complete(self, call: Call) -> Completion:
         replica = self._acquire(call)
-        body = await self._exchange(replica, call).complete(partial(json_object, label=replica.label, what="response"))
+        body = await self._exchange(replica, call).complete(
+            partial(_completion, label=replica.label, api_key=self.cfg.api_key)
+        )
         return Completion(
             body=body,
             usage=Usage.from_openai(body.get("usage")),
@@ -198,9 +202,9 @@ class OpenAIProvider:
         if (
             exc is None
             or isinstance(exc, ContextWindowExceeded)
-            or (isinstance(exc, UpstreamStatusError) and not exc.retryable)
+            or (isinstance(exc, UpstreamStatusError) and not exc.fallback)
         ):
-            breaker.success()  # it answered; a 4xx is the caller's doing
+            breaker.success()  # it answered; a 4xx is the caller's doing (not a 401/404: its own)
         elif isinstance(exc, UpstreamError) and not exc.busy:
             breaker.failure()
         else:
@@ -278,20 +282,23 @@ class _Chunks:
     ``__anext__`` (a generator that never started skips its ``finally``). The consumer must
     end it one of those ways; it holds a pooled socket until then."""
 
-    __slots__ = ("_api_key", "_body", "_first", "model")
+    __slots__ = ("_api_key", "_body", "_finished", "_first", "_started", "model")
 
     def __init__(self, body: StreamBody, first: dict[str, Any], api_key: str | None) -> None:
         self._body = body
         self._first: dict[str, Any] | None = first
         self._api_key = api_key
+        self._started: set[int] = set()  # the choices' indexes seen, and those that finished
+        self._finished: set[int] = set()
         model = first.get("model")
         self.model = model if isinstance(model, str) else None  # what the server says it ran
+        self._follow(first)
 
     @classmethod
     async def start(cls, body: StreamBody, api_key: str | None) -> _Chunks:
         """Read the first event (``Exchange.stream`` bounds it by ``ttft``)."""
         first = await _next_event(body.content, body.label, api_key)
-        if first is None:
+        if first is None or first is _ENDED:
             raise UpstreamProtocolError(f"{body.label}: stream ended before its first chunk")
         return cls(body, first, api_key)
 
@@ -308,14 +315,43 @@ class _Chunks:
             raise StopAsyncIteration
         try:
             chunk = await body.read(_next_event(body.content, body.label, self._api_key))
+            if chunk is _ENDED and (not self._finished or self._started - self._finished):
+                # No [DONE], and a choice never said why it stopped: the body was cut (a server
+                # that crashed behind a proxy, a body framed by the connection's end), not done.
+                raise UpstreamProtocolError(f"{body.label}: stream ended without [DONE] or a finish_reason")
+            if chunk is not None and chunk is not _ENDED:
+                self._follow(chunk)
         except BaseException as exc:
             body.finish(exc)
             raise
-        if chunk is None:
+        if chunk is None or chunk is _ENDED:
             await self._drain()
             body.finish(None)
             raise StopAsyncIteration
         return chunk
+
+    def _follow(self, chunk: dict[str, Any]) -> None:
+        """Check a chunk's choices (a list of objects, each ``delta`` an object; a null or
+        missing ``delta`` is made ``{}``, as a client reads it) and note which have finished."""
+        choices = chunk.get("choices")
+        if choices is None:
+            return
+        label = self._body.label
+        if type(choices) is not list:
+            raise UpstreamProtocolError(f"{label}: a stream chunk's choices are not a list")
+        for choice in choices:
+            if type(choice) is not dict:
+                raise UpstreamProtocolError(f"{label}: a stream chunk's choice is not an object")
+            delta = choice.get("delta")
+            if delta is None:
+                choice["delta"] = {}
+            elif type(delta) is not dict:
+                raise UpstreamProtocolError(f"{label}: a stream chunk's delta is not an object")
+            index = choice.get("index")
+            index = index if type(index) is int else 0
+            self._started.add(index)
+            if choice.get("finish_reason") is not None:
+                self._finished.add(index)
 
     async def aclose(self) -> None:
         """Stop early: closing the socket is how an OpenAI-compatible server learns to stop."""
@@ -335,45 +371,79 @@ class _Chunks:
             pass  # finish() closes the socket instead
 
 
+_ENDED: dict[str, Any] = {}  # what ``_next_event`` returns at the body's end without [DONE]
+
+
 async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | None) -> dict[str, Any] | None:
-    """The next SSE event's JSON, or None at ``[DONE]`` or a clean end of the body.
+    """The next SSE event's JSON, None at ``[DONE]``, or ``_ENDED`` at a clean end of the
+    body without it.
 
     Lines are read one at a time from aiohttp's buffer, so nothing is scanned twice. Only
-    ``data`` fields matter; comments (keep-alives) and other fields are skipped. A server
-    that omits ``[DONE]`` but ends its body properly is accepted; a cut body raises from
-    aiohttp instead.
+    ``data`` fields and an ``event: error`` matter; comments (keep-alives) and other fields are
+    skipped. A server that omits ``[DONE]`` but ends its body properly is accepted where every
+    choice finished (``_Chunks``); a cut body raises from aiohttp instead.
     """
     data: bytes | None = None
+    failed = False  # an ``event: error`` line
     while True:
         line = await content.readuntil(b"\n", max_size=_MAX_SSE_LINE)
         if not line:  # end of body
             if data is None:
-                return None
+                return _ENDED
             break
         line = line.rstrip(b"\r\n")
         if line:
             if line.startswith(b"data:"):
                 value = line[6:] if line[5:6] == b" " else line[5:]
                 data = value if data is None else data + b"\n" + value
+            elif line.startswith(b"event:"):
+                failed = line[6:].strip() == b"error"
             continue
         if data is not None:  # a blank line ends the event
             break
-    if data == b"[DONE]":
+        failed = False  # an event without data is not one
+    if data == b"[DONE]" and not failed:
         return None
+    if failed:
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        event = parsed if isinstance(parsed, dict) else {"message": _shorten(data.decode("utf-8", "replace"))}
+        raise _event_error(event, label, api_key)
     event = json_object(data, label, "stream event")
     if "error" in event or event.get("object") == "error":
         raise _event_error(event, label, api_key)
     return event
 
 
-def _event_error(event: dict[str, Any], label: str, api_key: str | None) -> UpstreamStatusError:
-    """An error sent as a stream event; its ``code`` is used as the status when it is one."""
+def _completion(raw: bytes, label: str, api_key: str | None) -> dict[str, Any]:
+    """A non-streaming answer: a JSON object that is a chat completion, one or more choices
+    each with its ``message`` an object. An error object sent with a 200 (some proxies do) is
+    the upstream's error; anything else a client could not read is a protocol error."""
+    body = json_object(raw, label, "response")
+    if "error" in body or body.get("object") == "error":
+        raise _event_error(body, label, api_key, "in a 200 answer")
+    choices = body.get("choices")
+    if type(choices) is not list or not choices:
+        raise UpstreamProtocolError(f"{label}: the response has no choices")
+    for choice in choices:
+        if type(choice) is not dict or type(choice.get("message")) is not dict:
+            raise UpstreamProtocolError(f"{label}: a choice in the response has no message object")
+    return body
+
+
+def _event_error(
+    event: dict[str, Any], label: str, api_key: str | None, where: str = "mid-stream"
+) -> UpstreamStatusError:
+    """An error sent as a stream event (or as a 200's body); its ``code`` is used as the status
+    when it is one."""
     err = event.get("error")
     source = err if isinstance(err, dict) else event
     code = source.get("code")
     status = code if isinstance(code, int) and 400 <= code < 600 else 500
     detail = _scrub(_message(event) or "error event", api_key)
-    return UpstreamStatusError(status, f"{detail} (mid-stream, {label})")
+    return UpstreamStatusError(status, f"{detail} ({where}, {label})")
 
 
 def _error_detail(raw: bytes) -> str:

@@ -40,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -56,6 +56,7 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, HttpProcessingError, BadResponse, OSErr
 ABANDONED = asyncio.CancelledError("the consumer closed the stream")
 
 T = TypeVar("T")
+_WORDS = 80  # of an HTTP parser's message, at most
 DEEP_AT = 200  # brackets in an upstream body past which its depth is checked (orjson writes 254 levels)
 
 
@@ -326,6 +327,8 @@ def translate(exc: BaseException, label: str, t: Timeouts, head: Deadline | None
         if head is not None and head.expired():
             return UpstreamTimeout("ttft", t.ttft)
         return UpstreamTimeout("total", t.total)
+    if isinstance(exc, aiohttp.ClientPayloadError) and isinstance(exc.__cause__, ContentEncodingError):
+        return UpstreamProtocolError(f"{label}: {describe(exc)}")  # it arrived whole, but unreadable
     if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)):
         return UpstreamConnectError(f"{label}: {describe(exc)}")
     return UpstreamProtocolError(f"{label}: {describe(exc)}")
@@ -348,7 +351,16 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server disconnected"
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return "connection lost mid-response"
+        return (
+            "invalid compressed body"
+            if isinstance(exc.__cause__, ContentEncodingError)
+            else "connection lost mid-response"
+        )
+    if isinstance(exc, aiohttp.ClientResponseError) and isinstance(exc.__cause__, HttpProcessingError):
+        # A response aiohttp could not parse: its parser's words up to the bytes they quote
+        # ("Bad status line", "Too many headers received"), never str(exc), which names the URL.
+        words = exc.message.split("\n", 1)[0].split(":", 1)[0].strip()[:_WORDS]
+        return f"invalid HTTP response ({words or type(exc.__cause__).__name__})"
     if isinstance(exc, (ConnectionResetError, aiohttp.ClientConnectionResetError)):
         return "connection reset"
     if isinstance(exc, HttpProcessingError):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import math
 import random
+import time
 
 from turnout.config import RetryConfig
 
@@ -18,12 +22,26 @@ def delay(cfg: RetryConfig, attempt: int, retry_after: float | None, rng: random
     return (rng or random).uniform(0, min(cap, base))
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (delta-seconds form; HTTP dates are rare upstream and ignored)."""
+MAX_RETRY_AFTER_S = 86400.0  # an upstream's hint past a day is read as a day
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After in seconds: delta-seconds, or an HTTP date (``now``: the Unix time it is
+    counted from; a date past is 0). None for what is no wait (negative, not finite, not a
+    date): an upstream's ``inf`` reached the 503's own Retry-After as an OverflowError, a 500."""
     if not value:
         return None
+    value = value.strip()
     try:
-        seconds = float(value.strip())
+        seconds = float(value)
     except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # "-0000": UTC, said without a zone
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = max(0.0, when.timestamp() - (time.time() if now is None else now))
+    if not 0 <= seconds < math.inf:  # NaN fails both
         return None
-    return seconds if seconds >= 0 else None
+    return min(seconds, MAX_RETRY_AFTER_S)

@@ -153,7 +153,9 @@ async def stream(
             usage = chunk.get("usage")
             if usage is not None:
                 out.usage = Usage.from_openai(usage)
-                if not include_usage:
+                # One the gateway cannot read (nulls, negative counts) is not relayed either: the
+                # caller who asked gets the gateway's own count at the end instead, not both.
+                if not include_usage or out.usage is None:
                     if not chunk.get("choices"):
                         continue  # the usage-only chunk the caller did not ask for
                     del chunk["usage"]
