@@ -532,7 +532,10 @@ async def test_total_deadline_stops_a_long_generation(make_provider: Factory, mo
     assert whole.outcome != "done"
     await ended(whole)
     assert_stopped_early(whole, 1500)
-    stream = await single.stream(call(STORY, stream=True, max_tokens=1500, timeouts=short))
+    # Long enough for the prompt's evaluation on a busy machine (the first chunk must come
+    # within it), far shorter than 1,500 tokens take.
+    longer = Timeouts(ttft=10, total=1.5)
+    stream = await single.stream(call(STORY, stream=True, max_tokens=1500, timeouts=longer))
     with pytest.raises(UpstreamTimeout) as err:
         await collect(stream)  # it started in time and then ran out of time
     assert err.value.phase == "total"

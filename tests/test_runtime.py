@@ -153,15 +153,17 @@ async def test_close_order_is_the_reverse_of_open_order(tmp_path: Path, monkeypa
 def test_a_served_gateway_whose_start_fails_exits_without_leaving_work_behind(tmp_path: Path) -> None:
     """The real process: uvicorn reports the failed start and exits; the ledger writer that
     had started was stopped, not destroyed pending. What fails is one no check can see ahead:
-    the shared key store (Redis) does not answer when start-up reaches it."""
+    the shared state's PostgreSQL does not answer when start-up reaches it (a Redis that does not
+    answer is ridden out: the gateway starts unready)."""
     raw = config(tmp_path)
-    raw["limits"] = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{closed_port()}/0"}
+    raw["state"] = {"kind": "postgres", "dsn": f"postgresql://postgres@127.0.0.1:{closed_port()}/test"}
     path = tmp_path / "turnout.yaml"
     path.write_text(json.dumps(raw))
     with pytest.raises(RuntimeError, match="exited with 1 "), turnout_serve(tmp_path, path, ready_s=30):
         pass  # 1: the command failed, as the CLI says (uvicorn's own is 3)
     log = (tmp_path / "turnout.log").read_text()
-    assert "start-up failed: Redis key store: ConnectionError" in log  # the reason, on one line
+    [said] = [line for line in log.splitlines() if "start-up failed: " in line]
+    assert "Connection refused Is the server running" in said  # the reason, on one line
     assert "Traceback" not in log
     assert "Task was destroyed but it is pending" not in log
     assert (tmp_path / "turnout.db").exists()  # the ledger had opened before the failure

@@ -252,6 +252,8 @@ class App:
 def start_up_problem(exc: TurnoutError | OSError) -> str:
     """What a start-up failure of turnout's own (a store, a file) says, on one line."""
     if isinstance(exc, TurnoutError):
-        return exc.message
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return f"{exc.filename}: {reason}" if exc.filename else reason
+        said = exc.message
+    else:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        said = f"{exc.filename}: {reason}" if exc.filename else reason
+    return " ".join(said.split())  # a driver's message may run over lines (libpq's hint does)
