@@ -22,11 +22,10 @@ from turnout.safety import inputs
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, json_object
-from turnout.serving.door import Answered, Reply, check_episode_id, reported
+from turnout.serving.door import TURNOUT_METADATA, Answered, Reply, check_episode_id, reported
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _PLAIN = ROLES - {"tool"}  # roles whose message needs only a role and a content
-TURNOUT_METADATA = ("data_class", "user", "max_latency_ms", "max_cost_usd", "episode_id")
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 INTEGERS = (("max_tokens", 1), ("max_completion_tokens", 1), ("n", 1), ("top_logprobs", 0))  # and their least
 NUMBERS = (

@@ -24,10 +24,16 @@ from turnout.errors import RequestError
 from turnout.providers.base import Completion, Usage
 from turnout.releases.base import Release
 from turnout.routing.attempts import Result
+from turnout.routing.constraints import COST, LATENCY
 from turnout.safety.policy import Input
 from turnout.serving.asgi import Receive, Send
 
 MAX_EPISODE_ID = 256
+# What a request's ``metadata`` may say to turnout itself (the end user, the data class, the
+# episode, the caller's limits); none of it reaches a target. Chat completions pass any other
+# key on (OpenAI's own metadata); the task API and embeddings, whose metadata is turnout's
+# alone, refuse it.
+TURNOUT_METADATA = ("data_class", "user", "episode_id", LATENCY, COST)
 EMBEDDINGS = "embeddings"  # the endpoint of the one door that serves tasks whose targets embed
 
 

@@ -34,13 +34,12 @@ from turnout.routing.constraints import COST, LATENCY
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, json_object, send_json
-from turnout.serving.door import EMBEDDINGS, Answered, Reply, check_episode_id
+from turnout.serving.door import EMBEDDINGS, TURNOUT_METADATA, Answered, Reply, check_episode_id
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 MAX_INPUT_CHARS = 131_072  # past any embedding model's window (32k tokens of 4 characters)
 MAX_DIMENSIONS = 65_536
 ENCODINGS = ("float", "base64")
-TURNOUT_METADATA = ("data_class", "user", "episode_id", LATENCY, COST)  # all metadata takes: none reaches a target
 OWN = frozenset({"model", "input", "encoding_format", "metadata"})  # not passed on as they came
 
 

@@ -27,10 +27,9 @@ from turnout.safety.output import strip_fence
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import MAX_DEPTH, Receive, Send, json_object, send_json
-from turnout.serving.door import Answered, Reply, check_episode_id, reported
+from turnout.serving.door import TURNOUT_METADATA, Answered, Reply, check_episode_id, reported
 
 FIELDS = frozenset({"variables", "documents", "user", "metadata"})
-METADATA = ("user", "data_class", "episode_id", LATENCY, COST)
 
 
 class OutputInvalid(TurnoutError):
@@ -144,10 +143,10 @@ def _check(body: dict[str, Any]) -> None:
     meta = body.get("metadata", {})
     if not isinstance(meta, dict):
         raise RequestError("'metadata' must be an object", param="metadata")
-    unknown = sorted(set(meta) - set(METADATA))
+    unknown = sorted(set(meta) - set(TURNOUT_METADATA))
     if unknown:
         raise RequestError(
-            f"unknown field 'metadata.{unknown[0]}'; metadata takes {', '.join(METADATA)}",
+            f"unknown field 'metadata.{unknown[0]}'; metadata takes {', '.join(TURNOUT_METADATA)}",
             param=f"metadata.{unknown[0]}",
         )
     # The end user and the data class are strings or absent: a list or a number is refused, not
