@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from turnout._support.printable import printable
 from turnout.control.tokens import generated_by_chunk
 from turnout.errors import AnswerRefused, ShuttingDown, StreamInterrupted, TurnoutError, UpstreamError
 from turnout.privacy.redact import masked
@@ -59,6 +59,7 @@ def turnout_headers(
 
 
 MAX_FIXED = 4096
+MAX_HEADER_CHARS = 1024  # far past any model id, ARN or inference profile
 _FIXED: dict[tuple[str, str, int, str, bool], tuple[Release | None, tuple[tuple[bytes, bytes], ...]]] = {}
 
 
@@ -71,13 +72,10 @@ def _fixed_headers(
         (b"x-turnout-target", target.encode()),
         # An upstream names it (its answer's "model"): a line break there would end the head
         # early, which the server refuses to send (an empty reply instead of the answer).
-        (b"x-turnout-model-version", _CONTROL.sub("?", model_version).encode("latin-1", "replace")),
+        (b"x-turnout-model-version", printable(model_version, MAX_HEADER_CHARS).encode("latin-1", "replace")),
         (b"x-turnout-release", release.name.encode() if release else b"none"),
         (b"x-turnout-prompt-version", release.prompt_version.encode() if release and prompt else b"none"),
     )
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def cost_header(cost_usd: float | None) -> list[tuple[bytes, bytes]]:
