@@ -38,6 +38,7 @@ credentials or keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -81,6 +82,18 @@ class CannotListen(TurnoutError):
 class RequestError(TurnoutError):
     status = 400
     type = "invalid_request_error"
+
+
+def refuse_unknown(
+    value: Mapping[str, Any], fields: Sequence[str], what: str, *, prefix: str = "", code: str | None = None
+) -> None:
+    """A field of ``value`` not in ``fields`` is a 400 naming it (``param``: ``prefix`` and the
+    name), never dropped: a typo would otherwise lose what it meant silently. ``what`` takes
+    ``fields``, listed in the order given."""
+    unknown = sorted(set(value).difference(fields))
+    if unknown:
+        name = prefix + unknown[0]
+        raise RequestError(f"unknown field {name!r}; {what} takes {', '.join(fields)}", param=name, code=code)
 
 
 class UnsupportedEncoding(RequestError):

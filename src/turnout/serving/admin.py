@@ -36,7 +36,7 @@ import orjson
 
 from turnout.control.auth import bearer
 from turnout.control.keys.base import MAX_KEY_TTL_S
-from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError
+from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError, refuse_unknown
 from turnout.providers.base import Health
 from turnout.releases.review import MAX_ANSWER, ReviewQueue, Status
 from turnout.serving import supervisor, tickets
@@ -156,11 +156,7 @@ class Admin:
             raise RequestError("the body is not valid JSON", code="invalid_json") from exc
         if not isinstance(spec, dict):
             raise RequestError("the body must be a JSON object", code="invalid_json")
-        unknown = sorted(set(spec) - KEY_FIELDS)
-        if unknown:  # a typo ("expires_at") must not make a key that never expires
-            raise RequestError(
-                f"unknown field {unknown[0]!r}; a key takes {', '.join(sorted(KEY_FIELDS))}", param=unknown[0]
-            )
+        refuse_unknown(spec, sorted(KEY_FIELDS), "a key")  # a typo ("expires_at"): a key that never expires
         tenant = spec.get("tenant")
         if store is None or not isinstance(tenant, str) or tenant not in self.runtime.config.tenants:
             raise RequestError(f"unknown tenant {tenant!r}", param="tenant")
@@ -272,11 +268,7 @@ class Admin:
             raise RequestError("the body is not valid JSON", code="invalid_json") from exc
         if not isinstance(spec, dict):
             raise RequestError("the body must be a JSON object", code="invalid_json")
-        unknown = sorted(set(spec) - LABEL_FIELDS)
-        if unknown:  # a typo ("notes", "anwser") must not drop the reviewer's words silently
-            raise RequestError(
-                f"unknown field {unknown[0]!r}; a label takes {', '.join(sorted(LABEL_FIELDS))}", param=unknown[0]
-            )
+        refuse_unknown(spec, sorted(LABEL_FIELDS), "a label")  # a typo ("notes"): the reviewer's words lost
         label, note, by, answer = spec.get("label"), spec.get("note"), spec.get("by"), spec.get("answer")
         if not isinstance(label, str):
             raise RequestError("'label' is required and must be a string", param="label")

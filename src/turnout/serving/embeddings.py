@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.config import DATA_CLASSES
-from turnout.errors import RequestError
+from turnout.errors import RequestError, refuse_unknown
 from turnout.providers.base import Completion, Usage
 from turnout.releases.base import Release
 from turnout.routing.constraints import COST, LATENCY
@@ -147,10 +147,8 @@ def validate(body: dict[str, Any]) -> EmbeddingsRequest:
     if meta is not None:
         if not isinstance(meta, dict):
             raise _bad("metadata", "'metadata' must be an object")
-        unknown = sorted(set(meta) - set(TURNOUT_METADATA))
-        if unknown:  # dropped silently, a misspelt data_class served the request under the default
-            param = f"metadata.{unknown[0]}"
-            raise _bad(param, f"unknown field '{param}'; metadata takes {', '.join(TURNOUT_METADATA)}")
+        # dropped silently, a misspelt data_class served the request under the default
+        refuse_unknown(meta, TURNOUT_METADATA, "metadata", prefix="metadata.", code="invalid_value")
         data_class = _meta_str(meta, "data_class")
         if data_class and data_class.lower() not in DATA_CLASSES:
             raise _bad("metadata.data_class", f"'metadata.data_class' must be one of {', '.join(DATA_CLASSES)}")

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from turnout.errors import NotFound, RequestError, TurnoutError
+from turnout.errors import NotFound, RequestError, TurnoutError, refuse_unknown
 from turnout.ledger.store import LedgerStore
 from turnout.ledger.writer import LedgerWriter
 from turnout.serving.asgi import Receive, Send, credential, json_object, read_body, send_json
@@ -91,9 +91,7 @@ async def handle(runtime: Runtime, scope: dict[str, Any], receive: Receive, send
 
 def parse(raw: bytes) -> Feedback:
     body = json_object(raw)
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise _bad(unknown[0], f"unknown field '{unknown[0]}'; feedback takes {', '.join(sorted(FIELDS))}")
+    refuse_unknown(body, sorted(FIELDS), "feedback", code="invalid_value")
     request_id = _request_id(body.get("request_id"))
     episode_id = check_episode_id(body.get("episode_id"), "episode_id")
     if request_id is None and episode_id is None:

@@ -17,7 +17,7 @@ import orjson
 
 from turnout._support.depth import too_deep
 from turnout.config import DATA_CLASSES
-from turnout.errors import RequestError, TurnoutError
+from turnout.errors import RequestError, TurnoutError, refuse_unknown
 from turnout.providers.base import Completion
 from turnout.releases.base import Release
 from turnout.releases.render import render
@@ -130,11 +130,7 @@ def _check(body: dict[str, Any]) -> None:
     # The body and its metadata are turnout's own, and nothing in them reaches a target as sent:
     # a field this door does not read ("document", "metadata.dataclass") would be dropped
     # silently, and the request served without its documents or under the default data class.
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise RequestError(
-            f"unknown field {unknown[0]!r}; the task API takes {', '.join(sorted(FIELDS))}", param=unknown[0]
-        )
+    refuse_unknown(body, sorted(FIELDS), "the task API")
     if not isinstance(body.get("variables", {}), dict):
         raise RequestError("'variables' must be an object", param="variables")
     docs = body.get("documents", [])
@@ -143,12 +139,7 @@ def _check(body: dict[str, Any]) -> None:
     meta = body.get("metadata", {})
     if not isinstance(meta, dict):
         raise RequestError("'metadata' must be an object", param="metadata")
-    unknown = sorted(set(meta) - set(TURNOUT_METADATA))
-    if unknown:
-        raise RequestError(
-            f"unknown field 'metadata.{unknown[0]}'; metadata takes {', '.join(TURNOUT_METADATA)}",
-            param=f"metadata.{unknown[0]}",
-        )
+    refuse_unknown(meta, TURNOUT_METADATA, "metadata", prefix="metadata.")
     # The end user and the data class are strings or absent: a list or a number is refused, not
     # turned into text (the end user keys the sticky release and the ledger's pseudonym).
     for where, name in ((body, "user"), (meta, "user"), (meta, "data_class")):
