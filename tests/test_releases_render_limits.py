@@ -147,6 +147,67 @@ def test_all_the_work_of_a_render_is_bounded(peak_memory: Callable[[], int]) -> 
     assert peak_memory() < 256 * MiB  # not the 10 GB the join would have built
 
 
+# One filter call on a value within the size limits, whose work grows with the square of a
+# word's length: the render's deadline is checked only after the call, which ran for seconds
+# (wordwrap(1) of a 1 Mi-character word: 21 s) or minutes, holding the event loop. Refused
+# before they run.
+SLOW_STEPS = {
+    "wordwrap of a long word": ("{{ text|wordwrap(1) }}", "a" * 300_000),
+    "wordwrap of a long word at a usual width": ("{{ text|wordwrap(10) }}", "a" * 2_000_000),
+    "urlize balancing brackets": ("{{ text|urlize }}", "a" + "(" * 200_000 + ")" * 200_000),
+    "urlize balancing escaped brackets": ("{{ text|urlize }}", "a" + "<" * 200_000 + ">" * 200_000),
+}
+
+
+@pytest.mark.parametrize(("template", "text"), SLOW_STEPS.values(), ids=SLOW_STEPS.keys())
+def test_a_filter_whose_work_outgrows_its_input_is_refused_before_it_runs(template: str, text: str) -> None:
+    message = refused(template, {"text": text}, text="str")
+    assert "would copy about" in message and f"the limit is {bounded.MAX_STEP_COPIES}" in message
+
+
+def test_sum_of_lists_is_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python's sum made a new list per item: 100,000 one-item lists copied 5·10⁹ items in one
+    # step (about half a minute). A deadline far above a linear pass: it is never the limit here.
+    monkeypatch.setattr(bounded, "TIMEOUT_S", 10.0)
+    lists = [[i] for i in range(100_000)]
+    got = render(
+        release("{{ l|sum(start=[])|length }} {{ t|sum(start=(0,))|length }}", l="list", t="list"),
+        {
+            "l": lists,
+            "t": [(1, 2)] * 100_000,
+        },
+    )
+    assert got[0]["content"] == "100000 200001"
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ [[1], [2, 3]]|sum(start=[0]) }}", "[0, 1, 2, 3]"),
+        ("{{ [(1,), (2, 3)]|sum(start=()) }}", "(1, 2, 3)"),
+        ("{{ [dict(a=[1]), dict(a=[2])]|sum('a', start=[]) }}", "[1, 2]"),
+        ("{{ [1, 2.5]|sum }} {{ []|sum(start=[]) }}", "3.5 []"),
+    ],
+)
+def test_sum_gives_what_python_gives(template: str, expected: str) -> None:
+    assert render(release(template), {})[0]["content"] == expected
+    plain = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+    assert plain.from_string(template).render() == expected
+
+
+@pytest.mark.parametrize("template", ["{{ [[1], (2,)]|sum(start=[]) }}", "{{ [[1]]|sum(start=()) }}"])
+def test_sum_of_mixed_sequences_fails_as_in_python(template: str) -> None:
+    assert "can only concatenate" in refused(template)
+
+
+def test_wordwrap_and_urlize_of_ordinary_text_render_as_before() -> None:
+    template = "{{ text|wordwrap(12) }}|{{ text|urlize }}|{{ ('x' * 5000)|wordwrap(80)|length }}"
+    variables = {"text": "see (www.example.com) or mail a@b.example about <it>"}
+    got = render(release(template, text="str"), variables)[0]["content"]
+    plain = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+    assert got == plain.from_string(template).render(variables)
+
+
 def test_lipsum_is_gone() -> None:
     assert "'lipsum' is undefined" in refused("{{ lipsum(100000) }}")
 
