@@ -105,6 +105,32 @@ def test_p95_gate_fails_when_nothing_returned() -> None:
     assert not g.passed and g.observed is None and "no responses" in g.explanation
 
 
+def run_failing(failure: str, baseline: str | None) -> list[GateResult]:
+    """Every run fails: its request (``failure`` "request") or its scorer (an answer that never
+    matches), on both releases."""
+
+    async def call(release: str, case: Case) -> Outcome:
+        if failure == "request":
+            return Outcome("", latency_ms=1.0, error="HTTP 502: every target failed")
+        return Outcome("something else", latency_ms=1.0, cost_usd=0.01)
+
+    cases = [Case(id=f"c{i}", expect=(Expectation("equals", {"value": "x"}),), variables={}) for i in range(5)]
+    return evaluate_gates(Gates(), asyncio.run(_run_eval(cases, call, candidate="v2", baseline=baseline)))
+
+
+@pytest.mark.parametrize("baseline", [None, "v1"])
+@pytest.mark.parametrize("failure", ["request", "scorer"])
+def test_a_candidate_that_passed_nothing_fails_whatever_the_threshold(failure: str, baseline: str | None) -> None:
+    # The default gates (min_pass_rate 0) passed a candidate whose every request failed, and
+    # marked it evaluated; beside a baseline that failed alike, "no regression" passed too.
+    gates = run_failing(failure, baseline)
+    assert not all_passed(gates)
+    g = by_name(gates)["min_pass_rate"]
+    assert not g.passed and g.observed == 0.0 and "v2 passed none of its 5 runs" in g.explanation
+    if failure == "request":
+        assert "every request failed, the first with HTTP 502: every target failed" in g.explanation
+
+
 def test_gate_result_round_trip() -> None:
     g = GateResult("max_p95_ms", False, 900.0, 500.0, "over", skipped=False)
     assert GateResult.from_dict(g.to_dict()) == g

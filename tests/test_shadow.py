@@ -239,6 +239,18 @@ def test_the_gates_on_the_sample_by_hand() -> None:
     assert not small["min_pairs"].passed and "4 mirrored requests; 10 needed" in small["min_pairs"].explanation
 
 
+@pytest.mark.parametrize(("status", "why"), [(502, "every shadow call failed"), (200, "no answer passed its scorers")])
+def test_a_shadow_that_passed_nothing_fails_its_pass_rate(status: int, why: str) -> None:
+    # gates.min_pass_rate defaults to 0: a shadow whose every call failed passed it, and with a
+    # served side that failed its scorers alike, every gate passed and the canary started
+    pairs = [pair(i, status=status, served_pass=False, shadow_pass=False if status == 200 else None) for i in range(50)]
+    task = TaskConfig.model_validate({"route": ["cand"], "shadow": {"min_pairs": 50}})
+    gates = {g.name: g for g in shadow_gates(summarize(TASK, "v2", pairs), task)}
+    g = gates["min_pass_rate"]
+    assert not g.passed and g.explanation == f"v2 passed none of 50 pairs ({why})"
+    assert gates["max_regression"].passed  # nothing else would have stopped it
+
+
 @pytest.mark.parametrize("kind", KINDS)
 async def test_pairs_are_stored_once_and_read_back(kind: str, tmp_path: Path) -> None:
     async with state_place(kind, tmp_path / "shadow.db") as place, ShadowStore(place) as store:

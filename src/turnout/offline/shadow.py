@@ -11,7 +11,7 @@ Gates (the task's ``gates`` and ``shadow``), on the sample::
 
     min_pairs                    pairs ≥ shadow.min_pairs (a verdict needs a sample)
     min_agreement                agreement ≥ shadow.min_agreement          (skipped when unset)
-    min_pass_rate                shadow pass rate ≥ gates.min_pass_rate
+    min_pass_rate                shadow pass rate ≥ gates.min_pass_rate, and some pair passed
     max_regression               served − shadow pass rate ≤ gates.max_regression (same requests)
     max_p95_ms                   shadow p95 ≤ gates.max_p95_ms             (skipped when unset)
     max_cost_per_pass_ratio      shadow ÷ served cost per pass ≤ threshold (skipped when unset)
@@ -257,6 +257,11 @@ def _min_agreement(s: ShadowSummary, threshold: float | None) -> GateResult:
 
 def _min_pass_rate(s: ShadowSummary, threshold: float) -> GateResult:
     side, ci = s.shadow, s.shadow.pass_interval
+    if side.passed == 0:  # as the eval's gate: whatever the threshold, nothing passed is no evidence
+        why = "every shadow call failed" if s.errors == s.pairs else "no answer passed its scorers"
+        return GateResult(
+            "min_pass_rate", False, side.pass_rate, threshold, f"{s.release} passed none of {s.pairs} pairs ({why})"
+        )
     ok = side.pass_rate >= threshold
     how = "" if side.scored else " (unscored: answered counts as passed)"
     return GateResult(

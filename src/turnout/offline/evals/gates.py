@@ -3,7 +3,7 @@
 =========================  ==========================================================  ==============
 gate                       passes when                                                 skipped when
 =========================  ==========================================================  ==============
-min_pass_rate              candidate pass rate ≥ threshold                              never
+min_pass_rate              candidate pass rate ≥ threshold, and some run passed         never
 max_regression             baseline − candidate pass rate ≤ threshold (paired cases)    no baseline
 max_p95_ms                 candidate p95 latency ≤ threshold                            not configured
 max_cost_per_pass_ratio    candidate ÷ baseline cost per passed case ≤ threshold        no baseline, not
@@ -16,6 +16,11 @@ task                       runs) ÷ passed runs ≤ threshold, in $             
 ``review`` and ``escalation`` are the task's ``review_cost_usd`` (a person reads every answer)
 and ``escalation_cost_usd`` (a person handles every failed one); unset, each counts 0. Only
 passed runs are completed tasks: a failure is paid for, not counted as done.
+
+A candidate that passed no run fails ``min_pass_rate`` whatever its threshold (0 by default):
+an eval whose every request failed (a target down, a wrong model name) or whose every scorer
+failed (a judge that never answered) measured nothing, and must not mark the release evaluated
+nor read as "no regression" beside a baseline that failed the same way.
 
 Point estimates are compared, as the config documents; the explanations quote the intervals so
 that a reader can tell a clear result from a lucky one. A skipped gate counts as passed.
@@ -134,6 +139,8 @@ def _cost_per_completed(gates: Gates, result: EvalResult, people: HumanCosts) ->
 
 def _min_pass_rate(gates: Gates, result: EvalResult) -> GateResult:
     s = result.summaries[result.candidate]
+    if s.passed_runs == 0:
+        return GateResult("min_pass_rate", False, s.pass_rate, gates.min_pass_rate, _nothing_passed(result, s))
     ok = s.pass_rate >= gates.min_pass_rate
     return GateResult(
         "min_pass_rate",
@@ -143,6 +150,15 @@ def _min_pass_rate(gates: Gates, result: EvalResult) -> GateResult:
         f"{result.candidate} passes {s.pass_rate:.1%} (95% CI {s.interval.low:.1%}–{s.interval.high:.1%}) of "
         f"{s.cases} cases; {'at least' if ok else 'below'} the required {gates.min_pass_rate:.1%}",
     )
+
+
+def _nothing_passed(result: EvalResult, s: ReleaseSummary) -> str:
+    if s.errors == s.runs:
+        first = next((r.outcome.error for r in result.runs if r.release == s.release and r.outcome.error), None)
+        why = f"every request failed, the first with {first[:200]}" if first else "every request failed"
+    else:
+        why = f"{s.errors} request(s) failed and no answer passed its expectations"
+    return f"{s.release} passed none of its {s.runs} runs ({why}): the eval measured nothing that works"
 
 
 def _max_regression(gates: Gates, result: EvalResult) -> GateResult:
