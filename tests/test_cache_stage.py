@@ -99,6 +99,8 @@ def test_bad_cache_config_is_named(cache: dict[str, Any], top: dict[str, Any], p
         (None, b"bypass", True),
         (None, b" BYPASS ", True),
         (None, b"hit", False),
+        (None, b"hit, bypass", True),  # two lines of one header, joined
+        (b"max-age=0,no-cache", None, True),
         (b",,=", b"\xff", False),
     ],
 )

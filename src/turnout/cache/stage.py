@@ -239,8 +239,9 @@ class CacheStage:
 
 
 def bypassed(cache_control: bytes | None, turnout_cache: bytes | None) -> bool:
-    """``Cache-Control: no-cache`` (or ``no-store``) or ``X-Turnout-Cache: bypass``."""
-    if turnout_cache is not None and turnout_cache.strip().lower() == BYPASS:
+    """``Cache-Control: no-cache`` (or ``no-store``) or ``X-Turnout-Cache: bypass``; each a
+    comma-separated list (a header sent on several lines, joined)."""
+    if turnout_cache is not None and BYPASS in {v.strip() for v in turnout_cache.lower().split(b",")}:
         return True
     if cache_control is None:
         return False
