@@ -317,6 +317,11 @@ async def test_followers_of_a_failed_leader_ask_for_themselves(make_app: AppFact
         failed = [r for r in results if isinstance(r, openai.BadRequestError)]
         assert len(failed) == 1 and calls(upstream) >= 2
         assert {r[0] for r in results if not isinstance(r, BaseException)} == {"Paris is the capital"}
+        # Seen: none of the followers kept its answer, so the next identical request missed
+        # again; the first follower to wake leads anew and keeps it.
+        asked = calls(upstream)
+        _, state, _ = await ask(client)
+        assert state == "hit" and calls(upstream) == asked
 
 
 async def test_hits_take_no_quota(make_app: AppFactory) -> None:

@@ -235,15 +235,24 @@ async def test_followers_get_the_leaders_answer_without_the_store() -> None:
 
 
 async def test_followers_of_a_leader_without_an_answer_ask_for_themselves() -> None:
+    """All of them ask at once (none waits out a second failure); the first to wake leads
+    anew, so its answer is kept and a later request follows it."""
     s = stage()
     leader = await s.lookup("faq", "acme", "internal", None, BODY, False)
-    follower = asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False))
+    followers = [asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False)) for _ in range(3)]
     await asyncio.sleep(0)
     s.done(leader)
-    found = await follower
-    assert found is not None and found.state == MISS and found.leading is None  # not a new leader
-    nxt = await s.lookup("faq", "acme", "internal", None, BODY, False)
-    assert nxt is not None and nxt.leading is not None  # the flight was freed: the next one leads
+    first, *others = await asyncio.gather(*followers)
+    assert first is not None and first.state == MISS and first.leading is not None  # the new leader
+    assert all(f is not None and f.state == MISS and f.leading is None for f in others)
+    later = asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False))
+    await asyncio.sleep(0)
+    await s.fill(first, encode("t", "mv", 0.5, Usage(3, 4), body=orjson.dumps({"choices": []})))
+    found = await later
+    assert found is not None and found.state == HIT
+    s.done(first)
+    nxt = await s.lookup("faq", "acme", "internal", None, {**BODY, "seed": 9}, False)
+    assert nxt is not None and nxt.leading is not None
 
 
 async def test_a_cancelled_follower_leaves_the_flight_alone() -> None:

@@ -5,7 +5,8 @@ concurrency or budget, since nothing upstream is used), for every door.
              request unless ``allow_sampled``; no ``Cache-Control: no-cache`` nor
              ``X-Turnout-Cache: bypass``), then the store: ``HIT`` with an entry, ``MISS``
              (the first of concurrent identical misses leads; the others wait for its answer:
-             single flight, per replica), or ``BYPASS``
+             single flight, per replica; when the leader gets no answer, the first of them
+             leads anew), or ``BYPASS``
     fill     the leader's answer, once whole and passed, into the store and to its followers
     done     always, in the pipeline's ``finally``: frees the flight (followers of a leader that
              got no answer call the upstream themselves)
@@ -190,7 +191,10 @@ class CacheStage:
             found = None if raw is None else decode(raw)
             if found is None:  # the leader got no answer to share: this one asks for itself
                 self.misses += 1
-                return Lookup(MISS, address, ttl_s)
+                # The first follower to wake leads anew, so an answer is kept after all (the
+                # others ask at once, beside it: none waits out a second failure).
+                key = address.text()
+                return Lookup(MISS, address, ttl_s, leading=None if key in self._flights else self._lead(key))
         self.hits += 1
         return Lookup(HIT, address, ttl_s, entry=found)
 
