@@ -177,6 +177,9 @@ async def test_who_answers_is_part_of_the_key_of_a_task_without_releases() -> No
     moved["targets"]["t"]["base_url"] = "http://127.0.0.1:10/v1"  # the same model elsewhere
     assert await state(moved) == HIT
     assert await state(serving(t="m2")) == MISS  # the first target's model changed
+    prefill = serving()
+    prefill["targets"]["t"]["continue_final_message"] = True  # a prefill is continued, not a new turn
+    assert await state(prefill) == MISS
     assert await state(serving(u="n2")) == MISS  # so did its fallback's
     assert await state(serving(["u", "t"])) == MISS  # another target answers first
     assert await state(serving(["t"])) == MISS  # no fallback

@@ -40,7 +40,16 @@ HIT, MISS, BYPASS = b"hit", b"miss", b"bypass"
 NO_VERSION = "none"  # a task served without releases: "none.<what serves it>"
 # What of a target shapes its answers; its URLs, keys, timeouts, limits and prices do not.
 ANSWERING = frozenset(
-    {"provider", "model", "model_path", "model_version", "additional_fields", "guardrail", "embedding_space"}
+    {
+        "provider",
+        "model",
+        "model_path",
+        "model_version",
+        "additional_fields",
+        "guardrail",
+        "embedding_space",
+        "continue_final_message",  # a prefill continued, or answered as a new turn
+    }
 )
 # How long a follower waits for its flight's leader before asking for itself: a leader's answer
 # is shared once its client has taken all of it, which a slow client can hold back for as long
