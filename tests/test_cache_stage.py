@@ -13,7 +13,7 @@ import pytest
 
 from turnout.cache.entry import REPLICA, Recording, decode, encode
 from turnout.cache.memory import MemoryCache
-from turnout.cache.stage import BYPASS, HIT, MISS, CacheStage, bypassed
+from turnout.cache.stage import BYPASS, HIT, MISS, RECENT, CacheStage, bypassed
 from turnout.config import validate
 from turnout.errors import ConfigError
 from turnout.providers.base import Completion, Stream, Usage
@@ -354,3 +354,37 @@ async def test_a_broken_or_unfinished_stream_is_not_whole() -> None:
     assert await cut.__anext__() == {"n": 1}
     await cut.aclose()
     assert not cut.whole
+
+
+async def test_a_purge_keeps_the_answers_of_the_flights_it_names_out_of_the_store() -> None:
+    """A leader that missed before a purge of its tenant or task shares its answer with its
+    followers but does not keep it; one the purge does not name (another tenant) keeps it."""
+    value = encode("t", "mv", 0.5, Usage(3, 4), body=orjson.dumps({"choices": []}))
+
+    async def kept(*purge: str | None) -> bytes:
+        s = stage()
+        leader = await s.lookup("faq", "acme", "internal", None, BODY, False)
+        follower = asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False))
+        await asyncio.sleep(0)
+        await s.purge(*purge)
+        assert leader is not None
+        await s.fill(leader, value)
+        shared = await follower
+        assert shared is not None and shared.state == HIT
+        found = await s.lookup("faq", "acme", "internal", None, BODY, False)
+        assert found is not None
+        return found.state
+
+    assert await kept("acme") == MISS
+    assert await kept(None, "faq") == MISS
+    assert await kept() == MISS
+    assert await kept("globex") == HIT
+    assert await kept(None, "plain") == HIT
+    s = stage()  # past the purges remembered: whichever they named, nothing is kept
+    leader = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    for _ in range(RECENT + 1):
+        await s.purge("globex")
+    assert leader is not None
+    await s.fill(leader, value)
+    found = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    assert found is not None and found.state == MISS
