@@ -162,7 +162,12 @@ async def test_a_bypass_on_any_line_of_a_repeated_header_counts(
         await ask(client)
         data = orjson.dumps({"model": "faq", "messages": ASK, "temperature": 0})
         head = [(b"authorization", f"Bearer {KEY}".encode()), (b"content-length", str(len(data)).encode())]
-        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": head + lines}
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "headers": head + lines,
+        }
         scope |= {"raw_path": b"/v1/chat/completions", "query_string": b""}
         sent: list[Any] = []
         parts = [data]
