@@ -319,9 +319,39 @@ def test_an_entry_is_fresh_for_the_ttl_as_it_is_now() -> None:
     assert entry is not None and entry.stored_at is None and entry.fresh(1, 1e12)
 
 
-@pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"format": 99}', b'{"format": 0, "target": "t"}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"format": 99}',
+        b'{"format": 0, "target": "t"}',
+        # This code's format, damaged (a value written over in Redis with the key, a bug):
+        # seen as a KeyError, a 500, where a miss was due.
+        b'{"format": 1, "target": "t"}',
+        b'{"format": 1, "model_version": "m", "body": {}}',
+        b'{"format": 1, "target": "t", "model_version": "m"}',
+        b'{"format": 1, "target": "t", "model_version": "m", "body": "text"}',
+        b'{"format": 1, "target": "t", "model_version": "m", "chunks": [1, 2]}',
+        b'{"format": 1, "target": "t", "model_version": "m", "chunks": {}}',
+        b'{"format": 1, "target": 7, "model_version": "m", "body": {}}',
+        b'{"format": 1, "target": "t", "model_version": "m", "body": {}, "usage": ["a", 2]}',
+        b'{"format": 1, "target": "t", "model_version": "m", "body": {}, "usage": {"p": 1}}',
+    ],
+)
 def test_foreign_values_are_misses(raw: bytes) -> None:
     assert decode(raw) is None
+
+
+async def test_a_damaged_entry_in_the_store_is_a_miss_that_leads() -> None:
+    s = stage()
+    first = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    assert first is not None and first.address is not None
+    s.done(first)
+    await s.store.put(first.address, b'{"format": 1, "target": "t"}', 60)
+    found = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    assert found is not None and found.state == MISS and found.leading is not None
 
 
 async def _chunks(items: list[dict[str, Any]], fail: bool = False) -> AsyncGenerator[dict[str, Any]]:
