@@ -145,6 +145,47 @@ async def test_callers_bypass_the_cache(make_app: AppFactory, headers: dict[str,
     assert found[resp.headers["x-turnout-request-id"]].cache_hit is None  # not consulted
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [(b"cache-control", b"max-age=0"), (b"cache-control", b"no-cache")],
+        [(b"x-turnout-cache", b"miss"), (b"X-Turnout-Cache", b"bypass")],
+        [(b"x-turnout-cache", b"hit, bypass")],
+    ],
+)
+async def test_a_bypass_on_any_line_of_a_repeated_header_counts(
+    make_app: AppFactory, lines: list[tuple[bytes, bytes]]
+) -> None:
+    """Seen: ``Cache-Control: max-age=0`` then ``Cache-Control: no-cache`` (one header on two
+    lines, which HTTP reads as one list) was answered from the cache: only the first line was read."""
+    async with served(make_app) as (upstream, app, client):
+        await ask(client)
+        data = orjson.dumps({"model": "faq", "messages": ASK, "temperature": 0})
+        head = [(b"authorization", f"Bearer {KEY}".encode()), (b"content-length", str(len(data)).encode())]
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "headers": head + lines,
+        }
+        scope |= {"raw_path": b"/v1/chat/completions", "query_string": b""}
+        sent: list[Any] = []
+        parts = [data]
+
+        async def receive() -> dict[str, Any]:
+            if parts:
+                return {"type": "http.request", "body": parts.pop(), "more_body": False}
+            await asyncio.Event().wait()
+            return {}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 200
+        assert dict(sent[0]["headers"])[b"x-turnout-cache"] == b"bypass" and calls(upstream) == 2
+
+
 async def test_a_bypassed_answer_is_not_stored(make_app: AppFactory) -> None:
     async with served(make_app) as (upstream, _, client):
         await ask(client, extra_headers={"X-Turnout-Cache": "bypass"})
@@ -281,6 +322,11 @@ async def test_followers_of_a_failed_leader_ask_for_themselves(make_app: AppFact
         failed = [r for r in results if isinstance(r, openai.BadRequestError)]
         assert len(failed) == 1 and calls(upstream) >= 2
         assert {r[0] for r in results if not isinstance(r, BaseException)} == {"Paris is the capital"}
+        # Seen: none of the followers kept its answer, so the next identical request missed
+        # again; the first follower to wake leads anew and keeps it.
+        asked = calls(upstream)
+        _, state, _ = await ask(client)
+        assert state == "hit" and calls(upstream) == asked
 
 
 async def test_hits_take_no_quota(make_app: AppFactory) -> None:

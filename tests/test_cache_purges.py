@@ -22,7 +22,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.conftest import AppFactory
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Fault
 from tests.pgstate import KINDS, is_postgres, raw_sql, state_place
 from tests.serving import Process, sdk_client, turnout_serve
 from tests.test_cache_api import ASK, KEY, OTHER, calls, config
@@ -318,6 +318,32 @@ async def test_two_gateways_sharing_the_log_both_drop_the_tenants_answers(make_a
             for client in others:
                 assert await ask(client) == "hit"  # another tenant's answers stay
             assert calls(upstream) == 6
+
+
+async def test_an_answer_in_flight_when_the_purge_came_is_not_kept(make_app: AppFactory, tmp_path: Path) -> None:
+    """Seen: a request that missed before the purge and was answered after it put its answer
+    in the cache the purge had just emptied, so the next request was a hit on an answer the
+    operator had asked to be rid of. Its own caller still gets it; the cache does not."""
+    async with FakeUpstream(reply=("Paris",)) as upstream:
+        raw = {**config(upstream), "releases": {"store_path": str(tmp_path / "releases.db")}}
+        async with gateway(make_app, raw, KEY) as (_, client):
+            other: list[Any] = [{"role": "user", "content": "and of Spain?"}]
+            await client.chat.completions.create(model="faq", messages=other, temperature=0)
+            upstream.fault = Fault(head_delay=4.0, times=1)
+            leader = asyncio.create_task(ask(client))
+            while calls(upstream) < 2:  # noqa: ASYNC110 - the leader has reached the upstream
+                await asyncio.sleep(0.01)
+            await purge_cli("--task", "faq", "--config", str(write_config(tmp_path / "t.yaml", raw)))
+            while True:  # the purge is applied once the other answer is gone
+                resp = await client.chat.completions.with_raw_response.create(
+                    model="faq", messages=other, temperature=0
+                )
+                if resp.headers["x-turnout-cache"] == "miss":
+                    break
+                await asyncio.sleep(0.05)
+            assert not leader.done()  # answered after the purge
+            assert await leader == "miss"
+            assert await ask(client) == "miss"
 
 
 def followed_config(tmp_path: Path) -> Path:

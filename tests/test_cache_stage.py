@@ -13,7 +13,7 @@ import pytest
 
 from turnout.cache.entry import REPLICA, Recording, decode, encode
 from turnout.cache.memory import MemoryCache
-from turnout.cache.stage import BYPASS, HIT, MISS, CacheStage, bypassed
+from turnout.cache.stage import BYPASS, HIT, MISS, RECENT, CacheStage, bypassed
 from turnout.config import validate
 from turnout.errors import ConfigError
 from turnout.providers.base import Completion, Stream, Usage
@@ -99,6 +99,8 @@ def test_bad_cache_config_is_named(cache: dict[str, Any], top: dict[str, Any], p
         (None, b"bypass", True),
         (None, b" BYPASS ", True),
         (None, b"hit", False),
+        (None, b"hit, bypass", True),  # two lines of one header, joined
+        (b"max-age=0,no-cache", None, True),
         (b",,=", b"\xff", False),
     ],
 )
@@ -175,6 +177,9 @@ async def test_who_answers_is_part_of_the_key_of_a_task_without_releases() -> No
     moved["targets"]["t"]["base_url"] = "http://127.0.0.1:10/v1"  # the same model elsewhere
     assert await state(moved) == HIT
     assert await state(serving(t="m2")) == MISS  # the first target's model changed
+    prefill = serving()
+    prefill["targets"]["t"]["continue_final_message"] = True  # a prefill is continued, not a new turn
+    assert await state(prefill) == MISS
     assert await state(serving(u="n2")) == MISS  # so did its fallback's
     assert await state(serving(["u", "t"])) == MISS  # another target answers first
     assert await state(serving(["t"])) == MISS  # no fallback
@@ -233,15 +238,24 @@ async def test_followers_get_the_leaders_answer_without_the_store() -> None:
 
 
 async def test_followers_of_a_leader_without_an_answer_ask_for_themselves() -> None:
+    """All of them ask at once (none waits out a second failure); the first to wake leads
+    anew, so its answer is kept and a later request follows it."""
     s = stage()
     leader = await s.lookup("faq", "acme", "internal", None, BODY, False)
-    follower = asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False))
+    followers = [asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False)) for _ in range(3)]
     await asyncio.sleep(0)
     s.done(leader)
-    found = await follower
-    assert found is not None and found.state == MISS and found.leading is None  # not a new leader
-    nxt = await s.lookup("faq", "acme", "internal", None, BODY, False)
-    assert nxt is not None and nxt.leading is not None  # the flight was freed: the next one leads
+    first, *others = await asyncio.gather(*followers)
+    assert first is not None and first.state == MISS and first.leading is not None  # the new leader
+    assert all(f is not None and f.state == MISS and f.leading is None for f in others)
+    later = asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False))
+    await asyncio.sleep(0)
+    await s.fill(first, encode("t", "mv", 0.5, Usage(3, 4), body=orjson.dumps({"choices": []})))
+    found = await later
+    assert found is not None and found.state == HIT
+    s.done(first)
+    nxt = await s.lookup("faq", "acme", "internal", None, {**BODY, "seed": 9}, False)
+    assert nxt is not None and nxt.leading is not None
 
 
 async def test_a_cancelled_follower_leaves_the_flight_alone() -> None:
@@ -305,9 +319,39 @@ def test_an_entry_is_fresh_for_the_ttl_as_it_is_now() -> None:
     assert entry is not None and entry.stored_at is None and entry.fresh(1, 1e12)
 
 
-@pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"format": 99}', b'{"format": 0, "target": "t"}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"format": 99}',
+        b'{"format": 0, "target": "t"}',
+        # This code's format, damaged (a value written over in Redis with the key, a bug):
+        # seen as a KeyError, a 500, where a miss was due.
+        b'{"format": 1, "target": "t"}',
+        b'{"format": 1, "model_version": "m", "body": {}}',
+        b'{"format": 1, "target": "t", "model_version": "m"}',
+        b'{"format": 1, "target": "t", "model_version": "m", "body": "text"}',
+        b'{"format": 1, "target": "t", "model_version": "m", "chunks": [1, 2]}',
+        b'{"format": 1, "target": "t", "model_version": "m", "chunks": {}}',
+        b'{"format": 1, "target": 7, "model_version": "m", "body": {}}',
+        b'{"format": 1, "target": "t", "model_version": "m", "body": {}, "usage": ["a", 2]}',
+        b'{"format": 1, "target": "t", "model_version": "m", "body": {}, "usage": {"p": 1}}',
+    ],
+)
 def test_foreign_values_are_misses(raw: bytes) -> None:
     assert decode(raw) is None
+
+
+async def test_a_damaged_entry_in_the_store_is_a_miss_that_leads() -> None:
+    s = stage()
+    first = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    assert first is not None and first.address is not None
+    s.done(first)
+    await s.store.put(first.address, b'{"format": 1, "target": "t"}', 60)
+    found = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    assert found is not None and found.state == MISS and found.leading is not None
 
 
 async def _chunks(items: list[dict[str, Any]], fail: bool = False) -> AsyncGenerator[dict[str, Any]]:
@@ -340,3 +384,37 @@ async def test_a_broken_or_unfinished_stream_is_not_whole() -> None:
     assert await cut.__anext__() == {"n": 1}
     await cut.aclose()
     assert not cut.whole
+
+
+async def test_a_purge_keeps_the_answers_of_the_flights_it_names_out_of_the_store() -> None:
+    """A leader that missed before a purge of its tenant or task shares its answer with its
+    followers but does not keep it; one the purge does not name (another tenant) keeps it."""
+    value = encode("t", "mv", 0.5, Usage(3, 4), body=orjson.dumps({"choices": []}))
+
+    async def kept(*purge: str | None) -> bytes:
+        s = stage()
+        leader = await s.lookup("faq", "acme", "internal", None, BODY, False)
+        follower = asyncio.create_task(s.lookup("faq", "acme", "internal", None, BODY, False))
+        await asyncio.sleep(0)
+        await s.purge(*purge)
+        assert leader is not None
+        await s.fill(leader, value)
+        shared = await follower
+        assert shared is not None and shared.state == HIT
+        found = await s.lookup("faq", "acme", "internal", None, BODY, False)
+        assert found is not None
+        return found.state
+
+    assert await kept("acme") == MISS
+    assert await kept(None, "faq") == MISS
+    assert await kept() == MISS
+    assert await kept("globex") == HIT
+    assert await kept(None, "plain") == HIT
+    s = stage()  # past the purges remembered: whichever they named, nothing is kept
+    leader = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    for _ in range(RECENT + 1):
+        await s.purge("globex")
+    assert leader is not None
+    await s.fill(leader, value)
+    found = await s.lookup("faq", "acme", "internal", None, BODY, False)
+    assert found is not None and found.state == MISS

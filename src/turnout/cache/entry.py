@@ -78,23 +78,39 @@ def _usage_list(usage: Usage) -> list[int]:
 
 
 def decode(raw: bytes) -> Entry | None:
-    """None: not an entry this code wrote (another format): treated as a miss."""
+    """None: not an entry this code wrote (another format, or one damaged in the store):
+    treated as a miss, never replayed half-read."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         return None
-    usage = doc.get("usage")
+    body, chunks, stored_at = doc.get("body"), doc.get("chunks"), doc.get("stored_at")
+    if not (isinstance(body, dict) if chunks is None else isinstance(chunks, list) and _all_dicts(chunks)):
+        return None
+    if not (isinstance(doc.get("target"), str) and isinstance(doc.get("model_version"), str)):
+        return None
+    cost, usage = doc.get("cost_usd"), doc.get("usage")
+    if usage is not None and not isinstance(usage, list):
+        return None
+    try:
+        counts = None if usage is None else Usage(*(int(n) for n in usage[:5]))
+    except (TypeError, ValueError):  # not counts
+        return None
     return Entry(
         doc["target"],
         doc["model_version"],
-        doc.get("cost_usd"),
-        None if usage is None else Usage(*(int(n) for n in usage[:5])),
-        doc.get("body"),
-        doc.get("chunks"),
-        doc.get("stored_at"),  # None in an entry written before it was kept
+        cost if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+        counts,
+        body,
+        chunks,
+        stored_at if isinstance(stored_at, (int, float)) else None,  # None in an entry written before it was kept
     )
+
+
+def _all_dicts(chunks: list[Any]) -> bool:
+    return all(isinstance(c, dict) for c in chunks)
 
 
 async def _replay(chunks: list[dict[str, Any]]) -> AsyncGenerator[dict[str, Any]]:

@@ -5,7 +5,8 @@ concurrency or budget, since nothing upstream is used), for every door.
              request unless ``allow_sampled``; no ``Cache-Control: no-cache`` nor
              ``X-Turnout-Cache: bypass``), then the store: ``HIT`` with an entry, ``MISS``
              (the first of concurrent identical misses leads; the others wait for its answer:
-             single flight, per replica), or ``BYPASS``
+             single flight, per replica; when the leader gets no answer, the first of them
+             leads anew), or ``BYPASS``
     fill     the leader's answer, once whole and passed, into the store and to its followers
     done     always, in the pipeline's ``finally``: frees the flight (followers of a leader that
              got no answer call the upstream themselves)
@@ -16,6 +17,7 @@ A task without ``cache`` costs one dict lookup (``lookup`` answers None).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import os
 import time
@@ -26,7 +28,7 @@ from typing import Any
 import orjson
 
 from turnout.cache.entry import Entry, decode
-from turnout.cache.key import Address, deterministic, digest, scope_of
+from turnout.cache.key import TENANT, Address, deterministic, digest, scope_of
 from turnout.cache.memory import MemoryCache
 from turnout.cache.seal import derive
 from turnout.cache.store import CacheStore
@@ -39,12 +41,22 @@ HIT, MISS, BYPASS = b"hit", b"miss", b"bypass"
 NO_VERSION = "none"  # a task served without releases: "none.<what serves it>"
 # What of a target shapes its answers; its URLs, keys, timeouts, limits and prices do not.
 ANSWERING = frozenset(
-    {"provider", "model", "model_path", "model_version", "additional_fields", "guardrail", "embedding_space"}
+    {
+        "provider",
+        "model",
+        "model_path",
+        "model_version",
+        "additional_fields",
+        "guardrail",
+        "embedding_space",
+        "continue_final_message",  # a prefill continued, or answered as a new turn
+    }
 )
 # How long a follower waits for its flight's leader before asking for itself: a leader's answer
 # is shared once its client has taken all of it, which a slow client can hold back for as long
 # as it likes.
 FOLLOW_S = 30.0
+RECENT = 64  # purges remembered for the flights under way; a flight older than these keeps nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +133,7 @@ class Lookup:
     ttl_s: float = 0.0
     entry: Entry | None = None  # a hit's answer
     leading: asyncio.Future[bytes | None] | None = None  # a miss that leads its flight
+    purged: int = 0  # the stage's purge count when it missed: a purge since, and its answer is not kept
 
     @property
     def header(self) -> tuple[bytes, bytes]:
@@ -155,6 +168,10 @@ class CacheStage:
         self._rules = rules or Rules(config)
         self._flights: dict[str, asyncio.Future[bytes | None]] = {}
         self.hits = self.misses = self.bypasses = 0
+        # The purges made through ``purge`` (counted), the latest of them with what each named:
+        # a leader that missed before one of them does not keep its answer.
+        self.purges = 0
+        self._recent: collections.deque[tuple[int, str | None, str | None]] = collections.deque(maxlen=RECENT)
 
     async def lookup(
         self, task: str, tenant: str, data_class: str, release: Release | None, body: dict[str, Any], bypass: bool
@@ -182,7 +199,7 @@ class CacheStage:
             flight = self._flights.get(address.text())
             if flight is None:
                 self.misses += 1
-                return Lookup(MISS, address, ttl_s, leading=self._lead(address.text()))
+                return Lookup(MISS, address, ttl_s, leading=self._lead(address.text()), purged=self.purges)
             try:
                 raw = await asyncio.wait_for(asyncio.shield(flight), FOLLOW_S)
             except TimeoutError:  # a leader still answering (a long stream, a slow client): not waited for
@@ -190,7 +207,11 @@ class CacheStage:
             found = None if raw is None else decode(raw)
             if found is None:  # the leader got no answer to share: this one asks for itself
                 self.misses += 1
-                return Lookup(MISS, address, ttl_s)
+                # The first follower to wake leads anew, so an answer is kept after all (the
+                # others ask at once, beside it: none waits out a second failure).
+                key = address.text()
+                leading = None if key in self._flights else self._lead(key)
+                return Lookup(MISS, address, ttl_s, leading=leading, purged=self.purges)
         self.hits += 1
         return Lookup(HIT, address, ttl_s, entry=found)
 
@@ -203,6 +224,7 @@ class CacheStage:
         self.misses += 1
         if lookup.address is not None and lookup.address.text() not in self._flights:
             lookup.leading = self._lead(lookup.address.text())
+            lookup.purged = self.purges
 
     def _lead(self, key: str) -> asyncio.Future[bytes | None]:
         """A new flight for ``key``: the future its followers wait on."""
@@ -210,10 +232,31 @@ class CacheStage:
         return leading
 
     async def fill(self, lookup: Lookup, value: bytes) -> None:
-        """The leader's answer: to its followers at once, then into the store."""
+        """The leader's answer: to its followers at once (they asked before any purge since),
+        then into the store, unless a purge of its answers came while it was generated."""
         assert lookup.address is not None
         self._finish(lookup, value)
-        await self.store.put(lookup.address, value, lookup.ttl_s)
+        if lookup.purged == self.purges or not self._purged_since(lookup.purged, lookup.address):
+            await self.store.put(lookup.address, value, lookup.ttl_s)
+
+    async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
+        """``store.purge``, and the answers of the flights under way that it names are not kept
+        when they come (they were asked for before it): how many answers it dropped."""
+        self.purges += 1
+        self._recent.append((self.purges, tenant, task))
+        return await self.store.purge(tenant=tenant, task=task)
+
+    def _purged_since(self, count: int, address: Address) -> bool:
+        """Whether a purge after the ``count``-th names ``address`` (tenant as ``store.purge``
+        takes it: its own scope, not the shared one); past what is remembered, yes."""
+        if not self._recent or self._recent[0][0] > count + 1:
+            return True
+        return any(
+            n > count
+            and (task is None or task == address.task)
+            and (tenant is None or address.scope == TENANT + tenant)
+            for n, tenant, task in self._recent
+        )
 
     def done(self, lookup: Lookup | None) -> None:
         """Ends the flight a leader left without an answer to share."""
@@ -239,8 +282,9 @@ class CacheStage:
 
 
 def bypassed(cache_control: bytes | None, turnout_cache: bytes | None) -> bool:
-    """``Cache-Control: no-cache`` (or ``no-store``) or ``X-Turnout-Cache: bypass``."""
-    if turnout_cache is not None and turnout_cache.strip().lower() == BYPASS:
+    """``Cache-Control: no-cache`` (or ``no-store``) or ``X-Turnout-Cache: bypass``; each a
+    comma-separated list (a header sent on several lines, joined)."""
+    if turnout_cache is not None and BYPASS in {v.strip() for v in turnout_cache.lower().split(b",")}:
         return True
     if cache_control is None:
         return False

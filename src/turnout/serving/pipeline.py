@@ -790,9 +790,19 @@ def _wrong_endpoint(task: str, door: Door[Any]) -> RequestError:
 
 
 def _bypass(scope: dict[str, Any]) -> bool:
-    """The caller asked past the cache (``Cache-Control: no-cache``, ``X-Turnout-Cache: bypass``)."""
+    """The caller asked past the cache (``Cache-Control: no-cache``, ``X-Turnout-Cache: bypass``).
+    A header sent on several lines is one comma-separated list (RFC 9110), so every line is read:
+    ``no-cache`` on a second ``Cache-Control`` line is as binding as on the first."""
     sent = headers(scope)
-    return bypassed(sent.get(b"cache-control"), sent.get(b"x-turnout-cache"))
+    control, turnout = sent.get(b"cache-control"), sent.get(b"x-turnout-cache")
+    if control is None and turnout is None:
+        return False  # most requests: two lookups
+    lines: dict[bytes, list[bytes]] = {b"cache-control": [], b"x-turnout-cache": []}
+    for name, value in scope["headers"]:
+        found = lines.get(bytes(name).lower())
+        if found is not None:
+            found.append(bytes(value))
+    return bypassed(b",".join(lines[b"cache-control"]) or None, b",".join(lines[b"x-turnout-cache"]) or None)
 
 
 def _data_class(scope: dict[str, Any], header: bytes | None, body: str | None) -> str:

@@ -25,7 +25,6 @@ from turnout._support.places import Place
 from turnout.cache import factory as cache_factory
 from turnout.cache.purges import POLL_S, Follower, PurgeLog, purge_log_place
 from turnout.cache.stage import CacheStage
-from turnout.cache.store import CacheStore
 from turnout.config import HUMAN, Config
 from turnout.control.auth import Authenticator
 from turnout.control.catalog import context_window
@@ -271,15 +270,15 @@ class Runtime:
         sweeper.start()
         stack.push_async_callback(sweeper.aclose)
         if self.config.cache.backend == "memory":  # out of the CLI's reach: it asks through the purge log
-            await self._follow_purges(stack, store)
+            await self._follow_purges(stack, self.cache)
 
-    async def _follow_purges(self, stack: AsyncExitStack, store: CacheStore) -> None:
+    async def _follow_purges(self, stack: AsyncExitStack, cache: CacheStage) -> None:
         """``turnout cache purge`` on the in-process cache: applied from the purge log
         (``turnout.cache.purges``) within about ``POLL_S``."""
         purges = PurgeLog(purge_log_place(self.config))
         await purges.open()
         stack.push_async_callback(purges.aclose)
-        follower = Follower(purges, lambda tenant, task: store.purge(tenant=tenant, task=task))
+        follower = Follower(purges, cache.purge)  # flights under way keep no answer it names
         await follower.start()
         poller = Periodic("turnout-cache-purges", follower, POLL_S, first="later")
         poller.start()
