@@ -23,7 +23,7 @@ from turnout.console import views
 from turnout.console.access import Sessions
 from turnout.console.overview import MAX_GROUPS, build
 from turnout.console.web import MAX_FORM_BYTES
-from turnout.ledger.record import LedgerRow
+from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.releases.files import load_all
 from turnout.releases.review import MAX_ANSWER, MAX_NOTE
 from turnout.releases.store import ReleaseStore
@@ -435,6 +435,24 @@ async def test_every_page_shows_live_data_and_no_secret(app: App) -> None:
     for path, html in pages.items():
         for secret in (*SECRETS, issued):
             assert secret not in html, (path, secret)
+
+
+async def test_the_targets_page_counts_a_busy_quarter_hours_errors_whole(app: App) -> None:
+    """The page read the window's oldest 20,000 rows: on a busy gateway, the errors of the last
+    minutes (the ones an operator opens it for) were never counted."""
+    now = time.time()
+    ok = AttemptRecord(target="primary", replica="r", error_class=None, latency_ms=5.0)
+    failed = AttemptRecord(target="primary", replica="r", error_class="timeout_ttft", latency_ms=5.0)
+    rows = [
+        LedgerRow(
+            f"b{n}", now - 600 + n / 100, "acme", "t", "internal", False, attempts=[failed if n >= 20_000 else ok]
+        )
+        for n in range(20_500)
+    ]
+    assert app.runtime.store is not None
+    await app.runtime.store.write_batch(rows)
+    page = (await get(app, "/ui/targets", await login(app))).body.decode()
+    assert "<code>timeout_ttft</code> × 500" in page
 
 
 async def test_the_overview_window_and_task_choices(app: App) -> None:
