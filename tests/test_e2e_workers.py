@@ -372,3 +372,11 @@ def test_sigterm_refuses_new_connections_while_a_stream_drains(served: Served, u
     pieces += [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(pieces) == "Hello, world"
     assert served.proc.wait(60) == 0
+
+
+def test_failed_console_logins_are_counted_across_workers(served: Served) -> None:
+    """Each worker counted its own failures: two workers let twenty guesses through, not ten."""
+    assert len(worker_pids(served)) == 2
+    statuses = [console(served, "POST", "/ui/login", form=f"key=guess-{n}")[0] for n in range(30)]
+    assert statuses == [401] * 10 + [429] * 20
+    assert console(served, "POST", "/ui/login", form=f"key={ADMIN}")[0] == 429  # the right key waits too

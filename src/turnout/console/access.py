@@ -1,7 +1,8 @@
 """Who may use the console, and the proof a form came from one of its pages.
 
     POST /ui/login (key) → admin key: an admin session; viewer key: a read-only one;
-                           a tenant key: 403; anything else: 401 (failures are throttled)
+                           a tenant key: 403; anything else: 401 (failures are throttled:
+                           ``console.throttle``, shared by every worker)
     session cookie       a signed token: role, name, expiry and a random nonce, with
                          HMAC-SHA256(secret, those); HttpOnly, SameSite=Strict, Path=/ui,
                          Secure when served over TLS
@@ -11,7 +12,8 @@
 The secret is the process's own (random: a restart logs everyone out), or, with ``--workers``,
 the one the supervisor hands every worker (``CONSOLE_SECRET_ENV``), so a session and its forms work
 whichever worker the kernel gives a connection to. Log out revokes the token in this process
-and, with workers, in a directory they share (``CONSOLE_REVOKED_ENV``: one empty file per token).
+and, with workers, in a directory they share (``CONSOLE_REVOKED_ENV``: one empty file per token;
+failed logins are counted under it too).
 Replicas behind one address need sticky sessions (or a login on each). The keys themselves
 never leave the login request; they are compared as SHA-256 digests with ``compare_digest``:
 no timing leak of their length or content.
@@ -27,11 +29,11 @@ import hmac
 import os
 import secrets
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from turnout.console.throttle import Failures
 from turnout.serving.supervisor import CONSOLE_REVOKED_ENV, CONSOLE_SECRET_ENV
 
 Role = Literal["admin", "viewer"]
@@ -41,10 +43,7 @@ SESSION_S = 12 * 3600.0  # a working day: then log in again
 MAX_REVOKED = 10_000  # revoked tokens remembered in memory (each until it would have expired)
 ROLES: tuple[Role, ...] = ("admin", "viewer")
 MAX_NAME = 80
-# Failed logins: at most FAILURES_ALLOWED per client within FAILURE_WINDOW_S, then 429.
-FAILURES_ALLOWED = 10
-FAILURE_WINDOW_S = 300.0
-MAX_CLIENTS_TRACKED = 10_000
+FAILURES_DIR = "failed-logins"  # under the workers' shared directory: one file per client
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +80,8 @@ class Sessions:
         self._revoked_dir = Path(where) if where else None
         self._revoked: dict[str, float] = {}  # token digest → when it would have expired
         self._flash: dict[str, tuple[str, str]] = {}  # token digest → (ok | error, text) for its next page
-        self._failures: dict[str, deque[float]] = {}
+        # failed logins (console.throttle): counted with every worker, beside their revocations
+        self.failures = Failures(self._revoked_dir / FAILURES_DIR if self._revoked_dir else None)
 
     @property
     def open(self) -> bool:
@@ -147,21 +147,6 @@ class Sessions:
 
     def csrf_ok(self, session: Session, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token.encode(), self._csrf(session.id).encode())
-
-    # --- failed logins ---------------------------------------------------------------------
-
-    def throttled(self, client: str, now: float) -> bool:
-        seen = self._failures.get(client)
-        if seen is None:
-            return False
-        while seen and seen[0] <= now - FAILURE_WINDOW_S:
-            seen.popleft()
-        return len(seen) >= FAILURES_ALLOWED
-
-    def failed(self, client: str, now: float) -> None:
-        if client not in self._failures and len(self._failures) >= MAX_CLIENTS_TRACKED:
-            self._failures.pop(next(iter(self._failures)))
-        self._failures.setdefault(client, deque(maxlen=FAILURES_ALLOWED)).append(now)
 
     # --- inside ----------------------------------------------------------------------------
 

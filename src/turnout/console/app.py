@@ -125,12 +125,12 @@ class Console:
         # records: checked before, a thousand logins whose bodies were held back and then sent
         # together all passed the check and were all tried.
         now, client = time.time(), client_of(scope)
-        if self.sessions.throttled(client, now):
+        if self.sessions.failures.throttled(client, now):
             raise Refusal(429, "too many failed logins from this address; try again in a few minutes")
         key, target = form.get("key", "").strip(), local_path(form.get("next"))
         role = self.sessions.role_of(key) if key else None
         if role is None:
-            self.sessions.failed(client, now)
+            self.sessions.failures.failed(client, now)
             if key and await self._is_tenant_key(key):
                 log.warning("console: a tenant key was refused at login (client %s)", client)
                 await send_html(send, 403, self._login_form(target, "a tenant key cannot use the console"))
