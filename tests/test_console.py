@@ -23,7 +23,7 @@ from turnout.console import views
 from turnout.console.access import Sessions
 from turnout.console.overview import MAX_GROUPS, build
 from turnout.console.web import MAX_FORM_BYTES
-from turnout.ledger.record import LedgerRow
+from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.releases.files import load_all
 from turnout.releases.review import MAX_ANSWER, MAX_NOTE
 from turnout.releases.store import ReleaseStore
@@ -82,9 +82,13 @@ async def app(make_app: AppFactory, tmp_path: Path) -> App:
     return await make_app(config(tmp_path), {"primary": provider})
 
 
+# The message a form leaves for the next page (a cookie), by session: as a browser keeps it.
+FLASHES: dict[str, str] = {}
+
+
 async def get(app: App, path: str, cookie: str | None = None, **headers: str) -> Response:
     if cookie is not None:
-        headers["cookie"] = cookie
+        headers["cookie"] = "; ".join(filter(None, (cookie, FLASHES.pop(cookie, None))))
     return await request(app, "GET", path, headers=headers)
 
 
@@ -92,7 +96,11 @@ async def post(app: App, path: str, form: str, cookie: str | None = None, **head
     head = {**FORM, **headers}
     if cookie is not None:
         head["cookie"] = cookie
-    return await request(app, "POST", path, raw=form.encode(), headers=head)
+    resp = await request(app, "POST", path, raw=form.encode(), headers=head)
+    kept = resp.headers.get("set-cookie", "").split(";")[0]
+    if cookie is not None and kept.startswith("turnout_console_flash="):
+        FLASHES[cookie] = kept
+    return resp
 
 
 async def login(app: App, key: str = ADMIN, name: str = "alice", **headers: str) -> str:
@@ -437,6 +445,24 @@ async def test_every_page_shows_live_data_and_no_secret(app: App) -> None:
             assert secret not in html, (path, secret)
 
 
+async def test_the_targets_page_counts_a_busy_quarter_hours_errors_whole(app: App) -> None:
+    """The page read the window's oldest 20,000 rows: on a busy gateway, the errors of the last
+    minutes (the ones an operator opens it for) were never counted."""
+    now = time.time()
+    ok = AttemptRecord(target="primary", replica="r", error_class=None, latency_ms=5.0)
+    failed = AttemptRecord(target="primary", replica="r", error_class="timeout_ttft", latency_ms=5.0)
+    rows = [
+        LedgerRow(
+            f"b{n}", now - 600 + n / 100, "acme", "t", "internal", False, attempts=[failed if n >= 20_000 else ok]
+        )
+        for n in range(20_500)
+    ]
+    assert app.runtime.store is not None
+    await app.runtime.store.write_batch(rows)
+    page = (await get(app, "/ui/targets", await login(app))).body.decode()
+    assert "<code>timeout_ttft</code> × 500" in page
+
+
 async def test_the_overview_window_and_task_choices(app: App) -> None:
     await answer(app)
     await settled(app)
@@ -476,8 +502,10 @@ async def test_a_rollback_from_the_console_takes_effect_at_once(app: App) -> Non
     resp = await post(app, "/ui/releases/t/rollback", f"csrf={token}&why=error+rate+up", cookie)
     assert resp.status == 303 and resp.headers["location"].startswith("/ui/releases")
     assert (await answer(app)).headers["x-turnout-release"] == "v1"
-    page = (await get(app, "/ui/releases", cookie)).body.decode()
-    assert "rolled back; v1 is active" in page  # the flash, once
+    shown = await get(app, "/ui/releases", cookie)
+    page = shown.body.decode()
+    assert "rolled back; v1 is active" in page  # the flash, once: the page clears its cookie
+    assert shown.headers["set-cookie"].startswith("turnout_console_flash=; Path=/ui; Max-Age=0")
     assert "alice (console)" in page and "error rate up" in page
     assert "rolled back" not in (await get(app, "/ui/releases", cookie)).body.decode()
 
@@ -615,9 +643,31 @@ def test_sessions_expire_and_end() -> None:
     assert sessions.get(s.id, now + 61) is None  # expired
     v = sessions.start("viewer", "", now=now)
     assert v.name == "console" and not v.can_change
-    sessions.flash(v, "ok", "done")
     sessions.end(v.id)
-    assert sessions.get(v.id, now) is None and sessions.take_flash(v) is None
+    assert sessions.get(v.id, now) is None
+
+
+def test_a_flash_is_signed_bound_to_its_session_and_fits_a_cookie() -> None:
+    """With --workers the worker that took a form kept its message: the next page, from the
+    other worker, said nothing. The message now travels in a signed cookie."""
+    secret = os.urandom(32)
+    one, two = Sessions("admin-key", None, secret=secret), Sessions("admin-key", None, secret=secret)
+    a, b = one.start("admin", "a", time.time()), one.start("admin", "b", time.time())
+
+    def jar(set_cookie: bytes) -> bytes:
+        return b"turnout_console=x; " + set_cookie.split(b";")[0]
+
+    carried = one.flash(a, "error", "no task 'x'", secure=False)
+    assert b"HttpOnly" in carried and b"SameSite=Strict" in carried and b"Path=/ui" in carried
+    assert two.take_flash(a, jar(carried)) == ("error", "no task 'x'")  # another worker shows it
+    assert two.take_flash(b, jar(carried)) is None  # another session's message is not shown
+    assert Sessions("admin-key", None).take_flash(a, jar(carried)) is None  # nor one signed by another secret
+    assert one.take_flash(a, jar(carried).replace(b"turnout_console_flash=", b"turnout_console_flash=A")) is None
+    assert one.take_flash(a, b"turnout_console_flash=!!!.???") is None and one.take_flash(a, None) is None
+    long = one.flash(a, "ok", "日" * 5000, secure=True)
+    assert len(long) < 4000 and long.endswith(b"; Secure")
+    kind, text = one.take_flash(a, jar(long)) or ("", "")
+    assert kind == "ok" and text.startswith("日" * 600) and text.endswith("…")
 
 
 def test_csrf_tokens_are_bound_to_their_session_and_process() -> None:

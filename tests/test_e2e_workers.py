@@ -372,3 +372,28 @@ def test_sigterm_refuses_new_connections_while_a_stream_drains(served: Served, u
     pieces += [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(pieces) == "Hello, world"
     assert served.proc.wait(60) == 0
+
+
+def test_failed_console_logins_are_counted_across_workers(served: Served) -> None:
+    """Each worker counted its own failures: two workers let twenty guesses through, not ten."""
+    assert len(worker_pids(served)) == 2
+    statuses = [console(served, "POST", "/ui/login", form=f"key=guess-{n}")[0] for n in range(30)]
+    assert statuses == [401] * 10 + [429] * 20
+    assert console(served, "POST", "/ui/login", form=f"key={ADMIN}")[0] == 429  # the right key waits too
+
+
+def test_what_a_console_form_did_is_shown_whichever_worker_serves_the_next_page(served: Served) -> None:
+    """The message for the page after a form was kept by the worker that took the form: half
+    the time the next page came from the other worker, and a refusal went unsaid."""
+    status, set_cookie, _ = console(served, "POST", "/ui/login", form=f"key={ADMIN}&name=ops")
+    assert status == 303
+    cookie = set_cookie.split(";")[0]
+    assert len(worker_pids(served)) == 2
+    token = re.search(r'name="csrf" value="([^"]+)"', console(served, "GET", "/ui/review", cookie)[2])
+    assert token is not None
+    for n in range(12):
+        status, more, _ = console(served, "POST", "/ui/review/1", cookie, f"csrf={token.group(1)}&label=accept")
+        assert status == 303
+        jar = f"{cookie}; {more.split(';')[0]}" if more else cookie  # as a browser keeps what it is given
+        page = console(served, "GET", "/ui/review", jar)[2]
+        assert "the review queue is off" in page, n

@@ -485,6 +485,22 @@ async def test_concurrent_outcomes_and_batches(store: LedgerStore) -> None:
     assert (got.outcome, got.outcome_value) == ("o123", 123.0)
 
 
+async def test_attempt_errors_counts_every_failed_attempt_of_the_window_by_target_and_class(
+    store: LedgerStore,
+) -> None:
+    def attempt(target: str, error_class: str | None) -> AttemptRecord:
+        return AttemptRecord(target=target, replica="r", error_class=error_class, latency_ms=1.0)
+
+    rows = [make_row(n, attempts=[attempt("a", "timeout_ttft"), attempt("b", None)]) for n in range(30)]
+    rows += [make_row(30 + n, attempts=[attempt("a", "upstream_5xx"), attempt("b", "upstream_5xx")]) for n in range(5)]
+    rows += [make_row(35, attempts=[]), make_row(36, attempts=[attempt("c", "connect")])]
+    await store.write_batch(rows)
+    found = await store.attempt_errors(1_700_000_000.0, 1_700_000_036.0)  # row 36 is past the end
+    assert found == {("a", "timeout_ttft"): 30, ("a", "upstream_5xx"): 5, ("b", "upstream_5xx"): 5}
+    assert await store.attempt_errors(1_700_000_010.0, 1_700_000_011.0) == {("a", "timeout_ttft"): 1}
+    assert await store.attempt_errors(0.0, 1.0) == {}
+
+
 async def test_aged_rows_walks_oldest_first_in_batches_through_equal_times(store: LedgerStore) -> None:
     """The retention purge's walk: each row between the bounds exactly once, oldest first,
     however the batches fall among rows that started at the same time."""

@@ -1,8 +1,9 @@
 """The operator's console at ``/ui``: server-rendered pages over the running gateway.
 
-    access   (login, session cookie, CSRF tokens)  → app (the /ui routes) → views (what pages
-    show: the admin API's data, the release store, the review queue, the capture audit, the
-    ledger) → templates/ (Jinja2, autoescaped) with static/ (one stylesheet, one script)
+    access   (login, session cookie, CSRF tokens; throttle: failed logins)  → app (the /ui
+    routes) → views (what pages show: the admin API's data, the release store, the review
+    queue, the capture audit, the ledger) → templates/ (Jinja2, autoescaped) with static/ (one
+    stylesheet, one script)
     overview (ledger rows → figures, reusing offline/reports) → charts (SVG, drawn here)
     actions  (what forms change: release transitions, review labels)
 

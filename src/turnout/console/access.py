@@ -1,17 +1,21 @@
 """Who may use the console, and the proof a form came from one of its pages.
 
     POST /ui/login (key) → admin key: an admin session; viewer key: a read-only one;
-                           a tenant key: 403; anything else: 401 (failures are throttled)
+                           a tenant key: 403; anything else: 401 (failures are throttled:
+                           ``console.throttle``, shared by every worker)
     session cookie       a signed token: role, name, expiry and a random nonce, with
                          HMAC-SHA256(secret, those); HttpOnly, SameSite=Strict, Path=/ui,
                          Secure when served over TLS
     CSRF token           HMAC-SHA256(secret, session token): every state-changing form
                          carries it, checked with ``hmac.compare_digest``
+    flash cookie         what became of a form, for the next page: signed and bound to the
+                         session (any worker shows it), cleared once shown, 60 s at most
 
 The secret is the process's own (random: a restart logs everyone out), or, with ``--workers``,
 the one the supervisor hands every worker (``CONSOLE_SECRET_ENV``), so a session and its forms work
 whichever worker the kernel gives a connection to. Log out revokes the token in this process
-and, with workers, in a directory they share (``CONSOLE_REVOKED_ENV``: one empty file per token).
+and, with workers, in a directory they share (``CONSOLE_REVOKED_ENV``: one empty file per token;
+failed logins are counted under it too).
 Replicas behind one address need sticky sessions (or a login on each). The keys themselves
 never leave the login request; they are compared as SHA-256 digests with ``compare_digest``:
 no timing leak of their length or content.
@@ -27,11 +31,11 @@ import hmac
 import os
 import secrets
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from turnout.console.throttle import Failures
 from turnout.serving.supervisor import CONSOLE_REVOKED_ENV, CONSOLE_SECRET_ENV
 
 Role = Literal["admin", "viewer"]
@@ -41,10 +45,11 @@ SESSION_S = 12 * 3600.0  # a working day: then log in again
 MAX_REVOKED = 10_000  # revoked tokens remembered in memory (each until it would have expired)
 ROLES: tuple[Role, ...] = ("admin", "viewer")
 MAX_NAME = 80
-# Failed logins: at most FAILURES_ALLOWED per client within FAILURE_WINDOW_S, then 429.
-FAILURES_ALLOWED = 10
-FAILURE_WINDOW_S = 300.0
-MAX_CLIENTS_TRACKED = 10_000
+FAILURES_DIR = "failed-logins"  # under the workers' shared directory: one file per client
+FLASH_COOKIE = "turnout_console_flash"  # what became of the last form, for the next page
+FLASH_S = 60
+MAX_FLASH_BYTES = 2_000  # of a message's UTF-8: the cookie, base64 and signed, stays under 4 kB
+Flash = Literal["ok", "error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +85,8 @@ class Sessions:
         where = revoked_dir or (os.environ.get(CONSOLE_REVOKED_ENV) if secret is None else None)
         self._revoked_dir = Path(where) if where else None
         self._revoked: dict[str, float] = {}  # token digest → when it would have expired
-        self._flash: dict[str, tuple[str, str]] = {}  # token digest → (ok | error, text) for its next page
-        self._failures: dict[str, deque[float]] = {}
+        # failed logins (console.throttle): counted with every worker, beside their revocations
+        self.failures = Failures(self._revoked_dir / FAILURES_DIR if self._revoked_dir else None)
 
     @property
     def open(self) -> bool:
@@ -124,7 +129,6 @@ class Sessions:
     def end(self, sid: str) -> None:
         """Log out: the token is refused from now on, by every worker."""
         digest = _token_digest(sid)
-        self._flash.pop(digest, None)
         session = self.get(sid, time.time())
         if session is None:
             return
@@ -136,32 +140,34 @@ class Sessions:
             with contextlib.suppress(OSError):  # the supervisor's directory is gone: this worker is stopping
                 (self._revoked_dir / digest).touch()
 
-    def flash(self, session: Session, kind: str, text: str) -> None:
-        """A message for the session's next page (what became of its last form)."""
-        if len(self._flash) >= MAX_REVOKED:
-            self._flash.pop(next(iter(self._flash)))
-        self._flash[_token_digest(session.id)] = (kind, text)
+    def flash(self, session: Session, kind: Flash, text: str, *, secure: bool) -> bytes:
+        """The ``Set-Cookie`` that carries a message to the session's next page (what became of
+        its last form): signed and bound to the session, so whichever worker serves that page
+        shows it; gone after ``FLASH_S``."""
+        raw = text.encode()
+        if len(raw) > MAX_FLASH_BYTES:  # a cookie holds about 4 kB: the message's start
+            text = raw[: MAX_FLASH_BYTES - 3].decode("utf-8", "ignore") + "…"
+        payload = f"{kind}\x1f{text}".encode()
+        value = _b64(payload) + "." + _b64(self._sign(b"flash\x00" + session.id.encode() + b"\x00" + payload))
+        return _set_cookie(FLASH_COOKIE, value, FLASH_S, secure)
 
-    def take_flash(self, session: Session) -> tuple[str, str] | None:
-        return self._flash.pop(_token_digest(session.id), None)
+    def take_flash(self, session: Session, header: bytes | None) -> tuple[Flash, str] | None:
+        """The message a ``Cookie`` header carries for ``session``, if its signature holds."""
+        found = read_cookie(header, FLASH_COOKIE)
+        if found is None or len(found) > 2 * MAX_FLASH_BYTES or "." not in found:
+            return None
+        body, _, mac = found.rpartition(".")
+        try:
+            payload, signature = _unb64(body), _unb64(mac)
+        except (binascii.Error, ValueError):
+            return None
+        if not hmac.compare_digest(signature, self._sign(b"flash\x00" + session.id.encode() + b"\x00" + payload)):
+            return None
+        kind, _, text = payload.decode("utf-8", "replace").partition("\x1f")
+        return ("ok" if kind == "ok" else "error"), text
 
     def csrf_ok(self, session: Session, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token.encode(), self._csrf(session.id).encode())
-
-    # --- failed logins ---------------------------------------------------------------------
-
-    def throttled(self, client: str, now: float) -> bool:
-        seen = self._failures.get(client)
-        if seen is None:
-            return False
-        while seen and seen[0] <= now - FAILURE_WINDOW_S:
-            seen.popleft()
-        return len(seen) >= FAILURES_ALLOWED
-
-    def failed(self, client: str, now: float) -> None:
-        if client not in self._failures and len(self._failures) >= MAX_CLIENTS_TRACKED:
-            self._failures.pop(next(iter(self._failures)))
-        self._failures.setdefault(client, deque(maxlen=FAILURES_ALLOWED)).append(now)
 
     # --- inside ----------------------------------------------------------------------------
 
@@ -185,24 +191,32 @@ class Sessions:
 def cookie(session: Session | None, *, secure: bool, now: float | None = None) -> bytes:
     """The ``Set-Cookie`` value that stores ``session``, or (None) clears it."""
     if session is None:
-        value, age = "", 0
-    else:
-        value, age = session.id, max(0, int(session.expires_at - (time.time() if now is None else now)))
-    attrs = [f"{COOKIE}={value}", "Path=/ui", f"Max-Age={age}", "HttpOnly", "SameSite=Strict"]
-    if secure:
-        attrs.append("Secure")
-    return "; ".join(attrs).encode()
+        return _set_cookie(COOKIE, "", 0, secure)
+    return _set_cookie(COOKIE, session.id, int(session.expires_at - (time.time() if now is None else now)), secure)
 
 
-def read_cookie(header: bytes | None) -> str | None:
-    """The session id from a ``Cookie`` header (the first of that name), else None."""
+def no_flash(*, secure: bool) -> bytes:
+    """The ``Set-Cookie`` that clears a message once its page has shown it."""
+    return _set_cookie(FLASH_COOKIE, "", 0, secure)
+
+
+def read_cookie(header: bytes | None, name: str = COOKIE) -> str | None:
+    """The value of cookie ``name`` (the session's by default) in a ``Cookie`` header (the
+    first of that name), else None."""
     if not header:
         return None
     for part in header.decode("latin-1").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == COOKIE:
+        key, _, value = part.strip().partition("=")
+        if key == name:
             return value or None
     return None
+
+
+def _set_cookie(name: str, value: str, age: int, secure: bool) -> bytes:
+    attrs = [f"{name}={value}", "Path=/ui", f"Max-Age={max(0, age)}", "HttpOnly", "SameSite=Strict"]
+    if secure:
+        attrs.append("Secure")
+    return "; ".join(attrs).encode()
 
 
 def _digest(key: str) -> bytes:

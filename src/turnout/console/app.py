@@ -27,7 +27,7 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from turnout.console import actions, views
-from turnout.console.access import Session, Sessions, cookie, read_cookie
+from turnout.console.access import FLASH_COOKIE, Flash, Session, Sessions, cookie, no_flash, read_cookie
 from turnout.console.format import FILTERS
 from turnout.console.overview import DEFAULT_WINDOW, WINDOWS, Overview
 from turnout.console.web import (
@@ -125,12 +125,12 @@ class Console:
         # records: checked before, a thousand logins whose bodies were held back and then sent
         # together all passed the check and were all tried.
         now, client = time.time(), client_of(scope)
-        if self.sessions.throttled(client, now):
+        if self.sessions.failures.throttled(client, now):
             raise Refusal(429, "too many failed logins from this address; try again in a few minutes")
         key, target = form.get("key", "").strip(), local_path(form.get("next"))
         role = self.sessions.role_of(key) if key else None
         if role is None:
-            self.sessions.failed(client, now)
+            self.sessions.failures.failed(client, now)
             if key and await self._is_tenant_key(key):
                 log.warning("console: a tenant key was refused at login (client %s)", client)
                 await send_html(send, 403, self._login_form(target, "a tenant key cannot use the console"))
@@ -201,6 +201,7 @@ class Console:
             raise Refusal(403, "a viewer session is read-only")
         parts = path.split("/")  # "", "ui", page, ...
         by = f"{session.name} (console)"
+        kind: Flash = "ok"
         try:
             if len(parts) == 5 and parts[2] == "releases":
                 back = "/ui/releases#task-" + quote(parts[3], safe="", errors="replace")
@@ -211,11 +212,10 @@ class Console:
             else:
                 raise NotFound(f"no console action at {path}")
         except actions.Refused as exc:
-            self.sessions.flash(session, "error", exc.message)
+            kind, done = "error", exc.message
         else:
             log.info("console: %s by %s", done, session.name)
-            self.sessions.flash(session, "ok", done)
-        await redirect(send, back)
+        await redirect(send, back, [(b"set-cookie", self.sessions.flash(session, kind, done, secure=secure(scope)))])
 
     async def _page(self, scope: dict[str, Any], send: Send, path: str, session: Session) -> None:
         page = "overview" if path == PREFIX else path.removeprefix(PREFIX + "/")
@@ -254,7 +254,10 @@ class Console:
             }
         else:
             context = await views.tenants(self.runtime, self.admin)
-        await send_html(send, 200, self._render(f"{page}.html", session, page, **context))
+        cookies = header(scope, b"cookie")
+        flash = self.sessions.take_flash(session, cookies)
+        shown = [(b"set-cookie", no_flash(secure=secure(scope)))] if read_cookie(cookies, FLASH_COOKIE) else []
+        await send_html(send, 200, self._render(f"{page}.html", session, page, flash, **context), shown)
 
     async def _overview(self, window: str, task: str | None) -> Overview | None:
         """The overview's figures, shared for a few seconds by every open tab: a week of
@@ -272,8 +275,9 @@ class Console:
 
     # --- rendering -------------------------------------------------------------------------
 
-    def _render(self, template: str, session: Session | None, page: str, **context: Any) -> str:
-        flash = self.sessions.take_flash(session) if session is not None else None
+    def _render(
+        self, template: str, session: Session | None, page: str, flash: tuple[str, str] | None = None, **context: Any
+    ) -> str:
         return self.templates.get_template(template).render(
             session=session,
             page=page,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+from collections import Counter
 from collections.abc import Sequence
 
 from turnout.config import StoreConfig
@@ -156,6 +157,17 @@ class MemoryStore:
             key=lambda r: (r.started_at, r.request_id),
         )
         return [copy_row(row) for row in found[:limit]]
+
+    async def attempt_errors(self, since: float, until: float) -> dict[tuple[str, str], int]:
+        self._check_open()
+        found: Counter[tuple[str, str]] = Counter(
+            (a.target, a.error_class)
+            for r in self._rows.values()
+            if since <= r.started_at < until
+            for a in r.attempts
+            if a.error_class is not None
+        )
+        return dict(found)
 
     async def release_stats(self, task: str, release: str, since: float, until: float | None = None) -> ReleaseStats:
         self._check_open()

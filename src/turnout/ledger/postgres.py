@@ -284,6 +284,11 @@ class PostgresStore:
         # Up to a console overview's 100,000 rows: decoded off the event loop, not stalling it.
         return await asyncio.to_thread(_decode_all, found)
 
+    async def attempt_errors(self, since: float, until: float) -> dict[tuple[str, str], int]:
+        async with self._connection() as conn:
+            found = await conn.fetch(self._sql.attempt_errors, since, until)
+        return {(target, error_class): n for target, error_class, n in found}
+
     async def release_stats(self, task: str, release: str, since: float, until: float | None = None) -> ReleaseStats:
         end = math.inf if until is None else until
         faults, rejections = sorted(RELEASE_FAULTS), sorted(RELEASE_REJECTIONS)
@@ -398,6 +403,13 @@ class _Statements:
             f"{select} WHERE started_at >= $1 AND started_at < $2 "
             "AND ($3::text IS NULL OR tenant = $3) AND ($4::text IS NULL OR task = $4) "
             "ORDER BY started_at, request_id LIMIT $5"
+        )
+        # Each failed attempt of the window's rows: one element of the attempts array each.
+        self.attempt_errors = (
+            "SELECT a->>'target', a->>'error_class', count(*) "  # noqa: S608
+            f"FROM {p}requests, jsonb_array_elements(attempts) AS a "
+            "WHERE started_at >= $1 AND started_at < $2 AND a->>'error_class' IS NOT NULL "
+            "GROUP BY 1, 2"
         )
         # ReleaseStats' figures in SQL, as turnout.ledger.store.summarize computes them.
         caller = "(status BETWEEN 400 AND 499 AND COALESCE(error_class, '') <> ALL ($7::text[]))"

@@ -243,6 +243,13 @@ _BETWEEN = (
     "AND (? IS NULL OR tenant = ?) AND (? IS NULL OR task = ?) "
     "ORDER BY started_at, request_id LIMIT ?"
 )
+# Each failed attempt of the window's rows (the attempts JSON array, one element each).
+_ATTEMPT_ERRORS = (
+    "SELECT json_extract(a.value, '$.target'), json_extract(a.value, '$.error_class'), count(*) "
+    "FROM requests, json_each(requests.attempts) AS a "
+    "WHERE started_at >= ? AND started_at < ? AND json_extract(a.value, '$.error_class') IS NOT NULL "
+    "GROUP BY 1, 2"  # by position: requests has columns named target and error_class too
+)
 # The window's rows, summed up in Python (``summarize``): SQLite has no percentile function.
 _STATS = (
     f"SELECT {', '.join(STATS_COLUMNS)} FROM requests "  # noqa: S608
@@ -372,6 +379,10 @@ class SQLiteStore:
         # Decoded on the store's thread: up to a console overview's 100,000 rows, a second or
         # more of Python that would otherwise stall every request on the event loop.
         return await self._call(lambda conn: [_decode(record) for record in conn.execute(_BETWEEN, params)])
+
+    async def attempt_errors(self, since: float, until: float) -> dict[tuple[str, str], int]:
+        found = await self._call(lambda conn: conn.execute(_ATTEMPT_ERRORS, (since, until)).fetchall())
+        return {(target, error_class): n for target, error_class, n in found}
 
     async def release_stats(self, task: str, release: str, since: float, until: float | None = None) -> ReleaseStats:
         params = (task, release, since, math.inf if until is None else until, EVAL_TENANT)

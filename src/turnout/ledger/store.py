@@ -22,6 +22,9 @@ rules:
   answers how many rows it updated (0 for another tenant's episode, as for an unknown one).
 * ``rows_between`` is the reports' read: the rows with ``since <= started_at < until``, oldest
   first (ties by ``request_id``), optionally of one tenant and one task, at most ``limit``.
+* ``attempt_errors`` counts the failed attempts of the rows with ``since <= started_at <
+  until`` by (target, error class), in one query over every such row (the console's targets
+  page: a busy window is counted whole, never a first slice of it).
 * ``release_stats`` sums up one release of one task since a time, in one query, with the same
   figures on every backend (``ReleaseStats`` defines each one).
 * ``aged_rows`` is the retention purge's read: at most ``limit`` rows with
@@ -287,6 +290,11 @@ class LedgerStore(Protocol):
     ) -> list[LedgerRow]:
         """Rows with ``since <= started_at < until`` (of ``tenant`` and ``task`` where given),
         oldest first, ties by ``request_id``; at most ``limit``, which must not be negative."""
+        ...
+
+    async def attempt_errors(self, since: float, until: float) -> dict[tuple[str, str], int]:
+        """How many attempts of the rows with ``since <= started_at < until`` failed, by
+        ``(target, error_class)``; attempts that succeeded are not counted."""
         ...
 
     async def release_stats(self, task: str, release: str, since: float, until: float | None = None) -> ReleaseStats:

@@ -22,7 +22,8 @@ supervises:
   worker reloads it and sends the parent a SIGHUP, so the others follow.
 
 Console: the parent hands every worker one secret for sessions and CSRF tokens, and a directory
-of logged-out sessions (``console/access.py``), so a login holds on whichever worker answers.
+of logged-out sessions and failed logins (``console/access.py``, ``console/throttle.py``), so a
+login holds, and a guess counts, on whichever worker answers.
 
 Metrics: the parent points ``PROMETHEUS_MULTIPROC_DIR`` at a directory it creates and removes
 (unless one is set already), so every worker's counters, calls in flight and ledger counts
@@ -54,7 +55,7 @@ log = logging.getLogger("turnout")
 SUPERVISOR_ENV = "TURNOUT_SUPERVISOR_PID"  # set for workers: where /admin/reload sends its SIGHUP
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONSOLE_SECRET_ENV = "TURNOUT_CONSOLE_SECRET"  # noqa: S105 - a variable's name: the console's shared secret
-CONSOLE_REVOKED_ENV = "TURNOUT_CONSOLE_REVOKED"  # the console's logged-out sessions, shared
+CONSOLE_REVOKED_ENV = "TURNOUT_CONSOLE_REVOKED"  # the console's logged-out sessions and failed logins, shared
 STARTUP_FAILURE = 3  # uvicorn's exit code when the lifespan start-up fails
 QUICK_EXIT_S = 1.0  # a worker that lived less than this is restarted after this long
 KILL_AFTER_S = 10.0  # past the grace and the settle time: a stuck worker is killed
@@ -291,7 +292,8 @@ class Supervisor:
 
 def _console_state() -> str:
     """What every worker's console shares, so a session works whichever worker answers: the
-    secret that signs sessions and CSRF tokens, and the directory of logged-out sessions."""
+    secret that signs sessions and CSRF tokens, and the directory of logged-out sessions (and,
+    under it, the failed logins of each client)."""
     os.environ[CONSOLE_SECRET_ENV] = secrets.token_hex(32)
     where = tempfile.mkdtemp(prefix="turnout-console-")
     os.environ[CONSOLE_REVOKED_ENV] = where
