@@ -480,3 +480,12 @@ async def test_metrics_route_is_absent_when_metrics_are_off(make_app: AppFactory
     app = await make_app({**raw_config(), "observability": {"metrics": False}})
     assert app.runtime.metrics is None
     assert (await request(app, "GET", "/metrics")).status == 404
+
+
+def test_an_open_vocabulary_admits_only_whole_safe_names() -> None:
+    from turnout.observe.metrics import OTHER, Vocabulary
+
+    classes = Vocabulary((), open_limit=8)
+    assert classes("rate_limited") == "rate_limited"
+    # `$` alone also matches before a final line break: such a value would reach the exposition
+    assert classes("rate_limited\n") == OTHER

@@ -187,6 +187,8 @@ def release(**changes: Any) -> Release:
 def test_check_release_accepts_the_base_release(tmp_path: Path) -> None:
     assert check_release(release(), make_config(tmp_path)) == []
     assert "name: 'a b' is not a release name" in check_release(release(name="a b"), make_config(tmp_path))[0]
+    # `$` alone also matches before a final line break: the whole name is checked
+    assert "is not a release name" in check_release(release(name="v1\n"), make_config(tmp_path))[0]
     assert "task: no task 'x'" in check_release(release(task="x"), make_config(tmp_path))[0]
 
 

@@ -322,3 +322,10 @@ async def test_a_listener_that_cannot_reconnect_says_so_once_and_again_when_it_i
             lines = [r.getMessage() for r in caplog.records if "change notices" in r.getMessage()]
     assert len(lines) == 2, lines
     assert "stopped" in lines[0] and "flow again" in lines[1]
+
+
+def test_a_schema_name_with_a_final_line_break_is_refused() -> None:
+    from turnout._support.places import PgPlace
+
+    with pytest.raises(ValueError, match="schema name"):
+        PgPlace("postgresql://127.0.0.1/test", "turnout\n")

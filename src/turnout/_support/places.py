@@ -32,7 +32,7 @@ class PgPlace:
     schema: str | None = None
 
     def __post_init__(self) -> None:
-        if self.schema is not None and not _IDENTIFIER.match(self.schema):
+        if self.schema is not None and not _IDENTIFIER.fullmatch(self.schema):
             raise ValueError(f"not a plain lower-case schema name: {self.schema!r}")
 
     @property

@@ -131,7 +131,7 @@ class Vocabulary:
         label = self._known.get(value)
         if label is not None:
             return label
-        if self._open and len(self._known) < self._limit and _CLASS.match(value):
+        if self._open and len(self._known) < self._limit and _CLASS.fullmatch(value):
             self._known[value] = value
             return value
         return OTHER

@@ -134,7 +134,7 @@ def check_release(release: Release, config: Config) -> list[str]:
     """Problems between a release and the config, and in its templates, params and schema,
     each as ``key.path: message``."""
     problems: list[str] = []
-    if not NAME.match(release.name):
+    if not NAME.fullmatch(release.name):
         problems.append(f"name: {release.name!r} is not a release name (letters, digits, '.', '_', '-'; up to 64)")
     task = config.tasks.get(release.task)
     if task is None:
