@@ -546,6 +546,23 @@ async def test_ttft_deadline(make_provider: Factory, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.slow
+async def test_a_deadline_spent_waiting_for_a_worker_is_busy_not_broken(make_provider: Factory) -> None:
+    """A burst of callers that outwait their ttft in the queue timed out as failures, opened
+    the target's breaker, and every caller after the burst was refused "circuit open"."""
+    single = await make_provider(concurrency=1, queue_size=1)
+    running = await single.stream(call(STORY, stream=True, max_tokens=1500, temperature=0))
+    try:
+        await anext(aiter(running.chunks))  # the only worker is generating for it
+        with pytest.raises(UpstreamTimeout) as queued:
+            await single.complete(call("hi", max_tokens=2, timeouts=Timeouts(ttft=0.2, total=30)))
+        assert queued.value.busy and queued.value.phase == "ttft"
+        assert queued.value.message == "ttft timeout after 0.2s waiting for a worker (every one busy)"
+    finally:
+        await running.chunks.aclose()
+    await still_serves(single)
+
+
+@pytest.mark.slow
 async def test_total_deadline_stops_a_long_generation(make_provider: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
     single = await make_provider(concurrency=1, queue_size=1)
     jobs = spy_jobs(single, monkeypatch)

@@ -262,7 +262,14 @@ class _Deadlines:
             async with asyncio.timeout_at(deadline):
                 return await job.events.get()
         except TimeoutError:
-            raise UpstreamTimeout(phase, seconds) from None
+            err = UpstreamTimeout(phase, seconds)
+            if job.started is None:
+                # Still waiting for a worker: the model is busy with others, not broken, so the
+                # target's breaker hears nothing of it (a burst of callers would open it, and
+                # every request would be refused "circuit open" once the burst had passed).
+                err.busy = True
+                err.message = err.args[0] + " waiting for a worker (every one busy)"
+            raise err from None
 
 
 def assemble(chunks: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:
