@@ -5,6 +5,9 @@ action, tables and times. Through click's CliRunner, on real commands where it m
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -120,6 +123,28 @@ def test_turnouts_errors_and_the_systems_end_the_command_with_their_message() ->
     missing = FileNotFoundError(2, "No such file or directory", "/nowhere/x.svg")
     result = CliRunner().invoke(group_with(missing), ["go"])
     assert failed_cleanly(result, 1) == "turnout: /nowhere/x.svg: No such file or directory\n"
+
+
+@pytest.mark.parametrize("args", [("check",), ("--help",), ("keys", "--help")])
+def test_output_into_a_reader_that_left_ends_quietly(args: tuple[str, ...], tmp_path: Path) -> None:
+    """`turnout … | head -1`: the reader has gone before the command writes (its end of the
+    pipe closed first, so this does not depend on timing)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "turnout", *args],
+            cwd=tmp_path,  # no turnout.yaml: the built-in config
+            env={k: v for k, v in os.environ.items() if k != "TURNOUT_CONFIG"},
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""  # no "turnout: Broken pipe", no "Exception ignored … BrokenPipeError"
+    assert done.returncode == 0
 
 
 def test_a_bug_keeps_its_traceback() -> None:

@@ -26,6 +26,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 pytest.importorskip("llama_cpp")  # the provider's module imports its driver
 
+from llama_cpp.llama_grammar import LlamaGrammar
+
 from turnout.config import LocalTarget
 from turnout.errors import (
     ConfigError,
@@ -38,7 +40,8 @@ from turnout.errors import (
 )
 from turnout.providers.base import Call, Completion, Load, Stream, Timeouts, Usage
 from turnout.providers.local.deltas import ToolDeltas
-from turnout.providers.local.provider import BUNDLED_MODEL, LocalProvider, assemble, request_params
+from turnout.providers.local.params import request_params
+from turnout.providers.local.provider import BUNDLED_MODEL, LocalProvider, assemble
 from turnout.providers.local.worker import Job
 
 MODEL_VERSION = "SmolLM2-135M-Instruct.Q4_1"
@@ -335,6 +338,29 @@ async def test_json_schema_response_format_constrains_output(provider: LocalProv
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_schema_whose_grammar_llama_cpp_cannot_parse_is_a_400_not_the_end_of_the_process(
+    provider: LocalProvider, stream: bool
+) -> None:
+    """``{"anyOf": []}`` converts to a grammar llama.cpp cannot parse: llama-cpp-python used
+    the null sampler unchecked, and the whole gateway died (SIGSEGV) on one request."""
+    empty: dict[str, Any] = {"anyOf": []}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": empty}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": empty}}
+    forced = {"tools": [tool], "tool_choice": "required"}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"response_format": fmt}, "response_format"),
+        (forced, "tools[0].function.parameters"),
+    ]
+    for body, param in cases:
+        request = call("hi", stream=stream, max_tokens=4, **body)
+        with pytest.raises(RequestError) as err:
+            await (provider.stream(request) if stream else provider.complete(request))
+        assert err.value.param == param and "cannot follow this JSON schema" in err.value.message
+    assert text(await provider.complete(call("hi", max_tokens=2)))  # the workers live on
+
+
+@pytest.mark.slow
 async def test_forced_tool_choice_returns_a_tool_call(provider: LocalProvider) -> None:
     request = call(
         "What is the weather in Paris?", max_tokens=48, temperature=0, tools=[WEATHER_TOOL], tool_choice=WEATHER_CHOICE
@@ -520,6 +546,23 @@ async def test_ttft_deadline(make_provider: Factory, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.slow
+async def test_a_deadline_spent_waiting_for_a_worker_is_busy_not_broken(make_provider: Factory) -> None:
+    """A burst of callers that outwait their ttft in the queue timed out as failures, opened
+    the target's breaker, and every caller after the burst was refused "circuit open"."""
+    single = await make_provider(concurrency=1, queue_size=1)
+    running = await single.stream(call(STORY, stream=True, max_tokens=1500, temperature=0))
+    try:
+        await anext(aiter(running.chunks))  # the only worker is generating for it
+        with pytest.raises(UpstreamTimeout) as queued:
+            await single.complete(call("hi", max_tokens=2, timeouts=Timeouts(ttft=0.2, total=30)))
+        assert queued.value.busy and queued.value.phase == "ttft"
+        assert queued.value.message == "ttft timeout after 0.2s waiting for a worker (every one busy)"
+    finally:
+        await running.chunks.aclose()
+    await still_serves(single)
+
+
+@pytest.mark.slow
 async def test_total_deadline_stops_a_long_generation(make_provider: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
     single = await make_provider(concurrency=1, queue_size=1)
     jobs = spy_jobs(single, monkeypatch)
@@ -622,6 +665,8 @@ def test_request_params_translate_the_openai_body() -> None:
     }
     snapshot = json.dumps(body)
     params = request_params(body, "smol")
+    grammar = params.pop("grammar")  # the schema as a grammar that constrains sampling
+    assert isinstance(grammar, LlamaGrammar) and "root ::=" in grammar._grammar
     assert params == {
         "messages": [{"role": "user", "content": "hi"}],
         "model": "smol",
@@ -630,7 +675,6 @@ def test_request_params_translate_the_openai_body() -> None:
         "max_tokens": 10,
         "stop": ["\n"],
         "seed": 3,
-        "response_format": {"type": "json_object", "schema": {"type": "object"}},
     }
     assert json.dumps(body) == snapshot  # the caller's body is untouched
     assert "response_format" not in request_params({**body, "response_format": {"type": "text"}}, "m")
@@ -646,9 +690,9 @@ def test_request_params_translate_the_openai_body() -> None:
     ],
 )
 def test_request_params_refuse_what_the_model_cannot_do(body: dict[str, Any]) -> None:
-    with pytest.raises(UpstreamStatusError) as err:
+    with pytest.raises(RequestError) as err:
         request_params(body, "m")
-    assert err.value.upstream_status == 400
+    assert err.value.status == 400 and err.value.param
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,22 @@ def test_serve_refuses_a_bad_count_as_a_usage_error(tmp_path: Path) -> None:
     assert "--workers: 0 must be at least 1" in result.output
 
 
+def test_more_workers_than_the_machine_can_run_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert worker_count("8") == 8  # four per core
+    with pytest.raises(ValueError, match=r"--workers: 9 is more than 8 \(4 per core, 2 core\(s\) here\)"):
+        worker_count("9")
+
+
+def test_serve_refuses_a_huge_count_as_a_usage_error_before_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(turnout.serving.server, "run_workers", lambda *a, **k: pytest.fail("started"))
+    result = invoke("serve", "--workers", "100000", "--config", write(tmp_path, "targets: {}\ntasks: {}\n"))
+    assert result.exit_code == 2
+    assert "--workers: 100000 is more than" in result.output
+
+
 # --- what workers cannot share -----------------------------------------------------------
 
 

@@ -4,7 +4,8 @@
   argument stays click's usage error (exit 2). ``CommandGroup``, the top group, turns what a
   command lets escape of turnout's own errors (``TurnoutError``) or the system's (``OSError``:
   a file that cannot be read or a store that cannot be opened) into a ``CommandError``, so a
-  user's mistake never ends in a traceback;
+  user's mistake never ends in a traceback; output piped into a reader that leaves early
+  (``| head``) ends the command quietly, exit 0;
 * the config: ``--config/-c`` (or ``TURNOUT_CONFIG``, then ``./turnout.yaml``) is declared once, by ``config_option``,
   read before anything else on the command line, and hands the command a loaded ``Config``;
   every problem in it is listed, exit 1. Tenant and task names can be checked against it;
@@ -19,10 +20,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import re
+import sys
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -80,13 +84,34 @@ class CommandGroup(click.Group):
     """The outermost group: the one place where turnout's own errors and the system's become a
     one-line message instead of a traceback. Anything else is a bug and keeps its traceback."""
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _reader_gone():  # `turnout --help | head -1`
+            return super().make_context(*args, **kwargs)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _reader_gone():
+                return super().invoke(ctx)
         except TurnoutError as exc:
             raise CommandError(exc.message) from exc
         except OSError as exc:
             raise CommandError(os_message(exc)) from exc
+
+
+@contextlib.contextmanager
+def _reader_gone() -> Iterator[None]:
+    """Output piped into a reader that stops early (``| head``) ends the command quietly, exit
+    0, as the reader asked: not a "Broken pipe" message (an OSError) nor, when Python flushes
+    stdout at exit, an "Exception ignored" traceback."""
+    try:
+        yield
+    except BrokenPipeError:
+        # What is still buffered cannot be written: stdout on /dev/null lets the exit flush pass.
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a stdout with no descriptor
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        raise click.exceptions.Exit(0) from None
 
 
 def os_message(exc: OSError) -> str:

@@ -22,7 +22,8 @@ from turnout.serving import server, supervisor
 
 CONFIG_HELP = "YAML config file."
 WORKERS_HELP = (
-    "Worker processes on one socket, each with its own event loop ('auto': one per core). Above "
+    "Worker processes on one socket, each with its own event loop ('auto': one per core; at most "
+    f"{supervisor.MAX_WORKERS_PER_CORE} per core). Above "
     "1, the state workers must share needs Redis, SQLite or PostgreSQL (see 'turnout check "
     "--workers')."
 )

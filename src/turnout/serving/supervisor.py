@@ -61,21 +61,36 @@ QUICK_EXIT_S = 1.0  # a worker that lived less than this is restarted after this
 KILL_AFTER_S = 10.0  # past the grace and the settle time: a stuck worker is killed
 TICK_S = 0.5
 RETRY_MAX_S = 30.0  # the longest pause before another try at a replacement whose start-up failed
+MAX_WORKERS_PER_CORE = 4  # --workers above this many per usable core is refused
 
 allow_connection_pickling()  # the listening socket travels to each spawned worker
 _spawn = get_context("spawn")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def worker_count(value: str) -> int:
-    """``--workers``: a positive number, or ``auto`` for the cores this process may use."""
+    """``--workers``: a number from 1 to ``MAX_WORKERS_PER_CORE`` per usable core, or ``auto``
+    for one per core. Each worker is a whole interpreter with its own model, pools and stores'
+    connections: past a few per core they only compete for the CPU, and a slip of the keyboard
+    (``--workers 1000``) would start a thousand processes."""
+    cores = usable_cores()
     if value == "auto":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return cores
     try:
         n = int(value)
     except ValueError:
         raise ValueError(f"--workers: {value!r} is neither a number nor 'auto'") from None
     if n < 1:
         raise ValueError(f"--workers: {n} must be at least 1")
+    if n > (most := MAX_WORKERS_PER_CORE * cores):
+        raise ValueError(
+            f"--workers: {n} is more than {most} ({MAX_WORKERS_PER_CORE} per core, {cores} core(s) here); "
+            "'auto' gives one per core"
+        )
     return n
 
 

@@ -38,6 +38,7 @@ from turnout.errors import (
 )
 from turnout.providers.base import Call, Completion, Health, Load, Stream, Timeouts, Usage
 from turnout.providers.local.deltas import ToolDeltas
+from turnout.providers.local.params import request_params
 from turnout.providers.local.worker import Event, Job, ModelLoadError, Pool, embed, load_llama
 
 if TYPE_CHECKING:
@@ -188,6 +189,8 @@ class LocalProvider:
             return Usage(prompt, completion)
         if kind == "cancelled":
             raise UpstreamError(f"{self.name}: generation cancelled (provider closing)")
+        if isinstance(value, RequestError):  # the request asks what the model cannot do
+            raise value
         if isinstance(value, ModelLoadError):
             err = UpstreamError(f"{self.name}: cannot load {self._path.name}: {value}")
             err.retryable = False  # the file will not load on a second try either
@@ -259,86 +262,14 @@ class _Deadlines:
             async with asyncio.timeout_at(deadline):
                 return await job.events.get()
         except TimeoutError:
-            raise UpstreamTimeout(phase, seconds) from None
-
-
-def request_params(body: dict[str, Any], model: str) -> dict[str, Any]:
-    """The caller's OpenAI chat body as ``create_chat_completion`` arguments; values that
-    llama.cpp would mishandle are refused as a 400, what it cannot honour (``n`` above 1, log
-    probabilities, ``logit_bias``) as a 400 naming the parameter, keys that ask nothing of the
-    model (``user``, ``metadata``, ``stream_options``, ...) are dropped. Never mutates ``body``."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise UpstreamStatusError(400, "messages must be a non-empty list")
-    _refuse_unsupported(body)
-    params: dict[str, Any] = {"messages": [_message(m) for m in messages], "model": model}
-    for key in _PASSTHROUGH:
-        if body.get(key) is not None:
-            params[key] = body[key]
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    fmt = _response_format(body.get("response_format"))
-    if fmt is not None:
-        params["response_format"] = fmt
-    return params
-
-
-def _refuse_unsupported(body: dict[str, Any]) -> None:
-    """Refused rather than dropped: a caller that asks for them would get less than it asked."""
-    if body.get("n") not in (None, 1):
-        raise RequestError("the embedded model returns one choice: 'n' must be 1", param="n", code="unsupported_value")
-    for key in ("logprobs", "top_logprobs"):
-        if body.get(key):
-            raise RequestError(
-                "the embedded model does not return log probabilities", param=key, code="unsupported_value"
-            )
-    if body.get("logit_bias"):
-        raise RequestError(
-            "the embedded model does not support 'logit_bias'", param="logit_bias", code="unsupported_value"
-        )
-
-
-_PASSTHROUGH = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "repeat_penalty",
-    "tools",
-    "tool_choice",
-)
-
-
-def _message(message: Any) -> Any:
-    """Join OpenAI text content parts: the chat template expects one string."""
-    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
-        return message
-    texts: list[str] = []
-    for part in message["content"]:
-        if not isinstance(part, dict) or part.get("type") != "text":
-            raise UpstreamStatusError(400, "the local model accepts text content only")
-        texts.append(str(part.get("text", "")))
-    return {**message, "content": "".join(texts)}
-
-
-def _response_format(fmt: Any) -> dict[str, Any] | None:
-    """llama.cpp knows ``json_object`` with an optional ``schema``; OpenAI's ``json_schema``
-    form is translated to it (both become a grammar that constrains sampling)."""
-    if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        return None
-    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
-        return fmt
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
-    raise UpstreamStatusError(400, f"unsupported response_format: {fmt!r}")
+            err = UpstreamTimeout(phase, seconds)
+            if job.started is None:
+                # Still waiting for a worker: the model is busy with others, not broken, so the
+                # target's breaker hears nothing of it (a burst of callers would open it, and
+                # every request would be refused "circuit open" once the burst had passed).
+                err.busy = True
+                err.message = err.args[0] + " waiting for a worker (every one busy)"
+            raise err from None
 
 
 def assemble(chunks: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:

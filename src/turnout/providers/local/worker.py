@@ -23,6 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Literal
 
+from turnout.errors import RequestError
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -224,6 +226,7 @@ def generate(llm: Llama, job: Job) -> Event:
 
     counter = _TokenCounter(job)
     try:
+        _parse_grammars(llm, job.params)
         # Each prompt evaluated whole, from an empty context: llama-cpp-python otherwise reuses
         # the longest prefix the last job left and evaluates only the rest, in batches of another
         # shape, whose float sums differ in the last bits. At temperature 0 one request then got
@@ -241,6 +244,26 @@ def generate(llm: Llama, job: Job) -> Event:
     except Exception as exc:
         return ("error", exc)
     return ("done", (counter.prompt, counter.sampled))
+
+
+def _parse_grammars(llm: Llama, params: dict[str, Any]) -> None:
+    """Have llama.cpp parse each grammar the job will sample with: one it cannot parse gives a
+    null sampler that llama-cpp-python uses unchecked, which ends the process (a JSON schema
+    such as ``{"anyOf": []}`` converts to such a grammar)."""
+    import llama_cpp
+
+    from turnout.providers.local.params import grammars  # it imports llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    for param, text in grammars(params):
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, text.encode(), b"root")
+        if not sampler:
+            raise RequestError(
+                "the embedded model cannot follow this JSON schema: llama.cpp cannot parse the grammar made from it",
+                param=param,
+                code="invalid_value",
+            )
+        llama_cpp.llama_sampler_free(sampler)
 
 
 def embed(llm: Llama, job: Job) -> Event:
