@@ -167,11 +167,15 @@ class App:
             except reload.ReloadRefused as exc:
                 log.error("config reload refused, the running config is kept: %s", "; ".join(exc.problems))
                 raise
-            new = await old.successor(plan.config)
+            new = await old.successor(plan.config)  # a failure has closed what it opened
+            try:
+                pipeline = Pipeline(new)
+                new.adopt(old)
+            except BaseException:
+                await new.abandon()  # the old runtime runs on, alone
+                raise
             if old.releases is None and new.releases is not None:
                 plan.changed.append("releases")  # the folder appeared since start-up: now served
-            pipeline = Pipeline(new)
-            new.adopt(old)
             self.runtime = self.admin.runtime = self.console.runtime = self.readiness.runtime = new
             self.pipeline = pipeline  # the swap: new requests take this one
         log.info(

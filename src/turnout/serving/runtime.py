@@ -24,7 +24,7 @@ from turnout._support.periodic import Periodic
 from turnout._support.places import Place
 from turnout.cache import factory as cache_factory
 from turnout.cache.purges import POLL_S, Follower, PurgeLog, purge_log_place
-from turnout.cache.stage import CacheStage
+from turnout.cache.stage import CacheStage, TaskCache
 from turnout.config import HUMAN, Config
 from turnout.control.auth import Authenticator
 from turnout.control.catalog import context_window
@@ -105,6 +105,8 @@ class Runtime:
         self.cache_sweep: cache_factory.Sweeper | None = None  # its answers of versions no longer serving
         self.keys: KeyStore | None = None  # issued keys (with tenants)
         self._stack: AsyncExitStack | None = None
+        self._opened: AsyncExitStack | None = None  # a successor's own openings, until adopted
+        self._cache_tasks: dict[str, TaskCache] | None = None  # a successor's cache settings, applied when adopted
 
     async def start(self) -> None:
         if self._stack is not None:
@@ -192,51 +194,81 @@ class Runtime:
 
     async def successor(self, config: Config) -> Runtime:
         """A runtime over ``config`` (a reload's: ``serving/reload.py`` kept its restart-only
-        sections) sharing everything this one opened (``adopt`` hands it over). What reads the
-        live sections (auth, quota scopes, prices, policy) is built again; the key store or
-        limiter that the old config did not need is opened now."""
-        stack = self._stack
-        if stack is None:
+        sections) sharing everything this one opened. What reads the live sections (auth, quota
+        scopes, prices, policy) is built again; what the old config did not need (the key store,
+        the limiter, the release registry and its canary controller, the cache, the review queue)
+        is opened now, on a stack of its own. Nothing this one runs is touched: ``adopt`` swaps
+        the new one in, or ``abandon`` closes what it opened, so a reload that fails part-way
+        leaves exactly the old runtime running."""
+        if self._stack is None:
             raise RuntimeError("the runtime is not started")
         new = Runtime(config, self._injected, offline=self.offline)
         for name in SHARED:
             setattr(new, name, getattr(self, name))
-        if config.tenants and new.keys is None:
-            new.keys = open_key_store(config.limits)
-            await new.keys.open(serving=True)
-            stack.push_async_callback(new.keys.aclose)
-        if config.tenants:
-            new.auth = Authenticator(config, new.keys)
-        limiter = self.quota.limiter
-        if limiter is None and new.quota.needed():
-            limiter = open_limiter(config.limits)
-            stack.push_async_callback(limiter.aclose)
-        new.quota = QuotaGate(config, limiter, new.prices, new.tokens)
-        if new.canary is not None:  # the same loop, judging by the new tasks and their canary settings
-            new.canary.follow(config)
-        if new.shadows is not None:
-            new.shadows.follow(config, new.policy, new.prices, new.scoring)
-        elif new.releases is None and await asyncio.to_thread(os.path.isdir, config.releases.path):
-            # the releases folder was made after start-up: its registry opens now, not at a restart
-            await new._open_releases(stack)
-            new._open_canary(stack)
-            if new.cache_sweep is not None:  # the open cache's answers now carry release versions
-                new.cache_sweep.registry = new.releases
-        if self.cache is not None:  # tasks' cache settings are live; the store and its key stay
-            self.cache.tasks = CacheStage(config, self.cache.store).tasks
-            self.cache.store.bound(cache_factory.limits(config))  # and each task's max_mb
-        elif cache_factory.wanted(config):  # the first task to ask for the cache: its store opens now
-            await new._open_cache(stack)
-        if new.reviews is None and reviews_wanted(config, new.capture is not None):  # a review_rate, an escalation
-            await new._open_reviews(stack)
+        new._cache_tasks = CacheStage(config, self.cache.store).tasks if self.cache is not None else None
+        opened = AsyncExitStack()
+        try:
+            await new._open_missing(opened)
+        except BaseException:
+            await opened.aclose()
+            raise
+        new._opened = opened
         return new
 
+    async def _open_missing(self, stack: AsyncExitStack) -> None:
+        """``successor``'s openings: what ``self.config`` needs and the running runtime lacks."""
+        config = self.config
+        if config.tenants and self.keys is None:
+            keys = open_key_store(config.limits)
+            await keys.open(serving=True)
+            stack.push_async_callback(keys.aclose)
+            self.keys = keys
+        if config.tenants:
+            self.auth = Authenticator(config, self.keys)
+        limiter = self.quota.limiter
+        if limiter is None and self.quota.needed():
+            limiter = open_limiter(config.limits)
+            stack.push_async_callback(limiter.aclose)
+        self.quota = QuotaGate(config, limiter, self.prices, self.tokens)
+        if self.releases is None and await asyncio.to_thread(os.path.isdir, config.releases.path):
+            # the releases folder was made after start-up: its registry opens now, not at a restart
+            await self._open_releases(stack)
+            self._open_canary(stack)
+        if self.cache is None and cache_factory.wanted(config):  # the first task to ask for the cache
+            await self._open_cache(stack)
+        if self.reviews is None and reviews_wanted(config, self.capture is not None):  # a review_rate, an escalation
+            await self._open_reviews(stack)
+
+    async def abandon(self) -> None:
+        """A successor that will not be swapped in: close what it opened, and nothing else."""
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            await opened.aclose()
+
     def adopt(self, predecessor: Runtime) -> None:
-        """Take over what ``predecessor`` opened (once this runtime is swapped in): its
-        ``aclose`` is now this one's, and ``/metrics`` reads this one's state."""
-        self._stack, predecessor._stack = predecessor._stack, None
+        """Swap in: take over what ``predecessor`` opened (its ``aclose`` is now this one's, and
+        closes first what this one opened), and point what both share at the new config: the
+        canary controller, the shadow mirror, the cache's tasks and sweep, ``/metrics``. Nothing
+        here can fail half-way."""
+        stack = predecessor._stack
+        if stack is None:
+            raise RuntimeError("the runtime being replaced is closed")
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            stack.push_async_callback(opened.aclose)
+        self._stack, predecessor._stack = stack, None
+        config = self.config
+        if self.canary is not None and self.canary is predecessor.canary:  # the same loop, the new tasks
+            self.canary.follow(config)
+        if self.shadows is not None and self.shadows is predecessor.shadows:
+            self.shadows.follow(config, self.policy, self.prices, self.scoring)
+        if self.cache is not None and self.cache is predecessor.cache and self._cache_tasks is not None:
+            self.cache.tasks = self._cache_tasks  # tasks' cache settings are live; the store and its key stay
+            self.cache.store.bound(cache_factory.limits(config))  # and each task's max_mb
+        if self.cache_sweep is not None and self.releases is not predecessor.releases:
+            self.cache_sweep.registry = self.releases  # the open cache's answers now carry release versions
         if self.metrics is not None:  # its counters carry on; labels follow the new names
-            self.metrics.follow(self.config, self.live)
+            self.metrics.follow(config, self.live)
 
     async def _open_shadows(self, stack: AsyncExitStack) -> None:
         """The shadow store and the mirror that feeds it (``turnout.serving.shadow``)."""
