@@ -698,6 +698,69 @@ async def test_the_canary_controller_follows_a_reload(served: Served, tmp_path: 
     assert controller._canary_config("summarize").interval_s == 7
 
 
+def running_tasks(*names: str) -> list[str]:
+    return sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name() in names and not t.done())
+
+
+async def test_a_reload_that_fails_part_way_leaves_the_old_runtime_alone(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that opened the release registry (its folder appeared since start-up) and its
+    canary controller, then failed opening the cache a new task asked for, left both running
+    from the half-built runtime, the controller judging canaries by a config that never served;
+    and the shared canary and cache already followed the new file."""
+    from turnout.cache.purges import PurgeLog
+
+    raw = base(tmp_path)
+    raw["releases"] = {"path": str(tmp_path / "releases"), "store_path": str(tmp_path / "releases.db")}
+    app = await served.start(raw)
+    old = app.runtime
+    background = ("turnout-canary", "turnout-releases-poll", "turnout-cache-sweep")
+    assert old.releases is None and old.canary is None and running_tasks(*background) == []
+    (tmp_path / "releases").mkdir()
+    raw["tasks"]["summarize"] = {"route": ["secondary"], "cache": {"ttl_s": 60, "classes": ["internal"]}}
+    served.write(raw)
+
+    async def broken(self: PurgeLog) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PurgeLog, "open", broken)
+    with pytest.raises(OSError, match="No space"):
+        await app.reload()
+    assert app.runtime is old and app.pipeline.rt is old
+    assert old.releases is None and old.canary is None and old.cache is None
+    assert running_tasks(*background) == []  # nothing of the successor runs on
+    assert await models(app) == ["chat"]
+    monkeypatch.undo()
+    assert (await app.reload())["changed"] == ["tasks", "releases"]  # the same file, now whole
+    assert running_tasks(*background) == sorted(background)
+
+
+async def test_a_failed_reload_leaves_the_shared_canary_on_the_running_config(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller followed the new file before the reload could fail: it judged by tasks
+    and canary settings the gateway did not serve."""
+    raw = base(tmp_path)
+    raw["releases"] = {"path": str(tmp_path / "releases"), "store_path": str(tmp_path / "releases.db")}
+    (tmp_path / "releases").mkdir()
+    app = await served.start(raw)
+    controller = app.runtime.canary
+    assert controller is not None and app.runtime.reviews is None
+    raw["tasks"]["short"] = {"route": ["secondary"], "output": {"max_chars": 3, "escalate": {"to": "human"}}}
+    raw["tasks"]["chat"]["canary"] = {"interval_s": 7}
+    served.write(raw)
+
+    async def broken(self: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("turnout.releases.review.ReviewQueue.open", broken)
+    with pytest.raises(OSError, match="No space"):
+        await app.reload()
+    assert controller.config is app.runtime.config and "short" not in controller.config.tasks
+    assert controller._canary_config("chat").interval_s != 7
+
+
 async def test_an_offline_runtime_runs_no_canary_controller_nor_retention_purge(tmp_path: Path) -> None:
     """`turnout eval` started a whole gateway runtime: it claimed live canaries and purged the
     ledger by the rules of whatever config its caller had."""

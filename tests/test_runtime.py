@@ -15,6 +15,7 @@ import pytest
 import turnout.serving.runtime as runtime_module
 from tests.fakes.scripted import ScriptedProvider
 from tests.serving import turnout_serve
+from tests.test_ledger_store import POSTGRES_DSN, postgres_reachable
 from turnout.config import validate
 from turnout.errors import ConfigError
 from turnout.ledger.record import LedgerRow
@@ -113,8 +114,8 @@ async def test_a_provider_that_breaks_at_start_closes_everything_opened_before_i
     runtime = Runtime(validate(config(tmp_path)), dict(providers))
     with pytest.raises(RuntimeError, match="health check"):
         await runtime.start()
-    assert opened.opened == ["store", "capture", "key_store", "limiter"]  # the providers came next
-    assert opened.closed == ["limiter", "key_store", "capture", "store"]
+    assert opened.opened == ["store", "key_store", "limiter"]  # the providers came next, the shared state after
+    assert opened.closed == ["limiter", "key_store", "store"]
     assert all(p.closed for p in providers.values())
     assert runtime.ledger is not None and not runtime.ledger.submit(row())  # the writer stopped
     nothing_left_running(threads)
@@ -132,7 +133,7 @@ async def test_release_files_that_fail_to_load_close_everything_including_the_pr
         await runtime.start()
     assert opened.closed == list(reversed(opened.opened))
     assert all(p.closed for p in providers.values())
-    assert runtime.reviews is not None  # opened after the providers, closed before them
+    assert runtime.reviews is None and runtime.capture is None  # the shared state: closed and unset
     nothing_left_running(threads)
 
 
@@ -143,9 +144,9 @@ async def test_close_order_is_the_reverse_of_open_order(tmp_path: Path, monkeypa
     runtime = Runtime(validate(config(tmp_path)), {"one": Provider("one"), "two": Provider("two")})
     await runtime.start()
     assert runtime.canary is not None and runtime.release_store is not None  # everything is on
-    assert opened.opened == ["store", "capture", "key_store", "limiter", "registry"]
+    assert opened.opened == ["store", "key_store", "limiter", "capture", "registry"]  # the shared state last
     await runtime.aclose()
-    assert opened.closed == ["registry", "limiter", "key_store", "capture", "store"]
+    assert opened.closed == ["registry", "capture", "limiter", "key_store", "store"]
     nothing_left_running(threads)
     await runtime.aclose()  # a second close is a no-op
 
@@ -153,17 +154,19 @@ async def test_close_order_is_the_reverse_of_open_order(tmp_path: Path, monkeypa
 def test_a_served_gateway_whose_start_fails_exits_without_leaving_work_behind(tmp_path: Path) -> None:
     """The real process: uvicorn reports the failed start and exits; the ledger writer that
     had started was stopped, not destroyed pending. What fails is one no check can see ahead:
-    the shared state's PostgreSQL does not answer when start-up reaches it (a Redis that does not
-    answer is ridden out: the gateway starts unready)."""
+    the shared state's PostgreSQL answers, and refuses (a database that does not exist; one that
+    does not answer, like Redis, is ridden out: the gateway starts unready)."""
+    if not postgres_reachable():
+        pytest.skip("no PostgreSQL")
     raw = config(tmp_path)
-    raw["state"] = {"kind": "postgres", "dsn": f"postgresql://postgres@127.0.0.1:{closed_port()}/test"}
+    raw["state"] = {"kind": "postgres", "dsn": POSTGRES_DSN.rsplit("/", 1)[0] + "/turnout_no_such_database"}
     path = tmp_path / "turnout.yaml"
     path.write_text(json.dumps(raw))
     with pytest.raises(RuntimeError, match="exited with 1 "), turnout_serve(tmp_path, path, ready_s=30):
         pass  # 1: the command failed, as the CLI says (uvicorn's own is 3)
     log = (tmp_path / "turnout.log").read_text()
     [said] = [line for line in log.splitlines() if "start-up failed: " in line]
-    assert "Connection refused Is the server running" in said  # the reason, on one line
+    assert 'database "turnout_no_such_database" does not exist' in said  # the reason, on one line
     assert "Traceback" not in log
     assert "Task was destroyed but it is pending" not in log
     assert (tmp_path / "turnout.db").exists()  # the ledger had opened before the failure

@@ -7,6 +7,7 @@ a writer that reconnects, one advisory lock per store, canary claims with one wi
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -22,8 +23,8 @@ from tests.pgstate import KINDS, raw_sql, state_place
 from tests.test_capture_policy import eventually
 from tests.test_ledger_store import POSTGRES_DSN, postgres_reachable
 from tests.test_releases_store import TASK, bootstrap, make
-from turnout._support.pgworker import PgConnection, connect, lock_key, translate
-from turnout._support.places import PgPlace
+from turnout._support.pgworker import PgConnection, connect, translate
+from turnout._support.places import PgPlace, lock_key
 from turnout.config import validate
 from turnout.errors import ConfigError
 from turnout.releases.canary import StepClaims
@@ -329,3 +330,27 @@ def test_a_schema_name_with_a_final_line_break_is_refused() -> None:
 
     with pytest.raises(ValueError, match="schema name"):
         PgPlace("postgresql://127.0.0.1/test", "turnout\n")
+
+
+@needs_postgres
+async def test_a_database_that_does_not_answer_is_told_from_one_that_refuses() -> None:
+    """Start-up waits out the first (``serving/waiting.py``) and ends on the second."""
+    import asyncpg
+    import psycopg
+
+    from turnout._support.places import unreachable
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    base = POSTGRES_DSN.rsplit("/", 1)[0]
+    down, missing = f"postgresql://postgres@127.0.0.1:{closed}/test", base + "/turnout_no_such_database"
+    told = {}
+    for name, dsn in (("down", down), ("missing", missing)):
+        with pytest.raises(psycopg.OperationalError) as sync_failure:
+            psycopg.connect(dsn, connect_timeout=5)
+        with pytest.raises((OSError, asyncpg.PostgresError)) as async_failure:
+            await asyncpg.connect(dsn, timeout=5)
+        told[name] = (unreachable(sync_failure.value), unreachable(async_failure.value))
+    assert told == {"down": (True, True), "missing": (False, False)}
+    assert unreachable(ReleaseStoreError("release store: failed")) is False

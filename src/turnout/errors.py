@@ -26,7 +26,8 @@
     │                                 503 when each was too small or busy, one busy
     ├── AnswerRefused                 502: a check refused the answer and ends the request
     ├── StreamInterrupted             failure after the first byte reached the client
-    └── ShuttingDown                  503: cut by a shutdown past its grace period
+    ├── ShuttingDown                  503: cut by a shutdown past its grace period
+    └── NotReady                      503: start-up still waits for the shared state (PostgreSQL)
 
 ``busy``: the target shed load (its queue is full, it answered 429): it is healthy, so its
 breaker hears no verdict either way (``turnout.routing.attempts``).
@@ -401,6 +402,18 @@ class ShuttingDown(TurnoutError):
     status = 503
     type = "api_error"
     code = "shutting_down"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
+class NotReady(TurnoutError):
+    """Start-up has not opened the shared state yet (PostgreSQL did not answer): the replica is
+    unready (``/readyz``) and takes no request that would need it."""
+
+    status = 503
+    type = "api_error"
+    code = "not_ready"
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", b"1")]

@@ -28,7 +28,6 @@ table, every store's steps serialised on one advisory lock per schema.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import threading
@@ -40,7 +39,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from turnout._support.places import PgPlace
+from turnout._support.places import PgPlace, lock_key, schema_lock
 from turnout._support.sqlite import ErrorFactory, Migrations
 from turnout._support.throttle import Throttle
 
@@ -89,12 +88,6 @@ class PgConnection:
         return cursor
 
 
-def lock_key(*parts: str) -> int:
-    """A stable signed 64-bit advisory-lock key for ``parts``."""
-    digest = hashlib.blake2b(":".join(("turnout", *parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 def connect(place: PgPlace, *, name: str = "turnout", timeout_s: float = 10.0) -> PgConnection:
     """A new autocommit connection whose search path is ``place``'s schema (created if missing).
     ``name``: its ``application_name``, which ``pg_stat_activity`` shows."""
@@ -104,7 +97,7 @@ def connect(place: PgPlace, *, name: str = "turnout", timeout_s: float = 10.0) -
     try:
         if place.schema is not None:
             with raw.transaction():  # two processes creating one schema: one waits for the other
-                raw.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(place.schema, "schema"),))
+                raw.execute("SELECT pg_advisory_xact_lock(%s)", (schema_lock(place.schema),))
                 raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{place.schema}"')
             raw.execute(f'SET search_path TO "{place.schema}"')
     except BaseException:

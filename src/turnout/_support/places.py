@@ -4,6 +4,8 @@ postgres``), and the one interface the stores use of either worker (``Worker``, 
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,3 +82,50 @@ class Worker(Protocol):
 def dialect(conn: object) -> str:
     """``postgres`` for a ``PgConnection``, else ``sqlite``."""
     return str(getattr(conn, "dialect", "sqlite"))
+
+
+def lock_key(*parts: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``parts`` (PostgreSQL's advisory locks)."""
+    digest = hashlib.blake2b(":".join(("turnout", *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def schema_lock(schema: str) -> int:
+    """The lock every store takes around ``CREATE SCHEMA IF NOT EXISTS``: two at once (the
+    ledger and a store of shared state, two replicas) otherwise collide on the catalog."""
+    return lock_key(schema, "schema")
+
+
+# Network failures that a database coming back would end (not a wrong password, not a file in
+# the way): refused, reset, no route, a name that does not resolve yet, no answer in time.
+_NO_ROUTE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) says PostgreSQL could not be reached, as
+    opposed to refusing us: a socket that failed, a timeout, a server starting or shutting
+    down (SQLSTATE class 57P), a connection exception (class 08), or psycopg's failure to
+    connect (no SQLSTATE). A refusal with a reason (authentication, a missing database, a
+    schema newer than this code) is not."""
+    seen: set[int] = set()
+    each: BaseException | None = exc
+    while each is not None and id(each) not in seen:
+        seen.add(id(each))
+        if isinstance(each, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(each, OSError) and (each.errno in _NO_ROUTE or type(each).__name__ == "gaierror"):
+            return True
+        state = getattr(each, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(("08", "57P")):
+            return True
+        if state is None and type(each).__name__ == "OperationalError" and type(each).__module__.startswith("psycopg"):
+            return _psycopg_unreachable(str(each))
+        each = each.__cause__ or each.__context__
+    return False
+
+
+def _psycopg_unreachable(message: str) -> bool:
+    """psycopg's failure to connect carries no SQLSTATE, only libpq's text: a server that
+    answered says ``FATAL:`` and why (a missing database, a wrong password), unless it is
+    starting up, shutting down or recovering ("the database system is ...")."""
+    return "FATAL:" not in message or "the database system is" in message

@@ -29,8 +29,8 @@ it calls them (``turnout.serving.runtime``):
 Every problem names the key path (or the environment variable, or the release file).
 Reachability (PostgreSQL, Redis, upstreams) is not checked (``check --probe`` contacts the
 upstreams): a check may run where the stores are out of reach. Start-up waits for no upstream;
-a store it opens that does not answer (the PostgreSQL ledger, Redis for issued keys) ends it,
-exit 1, with one log line.
+a store that refuses it ends it, exit 1, with one log line; one that does not answer
+(PostgreSQL, Redis for issued keys) is opened in the background while the gateway is unready.
 """
 
 from __future__ import annotations

@@ -52,8 +52,9 @@ def serve(config: Config, host: str | None, port: int | None, workers: int) -> N
 
     Exit status 1, before anything starts, with the reason on stderr: a config the gateway
     would not start on, or an address it cannot listen on ("cannot listen on HOST:PORT:
-    address already in use"); or, as it starts, a store that does not answer (the log's
-    "start-up failed: REASON")."""
+    address already in use"); or, as it starts, a store that refuses it (the log's
+    "start-up failed: REASON"). A PostgreSQL that does not answer yet is waited for: the
+    gateway starts unready (/readyz 503) and opens it in the background."""
     config = with_address(config, host, port)
     ready(config, workers)
     source = click.get_current_context().meta.get(CONFIG_PATH)

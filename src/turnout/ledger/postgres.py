@@ -41,6 +41,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from turnout._support.places import schema_lock
 from turnout.config import StoreConfig
 from turnout.errors import ConfigError
 from turnout.ledger.record import AttemptRecord, LedgerRow
@@ -340,6 +341,7 @@ class PostgresStore:
             # steps applied.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(self.schema))
             if self.schema:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", schema_lock(self.schema))
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             await conn.execute(sql.create_migrations)
             current = int(await conn.fetchval(sql.current_version))

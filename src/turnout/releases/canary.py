@@ -59,7 +59,7 @@ from typing import Literal, Protocol
 
 from turnout._support.failures import describe
 from turnout._support.periodic import Periodic
-from turnout._support.places import PgPlace, Place
+from turnout._support.places import PgPlace, Place, lock_key
 from turnout.config import CanaryConfig, Config
 from turnout.errors import TurnoutError
 from turnout.ledger.store import LedgerStore, ReleaseStats
@@ -433,9 +433,7 @@ class StepClaims:
             pg = pgworker.connect(self.place, name="turnout-canary")
             try:
                 with pg.raw.transaction():  # replicas creating the table at once: one at a time
-                    pg.raw.execute(
-                        "SELECT pg_advisory_xact_lock(%s)", (pgworker.lock_key(self.place.schema or "", "claims"),)
-                    )
+                    pg.raw.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.place.schema or "", "claims"),))
                     pg.execute(self._CREATE)
                 return pg.execute(self._CLAIM, params).rowcount > 0
             finally:

@@ -33,6 +33,7 @@ from turnout.serving.readiness import Readiness
 from turnout.serving.responses import RESPONSES_DOOR
 from turnout.serving.runtime import Runtime
 from turnout.serving.tasks import TASKS
+from turnout.serving.waiting import start_up_problem
 
 log = logging.getLogger("turnout")
 
@@ -162,16 +163,24 @@ class App:
             raise reload.ReloadRefused(["this server was started without a config file: nothing to reload"])
         async with self._reloading:
             old = self.runtime
+            if old.state_missing:  # what a reload would rebuild is not open yet
+                problem = "start-up has not opened the shared state yet (PostgreSQL does not answer); reload once ready"
+                log.error("config reload refused, the running config is kept: %s", problem)
+                raise reload.ReloadRefused([problem])
             try:
                 plan = reload.plan(old.config, self.loader)
             except reload.ReloadRefused as exc:
                 log.error("config reload refused, the running config is kept: %s", "; ".join(exc.problems))
                 raise
-            new = await old.successor(plan.config)
+            new = await old.successor(plan.config)  # a failure has closed what it opened
+            try:
+                pipeline = Pipeline(new)
+                new.adopt(old)
+            except BaseException:
+                await new.abandon()  # the old runtime runs on, alone
+                raise
             if old.releases is None and new.releases is not None:
                 plan.changed.append("releases")  # the folder appeared since start-up: now served
-            pipeline = Pipeline(new)
-            new.adopt(old)
             self.runtime = self.admin.runtime = self.console.runtime = self.readiness.runtime = new
             self.pipeline = pipeline  # the swap: new requests take this one
         log.info(
@@ -247,13 +256,3 @@ class App:
                 await self._idle.wait()
         except TimeoutError:
             log.warning("shutdown: %d requests still running after %.0f s; closing anyway", self.in_flight, timeout_s)
-
-
-def start_up_problem(exc: TurnoutError | OSError) -> str:
-    """What a start-up failure of turnout's own (a store, a file) says, on one line."""
-    if isinstance(exc, TurnoutError):
-        said = exc.message
-    else:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        said = f"{exc.filename}: {reason}" if exc.filename else reason
-    return " ".join(said.split())  # a driver's message may run over lines (libpq's hint does)

@@ -39,6 +39,7 @@ from turnout.control.quota.plan import max_output_tokens, sets_output_bound
 from turnout.errors import (
     AllTargetsFailed,
     AnswerRefused,
+    NotReady,
     PolicyDenied,
     RequestError,
     ShuttingDown,
@@ -160,6 +161,8 @@ class Pipeline:
         spent: tuple[Usage | None, bool] = (None, False)  # answers the attempt loop turned down
         try:
             tenant = identity or await rt.auth.identify(credential(scope), started_at)
+            if rt.waiting and rt.state_missing:  # started while PostgreSQL was down (serving/waiting.py)
+                raise NotReady("the gateway is starting: its shared state (PostgreSQL) does not answer yet")
             raw = await read_body(receive, scope, self.max_body)
             request = door.parse(raw, task)
             admission = self.admit(door, request, tenant, scope, request_id, release)

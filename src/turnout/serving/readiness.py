@@ -7,9 +7,14 @@ already routes around it (breakers, fallback); so upstreams are not checked here
 is wrong:
 
     config   start-up complete (the config loaded, everything opened)     "starting"
-    ledger   (with a ledger) its writer's background tasks run            "stopped"
+    ledger   (with a ledger) its store has opened: PostgreSQL answered    "unreachable"
+             at start-up, or since (rows wait in the spill journal)
+             its writer's background tasks run                           "stopped"
              and it is not refusing rows: the spill journal is past       "full"
              ``store.spill_max_mb`` or its queue is full
+    state    (``state.kind: postgres``) the shared state has opened:     "unreachable"
+             PostgreSQL answered at start-up, or since; until then
+             requests are refused (503 ``not_ready``)
     limiter  (a shared limiter with ``limits.on_backend_error: closed``)  "unreachable"
              the backend answers a PING within a short timeout; the answer is reused for
              ``LIMITER_CACHE_S``, so the probe can be polled hard. With ``open`` a Redis
@@ -44,6 +49,8 @@ class Readiness:
         ledger = self._ledger()
         if ledger is not None:
             checks["ledger"] = ledger
+        if self.runtime.config.state.kind == "postgres":
+            checks["state"] = "unreachable" if self.runtime.state_missing else "ok"
         if self._limiter_checked():
             checks["limiter"] = "ok" if await self._limiter_answers() else "unreachable"
         ok = all(v == "ok" for v in checks.values())
@@ -53,6 +60,8 @@ class Readiness:
         writer = self.runtime.ledger
         if writer is None:
             return None
+        if any(w.waiting and w.what == "the ledger store" for w in self.runtime.waiting):
+            return "unreachable"
         if not writer.alive:
             return "stopped"
         if writer.over_limit or writer.queued >= writer.queue_size:

@@ -1,11 +1,13 @@
 """Everything the gateway holds while it runs, opened in one place and closed in reverse.
 
 ``start`` opens what the config asks for, each resource pushed on one ``AsyncExitStack`` as
-soon as it is open: the ledger (store, then its writer), traces, capture, issued keys, the
-limiter, every provider (each warmed up by its health check: a local model loads here), the
-review queue, the release registry and, with a ledger, the canary controller. ``aclose``
-unwinds the stack, so the close order is the reverse of the open order by construction, and a
-start that fails half-way closes what it had opened before it raises.
+soon as it is open: the ledger (store, then its writer), traces, issued keys, the limiter,
+every provider (each warmed up by its health check: a local model loads here), then the shared
+state: capture, the review queue, the release registry, the cache and, with a ledger, the
+canary controller. ``aclose`` unwinds the stack, so the close order is the reverse of the open
+order by construction, and a start that fails half-way closes what it had opened before it
+raises. Except where PostgreSQL does not answer: the ledger store, or the shared state as a
+whole, is then opened in the background (``serving/waiting.py``) and the gateway starts unready.
 
 The request path (``turnout.serving.pipeline``) reads these resources; it owns none of them.
 """
@@ -17,14 +19,15 @@ import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 from turnout._support.periodic import Periodic
-from turnout._support.places import Place
+from turnout._support.places import Place, unreachable
 from turnout.cache import factory as cache_factory
 from turnout.cache.purges import POLL_S, Follower, PurgeLog, purge_log_place
-from turnout.cache.stage import CacheStage
+from turnout.cache.stage import CacheStage, TaskCache
 from turnout.config import HUMAN, Config
 from turnout.control.auth import Authenticator
 from turnout.control.catalog import context_window
@@ -58,6 +61,7 @@ from turnout.routing.breaker import Breaker
 from turnout.serving.probes import Probes, scrub, secrets_of
 from turnout.serving.scoring import LiveScoring
 from turnout.serving.shadow import Mirror
+from turnout.serving.waiting import Waiting
 
 if TYPE_CHECKING:
     from turnout.observe.tracing import Tracing
@@ -69,7 +73,11 @@ log = logging.getLogger("turnout")
 SHARED = (
     *("secret", "targets", "probes", "metrics", "request_log", "store", "ledger", "tracing", "capture"),
     *("reviews", "releases", "release_store", "canary", "cache", "cache_sweep", "keys", "tokens", "shadows"),
+    "waiting",
 )
+
+# What ``_open_shared`` sets: left unset by a failed try.
+STATE = ("capture", "reviews", "releases", "release_store", "shadows", "cache", "cache_sweep", "canary")
 
 
 class Runtime:
@@ -105,6 +113,9 @@ class Runtime:
         self.cache_sweep: cache_factory.Sweeper | None = None  # its answers of versions no longer serving
         self.keys: KeyStore | None = None  # issued keys (with tenants)
         self._stack: AsyncExitStack | None = None
+        self.waiting: list[Waiting] = []  # what start-up opens in the background (PostgreSQL was down)
+        self._opened: AsyncExitStack | None = None  # a successor's own openings, until adopted
+        self._cache_tasks: dict[str, TaskCache] | None = None  # a successor's cache settings, applied when adopted
 
     async def start(self) -> None:
         if self._stack is not None:
@@ -126,19 +137,15 @@ class Runtime:
     async def _open(self, stack: AsyncExitStack) -> None:
         cfg = self.config
         if cfg.store.kind != "none":
-            self.store = open_store(cfg.store)
-            await self.store.open()
-            stack.push_async_callback(self.store.aclose)
-            self.ledger = LedgerWriter.from_config(self.store, cfg.store)
+            store = self.store = open_store(cfg.store)
+            stack.push_async_callback(store.aclose)  # a no-op while it has not opened
+            await self._open_or_wait(stack, "the ledger store", store.open)  # meanwhile: the spill journal
+            self.ledger = LedgerWriter.from_config(store, cfg.store)
             self.ledger.start()
             stack.push_async_callback(self.ledger.aclose)  # flushed before its store closes
         self.tracing = open_tracing(cfg)
         if self.tracing is not None:  # exports what is queued: blocking network I/O
             stack.push_async_callback(asyncio.to_thread, self.tracing.shutdown)
-        if capture_wanted(cfg):
-            self.capture = open_capture(cfg, self.secret)
-            await self.capture.start()
-            stack.push_async_callback(self.capture.aclose)
         if cfg.tenants:  # issued keys live beside the limits (SQLite, or Redis when shared)
             keys = open_key_store(cfg.limits)
             await keys.open(serving=True)
@@ -151,14 +158,6 @@ class Runtime:
         stack.push_async_callback(self._close_providers)  # before any is built: a failed build closes the rest
         stack.push_async_callback(self.probes.aclose)  # a probe still running goes before its providers
         await self._open_targets()
-        if reviews_wanted(cfg, self.capture is not None):
-            await self._open_reviews(stack)
-        if await asyncio.to_thread(os.path.isdir, cfg.releases.path):  # releases/<task>/<release>.yaml
-            await self._open_releases(stack)
-        if cache_factory.wanted(cfg):
-            await self._open_cache(stack)
-        if self.store is not None and cfg.store.kind != "memory" and Rules(cfg).purges and not self.offline:
-            await self._open_retention(stack, self.store)
         if self.metrics is not None and self.metrics.summed is not None:  # workers: live counts summed
             metrics = self.metrics
 
@@ -168,6 +167,55 @@ class Runtime:
             syncing = Periodic("turnout-metrics-sync", sync, SYNC_S, first="now")
             syncing.start()
             stack.push_async_callback(syncing.aclose)
+        await self._open_or_wait(stack, "the shared state", lambda: self._open_shared(stack))
+
+    async def _open_or_wait(self, stack: AsyncExitStack, what: str, attempt: Callable[[], Awaitable[None]]) -> None:
+        """``attempt()``; where it fails because PostgreSQL does not answer, a gateway starts
+        anyway, unready, and tries again in the background (``serving/waiting.py``)."""
+        try:
+            await attempt()
+        except Exception as exc:
+            if self.offline or not unreachable(exc):
+                raise
+            waiting = Waiting(what, attempt, exc)
+            waiting.start()
+            stack.push_async_callback(waiting.aclose)
+            self.waiting.append(waiting)
+
+    @property
+    def state_missing(self) -> bool:
+        """Whether start-up still waits for the shared state: requests that need it are refused."""
+        return any(w.waiting and w.what == "the shared state" for w in self.waiting)
+
+    async def _open_shared(self, stack: AsyncExitStack) -> None:
+        """What reads or writes the state a fleet may share (capture, the review queue, releases
+        and shadows, the cache and its purge log, the retention purge, canaries), on a stack of
+        its own: a failure closes what it opened and leaves none of it set, to be tried again."""
+        shared = AsyncExitStack()
+        try:
+            await self._open_state(shared)
+        except BaseException:
+            await shared.aclose()
+            for name in STATE:
+                setattr(self, name, None)
+            raise
+        stack.push_async_callback(shared.aclose)
+
+    async def _open_state(self, stack: AsyncExitStack) -> None:
+        cfg = self.config
+        if capture_wanted(cfg):
+            capture = open_capture(cfg, self.secret)
+            await capture.start()
+            stack.push_async_callback(capture.aclose)
+            self.capture = capture
+        if reviews_wanted(cfg, self.capture is not None):
+            await self._open_reviews(stack)
+        if await asyncio.to_thread(os.path.isdir, cfg.releases.path):  # releases/<task>/<release>.yaml
+            await self._open_releases(stack)
+        if cache_factory.wanted(cfg):
+            await self._open_cache(stack)
+        if self.store is not None and cfg.store.kind != "memory" and Rules(cfg).purges and not self.offline:
+            await self._open_retention(stack, self.store)
         self._open_canary(stack)
 
     async def _open_reviews(self, stack: AsyncExitStack) -> None:
@@ -192,51 +240,81 @@ class Runtime:
 
     async def successor(self, config: Config) -> Runtime:
         """A runtime over ``config`` (a reload's: ``serving/reload.py`` kept its restart-only
-        sections) sharing everything this one opened (``adopt`` hands it over). What reads the
-        live sections (auth, quota scopes, prices, policy) is built again; the key store or
-        limiter that the old config did not need is opened now."""
-        stack = self._stack
-        if stack is None:
+        sections) sharing everything this one opened. What reads the live sections (auth, quota
+        scopes, prices, policy) is built again; what the old config did not need (the key store,
+        the limiter, the release registry and its canary controller, the cache, the review queue)
+        is opened now, on a stack of its own. Nothing this one runs is touched: ``adopt`` swaps
+        the new one in, or ``abandon`` closes what it opened, so a reload that fails part-way
+        leaves exactly the old runtime running."""
+        if self._stack is None:
             raise RuntimeError("the runtime is not started")
         new = Runtime(config, self._injected, offline=self.offline)
         for name in SHARED:
             setattr(new, name, getattr(self, name))
-        if config.tenants and new.keys is None:
-            new.keys = open_key_store(config.limits)
-            await new.keys.open(serving=True)
-            stack.push_async_callback(new.keys.aclose)
-        if config.tenants:
-            new.auth = Authenticator(config, new.keys)
-        limiter = self.quota.limiter
-        if limiter is None and new.quota.needed():
-            limiter = open_limiter(config.limits)
-            stack.push_async_callback(limiter.aclose)
-        new.quota = QuotaGate(config, limiter, new.prices, new.tokens)
-        if new.canary is not None:  # the same loop, judging by the new tasks and their canary settings
-            new.canary.follow(config)
-        if new.shadows is not None:
-            new.shadows.follow(config, new.policy, new.prices, new.scoring)
-        elif new.releases is None and await asyncio.to_thread(os.path.isdir, config.releases.path):
-            # the releases folder was made after start-up: its registry opens now, not at a restart
-            await new._open_releases(stack)
-            new._open_canary(stack)
-            if new.cache_sweep is not None:  # the open cache's answers now carry release versions
-                new.cache_sweep.registry = new.releases
-        if self.cache is not None:  # tasks' cache settings are live; the store and its key stay
-            self.cache.tasks = CacheStage(config, self.cache.store).tasks
-            self.cache.store.bound(cache_factory.limits(config))  # and each task's max_mb
-        elif cache_factory.wanted(config):  # the first task to ask for the cache: its store opens now
-            await new._open_cache(stack)
-        if new.reviews is None and reviews_wanted(config, new.capture is not None):  # a review_rate, an escalation
-            await new._open_reviews(stack)
+        new._cache_tasks = CacheStage(config, self.cache.store).tasks if self.cache is not None else None
+        opened = AsyncExitStack()
+        try:
+            await new._open_missing(opened)
+        except BaseException:
+            await opened.aclose()
+            raise
+        new._opened = opened
         return new
 
+    async def _open_missing(self, stack: AsyncExitStack) -> None:
+        """``successor``'s openings: what ``self.config`` needs and the running runtime lacks."""
+        config = self.config
+        if config.tenants and self.keys is None:
+            keys = open_key_store(config.limits)
+            await keys.open(serving=True)
+            stack.push_async_callback(keys.aclose)
+            self.keys = keys
+        if config.tenants:
+            self.auth = Authenticator(config, self.keys)
+        limiter = self.quota.limiter
+        if limiter is None and self.quota.needed():
+            limiter = open_limiter(config.limits)
+            stack.push_async_callback(limiter.aclose)
+        self.quota = QuotaGate(config, limiter, self.prices, self.tokens)
+        if self.releases is None and await asyncio.to_thread(os.path.isdir, config.releases.path):
+            # the releases folder was made after start-up: its registry opens now, not at a restart
+            await self._open_releases(stack)
+            self._open_canary(stack)
+        if self.cache is None and cache_factory.wanted(config):  # the first task to ask for the cache
+            await self._open_cache(stack)
+        if self.reviews is None and reviews_wanted(config, self.capture is not None):  # a review_rate, an escalation
+            await self._open_reviews(stack)
+
+    async def abandon(self) -> None:
+        """A successor that will not be swapped in: close what it opened, and nothing else."""
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            await opened.aclose()
+
     def adopt(self, predecessor: Runtime) -> None:
-        """Take over what ``predecessor`` opened (once this runtime is swapped in): its
-        ``aclose`` is now this one's, and ``/metrics`` reads this one's state."""
-        self._stack, predecessor._stack = predecessor._stack, None
+        """Swap in: take over what ``predecessor`` opened (its ``aclose`` is now this one's, and
+        closes first what this one opened), and point what both share at the new config: the
+        canary controller, the shadow mirror, the cache's tasks and sweep, ``/metrics``. Nothing
+        here can fail half-way."""
+        stack = predecessor._stack
+        if stack is None:
+            raise RuntimeError("the runtime being replaced is closed")
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            stack.push_async_callback(opened.aclose)
+        self._stack, predecessor._stack = stack, None
+        config = self.config
+        if self.canary is not None and self.canary is predecessor.canary:  # the same loop, the new tasks
+            self.canary.follow(config)
+        if self.shadows is not None and self.shadows is predecessor.shadows:
+            self.shadows.follow(config, self.policy, self.prices, self.scoring)
+        if self.cache is not None and self.cache is predecessor.cache and self._cache_tasks is not None:
+            self.cache.tasks = self._cache_tasks  # tasks' cache settings are live; the store and its key stay
+            self.cache.store.bound(cache_factory.limits(config))  # and each task's max_mb
+        if self.cache_sweep is not None and self.releases is not predecessor.releases:
+            self.cache_sweep.registry = self.releases  # the open cache's answers now carry release versions
         if self.metrics is not None:  # its counters carry on; labels follow the new names
-            self.metrics.follow(self.config, self.live)
+            self.metrics.follow(config, self.live)
 
     async def _open_shadows(self, stack: AsyncExitStack) -> None:
         """The shadow store and the mirror that feeds it (``turnout.serving.shadow``)."""
