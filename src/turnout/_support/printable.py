@@ -1,7 +1,8 @@
 """Names a client chose (a task that does not exist, an episode id), made safe to keep and to
 print: control characters (ESC, BEL, CR, LF, the C1 range) would let a caller drive an
 operator's terminal or forge report and log lines, and a name of half a megabyte would break
-every table it lands in."""
+every table it lands in. In a CSV file such a name must not be a formula either
+(``spreadsheet_text``): ``=HYPERLINK(...)`` runs when the operator opens the report."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 
 MAX_CHARS = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what Excel, LibreOffice and Sheets read as a formula
 
 
 def printable(text: str, limit: int = MAX_CHARS) -> str:
@@ -17,3 +19,9 @@ def printable(text: str, limit: int = MAX_CHARS) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return _CONTROL.sub("?", text) if _CONTROL.search(text) else text
+
+
+def spreadsheet_text(text: str) -> str:
+    """``text`` as a CSV cell a spreadsheet shows as text: one that would start a formula gets a
+    leading ``'`` (OWASP's advice); others come back as they are."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
