@@ -310,12 +310,18 @@ class HumanCost(NamedTuple):
 
 
 def people_cost(rows: Iterable[LedgerRow], people: Mapping[str, HumanCost]) -> float:
-    """Each reviewed row costs its task's review, each escalated row its escalation."""
-    total = 0.0
+    """Each reviewed task (an episode, or a request without one: ``tasks``) costs its task
+    config's review, each escalated task its escalation: once, however many of its rows carry
+    the verdict (feedback on an episode sets every row of it)."""
+    by_task: dict[str, list[LedgerRow]] = defaultdict(list)
     for r in rows:
-        cost = people.get(r.task)
-        if cost is not None:
-            total += cost.review_usd * (r.human_review is True) + cost.escalation_usd * (r.escalated is True)
+        if r.task in people:
+            by_task[r.task].append(r)
+    total = 0.0
+    for name, group in by_task.items():
+        cost, units = people[name], tasks(group).values()
+        total += cost.review_usd * sum(t.reviewed for t in units)
+        total += cost.escalation_usd * sum(t.escalated for t in units)
     return total
 
 
