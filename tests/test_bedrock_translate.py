@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from turnout.errors import RequestError
+from turnout.providers.base import Usage
 from turnout.providers.bedrock.translate import (
     JSON_OBJECT_INSTRUCTION,
     LEADING_USER_TEXT,
@@ -589,8 +590,24 @@ def test_usage_counts_cache_reads_and_writes_in_the_prompt() -> None:
         "prompt_tokens_details": {"cached_tokens": 80},
         "cache_creation_input_tokens": 20,
     }
-    assert usage_of(None)["total_tokens"] == 0
     assert usage_of({"inputTokens": 3, "outputTokens": 2, "totalTokens": 5})["prompt_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        None,  # no usage at all: not a free answer
+        [1, 2],
+        {"inputTokens": "10", "outputTokens": 2},
+        {"inputTokens": 10, "outputTokens": 2.5},
+        {"inputTokens": True, "outputTokens": 2},
+        {"inputTokens": -100, "outputTokens": 2, "cacheReadInputTokens": 200},  # would lower the prompt to 100
+    ],
+)
+def test_a_usage_that_is_not_counts_is_no_usage(usage: Any) -> None:
+    """Unreadable, never zeros or a lowered count: the gateway counts the answer itself."""
+    assert usage_of(usage) == {}
+    assert Usage.from_openai(usage_of(usage)) is None
 
 
 def test_json_via_tool_answer_becomes_the_content() -> None:
