@@ -925,6 +925,43 @@ async def test_a_corrupt_frame_is_a_protocol_error(fake: FakeBedrock, make: Make
     assert text_of(chunks) == "Hello,"
 
 
+@pytest.mark.parametrize("what", ["shape", "header"])
+async def test_a_malformed_event_is_a_protocol_error(fake: FakeBedrock, make: Make, what: str) -> None:
+    """Sound checksums, unsound content: an event of the wrong shape, a header botocore cannot
+    read. Before content it raises from stream() (the gateway falls back), after it from the chunks."""
+    provider = make(fake)
+    fake.fault = Fault("malformed", error=what, after=1)
+    with pytest.raises(UpstreamProtocolError, match="malformed ConverseStream event"):
+        await provider.stream(call(stream=True))
+
+    fake.fault = Fault("malformed", error=what, after=3, chunk_delay=PACED, split_frames=True)
+    chunks, err = await read_until_error(await provider.stream(call(stream=True)))
+
+    assert isinstance(err, UpstreamProtocolError) and "malformed ConverseStream event" in err.message
+    assert text_of(chunks) == "Hello,"
+
+
+async def test_a_converse_response_of_the_wrong_shape_is_a_protocol_error(fake: FakeBedrock, make: Make) -> None:
+    fake.fault = Fault("malformed")
+    with pytest.raises(UpstreamProtocolError, match="the Converse response is malformed"):
+        await make(fake).complete(call())
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_api_a_malformed_reply_falls_back_and_alone_is_a_502(
+    make_app: AppFactory, fake: FakeBedrock, stream: bool
+) -> None:
+    fake.fault = Fault("malformed", after=1)
+    app, backup = await app_with_bedrock(make_app, fake)
+    resp = await chat(app, stream=stream)
+    assert resp.status == 200 and resp.headers["x-turnout-target"] == "backup" and len(backup.calls) == 1
+
+    alone, _ = await app_with_bedrock(make_app, fake, ("bedrock",))
+    resp = await chat(alone, stream=stream)
+    assert resp.status == 502 and resp.json()["error"]["type"] == "upstream_error"
+    assert "malformed" in resp.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 async def test_no_answer_is_a_ttft_timeout(fake: FakeBedrock, make: Make, stream: bool) -> None:
     provider = make(fake)

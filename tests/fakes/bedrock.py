@@ -36,6 +36,10 @@ Modes (``Fault.mode``); the stream modes act on ConverseStream only, Converse an
     hang          never answers (until the client leaves or the server stops)
     cut           stream: ``after`` events, then the connection closes; Converse: half a body
     corrupt       stream: ``after`` events, then a frame whose message CRC is wrong
+    malformed     stream: ``after`` events, then a frame whose checksums hold but whose content
+                  does not: with ``error`` "header", a header of a type the format lacks, else an
+                  event of the wrong shape (a ``delta`` that is a list); Converse: a body whose
+                  ``content`` is a string, not a list of blocks
 
 Delivery works in every mode: ``head_delay`` before the response head, ``first_event_delay``
 between a stream's head and its first event, ``chunk_delay`` between later events, and
@@ -80,7 +84,7 @@ from tests.fakes.server import FakeServer
 if TYPE_CHECKING:
     import pytest
 
-MODES = ("ok", "error", "exception", "stream_error", "hang", "cut", "corrupt")
+MODES = ("ok", "error", "exception", "stream_error", "hang", "cut", "corrupt", "malformed")
 
 # x-amzn-ErrorType names before the stream starts, with their HTTP status (botocore's service model).
 ERRORS: dict[str, int] = {
@@ -328,7 +332,10 @@ class FakeBedrock(FakeServer):
     async def _converse(
         self, request: web.Request, body: dict[str, Any], fault: Fault, request_id: str
     ) -> web.StreamResponse:
-        payload = orjson.dumps(converse_response(self.reply, body))
+        answer = converse_response(self.reply, body)
+        if fault.mode == "malformed":
+            answer["output"]["message"]["content"] = "".join(self.reply.text)
+        payload = orjson.dumps(answer)
         headers = {"Content-Type": "application/json", "x-amzn-RequestId": request_id}
         if fault.mode != "cut":
             return web.Response(body=payload, headers=headers)
@@ -347,7 +354,7 @@ class FakeBedrock(FakeServer):
         await resp.prepare(request)
         await _sleep(fault.first_event_delay)
         frames = [encode_event(kind, payload) for kind, payload in stream_events(self.reply, body)]
-        strikes = fault.mode in ("exception", "stream_error", "cut", "corrupt")
+        strikes = fault.mode in ("exception", "stream_error", "cut", "corrupt", "malformed")
         for i, frame in enumerate(frames):
             if strikes and i == fault.after:
                 break
@@ -359,6 +366,8 @@ class FakeBedrock(FakeServer):
         elif fault.mode == "corrupt":
             frame = encode_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "garbled"}})
             await _write(resp, frame[:-1] + bytes([frame[-1] ^ 0xFF]), fault.split_frames)
+        elif fault.mode == "malformed":
+            await _write(resp, _malformed_frame(fault.error), fault.split_frames)
         elif fault.mode == "exception":
             await _write(resp, _exception_frame(fault), fault.split_frames)
         elif fault.mode == "stream_error":
@@ -426,6 +435,16 @@ def encode_event(event_type: str, payload: Mapping[str, Any]) -> bytes:
     """A ConverseStream event, padded with a random ``"p"`` field as real Bedrock does."""
     headers = {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"}
     return encode_message(headers, orjson.dumps({**payload, "p": _padding()}))
+
+
+def _malformed_frame(what: str) -> bytes:
+    """A frame with sound checksums and unsound content (``Fault`` mode ``malformed``)."""
+    if what == "header":  # header value type 99: the format defines 0-9
+        header = b"\x0d:message-type" + b"\x63" + struct.pack("!H", 5) + b"event"
+        prelude = struct.pack("!II", 12 + len(header) + 2 + 4, len(header))
+        message = prelude + struct.pack("!I", zlib.crc32(prelude)) + header + b"{}"
+        return message + struct.pack("!I", zlib.crc32(message))
+    return encode_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": ["garbled"]})
 
 
 def _exception_frame(fault: Fault) -> bytes:

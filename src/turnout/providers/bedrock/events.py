@@ -12,6 +12,7 @@ soon as the stream ends, fails or is closed.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import deque
 from typing import Any
@@ -21,7 +22,7 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 
 from turnout.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError
 from turnout.providers.bedrock.errors import translate
-from turnout.providers.bedrock.stream import StreamTranslator
+from turnout.providers.bedrock.stream import MALFORMED, StreamTranslator
 from turnout.providers.bedrock.translate import Translation
 from turnout.providers.transport import ABANDONED, StreamBody
 
@@ -77,6 +78,9 @@ class EventChunks:
             except ParserError as exc:
                 name = type(exc).__name__
                 raise UpstreamProtocolError(f"{body.label}: malformed event-stream frame ({name})") from exc
+            except (struct.error, *MALFORMED) as exc:  # a header botocore cannot read; an event of the wrong shape
+                name = type(exc).__name__
+                raise UpstreamProtocolError(f"{body.label}: malformed ConverseStream event ({name})") from exc
         except UpstreamError as exc:
             # Events that arrived in the same read ahead of the failure are still delivered.
             self._failure = exc

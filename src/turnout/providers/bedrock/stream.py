@@ -23,6 +23,9 @@ Choices:
     next tool-call index. A tool block that ends with no input fragment gets ``"{}"`` as its
     arguments, so the reassembled call always parses. Stream exception events are the
     provider's to raise; unknown event types (and the ``p`` padding field) are ignored.
+  * A reply of the wrong shape (a list where an object belongs, a tool use without its name, a
+    tool input fragment that is not a string) raises one of ``MALFORMED``, which the provider
+    reports as ``UpstreamProtocolError``: the gateway falls back, never answers a 500.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from typing import Any
 
 import orjson
 
+# What reading a Converse reply of the wrong shape raises (see the module docstring).
+MALFORMED: tuple[type[Exception], ...] = (AttributeError, KeyError, TypeError, ValueError, IndexError)
 _USAGE_KEYS = ("inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens")
 
 
@@ -240,6 +245,8 @@ class StreamTranslator:
                 return []
             return [self._chunk({"content": text})]
         if isinstance(use := delta.get("toolUse"), dict) and (fragment := use.get("input")):
+            if not isinstance(fragment, str):
+                raise TypeError("a toolUse input fragment is not a string")
             position = payload.get("contentBlockIndex", 0)
             # A delta with no start event should not happen; treat it as an unnamed tool call.
             block = self._blocks.get(position) or self._new_block(position, json_tool=False)

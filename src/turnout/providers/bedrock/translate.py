@@ -54,6 +54,7 @@ import orjson
 
 from turnout.errors import RequestError
 from turnout.providers.bedrock.stream import (
+    MALFORMED,
     StreamTranslator,
     Translation,
     assistant_message,
@@ -64,6 +65,7 @@ from turnout.providers.bedrock.stream import (
 )
 
 __all__ = [
+    "MALFORMED",
     "StreamTranslator",
     "Translation",
     "assistant_message",
