@@ -106,6 +106,17 @@ def test_csv_names_never_run_as_spreadsheet_formulas(tmp_path: Path) -> None:
     assert sorted(cells) == sorted(["'" + name for name in hostile] + ["all"])
 
 
+def test_a_table_shows_names_in_the_order_they_were_written(tmp_path: Path) -> None:
+    """A right-to-left override (U+202E) in a name reversed the rest of its line on a terminal
+    that honours it: ``evil\u202ecod.exe`` read as ``evilexe.doc``, a report line forged."""
+    name = "evil\u202ecod.exe \u2067x\u2069 \u200f"
+    rows = [dataclasses.replace(r, task=name) for r in ledger()[:2]]
+    result = invoke("report", "cost", *WINDOW, "--by", "task", "-c", seeded(tmp_path, rows))
+    assert result.exit_code == 0, result.output
+    assert "evil?cod.exe ?x? ?" in result.stdout
+    assert not any(ch in result.stdout for ch in "\u202e\u2067\u2069\u200f")
+
+
 def test_a_chart_is_written_as_svg(cfg: str, tmp_path: Path) -> None:
     out = tmp_path / "latency.svg"
     result = invoke("report", "latency", *WINDOW, "--chart", str(out), "-c", cfg)
