@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ from turnout.providers.bedrock.translate import (
     finish_reason,
     from_converse,
     to_converse,
+    tool_use_id,
     usage_of,
 )
 
@@ -802,10 +804,13 @@ def test_round_trip_preserves_text_tool_calls_and_results(messages: list[dict[st
     assert turns[0]["role"] == "user"
     assert all(a["role"] != b["role"] for a, b in itertools.pairwise(turns))
     back = [normalized(assistant_message(t)) for t in turns if t["role"] == "assistant"]
-    assert back == list(merged_assistants(messages))
+    # Ids go in Converse's form (``.`` and ``:`` are not in it), the same for a call and its result.
+    sent = [(text, [(tool_use_id(i), n, a) for i, n, a in calls]) for text, calls in merged_assistants(messages)]
+    assert back == sent
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for _, calls in back for i, _, _ in calls)
     results = [b["toolResult"] for t in turns for b in t["content"] if "toolResult" in b]
     tools = [m for m in messages if m["role"] == "tool"]
-    assert [r["toolUseId"] for r in results] == [m["tool_call_id"] for m in tools]
+    assert [r["toolUseId"] for r in results] == [tool_use_id(m["tool_call_id"]) for m in tools]
     for r, m in zip(results, tools, strict=True):
         (block,) = r["content"]
         if "json" in block:

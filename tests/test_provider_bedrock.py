@@ -598,6 +598,41 @@ SCHEMA_FORMAT: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_tool_call_ids_made_elsewhere_are_sent_in_the_form_converse_takes(
+    fake: FakeBedrock, make: Make, stream: bool
+) -> None:
+    """Seen: a conversation whose tool calls came from another server (Kimi's ids read
+    ``functions.get_weather:0``) fell back to Bedrock, which refused it: 400 ValidationException,
+    toolUseId must match [a-zA-Z0-9_-]+."""
+    ids = ["functions.get_weather:0", "functions.get_weather:1", "x" * 80, "call_ok-1"]
+    calls = [
+        {"id": i, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}} for i in ids
+    ]
+    results = [{"role": "tool", "tool_call_id": i, "content": "3 C"} for i in ids]
+    body = {
+        "model": "task",
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            *results,
+        ],
+        "tools": [WEATHER_TOOL],
+    }
+
+    provider = make(fake)
+    if stream:
+        await read_all(await provider.stream(call(body, stream=True)))
+    else:
+        await provider.complete(call(body))
+
+    [received] = fake.requests
+    used = [b["toolUse"]["toolUseId"] for b in received.body["messages"][1]["content"]]
+    answered = [b["toolResult"]["toolUseId"] for b in received.body["messages"][2]["content"]]
+    assert used == answered and len(set(used)) == 4 and used[3] == "call_ok-1"
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", u) for u in used)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 async def test_json_schema_goes_through_a_tool_on_models_without_structured_output(
     fake: FakeBedrock, make: Make, stream: bool
 ) -> None:

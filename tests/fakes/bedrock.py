@@ -46,6 +46,9 @@ between a stream's head and its first event, ``chunk_delay`` between later event
 ``split_frames`` writes each frame in pieces so that frames straddle network reads. ``times``
 limits a fault to that many requests, after which the fake answers ok again.
 
+Validation: a ``toolUse`` or ``toolResult`` whose ``toolUseId`` is not 1-64 of ``[a-zA-Z0-9_-]``
+is a 400 ``ValidationException``, as Bedrock answers it.
+
 Auth: every request is recorded with its ``Authorization`` header. A SigV4 signature is
 recomputed with botocore's own ``SigV4Auth`` from the request as received (raw path, signed
 headers, body) and the fake's keys, and the verdict recorded in ``Received.signature_ok``. With
@@ -134,6 +137,7 @@ _SIGV4 = re.compile(
     r" ?SignedHeaders=(?P<signed>[a-z0-9;-]+), ?Signature=(?P<signature>[0-9a-f]{64})"
 )
 _PADDING = string.ascii_letters + string.digits
+_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 @dataclass
@@ -256,6 +260,9 @@ class FakeBedrock(FakeServer):
         denied = self._deny(received)
         if denied is not None:
             return _error(*denied, request_id)
+        invalid = _invalid(received.body)
+        if invalid is not None:
+            return _error("ValidationException", 400, invalid, request_id)
         fault = self._take()
         try:
             await _sleep(fault.head_delay)
@@ -578,6 +585,23 @@ def sigv4_signature_ok(
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _invalid(body: Any) -> str | None:
+    """What Bedrock's input validation says of a body it refuses, as far as the fake checks:
+    tool use ids outside Converse's pattern. None: it passes."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        for j, block in enumerate(message.get("content") or () if isinstance(message, dict) else ()):
+            for kind in ("toolUse", "toolResult"):
+                inner = block.get(kind) if isinstance(block, dict) else None
+                if isinstance(inner, dict) and not _TOOL_USE_ID.fullmatch(str(inner.get("toolUseId", ""))):
+                    return (
+                        f"1 validation error detected: Value at 'messages.{i + 1}.member.content.{j + 1}.member."
+                        f"{kind}.toolUseId' failed to satisfy constraint: Member must satisfy regular expression "
+                        "pattern: [a-zA-Z0-9_-]+"
+                    )
+    return None
 
 
 def _lower_camel(name: str) -> str:
