@@ -27,6 +27,8 @@ Definitions, the same in every format:
 * **Latency** percentiles interpolate between ranks (as ``percentile_cont``) over requests
   that are not caller errors (4xx), as the canary's figures do. TTFT exists for streams only.
 * **Usage**: tokens per request over requests that report tokens; the hour of day is UTC.
+* **Estimated**: rows whose upstream reported no usage (``usage_estimated``) carry the
+  gateway's own count and the cost priced from it; the cost and usage reports say how many.
 
 With ``by`` the rows are grouped (``task``, ``release``, ``target``, ``tenant``, ``day``,
 ``hour``) and a last row, ``all``, sums up the whole window.
@@ -101,6 +103,12 @@ def compute(
     unpriced = sum(_unpriced(r) for r in rows)
     if kind == "cost" and unpriced:
         report.notes.append(f"{unpriced} request(s) used tokens but have no price: their cost is not in the spend")
+    estimated = sum(r.usage_estimated is True for r in rows)
+    if kind in ("cost", "usage") and estimated:
+        report.notes.append(
+            f"{estimated} request(s) have tokens the gateway counted itself (the upstream reported no usage): "
+            + ("their cost is an estimate" if kind == "cost" else "their tokens are an estimate")
+        )
     if not rows:
         report.notes.append("no requests in this window")
     return report
