@@ -32,9 +32,10 @@ after every later step. Self-hosted never catches up when its cost per unit of `
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -209,7 +210,7 @@ def break_even(
     k_all = m / min(busy)
     fixed = slot * (len(busy) + m * (24 - len(busy)))
     k_bound = max(k_all, fixed / (managed_per_k - slope))
-    steps = sorted({j / u for u in busy for j in range(m, math.floor(k_bound * u) + 1)})
+    steps = step_points(busy, m, k_bound, MAX_STEPS + 1)
     exact = len(steps) <= MAX_STEPS
     edges = [0.0, *steps[:MAX_STEPS]]
     if exact and edges[-1] < k_bound:
@@ -236,6 +237,22 @@ def break_even(
         managed_per_k,
         slope,
     )
+
+
+def step_points(need: Sequence[float], m: int, top: float, most: int) -> list[float]:
+    """The k in (0, ``top``] at which some hour's replica count grows past ``m`` or more
+    (``j / u_h``, j ≥ m), ascending and without repeats: the ``most`` lowest. Merged lazily from
+    one ascending run per hour, so a fleet that grows often (a small ``tokens_per_s``: millions
+    of steps below ``top``) costs ``most`` of them, not all of them held at once."""
+    runs = [_steps(u, m, top) for u in need if u > 0]
+    distinct = (k for k, _ in itertools.groupby(heapq.merge(*runs)))
+    return list(itertools.islice(distinct, most))
+
+
+def _steps(u: float, m: int, top: float) -> Iterator[float]:
+    """One hour's steps, ascending: its own generator (one made in a comprehension would read
+    the last hour's ``u``)."""
+    return (j / u for j in range(m, math.floor(top * u) + 1))
 
 
 def _peak(need: Sequence[float], k: float | None, m: int) -> int:
