@@ -26,7 +26,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import cast
 
-from turnout.offline.plan.model import MAX_STEPS, Kind, Option, Plan, demand, fleet_cost, replicas, step_points
+from turnout.offline.plan.model import (
+    MAX_STEPS,
+    Kind,
+    Option,
+    Plan,
+    check_sizes,
+    demand,
+    fleet_cost,
+    replicas,
+    step_points,
+)
 from turnout.offline.plan.spec import SelfHostedSpec, SpecError, parse_pairs
 from turnout.offline.plan.traffic import Traffic
 
@@ -168,6 +178,7 @@ def full_cost(
     people: People = People(),
 ) -> FullCost:
     options = tuple(full_option(o, fixed[o.kind], people) for o in result.options)
+    check_sizes([(o.name, o.total_usd) for o in options])
     breaks = []
     for b in result.break_evens:
         hosted = next(o for o in options if o.name == b.self_hosted)

@@ -51,7 +51,25 @@ Kind = Literal["managed", "bedrock", "self-hosted"]
 
 
 class PlanError(ValueError):
-    """Nothing to plan: no traffic for the task in the window."""
+    """No plan to give: no traffic for the task in the window, or figures past any real fleet
+    (``check_sizes``: a tokens_per_s in the wrong unit, a price of 1e308)."""
+
+
+MAX_REPLICAS = 1_000_000  # in one hour: past any fleet, a spec given in the wrong unit
+
+
+def check_sizes(names_costs: Sequence[tuple[str, float]], replicas: Sequence[tuple[str, int]] = ()) -> None:
+    """PlanError where a monthly cost overflows (inf) or a fleet is past ``MAX_REPLICAS``:
+    the figures would print as ``inf`` or as hundreds of digits, and JSON could not hold them."""
+    for name, most in replicas:
+        if most > MAX_REPLICAS:
+            raise PlanError(
+                f"{name} needs more than {MAX_REPLICAS:,} replicas in its busiest hour: check tokens_per_s "
+                "(one replica's tokens per second), utilization and min_replicas"
+            )
+    for name, cost in names_costs:
+        if not math.isfinite(cost):
+            raise PlanError(f"{name}: the monthly cost overflows: check the prices, sizes and costs given")
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +327,7 @@ def plan(
         option, need = self_hosted_option(traffic, volume, fleet, name, hosted_rate)
         options.append(option)
         breaks.extend(break_even(fleet, need, name, other.name, other.monthly_cost) for other in per_token)
+    check_sizes([(o.name, o.monthly_cost) for o in options], [(o.name, max(o.replicas)) for o in options if o.replicas])
     return Plan(
         task=traffic.task,
         days=traffic.days,
