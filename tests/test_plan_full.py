@@ -242,6 +242,8 @@ def test_cli_errors(config: str, tmp_path: Path) -> None:
         (["--success-rate", "2"], "expected a share"),
         (["--chart", str(tmp_path / "plan.png")], "SVG only"),
         (["--review-cost", "-1"], "-1"),
+        (["--self-hosted", ""], "expected key=value"),  # `--self-hosted "$UNSET"` priced the defaults, unsaid
+        (["--bedrock", " "], "not in turnout's Bedrock catalog"),
     ):
         result = runner.invoke(main, ["plan", "--task", "support", *args, "--config", config])
         assert result.exit_code == 2 and message in result.output, result.output
