@@ -26,6 +26,10 @@ from turnout.providers.bedrock.stream import MALFORMED, StreamTranslator
 from turnout.providers.bedrock.translate import Translation
 from turnout.providers.transport import ABANDONED, StreamBody
 
+# A frame header botocore cannot read (a truncated value, a type the format lacks, bad UTF-8);
+# an event of the wrong shape.
+_UNREADABLE: tuple[type[Exception], ...] = (struct.error, *MALFORMED)
+
 
 class EventChunks:
     __slots__ = ("_body", "_buffer", "_ended", "_failure", "_pending", "_translator")
@@ -78,7 +82,7 @@ class EventChunks:
             except ParserError as exc:
                 name = type(exc).__name__
                 raise UpstreamProtocolError(f"{body.label}: malformed event-stream frame ({name})") from exc
-            except (struct.error, *MALFORMED) as exc:  # a header botocore cannot read; an event of the wrong shape
+            except _UNREADABLE as exc:
                 name = type(exc).__name__
                 raise UpstreamProtocolError(f"{body.label}: malformed ConverseStream event ({name})") from exc
         except UpstreamError as exc:
