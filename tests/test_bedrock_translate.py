@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from turnout.errors import RequestError
+from turnout.providers.base import Usage
 from turnout.providers.bedrock.translate import (
     JSON_OBJECT_INSTRUCTION,
     LEADING_USER_TEXT,
@@ -25,6 +27,7 @@ from turnout.providers.bedrock.translate import (
     finish_reason,
     from_converse,
     to_converse,
+    tool_use_id,
     usage_of,
 )
 
@@ -589,8 +592,24 @@ def test_usage_counts_cache_reads_and_writes_in_the_prompt() -> None:
         "prompt_tokens_details": {"cached_tokens": 80},
         "cache_creation_input_tokens": 20,
     }
-    assert usage_of(None)["total_tokens"] == 0
     assert usage_of({"inputTokens": 3, "outputTokens": 2, "totalTokens": 5})["prompt_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        None,  # no usage at all: not a free answer
+        [1, 2],
+        {"inputTokens": "10", "outputTokens": 2},
+        {"inputTokens": 10, "outputTokens": 2.5},
+        {"inputTokens": True, "outputTokens": 2},
+        {"inputTokens": -100, "outputTokens": 2, "cacheReadInputTokens": 200},  # would lower the prompt to 100
+    ],
+)
+def test_a_usage_that_is_not_counts_is_no_usage(usage: Any) -> None:
+    """Unreadable, never zeros or a lowered count: the gateway counts the answer itself."""
+    assert usage_of(usage) == {}
+    assert Usage.from_openai(usage_of(usage)) is None
 
 
 def test_json_via_tool_answer_becomes_the_content() -> None:
@@ -785,10 +804,13 @@ def test_round_trip_preserves_text_tool_calls_and_results(messages: list[dict[st
     assert turns[0]["role"] == "user"
     assert all(a["role"] != b["role"] for a, b in itertools.pairwise(turns))
     back = [normalized(assistant_message(t)) for t in turns if t["role"] == "assistant"]
-    assert back == list(merged_assistants(messages))
+    # Ids go in Converse's form (``.`` and ``:`` are not in it), the same for a call and its result.
+    sent = [(text, [(tool_use_id(i), n, a) for i, n, a in calls]) for text, calls in merged_assistants(messages)]
+    assert back == sent
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for _, calls in back for i, _, _ in calls)
     results = [b["toolResult"] for t in turns for b in t["content"] if "toolResult" in b]
     tools = [m for m in messages if m["role"] == "tool"]
-    assert [r["toolUseId"] for r in results] == [m["tool_call_id"] for m in tools]
+    assert [r["toolUseId"] for r in results] == [tool_use_id(m["tool_call_id"]) for m in tools]
     for r, m in zip(results, tools, strict=True):
         (block,) = r["content"]
         if "json" in block:

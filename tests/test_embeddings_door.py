@@ -231,6 +231,10 @@ def test_cohere_answers_either_shape() -> None:
         COHERE.vectors({"embeddings": {"int8": [[1]]}}, "t")
     assert TITAN.vectors({"embedding": [0.5], "inputTextTokenCount": 4}, "t") == ([[0.5]], 4)
     assert TITAN.vectors({"embeddingsByType": {"float": [0.5]}}, "t") == ([[0.5]], None)
+    # Read defensively: a negative count is none (it priced the call below $0), a list where the
+    # types belong is no vector (the caller refuses it), never an AttributeError (a 500).
+    assert TITAN.vectors({"embedding": [0.5], "inputTextTokenCount": -4000}, "t") == ([[0.5]], None)
+    assert TITAN.vectors({"embeddingsByType": [[0.5]], "inputTextTokenCount": 4}, "t") == ([None], 4)
 
 
 def test_answer_body_and_token_header() -> None:

@@ -4,6 +4,7 @@ worked out by hand below, break-even edge cases, and the spec parser's errors.""
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import pytest
 
@@ -18,7 +19,8 @@ from turnout.offline.plan import (
     parse_self_hosted,
     plan,
 )
-from turnout.offline.plan.model import break_even, demand
+from turnout.offline.plan.full import step_edges
+from turnout.offline.plan.model import break_even, demand, step_points
 from turnout.offline.plan.render import as_json, table
 
 MIDNIGHT = 19676 * 86400  # 2023-11-15 00:00 UTC
@@ -192,6 +194,37 @@ def test_break_even_beyond_the_first_fleet() -> None:
     b = break_even(spec, [1.0] * 24, "self", "api", 1000.0)
     assert b.first == pytest.approx(1.44) and b.first_replicas == 2 and b.within_first_fleet
     assert b.stays_cheaper_from == pytest.approx(2.16)
+
+
+def test_step_points_are_the_lowest_distinct_steps_of_every_hour() -> None:
+    # Hours needing 2 and 3 replicas per unit of k, from 1 replica: steps at j/2 and j/3.
+    assert step_points([2.0, 0.0, 3.0, 2.0], 1, 2.0, 100) == pytest.approx(
+        [1 / 3, 1 / 2, 2 / 3, 1.0, 4 / 3, 3 / 2, 5 / 3, 2.0]
+    )
+    assert step_points([2.0, 3.0], 1, 2.0, 3) == pytest.approx([1 / 3, 1 / 2, 2 / 3])
+
+
+def test_a_fleet_that_grows_often_is_walked_in_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen: ``--self-hosted ...,tokens_per_s=1e-300`` (or a small GPU on a busy task) made
+    millions of steps per hour of the day, every one held in a set at once, and the plan was
+    killed for memory. Here over a million steps each way; the walk holds the steps it looks
+    at (MAX_STEPS, cut to 1,000 to keep the test quick), not every step."""
+    monkeypatch.setattr("turnout.offline.plan.model.MAX_STEPS", 1000)
+    monkeypatch.setattr("turnout.offline.plan.full.MAX_STEPS", 1000)
+    spec = parse_self_hosted("gpu_hour_usd=1,gpus=1,tokens_per_s=10")
+    need = [60.0 + h / 7 for h in range(24)]  # 24 hours of about 60,000 steps below k = 1000
+    at_scale = 30 * sum(need)  # self-hosted's cost per unit of k once every hour has grown
+    tracemalloc.start()
+    try:
+        # A per-token price a hair above it: the last crossing is 24 / 2e-5 = 1.2M steps away.
+        b = break_even(spec, need, "self", "api", at_scale * (1 + 2e-5))
+        edges = step_edges(need, 1, 1000.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not b.exact and len(edges) == 1001
+    assert edges == sorted(set(edges)) and edges[1] == pytest.approx(1 / need[-1])
+    assert peak < 5_000_000, f"{peak:,} bytes"
 
 
 def test_no_traffic_is_an_error() -> None:

@@ -242,6 +242,27 @@ def test_cli_errors(config: str, tmp_path: Path) -> None:
         (["--success-rate", "2"], "expected a share"),
         (["--chart", str(tmp_path / "plan.png")], "SVG only"),
         (["--review-cost", "-1"], "-1"),
+        (["--self-hosted", ""], "expected key=value"),  # `--self-hosted "$UNSET"` priced the defaults, unsaid
+        (["--bedrock", " "], "not in turnout's Bedrock catalog"),
     ):
         result = runner.invoke(main, ["plan", "--task", "support", *args, "--config", config])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--self-hosted", "gpu_hour_usd=1,gpus=1,tokens_per_s=1e-300"], "more than 1,000,000 replicas"),
+        (["--self-hosted", "gpu_hour_usd=1,gpus=1,tokens_per_s=10,min_replicas=2000000"], "check tokens_per_s"),
+        (["--self-hosted", "gpu_hour_usd=1e308,gpus=4,tokens_per_s=3543"], "self-hosted: the monthly cost overflows"),
+        (["--managed", "input=1e308,output=1e308"], "managed: the monthly cost overflows"),
+        (["--fixed", "managed:on_call=1e308,observability=1e308"], "the monthly cost overflows"),
+    ],
+)
+def test_cli_figures_past_any_fleet_are_one_line_errors(config: str, args: list[str], message: str) -> None:
+    """Seen: ``tokens_per_s=1e-300`` printed a replica count of 300 digits and ``--format json``
+    ended in a traceback (orjson: Integer exceeds 64-bit range); a price of 1e308 printed $inf."""
+    for fmt in ("table", "json"):
+        result = CliRunner().invoke(main, ["plan", "--task", "support", *args, "--format", fmt, "--config", config])
+        assert result.exit_code == 1 and message in result.stderr, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -3,7 +3,10 @@ rates per target, and what it leaves out."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from turnout.ledger.record import LedgerRow
+from turnout.ledger.store import EVAL_TENANT
 from turnout.offline.plan.traffic import concurrency_by_hour, traffic_from_rows
 
 T0 = 19676 * 86400  # a midnight, UTC
@@ -64,6 +67,16 @@ def test_window_runs_to_end_and_skips_rows_after_it() -> None:
 def test_caller_errors_are_left_out() -> None:
     traffic = traffic_from_rows([row("a", T0), row("b", T0 + 1, status=429), row("c", T0 + 2, status=502)], "support")
     assert traffic.requests == 2  # the 429 is the caller's; the 502 is a request the task paid for
+
+
+def test_eval_runs_are_not_traffic() -> None:
+    """A golden set of 50 cases run in one hour (as the gateway's own tenant or a customer's)
+    sized the fleet for that burst and priced its tokens as the task's traffic."""
+    golden = [dataclasses.replace(row(f"g{i}", T0 + 3600 + i, 30.0), evaluation=True) for i in range(50)]
+    older = [dataclasses.replace(row(f"o{i}", T0 + 3600 + i, 30.0), tenant=EVAL_TENANT) for i in range(5)]
+    traffic = traffic_from_rows([row("a", T0 + 10), *golden, *older, row("b", T0 + 7200)], "support")
+    assert traffic.requests == 2 and traffic.peak_concurrency == 1
+    assert [h.requests for h in traffic.hours] == [1, 0, 1]
 
 
 def test_cache_hits_are_requests_that_used_no_model() -> None:

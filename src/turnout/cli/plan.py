@@ -142,7 +142,7 @@ def plan_command(
     traffic = traffic_from_rows(read_ledger(config, since, now, task=task), task, end=now)
     notes = [f"ledger: the task's rows from {when(since)} to {when(now)} ({LEDGER_LIMIT:,} at most, the oldest)"]
     try:
-        hosted = parse_self_hosted(self_hosted or DEFAULT_SELF_HOSTED)
+        hosted = parse_self_hosted(DEFAULT_SELF_HOSTED if self_hosted is None else self_hosted)
         if self_hosted is None:
             notes.append(DEFAULT_SELF_HOSTED_NOTE)
         current = current_managed(config, traffic, managed)
@@ -205,7 +205,7 @@ def open_weight(config: Config, traffic: Traffic, model: str | None) -> ManagedS
         for name, t in config.targets.items()
         if t.provider == "bedrock" and name in traffic.targets
     }
-    chosen = model or next(iter(served.values()), DEFAULT_BEDROCK)
+    chosen = next(iter(served.values()), DEFAULT_BEDROCK) if model is None else model
     spec = parse_bedrock(chosen)
     target = next((name for name, mid in served.items() if mid == spec.name), None)
     return replace(spec, target=target)

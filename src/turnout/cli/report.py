@@ -91,7 +91,8 @@ def report(
     latency, cost, with 95% intervals), from the shadow store.
 
     Tasks with review_cost_usd or escalation_cost_usd add "cost/completed full": (spend +
-    reviewed rows × review + escalated rows × escalation) ÷ completed tasks.
+    reviewed tasks × review + escalated tasks × escalation) ÷ completed tasks, where a task is
+    an episode (or a request without one): its review is paid once, not once per request.
 
     Charts: cost → cost per completed task by release (with --by day: a trend by day);
     latency → p50/p95/p99 by day; quality → success rate by release; usage → requests by hour

@@ -26,7 +26,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import cast
 
-from turnout.offline.plan.model import MAX_STEPS, Kind, Option, Plan, demand, fleet_cost, replicas
+from turnout.offline.plan.model import (
+    MAX_STEPS,
+    Kind,
+    Option,
+    Plan,
+    check_sizes,
+    demand,
+    fleet_cost,
+    replicas,
+    step_points,
+)
 from turnout.offline.plan.spec import SelfHostedSpec, SpecError, parse_pairs
 from turnout.offline.plan.traffic import Traffic
 
@@ -168,6 +178,7 @@ def full_cost(
     people: People = People(),
 ) -> FullCost:
     options = tuple(full_option(o, fixed[o.kind], people) for o in result.options)
+    check_sizes([(o.name, o.total_usd) for o in options])
     breaks = []
     for b in result.break_evens:
         hosted = next(o for o in options if o.name == b.self_hosted)
@@ -189,8 +200,7 @@ def self_hosted_model_cost(spec: SelfHostedSpec, need: Sequence[float], k: float
 def step_edges(need: Sequence[float], m: int, top: float) -> list[float]:
     """The k at which some hour's replica count changes, up to ``top``; past MAX_STEPS of them,
     the walk ends at the last one."""
-    busy = [u for u in need if u > 0]
-    inner = sorted({j / u for u in busy for j in range(m, math.floor(top * u) + 1)} - {0.0, top})
+    inner = [k for k in step_points(need, m, top, MAX_STEPS + 1) if k != top]
     if len(inner) > MAX_STEPS:
         return [0.0, *inner[:MAX_STEPS]]
     return [0.0, *inner, top]

@@ -32,9 +32,10 @@ after every later step. Self-hosted never catches up when its cost per unit of `
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -50,7 +51,25 @@ Kind = Literal["managed", "bedrock", "self-hosted"]
 
 
 class PlanError(ValueError):
-    """Nothing to plan: no traffic for the task in the window."""
+    """No plan to give: no traffic for the task in the window, or figures past any real fleet
+    (``check_sizes``: a tokens_per_s in the wrong unit, a price of 1e308)."""
+
+
+MAX_REPLICAS = 1_000_000  # in one hour: past any fleet, a spec given in the wrong unit
+
+
+def check_sizes(names_costs: Sequence[tuple[str, float]], replicas: Sequence[tuple[str, int]] = ()) -> None:
+    """PlanError where a monthly cost overflows (inf) or a fleet is past ``MAX_REPLICAS``:
+    the figures would print as ``inf`` or as hundreds of digits, and JSON could not hold them."""
+    for name, most in replicas:
+        if most > MAX_REPLICAS:
+            raise PlanError(
+                f"{name} needs more than {MAX_REPLICAS:,} replicas in its busiest hour: check tokens_per_s "
+                "(one replica's tokens per second), utilization and min_replicas"
+            )
+    for name, cost in names_costs:
+        if not math.isfinite(cost):
+            raise PlanError(f"{name}: the monthly cost overflows: check the prices, sizes and costs given")
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +228,7 @@ def break_even(
     k_all = m / min(busy)
     fixed = slot * (len(busy) + m * (24 - len(busy)))
     k_bound = max(k_all, fixed / (managed_per_k - slope))
-    steps = sorted({j / u for u in busy for j in range(m, math.floor(k_bound * u) + 1)})
+    steps = step_points(busy, m, k_bound, MAX_STEPS + 1)
     exact = len(steps) <= MAX_STEPS
     edges = [0.0, *steps[:MAX_STEPS]]
     if exact and edges[-1] < k_bound:
@@ -236,6 +255,22 @@ def break_even(
         managed_per_k,
         slope,
     )
+
+
+def step_points(need: Sequence[float], m: int, top: float, most: int) -> list[float]:
+    """The k in (0, ``top``] at which some hour's replica count grows past ``m`` or more
+    (``j / u_h``, j ≥ m), ascending and without repeats: the ``most`` lowest. Merged lazily from
+    one ascending run per hour, so a fleet that grows often (a small ``tokens_per_s``: millions
+    of steps below ``top``) costs ``most`` of them, not all of them held at once."""
+    runs = [_steps(u, m, top) for u in need if u > 0]
+    distinct = (k for k, _ in itertools.groupby(heapq.merge(*runs)))
+    return list(itertools.islice(distinct, most))
+
+
+def _steps(u: float, m: int, top: float) -> Iterator[float]:
+    """One hour's steps, ascending: its own generator (one made in a comprehension would read
+    the last hour's ``u``)."""
+    return (j / u for j in range(m, math.floor(top * u) + 1))
 
 
 def _peak(need: Sequence[float], k: float | None, m: int) -> int:
@@ -292,6 +327,7 @@ def plan(
         option, need = self_hosted_option(traffic, volume, fleet, name, hosted_rate)
         options.append(option)
         breaks.extend(break_even(fleet, need, name, other.name, other.monthly_cost) for other in per_token)
+    check_sizes([(o.name, o.monthly_cost) for o in options], [(o.name, max(o.replicas)) for o in options if o.replicas])
     return Plan(
         task=traffic.task,
         days=traffic.days,

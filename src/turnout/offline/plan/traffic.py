@@ -14,6 +14,8 @@ Definitions:
   another starts does not overlap it. The exact maximum, not a percentile: the fleet must
   carry the worst instant or queue it.
 * Caller errors (status 4xx) are left out throughout: they are not tasks and used no model.
+  So are ``turnout eval``'s rows (``evaluation``, or its own tenant ``EVAL_TENANT``): golden
+  cases, not traffic; a golden set run in one hour sized the fleet for that burst.
 * Response-cache hits (``cache_hit``) are requests, each a task done, but no model generated
   them under any option (the cache answers in front of every one): they add no tokens and are
   never in flight. Counted as load, 100 followers of one single-flight miss sized a fleet for
@@ -29,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from turnout.ledger.record import LedgerRow
-from turnout.ledger.store import is_caller_error
+from turnout.ledger.store import EVAL_TENANT, is_caller_error
 
 HOUR = 3600.0
 
@@ -103,7 +105,11 @@ def traffic_from_rows(rows: Iterable[LedgerRow], task: str, end: float | None = 
     kept = [
         r
         for r in rows
-        if r.task == task and not is_caller_error(r.status, r.error_class) and (end is None or r.started_at < end)
+        if r.task == task
+        and not is_caller_error(r.status, r.error_class)
+        and (end is None or r.started_at < end)
+        and not r.evaluation
+        and r.tenant != EVAL_TENANT
     ]
     if not kept:
         return Traffic(task=task, hours=(), targets={})

@@ -27,6 +27,8 @@ Definitions, the same in every format:
 * **Latency** percentiles interpolate between ranks (as ``percentile_cont``) over requests
   that are not caller errors (4xx), as the canary's figures do. TTFT exists for streams only.
 * **Usage**: tokens per request over requests that report tokens; the hour of day is UTC.
+* **Estimated**: rows whose upstream reported no usage (``usage_estimated``) carry the
+  gateway's own count and the cost priced from it; the cost and usage reports say how many.
 
 With ``by`` the rows are grouped (``task``, ``release``, ``target``, ``tenant``, ``day``,
 ``hour``) and a last row, ``all``, sums up the whole window.
@@ -101,6 +103,12 @@ def compute(
     unpriced = sum(_unpriced(r) for r in rows)
     if kind == "cost" and unpriced:
         report.notes.append(f"{unpriced} request(s) used tokens but have no price: their cost is not in the spend")
+    estimated = sum(r.usage_estimated is True for r in rows)
+    if kind in ("cost", "usage") and estimated:
+        report.notes.append(
+            f"{estimated} request(s) have tokens the gateway counted itself (the upstream reported no usage): "
+            + ("their cost is an estimate" if kind == "cost" else "their tokens are an estimate")
+        )
     if not rows:
         report.notes.append("no requests in this window")
     return report
@@ -310,12 +318,18 @@ class HumanCost(NamedTuple):
 
 
 def people_cost(rows: Iterable[LedgerRow], people: Mapping[str, HumanCost]) -> float:
-    """Each reviewed row costs its task's review, each escalated row its escalation."""
-    total = 0.0
+    """Each reviewed task (an episode, or a request without one: ``tasks``) costs its task
+    config's review, each escalated task its escalation: once, however many of its rows carry
+    the verdict (feedback on an episode sets every row of it)."""
+    by_task: dict[str, list[LedgerRow]] = defaultdict(list)
     for r in rows:
-        cost = people.get(r.task)
-        if cost is not None:
-            total += cost.review_usd * (r.human_review is True) + cost.escalation_usd * (r.escalated is True)
+        if r.task in people:
+            by_task[r.task].append(r)
+    total = 0.0
+    for name, group in by_task.items():
+        cost, units = people[name], tasks(group).values()
+        total += cost.review_usd * sum(t.reviewed for t in units)
+        total += cost.escalation_usd * sum(t.escalated for t in units)
     return total
 
 

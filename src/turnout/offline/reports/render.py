@@ -3,7 +3,8 @@
 Tables put units where the eye reads them: dollars and percent in the cells, milliseconds in
 the header; a figure that cannot be computed prints as ``–`` (spend with no price at all
 prints ``unpriced``). JSON and CSV carry raw numbers (USD, ms, rates as fractions 0-1) under
-the column keys, and null / an empty field where the table prints ``–``.
+the column keys, and null / an empty field where the table prints ``–``; a CSV name that a
+spreadsheet would run as a formula (``=…``, ``+…``, ``-…``, ``@…``) starts with ``'``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from turnout._support.printable import printable
+from turnout._support.printable import printable, spreadsheet_text
 from turnout.offline.reports.figures import Column, Report
 
 TITLES = {
@@ -75,7 +76,7 @@ def to_csv(report: Report) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([c.key for c in report.columns])
     for row in report.rows:
-        writer.writerow(["" if row.get(c.key) is None else _raw(row[c.key]) for c in report.columns])
+        writer.writerow(["" if row.get(c.key) is None else _raw(c, row[c.key]) for c in report.columns])
     return out.getvalue()
 
 
@@ -128,10 +129,11 @@ def _grid(columns: list[Column], rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _raw(value: Any) -> str:
+def _raw(column: Column, value: Any) -> str:
     if isinstance(value, float):
         return repr(round(value, 10))
-    return str(value)
+    # Names from the ledger (a client chose an unknown task's): never a formula in a spreadsheet.
+    return spreadsheet_text(str(value)) if column.unit == "text" else str(value)
 
 
 def _when(ts: float) -> str:

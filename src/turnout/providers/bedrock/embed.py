@@ -63,11 +63,14 @@ def titan_request(texts: list[str], body: Mapping[str, Any], extra: Mapping[str,
 
 
 def titan_vectors(answer: dict[str, Any], target: str) -> tuple[list[Any], int | None]:
+    """The vector (checked by the caller) and the body's token count: None when it is not a
+    count of 0 or more, so a negative one can neither make the call free nor credit a budget."""
     vector = answer.get("embedding")
-    if vector is None:
-        vector = (answer.get("embeddingsByType") or {}).get("float")
+    by_type = answer.get("embeddingsByType")
+    if vector is None and isinstance(by_type, dict):
+        vector = by_type.get("float")
     tokens = answer.get("inputTextTokenCount")
-    return [vector], tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+    return [vector], tokens if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0 else None
 
 
 def cohere_request(texts: list[str], body: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ soon as the stream ends, fails or is closed.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import deque
 from typing import Any
@@ -21,9 +22,13 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 
 from turnout.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError
 from turnout.providers.bedrock.errors import translate
-from turnout.providers.bedrock.stream import StreamTranslator
+from turnout.providers.bedrock.stream import MALFORMED, StreamTranslator
 from turnout.providers.bedrock.translate import Translation
 from turnout.providers.transport import ABANDONED, StreamBody
+
+# A frame header botocore cannot read (a truncated value, a type the format lacks, bad UTF-8);
+# an event of the wrong shape.
+_UNREADABLE: tuple[type[Exception], ...] = (struct.error, *MALFORMED)
 
 
 class EventChunks:
@@ -77,6 +82,9 @@ class EventChunks:
             except ParserError as exc:
                 name = type(exc).__name__
                 raise UpstreamProtocolError(f"{body.label}: malformed event-stream frame ({name})") from exc
+            except _UNREADABLE as exc:
+                name = type(exc).__name__
+                raise UpstreamProtocolError(f"{body.label}: malformed ConverseStream event ({name})") from exc
         except UpstreamError as exc:
             # Events that arrived in the same read ahead of the failure are still delivered.
             self._failure = exc

@@ -48,12 +48,12 @@ from yarl import URL
 
 from turnout.config import BedrockTarget
 from turnout.control.catalog import bedrock_model
-from turnout.errors import CredentialsMissing, UpstreamError
+from turnout.errors import CredentialsMissing, UpstreamError, UpstreamProtocolError
 from turnout.providers.base import Call, Completion, Health, Load, Stream, Usage
 from turnout.providers.bedrock import embed as embedding
 from turnout.providers.bedrock.errors import error_name, translate
 from turnout.providers.bedrock.events import open_events
-from turnout.providers.bedrock.translate import Translation, from_converse, to_converse
+from turnout.providers.bedrock.translate import MALFORMED, Translation, from_converse, to_converse
 from turnout.providers.transport import Client, Exchange, Response, error_body, json_object
 
 _KEEPALIVE_S = 50.0  # Bedrock keeps idle connections for about a minute
@@ -88,10 +88,7 @@ class BedrockProvider:
 
     async def complete(self, call: Call) -> Completion:
         translation = self._translate(call)
-        data = await self._begin(call, translation).complete(
-            partial(json_object, label=self.name, what="the Converse response")
-        )
-        body = from_converse(data, model=self.cfg.model, created=int(time.time()), request=translation)
+        body = await self._begin(call, translation).complete(partial(self._reply, translation=translation))
         return Completion(body, Usage.from_openai(body.get("usage")), self.model_version)
 
     async def stream(self, call: Call) -> Stream:
@@ -120,6 +117,16 @@ class BedrockProvider:
             tokens = embedding.header_tokens(heads[0].headers.get(embedding.TOKEN_HEADER))
         body = embedding.answer_body(vectors, len(texts), self.name)
         return Completion(body, None if tokens is None else Usage(tokens, 0), self.model_version)
+
+    def _reply(self, raw: bytes, translation: Translation) -> dict[str, Any]:
+        """A Converse response as a ``chat.completion``; one of the wrong shape is a protocol
+        error (the call is settled with it, and the gateway falls back)."""
+        data = json_object(raw, label=self.name, what="the Converse response")
+        try:
+            return from_converse(data, model=self.cfg.model, created=int(time.time()), request=translation)
+        except MALFORMED as exc:
+            name = type(exc).__name__
+            raise UpstreamProtocolError(f"{self.name}: the Converse response is malformed ({name})") from exc
 
     def load(self) -> Load:
         """Calls in flight from here; Bedrock's own queueing is not visible."""

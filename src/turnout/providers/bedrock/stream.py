@@ -12,7 +12,9 @@ Choices:
     The raw reason is kept as ``native_finish_reason`` on the choice (OpenRouter's field).
   * Usage: Converse's ``inputTokens`` excludes cache reads and writes, so ``prompt_tokens`` =
     input + cacheRead + cacheWrite, ``prompt_tokens_details.cached_tokens`` = cacheRead and
-    ``cache_creation_input_tokens`` = cacheWrite (Anthropic's name).
+    ``cache_creation_input_tokens`` = cacheWrite (Anthropic's name). No usage, or a count that
+    is not one (negative, not a whole number), is ``{}``: unreadable, never zeros (a free answer)
+    or a lowered count, so the gateway counts the answer itself, as for any upstream.
   * With the json_schema fallback (``Translation.json_via_tool``), the input of that tool
     is the answer's ``content`` (other text, a preamble, is dropped) and a reply that stopped
     for it finishes with ``stop``. While streaming, text is held back in that mode until the
@@ -21,6 +23,9 @@ Choices:
     next tool-call index. A tool block that ends with no input fragment gets ``"{}"`` as its
     arguments, so the reassembled call always parses. Stream exception events are the
     provider's to raise; unknown event types (and the ``p`` padding field) are ignored.
+  * A reply of the wrong shape (a list where an object belongs, a tool use without its name, a
+    tool input fragment that is not a string) raises one of ``MALFORMED``, which the provider
+    reports as ``UpstreamProtocolError``: the gateway falls back, never answers a 500.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+# What reading a Converse reply of the wrong shape raises (see the module docstring).
+MALFORMED: tuple[type[Exception], ...] = (AttributeError, KeyError, TypeError, ValueError, IndexError)
+_USAGE_KEYS = ("inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +68,16 @@ def finish_reason(stop_reason: str | None) -> str:
     return _FINISH.get(stop_reason or "", "stop")
 
 
-def usage_of(usage: Mapping[str, Any] | None) -> dict[str, Any]:
-    """OpenAI usage from Converse TokenUsage, whose inputTokens excludes cache reads and writes."""
-    usage = usage or {}
-    read = int(usage.get("cacheReadInputTokens") or 0)
-    write = int(usage.get("cacheWriteInputTokens") or 0)
-    prompt = int(usage.get("inputTokens") or 0) + read + write
-    completion = int(usage.get("outputTokens") or 0)
+def usage_of(usage: Any) -> dict[str, Any]:
+    """OpenAI usage from Converse TokenUsage, whose inputTokens excludes cache reads and writes;
+    ``{}`` (no usage) without one, or when a count is not a whole number of 0 or more."""
+    if not isinstance(usage, Mapping):
+        return {}
+    counts = [usage.get(key) or 0 for key in _USAGE_KEYS]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return {}
+    fresh, completion, read, write = counts
+    prompt = fresh + read + write
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -233,6 +245,8 @@ class StreamTranslator:
                 return []
             return [self._chunk({"content": text})]
         if isinstance(use := delta.get("toolUse"), dict) and (fragment := use.get("input")):
+            if not isinstance(fragment, str):
+                raise TypeError("a toolUse input fragment is not a string")
             position = payload.get("contentBlockIndex", 0)
             # A delta with no start event should not happen; treat it as an unnamed tool call.
             block = self._blocks.get(position) or self._new_block(position, json_tool=False)

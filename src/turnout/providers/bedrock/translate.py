@@ -18,6 +18,10 @@ Choices, where the two APIs do not line up, for the request:
     http(s) URLs, so those are a ``RequestError``.
   * A tool result whose content parses to a JSON object is sent as ``{"json": ...}``, anything
     else as ``{"text": ...}``; status is always ``success`` (OpenAI has no error flag).
+  * Tool call ids go to Converse as they are when Converse takes them (1-64 of
+    ``[a-zA-Z0-9_-]``); another (``functions.get_weather:0``, made by a server the conversation
+    met before a fallback) becomes those characters plus a digest of the id, the same for the
+    call and its result, so the pair still matches and two ids stay two.
   * ``tool_choice``: auto → ``auto``, required → ``any``, a named function → ``tool``. Converse has
     no "none": the tools are left out entirely, unless the history holds tool calls (Converse
     then requires a ``toolConfig``), in which case they are kept with no ``toolChoice``.
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -54,6 +59,7 @@ import orjson
 
 from turnout.errors import RequestError
 from turnout.providers.bedrock.stream import (
+    MALFORMED,
     StreamTranslator,
     Translation,
     assistant_message,
@@ -64,6 +70,7 @@ from turnout.providers.bedrock.stream import (
 )
 
 __all__ = [
+    "MALFORMED",
     "StreamTranslator",
     "Translation",
     "assistant_message",
@@ -72,6 +79,7 @@ __all__ = [
     "from_converse",
     "reply_finish_reason",
     "to_converse",
+    "tool_use_id",
     "usage_of",
 ]
 
@@ -83,6 +91,8 @@ _IMAGE_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "gif": "gif", "we
 _DATA_URL = re.compile(r"data:image/([a-zA-Z]+);base64,(.*)", re.DOTALL)
 _METADATA_TEXT = re.compile(r"[a-zA-Z0-9\s:_@$#=/+,\-.]*", re.ASCII)  # Converse's pattern
 _METADATA_MAX = 16
+_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}", re.ASCII)  # Converse's ToolUseBlock.toolUseId
+_NOT_IN_ID = re.compile(r"[^a-zA-Z0-9_-]", re.ASCII)
 # OpenAI fields handled explicitly below, or with no Converse meaning (dropped).
 _KNOWN = frozenset(
     {
@@ -266,7 +276,7 @@ def _assistant_blocks(msg: Mapping[str, Any], where: str) -> list[dict[str, Any]
             raise _bad(f"{param}.function.arguments", f"'{param}.function.arguments' is not valid JSON") from exc
         if not isinstance(parsed, dict):
             raise _bad(f"{param}.function.arguments", f"'{param}.function.arguments' must be a JSON object")
-        blocks.append({"toolUse": {"toolUseId": call["id"], "name": fn["name"], "input": parsed}})
+        blocks.append({"toolUse": {"toolUseId": tool_use_id(call["id"]), "name": fn["name"], "input": parsed}})
     return blocks
 
 
@@ -278,7 +288,15 @@ def _tool_result(msg: Mapping[str, Any], where: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         parsed = None
     block = {"json": parsed} if isinstance(parsed, dict) else {"text": text}
-    return {"toolResult": {"toolUseId": msg["tool_call_id"], "content": [block], "status": "success"}}
+    return {"toolResult": {"toolUseId": tool_use_id(msg["tool_call_id"]), "content": [block], "status": "success"}}
+
+
+def tool_use_id(call_id: str) -> str:
+    """``call_id`` as a Converse ``toolUseId`` (see the module docstring)."""
+    if _TOOL_USE_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:16]
+    return f"{_NOT_IN_ID.sub('_', call_id)[:47]}_{digest}"
 
 
 # -- inference, tools, output ----------------------------------------------------------------
