@@ -77,6 +77,7 @@ from turnout._support.periodic import Periodic
 from turnout.config import LimitsConfig
 from turnout.control.quota import redis_script
 from turnout.control.quota.base import (
+    BACKEND_TIMEOUT_S,
     MICRO_USD,
     Ask,
     BackendUnavailable,
@@ -118,7 +119,7 @@ class RedisLimiter:
         on_backend_error: Literal["closed", "open"] = "closed",
         *,
         server_time: bool = False,
-        socket_timeout: float = 0.5,
+        socket_timeout: float = BACKEND_TIMEOUT_S,
         max_connections: int = 32,
         pool_timeout: float = 2.0,
         linger_s: float = 0.002,
