@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from redis.asyncio import Redis
 
 from tests.conftest import AppFactory
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Fault
 from tests.serving import free_port
 from tests.test_cache_api import ASK, KEY, OTHER, calls, config
 from tests.test_quota_contract import REDIS_URL, needs_redis
@@ -95,6 +95,35 @@ async def test_replicas_share_sealed_answers_and_purge_by_tenant(
             assert "Purged 1 cached answers of tenant 'acme'." in result.output
             assert await ask(one) == "miss"  # acme's answer is gone
             assert await ask(other) == "hit"  # globex's stays
+            assert calls(upstream) == 3
+
+
+async def test_an_answer_in_flight_when_the_purge_came_is_not_kept(
+    make_app: AppFactory, prefix: str, tmp_path: Path
+) -> None:
+    """Seen: `turnout cache purge` deleted the keys in Redis, and a request that had missed
+    before it and was answered after it stored its answer in the cache just emptied, so the
+    next request was a hit on an answer the operator had asked to be rid of. Its own caller
+    still gets it; the cache does not, while a tenant the purge did not name keeps caching."""
+    async with FakeUpstream(reply=ANSWER) as upstream:
+        raw = shared(upstream, prefix)
+        path = tmp_path / "turnout.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        async with gateway(make_app, raw, KEY) as (_, client):
+            other = client.with_options(api_key=OTHER)
+            upstream.fault = Fault(head_delay=2.0, times=2)
+            leader = asyncio.create_task(ask(client))
+            bystander = asyncio.create_task(ask(other))
+            while calls(upstream) < 2:  # noqa: ASYNC110 - both have reached the upstream
+                await asyncio.sleep(0.01)
+            args = ["cache", "purge", "--tenant", "acme", "--config", str(path)]
+            result = await asyncio.to_thread(CliRunner().invoke, main, args)  # the CLI runs its own loop
+            assert result.exit_code == 0, result.output
+            assert not leader.done()  # answered after the purge
+            assert await leader == "miss" and await bystander == "miss"
+            assert await ask(client) == "miss"  # acme's answer was not kept
+            assert await ask(client) == "hit"  # this one, asked after the purge, was
+            assert await ask(other) == "hit"  # the purge did not name globex
             assert calls(upstream) == 3
 
 

@@ -38,8 +38,16 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[CacheStore]:
     try:
         yield cache
     finally:
-        await cache.purge()
+        await forget(cache)
         await cache.aclose()
+
+
+async def forget(cache: RedisCache) -> None:
+    """Delete every key of the cache's prefix: its answers and its purges' marks."""
+    pattern = cache.prefix.removesuffix("cache:").replace("?", "\\?") + "*"
+    keys = [k async for k in cache.client.scan_iter(match=pattern)]
+    if keys:
+        await cache.client.unlink(*keys)
 
 
 async def test_get_answers_what_put_stored(store: CacheStore) -> None:
@@ -157,7 +165,8 @@ async def test_a_prefix_with_glob_characters_purges_its_own_keys_only() -> None:
         assert await mine.purge() == 0
         assert await theirs.get(address()) == PLAIN
     finally:
-        await theirs.purge()
+        await forget(mine)
+        await forget(theirs)
         await mine.aclose()
         await theirs.aclose()
 
@@ -187,9 +196,38 @@ async def test_redis_values_are_sealed_the_plaintext_is_nowhere_in_redis() -> No
         assert await rotated.get(address()) is None
         await rotated.aclose()
     finally:
-        await cache.purge()
+        await forget(cache)
         await cache.aclose()
         await raw.aclose()
+
+
+@needs_redis
+async def test_redis_keeps_no_answer_read_before_a_purge_that_names_it() -> None:
+    """A lookup reads the purge marks with the entry; its answer, stored with that mark, is not
+    kept when a purge naming it (by every answer, tenant, task or both) came in between, from
+    any process; purges naming other tenants or tasks change nothing for it."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    cache, cli = RedisCache(REDIS_URL, prefix, SECRET), RedisCache(REDIS_URL, prefix, SECRET)
+    try:
+        for tenant, task in ((None, None), ("acme", None), (None, "faq"), ("acme", "faq")):
+            found, mark = await cache.read(address())
+            assert found is None and mark is not None
+            await cli.purge(tenant=tenant, task=task)
+            assert not await cache.put(address(), PLAIN, 60, mark)
+            assert await cache.get(address()) is None
+        mark, shared_mark = (await cache.read(address()))[1], (await cache.read(address(n=1, shared=True)))[1]
+        for tenant, task in (("globex", None), (None, "other"), ("globex", "faq"), ("acme", "other")):
+            await cli.purge(tenant=tenant, task=task)
+        assert await cache.put(address(), PLAIN, 60, mark)
+        assert await cache.get(address()) == PLAIN
+        for tenant, task in (("acme", None), ("acme", "faq")):  # shared answers belong to no tenant
+            await cli.purge(tenant=tenant, task=task)
+        assert await cache.put(address(n=1, shared=True), PLAIN, 60, shared_mark)
+        assert await cache.get(address(n=1, shared=True)) == PLAIN
+    finally:
+        await forget(cache)
+        await cache.aclose()
+        await cli.aclose()
 
 
 @needs_redis

@@ -26,6 +26,7 @@ from turnout.control.keys.base import SECRET_PREFIX, IssuedKey, KeyStore, KeySto
 from turnout.control.keys.factory import open_key_store
 from turnout.control.keys.redis import RedisKeyStore
 from turnout.control.keys.sqlite import MIGRATIONS, SQLiteKeyStore
+from turnout.control.quota.redis import RedisLimiter
 from turnout.errors import ConfigError
 
 REDIS_URL = os.environ.get("TURNOUT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -432,6 +433,21 @@ async def test_redis_unreachable_is_a_key_store_error_without_the_password(caplo
     assert "hunter2" not in str(caught.value) and "hunter2" not in caplog.text
     assert caught.value.status == 503
     await store.aclose()
+
+
+async def test_redis_waits_for_a_stalled_redis_no_longer_than_the_limiter(redis_prefix: str) -> None:
+    """A stalled Redis fails a request's key check (503) as soon as its quota check would, not
+    after seconds of a request hanging: one bound for both, from the same limits section."""
+    cfg = LimitsConfig(backend="redis", redis_url=REDIS_URL, key_prefix=redis_prefix)
+    store, limiter = RedisKeyStore.from_config(cfg), RedisLimiter.from_config(cfg)
+    await store.open()
+    try:
+        kwargs = store._open().connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == limiter.batcher.timeout
+        assert limiter.ping_timeout_s == limiter.batcher.timeout
+    finally:
+        await store.aclose()
+        await limiter.aclose()
 
 
 # --- the factory ------------------------------------------------------------------------------

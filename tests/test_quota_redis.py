@@ -281,12 +281,15 @@ async def test_every_key_expires(make_limiter: LimiterFactory) -> None:
         for window in ("usd:d:2026-03-14", "usd:m:2026-03"):
             expected += [f"{base}:{window}", f"{base}:{window}:exp"]
     expected.append(limiter.heartbeat_key)
+    expected += [f"{p}:finished:{limiter.replica}/req-{n}" for n in (1, 3)]  # settled, released
     assert keys == sorted(expected)
     for key in keys:
         ttl = await r.ttl(key)
         assert ttl > 0, key
         if key == limiter.heartbeat_key:
             assert ttl <= limiter.heartbeat_ttl_s
+        elif ":finished:" in key:
+            assert ttl <= MAX_REQ
         elif key.endswith(("rpm", "tpm")):
             assert ttl <= 180
         elif key.endswith("slots"):
@@ -624,3 +627,58 @@ async def test_a_settle_held_back_by_an_outage_is_sent_when_the_limiter_closes()
     finally:
         await drop_prefix(reader)
         await reader.aclose()
+
+
+async def test_a_settle_sent_again_after_its_reply_was_lost_charges_once() -> None:
+    """The connection drops after Redis ran a settle, before its reply: the batcher dials again
+    and sends it again. The second run must change nothing: the cost charged once, the TPM
+    bucket corrected once."""
+    proxy = StallingProxy()
+    port = await proxy.start()
+    prefix = unique_prefix()
+    one = Scope("acme", Limits(tpm=10_000, concurrency=5, usd_per_day=1.0, usd_per_month=10.0))
+    limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0", prefix, MAX_REQ, "closed", heartbeat_ttl_s=60.0)
+    try:
+        grant = await limiter.acquire(ask(1, one, tokens=1000, cost=0.5))  # connected
+        proxy.cut_replies = 1
+        await limiter.settle(grant, 4000, 0.25)  # run twice, answered once
+        await limiter.flush()
+        usage = await limiter.usage(one, T0)
+        assert usage["usd_per_day"]["spent"] == pytest.approx(0.25)
+        assert usage["usd_per_month"]["spent"] == pytest.approx(0.25)
+        assert usage["usd_per_day"]["reserved"] == 0 and usage["concurrency"]["in_use"] == 0
+        assert usage["tpm"]["available"] == pytest.approx(6000)  # 4000 used, not 7000
+    finally:
+        await drop_prefix(limiter)
+        await limiter.aclose()
+        await proxy.aclose()
+
+
+async def test_a_settle_redis_ran_after_it_timed_out_charges_once_when_sent_again() -> None:
+    """Redis stalls while a settle is sent: it times out, and is kept to be sent again after the
+    next heartbeat Redis answers; but Redis ran the first one when it woke. Charged once."""
+    proxy = StallingProxy()
+    port = await proxy.start()
+    prefix = unique_prefix()
+    one = Scope("acme", Limits(usd_per_day=1.0))
+    limiter = RedisLimiter(
+        f"redis://127.0.0.1:{port}/0", prefix, MAX_REQ, "closed", socket_timeout=0.2, heartbeat_ttl_s=5.0
+    )
+    try:
+        grant = await limiter.acquire(ask(1, one, cost=0.5))  # connected, beating
+        proxy.stall()
+        await limiter.settle(grant, 100, 0.25)
+        await limiter.flush()  # timed out: kept to be sent again
+        assert limiter.stats().backend_errors == 1 and len(limiter._unsent) == 1
+        proxy.resume()  # Redis runs the first settle now
+        for _ in range(60):  # the next heartbeat (every second) sends it again
+            if not limiter._unsent:
+                break
+            await asyncio.sleep(0.05)
+        await limiter.flush()
+        usage = await limiter.usage(one, T0)
+        assert usage["usd_per_day"]["spent"] == pytest.approx(0.25) and usage["usd_per_day"]["reserved"] == 0
+    finally:
+        await drop_prefix(limiter)
+        await limiter.aclose()
+        await proxy.aclose()

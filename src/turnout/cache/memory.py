@@ -67,6 +67,9 @@ class MemoryCache:
     async def get(self, address: Address) -> bytes | None:
         return self.get_now(address)
 
+    async def read(self, address: Address) -> tuple[bytes | None, bytes | None]:
+        return self.get_now(address), None  # purges reach this store through the stage, which guards its flights
+
     def get_now(self, address: Address) -> bytes | None:
         """``get`` without a coroutine: the cache stage reads an in-process store this way."""
         lru = self._tasks.get(address.task)
@@ -82,7 +85,7 @@ class MemoryCache:
         lru.slots.move_to_end(key)
         return slot.value
 
-    async def put(self, address: Address, value: bytes, ttl_s: float) -> bool:
+    async def put(self, address: Address, value: bytes, ttl_s: float, mark: bytes | None = None) -> bool:
         lru = self._tasks.get(address.task)
         if lru is None:
             lru = self._tasks[address.task] = _Lru(self._limits.get(address.task, self._default))

@@ -134,6 +134,7 @@ class Lookup:
     entry: Entry | None = None  # a hit's answer
     leading: asyncio.Future[bytes | None] | None = None  # a miss that leads its flight
     purged: int = 0  # the stage's purge count when it missed: a purge since, and its answer is not kept
+    mark: bytes | None = None  # the store's purge mark when it was read (``CacheStore.read``), for its fill
 
     @property
     def header(self) -> tuple[bytes, bytes]:
@@ -191,7 +192,11 @@ class CacheStage:
         )
         ttl_s = self._rules.get(tenant, task).cache_ttl(cfg.ttl_s)
         get_now = self._get_now
-        raw = get_now(address) if get_now is not None else await self.store.get(address)
+        mark = None
+        if get_now is not None:
+            raw = get_now(address)
+        else:
+            raw, mark = await self.store.read(address)
         found = None if raw is None else decode(raw)
         if found is not None and not found.fresh(ttl_s, time.time()):  # kept under a longer TTL
             found = None
@@ -199,7 +204,7 @@ class CacheStage:
             flight = self._flights.get(address.text())
             if flight is None:
                 self.misses += 1
-                return Lookup(MISS, address, ttl_s, leading=self._lead(address.text()), purged=self.purges)
+                return Lookup(MISS, address, ttl_s, leading=self._lead(address.text()), purged=self.purges, mark=mark)
             try:
                 raw = await asyncio.wait_for(asyncio.shield(flight), FOLLOW_S)
             except TimeoutError:  # a leader still answering (a long stream, a slow client): not waited for
@@ -211,9 +216,9 @@ class CacheStage:
                 # others ask at once, beside it: none waits out a second failure).
                 key = address.text()
                 leading = None if key in self._flights else self._lead(key)
-                return Lookup(MISS, address, ttl_s, leading=leading, purged=self.purges)
+                return Lookup(MISS, address, ttl_s, leading=leading, purged=self.purges, mark=mark)
         self.hits += 1
-        return Lookup(HIT, address, ttl_s, entry=found)
+        return Lookup(HIT, address, ttl_s, entry=found, mark=mark)
 
     def refused(self, lookup: Lookup) -> None:
         """A hit the request may not take (its target is no longer allowed to it): a miss, which
@@ -233,11 +238,12 @@ class CacheStage:
 
     async def fill(self, lookup: Lookup, value: bytes) -> None:
         """The leader's answer: to its followers at once (they asked before any purge since),
-        then into the store, unless a purge of its answers came while it was generated."""
+        then into the store, unless a purge of its answers came while it was generated (through
+        ``purge``, or, to a shared store, from anywhere: the store compares its ``mark``)."""
         assert lookup.address is not None
         self._finish(lookup, value)
         if lookup.purged == self.purges or not self._purged_since(lookup.purged, lookup.address):
-            await self.store.put(lookup.address, value, lookup.ttl_s)
+            await self.store.put(lookup.address, value, lookup.ttl_s, lookup.mark)
 
     async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
         """``store.purge``, and the answers of the flights under way that it names are not kept

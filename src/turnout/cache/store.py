@@ -21,8 +21,16 @@ from turnout.cache.key import Address
 class CacheStore(Protocol):
     async def get(self, address: Address) -> bytes | None: ...
 
-    async def put(self, address: Address, value: bytes, ttl_s: float) -> bool:
-        """False: not stored (larger than the task's bound, or the backend failed)."""
+    async def read(self, address: Address) -> tuple[bytes | None, bytes | None]:
+        """``get``, and a mark of the purges that name ``address`` as they stood when it was read
+        (in the same round trip), for ``put``; None where the backend needs none (in process,
+        the stage guards its flights itself: ``CacheStage.purge``)."""
+        ...
+
+    async def put(self, address: Address, value: bytes, ttl_s: float, mark: bytes | None = None) -> bool:
+        """False: not stored (larger than the task's bound, the backend failed, or, given the
+        ``mark`` of a ``read``, a purge naming ``address`` came since: the answer was asked for
+        before it)."""
         ...
 
     async def purge(self, tenant: str | None = None, task: str | None = None) -> int:

@@ -5,12 +5,14 @@ Two hashes under the configured prefix:
     {prefix}:keys    digest (hex) → the record as JSON   (lookup: one HGET on the request path)
     {prefix}:keyids  id           → digest (hex)          (revoke by the public id)
 
-Nothing is cached, so a revocation holds on every replica from its next request. Redis down
-when a gateway starts does not stop it from starting (as it does not stop one already running):
-``open(serving=True)`` warns, and each lookup fails (503) until Redis answers, the client
-reconnecting by itself; ``/readyz`` says so where ``limits.on_backend_error`` is ``closed``. Create and
-revoke each run as one small Lua script, atomic on the server. Both touch two keys: on Redis
-Cluster give a prefix with a hash tag, e.g. ``{turnout}``, so they share a slot.
+Nothing is cached, so a revocation holds on every replica from its next request. Each call
+waits at most ``BACKEND_TIMEOUT_S``, as the limiter's do: a stalled Redis fails the request
+(503) that soon. Redis down when a gateway starts does not stop it from starting (as it does
+not stop one already running): ``open(serving=True)`` warns, and each lookup fails (503) until
+Redis answers, the client reconnecting by itself; ``/readyz`` says so where
+``limits.on_backend_error`` is ``closed``. Create and revoke each run as one small Lua script,
+atomic on the server. Both touch two keys: on Redis Cluster give a prefix with a hash tag, e.g.
+``{turnout}``, so they share a slot.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from turnout.config import LimitsConfig
 from turnout.control.keys.base import IssuedKey, KeyStoreError, digest, new_key
+from turnout.control.quota.base import BACKEND_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ return record
 
 
 class RedisKeyStore:
-    def __init__(self, url: str, key_prefix: str = "turnout", *, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, key_prefix: str = "turnout", *, timeout_s: float = BACKEND_TIMEOUT_S) -> None:
         self.url = url  # may hold a password: never put it in a message
         self.keys_key = f"{key_prefix}:keys"
         self.ids_key = f"{key_prefix}:keyids"
@@ -73,7 +76,8 @@ class RedisKeyStore:
     async def open(self, *, serving: bool = False) -> None:
         if self._client is not None:
             raise KeyStoreError("the Redis key store is already open")
-        # Bounded so that a stalled Redis fails a request (503) instead of hanging it.
+        # Bounded as the limiter's calls are, so that a stalled Redis fails a request (503) as
+        # soon as the limiter would, instead of holding it for seconds.
         client = aioredis.Redis.from_url(
             self.url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s
         )

@@ -111,6 +111,12 @@ class QuotaExceeded(TurnoutError):
         ]
 
 
+# One round trip to the shared backend (Redis), for the limiter and the key store alike: a
+# request whose limits or key cannot be checked fails (503) this soon, never hangs on a stalled
+# Redis, and the two fail alike.
+BACKEND_TIMEOUT_S = 0.5
+
+
 class BackendUnavailable(TurnoutError):
     """The shared backend (Redis) cannot be reached and the config says fail closed."""
 

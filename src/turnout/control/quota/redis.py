@@ -45,8 +45,10 @@ Redis answers, not left to ``max_request_s``. A failed settle or release is logg
 raised (it fails in the background): the answer has gone out. One that failed because Redis
 was unreachable is sent again after the next heartbeat Redis answers, so a blip does not hold
 the tenant's concurrency slots and reservations for ``max_request_s`` (locking it out) nor lose
-the cost it settles (should the first send have reached a stalled Redis and run, the cost is
-charged twice: spend over-counted, never under). What is still unsent when the replica
+the cost it settles. Should the first send have reached a stalled Redis and run, the second
+finds the grant's finished marker and changes nothing (``redis_script.FINISH``); the marker
+lives ``max_request_s``, so only a settle held back longer than that by an outage may be
+charged twice (spend over-counted, never under). What is still unsent when the replica
 closes or dies is dropped with it; the slot and reservation expire after ``max_request_s``
 at the latest.
 Heartbeats that fail are not counted (the requests' own calls are); the next one tries again.
@@ -75,6 +77,7 @@ from turnout._support.periodic import Periodic
 from turnout.config import LimitsConfig
 from turnout.control.quota import redis_script
 from turnout.control.quota.base import (
+    BACKEND_TIMEOUT_S,
     MICRO_USD,
     Ask,
     BackendUnavailable,
@@ -116,7 +119,7 @@ class RedisLimiter:
         on_backend_error: Literal["closed", "open"] = "closed",
         *,
         server_time: bool = False,
-        socket_timeout: float = 0.5,
+        socket_timeout: float = BACKEND_TIMEOUT_S,
         max_connections: int = 32,
         pool_timeout: float = 2.0,
         linger_s: float = 0.002,
@@ -165,6 +168,8 @@ class RedisLimiter:
             bulks([math.ceil(max_request_s) + 1]),
         )
         self._heartbeats = heartbeats
+        # A grant's finished marker: a FINISH sent again within max_request_s of the first runs once.
+        self._finish_fixed = bulks([f"{key_prefix}:finished:", max(1, round(max_request_s * 1000))])
         beat = f"{socket.gethostname()} {os.getpid()}"  # for an operator listing replicas
         self._beat_body = bulks([1, self.heartbeat_key, beat, max(1, round(heartbeat_ttl_s * 1000))])
         self._encoded: dict[tuple[tuple[Scope, ...], str], _Encoded] = {}
@@ -357,6 +362,7 @@ class RedisLimiter:
                 bulk(repr(ask.now).encode()),
                 bulk(b"%d" % self._budget_ttl(day, ask.now)),
                 bulk(b"%d" % self._budget_ttl(month, ask.now)),
+                self._finish_fixed,
                 enc.finish_limits,
             )
         )
@@ -379,7 +385,7 @@ class RedisLimiter:
             acquire_limits=bulks(acquire),
             acquire_argc=1 + len(keys) + 11 + len(acquire),
             finish_limits=bulks(finish),
-            finish_argc=1 + len(keys) + 6 + len(finish),
+            finish_argc=1 + len(keys) + 8 + len(finish),
         )
         self._encoded[(scopes, day.key)] = enc
         return enc

@@ -16,7 +16,8 @@ and reads are shared.
 * NOSCRIPT (Redis restarted or flushed its script cache): the calls refused are sent again,
   once, behind a SCRIPT LOAD of their scripts, in one more round trip.
 * A dropped connection is dialled again once for the calls not yet answered (a stale socket;
-  a call Redis ran before the drop runs twice: the acquire script notices, by its member);
+  a call Redis ran before the drop runs twice: the acquire script notices, by its member, and
+  the finish script by its marker);
   a timeout is not retried, since the scripts may have run. Callers get the redis-py error
   (``ConnectionError``, ``TimeoutError``); a posted call's failure goes to ``on_failure``.
 * ``aclose`` sends everything queued, then closes the connection: no settle is lost on a

@@ -15,6 +15,7 @@ and, outside the scopes (named by the scripts, not passed in KEYS)::
 
     P:replica:<replica id>     string "host pid"          the replica's heartbeat, TTL a few seconds
     <zset key>:swept           string                     set for one sweep interval after a sweep
+    P:finished:<member>        string                     a grant settled or released, TTL max_request_s
 
 A *member* is ``<replica id>/<request id>``: the replica that holds the slot or reservation. A
 replica refreshes its heartbeat key in the background (``RedisLimiter``) and deletes it when it
@@ -197,20 +198,24 @@ return {1}
 )
 
 # ARGV: member, TPM debit (settle: real - estimated; release: -estimated), real cost in
-#       micro-dollars or '' (release), acquire's now, day TTL, month TTL, then per scope:
-#       tpm, concurrency, day budget, month budget.
-# Frees the slot and drops the reservation if they are still there (so a repeat changes
-# nothing of them); on settle charges the real cost to the acquire's windows even if the
-# reservation had expired. Returns 1.
+#       micro-dollars or '' (release), acquire's now, day TTL, month TTL, the finished-marker
+#       key prefix (``P:finished:``), its TTL (ms), then per scope: tpm, concurrency, day
+#       budget, month budget.
+# Frees the slot and drops the reservation if they are still there; on settle charges the real
+# cost to the acquire's windows even if the reservation had expired. Runs once per member: a
+# repeat (sent again after its reply was lost, or after it timed out on a stalled Redis that ran
+# it anyway) finds the member's marker and changes nothing, so nothing is charged twice and no
+# bucket corrected twice. Returns 1.
 FINISH = (
     _COMMON
     + """
 local rid, debit, real = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local acquired, budget_ttl = tonumber(ARGV[4]), {ARGV[5], ARGV[6]}
-local n = (#ARGV - 6) / 4
+if not redis.call('SET', ARGV[7] .. rid, '1', 'PX', ARGV[8], 'NX') then return 1 end
+local n = (#ARGV - 8) / 4
 
 for i = 0, n - 1 do
-  local k, a = i * 7, 6 + i * 4
+  local k, a = i * 7, 8 + i * 4
   local tpm, conc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   if tpm >= 0 and debit ~= 0 then
     local v = redis.call('HMGET', KEYS[k + 2], 'tokens', 'ts')
