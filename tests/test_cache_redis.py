@@ -238,7 +238,8 @@ async def test_a_redis_that_hangs_costs_one_request_a_second_its_timeout(
             for _ in range(5):
                 started = time.monotonic()
                 assert await ask(client) == "miss"
-                assert time.monotonic() - started < 0.3  # Redis is not asked
+                # Redis is not asked: asking it takes the whole timeout, as the request above did
+                assert time.monotonic() - started < 0.5
             redis.send_signal(signal.SIGCONT)
             await asyncio.sleep(REST_S)
             assert await ask(client) == "hit"
