@@ -125,11 +125,15 @@ def _request() -> Schema:
             "top_k": {"type": "integer", "minimum": 0},
             "metadata": {
                 "type": "object",
-                "description": "`user_id` as Anthropic defines it; turnout also reads data_class and episode_id.",
+                "description": "`user_id` as Anthropic defines it; turnout also reads data_class, episode_id, "
+                "max_latency_ms and max_cost_usd. Any other key is a 400, as on Anthropic's API.",
+                "additionalProperties": False,
                 "properties": {
                     "user_id": nullable(STRING),
                     "data_class": nullable(DATA_CLASS),
                     "episode_id": nullable(EPISODE_ID),
+                    "max_latency_ms": nullable({"type": ["number", "string"]}),  # as the headers; 400 out of range
+                    "max_cost_usd": nullable({"type": ["number", "string"]}),
                 },
             },
         },

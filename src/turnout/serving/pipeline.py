@@ -454,11 +454,11 @@ class Pipeline:
             raise PolicyDenied(f"{exc.message} ({raised.note()})", param=exc.param) from exc
 
     def limits(self, scope: dict[str, Any], request: Inbound) -> Constraints | None:
-        """The caller's max_latency_ms / max_cost_usd: headers on every door, or the chat
-        door's metadata; 400 naming the field for a bad value."""
+        """The caller's max_latency_ms / max_cost_usd: headers on every door, or the
+        metadata of a door that reads them there; 400 naming the field for a bad value."""
         sent = headers(scope)
         latency, cost = _text(sent.get(_MAX_LATENCY)), _text(sent.get(_MAX_COST))
-        meta = getattr(request, "constraints", None)  # only the chat door's request has it
+        meta = getattr(request, "constraints", None)  # the doors whose metadata may carry them
         if latency is None and cost is None and meta is None:
             return None  # most requests: two header scans, no parsing
         return constraints.parse({_MAX_LATENCY.decode(): latency, _MAX_COST.decode(): cost}, meta)
