@@ -89,7 +89,9 @@ IGNORED = frozenset(
     }
 )  # fmt: skip
 # What ``POST /v1/messages/count_tokens`` takes: the prompt, no output or sampling parameters.
-COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "cache_control"})
+# ``output_config`` (the SDKs' ``count_tokens(output_format=...)``) is part of the prompt: the
+# format's schema goes to the target as the chat ``response_format``, which the quota counts.
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "output_config", "cache_control"})
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -170,13 +172,16 @@ def _output_format(config: Any) -> dict[str, Any] | None:
 
 
 def to_counted(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The chat body whose prompt a ``count_tokens`` request counts: its messages, system and
-    tools, checked as ``to_chat`` checks them; a field ``count_tokens`` does not take (``max_tokens``,
-    ``stream``, sampling) is a 400 naming it, as Anthropic's API answers."""
+    """The chat body whose prompt a ``count_tokens`` request counts: its messages, system, tools
+    and output format, checked as ``to_chat`` checks them; a field ``count_tokens`` does not take
+    (``max_tokens``, ``stream``, sampling) is a 400 naming it, as Anthropic's API answers."""
     unknown = sorted(k for k in body if k not in COUNT_FIELDS and body[k] is not None)
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not a count_tokens field")
-    return {"messages": _prompt_messages(body), **_tools(body)}
+    counted = {"messages": _prompt_messages(body), **_tools(body)}
+    if (fmt := _output_format(body.get("output_config"))) is not None:
+        counted["response_format"] = fmt
+    return counted
 
 
 def _prompt_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -33,7 +33,8 @@ def _count_request() -> Schema:
     return {
         "type": "object",
         "required": ["model", "messages"],
-        "description": "A Messages request's prompt: its model (the task), system, messages and tools, checked "
+        "description": "A Messages request's prompt: its model (the task), system, messages, tools and "
+        "output_config.format, checked "
         "as `POST /v1/messages` checks them. Any other field (`max_tokens`, `stream`, sampling) is refused "
         "with a 400 naming it.",
         "properties": {k: v for k, v in request["properties"].items() if k in COUNT_FIELDS},
