@@ -29,6 +29,7 @@ import orjson
 
 from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Usage
+from turnout.serving.call_order import arguments_text, calls_of, function_of, text_of
 
 # Fields read here; ``model``, ``stream``, ``max_tokens`` and ``metadata`` by the door itself.
 # ``cache_control`` (Anthropic's automatic cache point) is accepted and ignored, as on a block.
@@ -437,13 +438,13 @@ def message(
     choice = choices[0] if isinstance(choices[0], dict) else {}
     said = choice.get("message") or {}
     content: list[dict[str, Any]] = []
-    if said.get("content"):
-        content.append({"type": "text", "text": str(said["content"])})
-    for call in said.get("tool_calls") or ():
-        function = call.get("function") or {}
+    if text := text_of(said):
+        content.append({"type": "text", "text": text})
+    for call in calls_of(said):
+        function = function_of(call)
         content.append(
-            {"type": "tool_use", "id": call.get("id") or "", "name": function.get("name") or "",
-             "input": _arguments(function.get("arguments"))}
+            {"type": "tool_use", "id": str(call.get("id") or ""), "name": str(function.get("name") or ""),
+             "input": _arguments(arguments_text(function.get("arguments")))}
         )  # fmt: skip
     matched = stop_matched(choice, stops)
     return {
@@ -496,9 +497,7 @@ def input_json(raw: str) -> str:
     return orjson.dumps(_arguments(raw)).decode()
 
 
-def _arguments(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return raw
+def _arguments(raw: str) -> Any:
     try:
         parsed = orjson.loads(raw or "{}")
     except orjson.JSONDecodeError:

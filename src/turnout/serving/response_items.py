@@ -29,6 +29,7 @@ from typing import Any
 
 from turnout.errors import RequestError
 from turnout.providers.base import Usage
+from turnout.serving.call_order import arguments_text, calls_of, function_of, text_of
 
 # Fields read here; ``model``, ``stream``, ``store``, ``metadata`` and ``user`` by the door itself.
 FIELDS = frozenset(
@@ -295,12 +296,12 @@ def output(chat: Mapping[str, Any], response_id: str) -> tuple[list[dict[str, An
     choice = choices[0] if isinstance(choices[0], dict) else {}
     said = choice.get("message") or {}
     items: list[dict[str, Any]] = []
-    if said.get("content"):
-        items.append(message_item(response_id, str(said["content"]), "completed"))
-    for i, call in enumerate(said.get("tool_calls") or ()):
-        function = call.get("function") or {}
-        item = call_item(response_id, i, call.get("id") or "", function.get("name") or "", "completed")
-        item["arguments"] = str(function.get("arguments") or "")
+    if text := text_of(said):
+        items.append(message_item(response_id, text, "completed"))
+    for i, call in enumerate(calls_of(said)):
+        function = function_of(call)
+        item = call_item(response_id, i, str(call.get("id") or ""), str(function.get("name") or ""), "completed")
+        item["arguments"] = arguments_text(function.get("arguments"))
         items.append(item)
     finish = choice.get("finish_reason")
     if items:
