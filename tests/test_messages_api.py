@@ -425,21 +425,13 @@ async def test_metadata_takes_user_id_and_turnouts_keys_only_and_its_limits_hold
     ask: list[anthropic.types.MessageParam] = [{"role": "user", "content": "secret"}]
     async with FakeUpstream(reply=("kept",)) as onprem, FakeUpstream(reply=("cloud",)) as cloud:
         raw = config(tmp_path, {"cloud": cloud.base_url, "onprem": onprem.base_url})
+        typo_meta: Any = {"data_clas": "restricted"}
+        tiny_budget: Any = {"max_cost_usd": 1e-9}
         async with gateway(make_app, raw) as (_, client):
             with pytest.raises(anthropic.BadRequestError) as typo:
-                await client.messages.create(
-                    model="support",
-                    max_tokens=5,
-                    messages=ask,
-                    metadata={"data_clas": "restricted"},  # type: ignore[typeddict-unknown-key]
-                )
+                await client.messages.create(model="support", max_tokens=5, messages=ask, metadata=typo_meta)
             with pytest.raises(anthropic.UnprocessableEntityError) as limited:
-                await client.messages.create(
-                    model="support",
-                    max_tokens=5,
-                    messages=ask,
-                    metadata={"max_cost_usd": 1e-9},  # type: ignore[typeddict-unknown-key]
-                )
+                await client.messages.create(model="support", max_tokens=5, messages=ask, metadata=tiny_budget)
             meta: Any = {"user_id": "u-1", "data_class": "restricted", "max_cost_usd": 1, "max_latency_ms": 60_000}
             answer = await client.messages.create(model="support", max_tokens=5, messages=ask, metadata=meta)
     assert typo.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]

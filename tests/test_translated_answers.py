@@ -24,7 +24,7 @@ from tests.test_messages_api import KEY, config, gateway
 from turnout.serving import anthropic_events, response_events
 
 ASK: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
-TOOL = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+TOOL: Any = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
 FUNCTION = {"type": "function", "name": "get_weather", "parameters": TOOL["input_schema"]}
 PARIS = {"city": "Paris"}
 
@@ -52,6 +52,8 @@ class PartsServer(FakeServer):
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         called = bool(body.get("tools"))
+        message: dict[str, Any]
+        deltas: list[dict[str, Any]]
         if called:
             call = {
                 "index": 0,
@@ -67,7 +69,7 @@ class PartsServer(FakeServer):
         if not body.get("stream"):
             choice = {"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}
             return web.json_response({"object": "chat.completion", "choices": [choice], "usage": usage})
-        chunks = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        chunks: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
         chunks += [{"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}, {"choices": [], "usage": usage}]
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
@@ -89,15 +91,17 @@ async def clients(make_app: AppFactory, tmp_path: Path) -> AsyncIterator[tuple[a
 async def test_text_parts_and_object_arguments_reach_an_anthropic_client_as_text_and_input(
     make_app: AppFactory, tmp_path: Path, stream: bool
 ) -> None:
+    text: Any
+    call: Any
     async with clients(make_app, tmp_path) as (client, _):
         if stream:
             async with client.messages.stream(model="support", max_tokens=16, messages=ASK) as said:
                 text = await said.get_final_message()
-            async with client.messages.stream(model="support", max_tokens=16, messages=ASK, tools=[TOOL]) as called:  # type: ignore[list-item]
+            async with client.messages.stream(model="support", max_tokens=16, messages=ASK, tools=[TOOL]) as called:
                 call = await called.get_final_message()
         else:
             text = await client.messages.create(model="support", max_tokens=16, messages=ASK)
-            call = await client.messages.create(model="support", max_tokens=16, messages=ASK, tools=[TOOL])  # type: ignore[list-item]
+            call = await client.messages.create(model="support", max_tokens=16, messages=ASK, tools=[TOOL])
     assert [(b.type, getattr(b, "text", None)) for b in text.content] == [("text", "Sunny today")]
     assert [(b.type, getattr(b, "input", None)) for b in call.content] == [("tool_use", PARIS)]
     assert call.stop_reason == "tool_use"
