@@ -190,7 +190,13 @@ class Pipeline:
                 if limits is not None:
                     allowed = await self.constrain(limits, admission, body, allowed, skipped)
                 allowed, grant = await rt.quota.admit(
-                    tenant.name, admission.task, body, allowed, request_id, checked=checking is not None
+                    tenant.name,
+                    admission.task,
+                    body,
+                    allowed,
+                    request_id,
+                    checked=checking is not None,
+                    output_param=door.output_param,
                 )
                 targets = [rt.targets[n] for n in allowed]
                 # A checked answer is asked for whole, even for a stream: no unchecked byte goes out.

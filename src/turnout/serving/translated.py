@@ -51,6 +51,7 @@ class Encoder(Protocol):
 class TranslatedDoor(Generic[R]):
     task_param = "model"
     prompt_param: str | None = "messages"
+    output_param: str | None = "max_tokens"
     needs_release = False
     release_prompt = False
     fenced_json = False
