@@ -416,6 +416,31 @@ async def test_a_restricted_request_never_leaves_its_allowed_targets(make_app: A
     assert chats(cloud) == []  # never, not even as a fallback
 
 
+async def test_metadata_takes_user_id_and_turnouts_keys_only_and_its_limits_hold(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """Anthropic's API refuses a metadata key but ``user_id``; this door read turnout's own and
+    dropped any other silently: a misspelt ``data_class`` served a restricted prompt under the
+    default class, on targets its policy keeps it from, and ``max_cost_usd`` bounded nothing."""
+    ask: list[anthropic.types.MessageParam] = [{"role": "user", "content": "secret"}]
+    async with FakeUpstream(reply=("kept",)) as onprem, FakeUpstream(reply=("cloud",)) as cloud:
+        raw = config(tmp_path, {"cloud": cloud.base_url, "onprem": onprem.base_url})
+        typo_meta: Any = {"data_clas": "restricted"}
+        tiny_budget: Any = {"max_cost_usd": 1e-9}
+        async with gateway(make_app, raw) as (_, client):
+            with pytest.raises(anthropic.BadRequestError) as typo:
+                await client.messages.create(model="support", max_tokens=5, messages=ask, metadata=typo_meta)
+            with pytest.raises(anthropic.UnprocessableEntityError) as limited:
+                await client.messages.create(model="support", max_tokens=5, messages=ask, metadata=tiny_budget)
+            meta: Any = {"user_id": "u-1", "data_class": "restricted", "max_cost_usd": 1, "max_latency_ms": 60_000}
+            answer = await client.messages.create(model="support", max_tokens=5, messages=ask, metadata=meta)
+    assert typo.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert "metadata.data_clas" in typo.value.message
+    assert "max_cost_usd" in limited.value.message
+    assert answer.content[0].text == "kept"  # type: ignore[union-attr]
+    assert chats(cloud) == [] and len(chats(onprem)) == 1
+
+
 async def test_a_budget_is_charged_and_then_refuses_with_a_rate_limit_error(
     make_app: AppFactory, tmp_path: Path
 ) -> None:

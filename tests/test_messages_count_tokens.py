@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import pydantic
 import pytest
 
 from tests.asgi import request
@@ -51,6 +52,32 @@ async def test_the_sdk_counts_a_prompt_without_calling_any_target(make_app: AppF
         }
         assert fuller.input_tokens == prompt_tokens(counted) > plain.input_tokens
         assert chats(up) == []  # nothing generated, nothing asked of the upstream
+
+
+async def test_the_sdks_output_format_is_counted_as_the_quota_counts_it(make_app: AppFactory, tmp_path: Path) -> None:
+    """``count_tokens(output_format=...)`` sends ``output_config``, whose schema reaches the target
+    as the chat ``response_format`` and counts toward the quota's bound: it was a 400, so a caller
+    could not count the prompt it sends with ``messages.parse``."""
+
+    class Order(pydantic.BaseModel):
+        order_id: str
+        shipped: bool
+
+    async with (
+        FakeUpstream(reply=('{"order_id": "A1", "shipped": true}',)) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        plain = await client.messages.count_tokens(model="support", messages=HELLO)
+        shaped = await client.messages.count_tokens(model="support", messages=HELLO, output_format=Order)
+        effort = client.messages.count_tokens(model="support", messages=HELLO, output_config={"effort": "low"})
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await effort
+        assert chats(up) == []
+        await client.messages.parse(model="support", max_tokens=32, messages=HELLO, output_format=Order)
+    [sent] = chats(up)  # the prompt the target received for the same request
+    assert shaped.input_tokens == prompt_tokens({**chat_body(), "response_format": sent["response_format"]})
+    assert shaped.input_tokens > plain.input_tokens
+    assert "output_config.effort" in str(refused.value)
 
 
 async def test_counting_takes_the_largest_bound_of_the_tasks_targets(make_app: AppFactory, tmp_path: Path) -> None:

@@ -454,6 +454,22 @@ async def test_a_budget_is_charged_and_then_refuses_with_a_rate_limit_error(
     assert (refused.status, refused.endpoint) == (429, "responses")
 
 
+async def test_a_request_no_tpm_limit_can_admit_names_max_output_tokens(make_app: AppFactory, tmp_path: Path) -> None:
+    """A 400 ``request_too_large`` names the field the caller bounds the answer with: it named
+    ``max_tokens``, which the Responses API does not have, and told the caller to lower it."""
+    async with FakeUpstream() as up:
+        raw = config(tmp_path, {"onprem": up.base_url}, limits={"tpm": 1000})
+        async with gateway(make_app, raw) as (_, client):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.responses.create(model="support", input="x", max_output_tokens=5000)
+    error = refused.value.response.json()["error"]
+    assert (error["code"], error["param"]) == ("request_too_large", "max_output_tokens")
+    assert "lower max_output_tokens" in error["message"] and "max_tokens" not in error["message"].replace(
+        "max_output_tokens", ""
+    )
+    assert chats(up) == []
+
+
 async def test_the_in_process_door_takes_bearer_and_x_api_key(make_app: AppFactory, tmp_path: Path) -> None:
     async with FakeUpstream() as up:
         app = await make_app(config(tmp_path, {"onprem": up.base_url}))

@@ -187,6 +187,26 @@ def test_what_the_door_does_not_translate_is_a_400_naming_it(body: dict[str, Any
     assert (refused.value.status, refused.value.param, refused.value.code) == (400, param, code)
 
 
+@pytest.mark.parametrize(
+    ("tools", "choice", "param"),
+    [
+        (None, "required", "tool_choice"),
+        (None, {"type": "function", "name": "lookup"}, "tool_choice.name"),
+        ([{"type": "function", "name": "search"}], {"type": "function", "name": "lookup"}, "tool_choice.name"),
+    ],
+)
+def test_a_tool_choice_that_names_no_declared_tool_is_a_400(tools: Any, choice: Any, param: str) -> None:
+    """As OpenAI answers it. It reached the targets, and a target with no such tool to call (the
+    embedded model ignores the choice) answered in text: the caller that required a call got none."""
+    with pytest.raises(RequestError) as refused:
+        validate({"model": "t", "input": "x", "tools": tools, "tool_choice": choice})
+    assert (refused.value.status, refused.value.param) == (400, param)
+    named = validate(
+        {"model": "t", "input": "x", "tools": [{"type": "function", "name": "lookup"}], "tool_choice": choice}
+    )
+    assert named.body["tool_choice"] in ("required", {"type": "function", "function": {"name": "lookup"}})
+
+
 def test_input_is_required_and_is_a_string_or_a_list_of_items() -> None:
     """As OpenAI takes it; required here, where no response state stands in for it."""
     with pytest.raises(RequestError) as missing:

@@ -29,6 +29,7 @@ import orjson
 
 from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Usage
+from turnout.serving.call_order import arguments_text, calls_of, function_of, text_of
 
 # Fields read here; ``model``, ``stream``, ``max_tokens`` and ``metadata`` by the door itself.
 # ``cache_control`` (Anthropic's automatic cache point) is accepted and ignored, as on a block.
@@ -89,7 +90,9 @@ IGNORED = frozenset(
     }
 )  # fmt: skip
 # What ``POST /v1/messages/count_tokens`` takes: the prompt, no output or sampling parameters.
-COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "cache_control"})
+# ``output_config`` (the SDKs' ``count_tokens(output_format=...)``) is part of the prompt: the
+# format's schema goes to the target as the chat ``response_format``, which the quota counts.
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "output_config", "cache_control"})
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -170,13 +173,16 @@ def _output_format(config: Any) -> dict[str, Any] | None:
 
 
 def to_counted(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The chat body whose prompt a ``count_tokens`` request counts: its messages, system and
-    tools, checked as ``to_chat`` checks them; a field ``count_tokens`` does not take (``max_tokens``,
-    ``stream``, sampling) is a 400 naming it, as Anthropic's API answers."""
+    """The chat body whose prompt a ``count_tokens`` request counts: its messages, system, tools
+    and output format, checked as ``to_chat`` checks them; a field ``count_tokens`` does not take
+    (``max_tokens``, ``stream``, sampling) is a 400 naming it, as Anthropic's API answers."""
     unknown = sorted(k for k in body if k not in COUNT_FIELDS and body[k] is not None)
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not a count_tokens field")
-    return {"messages": _prompt_messages(body), **_tools(body)}
+    counted = {"messages": _prompt_messages(body), **_tools(body)}
+    if (fmt := _output_format(body.get("output_config"))) is not None:
+        counted["response_format"] = fmt
+    return counted
 
 
 def _prompt_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -432,13 +438,13 @@ def message(
     choice = choices[0] if isinstance(choices[0], dict) else {}
     said = choice.get("message") or {}
     content: list[dict[str, Any]] = []
-    if said.get("content"):
-        content.append({"type": "text", "text": str(said["content"])})
-    for call in said.get("tool_calls") or ():
-        function = call.get("function") or {}
+    if text := text_of(said):
+        content.append({"type": "text", "text": text})
+    for call in calls_of(said):
+        function = function_of(call)
         content.append(
-            {"type": "tool_use", "id": call.get("id") or "", "name": function.get("name") or "",
-             "input": _arguments(function.get("arguments"))}
+            {"type": "tool_use", "id": str(call.get("id") or ""), "name": str(function.get("name") or ""),
+             "input": _arguments(arguments_text(function.get("arguments")))}
         )  # fmt: skip
     matched = stop_matched(choice, stops)
     return {
@@ -491,9 +497,7 @@ def input_json(raw: str) -> str:
     return orjson.dumps(_arguments(raw)).decode()
 
 
-def _arguments(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return raw
+def _arguments(raw: str) -> Any:
     try:
         parsed = orjson.loads(raw or "{}")
     except orjson.JSONDecodeError:

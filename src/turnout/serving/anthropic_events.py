@@ -22,7 +22,7 @@ import pydantic_core
 
 from turnout.providers.base import Usage
 from turnout.serving.anthropic import STOP_REASONS, input_json, stop_matched, usage_of
-from turnout.serving.call_order import CallOrder
+from turnout.serving.call_order import CallOrder, arguments_text, calls_of, function_of, text_of
 
 
 class Events:
@@ -58,9 +58,9 @@ class Events:
         out = b""
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            if delta.get("content") and not self.calls.holds_text(delta["content"]):
-                out += self._text(delta["content"])
-            for call in delta.get("tool_calls") or ():
+            if (text := text_of(delta)) and not self.calls.holds_text(text):
+                out += self._text(text)
+            for call in calls_of(delta):
                 out += self._tool_delta(call)
             if choice.get("finish_reason") is not None:
                 self.finish = choice["finish_reason"]
@@ -93,15 +93,15 @@ class Events:
         if place == "held":
             return b""
         out = b""
-        function = call.get("function") or {}
+        function = function_of(call)
         if place == "open":
-            out += self._open(_tool_block(call.get("id") or "", function.get("name") or ""), "tool_use")
-        if function.get("arguments"):
+            out += self._open(_tool_block(str(call.get("id") or ""), str(function.get("name") or "")), "tool_use")
+        if arguments := arguments_text(function.get("arguments")):
             streaming = self.sent == self.arguments  # nothing held back yet
-            self.arguments += function["arguments"]
+            self.arguments += arguments
             if streaming and _object_start(self.arguments):
                 self.sent = self.arguments
-                out += self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
+                out += self._delta({"type": "input_json_delta", "partial_json": arguments})
         return out
 
     def _rest_of_call(self) -> bytes:

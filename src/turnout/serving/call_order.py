@@ -8,6 +8,12 @@ the first call streams as it comes and stays open to the end; a call that starts
 open, and any text that comes after it, are held and written whole at the end, in the order they
 started. An upstream that sends its calls one after another loses nothing but the streaming of
 the calls after the first.
+
+What the doors read of a chat answer is read here as some OpenAI-compatible servers write it:
+``arguments`` as an object rather than its JSON text (``arguments_text``), ``content`` as a list
+of parts (``text_of``), a malformed call skipped (``calls_of``, ``function_of``). Read as Python
+values they became the answer's text as Python wrote them (``[{'type': 'text', ...``), or a
+stream's failure inside the gateway.
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import orjson
+
+from turnout.safety.output import content_text
 
 Place = Literal["open", "live", "held"]
 
@@ -38,19 +48,20 @@ class CallOrder:
         self.text: list[str] = []  # text that came while it was open
 
     def place(self, call: Mapping[str, Any]) -> Place:
-        position = call.get("index", 0)
+        position = call.get("index")
+        position = position if type(position) is int else 0  # as the provider reads a choice's
         if position == self.live:
             return "live"
         if self.live is None:
             self.live = position
             return "open"
-        function = call.get("function") or {}
+        function = function_of(call)
         held = self.held.get(position)
         if held is None:
-            held = self.held[position] = HeldCall(call.get("id") or "", function.get("name") or "")
-        held.id = held.id or call.get("id") or ""
-        held.name = held.name or function.get("name") or ""
-        held.arguments += function.get("arguments") or ""
+            held = self.held[position] = HeldCall(_string(call.get("id")), _string(function.get("name")))
+        held.id = held.id or _string(call.get("id"))
+        held.name = held.name or _string(function.get("name"))
+        held.arguments += arguments_text(function.get("arguments"))
         return "held"
 
     def holds_text(self, text: str) -> bool:
@@ -59,3 +70,31 @@ class CallOrder:
             return False
         self.text.append(text)
         return True
+
+
+def calls_of(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The tool calls of an answer's message or a stream's delta: the objects among them."""
+    calls = message.get("tool_calls")
+    return [call for call in calls if isinstance(call, dict)] if isinstance(calls, list) else []
+
+
+def function_of(call: Mapping[str, Any]) -> dict[str, Any]:
+    function = call.get("function")
+    return function if isinstance(function, dict) else {}
+
+
+def arguments_text(arguments: Any) -> str:
+    """A call's arguments as the JSON text both APIs carry: as sent where text, the JSON of what
+    some servers send as an object."""
+    if arguments is None or isinstance(arguments, str):
+        return arguments or ""
+    return orjson.dumps(arguments).decode()
+
+
+def text_of(message: Mapping[str, Any]) -> str:
+    """The text of an answer's message or a stream's delta: its content, or its parts' texts."""
+    return content_text(message.get("content"))
+
+
+def _string(value: Any) -> str:
+    return value if isinstance(value, str) else ""

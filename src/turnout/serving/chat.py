@@ -54,6 +54,7 @@ class ChatDoor:
     endpoint = "chat.completions"
     task_param = "model"
     prompt_param: str | None = "messages"
+    output_param: str | None = "max_tokens"
     needs_release = False
     release_prompt = False
     ticket_body = True

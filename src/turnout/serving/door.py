@@ -142,11 +142,14 @@ class Door(Protocol[R]):
     ``tasks``, ``embeddings``, ``messages``, ``responses``); a task whose route embeds is served
     by the ``embeddings`` door only. ``prompt_param``: the field that carries the prompt, blamed
     when it fits no target's context window (400 ``context_length_exceeded``, as OpenAI names
-    ``messages``); None where no one field is (the task API's prompt is its release's template)."""
+    ``messages``); None where no one field is (the task API's prompt is its release's template).
+    ``output_param``: the field that bounds the answer's tokens, blamed when a request can never
+    fit a tpm limit (400 ``request_too_large``); None where the caller sets none."""
 
     endpoint: str
     task_param: str
     prompt_param: str | None
+    output_param: str | None
     needs_release: bool
     release_prompt: bool
     fenced_json: bool

@@ -64,6 +64,7 @@ class EmbeddingsDoor:
     endpoint = EMBEDDINGS
     task_param = "model"
     prompt_param: str | None = "input"
+    output_param: str | None = None  # nothing generated
     needs_release = False
     release_prompt = False
     fenced_json = False

@@ -20,8 +20,9 @@ from typing import Any
 
 from turnout._support.printable import printable
 from turnout.config import DATA_CLASSES, embedding_tasks
-from turnout.errors import RequestError, TurnoutError, UnknownTask
+from turnout.errors import RequestError, TurnoutError, UnknownTask, refuse_unknown
 from turnout.providers.base import Usage
+from turnout.routing.constraints import COST, LATENCY
 from turnout.serving import anthropic, anthropic_events
 from turnout.serving.asgi import Receive, Send, credential, json_object, read_body, send_json
 from turnout.serving.door import Reply, check_episode_id
@@ -29,6 +30,10 @@ from turnout.serving.runtime import Runtime
 from turnout.serving.translated import Encoder, TranslatedDoor
 
 ENDPOINT = "messages"
+# ``metadata``: Anthropic's ``user_id`` and what turnout reads there (none of it reaches a target).
+# Anthropic's API refuses any other key, and so does this door: a misspelt ``data_class``
+# dropped silently served the request under the default class, past the policy it asked for.
+METADATA = ("user_id", "data_class", "episode_id", LATENCY, COST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class MessagesRequest:
     data_class: str | None
     user: str | None
     episode_id: str | None = None
+    constraints: dict[str, Any] | None = None  # metadata.max_latency_ms / max_cost_usd as sent
 
 
 class MessagesDoor(TranslatedDoor[MessagesRequest]):
@@ -100,6 +106,7 @@ def validate(body: dict[str, Any]) -> MessagesRequest:
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise anthropic.bad("metadata", "'metadata' must be an object")
+    refuse_unknown(metadata, METADATA, "metadata", prefix="metadata.", code="invalid_value")
     user = metadata.get("user_id")
     if user is not None and not isinstance(user, str):
         raise anthropic.bad("metadata.user_id", "'metadata.user_id' must be a string")
@@ -113,4 +120,5 @@ def validate(body: dict[str, Any]) -> MessagesRequest:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
     episode = check_episode_id(metadata.get("episode_id"), "metadata.episode_id")
-    return MessagesRequest(task, chat, stream, data_class, user, episode)
+    constraints = {k: metadata[k] for k in (LATENCY, COST) if k in metadata} or None
+    return MessagesRequest(task, chat, stream, data_class, user, episode, constraints)

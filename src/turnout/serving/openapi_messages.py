@@ -33,7 +33,8 @@ def _count_request() -> Schema:
     return {
         "type": "object",
         "required": ["model", "messages"],
-        "description": "A Messages request's prompt: its model (the task), system, messages and tools, checked "
+        "description": "A Messages request's prompt: its model (the task), system, messages, tools and "
+        "output_config.format, checked "
         "as `POST /v1/messages` checks them. Any other field (`max_tokens`, `stream`, sampling) is refused "
         "with a 400 naming it.",
         "properties": {k: v for k, v in request["properties"].items() if k in COUNT_FIELDS},
@@ -125,11 +126,15 @@ def _request() -> Schema:
             "top_k": {"type": "integer", "minimum": 0},
             "metadata": {
                 "type": "object",
-                "description": "`user_id` as Anthropic defines it; turnout also reads data_class and episode_id.",
+                "description": "`user_id` as Anthropic defines it; turnout also reads data_class, episode_id, "
+                "max_latency_ms and max_cost_usd. Any other key is a 400, as on Anthropic's API.",
+                "additionalProperties": False,
                 "properties": {
                     "user_id": nullable(STRING),
                     "data_class": nullable(DATA_CLASS),
                     "episode_id": nullable(EPISODE_ID),
+                    "max_latency_ms": nullable({"type": ["number", "string"]}),  # as the headers; 400 out of range
+                    "max_cost_usd": nullable({"type": ["number", "string"]}),
                 },
             },
         },

@@ -193,7 +193,13 @@ class Pipeline:
                 if limits is not None:
                     allowed = await self.constrain(limits, admission, body, allowed, skipped)
                 allowed, grant = await rt.quota.admit(
-                    tenant.name, admission.task, body, allowed, request_id, checked=checking is not None
+                    tenant.name,
+                    admission.task,
+                    body,
+                    allowed,
+                    request_id,
+                    checked=checking is not None,
+                    output_param=door.output_param,
                 )
                 targets = [rt.targets[n] for n in allowed]
                 # A checked answer is asked for whole, even for a stream: no unchecked byte goes out.
@@ -457,11 +463,11 @@ class Pipeline:
             raise PolicyDenied(f"{exc.message} ({raised.note()})", param=exc.param) from exc
 
     def limits(self, scope: dict[str, Any], request: Inbound) -> Constraints | None:
-        """The caller's max_latency_ms / max_cost_usd: headers on every door, or the chat
-        door's metadata; 400 naming the field for a bad value."""
+        """The caller's max_latency_ms / max_cost_usd: headers on every door, or the
+        metadata of a door that reads them there; 400 naming the field for a bad value."""
         sent = headers(scope)
         latency, cost = _text(sent.get(_MAX_LATENCY)), _text(sent.get(_MAX_COST))
-        meta = getattr(request, "constraints", None)  # only the chat door's request has it
+        meta = getattr(request, "constraints", None)  # the doors whose metadata may carry them
         if latency is None and cost is None and meta is None:
             return None  # most requests: two header scans, no parsing
         return constraints.parse({_MAX_LATENCY.decode(): latency, _MAX_COST.decode(): cost}, meta)

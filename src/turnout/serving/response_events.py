@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from turnout.providers.base import Usage
-from turnout.serving.call_order import CallOrder
+from turnout.serving.call_order import CallOrder, arguments_text, calls_of, function_of, text_of
 from turnout.serving.response_items import call_item, last_status, message_item, response
 
 
@@ -41,9 +41,9 @@ class Events:
         out = b""
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            if delta.get("content") and not self.calls.holds_text(str(delta["content"])):
-                out += self._text(str(delta["content"]))
-            for call in delta.get("tool_calls") or ():
+            if (text := text_of(delta)) and not self.calls.holds_text(text):
+                out += self._text(text)
+            for call in calls_of(delta):
                 out += self._call(call)
             if choice.get("finish_reason") is not None:
                 self.finish = choice["finish_reason"]
@@ -79,11 +79,11 @@ class Events:
         place = self.calls.place(call)
         if place == "held":
             return b""
-        function = call.get("function") or {}
+        function = function_of(call)
         out = b""
         if place == "open":
-            out += self._open_call(call.get("id") or "", function.get("name") or "")
-        return out + self._arguments(function.get("arguments"))
+            out += self._open_call(str(call.get("id") or ""), str(function.get("name") or ""))
+        return out + self._arguments(arguments_text(function.get("arguments")))
 
     def _held(self) -> bytes:
         """What waited behind the streamed call: its text, then each held call, whole."""
@@ -100,7 +100,7 @@ class Events:
         self.called += 1
         return out + self._add(item)
 
-    def _arguments(self, arguments: str | None) -> bytes:
+    def _arguments(self, arguments: str) -> bytes:
         """More arguments of the open function_call item."""
         if not arguments:
             return b""

@@ -29,6 +29,7 @@ from typing import Any
 
 from turnout.errors import RequestError
 from turnout.providers.base import Usage
+from turnout.serving.call_order import arguments_text, calls_of, function_of, text_of
 
 # Fields read here; ``model``, ``stream``, ``store``, ``metadata`` and ``user`` by the door itself.
 FIELDS = frozenset(
@@ -82,7 +83,7 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     if body.get("tools") is not None:
         chat["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
     if body.get("tool_choice") is not None:
-        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+        chat["tool_choice"] = _tool_choice(body["tool_choice"], [t["function"]["name"] for t in chat.get("tools", ())])
     if body.get("parallel_tool_calls") is not None:
         if not isinstance(body["parallel_tool_calls"], bool):
             raise bad("parallel_tool_calls", "'parallel_tool_calls' must be a boolean")
@@ -207,11 +208,17 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     return {"type": "function", "function": function | _typed(tool, at, description=str, strict=bool)}
 
 
-def _tool_choice(choice: Any) -> Any:
+def _tool_choice(choice: Any, tools: list[str]) -> Any:
+    """``tools``: the names the request declares. A choice that needs a tool needs them, as OpenAI
+    answers: a target that has none to call (the embedded model) answered in text instead."""
     if isinstance(choice, str) and choice in ("auto", "none", "required"):
+        if choice == "required" and not tools:
+            raise bad("tool_choice", "'tool_choice' 'required' needs 'tools' to choose from")
         return choice
     name = choice.get("name") if isinstance(choice, dict) else None
     if isinstance(name, str) and name and choice.get("type") == "function":
+        if name not in tools:
+            raise bad("tool_choice.name", f"'tool_choice.name' {name!r} is not one of the request's tools")
         return {"type": "function", "function": {"name": name}}
     raise bad("tool_choice", "'tool_choice' must be auto, none, required or {type: function, name}")
 
@@ -289,12 +296,12 @@ def output(chat: Mapping[str, Any], response_id: str) -> tuple[list[dict[str, An
     choice = choices[0] if isinstance(choices[0], dict) else {}
     said = choice.get("message") or {}
     items: list[dict[str, Any]] = []
-    if said.get("content"):
-        items.append(message_item(response_id, str(said["content"]), "completed"))
-    for i, call in enumerate(said.get("tool_calls") or ()):
-        function = call.get("function") or {}
-        item = call_item(response_id, i, call.get("id") or "", function.get("name") or "", "completed")
-        item["arguments"] = str(function.get("arguments") or "")
+    if text := text_of(said):
+        items.append(message_item(response_id, text, "completed"))
+    for i, call in enumerate(calls_of(said)):
+        function = function_of(call)
+        item = call_item(response_id, i, str(call.get("id") or ""), str(function.get("name") or ""), "completed")
+        item["arguments"] = arguments_text(function.get("arguments"))
         items.append(item)
     finish = choice.get("finish_reason")
     if items:

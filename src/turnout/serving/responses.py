@@ -42,6 +42,7 @@ class ResponsesRequest:
 class ResponsesDoor(TranslatedDoor[ResponsesRequest]):
     endpoint = ENDPOINT
     prompt_param: str | None = "input"
+    output_param: str | None = "max_output_tokens"
 
     def parse(self, raw: bytes, task: str | None) -> ResponsesRequest:
         return validate(json_object(raw))

@@ -56,6 +56,7 @@ class TaskDoor:
     endpoint = "tasks"
     task_param = "task"
     prompt_param: str | None = None  # the release's template, filled with variables and documents
+    output_param: str | None = None  # the release's parameters bound the answer
     needs_release = True
     release_prompt = True
     fenced_json = True  # ``_output`` strips the fence

@@ -25,6 +25,7 @@ from turnout.safety import inputs
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, send_json
+from turnout.serving.call_order import text_of
 from turnout.serving.door import Answered, Inbound, Reply, reported
 
 log = logging.getLogger("turnout")
@@ -50,6 +51,7 @@ class Encoder(Protocol):
 class TranslatedDoor(Generic[R]):
     task_param = "model"
     prompt_param: str | None = "messages"
+    output_param: str | None = "max_tokens"
     needs_release = False
     release_prompt = False
     fenced_json = False
@@ -186,8 +188,8 @@ def _texts(chunk: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
-        if delta.get("content"):
-            out.append(str(delta["content"]))
+        if text := text_of(delta):
+            out.append(text)
         if delta.get("tool_calls"):
             out.append(orjson.dumps(delta["tool_calls"]).decode())
     return out

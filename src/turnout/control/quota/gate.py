@@ -73,9 +73,12 @@ class QuotaGate:
         request_id: str,
         *,
         checked: bool = False,
+        output_param: str | None = "max_tokens",
     ) -> tuple[list[str], Grant | None]:
         """The targets the request may still use, and its grant (None: no limits apply).
-        ``checked``: its answers pass the task's output checks (repairs and escalation)."""
+        ``checked``: its answers pass the task's output checks (repairs and escalation).
+        ``output_param``: the caller's field that bounds the output (None: it sets none), named
+        when the request can never fit."""
         scopes: tuple[Scope, ...] = self.scopes.get((tenant, task), ())
         if not scopes or self.limiter is None:
             return allowed, None
@@ -99,7 +102,7 @@ class QuotaGate:
             worst = {name: self._worst(name, prompts[name], output, repairs, now) for name in allowed}
             extra = 0.0 if escalation is None else self.book.worst_case(escalation, prompts[escalation], output, now)
             ask = Ask(request_id, scopes, max(prompts[n] for n in allowed) + output, max(worst.values()) + extra, now)
-        _fits_tpm(ask, output)
+        _fits_tpm(ask, output, output_param)
         try:
             return allowed, self.inline.take(ask) if self.inline is not None else await self.limiter.acquire(ask)
         except QuotaExceeded as refusal:
@@ -157,17 +160,19 @@ def _answers(config: Config) -> dict[str, tuple[int, str | None]]:
     return out
 
 
-def _fits_tpm(ask: Ask, output: int) -> None:
+def _fits_tpm(ask: Ask, output: int, param: str | None) -> None:
     """A request whose tokens pass a whole minute's ``tpm`` would be told to retry forever (a full
-    bucket never holds it): refused at once, as too large, not rate limited."""
+    bucket never holds it): refused at once, as too large, not rate limited. ``param``: the
+    caller's field that bounds the output, named as the door spells it (None: it sets none)."""
     for scope in ask.scopes:
         tpm = scope.limits.tpm
         if tpm is not None and ask.tokens > tpm:
+            said = f": {param}, or the default when unset" if param else ""
+            fix = f"lower {param} or shorten the prompt" if param else "shorten the prompt"
             raise RequestError(
                 f"{scope.name}: the request counts up to {ask.tokens:,} tokens ({ask.tokens - output:,} of prompt and "
-                f"{output:,} of output: max_tokens, or the default when unset), more than the tpm limit of {tpm:,} "
-                "can ever admit; lower max_tokens or shorten the prompt",
-                param="max_tokens",
+                f"{output:,} of output{said}), more than the tpm limit of {tpm:,} can ever admit; {fix}",
+                param=param,
                 code="request_too_large",
             )
 
