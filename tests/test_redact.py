@@ -96,6 +96,9 @@ POSITIVES = [
     ("PASSWORD", "password: hunter22", "hunter22"),
     ("PASSWORD", "my password is Tr0ub4dor&3 ok", "Tr0ub4dor&3"),
     ("PASSWORD", "postgres://app:S3cretPw@db:5432/app", "S3cretPw"),
+    # Redis's own form: a password and no user name
+    ("PASSWORD", "limits at redis://:S3cretPw@redis:6379/0", "S3cretPw"),
+    ("PASSWORD", "rediss://:S3cretPw@cache.internal:6380", "S3cretPw"),
 ]
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgHcTz6sE2I2yPB\naFDrBz9vFqU4yB8HX3kz5dwhrNWBQ3JS\n-----END RSA PRIVATE KEY-----"  # noqa: E501
 

@@ -100,7 +100,8 @@ _BASE64_40 = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])
 _TOKEN_VALUE = r"([A-Za-z0-9._~+/-]{16,}=*)"  # noqa: S105 - a pattern, not a secret
 _BEARER_AFTER = re.compile(r"\s+" + _TOKEN_VALUE)
 _AUTH_AFTER = re.compile(r"[\"']?\s*[:=]\s*[\"']?(?i:(?:basic|token|bot|digest)\s+)?([A-Za-z0-9._~+/-]{12,}=*)")
-_URL_CREDENTIALS = re.compile(r"://[^\s:/@\"'<>]+:([^\s/@\"'<>{}\[\]]+)@[\w.-]")
+# user:password@ in a URL; the user may be empty (Redis's own form, redis://:password@host).
+_URL_CREDENTIALS = re.compile(r"://[^\s:/@\"'<>]*:([^\s/@\"'<>{}\[\]]+)@[\w.-]")
 
 # Names of keys whose values are secrets; matched at each occurrence of one of these words.
 _KEY_WORDS = ("pass", "pwd", "secret", "token", "key", "credential")
