@@ -92,6 +92,16 @@ POSITIVES = [
         "turnout tk-Ab3_dEf6hIj9kLm2nOp5qRs8tUv1wXy4z-Ab3dEf6hI",
         "tk-Ab3_dEf6hIj9kLm2nOp5qRs8tUv1wXy4z-Ab3dEf6hI",
     ),
+    (
+        "API_KEY",
+        "bedrock ABSKQmVkcm9ja0FQSUtleS1hYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3ODk= ok",
+        "ABSKQmVkcm9ja0FQSUtleS1hYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3ODk=",
+    ),
+    (
+        "API_KEY",
+        "Bearer: bedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29tLz9BY3Rpb249Q2FsbFdpdGhCZWFyZXJUb2tlbg==",
+        "bedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29tLz9BY3Rpb249Q2FsbFdpdGhCZWFyZXJUb2tlbg==",
+    ),
     ("SECRET", 'client_secret: "9f8e7d6c5b4a39281706abcdef"', "9f8e7d6c5b4a39281706abcdef"),
     ("PASSWORD", "password: hunter22", "hunter22"),
     ("PASSWORD", "my password is Tr0ub4dor&3 ok", "Tr0ub4dor&3"),

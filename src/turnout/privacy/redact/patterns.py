@@ -85,10 +85,12 @@ _API_KEY = re.compile(
     r"|pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}"  # PyPI upload tokens
     r"|SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"  # SendGrid
     r"|tk-[A-Za-z0-9_-]{40,}"  # turnout's own issued keys: tk- + token_urlsafe(32)
+    r"|ABSK[A-Za-z0-9+/]{40,}={0,2}"  # Amazon Bedrock API keys, long-term (AWS_BEARER_TOKEN_BEDROCK)
+    r"|bedrock-api-key-[A-Za-z0-9+/]{40,}={0,2}"  # Amazon Bedrock API keys, short-term
     r"|https://hooks\.slack\.com/services/T[A-Za-z0-9_]+/B[A-Za-z0-9_]+/[A-Za-z0-9_]+"
     r")(?![\w-])"
 )
-_API_KEY_PREFIXES = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "sk_live_", "sk_test_", "rk_live_", "rk_test_", "AIza", "hf_", "npm_", "pypi-", "SG.", "tk-", "https://hooks.slack.com/")  # fmt: skip  # noqa: E501
+_API_KEY_PREFIXES = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "sk_live_", "sk_test_", "rk_live_", "rk_test_", "AIza", "hf_", "npm_", "pypi-", "SG.", "tk-", "ABSK", "bedrock-api-key-", "https://hooks.slack.com/")  # fmt: skip  # noqa: E501
 
 _AWS_ACCESS_KEY = re.compile(r"(?<![A-Za-z0-9])(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])")
 _AWS_KEY_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "A3T")
