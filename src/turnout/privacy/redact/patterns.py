@@ -300,6 +300,9 @@ _NOT_TLDS = frozenset(["png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp",
 # addresses are looked for only inside runs long enough to hold one.
 _NUMERIC_RUN = re.compile(r"[+(]?\d[\d ().+-]*")
 _CARD = re.compile(r"(?<![\d.,-])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![\d-]|[.,]\d|[ -]\d)")
+# Four groups of four with dots between (``4111.1111.1111.1111``): a dot is a decimal point or a
+# version's elsewhere, so only this grouping, Luhn-checked, is read as a card.
+_CARD_DOTTED = re.compile(r"(?<![\d.,-])\d{4}(?:\.\d{4}){3}(?![\d-]|[.,]\d)")
 _SSN = re.compile(r"(?<![\w.-])\d{3}-\d{2}-\d{4}(?![\w-]|\.\d)")
 _IPV4 = re.compile(r"(?<![\w.-])(?:\d{1,3}\.){3}\d{1,3}(?![\w-]|\.\d)")
 _PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,6}(?![\w-]|[.]\d)")
@@ -360,6 +363,10 @@ def numbers(text: str, lower: str) -> Iterator[Span]:
             for m in _CARD.finditer(text, start, stop):
                 if card_ok(m.group()):
                     yield m.start(), m.end(), "CARD"
+            if group.count(".") >= 3:
+                for m in _CARD_DOTTED.finditer(text, start, stop):
+                    if card_ok(m.group().replace(".", "")):
+                        yield m.start(), m.end(), "CARD"
         if group.count(".") >= 3:
             for m in _IPV4.finditer(text, start, stop):
                 if ipv4_ok(m.group()) and not _preceded_by(_VERSION_CONTEXT, text, m.start()):
