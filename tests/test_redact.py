@@ -342,6 +342,26 @@ def test_internationalised_email_addresses_are_replaced_whole(redactor: Redactor
     assert found.text.startswith("write to [EMAIL_") and found.text.endswith("] today")
 
 
+@pytest.mark.parametrize(
+    ("before", "kind"),
+    [
+        ("x-amz-security-token:", "SECRET"),  # botocore's CanonicalRequest at DEBUG, with temporary credentials
+        ("AWS_SESSION_TOKEN=", "SECRET"),
+        ("the password is ", "PASSWORD"),
+        ("password: ", "PASSWORD"),
+    ],
+)
+def test_a_secret_longer_than_the_value_window_is_replaced_whole(redactor: Redactor, before: str, kind: str) -> None:
+    """A value is read 256 characters at a time; an AWS session token runs to 1,000 and more,
+    and its tail stayed in the log line."""
+    value = "IQoJb3JpZ2luX2VjE" + "".join(f"{i:03d}Ab+/Xy" for i in range(130))  # ~1,060 characters
+    text = f"{before}{value}\nnext line"
+    result = redactor.redact(text)
+    [finding] = result.findings
+    assert (finding.kind, text[finding.start : finding.end]) == (kind, value)
+    assert result.text == f"{before}{finding.placeholder}\nnext line"
+
+
 def test_many_key_headers_without_an_end_line_are_read_in_linear_time(redactor: Redactor) -> None:
     """Seen: 300 KB of ``-----BEGIN PRIVATE KEY-----`` lines (no END line) held a request 20 s in
     classification (``detect: [pii]`` reads on past the secrets), the output checks and capture's

@@ -107,7 +107,13 @@ _URL_CREDENTIALS = re.compile(r"://[^\s:/@\"'<>]*:([^\s/@\"'<>{}\[\]]+)@[\w.-]")
 
 # Names of keys whose values are secrets; matched at each occurrence of one of these words.
 _KEY_WORDS = ("pass", "pwd", "secret", "token", "key", "credential")
-_VALUE = r"([^\s\"'`,;<>()\[\]{}]{4,256}+)"
+# A value is read 256 characters at most (each anchor inside a long run would read it again);
+# one found to be a secret then runs to its real end (``_ValueEnds``): an AWS session token is
+# 400-1200 characters, and its tail was left in the text.
+VALUE_MAX = 256
+_VALUE_CHARS = r"[^\s\"'`,;<>()\[\]{}]"
+_VALUE = rf"({_VALUE_CHARS}{{4,{VALUE_MAX}}}+)"
+_VALUE_REST = re.compile(_VALUE_CHARS + "*")
 _KEY_VALUE_AFTER = re.compile(r"[A-Za-z0-9_.-]{0,24}?[\"']?\s*(?::=|=>|=|:)\s*[\"']?" + _VALUE + r"(?!\()")
 _PHRASE_WORDS = ("password", "passcode", "passphrase", "pwd", "pw")
 _PHRASE_AFTER = re.compile(r"(?i)\s+(?:is|was|=|:)\s*:?\s*[\"']?" + _VALUE)
@@ -259,7 +265,27 @@ def bearer_tokens(text: str, lower: str) -> Iterator[Span]:
             yield m.start(1), m.end(1), "BEARER_TOKEN"
 
 
+class _ValueEnds:
+    """Where a value cut at ``VALUE_MAX`` characters ends: the run of value characters from its
+    start, read once per run however many anchors lie in it (the search stays linear)."""
+
+    __slots__ = ("end", "start", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.start = self.end = -1
+
+    def __call__(self, m: re.Match[str], value: str) -> int:
+        start = m.start(1)
+        if len(m.group(1)) < VALUE_MAX:
+            return start + len(value)
+        if not self.start <= start < self.end:
+            self.start, self.end = start, _VALUE_REST.match(self.text, start).end()  # type: ignore[union-attr]
+        return start + len(_strip_value(self.text[start : self.end]))
+
+
 def key_values(text: str, lower: str) -> Iterator[Span]:
+    ends = _ValueEnds(text)
     for pos, word in _anchors(lower, _KEY_WORDS):
         m = _KEY_VALUE_AFTER.match(text, pos + len(word))
         if m is None:
@@ -268,9 +294,9 @@ def key_values(text: str, lower: str) -> Iterator[Span]:
         start = m.start(1)
         if word in ("pass", "pwd"):
             if _password_like(value):
-                yield start, start + len(value), "PASSWORD"
+                yield start, ends(m, value), "PASSWORD"
         elif _secret_like(value):
-            yield start, start + len(value), "SECRET"
+            yield start, ends(m, value), "SECRET"
     for pos, _ in _anchors(text, ("://",)):
         m = _URL_CREDENTIALS.match(text, pos)
         if m and not _REFERENCE.search(m.group(1)):
@@ -278,13 +304,14 @@ def key_values(text: str, lower: str) -> Iterator[Span]:
 
 
 def password_phrases(text: str, lower: str) -> Iterator[Span]:
+    ends = _ValueEnds(text)
     for pos, word in _anchors(lower, _PHRASE_WORDS):
         if not _word_start(text, pos):
             continue
         if m := _PHRASE_AFTER.match(text, pos + len(word)):
             value = _strip_value(m.group(1))
             if _password_like(value):
-                yield m.start(1), m.start(1) + len(value), "PASSWORD"
+                yield m.start(1), ends(m, value), "PASSWORD"
 
 
 # --- PII ------------------------------------------------------------------------------------
