@@ -231,3 +231,25 @@ def test_every_command_refuses_a_capture_the_gateway_keeps_in_memory(tmp_path: P
         assert result.exit_code == 1, result.output
         assert f"with store.kind: {kind}, the gateway keeps capture (grants, audit, text) in memory" in result.stderr
     assert not (tmp_path / "capture.db").exists()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://turnout@127.0.0.1:1/test?sslmode=disable&password=pw-CANARY",
+        "postgresql://turnout:pw-CANARY@127.0.0.1:1/test",
+        "postgresql://turnout:pw%40CANARY@127.0.0.1:1/test",
+    ],
+)
+def test_a_state_database_that_does_not_answer_is_named_without_its_password(tmp_path: Path, dsn: str) -> None:
+    """The CLI's error names where it looked: a password in the DSN's user information or in its
+    query (`?password=`, which libpq and asyncpg read) is left out."""
+    path = tmp_path / "turnout.yaml"
+    raw = CONFIG.format(path=json.dumps(str(tmp_path / "turnout.db"))).replace(
+        "store: {", f"state: {{kind: postgres}}\nstore: {{kind: postgres, dsn: {json.dumps(dsn)}, "
+    )
+    path.write_text(textwrap.dedent(raw))
+    result = invoke("list", "--config", str(path))
+    assert result.exit_code == 1, result.output
+    assert "127.0.0.1:1/test" in result.output
+    assert "CANARY" not in result.output, result.output

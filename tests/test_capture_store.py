@@ -147,6 +147,17 @@ async def test_captures_under_a_grant_are_audited_as_used(store: CaptureStore) -
     assert [(e.grant_id, e.request_id, e.at) for e in used] == [(grant.id, "req-1", T0 + 1)]
 
 
+async def test_a_text_holding_a_nul_is_kept_with_the_rest_of_its_batch(store: CaptureStore) -> None:
+    """A caller's prompt may hold U+0000 (``"\\u0000"`` in its JSON, which redaction reads as the
+    character): PostgreSQL's text refused it and the whole batch, other requests' text included,
+    was lost. It is kept with U+FFFD in its place there (SQLite keeps the character)."""
+    odd = CaptureRow("req-1", "acme", "support", "redacted", None, T0, T0 + DAY, "a\x00b", "c\x00")
+    await store.write_captures([odd, row("req-2", T0 + 1)])
+    kept = {r.request_id: r for r in await store.captures()}
+    assert sorted(kept) == ["req-1", "req-2"]
+    assert kept["req-1"].prompt_text in ("a\x00b", "a\ufffdb")
+
+
 async def test_full_capture_needs_a_grant_in_the_schema(store: CaptureStore) -> None:
     bad = CaptureRow("req-1", "acme", "support", "full", None, T0, T0 + DAY, "p", None)
     with pytest.raises(CaptureStoreError, match=r"(?i)check"):

@@ -811,3 +811,25 @@ def test_credentials_in_a_base_url_and_an_api_key_are_refused(urls: dict[str, An
     assert problem == "targets.vllm.api_key: give credentials in base_url or as api_key, not both"
     del target["api_key"]
     assert validate(base(targets={**base()["targets"], "vllm": target}))  # either alone is fine
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://alice:pw-CANARY@vllm/v1",
+        "vllm.internal:pw-CANARY@vllm:8000/v1",
+        "ftp://alice:p@ss/pw-CANARY@vllm/v1",
+        "tcp://vllm:8000/v1?api_key=pw-CANARY",
+        "ftp://:pw-CANARY@vllm/v1#pw-CANARY",
+    ],
+)
+def test_a_bad_base_url_is_named_without_its_credentials(url: str) -> None:
+    """`turnout check` prints every problem: a base URL with a password or a key in its query
+    is named by its scheme, host and path, never the secret."""
+    raw = base()
+    raw["targets"]["vllm"]["base_url"] = url
+    raw["targets"]["onprem"] = {"provider": "openai", "base_urls": ["http://ok/v1", url], "model": "m"}
+    found = problems(raw)
+    assert len(found) == 2 and all("base URL must start with http:// or https://" in p for p in found)
+    assert not any("CANARY" in p for p in found), found
+    assert all("vllm" in p for p in found)

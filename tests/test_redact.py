@@ -52,6 +52,7 @@ POSITIVES = [
     ("CARD", "card 4111 1111 1111 1111 exp 09/27", "4111 1111 1111 1111"),
     ("CARD", "amex 3782-822463-10005", "3782-822463-10005"),
     ("CARD", "pan=5555555555554444", "5555555555554444"),
+    ("CARD", "card 4111.1111.1111.1111 exp 09/27", "4111.1111.1111.1111"),
     ("IBAN", "IBAN DE89 3704 0044 0532 0130 00 thanks", "DE89 3704 0044 0532 0130 00"),
     ("IBAN", "to GB82WEST12345698765432.", "GB82WEST12345698765432"),
     ("IP_ADDRESS", "client 203.0.113.7 connected", "203.0.113.7"),
@@ -92,10 +93,23 @@ POSITIVES = [
         "turnout tk-Ab3_dEf6hIj9kLm2nOp5qRs8tUv1wXy4z-Ab3dEf6hI",
         "tk-Ab3_dEf6hIj9kLm2nOp5qRs8tUv1wXy4z-Ab3dEf6hI",
     ),
+    (
+        "API_KEY",
+        "bedrock ABSKQmVkcm9ja0FQSUtleS1hYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3ODk= ok",
+        "ABSKQmVkcm9ja0FQSUtleS1hYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3ODk=",
+    ),
+    (
+        "API_KEY",
+        "Bearer: bedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29tLz9BY3Rpb249Q2FsbFdpdGhCZWFyZXJUb2tlbg==",
+        "bedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29tLz9BY3Rpb249Q2FsbFdpdGhCZWFyZXJUb2tlbg==",
+    ),
     ("SECRET", 'client_secret: "9f8e7d6c5b4a39281706abcdef"', "9f8e7d6c5b4a39281706abcdef"),
     ("PASSWORD", "password: hunter22", "hunter22"),
     ("PASSWORD", "my password is Tr0ub4dor&3 ok", "Tr0ub4dor&3"),
     ("PASSWORD", "postgres://app:S3cretPw@db:5432/app", "S3cretPw"),
+    # Redis's own form: a password and no user name
+    ("PASSWORD", "limits at redis://:S3cretPw@redis:6379/0", "S3cretPw"),
+    ("PASSWORD", "rediss://:S3cretPw@cache.internal:6380", "S3cretPw"),
 ]
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgHcTz6sE2I2yPB\naFDrBz9vFqU4yB8HX3kz5dwhrNWBQ3JS\n-----END RSA PRIVATE KEY-----"  # noqa: E501
 
@@ -125,6 +139,7 @@ NEGATIVES = [
     "request_id=550e8400-e29b-41d4-a716-446655440000",
     "commit 9fceb02d0ae598e95dc970b74767f19372d61af8",
     "The number 4111 1111 1111 1112 fails the Luhn check.",
+    "Dotted, 4111.1111.1111.1112 fails it too; so do 1234.5678 and 2024.0315.1200.0001.7",
     "IBAN DE89 3704 0044 0532 0130 01 has a wrong check digit.",
     "000-12-3456, 666-12-3456, 912-34-5678, 123-00-4567, 123-45-0000",
     "Product code XR-415-555-01 and SKU 555-0199-22",
@@ -325,6 +340,26 @@ def test_internationalised_email_addresses_are_replaced_whole(redactor: Redactor
     found = redactor.redact(text)
     assert [f.kind for f in found.findings] == ["EMAIL"]
     assert found.text.startswith("write to [EMAIL_") and found.text.endswith("] today")
+
+
+@pytest.mark.parametrize(
+    ("before", "kind"),
+    [
+        ("x-amz-security-token:", "SECRET"),  # botocore's CanonicalRequest at DEBUG, with temporary credentials
+        ("AWS_SESSION_TOKEN=", "SECRET"),
+        ("the password is ", "PASSWORD"),
+        ("password: ", "PASSWORD"),
+    ],
+)
+def test_a_secret_longer_than_the_value_window_is_replaced_whole(redactor: Redactor, before: str, kind: str) -> None:
+    """A value is read 256 characters at a time; an AWS session token runs to 1,000 and more,
+    and its tail stayed in the log line."""
+    value = "IQoJb3JpZ2luX2VjE" + "".join(f"{i:03d}Ab+/Xy" for i in range(130))  # ~1,060 characters
+    text = f"{before}{value}\nnext line"
+    result = redactor.redact(text)
+    [finding] = result.findings
+    assert (finding.kind, text[finding.start : finding.end]) == (kind, value)
+    assert result.text == f"{before}{finding.placeholder}\nnext line"
 
 
 def test_many_key_headers_without_an_end_line_are_read_in_linear_time(redactor: Redactor) -> None:

@@ -80,12 +80,19 @@ class PgConnection:
         self.raw = raw
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        return self.raw.execute(translate(sql), tuple(params))
+        return self.raw.execute(translate(sql), _storable(params))
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> psycopg.Cursor[Any]:
         cursor = self.raw.cursor()
-        cursor.executemany(translate(sql), [tuple(p) for p in seq])
+        cursor.executemany(translate(sql), [_storable(p) for p in seq])
         return cursor
+
+
+def _storable(params: Sequence[Any]) -> tuple[Any, ...]:
+    """PostgreSQL's text cannot hold U+0000, which SQLite's can: a caller's text that carries one
+    (a captured prompt, a review item) is stored with U+FFFD in its place rather than failing
+    the statement, and with it every other row of its batch."""
+    return tuple(v.replace("\x00", "\ufffd") if type(v) is str and "\x00" in v else v for v in params)
 
 
 def connect(place: PgPlace, *, name: str = "turnout", timeout_s: float = 10.0) -> PgConnection:

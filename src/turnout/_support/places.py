@@ -16,7 +16,6 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 T = TypeVar("T")
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
 
 
 def beside(path: str, name: str) -> str:
@@ -40,8 +39,23 @@ class PgPlace:
     @property
     def shown(self) -> str:
         """The DSN without its password, and the schema: for messages and logs."""
-        where = _PASSWORD.sub(r"\1@", self.dsn)
+        where = without_password(self.dsn)
         return where if self.schema is None else f"{where} (schema {self.schema})"
+
+
+def without_password(dsn: str) -> str:
+    """A PostgreSQL URL with no password in it: neither ``user:PASSWORD@`` (to the last ``@``
+    before the query: a password may hold ``@`` or ``/``) nor a ``password=`` parameter of
+    the query, which libpq and asyncpg read as well."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return dsn
+    head, query_sep, query = rest.partition("?")
+    userinfo, at, host = head.rpartition("@")
+    if at:
+        head = f"{userinfo.split(':', 1)[0]}@{host}"
+    params = [p for p in query.split("&") if p.split("=", 1)[0].strip().lower() != "password"]
+    return f"{scheme}://{head}" + (query_sep + "&".join(params) if params and query_sep else "")
 
 
 Place: TypeAlias = str | PgPlace

@@ -73,6 +73,17 @@ def _one_line(text: str) -> str:
 
 OneLine = Annotated[str, AfterValidator(_one_line)]
 
+# A URL's user information (``user:password@``, to the last ``@``: a password may hold ``@``,
+# ``/`` or ``?``) and its query and fragment (``?api_key=…``).
+_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?.*@", re.DOTALL)
+_URL_QUERY = re.compile(r"[?#].*", re.DOTALL)
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a config error may print it: what may carry a credential (``user:password@``,
+    the query string) masked, the rest kept so the typo can be found."""
+    return _URL_QUERY.sub("?…", _URL_USERINFO.sub(r"\1…@", url, count=1), count=1)
+
 
 def _proxy(entry: str) -> str:
     """A trusted proxy: ``*``, an address or a network. uvicorn takes anything else as a name
@@ -439,7 +450,7 @@ class OpenAITarget(_TargetBase):
                 raise ValueError("base_urls has duplicates")
         for url in self.urls:
             if not re.match(r"^https?://[^/]", url):
-                raise ValueError(f"base URL must start with http:// or https://: {url!r}")
+                raise ValueError(f"base URL must start with http:// or https://: {shown_url(url)!r}")
         return self
 
     @field_validator("headers")

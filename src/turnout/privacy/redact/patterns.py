@@ -85,10 +85,12 @@ _API_KEY = re.compile(
     r"|pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}"  # PyPI upload tokens
     r"|SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"  # SendGrid
     r"|tk-[A-Za-z0-9_-]{40,}"  # turnout's own issued keys: tk- + token_urlsafe(32)
+    r"|ABSK[A-Za-z0-9+/]{40,}={0,2}"  # Amazon Bedrock API keys, long-term (AWS_BEARER_TOKEN_BEDROCK)
+    r"|bedrock-api-key-[A-Za-z0-9+/]{40,}={0,2}"  # Amazon Bedrock API keys, short-term
     r"|https://hooks\.slack\.com/services/T[A-Za-z0-9_]+/B[A-Za-z0-9_]+/[A-Za-z0-9_]+"
     r")(?![\w-])"
 )
-_API_KEY_PREFIXES = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "sk_live_", "sk_test_", "rk_live_", "rk_test_", "AIza", "hf_", "npm_", "pypi-", "SG.", "tk-", "https://hooks.slack.com/")  # fmt: skip  # noqa: E501
+_API_KEY_PREFIXES = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "sk_live_", "sk_test_", "rk_live_", "rk_test_", "AIza", "hf_", "npm_", "pypi-", "SG.", "tk-", "ABSK", "bedrock-api-key-", "https://hooks.slack.com/")  # fmt: skip  # noqa: E501
 
 _AWS_ACCESS_KEY = re.compile(r"(?<![A-Za-z0-9])(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])")
 _AWS_KEY_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "A3T")
@@ -100,11 +102,18 @@ _BASE64_40 = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])
 _TOKEN_VALUE = r"([A-Za-z0-9._~+/-]{16,}=*)"  # noqa: S105 - a pattern, not a secret
 _BEARER_AFTER = re.compile(r"\s+" + _TOKEN_VALUE)
 _AUTH_AFTER = re.compile(r"[\"']?\s*[:=]\s*[\"']?(?i:(?:basic|token|bot|digest)\s+)?([A-Za-z0-9._~+/-]{12,}=*)")
-_URL_CREDENTIALS = re.compile(r"://[^\s:/@\"'<>]+:([^\s/@\"'<>{}\[\]]+)@[\w.-]")
+# user:password@ in a URL; the user may be empty (Redis's own form, redis://:password@host).
+_URL_CREDENTIALS = re.compile(r"://[^\s:/@\"'<>]*:([^\s/@\"'<>{}\[\]]+)@[\w.-]")
 
 # Names of keys whose values are secrets; matched at each occurrence of one of these words.
 _KEY_WORDS = ("pass", "pwd", "secret", "token", "key", "credential")
-_VALUE = r"([^\s\"'`,;<>()\[\]{}]{4,256}+)"
+# A value is read 256 characters at most (each anchor inside a long run would read it again);
+# one found to be a secret then runs to its real end (``_ValueEnds``): an AWS session token is
+# 400-1200 characters, and its tail was left in the text.
+VALUE_MAX = 256
+_VALUE_CHARS = r"[^\s\"'`,;<>()\[\]{}]"
+_VALUE = rf"({_VALUE_CHARS}{{4,{VALUE_MAX}}}+)"
+_VALUE_REST = re.compile(_VALUE_CHARS + "*")
 _KEY_VALUE_AFTER = re.compile(r"[A-Za-z0-9_.-]{0,24}?[\"']?\s*(?::=|=>|=|:)\s*[\"']?" + _VALUE + r"(?!\()")
 _PHRASE_WORDS = ("password", "passcode", "passphrase", "pwd", "pw")
 _PHRASE_AFTER = re.compile(r"(?i)\s+(?:is|was|=|:)\s*:?\s*[\"']?" + _VALUE)
@@ -256,7 +265,27 @@ def bearer_tokens(text: str, lower: str) -> Iterator[Span]:
             yield m.start(1), m.end(1), "BEARER_TOKEN"
 
 
+class _ValueEnds:
+    """Where a value cut at ``VALUE_MAX`` characters ends: the run of value characters from its
+    start, read once per run however many anchors lie in it (the search stays linear)."""
+
+    __slots__ = ("end", "start", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.start = self.end = -1
+
+    def __call__(self, m: re.Match[str], value: str) -> int:
+        start = m.start(1)
+        if len(m.group(1)) < VALUE_MAX:
+            return start + len(value)
+        if not self.start <= start < self.end:
+            self.start, self.end = start, _VALUE_REST.match(self.text, start).end()  # type: ignore[union-attr]
+        return start + len(_strip_value(self.text[start : self.end]))
+
+
 def key_values(text: str, lower: str) -> Iterator[Span]:
+    ends = _ValueEnds(text)
     for pos, word in _anchors(lower, _KEY_WORDS):
         m = _KEY_VALUE_AFTER.match(text, pos + len(word))
         if m is None:
@@ -265,9 +294,9 @@ def key_values(text: str, lower: str) -> Iterator[Span]:
         start = m.start(1)
         if word in ("pass", "pwd"):
             if _password_like(value):
-                yield start, start + len(value), "PASSWORD"
+                yield start, ends(m, value), "PASSWORD"
         elif _secret_like(value):
-            yield start, start + len(value), "SECRET"
+            yield start, ends(m, value), "SECRET"
     for pos, _ in _anchors(text, ("://",)):
         m = _URL_CREDENTIALS.match(text, pos)
         if m and not _REFERENCE.search(m.group(1)):
@@ -275,13 +304,14 @@ def key_values(text: str, lower: str) -> Iterator[Span]:
 
 
 def password_phrases(text: str, lower: str) -> Iterator[Span]:
+    ends = _ValueEnds(text)
     for pos, word in _anchors(lower, _PHRASE_WORDS):
         if not _word_start(text, pos):
             continue
         if m := _PHRASE_AFTER.match(text, pos + len(word)):
             value = _strip_value(m.group(1))
             if _password_like(value):
-                yield m.start(1), m.start(1) + len(value), "PASSWORD"
+                yield m.start(1), ends(m, value), "PASSWORD"
 
 
 # --- PII ------------------------------------------------------------------------------------
@@ -297,6 +327,9 @@ _NOT_TLDS = frozenset(["png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp",
 # addresses are looked for only inside runs long enough to hold one.
 _NUMERIC_RUN = re.compile(r"[+(]?\d[\d ().+-]*")
 _CARD = re.compile(r"(?<![\d.,-])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![\d-]|[.,]\d|[ -]\d)")
+# Four groups of four with dots between (``4111.1111.1111.1111``): a dot is a decimal point or a
+# version's elsewhere, so only this grouping, Luhn-checked, is read as a card.
+_CARD_DOTTED = re.compile(r"(?<![\d.,-])\d{4}(?:\.\d{4}){3}(?![\d-]|[.,]\d)")
 _SSN = re.compile(r"(?<![\w.-])\d{3}-\d{2}-\d{4}(?![\w-]|\.\d)")
 _IPV4 = re.compile(r"(?<![\w.-])(?:\d{1,3}\.){3}\d{1,3}(?![\w-]|\.\d)")
 _PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,6}(?![\w-]|[.]\d)")
@@ -357,6 +390,10 @@ def numbers(text: str, lower: str) -> Iterator[Span]:
             for m in _CARD.finditer(text, start, stop):
                 if card_ok(m.group()):
                     yield m.start(), m.end(), "CARD"
+            if group.count(".") >= 3:
+                for m in _CARD_DOTTED.finditer(text, start, stop):
+                    if card_ok(m.group().replace(".", "")):
+                        yield m.start(), m.end(), "CARD"
         if group.count(".") >= 3:
             for m in _IPV4.finditer(text, start, stop):
                 if ipv4_ok(m.group()) and not _preceded_by(_VERSION_CONTEXT, text, m.start()):
