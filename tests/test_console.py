@@ -749,7 +749,7 @@ def test_the_overview_figures() -> None:
     ]
     found = build(rows, "1h", 990.0, 1010.0, truncated=False)
     whole = found.groups[-1]
-    assert (whole["task"], whole["release"], whole["target"]) == ("all", "all", "all")
+    assert (whole["task"], whole["release"], whole["target"]) == ("(all)", "(all)", "(all)")
     assert found.tiles["requests"] == 5 and found.tiles["errors"] == 1 and found.tiles["fallbacks"] == 1
     assert found.tiles["completed"] == 2
     assert found.tiles["cost_per_completed_usd"] == pytest.approx(0.05 / 2)
@@ -765,7 +765,7 @@ def test_the_overview_figures() -> None:
 
 def test_one_group_still_has_its_total_and_none_is_empty() -> None:
     found = build([row(0, outcome="success")], "15m", 990.0, 1010.0, truncated=True)
-    assert [g["task"] for g in found.groups] == ["t", "all"] and found.tiles["requests"] == 1
+    assert [g["task"] for g in found.groups] == ["t", "(all)"] and found.tiles["requests"] == 1
     assert any("more than" in note for note in found.notes)
     empty = build([], "15m", 990.0, 1010.0, truncated=False)
     assert empty.tiles["requests"] == 0 and empty.tiles["cost_per_completed_usd"] is None
@@ -784,12 +784,12 @@ def test_made_up_task_names_are_one_group_and_the_table_is_bounded() -> None:
     served = [row(0, outcome="success"), row(1, task="gone", outcome="success")]  # a removed task that was served
     found = build(served + junk, "1h", 990.0, 1010.0, truncated=False, known={"t"})
     names = [g["task"] for g in found.groups]
-    assert names == ["(unknown task)", "gone", "t", "all"]
+    assert names == ["(unknown task)", "gone", "t", "(all)"]
     assert found.groups[0]["requests"] == 20_000 and found.tiles["requests"] == 20_002
     assert any("20,000 task names" in note for note in found.notes)
     many = [row(i, target=f"x{i % 120}", outcome="success") for i in range(600)]
     bounded = build(many, "1h", 990.0, 1010.0, truncated=False, known={"t"})
-    assert len(bounded.groups) == MAX_GROUPS + 1  # the kept groups, (other), and the window's "all"
+    assert len(bounded.groups) == MAX_GROUPS + 1  # the kept groups, (other), and the window's "(all)"
     other = next(g for g in bounded.groups if g["task"] == "(other)")
     assert other["requests"] == 600 - 5 * (MAX_GROUPS - 1) and bounded.tiles["requests"] == 600
     assert sum(len(c) for c in bounded.charts) < 100_000

@@ -22,7 +22,7 @@ from tests.test_ledger_store import (
     unique_schema,
 )
 from turnout.config import StoreConfig
-from turnout.ledger.store import LedgerStore, open_store
+from turnout.ledger.store import LedgerStore, open_store, rows_in_pages
 from turnout.offline.reports.figures import compute
 
 
@@ -162,6 +162,24 @@ async def test_rows_between_returns_whole_rows_and_honours_the_limit(store: Ledg
     assert await store.rows_between(0, 2e9, limit=0) == []
     with pytest.raises(ValueError, match="negative"):
         await store.rows_between(0, 2e9, limit=-1)
+
+
+async def test_rows_between_goes_on_after_a_row_in_pages(store: LedgerStore) -> None:
+    """A window past one answer is read in pages, each after the last one's last row: equal
+    times split between two pages lose no row and repeat none."""
+    await store.write_batch([make_row(n, started_at=10.0 + n // 3) for n in range(10)])  # three a second
+    first = await store.rows_between(0, 100, limit=4)
+    assert [r.request_id for r in first] == [f"req-{n:06d}" for n in range(4)]
+    after = (first[-1].started_at, first[-1].request_id)
+    assert [r.request_id for r in await store.rows_between(0, 100, limit=4, after=after)] == [
+        f"req-{n:06d}" for n in range(4, 8)
+    ]
+    assert await store.rows_between(0, 12.0, after=after) == [make_row(n, started_at=10.0 + n // 3) for n in (4, 5)]
+    pages = [[r.request_id for r in page] async for page in rows_in_pages(store, 0, 100, page=4)]
+    assert pages == [[f"req-{n:06d}" for n in range(i, min(i + 4, 10))] for i in (0, 4, 8)]
+    assert [r.request_id async for page in rows_in_pages(store, 0, 100, page=5) for r in page] == [
+        f"req-{n:06d}" for n in range(10)
+    ]
 
 
 async def test_rows_between_does_not_share_rows(store: LedgerStore) -> None:

@@ -161,11 +161,12 @@ def test_a_self_hosted_figure_that_is_not_finite_is_refused(config: str, spec: s
     assert bad.exit_code == 2 and "=inf: expected a number above 0" in bad.output
 
 
-def test_the_ledger_is_read_with_one_bounded_query_of_the_task_and_window(
+def test_the_ledger_is_read_whole_a_page_at_a_time_only_the_tasks_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only the task's rows of the window are read (``rows_between``), so other tasks' newer
-    traffic cannot crowd them out of the bound; a window past the bound says so."""
+    """Only the task's rows of the window are read (``rows_between``), and all of them, in
+    pages: it read the oldest 2,000,000 rows and priced them as the whole window (a warning on
+    stderr), so a busy week was planned on its first days' volume."""
     now = time.time()
     older = [
         LedgerRow(f"s{i}", now - 3600 + i, "acme", "support", "internal", False, target="gpt", status=200)
@@ -181,14 +182,15 @@ def test_the_ledger_is_read_with_one_bounded_query_of_the_task_and_window(
         "targets: {gpt: {provider: openai, base_url: 'http://127.0.0.1:9/v1', model: gpt}}\n"
         "tasks: {support: {route: [gpt]}, other: {route: [gpt]}}\n"
     )
-    monkeypatch.setattr("turnout.cli._common.LEDGER_LIMIT", 5)  # fewer than the other task's rows
+    monkeypatch.setattr("turnout.cli._common.LEDGER_LIMIT", 5, raising=False)  # the old cap, if any
+    monkeypatch.setattr("turnout.ledger.store.PAGE", 3, raising=False)  # fewer than the other task's rows
     result = invoke(str(path), "--task", "support", SELF_HOSTED, "--format", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["observed_requests"] == 3
-    assert "warning" not in result.stderr
     result = invoke(str(path), "--task", "other", SELF_HOSTED, "--format", "json")
-    assert json.loads(result.stdout)["observed_requests"] == 5  # the oldest five of eight
-    assert "warning: the window holds 5 rows or more; only the oldest were read" in result.stderr
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["observed_requests"] == 8  # three pages: 3, 3 and 2
+    assert result.stderr == ""
 
 
 def test_a_missing_ledger_is_reported_not_created(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from tests.test_plan_cli import seed
 from turnout.cli.main import main
 from turnout.ledger.record import LedgerRow
-from turnout.offline.reports.figures import TOTAL, HumanCost, compute, people_cost
+from turnout.offline.reports.figures import HumanCost, compute, people_cost
 
 PEOPLE = {"support": HumanCost(review_usd=2.0, escalation_usd=5.0)}
 
@@ -83,7 +83,7 @@ def test_cost_report_adds_people_per_task() -> None:
     # other: $0.20 spend, no people cost: $0.20 per completed task either way.
     assert by_task["other"]["cost_per_completed_full_usd"] == pytest.approx(0.20)
     # All: ($0.60 + $14) ÷ 3 completed = $4.866667.
-    assert by_task[TOTAL]["cost_per_completed_full_usd"] == pytest.approx(14.6 / 3)
+    assert report.total["cost_per_completed_full_usd"] == pytest.approx(14.6 / 3)
     titles = [c.title for c in report.columns]
     assert titles.index("review+escalation") == titles.index("cost/completed") + 1
 

@@ -94,10 +94,11 @@ def test_a_review_cost_is_charged_per_failed_or_reviewed_task() -> None:
 
 def test_cost_by_release_and_the_total_row() -> None:
     report = compute("cost", ledger(), by=["release"])
-    assert [r["release"] for r in report.rows] == ["v1", "v2", "all"]
+    assert [r["release"] for r in report.rows] == ["v1", "v2"]  # the groups; the total apart
     assert one(report, release="v1")["cost_per_completed_usd"] == pytest.approx(0.25 / 3)
     assert one(report, release="v2")["cost_per_completed_usd"] == pytest.approx(0.35 / 3)
-    assert one(report, release="all")["cost_per_completed_usd"] == pytest.approx(0.10)
+    assert report.total["cost_per_completed_usd"] == pytest.approx(0.10)
+    assert report.total_row == {"release": "(all)", **report.total}
 
 
 def test_an_episode_is_one_task_however_many_requests_it_took() -> None:
@@ -127,7 +128,8 @@ def test_two_tenants_that_use_one_episode_id_have_two_tasks() -> None:
     [quality] = compute("quality", acme + globex).rows
     assert quality["tasks"] == 2 and quality["success_rate"] == pytest.approx(0.5)
     by_tenant = compute("cost", acme + globex, by=["tenant"])
-    assert [(r["tenant"], r["completed"]) for r in by_tenant.rows] == [("acme", 0), ("globex", 1), ("all", 1)]
+    assert [(r["tenant"], r["completed"]) for r in by_tenant.rows] == [("acme", 0), ("globex", 1)]
+    assert by_tenant.total["completed"] == 1
 
 
 def test_spend_without_any_price_is_unpriced_never_zero() -> None:
@@ -157,7 +159,7 @@ def test_requests_that_reached_no_target_cost_zero_not_unpriced() -> None:
     assert one(report, tenant="scanner")["unpriced"] == 0
     assert one(report, tenant="now")["spend_usd"] == 0.0  # as the gateway writes them now
     assert one(report, tenant="leaver")["spend_usd"] is None
-    assert one(report, tenant="all")["spend_usd"] == pytest.approx(0.60)
+    assert report.total["spend_usd"] == pytest.approx(0.60)
     table = render(report, "table")
     lines = {line.split()[0]: line for line in table.splitlines() if line.strip()}
     assert "unpriced" in lines["leaver"] and "unpriced" not in lines["scanner"]
@@ -188,7 +190,7 @@ def test_latency_leaves_out_caller_errors() -> None:
 
 def test_latency_by_day() -> None:
     report = compute("latency", ledger(), by=["day"])
-    assert [r["day"] for r in report.rows] == ["2026-03-02", "2026-03-03", "2026-03-04", "all"]
+    assert [r["day"] for r in report.rows] == ["2026-03-02", "2026-03-03", "2026-03-04"]
     assert one(report, day="2026-03-02")["latency_p50_ms"] == pytest.approx(250)  # 100, 200, 300, 400
 
 
@@ -229,7 +231,7 @@ def test_table_is_aligned_with_units() -> None:
     assert header.split()[:3] == ["release", "requests", "spend"]
     assert len(header) <= len(rule)
     body = [line for line in lines[4:] if line and not line.startswith("─")]
-    assert [b.split()[0] for b in body] == ["v1", "v2", "all"]
+    assert [b.split()[0] for b in body] == ["v1", "v2", "(all)"]
     assert "$0.1000" in body[2] and "20.0%" in body[2]
     ends = {len(line) for line in body}  # right-aligned numbers: every row ends in one column
     assert len(ends) == 1
@@ -248,7 +250,8 @@ def test_usage_table_has_the_hours() -> None:
 def test_json_carries_raw_numbers() -> None:
     payload = orjson.loads(render(compute("cost", ledger(), by=["release"]), "json"))
     assert payload["report"] == "cost" and payload["by"] == ["release"]
-    assert payload["rows"][2]["cost_per_completed_usd"] == pytest.approx(0.10)
+    assert [r["release"] for r in payload["rows"]] == ["v1", "v2"]
+    assert payload["total"]["cost_per_completed_usd"] == pytest.approx(0.10)  # the window's: no label
     assert {"key": "retry_rate", "title": "retry", "unit": "pct"} in payload["columns"]
     usage = orjson.loads(render(compute("usage", ledger()), "json"))
     assert sum(usage["requests_by_hour_utc"]) == 10
@@ -257,7 +260,7 @@ def test_json_carries_raw_numbers() -> None:
 def test_csv_has_one_line_per_group_and_empty_unknowns() -> None:
     text = render(compute("cost", ledger()[6:], by=["release"]), "csv")
     records = list(csv.DictReader(io.StringIO(text)))
-    assert [r["release"] for r in records] == ["v1", "v2", "all"]
+    assert [r["release"] for r in records] == ["v1", "v2", "(all)"]
     assert records[0]["cost_per_completed_usd"] == ""  # nothing completed
     assert float(records[2]["spend_usd"]) == pytest.approx(0.24)
 

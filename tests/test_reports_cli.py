@@ -63,7 +63,7 @@ def test_cost_table_by_release(cfg: str) -> None:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Cost per completed task, 2026-03-02 00:00 → 2026-03-05 00:00 UTC")
-    total = next(line for line in lines if line.startswith("all"))
+    total = next(line for line in lines if line.startswith("(all)"))
     assert "$0.1000" in total and "$1.1000" in total  # 0.60/6, (0.60 + 2×3)/6
 
 
@@ -71,7 +71,8 @@ def test_json_and_csv(cfg: str) -> None:
     result = invoke("report", "quality", *WINDOW, "--format", "json", "-c", cfg)
     payload = orjson.loads(result.stdout)
     assert payload["by"] == ["release"]  # quality is per release unless told
-    assert [r["success_rate"] for r in payload["rows"]] == [0.75, 0.75, 0.75]
+    assert [r["success_rate"] for r in payload["rows"]] == [0.75, 0.75]  # v1, v2
+    assert payload["total"]["success_rate"] == 0.75
     csv_out = invoke("report", "usage", *WINDOW, "--by", "tenant", "--format", "csv", "-c", cfg).stdout
     assert csv_out.splitlines()[0].startswith("tenant,requests,prompt_tokens_per_request")
     assert csv_out.splitlines()[1].startswith("acme,10,100.0,20.0,1200")
@@ -103,7 +104,7 @@ def test_csv_names_never_run_as_spreadsheet_formulas(tmp_path: Path) -> None:
     result = invoke("report", "cost", *WINDOW, "--by", "task", "--format", "csv", "-c", seeded(tmp_path, rows))
     assert result.exit_code == 0, result.output
     cells = [line[0] for line in csv.reader(io.StringIO(result.stdout))][1:]
-    assert sorted(cells) == sorted(["'" + name for name in hostile] + ["all"])
+    assert sorted(cells) == sorted(["'" + name for name in hostile] + ["(all)"])
 
 
 def test_a_table_shows_names_in_the_order_they_were_written(tmp_path: Path) -> None:
@@ -157,3 +158,29 @@ def test_parse_when_and_by() -> None:
     assert parse_by("task, release") == ("task", "release")
     with pytest.raises(ValueError, match="twice"):
         parse_by("task,task")
+
+
+def test_a_window_past_a_page_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It read the oldest 2,000,000 rows and printed them as the whole window (a warning on
+    stderr only): the ledger is read a page at a time, to its end, with nothing held but counts."""
+    monkeypatch.setattr("turnout.cli._common.LEDGER_LIMIT", 4, raising=False)  # the old cap, if any
+    monkeypatch.setattr("turnout.ledger.store.PAGE", 3, raising=False)
+    result = invoke("report", "cost", *WINDOW, "--by", "release", "--format", "json", "-c", seeded(tmp_path, ledger()))
+    assert result.exit_code == 0, result.output
+    payload = orjson.loads(result.stdout)
+    assert payload["total"]["requests"] == 10 and payload["total"]["spend_usd"] == pytest.approx(0.60)
+    assert [r["requests"] for r in payload["rows"]] == [5, 5] and result.stderr == ""
+
+
+def test_a_tenant_named_all_is_not_the_total(tmp_path: Path) -> None:
+    rows = [dataclasses.replace(r, tenant="all" if i < 3 else "acme") for i, r in enumerate(ledger())]
+    cfg = seeded(tmp_path, rows)
+    payload = orjson.loads(invoke("report", "usage", *WINDOW, "--by", "tenant", "--format", "json", "-c", cfg).stdout)
+    assert [(r["tenant"], r["requests"]) for r in payload["rows"]] == [("acme", 7), ("all", 3)]
+    assert payload["total"]["requests"] == 10 and "tenant" not in payload["total"]
+    table = invoke("report", "usage", *WINDOW, "--by", "tenant", "-c", cfg).stdout.splitlines()
+    named = [line.split()[:2] for line in table if line.split()[:1] in (["acme"], ["all"], ["(all)"])]
+    assert named == [["acme", "7"], ["all", "3"], ["(all)", "10"]]
+    text = invoke("report", "usage", *WINDOW, "--by", "tenant", "--format", "csv", "-c", cfg).stdout
+    csv_rows = list(csv.reader(io.StringIO(text)))
+    assert [r[:2] for r in csv_rows[1:]] == [["acme", "7"], ["all", "3"], ["(all)", "10"]]

@@ -38,7 +38,7 @@ from turnout._support.times import iso as iso  # re-exported: the commands forma
 from turnout.config import Config, load_config
 from turnout.errors import ConfigError, TurnoutError
 from turnout.ledger.record import LedgerRow
-from turnout.ledger.store import LedgerStore, open_store
+from turnout.ledger.store import LedgerStore, open_store, rows_in_pages
 from turnout.releases.base import Release
 from turnout.releases.files import load_task, release_path
 
@@ -60,7 +60,6 @@ BUILT_IN_CONFIG = (
 )
 DISCOVERED_CONFIG = "turnout.yaml"  # read from the working folder when neither -c nor TURNOUT_CONFIG names one
 CONFIG_PATH = "turnout.config_path"  # ctx.meta key: the config file the command loaded
-LEDGER_LIMIT = 2_000_000  # rows in one ledger query: a week of a busy gateway fits
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -346,10 +345,17 @@ def run_store(make: Callable[[], S], action: Callable[[S], Awaitable[T]], what: 
 
 
 def read_ledger(
-    config: Config, since: float, until: float, *, tenant: str | None = None, task: str | None = None
-) -> list[LedgerRow]:
-    """The ledger's rows with ``since <= started_at < until`` (of ``tenant`` and ``task`` where
-    given), oldest first, in one bounded query (``rows_between``); never creates a ledger."""
+    config: Config,
+    since: float,
+    until: float,
+    each: Callable[[LedgerRow], None],
+    *,
+    tenant: str | None = None,
+    task: str | None = None,
+) -> None:
+    """Call ``each`` on every ledger row with ``since <= started_at < until`` (of ``tenant``
+    and ``task`` where given), oldest first: the whole window, read a page at a time
+    (``rows_in_pages``), so memory does not grow with it; never creates a ledger."""
     cfg = config.store
     if cfg.kind == "none":
         raise CommandError("the config has no ledger (store.kind: none)")
@@ -360,13 +366,12 @@ def read_ledger(
     if cfg.kind == "sqlite" and cfg.path != ":memory:" and not Path(cfg.path).is_file():
         raise CommandError(f"no ledger at {cfg.path}: has the gateway run with this config?")
 
-    async def between(store: LedgerStore) -> list[LedgerRow]:
-        return await store.rows_between(since, until, tenant=tenant, task=task, limit=LEDGER_LIMIT)
+    async def read(store: LedgerStore) -> None:
+        async for page in rows_in_pages(store, since, until, tenant=tenant, task=task):
+            for row in page:
+                each(row)
 
-    rows = run_store(lambda: open_store(cfg), between, "the ledger")
-    if len(rows) >= LEDGER_LIMIT:
-        click.echo(f"warning: the window holds {LEDGER_LIMIT:,} rows or more; only the oldest were read", err=True)
-    return rows
+    run_store(lambda: open_store(cfg), read, "the ledger")
 
 
 # --- output -------------------------------------------------------------------------------------

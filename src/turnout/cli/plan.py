@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 
 from turnout.cli._common import (
-    LEDGER_LIMIT,
     CommandError,
     Finite,
     config_option,
@@ -36,7 +35,7 @@ from turnout.offline.plan.spec import (
     parse_managed,
     parse_self_hosted,
 )
-from turnout.offline.plan.traffic import Traffic, traffic_from_rows
+from turnout.offline.plan.traffic import Traffic, TrafficTally
 
 DEFAULT_BEDROCK = "qwen.qwen3-32b-v1:0"
 # p5en.48xlarge on demand ($63.296/h for 8 H200) ÷ 8; 3,543 output tokens/s: vLLM 0.6.0 serving
@@ -139,8 +138,10 @@ def plan_command(
         raise click.BadParameter("must be before now", param_hint="'--since'")
     if chart_path is not None and Path(chart_path).suffix.lower() != ".svg":
         raise click.UsageError("charts are written as SVG only: name the file .svg")
-    traffic = traffic_from_rows(read_ledger(config, since, now, task=task), task, end=now)
-    notes = [f"ledger: the task's rows from {when(since)} to {when(now)} ({LEDGER_LIMIT:,} at most, the oldest)"]
+    tally = TrafficTally(task, end=now)
+    read_ledger(config, since, now, tally.add, task=task)
+    traffic = tally.traffic()
+    notes = [f"ledger: the task's rows from {when(since)} to {when(now)}"]
     try:
         hosted = parse_self_hosted(DEFAULT_SELF_HOSTED if self_hosted is None else self_hosted)
         if self_hosted is None:

@@ -1,7 +1,8 @@
 """``turnout report cost|latency|quality|usage``: figures and charts from the ledger.
 
-Reads the configured ledger (``store:``, opened by the same factory the gateway uses) with one
-bounded query, ``rows_between``; it writes nothing to it. The arithmetic is in
+Reads the configured ledger (``store:``, opened by the same factory the gateway uses) a page at
+a time (``rows_between``), counting the report (and the chart) as the rows come, so a window of
+any size is read whole in bounded memory; it writes nothing to it. The arithmetic is in
 ``turnout.offline.reports.figures``, whose docstring defines every figure.
 """
 
@@ -25,8 +26,9 @@ from turnout.cli._common import (
     tenant_option,
 )
 from turnout.config import Config
-from turnout.offline.reports.charts import chart
-from turnout.offline.reports.figures import DIMENSIONS, KINDS, HumanCost, compute
+from turnout.ledger.record import LedgerRow
+from turnout.offline.reports.charts import ChartTally
+from turnout.offline.reports.figures import DIMENSIONS, KINDS, HumanCost, ReportTally
 from turnout.offline.reports.render import FORMATS, render
 
 DEFAULT_BY = {"quality": "release"}
@@ -111,12 +113,18 @@ def report(
             raise click.UsageError("shadow reports are a table, JSON or CSV")
         click.echo(shadow.report(config, since, end, task, fmt), nl=False)
         return
-    rows = read_ledger(config, since, end, tenant=tenant, task=task)
-    result = compute(kind, rows, by=by, since=since, until=end, review_cost=review_cost, people=people(config))
-    click.echo(render(result, fmt), nl=False)
-    if chart_path is not None:
-        svg = chart(kind, rows, since=since, until=end, by=by, review_cost=review_cost)
-        Path(chart_path).write_text(svg, encoding="utf-8")
+    tally = ReportTally(kind, by, review_cost=review_cost, people=people(config))
+    drawn = ChartTally(kind, by=by, review_cost=review_cost) if chart_path is not None else None
+
+    def each(row: LedgerRow) -> None:
+        tally.add(row)
+        if drawn is not None:
+            drawn.add(row)
+
+    read_ledger(config, since, end, each, tenant=tenant, task=task)
+    click.echo(render(tally.report(since, end), fmt), nl=False)
+    if chart_path is not None and drawn is not None:
+        Path(chart_path).write_text(drawn.svg(since, end), encoding="utf-8")
         click.echo(f"chart: {chart_path}", err=True)
 
 

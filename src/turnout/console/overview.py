@@ -39,7 +39,7 @@ class Overview:
     since: float
     until: float
     tiles: dict[str, Any]
-    groups: list[dict[str, Any]]  # one per task × release × target, then the window's "all"
+    groups: list[dict[str, Any]]  # one per task × release × target, then the window's, "(all)"
     charts: list[str]
     notes: list[str] = field(default_factory=list)
 
@@ -61,12 +61,11 @@ def build(
         groups[_key(row)].append(row)
     out = []
     for figures in cost.rows:
-        key = tuple(figures[d] for d in BY)
-        mine = rows if key == (TOTAL,) * len(BY) else groups.get(key, [])
+        mine = groups[tuple(figures[d] for d in BY)]
         out.append({**figures, **_health(mine), **_phases(mine)})
-    if len(out) == 1 and rows:  # one group: compute() adds no "all" row; the tiles need one
-        out.append({**out[0], **dict.fromkeys(BY, TOTAL)})
-    whole = out[-1]  # compute() ends with the window's "all" row whenever it has not one group
+    # The window's row, last, labelled as the reports label it; a group named "all" is a group.
+    whole = {**dict.fromkeys(BY, TOTAL), **cost.total, **_health(rows), **_phases(rows)}
+    out.append(whole)
     tiles = {
         "requests": whole["requests"],
         "errors": whole["errors"],

@@ -143,6 +143,7 @@ class MemoryStore:
         tenant: str | None = None,
         task: str | None = None,
         limit: int = 1_000_000,
+        after: tuple[float, str] | None = None,
     ) -> list[LedgerRow]:
         self._check_open()
         check_limit(limit)
@@ -153,6 +154,7 @@ class MemoryStore:
                 if since <= r.started_at < until
                 and (tenant is None or r.tenant == tenant)
                 and (task is None or r.task == task)
+                and (after is None or (r.started_at, r.request_id) > after)
             ),
             key=lambda r: (r.started_at, r.request_id),
         )

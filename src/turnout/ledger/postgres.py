@@ -278,10 +278,15 @@ class PostgresStore:
         tenant: str | None = None,
         task: str | None = None,
         limit: int = 1_000_000,
+        after: tuple[float, str] | None = None,
     ) -> list[LedgerRow]:
         check_limit(limit)
         async with self._connection() as conn:
-            found = await conn.fetch(self._sql.between, since, until, tenant, task, limit)
+            if after is None:
+                found = await conn.fetch(self._sql.between, since, until, tenant, task, limit)
+            else:  # the range starts at the last row's time, as in aged_rows
+                lower = max(since, after[0])
+                found = await conn.fetch(self._sql.between_after, lower, until, tenant, task, limit, *after)
         # Up to a console overview's 100,000 rows: decoded off the event loop, not stalling it.
         return await asyncio.to_thread(_decode_all, found)
 
@@ -401,10 +406,14 @@ class _Statements:
         self.aged_after = f"{aged} AND (started_at, request_id) > ($4, $5) ORDER BY started_at, request_id LIMIT $3"
         self.delete_rows = f"DELETE FROM {p}requests WHERE request_id = ANY($1::text[]) RETURNING tenant, task"  # noqa: S608
         # NULL parameters switch the tenant and task filters off; started_at's index serves the range.
-        self.between = (
+        between = (
             f"{select} WHERE started_at >= $1 AND started_at < $2 "
-            "AND ($3::text IS NULL OR tenant = $3) AND ($4::text IS NULL OR task = $4) "
-            "ORDER BY started_at, request_id LIMIT $5"
+            "AND ($3::text IS NULL OR tenant = $3) AND ($4::text IS NULL OR task = $4)"
+        )
+        self.between = f"{between} ORDER BY started_at, request_id LIMIT $5"
+        # The next page: past the previous one's last row.
+        self.between_after = (
+            f"{between} AND (started_at, request_id) > ($6, $7) ORDER BY started_at, request_id LIMIT $5"
         )
         # Each failed attempt of the window's rows: one element of the attempts array each.
         self.attempt_errors = (

@@ -237,12 +237,14 @@ _SET_OUTCOME_BY_EPISODE = """UPDATE requests SET
     labels = COALESCE(?, labels),
     outcome_at = ?
     WHERE episode_id = ? AND tenant = ?"""
-# NULL parameters switch the tenant and task filters off; the started_at index serves the range.
-_BETWEEN = (
-    f"{_SELECT} WHERE started_at >= ? AND started_at < ? "
-    "AND (? IS NULL OR tenant = ?) AND (? IS NULL OR task = ?) "
-    "ORDER BY started_at, request_id LIMIT ?"
+# NULL parameters switch the tenant and task filters off; the started_at index serves the range
+# (and the order of its first column: ties are sorted by request id among equal times only).
+_BETWEEN_WHERE = (
+    f"{_SELECT} WHERE started_at >= ? AND started_at < ? AND (? IS NULL OR tenant = ?) AND (? IS NULL OR task = ?)"
 )
+_BETWEEN = f"{_BETWEEN_WHERE} ORDER BY started_at, request_id LIMIT ?"
+# The next page: past the previous one's last row.
+_BETWEEN_AFTER = f"{_BETWEEN_WHERE} AND (started_at, request_id) > (?, ?) ORDER BY started_at, request_id LIMIT ?"
 # Each failed attempt of the window's rows (the attempts JSON array, one element each).
 _ATTEMPT_ERRORS = (
     "SELECT json_extract(a.value, '$.target'), json_extract(a.value, '$.error_class'), count(*) "
@@ -373,12 +375,19 @@ class SQLiteStore:
         tenant: str | None = None,
         task: str | None = None,
         limit: int = 1_000_000,
+        after: tuple[float, str] | None = None,
     ) -> list[LedgerRow]:
         check_limit(limit)
-        params = (since, until, tenant, tenant, task, task, limit)
+        filters = (tenant, tenant, task, task)
+        # After a row, the range starts at its time (as in aged_rows), so the index is entered there.
+        sql, params = (
+            (_BETWEEN, (since, until, *filters, limit))
+            if after is None
+            else (_BETWEEN_AFTER, (max(since, after[0]), until, *filters, *after, limit))
+        )
         # Decoded on the store's thread: up to a console overview's 100,000 rows, a second or
         # more of Python that would otherwise stall every request on the event loop.
-        return await self._call(lambda conn: [_decode(record) for record in conn.execute(_BETWEEN, params)])
+        return await self._call(lambda conn: [_decode(record) for record in conn.execute(sql, params)])
 
     async def attempt_errors(self, since: float, until: float) -> dict[tuple[str, str], int]:
         found = await self._call(lambda conn: conn.execute(_ATTEMPT_ERRORS, (since, until)).fetchall())

@@ -21,7 +21,9 @@ rules:
 * ``set_outcome_by_episode`` is ``set_outcome`` for every row of one tenant's episode, and
   answers how many rows it updated (0 for another tenant's episode, as for an unknown one).
 * ``rows_between`` is the reports' read: the rows with ``since <= started_at < until``, oldest
-  first (ties by ``request_id``), optionally of one tenant and one task, at most ``limit``.
+  first (ties by ``request_id``), optionally of one tenant and one task, at most ``limit``, each
+  after ``after`` when given (the previous page's last ``(started_at, request_id)``), so a
+  window of any size is read in pages (``rows_in_pages``).
 * ``attempt_errors`` counts the failed attempts of the rows with ``since <= started_at <
   until`` by (target, error class), in one query over every such row (the console's targets
   page: a busy window is counted whole, never a first slice of it).
@@ -39,8 +41,10 @@ Nothing here is on the request path: rows reach a store through ``LedgerWriter``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -201,15 +205,16 @@ def summarize(records: Iterable[StatsRecord]) -> ReleaseStats:
     return ReleaseStats(requests, caller, errors, provider, p95, cost, len(feedbacks), len(succeeded), scored, passed)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks, as PostgreSQL's ``percentile_cont``."""
+def percentile(values: Sequence[float], q: float, *, ordered: bool = False) -> float | None:
+    """Linear interpolation between closest ranks, as PostgreSQL's ``percentile_cont``.
+    ``ordered``: ``values`` are sorted already (several percentiles of one sort)."""
     if not values:
         return None
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
+    ranked = values if ordered else sorted(values)
+    position = q * (len(ranked) - 1)
     low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    high = min(low + 1, len(ranked) - 1)
+    return ranked[low] + (ranked[high] - ranked[low]) * (position - low)
 
 
 class LedgerStore(Protocol):
@@ -287,9 +292,11 @@ class LedgerStore(Protocol):
         tenant: str | None = None,
         task: str | None = None,
         limit: int = 1_000_000,
+        after: tuple[float, str] | None = None,
     ) -> list[LedgerRow]:
         """Rows with ``since <= started_at < until`` (of ``tenant`` and ``task`` where given),
-        oldest first, ties by ``request_id``; at most ``limit``, which must not be negative."""
+        oldest first, ties by ``request_id``; at most ``limit``, which must not be negative;
+        with ``after``, only rows whose ``(started_at, request_id)`` comes after it."""
         ...
 
     async def attempt_errors(self, since: float, until: float) -> dict[tuple[str, str], int]:
@@ -328,3 +335,43 @@ def open_store(cfg: StoreConfig) -> LedgerStore:
 def check_limit(limit: int) -> None:
     if limit < 0:
         raise ValueError(f"limit must not be negative, got {limit}")
+
+
+PAGE = 5_000  # rows a page of ``rows_in_pages``: some 10 MB decoded, whatever the window holds
+
+
+async def rows_in_pages(
+    store: LedgerStore,
+    since: float,
+    until: float,
+    *,
+    tenant: str | None = None,
+    task: str | None = None,
+    page: int | None = None,
+) -> AsyncIterator[list[LedgerRow]]:
+    """``rows_between`` over a window of any size, ``page`` rows at a time (default ``PAGE``),
+    in its order: each page starts after the previous one's last row, so no row is read twice
+    or skipped."""
+    size = PAGE if page is None else page
+
+    def fetch(after: tuple[float, str] | None) -> asyncio.Task[list[LedgerRow]]:
+        return asyncio.create_task(store.rows_between(since, until, tenant=tenant, task=task, limit=size, after=after))
+
+    # The next page is asked for before this one is handed over: the store reads it while the
+    # caller counts this one.
+    pending = fetch(None)
+    try:
+        while True:
+            found = await pending
+            more = len(found) == size and size > 0
+            if more:
+                pending = fetch((found[-1].started_at, found[-1].request_id))
+            if found:
+                yield found
+            if not more:
+                return
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending

@@ -26,6 +26,7 @@ Definitions:
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -99,39 +100,70 @@ class Traffic:
 
 
 def traffic_from_rows(rows: Iterable[LedgerRow], task: str, end: float | None = None) -> Traffic:
-    """``task``'s traffic in ``rows`` (other tasks' rows are skipped). ``end``: where the
-    window stops (the CLI passes now, so quiet hours at the end count); rows at or after it
-    are skipped."""
-    kept = [
-        r
-        for r in rows
-        if r.task == task
-        and not is_caller_error(r.status, r.error_class)
-        and (end is None or r.started_at < end)
-        and not r.evaluation
-        and r.tenant != EVAL_TENANT
-    ]
-    if not kept:
-        return Traffic(task=task, hours=(), targets={})
-    first = math.floor(min(r.started_at for r in kept) / HOUR)
-    last = math.ceil(end / HOUR) if end is not None else math.floor(max(r.started_at for r in kept) / HOUR) + 1
-    counts = [[0, 0, 0] for _ in range(first, last)]
-    targets: dict[str, list[int]] = {}
-    for row in kept:
-        bucket = counts[math.floor(row.started_at / HOUR) - first]
+    """``task``'s traffic in ``rows`` (other tasks' rows are skipped), in any order. ``end``:
+    where the window stops (the CLI passes now, so quiet hours at the end count); rows at or
+    after it are skipped."""
+    tally = TrafficTally(task, end)
+    for row in sorted(rows, key=lambda r: r.started_at):
+        tally.add(row)
+    return tally.traffic()
+
+
+class TrafficTally:
+    """``traffic_from_rows`` a row at a time, oldest first (the ledger's order), keeping per
+    hour and per target counts and the requests still in flight, never the rows: ``plan`` reads
+    a window of any size a page at a time."""
+
+    def __init__(self, task: str, end: float | None = None) -> None:
+        self.task, self.end = task, end
+        self.counts: list[list[int]] = []  # per hour from the first request's: requests, tokens in, out
+        self.targets: dict[str, list[int]] = {}  # requests, outcomes, successes
+        self.first: int | None = None  # the first request's hour, since the epoch
+        self.latest = -math.inf
+        self.sweep: Sweep | None = None
+
+    def add(self, row: LedgerRow) -> None:
+        if (
+            row.task != self.task
+            or is_caller_error(row.status, row.error_class)
+            or (self.end is not None and row.started_at >= self.end)
+            or row.evaluation
+            or row.tenant == EVAL_TENANT
+        ):
+            return
+        if row.started_at < self.latest:
+            raise ValueError("traffic rows must come oldest first")
+        self.latest = row.started_at
+        if self.first is None:
+            self.first = math.floor(row.started_at / HOUR)
+            self.sweep = Sweep(self.first)
+        index = math.floor(row.started_at / HOUR) - self.first
+        while len(self.counts) <= index:
+            self.counts.append([0, 0, 0])
+        bucket = self.counts[index]
         bucket[0] += 1
         if not row.cache_hit:
             bucket[1] += row.prompt_tokens or 0
             bucket[2] += row.completion_tokens or 0
-        stats = targets.setdefault(row.target or "(none)", [0, 0, 0])
+            assert self.sweep is not None
+            self.sweep.add(row.started_at, row.started_at + row.latency_ms / 1000)
+        stats = self.targets.setdefault(row.target or "(none)", [0, 0, 0])
         stats[0] += 1
         if row.outcome is not None:
             stats[1] += 1
             stats[2] += row.outcome == "success"
-    spans = [(r.started_at, r.started_at + r.latency_ms / 1000) for r in kept if not r.cache_hit]
-    in_flight = concurrency_by_hour(spans, first, len(counts))
-    hours = tuple(HourBucket((first + i) * HOUR, c[0], c[1], c[2], in_flight[i]) for i, c in enumerate(counts))
-    return Traffic(task=task, hours=hours, targets={name: TargetStats(*s) for name, s in sorted(targets.items())})
+
+    def traffic(self) -> Traffic:
+        first, task = self.first, self.task
+        if first is None or self.sweep is None:
+            return Traffic(task=task, hours=(), targets={})
+        last = math.ceil(self.end / HOUR) if self.end is not None else math.floor(self.latest / HOUR) + 1
+        counts = self.counts + [[0, 0, 0] for _ in range(last - first - len(self.counts))]
+        in_flight = self.sweep.peaks(len(counts))
+        hours = tuple(HourBucket((first + i) * HOUR, c[0], c[1], c[2], in_flight[i]) for i, c in enumerate(counts))
+        return Traffic(
+            task=task, hours=hours, targets={name: TargetStats(*s) for name, s in sorted(self.targets.items())}
+        )
 
 
 def concurrency_by_hour(spans: Iterable[tuple[float, float]], first_hour: int, hours: int) -> list[int]:
@@ -139,14 +171,45 @@ def concurrency_by_hour(spans: Iterable[tuple[float, float]], first_hour: int, h
     ``[start, end)`` spans in flight at one instant: a sweep over start (+1) and end (-1)
     events, ends first at equal times; a span crossing into an hour counts in it. Events
     outside the window count in its first or last hour."""
-    peaks = [0] * hours
-    events = sorted(e for start, stop in spans if stop > start for e in ((start, 1), (stop, -1)))
-    current = index = 0
-    for at, delta in events:
-        bucket = min(max(math.floor(at / HOUR) - first_hour, 0), hours - 1)
-        for crossed in range(index + 1, bucket + 1):  # still in flight when these hours began
-            peaks[crossed] = max(peaks[crossed], current)
-        index = max(index, bucket)
-        current += delta
-        peaks[bucket] = max(peaks[bucket], current)
-    return peaks
+    sweep = Sweep(first_hour)
+    for start, stop in sorted(spans, key=lambda span: span[0]):
+        sweep.add(start, stop)
+    return sweep.peaks(hours)
+
+
+class Sweep:
+    """``concurrency_by_hour`` over spans that come in order of their start: the ends still to
+    come wait in a heap (as many as are in flight), each taken out before the first start at or
+    after it, so ends go first at equal times."""
+
+    def __init__(self, first_hour: int) -> None:
+        self.first = first_hour
+        self.found: list[int] = []  # peaks so far, by hour from first_hour (past the window too)
+        self.ends: list[float] = []
+        self.current = self.index = 0
+
+    def add(self, start: float, stop: float) -> None:
+        if not stop > start:  # nothing in flight (NaN too)
+            return
+        while self.ends and self.ends[0] <= start:
+            self._event(heapq.heappop(self.ends), -1)
+        self._event(start, 1)
+        heapq.heappush(self.ends, stop)
+
+    def peaks(self, hours: int) -> list[int]:
+        """The peaks of ``hours`` hours; what came after the last counts in it."""
+        while self.ends:
+            self._event(heapq.heappop(self.ends), -1)
+        found = self.found + [0] * (hours - len(self.found))
+        return [*found[: hours - 1], max(found[hours - 1 :])] if hours else []
+
+    def _event(self, at: float, delta: int) -> None:
+        bucket = max(math.floor(at / HOUR) - self.first, 0)
+        peaks = self.found
+        while len(peaks) <= bucket:
+            peaks.append(0)
+        for crossed in range(self.index + 1, bucket + 1):  # still in flight when these hours began
+            peaks[crossed] = max(peaks[crossed], self.current)
+        self.index = max(self.index, bucket)
+        self.current += delta
+        peaks[bucket] = max(peaks[bucket], self.current)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 from xml.sax.saxutils import escape
 
 from turnout.ledger.record import LedgerRow
-from turnout.offline.reports.figures import TOTAL, compute, dimension
+from turnout.offline.reports.figures import ReportTally, dimension
 from turnout.offline.reports.render import usd
 
 WIDTH, HEIGHT = 880, 460
@@ -33,7 +32,7 @@ Format = Callable[[float], str]
 
 def chart(
     kind: str,
-    rows: Sequence[LedgerRow],
+    rows: Iterable[LedgerRow],
     *,
     since: float,
     until: float,
@@ -41,38 +40,61 @@ def chart(
     review_cost: float | None = None,
 ) -> str:
     """The chart for a report of ``kind`` (see the module docstring)."""
-    subtitle = f"{_day(since)} → {_day(until)} UTC · {len(rows):,} requests"
-    if kind == "cost" and tuple(by) == ("day",):
+    tally = ChartTally(kind, by=by, review_cost=review_cost)
+    for row in rows:
+        tally.add(row)
+    return tally.svg(since, until)
+
+
+class ChartTally:
+    """A chart's figures counted a row at a time, as ``ReportTally`` counts a report's: the
+    report command feeds both from one read of the ledger."""
+
+    def __init__(self, kind: str, *, by: Sequence[str] = (), review_cost: float | None = None) -> None:
+        self.kind, self.review_cost, self.requests = kind, review_cost, 0
+        self.trend = kind == "latency" or (kind == "cost" and tuple(by) == ("day",))
+        self.groups = ReportTally(kind, ("day",) if self.trend else ("release",), review_cost=review_cost)
+        self.matrix: dict[str, list[int]] = {}  # usage: per day, requests per UTC hour
+
+    def add(self, row: LedgerRow) -> None:
+        self.requests += 1
+        if self.kind == "usage":
+            strip = self.matrix.get(day := dimension("day", row))
+            if strip is None:
+                strip = self.matrix[day] = [0] * 24
+            strip[datetime.fromtimestamp(row.started_at, UTC).hour] += 1
+        else:
+            self.groups.add(row)
+
+    def svg(self, since: float, until: float) -> str:
+        kind, review_cost = self.kind, self.review_cost
+        subtitle = f"{_day(since)} → {_day(until)} UTC · {self.requests:,} requests"
+        if kind == "usage":
+            days = sorted(self.matrix)
+            return heat_strip("Requests by hour of day (UTC)", subtitle, days, [self.matrix[d] for d in days])
+        groups = self.groups.report(since, until).rows
+        if kind == "latency":
+            series = [(f"p{q}", [r[f"latency_p{q}_ms"] for r in groups]) for q in (50, 95, 99)]
+            days = [str(r["day"]) for r in groups]
+            return line_chart("Latency by day", subtitle, days, series, "ms", lambda v: f"{v:,.0f} ms")
+        if kind == "quality":
+            labels = [r["release"] for r in groups]
+            return bar_chart(
+                "Success rate by release", subtitle, labels, [r["success_rate"] for r in groups], "%", _pct, top=1.0
+            )
         key = "cost_per_completed_usd" if review_cost is None else "cost_per_completed_with_review_usd"
-        days, table = _by_day("cost", rows, review_cost)
-        title = "Cost per completed task by day" + (
-            f" (review ${review_cost:g}/item)" if review_cost is not None else ""
-        )
-        return line_chart(title, subtitle, days, [("cost per completed task", [r[key] for r in table])], "USD", usd)
-    if kind == "cost":
-        key = "cost_per_completed_usd" if review_cost is None else "cost_per_completed_with_review_usd"
-        report = compute("cost", rows, by=("release",), review_cost=review_cost)
-        groups = [r for r in report.rows if r["release"] != TOTAL]
+        if self.trend:
+            title = "Cost per completed task by day" + (
+                f" (review ${review_cost:g}/item)" if review_cost is not None else ""
+            )
+            days = [str(r["day"]) for r in groups]
+            return line_chart(
+                title, subtitle, days, [("cost per completed task", [r[key] for r in groups])], "USD", usd
+            )
         title = "Cost per completed task by release" + (
             f" (incl. review at ${review_cost:g}/item)" if review_cost is not None else ""
         )
         return bar_chart(title, subtitle, [r["release"] for r in groups], [r[key] for r in groups], "USD", usd)
-    if kind == "latency":
-        days, table = _by_day("latency", rows, None)
-        series = [(f"p{q}", [r[f"latency_p{q}_ms"] for r in table]) for q in (50, 95, 99)]
-        return line_chart("Latency by day", subtitle, days, series, "ms", lambda v: f"{v:,.0f} ms")
-    if kind == "quality":
-        report = compute("quality", rows, by=("release",))
-        groups = [r for r in report.rows if r["release"] != TOTAL]
-        labels = [r["release"] for r in groups]
-        return bar_chart(
-            "Success rate by release", subtitle, labels, [r["success_rate"] for r in groups], "%", _pct, top=1.0
-        )
-    days = sorted({dimension("day", r) for r in rows})
-    matrix = [[0] * 24 for _ in days]
-    for row in rows:
-        matrix[days.index(dimension("day", row))][datetime.fromtimestamp(row.started_at, UTC).hour] += 1
-    return heat_strip("Requests by hour of day (UTC)", subtitle, days, matrix)
 
 
 def line_chart(
@@ -204,12 +226,6 @@ def heat(share: float) -> str:
     t = 0.0 if share <= 0 else 0.12 + 0.88 * min(share, 1.0)  # any traffic is visibly not empty
     r, g, b = (round(a + (z - a) * t) for a, z in zip(lo, hi, strict=True))
     return f"#{r:02x}{g:02x}{b:02x}"
-
-
-def _by_day(kind: str, rows: Sequence[LedgerRow], review_cost: float | None) -> tuple[list[str], list[dict[str, Any]]]:
-    report = compute(kind, rows, by=("day",), review_cost=review_cost)
-    table = [r for r in report.rows if r["day"] != TOTAL]
-    return [str(r["day"]) for r in table], table
 
 
 def _frame(title: str, subtitle: str, height: float = HEIGHT) -> list[str]:

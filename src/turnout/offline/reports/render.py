@@ -5,6 +5,9 @@ the header; a figure that cannot be computed prints as ``–`` (spend with no pr
 prints ``unpriced``). JSON and CSV carry raw numbers (USD, ms, rates as fractions 0-1) under
 the column keys, and null / an empty field where the table prints ``–``; a CSV name that a
 spreadsheet would run as a formula (``=…``, ``+…``, ``-…``, ``@…``) starts with ``'``.
+
+With ``--by``, the table and CSV end with the whole window's row, labelled ``(all)`` (the
+table draws a rule above it); JSON gives it apart, as ``"total"`` (the groups are ``"rows"``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def window(report: Report) -> str:
 
 def to_table(report: Report) -> str:
     lines = [f"{TITLES[report.kind]}, {window(report)}", ""]
-    lines += _grid(report.columns, report.rows)
+    lines += _grid(report.columns, report.rows, report.total_row)
     if report.hours is not None:
         lines += ["", "Requests by hour of day (UTC)", ""]
         hour_columns = [Column("hour", "hour", "text"), Column("requests", "requests"), Column("bar", "", "text")]
@@ -64,6 +67,7 @@ def to_json(report: Report) -> str:
         "by": list(report.by),
         "columns": [{"key": c.key, "title": c.title, "unit": c.unit} for c in report.columns],
         "rows": report.rows,
+        "total": report.total,
     }
     if report.hours is not None:
         payload["requests_by_hour_utc"] = report.hours
@@ -75,7 +79,8 @@ def to_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([c.key for c in report.columns])
-    for row in report.rows:
+    total = report.total_row
+    for row in [*report.rows, *([total] if total is not None else [])]:
         writer.writerow(["" if row.get(c.key) is None else _raw(c, row[c.key]) for c in report.columns])
     return out.getvalue()
 
@@ -109,9 +114,10 @@ def heading(column: Column) -> str:
     return f"{column.title} (ms)" if column.unit == "ms" else column.title
 
 
-def _grid(columns: list[Column], rows: list[dict[str, Any]]) -> list[str]:
+def _grid(columns: list[Column], rows: list[dict[str, Any]], total: dict[str, Any] | None = None) -> list[str]:
+    """``total``: a last row below a rule."""
     head = [heading(c) for c in columns]
-    body = [[cell(c, row.get(c.key)) for c in columns] for row in rows]
+    body = [[cell(c, row.get(c.key)) for c in columns] for row in [*rows, *([total] if total is not None else [])]]
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(head)]
     left = [c.unit == "text" for c in columns]
 
@@ -123,7 +129,7 @@ def _grid(columns: list[Column], rows: list[dict[str, Any]]) -> list[str]:
     rule = "  ".join("─" * w for w in widths)
     out = [line(head), rule]
     for i, cells in enumerate(body):
-        if i == len(body) - 1 and rows[i].get(columns[0].key) == "all" and columns[0].unit == "text" and len(body) > 1:
+        if total is not None and i == len(rows) and rows:
             out.append(rule)
         out.append(line(cells))
     return out
