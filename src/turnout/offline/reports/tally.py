@@ -1,7 +1,7 @@
 """The reports' figures, counted a row at a time: one ``Group`` per report row, fed every row
 of its group once, in the ledger's order, and never holding a row.
 
-What a group keeps is what its figures need and no more: counters; exact running sums
+What a group keeps is what its figures need and no more: counters; running sums
 (``Sum``); five bits per episode (``Tasks``: an episode may span the whole window, so its
 verdicts are kept until counted); and, for latency only, the measured values as packed
 doubles (8 bytes each: exact percentiles need every value). So a window of any size is read in
@@ -11,8 +11,6 @@ pages and its memory does not grow with the rows' width. The definitions are
 
 from __future__ import annotations
 
-import math
-import sys
 from array import array
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,9 +21,6 @@ from turnout.ledger.store import is_caller_error, percentile
 
 # A task's verdicts (``TaskOutcome``), as bits: a group counts them per combination.
 SUCCESS, KNOWN, FEEDBACK, REVIEWED, ESCALATED = 1, 2, 4, 8, 16
-# From 3.12 the builtin sum() of floats compensates its rounding (Neumaier); ``Sum`` follows.
-_COMPENSATED = sys.version_info >= (3, 12)
-_LONG = 2**63  # CPython's sum() adds an int that fits a C long as a double, without compensation
 
 
 class HumanCost(NamedTuple):
@@ -34,37 +29,17 @@ class HumanCost(NamedTuple):
 
 
 class Sum:
-    """``sum(values)`` without keeping the values: bit for bit the builtin's result over the
-    same values in the same order, on this Python (so the figures equal those of a list)."""
+    """A running total and how many values made it (``sum(values)`` without keeping them)."""
 
-    __slots__ = ("_c", "_generic", "count", "total")
+    __slots__ = ("count", "value")
 
     def __init__(self) -> None:
-        self.total: float | int = 0
-        self._c = 0.0
-        self._generic = False  # past what the builtin's float loop takes: plain additions
+        self.value: float = 0.0
         self.count = 0
 
     def add(self, x: float) -> None:
+        self.value += x
         self.count += 1
-        total = self.total
-        if not _COMPENSATED or self._generic or type(total) is not float:
-            self.total = total + x
-            return
-        if type(x) is float:  # Neumaier's step, as CPython's builtin_sum_impl
-            t = total + x
-            self._c += (total - t) + x if abs(total) >= abs(x) else (x - t) + total
-            self.total = t
-        elif isinstance(x, int) and -_LONG <= x < _LONG:
-            self.total = total + float(x)
-        else:
-            self.total = self.value + x
-            self._c, self._generic = 0.0, True
-
-    @property
-    def value(self) -> float | int:
-        total, c = self.total, self._c
-        return total + c if c and math.isfinite(c) else total
 
 
 def flags(row: LedgerRow) -> int:
