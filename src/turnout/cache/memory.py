@@ -1,6 +1,11 @@
 """The in-process cache: one LRU per task, bounded by the bytes of its values (``max_mb``),
 entries expiring with their TTL (checked on read and by ``sweep``). Nothing is shared between
-processes: each gateway replica fills its own."""
+processes: each gateway replica fills its own.
+
+Purges are counted by what they name (tenant scope, task, both, all), as the Redis store keeps
+its purge marks: ``mark`` is those counts for an address, read when a request misses, and a
+``put`` with a mark that has changed since (a purge naming the answer came while it was being
+generated) stores nothing."""
 
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ class MemoryCache:
         self._default = default_limit
         self._clock = clock
         self._tasks: dict[str, _Lru] = {}
+        self._purges: dict[tuple[str | None, str | None], int] = {}  # by (scope, task) they named
 
     @property
     def size(self) -> int:
@@ -68,7 +74,18 @@ class MemoryCache:
         return self.get_now(address)
 
     async def read(self, address: Address) -> tuple[bytes | None, bytes | None]:
-        return self.get_now(address), None  # purges reach this store through the stage, which guards its flights
+        return self.get_now(address), self.mark(address)
+
+    def mark(self, address: Address) -> bytes:
+        """The counts of the purges that name ``address``: every answer's, its scope's, its
+        task's, both's."""
+        count, scope, task = self._purges.get, address.scope, address.task
+        return b"%d|%d|%d|%d" % (
+            count((None, None), 0),
+            count((scope, None), 0),
+            count((None, task), 0),
+            count((scope, task), 0),
+        )
 
     def get_now(self, address: Address) -> bytes | None:
         """``get`` without a coroutine: the cache stage reads an in-process store this way."""
@@ -89,7 +106,7 @@ class MemoryCache:
         lru = self._tasks.get(address.task)
         if lru is None:
             lru = self._tasks[address.task] = _Lru(self._limits.get(address.task, self._default))
-        if len(value) > lru.limit:
+        if len(value) > lru.limit or (mark is not None and mark != self.mark(address)):
             return False
         key = address.text()
         lru.drop(key)
@@ -107,6 +124,7 @@ class MemoryCache:
     async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
         lrus = list(self._tasks.values()) if task is None else [lru for t, lru in self._tasks.items() if t == task]
         scope = None if tenant is None else TENANT + tenant
+        self._purges[scope, task] = self._purges.get((scope, task), 0) + 1
         return sum(lru.drop_where(lambda s: scope is not None and s.address.scope != scope) for lru in lrus)
 
     async def purge_release(self, task: str, keep: frozenset[str]) -> int:

@@ -17,7 +17,6 @@ A task without ``cache`` costs one dict lookup (``lookup`` answers None).
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import os
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import orjson
 
 from turnout.cache.entry import Entry, decode
-from turnout.cache.key import TENANT, Address, deterministic, digest, scope_of
+from turnout.cache.key import Address, deterministic, digest, scope_of
 from turnout.cache.memory import MemoryCache
 from turnout.cache.seal import derive
 from turnout.cache.store import CacheStore
@@ -56,7 +55,6 @@ ANSWERING = frozenset(
 # is shared once its client has taken all of it, which a slow client can hold back for as long
 # as it likes.
 FOLLOW_S = 30.0
-RECENT = 64  # purges remembered for the flights under way; a flight older than these keeps nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +131,6 @@ class Lookup:
     ttl_s: float = 0.0
     entry: Entry | None = None  # a hit's answer
     leading: asyncio.Future[bytes | None] | None = None  # a miss that leads its flight
-    purged: int = 0  # the stage's purge count when it missed: a purge since, and its answer is not kept
     mark: bytes | None = None  # the store's purge mark when it was read (``CacheStore.read``), for its fill
 
     @property
@@ -147,6 +144,7 @@ class CacheStage:
         # An in-process store is read without a coroutine (a hit's lookup awaits nothing); a
         # subclass may override ``get``, so only the class itself.
         self._get_now = store.get_now if type(store) is MemoryCache else None
+        self._mark_now = store.mark if type(store) is MemoryCache else None  # read where it misses
         answering = {name: t.model_dump(mode="json", include=set(ANSWERING)) for name, t in config.targets.items()}
         self.tasks: dict[str, TaskCache] = {
             name: TaskCache(
@@ -169,10 +167,6 @@ class CacheStage:
         self._rules = rules or Rules(config)
         self._flights: dict[str, asyncio.Future[bytes | None]] = {}
         self.hits = self.misses = self.bypasses = 0
-        # The purges made through ``purge`` (counted), the latest of them with what each named:
-        # a leader that missed before one of them does not keep its answer.
-        self.purges = 0
-        self._recent: collections.deque[tuple[int, str | None, str | None]] = collections.deque(maxlen=RECENT)
 
     async def lookup(
         self, task: str, tenant: str, data_class: str, release: Release | None, body: dict[str, Any], bypass: bool
@@ -204,7 +198,9 @@ class CacheStage:
             flight = self._flights.get(address.text())
             if flight is None:
                 self.misses += 1
-                return Lookup(MISS, address, ttl_s, leading=self._lead(address.text()), purged=self.purges, mark=mark)
+                return Lookup(
+                    MISS, address, ttl_s, leading=self._lead(address.text()), mark=self._missed(address, mark)
+                )
             try:
                 raw = await asyncio.wait_for(asyncio.shield(flight), FOLLOW_S)
             except TimeoutError:  # a leader still answering (a long stream, a slow client): not waited for
@@ -216,7 +212,7 @@ class CacheStage:
                 # others ask at once, beside it: none waits out a second failure).
                 key = address.text()
                 leading = None if key in self._flights else self._lead(key)
-                return Lookup(MISS, address, ttl_s, leading=leading, purged=self.purges, mark=mark)
+                return Lookup(MISS, address, ttl_s, leading=leading, mark=self._missed(address, mark))
         self.hits += 1
         return Lookup(HIT, address, ttl_s, entry=found, mark=mark)
 
@@ -229,7 +225,11 @@ class CacheStage:
         self.misses += 1
         if lookup.address is not None and lookup.address.text() not in self._flights:
             lookup.leading = self._lead(lookup.address.text())
-            lookup.purged = self.purges
+            lookup.mark = self._missed(lookup.address, lookup.mark)
+
+    def _missed(self, address: Address, mark: bytes | None) -> bytes | None:
+        """The purge mark a miss fills with: read with its entry, or (in process) now."""
+        return mark if self._mark_now is None else self._mark_now(address)
 
     def _lead(self, key: str) -> asyncio.Future[bytes | None]:
         """A new flight for ``key``: the future its followers wait on."""
@@ -238,31 +238,11 @@ class CacheStage:
 
     async def fill(self, lookup: Lookup, value: bytes) -> None:
         """The leader's answer: to its followers at once (they asked before any purge since),
-        then into the store, unless a purge of its answers came while it was generated (through
-        ``purge``, or, to a shared store, from anywhere: the store compares its ``mark``)."""
+        then into the store, unless a purge naming it came while it was generated (the store
+        compares the ``mark`` its miss read)."""
         assert lookup.address is not None
         self._finish(lookup, value)
-        if lookup.purged == self.purges or not self._purged_since(lookup.purged, lookup.address):
-            await self.store.put(lookup.address, value, lookup.ttl_s, lookup.mark)
-
-    async def purge(self, tenant: str | None = None, task: str | None = None) -> int:
-        """``store.purge``, and the answers of the flights under way that it names are not kept
-        when they come (they were asked for before it): how many answers it dropped."""
-        self.purges += 1
-        self._recent.append((self.purges, tenant, task))
-        return await self.store.purge(tenant=tenant, task=task)
-
-    def _purged_since(self, count: int, address: Address) -> bool:
-        """Whether a purge after the ``count``-th names ``address`` (tenant as ``store.purge``
-        takes it: its own scope, not the shared one); past what is remembered, yes."""
-        if not self._recent or self._recent[0][0] > count + 1:
-            return True
-        return any(
-            n > count
-            and (task is None or task == address.task)
-            and (tenant is None or address.scope == TENANT + tenant)
-            for n, tenant, task in self._recent
-        )
+        await self.store.put(lookup.address, value, lookup.ttl_s, lookup.mark)
 
     def done(self, lookup: Lookup | None) -> None:
         """Ends the flight a leader left without an answer to share."""

@@ -23,8 +23,7 @@ class CacheStore(Protocol):
 
     async def read(self, address: Address) -> tuple[bytes | None, bytes | None]:
         """``get``, and a mark of the purges that name ``address`` as they stood when it was read
-        (in the same round trip), for ``put``; None where the backend needs none (in process,
-        the stage guards its flights itself: ``CacheStage.purge``)."""
+        (in the same round trip), for ``put``."""
         ...
 
     async def put(self, address: Address, value: bytes, ttl_s: float, mark: bytes | None = None) -> bool:

@@ -356,7 +356,7 @@ class Runtime:
         purges = PurgeLog(purge_log_place(self.config))
         await purges.open()
         stack.push_async_callback(purges.aclose)
-        follower = Follower(purges, cache.purge)  # flights under way keep no answer it names
+        follower = Follower(purges, cache.store.purge)  # flights under way keep no answer it names
         await follower.start()
         poller = Periodic("turnout-cache-purges", follower, POLL_S, first="later")
         poller.start()
