@@ -38,7 +38,15 @@ import orjson
 
 from turnout.control.auth import bearer
 from turnout.control.keys.base import MAX_KEY_TTL_S
-from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError, refuse_unknown
+from turnout.errors import (
+    AuthError,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    PolicyDenied,
+    RequestError,
+    refuse_unknown,
+)
 from turnout.providers.base import Health
 from turnout.releases.review import MAX_ANSWER, ReviewQueue, Status
 from turnout.serving import tickets
@@ -248,6 +256,8 @@ class Admin:
         return {"data": data, "tasks": tasks}
 
     def _review_queue(self) -> ReviewQueue:
+        if self.runtime.reviews is None and self.runtime.state_missing:
+            raise NotReady("the review queue is not open yet: its PostgreSQL does not answer")
         if self.runtime.reviews is None:
             raise NotFound("the review queue is off: no task has a review_rate or escalates to a human")
         return self.runtime.reviews
