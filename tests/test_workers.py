@@ -3,12 +3,14 @@ supervisor's own rules (restart, start-up failure, SIGHUP, stop) on small spawne
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import textwrap
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,10 @@ from click.testing import CliRunner, Result
 import turnout.serving.server
 from turnout.cli.main import main
 from turnout.cli.preflight import shared_state
-from turnout.config import Config, validate
+from turnout.cli.serve import Reloader
+from turnout.config import Config, load_config, validate
 from turnout.serving import supervisor
+from turnout.serving.rounds import Conductor
 from turnout.serving.supervisor import STARTUP_FAILURE, Supervisor, worker_count
 
 KEY = "sk-acme-workers-0123456789"
@@ -166,7 +170,7 @@ def test_serve_hands_several_workers_to_the_supervisor(tmp_path: Path, monkeypat
 # Targets run in spawned interpreters: module-level functions, their effects seen in files.
 
 
-def record_and_wait(where: str, sockets: list[socket.socket]) -> None:
+def record_and_wait(where: str, sockets: list[socket.socket], pipe: Any = None) -> None:
     """A worker: writes its pid, then waits; SIGHUP is written down, SIGTERM ends it."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -176,7 +180,7 @@ def record_and_wait(where: str, sockets: list[socket.socket]) -> None:
     Path(where, f"down-{os.getpid()}").touch()
 
 
-def fail_start(where: str, sockets: list[socket.socket]) -> None:
+def fail_start(where: str, sockets: list[socket.socket], pipe: Any = None) -> None:
     Path(where, f"up-{os.getpid()}").touch()
     raise SystemExit(STARTUP_FAILURE)
 
@@ -227,19 +231,51 @@ def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
     assert files(tmp_path, "down-") == alive  # SIGTERM reached both, each ended on its own
 
 
-def test_sighup_reaches_every_worker_and_refreshes_the_arguments(tmp_path: Path) -> None:
-    refreshed: list[tuple[Any, ...]] = []
+def take_rounds(cfg: Config, where: str, sockets: list[socket.socket], pipe: Connection) -> None:
+    """A worker that says it serves, then takes each round (``serving/rounds.py``): what it
+    commits is written down as its tasks."""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    Path(where, f"up-{os.getpid()}").write_text(",".join(cfg.tasks))
+    pipe.send(("up",))
+    plans: dict[int, Any] = {}
+    while True:
+        message = pipe.recv()
+        if message[0] == "prepare":
+            plans[message[1]] = message[2]
+            pipe.send(("prepared", message[1], []))
+        elif message[0] == "commit":
+            Path(where, f"reloaded-{os.getpid()}").write_text(",".join(plans[message[1]].config.tasks))
+            pipe.send(("committed", message[1], {}))
 
-    def refresh(args: tuple[Any, ...]) -> tuple[Any, ...]:
-        refreshed.append(args)
-        return args
 
-    sup = Supervisor(2, record_and_wait, (str(tmp_path),), stop_after_s=5, refresh=refresh)
+def test_sighup_reloads_every_worker_through_its_pipe_and_later_workers_start_on_it(tmp_path: Path) -> None:
+    raw: dict[str, Any] = {"targets": TARGETS, "tasks": {"chat": {"route": ["up"]}}}
+    path = write(tmp_path, json.dumps(raw))
+    cfg = load_config(path)
+    reloads = Conductor(cfg, Reloader(path, None, None), path)
+    sup = Supervisor(2, take_rounds, (cfg, str(tmp_path)), stop_after_s=5, reloads=reloads)
     with Running(sup):
         wait_for(lambda: len(files(tmp_path, "up-")) == 2, "two workers up")
+        raw["tasks"]["summarize"] = {"route": ["up"]}
+        Path(path).write_text(json.dumps(raw))
         sup.signals.append(signal.SIGHUP)
-        wait_for(lambda: files(tmp_path, "hup-") == files(tmp_path, "up-"), "SIGHUP in each worker")
-        assert refreshed == [(str(tmp_path),)]
+        wait_for(lambda: files(tmp_path, "reloaded-") == files(tmp_path, "up-"), "the reload in each worker")
+        assert {(tmp_path / f"reloaded-{pid}").read_text() for pid in files(tmp_path, "up-")} == {"chat,summarize"}
+        wait_for(lambda: reloads.round is None, "the round over")
+        victim = sorted(files(tmp_path, "up-"))[0]
+        os.kill(int(victim), signal.SIGKILL)
+        wait_for(lambda: len(files(tmp_path, "up-")) == 3, "a replacement up")
+        [new] = files(tmp_path, "up-") - files(tmp_path, "reloaded-")
+        assert (tmp_path / f"up-{new}").read_text() == "chat,summarize"
+
+
+def test_sighup_without_a_config_file_reaches_no_worker(tmp_path: Path) -> None:
+    sup = Supervisor(2, record_and_wait, (str(tmp_path),), stop_after_s=5)
+    with Running(sup) as running:
+        wait_for(lambda: len(files(tmp_path, "up-")) == 2, "two workers up")
+        sup.signals.append(signal.SIGHUP)
+        wait_for(lambda: not sup.signals, "the SIGHUP handled")
+        assert running.thread.is_alive() and files(tmp_path, "hup-") == set()
 
 
 def test_a_failed_start_up_stops_the_supervisor(tmp_path: Path) -> None:
@@ -266,24 +302,12 @@ def test_the_supervisor_owns_its_metrics_directory(monkeypatch: pytest.MonkeyPat
     assert sup._metrics_dir() is None  # the operator's: neither created nor removed
 
 
-def test_tell_others_signals_only_its_own_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
-    sent: list[tuple[int, int]] = []
-    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
-    monkeypatch.delenv(supervisor.SUPERVISOR_ENV, raising=False)
-    supervisor.tell_others()  # a single process: nobody to tell
-    monkeypatch.setenv(supervisor.SUPERVISOR_ENV, "1")  # not our parent
-    supervisor.tell_others()
-    monkeypatch.setenv(supervisor.SUPERVISOR_ENV, str(os.getppid()))
-    supervisor.tell_others()
-    assert sent == [(os.getppid(), signal.SIGHUP)]
-
-
-def serve_unless_failing(where: str, sockets: list[socket.socket]) -> None:
+def serve_unless_failing(where: str, sockets: list[socket.socket], pipe: Any = None) -> None:
     """A worker that fails its start-up while the file ``fail`` exists (a store it opens down)."""
     if Path(where, "fail").exists():
         Path(where, f"failed-{os.getpid()}").touch()
         raise SystemExit(STARTUP_FAILURE)
-    record_and_wait(where, sockets)
+    record_and_wait(where, sockets, pipe)
 
 
 def test_a_replacement_that_fails_to_start_is_tried_again_while_another_worker_serves(tmp_path: Path) -> None:
@@ -312,7 +336,7 @@ def test_a_replacement_that_fails_to_start_with_no_worker_left_stops_the_supervi
         assert running.code == [1]
 
 
-def drain_until_forced(where: str, sockets: list[socket.socket]) -> None:
+def drain_until_forced(where: str, sockets: list[socket.socket], pipe: Any = None) -> None:
     """A worker with a request that outlasts any grace: SIGTERM is noted, SIGINT ends it."""
     forced = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: Path(where, f"term-{os.getpid()}").touch())

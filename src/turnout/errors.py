@@ -27,7 +27,8 @@
     ├── AnswerRefused                 502: a check refused the answer and ends the request
     ├── StreamInterrupted             failure after the first byte reached the client
     ├── ShuttingDown                  503: cut by a shutdown past its grace period
-    └── NotReady                      503: start-up still waits for the shared state (PostgreSQL)
+    ├── NotReady                      503: start-up still waits for the shared state (PostgreSQL)
+    └── StoreUnavailable              503: a store the request reads or writes does not answer
 
 ``busy``: the target shed load (its queue is full, it answered 429): it is healthy, so its
 breaker hears no verdict either way (``turnout.routing.attempts``).
@@ -417,3 +418,20 @@ class NotReady(TurnoutError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", b"1")]
+
+
+class StoreUnavailable(TurnoutError):
+    """A store the request reads or writes directly (the ledger for feedback, the review queue,
+    issued keys, releases) does not answer: not open yet (PostgreSQL was down at start-up,
+    ``serving/waiting.py``), or its connection lost since. Try again: 503 with Retry-After.
+    The error boundary answers with this for any failure to reach a store (``places.unreachable``)."""
+
+    status = 503
+    type = "api_error"
+    code = "store_unavailable"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(STORE_RETRY_AFTER_S).encode())]
+
+
+STORE_RETRY_AFTER_S = 5  # a store coming back is retried every 0.5 to 30 s (``serving/waiting.py``)

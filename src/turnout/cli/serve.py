@@ -46,9 +46,9 @@ workers_option = click.option("--workers", default="1", metavar="N|auto", callba
 @workers_option
 def serve(config: Config, host: str | None, port: int | None, workers: int) -> None:
     """Run the gateway until SIGINT/SIGTERM, then drain in-flight requests and the ledger (a
-    second Ctrl-C cuts what still runs, writing its rows, and quits). SIGHUP (to the parent,
-    with --workers) re-reads the config file: tasks, tenants, policy and prices change live;
-    the rest waits for a restart.
+    second Ctrl-C cuts what still runs, writing its rows, and quits). SIGHUP re-reads the config
+    file: tasks, tenants, policy and prices change live; the rest waits for a restart. With
+    --workers, every worker takes the new file or none does.
 
     Exit status 1, before anything starts, with the reason on stderr: a config the gateway
     would not start on, or an address it cannot listen on ("cannot listen on HOST:PORT:

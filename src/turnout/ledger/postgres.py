@@ -53,6 +53,7 @@ from turnout.ledger.store import (
     Order,
     ReleaseStats,
     StoreError,
+    StoreNotOpen,
     check_limit,
 )
 
@@ -324,7 +325,7 @@ class PostgresStore:
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
         if self._pool is None:
-            raise StoreError(f"the PostgreSQL ledger store {self._where} is not open")
+            raise StoreNotOpen(f"the PostgreSQL ledger store {self._where} is not open")
         async with self._errors(), self._pool.acquire() as conn:
             yield conn
 

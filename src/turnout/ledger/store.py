@@ -50,7 +50,7 @@ from typing import NamedTuple, Protocol
 
 from turnout._support.backends import Backend, load
 from turnout.config import StoreConfig
-from turnout.errors import TurnoutError
+from turnout.errors import StoreUnavailable, TurnoutError
 from turnout.ledger.record import LedgerRow
 
 Order = int | str  # breaks ties in ``started_at`` (``AgedRow.order``)
@@ -68,6 +68,10 @@ class AgedRow(NamedTuple):
 
 class StoreError(TurnoutError):
     """The store cannot be used: its schema is newer than this code, or it is closed."""
+
+
+class StoreNotOpen(StoreError, StoreUnavailable):
+    """Not open: not yet (PostgreSQL did not answer at start-up) or no longer (shutting down)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,9 @@ usage through this API.
                                           caller receives (required to accept one)}
     POST   /admin/reload                  read the config file again and swap its live sections
                                           in (``serving/reload.py``): what changed, what needs a
-                                          restart; 422 with the problems, the old config kept
+                                          restart; 422 with the problems, the old config kept.
+                                          With --workers, on every worker or none
+                                          (``serving/rounds.py``); ``workers``: how many did
 """
 
 from __future__ import annotations
@@ -36,10 +38,18 @@ import orjson
 
 from turnout.control.auth import bearer
 from turnout.control.keys.base import MAX_KEY_TTL_S
-from turnout.errors import AuthError, MethodNotAllowed, NotFound, PolicyDenied, RequestError, refuse_unknown
+from turnout.errors import (
+    AuthError,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    PolicyDenied,
+    RequestError,
+    refuse_unknown,
+)
 from turnout.providers.base import Health
 from turnout.releases.review import MAX_ANSWER, ReviewQueue, Status
-from turnout.serving import supervisor, tickets
+from turnout.serving import tickets
 from turnout.serving.asgi import Receive, Send, expect_method, header, read_body, send_json
 from turnout.serving.probes import scrub, secrets_of
 from turnout.serving.runtime import Runtime
@@ -95,8 +105,7 @@ class Admin:
             await send_json(send, 200, await self._label(item, await read_body(receive, scope, LABEL_BYTES)))
         elif path == "/admin/reload" and self.reload is not None:
             expect_method(method, "POST")
-            await send_json(send, 200, await self.reload())
-            supervisor.tell_others()  # with --workers: the supervisor reloads every worker
+            await send_json(send, 200, await self.reload())  # with --workers: every worker's outcome
         else:
             raise NotFound(f"no admin route for {method} {path}")
 
@@ -247,6 +256,8 @@ class Admin:
         return {"data": data, "tasks": tasks}
 
     def _review_queue(self) -> ReviewQueue:
+        if self.runtime.reviews is None and self.runtime.state_missing:
+            raise NotReady("the review queue is not open yet: its PostgreSQL does not answer")
         if self.runtime.reviews is None:
             raise NotFound("the review queue is off: no task has a review_rate or escalates to a human")
         return self.runtime.reviews

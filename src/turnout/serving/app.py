@@ -13,6 +13,7 @@ import hmac
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from turnout._support.printable import printable
@@ -25,11 +26,13 @@ from turnout.serving import feedback, openapi, reload, summary, tickets
 from turnout.serving.admin import Admin
 from turnout.serving.asgi import Receive, Send, credential, expect_method, header, send_json
 from turnout.serving.boundary import ErrorBoundary
+from turnout.serving.channel import Channel
 from turnout.serving.chat import CHAT
 from turnout.serving.embeddings import EMBEDDINGS_DOOR
 from turnout.serving.messages import MESSAGES_DOOR, count_tokens
 from turnout.serving.pipeline import Pipeline
 from turnout.serving.readiness import Readiness
+from turnout.serving.reload import Plan
 from turnout.serving.responses import RESPONSES_DOOR
 from turnout.serving.runtime import Runtime
 from turnout.serving.tasks import TASKS
@@ -43,6 +46,16 @@ TICKETS = "/tickets/"
 FINISH_S = 5.0
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A reload built and not yet swapped in (``App.prepare``)."""
+
+    plan: Plan
+    old: Runtime
+    new: Runtime
+    pipeline: Pipeline
+
+
 class App:
     def __init__(
         self,
@@ -52,13 +65,16 @@ class App:
         source: str | None = None,
         loader: reload.Loader | None = None,
         offline: bool = False,
+        fleet: Channel | None = None,
     ) -> None:
         """``source``: the config file's path, for the start-up summary (None: built in);
         ``loader``: reads it again for a reload (None: no reload); ``offline``: a command's
-        app (``turnout eval``): no canary controller, no retention purge."""
+        app (``turnout eval``): no canary controller, no retention purge; ``fleet``: a
+        worker's pipe to its supervisor, through which every reload goes."""
         self.runtime = Runtime(config, providers, offline=offline)
         self.source = source
         self.loader = loader
+        self.fleet = fleet
         self._reloading = asyncio.Lock()  # one reload at a time
         self.pipeline = Pipeline(self.runtime)
         self.admin = Admin(self.runtime, self.reload)
@@ -158,38 +174,63 @@ class App:
     async def reload(self) -> dict[str, Any]:
         """Read the config file again and swap the live sections in (``serving/reload.py``);
         requests already running keep the pipeline, and so the config, they started on.
-        ReloadRefused (the old config kept) when the file is invalid."""
+        ReloadRefused (the old config kept) when the file is invalid. A worker of
+        ``--workers`` asks its supervisor, which reloads every worker or none."""
+        if self.fleet is not None:
+            return await self.fleet.ask()
         if self.loader is None:
             raise reload.ReloadRefused(["this server was started without a config file: nothing to reload"])
         async with self._reloading:
-            old = self.runtime
-            if old.state_missing:  # what a reload would rebuild is not open yet
-                problem = "start-up has not opened the shared state yet (PostgreSQL does not answer); reload once ready"
-                log.error("config reload refused, the running config is kept: %s", problem)
-                raise reload.ReloadRefused([problem])
             try:
-                plan = reload.plan(old.config, self.loader)
+                plan = reload.plan(self.runtime.config, self.loader)
             except reload.ReloadRefused as exc:
                 log.error("config reload refused, the running config is kept: %s", "; ".join(exc.problems))
                 raise
-            new = await old.successor(plan.config)  # a failure has closed what it opened
+            prepared = await self.prepare(plan)
             try:
-                pipeline = Pipeline(new)
-                new.adopt(old)
+                return self.commit(prepared)
             except BaseException:
-                await new.abandon()  # the old runtime runs on, alone
+                await self.abandon(prepared)  # the old runtime runs on, alone
                 raise
-            if old.releases is None and new.releases is not None:
-                plan.changed.append("releases")  # the folder appeared since start-up: now served
-            self.runtime = self.admin.runtime = self.console.runtime = self.readiness.runtime = new
-            self.pipeline = pipeline  # the swap: new requests take this one
+
+    async def prepare(self, plan: Plan) -> Prepared:
+        """The runtime and pipeline of ``plan``'s config, built beside the running ones (a
+        failure has closed what it opened): ``commit`` swaps them in, ``abandon`` closes them."""
+        old = self.runtime
+        if old.state_missing:  # what a reload would rebuild is not open yet
+            problem = "start-up has not opened the shared state yet (PostgreSQL does not answer); reload once ready"
+            log.error("config reload refused, the running config is kept: %s", problem)
+            raise reload.ReloadRefused([problem])
+        new = await old.successor(plan.config)
+        try:
+            pipeline = Pipeline(new)
+        except BaseException:
+            await new.abandon()  # the old runtime runs on, alone
+            raise
+        return Prepared(plan, old, new, pipeline)
+
+    def commit(self, prepared: Prepared) -> dict[str, Any]:
+        """The swap: new requests take the prepared pipeline. Nothing here awaits."""
+        old, new, plan = prepared.old, prepared.new, prepared.plan
+        if self.runtime is not old:
+            raise RuntimeError("the runtime was replaced since this reload was prepared")
+        new.adopt(old)
+        changed = list(plan.changed)
+        if old.releases is None and new.releases is not None:
+            changed.append("releases")  # the folder appeared since start-up: now served
+        self.runtime = self.admin.runtime = self.console.runtime = self.readiness.runtime = new
+        self.pipeline = prepared.pipeline
         log.info(
             "config reloaded from %s: changed %s; needing a restart: %s",
             self.source,
-            ", ".join(plan.changed) or "nothing",
+            ", ".join(changed) or "nothing",
             ", ".join(plan.restart) or "nothing",
         )
-        return {"reloaded": True, "changed": plan.changed, "restart_needed": plan.restart}
+        return {"reloaded": True, "changed": changed, "restart_needed": plan.restart}
+
+    async def abandon(self, prepared: Prepared) -> None:
+        """A prepared reload that will not be swapped in: close what it opened."""
+        await prepared.new.abandon()
 
     async def readyz(self, authorization: bytes | None, send: Send) -> None:
         """This process's readiness (``serving/readiness.py``): status and named checks for
@@ -240,6 +281,8 @@ class App:
             elif message["type"] == "lifespan.shutdown":
                 self.ready = False
                 await self.finish_in_flight()
+                if self.fleet is not None:
+                    await self.fleet.aclose(self)
                 await self.runtime.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -2,10 +2,11 @@
 
 Every HTTP request gets its request id here. A ``TurnoutError`` that reaches the boundary
 (a refusal on a route outside the pipeline: an unknown route, a bad admin key) is answered
-with its own status; any other exception is a bug: an OpenAI-shaped 500 that names the
-request id (header and message), logged with the exception's type and place only, never its
-message, which may quote request content. A response already started gets no second head:
-the bug is logged and the response ends there.
+with its own status. A store that does not answer (not open yet, its connection lost) is a
+503 ``store_unavailable`` with Retry-After, one warning logged. Any other exception is a bug:
+an OpenAI-shaped 500 that names the request id (header and message), logged with the
+exception's type and place only, never its message, which may quote request content. A
+response already started gets no second head: the bug is logged and the response ends there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from turnout._support.failures import describe
-from turnout.errors import TurnoutError
+from turnout._support.places import unreachable
+from turnout.errors import StoreUnavailable, TurnoutError
 from turnout.serving import respond
 from turnout.serving.asgi import Message, Receive, Send, continue_unsent, drain, unread_body
 
@@ -42,12 +44,29 @@ class ErrorBoundary:
             await self.app(scope, receive, watched, request_id)
         except Exception as exc:
             shape = MESSAGES if _anthropic(scope.get("path")) else ""
+            if _store_down(exc):
+                log.warning("request %s: a store does not answer: %s", request_id, _said(exc))
+                exc = StoreUnavailable("a store this request needs does not answer right now; try again shortly")
             if isinstance(exc, TurnoutError) and not watched.started:
                 await respond.error(watched, exc, request_id, shape)
                 return
             log.error("internal error in request %s: %s", request_id, describe(exc))
             if not watched.started:
                 await respond.error(watched, internal_error(request_id), request_id, shape)
+
+
+def _store_down(exc: Exception) -> bool:
+    """A store that is not open yet or cannot be reached (a route that reads or writes one
+    directly: feedback, tickets, the review queue, keys, the console's actions): 503, not a
+    bug. An error that is already a 4xx or an upstream's stays what it is."""
+    if isinstance(exc, StoreUnavailable):
+        return True
+    return (not isinstance(exc, TurnoutError) or exc.status == TurnoutError.status) and unreachable(exc)
+
+
+def _said(exc: Exception) -> str:
+    """The store's failure on one line (its class and place where it is not one of ours)."""
+    return " ".join(exc.message.split()) if isinstance(exc, TurnoutError) else describe(exc)
 
 
 def _anthropic(path: Any) -> bool:

@@ -26,8 +26,10 @@
   final.) An episode's feedback first lets every replica's writer flush twice, so the rows it
   updates are those answered before it was sent: send it after the episode's last answer.
 
-Errors are in OpenAI's shape: 400 ``invalid_request_error`` naming the ``param``, 401, 404, and
-503 ``ledger_off`` when the gateway runs without a ledger (``store.kind: none``).
+Errors are in OpenAI's shape: 400 ``invalid_request_error`` naming the ``param``, 401, 404,
+503 ``ledger_off`` when the gateway runs without a ledger (``store.kind: none``), and 503
+``store_unavailable`` with Retry-After while the ledger's PostgreSQL does not answer (not yet
+at start-up, or not any more).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ idle timeouts and a connection cap (``serving/connections.py``).
 
 SIGHUP reloads the config file (``serving/reload.py``). ``workers`` > 1: the parent binds the
 socket and supervises that many worker processes (``serving/supervisor.py``), each running
-``run`` on the socket it was handed. One process binds its socket the same way, first of all:
+``run`` on the socket it was handed; a reload is then the parent's, on every worker or none
+(``serving/rounds.py``). One process binds its socket the same way, first of all:
 an address it cannot have fails start-up before anything starts (``CannotListen``).
 
 Logs (``turnout.observe.logs``): every record goes through a queue to a listener thread that
@@ -28,15 +29,16 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from multiprocessing.connection import Connection
 
 import uvicorn
 
 from turnout.config import Config
 from turnout.observe import logs
 from turnout.privacy.redact import RedactingFilter, Redactor
-from turnout.serving import reload, supervisor
+from turnout.serving import reload, rounds, supervisor
 from turnout.serving.app import FINISH_S, App
+from turnout.serving.channel import Channel
 from turnout.serving.connections import Limits, protocol_class
 from turnout.serving.runtime import redaction_key
 from turnout.serving.summary import address
@@ -62,9 +64,11 @@ def run(
     source: str | None = None,
     loader: reload.Loader | None = None,
     sockets: list[socket.socket] | None = None,
+    fleet: Channel | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. ``source``: the config file's path, for the start-up summary;
-    ``loader``: reads it again on SIGHUP and ``POST /admin/reload``; ``sockets``: already bound
+    ``loader``: reads it again on SIGHUP and ``POST /admin/reload`` (a worker's ``fleet``: asks
+    its supervisor to, instead); ``sockets``: already bound
     (a worker's), else ``server.host:port`` is bound here first of all: an address in use is
     ``CannotListen`` before a line is logged or the runtime starts (uvicorn binds only after
     the lifespan start-up, whose summary says "listening", and then exits 3). A start-up that
@@ -77,7 +81,7 @@ def run(
     try:
         share_the_gil()
         fd_limit = raise_open_file_limit()
-        uv = uvicorn_config(config, fd_limit, source, loader)
+        uv = uvicorn_config(config, fd_limit, source, loader, fleet)
         server = _Server(uv, listener.stop, announce=sockets is None)  # its loggers propagate to ours
         redact_logs(config)
         server.run(listening)
@@ -102,28 +106,24 @@ def run_workers(config: Config, workers: int, source: str | None = None, loader:
     try:
         redact_logs(config)
         grace = math.ceil(srv.shutdown_grace_s) + FINISH_S
-        parent = supervisor.Supervisor(workers, run_worker, (config, source, loader), grace, _reloaded)
+        reloads = None if loader is None else rounds.Conductor(config, loader, source)
+        parent = supervisor.Supervisor(workers, run_worker, (config, source, loader), grace, reloads)
         return parent.run(srv.host, srv.port)
     finally:
         listener.stop()
 
 
-def _reloaded(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The supervisor's SIGHUP: the config later workers start on (a refusal keeps the old one;
-    the workers log its problems)."""
-    config, source, loader = args
-    if loader is None:
-        return args
-    try:
-        return reload.plan(config, loader).config, source, loader
-    except reload.ReloadRefused:
-        return args
-
-
-def run_worker(config: Config, source: str | None, loader: reload.Loader | None, sockets: list[socket.socket]) -> None:
-    """A worker process's body (spawned by ``supervisor.Supervisor``)."""
+def run_worker(
+    config: Config,
+    source: str | None,
+    loader: reload.Loader | None,
+    sockets: list[socket.socket],
+    pipe: Connection | None,
+) -> None:
+    """A worker process's body (spawned by ``supervisor.Supervisor``): ``pipe``, to the
+    supervisor, through which every reload goes (``serving/rounds.py``)."""
     supervisor.become_worker()
-    run(config, source, loader, sockets)
+    run(config, source, loader, sockets, None if pipe is None else Channel(pipe))
 
 
 class _Server(uvicorn.Server):
@@ -145,7 +145,12 @@ class _Server(uvicorn.Server):
             logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", where)
         freeze_heap()
         app = self.config.app
-        if isinstance(app, App) and app.loader is not None:
+        if isinstance(app, App) and app.fleet is not None:  # a worker: every reload is the fleet's
+            app.fleet.start(app)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.fleet.forward)
+            if supervisor.hup_pending():
+                app.fleet.forward()
+        elif isinstance(app, App) and app.loader is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload, app)
             if supervisor.hup_pending():
                 self._reload(app)
@@ -277,7 +282,11 @@ def redact_logs(config: Config) -> None:
 
 
 def uvicorn_config(
-    config: Config, fd_limit: int | None = None, source: str | None = None, loader: reload.Loader | None = None
+    config: Config,
+    fd_limit: int | None = None,
+    source: str | None = None,
+    loader: reload.Loader | None = None,
+    fleet: Channel | None = None,
 ) -> uvicorn.Config:
     srv = config.server
     cap = connection_cap(srv.max_connections, fd_limit)
@@ -290,7 +299,7 @@ def uvicorn_config(
     )
     limits = Limits(srv.header_timeout_s, srv.body_timeout_s, srv.keepalive_timeout_s, cap)
     return uvicorn.Config(
-        App(config, source=source, loader=loader),
+        App(config, source=source, loader=loader, fleet=fleet),
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",

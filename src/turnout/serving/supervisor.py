@@ -17,9 +17,10 @@ supervises:
   running after the grace and the settle time is killed. Workers have their own process
   group, so a terminal's Ctrl-C reaches the parent only and each worker gets what the parent
   passes on; a worker whose parent is gone stops itself;
-* SIGHUP → SIGHUP to every worker: each reloads the config file (``serving/reload.py``);
-  the parent reloads it too, for the workers it starts later. ``POST /admin/reload`` on one
-  worker reloads it and sends the parent a SIGHUP, so the others follow.
+* SIGHUP (to the parent or to any worker) or ``POST /admin/reload`` on any worker → the parent
+  reads the config file once, validates it, and has every worker swap it in, or none
+  (``serving/rounds.py``, over a pipe to each worker: ``serving/channel.py``); the workers it
+  starts later get it too.
 
 Console: the parent hands every worker one secret for sessions and CSRF tokens, and a directory
 of logged-out sessions and failed logins (``console/access.py``, ``console/throttle.py``), so a
@@ -45,14 +46,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import allow_connection_pickling, connection, get_context
+from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
 from turnout.errors import CannotListen
+from turnout.serving.rounds import Conductor
 
 log = logging.getLogger("turnout")
 
-SUPERVISOR_ENV = "TURNOUT_SUPERVISOR_PID"  # set for workers: where /admin/reload sends its SIGHUP
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONSOLE_SECRET_ENV = "TURNOUT_CONSOLE_SECRET"  # noqa: S105 - a variable's name: the console's shared secret
 CONSOLE_REVOKED_ENV = "TURNOUT_CONSOLE_REVOKED"  # the console's logged-out sessions and failed logins, shared
@@ -92,13 +94,6 @@ def worker_count(value: str) -> int:
             "'auto' gives one per core"
         )
     return n
-
-
-def tell_others() -> None:
-    """In a worker: ask the supervisor to reload every worker (this one reloads again, a no-op)."""
-    parent = os.environ.get(SUPERVISOR_ENV)
-    if parent and parent == str(os.getppid()):
-        os.kill(int(parent), signal.SIGHUP)
 
 
 _early_hup = threading.Event()
@@ -149,16 +144,19 @@ def bind(host: str, port: int) -> socket.socket:
 
 @dataclass
 class Supervisor:
-    """Runs ``target(*args, [sock])`` in ``n`` spawned workers until told to stop. On SIGHUP,
-    ``refresh(args)`` gives the arguments a worker started from now on gets (the reloaded
-    config: a replacement worker starts on what the others reloaded)."""
+    """Runs ``target(*args, [sock], pipe)`` in ``n`` spawned workers until told to stop. With
+    ``reloads``, ``args[0]`` is the config, each worker's ``pipe`` its end of a pipe to the
+    parent, and a reload is a round of ``reloads`` (a worker started later gets its config);
+    without, ``pipe`` is None and a SIGHUP only says there is nothing to reload."""
 
     n: int
     target: Callable[..., None]
     args: tuple[Any, ...]
     stop_after_s: float  # how long a stopping worker may take before it is killed
-    refresh: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
+    reloads: Conductor | None = None
     workers: dict[int, tuple[SpawnProcess, float]] = field(default_factory=dict)  # slot → (process, started)
+    pipes: dict[int, Connection] = field(default_factory=dict)  # slot → the parent's end of its pipe
+    up: set[int] = field(default_factory=set)  # slots whose worker said it serves
     signals: list[int] = field(default_factory=list)
     replaced: set[int] = field(default_factory=set)  # slots whose worker is a replacement
     failed: dict[int, int] = field(default_factory=dict)  # slot → its replacements' failed start-ups in a row
@@ -169,7 +167,6 @@ class Supervisor:
         sock = bind(host, port)
         owned = self._metrics_dir()
         console = _console_state()
-        os.environ[SUPERVISOR_ENV] = str(os.getpid())
         previous = {s: signal.signal(s, self._note) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             log.info("supervisor %d: %d workers on %s:%d", os.getpid(), self.n, host, sock.getsockname()[1])
@@ -201,8 +198,15 @@ class Supervisor:
         return owned
 
     def _start(self, slot: int, sock: socket.socket) -> None:
-        process = _spawn.Process(target=self.target, args=(*self.args, [sock]), name=f"turnout-worker-{slot}")
+        args, child = self.args, None
+        if self.reloads is not None:
+            args = (self.reloads.config, *args[1:])
+            self.pipes[slot], child = _spawn.Pipe()
+            self.reloads.started(slot)
+        process = _spawn.Process(target=self.target, args=(*args, [sock], child), name=f"turnout-worker-{slot}")
         process.start()
+        if child is not None:
+            child.close()  # the worker's copy is the one that counts: its exit ends the pipe
         self.workers[slot] = (process, time.monotonic())
         log.info("worker %d started (pid %s)", slot, process.pid)
 
@@ -224,25 +228,78 @@ class Supervisor:
         while True:
             while self.signals:
                 signum = self.signals.pop(0)
-                if signum == signal.SIGHUP:
-                    log.info("SIGHUP: every worker reloads the config")
-                    self._signal_all(signal.SIGHUP)
-                    if self.refresh is not None:
-                        self.args = self.refresh(self.args)
-                else:
+                if signum != signal.SIGHUP:
                     return 0
+                if self.reloads is None:
+                    log.warning("SIGHUP: this server was started without a config file: nothing to reload")
+                else:
+                    log.info("SIGHUP: reloading the config on every worker")
+                    self.reloads.ask(None, self)
             sentinels = {p.sentinel: slot for slot, (p, _) in self.workers.items()}
-            for ready in connection.wait([woken, *sentinels], TICK_S):
+            pipes = {pipe: slot for slot, pipe in self.pipes.items()}
+            for ready in connection.wait([woken, *sentinels, *pipes], TICK_S):
                 if ready is woken:
                     with contextlib.suppress(BlockingIOError):
                         woken.recv(4096)
+                elif isinstance(ready, Connection):
+                    self._hear(pipes[ready], ready)
                 elif isinstance(ready, int) and not self._replace(sentinels[ready], sock):
                     return 1
+            if self.reloads is not None:
+                self.reloads.tick(self)
             now = time.monotonic()
             for slot, due in list(self.pending.items()):
                 if now >= due:
                     del self.pending[slot]
                     self._start(slot, sock)
+
+    def _hear(self, slot: int, pipe: Connection) -> None:
+        """A message from a worker (``serving/rounds.py``)."""
+        if self.pipes.get(slot) is not pipe or self.reloads is None:
+            return  # the pipe of a worker already replaced
+        try:
+            message = pipe.recv()
+        except (EOFError, OSError):  # the worker is gone: its sentinel says so too
+            self._forget_pipe(slot)
+            return
+        if message[0] == "up":
+            self.up.add(slot)
+            self.reloads.up(slot, self)
+        elif message[0] == "reload":
+            self.reloads.ask((slot, message[1]), self)
+        else:
+            self.reloads.heard(slot, message, self)
+
+    def serving(self) -> dict[int, int]:
+        return {
+            slot: process.pid
+            for slot, (process, _) in self.workers.items()
+            if slot in self.up and slot in self.pipes and process.pid is not None
+        }
+
+    def send(self, slot: int, message: tuple[Any, ...]) -> bool:
+        pipe = self.pipes.get(slot)
+        if pipe is None:
+            return False
+        try:
+            pipe.send(message)
+        except OSError:  # it exited meanwhile
+            return False
+        return True
+
+    def restart(self, slot: int) -> None:
+        self.up.discard(slot)  # draining: in no round
+        process, _ = self.workers[slot]
+        if process.pid is not None and process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+
+    def _forget_pipe(self, slot: int) -> None:
+        self.up.discard(slot)
+        pipe = self.pipes.pop(slot, None)
+        if pipe is not None:
+            pipe.close()
+        if self.reloads is not None:
+            self.reloads.gone(slot, self)
 
     def _replace(self, slot: int, sock: socket.socket) -> bool:
         """Start a worker again in place of the one that exited; False: the server cannot
@@ -251,6 +308,7 @@ class Supervisor:
         process, started = self.workers.pop(slot)
         process.join()
         _forget_metrics(process.pid)
+        self._forget_pipe(slot)
         if process.exitcode == STARTUP_FAILURE:
             if slot not in self.replaced:
                 log.error("worker %d (pid %s) failed to start: stopping every worker", slot, process.pid)
@@ -301,6 +359,9 @@ class Supervisor:
                 process.kill()
                 process.join()
             _forget_metrics(process.pid)
+        for pipe in self.pipes.values():
+            pipe.close()
+        self.pipes.clear()
         self.workers.clear()
         self.pending.clear()
 

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from turnout._support.printable import printable
-from turnout.errors import NotFound, RequestError, UnknownTask
+from turnout.errors import NotFound, NotReady, RequestError, UnknownTask
 from turnout.releases.review import ESCALATED, ReviewItem
 from turnout.safety.output import resolve, strip_fence
 from turnout.serving.asgi import Receive, Send, credential, send_json
@@ -46,6 +46,8 @@ async def handle(runtime: Runtime, scope: dict[str, Any], receive: Receive, send
 
 async def _find(runtime: Runtime, ticket: str) -> ReviewItem | None:
     reviews = runtime.reviews
+    if reviews is None and runtime.state_missing:  # the queue opens once PostgreSQL answers
+        raise NotReady("tickets cannot be read yet: the gateway's PostgreSQL does not answer")
     if reviews is None or not ticket or len(ticket) > MAX_TICKET_ID or "/" in ticket:
         return None
     return await reviews.ticket(ticket)
