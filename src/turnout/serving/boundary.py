@@ -41,7 +41,7 @@ class ErrorBoundary:
         try:
             await self.app(scope, receive, watched, request_id)
         except Exception as exc:
-            shape = MESSAGES if _anthropic(scope.get("path")) else ""
+            shape = MESSAGES if messages_path(scope.get("path")) else ""
             if isinstance(exc, TurnoutError) and not watched.started:
                 await respond.error(watched, exc, request_id, shape)
                 return
@@ -50,7 +50,8 @@ class ErrorBoundary:
                 await respond.error(watched, internal_error(request_id), request_id, shape)
 
 
-def _anthropic(path: Any) -> bool:
+def messages_path(path: Any) -> bool:
+    """Whether ``path`` is /v1/messages or under it: answered in Anthropic's error shape."""
     return isinstance(path, str) and (path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/"))
 
 
