@@ -142,6 +142,75 @@ async def test_headers_sent_a_byte_at_a_time_get_408_after_the_header_timeout() 
     assert at >= 0.5  # never before the timeout, though bytes kept coming
 
 
+@pytest.mark.parametrize(
+    ("request_head", "anthropic"),
+    [
+        (b"POST /v1/messages HTTP/1.1\r\nx-pad: ", True),
+        (b"POST /v1/messages/count_tokens?beta=true HTTP/1.1\r\nx-pad: ", True),
+        (b"POST /v1/%6Dessages HTTP/1.1\r\nx-pad: ", True),  # uvicorn's scope path decodes it
+        (b"POST /v1/messagesx HTTP/1.1\r\nx-pad: ", False),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nx-pad: ", False),
+    ],
+)
+async def test_a_late_request_to_the_messages_api_gets_its_408_in_anthropics_shape(
+    request_head: bytes, anthropic: bool
+) -> None:
+    """The Anthropic SDKs read errors in their own shape on /v1/messages and every path under it,
+    a refusal made before the app sees the request included."""
+    async with serving(header=0.3) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(request_head + b"a" * 100)
+        data, _ = await closed_after(reader, now())
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    if anthropic:
+        assert body == {
+            "type": "error",
+            "error": {"type": "timeout_error", "message": "the request was not received in time"},
+        }
+    else:
+        assert body["error"]["code"] == "request_timeout" and body["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_late_body_to_the_messages_api_gets_its_408_in_anthropics_shape() -> None:
+    async with serving(body=0.3) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"POST /v1/messages HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n{")
+        data, _ = await closed_after(reader, now())
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "timeout_error"
+
+
+@pytest.mark.parametrize(
+    ("raw", "anthropic"),
+    [
+        (b"POST /v1/messages HTTP/1.1\r\nhost: t\r\nx-user: a\x00b\r\n\r\n", True),
+        (b"POST /v1/messages HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", True),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nx-user: a\x00b\r\n\r\n", False),
+        (b"BREW /v1/messages HTTP/1.1\r\n\r\n", False),  # refused before the path was read
+    ],
+)
+async def test_what_the_http_parser_refuses_on_the_messages_api_is_in_anthropics_shape(
+    raw: bytes, anthropic: bool
+) -> None:
+    async with serving() as (port, _):
+        reader, writer = await connect(port)
+        writer.write(raw)
+        data, _ = await closed_after(reader, now())
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 400 "), data
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    if anthropic:
+        assert body == {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": "Invalid HTTP request received."},
+        }
+    else:
+        assert body["error"]["code"] == "invalid_http"
+
+
 async def test_a_connection_that_sends_nothing_is_closed_without_an_answer() -> None:
     async with serving(header=0.4) as (port, _):
         reader, writer = await connect(port)

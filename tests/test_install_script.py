@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,3 +158,16 @@ def test_a_failed_compile_says_so_with_the_end_of_its_log(project: Path) -> None
     assert run.err.rstrip().endswith(f"the whole log: {project}/wheels/portable-1/build.log")
     assert not cached(project).exists()
     assert not run.ran("--find-links")  # nothing installed after a failed build
+
+
+def test_the_package_metadata_is_read_without_a_deprecation_warning() -> None:
+    """``make serve`` installs turnout itself first: a setuptools deprecation there (a framed
+    block about ``project.license`` as a table, to become an error in its 2027 releases) is the
+    first thing a new user reads. The license is an SPDX expression, which setuptools 77+ takes."""
+    setuptools = pytest.importorskip("setuptools")
+    from setuptools.config.pyprojecttoml import apply_configuration  # type: ignore[import-untyped]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dist = apply_configuration(setuptools.Distribution(), str(ROOT / "pyproject.toml"))
+    assert dist.metadata.license_expression == "Apache-2.0"

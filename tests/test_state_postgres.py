@@ -23,6 +23,7 @@ from tests.pgstate import KINDS, raw_sql, state_place
 from tests.test_capture_policy import eventually
 from tests.test_ledger_store import POSTGRES_DSN, postgres_reachable
 from tests.test_releases_store import TASK, bootstrap, make
+from turnout._support import pgworker
 from turnout._support.pgworker import PgConnection, connect, translate
 from turnout._support.places import PgPlace, lock_key
 from turnout.config import validate
@@ -323,6 +324,33 @@ async def test_a_listener_that_cannot_reconnect_says_so_once_and_again_when_it_i
             lines = [r.getMessage() for r in caplog.records if "change notices" in r.getMessage()]
     assert len(lines) == 2, lines
     assert "stopped" in lines[0] and "flow again" in lines[1]
+
+
+@needs_postgres
+async def test_a_rollback_reaches_a_replica_whose_connections_went_silent(
+    place: PgPlace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NAT or proxy that forgets a connection breaks nothing: no error ever arrives, the
+    listener would wait for notices for good and the replica serve the rolled-back release. Its
+    heartbeat finds the silence, the listener reconnects and the registry reloads, also through
+    a writer connection gone silent the same way."""
+    monkeypatch.setattr(pgworker, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(pgworker, "HEARTBEAT_TIMEOUT_S", 0.5)
+    port = int(place.dsn.rsplit(":", 1)[1].split("/")[0])
+    with FaultProxy(port) as proxy:
+        via = PgPlace(place.dsn.replace(f":{port}/", f":{proxy.port}/"), place.schema)
+        async with ReleaseStore(via) as mine, ReleaseStore(place) as theirs:
+            await bootstrap(theirs, "v2")
+            await theirs.promote(TASK, "v2", "alice", "new prompt")
+            registry = StoreRegistry(mine, interval=0.1)
+            await registry.start()
+            try:
+                assert _active(registry) == "v2"
+                proxy.hang()
+                await theirs.rollback(TASK, "bob", "bad answers")
+                await eventually(lambda: _active(registry) == "v1", within_s=20.0)
+            finally:
+                await registry.aclose()
 
 
 def test_a_schema_name_with_a_final_line_break_is_refused() -> None:

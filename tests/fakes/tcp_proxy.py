@@ -8,6 +8,7 @@ start it before a gateway process and switch it from synchronous code::
         proxy.restore()                      # listening again, on the same port
         proxy.slow(0.2, 0.5)                 # every chunk, both ways, delayed 200-500 ms
         proxy.slow(0, 0)                     # no delay again
+        proxy.hang()                         # the connections open now go silent, still open
 
 Delays are latency, not reordering: a chunk never overtakes the one read before it.
 """
@@ -32,6 +33,7 @@ class FaultProxy:
         self.port = free_port()
         self.connections = 0  # accepted since the start: a restored proxy is being used again
         self._delay = (0.0, 0.0)
+        self._hung_below = 0  # connections numbered below this pass nothing on (``hang``)
         self._rng = random.Random(11)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
@@ -58,6 +60,11 @@ class FaultProxy:
 
     def restore(self) -> None:
         self._call(self._listen())
+
+    def hang(self) -> None:
+        """Every connection open now goes silent, both ways, without closing: what each end
+        sends is dropped, as by a NAT or proxy that forgot it. New connections work."""
+        self._hung_below = self.connections
 
     def slow(self, low_s: float, high_s: float) -> None:
         """Delay each chunk from now on by a random time in [low_s, high_s]."""
@@ -86,6 +93,7 @@ class FaultProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        number = self.connections
         self.connections += 1
         try:
             server_r, server_w = await asyncio.open_connection(*self.target)
@@ -95,8 +103,8 @@ class FaultProxy:
         pair = (client_w, server_w)
         self._pairs.add(pair)
         pumps = [
-            asyncio.create_task(self._pump(client_r, server_w)),
-            asyncio.create_task(self._pump(server_r, client_w)),
+            asyncio.create_task(self._pump(client_r, server_w, number)),
+            asyncio.create_task(self._pump(server_r, client_w, number)),
         ]
         self._tasks.update(pumps)
         try:
@@ -111,14 +119,16 @@ class FaultProxy:
             for writer in pair:
                 writer.transport.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
         """Read chunks as they come; each is written once its delay (drawn when it was read,
-        never earlier than the previous chunk's) has passed."""
+        never earlier than the previous chunk's) has passed, unless connection ``number`` hangs."""
         pending: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         send = asyncio.create_task(self._send(pending, writer))
         try:
             last = 0.0
             while data := await reader.read(CHUNK):
+                if number < self._hung_below:
+                    continue
                 low, high = self._delay
                 due = self._loop.time() + (self._rng.uniform(low, high) if high > 0 else 0.0)
                 last = max(last, due)

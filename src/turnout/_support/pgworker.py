@@ -21,6 +21,17 @@ loses its connection reconnects (every 0.5 s, saying so once, then once a minute
 more when notices flow again) and bumps the count: a notice may have been missed, so readers
 reload. A writer connection that broke is replaced on the next call.
 
+A connection can also go silent without breaking: a NAT, load balancer or proxy between the
+replica and the database forgets it, or hangs, and nothing ever arrives on it again. A listener
+waiting for notices would then wait for good while other replicas' changes (a rollback) never
+reach this one. So a listener that has heard nothing for ``HEARTBEAT_S`` asks the server a
+``SELECT 1``, and a call on either connection that gets no answer within its deadline
+(``HEARTBEAT_TIMEOUT_S``, ``CALL_TIMEOUT_S``) has its socket shut: it fails at once as a lost
+connection, and the listener reconnects (readers reload), the writer on its next call. A
+listener whose check went unanswered shuts the writer's connection too (it takes the same way),
+so the reload does not wait out the writer's deadline: a replica cut off this way serves other
+replicas' changes within about ``HEARTBEAT_S + HEARTBEAT_TIMEOUT_S`` of the network coming back.
+
 ``migrate`` is ``turnout._support.sqlite.migrate`` for PostgreSQL: the store's own history
 table, every store's steps serialised on one advisory lock per schema.
 """
@@ -28,8 +39,11 @@ table, every store's steps serialised on one advisory lock per schema.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +65,9 @@ _OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
 _RETURNING = re.compile(r"\s+RETURNING\s+", re.IGNORECASE)
 _IS_PARAM = re.compile(r"\bIS\s+\?", re.IGNORECASE)
 LISTEN_POLL_S = 0.5  # how often the listener looks up from waiting, to notice a stop
+HEARTBEAT_S = 5.0  # a listener that heard nothing this long checks that its server still answers
+HEARTBEAT_TIMEOUT_S = 5.0  # the answer it waits for before reconnecting
+CALL_TIMEOUT_S = 30.0  # a store call (statements and lock waits) unanswered this long: connection shut
 STILL_DOWN_EVERY_S = 60.0  # a listener that cannot reconnect says so again at most this often
 
 
@@ -93,6 +110,25 @@ def _storable(params: Sequence[Any]) -> tuple[Any, ...]:
     (a captured prompt, a review item) is stored with U+FFFD in its place rather than failing
     the statement, and with it every other row of its batch."""
     return tuple(v.replace("\x00", "\ufffd") if type(v) is str and "\x00" in v else v for v in params)
+
+
+def shut_socket(raw: psycopg.Connection[Any]) -> None:
+    """Shut ``raw``'s socket (both ways), from any thread: a call waiting on it wakes and fails as
+    a lost connection, and psycopg marks the connection broken. A closed one has nothing to wake."""
+    with contextlib.suppress(Exception), socket.socket(fileno=os.dup(raw.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def deadline(raw: psycopg.Connection[Any], timeout_s: float) -> Iterator[None]:
+    """Shut ``raw``'s socket if the block is still running after ``timeout_s``."""
+    timer = threading.Timer(timeout_s, shut_socket, (raw,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def connect(place: PgPlace, *, name: str = "turnout", timeout_s: float = 10.0) -> PgConnection:
@@ -212,12 +248,14 @@ class PostgresWorker:
 
     async def run(self, fn: Callable[[PgConnection], T]) -> T:
         """``fn(conn)`` on the thread (autocommit)."""
-        return await self._on_thread(lambda: fn(self._connection()))
+        return await self._on_thread(lambda: self._bounded(fn))
 
     async def transaction(self, fn: Callable[[PgConnection], T], begin: str = "BEGIN") -> T:
         """``fn(conn)`` in one transaction; ``BEGIN IMMEDIATE`` (SQLite's writer lock) takes the
         store's advisory lock first. Committed transactions notify the store's listeners."""
-        return await self._on_thread(lambda: self._in_transaction(fn, writer=begin != "BEGIN"))
+        return await self._on_thread(
+            lambda: self._bounded(lambda conn: self._in_transaction(conn, fn, begin != "BEGIN"))
+        )
 
     def data_version(self) -> int:
         if self._listener is None:
@@ -226,8 +264,14 @@ class PostgresWorker:
 
     # --- the thread ------------------------------------------------------------------------
 
-    def _in_transaction(self, fn: Callable[[PgConnection], T], *, writer: bool) -> T:
+    def _bounded(self, fn: Callable[[PgConnection], T]) -> T:
+        """``fn`` on the writer connection, which is shut if the server has not answered it
+        within ``CALL_TIMEOUT_S`` (a connection gone silent fails the call, not every call after)."""
         conn = self._connection()
+        with deadline(conn.raw, CALL_TIMEOUT_S):
+            return fn(conn)
+
+    def _in_transaction(self, conn: PgConnection, fn: Callable[[PgConnection], T], writer: bool) -> T:
         with conn.raw.transaction():
             if writer:
                 conn.raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock,))
@@ -305,8 +349,25 @@ class PostgresWorker:
                 self._stop.wait(LISTEN_POLL_S)
 
     def _notices(self, raw: psycopg.Connection[Any]) -> Iterator[object]:
+        """The notices as they come; after ``HEARTBEAT_S`` without any, a ``SELECT 1`` that must
+        be answered within ``HEARTBEAT_TIMEOUT_S`` (else the socket is shut: psycopg.Error)."""
+        heard = time.monotonic()
         while not self._stop.is_set():
-            yield from raw.notifies(timeout=LISTEN_POLL_S)
+            for notice in raw.notifies(timeout=LISTEN_POLL_S):
+                heard = time.monotonic()
+                yield notice
+            if time.monotonic() - heard >= HEARTBEAT_S:
+                try:
+                    with deadline(raw, HEARTBEAT_TIMEOUT_S):
+                        raw.execute("SELECT 1")
+                except psycopg.Error:
+                    # The writer's connection takes the same way to the server: most likely gone
+                    # silent too, and a reload waiting on it would wait out CALL_TIMEOUT_S.
+                    conn = self._conn
+                    if conn is not None:
+                        shut_socket(conn.raw)
+                    raise
+                heard = time.monotonic()
 
     def _not_open(self) -> Exception:
         return self.error(f"the {self.what} {self.path} is not open")

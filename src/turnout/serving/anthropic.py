@@ -100,6 +100,7 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",  # the request itself came too slowly (server.header_timeout_s, body_timeout_s)
     409: "invalid_request_error",
     413: "request_too_large",
     415: "invalid_request_error",

@@ -43,7 +43,7 @@ class ErrorBoundary:
         try:
             await self.app(scope, receive, watched, request_id)
         except Exception as exc:
-            shape = MESSAGES if _anthropic(scope.get("path")) else ""
+            shape = MESSAGES if messages_path(scope.get("path")) else ""
             if _store_down(exc):
                 log.warning("request %s: a store does not answer: %s", request_id, _said(exc))
                 exc = StoreUnavailable("a store this request needs does not answer right now; try again shortly")
@@ -69,7 +69,8 @@ def _said(exc: Exception) -> str:
     return " ".join(exc.message.split()) if isinstance(exc, TurnoutError) else describe(exc)
 
 
-def _anthropic(path: Any) -> bool:
+def messages_path(path: Any) -> bool:
+    """Whether ``path`` is /v1/messages or under it: answered in Anthropic's error shape."""
     return isinstance(path, str) and (path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/"))
 
 

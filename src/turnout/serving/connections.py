@@ -40,14 +40,18 @@ import heapq
 import logging
 import math
 import sys
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from turnout.serving.anthropic import ERROR_TYPES
 from turnout.serving.asgi import CLIENT_LEFT
+from turnout.serving.boundary import messages_path
 
 log = logging.getLogger("turnout")
 
@@ -75,11 +79,39 @@ class Limits:
         return min(1.0, max(0.05, shortest / 4))
 
 
-def _answer(status: int, message: str, code: str) -> bytes:
-    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+@dataclass(frozen=True)
+class Answer:
+    """A refusal written before the app sees the request, whole, in both error shapes: OpenAI's,
+    and Anthropic's for /v1/messages and the paths under it (its SDKs read only their own)."""
+
+    openai: bytes
+    anthropic: bytes
+
+    def to(self, url: bytes) -> bytes:
+        """The answer for a request to ``url`` (as far as it came)."""
+        return self.anthropic if messages_path(_path(url)) else self.openai
+
+
+def _answer(status: int, message: str, code: str) -> Answer:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    anthropic = {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
     reason = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}[status]
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-    return head % (status, reason, len(body)) + body
+    openai_body, anthropic_body = orjson.dumps({"error": error}), orjson.dumps(anthropic)
+    return Answer(
+        head % (status, reason, len(openai_body)) + openai_body,
+        head % (status, reason, len(anthropic_body)) + anthropic_body,
+    )
+
+
+def _path(url: bytes) -> str:
+    """A request target's path as uvicorn puts it in the scope; "" where it cannot be read."""
+    try:
+        raw = httptools.parse_url(url).path
+    except httptools.HttpParserInvalidURLError:
+        return ""
+    path = (raw or b"").decode("latin-1")
+    return urllib.parse.unquote(path) if "%" in path else path
 
 
 TIMED_OUT = _answer(408, "the request was not received in time", "request_timeout")
@@ -187,8 +219,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """What the HTTP parser refuses (a bad method, a NUL in a header…), in OpenAI's error
         shape like every other refusal, instead of uvicorn's plain text. The message is the
-        parser's own ("Invalid HTTP request received."), never the request's bytes."""
-        self.transport.write(_answer(400, msg, "invalid_http"))
+        parser's own ("Invalid HTTP request received."), never the request's bytes; in
+        Anthropic's shape where the request line named /v1/messages or a path under it."""
+        self.transport.write(_answer(400, msg, "invalid_http").to(getattr(self, "url", b"")))
         self.transport.close()
 
     def on_message_begin(self) -> None:
@@ -238,7 +271,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self.phase, self.since = phase, now
         return phase
 
-    def shut(self, answer: bytes) -> None:
+    def shut(self, answer: Answer) -> None:
         """Close, answering first when a request is partly read and nothing was answered yet."""
         self.guard.release(self)
         transport = self.transport
@@ -249,8 +282,8 @@ class GuardedProtocol(HttpToolsProtocol):
             unanswered = cycle is None or cycle.response_complete  # no earlier answer under way
         else:
             unanswered = self.phase == BODY and cycle is not None and not cycle.response_started
-        if unanswered:
-            transport.write(answer)
+        if unanswered:  # ``url``: the request being read (uvicorn starts it afresh per request)
+            transport.write(answer.to(getattr(self, "url", b"")))
         transport.close()
 
 
