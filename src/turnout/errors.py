@@ -26,9 +26,10 @@
     │                                 503 when each was too small or busy, one busy
     ├── AnswerRefused                 502: a check refused the answer and ends the request
     ├── StreamInterrupted             failure after the first byte reached the client
-    ├── ShuttingDown                  503: cut by a shutdown past its grace period
-    ├── NotReady                      503: start-up still waits for the shared state (PostgreSQL)
-    └── StoreUnavailable              503: a store the request reads or writes does not answer
+    └── TryAgain                      503 with Retry-After: gone in a moment
+        ├── ShuttingDown              cut by a shutdown past its grace period
+        ├── NotReady                  start-up still waits for the shared state (PostgreSQL)
+        └── StoreUnavailable          a store the request reads or writes does not answer
 
 ``busy``: the target shed load (its queue is full, it answered 429): it is healthy, so its
 breaker hears no verdict either way (``turnout.routing.attempts``).
@@ -397,41 +398,35 @@ class StreamInterrupted(TurnoutError):
     code = "stream_interrupted"
 
 
-class ShuttingDown(TurnoutError):
-    """The gateway stopped the request: a shutdown outlasted ``server.shutdown_grace_s``."""
+class TryAgain(TurnoutError):
+    """A 503 of the gateway's own, gone in a moment: ``Retry-After`` says when to ask again."""
 
     status = 503
     type = "api_error"
-    code = "shutting_down"
+    retry_after_s = 1
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"retry-after", b"1")]
+        return [(b"retry-after", str(self.retry_after_s).encode())]
 
 
-class NotReady(TurnoutError):
+class ShuttingDown(TryAgain):
+    """The gateway stopped the request: a shutdown outlasted ``server.shutdown_grace_s``."""
+
+    code = "shutting_down"
+
+
+class NotReady(TryAgain):
     """Start-up has not opened the shared state yet (PostgreSQL did not answer): the replica is
     unready (``/readyz``) and takes no request that would need it."""
 
-    status = 503
-    type = "api_error"
     code = "not_ready"
 
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"retry-after", b"1")]
 
-
-class StoreUnavailable(TurnoutError):
+class StoreUnavailable(TryAgain):
     """A store the request reads or writes directly (the ledger for feedback, the review queue,
     issued keys, releases) does not answer: not open yet (PostgreSQL was down at start-up,
     ``serving/waiting.py``), or its connection lost since. Try again: 503 with Retry-After.
     The error boundary answers with this for any failure to reach a store (``places.unreachable``)."""
 
-    status = 503
-    type = "api_error"
     code = "store_unavailable"
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"retry-after", str(STORE_RETRY_AFTER_S).encode())]
-
-
-STORE_RETRY_AFTER_S = 5  # a store coming back is retried every 0.5 to 30 s (``serving/waiting.py``)
+    retry_after_s = 5  # a store coming back is retried every 0.5 to 30 s (``serving/waiting.py``)
