@@ -13,37 +13,18 @@ import pytest
 
 from tests.test_ledger_store import (
     BACKENDS,
-    POSTGRES_DSN,
-    drop_schema,
     full_row,
     make_row,
-    postgres_reachable,
-    postgres_store,
-    unique_schema,
+    opened_ledger,
 )
-from turnout.config import StoreConfig
-from turnout.ledger.store import LedgerStore, open_store, rows_in_pages
+from turnout.ledger.store import LedgerStore, rows_in_pages
 from turnout.offline.reports.figures import compute
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerStore]:
-    if request.param == "postgres":
-        if not postgres_reachable():
-            pytest.skip(f"no PostgreSQL at {POSTGRES_DSN}")
-        schema = unique_schema()
-        opened = postgres_store(schema)
-        await opened.open()
-        try:
-            yield opened
-        finally:
-            await opened.aclose()
-            await drop_schema(schema)
-        return
-    opened = open_store(StoreConfig(kind=request.param, path=str(tmp_path / "ledger.db")))
-    await opened.open()
-    yield opened
-    await opened.aclose()
+    async with opened_ledger(request.param, tmp_path) as opened:
+        yield opened
 
 
 # --- set_outcome_by_episode ---------------------------------------------------------------------

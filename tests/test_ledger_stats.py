@@ -17,15 +17,15 @@ from tests.test_ledger_store import (
     BACKENDS,
     drop_schema,
     make_row,
+    opened_ledger,
     postgres_reachable,
     postgres_sql,
     postgres_store,
     unique_schema,
 )
-from turnout.config import StoreConfig
 from turnout.ledger import sqlite as sqlite_backend
 from turnout.ledger.record import LedgerRow
-from turnout.ledger.store import EVAL_TENANT, LedgerStore, ReleaseStats, open_store, percentile, summarize
+from turnout.ledger.store import EVAL_TENANT, LedgerStore, ReleaseStats, percentile, summarize
 
 ALL_VERSIONS = list(range(1, len(sqlite_backend.MIGRATIONS) + 1))
 
@@ -34,22 +34,8 @@ T0 = 1_700_000_000.0
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerStore]:
-    if request.param == "postgres":
-        if not postgres_reachable():
-            pytest.skip("no PostgreSQL")
-        schema = unique_schema()
-        opened = postgres_store(schema)
-        await opened.open()
-        try:
-            yield opened
-        finally:
-            await opened.aclose()
-            await drop_schema(schema)
-        return
-    opened = open_store(StoreConfig(kind=request.param, path=str(tmp_path / "ledger.db")))
-    await opened.open()
-    yield opened
-    await opened.aclose()
+    async with opened_ledger(request.param, tmp_path) as opened:
+        yield opened
 
 
 def row(n: int, release: str | None = "r2", **fields: object) -> LedgerRow:

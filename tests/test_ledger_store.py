@@ -9,6 +9,7 @@ each test gets a schema of its own, dropped afterwards. Without a server those c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -136,9 +137,11 @@ def full_row(n: int) -> LedgerRow:
     )
 
 
-@pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerStore]:
-    if request.param == "postgres":
+@contextlib.asynccontextmanager
+async def opened_ledger(kind: str, tmp_path: Path) -> AsyncIterator[LedgerStore]:
+    """A new, open ledger store of ``kind`` (PostgreSQL: in a schema of its own, dropped after;
+    skipped where there is no PostgreSQL), closed after."""
+    if kind == "postgres":
         if not postgres_reachable():
             pytest.skip(f"no PostgreSQL at {POSTGRES_DSN}")
         schema = unique_schema()
@@ -150,11 +153,18 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             await opened.aclose()
             await drop_schema(schema)
         return
-    cfg = StoreConfig(kind=request.param, path=str(tmp_path / "state" / "ledger.db"))
-    opened = open_store(cfg)
+    opened = open_store(StoreConfig(kind=kind, path=str(tmp_path / "state" / "ledger.db")))
     await opened.open()
-    yield opened
-    await opened.aclose()
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerStore]:
+    async with opened_ledger(request.param, tmp_path) as opened:
+        yield opened
 
 
 # --- the contract -----------------------------------------------------------------------------

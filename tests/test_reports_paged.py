@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from tests import reports_before as before
-from tests.test_ledger_store import drop_schema, postgres_reachable, postgres_store, unique_schema
+from tests.test_ledger_store import opened_ledger
 from turnout.ledger.record import AttemptRecord, LedgerRow
-from turnout.ledger.sqlite import SQLiteStore
 from turnout.ledger.store import LedgerStore, rows_in_pages
 from turnout.offline.plan.traffic import TrafficTally, concurrency_by_hour
 from turnout.offline.reports.figures import KINDS, HumanCost, ReportTally
@@ -92,22 +91,8 @@ def mixed(n: int, seed: int = 3) -> list[LedgerRow]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerStore]:
-    if request.param == "sqlite":
-        opened: LedgerStore = SQLiteStore(tmp_path / "ledger.db")
-        await opened.open()
+    async with opened_ledger(request.param, tmp_path) as opened:
         yield opened
-        await opened.aclose()
-        return
-    if not postgres_reachable():
-        pytest.skip("no PostgreSQL")
-    schema = unique_schema()
-    opened = postgres_store(schema)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
-        await drop_schema(schema)
 
 
 async def paged(store: LedgerStore, page: int, **where: Any) -> list[LedgerRow]:
