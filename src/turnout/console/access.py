@@ -107,19 +107,15 @@ class Sessions:
         clean = " ".join("".join(c if c.isprintable() else " " for c in name).split())[:MAX_NAME] or "console"
         expires_at = int(now + self.ttl_s)
         payload = "\x1f".join((role, str(expires_at), secrets.token_urlsafe(16), clean)).encode()
-        token = _b64(payload) + "." + _b64(self._sign(b"session\x00" + payload))
+        token = self._seal(b"session\x00", payload)
         return Session(token, role, clean, float(expires_at), self._csrf(token))
 
     def get(self, sid: str | None, now: float) -> Session | None:
         """The session ``sid`` names: signed by this secret, not expired, not revoked."""
-        if not sid or len(sid) > 1024 or "." not in sid:
+        if not sid or len(sid) > 1024:
             return None
-        body, _, mac = sid.rpartition(".")
-        try:
-            payload, signature = _unb64(body), _unb64(mac)
-        except (binascii.Error, ValueError):
-            return None
-        if not hmac.compare_digest(signature, self._sign(b"session\x00" + payload)):
+        payload = self._unseal(b"session\x00", sid)
+        if payload is None:
             return None
         role, expires, _nonce, name = payload.decode("utf-8", "replace").split("\x1f", 3)
         if role not in ROLES or not expires.isdigit() or int(expires) <= now or self._is_revoked(sid):
@@ -148,20 +144,16 @@ class Sessions:
         if len(raw) > MAX_FLASH_BYTES:  # a cookie holds about 4 kB: the message's start
             text = raw[: MAX_FLASH_BYTES - 3].decode("utf-8", "ignore") + "…"
         payload = f"{kind}\x1f{text}".encode()
-        value = _b64(payload) + "." + _b64(self._sign(b"flash\x00" + session.id.encode() + b"\x00" + payload))
+        value = self._seal(b"flash\x00" + session.id.encode() + b"\x00", payload)
         return _set_cookie(FLASH_COOKIE, value, FLASH_S, secure)
 
     def take_flash(self, session: Session, header: bytes | None) -> tuple[Flash, str] | None:
         """The message a ``Cookie`` header carries for ``session``, if its signature holds."""
         found = read_cookie(header, FLASH_COOKIE)
-        if found is None or len(found) > 2 * MAX_FLASH_BYTES or "." not in found:
+        if found is None or len(found) > 2 * MAX_FLASH_BYTES:
             return None
-        body, _, mac = found.rpartition(".")
-        try:
-            payload, signature = _unb64(body), _unb64(mac)
-        except (binascii.Error, ValueError):
-            return None
-        if not hmac.compare_digest(signature, self._sign(b"flash\x00" + session.id.encode() + b"\x00" + payload)):
+        payload = self._unseal(b"flash\x00" + session.id.encode() + b"\x00", found)
+        if payload is None:
             return None
         kind, _, text = payload.decode("utf-8", "replace").partition("\x1f")
         return ("ok" if kind == "ok" else "error"), text
@@ -170,6 +162,21 @@ class Sessions:
         return token is not None and hmac.compare_digest(token.encode(), self._csrf(session.id).encode())
 
     # --- inside ----------------------------------------------------------------------------
+
+    def _seal(self, purpose: bytes, payload: bytes) -> str:
+        """``payload`` and its signature for ``purpose``, as a cookie's value."""
+        return _b64(payload) + "." + _b64(self._sign(purpose + payload))
+
+    def _unseal(self, purpose: bytes, value: str) -> bytes | None:
+        """The payload of a value ``_seal`` made for ``purpose`` with this secret; None otherwise."""
+        body, dot, mac = value.rpartition(".")
+        if not dot:
+            return None
+        try:
+            payload, signature = _unb64(body), _unb64(mac)
+        except (binascii.Error, ValueError):
+            return None
+        return payload if hmac.compare_digest(signature, self._sign(purpose + payload)) else None
 
     def _sign(self, data: bytes) -> bytes:
         return hmac.new(self._secret, data, hashlib.sha256).digest()
