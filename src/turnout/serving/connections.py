@@ -49,7 +49,8 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from turnout.serving.anthropic import ERROR_TYPES
+from turnout.errors import RequestError
+from turnout.serving.anthropic import error_body
 from turnout.serving.asgi import CLIENT_LEFT
 from turnout.serving.boundary import messages_path
 
@@ -93,11 +94,11 @@ class Answer:
 
 
 def _answer(status: int, message: str, code: str) -> Answer:
-    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-    anthropic = {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
+    err = RequestError(message, code=code)  # in the shapes every other refusal has
+    err.status = status
     reason = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}[status]
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-    openai_body, anthropic_body = orjson.dumps({"error": error}), orjson.dumps(anthropic)
+    openai_body, anthropic_body = orjson.dumps(err.to_openai()), orjson.dumps(error_body(err))
     return Answer(
         head % (status, reason, len(openai_body)) + openai_body,
         head % (status, reason, len(anthropic_body)) + anthropic_body,
