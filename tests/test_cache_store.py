@@ -6,6 +6,8 @@ does not open is a miss, and a Redis that is down is a miss, never an error."""
 from __future__ import annotations
 
 import asyncio
+import os
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,7 +16,7 @@ from redis.asyncio import Redis
 
 from tests.test_quota_contract import REDIS_URL, needs_redis, redis_reachable
 from turnout.cache.key import Address, deterministic, digest, quote, scope_of
-from turnout.cache.memory import MemoryCache
+from turnout.cache.memory import MemoryCache, cost
 from turnout.cache.redis import RedisCache
 from turnout.cache.seal import Sealer, Unsealable
 from turnout.cache.store import CacheStore
@@ -30,8 +32,8 @@ def address(tenant: str = "acme", task: str = "faq", version: str = "v1", n: int
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[CacheStore]:
-    if request.param == "memory":
-        yield MemoryCache({"small": 100})
+    if request.param == "memory":  # bounded by what an entry holds: a value of 100 bytes, just
+        yield MemoryCache({"small": cost(address(task="small").text(), b"x" * 100)})
         return
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     cache = RedisCache(REDIS_URL, prefix, SECRET, limits={"small": 100})
@@ -114,15 +116,34 @@ async def test_a_value_over_the_task_bound_is_not_stored(store: CacheStore) -> N
 
 
 async def test_memory_evicts_the_least_recently_used_by_bytes() -> None:
-    cache = MemoryCache({"faq": 250})
+    one = cost(address().text(), b"x" * 100)
+    cache = MemoryCache({"faq": one * 5 // 2})
     for n in range(3):
         await cache.put(address(n=n), b"x" * 100, 60)
-    assert await cache.get(address(n=0)) is None  # 300 bytes > 250: the oldest went
+    assert await cache.get(address(n=0)) is None  # three entries > two and a half: the oldest went
     assert await cache.get(address(n=1)) is not None  # used: now the most recent
     await cache.put(address(n=3), b"y" * 100, 60)
     assert await cache.get(address(n=2)) is None
     assert await cache.get(address(n=1)) is not None
-    assert cache.size == 200 and len(cache) == 2
+    assert cache.size == 2 * one and len(cache) == 2
+
+
+async def test_memory_counts_what_its_entries_hold_not_only_their_values() -> None:
+    """Short answers: ``max_mb`` bounds the memory they hold (within a quarter), keys and
+    Python's own objects included; counting the values alone held several times the bound."""
+    limit = 1 << 20
+    cache = MemoryCache({"faq": limit})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(40_000):
+            address = Address("t.tenant-a", "faq", "none.0123456789abcdef", os.urandom(20).hex())
+            await cache.put(address, os.urandom(50).hex().encode(), 60)  # 100 bytes
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cache) < 40_000  # it had to evict
+    assert 0.75 * limit <= held <= 1.25 * limit, held
 
 
 async def test_memory_sweep_drops_expired_entries() -> None:

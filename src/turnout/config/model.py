@@ -625,8 +625,9 @@ class TaskCacheConfig(_Strict):
     """An exact-match response cache for one task (``turnout.cache``), opt-in per data class.
     ``scope: tenant``: an answer serves its own tenant only; ``shared``: every tenant, for
     ``public`` data only. Only deterministic requests (temperature 0 or a ``seed``) are cached
-    unless ``allow_sampled``. ``max_mb``: the in-process backend keeps at most this much of the
-    task's answers (least recently used go first); no answer larger than it is stored."""
+    unless ``allow_sampled``. ``max_mb``: the in-process backend holds at most this much memory
+    for the task's answers, their keys and bookkeeping counted (least recently used go first);
+    no answer larger than it is stored."""
 
     ttl_s: float = Field(gt=0, le=CACHE_TTL_MAX_S)
     classes: list[DataClass] = Field(min_length=1)
