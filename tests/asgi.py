@@ -45,7 +45,10 @@ async def request(
     raw: bytes | None = None,
     chunk_size: int | None = None,
     disconnect_after: int | None = None,
+    leave: asyncio.Event | None = None,
 ) -> Response:
+    """``disconnect_after``: the client leaves once that many body messages were sent to it;
+    ``leave``: when the test sets it (a request with no answer yet has status 0)."""
     data = raw if raw is not None else (b"" if body is None else orjson.dumps(body))
     head = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if data and not any(k == b"content-length" for k, _ in head):
@@ -62,7 +65,7 @@ async def request(
     }
     parts = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)] if chunk_size else [data]
     sent: list[MutableMapping[str, Any]] = []
-    gone = asyncio.Event()
+    gone = leave or asyncio.Event()
 
     async def receive() -> dict[str, Any]:
         if parts:
@@ -80,6 +83,8 @@ async def request(
 
     await app.http(scope, receive, send)
     gone.set()
+    if not sent:  # the client left before any answer
+        return Response(0, {}, b"", [], 0)
     start = sent[0]
     chunks = [m.get("body", b"") for m in sent[1:]]
     hdrs = {k.decode(): v.decode() for k, v in start["headers"]}

@@ -28,6 +28,8 @@ pytest.importorskip("llama_cpp")  # the provider's module imports its driver
 
 from llama_cpp.llama_grammar import LlamaGrammar
 
+from tests.asgi import ledger_rows, request
+from tests.conftest import AppFactory
 from turnout.config import LocalTarget
 from turnout.errors import (
     ConfigError,
@@ -494,6 +496,34 @@ async def test_abandoned_stream_frees_the_worker(make_provider: Factory, monkeyp
     assert_stopped_early(job, 1500)
     assert single.load() == Load(in_flight=0, queued=0)
     await still_serves(single)
+
+
+@pytest.mark.slow
+async def test_a_client_that_leaves_a_whole_answer_frees_the_worker(
+    make_app: AppFactory, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not streamed: a client that leaves (a timeout in its SDK) stops the embedded model's
+    generation within a token, where an upstream's would go on; the one worker serves the next."""
+    app = await make_app(
+        {
+            "targets": {"tiny": {"provider": "local", "concurrency": 1, "queue_size": 1}},
+            "tasks": {"chat": {"route": ["tiny"]}},
+        }
+    )
+    provider = app.runtime.targets["tiny"].provider
+    assert isinstance(provider, LocalProvider)
+    jobs = spy_jobs(provider, monkeypatch)
+    leave = asyncio.Event()
+    body = {"model": "chat", "messages": [{"role": "user", "content": STORY}], "max_tokens": 1500, "temperature": 0}
+    asked = asyncio.create_task(request(app, "POST", "/v1/chat/completions", body, leave=leave))
+    await until(lambda: len(jobs) == 1 and jobs[0].generated > 2)
+    leave.set()
+    assert (await asked).status == 0  # no answer reached it
+    await ended(jobs[0])
+    assert_stopped_early(jobs[0], 1500)
+    [row] = await ledger_rows(app)
+    assert row.status == 499 and row.error_class == "client_disconnected"
+    await still_serves(provider)
 
 
 @pytest.mark.slow

@@ -116,6 +116,8 @@ class Pipeline:
         self.free = replay.FreeBook(runtime.config)  # a cache hit's prices
         self.latency = LatencyWindow()  # each target's recent latency, for max_latency_ms
         self.default_max_tokens = runtime.config.limits.default_max_tokens
+        # Targets whose generation the gateway runs itself: a client that leaves stops it.
+        self.embedded = frozenset(n for n, t in runtime.config.targets.items() if t.provider == "local")
 
     async def run(
         self,
@@ -156,7 +158,7 @@ class Pipeline:
         recording: Recording | None = None
         limits: Constraints | None = None
         skipped: list[Skip] = []
-        watch: respond.ClientWatch | None = None  # a stream's client, until the answer is relayed
+        watch: respond.ClientWatch | None = None  # the client, until the answer is relayed (``embedded``)
         asked = False  # the attempt loop began: a target may have been called (and may bill)
         spent: tuple[Usage | None, bool] = (None, False)  # answers the attempt loop turned down
         try:
@@ -204,7 +206,9 @@ class Pipeline:
                 targets = [rt.targets[n] for n in allowed]
                 # A checked answer is asked for whole, even for a stream: no unchecked byte goes out.
                 stream = request.stream and checking is None
-                if request.stream:  # one that leaves before its first chunk stops the attempts
+                # A stream's client that leaves before its first chunk stops the attempts; so does
+                # any client of the embedded model, whose few workers a generation holds.
+                if request.stream or not self.embedded.isdisjoint(allowed):
                     watch = respond.ClientWatch(receive)
                 asked = True
                 result = await self.attempt(targets, body, stream, request_id, guard, limits, t0)
