@@ -105,3 +105,19 @@ async def test_feedback_once_postgresql_has_gone_is_503(
     finally:
         proxy.restore()
         await app.runtime.aclose()
+
+
+async def test_a_gateway_closes_cleanly_once_postgresql_has_gone(
+    proxy: FaultProxy, schema: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shutdown while PostgreSQL is gone: the purge jobs cannot hand their run claims back
+    (they lapse on their own), which is a warning, not an exception out of the runtime's close
+    that left what it had not closed yet open."""
+    app = app_over(proxy, schema, tmp_path)
+    await app.runtime.start()
+    assert not app.runtime.waiting
+    proxy.cut()
+    with caplog.at_level(logging.WARNING, "turnout"):
+        await app.runtime.aclose()
+    claims = [m for m in caplog.messages if "run claim" in m]
+    assert claims and all("lapses within" in m and str(proxy.port) not in m for m in claims)  # no topology

@@ -23,11 +23,15 @@ need their clocks in step to within a fraction of the interval (NTP is far close
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
 from typing import Protocol
 
+from turnout.errors import TurnoutError
+
+log = logging.getLogger("turnout")
 LEASE = 1.5  # intervals a claim lasts
 
 
@@ -78,8 +82,18 @@ class RunClaim:
         self._renewed = now if await self.store.renew_run(self.name, self.owner, now + self.lease_s) else None
 
     async def release(self) -> None:
-        """Hand the claim back (the process stops): the next process to tick may run at once."""
+        """Hand the claim back (the process stops): the next process to tick may run at once.
+        A courtesy: where the store does not answer (PostgreSQL gone), the claim lapses on its
+        own within the lease, and the process closes all the same."""
         if self._renewed is None:
             return
         self._renewed = None
-        await self.store.renew_run(self.name, self.owner, self._clock())
+        try:
+            await self.store.renew_run(self.name, self.owner, self._clock())
+        except TurnoutError as exc:  # the store's own error; its message may name the server
+            log.warning(
+                "%s: could not hand back this process's run claim (%s); it lapses within %.0f s",
+                self.name,
+                type(exc).__name__,
+                self.lease_s,
+            )
