@@ -4,7 +4,8 @@
 # turnout answering every request from its cache with the SQLite ledger (cache-config.yaml, as
 # run.sh's cache-hit case) and the same with no ledger (store.kind: none), measured in
 # interleaved rounds (BENCH_ROUNDS, default 5) with each one's CPU a request (all its threads,
-# from /proc). Same kit as run.sh: the process under test on CPU 0, the upstream and wrk on CPU 1.
+# from /proc), and the ceiling (ceiling.py: a bare app answering fixed bytes on the same server, the
+# least any hit can cost there). Same kit as run.sh: the process under test on CPU 0, the upstream and wrk on CPU 1.
 # Writes bench/results/cache.txt.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
@@ -20,10 +21,13 @@ trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (: >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on :$1"; exit 1; }
 calc() { awk "BEGIN { print $1 }"; }
 
-declare -A port=([floor]=18020 [sqlite]=18036 [none]=18037) got=() gw=() cpu=() served=()
-names=(floor sqlite none)
+declare -A port=([floor]=18020 [sqlite]=18036 [none]=18037 [ceiling]=18038) got=() gw=() cpu=() served=()
+names=(floor sqlite none ceiling)
 (cd "$kit" && FLOOR_UPSTREAM=http://127.0.0.1:18001 exec taskset -c 0 "$root/.venv/bin/uvicorn" floor_proxy:app \
   --port 18020 --loop uvloop --http httptools --no-access-log --log-level warning) & pids+=($!); gw[floor]=$!
+(cd "$here" && exec taskset -c 0 "$root/.venv/bin/uvicorn" ceiling:app \
+  --port 18038 --loop uvloop --http httptools --lifespan off --no-access-log --log-level warning) & pids+=($!)
+gw[ceiling]=$!
 for store in sqlite none; do
   rm -rf "$run/cache-$store.db"*
   TURNOUT_BENCH_DB=$run/cache-$store.db TURNOUT_BENCH_STORE=$store taskset -c 0 "$root/.venv/bin/turnout" serve \
@@ -64,7 +68,7 @@ for name in "${names[@]}"; do
   bad=$(printf "%s" "${got[$name]}" | awk '{ s += $4 } END { print s + 0 }')
   [ "$bad" = 0 ] || { echo "$name: $bad non-2xx answers" >&2; exit 1; }
 done
-f=$(median floor); s=$(median sqlite); n=$(median none)
+f=$(median floor); s=$(median sqlite); n=$(median none); c=$(median ceiling)
 {
   echo "turnout cache-hit bench, $(date -u +%F), one run ($rounds interleaved rounds of ${secs}s @32, medians); each on CPU 0, upstream and wrk on CPU 1"
   printf "floor proxy:                 %6.0f req/s, CPU a request %.1f us\n" "$f" "$(per_request floor)"
@@ -72,4 +76,6 @@ f=$(median floor); s=$(median sqlite); n=$(median none)
     "$s" "$(calc "$s / $f")" "$(per_request sqlite)" "$(per_round sqlite)"
   printf "hits, no ledger (kind none): %6.0f req/s = %.2fx floor, CPU a request %.1f us (rounds %s)\n" \
     "$n" "$(calc "$n / $f")" "$(per_request none)" "$(per_round none)"
+  printf "ceiling (bench/ceiling.py):  %6.0f req/s = %.2fx floor, CPU a request %.1f us (rounds %s)\n" \
+    "$c" "$(calc "$c / $f")" "$(per_request ceiling)" "$(per_round ceiling)"
 } | tee "$here/results/cache.txt"
