@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from tests import test_console as console
 from tests.asgi import request
 from tests.fakes.scripted import ScriptedProvider
 from tests.fakes.tcp_proxy import FaultProxy
@@ -27,9 +29,10 @@ ADMIN = "adm-storesdown-0123456789abcdef"
 FEEDBACK = {"request_id": "chatcmpl-0123456789abcdef", "outcome": "success"}
 
 
-def app_over(proxy: FaultProxy, schema: str, tmp_path: Path, *, shared: bool = True) -> App:
+def app_over(proxy: FaultProxy, schema: str, tmp_path: Path, *, shared: bool = True, released: bool = False) -> App:
     """The ledger on PostgreSQL behind ``proxy``; with ``shared``, the review queue and capture too
-    (else none: nothing is written beside the working directory)."""
+    (else none: nothing is written beside the working directory); with ``released``, the release
+    store as well, task chat's release v1 in it."""
     url = urlsplit(POSTGRES_DSN)
     dsn = urlunsplit(url._replace(netloc=f"{url.username or 'postgres'}@127.0.0.1:{proxy.port}"))
     raw: dict[str, Any] = {
@@ -43,6 +46,11 @@ def app_over(proxy: FaultProxy, schema: str, tmp_path: Path, *, shared: bool = T
     if shared:  # the review queue and capture on PostgreSQL too
         raw |= {"state": {"kind": "postgres"}, "capture": {"mode": "full"}}
         raw["tasks"]["chat"]["review_rate"] = 1.0
+    if released:
+        folder = tmp_path / "releases" / "chat"
+        folder.mkdir(parents=True)
+        (folder / "v1.yaml").write_text("target: up\nmodel_version: v1\nprompt:\n  user: 'Say hi'\n")
+        raw["releases"] = {"path": str(tmp_path / "releases")}
     return App(validate(raw), {"up": ScriptedProvider("up")})
 
 
@@ -121,3 +129,30 @@ async def test_a_gateway_closes_cleanly_once_postgresql_has_gone(
         await app.runtime.aclose()
     claims = [m for m in caplog.messages if "run claim" in m]
     assert claims and all("lapses within" in m and str(proxy.port) not in m for m in claims)  # no topology
+
+
+async def test_the_console_over_a_gone_postgresql_says_so_without_its_address(
+    proxy: FaultProxy, schema: str, tmp_path: Path
+) -> None:
+    """The releases page is a 503 (it was the release store's 409 "release_conflict", naming the
+    server), and a rollback's message says the store does not answer, not libpq's words."""
+    app = app_over(proxy, schema, tmp_path, released=True)
+    await app.runtime.start()
+    try:
+        assert app.runtime.release_store is not None
+        cookie = await console.login(app, ADMIN)
+        page = await console.get(app, "/ui/releases", cookie)
+        assert page.status == 200
+        proxy.cut()
+        gone = await console.get(app, "/ui/releases", cookie)  # the console's own error page
+        assert gone.status == 503 and str(proxy.port) not in gone.body.decode()
+        form = f"csrf={console.csrf(page)}&why=outage"
+        assert (await console.post(app, "/ui/releases/chat/rollback", form, cookie)).status == 303
+        session = app.console.sessions.get(cookie.partition("=")[2], time.time())
+        assert session is not None
+        flash = app.console.sessions.take_flash(session, console.FLASHES.pop(cookie).encode())
+        assert flash is not None and flash[0] == "error"
+        assert "release store does not answer" in flash[1] and str(proxy.port) not in flash[1]
+    finally:
+        proxy.restore()
+        await app.runtime.aclose()

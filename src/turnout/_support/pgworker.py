@@ -53,9 +53,10 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from turnout._support.places import PgPlace, lock_key, schema_lock
+from turnout._support.places import PgPlace, lock_key, schema_lock, unreachable
 from turnout._support.sqlite import ErrorFactory, Migrations
 from turnout._support.throttle import Throttle
+from turnout.errors import StoreUnavailable, TurnoutError
 
 log = logging.getLogger(__name__)
 
@@ -375,4 +376,22 @@ class PostgresWorker:
     def _failed(self, exc: psycopg.Error) -> Exception:
         # psycopg's messages name constraints and conditions, never bound values.
         primary = exc.diag.message_primary if isinstance(exc, psycopg.DatabaseError) else None
-        return self.error(f"{self.failed_as} {self.path}: {primary or str(exc).strip()}")
+        message = f"{self.failed_as} {self.path}: {primary or str(exc).strip()}"
+        error = self.error(message)
+        if unreachable(exc) and isinstance(error, TurnoutError) and not isinstance(error, StoreUnavailable):
+            return _unavailable(type(error))(message)
+        return error
+
+
+_UNAVAILABLE: dict[type[TurnoutError], type[TurnoutError]] = {}  # one per store's error class
+
+
+def _unavailable(error: type[TurnoutError]) -> type[TurnoutError]:
+    """``error`` as a store raises it when PostgreSQL does not answer: still caught as ``error``,
+    and a ``StoreUnavailable`` too (503 with Retry-After, not the store's own refusal: a
+    release store's 409 said a lifecycle step conflicted, where the database had gone)."""
+    found = _UNAVAILABLE.get(error)
+    if found is None:
+        answer = {k: getattr(StoreUnavailable, k) for k in ("status", "type", "code", "retry_after_s")}
+        found = _UNAVAILABLE[error] = type(error.__name__, (error, StoreUnavailable), answer)
+    return found

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 
-from turnout.errors import TurnoutError
+from turnout.errors import StoreUnavailable, TurnoutError
 from turnout.offline.shadow import passed_note, refusal, summarize
 from turnout.releases.registry import StoreRegistry
 from turnout.releases.review import LABELS, MAX_NOTE
@@ -22,6 +22,11 @@ from turnout.serving.runtime import Runtime
 ACTIONS = ("promote", "canary", "rollback")
 MAX_WHY = 500
 MAX_ITEM_ID = 2**63 - 1
+
+
+# A store that does not answer (PostgreSQL gone): said plainly, without the store's address or
+# the driver's words; whether the change was made before the connection went is unknown.
+_UNANSWERED = "the {} does not answer right now; look at the page again in a moment, then try again"
 
 
 class Refused(Exception):
@@ -57,6 +62,8 @@ async def release(runtime: Runtime, task: str, action: str, form: dict[str, str]
             why, gated, against = await _shadow_gates(runtime, task, name, why)
             serving = await store.start_canary(task, name, percent, by, why, gated=gated, against=against)
             done = f"{task}: {serving.canary} takes {serving.canary_percent:g}% of traffic; {serving.active} the rest"
+    except StoreUnavailable:
+        raise Refused(_UNANSWERED.format("release store")) from None
     except TurnoutError as exc:  # the state machine said no (wrong state, unknown release)
         raise Refused(exc.message) from None
     if isinstance(runtime.releases, StoreRegistry):
@@ -79,6 +86,8 @@ async def label(runtime: Runtime, item: str, form: dict[str, str], by: str) -> s
         if _item_id(item):
             await tickets.check_answer(runtime, int(item), choice, answer)
         found = await queue.label(int(item), choice, note, by, answer) if _item_id(item) else None
+    except StoreUnavailable:
+        raise Refused(_UNANSWERED.format("review queue")) from None
     except TurnoutError as exc:  # an escalation accepted without an answer, an answer too long
         raise Refused(exc.message) from None
     if found is None:

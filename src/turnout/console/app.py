@@ -43,7 +43,7 @@ from turnout.console.web import (
     send_html,
 )
 from turnout.control.auth import bearer
-from turnout.errors import AuthError, NotFound, TurnoutError
+from turnout.errors import AuthError, NotFound, StoreUnavailable, TurnoutError
 from turnout.releases.review import MAX_ANSWER, MAX_NOTE, STATUSES
 from turnout.serving.admin import Admin
 from turnout.serving.asgi import Receive, Send, expect_method, header
@@ -100,6 +100,9 @@ class Console:
                 await self._inside(scope, receive, send, path.rstrip("/") or PREFIX, method)
         except Refusal as exc:
             await self._error(send, exc.status, exc.message)
+        except StoreUnavailable as exc:  # its message names the server: the log's, not the page's
+            log.warning("console: a store does not answer: %s", " ".join(exc.message.split()))
+            await self._error(send, exc.status, "a store this page needs does not answer right now", exc.headers())
         except TurnoutError as exc:  # a refusal from below; its message never carries secrets
             await self._error(send, exc.status, exc.message, exc.headers())
 
