@@ -519,3 +519,17 @@ async def test_a_streamed_answer_is_mirrored_whole(make_app: AppFactory, tmp_pat
     assert got.status == 200 and b"data: [DONE]" in got.body
     (found,) = await pairs(app, 1)
     assert found.agree is False and live.calls[0].stream and not cand.calls[0].stream
+
+
+def test_cost_per_pass_against_a_served_release_that_passed_nothing_reads_as_the_eval_gate() -> None:
+    """The golden set's gate passes a candidate whose baseline passed nothing (any finite cost
+    per pass is better); the shadow's failed it as an infinite ratio, so the same two releases
+    passed one gate and failed the other."""
+    pairs = [pair(i, served_pass=False) for i in range(20)]
+    task = TaskConfig.model_validate({"route": ["cand"], "gates": {"max_cost_per_pass_ratio": 1.0}})
+    g = {g.name: g for g in shadow_gates(summarize(TASK, "v2", pairs), task)}["max_cost_per_pass_ratio"]
+    assert g.passed and g.observed is None
+    assert g.explanation == "the served release passed nothing: any finite cost per pass is better"
+    free = [pair(i, served_cost_usd=0.0) for i in range(20)]  # served at no cost, the shadow not
+    g = {g.name: g for g in shadow_gates(summarize(TASK, "v2", free), task)}["max_cost_per_pass_ratio"]
+    assert not g.passed and g.observed is None  # not inf: the report's JSON stays JSON

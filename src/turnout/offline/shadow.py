@@ -310,17 +310,23 @@ def _cost_ratio(s: ShadowSummary, threshold: float | None) -> GateResult:
     name = "max_cost_per_pass_ratio"
     if threshold is None:
         return skipped(name, None, "not configured")
-    served, shadow = s.served.cost_per_pass(), s.shadow.cost_per_pass()
+    # As the golden set's gate reads it (``turnout.offline.evals.gates``), the served release
+    # in the baseline's place.
     if s.served.cost_usd is None or s.shadow.cost_usd is None:
         return skipped(name, threshold, "cost unknown")
+    served, shadow = s.served.cost_per_pass(), s.shadow.cost_per_pass()
     if shadow is None:
         return GateResult(name, False, None, threshold, f"{s.release} passed nothing: cost per pass is unbounded")
+    if served is None:
+        return GateResult(
+            name, True, None, threshold, "the served release passed nothing: any finite cost per pass is better"
+        )
     ratio = shadow / served if served else (1.0 if shadow == 0 else math.inf)
     ok = ratio <= threshold
     return GateResult(
         name,
         ok,
-        ratio,
+        ratio if math.isfinite(ratio) else None,
         threshold,
         f"${shadow:.6f} ÷ ${served or 0:.6f} per passed request = {ratio:.2f}; "
         f"{'within' if ok else 'over'} the allowed {threshold:g}",
