@@ -255,3 +255,24 @@ async def test_an_upstream_without_usage_is_answered_the_count_it_is_charged(mak
     usage = resp.json()["usage"]
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (row.prompt_tokens, row.completion_tokens)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": "#/$defs/missing"},
+        {"$ref": "http://127.0.0.1:9/order.json"},  # never fetched: jsonschema's default would, in the loop
+    ],
+)
+async def test_a_release_schema_that_cannot_be_resolved_fails_closed_not_500(
+    make_app: AppFactory, schema: dict[str, Any]
+) -> None:
+    """A release's output schema whose $ref resolves nowhere was a 500 after the model had
+    answered (a remote one was first fetched, and its failure answered 503 store_unavailable)."""
+    app, primary = await start(make_app, Serving(release("v1", output_schema=schema), None, 0.0))
+    resp = await call(app, {"variables": {"text": "order A-17"}})
+    assert resp.status == 502, resp.body
+    assert resp.json()["error"]["code"] == "output_invalid"
+    assert len(primary.calls) == 1
+    [row] = await ledger(app)
+    assert (row.status, row.error_class) == (502, "output_invalid")
