@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -369,6 +370,31 @@ async def test_task_variables_are_the_user_channel(make_app: AppFactory) -> None
     app.runtime.releases = OneRelease(extract_release())
     resp = await task_call(app, ["Revenue grew 4% in Q3."], question=INJECTION)
     assert resp.status == 200 and resp.headers["x-turnout-safety"] == "flagged"
+
+
+@pytest.mark.parametrize(
+    ("question", "param"),
+    [
+        ([[[[[[[[[INJECTION]]]]]]]]], "variables.question[0][0][0][0][0][0][0][0][0]"),
+        ([{"note": "fine", INJECTION: 1}], "variables.question[0].#1"),
+        ([{"note": {"deeper": [INJECTION]}}], "variables.question[0].note.deeper[0]"),
+    ],
+)
+async def test_every_text_of_a_task_variable_is_screened(make_app: AppFactory, question: Any, param: str) -> None:
+    """A template writes a list or dict variable out whole, keys and all: a text nested nine
+    levels deep, or an object's key, reached the model unscreened."""
+    raw = config()
+    raw["tasks"]["extract"]["safety"] = {"screen": {"user": "block"}}
+    app, primary = await start(make_app, raw)
+    listed = Prompt("Summarize the documents.", "Question: {{ question }}", {"question": "list"})
+    app.runtime.releases = OneRelease(replace(extract_release(), prompt=listed))
+    body = {"variables": {"question": question}}
+    resp = await request(app, "POST", "/v1/tasks/extract", body, {"Authorization": f"Bearer {KEYS['acme']}"})
+    assert resp.status == 400, resp.body
+    error = resp.json()["error"]
+    assert (error["code"], error["param"]) == ("prompt_injection", param)
+    assert "previous instructions" not in resp.body.decode()  # not even in the param
+    assert primary.calls == []
 
 
 # --- metrics ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from tests.asgi import Response, request
 from tests.asgi import ledger_rows as ledger
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider, Step
+from turnout.ledger.store import is_error
 from turnout.providers.base import Completion, Usage
 from turnout.releases.base import Prompt, Release, Serving
 from turnout.serving.app import App
@@ -255,3 +256,44 @@ async def test_an_upstream_without_usage_is_answered_the_count_it_is_charged(mak
     usage = resp.json()["usage"]
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (row.prompt_tokens, row.completion_tokens)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": "#/$defs/missing"},
+        {"$ref": "http://127.0.0.1:9/order.json"},  # never fetched: jsonschema's default would, in the loop
+    ],
+)
+async def test_a_release_schema_that_cannot_be_resolved_fails_closed_not_500(
+    make_app: AppFactory, schema: dict[str, Any]
+) -> None:
+    """A release's output schema whose $ref resolves nowhere was a 500 after the model had
+    answered (a remote one was first fetched, and its failure answered 503 store_unavailable)."""
+    app, primary = await start(make_app, Serving(release("v1", output_schema=schema), None, 0.0))
+    resp = await call(app, {"variables": {"text": "order A-17"}})
+    assert resp.status == 502, resp.body
+    assert resp.json()["error"]["code"] == "output_invalid"
+    assert len(primary.calls) == 1
+    [row] = await ledger(app)
+    assert (row.status, row.error_class) == (502, "output_invalid")
+
+
+@pytest.mark.parametrize("order", [{}, {"lines": []}, {"lines": [{"sku": "B-2"}]}])
+async def test_a_variable_that_lacks_what_the_template_reads_is_the_callers_400(
+    make_app: AppFactory, order: dict[str, Any]
+) -> None:
+    """A dict or list variable without the key or item the template reads was a 500
+    (release_template_error): any caller could make the release look broken."""
+    prompt = Prompt(None, "Order {{ order.lines[0].id }}", {"order": "dict"})
+    app, primary = await start(make_app, Serving(release("v1", prompt=prompt, output_schema=None), None, 0.0))
+    resp = await call(app, {"variables": {"order": order}})
+    assert resp.status == 400, resp.body
+    error = resp.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "variables_unfit", "variables")
+    assert primary.calls == []
+    assert (await call(app, {"variables": {"order": {"lines": [{"id": "A-17"}]}}})).status == 200
+    rows = await ledger(app)
+    refused = next(r for r in rows if r.status == 400)
+    assert refused.error_class == "variables_unfit"
+    assert is_error(refused.status, refused.error_class)  # the release's failure in canary judging

@@ -87,7 +87,8 @@ class ReleaseStats:
       count in none of the figures below. Except ``RELEASE_REJECTIONS``: a 4xx the upstream
       gave to the body the release built (``upstream_rejected``: its prompt, its model name, its
       parameters; ``context_length_exceeded``: its prompt or its targets' windows) is the
-      release's failure, counted in ``errors`` (not in ``provider_errors``).
+      release's failure, counted in ``errors`` (not in ``provider_errors``); so is a 400
+      ``variables_unfit``: the caller's variables lack what the release's template reads.
     * ``errors``: the other failures: status 500 or above, a release's rejection, or an
       ``error_class`` on a row whose status is not 4xx (a stream that broke after its 200 went out).
     * ``provider_errors``: the part of ``errors`` that came from upstream: status 502, 503 or
@@ -154,8 +155,9 @@ StatsRecord = tuple[
 EVAL_TENANT = "turnout-eval"
 RELEASE_FAULTS = frozenset({"output_invalid"})  # 502s that are the release's, not the provider's
 # 4xx error classes that are the release's, not the caller's: the upstream refused the body the
-# release built (all targets answered 4xx), or no target's window holds the release's prompt.
-RELEASE_REJECTIONS = frozenset({"upstream_rejected", "context_length_exceeded"})
+# release built (all targets answered 4xx), or no target's window holds the release's prompt,
+# or its template reads what the caller's variables do not have.
+RELEASE_REJECTIONS = frozenset({"upstream_rejected", "context_length_exceeded", "variables_unfit"})
 
 
 def is_caller_error(status: int, error_class: str | None = None) -> bool:

@@ -8,7 +8,9 @@ the template fails. Compiled templates are cached by their source, so each relea
 compiles once per process.
 
 Variables are the caller's and are checked against the release's declaration: a missing one,
-one of the wrong type or one the release does not declare is a ``RequestError`` naming it.
+one of the wrong type or one the release does not declare is a ``RequestError`` naming it; a
+list or dict that lacks what the template reads (``{{ order.id }}``, ``{{ items[0] }}``) is a
+``VariablesUnfit`` 400.
 
 Documents (retrieved passages, uploads) are untrusted: they are appended to the user message
 inside ``<document index="N">`` tags ("spotlighting"), any tag inside a document that could
@@ -55,6 +57,37 @@ class TemplateFailed(TurnoutError):
     code = "release_template_error"
 
 
+class VariablesUnfit(RequestError):
+    """The caller's values lack what the template reads: an object's key, a list's item (every
+    name a template uses is declared, and so checked, at load). The request's 400, and counted
+    against the release as its rejection, as an upstream's 400 to its body is
+    (``turnout.ledger.store.RELEASE_REJECTIONS``): a canary whose template reads what callers
+    do not send fails its judging."""
+
+    code = "variables_unfit"
+
+
+class _Lacking(jinja2.UndefinedError):
+    """A part of a value the template reads that is not there (not a name nothing defines)."""
+
+
+class _Strict(jinja2.StrictUndefined):
+    """StrictUndefined that tells a missing part of a value (``order.id``, ``items[0]``) from a
+    name the template uses and nothing defines; the sandbox's refusals stay its SecurityError."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        hint: str | None = None,
+        obj: Any = jinja2.utils.missing,
+        name: str | None = None,
+        exc: type[jinja2.exceptions.TemplateRuntimeError] = jinja2.UndefinedError,
+    ) -> None:
+        lacking = exc is jinja2.UndefinedError and obj is not jinja2.utils.missing
+        super().__init__(hint, obj, name, _Lacking if lacking else exc)
+
+
 def template_environment() -> BoundedEnvironment:
     return _environment()
 
@@ -62,7 +95,7 @@ def template_environment() -> BoundedEnvironment:
 @lru_cache(maxsize=1)
 def _environment() -> BoundedEnvironment:
     # Autoescape is off on purpose: the output is a prompt, not HTML.
-    return BoundedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    return BoundedEnvironment(undefined=_Strict, autoescape=False, keep_trailing_newline=True)
 
 
 @lru_cache(maxsize=512)
@@ -139,6 +172,12 @@ def escape_document(text: str) -> str:
 def _render(release: Release, part: str, source: str, variables: dict[str, Any]) -> str:
     try:
         return render_bounded(_compile(source), variables)
+    except _Lacking as exc:  # the caller's value has no such part
+        raise VariablesUnfit(
+            f"the variables lack what release {release.name!r} of task {release.task!r} reads in its {part} "
+            f"template: {exc}",
+            param="variables",
+        ) from exc
     # SecurityError, UndefinedError, the sandbox's OverflowError for a huge range, a filter's
     # TypeError, RenderLimitExceeded: whatever the template does wrong is the release's fault,
     # reported as such.

@@ -6,8 +6,9 @@
   ``file_data`` where it is a text data URL (``text/*``, JSON, XML, YAML; base64 decoded; a file
   of another type is not decoded). ``system``, ``developer`` and ``assistant`` messages are the
   application's own.
-* the task API: each of ``documents`` is the ``documents`` channel; the string values of
-  ``variables`` (nested ones too) are the ``user`` channel: they carry the end user's input.
+* the task API: each of ``documents`` is the ``documents`` channel; every string in
+  ``variables``, however deep and object keys included, is the ``user`` channel: they carry the
+  end user's input, and a template writes a list or dict variable out whole.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from turnout.safety.policy import Input
 from turnout.safety.screen import Channel
 
 ROLES: dict[str, Channel] = {"user": "user", "tool": "tool_output", "function": "tool_output"}
-MAX_DEPTH = 8  # how deep variables are walked for strings
+MAX_KEY_CHARS = 64  # a longer key of the caller's is not echoed in a refusal's param
 _PART_TEXTS = ("text", "refusal")  # a content part's own texts, whatever its type
 _TEXT_MEDIA = ("application/json", "application/xml", "application/yaml", "application/x-yaml", "application/x-ndjson")
 
@@ -84,17 +85,29 @@ def text_data_url(url: str) -> str | None:
 def task(variables: Mapping[str, Any], documents: Sequence[str]) -> Iterator[Input]:
     for i, document in enumerate(documents):
         yield Input("documents", f"documents[{i}]", document)
-    yield from _strings(variables, "variables", 0)
+    for where, text in _strings(variables, "variables"):
+        yield Input("user", where, text)
 
 
-def _strings(value: Any, where: str, depth: int) -> Iterator[Input]:
-    if isinstance(value, str):
-        yield Input("user", where, value)
-    elif depth >= MAX_DEPTH:
-        return
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _strings(item, f"{where}.{key}", depth + 1)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _strings(item, f"{where}[{i}]", depth + 1)
+def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every text of a JSON value, however deep (the body's nesting is bounded where it is read;
+    no recursion here), in the order sent, with where it is: object keys included, since a
+    template writes a dict's keys as it writes its values. A key the caller chose is named in the
+    ``param`` only when it is a short identifier (the refusal never echoes the text it refused);
+    any other entry is named by its position, ``where.#N``."""
+    stack: list[tuple[str, Any]] = [(where, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            yield where, item
+        elif isinstance(item, Mapping):
+            for i, (key, nested) in reversed(list(enumerate(item.items()))):
+                path = _entry(where, key, i)
+                stack += ((path, nested), (path, key))  # the key is read first
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", nested) for i, nested in reversed(list(enumerate(item))))
+
+
+def _entry(where: str, key: Any, i: int) -> str:
+    named = isinstance(key, str) and key.isidentifier() and len(key) <= MAX_KEY_CHARS
+    return f"{where}.{key}" if named else f"{where}.#{i}"

@@ -174,11 +174,15 @@ class Rules:
         return Checks(tuple(schemas), self.max_chars, self.kinds, fenced)
 
 
+def operators_schema(schema: dict[str, Any]) -> Validator:
+    """A schema the operator wrote (a task's output schema, a release's), checked at load: its
+    patterns and all, but with an empty registry: a ``$ref`` to another document is never
+    fetched (jsonschema's default would, from the event loop), it fails to resolve."""
+    return validators.validator_for(schema)(schema, registry=Registry())
+
+
 def resolve(task: str, cfg: OutputConfig) -> Rules:
-    schema = None
-    if cfg.json_schema is not None:  # checked at load; the operator's: patterns and all
-        cls = validators.validator_for(cfg.json_schema)
-        schema = cls(cfg.json_schema, registry=Registry())
+    schema = operators_schema(cfg.json_schema) if cfg.json_schema is not None else None
     kinds: dict[str, str] = {kind: category for category in cfg.must_not_contain for kind in CATEGORIES[category]}
     to = cfg.escalate.to if cfg.escalate is not None else None
     return Rules(task, schema, cfg.response_format, cfg.max_chars, kinds, cfg.repair_attempts, to)

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
 import orjson
+from jsonschema.exceptions import best_match
+from jsonschema.protocols import Validator
+from referencing.exceptions import Unresolvable
 
 from turnout._support.depth import too_deep
 from turnout.config import DATA_CLASSES
@@ -23,7 +25,7 @@ from turnout.releases.base import Release
 from turnout.releases.render import render
 from turnout.routing.constraints import COST, LATENCY
 from turnout.safety import inputs
-from turnout.safety.output import strip_fence
+from turnout.safety.output import operators_schema, strip_fence
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import MAX_DEPTH, Receive, Send, json_object, send_json
@@ -186,8 +188,26 @@ def _output(release: Release, answer: dict[str, Any]) -> Any:
     if too_deep(parsed, MAX_DEPTH):  # neither the schema check nor the answer could take it
         raise OutputInvalid(f"the model's answer nests deeper than {MAX_DEPTH} levels")
     try:
-        jsonschema.validate(parsed, release.output_schema)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise OutputInvalid(f"the model's answer fails the output schema at {where}: {exc.validator}") from exc
+        error = best_match(_validator(release).iter_errors(parsed))
+    except (Unresolvable, RecursionError) as exc:  # a $ref to nowhere, or one that recurses past the stack
+        raise OutputInvalid("the model's answer cannot be checked against the release's output schema") from exc
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise OutputInvalid(f"the model's answer fails the output schema at {where}: {error.validator}")
     return parsed
+
+
+MAX_VALIDATORS = 256
+_VALIDATORS: dict[int, tuple[Release, Validator]] = {}
+
+
+def _validator(release: Release) -> Validator:
+    """The release's output schema compiled once, held by the release's identity (as
+    ``respond`` holds its headers): the entry keeps the release, so its id is not reused."""
+    found = _VALIDATORS.get(id(release))
+    if found is None or found[0] is not release:
+        assert release.output_schema is not None
+        if len(_VALIDATORS) >= MAX_VALIDATORS:
+            _VALIDATORS.clear()
+        found = _VALIDATORS[id(release)] = (release, operators_schema(release.output_schema))
+    return found[1]
