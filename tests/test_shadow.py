@@ -5,7 +5,11 @@ request path in-process (after the answer, never served, within its caps and the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import http.server
+import socketserver
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +27,7 @@ from turnout.offline.shadow import shadow_gates, summarize
 from turnout.releases.shadowstore import Pair, ShadowStore
 from turnout.releases.store import ReleaseStore, ReleaseStoreError
 from turnout.serving.app import App
-from turnout.serving.shadow import agrees
+from turnout.serving.shadow import _fits, agrees
 
 TASK = "extract"
 
@@ -533,3 +537,34 @@ def test_cost_per_pass_against_a_served_release_that_passed_nothing_reads_as_the
     free = [pair(i, served_cost_usd=0.0) for i in range(20)]  # served at no cost, the shadow not
     g = {g.name: g for g in shadow_gates(summarize(TASK, "v2", free), task)}["max_cost_per_pass_ratio"]
     assert not g.passed and g.observed is None  # not inf: the report's JSON stays JSON
+
+
+@pytest.mark.parametrize("ref", ["#/$defs/missing", "remote"])
+def test_a_shadow_answer_is_checked_against_its_schema_without_fetching_a_ref(ref: str) -> None:
+    """The shadow's schema check ran ``jsonschema.validate``: a ``$ref`` to another document was
+    fetched over HTTP from the event loop, and one that resolves nowhere raised out of the
+    comparison. Now it is the task API's check: nothing fetched, the answer does not fit."""
+    fetched: list[str] = []
+
+    class Schemas(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetched.append(self.path)
+            body = b'{"type": "object"}'
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Schemas) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            target = ref if ref != "remote" else f"http://127.0.0.1:{server.server_address[1]}/order.json"
+            release = dataclasses.replace(make("v2"), output_schema={"$ref": target})
+            assert _fits(release, '{"id": "A-17"}') is False
+            assert _fits(dataclasses.replace(make("v2")), '{"id": "A-17"}') is True  # an object fits
+        finally:
+            server.shutdown()
+    assert fetched == []

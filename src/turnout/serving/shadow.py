@@ -35,10 +35,11 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
-import jsonschema
 import orjson
+from referencing.exceptions import Unresolvable
 
 from turnout._support.batching import BatchQueue
+from turnout._support.depth import too_deep
 from turnout.config import Config, ShadowConfig, ShadowJudgeConfig, embedding_tasks
 from turnout.control.pricing import PriceBook
 from turnout.control.quota.plan import sets_output_bound
@@ -53,9 +54,11 @@ from turnout.routing import policy
 from turnout.routing.attempts import Target, execute
 from turnout.safety.output import strip_fence
 from turnout.serving import respond
+from turnout.serving.asgi import MAX_DEPTH
 from turnout.serving.door import Admission, Door, Inbound
 from turnout.serving.judge import ask, question_body, yes_no
 from turnout.serving.scoring import LiveScoring
+from turnout.serving.tasks import release_validator
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +298,8 @@ class Mirror:
             verdict = await scorers.passes(text)
             if not verdict:
                 return False
-        schema = release.output_schema if release is not None else None
-        if schema is not None:
-            verdict = _fits(schema, text)
+        if release is not None and release.output_schema is not None:
+            verdict = _fits(release, text)
         return verdict
 
     async def _write(self, pairs: list[Pair]) -> list[Pair]:
@@ -335,12 +337,15 @@ def judge_question(rubric: str, body: dict[str, Any], served: str, shadow: str) 
     )
 
 
-def _fits(schema: dict[str, Any], text: str) -> bool:
+def _fits(release: Release, text: str) -> bool:
+    """Whether ``text`` passes the release's output schema, as the task API checks an answer
+    (its validator compiled once; a ``$ref`` to another document never fetched, and one that
+    resolves nowhere or recurses past the stack fails the answer)."""
     try:
-        jsonschema.validate(orjson.loads(strip_fence(text)), schema)
-    except (orjson.JSONDecodeError, jsonschema.ValidationError):
+        parsed = orjson.loads(strip_fence(text))
+        return not too_deep(parsed, MAX_DEPTH) and release_validator(release).is_valid(parsed)
+    except (orjson.JSONDecodeError, Unresolvable, RecursionError):
         return False
-    return True
 
 
 def agrees(served: str, shadow: str, how: str = "auto") -> bool:

@@ -188,7 +188,7 @@ def _output(release: Release, answer: dict[str, Any]) -> Any:
     if too_deep(parsed, MAX_DEPTH):  # neither the schema check nor the answer could take it
         raise OutputInvalid(f"the model's answer nests deeper than {MAX_DEPTH} levels")
     try:
-        error = best_match(_validator(release).iter_errors(parsed))
+        error = best_match(release_validator(release).iter_errors(parsed))
     except (Unresolvable, RecursionError) as exc:  # a $ref to nowhere, or one that recurses past the stack
         raise OutputInvalid("the model's answer cannot be checked against the release's output schema") from exc
     if error is not None:
@@ -201,7 +201,7 @@ MAX_VALIDATORS = 256
 _VALIDATORS: dict[int, tuple[Release, Validator]] = {}
 
 
-def _validator(release: Release) -> Validator:
+def release_validator(release: Release) -> Validator:
     """The release's output schema compiled once, held by the release's identity (as
     ``respond`` holds its headers): the entry keeps the release, so its id is not reused."""
     found = _VALIDATORS.get(id(release))
