@@ -487,6 +487,27 @@ async def test_a_429_leaves_the_breaker_alone(fake: FakeUpstream, provider: Open
     await attempt(provider, chat(stream=stream))  # still chosen: it takes calls again at once
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "message", "busy"),
+    [
+        (2, "unavailable", True),  # "come back in 2 s": load shed
+        (None, "server busy, please try again.  maximum pending requests exceeded", True),  # Ollama's full queue
+        (None, "The engine is currently overloaded, please try again later", True),
+        (None, "Loading model", False),  # not ready: counted, the breaker opens
+    ],
+)
+async def test_a_503_that_sheds_load_leaves_the_breaker_alone(
+    fake: FakeUpstream, provider: OpenAIProvider, retry_after: int | None, message: str, busy: bool
+) -> None:
+    """Ollama answers 503 when its queue is full: a replica that is busy, not broken, whose
+    breaker opened under load and refused the traffic it could have taken a moment later."""
+    fake.fault = Fault("status", status=503, message=message, retry_after=retry_after, times=3)
+    with pytest.raises(UpstreamStatusError) as caught:
+        await attempt(provider, chat())
+    assert caught.value.busy is busy and caught.value.upstream_status == 503
+    assert (provider.replicas[0].breaker.state is State.CLOSED) is busy
+
+
 async def test_a_timeout_trips_the_breaker(fake: FakeUpstream, provider: OpenAIProvider) -> None:
     fake.fault = Fault("hang")
     with pytest.raises(UpstreamTimeout):

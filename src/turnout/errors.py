@@ -200,7 +200,8 @@ class UpstreamStatusError(UpstreamError):
     are the request's fault (neither retried nor sent elsewhere, passed on with their status).
     A provider that knows better (Bedrock's typed errors) says so with ``retryable``/``fallback``
     and names the ``error_class``. A 429 (Bedrock's throttling too)
-    is ``busy``: rate limited, not broken."""
+    is ``busy``: rate limited, not broken; so is a 503 its provider reads as load shed
+    (``busy``: a queue full, with Retry-After or saying so)."""
 
     def __init__(
         self,
@@ -211,12 +212,13 @@ class UpstreamStatusError(UpstreamError):
         retryable: bool | None = None,
         fallback: bool | None = None,
         error_class: str | None = None,
+        busy: bool | None = None,
     ) -> None:
         super().__init__(f"HTTP {status}: {detail}", retry_after=retry_after)
         self.upstream_status = status
         self.retryable = (status == 429 or status >= 500 or status == 408) if retryable is None else retryable
         self._fallback = (status in MISCONFIGURED or status < 400) if fallback is None else fallback
-        self.busy = status == 429
+        self.busy = status == 429 if busy is None else busy
         self.error_class = error_class or f"http_{status}"
 
 

@@ -8,7 +8,8 @@ affinity), and its outcome is recorded on that replica's breaker: 5xx, connect, 
 and protocol failures count against it, and so do answers about its own configuration (401,
 403, 404, 407, 3xx: ``UpstreamStatusError.fallback``); a 4xx the caller caused does not, nor
 does a 429 (the replica is busy, not broken: no verdict, as ``turnout.routing.attempts`` tells
-the target's).
+the target's), nor a 503 that sheds load (with Retry-After, or saying it is busy or overloaded:
+Ollama's full queue).
 
 Timeouts (``Call.timeouts``), the session, how a call is settled, the clean-up of an abandoned
 response and the translation of aiohttp and OS errors into ``turnout.errors`` follow
@@ -250,7 +251,10 @@ class OpenAIProvider:
             window = int(too_long.group("window")) if too_long.group("window") else None
             return ContextWindowExceeded(f"{detail} ({replica.label})", window=window)
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        return UpstreamStatusError(resp.status, f"{detail} ({replica.label})", retry_after=retry_after)
+        # A 503 that sheds load (Ollama's full queue, a proxy's "come back in N s") is busy, as
+        # a 429 is: no verdict. One that says nothing of the kind (down, loading) still counts.
+        busy = resp.status == 429 or (resp.status == 503 and (retry_after is not None or bool(_SHED.search(detail))))
+        return UpstreamStatusError(resp.status, f"{detail} ({replica.label})", retry_after=retry_after, busy=busy)
 
     async def _probe(self, session: aiohttp.ClientSession, replica: Replica, limit: aiohttp.ClientTimeout) -> str:
         """Why this replica is unhealthy, or "" when it answers."""
@@ -473,6 +477,9 @@ def _shorten(text: str) -> str:
 
 # How servers say "the prompt does not fit": vLLM/SGLang ("maximum context length is N tokens"),
 # llama.cpp ("exceeds the available context size"), TGI ("must have less than N tokens").
+# What a server that sheds load says with its 503: Ollama ("server busy, please try again.
+# maximum pending requests exceeded"), OpenAI's API ("engine is currently overloaded").
+_SHED = re.compile(r"\bbusy\b|overloaded|maximum pending|too many (?:pending |concurrent )?requests", re.IGNORECASE)
 _CONTEXT_OVERFLOW = re.compile(
     r"maximum context length is (?P<window>\d+)|exceeds? the available context size|context length exceeded"
     r"|context_length_exceeded|input is too long",
