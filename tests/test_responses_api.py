@@ -484,3 +484,42 @@ async def test_the_in_process_door_takes_bearer_and_x_api_key(make_app: AppFacto
         assert refused.json()["error"]["type"] == "authentication_error" or refused.json()["error"]["code"]
         wrong = await request(app, "GET", "/v1/responses", headers={"authorization": f"Bearer {KEY}"})
         assert wrong.status == 405
+
+
+async def test_what_real_clients_send_that_changes_nothing_here_is_accepted(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The SDK's and agent frameworks' ``include``, ``truncation``, ``prompt_cache_key`` and
+    ``safety_identifier`` were each a 400: accepted now where they change nothing here (none
+    reaches a target, the end user is read as ``user``), refused by name where they would."""
+    async with (
+        FakeUpstream(reply=("ok",)) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
+    ):
+        for truncation in ("disabled", "auto"):
+            answer = await client.responses.create(
+                model="support",
+                input="hi",
+                include=["reasoning.encrypted_content", "web_search_call.action.sources"],
+                truncation=truncation,
+                prompt_cache_key="conversation-7",
+                safety_identifier="end-user-1",
+            )
+            assert answer.output_text == "ok" and answer.truncation == "disabled"  # nothing is ever dropped
+            assert answer.prompt_cache_key == "conversation-7"
+        async with client.responses.stream(model="support", input="hi", include=[]) as stream:
+            assert (await stream.get_final_response()).output_text == "ok"
+        assert [sent.get("user") for sent in chats(up)] == ["end-user-1", "end-user-1", None]
+        for sent in chats(up):
+            assert not {"include", "truncation", "prompt_cache_key", "safety_identifier"} & set(sent)
+        with pytest.raises(openai.BadRequestError, match="logprobs") as logprobs:
+            await client.responses.create(
+                model="support", input="hi", include=["reasoning.encrypted_content", "message.output_text.logprobs"]
+            )
+        assert logprobs.value.param == "include[1]"
+        for wrong, param in (({"truncation": "middle"}, "truncation"), ({"include": ["everything"]}, "include[0]")):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.responses.create(model="support", input="hi", extra_body=wrong)
+            assert refused.value.param == param
+        first = sorted(await rows(app, 3), key=lambda r: r.started_at)[0]
+    assert first.status == 200 and len(chats(up)) == 3

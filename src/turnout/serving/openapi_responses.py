@@ -6,7 +6,7 @@ body the description calls invalid is refused."""
 from __future__ import annotations
 
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, nullable
-from turnout.serving.response_items import FIELDS, FORMATS, STATEFUL, VERBOSITY
+from turnout.serving.response_items import FIELDS, FORMATS, INCLUDABLE, STATEFUL, TRUNCATION, VERBOSITY
 
 _OBJECT: Schema = {"type": "object"}
 EVENTS = (
@@ -97,6 +97,23 @@ def _request() -> Schema:
             }
         ),
         "user": nullable(STRING),
+        "safety_identifier": nullable({"type": "string", "description": "The end user, read as `user` is."}),
+        "include": nullable(
+            {
+                "type": "array",
+                "items": {"enum": sorted(INCLUDABLE)},
+                "description": "Accepted: each asks for something there is none of here. "
+                "`message.output_text.logprobs` is refused.",
+            }
+        ),
+        "truncation": nullable(
+            {
+                "enum": list(TRUNCATION),
+                "description": "Nothing is ever dropped: an input past the context window is refused either way "
+                "(the Response says `disabled`).",
+            }
+        ),
+        "prompt_cache_key": nullable({"type": "string", "description": "Accepted and ignored (a cache hint)."}),
         "metadata": nullable(
             {
                 "type": "object",

@@ -11,8 +11,15 @@ targets that know it), ``max_output_tokens`` (→ ``max_tokens``), ``temperature
 chat ``tool`` message does): an image in it is refused. Turnout keeps no response state:
 ``previous_response_id``, ``conversation`` and item references are refused (400), ``store`` is
 accepted (OpenAI's SDKs default it to true) and nothing is stored, so the Response says
-``store: false``. Any other field is refused (400 naming it), never dropped, unless it is null,
-which asks for nothing (the SDKs' parameters are ``Optional``).
+``store: false``. What real clients send that changes nothing here is checked and accepted
+(``settings``): ``include`` (``INCLUDABLE``: outputs of tools this door refuses, input images,
+reasoning's encrypted content, none of which there is to include; ``logprobs`` is refused),
+``truncation`` (nothing is ever dropped: an input past the context window is refused with
+``disabled`` or ``auto`` alike, and the Response says ``disabled``), ``prompt_cache_key`` (a
+cache-routing hint; not sent on, since the Bedrock translation would pass it to the model) and
+``safety_identifier`` (the end user, read as ``user`` is). Any other field is refused (400
+naming it), never dropped, unless it is null, which asks for nothing (the SDKs' parameters are
+``Optional``).
 
 Answer: a chat completion becomes a ``response`` with a ``message`` item (``output_text``) and
 one ``function_call`` item per tool call; an answer cut at ``max_output_tokens`` (``finish_reason``
@@ -49,6 +56,10 @@ FIELDS = frozenset(
         "metadata",
         "user",
         "previous_response_id",
+        "include",
+        "truncation",
+        "prompt_cache_key",
+        "safety_identifier",
     }
 )
 STATEFUL = ("previous_response_id", "conversation")  # refused: turnout keeps no response state
@@ -57,6 +68,18 @@ PARTS = frozenset({"input_text", "output_text", "input_image"})
 FORMATS = frozenset({"text", "json_object", "json_schema"})
 VERBOSITY = ("low", "medium", "high")
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+# ``include`` values accepted: each asks for something there is none of here (outputs of the
+# built-in tools, which are refused; the input's images, returned only with stored input items;
+# reasoning's encrypted content, which no target here writes). Logprobs would need translating.
+INCLUDABLE = frozenset(
+    {
+        "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+        "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+        "message.input_image.image_url", "reasoning.encrypted_content",
+    }
+)  # fmt: skip
+NOT_INCLUDED = {"message.output_text.logprobs": "logprobs are not translated by this gateway's Responses API"}
+TRUNCATION = ("disabled", "auto")
 
 
 def bad(param: str, message: str, code: str = "invalid_value") -> RequestError:
@@ -90,7 +113,24 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
         chat["parallel_tool_calls"] = body["parallel_tool_calls"]
     if body.get("text") is not None:
         chat.update(_text(body["text"]))
+    settings(body)
     return chat
+
+
+def settings(body: Mapping[str, Any]) -> None:
+    """Check what is accepted and changes nothing here: ``include``, ``truncation``,
+    ``prompt_cache_key`` (``safety_identifier`` is read by the door, with ``user``)."""
+    for i, value in enumerate(_list(body["include"], "include") if body.get("include") is not None else ()):
+        at = f"include[{i}]"
+        if isinstance(value, str) and value in NOT_INCLUDED:  # a list or an object is unhashable
+            raise bad(at, f"'{at}' {value!r}: {NOT_INCLUDED[value]}")
+        if not isinstance(value, str) or value not in INCLUDABLE:
+            raise bad(at, f"'{at}' must be one of {', '.join(sorted(INCLUDABLE))}")
+    truncation = body.get("truncation")
+    if truncation is not None and (not isinstance(truncation, str) or truncation not in TRUNCATION):
+        raise bad("truncation", "'truncation' must be disabled or auto")
+    if body.get("prompt_cache_key") is not None and not isinstance(body["prompt_cache_key"], str):
+        raise bad("prompt_cache_key", "'prompt_cache_key' must be a string")
 
 
 def _instructions(value: Any) -> list[dict[str, Any]]:
@@ -385,5 +425,7 @@ def echo(body: Mapping[str, Any]) -> dict[str, Any]:
         "text": body.get("text") or {"format": {"type": "text"}},
         "tool_choice": body.get("tool_choice", "auto"),
         "tools": body.get("tools") or [],
-        "truncation": "disabled",
+        "truncation": "disabled",  # whatever was asked: nothing is dropped
+        "prompt_cache_key": body.get("prompt_cache_key"),
+        "safety_identifier": body.get("safety_identifier"),
     }
