@@ -564,3 +564,31 @@ async def test_a_timeout_is_anthropics_timeout_error(make_app: AppFactory, tmp_p
         )
     assert resp.status == 504
     assert resp.json()["error"]["type"] == "timeout_error"
+
+
+async def test_a_tool_name_declared_twice_or_not_one_anthropic_takes_is_a_400_naming_it(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """As Anthropic's API refuses them (``tools: Tool names must be unique``, its name pattern);
+    both reached the targets, where a call of a name declared twice could not be told apart."""
+    async with FakeUpstream() as up, gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client):
+        for tools, param, says in (
+            ([WEATHER, {**WEATHER, "description": "again"}], "tools[1].name", "'get_weather' is declared twice"),
+            ([{**WEATHER, "name": "get.weather"}], "tools[0].name", "must match '^[a-zA-Z0-9_-]{1,128}$'"),
+            ([{**WEATHER, "name": "x" * 129}], "tools[0].name", "must match"),
+        ):
+            with pytest.raises(anthropic.BadRequestError) as refused:
+                await client.messages.create(
+                    model="support",
+                    max_tokens=5,
+                    messages=[{"role": "user", "content": "x"}],
+                    tools=tools,  # type: ignore[arg-type]
+                )
+            error = refused.value.body["error"]  # type: ignore[index]
+            assert error["type"] == "invalid_request_error" and says in error["message"] and param in error["message"]
+        answer = await client.messages.create(
+            model="support", max_tokens=5, messages=[{"role": "user", "content": "x"}],
+            tools=[{**WEATHER, "name": "y" * 128}],
+        )  # fmt: skip
+        assert answer.stop_reason == "end_turn"
+    assert len(chats(up)) == 1

@@ -523,3 +523,23 @@ async def test_what_real_clients_send_that_changes_nothing_here_is_accepted(
             assert refused.value.param == param
         first = sorted(await rows(app, 3), key=lambda r: r.started_at)[0]
     assert first.status == 200 and len(chats(up)) == 3
+
+
+async def test_a_tool_name_declared_twice_or_not_one_openai_takes_is_a_400_naming_it(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """Both reached the targets: the model's call of a name declared twice could not be told
+    apart, and a name OpenAI refuses (a space, 65 characters) failed at Bedrock or not at all."""
+    async with FakeUpstream() as up, gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client):
+        other: FunctionToolParam = {**WEATHER, "description": "another"}
+        for tools, param, says in (
+            ([WEATHER, other], "tools[1].name", "'get_weather' is declared twice (first by 'tools[0].name')"),
+            ([{**WEATHER, "name": "get weather"}], "tools[0].name", "must match '^[a-zA-Z0-9_-]{1,64}$'"),
+            ([WEATHER, {**WEATHER, "name": "x" * 65}], "tools[1].name", "must match"),
+        ):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.responses.create(model="support", input="x", tools=tools)  # type: ignore[arg-type]
+            assert refused.value.param == param and says in refused.value.message
+        answer = await client.responses.create(model="support", input="x", tools=[{**WEATHER, "name": "a-Z_9" * 12}])
+        assert answer.status == "completed"
+    assert len(chats(up)) == 1

@@ -30,6 +30,7 @@ import orjson
 from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Usage
 from turnout.serving.call_order import arguments_text, calls_of, function_of, text_of
+from turnout.serving.door import ANTHROPIC_TOOL_NAME, check_tool_names
 
 # Fields read here; ``model``, ``stream``, ``max_tokens`` and ``metadata`` by the door itself.
 # ``cache_control`` (Anthropic's automatic cache point) is accepted and ignored, as on a block.
@@ -194,6 +195,7 @@ def _tools(body: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if body.get("tools") is not None:
         out["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
+        check_tool_names([t["function"]["name"] for t in out["tools"]], _name_param, ANTHROPIC_TOOL_NAME)
     if body.get("tool_choice") is not None:
         named = [t["function"]["name"] for t in out.get("tools", ())]
         out.update(_tool_choice(body["tool_choice"], named))
@@ -383,6 +385,10 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
             raise bad(f"{at}.strict", f"'{at}.strict' must be a boolean")
         function["strict"] = tool["strict"]
     return {"type": "function", "function": function}
+
+
+def _name_param(i: int) -> str:
+    return f"tools[{i}].name"
 
 
 def _tool_choice(choice: Any, tools: list[str]) -> dict[str, Any]:

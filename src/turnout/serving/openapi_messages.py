@@ -6,6 +6,7 @@ fields ``turnout.serving.anthropic`` translates. Their errors have Anthropic's s
 from __future__ import annotations
 
 from turnout.serving.anthropic import BLOCK_FIELDS, COUNT_FIELDS, ERROR_TYPES, STOP_REASONS
+from turnout.serving.door import ANTHROPIC_TOOL_NAME
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, json_content, nullable, ref
 
 ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 415, 422, 429, 502, 503, 504)
@@ -97,7 +98,9 @@ def _request() -> Schema:
                 "items": {
                     "type": "object",
                     "required": ["name"],
+                    "description": "Names are unique within a request.",
                     "properties": {
+                        "name": {"type": "string", "pattern": f"^{ANTHROPIC_TOOL_NAME.pattern}$"},
                         "strict": {"type": "boolean", "description": "The chat tool's `function.strict`."},
                         "cache_control": ignored,
                     },

@@ -5,6 +5,7 @@ body the description calls invalid is refused."""
 
 from __future__ import annotations
 
+from turnout.serving.door import OPENAI_TOOL_NAME
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, nullable
 from turnout.serving.response_items import FIELDS, FORMATS, INCLUDABLE, STATEFUL, TRUNCATION, VERBOSITY
 
@@ -44,8 +45,13 @@ def _request() -> Schema:
         "tools": nullable(
             {
                 "type": "array",
-                "description": "Function tools only (`type: function`, `name`, `parameters`).",
-                "items": {"type": "object", "required": ["type"]},
+                "description": "Function tools only (`type: function`, `name`, `parameters`); names are unique "
+                "within a request.",
+                "items": {
+                    "type": "object",
+                    "required": ["type"],
+                    "properties": {"name": {"type": "string", "pattern": f"^{OPENAI_TOOL_NAME.pattern}$"}},
+                },
             }
         ),
         "tool_choice": nullable(

@@ -37,6 +37,7 @@ from typing import Any
 from turnout.errors import RequestError
 from turnout.providers.base import Usage
 from turnout.serving.call_order import arguments_text, calls_of, function_of, text_of
+from turnout.serving.door import OPENAI_TOOL_NAME, check_tool_names
 
 # Fields read here; ``model``, ``stream``, ``store``, ``metadata`` and ``user`` by the door itself.
 FIELDS = frozenset(
@@ -105,6 +106,7 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
             chat[name] = _number(body[name], name, hi)
     if body.get("tools") is not None:
         chat["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
+        check_tool_names([t["function"]["name"] for t in chat["tools"]], _name_param, OPENAI_TOOL_NAME)
     if body.get("tool_choice") is not None:
         chat["tool_choice"] = _tool_choice(body["tool_choice"], [t["function"]["name"] for t in chat.get("tools", ())])
     if body.get("parallel_tool_calls") is not None:
@@ -246,6 +248,10 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
         raise bad(f"{at}.parameters", f"'{at}.parameters' must be an object")
     function: dict[str, Any] = {"name": tool["name"], "parameters": parameters or {"type": "object", "properties": {}}}
     return {"type": "function", "function": function | _typed(tool, at, description=str, strict=bool)}
+
+
+def _name_param(i: int) -> str:
+    return f"tools[{i}].name"
 
 
 def _tool_choice(choice: Any, tools: list[str]) -> Any:
