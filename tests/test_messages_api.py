@@ -592,3 +592,27 @@ async def test_a_tool_name_declared_twice_or_not_one_anthropic_takes_is_a_400_na
         )  # fmt: skip
         assert answer.stop_reason == "end_turn"
     assert len(chats(up)) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_every_target_busy_is_anthropics_529_overloaded_which_the_sdk_retries(
+    make_app: AppFactory, tmp_path: Path, stream: bool
+) -> None:
+    """Anthropic answers "overloaded" with 529 ``overloaded_error`` (its SDKs' ``OverloadedError``);
+    the gateway's all-busy 503 said ``overloaded_error`` under a status Anthropic does not use for
+    it. The SDK retries it after the Retry-After the gateway sends; the row keeps 503."""
+    async with FakeUpstream() as up, gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client):
+        up.fault = Fault("status", status=429, retry_after=1, times=2)
+        retrying = client.with_options(max_retries=1)
+        with pytest.raises(anthropic.OverloadedError) as busy:
+            await retrying.messages.create(
+                model="support", max_tokens=5, messages=[{"role": "user", "content": "x"}], stream=stream
+            )
+        assert busy.value.status_code == 529 and busy.value.response.headers["retry-after"] == "1"
+        assert busy.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+        assert len(chats(up)) == 2  # asked again by the SDK
+        statuses = [row.status for row in await rows(app, 2)]
+        after = [{"role": "user", "content": "y"}]
+        answer = await client.messages.create(model="support", max_tokens=5, messages=after)  # type: ignore[arg-type]
+        assert answer.stop_reason == "end_turn"
+    assert statuses == [503, 503]

@@ -107,19 +107,30 @@ ERROR_TYPES = {
     415: "invalid_request_error",
     422: "invalid_request_error",  # no target fits the caller's limits
     429: "rate_limit_error",
-    503: "overloaded_error",
+    503: "api_error",  # the gateway not ready, shutting down, a store it needs not answering
     504: "timeout_error",
     529: "overloaded_error",
 }
+# Anthropic's status for "overloaded" (its SDKs raise ``OverloadedError`` and retry it, as they
+# do a 503): the gateway's own 503s that say so, every target busy or unavailable
+# (``AllTargetsFailed``) or too many open connections.
+OVERLOADED = 529
+BUSY = frozenset({"all_targets_failed", "too_many_connections"})
 
 
 def bad(param: str, message: str) -> RequestError:
     return RequestError(message, param=param, code="invalid_value")
 
 
+def status_of(err: TurnoutError) -> int:
+    """The status Anthropic's API answers ``err`` with: 529 for the gateway's busy 503s (the
+    ledger keeps 503, the status every other door answers)."""
+    return OVERLOADED if err.status == 503 and err.code in BUSY else err.status
+
+
 def error_body(err: TurnoutError) -> dict[str, Any]:
     """An error in Anthropic's shape (its SDK raises the matching exception by status)."""
-    return {"type": "error", "error": {"type": ERROR_TYPES.get(err.status, "api_error"), "message": err.message}}
+    return {"type": "error", "error": {"type": ERROR_TYPES.get(status_of(err), "api_error"), "message": err.message}}
 
 
 # --- the request -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from turnout.serving.anthropic import BLOCK_FIELDS, COUNT_FIELDS, ERROR_TYPES, S
 from turnout.serving.door import ANTHROPIC_TOOL_NAME
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, json_content, nullable, ref
 
-ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 415, 422, 429, 502, 503, 504)
+ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 415, 422, 429, 502, 503, 504, 529)
 COUNT_ERROR_STATUSES = (400, 401, 404, 405, 413, 415)  # no target is called: no policy, quota or upstream
 
 
