@@ -543,3 +543,53 @@ async def test_a_tool_name_declared_twice_or_not_one_openai_takes_is_a_400_namin
         answer = await client.responses.create(model="support", input="x", tools=[{**WEATHER, "name": "a-Z_9" * 12}])
         assert answer.status == "completed"
     assert len(chats(up)) == 1
+
+
+async def test_reasoning_and_a_refusal_reach_the_client_in_the_responses_shape_and_go_back(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """A reasoning model's ``reasoning_content`` and chat's ``refusal`` were dropped: the answer
+    had no reasoning, and a refusal came back as an empty message. Now a ``reasoning`` item and
+    a ``refusal`` part, plain and streamed alike, and the output sent back as the next input
+    (as OpenAI's docs do it) is accepted, the reasoning left out of what the targets get."""
+    async with (
+        FakeUpstream(reply=("Paris",), reasoning=("The capital", " of France.")) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        plain = await client.responses.create(model="support", input="Capital of France?")
+        async with client.responses.stream(model="support", input="Capital of France?") as stream:
+            kinds = [event.type async for event in stream]
+            streamed = await stream.get_final_response()
+        nxt: list[Any] = [{"role": "user", "content": "Capital of France?"}]
+        nxt += [item.model_dump(exclude_none=True) for item in plain.output]
+        nxt.append({"role": "user", "content": "And of Italy?"})
+        await client.responses.create(model="support", input=nxt)
+        up.refusal = "I can't help with that."
+        refused = await client.responses.create(model="support", input="Something bad")
+        refused_events = [e async for e in await client.responses.create(model="support", input="x", stream=True)]
+        up.refusal = None
+        nxt = [{"role": "user", "content": "Something bad"}, *(i.model_dump() for i in refused.output)]
+        await client.responses.create(model="support", input=[*nxt, {"role": "user", "content": "Why?"}])
+    for answer in (plain, streamed):
+        reasoning, message = answer.output
+        assert reasoning.type == "reasoning" and message.type == "message"
+        assert [(c.type, c.text) for c in reasoning.content or ()] == [("reasoning_text", "The capital of France.")]
+        assert answer.output_text == "Paris"
+    assert items(streamed) == items(plain)
+    assert kinds.count("response.reasoning_text.delta") == 2 and "response.reasoning_text.done" in kinds
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    [message] = refused.output
+    assert message.type == "message" and [c.model_dump() for c in message.content] == [
+        {"type": "refusal", "refusal": "I can't help with that."}
+    ]
+    assert refused.output_text == ""
+    final = refused_events[-1].response  # type: ignore[union-attr]
+    assert items(final) == items(refused)
+    assert "response.refusal.delta" in [e.type for e in refused_events]
+    sent = chats(up)
+    assert sent[2]["messages"] == [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris"},  # the reasoning item left out
+        {"role": "user", "content": "And of Italy?"},
+    ]
+    assert sent[-1]["messages"][1] == {"role": "assistant", "content": "I can't help with that."}

@@ -116,8 +116,8 @@ class Events:
     def _held(self) -> bytes:
         """What waited behind the streamed call: its text, then each held call, whole."""
         out = b""
-        if self.calls.text:
-            out += self._text("".join(self.calls.text))
+        for _, text in self.calls.text:
+            out += self._text(text)
         for held in self.calls.held.values():
             out += self._open(_tool_block(held.id, held.name), "tool_use")
             if held.arguments:

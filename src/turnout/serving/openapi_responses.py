@@ -17,6 +17,10 @@ EVENTS = (
     "response.content_part.added",
     "response.output_text.delta",
     "response.output_text.done",
+    "response.refusal.delta",
+    "response.refusal.done",
+    "response.reasoning_text.delta",
+    "response.reasoning_text.done",
     "response.content_part.done",
     "response.function_call_arguments.delta",
     "response.function_call_arguments.done",
@@ -27,9 +31,10 @@ EVENTS = (
 )
 _ITEM: Schema = {
     "type": "object",
-    "description": "A `message` item (`role`, `content`: text or input_text / output_text / input_image parts; "
-    "the default type), a `function_call` (`call_id`, `name`, `arguments`) or a `function_call_output` "
-    "(`call_id`, `output`). Item references are refused: no response state is kept.",
+    "description": "A `message` item (`role`, `content`: text or input_text / output_text / refusal / "
+    "input_image parts; the default type), a `function_call` (`call_id`, `name`, `arguments`), a "
+    "`function_call_output` (`call_id`, `output`) or an earlier answer's `reasoning` (left out). Item references "
+    "are refused: no response state is kept.",
 }
 
 
@@ -172,7 +177,7 @@ def _answer() -> Schema:
                     "type": "object",
                     "required": ["type", "id"],
                     "properties": {
-                        "type": {"enum": ["message", "function_call"]},
+                        "type": {"enum": ["reasoning", "message", "function_call"]},
                         "status": {
                             "enum": ["completed", "incomplete"],
                             "description": "`incomplete`: the item the model was writing when the answer was cut.",
