@@ -616,3 +616,40 @@ async def test_every_target_busy_is_anthropics_529_overloaded_which_the_sdk_retr
         answer = await client.messages.create(model="support", max_tokens=5, messages=after)  # type: ignore[arg-type]
         assert answer.stop_reason == "end_turn"
     assert statuses == [503, 503]
+
+
+async def test_reasoning_is_thinking_where_asked_and_a_refusal_is_anthropics_refusal(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """A reasoning model's ``reasoning_content`` was dropped, and ``thinking`` refused; chat's
+    ``refusal`` came back as an empty ``end_turn``. Now ``thinking`` blocks where the request
+    enables thinking (none where it does not, as on Anthropic's API), sent back as the next
+    turn's history (as Anthropic asks) and left out of what the targets get; a refusal is the
+    answer's text with ``stop_reason: refusal``, plain and streamed alike."""
+    question: list[Any] = [{"role": "user", "content": "Capital of France?"}]
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    async with (
+        FakeUpstream(reply=("Paris",), reasoning=("The capital", " of France.")) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        asked: dict[str, Any] = {"model": "support", "max_tokens": 2048, "messages": question}
+        plain = await client.messages.create(**asked, thinking=thinking)
+        async with client.messages.stream(**asked, thinking=thinking) as stream:
+            streamed = await stream.get_final_message()
+        unasked = await client.messages.create(**asked)
+        turns = [*question, {"role": "assistant", "content": [b.model_dump() for b in plain.content]}]
+        await client.messages.create(**{**asked, "messages": [*turns, {"role": "user", "content": "And Italy?"}]})
+        up.refusal = "I can't help with that."
+        refusals = [await client.messages.create(**asked)]
+        async with client.messages.stream(**asked) as stream:
+            refusals.append(await stream.get_final_message())
+    for answer in (plain, streamed):
+        assert [b.model_dump() for b in answer.content] == [
+            {"type": "thinking", "thinking": "The capital of France.", "signature": ""},
+            {"type": "text", "text": "Paris", "citations": None},
+        ]
+    assert [b.type for b in unasked.content] == ["text"]
+    assert chats(up)[3]["messages"][1] == {"role": "assistant", "content": "Paris"}  # the thinking left out
+    for answer in refusals:
+        assert answer.stop_reason == "refusal"
+        assert [(b.type, b.text) for b in answer.content] == [("text", "I can't help with that.")]
