@@ -186,6 +186,9 @@ def test_unknown_fields_pass_through() -> None:
         (body(tools=[{"type": "function", "function": {"name": "ok"}}, {"type": "function"}]), "tools[1]"),
         (body(tools=[{"type": "retrieval", "function": {"name": "x"}}]), "tools[0]"),
         (body(tools=[{"type": "function", "function": {"name": 3}}]), "tools[0]"),
+        (body(tools=[{"type": "function", "function": {"name": ""}}]), "tools[0].function.name"),
+        # the same name twice: the model's calls of it, and a tool_choice naming it, are ambiguous
+        (body(tools=[{"type": "function", "function": {"name": n}} for n in "aba"]), "tools[2].function.name"),
         (body(response_format="json"), "response_format"),
         (body(response_format={"type": "yaml"}), "response_format"),
         (body(response_format={}), "response_format"),

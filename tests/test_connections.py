@@ -337,6 +337,22 @@ async def test_at_the_cap_slow_senders_make_room_for_a_new_client() -> None:
             w.close()
 
 
+async def test_a_slow_sender_to_the_messages_api_made_to_make_room_gets_anthropics_529() -> None:
+    """Anthropic's "overloaded" is 529 ``overloaded_error`` (its SDKs' ``OverloadedError``)."""
+    async with serving(cap=1) as (port, _):
+        slow_reader, slow_writer = await connect(port)
+        slow_writer.write(b"POST /v1/messages HTTP/1.1\r\nx-pad: a")  # headers never finish
+        await asyncio.sleep(0.05)
+        reader, writer = await connect(port)
+        writer.write(GET)
+        assert (await response(reader))[0] == 200
+        data, _ = await closed_after(slow_reader, now())
+        assert data.startswith(b"HTTP/1.1 529 Overloaded\r\n"), data
+        assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "overloaded_error"
+        for w in (slow_writer, writer):
+            w.close()
+
+
 async def test_at_the_cap_with_every_connection_being_answered_a_new_one_is_refused() -> None:
     async with serving(cap=2) as (port, app):
         busy = []

@@ -564,3 +564,92 @@ async def test_a_timeout_is_anthropics_timeout_error(make_app: AppFactory, tmp_p
         )
     assert resp.status == 504
     assert resp.json()["error"]["type"] == "timeout_error"
+
+
+async def test_a_tool_name_declared_twice_or_not_one_anthropic_takes_is_a_400_naming_it(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """As Anthropic's API refuses them (``tools: Tool names must be unique``, its name pattern);
+    both reached the targets, where a call of a name declared twice could not be told apart."""
+    async with FakeUpstream() as up, gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client):
+        for tools, param, says in (
+            ([WEATHER, {**WEATHER, "description": "again"}], "tools[1].name", "'get_weather' is declared twice"),
+            ([{**WEATHER, "name": "get.weather"}], "tools[0].name", "must match '^[a-zA-Z0-9_-]{1,128}$'"),
+            ([{**WEATHER, "name": "x" * 129}], "tools[0].name", "must match"),
+        ):
+            with pytest.raises(anthropic.BadRequestError) as refused:
+                await client.messages.create(
+                    model="support",
+                    max_tokens=5,
+                    messages=[{"role": "user", "content": "x"}],
+                    tools=tools,  # type: ignore[arg-type]
+                )
+            error = refused.value.body["error"]  # type: ignore[index]
+            assert error["type"] == "invalid_request_error" and says in error["message"] and param in error["message"]
+        answer = await client.messages.create(
+            model="support", max_tokens=5, messages=[{"role": "user", "content": "x"}],
+            tools=[{**WEATHER, "name": "y" * 128}],
+        )  # fmt: skip
+        assert answer.stop_reason == "end_turn"
+    assert len(chats(up)) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_every_target_busy_is_anthropics_529_overloaded_which_the_sdk_retries(
+    make_app: AppFactory, tmp_path: Path, stream: bool
+) -> None:
+    """Anthropic answers "overloaded" with 529 ``overloaded_error`` (its SDKs' ``OverloadedError``);
+    the gateway's all-busy 503 said ``overloaded_error`` under a status Anthropic does not use for
+    it. The SDK retries it after the Retry-After the gateway sends; the row keeps 503."""
+    async with FakeUpstream() as up, gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client):
+        up.fault = Fault("status", status=429, retry_after=1, times=2)
+        retrying = client.with_options(max_retries=1)
+        with pytest.raises(anthropic.OverloadedError) as busy:
+            await retrying.messages.create(
+                model="support", max_tokens=5, messages=[{"role": "user", "content": "x"}], stream=stream
+            )
+        assert busy.value.status_code == 529 and busy.value.response.headers["retry-after"] == "1"
+        assert busy.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+        assert len(chats(up)) == 2  # asked again by the SDK
+        statuses = [row.status for row in await rows(app, 2)]
+        after = [{"role": "user", "content": "y"}]
+        answer = await client.messages.create(model="support", max_tokens=5, messages=after)  # type: ignore[arg-type]
+        assert answer.stop_reason == "end_turn"
+    assert statuses == [503, 503]
+
+
+async def test_reasoning_is_thinking_where_asked_and_a_refusal_is_anthropics_refusal(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """A reasoning model's ``reasoning_content`` was dropped, and ``thinking`` refused; chat's
+    ``refusal`` came back as an empty ``end_turn``. Now ``thinking`` blocks where the request
+    enables thinking (none where it does not, as on Anthropic's API), sent back as the next
+    turn's history (as Anthropic asks) and left out of what the targets get; a refusal is the
+    answer's text with ``stop_reason: refusal``, plain and streamed alike."""
+    question: list[Any] = [{"role": "user", "content": "Capital of France?"}]
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    async with (
+        FakeUpstream(reply=("Paris",), reasoning=("The capital", " of France.")) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        asked: dict[str, Any] = {"model": "support", "max_tokens": 2048, "messages": question}
+        plain = await client.messages.create(**asked, thinking=thinking)
+        async with client.messages.stream(**asked, thinking=thinking) as stream:
+            streamed = await stream.get_final_message()
+        unasked = await client.messages.create(**asked)
+        turns = [*question, {"role": "assistant", "content": [b.model_dump() for b in plain.content]}]
+        await client.messages.create(**{**asked, "messages": [*turns, {"role": "user", "content": "And Italy?"}]})
+        up.refusal = "I can't help with that."
+        refusals = [await client.messages.create(**asked)]
+        async with client.messages.stream(**asked) as stream:
+            refusals.append(await stream.get_final_message())
+    for answer in (plain, streamed):
+        assert [b.model_dump() for b in answer.content] == [
+            {"type": "thinking", "thinking": "The capital of France.", "signature": ""},
+            {"type": "text", "text": "Paris", "citations": None},
+        ]
+    assert [b.type for b in unasked.content] == ["text"]
+    assert chats(up)[3]["messages"][1] == {"role": "assistant", "content": "Paris"}  # the thinking left out
+    for answer in refusals:
+        assert answer.stop_reason == "refusal"
+        assert [(b.type, b.text) for b in answer.content] == [("text", "I can't help with that.")]

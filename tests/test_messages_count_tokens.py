@@ -51,6 +51,11 @@ async def test_the_sdk_counts_a_prompt_without_calling_any_target(make_app: AppF
             "tool_choice": "auto",
         }
         assert fuller.input_tokens == prompt_tokens(counted) > plain.input_tokens
+        # the thinking config the request will send is taken as the Messages door takes it
+        thinking = await client.messages.count_tokens(
+            model="support", messages=HELLO, thinking={"type": "enabled", "budget_tokens": 1024}
+        )
+        assert thinking.input_tokens == plain.input_tokens
         assert chats(up) == []  # nothing generated, nothing asked of the upstream
 
 

@@ -98,10 +98,13 @@ def test_a_request_keeps_every_text_tool_call_and_result_in_order(turns: list[di
     )
 
 
-def _chunks(content: str, calls: list[tuple[str, str, dict[str, Any]]], cut: int, finish: str) -> list[dict[str, Any]]:
+def _chunks(
+    content: str, calls: list[tuple[str, str, dict[str, Any]]], cut: int, finish: str, reasoning: str = ""
+) -> list[dict[str, Any]]:
     chunks: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
-    for piece in [content[i : i + cut] for i in range(0, len(content), cut)]:
-        chunks.append({"choices": [{"index": 0, "delta": {"content": piece}}]})
+    for field, said in (("reasoning_content", reasoning), ("content", content)):
+        for piece in [said[i : i + cut] for i in range(0, len(said), cut)]:
+            chunks.append({"choices": [{"index": 0, "delta": {field: piece}}]})
     for n, (call_id, name, arguments) in enumerate(calls):
         raw = orjson.dumps(arguments).decode()
         head = {"index": n, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
@@ -132,6 +135,8 @@ def _reassemble(stream: bytes) -> dict[str, Any]:
             block, delta = message["content"][event["index"]], event["delta"]
             if delta["type"] == "text_delta":
                 block["text"] += delta["text"]
+            elif delta["type"] == "thinking_delta":
+                block["thinking"] += delta["thinking"]
             else:
                 partial[event["index"]] = partial.get(event["index"], "") + delta["partial_json"]
         elif event["type"] == "content_block_stop" and event["index"] in partial:
@@ -148,19 +153,22 @@ def _reassemble(stream: bytes) -> dict[str, Any]:
     st.lists(st.tuples(ident, ident, args), max_size=3, unique_by=lambda c: c[0]),
     st.integers(1, 7),
     st.sampled_from(["stop", "length", "tool_calls"]),
+    st.text(max_size=30),
+    st.booleans(),
 )
 def test_streamed_events_reassemble_to_the_non_stream_message(
-    content: str, calls: list[tuple[str, str, dict[str, Any]]], cut: int, finish: str
+    content: str, calls: list[tuple[str, str, dict[str, Any]]], cut: int, finish: str, reasoning: str, shown: bool
 ) -> None:
     tool_calls = [
         {"id": i, "type": "function", "function": {"name": n, "arguments": orjson.dumps(a).decode()}}
         for i, n, a in calls
     ]
     said = {"role": "assistant", "content": content or None, "tool_calls": tool_calls or None}
+    said["reasoning_content"] = reasoning or None
     whole = {"choices": [{"message": said, "finish_reason": finish}]}
-    expected = anthropic.message(whole, "msg_1", "task", Usage(11, 7))
-    events = anthropic_events.Events("msg_1", "task", 11)
-    chunks = _chunks(content, calls, cut, finish)
+    expected = anthropic.message(whole, "msg_1", "task", Usage(11, 7), thinking=shown)
+    events = anthropic_events.Events("msg_1", "task", 11, thinking=shown)
+    chunks = _chunks(content, calls, cut, finish, reasoning)
     stream = events.start() + b"".join(events.chunk(c) for c in chunks) + events.end(Usage(11, 7))
     assert _reassemble(stream) == expected
 
@@ -254,7 +262,30 @@ USER = [{"role": "user", "content": "x"}]
             {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document"}]}]},
             "messages[0].content[0].type",
         ),
-        ({"max_tokens": 5, "messages": USER, "thinking": {}}, "thinking"),
+        ({"max_tokens": 5, "messages": USER, "thinking": {}}, "thinking.type"),
+        (
+            {"max_tokens": 5000, "messages": USER, "thinking": {"type": "enabled", "budget_tokens": 1000}},
+            "thinking.budget_tokens",
+        ),
+        (
+            {"max_tokens": 2000, "messages": USER, "thinking": {"type": "enabled", "budget_tokens": 2000}},
+            "thinking.budget_tokens",
+        ),
+        ({"max_tokens": 5, "messages": USER, "thinking": {"type": "adaptive", "display": "full"}}, "thinking.display"),
+        (
+            {"max_tokens": 5, "messages": USER, "thinking": {"type": "disabled", "budget_tokens": 2}},
+            "thinking.budget_tokens",
+        ),
+        (
+            {
+                "max_tokens": 5,
+                "messages": [
+                    *USER,
+                    {"role": "assistant", "content": [{"type": "thinking", "thinking": 1, "signature": "s"}]},
+                ],
+            },
+            "messages[1].content[0].thinking",
+        ),
         ({"max_tokens": 5, "messages": USER, "tool_choice": {"type": "x"}}, "tool_choice"),
         ({"max_tokens": 5, "messages": USER, "tools": [{"type": "web_search_20250305", "name": "w"}]}, "tools[0].type"),
         ({"max_tokens": 5, "messages": USER, "stop_sequences": [""]}, "stop_sequences"),
@@ -325,8 +356,10 @@ RESULT = {"type": "tool_result", "tool_use_id": "c1", "content": "done"}
         (user("x"), "messages[0].content[0]", "must be a content block"),
         # a type Anthropic's API knows, that this gateway does not translate, or not there
         (user({"type": "document", "source": {}}), "messages[0].content[0].type", "document blocks are not supported"),
-        (assistant({"type": "thinking", "thinking": "t", "signature": "s"}), "messages[1].content[0].type",
-         "thinking blocks are not supported"),
+        (user({"type": "thinking", "thinking": "t", "signature": "s"}), "messages[0].content[0].type",
+         "a thinking block is not accepted in a user message"),
+        (assistant({"type": "thinking", "thinking": "t", "signature": "s", "sig": "s"}),
+         "messages[1].content[0].sig", "not a field of a thinking block"),
         (user(CALL), "messages[0].content[0].type", "a tool_use block is not accepted in a user message"),
         (assistant(RESULT), "messages[1].content[0].type", "a tool_result block is not accepted in an assistant"),
         (user({**RESULT, "content": [URL_IMAGE]}), "messages[0].content[0].content[0].type", "an image block"),

@@ -484,3 +484,112 @@ async def test_the_in_process_door_takes_bearer_and_x_api_key(make_app: AppFacto
         assert refused.json()["error"]["type"] == "authentication_error" or refused.json()["error"]["code"]
         wrong = await request(app, "GET", "/v1/responses", headers={"authorization": f"Bearer {KEY}"})
         assert wrong.status == 405
+
+
+async def test_what_real_clients_send_that_changes_nothing_here_is_accepted(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The SDK's and agent frameworks' ``include``, ``truncation``, ``prompt_cache_key`` and
+    ``safety_identifier`` were each a 400: accepted now where they change nothing here (none
+    reaches a target, the end user is read as ``user``), refused by name where they would."""
+    async with (
+        FakeUpstream(reply=("ok",)) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
+    ):
+        for truncation in ("disabled", "auto"):
+            answer = await client.responses.create(
+                model="support",
+                input="hi",
+                include=["reasoning.encrypted_content", "web_search_call.action.sources"],
+                truncation=truncation,
+                prompt_cache_key="conversation-7",
+                safety_identifier="end-user-1",
+            )
+            assert answer.output_text == "ok" and answer.truncation == "disabled"  # nothing is ever dropped
+            assert answer.prompt_cache_key == "conversation-7"
+        async with client.responses.stream(model="support", input="hi", include=[]) as stream:
+            assert (await stream.get_final_response()).output_text == "ok"
+        assert [sent.get("user") for sent in chats(up)] == ["end-user-1", "end-user-1", None]
+        for sent in chats(up):
+            assert not {"include", "truncation", "prompt_cache_key", "safety_identifier"} & set(sent)
+        with pytest.raises(openai.BadRequestError, match="logprobs") as logprobs:
+            await client.responses.create(
+                model="support", input="hi", include=["reasoning.encrypted_content", "message.output_text.logprobs"]
+            )
+        assert logprobs.value.param == "include[1]"
+        for wrong, param in (({"truncation": "middle"}, "truncation"), ({"include": ["everything"]}, "include[0]")):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.responses.create(model="support", input="hi", extra_body=wrong)
+            assert refused.value.param == param
+        first = sorted(await rows(app, 3), key=lambda r: r.started_at)[0]
+    assert first.status == 200 and len(chats(up)) == 3
+
+
+async def test_a_tool_name_declared_twice_or_not_one_openai_takes_is_a_400_naming_it(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """Both reached the targets: the model's call of a name declared twice could not be told
+    apart, and a name OpenAI refuses (a space, 65 characters) failed at Bedrock or not at all."""
+    async with FakeUpstream() as up, gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client):
+        other: FunctionToolParam = {**WEATHER, "description": "another"}
+        for tools, param, says in (
+            ([WEATHER, other], "tools[1].name", "'get_weather' is declared twice (first by 'tools[0].name')"),
+            ([{**WEATHER, "name": "get weather"}], "tools[0].name", "must match '^[a-zA-Z0-9_-]{1,64}$'"),
+            ([WEATHER, {**WEATHER, "name": "x" * 65}], "tools[1].name", "must match"),
+        ):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.responses.create(model="support", input="x", tools=tools)  # type: ignore[arg-type]
+            assert refused.value.param == param and says in refused.value.message
+        answer = await client.responses.create(model="support", input="x", tools=[{**WEATHER, "name": "a-Z_9" * 12}])
+        assert answer.status == "completed"
+    assert len(chats(up)) == 1
+
+
+async def test_reasoning_and_a_refusal_reach_the_client_in_the_responses_shape_and_go_back(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """A reasoning model's ``reasoning_content`` and chat's ``refusal`` were dropped: the answer
+    had no reasoning, and a refusal came back as an empty message. Now a ``reasoning`` item and
+    a ``refusal`` part, plain and streamed alike, and the output sent back as the next input
+    (as OpenAI's docs do it) is accepted, the reasoning left out of what the targets get."""
+    async with (
+        FakeUpstream(reply=("Paris",), reasoning=("The capital", " of France.")) as up,
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+    ):
+        plain = await client.responses.create(model="support", input="Capital of France?")
+        async with client.responses.stream(model="support", input="Capital of France?") as stream:
+            kinds = [event.type async for event in stream]
+            streamed = await stream.get_final_response()
+        nxt: list[Any] = [{"role": "user", "content": "Capital of France?"}]
+        nxt += [item.model_dump(exclude_none=True) for item in plain.output]
+        nxt.append({"role": "user", "content": "And of Italy?"})
+        await client.responses.create(model="support", input=nxt)
+        up.refusal = "I can't help with that."
+        refused = await client.responses.create(model="support", input="Something bad")
+        refused_events = [e async for e in await client.responses.create(model="support", input="x", stream=True)]
+        up.refusal = None
+        nxt = [{"role": "user", "content": "Something bad"}, *(i.model_dump() for i in refused.output)]
+        await client.responses.create(model="support", input=[*nxt, {"role": "user", "content": "Why?"}])
+    for answer in (plain, streamed):
+        reasoning, message = answer.output
+        assert reasoning.type == "reasoning" and message.type == "message"
+        assert [(c.type, c.text) for c in reasoning.content or ()] == [("reasoning_text", "The capital of France.")]
+        assert answer.output_text == "Paris"
+    assert items(streamed) == items(plain)
+    assert kinds.count("response.reasoning_text.delta") == 2 and "response.reasoning_text.done" in kinds
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    [message] = refused.output
+    assert message.type == "message" and [c.model_dump() for c in message.content] == [
+        {"type": "refusal", "refusal": "I can't help with that."}
+    ]
+    assert refused.output_text == ""
+    final = refused_events[-1].response  # type: ignore[union-attr]
+    assert items(final) == items(refused)
+    assert "response.refusal.delta" in [e.type for e in refused_events]
+    sent = chats(up)
+    assert sent[2]["messages"] == [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris"},  # the reasoning item left out
+        {"role": "user", "content": "And of Italy?"},
+    ]
+    assert sent[-1]["messages"][1] == {"role": "assistant", "content": "I can't help with that."}

@@ -261,8 +261,18 @@ answers = st.tuples(
 )
 
 
-def completion(said: str, calls: list[tuple[str, str, str]], finish: Any) -> dict[str, Any]:
+# What a reasoning model thinks before it answers, and a refusal (each maybe none).
+beside = st.tuples(st.one_of(st.just(""), text), st.one_of(st.just(""), text))
+
+
+def completion(
+    said: str, calls: list[tuple[str, str, str]], finish: Any, reasoning: str = "", refusal: str = ""
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": said or None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    if refusal:
+        message["refusal"] = refusal
     if calls:
         message["tool_calls"] = [
             {"id": c, "type": "function", "function": {"name": n, "arguments": a}} for c, n, a in calls
@@ -270,11 +280,15 @@ def completion(said: str, calls: list[tuple[str, str, str]], finish: Any) -> dic
     return {"choices": [{"index": 0, "message": message, "finish_reason": finish}]}
 
 
-def chunks(said: str, calls: list[tuple[str, str, str]], finish: Any, cuts: list[int]) -> list[dict[str, Any]]:
-    """The same answer as a chat stream: the text and each call's arguments cut at ``cuts``."""
+def chunks(
+    said: str, calls: list[tuple[str, str, str]], finish: Any, cuts: list[int], reasoning: str = "", refusal: str = ""
+) -> list[dict[str, Any]]:
+    """The same answer as a chat stream: the reasoning, text, refusal and each call's arguments
+    cut at ``cuts``."""
     out: list[dict[str, Any]] = []
-    for piece in _pieces(said, cuts):
-        out.append({"choices": [{"index": 0, "delta": {"content": piece}}]})
+    for field, said_there in (("reasoning_content", reasoning), ("content", said), ("refusal", refusal)):
+        for piece in _pieces(said_there, cuts):
+            out.append({"choices": [{"index": 0, "delta": {field: piece}}]})
     for k, (call_id, name, args) in enumerate(calls):
         head = {"index": k, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
         out.append({"choices": [{"index": 0, "delta": {"tool_calls": [head]}}]})
@@ -309,8 +323,10 @@ def reassemble(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             items[e["output_index"]] = dict(e["item"], content=[]) if e["item"]["type"] == "message" else e["item"]
         elif e["type"] == "response.content_part.added":
             items[e["output_index"]]["content"].append(e["part"])
-        elif e["type"] == "response.output_text.delta":
+        elif e["type"] in ("response.output_text.delta", "response.reasoning_text.delta"):
             items[e["output_index"]]["content"][e["content_index"]]["text"] += e["delta"]
+        elif e["type"] == "response.refusal.delta":
+            items[e["output_index"]]["content"][e["content_index"]]["refusal"] += e["delta"]
         elif e["type"] == "response.function_call_arguments.delta":
             items[e["output_index"]]["arguments"] += e["delta"]
         elif e["type"] == "response.output_item.done":
@@ -320,15 +336,15 @@ def reassemble(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(answers, st.lists(st.integers(0, 64), max_size=5))
-def test_streamed_events_reassemble_to_the_plain_response(answer: Any, cuts: list[int]) -> None:
+@given(answers, beside, st.lists(st.integers(0, 64), max_size=5))
+def test_streamed_events_reassemble_to_the_plain_response(answer: Any, also: tuple[str, str], cuts: list[int]) -> None:
     said, calls, finish = answer
     if not said and not calls:
         said = "ok"
-    items, plain_finish = response_items.output(completion(said, calls, finish), "r1")
+    items, plain_finish = response_items.output(completion(said, calls, finish, *also), "r1")
     plain = response_items.response("r1", 7, "task", items, Usage(3, 5), plain_finish, {"metadata": {}})
     events_out = response_events.Events("r1", 7, "task", {"metadata": {}})
-    sse = events_out.start() + b"".join(events_out.chunk(c) for c in chunks(said, calls, finish, cuts))
+    sse = events_out.start() + b"".join(events_out.chunk(c) for c in chunks(said, calls, finish, cuts, *also))
     events = parse(sse + events_out.end(Usage(3, 5)))
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert [e["type"] for e in events[:2]] == ["response.created", "response.in_progress"]
@@ -460,14 +476,15 @@ def test_the_response_and_every_event_validate_against_the_sdks_own_types(finish
     from openai.types.responses import Response, ResponseStreamEvent
     from pydantic import TypeAdapter
 
-    said, calls = "Let me look.", [("c1", "f", '{"a": 1}')]
+    said, calls, also = "Let me look.", [("c1", "f", '{"a": 1}')], ("Hm.", "No.")
     usage = Usage(10, 5, cached_tokens=4, cache_write_tokens=3, reasoning_tokens=2)
-    items, why = response_items.output(completion(said, calls, finish), "r1")
+    items, why = response_items.output(completion(said, calls, finish, *also), "r1")
     plain = response_items.response("r1", 1, "task", items, usage, why, response_items.echo({"input": "x"}))
     Response.model_validate(plain)
     assert plain["usage"]["input_tokens_details"] == {"cached_tokens": 4, "cache_write_tokens": 3}
     events = response_events.Events("r1", 1, "task", response_items.echo({"input": "x"}))
-    sse = events.start() + b"".join(events.chunk(c) for c in chunks(said, calls, finish, [3]))
+    sse = events.start() + b"".join(events.chunk(c) for c in chunks(said, calls, finish, [3], *also))
+    assert [item["type"] for item in plain["output"]] == ["reasoning", "message", "function_call"]
     adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
     for event in parse(sse + events.end(usage)):
         adapter.validate_python(event)
@@ -486,3 +503,22 @@ def test_a_field_sent_as_null_asks_for_nothing_and_is_accepted() -> None:
     with pytest.raises(RequestError) as refused:
         validate({"model": "t", "input": "x", "reasoning": {"effort": "low"}})
     assert refused.value.param == "reasoning"
+
+
+def test_text_after_a_streamed_call_is_a_message_item_of_its_own_id() -> None:
+    """Text an upstream sends after a call has started follows it, in a second message item:
+    it had the first one's id, and the SDK's stream state raises on two items of one identity."""
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    events_out = response_events.Events("r1", 7, "task", response_items.echo({"input": "x"}))
+    said = chunks("Let me look.", [("c1", "f", '{"a": 1}')], None, [])
+    said.insert(-1, {"choices": [{"index": 0, "delta": {"content": "Done."}}]})
+    events = parse(events_out.start() + b"".join(events_out.chunk(c) for c in said) + events_out.end(Usage(1, 1)))
+    one_item_at_a_time(events)
+    output = events[-1]["response"]["output"]
+    assert [item["type"] for item in output] == ["message", "function_call", "message"]
+    assert len({item["id"] for item in output}) == 3
+    adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+    for event in events:
+        adapter.validate_python(event)

@@ -108,6 +108,10 @@ class FakeUpstream(FakeServer):
     # Each piece of the reply is one token: a request's max_tokens (or max_completion_tokens)
     # cuts the answer after that many, with finish_reason "length", as a server does.
     pieces_are_tokens: bool = False
+    # What a reasoning model says before its answer, as vLLM's reasoning parsers send it
+    # (``reasoning_content``, streamed piece by piece before the text).
+    reasoning: tuple[str, ...] = ()
+    refusal: str | None = None  # answered instead of the reply: chat's ``refusal`` (no content)
     _rng: random.Random = field(default_factory=lambda: random.Random(7), repr=False)
     requests: list[Received] = field(default_factory=list)
     in_flight: int = 0
@@ -238,8 +242,11 @@ class FakeUpstream(FakeServer):
                 (seconds if self.interleave else firsts).append(second)
             events += firsts + seconds
             events.append(_chunk(model, {}, finish_reason="tool_calls"))
+        elif self.refusal is not None:
+            events += [_chunk(model, {"refusal": self.refusal}), _chunk(model, {}, finish_reason="stop")]
         else:
             pieces, matched, finish = self._said(body)
+            events += [_chunk(model, {"reasoning_content": piece}) for piece in self.reasoning]
             events += [_chunk(model, {"content": piece}) for piece in pieces]
             events.append(_chunk(model, {}, finish_reason=finish))
             events[-1]["choices"][0]["stop_reason"] = matched  # vLLM's: the stop string that ended it
@@ -273,9 +280,12 @@ class FakeUpstream(FakeServer):
                 "message": {"role": "assistant", "content": None, "tool_calls": calls},
                 "finish_reason": "tool_calls",
             }
+        if self.refusal is not None:
+            return {"message": {"role": "assistant", "content": None, "refusal": self.refusal}, "finish_reason": "stop"}
         pieces, matched, finish = self._said(body)
+        reasoning = {"reasoning_content": "".join(self.reasoning)} if self.reasoning else {}
         return {
-            "message": {"role": "assistant", "content": "".join(pieces)},
+            "message": {"role": "assistant", "content": "".join(pieces), **reasoning},
             "finish_reason": finish,
             "stop_reason": matched,  # vLLM's: the stop string that ended the answer, or None
         }

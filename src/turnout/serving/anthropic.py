@@ -9,13 +9,18 @@ rest of that user turn, as OpenAI wants them right after the call); ``tools``, `
 ``json_schema`` ``response_format``) map to their chat names. A request field this door does not
 translate is refused (400 naming it), never dropped (unless it is null, which asks for nothing: the
 SDKs' parameters are ``Optional``); so is a content block of a type it does not
-translate (``document``, ``thinking``, ...) or one Anthropic's API does not know, and a field
+translate (``document``, server tools' blocks, ...) or one Anthropic's API does not know, and a field
 Anthropic's API does not define on a message, a block, an image source or a tool (a typo). Fields
 Anthropic's API defines on them that no target here could act on are accepted and ignored (the
 README lists them, ``IGNORED``): ``cache_control`` above all, which the SDKs send, and which an
 OpenAI-compatible chat body (or this gateway's Bedrock translation) has no cache points to put in.
 
-Answer: a chat completion becomes a ``message`` with ``text`` and ``tool_use`` content blocks;
+``thinking`` is checked and decides whether the answer shows the model's reasoning
+(``shows_thinking``); an earlier answer's ``thinking`` blocks sent back are checked and left out.
+
+Answer: a chat completion becomes a ``message`` with ``thinking`` (where asked: vLLM's
+``reasoning_content``), ``text`` (a refusal's too: ``stop_reason`` ``refusal``) and ``tool_use``
+content blocks;
 ``finish_reason`` maps to ``stop_reason``, ``stop_sequence`` where the upstream names the stop
 string that ended it (vLLM's and SGLang's ``stop_reason``). Streams: ``anthropic_events.Events``.
 """
@@ -29,7 +34,8 @@ import orjson
 
 from turnout.errors import RequestError, TurnoutError
 from turnout.providers.base import Usage
-from turnout.serving.call_order import arguments_text, calls_of, function_of, text_of
+from turnout.serving.call_order import arguments_text, calls_of, function_of, pieces_of
+from turnout.serving.door import ANTHROPIC_TOOL_NAME, check_tool_names
 
 # Fields read here; ``model``, ``stream``, ``max_tokens`` and ``metadata`` by the door itself.
 # ``cache_control`` (Anthropic's automatic cache point) is accepted and ignored, as on a block.
@@ -49,6 +55,7 @@ FIELDS = frozenset(
         "top_p",
         "top_k",
         "output_config",
+        "thinking",
     }
 )
 OUTPUT_FORMAT_NAME = "output"  # the chat json_schema's name: Anthropic's format has none
@@ -60,11 +67,19 @@ BLOCK_FIELDS = {
     "image": frozenset({"type", "source", "cache_control", "transformations"}),
     "tool_use": frozenset({"type", "id", "name", "input", "cache_control", "caller", "toolset_name"}),
     "tool_result": frozenset({"type", "tool_use_id", "content", "is_error", "cache_control", "toolset_name"}),
+    # An earlier answer's reasoning, sent back as Anthropic asks: checked, and left out (below).
+    "thinking": frozenset({"type", "thinking", "signature", "cache_control"}),
+    "redacted_thinking": frozenset({"type", "data", "cache_control"}),
 }
+THINKING_BLOCKS = ("thinking", "redacted_thinking")
+# ``thinking``: Anthropic's config, and the least budget it takes.
+THINKING_FIELDS = {"enabled": frozenset({"type", "budget_tokens", "display"}), "disabled": frozenset({"type"}),
+                   "adaptive": frozenset({"type", "display"})}  # fmt: skip
+MIN_THINKING_BUDGET = 1024
 # The content block types of Anthropic's API this door does not translate (a 400 saying so).
 UNSUPPORTED_BLOCKS = frozenset(
     {
-        "document", "search_result", "thinking", "redacted_thinking", "server_tool_use",
+        "document", "search_result", "server_tool_use",
         "web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result",
         "bash_code_execution_tool_result", "text_editor_code_execution_tool_result",
         "tool_search_tool_result", "container_upload", "mcp_tool_use", "mcp_tool_result",
@@ -92,7 +107,9 @@ IGNORED = frozenset(
 # What ``POST /v1/messages/count_tokens`` takes: the prompt, no output or sampling parameters.
 # ``output_config`` (the SDKs' ``count_tokens(output_format=...)``) is part of the prompt: the
 # format's schema goes to the target as the chat ``response_format``, which the quota counts.
-COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "output_config", "cache_control"})
+COUNT_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "output_config", "cache_control", "thinking"}
+)
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -106,19 +123,30 @@ ERROR_TYPES = {
     415: "invalid_request_error",
     422: "invalid_request_error",  # no target fits the caller's limits
     429: "rate_limit_error",
-    503: "overloaded_error",
+    503: "api_error",  # the gateway not ready, shutting down, a store it needs not answering
     504: "timeout_error",
     529: "overloaded_error",
 }
+# Anthropic's status for "overloaded" (its SDKs raise ``OverloadedError`` and retry it, as they
+# do a 503): the gateway's own 503s that say so, every target busy or unavailable
+# (``AllTargetsFailed``) or too many open connections.
+OVERLOADED = 529
+BUSY = frozenset({"all_targets_failed", "too_many_connections"})
 
 
 def bad(param: str, message: str) -> RequestError:
     return RequestError(message, param=param, code="invalid_value")
 
 
+def status_of(err: TurnoutError) -> int:
+    """The status Anthropic's API answers ``err`` with: 529 for the gateway's busy 503s (the
+    ledger keeps 503, the status every other door answers)."""
+    return OVERLOADED if err.status == 503 and err.code in BUSY else err.status
+
+
 def error_body(err: TurnoutError) -> dict[str, Any]:
     """An error in Anthropic's shape (its SDK raises the matching exception by status)."""
-    return {"type": "error", "error": {"type": ERROR_TYPES.get(err.status, "api_error"), "message": err.message}}
+    return {"type": "error", "error": {"type": ERROR_TYPES.get(status_of(err), "api_error"), "message": err.message}}
 
 
 # --- the request -----------------------------------------------------------------------------
@@ -131,6 +159,7 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
         raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Messages API")
     chat: dict[str, Any] = {"messages": _prompt_messages(body)}
     chat["max_tokens"] = _max_tokens(body.get("max_tokens"))
+    shows_thinking(body.get("thinking"), chat["max_tokens"])
     for name in ("temperature", "top_p"):  # Anthropic's range for both: 0 to 1
         if body.get(name) is not None:
             value = body[name]
@@ -148,6 +177,30 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     if (fmt := _output_format(body.get("output_config"))) is not None:
         chat["response_format"] = fmt
     return chat
+
+
+def shows_thinking(config: Any, max_tokens: int | None) -> bool:
+    """Whether the answer shows the model's reasoning as ``thinking`` blocks: where ``thinking``
+    enables it (``enabled`` or ``adaptive``, its ``display`` not ``omitted``), as on Anthropic's
+    API. Checked as Anthropic checks it (``budget_tokens`` at least 1024 and below
+    ``max_tokens``); nothing of it goes to the targets, which reason or not as their model does."""
+    if config is None:
+        return False
+    kind = config.get("type") if isinstance(config, dict) else None
+    if not isinstance(kind, str) or kind not in THINKING_FIELDS:
+        raise bad("thinking.type", "'thinking.type' must be enabled, adaptive or disabled")
+    _known_fields(config, THINKING_FIELDS[kind], "thinking", f"{_a(kind)} thinking config")
+    if kind == "enabled":
+        budget = config.get("budget_tokens")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < MIN_THINKING_BUDGET:
+            least = f"an integer of at least {MIN_THINKING_BUDGET}"
+            raise bad("thinking.budget_tokens", f"'thinking.budget_tokens' must be {least}")
+        if max_tokens is not None and budget >= max_tokens:
+            raise bad("thinking.budget_tokens", "'thinking.budget_tokens' must be less than 'max_tokens'")
+    display = config.get("display")
+    if display not in (None, "summarized", "omitted"):
+        raise bad("thinking.display", "'thinking.display' must be summarized or omitted")
+    return kind != "disabled" and display != "omitted"
 
 
 def _output_format(config: Any) -> dict[str, Any] | None:
@@ -181,6 +234,7 @@ def to_counted(body: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise bad(unknown[0], f"'{unknown[0]}' is not a count_tokens field")
     counted = {"messages": _prompt_messages(body), **_tools(body)}
+    shows_thinking(body.get("thinking"), None)
     if (fmt := _output_format(body.get("output_config"))) is not None:
         counted["response_format"] = fmt
     return counted
@@ -194,6 +248,7 @@ def _tools(body: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if body.get("tools") is not None:
         out["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
+        check_tool_names([t["function"]["name"] for t in out["tools"]], _name_param, ANTHROPIC_TOOL_NAME)
     if body.get("tool_choice") is not None:
         named = [t["function"]["name"] for t in out.get("tools", ())]
         out.update(_tool_choice(body["tool_choice"], named))
@@ -264,10 +319,15 @@ def _assistant(blocks: list[Any], where: str) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         at = f"{where}.content[{j}]"
-        if _block(block, at, ("text", "tool_use"), "an assistant message") == "tool_use":
+        kind = _block(block, at, ("text", "tool_use", *THINKING_BLOCKS), "an assistant message")
+        if kind == "tool_use":
             calls.append(_tool_use(block, at))
+        elif kind in THINKING_BLOCKS:  # left out: chat templates drop earlier reasoning, Bedrock would need it signed
+            _thinking_block(block, at)
         else:
             texts.append(_text_block(block, at))
+    if not texts and not calls and blocks:  # nothing but reasoning: nothing for the targets
+        return []
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
     if calls:
         message["tool_calls"] = calls
@@ -315,6 +375,12 @@ def _text_block(block: Any, at: str, place: str = "a message") -> str:
     if not isinstance(text, str) or not text:
         raise bad(f"{at}.text", f"'{at}.text' must be a non-empty string")
     return text
+
+
+def _thinking_block(block: Mapping[str, Any], at: str) -> None:
+    for name in ("thinking", "signature") if block["type"] == "thinking" else ("data",):
+        if not isinstance(block.get(name), str):
+            raise bad(f"{at}.{name}", f"'{at}.{name}' must be a string")
 
 
 def _image(block: Mapping[str, Any], at: str) -> dict[str, Any]:
@@ -385,6 +451,10 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+def _name_param(i: int) -> str:
+    return f"tools[{i}].name"
+
+
 def _tool_choice(choice: Any, tools: list[str]) -> dict[str, Any]:
     """``tools``: the names the request declares; a choice that needs a tool needs them."""
     kind = choice.get("type") if isinstance(choice, dict) else None
@@ -432,15 +502,30 @@ def _strings(value: Any, param: str) -> list[str]:
 
 
 def message(
-    chat: Mapping[str, Any], message_id: str, task: str, usage: Usage, stops: Sequence[str] = ()
+    chat: Mapping[str, Any],
+    message_id: str,
+    task: str,
+    usage: Usage,
+    stops: Sequence[str] = (),
+    thinking: bool = False,
 ) -> dict[str, Any]:
-    """A chat completion as an Anthropic ``message``. ``stops``: the request's stop sequences."""
+    """A chat completion as an Anthropic ``message``. ``stops``: the request's stop sequences;
+    ``thinking``: whether the request asked to see the model's reasoning (``shows_thinking``).
+    A refusal (chat's ``refusal``) is the answer's text, and its ``stop_reason`` ``refusal``."""
     choices = chat.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     said = choice.get("message") or {}
     content: list[dict[str, Any]] = []
-    if text := text_of(said):
-        content.append({"type": "text", "text": text})
+    refused = False
+    for kind, text in pieces_of(said):
+        if kind == "reasoning":
+            if thinking:
+                content.append(thinking_block(text))
+        elif content and content[-1]["type"] == "text":
+            content[-1]["text"] += text
+        else:
+            content.append({"type": "text", "text": text})
+        refused = refused or kind == "refusal"
     for call in calls_of(said):
         function = function_of(call)
         content.append(
@@ -454,7 +539,7 @@ def message(
         "role": "assistant",
         "model": task,
         "content": content,
-        "stop_reason": stop_reason(choice.get("finish_reason"), content, matched),
+        "stop_reason": stop_reason(choice.get("finish_reason"), content, matched, refused),
         "stop_sequence": matched,
         "usage": usage_of(usage),
     }
@@ -472,12 +557,21 @@ def usage_of(usage: Usage) -> dict[str, int]:
     }
 
 
-def stop_reason(finish: Any, content: list[dict[str, Any]] | None = None, matched: str | None = None) -> str:
+def stop_reason(
+    finish: Any, content: list[dict[str, Any]] | None = None, matched: str | None = None, refused: bool = False
+) -> str:
+    """``refused``: the model refused (chat's ``refusal``), which Anthropic says ``refusal``."""
     if finish is None and content and content[-1]["type"] == "tool_use":
         return "tool_use"
     if finish == "stop" and matched is not None:
         return "stop_sequence"
-    return STOP_REASONS.get(str(finish), "end_turn")
+    reason = STOP_REASONS.get(str(finish), "end_turn")
+    return "refusal" if refused and reason == "end_turn" else reason
+
+
+def thinking_block(text: str) -> dict[str, Any]:
+    """The model's reasoning as a ``thinking`` block; unsigned (no target here signs it)."""
+    return {"type": "thinking", "thinking": text, "signature": ""}
 
 
 def stop_matched(choice: Mapping[str, Any], stops: Sequence[str]) -> str | None:

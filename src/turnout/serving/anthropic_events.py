@@ -4,7 +4,9 @@
 Content blocks never interleave: each is started, filled and stopped before the next starts.
 Tool calls an upstream interleaves by index are put in order by ``CallOrder``: the first call
 streams as its ``input_json_delta``\\ s come, the others (and text after a call) follow it whole
-when the stream ends.
+when the stream ends. Reasoning (``reasoning_content``) is a ``thinking`` block
+(``thinking_delta``) where the request asked to see it; a refusal is text, and the stop reason
+``refusal``.
 
 Anthropic's SDKs parse a call's input at every ``input_json_delta`` and raise on one that is not
 JSON. A model may write arguments that are not (``city=Paris``, a Python dict): a call's deltas
@@ -21,21 +23,25 @@ import orjson
 import pydantic_core
 
 from turnout.providers.base import Usage
-from turnout.serving.anthropic import STOP_REASONS, input_json, stop_matched, usage_of
-from turnout.serving.call_order import CallOrder, arguments_text, calls_of, function_of, text_of
+from turnout.serving.anthropic import STOP_REASONS, input_json, stop_matched, thinking_block, usage_of
+from turnout.serving.call_order import CallOrder, Kind, arguments_text, calls_of, function_of, pieces_of
 
 
 class Events:
     """Chat chunks in, Anthropic stream events out (SSE bytes). One per stream."""
 
-    def __init__(self, message_id: str, task: str, input_tokens: int, stops: Sequence[str] = ()) -> None:
+    def __init__(
+        self, message_id: str, task: str, input_tokens: int, stops: Sequence[str] = (), thinking: bool = False
+    ) -> None:
         self.message_id = message_id
+        self.thinking = thinking  # the request asked to see the model's reasoning
+        self.refused = False
         self.stops = stops
         self.matched: str | None = None  # the stop sequence that ended the answer, where told
         self.task = task
         self.input_tokens = input_tokens
         self.index = -1  # the open content block's index; -1: none yet
-        self.kind = ""  # "text" or "tool_use": the open block's kind
+        self.kind = ""  # "thinking", "text" or "tool_use": the open block's kind
         self.calls = CallOrder()
         self.arguments = ""  # the streamed call's arguments so far
         self.sent = ""  # the part of them sent: a start of a JSON object
@@ -58,8 +64,9 @@ class Events:
         out = b""
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            if (text := text_of(delta)) and not self.calls.holds_text(text):
-                out += self._text(text)
+            for kind, text in pieces_of(delta):
+                if (kind != "reasoning" or self.thinking) and not self.calls.holds_text(text, kind):
+                    out += self._text(text, kind)
             for call in calls_of(delta):
                 out += self._tool_delta(call)
             if choice.get("finish_reason") is not None:
@@ -74,6 +81,8 @@ class Events:
         reason = STOP_REASONS.get(str(self.finish), "tool_use" if self.calls.live is not None else "end_turn")
         if self.finish == "stop" and self.matched is not None:
             reason = "stop_sequence"
+        elif self.refused and reason == "end_turn":
+            reason = "refusal"
         out += event(
             "message_delta",
             {
@@ -84,7 +93,11 @@ class Events:
         )
         return out + event("message_stop", {"type": "message_stop"})
 
-    def _text(self, text: str) -> bytes:
+    def _text(self, text: str, kind: Kind = "text") -> bytes:
+        if kind == "reasoning":
+            out = b"" if self.kind == "thinking" else self._open(thinking_block(""), "thinking")
+            return out + self._delta({"type": "thinking_delta", "thinking": text})
+        self.refused = self.refused or kind == "refusal"
         out = b"" if self.kind == "text" else self._open({"type": "text", "text": ""}, "text")
         return out + self._delta({"type": "text_delta", "text": text})
 
@@ -116,8 +129,8 @@ class Events:
     def _held(self) -> bytes:
         """What waited behind the streamed call: its text, then each held call, whole."""
         out = b""
-        if self.calls.text:
-            out += self._text("".join(self.calls.text))
+        for kind, text in self.calls.text:
+            out += self._text(text, kind)
         for held in self.calls.held.values():
             out += self._open(_tool_block(held.id, held.name), "tool_use")
             if held.arguments:

@@ -5,13 +5,15 @@ first arguments, call 1's, then more of call 0's). Anthropic's content blocks an
 API's output items are written one at a time, each started, filled and finished before the next,
 and a call is finished only when the stream is (until then more of its arguments may come). So
 the first call streams as it comes and stays open to the end; a call that starts while it is
-open, and any text that comes after it, are held and written whole at the end, in the order they
-started. An upstream that sends its calls one after another loses nothing but the streaming of
+open, and any text (reasoning, a refusal) that comes after it, are held and written whole at the
+end, in the order they started. An upstream that sends its calls one after another loses nothing but the streaming of
 the calls after the first.
 
 What the doors read of a chat answer is read here as some OpenAI-compatible servers write it:
 ``arguments`` as an object rather than its JSON text (``arguments_text``), ``content`` as a list
-of parts (``text_of``), a malformed call skipped (``calls_of``, ``function_of``). Read as Python
+of parts (``text_of``), a malformed call skipped (``calls_of``, ``function_of``), reasoning as
+vLLM and DeepSeek write it (``reasoning_content``; newer vLLM: ``reasoning``) and a refusal
+(``refusal``) read beside the text (``pieces_of``). Read as Python
 values they became the answer's text as Python wrote them (``[{'type': 'text', ...``), or a
 stream's failure inside the gateway.
 """
@@ -27,6 +29,8 @@ import orjson
 from turnout.safety.output import content_text
 
 Place = Literal["open", "live", "held"]
+Kind = Literal["reasoning", "text", "refusal"]  # what a message says, in the order a model says it
+KINDS: tuple[Kind, ...] = ("reasoning", "text", "refusal")
 
 
 @dataclass(slots=True)
@@ -45,7 +49,7 @@ class CallOrder:
     def __init__(self) -> None:
         self.live: int | None = None  # the index of the call being streamed
         self.held: dict[int, HeldCall] = {}  # the calls that started while it was open, by index
-        self.text: list[str] = []  # text that came while it was open
+        self.text: list[tuple[Kind, str]] = []  # what was said while it was open
 
     def place(self, call: Mapping[str, Any]) -> Place:
         position = call.get("index")
@@ -64,11 +68,14 @@ class CallOrder:
         held.arguments += arguments_text(function.get("arguments"))
         return "held"
 
-    def holds_text(self, text: str) -> bool:
+    def holds_text(self, text: str, kind: Kind = "text") -> bool:
         """Whether ``text`` must wait (a call is being streamed); if so it is kept in ``text``."""
         if self.live is None:
             return False
-        self.text.append(text)
+        if self.text and self.text[-1][0] == kind:
+            self.text[-1] = (kind, self.text[-1][1] + text)
+        else:
+            self.text.append((kind, text))
         return True
 
 
@@ -94,6 +101,16 @@ def arguments_text(arguments: Any) -> str:
 def text_of(message: Mapping[str, Any]) -> str:
     """The text of an answer's message or a stream's delta: its content, or its parts' texts."""
     return content_text(message.get("content"))
+
+
+def pieces_of(message: Mapping[str, Any]) -> list[tuple[Kind, str]]:
+    """What an answer's message or a stream's delta says, by kind, the empty left out."""
+    said = {"reasoning": _reasoning(message), "text": text_of(message), "refusal": _string(message.get("refusal"))}
+    return [(kind, said[kind]) for kind in KINDS if said[kind]]
+
+
+def _reasoning(message: Mapping[str, Any]) -> str:
+    return _string(message.get("reasoning_content")) or _string(message.get("reasoning"))
 
 
 def _string(value: Any) -> str:

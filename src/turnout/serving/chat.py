@@ -22,7 +22,7 @@ from turnout.safety import inputs
 from turnout.safety.policy import Input
 from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, json_object
-from turnout.serving.door import TURNOUT_METADATA, Answered, Reply, check_episode_id, reported
+from turnout.serving.door import TURNOUT_METADATA, Answered, Reply, check_episode_id, check_tool_names, reported
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _PLAIN = ROLES - {"tool"}  # roles whose message needs only a role and a content
@@ -259,6 +259,11 @@ def _tools(tools: Any) -> None:
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or tool.get("type") != "function" or not isinstance(fn.get("name"), str):
             raise _bad(f"tools[{i}]", f"'tools[{i}]' must be {{'type': 'function', 'function': {{'name': ...}}}}")
+    check_tool_names([tool["function"]["name"] for tool in tools], _name_param, None)
+
+
+def _name_param(i: int) -> str:
+    return f"tools[{i}].function.name"
 
 
 def _response_format(fmt: Any) -> None:

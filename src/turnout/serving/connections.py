@@ -50,7 +50,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from turnout.errors import RequestError
-from turnout.serving.anthropic import error_body
+from turnout.serving.anthropic import error_body, status_of
 from turnout.serving.asgi import CLIENT_LEFT
 from turnout.serving.boundary import messages_path
 
@@ -96,12 +96,13 @@ class Answer:
 def _answer(status: int, message: str, code: str) -> Answer:
     err = RequestError(message, code=code)  # in the shapes every other refusal has
     err.status = status
-    reason = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}[status]
+    reasons = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable", 529: b"Overloaded"}
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
     openai_body, anthropic_body = orjson.dumps(err.to_openai()), orjson.dumps(error_body(err))
+    theirs = status_of(err)  # Anthropic's: 529 for too many connections
     return Answer(
-        head % (status, reason, len(openai_body)) + openai_body,
-        head % (status, reason, len(anthropic_body)) + anthropic_body,
+        head % (status, reasons[status], len(openai_body)) + openai_body,
+        head % (theirs, reasons[theirs], len(anthropic_body)) + anthropic_body,
     )
 
 

@@ -14,9 +14,11 @@ gains once, for every door.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
+from turnout._support.printable import printable
 from turnout.control.auth import Tenant
 from turnout.control.pricing import PriceBook, Priced
 from turnout.control.tokens import BYTES, Tokens, generated_by_answer
@@ -29,6 +31,9 @@ from turnout.safety.policy import Input
 from turnout.serving.asgi import Receive, Send
 
 MAX_EPISODE_ID = 256
+# A function's name as OpenAI's APIs take it (chat completions, Responses); Anthropic's allows 128.
+OPENAI_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+ANTHROPIC_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
 # What a request's ``metadata`` may say to turnout itself (the end user, the data class, the
 # episode, the caller's limits); none of it reaches a target. Chat completions pass any other
 # key on (OpenAI's own metadata); the task API and embeddings, whose metadata is turnout's
@@ -184,3 +189,20 @@ def check_episode_id(value: Any, param: str) -> str | None:
             code="invalid_value",
         )
     return value
+
+
+def check_tool_names(names: Sequence[str], param: Callable[[int], str], pattern: re.Pattern[str] | None) -> None:
+    """The names a request declares its tools by (``param``: where the i-th is): each matching
+    ``pattern`` (the API's own rule; None: any name but an empty one) and none twice. A name
+    declared twice left the model's calls of it, and a ``tool_choice`` naming it, ambiguous."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if pattern is not None and not pattern.fullmatch(name):
+            rule = f"must match '^{pattern.pattern}$' (letters, digits, _ and -)"
+            raise RequestError(f"'{param(i)}' {printable(name)!r} {rule}", param=param(i), code="invalid_value")
+        if not name:
+            raise RequestError(f"'{param(i)}' must not be empty", param=param(i), code="invalid_value")
+        if name in first:
+            said = f"the tool name {printable(name)!r} is declared twice (first by '{param(first[name])}')"
+            raise RequestError(f"'{param(i)}': {said}; tool names must be unique", param=param(i), code="invalid_value")
+        first[name] = i

@@ -45,6 +45,7 @@ class MessagesRequest:
     user: str | None
     episode_id: str | None = None
     constraints: dict[str, Any] | None = None  # metadata.max_latency_ms / max_cost_usd as sent
+    thinking: bool = False  # the answer shows the model's reasoning (anthropic.shows_thinking)
 
 
 class MessagesDoor(TranslatedDoor[MessagesRequest]):
@@ -55,11 +56,12 @@ class MessagesDoor(TranslatedDoor[MessagesRequest]):
 
     def message(self, reply: Reply[MessagesRequest], answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
         stops = reply.request.body.get("stop", ())
-        return anthropic.message(answer, f"msg_{reply.request_id}", reply.request.task, usage, stops)
+        req = reply.request
+        return anthropic.message(answer, f"msg_{reply.request_id}", req.task, usage, stops, req.thinking)
 
     def encoder(self, reply: Reply[MessagesRequest], prompt_tokens: int) -> Encoder:
         stops = reply.request.body.get("stop", ())
-        return _Events(f"msg_{reply.request_id}", reply.request.task, prompt_tokens, stops)
+        return _Events(f"msg_{reply.request_id}", reply.request.task, prompt_tokens, stops, reply.request.thinking)
 
 
 MESSAGES_DOOR = MessagesDoor()
@@ -121,4 +123,5 @@ def validate(body: dict[str, Any]) -> MessagesRequest:
         chat["stream_options"] = {"include_usage": True}
     episode = check_episode_id(metadata.get("episode_id"), "metadata.episode_id")
     constraints = {k: metadata[k] for k in (LATENCY, COST) if k in metadata} or None
-    return MessagesRequest(task, chat, stream, data_class, user, episode, constraints)
+    thinking = anthropic.shows_thinking(body.get("thinking"), chat["max_tokens"])
+    return MessagesRequest(task, chat, stream, data_class, user, episode, constraints, thinking)

@@ -5,10 +5,18 @@ fields ``turnout.serving.anthropic`` translates. Their errors have Anthropic's s
 
 from __future__ import annotations
 
-from turnout.serving.anthropic import BLOCK_FIELDS, COUNT_FIELDS, ERROR_TYPES, STOP_REASONS
+from turnout.serving.anthropic import (
+    BLOCK_FIELDS,
+    COUNT_FIELDS,
+    ERROR_TYPES,
+    MIN_THINKING_BUDGET,
+    STOP_REASONS,
+    THINKING_FIELDS,
+)
+from turnout.serving.door import ANTHROPIC_TOOL_NAME
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, json_content, nullable, ref
 
-ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 415, 422, 429, 502, 503, 504)
+ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 415, 422, 429, 502, 503, 504, 529)
 COUNT_ERROR_STATUSES = (400, 401, 404, 405, 413, 415)  # no target is called: no policy, quota or upstream
 
 
@@ -65,8 +73,9 @@ def _request() -> Schema:
     block: Schema = {
         "type": "object",
         "required": ["type"],
-        "description": "A content block: text, image, tool_use (assistant) or tool_result (user). Another "
-        "type, or a field Anthropic's API does not define on the block, is refused with a 400 naming it.",
+        "description": "A content block: text, image, tool_use (assistant), an earlier answer's thinking or "
+        "redacted_thinking (assistant; left out of what the targets get) or tool_result (user). Another type, or a "
+        "field Anthropic's API does not define on the block, is refused with a 400 naming it.",
         "properties": {"type": {"enum": sorted(BLOCK_FIELDS)}, "cache_control": ignored},
     }
     return {
@@ -97,7 +106,9 @@ def _request() -> Schema:
                 "items": {
                     "type": "object",
                     "required": ["name"],
+                    "description": "Names are unique within a request.",
                     "properties": {
+                        "name": {"type": "string", "pattern": f"^{ANTHROPIC_TOOL_NAME.pattern}$"},
                         "strict": {"type": "boolean", "description": "The chat tool's `function.strict`."},
                         "cache_control": ignored,
                     },
@@ -118,6 +129,21 @@ def _request() -> Schema:
                             }
                         )
                     },
+                }
+            ),
+            "thinking": nullable(
+                {
+                    "type": "object",
+                    "required": ["type"],
+                    "description": "`enabled` (`budget_tokens` at least 1024, below `max_tokens`) or `adaptive`: the "
+                    "model's reasoning, where the target gives it, comes as thinking blocks (none with `display: "
+                    "omitted`). Nothing of it reaches the targets.",
+                    "properties": {
+                        "type": {"enum": sorted(THINKING_FIELDS)},
+                        "budget_tokens": {"type": "integer", "minimum": MIN_THINKING_BUDGET},
+                        "display": {"enum": ["summarized", "omitted"]},
+                    },
+                    "additionalProperties": False,
                 }
             ),
             "stop_sequences": {"type": "array", "items": {"type": "string", "minLength": 1}},

@@ -5,8 +5,9 @@ body the description calls invalid is refused."""
 
 from __future__ import annotations
 
+from turnout.serving.door import OPENAI_TOOL_NAME
 from turnout.serving.openapi_schemas import DATA_CLASS, EPISODE_ID, STRING, Schema, nullable
-from turnout.serving.response_items import FIELDS, FORMATS, STATEFUL, VERBOSITY
+from turnout.serving.response_items import FIELDS, FORMATS, INCLUDABLE, STATEFUL, TRUNCATION, VERBOSITY
 
 _OBJECT: Schema = {"type": "object"}
 EVENTS = (
@@ -16,6 +17,10 @@ EVENTS = (
     "response.content_part.added",
     "response.output_text.delta",
     "response.output_text.done",
+    "response.refusal.delta",
+    "response.refusal.done",
+    "response.reasoning_text.delta",
+    "response.reasoning_text.done",
     "response.content_part.done",
     "response.function_call_arguments.delta",
     "response.function_call_arguments.done",
@@ -26,9 +31,10 @@ EVENTS = (
 )
 _ITEM: Schema = {
     "type": "object",
-    "description": "A `message` item (`role`, `content`: text or input_text / output_text / input_image parts; "
-    "the default type), a `function_call` (`call_id`, `name`, `arguments`) or a `function_call_output` "
-    "(`call_id`, `output`). Item references are refused: no response state is kept.",
+    "description": "A `message` item (`role`, `content`: text or input_text / output_text / refusal / "
+    "input_image parts; the default type), a `function_call` (`call_id`, `name`, `arguments`), a "
+    "`function_call_output` (`call_id`, `output`) or an earlier answer's `reasoning` (left out). Item references "
+    "are refused: no response state is kept.",
 }
 
 
@@ -44,8 +50,13 @@ def _request() -> Schema:
         "tools": nullable(
             {
                 "type": "array",
-                "description": "Function tools only (`type: function`, `name`, `parameters`).",
-                "items": {"type": "object", "required": ["type"]},
+                "description": "Function tools only (`type: function`, `name`, `parameters`); names are unique "
+                "within a request.",
+                "items": {
+                    "type": "object",
+                    "required": ["type"],
+                    "properties": {"name": {"type": "string", "pattern": f"^{OPENAI_TOOL_NAME.pattern}$"}},
+                },
             }
         ),
         "tool_choice": nullable(
@@ -97,6 +108,23 @@ def _request() -> Schema:
             }
         ),
         "user": nullable(STRING),
+        "safety_identifier": nullable({"type": "string", "description": "The end user, read as `user` is."}),
+        "include": nullable(
+            {
+                "type": "array",
+                "items": {"enum": sorted(INCLUDABLE)},
+                "description": "Accepted: each asks for something there is none of here. "
+                "`message.output_text.logprobs` is refused.",
+            }
+        ),
+        "truncation": nullable(
+            {
+                "enum": list(TRUNCATION),
+                "description": "Nothing is ever dropped: an input past the context window is refused either way "
+                "(the Response says `disabled`).",
+            }
+        ),
+        "prompt_cache_key": nullable({"type": "string", "description": "Accepted and ignored (a cache hint)."}),
         "metadata": nullable(
             {
                 "type": "object",
@@ -149,7 +177,7 @@ def _answer() -> Schema:
                     "type": "object",
                     "required": ["type", "id"],
                     "properties": {
-                        "type": {"enum": ["message", "function_call"]},
+                        "type": {"enum": ["reasoning", "message", "function_call"]},
                         "status": {
                             "enum": ["completed", "incomplete"],
                             "description": "`incomplete`: the item the model was writing when the answer was cut.",

@@ -152,7 +152,11 @@ def _chat_request() -> Schema:
                     "required": ["type", "function"],
                     "properties": {
                         "type": {"const": "function"},
-                        "function": {"type": "object", "required": ["name"], "properties": {"name": STRING}},
+                        "function": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": {"type": "string", "minLength": 1}},
+                        },
                     },
                 },
             }

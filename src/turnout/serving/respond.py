@@ -85,8 +85,10 @@ def cost_header(cost_usd: float | None) -> list[tuple[bytes, bytes]]:
 async def error(send: Send, err: TurnoutError, request_id: str, endpoint: str = "") -> None:
     """In OpenAI's shape; in Anthropic's for the ``messages`` door (``endpoint``)."""
     headers = [(b"x-turnout-request-id", request_id.encode()), *err.headers()]
-    body = anthropic.error_body(err) if endpoint == "messages" else err.to_openai()
-    await send_json(send, err.status, body, headers)
+    if endpoint == "messages":
+        await send_json(send, anthropic.status_of(err), anthropic.error_body(err), headers)
+    else:
+        await send_json(send, err.status, err.to_openai(), headers)
 
 
 def completion(

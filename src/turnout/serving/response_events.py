@@ -1,7 +1,10 @@
 """A chat stream as the Responses API's stream events, numbered by ``sequence_number``.
 
 Output items never interleave: each is added, filled and done before the next is added, and every
-delta names its own item (``item_id``, ``output_index``). Tool calls an upstream interleaves by
+delta names its own item (``item_id``, ``output_index``). Reasoning (``reasoning_content``) is a
+``reasoning`` item (``response.reasoning_text.*``), text and a refusal are a ``message`` item's
+``output_text`` and ``refusal`` parts (``response.output_text.*``, ``response.refusal.*``), each
+part added, filled and done before the next. Tool calls an upstream interleaves by
 index are put in order by ``CallOrder``: the first call streams as its argument deltas come, the
 others (and text after a call) follow it whole when the stream ends.
 """
@@ -14,8 +17,16 @@ from typing import Any
 import orjson
 
 from turnout.providers.base import Usage
-from turnout.serving.call_order import CallOrder, arguments_text, calls_of, function_of, text_of
-from turnout.serving.response_items import call_item, last_status, message_item, response
+from turnout.serving.call_order import CallOrder, Kind, arguments_text, calls_of, function_of, pieces_of
+from turnout.serving.response_items import call_item, last_status, message_item, part, reasoning_item, response
+
+# Each kind's item type, delta and done events, and the field its done event and part hold it in.
+ITEM: dict[Kind, str] = {"reasoning": "reasoning", "text": "message", "refusal": "message"}
+EVENTS: dict[Kind, tuple[str, str, str]] = {
+    "reasoning": ("response.reasoning_text.delta", "response.reasoning_text.done", "text"),
+    "text": ("response.output_text.delta", "response.output_text.done", "text"),
+    "refusal": ("response.refusal.delta", "response.refusal.done", "refusal"),
+}
 
 
 class Events:
@@ -31,6 +42,8 @@ class Events:
         self.open = False
         self.calls = CallOrder()
         self.called = 0  # function_call items so far
+        self.counts = {"message": 0, "reasoning": 0}  # message and reasoning items so far
+        self.kind: Kind | None = None  # the kind of the open item's open part
         self.finish: Any = None
 
     def start(self) -> bytes:
@@ -41,8 +54,9 @@ class Events:
         out = b""
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            if (text := text_of(delta)) and not self.calls.holds_text(text):
-                out += self._text(text)
+            for kind, text in pieces_of(delta):
+                if not self.calls.holds_text(text, kind):
+                    out += self._text(text, kind)
             for call in calls_of(delta):
                 out += self._call(call)
             if choice.get("finish_reason") is not None:
@@ -63,17 +77,24 @@ class Events:
         self.sequence += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
-    def _text(self, text: str) -> bytes:
+    def _text(self, text: str, kind: Kind = "text") -> bytes:
         out = b""
         item = self.items[-1] if self.open else None
-        if item is None or item["type"] != "message":
+        if item is None or item["type"] != ITEM[kind]:
             out += self._close()
-            item = message_item(self.response_id, "", "in_progress")
+            made = message_item if ITEM[kind] == "message" else reasoning_item
+            item = made(self.response_id, self.counts[ITEM[kind]], "in_progress")
+            self.counts[ITEM[kind]] += 1
             out += self._add(item)
-            item["content"].append({"type": "output_text", "text": "", "annotations": []})
-            out += self.event("response.content_part.added", **self._at(), content_index=0, part=_part_of(""))
-        item["content"][0]["text"] += text
-        return out + self.event("response.output_text.delta", **self._at(), content_index=0, delta=text, logprobs=[])
+        if self.kind != kind:
+            out += self._close_part()
+            self.kind = kind
+            item["content"].append(part(kind, ""))
+            out += self.event("response.content_part.added", **self._in_part(), part=part(kind, ""))
+        delta, _, field = EVENTS[kind]
+        item["content"][-1][field] += text
+        logprobs: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
+        return out + self.event(delta, **self._in_part(), delta=text, **logprobs)
 
     def _call(self, call: Mapping[str, Any]) -> bytes:
         place = self.calls.place(call)
@@ -88,8 +109,8 @@ class Events:
     def _held(self) -> bytes:
         """What waited behind the streamed call: its text, then each held call, whole."""
         out = b""
-        if self.calls.text:
-            out += self._text("".join(self.calls.text))
+        for kind, text in self.calls.text:
+            out += self._text(text, kind)
         for held in self.calls.held.values():
             out += self._open_call(held.id, held.name) + self._arguments(held.arguments)
         return out
@@ -115,28 +136,34 @@ class Events:
     def _close(self, status: str = "completed") -> bytes:
         if not self.open:
             return b""
-        self.open = False
         item = self.items[-1]
         item["status"] = status
-        out = b""
-        if item["type"] == "message":
-            text = item["content"][0]["text"]
-            at = {**self._at(), "content_index": 0}
-            out += self.event("response.output_text.done", **at, text=text, logprobs=[])
-            out += self.event("response.content_part.done", **at, part=_part_of(text))
-        else:
+        out = self._close_part()
+        if item["type"] == "function_call":
             out += self.event(
                 "response.function_call_arguments.done", **self._at(), name=item["name"], arguments=item["arguments"]
             )
+        self.open = False
         return out + self.event("response.output_item.done", output_index=len(self.items) - 1, item=item)
+
+    def _close_part(self) -> bytes:
+        """The open item's open part (a message's text or refusal, reasoning's text), done."""
+        if self.kind is None:
+            return b""
+        kind, self.kind = self.kind, None
+        done = self.items[-1]["content"][-1]
+        _, event, field = EVENTS[kind]
+        logprobs: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
+        said = self.event(event, **self._in_part(), **{field: done[field]}, **logprobs)
+        return said + self.event("response.content_part.done", **self._in_part(), part=done)
+
+    def _in_part(self) -> dict[str, Any]:
+        """Where the open part is: the open item's last."""
+        return {**self._at(), "content_index": len(self.items[-1]["content"]) - 1}
 
     def _at(self) -> dict[str, Any]:
         """Where the open item is: the last one (items never interleave)."""
         return {"item_id": self.items[-1]["id"], "output_index": len(self.items) - 1}
-
-
-def _part_of(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": []}
 
 
 def error_event(events: Events, code: str, message: str) -> bytes:

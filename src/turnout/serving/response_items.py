@@ -3,23 +3,32 @@
 Request: ``instructions`` becomes the first system message; ``input`` as a string is one user
 message; as items, a ``message`` item keeps its role (``developer`` becomes ``system``, which
 every target's chat template knows) with ``input_text`` / ``output_text`` / ``input_image``
-parts, consecutive ``function_call`` items become one assistant message's ``tool_calls`` and a
-``function_call_output`` a ``tool`` message. Function ``tools``, ``tool_choice``,
+parts (an earlier answer's ``refusal`` part: its text), consecutive ``function_call`` items become
+one assistant message's ``tool_calls`` and a ``function_call_output`` a ``tool`` message; a
+``reasoning`` item (an earlier answer's, sent back) is left out. Function ``tools``, ``tool_choice``,
 ``text.format`` (→ ``response_format``), ``text.verbosity`` (→ ``verbosity``, applied by the
 targets that know it), ``max_output_tokens`` (→ ``max_tokens``), ``temperature``, ``top_p`` and
 ``parallel_tool_calls`` map to their chat names. A ``function_call_output`` carries text only (a
 chat ``tool`` message does): an image in it is refused. Turnout keeps no response state:
 ``previous_response_id``, ``conversation`` and item references are refused (400), ``store`` is
 accepted (OpenAI's SDKs default it to true) and nothing is stored, so the Response says
-``store: false``. Any other field is refused (400 naming it), never dropped, unless it is null,
-which asks for nothing (the SDKs' parameters are ``Optional``).
+``store: false``. What real clients send that changes nothing here is checked and accepted
+(``settings``): ``include`` (``INCLUDABLE``: outputs of tools this door refuses, input images,
+reasoning's encrypted content, none of which there is to include; ``logprobs`` is refused),
+``truncation`` (nothing is ever dropped: an input past the context window is refused with
+``disabled`` or ``auto`` alike, and the Response says ``disabled``), ``prompt_cache_key`` (a
+cache-routing hint; not sent on, since the Bedrock translation would pass it to the model) and
+``safety_identifier`` (the end user, read as ``user`` is). Any other field is refused (400
+naming it), never dropped, unless it is null, which asks for nothing (the SDKs' parameters are
+``Optional``).
 
-Answer: a chat completion becomes a ``response`` with a ``message`` item (``output_text``) and
-one ``function_call`` item per tool call; an answer cut at ``max_output_tokens`` (``finish_reason``
-``length``) or by a content filter is ``incomplete``, with ``incomplete_details`` saying why and
-its last item ``incomplete`` too. ``response_events.Events`` turns a chat stream into the
-Responses stream events, whose last (``response.completed``, or ``response.incomplete``) carries
-the same object.
+Answer: a chat completion becomes a ``response`` with a ``reasoning`` item where the upstream
+reasoned (``reasoning_content``: a ``reasoning_text`` part), a ``message`` item (``output_text``,
+and a ``refusal`` part for chat's ``refusal``) and one ``function_call`` item per tool call; an
+answer cut at ``max_output_tokens`` (``finish_reason`` ``length``) or by a content filter is
+``incomplete``, with ``incomplete_details`` saying why and its last item ``incomplete`` too.
+``response_events.Events`` turns a chat stream into the Responses stream events, whose last
+(``response.completed``, or ``response.incomplete``) carries the same object.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ from typing import Any
 
 from turnout.errors import RequestError
 from turnout.providers.base import Usage
-from turnout.serving.call_order import arguments_text, calls_of, function_of, text_of
+from turnout.serving.call_order import Kind, arguments_text, calls_of, function_of, pieces_of
+from turnout.serving.door import OPENAI_TOOL_NAME, check_tool_names
 
 # Fields read here; ``model``, ``stream``, ``store``, ``metadata`` and ``user`` by the door itself.
 FIELDS = frozenset(
@@ -49,14 +59,30 @@ FIELDS = frozenset(
         "metadata",
         "user",
         "previous_response_id",
+        "include",
+        "truncation",
+        "prompt_cache_key",
+        "safety_identifier",
     }
 )
 STATEFUL = ("previous_response_id", "conversation")  # refused: turnout keeps no response state
 ROLES = frozenset({"user", "assistant", "system", "developer"})
-PARTS = frozenset({"input_text", "output_text", "input_image"})
+PARTS = frozenset({"input_text", "output_text", "input_image", "refusal"})
 FORMATS = frozenset({"text", "json_object", "json_schema"})
 VERBOSITY = ("low", "medium", "high")
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+# ``include`` values accepted: each asks for something there is none of here (outputs of the
+# built-in tools, which are refused; the input's images, returned only with stored input items;
+# reasoning's encrypted content, which no target here writes). Logprobs would need translating.
+INCLUDABLE = frozenset(
+    {
+        "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+        "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+        "message.input_image.image_url", "reasoning.encrypted_content",
+    }
+)  # fmt: skip
+NOT_INCLUDED = {"message.output_text.logprobs": "logprobs are not translated by this gateway's Responses API"}
+TRUNCATION = ("disabled", "auto")
 
 
 def bad(param: str, message: str, code: str = "invalid_value") -> RequestError:
@@ -82,6 +108,7 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
             chat[name] = _number(body[name], name, hi)
     if body.get("tools") is not None:
         chat["tools"] = [_tool(t, i) for i, t in enumerate(_list(body["tools"], "tools"))]
+        check_tool_names([t["function"]["name"] for t in chat["tools"]], _name_param, OPENAI_TOOL_NAME)
     if body.get("tool_choice") is not None:
         chat["tool_choice"] = _tool_choice(body["tool_choice"], [t["function"]["name"] for t in chat.get("tools", ())])
     if body.get("parallel_tool_calls") is not None:
@@ -90,7 +117,24 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
         chat["parallel_tool_calls"] = body["parallel_tool_calls"]
     if body.get("text") is not None:
         chat.update(_text(body["text"]))
+    settings(body)
     return chat
+
+
+def settings(body: Mapping[str, Any]) -> None:
+    """Check what is accepted and changes nothing here: ``include``, ``truncation``,
+    ``prompt_cache_key`` (``safety_identifier`` is read by the door, with ``user``)."""
+    for i, value in enumerate(_list(body["include"], "include") if body.get("include") is not None else ()):
+        at = f"include[{i}]"
+        if isinstance(value, str) and value in NOT_INCLUDED:  # a list or an object is unhashable
+            raise bad(at, f"'{at}' {value!r}: {NOT_INCLUDED[value]}")
+        if not isinstance(value, str) or value not in INCLUDABLE:
+            raise bad(at, f"'{at}' must be one of {', '.join(sorted(INCLUDABLE))}")
+    truncation = body.get("truncation")
+    if truncation is not None and (not isinstance(truncation, str) or truncation not in TRUNCATION):
+        raise bad("truncation", "'truncation' must be disabled or auto")
+    if body.get("prompt_cache_key") is not None and not isinstance(body["prompt_cache_key"], str):
+        raise bad("prompt_cache_key", "'prompt_cache_key' must be a string")
 
 
 def _instructions(value: Any) -> list[dict[str, Any]]:
@@ -134,6 +178,8 @@ def _input(value: Any) -> list[dict[str, Any]]:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             out.append(_function_output(item, at))
+        elif kind == "reasoning":  # an earlier answer's, sent back as OpenAI asks: not for the targets
+            _reasoning(item, at)
         elif kind == "item_reference":
             raise bad(f"{at}.type", f"'{at}': this gateway keeps no response state to refer to", "not_kept")
         else:
@@ -158,7 +204,11 @@ def _message(item: Mapping[str, Any], at: str) -> dict[str, Any]:
 def _part(part: Any, at: str) -> dict[str, Any]:
     kind = part.get("type") if isinstance(part, dict) else None
     if not isinstance(kind, str) or kind not in PARTS:
-        raise bad(at, f"'{at}' must be an input_text, output_text or input_image part")
+        raise bad(at, f"'{at}' must be an input_text, output_text, refusal or input_image part")
+    if kind == "refusal":  # an earlier answer's refusal: what the assistant said
+        if not isinstance(part.get("refusal"), str):
+            raise bad(f"{at}.refusal", f"'{at}.refusal' must be a string")
+        return {"type": "text", "text": part["refusal"]}
     if kind == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str) or not url:
@@ -167,6 +217,15 @@ def _part(part: Any, at: str) -> dict[str, Any]:
     if not isinstance(part.get("text"), str):
         raise bad(f"{at}.text", f"'{at}.text' must be a string")
     return {"type": "text", "text": part["text"]}
+
+
+def _reasoning(item: Mapping[str, Any], at: str) -> None:
+    """A ``reasoning`` item of an earlier answer, checked and left out: a chat body has no place
+    for it (the targets' chat templates drop earlier reasoning; Bedrock would need its signature)."""
+    for name in ("summary", "content"):
+        said = item.get(name)
+        if said is not None and not (isinstance(said, list) and all(isinstance(p, dict) for p in said)):
+            raise bad(f"{at}.{name}", f"'{at}.{name}' must be a list of parts")
 
 
 def _function_call(item: Mapping[str, Any], at: str) -> dict[str, Any]:
@@ -206,6 +265,10 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
         raise bad(f"{at}.parameters", f"'{at}.parameters' must be an object")
     function: dict[str, Any] = {"name": tool["name"], "parameters": parameters or {"type": "object", "properties": {}}}
     return {"type": "function", "function": function | _typed(tool, at, description=str, strict=bool)}
+
+
+def _name_param(i: int) -> str:
+    return f"tools[{i}].name"
 
 
 def _tool_choice(choice: Any, tools: list[str]) -> Any:
@@ -291,13 +354,23 @@ def _list(value: Any, param: str) -> list[Any]:
 
 
 def output(chat: Mapping[str, Any], response_id: str) -> tuple[list[dict[str, Any]], Any]:
-    """A chat completion's output items and its finish reason."""
+    """A chat completion's output items and its finish reason: its reasoning (a ``reasoning``
+    item), its text and refusal (a ``message`` item's ``output_text`` and ``refusal`` parts),
+    its tool calls."""
     choices = chat.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     said = choice.get("message") or {}
     items: list[dict[str, Any]] = []
-    if text := text_of(said):
-        items.append(message_item(response_id, text, "completed"))
+    message: dict[str, Any] | None = None
+    for kind, text in pieces_of(said):
+        if kind == "reasoning":
+            items.append(reasoning_item(response_id, 0, "completed"))
+            items[-1]["content"].append(part(kind, text))
+            continue
+        if message is None:
+            message = message_item(response_id, 0, "completed")
+            items.append(message)
+        message["content"].append(part(kind, text))
     for i, call in enumerate(calls_of(said)):
         function = function_of(call)
         item = call_item(response_id, i, str(call.get("id") or ""), str(function.get("name") or ""), "completed")
@@ -315,10 +388,27 @@ def last_status(finish: Any) -> str:
     return "incomplete" if str(finish) in INCOMPLETE else "completed"
 
 
-def message_item(response_id: str, text: str, status: str) -> dict[str, Any]:
-    part = {"type": "output_text", "text": text, "annotations": []}
-    content = [] if status == "in_progress" else [part]
-    return {"type": "message", "id": f"msg_{response_id}", "status": status, "role": "assistant", "content": content}
+def message_item(response_id: str, index: int, status: str) -> dict[str, Any]:
+    """The ``index``-th message item of a Response (a stream may write text after a call: a
+    second one), its parts to add."""
+    item_id = f"msg_{response_id}" + (f"_{index}" if index else "")
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": []}
+
+
+def reasoning_item(response_id: str, index: int, status: str) -> dict[str, Any]:
+    """The ``index``-th reasoning item: the model's reasoning as the upstream gave it (vLLM's
+    ``reasoning_content``), its ``reasoning_text`` part to add; no summary, nothing encrypted."""
+    item_id = f"rs_{response_id}" + (f"_{index}" if index else "")
+    return {"type": "reasoning", "id": item_id, "status": status, "summary": [], "content": []}
+
+
+def part(kind: Kind, text: str) -> dict[str, Any]:
+    """A content part of an output item: a message's text or refusal, a reasoning item's text."""
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": text}
+    if kind == "reasoning":
+        return {"type": "reasoning_text", "text": text}
+    return {"type": "output_text", "text": text, "annotations": []}
 
 
 def call_item(response_id: str, index: int, call_id: str, name: str, status: str) -> dict[str, Any]:
@@ -385,5 +475,7 @@ def echo(body: Mapping[str, Any]) -> dict[str, Any]:
         "text": body.get("text") or {"format": {"type": "text"}},
         "tool_choice": body.get("tool_choice", "auto"),
         "tools": body.get("tools") or [],
-        "truncation": "disabled",
+        "truncation": "disabled",  # whatever was asked: nothing is dropped
+        "prompt_cache_key": body.get("prompt_cache_key"),
+        "safety_identifier": body.get("safety_identifier"),
     }

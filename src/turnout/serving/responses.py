@@ -84,6 +84,7 @@ def validate(body: dict[str, Any]) -> ResponsesRequest:
     elif not isinstance(metadata, dict):
         raise bad("metadata", "'metadata' must be an object")
     user = _string(body, "user", "user")
+    user = _string(body, "safety_identifier", "safety_identifier") or user  # OpenAI's successor to user
     user = _string(metadata, "user", "metadata.user") or user
     data_class = _string(metadata, "data_class", "metadata.data_class")
     if data_class is not None:
