@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import jsonschema
+import orjson
 import pydantic
 import pytest
 import uvicorn
@@ -524,12 +526,16 @@ async def test_a_stop_sequence_is_reported_plain_and_streamed(make_app: AppFacto
     ``stop_sequence`` and which one, as from Anthropic's API (it read ``end_turn``)."""
     async with (
         FakeUpstream(reply=("one, two", " END three")) as up,
-        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (_, client),
+        gateway(make_app, config(tmp_path, {"onprem": up.base_url})) as (app, client),
     ):
         ask: Any = {"model": "support", "max_tokens": 50, "messages": [{"role": "user", "content": "Count"}]}
         answer = await client.messages.create(**ask, stop_sequences=["END"])
         assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", "END")
         assert answer.content[0].text == "one, two "
+        # As /openapi.json describes the answer (it said stop_sequence is always null).
+        raw = await client.messages.with_raw_response.create(**ask, stop_sequences=["END"])
+        schema = (await request(app, "GET", "/openapi.json")).json()["components"]["schemas"]["Message"]
+        jsonschema.validate(orjson.loads(await raw.read()), schema)
         async with client.messages.stream(**ask, stop_sequences=["END", "two"]) as stream:
             final = await stream.get_final_message()
         assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "two")

@@ -177,8 +177,10 @@ def _answer() -> Schema:
             "role": {"const": "assistant"},
             "model": {"type": "string", "description": "The task."},
             "content": {"type": "array", "items": {"type": "object", "required": ["type"]}},
-            "stop_reason": {"enum": sorted({*STOP_REASONS.values(), "end_turn", "tool_use"})},
-            "stop_sequence": {"type": "null"},
+            "stop_reason": {
+                "enum": sorted({*STOP_REASONS.values(), "end_turn", "tool_use", "stop_sequence", "refusal"})
+            },
+            "stop_sequence": {"type": ["string", "null"]},  # the stop string that ended it, where named
             "usage": {
                 "type": "object",
                 "required": ["input_tokens", "output_tokens"],
