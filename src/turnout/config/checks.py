@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from turnout._support.suggest import nearest
-from turnout.config.model import HUMAN
+from turnout.config.model import HUMAN, host_problem
 
 
 def cross_problems(raw: dict[str, Any]) -> list[str]:
@@ -88,7 +88,8 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
     problems += _state_problems(_mapping(raw.get("state")), _mapping(raw.get("store")))
     server = _mapping(raw.get("server"))
     host = str(server.get("host", "127.0.0.1"))
-    if not tenants and not _flag(server.get("allow_anonymous", False)) and not _is_loopback(host):
+    exposed = not tenants and not _flag(server.get("allow_anonymous", False))
+    if exposed and not _is_loopback(host) and not host_problem(host):  # a bad host: the field check says why
         problems.append(
             f"server.host: {host!r} is not loopback and no tenants are configured; "
             "add tenants with keys or set server.allow_anonymous: true"

@@ -96,6 +96,43 @@ def _proxy(entry: str) -> str:
     return entry
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")  # a host name's label (underscores: as resolvers take them)
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is no address ``serve`` can listen on (an IP address or a host name), or
+    None. A line break from a secret file, a URL or ``host:port`` failed only at bind ("name or
+    service not known") after ``check`` passed it; an empty one bound every interface."""
+    if not host:
+        return "is empty: give an address to listen on (127.0.0.1; 0.0.0.0 for every interface)"
+    if re.search(r"[\s\x00-\x1f\x7f]", host):
+        return "holds a space or a control character (a trailing line break from a secret file?)"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if host.startswith("["):
+        return "an IPv6 address goes without brackets (::1, not [::1])"
+    if "/" in host:
+        return "is a URL or a path; give an address or a host name (the port is server.port)"
+    if ":" in host:
+        return "is neither an IPv6 address nor a host name (a port goes in server.port)"
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "is not an IP address or a host name (letters, digits, '-' and '.')"
+    if labels[-1].isdigit():
+        return "is not an IPv4 address (four numbers 0-255: 127.0.0.1)"
+    return None
+
+
+def _host(host: str) -> str:
+    problem = host_problem(host)
+    if problem:
+        raise ValueError(problem)
+    return host
+
+
 CACHE_TTL_MAX_S = 10 * 365 * 86_400  # ten years; Redis's expiry in ms and its clock take that
 MIN_ADMIN_KEY = 16  # characters of server.admin_key and viewer_key (and their environment variables)
 AdminKey = Annotated[str, StringConstraints(min_length=MIN_ADMIN_KEY), AfterValidator(_one_line)]
@@ -114,7 +151,7 @@ def _number_fields(model: type[BaseModel]) -> frozenset[str]:
 
 
 class ServerConfig(_Strict):
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, gt=0)
     # Without tenants there is no authentication; that is allowed on loopback only unless the
