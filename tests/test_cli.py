@@ -300,6 +300,15 @@ def test_serve_takes_addresses_and_host_names(host: str, tmp_path: Path, served:
     assert served[0].server.host == host
 
 
+def test_serve_refuses_a_base_url_with_a_bad_port_before_it_starts(tmp_path: Path, served: list[Config]) -> None:
+    """It started and then failed its start-up with a traceback ("Port could not be cast")."""
+    path = write(tmp_path, GOOD.replace("http://vllm:8000/v1", "http://vllm:80OO/v1"))
+    result = invoke("serve", "--config", path)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "targets.vllm: base URL has a host or port no HTTP client takes" in result.stderr
+    assert served == []
+
+
 def test_serve_refuses_a_non_integer_port(served: list[Config]) -> None:
     result = invoke("serve", "--port", "eighty")
     assert result.exit_code == 2  # click's usage error

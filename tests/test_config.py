@@ -833,3 +833,53 @@ def test_a_bad_base_url_is_named_without_its_credentials(url: str) -> None:
     assert len(found) == 2 and all("base URL must start with http:// or https://" in p for p in found)
     assert not any("CANARY" in p for p in found), found
     assert all("vllm" in p for p in found)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://vllm:abc/v1", "has a host or port no HTTP client takes"),
+        ("http://vllm:99999/v1", "has a host or port no HTTP client takes"),
+        ("http://[::1/v1", "has a host or port no HTTP client takes"),
+        ("http://vllm:0/v1", "has port 0"),
+        ("http://vllm:8000/v1\n", "a control character"),
+        ("http://vllm :8000/v1", "a space"),
+        ("http://vllm:8000/v1?api-version=1", "has a query or a fragment"),
+    ],
+)
+def test_a_base_url_the_http_clients_cannot_call_is_refused_at_load(url: str, says: str) -> None:
+    """These passed `turnout check`; `serve` then failed its start-up with a traceback (a bad
+    port, an unclosed [), sent every call to a host that is not there (a space, a line break)
+    or lost the paths appended after a query. Bedrock's endpoint_url and the OTLP endpoint,
+    read by the same clients, are held to the same rule."""
+    raw = base()
+    raw["targets"]["vllm"]["base_url"] = url
+    raw["targets"]["onprem"] = {"provider": "openai", "base_urls": ["http://ok/v1", url], "model": "m"}
+    raw["targets"]["aws"] = {"provider": "bedrock", "region": "us-east-1", "model": "m", "endpoint_url": url}
+    raw["observability"] = {"otlp_endpoint": url}
+    found = problems(raw)
+    assert [p.split(":")[0] for p in found] == [
+        "observability.otlp_endpoint",
+        "targets.vllm",
+        "targets.onprem",
+        "targets.aws.endpoint_url",
+    ], found
+    assert all(says in p for p in found), found
+
+
+def test_a_password_in_a_base_url_without_its_host_is_not_shown() -> None:
+    """``http://user:password/v1`` (the ``@host`` forgotten) reads as a host and a port that is
+    no number: the problem names it without that "port"."""
+    raw = base()
+    raw["targets"]["vllm"]["base_url"] = "http://alice:pw-CANARY/v1"
+    [problem] = problems(raw)
+    assert "has a host or port no HTTP client takes" in problem
+    assert "CANARY" not in problem and "'http://alice:…/v1'" in problem
+
+
+@pytest.mark.parametrize("url", ["http://vllm:8000/v1/", "https://[::1]:8443", "http://u:p%40ss@vllm/v1"])
+def test_base_urls_the_clients_take_still_load(url: str) -> None:
+    raw = base()
+    raw["targets"]["vllm"]["base_url"] = url
+    raw["observability"] = {"otlp_endpoint": url}
+    assert validate(raw).observability.otlp_endpoint == url

@@ -13,6 +13,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from yarl import URL
 
 from turnout._support.places import PgPlace, Place
 
@@ -81,8 +82,51 @@ _URL_QUERY = re.compile(r"[?#].*", re.DOTALL)
 
 def shown_url(url: str) -> str:
     """``url`` as a config error may print it: what may carry a credential (``user:password@``,
-    the query string) masked, the rest kept so the typo can be found."""
-    return _URL_QUERY.sub("?…", _URL_USERINFO.sub(r"\1…@", url, count=1), count=1)
+    the query string, a "port" that is no number: ``user:password`` without its ``@host``)
+    masked, the rest kept so the typo can be found."""
+    shown = _URL_QUERY.sub("?…", _URL_USERINFO.sub(r"\1…@", url, count=1), count=1)
+    scheme, sep, rest = shown.partition("://")
+    authority, slash, path = rest.partition("/")
+    host, colon, port = authority.rpartition(":")
+    if sep and colon and not port.isdigit() and "]" not in port:
+        return f"{scheme}://{host}:…{slash}{path}"
+    return shown
+
+
+_BLANK_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def http_url_problem(url: str) -> str | None:
+    """Why ``url`` is no base the HTTP clients can call (parsed by yarl, as they parse it), or
+    None. A bad port or an unclosed ``[`` passed ``check`` and then ended ``serve``'s start-up
+    in a traceback (or failed every request); a query or a fragment swallowed the paths
+    appended to it. Never quotes the URL: it may hold a password."""
+    if not re.match(r"^https?://[^/]", url):
+        return "must start with http:// or https://"
+    if _BLANK_OR_CONTROL.search(url):
+        return "holds a space or a control character (a trailing line break from a secret file?)"
+    try:
+        parsed = URL(url)
+        port = parsed.port
+    except ValueError:
+        return "has a host or port no HTTP client takes (a port is 1-65535; an IPv6 address goes in [...])"
+    if not parsed.host:
+        return "names no host"
+    if port == 0:
+        return "has port 0 (a port is 1-65535)"
+    if "?" in url or "#" in url:
+        return "has a query or a fragment, which the API's paths would be appended after"
+    return None
+
+
+def _http_url(url: str) -> str:
+    problem = http_url_problem(url)
+    if problem:
+        raise ValueError(problem)
+    return url
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 def _proxy(entry: str) -> str:
@@ -105,7 +149,7 @@ def host_problem(host: str) -> str | None:
     service not known") after ``check`` passed it; an empty one bound every interface."""
     if not host:
         return "is empty: give an address to listen on (127.0.0.1; 0.0.0.0 for every interface)"
-    if re.search(r"[\s\x00-\x1f\x7f]", host):
+    if _BLANK_OR_CONTROL.search(host):
         return "holds a space or a control character (a trailing line break from a secret file?)"
     try:
         ipaddress.ip_address(host)
@@ -273,7 +317,7 @@ class ObservabilityConfig(_Strict):
     # Set: /metrics asks for it (or the admin key) as a bearer token, for its figures name every
     # tenant and task with their spend. Unset: open to whoever reaches the port.
     metrics_key: AdminKey | None = None
-    otlp_endpoint: str | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
+    otlp_endpoint: HttpUrl | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
     service_name: str = "turnout"
 
 
@@ -486,8 +530,9 @@ class OpenAITarget(_TargetBase):
             if len(set(self.base_urls)) != len(self.base_urls):
                 raise ValueError("base_urls has duplicates")
         for url in self.urls:
-            if not re.match(r"^https?://[^/]", url):
-                raise ValueError(f"base URL must start with http:// or https://: {shown_url(url)!r}")
+            problem = http_url_problem(url)
+            if problem:
+                raise ValueError(f"base URL {problem}: {shown_url(url)!r}")
         return self
 
     @field_validator("headers")
@@ -528,7 +573,7 @@ class BedrockTarget(_TargetBase):
     provider: Literal["bedrock"]
     region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d+$")
     model: OneLine = Field(min_length=1, description="model id, inference profile (us./eu./global.) or ARN")
-    endpoint_url: str | None = Field(None, pattern=r"^https?://[^/]")
+    endpoint_url: HttpUrl | None = None
     profile: str | None = None  # a named AWS profile; default: the standard credential chain
     guardrail: GuardrailConfig | None = None
     additional_fields: dict[str, Any] = {}  # additionalModelRequestFields, merged under the caller's
