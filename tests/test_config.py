@@ -795,6 +795,38 @@ def test_a_postgres_ledger_needs_a_postgres_dsn(store: dict[str, Any], message: 
     assert problem.startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("dsn", "says"),
+    [
+        ("postgresql://u:pw-CANARY@db:54x2/test", "names a host or port the drivers cannot read"),
+        ("postgresql://u:pw-CANARY@db:99999/test", "names a host or port the drivers cannot read"),
+        ("postgresql://u:pw-CANARY@db1,,db2/test", "names a host or port the drivers cannot read"),
+        ("postgresql://u:pw-CANARY@[::1/test", "has an unclosed ["),
+        ("postgresql://u:pw-CANARY@db:5432/test\n", "a control character"),
+    ],
+)
+def test_a_dsn_the_drivers_cannot_read_is_refused_without_its_password(dsn: str, says: str) -> None:
+    """asyncpg failed the start-up with a traceback on these ("invalid literal for int()",
+    "Invalid IPv6 URL") after `turnout check` passed them."""
+    found = problems(base(store={"kind": "postgres", "dsn": dsn}, state={"kind": "postgres", "dsn": dsn}))
+    assert [p.split(":")[0] for p in found] == ["store.dsn", "state.dsn"]
+    assert all(says in p for p in found) and not any("CANARY" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:p%40ss@db1:5432,db2:5433/test",
+        "postgresql://u@[::1]:5432/test",
+        "postgresql://u@db:/test",
+        "postgresql://%2Fvar%2Frun%2Fpostgresql/test",
+        "postgresql:///test?host=/var/run/postgresql",
+    ],
+)
+def test_dsns_the_drivers_read_still_load(dsn: str) -> None:
+    assert validate(base(store={"kind": "postgres", "dsn": dsn})).store.dsn == dsn
+
+
 def test_a_postgres_dsn_of_either_scheme_loads_and_other_stores_need_none() -> None:
     for dsn in ("postgresql://u@h:5432/db", "postgres://u@h/db"):
         assert validate(base(store={"kind": "postgres", "dsn": dsn})).store.dsn == dsn
