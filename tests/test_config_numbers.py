@@ -186,3 +186,18 @@ def test_a_billion_laughs_is_refused_before_it_is_expanded(tmp_path: Path, monke
     result = CliRunner().invoke(main, ["check", "--config", str(path)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "not valid YAML: its aliases make it more than 1,000 values (line 4" in result.output
+
+
+@pytest.mark.parametrize("env", [{}, {"PRIMARY_KEY": "sk-primary-0123"}])
+def test_a_variable_in_a_default_is_an_error_not_a_literal(tmp_path: Path, env: dict[str, str]) -> None:
+    """``${A:-${B}}`` (nested, as a shell would take it) read as the default ``${B`` and a
+    ``}``: the upstream got the key ``${B}``, or A's value with a ``}`` after it."""
+    path = tmp_path / "turnout.yaml"
+    path.write_text(
+        "targets: {up: {provider: openai, base_url: 'http://127.0.0.1:9/v1', model: m,"
+        " api_key: '${PRIMARY_KEY:-${FALLBACK_KEY}}'}}\n"
+        "tasks: {faq: {route: [up]}}\n"
+    )
+    result = CliRunner().invoke(main, ["check", "--config", str(path)], env={"FALLBACK_KEY": "sk-fallback-0123", **env})
+    assert result.exit_code == 1, result.output
+    assert "targets.up.api_key: a ${NAME:-default} whose default holds ${...} (they do not nest)" in result.output

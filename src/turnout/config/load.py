@@ -170,6 +170,10 @@ def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
                 return ""
             return str(value)
 
+        if any("${" in (m.group(2) or "") for m in _VAR.finditer(node)):
+            # "${A:-${B}}" read as the default "${B" and a "}": the literal "${B}", or A's value and a "}"
+            problems.append(f"{where}: a ${{NAME:-default}} whose default holds ${{...}} (they do not nest)")
+            return node
         substituted = _VAR.sub(repl, node)
         if _OPEN.search(_VAR.sub("", node)):  # "${NAME" without its brace, or "${}": not taken literally
             problems.append(f"{where}: an unterminated or empty ${{...}} (write ${{NAME}} or ${{NAME:-default}})")
