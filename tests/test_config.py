@@ -268,6 +268,17 @@ def test_a_name_with_a_control_character_is_named(section: str) -> None:
     assert f"{section}: the name 'bad\\nname' holds a control character or an unusual space" in problems(raw)
 
 
+@pytest.mark.parametrize("section", ["targets", "tasks", "tenants"])
+def test_an_empty_name_is_refused(section: str) -> None:
+    """``"": {...}`` loaded: a task no request could name (``model: ""`` is refused), a target
+    or tenant that is a blank in every header, log line and report."""
+    raw = base()
+    raw[section][""] = copy.deepcopy(next(iter(raw[section].values())))
+    if section == "tenants":
+        raw["tenants"][""]["keys"] = ["sk-other-0123456789"]
+    assert problems(raw) == [f"{section}: a name is empty"]
+
+
 def test_a_target_header_value_may_hold_a_tab() -> None:
     raw = base()
     raw["targets"]["vllm"]["headers"] = {"X-Team": "a\tb", "x_b.c~1": "!"}

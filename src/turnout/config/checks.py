@@ -25,6 +25,8 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
         for name in _mapping(raw.get(section)):
             if isinstance(name, str) and not name.isprintable():
                 problems.append(f"{section}: the name {name!r} holds a control character or an unusual space")
+            elif name == "":  # a task no request can name (model: "" is refused), a blank in every header
+                problems.append(f"{section}: a name is empty")
     for name, task in tasks.items():
         seen: set[str] = set()
         route = _mapping(task).get("route")
