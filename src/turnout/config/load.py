@@ -89,6 +89,10 @@ def _problems(exc: ValidationError) -> list[str]:
         if key is not None:  # `5:` or `2024-01-01:` where a name or setting is text
             parent = _path(err["loc"][:-2] if err["loc"][-1] == "[key]" else err["loc"][:-1])
             loc, msg = parent, f"key {key} must be text (quote it)"
+        elif err["type"] == "literal_error" and err["loc"][-1:] == ("[key]",):  # `policy: {restriced: …}`
+            loc, expected = _path(err["loc"][:-1]), err.get("ctx", {}).get("expected", "")
+            guess = nearest(err["loc"][-2], re.findall(r"'([^']*)'", expected))
+            msg = "unknown key" + (guess or f" (expected {expected})")
         elif err["type"] in _SECTION_TYPES:  # pydantic names its class: "instance of StoreConfig"
             msg = f"must be a mapping (key: value), not {_kind(err.get('input'))}"
         elif err["type"] == "list_type":
