@@ -453,6 +453,24 @@ def test_a_key_with_a_line_break_is_refused_from_the_config_and_the_environment(
     ]
 
 
+def test_a_bedrock_token_with_a_line_break_is_refused_by_check_and_serve(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``AWS_BEARER_TOKEN_BEDROCK`` from a secret file: the gateway started, and the HTTP
+    client refused the header on every request (500, "ValueError at _http_writer.pyx")."""
+    runs: list[Config] = []
+    monkeypatch.setattr(turnout.serving.server, "run", runs.append)
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-token-CANARY\n")
+    aws = {"provider": "bedrock", "region": "us-east-1", "model": "deepseek.v3-v1:0"}
+    raw = merged(base(), targets={**base()["targets"], "aws": aws})
+    for command in ("check", "serve"):
+        result = check(here, raw, command)
+        refused(result, "AWS_BEARER_TOKEN_BEDROCK (targets.aws is bedrock): holds a control character")
+        assert "CANARY" not in result.output
+    assert runs == []
+    assert check(here, base(), "check").exit_code == 0  # no Bedrock target: the variable is not read
+
+
 def refused_with(raw: dict[str, Any]) -> list[str]:
     with pytest.raises(ConfigError) as info:
         validate(raw)

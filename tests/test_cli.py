@@ -3,6 +3,7 @@ a real `turnout serve` process on a port already held."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -259,6 +260,52 @@ def test_serve_refuses_a_port_out_of_range(served: list[Config]) -> None:
     result = invoke("serve", "--port", "70000")
     assert result.exit_code == 1
     assert "server.port:" in result.stderr
+    assert served == []
+
+
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [
+        ("127.0.0.1\n", "a control character"),
+        ("127.0.0.1 ", "a space"),
+        ("", "is empty"),
+        ("http://127.0.0.1:8080", "is a URL"),
+        ("127.0.0.1:8080", "a port goes in server.port"),
+        ("[::1]", "without brackets"),
+        ("999.1.1.1", "not an IPv4 address"),
+        ("gate way", "a space"),
+    ],
+)
+def test_check_and_serve_refuse_a_host_no_socket_can_bind(
+    host: str, says: str, tmp_path: Path, served: list[Config]
+) -> None:
+    """`check` passed these and `serve` then failed at bind ("name or service not known"); an
+    empty host bound every interface. Both now refuse them, naming server.host."""
+    path = write(tmp_path, GOOD)
+    with open(path, "a") as file:
+        file.write(f"server: {{host: {json.dumps(host)}}}\n")  # a JSON string is a YAML one
+    for command in ("check", "serve"):
+        result = invoke(command, "--config", path)
+        assert result.exit_code == 1, result.output
+        assert "server.host: " in result.stderr and says in result.stderr
+    result = invoke("serve", "--config", write(tmp_path, GOOD, "other.yaml"), "--host", host)
+    assert result.exit_code == 1 and says in result.stderr
+    assert served == []
+
+
+@pytest.mark.parametrize("host", ["::1", "fe80::1%lo", "gateway.internal", "my_gateway", "localhost."])
+def test_serve_takes_addresses_and_host_names(host: str, tmp_path: Path, served: list[Config]) -> None:
+    result = invoke("serve", "--config", write(tmp_path, GOOD), "--host", host)
+    assert result.exit_code == 0, result.output
+    assert served[0].server.host == host
+
+
+def test_serve_refuses_a_base_url_with_a_bad_port_before_it_starts(tmp_path: Path, served: list[Config]) -> None:
+    """It started and then failed its start-up with a traceback ("Port could not be cast")."""
+    path = write(tmp_path, GOOD.replace("http://vllm:8000/v1", "http://vllm:80OO/v1"))
+    result = invoke("serve", "--config", path)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "targets.vllm: base URL has a host or port no HTTP client takes" in result.stderr
     assert served == []
 
 

@@ -268,6 +268,17 @@ def test_a_name_with_a_control_character_is_named(section: str) -> None:
     assert f"{section}: the name 'bad\\nname' holds a control character or an unusual space" in problems(raw)
 
 
+@pytest.mark.parametrize("section", ["targets", "tasks", "tenants"])
+def test_an_empty_name_is_refused(section: str) -> None:
+    """``"": {...}`` loaded: a task no request could name (``model: ""`` is refused), a target
+    or tenant that is a blank in every header, log line and report."""
+    raw = base()
+    raw[section][""] = copy.deepcopy(next(iter(raw[section].values())))
+    if section == "tenants":
+        raw["tenants"][""]["keys"] = ["sk-other-0123456789"]
+    assert problems(raw) == [f"{section}: a name is empty"]
+
+
 def test_a_target_header_value_may_hold_a_tab() -> None:
     raw = base()
     raw["targets"]["vllm"]["headers"] = {"X-Team": "a\tb", "x_b.c~1": "!"}
@@ -795,6 +806,38 @@ def test_a_postgres_ledger_needs_a_postgres_dsn(store: dict[str, Any], message: 
     assert problem.startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("dsn", "says"),
+    [
+        ("postgresql://u:pw-CANARY@db:54x2/test", "names a host or port the drivers cannot read"),
+        ("postgresql://u:pw-CANARY@db:99999/test", "names a host or port the drivers cannot read"),
+        ("postgresql://u:pw-CANARY@db1,,db2/test", "names a host or port the drivers cannot read"),
+        ("postgresql://u:pw-CANARY@[::1/test", "has an unclosed ["),
+        ("postgresql://u:pw-CANARY@db:5432/test\n", "a control character"),
+    ],
+)
+def test_a_dsn_the_drivers_cannot_read_is_refused_without_its_password(dsn: str, says: str) -> None:
+    """asyncpg failed the start-up with a traceback on these ("invalid literal for int()",
+    "Invalid IPv6 URL") after `turnout check` passed them."""
+    found = problems(base(store={"kind": "postgres", "dsn": dsn}, state={"kind": "postgres", "dsn": dsn}))
+    assert [p.split(":")[0] for p in found] == ["store.dsn", "state.dsn"]
+    assert all(says in p for p in found) and not any("CANARY" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:p%40ss@db1:5432,db2:5433/test",
+        "postgresql://u@[::1]:5432/test",
+        "postgresql://u@db:/test",
+        "postgresql://%2Fvar%2Frun%2Fpostgresql/test",
+        "postgresql:///test?host=/var/run/postgresql",
+    ],
+)
+def test_dsns_the_drivers_read_still_load(dsn: str) -> None:
+    assert validate(base(store={"kind": "postgres", "dsn": dsn})).store.dsn == dsn
+
+
 def test_a_postgres_dsn_of_either_scheme_loads_and_other_stores_need_none() -> None:
     for dsn in ("postgresql://u@h:5432/db", "postgres://u@h/db"):
         assert validate(base(store={"kind": "postgres", "dsn": dsn})).store.dsn == dsn
@@ -833,3 +876,53 @@ def test_a_bad_base_url_is_named_without_its_credentials(url: str) -> None:
     assert len(found) == 2 and all("base URL must start with http:// or https://" in p for p in found)
     assert not any("CANARY" in p for p in found), found
     assert all("vllm" in p for p in found)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://vllm:abc/v1", "has a host or port no HTTP client takes"),
+        ("http://vllm:99999/v1", "has a host or port no HTTP client takes"),
+        ("http://[::1/v1", "has a host or port no HTTP client takes"),
+        ("http://vllm:0/v1", "has port 0"),
+        ("http://vllm:8000/v1\n", "a control character"),
+        ("http://vllm :8000/v1", "a space"),
+        ("http://vllm:8000/v1?api-version=1", "has a query or a fragment"),
+    ],
+)
+def test_a_base_url_the_http_clients_cannot_call_is_refused_at_load(url: str, says: str) -> None:
+    """These passed `turnout check`; `serve` then failed its start-up with a traceback (a bad
+    port, an unclosed [), sent every call to a host that is not there (a space, a line break)
+    or lost the paths appended after a query. Bedrock's endpoint_url and the OTLP endpoint,
+    read by the same clients, are held to the same rule."""
+    raw = base()
+    raw["targets"]["vllm"]["base_url"] = url
+    raw["targets"]["onprem"] = {"provider": "openai", "base_urls": ["http://ok/v1", url], "model": "m"}
+    raw["targets"]["aws"] = {"provider": "bedrock", "region": "us-east-1", "model": "m", "endpoint_url": url}
+    raw["observability"] = {"otlp_endpoint": url}
+    found = problems(raw)
+    assert [p.split(":")[0] for p in found] == [
+        "observability.otlp_endpoint",
+        "targets.vllm",
+        "targets.onprem",
+        "targets.aws.endpoint_url",
+    ], found
+    assert all(says in p for p in found), found
+
+
+def test_a_password_in_a_base_url_without_its_host_is_not_shown() -> None:
+    """``http://user:password/v1`` (the ``@host`` forgotten) reads as a host and a port that is
+    no number: the problem names it without that "port"."""
+    raw = base()
+    raw["targets"]["vllm"]["base_url"] = "http://alice:pw-CANARY/v1"
+    [problem] = problems(raw)
+    assert "has a host or port no HTTP client takes" in problem
+    assert "CANARY" not in problem and "'http://alice:…/v1'" in problem
+
+
+@pytest.mark.parametrize("url", ["http://vllm:8000/v1/", "https://[::1]:8443", "http://u:p%40ss@vllm/v1"])
+def test_base_urls_the_clients_take_still_load(url: str) -> None:
+    raw = base()
+    raw["targets"]["vllm"]["base_url"] = url
+    raw["observability"] = {"otlp_endpoint": url}
+    assert validate(raw).observability.otlp_endpoint == url

@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from turnout.cli.main import main
-from turnout.config import validate
+from turnout.config import load, validate
 from turnout.errors import ConfigError
 
 TARGET = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
@@ -126,8 +126,17 @@ def test_turnout_check_refuses_them_in_one_line_each(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "says"),
-    [(b"\xff\xfe\x00bad", "not UTF-8 text"), (b"a: &a [*a]\n", "a YAML alias refers to a node that holds it")],
-    ids=["not-utf8", "alias-loop"],
+    [
+        (b"\xff\xfe\x00bad", "not UTF-8 text"),
+        (b"a: &a [*a]\n", "an alias refers to a node that holds it"),
+        (b"a: &a {b: [*a]}\n", "an alias refers to a node that holds it"),
+        (b"targets: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested deeper than 100 levels"),  # was a RecursionError
+        (
+            b"a: &a " + b"[" * 60 + b"x" + b"]" * 60 + b"\nb: " + b"[" * 60 + b"*a" + b"]" * 60 + b"\n",
+            "its aliases make it deeper than 100 levels",
+        ),  # each 60 deep, 120 with *a expanded
+    ],
+    ids=["not-utf8", "alias-loop", "alias-loop-in-a-mapping", "deep", "deep-by-aliases"],
 )
 @pytest.mark.parametrize("command", [["check"], ["report", "usage"]])
 def test_a_file_yaml_cannot_give_a_config_is_one_line_not_a_traceback(
@@ -163,3 +172,32 @@ def test_a_blank_cache_key_is_refused() -> None:
     """Forty spaces passed the length check: every replica would seal with a key anyone can guess."""
     cache = {"backend": "redis", "encryption_key": " " * 40}
     assert "encryption_key: blank" in refused(config(cache=cache))
+
+
+def test_a_billion_laughs_is_refused_before_it_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nine lists of nine aliases of the one before: a few lines that stand for 9⁹ values hung
+    `check` and `serve` while each was substituted. Measured at load, the aliases expanded
+    (here against a smaller bound, so that the same document without the measure fails fast)."""
+    monkeypatch.setattr(load, "MAX_VALUES", 1000, raising=False)  # raising: the test must fail on its assert
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 4)]
+    path = tmp_path / "turnout.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "not valid YAML: its aliases make it more than 1,000 values (line 4" in result.output
+
+
+@pytest.mark.parametrize("env", [{}, {"PRIMARY_KEY": "sk-primary-0123"}])
+def test_a_variable_in_a_default_is_an_error_not_a_literal(tmp_path: Path, env: dict[str, str]) -> None:
+    """``${A:-${B}}`` (nested, as a shell would take it) read as the default ``${B`` and a
+    ``}``: the upstream got the key ``${B}``, or A's value with a ``}`` after it."""
+    path = tmp_path / "turnout.yaml"
+    path.write_text(
+        "targets: {up: {provider: openai, base_url: 'http://127.0.0.1:9/v1', model: m,"
+        " api_key: '${PRIMARY_KEY:-${FALLBACK_KEY}}'}}\n"
+        "tasks: {faq: {route: [up]}}\n"
+    )
+    result = CliRunner().invoke(main, ["check", "--config", str(path)], env={"FALLBACK_KEY": "sk-fallback-0123", **env})
+    assert result.exit_code == 1, result.output
+    assert "targets.up.api_key: a ${NAME:-default} whose default holds ${...} (they do not nest)" in result.output

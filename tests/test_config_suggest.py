@@ -46,6 +46,16 @@ def test_a_typo_inside_an_optional_section_gets_its_nearest_name() -> None:
     assert "tasks.x.cache.allowsampled: unknown key (did you mean 'allow_sampled'?)" in found
 
 
+def test_a_policy_for_a_data_class_that_is_misspelled_gets_its_nearest_class() -> None:
+    """It read "policy.restriced.[key]: Input should be 'public', …": pydantic's marker as a key."""
+    raw = {"targets": {"t": TARGET}, "tasks": {"x": {"route": ["t"]}}}
+    found = problems({**raw, "policy": {"restriced": {"targets": ["t"]}, "secret": {"targets": ["t"]}}})
+    assert found == [
+        "policy.restriced: unknown key (did you mean 'restricted'?)",
+        "policy.secret: unknown key (expected 'public', 'internal', 'confidential' or 'restricted')",
+    ]
+
+
 def test_a_top_level_key_and_a_name_far_from_any_get_no_guess_or_the_right_one() -> None:
     found = problems({"targets": {"t": TARGET}, "tasks": {"x": {"route": ["zzzzzz"]}}, "tenatns": {}})
     assert "tenatns: unknown key (did you mean 'tenants'?)" in found

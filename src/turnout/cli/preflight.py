@@ -13,6 +13,7 @@ it calls them (``turnout.serving.runtime``):
   networks or ``*``, as the config's own;
 * ``TURNOUT_ADMIN_KEY`` and ``TURNOUT_VIEWER_KEY``, read when ``server.admin_key`` or
   ``viewer_key`` is unset: as long as the config's own (``MIN_ADMIN_KEY`` characters);
+* ``AWS_BEARER_TOKEN_BEDROCK``, with a Bedrock target: one line, as a header must be;
 * the optional drivers each chosen backend needs (ledger store, shared state, key store,
   limiter, every target's provider, tracing) and the Redis URL, parsed as the limiter parses it;
 * each local target's model file;
@@ -72,7 +73,7 @@ def preflight(config: Config, env: Mapping[str, str] | None = None) -> list[str]
     defaults to this process's environment."""
     env = os.environ if env is None else env
     problems = _redaction_key(config, env) + _admin_keys(config, env) + _metrics_dir(config, env)
-    problems += _forwarded(config, env)
+    problems += _forwarded(config, env) + _bedrock_token(config, env)
     problems += _backends(config)
     problems += _collect(load_all, config)
     problems += _collect(Tokens.from_config, config)  # each targets.X.tokenizer: the package, the file
@@ -131,6 +132,17 @@ def _admin_keys(config: Config, env: Mapping[str, str]) -> list[str]:
         if owners:
             problems.append(f"{name}: is also a key of tenant {owners[0]!r}: a tenant key must be its own")
     return problems
+
+
+def _bedrock_token(config: Config, env: Mapping[str, str]) -> list[str]:
+    """``AWS_BEARER_TOKEN_BEDROCK``, read by every Bedrock target: with a secret file's trailing
+    line break, the HTTP client refused the header and every request was a 500."""
+    token = env.get("AWS_BEARER_TOKEN_BEDROCK")
+    bedrock = [name for name, target in config.targets.items() if target.provider == "bedrock"]
+    if not token or not bedrock or token.isprintable():
+        return []
+    reads = f"AWS_BEARER_TOKEN_BEDROCK (targets.{bedrock[0]} is bedrock)"
+    return [f"{reads}: holds a control character (a trailing line break?)"]
 
 
 def _forwarded(config: Config, env: Mapping[str, str]) -> list[str]:

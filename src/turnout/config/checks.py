@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from turnout._support.suggest import nearest
-from turnout.config.model import HUMAN
+from turnout.config.model import HUMAN, host_problem
 
 
 def cross_problems(raw: dict[str, Any]) -> list[str]:
@@ -25,6 +25,8 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
         for name in _mapping(raw.get(section)):
             if isinstance(name, str) and not name.isprintable():
                 problems.append(f"{section}: the name {name!r} holds a control character or an unusual space")
+            elif name == "":  # a task no request can name (model: "" is refused), a blank in every header
+                problems.append(f"{section}: a name is empty")
     for name, task in tasks.items():
         seen: set[str] = set()
         route = _mapping(task).get("route")
@@ -88,7 +90,8 @@ def cross_problems(raw: dict[str, Any]) -> list[str]:
     problems += _state_problems(_mapping(raw.get("state")), _mapping(raw.get("store")))
     server = _mapping(raw.get("server"))
     host = str(server.get("host", "127.0.0.1"))
-    if not tenants and not _flag(server.get("allow_anonymous", False)) and not _is_loopback(host):
+    exposed = not tenants and not _flag(server.get("allow_anonymous", False))
+    if exposed and not _is_loopback(host) and not host_problem(host):  # a bad host: the field check says why
         problems.append(
             f"server.host: {host!r} is not loopback and no tenants are configured; "
             "add tenants with keys or set server.allow_anonymous: true"
@@ -239,9 +242,8 @@ def _store_problems(store: dict[str, Any]) -> list[str]:
     dsn = store.get("dsn")
     if not dsn:
         return ["store.dsn: required when store.kind is postgres, e.g. postgresql://user@host:5432/db"]
-    if isinstance(dsn, str) and not re.match(r"^postgres(ql)?://", dsn):
-        return ["store.dsn: must start with postgresql:// or postgres://, e.g. postgresql://user@host:5432/db"]
-    return []
+    problem = _dsn_problem(dsn) if isinstance(dsn, str) else None
+    return [f"store.dsn: {problem}"] if problem else []
 
 
 def _state_problems(state: dict[str, Any], store: dict[str, Any]) -> list[str]:
@@ -250,9 +252,32 @@ def _state_problems(state: dict[str, Any], store: dict[str, Any]) -> list[str]:
     dsn = state.get("dsn") or (store.get("dsn") if store.get("kind") == "postgres" else None)
     if not dsn:
         return ["state.dsn: required when state.kind is postgres and the ledger is not in PostgreSQL"]
-    if isinstance(dsn, str) and not re.match(r"^postgres(ql)?://", dsn):
-        return ["state.dsn: must start with postgresql:// or postgres://, e.g. postgresql://user@host:5432/db"]
-    return []
+    problem = _dsn_problem(dsn) if isinstance(dsn, str) else None
+    return [f"state.dsn: {problem}"] if problem else []
+
+
+# One host of a DSN's comma-separated list, as asyncpg splits it: [IPv6] or a name (a socket
+# directory percent-encoded), then an optional :port.
+_PG_HOST = re.compile(r"(?:\[[^\]]+\]|[^:\[\]]+)(?::(\d*))?")
+
+
+def _dsn_problem(dsn: str) -> str | None:
+    """Why the drivers could not read ``dsn``'s hosts and ports, or None: asyncpg failed the
+    start-up with a traceback on a port that is no number, an unclosed ``[`` or an empty host,
+    after ``check`` passed it. Never quotes the DSN: it holds a password."""
+    if not re.match(r"^postgres(ql)?://", dsn):
+        return "must start with postgresql:// or postgres://, e.g. postgresql://user@host:5432/db"
+    if re.search(r"[\x00-\x1f\x7f]", dsn):
+        return "holds a control character (a trailing line break from a secret file?)"
+    try:
+        hosts = urlsplit(dsn).netloc.rpartition("@")[2]
+    except ValueError:
+        return "has an unclosed [ (an IPv6 address goes in [...])"
+    for spec in hosts.split(",") if hosts else ():
+        match = _PG_HOST.fullmatch(spec)
+        if match is None or not 0 < int(match.group(1) or 5432) < 65536:
+            return "names a host or port the drivers cannot read (host:port, port 1-65535; several: a,b:5433)"
+    return None
 
 
 def _mapping(node: Any) -> dict[str, Any]:

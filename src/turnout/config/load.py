@@ -1,7 +1,7 @@
-"""Reading a config: the YAML file (duplicate keys refused), ``${VAR}`` and ``${VAR:-default}``
-substituted from the environment in values (a key holding one is refused), then every problem,
-per field and across sections, reported together with its key path (``ConfigError``); the
-built-in default when there is no file."""
+"""Reading a config: the YAML file (duplicate keys, alias bombs and deep nesting refused),
+``${VAR}`` and ``${VAR:-default}`` substituted from the environment in values (a key holding
+one is refused), then every problem, per field and across sections, reported together with
+its key path (``ConfigError``); the built-in default when there is no file."""
 
 from __future__ import annotations
 
@@ -49,10 +49,7 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping"])
     problems: list[str] = []
-    try:
-        raw = _substitute(raw, "", os.environ if env is None else env, problems)
-    except RecursionError:  # `a: &a [*a]`: an alias inside the node it names
-        raise ConfigError([f"{path}: a YAML alias refers to a node that holds it (a loop)"]) from None
+    raw = _substitute(raw, "", os.environ if env is None else env, problems)
     if problems:
         raise ConfigError(problems)
     return validate(raw)
@@ -92,6 +89,10 @@ def _problems(exc: ValidationError) -> list[str]:
         if key is not None:  # `5:` or `2024-01-01:` where a name or setting is text
             parent = _path(err["loc"][:-2] if err["loc"][-1] == "[key]" else err["loc"][:-1])
             loc, msg = parent, f"key {key} must be text (quote it)"
+        elif err["type"] == "literal_error" and err["loc"][-1:] == ("[key]",):  # `policy: {restriced: …}`
+            loc, expected = _path(err["loc"][:-1]), err.get("ctx", {}).get("expected", "")
+            guess = nearest(err["loc"][-2], re.findall(r"'([^']*)'", expected))
+            msg = "unknown key" + (guess or f" (expected {expected})")
         elif err["type"] in _SECTION_TYPES:  # pydantic names its class: "instance of StoreConfig"
             msg = f"must be a mapping (key: value), not {_kind(err.get('input'))}"
         elif err["type"] == "list_type":
@@ -173,6 +174,10 @@ def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
                 return ""
             return str(value)
 
+        if any("${" in (m.group(2) or "") for m in _VAR.finditer(node)):
+            # "${A:-${B}}" read as the default "${B" and a "}": the literal "${B}", or A's value and a "}"
+            problems.append(f"{where}: a ${{NAME:-default}} whose default holds ${{...}} (they do not nest)")
+            return node
         substituted = _VAR.sub(repl, node)
         if _OPEN.search(_VAR.sub("", node)):  # "${NAME" without its brace, or "${}": not taken literally
             problems.append(f"{where}: an unterminated or empty ${{...}} (write ${{NAME}} or ${{NAME:-default}})")
@@ -180,9 +185,35 @@ def _substitute(node: Any, where: str, env: Any, problems: list[str]) -> Any:
     return node
 
 
+MAX_DEPTH = 100  # levels of nesting, aliases expanded; a JSON schema in a task needs a few dozen
+MAX_VALUES = 1_000_000  # values in a document, aliases expanded
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate mapping keys instead of keeping the last one, and a key
-    that is itself a list or a mapping (``? [a]``, ``{[1]: x}``), which no setting is."""
+    that is itself a list or a mapping (``? [a]``, ``{[1]: x}``), which no setting is.
+
+    And a document that only its aliases make huge ("billion laughs": nine lists of nine
+    aliases of the one before hung ``check`` and ``serve`` while every value was substituted),
+    deep (``[[[...]]]`` ended in a RecursionError traceback) or that holds itself."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _measure(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -195,6 +226,38 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _measure(root: yaml.Node) -> None:
+    """Raise a ComposerError where ``root``, every alias expanded, holds more than MAX_VALUES
+    values, is deeper than MAX_DEPTH or holds itself. Each node is measured once (an alias
+    repeats a node, it is not walked again), without recursion."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) → (values, depth) under it
+    walking: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        inside = _children(node)
+        if done:
+            walking.discard(id(node))
+            values = 1 + sum(measured[id(child)][0] for child in inside)
+            depth = 1 + max((measured[id(child)][1] for child in inside), default=0)
+            if values > MAX_VALUES or depth > MAX_DEPTH:
+                what = f"more than {MAX_VALUES:,} values" if values > MAX_VALUES else f"deeper than {MAX_DEPTH} levels"
+                raise yaml.composer.ComposerError(None, None, f"its aliases make it {what}", node.start_mark)
+            measured[id(node)] = (values, depth)
+        elif id(node) in walking:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a node that holds it", node.start_mark)
+        elif id(node) not in measured:
+            walking.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in inside)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:

@@ -13,6 +13,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from yarl import URL
 
 from turnout._support.places import PgPlace, Place
 
@@ -81,8 +82,51 @@ _URL_QUERY = re.compile(r"[?#].*", re.DOTALL)
 
 def shown_url(url: str) -> str:
     """``url`` as a config error may print it: what may carry a credential (``user:password@``,
-    the query string) masked, the rest kept so the typo can be found."""
-    return _URL_QUERY.sub("?…", _URL_USERINFO.sub(r"\1…@", url, count=1), count=1)
+    the query string, a "port" that is no number: ``user:password`` without its ``@host``)
+    masked, the rest kept so the typo can be found."""
+    shown = _URL_QUERY.sub("?…", _URL_USERINFO.sub(r"\1…@", url, count=1), count=1)
+    scheme, sep, rest = shown.partition("://")
+    authority, slash, path = rest.partition("/")
+    host, colon, port = authority.rpartition(":")
+    if sep and colon and not port.isdigit() and "]" not in port:
+        return f"{scheme}://{host}:…{slash}{path}"
+    return shown
+
+
+_BLANK_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def http_url_problem(url: str) -> str | None:
+    """Why ``url`` is no base the HTTP clients can call (parsed by yarl, as they parse it), or
+    None. A bad port or an unclosed ``[`` passed ``check`` and then ended ``serve``'s start-up
+    in a traceback (or failed every request); a query or a fragment swallowed the paths
+    appended to it. Never quotes the URL: it may hold a password."""
+    if not re.match(r"^https?://[^/]", url):
+        return "must start with http:// or https://"
+    if _BLANK_OR_CONTROL.search(url):
+        return "holds a space or a control character (a trailing line break from a secret file?)"
+    try:
+        parsed = URL(url)
+        port = parsed.port
+    except ValueError:
+        return "has a host or port no HTTP client takes (a port is 1-65535; an IPv6 address goes in [...])"
+    if not parsed.host:
+        return "names no host"
+    if port == 0:
+        return "has port 0 (a port is 1-65535)"
+    if "?" in url or "#" in url:
+        return "has a query or a fragment, which the API's paths would be appended after"
+    return None
+
+
+def _http_url(url: str) -> str:
+    problem = http_url_problem(url)
+    if problem:
+        raise ValueError(problem)
+    return url
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 def _proxy(entry: str) -> str:
@@ -94,6 +138,43 @@ def _proxy(entry: str) -> str:
         except ValueError:
             raise ValueError(f"{entry!r} is not an address, a network (10.0.0.0/8) or '*'") from None
     return entry
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")  # a host name's label (underscores: as resolvers take them)
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is no address ``serve`` can listen on (an IP address or a host name), or
+    None. A line break from a secret file, a URL or ``host:port`` failed only at bind ("name or
+    service not known") after ``check`` passed it; an empty one bound every interface."""
+    if not host:
+        return "is empty: give an address to listen on (127.0.0.1; 0.0.0.0 for every interface)"
+    if _BLANK_OR_CONTROL.search(host):
+        return "holds a space or a control character (a trailing line break from a secret file?)"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if host.startswith("["):
+        return "an IPv6 address goes without brackets (::1, not [::1])"
+    if "/" in host:
+        return "is a URL or a path; give an address or a host name (the port is server.port)"
+    if ":" in host:
+        return "is neither an IPv6 address nor a host name (a port goes in server.port)"
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "is not an IP address or a host name (letters, digits, '-' and '.')"
+    if labels[-1].isdigit():
+        return "is not an IPv4 address (four numbers 0-255: 127.0.0.1)"
+    return None
+
+
+def _host(host: str) -> str:
+    problem = host_problem(host)
+    if problem:
+        raise ValueError(problem)
+    return host
 
 
 CACHE_TTL_MAX_S = 10 * 365 * 86_400  # ten years; Redis's expiry in ms and its clock take that
@@ -114,7 +195,7 @@ def _number_fields(model: type[BaseModel]) -> frozenset[str]:
 
 
 class ServerConfig(_Strict):
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, gt=0)
     # Without tenants there is no authentication; that is allowed on loopback only unless the
@@ -236,7 +317,7 @@ class ObservabilityConfig(_Strict):
     # Set: /metrics asks for it (or the admin key) as a bearer token, for its figures name every
     # tenant and task with their spend. Unset: open to whoever reaches the port.
     metrics_key: AdminKey | None = None
-    otlp_endpoint: str | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
+    otlp_endpoint: HttpUrl | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
     service_name: str = "turnout"
 
 
@@ -449,8 +530,9 @@ class OpenAITarget(_TargetBase):
             if len(set(self.base_urls)) != len(self.base_urls):
                 raise ValueError("base_urls has duplicates")
         for url in self.urls:
-            if not re.match(r"^https?://[^/]", url):
-                raise ValueError(f"base URL must start with http:// or https://: {shown_url(url)!r}")
+            problem = http_url_problem(url)
+            if problem:
+                raise ValueError(f"base URL {problem}: {shown_url(url)!r}")
         return self
 
     @field_validator("headers")
@@ -491,7 +573,7 @@ class BedrockTarget(_TargetBase):
     provider: Literal["bedrock"]
     region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d+$")
     model: OneLine = Field(min_length=1, description="model id, inference profile (us./eu./global.) or ARN")
-    endpoint_url: str | None = Field(None, pattern=r"^https?://[^/]")
+    endpoint_url: HttpUrl | None = None
     profile: str | None = None  # a named AWS profile; default: the standard credential chain
     guardrail: GuardrailConfig | None = None
     additional_fields: dict[str, Any] = {}  # additionalModelRequestFields, merged under the caller's
