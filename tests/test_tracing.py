@@ -4,8 +4,12 @@ row's own times; GenAI attributes; exported over OTLP/HTTP to a collector on shu
 from __future__ import annotations
 
 import asyncio
+import socket
+import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +19,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from tests.asgi import request
+from tests.conftest import AppFactory
+from tests.fakes.scripted import ScriptedProvider
 from turnout.config import validate
 from turnout.errors import ConfigError
 from turnout.ledger.record import AttemptRecord, LedgerRow
@@ -294,3 +301,76 @@ def test_open_tracing_is_none_without_an_endpoint_and_explains_a_missing_sdk(mon
     monkeypatch.setitem(sys.modules, "turnout.observe.tracing", None)  # as if the extra were not installed
     with pytest.raises(ConfigError, match=r"turnout\[observability\]"):
         open_tracing(validate(raw_config(otlp_endpoint="http://127.0.0.1:4318")))
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A collector that accepts each connection and never answers (hung, or a black hole
+    behind a proxy): the connections it holds."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", held
+    done.set()
+    thread.join()
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def test_shutdown_does_not_wait_out_a_collector_that_never_answers(
+    silent_collector: tuple[str, list[socket.socket]],
+) -> None:
+    """Three batches queued for a collector that never answers: the SDK's shutdown sent each in
+    turn, waiting out every export's timeout (and up to 30 s in all), while the gateway's
+    shutdown, its ledger still to drain, waited too. It gives up after the first."""
+    endpoint, held = silent_collector
+    tracing = Tracing.from_config(validate(raw_config(otlp_endpoint=endpoint)))
+    assert tracing is not None
+    for _ in range(400):  # 1,200 spans: batches of 512
+        tracing.record(fallback_row())
+    tracing.shutdown()
+    assert len(held) == 1  # the first export, still unanswered: no other batch was waited for
+
+
+async def test_the_ledger_is_written_before_the_traces_wait_on_the_collector(
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At shutdown the ledger drains first: a collector that is slow to take the last spans
+    holds back no row (rows wait for the close: a long flush interval)."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # spans too leave only at shutdown
+    db = tmp_path / "ledger.db"
+    seen: list[int] = []  # at each export: the rows the ledger holds
+
+    async def traces(request: web.Request) -> web.Response:
+        await request.read()
+        with sqlite3.connect(db) as conn:
+            seen.append(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+        return web.Response(body=ExportTraceServiceRequest().SerializeToString(), content_type="application/x-protobuf")
+
+    collector = web.Application()
+    collector.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(collector)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        raw = raw_config(otlp_endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        raw["store"] = {"kind": "sqlite", "path": str(db), "flush_interval_ms": 600_000}
+        app = await make_app(raw, {"primary": ScriptedProvider("primary")})
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await request(app, "POST", "/v1/chat/completions", body)).status == 200
+        await app.runtime.aclose()
+    finally:
+        await runner.cleanup()
+    assert seen == [1]

@@ -136,6 +136,10 @@ class Runtime:
 
     async def _open(self, stack: AsyncExitStack) -> None:
         cfg = self.config
+        # Opened first, so closed last: the ledger drains before the traces wait on a collector.
+        self.tracing = open_tracing(cfg)
+        if self.tracing is not None:  # exports what is queued: blocking network I/O, bounded
+            stack.push_async_callback(asyncio.to_thread, self.tracing.shutdown)
         if cfg.store.kind != "none":
             store = self.store = open_store(cfg.store)
             stack.push_async_callback(store.aclose)  # a no-op while it has not opened
@@ -143,9 +147,6 @@ class Runtime:
             self.ledger = LedgerWriter.from_config(store, cfg.store)
             self.ledger.start()
             stack.push_async_callback(self.ledger.aclose)  # flushed before its store closes
-        self.tracing = open_tracing(cfg)
-        if self.tracing is not None:  # exports what is queued: blocking network I/O
-            stack.push_async_callback(asyncio.to_thread, self.tracing.shutdown)
         if cfg.tenants:  # issued keys live beside the limits (SQLite, or Redis when shared)
             keys = open_key_store(cfg.limits)
             await keys.open(serving=True)
