@@ -4,6 +4,7 @@ row's own times; GenAI attributes; exported over OTLP/HTTP to a collector on shu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import sys
@@ -374,3 +375,35 @@ async def test_the_ledger_is_written_before_the_traces_wait_on_the_collector(
     finally:
         await runner.cleanup()
     assert seen == [1]
+
+
+async def test_a_collector_answering_without_end_is_read_no_further_than_a_bound() -> None:
+    """requests read the whole answer into memory before the exporter saw its status: an
+    endpoint answering with an endless body grew the gateway without end. The exporter hangs
+    up once it has a bounded prefix (here: long before the 64 MiB this endpoint would send)."""
+    sent: list[int] = [0]
+
+    async def traces(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        answer = web.StreamResponse()
+        await answer.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while sent[0] < 64 * 2**20:
+                await answer.write(b"x" * 65_536)
+                sent[0] += 65_536
+        return answer
+
+    endless = web.Application()
+    endless.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(endless)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        tracing = Tracing.from_config(validate(raw_config(otlp_endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}")))
+        assert tracing is not None
+        tracing.record(fallback_row())
+        await asyncio.to_thread(tracing.force_flush)
+        await asyncio.to_thread(tracing.shutdown)
+    finally:
+        await runner.cleanup()
+    assert 0 < sent[0] < 64 * 2**20

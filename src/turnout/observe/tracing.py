@@ -45,6 +45,7 @@ from turnout.ledger.record import AttemptRecord, LedgerRow
 PROVIDER_NAMES = {"openai": "openai", "bedrock": "aws.bedrock", "local": "llama.cpp"}
 UNKNOWN_TASK = "other"
 EXPORT_S = 5.0  # one export to the collector, its retries included
+ANSWER_BYTES = 65_536  # of the collector's answer to an export, what is read at most
 SHUTDOWN_S = 3.0  # at shutdown, how long what is queued may take to reach the collector
 
 log = logging.getLogger("turnout")
@@ -90,10 +91,13 @@ class Tracing:
         if not endpoint:
             return None
         # Imported here: the exporter (and its HTTP client) only loads when tracing is on.
+        import requests
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+        session = requests.Session()
+        session.hooks["response"].append(read_bounded)
         return cls(
-            OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=EXPORT_S),
+            OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=EXPORT_S, session=session),
             service_name=config.observability.service_name,
             tasks=frozenset(config.tasks),
             targets={name: target_info(t) for name, t in config.targets.items()},
@@ -179,6 +183,21 @@ class Tracing:
         stopping.join(timeout_s)
         if stopping.is_alive():
             log.warning("traces: the collector took no more within %g s of shutdown; the rest is dropped", timeout_s)
+
+
+def read_bounded(response: Any, *args: Any, **kwargs: Any) -> Any:
+    """A ``requests`` hook on the exporter's session: of the collector's answer, at most
+    ``ANSWER_BYTES`` are read, the connection dropped past that. requests reads a body whole,
+    whatever its size, before the exporter looks at the status: an endpoint answering with an
+    endless body (not a collector, or a hostile one) grew the gateway's memory without end."""
+    body = bytearray()
+    for chunk in response.iter_content(ANSWER_BYTES):
+        body += chunk
+        if len(body) > ANSWER_BYTES:
+            response.close()
+            break
+    response._content = bytes(body[:ANSWER_BYTES])  # what .content and .text answer from now on
+    return response
 
 
 def _attempt_attrs(i: int, attempt: AttemptRecord, info: TargetInfo | None) -> dict[str, Any]:
