@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import sqlite3
 import sys
@@ -23,13 +24,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tests.asgi import request
 from tests.conftest import AppFactory
 from tests.fakes.scripted import ScriptedProvider
-from turnout.config import validate
+from turnout.cli.serve import Reloader
+from turnout.config import load_config, validate
 from turnout.errors import ConfigError
 from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.observe import open_tracing
 from turnout.observe.tracing import TargetInfo, Tracing, target_info, traces_url
+from turnout.serving.app import App
 
 EMAIL = "jane.doe+sentinel@example.com"
+ADMIN = "adm-tracing-0123456789abcdef"
 START = 1_700_000_000.25
 TARGETS = {
     "primary": TargetInfo("openai", "m1"),
@@ -269,6 +273,20 @@ async def collector() -> AsyncIterator[tuple[str, list[tuple[str, bytes]]]]:
     await runner.cleanup()
 
 
+def exported_spans(received: list[tuple[str, bytes]], service: str = "turnout") -> list[Any]:
+    """The spans of the collector's requests, each from ``service``."""
+    spans = []
+    for _, body in received:
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(body)
+        for resource_spans in export.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            assert attributes["service.name"] == service
+            for scope_spans in resource_spans.scope_spans:
+                spans.extend(scope_spans.spans)
+    return spans
+
+
 async def test_spans_are_posted_to_the_otlp_endpoint_on_shutdown(
     collector: tuple[str, list[tuple[str, bytes]]],
 ) -> None:
@@ -281,15 +299,7 @@ async def test_spans_are_posted_to_the_otlp_endpoint_on_shutdown(
 
     assert received, "nothing was exported"
     assert {content_type for content_type, _ in received} == {"application/x-protobuf"}
-    spans = []
-    for _, body in received:
-        export = ExportTraceServiceRequest()
-        export.ParseFromString(body)
-        for resource_spans in export.resource_spans:
-            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
-            assert service == "gw-a"
-            for scope_spans in resource_spans.scope_spans:
-                spans.extend(scope_spans.spans)
+    spans = exported_spans(received, service="gw-a")
     assert sorted(s.name for s in spans) == sorted(["chat chat", "chat m1", "chat anthropic.claude-3-haiku"] * 2)
     assert all(EMAIL.encode() not in body for _, body in received)
     roots = [s for s in spans if not s.parent_span_id]
@@ -407,3 +417,29 @@ async def test_a_collector_answering_without_end_is_read_no_further_than_a_bound
     finally:
         await runner.cleanup()
     assert 0 < sent[0] < 64 * 2**20
+
+
+async def test_a_task_added_by_a_reload_is_named_in_its_spans(
+    collector: tuple[str, list[tuple[str, bytes]]], tmp_path: Path
+) -> None:
+    """Tasks change live; the traces kept the names of the tasks at start-up, so a task added by
+    a reload was traced as ``other``."""
+    endpoint, received = collector
+    raw = raw_config(otlp_endpoint=endpoint)
+    raw["server"] = {"admin_key": ADMIN}
+    raw["limits"] = {"keys_path": str(tmp_path / "keys.db")}
+    path = tmp_path / "turnout.yaml"
+    path.write_text(json.dumps(raw))
+    app = App(load_config(path), {"primary": ScriptedProvider("primary")}, loader=Reloader(str(path), None, None))
+    await app.runtime.start()
+    app.ready = True
+    try:
+        raw["tasks"]["summarize"] = {"route": ["primary"]}
+        path.write_text(json.dumps(raw))
+        assert (await request(app, "POST", "/admin/reload", headers={"authorization": f"Bearer {ADMIN}"})).status == 200
+        body = {"model": "summarize", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await request(app, "POST", "/v1/chat/completions", body)).status == 200
+    finally:
+        await app.runtime.aclose()
+    roots = [span for span in exported_spans(received) if not span.parent_span_id]
+    assert [span.name for span in roots] == ["chat summarize"]

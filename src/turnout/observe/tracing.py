@@ -103,6 +103,11 @@ class Tracing:
             targets={name: target_info(t) for name, t in config.targets.items()},
         )
 
+    def follow(self, config: Config) -> None:
+        """After a config reload: spans name the tasks it has (tasks change live; targets wait
+        for a restart)."""
+        self.tasks = frozenset(config.tasks)
+
     def record(self, row: LedgerRow) -> None:
         """Queue the spans of one finished request for export. Never blocks: when the export
         queue is full the processor drops spans."""

@@ -295,8 +295,8 @@ class Runtime:
     def adopt(self, predecessor: Runtime) -> None:
         """Swap in: take over what ``predecessor`` opened (its ``aclose`` is now this one's, and
         closes first what this one opened), and point what both share at the new config: the
-        canary controller, the shadow mirror, the cache's tasks and sweep, ``/metrics``. Nothing
-        here can fail half-way."""
+        canary controller, the shadow mirror, the cache's tasks and sweep, ``/metrics``, the
+        traces. Nothing here can fail half-way."""
         stack = predecessor._stack
         if stack is None:
             raise RuntimeError("the runtime being replaced is closed")
@@ -316,6 +316,8 @@ class Runtime:
             self.cache_sweep.registry = self.releases  # the open cache's answers now carry release versions
         if self.metrics is not None:  # its counters carry on; labels follow the new names
             self.metrics.follow(config, self.live)
+        if self.tracing is not None:  # spans name the new tasks
+            self.tracing.follow(config)
 
     async def _open_shadows(self, stack: AsyncExitStack) -> None:
         """The shadow store and the mirror that feeds it (``turnout.serving.shadow``)."""
