@@ -85,6 +85,20 @@ def shown_url(url: str) -> str:
     return _URL_QUERY.sub("?…", _URL_USERINFO.sub(r"\1…@", url, count=1), count=1)
 
 
+_HTTP_URL = re.compile(r"^https?://[^/]")
+
+
+def _otlp_url(url: str) -> str:
+    """The collector's OTLP/HTTP endpoint. Its gRPC form (``collector:4317``) or a bare host was
+    taken, and at export every span was dropped, with a line in the log and nothing said by
+    ``turnout check``. Empty (an unset variable substituted) is no tracing, as unset is."""
+    if url and not _HTTP_URL.match(url):
+        raise ValueError(
+            f"must start with http:// or https:// (OTLP over HTTP, e.g. http://collector:4318): {shown_url(url)!r}"
+        )
+    return url
+
+
 def _proxy(entry: str) -> str:
     """A trusted proxy: ``*``, an address or a network. uvicorn takes anything else as a name
     that no TCP peer has: a typo (``10.0.0.0/33``) would trust no proxy, and say nothing."""
@@ -236,7 +250,7 @@ class ObservabilityConfig(_Strict):
     # Set: /metrics asks for it (or the admin key) as a bearer token, for its figures name every
     # tenant and task with their spend. Unset: open to whoever reaches the port.
     metrics_key: AdminKey | None = None
-    otlp_endpoint: str | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
+    otlp_endpoint: Annotated[str, AfterValidator(_otlp_url)] | None = None  # traces: OTLP/HTTP; unset: none
     service_name: str = "turnout"
 
 
@@ -449,7 +463,7 @@ class OpenAITarget(_TargetBase):
             if len(set(self.base_urls)) != len(self.base_urls):
                 raise ValueError("base_urls has duplicates")
         for url in self.urls:
-            if not re.match(r"^https?://[^/]", url):
+            if not _HTTP_URL.match(url):
                 raise ValueError(f"base URL must start with http:// or https://: {shown_url(url)!r}")
         return self
 
