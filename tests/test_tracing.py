@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import sqlite3
 import sys
@@ -443,3 +444,18 @@ async def test_a_task_added_by_a_reload_is_named_in_its_spans(
         await app.runtime.aclose()
     roots = [span for span in exported_spans(received) if not span.parent_span_id]
     assert [span.name for span in roots] == ["chat summarize"]
+
+
+def test_a_malformed_collector_header_is_not_logged_with_its_credential(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK logged a header it could not parse whole (a colon for the ``=``), the collector's
+    key with it."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-honeycomb-team: hc-CANARY-key,api-key=ok CANARY ; x")
+    caplog.set_level(logging.WARNING)
+    tracing = Tracing.from_config(validate(raw_config(otlp_endpoint="http://127.0.0.1:9")))
+    assert tracing is not None
+    tracing.shutdown(timeout_s=0)
+    said = [record.getMessage() for record in caplog.records]
+    assert any("a header is not name=value" in line for line in said), said
+    assert not any("CANARY" in line for line in said), said

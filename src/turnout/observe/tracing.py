@@ -51,6 +51,24 @@ SHUTDOWN_S = 3.0  # at shutdown, how long what is queued may take to reach the c
 log = logging.getLogger("turnout")
 
 
+class _HeaderUnshown(logging.Filter):
+    """The SDK logs a header of ``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`` that it cannot parse
+    whole: ``x-honeycomb-team: KEY`` (a colon for the ``=``) put the collector's key in the log.
+    The line says what is wrong and shows none of the header."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS or OTEL_EXPORTER_OTLP_HEADERS: a header is not name=value "
+                "(name=value,name=value; not 'Name: value'), so it is not sent; not shown: it may hold a credential"
+            )
+            record.args = ()
+        return True
+
+
+logging.getLogger("opentelemetry.util.re").addFilter(_HeaderUnshown())
+
+
 @dataclass(frozen=True, slots=True)
 class TargetInfo:
     provider: str  # gen_ai.provider.name
