@@ -213,6 +213,19 @@ def test_a_bad_base_url_is_named(url: str) -> None:
     assert repr(url) in problem
 
 
+@pytest.mark.parametrize("url", ["collector:4317", "localhost", "grpc://collector:4317", "ftp://u:pw-CANARY@collector"])
+def test_an_otlp_endpoint_that_is_not_an_http_url_is_refused(url: str) -> None:
+    """Taken before, it dropped every span at export (a line in the log, nothing from check)."""
+    [problem] = problems(base(observability={"otlp_endpoint": url}))
+    assert problem.startswith("observability.otlp_endpoint: must start with http:// or https://")
+    assert "CANARY" not in problem
+
+
+@pytest.mark.parametrize("url", ["http://collector:4318", "https://otel.example/v1/traces", ""])
+def test_an_otlp_endpoint_over_http_is_taken(url: str) -> None:
+    assert validate(base(observability={"otlp_endpoint": url})).observability.otlp_endpoint == url
+
+
 def test_a_bad_url_in_base_urls_is_named() -> None:
     raw = base()
     raw["targets"]["vllm"] = {"provider": "openai", "base_urls": ["http://ok/v1", "nope"], "model": "m"}

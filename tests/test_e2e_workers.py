@@ -187,7 +187,7 @@ def test_a_killed_worker_is_replaced(served: Served) -> None:
             break
         pids |= worker_pids(served)
     assert {int(p) for p in pids} == after
-    assert "exited with -9: starting another" in served.log.read_text()
+    assert "killed by SIGKILL: starting another" in served.log.read_text()
 
 
 def wait_log(served: Served, text: str, count: int) -> None:

@@ -4,8 +4,15 @@ row's own times; GenAI attributes; exported over OTLP/HTTP to a collector on shu
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import socket
+import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,13 +22,19 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from turnout.config import validate
+from tests.asgi import request
+from tests.conftest import AppFactory
+from tests.fakes.scripted import ScriptedProvider
+from turnout.cli.serve import Reloader
+from turnout.config import load_config, validate
 from turnout.errors import ConfigError
 from turnout.ledger.record import AttemptRecord, LedgerRow
 from turnout.observe import open_tracing
 from turnout.observe.tracing import TargetInfo, Tracing, target_info, traces_url
+from turnout.serving.app import App
 
 EMAIL = "jane.doe+sentinel@example.com"
+ADMIN = "adm-tracing-0123456789abcdef"
 START = 1_700_000_000.25
 TARGETS = {
     "primary": TargetInfo("openai", "m1"),
@@ -261,6 +274,20 @@ async def collector() -> AsyncIterator[tuple[str, list[tuple[str, bytes]]]]:
     await runner.cleanup()
 
 
+def exported_spans(received: list[tuple[str, bytes]], service: str = "turnout") -> list[Any]:
+    """The spans of the collector's requests, each from ``service``."""
+    spans = []
+    for _, body in received:
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(body)
+        for resource_spans in export.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            assert attributes["service.name"] == service
+            for scope_spans in resource_spans.scope_spans:
+                spans.extend(scope_spans.spans)
+    return spans
+
+
 async def test_spans_are_posted_to_the_otlp_endpoint_on_shutdown(
     collector: tuple[str, list[tuple[str, bytes]]],
 ) -> None:
@@ -273,15 +300,7 @@ async def test_spans_are_posted_to_the_otlp_endpoint_on_shutdown(
 
     assert received, "nothing was exported"
     assert {content_type for content_type, _ in received} == {"application/x-protobuf"}
-    spans = []
-    for _, body in received:
-        export = ExportTraceServiceRequest()
-        export.ParseFromString(body)
-        for resource_spans in export.resource_spans:
-            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
-            assert service == "gw-a"
-            for scope_spans in resource_spans.scope_spans:
-                spans.extend(scope_spans.spans)
+    spans = exported_spans(received, service="gw-a")
     assert sorted(s.name for s in spans) == sorted(["chat chat", "chat m1", "chat anthropic.claude-3-haiku"] * 2)
     assert all(EMAIL.encode() not in body for _, body in received)
     roots = [s for s in spans if not s.parent_span_id]
@@ -294,3 +313,149 @@ def test_open_tracing_is_none_without_an_endpoint_and_explains_a_missing_sdk(mon
     monkeypatch.setitem(sys.modules, "turnout.observe.tracing", None)  # as if the extra were not installed
     with pytest.raises(ConfigError, match=r"turnout\[observability\]"):
         open_tracing(validate(raw_config(otlp_endpoint="http://127.0.0.1:4318")))
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A collector that accepts each connection and never answers (hung, or a black hole
+    behind a proxy): the connections it holds."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", held
+    done.set()
+    thread.join()
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def test_shutdown_does_not_wait_out_a_collector_that_never_answers(
+    silent_collector: tuple[str, list[socket.socket]],
+) -> None:
+    """Three batches queued for a collector that never answers: the SDK's shutdown sent each in
+    turn, waiting out every export's timeout (and up to 30 s in all), while the gateway's
+    shutdown, its ledger still to drain, waited too. It gives up after the first."""
+    endpoint, held = silent_collector
+    tracing = Tracing.from_config(validate(raw_config(otlp_endpoint=endpoint)))
+    assert tracing is not None
+    for _ in range(400):  # 1,200 spans: batches of 512
+        tracing.record(fallback_row())
+    tracing.shutdown()
+    assert len(held) == 1  # the first export, still unanswered: no other batch was waited for
+
+
+async def test_the_ledger_is_written_before_the_traces_wait_on_the_collector(
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At shutdown the ledger drains first: a collector that is slow to take the last spans
+    holds back no row (rows wait for the close: a long flush interval)."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # spans too leave only at shutdown
+    db = tmp_path / "ledger.db"
+    seen: list[int] = []  # at each export: the rows the ledger holds
+
+    async def traces(request: web.Request) -> web.Response:
+        await request.read()
+        with sqlite3.connect(db) as conn:
+            seen.append(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+        return web.Response(body=ExportTraceServiceRequest().SerializeToString(), content_type="application/x-protobuf")
+
+    collector = web.Application()
+    collector.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(collector)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        raw = raw_config(otlp_endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        raw["store"] = {"kind": "sqlite", "path": str(db), "flush_interval_ms": 600_000}
+        app = await make_app(raw, {"primary": ScriptedProvider("primary")})
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await request(app, "POST", "/v1/chat/completions", body)).status == 200
+        await app.runtime.aclose()
+    finally:
+        await runner.cleanup()
+    assert seen == [1]
+
+
+async def test_a_collector_answering_without_end_is_read_no_further_than_a_bound() -> None:
+    """requests read the whole answer into memory before the exporter saw its status: an
+    endpoint answering with an endless body grew the gateway without end. The exporter hangs
+    up once it has a bounded prefix (here: long before the 64 MiB this endpoint would send)."""
+    sent: list[int] = [0]
+
+    async def traces(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        answer = web.StreamResponse()
+        await answer.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while sent[0] < 64 * 2**20:
+                await answer.write(b"x" * 65_536)
+                sent[0] += 65_536
+        return answer
+
+    endless = web.Application()
+    endless.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(endless)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        tracing = Tracing.from_config(validate(raw_config(otlp_endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}")))
+        assert tracing is not None
+        tracing.record(fallback_row())
+        await asyncio.to_thread(tracing.force_flush)
+        await asyncio.to_thread(tracing.shutdown)
+    finally:
+        await runner.cleanup()
+    assert 0 < sent[0] < 64 * 2**20
+
+
+async def test_a_task_added_by_a_reload_is_named_in_its_spans(
+    collector: tuple[str, list[tuple[str, bytes]]], tmp_path: Path
+) -> None:
+    """Tasks change live; the traces kept the names of the tasks at start-up, so a task added by
+    a reload was traced as ``other``."""
+    endpoint, received = collector
+    raw = raw_config(otlp_endpoint=endpoint)
+    raw["server"] = {"admin_key": ADMIN}
+    raw["limits"] = {"keys_path": str(tmp_path / "keys.db")}
+    path = tmp_path / "turnout.yaml"
+    path.write_text(json.dumps(raw))
+    app = App(load_config(path), {"primary": ScriptedProvider("primary")}, loader=Reloader(str(path), None, None))
+    await app.runtime.start()
+    app.ready = True
+    try:
+        raw["tasks"]["summarize"] = {"route": ["primary"]}
+        path.write_text(json.dumps(raw))
+        assert (await request(app, "POST", "/admin/reload", headers={"authorization": f"Bearer {ADMIN}"})).status == 200
+        body = {"model": "summarize", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await request(app, "POST", "/v1/chat/completions", body)).status == 200
+    finally:
+        await app.runtime.aclose()
+    roots = [span for span in exported_spans(received) if not span.parent_span_id]
+    assert [span.name for span in roots] == ["chat summarize"]
+
+
+def test_a_malformed_collector_header_is_not_logged_with_its_credential(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK logged a header it could not parse whole (a colon for the ``=``), the collector's
+    key with it."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-honeycomb-team: hc-CANARY-key,api-key=ok CANARY ; x")
+    caplog.set_level(logging.WARNING)
+    tracing = Tracing.from_config(validate(raw_config(otlp_endpoint="http://127.0.0.1:9")))
+    assert tracing is not None
+    tracing.shutdown(timeout_s=0)
+    said = [record.getMessage() for record in caplog.records]
+    assert any("a header is not name=value" in line for line in said), said
+    assert not any("CANARY" in line for line in said), said

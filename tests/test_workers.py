@@ -170,19 +170,30 @@ def test_serve_hands_several_workers_to_the_supervisor(tmp_path: Path, monkeypat
 # Targets run in spawned interpreters: module-level functions, their effects seen in files.
 
 
-def record_and_wait(where: str, sockets: list[socket.socket], pipe: Any = None) -> None:
-    """A worker: writes its pid, then waits; SIGHUP is written down, SIGTERM ends it."""
+def record_and_wait(where: str, sockets: list[socket.socket], pipe: Connection) -> None:
+    """A worker: writes its pid and says it serves, then waits; SIGHUP is written down, SIGTERM
+    ends it."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGHUP, lambda *_: Path(where, f"hup-{os.getpid()}").touch())
     Path(where, f"up-{os.getpid()}").touch()
+    pipe.send(("up",))
     done.wait()
     Path(where, f"down-{os.getpid()}").touch()
 
 
-def fail_start(where: str, sockets: list[socket.socket], pipe: Any = None) -> None:
-    Path(where, f"up-{os.getpid()}").touch()
-    raise SystemExit(STARTUP_FAILURE)
+FAILED_STARTS = ["start-up refused", "import error", "killed while loading"]
+
+
+def fail_start(where: str, how: str, sockets: list[socket.socket], pipe: Connection) -> None:
+    """A worker that ends before it serves: its start-up refused (a store down: uvicorn's exit
+    status 3), an import that fails (1), or killed while it loads a model (the OOM killer)."""
+    Path(where, f"failed-{os.getpid()}").touch()
+    if how == "start-up refused":
+        raise SystemExit(STARTUP_FAILURE)
+    if how == "import error":
+        raise ImportError("turnout_injected")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def files(where: Path, prefix: str) -> set[str]:
@@ -278,17 +289,15 @@ def test_sighup_without_a_config_file_reaches_no_worker(tmp_path: Path) -> None:
         assert running.thread.is_alive() and files(tmp_path, "hup-") == set()
 
 
-def test_a_failed_start_up_stops_the_supervisor(tmp_path: Path) -> None:
-    sup = Supervisor(2, fail_start, (str(tmp_path),), stop_after_s=5)
-    sock = supervisor.bind("127.0.0.1", 0)
-    try:
-        for slot in range(2):
-            sup._start(slot, sock)
-        assert sup._loop(sock) == 1  # no crash loop: the config cannot start
-    finally:
-        sup._stop()
-        sock.close()
-    assert len(files(tmp_path, "up-")) <= 2
+@pytest.mark.parametrize("how", FAILED_STARTS)
+def test_a_failed_start_up_stops_the_supervisor(tmp_path: Path, how: str) -> None:
+    """However a worker of the first start ends before it serves, the server cannot start: an
+    exit other than uvicorn's 3 was restarted every second, for ever."""
+    sup = Supervisor(2, fail_start, (str(tmp_path), how), stop_after_s=5)
+    with Running(sup) as running:
+        running.thread.join(30)
+        assert running.code == [1]  # no crash loop: the server cannot start
+    assert len(files(tmp_path, "failed-")) <= 2
 
 
 def test_the_supervisor_owns_its_metrics_directory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -302,22 +311,24 @@ def test_the_supervisor_owns_its_metrics_directory(monkeypatch: pytest.MonkeyPat
     assert sup._metrics_dir() is None  # the operator's: neither created nor removed
 
 
-def serve_unless_failing(where: str, sockets: list[socket.socket], pipe: Any = None) -> None:
-    """A worker that fails its start-up while the file ``fail`` exists (a store it opens down)."""
+def serve_unless_failing(where: str, how: str, sockets: list[socket.socket], pipe: Connection) -> None:
+    """A worker that fails its start-up (``how``) while the file ``fail`` exists (a store it
+    opens down)."""
     if Path(where, "fail").exists():
-        Path(where, f"failed-{os.getpid()}").touch()
-        raise SystemExit(STARTUP_FAILURE)
+        fail_start(where, how, sockets, pipe)
     record_and_wait(where, sockets, pipe)
 
 
-def test_a_replacement_that_fails_to_start_is_tried_again_while_another_worker_serves(tmp_path: Path) -> None:
-    sup = Supervisor(2, serve_unless_failing, (str(tmp_path),), stop_after_s=5)
+@pytest.mark.parametrize("how", FAILED_STARTS)
+def test_a_replacement_that_fails_to_start_is_tried_again_while_another_worker_serves(tmp_path: Path, how: str) -> None:
+    sup = Supervisor(2, serve_unless_failing, (str(tmp_path), how), stop_after_s=5)
     with Running(sup) as running:
         wait_for(lambda: len(files(tmp_path, "up-")) == 2, "two workers up")
         survivor, victim = sorted(files(tmp_path, "up-"))
         Path(tmp_path, "fail").touch()  # the store is down: a new worker cannot start
         os.kill(int(victim), signal.SIGKILL)
         wait_for(lambda: len(files(tmp_path, "failed-")) >= 1, "the replacement failed its start-up")
+        wait_for(lambda: bool(sup.pending), "its next try put off (2, 4, 8 … s), not a restart at once")
         time.sleep(0.5)
         assert running.thread.is_alive() and running.code == []  # the survivor still serves
         assert survivor in {str(p.pid) for p, _ in sup.workers.values()}
@@ -327,7 +338,7 @@ def test_a_replacement_that_fails_to_start_is_tried_again_while_another_worker_s
 
 
 def test_a_replacement_that_fails_to_start_with_no_worker_left_stops_the_supervisor(tmp_path: Path) -> None:
-    sup = Supervisor(1, serve_unless_failing, (str(tmp_path),), stop_after_s=5)
+    sup = Supervisor(1, serve_unless_failing, (str(tmp_path), "start-up refused"), stop_after_s=5)
     with Running(sup) as running:
         wait_for(lambda: len(files(tmp_path, "up-")) == 1, "the worker up")
         Path(tmp_path, "fail").touch()
@@ -336,12 +347,13 @@ def test_a_replacement_that_fails_to_start_with_no_worker_left_stops_the_supervi
         assert running.code == [1]
 
 
-def drain_until_forced(where: str, sockets: list[socket.socket], pipe: Any = None) -> None:
+def drain_until_forced(where: str, sockets: list[socket.socket], pipe: Connection) -> None:
     """A worker with a request that outlasts any grace: SIGTERM is noted, SIGINT ends it."""
     forced = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: Path(where, f"term-{os.getpid()}").touch())
     signal.signal(signal.SIGINT, lambda *_: forced.set())
     Path(where, f"up-{os.getpid()}").touch()
+    pipe.send(("up",))
     forced.wait()
     Path(where, f"forced-{os.getpid()}").touch()
 

@@ -48,12 +48,14 @@ def serve(config: Config, host: str | None, port: int | None, workers: int) -> N
     """Run the gateway until SIGINT/SIGTERM, then drain in-flight requests and the ledger (a
     second Ctrl-C cuts what still runs, writing its rows, and quits). SIGHUP re-reads the config
     file: tasks, tenants, policy and prices change live; the rest waits for a restart. With
-    --workers, every worker takes the new file or none does.
+    --workers, every worker takes the new file or none does; a worker that dies is started
+    again, and SIGTERM drains every worker.
 
     Exit status 1, before anything starts, with the reason on stderr: a config the gateway
     would not start on, or an address it cannot listen on ("cannot listen on HOST:PORT:
     address already in use"); or, as it starts, a store that refuses it (the log's
-    "start-up failed: REASON"). A PostgreSQL that does not answer yet is waited for: the
+    "start-up failed: REASON"), or with --workers a worker of the first start that ends before
+    it serves. A PostgreSQL that does not answer yet is waited for: the
     gateway starts unready (/readyz 503) and opens it in the background."""
     config = with_address(config, host, port)
     ready(config, workers)

@@ -129,6 +129,16 @@ def _http_url(url: str) -> str:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
+def _otlp_url(url: str) -> str:
+    """The collector's OTLP/HTTP endpoint. Its gRPC form (``collector:4317``) or a bare host was
+    taken, and at export every span was dropped, with a line in the log and nothing said by
+    ``turnout check``. Empty (an unset variable substituted) is no tracing, as unset is."""
+    problem = http_url_problem(url) if url else None
+    if problem:
+        raise ValueError(f"{problem} (OTLP over HTTP, e.g. http://collector:4318): {shown_url(url)!r}")
+    return url
+
+
 def _proxy(entry: str) -> str:
     """A trusted proxy: ``*``, an address or a network. uvicorn takes anything else as a name
     that no TCP peer has: a typo (``10.0.0.0/33``) would trust no proxy, and say nothing."""
@@ -317,7 +327,7 @@ class ObservabilityConfig(_Strict):
     # Set: /metrics asks for it (or the admin key) as a bearer token, for its figures name every
     # tenant and task with their spend. Unset: open to whoever reaches the port.
     metrics_key: AdminKey | None = None
-    otlp_endpoint: HttpUrl | None = None  # traces: OTLP/HTTP endpoint; unset: no tracing
+    otlp_endpoint: Annotated[str, AfterValidator(_otlp_url)] | None = None  # traces: OTLP/HTTP; unset: none
     service_name: str = "turnout"
 
 

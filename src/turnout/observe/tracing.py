@@ -15,6 +15,10 @@ Attributes follow the OpenTelemetry GenAI semantic conventions where they exist
 No span carries prompt or completion text, the caller's user, or a task name that is not in
 the configuration (an unknown "model" from a caller is arbitrary text).
 
+A collector that is down, slow or refusing costs a request nothing: ``record`` only queues, the
+export thread waits on the collector (each export at most ``EXPORT_S``) and the queue drops what
+it cannot hold. At shutdown what is queued gets ``SHUTDOWN_S`` to leave, then is dropped.
+
 The standard ``OTEL_*`` variables still apply: ``OTEL_TRACES_SAMPLER`` to sample,
 ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` for a collector's credentials,
 ``OTEL_RESOURCE_ATTRIBUTES`` for more resource attributes.
@@ -22,6 +26,8 @@ The standard ``OTEL_*`` variables still apply: ``OTEL_TRACES_SAMPLER`` to sample
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +44,29 @@ from turnout.ledger.record import AttemptRecord, LedgerRow
 # gen_ai.provider.name well-known values; llama.cpp has none, so it is named as itself.
 PROVIDER_NAMES = {"openai": "openai", "bedrock": "aws.bedrock", "local": "llama.cpp"}
 UNKNOWN_TASK = "other"
+EXPORT_S = 5.0  # one export to the collector, its retries included
+ANSWER_BYTES = 65_536  # of the collector's answer to an export, what is read at most
+SHUTDOWN_S = 3.0  # at shutdown, how long what is queued may take to reach the collector
+
+log = logging.getLogger("turnout")
+
+
+class _HeaderUnshown(logging.Filter):
+    """The SDK logs a header of ``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`` that it cannot parse
+    whole: ``x-honeycomb-team: KEY`` (a colon for the ``=``) put the collector's key in the log.
+    The line says what is wrong and shows none of the header."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS or OTEL_EXPORTER_OTLP_HEADERS: a header is not name=value "
+                "(name=value,name=value; not 'Name: value'), so it is not sent; not shown: it may hold a credential"
+            )
+            record.args = ()
+        return True
+
+
+logging.getLogger("opentelemetry.util.re").addFilter(_HeaderUnshown())
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +98,8 @@ class Tracing:
         self.tasks = tasks
         self.targets = dict(targets or {})
         # A provider of our own, not the global one: several gateways (tests) stay apart.
-        self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        # Shut down by ``shutdown`` only: the SDK's own at exit waits up to 30 s on a dead collector.
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}), shutdown_on_exit=False)
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("turnout")
 
@@ -79,14 +109,22 @@ class Tracing:
         if not endpoint:
             return None
         # Imported here: the exporter (and its HTTP client) only loads when tracing is on.
+        import requests
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+        session = requests.Session()
+        session.hooks["response"].append(read_bounded)
         return cls(
-            OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=5.0),
+            OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=EXPORT_S, session=session),
             service_name=config.observability.service_name,
             tasks=frozenset(config.tasks),
             targets={name: target_info(t) for name, t in config.targets.items()},
         )
+
+    def follow(self, config: Config) -> None:
+        """After a config reload: spans name the tasks it has (tasks change live; targets wait
+        for a restart)."""
+        self.tasks = frozenset(config.tasks)
 
     def record(self, row: LedgerRow) -> None:
         """Queue the spans of one finished request for export. Never blocks: when the export
@@ -156,10 +194,33 @@ class Tracing:
     def force_flush(self, timeout_s: float = 5.0) -> bool:
         return self.provider.force_flush(int(timeout_s * 1000))
 
-    def shutdown(self) -> None:
-        """Export what is queued and stop the export thread. Blocks (network): from async
-        code, run it in a thread."""
-        self.provider.shutdown()
+    def shutdown(self, timeout_s: float = SHUTDOWN_S) -> None:
+        """Export what is queued and stop the export thread, waiting ``timeout_s`` at most: the
+        SDK's shutdown exports every queued batch in turn, each up to ``EXPORT_S``, and waits
+        30 s for them (older SDKs, without end), which a collector that is down or never
+        answers made the gateway's shutdown wait out, its ledger still to drain. What is left
+        is dropped with the process (a daemon thread). Blocks: from async code, run it in a
+        thread."""
+        stopping = threading.Thread(target=self.provider.shutdown, name="turnout-traces-shutdown", daemon=True)
+        stopping.start()
+        stopping.join(timeout_s)
+        if stopping.is_alive():
+            log.warning("traces: the collector took no more within %g s of shutdown; the rest is dropped", timeout_s)
+
+
+def read_bounded(response: Any, *args: Any, **kwargs: Any) -> Any:
+    """A ``requests`` hook on the exporter's session: of the collector's answer, at most
+    ``ANSWER_BYTES`` are read, the connection dropped past that. requests reads a body whole,
+    whatever its size, before the exporter looks at the status: an endpoint answering with an
+    endless body (not a collector, or a hostile one) grew the gateway's memory without end."""
+    body = bytearray()
+    for chunk in response.iter_content(ANSWER_BYTES):
+        body += chunk
+        if len(body) > ANSWER_BYTES:
+            response.close()
+            break
+    response._content = bytes(body[:ANSWER_BYTES])  # what .content and .text answer from now on
+    return response
 
 
 def _attempt_attrs(i: int, attempt: AttemptRecord, info: TargetInfo | None) -> dict[str, Any]:

@@ -176,10 +176,10 @@ class App:
         requests already running keep the pipeline, and so the config, they started on.
         ReloadRefused (the old config kept) when the file is invalid. A worker of
         ``--workers`` asks its supervisor, which reloads every worker or none."""
-        if self.fleet is not None:
-            return await self.fleet.ask()
         if self.loader is None:
             raise reload.ReloadRefused(["this server was started without a config file: nothing to reload"])
+        if self.fleet is not None:
+            return await self.fleet.ask()
         async with self._reloading:
             try:
                 plan = reload.plan(self.runtime.config, self.loader)

@@ -136,6 +136,10 @@ class Runtime:
 
     async def _open(self, stack: AsyncExitStack) -> None:
         cfg = self.config
+        # Opened first, so closed last: the ledger drains before the traces wait on a collector.
+        self.tracing = open_tracing(cfg)
+        if self.tracing is not None:  # exports what is queued: blocking network I/O, bounded
+            stack.push_async_callback(asyncio.to_thread, self.tracing.shutdown)
         if cfg.store.kind != "none":
             store = self.store = open_store(cfg.store)
             stack.push_async_callback(store.aclose)  # a no-op while it has not opened
@@ -143,9 +147,6 @@ class Runtime:
             self.ledger = LedgerWriter.from_config(store, cfg.store)
             self.ledger.start()
             stack.push_async_callback(self.ledger.aclose)  # flushed before its store closes
-        self.tracing = open_tracing(cfg)
-        if self.tracing is not None:  # exports what is queued: blocking network I/O
-            stack.push_async_callback(asyncio.to_thread, self.tracing.shutdown)
         if cfg.tenants:  # issued keys live beside the limits (SQLite, or Redis when shared)
             keys = open_key_store(cfg.limits)
             await keys.open(serving=True)
@@ -294,8 +295,8 @@ class Runtime:
     def adopt(self, predecessor: Runtime) -> None:
         """Swap in: take over what ``predecessor`` opened (its ``aclose`` is now this one's, and
         closes first what this one opened), and point what both share at the new config: the
-        canary controller, the shadow mirror, the cache's tasks and sweep, ``/metrics``. Nothing
-        here can fail half-way."""
+        canary controller, the shadow mirror, the cache's tasks and sweep, ``/metrics``, the
+        traces. Nothing here can fail half-way."""
         stack = predecessor._stack
         if stack is None:
             raise RuntimeError("the runtime being replaced is closed")
@@ -315,6 +316,8 @@ class Runtime:
             self.cache_sweep.registry = self.releases  # the open cache's answers now carry release versions
         if self.metrics is not None:  # its counters carry on; labels follow the new names
             self.metrics.follow(config, self.live)
+        if self.tracing is not None:  # spans name the new tasks
+            self.tracing.follow(config)
 
     async def _open_shadows(self, stack: AsyncExitStack) -> None:
         """The shadow store and the mirror that feeds it (``turnout.serving.shadow``)."""

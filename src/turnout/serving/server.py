@@ -118,12 +118,13 @@ def run_worker(
     source: str | None,
     loader: reload.Loader | None,
     sockets: list[socket.socket],
-    pipe: Connection | None,
+    pipe: Connection,
 ) -> None:
     """A worker process's body (spawned by ``supervisor.Supervisor``): ``pipe``, to the
-    supervisor, through which every reload goes (``serving/rounds.py``)."""
+    supervisor, which hears from it when it serves, and through which every reload goes
+    (``serving/rounds.py``)."""
     supervisor.become_worker()
-    run(config, source, loader, sockets, None if pipe is None else Channel(pipe))
+    run(config, source, loader, sockets, Channel(pipe))
 
 
 class _Server(uvicorn.Server):

@@ -5,11 +5,13 @@ fresh interpreter: its own event loop, runtime, connection pools and limiter cli
 kernel hands each new connection to whichever worker accepts it first. The parent only
 supervises:
 
-* a worker that exits is started again (after a pause when it lived under a second, so a
-  crash loop does not spin). A worker of the first start whose start-up fails means the config
-  cannot start at all: the parent stops every worker and exits 1. A replacement whose start-up
-  fails (a store it opens is down for a while) is tried again, after 2, 4, 8 … up to 30 s, as
-  long as another worker still serves; with none left the parent exits 1;
+* a worker that exits after it has served is started again (after a pause when it lived under
+  a second). One that exits before it serves, however it ends (its start-up refused, an import
+  that fails, a model whose loading kills it), has failed to start: a worker of the first start
+  that does means the server cannot start at all: the parent stops every worker and exits 1. A
+  replacement that does (a store it opens is down for a while) is tried again, after 2, 4, 8 …
+  up to 30 s, as long as another worker still serves; with none left the parent exits 1. A
+  worker says it serves over its pipe to the parent, once uvicorn has started;
 * SIGTERM or SIGINT → the parent closes its copy of the listening socket and sends SIGTERM to
   every worker, each of which drains as a single process does (``server.shutdown_grace_s``):
   new connections are refused at once, as they are by one process; a second SIGINT (Ctrl-C)
@@ -144,10 +146,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 @dataclass
 class Supervisor:
-    """Runs ``target(*args, [sock], pipe)`` in ``n`` spawned workers until told to stop. With
-    ``reloads``, ``args[0]`` is the config, each worker's ``pipe`` its end of a pipe to the
-    parent, and a reload is a round of ``reloads`` (a worker started later gets its config);
-    without, ``pipe`` is None and a SIGHUP only says there is nothing to reload."""
+    """Runs ``target(*args, [sock], pipe)`` in ``n`` spawned workers until told to stop:
+    ``pipe``, each worker's end of a pipe to the parent, over which it says ``("up",)`` once it
+    serves. With ``reloads``, ``args[0]`` is the config and a reload is a round of ``reloads``
+    (a worker started later gets its config); without, a SIGHUP only says there is nothing to
+    reload."""
 
     n: int
     target: Callable[..., None]
@@ -156,7 +159,8 @@ class Supervisor:
     reloads: Conductor | None = None
     workers: dict[int, tuple[SpawnProcess, float]] = field(default_factory=dict)  # slot → (process, started)
     pipes: dict[int, Connection] = field(default_factory=dict)  # slot → the parent's end of its pipe
-    up: set[int] = field(default_factory=set)  # slots whose worker said it serves
+    up: set[int] = field(default_factory=set)  # slots whose worker said it serves, and takes rounds
+    served: set[int] = field(default_factory=set)  # slots whose worker said it serves (draining or not)
     signals: list[int] = field(default_factory=list)
     replaced: set[int] = field(default_factory=set)  # slots whose worker is a replacement
     failed: dict[int, int] = field(default_factory=dict)  # slot → its replacements' failed start-ups in a row
@@ -198,15 +202,15 @@ class Supervisor:
         return owned
 
     def _start(self, slot: int, sock: socket.socket) -> None:
-        args, child = self.args, None
+        args = self.args
         if self.reloads is not None:
             args = (self.reloads.config, *args[1:])
-            self.pipes[slot], child = _spawn.Pipe()
             self.reloads.started(slot)
+        self.pipes[slot], child = _spawn.Pipe()
+        self.served.discard(slot)
         process = _spawn.Process(target=self.target, args=(*args, [sock], child), name=f"turnout-worker-{slot}")
         process.start()
-        if child is not None:
-            child.close()  # the worker's copy is the one that counts: its exit ends the pipe
+        child.close()  # the worker's copy is the one that counts: its exit ends the pipe
         self.workers[slot] = (process, time.monotonic())
         log.info("worker %d started (pid %s)", slot, process.pid)
 
@@ -255,7 +259,7 @@ class Supervisor:
 
     def _hear(self, slot: int, pipe: Connection) -> None:
         """A message from a worker (``serving/rounds.py``)."""
-        if self.pipes.get(slot) is not pipe or self.reloads is None:
+        if self.pipes.get(slot) is not pipe:
             return  # the pipe of a worker already replaced
         try:
             message = pipe.recv()
@@ -264,7 +268,11 @@ class Supervisor:
             return
         if message[0] == "up":
             self.up.add(slot)
-            self.reloads.up(slot, self)
+            self.served.add(slot)
+            if self.reloads is not None:
+                self.reloads.up(slot, self)
+        elif self.reloads is None:  # a SIGHUP to the worker: asks for a reload
+            log.warning("SIGHUP: this server was started without a config file: nothing to reload")
         elif message[0] == "reload":
             self.reloads.ask((slot, message[1]), self)
         else:
@@ -307,33 +315,48 @@ class Supervisor:
         other worker is left)."""
         process, started = self.workers.pop(slot)
         process.join()
+        served = self._served(slot)
         _forget_metrics(process.pid)
         self._forget_pipe(slot)
-        if process.exitcode == STARTUP_FAILURE:
+        ended = _ended(process.exitcode)
+        if not served:  # a crash before serving: restarted at once, it would only crash again
             if slot not in self.replaced:
-                log.error("worker %d (pid %s) failed to start: stopping every worker", slot, process.pid)
+                log.error("worker %d (pid %s) failed to start (%s): stopping every worker", slot, process.pid, ended)
                 return False
             if not any(p.is_alive() for p, _ in self.workers.values()):
-                log.error("worker %d (pid %s) failed to start and no worker is left: stopping", slot, process.pid)
+                log.error(
+                    "worker %d (pid %s) failed to start (%s) and no worker is left: stopping", slot, process.pid, ended
+                )
                 return False
             self.failed[slot] = tries = self.failed.get(slot, 0) + 1
             pause = min(RETRY_MAX_S, 2.0**tries)
             log.error(
-                "worker %d (pid %s) failed to start (%d in a row); the other workers serve; trying again in %.0f s",
+                "worker %d (pid %s) failed to start (%s; %d in a row); the other workers serve; trying again in %.0f s",
                 slot,
                 process.pid,
+                ended,
                 tries,
                 pause,
             )
             self.pending[slot] = time.monotonic() + pause
             return True
         self.failed.pop(slot, None)
-        log.warning("worker %d (pid %s) exited with %s: starting another", slot, process.pid, process.exitcode)
+        log.warning("worker %d (pid %s) %s: starting another", slot, process.pid, ended)
         if time.monotonic() - started < QUICK_EXIT_S:
             time.sleep(QUICK_EXIT_S)
         self.replaced.add(slot)
         self._start(slot, sock)
         return True
+
+    def _served(self, slot: int) -> bool:
+        """Whether the exited worker of ``slot`` said it serves: its pipe's last messages too (its
+        exit and its "up" may be seen in either order); nothing else they say counts now."""
+        pipe = self.pipes.get(slot)
+        with contextlib.suppress(OSError, EOFError):
+            while slot not in self.served and pipe is not None and pipe.poll():
+                if pipe.recv()[0] == "up":
+                    self.served.add(slot)
+        return slot in self.served
 
     def _signal_all(self, signum: int) -> None:
         for process, _ in self.workers.values():
@@ -374,6 +397,14 @@ def _console_state() -> str:
     where = tempfile.mkdtemp(prefix="turnout-console-")
     os.environ[CONSOLE_REVOKED_ENV] = where
     return where
+
+
+def _ended(exitcode: int | None) -> str:
+    """How a worker ended, as the log says it."""
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit status {exitcode}"
 
 
 def _forget_metrics(pid: int | None) -> None:
