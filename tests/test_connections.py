@@ -282,6 +282,26 @@ async def test_a_keep_alive_connection_in_use_stays_open_past_the_timeouts() -> 
         writer.close()
 
 
+async def test_a_request_answered_past_the_body_timeout_neither_is_cut_nor_stops_the_sweep() -> None:
+    """Seen: an answer taking longer than body_timeout_s (a long completion, any stream) was
+    judged against the timeout of the phase it had left (its old stamp), the sweep raised
+    KeyError on it and stopped: no connection was closed for time until a new one came."""
+    async with serving(body=0.3, keepalive=0.2) as (port, app):
+        busy_reader, busy_writer = await connect(port)
+        busy_writer.write(b"GET /block HTTP/1.1\r\nhost: t\r\n\r\n")
+        idle_reader, idle_writer = await connect(port)  # no new connection after this one
+        await asyncio.sleep(0.6)  # the long answer is past the body timeout
+        idle_writer.write(GET)
+        assert (await response(idle_reader))[0] == 200
+        start = now()
+        data, _ = await closed_after(idle_reader, start)  # closed when idle past keepalive
+        assert data == b""
+        app.release.set()
+        assert (await response(busy_reader))[0] == 200  # the long answer was not cut
+        busy_writer.close()
+        idle_writer.close()
+
+
 async def test_an_early_answer_while_the_body_trickles_does_not_keep_the_connection_forever() -> None:
     # /early answers 413 without reading the body; the client keeps sending it slowly, which
     # cancels uvicorn's own keep-alive timer every time a byte arrives.

@@ -174,7 +174,9 @@ class Guard:
         now = loop.time()
         timeouts = self._timeouts
         due = [c for c in self.open if now - c.since > timeouts[c.phase]]
-        expired = [c for c in due if now - c.since > timeouts[c.observe(now)]]
+        # Each judged by the phase it is in now, from when that began (``observe`` first: it
+        # restamps one whose phase moved on, such as a request being answered).
+        expired = [c for c in due if (phase := c.observe(now)) != BUSY and now - c.since > timeouts[phase]]
         for conn in expired:
             self.closed[_REASONS[conn.phase]] += 1
             conn.shut(TIMED_OUT)
