@@ -636,6 +636,17 @@ async def test_a_stream_aiohttp_cannot_parse_says_what_was_wrong(answer: bytes, 
     assert "127.0.0.1" not in caught.value.message and "\n" not in caught.value.message
 
 
+async def test_a_stream_event_of_many_data_lines_is_held_to_the_size_of_one_event() -> None:
+    """Seen: the bound on a stream event held each line, not the event: one of many ``data:``
+    lines (JSON whitespace, never a blank line) grew without bound, copied whole at each line."""
+    first = b'data: {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]\n'
+    padding = (b"data: " + b" " * 65536 + b"\n") * 160  # 10 MiB, each line well under the bound
+    answer = _SSE + b"\r\n" + first + padding + b"data: }\n\n" + b"data: [DONE]\n\n"
+    async with raw_upstream(answer) as url, provider_for(url) as p:
+        with pytest.raises(UpstreamProtocolError, match="r0: a stream event is over 8 MiB"):
+            await attempt(p, chat(stream=True))
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_hang_is_a_ttft_timeout(fake: FakeUpstream, provider: OpenAIProvider, stream: bool) -> None:
     fake.fault = Fault("hang")

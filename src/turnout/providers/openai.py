@@ -387,7 +387,7 @@ async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | 
     skipped. A server that omits ``[DONE]`` but ends its body properly is accepted where every
     choice finished (``_Chunks``); a cut body raises from aiohttp instead.
     """
-    data: bytes | None = None
+    data: bytes | bytearray | None = None
     failed = False  # an ``event: error`` line
     while True:
         line = await content.readuntil(b"\n", max_size=_MAX_SSE_LINE)
@@ -399,7 +399,13 @@ async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | 
         if line:
             if line.startswith(b"data:"):
                 value = line[6:] if line[5:6] == b" " else line[5:]
-                data = value if data is None else data + b"\n" + value
+                if data is None:
+                    data = value
+                elif len(data) + len(value) < _MAX_SSE_LINE:  # the bound is the event's, not a line's
+                    data = data if type(data) is bytearray else bytearray(data)  # joined in place
+                    data += b"\n" + value
+                else:
+                    raise UpstreamProtocolError(f"{label}: a stream event is over {_MAX_SSE_LINE >> 20} MiB")
             elif line.startswith(b"event:"):
                 failed = line[6:].strip() == b"error"
             continue
