@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.fakes.upstream import FakeUpstream, Fault
@@ -645,6 +646,19 @@ async def test_a_stream_event_of_many_data_lines_is_held_to_the_size_of_one_even
     async with raw_upstream(answer) as url, provider_for(url) as p:
         with pytest.raises(UpstreamProtocolError, match="r0: a stream event is over 8 MiB"):
             await attempt(p, chat(stream=True))
+
+
+async def test_a_stream_that_begins_with_a_byte_order_mark_keeps_its_first_event() -> None:
+    """Seen: the first line read "\\ufeffdata: ..." and was skipped as an unknown field, so the
+    answer lost its first words without a word said."""
+    events = [
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "Hello"}}]},
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    body = b"\xef\xbb\xbf" + b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    async with raw_upstream(_SSE + b"\r\n" + body) as url, provider_for(url) as p:
+        chunks = await collect(await p.stream(chat(stream=True)))
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["Hello", None]
 
 
 @pytest.mark.parametrize("stream", [False, True])
