@@ -560,6 +560,29 @@ async def test_stream_failure_after_first_byte_ends_with_an_error_event(make_app
     assert row.status == 502 and row.error_class == "connect"
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "chat", "messages": MESSAGES}),
+        ("/v1/messages", {"model": "chat", "max_tokens": 8, "messages": MESSAGES}),
+        ("/v1/responses", {"model": "chat", "input": "hi"}),
+    ],
+)
+async def test_an_upstream_error_mid_stream_echoing_the_prompt_reaches_the_client_masked(
+    make_app: AppFactory, path: str, body: dict[str, Any]
+) -> None:
+    """Seen on the Messages and Responses APIs: an upstream's error after the first byte went
+    into the stream's error event word for word (chat's was masked), an email and a card that
+    the prompt held among them."""
+    echoed = "bad prompt: write jane.secret@example.org, card 4111 1111 1111 1111"
+    primary = ScriptedProvider("primary", Step(UpstreamStatusError(400, echoed), text="a b c d", fail_after=2))
+    app, _ = await setup(make_app, primary=primary)
+    resp = await request(app, "POST", path, {**body, "stream": True}, AUTH)
+    text = resp.body.decode()
+    assert resp.status == 200 and "bad prompt: write [EMAIL]" in text
+    assert "4111" not in text and "jane" not in text
+
+
 async def test_client_disconnect_closes_the_upstream_stream(make_app: AppFactory) -> None:
     primary = ScriptedProvider("primary", Step(text=" ".join(["w"] * 200)))
     app, _ = await setup(make_app, primary=primary)

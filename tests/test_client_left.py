@@ -2,11 +2,14 @@
 with turnout's protocol, ``serving/connections.py``): the upstream call goes on (it is being
 generated, so it is paid for, and its concurrency slot stays taken until it ends, as the upstream's
 work does), and the request's row says 499 ``client_disconnected`` with the answer's cost, not 200
-for an answer nobody received. A client that stays gets its 200 row as before."""
+for an answer nobody received. A client that stays gets its 200 row as before. A stream's client
+that stops reading without leaving is dropped once none of its answer was taken for the send
+timeout: the same 499, its slot freed and the upstream closed."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import orjson
@@ -76,3 +79,53 @@ async def test_a_client_that_leaves_before_the_answer_gets_a_499_row_with_the_co
     assert left.completion_tokens is not None
     assert (stayed.status, stayed.error_class) == (200, None)
     assert len([r for r in upstream.requests if r.path.endswith("/chat/completions")]) == 2
+
+
+def raw_stream_request() -> bytes:
+    body = orjson.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {KEY}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def test_a_stream_whose_client_stops_reading_is_a_499_its_slot_freed_and_the_upstream_closed(
+    make_app: AppFactory,
+) -> None:
+    """Seen: a client that stopped reading a stream (its TCP window full) but kept the connection
+    held the relay in its send for as long as it liked, past the upstream's total deadline:
+    the upstream call open, the tenant's only concurrency slot taken (429 for its next request)
+    and no row."""
+    async with FakeUpstream(reply=("x" * 500,) * 2000) as upstream:  # about a megabyte
+        app = await make_app(config(upstream))
+        upstream.fault = Fault(chunk_delay=0.002, times=1)  # still streaming when the client is dropped
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel holds little of it
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        limits = Limits(30, 30, 30, 100, send_timeout_s=0.3)
+        server = uvicorn.Server(uvicorn.Config(app, http=protocol_class(limits), lifespan="off", log_level="warning"))
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
+        while not server.started:  # noqa: ASYNC110 - uvicorn has a flag, no event
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.setblocking(False)
+        try:
+            await loop.sock_connect(stalled, ("127.0.0.1", port))
+            await loop.sock_sendall(stalled, raw_stream_request())  # and never reads
+            (row,) = await rows(app, 1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # the tenant's next request
+            writer.write(raw_stream_request())
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head  # not 429: the slot (concurrency 1) is free
+            writer.close()
+        finally:
+            stalled.close()
+            server.should_exit = True
+            await serving
+    assert (row.status, row.error_class) == (499, "client_disconnected")
+    assert row.completion_tokens and row.usage_estimated  # what was generated, paid for
+    assert upstream.disconnects == 1  # the first stream's upstream call was closed

@@ -4,7 +4,9 @@ uvicorn server in this process with the guarded httptools protocol and raw socke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -17,7 +19,7 @@ import uvicorn
 from tests.serving import free_port
 from turnout.config import validate
 from turnout.errors import ConfigError
-from turnout.serving.connections import Limits, protocol_class
+from turnout.serving.connections import Guard, Limits, protocol_class
 from turnout.serving.server import RESERVED_FDS, connection_cap
 
 Scope = MutableMapping[str, Any]
@@ -25,16 +27,20 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 GET = b"GET /ok HTTP/1.1\r\nhost: t\r\n\r\n"
+BIG = 4 << 20
 
 
 class App:
     """/ok reads the body and answers 200 with its size; /early answers 413 without reading it;
-    /block waits for ``release``."""
+    /block waits for ``release``; /flood streams until its client is gone (``flooded``);
+    /big answers ``BIG`` bytes whole."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.blocked = 0
         self.two_blocked = asyncio.Event()
+        self.flooded = asyncio.Event()
+        self.guard: Guard | None = None  # the server's
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +50,17 @@ class App:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             for part in (b"data: one\n\n", b"data: two\n\n", b""):
                 await send({"type": "http.response.body", "body": part, "more_body": bool(part)})
+            return
+        if scope["path"] == "/flood":
+            await self.flood(receive, send)
+            return
+        if scope["path"] == "/big":
+            assert self.guard is not None
+            for conn in self.guard.open:  # the kernel takes little of it: the rest waits in the server
+                conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            head = [(b"content-type", b"text/plain"), (b"content-length", str(BIG).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+            await send({"type": "http.response.body", "body": b"x" * BIG})
             return
         if scope["path"] == "/early":
             status = 413
@@ -65,18 +82,30 @@ class App:
         await send({"type": "http.response.start", "status": status, "headers": head})
         await send({"type": "http.response.body", "body": body})
 
+    async def flood(self, receive: Receive, send: Send) -> None:
+        """As an SSE relay: parts as fast as the client takes them, until it is gone."""
+        await receive()  # the request
+        gone = asyncio.ensure_future(receive())
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        while not gone.done():
+            await send({"type": "http.response.body", "body": b"x" * 16384, "more_body": True})
+            await asyncio.sleep(0)  # a send to a client that left returns at once
+        self.flooded.set()
+
 
 @asynccontextmanager
 async def serving(
-    header: float = 30.0, body: float = 30.0, keepalive: float = 30.0, cap: int = 1000
+    header: float = 30.0, body: float = 30.0, keepalive: float = 30.0, cap: int = 1000, send: float = 30.0
 ) -> AsyncIterator[tuple[int, App]]:
     app = App()
     port = free_port()
+    protocol = protocol_class(Limits(header, body, keepalive, cap, send))
+    app.guard = getattr(protocol, "guard", None)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port,
-        http=protocol_class(Limits(header, body, keepalive, cap)),
+        http=protocol,
         lifespan="off",
         log_level="warning",
         timeout_keep_alive=3600,  # leave idle connections to the guard
@@ -282,6 +311,26 @@ async def test_a_keep_alive_connection_in_use_stays_open_past_the_timeouts() -> 
         writer.close()
 
 
+async def test_a_request_answered_past_the_body_timeout_neither_is_cut_nor_stops_the_sweep() -> None:
+    """Seen: an answer taking longer than body_timeout_s (a long completion, any stream) was
+    judged against the timeout of the phase it had left (its old stamp), the sweep raised
+    KeyError on it and stopped: no connection was closed for time until a new one came."""
+    async with serving(body=0.3, keepalive=0.2) as (port, app):
+        busy_reader, busy_writer = await connect(port)
+        busy_writer.write(b"GET /block HTTP/1.1\r\nhost: t\r\n\r\n")
+        idle_reader, idle_writer = await connect(port)  # no new connection after this one
+        await asyncio.sleep(0.6)  # the long answer is past the body timeout
+        idle_writer.write(GET)
+        assert (await response(idle_reader))[0] == 200
+        start = now()
+        data, _ = await closed_after(idle_reader, start)  # closed when idle past keepalive
+        assert data == b""
+        app.release.set()
+        assert (await response(busy_reader))[0] == 200  # the long answer was not cut
+        busy_writer.close()
+        idle_writer.close()
+
+
 async def test_an_early_answer_while_the_body_trickles_does_not_keep_the_connection_forever() -> None:
     # /early answers 413 without reading the body; the client keeps sending it slowly, which
     # cancels uvicorn's own keep-alive timer every time a byte arrives.
@@ -382,6 +431,69 @@ async def test_pipelined_requests_are_all_answered() -> None:
     assert statuses == [(200, {"size": 0}), (200, {"size": 3}), (200, {"size": 0})]
 
 
+async def not_reading(port: int, request: bytes) -> socket.socket:
+    """A client that sends ``request`` and then takes none of the answer (a small receive
+    window, never read)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, request)
+    return sock
+
+
+async def test_a_client_that_stops_taking_a_stream_is_dropped_and_the_stream_ends() -> None:
+    """Seen: a stream's client that stopped reading (its TCP window full) held the relay in its
+    send for as long as it kept the connection open, with the upstream call, the concurrency
+    slot and the row: the app never learnt that the client was gone."""
+    async with serving(send=0.3, keepalive=0.3) as (port, app):
+        sock = await not_reading(port, b"GET /flood HTTP/1.1\r\nhost: t\r\n\r\n")
+        try:
+            await asyncio.wait_for(app.flooded.wait(), 20)  # the app was told the client left
+        finally:
+            sock.close()
+
+
+async def test_a_whole_answer_its_client_does_not_take_is_dropped_not_kept_to_be_sent() -> None:
+    """An answer sent whole to a client that reads none of it: closing the connection gracefully
+    would keep the socket and the unsent megabytes until the client reads them, which it never
+    does. What the client finds when it reads at last is the answer cut short."""
+    async with serving(send=0.3, keepalive=0.3) as (port, app):
+        sock = await not_reading(port, b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n")
+        guard = app.guard
+        assert guard is not None
+        try:
+            for held in (False, True):  # until the server has it, then until it let go of it
+                for _ in range(400):
+                    if bool(guard.open) != held:
+                        break
+                    await asyncio.sleep(0.05)
+                assert bool(guard.open) != held
+            reader, writer = await asyncio.open_connection(sock=sock)
+            received = 0
+            with contextlib.suppress(ConnectionError):
+                while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+                    received += len(chunk)
+            writer.close()
+        finally:
+            sock.close()
+    assert received < BIG
+
+
+async def test_a_client_that_reads_a_stream_slowly_gets_all_of_it() -> None:
+    async with serving(send=1.0, keepalive=0.3) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n")
+        received = 0
+        while received < BIG:
+            chunk = await asyncio.wait_for(reader.read(1 << 16), 10)
+            assert chunk, f"closed after {received} bytes"
+            received += len(chunk)
+            await asyncio.sleep(0.02)  # the whole answer takes seconds, past the send timeout
+        writer.close()
+
+
 # -- the cap and the open-file limit ---------------------------------------------------------
 
 
@@ -408,7 +520,9 @@ def test_serve_raises_the_soft_open_file_limit_to_the_hard_one_and_says_so() -> 
     assert "open-file limit raised from 256 to 2048" in done.stderr
 
 
-@pytest.mark.parametrize("key", ["header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "max_connections"])
+@pytest.mark.parametrize(
+    "key", ["header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "send_timeout_s", "max_connections"]
+)
 def test_timeouts_and_the_cap_must_be_positive(key: str) -> None:
     with pytest.raises(ConfigError) as info:
         validate({"server": {key: 0}})

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.fakes.upstream import FakeUpstream, Fault
@@ -634,6 +635,30 @@ async def test_a_stream_aiohttp_cannot_parse_says_what_was_wrong(answer: bytes, 
         with pytest.raises(UpstreamProtocolError, match=f"(?i)r0: invalid .*{words}") as caught:
             await attempt(p, chat(stream=True))
     assert "127.0.0.1" not in caught.value.message and "\n" not in caught.value.message
+
+
+async def test_a_stream_event_of_many_data_lines_is_held_to_the_size_of_one_event() -> None:
+    """Seen: the bound on a stream event held each line, not the event: one of many ``data:``
+    lines (JSON whitespace, never a blank line) grew without bound, copied whole at each line."""
+    first = b'data: {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]\n'
+    padding = (b"data: " + b" " * 65536 + b"\n") * 160  # 10 MiB, each line well under the bound
+    answer = _SSE + b"\r\n" + first + padding + b"data: }\n\n" + b"data: [DONE]\n\n"
+    async with raw_upstream(answer) as url, provider_for(url) as p:
+        with pytest.raises(UpstreamProtocolError, match="r0: a stream event is over 8 MiB"):
+            await attempt(p, chat(stream=True))
+
+
+async def test_a_stream_that_begins_with_a_byte_order_mark_keeps_its_first_event() -> None:
+    """Seen: the first line read "\\ufeffdata: ..." and was skipped as an unknown field, so the
+    answer lost its first words without a word said."""
+    events = [
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "Hello"}}]},
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    body = b"\xef\xbb\xbf" + b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    async with raw_upstream(_SSE + b"\r\n" + body) as url, provider_for(url) as p:
+        chunks = await collect(await p.stream(chat(stream=True)))
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["Hello", None]
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -23,6 +23,6 @@ def too_deep(value: Any, levels: int) -> bool:
     return False
 
 
-def brackets(raw: bytes) -> int:
+def brackets(raw: bytes | bytearray) -> int:
     """An upper bound on how deep ``raw`` nests, cheap enough to skip the real check."""
     return raw.count(b"[") + raw.count(b"{")

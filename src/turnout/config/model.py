@@ -215,11 +215,14 @@ class ServerConfig(_Strict):
     # Slow and idle clients (turnout.serving.connections): the headers must arrive within
     # header_timeout_s of the request's first byte (or of the connection's start), the whole body
     # within body_timeout_s after them; an idle keep-alive connection closes after
-    # keepalive_timeout_s. max_connections: open client connections at most (None: half the
-    # open-file limit, which ``serve`` raises to its hard limit).
+    # keepalive_timeout_s; a client that takes none of its answer (a stream it stopped reading)
+    # for send_timeout_s is dropped, its request ending as one the client left (499).
+    # max_connections: open client connections at most (None: half the open-file limit, which
+    # ``serve`` raises to its hard limit).
     header_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(30.0, gt=0)
     keepalive_timeout_s: float = Field(5.0, gt=0)
+    send_timeout_s: float = Field(30.0, gt=0)
     max_connections: int | None = Field(None, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Logs (turnout.observe.logs): text lines, or JSON lines for log shippers. access_log: one

@@ -301,7 +301,7 @@ class _Chunks:
     @classmethod
     async def start(cls, body: StreamBody, api_key: str | None) -> _Chunks:
         """Read the first event (``Exchange.stream`` bounds it by ``ttft``)."""
-        first = await _next_event(body.content, body.label, api_key)
+        first = await _next_event(body.content, body.label, api_key, start=True)
         if first is None or first is _ENDED:
             raise UpstreamProtocolError(f"{body.label}: stream ended before its first chunk")
         return cls(body, first, api_key)
@@ -375,22 +375,30 @@ class _Chunks:
             pass  # finish() closes the socket instead
 
 
+_BOM = b"\xef\xbb\xbf"
 _ENDED: dict[str, Any] = {}  # what ``_next_event`` returns at the body's end without [DONE]
 
 
-async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | None) -> dict[str, Any] | None:
+async def _next_event(
+    content: aiohttp.StreamReader, label: str, api_key: str | None, *, start: bool = False
+) -> dict[str, Any] | None:
     """The next SSE event's JSON, None at ``[DONE]``, or ``_ENDED`` at a clean end of the
     body without it.
 
     Lines are read one at a time from aiohttp's buffer, so nothing is scanned twice. Only
     ``data`` fields and an ``event: error`` matter; comments (keep-alives) and other fields are
-    skipped. A server that omits ``[DONE]`` but ends its body properly is accepted where every
+    skipped; a byte-order mark that begins the body (``start``) is dropped, as the SSE spec
+    says, not the line it begins. A server that omits ``[DONE]`` but ends its body properly is accepted where every
     choice finished (``_Chunks``); a cut body raises from aiohttp instead.
     """
-    data: bytes | None = None
+    data: bytes | bytearray | None = None
     failed = False  # an ``event: error`` line
     while True:
         line = await content.readuntil(b"\n", max_size=_MAX_SSE_LINE)
+        if start:
+            start = False
+            if line.startswith(_BOM):
+                line = line[3:]
         if not line:  # end of body
             if data is None:
                 return _ENDED
@@ -399,7 +407,13 @@ async def _next_event(content: aiohttp.StreamReader, label: str, api_key: str | 
         if line:
             if line.startswith(b"data:"):
                 value = line[6:] if line[5:6] == b" " else line[5:]
-                data = value if data is None else data + b"\n" + value
+                if data is None:
+                    data = value
+                elif len(data) + len(value) < _MAX_SSE_LINE:  # the bound is the event's, not a line's
+                    data = data if type(data) is bytearray else bytearray(data)  # joined in place
+                    data += b"\n" + value
+                else:
+                    raise UpstreamProtocolError(f"{label}: a stream event is over {_MAX_SSE_LINE >> 20} MiB")
             elif line.startswith(b"event:"):
                 failed = line[6:].strip() == b"error"
             continue

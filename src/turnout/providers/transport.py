@@ -303,7 +303,7 @@ async def error_body(resp: Response) -> bytes:
         return b""
 
 
-def json_object(raw: bytes, label: str, what: str) -> dict[str, Any]:
+def json_object(raw: bytes | bytearray, label: str, what: str) -> dict[str, Any]:
     """``raw`` as a JSON object, else an ``UpstreamProtocolError`` naming ``what`` it was."""
     try:
         parsed = orjson.loads(raw)

@@ -10,12 +10,17 @@ for at most:
     headers in progress    header_timeout_s from the request's first byte     408, closed
     body in progress       body_timeout_s for the whole body                  408, closed
     idle keep-alive        keepalive_timeout_s after the last answer          closed
+    answer not taken       send_timeout_s with none of its answer taken       closed
 
 (a connection whose request is being answered waits on the gateway, not the client, and is
-never closed here). At ``max_connections`` a new connection first closes those that have
-waited longest on their client (idle, not started, or still sending: a 503 to those that
-sent part of a request), so a crowd of slow clients cannot keep new ones out; only when every
-open connection is being answered is the new one refused.
+not closed for that: upstream deadlines govern it; but one whose client takes none of its
+answer — the send buffer full and not shrinking, so a stream's relay waits on the client,
+holding its upstream call, its concurrency slot and its row — is dropped once that lasted
+``send_timeout_s``: the request ends as a client that left, 499; a slow client that takes
+some of it in each such interval is not). At ``max_connections`` a new connection first
+closes those that have waited longest on their client (idle, not started, or still sending:
+a 503 to those that sent part of a request), so a crowd of slow clients cannot keep new ones
+out; only when every open connection is being answered is the new one refused.
 
 No timer per request: three parser events (a request's first byte, its headers complete, its
 answer complete) stamp the connection's phase and the loop's time, and one sweep a tick (a
@@ -62,8 +67,9 @@ HEADERS = 1  # a request's first byte came, its headers are not complete
 BODY = 2  # headers done, body still coming
 BUSY = 3  # the whole request came; the gateway is answering
 IDLE = 4  # answered; waiting for the next request on a keep-alive connection
+STALLED = 5  # answering (or answered) with the send buffer full: the answer waits on the client
 
-_REASONS = {FRESH: "sent nothing", HEADERS: "slow headers", BODY: "slow body", IDLE: "idle"}
+_REASONS = {FRESH: "sent nothing", HEADERS: "slow headers", BODY: "slow body", IDLE: "idle", STALLED: "not reading"}
 SUMMARY_EVERY_S = 60.0
 
 
@@ -73,10 +79,11 @@ class Limits:
     body_timeout_s: float
     keepalive_timeout_s: float
     max_connections: int
+    send_timeout_s: float = 30.0
 
     @property
     def tick_s(self) -> float:
-        shortest = min(self.header_timeout_s, self.body_timeout_s, self.keepalive_timeout_s)
+        shortest = min(self.header_timeout_s, self.body_timeout_s, self.keepalive_timeout_s, self.send_timeout_s)
         return min(1.0, max(0.05, shortest / 4))
 
 
@@ -130,13 +137,14 @@ class Guard:
         self.open: set[GuardedProtocol] = set()
         self.closed: Counter[str] = Counter()  # since the last summary
         # by phase: FRESH, HEADERS, BODY, BUSY (not a timeout: how often to look again whether
-        # the answer is done), IDLE
+        # the answer is done), IDLE, STALLED
         self._timeouts = (
             limits.header_timeout_s,
             limits.header_timeout_s,
             limits.body_timeout_s,
             limits.keepalive_timeout_s,
             limits.keepalive_timeout_s,
+            limits.send_timeout_s,
         )
         self._timer: asyncio.TimerHandle | None = None  # while connections are open
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,7 +167,7 @@ class Guard:
     def _shed(self, now: float) -> bool:
         """Close a few of the connections that have waited longest on their client (one
         scan per batch, not per new connection); False when every one is being answered."""
-        waiting = [c for c in self.open if c.observe(now) != BUSY]
+        waiting = [c for c in self.open if c.observe(now) not in (BUSY, STALLED)]
         batch = max(1, self.limits.max_connections // 32)
         for conn in heapq.nsmallest(batch, waiting, key=lambda c: c.since):
             self.closed["evicted at the cap"] += 1
@@ -174,7 +182,9 @@ class Guard:
         now = loop.time()
         timeouts = self._timeouts
         due = [c for c in self.open if now - c.since > timeouts[c.phase]]
-        expired = [c for c in due if now - c.since > timeouts[c.observe(now)]]
+        # Each judged by the phase it is in now, from when that began (``observe`` first: it
+        # restamps one whose phase moved on, such as a request being answered).
+        expired = [c for c in due if (phase := c.observe(now)) != BUSY and now - c.since > timeouts[phase]]
         for conn in expired:
             self.closed[_REASONS[conn.phase]] += 1
             conn.shut(TIMED_OUT)
@@ -202,12 +212,13 @@ class GuardedProtocol(HttpToolsProtocol):
     the sweep reads only the stamps, and looks closer at uvicorn's state only where one ran out.
     """
 
-    __slots__ = ("phase", "since")
+    __slots__ = ("phase", "since", "unsent")
     guard: ClassVar[Guard]
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self.phase, self.since = FRESH, self.loop.time()
+        self.unsent = 0  # bytes of an answer waiting on its client, when last looked at
         if not self.guard.admit(self, self.since):
             transport.close()
 
@@ -241,6 +252,15 @@ class GuardedProtocol(HttpToolsProtocol):
             if cycle.scope["http_version"] == "1.0":
                 cycle.send = Http10Answer(cycle)  # type: ignore[method-assign]
 
+    def pause_writing(self) -> None:
+        """The send buffer is full: the answer waits on its client from now (STALLED)."""
+        HttpToolsProtocol.pause_writing(self)
+        self.observe(self.loop.time())
+
+    def resume_writing(self) -> None:
+        HttpToolsProtocol.resume_writing(self)
+        self.observe(self.loop.time())  # taking it again: a later stall counts afresh
+
     def on_response_complete(self) -> None:
         if self.pipeline or self.transport.is_closing():
             HttpToolsProtocol.on_response_complete(self)  # starts the next pipelined request
@@ -250,7 +270,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         self.flow.resume_reading()
         if self.phase != HEADERS:  # not when the next request has begun already
-            self.phase = IDLE
+            self.phase = STALLED if self.flow.write_paused else IDLE
             self.since = self.loop.time()
 
     def observe(self, now: float) -> int:
@@ -263,13 +283,20 @@ class GuardedProtocol(HttpToolsProtocol):
             phase = FRESH
         elif cycle is None or cycle.scope is not scope:
             phase = HEADERS
+        elif self.flow.write_paused and not cycle.more_body:
+            phase = STALLED  # answering, or answered, and the send buffer full
         elif cycle.response_complete:
             phase = IDLE  # also an early answer (413) while the body still comes
         elif cycle.more_body:
             phase = BODY
         else:
             phase = BUSY
-        if phase != self.phase or phase == BUSY or (phase < BUSY and (self.flow.read_paused or self.pipeline)):
+        moved = phase != self.phase or phase == BUSY or (phase < BUSY and (self.flow.read_paused or self.pipeline))
+        if phase == STALLED:  # the wait starts again whenever the client took some of it
+            unsent = self.transport.get_write_buffer_size()
+            moved = moved or unsent < self.unsent
+            self.unsent = unsent
+        if moved:
             self.phase, self.since = phase, now
         return phase
 
@@ -277,6 +304,11 @@ class GuardedProtocol(HttpToolsProtocol):
         """Close, answering first when a request is partly read and nothing was answered yet."""
         self.guard.release(self)
         transport = self.transport
+        if self.flow.write_paused:
+            # The client takes nothing: what waits for it would hold the socket open (a close
+            # first sends what is buffered), so it is dropped.
+            transport.abort()
+            return
         if transport.is_closing():
             return
         cycle = self.cycle

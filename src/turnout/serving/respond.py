@@ -187,17 +187,7 @@ async def stream(
             log.warning("stream %s cut by shutdown", request_id)
             await _send_quietly(send, _event(ShuttingDown("the gateway is shutting down; the stream was cut")))
     except Exception as exc:  # after the first byte: the stream ends with an error event
-        err: TurnoutError
-        if isinstance(exc, UpstreamError):
-            err = StreamInterrupted(f"the stream from the target failed: {masked(exc.message)}")
-            out.status, out.error_class = 502, exc.error_class
-        elif isinstance(exc, AnswerRefused):  # the gateway refused what came (a blocked tool call)
-            err = exc
-            out.status, out.error_class = exc.status, exc.error_class
-        else:
-            err = StreamInterrupted("the stream failed inside the gateway")
-            out.status, out.error_class = 500, "internal"
-        log.warning("stream %s interrupted: %s", request_id, out.error_class)
+        err, out.status, out.error_class = interrupted(exc, request_id)
         await send(_event(err))
     finally:
         watch.close()
@@ -211,6 +201,23 @@ async def stream(
     else:
         await send({"type": "http.response.body", "body": b"" if out.status == 499 else DONE})
     return out
+
+
+def interrupted(exc: Exception, request_id: str) -> tuple[TurnoutError, int, str]:
+    """A stream that failed after its first byte (every door's relay): the error its event
+    tells, and the row's status and error class. An upstream's own words are masked: some
+    echo the prompt back."""
+    err: TurnoutError
+    if isinstance(exc, UpstreamError):
+        err = StreamInterrupted(f"the stream from the target failed: {masked(exc.message)}")
+        status, error_class = 502, exc.error_class
+    elif isinstance(exc, AnswerRefused):  # the gateway refused what came (a blocked tool call)
+        err, status, error_class = exc, exc.status, exc.error_class
+    else:
+        err = StreamInterrupted("the stream failed inside the gateway")
+        status, error_class = 500, "internal"
+    log.warning("stream %s interrupted: %s", request_id, error_class)
+    return err, status, error_class
 
 
 def _usage_chunk(usage: Usage, chat_id: str, created: Any, task: str) -> Message:

@@ -292,13 +292,14 @@ def uvicorn_config(
     srv = config.server
     cap = connection_cap(srv.max_connections, fd_limit)
     log.info(
-        "client connections: at most %d; timeouts: headers %gs, body %gs, idle keep-alive %gs",
+        "client connections: at most %d; timeouts: headers %gs, body %gs, idle keep-alive %gs, answer not taken %gs",
         cap,
         srv.header_timeout_s,
         srv.body_timeout_s,
         srv.keepalive_timeout_s,
+        srv.send_timeout_s,
     )
-    limits = Limits(srv.header_timeout_s, srv.body_timeout_s, srv.keepalive_timeout_s, cap)
+    limits = Limits(srv.header_timeout_s, srv.body_timeout_s, srv.keepalive_timeout_s, cap, srv.send_timeout_s)
     return uvicorn.Config(
         App(config, source=source, loader=loader, fleet=fleet),
         host=config.server.host,

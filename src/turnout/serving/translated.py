@@ -9,7 +9,6 @@ the stream (503); a failure after the first byte ends the stream with the API's 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import orjson
 
 from turnout.control.tokens import generated_by_chunk
-from turnout.errors import AnswerRefused, ShuttingDown, StreamInterrupted, TurnoutError, UpstreamError
+from turnout.errors import ShuttingDown, TurnoutError
 from turnout.providers.base import Stream, Usage
 from turnout.releases.base import Release
 from turnout.safety import inputs
@@ -27,8 +26,6 @@ from turnout.serving import respond
 from turnout.serving.asgi import Receive, Send, send_json
 from turnout.serving.call_order import text_of
 from turnout.serving.door import Answered, Inbound, Reply, reported
-
-log = logging.getLogger("turnout")
 
 
 class Translated(Inbound, Protocol):
@@ -155,16 +152,7 @@ async def relay(
             cut = ShuttingDown("the gateway is shutting down; the stream was cut")
             await _quietly(send, _body(encoder.error(cut)))
     except Exception as exc:
-        err: TurnoutError
-        if isinstance(exc, UpstreamError):
-            err = StreamInterrupted(f"the stream from the target failed: {exc.message}")
-            out.status, out.error_class = 502, exc.error_class
-        elif isinstance(exc, AnswerRefused):
-            err, out.status, out.error_class = exc, exc.status, exc.error_class
-        else:
-            err = StreamInterrupted("the stream failed inside the gateway")
-            out.status, out.error_class = 500, "internal"
-        log.warning("stream %s interrupted: %s", request_id, out.error_class)
+        err, out.status, out.error_class = respond.interrupted(exc, request_id)
         await send(_body(encoder.error(err)))
     finally:
         watch.close()
