@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,6 @@ from redis.asyncio import Redis
 
 from tests.conftest import AppFactory
 from tests.fakes.upstream import FakeUpstream, Fault
-from tests.serving import free_port
 from tests.test_cache_api import ASK, KEY, OTHER, calls, config
 from tests.test_quota_contract import REDIS_URL, needs_redis
 from tests.uvicorn_app import gateway
@@ -194,28 +191,6 @@ def test_purge_against_a_redis_that_is_down_says_so(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(main, ["cache", "purge", "--task", "x", "--config", str(path)])
     assert result.exit_code == 1 and "cannot purge the cache: Redis failed" in result.output
-
-
-@pytest.fixture
-def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A redis-server of this test's own (the shared one must not be stopped) and its port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield proc, port
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        proc.kill()
-        proc.wait()
 
 
 async def test_a_redis_that_hangs_costs_one_request_a_second_its_timeout(

@@ -36,8 +36,9 @@ live replica whose beats stop reaching Redis for longer than the TTL (a partitio
 loop stalled for seconds) looks dead: its slots may be given to others meanwhile, and its
 later settles still charge the real cost.
 
-Redis unreachable (connection refused, timeout): ``stats().backend_errors`` counts it, a warning is
-logged at most every ``WARN_EVERY_S``, and ``acquire`` either raises ``BackendUnavailable``
+Redis unreachable (connection refused, timeout) or refusing (an error reply: out of memory under
+``noeviction``, a read-only replica, an ACL without the scripts): ``stats().backend_errors``
+counts it, a warning is logged at most every ``WARN_EVERY_S``, and ``acquire`` either raises ``BackendUnavailable``
 (``on_backend_error="closed"``) or admits with a grant already marked done, so its settle and
 release do nothing (``"open"``). An acquire that got no answer may still run (a stalled Redis
 runs what it had read when it wakes): what it may hold is released after the next heartbeat
@@ -70,7 +71,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from turnout._support.periodic import Periodic
@@ -207,10 +208,12 @@ class RedisLimiter:
         call = Call(self._acquire, enc.acquire_argc, body, asyncio.get_running_loop().create_future())
         try:
             result = await self._call(call)
-        except BackendUnavailable:
+        except BackendUnavailable as exc:
             # No answer is not "not taken": a stalled Redis runs the script when it wakes, after
-            # the caller has given up. Freed once Redis answers again (``_tick``).
-            self._doubt(ask)
+            # the caller has given up. Freed once Redis answers again (``_tick``). A refusal
+            # (an error reply) was an answer: the script did not take its slot.
+            if isinstance(exc.__cause__, _UNREACHABLE):
+                self._doubt(ask)
             if self.on_backend_error == "open":
                 return Grant(ask, done=True)  # admitted blind: nothing to give back later
             raise
@@ -404,6 +407,9 @@ class RedisLimiter:
         except _UNREACHABLE as exc:
             self._unreachable(exc)
             raise BackendUnavailable("the quota backend (Redis) cannot be reached") from exc
+        except ResponseError as exc:  # out of memory (noeviction), read-only, no permission, ...
+            self._unreachable(exc)
+            raise BackendUnavailable("the quota backend (Redis) refused the call") from exc
 
     def _lost(self, exc: BaseException, call: Call | None = None) -> None:
         """A settle or release failed: the answer has gone out, so log and count; one that did
@@ -421,7 +427,9 @@ class RedisLimiter:
         if now >= self._next_warning:
             self._next_warning = now + WARN_EVERY_S
             log.warning(
-                "quota backend unreachable (%s); failing %s, %d errors so far",
+                "quota backend %s (%s: %s); failing %s, %d errors so far",
+                "unreachable" if isinstance(exc, _UNREACHABLE) else "refused a call",
+                type(exc).__name__,
                 exc,
                 self.on_backend_error,
                 self._backend_errors,
