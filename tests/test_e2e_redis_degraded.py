@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from tests.serving import Process, Served, turnout_serve
 
 pytestmark = pytest.mark.slow
 KEY = "sk-acme-degraded-0001"
+ADMIN = "adm-degraded-0123456789"
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
 
 
@@ -32,6 +34,7 @@ def upstream() -> Iterator[Process]:
 def serve(tmp: Path, upstream: Process, port: int, limits: dict[str, Any], **settings: Any) -> Any:
     """`turnout serve` with its limits in the Redis on ``port``."""
     config = {
+        "server": {"admin_key": ADMIN},
         "limits": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0", **settings},
         "targets": {"up": {"provider": "openai", "base_url": upstream.url + "/v1", "model": "m"}},
         "tenants": {"acme": {"keys": [KEY], "limits": limits}},
@@ -41,17 +44,26 @@ def serve(tmp: Path, upstream: Process, port: int, limits: dict[str, Any], **set
     return turnout_serve(tmp, tmp / "turnout.yaml")
 
 
-def ask(served: Served) -> tuple[int, Any]:
-    req = urllib.request.Request(  # noqa: S310 - loopback test URL
-        served.base_url + "/chat/completions",
-        json.dumps(BODY).encode(),
-        {"content-type": "application/json", "authorization": f"Bearer {KEY}"},
+def ask(served: Served, path: str = "/v1/chat/completions", key: str = KEY) -> tuple[int, Any]:
+    """POST ``BODY`` to ``path`` (GET for another path), as ``key``: the status and the JSON."""
+    body = json.dumps(BODY).encode() if path.endswith("/completions") else None
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{served.port}{path}",
+        body,
+        {"content-type": "application/json", "authorization": f"Bearer {key}"},
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback test URL
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def in_use(served: Served) -> int:
+    status, usage = ask(served, "/admin/usage?tenant=acme", ADMIN)
+    assert status == 200, usage
+    [acme] = [scope for scope in usage["data"] if scope["scope"] == "acme"]
+    return int(acme["usage"]["concurrency"]["in_use"])
 
 
 def out_of_memory(port: int, full: bool) -> None:
@@ -81,3 +93,26 @@ def test_a_redis_out_of_memory_is_a_backend_failure_not_a_500(
             assert (status, body["error"]["code"]) == (503, "quota_backend_unavailable")
         out_of_memory(port, False)
         assert ask(served)[0] == 200
+
+
+def test_slots_taken_while_redis_was_out_of_memory_are_freed_once_it_takes_writes(
+    tmp_path: Path, upstream: Process, own_redis: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    """Seen: out of memory, Redis still ran the acquire (its first write frees memory) but
+    refused the settle (its first write is the finished marker); the settle was logged and
+    dropped, so the tenant's concurrency slot stayed taken for max_request_s after Redis
+    recovered: 429 concurrency for ten minutes. It is sent again once a heartbeat goes through."""
+    _, port = own_redis
+    with serve(tmp_path, upstream, port, {"concurrency": 1}) as served:
+        assert ask(served)[0] == 200  # the replica's heartbeat is in Redis: its slots are live
+        while in_use(served):  # its settle, sent after the answer
+            time.sleep(0.05)
+        out_of_memory(port, True)
+        assert ask(served)[0] == 200  # admitted; its settle is refused
+        status, body = ask(served)
+        assert (status, body["error"]["param"]) == (429, "concurrency")
+        out_of_memory(port, False)
+        deadline = time.monotonic() + 20  # the heartbeat comes every second
+        while (status := ask(served)[0]) != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status == 200
