@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from tests.conftest import AppFactory
@@ -218,3 +219,28 @@ async def test_a_redis_that_hangs_costs_one_request_a_second_its_timeout(
             redis.send_signal(signal.SIGCONT)
             await asyncio.sleep(REST_S)
             assert await ask(client) == "hit"
+
+
+async def test_once_its_rest_is_over_one_request_asks_a_hung_redis_not_every_one(
+    make_app: AppFactory, own_redis: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    """Seen: when the second of rest ended, every request that came before the first of them
+    timed out asked the hung Redis, each on a connection of its own and each waiting 0.5 s: under
+    load, all of them, not one a second. Now one asks and the others stay misses meanwhile;
+    Redis, let go, accepts the connections dialled while it was stopped: that one."""
+    redis, port = own_redis
+    watcher = SyncRedis(port=port)  # its connection opened before the stop
+    cache = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0", "encryption_key": SECRET}
+    async with FakeUpstream(reply=ANSWER) as upstream:
+        raw = {**config(upstream), "cache": cache}
+        async with gateway(make_app, raw, KEY) as (_, client):
+            assert [await ask(client), await ask(client)] == ["miss", "hit"]
+            before = watcher.info("stats")["total_connections_received"]
+            redis.send_signal(signal.SIGSTOP)
+            assert await ask(client) == "miss"  # on the connection it had: it times out, the rest begins
+            await asyncio.sleep(REST_S)
+            await asyncio.gather(*(ask(client) for _ in range(8)))  # misses (one leads, the others follow it)
+            redis.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.5)  # it accepts what waited
+            assert watcher.info("stats")["total_connections_received"] - before <= 2
+    watcher.close()

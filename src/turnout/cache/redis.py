@@ -14,8 +14,9 @@ the purges of other tenants and tasks change nothing for it.
 
 A Redis that fails or is slow (``socket_timeout``) is a miss, never a failed request; the first
 failure of a streak is logged as a warning, the rest at debug level. After a timeout or a
-refused connection Redis is left alone for ``REST_S`` (every lookup a miss at once): a Redis
-that hangs costs one request a second its timeout, not every request.
+refused connection Redis is left alone for ``REST_S`` (every lookup a miss at once), then one
+lookup asks it again while the others stay misses until it is answered: a Redis that hangs
+costs one request a second its timeout, not every request, however many come at once.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class RedisCache:
         self.client: Redis = Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
         self._marks = f"{key_prefix}:cache-purged:"  # not under the cache's prefix: no purge scans them
         self._put = self.client.register_script(_PUT)
-        self._failing = False
+        self._failing = False  # a streak of failed calls, logged once
+        self._down = False  # timed out or refused a connection: asked by one lookup a REST_S
         self._rest_until = 0.0
 
     def key(self, address: Address) -> bytes:
@@ -180,16 +182,27 @@ class RedisCache:
             self._failed("delete", exc)
 
     def _resting(self) -> bool:
-        return self._failing and time.monotonic() < self._rest_until
+        """Whether to leave Redis alone now: for ``REST_S`` after a timeout or a refused
+        connection; then this caller asks it, and the rest starts anew for the others until its
+        answer ends it (``_ok``) or a failure does (a caller that never hears, cancelled, holds
+        it ``REST_S`` at most)."""
+        if not self._down:
+            return False
+        now = time.monotonic()
+        if now < self._rest_until:
+            return True
+        self._rest_until = now + REST_S
+        return False
 
     def _failed(self, what: str, exc: RedisError) -> None:
         level = logging.DEBUG if self._failing else logging.WARNING
         log.log(level, "cache: Redis %s failed (%s); answering as a miss", what, type(exc).__name__)
         self._failing = True
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):  # not one odd key (WRONGTYPE)
+            self._down = True
             self._rest_until = time.monotonic() + REST_S
 
     def _ok(self) -> None:
         if self._failing:
             log.warning("cache: Redis answers again")
-        self._failing = False
+        self._failing = self._down = False
