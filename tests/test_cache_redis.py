@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import signal
 import subprocess
 import time
@@ -53,8 +54,8 @@ def shared(upstream: FakeUpstream, prefix: str) -> dict[str, Any]:
     return {**config(upstream), "cache": cache}
 
 
-async def ask(client: Any) -> str:
-    resp = await client.chat.completions.with_raw_response.create(model="faq", messages=ASK, temperature=0)
+async def ask(client: Any, messages: list[Any] = ASK) -> str:
+    resp = await client.chat.completions.with_raw_response.create(model="faq", messages=messages, temperature=0)
     resp.parse()
     return str(resp.headers["x-turnout-cache"])
 
@@ -243,4 +244,38 @@ async def test_once_its_rest_is_over_one_request_asks_a_hung_redis_not_every_one
             redis.send_signal(signal.SIGCONT)
             await asyncio.sleep(0.5)  # it accepts what waited
             assert watcher.info("stats")["total_connections_received"] - before <= 2
+    watcher.close()
+
+
+async def test_a_redis_out_of_memory_serves_what_it_holds_and_says_once_that_it_keeps_nothing(
+    make_app: AppFactory, own_redis: tuple[subprocess.Popen[bytes], int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen: Redis at maxmemory under noeviction refused every answer's write, and each miss logged
+    two warnings ("Redis write failed", then "Redis answers again" at the next read): a warning
+    flood at the request rate. Now it is said once, and once more when answers are kept again."""
+    _, port = own_redis
+    watcher = SyncRedis(port=port)
+    cache = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0", "encryption_key": SECRET}
+    async with FakeUpstream(reply=ANSWER) as upstream:
+        raw = {**config(upstream), "cache": cache}
+        async with gateway(make_app, raw, KEY) as (_, client):
+            assert [await ask(client), await ask(client)] == ["miss", "hit"]
+            watcher.config_set("maxmemory-policy", "noeviction")
+            watcher.config_set("maxmemory", "1")
+            with caplog.at_level(logging.DEBUG, logger="turnout.cache"):
+                for n in range(5):
+                    assert await ask(client, [{"role": "user", "content": f"question {n}"}]) == "miss"
+                assert await ask(client) == "hit"  # what it holds is still served
+                watcher.config_set("maxmemory", "0")
+                again = [{"role": "user", "content": "question 0"}]
+                assert await ask(client, again) == "miss"
+                for _ in range(100):  # kept after its answer went out
+                    if await ask(client, again) == "hit":
+                        break
+                    await asyncio.sleep(0.05)
+            said = [r.getMessage() for r in caplog.records if r.name == "turnout.cache"]
+            assert said == [
+                "cache: Redis refuses to keep answers (OutOfMemoryError); they are not kept meanwhile",
+                "cache: Redis keeps answers again",
+            ]
     watcher.close()

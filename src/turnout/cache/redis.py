@@ -16,7 +16,9 @@ A Redis that fails or is slow (``socket_timeout``) is a miss, never a failed req
 failure of a streak is logged as a warning, the rest at debug level. After a timeout or a
 refused connection Redis is left alone for ``REST_S`` (every lookup a miss at once), then one
 lookup asks it again while the others stay misses until it is answered: a Redis that hangs
-costs one request a second its timeout, not every request, however many come at once.
+costs one request a second its timeout, not every request, however many come at once. A Redis
+that refuses writes (out of memory under ``noeviction``) still serves what it holds; the answers
+are not kept meanwhile, which is logged once, not at every miss.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from turnout.cache.key import TENANT, Address, quote
@@ -83,6 +85,7 @@ class RedisCache:
         self._failing = False  # a streak of failed calls, logged once
         self._down = False  # timed out or refused a connection: asked by one lookup a REST_S
         self._rest_until = 0.0
+        self._refusing = False  # writes refused (out of memory): answers are not kept
 
     def key(self, address: Address) -> bytes:
         return (self.prefix + address.text()).encode()
@@ -121,10 +124,20 @@ class RedisCache:
                 await self.client.set(key, sealed, px=px)
             elif not await self._put(keys=[key, *self._marks_of(address)], args=[sealed, px, mark]):
                 return False  # purged since its lookup
+        except ResponseError as exc:  # it answered, and keeps nothing for now: reads still serve
+            if not self._refusing:
+                log.warning(
+                    "cache: Redis refuses to keep answers (%s); they are not kept meanwhile", type(exc).__name__
+                )
+            self._refusing = True
+            return False
         except RedisError as exc:
             self._failed("write", exc)
             return False
         self._ok()
+        if self._refusing:
+            log.warning("cache: Redis keeps answers again")
+            self._refusing = False
         return True
 
     def _marks_of(self, address: Address) -> tuple[str, str, str, str]:
