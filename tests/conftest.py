@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import shutil
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.serving import close_sdk_clients
+from tests.serving import close_sdk_clients, free_port
 from turnout.config import validate
 from turnout.providers.base import Provider
 from turnout.serving.app import App
@@ -40,3 +45,25 @@ async def make_app(tmp_path: Path) -> AsyncIterator[AppFactory]:
     yield factory
     for app in apps:
         await app.runtime.aclose()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A redis-server of this test's own, to stop, freeze or fill (never the shared one), and its port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield proc, port
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()

@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import shutil
+import logging
 import signal
-import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from click.testing import CliRunner
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from tests.conftest import AppFactory
 from tests.fakes.upstream import FakeUpstream, Fault
-from tests.serving import free_port
 from tests.test_cache_api import ASK, KEY, OTHER, calls, config
 from tests.test_quota_contract import REDIS_URL, needs_redis
 from tests.uvicorn_app import gateway
@@ -55,8 +54,8 @@ def shared(upstream: FakeUpstream, prefix: str) -> dict[str, Any]:
     return {**config(upstream), "cache": cache}
 
 
-async def ask(client: Any) -> str:
-    resp = await client.chat.completions.with_raw_response.create(model="faq", messages=ASK, temperature=0)
+async def ask(client: Any, messages: list[Any] = ASK) -> str:
+    resp = await client.chat.completions.with_raw_response.create(model="faq", messages=messages, temperature=0)
     resp.parse()
     return str(resp.headers["x-turnout-cache"])
 
@@ -196,28 +195,6 @@ def test_purge_against_a_redis_that_is_down_says_so(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "cannot purge the cache: Redis failed" in result.output
 
 
-@pytest.fixture
-def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A redis-server of this test's own (the shared one must not be stopped) and its port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield proc, port
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        proc.kill()
-        proc.wait()
-
-
 async def test_a_redis_that_hangs_costs_one_request_a_second_its_timeout(
     make_app: AppFactory, own_redis: tuple[subprocess.Popen[bytes], int]
 ) -> None:
@@ -243,3 +220,62 @@ async def test_a_redis_that_hangs_costs_one_request_a_second_its_timeout(
             redis.send_signal(signal.SIGCONT)
             await asyncio.sleep(REST_S)
             assert await ask(client) == "hit"
+
+
+async def test_once_its_rest_is_over_one_request_asks_a_hung_redis_not_every_one(
+    make_app: AppFactory, own_redis: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    """Seen: when the second of rest ended, every request that came before the first of them
+    timed out asked the hung Redis, each on a connection of its own and each waiting 0.5 s: under
+    load, all of them, not one a second. Now one asks and the others stay misses meanwhile;
+    Redis, let go, accepts the connections dialled while it was stopped: that one."""
+    redis, port = own_redis
+    watcher = SyncRedis(port=port)  # its connection opened before the stop
+    cache = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0", "encryption_key": SECRET}
+    async with FakeUpstream(reply=ANSWER) as upstream:
+        raw = {**config(upstream), "cache": cache}
+        async with gateway(make_app, raw, KEY) as (_, client):
+            assert [await ask(client), await ask(client)] == ["miss", "hit"]
+            before = watcher.info("stats")["total_connections_received"]
+            redis.send_signal(signal.SIGSTOP)
+            assert await ask(client) == "miss"  # on the connection it had: it times out, the rest begins
+            await asyncio.sleep(REST_S)
+            await asyncio.gather(*(ask(client) for _ in range(8)))  # misses (one leads, the others follow it)
+            redis.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.5)  # it accepts what waited
+            assert watcher.info("stats")["total_connections_received"] - before <= 2
+    watcher.close()
+
+
+async def test_a_redis_out_of_memory_serves_what_it_holds_and_says_once_that_it_keeps_nothing(
+    make_app: AppFactory, own_redis: tuple[subprocess.Popen[bytes], int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen: Redis at maxmemory under noeviction refused every answer's write, and each miss logged
+    two warnings ("Redis write failed", then "Redis answers again" at the next read): a warning
+    flood at the request rate. Now it is said once, and once more when answers are kept again."""
+    _, port = own_redis
+    watcher = SyncRedis(port=port)
+    cache = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0", "encryption_key": SECRET}
+    async with FakeUpstream(reply=ANSWER) as upstream:
+        raw = {**config(upstream), "cache": cache}
+        async with gateway(make_app, raw, KEY) as (_, client):
+            assert [await ask(client), await ask(client)] == ["miss", "hit"]
+            watcher.config_set("maxmemory-policy", "noeviction")
+            watcher.config_set("maxmemory", "1")
+            with caplog.at_level(logging.DEBUG, logger="turnout.cache"):
+                for n in range(5):
+                    assert await ask(client, [{"role": "user", "content": f"question {n}"}]) == "miss"
+                assert await ask(client) == "hit"  # what it holds is still served
+                watcher.config_set("maxmemory", "0")
+                again = [{"role": "user", "content": "question 0"}]
+                assert await ask(client, again) == "miss"
+                for _ in range(100):  # kept after its answer went out
+                    if await ask(client, again) == "hit":
+                        break
+                    await asyncio.sleep(0.05)
+            said = [r.getMessage() for r in caplog.records if r.name == "turnout.cache"]
+            assert said == [
+                "cache: Redis refuses to keep answers (OutOfMemoryError); they are not kept meanwhile",
+                "cache: Redis keeps answers again",
+            ]
+    watcher.close()

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import signal
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -446,6 +448,31 @@ async def test_no_answer_in_time_is_unreachable_and_not_sent_again() -> None:
         await limiter.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_call_queued_behind_a_round_trip_redis_does_not_answer_fails_with_it(
+    own_redis: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    """Seen: with Redis stopped (SIGSTOP), an acquire that came while another's round trip was
+    out waited for that one to time out, then for its own: twice the timeout (1 s, not 0.5)
+    before its 503, or before an open limiter admitted it, for every request of the gateway.
+    What queued behind a round trip that got no answer fails with it, unsent."""
+    redis, port = own_redis
+    limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0", "t", MAX_REQ, "closed")
+    try:
+        await limiter.acquire(ask(0))  # connected
+        redis.send_signal(signal.SIGSTOP)
+        first = asyncio.ensure_future(limiter.acquire(ask(1)))
+        await asyncio.sleep(0.1)  # its round trip is out
+        second = asyncio.ensure_future(limiter.acquire(ask(2)))
+        with pytest.raises(BackendUnavailable):
+            await first
+        assert second.done()
+        with pytest.raises(BackendUnavailable):
+            await second
+    finally:
+        redis.send_signal(signal.SIGCONT)
+        await limiter.aclose()
 
 
 class StallingProxy:

@@ -14,8 +14,11 @@ the purges of other tenants and tasks change nothing for it.
 
 A Redis that fails or is slow (``socket_timeout``) is a miss, never a failed request; the first
 failure of a streak is logged as a warning, the rest at debug level. After a timeout or a
-refused connection Redis is left alone for ``REST_S`` (every lookup a miss at once): a Redis
-that hangs costs one request a second its timeout, not every request.
+refused connection Redis is left alone for ``REST_S`` (every lookup a miss at once), then one
+lookup asks it again while the others stay misses until it is answered: a Redis that hangs
+costs one request a second its timeout, not every request, however many come at once. A Redis
+that refuses writes (out of memory under ``noeviction``) still serves what it holds; the answers
+are not kept meanwhile, which is logged once, not at every miss.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from turnout.cache.key import TENANT, Address, quote
@@ -79,8 +82,10 @@ class RedisCache:
         self.client: Redis = Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
         self._marks = f"{key_prefix}:cache-purged:"  # not under the cache's prefix: no purge scans them
         self._put = self.client.register_script(_PUT)
-        self._failing = False
+        self._failing = False  # a streak of failed calls, logged once
+        self._down = False  # timed out or refused a connection: asked by one lookup a REST_S
         self._rest_until = 0.0
+        self._refusing = False  # writes refused (out of memory): answers are not kept
 
     def key(self, address: Address) -> bytes:
         return (self.prefix + address.text()).encode()
@@ -119,10 +124,20 @@ class RedisCache:
                 await self.client.set(key, sealed, px=px)
             elif not await self._put(keys=[key, *self._marks_of(address)], args=[sealed, px, mark]):
                 return False  # purged since its lookup
+        except ResponseError as exc:  # it answered, and keeps nothing for now: reads still serve
+            if not self._refusing:
+                log.warning(
+                    "cache: Redis refuses to keep answers (%s); they are not kept meanwhile", type(exc).__name__
+                )
+            self._refusing = True
+            return False
         except RedisError as exc:
             self._failed("write", exc)
             return False
         self._ok()
+        if self._refusing:
+            log.warning("cache: Redis keeps answers again")
+            self._refusing = False
         return True
 
     def _marks_of(self, address: Address) -> tuple[str, str, str, str]:
@@ -180,16 +195,27 @@ class RedisCache:
             self._failed("delete", exc)
 
     def _resting(self) -> bool:
-        return self._failing and time.monotonic() < self._rest_until
+        """Whether to leave Redis alone now: for ``REST_S`` after a timeout or a refused
+        connection; then this caller asks it, and the rest starts anew for the others until its
+        answer ends it (``_ok``) or a failure does (a caller that never hears, cancelled, holds
+        it ``REST_S`` at most)."""
+        if not self._down:
+            return False
+        now = time.monotonic()
+        if now < self._rest_until:
+            return True
+        self._rest_until = now + REST_S
+        return False
 
     def _failed(self, what: str, exc: RedisError) -> None:
         level = logging.DEBUG if self._failing else logging.WARNING
         log.log(level, "cache: Redis %s failed (%s); answering as a miss", what, type(exc).__name__)
         self._failing = True
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):  # not one odd key (WRONGTYPE)
+            self._down = True
             self._rest_until = time.monotonic() + REST_S
 
     def _ok(self) -> None:
         if self._failing:
             log.warning("cache: Redis answers again")
-        self._failing = False
+        self._failing = self._down = False

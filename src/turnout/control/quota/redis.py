@@ -36,21 +36,24 @@ live replica whose beats stop reaching Redis for longer than the TTL (a partitio
 loop stalled for seconds) looks dead: its slots may be given to others meanwhile, and its
 later settles still charge the real cost.
 
-Redis unreachable (connection refused, timeout): ``stats().backend_errors`` counts it, a warning is
-logged at most every ``WARN_EVERY_S``, and ``acquire`` either raises ``BackendUnavailable``
-(``on_backend_error="closed"``) or admits with a grant already marked done, so its settle and
-release do nothing (``"open"``). An acquire that got no answer may still run (a stalled Redis
-runs what it had read when it wakes): what it may hold is released after the next heartbeat
-Redis answers, not left to ``max_request_s``. A failed settle or release is logged and counted, never
-raised (it fails in the background): the answer has gone out. One that failed because Redis
-was unreachable is sent again after the next heartbeat Redis answers, so a blip does not hold
-the tenant's concurrency slots and reservations for ``max_request_s`` (locking it out) nor lose
-the cost it settles. Should the first send have reached a stalled Redis and run, the second
-finds the grant's finished marker and changes nothing (``redis_script.FINISH``); the marker
-lives ``max_request_s``, so only a settle held back longer than that by an outage may be
-charged twice (spend over-counted, never under). What is still unsent when the replica
-closes or dies is dropped with it; the slot and reservation expire after ``max_request_s``
-at the latest.
+Redis unreachable (connection refused, timeout) or refusing (an error reply: out of memory under
+``noeviction``, a read-only replica, an ACL without the scripts): ``stats().backend_errors`` counts
+it, a warning is logged at most every ``WARN_EVERY_S``, and ``acquire`` either raises
+``BackendUnavailable`` (``on_backend_error="closed"``) or admits with a grant already marked done,
+so its settle and release do nothing (``"open"``). An acquire that got no answer may still run (a
+stalled Redis runs what it had read when it wakes): what it may hold is released after the next
+heartbeat Redis answers, not left to ``max_request_s``. A failed settle or release is logged and
+counted, never raised (it fails in the background): the answer has gone out. One that failed
+because Redis was unreachable is sent again after the next heartbeat Redis answers, so a blip does
+not hold the tenant's concurrency slots and reservations for ``max_request_s`` (locking it out) nor
+lose the cost it settles; so is one Redis refused for now (out of memory under ``noeviction``,
+which refuses the settle's first write while an acquire, whose first write frees memory, still goes
+through: every slot taken meanwhile would be held). Should the first send have reached a stalled
+Redis and run, the second finds the grant's finished marker and changes nothing
+(``redis_script.FINISH``); the marker lives ``max_request_s``, so only a settle held back longer
+than that by an outage may be charged twice (spend over-counted, never under). What is still unsent
+when the replica closes or dies is dropped with it; the slot and reservation expire after
+``max_request_s`` at the latest.
 Heartbeats that fail are not counted (the requests' own calls are); the next one tries again.
 """
 
@@ -70,7 +73,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from turnout._support.periodic import Periodic
@@ -100,6 +103,7 @@ WARN_EVERY_S = 10.0
 BEATS_PER_TTL = 5  # a heartbeat every fifth of its TTL: four in a row may be late or lost
 _BUDGET_MARGIN_S = 3600  # budget keys outlive their window by this plus max_request_s
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+_REFUSING = (OutOfMemoryError, ReadOnlyError)  # and the error replies named in ``_for_now``
 _MAX_ENCODED = 4096  # (scopes, day) encodings kept
 _MAX_DOUBTFUL = 10_000  # unanswered acquires remembered for release (each a few hundred bytes)
 
@@ -207,10 +211,12 @@ class RedisLimiter:
         call = Call(self._acquire, enc.acquire_argc, body, asyncio.get_running_loop().create_future())
         try:
             result = await self._call(call)
-        except BackendUnavailable:
+        except BackendUnavailable as exc:
             # No answer is not "not taken": a stalled Redis runs the script when it wakes, after
-            # the caller has given up. Freed once Redis answers again (``_tick``).
-            self._doubt(ask)
+            # the caller has given up. Freed once Redis answers again (``_tick``). A refusal
+            # (an error reply) was an answer: the script did not take its slot.
+            if isinstance(exc.__cause__, _UNREACHABLE):
+                self._doubt(ask)
             if self.on_backend_error == "open":
                 return Grant(ask, done=True)  # admitted blind: nothing to give back later
             raise
@@ -302,8 +308,10 @@ class RedisLimiter:
     async def _tick(self) -> None:
         try:
             await self._beat(retire=False)
-        except _UNREACHABLE:  # counted by the requests' own calls; the next beat tries again
-            log.debug("quota heartbeat did not reach Redis")
+        except RedisError as exc:  # counted by the requests' own calls; the next beat tries again
+            if not _for_now(exc):
+                raise
+            log.debug("quota heartbeat did not reach Redis (%s)", type(exc).__name__)
             return
         if self._unsent:
             unsent, self._unsent = self._unsent, []
@@ -332,7 +340,7 @@ class RedisLimiter:
         replies = await asyncio.gather(*(self.batcher.call(c) for c in calls.values()), return_exceptions=True)
         for rid, reply in zip(calls, replies, strict=True):
             if isinstance(reply, BaseException):
-                if not isinstance(reply, _UNREACHABLE):
+                if not _for_now(reply):
                     log.warning("quota release of an unanswered acquire failed: %s", type(reply).__name__)
                     continue
                 self._doubt(doubtful[rid])  # the next beat tries again
@@ -404,11 +412,15 @@ class RedisLimiter:
         except _UNREACHABLE as exc:
             self._unreachable(exc)
             raise BackendUnavailable("the quota backend (Redis) cannot be reached") from exc
+        except ResponseError as exc:  # out of memory (noeviction), read-only, no permission, ...
+            self._unreachable(exc)
+            raise BackendUnavailable("the quota backend (Redis) refused the call") from exc
 
     def _lost(self, exc: BaseException, call: Call | None = None) -> None:
         """A settle or release failed: the answer has gone out, so log and count; one that did
-        not reach Redis is kept for the next heartbeat that does (``_tick``)."""
-        if isinstance(exc, _UNREACHABLE):
+        not reach Redis, or that Redis refused for now (out of memory), is kept for the next
+        heartbeat it takes (``_tick``)."""
+        if _for_now(exc):
             self._unreachable(exc)
             if call is not None and not self._closed and len(self._unsent) < _MAX_DOUBTFUL:
                 self._unsent.append(call)
@@ -421,7 +433,9 @@ class RedisLimiter:
         if now >= self._next_warning:
             self._next_warning = now + WARN_EVERY_S
             log.warning(
-                "quota backend unreachable (%s); failing %s, %d errors so far",
+                "quota backend %s (%s: %s); failing %s, %d errors so far",
+                "unreachable" if isinstance(exc, _UNREACHABLE) else "refused a call",
+                type(exc).__name__,
                 exc,
                 self.on_backend_error,
                 self._backend_errors,
@@ -436,6 +450,15 @@ class _Encoded:
     acquire_argc: int
     finish_limits: bytes  # per scope: tpm, concurrency, day budget, month budget
     finish_argc: int
+
+
+def _for_now(exc: BaseException) -> bool:
+    """Redis did not take the call but will once it recovers: unreachable, or refusing every
+    write for the state it is in (out of memory under ``noeviction``, a read-only replica after a
+    failover, a disk it cannot save to, a script running long)."""
+    if isinstance(exc, (*_UNREACHABLE, *_REFUSING)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(("MISCONF", "BUSY", "MASTERDOWN"))
 
 
 def _quiet(future: asyncio.Future[Any]) -> None:

@@ -18,7 +18,8 @@ and reads are shared.
 * A dropped connection is dialled again once for the calls not yet answered (a stale socket;
   a call Redis ran before the drop runs twice: the acquire script notices, by its member, and
   the finish script by its marker);
-  a timeout is not retried, since the scripts may have run. Callers get the redis-py error
+  a timeout is not retried, since the scripts may have run, and the calls queued while it was
+  out fail with it, unsent (none waits more than about one timeout). Callers get the redis-py error
   (``ConnectionError``, ``TimeoutError``); a posted call's failure goes to ``on_failure``.
 * ``aclose`` sends everything queued, then closes the connection: no settle is lost on a
   graceful shutdown.
@@ -223,7 +224,10 @@ class Batcher:
                 await self.connection.disconnect(nowait=True)
                 if not isinstance(exc, RedisTimeoutError):  # ours, from asyncio.timeout
                     exc = RedisTimeoutError(f"no answer from Redis within {self.timeout}s")
-                self._fail(refused + calls[answered:], exc)
+                # What queued meanwhile fails too, unsent: it would wait for a Redis that has
+                # just not answered, a whole timeout more after part of one already.
+                queued, self._queue = self._queue, []
+                self._fail(refused + calls[answered:] + queued, exc)
                 return
             if load or not refused:
                 return
