@@ -1,0 +1,136 @@
+"""The documents say what the code is: docs/ARCHITECTURE.md's module map names every module of
+``src/turnout`` and nothing that is not one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import turnout
+
+PACKAGE = Path(turnout.__file__).parent
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+_ROW = re.compile(r"^\| (?P<folder>[^|]+?) \| (?P<rooms>.+) \|$")
+_NAME = re.compile(r"[a-z_][a-z0-9_]*(?:/|\.py)?")  # a backticked module, package or folder name
+
+
+def module_map(text: str) -> dict[str, str]:
+    """The map's rows: folder (``""`` for the top row) → what its rooms column says."""
+    section = text.split("## Module map", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        row = _ROW.match(line)
+        if row and row["folder"] not in ("folder", "---"):
+            rows["" if row["folder"] == "top" else row["folder"].strip("`").rstrip("/")] = row["rooms"]
+    return rows
+
+
+def group_after(text: str, name: str) -> str:
+    """What the parentheses right after `` `name` `` hold ("" without any): a package's rooms."""
+    start = text.find(f"`{name}`")
+    if start < 0:
+        return ""
+    i = start + len(name) + 2
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i == len(text) or text[i] != "(":
+        return ""
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j]
+    return text[i + 1 :]
+
+
+def named(text: str, name: str) -> bool:
+    return any(f"`{form}`" in text for form in (name, f"{name}.py", f"{name}/"))
+
+
+def unmapped(rows: dict[str, str], package: Path) -> list[str]:
+    """Every module (and package) of ``package`` that its row does not name where it belongs: a
+    module of a folder's row in that row, one of a package inside it within the parentheses
+    after the package's name."""
+    missing = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts in ((), ("__main__",)) or (len(parts) == 1 and parts[0] in rows):
+            continue  # the package itself, python -m turnout, or a folder that has a row of its own
+        folder = parts[0] if parts[0] in rows and len(parts) > 1 else ""
+        text = rows[folder]
+        for i, part in enumerate(parts[1:] if folder else parts):
+            if not named(text, part):
+                missing.append(str(path.relative_to(package)))
+                break
+            if i < len(parts) - (2 if folder else 1):
+                text = group_after(text, f"{part}/")
+    return missing
+
+
+def strangers(rows: dict[str, str], package: Path) -> list[str]:
+    """Every backticked name in a row that is no module, package or folder under the row's own."""
+    found = []
+    for folder, text in rows.items():
+        root = package / folder
+        here = {p.stem for p in root.rglob("*.py")} | {p.name for p in root.rglob("*") if p.is_dir()}
+        for token in re.findall(r"`([^`]+)`", text):
+            if _NAME.fullmatch(token) and token.removesuffix(".py").rstrip("/") not in here:
+                found.append(f"{folder or 'top'}: {token}")
+    return found
+
+
+def test_the_module_map_names_every_module() -> None:
+    assert unmapped(module_map((DOCS / "ARCHITECTURE.md").read_text()), PACKAGE) == []
+
+
+def test_the_module_map_names_nothing_that_is_not_a_module() -> None:
+    assert strangers(module_map((DOCS / "ARCHITECTURE.md").read_text()), PACKAGE) == []
+
+
+MAP = """\
+## Module map
+
+| folder | rooms |
+| --- | --- |
+| top | `config/` (`model`, `load`), `errors.py` |
+| `serving/` | `app` (routes), `keys/` (`base`, `redis`) |
+"""
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    for name in ("__init__", "errors", "config/__init__", "config/model", "config/load", "serving/__init__"):
+        (tmp_path / f"{name}.py").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"{name}.py").write_text("")
+    for name in ("app", "keys/__init__", "keys/base", "keys/redis"):
+        (tmp_path / "serving" / f"{name}.py").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "serving" / f"{name}.py").write_text("")
+    return tmp_path
+
+
+def test_a_map_that_names_everything_passes(package: Path) -> None:
+    assert unmapped(module_map(MAP), package) == []
+    assert strangers(module_map(MAP), package) == []
+
+
+def test_a_module_missing_from_the_map_is_found(package: Path) -> None:
+    (package / "serving" / "keys" / "sqlite.py").write_text("")
+    (package / "serving" / "door.py").write_text("")
+    (package / "config" / "checks.py").write_text("")
+    assert unmapped(module_map(MAP), package) == ["config/checks.py", "serving/door.py", "serving/keys/sqlite.py"]
+
+
+def test_a_module_named_outside_its_package_is_missing(package: Path) -> None:
+    """`redis` in the row but not in the parentheses after `keys/` is not where it belongs."""
+    text = MAP.replace("`keys/` (`base`, `redis`)", "`keys/` (`base`), `redis` (limits)")
+    assert unmapped(module_map(text), package) == ["serving/keys/redis.py"]
+
+
+def test_a_module_that_no_longer_exists_is_found(package: Path) -> None:
+    (package / "serving" / "app.py").unlink()
+    assert unmapped(module_map(MAP), package) == []
+    assert strangers(module_map(MAP), package) == ["serving: app"]
