@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -134,3 +135,64 @@ def test_a_module_that_no_longer_exists_is_found(package: Path) -> None:
     (package / "serving" / "app.py").unlink()
     assert unmapped(module_map(MAP), package) == []
     assert strangers(module_map(MAP), package) == ["serving: app"]
+
+
+# --- what the README names --------------------------------------------------------------------------
+
+README = DOCS.parent / "README.md"
+# Codes set in the code that no API answer carries, and why.
+UNANSWERED = {
+    "answer_refused": "the base class's; every refusal raised is a subclass with a code of its own",
+    "release_conflict": "the CLI's and the console's: said in words, never as an error code",
+    "shadow_store_error": "the shadow mirror's, in the background; the CLI and console say it in words",
+    "cache_purge_log_error": "turnout cache purge's, and the gateways' background purge follower",
+    "invalid_form": "the console's forms: an HTML page says it",
+    "too_many_fields": "the console's forms: an HTML page says it",
+}
+
+
+def error_codes(package: Path) -> set[str]:
+    """Every error code the code sets: a ``code`` class attribute or assignment, or a ``code=``
+    argument, given as a string literal (or a conditional of them)."""
+    found: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            keyword = isinstance(node, ast.keyword) and node.arg == "code"
+            if keyword or (isinstance(node, ast.Assign) and any(_is_code(t) for t in node.targets)):
+                value = node.value  # type: ignore[attr-defined]
+                found |= {c.value for c in ast.walk(value) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+    return found - {""}
+
+
+def _is_code(target: ast.expr) -> bool:
+    return (isinstance(target, ast.Name) and target.id == "code") or (
+        isinstance(target, ast.Attribute) and target.attr == "code"
+    )
+
+
+def test_every_error_code_is_in_the_readme() -> None:
+    codes = error_codes(PACKAGE)
+    assert set(UNANSWERED) <= codes  # each exception still exists
+    text = README.read_text()
+    assert sorted(c for c in codes - set(UNANSWERED) if f"`{c}`" not in text) == []
+
+
+def test_every_turnout_header_is_in_the_readme() -> None:
+    sent = set()
+    for path in PACKAGE.rglob("*.py"):
+        sent |= {h.lower() for h in re.findall(r"x-turnout-[a-z-]*[a-z]", path.read_text(), re.IGNORECASE)}
+    assert len(sent) > 10
+    named = {h.lower() for h in re.findall(r"X-Turnout-[A-Za-z-]*[a-z]", README.read_text())}
+    named |= {f"x-turnout{h.lower()}" for h in re.findall(r"`(-[A-Z][A-Za-z-]*)`", README.read_text())}
+    assert sorted(sent - named) == []
+
+
+def test_error_codes_are_found_in_each_form(tmp_path: Path) -> None:
+    source = (
+        'class A(E):\n    code = "a_code"\n'
+        'raise E("x", code="b_code")\n'
+        'self.code = "c_code" if x else "d_code"\n'
+        'other = "not_a_code"\n'
+    )
+    (tmp_path / "m.py").write_text(source)
+    assert error_codes(tmp_path) == {"a_code", "b_code", "c_code", "d_code"}
