@@ -1,15 +1,21 @@
 """The documents say what the code is: docs/ARCHITECTURE.md's module map names every module of
-``src/turnout`` and nothing that is not one."""
+``src/turnout`` and nothing that is not one; the README names every error code and X-Turnout
+header the code sets; every YAML config block of the README and docs/ loads."""
 
 from __future__ import annotations
 
 import ast
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 import turnout
+from tests.test_readme import blocks
+from turnout.config import load_config
+from turnout.errors import ConfigError
 
 PACKAGE = Path(turnout.__file__).parent
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -196,3 +202,71 @@ def test_error_codes_are_found_in_each_form(tmp_path: Path) -> None:
     )
     (tmp_path / "m.py").write_text(source)
     assert error_codes(tmp_path) == {"a_code", "b_code", "c_code", "d_code"}
+
+
+# --- the config the documents show ------------------------------------------------------------------
+
+# What a snippet may lean on to stand alone: the README's three targets, and the variables it names.
+TARGETS = {
+    "qwen-vllm": {"provider": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "Qwen/Qwen3-32B"},
+    "deepseek-br": {"provider": "bedrock", "region": "us-east-1", "model": "deepseek.v3-v1:0"},
+    "local": {"provider": "local"},
+}
+ENV = {
+    "ACME_KEY": "sk-acme-0123456789abcdef",
+    "TURNOUT_ADMIN_KEY": "admin-0123456789abcdef",
+    "TURNOUT_CACHE_KEY": "0" * 64,
+    "TURNOUT_REDACTION_KEY": "r" * 32,
+    "AWS_BEARER_TOKEN_BEDROCK": "bedrock-api-key",
+}
+
+
+def standing_alone(snippet: dict[str, Any]) -> dict[str, Any]:
+    """``snippet`` with what it needs to load on its own: the targets it does not define, a route
+    for each task it names without one (and a task where it names none), and every tenant and
+    task its capture and retention rules name."""
+    raw: dict[str, Any] = {"targets": {k: v for k, v in TARGETS.items() if k not in (snippet.get("targets") or {})}}
+    for key, value in snippet.items():
+        raw[key] = {**raw[key], **value} if key == "targets" else value
+    tasks = raw.setdefault("tasks", {}) or {"default": {}}
+    raw["tasks"] = {name: {"route": ["qwen-vllm"], **task} for name, task in tasks.items()}
+    for section in ("capture", "retention"):
+        for rule in (raw.get(section) or {}).get("rules", []):
+            if rule.get("tenant"):
+                raw.setdefault("tenants", {}).setdefault(rule["tenant"], {"keys": [ENV["ACME_KEY"]]})
+            if rule.get("task"):
+                raw["tasks"].setdefault(rule["task"], {"route": ["local"]})
+    return raw
+
+
+def config_blocks() -> list[tuple[str, str]]:
+    """Every ``yaml`` block of the README and docs/ that is config, by place: not a file shown
+    as shipped (a ``# path`` first line: ``tests/test_readme.py`` holds those to the file)."""
+    found = []
+    for doc in (README, *sorted(DOCS.glob("*.md"))):
+        for block in blocks(doc.read_text()):
+            first = block.text.partition("\n")[0]
+            if block.lang == "yaml" and not (first.startswith("# ") and (DOCS.parent / first[2:].strip()).is_file()):
+                found.append((f"{doc.name}:{block.line}", block.text))
+    return found
+
+
+def test_the_documents_show_config() -> None:
+    assert len(config_blocks()) >= 15
+
+
+@pytest.mark.parametrize(("place", "text"), config_blocks(), ids=[place for place, _ in config_blocks()])
+def test_every_config_block_loads(place: str, text: str, tmp_path: Path) -> None:
+    path = tmp_path / "turnout.yaml"
+    path.write_text(yaml.safe_dump(standing_alone(yaml.safe_load(text))))
+    try:
+        load_config(path, env=ENV)
+    except ConfigError as exc:
+        pytest.fail(f"{place}: {exc.problems}")
+
+
+def test_a_block_with_a_key_the_config_lacks_fails(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.yaml"
+    path.write_text(yaml.safe_dump(standing_alone({"tasks": {"faq": {"cache": {"ttl": 60, "classes": ["public"]}}}})))
+    with pytest.raises(ConfigError, match=r"tasks\.faq\.cache\.ttl: unknown key"):
+        load_config(path, env=ENV)
