@@ -149,6 +149,15 @@ def test_check_help_mentions_its_options() -> None:
     assert "key path" in result.stdout
 
 
+def test_check_help_says_what_workers_checks() -> None:
+    """`check` starts no worker: its --workers checks the config for `serve --workers`, and
+    its help no longer sends the reader to 'turnout check --workers' from that very option."""
+    check = " ".join(invoke("check", "--help").stdout.split())
+    assert "Check the config as 'turnout serve --workers N' would run it" in check
+    assert "see 'turnout check --workers'" not in check
+    assert "Worker processes on one socket" in " ".join(invoke("serve", "--help").stdout.split())
+
+
 def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0
