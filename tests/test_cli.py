@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -147,6 +148,32 @@ def test_check_help_mentions_its_options() -> None:
     assert result.exit_code == 0
     assert "--config" in result.stdout
     assert "key path" in result.stdout
+
+
+def test_check_help_says_what_workers_checks() -> None:
+    """`check` starts no worker: its --workers checks the config for `serve --workers`, and
+    its help no longer sends the reader to 'turnout check --workers' from that very option."""
+    check = " ".join(invoke("check", "--help").stdout.split())
+    assert "Check the config as 'turnout serve --workers N' would run it" in check
+    assert "see 'turnout check --workers'" not in check
+    assert "Worker processes on one socket" in " ".join(invoke("serve", "--help").stdout.split())
+
+
+def commands(group: click.Group, path: str = "") -> dict[str, click.Command]:
+    """Every command a user can run, by its words (``keys create``)."""
+    found: dict[str, click.Command] = {}
+    for name, command in group.commands.items():
+        words = f"{path} {name}".strip()
+        found |= commands(command, words) if isinstance(command, click.Group) else {words: command}
+    return found
+
+
+def test_every_command_the_readme_says_takes_config_does() -> None:
+    """The README: the CLI takes --config on every command but those it names as reading none."""
+    without = sorted(w for w, c in commands(main).items() if not any("--config" in p.opts for p in c.params))
+    assert without == ["safety scan"]
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert "on every command but `safety scan`, which reads no config" in readme
 
 
 def test_version() -> None:

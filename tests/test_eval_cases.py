@@ -94,6 +94,17 @@ def test_every_problem_is_reported_with_its_line() -> None:
         ({"scorer": "python_test", "test": "pass", "memory_mb": 4}, "'memory_mb' must be an integer ≥ 32"),
         ({"scorer": "judge", "target": "m"}, "'rubric' must be text"),
         ({"scorer": "regex", "pattern": "a", "flags": "q"}, "'flags' must be a string of"),
+        # A misspelt argument would silently change what the scorer checks: refused by name.
+        (
+            {"scorer": "equals", "value": "X", "ignore_cases": True},
+            "expect[0] (equals): unknown argument 'ignore_cases' (did you mean 'ignore_case'?); equals takes value,",
+        ),
+        ({"scorer": "contains", "any": ["a"], "al": ["b"]}, "unknown argument 'al'"),
+        ({"scorer": "python_test", "test": "pass", "timeout": 5}, "unknown argument 'timeout' (did you mean"),
+        (
+            {"scorer": "judge", "rubric": "ok?", "refrence": "x"},
+            "unknown argument 'refrence' (did you mean 'reference'?)",
+        ),
     ],
 )
 def test_scorer_arguments_are_checked_at_load(expect: dict[str, object], message: str) -> None:

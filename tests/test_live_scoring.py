@@ -101,6 +101,15 @@ def test_check_reports_a_scorers_bad_arguments() -> None:
     assert any(p.startswith("tasks.orders.scoring.scorers[0]:") for p in problems), problems
 
 
+def test_check_names_a_misspelt_scorer_argument() -> None:
+    """`negat: true` in the config once passed `turnout check` and scored as if it were absent."""
+    cfg = validate(config({"rate": 0.5, "scorers": [{"scorer": "regex", "pattern": "A-", "negat": True}]}))
+    problems = preflight(cfg, env={})
+    assert "tasks.orders.scoring.scorers[0]: unknown argument 'negat' (did you mean 'negate'?); regex takes " in (
+        " ".join(problems)
+    ), problems
+
+
 def test_a_canary_below_the_live_pass_floor_fails_its_check() -> None:
     cfg = CanaryConfig(min_requests=10, min_live_pass_rate=0.9)
     active = ReleaseStats(requests=100, live_scored=50, live_passed=49)

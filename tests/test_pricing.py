@@ -417,6 +417,18 @@ def test_a_bad_price_book_is_reported_with_its_key_path(prices: list[dict[str, A
     assert any(p.startswith(expected) for p in found), found
 
 
+def test_a_gpu_hour_price_on_the_target_points_at_the_price_book() -> None:
+    """docs/self-hosted.md once said ``price: {gpu_hour_usd, gpus, replicas}`` on the target:
+    one problem saying where a fleet's price goes, not five about fields it never had."""
+    vllm = {"provider": "openai", "base_url": "http://vllm.invalid/v1", "model": "m", "price": FLEET}
+    found = problems(config(vllm=vllm))
+    assert found == [
+        "targets.vllm.price: gpu_hour_usd, gpus, replicas: a target's price is per token (input_per_mtok, "
+        "output_per_mtok); price a GPU fleet in the price book: prices: [{effective: DATE, targets: "
+        "{NAME: {gpu_hour_usd: …}}}]"
+    ]
+
+
 def test_every_reference_gpu_price_has_a_source_and_says_verify() -> None:
     ref = reference_gpu_prices()
     assert {"p5.48xlarge", "p5en.48xlarge", "p5e.48xlarge", "p4d.24xlarge", "g6e.xlarge", "g5.xlarge"} <= set(ref)

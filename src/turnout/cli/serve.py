@@ -7,13 +7,14 @@ would refuse on this machine), so ``check`` passes exactly the configs ``serve``
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from turnout.cli import probe as probes
-from turnout.cli._common import CONFIG_PATH, CommandError, config_option
+from turnout.cli._common import CONFIG_PATH, FC, CommandError, config_option
 from turnout.cli.preflight import preflight, shared_state
 from turnout.config import Config, given, load_config, validate
 from turnout.control.catalog import base_model_id, bedrock_model, price
@@ -36,14 +37,21 @@ def _workers(ctx: click.Context, param: click.Parameter, value: str) -> int:
         raise click.BadParameter(str(exc)) from None
 
 
-workers_option = click.option("--workers", default="1", metavar="N|auto", callback=_workers, help=WORKERS_HELP)
+CHECK_WORKERS_HELP = (
+    "Check the config as 'turnout serve --workers N' would run it: state that each worker would "
+    "hold alone (limits, the ledger or the cache in memory) is a problem."
+)
+
+
+def workers_option(help_text: str) -> Callable[[FC], FC]:
+    return click.option("--workers", default="1", metavar="N|auto", callback=_workers, help=help_text)
 
 
 @click.command()
 @config_option(CONFIG_HELP)
 @click.option("--host", help="Address to bind (overrides server.host; default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind (overrides server.port; default 8080).")
-@workers_option
+@workers_option(WORKERS_HELP)
 def serve(config: Config, host: str | None, port: int | None, workers: int) -> None:
     """Run the gateway until SIGINT/SIGTERM, then drain in-flight requests and the ledger (a
     second Ctrl-C cuts what still runs, writing its rows, and quits). SIGHUP re-reads the config
@@ -117,7 +125,7 @@ def with_address(config: Config, host: str | None, port: int | None) -> Config:
 
 @click.command()
 @config_option(CONFIG_HELP)
-@workers_option
+@workers_option(CHECK_WORKERS_HELP)
 @click.option(
     "--probe",
     is_flag=True,

@@ -359,10 +359,23 @@ class Limit(_Strict):
 
 
 class Price(_Strict):
+    """A target's own price: per token. A GPU fleet's price is a price-book entry (``prices``)."""
+
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
     cached_input_per_mtok: float | None = Field(None, ge=0)  # default: the input price
     cache_write_per_mtok: float | None = Field(None, ge=0)  # default: the input price
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_token(cls, value: Any) -> Any:
+        hosted = [k for k in _SELF_HOSTED if isinstance(value, dict) and k in value]
+        if hosted:
+            raise ValueError(
+                f"{', '.join(hosted)}: a target's price is per token (input_per_mtok, output_per_mtok); "
+                "price a GPU fleet in the price book: prices: [{effective: DATE, targets: {NAME: {gpu_hour_usd: …}}}]"
+            )
+        return value
 
 
 _MANAGED = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok")

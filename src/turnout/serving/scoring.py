@@ -25,7 +25,7 @@ from turnout.config import Config
 from turnout.errors import ConfigError
 from turnout.offline.evals.cases import Case
 from turnout.offline.evals.scorers import Equals  # noqa: F401  (registers the deterministic scorers)
-from turnout.offline.evals.scoring import REGISTRY, Scorer
+from turnout.offline.evals.scoring import REGISTRY, Scorer, argument_problems
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def build(config: Config) -> dict[str, TaskScorers]:
         for i, spec in enumerate(task.scoring.scorers):
             args = {k: v for k, v in spec.items() if k != "scorer"}
             scorer = REGISTRY[spec["scorer"]]()  # the config allows only registered, live ones
-            found = scorer.check(args)
+            found = argument_problems(scorer, args)
             problems += [f"tasks.{name}.scoring.scorers[{i}]: {p}" for p in found]
             checks.append((scorer, args))
         out[name] = TaskScorers(name, task.scoring.rate, tuple(checks))

@@ -22,7 +22,7 @@ import orjson
 
 from turnout.config import not_utf8
 from turnout.errors import TurnoutError
-from turnout.offline.evals.scoring import REGISTRY, Scorer
+from turnout.offline.evals.scoring import REGISTRY, Scorer, argument_problems
 
 _KEYS = {"id", "variables", "messages", "expect", "tags", "metadata"}
 _MAX_PROBLEMS = 50
@@ -194,7 +194,7 @@ def _expectations(raw: Any, known: Mapping[str, Scorer], problems: list[str]) ->
         if scorer is None:
             problems.append(f"expect[{i}]: unknown scorer {exp.scorer!r} (known: {', '.join(sorted(known))})")
             continue
-        problems.extend(f"expect[{i}] ({exp.scorer}): {msg}" for msg in scorer.check(exp.args))
+        problems.extend(f"expect[{i}] ({exp.scorer}): {msg}" for msg in argument_problems(scorer, exp.args))
         out.append(exp)
     return tuple(out)
 

@@ -111,6 +111,7 @@ def _json_objects(text: str) -> list[dict[str, Any]]:
 @register
 class JudgeScorer(Scorer):
     name = "judge"
+    arguments = ("rubric", "reference", "target")
 
     def __init__(self, judge: JudgeFn | None = None, *, default_target: str | None = None) -> None:
         self.judge = judge

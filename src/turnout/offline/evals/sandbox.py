@@ -127,6 +127,7 @@ def _number(args: Mapping[str, Any], key: str, default: float) -> Any:
 @register
 class PythonTest(Scorer):
     name = "python_test"
+    arguments = ("test", "timeout_s", "memory_mb", "max_processes")
 
     def __init__(self, *, allow_unsandboxed_code: bool = False) -> None:
         self.allow_unsandboxed_code = allow_unsandboxed_code

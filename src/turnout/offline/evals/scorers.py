@@ -83,6 +83,7 @@ def _strings(value: Any) -> bool:
 @register
 class Equals(Scorer):
     name = "equals"
+    arguments = ("value", "ignore_case", "ignore_whitespace")
 
     def check(self, args: Mapping[str, Any]) -> list[str]:
         problems = [] if isinstance(args.get("value"), str) else ["'value' must be a string"]
@@ -109,6 +110,7 @@ class Contains(Scorer):
     """``all``: every string must occur; ``any``: at least one must; ``value``: one string."""
 
     name = "contains"
+    arguments = ("value", "all", "any", "ignore_case")
 
     def check(self, args: Mapping[str, Any]) -> list[str]:
         problems = [f"'{k}' must be a list of strings" for k in ("all", "any") if k in args and not _strings(args[k])]
@@ -149,6 +151,7 @@ class Regex(Scorer):
     pass when it does not match."""
 
     name = "regex"
+    arguments = ("pattern", "flags", "full", "negate")
 
     def check(self, args: Mapping[str, Any]) -> list[str]:
         pattern, flags = args.get("pattern"), args.get("flags", "")
@@ -181,6 +184,7 @@ class Regex(Scorer):
 @register
 class JsonSchema(Scorer):
     name = "json_schema"
+    arguments = ("schema",)
 
     def check(self, args: Mapping[str, Any]) -> list[str]:
         schema = args.get("schema")
@@ -214,6 +218,7 @@ class RequiredFields(Scorer):
     ``values`` equal to its value. ``value`` is the share of those checks that hold."""
 
     name = "required_fields"
+    arguments = ("fields", "values")
 
     def check(self, args: Mapping[str, Any]) -> list[str]:
         problems = []
@@ -253,6 +258,7 @@ class NumberClose(Scorer):
     ``expected``. Thousands separators (1,234.5) are understood."""
 
     name = "number_close"
+    arguments = ("expected", "abs_tol", "rel_tol", "path", "pick")
 
     def check(self, args: Mapping[str, Any]) -> list[str]:
         problems = []

@@ -23,6 +23,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from turnout._support.printable import printable
+from turnout._support.suggest import nearest
+
 if TYPE_CHECKING:
     from turnout.offline.evals.cases import Case
 
@@ -47,15 +50,28 @@ class Score:
 
 class Scorer:
     """Base class: set ``name``, implement ``score``; override ``check`` to reject bad arguments
-    when the golden set is loaded rather than halfway through a run."""
+    when the golden set is loaded rather than halfway through a run. ``arguments``: every key an
+    expectation may give it; any other is refused at load, since a misspelt one (``ignore_cases``)
+    would silently change what it checks (None: any key, unchecked)."""
 
     name: ClassVar[str]
+    arguments: ClassVar[tuple[str, ...] | None] = None
 
     def check(self, args: Mapping[str, Any]) -> list[str]:
         return []
 
     async def score(self, output: str, case: Case, args: Mapping[str, Any]) -> Score:
         raise NotImplementedError
+
+
+def argument_problems(scorer: Scorer, args: Mapping[str, Any]) -> list[str]:
+    """What is wrong with an expectation's arguments: one the scorer does not take, then its checks."""
+    known = scorer.arguments
+    unknown = [] if known is None else [k for k in args if k not in known]
+    return [
+        f"unknown argument {printable(k)!r}{nearest(k, known or ())}; {scorer.name} takes {', '.join(known or ())}"
+        for k in unknown
+    ] + scorer.check(args)
 
 
 S = TypeVar("S", bound=type[Scorer])
