@@ -11,7 +11,7 @@ import socket
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -252,26 +252,6 @@ def test_targets_name_their_provider_and_model() -> None:
     assert traces_url("http://collector:4318") == "http://collector:4318/v1/traces"
     assert traces_url("http://collector:4318/") == "http://collector:4318/v1/traces"
     assert traces_url("https://otel.example/v1/traces") == "https://otel.example/v1/traces"
-
-
-@pytest.fixture
-async def collector() -> AsyncIterator[tuple[str, list[tuple[str, bytes]]]]:
-    """A tiny OTLP/HTTP collector: records each POST to /v1/traces."""
-    received: list[tuple[str, bytes]] = []
-
-    async def traces(request: web.Request) -> web.Response:
-        received.append((request.content_type, await request.read()))
-        return web.Response(body=ExportTraceServiceRequest().SerializeToString(), content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}", received
-    await runner.cleanup()
 
 
 def exported_spans(received: list[tuple[str, bytes]], service: str = "turnout") -> list[Any]:
