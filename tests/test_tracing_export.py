@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.test_tracing import TARGETS, fallback_row, raw_config
+from tests.test_tracing import TARGETS, Sink, attributes, exported_spans, fallback_row, raw_config
 from turnout.config import validate
+from turnout.errors import ConfigError
 from turnout.ledger.record import AttemptRecord, LedgerRow
-from turnout.observe.tracing import TargetInfo, Tracing
+from turnout.observe.tracing import ExporterSender, TargetInfo, Tracing
 
 ORACLE = Path(__file__).parent / "data" / "tracing_oracle.json"
 ORACLE_TARGETS = {**TARGETS, "llama": TargetInfo("llama.cpp", None)}
@@ -117,3 +121,110 @@ async def test_the_exported_spans_are_those_the_sdk_exported(collector: tuple[st
     await asyncio.to_thread(tracing.shutdown)
     assert {content_type for content_type, _ in received} == {"application/x-protobuf"}
     assert normalized([body for _, body in received]) == json.loads(ORACLE.read_text())
+
+
+class HeldSink(Sink):
+    """A collector that takes each request only once let go; says when one is waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+        self.go = threading.Event()
+
+    def export(self, body: bytes) -> bool:
+        self.waiting.set()
+        self.go.wait(10)
+        return super().export(body)
+
+
+def roots(sink: Sink) -> list[str]:
+    return [attributes(s)["turnout.request_id"] for s in sink.spans() if not s.parent_span_id]
+
+
+async def test_a_full_queue_drops_the_oldest_rows_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the collector holds an export, rows wait in the queue of OTEL_BSP_MAX_QUEUE_SIZE
+    spans: the newest are kept, the oldest dropped (as the SDK's queue did), one warning line
+    for them; ``record`` returns at once all along."""
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "30")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "9")
+    caplog.set_level(logging.WARNING, "turnout")
+    sink = HeldSink()
+    tracing = Tracing(sink, service_name="turnout-test", tasks=frozenset({"chat"}), targets=TARGETS)
+    for i in range(3):  # 9 spans: one batch, which the collector holds
+        tracing.record(fallback_row(request_id=f"first-{i}"))
+    assert await asyncio.to_thread(sink.waiting.wait, 10)
+    for i in range(20):  # 60 spans for a queue of 30
+        tracing.record(fallback_row(request_id=f"then-{i:02}"))
+    assert tracing.queued == 30
+    sink.go.set()
+    await asyncio.to_thread(tracing.shutdown)
+
+    assert roots(sink) == [f"first-{i}" for i in range(3)] + [f"then-{i:02}" for i in range(10, 20)]
+    assert all(len(exported_spans([("", body)], "turnout-test")) <= 9 for body in sink.bodies)
+    full = [r.getMessage() for r in caplog.records if "queue is full" in r.getMessage()]
+    assert len(full) == 1 and "the oldest are dropped: 3 spans since the last such line" in full[0]
+
+
+async def test_each_row_is_traced_with_the_tasks_configured_when_it_was_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows wait in the queue; a reload while they wait renames none of them."""
+    sink = Sink()
+    tracing = Tracing(sink, service_name="turnout-test", tasks=frozenset({"chat"}), targets=TARGETS)
+    tracing.record(fallback_row(request_id="before"))
+    tracing.tasks = frozenset({"summarize"})  # what ``follow`` does after a reload
+    tracing.record(fallback_row(request_id="after"))
+    await asyncio.to_thread(tracing.shutdown)
+    names = {attributes(s)["turnout.request_id"]: s.name for s in sink.spans() if not s.parent_span_id}
+    assert names == {"before": "chat chat", "after": "chat other"}
+
+
+async def test_a_failing_export_loses_its_batch_only(caplog: pytest.LogCaptureFixture) -> None:
+    class Flaky(Sink):
+        failed = False
+
+        def export(self, body: bytes) -> bool:
+            if not self.failed:
+                self.failed = True
+                raise ConnectionError("the collector went away")
+            return super().export(body)
+
+    sink = Flaky()
+    tracing = Tracing(sink, service_name="turnout-test", tasks=frozenset({"chat"}), targets=TARGETS)
+    tracing.record(fallback_row(request_id="lost"))
+    assert tracing.force_flush()
+    tracing.record(fallback_row(request_id="kept"))
+    await asyncio.to_thread(tracing.shutdown)
+    assert roots(sink) == ["kept"]
+    assert sink.shut
+    assert any("could not be exported" in r.getMessage() for r in caplog.records)
+    tracing.record(fallback_row(request_id="late"))  # after shutdown: ignored
+    assert not tracing.force_flush()
+    assert roots(sink) == ["kept"]
+
+
+def test_sdk_disabled_is_no_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert Tracing.from_config(validate(raw_config(otlp_endpoint="http://127.0.0.1:9"))) is None
+
+
+def test_an_exporter_without_the_http_client_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match=r"opentelemetry-exporter-otlp-proto-http>=1\.45"):
+        ExporterSender(object())
+
+
+async def test_a_ratio_sampler_keeps_or_leaves_each_request_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_TRACES_SAMPLER decides per request, on the request span: a child follows it."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    sink = Sink()
+    tracing = Tracing(sink, service_name="turnout-test", tasks=frozenset({"chat"}), targets=TARGETS)
+    for i in range(200):
+        tracing.record(fallback_row(request_id=f"r{i}"))
+    await asyncio.to_thread(tracing.shutdown)
+    spans = sink.spans()
+    kept = {s.span_id for s in spans if not s.parent_span_id}
+    assert 0 < len(kept) < 200  # each request a coin flip: all or none of 200 is 2**-199
+    assert sorted(s.parent_span_id for s in spans if s.parent_span_id) == sorted([*kept, *kept])
