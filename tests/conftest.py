@@ -67,3 +67,24 @@ def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         proc.send_signal(signal.SIGCONT)
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[tuple[str, list[tuple[str, bytes]]]]:
+    """A tiny OTLP/HTTP collector: records each POST to /v1/traces (its content type, its body)."""
+    from aiohttp import web
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[tuple[str, bytes]] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        received.append((request.content_type, await request.read()))
+        return web.Response(body=ExportTraceServiceRequest().SerializeToString(), content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", received
+    await runner.cleanup()

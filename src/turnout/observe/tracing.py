@@ -1,13 +1,11 @@
 """OpenTelemetry traces, built after the fact from the finished ledger row.
 
 Nothing is traced while the request runs: when it is accounted, its row already holds every
-time (start, total latency, each attempt's offset and latency), so ``Tracing.record`` builds
-the spans with explicit start and end times and hands them to a ``BatchSpanProcessor``, whose
-thread exports them (OTLP/HTTP, protobuf). Off unless ``observability.otlp_endpoint`` is set.
-
-    chat {task}                     SERVER   the request as the caller saw it
-    ├── chat {target model}         CLIENT   attempt 1 at a target
-    └── chat {target model}         CLIENT   attempt 2 (retry or fallback) ...
+time (start, total latency, each attempt's offset and latency). ``Tracing.record`` only puts the
+row on a bounded queue; the export thread takes it in batches, builds each row's spans with
+those times straight into the OTLP request (``spans.py``: one request span, one child per
+attempt) and sends it (OTLP/HTTP, protobuf) through the SDK's exporter. Off unless
+``observability.otlp_endpoint`` is set.
 
 Attributes follow the OpenTelemetry GenAI semantic conventions where they exist
 (``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
@@ -16,37 +14,49 @@ No span carries prompt or completion text, the caller's user, or a task name tha
 the configuration (an unknown "model" from a caller is arbitrary text).
 
 A collector that is down, slow or refusing costs a request nothing: ``record`` only queues, the
-export thread waits on the collector (each export at most ``EXPORT_S``) and the queue drops what
-it cannot hold. At shutdown what is queued gets ``SHUTDOWN_S`` to leave, then is dropped.
+export thread waits on the collector (each export at most ``EXPORT_S``) and the queue, of
+``OTEL_BSP_MAX_QUEUE_SIZE`` spans, drops the oldest rows when full. Batches of
+``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans leave when that many are queued, or every
+``OTEL_BSP_SCHEDULE_DELAY`` ms. At shutdown what is queued gets ``SHUTDOWN_S`` to leave, then is
+dropped.
 
 The standard ``OTEL_*`` variables still apply: ``OTEL_TRACES_SAMPLER`` to sample,
 ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` for a collector's credentials,
-``OTEL_RESOURCE_ATTRIBUTES`` for more resource attributes.
+``OTEL_RESOURCE_ATTRIBUTES`` for more resource attributes, ``OTEL_SDK_DISABLED`` to turn
+tracing off. The span limits (``OTEL_*ATTRIBUTE*_LIMIT``) do not: a span has at most 22
+attributes, none of them long.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from opentelemetry import trace
+from opentelemetry.sdk.environment_variables import (
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+    OTEL_BSP_MAX_QUEUE_SIZE,
+    OTEL_BSP_SCHEDULE_DELAY,
+    OTEL_SDK_DISABLED,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from turnout.config import Config, TargetConfig
-from turnout.ledger.record import AttemptRecord, LedgerRow
+from turnout.config import Config
+from turnout.errors import ConfigError
+from turnout.ledger.record import LedgerRow
+from turnout.observe.spans import PROVIDER_NAMES, UNKNOWN_TASK, SpanBuilder, TargetInfo, target_info
 
-# gen_ai.provider.name well-known values; llama.cpp has none, so it is named as itself.
-PROVIDER_NAMES = {"openai": "openai", "bedrock": "aws.bedrock", "local": "llama.cpp"}
-UNKNOWN_TASK = "other"
+__all__ = ["PROVIDER_NAMES", "UNKNOWN_TASK", "TargetInfo", "Tracing", "read_bounded", "target_info", "traces_url"]
+
 EXPORT_S = 5.0  # one export to the collector, its retries included
 ANSWER_BYTES = 65_536  # of the collector's answer to an export, what is read at most
 SHUTDOWN_S = 3.0  # at shutdown, how long what is queued may take to reach the collector
+DROPS_LOGGED_S = 60.0  # a full queue is logged at most this often, with what it dropped since
 
 log = logging.getLogger("turnout")
 
@@ -69,15 +79,39 @@ class _HeaderUnshown(logging.Filter):
 logging.getLogger("opentelemetry.util.re").addFilter(_HeaderUnshown())
 
 
-@dataclass(frozen=True, slots=True)
-class TargetInfo:
-    provider: str  # gen_ai.provider.name
-    model: str | None  # the model the target is asked for (gen_ai.request.model)
+class Sender(Protocol):
+    """Where the export thread sends each batch: one OTLP/HTTP request."""
+
+    def export(self, body: bytes) -> bool:  # True: the collector took it
+        ...
+
+    def shutdown(self) -> None: ...
 
 
-def target_info(cfg: TargetConfig) -> TargetInfo:
-    model = getattr(cfg, "model", None) or cfg.model_version
-    return TargetInfo(PROVIDER_NAMES.get(cfg.provider, cfg.provider), model)
+class ExporterSender:
+    """The SDK's OTLP/HTTP span exporter, given the request already encoded: its HTTP client
+    does the rest as it does for the spans it encodes itself (endpoint, the ``OTEL_EXPORTER_OTLP_*``
+    headers, compression and certificates, retries within the timeout). The client is the
+    exporter's own (``_client``: opentelemetry-exporter-otlp-proto-http 1.45 on), checked at
+    start-up."""
+
+    def __init__(self, exporter: Any) -> None:
+        client: Any = getattr(exporter, "_client", None)
+        if not callable(getattr(client, "export", None)):
+            raise ConfigError(
+                [
+                    "observability.otlp_endpoint: tracing needs opentelemetry-exporter-otlp-proto-http>=1.45: "
+                    "pip install -U 'turnout[observability]'"
+                ]
+            )
+        self.exporter = exporter
+        self.client = client
+
+    def export(self, body: bytes) -> bool:
+        return bool(self.client.export(body).success)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
 
 
 def traces_url(endpoint: str) -> str:
@@ -89,7 +123,7 @@ def traces_url(endpoint: str) -> str:
 class Tracing:
     def __init__(
         self,
-        exporter: SpanExporter,
+        sender: Sender,
         *,
         service_name: str = "turnout",
         tasks: frozenset[str] = frozenset(),
@@ -97,16 +131,30 @@ class Tracing:
     ) -> None:
         self.tasks = tasks
         self.targets = dict(targets or {})
-        # A provider of our own, not the global one: several gateways (tests) stay apart.
-        # Shut down by ``shutdown`` only: the SDK's own at exit waits up to 30 s on a dead collector.
-        self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}), shutdown_on_exit=False)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        self.tracer = self.provider.get_tracer("turnout")
+        self.sender = sender
+        # Never given a span: what the SDK derives from the environment (the sampler, the ids).
+        # Shut down by nothing: the SDK's own at exit would wait on a processor it does not have.
+        sdk = TracerProvider(resource=Resource.create({"service.name": service_name}), shutdown_on_exit=False)
+        self.spans = SpanBuilder(sdk.resource, sdk.sampler, sdk.id_generator, self.targets)
+        self.max_queue = max(1, _env_int(OTEL_BSP_MAX_QUEUE_SIZE, 2048))
+        self.batch = min(max(1, _env_int(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512)), self.max_queue)
+        self.delay_s = max(1, _env_int(OTEL_BSP_SCHEDULE_DELAY, 5000)) / 1000  # 0 would spin
+        self.queue: deque[tuple[LedgerRow, frozenset[str]]] = deque()
+        self.queued = 0  # spans: a row is one, and one an attempt
+        self.dropped = 0  # spans dropped since the last line said so
+        self.dropped_logged = -DROPS_LOGGED_S
+        self.lock = threading.Lock()  # the queue and its counts, between the loop and the export
+        self.exporting = threading.Lock()  # one export at a time: the worker's, or force_flush's
+        self.wake = threading.Event()
+        self.closing = False
+        self.abandoned = False  # shutdown stopped waiting: the worker exports nothing more
+        self.worker = threading.Thread(target=self.work, name="turnout-traces", daemon=True)
+        self.worker.start()
 
     @classmethod
     def from_config(cls, config: Config) -> Tracing | None:
         endpoint = config.observability.otlp_endpoint
-        if not endpoint:
+        if not endpoint or os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
             return None
         # Imported here: the exporter (and its HTTP client) only loads when tracing is on.
         import requests
@@ -115,7 +163,7 @@ class Tracing:
         session = requests.Session()
         session.hooks["response"].append(read_bounded)
         return cls(
-            OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=EXPORT_S, session=session),
+            ExporterSender(OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=EXPORT_S, session=session)),
             service_name=config.observability.service_name,
             tasks=frozenset(config.tasks),
             targets={name: target_info(t) for name, t in config.targets.items()},
@@ -127,84 +175,80 @@ class Tracing:
         self.tasks = frozenset(config.tasks)
 
     def record(self, row: LedgerRow) -> None:
-        """Queue the spans of one finished request for export. Never blocks: when the export
-        queue is full the processor drops spans."""
-        start = int(row.started_at * 1e9)
-        task = row.task if row.task in self.tasks else UNKNOWN_TASK
-        usage = _usage(row)
-        span = self.tracer.start_span(
-            f"chat {task}", kind=SpanKind.SERVER, attributes=self._request_attrs(row, task, usage), start_time=start
-        )
-        if span.is_recording():  # else sampled out: no children either
-            parent = trace.set_span_in_context(span)
-            answered = max((i for i, a in enumerate(row.attempts) if a.error_class is None), default=-1)
-            for i, attempt in enumerate(row.attempts):
-                info = self.targets.get(attempt.target)
-                attrs = _attempt_attrs(i, attempt, info)
-                if i == answered:
-                    attrs.update(usage)
-                    if row.model_version:
-                        attrs["gen_ai.response.model"] = row.model_version
-                a_start = start + int(attempt.offset_ms * 1e6)
-                name = f"chat {info.model}" if info is not None and info.model else "chat"
-                child = self.tracer.start_span(
-                    name, context=parent, kind=SpanKind.CLIENT, attributes=attrs, start_time=a_start
-                )
-                if attempt.error_class is not None:
-                    child.set_status(Status(StatusCode.ERROR))
-                child.end(end_time=a_start + int(attempt.latency_ms * 1e6))
-            # A server span is an error when the gateway failed (5xx); a refusal (4xx) is not.
-            if row.status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
-        span.end(end_time=start + int(row.latency_ms * 1e6))
+        """Queue the spans of one finished request for export, with the tasks configured now.
+        Never blocks: when the queue is full, the oldest rows' spans are dropped."""
+        if self.closing:
+            return
+        with self.lock:
+            self.queue.append((row, self.tasks))
+            self.queued += len(row.attempts) + 1
+            while self.queued > self.max_queue and len(self.queue) > 1:
+                old, _ = self.queue.popleft()
+                self.queued -= len(old.attempts) + 1
+                self.dropped += len(old.attempts) + 1
+            full = self.queued >= self.batch
+        if full and not self.wake.is_set():
+            self.wake.set()
+        if self.dropped and (now := time.monotonic()) - self.dropped_logged >= DROPS_LOGGED_S:
+            log.warning(
+                "traces: the export queue is full (%d spans), the oldest are dropped: %d spans since the last such "
+                "line (one a minute at most)",
+                self.max_queue,
+                self.dropped,
+            )
+            self.dropped, self.dropped_logged = 0, now
 
-    def _request_attrs(self, row: LedgerRow, task: str, usage: dict[str, int]) -> dict[str, Any]:
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.request.model": task,
-            "http.response.status_code": row.status,
-            "turnout.request_id": row.request_id,
-            "turnout.task": task,
-            "turnout.tenant": row.tenant,
-            "turnout.data_class": row.data_class,
-            "turnout.stream": row.stream,
-            "turnout.attempts": len(row.attempts),
-            "turnout.fallback": row.fallback,
-            **usage,
-        }
-        info = self.targets.get(row.target) if row.target else None
-        if info is not None:
-            attrs["gen_ai.provider.name"] = info.provider
-        for key, value in (
-            ("turnout.target", row.target),
-            ("turnout.replica", row.replica),
-            ("gen_ai.response.model", row.model_version),
-            ("turnout.cost_usd", row.cost_usd),
-            ("turnout.queue_ms", row.queue_ms),
-            ("turnout.ttft_ms", row.ttft_ms),
-            ("turnout.generation_ms", row.generation_ms),
-            ("turnout.fallback_ms", row.fallback_ms),
-        ):
-            if value is not None and value != "":
-                attrs[key] = value
-        if row.status != 200:
-            attrs["error.type"] = row.error_class or "_OTHER"
-        return attrs
+    def work(self) -> None:
+        """The export thread: a batch whenever one is full, everything queued every
+        ``delay_s``, and at shutdown; then the exporter is shut down."""
+        while not self.closing:
+            timed_out = not self.wake.wait(self.delay_s)
+            self.wake.clear()
+            if not self.closing:
+                self.export(everything=timed_out)
+        self.export(everything=True)
+        self.sender.shutdown()
+
+    def export(self, *, everything: bool) -> None:
+        """Full batches, and with ``everything`` the last one that is not, one request each."""
+        with self.exporting:
+            while not self.abandoned:
+                with self.lock:
+                    if not self.queue or (self.queued < self.batch and not everything):
+                        return
+                    batch: list[tuple[LedgerRow, frozenset[str]]] = []
+                    spans = 0
+                    while self.queue and (not batch or spans + len(self.queue[0][0].attempts) + 1 <= self.batch):
+                        row, tasks = self.queue.popleft()
+                        batch.append((row, tasks))
+                        spans += len(row.attempts) + 1
+                    self.queued -= spans
+                try:
+                    request = self.spans.request(batch)
+                    if request is not None:
+                        self.sender.export(request.SerializeToString())
+                except Exception:  # a row the spans could not be built from, or the exporter failing
+                    log.exception("traces: a batch of %d spans could not be exported", spans)
 
     def force_flush(self, timeout_s: float = 5.0) -> bool:
-        return self.provider.force_flush(int(timeout_s * 1000))
+        """Export what is queued now, on this thread (blocking; ``timeout_s`` is not enforced,
+        as it was not by the SDK). False after shutdown."""
+        if self.closing:
+            return False
+        self.export(everything=True)
+        return True
 
     def shutdown(self, timeout_s: float = SHUTDOWN_S) -> None:
-        """Export what is queued and stop the export thread, waiting ``timeout_s`` at most: the
-        SDK's shutdown exports every queued batch in turn, each up to ``EXPORT_S``, and waits
-        30 s for them (older SDKs, without end), which a collector that is down or never
-        answers made the gateway's shutdown wait out, its ledger still to drain. What is left
-        is dropped with the process (a daemon thread). Blocks: from async code, run it in a
-        thread."""
-        stopping = threading.Thread(target=self.provider.shutdown, name="turnout-traces-shutdown", daemon=True)
-        stopping.start()
-        stopping.join(timeout_s)
-        if stopping.is_alive():
+        """Export what is queued and stop the export thread, waiting ``timeout_s`` at most: a
+        collector that is down or never answers must not hold the gateway's shutdown, its
+        ledger still to drain. What is left is dropped with the process (a daemon thread); the
+        export under way ends at its own timeout and is the last. Blocks: from async code, run it
+        in a thread."""
+        self.closing = True
+        self.wake.set()
+        self.worker.join(timeout_s)
+        if self.worker.is_alive():
+            self.abandoned = True
             log.warning("traces: the collector took no more within %g s of shutdown; the rest is dropped", timeout_s)
 
 
@@ -223,27 +267,13 @@ def read_bounded(response: Any, *args: Any, **kwargs: Any) -> Any:
     return response
 
 
-def _attempt_attrs(i: int, attempt: AttemptRecord, info: TargetInfo | None) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
-        "turnout.target": attempt.target,
-        "turnout.attempt": i + 1,
-    }
-    if info is not None:
-        attrs["gen_ai.provider.name"] = info.provider
-        if info.model:
-            attrs["gen_ai.request.model"] = info.model
-    if attempt.replica:
-        attrs["turnout.replica"] = attempt.replica
-    if attempt.error_class is not None:
-        attrs["error.type"] = attempt.error_class
-    return attrs
-
-
-def _usage(row: LedgerRow) -> dict[str, int]:
-    usage: dict[str, int] = {}
-    if row.prompt_tokens is not None:
-        usage["gen_ai.usage.input_tokens"] = row.prompt_tokens
-    if row.completion_tokens is not None:
-        usage["gen_ai.usage.output_tokens"] = row.completion_tokens
-    return usage
+def _env_int(name: str, default: int) -> int:
+    """An integer ``OTEL_BSP_*`` setting; one that is not an integer is logged and the default used."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        log.warning("traces: %s=%r is not an integer; %d is used", name, raw, default)
+        return default
