@@ -568,3 +568,15 @@ def test_a_shadow_answer_is_checked_against_its_schema_without_fetching_a_ref(re
         finally:
             server.shutdown()
     assert fetched == []
+
+
+def test_the_gates_of_a_shadow_with_no_pair_yet_say_so() -> None:
+    """With nothing mirrored, the gates read "None − v2 = +0.0%" and "passed none of 0 pairs
+    (every shadow call failed)": no call had been made."""
+    task = TaskConfig.model_validate({"route": ["cand"], "gates": {"min_pass_rate": 0.5}})
+    gates = {g.name: g for g in shadow_gates(summarize(TASK, "v2", []), task)}
+    assert not gates["min_pairs"].passed
+    assert not gates["min_pass_rate"].passed
+    assert gates["min_pass_rate"].explanation == "v2 has no mirrored request yet"
+    assert gates["max_regression"].explanation == "v2: no mirrored request to compare yet"
+    assert all("None" not in g.explanation and "failed" not in g.explanation for g in gates.values())

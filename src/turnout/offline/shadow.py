@@ -257,6 +257,8 @@ def _min_agreement(s: ShadowSummary, threshold: float | None) -> GateResult:
 
 def _min_pass_rate(s: ShadowSummary, threshold: float) -> GateResult:
     side, ci = s.shadow, s.shadow.pass_interval
+    if s.pairs == 0:
+        return GateResult("min_pass_rate", False, None, threshold, f"{s.release} has no mirrored request yet")
     if side.passed == 0:  # as the eval's gate: whatever the threshold, nothing passed is no evidence
         why = "every shadow call failed" if s.errors == s.pairs else "no answer passed its scorers"
         return GateResult(
@@ -275,6 +277,8 @@ def _min_pass_rate(s: ShadowSummary, threshold: float) -> GateResult:
 
 
 def _max_regression(s: ShadowSummary, threshold: float) -> GateResult:
+    if s.pairs == 0:  # no pair says anything either way; min_pairs is the gate that fails
+        return GateResult("max_regression", True, None, threshold, f"{s.release}: no mirrored request to compare yet")
     regression = s.served.pass_rate - s.shadow.pass_rate
     ok = regression <= threshold
     p = mcnemar_exact(s.only_served_passed, s.only_shadow_passed)
