@@ -38,7 +38,7 @@ REDIS = "redis://127.0.0.1:6379/0"
 KEY = "sk-acme-e2e-workers-0001"
 ADMIN = "adm-e2e-workers-0123456789"
 RPM = 30
-STARTED = "Application startup complete"
+STARTED = "serving (pid"  # the supervisor heard the worker serve: it takes part in a reload from now on
 TRIES = 400  # connections made to see both workers: each lands on either, so a few do
 
 

@@ -269,6 +269,7 @@ class Supervisor:
         if message[0] == "up":
             self.up.add(slot)
             self.served.add(slot)
+            log.info("worker %d serving (pid %s)", slot, self.workers[slot][0].pid if slot in self.workers else "?")
             if self.reloads is not None:
                 self.reloads.up(slot, self)
         elif self.reloads is None:  # a SIGHUP to the worker: asks for a reload
