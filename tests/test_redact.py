@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -352,7 +353,7 @@ def test_internationalised_email_addresses_are_replaced_whole(redactor: Redactor
     ],
 )
 def test_a_secret_longer_than_the_value_window_is_replaced_whole(redactor: Redactor, before: str, kind: str) -> None:
-    """A value is read 256 characters at a time; an AWS session token runs to 1,000 and more,
+    """A value is judged by its first 64 characters; an AWS session token runs to 1,000 and more,
     and its tail stayed in the log line."""
     value = "IQoJb3JpZ2luX2VjE" + "".join(f"{i:03d}Ab+/Xy" for i in range(130))  # ~1,060 characters
     text = f"{before}{value}\nnext line"
@@ -374,6 +375,32 @@ def test_many_key_headers_without_an_end_line_are_read_in_linear_time(redactor: 
     assert time.perf_counter() - started < 2.0
     assert [f.kind for f in found.findings] == ["PRIVATE_KEY"] * 6001
     assert "MIIE" not in found.text and "BEGIN" not in found.text
+
+
+def _python_calls(redactor: Redactor, text: str) -> int:
+    """How many Python frames ``redact`` enters on ``text``: a loop over characters shows as one per
+    character (a generator resumed), a call into C as none."""
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        redactor.redact(text)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.parametrize(("unit", "word"), [("key:", "key"), ("x-token:", "token"), ("password=", "pass")])
+def test_text_full_of_keys_costs_a_few_calls_per_key(redactor: Redactor, unit: str, word: str) -> None:
+    """Seen: 1 MB of ``key:key:…`` held the event loop 8 s in classification (and as long in
+    capture's redaction): each key's value (up to 256 characters, now 64) was read a character at a time
+    in Python by the checks of what a secret looks like, and then again from the next key."""
+    text = unit * 5000
+    assert _python_calls(redactor, text) <= 32 * text.count(word)
 
 
 @pytest.mark.parametrize(
