@@ -45,6 +45,11 @@ def redactor() -> Redactor:
 POSITIVES = [
     ("EMAIL", "write to bob.smith+tag@mail.example.org today", "bob.smith+tag@mail.example.org"),
     ("EMAIL", "example addresses count too: alice@example.com", "alice@example.com"),
+    # URL-encoded (a mailto link, a form body) and HTML character references
+    ("EMAIL", "mailto:?to=bob.smith%40example.org&subject=hi", "bob.smith%40example.org"),
+    ("EMAIL", "<p>bob&#64;example.org</p>", "bob&#64;example.org"),
+    ("EMAIL", "<p>bob&#x40;example.org</p>", "bob&#x40;example.org"),
+    ("EMAIL", "<p>bob&commat;example.org</p>", "bob&commat;example.org"),
     ("PHONE", "call me back on (415) 555-0132 please", "(415) 555-0132"),
     ("PHONE", "UK office +44 20 7946 0958", "+44 20 7946 0958"),
     ("PHONE", "E.164: +14155550132", "+14155550132"),
