@@ -117,6 +117,11 @@ POSITIVES = [
     ("SECRET", 'client_secret: "9f8e7d6c5b4a39281706abcdef"', "9f8e7d6c5b4a39281706abcdef"),
     ("PASSWORD", "password: hunter22", "hunter22"),
     ("PASSWORD", "my password is Tr0ub4dor&3 ok", "Tr0ub4dor&3"),
+    # the value right after the word
+    ("PASSWORD", "passwd hunter22x", "hunter22x"),
+    ("PASSWORD", "log in, PASSWORD Tr0ub4dor&3 then", "Tr0ub4dor&3"),
+    ("PASSWORD", "the wifi passphrase p@ss!word", "p@ss!word"),
+    ("PASSWORD", "password isolated99", "isolated99"),
     ("PASSWORD", "postgres://app:S3cretPw@db:5432/app", "S3cretPw"),
     # Redis's own form: a password and no user name
     ("PASSWORD", "limits at redis://:S3cretPw@redis:6379/0", "S3cretPw"),
@@ -165,6 +170,8 @@ NEGATIVES = [
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
     "risk-free task-management desk-1234 sk-learn",
     "passwords = load_wordlist('rockyou.txt')",
+    "the password policy says 12 characters; password 12-16 chars, password v2 rules, password reset",
+    "run passwd root, then pwd /home/user1; password 2024 update; password-protected zip2",
 ]
 
 

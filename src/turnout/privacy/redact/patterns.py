@@ -116,8 +116,15 @@ _VALUE_CHARS = r"[^\s\"'`,;<>()\[\]{}]"
 _VALUE = rf"({_VALUE_CHARS}{{4,{VALUE_MAX}}}+)"
 _VALUE_REST = re.compile(_VALUE_CHARS + "*")
 _KEY_VALUE_AFTER = re.compile(r"[A-Za-z0-9_.-]{0,24}?[\"']?\s*(?::=|=>|=|:)\s*[\"']?" + _VALUE + r"(?!\()")
-_PHRASE_WORDS = ("password", "passcode", "passphrase", "pwd", "pw")
-_PHRASE_AFTER = re.compile(r"(?i)\s+(?:is|was|=|:)\s*:?\s*[\"']?" + _VALUE)
+_PHRASE_WORDS = ("password", "passwd", "passcode", "passphrase", "pwd", "pw")
+_PHRASE_AFTER = re.compile(r"(?i)\s+(?:(?:is|was)\b|=|:)\s*:?\s*[\"']?" + _VALUE)
+# ``passwd hunter22x``, ``password Tr0ub4dor&3``: the value right after the word, on the same line.
+# Prose says ``the password policy``, ``password reset``, ``password 12-16 characters``: such a
+# value must look more like a password than one after ``password:`` (``_bare_password_like``).
+_BARE_WORDS = frozenset(("password", "passwd", "passcode", "passphrase", "pwd"))
+_STRONG = r"[\d!@#$%^&*+=?~|\\]"  # a digit or a symbol prose does not use; a word has neither
+_BARE_AFTER = re.compile(rf"[ \t]+[\"']?(?={_VALUE_CHARS}{{0,{VALUE_MAX}}}?{_STRONG})" + _VALUE)
+_STRONG_SYMBOL = re.compile(_STRONG)
 _NOT_A_VALUE = frozenset(
     [
         "none",
@@ -195,6 +202,17 @@ def _password_like(value: str) -> bool:
     has_symbol = not value.isalnum()
     mixed = value.lower() != value and value.upper() != value
     return has_digit or has_symbol or mixed or len(value) >= 12
+
+
+def _bare_password_like(value: str) -> bool:
+    """A value right after a password word with nothing between: letters with a digit or a symbol
+    that prose does not use (``hunter22x``, ``S3cret``, ``p@ss!word``), or six digits or more;
+    not a path (``pwd /home/u1``), a range or a version (``12-16``, ``v2``)."""
+    if value[:1] in "/~." or _STRONG_SYMBOL.search(value) is None:
+        return False
+    if _LETTER.search(value) is None and not (value.isdigit() and len(value) >= 6):
+        return False
+    return _password_like(value)
 
 
 def _secret_like(value: str) -> bool:
@@ -316,10 +334,16 @@ def password_phrases(text: str, lower: str) -> Iterator[Span]:
     for pos, word in _anchors(lower, _PHRASE_WORDS):
         if not _word_start(text, pos):
             continue
-        if m := _PHRASE_AFTER.match(text, pos + len(word)):
-            value = _strip_value(m.group(1))
-            if _password_like(value):
-                yield m.start(1), ends(m, value), "PASSWORD"
+        after = pos + len(word)
+        if m := _PHRASE_AFTER.match(text, after):
+            looks_like = _password_like
+        elif word in _BARE_WORDS and (m := _BARE_AFTER.match(text, after)):
+            looks_like = _bare_password_like
+        else:
+            continue
+        value = _strip_value(m.group(1))
+        if looks_like(value):
+            yield m.start(1), ends(m, value), "PASSWORD"
 
 
 # --- PII ------------------------------------------------------------------------------------
