@@ -31,6 +31,7 @@ from turnout.privacy.redact import (
 )
 from turnout.privacy.redact.plain import plain
 from turnout.privacy.redact.scoring import score
+from turnout.safety.classify import Classifier
 from turnout.safety.output import find as output_find
 
 KEY = b"test-key-0123456789abcdef"
@@ -170,6 +171,7 @@ NEGATIVES = [
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
     "risk-free task-management desk-1234 sk-learn",
     "passwords = load_wordlist('rockyou.txt')",
+    "ids:\n41111111\n11111111\n4111\n1111\n1111\n1111\n\n4111 1111\n\n1111 1111\nyears:\n2019 2020\n2021 2022",
     "the password policy says 12 characters; password 12-16 chars, password v2 rules, password reset",
     "run passwd root, then pwd /home/user1; password 2024 update; password-protected zip2",
 ]
@@ -442,6 +444,30 @@ def test_values_in_a_json_document_are_found_through_its_escapes(redactor: Redac
     assert value not in json.loads(out)[0]["content"]
     if "PRIVATE KEY" not in said:  # a block's value holds its line breaks, escaped or not
         assert redactor.redact(said).text == json.loads(out)[0]["content"]  # the same placeholders
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        "4111 1111\n1111 1111",
+        "4111 1111 1111 \n1111",
+        "4111-1111-\r\n1111-1111",
+        "4111 1111 1111\n    1111",
+        "3782\n822463 10005",  # Amex, 4-6-5
+    ],
+)
+def test_a_card_split_over_two_lines_is_found(redactor: Redactor, card: str) -> None:
+    """Seen: a card copied over two lines was kept verbatim by capture's redaction (in the prompt
+    and in the captured JSON, where the line break is ``\\n``), the log filter and classification:
+    the numbers were read one line at a time."""
+    said = f"Qty: 2\n{card} exp 09/27"
+    found = redactor.redact(said)
+    assert [f.kind for f in found.findings] == ["CARD"]
+    assert said[found.findings[0].start : found.findings[0].end] == card
+    document = redactor.redact(json.dumps([{"role": "user", "content": said}])).text
+    assert "1111" not in document and "10005" not in document and "[CARD_" in json.loads(document)[0]["content"]
+    assert Classifier({"CARD": "pii"}, "restricted").classify("public", {"content": said}) is not None
+    assert output_find({"CARD": "pii"}, [said]) == ("pii", "CARD")
 
 
 def test_output_checks_read_answers_plainly() -> None:

@@ -358,8 +358,23 @@ _NOT_TLDS = frozenset(["png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp",
 
 # Runs of digits and the separators numbers are written with; cards, SSNs, phones and IPv4
 # addresses are looked for only inside runs long enough to hold one.
-_NUMERIC_RUN = re.compile(r"[+(]?\d[\d ().+-]*")
+# A run goes on across line breaks: a card is copied split over two lines (``4111 1111\n1111 1111``).
+_NUMERIC_RUN = re.compile(r"[+(]?\d[\d ().+\r\n-]*")
 _CARD = re.compile(r"(?<![\d.,-])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![\d-]|[.,]\d|[ -]\d)")
+# A card split over two lines: its groups (3 to 6 digits) on either side of one line break, with
+# the spaces, the dash or the carriage return around it (a JSON document's escaped ``\r\n`` reads
+# `` \r \n``); one side holds two groups or more, since 13 digits do not fit in two (so a column
+# of numbers is passed over in C). 16 digits written unbroken and cut by a line break are not
+# read: a column of ids is more common.
+_GROUPS = r"(?:\d{3,6}[ -]){%d,4}"
+_LINE_BREAK = r"-?[ \r]{0,4}\n[ ]{0,4}"
+_CARD_SPLIT = re.compile(
+    r"(?<![\d.,-])(?<!\d[ -])(?:"
+    + (_GROUPS % 1 + r"\d{3,6}" + _LINE_BREAK + _GROUPS % 0 + r"\d{1,6}")
+    + "|"
+    + (r"\d{3,6}" + _LINE_BREAK + _GROUPS % 1 + r"\d{1,6}")
+    + r")(?![\d-]|[.,]\d|[ -]\d)"
+)
 # Four groups of four with dots between (``4111.1111.1111.1111``): a dot is a decimal point or a
 # version's elsewhere, so only this grouping, Luhn-checked, is read as a card.
 _CARD_DOTTED = re.compile(r"(?<![\d.,-])\d{4}(?:\.\d{4}){3}(?![\d-]|[.,]\d)")
@@ -442,6 +457,8 @@ def numbers(text: str, lower: str) -> Iterator[Span]:
             for m in _CARD.finditer(text, start, stop):
                 if card_ok(m.group()):
                     yield m.start(), m.end(), "CARD"
+            if "\n" in group:
+                yield from _split_cards(text, start, stop)
             if group.count(".") >= 3:
                 for m in _CARD_DOTTED.finditer(text, start, stop):
                     if card_ok(m.group().replace(".", "")):
@@ -465,6 +482,18 @@ def numbers(text: str, lower: str) -> Iterator[Span]:
                         _NOT_PHONE_CONTEXT, text, m.start()
                     ):
                         yield m.start(), m.end(), "PHONE"
+
+
+def _split_cards(text: str, start: int, stop: int) -> Iterator[Span]:
+    """Cards split over two lines in ``text[start:stop]``. A candidate that is none is read again
+    from its next character: ``2024\n4111 1111\n1111 1111`` first reads ``2024\n4111 1111``."""
+    m = _CARD_SPLIT.search(text, start, stop)
+    while m is not None:
+        if card_ok(m.group()):
+            yield m.start(), m.end(), "CARD"
+            m = _CARD_SPLIT.search(text, m.end(), stop)
+        else:
+            m = _CARD_SPLIT.search(text, m.start() + 1, stop)
 
 
 def _digit_count(s: str) -> int:
