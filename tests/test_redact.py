@@ -470,6 +470,17 @@ def test_a_card_split_over_two_lines_is_found(redactor: Redactor, card: str) -> 
     assert output_find({"CARD": "pii"}, [said]) == ("pii", "CARD")
 
 
+def test_a_value_after_a_dotted_capital_i_is_found(redactor: Redactor) -> None:
+    """Seen: ``İstanbul token=…`` kept its token: ``str.lower`` writes ``İ`` as two characters, and
+    the detectors read each value one character short of where its key word ended."""
+    said = "İstanbul ofisi: token=Ab12Cd34Ef56Gh78Ij90Kl, sorun yok"
+    found = redactor.redact(said)
+    assert [f.kind for f in found.findings] == ["SECRET"]
+    assert "Ab12" not in found.text
+    assert Classifier({"SECRET": "secrets"}, "restricted").classify("public", {"content": said}) is not None
+    assert output_find({"SECRET": "secrets"}, [said]) == ("secrets", "SECRET")
+
+
 def test_output_checks_read_answers_plainly() -> None:
     """The output check's ``must_not_contain: [pii]`` let the same variants through."""
     kinds = {"CARD": "pii", "EMAIL": "pii"}

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from turnout.privacy.redact.patterns import DETECTORS, KINDS, PRIORITY, Span
+from turnout.privacy.redact.patterns import DETECTORS, KINDS, PRIORITY, Span, lowered
 from turnout.privacy.redact.plain import plain
 
 DIGEST_CHARS = 8
@@ -147,7 +147,7 @@ def _detect(text: str) -> list[Span]:
         return []
     if "\\" in text:
         text = _JSON_ESCAPE.sub(_blank, text)
-    lower = text.lower()
+    lower = lowered(text)
     candidates = [span for detector in DETECTORS for span in detector(text, lower)]
     if not candidates:
         return []

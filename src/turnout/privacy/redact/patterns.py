@@ -45,6 +45,17 @@ KINDS = (
 PRIORITY = {kind: i for i, kind in enumerate(KINDS)}
 
 
+def lowered(text: str) -> str:
+    """``text`` in lower case, the same length: the detectors find words in it and read the
+    value at the same offset in ``text``. ``str.lower`` writes ``İ`` (Turkish) as two
+    characters, and every anchor after one pointed one character short: ``İstanbul
+    token=…`` kept its token."""
+    lower = text.lower()
+    if len(lower) == len(text):
+        return lower
+    return "".join(low if len(low := ch.lower()) == 1 else ch for ch in text)
+
+
 def _anchors(haystack: str, needles: Iterable[str]) -> Iterator[tuple[int, str]]:
     for needle in needles:
         pos = haystack.find(needle)
