@@ -470,6 +470,14 @@ def test_a_card_split_over_two_lines_is_found(redactor: Redactor, card: str) -> 
     assert output_find({"CARD": "pii"}, [said]) == ("pii", "CARD")
 
 
+def test_keys_are_read_in_the_order_of_the_text() -> None:
+    """A key inside a value already found is not read again; the keys were taken word by word
+    (every ``pass`` before any ``token``), so a token before a password counted as inside it
+    and classification (one pass, unlike the redactor's) let the token through."""
+    said = "token=Ab12Cd34Ef56Gh78Ij90Kl, password: Hunter22x"
+    assert Classifier({"SECRET": "secrets"}, "restricted").classify("public", {"content": said}) is not None
+
+
 def test_a_value_after_a_dotted_capital_i_is_found(redactor: Redactor) -> None:
     """Seen: ``İstanbul token=…`` kept its token: ``str.lower`` writes ``İ`` as two characters, and
     the detectors read each value one character short of where its key word ended."""

@@ -325,7 +325,7 @@ class _ValueEnds:
 def key_values(text: str, lower: str) -> Iterator[Span]:
     ends = _ValueEnds(text)
     found_to = 0  # a key inside a value already found is part of it: not read again
-    for pos, word in _anchors(lower, _KEY_WORDS):
+    for pos, word in sorted(_anchors(lower, _KEY_WORDS)):  # in the text's order, not word by word
         if pos < found_to or (m := _KEY_VALUE_AFTER.match(text, pos + len(word))) is None:
             continue
         value = _strip_value(m.group(1))
