@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from turnout.privacy.redact import (
 )
 from turnout.privacy.redact.plain import plain
 from turnout.privacy.redact.scoring import score
+from turnout.safety.classify import Classifier
 from turnout.safety.output import find as output_find
 
 KEY = b"test-key-0123456789abcdef"
@@ -44,6 +46,11 @@ def redactor() -> Redactor:
 POSITIVES = [
     ("EMAIL", "write to bob.smith+tag@mail.example.org today", "bob.smith+tag@mail.example.org"),
     ("EMAIL", "example addresses count too: alice@example.com", "alice@example.com"),
+    # URL-encoded (a mailto link, a form body) and HTML character references
+    ("EMAIL", "mailto:?to=bob.smith%40example.org&subject=hi", "bob.smith%40example.org"),
+    ("EMAIL", "<p>bob&#64;example.org</p>", "bob&#64;example.org"),
+    ("EMAIL", "<p>bob&#x40;example.org</p>", "bob&#x40;example.org"),
+    ("EMAIL", "<p>bob&commat;example.org</p>", "bob&commat;example.org"),
     ("PHONE", "call me back on (415) 555-0132 please", "(415) 555-0132"),
     ("PHONE", "UK office +44 20 7946 0958", "+44 20 7946 0958"),
     ("PHONE", "E.164: +14155550132", "+14155550132"),
@@ -55,6 +62,11 @@ POSITIVES = [
     ("CARD", "card 4111.1111.1111.1111 exp 09/27", "4111.1111.1111.1111"),
     ("IBAN", "IBAN DE89 3704 0044 0532 0130 00 thanks", "DE89 3704 0044 0532 0130 00"),
     ("IBAN", "to GB82WEST12345698765432.", "GB82WEST12345698765432"),
+    # any case, any grouping
+    ("IBAN", "to gb82west12345698765432.", "gb82west12345698765432"),
+    ("IBAN", "iban de89 3704 0044 0532 0130 00 thanks", "de89 3704 0044 0532 0130 00"),
+    ("IBAN", "IBAN DE89 370 400 440 532 013 000 please", "DE89 370 400 440 532 013 000"),
+    ("IBAN", "ref AB12 then IBAN GB82 WEST 1234 5698 7654 32", "GB82 WEST 1234 5698 7654 32"),
     ("IP_ADDRESS", "client 203.0.113.7 connected", "203.0.113.7"),
     ("IP_ADDRESS", "from 2001:db8::8a2e:370:7334 port 22", "2001:db8::8a2e:370:7334"),
     ("US_SSN", "SSN 078-05-1121 on file", "078-05-1121"),
@@ -106,6 +118,11 @@ POSITIVES = [
     ("SECRET", 'client_secret: "9f8e7d6c5b4a39281706abcdef"', "9f8e7d6c5b4a39281706abcdef"),
     ("PASSWORD", "password: hunter22", "hunter22"),
     ("PASSWORD", "my password is Tr0ub4dor&3 ok", "Tr0ub4dor&3"),
+    # the value right after the word
+    ("PASSWORD", "passwd hunter22x", "hunter22x"),
+    ("PASSWORD", "log in, PASSWORD Tr0ub4dor&3 then", "Tr0ub4dor&3"),
+    ("PASSWORD", "the wifi passphrase p@ss!word", "p@ss!word"),
+    ("PASSWORD", "password isolated99", "isolated99"),
     ("PASSWORD", "postgres://app:S3cretPw@db:5432/app", "S3cretPw"),
     # Redis's own form: a password and no user name
     ("PASSWORD", "limits at redis://:S3cretPw@redis:6379/0", "S3cretPw"),
@@ -141,6 +158,7 @@ NEGATIVES = [
     "The number 4111 1111 1111 1112 fails the Luhn check.",
     "Dotted, 4111.1111.1111.1112 fails it too; so do 1234.5678 and 2024.0315.1200.0001.7",
     "IBAN DE89 3704 0044 0532 0130 01 has a wrong check digit.",
+    "iban de89 3704 0044 0532 0130 01, de12 3456 7890 1234 5678 90 and gb82west12345698765432xy",
     "000-12-3456, 666-12-3456, 912-34-5678, 123-00-4567, 123-45-0000",
     "Product code XR-415-555-01 and SKU 555-0199-22",
     "Please use the 'Forgot password?' link to start a password reset.",
@@ -153,6 +171,9 @@ NEGATIVES = [
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
     "risk-free task-management desk-1234 sk-learn",
     "passwords = load_wordlist('rockyou.txt')",
+    "ids:\n41111111\n11111111\n4111\n1111\n1111\n1111\n\n4111 1111\n\n1111 1111\nyears:\n2019 2020\n2021 2022",
+    "the password policy says 12 characters; password 12-16 chars, password v2 rules, password reset",
+    "run passwd root, then pwd /home/user1; password 2024 update; password-protected zip2",
 ]
 
 
@@ -352,7 +373,7 @@ def test_internationalised_email_addresses_are_replaced_whole(redactor: Redactor
     ],
 )
 def test_a_secret_longer_than_the_value_window_is_replaced_whole(redactor: Redactor, before: str, kind: str) -> None:
-    """A value is read 256 characters at a time; an AWS session token runs to 1,000 and more,
+    """A value is judged by its first 64 characters; an AWS session token runs to 1,000 and more,
     and its tail stayed in the log line."""
     value = "IQoJb3JpZ2luX2VjE" + "".join(f"{i:03d}Ab+/Xy" for i in range(130))  # ~1,060 characters
     text = f"{before}{value}\nnext line"
@@ -376,6 +397,32 @@ def test_many_key_headers_without_an_end_line_are_read_in_linear_time(redactor: 
     assert "MIIE" not in found.text and "BEGIN" not in found.text
 
 
+def _python_calls(redactor: Redactor, text: str) -> int:
+    """How many Python frames ``redact`` enters on ``text``: a loop over characters shows as one per
+    character (a generator resumed), a call into C as none."""
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        redactor.redact(text)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.parametrize(("unit", "word"), [("key:", "key"), ("x-token:", "token"), ("password=", "pass")])
+def test_text_full_of_keys_costs_a_few_calls_per_key(redactor: Redactor, unit: str, word: str) -> None:
+    """Seen: 1 MB of ``key:key:…`` held the event loop 8 s in classification (and as long in
+    capture's redaction): each key's value (up to 256 characters, now 64) was read a character at a time
+    in Python by the checks of what a secret looks like, and then again from the next key."""
+    text = unit * 5000
+    assert _python_calls(redactor, text) <= 32 * text.count(word)
+
+
 @pytest.mark.parametrize(
     ("said", "value"),
     [
@@ -397,6 +444,49 @@ def test_values_in_a_json_document_are_found_through_its_escapes(redactor: Redac
     assert value not in json.loads(out)[0]["content"]
     if "PRIVATE KEY" not in said:  # a block's value holds its line breaks, escaped or not
         assert redactor.redact(said).text == json.loads(out)[0]["content"]  # the same placeholders
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        "4111 1111\n1111 1111",
+        "4111 1111 1111 \n1111",
+        "4111-1111-\r\n1111-1111",
+        "4111 1111 1111\n    1111",
+        "3782\n822463 10005",  # Amex, 4-6-5
+    ],
+)
+def test_a_card_split_over_two_lines_is_found(redactor: Redactor, card: str) -> None:
+    """Seen: a card copied over two lines was kept verbatim by capture's redaction (in the prompt
+    and in the captured JSON, where the line break is ``\\n``), the log filter and classification:
+    the numbers were read one line at a time."""
+    said = f"Qty: 2\n{card} exp 09/27"
+    found = redactor.redact(said)
+    assert [f.kind for f in found.findings] == ["CARD"]
+    assert said[found.findings[0].start : found.findings[0].end] == card
+    document = redactor.redact(json.dumps([{"role": "user", "content": said}])).text
+    assert "1111" not in document and "10005" not in document and "[CARD_" in json.loads(document)[0]["content"]
+    assert Classifier({"CARD": "pii"}, "restricted").classify("public", {"content": said}) is not None
+    assert output_find({"CARD": "pii"}, [said]) == ("pii", "CARD")
+
+
+def test_keys_are_read_in_the_order_of_the_text() -> None:
+    """A key inside a value already found is not read again; the keys were taken word by word
+    (every ``pass`` before any ``token``), so a token before a password counted as inside it
+    and classification (one pass, unlike the redactor's) let the token through."""
+    said = "token=Ab12Cd34Ef56Gh78Ij90Kl, password: Hunter22x"
+    assert Classifier({"SECRET": "secrets"}, "restricted").classify("public", {"content": said}) is not None
+
+
+def test_a_value_after_a_dotted_capital_i_is_found(redactor: Redactor) -> None:
+    """Seen: ``İstanbul token=…`` kept its token: ``str.lower`` writes ``İ`` as two characters, and
+    the detectors read each value one character short of where its key word ended."""
+    said = "İstanbul ofisi: token=Ab12Cd34Ef56Gh78Ij90Kl, sorun yok"
+    found = redactor.redact(said)
+    assert [f.kind for f in found.findings] == ["SECRET"]
+    assert "Ab12" not in found.text
+    assert Classifier({"SECRET": "secrets"}, "restricted").classify("public", {"content": said}) is not None
+    assert output_find({"SECRET": "secrets"}, [said]) == ("secrets", "SECRET")
 
 
 def test_output_checks_read_answers_plainly() -> None:

@@ -269,3 +269,24 @@ async def test_a_blank_tenant_filter_names_no_tenant(make_app: AppFactory) -> No
         refused = await admin(app, "GET", path)
         assert refused.status == 404 and refused.json()["error"]["code"] == "not_found", path
     assert [k["name"] for k in (await admin(app, "GET", "/admin/keys")).json()["data"]] == ["theirs"]
+
+
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [
+        ("/admin/keys?tenant=acme&tenant=other", "tenant"),
+        ("/admin/usage?tenant=other&tenant=acme", "tenant"),
+        ("/admin/review?task=chat&task=thrifty", "task"),
+        ("/admin/keys?tenat=acme", "tenat"),
+        ("/admin/usage?tenants=acme", "tenants"),
+        ("/admin/review?stauts=all", "stauts"),
+    ],
+)
+async def test_a_filter_given_twice_or_misspelt_is_refused(make_app: AppFactory, path: str, param: str) -> None:
+    """``?tenant=acme&tenant=other`` was read as ``acme`` alone, and ``?tenat=acme`` (a typo) as no
+    filter at all: every tenant's keys came back. Each is a 400 naming the parameter."""
+    app, _ = await start(make_app, limits={"rpm": 100})
+    assert (await admin(app, "POST", "/admin/keys", {"tenant": "other", "name": "theirs"})).status == 201
+    refused = await admin(app, "GET", path)
+    assert refused.status == 400 and refused.json()["error"]["param"] == param
+    assert [k["name"] for k in (await admin(app, "GET", "/admin/keys?tenant=other")).json()["data"]] == ["theirs"]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.config import DATA_CLASSES, ClassifyConfig, Config
-from turnout.privacy.redact.patterns import DETECTORS, Detector
+from turnout.privacy.redact.patterns import DETECTORS, Detector, lowered
 from turnout.privacy.redact.plain import read_plainly
 from turnout.safety.inputs import text_data_url
 
@@ -92,7 +92,7 @@ class Classifier:
         for text in read_plainly(items):
             if len(text) < MIN_CHARS:
                 continue
-            lower = text.lower()
+            lower = lowered(text)
             # \d in the patterns also matches other scripts' digits: only ASCII text is skipped.
             has = {"digits": not text.isascii() or any(d in text for d in DIGITS), "colons": text.count(":") >= 2}
             for detector, need in plan:

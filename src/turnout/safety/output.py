@@ -38,6 +38,7 @@ from referencing.exceptions import Unresolvable
 from turnout._support.depth import too_deep
 from turnout.config import HUMAN, Config, OutputConfig
 from turnout.errors import RequestError
+from turnout.privacy.redact.patterns import lowered
 from turnout.privacy.redact.plain import read_plainly
 from turnout.safety.classify import CATEGORIES, DIGITS, MIN_CHARS, PLAN
 from turnout.safety.tools import compile_schema
@@ -214,7 +215,7 @@ def find(kinds: dict[str, str], items: list[str]) -> tuple[str, str] | None:
     for text in read_plainly(items):
         if len(text) < MIN_CHARS:
             continue
-        lower = text.lower()
+        lower = lowered(text)
         has = {"digits": not text.isascii() or any(d in text for d in DIGITS), "colons": text.count(":") >= 2}
         for detector, need in PLAN:
             if need is not None and not has[need]:

@@ -1,6 +1,7 @@
 """The admin API (``/admin/*``), guarded by the admin key (``server.admin_key`` or
 ``TURNOUT_ADMIN_KEY``). A tenant key gets 403 here: tenants never see other tenants, keys or
-usage through this API.
+usage through this API. A filter given twice (``?tenant=a&tenant=b``) or one the route does not
+read (``?tenat=a``) is a 400 naming it.
 
     GET    /admin/tenants                 tenants, their data classes, tasks and limits
     GET    /admin/keys[?tenant=T]         issued keys (never secrets or digests); 404: no tenant T
@@ -58,9 +59,29 @@ MAX_ROW_ID = 2**63 - 1
 MAX_KEY_NAME = 200
 MAX_BY = 200  # who labelled a review item, as the audit trail and the CLI print it
 KEY_FIELDS = frozenset({"tenant", "name", "expires_in_s"})
+# What the routes that filter read from their query; a name they do not read is refused.
+QUERY_FIELDS = {"/admin/keys": ("tenant",), "/admin/usage": ("tenant",), "/admin/review": ("release", "status", "task")}
 LABEL_FIELDS = frozenset({"label", "note", "by", "answer"})
 # A label's body: its note and an escalation's answer, each character JSON-escaped at worst.
 LABEL_BYTES = 64_000 + 6 * MAX_ANSWER
+
+
+def _query(scope: dict[str, Any], fields: tuple[str, ...]) -> dict[str, str]:
+    """The query's parameters, each given once. Raw bytes past ASCII may reach here undecoded:
+    replaced, never a 500. Blank values kept: ``?tenant=`` (a script's unset variable) names no
+    tenant, a 404, where dropped it listed every tenant's keys. ``?tenant=a&tenant=b`` was read as
+    ``a`` alone, and ``?tenat=a`` (a typo) as no filter: every tenant's keys, ready for the next
+    command to revoke; either is a 400 naming the parameter. ``fields``: what a filtering route
+    reads (a route that reads none ignores its query)."""
+    raw = scope.get("query_string", b"").decode("utf-8", "replace")
+    query: dict[str, str] = {}
+    for name, values in parse_qs(raw, keep_blank_values=True).items():
+        if len(values) > 1:
+            raise RequestError(f"the query gives {name!r} {len(values)} times; give it once", param=name)
+        if fields and name not in fields:
+            raise RequestError(f"unknown query parameter {name!r}; this route takes {', '.join(fields)}", param=name)
+        query[name] = values[0]
+    return query
 
 
 class Admin:
@@ -73,11 +94,7 @@ class Admin:
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         await self._authorize(header(scope, b"authorization"))
         path, method = scope["path"].rstrip("/"), scope["method"]
-        # Raw bytes past ASCII may reach here undecoded: replaced, never a 500.
-        query_string = scope.get("query_string", b"").decode("utf-8", "replace")
-        # Blank values kept: ``?tenant=`` (a script's unset variable) names no tenant, a 404, where
-        # dropped it listed every tenant's keys.
-        query = {k: v[0] for k, v in parse_qs(query_string, keep_blank_values=True).items()}
+        query = _query(scope, QUERY_FIELDS.get(path, ()))
         if path == "/admin/tenants":
             expect_method(method, "GET")
             await send_json(send, 200, {"data": self.tenants()})

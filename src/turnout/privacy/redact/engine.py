@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from turnout.privacy.redact.patterns import DETECTORS, KINDS, PRIORITY, Span
+from turnout.privacy.redact.patterns import DETECTORS, KINDS, PRIORITY, Span, lowered
 from turnout.privacy.redact.plain import plain
 
 DIGEST_CHARS = 8
@@ -131,12 +131,13 @@ def masked(text: str) -> str:
 # password reads ``password: \"Hunter2!\"`` and a number on a new line ``at\n(415) 555-0132``:
 # the patterns saw a backslash before the value, or a word character (``n``) where a number must
 # not follow one, and kept both. They read each escape as a blank of the same length (``\"`` as
-# `` "``): every span is still the text's own.
+# `` "``, ``\n`` as a space and a line break): every span is still the text's own.
 _JSON_ESCAPE = re.compile(r'\\(["\\/bfnrt])')
+_BLANKS = {'"': ' "', "n": " \n", "r": " \r"}
 
 
 def _blank(m: re.Match[str]) -> str:
-    return ' "' if m.group(1) == '"' else "  "
+    return _BLANKS.get(m.group(1), "  ")
 
 
 def _detect(text: str) -> list[Span]:
@@ -146,7 +147,7 @@ def _detect(text: str) -> list[Span]:
         return []
     if "\\" in text:
         text = _JSON_ESCAPE.sub(_blank, text)
-    lower = text.lower()
+    lower = lowered(text)
     candidates = [span for detector in DETECTORS for span in detector(text, lower)]
     if not candidates:
         return []

@@ -45,6 +45,17 @@ KINDS = (
 PRIORITY = {kind: i for i, kind in enumerate(KINDS)}
 
 
+def lowered(text: str) -> str:
+    """``text`` in lower case, the same length: the detectors find words in it and read the
+    value at the same offset in ``text``. ``str.lower`` writes ``İ`` (Turkish) as two
+    characters, and every anchor after one pointed one character short: ``İstanbul
+    token=…`` kept its token."""
+    lower = text.lower()
+    if len(lower) == len(text):
+        return lower
+    return "".join(low if len(low := ch.lower()) == 1 else ch for ch in text)
+
+
 def _anchors(haystack: str, needles: Iterable[str]) -> Iterator[tuple[int, str]]:
     for needle in needles:
         pos = haystack.find(needle)
@@ -107,16 +118,24 @@ _URL_CREDENTIALS = re.compile(r"://[^\s:/@\"'<>]*:([^\s/@\"'<>{}\[\]]+)@[\w.-]")
 
 # Names of keys whose values are secrets; matched at each occurrence of one of these words.
 _KEY_WORDS = ("pass", "pwd", "secret", "token", "key", "credential")
-# A value is read 256 characters at most (each anchor inside a long run would read it again);
-# one found to be a secret then runs to its real end (``_ValueEnds``): an AWS session token is
-# 400-1200 characters, and its tail was left in the text.
-VALUE_MAX = 256
+# A value is judged by its first 64 characters (each key inside a long run reads its own, and
+# hostile text can hold one every four characters); one found to be a secret then runs to its
+# real end (``_ValueEnds``): an AWS session token is 400-1200 characters, and its tail was left
+# in the text.
+VALUE_MAX = 64
 _VALUE_CHARS = r"[^\s\"'`,;<>()\[\]{}]"
 _VALUE = rf"({_VALUE_CHARS}{{4,{VALUE_MAX}}}+)"
 _VALUE_REST = re.compile(_VALUE_CHARS + "*")
 _KEY_VALUE_AFTER = re.compile(r"[A-Za-z0-9_.-]{0,24}?[\"']?\s*(?::=|=>|=|:)\s*[\"']?" + _VALUE + r"(?!\()")
-_PHRASE_WORDS = ("password", "passcode", "passphrase", "pwd", "pw")
-_PHRASE_AFTER = re.compile(r"(?i)\s+(?:is|was|=|:)\s*:?\s*[\"']?" + _VALUE)
+_PHRASE_WORDS = ("password", "passwd", "passcode", "passphrase", "pwd", "pw")
+_PHRASE_AFTER = re.compile(r"(?i)\s+(?:(?:is|was)\b|=|:)\s*:?\s*[\"']?" + _VALUE)
+# ``passwd hunter22x``, ``password Tr0ub4dor&3``: the value right after the word, on the same line.
+# Prose says ``the password policy``, ``password reset``, ``password 12-16 characters``: such a
+# value must look more like a password than one after ``password:`` (``_bare_password_like``).
+_BARE_WORDS = frozenset(("password", "passwd", "passcode", "passphrase", "pwd"))
+_STRONG = r"[\d!@#$%^&*+=?~|\\]"  # a digit or a symbol prose does not use; a word has neither
+_BARE_AFTER = re.compile(rf"[ \t]+[\"']?(?={_VALUE_CHARS}{{0,{VALUE_MAX}}}?{_STRONG})" + _VALUE)
+_STRONG_SYMBOL = re.compile(_STRONG)
 _NOT_A_VALUE = frozenset(
     [
         "none",
@@ -175,6 +194,13 @@ _NOT_A_VALUE = frozenset(
 _REFERENCE = re.compile(r"^(?:\$|%|!|os\.|process\.env|env\.|getenv|secrets\.|vault:|arn:|ref\+|\{\{|<|\*{3})|://")
 
 
+# The value checks run once per anchor on up to ``VALUE_MAX`` characters, and hostile text can hold
+# an anchor every four characters (``key:key:…``): each check is one call into C, never a Python
+# loop over the value's characters (which took 8 s over 1 MB of it, on the event loop).
+_DIGIT = re.compile(r"\d")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
 def _strip_value(value: str) -> str:
     return value.rstrip(".!?:")
 
@@ -183,10 +209,21 @@ def _password_like(value: str) -> bool:
     """A value after a password key: not a word, a reference or a mask, and shaped like a secret."""
     if len(value) < 4 or value.lower() in _NOT_A_VALUE or _REFERENCE.search(value) or len(set(value)) < 3:
         return False
-    has_digit = any(c.isdigit() for c in value)
-    has_symbol = any(not c.isalnum() for c in value)
+    has_digit = _DIGIT.search(value) is not None
+    has_symbol = not value.isalnum()
     mixed = value.lower() != value and value.upper() != value
     return has_digit or has_symbol or mixed or len(value) >= 12
+
+
+def _bare_password_like(value: str) -> bool:
+    """A value right after a password word with nothing between: letters with a digit or a symbol
+    that prose does not use (``hunter22x``, ``S3cret``, ``p@ss!word``), or six digits or more;
+    not a path (``pwd /home/u1``), a range or a version (``12-16``, ``v2``)."""
+    if value[:1] in "/~." or _STRONG_SYMBOL.search(value) is None:
+        return False
+    if _LETTER.search(value) is None and not (value.isdigit() and len(value) >= 6):
+        return False
+    return _password_like(value)
 
 
 def _secret_like(value: str) -> bool:
@@ -194,8 +231,8 @@ def _secret_like(value: str) -> bool:
     hex limit, 3.0 bits/char; values of letters only need 4.0 and 24 characters)."""
     if len(value) < 16 or _REFERENCE.search(value) or value.lower() in _NOT_A_VALUE:
         return False
-    has_digit = any(c.isdigit() for c in value)
-    has_alpha = any(c.isalpha() for c in value)
+    has_digit = _DIGIT.search(value) is not None
+    has_alpha = _LETTER.search(value) is not None
     entropy = shannon_entropy(value)
     if has_digit and has_alpha:
         return entropy >= 3.0
@@ -269,11 +306,11 @@ class _ValueEnds:
     """Where a value cut at ``VALUE_MAX`` characters ends: the run of value characters from its
     start, read once per run however many anchors lie in it (the search stays linear)."""
 
-    __slots__ = ("end", "start", "text")
+    __slots__ = ("end", "start", "stop", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.start = self.end = -1
+        self.start = self.end = self.stop = -1
 
     def __call__(self, m: re.Match[str], value: str) -> int:
         start = m.start(1)
@@ -281,22 +318,22 @@ class _ValueEnds:
             return start + len(value)
         if not self.start <= start < self.end:
             self.start, self.end = start, _VALUE_REST.match(self.text, start).end()  # type: ignore[union-attr]
-        return start + len(_strip_value(self.text[start : self.end]))
+            self.stop = start + len(_strip_value(self.text[start : self.end]))  # once per run, not per anchor
+        return max(self.stop, start + len(value))
 
 
 def key_values(text: str, lower: str) -> Iterator[Span]:
     ends = _ValueEnds(text)
-    for pos, word in _anchors(lower, _KEY_WORDS):
-        m = _KEY_VALUE_AFTER.match(text, pos + len(word))
-        if m is None:
+    found_to = 0  # a key inside a value already found is part of it: not read again
+    for pos, word in sorted(_anchors(lower, _KEY_WORDS)):  # in the text's order, not word by word
+        if pos < found_to or (m := _KEY_VALUE_AFTER.match(text, pos + len(word))) is None:
             continue
         value = _strip_value(m.group(1))
         start = m.start(1)
-        if word in ("pass", "pwd"):
-            if _password_like(value):
-                yield start, ends(m, value), "PASSWORD"
-        elif _secret_like(value):
-            yield start, ends(m, value), "SECRET"
+        kind = "PASSWORD" if word in ("pass", "pwd") else "SECRET"
+        if _password_like(value) if kind == "PASSWORD" else _secret_like(value):
+            found_to = ends(m, value)
+            yield start, found_to, kind
     for pos, _ in _anchors(text, ("://",)):
         m = _URL_CREDENTIALS.match(text, pos)
         if m and not _REFERENCE.search(m.group(1)):
@@ -308,10 +345,16 @@ def password_phrases(text: str, lower: str) -> Iterator[Span]:
     for pos, word in _anchors(lower, _PHRASE_WORDS):
         if not _word_start(text, pos):
             continue
-        if m := _PHRASE_AFTER.match(text, pos + len(word)):
-            value = _strip_value(m.group(1))
-            if _password_like(value):
-                yield m.start(1), ends(m, value), "PASSWORD"
+        after = pos + len(word)
+        if m := _PHRASE_AFTER.match(text, after):
+            looks_like = _password_like
+        elif word in _BARE_WORDS and (m := _BARE_AFTER.match(text, after)):
+            looks_like = _bare_password_like
+        else:
+            continue
+        value = _strip_value(m.group(1))
+        if looks_like(value):
+            yield m.start(1), ends(m, value), "PASSWORD"
 
 
 # --- PII ------------------------------------------------------------------------------------
@@ -320,13 +363,29 @@ def password_phrases(text: str, lower: str) -> Iterator[Span]:
 # ``jane@example.рф`` are addresses too, so letters and digits of any script count.
 _EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 _EMAIL_DOMAIN = re.compile(r"(?:[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?\.)+([^\W\d_]{2,24})(?![\w-])")
+_AT_SIGN = re.compile(r"@|%40|&#0*64;|&#[xX]0*40;|&commat;")
 # File names such as logo@2x.png look like addresses; these endings are not top-level domains.
 _NOT_TLDS = frozenset(["png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "tiff", "pdf", "txt", "csv", "json", "yaml", "yml", "toml", "js", "ts", "py", "rb", "go", "rs", "lock", "log", "md", "html", "css", "map", "zip", "gz", "tar"])  # fmt: skip  # noqa: E501
 
 # Runs of digits and the separators numbers are written with; cards, SSNs, phones and IPv4
 # addresses are looked for only inside runs long enough to hold one.
-_NUMERIC_RUN = re.compile(r"[+(]?\d[\d ().+-]*")
+# A run goes on across line breaks: a card is copied split over two lines (``4111 1111\n1111 1111``).
+_NUMERIC_RUN = re.compile(r"[+(]?\d[\d ().+\r\n-]*")
 _CARD = re.compile(r"(?<![\d.,-])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![\d-]|[.,]\d|[ -]\d)")
+# A card split over two lines: its groups (3 to 6 digits) on either side of one line break, with
+# the spaces, the dash or the carriage return around it (a JSON document's escaped ``\r\n`` reads
+# `` \r \n``); one side holds two groups or more, since 13 digits do not fit in two (so a column
+# of numbers is passed over in C). 16 digits written unbroken and cut by a line break are not
+# read: a column of ids is more common.
+_GROUPS = r"(?:\d{3,6}[ -]){%d,4}"
+_LINE_BREAK = r"-?[ \r]{0,4}\n[ ]{0,4}"
+_CARD_SPLIT = re.compile(
+    r"(?<![\d.,-])(?<!\d[ -])(?:"
+    + (_GROUPS % 1 + r"\d{3,6}" + _LINE_BREAK + _GROUPS % 0 + r"\d{1,6}")
+    + "|"
+    + (r"\d{3,6}" + _LINE_BREAK + _GROUPS % 1 + r"\d{1,6}")
+    + r")(?![\d-]|[.,]\d|[ -]\d)"
+)
 # Four groups of four with dots between (``4111.1111.1111.1111``): a dot is a decimal point or a
 # version's elsewhere, so only this grouping, Luhn-checked, is read as a card.
 _CARD_DOTTED = re.compile(r"(?<![\d.,-])\d{4}(?:\.\d{4}){3}(?![\d-]|[.,]\d)")
@@ -347,7 +406,11 @@ _PHONE_AFTER = re.compile(r"(?i)[a-z]{0,9}\W{0,3}(?:(?:me |us )?(?:at|on)\W{0,2}
 _SSN_WORDS = ("ssn", "social security", "ss#")
 _SSN_AFTER = re.compile(r"\D{0,16}?(\d{3}[ -]?\d{2}[ -]?\d{4})(?!\d)")
 
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])")
+# Any case (``gb82west…`` is written as often as ``GB82WEST…``) and any grouping (in fours, in
+# threes, a space anywhere): the country's length and the mod-97 check decide. The match starts
+# at the check digits, the country before them looked behind for: a scan that stops at each
+# digit, not at each letter, is faster than the upper-case-only pattern was on ordinary text.
+_IBAN = re.compile(r"\d(?<=(?<![A-Za-z0-9])[A-Za-z]{2}\d)\d(?: ?[A-Za-z0-9]){8,30}")
 _IPV6_GATE = re.compile(r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")
 _IPV6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?:%[\w.]+)?(?![\w:.]*[\w:])"
@@ -362,19 +425,34 @@ def _in_local_part(ch: str) -> bool:
     return ch in _EMAIL_LOCAL or (ch > "\x7f" and ch.isalnum())
 
 
-def emails(text: str, lower: str) -> Iterator[Span]:
+def _at_signs(text: str) -> Iterator[tuple[int, int]]:
+    """Where each ``@`` starts and ends: written plainly, URL-encoded (``%40``, a ``mailto:`` link's
+    query, a form body) or as an HTML character reference (``&#64;``, ``&#x40;``, ``&commat;``)."""
+    # One character is looked for first (memchr): a longer needle costs ~1 µs per 2 KB each.
+    if ("%" in text and "%40" in text) or ("&" in text and ("&#" in text or "&commat;" in text)):
+        for m in _AT_SIGN.finditer(text):
+            yield m.start(), m.end()
+        return
     pos = text.find("@")
-    while pos > 0:
+    while pos >= 0:
+        yield pos, pos + 1
+        pos = text.find("@", pos + 1)
+
+
+def emails(text: str, lower: str) -> Iterator[Span]:
+    done = 0
+    for pos, after in _at_signs(text):
+        if pos <= done:
+            continue
         start = pos
         while start > 0 and pos - start < 64 and _in_local_part(text[start - 1]):
             start -= 1
         while start < pos and text[start] in ".%+-_":  # a local part starts with a letter or digit
             start += 1
-        m = _EMAIL_DOMAIN.match(text, pos + 1)
+        m = _EMAIL_DOMAIN.match(text, after)
         if start < pos and m and m.group(1).lower() not in _NOT_TLDS and text[start:pos] != "git":
             yield start, m.end(), "EMAIL"
-            pos = m.end()
-        pos = text.find("@", pos + 1)
+            done = m.end()
 
 
 def numbers(text: str, lower: str) -> Iterator[Span]:
@@ -390,6 +468,8 @@ def numbers(text: str, lower: str) -> Iterator[Span]:
             for m in _CARD.finditer(text, start, stop):
                 if card_ok(m.group()):
                     yield m.start(), m.end(), "CARD"
+            if "\n" in group:
+                yield from _split_cards(text, start, stop)
             if group.count(".") >= 3:
                 for m in _CARD_DOTTED.finditer(text, start, stop):
                     if card_ok(m.group().replace(".", "")):
@@ -415,6 +495,18 @@ def numbers(text: str, lower: str) -> Iterator[Span]:
                         yield m.start(), m.end(), "PHONE"
 
 
+def _split_cards(text: str, start: int, stop: int) -> Iterator[Span]:
+    """Cards split over two lines in ``text[start:stop]``. A candidate that is none is read again
+    from its next character: ``2024\n4111 1111\n1111 1111`` first reads ``2024\n4111 1111``."""
+    m = _CARD_SPLIT.search(text, start, stop)
+    while m is not None:
+        if card_ok(m.group()):
+            yield m.start(), m.end(), "CARD"
+            m = _CARD_SPLIT.search(text, m.end(), stop)
+        else:
+            m = _CARD_SPLIT.search(text, m.start() + 1, stop)
+
+
 def _digit_count(s: str) -> int:
     return sum(c.isdigit() for c in s)
 
@@ -431,20 +523,23 @@ def context_numbers(text: str, lower: str) -> Iterator[Span]:
 
 
 def ibans(text: str, lower: str) -> Iterator[Span]:
-    for m in _IBAN.finditer(text):
-        candidate = m.group()
-        expected = IBAN_LENGTHS.get(candidate[:2])
-        if expected is None:
-            continue
-        # Trim a greedy match back to the country's length (the next word may look like a group).
-        end, kept = m.start(), 0
-        for ch in candidate:
+    m = _IBAN.search(text)
+    while m is not None:
+        start = m.start() - 2
+        candidate = text[start : m.end()]
+        expected = IBAN_LENGTHS.get(candidate[:2].upper())
+        # Trim a greedy match back to the country's length (the next words may look like groups).
+        end, kept = start, 0
+        for ch in candidate if expected else ():
             if kept == expected:
                 break
             end += 1
             kept += ch != " "
-        if kept == expected and iban_ok(text[m.start() : end]):
-            yield m.start(), end, "IBAN"
+        if kept == expected and not text[end : end + 1].isalnum() and iban_ok(text[start:end]):
+            yield start, end, "IBAN"
+            m = _IBAN.search(text, end)
+        else:  # what it read on may hold an IBAN: "ref AB12 to GB82 WEST…"
+            m = _IBAN.search(text, m.start() + 1)
 
 
 def ipv6_addresses(text: str, lower: str) -> Iterator[Span]:

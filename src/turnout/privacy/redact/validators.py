@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections import Counter
 
 # Lengths per country from the SWIFT IBAN registry (release 98, 2024), the same table
@@ -29,8 +30,12 @@ IBAN_LENGTHS: dict[str, int] = {
 _SSN_PUBLICISED = frozenset({"078051120", "219099999"})
 
 
+_NOT_A_DIGIT = re.compile(r"[^0-9]+")
+_DOUBLED = str.maketrans("0123456789", "0246813579")  # each digit doubled, its two digits summed
+
+
 def digits_of(text: str) -> str:
-    return "".join(ch for ch in text if "0" <= ch <= "9")
+    return _NOT_A_DIGIT.sub("", text)
 
 
 def luhn_ok(candidate: str) -> bool:
@@ -38,23 +43,20 @@ def luhn_ok(candidate: str) -> bool:
     digits = digits_of(candidate)
     if not 13 <= len(digits) <= 19:
         return False
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+    kept, doubled = digits[-1::-2], digits[-2::-2].translate(_DOUBLED)
+    return (sum(map(int, kept)) + sum(map(int, doubled))) % 10 == 0
 
 
 def card_ok(candidate: str) -> bool:
     """A payment card number: Luhn-valid, 13 to 19 digits, starting with an issuer digit (2 to 6:
     Mastercard 2-series, Amex/Diners/JCB 3, Visa 4, Mastercard/Maestro 5, Discover/UnionPay 6),
-    and when grouped, grouped the way cards are printed (groups of 4, or Amex's 4-6-5)."""
+    and when grouped, grouped the way cards are printed (groups of 4, or Amex's 4-6-5); a line
+    break is read as a group's end."""
     digits = digits_of(candidate)
     if not digits or digits[0] not in "23456" or len(set(digits)) == 1:
         return False
-    groups = [g for g in candidate.replace("-", " ").split(" ") if g]
+    groups = candidate.replace("-", " ").replace("\r", " ").replace("\n", " ").split(" ")
+    groups = [g for g in groups if g]
     if len(groups) > 1 and any(not 3 <= len(g) <= 6 for g in groups[:-1]):
         return False
     return luhn_ok(digits)
