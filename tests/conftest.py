@@ -6,6 +6,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,23 @@ def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         proc.wait()
 
 
+@asynccontextmanager
+async def otlp_collector(traces: Callable[[Any], Awaitable[Any]]) -> AsyncIterator[str]:
+    """An OTLP/HTTP collector whose ``POST /v1/traces`` is ``traces`` (an aiohttp handler); its
+    base URL, for ``observability.otlp_endpoint``."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def collector() -> AsyncIterator[tuple[str, list[tuple[str, bytes]]]]:
     """A tiny OTLP/HTTP collector: records each POST to /v1/traces (its content type, its body)."""
@@ -81,10 +99,5 @@ async def collector() -> AsyncIterator[tuple[str, list[tuple[str, bytes]]]]:
         received.append((request.content_type, await request.read()))
         return web.Response(body=ExportTraceServiceRequest().SerializeToString(), content_type="application/x-protobuf")
 
-    app = web.Application()
-    app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", received
-    await runner.cleanup()
+    async with otlp_collector(traces) as url:
+        yield url, received

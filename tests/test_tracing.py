@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tests.asgi import request
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, otlp_collector
 from tests.fakes.scripted import ScriptedProvider
 from turnout.cli.serve import Reloader
 from turnout.config import load_config, validate
@@ -373,20 +373,13 @@ async def test_the_ledger_is_written_before_the_traces_wait_on_the_collector(
             seen.append(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
         return web.Response(body=ExportTraceServiceRequest().SerializeToString(), content_type="application/x-protobuf")
 
-    collector = web.Application()
-    collector.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(collector)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        raw = raw_config(otlp_endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}")
+    async with otlp_collector(traces) as url:
+        raw = raw_config(otlp_endpoint=url)
         raw["store"] = {"kind": "sqlite", "path": str(db), "flush_interval_ms": 600_000}
         app = await make_app(raw, {"primary": ScriptedProvider("primary")})
         body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
         assert (await request(app, "POST", "/v1/chat/completions", body)).status == 200
         await app.runtime.aclose()
-    finally:
-        await runner.cleanup()
     assert seen == [1]
 
 
@@ -406,19 +399,12 @@ async def test_a_collector_answering_without_end_is_read_no_further_than_a_bound
                 sent[0] += 65_536
         return answer
 
-    endless = web.Application()
-    endless.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(endless)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        tracing = Tracing.from_config(validate(raw_config(otlp_endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}")))
+    async with otlp_collector(traces) as url:
+        tracing = Tracing.from_config(validate(raw_config(otlp_endpoint=url)))
         assert tracing is not None
         tracing.record(fallback_row())
         await asyncio.to_thread(tracing.force_flush)
         await asyncio.to_thread(tracing.shutdown)
-    finally:
-        await runner.cleanup()
     assert 0 < sent[0] < 64 * 2**20
 
 
