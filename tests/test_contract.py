@@ -28,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.hostile import CHAT_TASK, EMBED_TASK, TASK, Gateway, error_shape_problem, hostile_gateway, report
+from turnout._support.printable import printable
 from turnout.serving import openapi
 
 pytestmark = pytest.mark.slow
@@ -81,8 +82,10 @@ def openai_errors(ctx: CheckContext, response: Any, case: Case) -> bool | None:
     param = body["error"]["param"]
     if response.status_code == 400 and param is not None:
         root = re.split(r"[.\[]", param, maxsplit=1)[0]
-        # an unknown field is named too, as sent (its name may hold "." or "["); headers: any case
+        # an unknown field or query parameter is named too, as sent (its name may hold "." or
+        # "["); headers: any case
         sent = set(case.body) if isinstance(case.body, dict) else set()
+        sent |= {printable(str(name)) for name in case.query or ()}
         named = param in sent or root in sent or root in _declared(case) or root.lower() in _declared(case)
         assert named, f"param {param!r} names nothing of {case.operation.label}"
     return True

@@ -37,6 +37,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from turnout._support.printable import printable
 from turnout.control.auth import bearer
 from turnout.control.keys.base import MAX_KEY_TTL_S
 from turnout.errors import (
@@ -77,9 +78,12 @@ def _query(scope: dict[str, Any], fields: tuple[str, ...]) -> dict[str, str]:
     query: dict[str, str] = {}
     for name, values in parse_qs(raw, keep_blank_values=True).items():
         if len(values) > 1:
-            raise RequestError(f"the query gives {name!r} {len(values)} times; give it once", param=name)
+            raise RequestError(f"the query gives {name!r} {len(values)} times; give it once", param=printable(name))
         if fields and name not in fields:
-            raise RequestError(f"unknown query parameter {name!r}; this route takes {', '.join(fields)}", param=name)
+            raise RequestError(
+                f"unknown query parameter {printable(name)!r}; this route takes {', '.join(fields)}",
+                param=printable(name),
+            )
         query[name] = values[0]
     return query
 

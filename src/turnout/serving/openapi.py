@@ -348,7 +348,7 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 "listKeys",
                 "Issued keys (never secrets)",
-                {"200": json_content(ref("KeyList"), "Keys."), **_errors(401, 403, 404, 405)},
+                {"200": json_content(ref("KeyList"), "Keys."), **_errors(400, 401, 403, 404, 405)},
                 security=ADMIN,
                 parameters=[_query("tenant", "Only this tenant's keys (404 for an unknown or blank tenant).")],
             ),
@@ -380,7 +380,7 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 "usage",
                 "Per scope: bucket levels, slots, spent and reserved",
-                {"200": json_content(ref("UsageList"), "Scopes."), **_errors(401, 403, 404, 405)},
+                {"200": json_content(ref("UsageList"), "Scopes."), **_errors(400, 401, 403, 404, 405)},
                 security=ADMIN,
                 parameters=[_query("tenant", "Only this tenant's scopes (404 for an unknown or blank tenant).")],
             )
