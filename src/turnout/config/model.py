@@ -9,6 +9,7 @@ import ipaddress
 import re
 import typing
 import urllib.parse
+from collections.abc import Callable
 from datetime import date
 from typing import Annotated, Any, Literal
 
@@ -119,14 +120,19 @@ def http_url_problem(url: str) -> str | None:
     return None
 
 
-def _http_url(url: str) -> str:
-    problem = http_url_problem(url)
-    if problem:
-        raise ValueError(problem)
-    return url
+def _refusing(problem_of: Callable[[str], str | None]) -> AfterValidator:
+    """A field's check: the value, unless ``problem_of`` finds a problem in it (the message)."""
+
+    def check(value: str) -> str:
+        problem = problem_of(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
 
 
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
+HttpUrl = Annotated[str, _refusing(http_url_problem)]
 
 
 def _otlp_url(url: str) -> str:
@@ -180,13 +186,6 @@ def host_problem(host: str) -> str | None:
     return None
 
 
-def _host(host: str) -> str:
-    problem = host_problem(host)
-    if problem:
-        raise ValueError(problem)
-    return host
-
-
 CACHE_TTL_MAX_S = 10 * 365 * 86_400  # ten years; Redis's expiry in ms and its clock take that
 MIN_ADMIN_KEY = 16  # characters of server.admin_key and viewer_key (and their environment variables)
 AdminKey = Annotated[str, StringConstraints(min_length=MIN_ADMIN_KEY), AfterValidator(_one_line)]
@@ -205,7 +204,7 @@ def _number_fields(model: type[BaseModel]) -> frozenset[str]:
 
 
 class ServerConfig(_Strict):
-    host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
+    host: Annotated[str, _refusing(host_problem)] = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, gt=0)
     # Without tenants there is no authentication; that is allowed on loopback only unless the
