@@ -115,6 +115,16 @@ def fallback_row(**kw: Any) -> LedgerRow:
     return LedgerRow(**{**base, **kw})
 
 
+def failed_row(**kw: Any) -> LedgerRow:
+    """Every target failed: the first could not connect, the second answered 503."""
+    failed = [AttemptRecord("primary", "r0", "connect", 3.0), AttemptRecord("secondary", "", "http_503", 80.0, 4.0)]
+    unset = dict.fromkeys(("target", "model_version", "prompt_tokens", "completion_tokens", "cost_usd"))
+    unset |= dict.fromkeys(("ttft_ms", "generation_ms", "fallback_ms"))
+    return fallback_row(
+        **unset, status=502, error_class="all_targets_failed", attempts=failed, fallback=False, latency_ms=90.0, **kw
+    )
+
+
 def spans_of(tracing: Tracing, sink: Sink) -> tuple[Span, list[Span]]:
     assert tracing.force_flush()
     spans = sink.spans()
@@ -197,24 +207,7 @@ def test_attributes_follow_the_genai_conventions(memory: tuple[Tracing, Sink]) -
 
 def test_a_failed_request_is_an_error_span(memory: tuple[Tracing, Sink]) -> None:
     tracing, sink = memory
-    failed = [AttemptRecord("primary", "r0", "connect", 3.0), AttemptRecord("secondary", "", "http_503", 80.0, 4.0)]
-    tracing.record(
-        fallback_row(
-            target=None,
-            model_version=None,
-            status=502,
-            error_class="all_targets_failed",
-            attempts=failed,
-            fallback=False,
-            prompt_tokens=None,
-            completion_tokens=None,
-            cost_usd=None,
-            ttft_ms=None,
-            generation_ms=None,
-            fallback_ms=None,
-            latency_ms=90.0,
-        )
-    )
+    tracing.record(failed_row())
     root, children = spans_of(tracing, sink)
     assert root.status.code == ERROR
     attrs = attributes(root)

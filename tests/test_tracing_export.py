@@ -16,7 +16,7 @@ import pytest
 from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.test_tracing import TARGETS, Sink, attributes, exported_spans, fallback_row, raw_config
+from tests.test_tracing import TARGETS, Sink, attributes, exported_spans, failed_row, fallback_row, raw_config
 from turnout.config import validate
 from turnout.errors import ConfigError
 from turnout.ledger.record import AttemptRecord, LedgerRow
@@ -33,25 +33,7 @@ def oracle_rows() -> list[LedgerRow]:
     one the configuration does not know, a client that left (499), optional fields unset."""
     return [
         fallback_row(),
-        fallback_row(
-            request_id="failed",
-            target=None,
-            model_version=None,
-            status=502,
-            error_class="all_targets_failed",
-            attempts=[
-                AttemptRecord("primary", "r0", "connect", 3.0),
-                AttemptRecord("secondary", "", "http_503", 80.0, 4.0),
-            ],
-            fallback=False,
-            prompt_tokens=None,
-            completion_tokens=None,
-            cost_usd=None,
-            ttft_ms=None,
-            generation_ms=None,
-            fallback_ms=None,
-            latency_ms=90.0,
-        ),
+        failed_row(request_id="failed"),
         fallback_row(
             request_id="refused", target=None, status=429, error_class="rate_limited", attempts=[], latency_ms=1.0
         ),
